@@ -1,0 +1,134 @@
+"""Model checkpoints: Orbax for the params, JSON for the config and metadata.
+
+Layout of a model checkpoint directory (local path or any `etils.epath` URL):
+
+    PATH/params/         Orbax StandardCheckpointer tree (fp32 arrays)
+    PATH/config.json     ModelConfig.to_dict()
+    PATH/metadata.json   user metadata + "fingerprint"; written LAST, so its
+                         presence marks a complete checkpoint
+
+The fingerprint is a sha256 over every param's path, dtype, shape and bytes in
+a fixed order: two checkpoints with the same fingerprint hold the same model,
+which is what the store records as the teacher identity.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from trainer import model_config
+from trainer.model_config import ModelConfig
+
+_PARAMS_DIR = "params"
+_CONFIG_FILE = "config.json"
+_METADATA_FILE = "metadata.json"
+
+
+class ModelIOError(ValueError):
+    """A model checkpoint is missing, incomplete, unreadable or would be overwritten."""
+
+
+def fingerprint(params) -> str:
+    """sha256 hex digest over (path, dtype, shape, bytes) of every param, path-sorted."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None = None,
+               overwrite: bool = False) -> str:
+    """Writes a model checkpoint.
+
+    Args:
+        path: target directory (created).
+        cfg: the model config.
+        params: param tree (arrays); saved as fp32 as given.
+        metadata: JSON-serialisable extras (e.g. tokenizer sha, training step).
+        overwrite: replace an existing checkpoint at `path`.
+
+    Returns:
+        The params fingerprint (also stored as metadata["fingerprint"]).
+
+    Raises:
+        ModelIOError: `path` exists and overwrite is False, or metadata is not JSON.
+    """
+    root = epath.Path(path)
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise ModelIOError(f"model checkpoint path {root} already exists and is not empty; "
+                               f"choose a new path or pass overwrite=True")
+        root.rmtree()
+    metadata = dict(metadata or {})
+    fp = fingerprint(params)
+    metadata["fingerprint"] = fp
+    try:
+        metadata_json = json.dumps(metadata, indent=2, sort_keys=True)
+    except TypeError as e:
+        raise ModelIOError(f"model metadata is not JSON-serialisable ({e}); pass plain "
+                           f"dicts/lists/str/numbers") from None
+    root.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(root / _PARAMS_DIR, params)
+    checkpointer.wait_until_finished()
+    (root / _CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    (root / _METADATA_FILE).write_text(metadata_json)
+    return fp
+
+
+def load_config(path) -> ModelConfig:
+    """Reads only the config of a model checkpoint (cheap; no arrays)."""
+    root = _checked_root(path)
+    try:
+        return ModelConfig.from_dict(json.loads((root / _CONFIG_FILE).read_text()))
+    except (OSError, json.JSONDecodeError, TypeError, model_config.ConfigError) as e:
+        raise ModelIOError(f"model checkpoint {root} has an unreadable {_CONFIG_FILE} ({e}); "
+                           f"re-export it with model_io.save_model") from None
+
+
+def load_model(path) -> tuple[ModelConfig, Any, dict[str, Any]]:
+    """Reads a checkpoint written by `save_model`.
+
+    Returns:
+        (cfg, params, metadata); params as fp32 jax arrays on the default device.
+
+    Raises:
+        ModelIOError: missing, incomplete or unreadable checkpoint.
+    """
+    root = _checked_root(path)
+    cfg = load_config(root)
+    try:
+        metadata = json.loads((root / _METADATA_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelIOError(f"model checkpoint {root} has an unreadable {_METADATA_FILE} ({e}); "
+                           f"re-export it with model_io.save_model") from None
+    try:
+        params = ocp.StandardCheckpointer().restore(root / _PARAMS_DIR)
+    except Exception as e:  # Orbax raises many types; all mean "cannot read params".
+        raise ModelIOError(f"cannot read params of model checkpoint {root} "
+                           f"({type(e).__name__}: {str(e)[:200]}); re-export it with "
+                           f"model_io.save_model") from None
+    return cfg, params, metadata
+
+
+def _checked_root(path) -> epath.Path:
+    """The checkpoint dir, or a ModelIOError saying what is missing."""
+    root = epath.Path(path)
+    if not root.exists():
+        raise ModelIOError(f"model checkpoint {root} does not exist; pass the directory written "
+                           f"by model_io.save_model or teacher_dump.convert")
+    missing = [n for n in (_CONFIG_FILE, _PARAMS_DIR, _METADATA_FILE) if not (root / n).exists()]
+    if missing:
+        raise ModelIOError(f"model checkpoint {root} is incomplete (missing {missing}); it was "
+                           f"not fully written -- re-run the export/convert that makes it")
+    return root
