@@ -1,0 +1,76 @@
+"""Every trainer config field, with its meaning and default (the paper's values).
+
+Concrete configs (tiny.py, gemma3_270m.py, ...) start from `base_config()` and
+change what differs. `trainer.config.validate` checks the ranges.
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's recipe (DESIGN §1) for a student; model/store/budget unset."""
+    c = ml_collections.ConfigDict()
+    c.method = "kd"            # nll | kd | hldc | hldf (trainer.config.Method).
+    c.run_dir = ""             # RUN_DIR: config.json, metrics.jsonl, checkpoints/, export/, tb/.
+    c.seed = 0                 # Seeds parameter init, regressor init and the data shuffle.
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "tiny"      # trainer.model_config registry name of the student.
+    c.model.vocab_size = 32000  # V; must equal the store's vocab (checked before compiling).
+    c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay fp32).
+    c.model.remat = False      # Rematerialise blocks in backward (memory for compute).
+
+    c.store = ml_collections.ConfigDict()
+    c.store.url = ""           # Store path/URL (local, file://, memory://, gs://, s3://).
+    c.store.allow_partial = False  # Train on committed units of an unfinished dump.
+    c.store.tokenizer_sha256 = ""  # Expected tokenizer sha256; "" skips the check.
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.hidden_layer = 0  # Stored teacher layer for HLD (1-based; 0: unused).
+    c.teacher.d_model = 0       # Teacher width d_T the regressor maps to (0: unused).
+    c.student_layer = 0         # Student layer for HLD (1-based); 0 means L_S // 2.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.batch_size = 256          # Global batch (rows of T tokens) per step.
+    c.data.num_threads = 2           # Grain reader threads per process (batch reads).
+    c.data.prefetch_buffer_size = 4  # Batches read ahead per process.
+    c.data.num_workers = 0           # >0: Grain worker processes instead of threads only.
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.alpha = 0.9               # Weight of the logit (KD) term; (1-α) goes to NLL.
+    c.loss.alpha_schedule = "constant"  # constant | linear | wsd (trainer.config.AlphaSchedule).
+    c.loss.tau = 1.0                 # KD temperature; the KD term is scaled by τ².
+    c.loss.gamma = 0.1               # Weight of the hidden-state term (HLDC).
+    c.loss.tail = "zero"             # Top-k tail mode: zero | renormalize | bucket (τ=1).
+    c.loss.divergence = "forward_kl"  # forward_kl | reverse_kl | jsd.
+    c.loss.token_tile = 1024         # Tokens per logit tile (never [B,T,V] fp32 at once).
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 4e-4                # Peak learning rate η (grid: 1e-4, 4e-4, 16e-4).
+    c.optim.warmup_steps = 1000      # Linear warm-up steps of the WSD schedule.
+    c.optim.decay_fraction = 0.1     # Last fraction of steps decaying to η·final_lr_fraction.
+    c.optim.final_lr_fraction = 0.01  # η/100 at the end of the decay.
+    c.optim.b1 = 0.9                 # AdamW β1.
+    c.optim.b2 = 0.98                # AdamW β2.
+    c.optim.eps = 1e-9               # AdamW ε.
+    c.optim.weight_decay = 0.1       # AdamW decoupled weight decay (times the LR).
+    c.optim.grad_clip = 0.0          # Global-norm clip; 0 disables (the paper does not clip).
+
+    c.hldf = ml_collections.ConfigDict()
+    c.hldf.p1 = 0.01                 # Budget fraction of HLDF phase 1 (1%, 4% or 5%).
+    c.hldf.warmup_steps = 1000       # Phase-1 warm-up, then constant LR (DESIGN §1).
+
+    c.budget = ml_collections.ConfigDict()
+    c.budget.unit = "ot"             # ot | flops (trainer.config.BudgetUnit).
+    c.budget.value = 1.0             # The one compute budget; steps derive from trainer.flops.
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                 # Data-parallel axis size; -1: all remaining devices.
+    c.mesh.fsdp = 1                  # FSDP axis size (params sharded, batch split too).
+    c.mesh.tensor = 1                # Tensor-parallel axis size (heads / MLP / vocab).
+    c.distributed = False            # Call jax.distributed.initialize() (multi-host).
+
+    c.log_every = 50                 # Steps between metrics lines (JSONL + TensorBoard).
+    c.checkpoint_every = 1000        # Steps between Orbax checkpoints (and at the end).
+    c.keep_checkpoints = 2           # Checkpoints kept on disk.
+    c.peak_flops_per_device = 699e12  # For MFU; default: measured H100 bf16 matmul.
+    return c

@@ -1,0 +1,38 @@
+"""Teacher pre-training: NLL on a tokens-only store (k=0) with the same trainer.
+
+Model: gemma3-4b shape by default (arg: any model_config name, e.g.
+"teacher.py:gemma3-1b"), V=32,000. Cost: at OT_1 of a 3.2B backbone
+(64B tokens, ≈1.3e21 FLOPs) this needs a pod; for demos use "teacher.py:tiny-7".
+Reaches: the teacher quality the students distil from; export/ is what
+teacher_dump.load_teacher reads.
+"""
+from trainer.configs.base import base_config
+
+
+def get_config(arg=None):
+    """NLL pre-training of the named model (default gemma3-4b)."""
+    c = base_config()
+    c.method = "nll"
+    c.model.name = arg or "gemma3-4b"
+    c.model.vocab_size = 32000
+    c.model.dtype = "bfloat16"
+    c.model.remat = True
+    c.data.batch_size = 256
+    c.optim.lr = 4e-4
+    c.budget.unit = "ot"
+    c.budget.value = 1.0
+    c.mesh.fsdp = -1
+    c.mesh.data = 1
+    if c.model.name.startswith("tiny"):
+        # CPU demo sizes: a few hundred steps in minutes.
+        c.model.vocab_size = 512
+        c.model.dtype = "float32"
+        c.model.remat = False
+        c.data.batch_size = 8
+        c.optim.warmup_steps = 20
+        c.budget.unit = "flops"
+        c.budget.value = 1e11
+        c.mesh.fsdp = 1
+        c.mesh.data = -1
+        c.peak_flops_per_device = 1e11
+    return c

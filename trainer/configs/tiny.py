@@ -1,0 +1,31 @@
+"""Tiny CPU config: a 4-block d=64 student (model_config "tiny") on a test store.
+
+Cost: ~1 s compile + a few ms/step on one CPU core at batch 8, T=32.
+Reaches: nothing meaningful; exercises every code path (tests, demo, bench).
+Usage: python -m trainer --config trainer/configs/tiny.py --set store.url=S --set run_dir=R
+"""
+from trainer.configs.base import base_config
+
+
+def get_config(arg=None):
+    """Tiny student; `arg` may name the method, e.g. "tiny.py:hldc"."""
+    c = base_config()
+    c.method = arg or "kd"
+    c.model.name = "tiny"
+    c.model.vocab_size = 512
+    c.teacher.hidden_layer = 2
+    c.teacher.d_model = 64
+    c.data.batch_size = 8
+    c.data.num_threads = 1
+    c.data.prefetch_buffer_size = 2
+    c.loss.token_tile = 128
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 10
+    c.hldf.p1 = 0.2
+    c.hldf.warmup_steps = 5
+    c.budget.unit = "flops"
+    c.budget.value = 2e10
+    c.log_every = 10
+    c.checkpoint_every = 50
+    c.peak_flops_per_device = 1e11  # Rough single-core CPU fp32 peak.
+    return c

@@ -1,0 +1,99 @@
+"""Run metrics: RUN_DIR/metrics.jsonl, TensorBoard event files, a progress line.
+
+One object per logged step in metrics.jsonl (what evaluation and report read);
+the same scalars go to RUN_DIR/tb via tensorboardX. Only process 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+from tensorboardX import SummaryWriter
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak_flops_per_device: float,
+        num_devices: int) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the mesh's peak FLOP/s."""
+    return flops_per_token * tokens_per_s / (peak_flops_per_device * num_devices)
+
+
+def format_eta(seconds: float) -> str:
+    """H:MM:SS (or '?' before the rate is known)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class MetricsWriter:
+    """Appends metrics to JSONL + TensorBoard and prints a progress line.
+
+    Args:
+        run_dir: the run directory (metrics.jsonl and tb/ go there).
+        total_steps: steps of the whole run (all phases), for the ETA.
+        stream: where the progress line goes (stderr by default).
+    """
+
+    def __init__(self, run_dir: str, total_steps: int, stream=None):
+        self.enabled = jax.process_index() == 0
+        self.total_steps = total_steps
+        self.stream = stream if stream is not None else sys.stderr
+        self._start_time = None
+        self._start_step = None
+        if self.enabled:
+            os.makedirs(run_dir, exist_ok=True)
+            self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
+
+    def write(self, step: int, scalars: dict) -> None:
+        """Logs one step's scalars (plain floats/ints; `phase` is kept as an int)."""
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self._start_time is None:
+            self._start_time, self._start_step = now, step
+        record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._tb.add_scalar(key, value, global_step=int(step))
+        done = step - self._start_step
+        rate = done / (now - self._start_time) if done > 0 else float("nan")
+        eta = format_eta((self.total_steps - step) / rate) if done > 0 else "?"
+        parts = [f"step {step}/{self.total_steps}", f"phase {record.get('phase', 1)}",
+                 f"loss {record.get('loss', float('nan')):.4f}"]
+        if "tokens_per_s" in record:
+            parts.append(f"{record['tokens_per_s']:.4g} tok/s")
+        if "mfu" in record:
+            parts.append(f"MFU {100 * record['mfu']:.1f}%")
+        parts.append(f"ETA {eta}")
+        print(" | ".join(parts), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Flushes and closes the files."""
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def _plain(value):
+    if isinstance(value, (bool, int, str)):
+        return value
+    return float(value)
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """metrics.jsonl as a list, one record per step (a resumed run's re-logged
+    steps replace the earlier ones, so the list is the run's loss curve)."""
+    by_step = {}
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
