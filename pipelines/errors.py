@@ -1,0 +1,84 @@
+"""Errors raised by the dump pipeline, and how the CLI recovers them from Beam.
+
+Every error is a `ValueError` subclass whose message is one line naming the
+problem and the fix. Errors raised inside a running Beam pipeline reach the
+launcher wrapped by the runner (in-process: chained exceptions; multi-process
+or remote runners: only the formatted remote traceback survives), so
+`find_pipeline_error` looks both through the exception chain and through the
+text for `<ClassName>: <message>`.
+"""
+import re
+
+
+class PipelineError(ValueError):
+    """Base class: bad input or configuration for a pipeline."""
+
+
+class InputError(PipelineError):
+    """An input glob matches nothing, a file cannot be read, or its format is unknown."""
+
+
+class DecodeError(PipelineError):
+    """An input file holds bytes that are not valid UTF-8."""
+
+
+class EmptyInputError(PipelineError):
+    """The inputs hold too little text to fill one row."""
+
+
+class TokenizerError(PipelineError):
+    """The tokenizer model is missing, unreadable, or lacks the required special ids."""
+
+
+class VocabMismatchError(PipelineError):
+    """The tokenizer's vocabulary differs from the teacher's."""
+
+
+class OptionsError(PipelineError):
+    """Inconsistent or missing command-line options."""
+
+
+class StoreStateError(PipelineError):
+    """The target store exists but does not match this run (e.g. a different row count)."""
+
+
+_ERROR_CLASSES = {cls.__name__: cls for cls in (
+    PipelineError, InputError, DecodeError, EmptyInputError, TokenizerError,
+    VocabMismatchError, OptionsError, StoreStateError)}
+
+# Matches "InputError: message" or "pipelines.errors.InputError: message" in a
+# remote traceback; the message runs to the end of its line.
+_ERROR_LINE_RE = re.compile(
+    r"(?:[\w.]*\.)?(" + "|".join(_ERROR_CLASSES) + r"): ([^\n]+)")
+
+
+def find_pipeline_error(exc, extra_classes=()):
+    """Finds the user-facing error inside an exception raised by a Beam runner.
+
+    Args:
+        exc: the exception the runner raised.
+        extra_classes: other ValueError subclasses (e.g. the store's errors) to
+            recognise by type in the exception chain and by name in the text.
+
+    Returns:
+        A `ValueError` carrying the one-line message, or None when the failure
+        is not one of ours (a genuine bug, to be shown with its traceback).
+    """
+    known = tuple(_ERROR_CLASSES.values()) + tuple(extra_classes)
+    seen = set()
+    current = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, known):
+            return current
+        current = current.__cause__ or current.__context__
+    names = {cls.__name__: cls for cls in known}
+    pattern = re.compile(r"(?:[\w.]*\.)?(" + "|".join(names) + r"): ([^\n]+)")
+    # The innermost (last) match is the original error; outer frames repeat
+    # it with runner context appended.
+    matches = pattern.findall(str(exc))
+    if not matches:
+        return None
+    name, message = matches[-1]
+    message = re.sub(r" \[while running '.*'\]$", "", message.strip())
+    return names[name](message)
