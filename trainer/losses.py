@@ -1,0 +1,333 @@
+"""Pure per-token loss functions for NLL, top-k KD and hidden-state distillation.
+
+Every function here maps arrays to *per-token* values (shape = the leading
+axes of its inputs, e.g. ``[B, T]``, or ``[N]`` inside a token tile); none of
+them averages, masks or applies the method weights (α, τ², γ). The trainer
+composes them per method (DESIGN §1) and takes the masked mean with
+``masked_mean``. All arithmetic is float32 whatever the input dtype.
+
+Stable signatures (the trainer codes against these)::
+
+    nll(logits_BxTxV, targets_BxT) -> [B, T]
+    kd_topk(student_logits_BxTxV, topk_ids_BxTxK, topk_logprobs_BxTxK,
+            temperature, tail="zero", divergence="forward_kl") -> [B, T]
+    normalized_mse(pred_BxTxD, target_BxTxD, eps=1e-6) -> [B, T]
+    top1_agreement(student_logits_BxTxV, topk_ids_BxTxK) -> [B, T] (0./1.)
+    masked_mean(values_BxT, mask_BxT) -> scalar
+
+Leading axes are arbitrary: ``[B, T, V]`` and ``[N, V]`` both work, which is
+what lets ``trainer.tiled_loss`` call these on flattened token tiles.
+
+The next-token shift is the caller's job: ``targets_BxT[:, i]`` must already
+be the token that position ``i`` predicts (``tokens[:, i + 1]``), exactly as
+the store's top-k at position ``i`` is the teacher's prediction of token
+``i + 1``.
+
+Top-k conventions (store contract, docs/INTERFACES.md): ``topk_logprobs`` are
+teacher log-probabilities at τ=1 sorted descending; slots dropped by a top-p
+truncation hold ``-inf`` (and id 0). Such slots get weight 0 everywhere, with
+no NaN in the value or the gradient; a token with no finite slot at all gets
+a KD value of 0 (the caller's mask should normally exclude it anyway).
+"""
+from __future__ import annotations
+
+import enum
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# A finite stand-in for -inf: keeps logsumexp and its gradient NaN-free when
+# every entry of a row is masked, while exp(_NEG - anything finite) == 0.
+_NEG = -1e30
+# Floor for the bucket-class log-mass (log 1e-30): a tail that is exactly 0 on
+# both sides (K = V, or fp16 rounding pushing Σp past 1) then contributes 0
+# instead of 0·(−inf) or a spurious 1e-30·1e30.
+_LOG_TINY = -69.07755278982137
+
+
+class LossConfigError(ValueError):
+    """A loss was asked for with an unknown mode or an out-of-range value."""
+
+
+class TailMode(enum.Enum):
+    """How the teacher mass outside the stored top-k support is treated."""
+
+    # Teacher: softmax(logprob/τ) over the support. Student: full-vocabulary
+    # log_softmax(logits/τ) gathered at the ids (its tail is simply dropped).
+    ZERO = "zero"
+    # As ZERO, but the student is renormalised over the support too.
+    RENORMALIZE = "renormalize"
+    # τ=1 only: both sides get one extra class holding the mass outside the
+    # support (teacher: 1 − Σ exp(logprob); student: its mass off the ids).
+    BUCKET = "bucket"
+
+
+class Divergence(enum.Enum):
+    """Divergence between teacher p and student q over the support classes."""
+
+    FORWARD_KL = "forward_kl"  # KL(p ‖ q): mode-covering, the classic KD loss.
+    REVERSE_KL = "reverse_kl"  # KL(q ‖ p): mode-seeking.
+    JSD = "jsd"                # ½KL(p‖m) + ½KL(q‖m), m = ½(p + q); bounded by log 2.
+
+
+def _parse_enum(enum_cls, value, what: str):
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in enum_cls)
+        raise LossConfigError(
+            f"unknown {what} {value!r}; use one of {choices}") from None
+
+
+def parse_tail_mode(value) -> TailMode:
+    """Returns the ``TailMode`` for a name or member; LossConfigError if unknown."""
+    return _parse_enum(TailMode, value, "KD tail mode")
+
+
+def parse_divergence(value) -> Divergence:
+    """Returns the ``Divergence`` for a name or member; LossConfigError if unknown."""
+    return _parse_enum(Divergence, value, "KD divergence")
+
+
+def check_temperature(temperature, tail) -> float:
+    """Validates a KD temperature for a tail mode and returns it as a float.
+
+    Raises:
+      LossConfigError: temperature not a finite positive number, or a
+        bucket tail with τ ≠ 1 (the stored tail mass is only known at τ=1).
+    """
+    tail = parse_tail_mode(tail)
+    try:
+        tau = float(temperature)
+    except (TypeError, ValueError):
+        raise LossConfigError(
+            f"KD temperature must be a number, got {temperature!r}; pass e.g. 1.0") from None
+    if not (tau > 0.0 and tau < float("inf")):
+        raise LossConfigError(
+            f"KD temperature must be finite and > 0, got {tau}; pass e.g. 0.5 or 1.0")
+    if tail is TailMode.BUCKET and tau != 1.0:
+        raise LossConfigError(
+            f"tail='bucket' needs temperature 1.0 (got {tau}): the stored tail mass "
+            "1 - sum(exp(logprob)) is only known at τ=1; use tail='zero' or 'renormalize'")
+    return tau
+
+
+def nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Per-token negative log-likelihood ``-log softmax(logits)[target]``.
+
+    Args:
+      logits_BxTxV: student logits, any float dtype (upcast to fp32).
+      targets_BxT: int token ids, already shifted by the caller (the token each
+        position predicts).
+
+    Returns:
+      fp32 ``[B, T]`` of −log p(target).
+    """
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    picked_BxTx1 = jnp.take_along_axis(
+        logp_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1)
+    return -picked_BxTx1[..., 0]
+
+
+def _masked_logsumexp(x_BxTxK, valid_BxTxK):
+    return jax.nn.logsumexp(jnp.where(valid_BxTxK, x_BxTxK, _NEG), axis=-1)
+
+
+def _teacher_support_logprobs(topk_logprobs_BxTxK, valid_BxTxK, tau):
+    """log softmax(logprob/τ) over the finite slots; 0 (unused) elsewhere."""
+    scaled_BxTxK = jnp.where(valid_BxTxK, topk_logprobs_BxTxK / tau, _NEG)
+    logp_BxTxK = scaled_BxTxK - jax.nn.logsumexp(scaled_BxTxK, axis=-1, keepdims=True)
+    return jnp.where(valid_BxTxK, logp_BxTxK, 0.0)
+
+
+def _student_tail_logprob(logp_BxTxV, topk_ids_BxTxK, valid_BxTxK):
+    """log of the student's mass on vocabulary entries *outside* the support.
+
+    Summed directly over the off-support entries (not as 1 − Σ p at the ids),
+    so a tail of 1e-9 is still resolved in fp32.
+    """
+    lead_shape = logp_BxTxV.shape[:-1]
+    vocab = logp_BxTxV.shape[-1]
+    k = topk_ids_BxTxK.shape[-1]
+    logp_NxV = logp_BxTxV.reshape(-1, vocab)
+    ids_NxK = topk_ids_BxTxK.reshape(-1, k)
+    valid_NxK = valid_BxTxK.reshape(-1, k)
+    rows_Nx1 = jnp.arange(logp_NxV.shape[0])[:, None]
+    # .max, not .set: an invalid slot's id 0 must not un-mark a valid id 0.
+    in_support_NxV = jnp.zeros(logp_NxV.shape, bool).at[rows_Nx1, ids_NxK].max(valid_NxK)
+    tail_N = jax.nn.logsumexp(jnp.where(in_support_NxV, _NEG, logp_NxV), axis=-1)
+    return tail_N.reshape(lead_shape)
+
+
+def _log1mexp(x):
+    """log(1 − exp(x)) for x ≤ 0, stable on both ends; −large when x → 0."""
+    x = jnp.minimum(x, -1e-30)
+    return jnp.where(x > -0.6931, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
+def _xlogy_diff(p_weight, logp, logq, valid):
+    """Σ p·(log p − log q) over valid classes, with 0·anything = 0 exactly."""
+    term = jnp.where(valid, p_weight * (logp - logq), 0.0)
+    return jnp.sum(term, axis=-1)
+
+
+def _forward_kl(logp_BxTxC, logq_BxTxC, valid_BxTxC):
+    return _xlogy_diff(jnp.exp(logp_BxTxC), logp_BxTxC, logq_BxTxC, valid_BxTxC)
+
+
+def _reverse_kl(logp_BxTxC, logq_BxTxC, valid_BxTxC):
+    # Generalised KL for unnormalised measures, Σ q·log(q/p) − q + p: equal to
+    # KL(q‖p) when q sums to 1 over the classes (renormalize, bucket, K = V),
+    # and for tail="zero" it adds the student's off-support mass 1 − Σq.
+    # Without the linear terms the minimiser would be q = p/e (the loss
+    # would reward pushing student mass off the support) and values go < 0.
+    q_BxTxC = jnp.exp(logq_BxTxC)
+    linear_BxTxC = jnp.where(valid_BxTxC, jnp.exp(logp_BxTxC) - q_BxTxC, 0.0)
+    return (_xlogy_diff(q_BxTxC, logq_BxTxC, logp_BxTxC, valid_BxTxC)
+            + jnp.sum(linear_BxTxC, axis=-1))
+
+
+def _jsd(logp_BxTxC, logq_BxTxC, valid_BxTxC):
+    logm_BxTxC = jnp.logaddexp(logp_BxTxC, logq_BxTxC) - jnp.log(2.0)
+    return 0.5 * (_forward_kl(logp_BxTxC, logm_BxTxC, valid_BxTxC)
+                  + _xlogy_diff(jnp.exp(logq_BxTxC), logq_BxTxC, logm_BxTxC, valid_BxTxC))
+
+
+# Each takes (log p_teacher, log q_student, valid) over the classes [..., C]
+# and returns the per-token divergence [...]. Invalid classes carry finite
+# placeholder log-probs, so gradients through the masked branch stay finite.
+_DIVERGENCES: dict[Divergence, Callable[..., jax.Array]] = {
+    Divergence.FORWARD_KL: _forward_kl,
+    Divergence.REVERSE_KL: _reverse_kl,
+    Divergence.JSD: _jsd,
+}
+
+
+def kd_topk(student_logits_BxTxV: jax.Array,
+            topk_ids_BxTxK: jax.Array,
+            topk_logprobs_BxTxK: jax.Array,
+            temperature: float,
+            tail: str | TailMode = "zero",
+            divergence: str | Divergence = "forward_kl") -> jax.Array:
+    """Per-token divergence between the stored teacher top-k and the student.
+
+    Without the τ² and α factors: the method composes those. Divergence
+    conventions over the support classes (the finite stored slots, plus the
+    tail class for ``tail="bucket"``): forward ``Σ p(log p − log q)``;
+    reverse ``Σ q(log q − log p) − q + p`` (the generalised KL, which is
+    plain KL(q‖p) whenever q sums to 1 over the classes; with ``tail="zero"``
+    it adds the student's off-support mass, so it stays ≥ 0 and is minimised
+    at q = p); JSD ``½Σ p log(p/m) + ½Σ q log(q/m)``, ``m = (p + q)/2``
+    (pointwise ≥ 0). With K = V and ``tail="zero"`` every divergence equals
+    its full-softmax value.
+
+    Args:
+      student_logits_BxTxV: student logits (any float dtype; fp32 math).
+      topk_ids_BxTxK: teacher top-k vocabulary ids (int; any int dtype).
+      topk_logprobs_BxTxK: teacher log-probs at τ=1, ``-inf`` in dropped slots.
+      temperature: τ > 0; both sides use softmax(·/τ). Must be 1 for bucket.
+      tail: a ``TailMode`` or its name: "zero", "renormalize", "bucket".
+      divergence: a ``Divergence`` or its name: "forward_kl", "reverse_kl", "jsd".
+
+    Returns:
+      fp32 ``[B, T]`` divergence per token (0 where no slot is finite).
+
+    Raises:
+      LossConfigError: unknown tail/divergence, bad τ, or bucket with τ ≠ 1.
+    """
+    tail = parse_tail_mode(tail)
+    div_fn = _DIVERGENCES[parse_divergence(divergence)]
+    tau = check_temperature(temperature, tail)
+
+    teacher_BxTxK = topk_logprobs_BxTxK.astype(jnp.float32)
+    valid_BxTxK = jnp.isfinite(teacher_BxTxK)
+    any_valid_BxT = jnp.any(valid_BxTxK, axis=-1)
+    # A token with no finite slot (padding, or a store that dropped it) gets a
+    # finite dummy teacher so every intermediate and gradient stays finite;
+    # its value is replaced by 0 at the end, so the dummy never leaks.
+    teacher_BxTxK = jnp.where(any_valid_BxT[..., None], teacher_BxTxK, 0.0)
+    valid_BxTxK = valid_BxTxK | ~any_valid_BxT[..., None]
+    # Dropped slots hold id 0 by contract; force it anyway so a gather never
+    # reads out of range on garbage ids in masked slots.
+    ids_BxTxK = jnp.where(valid_BxTxK, topk_ids_BxTxK.astype(jnp.int32), 0)
+    student_logp_BxTxV = jax.nn.log_softmax(
+        student_logits_BxTxV.astype(jnp.float32) / tau, axis=-1)
+    student_at_ids_BxTxK = jnp.take_along_axis(student_logp_BxTxV, ids_BxTxK, axis=-1)
+
+    if tail is TailMode.BUCKET:
+        # τ = 1: the teacher's support probabilities are the stored ones as is
+        # (no renormalisation) and the bucket holds the remaining mass.
+        logp_BxTxK = jnp.where(valid_BxTxK, teacher_BxTxK, 0.0)
+        teacher_tail_BxT = jnp.maximum(
+            _log1mexp(_masked_logsumexp(teacher_BxTxK, valid_BxTxK)), _LOG_TINY)
+        student_tail_BxT = jnp.maximum(
+            _student_tail_logprob(student_logp_BxTxV, ids_BxTxK, valid_BxTxK), _LOG_TINY)
+        logp_BxTxC = jnp.concatenate([logp_BxTxK, teacher_tail_BxT[..., None]], axis=-1)
+        logq_BxTxC = jnp.concatenate([student_at_ids_BxTxK, student_tail_BxT[..., None]], axis=-1)
+        valid_BxTxC = jnp.concatenate(
+            [valid_BxTxK, jnp.ones_like(valid_BxTxK[..., :1])], axis=-1)
+    else:
+        logp_BxTxC = _teacher_support_logprobs(teacher_BxTxK, valid_BxTxK, tau)
+        logq_BxTxC = student_at_ids_BxTxK
+        if tail is TailMode.RENORMALIZE:
+            logq_BxTxC = logq_BxTxC - _masked_logsumexp(logq_BxTxC, valid_BxTxK)[..., None]
+        valid_BxTxC = valid_BxTxK
+
+    value_BxT = div_fn(logp_BxTxC, logq_BxTxC, valid_BxTxC)
+    return jnp.where(any_valid_BxT, value_BxT, 0.0)
+
+
+def normalized_mse(pred_BxTxD: jax.Array, target_BxTxD: jax.Array,
+                   eps: float = 1e-6) -> jax.Array:
+    """Per-token mean over D of ``(pred/‖pred‖ − target/‖target‖)²``.
+
+    Both sides are normalised over the feature axis (the Gemma 3 residual
+    stream is large, ~3e5 mean square at the teacher's median layer, so the
+    unnormalised MSE would be dominated by scale). ``x · rsqrt(‖x‖² + eps)``
+    keeps zero vectors (padding) at 0 with a finite gradient; eps is far below
+    any real activation's squared norm. The result lies in [0, 4/D].
+
+    Args:
+      pred_BxTxD: regressor output (student side), any float dtype.
+      target_BxTxD: teacher activation, same shape (fp32 math).
+      eps: added to the squared norm.
+
+    Returns:
+      fp32 ``[B, T]``.
+    """
+    if pred_BxTxD.shape != target_BxTxD.shape:
+        raise LossConfigError(
+            f"normalized_mse shapes differ: pred {pred_BxTxD.shape} vs target "
+            f"{target_BxTxD.shape}; map the student hidden to d_T with the regressor first")
+
+    def unit(x):
+        x = x.astype(jnp.float32)
+        return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+    diff_BxTxD = unit(pred_BxTxD) - unit(target_BxTxD)
+    return jnp.mean(diff_BxTxD * diff_BxTxD, axis=-1)
+
+
+def top1_agreement(student_logits_BxTxV: jax.Array, topk_ids_BxTxK: jax.Array) -> jax.Array:
+    """1.0 where the student's argmax equals the teacher's top-1 id, else 0.0.
+
+    The store keeps top-k sorted descending, so slot 0 is the teacher argmax.
+    A metric: no gradient flows (argmax is piecewise constant).
+    """
+    student_top1_BxT = jnp.argmax(student_logits_BxTxV, axis=-1)
+    return (student_top1_BxT == topk_ids_BxTxK[..., 0].astype(student_top1_BxT.dtype)
+            ).astype(jnp.float32)
+
+
+def masked_mean(values_BxT: jax.Array, mask_BxT: jax.Array | None = None) -> jax.Array:
+    """Mean of per-token values over the mask (all tokens if None); 0 if empty."""
+    values_BxT = values_BxT.astype(jnp.float32)
+    if mask_BxT is None:
+        return jnp.mean(values_BxT)
+    mask_BxT = mask_BxT.astype(jnp.float32)
+    # where() (not values·mask) so a NaN/inf in a masked-out slot cannot leak.
+    total = jnp.sum(jnp.where(mask_BxT > 0, values_BxT * mask_BxT, 0.0))
+    return total / jnp.maximum(jnp.sum(mask_BxT), 1.0)
