@@ -1,0 +1,251 @@
+"""Import a Hugging Face Gemma 3 text checkpoint into our model checkpoint format.
+
+    python -m teacher_dump.convert --hf-dir DIR --out CKPT [--overwrite]
+
+DIR holds `config.json` and `*.safetensors` of a `Gemma3ForCausalLM` (or the
+text half of a `Gemma3ForConditionalGeneration`). Tensors are read with
+`safetensors` in numpy (no torch), cast to fp32, re-laid out to the stacked
+param tree of `trainer.model` and written with `trainer.model_io.save_model`.
+
+Every HF feature our model does not implement (bias, soft-capping,
+bidirectional attention, untied head, a non-periodic layer pattern, a RoPE type
+other than default/linear) is refused with a clear error rather than silently
+converted into a different model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+
+from trainer import model_io
+from trainer.model_config import ModelConfig
+
+# Gemma3TextConfig defaults (transformers 5.x): hub configs omit fields equal to them.
+_HF_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+    "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": None,
+    "attn_logit_softcapping": None, "attention_bias": False, "tie_word_embeddings": True,
+    "use_bidirectional_attention": False, "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0, "sliding_window_pattern": 6,
+}
+# Where the text decoder lives in the different HF Gemma 3 classes.
+_TENSOR_PREFIXES = ("model.", "model.language_model.", "language_model.model.")
+
+
+class ConvertError(ValueError):
+    """The HF checkpoint cannot be converted (unsupported, inconsistent or incomplete)."""
+
+
+def _text_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """The text-decoder config with HF defaults filled in."""
+    text = hf.get("text_config", hf)
+    model_type = text.get("model_type", "gemma3_text")
+    if model_type != "gemma3_text":
+        raise ConvertError(f"config.json model_type is {model_type!r}, not 'gemma3_text'; only "
+                           f"Gemma 3 text checkpoints can be converted")
+    return {**_HF_DEFAULTS, **{k: v for k, v in text.items() if v is not None or
+                               k in ("final_logit_softcapping", "attn_logit_softcapping")}}
+
+
+def _rope(t: dict[str, Any]) -> tuple[float, float, float]:
+    """(local base, global base, global linear scale) from new- or old-style HF rope fields."""
+    params = t.get("rope_parameters")
+    if params and "full_attention" in params:
+        local, full = params.get("sliding_attention") or {}, params["full_attention"] or {}
+    else:  # Old hub format: rope_theta / rope_local_base_freq / rope_scaling.
+        local = {"rope_type": "default", "rope_theta": t["rope_local_base_freq"]}
+        full = {"rope_type": "default", "rope_theta": t["rope_theta"], **(t.get("rope_scaling") or {})}
+    full_type = full.get("rope_type", full.get("type", "default"))
+    local_type = local.get("rope_type", local.get("type", "default"))
+    if local_type != "default" or full_type not in ("default", "linear"):
+        raise ConvertError(f"RoPE types local={local_type!r} global={full_type!r} are not "
+                           f"supported; only default (local) and default/linear (global)")
+    scale = float(full.get("factor", 1.0)) if full_type == "linear" else 1.0
+    return (float(local.get("rope_theta", _HF_DEFAULTS["rope_local_base_freq"])),
+            float(full.get("rope_theta", _HF_DEFAULTS["rope_theta"])), scale)
+
+
+def _global_every(t: dict[str, Any]) -> int:
+    """The period of the local:global pattern, checked against `layer_types`."""
+    num_layers = t["num_hidden_layers"]
+    layer_types = t.get("layer_types")
+    every = int(t.get("sliding_window_pattern") or 6)
+    if layer_types is None:
+        return every
+    if len(layer_types) != num_layers:
+        raise ConvertError(f"config.json layer_types has {len(layer_types)} entries for "
+                           f"num_hidden_layers={num_layers}; fix the config")
+    if "full_attention" in layer_types:
+        every = layer_types.index("full_attention") + 1
+    elif every <= num_layers:
+        every = num_layers + 1  # No global layer at all: any period beyond L.
+    expected = ["full_attention" if (i + 1) % every == 0 else "sliding_attention"
+                for i in range(num_layers)]
+    if list(layer_types) != expected:
+        raise ConvertError(f"config.json layer_types {layer_types} is not a periodic "
+                           f"local:global pattern; only Gemma 3's 'global every n-th layer' "
+                           f"patterns are supported")
+    return every
+
+
+def model_config_from_hf(hf: dict[str, Any], name: str = "hf-gemma3") -> ModelConfig:
+    """Maps an HF Gemma 3 `config.json` dict to a ModelConfig.
+
+    Raises:
+        ConvertError: a feature our model does not implement.
+    """
+    t = _text_config(hf)
+    unsupported = {
+        "final_logit_softcapping": t["final_logit_softcapping"] is not None,
+        "attn_logit_softcapping": t["attn_logit_softcapping"] is not None,
+        "attention_bias": bool(t["attention_bias"]),
+        "use_bidirectional_attention": bool(t["use_bidirectional_attention"]),
+        "tie_word_embeddings=false": not hf.get("tie_word_embeddings", t["tie_word_embeddings"]),
+        "hidden_activation": t["hidden_activation"] not in ("gelu_pytorch_tanh", "gelu_tanh"),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ConvertError(f"config.json uses {bad}, which our Gemma 3 model does not implement; "
+                           f"convert a standard Gemma 3 text checkpoint")
+    local_base, global_base, global_scale = _rope(t)
+    return ModelConfig(
+        name=name, vocab_size=int(t["vocab_size"]), num_layers=int(t["num_hidden_layers"]),
+        d_model=int(t["hidden_size"]), mlp_dim=int(t["intermediate_size"]),
+        num_heads=int(t["num_attention_heads"]), num_kv_heads=int(t["num_key_value_heads"]),
+        head_dim=int(t["head_dim"]), sliding_window=int(t["sliding_window"]),
+        global_every=_global_every(t), rope_local_base=local_base,
+        rope_global_base=global_base, rope_global_scale=global_scale,
+        query_pre_attn_scalar=float(t["query_pre_attn_scalar"]),
+        rms_norm_eps=float(t["rms_norm_eps"]))
+
+
+class _TensorSource:
+    """Name -> tensor lookup over every *.safetensors file of a directory."""
+
+    def __init__(self, hf_dir: pathlib.Path):
+        files = sorted(hf_dir.glob("*.safetensors"))
+        if not files:
+            raise ConvertError(f"no *.safetensors files in {hf_dir}; pass the directory written "
+                               f"by save_pretrained")
+        self._handles = [safe_open(str(f), framework="numpy") for f in files]
+        self._where = {k: h for h in self._handles for k in h.keys()}
+        for prefix in _TENSOR_PREFIXES:
+            if prefix + "embed_tokens.weight" in self._where:
+                self.prefix = prefix
+                break
+        else:
+            raise ConvertError(f"missing tensor embed_tokens.weight (tried prefixes "
+                               f"{list(_TENSOR_PREFIXES)}) in {hf_dir}; is this a Gemma 3 "
+                               f"checkpoint?")
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The fp32 tensor `prefix + name`, checked against the config's `shape`."""
+        full = self.prefix + name
+        if full not in self._where:
+            raise ConvertError(f"missing tensor {full} in the safetensors files; the checkpoint "
+                               f"is incomplete or config.json has too many layers")
+        array = self._where[full].get_tensor(full)
+        if tuple(array.shape) != tuple(shape):
+            raise ConvertError(f"tensor {full} has shape {tuple(array.shape)} but config.json "
+                               f"implies {tuple(shape)}; use the config.json saved with these "
+                               f"weights")
+        return np.asarray(array, dtype=np.float32)
+
+
+def load_hf_params(hf_dir, cfg: ModelConfig) -> dict[str, Any]:
+    """Reads the HF tensors into our stacked fp32 param tree (numpy arrays)."""
+    src = _TensorSource(pathlib.Path(hf_dir))
+    L, D, F = cfg.num_layers, cfg.d_model, cfg.mlp_dim
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    per_layer: dict[str, list[np.ndarray]] = {}
+
+    def add(key, array):
+        per_layer.setdefault(key, []).append(array)
+
+    for i in range(L):
+        pre = f"layers.{i}."
+        # HF Linear weights are [out, in]; ours are [in, ...out].
+        add("attn/q", src.get(pre + "self_attn.q_proj.weight", (N * H, D)).T.reshape(D, N, H))
+        add("attn/k", src.get(pre + "self_attn.k_proj.weight", (K * H, D)).T.reshape(D, K, H))
+        add("attn/v", src.get(pre + "self_attn.v_proj.weight", (K * H, D)).T.reshape(D, K, H))
+        add("attn/o", src.get(pre + "self_attn.o_proj.weight", (D, N * H)).T.reshape(N, H, D))
+        add("attn/q_norm", src.get(pre + "self_attn.q_norm.weight", (H,)))
+        add("attn/k_norm", src.get(pre + "self_attn.k_norm.weight", (H,)))
+        add("mlp/gate", src.get(pre + "mlp.gate_proj.weight", (F, D)).T)
+        add("mlp/up", src.get(pre + "mlp.up_proj.weight", (F, D)).T)
+        add("mlp/down", src.get(pre + "mlp.down_proj.weight", (D, F)).T)
+        add("pre_attn_norm", src.get(pre + "input_layernorm.weight", (D,)))
+        add("post_attn_norm", src.get(pre + "post_attention_layernorm.weight", (D,)))
+        add("pre_mlp_norm", src.get(pre + "pre_feedforward_layernorm.weight", (D,)))
+        add("post_mlp_norm", src.get(pre + "post_feedforward_layernorm.weight", (D,)))
+
+    layers: dict[str, Any] = {"attn": {}, "mlp": {}}
+    for key, arrays in per_layer.items():
+        node = layers
+        *parents, leaf = key.split("/")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = np.ascontiguousarray(np.stack(arrays))
+    return {
+        "embedding": src.get("embed_tokens.weight", (cfg.vocab_size, D)),
+        "final_norm": src.get("norm.weight", (D,)),
+        "layers": layers,
+    }
+
+
+def convert(hf_dir, out, overwrite: bool = False) -> str:
+    """Converts an HF Gemma 3 text checkpoint directory into a model checkpoint.
+
+    Args:
+        hf_dir: directory with config.json and *.safetensors.
+        out: output checkpoint path (see trainer.model_io).
+        overwrite: replace an existing checkpoint at `out`.
+
+    Returns:
+        The params fingerprint of the written checkpoint.
+
+    Raises:
+        ConvertError / model_io.ModelIOError: bad input, with the fix in the message.
+    """
+    hf_dir = pathlib.Path(hf_dir)
+    config_path = hf_dir / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConvertError(f"cannot read {config_path} ({e}); pass --hf-dir pointing at a "
+                           f"save_pretrained directory") from None
+    cfg = model_config_from_hf(hf, name=f"hf:{hf_dir.name}")
+    params = load_hf_params(hf_dir, cfg)
+    metadata = {"source": "huggingface", "hf_dir": str(hf_dir.resolve()),
+                "hf_architectures": hf.get("architectures", [])}
+    return model_io.save_model(out, cfg, params, metadata, overwrite=overwrite)
+
+
+def main(argv=None) -> int:
+    """CLI: python -m teacher_dump.convert --hf-dir DIR --out CKPT [--overwrite]."""
+    parser = argparse.ArgumentParser(prog="python -m teacher_dump.convert",
+                                     description="Convert a Hugging Face Gemma 3 text "
+                                                 "checkpoint to a model checkpoint.")
+    parser.add_argument("--hf-dir", required=True, help="config.json + *.safetensors directory")
+    parser.add_argument("--out", required=True, help="output model checkpoint directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    try:
+        fp = convert(args.hf_dir, args.out, overwrite=args.overwrite)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, "fingerprint": fp}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
