@@ -1,0 +1,236 @@
+"""Precision profiles: how each logical field is encoded into stored arrays.
+
+A profile turns the writer's float32 inputs into Zarr-readable integer /
+float16 arrays and back. Every encoding is deterministic (same input, same
+bytes), so re-writing a work unit rewrites identical files.
+
+``exact`` (per token at T=2048, k=128, D=2560: 5,646 B + tokens):
+  * ``topk/ids``       uint16 (int32 if V > 65,536)  [N,T,K]
+  * ``topk/logprobs``  float16                        [N,T,K]
+  * ``hidden/<l>``     float16 of x / rms(x)          [N,T,D]
+    ``hidden_aux/<l>/rms`` float32 per-token RMS      [N,T]
+  zarr-python cannot read bfloat16, and the RMS-normalised vector has every
+  element <= sqrt(D) in magnitude, so float16 (3 more mantissa bits than
+  bfloat16) cannot overflow; decode is ``hidden * rms``.
+
+``compact`` (<= 3,000 B/token at that geometry, before zstd):
+  * ``topk/ids``            uint16/int32, zstd                     [N,T,K]
+  * ``topk/top_logprob``    float32 top-1 log-prob                 [N,T]
+  * ``topk/logprobs``       uint8 code, zstd                       [N,T,K]
+      lp = top - LP_RANGE * (code / 254)**2, code 255 = -inf.
+      Square-root companding spends the codes where the probability mass
+      is (near the top-1), which is what the KL to the teacher weighs.
+  * ``hidden/<l>``          int8, zstd                             [N,T,D]
+    ``hidden_aux/<l>/rms``  float32 per-token RMS                  [N,T]
+    ``hidden_aux/<l>/qstep`` float16 step of the int8 grid         [N,T]
+    ``hidden_aux/<l>/outlier_idx`` uint16 channel of the n largest [N,T,n]
+    ``hidden_aux/<l>/outlier_val`` float16 their normalised value  [N,T,n]
+      y = x / rms; the n = NUM_OUTLIERS largest |y| are kept in float16, the
+      rest is quantised on a per-token grid qstep = max|rest| / 127.
+      Decode: y = int8 * qstep; y[idx] = val; x = y * rms.
+      Residual streams carry a few channels 10-100x larger than the rest;
+      an absmax grid set by them would flatten everything else.
+
+Adding a profile: subclass ``Profile`` and register it in ``PROFILES``.
+"""
+import numpy as np
+
+from store import errors
+from store.layout import ArraySpec
+
+NUM_OUTLIERS = 8
+LP_RANGE = 32.0  # nats below the top-1 covered by the uint8 log-prob code
+LP_NEG_INF_CODE = 255
+
+
+def ids_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 65536 else "int32"
+
+
+def hidden_name(layer: int) -> str:
+    return f"hidden/{layer}"
+
+
+def aux_name(layer: int, what: str) -> str:
+    return f"hidden_aux/{layer}/{what}"
+
+
+def _rms(x_RxTxD: np.ndarray) -> np.ndarray:
+    """Per-token RMS (float32) and the same with zeros replaced by 1 (safe divisor)."""
+    rms = np.sqrt(np.mean(np.square(x_RxTxD), axis=-1, dtype=np.float32)).astype(np.float32)
+    return rms, np.where(rms > 0, rms, np.float32(1.0))
+
+
+class Profile:
+    """Base profile: tokens and ids are stored as-is in every profile."""
+    name = ""
+
+    def arrays(self, schema) -> list[ArraySpec]:
+        """Every stored array of a store with this schema."""
+        T, K = schema.seq_len, schema.k
+        specs = [ArraySpec("tokens", (T,), "int32", ("pos",))]
+        if K:
+            specs += self.topk_arrays(T, K, schema.vocab_size)
+        for layer in schema.hidden_layers:
+            specs += self.hidden_arrays(layer, T, schema.hidden_dim)
+        return specs
+
+    def topk_array_names(self, schema) -> list[str]:
+        return [s.name for s in self.topk_arrays(schema.seq_len, schema.k, schema.vocab_size)]
+
+    def hidden_array_names(self, schema, layer) -> list[str]:
+        return [s.name for s in self.hidden_arrays(layer, schema.seq_len, schema.hidden_dim)]
+
+    def topk_arrays(self, T, K, V) -> list[ArraySpec]:
+        raise NotImplementedError
+
+    def hidden_arrays(self, layer, T, D) -> list[ArraySpec]:
+        raise NotImplementedError
+
+    def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size) -> dict:
+        raise NotImplementedError
+
+    def decode_topk(self, stored: dict):
+        """Returns (ids int32, logprobs float32) from the stored arrays."""
+        raise NotImplementedError
+
+    def encode_hidden(self, layer, x_RxTxD) -> dict:
+        raise NotImplementedError
+
+    def decode_hidden(self, layer, stored: dict, dtype) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self, schema) -> dict:
+        """Manifest entry: per-array dtype and the decoding rule, for readers without this package."""
+        raise NotImplementedError
+
+
+class ExactProfile(Profile):
+    """16-bit everything; readable and decodable with plain numpy."""
+    name = "exact"
+
+    def topk_arrays(self, T, K, V):
+        return [ArraySpec("topk/ids", (T, K), ids_dtype(V), ("pos", "k")),
+                ArraySpec("topk/logprobs", (T, K), "float16", ("pos", "k"))]
+
+    def hidden_arrays(self, layer, T, D):
+        return [ArraySpec(hidden_name(layer), (T, D), "float16", ("pos", "d")),
+                ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",))]
+
+    def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size):
+        return {"topk/ids": ids_RxTxK.astype(ids_dtype(vocab_size)),
+                "topk/logprobs": np.minimum(logprobs_RxTxK, 0).astype(np.float16)}
+
+    def decode_topk(self, stored):
+        return (stored["topk/ids"].astype(np.int32),
+                stored["topk/logprobs"].astype(np.float32))
+
+    def encode_hidden(self, layer, x_RxTxD):
+        rms, safe = _rms(x_RxTxD)
+        y = np.divide(x_RxTxD, safe[..., None], dtype=np.float32)
+        return {hidden_name(layer): y.astype(np.float16), aux_name(layer, "rms"): rms}
+
+    def decode_hidden(self, layer, stored, dtype):
+        y = stored[hidden_name(layer)]
+        rms = stored[aux_name(layer, "rms")]
+        out = np.multiply(y, rms[..., None], dtype=np.float32)
+        return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
+
+    def describe(self, schema):
+        return {
+            "profile": self.name,
+            "topk/ids": "vocabulary id; slots dropped by top-p hold id 0",
+            "topk/logprobs": "float16 log-prob at tau=1, sorted descending; -inf = dropped slot",
+            "hidden/<l>": "float16 x/rms(x) (per-token RMS-normalised residual stream after l blocks)",
+            "hidden_aux/<l>/rms": "float32 per-token RMS; x = hidden/<l> * rms[..., None]",
+        }
+
+
+class CompactProfile(Profile):
+    """int8 activations with outlier channels, uint8 companded log-probs, zstd."""
+    name = "compact"
+
+    def topk_arrays(self, T, K, V):
+        return [ArraySpec("topk/ids", (T, K), ids_dtype(V), ("pos", "k"), zstd=True),
+                ArraySpec("topk/logprobs", (T, K), "uint8", ("pos", "k"), zstd=True),
+                ArraySpec("topk/top_logprob", (T,), "float32", ("pos",))]
+
+    def hidden_arrays(self, layer, T, D):
+        n = min(NUM_OUTLIERS, D)
+        return [ArraySpec(hidden_name(layer), (T, D), "int8", ("pos", "d"), zstd=True),
+                ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",)),
+                ArraySpec(aux_name(layer, "qstep"), (T,), "float16", ("pos",)),
+                ArraySpec(aux_name(layer, "outlier_idx"), (T, n), "uint16", ("pos", "outlier")),
+                ArraySpec(aux_name(layer, "outlier_val"), (T, n), "float16", ("pos", "outlier"))]
+
+    def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size):
+        lp = np.minimum(logprobs_RxTxK, 0).astype(np.float32)
+        top = lp[..., 0]
+        finite = np.isfinite(lp) & np.isfinite(top)[..., None]
+        delta = np.where(finite, top[..., None] - lp, 0.0)
+        code = np.rint(254.0 * np.sqrt(np.clip(delta, 0.0, LP_RANGE) / LP_RANGE))
+        code = np.where(finite, code, LP_NEG_INF_CODE).astype(np.uint8)
+        return {"topk/ids": ids_RxTxK.astype(ids_dtype(vocab_size)),
+                "topk/logprobs": code,
+                "topk/top_logprob": np.where(np.isfinite(top), top, -np.inf).astype(np.float32)}
+
+    def decode_topk(self, stored):
+        code = stored["topk/logprobs"]
+        top = stored["topk/top_logprob"]
+        frac = code.astype(np.float32) * np.float32(1.0 / 254.0)
+        lp = top[..., None] - np.float32(LP_RANGE) * frac * frac
+        lp[code == LP_NEG_INF_CODE] = -np.inf
+        return stored["topk/ids"].astype(np.int32), lp
+
+    def encode_hidden(self, layer, x_RxTxD):
+        D = x_RxTxD.shape[-1]
+        n = min(NUM_OUTLIERS, D)
+        rms, safe = _rms(x_RxTxD)
+        y = np.divide(x_RxTxD, safe[..., None], dtype=np.float32)
+        idx = np.argpartition(np.abs(y), D - n, axis=-1)[..., D - n:]
+        idx.sort(axis=-1)
+        val = np.take_along_axis(y, idx, axis=-1)
+        np.put_along_axis(y, idx, 0.0, axis=-1)
+        step = (np.max(np.abs(y), axis=-1) / 127.0).astype(np.float16)
+        step = np.where(step > 0, step, np.float16(1.0))
+        q = np.clip(np.rint(y / step.astype(np.float32)[..., None]), -127, 127).astype(np.int8)
+        return {hidden_name(layer): q, aux_name(layer, "rms"): rms,
+                aux_name(layer, "qstep"): step,
+                aux_name(layer, "outlier_idx"): idx.astype(np.uint16),
+                aux_name(layer, "outlier_val"): val.astype(np.float16)}
+
+    def decode_hidden(self, layer, stored, dtype):
+        q = stored[hidden_name(layer)]
+        step = stored[aux_name(layer, "qstep")].astype(np.float32)
+        y = np.multiply(q, step[..., None], dtype=np.float32)
+        np.put_along_axis(y, stored[aux_name(layer, "outlier_idx")].astype(np.intp),
+                          stored[aux_name(layer, "outlier_val")].astype(np.float32), axis=-1)
+        y *= stored[aux_name(layer, "rms")][..., None]
+        return y if np.dtype(dtype) == np.float32 else y.astype(dtype)
+
+    def describe(self, schema):
+        return {
+            "profile": self.name,
+            "topk/ids": "vocabulary id; slots dropped by top-p hold id 0",
+            "topk/top_logprob": "float32 top-1 log-prob at tau=1",
+            "topk/logprobs": (f"uint8 code c: logprob = top_logprob - {LP_RANGE} * (c/254)**2; "
+                              f"c = {LP_NEG_INF_CODE} means -inf (dropped slot)"),
+            "hidden/<l>": "int8 q of y = x/rms(x) with the outlier channels zeroed",
+            "hidden_aux/<l>/rms": "float32 per-token RMS of x",
+            "hidden_aux/<l>/qstep": "float16 per-token step: y = q * qstep",
+            "hidden_aux/<l>/outlier_idx": "uint16 channels of the largest |y| (then y[idx] = outlier_val)",
+            "hidden_aux/<l>/outlier_val": "float16 y at those channels; finally x = y * rms[..., None]",
+            "num_outliers": min(NUM_OUTLIERS, schema.hidden_dim) if schema.hidden_dim else NUM_OUTLIERS,
+        }
+
+
+PROFILES = {p.name: p for p in (ExactProfile(), CompactProfile())}
+
+
+def get_profile(name: str) -> Profile:
+    """Looks a profile up by name; unknown names raise StoreInputError."""
+    try:
+        return PROFILES[name]
+    except (KeyError, TypeError):
+        raise errors.StoreInputError(
+            f"unknown precision profile {name!r}; use one of {sorted(PROFILES)}") from None

@@ -1,0 +1,199 @@
+"""Reading aligned rows: the trainer's (and Grain workers') view of a store.
+
+``StoreReader`` snapshots the manifest and the committed units when it is
+constructed. It pickles to (url, allow_partial, snapshot) and opens its
+TensorStore handles lazily, once per process (Grain workers unpickle it), under
+a lock, so one reader can be shared by threads. A ``read`` issues one
+TensorStore read future per (contiguous row run, stored array), all in
+flight at once (the async I/O pool does the work while Python waits), then
+decodes with numpy.
+"""
+import threading
+
+import numpy as np
+
+from store import errors, layout, ledger, profiles
+from store.schema import read_manifest
+
+
+class StoreReader:
+    """Reads committed rows of a store.
+
+    Args:
+        url: local path or file:// memory:// gs:// s3:// URL.
+        allow_partial: accept a store with uncommitted units (their rows stay unreadable).
+
+    Raises:
+        StoreNotFoundError: no store at ``url``.
+        IncompleteStoreError: uncommitted units and ``allow_partial`` is False.
+    """
+
+    def __init__(self, url, allow_partial: bool = False):
+        self.url = layout.normalize_url(url)
+        self.allow_partial = bool(allow_partial)
+        kv, self.manifest, self.schema = read_manifest(self.url)
+        self._init_derived()
+        tokens = layout.open_array(self.url, self._specs["tokens"])
+        self.num_rows = int(tokens.shape[0])
+        R = self.schema.rows_per_unit
+        self.num_units = (self.num_rows + R - 1) // R
+        self.committed_units = frozenset(u for u in ledger.committed_units(kv) if u < self.num_units)
+        missing = self.num_units - len(self.committed_units)
+        if missing and not self.allow_partial:
+            first = min(set(range(self.num_units)) - self.committed_units)
+            raise errors.IncompleteStoreError(
+                f"store {self.url} has {missing} of {self.num_units} work units uncommitted (first: unit "
+                f"{first}, rows {first * R}..{min((first + 1) * R, self.num_rows)}); finish the dump, or "
+                "pass allow_partial=True to read committed rows only")
+
+    def _init_derived(self):
+        self._profile = profiles.get_profile(self.schema.profile)
+        self._specs = {s.name: s for s in self._profile.arrays(self.schema)}
+        self._arrays = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("_arrays", "_lock", "_profile", "_specs"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_derived()
+
+    def _handles(self) -> dict:
+        if self._arrays is None:
+            with self._lock:
+                if self._arrays is None:
+                    self._arrays = {name: layout.open_array(self.url, spec)
+                                    for name, spec in self._specs.items()}
+        return self._arrays
+
+    def committed_rows(self) -> np.ndarray:
+        """int64 indices of every readable row, ascending."""
+        R = self.schema.rows_per_unit
+        parts = [np.arange(u * R, min((u + 1) * R, self.num_rows), dtype=np.int64)
+                 for u in sorted(self.committed_units)]
+        return np.concatenate(parts) if parts else np.zeros((0,), np.int64)
+
+    def default_fields(self) -> tuple:
+        """Every field of the store: tokens, topk (if k > 0), hidden/<l> per layer."""
+        fields = ["tokens"]
+        if self.schema.k:
+            fields.append("topk")
+        fields += [profiles.hidden_name(l) for l in self.schema.hidden_layers]
+        return tuple(fields)
+
+    def _stored_names(self, fields) -> list:
+        names = []
+        for field in fields:
+            if field == "tokens":
+                names.append("tokens")
+            elif field == "topk" and self.schema.k:
+                names += self._profile.topk_array_names(self.schema)
+            elif field.startswith("hidden/") and field[len("hidden/"):].isdigit() and \
+                    int(field[len("hidden/"):]) in self.schema.hidden_layers:
+                names += self._profile.hidden_array_names(self.schema, int(field[len("hidden/"):]))
+            else:
+                raise errors.StoreInputError(
+                    f"unknown field {field!r}; this store has fields {list(self.default_fields())}")
+        return names
+
+    def _check_rows(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
+            raise errors.StoreInputError(
+                f"rows must be a 1-D sequence of integer row indices, got shape {rows.shape} dtype {rows.dtype}")
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
+            raise errors.StoreInputError(
+                f"row indices must be in [0, {self.num_rows}); got [{rows.min()}, {rows.max()}]")
+        units = np.unique(rows // self.schema.rows_per_unit)
+        bad = [int(u) for u in units if int(u) not in self.committed_units]
+        if bad:
+            raise errors.IncompleteStoreError(
+                f"rows requested from uncommitted work units {bad[:5]}; read only committed_rows()")
+        return rows
+
+    def read(self, rows, fields=None, hidden_dtype=np.float32) -> dict:
+        """Reads and decodes rows.
+
+        Args:
+            rows: 1-D int row indices (any order; repeated rows allowed).
+            fields: subset of ``default_fields()``; None for all.
+            hidden_dtype: numpy dtype of the decoded activations.
+
+        Returns:
+            {"tokens": int32[n,T], "topk_ids": int32[n,T,K], "topk_logprobs": float32[n,T,K],
+             "hidden/<l>": hidden_dtype[n,T,D]} for the requested fields.
+        """
+        fields = tuple(self.default_fields() if fields is None else fields)
+        names = self._stored_names(fields)
+        rows = self._check_rows(rows)
+        stored = self._read_stored(rows, names)
+        out = {}
+        for field in fields:
+            if field == "tokens":
+                out["tokens"] = stored["tokens"]
+            elif field == "topk":
+                out["topk_ids"], out["topk_logprobs"] = self._profile.decode_topk(stored)
+            else:
+                out[field] = self._profile.decode_hidden(int(field[len("hidden/"):]), stored, hidden_dtype)
+        return out
+
+    def read_stored(self, rows, names) -> dict:
+        """Reads the raw stored (encoded) arrays ``names`` at ``rows`` (for verify/bench)."""
+        return self._read_stored(self._check_rows(rows), list(names))
+
+    def _read_stored(self, rows, names) -> dict:
+        arrays = self._handles()
+        runs = _contiguous_runs(rows)
+        futures = {name: [arrays[name][a:b].read() for a, b in runs] for name in names}
+        out = {}
+        for name, futs in futures.items():
+            try:
+                parts = [f.result() for f in futs]
+            except ValueError as e:
+                raise errors.CorruptStoreError(
+                    f"reading {name} of {self.url} failed: {str(e).splitlines()[0]}; "
+                    "run `python -m store verify` and re-write the bad units") from None
+            out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return out
+
+    def require(self, seq_len=None, k=None, vocab_size=None, tokenizer_sha256=None,
+                hidden_layers=None, hidden_dim=None):
+        """Checks the store against a consumer's config (None = don't care).
+
+        Raises:
+            SchemaMismatchError: naming the first field that disagrees and the fix.
+        """
+        s = self.schema
+        checks = [("seq_len", seq_len, s.seq_len, "set the trainer's seq_len to the store's or dump a new store"),
+                  ("k", k, s.k, "set the trainer's top-k to the store's k or dump a new store"),
+                  ("vocab_size", vocab_size, s.vocab_size,
+                   "use the tokenizer the store was dumped with (same vocab size)"),
+                  ("tokenizer_sha256", tokenizer_sha256, s.tokenizer.get("sha256"),
+                   "use the SentencePiece model the store was dumped with"),
+                  ("hidden_dim", hidden_dim, s.hidden_dim,
+                   "set the regressor's teacher width to the store's hidden_dim")]
+        for name, wanted, have, fix in checks:
+            if wanted is not None and wanted != have:
+                raise errors.SchemaMismatchError(
+                    f"store {self.url} has {name}={have!r} but {wanted!r} was required; {fix}")
+        if hidden_layers is not None:
+            missing = sorted(set(int(l) for l in hidden_layers) - set(s.hidden_layers))
+            if missing:
+                raise errors.SchemaMismatchError(
+                    f"store {self.url} has hidden_layers={list(s.hidden_layers)} but layers {missing} "
+                    "were required; distil from a stored layer or dump those layers")
+
+
+def _contiguous_runs(rows: np.ndarray) -> list:
+    """[(start, stop)] covering ``rows`` in order, merging consecutive indices."""
+    if rows.size == 0:
+        return [(0, 0)]  # An empty read still yields correctly shaped arrays.
+    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [rows.size]])
+    return [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, stops)]

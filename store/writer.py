@@ -1,0 +1,225 @@
+"""Creating stores and writing work units.
+
+A work unit ``u`` is rows ``[u*R, min((u+1)*R, N))`` of every array (R =
+``rows_per_unit``), i.e. exactly one shard file per array. ``write_unit``:
+
+1. validates and encodes the inputs (deterministically, see profiles.py);
+2. deletes the unit's commit record (a crash from here on leaves the unit
+   uncommitted rather than committed with stale checksums);
+3. writes every array slice with concurrent TensorStore futures and waits
+   for all of them (each shard is written atomically);
+4. writes the commit record last.
+
+Several processes may write distinct units of one store at once; a unit
+written twice (resume after a crash) gets identical bytes.
+"""
+import os
+
+import numpy as np
+
+from store import errors, layout, ledger, profiles
+from store.schema import (StoreSchema, build_manifest, check_same_schema, read_manifest)
+
+
+def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
+    """Creates a store, or reopens an identical one.
+
+    The group's zarr.json (with the manifest) is written first, then the
+    arrays are created-or-opened, so a creation interrupted half-way is
+    completed by simply calling ``create_store`` again.
+
+    Args:
+        url: local path or file:// memory:// gs:// s3:// URL.
+        schema: the store's schema.
+        num_rows: rows N (grow later with ``StoreWriter.resize``).
+
+    Returns:
+        A StoreWriter.
+
+    Raises:
+        SchemaMismatchError: a store exists at ``url`` with another schema or row count.
+        StoreNotFoundError: ``url`` is a non-empty directory that is not a store.
+    """
+    if not isinstance(schema, StoreSchema):
+        raise errors.StoreInputError(
+            f"schema must be a store.StoreSchema, got {type(schema).__name__}; build one with StoreSchema(...)")
+    if int(num_rows) < 0:
+        raise errors.StoreInputError(f"num_rows={num_rows} must be >= 0")
+    url = layout.normalize_url(url)
+    path = layout.local_path(url)
+    kv = layout.open_kvstore(url)
+    root = layout.read_json(kv, "zarr.json")
+    if root is None:
+        if path is not None and _non_empty_dir(path):
+            raise errors.StoreNotFoundError(
+                f"{path} is a non-empty directory without zarr.json, not a store; pass a new or empty path")
+        profile = profiles.get_profile(schema.profile)
+        manifest = build_manifest(schema, profile.describe(schema))
+        layout.write_group(kv, "", manifest)
+        # Intermediate groups so that zarr-python can walk the hierarchy.
+        for group in _groups(schema):
+            layout.write_group(kv, group, {})
+        layout.write_group(kv, "ledger", {"description": "commit records: unit_NNNNNNNN/zarr.json attributes, one per committed work unit"})
+    _, manifest, stored = read_manifest(url)
+    check_same_schema(stored, schema, url)
+    tokens_meta = layout.read_json(kv, "tokens/zarr.json")
+    if tokens_meta is not None and tokens_meta["shape"][0] != int(num_rows):
+        raise errors.SchemaMismatchError(
+            f"store {url} has num_rows={tokens_meta['shape'][0]}, not {num_rows}; reopen it with "
+            "store.open_writer(url) and call .resize(num_rows) to grow it")
+    return StoreWriter(url, _create_rows=int(num_rows))
+
+
+def open_writer(url) -> "StoreWriter":
+    """Opens an existing store for writing units (StoreNotFoundError if none)."""
+    return StoreWriter(url)
+
+
+def _non_empty_dir(path: str) -> bool:
+    return os.path.isdir(path) and any(True for _ in os.scandir(path))
+
+
+def _groups(schema: StoreSchema) -> list[str]:
+    groups = []
+    if schema.k:
+        groups.append("topk")
+    if schema.hidden_layers:
+        groups += ["hidden", "hidden_aux"] + [f"hidden_aux/{l}" for l in schema.hidden_layers]
+    return groups
+
+
+class StoreWriter:
+    """Writes work units of one store. Use ``create_store`` / ``open_writer``."""
+
+    def __init__(self, url, _create_rows: int | None = None):
+        self.url = layout.normalize_url(url)
+        self._kv, self.manifest, self.schema = read_manifest(self.url)
+        self._profile = profiles.get_profile(self.schema.profile)
+        self._specs = {s.name: s for s in self._profile.arrays(self.schema)}
+        self._open_arrays(_create_rows)
+
+    def _open_arrays(self, create_rows):
+        R = self.schema.rows_per_unit
+        self._arrays = {name: layout.open_array(self.url, spec, create_rows=create_rows, rows_per_unit=R)
+                        for name, spec in self._specs.items()}
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._arrays["tokens"].shape[0])
+
+    @property
+    def num_units(self) -> int:
+        R = self.schema.rows_per_unit
+        return (self.num_rows + R - 1) // R
+
+    def unit_rows(self, unit: int) -> tuple[int, int]:
+        """Row range [start, stop) of a unit."""
+        if not 0 <= int(unit) < self.num_units:
+            raise errors.StoreInputError(
+                f"unit {unit} out of range: the store has {self.num_units} units (rows {self.num_rows}); "
+                "resize the store first to add rows")
+        R = self.schema.rows_per_unit
+        return int(unit) * R, min((int(unit) + 1) * R, self.num_rows)
+
+    def resize(self, num_rows: int):
+        """Grows the store to ``num_rows`` rows (shrinking is refused).
+
+        If the old last unit was short and committed, its record is deleted:
+        it now spans more rows and must be written again.
+        """
+        old = self.num_rows
+        if num_rows < old:
+            raise errors.StoreInputError(
+                f"resize({num_rows}) would drop rows of a {old}-row store; stores only grow, write a new store")
+        if num_rows == old:
+            return
+        R = self.schema.rows_per_unit
+        if old % R and (old // R) in self.committed_units():
+            ledger.delete(self._kv, old // R)
+        for name, arr in self._arrays.items():
+            arr.resize(exclusive_max=[num_rows] + [None] * (arr.rank - 1),
+                       resize_metadata_only=True, expand_only=True).result()
+        self._open_arrays(None)
+
+    def committed_units(self) -> set[int]:
+        return {u for u in ledger.committed_units(self._kv) if u < self.num_units}
+
+    def is_committed(self, unit: int) -> bool:
+        return ledger.read(self._kv, int(unit)) is not None
+
+    def write_unit(self, unit: int, tokens, topk_ids=None, topk_logprobs=None, hidden=None):
+        """Encodes and writes one work unit, then commits it.
+
+        Args:
+            unit: unit index in [0, num_units).
+            tokens: int32[R, T] token ids (R = the unit's row count).
+            topk_ids: int[R, T, K] teacher top-k ids (required iff k > 0).
+            topk_logprobs: float32[R, T, K] log-probs sorted descending (-inf: dropped slot).
+            hidden: {layer: float32[R, T, D]} for every captured layer.
+
+        Raises:
+            StoreInputError: a missing, extra, mis-shaped or out-of-range input.
+        """
+        start, stop = self.unit_rows(unit)
+        encoded = self._encode(stop - start, tokens, topk_ids, topk_logprobs, hidden)
+        ledger.delete(self._kv, int(unit))
+        futures = [self._arrays[name][start:stop].write(x) for name, x in encoded.items()]
+        for f in futures:
+            f.result()
+        record = ledger.make_record(int(unit), (start, stop), self.manifest["schema_sha256"], encoded)
+        ledger.write(self._kv, record)
+
+    def _encode(self, rows, tokens, topk_ids, topk_logprobs, hidden) -> dict:
+        s = self.schema
+        T, K, V = s.seq_len, s.k, s.vocab_size
+        tokens = _check_array("tokens", tokens, (rows, T), "integer")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+            raise errors.StoreInputError(f"tokens must be in [0, vocab_size={V}); got range "
+                                         f"[{tokens.min()}, {tokens.max()}]; check the tokenizer")
+        encoded = {"tokens": tokens.astype(np.int32)}
+        if K:
+            if topk_ids is None or topk_logprobs is None:
+                raise errors.StoreInputError(f"this store has k={K}: pass topk_ids and topk_logprobs")
+            ids = _check_array("topk_ids", topk_ids, (rows, T, K), "integer")
+            lp = _check_array("topk_logprobs", topk_logprobs, (rows, T, K), "floating")
+            _check_topk(ids, lp, V)
+            encoded.update(self._profile.encode_topk(ids, lp.astype(np.float32), V))
+        elif topk_ids is not None or topk_logprobs is not None:
+            raise errors.StoreInputError("this store has k=0 (tokens only): pass topk_ids=None, topk_logprobs=None")
+        hidden = dict(hidden or {})
+        wanted = set(s.hidden_layers)
+        if set(hidden) != wanted:
+            raise errors.StoreInputError(
+                f"hidden must have exactly the layers {sorted(wanted)}, got {sorted(hidden)}")
+        for layer in s.hidden_layers:
+            x = _check_array(f"hidden[{layer}]", hidden[layer], (rows, T, s.hidden_dim), "floating")
+            x = np.asarray(x, dtype=np.float32)
+            if not np.isfinite(x).all():
+                raise errors.StoreInputError(
+                    f"hidden[{layer}] has NaN/inf values; fix the teacher forward pass (check its dtype)")
+            encoded.update(self._profile.encode_hidden(layer, x))
+        return encoded
+
+
+def _check_array(name, x, shape, kind) -> np.ndarray:
+    x = np.asarray(x)
+    ok_kind = np.issubdtype(x.dtype, np.integer) if kind == "integer" else (
+        np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16")
+    if not ok_kind:
+        raise errors.StoreInputError(f"{name} has dtype {x.dtype}, expected {kind}; cast it before write_unit")
+    if x.shape != tuple(shape):
+        raise errors.StoreInputError(
+            f"{name} has shape {x.shape}, expected {tuple(shape)} (rows of this unit, seq_len, ...); "
+            "check the unit's row range with unit_rows(u)")
+    return x
+
+
+def _check_topk(ids, lp, V):
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise errors.StoreInputError(f"topk_ids must be in [0, vocab_size={V}); got [{ids.min()}, {ids.max()}]")
+    lp32 = lp.astype(np.float32)
+    if np.isnan(lp32).any() or (lp32 > 1e-3).any():
+        raise errors.StoreInputError("topk_logprobs must be log-probabilities (<= 0, no NaN); "
+                                     "store logit - logsumexp, not raw logits")
+    if (lp32[..., 1:] > lp32[..., :-1]).any():
+        raise errors.StoreInputError("topk_logprobs must be sorted descending along k; use lax.top_k order")
