@@ -161,6 +161,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.budget.value > 0 and math.isfinite(config.budget.value),
            f"budget.value={config.budget.value} must be > 0; e.g. --set budget.value=1e15")
     _check(config.data.batch_size > 0, f"data.batch_size={config.data.batch_size} must be > 0")
+    _check(config.data.seq_len > 1, f"data.seq_len={config.data.seq_len} must be > 1")
+    _check(config.data.k >= 0, f"data.k={config.data.k} must be >= 0 (0: any k)")
     _check(config.data.num_threads >= 0 and config.data.prefetch_buffer_size >= 0
            and config.data.num_workers >= 0, "data.num_threads, data.prefetch_buffer_size "
            "and data.num_workers must be >= 0")

@@ -31,6 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.batch_size = 256          # Global batch (rows of T tokens) per step.
+    c.data.seq_len = 2048            # T; must equal the store's seq_len (checked first).
+    c.data.k = 128                   # Top-k the store must hold (KD/HLD); 0: any k >= 1.
     c.data.num_threads = 2           # Grain reader threads per process (batch reads).
     c.data.prefetch_buffer_size = 4  # Batches read ahead per process.
     c.data.num_workers = 0           # >0: Grain worker processes instead of threads only.
@@ -73,4 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000        # Steps between Orbax checkpoints (and at the end).
     c.keep_checkpoints = 2           # Checkpoints kept on disk.
     c.peak_flops_per_device = 699e12  # For MFU; default: measured H100 bf16 matmul.
+
+    c.debug = ml_collections.ConfigDict()
+    c.debug.kill_at_step = 0         # Fault injection for resume tests: SIGKILL self after
+                                     # this global step (0: off).
     return c

@@ -29,6 +29,7 @@ def get_config(arg=None):
         c.model.dtype = "float32"
         c.model.remat = False
         c.data.batch_size = 8
+        c.data.seq_len = 64
         c.optim.warmup_steps = 20
         c.budget.unit = "flops"
         c.budget.value = 1e11

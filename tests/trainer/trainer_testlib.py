@@ -1,0 +1,81 @@
+"""Shared helpers for the trainer tests: a tiny learnable store, tiny configs.
+
+The store's "teacher" is a fixed random bigram model: tokens are sampled from
+it, the top-k holds its true next-token log-probs, and the hidden "activation"
+is a fixed random projection of the current token. So KD and HLD have real
+signal to learn and a falling KL means the student learned something.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from store import StoreSchema, create_store
+from trainer.config import load_config
+
+CONFIG = "trainer/configs/tiny.py"
+VOCAB = 512
+SEQ = 32
+K = 8
+LAYER = 2
+
+
+def _bigram(vocab, seed):
+    rng = np.random.default_rng(seed)
+    logits_VxV = rng.normal(size=(vocab, vocab)).astype(np.float64) * 3.0
+    return logits_VxV - np.log(np.exp(logits_VxV).sum(-1, keepdims=True))
+
+
+def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
+               layers=(LAYER,), rows_per_unit=16, seed=0, tokenizer_sha="ab" * 32):
+    """Writes a tiny bigram-teacher store; k=0 and layers=() give tokens only."""
+    logp_VxV = _bigram(vocab, seed)
+    rng = np.random.default_rng(seed + 1)
+    tokens = np.zeros((num_rows, seq_len), np.int32)
+    tokens[:, 0] = rng.integers(0, vocab, num_rows)
+    cdf = np.cumsum(np.exp(logp_VxV), -1)
+    for t in range(1, seq_len):
+        u = rng.random(num_rows)[:, None]
+        tokens[:, t] = np.minimum((u > cdf[tokens[:, t - 1]]).sum(-1), vocab - 1)
+    schema = StoreSchema(
+        seq_len=seq_len, k=k, vocab_size=vocab, hidden_layers=tuple(layers),
+        hidden_dim=hidden_dim if layers else 0, rows_per_unit=rows_per_unit,
+        tokenizer={"sha256": tokenizer_sha, "vocab_size": vocab, "bos_id": 1, "eos_id": 2,
+                   "pad_id": 0},
+        teacher={"name": "bigram", "fingerprint": "0" * 64, "num_layers": 2 * LAYER,
+                 "d_model": hidden_dim, "config": {}} if (k or layers) else {},
+        packing={"rule": "noam"})
+    writer = create_store(str(path), schema, num_rows=num_rows)
+    proj_VxD = np.random.default_rng(seed + 2).normal(size=(vocab, max(hidden_dim, 1)))
+    for u in range(writer.num_units):
+        start, stop = writer.unit_rows(u)
+        tok = tokens[start:stop]
+        kwargs = {}
+        if k:
+            lp = logp_VxV[tok]                               # [R, T, V]
+            ids = np.argsort(-lp, -1)[..., :k].astype(np.int32)
+            kwargs["topk_ids"] = ids
+            kwargs["topk_logprobs"] = np.take_along_axis(lp, ids, -1).astype(np.float32)
+        if layers:
+            kwargs["hidden"] = {l: (proj_VxD[tok] * 30.0).astype(np.float32) for l in layers}
+        writer.write_unit(u, tokens=tok, **kwargs)
+    return str(path)
+
+
+def tiny_config(method, store_url, run_dir, steps=None, **overrides):
+    """The tiny config for `method`, with a budget giving about `steps` steps."""
+    sets = [f"store.url={store_url}", f"run_dir={run_dir}"]
+    sets += [f"{k}={v}" for k, v in overrides.items()]
+    config = load_config(f"{CONFIG}:{method}", sets)
+    if steps is not None:
+        config.budget.unit = "flops"
+        config.budget.value = budget_for_steps(config, steps)
+    return config
+
+
+def budget_for_steps(config, steps):
+    """FLOPs budget that trainer.flops turns into `steps` steps of NLL-cost."""
+    from trainer import flops, train
+    model_cfg = train.model_config_from(config)
+    counts = flops.model_flops(model_cfg, teacher_d_model=config.teacher.d_model)
+    per_token = counts["flops_per_token"]["nll"]
+    return float(per_token * config.data.batch_size * config.data.seq_len * (steps + 0.5))

@@ -1,0 +1,178 @@
+"""Grain input pipeline over a store: aligned batches of exactly what a method needs.
+
+    source = StoreSource(url, fields_for(Method.KD))
+    it = make_iterator(source, global_batch=256, seed=0)
+    batch = next(it)           # {"tokens": int32[b,T], "topk_ids": ..., ...}
+    state = it.get_state()     # JSON-able; it.set_state(state) resumes exactly
+
+Index pipeline: committed row ids → seeded global shuffle (reshuffled each
+epoch) → infinite repeat → per-host slice (process i of n takes every n-th
+element) → batch of indices → ONE `StoreReader.read` per batch (a map run by
+Grain's reader threads, which is the prefetch). Reading a batch in one call
+lets TensorStore fetch all its chunks concurrently instead of row by row.
+"""
+from __future__ import annotations
+
+import grain
+import jax
+import numpy as np
+
+from store import StoreReader
+from trainer.config import Method
+
+# The batch keys a method's loss uses (the store's "hidden/<l>" becomes "hidden").
+_TOPK = ("topk_ids", "topk_logprobs")
+
+
+class DataConfigError(ValueError):
+    """The store cannot feed the requested batches."""
+
+
+def fields_for(method: Method, hidden_layer: int = 0) -> tuple[str, ...]:
+    """Store fields a method reads: NLL tokens; KD + top-k; HLD + one hidden layer."""
+    if method is Method.NLL:
+        return ("tokens",)
+    if method is Method.KD:
+        return ("tokens", "topk")
+    if method in (Method.HLDC, Method.HLDF):
+        return ("tokens", "topk", f"hidden/{hidden_layer}")
+    raise ValueError(f"unknown method {method!r}; use one of {[m.value for m in Method]}")
+
+
+class StoreSource:
+    """A Grain `RandomAccessDataSource` over the committed rows of a store.
+
+    Picklable: only the URL and options travel; the StoreReader (and its
+    TensorStore handles) is opened lazily in whichever process reads.
+
+    Args:
+        url: store path or URL.
+        fields: store fields as in `StoreReader.read` ("tokens", "topk", "hidden/<l>").
+        allow_partial: read only committed units of an unfinished store.
+    """
+
+    def __init__(self, url: str, fields: tuple[str, ...], allow_partial: bool = False):
+        self.url = str(url)
+        self.fields = tuple(fields)
+        self.allow_partial = allow_partial
+        self._reader = None
+        self._rows = None
+
+    def __getstate__(self):
+        return {"url": self.url, "fields": self.fields, "allow_partial": self.allow_partial}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    @property
+    def reader(self) -> StoreReader:
+        """The lazily opened StoreReader of this process."""
+        if self._reader is None:
+            self._reader = StoreReader(self.url, allow_partial=self.allow_partial)
+        return self._reader
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Committed row ids (int64), fixed at first use so indices stay stable."""
+        if self._rows is None:
+            self._rows = np.asarray(self.reader.committed_rows(), dtype=np.int64)
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.read_indices(np.array([index])).items()}
+
+    def read_indices(self, indices) -> dict[str, np.ndarray]:
+        """Reads source indices (positions in `rows`) as one batch dict."""
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        raw = self.reader.read(rows, fields=self.fields, hidden_dtype=np.float32)
+        batch = {"tokens": np.asarray(raw["tokens"], np.int32)}
+        if "topk" in self.fields:
+            batch["topk_ids"] = np.asarray(raw["topk_ids"], np.int32)
+            batch["topk_logprobs"] = np.asarray(raw["topk_logprobs"], np.float32)
+        for field in self.fields:
+            if field.startswith("hidden/"):
+                batch["hidden"] = np.asarray(raw[field], np.float32)
+        return batch
+
+
+class _ReadBatch(grain.transforms.Map):
+    """Index batch → data batch (a class, not a lambda, so it pickles to workers)."""
+
+    def __init__(self, source: StoreSource):
+        self.source = source
+
+    def map(self, indices):
+        # Sorted rows turn into fewer contiguous store reads; the order of rows
+        # inside a batch does not matter to the loss.
+        return self.source.read_indices(np.sort(indices))
+
+
+def make_dataset(source: StoreSource, batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+    """Infinite, seeded MapDataset of this host's batches.
+
+    Args:
+        source: the store source.
+        batch_size: rows per batch on THIS host (global batch / process_count).
+        seed: shuffle seed (each epoch is reshuffled deterministically).
+        process_index, process_count: this host's slot among all hosts.
+
+    Raises:
+        DataConfigError: fewer committed rows than one global batch.
+    """
+    n = len(source)
+    if n < batch_size * process_count:
+        raise DataConfigError(f"store has {n} committed rows but a global batch needs "
+                              f"{batch_size * process_count}; lower data.batch_size or "
+                              f"write more rows")
+    ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
+    ds = ds[process_index::process_count]
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
+    return ds.map(_ReadBatch(source))
+
+
+def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads: int = 2,
+                  prefetch_buffer_size: int = 4, num_workers: int = 0):
+    """A checkpointable iterator of host-local batches (Grain DatasetIterator).
+
+    Args:
+        source: the store source.
+        global_batch: rows per step over all hosts (split evenly between hosts).
+        seed: shuffle seed.
+        num_threads: reader threads per process (0: read in the caller's thread).
+        prefetch_buffer_size: batches read ahead per process.
+        num_workers: >0 reads in that many worker processes (Grain mp_prefetch).
+
+    Returns:
+        An iterator with `get_state()` / `set_state(state)` (JSON-able dicts).
+    """
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch % count:
+        raise DataConfigError(f"data.batch_size={global_batch} is not divisible by the "
+                              f"{count} hosts; use a multiple of {count}")
+    ds = make_dataset(source, global_batch // count, seed, index, count)
+    options = grain.ReadOptions(num_threads=num_threads,
+                                prefetch_buffer_size=prefetch_buffer_size)
+    iter_ds = ds.to_iter_dataset(options)
+    if num_workers > 0:
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(iter_ds)
+
+
+def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
+                    hidden_dim: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random in-memory batch with the same keys/dtypes as the store loader (bench/tests)."""
+    rng = np.random.default_rng(seed)
+    batch = {"tokens": rng.integers(0, vocab_size, (batch_size, seq_len), dtype=np.int32)}
+    if k:
+        logits = rng.normal(size=(batch_size, seq_len, vocab_size)).astype(np.float32)
+        ids = np.argsort(-logits, axis=-1)[..., :k].astype(np.int32)
+        lse = np.log(np.exp(logits).sum(-1, keepdims=True))
+        batch["topk_ids"] = ids
+        batch["topk_logprobs"] = np.take_along_axis(logits, ids, -1) - lse
+    if hidden_dim:
+        batch["hidden"] = rng.normal(size=(batch_size, seq_len, hidden_dim)).astype(np.float32)
+    return batch
