@@ -1,0 +1,84 @@
+"""``python -m store {inspect,verify,stats} STORE [--json]``.
+
+Exit codes: 0 success (verify: store sound), 1 verify found bad units,
+2 usage error or unreadable store (one line on stderr, no traceback).
+"""
+import argparse
+import json
+import sys
+
+from store import errors
+from store.inspection import inspect_store
+from store.stats import store_stats
+from store.verify import verify_store
+
+COMMANDS = {"inspect": inspect_store, "verify": verify_store, "stats": store_stats}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m store", description="Inspect, verify or profile a teacher-signal store.")
+    p.add_argument("command", choices=sorted(COMMANDS))
+    p.add_argument("store", help="store path or URL (file://, memory://, gs://, s3://)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--rows", type=int, default=32, help="stats: rows to sample (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="stats: sampling seed")
+    return p
+
+
+def main(argv=None) -> int:
+    """Runs the CLI; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "stats":
+            result = store_stats(args.store, sample_rows=args.rows, seed=args.seed)
+        else:
+            result = COMMANDS[args.command](args.store)
+    except errors.StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True, allow_nan=True))
+    else:
+        print(_format(args.command, result))
+    if args.command == "verify" and not result["ok"]:
+        return 1
+    return 0
+
+
+def _format(command: str, r: dict) -> str:
+    if command == "inspect":
+        s = r["manifest"]["schema"]
+        lines = [f"store {r['url']}  profile={s['profile']}  rows={r['num_rows']}  T={s['seq_len']}  "
+                 f"k={s['k']}  V={s['vocab_size']}  layers={s['hidden_layers']}  D={s['hidden_dim']}",
+                 f"units committed {r['committed_units']}/{r['num_units']} (rows_per_unit={s['rows_per_unit']}), "
+                 f"teacher={s['teacher'].get('name')} fingerprint={s['teacher'].get('fingerprint')}",
+                 f"{'array':28s} {'dtype':8s} {'shape':22s} {'chunk':18s} {'codecs':34s} {'bytes':>12s} {'B/token':>9s}"]
+        for a in r["arrays"]:
+            bpt = "-" if a["bytes_per_token"] is None else f"{a['bytes_per_token']:.1f}"
+            lines.append(f"{a['name']:28s} {a['dtype']:8s} {str(a['shape']):22s} {str(a['chunk_shape']):18s} "
+                         f"{','.join(a['codecs']):34s} {str(a['bytes_on_disk']):>12s} {bpt:>9s}")
+        total = "-" if r["bytes_per_token"] is None else f"{r['bytes_per_token']:.1f}"
+        lines.append(f"total bytes on disk {r['bytes_on_disk']}  bytes/token {total}")
+        return "\n".join(lines)
+    if command == "verify":
+        head = (f"{'OK' if r['ok'] else 'BAD'}: {r['committed_units']}/{r['num_units']} units committed, "
+                f"{len(r['bad_units'])} bad")
+        return "\n".join([head] + [f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: "
+                                   f"{b['detail']}" for b in r["bad_units"]])
+    lines = [f"stats over {r['rows_sampled']} rows ({r['tokens_sampled']} tokens) of {r['url']}"]
+    if "topk" in r:
+        c, e = r["topk"]["coverage"], r["topk"]["entropy_nats"]
+        if c.get("n"):
+            lines.append(f"top-{r['topk']['k']} mass coverage: mean {c['mean']:.4f} p1 {c['p1']:.4f} "
+                         f"p50 {c['p50']:.4f} p99 {c['p99']:.4f}")
+            lines.append(f"entropy over support (nats): mean {e['mean']:.3f} p1 {e['p1']:.3f} "
+                         f"p50 {e['p50']:.3f} p99 {e['p99']:.3f}")
+    for layer, h in r["hidden"].items():
+        if h.get("n") == 0:
+            continue
+        n = h["token_l2_norm"]
+        top = ", ".join(f"{c['channel']}:{c['mean_abs']:.3g}" for c in h["top_channels"])
+        lines.append(f"hidden/{layer}: token L2 norm mean {n['mean']:.4g} p1 {n['p1']:.4g} p99 {n['p99']:.4g}; "
+                     f"mean square {h['mean_square']:.4g}; top channels (mean |x|) {top}; "
+                     f"median channel {h['median_channel_mean_abs']:.3g}")
+    return "\n".join(lines)

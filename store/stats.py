@@ -1,0 +1,97 @@
+"""Content statistics on a row sample: what the teacher signal looks like.
+
+* top-k mass coverage ``sum(exp(logprob))`` per token: how much of the
+  teacher distribution k keeps (1 - coverage is the tail the KD loss never sees);
+* teacher entropy over the stored support (softmax of the log-probs);
+* per captured layer: per-token L2 norm, mean squared magnitude, and the
+  channels with the largest mean |x| (the outlier channels the compact
+  profile keeps apart).
+"""
+import numpy as np
+
+from store import profiles
+from store.reader import StoreReader
+
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+def _summary(x: np.ndarray) -> dict:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if x.size == 0:
+        return {"n": 0}
+    out = {"n": int(x.size), "mean": float(x.mean()), "min": float(x.min()), "max": float(x.max())}
+    out.update({f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(x, PERCENTILES))})
+    return out
+
+
+def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool = True) -> dict:
+    """Statistics over a random sample of committed rows.
+
+    Args:
+        url: the store's path or URL.
+        sample_rows: rows to sample (all committed rows if fewer).
+        seed: sampling seed (the same seed samples the same rows).
+        allow_partial: sample the committed rows of an unfinished store.
+
+    Returns:
+        {"url", "rows_sampled", "tokens": {...}, "topk": {"coverage", "entropy", "tail_mass_mean"},
+         "hidden": {layer: {"token_l2_norm", "mean_square", "top_channels"}}}.
+    """
+    reader = StoreReader(url, allow_partial=allow_partial)
+    committed = reader.committed_rows()
+    rng = np.random.default_rng(seed)
+    n = min(int(sample_rows), committed.size)
+    rows = np.sort(rng.choice(committed, size=n, replace=False)) if n else committed[:0]
+    out = {"url": reader.url, "rows_sampled": int(n), "tokens_sampled": int(n * reader.schema.seq_len)}
+    pad_id = reader.schema.tokenizer.get("pad_id")
+    for start in range(0, n, 8):  # Small batches keep memory flat at full geometry.
+        batch = reader.read(rows[start:start + 8])
+        _accumulate(out, batch, reader.schema, pad_id)
+    return _finish(out, reader.schema)
+
+
+def _accumulate(out, batch, schema, pad_id):
+    acc = out.setdefault("_acc", {"coverage": [], "entropy": [], "pad": [], "hidden": {}})
+    if pad_id is not None:
+        acc["pad"].append(float((batch["tokens"] == pad_id).mean()))
+    if schema.k:
+        lp = batch["topk_logprobs"].astype(np.float64)
+        p = np.exp(lp)  # exp(-inf) = 0: dropped slots add no mass
+        mass = p.sum(-1)
+        acc["coverage"].append(mass.ravel())
+        q = p / np.maximum(mass, 1e-300)[..., None]
+        logq = np.where(q > 0, np.log(np.where(q > 0, q, 1.0)), 0.0)
+        acc["entropy"].append(-(q * logq).sum(-1).ravel())
+    for layer in schema.hidden_layers:
+        x = batch[profiles.hidden_name(layer)].astype(np.float64)
+        h = acc["hidden"].setdefault(layer, {"norm": [], "sq_sum": 0.0, "count": 0, "abs_sum": 0.0})
+        h["norm"].append(np.sqrt((x * x).sum(-1)).ravel())
+        h["sq_sum"] += float((x * x).sum())
+        h["count"] += x.size
+        h["abs_sum"] = h["abs_sum"] + np.abs(x).reshape(-1, x.shape[-1]).sum(0)
+
+
+def _finish(out, schema):
+    acc = out.pop("_acc", {"coverage": [], "entropy": [], "pad": [], "hidden": {}})
+    out["tokens"] = {"pad_fraction": float(np.mean(acc["pad"])) if acc["pad"] else None}
+    if schema.k:
+        cov = np.concatenate(acc["coverage"]) if acc["coverage"] else np.zeros(0)
+        ent = np.concatenate(acc["entropy"]) if acc["entropy"] else np.zeros(0)
+        out["topk"] = {"k": schema.k, "coverage": _summary(cov), "entropy_nats": _summary(ent),
+                       "tail_mass_mean": float(1 - cov.mean()) if cov.size else None}
+    out["hidden"] = {}
+    for layer in schema.hidden_layers:
+        h = acc["hidden"].get(layer)
+        if h is None:
+            out["hidden"][str(layer)] = {"n": 0}
+            continue
+        tokens = h["count"] // schema.hidden_dim
+        mean_abs = h["abs_sum"] / max(tokens, 1)
+        top = np.argsort(-mean_abs)[:5]
+        out["hidden"][str(layer)] = {
+            "token_l2_norm": _summary(np.concatenate(h["norm"])),
+            "mean_square": h["sq_sum"] / max(h["count"], 1),
+            "top_channels": [{"channel": int(c), "mean_abs": float(mean_abs[c])} for c in top],
+            "median_channel_mean_abs": float(np.median(mean_abs)),
+        }
+    return out
