@@ -146,18 +146,16 @@ def pair_row(context_ids: Sequence[int], continuation_ids: Sequence[int], max_le
     """A row scoring `continuation_ids` after `context_ids` (left-truncated to fit).
 
     The context should already start with BOS. When context + continuation
-    exceed max_len + 1 tokens the oldest context tokens are dropped, the usual
-    left truncation of lm-eval-harness.
+    exceed max_len + 1 tokens the oldest tokens are dropped (lm-eval-harness
+    left truncation); a continuation longer than max_len keeps only its last
+    max_len tokens scored.
     """
     if not continuation_ids:
         raise ScoringError("empty continuation: nothing to score; check the task text "
                            "and the tokenizer")
-    if len(continuation_ids) > max_len:
-        raise ScoringError(f"continuation of {len(continuation_ids)} tokens exceeds the "
-                           f"evaluation length {max_len}; pass a larger --seq-len")
     tokens = np.asarray(list(context_ids) + list(continuation_ids), np.int32)[-(max_len + 1):]
     mask = np.zeros(len(tokens) - 1, bool)
-    mask[-len(continuation_ids):] = True
+    mask[-min(len(continuation_ids), max_len):] = True
     return Row(tokens, mask)
 
 

