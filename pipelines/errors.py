@@ -80,5 +80,33 @@ def find_pipeline_error(exc, extra_classes=()):
     if not matches:
         return None
     name, message = matches[-1]
-    message = re.sub(r" \[while running '.*'\]$", "", message.strip())
-    return names[name](message)
+    return names[name](_strip_runner_context(message))
+
+
+def _strip_runner_context(message):
+    # Beam re-raises DoFn errors with " [while running 'Step']" appended.
+    return re.sub(r" \[while running '[^\n]*'\]$", "", message.strip())
+
+
+def clean_message(exc):
+    """The one-line message of a user error, without Beam's step suffix."""
+    return _strip_runner_context(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+class DropUserErrorTracebacks:
+    """A logging filter: drops Beam's ERROR records (with traceback) for user errors.
+
+    The CLI prints those errors itself as one line; a real bug still logs.
+
+    Args:
+        classes: the exception classes counted as user errors.
+    """
+
+    def __init__(self, classes):
+        self._classes = tuple(classes)
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        return find_pipeline_error(exc, self._classes) is None

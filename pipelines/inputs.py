@@ -16,8 +16,13 @@ forced with `input_format`):
 Compressed files (`.gz`, `.bz2`, `.zst`, ...) are read through Beam's
 `FileSystems`, which also makes `gs://` / `s3://` paths work.
 """
+import bz2
+import contextlib
 import enum
+import gzip
 import json
+import lzma
+import zlib
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -109,10 +114,17 @@ def expand_inputs(globs):
 
 
 def check_readable(path):
-    """Raises InputError unless `path` can be opened and read."""
+    """Raises InputError unless `path` can be opened and its first byte read.
+
+    Reads through the compression its suffix implies, so a `.gz` that is not
+    gzip fails here, before any work; corruption further in is caught while
+    reading (`read_documents`).
+    """
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with _open(path) as f:
             f.read(1)
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(
             f"cannot read input file {path}: {type(e).__name__}: {e}; "
@@ -128,13 +140,36 @@ def _decode(raw, path, where, decode_errors):
             "fix the file or pass --decode-errors replace") from None
 
 
-def _open(path, compression):
+# Python's decompressors raise on a truncated stream; Beam's CompressedFile
+# silently stops at the cut, which would drop the tail of a file unnoticed.
+_DECOMPRESSORS = {
+    ".gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    ".bz2": bz2.BZ2File,
+    ".xz": lzma.LZMAFile,
+    ".lzma": lzma.LZMAFile,
+}
+
+
+@contextlib.contextmanager
+def _open(path, decompress=True):
+    """Opens a file for binary reading, decompressing by suffix."""
+    lower = path.lower()
+    suffix = next((s for s in _DECOMPRESSORS if lower.endswith(s)), None) if decompress else None
+    # Other codecs Beam knows (.zst, .deflate) go through its CompressedFile.
+    beam_codec = decompress and suffix is None and lower.endswith((".zst", ".deflate"))
     try:
-        return FileSystems.open(path, compression_type=compression)
+        raw = FileSystems.open(path, compression_type=(
+            CompressionTypes.AUTO if beam_codec else CompressionTypes.UNCOMPRESSED))
     except Exception as e:
         raise InputError(
             f"cannot read input file {path}: {type(e).__name__}: {e}; "
             "check that it exists and is readable") from None
+    with raw:
+        if suffix is None:
+            yield raw
+        else:
+            with _DECOMPRESSORS[suffix](raw) as f:
+                yield f
 
 
 def _lines(f):
@@ -148,7 +183,7 @@ def _lines(f):
 
 def _read_text(path, decode_errors):
     lines = []
-    with _open(path, CompressionTypes.AUTO) as f:
+    with _open(path) as f:
         for line_no, raw in enumerate(_lines(f), 1):
             line = _decode(raw, path, f"line {line_no}", decode_errors).rstrip("\r\n")
             if line.strip():
@@ -161,7 +196,7 @@ def _read_text(path, decode_errors):
 
 
 def _read_jsonl(path, decode_errors):
-    with _open(path, CompressionTypes.AUTO) as f:
+    with _open(path) as f:
         for line_no, raw in enumerate(_lines(f), 1):
             line = _decode(raw, path, f"line {line_no}", decode_errors)
             if not line.strip():
@@ -184,7 +219,7 @@ def _read_parquet(path, decode_errors):
     # Only parquet inputs pay for pyarrow's import.
     import pyarrow as pa
     import pyarrow.parquet as pq
-    with _open(path, CompressionTypes.UNCOMPRESSED) as f:
+    with _open(path, decompress=False) as f:
         try:
             parquet = pq.ParquetFile(f)
         except Exception as e:
@@ -230,9 +265,14 @@ def read_documents(path, input_format=InputFormat.AUTO, decode_errors=DecodeErro
     """
     fmt = detect_format(path, input_format)
     decode_errors = parse_enum(DecodeErrors, decode_errors, "--decode-errors")
-    for text in _READERS[fmt](path, decode_errors):
-        if text.strip():
-            yield text
+    try:
+        for text in _READERS[fmt](path, decode_errors):
+            if text.strip():
+                yield text
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(
+            f"cannot read input file {path}: {type(e).__name__}: {e}; "
+            "check that it is complete and not corrupt (re-download or remove it)") from None
 
 
 def iter_corpus(globs, input_format=InputFormat.AUTO, decode_errors=DecodeErrors.STRICT):

@@ -20,7 +20,7 @@ from pipelines import inputs, packing, tokenizer
 
 TRAIN = "train"
 HELDOUT = "heldout"
-_NAMESPACE = "pipelines.dump"
+METRICS_NAMESPACE = "pipelines.dump"
 
 
 class ReadTokenizeFn(beam.DoFn):
@@ -40,9 +40,9 @@ class ReadTokenizeFn(beam.DoFn):
         self._input_format = input_format
         self._decode_errors = decode_errors
         self._docs_per_chunk = docs_per_chunk
-        self._documents = Metrics.counter(_NAMESPACE, "documents")
-        self._heldout_documents = Metrics.counter(_NAMESPACE, "heldout_documents")
-        self._tokens = Metrics.counter(_NAMESPACE, "spine_tokens")
+        self._documents = Metrics.counter(METRICS_NAMESPACE, "documents")
+        self._heldout_documents = Metrics.counter(METRICS_NAMESPACE, "heldout_documents")
+        self._tokens = Metrics.counter(METRICS_NAMESPACE, "spine_tokens")
 
     def setup(self):
         self._sp = tokenizer.tokenizer_from_bytes(self._model_bytes)

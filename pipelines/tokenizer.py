@@ -11,6 +11,7 @@ language model must reproduce the text it is trained on.
 """
 import argparse
 import hashlib
+import io
 import itertools
 import os
 import sys
@@ -24,6 +25,10 @@ PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 # SentencePiece's trainer skips "sentences" longer than this many bytes; the
 # sample is cut into lines first so that long documents still contribute.
 MAX_SENTENCE_BYTES = 4192
+
+# SentencePiece's unigram EM result depends on its thread count (measured:
+# 1, 2 and 4 threads give three different models), so it is pinned.
+DEFAULT_THREADS = 8
 
 
 def _sample_sentences(text_iter, max_sentences):
@@ -43,16 +48,18 @@ def _sample_sentences(text_iter, max_sentences):
 
 
 def train_tokenizer(text_iter, model_prefix, vocab_size=32000, *, max_sentences=1_000_000,
-                    character_coverage=0.9995, num_threads=None):
+                    character_coverage=0.9995, num_threads=DEFAULT_THREADS):
     """Trains a SentencePiece unigram model on a sample of `text_iter`.
 
     Args:
         text_iter: iterable of document strings (e.g. `inputs.iter_corpus`).
-        model_prefix: output path without suffix; writes PREFIX.model and PREFIX.vocab.
+        model_prefix: output path without suffix; writes PREFIX.model and
+            PREFIX.vocab (piece<TAB>score per line, for reading by eye).
         vocab_size: number of pieces, specials and the 256 byte pieces included.
         max_sentences: at most this many lines (the first ones) are used.
         character_coverage: fraction of characters covered by non-byte pieces.
-        num_threads: trainer threads (default: all CPUs).
+        num_threads: trainer threads. The trained model depends on this
+            number, so the default is a constant, not the machine's CPU count.
 
     Returns:
         str: the path of the written `.model` file.
@@ -70,10 +77,13 @@ def train_tokenizer(text_iter, model_prefix, vocab_size=32000, *, max_sentences=
     if not sample:
         raise TokenizerError("no text to train the tokenizer on; check the --input files")
     os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
+    # Trained into memory: the model proto would otherwise record
+    # model_prefix, making the sha256 depend on where the file was written.
+    model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sample),
-            model_prefix=model_prefix,
+            model_writer=model,
             vocab_size=vocab_size,
             model_type="unigram",
             byte_fallback=True,
@@ -83,7 +93,7 @@ def train_tokenizer(text_iter, model_prefix, vocab_size=32000, *, max_sentences=
             remove_extra_whitespaces=False,
             split_digits=True,
             max_sentence_length=MAX_SENTENCE_BYTES,
-            num_threads=num_threads or os.cpu_count() or 1,
+            num_threads=num_threads,
             minloglevel=2,
         )
     except RuntimeError as e:
@@ -91,7 +101,14 @@ def train_tokenizer(text_iter, model_prefix, vocab_size=32000, *, max_sentences=
         raise TokenizerError(
             f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}; "
             "give more text or a smaller --vocab-size") from None
-    return model_prefix + ".model"
+    path = model_prefix + ".model"
+    with open(path, "wb") as f:
+        f.write(model.getvalue())
+    sp = tokenizer_from_bytes(model.getvalue(), path)
+    with open(model_prefix + ".vocab", "w", encoding="utf-8") as f:
+        for i in range(sp.get_piece_size()):
+            f.write(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n")
+    return path
 
 
 def _read_bytes(path):
@@ -174,13 +191,15 @@ def main(argv=None):
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--max-sentences", type=int, default=1_000_000,
                         help="train on the first N non-empty lines of the corpus")
+    parser.add_argument("--num-threads", type=int, default=DEFAULT_THREADS,
+                        help="trainer threads; the model depends on it, keep it fixed")
     parser.add_argument("--input-format", default="auto", help="auto|text|jsonl|parquet")
     parser.add_argument("--decode-errors", default="strict", help="strict|replace")
     args = parser.parse_args(argv)
     try:
         corpus = inputs.iter_corpus(args.input, args.input_format, args.decode_errors)
         path = train_tokenizer(corpus, args.model_prefix, args.vocab_size,
-                               max_sentences=args.max_sentences)
+                               max_sentences=args.max_sentences, num_threads=args.num_threads)
         info = tokenizer_info(path)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,124 @@
+"""Launcher-side checks and the store schemas of a dump, before any work.
+
+Everything that can be validated without reading the corpus is validated
+here, in the launching process, so that bad flags, a missing file, or a
+tokenizer that does not match the teacher fail in a second with one line,
+and never after a cluster has started or a store has been created.
+"""
+import dataclasses
+import json
+
+from apache_beam.io.filesystems import FileSystems
+
+import store
+from pipelines import inputs, options, packing, tokenizer
+from pipelines.errors import OptionsError, TokenizerError, VocabMismatchError
+from trainer import model_io
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpPlan:
+    """What a dump run will do.
+
+    Attributes:
+        paths: sorted input files.
+        model_bytes: the serialized SentencePiece model (shipped to workers
+            inside the DoFn, so workers need no access to the launcher's files).
+        tokenizer_info: tokenizer.tokenizer_info of it.
+        teacher_cfg: the teacher's ModelConfig (with any dtype override).
+        hidden_layers: captured layers.
+        schema: StoreSchema of the main store.
+        heldout_schema: StoreSchema of the held-out store, or None.
+    """
+    paths: list
+    model_bytes: bytes
+    tokenizer_info: dict
+    teacher_cfg: object
+    hidden_layers: tuple
+    schema: store.StoreSchema
+    heldout_schema: object
+
+
+def _read_tokenizer(path):
+    try:
+        with FileSystems.open(path) as f:
+            return f.read()
+    except Exception as e:
+        raise TokenizerError(
+            f"cannot read tokenizer model {path} ({type(e).__name__}); train one with "
+            "`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`") from None
+
+
+def _teacher_fingerprint(path):
+    """The params sha256 that model_io.save_model wrote next to the config.
+
+    Read from metadata.json (model_io's documented layout) so the launcher
+    never loads the teacher's weights.
+    """
+    try:
+        with FileSystems.open(FileSystems.join(str(path), "metadata.json")) as f:
+            return str(json.loads(f.read()).get("fingerprint", ""))
+    except Exception as e:
+        raise model_io.ModelIOError(
+            f"teacher checkpoint {path} has no readable metadata.json ({type(e).__name__}); "
+            "pass a directory written by model_io.save_model") from None
+
+
+def _hidden_layers(requested, num_layers):
+    if requested is None:
+        return (num_layers // 2,)
+    layers = tuple(int(l) for l in requested)
+    bad = [l for l in layers if not 1 <= l <= num_layers]
+    if bad or len(set(layers)) != len(layers):
+        raise OptionsError(
+            f"--hidden-layers {list(layers)} must be distinct block counts in [1, {num_layers}] "
+            f"(the teacher has {num_layers} layers; default {num_layers // 2})")
+    return layers
+
+
+def make_plan(opts):
+    """Validates a DumpOptions view and builds the DumpPlan.
+
+    Raises:
+        OptionsError, InputError, TokenizerError, VocabMismatchError,
+        model_io.ModelIOError: with one-line messages naming the fix.
+    """
+    options.validate(opts)
+    paths = inputs.expand_inputs(opts.input)
+    for path in paths:
+        inputs.detect_format(path, opts.input_format)
+        inputs.check_readable(path)
+    inputs.parse_enum(inputs.DecodeErrors, opts.decode_errors, "--decode-errors")
+
+    model_bytes = _read_tokenizer(opts.tokenizer)
+    tok_info = tokenizer.info_from_bytes(model_bytes, name=opts.tokenizer)
+    cfg = model_io.load_config(opts.teacher)
+    if opts.teacher_dtype:
+        cfg = cfg.replace(dtype=opts.teacher_dtype)
+    if tok_info["vocab_size"] != cfg.vocab_size:
+        raise VocabMismatchError(
+            f"tokenizer {opts.tokenizer} has {tok_info['vocab_size']} pieces but teacher "
+            f"{opts.teacher} has vocab_size={cfg.vocab_size}; use the tokenizer the teacher "
+            "was trained with")
+    if opts.k > cfg.vocab_size:
+        raise OptionsError(f"--k={opts.k} exceeds the vocabulary ({cfg.vocab_size}); lower --k")
+    layers = _hidden_layers(opts.hidden_layers, cfg.num_layers)
+
+    train_packing = dict(packing.PACKING_RULE, split="train",
+                         heldout_fraction=opts.heldout_fraction)
+    teacher = {"name": cfg.name, "fingerprint": _teacher_fingerprint(opts.teacher),
+               "num_layers": cfg.num_layers, "d_model": cfg.d_model, "config": cfg.to_dict(),
+               "top_p": opts.top_p}
+    schema = store.StoreSchema(
+        seq_len=opts.seq_len, k=opts.k, vocab_size=cfg.vocab_size,
+        hidden_layers=layers, hidden_dim=cfg.d_model if layers else 0,
+        profile=opts.profile, rows_per_unit=opts.rows_per_unit,
+        tokenizer=tok_info, teacher=teacher, packing=train_packing)
+    heldout_schema = None
+    if opts.heldout_fraction > 0:
+        heldout_schema = store.StoreSchema(
+            seq_len=opts.seq_len, k=0, vocab_size=cfg.vocab_size, hidden_layers=(),
+            hidden_dim=0, profile="exact", rows_per_unit=opts.rows_per_unit,
+            tokenizer=tok_info, teacher={},
+            packing=dict(train_packing, split="heldout"))
+    return DumpPlan(paths, model_bytes, tok_info, cfg, layers, schema, heldout_schema)
