@@ -1,0 +1,105 @@
+"""trainer.report on fake sweep run directories with hand-computed expectations."""
+import json
+import os
+
+import pytest
+
+from trainer import report
+from trainer.report import ReportError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(root, name, method, lr, tau=1.0, alpha=0.9, gamma=0.1, p1=0.01, log_ppl=None,
+             errors=None, budget=1.0):
+    path = root / name
+    path.mkdir(parents=True)
+    config = {"method": method, "model": {"name": "tiny"},
+              "budget": {"unit": "ot", "value": budget},
+              "optim": {"lr": lr}, "loss": {"tau": tau, "alpha": alpha, "gamma": gamma},
+              "hldf": {"p1": p1}}
+    (path / "config.json").write_text(json.dumps(config))
+    with open(path / "metrics.jsonl", "w") as f:
+        for step in range(1, 4):
+            f.write(json.dumps({"step": step, "phase": 1, "loss": 5.0 / step,
+                                "cumulative_flops": 1e12 * step}) + "\n")
+    if log_ppl is not None:
+        tasks = {"heldout": {"log_ppl": log_ppl, "tokens": 100}}
+        for task, err in (errors or {}).items():
+            tasks[task] = {"error": err, "acc": 1 - err, "n": 10}
+        (path / "eval.json").write_text(json.dumps({"checkpoint": str(path), "tasks": tasks}))
+    return str(path)
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    # KD grid: lr x tau.
+    kd = {(1e-4, 0.5): 3.0, (1e-4, 1.0): 3.1, (4e-4, 0.5): 2.9, (4e-4, 1.0): 2.95}
+    for (lr, tau), ppl in kd.items():
+        make_run(root, f"kd_{lr}_{tau}", "kd", lr, tau=tau, log_ppl=ppl,
+                 errors={"hellaswag": 0.7, "piqa": 0.4})
+    # HLDC at the same (lr, tau) with two gammas: deltas KD - HLDC.
+    make_run(root, "hldc_a", "hldc", 1e-4, tau=0.5, gamma=0.1, log_ppl=2.9)   # +0.10
+    make_run(root, "hldc_b", "hldc", 1e-4, tau=0.5, gamma=0.05, log_ppl=3.05)  # -0.05
+    make_run(root, "hldc_c", "hldc", 4e-4, tau=1.0, gamma=0.1, log_ppl=2.85,   # +0.10
+             errors={"hellaswag": 0.6, "piqa": 0.3, "lambada": 0.8})
+    make_run(root, "nll_1", "nll", 4e-4, log_ppl=3.2)  # pairs with both KD lr=4e-4 runs
+    make_run(root, "not_evaluated", "hldf", 4e-4)
+    return root
+
+
+def test_best_and_pairs(sweep):
+    runs = [report.load_run(p) for p in report.expand_run_dirs([str(sweep)])]
+    assert len(runs) == 9
+    best = {r.method: r.name for r in report.best_per_method(runs)}
+    assert best == {"kd": "kd_0.0004_0.5", "hldc": "hldc_c", "nll": "nll_1"}
+    pairs = report.kd_pairs(runs)
+    deltas = sorted(round(kd.log_ppl - run.log_ppl, 6) for run, kd in pairs["hldc"])
+    assert deltas == [-0.05, 0.1, 0.1]
+    assert sorted(kd.name for _, kd in pairs["nll"]) == ["kd_0.0004_0.5", "kd_0.0004_1.0"]
+    assert "hldf" not in pairs
+
+
+def test_build_report_writes_markdown_and_pngs(sweep, tmp_path):
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    # Best-per-method table row of HLDC with its errors in percent and the mean.
+    assert "| HLDC | hldc_c | lr=0.0004, tau=1, alpha=0.9, gamma=0.1 | 2.8500 | – |" \
+        " 60.0 | 30.0 | – | – | 80.0 | 56.7 |" in md
+    assert "| HLDC | 3 | +0.0500 | -0.0500 | +0.1000 | 2/3 |" in md
+    assert "| NLL | 2 | -0.2750 |" in md
+    assert "not_evaluated" in md
+    for png in ("improvement_hldc.png", "scatter_hldc_vs_kd.png", "improvement_nll.png",
+                "loss_vs_flops.png"):
+        assert f"]({png})" in md
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_budgets_are_not_mixed(tmp_path):
+    make_run(tmp_path, "kd", "kd", 1e-4, log_ppl=3.0, budget=1.0)
+    make_run(tmp_path, "hldc", "hldc", 1e-4, log_ppl=2.0, budget=2.0)
+    runs = [report.load_run(str(tmp_path / n)) for n in ("kd", "hldc")]
+    assert report.kd_pairs(runs) == {}
+    assert len(report.best_per_method(runs)) == 2
+
+
+def test_errors(tmp_path, capsys):
+    with pytest.raises(ReportError, match="no run directories given"):
+        report.build_report([], str(tmp_path / "o"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.main([str(empty), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no config.json (empty or not a run directory)" in err and "\n" == err[-1]
+    with pytest.raises(ReportError, match="does not exist"):
+        report.build_report([str(tmp_path / "nope")], str(tmp_path / "o"))
+    bad = make_run(tmp_path, "bad", "distill", 1e-4)
+    with pytest.raises(ReportError, match="method='distill'; expected one of"):
+        report.load_run(bad)
+    broken = make_run(tmp_path, "broken", "kd", 1e-4)
+    with open(os.path.join(broken, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 4, "lo')
+    with pytest.raises(ReportError, match="not JSON"):
+        report.load_run(broken)

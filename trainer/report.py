@@ -1,0 +1,323 @@
+"""Sweep comparison report: the paper's views from run directories.
+
+    python -m trainer.report RUN_DIR [RUN_DIR ...] --out DIR
+
+Reads RUN_DIR/config.json, metrics.jsonl and eval.json (a directory holding run
+directories is expanded) and writes DIR/report.md plus PNGs:
+
+* best run per method by held-out log-perplexity, with the task errors
+  (the paper's Table 2);
+* pointwise improvement over KD at shared hyper-parameters: KD log-ppl minus
+  the method's, for each pair of runs agreeing on every hyper-parameter both
+  methods have (histograms, Figures 2-4);
+* scatter of each method's log-ppl against KD's for those pairs (Figures 5-7);
+* training loss against cumulative FLOPs (compute-matched comparison).
+
+Runs are compared only within one (model, budget) group.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no display on servers.
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+# --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
+METHOD_KEY = "method"
+GROUP_KEYS = {"model": "model.name", "budget": "budget.value", "budget_unit": "budget.unit"}
+HPARAM_KEYS = {"lr": "optim.lr", "tau": "loss.tau", "alpha": "loss.alpha",
+               "gamma": "loss.gamma", "p1": "hldf.p1"}
+# Hyper-parameters that shape each method's training (the others are inert).
+METHOD_HPARAMS = {"nll": ("lr",), "kd": ("lr", "tau", "alpha"),
+                  "hldc": ("lr", "tau", "alpha", "gamma"), "hldf": ("lr", "tau", "alpha", "p1")}
+REFERENCE_METHOD = "kd"
+# metrics.jsonl: x axis and the loss plotted (first key present wins).
+FLOPS_KEY = "cumulative_flops"
+CURVE_KEYS = ("loss/data", "nll", "loss_data", "data_loss", "loss")
+# eval.json metrics shown in the tables.
+PPL_TASKS = ("heldout", "docs")
+ERROR_TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
+
+
+class ReportError(ValueError):
+    """No usable run directories, or a run directory that is not one."""
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    path: str
+    method: str
+    group: tuple
+    hparams: dict[str, Any]
+    eval: dict[str, dict]
+    curve: list[tuple[float, float]]
+    curve_key: str | None
+
+    @property
+    def log_ppl(self) -> float | None:
+        for task in PPL_TASKS:
+            if task in self.eval and "log_ppl" in self.eval[task]:
+                return float(self.eval[task]["log_ppl"])
+        return None
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    value = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path} is not valid JSON ({e}); re-run the step that writes "
+                          f"{what}") from None
+
+
+def expand_run_dirs(paths: Sequence[str]) -> list[str]:
+    """Run directories among `paths`; a directory of run directories is expanded."""
+    if not paths:
+        raise ReportError("no run directories given; pass RUN_DIR... written by python -m trainer")
+    runs = []
+    for path in paths:
+        if not os.path.isdir(path):
+            raise ReportError(f"run directory {path!r} does not exist; pass directories "
+                              f"written by python -m trainer")
+        if os.path.exists(os.path.join(path, "config.json")):
+            runs.append(path)
+            continue
+        children = sorted(os.path.join(path, c) for c in os.listdir(path)
+                          if os.path.exists(os.path.join(path, c, "config.json")))
+        if not children:
+            raise ReportError(f"{path!r} holds no config.json (empty or not a run directory); "
+                              f"pass run directories written by python -m trainer")
+        runs += children
+    return runs
+
+
+def load_run(path: str) -> Run:
+    """Reads one run directory (eval.json and metrics.jsonl are optional)."""
+    config = _read_json(os.path.join(path, "config.json"), "config.json (python -m trainer)")
+    method = str(_lookup(config, METHOD_KEY) or "").lower()
+    if method not in METHOD_HPARAMS:
+        raise ReportError(f"{path}/config.json has method={method!r}; expected one of "
+                          f"{sorted(METHOD_HPARAMS)}: pass trainer run directories")
+    hparams = {name: _lookup(config, key) for name, key in HPARAM_KEYS.items()
+               if name in METHOD_HPARAMS[method]}
+    group = tuple(_lookup(config, key) for key in GROUP_KEYS.values())
+    eval_path = os.path.join(path, "eval.json")
+    evals = _read_json(eval_path, "eval.json (python -m trainer.evaluate)").get("tasks", {}) \
+        if os.path.exists(eval_path) else {}
+    curve, curve_key = [], None
+    metrics_path = os.path.join(path, "metrics.jsonl")
+    if os.path.exists(metrics_path):
+        try:
+            with open(metrics_path) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{metrics_path} has a line that is not JSON ({e}); remove the "
+                              f"truncated line (e.g. from a killed run)") from None
+        keys = [k for k in CURVE_KEYS if any(k in r for r in records)]
+        if keys:
+            curve_key = keys[0]
+            curve = [(float(r[FLOPS_KEY]), float(r[curve_key])) for r in records
+                     if FLOPS_KEY in r and curve_key in r]
+    return Run(os.path.basename(os.path.normpath(path)), path, method, group, hparams, evals,
+               curve, curve_key)
+
+
+def best_per_method(runs: Sequence[Run]) -> list[Run]:
+    """Per (group, method), the evaluated run with the lowest log-ppl."""
+    best: dict[tuple, Run] = {}
+    for run in runs:
+        if run.log_ppl is None:
+            continue
+        key = (run.group, run.method)
+        if key not in best or run.log_ppl < best[key].log_ppl:
+            best[key] = run
+    return [best[k] for k in sorted(best, key=lambda k: (str(k[0]), list(METHOD_HPARAMS).index(k[1])))]
+
+
+def kd_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
+    """Per method, (method run, KD run) pairs equal on the hyper-parameters both have."""
+    kd_runs = [r for r in runs if r.method == REFERENCE_METHOD and r.log_ppl is not None]
+    pairs = collections.defaultdict(list)
+    for run in runs:
+        if run.method == REFERENCE_METHOD or run.log_ppl is None:
+            continue
+        shared = set(METHOD_HPARAMS[run.method]) & set(METHOD_HPARAMS[REFERENCE_METHOD])
+        for kd in kd_runs:
+            if kd.group == run.group and all(_same(kd.hparams[h], run.hparams[h]) for h in shared):
+                pairs[run.method].append((run, kd))
+    return dict(pairs)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def _fmt(value, digits=4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-2 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _run_row(run: Run) -> list[str]:
+    errors = [run.eval.get(t, {}).get("error") for t in ERROR_TASKS]
+    known = [e for e in errors if e is not None]
+    mean = sum(known) / len(known) if known else None
+    hp = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                   for k, v in run.hparams.items())
+    return ([run.method.upper(), run.name, hp]
+            + [_fmt(run.eval.get(t, {}).get("log_ppl")) for t in PPL_TASKS]
+            + ["–" if e is None else f"{100 * e:.1f}" for e in errors + [mean]])
+
+
+def _table(rows: list[list[str]]) -> str:
+    header = (["method", "run", "hyper-parameters"] + [f"{t} log-ppl" for t in PPL_TASKS]
+              + [f"{t} err %" for t in ERROR_TASKS] + ["mean err %"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _group_title(group: tuple) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                     for k, v in zip(GROUP_KEYS, group))
+
+
+def plot_improvements(method: str, pairs: list[tuple[Run, Run]], out_dir: str) -> tuple[str, str]:
+    """Histogram of KD log-ppl − method log-ppl, and method-vs-KD scatter; returns PNG names."""
+    deltas = [kd.log_ppl - run.log_ppl for run, kd in pairs]
+    hist = f"improvement_{method}.png"
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(deltas, bins=max(5, min(30, len(deltas))), color="tab:blue", edgecolor="black")
+    ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"KD log-ppl − {method.upper()} log-ppl (>0: {method.upper()} better)")
+    ax.set_ylabel("pairs of runs")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title(f"{method.upper()} vs KD at shared hyper-parameters")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, hist), dpi=120)
+    plt.close(fig)
+    scatter = f"scatter_{method}_vs_kd.png"
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    xs, ys = [kd.log_ppl for _, kd in pairs], [run.log_ppl for run, _ in pairs]
+    ax.scatter(xs, ys, color="tab:orange", edgecolor="black", zorder=3)
+    lo, hi = min(xs + ys), max(xs + ys)
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", linewidth=1, label="y = x")
+    ax.set_xlabel("KD held-out log-ppl")
+    ax.set_ylabel(f"{method.upper()} held-out log-ppl")
+    ax.set_title(f"{method.upper()} vs KD (below the line: {method.upper()} better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, scatter), dpi=120)
+    plt.close(fig)
+    return hist, scatter
+
+
+def plot_curves(runs: Sequence[Run], out_dir: str) -> str | None:
+    """Training loss against cumulative FLOPs, one line per run, colour per method."""
+    runs = [r for r in runs if r.curve]
+    if not runs:
+        return None
+    colors = dict(zip(METHOD_HPARAMS, ("tab:gray", "tab:blue", "tab:green", "tab:red")))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labelled = set()
+    for run in runs:
+        xs, ys = zip(*run.curve)
+        label = f"{run.method.upper()} ({run.curve_key})" if run.method not in labelled else None
+        labelled.add(run.method)
+        ax.plot(xs, ys, color=colors[run.method], alpha=0.7, linewidth=1, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative training FLOPs")
+    ax.set_ylabel("training loss")
+    ax.set_title("Loss against compute")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "loss_vs_flops.png"), dpi=120)
+    plt.close(fig)
+    return "loss_vs_flops.png"
+
+
+def build_report(run_paths: Sequence[str], out_dir: str) -> str:
+    """Writes DIR/report.md and its PNGs; returns the Markdown path."""
+    runs = [load_run(p) for p in expand_run_dirs(run_paths)]
+    os.makedirs(out_dir, exist_ok=True)
+    md = ["# Distillation sweep report", "",
+          f"{len(runs)} runs. Log-perplexities are mean negative log-likelihoods in nats per "
+          "token (lower is better); errors are 1 − accuracy in percent. "
+          "HellaSwag, PIQA and ARC-Easy are length-normalised per character, WinoGrande "
+          "uses partial scoring, LAMBADA is greedy last-word accuracy.", ""]
+    missing = [r.name for r in runs if r.log_ppl is None]
+    if missing:
+        md += [f"Not evaluated (no eval.json with a log-ppl; run `python -m trainer.evaluate "
+               f"--checkpoint RUN_DIR`): {', '.join(missing)}.", ""]
+    best = best_per_method(runs)
+    for group in sorted({r.group for r in best}, key=str):
+        md += [f"## Best run per method ({_group_title(group)})", "",
+               "Per method, the run with the lowest held-out log-perplexity.", "",
+               _table([_run_row(r) for r in best if r.group == group]), ""]
+    pairs = kd_pairs(runs)
+    if pairs:
+        md += ["## Improvement over KD at shared hyper-parameters", "",
+               "Each pair: a run of the method and the KD run with the same value of every "
+               "hyper-parameter both methods have (same model and budget). "
+               "Δ = KD log-ppl − method log-ppl; Δ > 0 means the method helped.", "",
+               "| method | pairs | mean Δ | min Δ | max Δ | method better |", "|---|---|---|---|---|---|"]
+        figures = []
+        for method, method_pairs in sorted(pairs.items()):
+            deltas = [kd.log_ppl - run.log_ppl for run, kd in method_pairs]
+            wins = sum(d > 0 for d in deltas)
+            md.append(f"| {method.upper()} | {len(deltas)} | {sum(deltas) / len(deltas):+.4f} | "
+                      f"{min(deltas):+.4f} | {max(deltas):+.4f} | {wins}/{len(deltas)} |")
+            figures += plot_improvements(method, method_pairs, out_dir)
+        md += [""] + [f"![{f}]({f})" for f in figures] + [""]
+    curves = plot_curves(runs, out_dir)
+    if curves:
+        md += ["## Training loss against compute", "",
+               "Loss as logged in metrics.jsonl against cumulative training FLOPs "
+               "(methods are compared at equal FLOPs, not equal tokens).", "",
+               f"![loss vs FLOPs]({curves})", ""]
+    md += ["## All runs", "", _table([_run_row(r) for r in runs]), ""]
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.report", description=__doc__.split("\n")[0])
+    p.add_argument("run_dirs", nargs="*", help="run directories (or directories of them)")
+    p.add_argument("--out", required=True, help="output directory for report.md and PNGs")
+    args = p.parse_args(argv)
+    try:
+        print(build_report(args.run_dirs, args.out))
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
