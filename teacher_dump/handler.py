@@ -1,0 +1,156 @@
+"""Beam RunInference ModelHandler for the teacher.
+
+Contract with the dump pipeline (pipelines/):
+
+* One input element is one store work unit:
+  ``(unit_index: int, tokens_RxT: int32 numpy [R, T])``.
+* One output element per input element, same unit:
+  ``(unit_index, tokens_RxT, signal)`` with ``signal = {"topk_ids":
+  int32[R,T,K], "topk_logprobs": float32[R,T,K], "hidden": {l: float32[R,T,D]}}``
+  — exactly the arguments ``StoreWriter.write_unit`` takes.
+* By default each RunInference call gets one unit (``units_per_call=1``), so
+  host memory is bounded by one unit's signal; rows inside a unit are fed to
+  the device in batches of ``batch_size`` with transfer overlapped (loop.py).
+
+The teacher is loaded once per worker process: RunInference keeps the loaded
+model in a process-wide ``shared.Shared`` handle, so every thread of a worker
+uses the same params and the same compiled step. ``share_across_processes``
+asks Beam to share one copy between the processes of a machine instead.
+"""
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference import base
+
+from teacher_dump import extract, loop
+from teacher_dump import teacher as teacher_lib
+
+
+class UnitElementError(ValueError):
+    """A RunInference input element is not (unit_index, tokens [R, T])."""
+
+
+def _check_element(element) -> tuple[int, np.ndarray]:
+    if not (isinstance(element, (tuple, list)) and len(element) == 2):
+        raise UnitElementError(
+            f"expected a (unit_index, tokens_RxT) pair, got "
+            f"{type(element).__name__}: map units to (index, int32 rows) "
+            f"before RunInference")
+    unit_index, tokens = element
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise UnitElementError(
+            f"unit {unit_index}: tokens must be an integer [rows, seq_len] "
+            f"array, got {tokens.dtype}{list(tokens.shape)}: pass the unit's "
+            f"int32 token rows")
+    return int(unit_index), tokens
+
+
+class TeacherModelHandler(base.ModelHandler):
+    """Runs teacher extraction on work units inside beam RunInference."""
+
+    def __init__(self, ckpt: str, k: int = 128,
+                 layers: Sequence[int] | None = None, batch_size: int = 8,
+                 top_p: float | None = None, dtype: str | None = None,
+                 token_tile: int = extract.DEFAULT_TOKEN_TILE,
+                 units_per_call: int = 1,
+                 share_across_processes: bool = False):
+        """Configures the handler (nothing is loaded until load_model).
+
+        Args:
+            ckpt: teacher checkpoint directory (model_io.save_model format).
+            k: top-k size.
+            layers: captured layers; default (L // 2,).
+            batch_size: rows per device call.
+            top_p: optional top-p truncation.
+            dtype: compute dtype override, e.g. "bfloat16" on GPU.
+            token_tile: tokens per de-embedding tile.
+            units_per_call: max work units per run_inference call.
+            share_across_processes: one teacher per machine instead of per
+                worker process (Beam multi_process_shared).
+        """
+        if units_per_call < 1:
+            raise UnitElementError(
+                f"units_per_call={units_per_call} must be ≥ 1: pass 1 to run "
+                f"one work unit per call")
+        super().__init__(min_batch_size=1, max_batch_size=units_per_call)
+        self._ckpt = str(ckpt)
+        self._k = k
+        self._layers = None if layers is None else tuple(layers)
+        self._batch_size = batch_size
+        self._top_p = top_p
+        self._dtype = dtype
+        self._token_tile = token_tile
+        self._share_across_processes = share_across_processes
+
+    def load_model(self) -> teacher_lib.Teacher:
+        """Loads the teacher and compiles nothing yet (first batch compiles).
+
+        Returns:
+            The Teacher; its options are validated here so a bad k/layer fails
+            at worker start-up, not on the first unit.
+        """
+        teacher = teacher_lib.load_teacher(self._ckpt, dtype=self._dtype)
+        teacher.extract_fn(k=self._k, layers=self._layers, top_p=self._top_p,
+                           token_tile=self._token_tile)
+        return teacher
+
+    def run_inference(self, batch: Sequence[Any],
+                      model: teacher_lib.Teacher,
+                      inference_args: Mapping[str, Any] | None = None
+                      ) -> Iterable[tuple[int, np.ndarray, dict]]:
+        """Extracts the signal of every unit in the batch.
+
+        All rows of the batch's units run as one overlapped stream, then the
+        results are split back per unit.
+
+        Args:
+            batch: elements (unit_index, tokens_RxT).
+            model: the loaded Teacher.
+            inference_args: unused (must be empty).
+
+        Returns:
+            A list of (unit_index, tokens_RxT, signal) in input order.
+        """
+        units = [_check_element(e) for e in batch]
+        seq_lens = {t.shape[1] for _, t in units}
+        if len(seq_lens) > 1:
+            raise UnitElementError(
+                f"units in one call have different seq_len {sorted(seq_lens)}: "
+                f"a store has one seq_len; dump one store at a time")
+        rows = np.concatenate([t for _, t in units]).astype(np.int32, copy=False)
+        signal = loop.concat_batches(loop.extract_rows(
+            model, rows, batch_size=self._batch_size, k=self._k,
+            layers=self._layers, top_p=self._top_p,
+            token_tile=self._token_tile))
+        results, start = [], 0
+        for unit_index, tokens in units:
+            stop = start + tokens.shape[0]
+            unit_signal = {
+                "topk_ids": signal["topk_ids"][start:stop],
+                "topk_logprobs": signal["topk_logprobs"][start:stop],
+                "hidden": {l: h[start:stop]
+                           for l, h in signal["hidden"].items()},
+            }
+            results.append((unit_index, tokens, unit_signal))
+            start = stop
+        Metrics.counter("teacher_dump", "units").inc(len(units))
+        Metrics.counter("teacher_dump", "tokens").inc(int(rows.size))
+        return results
+
+    def validate_inference_args(self, inference_args):
+        if inference_args:
+            raise UnitElementError(
+                f"TeacherModelHandler takes no inference_args, got "
+                f"{sorted(inference_args)}: set options on the handler")
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        # Cheaper and truer than Beam's default pickle size.
+        return sum(np.asarray(e[1]).nbytes for e in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "TeacherModelHandler"
+
+    def share_model_across_processes(self) -> bool:
+        return self._share_across_processes

@@ -1,0 +1,84 @@
+"""A loaded teacher: config, device-resident params, fingerprint.
+
+The fingerprint (sha256 over the params, written by model_io.save_model) goes
+into the store manifest so a store is tied to the exact weights that made it.
+"""
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+
+from teacher_dump import extract
+from trainer import model_config, model_io
+
+
+class TeacherLoadError(ValueError):
+    """A teacher checkpoint is missing or unreadable."""
+
+
+@dataclasses.dataclass(eq=False)
+class Teacher:
+    """A teacher ready for extraction.
+
+    Attributes:
+        cfg: the model config (compute dtype may be overridden at load time).
+        params: the param pytree, placed on the default device.
+        fingerprint: sha256 of the checkpoint's params ("" if unknown).
+        path: where it was loaded from ("" if built in memory).
+    """
+    cfg: model_config.ModelConfig
+    params: Any
+    fingerprint: str = ""
+    path: str = ""
+    _fns: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def extract_fn(self, k: int = 128, layers: Sequence[int] | None = None,
+                   top_p: float | None = None,
+                   token_tile: int = extract.DEFAULT_TOKEN_TILE,
+                   hidden_dtype: Any = "float32") -> extract.ExtractFn:
+        """The jitted extraction step for these options, built once and cached.
+
+        Caching matters: each make_extract_fn call makes a new jit closure, and
+        a new closure recompiles the whole teacher forward.
+
+        Args:
+            k, layers, top_p, token_tile, hidden_dtype: see make_extract_fn.
+
+        Returns:
+            fn(params, tokens_BxT) -> signal dict.
+        """
+        key = (k, None if layers is None else tuple(layers), top_p,
+               token_tile, None if hidden_dtype is None else str(hidden_dtype))
+        if key not in self._fns:
+            self._fns[key] = extract.make_extract_fn(
+                self.cfg, k=k, layers=layers, top_p=top_p,
+                token_tile=token_tile, hidden_dtype=hidden_dtype)
+        return self._fns[key]
+
+
+def load_teacher(path: str, dtype: str | None = None) -> Teacher:
+    """Loads a teacher checkpoint written by model_io.save_model (or convert).
+
+    Args:
+        path: checkpoint directory (local path or URL Orbax can read).
+        dtype: optional compute dtype override ("bfloat16" / "float32");
+            params stay fp32.
+
+    Returns:
+        A Teacher with params on the default device.
+
+    Raises:
+        TeacherLoadError: the path is missing or is not a readable checkpoint.
+        model_config.ConfigError: a bad dtype override.
+    """
+    path = os.fspath(path)
+    try:
+        cfg, params, metadata = model_io.load_model(path)
+    except model_io.ModelIOError as err:  # already names the path and the fix
+        raise TeacherLoadError(f"teacher: {err}") from err
+    if dtype is not None:
+        cfg = cfg.replace(dtype=dtype)
+    params = jax.device_put(params)
+    return Teacher(cfg=cfg, params=params,
+                   fingerprint=str(metadata.get("fingerprint", "")), path=path)
