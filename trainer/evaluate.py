@@ -68,16 +68,19 @@ def check_vocab(cfg, metadata: dict, tok_info: dict) -> None:
 
 
 class Progress:
-    """One self-overwriting stderr line per task: rows done and tokens/s."""
+    """A self-overwriting stderr line per task (rows done, elapsed), at most 1/s."""
 
-    def __init__(self, name: str, stream=sys.stderr):
-        self.name, self.stream, self.start = name, stream, time.perf_counter()
+    def __init__(self, name: str, stream=sys.stderr, every_s: float = 1.0):
+        self.name, self.stream, self.every_s = name, stream, every_s
+        self.start = self.last = time.perf_counter()
 
     def __call__(self, done: int, total: int) -> None:
-        secs = time.perf_counter() - self.start
-        self.stream.write(f"\r[{self.name}] {done}/{total} rows  {secs:6.1f}s")
-        if done == total:
-            self.stream.write("\n")
+        now = time.perf_counter()
+        if done < total and now - self.last < self.every_s:
+            return
+        self.last = now
+        end = "\n" if done == total else ""
+        self.stream.write(f"\r[{self.name}] {done}/{total} rows  {now - self.start:6.1f}s{end}")
         self.stream.flush()
 
 
@@ -104,8 +107,8 @@ def encode_pair(sp, context: str, continuation: str, bos_id: int) -> tuple[list[
 
 def eval_task(fn: scoring.TokenScoreFn, sp, bos_id: int, name: str, seq_len: int,
               batch_size: int, limit: int | None = None, path: str | None = None,
-              data_root: str | None = None) -> tuple[dict[str, Any], int, float]:
-    """Scores one downstream task; returns (metrics, input tokens, seconds)."""
+              data_root: str | None = None) -> tuple[dict[str, Any], scoring.Throughput]:
+    """Scores one downstream task; returns (metrics, throughput)."""
     spec = eval_tasks.get_task(name)
     examples = eval_tasks.load_examples(name, path=path, data_root=data_root, limit=limit)
     rows, owners = [], []
@@ -119,12 +122,12 @@ def eval_task(fn: scoring.TokenScoreFn, sp, bos_id: int, name: str, seq_len: int
     split = lambda a: [a[owners == e] for e in range(len(examples))]  # noqa: E731
     metrics = eval_tasks.choice_metrics(spec, examples, split(scores.logprob_sum),
                                         split(scores.num_tokens), split(scores.all_greedy))
-    return metrics, scores.input_tokens, scores.seconds
+    return metrics, scoring.Throughput().add(scores)
 
 
 def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict | None,
                  batch_size: int, limit: int | None = None,
-                 read_rows: int = 256) -> tuple[dict[str, Any], int, float]:
+                 read_rows: int = 256) -> tuple[dict[str, Any], scoring.Throughput]:
     """Log-perplexity over the rows of a tokens store (every non-pad target)."""
     from store import StoreReader  # Local: only held-out evaluation needs the store.
     reader = StoreReader(store_url)
@@ -137,7 +140,7 @@ def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict |
         raise EvalError(f"store {store_url!r} has no committed rows; finish the dump or pass "
                         f"another --store")
     pad_id = stored_tok.get("pad_id", (tok_info or {}).get("pad_id"))
-    nll, count, tokens, seconds = 0.0, 0, 0, 0.0
+    nll, count, throughput = 0.0, 0, scoring.Throughput()
     progress = Progress(HELDOUT)
     for begin in range(0, len(row_ids), read_rows):
         tokens_NxT = reader.read(row_ids[begin:begin + read_rows], fields=("tokens",))["tokens"]
@@ -145,14 +148,14 @@ def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict |
         scores = scoring.score_rows(fn, rows, batch_size, tokens_NxT.shape[1] - 1)
         nll -= scores.logprob_sum.sum()
         count += int(scores.num_tokens.sum())
-        tokens, seconds = tokens + scores.input_tokens, seconds + scores.seconds
+        throughput.add(scores)
         progress(min(begin + read_rows, len(row_ids)), len(row_ids))
-    return {"log_ppl": nll / count, "tokens": count, "n": len(row_ids)}, tokens, seconds
+    return {"log_ppl": nll / count, "tokens": count, "n": len(row_ids)}, throughput
 
 
 def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence[str],
                    seq_len: int, batch_size: int, stride: int | None = None
-                   ) -> tuple[dict[str, Any], int, float]:
+                   ) -> tuple[dict[str, Any], scoring.Throughput]:
     """Document-level log-perplexity (WikiText style): one text file = one document.
 
     Each document is scored as [BOS] + ids + [EOS] in sliding windows of
@@ -179,7 +182,7 @@ def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence
     return ({"log_ppl": nll / count, "tokens": count, "n": len(paths),
              "word_log_ppl": nll / max(words, 1),
              "bits_per_byte": nll / max(num_bytes, 1) / math.log(2)},
-            scores.input_tokens, scores.seconds)
+            scoring.Throughput().add(scores))
 
 
 def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str | None = None,
@@ -203,7 +206,9 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
         task_files: {task: file} overriding single tasks' data.
 
     Returns:
-        {"checkpoint", "fingerprint", "seq_len", "tasks": {...}, "tokens_per_s"}.
+        {"checkpoint", "fingerprint", "seq_len", "batch_size", "tasks": {...},
+         "scored_tokens", "tokens_per_s" (steady state: batches that did not
+         compile), "wall_tokens_per_s" (compiles included)}.
     """
     for name in tasks:  # Fail on a typo before loading anything.
         if name != HELDOUT:
@@ -217,7 +222,7 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
     cfg, params, metadata = model_io.load_model(model_dir)
     check_vocab(cfg, metadata, tok_info)
     fn = scoring.make_token_score_fn(params, cfg)
-    results, tokens, seconds = {}, 0, 0.0
+    results, throughput = {}, scoring.Throughput()
     for name in tasks:
         if name == HELDOUT:
             out = eval_heldout(fn, store, cfg, tok_info, batch_size, limit)
@@ -225,14 +230,14 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
             out = eval_task(fn, sp, tok_info["bos_id"], name, seq_len, batch_size, limit,
                             path=(task_files or {}).get(name), data_root=task_dir)
         results[name] = out[0]
-        tokens, seconds = tokens + out[1], seconds + out[2]
+        throughput.add_all(out[1])
     if docs:
         out = eval_documents(fn, sp, tok_info, docs, seq_len, batch_size, stride)
         results[DOCS] = out[0]
-        tokens, seconds = tokens + out[1], seconds + out[2]
+        throughput.add_all(out[1])
     return {"checkpoint": os.path.abspath(checkpoint), "fingerprint": metadata.get("fingerprint"),
-            "seq_len": seq_len, "tasks": results, "scored_tokens": tokens,
-            "tokens_per_s": tokens / seconds if seconds else 0.0}
+            "seq_len": seq_len, "batch_size": batch_size, "tasks": results,
+            **throughput.to_dict()}
 
 
 def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -42,21 +42,38 @@ class TokenScoreFn(Protocol):
         """Returns (logprob_BxT float, is_argmax_BxT bool) of targets given inputs."""
 
 
-def make_token_score_fn(params, cfg: ModelConfig) -> TokenScoreFn:
+class ModelScoreFn:
+    """The model's jitted TokenScoreFn; remembers which shapes it has compiled.
+
+    Args:
+        params: model params (placed on the default device once).
+        cfg: the model config.
+    """
+
+    def __init__(self, params, cfg: ModelConfig):
+
+        @jax.jit
+        def score(params, inputs_BxT, targets_BxT):
+            hidden_BxTxD = model.forward(params, inputs_BxT, cfg).final_hidden_BxTxD
+            # fp32 log-softmax even for bf16 compute: sums over many tokens need it.
+            logits_BxTxV = model.unembed(params, hidden_BxTxD, cfg).astype(jnp.float32)
+            logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+            target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], -1)[..., 0]
+            is_argmax_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+            return target_BxT - logz_BxT, is_argmax_BxT
+
+        self._score = score
+        self._params = jax.device_put(params)
+        self.seen_shapes: set[tuple[int, int]] = set()
+
+    def __call__(self, inputs_BxT, targets_BxT):
+        self.seen_shapes.add(tuple(inputs_BxT.shape))
+        return self._score(self._params, inputs_BxT, targets_BxT)
+
+
+def make_token_score_fn(params, cfg: ModelConfig) -> ModelScoreFn:
     """A jitted TokenScoreFn for `model.forward` + `model.unembed` with `params`."""
-
-    @jax.jit
-    def score(params, inputs_BxT, targets_BxT):
-        hidden_BxTxD = model.forward(params, inputs_BxT, cfg).final_hidden_BxTxD
-        # fp32 log-softmax even for bf16 compute: sums over many tokens need it.
-        logits_BxTxV = model.unembed(params, hidden_BxTxD, cfg).astype(jnp.float32)
-        logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-        target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], -1)[..., 0]
-        is_argmax_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
-        return target_logit_BxT - logz_BxT, is_argmax_BxT
-
-    params = jax.device_put(params)
-    return lambda inputs_BxT, targets_BxT: score(params, inputs_BxT, targets_BxT)
+    return ModelScoreFn(params, cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +92,37 @@ class RowScores:
     num_tokens: np.ndarray
     all_greedy: np.ndarray
     input_tokens: int     # non-padding input tokens run through the model
-    seconds: float
+    seconds: float        # wall time of all model calls
+    warm_tokens: int = 0  # input tokens of batches whose shape was already compiled
+    warm_seconds: float = 0.0  # their wall time: the steady-state throughput
+
+
+@dataclasses.dataclass
+class Throughput:
+    """Model-call tokens and time, summed over `score_rows` calls."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    warm_tokens: int = 0
+    warm_seconds: float = 0.0
+
+    def add(self, scores: RowScores) -> "Throughput":
+        self.tokens += scores.input_tokens
+        self.seconds += scores.seconds
+        self.warm_tokens += scores.warm_tokens
+        self.warm_seconds += scores.warm_seconds
+        return self
+
+    def add_all(self, other: "Throughput") -> "Throughput":
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        return self
+
+    def to_dict(self) -> dict[str, float]:
+        """tokens_per_s excludes batches that compiled a new shape (when known)."""
+        wall = self.tokens / self.seconds if self.seconds else 0.0
+        warm = self.warm_tokens / self.warm_seconds if self.warm_seconds else wall
+        return {"scored_tokens": self.tokens, "tokens_per_s": warm, "wall_tokens_per_s": wall}
 
 
 def bucket_length(length: int, max_len: int) -> int:
@@ -108,8 +155,9 @@ def score_rows(fn: TokenScoreFn, rows: Sequence[Row], batch_size: int, max_len: 
     logprob_sum = np.zeros(n, np.float64)
     num_tokens = np.zeros(n, np.int64)
     all_greedy = np.zeros(n, bool)
-    input_tokens = 0
+    input_tokens, warm_tokens, warm_seconds = 0, 0, 0.0
     start_time = time.perf_counter()
+    seen = getattr(fn, "seen_shapes", None)  # None: cannot tell compiles apart
     lengths = np.array([len(r.tokens) - 1 for r in rows], np.int64)
     if n and (lengths.min() < 1 or lengths.max() > max_len):
         raise ScoringError(f"row lengths must be in [1, {max_len}] targets, got "
@@ -123,15 +171,22 @@ def score_rows(fn: TokenScoreFn, rows: Sequence[Row], batch_size: int, max_len: 
         inputs_BxT = np.full((batch_size, T), pad_id, np.int32)
         targets_BxT = np.full((batch_size, T), pad_id, np.int32)
         mask_BxT = np.zeros((batch_size, T), bool)
+        batch_tokens = 0
         for b, i in enumerate(idx):
             L = int(lengths[i])
             inputs_BxT[b, :L] = rows[i].tokens[:-1]
             targets_BxT[b, :L] = rows[i].tokens[1:]
             mask_BxT[b, :L] = rows[i].mask
-            input_tokens += L
+            batch_tokens += L
+        warm = seen is not None and inputs_BxT.shape in seen
+        call_start = time.perf_counter()
         logprob_BxT, is_argmax_BxT = fn(inputs_BxT, targets_BxT)
-        logprob_BxT = np.asarray(logprob_BxT, np.float64)
+        logprob_BxT = np.asarray(logprob_BxT, np.float64)  # Blocks until computed.
         is_argmax_BxT = np.asarray(is_argmax_BxT, bool)
+        input_tokens += batch_tokens
+        if warm:
+            warm_tokens += batch_tokens
+            warm_seconds += time.perf_counter() - call_start
         logprob_sum[idx] = np.where(mask_BxT, logprob_BxT, 0.0).sum(-1)[:len(idx)]
         num_tokens[idx] = mask_BxT.sum(-1)[:len(idx)]
         all_greedy[idx] = np.all(is_argmax_BxT | ~mask_BxT, axis=-1)[:len(idx)]
@@ -139,7 +194,7 @@ def score_rows(fn: TokenScoreFn, rows: Sequence[Row], batch_size: int, max_len: 
         if progress:
             progress(done, n)
     return RowScores(logprob_sum, num_tokens, all_greedy, input_tokens,
-                     time.perf_counter() - start_time)
+                     time.perf_counter() - start_time, warm_tokens, warm_seconds)
 
 
 def pair_row(context_ids: Sequence[int], continuation_ids: Sequence[int], max_len: int) -> Row:

@@ -93,3 +93,20 @@ def test_errors():
         scoring.pair_row([1, 2], [], max_len=8)
     with pytest.raises(ScoringError, match="truncate rows first"):
         scoring.score_rows(ToyFn(), [Row(np.arange(20), np.ones(19, bool))], 2, max_len=8)
+
+
+def test_throughput_excludes_compiling_batches():
+    class ShapeAwareFn(ToyFn):
+        seen_shapes = set()
+
+        def __call__(self, inputs_BxT, targets_BxT):
+            self.seen_shapes.add(inputs_BxT.shape)
+            return super().__call__(inputs_BxT, targets_BxT)
+
+    rows = [scoring.pair_row([1, 2], [3], max_len=16) for _ in range(3)]  # 2 targets each
+    out = scoring.score_rows(ShapeAwareFn(), rows, batch_size=1, max_len=16)
+    assert out.input_tokens == 6 and out.warm_tokens == 4  # the first (1, 16) batch compiled
+    stats = scoring.Throughput().add(out).to_dict()
+    assert stats["scored_tokens"] == 6 and stats["tokens_per_s"] > 0
+    toy = scoring.Throughput().add(scoring.score_rows(ToyFn(), rows, 1, 16)).to_dict()
+    assert toy["tokens_per_s"] == toy["wall_tokens_per_s"]  # no shape info: wall time
