@@ -55,6 +55,19 @@ def resolve_checkpoint(path: str) -> tuple[str, str | None]:
     return path, None
 
 
+def _run_tokenizer_sha(run_dir: str) -> str | None:
+    """The tokenizer sha256 a run was trained against (trainer config store.tokenizer_sha256)."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return (json.load(f).get("store") or {}).get("tokenizer_sha256") or None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise EvalError(f"{path} is not a trainer config; pass a run directory written by "
+                        f"python -m trainer") from None
+
+
 def check_vocab(cfg, metadata: dict, tok_info: dict) -> None:
     """Raises EvalError when the tokenizer cannot be the checkpoint's tokenizer."""
     if cfg.vocab_size != tok_info["vocab_size"]:
@@ -215,12 +228,13 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
             eval_tasks.get_task(name)
     if HELDOUT in tasks and not store:
         raise EvalError("task 'heldout' needs a tokens store; pass --store URL")
-    model_dir, _ = resolve_checkpoint(checkpoint)
+    model_dir, run_dir = resolve_checkpoint(checkpoint)
     sp, tok_info = load_tokenizer(tokenizer), tokenizer_info(tokenizer)
+    expected = {"tokenizer_sha256": _run_tokenizer_sha(run_dir)} if run_dir else {}
     # Check the cheap config before reading params, so a mismatch fails fast.
-    check_vocab(model_io.load_config(model_dir), {}, tok_info)
+    check_vocab(model_io.load_config(model_dir), expected, tok_info)
     cfg, params, metadata = model_io.load_model(model_dir)
-    check_vocab(cfg, metadata, tok_info)
+    check_vocab(cfg, {**expected, **metadata}, tok_info)
     fn = scoring.make_token_score_fn(params, cfg)
     results, throughput = {}, scoring.Throughput()
     for name in tasks:

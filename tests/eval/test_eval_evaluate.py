@@ -192,6 +192,17 @@ def test_vocab_mismatch(env, tmp_path, capsys):
     assert rc == 2 and "vocab_size=400 differs from the tokenizer's 320" in err
 
 
+def test_run_dir_tokenizer_sha_mismatch(env, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.symlink(env.path, run_dir / "export")
+    (run_dir / "config.json").write_text(json.dumps({"store": {"tokenizer_sha256": "ab" * 32}}))
+    rc = evaluate.main(["--checkpoint", str(run_dir), "--tokenizer", env.tok, "--tasks", "piqa",
+                        "--task-dir", env.root])
+    err = capsys.readouterr().err
+    assert rc == 2 and "differs from the checkpoint's abababababab" in err
+
+
 def test_missing_checkpoint(env, capsys):
     rc = evaluate.main(["--checkpoint", "/nonexistent/ckpt", "--tokenizer",
                         env.tok, "--tasks", "piqa"])

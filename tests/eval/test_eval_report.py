@@ -21,7 +21,7 @@ def make_run(root, name, method, lr, tau=1.0, alpha=0.9, gamma=0.1, p1=0.01, log
     (path / "config.json").write_text(json.dumps(config))
     with open(path / "metrics.jsonl", "w") as f:
         for step in range(1, 4):
-            f.write(json.dumps({"step": step, "phase": 1, "loss": 5.0 / step,
+            f.write(json.dumps({"step": step, "phase": 1, "loss": 5.0 / step, "nll": 4.0 / step,
                                 "cumulative_flops": 1e12 * step}) + "\n")
     if log_ppl is not None:
         tasks = {"heldout": {"log_ppl": log_ppl, "tokens": 100}}
@@ -59,6 +59,8 @@ def test_best_and_pairs(sweep):
     assert deltas == [-0.05, 0.1, 0.1]
     assert sorted(kd.name for _, kd in pairs["nll"]) == ["kd_0.0004_0.5", "kd_0.0004_1.0"]
     assert "hldf" not in pairs
+    # The data (NLL) term is plotted: comparable across methods, unlike the total loss.
+    assert runs[0].curve_key == "nll" and runs[0].curve == [(1e12, 4.0), (2e12, 2.0), (3e12, 4 / 3)]
 
 
 def test_build_report_writes_markdown_and_pngs(sweep, tmp_path):
