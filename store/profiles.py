@@ -127,8 +127,11 @@ class ExactProfile(Profile):
 
     def encode_hidden(self, layer, x_RxTxD):
         rms, safe = _rms(x_RxTxD)
-        y = np.divide(x_RxTxD, safe[..., None], dtype=np.float32)
-        return {hidden_name(layer): y.astype(np.float16), aux_name(layer, "rms"): rms}
+        # Divide straight into float16 (numpy casts chunk by chunk): no
+        # full-size float32 temporary.
+        y16 = np.empty(x_RxTxD.shape, np.float16)
+        np.divide(x_RxTxD, safe[..., None], out=y16, casting="same_kind")
+        return {hidden_name(layer): y16, aux_name(layer, "rms"): rms}
 
     def decode_hidden(self, layer, stored, dtype):
         y = stored[hidden_name(layer)]
