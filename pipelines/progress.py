@@ -82,7 +82,7 @@ class ProgressReporter:
 
     def _poll(self):
         writer = None
-        start_done = start_time = None
+        start_done = start_time = last_done = None
         while not self._stop.wait(self._interval):
             try:
                 writer = writer or store.open_writer(self._url)
@@ -92,6 +92,9 @@ class ProgressReporter:
             now = time.monotonic()
             if start_done is None:
                 start_done, start_time = done, now
+            elif done == last_done:
+                continue  # nothing new: keep the log short
+            last_done = done
             schema = writer.schema
             line = format_progress(self._label, done, writer.num_units, done - start_done,
                                    now - start_time, schema.rows_per_unit * schema.seq_len)
