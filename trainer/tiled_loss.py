@@ -1,0 +1,178 @@
+"""Token-tiled logit losses: NLL, KD and top-1 agreement without [B,T,V] in fp32.
+
+At the paper's shape (batch 256 × 2048 tokens, V = 32k) the full fp32 logits
+are 64 GiB, and their softmax and gradient as much again. Here the tokens are
+flattened and cut into tiles of ``tile_tokens``; each tile computes its
+logits ``hidden_tile @ embedding.T`` (exactly ``model.unembed``: Gemma 3 has
+no final soft-cap; the matmul runs in the hidden's dtype, then upcasts to
+fp32), calls a per-tile loss function and keeps only per-token outputs.
+The tile body is wrapped in ``jax.checkpoint``, so the backward pass
+recomputes each tile's logits instead of storing them: peak logit memory is
+one tile (``tile_tokens × V``), at the price of one extra unembed matmul.
+All requested terms (e.g. NLL + KD + top-1) come from the same logits, so KD
+costs one logit pass, not two.
+
+Stable signatures (the trainer codes against these)::
+
+    tiled_logit_losses(hidden_BxTxD, embedding_VxD, per_tile_fn,
+                       token_inputs={"targets": [B,T], ...},
+                       tile_tokens=1024) -> {name: fp32 [B, T]}
+    logit_terms_fn(nll=True, kd=False, top1=False, temperature=1.0,
+                   tail="zero", divergence="forward_kl") -> per_tile_fn
+
+``per_tile_fn(logits_NxV, inputs) -> {name: [N]}`` receives fp32 logits of one
+tile and the matching slices (``[N, ...]``) of ``token_inputs``. Token counts
+that are not a multiple of the tile are zero-padded; padded rows are computed
+and dropped, so they add nothing to values or gradients.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from trainer import losses
+
+PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
+
+# Keys that logit_terms_fn reads from token_inputs, per term.
+TARGETS = "targets"
+TOPK_IDS = "topk_ids"
+TOPK_LOGPROBS = "topk_logprobs"
+
+
+class TiledLossError(ValueError):
+    """Bad shapes or settings for the tiled logit loss."""
+
+
+def tile_logits(hidden_NxD: jax.Array, embedding_VxD: jax.Array) -> jax.Array:
+    """fp32 logits for a tile of tokens, as ``model.unembed`` computes them.
+
+    The product runs in the hidden's dtype (bf16 in mixed precision, like the
+    model's unembed) and is upcast afterwards, so tiled and untiled training
+    see the same numbers.
+    """
+    logits_NxV = jnp.einsum("nd,vd->nv", hidden_NxD, embedding_VxD.astype(hidden_NxD.dtype))
+    return logits_NxV.astype(jnp.float32)
+
+
+def _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens):
+    if hidden_BxTxD.ndim != 3:
+        raise TiledLossError(
+            f"hidden must be [B, T, D], got shape {hidden_BxTxD.shape}; pass the final hidden states")
+    if embedding_VxD.ndim != 2 or embedding_VxD.shape[1] != hidden_BxTxD.shape[2]:
+        raise TiledLossError(
+            f"embedding must be [V, D={hidden_BxTxD.shape[2]}], got {embedding_VxD.shape}; "
+            "pass model.embedding_table(params)")
+    if not isinstance(tile_tokens, int) or tile_tokens <= 0:
+        raise TiledLossError(
+            f"tile_tokens must be a positive int, got {tile_tokens!r}; use e.g. 1024")
+    for name, x in token_inputs.items():
+        if tuple(x.shape[:2]) != tuple(hidden_BxTxD.shape[:2]):
+            raise TiledLossError(
+                f"token input {name!r} has shape {x.shape}, expected leading [B, T] = "
+                f"{hidden_BxTxD.shape[:2]}; align it with the hidden states (shift targets by one)")
+
+
+def _to_tiles(x_BxTx_, num_tiles, tile_tokens):
+    """[B, T, ...] -> [num_tiles, tile_tokens, ...], zero-padded at the end."""
+    flat = x_BxTx_.reshape((-1,) + x_BxTx_.shape[2:])
+    pad = num_tiles * tile_tokens - flat.shape[0]
+    if pad:
+        flat = jnp.pad(flat, [(0, pad)] + [(0, 0)] * (flat.ndim - 1))
+    return flat.reshape((num_tiles, tile_tokens) + flat.shape[1:])
+
+
+def tiled_logit_losses(hidden_BxTxD: jax.Array,
+                       embedding_VxD: jax.Array,
+                       per_tile_fn: PerTileFn,
+                       token_inputs: Mapping[str, jax.Array] | None = None,
+                       tile_tokens: int = 1024) -> dict[str, jax.Array]:
+    """Per-token logit losses computed tile by tile with recomputation.
+
+    Differentiable w.r.t. ``hidden_BxTxD`` and ``embedding_VxD``; the gradient
+    equals the untiled one (same fp32 arithmetic per token).
+
+    Args:
+      hidden_BxTxD: final hidden states (after the final norm).
+      embedding_VxD: the tied embedding table (``model.embedding_table``).
+      per_tile_fn: ``(logits_NxV fp32, {name: [N, ...]}) -> {name: [N]}``,
+        e.g. from ``logit_terms_fn``.
+      token_inputs: per-token arrays with leading ``[B, T]`` (targets, top-k
+        ids / log-probs, ...), sliced into tiles alongside the hidden states.
+      tile_tokens: tokens per tile; memory ∝ tile_tokens × V. Clamped to the
+        token count when larger (one tile, no padding).
+
+    Returns:
+      ``{name: fp32 [B, T]}`` as returned by ``per_tile_fn``.
+
+    Raises:
+      TiledLossError: inconsistent shapes or a non-positive tile size.
+    """
+    token_inputs = dict(token_inputs or {})
+    _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens)
+    missing = [k for k in getattr(per_tile_fn, "required_inputs", ()) if k not in token_inputs]
+    if missing:
+        raise TiledLossError(
+            f"token_inputs lacks {missing} needed by the requested loss terms; pass them "
+            "(targets from the shifted tokens, topk_* from the store)")
+    batch, seq, _ = hidden_BxTxD.shape
+    num_tokens = batch * seq
+    tile_tokens = min(tile_tokens, num_tokens)
+    num_tiles = -(-num_tokens // tile_tokens)
+
+    hidden_tiles = _to_tiles(hidden_BxTxD, num_tiles, tile_tokens)
+    input_tiles = {k: _to_tiles(v, num_tiles, tile_tokens) for k, v in token_inputs.items()}
+
+    def tile_fn(hidden_NxD, inputs):
+        return dict(per_tile_fn(tile_logits(hidden_NxD, embedding_VxD), inputs))
+
+    # Save nothing from the tile but its inputs: the backward pass recomputes
+    # the logits. prevent_cse=False is safe (and lets XLA fuse) because under
+    # lax.map (a scan) the recomputation cannot be CSE'd with the forward.
+    one_tile = jax.checkpoint(tile_fn, prevent_cse=False)
+    out_tiles = jax.lax.map(lambda xs: one_tile(*xs), (hidden_tiles, input_tiles))
+    return {name: v.reshape(-1)[:num_tokens].reshape(batch, seq).astype(jnp.float32)
+            for name, v in out_tiles.items()}
+
+
+def logit_terms_fn(nll: bool = True,
+                   kd: bool = False,
+                   top1: bool = False,
+                   temperature: float = 1.0,
+                   tail: str | losses.TailMode = "zero",
+                   divergence: str | losses.Divergence = "forward_kl") -> PerTileFn:
+    """Builds a per-tile function returning any of NLL, KD and top-1 agreement.
+
+    Token inputs read: ``"targets"`` (for nll), ``"topk_ids"`` and
+    ``"topk_logprobs"`` (for kd and top1). Outputs use the same names as the
+    flags: ``{"nll": ..., "kd": ..., "top1": ...}``; KD is without τ²/α.
+
+    Raises:
+      TiledLossError: no term requested.
+      losses.LossConfigError: bad KD tail / divergence / temperature (checked
+        here, before anything is traced).
+    """
+    if not (nll or kd or top1):
+        raise TiledLossError("logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True")
+    if kd:
+        tail = losses.parse_tail_mode(tail)
+        divergence = losses.parse_divergence(divergence)
+        temperature = losses.check_temperature(temperature, tail)
+
+    def per_tile_fn(logits_NxV, inputs):
+        out = {}
+        if nll:
+            out["nll"] = losses.nll(logits_NxV, inputs[TARGETS])
+        if kd:
+            out["kd"] = losses.kd_topk(logits_NxV, inputs[TOPK_IDS], inputs[TOPK_LOGPROBS],
+                                       temperature, tail=tail, divergence=divergence)
+        if top1:
+            out["top1"] = losses.top1_agreement(logits_NxV, inputs[TOPK_IDS])
+        return out
+
+    required = ([TARGETS] if nll else []) + ([TOPK_IDS] if (kd or top1) else []) + (
+        [TOPK_LOGPROBS] if kd else [])
+    per_tile_fn.required_inputs = tuple(required)
+    return per_tile_fn
