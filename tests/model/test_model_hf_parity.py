@@ -23,6 +23,7 @@ from teacher_dump import convert  # noqa: E402
 from trainer import model, model_io  # noqa: E402
 
 _ATOL = 1e-4
+_forward = jax.jit(model.forward, static_argnames=("cfg", "capture_layers", "num_blocks"))
 _SEQ = 24
 _HF_KW = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=7,
               num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
@@ -70,7 +71,7 @@ def test_converted_config(converted):
 def test_logits_and_hidden_match_hf(converted):
     cfg, params, out = converted["cfg"], converted["params"], converted["out"]
     L = cfg.num_layers
-    ours = model.forward(params, converted["tokens"], cfg, capture_layers=tuple(range(1, L + 1)))
+    ours = _forward(params, converted["tokens"], cfg, capture_layers=tuple(range(1, L + 1)))
     logits = np.asarray(model.unembed(params, ours.final_hidden_BxTxD, cfg))
     np.testing.assert_allclose(logits, out.logits.numpy(), atol=_ATOL, rtol=0)
     # HF hidden_states[l] is the residual after l blocks for l < L ...
@@ -82,16 +83,16 @@ def test_logits_and_hidden_match_hf(converted):
                                atol=_ATOL, rtol=0)
 
 
-def test_unscanned_remat_match_hf(converted):
-    cfg = converted["cfg"].replace(scan_layers=False, remat=True)
-    ours = model.forward(converted["params"], converted["tokens"], cfg)
+def test_unscanned_match_hf(converted):
+    cfg = converted["cfg"].replace(scan_layers=False)
+    ours = _forward(converted["params"], converted["tokens"], cfg)
     logits = np.asarray(model.unembed(converted["params"], ours.final_hidden_BxTxD, cfg))
     np.testing.assert_allclose(logits, converted["out"].logits.numpy(), atol=_ATOL, rtol=0)
 
 
 def test_bf16_compute_close_to_hf_fp32(converted):
     cfg = converted["cfg"].replace(dtype="bfloat16")
-    ours = model.forward(converted["params"], converted["tokens"], cfg)
+    ours = _forward(converted["params"], converted["tokens"], cfg)
     logits = np.asarray(model.unembed(converted["params"], ours.final_hidden_BxTxD, cfg),
                         np.float32)
     ref = converted["out"].logits.numpy()
@@ -111,7 +112,7 @@ def test_no_global_layer_and_default_rope(tmp_path):
     tokens = np.random.default_rng(1).integers(0, 128, size=(1, 17))
     with torch.no_grad():
         ref = hf(torch.tensor(tokens)).logits.numpy()
-    ours = model.forward(params, tokens, cfg)
+    ours = _forward(params, tokens, cfg)
     np.testing.assert_allclose(np.asarray(model.unembed(params, ours.final_hidden_BxTxD, cfg)),
                                ref, atol=_ATOL, rtol=0)
 
