@@ -18,6 +18,7 @@ vocabulary id (`lax.top_k`'s documented behaviour, tested in
 tests/teacher_dump), so the output is deterministic.
 """
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -236,7 +237,13 @@ def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
     """
     spec = resolve_spec(cfg, k=k, layers=layers, top_p=top_p,
                         token_tile=token_tile, hidden_dtype=hidden_dtype)
+    return _build_extract_fn(cfg, spec)
 
+
+@functools.lru_cache(maxsize=32)
+def _build_extract_fn(cfg, spec: ExtractSpec) -> ExtractFn:
+    # Cached on (cfg, spec): a fresh jit closure would recompile the whole
+    # teacher forward, e.g. for every worker thread or test that asks again.
     # No buffer donation: the only per-call input is the small int32 token
     # batch, whose buffer cannot back any output; params must stay resident.
     @jax.jit

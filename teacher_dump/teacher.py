@@ -31,16 +31,12 @@ class Teacher:
     params: Any
     fingerprint: str = ""
     path: str = ""
-    _fns: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def extract_fn(self, k: int = 128, layers: Sequence[int] | None = None,
                    top_p: float | None = None,
                    token_tile: int = extract.DEFAULT_TOKEN_TILE,
                    hidden_dtype: Any = "float32") -> extract.ExtractFn:
-        """The jitted extraction step for these options, built once and cached.
-
-        Caching matters: each make_extract_fn call makes a new jit closure, and
-        a new closure recompiles the whole teacher forward.
+        """The jitted extraction step for these options (cached per config).
 
         Args:
             k, layers, top_p, token_tile, hidden_dtype: see make_extract_fn.
@@ -48,13 +44,9 @@ class Teacher:
         Returns:
             fn(params, tokens_BxT) -> signal dict.
         """
-        key = (k, None if layers is None else tuple(layers), top_p,
-               token_tile, None if hidden_dtype is None else str(hidden_dtype))
-        if key not in self._fns:
-            self._fns[key] = extract.make_extract_fn(
-                self.cfg, k=k, layers=layers, top_p=top_p,
-                token_tile=token_tile, hidden_dtype=hidden_dtype)
-        return self._fns[key]
+        return extract.make_extract_fn(
+            self.cfg, k=k, layers=layers, top_p=top_p, token_tile=token_tile,
+            hidden_dtype=hidden_dtype)
 
 
 def load_teacher(path: str, dtype: str | None = None) -> Teacher:

@@ -81,12 +81,12 @@ def _ref_signal(logits_TxV, k):
 def tiny():
     # tiny-7: 7 layers (block 6 global), window 4 << T, GQA 4:2.
     cfg = model_config.get_config("tiny-7", vocab_size=256)
-    params = model.init_params(cfg, jax.random.PRNGKey(0))
+    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
     # init_params zeros the norm weights; randomise them so (1 + w) is tested.
-    keys = iter(jax.random.split(jax.random.PRNGKey(1), 16))
+    rng = np.random.default_rng(1)
     params = jax.tree_util.tree_map_with_path(
-        lambda path, a: a + 0.3 * jax.random.normal(next(keys), a.shape)
-        if "norm" in jax.tree_util.keystr(path) else a, params)
+        lambda path, a: np.asarray(a) + np.float32(0.3) * rng.normal(size=a.shape).astype(np.float32)
+        if "norm" in jax.tree_util.keystr(path) else np.asarray(a), params)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (3, 24), dtype=np.int32)
     return cfg, params, tokens
 
@@ -122,23 +122,24 @@ def test_extraction_matches_float64_reference(tiny):
 def small():
     # Cheaper to compile than tiny-7, for the tests that need no reference.
     cfg = model_config.get_config("tiny", vocab_size=256, num_layers=2)
-    params = model.init_params(cfg, jax.random.PRNGKey(2))
+    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(2))
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (3, 24), dtype=np.int32)
     return cfg, params, tokens
 
 
 def test_default_layer_is_median(small):
     cfg, params, tokens = small
-    out = teacher_dump.make_extract_fn(cfg, k=4)(params, jnp.asarray(tokens))
+    out = teacher_dump.make_extract_fn(cfg, k=K)(params, jnp.asarray(tokens))
     assert set(out["hidden"]) == {cfg.num_layers // 2}
     assert out["hidden"][1].shape == tokens.shape + (cfg.d_model,)
-    assert out["topk_ids"].shape == tokens.shape + (4,)
+    assert out["topk_ids"].shape == tokens.shape + (K,)
 
 
 def test_tiled_equals_untiled(small):
     cfg, params, tokens = small
-    whole = teacher_dump.make_extract_fn(cfg, k=K, token_tile=10**6)(params, tokens)
-    for tile in (1, 7, 24):
+    # 72 tokens < the default tile: one tile. 7 leaves a ragged last tile.
+    whole = teacher_dump.make_extract_fn(cfg, k=K)(params, tokens)
+    for tile in (7,):
         tiled = teacher_dump.make_extract_fn(cfg, k=K, token_tile=tile)(params, tokens)
         np.testing.assert_array_equal(tiled["topk_ids"], whole["topk_ids"])
         np.testing.assert_allclose(tiled["topk_logprobs"], whole["topk_logprobs"],
@@ -148,14 +149,16 @@ def test_tiled_equals_untiled(small):
 def test_bf16_compute_close_to_fp32(small):
     cfg, params, tokens = small
     out32 = teacher_dump.make_extract_fn(cfg, k=K)(params, tokens)
-    out16 = teacher_dump.make_extract_fn(cfg.replace(dtype="bfloat16"), k=K)(params, tokens)
+    # hidden_dtype=None keeps the compute dtype (half the device→host bytes).
+    out16 = teacher_dump.make_extract_fn(cfg.replace(dtype="bfloat16"), k=K,
+                                         hidden_dtype=None)(params, tokens)
     assert out16["topk_logprobs"].dtype == jnp.float32
-    assert out16["hidden"][1].dtype == jnp.float32
-    # Top-1 agrees for most tokens; log-probs within bf16 noise.
+    assert out16["hidden"][1].dtype == jnp.bfloat16
+    # Top-1 agrees for most tokens; log-probs and hidden within bf16 noise.
     agree = np.mean(np.asarray(out16["topk_ids"][..., 0] == out32["topk_ids"][..., 0]))
     assert agree > 0.9
     np.testing.assert_allclose(out16["topk_logprobs"][..., 0], out32["topk_logprobs"][..., 0],
                                atol=0.1)
-    kept = teacher_dump.make_extract_fn(cfg.replace(dtype="bfloat16"), k=K,
-                                        hidden_dtype=None)(params, tokens)
-    assert kept["hidden"][1].dtype == jnp.bfloat16
+    h16 = np.asarray(out16["hidden"][1], np.float32)
+    h32 = np.asarray(out32["hidden"][1])
+    assert np.abs(h16 - h32).max() < 0.05 * np.abs(h32).max()

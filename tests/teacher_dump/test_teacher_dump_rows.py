@@ -1,21 +1,15 @@
 """load_teacher + extract_rows: batch-size invariance, padding, bad input."""
-import jax
 import numpy as np
 import pytest
 
 import teacher_dump
 from teacher_dump import extract, loop
 from teacher_dump import teacher as teacher_lib
-from trainer import model, model_config, model_io
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    cfg = model_config.get_config("tiny", vocab_size=256, num_layers=2)
-    params = model.init_params(cfg, jax.random.PRNGKey(3))
-    path = tmp_path_factory.mktemp("teacher") / "ckpt"
-    fingerprint = model_io.save_model(str(path), cfg, params)
-    return str(path), fingerprint
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,90 @@
+"""TeacherModelHandler inside a small DirectRunner RunInference pipeline."""
+import os
+import subprocess
+import sys
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.testing.util import assert_that
+
+import teacher_dump
+from teacher_dump import handler as handler_lib
+from teacher_dump import loop
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_ckpt):
+    return tiny_ckpt[0]
+
+
+def _units(cfg):
+    rng = np.random.default_rng(5)
+    return [(u, rng.integers(0, cfg.vocab_size, (rows, 16), dtype=np.int32))
+            for u, rows in ((0, 4), (1, 4), (7, 3))]
+
+
+@pytest.mark.slow  # a fresh interpreter importing JAX + Orbax: ~15 s here
+def test_import_teacher_dump_does_not_import_beam():
+    # The handler module (and so Beam) is only imported on first attribute use.
+    code = ("import sys, teacher_dump; "
+            "assert 'apache_beam' not in sys.modules, 'beam imported'; "
+            "assert teacher_dump.TeacherModelHandler.__name__ == 'TeacherModelHandler'; "
+            "assert 'apache_beam' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                   cwd=os.path.dirname(os.path.dirname(teacher_dump.__file__)))
+
+
+def test_run_inference_pipeline(ckpt):
+    teacher = teacher_dump.load_teacher(ckpt)
+    units = _units(teacher.cfg)
+    expected = {u: loop.concat_batches(teacher_dump.extract_rows(teacher, t, batch_size=8, k=K))
+                for u, t in units}
+    handler = teacher_dump.TeacherModelHandler(ckpt, k=K, batch_size=8, units_per_call=2)
+
+    def check(outputs):
+        assert sorted(u for u, _, _ in outputs) == [0, 1, 7]
+        inputs = dict(units)
+        for u, tokens, signal in outputs:
+            np.testing.assert_array_equal(tokens, inputs[u])
+            assert signal["topk_ids"].shape == tokens.shape + (K,)
+            assert signal["topk_logprobs"].dtype == np.float32
+            assert set(signal["hidden"]) == {1}
+            np.testing.assert_array_equal(signal["topk_ids"], expected[u]["topk_ids"])
+            np.testing.assert_allclose(signal["topk_logprobs"], expected[u]["topk_logprobs"],
+                                       rtol=2e-6)
+            np.testing.assert_allclose(signal["hidden"][1], expected[u]["hidden"][1],
+                                       rtol=0, atol=1e-5)
+
+    with beam.Pipeline("DirectRunner") as p:
+        out = p | beam.Create(units) | RunInference(handler)
+        assert_that(out, check)
+
+
+def test_run_inference_direct_call_and_bad_elements(ckpt):
+    handler = teacher_dump.TeacherModelHandler(ckpt, k=K, batch_size=8)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 1}
+    teacher = handler.load_model()
+    (unit, tokens, signal), = handler.run_inference([(3, _units(teacher.cfg)[2][1])], teacher)
+    assert unit == 3 and signal["topk_ids"].shape == (3, 16, K)
+    with pytest.raises(handler_lib.UnitElementError, match="unit_index, tokens_RxT"):
+        handler.run_inference([np.zeros((2, 16), np.int32)], teacher)
+    with pytest.raises(handler_lib.UnitElementError, match="unit 4: tokens must be"):
+        handler.run_inference([(4, np.zeros((16,), np.int32))], teacher)
+    with pytest.raises(handler_lib.UnitElementError, match="different seq_len"):
+        handler.run_inference([(0, np.zeros((1, 16), np.int32)),
+                               (1, np.zeros((1, 8), np.int32))], teacher)
+    with pytest.raises(handler_lib.UnitElementError, match="no inference_args"):
+        handler.validate_inference_args({"x": 1})
+    with pytest.raises(handler_lib.UnitElementError, match="units_per_call"):
+        teacher_dump.TeacherModelHandler(ckpt, units_per_call=0)
+
+
+def test_bad_options_fail_at_load(ckpt):
+    from teacher_dump import extract
+    with pytest.raises(extract.ExtractConfigError, match="layer 9"):
+        teacher_dump.TeacherModelHandler(ckpt, k=K, layers=(9,)).load_model()
