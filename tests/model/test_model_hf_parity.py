@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from teacher_dump import convert  # noqa: E402
-from trainer import model, model_io  # noqa: E402
+from trainer import model, model_config, model_io  # noqa: E402
 
 _ATOL = 1e-4
 _forward = jax.jit(model.forward, static_argnames=("cfg", "capture_layers", "num_blocks"))
@@ -156,3 +156,46 @@ def test_convert_cli_error_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("error: cannot read")
     assert "Traceback" not in proc.stderr
+
+
+def test_convert_multimodal_layout_bf16_and_cli(converted, tmp_path, capsys):
+    """Gemma3ForConditionalGeneration naming + text_config + bf16 tensors, via the CLI main."""
+    from safetensors.numpy import load_file, save_file
+    import ml_dtypes
+
+    hf_dir = converted["root"] / "hf"
+    tensors = load_file(str(hf_dir / "model.safetensors"))
+    renamed = {k.replace("model.", "model.language_model.", 1): v.astype(ml_dtypes.bfloat16)
+               for k, v in tensors.items()}
+    mm = tmp_path / "mm"
+    mm.mkdir()
+    save_file(renamed, str(mm / "model.safetensors"))
+    text = json.loads((hf_dir / "config.json").read_text())
+    (mm / "config.json").write_text(json.dumps(
+        {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+         "text_config": text}))
+    assert convert.main(["--hf-dir", str(mm), "--out", str(tmp_path / "ckpt")]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "ckpt")
+    cfg, params, _ = model_io.load_model(tmp_path / "ckpt")
+    assert cfg.to_dict() == {**converted["cfg"].to_dict(), "name": "hf:mm"}
+    rounded = jax.tree_util.tree_map(
+        lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32),
+        converted["params"])
+    for a, b in zip(jax.tree_util.tree_leaves(rounded), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_old_style_hub_rope_fields():
+    """Hub config.json files of real Gemma 3 4B use rope_theta/rope_local_base_freq/rope_scaling."""
+    hub = {"model_type": "gemma3_text", "hidden_size": 2560, "intermediate_size": 10240,
+           "num_hidden_layers": 34, "num_attention_heads": 8, "num_key_value_heads": 4,
+           "head_dim": 256, "sliding_window": 1024, "vocab_size": 262208,
+           "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+           "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+           "final_logit_softcapping": None, "attn_logit_softcapping": None}
+    cfg = convert.model_config_from_hf(hub)
+    reference = model_config.get_config("gemma3-4b", vocab_size=262208)
+    for field in ("num_layers", "d_model", "mlp_dim", "num_heads", "num_kv_heads", "head_dim",
+                  "sliding_window", "global_every", "rope_local_base", "rope_global_base",
+                  "rope_global_scale", "query_scale"):
+        assert getattr(cfg, field) == getattr(reference, field), field
