@@ -154,3 +154,26 @@ def test_bad_input_raises_clear_error(call, match):
 def test_bad_kd_config_raises_before_tracing():
     with pytest.raises(losses.LossConfigError, match="bucket"):
         tiled_loss.logit_terms_fn(kd=True, tail="bucket", temperature=0.5)
+
+
+def test_compiled_gradient_temp_memory_scales_with_tile_not_batch():
+    """XLA's own buffer plan: temp memory ~ a couple of tiles of fp32 logits."""
+    b, t, d, v, k, tile = 4, 256, 16, 4096, 8, 64
+    hidden = jnp.ones((b, t, d))
+    emb = jnp.full((v, d), 0.01)
+    inputs = {"targets": jnp.zeros((b, t), jnp.int32),
+              "topk_ids": jnp.broadcast_to(jnp.arange(k), (b, t, k)),
+              "topk_logprobs": jnp.full((b, t, k), -3.0)}
+    fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True)
+
+    def loss(h, e):
+        out = tiled_loss.tiled_logit_losses(h, e, fn, inputs, tile_tokens=tile)
+        return out["nll"].mean() + out["kd"].mean()
+
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(hidden, emb).compile()
+    stats = compiled.memory_analysis()
+    if stats is None:
+        pytest.skip("this backend reports no memory analysis")
+    full_logits_bytes = b * t * v * 4
+    tile_logits_bytes = tile * v * 4
+    assert stats.temp_size_in_bytes <= 3 * tile_logits_bytes < full_logits_bytes / 4
