@@ -156,6 +156,31 @@ def truncate_top_p(topk_ids_NxK: jax.Array, topk_logprobs_NxK: jax.Array,
     return ids, logprobs
 
 
+def map_token_tiles(fn: Callable, x_NxD: jax.Array, token_tile: int):
+    """Applies fn to consecutive [token_tile, D] tiles of x, sequentially.
+
+    lax.map runs the tiles one after another, so whatever fn materialises per
+    tile (e.g. [token_tile, V] logits) is live for one tile at a time.
+
+    Args:
+        fn: maps a [tile, D] array to a pytree of [tile, ...] arrays.
+        x_NxD: the N token vectors; the last tile is zero-padded.
+        token_tile: tokens per tile (clipped to N).
+
+    Returns:
+        fn's pytree with the tiles concatenated back to N rows.
+    """
+    n, d = x_NxD.shape
+    tile = min(token_tile, n)
+    num_tiles = -(-n // tile)
+    pad = num_tiles * tile - n
+    if pad:
+        x_NxD = jnp.pad(x_NxD, ((0, pad), (0, 0)))
+    out = jax.lax.map(fn, x_NxD.reshape(num_tiles, tile, d))
+    return jax.tree_util.tree_map(
+        lambda y: y.reshape((num_tiles * tile,) + y.shape[2:])[:n], out)
+
+
 def tiled_topk(params, hidden_NxD: jax.Array, cfg, k: int,
                token_tile: int) -> tuple[jax.Array, jax.Array]:
     """Unembeds and takes the top-k, `token_tile` tokens at a time.
@@ -165,27 +190,15 @@ def tiled_topk(params, hidden_NxD: jax.Array, cfg, k: int,
         hidden_NxD: final (normed) hidden states of N tokens.
         cfg: model config.
         k: top-k size.
-        token_tile: tokens per tile; the last tile is zero-padded.
+        token_tile: tokens per tile.
 
     Returns:
         (topk_ids_NxK int32, topk_logprobs_NxK float32).
     """
-    n, d = hidden_NxD.shape
-    tile = min(token_tile, n)
-    num_tiles = -(-n // tile)
-    pad = num_tiles * tile - n
-    if pad:
-        hidden_NxD = jnp.pad(hidden_NxD, ((0, pad), (0, 0)))
-    hidden_CxTilexD = hidden_NxD.reshape(num_tiles, tile, d)
-
     def one_tile(h_TilexD):
-        logits_TilexV = model.unembed(params, h_TilexD, cfg)
-        return topk_logprobs(logits_TilexV, k)
+        return topk_logprobs(model.unembed(params, h_TilexD, cfg), k)
 
-    ids_CxTilexK, logprobs_CxTilexK = jax.lax.map(one_tile, hidden_CxTilexD)
-    ids_NxK = ids_CxTilexK.reshape(num_tiles * tile, k)[:n]
-    logprobs_NxK = logprobs_CxTilexK.reshape(num_tiles * tile, k)[:n]
-    return ids_NxK, logprobs_NxK
+    return map_token_tiles(one_tile, hidden_NxD, token_tile)
 
 
 def extract_signal(params, tokens_BxT: jax.Array, cfg,

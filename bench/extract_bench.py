@@ -1,0 +1,190 @@
+"""Teacher-signal extraction throughput: end to end vs compute only.
+
+    .venv/bin/python bench/extract_bench.py                    # small CPU config, ~1-2 min
+    python bench/extract_bench.py --config gemma3-4b --vocab 32000 --seq-len 2048 \
+        --batch-size 8 --dtype bfloat16                        # one GPU
+
+Same random-weight model, same token rows, three measurements:
+  forward        model.forward + tiled unembed + logsumexp, outputs left on
+                 the device (the compute-only baseline, no top-k);
+  extract/device the jitted extraction step (adds top-k), outputs on device;
+  extract_rows   teacher_dump.extract_rows end to end: padding, host-side
+                 token check, overlapped device→host copy to numpy.
+Model FLOPs/token = 2·N_matmul + causal attention scores (QKᵀ and PV over
+the keys each query actually sees, sliding windows included), N_matmul counted
+from the real param tree (norm scales excluded; the tied embedding counted
+once, for the unembedding — the input lookup is a gather). MFU divides by a
+matmul peak measured in the same run (or --peak-tflops).
+Writes bench/results/extract_bench.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import teacher_dump  # noqa: E402
+from teacher_dump import extract  # noqa: E402
+from trainer import model, model_config  # noqa: E402
+
+# A small Gemma 3-shaped model that runs the whole bench in ~1-2 min on 2 CPU cores.
+CPU_OVERRIDES = dict(vocab_size=8192, num_layers=4, d_model=256, mlp_dim=1024, num_heads=4,
+                     num_kv_heads=1, head_dim=64, sliding_window=128)
+
+
+def matmul_flops_per_token(cfg) -> int:
+    """2 × matmul params, counted from the real param tree (shapes only)."""
+    shapes = jax.eval_shape(lambda key: model.init_params(cfg, key), jax.random.PRNGKey(0))
+    leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    n = sum(int(np.prod(a.shape)) for path, a in leaves
+            if "norm" not in jax.tree_util.keystr(path))
+    return 2 * n
+
+
+def attention_flops_per_token(cfg, seq_len: int) -> float:
+    """QKᵀ + PV flops per token, averaged over positions, causal + windows."""
+    keys_T = np.arange(1, seq_len + 1)
+    local = np.minimum(keys_T, cfg.sliding_window).mean()
+    global_ = keys_T.mean()
+    per_key = 4 * cfg.num_heads * cfg.head_dim  # 2 matmuls × 2 flops/MAC
+    return float(sum(per_key * (global_ if cfg.is_global(i) else local)
+                     for i in range(cfg.num_layers)))
+
+
+def measure_peak(dtype, n: int) -> float:
+    """Achieved FLOP/s of an n×n×n matmul in `dtype` (the MFU denominator)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    reps = 5
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = f(a, a)
+    out.block_until_ready()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def forward_fn(cfg, layers, token_tile):
+    """Compute-only baseline: forward + unembed + logsumexp, no top-k."""
+    @jax.jit
+    def fwd(params, tokens_BxT):
+        out = model.forward(params, tokens_BxT, cfg, capture_layers=layers)
+        b, t, d = out.final_hidden_BxTxD.shape
+        lse_N = extract.map_token_tiles(
+            lambda h: jax.nn.logsumexp(model.unembed(params, h, cfg).astype(jnp.float32), -1),
+            out.final_hidden_BxTxD.reshape(b * t, d), token_tile)
+        return lse_N, out.captured
+    return fwd
+
+
+def time_device(fn, params, batches_dev) -> float:
+    """Seconds for all batches, outputs left on device (one block at the end)."""
+    jax.block_until_ready(fn(params, batches_dev[0]))  # compile + warm up
+    start = time.perf_counter()
+    for tokens in batches_dev:
+        out = fn(params, tokens)
+    jax.block_until_ready(out)
+    return time.perf_counter() - start
+
+
+def time_rows(teacher, tokens_NxT, args, layers) -> tuple[float, float]:
+    """Seconds for extract_rows to deliver every batch as numpy; bytes/token."""
+    nbytes = 0
+    start = time.perf_counter()
+    for out in teacher_dump.extract_rows(teacher, tokens_NxT, batch_size=args.batch_size,
+                                         k=args.k, layers=layers, token_tile=args.token_tile,
+                                         hidden_dtype=args.hidden_dtype):
+        nbytes += sum(x.nbytes for x in jax.tree_util.tree_leaves(out))
+    return time.perf_counter() - start, nbytes / tokens_NxT.size
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="cpu-small",
+                   help="model_config name, or cpu-small (default, tiny overrides)")
+    p.add_argument("--vocab", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batches", type=int, default=6, help="timed batches per measurement")
+    p.add_argument("--k", type=int, default=128)
+    p.add_argument("--layers", type=int, nargs="*", default=None)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--token-tile", type=int, default=extract.DEFAULT_TOKEN_TILE)
+    p.add_argument("--hidden-dtype", default="float32",
+                   help="float32, or 'compute' to ship hidden states in the compute dtype")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="MFU denominator; default: a matmul measured now")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "results", "extract_bench.json"))
+    args = p.parse_args(argv)
+    args.hidden_dtype = None if args.hidden_dtype == "compute" else args.hidden_dtype
+
+    overrides = {"dtype": args.dtype}
+    if args.vocab:
+        overrides["vocab_size"] = args.vocab
+    if args.config == "cpu-small":
+        cfg = model_config.get_config("tiny", name="cpu-small", **{**CPU_OVERRIDES, **overrides})
+    else:
+        cfg = model_config.get_config(args.config, **overrides)
+    layers = tuple(args.layers) if args.layers is not None else (cfg.num_layers // 2,)
+    B, T = args.batch_size, args.seq_len
+
+    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
+    teacher = teacher_dump.Teacher(cfg=cfg, params=params)
+    rng = np.random.default_rng(0)
+    tokens_NxT = rng.integers(0, cfg.vocab_size, (args.batches * B, T), dtype=np.int32)
+    batches_dev = [jax.device_put(tokens_NxT[i * B:(i + 1) * B]) for i in range(args.batches)]
+    tokens = tokens_NxT.size
+
+    flops_tok = matmul_flops_per_token(cfg) + attention_flops_per_token(cfg, T)
+    on_gpu = jax.devices()[0].platform == "gpu"
+    peak = (args.peak_tflops * 1e12 if args.peak_tflops else
+            measure_peak(jnp.dtype(args.dtype), 8192 if on_gpu else 1024))
+
+    ext = teacher.extract_fn(k=args.k, layers=layers, token_tile=args.token_tile,
+                             hidden_dtype=args.hidden_dtype)
+    t_fwd = time_device(forward_fn(cfg, layers, args.token_tile), params, batches_dev)
+    t_ext = time_device(ext, params, batches_dev)
+    t_rows, bytes_tok = time_rows(teacher, tokens_NxT, args, layers)
+
+    rows = {}
+    for name, sec in (("forward", t_fwd), ("extract/device", t_ext), ("extract_rows", t_rows)):
+        rows[name] = {"seconds": sec, "tokens_per_s": tokens / sec,
+                      "mfu": tokens * flops_tok / sec / peak}
+    result = {
+        "bench": "extract", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+        "config": cfg.to_dict(), "seq_len": T, "batch_size": B, "batches": args.batches,
+        "k": args.k, "layers": list(layers), "hidden_dtype": str(args.hidden_dtype or args.dtype),
+        "model_flops_per_token": flops_tok, "peak_flops": peak,
+        "peak_source": "--peak-tflops" if args.peak_tflops else "measured matmul",
+        "signal_bytes_per_token": bytes_tok, "results": rows,
+        "e2e_over_forward": t_fwd / t_rows, "e2e_over_extract_device": t_ext / t_rows,
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+    print(f"{cfg.name} L={cfg.num_layers} D={cfg.d_model} V={cfg.vocab_size} T={T} B={B} "
+          f"k={args.k} dtype={cfg.dtype} on {result['device']}; "
+          f"{flops_tok / 1e6:.1f} MFLOP/token, peak {peak / 1e12:.2f} TFLOP/s")
+    print(f"{'stage':<16}{'tokens/s':>12}{'MFU':>8}{'seconds':>10}")
+    for name, r in rows.items():
+        print(f"{name:<16}{r['tokens_per_s']:>12.0f}{r['mfu']:>8.1%}{r['seconds']:>10.3f}")
+    print(f"end-to-end / forward = {result['e2e_over_forward']:.1%}, "
+          f"/ extract on device = {result['e2e_over_extract_device']:.1%}; "
+          f"signal {bytes_tok / 1e3:.1f} kB/token to host -> {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
