@@ -204,12 +204,13 @@ class CompactProfile(Profile):
 
     def decode_hidden(self, layer, stored, dtype):
         q = stored[hidden_name(layer)]
-        step = stored[aux_name(layer, "qstep")].astype(np.float32)
-        y = np.multiply(q, step[..., None], dtype=np.float32)
-        np.put_along_axis(y, stored[aux_name(layer, "outlier_idx")].astype(np.intp),
-                          stored[aux_name(layer, "outlier_val")].astype(np.float32), axis=-1)
-        y *= stored[aux_name(layer, "rms")][..., None]
-        return y if np.dtype(dtype) == np.float32 else y.astype(dtype)
+        rms = stored[aux_name(layer, "rms")]
+        # One pass over the output: fold rms into the per-token step first.
+        scale = stored[aux_name(layer, "qstep")].astype(np.float32) * rms
+        x = np.multiply(q, scale[..., None], dtype=np.float32)
+        np.put_along_axis(x, stored[aux_name(layer, "outlier_idx")].astype(np.intp),
+                          stored[aux_name(layer, "outlier_val")].astype(np.float32) * rms[..., None], axis=-1)
+        return x if np.dtype(dtype) == np.float32 else x.astype(dtype)
 
     def describe(self, schema):
         return {

@@ -85,8 +85,8 @@ class StoreSchema:
             bad(f"hidden_layers={self.hidden_layers} must be distinct 1-based block counts")
         from store import profiles  # Local import: profiles imports this module.
         profiles.get_profile(self.profile)
-        if self.hidden_dim > 65535 or self.seq_len > 2**31 - 1:
-            bad("hidden_dim must be <= 65535 (outlier indices are uint16)")
+        if self.hidden_dim > 65535:
+            bad(f"hidden_dim={self.hidden_dim} must be <= 65535 (compact outlier channel ids are uint16)")
         if self.tokenizer.get("vocab_size") not in (None, self.vocab_size):
             bad(f"tokenizer vocab_size={self.tokenizer['vocab_size']} != vocab_size={self.vocab_size}; "
                 "pass the tokenizer's vocab size")

@@ -11,7 +11,11 @@ A work unit ``u`` is rows ``[u*R, min((u+1)*R, N))`` of every array (R =
 4. writes the commit record last.
 
 Several processes may write distinct units of one store at once; a unit
-written twice (resume after a crash) gets identical bytes.
+written twice (resume after a crash) gets identical bytes. Create the store
+once (one ``create_store`` call, e.g. in the pipeline's driver) before
+workers call ``open_writer``: two simultaneous first creations with
+different schemas race on the root zarr.json (one of them then fails with
+SchemaMismatchError or CorruptStoreError; do not rely on that).
 """
 import os
 
@@ -59,7 +63,8 @@ def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
         # Intermediate groups so that zarr-python can walk the hierarchy.
         for group in _groups(schema):
             layout.write_group(kv, group, {})
-        layout.write_group(kv, "ledger", {"description": "commit records: unit_NNNNNNNN/zarr.json attributes, one per committed work unit"})
+        layout.write_group(kv, "ledger", {"description": "commit records: the attributes of "
+                                                         "unit_NNNNNNNN/zarr.json, one per committed work unit"})
     _, manifest, stored = read_manifest(url)
     check_same_schema(stored, schema, url)
     tokens_meta = layout.read_json(kv, "tokens/zarr.json")

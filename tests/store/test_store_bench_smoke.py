@@ -1,0 +1,22 @@
+"""The store benchmark runs end to end at its real geometry (one row)."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+
+@pytest.mark.slow
+def test_store_bench_one_row(tmp_path):
+    path = pathlib.Path(__file__).parent.parent.parent / "bench" / "store_bench.py"
+    spec = importlib.util.spec_from_file_location("store_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    report = bench.main(["--rows", "1", "--rows_per_unit", "1", "--read_batch", "1",
+                         "--dir", str(tmp_path / "stores"), "--out", str(out)])
+    assert json.loads(out.read_text())["geometry"]["tokens"] == 2048
+    exact, compact = report["profiles"]
+    assert 5600 < exact["bytes_per_token"] < 5700  # 4 + 256 + 256 + 5120 + 4, plus shard indexes
+    assert report["goals"]["compact_le_3000_B_token"] and report["goals"]["compact_cos_p1_ge_0.9995"]
+    assert report["goals"]["compact_kl_le_1e-3"]
