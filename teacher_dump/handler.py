@@ -23,7 +23,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base
 
-from teacher_dump import extract, loop
+from teacher_dump import extract
 from teacher_dump import teacher as teacher_lib
 
 
@@ -120,10 +120,10 @@ class TeacherModelHandler(base.ModelHandler):
                 f"units in one call have different seq_len {sorted(seq_lens)}: "
                 f"a store has one seq_len; dump one store at a time")
         rows = np.concatenate([t for _, t in units]).astype(np.int32, copy=False)
-        signal = loop.concat_batches(loop.extract_rows(
-            model, rows, batch_size=self._batch_size, k=self._k,
-            layers=self._layers, top_p=self._top_p,
-            token_tile=self._token_tile))
+        # A method call, so that a multi-process proxy of the Teacher works too.
+        signal = model.extract(rows, batch_size=self._batch_size, k=self._k,
+                               layers=self._layers, top_p=self._top_p,
+                               token_tile=self._token_tile)
         results, start = [], 0
         for unit_index, tokens in units:
             stop = start + tokens.shape[0]

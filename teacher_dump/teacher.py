@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import jax
 
-from teacher_dump import extract
+from teacher_dump import extract, loop
 from trainer import model_config, model_io
 
 
@@ -47,6 +47,23 @@ class Teacher:
         return extract.make_extract_fn(
             self.cfg, k=k, layers=layers, top_p=top_p, token_tile=token_tile,
             hidden_dtype=hidden_dtype)
+
+    def extract(self, tokens_NxT, batch_size: int = 8, **options) -> dict:
+        """The signal of all rows as one numpy dict (extract_rows, concatenated).
+
+        A method rather than attribute access so that it also works through
+        Beam's multi-process proxy (which forwards method calls only).
+
+        Args:
+            tokens_NxT: int token rows, N ≥ 1.
+            batch_size: rows per device call.
+            **options: k, layers, top_p, token_tile, hidden_dtype.
+
+        Returns:
+            {"topk_ids": [N,T,K], "topk_logprobs": [N,T,K], "hidden": {l: [N,T,D]}}.
+        """
+        return loop.concat_batches(
+            loop.extract_rows(self, tokens_NxT, batch_size=batch_size, **options))
 
 
 def load_teacher(path: str, dtype: str | None = None) -> Teacher:

@@ -84,6 +84,27 @@ def test_run_inference_direct_call_and_bad_elements(ckpt):
         teacher_dump.TeacherModelHandler(ckpt, units_per_call=0)
 
 
+class _MethodsOnly:
+    """Like Beam's multi-process proxy: forwards method calls, hides attributes."""
+
+    def __init__(self, teacher):
+        self._extract = teacher.extract
+
+    def extract(self, *args, **kwargs):
+        return self._extract(*args, **kwargs)
+
+
+def test_run_inference_through_a_methods_only_proxy(ckpt):
+    handler = teacher_dump.TeacherModelHandler(ckpt, k=K, batch_size=8,
+                                               share_across_processes=True)
+    assert handler.share_model_across_processes()
+    teacher = handler.load_model()
+    tokens = _units(teacher.cfg)[0][1]
+    (_, _, via_proxy), = handler.run_inference([(0, tokens)], _MethodsOnly(teacher))
+    (_, _, direct), = handler.run_inference([(0, tokens)], teacher)
+    np.testing.assert_array_equal(via_proxy["topk_ids"], direct["topk_ids"])
+
+
 def test_bad_options_fail_at_load(ckpt):
     from teacher_dump import extract
     with pytest.raises(extract.ExtractConfigError, match="layer 9"):
