@@ -2,6 +2,22 @@
 log-probs and hidden activations, written in resumable work units.
 
 Never imports JAX or Beam, so any tool can read a store cheaply.
+
+Modules: ``schema`` (StoreSchema, manifest in the root group attributes),
+``profiles`` (exact / compact encodings), ``layout`` (URLs, sharded crc32c
+array specs), ``ledger`` (per-unit commit records), ``writer``, ``reader``
+(+ ``localread``, the direct path for uncompressed local shards), ``verify``,
+``stats``, ``inspection`` and ``cli`` (``python -m store inspect|verify|stats
+STORE [--json]``). On disk::
+
+    STORE/zarr.json                       group; attributes = manifest
+    STORE/tokens/                         int32 [N, T]
+    STORE/topk/{ids,logprobs,...}/        [N, T, K] (+ per-token side arrays)
+    STORE/hidden/<l>/                     [N, T, D] encoded activations
+    STORE/hidden_aux/<l>/{rms,...}/       per-token scales etc. of that encoding
+    STORE/ledger/unit_NNNNNNNN/zarr.json  commit record of work unit N
+
+Each array's shard (``c/<unit>/0...``) holds exactly one work unit's rows.
 """
 from store.errors import (CorruptStoreError, IncompleteStoreError, SchemaMismatchError,
                           StoreError, StoreInputError, StoreNotFoundError)

@@ -16,6 +16,7 @@ carries no timestamp, so re-writing a unit rewrites an identical record.
 """
 import hashlib
 import json
+import os
 
 import numpy as np
 import tensorstore as ts
@@ -65,6 +66,13 @@ def write(kv: ts.KvStore, record: dict):
 def delete(kv: ts.KvStore, unit: int):
     """Un-commits a unit (before it is re-written or invalidated by a resize)."""
     kv.write(record_key(unit), None).result()
+    if kv.url.startswith("file://"):
+        # The file kvstore leaves the empty unit_N/ directory, which plain
+        # zarr-python would then warn about when walking the hierarchy.
+        try:
+            os.rmdir(os.path.join(kv.path, os.path.dirname(record_key(unit))))
+        except OSError:
+            pass
 
 
 def read(kv: ts.KvStore, unit: int) -> dict | None:

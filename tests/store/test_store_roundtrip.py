@@ -82,7 +82,7 @@ def test_rewrite_is_idempotent(filled_store, tmp_path):
     assert files == after
 
 
-def test_reopen_identical_and_resize(filled_store, make_schema):
+def test_reopen_identical_and_resize(filled_store, tmp_path):
     url, schema, data = filled_store("exact", num_rows=6)  # units: [0,4) [4,6)
     w = create_store(url, schema, num_rows=6)  # identical: reopens
     assert w.committed_units() == {0, 1}
@@ -91,6 +91,8 @@ def test_reopen_identical_and_resize(filled_store, make_schema):
     assert w.num_units == 3 and w.committed_units() == {0}
     r = StoreReader(url, allow_partial=True)
     assert r.num_rows == 10 and r.committed_rows().tolist() == [0, 1, 2, 3]
+    # No empty ledger/unit_00000001/ left behind (plain zarr-python would warn about it).
+    assert sorted(p.name for p in (tmp_path / "s" / "ledger").iterdir()) == ["unit_00000000", "zarr.json"]
 
 
 def _read_tokens(reader, row):
