@@ -78,11 +78,10 @@ def forward_fn(cfg, layers, token_tile):
     @jax.jit
     def fwd(params, tokens_BxT):
         out = model.forward(params, tokens_BxT, cfg, capture_layers=layers)
-        b, t, d = out.final_hidden_BxTxD.shape
-        lse_N = extract.map_token_tiles(
+        lse_BxT = extract.map_token_tiles(
             lambda h: jax.nn.logsumexp(model.unembed(params, h, cfg).astype(jnp.float32), -1),
-            out.final_hidden_BxTxD.reshape(b * t, d), token_tile)
-        return lse_N, out.captured
+            out.final_hidden_BxTxD, token_tile)
+        return lse_BxT, out.captured
     return fwd
 
 

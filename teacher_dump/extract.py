@@ -6,9 +6,11 @@ and the residual stream after the requested blocks.
 
 The de-embedding is the memory hazard: full logits of a [B, T] batch are
 B·T·V floats (8 × 2048 × 32k fp32 = 2 GiB). The step therefore never forms
-them at once: the final hidden states are flattened to tokens and split into
-tiles of `token_tile` tokens, and `lax.map` runs unembed → logsumexp → top-k
-per tile, so the live logits are at most [token_tile, V].
+them at once: the final hidden states are cut along the sequence into tiles
+of about `token_tile` tokens ([B, token_tile // B, D]), and `lax.map` runs
+unembed → logsumexp → top-k per tile, so the live logits are at most
+[token_tile, V]. Cutting positions rather than rows keeps the batch axis
+whole, so a batch sharded over devices (data parallel) stays sharded.
 
 Numerics. `lax.top_k` runs on the logits in the model's compute dtype: the
 cast to float32 is exact and monotone, so ranking before or after the cast
@@ -113,26 +115,26 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
                        token_tile=token_tile, hidden_dtype=hidden_dtype)
 
 
-def topk_logprobs(logits_NxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Top-k log-probabilities of one tile of logits.
+def topk_logprobs(logits_XxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Top-k log-probabilities over the last axis of a tile of logits.
 
     Args:
-        logits_NxV: logits in any float dtype.
+        logits_XxV: logits [..., V] in any float dtype.
         k: number of entries kept.
 
     Returns:
-        (topk_ids_NxK int32, topk_logprobs_NxK float32), sorted descending,
+        (topk_ids_XxK int32, topk_logprobs_XxK float32), sorted descending,
         ties resolved towards the lower id.
     """
     # Rank in the input dtype (exact w.r.t. fp32 ranking, see module doc);
     # normalise in fp32 so the stored log-probs carry fp32 precision.
-    vals_NxK, ids_NxK = jax.lax.top_k(logits_NxV, k)
-    lse_N = jax.nn.logsumexp(logits_NxV.astype(jnp.float32), axis=-1)
-    logprobs_NxK = vals_NxK.astype(jnp.float32) - lse_N[:, None]
-    return ids_NxK.astype(jnp.int32), logprobs_NxK
+    vals_XxK, ids_XxK = jax.lax.top_k(logits_XxV, k)
+    lse_X = jax.nn.logsumexp(logits_XxV.astype(jnp.float32), axis=-1)
+    logprobs_XxK = vals_XxK.astype(jnp.float32) - lse_X[..., None]
+    return ids_XxK.astype(jnp.int32), logprobs_XxK
 
 
-def truncate_top_p(topk_ids_NxK: jax.Array, topk_logprobs_NxK: jax.Array,
+def truncate_top_p(topk_ids_XxK: jax.Array, topk_logprobs_XxK: jax.Array,
                    top_p: float) -> tuple[jax.Array, jax.Array]:
     """Keeps the shortest sorted prefix whose probability mass reaches top_p.
 
@@ -141,88 +143,89 @@ def truncate_top_p(topk_ids_NxK: jax.Array, topk_logprobs_NxK: jax.Array,
     convention for an absent entry).
 
     Args:
-        topk_ids_NxK: ids sorted by descending log-prob.
-        topk_logprobs_NxK: matching float32 log-probs.
+        topk_ids_XxK: ids sorted by descending log-prob (last axis).
+        topk_logprobs_XxK: matching float32 log-probs.
         top_p: target mass in (0, 1].
 
     Returns:
         (ids, logprobs) of the same shapes.
     """
-    probs_NxK = jnp.exp(topk_logprobs_NxK)
-    mass_before_NxK = jnp.cumsum(probs_NxK, axis=-1) - probs_NxK
-    keep_NxK = mass_before_NxK < top_p
-    ids = jnp.where(keep_NxK, topk_ids_NxK, 0)
-    logprobs = jnp.where(keep_NxK, topk_logprobs_NxK, -jnp.inf)
+    probs_XxK = jnp.exp(topk_logprobs_XxK)
+    mass_before_XxK = jnp.cumsum(probs_XxK, axis=-1) - probs_XxK
+    keep_XxK = mass_before_XxK < top_p
+    ids = jnp.where(keep_XxK, topk_ids_XxK, 0)
+    logprobs = jnp.where(keep_XxK, topk_logprobs_XxK, -jnp.inf)
     return ids, logprobs
 
 
-def map_token_tiles(fn: Callable, x_NxD: jax.Array, token_tile: int):
-    """Applies fn to consecutive [token_tile, D] tiles of x, sequentially.
+def map_token_tiles(fn: Callable, x_BxTxD: jax.Array, token_tile: int):
+    """Applies fn to consecutive position tiles [B, t, D] of x, sequentially.
 
-    lax.map runs the tiles one after another, so whatever fn materialises per
-    tile (e.g. [token_tile, V] logits) is live for one tile at a time.
+    Tiles run one after another (lax.map), so what fn materialises per tile
+    (e.g. [B, t, V] logits) is live for one tile only. Tiles cut the sequence
+    axis, never the batch axis, so a batch sharded over devices stays sharded.
 
     Args:
-        fn: maps a [tile, D] array to a pytree of [tile, ...] arrays.
-        x_NxD: the N token vectors; the last tile is zero-padded.
-        token_tile: tokens per tile (clipped to N).
+        fn: maps [B, t, D] to a pytree of [B, t, ...] arrays.
+        x_BxTxD: token vectors; the last tile is zero-padded along T.
+        token_tile: tokens per tile; t = max(1, token_tile // B), clipped to T.
 
     Returns:
-        fn's pytree with the tiles concatenated back to N rows.
+        fn's pytree with the tiles put back together to [B, T, ...].
     """
-    n, d = x_NxD.shape
-    tile = min(token_tile, n)
-    num_tiles = -(-n // tile)
-    pad = num_tiles * tile - n
+    b, t, d = x_BxTxD.shape
+    tile_t = max(1, min(t, token_tile // b))
+    num_tiles = -(-t // tile_t)
+    pad = num_tiles * tile_t - t
     if pad:
-        x_NxD = jnp.pad(x_NxD, ((0, pad), (0, 0)))
-    out = jax.lax.map(fn, x_NxD.reshape(num_tiles, tile, d))
-    return jax.tree_util.tree_map(
-        lambda y: y.reshape((num_tiles * tile,) + y.shape[2:])[:n], out)
+        x_BxTxD = jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0)))
+    x_CxBxtxD = x_BxTxD.reshape(b, num_tiles, tile_t, d).swapaxes(0, 1)
+    out = jax.lax.map(fn, x_CxBxtxD)
+
+    def untile(y_CxBxtxR):
+        y_BxCxtxR = y_CxBxtxR.swapaxes(0, 1)
+        return y_BxCxtxR.reshape((b, num_tiles * tile_t) + y_CxBxtxR.shape[3:])[:, :t]
+
+    return jax.tree_util.tree_map(untile, out)
 
 
-def tiled_topk(params, hidden_NxD: jax.Array, cfg, k: int,
+def tiled_topk(params, hidden_BxTxD: jax.Array, cfg, k: int,
                token_tile: int) -> tuple[jax.Array, jax.Array]:
-    """Unembeds and takes the top-k, `token_tile` tokens at a time.
+    """Unembeds and takes the top-k, about `token_tile` tokens at a time.
 
     Args:
         params: model params (the tied embedding is read via model.unembed).
-        hidden_NxD: final (normed) hidden states of N tokens.
+        hidden_BxTxD: final (normed) hidden states.
         cfg: model config.
         k: top-k size.
         token_tile: tokens per tile.
 
     Returns:
-        (topk_ids_NxK int32, topk_logprobs_NxK float32).
+        (topk_ids_BxTxK int32, topk_logprobs_BxTxK float32).
     """
-    def one_tile(h_TilexD):
-        return topk_logprobs(model.unembed(params, h_TilexD, cfg), k)
+    def one_tile(h_BxtxD):
+        return topk_logprobs(model.unembed(params, h_BxtxD, cfg), k)
 
-    return map_token_tiles(one_tile, hidden_NxD, token_tile)
+    return map_token_tiles(one_tile, hidden_BxTxD, token_tile)
 
 
 def extract_signal(params, tokens_BxT: jax.Array, cfg,
                    spec: ExtractSpec) -> dict:
     """Un-jitted extraction (see make_extract_fn for the contract)."""
     out = model.forward(params, tokens_BxT, cfg, capture_layers=spec.layers)
-    hidden_BxTxD = out.final_hidden_BxTxD
-    b, t, d = hidden_BxTxD.shape
-    ids_NxK, logprobs_NxK = tiled_topk(
-        params, hidden_BxTxD.reshape(b * t, d), cfg, spec.k, spec.token_tile)
+    ids_BxTxK, logprobs_BxTxK = tiled_topk(
+        params, out.final_hidden_BxTxD, cfg, spec.k, spec.token_tile)
     if spec.top_p is not None:
-        ids_NxK, logprobs_NxK = truncate_top_p(ids_NxK, logprobs_NxK,
-                                               spec.top_p)
+        ids_BxTxK, logprobs_BxTxK = truncate_top_p(ids_BxTxK, logprobs_BxTxK,
+                                                   spec.top_p)
     hidden = {}
     for l in spec.layers:
         h_BxTxD = out.captured[l]
         if spec.hidden_dtype is not None:
             h_BxTxD = h_BxTxD.astype(spec.hidden_dtype)
         hidden[l] = h_BxTxD
-    return {
-        "topk_ids": ids_NxK.reshape(b, t, spec.k),
-        "topk_logprobs": logprobs_NxK.reshape(b, t, spec.k),
-        "hidden": hidden,
-    }
+    return {"topk_ids": ids_BxTxK, "topk_logprobs": logprobs_BxTxK,
+            "hidden": hidden}
 
 
 def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,

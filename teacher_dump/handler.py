@@ -55,7 +55,8 @@ class TeacherModelHandler(base.ModelHandler):
                  top_p: float | None = None, dtype: str | None = None,
                  token_tile: int = extract.DEFAULT_TOKEN_TILE,
                  units_per_call: int = 1,
-                 share_across_processes: bool = False):
+                 share_across_processes: bool = False,
+                 num_devices: int | None = 1):
         """Configures the handler (nothing is loaded until load_model).
 
         Args:
@@ -69,6 +70,8 @@ class TeacherModelHandler(base.ModelHandler):
             units_per_call: max work units per run_inference call.
             share_across_processes: one teacher per machine instead of per
                 worker process (Beam multi_process_shared).
+            num_devices: local devices to split each batch over (params
+                replicated); None = all; batch_size must divide evenly.
         """
         if units_per_call < 1:
             raise UnitElementError(
@@ -83,6 +86,7 @@ class TeacherModelHandler(base.ModelHandler):
         self._dtype = dtype
         self._token_tile = token_tile
         self._share_across_processes = share_across_processes
+        self._num_devices = num_devices
 
     def load_model(self) -> teacher_lib.Teacher:
         """Loads the teacher and compiles nothing yet (first batch compiles).
@@ -91,7 +95,9 @@ class TeacherModelHandler(base.ModelHandler):
             The Teacher; its options are validated here so a bad k/layer fails
             at worker start-up, not on the first unit.
         """
-        teacher = teacher_lib.load_teacher(self._ckpt, dtype=self._dtype)
+        teacher = teacher_lib.load_teacher(
+            self._ckpt, dtype=self._dtype,
+            devices=teacher_lib.local_devices(self._num_devices))
         teacher.extract_fn(k=self._k, layers=self._layers, top_p=self._top_p,
                            token_tile=self._token_tile)
         return teacher

@@ -52,7 +52,8 @@ def _to_numpy(outputs, num_valid: int) -> dict:
 def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
                 batch_size: int, vocab_size: int | None = None,
                 max_in_flight: int = 2,
-                progress: ProgressFn | None = None) -> Iterator[dict]:
+                progress: ProgressFn | None = None,
+                put: Callable[[np.ndarray], Any] | None = None) -> Iterator[dict]:
     """Runs `fn(params, tokens_BxT)` over the rows in order, overlapped.
 
     Args:
@@ -65,6 +66,8 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
         max_in_flight: batches dispatched ahead of the one being converted.
         progress: optional callback(rows_done, rows_total), called after each
             batch is yielded-ready.
+        put: optional placement of each padded numpy batch (e.g. split over
+            a device mesh) before it is passed to fn.
 
     Yields:
         One numpy pytree per batch, rows in input order, padding removed.
@@ -96,6 +99,8 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
             batch_BxT = np.concatenate(
                 [batch_BxT,
                  np.zeros((batch_size - num_valid, seq_len), np.int32)])
+        if put is not None:
+            batch_BxT = put(batch_BxT)
         outputs = fn(params, batch_BxT)  # async dispatch, returns at once
         _start_copy(outputs)
         pending.append((outputs, num_valid))
@@ -139,9 +144,14 @@ def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
         extract.ExtractConfigError, extract.TokenRangeError, BatchingError.
     """
     fn = teacher.extract_fn(k=k, layers=layers, top_p=top_p, **extract_kwargs)
+    num_devices = teacher.num_devices
+    if isinstance(batch_size, int) and batch_size % num_devices:
+        raise BatchingError(
+            f"batch_size={batch_size} does not split over {num_devices} "
+            f"devices: pass a multiple of {num_devices}")
     yield from run_batches(fn, teacher.params, tokens_NxT, batch_size,
                            vocab_size=int(teacher.cfg.vocab_size),
-                           progress=progress)
+                           progress=progress, put=teacher.put_tokens)
 
 
 def concat_batches(batches) -> dict:

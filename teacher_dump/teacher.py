@@ -8,6 +8,8 @@ import os
 from typing import Any, Sequence
 
 import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from teacher_dump import extract, loop
 from trainer import model_config, model_io
@@ -17,20 +19,42 @@ class TeacherLoadError(ValueError):
     """A teacher checkpoint is missing or unreadable."""
 
 
+class DevicePlacementError(ValueError):
+    """Asked for devices this process does not have."""
+
+
 @dataclasses.dataclass(eq=False)
 class Teacher:
     """A teacher ready for extraction.
 
     Attributes:
         cfg: the model config (compute dtype may be overridden at load time).
-        params: the param pytree, placed on the default device.
+        params: the param pytree, on the default device or replicated over
+            the mesh.
         fingerprint: sha256 of the checkpoint's params ("" if unknown).
         path: where it was loaded from ("" if built in memory).
+        mesh: a 1-D ("data",) mesh for data-parallel extraction, or None.
     """
     cfg: model_config.ModelConfig
     params: Any
     fingerprint: str = ""
     path: str = ""
+    mesh: jax.sharding.Mesh | None = None
+
+    @property
+    def num_devices(self) -> int:
+        """Devices a batch is split over (1 without a mesh)."""
+        return 1 if self.mesh is None else self.mesh.size
+
+    def put_tokens(self, tokens_BxT):
+        """Places a token batch: split over the mesh's "data" axis if any.
+
+        Without a mesh the numpy batch is returned as is (jit copies it to the
+        default device).
+        """
+        if self.mesh is None:
+            return tokens_BxT
+        return jax.device_put(tokens_BxT, NamedSharding(self.mesh, P("data")))
 
     def extract_fn(self, k: int = 128, layers: Sequence[int] | None = None,
                    top_p: float | None = None,
@@ -66,13 +90,52 @@ class Teacher:
             loop.extract_rows(self, tokens_NxT, batch_size=batch_size, **options))
 
 
-def load_teacher(path: str, dtype: str | None = None) -> Teacher:
+def local_devices(num_devices: int | None) -> list:
+    """The first num_devices local devices (None: all of them).
+
+    Raises:
+        DevicePlacementError: more devices asked for than this process has.
+    """
+    available = jax.local_devices()
+    if num_devices is None:
+        return available
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) \
+            or not 1 <= num_devices <= len(available):
+        raise DevicePlacementError(
+            f"num_devices={num_devices!r} but this process has "
+            f"{len(available)} {available[0].platform} device(s): pass a "
+            f"number in [1, {len(available)}] or None for all")
+    return available[:num_devices]
+
+
+def place_params(params, devices: Sequence[jax.Device] | None = None):
+    """Puts params on one device, or replicates them over a data mesh.
+
+    Args:
+        params: param pytree (host or device arrays).
+        devices: None or one device: the default device. Several: every
+            device holds a full copy and batches are split over them.
+
+    Returns:
+        (params, mesh or None).
+    """
+    devices = list(devices or [])
+    if len(devices) <= 1:
+        return jax.device_put(params, devices[0] if devices else None), None
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    return jax.device_put(params, NamedSharding(mesh, P())), mesh
+
+
+def load_teacher(path: str, dtype: str | None = None,
+                 devices: Sequence[jax.Device] | None = None) -> Teacher:
     """Loads a teacher checkpoint written by model_io.save_model (or convert).
 
     Args:
         path: checkpoint directory (local path or URL Orbax can read).
         dtype: optional compute dtype override ("bfloat16" / "float32");
             params stay fp32.
+        devices: devices for data-parallel extraction (default: the default
+            device only).
 
     Returns:
         A Teacher with params on the default device.
@@ -88,6 +151,7 @@ def load_teacher(path: str, dtype: str | None = None) -> Teacher:
         raise TeacherLoadError(f"teacher: {err}") from err
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
-    params = jax.device_put(params)
+    params, mesh = place_params(params, devices)
     return Teacher(cfg=cfg, params=params,
-                   fingerprint=str(metadata.get("fingerprint", "")), path=path)
+                   fingerprint=str(metadata.get("fingerprint", "")), path=path,
+                   mesh=mesh)
