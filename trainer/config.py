@@ -19,6 +19,8 @@ import os
 
 import ml_collections
 
+from trainer.schedules import AlphaSchedule
+
 
 class ConfigError(ValueError):
     """A trainer config value is missing, unknown or out of range."""
@@ -31,14 +33,6 @@ class Method(enum.Enum):
     KD = "kd"      # (1-α) NLL + α τ² KL on the stored top-k.
     HLDC = "hldc"  # KD + γ normalized MSE through a linear regressor (joint).
     HLDF = "hldf"  # Phase 1: first half + MLP regressor, MSE only; phase 2: KD.
-
-
-class AlphaSchedule(enum.Enum):
-    """How the logit-loss weight α evolves over a phase."""
-
-    CONSTANT = "constant"  # α throughout.
-    LINEAR = "linear"      # 0 → α linearly over the phase.
-    WSD = "wsd"            # 0 → α over warm-up, α, then α → 0 over the decay.
 
 
 class BudgetUnit(enum.Enum):

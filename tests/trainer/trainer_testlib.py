@@ -74,8 +74,7 @@ def tiny_config(method, store_url, run_dir, steps=None, **overrides):
 
 def budget_for_steps(config, steps):
     """FLOPs budget that trainer.flops turns into `steps` steps of NLL-cost."""
-    from trainer import flops, train
+    from trainer import train
     model_cfg = train.model_config_from(config)
-    counts = flops.model_flops(model_cfg, teacher_d_model=config.teacher.d_model)
-    per_token = counts["flops_per_token"]["nll"]
+    per_token = train.flop_counts(config, model_cfg)["flops_per_token"]["nll"]
     return float(per_token * config.data.batch_size * config.data.seq_len * (steps + 0.5))

@@ -1,0 +1,176 @@
+"""The ONE place where loss terms are composed per method and phase (DESIGN §1).
+
+    NLL          L = L_data
+    KD           L = (1-α) L_data + α τ² KL(p_T^τ ‖ p_S^τ)          (stored top-k)
+    HLDC         L = (1-α) L_data + α τ² KL + γ L_emb             (linear W_R: d_S→d_T)
+    HLDF phase 1 L = L_HT   (first L_S/2 blocks + MLP d_S→4d_S→d_T, normalized MSE)
+    HLDF phase 2 L = L_KD   (whole student from the phase-1 weights)
+
+α follows `loss.alpha_schedule` within a phase. With α = 0 (constant) the
+logit-distillation term is not computed at all and the top-k is not read,
+which is representation-only distillation for HLDC (α=0, γ>0).
+
+Position convention: the store's top-k at position i predicts token i+1, as
+does the student's logit at i. L_data uses positions 0..T-2 (the target of
+the last position is not in the row); KL and top-1 use all T positions;
+hidden-state terms use all T positions.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from trainer import losses, model, regressors, schedules, tiled_loss
+from trainer.config import Method, parse_enum
+from trainer.regressors import RegressorKind
+from trainer.schedules import AlphaSchedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A static description of one training phase (hashable: it is a jit static).
+
+    Attributes:
+        index: 1 or 2 (only HLDF has a phase 2).
+        flops_method: the per-token cost key in trainer.flops ("nll", "kd", "hldc", "ht").
+        num_blocks: student blocks run (None: all; L_S//2 in HLDF phase 1).
+        data_term: include (1-α) L_data.
+        kd_term: include α τ² KL (needs top-k).
+        hidden_term: include the normalized-MSE term (needs hidden).
+        hidden_weight: 1 for L_HT (HLDF phase 1), γ for HLDC.
+        regressor: which regressor the phase trains (None: no regressor).
+        constant_lr: constant LR after warm-up (HLDF phase 1) instead of WSD.
+    """
+
+    index: int
+    flops_method: str
+    num_blocks: int | None
+    data_term: bool
+    kd_term: bool
+    hidden_term: bool
+    hidden_weight: float
+    regressor: RegressorKind | None
+    constant_lr: bool
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Batch keys this phase reads (the loader reads nothing else)."""
+        keys = ("tokens",)
+        if self.kd_term:
+            keys += ("topk_ids", "topk_logprobs")
+        if self.hidden_term:
+            keys += ("hidden",)
+        return keys
+
+
+def student_layer(config, num_layers: int) -> int:
+    """The student layer l_S compared with the teacher (config value, default L_S//2)."""
+    return config.student_layer or num_layers // 2
+
+
+def phases(config, num_layers: int) -> tuple[Phase, ...]:
+    """The phases of `config.method` (one, or two for HLDF)."""
+    method = parse_enum(Method, config.method, "method")
+    logit_kd = not (config.loss.alpha == 0.0
+                    and parse_enum(AlphaSchedule, config.loss.alpha_schedule,
+                                   "loss.alpha_schedule") is AlphaSchedule.CONSTANT)
+    kd_phase = Phase(1, "kd", None, True, logit_kd, False, 0.0, None, False)
+    if method is Method.NLL:
+        return (Phase(1, "nll", None, True, False, False, 0.0, None, False),)
+    if method is Method.KD:
+        return (kd_phase,)
+    if method is Method.HLDC:
+        return (dataclasses.replace(kd_phase, flops_method="hldc", hidden_term=True,
+                                    hidden_weight=float(config.loss.gamma),
+                                    regressor=RegressorKind.LINEAR),)
+    half = student_layer(config, num_layers)
+    phase1 = Phase(1, "ht", half, False, False, True, 1.0, RegressorKind.MLP, True)
+    return (phase1, dataclasses.replace(kd_phase, index=2))
+
+
+def alpha_at(config, step, num_steps: int):
+    """α at `step` of a phase of `num_steps` steps (jit-able)."""
+    return schedules.alpha_schedule(config.loss.alpha_schedule, config.loss.alpha, num_steps,
+                                    config.optim.warmup_steps, config.optim.decay_fraction)(step)
+
+
+def lr_schedule(config, phase: Phase, num_steps: int):
+    """The phase's LR schedule: WSD, or constant after warm-up for HLDF phase 1."""
+    if phase.constant_lr:
+        return schedules.constant_after_warmup(config.optim.lr, config.hldf.warmup_steps)
+    return schedules.wsd(config.optim.lr, num_steps, config.optim.warmup_steps,
+                         config.optim.decay_fraction, config.optim.final_lr_fraction)
+
+
+def init_regressor(kind: RegressorKind | None, rng, d_student: int, d_teacher: int):
+    """Fresh regressor params ({} for none)."""
+    if kind is None:
+        return {}
+    return regressors.init_regressor(kind, rng, d_student, d_teacher)
+
+
+def regressor_logical_axes(kind: RegressorKind | None, regressor_params):
+    """Logical axes of a regressor tree (for trainer.sharding)."""
+    if kind is None:
+        return {}
+    return regressors.logical_axes(regressor_params)
+
+
+def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
+            num_steps: int):
+    """Total loss of one batch for a phase, and per-term metrics.
+
+    Args:
+        params: student params.
+        regressor: regressor params ({} if the phase has none).
+        batch: dict with the phase's `fields` (tokens_BxT, topk_*_BxTxK, hidden_BxTxD).
+        step: int32 scalar, step within the phase (for α).
+        phase: the static Phase.
+        config: trainer config (τ, α, γ, tail, divergence, token_tile).
+        model_cfg: student ModelConfig.
+        num_steps: steps in this phase (α schedule length).
+
+    Returns:
+        (loss scalar, metrics dict of scalars).
+    """
+    tokens_BxT = batch["tokens"]
+    capture = (student_layer(config, model_cfg.num_layers),) if phase.hidden_term else ()
+    out = model.forward(params, tokens_BxT, model_cfg, capture_layers=capture,
+                        num_blocks=phase.num_blocks)
+    metrics = {}
+    loss = jnp.zeros((), jnp.float32)
+    if phase.hidden_term:
+        h_s_BxTxD = out.captured[capture[0]]
+        pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
+        hidden_term = losses.masked_mean(losses.normalized_mse(pred_BxTxDt, batch["hidden"]))
+        metrics["hidden_mse"] = hidden_term
+        loss = loss + phase.hidden_weight * hidden_term
+    if phase.data_term or phase.kd_term:
+        targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
+        data_mask_BxT = jnp.ones(tokens_BxT.shape, jnp.float32).at[:, -1].set(0.0)
+        token_inputs = {tiled_loss.TARGETS: targets_BxT}
+        if phase.kd_term:
+            token_inputs[tiled_loss.TOPK_IDS] = batch["topk_ids"]
+            token_inputs[tiled_loss.TOPK_LOGPROBS] = batch["topk_logprobs"]
+        per_tile_fn = tiled_loss.logit_terms_fn(
+            nll=True, kd=phase.kd_term, top1=phase.kd_term, temperature=config.loss.tau,
+            tail=config.loss.tail, divergence=config.loss.divergence)
+        terms = tiled_loss.tiled_logit_losses(
+            out.final_hidden_BxTxD, model.embedding_table(params), per_tile_fn,
+            token_inputs, tile_tokens=config.loss.token_tile)
+        nll = losses.masked_mean(terms["nll"], data_mask_BxT)
+        metrics["nll"] = nll
+        if phase.kd_term:
+            alpha = alpha_at(config, step, num_steps)
+            kd = losses.masked_mean(terms["kd"])
+            metrics["kd"] = kd
+            metrics["alpha"] = alpha
+            metrics["top1_agreement"] = losses.masked_mean(terms["top1"])
+            tau2 = config.loss.tau ** 2
+            loss = loss + (1.0 - alpha) * nll + alpha * tau2 * kd
+        else:
+            loss = loss + nll
+    metrics["loss"] = loss
+    return loss, metrics

@@ -1,0 +1,341 @@
+"""The trainer: one jitted step for every method/phase, and the resumable loop.
+
+    summary = run(config)     # what `python -m trainer` calls
+
+Order of work in `run`: validate the config → open the store and check its
+alignment with the config (before anything compiles) → plan steps from the
+one FLOPs budget → mesh → restore the newest checkpoint if any → phases
+(HLDF: 1 then 2) → export the student (no regressor) to RUN_DIR/export.
+
+HLDF phase 2 starts from the phase-1 student weights with a FRESH optimizer
+state and its own WSD schedule: phase-1 moments exist only for the first
+half and the MLP regressor (which phase 2 drops), and its constant-LR phase
+has no decay to continue; restarting AdamW is what "KD on the whole student
+starting from the phase-1 weights" means in the paper. The data iterator
+continues (phase 2 never re-reads phase-1 batches).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import signal
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from store import StoreReader
+from trainer import (checkpoint, config as config_lib, data, flops, methods, metrics,
+                     model, model_config, model_io, sharding, train_state)
+from trainer.config import Method
+
+
+class TrainingDivergedError(ValueError):
+    """The loss became NaN/Inf; training stopped, the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PhasePlan:
+    """A phase and what it costs."""
+
+    phase: methods.Phase
+    num_steps: int
+    flops_per_token: float
+
+
+def model_config_from(config) -> model_config.ModelConfig:
+    """The student ModelConfig named by `config.model`."""
+    return model_config.get_config(config.model.name, vocab_size=config.model.vocab_size,
+                                   dtype=config.model.dtype, remat=config.model.remat)
+
+
+def check_store(config, reader: StoreReader, model_cfg, phases) -> None:
+    """Alignment of store and config (SchemaMismatchError naming field + fix)."""
+    needs_topk = any(p.kd_term for p in phases)
+    needs_hidden = any(p.hidden_term for p in phases)
+    reader.require(
+        seq_len=config.data.seq_len,
+        vocab_size=model_cfg.vocab_size,
+        tokenizer_sha256=config.store.tokenizer_sha256 or None,
+        k=(config.data.k or None) if needs_topk else None,
+        hidden_layers=(config.teacher.hidden_layer,) if needs_hidden else None,
+        hidden_dim=config.teacher.d_model if needs_hidden else None)
+    if needs_topk and reader.schema.k < 1:
+        raise config_lib.ConfigError(
+            f"method {config.method} needs teacher top-k but store {config.store.url} has "
+            f"k=0 (tokens only); dump top-k with teacher_dump or use method=nll")
+
+
+def flop_counts(config, model_cfg) -> dict:
+    """trainer.flops.model_flops of the student with this config's regressor widths."""
+    return flops.model_flops(model_cfg, teacher_d_model=config.teacher.d_model or None,
+                             seq_len=config.data.seq_len,
+                             ht_blocks=methods.student_layer(config, model_cfg.num_layers))
+
+
+def phase_flops_per_token(config, model_cfg, phase: methods.Phase) -> float:
+    """Training FLOPs per token of a phase (DESIGN §1)."""
+    return flop_counts(config, model_cfg)["flops_per_token"][phase.flops_method]
+
+
+def budget_flops(config, counts: dict) -> float:
+    """The config's one budget in FLOPs (OT units converted by trainer.flops)."""
+    if config.budget.unit == config_lib.BudgetUnit.OT.value:
+        return flops.ot_budget_flops(counts, config.budget.value)
+    return float(config.budget.value)
+
+
+def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
+    """Steps per phase from the one budget (trainer.flops), HLDF split by hldf.p1."""
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    counts = flop_counts(config, model_cfg)
+    step_plan = flops.plan_steps(budget_flops(config, counts), config.method, tokens_per_step,
+                                 p1=config.hldf.p1, counts=counts)
+    plans = []
+    for phase, n, cost in zip(phases, step_plan, step_plan.phase_costs):
+        if cost != phase.flops_method:
+            raise AssertionError(f"flops phase {cost} != trainer phase {phase.flops_method}")
+        if n < 1:
+            raise config_lib.ConfigError(
+                f"budget {config.budget.value:g} {config.budget.unit} gives {n} steps for phase "
+                f"{phase.index} of {config.method}; raise budget.value")
+        plans.append(PhasePlan(phase, int(n), counts["flops_per_token"][phase.flops_method]))
+    return tuple(plans)
+
+
+def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, mesh,
+                    state_shardings, batch_keys_ndim: dict):
+    """The jitted step: (state, batch) -> (state, metrics); state is donated.
+
+    Traced once per phase (`chex.assert_max_traces`): a second trace would
+    mean a silent recompile (e.g. a shape or dtype drift in the batch).
+    """
+    phase = plan.phase
+
+    def step_fn(state: train_state.TrainState, batch):
+        def loss_of(trainables):
+            return methods.loss_fn(trainables["params"], trainables["regressor"], batch,
+                                   state.step, phase=phase, config=config,
+                                   model_cfg=model_cfg, num_steps=plan.num_steps)
+
+        (_, step_metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.trainables)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.trainables)
+        new = jax.tree.map(lambda p, u: p + u, state.trainables, updates)
+        step_metrics["grad_norm"] = jnp.sqrt(sum(
+            jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
+        step_metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
+        _, rng = jax.random.split(state.rng)
+        new_state = state.replace(step=state.step + 1, params=new["params"],
+                                  regressor=new["regressor"], opt_state=opt_state, rng=rng)
+        return new_state, step_metrics
+
+    # chex keys its trace counter on the function's name and source; a unique
+    # name gives every built step (one per phase, or per test) its own budget of 1.
+    step_fn.__name__ = f"train_step_phase{phase.index}_{next(_STEP_IDS)}"
+    step_fn = chex.assert_max_traces(step_fn, n=1)
+    batch_shardings = {k: sharding.batch_sharding(mesh, nd) for k, nd in batch_keys_ndim.items()}
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+_STEP_IDS = itertools.count()
+_BATCH_NDIM = {"tokens": 2, "topk_ids": 3, "topk_logprobs": 3, "hidden": 3}
+
+
+class PhaseRunner:
+    """Builds the optimizer, shardings and step of one phase (also used by the bench)."""
+
+    def __init__(self, config, model_cfg, plan: PhasePlan, mesh):
+        self.config, self.model_cfg, self.plan, self.mesh = config, model_cfg, plan, mesh
+        phase = plan.phase
+        opt = config.optim
+        self.lr_schedule = methods.lr_schedule(config, phase, plan.num_steps)
+        mask = None
+        if phase.num_blocks is not None:
+            shapes = jax.eval_shape(lambda k: model.init_params(model_cfg, k), jax.random.key(0))
+            mask = train_state.first_half_mask(shapes, phase.num_blocks)
+        self.optimizer = train_state.make_optimizer(
+            self.lr_schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+            weight_decay=opt.weight_decay, grad_clip=opt.grad_clip, params_mask=mask)
+        self.d_teacher = config.teacher.d_model or model_cfg.d_model
+        replicated = sharding.replicated(mesh)
+        abstract = jax.eval_shape(self._fresh_state, jax.random.key(0))
+        self.param_shardings = sharding.tree_shardings(
+            model.param_logical_axes(model_cfg), abstract.params, mesh)
+        reg_axes = methods.regressor_logical_axes(phase.regressor, abstract.regressor)
+        self.reg_shardings = sharding.tree_shardings(reg_axes, abstract.regressor, mesh)
+        self.state_shardings = train_state.state_shardings(
+            abstract, self.optimizer, self.param_shardings, self.reg_shardings, replicated)
+        self.abstract_state = checkpoint.abstract_like(abstract, self.state_shardings)
+        self.batch_keys = phase.fields
+        self.step = make_train_step(config, model_cfg, plan, self.optimizer, self.lr_schedule,
+                                    mesh, self.state_shardings,
+                                    {k: _BATCH_NDIM[k] for k in self.batch_keys})
+
+    def _fresh_state(self, rng, params=None):
+        p_rng, r_rng, s_rng = jax.random.split(rng, 3)
+        if params is None:
+            params = model.init_params(self.model_cfg, p_rng)
+        regressor = methods.init_regressor(self.plan.phase.regressor, r_rng,
+                                           self.model_cfg.d_model, self.d_teacher)
+        return train_state.init_state(params, regressor, self.optimizer, s_rng)
+
+    def init_state(self, rng, params=None) -> train_state.TrainState:
+        """A fresh, sharded phase state (params given: continue from them)."""
+        init = jax.jit(self._fresh_state, out_shardings=self.state_shardings)
+        return init(rng, params)
+
+    def put_batch(self, host_batch: dict) -> dict:
+        """Host numpy batch → global sharded arrays with exactly the phase's keys."""
+        missing = [k for k in self.batch_keys if k not in host_batch]
+        if missing:
+            raise ValueError(f"batch lacks {missing} needed by this phase; read the store "
+                             f"with trainer.data.fields_for(method)")
+        return sharding.global_batch_from_host({k: host_batch[k] for k in self.batch_keys},
+                                               self.mesh)
+
+
+def _store_fields(phase: methods.Phase, config) -> tuple[str, ...]:
+    fields = ("tokens",)
+    if phase.kd_term:
+        fields += ("topk",)
+    if phase.hidden_term:
+        fields += (f"hidden/{config.teacher.hidden_layer}",)
+    return fields
+
+
+def run(config) -> dict:
+    """Trains (or resumes) the run described by `config`; returns the final summary.
+
+    Raises:
+        ConfigError, SchemaMismatchError, ...: bad config / store (before compiling).
+        TrainingDivergedError: NaN/Inf loss (the last good checkpoint is kept).
+    """
+    config_lib.validate(config)
+    sharding.maybe_initialize_distributed(config.distributed)
+    model_cfg = model_config_from(config)
+    phases = methods.phases(config, model_cfg.num_layers)
+    reader = StoreReader(config.store.url, allow_partial=config.store.allow_partial)
+    check_store(config, reader, model_cfg, phases)
+    plans = plan_phases(config, model_cfg, phases)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    divisor = sharding.batch_divisor(mesh)
+    if config.data.batch_size % divisor:
+        raise config_lib.ConfigError(
+            f"data.batch_size={config.data.batch_size} is not divisible by the mesh's batch "
+            f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
+    run_dir = config.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config_lib.to_json(config))
+
+    total_steps = sum(p.num_steps for p in plans)
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    ckpt = checkpoint.Checkpointer(run_dir, keep=config.keep_checkpoints)
+    writer = metrics.MetricsWriter(run_dir, total_steps)
+    meta = {"phase": 1, "phase_step": 0, "global_step": 0, "cumulative_flops": 0.0}
+    latest = ckpt.latest_step()
+    if latest is not None:
+        meta = ckpt.restore_meta(latest)
+    data_state = None
+    params = None
+    rng = jax.random.key(config.seed)
+    last = {}
+    try:
+        for plan in plans:
+            if plan.phase.index < meta["phase"]:
+                continue
+            runner = PhaseRunner(config, model_cfg, plan, mesh)
+            source = data.StoreSource(config.store.url, _store_fields(plan.phase, config),
+                                      allow_partial=config.store.allow_partial)
+            iterator = data.make_iterator(
+                source, config.data.batch_size, config.seed,
+                num_threads=config.data.num_threads,
+                prefetch_buffer_size=config.data.prefetch_buffer_size,
+                num_workers=config.data.num_workers)
+            if latest is not None and plan.phase.index == meta["phase"]:
+                state, data_state = ckpt.restore(latest, runner.abstract_state)
+            else:
+                state = runner.init_state(jax.random.fold_in(rng, plan.phase.index), params)
+                meta = {**meta, "phase": plan.phase.index, "phase_step": 0}
+            if data_state is not None:
+                iterator.set_state(data_state)
+            state, meta, last = _run_phase(config, plan, runner, state, iterator, ckpt,
+                                           writer, meta, total_steps, tokens_per_step,
+                                           mesh.size)
+            data_state = iterator.get_state()
+            params = state.params
+            latest = None
+    finally:
+        writer.close()
+    if jax.process_index() == 0:
+        export_dir = os.path.join(run_dir, "export")
+        model_io.save_model(export_dir, model_cfg, jax.device_get(params),
+                            metadata={"method": config.method, "steps": total_steps,
+                                      "cumulative_flops": meta["cumulative_flops"]})
+    summary = {"method": config.method, "global_step": meta["global_step"],
+               "cumulative_flops": meta["cumulative_flops"], **last}
+    if jax.process_index() == 0:
+        with open(os.path.join(run_dir, "final.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    ckpt.close()
+    return summary
+
+
+def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_steps,
+               tokens_per_step, num_devices):
+    """Steps one phase to its end; checkpoints, logs and stops on NaN/Inf."""
+    phase_step = int(meta["phase_step"])
+    good_step = ckpt.latest_step()
+    flops_per_step = plan.flops_per_token * tokens_per_step
+    last = {}
+    timer_start, timer_steps = None, 0
+    while phase_step < plan.num_steps:
+        batch = runner.put_batch(next(iterator))
+        state, step_metrics = runner.step(state, batch)
+        phase_step += 1
+        timer_steps += 1
+        global_step = meta["global_step"] + 1
+        meta = {**meta, "phase_step": phase_step, "global_step": global_step,
+                "cumulative_flops": meta["cumulative_flops"] + flops_per_step}
+        end = phase_step == plan.num_steps
+        save = end or global_step % config.checkpoint_every == 0
+        if end or save or global_step % config.log_every == 0:
+            values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            now = time.perf_counter()
+            if timer_start is None:
+                # The first logged interval includes compilation: restart the clock.
+                timer_start, timer_steps = now, 0
+                rate = float("nan")
+            else:
+                rate = timer_steps * tokens_per_step / (now - timer_start)
+            if not all(math.isfinite(v) for v in values.values()):
+                bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+                raise TrainingDivergedError(
+                    f"non-finite {bad} at step {global_step} (phase {plan.phase.index}); the "
+                    f"last good checkpoint (step {good_step}) is kept in {ckpt.directory}; "
+                    f"lower optim.lr or check the store")
+            record = {"phase": plan.phase.index, **values,
+                      "cumulative_flops": meta["cumulative_flops"],
+                      "tokens": global_step * tokens_per_step}
+            if math.isfinite(rate):
+                record["tokens_per_s"] = rate
+                record["mfu"] = metrics.mfu(plan.flops_per_token, rate,
+                                            config.peak_flops_per_device, num_devices)
+            writer.write(global_step, record)
+            last = record
+            if save:
+                ckpt.save(global_step, state, iterator.get_state(), meta)
+                good_step = global_step
+                # Keep checkpoint writes out of the tokens/s measurement.
+                timer_start, timer_steps = time.perf_counter(), 0
+        if config.debug.kill_at_step and global_step == config.debug.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return state, meta, last
