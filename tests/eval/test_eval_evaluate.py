@@ -166,6 +166,16 @@ def test_cli_run_dir_writes_eval_json(env, tmp_path, capsys):
     written = json.loads((run_dir / "eval.json").read_text())
     printed = json.loads(capsys.readouterr().out)
     assert written == printed and set(written["tasks"]) == {"piqa", "arc_easy"}
+    assert written["seq_len"] == SEQ_LEN
+
+
+def test_run_dir_seq_len_default(env, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.symlink(env.path, run_dir / "export")
+    (run_dir / "config.json").write_text(json.dumps({"data": {"seq_len": 24}, "store": {}}))
+    out = evaluate.evaluate(str(run_dir), env.tok, ["winogrande"], task_dir=env.root)
+    assert out["seq_len"] == 24
 
 
 @pytest.mark.parametrize("argv_extra, message", [
@@ -207,3 +217,12 @@ def test_missing_checkpoint(env, capsys):
     rc = evaluate.main(["--checkpoint", "/nonexistent/ckpt", "--tokenizer",
                         env.tok, "--tasks", "piqa"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_run_dir_bad_config(env, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.symlink(env.path, run_dir / "export")
+    (run_dir / "config.json").write_text("[1, 2")
+    rc = evaluate.main(["--checkpoint", str(run_dir), "--tokenizer", env.tok, "--tasks", "piqa"])
+    assert rc == 2 and "is not a trainer config" in capsys.readouterr().err
