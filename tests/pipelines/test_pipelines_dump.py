@@ -155,6 +155,10 @@ def test_launcher_side_errors(corpus, tokenizer_path, teacher_path, wrong_vocab_
          OptionsError, r"in \[1, 2\]"),
         (lib.dump_argv(glob, url, teacher_path, str(tmp_path / "no.model")), ValueError,
          r"cannot read tokenizer model"),
+        (lib.dump_argv(glob, url, str(tmp_path / "no_teacher"), tokenizer_path), ValueError,
+         r"no_teacher"),
+        (lib.dump_argv(glob, url, teacher_path, tokenizer_path, "--k", "999"), OptionsError,
+         r"--k=999 exceeds the vocabulary"),
     ]
     for argv, error, pattern in cases:
         with pytest.raises(error, match=pattern):
