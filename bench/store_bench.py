@@ -17,7 +17,7 @@ and the better of the two is the baseline (the stricter comparison); a
 Read MB/s counts stored bytes; the store read also decodes (hidden to
 float32, i.e. twice the stored bytes out). Nothing drops the page cache.
 
-    python bench/store_bench.py [--rows 16] [--rows_per_unit 4] [--dir /tmp/store_bench]
+    python bench/store_bench.py [--rows 12] [--rows_per_unit 4] [--dir /tmp/store_bench]
 """
 import argparse
 import json
@@ -164,7 +164,7 @@ def run_profile(profile, data, root, rows_per_unit, read_batch):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=16, help="rows of T=2048 tokens (default 16)")
+    p.add_argument("--rows", type=int, default=12, help="rows of T=2048 tokens (default 12)")
     p.add_argument("--rows_per_unit", type=int, default=4)
     p.add_argument("--read_batch", type=int, default=4, help="rows per StoreReader.read call")
     p.add_argument("--dir", default="/tmp/store_bench")
