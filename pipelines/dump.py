@@ -23,7 +23,9 @@ from pipelines import errors, options, plan as plan_lib, progress, spine, teache
 from trainer import model_config, model_io
 
 # Errors from the packages we call that carry a one-line user message.
-_USER_ERRORS = (store.StoreError, model_io.ModelIOError, model_config.ConfigError)
+_USER_ERRORS = (store.StoreError, store.StoreNotFoundError, store.SchemaMismatchError,
+                store.IncompleteStoreError, store.CorruptStoreError, store.StoreInputError,
+                model_io.ModelIOError, model_config.ConfigError)
 
 
 def _teacher_errors():

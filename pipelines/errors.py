@@ -46,11 +46,6 @@ _ERROR_CLASSES = {cls.__name__: cls for cls in (
     PipelineError, InputError, DecodeError, EmptyInputError, TokenizerError,
     VocabMismatchError, OptionsError, StoreStateError)}
 
-# Matches "InputError: message" or "pipelines.errors.InputError: message" in a
-# remote traceback; the message runs to the end of its line.
-_ERROR_LINE_RE = re.compile(
-    r"(?:[\w.]*\.)?(" + "|".join(_ERROR_CLASSES) + r"): ([^\n]+)")
-
 
 def find_pipeline_error(exc, extra_classes=()):
     """Finds the user-facing error inside an exception raised by a Beam runner.
@@ -73,7 +68,9 @@ def find_pipeline_error(exc, extra_classes=()):
             return current
         current = current.__cause__ or current.__context__
     names = {cls.__name__: cls for cls in known}
-    pattern = re.compile(r"(?:[\w.]*\.)?(" + "|".join(names) + r"): ([^\n]+)")
+    # "InputError: msg" or "pipelines.errors.InputError: msg" in a remote
+    # traceback; the message runs to the end of its line.
+    pattern = re.compile(r"(?<!\w)(?:[\w.]*\.)?(" + "|".join(names) + r"): ([^\n]+)")
     # The innermost (last) match is the original error; outer frames repeat
     # it with runner context appended.
     matches = pattern.findall(str(exc))

@@ -91,3 +91,22 @@ def test_forced_format(tmp_path):
     assert list(inputs.read_documents(str(path), input_format="jsonl")) == ["a"]
     with pytest.raises(InputError, match=r"unknown --input-format 'csv'"):
         inputs.detect_format(str(path), "csv")
+
+
+def test_user_error_found_in_remote_traceback_text():
+    from pipelines import errors
+
+    class StoreInputError(ValueError):
+        pass
+
+    text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+            "pipelines.errors.DecodeError: a.txt line 3 is not valid UTF-8; fix it "
+            "[while running 'ReadSpine/ReadTokenize']\n")
+    found = errors.find_pipeline_error(RuntimeError(text))
+    assert isinstance(found, errors.DecodeError)
+    assert str(found) == "a.txt line 3 is not valid UTF-8; fix it"
+    # A longer class name that ends in one of ours is not mistaken for it.
+    other = errors.find_pipeline_error(RuntimeError("store.errors.StoreInputError: bad rows\n"),
+                                       extra_classes=(StoreInputError,))
+    assert type(other) is StoreInputError
+    assert errors.find_pipeline_error(RuntimeError("KeyError: 'x'")) is None
