@@ -45,22 +45,41 @@ class TokenScoreFn(Protocol):
 class ModelScoreFn:
     """The model's jitted TokenScoreFn; remembers which shapes it has compiled.
 
+    Logits are formed `token_tile` tokens at a time (lax.map over tiles), so
+    memory holds [token_tile, V] logits rather than [B, T, V]: with a 262k
+    Gemma vocabulary a full [8, 2048, V] fp32 block would be 17 GB.
+
     Args:
         params: model params (placed on the default device once).
         cfg: the model config.
+        token_tile: tokens per logits tile.
     """
 
-    def __init__(self, params, cfg: ModelConfig):
+    def __init__(self, params, cfg: ModelConfig, token_tile: int = 1024):
+        if token_tile < 1:
+            raise ScoringError(f"token_tile {token_tile} must be >= 1; pass e.g. 1024")
+
+        def tile_scores(params, hidden_NxD, targets_N):
+            # fp32 log-softmax even for bf16 compute: sums over many tokens need it.
+            logits_NxV = model.unembed(params, hidden_NxD, cfg).astype(jnp.float32)
+            logz_N = jax.nn.logsumexp(logits_NxV, axis=-1)
+            target_N = jnp.take_along_axis(logits_NxV, targets_N[:, None], -1)[:, 0]
+            return target_N - logz_N, jnp.argmax(logits_NxV, axis=-1) == targets_N
 
         @jax.jit
         def score(params, inputs_BxT, targets_BxT):
             hidden_BxTxD = model.forward(params, inputs_BxT, cfg).final_hidden_BxTxD
-            # fp32 log-softmax even for bf16 compute: sums over many tokens need it.
-            logits_BxTxV = model.unembed(params, hidden_BxTxD, cfg).astype(jnp.float32)
-            logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-            target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], -1)[..., 0]
-            is_argmax_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
-            return target_BxT - logz_BxT, is_argmax_BxT
+            B, T, D = hidden_BxTxD.shape
+            n = B * T
+            tile = min(token_tile, n)
+            pad = -n % tile
+            hidden_CxNxD = jnp.pad(hidden_BxTxD.reshape(n, D), ((0, pad), (0, 0))
+                                   ).reshape(-1, tile, D)
+            targets_CxN = jnp.pad(targets_BxT.reshape(n), (0, pad)).reshape(-1, tile)
+            logprob_CxN, is_argmax_CxN = jax.lax.map(
+                lambda xs: tile_scores(params, *xs), (hidden_CxNxD, targets_CxN))
+            return (logprob_CxN.reshape(-1)[:n].reshape(B, T),
+                    is_argmax_CxN.reshape(-1)[:n].reshape(B, T))
 
         self._score = score
         self._params = jax.device_put(params)
@@ -71,9 +90,9 @@ class ModelScoreFn:
         return self._score(self._params, inputs_BxT, targets_BxT)
 
 
-def make_token_score_fn(params, cfg: ModelConfig) -> ModelScoreFn:
+def make_token_score_fn(params, cfg: ModelConfig, token_tile: int = 1024) -> ModelScoreFn:
     """A jitted TokenScoreFn for `model.forward` + `model.unembed` with `params`."""
-    return ModelScoreFn(params, cfg)
+    return ModelScoreFn(params, cfg, token_tile)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,7 @@ def ref_task(cfg, params, sp, bos, task, root):
     """Expected metrics of a fixture task, from scratch."""
     examples = eval_tasks.load_examples(task, data_root=root)
     per_norm = {"raw": 0, "per_token": 0, "per_char": 0}
-    greedy_hits, pair_sums = 0, []
+    greedy_hits, pair_sums, pair_greedy = 0, [], []
     for ex in examples:
         sums, toks, chars, greedy = [], [], [], []
         for context, continuation in ex.pairs:
@@ -64,12 +64,13 @@ def ref_task(cfg, params, sp, bos, task, root):
             greedy.append(bool(am[-len(cont):].all()))
         sums = np.array(sums)
         pair_sums += list(sums)
+        pair_greedy += greedy
         per_norm["raw"] += int(np.argmax(sums) == ex.gold)
         per_norm["per_token"] += int(np.argmax(sums / np.array(toks)) == ex.gold)
         per_norm["per_char"] += int(np.argmax(sums / np.array(chars)) == ex.gold)
         greedy_hits += int(greedy[0])
     n = len(examples)
-    return {k: v / n for k, v in per_norm.items()}, greedy_hits / n, pair_sums
+    return {k: v / n for k, v in per_norm.items()}, greedy_hits / n, (pair_sums, pair_greedy)
 
 
 @pytest.fixture
@@ -80,16 +81,19 @@ def env(tiny_model, tokenizer_path, task_root):
                                  info=tokenizer_info(tokenizer_path))
 
 
-def test_pair_scores_match_float64_reference(env):
+@pytest.mark.parametrize("token_tile", [1024, 20])  # 20: several tiles, one padded
+def test_pair_scores_match_float64_reference(env, token_tile):
     cfg, params, sp, info = env.cfg, env.params, env.sp, env.info
-    fn = scoring.make_token_score_fn(params, cfg)
-    for task in ("hellaswag", "winogrande"):
+    fn = scoring.make_token_score_fn(params, cfg, token_tile=token_tile)
+    for task in ("hellaswag", "winogrande", "lambada"):
         examples = eval_tasks.load_examples(task, data_root=env.root)
         rows = [scoring.pair_row(*evaluate.encode_pair(sp, c, x, info["bos_id"]), SEQ_LEN)
                 for ex in examples for c, x in ex.pairs]
         got = scoring.score_rows(fn, rows, batch_size=3, max_len=SEQ_LEN)
-        _, _, want = ref_task(cfg, params, sp, info["bos_id"], task, env.root)
-        np.testing.assert_allclose(got.logprob_sum, want, rtol=1e-5, atol=1e-4)
+        _, _, (want_sums, want_greedy) = ref_task(cfg, params, sp, info["bos_id"], task,
+                                                  env.root)
+        np.testing.assert_allclose(got.logprob_sum, want_sums, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(got.all_greedy, want_greedy)
 
 
 def test_evaluate_tasks_and_documents(env, tmp_path):
@@ -226,3 +230,24 @@ def test_run_dir_bad_config(env, tmp_path, capsys):
     (run_dir / "config.json").write_text("[1, 2")
     rc = evaluate.main(["--checkpoint", str(run_dir), "--tokenizer", env.tok, "--tasks", "piqa"])
     assert rc == 2 and "is not a trainer config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("token_tile", [1024, 7])
+def test_greedy_continuation_is_all_argmax(env, token_tile):
+    """A continuation decoded greedily from the float64 logits must score all-greedy."""
+    cfg, params = env.cfg, env.params
+    ids = [env.info["bos_id"]] + env.sp.encode("The cat sat on the")
+    context_len = len(ids)
+    for _ in range(4):
+        tokens = np.zeros((1, REF_LEN), np.int32)
+        tokens[0, :len(ids)] = ids
+        logits = np.asarray(_ref_logits(cfg, params, tokens), np.float64)[0, len(ids) - 1]
+        ids.append(int(logits.argmax()))
+    greedy = scoring.pair_row(ids[:context_len], ids[context_len:], SEQ_LEN)
+    wrong_last = (ids[-1] + 1) % cfg.vocab_size
+    other = scoring.pair_row(ids[:context_len], ids[context_len:-1] + [wrong_last], SEQ_LEN)
+    fn = scoring.make_token_score_fn(params, cfg, token_tile=token_tile)
+    out = scoring.score_rows(fn, [greedy, other], batch_size=2, max_len=SEQ_LEN)
+    np.testing.assert_array_equal(out.all_greedy, [True, False])
+    want, _ = ref_logprobs(cfg, params, ids)
+    assert out.logprob_sum[0] == pytest.approx(want[-4:].sum(), rel=1e-5)
