@@ -124,8 +124,7 @@ def test_kd_topk_with_full_support_equals_full_softmax_divergence(tail, tau, div
 
 
 @pytest.mark.parametrize("tail,tau,divergence", [
-    ("zero", 0.5, "forward_kl"), ("renormalize", 2.0, "reverse_kl"), ("bucket", 1.0, "jsd"),
-    ("zero", 1.0, "reverse_kl"), ("bucket", 1.0, "forward_kl")])
+    ("zero", 0.5, "forward_kl"), ("renormalize", 2.0, "reverse_kl"), ("bucket", 1.0, "jsd")])
 def test_dropped_slots_equal_absent_slots_in_value_and_gradient(tail, tau, divergence):
     """-inf slots behave exactly as if they were not stored; no NaN anywhere."""
     student, ids, lps = _make_batch(seed=3, k=8, n_dropped=3)
