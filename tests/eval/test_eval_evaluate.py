@@ -187,6 +187,9 @@ def test_run_dir_seq_len_default(env, tmp_path):
     (["--tasks", "heldout"], "needs a tokens store; pass --store"),
     (["--tasks", "piqa", "--task-file", "piqa"], "is not TASK=PATH"),
     (["--tasks", "piqa", "--docs", "/nonexistent/*.txt"], "matches no files"),
+    (["--tasks", "piqa,docs"], "task 'docs' needs text files; pass --docs GLOB"),
+    (["--tasks", "piqa", "--token-tile", "0"], "token_tile 0 must be >= 1"),
+    (["--tasks", "piqa", "--batch-size", "0"], "batch size 0 must be >= 1"),
 ])
 def test_cli_bad_input_one_line(env, argv_extra, message, capsys):
     rc = evaluate.main(["--checkpoint", env.path, "--tokenizer", env.tok,

@@ -70,8 +70,9 @@ def test_build_report_writes_markdown_and_pngs(sweep, tmp_path):
     # Best-per-method table row of HLDC with its errors in percent and the mean.
     assert "| HLDC | hldc_c | lr=0.0004, tau=1, alpha=0.9, gamma=0.1 | 2.8500 | – |" \
         " 60.0 | 30.0 | – | – | 80.0 | 56.7 |" in md
-    assert "| HLDC | 3 | +0.0500 | -0.0500 | +0.1000 | 2/3 |" in md
-    assert "| NLL | 2 | -0.2750 |" in md
+    # Only hldc_c has errors: vs its KD (70%, 40%) it has (60%, 30%) -> +10 points.
+    assert "| HLDC | 3 | +0.0500 | -0.0500 | +0.1000 | 2/3 | +10.00 (1 pairs) |" in md
+    assert "| NLL | 2 | -0.2750 |" in md and "| 0/2 | – |" in md
     assert "not_evaluated" in md
     for png in ("improvement_hldc.png", "scatter_hldc_vs_kd.png", "improvement_nll.png",
                 "loss_vs_flops.png"):
