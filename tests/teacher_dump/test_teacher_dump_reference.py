@@ -6,7 +6,7 @@ import pytest
 
 import teacher_dump
 from teacher_dump import extract
-from trainer import model, model_config
+from trainer import model_config
 
 K = 16
 
@@ -78,17 +78,11 @@ def _ref_signal(logits_TxV, k):
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(make_params):
     # tiny-7: 7 layers (block 6 global), window 4 << T, GQA 4:2.
     cfg = model_config.get_config("tiny-7", vocab_size=256)
-    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
-    # init_params zeros the norm weights; randomise them so (1 + w) is tested.
-    rng = np.random.default_rng(1)
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, a: np.asarray(a) + np.float32(0.3) * rng.normal(size=a.shape).astype(np.float32)
-        if "norm" in jax.tree_util.keystr(path) else np.asarray(a), params)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (3, 24), dtype=np.int32)
-    return cfg, params, tokens
+    return cfg, make_params(cfg, 0), tokens
 
 
 def test_extraction_matches_float64_reference(tiny):
@@ -119,10 +113,10 @@ def test_extraction_matches_float64_reference(tiny):
 
 
 @pytest.fixture(scope="module")
-def small():
+def small(make_params):
     # Cheaper to compile than tiny-7, for the tests that need no reference.
     cfg = model_config.get_config("tiny", vocab_size=256, num_layers=2)
-    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(2))
+    params = make_params(cfg, 2)
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (3, 24), dtype=np.int32)
     return cfg, params, tokens
 
