@@ -67,6 +67,10 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"model config field {field}={value!r} must be a positive "
                                   f"integer; pass e.g. {field}=64")
+        for field in ("scan_layers", "remat"):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"model config field {field}={getattr(self, field)!r} must be "
+                                  f"True or False")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads={self.num_heads} is not divisible by num_kv_heads="
                               f"{self.num_kv_heads}; pick num_kv_heads dividing num_heads")

@@ -46,6 +46,7 @@ def test_config_dict_roundtrip():
     (dict(attention_impl="flash"), "attention_impl"),
     (dict(rope_global_scale=0.0), "rope_global_scale"),
     (dict(num_layerz=3), "unknown model config fields"),
+    (dict(remat="yes"), "remat"),
 ])
 def test_bad_config_values(kwargs, match):
     with pytest.raises(model_config.ConfigError, match=match):
@@ -171,3 +172,11 @@ def test_tokens_must_be_2d(tiny):
     cfg, params, tokens = tiny
     with pytest.raises(model.ModelInputError, match="add a batch axis"):
         model.forward(params, tokens[0], cfg)
+
+
+def test_params_config_mismatch(tiny):
+    cfg, params, tokens = tiny
+    with pytest.raises(model.ModelInputError, match=r"param layers/attn/q has shape .* needs"):
+        model.forward(params, tokens, cfg.replace(num_layers=6))
+    with pytest.raises(model.ModelInputError, match=r"param embedding has shape"):
+        model.forward(params, tokens, cfg.replace(vocab_size=100))
