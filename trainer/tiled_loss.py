@@ -1,8 +1,9 @@
 """Token-tiled logit losses: NLL, KD and top-1 agreement without [B,T,V] in fp32.
 
 At the paper's shape (batch 256 × 2048 tokens, V = 32k) the full fp32 logits
-are 64 GiB, and their softmax and gradient as much again. Here the tokens are
-flattened and cut into tiles of ``tile_tokens``; each tile computes its
+are 64 GiB, and their softmax and gradient as much again. Here the sequence
+axis is cut into chunks (every tile keeps the whole, possibly device-sharded,
+batch axis: ~``tile_tokens`` tokens per tile); each tile computes its
 logits ``hidden_tile @ embedding.T`` (exactly ``model.unembed``: Gemma 3 has
 no final soft-cap; the matmul runs in the hidden's dtype, then upcasts to
 fp32), calls a per-tile loss function and keeps only per-token outputs.
@@ -21,9 +22,10 @@ Stable signatures (the trainer codes against these)::
                    tail="zero", divergence="forward_kl") -> per_tile_fn
 
 ``per_tile_fn(logits_NxV, inputs) -> {name: [N]}`` receives fp32 logits of one
-tile and the matching slices (``[N, ...]``) of ``token_inputs``. Token counts
-that are not a multiple of the tile are zero-padded; padded rows are computed
-and dropped, so they add nothing to values or gradients.
+tile (N = B × chunk tokens, flattened) and the matching slices (``[N, ...]``)
+of ``token_inputs``. A T that is not a multiple of the chunk is zero-padded;
+padded positions are computed and dropped, so they add nothing to values or
+gradients.
 """
 from __future__ import annotations
 
@@ -75,13 +77,19 @@ def _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens):
                 f"{hidden_BxTxD.shape[:2]}; align it with the hidden states (shift targets by one)")
 
 
-def _to_tiles(x_BxTx_, num_tiles, tile_tokens):
-    """[B, T, ...] -> [num_tiles, tile_tokens, ...], zero-padded at the end."""
-    flat = x_BxTx_.reshape((-1,) + x_BxTx_.shape[2:])
-    pad = num_tiles * tile_tokens - flat.shape[0]
+def _to_tiles(x_BxTx_, num_tiles, chunk):
+    """[B, T, ...] -> [num_tiles, B, chunk, ...]: T cut into chunks, zero-padded.
+
+    The batch axis is kept whole in every tile: when the batch is sharded over
+    devices (data / fsdp), each device computes its own rows of each tile and
+    nothing is gathered. (Cutting the flattened B·T axis instead would make
+    XLA all-gather the hidden states and compute every tile everywhere.)
+    """
+    pad = num_tiles * chunk - x_BxTx_.shape[1]
     if pad:
-        flat = jnp.pad(flat, [(0, pad)] + [(0, 0)] * (flat.ndim - 1))
-    return flat.reshape((num_tiles, tile_tokens) + flat.shape[1:])
+        x_BxTx_ = jnp.pad(x_BxTx_, [(0, 0), (0, pad)] + [(0, 0)] * (x_BxTx_.ndim - 2))
+    x = x_BxTx_.reshape((x_BxTx_.shape[0], num_tiles, chunk) + x_BxTx_.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
 
 
 def tiled_logit_losses(hidden_BxTxD: jax.Array,
@@ -101,8 +109,9 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
         e.g. from ``logit_terms_fn``.
       token_inputs: per-token arrays with leading ``[B, T]`` (targets, top-k
         ids / log-probs, ...), sliced into tiles alongside the hidden states.
-      tile_tokens: tokens per tile; memory ∝ tile_tokens × V. Clamped to the
-        token count when larger (one tile, no padding).
+      tile_tokens: tokens per tile across the batch; memory ∝ tile_tokens × V.
+        Each tile covers all B rows and ``max(1, tile_tokens // B)`` positions
+        (at most T), so per device it holds its local rows only.
 
     Returns:
       ``{name: fp32 [B, T]}`` as returned by ``per_tile_fn``.
@@ -118,22 +127,27 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
             f"token_inputs lacks {missing} needed by the requested loss terms; pass them "
             "(targets from the shifted tokens, topk_* from the store)")
     batch, seq, _ = hidden_BxTxD.shape
-    num_tokens = batch * seq
-    tile_tokens = min(tile_tokens, num_tokens)
-    num_tiles = -(-num_tokens // tile_tokens)
+    chunk = min(seq, max(1, tile_tokens // batch))  # positions per tile
+    num_tiles = -(-seq // chunk)
 
-    hidden_tiles = _to_tiles(hidden_BxTxD, num_tiles, tile_tokens)
-    input_tiles = {k: _to_tiles(v, num_tiles, tile_tokens) for k, v in token_inputs.items()}
+    hidden_tiles = _to_tiles(hidden_BxTxD, num_tiles, chunk)
+    input_tiles = {k: _to_tiles(v, num_tiles, chunk) for k, v in token_inputs.items()}
 
-    def tile_fn(hidden_NxD, inputs):
-        return dict(per_tile_fn(tile_logits(hidden_NxD, embedding_VxD), inputs))
+    def flat(x_BxCx_):
+        return x_BxCx_.reshape((-1,) + x_BxCx_.shape[2:])
+
+    def tile_fn(hidden_BxCxD, inputs):
+        inputs_N = {k: flat(v) for k, v in inputs.items()}
+        out = per_tile_fn(tile_logits(flat(hidden_BxCxD), embedding_VxD), inputs_N)
+        return {k: v.reshape(batch, chunk) for k, v in out.items()}
 
     # Save nothing from the tile but its inputs: the backward pass recomputes
     # the logits. prevent_cse=False is safe (and lets XLA fuse) because under
     # lax.map (a scan) the recomputation cannot be CSE'd with the forward.
     one_tile = jax.checkpoint(tile_fn, prevent_cse=False)
     out_tiles = jax.lax.map(lambda xs: one_tile(*xs), (hidden_tiles, input_tiles))
-    return {name: v.reshape(-1)[:num_tokens].reshape(batch, seq).astype(jnp.float32)
+    # [num_tiles, B, chunk] -> [B, T] (padding positions dropped).
+    return {name: jnp.moveaxis(v, 0, 1).reshape(batch, -1)[:, :seq].astype(jnp.float32)
             for name, v in out_tiles.items()}
 
 

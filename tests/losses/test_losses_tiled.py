@@ -1,9 +1,12 @@
 """trainer.tiled_loss: tiled == untiled in values and gradients; memory shape."""
+import re
+
 import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainer import losses, tiled_loss
 
@@ -40,9 +43,10 @@ def _scalar(terms, mask):
             + 0.7 * losses.masked_mean(terms["kd"], mask))
 
 
-# 24 tokens: tile 5 pads (5 tiles, 1 pad row), 8 divides, 1000 is one clamped tile.
+# B=2, T=12: tile 10 -> 5 positions per tile (3 tiles, 3 padded positions),
+# tile 8 -> 4 positions (divides), tile 1000 -> one tile of all 12.
 @pytest.mark.parametrize("tile_tokens,temperature,tail", [
-    (5, 1.0, "bucket"), (8, 0.5, "zero"), (1000, 2.0, "renormalize")])
+    (10, 1.0, "bucket"), (8, 0.5, "zero"), (1000, 2.0, "renormalize")])
 def test_tiled_equals_untiled_values_and_grads(tile_tokens, temperature, tail):
     hidden, emb, inputs = _inputs()
     mask = jnp.ones((B, T)).at[1, -2:].set(0.0)
@@ -178,3 +182,32 @@ def test_compiled_gradient_temp_memory_scales_with_tile_not_batch():
     full_logits_bytes = b * t * v * 4
     tile_logits_bytes = tile * v * 4
     assert stats.temp_size_in_bytes <= 3 * tile_logits_bytes < full_logits_bytes / 4
+
+
+def test_batch_sharded_over_devices_matches_single_device_without_gathers():
+    """Tiles keep the batch axis whole, so a data-sharded batch is never gathered."""
+    devices = jax.devices()
+    if len(devices) < 2:
+        pytest.skip("needs several (simulated) devices; tests/conftest.py sets 8 on CPU")
+    mesh = Mesh(np.array(devices), ("data",))
+    b, t, d, v = len(devices), 10, 4, 32
+    rng = np.random.default_rng(4)
+    hidden = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
+    emb = jnp.asarray(rng.normal(size=(v, d)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, v, size=(b, t)), jnp.int32)
+    fn = tiled_loss.logit_terms_fn()
+
+    def loss(h, e, tg):
+        out = tiled_loss.tiled_logit_losses(h, e, fn, {"targets": tg}, tile_tokens=3 * b)
+        return out["nll"].mean()
+
+    grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    want = grad_fn(hidden, emb, targets)
+    sharded = NamedSharding(mesh, PartitionSpec("data"))
+    args = (jax.device_put(hidden, sharded), jax.device_put(emb, NamedSharding(mesh, PartitionSpec())),
+            jax.device_put(targets, sharded))
+    got = grad_fn(*args)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+    hlo = grad_fn.lower(*args).compile().as_text()
+    assert not re.search(r"all-gather", hlo), "the sharded batch was gathered"
