@@ -131,7 +131,8 @@ def main(argv=None):
     if args.vocab:
         overrides["vocab_size"] = args.vocab
     if args.config == "cpu-small":
-        cfg = model_config.get_config("tiny", name="cpu-small", **{**CPU_OVERRIDES, **overrides})
+        cfg = model_config.get_config("tiny", **{**CPU_OVERRIDES, **overrides}).replace(
+            name="cpu-small")
     else:
         cfg = model_config.get_config(args.config, **overrides)
     layers = tuple(args.layers) if args.layers is not None else (cfg.num_layers // 2,)

@@ -133,7 +133,7 @@ def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
         batch_size: rows per device call.
         k, layers, top_p: see make_extract_fn.
         progress: optional callback(rows_done, rows_total).
-        **extract_kwargs: token_tile / hidden_dtype for make_extract_fn.
+        **extract_kwargs: token_tile / hidden_dtype / rank_float32 (make_extract_fn).
 
     Yields:
         {"topk_ids": int32[b,T,K], "topk_logprobs": float32[b,T,K],

@@ -57,20 +57,17 @@ class Teacher:
         return jax.device_put(tokens_BxT, NamedSharding(self.mesh, P("data")))
 
     def extract_fn(self, k: int = 128, layers: Sequence[int] | None = None,
-                   top_p: float | None = None,
-                   token_tile: int = extract.DEFAULT_TOKEN_TILE,
-                   hidden_dtype: Any = "float32") -> extract.ExtractFn:
+                   **options) -> extract.ExtractFn:
         """The jitted extraction step for these options (cached per config).
 
         Args:
-            k, layers, top_p, token_tile, hidden_dtype: see make_extract_fn.
+            k, layers: see make_extract_fn.
+            **options: top_p, token_tile, hidden_dtype, rank_float32.
 
         Returns:
             fn(params, tokens_BxT) -> signal dict.
         """
-        return extract.make_extract_fn(
-            self.cfg, k=k, layers=layers, top_p=top_p, token_tile=token_tile,
-            hidden_dtype=hidden_dtype)
+        return extract.make_extract_fn(self.cfg, k=k, layers=layers, **options)
 
     def extract(self, tokens_NxT, batch_size: int = 8, **options) -> dict:
         """The signal of all rows as one numpy dict (extract_rows, concatenated).

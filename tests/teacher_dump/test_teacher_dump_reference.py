@@ -154,6 +154,12 @@ def test_bf16_compute_close_to_fp32(small):
     assert agree > 0.9
     np.testing.assert_allclose(out16["topk_logprobs"][..., 0], out32["topk_logprobs"][..., 0],
                                atol=0.1)
+    # Ranking the bf16 logits directly (the GPU default) gives the same signal
+    # as ranking their fp32 cast (the CPU default).
+    bf16_rank = teacher_dump.make_extract_fn(cfg.replace(dtype="bfloat16"), k=K, hidden_dtype=None,
+                                             rank_float32=False)(params, tokens)
+    for name in ("topk_ids", "topk_logprobs"):
+        np.testing.assert_array_equal(np.asarray(bf16_rank[name]), np.asarray(out16[name]))
     h16 = np.asarray(out16["hidden"][1], np.float32)
     h32 = np.asarray(out32["hidden"][1])
     assert np.abs(h16 - h32).max() < 0.05 * np.abs(h32).max()
