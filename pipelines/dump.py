@@ -131,6 +131,9 @@ def run_dump(argv):
 def main(argv=None):
     """CLI entry point; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(options.help_text("python -m pipelines.dump"))
+        return 0
     user_errors = (errors.PipelineError,) + _USER_ERRORS + _teacher_errors()
     # Beam logs a DoFn's exception with its traceback before re-raising it;
     # for bad input the one line below is the whole story.

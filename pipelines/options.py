@@ -6,6 +6,8 @@ runner flags pass through untouched. Each flag accepts both spellings
 (`--seq-len` and `--seq_len`): users type dashes, while Beam re-serialises
 options for remote workers with the underscore `dest` names.
 """
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.errors import OptionsError
@@ -69,3 +71,13 @@ def validate(opts):
                            "(e.g. 0.01) or drop --heldout-store")
     if opts.heldout_store and opts.heldout_store.rstrip("/") == opts.store.rstrip("/"):
         raise OptionsError("--heldout-store must differ from --store")
+
+
+def help_text(prog):
+    """Usage text of our flags (Beam's own flags are documented by Beam)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Text files -> SentencePiece spine -> teacher signal -> store. "
+        "Beam flags (--runner, --direct_num_workers, --direct_running_mode, Dataflow/Flink/Spark "
+        "options) pass through; see docs/pipelines.md.")
+    DumpOptions._add_argparse_args(parser)
+    return parser.format_help()

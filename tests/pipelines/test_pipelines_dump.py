@@ -169,6 +169,7 @@ def test_launcher_side_errors(corpus, tokenizer_path, teacher_path, wrong_vocab_
     assert rc == 2 and "cannot read input file" in err and "fake.txt.gz" in err
     rc, err = _run_cli(capsys, ["--store", url])
     assert rc == 2 and err == "error: --input is required; see `python -m pipelines.dump --help`"
+    assert dump.main(["--help"]) == 0 and "--heldout-fraction" in capsys.readouterr().out
     assert not os.path.exists(url)
 
 
