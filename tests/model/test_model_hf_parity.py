@@ -4,6 +4,8 @@ A tiny random HF model (7 layers so block 6 is global, sliding window 4,
 sequence 24 >> window, GQA 4:2, linear-scaled global RoPE as in 4B, random
 RMSNorm weights so the (1 + w) convention matters) is saved with
 save_pretrained, converted with `teacher_dump.convert`, and compared in fp32.
+The unrolled (scan_layers=False) path is covered transitively: it equals the
+scanned path in test_model_core.py.
 
 Tolerance: 1e-4 absolute on logits and hidden states (fp32 on CPU; the two
 implementations differ only in summation order, observed max error ~1e-6).
@@ -83,18 +85,13 @@ def test_logits_and_hidden_match_hf(converted):
                                atol=_ATOL, rtol=0)
 
 
-def test_unscanned_match_hf(converted):
-    cfg = converted["cfg"].replace(scan_layers=False)
-    ours = _forward(converted["params"], converted["tokens"], cfg)
-    logits = np.asarray(model.unembed(converted["params"], ours.final_hidden_BxTxD, cfg))
-    np.testing.assert_allclose(logits, converted["out"].logits.numpy(), atol=_ATOL, rtol=0)
-
-
 def test_bf16_compute_close_to_hf_fp32(converted):
     cfg = converted["cfg"].replace(dtype="bfloat16")
     ours = _forward(converted["params"], converted["tokens"], cfg)
-    logits = np.asarray(model.unembed(converted["params"], ours.final_hidden_BxTxD, cfg),
-                        np.float32)
+    assert ours.final_hidden_BxTxD.dtype == jax.numpy.bfloat16
+    logits = model.unembed(converted["params"], ours.final_hidden_BxTxD, cfg)
+    assert logits.dtype == jax.numpy.bfloat16
+    logits = np.asarray(logits, np.float32)
     ref = converted["out"].logits.numpy()
     # bf16 keeps ~3 significant digits; errors compound over 7 blocks.
     assert np.abs(logits - ref).max() < 0.05 * np.abs(ref).max()
