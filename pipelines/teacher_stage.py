@@ -66,6 +66,11 @@ class WriteUnitFn(beam.DoFn):
         self._bytes = Metrics.counter(METRICS_NAMESPACE, metric_prefix + "bytes_written")
 
     def setup(self):
+        self._writer = None
+
+    def _open(self):
+        # Opened on the first element, not in setup: a runner may set up a
+        # DoFn before PrepareStore (upstream, via the side input) made the store.
         self._writer = store.open_writer(self._url)
         schema = self._writer.schema
         # Encoded (pre-compression) bytes per row of every array of the store.
@@ -73,6 +78,8 @@ class WriteUnitFn(beam.DoFn):
 
     def process(self, element):
         unit, tokens_RxT, signal = element
+        if self._writer is None:
+            self._open()
         if signal is None:
             self._writer.write_unit(unit, tokens=tokens_RxT)
         else:
