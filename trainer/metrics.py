@@ -12,7 +12,24 @@ import sys
 import time
 
 import jax
-from tensorboardX import SummaryWriter
+
+
+def _summary_writer_class():
+    """tensorboardX.SummaryWriter without its optional torch import.
+
+    tensorboardX imports torch (~6 s) whenever it is installed, only to accept
+    torch tensors; we log Python floats. Hiding torch during that one import
+    keeps every trainer process (sweeps start many) from paying for it.
+    """
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # Makes `import torch` raise ImportError.
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak_flops_per_device: float,
@@ -47,7 +64,7 @@ class MetricsWriter:
         if self.enabled:
             os.makedirs(run_dir, exist_ok=True)
             self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
-            self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
+            self._tb = _summary_writer_class()(os.path.join(run_dir, "tb"))
 
     def write(self, step: int, scalars: dict) -> None:
         """Logs one step's scalars (plain floats/ints; `phase` is kept as an int)."""

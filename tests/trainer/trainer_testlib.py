@@ -7,12 +7,26 @@ signal to learn and a falling KL means the student learned something.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
+import jax
 import numpy as np
 
 from store import StoreSchema, create_store
 from trainer.config import load_config
 
 CONFIG = "trainer/configs/tiny.py"
+
+# Compiles dominate these tests on a busy 2-core machine; the trainer tests
+# (and the subprocesses they start, via the environment) share one persistent
+# XLA cache, so an identical step compiles once.
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "trainer_tests_xla_cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", COMPILE_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 VOCAB = 512
 SEQ = 32
 K = 8
