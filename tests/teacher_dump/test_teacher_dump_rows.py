@@ -1,4 +1,6 @@
 """load_teacher + extract_rows: batch-size invariance, padding, bad input."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -26,7 +28,21 @@ def test_load_teacher(ckpt, teacher):
     assert teacher.fingerprint == fingerprint and len(fingerprint) == 64
     assert teacher.path == path
     assert teacher.cfg.num_layers == 2
-    assert teacher_dump.load_teacher(path, dtype="bfloat16").cfg.dtype == "bfloat16"
+
+
+def test_bf16_teacher_precast_is_bit_identical(ckpt, teacher):
+    bf16 = teacher_dump.load_teacher(ckpt[0], dtype="bfloat16")
+    assert bf16.cfg.dtype == "bfloat16" and bf16.fingerprint == ckpt[1]
+    assert bf16.params["embedding"].dtype == jnp.bfloat16
+    assert bf16.params["layers"]["attn"]["q"].dtype == jnp.bfloat16
+    assert bf16.params["final_norm"].dtype == jnp.float32  # applied in fp32 by the model
+    tokens = _rows(2, teacher.cfg)
+    precast = bf16.extract(tokens, batch_size=2, k=8)
+    fp32_params = jax.device_get(teacher_dump.make_extract_fn(bf16.cfg, k=8)(teacher.params,
+                                                                               tokens))
+    for name in ("topk_ids", "topk_logprobs"):
+        np.testing.assert_array_equal(precast[name], fp32_params[name])
+    np.testing.assert_array_equal(precast["hidden"][1], fp32_params["hidden"][1])
 
 
 def test_same_rows_same_signal_at_batch_1_and_8(teacher):
