@@ -146,6 +146,12 @@ _REGISTRY: dict[str, dict[str, Any]] = {
                  num_kv_heads=1, head_dim=32, sliding_window=8),
     "tiny-7": dict(vocab_size=512, num_layers=7, d_model=64, mlp_dim=128, num_heads=4,
                    num_kv_heads=2, head_dim=16, sliding_window=4),
+    # `make demo` sizes (trainer/configs/demo.py): a CPU-trainable teacher and a
+    # student with 1/7 of its backbone; T=128 rows, so the window is half a row.
+    "demo-teacher": dict(vocab_size=2048, num_layers=4, d_model=128, mlp_dim=512, num_heads=4,
+                         num_kv_heads=1, head_dim=32, sliding_window=64),
+    "demo-student": dict(vocab_size=2048, num_layers=2, d_model=64, mlp_dim=256, num_heads=2,
+                         num_kv_heads=1, head_dim=32, sliding_window=64),
 }
 
 
