@@ -188,7 +188,8 @@ def load_hf_params(hf_dir, cfg: ModelConfig) -> dict[str, Any]:
         add("post_mlp_norm", src.get(pre + "post_feedforward_layernorm.weight", (D,)))
 
     layers: dict[str, Any] = {"attn": {}, "mlp": {}}
-    for key, arrays in per_layer.items():
+    for key in list(per_layer):
+        arrays = per_layer.pop(key)  # Free each group's per-layer copies once stacked.
         node = layers
         *parents, leaf = key.split("/")
         for parent in parents:

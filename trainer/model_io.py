@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -118,6 +119,9 @@ def load_model(path) -> tuple[ModelConfig, Any, dict[str, Any]]:
         raise ModelIOError(f"cannot read params of model checkpoint {root} "
                            f"({type(e).__name__}: {str(e)[:200]}); re-export it with "
                            f"model_io.save_model") from None
+    # Orbax gives back numpy for trees saved from numpy (e.g. by convert); callers
+    # get one type either way.
+    params = jax.tree_util.tree_map(jnp.asarray, params)
     return cfg, params, metadata
 
 

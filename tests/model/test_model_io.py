@@ -80,3 +80,13 @@ def test_metadata_must_be_json(small, tmp_path):
     cfg, params = small
     with pytest.raises(model_io.ModelIOError, match="not JSON-serialisable"):
         model_io.save_model(tmp_path / "ckpt", cfg, params, metadata={"x": object()})
+
+
+def test_numpy_saved_tree_loads_as_jax_arrays(small, tmp_path):
+    """convert saves numpy trees; load_model must hand back jax arrays all the same."""
+    cfg, params = small
+    numpy_params = jax.tree_util.tree_map(np.asarray, params)
+    fp = model_io.save_model(tmp_path / "ckpt", cfg, numpy_params)
+    _, loaded, metadata = model_io.load_model(tmp_path / "ckpt")
+    assert all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(loaded))
+    assert fp == metadata["fingerprint"] == model_io.fingerprint(params)
