@@ -1,0 +1,69 @@
+"""Bad input: store/config mismatches fail before compiling; NaN stops the run."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import trainer_testlib as tl
+from store import SchemaMismatchError
+from trainer import checkpoint, config as config_lib, train
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tl.make_store(tmp_path_factory.mktemp("err") / "store", num_rows=16)
+
+
+@pytest.mark.parametrize("method, sets, match", [
+    ("kd", {"model.vocab_size": 256}, "vocab_size"),
+    ("kd", {"data.seq_len": 64}, "seq_len"),
+    ("kd", {"data.k": 16}, "has k=8"),
+    ("kd", {"store.tokenizer_sha256": "cd" * 32}, "tokenizer_sha256"),
+    ("hldc", {"teacher.hidden_layer": 3}, "layers \\[3\\] were required"),
+    ("hldf", {"teacher.d_model": 128}, "hidden_dim"),
+])
+def test_store_mismatch_fails_before_compiling(method, sets, match, store, tmp_path,
+                                               monkeypatch):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled before checking the store")
+
+    monkeypatch.setattr(train.jax, "jit", no_compile)
+    config = tl.tiny_config(method, store, tmp_path / "run", steps=3, **sets)
+    with pytest.raises(SchemaMismatchError, match=match):
+        train.run(config)
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_kd_on_tokens_only_store_is_an_error(tmp_path):
+    tokens_only = tl.make_store(tmp_path / "tok", num_rows=16, k=0, layers=())
+    config = tl.tiny_config("kd", tokens_only, tmp_path / "run", steps=3, **{"data.k": 0})
+    with pytest.raises(config_lib.ConfigError, match="k=0"):
+        train.run(config)
+
+
+def test_budget_too_small_is_an_error(store, tmp_path):
+    config = tl.tiny_config("kd", store, tmp_path / "run", **{"budget.unit": "flops",
+                                                                "budget.value": 1.0})
+    with pytest.raises(config_lib.ConfigError, match="raise budget.value"):
+        train.run(config)
+
+
+def test_batch_not_divisible_by_mesh(store, tmp_path):
+    config = tl.tiny_config("kd", store, tmp_path / "run", steps=3, **{"data.batch_size": 6})
+    with pytest.raises(config_lib.ConfigError, match="multiple of 8"):
+        train.run(config)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(store, tmp_path):
+    # lr = 1e30: step 1 is finite, then the params overflow and the loss is NaN/Inf.
+    config = tl.tiny_config("nll", store, tmp_path / "run", steps=6, **{
+        "optim.lr": 1e30, "log_every": 1, "checkpoint_every": 1, "optim.warmup_steps": 0})
+    with pytest.raises(train.TrainingDivergedError, match="last good checkpoint") as err:
+        train.run(config)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "run"))
+    good = ckpt.latest_step()
+    assert good is not None and f"step {good})" in str(err.value)
+    assert ckpt.restore_meta(good)["global_step"] == good
+    ckpt.close()
+    assert not os.path.exists(tmp_path / "run" / "export")
