@@ -22,7 +22,7 @@ tests/teacher_dump), so the output is deterministic.
 """
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +118,13 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
         raise ExtractConfigError(
             f"token_tile={token_tile!r} must be a positive integer: pass e.g. "
             f"{DEFAULT_TOKEN_TILE}")
+    if hidden_dtype is not None:
+        try:
+            hidden_dtype = jnp.dtype(hidden_dtype).name
+        except TypeError:
+            raise ExtractConfigError(
+                f"hidden_dtype={hidden_dtype!r} is not a dtype: pass "
+                f"'float32', 'bfloat16', or None for the compute dtype") from None
     return ExtractSpec(k=k, layers=layers,
                        top_p=None if top_p is None else float(top_p),
                        token_tile=token_tile, hidden_dtype=hidden_dtype,
@@ -272,7 +279,7 @@ def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
         ExtractConfigError: on bad k, layers, top_p or token_tile.
     """
     spec = resolve_spec(cfg, k=k, layers=layers, top_p=top_p,
-                         token_tile=token_tile, hidden_dtype=hidden_dtype,
+                        token_tile=token_tile, hidden_dtype=hidden_dtype,
                         rank_float32=rank_float32)
     return _build_extract_fn(cfg, spec)
 
@@ -287,7 +294,6 @@ def _build_extract_fn(cfg, spec: ExtractSpec) -> ExtractFn:
     def extract(params, tokens_BxT):
         return extract_signal(params, tokens_BxT, cfg, spec)
 
-    extract.spec = spec
     return extract
 
 
@@ -311,9 +317,3 @@ def check_token_range(tokens, vocab_size: int) -> None:
             f"{vocab_size}): tokenize with the tokenizer the teacher was "
             f"trained with (same vocab_size)")
 
-
-def signal_nbytes_per_token(outputs: Mapping[str, Any]) -> float:
-    """Bytes per token of one extraction output (for throughput reports)."""
-    leaves = jax.tree_util.tree_leaves(outputs)
-    b, t = outputs["topk_ids"].shape[:2]
-    return sum(x.size * x.dtype.itemsize for x in leaves) / (b * t)

@@ -93,6 +93,7 @@ def test_token_out_of_vocab(teacher):
     (dict(k=4, top_p=0.0), r"top_p=0.0 is outside \(0, 1\]"),
     (dict(k=4, top_p=1.5), "top_p=1.5"),
     (dict(k=4, token_tile=0), "token_tile=0"),
+    (dict(k=4, hidden_dtype="float33"), "hidden_dtype='float33' is not a dtype"),
 ])
 def test_bad_extract_options(teacher, kwargs, match):
     with pytest.raises(extract.ExtractConfigError, match=match):
