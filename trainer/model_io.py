@@ -18,12 +18,11 @@ import json
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from trainer import model_config
+from trainer import model, model_config
 from trainer.model_config import ModelConfig
 
 _PARAMS_DIR = "params"
@@ -97,11 +96,22 @@ def load_config(path) -> ModelConfig:
                            f"re-export it with model_io.save_model") from None
 
 
-def load_model(path) -> tuple[ModelConfig, Any, dict[str, Any]]:
+def load_model(path, shardings=None) -> tuple[ModelConfig, Any, dict[str, Any]]:
     """Reads a checkpoint written by `save_model`.
 
+    The params are restored against the shapes `model.init_params` gives for
+    the stored config, so a params/config disagreement is an error here rather
+    than a shape failure deep inside the forward pass.
+
+    Args:
+        path: checkpoint directory.
+        shardings: None (all arrays on the default device), one
+            `jax.sharding.Sharding` for every array, or a tree of them matching
+            the params (e.g. from the trainer's logical-axis mapping): arrays are
+            then read straight into that layout.
+
     Returns:
-        (cfg, params, metadata); params as fp32 jax arrays on the default device.
+        (cfg, params, metadata); params as fp32 jax arrays.
 
     Raises:
         ModelIOError: missing, incomplete or unreadable checkpoint.
@@ -113,16 +123,29 @@ def load_model(path) -> tuple[ModelConfig, Any, dict[str, Any]]:
     except (OSError, json.JSONDecodeError) as e:
         raise ModelIOError(f"model checkpoint {root} has an unreadable {_METADATA_FILE} ({e}); "
                            f"re-export it with model_io.save_model") from None
+    target = _abstract_params(cfg, shardings)
     try:
-        params = ocp.StandardCheckpointer().restore(root / _PARAMS_DIR)
+        params = ocp.StandardCheckpointer().restore(root / _PARAMS_DIR, target)
     except Exception as e:  # Orbax raises many types; all mean "cannot read params".
         raise ModelIOError(f"cannot read params of model checkpoint {root} "
                            f"({type(e).__name__}: {str(e)[:200]}); re-export it with "
                            f"model_io.save_model") from None
-    # Orbax gives back numpy for trees saved from numpy (e.g. by convert); callers
-    # get one type either way.
-    params = jax.tree_util.tree_map(jnp.asarray, params)
     return cfg, params, metadata
+
+
+def _abstract_params(cfg: ModelConfig, shardings):
+    """ShapeDtypeStructs of `cfg`'s params carrying the requested shardings."""
+    shapes = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
+    if shardings is None:
+        shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree_util.tree_map(lambda _: shardings, shapes)
+    try:
+        return jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    except ValueError as e:
+        raise ModelIOError(f"shardings tree does not match the param tree ({str(e)[:200]}); "
+                           f"pass one Sharding or a tree shaped like model.init_params") from None
 
 
 def _checked_root(path) -> epath.Path:
