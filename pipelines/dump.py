@@ -62,19 +62,21 @@ def build_pipeline(argv):
     pipeline_options = PipelineOptions(argv)
     opts = pipeline_options.view_as(options.DumpOptions)
     plan = plan_lib.make_plan(opts)
-    from teacher_dump import TeacherModelHandler  # Beam-side of teacher_dump
-    handler = TeacherModelHandler(
-        opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
-        top_p=opts.top_p, dtype=opts.teacher_dtype)
 
     pipeline = beam.Pipeline(options=pipeline_options)
     chunks = pipeline | "ReadSpine" >> spine.ReadSpine(
         plan.paths, plan.model_bytes, opts.heldout_fraction, opts.input_format,
         opts.decode_errors, opts.docs_per_chunk)
-    (chunks[spine.TRAIN]
-     | "PackUnits" >> spine.PackUnits(
-         opts.seq_len, opts.rows_per_unit, teacher_stage.PrepareStore(opts.store, plan.schema))
-     | "TeacherSignal" >> teacher_stage.WriteTeacherSignal(opts.store, handler))
+    units = chunks[spine.TRAIN] | "PackUnits" >> spine.PackUnits(
+        opts.seq_len, opts.rows_per_unit, teacher_stage.PrepareStore(opts.store, plan.schema))
+    if plan.teacher_cfg is None:
+        units | "WriteTokens" >> teacher_stage.WriteTokensOnly(opts.store, metric_prefix="")
+    else:
+        from teacher_dump import TeacherModelHandler  # Beam-side of teacher_dump
+        handler = TeacherModelHandler(
+            opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
+            top_p=opts.top_p, dtype=opts.teacher_dtype)
+        units | "TeacherSignal" >> teacher_stage.WriteTeacherSignal(opts.store, handler)
     if plan.heldout_schema is not None:
         (chunks[spine.HELDOUT]
          | "PackHeldout" >> spine.PackUnits(

@@ -27,7 +27,9 @@ class DumpOptions(PipelineOptions):
         _flag(parser, "input", action="append", default=None,
               help="input file glob (repeatable): .txt, .jsonl[.gz], .parquet")
         _flag(parser, "store", default=None, help="output store URL (path, file://, gs://, s3://)")
-        _flag(parser, "teacher", default=None, help="teacher checkpoint (model_io.save_model format)")
+        _flag(parser, "teacher", default=None,
+              help="teacher checkpoint (model_io.save_model format); omit it for a tokens-only "
+                   "store (k=0), e.g. to pre-train a teacher")
         _flag(parser, "tokenizer", default=None, help="SentencePiece .model file")
         _flag(parser, "seq_len", type=int, default=None, help="tokens per row (T)")
         _flag(parser, "k", type=int, default=128, help="top-k width stored per token")
@@ -54,7 +56,9 @@ class DumpOptions(PipelineOptions):
 
 def validate(opts):
     """Checks a DumpOptions view; raises OptionsError naming the flag and the fix."""
-    for name in ("input", "store", "teacher", "tokenizer", "seq_len"):
+    # --teacher is optional: without it the dump writes a tokens-only store
+    # (k=0), the data for pre-training a teacher with the same trainer.
+    for name in ("input", "store", "tokenizer", "seq_len"):
         if not getattr(opts, name):
             raise OptionsError(f"--{name.replace('_', '-')} is required; see `python -m pipelines.dump --help`")
     positive = {"seq_len": opts.seq_len, "k": opts.k, "rows_per_unit": opts.rows_per_unit,
@@ -69,6 +73,9 @@ def validate(opts):
     if opts.heldout_store and opts.heldout_fraction == 0:
         raise OptionsError("--heldout-store is set but --heldout-fraction is 0; set a fraction "
                            "(e.g. 0.01) or drop --heldout-store")
+    if not opts.teacher and opts.hidden_layers:
+        raise OptionsError("--hidden-layers needs --teacher (without a teacher the store holds "
+                           "tokens only); pass --teacher CKPT or drop --hidden-layers")
     if opts.heldout_store and opts.heldout_store.rstrip("/") == opts.store.rstrip("/"):
         raise OptionsError("--heldout-store must differ from --store")
 

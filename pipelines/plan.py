@@ -25,7 +25,8 @@ class DumpPlan:
         model_bytes: the serialized SentencePiece model (shipped to workers
             inside the DoFn, so workers need no access to the launcher's files).
         tokenizer_info: tokenizer.tokenizer_info of it.
-        teacher_cfg: the teacher's ModelConfig (with any dtype override).
+        teacher_cfg: the teacher's ModelConfig (with any dtype override), or
+            None for a tokens-only dump (no --teacher).
         hidden_layers: captured layers.
         schema: StoreSchema of the main store.
         heldout_schema: StoreSchema of the held-out store, or None.
@@ -92,6 +93,10 @@ def make_plan(opts):
 
     model_bytes = _read_tokenizer(opts.tokenizer)
     tok_info = tokenizer.info_from_bytes(model_bytes, name=opts.tokenizer)
+    train_packing = dict(packing.PACKING_RULE, split="train",
+                         heldout_fraction=opts.heldout_fraction)
+    if not opts.teacher:
+        return _tokens_only_plan(opts, paths, model_bytes, tok_info, train_packing)
     cfg = model_io.load_config(opts.teacher)
     if opts.teacher_dtype:
         cfg = cfg.replace(dtype=opts.teacher_dtype)
@@ -103,9 +108,6 @@ def make_plan(opts):
     if opts.k > cfg.vocab_size:
         raise OptionsError(f"--k={opts.k} exceeds the vocabulary ({cfg.vocab_size}); lower --k")
     layers = _hidden_layers(opts.hidden_layers, cfg.num_layers)
-
-    train_packing = dict(packing.PACKING_RULE, split="train",
-                         heldout_fraction=opts.heldout_fraction)
     teacher = {"name": cfg.name, "fingerprint": _teacher_fingerprint(opts.teacher),
                "num_layers": cfg.num_layers, "d_model": cfg.d_model, "config": cfg.to_dict(),
                "top_p": opts.top_p}
@@ -114,11 +116,26 @@ def make_plan(opts):
         hidden_layers=layers, hidden_dim=cfg.d_model if layers else 0,
         profile=opts.profile, rows_per_unit=opts.rows_per_unit,
         tokenizer=tok_info, teacher=teacher, packing=train_packing)
-    heldout_schema = None
-    if opts.heldout_fraction > 0:
-        heldout_schema = store.StoreSchema(
-            seq_len=opts.seq_len, k=0, vocab_size=cfg.vocab_size, hidden_layers=(),
-            hidden_dim=0, profile="exact", rows_per_unit=opts.rows_per_unit,
-            tokenizer=tok_info, teacher={},
-            packing=dict(train_packing, split="heldout"))
-    return DumpPlan(paths, model_bytes, tok_info, cfg, layers, schema, heldout_schema)
+    return DumpPlan(paths, model_bytes, tok_info, cfg, layers, schema,
+                    _heldout_schema(opts, tok_info, train_packing))
+
+
+def _tokens_schema(opts, tok_info, packing_rule):
+    """A tokens-only (k=0) store: teacher pre-training data or a held-out split."""
+    return store.StoreSchema(
+        seq_len=opts.seq_len, k=0, vocab_size=tok_info["vocab_size"], hidden_layers=(),
+        hidden_dim=0, profile="exact", rows_per_unit=opts.rows_per_unit,
+        tokenizer=tok_info, teacher={}, packing=packing_rule)
+
+
+def _heldout_schema(opts, tok_info, train_packing):
+    if opts.heldout_fraction <= 0:
+        return None
+    return _tokens_schema(opts, tok_info, dict(train_packing, split="heldout"))
+
+
+def _tokens_only_plan(opts, paths, model_bytes, tok_info, train_packing):
+    """No --teacher: the main store holds the token spine only."""
+    return DumpPlan(paths, model_bytes, tok_info, None, (),
+                    _tokens_schema(opts, tok_info, train_packing),
+                    _heldout_schema(opts, tok_info, train_packing))

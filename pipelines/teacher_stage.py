@@ -120,12 +120,13 @@ class WriteTeacherSignal(beam.PTransform):
 class WriteTokensOnly(beam.PTransform):
     """(unit, tokens_RxT) → committed units of a tokens-only (k=0) store."""
 
-    def __init__(self, url, label=None):
+    def __init__(self, url, metric_prefix="heldout_", label=None):
         super().__init__(label)
         self._url = url
+        self._metric_prefix = metric_prefix
 
     def expand(self, units):
         return (
             units
             | "NoSignal" >> beam.Map(_without_signal)
-            | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url, metric_prefix="heldout_")))
+            | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url, metric_prefix=self._metric_prefix)))

@@ -1,0 +1,42 @@
+"""`python -m pipelines.dump` without --teacher: a tokens-only store (k=0).
+
+This is how a teacher's own pre-training data is made (the demo does it), so
+it must give exactly the spine a teacher dump would have written.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import pipelines_testlib as lib
+import store
+from pipelines import dump
+from pipelines.errors import OptionsError
+
+
+def _argv(directory, url, tokenizer_path, *extra):
+    argv = lib.dump_argv(os.path.join(directory, "*"), url, "unused", tokenizer_path, *extra)
+    i = argv.index("--teacher")
+    return argv[:i] + argv[i + 2:]
+
+
+def test_tokens_only_store_is_the_spine(corpus, tokenizer_path, tmp_path):
+    directory, docs = corpus
+    url = str(tmp_path / "tokens")
+    result = dump.run_dump(_argv(directory, url, tokenizer_path))
+    reader = store.StoreReader(url)
+    assert reader.schema.k == 0 and reader.schema.hidden_layers == () and reader.schema.teacher == {}
+    assert result.plan.teacher_cfg is None
+    rows = lib.reference_rows(docs, tokenizer_path)
+    np.testing.assert_array_equal(reader.read(np.arange(len(rows)), fields=("tokens",))["tokens"], rows)
+    assert result.counters["units_committed"] == reader.num_units
+    # Rerunning resumes: nothing is rewritten.
+    again = dump.run_dump(_argv(directory, url, tokenizer_path))
+    assert again.counters.get("units_committed", 0) == 0
+
+
+def test_hidden_layers_without_teacher_is_refused(corpus, tokenizer_path, tmp_path):
+    directory, _ = corpus
+    with pytest.raises(OptionsError, match="--hidden-layers needs --teacher"):
+        dump.run_dump(_argv(directory, str(tmp_path / "s"), tokenizer_path, "--hidden-layers", "1"))
+    assert not os.path.exists(tmp_path / "s")
