@@ -30,8 +30,8 @@ _USER_ERRORS = (store.StoreError, store.StoreNotFoundError, store.SchemaMismatch
 
 def _teacher_errors():
     from teacher_dump import extract, handler, teacher
-    return (teacher.TeacherLoadError, extract.ExtractConfigError, extract.TokenRangeError,
-            handler.UnitElementError)
+    return (teacher.TeacherLoadError, teacher.DevicePlacementError, extract.ExtractConfigError,
+            extract.TokenRangeError, handler.UnitElementError)
 
 
 @dataclasses.dataclass
