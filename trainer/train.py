@@ -27,7 +27,7 @@ import time
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.experimental import multihost_utils
 
 from store import StoreReader
 from trainer import (checkpoint, config as config_lib, data, flops, methods, metrics,
@@ -158,7 +158,8 @@ class PhaseRunner:
         self.lr_schedule = methods.lr_schedule(config, phase, plan.num_steps)
         mask = None
         if phase.num_blocks is not None:
-            shapes = jax.eval_shape(lambda k: model.init_params(model_cfg, k), jax.random.key(0))
+            shapes = jax.eval_shape(lambda k: model.init_params(model_cfg, k),
+                                    jax.random.key(0))
             mask = train_state.first_half_mask(shapes, phase.num_blocks)
         self.optimizer = train_state.make_optimizer(
             self.lr_schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
@@ -244,6 +245,13 @@ def run(config) -> dict:
     latest = ckpt.latest_step()
     if latest is not None:
         meta = ckpt.restore_meta(latest)
+    final_path = os.path.join(run_dir, "final.json")
+    if meta["global_step"] == total_steps and os.path.exists(final_path):
+        # Already finished (e.g. a re-run sweep point): nothing to train or export.
+        writer.close()
+        ckpt.close()
+        with open(final_path, encoding="utf-8") as f:
+            return json.load(f)
     data_state = None
     params = None
     rng = jax.random.key(config.seed)
@@ -275,17 +283,19 @@ def run(config) -> dict:
             latest = None
     finally:
         writer.close()
-    if jax.process_index() == 0:
-        export_dir = os.path.join(run_dir, "export")
-        model_io.save_model(export_dir, model_cfg, jax.device_get(params),
-                            metadata={"method": config.method, "steps": total_steps,
-                                      "cumulative_flops": meta["cumulative_flops"]})
+        ckpt.close()
+    # Every process takes part in the gather; only process 0 writes. The export is
+    # the student alone (state.params): regressors never leave the train state.
+    host_params = (multihost_utils.process_allgather(params) if jax.process_count() > 1
+                   else jax.device_get(params))
     summary = {"method": config.method, "global_step": meta["global_step"],
                "cumulative_flops": meta["cumulative_flops"], **last}
     if jax.process_index() == 0:
-        with open(os.path.join(run_dir, "final.json"), "w", encoding="utf-8") as f:
+        model_io.save_model(os.path.join(run_dir, "export"), model_cfg, host_params,
+                            metadata={"method": config.method, "steps": total_steps,
+                                      "cumulative_flops": meta["cumulative_flops"]})
+        with open(final_path, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
-    ckpt.close()
     return summary
 
 
