@@ -43,7 +43,8 @@ def parse_grid(items) -> dict:
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not values:
-            raise SweepError(f"--grid {item!r} is not key=v1,v2; write e.g. --grid optim.lr=1e-4,4e-4")
+            raise SweepError(f"--grid {item!r} is not key=v1,v2; write e.g. "
+                             f"--grid optim.lr=1e-4,4e-4")
         grid[key] = values.split(",")
     return grid
 

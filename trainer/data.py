@@ -14,6 +14,7 @@ lets TensorStore fetch all its chunks concurrently instead of row by row.
 from __future__ import annotations
 
 import grain
+from absl import flags
 import jax
 import numpy as np
 
@@ -158,6 +159,10 @@ def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads
                                 prefetch_buffer_size=prefetch_buffer_size)
     iter_ds = ds.to_iter_dataset(options)
     if num_workers > 0:
+        # Grain's worker processes read absl flags; outside an absl app nothing
+        # parses them, so take their defaults rather than crash.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(iter_ds)
 

@@ -78,3 +78,15 @@ def test_batch_larger_than_store_is_an_error(store):
     src = data.StoreSource(store, ("tokens",))
     with pytest.raises(data.DataConfigError, match="committed rows"):
         data.make_iterator(src, 64, seed=0)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches_and_resume(store):
+    src = data.StoreSource(store, ("tokens", "topk"))
+    threads = _take(data.make_iterator(src, 8, seed=3), 6)
+    procs = data.make_iterator(src, 8, seed=3, num_workers=2)
+    got = _take(procs, 3)
+    resumed = data.make_iterator(src, 8, seed=3, num_workers=2)
+    resumed.set_state(procs.get_state())
+    got += _take(resumed, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(threads, got))
