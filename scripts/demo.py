@@ -1,0 +1,80 @@
+"""`make demo`: the whole chain on real text, stage by stage, resumable.
+
+    python -m scripts.demo [--size cpu|ci|gpu] [--out demo_out] [--redo STAGE]
+
+Stages (each runs the same command a user would type, logs to
+OUT/logs/<stage>.log, and leaves OUT/.done/<stage> when it succeeded, so a
+rerun skips finished stages):
+
+  corpus     Wikipedia lead paragraphs → train / held-out JSONL (by doc hash)
+  tokenizer  python -m pipelines.tokenizer (SentencePiece unigram)
+  spine      python -m pipelines.dump without a teacher → tokens-only stores
+  teacher    python -m trainer (NLL pre-training of the teacher)
+  dump       python -m pipelines.dump with the teacher → teacher-signal store
+  inspect    python -m store inspect / verify
+  students   python -m trainer, NLL / KD / HLDC / HLDF at one FLOPs budget
+  evaluate   python -m trainer.evaluate (held-out log-ppl, downstream tasks)
+  report     python -m trainer.report + OUT/report.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from scripts import demo_stages
+from scripts.demo_sizes import get_size
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message says which and how to resume."""
+
+
+def run_demo(size_name: str, out_dir: str, redo: str | None = None) -> str:
+    """Runs (or resumes) every stage; returns the path of report.md."""
+    size = get_size(size_name)
+    ctx = demo_stages.Context(size=size, out=os.path.abspath(out_dir))
+    os.makedirs(os.path.join(ctx.out, ".done"), exist_ok=True)
+    names = [name for name, _ in demo_stages.STAGES]
+    if redo is not None and redo not in names:
+        raise ValueError(f"--redo {redo!r} is not a stage; use one of {names}")
+    start = time.time()
+    for i, (name, fn) in enumerate(demo_stages.STAGES, 1):
+        marker = os.path.join(ctx.out, ".done", name)
+        if redo is not None and names.index(name) >= names.index(redo) and os.path.exists(marker):
+            os.remove(marker)
+        if os.path.exists(marker):
+            print(f"[demo {i}/{len(names)}] {name}: done earlier, skipped", flush=True)
+            continue
+        print(f"[demo {i}/{len(names)}] {name} ({time.time() - start:.0f}s elapsed)", flush=True)
+        t0 = time.time()
+        try:
+            fn(ctx)
+        except demo_stages.CommandFailed as e:
+            raise StageFailed(f"stage {name!r} failed: {e}; fix it, then rerun `make demo` "
+                              f"(finished stages are skipped)") from None
+        with open(marker, "w") as f:
+            f.write(f"{time.time() - t0:.1f}\n")
+        ctx.timings[name] = time.time() - t0
+    print(f"[demo] finished in {time.time() - start:.0f}s; report: {ctx.report_path}", flush=True)
+    return ctx.report_path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default=os.environ.get("DEMO_SIZE", "cpu"), help="cpu | ci | gpu")
+    p.add_argument("--out", default="demo_out", help="output directory (resumable)")
+    p.add_argument("--redo", help="rerun from this stage on, even if finished")
+    args = p.parse_args(argv)
+    try:
+        run_demo(args.size, args.out, args.redo)
+    except (StageFailed, ValueError) as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

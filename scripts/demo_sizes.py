@@ -1,0 +1,81 @@
+"""Demo sizes: one registry, so the CI shrink and the GPU run share the chain.
+
+Each size says what it costs. `cpu` is what `make demo` runs on a 2-core
+laptop-class machine; `ci` is the shrunken copy the test suite runs end to
+end; `gpu` is the same chain at paper-like shapes for a single accelerator.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSize:
+    """Every knob of a demo run.
+
+    Attributes:
+        name: registry key.
+        max_docs: cap on corpus documents (None: all ~10k articles).
+        heldout_fraction: share of documents kept out for evaluation.
+        vocab_size: SentencePiece vocabulary.
+        seq_len: tokens per store row.
+        k: stored top-k width.
+        config: trainer config file (with ':role' appended per run).
+        teacher_budget: NLL pre-training FLOPs of the teacher.
+        student_budget: FLOPs budget shared by every student method.
+        overrides: extra `--set` overrides for every trainer run.
+        eval_limit: examples per downstream task (0: skip downstream tasks).
+        dump_batch_size: rows per teacher call in the dump.
+        dump_docs: train documents the teacher signal is dumped for (None:
+            all); students only need as many rows as their budget reads.
+    """
+    name: str
+    max_docs: int | None
+    heldout_fraction: float
+    vocab_size: int
+    seq_len: int
+    k: int
+    config: str
+    teacher_budget: float
+    student_budget: float
+    overrides: tuple[str, ...] = ()
+    eval_limit: int = 0
+    dump_batch_size: int = 16
+    dump_docs: int | None = None
+
+
+SIZES = {
+    # `make demo`: ~15 min on 2 CPU cores (setup included).
+    "cpu": DemoSize(name="cpu", max_docs=None, heldout_fraction=0.02, vocab_size=2048,
+                    seq_len=128, k=32, config="trainer/configs/demo.py",
+                    teacher_budget=5e12, student_budget=1e12, eval_limit=200, dump_docs=4000),
+    # The CI end-to-end test: a few hundred documents, ~1 min.
+    "ci": DemoSize(name="ci", max_docs=400, heldout_fraction=0.05, vocab_size=512,
+                   seq_len=32, k=8, config="trainer/configs/demo.py",
+                   teacher_budget=2e10, student_budget=5e9,
+                   overrides=("data.batch_size=8", "optim.warmup_steps=5",
+                              "hldf.warmup_steps=2", "log_every=5", "checkpoint_every=50"),
+                   eval_limit=0, dump_batch_size=8),
+    # One GPU: gemma3-1b-shaped teacher, gemma3-270m-shaped students, V=32k, T=2048.
+    "gpu": DemoSize(name="gpu", max_docs=None, heldout_fraction=0.02, vocab_size=32000,
+                    seq_len=2048, k=128, config="trainer/configs/demo.py",
+                    teacher_budget=3e17, student_budget=3e16,
+                    overrides=("model.dtype=bfloat16",
+                               "data.batch_size=32", "peak_flops_per_device=699e12"),
+                    eval_limit=1000, dump_batch_size=8),
+}
+
+# Per-size model names (trainer --set model.name=...) and the teacher's width /
+# median layer that HLD students need.
+MODELS = {
+    "cpu": {"teacher": "demo-teacher", "student": "demo-student", "teacher_d": 128, "teacher_layer": 2},
+    "ci": {"teacher": "demo-teacher", "student": "demo-student", "teacher_d": 128, "teacher_layer": 2},
+    "gpu": {"teacher": "gemma3-1b", "student": "gemma3-270m", "teacher_d": 1152, "teacher_layer": 13},
+}
+
+
+def get_size(name: str) -> DemoSize:
+    """Looks up a size; ValueError lists the known ones."""
+    if name not in SIZES:
+        raise ValueError(f"unknown demo size {name!r}; use one of {sorted(SIZES)}")
+    return SIZES[name]

@@ -1,0 +1,166 @@
+"""The demo's stages: each one runs the user-facing command for its step.
+
+Stages call the CLIs (not library functions) on purpose: the demo is the
+proof that the commands in the README work together on a fresh machine.
+Child output streams to the console (so progress is visible) and to
+OUT/logs/<stage>.log.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+from scripts import demo_corpus, demo_report
+from scripts.demo_sizes import MODELS, DemoSize
+
+METHODS = ("nll", "kd", "hldc", "hldf")
+
+
+class CommandFailed(RuntimeError):
+    """A child command exited non-zero."""
+
+
+@dataclasses.dataclass
+class Context:
+    """Paths and settings shared by the stages."""
+    size: DemoSize
+    out: str
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+    @property
+    def report_path(self) -> str:
+        return self.path("report.md")
+
+    @property
+    def models(self) -> dict:
+        return MODELS[self.size.name]
+
+
+def run(ctx: Context, stage: str, *args: str) -> str:
+    """Runs `python ARGS...`, streaming output; returns its stdout text."""
+    os.makedirs(ctx.path("logs"), exist_ok=True)
+    cmd = [sys.executable, *args]
+    log_path = ctx.path("logs", f"{stage}.log")
+    print("  $ " + " ".join(cmd[1:]), flush=True)
+    lines = []
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line)
+            if "apitools" not in line:  # Beam's harmless import warning.
+                print("    " + line.rstrip(), flush=True)
+        code = proc.wait()
+    if code:
+        tail = next((l.strip() for l in reversed(lines) if l.strip()), "")
+        raise CommandFailed(f"`{' '.join(cmd[1:3])} ...` exited {code}: {tail} (log: {log_path})")
+    return "".join(lines)
+
+
+def corpus(ctx: Context) -> None:
+    paths = demo_corpus.write_corpus(ctx.path("corpus"), ctx.size.heldout_fraction, ctx.size.max_docs)
+    # The teacher signal is only needed for as many rows as the students read.
+    with open(paths["train"], encoding="utf-8") as src:
+        docs = src.readlines()[: ctx.size.dump_docs or None]
+    with open(ctx.path("corpus", "dump.jsonl"), "w", encoding="utf-8") as dst:
+        dst.writelines(docs)
+
+
+def tokenizer(ctx: Context) -> None:
+    run(ctx, "tokenizer", "-m", "pipelines.tokenizer", "--input", ctx.path("corpus", "train.jsonl"),
+        "--model-prefix", ctx.path("tokenizer"), "--vocab-size", str(ctx.size.vocab_size))
+
+
+def _dump_args(ctx: Context, inputs: str, store: str) -> list[str]:
+    return ["-m", "pipelines.dump", "--input", inputs, "--store", store,
+            "--tokenizer", ctx.path("tokenizer.model"), "--seq-len", str(ctx.size.seq_len),
+            "--k", str(ctx.size.k), "--batch-size", str(ctx.size.dump_batch_size),
+            "--progress-interval", "5"]
+
+
+def spine(ctx: Context) -> None:
+    """Tokens-only stores: teacher pre-training data and the held-out split."""
+    run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "train.jsonl"), ctx.path("tokens_store")))
+    run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "heldout.jsonl"), ctx.path("heldout_store")))
+
+
+def _train(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float) -> None:
+    model = ctx.models["teacher" if role == "teacher" else "student"]
+    sets = [f"store.url={store}", f"run_dir={run_dir}", f"budget.value={budget}",
+            f"model.name={model}", f"model.vocab_size={ctx.size.vocab_size}",
+            f"data.seq_len={ctx.size.seq_len}", *ctx.size.overrides]
+    if role != "teacher":
+        sets += [f"teacher.d_model={ctx.models['teacher_d']}",
+                 f"teacher.hidden_layer={ctx.models['teacher_layer']}", f"data.k={ctx.size.k}"]
+    args = ["-m", "trainer", "--config", f"{ctx.size.config}:{role}"]
+    for s in sets:
+        args += ["--set", s]
+    run(ctx, stage, *args)
+
+
+def teacher(ctx: Context) -> None:
+    _train(ctx, "teacher", "teacher", ctx.path("runs", "teacher"), ctx.path("tokens_store"),
+           ctx.size.teacher_budget)
+
+
+def dump(ctx: Context) -> None:
+    t0 = time.time()
+    run(ctx, "dump", *_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), ctx.path("store")),
+        "--teacher", ctx.path("runs", "teacher", "export"))
+    _save_json(ctx, "dump_seconds", time.time() - t0)
+
+
+def inspect(ctx: Context) -> None:
+    out = run(ctx, "inspect", "-m", "store", "inspect", ctx.path("store"), "--json")
+    _save_json(ctx, "store_inspect", json.loads(out[out.index("{"):]))
+    run(ctx, "inspect", "-m", "store", "verify", ctx.path("store"))
+    out = run(ctx, "inspect", "-m", "store", "stats", ctx.path("store"), "--json")
+    _save_json(ctx, "store_stats", json.loads(out[out.index("{"):]))
+
+
+def students(ctx: Context) -> None:
+    for method in METHODS:
+        _train(ctx, "students", method, ctx.path("runs", method), ctx.path("store"),
+               ctx.size.student_budget)
+
+
+def evaluate(ctx: Context) -> None:
+    tasks = ["heldout"]
+    if ctx.size.eval_limit and demo_report.downstream_data_installed():
+        tasks += ["hellaswag", "piqa", "arc_easy", "winogrande", "lambada"]
+    for name in ("teacher", *METHODS):
+        args = ["-m", "trainer.evaluate", "--checkpoint", ctx.path("runs", name),
+                "--tokenizer", ctx.path("tokenizer.model"), "--tasks", ",".join(tasks),
+                "--store", ctx.path("heldout_store")]
+        if ctx.size.eval_limit:
+            args += ["--limit", str(ctx.size.eval_limit)]
+        run(ctx, "evaluate", *args)
+
+
+def report(ctx: Context) -> None:
+    run(ctx, "report", "-m", "trainer.report", *[ctx.path("runs", m) for m in METHODS],
+        "--out", ctx.path("sweep_report"))
+    demo_report.write_report(ctx)
+
+
+def _save_json(ctx: Context, key: str, value) -> None:
+    """Facts for the final report, kept across resumed runs."""
+    path = ctx.path("facts.json")
+    facts = json.load(open(path)) if os.path.exists(path) else {}
+    facts[key] = value
+    with open(path, "w") as f:
+        json.dump(facts, f, indent=1)
+
+
+STAGES = [("corpus", corpus), ("tokenizer", tokenizer), ("spine", spine), ("teacher", teacher),
+          ("dump", dump), ("inspect", inspect), ("students", students), ("evaluate", evaluate),
+          ("report", report)]
