@@ -1,0 +1,76 @@
+"""trainer.config: loading, overrides, and one clear error per bad value."""
+import subprocess
+import sys
+
+import pytest
+
+from trainer import config as config_lib
+from trainer.config import ConfigError
+
+CONFIGS = ["tiny.py", "tiny.py:hldf", "gemma3_270m.py:hldc", "gemma3_1b.py:kd",
+           "teacher.py", "teacher.py:tiny-7"]
+
+
+def _load(spec="trainer/configs/tiny.py", sets=()):
+    return config_lib.load_config(spec, ["run_dir=/tmp/r", "store.url=/tmp/s", *sets])
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_validate(name):
+    config_lib.validate(_load(f"trainer/configs/{name}"))
+
+
+def test_overrides_are_typed():
+    c = _load(sets=["optim.lr=1e-3", "loss.tau=2", "method=hldc", "mesh.fsdp=2",
+                    "store.allow_partial=True"])
+    assert c.optim.lr == 1e-3 and isinstance(c.loss.tau, float) and c.loss.tau == 2.0
+    assert c.method == "hldc" and c.mesh.fsdp == 2 and c.store.allow_partial is True
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["optim.lr=-1e-3"], "optim.lr"),
+    (["loss.alpha=1.5"], "loss.alpha"),
+    (["loss.alpha=-0.1"], "loss.alpha"),
+    (["hldf.p1=0"], "hldf.p1"),
+    (["hldf.p1=1.0"], "hldf.p1"),
+    (["method=distill"], "method='distill' is not supported"),
+    (["loss.alpha_schedule=cosine"], "loss.alpha_schedule"),
+    (["budget.unit=tokens"], "budget.unit"),
+    (["budget.value=-1"], "budget.value"),
+    (["loss.tau=0"], "loss.tau"),
+    (["loss.gamma=-1"], "loss.gamma"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["mesh.data=0"], "mesh.data"),
+    (["method=hldc", "teacher.hidden_layer=0"], "teacher.hidden_layer"),
+    (["run_dir="], "run_dir"),
+])
+def test_bad_values(sets, match):
+    with pytest.raises(ConfigError, match=match):
+        config_lib.validate(_load(sets=sets))
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    (["optim.lr"], "not key=value"),
+    (["optim.lr=fast"], "optim.lr must be a float"),
+    (["store.allow_partial=1"], "True or False"),
+])
+def test_bad_overrides(sets, match):
+    with pytest.raises(ConfigError, match=match):
+        _load(sets=sets)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_lib.load_config("trainer/configs/nope.py")
+
+
+def test_cli_prints_one_line_and_exits_nonzero():
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "--config", "trainer/configs/tiny.py", "--set",
+         "loss.alpha=2", "--set", "run_dir=/tmp/r", "--set", "store.url=/tmp/s"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: loss.alpha=2.0 must be in [0, 1]"]
+    assert "Traceback" not in proc.stderr
