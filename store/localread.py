@@ -59,9 +59,10 @@ class LocalArrayReader:
         self.chunk_bytes = self.chunk_rows * int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self._key_tail = "/".join(["0"] * (len(self.shape) - 1))
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as a new array."""
-        out = np.empty((stop - start,) + self.shape[1:], self.dtype)
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, stop) as a new array, or into ``out`` (C-contiguous, that shape and dtype)."""
+        if out is None:
+            out = np.empty((stop - start,) + self.shape[1:], self.dtype)
         row = start
         while row < stop:
             shard = row // self.shard_rows

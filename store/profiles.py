@@ -11,7 +11,9 @@ bytes), so re-writing a work unit rewrites identical files.
     ``hidden_aux/<l>/rms`` float32 per-token RMS      [N,T]
   zarr-python cannot read bfloat16, and the RMS-normalised vector has every
   element <= sqrt(D) in magnitude, so float16 (3 more mantissa bits than
-  bfloat16) cannot overflow; decode is ``hidden * rms``.
+  bfloat16) cannot overflow; decode is ``hidden * rms``. A normalized read
+  (``StoreReader.read(..., hidden_normalized=True)``) returns ``hidden``
+  itself: a consumer that normalises per token needs no decode at all.
 
 ``compact`` (<= 3,000 B/token at that geometry, before zstd):
   * ``topk/ids``            uint16/int32, zstd                     [N,T,K]
@@ -27,7 +29,8 @@ bytes), so re-writing a work unit rewrites identical files.
     ``hidden_aux/<l>/outlier_val`` float16 their normalised value  [N,T,n]
       y = x / rms; the n = NUM_OUTLIERS largest |y| are kept in float16, the
       rest is quantised on a per-token grid qstep = max|rest| / 127.
-      Decode: y = int8 * qstep; y[idx] = val; x = y * rms.
+      Decode: y = int8 * qstep; y[idx] = val; x = y * rms (a normalized
+      read stops at y).
       Residual streams carry a few channels 10-100x larger than the rest;
       an absmax grid set by them would flatten everything else.
 
@@ -78,8 +81,10 @@ class Profile:
     def topk_array_names(self, schema) -> list[str]:
         return [s.name for s in self.topk_arrays(schema.seq_len, schema.k, schema.vocab_size)]
 
-    def hidden_array_names(self, schema, layer) -> list[str]:
-        return [s.name for s in self.hidden_arrays(layer, schema.seq_len, schema.hidden_dim)]
+    def hidden_array_names(self, schema, layer, normalized: bool = False) -> list[str]:
+        """Stored arrays a hidden read needs; ``normalized`` reads skip the per-token RMS."""
+        names = [s.name for s in self.hidden_arrays(layer, schema.seq_len, schema.hidden_dim)]
+        return [n for n in names if n != aux_name(layer, "rms")] if normalized else names
 
     def topk_arrays(self, T, K, V) -> list[ArraySpec]:
         raise NotImplementedError
@@ -90,14 +95,21 @@ class Profile:
     def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size) -> dict:
         raise NotImplementedError
 
-    def decode_topk(self, stored: dict):
-        """Returns (ids int32, logprobs float32) from the stored arrays."""
+    def decode_topk(self, stored: dict, ids_dtype=np.int32, logprobs_dtype=np.float32):
+        """Returns (ids, logprobs) in the given dtypes from the stored arrays.
+
+        A dtype equal to the stored one returns the stored array itself (no copy).
+        """
         raise NotImplementedError
 
     def encode_hidden(self, layer, x_RxTxD) -> dict:
         raise NotImplementedError
 
-    def decode_hidden(self, layer, stored: dict, dtype) -> np.ndarray:
+    def decode_hidden(self, layer, stored: dict, dtype, normalized: bool = False) -> np.ndarray:
+        """Activations x in ``dtype``; ``normalized``: x / rms(x) instead (no RMS multiply).
+
+        A normalized read in the stored dtype returns the stored array itself (no copy).
+        """
         raise NotImplementedError
 
     def describe(self, schema) -> dict:
@@ -121,9 +133,9 @@ class ExactProfile(Profile):
         return {"topk/ids": ids_RxTxK.astype(ids_dtype(vocab_size)),
                 "topk/logprobs": np.minimum(logprobs_RxTxK, 0).astype(np.float16)}
 
-    def decode_topk(self, stored):
-        return (stored["topk/ids"].astype(np.int32),
-                stored["topk/logprobs"].astype(np.float32))
+    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32):
+        return (stored["topk/ids"].astype(ids_dtype, copy=False),
+                stored["topk/logprobs"].astype(logprobs_dtype, copy=False))
 
     def encode_hidden(self, layer, x_RxTxD):
         rms, safe = _rms(x_RxTxD)
@@ -133,8 +145,10 @@ class ExactProfile(Profile):
         np.divide(x_RxTxD, safe[..., None], out=y16, casting="same_kind")
         return {hidden_name(layer): y16, aux_name(layer, "rms"): rms}
 
-    def decode_hidden(self, layer, stored, dtype):
+    def decode_hidden(self, layer, stored, dtype, normalized=False):
         y = stored[hidden_name(layer)]
+        if normalized:
+            return y.astype(dtype, copy=False)  # float16: the stored bytes, zero decode work
         rms = stored[aux_name(layer, "rms")]
         out = np.multiply(y, rms[..., None], dtype=np.float32)
         return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
@@ -177,39 +191,54 @@ class CompactProfile(Profile):
                 "topk/logprobs": code,
                 "topk/top_logprob": np.where(np.isfinite(top), top, -np.inf).astype(np.float32)}
 
-    def decode_topk(self, stored):
+    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32):
         code = stored["topk/logprobs"]
         top = stored["topk/top_logprob"]
         frac = code.astype(np.float32) * np.float32(1.0 / 254.0)
         lp = top[..., None] - np.float32(LP_RANGE) * frac * frac
         lp[code == LP_NEG_INF_CODE] = -np.inf
-        return stored["topk/ids"].astype(np.int32), lp
+        return stored["topk/ids"].astype(ids_dtype, copy=False), lp.astype(logprobs_dtype, copy=False)
 
     def encode_hidden(self, layer, x_RxTxD):
         D = x_RxTxD.shape[-1]
         n = min(NUM_OUTLIERS, D)
         rms, safe = _rms(x_RxTxD)
         y = np.divide(x_RxTxD, safe[..., None], dtype=np.float32)
-        idx = np.argpartition(np.abs(y), D - n, axis=-1)[..., D - n:]
-        idx.sort(axis=-1)
+        a = np.abs(y)
+        idx = top_n_channels(a, n)
         val = np.take_along_axis(y, idx, axis=-1)
         np.put_along_axis(y, idx, 0.0, axis=-1)
-        step = (np.max(np.abs(y), axis=-1) / 127.0).astype(np.float16)
+        np.put_along_axis(a, idx, 0.0, axis=-1)  # a is now |y| with the outliers zeroed
+        step = (np.max(a, axis=-1) / 127.0).astype(np.float16)
         step = np.where(step > 0, step, np.float16(1.0))
-        q = np.clip(np.rint(y / step.astype(np.float32)[..., None]), -127, 127).astype(np.int8)
+        # In place, same arithmetic as clip(rint(y / step)): no full-size temporaries.
+        np.divide(y, step.astype(np.float32)[..., None], out=y)
+        np.rint(y, out=y)
+        np.clip(y, -127, 127, out=y)
+        q = y.astype(np.int8)
         return {hidden_name(layer): q, aux_name(layer, "rms"): rms,
                 aux_name(layer, "qstep"): step,
                 aux_name(layer, "outlier_idx"): idx.astype(np.uint16),
                 aux_name(layer, "outlier_val"): val.astype(np.float16)}
 
-    def decode_hidden(self, layer, stored, dtype):
+    def decode_hidden(self, layer, stored, dtype, normalized=False):
         q = stored[hidden_name(layer)]
+        idx = stored[aux_name(layer, "outlier_idx")].astype(np.intp)
+        val = stored[aux_name(layer, "outlier_val")]
+        step = stored[aux_name(layer, "qstep")].astype(np.float32)
+        if normalized:
+            # y = q * qstep, outliers restored. Computed in float32 and cast
+            # by the ufunc's buffered output loop (no full-size float32
+            # temporary when dtype is float16); int8 * float16-step is exact
+            # in float32, so the float16 result is the correctly rounded y.
+            y = np.empty(q.shape, dtype)
+            np.multiply(q, step[..., None], out=y, dtype=np.float32, casting="unsafe")
+            np.put_along_axis(y, idx, val.astype(dtype, copy=False), axis=-1)
+            return y
         rms = stored[aux_name(layer, "rms")]
         # One pass over the output: fold rms into the per-token step first.
-        scale = stored[aux_name(layer, "qstep")].astype(np.float32) * rms
-        x = np.multiply(q, scale[..., None], dtype=np.float32)
-        np.put_along_axis(x, stored[aux_name(layer, "outlier_idx")].astype(np.intp),
-                          stored[aux_name(layer, "outlier_val")].astype(np.float32) * rms[..., None], axis=-1)
+        x = np.multiply(q, (step * rms)[..., None], dtype=np.float32)
+        np.put_along_axis(x, idx, val.astype(np.float32) * rms[..., None], axis=-1)
         return x if np.dtype(dtype) == np.float32 else x.astype(dtype)
 
     def describe(self, schema):
@@ -226,6 +255,54 @@ class CompactProfile(Profile):
             "hidden_aux/<l>/outlier_val": "float16 y at those channels; finally x = y * rms[..., None]",
             "num_outliers": min(NUM_OUTLIERS, schema.hidden_dim) if schema.hidden_dim else NUM_OUTLIERS,
         }
+
+
+_BLOCK = 64  # channels per block of the top-n pre-selection
+
+
+def _argpartition_top_n(a_MxD: np.ndarray, n: int) -> np.ndarray:
+    D = a_MxD.shape[-1]
+    return np.argpartition(a_MxD, D - n, axis=-1)[:, D - n:]
+
+
+def top_n_channels(a_xD: np.ndarray, n: int) -> np.ndarray:
+    """Ascending indices of the ``n`` largest values along the last axis (intp).
+
+    Exactly ``np.sort(np.argpartition(a, D - n, -1)[..., D - n:], -1)``, with
+    argpartition run on a fifth of the data at D = 2560: the n largest
+    block maxima (blocks of 64 channels) are n distinct values >= their
+    minimum ``thr``, so the n-th largest value is >= thr and lies, with all
+    of the top n, in those n blocks; only they are gathered and partitioned.
+    A token whose top-n set is not unique (its n-th and (n+1)-th largest
+    values tie, e.g. an all-zero token), or with another block whose max
+    ties ``thr``, goes through argpartition on the full row, so the choice
+    (and the bytes written) stay exactly argpartition's.
+    """
+    D = a_xD.shape[-1]
+    lead = a_xD.shape[:-1]
+    a = a_xD.reshape(-1, D)
+    M = a.shape[0]
+    nb = D // _BLOCK
+    if n == 0 or M == 0 or D % _BLOCK or nb < 2 * n:
+        idx = _argpartition_top_n(a, n)
+    else:
+        block_max = np.maximum.reduceat(a, np.arange(0, D, _BLOCK), axis=-1)  # [M, nb]
+        blocks = np.argpartition(block_max, nb - n, axis=-1)[:, nb - n:]      # [M, n]
+        thr = np.take_along_axis(block_max, blocks, axis=-1).min(axis=-1)
+        # Whole blocks of 64 channels, copied as contiguous slices: [M, n * 64].
+        sub = a.reshape(M, nb, _BLOCK)[np.arange(M)[:, None], blocks].reshape(M, n * _BLOCK)
+        L = n * _BLOCK
+        top = np.argpartition(sub, L - n, axis=-1)[:, L - n:]
+        nth = np.take_along_axis(sub, top, axis=-1).min(axis=-1)
+        idx = np.take_along_axis(blocks, top // _BLOCK, axis=-1) * _BLOCK + top % _BLOCK
+        # The top-n set is not unique (more than n values >= the n-th largest),
+        # or a block not gathered may hold a value >= thr: argpartition decides.
+        redo = np.nonzero(((sub >= nth[:, None]).sum(axis=-1) > n)
+                          | ((block_max >= thr[:, None]).sum(axis=-1) > n))[0]
+        if redo.size:
+            idx[redo] = _argpartition_top_n(a[redo], n)
+    idx.sort(axis=-1)
+    return idx.reshape(*lead, n)
 
 
 PROFILES = {p.name: p for p in (ExactProfile(), CompactProfile())}

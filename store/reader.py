@@ -9,6 +9,13 @@ flight at once (the async I/O pool does the work while Python waits), then
 decodes with numpy. Uncompressed arrays of file:// stores (all of the exact
 profile) are instead read with ``os.preadv`` straight into the output array
 by ``store.localread`` — same bytes, same crc32c checks, far less CPU.
+
+Data loaders should use the loader-style read (``hidden_normalized=True``,
+16-bit hidden/log-probs, stored-dtype ids; see ``read``): for the exact
+profile it returns the arrays it read from disk with no decode pass, which is
+what keeps the read near raw disk/page-cache throughput
+(bench/store_bench.py); the default float32 decode moves 2x the activation
+bytes through memory.
 """
 import os
 import threading
@@ -105,7 +112,7 @@ class StoreReader:
         fields += [profiles.hidden_name(l) for l in self.schema.hidden_layers]
         return tuple(fields)
 
-    def _stored_names(self, fields) -> list:
+    def _stored_names(self, fields, hidden_normalized=False) -> list:
         names = []
         for field in fields:
             if field == "tokens":
@@ -114,7 +121,8 @@ class StoreReader:
                 names += self._profile.topk_array_names(self.schema)
             elif field.startswith("hidden/") and field[len("hidden/"):].isdigit() and \
                     int(field[len("hidden/"):]) in self.schema.hidden_layers:
-                names += self._profile.hidden_array_names(self.schema, int(field[len("hidden/"):]))
+                names += self._profile.hidden_array_names(self.schema, int(field[len("hidden/"):]),
+                                                          normalized=hidden_normalized)
             else:
                 raise errors.StoreInputError(
                     f"unknown field {field!r}; this store has fields {list(self.default_fields())}")
@@ -136,20 +144,47 @@ class StoreReader:
                 f"rows requested from uncommitted work units {bad[:5]}; read only committed_rows()")
         return rows
 
-    def read(self, rows, fields=None, hidden_dtype=np.float32) -> dict:
+    def read(self, rows, fields=None, hidden_dtype=np.float32, hidden_normalized: bool = False,
+             ids_dtype=np.int32, logprobs_dtype=np.float32) -> dict:
         """Reads and decodes rows.
+
+        The defaults decode everything to int32 / float32 activations ``x``.
+        A data loader that upcasts on device reads far less memory with
+        ``hidden_normalized=True, hidden_dtype=np.float16,
+        ids_dtype=reader.stored_ids_dtype, logprobs_dtype=np.float16``: for the
+        exact profile every one of those arrays is then the stored array
+        itself (read straight from disk into it; no decode pass at all).
 
         Args:
             rows: 1-D int row indices (any order; repeated rows allowed).
             fields: subset of ``default_fields()``; None for all.
-            hidden_dtype: numpy dtype of the decoded activations.
+            hidden_dtype: numpy floating dtype of the activations.
+            hidden_normalized: return each token's activation divided by its
+                RMS, ``x / rms(x)`` (direction exact as stored, per-token
+                scale dropped; the per-token RMS is then not even read). For
+                losses that normalise the target per token anyway (HLD's
+                ``normalized_mse``). exact: the stored float16 array
+                (zero copy with ``hidden_dtype=np.float16``); compact:
+                ``q * qstep`` with the outlier channels restored.
+            ids_dtype: integer dtype of the top-k ids: int32 (default) or the
+                stored one, ``stored_ids_dtype`` (zero copy); any integer
+                dtype that holds every id < vocab_size is accepted.
+            logprobs_dtype: floating dtype of the top-k log-probs: float32
+                (default) or float16 (exact: the stored array, zero copy;
+                compact: decoded, then rounded to float16).
 
         Returns:
-            {"tokens": int32[n,T], "topk_ids": int32[n,T,K], "topk_logprobs": float32[n,T,K],
+            {"tokens": int32[n,T], "topk_ids": ids_dtype[n,T,K], "topk_logprobs": logprobs_dtype[n,T,K],
              "hidden/<l>": hidden_dtype[n,T,D]} for the requested fields.
+
+        Raises:
+            StoreInputError: an unknown field, bad rows or an unsupported dtype.
         """
+        hidden_dtype = _float_dtype("hidden_dtype", hidden_dtype)
+        logprobs_dtype = _float_dtype("logprobs_dtype", logprobs_dtype)
+        ids_dtype = self._check_ids_dtype(ids_dtype)
         fields = tuple(self.default_fields() if fields is None else fields)
-        names = self._stored_names(fields)
+        names = self._stored_names(fields, hidden_normalized=bool(hidden_normalized))
         rows = self._check_rows(rows)
         stored = self._read_stored(rows, names)
         out = {}
@@ -157,10 +192,28 @@ class StoreReader:
             if field == "tokens":
                 out["tokens"] = stored["tokens"]
             elif field == "topk":
-                out["topk_ids"], out["topk_logprobs"] = self._profile.decode_topk(stored)
+                out["topk_ids"], out["topk_logprobs"] = self._profile.decode_topk(
+                    stored, ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype)
             else:
-                out[field] = self._profile.decode_hidden(int(field[len("hidden/"):]), stored, hidden_dtype)
+                out[field] = self._profile.decode_hidden(int(field[len("hidden/"):]), stored, hidden_dtype,
+                                                         normalized=bool(hidden_normalized))
         return out
+
+    @property
+    def stored_ids_dtype(self) -> np.dtype:
+        """The dtype ``topk/ids`` is stored in: uint16 if vocab_size <= 65,536, else int32."""
+        return np.dtype(profiles.ids_dtype(self.schema.vocab_size))
+
+    def _check_ids_dtype(self, dtype) -> np.dtype:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dt is None or not np.issubdtype(dt, np.integer) or np.iinfo(dt).max < self.schema.vocab_size - 1:
+            raise errors.StoreInputError(
+                f"ids_dtype={dtype!r} cannot hold ids below vocab_size={self.schema.vocab_size}; "
+                f"use np.int32 or reader.stored_ids_dtype ({self.stored_ids_dtype})")
+        return dt
 
     def read_stored(self, rows, names) -> dict:
         """Reads the raw stored (encoded) arrays ``names`` at ``rows`` (for verify/bench)."""
@@ -176,8 +229,16 @@ class StoreReader:
         out = {}
         for name in names:
             if name not in futures:
-                parts = [arrays[name].read(a, b) for a, b in runs]
-                out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                arr = arrays[name]
+                if len(runs) == 1:
+                    out[name] = arr.read(*runs[0])
+                    continue
+                # Several runs (shuffled rows) land in one array: no concatenate copy.
+                out[name] = buf = np.empty((rows.size,) + arr.shape[1:], arr.dtype)
+                at = 0
+                for a, b in runs:
+                    arr.read(a, b, out=buf[at:at + b - a])
+                    at += b - a
         for name, futs in futures.items():
             try:
                 parts = [f.result() for f in futs]
@@ -214,6 +275,16 @@ class StoreReader:
                 raise errors.SchemaMismatchError(
                     f"store {self.url} has hidden_layers={list(s.hidden_layers)} but layers {missing} "
                     "were required; distil from a stored layer or dump those layers")
+
+
+def _float_dtype(arg: str, dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not np.issubdtype(dt, np.floating):
+        raise errors.StoreInputError(f"{arg}={dtype!r} is not a floating dtype; use np.float32 or np.float16")
+    return dt
 
 
 def _contiguous_runs(rows: np.ndarray) -> list:
