@@ -8,8 +8,10 @@ For each method (nll, kd, hldc) the same jitted step runs (a) on one batch
 already on the device and (b) fed by trainer.data from a local store written
 here with random contents of the config's shape. Reports step time, tokens/s,
 MFU (model FLOPs/token from trainer.flops over config.peak_flops_per_device),
-the loader/synthetic ratio, and peak memory (device stats where the backend
-has them, else process max RSS). JSON goes to bench/results/.
+the loader/synthetic ratio, XLA's memory analysis of the compiled step
+(arguments + outputs + temporaries, per method), and peak memory (device
+stats where the backend has them, else the process-wide max RSS, which only
+grows from method to method). JSON goes to bench/results/.
 """
 from __future__ import annotations
 
@@ -111,6 +113,15 @@ def bench_method(config, model_cfg, method, store_url, steps, mesh, repeats):
         row[f"{name}_mfu"] = plan.flops_per_token * tokens / sec / peak_flops
     row["loader_over_synthetic"] = synth_s / loader_s
     row["peak_memory_bytes"], row["peak_memory_kind"] = peak_memory_bytes()
+    # XLA's own accounting of the compiled step (works on every backend, and is
+    # per method, unlike a process-wide max RSS): arguments + outputs + temps.
+    analysis = runner.step.lower(state, fixed).compile().memory_analysis()
+    if analysis is not None:
+        row["xla_step_temp_bytes"] = int(analysis.temp_size_in_bytes)
+        row["xla_step_total_bytes"] = int(analysis.argument_size_in_bytes
+                                          + analysis.output_size_in_bytes
+                                          - analysis.alias_size_in_bytes
+                                          + analysis.temp_size_in_bytes)
     return row
 
 
@@ -153,11 +164,12 @@ def main(argv=None) -> int:
     print(f"device {device}  model {model_cfg.name}  B={config.data.batch_size} "
           f"T={config.data.seq_len} V={model_cfg.vocab_size}")
     print(f"{'method':7} {'synth tok/s':>12} {'loader tok/s':>12} {'ratio':>6} "
-          f"{'MFU synth':>9} {'step ms':>8} {'peak MB':>8}")
+          f"{'MFU synth':>9} {'step ms':>8} {'XLA MB':>7} {'peak MB':>8}")
     for r in rows:
         print(f"{r['method']:7} {r['synthetic_tokens_per_s']:12.4g} "
               f"{r['loader_tokens_per_s']:12.4g} {r['loader_over_synthetic']:6.3f} "
               f"{100 * r['synthetic_mfu']:8.2f}% {1e3 * r['synthetic_step_s']:8.2f} "
+              f"{r.get('xla_step_total_bytes', 0) / 2**20:7.2f} "
               f"{r['peak_memory_bytes'] / 2**20:8.1f}")
     print(f"wrote {path}")
     return 0
