@@ -58,21 +58,26 @@ def test_step_is_traced_once():
         runner.step(state, runner.put_batch(_batch(config, 2, seq_len=16)))
 
 
-@pytest.mark.parametrize("method", ["kd", pytest.param("hldc", marks=pytest.mark.slow)])
-def test_sharded_step_equals_single_device(method):
-    """8 CPU devices (data=4 × fsdp=2) vs 1 device, 2 steps, same init and batches.
+@pytest.mark.parametrize("method, axes", [
+    ("kd", (4, 2, 1)),
+    pytest.param("hldc", (4, 2, 1), marks=pytest.mark.slow),
+    pytest.param("kd", (2, 2, 2), marks=pytest.mark.slow),  # with the tensor axis
+])
+def test_sharded_step_equals_single_device(method, axes):
+    """8 CPU devices (data × fsdp × tensor) vs 1 device, 2 steps, same init and batches.
 
     Tolerance rtol 2e-5 / atol 1e-6: sharding changes the order of the fp32
     reductions (batch means, FSDP all-gathers/reduce-scatters), nothing else.
     """
     single = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    multi = sharding.make_mesh(4, 2, 1)
+    multi = sharding.make_mesh(*axes)
     assert multi.size == 8
     config, _, r1 = _runner(method, single)
     _, _, r8 = _runner(method, multi)
     s1 = r1.init_state(jax.random.key(0))
     s8 = jax.device_put(jax.device_get(s1), r8.state_shardings)
-    assert s8.params["embedding"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    vocab_axis = "tensor" if axes[2] > 1 else None
+    assert s8.params["embedding"].sharding.spec == jax.sharding.PartitionSpec(vocab_axis, "fsdp")
     for seed in range(2):
         batch = _batch(config, seed)
         s1, m1 = r1.step(s1, r1.put_batch(batch))
