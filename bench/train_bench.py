@@ -76,9 +76,11 @@ def bench_method(config, model_cfg, method, store_url, steps, mesh, repeats):
     config = copy.deepcopy(config)
     config.method = method
     phase = methods.phases(config, model_cfg.num_layers)[0]
-    # The schedule length only shapes the LR; the bench runs far fewer steps.
-    plan = train.PhasePlan(phase, 10 * steps, train.phase_flops_per_token(config, model_cfg,
-                                                                          phase))
+    # The schedule length only shapes the LR (the bench runs far fewer steps);
+    # it must hold the warm-up plus the decay for the schedule to be valid.
+    schedule_steps = max(10 * steps, 2 * config.optim.warmup_steps + 10)
+    plan = train.PhasePlan(phase, schedule_steps,
+                           train.phase_flops_per_token(config, model_cfg, phase))
     runner = train.PhaseRunner(config, model_cfg, plan, mesh)
     state = runner.init_state(jax.random.key(0))
     host = data.synthetic_batch(config.data.batch_size, config.data.seq_len,
