@@ -94,7 +94,8 @@ def bench_method(config, model_cfg, method, store_url, steps, mesh, repeats):
         def __next__(self):
             return fixed
 
-    source = data.StoreSource(store_url, train._store_fields(phase, config))
+    source = data.StoreSource(store_url, data.store_fields(phase.fields,
+                                                          config.teacher.hidden_layer))
     it = data.make_iterator(source, config.data.batch_size, seed=0,
                             num_threads=config.data.num_threads,
                             prefetch_buffer_size=config.data.prefetch_buffer_size)

@@ -1,6 +1,6 @@
 """Grain input pipeline over a store: aligned batches of exactly what a method needs.
 
-    source = StoreSource(url, fields_for(Method.KD))
+    source = StoreSource(url, store_fields(("tokens", "topk_ids", "topk_logprobs")))
     it = make_iterator(source, global_batch=256, seed=0)
     batch = next(it)           # {"tokens": int32[b,T], "topk_ids": ..., ...}
     state = it.get_state()     # JSON-able; it.set_state(state) resumes exactly
@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from store import StoreReader
-from trainer.config import Method
 
 # The batch keys a method's loss uses (the store's "hidden/<l>" becomes "hidden").
 _TOPK = ("topk_ids", "topk_logprobs")
@@ -29,15 +28,26 @@ class DataConfigError(ValueError):
     """The store cannot feed the requested batches."""
 
 
-def fields_for(method: Method, hidden_layer: int = 0) -> tuple[str, ...]:
-    """Store fields a method reads: NLL tokens; KD + top-k; HLD + one hidden layer."""
-    if method is Method.NLL:
-        return ("tokens",)
-    if method is Method.KD:
-        return ("tokens", "topk")
-    if method in (Method.HLDC, Method.HLDF):
-        return ("tokens", "topk", f"hidden/{hidden_layer}")
-    raise ValueError(f"unknown method {method!r}; use one of {[m.value for m in Method]}")
+def store_fields(batch_keys, hidden_layer: int = 0) -> tuple[str, ...]:
+    """Store fields to read for the batch keys a phase uses (`methods.Phase.fields`).
+
+    NLL reads tokens; KD adds the top-k; HLD adds one hidden layer. Per phase,
+    not per method: HLDF phase 1 reads no top-k and phase 2 no hidden state.
+    """
+    fields = []
+    for key in batch_keys:
+        if key in _TOPK:
+            field = "topk"
+        elif key == "hidden":
+            field = f"hidden/{hidden_layer}"
+        elif key == "tokens":
+            field = "tokens"
+        else:
+            raise ValueError(f"unknown batch key {key!r}; use tokens, topk_ids, "
+                             f"topk_logprobs or hidden")
+        if field not in fields:
+            fields.append(field)
+    return tuple(fields)
 
 
 class StoreSource:

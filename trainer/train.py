@@ -197,18 +197,9 @@ class PhaseRunner:
         missing = [k for k in self.batch_keys if k not in host_batch]
         if missing:
             raise ValueError(f"batch lacks {missing} needed by this phase; read the store "
-                             f"with trainer.data.fields_for(method)")
+                             f"with trainer.data.store_fields(phase.fields, layer)")
         return sharding.global_batch_from_host({k: host_batch[k] for k in self.batch_keys},
                                                self.mesh)
-
-
-def _store_fields(phase: methods.Phase, config) -> tuple[str, ...]:
-    fields = ("tokens",)
-    if phase.kd_term:
-        fields += ("topk",)
-    if phase.hidden_term:
-        fields += (f"hidden/{config.teacher.hidden_layer}",)
-    return fields
 
 
 def run(config) -> dict:
@@ -261,7 +252,8 @@ def run(config) -> dict:
             if plan.phase.index < meta["phase"]:
                 continue
             runner = PhaseRunner(config, model_cfg, plan, mesh)
-            source = data.StoreSource(config.store.url, _store_fields(plan.phase, config),
+            fields = data.store_fields(plan.phase.fields, config.teacher.hidden_layer)
+            source = data.StoreSource(config.store.url, fields,
                                       allow_partial=config.store.allow_partial)
             iterator = data.make_iterator(
                 source, config.data.batch_size, config.seed,

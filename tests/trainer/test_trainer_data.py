@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from trainer import data
-from trainer.config import Method
+from trainer import data, methods
 
 
 @pytest.fixture(scope="module")
@@ -14,15 +13,22 @@ def store(tmp_path_factory):
     return tl.make_store(tmp_path_factory.mktemp("store") / "s", num_rows=48)
 
 
-def test_fields_per_method():
-    assert data.fields_for(Method.NLL) == ("tokens",)
-    assert data.fields_for(Method.KD) == ("tokens", "topk")
-    assert data.fields_for(Method.HLDC, 2) == ("tokens", "topk", "hidden/2")
+def test_fields_per_method_and_phase():
+    def fields(method):
+        config = tl.tiny_config(method, "/s", "/r")
+        return [data.store_fields(p.fields, tl.LAYER) for p in methods.phases(config, 4)]
+
+    assert fields("nll") == [("tokens",)]
+    assert fields("kd") == [("tokens", "topk")]
+    assert fields("hldc") == [("tokens", "topk", "hidden/2")]
+    assert fields("hldf") == [("tokens", "hidden/2"), ("tokens", "topk")]
+    with pytest.raises(ValueError, match="unknown batch key"):
+        data.store_fields(("logits",))
 
 
 def test_reads_only_requested_fields(store):
-    nll = data.StoreSource(store, data.fields_for(Method.NLL))
-    hld = data.StoreSource(store, data.fields_for(Method.HLDF, tl.LAYER))
+    nll = data.StoreSource(store, ("tokens",))
+    hld = data.StoreSource(store, ("tokens", "topk", f"hidden/{tl.LAYER}"))
     assert set(nll.read_indices([0, 3])) == {"tokens"}
     batch = hld.read_indices([5, 1])
     assert set(batch) == {"tokens", "topk_ids", "topk_logprobs", "hidden"}
