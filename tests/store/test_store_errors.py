@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import synth_unit
+from store_testlib import synth_unit
 from store import (IncompleteStoreError, SchemaMismatchError, StoreInputError, StoreNotFoundError,
                    StoreReader, StoreSchema, create_store, open_writer)
 

@@ -19,7 +19,7 @@ REPO = HERE.parent.parent
 CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from conftest import synth_unit
+    from store_testlib import synth_unit
     import store.ledger, store.writer
     from store import StoreSchema, create_store
 
@@ -40,7 +40,7 @@ CHILD = textwrap.dedent("""
 
 
 def _write_all(url, schema, units):
-    from conftest import synth_unit
+    from store_testlib import synth_unit
     w = create_store(url, schema, num_rows=14)
     for u in units:
         a, b = w.unit_rows(u)
@@ -81,7 +81,7 @@ def test_sigkill_mid_unit_then_resume_is_byte_identical(tmp_path, make_schema):
 
     # Resume: write what is not committed, as a pipeline would.
     w = create_store(killed, schema, num_rows=14)
-    from conftest import synth_unit
+    from store_testlib import synth_unit
     for u in sorted(set(range(w.num_units)) - w.committed_units()):
         a, b = w.unit_rows(u)
         w.write_unit(u, **synth_unit(np.random.default_rng(u), b - a, schema))
@@ -102,7 +102,7 @@ def test_concurrent_writers_of_distinct_units(tmp_path, make_schema):
     create_store(url, schema, num_rows=14)
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        from conftest import synth_unit
+        from store_testlib import synth_unit
         from store import StoreSchema, open_writer
         schema = StoreSchema.from_dict({schema.to_dict()!r})
         w = open_writer(sys.argv[1])

@@ -116,7 +116,7 @@ def test_reader_pickles_and_threads(filled_store):
 
 
 def test_memory_url(make_schema):
-    from conftest import synth_unit
+    from store_testlib import synth_unit
     schema = make_schema("compact")
     w = create_store("memory://roundtrip_test", schema, num_rows=4)
     unit = synth_unit(np.random.default_rng(1), 4, schema)
