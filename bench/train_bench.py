@@ -45,7 +45,7 @@ def write_random_store(path, config, model_cfg, num_rows):
     writer = create_store(path, schema, num_rows=num_rows)
     for u in range(writer.num_units):
         start, stop = writer.unit_rows(u)
-        b = data.synthetic_batch(stop - start, T, V, k=K, hidden_dim=D, seed=u)
+        b = data.synthetic_batch(stop - start, T, V, k=K, hidden_dim=D, seed=u, as_loaded=False)
         writer.write_unit(u, tokens=b["tokens"], topk_ids=b["topk_ids"],
                           topk_logprobs=b["topk_logprobs"], hidden={layer: b["hidden"]})
     return path

@@ -98,15 +98,32 @@ class StoreSource:
     def read_indices(self, indices) -> dict[str, np.ndarray]:
         """Reads source indices (positions in `rows`) as one batch dict."""
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        raw = self.reader.read(rows, fields=self.fields, hidden_dtype=np.float32)
+        raw = self.reader.read(rows, fields=self.fields, **loader_read_options(self.reader))
         batch = {"tokens": np.asarray(raw["tokens"], np.int32)}
         if "topk" in self.fields:
-            batch["topk_ids"] = np.asarray(raw["topk_ids"], np.int32)
-            batch["topk_logprobs"] = np.asarray(raw["topk_logprobs"], np.float32)
+            batch["topk_ids"] = raw["topk_ids"]
+            batch["topk_logprobs"] = raw["topk_logprobs"]
         for field in self.fields:
             if field.startswith("hidden/"):
-                batch["hidden"] = np.asarray(raw[field], np.float32)
+                batch["hidden"] = raw[field]
         return batch
+
+
+def loader_read_options(reader) -> dict:
+    """StoreReader.read options that return (nearly) the stored bytes.
+
+    The train step upcasts on device (methods.compute_loss), so the host does
+    no per-element decode work: for the `exact` profile the batch *is* the
+    bytes read from disk. Activations come back RMS-normalised per token
+    (x / rms(x)): the hidden-state losses normalise the teacher target per
+    token anyway, so the stored per-token scale is never needed. `compact`
+    decodes on the host regardless (int8 codes, zstd), where float32 output
+    is the cheaper conversion.
+    """
+    exact = reader.schema.profile == "exact"
+    return dict(hidden_normalized=True, hidden_dtype=np.float16 if exact else np.float32,
+                ids_dtype=reader.stored_ids_dtype,
+                logprobs_dtype=np.float16 if exact else np.float32)
 
 
 class _ReadBatch(grain.transforms.Map):
@@ -178,8 +195,14 @@ def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
-                    hidden_dim: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
-    """A random in-memory batch with the same keys/dtypes as the store loader (bench/tests)."""
+                    hidden_dim: int = 0, seed: int = 0, as_loaded: bool = True) -> dict[str, np.ndarray]:
+    """A random in-memory batch (bench/tests).
+
+    Args:
+        as_loaded: True: the keys and dtypes the `exact` store loader yields
+            (uint16 ids for V ≤ 65,536, float16 log-probs, float16 per-token
+            RMS-normalised hidden); False: float32 values, as `write_unit` takes.
+    """
     rng = np.random.default_rng(seed)
     batch = {"tokens": rng.integers(0, vocab_size, (batch_size, seq_len), dtype=np.int32)}
     if k:
@@ -190,4 +213,11 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
         batch["topk_logprobs"] = np.take_along_axis(logits, ids, -1) - lse
     if hidden_dim:
         batch["hidden"] = rng.normal(size=(batch_size, seq_len, hidden_dim)).astype(np.float32)
+    if as_loaded:
+        if k:
+            batch["topk_ids"] = batch["topk_ids"].astype(np.uint16 if vocab_size <= 65536 else np.int32)
+            batch["topk_logprobs"] = batch["topk_logprobs"].astype(np.float16)
+        if hidden_dim:
+            h = batch["hidden"]
+            batch["hidden"] = (h / np.sqrt(np.mean(h * h, -1, keepdims=True))).astype(np.float16)
     return batch

@@ -144,7 +144,7 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
     if phase.hidden_term:
         h_s_BxTxD = out.captured[capture[0]]
         pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
-        hidden_term = losses.masked_mean(losses.normalized_mse(pred_BxTxDt, batch["hidden"]))
+        hidden_term = losses.masked_mean(losses.normalized_mse(pred_BxTxDt, batch["hidden"].astype(jnp.float32)))
         metrics["hidden_mse"] = hidden_term
         loss = loss + phase.hidden_weight * hidden_term
     if phase.data_term or phase.kd_term:
@@ -152,8 +152,10 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
         data_mask_BxT = jnp.ones(tokens_BxT.shape, jnp.float32).at[:, -1].set(0.0)
         token_inputs = {tiled_loss.TARGETS: targets_BxT}
         if phase.kd_term:
-            token_inputs[tiled_loss.TOPK_IDS] = batch["topk_ids"]
-            token_inputs[tiled_loss.TOPK_LOGPROBS] = batch["topk_logprobs"]
+            # The loader ships stored dtypes (uint16 ids, float16 log-probs);
+            # upcasting here, on device, keeps the host out of the loop.
+            token_inputs[tiled_loss.TOPK_IDS] = batch["topk_ids"].astype(jnp.int32)
+            token_inputs[tiled_loss.TOPK_LOGPROBS] = batch["topk_logprobs"].astype(jnp.float32)
         per_tile_fn = tiled_loss.logit_terms_fn(
             nll=True, kd=phase.kd_term, top1=phase.kd_term, temperature=config.loss.tau,
             tail=config.loss.tail, divergence=config.loss.divergence)

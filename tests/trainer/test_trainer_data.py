@@ -34,7 +34,11 @@ def test_reads_only_requested_fields(store):
     assert set(batch) == {"tokens", "topk_ids", "topk_logprobs", "hidden"}
     assert batch["tokens"].shape == (2, tl.SEQ) and batch["tokens"].dtype == np.int32
     assert batch["topk_ids"].shape == (2, tl.SEQ, tl.K)
-    assert batch["hidden"].shape == (2, tl.SEQ, 64) and batch["hidden"].dtype == np.float32
+    # Loader-style reads: stored dtypes, activations RMS-normalised per token.
+    assert batch["topk_ids"].dtype == np.uint16 and batch["topk_logprobs"].dtype == np.float16
+    assert batch["hidden"].shape == (2, tl.SEQ, 64) and batch["hidden"].dtype == np.float16
+    rms = np.sqrt(np.mean(batch["hidden"].astype(np.float32) ** 2, -1))
+    np.testing.assert_allclose(rms, 1.0, rtol=2e-3)
     np.testing.assert_array_equal(hld[5]["tokens"], batch["tokens"][0])
 
 
@@ -96,3 +100,18 @@ def test_worker_processes_give_the_same_batches_and_resume(store):
     resumed.set_state(procs.get_state())
     got += _take(resumed, 3)
     assert all(np.array_equal(x, y) for x, y in zip(threads, got))
+
+
+def test_loader_style_hidden_gives_the_same_hidden_loss(store):
+    """The loader ships x/rms(x) in float16 instead of decoding x: the normalized
+    MSE must not notice (it normalises the target per token itself)."""
+    from store import StoreReader
+    from trainer import losses
+    reader = StoreReader(str(store))
+    field = f"hidden/{tl.LAYER}"
+    decoded = reader.read(np.arange(4), fields=(field,))[field]            # float32 x
+    loaded = data.StoreSource(store, ("tokens", field)).read_indices(range(4))["hidden"]
+    pred = np.random.default_rng(0).normal(size=decoded.shape).astype(np.float32)
+    want = np.asarray(losses.normalized_mse(pred, decoded))
+    got = np.asarray(losses.normalized_mse(pred, loaded.astype(np.float32)))
+    np.testing.assert_allclose(got, want, rtol=1e-3)
