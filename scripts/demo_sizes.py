@@ -56,12 +56,14 @@ SIZES = {
                    overrides=("data.batch_size=8", "optim.warmup_steps=5",
                               "hldf.warmup_steps=2", "log_every=5", "checkpoint_every=50"),
                    eval_limit=0, dump_batch_size=8),
-    # One GPU: gemma3-1b-shaped teacher, gemma3-270m-shaped students, V=32k, T=2048.
-    "gpu": DemoSize(name="gpu", max_docs=None, heldout_fraction=0.02, vocab_size=32000,
-                    seq_len=2048, k=128, config="trainer/configs/demo.py",
-                    teacher_budget=3e17, student_budget=3e16,
-                    overrides=("model.dtype=bfloat16",
-                               "data.batch_size=32", "peak_flops_per_device=699e12"),
+    # One GPU: gemma3-1b-shaped teacher, gemma3-270m-shaped students, V=8192
+    # (what 4.9 MB of text supports), T=512, k=128. Estimated ~10 min of
+    # training on an H100 at ~30% MFU; not yet run on a GPU.
+    "gpu": DemoSize(name="gpu", max_docs=None, heldout_fraction=0.02, vocab_size=8192,
+                    seq_len=512, k=128, config="trainer/configs/demo.py",
+                    teacher_budget=1.8e16, student_budget=2.5e15,
+                    overrides=("model.dtype=bfloat16", "data.batch_size=32", "optim.lr=1e-3",
+                               "peak_flops_per_device=699e12"),
                     eval_limit=1000, dump_batch_size=8),
 }
 
