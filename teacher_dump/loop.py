@@ -103,22 +103,17 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
             batch_BxT = put(batch_BxT)
         outputs = fn(params, batch_BxT)  # async dispatch, returns at once
         _start_copy(outputs)
+        is_last = start + batch_size >= num_rows
         pending.append((outputs, num_valid))
-        if len(pending) > max_in_flight - 1:
-            # The next batch is already queued behind this one's compute.
+        # Past max_in_flight, the next batch is already queued behind this
+        # one's compute: collect the oldest. At the end, drain the rest.
+        while len(pending) > max_in_flight - 1 or (is_last and pending):
             done, n = pending.popleft()
             result = _to_numpy(done, n)
             rows_done += n
             if progress is not None:
                 progress(rows_done, num_rows)
             yield result
-    while pending:
-        done, n = pending.popleft()
-        result = _to_numpy(done, n)
-        rows_done += n
-        if progress is not None:
-            progress(rows_done, num_rows)
-        yield result
 
 
 def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
