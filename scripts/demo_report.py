@@ -78,6 +78,17 @@ def _plot_improvement(runs: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def _coverage_line(facts: dict, k: int, loss_cfg: dict) -> list[str]:
+    """What the stored top-k leaves out: the usual reason KD trails NLL at small k."""
+    coverage = facts.get("store_stats", {}).get("topk", {}).get("coverage", {}).get("mean")
+    if coverage is None:
+        return []
+    return [f"- The stored top-{k} holds on average {100 * coverage:.0f}% of the teacher's "
+            f"probability mass (`store stats`); with tail=`{loss_cfg['tail']}` and "
+            f"α={loss_cfg['alpha']}, the remaining {100 * (1 - coverage):.0f}% gets no "
+            "teacher signal and only the (1-α)-weighted NLL term."]
+
+
 def write_report(ctx) -> str:
     """Writes ctx.report_path (+ PNGs next to it); returns its path."""
     runs = [_load(ctx, name) for name in ROWS]
@@ -111,6 +122,7 @@ def write_report(ctx) -> str:
            f"- KD vs NLL at matched FLOPs: KD {kppl:.4f} vs NLL {nppl:.4f}: "
            + (f"KD is better by {nppl - kppl:.4f} nats." if kppl < nppl
               else f"KD is NOT better here (worse by {kppl - nppl:.4f} nats)."),
+           *_coverage_line(facts, ctx.size.k, kd["config"]["loss"]),
            "- One seed, one hyper-parameter point per method, a tiny budget: differences of a "
            "few hundredths of a nat are within run-to-run noise. Use `scripts/sweep.py` for "
            "the paper's grid.", ""]
