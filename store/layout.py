@@ -157,7 +157,10 @@ def shard_key(name: str, unit: int, ndim: int) -> str:
 def open_array(url: str, spec: ArraySpec, *, create_rows: int | None = None,
                rows_per_unit: int | None = None) -> ts.TensorStore:
     """Opens (or, given create_rows, creates-or-opens) one array."""
-    ts_spec = {"driver": "zarr3", "kvstore": array_url(url, spec.name)}
+    # Chunks equal to the fill value (all zeros) are still written: a committed
+    # unit then always has every chunk, so a missing one means corruption.
+    ts_spec = {"driver": "zarr3", "kvstore": array_url(url, spec.name),
+               "store_data_equal_to_fill_value": True}
     kwargs = {}
     if create_rows is not None:
         ts_spec["metadata"] = array_metadata(spec, create_rows, rows_per_unit)
