@@ -30,17 +30,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from store import StoreSchema, create_store  # noqa: E402
+from store import StoreReader, StoreSchema, create_store  # noqa: E402
 from trainer import config as config_lib, data, methods, train  # noqa: E402
 
 
-def write_random_store(path, config, model_cfg, num_rows):
+def write_random_store(path, config, model_cfg, num_rows, profile="exact"):
     """A store with random tokens/top-k/hidden in the config's shape."""
     T, K, V = config.data.seq_len, config.data.k, model_cfg.vocab_size
     D, layer = config.teacher.d_model, config.teacher.hidden_layer
     rows_per_unit = min(num_rows, 64)
     schema = StoreSchema(seq_len=T, k=K, vocab_size=V, hidden_layers=(layer,), hidden_dim=D,
-                         rows_per_unit=rows_per_unit, tokenizer={"sha256": "0" * 64},
+                         rows_per_unit=rows_per_unit, profile=profile, tokenizer={"sha256": "0" * 64},
                          teacher={"name": "random", "d_model": D}, packing={"rule": "noam"})
     writer = create_store(path, schema, num_rows=num_rows)
     for u in range(writer.num_units):
@@ -83,9 +83,10 @@ def bench_method(config, model_cfg, method, store_url, steps, mesh, repeats):
                            train.phase_flops_per_token(config, model_cfg, phase))
     runner = train.PhaseRunner(config, model_cfg, plan, mesh)
     state = runner.init_state(jax.random.key(0))
+    profile = StoreReader(store_url).schema.profile
     host = data.synthetic_batch(config.data.batch_size, config.data.seq_len,
                                 model_cfg.vocab_size, k=config.data.k,
-                                hidden_dim=config.teacher.d_model)
+                                hidden_dim=config.teacher.d_model, profile=profile)
     fixed = runner.put_batch(host)
 
     class _OnDevice:
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs per feed")
     parser.add_argument("--rows", type=int, default=256, help="rows in the bench store")
     parser.add_argument("--store", default="", help="existing store (default: write one)")
+    parser.add_argument("--profile", default="exact", help="profile of the store it writes")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
         model_cfg = train.model_config_from(config)
         if not args.store:
             write_random_store(f"{tmp}/store", config, model_cfg,
-                               max(args.rows, 2 * config.data.batch_size))
+                               max(args.rows, 2 * config.data.batch_size), args.profile)
         mesh = train.sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         rows = [bench_method(config, model_cfg, m, config.store.url, args.steps, mesh,
                              args.repeats)

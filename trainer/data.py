@@ -70,10 +70,16 @@ class StoreSource:
         self._rows = None
 
     def __getstate__(self):
-        return {"url": self.url, "fields": self.fields, "allow_partial": self.allow_partial}
+        # The row list travels with the source: on a store that is still being
+        # dumped (allow_partial), a worker re-listing committed rows could map
+        # index → row differently from the process that shuffled the indices.
+        return {"url": self.url, "fields": self.fields, "allow_partial": self.allow_partial,
+                "rows": self._rows}
 
     def __setstate__(self, state):
+        rows = state.pop("rows", None)
         self.__init__(**state)
+        self._rows = rows
 
     @property
     def reader(self) -> StoreReader:
@@ -120,10 +126,14 @@ def loader_read_options(reader) -> dict:
     decodes on the host regardless (int8 codes, zstd), where float32 output
     is the cheaper conversion.
     """
-    exact = reader.schema.profile == "exact"
-    return dict(hidden_normalized=True, hidden_dtype=np.float16 if exact else np.float32,
-                ids_dtype=reader.stored_ids_dtype,
-                logprobs_dtype=np.float16 if exact else np.float32)
+    values = LOADED_VALUE_DTYPE[reader.schema.profile]
+    return dict(hidden_normalized=True, hidden_dtype=values, ids_dtype=reader.stored_ids_dtype,
+                logprobs_dtype=values)
+
+
+# dtype of loaded log-probs and activations per store profile (see
+# loader_read_options); synthetic batches use the same table.
+LOADED_VALUE_DTYPE = {"exact": np.float16, "compact": np.float32}
 
 
 class _ReadBatch(grain.transforms.Map):
@@ -195,13 +205,16 @@ def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
-                    hidden_dim: int = 0, seed: int = 0, as_loaded: bool = True) -> dict[str, np.ndarray]:
+                    hidden_dim: int = 0, seed: int = 0, as_loaded: bool = True,
+                    profile: str = "exact") -> dict[str, np.ndarray]:
     """A random in-memory batch (bench/tests).
 
     Args:
-        as_loaded: True: the keys and dtypes the `exact` store loader yields
-            (uint16 ids for V ≤ 65,536, float16 log-probs, float16 per-token
-            RMS-normalised hidden); False: float32 values, as `write_unit` takes.
+        as_loaded: True: the keys and dtypes the store loader yields for a store
+            of `profile` (uint16 ids for V ≤ 65,536, log-probs and per-token
+            RMS-normalised hidden in LOADED_VALUE_DTYPE[profile]); False: float32
+            values, as `write_unit` takes.
+        profile: store profile whose loaded dtypes to mimic.
     """
     rng = np.random.default_rng(seed)
     batch = {"tokens": rng.integers(0, vocab_size, (batch_size, seq_len), dtype=np.int32)}
@@ -216,8 +229,9 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
     if as_loaded:
         if k:
             batch["topk_ids"] = batch["topk_ids"].astype(np.uint16 if vocab_size <= 65536 else np.int32)
-            batch["topk_logprobs"] = batch["topk_logprobs"].astype(np.float16)
+            batch["topk_logprobs"] = batch["topk_logprobs"].astype(LOADED_VALUE_DTYPE[profile])
         if hidden_dim:
             h = batch["hidden"]
-            batch["hidden"] = (h / np.sqrt(np.mean(h * h, -1, keepdims=True))).astype(np.float16)
+            batch["hidden"] = (h / np.sqrt(np.mean(h * h, -1, keepdims=True))).astype(
+                LOADED_VALUE_DTYPE[profile])
     return batch
