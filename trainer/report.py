@@ -32,6 +32,8 @@ matplotlib.use("Agg")  # Files only; no display on servers.
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+from trainer import metrics  # noqa: E402
+
 # --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
 METHOD_KEY = "method"
 GROUP_KEYS = {"model": "model.name", "budget": "budget.value", "budget_unit": "budget.unit"}
@@ -43,7 +45,7 @@ METHOD_HPARAMS = {"nll": ("lr",), "kd": ("lr", "tau", "alpha"),
 REFERENCE_METHOD = "kd"
 # metrics.jsonl: x axis and the loss plotted (first key present wins).
 FLOPS_KEY = "cumulative_flops"
-CURVE_KEYS = ("loss/data", "nll", "loss_data", "data_loss", "loss")
+CURVE_KEYS = ("nll", "loss")
 # eval.json metrics shown in the tables.
 PPL_TASKS = ("heldout", "docs")
 ERROR_TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
@@ -125,14 +127,8 @@ def load_run(path: str) -> Run:
     evals = _read_json(eval_path, "eval.json (python -m trainer.evaluate)").get("tasks", {}) \
         if os.path.exists(eval_path) else {}
     curve, curve_key = [], None
-    metrics_path = os.path.join(path, "metrics.jsonl")
-    if os.path.exists(metrics_path):
-        try:
-            with open(metrics_path) as f:
-                records = [json.loads(line) for line in f if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ReportError(f"{metrics_path} has a line that is not JSON ({e}); remove the "
-                              f"truncated line (e.g. from a killed run)") from None
+    if os.path.exists(os.path.join(path, "metrics.jsonl")):
+        records = metrics.read_metrics(path)  # one record per step, resumes de-duplicated
         keys = [k for k in CURVE_KEYS if any(k in r for r in records)]
         if keys:
             curve_key = keys[0]

@@ -104,5 +104,5 @@ def test_errors(tmp_path, capsys):
     broken = make_run(tmp_path, "broken", "kd", 1e-4)
     with open(os.path.join(broken, "metrics.jsonl"), "a") as f:
         f.write('{"step": 4, "lo')
-    with pytest.raises(ReportError, match="not JSON"):
-        report.load_run(broken)
+    # A line cut short by a killed run is skipped (the resumed run re-logs the step).
+    assert report.load_run(broken).curve == report.load_run(make_run(tmp_path, "ok", "kd", 1e-4)).curve
