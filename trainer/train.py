@@ -202,6 +202,39 @@ class PhaseRunner:
                                                self.mesh)
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def check_same_config_on_resume(config, run_dir: str) -> None:
+    """Refuses to resume a run's checkpoints under different settings.
+
+    A re-launched run (or sweep point) with another `--set` would otherwise
+    continue the old trajectory while config.json claimed the new values.
+    `debug.*` (fault injection) may differ.
+    """
+    old_path = os.path.join(run_dir, "config.json")
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    if not (os.path.exists(old_path) and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
+        return
+    with open(old_path, encoding="utf-8") as f:
+        old = _flatten(json.load(f))
+    new = _flatten(json.loads(config_lib.to_json(config)))
+    changed = sorted(k for k in set(old) | set(new)
+                     if not k.startswith("debug.") and old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise config_lib.ConfigError(
+            f"run_dir {run_dir} holds checkpoints of a run with other settings ({diffs}); "
+            "use a new run_dir, or rerun with the original settings to resume")
+
+
 def run(config) -> dict:
     """Trains (or resumes) the run described by `config`; returns the final summary.
 
@@ -224,6 +257,7 @@ def run(config) -> dict:
             f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
     run_dir = config.run_dir
     os.makedirs(run_dir, exist_ok=True)
+    check_same_config_on_resume(config, run_dir)
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_lib.to_json(config))
@@ -285,7 +319,10 @@ def run(config) -> dict:
     if jax.process_index() == 0:
         model_io.save_model(os.path.join(run_dir, "export"), model_cfg, host_params,
                             metadata={"method": config.method, "steps": total_steps,
-                                      "cumulative_flops": meta["cumulative_flops"]})
+                                      "cumulative_flops": meta["cumulative_flops"],
+                                      # Lets the pipeline and evaluation refuse a
+                                      # tokenizer this model was not trained with.
+                                      "tokenizer_sha256": reader.schema.tokenizer.get("sha256", "")})
         with open(final_path, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return summary

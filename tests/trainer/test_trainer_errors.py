@@ -79,3 +79,12 @@ def test_cli_store_mismatch_is_one_line_exit_2(store, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "vocab_size=512" in lines[0] and "256" in lines[0], lines
+
+
+def test_resume_under_other_settings_is_refused(store, tmp_path):
+    config = tl.tiny_config("nll", store, tmp_path / "run", steps=3)
+    first = train.run(config)
+    assert train.run(config) == first  # same settings: finished run, nothing redone
+    changed = tl.tiny_config("nll", store, tmp_path / "run", steps=3, **{"optim.lr": 1e-2})
+    with pytest.raises(config_lib.ConfigError, match=r"other settings \(optim.lr: .*new run_dir"):
+        train.run(changed)
