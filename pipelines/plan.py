@@ -50,15 +50,16 @@ def _read_tokenizer(path):
             "`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`") from None
 
 
-def _teacher_fingerprint(path):
-    """The params sha256 that model_io.save_model wrote next to the config.
+def _teacher_metadata(path):
+    """The metadata model_io.save_model wrote next to the config (params
+    sha256 "fingerprint"; "tokenizer_sha256" for teachers our trainer made).
 
     Read from metadata.json (model_io's documented layout) so the launcher
     never loads the teacher's weights.
     """
     try:
         with FileSystems.open(FileSystems.join(str(path), "metadata.json")) as f:
-            return str(json.loads(f.read()).get("fingerprint", ""))
+            return json.loads(f.read())
     except Exception as e:
         raise model_io.ModelIOError(
             f"teacher checkpoint {path} has no readable metadata.json ({type(e).__name__}); "
@@ -108,7 +109,14 @@ def make_plan(opts):
     if opts.k > cfg.vocab_size:
         raise OptionsError(f"--k={opts.k} exceeds the vocabulary ({cfg.vocab_size}); lower --k")
     layers = _hidden_layers(opts.hidden_layers, cfg.num_layers)
-    teacher = {"name": cfg.name, "fingerprint": _teacher_fingerprint(opts.teacher),
+    metadata = _teacher_metadata(opts.teacher)
+    trained_with = metadata.get("tokenizer_sha256")  # absent for converted HF checkpoints
+    if trained_with and trained_with != tok_info["sha256"]:
+        raise VocabMismatchError(
+            f"teacher {opts.teacher} was trained with tokenizer sha256 {trained_with[:12]}… but "
+            f"{opts.tokenizer} has {tok_info['sha256'][:12]}…; pass the tokenizer the teacher "
+            "was trained with")
+    teacher = {"name": cfg.name, "fingerprint": str(metadata.get("fingerprint", "")),
                "num_layers": cfg.num_layers, "d_model": cfg.d_model, "config": cfg.to_dict(),
                "top_p": opts.top_p}
     schema = store.StoreSchema(

@@ -40,3 +40,21 @@ def test_hidden_layers_without_teacher_is_refused(corpus, tokenizer_path, tmp_pa
     with pytest.raises(OptionsError, match="--hidden-layers needs --teacher"):
         dump.run_dump(_argv(directory, str(tmp_path / "s"), tokenizer_path, "--hidden-layers", "1"))
     assert not os.path.exists(tmp_path / "s")
+
+
+def test_teacher_trained_with_another_tokenizer_is_refused(corpus, tokenizer_path, tmp_path):
+    """Same vocab size, different tokenizer: the trainer's export metadata
+    records the tokenizer sha256, and the launcher compares it."""
+    import jax
+    from pipelines.errors import VocabMismatchError
+    from trainer import model, model_config, model_io
+    directory, _ = corpus
+    cfg = model_config.get_config("tiny", vocab_size=lib.VOCAB, num_layers=2, d_model=32,
+                                  mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16)
+    teacher = str(tmp_path / "teacher")
+    model_io.save_model(teacher, cfg, model.init_params(cfg, jax.random.key(0)),
+                        metadata={"tokenizer_sha256": "ab" * 32})
+    argv = lib.dump_argv(os.path.join(directory, "*"), str(tmp_path / "s"), teacher, tokenizer_path)
+    with pytest.raises(VocabMismatchError, match="trained with tokenizer sha256 abababababab"):
+        dump.run_dump(argv)
+    assert not os.path.exists(tmp_path / "s")
