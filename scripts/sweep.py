@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 # The paper's grid (DESIGN §1) per method; P1 is {1%, 5%} for the 123M student.
 PAPER_GRID = {
@@ -90,10 +91,15 @@ def run_sweep(config: str, out: str, grid: dict, sets=(), parallel: int = 1,
             print(f"[sweep] start {point_name(point)}", flush=True)
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log,
                             point))
-        proc, log, point = running.pop(0)
-        code = proc.wait()
-        log.close()
-        print(f"[sweep] done  {point_name(point)} (exit {code})", flush=True)
+        # Free the first slot that finishes (not the oldest run), so short
+        # points do not wait behind a long one.
+        while not (finished := [r for r in running if r[0].poll() is not None]):
+            time.sleep(0.5)
+        for entry in finished:
+            running.remove(entry)
+            proc, log, point = entry
+            log.close()
+            print(f"[sweep] done  {point_name(point)} (exit {proc.returncode})", flush=True)
     for point in points(grid):
         run_dir = os.path.join(out, point_name(point))
         row = {"point": point_name(point), **point}
