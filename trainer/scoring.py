@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer import model
+from trainer import losses, model, tiled_loss
 from trainer.model_config import ModelConfig
 
 MIN_BUCKET = 16
@@ -59,27 +59,14 @@ class ModelScoreFn:
         if token_tile < 1:
             raise ScoringError(f"token_tile {token_tile} must be >= 1; pass e.g. 1024")
 
-        def tile_scores(params, hidden_NxD, targets_N):
-            # fp32 log-softmax even for bf16 compute: sums over many tokens need it.
-            logits_NxV = model.unembed(params, hidden_NxD, cfg).astype(jnp.float32)
-            logz_N = jax.nn.logsumexp(logits_NxV, axis=-1)
-            target_N = jnp.take_along_axis(logits_NxV, targets_N[:, None], -1)[:, 0]
-            return target_N - logz_N, jnp.argmax(logits_NxV, axis=-1) == targets_N
-
         @jax.jit
         def score(params, inputs_BxT, targets_BxT):
             hidden_BxTxD = model.forward(params, inputs_BxT, cfg).final_hidden_BxTxD
-            B, T, D = hidden_BxTxD.shape
-            n = B * T
-            tile = min(token_tile, n)
-            pad = -n % tile
-            hidden_CxNxD = jnp.pad(hidden_BxTxD.reshape(n, D), ((0, pad), (0, 0))
-                                   ).reshape(-1, tile, D)
-            targets_CxN = jnp.pad(targets_BxT.reshape(n), (0, pad)).reshape(-1, tile)
-            logprob_CxN, is_argmax_CxN = jax.lax.map(
-                lambda xs: tile_scores(params, *xs), (hidden_CxNxD, targets_CxN))
-            return (logprob_CxN.reshape(-1)[:n].reshape(B, T),
-                    is_argmax_CxN.reshape(-1)[:n].reshape(B, T))
+            # The trainer's token-tiled logit path: never [B,T,V] fp32 at once.
+            out = tiled_loss.tiled_logit_losses(
+                hidden_BxTxD, model.embedding_table(params), _score_tile,
+                {tiled_loss.TARGETS: targets_BxT}, tile_tokens=token_tile)
+            return out["logprob"], out["is_argmax"] > 0.5
 
         self._score = score
         self._params = jax.device_put(params)
@@ -88,6 +75,13 @@ class ModelScoreFn:
     def __call__(self, inputs_BxT, targets_BxT):
         self.seen_shapes.add(tuple(inputs_BxT.shape))
         return self._score(self._params, inputs_BxT, targets_BxT)
+
+
+def _score_tile(logits_NxV, inputs):
+    """Per-token log p(target) (fp32 log-softmax) and whether target is the argmax."""
+    targets_N = inputs[tiled_loss.TARGETS]
+    return {"logprob": -losses.nll(logits_NxV, targets_N),
+            "is_argmax": (jnp.argmax(logits_NxV, axis=-1) == targets_N).astype(jnp.float32)}
 
 
 def make_token_score_fn(params, cfg: ModelConfig, token_tile: int = 1024) -> ModelScoreFn:
