@@ -63,7 +63,7 @@ SIZES = {
                     seq_len=512, k=128, config="trainer/configs/demo.py",
                     teacher_budget=1.8e16, student_budget=2.5e15,
                     overrides=("model.dtype=bfloat16", "data.batch_size=32", "optim.lr=1e-3",
-                               "peak_flops_per_device=699e12"),
+                               "hldf.warmup_steps=10", "peak_flops_per_device=699e12"),
                     eval_limit=1000, dump_batch_size=8),
 }
 
