@@ -6,9 +6,9 @@
         [--batch-size B] [--heldout-fraction F --heldout-store URL] [Beam options]
 
 Beam options (`--runner`, `--direct_num_workers`, `--direct_running_mode`,
-Dataflow/Flink/Spark flags) pass through; the DirectRunner is the default.
-Rerunning the same command resumes: committed units are skipped. See
-docs/pipelines.md.
+Dataflow/Flink/Spark flags, `--runner dask --dask_client_address HOST:PORT`)
+pass through; the DirectRunner is the default. Rerunning the same command
+resumes: committed units are skipped. See docs/pipelines.md.
 """
 import dataclasses
 import logging
@@ -16,9 +16,9 @@ import sys
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
 
 import store
+from store import profiles
 from pipelines import errors, options, plan as plan_lib, progress, spine, teacher_stage
 from trainer import model_config, model_io
 
@@ -40,14 +40,35 @@ class DumpResult:
 
     Attributes:
         plan: the DumpPlan it ran.
-        counters: {name: value} of the run's Beam counters (documents, rows,
-            tokens, units_committed, bytes_written, heldout_*...); counters of
-            other namespaces as "namespace.name".
+        counters: {name: value}. From the stores' ledgers, so retried or
+            re-executed work never counts twice: units_committed (by this
+            run), units_already_committed (before it), rows, tokens,
+            bytes_written (encoded, of this run's units), and heldout_* the
+            same for the held-out store. From Beam's counters where the
+            runner reports them (the Dask runner does not): documents,
+            heldout_documents, spine_tokens, and other namespaces'
+            counters as "namespace.name" — attempts, which a retry repeats.
         progress_lines: progress lines printed during the run.
     """
     plan: plan_lib.DumpPlan
     counters: dict
     progress_lines: list
+
+
+def committed_units(url):
+    """The units committed in the store at `url` now (empty if there is no store yet)."""
+    try:
+        return frozenset(store.open_writer(url).committed_units())
+    except store.StoreNotFoundError:
+        return frozenset()
+
+
+def _handler(opts, plan):
+    from teacher_dump import TeacherModelHandler  # Beam-side of teacher_dump
+    return TeacherModelHandler(
+        opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
+        top_p=opts.top_p, dtype=opts.teacher_dtype, token_tile=opts.token_tile,
+        share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None)
 
 
 def build_pipeline(argv):
@@ -59,39 +80,58 @@ def build_pipeline(argv):
     Returns:
         (beam.Pipeline, DumpPlan, DumpOptions view).
     """
-    pipeline_options = PipelineOptions(argv)
-    opts = pipeline_options.view_as(options.DumpOptions)
+    pipeline_options, opts = options.parse(argv)
     plan = plan_lib.make_plan(opts)
+    # The units to skip are fixed here, once: every execution of the graph's
+    # stages must agree on them (see teacher_stage.PrepareStore).
+    plan = dataclasses.replace(
+        plan, committed_before=committed_units(opts.store),
+        heldout_committed_before=(committed_units(opts.heldout_store)
+                                  if plan.heldout_schema is not None else frozenset()))
 
     pipeline = beam.Pipeline(options=pipeline_options)
     chunks = pipeline | "ReadSpine" >> spine.ReadSpine(
         plan.paths, plan.model_bytes, opts.heldout_fraction, opts.input_format,
         opts.decode_errors, opts.docs_per_chunk)
     units = chunks[spine.TRAIN] | "PackUnits" >> spine.PackUnits(
-        opts.seq_len, opts.rows_per_unit, teacher_stage.PrepareStore(opts.store, plan.schema))
+        opts.seq_len, opts.rows_per_unit,
+        teacher_stage.PrepareStore(opts.store, plan.schema, plan.committed_before))
     if plan.teacher_cfg is None:
-        units | "WriteTokens" >> teacher_stage.WriteTokensOnly(opts.store, metric_prefix="")
+        written = [units | "WriteTokens" >> teacher_stage.WriteTokensOnly(opts.store)]
     else:
-        from teacher_dump import TeacherModelHandler  # Beam-side of teacher_dump
-        handler = TeacherModelHandler(
-            opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
-            top_p=opts.top_p, dtype=opts.teacher_dtype)
-        units | "TeacherSignal" >> teacher_stage.WriteTeacherSignal(opts.store, handler)
+        written = [units | "TeacherSignal" >> teacher_stage.WriteTeacherSignal(
+            opts.store, _handler(opts, plan), opts.units_per_call)]
     if plan.heldout_schema is not None:
-        (chunks[spine.HELDOUT]
-         | "PackHeldout" >> spine.PackUnits(
-             opts.seq_len, opts.rows_per_unit,
-             teacher_stage.PrepareStore(opts.heldout_store, plan.heldout_schema, "held-out store",
-                                        metric_prefix="heldout_"))
-         | "WriteHeldout" >> teacher_stage.WriteTokensOnly(opts.heldout_store))
+        written.append(
+            chunks[spine.HELDOUT]
+            | "PackHeldout" >> spine.PackUnits(
+                opts.seq_len, opts.rows_per_unit,
+                teacher_stage.PrepareStore(opts.heldout_store, plan.heldout_schema,
+                                           plan.heldout_committed_before, "held-out store"))
+            | "WriteHeldout" >> teacher_stage.WriteTokensOnly(opts.heldout_store))
+    # One sink that depends on every write: a runner that computes only the
+    # graph's last node (the Dask runner does) still runs all of them.
+    tuple(written) | "AllWritten" >> beam.Flatten()
     return pipeline, plan, opts
 
 
-def _counters(result):
+def _ledger_counters(url, before, prefix=""):
+    writer = store.open_writer(url)
+    new = writer.committed_units() - before
+    rows = sum(stop - start for start, stop in map(writer.unit_rows, new))
+    schema = writer.schema
+    # Encoded (pre-compression) bytes per row of every array of the store.
+    row_bytes = sum(s.row_bytes for s in profiles.get_profile(schema.profile).arrays(schema))
+    return {prefix + "units_committed": len(new), prefix + "units_already_committed": len(before),
+            prefix + "rows": rows, prefix + "tokens": rows * schema.seq_len,
+            prefix + "bytes_written": rows * row_bytes}
+
+
+def _beam_counters(result):
     totals = {}
     try:
         metrics = result.metrics().query(MetricsFilter())
-    except Exception:  # some runners do not report metrics; the run itself succeeded
+    except NotImplementedError:  # the Dask runner reports none; the run itself succeeded
         return totals
     for counter in metrics["counters"]:
         # Our counters by bare name; other namespaces' (teacher_dump, Beam's
@@ -122,12 +162,66 @@ def run_dump(argv):
         try:
             result = pipeline.run()
             result.wait_until_finish()
-        except Exception as e:
+        except Exception as e:  # whatever the runner wraps a worker's error in; re-raised below
             user_error = errors.find_pipeline_error(e, _USER_ERRORS + _teacher_errors())
             if user_error is None:
                 raise
+            if isinstance(user_error, errors.StoreWriteError):
+                user_error = errors.StoreWriteError(
+                    f"{errors.clean_message(user_error)}; {_committed_summary(opts)}; "
+                    "fix the storage and re-run the same command to resume")
             raise user_error from None
-    return DumpResult(plan, _counters(result), reporter.lines)
+    counters = _beam_counters(result)
+    counters.update(_ledger_counters(opts.store, plan.committed_before))
+    if plan.heldout_schema is not None:
+        counters.update(_ledger_counters(opts.heldout_store, plan.heldout_committed_before,
+                                         "heldout_"))
+    return DumpResult(plan, counters, reporter.lines)
+
+
+# Below this a held-out log-perplexity mostly measures which documents the
+# hash happened to pick (and a 7-document split of 72 passed without a word).
+MIN_HELDOUT_DOCUMENTS = 100
+# The same floor in tokens, for runners that report no document counter
+# (Dask): ~100 documents of ~200 tokens.
+MIN_HELDOUT_TOKENS = 20_000
+
+
+def heldout_warning(counters):
+    """A warning line if the run's held-out split is too small to evaluate on, else None.
+
+    Args:
+        counters: DumpResult.counters.
+    """
+    if "heldout_tokens" not in counters:
+        return None
+    documents = counters.get("heldout_documents")  # absent where the runner reports no metrics
+    tokens = counters["heldout_tokens"]
+    if documents is not None and documents >= MIN_HELDOUT_DOCUMENTS:
+        return None
+    if documents is None and tokens >= MIN_HELDOUT_TOKENS:
+        return None
+    if documents is None:
+        size = f"{tokens} tokens"
+    else:
+        size = f"{documents} documents of {documents + counters['documents']} ({tokens} tokens)"
+    return (f"warning: the held-out split has {size}, too few for a stable held-out "
+            f"log-perplexity (want >= {MIN_HELDOUT_DOCUMENTS} documents); raise "
+            "--heldout-fraction or add text")
+
+
+def _committed_summary(opts):
+    """"3/40 units of /data/store are committed" for each store of the run."""
+    parts = []
+    for url in filter(None, (opts.store, opts.heldout_store)):
+        try:
+            writer = store.open_writer(url)
+        except store.StoreNotFoundError:
+            parts.append(f"{url} was not created")
+            continue
+        parts.append(f"{len(writer.committed_units())}/{writer.num_units} units of {url} "
+                     "are committed")
+    return ", ".join(parts)
 
 
 def main(argv=None):
@@ -148,6 +242,9 @@ def main(argv=None):
         return 2
     counters = " ".join(f"{k}={v}" for k, v in sorted(result.counters.items()))
     print(f"dump finished: {counters}")
+    warning = heldout_warning(result.counters)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -7,6 +7,7 @@ or remote runners: only the formatted remote traceback survives), so
 `find_pipeline_error` looks both through the exception chain and through the
 text for `<ClassName>: <message>`.
 """
+import errno
 import re
 
 
@@ -42,9 +43,63 @@ class StoreStateError(PipelineError):
     """The target store exists but does not match this run (e.g. a different row count)."""
 
 
+class StoreWriteError(PipelineError):
+    """The storage under a store refused a write: disk full, read-only, permission denied."""
+
+
 _ERROR_CLASSES = {cls.__name__: cls for cls in (
     PipelineError, InputError, DecodeError, EmptyInputError, TokenizerError,
-    VocabMismatchError, OptionsError, StoreStateError)}
+    VocabMismatchError, OptionsError, StoreStateError, StoreWriteError)}
+
+# What a failed write raises: TensorStore turns every I/O status into a
+# ValueError ("RESOURCE_EXHAUSTED: ... No space left on device
+# [os_error_code='28']"), the store's local-path helpers raise OSError.
+STORAGE_ERRORS = (ValueError, OSError)
+
+_STORAGE_FAILURES = {  # errno -> what the user reads
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+_TS_ERRNO = re.compile(r"os_error_code='(\d+)'")
+
+
+def storage_failure(exc):
+    """Names the storage failure behind an exception, or None if it is not one.
+
+    Args:
+        exc: an exception raised while writing a store.
+
+    Returns:
+        e.g. "no space left on device", or None (a bug or another error,
+        which the caller re-raises unchanged).
+    """
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        found = _TS_ERRNO.search(str(exc))
+        code = int(found.group(1)) if found else None
+    if code in _STORAGE_FAILURES:
+        return _STORAGE_FAILURES[code]
+    # Object stores report no errno, only the status.
+    for status, what in (("RESOURCE_EXHAUSTED", "storage exhausted"),
+                         ("PERMISSION_DENIED", "permission denied")):
+        if str(exc).startswith(status):
+            return what
+    return None
+
+
+def raise_if_storage_failure(exc, doing):
+    """Raises StoreWriteError("<doing> failed: <failure>") if `exc` is a storage failure.
+
+    Args:
+        exc: the exception caught around a store write.
+        doing: what was being done, e.g. "writing unit 3 to /data/store".
+    """
+    failure = storage_failure(exc)
+    if failure is not None:
+        raise StoreWriteError(f"{doing} failed: {failure}") from None
 
 
 def find_pipeline_error(exc, extra_classes=()):

@@ -5,12 +5,28 @@ Our flags live next to Beam's own (`--runner`, `--direct_num_workers`,
 runner flags pass through untouched. Each flag accepts both spellings
 (`--seq-len` and `--seq_len`): users type dashes, while Beam re-serialises
 options for remote workers with the underscore `dest` names.
+
+An argument that is neither ours nor Beam's is refused (Beam alone would
+log "Discarding unparseable args" and go on): a shell-expanded unquoted glob
+after a flag other than `--input` would otherwise drop files silently.
 """
 import argparse
+import importlib
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import _BeamArgumentParser
 
 from pipelines.errors import OptionsError
+
+# Short --runner names for runners Beam does not know by a short name.
+RUNNER_ALIASES = {
+    "dask": "apache_beam.runners.dask.dask_runner.DaskRunner",
+    "daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner",
+}
+
+# Flags that only mean something with --teacher (refused in a tokens-only dump).
+TEACHER_FLAGS = ("k", "profile", "top_p", "teacher_dtype", "batch_size", "num_devices",
+                 "token_tile", "units_per_call", "share_across_processes")
 
 
 def _flag(parser, name, **kwargs):
@@ -24,8 +40,8 @@ class DumpOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _flag(parser, "input", action="append", default=None,
-              help="input file glob (repeatable): .txt, .jsonl[.gz], .parquet")
+        _flag(parser, "input", action="extend", nargs="+", default=None,
+              help="input files or globs (several, and repeatable): .txt, .jsonl[.gz], .parquet")
         _flag(parser, "store", default=None, help="output store URL (path, file://, gs://, s3://)")
         _flag(parser, "teacher", default=None,
               help="teacher checkpoint (model_io.save_model format); omit it for a tokens-only "
@@ -38,7 +54,17 @@ class DumpOptions(PipelineOptions):
         _flag(parser, "profile", default="exact", help="store precision profile: exact|compact")
         _flag(parser, "rows_per_unit", type=int, default=64,
               help="rows per work unit (the commit / resume granularity)")
-        _flag(parser, "batch_size", type=int, default=8, help="rows per teacher call")
+        _flag(parser, "batch_size", type=int, default=8, help="rows per teacher device call")
+        _flag(parser, "num_devices", type=int, default=1,
+              help="local devices per worker process to split each batch over (params "
+                   "replicated; --batch-size must divide evenly); 0: all of them")
+        _flag(parser, "token_tile", type=int, default=2048,
+              help="tokens per de-embedding tile of the teacher (bounds its logits memory)")
+        _flag(parser, "units_per_call", type=int, default=1,
+              help="work units per RunInference call (host memory holds that many units' signal)")
+        _flag(parser, "share_across_processes", action="store_true", default=False,
+              help="one teacher per machine shared by its worker processes (Beam "
+                   "multi_process_shared) instead of one per process")
         _flag(parser, "teacher_dtype", default=None,
               help="teacher compute dtype override (float32|bfloat16); default: the checkpoint's")
         _flag(parser, "top_p", type=float, default=None, help="optional top-p truncation of the top-k")
@@ -54,6 +80,96 @@ class DumpOptions(PipelineOptions):
               help="seconds between progress lines (0: none)")
 
 
+def _runner_module(argv):
+    """The --runner value of argv (None if absent), aliases resolved."""
+    for i, arg in enumerate(argv):
+        if arg == "--runner" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _resolve_runner(argv):
+    """argv with a --runner alias replaced by Beam's full path."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--runner" and i + 1 < len(out):
+            out[i + 1] = RUNNER_ALIASES.get(out[i + 1].lower(), out[i + 1])
+        elif arg.startswith("--runner="):
+            name = arg.split("=", 1)[1]
+            out[i] = "--runner=" + RUNNER_ALIASES.get(name.lower(), name)
+    return out
+
+
+def _import_runner_options(runner):
+    # A runner's own options (e.g. --dask_client_address) are registered when
+    # its module is imported; Beam imports it only at run time.
+    if runner and "." in runner:
+        module = runner.rsplit(".", 1)[0]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise OptionsError(f"--runner {runner}: cannot import {module} ({e}); install the "
+                               "runner's package (for Dask: dask[distributed])") from None
+
+
+def _unknown_args(argv):
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(argv)
+    return unknown
+
+
+def _given(argv):
+    """dest names of the flags argv spells out (either spelling, `--f=v` too)."""
+    names = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            names.add(arg[2:].split("=", 1)[0].replace("-", "_"))
+    return names
+
+
+def parse(argv):
+    """Parses a dump's argv (ours and Beam's) after the checks Beam does not make.
+
+    Args:
+        argv: command-line arguments.
+
+    Returns:
+        (PipelineOptions, DumpOptions view).
+
+    Raises:
+        OptionsError: an argument neither we nor Beam know (e.g. the second
+            file of an unquoted glob), or a teacher flag without --teacher.
+    """
+    argv = _resolve_runner(argv)
+    _import_runner_options(_runner_module(argv))
+    unknown = _unknown_args(argv)
+    if unknown:
+        first = unknown[0]
+        hint = (f"if it is an input file, pass it after --input (which takes several paths) "
+                f"or quote the glob: --input '/dir/*.txt'" if not first.startswith("-")
+                else "see `python -m pipelines.dump --help` and Beam's runner flags")
+        raise OptionsError(f"unknown argument {first!r}"
+                           f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; {hint}")
+    pipeline_options = PipelineOptions(argv)
+    opts = pipeline_options.view_as(DumpOptions)
+    if not opts.teacher:
+        extra = sorted(n for n in _given(argv) if n in TEACHER_FLAGS)
+        if extra:
+            flags = " ".join("--" + n.replace("_", "-") for n in extra)
+            raise OptionsError(f"{flags} only apply with --teacher (without it the store holds "
+                               "tokens only); pass --teacher CKPT or drop them")
+    return pipeline_options, opts
+
+
+def runner_name(pipeline_options):
+    """The runner's class name, e.g. "DirectRunner" or "DaskRunner"."""
+    return str(pipeline_options.view_as(StandardOptions).runner or "DirectRunner").rsplit(".", 1)[-1]
+
+
 def validate(opts):
     """Checks a DumpOptions view; raises OptionsError naming the flag and the fix."""
     # --teacher is optional: without it the dump writes a tokens-only store
@@ -62,10 +178,13 @@ def validate(opts):
         if not getattr(opts, name):
             raise OptionsError(f"--{name.replace('_', '-')} is required; see `python -m pipelines.dump --help`")
     positive = {"seq_len": opts.seq_len, "k": opts.k, "rows_per_unit": opts.rows_per_unit,
-                "batch_size": opts.batch_size, "docs_per_chunk": opts.docs_per_chunk}
+                "batch_size": opts.batch_size, "docs_per_chunk": opts.docs_per_chunk,
+                "token_tile": opts.token_tile, "units_per_call": opts.units_per_call}
     for name, value in positive.items():
         if value is None or value < 1:
             raise OptionsError(f"--{name.replace('_', '-')}={value} must be a positive integer")
+    if opts.num_devices is None or opts.num_devices < 0:
+        raise OptionsError(f"--num-devices={opts.num_devices} must be >= 1, or 0 for all local devices")
     if not 0.0 <= opts.heldout_fraction < 1.0:
         raise OptionsError(f"--heldout-fraction={opts.heldout_fraction} must be in [0, 1)")
     if opts.heldout_fraction > 0 and not opts.heldout_store:
@@ -83,8 +202,9 @@ def validate(opts):
 def help_text(prog):
     """Usage text of our flags (Beam's own flags are documented by Beam)."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Text files -> SentencePiece spine -> teacher signal -> store. "
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter, description="Text files -> SentencePiece spine -> teacher signal -> store. "
         "Beam flags (--runner, --direct_num_workers, --direct_running_mode, Dataflow/Flink/Spark "
-        "options) pass through; see docs/pipelines.md.")
+        "options; --runner dask with --dask_client_address HOST:PORT) pass through; "
+        "see docs/pipelines.md.")
     DumpOptions._add_argparse_args(parser)
     return parser.format_help()

@@ -86,20 +86,30 @@ def make_layout(chunk_counts, seq_len, rows_per_unit):
 
     Args:
         chunk_counts: iterable of (key, num_tokens); keys are sortable tuples
-            (file index, chunk index) and must be unique.
+            (file index, chunk index). A key may appear more than once (a
+            runner may deliver a re-executed bundle's output again); its
+            copies must agree, and count once.
         seq_len: T.
         rows_per_unit: R.
 
     Returns:
         Layout
+
+    Raises:
+        AssertionError: two copies of a chunk disagree on its token count —
+            the tokenizer is not deterministic, a bug, never bad input.
     """
+    counts = {}
+    for key, count in chunk_counts:
+        key, count = tuple(key), int(count)
+        if counts.setdefault(key, count) != count:
+            raise AssertionError(f"chunk {key} was tokenized twice with different lengths "
+                                 f"({counts[key]} and {count} tokens)")
     offsets = {}
     position = 0
-    for key, count in sorted(chunk_counts):
-        if key in offsets:
-            raise AssertionError(f"chunk {key} counted twice")
+    for key in sorted(counts):
         offsets[key] = position
-        position += int(count)
+        position += counts[key]
     return Layout(offsets, position, seq_len, rows_per_unit)
 
 
@@ -127,6 +137,27 @@ def split_chunk(layout, key, tokens, skip_units=frozenset()):
             piece = tokens[position - start: unit_end - start]
             yield unit, (position - unit * unit_tokens, np.ascontiguousarray(piece, np.int32))
         position = unit_end
+
+
+def unique_pieces(unit, pieces):
+    """One copy of each piece of a unit (duplicates of re-executed bundles dropped).
+
+    Args:
+        unit: the unit index (for the error message).
+        pieces: iterable of (position, int32 piece) from `split_chunk`.
+
+    Returns:
+        list of (position, piece), one per position.
+
+    Raises:
+        AssertionError: two pieces at one position differ — a bug.
+    """
+    by_position = {}
+    for position, piece in pieces:
+        seen = by_position.setdefault(int(position), piece)
+        if seen is not piece and not np.array_equal(seen, piece):
+            raise AssertionError(f"unit {unit}: two different pieces at position {position}")
+    return list(by_position.items())
 
 
 def assemble_unit(layout, unit, pieces):

@@ -8,6 +8,7 @@ and never after a cluster has started or a store has been created.
 import dataclasses
 import json
 
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 import store
@@ -30,6 +31,9 @@ class DumpPlan:
         hidden_layers: captured layers.
         schema: StoreSchema of the main store.
         heldout_schema: StoreSchema of the held-out store, or None.
+        committed_before: units of the main store committed when the run was
+            launched (skipped); set by `pipelines.dump.build_pipeline`.
+        heldout_committed_before: the same for the held-out store.
     """
     paths: list
     model_bytes: bytes
@@ -38,16 +42,23 @@ class DumpPlan:
     hidden_layers: tuple
     schema: store.StoreSchema
     heldout_schema: object
+    committed_before: frozenset = frozenset()
+    heldout_committed_before: frozenset = frozenset()
 
 
 def _read_tokenizer(path):
     try:
         with FileSystems.open(path) as f:
             return f.read()
-    except Exception as e:
+    except (OSError, BeamIOError) as e:  # missing, unreadable, unreachable filesystem
         raise TokenizerError(
-            f"cannot read tokenizer model {path} ({type(e).__name__}); train one with "
+            f"cannot read tokenizer model {path} ({_first_line(e)}); train one with "
             "`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`") from None
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _teacher_metadata(path):
@@ -60,9 +71,9 @@ def _teacher_metadata(path):
     try:
         with FileSystems.open(FileSystems.join(str(path), "metadata.json")) as f:
             return json.loads(f.read())
-    except Exception as e:
+    except (OSError, BeamIOError, ValueError) as e:  # missing / unreadable / not JSON
         raise model_io.ModelIOError(
-            f"teacher checkpoint {path} has no readable metadata.json ({type(e).__name__}); "
+            f"teacher checkpoint {path} has no readable metadata.json ({_first_line(e)}); "
             "pass a directory written by model_io.save_model") from None
 
 
@@ -116,7 +127,13 @@ def make_plan(opts):
             f"teacher {opts.teacher} was trained with tokenizer sha256 {trained_with[:12]}… but "
             f"{opts.tokenizer} has {tok_info['sha256'][:12]}…; pass the tokenizer the teacher "
             "was trained with")
-    teacher = {"name": cfg.name, "fingerprint": str(metadata.get("fingerprint", "")),
+    if "fingerprint" not in metadata:
+        # model_io.save_model always writes one; the manifest must name its teacher.
+        raise model_io.ModelIOError(
+            f"teacher checkpoint {opts.teacher}: metadata.json has no params fingerprint; "
+            "re-save it with model_io.save_model (or teacher_dump.convert for Hugging Face "
+            "weights)")
+    teacher = {"name": cfg.name, "fingerprint": str(metadata["fingerprint"]),
                "num_layers": cfg.num_layers, "d_model": cfg.d_model, "config": cfg.to_dict(),
                "top_p": opts.top_p}
     schema = store.StoreSchema(

@@ -2,13 +2,23 @@
 
 The packing math is in `pipelines.packing`; this module only distributes it:
 
-    (file_index, path) ──ReadTokenizeFn──▶ ((file_index, chunk_index), tokens)  per split
+    (file_index, path) ──ReadTokenizeFn──▶ (split, (file_index, chunk_index), tokens)
+                       ──SelectSplit──▶ ((file_index, chunk_index), tokens)  per split
     chunks ──count──▶ Layout (global offsets, a singleton side input)
     Layout ──prepare──▶ committed units of the target store (side input)
     chunks ──split_chunk──▶ (unit, piece) ──GroupByKey──▶ (unit, tokens_RxT)
 
 Pieces of units the store already committed are dropped before the shuffle,
 so a resumed run moves (and the teacher sees) only the missing units.
+
+What this asks of the runner (as little as Beam promises): an element may be
+processed, and its outputs delivered, more than once (retried bundles,
+re-executed stages, a side input recomputed per consumer — the Dask runner
+does all three). Every stage is therefore a function of its input alone, and
+duplicates are removed where they meet: the Layout keeps one count per chunk
+key, a unit keeps one copy of each piece, and the writer skips a unit whose
+commit record exists. One ParDo has one output (the split travels in the
+element): a multi-output ParDo's tags are not kept apart by every runner.
 """
 import itertools
 
@@ -26,9 +36,9 @@ METRICS_NAMESPACE = "pipelines.dump"
 class ReadTokenizeFn(beam.DoFn):
     """Reads one file and emits its packed tokens in chunks, per split.
 
-    Input: (file_index, path). Outputs (tagged TRAIN / HELDOUT):
-    ((file_index, chunk_index), int32 tokens) — BOS + ids + EOS of each
-    document of the chunk, concatenated. Chunk c of a file holds its documents
+    Input: (file_index, path). Output: (split, (file_index, chunk_index),
+    int32 tokens), split TRAIN or HELDOUT — BOS + ids + EOS of each document
+    of the chunk in that split, concatenated. Chunk c of a file holds its documents
     [c*docs_per_chunk, (c+1)*docs_per_chunk); chunks with no document of a
     split are not emitted for it.
     """
@@ -69,7 +79,13 @@ class ReadTokenizeFn(beam.DoFn):
                 if group:
                     tokens = self._pack(group)
                     self._tokens.inc(len(tokens))
-                    yield beam.pvalue.TaggedOutput(name, (key, tokens))
+                    yield name, key, tokens
+
+
+def _select(element, split):
+    name, key, tokens = element
+    if name == split:
+        yield key, tokens
 
 
 def _count(element):
@@ -84,7 +100,7 @@ def _split(element, layout, committed):
 
 def _assemble(element, layout):
     unit, pieces = element
-    return unit, packing.assemble_unit(layout, unit, pieces)
+    return unit, packing.assemble_unit(layout, unit, packing.unique_pieces(unit, pieces))
 
 
 class PackUnits(beam.PTransform):
@@ -123,7 +139,7 @@ class PackUnits(beam.PTransform):
 
 
 class ReadSpine(beam.PTransform):
-    """Input files → tagged chunk PCollections {TRAIN: ..., HELDOUT: ...}.
+    """Input files → chunk PCollections {TRAIN: ..., HELDOUT: ...}.
 
     Args:
         paths: the sorted input file list (`inputs.expand_inputs`).
@@ -140,9 +156,11 @@ class ReadSpine(beam.PTransform):
                                   docs_per_chunk)
 
     def expand(self, pbegin):
-        return (
+        chunks = (
             pbegin
             | "Files" >> beam.Create(list(enumerate(self._paths)))
             # Spread files over workers; Create alone is one bundle.
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadTokenize" >> beam.ParDo(self._fn).with_outputs(TRAIN, HELDOUT))
+            | "ReadTokenize" >> beam.ParDo(self._fn))
+        return {split: chunks | f"Select{split.capitalize()}" >> beam.FlatMap(_select, split)
+                for split in (TRAIN, HELDOUT)}

@@ -1,42 +1,67 @@
 """Beam stages that touch the store: create/reopen it, run the teacher, commit units.
 
     Layout ──PrepareStore──▶ store created (or reopened), committed units known
-    (unit, tokens_RxT) ──RunInference(TeacherModelHandler)──▶ (unit, tokens, signal)
+    (unit, tokens_RxT) ──BatchUnits──▶ [units] ──RunInference(TeacherModelHandler)──▶ (unit, tokens, signal)
                        ──WriteUnitFn──▶ store.write_unit (commit record last)
 
 Resume is the store's work-unit ledger: a rerun of the same command skips
 units whose commit record exists (`spine.PackUnits` drops them before the
 shuffle), and a unit interrupted mid-write has no record, so it is redone;
 the store writes identical bytes for identical inputs.
+
+Both stages may run more than once (retries, re-executed bundles, a side
+input recomputed per consumer): PrepareStore creates-or-reopens and returns
+the launcher's snapshot of committed units, the same on every execution;
+WriteUnitFn skips a unit that is already committed. How many units a run
+committed is read from the ledger afterwards (`pipelines.dump`), not from
+Beam counters, which count attempts.
 """
+import time
+
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 import store
-from store import profiles
+from pipelines import errors
 from pipelines.errors import EmptyInputError, StoreStateError
-from pipelines.spine import METRICS_NAMESPACE
+
+# Two executions of PrepareStore may create the same store at once; the loser
+# sees a half-made directory for a moment. Bounded: 20 x 0.25 s.
+_CREATE_ATTEMPTS = 20
+_CREATE_WAIT_S = 0.25
 
 
 class PrepareStore:
     """Creates (or reopens) the target store once the row count is known.
 
     A picklable callable for `spine.PackUnits`: called with the Layout, it
-    returns the units already committed (to skip).
+    returns the units to skip. Those are the units committed when the
+    launcher started (`committed_before`), not a fresh listing: every
+    execution of this stage must return the same set, or two consumers of it
+    would split a unit differently.
 
     Args:
         url: store URL.
         schema: the store.StoreSchema this run writes.
+        committed_before: units committed when the run was launched.
         what: "store" or "held-out store", for error messages.
-        metric_prefix: prefix of this store's counter names.
     """
 
-    def __init__(self, url, schema, what="store", metric_prefix=""):
+    def __init__(self, url, schema, committed_before=frozenset(), what="store"):
         self._url = url
         self._schema = schema
+        self._committed_before = frozenset(committed_before)
         self._what = what
-        self._metric_prefix = metric_prefix
+
+    def _create(self, num_rows):
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                return store.create_store(self._url, self._schema, num_rows=num_rows)
+            except store.StoreNotFoundError:
+                # A concurrent execution is half-way through creating it.
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(_CREATE_WAIT_S)
 
     def __call__(self, layout):
         if layout.num_rows == 0:
@@ -45,51 +70,84 @@ class PrepareStore:
                 f"the input gives {layout.total_tokens} tokens for the {self._what}, fewer than "
                 f"one row of {layout.seq_len}; add text or lower {flag}")
         try:
-            writer = store.create_store(self._url, self._schema, num_rows=layout.num_rows)
+            self._create(layout.num_rows)
         except store.SchemaMismatchError as e:
             raise StoreStateError(
                 f"{self._what} {self._url} exists but was made by a different dump ({e}); "
                 "rerun with the original inputs and flags, or pass a new URL") from None
-        committed = writer.committed_units()
-        Metrics.counter(METRICS_NAMESPACE, self._metric_prefix + "units_already_committed").inc(len(committed))
-        return sorted(committed)
+        except errors.STORAGE_ERRORS as e:
+            errors.raise_if_storage_failure(e, f"creating {self._what} {self._url}")
+            raise
+        return sorted(self._committed_before)
 
 
 class WriteUnitFn(beam.DoFn):
-    """Writes and commits one work unit: element (unit, tokens_RxT, signal | None)."""
+    """Writes and commits one work unit: element (unit, tokens_RxT, signal | None).
 
-    def __init__(self, url, metric_prefix=""):
+    Outputs the unit index; a unit already committed (a duplicate delivery)
+    is skipped, so that executing an element twice is harmless.
+    """
+
+    def __init__(self, url):
         self._url = url
-        self._units = Metrics.counter(METRICS_NAMESPACE, metric_prefix + "units_committed")
-        self._rows = Metrics.counter(METRICS_NAMESPACE, metric_prefix + "rows")
-        self._tokens = Metrics.counter(METRICS_NAMESPACE, metric_prefix + "tokens")
-        self._bytes = Metrics.counter(METRICS_NAMESPACE, metric_prefix + "bytes_written")
 
     def setup(self):
         self._writer = None
 
-    def _open(self):
-        # Opened on the first element, not in setup: a runner may set up a
-        # DoFn before PrepareStore (upstream, via the side input) made the store.
-        self._writer = store.open_writer(self._url)
-        schema = self._writer.schema
-        # Encoded (pre-compression) bytes per row of every array of the store.
-        self._row_bytes = sum(s.row_bytes for s in profiles.get_profile(schema.profile).arrays(schema))
-
     def process(self, element):
         unit, tokens_RxT, signal = element
         if self._writer is None:
-            self._open()
-        if signal is None:
-            self._writer.write_unit(unit, tokens=tokens_RxT)
-        else:
-            self._writer.write_unit(unit, tokens=tokens_RxT, topk_ids=signal["topk_ids"],
-                                    topk_logprobs=signal["topk_logprobs"], hidden=signal["hidden"])
-        self._units.inc()
-        self._rows.inc(tokens_RxT.shape[0])
-        self._tokens.inc(tokens_RxT.size)
-        self._bytes.inc(tokens_RxT.shape[0] * self._row_bytes)
+            # Opened on the first element, not in setup: a runner may set up a
+            # DoFn before PrepareStore (upstream, via the side input) made the store.
+            self._writer = store.open_writer(self._url)
+        if self._writer.is_committed(unit):
+            return
+        arrays = {} if signal is None else {
+            "topk_ids": signal["topk_ids"], "topk_logprobs": signal["topk_logprobs"],
+            "hidden": signal["hidden"]}
+        try:
+            self._writer.write_unit(unit, tokens=tokens_RxT, **arrays)
+        except errors.STORAGE_ERRORS as e:
+            errors.raise_if_storage_failure(e, f"writing unit {unit} to {self._url}")
+            raise
         yield unit
+
+
+def _one_unit_batch(element):
+    return [element]
+
+
+def _batch_key(element, units_per_call):
+    return element[0] // units_per_call, element
+
+
+def _unique_units(element):
+    # One copy of each unit (a re-executed bundle may have delivered it twice).
+    _, units = element
+    return sorted({unit: (unit, tokens) for unit, tokens in units}.values(), key=lambda u: u[0])
+
+
+class BatchUnits(beam.PTransform):
+    """(unit, tokens_RxT) → lists of up to `units_per_call` units: one teacher call each.
+
+    Batches are fixed by unit index (units u // n together), not by bundles,
+    so they are the same on every runner and need no finish_bundle output.
+
+    Args:
+        units_per_call: units per list (1: no shuffle).
+    """
+
+    def __init__(self, units_per_call, label=None):
+        super().__init__(label)
+        self._units_per_call = units_per_call
+
+    def expand(self, units):
+        if self._units_per_call == 1:
+            return units | "One" >> beam.Map(_one_unit_batch)
+        return (units
+                | "Key" >> beam.Map(_batch_key, self._units_per_call)
+                | "Group" >> beam.GroupByKey()
+                | "Units" >> beam.Map(_unique_units))
 
 
 def _without_signal(element):
@@ -103,30 +161,36 @@ class WriteTeacherSignal(beam.PTransform):
     Args:
         url: store URL (created by PrepareStore).
         handler: a teacher_dump.TeacherModelHandler.
+        units_per_call: units per teacher call (BatchUnits).
     """
 
-    def __init__(self, url, handler, label=None):
+    def __init__(self, url, handler, units_per_call=1, label=None):
         super().__init__(label)
         self._url = url
         self._handler = handler
+        self._units_per_call = units_per_call
 
     def expand(self, units):
         return (
             units
+            | "BatchUnits" >> BatchUnits(self._units_per_call)
             | "Teacher" >> RunInference(self._handler)
             | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url)))
 
 
 class WriteTokensOnly(beam.PTransform):
-    """(unit, tokens_RxT) → committed units of a tokens-only (k=0) store."""
+    """(unit, tokens_RxT) → committed units of a tokens-only (k=0) store.
 
-    def __init__(self, url, metric_prefix="heldout_", label=None):
+    Args:
+        url: store URL (created by PrepareStore).
+    """
+
+    def __init__(self, url, label=None):
         super().__init__(label)
         self._url = url
-        self._metric_prefix = metric_prefix
 
     def expand(self, units):
         return (
             units
             | "NoSignal" >> beam.Map(_without_signal)
-            | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url, metric_prefix=self._metric_prefix)))
+            | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url)))

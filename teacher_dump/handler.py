@@ -2,15 +2,19 @@
 
 Contract with the dump pipeline (pipelines/):
 
-* One input element is one store work unit:
-  ``(unit_index: int, tokens_RxT: int32 numpy [R, T])``.
-* One output element per input element, same unit:
+* One input element is one RunInference call: a list of store work units
+  ``(unit_index: int, tokens_RxT: int32 numpy [R, T])``. The pipeline forms
+  these lists itself, by unit index (``pipelines.teacher_stage.BatchUnits``,
+  ``--units-per-call``), so RunInference's own BatchElements is skipped: it
+  emits each bundle's last batch from ``finish_bundle``, which a runner may
+  drop (the Dask runner does: the last unit of every bundle was lost), and
+  its batches depend on bundle sizes.
+* One output element per unit, same unit:
   ``(unit_index, tokens_RxT, signal)`` with ``signal = {"topk_ids":
   int32[R,T,K], "topk_logprobs": float32[R,T,K], "hidden": {l: float32[R,T,D]}}``
   — exactly the arguments ``StoreWriter.write_unit`` takes.
-* By default each RunInference call gets one unit (``units_per_call=1``), so
-  host memory is bounded by one unit's signal; rows inside a unit are fed to
-  the device in batches of ``batch_size`` with transfer overlapped (loop.py).
+* Host memory holds the signal of one call's units; rows inside them are fed
+  to the device in batches of ``batch_size`` with transfer overlapped (loop.py).
 
 The teacher is loaded once per worker process: RunInference keeps the loaded
 model in a process-wide ``shared.Shared`` handle, so every thread of a worker
@@ -54,7 +58,6 @@ class TeacherModelHandler(base.ModelHandler):
                  layers: Sequence[int] | None = None, batch_size: int = 8,
                  top_p: float | None = None, dtype: str | None = None,
                  token_tile: int = extract.DEFAULT_TOKEN_TILE,
-                 units_per_call: int = 1,
                  share_across_processes: bool = False,
                  num_devices: int | None = 1):
         """Configures the handler (nothing is loaded until load_model).
@@ -67,17 +70,12 @@ class TeacherModelHandler(base.ModelHandler):
             top_p: optional top-p truncation.
             dtype: compute dtype override, e.g. "bfloat16" on GPU.
             token_tile: tokens per de-embedding tile.
-            units_per_call: max work units per run_inference call.
             share_across_processes: one teacher per machine instead of per
                 worker process (Beam multi_process_shared).
             num_devices: local devices to split each batch over (params
                 replicated); None = all; batch_size must divide evenly.
         """
-        if units_per_call < 1:
-            raise UnitElementError(
-                f"units_per_call={units_per_call} must be ≥ 1: pass 1 to run "
-                f"one work unit per call")
-        super().__init__(min_batch_size=1, max_batch_size=units_per_call)
+        super().__init__()
         self._ckpt = str(ckpt)
         self._k = k
         self._layers = None if layers is None else tuple(layers)
@@ -112,7 +110,7 @@ class TeacherModelHandler(base.ModelHandler):
         results are split back per unit.
 
         Args:
-            batch: elements (unit_index, tokens_RxT).
+            batch: one input element: a list of (unit_index, tokens_RxT).
             model: the loaded Teacher.
             inference_args: unused (must be empty).
 
@@ -150,6 +148,10 @@ class TeacherModelHandler(base.ModelHandler):
             raise UnitElementError(
                 f"TeacherModelHandler takes no inference_args, got "
                 f"{sorted(inference_args)}: set options on the handler")
+
+    def should_skip_batching(self) -> bool:
+        # Elements arrive already batched (see the module docstring).
+        return True
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         # Cheaper and truer than Beam's default pickle size.

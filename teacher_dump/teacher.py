@@ -31,13 +31,14 @@ class Teacher:
         cfg: the model config (compute dtype may be overridden at load time).
         params: the param pytree, on the default device or replicated over
             the mesh.
-        fingerprint: sha256 of the checkpoint's params ("" if unknown).
+        fingerprint: sha256 of the checkpoint's params (None: built in
+            memory, not loaded from a checkpoint).
         path: where it was loaded from ("" if built in memory).
         mesh: a 1-D ("data",) mesh for data-parallel extraction, or None.
     """
     cfg: model_config.ModelConfig
     params: Any
-    fingerprint: str = ""
+    fingerprint: str | None = None
     path: str = ""
     mesh: jax.sharding.Mesh | None = None
 
@@ -169,9 +170,15 @@ def load_teacher(path: str, dtype: str | None = None,
         cfg, params, metadata = model_io.load_model(path)
     except model_io.ModelIOError as err:  # already names the path and the fix
         raise TeacherLoadError(f"teacher: {err}") from err
+    if "fingerprint" not in metadata:
+        # model_io.save_model always writes it; a store must not record a
+        # teacher it cannot identify.
+        raise TeacherLoadError(
+            f"teacher {path}: metadata.json has no params fingerprint; re-save the "
+            f"checkpoint with model_io.save_model (or teacher_dump.convert for "
+            f"Hugging Face weights)")
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     params, mesh = place_params(cast_for_inference(params, cfg), devices)
-    return Teacher(cfg=cfg, params=params,
-                   fingerprint=str(metadata.get("fingerprint", "")), path=path,
-                   mesh=mesh)
+    return Teacher(cfg=cfg, params=params, fingerprint=str(metadata["fingerprint"]),
+                   path=path, mesh=mesh)

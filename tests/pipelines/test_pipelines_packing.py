@@ -59,3 +59,18 @@ def test_heldout_split_is_deterministic_and_sized():
     # A larger fraction holds out a superset: growing the split never moves
     # a document from held-out back to train.
     assert set(held) <= {t for t in texts if packing.is_heldout(t, 0.2)}
+
+
+def test_duplicate_chunks_and_pieces_count_once():
+    """A runner may deliver a re-executed bundle's output twice: harmless."""
+    counts = [((0, 0), 5), ((0, 1), 7), ((1, 0), 4)]
+    once = packing.make_layout(counts, seq_len=4, rows_per_unit=2)
+    twice = packing.make_layout(counts + counts[:2], seq_len=4, rows_per_unit=2)
+    assert twice == once and once.offsets == {(0, 0): 0, (0, 1): 5, (1, 0): 12}
+    with pytest.raises(AssertionError, match=r"chunk \(0, 1\) was tokenized twice"):
+        packing.make_layout(counts + [((0, 1), 8)], seq_len=4, rows_per_unit=2)
+    a, b = np.arange(4, dtype=np.int32), np.arange(4, 8, dtype=np.int32)
+    pieces = packing.unique_pieces(0, [(0, a), (4, b), (0, a.copy())])
+    np.testing.assert_array_equal(packing.assemble_unit(once, 0, pieces).ravel(), np.arange(8))
+    with pytest.raises(AssertionError, match="two different pieces at position 0"):
+        packing.unique_pieces(0, [(0, a), (0, b)])

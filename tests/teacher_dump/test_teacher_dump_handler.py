@@ -44,7 +44,7 @@ def test_run_inference_pipeline(ckpt):
     units = _units(teacher.cfg)
     expected = {u: loop.concat_batches(teacher_dump.extract_rows(teacher, t, batch_size=8, k=K))
                 for u, t in units}
-    handler = teacher_dump.TeacherModelHandler(ckpt, k=K, batch_size=8, units_per_call=2)
+    handler = teacher_dump.TeacherModelHandler(ckpt, k=K, batch_size=8)
 
     def check(outputs):
         assert sorted(u for u, _, _ in outputs) == [0, 1, 7]
@@ -61,13 +61,14 @@ def test_run_inference_pipeline(ckpt):
                                        rtol=0, atol=1e-5)
 
     with beam.Pipeline("DirectRunner") as p:
-        out = p | beam.Create(units) | RunInference(handler)
+        # One element per call: the pipeline batches units itself (two calls here).
+        out = p | beam.Create([units[:2], units[2:]]) | RunInference(handler)
         assert_that(out, check)
 
 
 def test_run_inference_direct_call_and_bad_elements(ckpt):
     handler = teacher_dump.TeacherModelHandler(ckpt, k=K, batch_size=8)
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 1}
+    assert handler.should_skip_batching()  # RunInference's BatchElements is not used
     teacher = handler.load_model()
     (unit, tokens, signal), = handler.run_inference([(3, _units(teacher.cfg)[2][1])], teacher)
     assert unit == 3 and signal["topk_ids"].shape == (3, 16, K)
@@ -80,8 +81,6 @@ def test_run_inference_direct_call_and_bad_elements(ckpt):
                                (1, np.zeros((1, 8), np.int32))], teacher)
     with pytest.raises(handler_lib.UnitElementError, match="no inference_args"):
         handler.validate_inference_args({"x": 1})
-    with pytest.raises(handler_lib.UnitElementError, match="units_per_call"):
-        teacher_dump.TeacherModelHandler(ckpt, units_per_call=0)
 
 
 class _MethodsOnly:

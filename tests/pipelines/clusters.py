@@ -1,0 +1,119 @@
+"""Local runner back-ends for the distributed-runner tests, on 127.0.0.1 only.
+
+Each is a context manager that starts its processes in their own process
+group, waits for them with a loop bounded in count and time, and kills the
+group on exit, also when the test fails. Nothing here may reach past
+loopback: `loopback_env` points every proxy variable at a dead loopback port
+and exempts only 127.0.0.1 / localhost.
+"""
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_DEAD_PROXY = "http://127.0.0.1:9"
+
+
+def loopback_env(**extra):
+    """The environment for servers and dumps: loopback only, CPU JAX, this checkout."""
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        env[name] = _DEAD_PROXY
+    env.update(extra)
+    return env
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, what, attempts=300, interval=0.1):
+    """Waits until 127.0.0.1:port accepts connections (at most attempts x interval s)."""
+    for _ in range(attempts):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} in {attempts * interval:.0f}s")
+
+
+def _spawn(args, log_path):
+    log = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=loopback_env(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+
+def worker_pids(nanny_pid):
+    """The pids of the worker processes a Dask nanny (or any parent) started."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(nanny_pid)], capture_output=True,
+                         text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+@contextlib.contextmanager
+def dask_cluster(log_dir, num_workers=2):
+    """A dask.distributed scheduler and `num_workers` worker processes (1 thread each).
+
+    Yields:
+        (address "127.0.0.1:PORT", the worker launcher's Popen).
+    """
+    from distributed import Client
+    port = free_port()
+    procs = []
+    try:
+        procs.append(_spawn(["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-dashboard"],
+                            os.path.join(log_dir, "scheduler.log")))
+        wait_for_port(port, procs[0], "dask scheduler")
+        address = f"127.0.0.1:{port}"
+        procs.append(_spawn(["-m", "distributed.cli.dask_worker", f"tcp://{address}",
+                             "--nworkers", str(num_workers), "--nthreads", "1", "--no-dashboard",
+                             "--host", "127.0.0.1"],
+                            os.path.join(log_dir, "workers.log")))
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(num_workers, timeout=90)
+        yield address, procs[1]
+    finally:
+        _stop(procs)
+
+
+@contextlib.contextmanager
+def beam_job_service(log_dir):
+    """Beam's Python job service with an external worker pool (2 worker processes).
+
+    Yields:
+        (job endpoint "127.0.0.1:PORT", worker pool endpoint "127.0.0.1:PORT").
+    """
+    job_port, expansion_port, artifact_port, pool_port = (free_port() for _ in range(4))
+    procs = []
+    try:
+        procs.append(_spawn(["-m", "apache_beam.runners.worker.worker_pool_main",
+                             f"--service_port={pool_port}", "--container_executable=",
+                             ], os.path.join(log_dir, "worker_pool.log")))
+        procs.append(_spawn(["-m", "apache_beam.runners.portability.local_job_service_main",
+                             "--port", str(job_port), "--artifact_port", str(artifact_port),
+                             "--expansion_port", str(expansion_port)],
+                            os.path.join(log_dir, "job_service.log")))
+        wait_for_port(pool_port, procs[0], "beam worker pool")
+        wait_for_port(job_port, procs[1], "beam job service")
+        yield f"127.0.0.1:{job_port}", f"127.0.0.1:{pool_port}"
+    finally:
+        _stop(procs)
