@@ -20,7 +20,9 @@ _DEAD_PROXY = "http://127.0.0.1:9"
 
 def loopback_env(**extra):
     """The environment for servers and dumps: loopback only, CPU JAX, this checkout."""
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+    # This interpreter's bin/ first: Beam's worker pool starts SDK workers as a bare `python`.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", PATH=path,
                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         env[name] = _DEAD_PROXY
@@ -97,20 +99,24 @@ def dask_cluster(log_dir, num_workers=2):
 
 @contextlib.contextmanager
 def beam_job_service(log_dir):
-    """Beam's Python job service with an external worker pool (2 worker processes).
+    """Beam's Python job service and an external worker pool (SDK worker processes).
+
+    The pool starts one SDK worker process per environment the runner asks
+    for (`--sdk_worker_parallelism`). Beam's pool servicer binds [::]:PORT;
+    the test only ever dials 127.0.0.1.
 
     Yields:
         (job endpoint "127.0.0.1:PORT", worker pool endpoint "127.0.0.1:PORT").
     """
-    job_port, expansion_port, artifact_port, pool_port = (free_port() for _ in range(4))
+    job_port, pool_port = free_port(), free_port()
     procs = []
     try:
         procs.append(_spawn(["-m", "apache_beam.runners.worker.worker_pool_main",
-                             f"--service_port={pool_port}", "--container_executable=",
-                             ], os.path.join(log_dir, "worker_pool.log")))
+                             f"--service_port={pool_port}"],
+                            os.path.join(log_dir, "worker_pool.log")))
         procs.append(_spawn(["-m", "apache_beam.runners.portability.local_job_service_main",
-                             "--port", str(job_port), "--artifact_port", str(artifact_port),
-                             "--expansion_port", str(expansion_port)],
+                             "--port", str(job_port),
+                             "--staging_dir", os.path.join(log_dir, "staging")],
                             os.path.join(log_dir, "job_service.log")))
         wait_for_port(pool_port, procs[0], "beam worker pool")
         wait_for_port(job_port, procs[1], "beam job service")
