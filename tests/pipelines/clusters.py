@@ -63,11 +63,16 @@ def _stop(procs):
             proc.wait(timeout=10)
 
 
-def worker_pids(nanny_pid):
-    """The pids of the worker processes a Dask nanny (or any parent) started."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(nanny_pid)], capture_output=True,
-                         text=True, check=False).stdout
-    return [int(p) for p in out.split()]
+def worker_pids(launcher_pid):
+    """The pids of the Dask worker processes `dask worker --nworkers N` started.
+
+    Its nannies live in the launcher process; each worker is a multiprocessing
+    spawn child (the other child, the resource tracker, is left out).
+    """
+    # By session (the launcher's own, see _spawn): its tree has one more level here.
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-s", str(launcher_pid)],
+                         capture_output=True, text=True, check=False).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]
 
 
 @contextlib.contextmanager

@@ -110,9 +110,11 @@ def test_dask_worker_killed_mid_dump_then_rerun_is_identical(argv_for, direct_st
             while _committed(url) < 3 and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert proc.poll() is None, "dump finished before a worker could be killed"
-            killed = clusters.worker_pids(workers.pid)[0]
-            os.kill(killed, signal.SIGKILL)
-            proc.communicate(timeout=400)  # dask reschedules the lost tasks, or the run fails
+            pids = clusters.worker_pids(workers.pid)
+            assert len(pids) == 2, pids
+            os.kill(pids[0], signal.SIGKILL)
+            # The nanny restarts the worker; dask reruns its lost tasks, or the run fails.
+            proc.communicate(timeout=400)
         finally:
             if proc.poll() is None:
                 proc.kill()
