@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 import store
+from store import schema as schema_lib
 from pipelines import errors
 from pipelines.errors import EmptyInputError, StoreStateError
 
@@ -72,6 +73,7 @@ class PrepareStore:
         try:
             self._create(layout.num_rows)
         except store.SchemaMismatchError as e:
+            self._refuse_other_rows(layout.num_rows)
             raise StoreStateError(
                 f"{self._what} {self._url} exists but was made by a different dump ({e}); "
                 "rerun with the original inputs and flags, or pass a new URL") from None
@@ -79,6 +81,21 @@ class PrepareStore:
             errors.raise_if_storage_failure(e, f"creating {self._what} {self._url}")
             raise
         return sorted(self._committed_before)
+
+
+    def _refuse_other_rows(self, num_rows):
+        """Same flags, other input (e.g. new files added): name the supported path."""
+        existing = store.open_writer(self._url)
+        other_schema = schema_lib.first_difference(existing.schema.to_dict(), self._schema.to_dict())
+        if other_schema is not None or existing.num_rows == num_rows:
+            return
+        # Growing in place is refused: a new file that sorts before an old one
+        # would shift every later row under its committed teacher signal.
+        raise StoreStateError(
+            f"{self._what} {self._url} holds {existing.num_rows} rows but these inputs give "
+            f"{num_rows}: a store is never appended to; to add text, dump only the new files to "
+            f"a second store with the same flags: python -m pipelines.dump --input NEW_FILES "
+            f"--store {self._url.rstrip('/')}_2 ... (or rerun with the original inputs to resume)")
 
 
 class WriteUnitFn(beam.DoFn):

@@ -174,3 +174,23 @@ def test_storage_failures_are_named():
         "PERMISSION_DENIED: Failed to create directory: \"/x\": Permission denied "
         "[os_error_code='13']")) == "permission denied"
     assert errors.storage_failure(ValueError("a bug")) is None
+
+
+def test_more_input_into_an_existing_store_names_the_supported_path(corpus, tokenizer_path,
+                                                                    tmp_path, capsys):
+    directory, _ = corpus
+    files = _files(directory)
+    url = str(tmp_path / "s")
+    argv = ["--store", url, "--tokenizer", tokenizer_path, "--seq-len", "32",
+            "--progress-interval", "0"]
+    assert dump.main(["--input", files[0]] + argv) == 0
+    before = lib.store_arrays(url)
+    capsys.readouterr()
+    rc, _, err = _cli(capsys, ["--input", *files] + argv)
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(f"error: store {url} holds ")
+    assert "a store is never appended to; to add text, dump only the new files to a second " \
+           f"store with the same flags: python -m pipelines.dump --input NEW_FILES --store {url}_2" \
+           in err[0]
+    after = lib.store_arrays(url)
+    assert all(before[k].tobytes() == after[k].tobytes() for k in before)
