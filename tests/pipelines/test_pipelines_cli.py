@@ -2,7 +2,10 @@
 import json
 import logging
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -194,3 +197,35 @@ def test_more_input_into_an_existing_store_names_the_supported_path(corpus, toke
            in err[0]
     after = lib.store_arrays(url)
     assert all(before[k].tobytes() == after[k].tobytes() for k in before)
+
+
+def _unshare_mount_works():
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None or not _unshare_mount_works(),
+                    reason="needs unshare -rm to mount a size-limited tmpfs")
+@pytest.mark.parametrize("mount,failure", [("size=160k", "no space left on device"),
+                                           ("ro", "read-only file system")])
+def test_real_full_or_read_only_store_path(corpus, tokenizer_path, tmp_path, mount, failure):
+    """The dump CLI on a real tmpfs (own mount namespace): tiny, or read-only."""
+    import clusters
+    directory, _ = corpus
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    url = str(mnt / "s")
+    argv = ["--input", os.path.join(directory, "*"), "--store", url, "--tokenizer",
+            tokenizer_path, "--seq-len", "32", "--rows-per-unit", "2", "--progress-interval", "0"]
+    script = (f"mount -t tmpfs -o {mount} tmpfs {mnt} && "
+              f"{shlex.quote(sys.executable)} -m pipelines.dump {shlex.join(argv)}")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=clusters.ROOT,
+                          env=clusters.loopback_env(), capture_output=True, text=True,
+                          timeout=300, check=False)
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"failed: {failure}; " in err[0] and err[0].endswith(
+        "fix the storage and re-run the same command to resume"), err[0]
