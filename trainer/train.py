@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from store import StoreReader
-from trainer import (checkpoint, config as config_lib, data, flops, methods, metrics,
-                     model, model_config, model_io, sharding, train_state)
+from trainer import (checkpoint, config as config_lib, data, distributed, flops, methods,
+                     metrics, model, model_config, model_io, sharding, train_state)
 from trainer.config import Method
 
 
@@ -243,7 +243,8 @@ def run(config) -> dict:
         TrainingDivergedError: NaN/Inf loss (the last good checkpoint is kept).
     """
     config_lib.validate(config)
-    sharding.maybe_initialize_distributed(config.distributed)
+    distributed.initialize(config.distributed, config.distributed_heartbeat_s,
+                           config.distributed_init_timeout_s)
     model_cfg = model_config_from(config)
     phases = methods.phases(config, model_cfg.num_layers)
     reader = StoreReader(config.store.url, allow_partial=config.store.allow_partial)
@@ -312,7 +313,7 @@ def run(config) -> dict:
         ckpt.close()
     # Every process takes part in the gather; only process 0 writes. The export is
     # the student alone (state.params): regressors never leave the train state.
-    host_params = (multihost_utils.process_allgather(params) if jax.process_count() > 1
+    host_params = (multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1
                    else jax.device_get(params))
     summary = {"method": config.method, "global_step": meta["global_step"],
                "cumulative_flops": meta["cumulative_flops"], **last}
