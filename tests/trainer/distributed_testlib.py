@@ -74,14 +74,45 @@ class Result:
     exit_time: float  # time.monotonic() when it was seen exited
 
 
+def _slurm_port() -> int:
+    """A free port in the range JAX's Slurm detection derives from SLURM_JOB_ID."""
+    for port in range(SLURM_PORT_BASE + 1000, SLURM_PORT_BASE + 4096):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in JAX's Slurm coordinator range")
+
+
+# jax._src.clusters.slurm_cluster: port = SLURM_JOB_ID % 4096 + SLURM_PORT_BASE.
+SLURM_PORT_BASE = 65535 - 2**12 + 1
+
+
+def _cluster_env(index: int, count: int, port: int, slurm: bool) -> dict:
+    if not slurm:
+        return {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": str(count), "JAX_PROCESS_ID": str(index)}
+    # What `srun --ntasks=2` sets on one node (the variables JAX's detection reads).
+    return {"SLURM_JOB_ID": str(port - SLURM_PORT_BASE), "SLURM_STEP_NODELIST": "127.0.0.1",
+            "SLURM_NTASKS": str(count), "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index)}
+
+
 def launch(args_per_process: list[list[str]], rows_dir, timeout_s: float = 600,
-           env_extra: dict | None = None) -> list[Result]:
+           slurm: bool = False) -> list[Result]:
     """Runs one trainer process per argument list, as one jax.distributed run.
 
-    Waits (bounded by `timeout_s`) for all to exit; kills any still running
-    on the way out, also when the wait fails.
+    Args:
+        args_per_process: `python -m trainer` arguments of each process.
+        rows_dir: where the row logs and each process's stderr go.
+        timeout_s: bound on the wait for all processes to exit.
+        slurm: describe the run with Slurm's variables (JAX's auto-detection)
+            instead of JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+
+    Kills any process still running on the way out, also when the wait fails.
     """
-    port, dead = free_port(), free_port()
+    port, dead = (_slurm_port() if slurm else free_port()), free_port()
     os.makedirs(rows_dir, exist_ok=True)
     procs, logs = [], []
     try:
@@ -90,11 +121,11 @@ def launch(args_per_process: list[list[str]], rows_dir, timeout_s: float = 600,
             env.update({
                 "JAX_PLATFORMS": "cpu",
                 "XLA_FLAGS": f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": str(len(args_per_process)),
-                "JAX_PROCESS_ID": str(index),
                 "ROWS_FILE": os.path.join(str(rows_dir), f"rows_{index}.jsonl"),
-                **(env_extra or {})})
+                **_cluster_env(index, len(args_per_process), port, slurm)})
+            for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+                if slurm:
+                    env.pop(name, None)
             log = open(os.path.join(str(rows_dir), f"stderr_{index}.log"), "w+")
             logs.append(log)
             procs.append(subprocess.Popen(

@@ -80,7 +80,20 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
     _, params_one, _ = model_io.load_model(str(tmp_path / "one" / "export"))
     gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
               for a, b in zip(_leaves(params_two), _leaves(params_one)))
+    print(f"max |export param difference| 2 processes vs 1: {gap:.3g}")
     assert gap <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_cluster_auto_detection_slurm(tmp_path):
+    # No JAX_* variables: JAX's Slurm detection finds coordinator, count and id.
+    store = tl.make_store(tmp_path / "store", num_rows=64)
+    args = dl.trainer_args("kd", store, tmp_path / "run", 2)
+    results = dl.launch([args, args], tmp_path / "rows", timeout_s=400, slurm=True)
+    for i, r in enumerate(results):
+        assert r.returncode == 0, f"process {i}: {r.stderr[-3000:]}"
+        assert f"process {i} of 2, 4 local / 8 global devices" in r.stderr
+    assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "run"))] == [1, 2]
 
 
 def _leaves(tree):
