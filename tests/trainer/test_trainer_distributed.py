@@ -27,6 +27,8 @@ KEYS = ("loss", "grad_norm")
 
 def _reference(store, run_dir, steps, monkeypatch, **sets):
     """The single-process 8-device run; returns (metrics, row ids per read)."""
+    import jax
+    assert jax.device_count() == 2 * dl.LOCAL_DEVICES, "tests/conftest.py forces 8 CPU devices"
     config = tl.tiny_config("kd", store, run_dir, steps=steps)
     config.log_every = 1
     config.data.num_threads = 0          # No read-ahead: rows read = rows trained on.
