@@ -37,8 +37,9 @@ import jax  # noqa: E402
 
 import store  # noqa: E402
 import teacher_dump  # noqa: E402
-from pipelines import dump, inputs, packing, tokenizer  # noqa: E402
-from trainer import model, model_config, model_io  # noqa: E402
+from pipelines import dump, inputs, packing  # noqa: E402
+from trainer.model import tokenizer  # noqa: E402
+from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
 
 
 def wiki_documents(limit):

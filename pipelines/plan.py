@@ -11,9 +11,10 @@ import json
 from apache_beam.io.filesystems import FileSystems
 
 import store
-from pipelines import inputs, options, packing, tokenizer
+from pipelines import inputs, options, packing
+from trainer.model import tokenizer
 from pipelines.errors import OptionsError, TokenizerError, VocabMismatchError
-from trainer import model_io
+from trainer.model import model_io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,7 @@ def _read_tokenizer(path):
     except Exception as e:
         raise TokenizerError(
             f"cannot read tokenizer model {path} ({type(e).__name__}); train one with "
-            "`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`") from None
+            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`") from None
 
 
 def _teacher_metadata(path):

@@ -13,6 +13,6 @@ __all__ = ["load_teacher", "make_extract_fn", "extract_rows", "Teacher",
 
 def __getattr__(name):
     if name == "TeacherModelHandler":
-        from teacher_dump.handler import TeacherModelHandler
+        from pipelines.teacher_handler import TeacherModelHandler
         return TeacherModelHandler
     raise AttributeError(f"module 'teacher_dump' has no attribute {name!r}")

@@ -11,7 +11,8 @@ import zarr
 
 import store
 import teacher_dump
-from pipelines import inputs, packing, tokenizer
+from pipelines import inputs, packing
+from trainer.model import tokenizer
 
 VOCAB = 384
 SEQ_LEN = 32

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import pipelines_testlib as lib
-from pipelines import tokenizer
+from trainer.model import tokenizer
 from pipelines.errors import TokenizerError
 
 

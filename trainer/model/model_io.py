@@ -22,8 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from trainer import model, model_config
-from trainer.model_config import ModelConfig
+from trainer.model import gemma3 as model, model_config
+from trainer.model.model_config import ModelConfig
 
 _PARAMS_DIR = "params"
 _CONFIG_FILE = "config.json"

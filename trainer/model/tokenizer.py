@@ -1,7 +1,7 @@
 """SentencePiece tokenizer: train one on a corpus sample, load it, describe it.
 
 No Beam import here: the trainer and evaluation import this module. The CLI
-(`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`) reads
+(`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`) reads
 inputs through `pipelines.inputs`, imported inside `main` only.
 
 Special ids follow Gemma: pad=0, eos=1, bos=2, unk=3. The model is a unigram
@@ -118,7 +118,7 @@ def _read_bytes(path):
     except OSError as e:
         raise TokenizerError(
             f"cannot read tokenizer model {path} ({e.strerror}); train one with "
-            "`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`") from None
+            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`") from None
 
 
 def tokenizer_from_bytes(model_bytes, name="<bytes>"):
@@ -133,12 +133,12 @@ def tokenizer_from_bytes(model_bytes, name="<bytes>"):
     except Exception:
         raise TokenizerError(
             f"{name} is not a SentencePiece model; pass the .model file written by "
-            "`python -m pipelines.tokenizer`") from None
+            "`python -m pipelines.train_tokenizer`") from None
     for what, piece_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("pad", sp.pad_id())):
         if piece_id < 0:
             raise TokenizerError(
                 f"tokenizer {name} defines no {what} id; packing needs bos, eos and pad — "
-                "retrain it with `python -m pipelines.tokenizer`")
+                "retrain it with `python -m pipelines.train_tokenizer`")
     return sp
 
 
@@ -183,7 +183,7 @@ def main(argv=None):
     from pipelines import inputs  # Beam filesystems; kept out of the library import
 
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.tokenizer",
+        prog="python -m pipelines.train_tokenizer",
         description="Train a SentencePiece unigram tokenizer (byte fallback) on input text.")
     parser.add_argument("--input", action="append", required=True,
                         help="file glob (repeatable): .txt, .jsonl[.gz], .parquet")
