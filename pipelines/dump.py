@@ -20,12 +20,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import store
 from pipelines import errors, options, plan as plan_lib, progress, spine, teacher_stage
-from trainer.model import model_config, model_io
+from trainer.model import layout, model_config, tokenizer
 
 # Errors from the packages we call that carry a one-line user message.
 _USER_ERRORS = (store.StoreError, store.StoreNotFoundError, store.SchemaMismatchError,
                 store.IncompleteStoreError, store.CorruptStoreError, store.StoreInputError,
-                model_io.ModelIOError, model_config.ConfigError)
+                layout.ModelIOError, model_config.ConfigError, tokenizer.TokenizerError)
 
 
 def _teacher_errors():

@@ -24,8 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipelines.errors import TokenizerError
-from trainer.model.tokenizer import load_tokenizer, tokenizer_info
+from trainer.model.tokenizer import TokenizerError, load_tokenizer, tokenizer_info
 from store.errors import StoreError
 from trainer.evaluate import tasks as eval_tasks, scoring
 from trainer.model import model_io
