@@ -22,7 +22,10 @@ ALLOWED = {
     "trainer.configs": {"trainer.model", "trainer.flops", "trainer.training"},
     "trainer.evaluate": {"store", "trainer.model", "trainer.training"},
     "trainer.report": {"trainer.training"},
-    "trainer": {"trainer.training"},  # trainer/__init__.py, trainer/__main__.py
+    # trainer/__init__.py, trainer/__main__.py and any other top-level trainer/
+    # module (an entry point): above every trainer subpackage.
+    "trainer": {"store", "trainer.model", "trainer.flops", "trainer.training",
+                "trainer.configs", "trainer.evaluate", "trainer.report"},
     "pipelines": {"store", "trainer.model", "teacher_dump"},
     "scripts": {"store", "trainer", "trainer.model", "trainer.flops", "trainer.training",
                 "trainer.configs", "trainer.evaluate", "trainer.report", "teacher_dump",
