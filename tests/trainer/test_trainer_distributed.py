@@ -16,7 +16,8 @@ import pytest
 import distributed_testlib as dl
 import trainer_testlib as tl
 from store import StoreReader
-from trainer import distributed, metrics, model_io, train
+from trainer.model import model_io
+from trainer.training import distributed, loop as train, metrics
 
 # Loss / grad-norm agreement of the 2-process and the 1-process curve. Measured
 # max |Δ| on 2026-12-01: see the report; float32 rounding of reordered sums

@@ -12,7 +12,7 @@ import pytest
 
 import distributed_testlib as dl
 import trainer_testlib as tl
-from trainer import metrics
+from trainer.training import metrics
 
 STEPS = 8
 KILL_AT = 5

@@ -5,7 +5,7 @@ The model names each parameter dimension with a logical axis
 names to mesh axes. Mesh axes: `data` (pure data parallel), `fsdp` (batch
 split AND parameters sharded, ZeRO-3 style), `tensor` (optional model
 parallel over heads / MLP / vocab). The batch is split over `data` × `fsdp`.
-Joining a multi-process run is `trainer.distributed`.
+Joining a multi-process run is `trainer.training.distributed`.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def logical_to_spec(axes: tuple, shape: tuple, mesh: Mesh, name: str = "") -> P:
     for axis, dim in zip(axes, shape):
         if axis not in LOGICAL_RULES:
             raise ValueError(f"logical axis {axis!r} has no sharding rule; add it to "
-                             f"trainer.sharding.LOGICAL_RULES")
+                             f"trainer.training.sharding.LOGICAL_RULES")
         mesh_axis = LOGICAL_RULES[axis]
         if mesh_axis is None or mesh.shape[mesh_axis] == 1:
             spec.append(None)
