@@ -263,6 +263,9 @@ def run(config) -> dict:
     run_dir = config.run_dir
     os.makedirs(run_dir, exist_ok=True)
     check_same_config_on_resume(config, run_dir)
+    if jax.process_count() > 1:
+        # Every process has read the old config.json before process 0 replaces it.
+        multihost_utils.sync_global_devices("trainer: config.json checked")
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_lib.to_json(config))
