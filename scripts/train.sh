@@ -3,7 +3,8 @@
 #   scripts/train.sh STORE RUN_DIR [METHOD] [CONFIG] [extra --set overrides...]
 # e.g. scripts/train.sh /data/c4_store runs/kd_lr4e-4 kd trainer/configs/gemma3_270m.py \
 #          --set optim.lr=4e-4 --set budget.value=4
-# Multi-host: set TRAINER_DISTRIBUTED=1 (plus JAX's coordinator variables) on every host.
+# Multi-host: add --set distributed=True and set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+# JAX_PROCESS_ID on every host (or run under Slurm/Open MPI); README "Scaling out".
 set -euo pipefail
 STORE=${1:?store path or URL}
 RUN_DIR=${2:?run directory}
