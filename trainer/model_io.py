@@ -1,6 +1,8 @@
 """Model checkpoints: Orbax for the params, JSON for the config and metadata.
 
-Layout of a model checkpoint directory (local path or any `etils.epath` URL):
+Layout of a model checkpoint directory (local path or any `etils.epath` URL;
+a relative local path is resolved against the current directory, because
+Orbax accepts absolute paths only):
 
     PATH/params/         Orbax StandardCheckpointer tree (fp32 arrays)
     PATH/config.json     ModelConfig.to_dict()
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import jax
@@ -28,6 +31,10 @@ from trainer.model_config import ModelConfig
 _PARAMS_DIR = "params"
 _CONFIG_FILE = "config.json"
 _METADATA_FILE = "metadata.json"
+# What fixes a damaged checkpoint depends on who wrote it; name both writers.
+_REWRITE_HINT = ("the files are damaged: write it again (a run's export/: re-run the same "
+                 "`python -m trainer` command, which re-exports from its last checkpoint; "
+                 "a converted teacher: `python -m teacher_dump.convert ... --overwrite`)")
 
 
 class ModelIOError(ValueError):
@@ -63,7 +70,7 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
     Raises:
         ModelIOError: `path` exists and overwrite is False, or metadata is not JSON.
     """
-    root = epath.Path(path)
+    root = resolve_path(path)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise ModelIOError(f"model checkpoint path {root} already exists and is not empty; "
@@ -86,6 +93,15 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
     return fp
 
 
+def resolve_path(path) -> epath.Path:
+    """`path` as an absolute epath: URLs (gs://, s3://, ...) as given, local paths
+    (relative to the current directory, `~` expanded) made absolute."""
+    text = os.fspath(path)
+    if "://" in text:
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
 def load_config(path) -> ModelConfig:
     """Reads only the config of a model checkpoint (cheap; no arrays)."""
     root = _checked_root(path)
@@ -93,7 +109,7 @@ def load_config(path) -> ModelConfig:
         return ModelConfig.from_dict(json.loads((root / _CONFIG_FILE).read_text()))
     except (OSError, json.JSONDecodeError, TypeError, model_config.ConfigError) as e:
         raise ModelIOError(f"model checkpoint {root} has an unreadable {_CONFIG_FILE} ({e}); "
-                           f"re-export it with model_io.save_model") from None
+                           f"{_REWRITE_HINT}") from None
 
 
 def load_model(path, shardings=None) -> tuple[ModelConfig, Any, dict[str, Any]]:
@@ -122,14 +138,13 @@ def load_model(path, shardings=None) -> tuple[ModelConfig, Any, dict[str, Any]]:
         metadata = json.loads((root / _METADATA_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ModelIOError(f"model checkpoint {root} has an unreadable {_METADATA_FILE} ({e}); "
-                           f"re-export it with model_io.save_model") from None
+                           f"{_REWRITE_HINT}") from None
     target = _abstract_params(cfg, shardings)
     try:
         params = ocp.StandardCheckpointer().restore(root / _PARAMS_DIR, target)
     except Exception as e:  # Orbax raises many types; all mean "cannot read params".
         raise ModelIOError(f"cannot read params of model checkpoint {root} "
-                           f"({type(e).__name__}: {str(e)[:200]}); re-export it with "
-                           f"model_io.save_model") from None
+                           f"({type(e).__name__}: {str(e)[:200]}); {_REWRITE_HINT}") from None
     return cfg, params, metadata
 
 
@@ -150,7 +165,7 @@ def _abstract_params(cfg: ModelConfig, shardings):
 
 def _checked_root(path) -> epath.Path:
     """The checkpoint dir, or a ModelIOError saying what is missing."""
-    root = epath.Path(path)
+    root = resolve_path(path)
     if not root.exists():
         raise ModelIOError(f"model checkpoint {root} does not exist; pass the directory written "
                            f"by model_io.save_model or teacher_dump.convert")

@@ -120,3 +120,13 @@ def test_params_disagreeing_with_config(small, tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
     with pytest.raises(model_io.ModelIOError, match="cannot read params"):
         model_io.load_model(tmp_path / "ckpt")
+
+
+def test_relative_paths_resolve_against_the_current_directory(small, tmp_path, monkeypatch):
+    """Orbax accepts absolute paths only; save/load resolve relative ones themselves."""
+    cfg, params = small
+    monkeypatch.chdir(tmp_path)
+    fp = model_io.save_model("ckpt/rel", cfg, params)
+    assert (tmp_path / "ckpt" / "rel" / "metadata.json").exists()
+    assert model_io.load_model("ckpt/rel")[2]["fingerprint"] == fp
+    assert model_io.load_config("./ckpt/../ckpt/rel") == cfg
