@@ -240,6 +240,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(config.teacher.d_model >= 1,
                f"teacher.d_model={config.teacher.d_model} must be the teacher width (>= 1) "
                f"for method {method.value}")
+    _check(config.debug.kill_signal in ("SIGKILL", "SIGINT", "SIGTERM"),
+           f"debug.kill_signal={config.debug.kill_signal!r} must be SIGKILL, SIGINT or SIGTERM")
     _check(config.student_layer >= 0,
            f"student_layer={config.student_layer} must be >= 0 (0: L_S // 2)")
 

@@ -456,5 +456,5 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
                 f"checkpoint saved in {ckpt.directory}; re-run the same command to resume "
                 f"from step {global_step}", stop.signum)
         if config.debug.kill_at_step and global_step == config.debug.kill_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.Signals[config.debug.kill_signal])
     return state, meta, last

@@ -109,3 +109,27 @@ def test_resume_under_other_settings_is_refused(store, tmp_path):
     changed = tl.tiny_config("nll", store, tmp_path / "run", steps=3, **{"optim.lr": 1e-2})
     with pytest.raises(config_lib.ConfigError, match=r"other settings \(optim.lr: .*new run_dir"):
         train.run(changed)
+
+
+def test_failed_export_recovers_without_retraining(store, tmp_path, monkeypatch):
+    """Training finished, the export failed: re-running (run_dir spelled relative the
+    first time, absolute the second) exports from the last checkpoint, trains nothing."""
+    monkeypatch.chdir(tmp_path)
+    real_save = train.model_io.save_model
+
+    def half_written_export(path, *args, **kwargs):
+        os.makedirs(os.path.join(path, "params"))  # What a failed write leaves behind.
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(train.model_io, "save_model", half_written_export)
+    config = tl.tiny_config("nll", store, "runs/r", steps=3)
+    with pytest.raises(OSError, match="No space"):
+        train.run(config)
+    assert not os.path.exists(tmp_path / "runs" / "r" / "final.json")
+    monkeypatch.setattr(train.model_io, "save_model", real_save)
+    rows = (tmp_path / "runs" / "r" / "metrics.jsonl").read_text()
+    again = tl.tiny_config("nll", store, str(tmp_path / "runs" / "r"), steps=3)
+    summary = train.run(again)
+    assert summary["global_step"] == 3 and "loss" in summary
+    assert (tmp_path / "runs" / "r" / "metrics.jsonl").read_text() == rows  # nothing re-run
+    assert train.model_io.load_config(tmp_path / "runs" / "r" / "export").vocab_size == tl.VOCAB

@@ -82,4 +82,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.debug = ml_collections.ConfigDict()
     c.debug.kill_at_step = 0         # Fault injection for resume tests: SIGKILL self after
                                      # this global step (0: off).
+    c.debug.kill_signal = "SIGKILL"  # What kill_at_step sends: SIGKILL (a crash) or
+                                     # SIGINT / SIGTERM (a user stop: checkpoint + exit).
     return c
