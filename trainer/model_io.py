@@ -74,7 +74,8 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise ModelIOError(f"model checkpoint path {root} already exists and is not empty; "
-                               f"choose a new path or pass overwrite=True")
+                               f"choose a new path or replace it (teacher_dump.convert "
+                               f"--overwrite; model_io.save_model(..., overwrite=True))")
         root.rmtree()
     metadata = dict(metadata or {})
     fp = fingerprint(params)

@@ -73,7 +73,7 @@ def test_corrupt_config_and_params(small, tmp_path):
 def test_refuses_overwrite_unless_asked(small, tmp_path):
     cfg, params = small
     model_io.save_model(tmp_path / "ckpt", cfg, params)
-    with pytest.raises(model_io.ModelIOError, match="pass overwrite=True"):
+    with pytest.raises(model_io.ModelIOError, match=r"convert --overwrite; model_io"):
         model_io.save_model(tmp_path / "ckpt", cfg, params)
     other = jax.tree_util.tree_map(lambda x: x + 1, params)
     fp = model_io.save_model(tmp_path / "ckpt", cfg, other, overwrite=True)
