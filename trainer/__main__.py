@@ -13,7 +13,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    """Parses flags, runs `trainer.train.run`, prints the final summary as JSON."""
+    """Parses flags, runs `trainer.training.loop.run`, prints the final summary as JSON."""
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True,
@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         # Imported here so `--help` stays instant (JAX import is slow).
-        from trainer import config as config_lib
-        from trainer import train
+        from trainer.training import config as config_lib
+        from trainer.training import loop as train
         config = config_lib.load_config(args.config, args.set)
         if args.print_config:
             print(config_lib.to_json(config))

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from trainer import config as config_lib
+from trainer.training import config as config_lib
 from trainer import report
 
 # The paper's grid (DESIGN §1) per method; P1 is {1%, 5%} for the 123M student.

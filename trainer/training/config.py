@@ -20,7 +20,7 @@ import os
 
 import ml_collections
 
-from trainer.schedules import AlphaSchedule
+from trainer.training.schedules import AlphaSchedule
 
 
 class ConfigError(ValueError):
@@ -58,11 +58,15 @@ def parse_enum(enum_cls, value, field: str):
 PATH_FIELDS = ("run_dir", "store.url")
 
 
+# The config files shipped in the package (trainer/configs/), found by path: they
+# import the trainer, so the trainer never imports them (docs/INTERFACES.md).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
+
+
 def shipped_configs() -> list[str]:
     """Names of the configs shipped inside the package (`--config NAME[:arg]`)."""
-    from trainer import configs  # Local: the package of config files, no import cost.
-    directory = os.path.dirname(configs.__file__)
-    return sorted(n[:-3] for n in os.listdir(directory)
+    return sorted(n[:-3] for n in os.listdir(CONFIGS_DIR)
                   if n.endswith(".py") and n not in ("__init__.py", "base.py"))
 
 
@@ -80,8 +84,7 @@ def config_file(name_or_path: str) -> str:
         return os.path.abspath(name_or_path)
     name = name_or_path[:-3] if name_or_path.endswith(".py") else name_or_path
     if name in shipped_configs():
-        from trainer import configs
-        return os.path.join(os.path.dirname(configs.__file__), name + ".py")
+        return os.path.join(CONFIGS_DIR, name + ".py")
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped config; pass "
                       f"a path to a get_config() file or one of {shipped_configs()} "
                       f"(e.g. --config tiny:kd)")

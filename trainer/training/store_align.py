@@ -10,7 +10,7 @@ before anything compiles.
 from __future__ import annotations
 
 from store import SchemaMismatchError, StoreSchema
-from trainer.config import ConfigError
+from trainer.training.config import ConfigError
 
 
 def geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
