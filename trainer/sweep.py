@@ -48,6 +48,10 @@ class SweepError(ValueError):
     """Bad sweep arguments."""
 
 
+class SweepInterrupted(SweepError):
+    """SIGINT: the running points checkpointed and stopped; re-running continues."""
+
+
 def parse_grid(items) -> dict:
     """["a.b=1,2", ...] -> {"a.b": ["1", "2"]} (values stay strings for --set)."""
     grid = {}
@@ -150,8 +154,8 @@ def run_sweep(config: str, out: str, grid: dict, sets=(), parallel: int = 1,
                 job["proc"].wait(timeout=300)
             except subprocess.TimeoutExpired:
                 job["proc"].kill()
-        raise SweepError("interrupted; running points saved checkpoints; re-run the same "
-                         "command to continue the sweep") from None
+        raise SweepInterrupted("interrupted; the running points saved checkpoints; re-run "
+                               "the same command to continue the sweep") from None
     rows = summary_rows(out, grid, evaluate)
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2)
@@ -297,6 +301,9 @@ def main(argv=None) -> int:
         check_config(args.config, args.out, grid, args.set)
         rows = run_sweep(args.config, args.out, grid, args.set, args.parallel,
                          evaluate=evaluate)
+    except SweepInterrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return 130
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -92,3 +92,11 @@ def test_cli_prints_one_line_and_exits_nonzero():
     assert proc.stderr.strip().splitlines() == [
         "error: loss.alpha=2.0 must be in [0, 1]"]
     assert "Traceback" not in proc.stderr
+
+
+def test_help_names_defaults_and_config_names(capsys):
+    from trainer.__main__ import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "tiny:hldc" in out and "default: none" in out

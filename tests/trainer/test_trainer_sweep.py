@@ -83,6 +83,26 @@ def test_bad_override_fails_once_before_any_point(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "sw")
 
 
+def test_ctrl_c_waits_for_the_points_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    waited = []
+
+    class Proc:
+        def wait(self, timeout):
+            waited.append(timeout)
+
+    def interrupted(todo, running, parallel):
+        running.append({"proc": Proc()})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "_run_jobs", interrupted)
+    rc = sweep.main(["--config", tl.CONFIG, "--out", str(tmp_path), "--grid", "loss.tau=1,2",
+                     "--set", "store.url=/s"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 130 and waited and err.splitlines() == [
+        "interrupted; the running points saved checkpoints; re-run the same command to "
+        "continue the sweep"]
+
+
 @pytest.mark.slow
 def test_sweep_runs_points(tmp_path):
     store = tl.make_store(tmp_path / "store", num_rows=16)
