@@ -69,3 +69,17 @@ def test_sigint_checkpoints_and_resumes_bit_exact(tmp_path):
 @pytest.mark.slow
 def test_kill_and_resume_across_hldf_phases(tmp_path):
     _check_resume(tmp_path, "hldf", steps=10, kill_at=7)
+
+
+def test_second_signal_stops_at_once_naming_the_checkpoint_step():
+    from trainer.training import loop
+    stop = loop.StopOnSignal(resume_step=6).install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # the first one only asks
+        assert stop.requested() and stop.signum == signal.SIGTERM
+        with pytest.raises(loop.TrainingInterrupted, match="resume from step 6") as err:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert err.value.signum == signal.SIGINT
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
