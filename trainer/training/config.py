@@ -252,3 +252,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The full config as indented JSON (written to RUN_DIR/config.json)."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def check_same_config_on_resume(config, run_dir: str) -> None:
+    """Refuses to resume a run's checkpoints under different settings.
+
+    A re-launched run (or sweep point) with another `--set` would otherwise
+    continue the old trajectory while config.json claimed the new values.
+    `debug.*` (fault injection) may differ. `run_dir` is the run's location, not
+    a setting, and paths are compared resolved: `runs/x` and `/abs/runs/x` name
+    the same directory (older config.json files recorded them as typed).
+    """
+    old_path = os.path.join(run_dir, "config.json")
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    if not (os.path.exists(old_path) and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
+        return
+    with open(old_path, encoding="utf-8") as f:
+        old = flatten(json.load(f))
+    new = flatten(json.loads(to_json(config)))
+    for key in PATH_FIELDS:
+        for side in (old, new):
+            if isinstance(side.get(key), str):
+                side[key] = resolve_local_path(side[key])
+    changed = sorted(k for k in set(old) | set(new)
+                     if not k.startswith("debug.") and k != "run_dir" and old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(
+            f"run_dir {run_dir} holds checkpoints of a run with other settings ({diffs}); "
+            "use a new run_dir, or rerun with the original settings to resume")

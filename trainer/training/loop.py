@@ -6,6 +6,8 @@ Order of work in `run`: validate the config → open the store and check its
 alignment with the config (before anything compiles) → plan steps from the
 one FLOPs budget → mesh → restore the newest checkpoint if any → phases
 (HLDF: 1 then 2) → export the student (no regressor) to RUN_DIR/export.
+SIGINT/SIGTERM checkpoint the current step and stop (trainer.training.interrupt);
+a re-run after a failed export exports from the final checkpoint, training nothing.
 
 HLDF phase 2 starts from the phase-1 student weights with a FRESH optimizer
 state and its own WSD schedule: phase-1 moments exist only for the first
@@ -22,7 +24,6 @@ import json
 import math
 import os
 import signal
-import threading
 import time
 
 import chex
@@ -35,6 +36,7 @@ from trainer.training import (
     checkpoint, config as config_lib, data, methods, metrics, sharding, state as train_state,
     store_align,
 )
+from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
 from trainer.model import gemma3 as model, model_config, model_io
 from trainer.training.config import Method
@@ -42,60 +44,6 @@ from trainer.training.config import Method
 
 class TrainingDivergedError(ValueError):
     """The loss became NaN/Inf; training stopped, the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM stopped the run; `str()` says where it resumes. Not a ValueError:
-    the run was fine, the user stopped it (`python -m trainer` exits 128 + signum)."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
-class StopOnSignal:
-    """Turns SIGINT/SIGTERM into a request the step loop honours at the next step.
-
-    The loop then saves a checkpoint and raises TrainingInterrupted. A second
-    signal (e.g. during a long compile) raises it at once, naming the step the
-    last checkpoint holds. Handlers are installed only in the main thread (the
-    only place Python allows it) and restored by `uninstall`.
-    """
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, resume_step: int):
-        self.signum = None
-        self.resume_step = resume_step  # The step the newest checkpoint holds.
-        self._old = {}
-
-    def install(self) -> "StopOnSignal":
-        """Installs the handlers (main thread only); returns self."""
-        if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
-        return self
-
-    def uninstall(self) -> None:
-        """Restores the previous handlers."""
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-        self._old = {}
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.signum is not None:
-            raise TrainingInterrupted(
-                f"{signal.Signals(signum).name} again before a checkpoint was written; re-run "
-                f"the same command to resume from step {self.resume_step}", signum)
-        self.signum = signum
-
-    def requested(self) -> bool:
-        """Whether to stop now (in a multi-process run: whether any process was asked)."""
-        if jax.process_count() == 1:
-            return self.signum is not None
-        flags = multihost_utils.process_allgather(jnp.int32(self.signum or 0))
-        self.signum = self.signum or (int(max(flags)) or None)
-        return self.signum is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,35 +212,6 @@ class PhaseRunner:
                                                self.mesh)
 
 
-def check_same_config_on_resume(config, run_dir: str) -> None:
-    """Refuses to resume a run's checkpoints under different settings.
-
-    A re-launched run (or sweep point) with another `--set` would otherwise
-    continue the old trajectory while config.json claimed the new values.
-    `debug.*` (fault injection) may differ. `run_dir` is the run's location, not
-    a setting, and paths are compared resolved: `runs/x` and `/abs/runs/x` name
-    the same directory (older config.json files recorded them as typed).
-    """
-    old_path = os.path.join(run_dir, "config.json")
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    if not (os.path.exists(old_path) and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
-        return
-    with open(old_path, encoding="utf-8") as f:
-        old = config_lib.flatten(json.load(f))
-    new = config_lib.flatten(json.loads(config_lib.to_json(config)))
-    for key in config_lib.PATH_FIELDS:
-        for side in (old, new):
-            if isinstance(side.get(key), str):
-                side[key] = config_lib.resolve_local_path(side[key])
-    changed = sorted(k for k in set(old) | set(new)
-                     if not k.startswith("debug.") and k != "run_dir" and old.get(k) != new.get(k))
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-        raise config_lib.ConfigError(
-            f"run_dir {run_dir} holds checkpoints of a run with other settings ({diffs}); "
-            "use a new run_dir, or rerun with the original settings to resume")
-
-
 def run(config) -> dict:
     """Trains (or resumes) the run described by `config`; returns the final summary.
 
@@ -318,7 +237,7 @@ def run(config) -> dict:
             f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
     run_dir = config.run_dir
     os.makedirs(run_dir, exist_ok=True)
-    check_same_config_on_resume(config, run_dir)
+    config_lib.check_same_config_on_resume(config, run_dir)
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_lib.to_json(config))
