@@ -7,7 +7,11 @@
 Writes one JSON object per checkpoint (INTERFACES.md "run directories"):
 {"checkpoint", "fingerprint", "seq_len", "tasks": {name: {...metrics, "n"}},
 "tokens_per_s"}. Given a run directory it evaluates RUN_DIR/export and writes
-RUN_DIR/eval.json unless --out says otherwise.
+RUN_DIR/eval.json unless --out says otherwise; the tasks of earlier evaluations
+of the same model (fingerprint) there are kept. The model is evaluated at the
+context it was trained with (run config or export metadata) unless --seq-len
+says otherwise; a held-out store of another T is refused. --tokenizer is needed
+for text tasks only. Paths are relative to the current directory.
 
 Log-perplexities are mean negative log-likelihoods in nats per scored token.
 """
