@@ -83,8 +83,8 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
     # Only the calling process takes part (in a multi-process run, process 0
     # writes the gathered host params alone): no barrier waits for the others.
     me = jax.process_index()
-    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
-        primary_host=me, active_processes={me}))
+    only_me = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=only_me)
     checkpointer.save(root / _PARAMS_DIR, params)
     checkpointer.wait_until_finished()
     (root / _CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
