@@ -8,13 +8,13 @@ and never after a cluster has started or a store has been created.
 import dataclasses
 import json
 
-from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 import store
-from pipelines import inputs, options, packing, tokenizer
-from pipelines.errors import OptionsError, TokenizerError, VocabMismatchError
-from trainer import model_io
+from pipelines import inputs, options, packing
+from pipelines.errors import OptionsError, VocabMismatchError
+from trainer.model.tokenizer import TokenizerError
+from trainer.model import layout, tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +50,23 @@ def _read_tokenizer(path):
     try:
         with FileSystems.open(path) as f:
             return f.read()
-    except (OSError, BeamIOError) as e:  # missing, unreadable, unreachable filesystem
+    except OSError as e:  # missing, unreadable, unreachable (BeamIOError is an OSError)
         raise TokenizerError(
             f"cannot read tokenizer model {path} ({_first_line(e)}); train one with "
-            "`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`") from None
+            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`") from None
+
+
+def _teacher_config(path):
+    """The teacher's ModelConfig, from its config.json (no JAX, no weights)."""
+    try:
+        with FileSystems.open(FileSystems.join(str(path), layout.CONFIG_FILE)) as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:  # Beam's BeamIOError is an OSError
+        raise layout.ModelIOError(
+            f"teacher checkpoint {path} has no readable {layout.CONFIG_FILE} "
+            f"({_first_line(e)}); pass a directory written by model_io.save_model "
+            "or teacher_dump.convert") from None
+    return layout.parse_config(text, path)
 
 
 def _first_line(exc):
@@ -69,10 +82,10 @@ def _teacher_metadata(path):
     never loads the teacher's weights.
     """
     try:
-        with FileSystems.open(FileSystems.join(str(path), "metadata.json")) as f:
+        with FileSystems.open(FileSystems.join(str(path), layout.METADATA_FILE)) as f:
             return json.loads(f.read())
-    except (OSError, BeamIOError, ValueError) as e:  # missing / unreadable / not JSON
-        raise model_io.ModelIOError(
+    except (OSError, ValueError) as e:  # missing / unreadable (BeamIOError is an OSError) / not JSON
+        raise layout.ModelIOError(
             f"teacher checkpoint {path} has no readable metadata.json ({_first_line(e)}); "
             "pass a directory written by model_io.save_model") from None
 
@@ -109,7 +122,7 @@ def make_plan(opts):
                          heldout_fraction=opts.heldout_fraction)
     if not opts.teacher:
         return _tokens_only_plan(opts, paths, model_bytes, tok_info, train_packing)
-    cfg = model_io.load_config(opts.teacher)
+    cfg = _teacher_config(opts.teacher)
     if opts.teacher_dtype:
         cfg = cfg.replace(dtype=opts.teacher_dtype)
     if tok_info["vocab_size"] != cfg.vocab_size:
@@ -129,7 +142,7 @@ def make_plan(opts):
             "was trained with")
     if "fingerprint" not in metadata:
         # model_io.save_model always writes one; the manifest must name its teacher.
-        raise model_io.ModelIOError(
+        raise layout.ModelIOError(
             f"teacher checkpoint {opts.teacher}: metadata.json has no params fingerprint; "
             "re-save it with model_io.save_model (or teacher_dump.convert for Hugging Face "
             "weights)")

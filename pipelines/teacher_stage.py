@@ -177,7 +177,7 @@ class WriteTeacherSignal(beam.PTransform):
 
     Args:
         url: store URL (created by PrepareStore).
-        handler: a teacher_dump.TeacherModelHandler.
+        handler: a pipelines.teacher_handler.TeacherModelHandler.
         units_per_call: units per teacher call (BatchUnits).
     """
 

@@ -1,9 +1,10 @@
-"""trainer.sharding: mesh construction and logical-axis rules."""
+"""trainer.training.sharding: mesh construction and logical-axis rules."""
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from trainer import model, model_config, sharding
+from trainer.model import gemma3 as model, model_config
+from trainer.training import sharding
 
 
 def test_mesh_fills_minus_one():
@@ -29,6 +30,20 @@ def test_rules_cover_the_model_and_replicate_indivisible_dims():
     assert shardings["layers"]["attn"]["q"].spec == P(None, "fsdp", None, None)
     # A dimension of 3 cannot be split 8 ways: replicated, not an error.
     assert sharding.logical_to_spec(("embed",), (3,), mesh) == P(None)
+
+
+def test_indivisible_dim_is_said_out_loud(caplog):
+    mesh = sharding.make_mesh(data=1, fsdp=8, tensor=1)
+    axes = {"ok": ("embed", "vocab"), "odd": {"w": ("vocab", "embed")}}
+    shapes = {"ok": jax.ShapeDtypeStruct((16, 5), "float32"),
+              "odd": {"w": jax.ShapeDtypeStruct((5, 12), "float32")}}
+    with caplog.at_level("WARNING", logger="trainer.sharding"):
+        out = sharding.tree_shardings(axes, shapes, mesh)
+    assert out["ok"].spec == P("fsdp", None) and out["odd"]["w"].spec == P(None, None)
+    # One line, naming the param, the dim and the mesh axis; none for the divisible one.
+    assert [r.getMessage() for r in caplog.records] == [
+        "sharding: odd/w dim 'embed'=12 is not divisible by mesh axis 'fsdp'=8; "
+        "replicated on every device instead"]
 
 
 def test_unknown_logical_axis_is_an_error():

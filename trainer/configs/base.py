@@ -1,7 +1,7 @@
 """Every trainer config field, with its meaning and default (the paper's values).
 
 Concrete configs (tiny.py, gemma3_270m.py, ...) start from `base_config()` and
-change what differs. `trainer.config.validate` checks the ranges.
+change what differs. `trainer.training.config.validate` checks the ranges.
 """
 import ml_collections
 
@@ -9,12 +9,12 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     """The paper's recipe (DESIGN §1) for a student; model/store/budget unset."""
     c = ml_collections.ConfigDict()
-    c.method = "kd"            # nll | kd | hldc | hldf (trainer.config.Method).
+    c.method = "kd"            # nll | kd | hldc | hldf (trainer.training.config.Method).
     c.run_dir = ""             # RUN_DIR: config.json, metrics.jsonl, checkpoints/, export/, tb/.
     c.seed = 0                 # Seeds parameter init, regressor init and the data shuffle.
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "tiny"      # trainer.model_config registry name of the student.
+    c.model.name = "tiny"      # trainer.model.model_config registry name of the student.
     c.model.vocab_size = 32000  # V; must equal the store's vocab (checked before compiling).
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay fp32).
     c.model.remat = False      # Rematerialise blocks in backward (memory for compute).
@@ -33,13 +33,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256          # Global batch (rows of T tokens) per step.
     c.data.seq_len = 2048            # T; must equal the store's seq_len (checked first).
     c.data.k = 128                   # Top-k the store must hold (KD/HLD); 0: any k >= 1.
+    c.data.from_store = False        # True: take data.seq_len, data.k, model.vocab_size,
+                                     # teacher.hidden_layer and teacher.d_model from the
+                                     # store's manifest instead of checking them.
     c.data.num_threads = 2           # Grain reader threads per process (batch reads).
     c.data.prefetch_buffer_size = 4  # Batches read ahead per process.
     c.data.num_workers = 0           # >0: Grain worker processes instead of threads only.
 
     c.loss = ml_collections.ConfigDict()
     c.loss.alpha = 0.9               # Weight of the logit (KD) term; (1-α) goes to NLL.
-    c.loss.alpha_schedule = "constant"  # constant | linear | wsd (trainer.config.AlphaSchedule).
+    c.loss.alpha_schedule = "constant"  # constant | linear | wsd (trainer.training.config.AlphaSchedule).
     c.loss.tau = 1.0                 # KD temperature; the KD term is scaled by τ².
     c.loss.gamma = 0.1               # Weight of the hidden-state term (HLDC).
     c.loss.tail = "zero"             # Top-k tail mode: zero | renormalize | bucket (τ=1).
@@ -62,14 +65,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.hldf.warmup_steps = 1000       # Phase-1 warm-up, then constant LR (DESIGN §1).
 
     c.budget = ml_collections.ConfigDict()
-    c.budget.unit = "ot"             # ot | flops (trainer.config.BudgetUnit).
+    c.budget.unit = "ot"             # ot | flops (trainer.training.config.BudgetUnit).
     c.budget.value = 1.0             # The one compute budget; steps derive from trainer.flops.
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                 # Data-parallel axis size; -1: all remaining devices.
     c.mesh.fsdp = 1                  # FSDP axis size (params sharded, batch split too).
     c.mesh.tensor = 1                # Tensor-parallel axis size (heads / MLP / vocab).
-    c.distributed = False            # Call jax.distributed.initialize() (multi-host).
+    c.distributed = False            # Multi-process run: jax.distributed from JAX_COORDINATOR_ADDRESS,
+                                     # JAX_NUM_PROCESSES, JAX_PROCESS_ID, else JAX's cluster
+                                     # auto-detection (trainer.training.distributed; README).
+    c.distributed_heartbeat_s = 100  # distributed: seconds without heartbeats before a process
+                                     # counts as dead and every process aborts (JAX's default).
+    c.distributed_init_timeout_s = 300  # distributed: seconds to wait for all processes to join.
 
     c.log_every = 50                 # Steps between metrics lines (JSONL + TensorBoard).
     c.checkpoint_every = 1000        # Steps between Orbax checkpoints (and at the end).
@@ -79,4 +87,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.debug = ml_collections.ConfigDict()
     c.debug.kill_at_step = 0         # Fault injection for resume tests: SIGKILL self after
                                      # this global step (0: off).
+    c.debug.kill_signal = "SIGKILL"  # What kill_at_step sends: SIGKILL (a crash) or
+                                     # SIGINT / SIGTERM (a user stop: checkpoint + exit).
     return c

@@ -5,7 +5,7 @@
 DIR holds `config.json` and `*.safetensors` of a `Gemma3ForCausalLM` (or the
 text half of a `Gemma3ForConditionalGeneration`). Tensors are read with
 `safetensors` in numpy (no torch), cast to fp32, re-laid out to the stacked
-param tree of `trainer.model` and written with `trainer.model_io.save_model`.
+param tree of `trainer.model` and written with `trainer.model.model_io.save_model`.
 
 Every HF feature our model does not implement (bias, soft-capping,
 bidirectional attention, untied head, a non-periodic layer pattern, a RoPE type
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from trainer import model_io
-from trainer.model_config import ModelConfig
+from trainer.model import model_io
+from trainer.model.model_config import ModelConfig
 
 # Gemma3TextConfig defaults (transformers 5.x): hub configs omit fields equal to them.
 _HF_DEFAULTS: dict[str, Any] = {
@@ -207,7 +207,7 @@ def convert(hf_dir, out, overwrite: bool = False) -> str:
 
     Args:
         hf_dir: directory with config.json and *.safetensors.
-        out: output checkpoint path (see trainer.model_io).
+        out: output checkpoint path (see trainer.model.model_io).
         overwrite: replace an existing checkpoint at `out`.
 
     Returns:
@@ -235,8 +235,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m teacher_dump.convert",
                                      description="Convert a Hugging Face Gemma 3 text "
                                                  "checkpoint to a model checkpoint.")
-    parser.add_argument("--hf-dir", required=True, help="config.json + *.safetensors directory")
-    parser.add_argument("--out", required=True, help="output model checkpoint directory")
+    parser.add_argument("--hf-dir", required=True, help="config.json + *.safetensors directory "
+                                                        "(relative to the current directory)")
+    parser.add_argument("--out", required=True, help="output model checkpoint directory "
+                                                     "(relative to the current directory)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     try:
@@ -244,7 +246,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"out": args.out, "fingerprint": fp}))
+    # model_io resolved a relative --out against the current directory; say where it went.
+    print(json.dumps({"out": str(model_io.resolve_path(args.out)), "fingerprint": fp}))
     return 0
 
 
