@@ -72,23 +72,27 @@ def _handler(opts, plan):
         share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None)
 
 
-def build_pipeline(argv):
+def build_pipeline(argv, read_ledgers=True):
     """Parses argv, validates it and builds (but does not run) the pipeline.
 
     Args:
         argv: command-line arguments (ours and Beam's).
+        read_ledgers: read the target stores' committed units (the units the
+            run skips). False builds a graph to inspect or translate without
+            touching the stores (it would rewrite committed units if run).
 
     Returns:
         (beam.Pipeline, DumpPlan, DumpOptions view).
     """
     pipeline_options, opts = options.parse(argv)
     plan = plan_lib.make_plan(opts)
-    # The units to skip are fixed here, once: every execution of the graph's
-    # stages must agree on them (see teacher_stage.PrepareStore).
-    plan = dataclasses.replace(
-        plan, committed_before=committed_units(opts.store),
-        heldout_committed_before=(committed_units(opts.heldout_store)
-                                  if plan.heldout_schema is not None else frozenset()))
+    if read_ledgers:
+        # The units to skip are fixed here, once: every execution of the
+        # graph's stages must agree on them (see teacher_stage.PrepareStore).
+        plan = dataclasses.replace(
+            plan, committed_before=committed_units(opts.store),
+            heldout_committed_before=(committed_units(opts.heldout_store)
+                                      if plan.heldout_schema is not None else frozenset()))
 
     pipeline = beam.Pipeline(options=pipeline_options)
     chunks = pipeline | "ReadSpine" >> spine.ReadSpine(

@@ -83,7 +83,6 @@ def tokenizer(ctx: Context) -> None:
 def _dump_args(ctx: Context, inputs: str, store: str) -> list[str]:
     return ["-m", "pipelines.dump", "--input", inputs, "--store", store,
             "--tokenizer", ctx.path("tokenizer.model"), "--seq-len", str(ctx.size.seq_len),
-            "--k", str(ctx.size.k), "--batch-size", str(ctx.size.dump_batch_size),
             "--progress-interval", "5"]
 
 
@@ -115,7 +114,9 @@ def teacher(ctx: Context) -> None:
 def dump(ctx: Context) -> None:
     t0 = time.time()
     run(ctx, "dump", *_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), ctx.path("store")),
-        "--teacher", ctx.path("runs", "teacher", "export"))
+        "--teacher", ctx.path("runs", "teacher", "export"),
+        # Teacher-only flags (a tokens-only dump refuses them).
+        "--k", str(ctx.size.k), "--batch-size", str(ctx.size.dump_batch_size))
     _save_json(ctx, "dump_seconds", time.time() - t0)
 
 

@@ -16,8 +16,10 @@ from pipelines.errors import OptionsError
 
 def _argv(directory, url, tokenizer_path, *extra):
     argv = lib.dump_argv(os.path.join(directory, "*"), url, "unused", tokenizer_path, *extra)
-    i = argv.index("--teacher")
-    return argv[:i] + argv[i + 2:]
+    for flag in ("--teacher", "--k", "--batch-size"):  # teacher-only flags are refused here
+        i = argv.index(flag)
+        argv = argv[:i] + argv[i + 2:]
+    return argv
 
 
 def test_tokens_only_store_is_the_spine(corpus, tokenizer_path, tmp_path):
