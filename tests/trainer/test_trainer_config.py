@@ -33,7 +33,7 @@ def test_overrides_are_typed():
     (["loss.alpha=-0.1"], "loss.alpha"),
     (["hldf.p1=0"], "hldf.p1"),
     (["hldf.p1=1.0"], "hldf.p1"),
-    (["method=distill"], "method='distill' is not supported"),
+    (["method=distill"], "unknown method 'distill'; use one of"),
     (["loss.alpha_schedule=cosine"], "loss.alpha_schedule"),
     (["budget.unit=tokens"], "budget.unit"),
     (["budget.value=-1"], "budget.value"),

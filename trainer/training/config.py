@@ -19,11 +19,9 @@ import os
 
 import ml_collections
 
+# One ConfigError for model and trainer configs; parse_enum is re-exported for callers.
+from trainer.model.model_config import ConfigError, parse_enum
 from trainer.training.schedules import AlphaSchedule
-
-
-class ConfigError(ValueError):
-    """A trainer config value is missing, unknown or out of range."""
 
 
 class Method(enum.Enum):
@@ -40,15 +38,6 @@ class BudgetUnit(enum.Enum):
 
     FLOPS = "flops"  # Training FLOPs (DESIGN §1 per-token costs).
     OT = "ot"        # Overtraining units: 1 OT = 20·N tokens at C_data.
-
-
-def parse_enum(enum_cls, value, field: str):
-    """`enum_cls(value)` with a ConfigError that lists the allowed values."""
-    try:
-        return enum_cls(value)
-    except ValueError:
-        allowed = [m.value for m in enum_cls]
-        raise ConfigError(f"{field}={value!r} is not supported; use one of {allowed}") from None
 
 
 def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:

@@ -37,6 +37,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from trainer.model.model_config import parse_enum
+
 # A finite stand-in for -inf: keeps logsumexp and its gradient NaN-free when
 # every entry of a row is masked, while exp(_NEG - anything finite) == 0.
 _NEG = -1e30
@@ -71,25 +73,14 @@ class Divergence(enum.Enum):
     JSD = "jsd"                # ½KL(p‖m) + ½KL(q‖m), m = ½(p + q); bounded by log 2.
 
 
-def _parse_enum(enum_cls, value, what: str):
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in enum_cls)
-        raise LossConfigError(
-            f"unknown {what} {value!r}; use one of {choices}") from None
-
-
 def parse_tail_mode(value) -> TailMode:
     """Returns the ``TailMode`` for a name or member; LossConfigError if unknown."""
-    return _parse_enum(TailMode, value, "KD tail mode")
+    return parse_enum(TailMode, value, "KD tail mode", LossConfigError)
 
 
 def parse_divergence(value) -> Divergence:
     """Returns the ``Divergence`` for a name or member; LossConfigError if unknown."""
-    return _parse_enum(Divergence, value, "KD divergence")
+    return parse_enum(Divergence, value, "KD divergence", LossConfigError)
 
 
 def check_temperature(temperature, tail) -> float:
