@@ -132,9 +132,8 @@ def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, 
         step_metrics["grad_norm"] = jnp.sqrt(sum(
             jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
         step_metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
-        _, rng = jax.random.split(state.rng)
         new_state = state.replace(step=state.step + 1, params=new["params"],
-                                  regressor=new["regressor"], opt_state=opt_state, rng=rng)
+                                  regressor=new["regressor"], opt_state=opt_state)
         return new_state, step_metrics
 
     # chex keys its trace counter on the function's name and source; a unique
@@ -183,12 +182,13 @@ class PhaseRunner:
                                     {k: _BATCH_NDIM[k] for k in self.batch_keys})
 
     def _fresh_state(self, rng, params=None):
-        p_rng, r_rng, s_rng = jax.random.split(rng, 3)
+        # Three keys, as when the state carried one, so inits stay the same.
+        p_rng, r_rng, _ = jax.random.split(rng, 3)
         if params is None:
             params = model.init_params(self.model_cfg, p_rng)
         regressor = methods.init_regressor(self.plan.phase.regressor, r_rng,
                                            self.model_cfg.d_model, self.d_teacher)
-        return train_state.init_state(params, regressor, self.optimizer, s_rng)
+        return train_state.init_state(params, regressor, self.optimizer)
 
     def init_state(self, rng, params=None) -> train_state.TrainState:
         """A fresh, sharded phase state (params given: continue from them)."""
