@@ -32,16 +32,18 @@ matplotlib.use("Agg")  # Files only; no display on servers.
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from trainer.training import metrics  # noqa: E402
+from trainer.training import config as config_lib, metrics  # noqa: E402
 
 # --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
 METHOD_KEY = "method"
 GROUP_KEYS = {"model": "model.name", "budget": "budget.value", "budget_unit": "budget.unit"}
 HPARAM_KEYS = {"lr": "optim.lr", "tau": "loss.tau", "alpha": "loss.alpha",
                "gamma": "loss.gamma", "p1": "hldf.p1"}
-# Hyper-parameters that shape each method's training (the others are inert).
-METHOD_HPARAMS = {"nll": ("lr",), "kd": ("lr", "tau", "alpha"),
-                  "hldc": ("lr", "tau", "alpha", "gamma"), "hldf": ("lr", "tau", "alpha", "p1")}
+# Hyper-parameters that shape each method's training (the others are inert), by
+# report name: config_lib.METHOD_HPARAMS, the one list the sweep uses too.
+_HPARAM_NAMES = {key: name for name, key in HPARAM_KEYS.items()}
+METHOD_HPARAMS = {method: tuple(_HPARAM_NAMES[key] for key in fields)
+                  for method, fields in config_lib.METHOD_HPARAMS.items()}
 REFERENCE_METHOD = "kd"
 # metrics.jsonl: x axis and the loss plotted (first key present wins).
 FLOPS_KEY = "cumulative_flops"

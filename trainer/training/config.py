@@ -33,6 +33,16 @@ class Method(enum.Enum):
     HLDF = "hldf"  # Phase 1: first half + MLP regressor, MSE only; phase 2: KD.
 
 
+# The config fields that shape each method's training (the others are inert for
+# it): what a sweep varies and what a report compares runs on.
+METHOD_HPARAMS = {
+    "nll": ("optim.lr",),
+    "kd": ("optim.lr", "loss.tau", "loss.alpha"),
+    "hldc": ("optim.lr", "loss.tau", "loss.alpha", "loss.gamma"),
+    "hldf": ("optim.lr", "loss.tau", "loss.alpha", "hldf.p1"),
+}
+
+
 class BudgetUnit(enum.Enum):
     """Unit of `config.budget.value`."""
 
