@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer.model import gemma3 as model, tiling
+from trainer.model.errors import ConfigError, ModelInputError
 
 # Tokens per de-embedding tile. 2048 × 32k fp32 logits = 256 MiB: large enough
 # that the [tile, D] × [D, V] matmul runs at full speed on a GPU, small enough
@@ -37,12 +38,10 @@ DEFAULT_TOKEN_TILE = 2048
 ExtractFn = Callable[[Any, jax.Array], dict]
 
 
-class ExtractConfigError(ValueError):
-    """A bad extraction option (k, layers, top_p, token_tile)."""
+ExtractConfigError = ConfigError  # A bad extraction option (k, layers, top_p, token_tile)
 
 
-class TokenRangeError(ValueError):
-    """Token ids outside [0, vocab_size)."""
+TokenRangeError = ModelInputError  # Token ids outside [0, vocab_size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,8 @@
 * ``hf_import``    — Hugging Face safetensors -> a checkpoint
   (CLI: ``python -m teacher_dump.convert``).
 * ``tokenizer``    — the SentencePiece tokenizer (train, load, describe).
+* ``tiling``       — token tiling: run a function over sequence tiles of [B, T, ...].
+* ``errors``       — ConfigError, ModelInputError, ModelIOError (the JAX side's user errors).
 
-Depends only on ``store``-free third-party code; everything else builds on it.
+Imports no other unit of this repository; everything else builds on it.
 """

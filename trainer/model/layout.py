@@ -11,15 +11,12 @@ itself and parses it here, so it never imports JAX:
 import json
 
 from trainer.model import model_config
+from trainer.model.errors import ModelIOError
 from trainer.model.model_config import ModelConfig
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
-
-
-class ModelIOError(ValueError):
-    """A model checkpoint is missing, incomplete, unreadable or would be overwritten."""
 
 
 def parse_config(text, where) -> ModelConfig:

@@ -16,8 +16,7 @@ import math
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A config (model or trainer) is unknown, malformed or out of range."""
+from trainer.model.errors import ConfigError
 
 
 def parse_enum(enum_cls, value, what: str, error=ConfigError):

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from trainer.model import gemma3 as model, layout
-from trainer.model.layout import ModelIOError
+from trainer.model.errors import ModelIOError
 from trainer.model.model_config import ModelConfig
 
 _PARAMS_DIR = layout.PARAMS_DIR

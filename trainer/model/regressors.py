@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer.model.model_config import parse_enum
+from trainer.model.errors import ConfigError
 
 Params = dict[str, Any]
 
@@ -52,8 +53,7 @@ _AXES = {
 MLP_EXPANSION = 4  # Hidden width of the HLDF regressor, in units of d_S.
 
 
-class RegressorError(ValueError):
-    """Bad regressor kind, width or input."""
+RegressorError = ConfigError  # Bad regressor kind, width or input
 
 
 class RegressorKind(enum.Enum):

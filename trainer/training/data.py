@@ -19,13 +19,13 @@ import jax
 import numpy as np
 
 from store import StoreReader
+from trainer.model.errors import ConfigError
 
 # The batch keys a method's loss uses (the store's "hidden/<l>" becomes "hidden").
 _TOPK = ("topk_ids", "topk_logprobs")
 
 
-class DataConfigError(ValueError):
-    """The store cannot feed the requested batches."""
+DataConfigError = ConfigError  # The store cannot feed the requested batches
 
 
 def store_fields(batch_keys, hidden_layer: int = 0) -> tuple[str, ...]:

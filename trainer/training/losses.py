@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer.model.model_config import parse_enum
+from trainer.model.errors import ConfigError
 
 # A finite stand-in for -inf: keeps logsumexp and its gradient NaN-free when
 # every entry of a row is masked, while exp(_NEG - anything finite) == 0.
@@ -48,8 +49,7 @@ _NEG = -1e30
 _LOG_TINY = -69.07755278982137
 
 
-class LossConfigError(ValueError):
-    """A loss was asked for with an unknown mode or an out-of-range value."""
+LossConfigError = ConfigError  # A loss was asked for with an unknown mode or an out-of-range value
 
 
 class TailMode(enum.Enum):

@@ -34,12 +34,12 @@ from typing import Callable
 import jax.numpy as jnp
 
 from trainer.model.model_config import parse_enum
+from trainer.model.errors import ConfigError
 
 Schedule = Callable[[object], jnp.ndarray]
 
 
-class ScheduleError(ValueError):
-    """A schedule was asked for with an unknown name or inconsistent values."""
+ScheduleError = ConfigError  # A schedule was asked for with an unknown name or inconsistent values
 
 
 class AlphaSchedule(enum.Enum):

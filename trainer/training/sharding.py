@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from trainer.model.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # The batch dimension is split over both.
@@ -32,8 +33,7 @@ LOGICAL_RULES: dict[str, str | None] = {
 }
 
 
-class MeshConfigError(ValueError):
-    """Mesh sizes do not match the available devices."""
+MeshConfigError = ConfigError  # Mesh sizes do not match the available devices
 
 
 def maybe_initialize_distributed(enabled: bool) -> None:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from trainer.model import tiling
 from trainer.training import losses
+from trainer.model.errors import ModelInputError
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 
@@ -46,8 +47,7 @@ TOPK_IDS = "topk_ids"
 TOPK_LOGPROBS = "topk_logprobs"
 
 
-class TiledLossError(ValueError):
-    """Bad shapes or settings for the tiled logit loss."""
+TiledLossError = ModelInputError  # Bad shapes or settings for the tiled logit loss
 
 
 def tile_logits(hidden_NxD: jax.Array, embedding_VxD: jax.Array) -> jax.Array:
