@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50                 # Steps between metrics lines (JSONL + TensorBoard).
     c.checkpoint_every = 1000        # Steps between Orbax checkpoints (and at the end).
     c.keep_checkpoints = 2           # Checkpoints kept on disk.
-    c.peak_flops_per_device = 699e12  # For MFU; default: measured H100 bf16 matmul.
+    c.peak_flops_per_device = 699e12  # For MFU; assumed H100-class bf16 peak (not measured).
 
     c.debug = ml_collections.ConfigDict()
     c.debug.kill_at_step = 0         # Fault injection for resume tests: SIGKILL self after
