@@ -7,8 +7,16 @@ import pytest
 from trainer.training import config as config_lib
 from trainer.training.config import ConfigError
 
-CONFIGS = ["tiny.py", "tiny.py:hldf", "gemma3_270m.py:hldc", "gemma3_1b.py:kd",
-           "teacher.py", "teacher.py:tiny-7"]
+# Shipped config -> (method, student, V, T, global batch) it must produce; the
+# paper's shapes (DESIGN §1) for the gemma3 files. Update with the config files.
+CONFIGS = {
+    "tiny.py": ("kd", "tiny", 512, 32, 8),
+    "tiny.py:hldf": ("hldf", "tiny", 512, 32, 8),
+    "gemma3_270m.py:hldc": ("hldc", "gemma3-270m", 32000, 2048, 256),
+    "gemma3_1b.py:kd": ("kd", "gemma3-1b", 32000, 2048, 256),
+    "teacher.py": ("nll", "gemma3-4b", 32000, 2048, 256),
+    "teacher.py:tiny-7": ("nll", "tiny-7", 512, 64, 8),
+}
 
 
 def _load(spec="trainer/configs/tiny.py", sets=()):
@@ -17,7 +25,10 @@ def _load(spec="trainer/configs/tiny.py", sets=()):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_validate(name):
-    config_lib.validate(_load(f"trainer/configs/{name}"))
+    config = _load(f"trainer/configs/{name}")
+    config_lib.validate(config)
+    assert (config.method, config.model.name, config.model.vocab_size, config.data.seq_len,
+            config.data.batch_size) == CONFIGS[name]
 
 
 def test_overrides_are_typed():
