@@ -177,18 +177,18 @@ class StoreWriter:
     def _encode(self, rows, tokens, topk_ids, topk_logprobs, hidden) -> dict:
         s = self.schema
         T, K, V = s.seq_len, s.k, s.vocab_size
-        tokens = _check_array("tokens", tokens, (rows, T), "integer")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+        tokens_RxT = _check_array("tokens", tokens, (rows, T), "integer")
+        if tokens_RxT.size and (tokens_RxT.min() < 0 or tokens_RxT.max() >= V):
             raise errors.StoreInputError(f"tokens must be in [0, vocab_size={V}); got range "
-                                         f"[{tokens.min()}, {tokens.max()}]; check the tokenizer")
-        encoded = {"tokens": tokens.astype(np.int32)}
+                                         f"[{tokens_RxT.min()}, {tokens_RxT.max()}]; check the tokenizer")
+        encoded = {"tokens": tokens_RxT.astype(np.int32)}
         if K:
             if topk_ids is None or topk_logprobs is None:
                 raise errors.StoreInputError(f"this store has k={K}: pass topk_ids and topk_logprobs")
-            ids = _check_array("topk_ids", topk_ids, (rows, T, K), "integer")
-            lp = _check_array("topk_logprobs", topk_logprobs, (rows, T, K), "floating")
-            _check_topk(ids, lp, V)
-            encoded.update(self._profile.encode_topk(ids, lp.astype(np.float32), V))
+            ids_RxTxK = _check_array("topk_ids", topk_ids, (rows, T, K), "integer")
+            logprobs_RxTxK = _check_array("topk_logprobs", topk_logprobs, (rows, T, K), "floating")
+            _check_topk(ids_RxTxK, logprobs_RxTxK, V)
+            encoded.update(self._profile.encode_topk(ids_RxTxK, logprobs_RxTxK.astype(np.float32), V))
         elif topk_ids is not None or topk_logprobs is not None:
             raise errors.StoreInputError("this store has k=0 (tokens only): pass topk_ids=None, topk_logprobs=None")
         hidden = dict(hidden or {})
@@ -197,12 +197,13 @@ class StoreWriter:
             raise errors.StoreInputError(
                 f"hidden must have exactly the layers {sorted(wanted)}, got {sorted(hidden)}")
         for layer in s.hidden_layers:
-            x = _check_array(f"hidden[{layer}]", hidden[layer], (rows, T, s.hidden_dim), "floating")
-            x = np.asarray(x, dtype=np.float32)
-            if not np.isfinite(x).all():
+            hidden_RxTxD = np.asarray(_check_array(f"hidden[{layer}]", hidden[layer],
+                                                   (rows, T, s.hidden_dim), "floating"),
+                                      dtype=np.float32)
+            if not np.isfinite(hidden_RxTxD).all():
                 raise errors.StoreInputError(
                     f"hidden[{layer}] has NaN/inf values; fix the teacher forward pass (check its dtype)")
-            encoded.update(self._profile.encode_hidden(layer, x))
+            encoded.update(self._profile.encode_hidden(layer, hidden_RxTxD))
         return encoded
 
 
