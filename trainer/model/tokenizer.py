@@ -132,7 +132,7 @@ def tokenizer_from_bytes(model_bytes, name="<bytes>"):
     sp = spm.SentencePieceProcessor()
     try:
         sp.LoadFromSerializedProto(model_bytes)
-    except Exception:
+    except RuntimeError:  # what SentencePiece raises for bytes that are not a model
         raise TokenizerError(
             f"{name} is not a SentencePiece model; pass the .model file written by "
             "`python -m pipelines.train_tokenizer`") from None
