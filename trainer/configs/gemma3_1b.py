@@ -6,7 +6,7 @@ MFU of the assumed 699 TFLOP/s on one device; use a pod: --set mesh.fsdp=8); the
 paper goes up to OT_12.
 Reaches: not measured here. Target: the paper's 735M-student C4 held-out log-ppl at the
 same OT budget (its Table 2), below the 270M student at equal OT.
-Usage: python -m trainer --config trainer/configs/gemma3_1b.py:hldf --set store.url=S \
+Usage: python -m trainer --config gemma3_1b:hldf --set store.url=S \
            --set run_dir=R --set budget.value=1
 """
 from trainer.configs.base import base_config

@@ -7,7 +7,7 @@ warm-up steps. Wall time not measured (at 45% MFU of the assumed 699 TFLOP/s: â‰
 Reaches: not measured here. The paper's 123M-student C4 held-out log-ppl at the same
 OT budget (its Table 2) is the target; methods differ there by a few hundredths of a
 nat, so compare by sweep.
-Usage: python -m trainer --config trainer/configs/gemma3_270m.py:kd --set store.url=S \
+Usage: python -m trainer --config gemma3_270m:kd --set store.url=S \
            --set run_dir=R --set budget.value=4
 """
 from trainer.configs.base import base_config
