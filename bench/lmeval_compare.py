@@ -229,6 +229,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if bool(a.checkpoint) != bool(a.tokenizer):
         p.error("pass --checkpoint and --tokenizer together (or neither for the demo model)")
+    a.work = os.path.abspath(a.work)  # Orbax (model_io, trainer) wants absolute paths.
     os.makedirs(a.work, exist_ok=True)
     os.environ.setdefault("HF_DATASETS_CACHE", os.path.abspath(os.path.join(a.work, "hf_cache")))
     ckpt, tok = ((a.checkpoint, a.tokenizer) if a.checkpoint

@@ -28,16 +28,11 @@ def _bench():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(wiki_tokenizer, tmp_path_factory):
     """(checkpoint, tokenizer) of a tiny random model and a tokenizer of real text."""
-    corpus = pytest.importorskip("scripts.demo_corpus")
-    try:
-        docs = corpus.load_documents()
-    except corpus.CorpusError as e:
-        pytest.skip(str(e))
-    from pipelines.tokenizer import tokenizer_info, train_tokenizer
+    from pipelines.tokenizer import tokenizer_info
+    tok = wiki_tokenizer[1]
     root = tmp_path_factory.mktemp("lmeval")
-    tok = train_tokenizer(docs[:300], str(root / "spm"), vocab_size=600, num_threads=1)
     cfg = model_config.get_config("tiny", vocab_size=600)
     model_io.save_model(root / "ckpt", cfg, model.init_params(cfg, jax.random.PRNGKey(0)),
                         {"tokenizer_sha256": tokenizer_info(tok)["sha256"]})

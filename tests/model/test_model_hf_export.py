@@ -77,22 +77,9 @@ def test_our_model_matches_transformers(tmp_path):
     np.testing.assert_allclose(logits, np.asarray(ours), atol=_ATOL, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def wiki(tmp_path_factory):
-    """(documents, tokenizer path): a SentencePiece model trained on real text."""
-    corpus = pytest.importorskip("scripts.demo_corpus")
-    try:
-        docs = corpus.load_documents()
-    except corpus.CorpusError as e:
-        pytest.skip(str(e))
-    from pipelines.tokenizer import train_tokenizer
-    prefix = tmp_path_factory.mktemp("tok") / "spm"
-    return docs, train_tokenizer(docs[:300], str(prefix), vocab_size=600, num_threads=1)
-
-
-def test_autotokenizer_ids_equal_sentencepiece(wiki, tmp_path):
+def test_autotokenizer_ids_equal_sentencepiece(wiki_tokenizer, tmp_path):
     from pipelines.tokenizer import load_tokenizer, tokenizer_info
-    docs, tok = wiki
+    docs, tok = wiki_tokenizer
     cfg = model_config.get_config("tiny", vocab_size=600)
     model_io.save_model(tmp_path / "ckpt", cfg, model.init_params(cfg, jax.random.PRNGKey(0)),
                         {"tokenizer_sha256": tokenizer_info(tok)["sha256"]})
@@ -111,11 +98,11 @@ def test_autotokenizer_ids_equal_sentencepiece(wiki, tmp_path):
         sp.bos_id(), sp.eos_id(), sp.pad_id())
 
 
-def test_tokenizer_of_another_model_is_refused(wiki, tmp_path):
+def test_tokenizer_of_another_model_is_refused(wiki_tokenizer, tmp_path):
     cfg = model_config.get_config("tiny", vocab_size=96)
     model_io.save_model(tmp_path / "ckpt", cfg, model.init_params(cfg, jax.random.PRNGKey(0)))
     with pytest.raises(hf_export.ExportError, match="vocab_size=96 differs"):
-        hf_export.export(str(tmp_path / "ckpt"), str(tmp_path / "out"), wiki[1])
+        hf_export.export(str(tmp_path / "ckpt"), str(tmp_path / "out"), wiki_tokenizer[1])
     assert not (tmp_path / "out").exists()
 
 
