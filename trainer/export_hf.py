@@ -3,7 +3,7 @@
     python -m trainer.export_hf --checkpoint PATH --out DIR [--tokenizer SP_MODEL]
 
 PATH: a model checkpoint (a run's export/ or the run directory, a teacher, a
-teacher_dump.convert output). DIR must be new or empty. See trainer.hf_export.
+teacher_dump.convert output). DIR must be new or empty. See trainer.model.hf_export.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from trainer import hf_export
+from trainer.model import hf_export
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from trainer import eval_tasks, evaluate, hf_export, model, model_config, model_io  # noqa: E402
+from trainer.evaluate import tasks as eval_tasks, runner as evaluate  # noqa: E402
+from trainer.model import hf_export  # noqa: E402
+from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
 
 
 def _bench():
@@ -30,7 +32,7 @@ def _bench():
 @pytest.fixture(scope="module")
 def tiny(wiki_tokenizer, tmp_path_factory):
     """(checkpoint, tokenizer) of a tiny random model and a tokenizer of real text."""
-    from pipelines.tokenizer import tokenizer_info
+    from trainer.model.tokenizer import tokenizer_info
     tok = wiki_tokenizer[1]
     root = tmp_path_factory.mktemp("lmeval")
     cfg = model_config.get_config("tiny", vocab_size=600)

@@ -23,8 +23,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from test_model_hf_parity import _hf_model  # noqa: E402
-from teacher_dump import convert  # noqa: E402
-from trainer import export_hf, hf_export, model, model_config, model_io  # noqa: E402
+from trainer.model import hf_import as convert  # noqa: E402
+from trainer import export_hf, hf_export  # noqa: E402
+from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
 
 _ATOL = 1e-4
 _SEQ = 24
@@ -78,7 +79,7 @@ def test_our_model_matches_transformers(tmp_path):
 
 
 def test_autotokenizer_ids_equal_sentencepiece(wiki_tokenizer, tmp_path):
-    from pipelines.tokenizer import load_tokenizer, tokenizer_info
+    from trainer.model.tokenizer import load_tokenizer, tokenizer_info
     docs, tok = wiki_tokenizer
     cfg = model_config.get_config("tiny", vocab_size=600)
     model_io.save_model(tmp_path / "ckpt", cfg, model.init_params(cfg, jax.random.PRNGKey(0)),

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from trainer import export_hf, model, model_io, train
+from trainer import export_hf
+from trainer.model import gemma3 as model, model_io
+from trainer.training import loop as train
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -7,7 +7,7 @@ text, `[BOS] + sp.encode(text)` (and `sp.encode(text)` with
 
 The `tokenizer.json` is written as JSON without the `tokenizers` package: a
 Unigram model over the SentencePiece pieces and scores, with byte fallback,
-and the normalisation `pipelines.tokenizer` trains with (identity, a dummy
+and the normalisation `trainer.model.tokenizer` trains with (identity, a dummy
 "▁" prefix, every space as "▁", no whitespace collapsing). The whole text is
 one Viterbi lattice, as in SentencePiece (no pre-tokenizer). A model trained
 with other normalisation options is refused: we do not emulate them.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.tokenizer import tokenizer_from_bytes
+from trainer.model.tokenizer import tokenizer_from_bytes
 
 _SPACE = "\u2581"  # SentencePiece's visible space "▁".
 # Probes of the normalisation: double/leading spaces and a compatibility
@@ -41,7 +41,7 @@ def _check_supported(sp, name: str) -> None:
         raise HFTokenizerError(
             f"tokenizer {name} is not a unigram model with identity normalisation, dummy "
             f"prefix and kept whitespace; only tokenizers trained by `python -m "
-            f"pipelines.tokenizer` can be exported")
+            f"trainer.model.tokenizer` can be exported")
 
 
 def hf_tokenizer_files(model_bytes: bytes, name: str = "<bytes>") -> dict[str, Any]:

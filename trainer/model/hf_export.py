@@ -14,7 +14,7 @@ Layout of DIR (docs/INTERFACES.md "HF export"):
 
 Needs neither torch nor transformers: tensors are written with
 `safetensors.numpy`, the config and tokenizer files as JSON. The tensor names
-and layouts are `trainer.hf_layout`'s, the table `teacher_dump.convert` reads
+and layouts are `trainer.model.hf_layout`'s, the table `teacher_dump.convert` reads
 with, so export followed by import is the identity (tested).
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 
 from safetensors.numpy import save_file
 
-from pipelines.errors import TokenizerError
-from pipelines.tokenizer import info_from_bytes
-from trainer import evaluate, hf_layout, hf_tokenizer, model_io
-from trainer.model_config import ModelConfig
+from trainer.model.tokenizer import TokenizerError, check_matches, info_from_bytes
+from trainer.model import hf_layout, hf_tokenizer
+from trainer.model import model_io
+from trainer.model.model_config import ModelConfig
 
 # transformers' own default; our RoPE has no length limit, HF only needs a number.
 MAX_POSITION_EMBEDDINGS = 131_072
@@ -46,7 +46,7 @@ def hf_config(cfg: ModelConfig, tok_info: dict[str, Any] | None = None) -> dict[
     reliance on transformers' defaults): norms are Gemma's (1 + w) RMSNorm with
     `rms_norm_eps`, the local/global pattern as `layer_types`, RoPE per layer
     type (linear scaling on global layers when `rope_global_scale` != 1).
-    `teacher_dump.convert.model_config_from_hf` maps it back to `cfg`.
+    `trainer.model.hf_import.model_config_from_hf` maps it back to `cfg`.
     """
     global_rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_global_base}
     if cfg.rope_global_scale != 1.0:
@@ -74,7 +74,7 @@ def hf_config(cfg: ModelConfig, tok_info: dict[str, Any] | None = None) -> dict[
         "final_logit_softcapping": None, "attn_logit_softcapping": None,
         "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
         "use_bidirectional_attention": False, "use_cache": True,
-        # Gemma's special ids, which pipelines.tokenizer also uses; a given tokenizer wins.
+        # Gemma's special ids, which trainer.model.tokenizer also uses; a given tokenizer wins.
         "pad_token_id": tok.get("pad_id", 0), "eos_token_id": tok.get("eos_id", 1),
         "bos_token_id": tok.get("bos_id", 2),
     }
@@ -120,9 +120,9 @@ def export(checkpoint: str, out: str, tokenizer: str | None = None) -> dict[str,
             raise ExportError(f"cannot use tokenizer {tokenizer} ({e}); pass the SentencePiece "
                               f".model the checkpoint was trained with") from None
         try:
-            evaluate.check_vocab(cfg, metadata, tok_info)
+            check_matches(cfg.vocab_size, metadata, tok_info)
             tok_files = hf_tokenizer.hf_tokenizer_files(model_bytes, tokenizer)
-        except (evaluate.EvalError, hf_tokenizer.HFTokenizerError) as e:
+        except (TokenizerError, hf_tokenizer.HFTokenizerError) as e:
             raise ExportError(f"cannot export tokenizer {tokenizer}: {e}") from None
     os.makedirs(out, exist_ok=True)
     save_file(hf_layout.hf_tensors(cfg, params), os.path.join(out, WEIGHTS_FILE),

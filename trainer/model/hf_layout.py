@@ -1,7 +1,7 @@
 """The one name/layout table between our param tree and Hugging Face Gemma 3 tensors.
 
 Both directions use it: `teacher_dump.convert` (HF -> ours) and
-`trainer.hf_export` (ours -> HF). A tensor is added or renamed here only.
+`trainer.model.hf_export` (ours -> HF). A tensor is added or renamed here only.
 
 HF `nn.Linear` weights are [out, in]; ours keep the input dims first and split
 the head dims, e.g. q [D, N, H] is HF q_proj [N*H, D]. So for a projection
@@ -19,8 +19,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from trainer import model
-from trainer.model_config import ModelConfig
+from trainer.model import gemma3 as model
+from trainer.model.model_config import ModelConfig
 
 # Prefix of the text decoder in a Gemma3ForCausalLM checkpoint (what export writes).
 CAUSAL_LM_PREFIX = "model."
