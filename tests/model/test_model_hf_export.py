@@ -24,7 +24,8 @@ transformers = pytest.importorskip("transformers")
 
 from test_model_hf_parity import _hf_model  # noqa: E402
 from trainer.model import hf_import as convert  # noqa: E402
-from trainer import export_hf, hf_export  # noqa: E402
+from trainer import export_hf  # noqa: E402
+from trainer.model import hf_export  # noqa: E402
 from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
 
 _ATOL = 1e-4
