@@ -108,6 +108,14 @@ def test_tokenizer_of_another_model_is_refused(wiki_tokenizer, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_non_integer_query_scalar_is_refused_before_writing(tmp_path):
+    cfg = model_config.get_config("tiny", vocab_size=96, query_pre_attn_scalar=20.5)
+    model_io.save_model(tmp_path / "ckpt", cfg, model.init_params(cfg, jax.random.PRNGKey(0)))
+    with pytest.raises(hf_export.ExportError, match="query_pre_attn_scalar=20.5"):
+        hf_export.export(str(tmp_path / "ckpt"), str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
 def _cli(*args):
     proc = subprocess.run([sys.executable, "-m", "trainer.export_hf", *map(str, args)],
                           capture_output=True, text=True, timeout=120)

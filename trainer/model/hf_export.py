@@ -124,16 +124,25 @@ def export(checkpoint: str, out: str, tokenizer: str | None = None) -> dict[str,
             tok_files = hf_tokenizer.hf_tokenizer_files(model_bytes, tokenizer)
         except (TokenizerError, hf_tokenizer.HFTokenizerError) as e:
             raise ExportError(f"cannot export tokenizer {tokenizer}: {e}") from None
-    os.makedirs(out, exist_ok=True)
-    save_file(hf_layout.hf_tensors(cfg, params), os.path.join(out, WEIGHTS_FILE),
-              metadata={"format": "pt"})
-    files = {CONFIG_FILE: hf_config(cfg, tok_info),
+    files = {CONFIG_FILE: hf_config(cfg, tok_info),  # May refuse: before anything is written.
              METADATA_FILE: {"source_checkpoint": os.path.abspath(checkpoint),
                              "fingerprint": metadata.get("fingerprint"),
                              "model_config": cfg.to_dict(), "metadata": metadata}}
-    for name, content in {**files, **tok_files}.items():
-        mode = "wb" if isinstance(content, bytes) else "w"
-        with open(os.path.join(out, name), mode) as f:
-            f.write(content if isinstance(content, bytes) else json.dumps(content, indent=2))
+    # Written next to `out` and renamed into place: a crash leaves no half export at `out`.
+    partial = f"{os.path.abspath(out).rstrip(os.sep)}.partial-{os.getpid()}"
+    try:
+        os.makedirs(partial)
+        save_file(hf_layout.hf_tensors(cfg, params), os.path.join(partial, WEIGHTS_FILE),
+                  metadata={"format": "pt"})
+        for name, content in {**files, **tok_files}.items():
+            mode = "wb" if isinstance(content, bytes) else "w"
+            with open(os.path.join(partial, name), mode) as f:
+                f.write(content if isinstance(content, bytes) else json.dumps(content, indent=2))
+        if os.path.isdir(out):
+            os.rmdir(out)  # Checked empty above.
+        os.rename(partial, out)
+    except OSError as e:
+        raise ExportError(f"cannot write the export to {out} ({e}); pass a writable --out "
+                          f"(partial files, if any, are in {partial})") from None
     return {"out": out, "fingerprint": metadata.get("fingerprint"),
             "files": sorted([WEIGHTS_FILE, *files, *tok_files])}
