@@ -12,8 +12,11 @@ and the normalisation `trainer.model.tokenizer` trains with (identity, a dummy
 one Viterbi lattice, as in SentencePiece (no pre-tokenizer). A model trained
 with other normalisation options is refused: we do not emulate them.
 
-Known difference: text that literally contains a special piece such as
-"<s>" is one special token for HF but characters for SentencePiece.
+Known differences: text that literally contains a special piece such as
+"<s>" is one special token for HF but characters for SentencePiece; and
+SentencePiece sums Viterbi scores in float32, so on long texts a near tie
+(~1e-5 apart) can resolve differently than in `tokenizers` (float64): 1 of
+1000 LAMBADA texts in bench/lmeval_compare.py ("▁T om" vs "▁To m").
 """
 from __future__ import annotations
 
