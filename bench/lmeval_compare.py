@@ -48,6 +48,7 @@ from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
 from trainer.evaluate import scoring  # noqa: E402
 
 TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
+HELDOUT_T = 128  # Row length of the demo stores (the demo config's data.seq_len).
 # Our metric key -> lm-eval's, by the task's normalisation.
 _LM_EVAL_METRIC = {"per_char": ("acc_per_char", "acc_norm"), "raw": ("acc_raw", "acc"),
                    "greedy": ("acc", "acc")}
@@ -73,7 +74,7 @@ def make_demo_model(out: str, train_flops: float, seed: int = 0) -> tuple[str, s
         return ckpt, tok
     store = os.path.join(out, "train_store")
     if not os.path.exists(store):
-        write_tokens_store(store, tok, heldout=False, seq_len=128, num_rows=4096)
+        write_tokens_store(store, tok, heldout=False, seq_len=HELDOUT_T, num_rows=4096)
     run_dir = os.path.join(out, "run")
     if os.path.isdir(run_dir):
         import shutil
@@ -248,15 +249,18 @@ def main(argv=None) -> int:
         write_lmeval_task(task_dir, t, examples[t])
     store_url = os.path.join(a.work, "heldout_store")
     if not os.path.exists(store_url):
-        write_tokens_store(store_url, tok, heldout=True, seq_len=128, num_rows=a.limit)
-    ours = evaluate.evaluate(ckpt, tok, tasks + [evaluate.HELDOUT], store=store_url,
-                             limit=a.limit, batch_size=a.batch_size, seq_len=a.seq_len)
+        write_tokens_store(store_url, tok, heldout=True, seq_len=HELDOUT_T, num_rows=a.limit)
+    ours = evaluate.evaluate(ckpt, tok, tasks, limit=a.limit, batch_size=a.batch_size,
+                             seq_len=a.seq_len)
+    # Held-out rows are scored at their own length (evaluate refuses another one).
+    ours_heldout = evaluate.evaluate(ckpt, tok, [evaluate.HELDOUT], store=store_url,
+                                     limit=a.limit, batch_size=a.batch_size, seq_len=HELDOUT_T)
     lm = run_lmeval(hf_dir, task_dir, tasks, a.seq_len, a.batch_size)
     rows = [compare_task(t, examples[t], ours["tasks"][t], lm[t],
                          our_pair_logprobs(ckpt, tok, t, examples[t], a.seq_len, a.batch_size))
             for t in tasks]
     theirs = transformers_mean_nll(hf_dir, store_url, a.limit)
-    heldout = {"ours_log_ppl": ours["tasks"][evaluate.HELDOUT]["log_ppl"],
+    heldout = {"ours_log_ppl": ours_heldout["tasks"][evaluate.HELDOUT]["log_ppl"],
                "transformers_log_ppl": theirs["log_ppl"], "tokens": theirs["tokens"],
                "n": theirs["n"]}
     heldout["abs_diff"] = abs(heldout["ours_log_ppl"] - heldout["transformers_log_ppl"])
