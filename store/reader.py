@@ -1,7 +1,9 @@
 """Reading aligned rows: the trainer's (and Grain workers') view of a store.
 
 ``StoreReader`` snapshots the manifest and the committed units when it is
-constructed. It pickles to (url, allow_partial, snapshot) and opens its
+constructed (from the ledger snapshot when the store has a sound one: a
+constant number of requests, see store/snapshot.py; else by listing the
+commit records). It pickles to (url, allow_partial, snapshot) and opens its
 TensorStore handles lazily, once per process (Grain workers unpickle it), under
 a lock, so one reader can be shared by threads. A ``read`` issues one
 TensorStore read future per (contiguous row run, stored array), all in
@@ -22,7 +24,7 @@ import threading
 
 import numpy as np
 
-from store import errors, layout, ledger, localread, profiles
+from store import errors, layout, localread, profiles, remote, snapshot
 from store.schema import read_manifest
 
 # Uncompressed arrays of local stores are read by store.localread (about 4x
@@ -52,7 +54,8 @@ class StoreReader:
         self.num_rows = int(tokens.shape[0])
         R = self.schema.rows_per_unit
         self.num_units = (self.num_rows + R - 1) // R
-        self.committed_units = frozenset(u for u in ledger.committed_units(kv) if u < self.num_units)
+        units, self.ledger_source = snapshot.committed_units(kv, self.num_units)
+        self.committed_units = frozenset(units)
         missing = self.num_units - len(self.committed_units)
         if missing and not self.allow_partial:
             first = min(set(range(self.num_units)) - self.committed_units)
@@ -243,6 +246,8 @@ class StoreReader:
             try:
                 parts = [f.result() for f in futs]
             except ValueError as e:
+                if remote.is_access_failure(e):
+                    raise remote.storage_error(e, self.url, f"reading {name} of") from None
                 raise errors.CorruptStoreError(
                     f"reading {name} of {self.url} failed: {str(e).splitlines()[0]}; "
                     "run `python -m store verify` and re-write the bad units") from None
