@@ -183,7 +183,7 @@ def open_array(url: str, spec: ArraySpec, *, create_rows: int | None = None,
     except ValueError as e:
         raise errors.CorruptStoreError(
             f"cannot open array {spec.name!r} of store {url}: {str(e).splitlines()[0]}; "
-            "run `python -m store verify` or recreate the store") from None
+            f"run `python -m store verify {url}` or recreate the store") from None
 
 
 def write_group(kv: ts.KvStore, path: str, attributes: dict):

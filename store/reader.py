@@ -250,7 +250,7 @@ class StoreReader:
                     raise remote.storage_error(e, self.url, f"reading {name} of") from None
                 raise errors.CorruptStoreError(
                     f"reading {name} of {self.url} failed: {str(e).splitlines()[0]}; "
-                    "run `python -m store verify` and re-write the bad units") from None
+                    f"run `python -m store repair {self.url}` and re-run the dump (it re-writes the bad units)") from None
             out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return {name: out[name] for name in names}
 

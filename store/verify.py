@@ -49,10 +49,11 @@ def verify_store(url) -> dict:
     profile = profiles.get_profile(schema.profile)
     specs = {s.name: s for s in profile.arrays(schema)}
     kv = layout.open_kvstore(reader.url)
+    # The records themselves, not the snapshot the reader may have used: they are the truth.
+    committed = {u for u in ledger.committed_units(kv) if u < reader.num_units}
     # Shard keys are only needed to tell partial from missing units.
-    complete = len(reader.committed_units) == reader.num_units
-    keys = set() if complete else {k.decode() for k in kv.list().result()}
-    records = ledger.read_many(kv, sorted(reader.committed_units))
+    keys = set() if len(committed) == reader.num_units else {k.decode() for k in kv.list().result()}
+    records = ledger.read_many(kv, sorted(committed))
     R = schema.rows_per_unit
     bad = []
     for unit in range(reader.num_units):
@@ -77,7 +78,7 @@ def verify_store(url) -> dict:
             report(*problem)
     stale = snapshot.disagreement(kv, reader.num_units)
     return {"url": reader.url, "ok": not bad and stale is None, "num_rows": reader.num_rows,
-            "num_units": reader.num_units, "committed_units": len(reader.committed_units), "bad_units": bad,
+            "num_units": reader.num_units, "committed_units": len(committed), "bad_units": bad,
             "ledger_snapshot": stale}
 
 

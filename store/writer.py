@@ -80,6 +80,11 @@ def open_writer(url) -> "StoreWriter":
     return StoreWriter(url)
 
 
+def compact_store(url) -> dict:
+    """Writes the ledger snapshot of the store at ``url`` (``python -m store compact``); see StoreWriter.compact."""
+    return open_writer(url).compact()
+
+
 def _non_empty_dir(path: str) -> bool:
     return os.path.isdir(path) and any(True for _ in os.scandir(path))
 
