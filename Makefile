@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/extract_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/ledger_bench.py
 
 clean:
 	rm -rf $(VENV) demo_out bench/results
