@@ -12,7 +12,7 @@ import os
 
 import matplotlib
 
-from trainer.metrics import read_metrics
+from trainer.training.metrics import read_metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

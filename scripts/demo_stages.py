@@ -76,7 +76,7 @@ def corpus(ctx: Context) -> None:
 
 
 def tokenizer(ctx: Context) -> None:
-    run(ctx, "tokenizer", "-m", "pipelines.tokenizer", "--input", ctx.path("corpus", "train.jsonl"),
+    run(ctx, "tokenizer", "-m", "pipelines.train_tokenizer", "--input", ctx.path("corpus", "train.jsonl"),
         "--model-prefix", ctx.path("tokenizer"), "--vocab-size", str(ctx.size.vocab_size))
 
 

@@ -32,7 +32,7 @@ matplotlib.use("Agg")  # Files only; no display on servers.
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from trainer import metrics  # noqa: E402
+from trainer.training import metrics  # noqa: E402
 
 # --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
 METHOD_KEY = "method"

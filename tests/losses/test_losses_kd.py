@@ -1,4 +1,4 @@
-"""trainer.losses against independent float64 numpy references.
+"""trainer.training.losses against independent float64 numpy references.
 
 Tolerances: the JAX side computes in fp32, the references in fp64, so values
 are compared at rtol/atol ~1e-5 (a few fp32 ulps of log-softmax over V ≤ 64).
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import losses
+from trainer.training import losses
 
 # Eager on purpose: op-level compile caches are shared across the many small
 # parametrized cases, which is cheaper here than one jit compile per case.

@@ -1,11 +1,11 @@
-"""trainer.config: loading, overrides, and one clear error per bad value."""
+"""trainer.training.config: loading, overrides, and one clear error per bad value."""
 import subprocess
 import sys
 
 import pytest
 
-from trainer import config as config_lib
-from trainer.config import ConfigError
+from trainer.training import config as config_lib
+from trainer.training.config import ConfigError
 
 CONFIGS = ["tiny.py", "tiny.py:hldf", "gemma3_270m.py:hldc", "gemma3_1b.py:kd",
            "teacher.py", "teacher.py:tiny-7"]

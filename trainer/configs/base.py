@@ -1,7 +1,7 @@
 """Every trainer config field, with its meaning and default (the paper's values).
 
 Concrete configs (tiny.py, gemma3_270m.py, ...) start from `base_config()` and
-change what differs. `trainer.config.validate` checks the ranges.
+change what differs. `trainer.training.config.validate` checks the ranges.
 """
 import ml_collections
 
@@ -9,12 +9,12 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     """The paper's recipe (DESIGN §1) for a student; model/store/budget unset."""
     c = ml_collections.ConfigDict()
-    c.method = "kd"            # nll | kd | hldc | hldf (trainer.config.Method).
+    c.method = "kd"            # nll | kd | hldc | hldf (trainer.training.config.Method).
     c.run_dir = ""             # RUN_DIR: config.json, metrics.jsonl, checkpoints/, export/, tb/.
     c.seed = 0                 # Seeds parameter init, regressor init and the data shuffle.
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "tiny"      # trainer.model_config registry name of the student.
+    c.model.name = "tiny"      # trainer.model.model_config registry name of the student.
     c.model.vocab_size = 32000  # V; must equal the store's vocab (checked before compiling).
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay fp32).
     c.model.remat = False      # Rematerialise blocks in backward (memory for compute).
@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.alpha = 0.9               # Weight of the logit (KD) term; (1-α) goes to NLL.
-    c.loss.alpha_schedule = "constant"  # constant | linear | wsd (trainer.config.AlphaSchedule).
+    c.loss.alpha_schedule = "constant"  # constant | linear | wsd (trainer.training.config.AlphaSchedule).
     c.loss.tau = 1.0                 # KD temperature; the KD term is scaled by τ².
     c.loss.gamma = 0.1               # Weight of the hidden-state term (HLDC).
     c.loss.tail = "zero"             # Top-k tail mode: zero | renormalize | bucket (τ=1).
@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.hldf.warmup_steps = 1000       # Phase-1 warm-up, then constant LR (DESIGN §1).
 
     c.budget = ml_collections.ConfigDict()
-    c.budget.unit = "ot"             # ot | flops (trainer.config.BudgetUnit).
+    c.budget.unit = "ot"             # ot | flops (trainer.training.config.BudgetUnit).
     c.budget.value = 1.0             # The one compute budget; steps derive from trainer.flops.
 
     c.mesh = ml_collections.ConfigDict()

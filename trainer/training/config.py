@@ -19,7 +19,7 @@ import os
 
 import ml_collections
 
-from trainer.schedules import AlphaSchedule
+from trainer.training.schedules import AlphaSchedule
 
 
 class ConfigError(ValueError):
