@@ -18,8 +18,9 @@ from s3_testlib import make_bucket, moto_server, s3_env  # noqa: E402
 
 @pytest.mark.slow  # ~2 min on the shared box: a dump, 3 student steps and an evaluation over HTTP
 def test_dump_inspect_train_evaluate_on_s3(corpus, tokenizer_path, teacher_path, tmp_path, monkeypatch, capsys):
-    from trainer import evaluate, train
-    from trainer.config import load_config
+    from trainer.evaluate import runner as evaluate
+    from trainer.training import loop as train
+    from trainer.training.config import load_config
     directory, _ = corpus
     with moto_server() as endpoint:
         make_bucket(endpoint, "bkt")
