@@ -56,8 +56,11 @@ def _credentials(url: str) -> dict:
         return {"type": "environment"}
     shared = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
     if os.path.isfile(shared):
+        config = os.environ.get("AWS_CONFIG_FILE") or os.path.expanduser("~/.aws/config")
+        # TensorStore's profile provider fails ("STRING_MATCH_NOT_FOUND") without a
+        # config file; an empty one stands in for a missing one, as for the SDKs.
         return {"type": "profile", "profile": os.environ.get("AWS_PROFILE", "default"),
-                "credentials_file": shared}
+                "credentials_file": shared, "config_file": config if os.path.isfile(config) else os.devnull}
     raise errors.StorageAccessError(
         f"no AWS credentials found for {url}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
         f"(or AWS_PROFILE with a {shared} file)")

@@ -222,3 +222,16 @@ def test_s3_server_failing_every_write_fails_clearly_never_commits(s3, make_sche
         finally:
             os.environ["AWS_ENDPOINT_URL"] = endpoint
     assert open_writer(url).committed_units() == {0}
+
+
+def test_s3_credentials_from_a_shared_credentials_file(s3, make_schema, monkeypatch, tmp_path):
+    endpoint, url = s3
+    _fill(url, make_schema, num_rows=4)
+    creds = tmp_path / "credentials"
+    creds.write_text("[bench]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_PROFILE", "bench")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))  # a missing config file is fine
+    assert StoreReader(url).committed_units == {0}
