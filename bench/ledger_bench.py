@@ -12,7 +12,9 @@ records, then is measured before and after ``compact`` (the ledger snapshot):
   records and read every one (verify needs each record's sha256s, so this
   stays O(N) requests by design, issued concurrently);
 * worker_startup: what a Grain worker does with the reader it is given:
-  unpickle it and open its array handles.
+  unpickle it and open its array handles;
+* source_startup: what the trainer's Grain source does in each process:
+  open a StoreReader and take its ``committed_rows()``.
 
 Requests: local = TensorStore's file kvstore counters (reads + lists +
 writes); S3 = HTTP requests through the proxy (a list of 1,000 keys is one
@@ -79,6 +81,7 @@ def _ops(url: str, with_verify: bool) -> dict:
         ops["verify_planning"] = lambda: ledger.read_many(kv, sorted(ledger.committed_units(kv)))
     reader = pickle.dumps(StoreReader(url))
     ops["worker_startup"] = lambda: pickle.loads(reader)._handles()
+    ops["source_startup"] = lambda: StoreReader(url).committed_rows()
     return ops
 
 
@@ -128,7 +131,7 @@ def _s3():
 
 
 def _table(rows) -> str:
-    ops = ("open_reader", "open_writer", "list_committed", "verify_planning", "worker_startup")
+    ops = ("open_reader", "open_writer", "list_committed", "verify_planning", "worker_startup", "source_startup")
     head = f"{'backend':7s} {'units':>8s} {'ledger':11s} " + " ".join(f"{o:>22s}" for o in ops)
     lines = [head, " " * 29 + " ".join(f"{'s / requests':>22s}" for _ in ops)]
     for r in rows:
