@@ -119,7 +119,7 @@ def write_report(ctx) -> str:
               else f"KD is NOT better here (worse by {kppl - nppl:.4f} nats)."),
            *_coverage_line(facts, ctx.size.k, kd["config"]["loss"]),
            "- One seed, one hyper-parameter point per method, a tiny budget: differences of a "
-           "few hundredths of a nat are within run-to-run noise. Use `scripts/sweep.py` for "
+           "few hundredths of a nat are within run-to-run noise. Use `python -m trainer.sweep` for "
            "the paper's grid.", ""]
     if not have_tasks:
         md += ["Downstream tasks were not scored (their data is not installed, or this size "
