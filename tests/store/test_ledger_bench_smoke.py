@@ -1,14 +1,11 @@
 """The ledger benchmark runs end to end (tiny sizes, local disk only)."""
-import importlib.util
 import json
-import pathlib
+
+from store_testlib import load_bench
 
 
 def test_ledger_bench_tiny(tmp_path):
-    path = pathlib.Path(__file__).parent.parent.parent / "bench" / "ledger_bench.py"
-    spec = importlib.util.spec_from_file_location("ledger_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("ledger_bench")
     out = tmp_path / "r.json"
     report = bench.main(["--local_sizes", "30", "--s3_sizes", "--no-million", "--dir", str(tmp_path / "s"),
                          "--out", str(out)])
