@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/extract_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/ledger_bench.py
 
 # Our evaluation vs lm-evaluation-harness and transformers on an exported demo student.
 bench-lmeval: $(BENCH_STAMP)

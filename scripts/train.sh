@@ -6,7 +6,8 @@
 #          --set optim.lr=4e-4 --set budget.value=4
 # CONFIG: a shipped config name (tiny, gemma3_270m, ...) or a get_config() file.
 # Python: $PYTHON, else the checkout's .venv when there is one, else python3 on PATH.
-# Multi-host: set TRAINER_DISTRIBUTED=1 (plus JAX's coordinator variables) on every host.
+# Multi-host: add --set distributed=True and set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+# JAX_PROCESS_ID on every host (or run under Slurm/Open MPI); README "Scaling out".
 set -euo pipefail
 STORE=${1:?store path or URL}
 RUN_DIR=${2:?run directory}

@@ -72,7 +72,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1                 # Data-parallel axis size; -1: all remaining devices.
     c.mesh.fsdp = 1                  # FSDP axis size (params sharded, batch split too).
     c.mesh.tensor = 1                # Tensor-parallel axis size (heads / MLP / vocab).
-    c.distributed = False            # Call jax.distributed.initialize() (multi-host).
+    c.distributed = False            # Multi-process run: jax.distributed from JAX_COORDINATOR_ADDRESS,
+                                     # JAX_NUM_PROCESSES, JAX_PROCESS_ID, else JAX's cluster
+                                     # auto-detection (trainer.training.distributed; README).
+    c.distributed_heartbeat_s = 100  # distributed: seconds without heartbeats before a process
+                                     # counts as dead and every process aborts (JAX's default).
+    c.distributed_init_timeout_s = 300  # distributed: seconds to wait for all processes to join.
 
     c.log_every = 50                 # Steps between metrics lines (JSONL + TensorBoard).
     c.checkpoint_every = 1000        # Steps between Orbax checkpoints (and at the end).

@@ -80,7 +80,11 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
         raise ModelIOError(f"model metadata is not JSON-serialisable ({e}); pass plain "
                            f"dicts/lists/str/numbers") from None
     root.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
+    # Only the calling process takes part (in a multi-process run, process 0
+    # writes the gathered host params alone): no barrier waits for the others.
+    me = jax.process_index()
+    only_me = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=only_me)
     checkpointer.save(root / _PARAMS_DIR, params)
     checkpointer.wait_until_finished()
     (root / _CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))

@@ -232,6 +232,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(config[field] > 0, f"{field}={config[field]} must be > 0")
     _check(config.peak_flops_per_device > 0,
            f"peak_flops_per_device={config.peak_flops_per_device} must be > 0 (e.g. 699e12)")
+    _check(config.distributed_heartbeat_s > 0 and config.distributed_init_timeout_s > 0,
+           f"distributed_heartbeat_s={config.distributed_heartbeat_s} and "
+           f"distributed_init_timeout_s={config.distributed_init_timeout_s} must be > 0 seconds")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         _check(size == -1 or size >= 1, f"mesh.{axis}={size} must be >= 1, or -1 for "

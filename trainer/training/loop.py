@@ -33,8 +33,8 @@ from jax.experimental import multihost_utils
 
 from store import StoreReader
 from trainer.training import (
-    checkpoint, config as config_lib, data, methods, metrics, sharding, state as train_state,
-    store_align,
+    checkpoint, config as config_lib, data, distributed, methods, metrics, sharding,
+    state as train_state, store_align,
 )
 from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
@@ -222,7 +222,8 @@ def run(config) -> dict:
     """
     config_lib.resolve_paths(config)  # Idempotent; configs built in code may be relative.
     config_lib.validate(config)
-    sharding.maybe_initialize_distributed(config.distributed)
+    distributed.initialize(config.distributed, config.distributed_heartbeat_s,
+                           config.distributed_init_timeout_s)
     reader = open_store(config)
     config_lib.validate(config)  # Again: data.from_store may have changed fields.
     model_cfg = model_config_from(config)
@@ -238,6 +239,9 @@ def run(config) -> dict:
     run_dir = config.run_dir
     os.makedirs(run_dir, exist_ok=True)
     config_lib.check_same_config_on_resume(config, run_dir)
+    if jax.process_count() > 1:
+        # Every process has read the old config.json before process 0 replaces it.
+        multihost_utils.sync_global_devices("trainer: config.json checked")
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_lib.to_json(config))
@@ -300,7 +304,7 @@ def run(config) -> dict:
                 if k != "step"}
     # Every process takes part in the gather; only process 0 writes. The export is
     # the student alone (state.params): regressors never leave the train state.
-    host_params = (multihost_utils.process_allgather(params) if jax.process_count() > 1
+    host_params = (multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1
                    else jax.device_get(params))
     summary = {"method": config.method, "global_step": meta["global_step"],
                "cumulative_flops": meta["cumulative_flops"], **last}
