@@ -13,4 +13,5 @@ tests/test_import_graph.py):
 * ``trainer.report``   — sweep comparison report (``python -m trainer.report``).
 * ``trainer.sweep``    — hyper-parameter sweeps (``python -m trainer.sweep``).
 * ``trainer.configs``  — the shipped training configs, loaded by path.
+* ``trainer.export_hf`` — CLI of ``trainer.model.hf_export`` (Hugging Face export).
 """
