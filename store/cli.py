@@ -1,5 +1,8 @@
 """``python -m store {inspect,verify,stats} STORE [--json]``.
 
+``stats STORE --alpha A [--tau T] [--tail TAIL]`` also reports the penalty
+of the KD objective's optimum (store.objective_penalty).
+
 Exit codes: 0 success (verify: store sound), 1 verify found bad units,
 2 usage error or unreadable store (one line on stderr, no traceback).
 """
@@ -7,7 +10,7 @@ import argparse
 import json
 import sys
 
-from store import errors
+from store import errors, objective_penalty
 from store.inspection import inspect_store
 from store.stats import store_stats
 from store.verify import verify_store
@@ -22,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--rows", type=int, default=32, help="stats: rows to sample (default 32)")
     p.add_argument("--seed", type=int, default=0, help="stats: sampling seed")
+    p.add_argument("--alpha", type=float, help="stats: KD weight α, to report the objective "
+                   "penalty (with --tau, --tail)")
+    p.add_argument("--tau", type=float, help="stats: KD temperature (default 1)")
+    p.add_argument("--tail", choices=objective_penalty.TAILS,
+                   help="stats: KD tail mode (default bucket)")
+    p.add_argument("--divergence", choices=objective_penalty.DIVERGENCES,
+                   help="stats: KD divergence (default forward_kl)")
     return p
 
 
@@ -30,10 +40,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "stats":
-            result = store_stats(args.store, sample_rows=args.rows, seed=args.seed)
+            loss = _loss_settings(args)
+            result = store_stats(args.store, sample_rows=args.rows, seed=args.seed, loss=loss)
         else:
             result = COMMANDS[args.command](args.store)
-    except errors.StoreError as e:
+    except (errors.StoreError, objective_penalty.PenaltyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -43,6 +54,18 @@ def main(argv=None) -> int:
     if args.command == "verify" and not result["ok"]:
         return 1
     return 0
+
+
+def _loss_settings(args):
+    """The --alpha/--tau/--tail/--divergence group (None: no penalty asked for)."""
+    extra = [f"--{n}" for n in ("tau", "tail", "divergence") if getattr(args, n) is not None]
+    if args.alpha is None:
+        if extra:
+            raise objective_penalty.PenaltyError(
+                f"{', '.join(extra)} need --alpha (the KD weight) to report the objective penalty")
+        return None
+    return {"alpha": args.alpha, "tau": 1.0 if args.tau is None else args.tau,
+            "tail": args.tail or "bucket", "divergence": args.divergence or "forward_kl"}
 
 
 def _format(command: str, r: dict) -> str:
@@ -73,6 +96,8 @@ def _format(command: str, r: dict) -> str:
                          f"p50 {c['p50']:.4f} p99 {c['p99']:.4f}")
             lines.append(f"entropy over support (nats): mean {e['mean']:.3f} p1 {e['p1']:.3f} "
                          f"p50 {e['p50']:.3f} p99 {e['p99']:.3f}")
+    if "objective_penalty" in r:
+        lines.append(objective_penalty.describe(r["objective_penalty"]))
     for layer, h in r["hidden"].items():
         if h.get("n") == 0:
             continue

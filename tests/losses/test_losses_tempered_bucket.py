@@ -79,3 +79,13 @@ def test_zipf_bucket_kl_tracks_the_full_vocabulary_kl():
     full = _full_kl(teacher_lp, student, tau)
     assert np.all(exact <= full + 1e-9)  # Merging classes never raises a KL.
     np.testing.assert_allclose(got, exact, rtol=0.1, atol=2e-3)
+
+
+def test_loss_and_store_penalty_use_the_same_tail_estimate():
+    from store import objective_penalty
+    for tau in (0.5, 1.0, 2.0):
+        args = (np.log(0.3), np.log(0.01), 100)
+        jax_value = float(losses.tempered_tail_logmass(jnp.asarray(args[0]), jnp.asarray(args[1]),
+                                                       jnp.asarray(args[2]), tau))
+        assert jax_value == pytest.approx(float(objective_penalty.tempered_tail_logmass(
+            *args, tau)), rel=1e-5)
