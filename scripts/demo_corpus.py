@@ -48,10 +48,28 @@ def load_documents(max_docs: int | None = None) -> list[str]:
     return docs[:max_docs] if max_docs else docs
 
 
+def _hash_unit(doc: str, salt: bytes = b"") -> float:
+    """A uniform number in [0, 1) from the document's sha256 (stable everywhere)."""
+    digest = hashlib.sha256(salt + doc.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def is_heldout(doc: str, fraction: float) -> bool:
     """Deterministic split by document hash, stable across runs and machines."""
-    digest = hashlib.sha256(doc.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _hash_unit(doc) < fraction
+
+
+def hash_subset(docs: list[str], count: int | None) -> list[str]:
+    """`count` documents chosen by a (salted) hash, in their original order.
+
+    The teacher signal is dumped for a subset only; taking the first N of a
+    title-sorted list would dump the alphabetically first articles (a topic
+    skew). The salt makes this choice independent of the held-out split.
+    """
+    if not count or count >= len(docs):
+        return list(docs)
+    keep = set(sorted(range(len(docs)), key=lambda i: _hash_unit(docs[i], b"dump:"))[:count])
+    return [d for i, d in enumerate(docs) if i in keep]
 
 
 def write_corpus(out_dir: str, heldout_fraction: float, max_docs: int | None = None) -> dict[str, str]:
