@@ -195,6 +195,17 @@ def _validate_kd_settings(loss) -> None:
         raise ConfigError(f"loss.divergence: {e}") from None
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a config dict (e.g. config.json) by dotted key."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The full config as indented JSON (written to RUN_DIR/config.json)."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)

@@ -33,7 +33,7 @@ matplotlib.use("Agg")  # Files only; no display on servers.
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from trainer import metrics  # noqa: E402
+from trainer import config as config_lib, metrics  # noqa: E402
 
 # --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
 METHOD_KEY = "method"
@@ -151,17 +151,7 @@ def load_run(path: str) -> Run:
             curve = [(float(r[FLOPS_KEY]), float(r[curve_key])) for r in records
                      if FLOPS_KEY in r and curve_key in r]
     return Run(os.path.basename(os.path.normpath(path)), path, method, group, hparams, evals,
-               curve, curve_key, config=_flatten(config))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+               curve, curve_key, config=config_lib.flatten(config))
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:

@@ -203,16 +203,6 @@ class PhaseRunner:
                                                self.mesh)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def check_same_config_on_resume(config, run_dir: str) -> None:
     """Refuses to resume a run's checkpoints under different settings.
 
@@ -225,8 +215,8 @@ def check_same_config_on_resume(config, run_dir: str) -> None:
     if not (os.path.exists(old_path) and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
         return
     with open(old_path, encoding="utf-8") as f:
-        old = _flatten(json.load(f))
-    new = _flatten(json.loads(config_lib.to_json(config)))
+        old = config_lib.flatten(json.load(f))
+    new = config_lib.flatten(json.loads(config_lib.to_json(config)))
     changed = sorted(k for k in set(old) | set(new)
                      if not k.startswith("debug.") and old.get(k) != new.get(k))
     if changed:
