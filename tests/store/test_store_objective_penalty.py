@@ -74,11 +74,21 @@ def test_unmodelled_and_bad_settings():
         op.summarize(_flat_topk(4, 0.3), 100, 0.7, 1.0, "buckett")
 
 
-def test_stats_cli_reports_penalty(filled_store, capsys):
-    url, _, _ = filled_store(K=8, V=300)
+def test_stats_cli_penalty_on_a_store_with_a_known_optimum(tmp_path, make_schema, capsys):
+    """A store whose every position holds 4 equal ids and tail m = 0.35: the CLI's
+    penalty for α=0.9, tail=zero is the closed form above (0.54905)."""
+    from store import create_store
+    schema = make_schema("exact", T=8, K=4, V=50, layers=(), D=0, R=4)
+    w = create_store(str(tmp_path / "flat"), schema, num_rows=4)
+    ids = np.broadcast_to(np.arange(4, dtype=np.int32), (4, 8, 4)).copy()
+    lps = np.full((4, 8, 4), math.log(0.65 / 4), np.float32)
+    w.write_unit(0, tokens=np.ones((4, 8), np.int32), topk_ids=ids, topk_logprobs=lps, hidden={})
+    url = str(tmp_path / "flat")
     assert main(["stats", url, "--json", "--alpha", "0.9", "--tail", "zero"]) == 0
     pen = json.loads(capsys.readouterr().out)["objective_penalty"]
-    assert pen["tail"] == "zero" and pen["penalty_nats"] > op.THRESHOLD_NATS and pen["warn"]
+    # Stored as float16: m is 0.35 to ~1e-4, which moves the penalty by < 1e-3.
+    assert pen["positions"] == 32 and pen["penalty_nats"] == pytest.approx(0.549054, abs=1e-3)
+    assert pen["warn"]
     assert main(["stats", url, "--alpha", "0.7"]) == 0
     assert "tail=bucket): 0.0000" in capsys.readouterr().out
     assert main(["stats", url, "--tail", "zero"]) == 2
