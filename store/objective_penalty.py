@@ -252,7 +252,7 @@ def position_penalties(topk_logprobs_NxK, vocab_size: int, alpha: float, tau: fl
         res = np.concatenate([x[1] for x in parts]) if parts else np.zeros(0)
         kl = np.sum(np.where(p > 0, p * (np.log(np.maximum(p, _TINY)) - np.log(np.maximum(q, _TINY))),
                              0.0), -1)
-        results.append(kl)
+        results.append(np.maximum(kl, 0.0))  # A KL: < 0 only by float rounding (~1e-12).
         resid = max(resid, float(np.max(res)) if res.size else 0.0)
     return {"penalty": results[0], "penalty_max": np.max(np.stack(results), 0),
             "residual": resid}
