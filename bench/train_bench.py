@@ -5,7 +5,7 @@
         --set data.batch_size=32 --set data.seq_len=2048 --steps 20   # one GPU
 
 For each method (nll, kd, hldc) the same jitted step runs (a) on one batch
-already on the device and (b) fed by trainer.data from a local store written
+already on the device and (b) fed by trainer.training.data from a local store written
 here with random contents of the config's shape. Reports step time, tokens/s,
 MFU (model FLOPs/token from trainer.flops over config.peak_flops_per_device),
 the loader/synthetic ratio, XLA's memory analysis of the compiled step
@@ -31,7 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from store import StoreReader, StoreSchema, create_store  # noqa: E402
-from trainer import config as config_lib, data, methods, train  # noqa: E402
+from trainer.training import config as config_lib, data, methods, loop as train  # noqa: E402
 
 
 def write_random_store(path, config, model_cfg, num_rows, profile="exact"):

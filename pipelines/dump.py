@@ -20,16 +20,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import store
 from pipelines import errors, options, plan as plan_lib, progress, spine, teacher_stage
-from trainer import model_config, model_io
+from trainer.model import layout, model_config, tokenizer
 
 # Errors from the packages we call that carry a one-line user message.
 _USER_ERRORS = (store.StoreError, store.StoreNotFoundError, store.SchemaMismatchError,
                 store.IncompleteStoreError, store.CorruptStoreError, store.StoreInputError,
-                model_io.ModelIOError, model_config.ConfigError)
+                layout.ModelIOError, model_config.ConfigError, tokenizer.TokenizerError)
 
 
 def _teacher_errors():
-    from teacher_dump import extract, handler, teacher
+    from teacher_dump import extract, teacher
+    from pipelines import teacher_handler as handler
     return (teacher.TeacherLoadError, teacher.DevicePlacementError, extract.ExtractConfigError,
             extract.TokenRangeError, handler.UnitElementError)
 
@@ -72,7 +73,7 @@ def build_pipeline(argv):
     if plan.teacher_cfg is None:
         units | "WriteTokens" >> teacher_stage.WriteTokensOnly(opts.store, metric_prefix="")
     else:
-        from teacher_dump import TeacherModelHandler  # Beam-side of teacher_dump
+        from pipelines.teacher_handler import TeacherModelHandler  # Beam-side of teacher_dump
         handler = TeacherModelHandler(
             opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
             top_p=opts.top_p, dtype=opts.teacher_dtype)

@@ -9,6 +9,10 @@ text for `<ClassName>: <message>`.
 """
 import re
 
+# The tokenizer belongs to the model (trainer.model.tokenizer, shared with
+# evaluation); its error is one of ours here too.
+from trainer.model.tokenizer import TokenizerError
+
 
 class PipelineError(ValueError):
     """Base class: bad input or configuration for a pipeline."""
@@ -24,10 +28,6 @@ class DecodeError(PipelineError):
 
 class EmptyInputError(PipelineError):
     """The inputs hold too little text to fill one row."""
-
-
-class TokenizerError(PipelineError):
-    """The tokenizer model is missing, unreadable, or lacks the required special ids."""
 
 
 class VocabMismatchError(PipelineError):

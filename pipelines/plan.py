@@ -11,9 +11,10 @@ import json
 from apache_beam.io.filesystems import FileSystems
 
 import store
-from pipelines import inputs, options, packing, tokenizer
-from pipelines.errors import OptionsError, TokenizerError, VocabMismatchError
-from trainer import model_io
+from pipelines import inputs, options, packing
+from pipelines.errors import OptionsError, VocabMismatchError
+from trainer.model.tokenizer import TokenizerError
+from trainer.model import layout, tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,20 @@ def _read_tokenizer(path):
     except Exception as e:
         raise TokenizerError(
             f"cannot read tokenizer model {path} ({type(e).__name__}); train one with "
-            "`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`") from None
+            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`") from None
+
+
+def _teacher_config(path):
+    """The teacher's ModelConfig, from its config.json (no JAX, no weights)."""
+    try:
+        with FileSystems.open(FileSystems.join(str(path), layout.CONFIG_FILE)) as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:  # Beam's BeamIOError is an OSError
+        raise layout.ModelIOError(
+            f"teacher checkpoint {path} has no readable {layout.CONFIG_FILE} "
+            f"({type(e).__name__}); pass a directory written by model_io.save_model "
+            "or teacher_dump.convert") from None
+    return layout.parse_config(text, path)
 
 
 def _teacher_metadata(path):
@@ -58,10 +72,10 @@ def _teacher_metadata(path):
     never loads the teacher's weights.
     """
     try:
-        with FileSystems.open(FileSystems.join(str(path), "metadata.json")) as f:
+        with FileSystems.open(FileSystems.join(str(path), layout.METADATA_FILE)) as f:
             return json.loads(f.read())
     except Exception as e:
-        raise model_io.ModelIOError(
+        raise layout.ModelIOError(
             f"teacher checkpoint {path} has no readable metadata.json ({type(e).__name__}); "
             "pass a directory written by model_io.save_model") from None
 
@@ -98,7 +112,7 @@ def make_plan(opts):
                          heldout_fraction=opts.heldout_fraction)
     if not opts.teacher:
         return _tokens_only_plan(opts, paths, model_bytes, tok_info, train_packing)
-    cfg = model_io.load_config(opts.teacher)
+    cfg = _teacher_config(opts.teacher)
     if opts.teacher_dtype:
         cfg = cfg.replace(dtype=opts.teacher_dtype)
     if tok_info["vocab_size"] != cfg.vocab_size:

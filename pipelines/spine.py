@@ -16,7 +16,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipelines import inputs, packing, tokenizer
+from pipelines import inputs, packing
+from trainer.model import tokenizer
 
 TRAIN = "train"
 HELDOUT = "heldout"

@@ -102,7 +102,7 @@ class WriteTeacherSignal(beam.PTransform):
 
     Args:
         url: store URL (created by PrepareStore).
-        handler: a teacher_dump.TeacherModelHandler.
+        handler: a pipelines.teacher_handler.TeacherModelHandler.
     """
 
     def __init__(self, url, handler, label=None):

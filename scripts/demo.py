@@ -7,7 +7,7 @@ OUT/logs/<stage>.log, and leaves OUT/.done/<stage> when it succeeded, so a
 rerun skips finished stages):
 
   corpus     Wikipedia lead paragraphs → train / held-out JSONL (by doc hash)
-  tokenizer  python -m pipelines.tokenizer (SentencePiece unigram)
+  tokenizer  python -m pipelines.train_tokenizer (SentencePiece unigram)
   spine      python -m pipelines.dump without a teacher → tokens-only stores
   teacher    python -m trainer (NLL pre-training of the teacher)
   dump       python -m pipelines.dump with the teacher → teacher-signal store

@@ -13,7 +13,7 @@ import json
 import math
 import os
 
-from trainer.metrics import read_metrics
+from trainer.training.metrics import read_metrics
 
 METHOD_ROWS = ("teacher", "nll", "kd", "hldc", "hldf")
 TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")

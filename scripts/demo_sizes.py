@@ -59,8 +59,10 @@ SIZES = {
     "ci": DemoSize(name="ci", max_docs=400, heldout_fraction=0.05, vocab_size=512,
                    seq_len=32, k=8, config="trainer/configs/demo.py",
                    teacher_budget=2e10, student_budget=5e9,
+                   # HLDF phase 1 gets a single step at this budget: no warm-up
+                   # (a longer one than the phase is refused, as WSD's is).
                    overrides=("data.batch_size=8", "optim.warmup_steps=5",
-                              "hldf.warmup_steps=2", "log_every=5", "checkpoint_every=50"),
+                              "hldf.warmup_steps=0", "log_every=5", "checkpoint_every=50"),
                    eval_limit=0, dump_batch_size=8),
     # One GPU: gemma3-1b-shaped teacher, gemma3-270m-shaped students, V=8192
     # (what 4.9 MB of text supports), T=512, k=128. Estimated ~10 min of

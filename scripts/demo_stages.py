@@ -77,7 +77,7 @@ def corpus(ctx: Context) -> None:
 
 
 def tokenizer(ctx: Context) -> None:
-    run(ctx, "tokenizer", "-m", "pipelines.tokenizer", "--input", ctx.path("corpus", "train.jsonl"),
+    run(ctx, "tokenizer", "-m", "pipelines.train_tokenizer", "--input", ctx.path("corpus", "train.jsonl"),
         "--model-prefix", ctx.path("tokenizer"), "--vocab-size", str(ctx.size.vocab_size))
 
 
@@ -129,7 +129,7 @@ PENALTY_SETTINGS = {"students": None, "alpha0.9_zero": ("0.9", "1.0", "zero")}
 
 def student_loss_settings(ctx: Context) -> tuple[str, str, str]:
     """(alpha, tau, tail) of the KD students, read from the demo config."""
-    from trainer import config as config_lib  # Local: only this stage needs the trainer.
+    from trainer.training import config as config_lib  # Local: only this stage needs the trainer.
     loss = config_lib.load_config(f"{ctx.size.config}:kd").loss
     return str(loss.alpha), str(loss.tau), loss.tail
 

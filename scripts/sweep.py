@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     try:
         grid = parse_grid(args.grid)
         if args.paper:
-            from trainer.config import load_config
+            from trainer.training.config import load_config
             method = load_config(args.config, args.set).method
             if method not in PAPER_GRID:
                 raise SweepError(f"no paper grid for method {method!r}; use --grid")

@@ -43,7 +43,7 @@ form is ``q_k = (1-α)p_k + α p_k/(1-m)``, ``Q = (1-α)m``, so the penalty is
 and with ``renormalize`` both terms are minimised at q = p: penalty 0.
 
 τ ≠ 1. ``S`` is not stored; the loss uses the estimate of
-``trainer.losses`` (``tempered_tail_logmass`` here, the same formula). The
+``trainer.training.losses`` (``tempered_tail_logmass`` here, the same formula). The
 teacher side of ``bucket`` uses that estimate; the student side of ``zero``
 and ``bucket`` depends on the true ``S``, which lies between the even and the
 packed tail. ``penalty_nats`` takes the true S = the estimate (the warning uses it);
@@ -76,7 +76,7 @@ class PenaltyError(ValueError):
 
 
 def tempered_tail_logmass(log_m, log_min_p, num_tail, tau: float):
-    """log of the estimated ``Σ_tail p_v^{1/τ}`` (trainer.losses' formula, numpy).
+    """log of the estimated ``Σ_tail p_v^{1/τ}`` (trainer.training.losses' formula, numpy).
 
     Geometric mean of the even tail ``n·(m/n)^t`` and the packed tail
     ``m·c^(t−1)``, ``c = min(p_min, m)``; −inf where ``num_tail == 0``.

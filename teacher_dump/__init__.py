@@ -1,18 +1,16 @@
 """Teacher-signal extraction: load a teacher, run it, hand numpy to the store.
 
-`import teacher_dump` does not import Beam; `TeacherModelHandler` is loaded
-on first access so trainer-side and test code stay light.
+* ``teacher`` — ``load_teacher`` (params on one or several devices).
+* ``extract`` — ``make_extract_fn``: jitted top-k log-probs + hidden states.
+* ``loop``    — ``extract_rows``: batching with host/device overlap.
+* ``convert`` — the CLI ``python -m teacher_dump.convert`` (HF import; the code
+  is ``trainer.model.hf_import``).
+
+JAX only, no Beam: the Beam ModelHandler is ``pipelines.teacher_handler``.
+Builds on ``trainer.model``.
 """
 from teacher_dump.extract import make_extract_fn
 from teacher_dump.loop import extract_rows
 from teacher_dump.teacher import Teacher, load_teacher
 
-__all__ = ["load_teacher", "make_extract_fn", "extract_rows", "Teacher",
-           "TeacherModelHandler"]
-
-
-def __getattr__(name):
-    if name == "TeacherModelHandler":
-        from teacher_dump.handler import TeacherModelHandler
-        return TeacherModelHandler
-    raise AttributeError(f"module 'teacher_dump' has no attribute {name!r}")
+__all__ = ["load_teacher", "make_extract_fn", "extract_rows", "Teacher"]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from trainer import model
+from trainer.model import gemma3 as model
 
 # Tokens per de-embedding tile. 2048 × 32k fp32 logits = 256 MiB: large enough
 # that the [tile, D] × [D, V] matmul runs at full speed on a GPU, small enough

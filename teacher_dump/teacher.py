@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from teacher_dump import extract, loop
-from trainer import model_config, model_io
+from trainer.model import model_config, model_io
 
 
 class TeacherLoadError(ValueError):

@@ -9,7 +9,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    """Parses flags, runs `trainer.train.run`, prints the final summary as JSON."""
+    """Parses flags, runs `trainer.training.loop.run`, prints the final summary as JSON."""
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     parser.add_argument("--config", required=True,
                         help="get_config() file, optionally with ':arg' (e.g. tiny.py:hldc)")
@@ -19,8 +19,8 @@ def main(argv=None) -> int:
                         help="print the resolved config as JSON and exit")
     args = parser.parse_args(argv)
     # Imported here so `--help` stays instant (JAX import is slow).
-    from trainer import config as config_lib
-    from trainer import train
+    from trainer.training import config as config_lib
+    from trainer.training import loop as train
     try:
         config = config_lib.load_config(args.config, args.set)
         if args.print_config:

@@ -49,7 +49,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from trainer import model, model_config, regressors
+from trainer.model import gemma3 as model, model_config, regressors
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
 # Per-phase cost keys of each method (HLDF: phase 1 = "ht", phase 2 = "kd").

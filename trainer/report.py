@@ -33,7 +33,7 @@ matplotlib.use("Agg")  # Files only; no display on servers.
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from trainer import config as config_lib, metrics  # noqa: E402
+from trainer.training import config as config_lib, metrics  # noqa: E402
 
 # --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
 METHOD_KEY = "method"

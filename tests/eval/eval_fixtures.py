@@ -8,8 +8,8 @@ import jax
 import pyarrow as pa
 import pytest
 
-from pipelines.tokenizer import train_tokenizer
-from trainer import model, model_config, model_io
+from trainer.model.tokenizer import train_tokenizer
+from trainer.model import gemma3 as model, model_config, model_io
 
 VOCAB = 320
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from eval_fixtures import REQUEST_DOCS
-from pipelines.tokenizer import load_tokenizer, tokenizer_info
-from trainer import evaluate, eval_tasks, model, model_config, model_io, scoring
+from trainer.model.tokenizer import load_tokenizer, tokenizer_info
+from trainer.evaluate import runner as evaluate, tasks as eval_tasks, scoring
+from trainer.model import gemma3 as model, model_config, model_io
 
 SEQ_LEN = 32
 

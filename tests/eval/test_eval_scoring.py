@@ -1,4 +1,4 @@
-"""Batching, bucketing and reductions of trainer.scoring on a toy "model".
+"""Batching, bucketing and reductions of trainer.evaluate.scoring on a toy "model".
 
 The toy TokenScoreFn assigns log p(target) = -target / 10 whatever the
 context, and calls a target the argmax iff it is even, so every expected
@@ -7,8 +7,8 @@ score below is a hand sum.
 import numpy as np
 import pytest
 
-from trainer import scoring
-from trainer.scoring import Row, ScoringError
+from trainer.evaluate import scoring
+from trainer.evaluate.scoring import Row, ScoringError
 
 
 class ToyFn:

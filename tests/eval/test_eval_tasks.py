@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from eval_fixtures import REQUEST_DOCS, write_arrow, write_requests
-from trainer import eval_tasks
-from trainer.eval_tasks import Example, TaskError
+from trainer.evaluate import tasks as eval_tasks
+from trainer.evaluate.tasks import Example, TaskError
 
 
 def test_requests_group_by_doc_and_skip_unconditional(task_root):

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from trainer import flops, model, model_config, regressors
+from trainer import flops
+from trainer.model import gemma3 as model, model_config, regressors
 
 
 def _real_count(tree):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import losses
+from trainer.training import losses
 
 
 def test_nll_matches_numpy():

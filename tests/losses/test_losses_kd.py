@@ -1,4 +1,4 @@
-"""trainer.losses against independent float64 numpy references.
+"""trainer.training.losses against independent float64 numpy references.
 
 Tolerances: the JAX side computes in fp32, the references in fp64, so values
 are compared at rtol/atol ~1e-5 (a few fp32 ulps of log-softmax over V ≤ 64).
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import losses
+from trainer.training import losses
 
 # Eager on purpose: op-level compile caches are shared across the many small
 # parametrized cases, which is cheaper here than one jit compile per case.
@@ -55,7 +55,7 @@ def _np_kd_topk(logits, ids, lps, tau, tail, divergence):
             off[sel_ids] = False
             m = max(1.0 - p.sum(), 1e-30)
             # Tempered tail: geometric mean of the even and the packed tail
-            # (the estimate documented in trainer.losses), exact at τ = 1.
+            # (the estimate documented in trainer.training.losses), exact at τ = 1.
             n_tail, c, t = off.sum(), min(p.min(), m), 1.0 / tau
             s_tail = np.sqrt(n_tail * (m / n_tail) ** t * m * c ** (t - 1.0))
             p = np.append(p ** t, s_tail)

@@ -1,10 +1,10 @@
-"""trainer.regressors: shapes, math vs numpy, counts from the init, errors."""
+"""trainer.model.regressors: shapes, math vs numpy, counts from the init, errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import regressors
+from trainer.model import regressors
 
 
 @pytest.mark.parametrize("d_s,d_t", [(8, 12), (12, 8)])  # d_T < d_S must work too

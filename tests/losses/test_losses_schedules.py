@@ -1,11 +1,11 @@
-"""trainer.schedules: values at the key steps, jit/optax use, and errors."""
+"""trainer.training.schedules: values at the key steps, jit/optax use, and errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from trainer import schedules
+from trainer.training import schedules
 
 
 def _at(schedule, steps):

@@ -1,13 +1,13 @@
 """tail="bucket" at τ ≠ 1: the tempered-tail estimate against full-vocabulary KL.
 
-References are float64 numpy written from the formula in trainer.losses'
+References are float64 numpy written from the formula in trainer.training.losses'
 module docstring, never the function under test.
 """
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import losses
+from trainer.training import losses
 
 
 def _log_softmax(x):

@@ -1,4 +1,4 @@
-"""trainer.tiled_loss: tiled == untiled in values and gradients; memory shape."""
+"""trainer.training.tiled_loss: tiled == untiled in values and gradients; memory shape."""
 import re
 
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from trainer import losses, tiled_loss
+from trainer.training import losses, tiled_loss
 
 B, T, D, V, K = 2, 12, 4, 64, 6
 

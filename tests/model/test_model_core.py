@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import model, model_config
+from trainer.model import gemma3 as model, model_config
 
 _T = 20  # > 2 * window of "tiny-7" (4), so sliding-window masking is exercised.
 # Jitted once per config: eager op-by-op dispatch would dominate the test time.

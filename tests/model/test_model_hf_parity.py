@@ -21,8 +21,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from teacher_dump import convert  # noqa: E402
-from trainer import model, model_config, model_io  # noqa: E402
+from trainer.model import hf_import as convert  # noqa: E402
+from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
 
 _ATOL = 1e-4
 _forward = jax.jit(model.forward, static_argnames=("cfg", "capture_layers", "num_blocks"))

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer import model, model_config, model_io
+from trainer.model import gemma3 as model, model_config, model_io
 
 # Orbax leaves its own failed read coroutines un-awaited after it raises on
 # corrupt data (the error we test); their GC-time noise is not ours to assert on.

@@ -5,8 +5,9 @@ import jax
 import pytest
 
 import pipelines_testlib as lib
-from pipelines import inputs, tokenizer
-from trainer import model, model_config, model_io
+from pipelines import inputs
+from trainer.model import tokenizer
+from trainer.model import gemma3 as model, model_config, model_io
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,14 @@ import json
 import os
 import random
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zarr
 
 import store
 import teacher_dump
-from pipelines import inputs, packing, tokenizer
+from store.compare import store_arrays, store_differences
+from pipelines import inputs, packing
+from trainer.model import tokenizer
 
 VOCAB = 384
 SEQ_LEN = 32
@@ -55,23 +55,9 @@ def write_corpus(directory, seed=0, docs_per_file=(40, 30, 30)):
     return docs
 
 
-def store_arrays(url):
-    """Every array of a store as numpy, read with plain zarr-python (raw stored bytes)."""
-    group = zarr.open_group(url, mode="r")
-    return {name: np.asarray(node[...]) for name, node in group.members(max_depth=None)
-            if isinstance(node, zarr.Array)}
-
-
 def assert_stores_identical(url_a, url_b):
     """Same arrays, byte for byte, and the same committed units."""
-    a, b = store_arrays(url_a), store_arrays(url_b)
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert a[name].dtype == b[name].dtype, name
-        assert a[name].shape == b[name].shape, name
-        assert a[name].tobytes() == b[name].tobytes(), f"array {name} differs"
-    wa, wb = store.open_writer(url_a), store.open_writer(url_b)
-    assert wa.committed_units() == wb.committed_units()
+    assert store_differences(url_a, url_b) == []
 
 
 def reference_rows(docs, tokenizer_path, heldout_fraction=0.0, split="train"):

@@ -61,8 +61,8 @@ def test_heldout_store(dumped, corpus, tokenizer_path):
 def test_manifest_records_provenance(dumped, tokenizer_path, teacher_path):
     _, result, url, _ = dumped
     schema = store.StoreReader(url).schema
-    from pipelines import tokenizer
-    from trainer import model_io
+    from trainer.model import tokenizer
+    from trainer.model import model_io
     assert schema.tokenizer == tokenizer.tokenizer_info(tokenizer_path)
     _, _, metadata = model_io.load_model(teacher_path)
     assert schema.teacher["fingerprint"] == metadata["fingerprint"]

@@ -5,8 +5,9 @@ import os
 import pytest
 
 import pipelines_testlib as lib
-from pipelines import tokenizer
-from pipelines.errors import TokenizerError
+from pipelines import train_tokenizer
+from trainer.model import tokenizer
+from trainer.model.tokenizer import TokenizerError
 
 
 def test_info_matches_contract(tokenizer_path):
@@ -34,7 +35,7 @@ def test_training_is_deterministic(corpus, tmp_path, tokenizer_path):
 def test_cli_trains_a_model(corpus, tmp_path, capsys):
     directory, _ = corpus
     prefix = str(tmp_path / "cli")
-    rc = tokenizer.main(["--input", os.path.join(directory, "*.txt"), "--model-prefix", prefix,
+    rc = train_tokenizer.main(["--input", os.path.join(directory, "*.txt"), "--model-prefix", prefix,
                          "--vocab-size", "300"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -43,7 +44,7 @@ def test_cli_trains_a_model(corpus, tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    rc = tokenizer.main(["--input", str(tmp_path / "none*.txt"), "--model-prefix", str(tmp_path / "m")])
+    rc = train_tokenizer.main(["--input", str(tmp_path / "none*.txt"), "--model-prefix", str(tmp_path / "m")])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: input") and "matches no file" in err and "\n" not in err
@@ -56,7 +57,7 @@ def test_errors(tmp_path):
         tokenizer.train_tokenizer(iter(["", "  "]), str(tmp_path / "m"), vocab_size=300)
     with pytest.raises(TokenizerError, match=r"give more text or a smaller --vocab-size"):
         tokenizer.train_tokenizer(iter(["tiny corpus"]), str(tmp_path / "m"), vocab_size=5000)
-    with pytest.raises(TokenizerError, match=r"cannot read tokenizer model.*pipelines\.tokenizer"):
+    with pytest.raises(TokenizerError, match=r"cannot read tokenizer model.*pipelines\.train_tokenizer"):
         tokenizer.load_tokenizer(str(tmp_path / "missing.model"))
     junk = tmp_path / "junk.model"
     junk.write_bytes(b"\x00garbage")

@@ -47,7 +47,7 @@ def test_teacher_trained_with_another_tokenizer_is_refused(corpus, tokenizer_pat
     records the tokenizer sha256, and the launcher compares it."""
     import jax
     from pipelines.errors import VocabMismatchError
-    from trainer import model, model_config, model_io
+    from trainer.model import gemma3 as model, model_config, model_io
     directory, _ = corpus
     cfg = model_config.get_config("tiny", vocab_size=lib.VOCAB, num_layers=2, d_model=32,
                                   mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16)

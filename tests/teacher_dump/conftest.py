@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer import model, model_config, model_io
+from trainer.model import gemma3 as model, model_config, model_io
 
 
 def random_params(cfg, seed):

@@ -6,7 +6,7 @@ import pytest
 
 import teacher_dump
 from teacher_dump import extract
-from trainer import model_config
+from trainer.model import model_config
 
 K = 16
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from trainer import methods, model, train
+from trainer.training import methods, loop as train
+from trainer.model import gemma3 as model
 
 
 def _counts(config):

@@ -1,11 +1,11 @@
-"""trainer.config: loading, overrides, and one clear error per bad value."""
+"""trainer.training.config: loading, overrides, and one clear error per bad value."""
 import subprocess
 import sys
 
 import pytest
 
-from trainer import config as config_lib
-from trainer.config import ConfigError
+from trainer.training import config as config_lib
+from trainer.training.config import ConfigError
 
 CONFIGS = ["tiny.py", "tiny.py:hldf", "gemma3_270m.py:hldc", "gemma3_1b.py:kd",
            "teacher.py", "teacher.py:tiny-7"]
@@ -23,7 +23,7 @@ def test_shipped_configs_validate(name):
 @pytest.mark.parametrize("name", ["tiny.py:hldf", "demo.py:hldf", "gemma3_270m.py:hldf",
                                   "gemma3_1b.py:hldf"])
 def test_shipped_hldf_schedules_fit_their_default_budget(name):
-    from trainer import methods, train
+    from trainer.training import methods, loop as train
     c = _load(f"trainer/configs/{name}")
     model_cfg = train.model_config_from(c)
     plans = train.plan_phases(c, model_cfg, methods.phases(c, model_cfg.num_layers))
@@ -37,7 +37,7 @@ def test_defaults_distil():
 
 
 def test_alpha_schedule_endpoints_are_config_fields():
-    from trainer import methods
+    from trainer.training import methods
     c = _load(sets=["loss.alpha_schedule=linear", "loss.alpha_start=0.2", "loss.alpha=0.6"])
     assert float(methods.alpha_at(c, 0, 10)) == pytest.approx(0.2)
     assert float(methods.alpha_at(c, 10, 10)) == pytest.approx(0.6)

@@ -1,11 +1,11 @@
-"""trainer.data: fields per method, determinism, exact resume, host sharding."""
+"""trainer.training.data: fields per method, determinism, exact resume, host sharding."""
 import pickle
 
 import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from trainer import data, methods
+from trainer.training import data, methods
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_loader_style_hidden_gives_the_same_hidden_loss(store):
     """The loader ships x/rms(x) in float16 instead of decoding x: the normalized
     MSE must not notice (it normalises the target per token itself)."""
     from store import StoreReader
-    from trainer import losses
+    from trainer.training import losses
     reader = StoreReader(str(store))
     field = f"hidden/{tl.LAYER}"
     decoded = reader.read(np.arange(4), fields=(field,))[field]            # float32 x

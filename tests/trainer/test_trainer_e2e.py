@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from trainer import metrics, model_io, train
+from trainer.training import metrics, loop as train
+from trainer.model import model_io
 
 
 @pytest.fixture(scope="module")

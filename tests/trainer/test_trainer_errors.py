@@ -7,7 +7,7 @@ import pytest
 
 import trainer_testlib as tl
 from store import SchemaMismatchError
-from trainer import checkpoint, config as config_lib, train
+from trainer.training import checkpoint, config as config_lib, loop as train
 
 
 @pytest.fixture(scope="module")

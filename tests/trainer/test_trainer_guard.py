@@ -5,7 +5,7 @@ import os
 import pytest
 
 import trainer_testlib as tl
-from trainer import config as config_lib, train
+from trainer.training import config as config_lib, loop as train
 
 
 @pytest.fixture(scope="module")

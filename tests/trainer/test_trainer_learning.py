@@ -2,7 +2,7 @@
 import pytest
 
 import trainer_testlib as tl
-from trainer import metrics, train
+from trainer.training import metrics, loop as train
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import trainer_testlib as tl
-from trainer import metrics
+from trainer.training import metrics
 
 
 def _train(store, run_dir, method, steps, kill_at=0):

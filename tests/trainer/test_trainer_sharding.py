@@ -1,9 +1,10 @@
-"""trainer.sharding: mesh construction and logical-axis rules."""
+"""trainer.training.sharding: mesh construction and logical-axis rules."""
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from trainer import model, model_config, sharding
+from trainer.model import gemma3 as model, model_config
+from trainer.training import sharding
 
 
 def test_mesh_fills_minus_one():

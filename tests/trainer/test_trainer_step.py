@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from trainer import data, methods, sharding, train
+from trainer.training import data, methods, sharding, loop as train
 
 
 def _runner(method, mesh, phase_index=0, **sets):

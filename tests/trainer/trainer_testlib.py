@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from store import StoreSchema, create_store
-from trainer.config import load_config
+from trainer.training.config import load_config
 
 CONFIG = "trainer/configs/tiny.py"
 
@@ -88,7 +88,7 @@ def tiny_config(method, store_url, run_dir, steps=None, **overrides):
 
 def budget_for_steps(config, steps):
     """FLOPs budget that trainer.flops turns into `steps` steps of NLL-cost."""
-    from trainer import train
+    from trainer.training import loop as train
     model_cfg = train.model_config_from(config)
     per_token = train.flop_counts(config, model_cfg)["flops_per_token"]["nll"]
     return float(per_token * config.data.batch_size * config.data.seq_len * (steps + 0.5))

@@ -1,7 +1,7 @@
 """Every trainer config field, with its meaning and default (the paper's values).
 
 Concrete configs (tiny.py, gemma3_270m.py, ...) start from `base_config()` and
-change what differs. `trainer.config.validate` checks the ranges.
+change what differs. `trainer.training.config.validate` checks the ranges.
 """
 import ml_collections
 
@@ -9,12 +9,12 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     """The paper's recipe (DESIGN §1) for a student; model/store/budget unset."""
     c = ml_collections.ConfigDict()
-    c.method = "kd"            # nll | kd | hldc | hldf (trainer.config.Method).
+    c.method = "kd"            # nll | kd | hldc | hldf (trainer.training.config.Method).
     c.run_dir = ""             # RUN_DIR: config.json, metrics.jsonl, checkpoints/, export/, tb/.
     c.seed = 0                 # Seeds parameter init, regressor init and the data shuffle.
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "tiny"      # trainer.model_config registry name of the student.
+    c.model.name = "tiny"      # trainer.model.model_config registry name of the student.
     c.model.vocab_size = 32000  # V; must equal the store's vocab (checked before compiling).
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay fp32).
     c.model.remat = False      # Rematerialise blocks in backward (memory for compute).
@@ -41,12 +41,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Weight of the logit (KD) term; (1-α) goes to NLL. 0.7: it beats 0.9 in all 12 KD
     # cells of the paper's Tables 4-5, and on the demo store (k=32 of V=2048).
     c.loss.alpha = 0.7
-    c.loss.alpha_schedule = "constant"  # constant | linear | wsd (trainer.schedules.AlphaSchedule).
+    c.loss.alpha_schedule = "constant"  # constant | linear | wsd (trainer.training.schedules.AlphaSchedule).
     c.loss.alpha_start = 0.0         # linear/wsd: α at step 0 of the phase (ramps up to alpha).
     c.loss.alpha_final = 0.0         # wsd: α at the end of the decay (from alpha).
     c.loss.tau = 1.0                 # KD temperature; the KD term is scaled by τ².
     c.loss.gamma = 0.1               # Weight of the hidden-state term (HLDC).
-    # Top-k tail mode: bucket | zero | renormalize (trainer.losses.TailMode). bucket keeps
+    # Top-k tail mode: bucket | zero | renormalize (trainer.training.losses.TailMode). bucket keeps
     # the teacher's mass outside the top-k as one class, so the loss's optimum stays the
     # teacher; zero drops it and makes a perfect student of the loss worse than NLL at
     # small k (store.objective_penalty measures by how much; the trainer prints it).
@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.hldf.warmup_steps = 1000
 
     c.budget = ml_collections.ConfigDict()
-    c.budget.unit = "ot"             # ot | flops (trainer.config.BudgetUnit).
+    c.budget.unit = "ot"             # ot | flops (trainer.training.config.BudgetUnit).
     c.budget.value = 1.0             # The one compute budget; steps derive from trainer.flops.
 
     c.mesh = ml_collections.ConfigDict()

@@ -3,7 +3,7 @@
 Args (the part after ':'): "teacher" (NLL pre-training on a tokens-only
 store) or a student method: "nll", "kd", "hldc", "hldf".
 
-Models (trainer/model_config.py): "demo-teacher" (4 blocks, d=128) and
+Models (trainer/model/model_config.py): "demo-teacher" (4 blocks, d=128) and
 "demo-student" (2 blocks, d=64), V=2048, T=128. scripts/demo.py sets the
 store, run directory and budget with --set; these are the CPU defaults.
 

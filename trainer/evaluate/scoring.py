@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer import losses, model, tiled_loss
-from trainer.model_config import ModelConfig
+from trainer.training import losses, tiled_loss
+from trainer.model import gemma3 as model
+from trainer.model.model_config import ModelConfig
 
 MIN_BUCKET = 16
 

@@ -22,16 +22,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from trainer import model, model_config
-from trainer.model_config import ModelConfig
+from trainer.model import gemma3 as model, layout
+from trainer.model.layout import ModelIOError
+from trainer.model.model_config import ModelConfig
 
-_PARAMS_DIR = "params"
-_CONFIG_FILE = "config.json"
-_METADATA_FILE = "metadata.json"
-
-
-class ModelIOError(ValueError):
-    """A model checkpoint is missing, incomplete, unreadable or would be overwritten."""
+_PARAMS_DIR = layout.PARAMS_DIR
+_CONFIG_FILE = layout.CONFIG_FILE
+_METADATA_FILE = layout.METADATA_FILE
 
 
 def fingerprint(params) -> str:
@@ -90,10 +87,11 @@ def load_config(path) -> ModelConfig:
     """Reads only the config of a model checkpoint (cheap; no arrays)."""
     root = _checked_root(path)
     try:
-        return ModelConfig.from_dict(json.loads((root / _CONFIG_FILE).read_text()))
-    except (OSError, json.JSONDecodeError, TypeError, model_config.ConfigError) as e:
+        text = (root / _CONFIG_FILE).read_text()
+    except OSError as e:
         raise ModelIOError(f"model checkpoint {root} has an unreadable {_CONFIG_FILE} ({e}); "
                            f"re-export it with model_io.save_model") from None
+    return layout.parse_config(text, root)
 
 
 def load_model(path, shardings=None) -> tuple[ModelConfig, Any, dict[str, Any]]:

@@ -38,7 +38,7 @@ import numpy as np
 
 Params = dict[str, Any]
 
-# Logical axis names (see trainer.sharding.LOGICAL_RULES).
+# Logical axis names (see trainer.training.sharding.LOGICAL_RULES).
 _AXES = {
     "w": ("embed", "teacher_embed"),
     "w1": ("embed", "reg_hidden"),

@@ -1,26 +1,28 @@
 """SentencePiece tokenizer: train one on a corpus sample, load it, describe it.
 
-No Beam import here: the trainer and evaluation import this module. The CLI
-(`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`) reads
-inputs through `pipelines.inputs`, imported inside `main` only.
+Part of the model (its vocabulary), below both the dump pipeline and
+evaluation, so neither imports the other. No Beam import: the CLI that reads a
+corpus (`python -m pipelines.train_tokenizer --input GLOB --model-prefix
+PREFIX`) lives in `pipelines`.
 
 Special ids follow Gemma: pad=0, eos=1, bos=2, unk=3. The model is a unigram
 model with byte fallback, so no text is ever mapped to <unk>; whitespace is
 kept as is (identity normalisation, no whitespace collapsing) because a
 language model must reproduce the text it is trained on.
 """
-import argparse
 import hashlib
 import io
 import itertools
 import os
-import sys
 
 import sentencepiece as spm
 
-from pipelines.errors import PipelineError, TokenizerError
-
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+
+
+class TokenizerError(ValueError):
+    """The tokenizer model is missing, unreadable, or lacks the required special ids."""
+
 
 # SentencePiece's trainer skips "sentences" longer than this many bytes; the
 # sample is cut into lines first so that long documents still contribute.
@@ -118,7 +120,7 @@ def _read_bytes(path):
     except OSError as e:
         raise TokenizerError(
             f"cannot read tokenizer model {path} ({e.strerror}); train one with "
-            "`python -m pipelines.tokenizer --input GLOB --model-prefix PREFIX`") from None
+            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`") from None
 
 
 def tokenizer_from_bytes(model_bytes, name="<bytes>"):
@@ -133,12 +135,12 @@ def tokenizer_from_bytes(model_bytes, name="<bytes>"):
     except Exception:
         raise TokenizerError(
             f"{name} is not a SentencePiece model; pass the .model file written by "
-            "`python -m pipelines.tokenizer`") from None
+            "`python -m pipelines.train_tokenizer`") from None
     for what, piece_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("pad", sp.pad_id())):
         if piece_id < 0:
             raise TokenizerError(
                 f"tokenizer {name} defines no {what} id; packing needs bos, eos and pad — "
-                "retrain it with `python -m pipelines.tokenizer`")
+                "retrain it with `python -m pipelines.train_tokenizer`")
     return sp
 
 
@@ -176,38 +178,3 @@ def tokenizer_info(path):
     checks a store against.
     """
     return info_from_bytes(_read_bytes(path), name=path)
-
-
-def main(argv=None):
-    """CLI: train a tokenizer on input files; prints the model path and its info."""
-    from pipelines import inputs  # Beam filesystems; kept out of the library import
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.tokenizer",
-        description="Train a SentencePiece unigram tokenizer (byte fallback) on input text.")
-    parser.add_argument("--input", action="append", required=True,
-                        help="file glob (repeatable): .txt, .jsonl[.gz], .parquet")
-    parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab")
-    parser.add_argument("--vocab-size", type=int, default=32000)
-    parser.add_argument("--max-sentences", type=int, default=1_000_000,
-                        help="train on the first N non-empty lines of the corpus")
-    parser.add_argument("--num-threads", type=int, default=DEFAULT_THREADS,
-                        help="trainer threads; the model depends on it, keep it fixed")
-    parser.add_argument("--input-format", default="auto", help="auto|text|jsonl|parquet")
-    parser.add_argument("--decode-errors", default="strict", help="strict|replace")
-    args = parser.parse_args(argv)
-    try:
-        corpus = inputs.iter_corpus(args.input, args.input_format, args.decode_errors)
-        path = train_tokenizer(corpus, args.model_prefix, args.vocab_size,
-                               max_sentences=args.max_sentences, num_threads=args.num_threads)
-        info = tokenizer_info(path)
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    print(" ".join(f"{k}={v}" for k, v in info.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer.model_config import ModelConfig
+from trainer.model.model_config import ModelConfig
 
 Params = dict[str, Any]
 

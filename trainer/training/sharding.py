@@ -86,7 +86,7 @@ def logical_to_spec(axes: tuple, shape: tuple, mesh: Mesh) -> P:
     for name, dim in zip(axes, shape):
         if name not in LOGICAL_RULES:
             raise ValueError(f"logical axis {name!r} has no sharding rule; add it to "
-                             f"trainer.sharding.LOGICAL_RULES")
+                             f"trainer.training.sharding.LOGICAL_RULES")
         mesh_axis = LOGICAL_RULES[name]
         if mesh_axis is None or mesh.shape[mesh_axis] == 1 or dim % mesh.shape[mesh_axis]:
             spec.append(None)

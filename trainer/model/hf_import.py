@@ -5,7 +5,7 @@
 DIR holds `config.json` and `*.safetensors` of a `Gemma3ForCausalLM` (or the
 text half of a `Gemma3ForConditionalGeneration`). Tensors are read with
 `safetensors` in numpy (no torch), cast to fp32, re-laid out to the stacked
-param tree of `trainer.model` and written with `trainer.model_io.save_model`.
+param tree of `trainer.model` and written with `trainer.model.model_io.save_model`.
 
 Every HF feature our model does not implement (bias, soft-capping,
 bidirectional attention, untied head, a non-periodic layer pattern, a RoPE type
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from trainer import model_io
-from trainer.model_config import ModelConfig
+from trainer.model import model_io
+from trainer.model.model_config import ModelConfig
 
 # Gemma3TextConfig defaults (transformers 5.x): hub configs omit fields equal to them.
 _HF_DEFAULTS: dict[str, Any] = {
@@ -207,7 +207,7 @@ def convert(hf_dir, out, overwrite: bool = False) -> str:
 
     Args:
         hf_dir: directory with config.json and *.safetensors.
-        out: output checkpoint path (see trainer.model_io).
+        out: output checkpoint path (see trainer.model.model_io).
         overwrite: replace an existing checkpoint at `out`.
 
     Returns:

@@ -19,8 +19,8 @@ import os
 
 import ml_collections
 
-from trainer import losses
-from trainer.schedules import AlphaSchedule
+from trainer.training import losses
+from trainer.training.schedules import AlphaSchedule
 
 
 class ConfigError(ValueError):

@@ -23,10 +23,11 @@ import jax
 import jax.numpy as jnp
 
 from store import objective_penalty as penalty_lib
-from trainer import losses, model, regressors, schedules, tiled_loss
-from trainer.config import ConfigError, Method, parse_enum
-from trainer.regressors import RegressorKind
-from trainer.schedules import AlphaSchedule
+from trainer.training import losses, schedules, tiled_loss
+from trainer.model import gemma3 as model, regressors
+from trainer.training.config import ConfigError, Method, parse_enum
+from trainer.model.regressors import RegressorKind
+from trainer.training.schedules import AlphaSchedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +159,7 @@ def init_regressor(kind: RegressorKind | None, rng, d_student: int, d_teacher: i
 
 
 def regressor_logical_axes(kind: RegressorKind | None, regressor_params):
-    """Logical axes of a regressor tree (for trainer.sharding)."""
+    """Logical axes of a regressor tree (for trainer.training.sharding)."""
     if kind is None:
         return {}
     return regressors.logical_axes(regressor_params)

@@ -24,11 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipelines.errors import TokenizerError
-from pipelines.tokenizer import load_tokenizer, tokenizer_info
+from trainer.model.tokenizer import TokenizerError, load_tokenizer, tokenizer_info
 from store.errors import StoreError
-from trainer import eval_tasks, model_io, scoring
-from trainer.model_config import ConfigError
+from trainer.evaluate import tasks as eval_tasks, scoring
+from trainer.model import model_io
+from trainer.model.model_config import ConfigError
 
 HELDOUT = "heldout"
 DOCS = "docs"

@@ -16,7 +16,7 @@ Stable signatures (the trainer codes against these)::
     masked_mean(values_BxT, mask_BxT) -> scalar
 
 Leading axes are arbitrary: ``[B, T, V]`` and ``[N, V]`` both work, which is
-what lets ``trainer.tiled_loss`` call these on flattened token tiles.
+what lets ``trainer.training.tiled_loss`` call these on flattened token tiles.
 
 The next-token shift is the caller's job: ``targets_BxT[:, i]`` must already
 be the token that position ``i`` predicts (``tokens[:, i + 1]``), exactly as

@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from trainer import losses
+from trainer.training import losses
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 

@@ -31,9 +31,12 @@ from jax.experimental import multihost_utils
 
 from store import StoreReader
 from store import objective_penalty as penalty_lib
-from trainer import (checkpoint, config as config_lib, data, flops, methods, metrics,
-                     model, model_config, model_io, sharding, train_state)
-from trainer.config import Method
+from trainer.training import (
+    checkpoint, config as config_lib, data, methods, metrics, sharding, state as train_state,
+)
+from trainer import flops
+from trainer.model import gemma3 as model, model_config, model_io
+from trainer.training.config import Method
 
 
 class TrainingDivergedError(ValueError):
@@ -198,7 +201,7 @@ class PhaseRunner:
         missing = [k for k in self.batch_keys if k not in host_batch]
         if missing:
             raise ValueError(f"batch lacks {missing} needed by this phase; read the store "
-                             f"with trainer.data.store_fields(phase.fields, layer)")
+                             f"with trainer.training.data.store_fields(phase.fields, layer)")
         return sharding.global_batch_from_host({k: host_batch[k] for k in self.batch_keys},
                                                self.mesh)
 

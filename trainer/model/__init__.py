@@ -1,0 +1,13 @@
+"""The model: what a checkpoint is, independent of how it was trained.
+
+* ``model_config`` — ModelConfig and the registry of named sizes.
+* ``gemma3``       — the Gemma 3 decoder: init, forward, unembed.
+* ``regressors``   — the trained heads mapping student to teacher hidden states.
+* ``layout``       — the files of a model checkpoint; reading its config without JAX.
+* ``model_io``     — save/load a checkpoint (Orbax params + JSON).
+* ``hf_import``    — Hugging Face safetensors -> a checkpoint
+  (CLI: ``python -m teacher_dump.convert``).
+* ``tokenizer``    — the SentencePiece tokenizer (train, load, describe).
+
+Depends only on ``store``-free third-party code; everything else builds on it.
+"""

@@ -1,0 +1,39 @@
+"""The files of a model checkpoint directory, usable without JAX or Orbax.
+
+`model_io` writes and reads whole checkpoints (Orbax, JAX). A launcher that
+only needs a teacher's config (the dump pipeline's `plan`) reads config.json
+itself and parses it here, so it never imports JAX:
+
+    PATH/params/         Orbax StandardCheckpointer tree (fp32 arrays)
+    PATH/config.json     ModelConfig.to_dict()
+    PATH/metadata.json   user metadata + "fingerprint"; written LAST
+"""
+import json
+
+from trainer.model import model_config
+from trainer.model.model_config import ModelConfig
+
+PARAMS_DIR = "params"
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+
+
+class ModelIOError(ValueError):
+    """A model checkpoint is missing, incomplete, unreadable or would be overwritten."""
+
+
+def parse_config(text, where) -> ModelConfig:
+    """The ModelConfig in a checkpoint's config.json text.
+
+    Args:
+        text: the contents of config.json.
+        where: the checkpoint directory, named in the error.
+
+    Raises:
+        ModelIOError: not JSON, or not a valid ModelConfig.
+    """
+    try:
+        return ModelConfig.from_dict(json.loads(text))
+    except (json.JSONDecodeError, TypeError, model_config.ConfigError) as e:
+        raise ModelIOError(f"model checkpoint {where} has an unreadable {CONFIG_FILE} ({e}); "
+                           f"re-export it with model_io.save_model") from None

@@ -1,0 +1,14 @@
+"""Distillation training of a student on a teacher-signal store.
+
+* ``config``     — the ml_collections trainer config: load, override, validate.
+* ``losses``, ``tiled_loss`` — KD / HLD loss terms; the token-tiled logit path.
+* ``schedules``  — alpha (KD vs HLD) and learning-rate schedules.
+* ``methods``    — nll | kd | hldc | hldf: which store fields, which loss.
+* ``data``       — the Grain loader over a store.
+* ``sharding``   — the device mesh and logical-axis rules.
+* ``state``, ``checkpoint`` — the train state and its Orbax checkpoints.
+* ``metrics``    — metrics.jsonl / TensorBoard writing and reading.
+* ``loop``       — ``run(config)``: the training loop (``python -m trainer``).
+
+Builds on ``trainer.model``, ``trainer.flops`` and ``store``.
+"""
