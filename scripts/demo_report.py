@@ -153,7 +153,7 @@ def _findings(ctx, results: dict) -> list[str]:
               "teacher-signal dump are NOT charged to the KD/HLD students (the signal is "
               "computed once, offline, and shared by every student run).",
               "- A tiny budget and one hyper-parameter point per method: use "
-              "`scripts/sweep.py` for the paper's grid.", ""]
+              "`python -m trainer.sweep` for the paper's grid.", ""]
     return lines
 
 

@@ -164,29 +164,17 @@ def students(ctx: Context) -> None:
 def evaluate(ctx: Context) -> None:
     """Held-out log-ppl over every held-out row; downstream tasks up to eval_limit each.
 
-    Two evaluate calls per run (so --limit never truncates the held-out
-    score), merged into RUN_DIR/eval.json for trainer.report.
+    Two evaluate calls per run, so --limit never truncates the held-out score;
+    trainer.evaluate merges both into RUN_DIR/eval.json (what trainer.report reads).
     """
     downstream = bool(ctx.size.eval_limit and demo_report.downstream_data_installed())
     for name in ("teacher", *[r[0] for r in student_runs(ctx)]):
-        run_dir = ctx.path("runs", name)
-        base = ["-m", "trainer.evaluate", "--checkpoint", run_dir,
+        base = ["-m", "trainer.evaluate", "--checkpoint", ctx.path("runs", name),
                 "--tokenizer", ctx.path("tokenizer.model")]
-        run(ctx, "evaluate", *base, "--tasks", "heldout", "--store", ctx.path("heldout_store"),
-            "--out", os.path.join(run_dir, "eval_heldout.json"))
-        parts = ["eval_heldout.json"]
+        run(ctx, "evaluate", *base, "--tasks", "heldout", "--store", ctx.path("heldout_store"))
         if downstream:
             run(ctx, "evaluate", *base, "--tasks", ",".join(demo_report.TASKS),
-                "--limit", str(ctx.size.eval_limit),
-                "--out", os.path.join(run_dir, "eval_tasks.json"))
-            parts.append("eval_tasks.json")
-        merged = {}
-        for part in parts:
-            with open(os.path.join(run_dir, part), encoding="utf-8") as f:
-                result = json.load(f)
-            merged = {**result, "tasks": {**merged.get("tasks", {}), **result["tasks"]}}
-        with open(os.path.join(run_dir, "eval.json"), "w", encoding="utf-8") as f:
-            json.dump(merged, f, indent=2)
+                "--limit", str(ctx.size.eval_limit))
 
 
 def report(ctx: Context) -> None:

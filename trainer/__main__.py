@@ -1,7 +1,11 @@
-"""Trainer launch: `python -m trainer --config trainer/configs/tiny.py[:arg] [--set k=v ...]`.
+"""Trainer launch: `python -m trainer --config tiny[:method] [--set key=value ...]`.
 
-Bad configs and store mismatches print one line (what is wrong and how to fix
-it) and exit with status 2; a diverged run (NaN/Inf) exits with status 3.
+--config takes a shipped config by name (tiny, demo, teacher, gemma3_270m,
+gemma3_1b) or the path of any file defining get_config(); paths in --set
+(run_dir, store.url) are relative to the current directory. Bad configs and
+store mismatches print one line (what is wrong and how to fix it) and exit with
+status 2; a diverged run (NaN/Inf) exits with 3; SIGINT/SIGTERM saves a
+checkpoint, prints where the run resumes and exits with 128 + the signal.
 """
 import argparse
 import json
@@ -10,23 +14,33 @@ import sys
 
 def main(argv=None) -> int:
     """Parses flags, runs `trainer.training.loop.run`, prints the final summary as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True,
-                        help="get_config() file, optionally with ':arg' (e.g. tiny.py:hldc)")
+                        help="shipped config name or get_config() file, optionally with "
+                             "':arg' (e.g. tiny:hldc, gemma3_270m:kd, my_config.py)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set optim.lr=1e-3 (repeatable)")
+                        help="override a config field, e.g. --set optim.lr=1e-3 (repeatable; "
+                             "default: none)")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as JSON and exit")
+                        help="print the resolved config as JSON and exit (default: train)")
     args = parser.parse_args(argv)
-    # Imported here so `--help` stays instant (JAX import is slow).
-    from trainer.training import config as config_lib
-    from trainer.training import loop as train
     try:
+        # Imported here so `--help` stays instant (JAX import is slow).
+        from trainer.training import config as config_lib
+        from trainer.training import loop as train
         config = config_lib.load_config(args.config, args.set)
         if args.print_config:
             print(config_lib.to_json(config))
             return 0
         summary = train.run(config)
+    except KeyboardInterrupt:  # Before the step loop installed its handler.
+        print("interrupted before training started; re-run the same command to start "
+              "(or resume from the last checkpoint)", file=sys.stderr)
+        return 130
+    except train.TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
     except train.TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -160,6 +160,64 @@ def test_heldout_store(env, tmp_path):
     assert m["log_ppl"] == pytest.approx(nll / 55, rel=1e-5)
 
 
+def _heldout_store(path, cfg, info, seq_len, rows=4):
+    from store import StoreSchema, create_store
+    tokens = np.random.default_rng(1).integers(3, cfg.vocab_size, size=(rows, seq_len))
+    w = create_store(str(path), StoreSchema(seq_len=seq_len, k=0, vocab_size=cfg.vocab_size,
+                                            rows_per_unit=2, tokenizer=info,
+                                            packing={"rule": "noam"}), num_rows=rows)
+    for u in range(w.num_units):
+        start, stop = w.unit_rows(u)
+        w.write_unit(u, tokens=tokens[start:stop].astype(np.int32))
+    return str(path)
+
+
+def test_store_of_another_seq_len_is_refused_unless_asked(env, tmp_path, capsys):
+    """The export records the trained T; a held-out store of another T is refused
+    (it used to score silently), --seq-len T scores it explicitly."""
+    model_dir = str(tmp_path / "export")
+    model_io.save_model(model_dir, env.cfg, env.params, {"seq_len": 12,
+                                                        "tokenizer_sha256": env.info["sha256"]})
+    store16 = _heldout_store(tmp_path / "h16", env.cfg, env.info, 16)
+    argv = ["--checkpoint", model_dir, "--tasks", "heldout", "--store", store16]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "T=16 but the model is evaluated at T=12" in err and "--seq-len 16" in err
+    assert "\n" not in err
+    out = evaluate.evaluate(model_dir, None, ["heldout"], store=store16, seq_len=16)
+    assert out["tasks"]["heldout"]["tokens"] == 4 * 15  # no tokenizer needed for heldout
+    store12 = _heldout_store(tmp_path / "h12", env.cfg, env.info, 12)
+    assert evaluate.evaluate(model_dir, None, ["heldout"], store=store12)["seq_len"] == 12
+    with pytest.raises(evaluate.EvalError, match="encode text; pass --tokenizer"):
+        evaluate.evaluate(model_dir, None, ["piqa"])
+
+
+def test_eval_json_merges_tasks_of_the_same_model(env, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.symlink(env.path, run_dir / "export")
+    monkeypatch.chdir(tmp_path)  # relative --checkpoint and --task-dir
+    base = ["--checkpoint", "run", "--tokenizer", os.path.relpath(env.tok),
+            "--task-dir", os.path.relpath(env.root), "--seq-len", str(SEQ_LEN)]
+    assert evaluate.main(base + ["--tasks", "piqa"]) == 0
+    first = json.loads((run_dir / "eval.json").read_text())
+    assert evaluate.main(base + ["--tasks", "arc_easy"]) == 0
+    merged = json.loads((run_dir / "eval.json").read_text())
+    assert set(merged["tasks"]) == {"piqa", "arc_easy"}
+    assert merged["tasks"]["piqa"] == first["tasks"]["piqa"]
+    (run_dir / "eval.json").write_text(json.dumps({"fingerprint": "other",
+                                                   "tasks": {"lambada": {"acc": 1.0}}}))
+    assert evaluate.main(base + ["--tasks", "piqa"]) == 0
+    assert set(json.loads((run_dir / "eval.json").read_text())["tasks"]) == {"piqa"}
+    assert "held results of another model" in capsys.readouterr().err
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.run_cli(["--help"])
+    assert "(default: 8)" in capsys.readouterr().out
+
+
 def test_cli_run_dir_writes_eval_json(env, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

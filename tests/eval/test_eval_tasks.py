@@ -52,6 +52,19 @@ def test_arrow_readers_match_olmes_prompts(tmp_path):
     assert ex.gold == 0
 
 
+def test_every_arrow_shard_of_a_directory_is_read(tmp_path):
+    for i, who in enumerate(("Ann", "Cy")):  # HF writes big splits as several shards
+        write_arrow(str(tmp_path / "wg" / f"data-0000{i}-of-00002.arrow"), [{
+            "sentence": f"{who} beat Bo so _ won.", "option1": who, "option2": "Bo",
+            "answer": "2"}])
+    examples = eval_tasks.load_examples("winogrande", path=str(tmp_path / "wg"))
+    assert [ex.pairs[0][0] for ex in examples] == ["Ann beat Bo so Ann", "Cy beat Bo so Cy"]
+    write_requests(str(tmp_path / "wg" / "requests.jsonl.gz"), "winogrande",
+                   [([("c", " a"), ("c", " b")], 0)])
+    with pytest.raises(TaskError, match="mixes .arrow and .jsonl"):
+        eval_tasks.load_examples("winogrande", path=str(tmp_path / "wg"))
+
+
 def test_lambada_text_jsonl(tmp_path):
     path = tmp_path / "lambada.jsonl"
     path.write_text(json.dumps({"text": "he opened the door"}) + "\n")

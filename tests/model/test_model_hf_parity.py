@@ -11,6 +11,7 @@ Tolerance: 1e-4 absolute on logits and hidden states (fp32 on CPU; the two
 implementations differ only in summation order, observed max error ~1e-6).
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -196,3 +197,15 @@ def test_old_style_hub_rope_fields():
                   "sliding_window", "global_every", "rope_local_base", "rope_global_base",
                   "rope_global_scale", "query_scale"):
         assert getattr(cfg, field) == getattr(reference, field), field
+
+
+def test_convert_cli_with_relative_paths(converted, tmp_path, monkeypatch, capsys):
+    """`--hf-dir hf --out ckpt` from the directory holding hf/ (Orbax wants absolute paths)."""
+    os.symlink(converted["root"] / "hf", tmp_path / "hf")
+    monkeypatch.chdir(tmp_path)
+    assert convert.main(["--hf-dir", "hf", "--out", "ckpt/g"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["out"] == str(tmp_path / "ckpt" / "g")
+    assert printed["fingerprint"] == converted["metadata"]["fingerprint"]
+    assert convert.main(["--hf-dir", "hf", "--out", "ckpt/g"]) == 2  # exists: one line
+    assert "--overwrite" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_corrupt_config_and_params(small, tmp_path):
 def test_refuses_overwrite_unless_asked(small, tmp_path):
     cfg, params = small
     model_io.save_model(tmp_path / "ckpt", cfg, params)
-    with pytest.raises(model_io.ModelIOError, match="pass overwrite=True"):
+    with pytest.raises(model_io.ModelIOError, match=r"convert --overwrite; model_io"):
         model_io.save_model(tmp_path / "ckpt", cfg, params)
     other = jax.tree_util.tree_map(lambda x: x + 1, params)
     fp = model_io.save_model(tmp_path / "ckpt", cfg, other, overwrite=True)
@@ -120,3 +120,13 @@ def test_params_disagreeing_with_config(small, tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
     with pytest.raises(model_io.ModelIOError, match="cannot read params"):
         model_io.load_model(tmp_path / "ckpt")
+
+
+def test_relative_paths_resolve_against_the_current_directory(small, tmp_path, monkeypatch):
+    """Orbax accepts absolute paths only; save/load resolve relative ones themselves."""
+    cfg, params = small
+    monkeypatch.chdir(tmp_path)
+    fp = model_io.save_model("ckpt/rel", cfg, params)
+    assert (tmp_path / "ckpt" / "rel" / "metadata.json").exists()
+    assert model_io.load_model("ckpt/rel")[2]["fingerprint"] == fp
+    assert model_io.load_config("./ckpt/../ckpt/rel") == cfg

@@ -92,8 +92,26 @@ def test_bad_overrides(sets, match):
 
 
 def test_missing_config_file():
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"neither a file nor a shipped config; .*'tiny'"):
         config_lib.load_config("trainer/configs/nope.py")
+
+
+def test_configs_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Outside the checkout: only shipped names resolve.
+    assert {"tiny", "gemma3_270m", "teacher"} <= set(config_lib.shipped_configs())
+    by_name = config_lib.load_config("gemma3_270m:hldc", ["store.url=s", "run_dir=runs/a"])
+    assert by_name.method == "hldc" and by_name.model.name == "gemma3-270m"
+    assert config_lib.load_config("tiny.py").model.name == "tiny"
+    (tmp_path / "mine.py").write_text("from trainer.configs.tiny import get_config\n")
+    assert config_lib.load_config("mine.py:nll").method == "nll"  # a file wins over a name
+
+
+def test_path_fields_resolve_against_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = config_lib.load_config("tiny", ["store.url=data/st", "run_dir=runs/a"])
+    assert c.store.url == str(tmp_path / "data" / "st") and c.run_dir == str(tmp_path / "runs/a")
+    c = config_lib.load_config("tiny", ["store.url=s3://b/st", "run_dir="])
+    assert c.store.url == "s3://b/st" and c.run_dir == ""  # URLs and "" untouched
 
 
 def test_cli_prints_one_line_and_exits_nonzero():
@@ -105,3 +123,11 @@ def test_cli_prints_one_line_and_exits_nonzero():
     assert proc.stderr.strip().splitlines() == [
         "error: loss.alpha=2.0 must be in [0, 1]"]
     assert "Traceback" not in proc.stderr
+
+
+def test_help_names_defaults_and_config_names(capsys):
+    from trainer.__main__ import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "tiny:hldc" in out and "default: none" in out

@@ -16,12 +16,13 @@ def store(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method, sets, match", [
-    ("kd", {"model.vocab_size": 256}, "vocab_size"),
-    ("kd", {"data.seq_len": 64}, "seq_len"),
-    ("kd", {"data.k": 16}, "has k=8"),
-    ("kd", {"store.tokenizer_sha256": "cd" * 32}, "tokenizer_sha256"),
-    ("hldc", {"teacher.hidden_layer": 3}, "layers \\[3\\] were required"),
-    ("hldf", {"teacher.d_model": 128}, "hidden_dim"),
+    ("kd", {"model.vocab_size": 256}, r"model.vocab_size=256 but the store has 512 "
+                                      r"\(--set model.vocab_size=512\)"),
+    ("kd", {"data.seq_len": 64}, r"\(--set data.seq_len=32\)"),
+    ("kd", {"data.k": 16}, r"data.k=16 but the store has 8 \(--set data.k=8\)"),
+    ("kd", {"store.tokenizer_sha256": "cd" * 32}, "--set store.tokenizer_sha256=abab"),
+    ("hldc", {"teacher.hidden_layer": 3}, r"\(--set teacher.hidden_layer=2\)"),
+    ("hldf", {"teacher.d_model": 128}, r"\(--set teacher.d_model=64\)"),
 ])
 def test_store_mismatch_fails_before_compiling(method, sets, match, store, tmp_path,
                                                monkeypatch):
@@ -33,6 +34,26 @@ def test_store_mismatch_fails_before_compiling(method, sets, match, store, tmp_p
     with pytest.raises(SchemaMismatchError, match=match):
         train.run(config)
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_all_mismatches_in_one_error_and_from_store_fixes_them(store, tmp_path):
+    sets = {"model.vocab_size": 1024, "data.seq_len": 64, "data.k": 16,
+            "teacher.hidden_layer": 3, "teacher.d_model": 128}
+    config = tl.tiny_config("hldc", store, tmp_path / "run", steps=2, **sets)
+    with pytest.raises(SchemaMismatchError, match="on 5 field") as err:
+        train.run(config)
+    message = str(err.value)
+    assert "\n" not in message and "data.from_store=True" in message
+    for fix in ("model.vocab_size=512", "data.seq_len=32", "data.k=8",
+                "teacher.hidden_layer=2", "teacher.d_model=64"):
+        assert f"--set {fix})" in message
+    sets["data.from_store"] = True
+    config = tl.tiny_config("hldc", store, tmp_path / "run", steps=2, **sets)
+    config.budget.value = tl.budget_for_steps(tl.tiny_config("hldc", store, tmp_path, 2), 2)
+    summary = train.run(config)
+    assert summary["global_step"] >= 1
+    assert (config.data.seq_len, config.data.k, config.model.vocab_size,
+            config.teacher.hidden_layer, config.teacher.d_model) == (32, 8, 512, 2, 64)
 
 
 def test_kd_on_tokens_only_store_is_an_error(tmp_path):
@@ -78,7 +99,7 @@ def test_cli_store_mismatch_is_one_line_exit_2(store, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "vocab_size=512" in lines[0] and "256" in lines[0], lines
+    assert len(lines) == 1 and "--set model.vocab_size=512" in lines[0] and "256" in lines[0], lines
 
 
 def test_resume_under_other_settings_is_refused(store, tmp_path):
@@ -88,3 +109,27 @@ def test_resume_under_other_settings_is_refused(store, tmp_path):
     changed = tl.tiny_config("nll", store, tmp_path / "run", steps=3, **{"optim.lr": 1e-2})
     with pytest.raises(config_lib.ConfigError, match=r"other settings \(optim.lr: .*new run_dir"):
         train.run(changed)
+
+
+def test_failed_export_recovers_without_retraining(store, tmp_path, monkeypatch):
+    """Training finished, the export failed: re-running (run_dir spelled relative the
+    first time, absolute the second) exports from the last checkpoint, trains nothing."""
+    monkeypatch.chdir(tmp_path)
+    real_save = train.model_io.save_model
+
+    def half_written_export(path, *args, **kwargs):
+        os.makedirs(os.path.join(path, "params"))  # What a failed write leaves behind.
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(train.model_io, "save_model", half_written_export)
+    config = tl.tiny_config("nll", store, "runs/r", steps=3)
+    with pytest.raises(OSError, match="No space"):
+        train.run(config)
+    assert not os.path.exists(tmp_path / "runs" / "r" / "final.json")
+    monkeypatch.setattr(train.model_io, "save_model", real_save)
+    rows = (tmp_path / "runs" / "r" / "metrics.jsonl").read_text()
+    again = tl.tiny_config("nll", store, str(tmp_path / "runs" / "r"), steps=3)
+    summary = train.run(again)
+    assert summary["global_step"] == 3 and "loss" in summary
+    assert (tmp_path / "runs" / "r" / "metrics.jsonl").read_text() == rows  # nothing re-run
+    assert train.model_io.load_config(tmp_path / "runs" / "r" / "export").vocab_size == tl.VOCAB

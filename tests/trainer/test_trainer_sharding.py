@@ -32,6 +32,20 @@ def test_rules_cover_the_model_and_replicate_indivisible_dims():
     assert sharding.logical_to_spec(("embed",), (3,), mesh) == P(None)
 
 
+def test_indivisible_dim_is_said_out_loud(caplog):
+    mesh = sharding.make_mesh(data=1, fsdp=8, tensor=1)
+    axes = {"ok": ("embed", "vocab"), "odd": {"w": ("vocab", "embed")}}
+    shapes = {"ok": jax.ShapeDtypeStruct((16, 5), "float32"),
+              "odd": {"w": jax.ShapeDtypeStruct((5, 12), "float32")}}
+    with caplog.at_level("WARNING", logger="trainer.sharding"):
+        out = sharding.tree_shardings(axes, shapes, mesh)
+    assert out["ok"].spec == P("fsdp", None) and out["odd"]["w"].spec == P(None, None)
+    # One line, naming the param, the dim and the mesh axis; none for the divisible one.
+    assert [r.getMessage() for r in caplog.records] == [
+        "sharding: odd/w dim 'embed'=12 is not divisible by mesh axis 'fsdp'=8; "
+        "replicated on every device instead"]
+
+
 def test_unknown_logical_axis_is_an_error():
     mesh = sharding.make_mesh()
     with pytest.raises(ValueError, match="no sharding rule"):

@@ -16,7 +16,7 @@ import numpy as np
 from store import StoreSchema, create_store
 from trainer.training.config import load_config
 
-CONFIG = "trainer/configs/tiny.py"
+CONFIG = "tiny"  # shipped config, by name: resolves from any directory
 
 # Compiles dominate these tests on a busy 2-core machine; the trainer tests
 # (and the subprocesses they start, via the environment) share one persistent

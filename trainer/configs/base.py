@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256          # Global batch (rows of T tokens) per step.
     c.data.seq_len = 2048            # T; must equal the store's seq_len (checked first).
     c.data.k = 128                   # Top-k the store must hold (KD/HLD); 0: any k >= 1.
+    c.data.from_store = False        # True: take data.seq_len, data.k, model.vocab_size,
+                                     # teacher.hidden_layer and teacher.d_model from the
+                                     # store's manifest instead of checking them.
     c.data.num_threads = 2           # Grain reader threads per process (batch reads).
     c.data.prefetch_buffer_size = 4  # Batches read ahead per process.
     c.data.num_workers = 0           # >0: Grain worker processes instead of threads only.
@@ -80,7 +83,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1                 # Data-parallel axis size; -1: all remaining devices.
     c.mesh.fsdp = 1                  # FSDP axis size (params sharded, batch split too).
     c.mesh.tensor = 1                # Tensor-parallel axis size (heads / MLP / vocab).
-    c.distributed = False            # Call jax.distributed.initialize() (multi-host).
+    c.distributed = False            # Multi-process run: jax.distributed from JAX_COORDINATOR_ADDRESS,
+                                     # JAX_NUM_PROCESSES, JAX_PROCESS_ID, else JAX's cluster
+                                     # auto-detection (trainer.training.distributed; README).
+    c.distributed_heartbeat_s = 100  # distributed: seconds without heartbeats before a process
+                                     # counts as dead and every process aborts (JAX's default).
+    c.distributed_init_timeout_s = 300  # distributed: seconds to wait for all processes to join.
 
     c.log_every = 50                 # Steps between metrics lines (JSONL + TensorBoard).
     c.checkpoint_every = 1000        # Steps between Orbax checkpoints (and at the end).
@@ -90,4 +98,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.debug = ml_collections.ConfigDict()
     c.debug.kill_at_step = 0         # Fault injection for resume tests: SIGKILL self after
                                      # this global step (0: off).
+    c.debug.kill_signal = "SIGKILL"  # What kill_at_step sends: SIGKILL (a crash) or
+                                     # SIGINT / SIGTERM (a user stop: checkpoint + exit).
     return c

@@ -4,7 +4,7 @@ Cost: OT_1 ≈ 14B tokens ≈ 14B·(6N + 6dV) ≈ 6.2e19 FLOPs ≈ 1.6 days on o
 MFU (use a pod: --set mesh.fsdp=8); the paper goes up to OT_12.
 Reaches: the paper's 735M-student C4 held-out log-ppl at the same OT budget (its Table 2),
 below the 270M student at equal OT.
-Usage: python -m trainer --config trainer/configs/gemma3_1b.py:hldf --set store.url=S \
+Usage: python -m trainer --config gemma3_1b:hldf --set store.url=S \
            --set run_dir=R --set budget.value=1
 """
 from trainer.configs.base import base_config

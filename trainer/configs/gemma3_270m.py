@@ -4,7 +4,7 @@ Cost: OT_1 ≈ 2B tokens ≈ 2B·(6N + 6dV) ≈ 2.4e18 FLOPs ≈ 1.5 h on one H1
 the paper goes up to OT_54. Batch 256 × T 2048, WSD with 1,000 warm-up steps.
 Reaches: the paper's 123M-student C4 held-out log-ppl at the same OT budget (its Table 2);
 the differences between methods there are a few hundredths of a nat, so compare by sweep.
-Usage: python -m trainer --config trainer/configs/gemma3_270m.py:kd --set store.url=S \
+Usage: python -m trainer --config gemma3_270m:kd --set store.url=S \
            --set run_dir=R --set budget.value=4
 """
 from trainer.configs.base import base_config

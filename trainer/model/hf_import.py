@@ -235,8 +235,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m teacher_dump.convert",
                                      description="Convert a Hugging Face Gemma 3 text "
                                                  "checkpoint to a model checkpoint.")
-    parser.add_argument("--hf-dir", required=True, help="config.json + *.safetensors directory")
-    parser.add_argument("--out", required=True, help="output model checkpoint directory")
+    parser.add_argument("--hf-dir", required=True, help="config.json + *.safetensors directory "
+                                                        "(relative to the current directory)")
+    parser.add_argument("--out", required=True, help="output model checkpoint directory "
+                                                     "(relative to the current directory)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     try:
@@ -244,7 +246,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"out": args.out, "fingerprint": fp}))
+    # model_io resolved a relative --out against the current directory; say where it went.
+    print(json.dumps({"out": str(model_io.resolve_path(args.out)), "fingerprint": fp}))
     return 0
 
 

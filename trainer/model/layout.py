@@ -16,6 +16,10 @@ from trainer.model.model_config import ModelConfig
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
+# What fixes a damaged checkpoint depends on who wrote it; name both writers.
+REWRITE_HINT = ("the files are damaged: write it again (a run's export/: re-run the same "
+                "`python -m trainer` command, which re-exports from its last checkpoint; "
+                "a converted teacher: `python -m teacher_dump.convert ... --overwrite`)")
 
 
 class ModelIOError(ValueError):
@@ -36,4 +40,4 @@ def parse_config(text, where) -> ModelConfig:
         return ModelConfig.from_dict(json.loads(text))
     except (json.JSONDecodeError, TypeError, model_config.ConfigError) as e:
         raise ModelIOError(f"model checkpoint {where} has an unreadable {CONFIG_FILE} ({e}); "
-                           f"re-export it with model_io.save_model") from None
+                           f"{REWRITE_HINT}") from None

@@ -1,6 +1,8 @@
 """Model checkpoints: Orbax for the params, JSON for the config and metadata.
 
-Layout of a model checkpoint directory (local path or any `etils.epath` URL):
+Layout of a model checkpoint directory (local path or any `etils.epath` URL;
+a relative local path is resolved against the current directory, because
+Orbax accepts absolute paths only):
 
     PATH/params/         Orbax StandardCheckpointer tree (fp32 arrays)
     PATH/config.json     ModelConfig.to_dict()
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import jax
@@ -29,6 +32,7 @@ from trainer.model.model_config import ModelConfig
 _PARAMS_DIR = layout.PARAMS_DIR
 _CONFIG_FILE = layout.CONFIG_FILE
 _METADATA_FILE = layout.METADATA_FILE
+_REWRITE_HINT = layout.REWRITE_HINT
 
 
 def fingerprint(params) -> str:
@@ -60,11 +64,12 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
     Raises:
         ModelIOError: `path` exists and overwrite is False, or metadata is not JSON.
     """
-    root = epath.Path(path)
+    root = resolve_path(path)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise ModelIOError(f"model checkpoint path {root} already exists and is not empty; "
-                               f"choose a new path or pass overwrite=True")
+                               f"choose a new path or replace it (teacher_dump.convert "
+                               f"--overwrite; model_io.save_model(..., overwrite=True))")
         root.rmtree()
     metadata = dict(metadata or {})
     fp = fingerprint(params)
@@ -75,12 +80,25 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
         raise ModelIOError(f"model metadata is not JSON-serialisable ({e}); pass plain "
                            f"dicts/lists/str/numbers") from None
     root.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
+    # Only the calling process takes part (in a multi-process run, process 0
+    # writes the gathered host params alone): no barrier waits for the others.
+    me = jax.process_index()
+    only_me = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=only_me)
     checkpointer.save(root / _PARAMS_DIR, params)
     checkpointer.wait_until_finished()
     (root / _CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     (root / _METADATA_FILE).write_text(metadata_json)
     return fp
+
+
+def resolve_path(path) -> epath.Path:
+    """`path` as an absolute epath: URLs (gs://, s3://, ...) as given, local paths
+    (relative to the current directory, `~` expanded) made absolute."""
+    text = os.fspath(path)
+    if "://" in text:
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
 
 def load_config(path) -> ModelConfig:
@@ -90,7 +108,7 @@ def load_config(path) -> ModelConfig:
         text = (root / _CONFIG_FILE).read_text()
     except OSError as e:
         raise ModelIOError(f"model checkpoint {root} has an unreadable {_CONFIG_FILE} ({e}); "
-                           f"re-export it with model_io.save_model") from None
+                           f"{_REWRITE_HINT}") from None
     return layout.parse_config(text, root)
 
 
@@ -120,14 +138,13 @@ def load_model(path, shardings=None) -> tuple[ModelConfig, Any, dict[str, Any]]:
         metadata = json.loads((root / _METADATA_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ModelIOError(f"model checkpoint {root} has an unreadable {_METADATA_FILE} ({e}); "
-                           f"re-export it with model_io.save_model") from None
+                           f"{_REWRITE_HINT}") from None
     target = _abstract_params(cfg, shardings)
     try:
         params = ocp.StandardCheckpointer().restore(root / _PARAMS_DIR, target)
     except Exception as e:  # Orbax raises many types; all mean "cannot read params".
         raise ModelIOError(f"cannot read params of model checkpoint {root} "
-                           f"({type(e).__name__}: {str(e)[:200]}); re-export it with "
-                           f"model_io.save_model") from None
+                           f"({type(e).__name__}: {str(e)[:200]}); {_REWRITE_HINT}") from None
     return cfg, params, metadata
 
 
@@ -148,7 +165,7 @@ def _abstract_params(cfg: ModelConfig, shardings):
 
 def _checked_root(path) -> epath.Path:
     """The checkpoint dir, or a ModelIOError saying what is missing."""
-    root = epath.Path(path)
+    root = resolve_path(path)
     if not root.exists():
         raise ModelIOError(f"model checkpoint {root} does not exist; pass the directory written "
                            f"by model_io.save_model or teacher_dump.convert")

@@ -6,6 +6,7 @@
 * ``methods``    — nll | kd | hldc | hldf: which store fields, which loss.
 * ``data``       — the Grain loader over a store.
 * ``sharding``   — the device mesh and logical-axis rules.
+* ``distributed`` — joining a multi-process run (jax.distributed from JAX_* or auto-detection).
 * ``state``, ``checkpoint`` — the train state and its Orbax checkpoints.
 * ``metrics``    — metrics.jsonl / TensorBoard writing and reading.
 * ``loop``       — ``run(config)``: the training loop (``python -m trainer``).

@@ -8,13 +8,23 @@ A checkpoint (RUN_DIR/checkpoints/<global step>/) holds three items:
     has no regressor and a fresh optimizer).
 Saves are synchronous: when `save` returns the checkpoint is durable, so a
 SIGKILL can never leave "the last checkpoint" half written.
+
+Multi-process runs: every process calls `save`/`restore` (Orbax writes each
+process's shards of `state`, and the JSON items from process 0 alone). Every
+process then resumes from process 0's `data` item, which is right because
+the per-host iterators advance in lockstep (one batch per step each; the
+state is a position, not a row list); `save` checks that they agree.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class CheckpointError(ValueError):
@@ -42,6 +52,8 @@ class Checkpointer:
 
     def save(self, global_step: int, state, data_state: dict, meta: dict) -> None:
         """Writes a checkpoint (blocking until durable)."""
+        if jax.process_count() > 1:
+            _check_same_on_all_processes(data_state)
         self._manager.save(global_step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state),
@@ -78,6 +90,15 @@ class Checkpointer:
     def close(self) -> None:
         """Releases the manager's resources."""
         self._manager.close()
+
+
+def _check_same_on_all_processes(data_state: dict) -> None:
+    """Fails if the processes' iterator states differ (only process 0's is saved)."""
+    digest = hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).digest()
+    multihost_utils.assert_equal(
+        np.frombuffer(digest, np.uint8),
+        "data iterator states differ between processes; a checkpoint would resume "
+        "all of them from process 0's position")
 
 
 def abstract_like(tree, shardings):

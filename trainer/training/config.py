@@ -1,11 +1,12 @@
 """Trainer config: loading `get_config()` files, `--set` overrides, validation.
 
 One config system for the trainer: an `ml_collections.ConfigDict` returned by
-`trainer/configs/<name>.py:get_config(arg)`. This module loads such a file,
+`trainer/configs/<name>.py:get_config(arg)` (by name) or any file defining
+`get_config` (by path). This module loads such a file,
 applies `key=value` overrides (typed by the existing field, so a typo or a
 wrong type fails loudly), and validates every value before anything compiles.
 
-    config = load_config("trainer/configs/tiny.py", overrides=["lr=1e-3"])
+    config = load_config("tiny:kd", overrides=["optim.lr=1e-3"])   # or a file path
     validate(config)          # ConfigError (a ValueError) naming field + fix
 """
 from __future__ import annotations
@@ -52,25 +53,62 @@ def parse_enum(enum_cls, value, field: str):
         raise ConfigError(f"{field}={value!r} is not supported; use one of {allowed}") from None
 
 
-def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
-    """Loads `path.py` or `path.py:arg` and applies `key=value` overrides.
+# Config fields holding a local path or a URL: resolved once, when the config
+# is loaded, against the directory the command runs in (the run then never
+# depends on its working directory, and config.json records where things are).
+PATH_FIELDS = ("run_dir", "store.url")
+
+
+# The config files shipped in the package (trainer/configs/), found by path: they
+# import the trainer, so the trainer never imports them (docs/INTERFACES.md).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped inside the package (`--config NAME[:arg]`)."""
+    return sorted(n[:-3] for n in os.listdir(CONFIGS_DIR)
+                  if n.endswith(".py") and n not in ("__init__.py", "base.py"))
+
+
+def config_file(name_or_path: str) -> str:
+    """The get_config() file of `--config`: an existing file path, else a shipped name.
 
     Args:
-        spec: path of a Python file defining `get_config(arg=None)`; an optional
-            `:arg` suffix is passed as its string argument.
+        name_or_path: a path (relative to the current directory) of a Python
+            file, or the name of a shipped config ("tiny", "gemma3_270m.py").
+
+    Raises:
+        ConfigError: neither an existing file nor a shipped config name.
+    """
+    if os.path.isfile(name_or_path):
+        return os.path.abspath(name_or_path)
+    name = name_or_path[:-3] if name_or_path.endswith(".py") else name_or_path
+    if name in shipped_configs():
+        return os.path.join(CONFIGS_DIR, name + ".py")
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped config; pass "
+                      f"a path to a get_config() file or one of {shipped_configs()} "
+                      f"(e.g. --config tiny:kd)")
+
+
+def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+    """Loads `NAME_OR_PATH` or `NAME_OR_PATH:arg` and applies `key=value` overrides.
+
+    Args:
+        spec: a shipped config name (`tiny`, `gemma3_270m`, see shipped_configs)
+            or the path of a Python file defining `get_config(arg=None)`; an
+            optional `:arg` suffix is passed as its string argument.
         overrides: iterable of "dotted.key=value" strings; the value is parsed
             as a Python literal when possible, then cast to the field's type.
 
     Returns:
-        The (unvalidated) ConfigDict.
+        The (unvalidated) ConfigDict, its PATH_FIELDS made absolute.
 
     Raises:
-        ConfigError: missing file, no get_config, unknown key or bad value.
+        ConfigError: unknown config, no get_config, unknown key or bad value.
     """
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist; pass e.g. "
-                          f"--config trainer/configs/tiny.py")
+    name_or_path, _, arg = spec.partition(":")
+    path = config_file(name_or_path)
     module_spec = importlib.util.spec_from_file_location("_trainer_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -79,7 +117,37 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
                           f"`def get_config(arg=None) -> ml_collections.ConfigDict`")
     config = module.get_config(arg) if arg else module.get_config()
     apply_overrides(config, overrides)
+    resolve_paths(config)
     return config
+
+
+def resolve_local_path(url: str) -> str:
+    """A local path made absolute (relative to the current directory); URLs
+    (`scheme://...`) and "" unchanged."""
+    if not url or "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def resolve_paths(config: ml_collections.ConfigDict) -> None:
+    """Makes every PATH_FIELDS value absolute, in place."""
+    for dotted in PATH_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = resolve_local_path(node[leaf])
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1} (config.json and --set use dotted keys)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _parse_value(text: str):
@@ -168,6 +236,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(config[field] > 0, f"{field}={config[field]} must be > 0")
     _check(config.peak_flops_per_device > 0,
            f"peak_flops_per_device={config.peak_flops_per_device} must be > 0 (e.g. 699e12)")
+    _check(config.distributed_heartbeat_s > 0 and config.distributed_init_timeout_s > 0,
+           f"distributed_heartbeat_s={config.distributed_heartbeat_s} and "
+           f"distributed_init_timeout_s={config.distributed_init_timeout_s} must be > 0 seconds")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         _check(size == -1 or size >= 1, f"mesh.{axis}={size} must be >= 1, or -1 for "
@@ -179,6 +250,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(config.teacher.d_model >= 1,
                f"teacher.d_model={config.teacher.d_model} must be the teacher width (>= 1) "
                f"for method {method.value}")
+    _check(config.debug.kill_signal in ("SIGKILL", "SIGINT", "SIGTERM"),
+           f"debug.kill_signal={config.debug.kill_signal!r} must be SIGKILL, SIGINT or SIGTERM")
     _check(config.student_layer >= 0,
            f"student_layer={config.student_layer} must be >= 0 (0: L_S // 2)")
 
@@ -195,17 +268,35 @@ def _validate_kd_settings(loss) -> None:
         raise ConfigError(f"loss.divergence: {e}") from None
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}: a config dict (e.g. config.json) by dotted key."""
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The full config as indented JSON (written to RUN_DIR/config.json)."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def check_same_config_on_resume(config, run_dir: str) -> None:
+    """Refuses to resume a run's checkpoints under different settings.
+
+    A re-launched run (or sweep point) with another `--set` would otherwise
+    continue the old trajectory while config.json claimed the new values.
+    `debug.*` (fault injection) may differ. `run_dir` is the run's location, not
+    a setting, and paths are compared resolved: `runs/x` and `/abs/runs/x` name
+    the same directory (older config.json files recorded them as typed).
+    """
+    old_path = os.path.join(run_dir, "config.json")
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    if not (os.path.exists(old_path) and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
+        return
+    with open(old_path, encoding="utf-8") as f:
+        old = flatten(json.load(f))
+    new = flatten(json.loads(to_json(config)))
+    for key in PATH_FIELDS:
+        for side in (old, new):
+            if isinstance(side.get(key), str):
+                side[key] = resolve_local_path(side[key])
+    changed = sorted(k for k in set(old) | set(new)
+                     if not k.startswith("debug.") and k != "run_dir" and old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(
+            f"run_dir {run_dir} holds checkpoints of a run with other settings ({diffs}); "
+            "use a new run_dir, or rerun with the original settings to resume")

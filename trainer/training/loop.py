@@ -6,6 +6,8 @@ Order of work in `run`: validate the config → open the store and check its
 alignment with the config (before anything compiles) → plan steps from the
 one FLOPs budget → mesh → restore the newest checkpoint if any → phases
 (HLDF: 1 then 2) → export the student (no regressor) to RUN_DIR/export.
+SIGINT/SIGTERM checkpoint the current step and stop (trainer.training.interrupt);
+a re-run after a failed export exports from the final checkpoint, training nothing.
 
 HLDF phase 2 starts from the phase-1 student weights with a FRESH optimizer
 state and its own WSD schedule: phase-1 moments exist only for the first
@@ -32,8 +34,10 @@ from jax.experimental import multihost_utils
 from store import StoreReader
 from store import objective_penalty as penalty_lib
 from trainer.training import (
-    checkpoint, config as config_lib, data, methods, metrics, sharding, state as train_state,
+    checkpoint, config as config_lib, data, distributed, methods, metrics, sharding,
+    state as train_state, store_align,
 )
+from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
 from trainer.model import gemma3 as model, model_config, model_io
 from trainer.training.config import Method
@@ -59,20 +63,23 @@ def model_config_from(config) -> model_config.ModelConfig:
 
 
 def check_store(config, reader: StoreReader, model_cfg, phases) -> None:
-    """Alignment of store and config (SchemaMismatchError naming field + fix)."""
-    needs_topk = any(p.kd_term for p in phases)
-    needs_hidden = any(p.hidden_term for p in phases)
-    reader.require(
-        seq_len=config.data.seq_len,
-        vocab_size=model_cfg.vocab_size,
-        tokenizer_sha256=config.store.tokenizer_sha256 or None,
-        k=(config.data.k or None) if needs_topk else None,
-        hidden_layers=(config.teacher.hidden_layer,) if needs_hidden else None,
-        hidden_dim=config.teacher.d_model if needs_hidden else None)
-    if needs_topk and reader.schema.k < 1:
-        raise config_lib.ConfigError(
-            f"method {config.method} needs teacher top-k but store {config.store.url} has "
-            f"k=0 (tokens only); dump top-k with teacher_dump or use method=nll")
+    """Alignment of store and config: one SchemaMismatchError listing every mismatch."""
+    del model_cfg  # Its vocab is config.model.vocab_size, which store_align checks.
+    store_align.check_store(config, reader.schema, config.store.url,
+                            needs_topk=any(p.kd_term for p in phases),
+                            needs_hidden=any(p.hidden_term for p in phases))
+
+
+def open_store(config) -> StoreReader:
+    """The run's store; with data.from_store=True its geometry is copied into `config`."""
+    reader = StoreReader(config.store.url, allow_partial=config.store.allow_partial)
+    if config.data.from_store:
+        num_layers = model_config_from(config).num_layers  # Phases need L, not V.
+        phases = methods.phases(config, num_layers)
+        store_align.apply_geometry(config, reader.schema,
+                                   needs_topk=any(p.kd_term for p in phases),
+                                   needs_hidden=any(p.hidden_term for p in phases))
+    return reader
 
 
 def flop_counts(config, model_cfg) -> dict:
@@ -206,41 +213,22 @@ class PhaseRunner:
                                                self.mesh)
 
 
-def check_same_config_on_resume(config, run_dir: str) -> None:
-    """Refuses to resume a run's checkpoints under different settings.
-
-    A re-launched run (or sweep point) with another `--set` would otherwise
-    continue the old trajectory while config.json claimed the new values.
-    `debug.*` (fault injection) may differ.
-    """
-    old_path = os.path.join(run_dir, "config.json")
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    if not (os.path.exists(old_path) and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
-        return
-    with open(old_path, encoding="utf-8") as f:
-        old = config_lib.flatten(json.load(f))
-    new = config_lib.flatten(json.loads(config_lib.to_json(config)))
-    changed = sorted(k for k in set(old) | set(new)
-                     if not k.startswith("debug.") and old.get(k) != new.get(k))
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-        raise config_lib.ConfigError(
-            f"run_dir {run_dir} holds checkpoints of a run with other settings ({diffs}); "
-            "use a new run_dir, or rerun with the original settings to resume")
-
-
 def run(config) -> dict:
     """Trains (or resumes) the run described by `config`; returns the final summary.
 
     Raises:
         ConfigError, SchemaMismatchError, ...: bad config / store (before compiling).
         TrainingDivergedError: NaN/Inf loss (the last good checkpoint is kept).
+        TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is saved).
     """
+    config_lib.resolve_paths(config)  # Idempotent; configs built in code may be relative.
     config_lib.validate(config)
-    sharding.maybe_initialize_distributed(config.distributed)
+    distributed.initialize(config.distributed, config.distributed_heartbeat_s,
+                           config.distributed_init_timeout_s)
+    reader = open_store(config)
+    config_lib.validate(config)  # Again: data.from_store may have changed fields.
     model_cfg = model_config_from(config)
     phases = methods.phases(config, model_cfg.num_layers)
-    reader = StoreReader(config.store.url, allow_partial=config.store.allow_partial)
     check_store(config, reader, model_cfg, phases)
     plans = plan_phases(config, model_cfg, phases)
     methods.check_schedules(config, [(p.phase, p.num_steps) for p in plans])
@@ -253,7 +241,10 @@ def run(config) -> dict:
             f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
     run_dir = config.run_dir
     os.makedirs(run_dir, exist_ok=True)
-    check_same_config_on_resume(config, run_dir)
+    config_lib.check_same_config_on_resume(config, run_dir)
+    if jax.process_count() > 1:
+        # Every process has read the old config.json before process 0 replaces it.
+        multihost_utils.sync_global_devices("trainer: config.json checked")
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_lib.to_json(config))
@@ -265,7 +256,6 @@ def run(config) -> dict:
     total_steps = sum(p.num_steps for p in plans)
     tokens_per_step = config.data.batch_size * config.data.seq_len
     ckpt = checkpoint.Checkpointer(run_dir, keep=config.keep_checkpoints)
-    writer = metrics.MetricsWriter(run_dir, total_steps)
     meta = {"phase": 1, "phase_step": 0, "global_step": 0, "cumulative_flops": 0.0}
     latest = ckpt.latest_step()
     if latest is not None:
@@ -273,14 +263,16 @@ def run(config) -> dict:
     final_path = os.path.join(run_dir, "final.json")
     if meta["global_step"] == total_steps and os.path.exists(final_path):
         # Already finished (e.g. a re-run sweep point): nothing to train or export.
-        writer.close()
         ckpt.close()
         with open(final_path, encoding="utf-8") as f:
             return json.load(f)
+    writer = metrics.MetricsWriter(run_dir, total_steps, resume_step=meta["global_step"],
+                                   num_phases=len(plans))
     data_state = None
     params = None
     rng = jax.random.key(config.seed)
     last = {}
+    stop = StopOnSignal(meta["global_step"]).install()
     try:
         for plan in plans:
             if plan.phase.index < meta["phase"]:
@@ -301,36 +293,49 @@ def run(config) -> dict:
                 meta = {**meta, "phase": plan.phase.index, "phase_step": 0}
             if data_state is not None:
                 iterator.set_state(data_state)
-            state, meta, last = _run_phase(config, plan, runner, state, iterator, ckpt,
-                                           writer, meta, total_steps, tokens_per_step,
-                                           mesh.size)
+            state, meta, phase_last = _run_phase(config, plan, runner, state, iterator,
+                                                 ckpt, writer, meta, total_steps,
+                                                 tokens_per_step, mesh.size, stop)
+            last = phase_last or last
             data_state = iterator.get_state()
             params = state.params
             latest = None
     finally:
+        stop.uninstall()
         writer.close()
         ckpt.close()
+    if not last and jax.process_index() == 0 and os.path.exists(writer.path):
+        # Training had finished before this process (its export failed or was
+        # interrupted): the summary's loss terms are the last logged ones.
+        last = {k: v for k, v in (metrics.read_metrics(run_dir) or [{}])[-1].items()
+                if k != "step"}
     # Every process takes part in the gather; only process 0 writes. The export is
     # the student alone (state.params): regressors never leave the train state.
-    host_params = (multihost_utils.process_allgather(params) if jax.process_count() > 1
+    host_params = (multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1
                    else jax.device_get(params))
     summary = {"method": config.method, "global_step": meta["global_step"],
                "cumulative_flops": meta["cumulative_flops"], **last}
     if jax.process_index() == 0:
+        # overwrite: the export is derived from the final checkpoint, so a
+        # half-written one (a failed or killed export) is simply written again.
         model_io.save_model(os.path.join(run_dir, "export"), model_cfg, host_params,
                             metadata={"method": config.method, "steps": total_steps,
                                       "cumulative_flops": meta["cumulative_flops"],
+                                      # The context the model was trained with:
+                                      # evaluation defaults to it and checks stores.
+                                      "seq_len": config.data.seq_len,
                                       # Lets the pipeline and evaluation refuse a
                                       # tokenizer this model was not trained with.
-                                      "tokenizer_sha256": reader.schema.tokenizer.get("sha256", "")})
+                                      "tokenizer_sha256": reader.schema.tokenizer.get("sha256", "")},
+                            overwrite=True)
         with open(final_path, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return summary
 
 
 def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_steps,
-               tokens_per_step, num_devices):
-    """Steps one phase to its end; checkpoints, logs and stops on NaN/Inf."""
+               tokens_per_step, num_devices, stop: StopOnSignal):
+    """Steps one phase to its end; checkpoints, logs; stops on NaN/Inf or a signal."""
     phase_step = int(meta["phase_step"])
     good_step = ckpt.latest_step()
     flops_per_step = plan.flops_per_token * tokens_per_step
@@ -372,9 +377,18 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
             last = record
             if save:
                 ckpt.save(global_step, state, iterator.get_state(), meta)
-                good_step = global_step
+                good_step = stop.resume_step = global_step
                 # Keep checkpoint writes out of the tokens/s measurement.
                 timer_start, timer_steps = time.perf_counter(), 0
+        # Multi-process runs agree on stopping at logged steps only (a collective).
+        may_stop = jax.process_count() == 1 or save or global_step % config.log_every == 0
+        if not end and may_stop and stop.requested():
+            if good_step != global_step:
+                ckpt.save(global_step, state, iterator.get_state(), meta)
+            raise TrainingInterrupted(
+                f"{signal.Signals(stop.signum).name} at step {global_step}/{total_steps}: "
+                f"checkpoint saved in {ckpt.directory}; re-run the same command to resume "
+                f"from step {global_step}", stop.signum)
         if config.debug.kill_at_step and global_step == config.debug.kill_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.Signals[config.debug.kill_signal])
     return state, meta, last

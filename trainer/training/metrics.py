@@ -49,22 +49,34 @@ def format_eta(seconds: float) -> str:
 class MetricsWriter:
     """Appends metrics to JSONL + TensorBoard and prints a progress line.
 
+    A resumed run re-runs the steps after its last checkpoint; the rows (and
+    TensorBoard events) an earlier process logged past `resume_step` are dropped
+    first, so every step appears once.
+
     Args:
         run_dir: the run directory (metrics.jsonl and tb/ go there).
         total_steps: steps of the whole run (all phases), for the ETA.
         stream: where the progress line goes (stderr by default).
+        resume_step: the global step training continues from (0: a fresh run).
+        num_phases: phases of the method; the progress line names the phase
+            only when there are several (HLDF).
     """
 
-    def __init__(self, run_dir: str, total_steps: int, stream=None):
+    def __init__(self, run_dir: str, total_steps: int, stream=None, resume_step: int = 0,
+                 num_phases: int = 1):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
+        self.num_phases = num_phases
         self.stream = stream if stream is not None else sys.stderr
         self._start_time = None
         self._start_step = None
+        self.path = os.path.join(run_dir, "metrics.jsonl")
         if self.enabled:
             os.makedirs(run_dir, exist_ok=True)
-            self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
-            self._tb = _summary_writer_class()(os.path.join(run_dir, "tb"))
+            truncate_metrics(self.path, resume_step)
+            self._jsonl = open(self.path, "a", encoding="utf-8")
+            self._tb = _summary_writer_class()(os.path.join(run_dir, "tb"),
+                                               purge_step=resume_step + 1)
 
     def write(self, step: int, scalars: dict) -> None:
         """Logs one step's scalars (plain floats/ints; `phase` is kept as an int)."""
@@ -82,8 +94,10 @@ class MetricsWriter:
         done = step - self._start_step
         rate = done / (now - self._start_time) if done > 0 else float("nan")
         eta = format_eta((self.total_steps - step) / rate) if done > 0 else "?"
-        parts = [f"step {step}/{self.total_steps}", f"phase {record.get('phase', 1)}",
-                 f"loss {record.get('loss', float('nan')):.4f}"]
+        parts = [f"step {step}/{self.total_steps}"]
+        if self.num_phases > 1:
+            parts.append(f"phase {record.get('phase', 1)}/{self.num_phases}")
+        parts.append(f"loss {record.get('loss', float('nan')):.4f}")
         if "tokens_per_s" in record:
             parts.append(f"{record['tokens_per_s']:.4g} tok/s")
         if "mfu" in record:
@@ -102,6 +116,34 @@ def _plain(value):
     if isinstance(value, (bool, int, str)):
         return value
     return float(value)
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+    """Keeps the rows of `path` with step <= last_step (and drops a torn last line).
+
+    Rewritten through a temporary file and an atomic rename: a kill during the
+    rewrite leaves the old file, never a half one.
+    """
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if int(record.get("step", 0)) <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if not dropped:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: str) -> list[dict]:

@@ -1,14 +1,15 @@
-"""Device mesh, logical-axis → mesh-axis rules, and multi-host start-up.
+"""Device mesh, logical-axis → mesh-axis rules, and host batches → global arrays.
 
 The model names each parameter dimension with a logical axis
 (`model.param_logical_axes`); this module is the ONE place that maps those
 names to mesh axes. Mesh axes: `data` (pure data parallel), `fsdp` (batch
 split AND parameters sharded, ZeRO-3 style), `tensor` (optional model
 parallel over heads / MLP / vocab). The batch is split over `data` × `fsdp`.
+Joining a multi-process run is `trainer.training.distributed`.
 """
 from __future__ import annotations
 
-import os
+import logging
 
 import jax
 import numpy as np
@@ -32,21 +33,11 @@ LOGICAL_RULES: dict[str, str | None] = {
 }
 
 
+log = logging.getLogger(__name__)
+
+
 class MeshConfigError(ValueError):
     """Mesh sizes do not match the available devices."""
-
-
-def maybe_initialize_distributed(enabled: bool) -> None:
-    """Calls `jax.distributed.initialize()` for multi-host runs; no-op otherwise.
-
-    Enabled by the config flag `distributed`, or by the environment variable
-    `TRAINER_DISTRIBUTED=1` (what a cluster launcher sets); JAX then reads the
-    coordinator address / process id from its usual environment (Cloud TPU,
-    SLURM, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
-    """
-    if enabled or os.environ.get("TRAINER_DISTRIBUTED") == "1":
-        if not jax.distributed.is_initialized():
-            jax.distributed.initialize()
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
@@ -74,21 +65,33 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_spec(axes: tuple, shape: tuple, mesh: Mesh) -> P:
+def logical_to_spec(axes: tuple, shape: tuple, mesh: Mesh, name: str = "") -> P:
     """PartitionSpec for one array; a dim not divisible by its mesh axis is replicated.
 
-    Replicating (rather than failing) keeps tiny test models and odd sizes such
-    as 1 kv head working on any mesh; the big dims of real models divide.
+    Replicating (rather than failing) keeps tiny test models and odd sizes
+    working on any mesh, but it costs memory (every device holds the whole
+    dim), so each such dim is logged as a warning naming the array.
+
+    Args:
+        axes: logical axis name per dimension.
+        shape: the array's shape.
+        mesh: the device mesh.
+        name: the array's name for the warning (e.g. "layers/attn/q").
     """
     if len(axes) != len(shape):
         raise ValueError(f"logical axes {axes} do not match shape {shape}")
     spec = []
-    for name, dim in zip(axes, shape):
-        if name not in LOGICAL_RULES:
-            raise ValueError(f"logical axis {name!r} has no sharding rule; add it to "
+    for axis, dim in zip(axes, shape):
+        if axis not in LOGICAL_RULES:
+            raise ValueError(f"logical axis {axis!r} has no sharding rule; add it to "
                              f"trainer.training.sharding.LOGICAL_RULES")
-        mesh_axis = LOGICAL_RULES[name]
-        if mesh_axis is None or mesh.shape[mesh_axis] == 1 or dim % mesh.shape[mesh_axis]:
+        mesh_axis = LOGICAL_RULES[axis]
+        if mesh_axis is None or mesh.shape[mesh_axis] == 1:
+            spec.append(None)
+        elif dim % mesh.shape[mesh_axis]:
+            log.warning("sharding: %s dim %r=%d is not divisible by mesh axis %r=%d; "
+                        "replicated on every device instead", name or "array", axis, dim,
+                        mesh_axis, mesh.shape[mesh_axis])
             spec.append(None)
         else:
             spec.append(mesh_axis)
@@ -98,9 +101,12 @@ def logical_to_spec(axes: tuple, shape: tuple, mesh: Mesh) -> P:
 def tree_shardings(logical_tree, shape_tree, mesh: Mesh):
     """NamedShardings for a pytree of arrays given the same tree of logical axes."""
     is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x)
-    return jax.tree.map(
-        lambda axes, arr: NamedSharding(mesh, logical_to_spec(axes, tuple(arr.shape), mesh)),
-        logical_tree, shape_tree, is_leaf=is_axes)
+
+    def one(path, axes, arr):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        return NamedSharding(mesh, logical_to_spec(axes, tuple(arr.shape), mesh, name))
+
+    return jax.tree_util.tree_map_with_path(one, logical_tree, shape_tree, is_leaf=is_axes)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -1,0 +1,97 @@
+"""Store ↔ config alignment: take the data geometry from the store, or check it.
+
+The store's manifest fixes the geometry a run must use: T (data.seq_len), the
+stored top-k (data.k), the vocabulary (model.vocab_size), the captured teacher
+layer (teacher.hidden_layer) and its width (teacher.d_model). With
+`data.from_store=True` the trainer copies them from the store; otherwise every
+disagreement is reported at once, each with the `--set key=value` that fixes it,
+before anything compiles.
+"""
+from __future__ import annotations
+
+from store import SchemaMismatchError, StoreSchema
+from trainer.training.config import ConfigError
+
+
+def geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
+    """{config key: the value the store requires} for the fields the run uses."""
+    wanted = {"data.seq_len": schema.seq_len, "model.vocab_size": schema.vocab_size}
+    if needs_topk and schema.k >= 1:
+        wanted["data.k"] = schema.k
+    if needs_hidden and schema.hidden_layers:
+        layers = list(schema.hidden_layers)
+        # A config layer that the store holds is kept; one stored layer is the only choice.
+        if config.teacher.hidden_layer in layers:
+            wanted["teacher.hidden_layer"] = config.teacher.hidden_layer
+        elif len(layers) == 1:
+            wanted["teacher.hidden_layer"] = layers[0]
+        wanted["teacher.d_model"] = schema.hidden_dim
+    return wanted
+
+
+def _get(config, dotted: str):
+    node = config
+    for name in dotted.split("."):
+        node = node[name]
+    return node
+
+
+def _set(config, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+def apply_geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
+    """Copies the store's geometry into `config` in place; returns {key: (old, new)} changed."""
+    changed = {}
+    for key, value in geometry(config, schema, needs_topk, needs_hidden).items():
+        old = _get(config, key)
+        if old != value:
+            _set(config, key, value)
+            changed[key] = (old, value)
+    return changed
+
+
+def mismatches(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> list[str]:
+    """Every disagreement of config and store, each naming the override that fixes it."""
+    found = []
+    for key, value in geometry(config, schema, needs_topk, needs_hidden).items():
+        have = _get(config, key)
+        # data.k=0 means "any stored k".
+        if have != value and not (key == "data.k" and have == 0):
+            found.append(f"{key}={have!r} but the store has {value!r} (--set {key}={value})")
+    if needs_hidden and schema.hidden_layers and "teacher.hidden_layer" not in geometry(
+            config, schema, needs_topk, needs_hidden):
+        found.append(f"teacher.hidden_layer={config.teacher.hidden_layer} is not stored "
+                     f"(stored: {list(schema.hidden_layers)}; --set teacher.hidden_layer="
+                     f"{schema.hidden_layers[0]})")
+    stored_sha = schema.tokenizer.get("sha256")
+    wanted_sha = config.store.tokenizer_sha256
+    if wanted_sha and wanted_sha != stored_sha:
+        found.append(f"store.tokenizer_sha256={wanted_sha[:12]}… but the store was dumped "
+                     f"with tokenizer {str(stored_sha)[:12]}… (point store.url at a store of "
+                     f"your tokenizer, or --set store.tokenizer_sha256={stored_sha})")
+    return found
+
+
+def check_store(config, schema: StoreSchema, url: str, needs_topk: bool,
+                needs_hidden: bool) -> None:
+    """Raises one SchemaMismatchError listing every mismatch (or a store lacking a signal)."""
+    if needs_topk and schema.k < 1:
+        raise ConfigError(
+            f"method {config.method} needs teacher top-k but store {url} has k=0 (tokens "
+            f"only); dump top-k with `python -m pipelines.dump --teacher ...` or use "
+            f"--set method=nll")
+    if needs_hidden and not schema.hidden_layers:
+        raise ConfigError(
+            f"method {config.method} needs teacher activations but store {url} holds none; "
+            f"dump them with `python -m pipelines.dump --teacher ... --hidden-layers L` or "
+            f"use --set method=kd")
+    found = mismatches(config, schema, needs_topk, needs_hidden)
+    if found:
+        raise SchemaMismatchError(
+            f"store {url} disagrees with the config on {len(found)} field(s): "
+            + "; ".join(found) + "; or pass --set data.from_store=True to take the store's")
