@@ -96,7 +96,9 @@ def _downstream_table(results: dict) -> list[str]:
             c = row[method]
             mean_err = sum(x["error"] for x in c) / len(c)
             text = f"{100 * mean_err:.1f} ± {100 * max(x['se'] for x in c):.1f}"
-            cells.append(text + (" *≈ chance*" if all(x["near_chance"] for x in c) else ""))
+            mark = (" *≈ chance*" if all(x["near_chance"] for x in c) else
+                    " *worse than chance*" if all(x["worse_than_chance"] for x in c) else "")
+            cells.append(text + mark)
         md.append(f"| {task} | {row[next(iter(methods))][0]['n']} | "
                   f"{100 * row['chance']:.0f} | " + " | ".join(cells) + " |")
     md.append("| chance level | – | – | " + " | ".join(

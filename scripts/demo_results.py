@@ -53,13 +53,14 @@ def standard_error(error: float, n: int) -> float:
 
 
 def downstream_cell(task: str, result: dict) -> dict:
-    """{"error", "n", "se", "near_chance"}: near_chance if within 2 s.e. of chance."""
+    """{"error", "n", "se", "near_chance", "worse_than_chance"} (2 s.e. of chance)."""
     err, n = float(result["error"]), int(result["n"])
     se = standard_error(err, n)
     # At least the s.e. of a coin at chance, so an error of exactly 1.0 (s.e. 0) is flagged.
     se_test = max(se, standard_error(CHANCE_ERROR[task], n))
     return {"error": err, "n": n, "se": se,
-            "near_chance": abs(err - CHANCE_ERROR[task]) <= 2 * se_test}
+            "near_chance": abs(err - CHANCE_ERROR[task]) <= 2 * se_test,
+            "worse_than_chance": err - CHANCE_ERROR[task] > 2 * se_test}
 
 
 def _spread(values: list[float]) -> float:

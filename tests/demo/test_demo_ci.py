@@ -97,7 +97,8 @@ def test_downstream_cells_mark_chance():
     from scripts import demo_results
     near = demo_results.downstream_cell("piqa", {"error": 0.48, "n": 200})
     far = demo_results.downstream_cell("piqa", {"error": 0.30, "n": 200})
-    assert near["near_chance"] and not far["near_chance"]
+    assert near["near_chance"] and not far["near_chance"] and not far["worse_than_chance"]
+    assert demo_results.downstream_cell("piqa", {"error": 0.70, "n": 200})["worse_than_chance"]
     assert far["se"] == pytest.approx((0.3 * 0.7 / 200) ** 0.5)
     assert demo_results.downstream_cell("lambada", {"error": 1.0, "n": 100})["near_chance"]
 
