@@ -1,4 +1,4 @@
-"""``python -m store {inspect,verify,stats} STORE [--json]``.
+"""``python -m store {inspect,verify,stats,repair,compact} STORE [--json]``.
 
 ``stats STORE --alpha A [--tau T] [--tail TAIL]`` also reports the penalty
 of the KD objective's optimum (store.objective_penalty).
@@ -12,19 +12,31 @@ import sys
 
 from store import errors, objective_penalty
 from store.inspection import inspect_store
+from store.repair import repair_store
 from store.stats import store_stats
 from store.verify import verify_store
+from store.writer import compact_store
 
-COMMANDS = {"inspect": inspect_store, "verify": verify_store, "stats": store_stats}
+COMMANDS = {"inspect": inspect_store, "verify": verify_store, "stats": store_stats, "repair": repair_store,
+            "compact": compact_store}
+_HELP = """commands:
+  inspect  manifest, arrays, committed units, bytes on disk
+  verify   check every unit (exit 1 if any is missing, partial, corrupt or invalid)
+  stats    teacher-signal statistics on a row sample (--alpha/--tau/--tail: KD objective penalty)
+  repair   un-commit the units verify finds bad, so the same dump command re-writes them
+  compact  write the ledger snapshot (opening then costs O(1) requests instead of O(units))"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m store", description="Inspect, verify or profile a teacher-signal store.")
-    p.add_argument("command", choices=sorted(COMMANDS))
-    p.add_argument("store", help="store path or URL (file://, memory://, gs://, s3://)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--rows", type=int, default=32, help="stats: rows to sample (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="stats: sampling seed")
+    p = argparse.ArgumentParser(prog="python -m store", description="Inspect, verify, profile, repair or "
+                                "compact a teacher-signal store.", epilog=_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=sorted(COMMANDS), help="what to do (see below)")
+    p.add_argument("store", help="store path or URL (file://, memory://, gs://, s3://; s3:// takes its endpoint "
+                   "from AWS_ENDPOINT_URL, credentials/region from the standard AWS variables)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: off, a table)")
+    p.add_argument("--rows", type=int, default=32, help="stats: rows to sample (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="stats: sampling seed (default: 0)")
     p.add_argument("--alpha", type=float, help="stats: KD weight α, to report the objective "
                    "penalty (with --tau, --tail)")
     p.add_argument("--tau", type=float, help="stats: KD temperature (default 1)")
@@ -86,8 +98,26 @@ def _format(command: str, r: dict) -> str:
     if command == "verify":
         head = (f"{'OK' if r['ok'] else 'BAD'}: {r['committed_units']}/{r['num_units']} units committed, "
                 f"{len(r['bad_units'])} bad")
-        return "\n".join([head] + [f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: "
-                                   f"{b['detail']}" for b in r["bad_units"]])
+        lines = [head] + [f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: "
+                          f"{b['detail']}" for b in r["bad_units"]]
+        if r["ledger_snapshot"]:
+            lines.append(f"  {r['ledger_snapshot']}")
+        if any(b["status"] != "missing" for b in r["bad_units"]) or r["ledger_snapshot"]:
+            lines.append(f"fix: python -m store repair {r['url']}  then re-run the same dump command "
+                         "(it re-writes the un-committed units)")
+        elif r["bad_units"]:
+            lines.append("fix: re-run the same dump command (it writes the missing units)")
+        return "\n".join(lines)
+    if command == "repair":
+        units = [b["unit"] for b in r["repaired"]]
+        if not units:
+            return f"nothing to repair in {r['url']} ({r['missing_units']} units missing: the dump writes them)"
+        snap = "; ledger snapshot re-compacted" if r["ledger_snapshot"] else ""
+        return (f"un-committed {len(units)} bad units {units[:10]} of {r['url']} and removed their shards{snap}; "
+                "re-run the same dump command to re-write them (it skips committed units)")
+    if command == "compact":
+        return (f"ledger snapshot written: {r['units']} committed units in {r['runs']} runs, "
+                f"{r['tombstones_cleared']} tombstones cleared")
     lines = [f"stats over {r['rows_sampled']} rows ({r['tokens_sampled']} tokens) of {r['url']}"]
     if "topk" in r:
         c, e = r["topk"]["coverage"], r["topk"]["entropy_nats"]

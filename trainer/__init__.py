@@ -12,4 +12,5 @@ tests/test_import_graph.py):
 * ``trainer.evaluate`` — evaluation of a checkpoint (``python -m trainer.evaluate``).
 * ``trainer.report``   — sweep comparison report (``python -m trainer.report``).
 * ``trainer.configs``  — the shipped training configs, loaded by path.
+* ``trainer.export_hf`` — CLI of ``trainer.model.hf_export`` (Hugging Face export).
 """

@@ -7,6 +7,9 @@
 * ``model_io``     — save/load a checkpoint (Orbax params + JSON).
 * ``hf_import``    — Hugging Face safetensors -> a checkpoint
   (CLI: ``python -m teacher_dump.convert``).
+* ``hf_export``    — a checkpoint -> a Hugging Face Gemma3ForCausalLM directory
+  (CLI: ``python -m trainer.export_hf``); ``hf_layout`` is the one tensor-name
+  table both directions use, ``hf_tokenizer`` the tokenizer files.
 * ``tokenizer``    — the SentencePiece tokenizer (train, load, describe).
 
 Depends only on ``store``-free third-party code; everything else builds on it.

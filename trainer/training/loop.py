@@ -380,7 +380,9 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
                 good_step = stop.resume_step = global_step
                 # Keep checkpoint writes out of the tokens/s measurement.
                 timer_start, timer_steps = time.perf_counter(), 0
-        # Multi-process runs agree on stopping at logged steps only (a collective).
+        # Multi-process runs agree on stopping (a collective, see StopOnSignal) at
+        # logged steps only: they already wait for the step there, so the async
+        # dispatch of the other steps is kept. Every process stops at the same step.
         may_stop = jax.process_count() == 1 or save or global_step % config.log_every == 0
         if not end and may_stop and stop.requested():
             if good_step != global_step:
