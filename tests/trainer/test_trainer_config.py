@@ -31,6 +31,33 @@ def test_shipped_configs_validate(name):
             config.data.batch_size) == CONFIGS[name]
 
 
+@pytest.mark.parametrize("name", ["tiny.py:hldf", "demo.py:hldf", "gemma3_270m.py:hldf",
+                                  "gemma3_1b.py:hldf"])
+def test_shipped_hldf_schedules_fit_their_default_budget(name):
+    from trainer.training import methods, loop as train
+    c = _load(f"trainer/configs/{name}")
+    model_cfg = train.model_config_from(c)
+    plans = train.plan_phases(c, model_cfg, methods.phases(c, model_cfg.num_layers))
+    methods.check_schedules(c, [(p.phase, p.num_steps) for p in plans])
+
+
+def test_defaults_distil():
+    c = _load()
+    assert c.loss.tail == "bucket" and c.loss.alpha == 0.7
+    config_lib.validate(_load(sets=["loss.tau=0.5"]))  # bucket works at every τ
+
+
+def test_alpha_schedule_endpoints_are_config_fields():
+    from trainer.training import methods
+    c = _load(sets=["loss.alpha_schedule=linear", "loss.alpha_start=0.2", "loss.alpha=0.6"])
+    assert float(methods.alpha_at(c, 0, 10)) == pytest.approx(0.2)
+    assert float(methods.alpha_at(c, 10, 10)) == pytest.approx(0.6)
+    c = _load(sets=["loss.alpha_schedule=wsd", "loss.alpha_final=0.3", "loss.alpha_start=0.7",
+                    "optim.warmup_steps=0", "optim.decay_fraction=0.5"])
+    assert float(methods.alpha_at(c, 0, 10)) == pytest.approx(0.7)
+    assert float(methods.alpha_at(c, 10, 10)) == pytest.approx(0.3)
+
+
 def test_overrides_are_typed():
     c = _load(sets=["optim.lr=1e-3", "loss.tau=2", "method=hldc", "mesh.fsdp=2",
                     "store.allow_partial=True"])
@@ -46,6 +73,10 @@ def test_overrides_are_typed():
     (["hldf.p1=1.0"], "hldf.p1"),
     (["method=distill"], "unknown method 'distill'; use one of"),
     (["loss.alpha_schedule=cosine"], "loss.alpha_schedule"),
+    (["loss.tail=zeros"], "loss.tail/loss.tau: unknown KD tail mode 'zeros'"),
+    (["loss.divergence=kl"], "loss.divergence: unknown KD divergence 'kl'"),
+    (["loss.alpha_start=1.5"], "loss.alpha_start"),
+    (["loss.alpha_final=-0.5"], "loss.alpha_final"),
     (["budget.unit=tokens"], "budget.unit"),
     (["budget.value=-1"], "budget.value"),
     (["loss.tau=0"], "loss.tau"),

@@ -13,7 +13,7 @@ from trainer.configs.base import base_config
 def get_config(arg=None):
     """NLL pre-training of the named model (default gemma3-4b)."""
     c = base_config()
-    c.method = "nll"
+    c.method = "nll"                # loss.alpha / loss.tail are unused: NLL has no KD term.
     c.model.name = arg or "gemma3-4b"
     c.model.vocab_size = 32000
     c.model.dtype = "bfloat16"

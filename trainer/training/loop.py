@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from store import StoreReader
+from store import objective_penalty as penalty_lib
 from trainer.training import (
     checkpoint, config as config_lib, data, distributed, methods, metrics, sharding,
     state as train_state, store_align,
@@ -230,6 +231,8 @@ def run(config) -> dict:
     phases = methods.phases(config, model_cfg.num_layers)
     check_store(config, reader, model_cfg, phases)
     plans = plan_phases(config, model_cfg, phases)
+    methods.check_schedules(config, [(p.phase, p.num_steps) for p in plans])
+    penalty = methods.objective_penalty(config, reader, phases)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     divisor = sharding.batch_divisor(mesh)
     if config.data.batch_size % divisor:
@@ -245,6 +248,10 @@ def run(config) -> dict:
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_lib.to_json(config))
+        if penalty is not None:  # The guard: printed before anything compiles or trains.
+            print(penalty_lib.describe(penalty), flush=True)
+            with open(os.path.join(run_dir, "objective_penalty.json"), "w", encoding="utf-8") as f:
+                json.dump(penalty, f, indent=2)
 
     total_steps = sum(p.num_steps for p in plans)
     tokens_per_step = config.data.batch_size * config.data.seq_len

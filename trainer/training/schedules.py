@@ -8,7 +8,7 @@ works on Python ints and traced int arrays alike, so it can be handed to
 Stable signatures (the trainer codes against these)::
 
     wsd(peak, total_steps, warmup_steps, decay_fraction=0.1, final_fraction=0.01)
-    constant_after_warmup(peak, warmup_steps)
+    constant_after_warmup(peak, warmup_steps, total_steps=None)
     alpha_schedule(name, alpha, total_steps, warmup_steps=0, decay_fraction=0.1,
                    alpha_start=0.0, alpha_final=0.0)      # name: "constant" | "linear" | "wsd"
 
@@ -130,10 +130,23 @@ def wsd(peak: float, total_steps: int, warmup_steps: int, decay_fraction: float 
                                 decay)
 
 
-def constant_after_warmup(peak: float, warmup_steps: int) -> Schedule:
-    """Linear warm-up from 0 to ``peak``, then constant (HLDF phase 1)."""
+def constant_after_warmup(peak: float, warmup_steps: int,
+                          total_steps: int | None = None) -> Schedule:
+    """Linear warm-up from 0 to ``peak``, then constant (HLDF phase 1).
+
+    Given ``total_steps`` (the phase's length), a warm-up longer than the
+    phase is refused, as ``wsd`` refuses one that does not fit: it would
+    silently cap the learning rate below ``peak`` for the whole phase.
+    """
     peak = _check_finite_nonneg(peak, "peak learning rate")
     warmup_steps = _check_int(warmup_steps, "warmup_steps", 0)
+    if total_steps is not None:
+        total_steps = _check_int(total_steps, "total_steps", 1)
+        if warmup_steps > total_steps:
+            raise ScheduleError(
+                f"constant-LR schedule: warmup_steps={warmup_steps} exceeds total_steps="
+                f"{total_steps}, so the LR would never reach its peak; lower warmup_steps "
+                "or raise the budget")
 
     def schedule(step):
         return peak * _ramp(step, 0, warmup_steps)
