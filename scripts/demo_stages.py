@@ -68,9 +68,10 @@ def run(ctx: Context, stage: str, *args: str) -> str:
 
 def corpus(ctx: Context) -> None:
     paths = demo_corpus.write_corpus(ctx.path("corpus"), ctx.size.heldout_fraction, ctx.size.max_docs)
-    # The teacher signal is only needed for as many rows as the students read.
+    # The teacher signal is only needed for as many rows as the students read:
+    # a hash-chosen subset of the training documents (not the alphabetically first).
     with open(paths["train"], encoding="utf-8") as src:
-        docs = src.readlines()[: ctx.size.dump_docs or None]
+        docs = demo_corpus.hash_subset(src.readlines(), ctx.size.dump_docs)
     with open(ctx.path("corpus", "dump.jsonl"), "w", encoding="utf-8") as dst:
         dst.writelines(docs)
 
@@ -92,11 +93,12 @@ def spine(ctx: Context) -> None:
     run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "heldout.jsonl"), ctx.path("heldout_store")))
 
 
-def _train(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float) -> None:
+def _train(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float,
+           *extra_sets: str) -> None:
     model = ctx.models["teacher" if role == "teacher" else "student"]
     sets = [f"store.url={store}", f"run_dir={run_dir}", f"budget.value={budget}",
             f"model.name={model}", f"model.vocab_size={ctx.size.vocab_size}",
-            f"data.seq_len={ctx.size.seq_len}", *ctx.size.overrides]
+            f"data.seq_len={ctx.size.seq_len}", *ctx.size.overrides, *extra_sets]
     if role != "teacher":
         sets += [f"teacher.d_model={ctx.models['teacher_d']}",
                  f"teacher.hidden_layer={ctx.models['teacher_layer']}", f"data.k={ctx.size.k}"]
@@ -120,37 +122,66 @@ def dump(ctx: Context) -> None:
     _save_json(ctx, "dump_seconds", time.time() - t0)
 
 
+# Objective-penalty diagnostics `store stats` reports on the dumped store: the
+# students' own loss settings (the demo config's defaults), and the old
+# defaults (alpha 0.9, tail zero) for contrast.
+PENALTY_SETTINGS = {"students": None, "alpha0.9_zero": ("0.9", "1.0", "zero")}
+
+
+def student_loss_settings(ctx: Context) -> tuple[str, str, str]:
+    """(alpha, tau, tail) of the KD students, read from the demo config."""
+    from trainer.training import config as config_lib  # Local: only this stage needs the trainer.
+    loss = config_lib.load_config(f"{ctx.size.config}:kd").loss
+    return str(loss.alpha), str(loss.tau), loss.tail
+
+
 def inspect(ctx: Context) -> None:
     out = run(ctx, "inspect", "-m", "store", "inspect", ctx.path("store"), "--json")
     _save_json(ctx, "store_inspect", json.loads(out[out.index("{"):]))
     run(ctx, "inspect", "-m", "store", "verify", ctx.path("store"))
     out = run(ctx, "inspect", "-m", "store", "stats", ctx.path("store"), "--json")
     _save_json(ctx, "store_stats", json.loads(out[out.index("{"):]))
+    penalties = {}
+    for name, settings in PENALTY_SETTINGS.items():
+        alpha, tau, tail = settings or student_loss_settings(ctx)
+        out = run(ctx, "inspect", "-m", "store", "stats", ctx.path("store"), "--json",
+                  "--alpha", alpha, "--tau", tau, "--tail", tail)
+        penalties[name] = json.loads(out[out.index("{"):])["objective_penalty"]
+    _save_json(ctx, "objective_penalty", penalties)
+
+
+def student_runs(ctx: Context) -> list[tuple[str, str, int]]:
+    """(run name, method, seed) of every student run, e.g. ("kd_s1", "kd", 1)."""
+    seeds = dict(ctx.size.seeds)
+    return [(f"{m}_s{s}", m, s) for m in METHODS for s in range(seeds.get(m, 0))]
 
 
 def students(ctx: Context) -> None:
-    for method in METHODS:
-        _train(ctx, "students", method, ctx.path("runs", method), ctx.path("store"),
-               ctx.size.student_budget)
+    for name, method, seed in student_runs(ctx):
+        _train(ctx, "students", method, ctx.path("runs", name), ctx.path("store"),
+               ctx.size.student_budget, f"seed={seed}")
 
 
 def evaluate(ctx: Context) -> None:
-    tasks = ["heldout"]
-    if ctx.size.eval_limit and demo_report.downstream_data_installed():
-        tasks += ["hellaswag", "piqa", "arc_easy", "winogrande", "lambada"]
-    for name in ("teacher", *METHODS):
-        args = ["-m", "trainer.evaluate", "--checkpoint", ctx.path("runs", name),
-                "--tokenizer", ctx.path("tokenizer.model"), "--tasks", ",".join(tasks),
-                "--store", ctx.path("heldout_store")]
-        if ctx.size.eval_limit:
-            args += ["--limit", str(ctx.size.eval_limit)]
-        run(ctx, "evaluate", *args)
+    """Held-out log-ppl over every held-out row; downstream tasks up to eval_limit each.
+
+    Two evaluate calls per run, so --limit never truncates the held-out score;
+    trainer.evaluate merges both into RUN_DIR/eval.json (what trainer.report reads).
+    """
+    downstream = bool(ctx.size.eval_limit and demo_report.downstream_data_installed())
+    for name in ("teacher", *[r[0] for r in student_runs(ctx)]):
+        base = ["-m", "trainer.evaluate", "--checkpoint", ctx.path("runs", name),
+                "--tokenizer", ctx.path("tokenizer.model")]
+        run(ctx, "evaluate", *base, "--tasks", "heldout", "--store", ctx.path("heldout_store"))
+        if downstream:
+            run(ctx, "evaluate", *base, "--tasks", ",".join(demo_report.TASKS),
+                "--limit", str(ctx.size.eval_limit))
 
 
 def report(ctx: Context) -> None:
-    run(ctx, "report", "-m", "trainer.report", *[ctx.path("runs", m) for m in METHODS],
+    run(ctx, "report", "-m", "trainer.report", *[ctx.path("runs", r[0]) for r in student_runs(ctx)],
         "--out", ctx.path("sweep_report"))
-    demo_report.write_report(ctx)
+    demo_report.write_report(ctx, student_runs(ctx))
 
 
 def _save_json(ctx: Context, key: str, value) -> None:

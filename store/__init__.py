@@ -5,21 +5,25 @@ Never imports JAX or Beam, so any tool can read a store cheaply.
 
 Modules: ``schema`` (StoreSchema, manifest in the root group attributes),
 ``profiles`` (exact / compact encodings), ``layout`` (URLs, sharded crc32c
-array specs), ``ledger`` (per-unit commit records), ``writer``, ``reader``
-(+ ``localread``, the direct path for uncompressed local shards), ``verify``,
-``stats``, ``inspection`` and ``cli`` (``python -m store inspect|verify|stats
-STORE [--json]``). On disk::
+array specs), ``remote`` (s3:// endpoint/credentials the AWS SDK way, storage
+errors as one line), ``ledger`` (per-unit commit records, tombstones),
+``snapshot`` (the checked ledger snapshot), ``writer``, ``reader`` (+
+``localread``, the direct path for uncompressed local shards), ``verify``,
+``repair``, ``stats``, ``inspection`` and ``cli`` (``python -m store
+inspect|verify|stats|repair|compact STORE [--json]``). On disk::
 
     STORE/zarr.json                       group; attributes = manifest
     STORE/tokens/                         int32 [N, T]
     STORE/topk/{ids,logprobs,...}/        [N, T, K] (+ per-token side arrays)
     STORE/hidden/<l>/                     [N, T, D] encoded activations
     STORE/hidden_aux/<l>/{rms,...}/       per-token scales etc. of that encoding
-    STORE/ledger/unit_NNNNNNNN/zarr.json  commit record of work unit N
+    STORE/ledger/unit_NNNNNNNN/zarr.json  commit record of work unit N (the source of truth)
+    STORE/ledger/uncommitted/unit_N_<uuid>/zarr.json  tombstone: unit N's record was deleted
+    STORE/ledger/snapshot/zarr.json       committed units as runs (optional; see snapshot.py)
 
 Each array's shard (``c/<unit>/0...``) holds exactly one work unit's rows.
 """
-from store.errors import (CorruptStoreError, IncompleteStoreError, SchemaMismatchError,
+from store.errors import (CorruptStoreError, IncompleteStoreError, SchemaMismatchError, StorageAccessError,
                           StoreError, StoreInputError, StoreNotFoundError)
 from store.reader import StoreReader
 from store.schema import StoreSchema
@@ -27,4 +31,4 @@ from store.writer import StoreWriter, create_store, open_writer
 
 __all__ = ["StoreSchema", "create_store", "open_writer", "StoreReader", "StoreWriter",
            "StoreError", "StoreNotFoundError", "SchemaMismatchError", "IncompleteStoreError",
-           "CorruptStoreError", "StoreInputError"]
+           "CorruptStoreError", "StoreInputError", "StorageAccessError"]

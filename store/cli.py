@@ -1,4 +1,7 @@
-"""``python -m store {inspect,verify,stats} STORE [--json]``.
+"""``python -m store {inspect,verify,stats,repair,compact} STORE [--json]``.
+
+``stats STORE --alpha A [--tau T] [--tail TAIL]`` also reports the penalty
+of the KD objective's optimum (store.objective_penalty).
 
 Exit codes: 0 success (verify: store sound), 1 verify found bad units,
 2 usage error or unreadable store (one line on stderr, no traceback).
@@ -7,21 +10,40 @@ import argparse
 import json
 import sys
 
-from store import errors
+from store import errors, objective_penalty
 from store.inspection import inspect_store
+from store.repair import repair_store
 from store.stats import store_stats
 from store.verify import verify_store
+from store.writer import compact_store
 
-COMMANDS = {"inspect": inspect_store, "verify": verify_store, "stats": store_stats}
+COMMANDS = {"inspect": inspect_store, "verify": verify_store, "stats": store_stats, "repair": repair_store,
+            "compact": compact_store}
+_HELP = """commands:
+  inspect  manifest, arrays, committed units, bytes on disk
+  verify   check every unit (exit 1 if any is missing, partial, corrupt or invalid)
+  stats    teacher-signal statistics on a row sample (--alpha/--tau/--tail: KD objective penalty)
+  repair   un-commit the units verify finds bad, so the same dump command re-writes them
+  compact  write the ledger snapshot (opening then costs O(1) requests instead of O(units))"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m store", description="Inspect, verify or profile a teacher-signal store.")
-    p.add_argument("command", choices=sorted(COMMANDS))
-    p.add_argument("store", help="store path or URL (file://, memory://, gs://, s3://)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--rows", type=int, default=32, help="stats: rows to sample (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="stats: sampling seed")
+    p = argparse.ArgumentParser(prog="python -m store", description="Inspect, verify, profile, repair or "
+                                "compact a teacher-signal store.", epilog=_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=sorted(COMMANDS), help="what to do (see below)")
+    p.add_argument("store", help="store path or URL (file://, memory://, gs://, s3://; s3:// takes its endpoint "
+                   "from AWS_ENDPOINT_URL, credentials/region from the standard AWS variables)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: off, a table)")
+    p.add_argument("--rows", type=int, default=32, help="stats: rows to sample (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="stats: sampling seed (default: 0)")
+    p.add_argument("--alpha", type=float, help="stats: KD weight α, to report the objective "
+                   "penalty (with --tau, --tail)")
+    p.add_argument("--tau", type=float, help="stats: KD temperature (default 1)")
+    p.add_argument("--tail", choices=objective_penalty.TAILS,
+                   help="stats: KD tail mode (default bucket)")
+    p.add_argument("--divergence", choices=objective_penalty.DIVERGENCES,
+                   help="stats: KD divergence (default forward_kl)")
     return p
 
 
@@ -30,10 +52,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "stats":
-            result = store_stats(args.store, sample_rows=args.rows, seed=args.seed)
+            loss = _loss_settings(args)
+            result = store_stats(args.store, sample_rows=args.rows, seed=args.seed, loss=loss)
         else:
             result = COMMANDS[args.command](args.store)
-    except errors.StoreError as e:
+    except (errors.StoreError, objective_penalty.PenaltyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -43,6 +66,18 @@ def main(argv=None) -> int:
     if args.command == "verify" and not result["ok"]:
         return 1
     return 0
+
+
+def _loss_settings(args):
+    """The --alpha/--tau/--tail/--divergence group (None: no penalty asked for)."""
+    extra = [f"--{n}" for n in ("tau", "tail", "divergence") if getattr(args, n) is not None]
+    if args.alpha is None:
+        if extra:
+            raise objective_penalty.PenaltyError(
+                f"{', '.join(extra)} need --alpha (the KD weight) to report the objective penalty")
+        return None
+    return {"alpha": args.alpha, "tau": 1.0 if args.tau is None else args.tau,
+            "tail": args.tail or "bucket", "divergence": args.divergence or "forward_kl"}
 
 
 def _format(command: str, r: dict) -> str:
@@ -63,8 +98,26 @@ def _format(command: str, r: dict) -> str:
     if command == "verify":
         head = (f"{'OK' if r['ok'] else 'BAD'}: {r['committed_units']}/{r['num_units']} units committed, "
                 f"{len(r['bad_units'])} bad")
-        return "\n".join([head] + [f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: "
-                                   f"{b['detail']}" for b in r["bad_units"]])
+        lines = [head] + [f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: "
+                          f"{b['detail']}" for b in r["bad_units"]]
+        if r["ledger_snapshot"]:
+            lines.append(f"  {r['ledger_snapshot']}")
+        if any(b["status"] != "missing" for b in r["bad_units"]) or r["ledger_snapshot"]:
+            lines.append(f"fix: python -m store repair {r['url']}  then re-run the same dump command "
+                         "(it re-writes the un-committed units)")
+        elif r["bad_units"]:
+            lines.append("fix: re-run the same dump command (it writes the missing units)")
+        return "\n".join(lines)
+    if command == "repair":
+        units = [b["unit"] for b in r["repaired"]]
+        if not units:
+            return f"nothing to repair in {r['url']} ({r['missing_units']} units missing: the dump writes them)"
+        snap = "; ledger snapshot re-compacted" if r["ledger_snapshot"] else ""
+        return (f"un-committed {len(units)} bad units {units[:10]} of {r['url']} and removed their shards{snap}; "
+                "re-run the same dump command to re-write them (it skips committed units)")
+    if command == "compact":
+        return (f"ledger snapshot written: {r['units']} committed units in {r['runs']} runs, "
+                f"{r['tombstones_cleared']} tombstones cleared")
     lines = [f"stats over {r['rows_sampled']} rows ({r['tokens_sampled']} tokens) of {r['url']}"]
     if "topk" in r:
         c, e = r["topk"]["coverage"], r["topk"]["entropy_nats"]
@@ -73,6 +126,8 @@ def _format(command: str, r: dict) -> str:
                          f"p50 {c['p50']:.4f} p99 {c['p99']:.4f}")
             lines.append(f"entropy over support (nats): mean {e['mean']:.3f} p1 {e['p1']:.3f} "
                          f"p50 {e['p50']:.3f} p99 {e['p99']:.3f}")
+    if "objective_penalty" in r:
+        lines.append(objective_penalty.describe(r["objective_penalty"]))
     for layer, h in r["hidden"].items():
         if h.get("n") == 0:
             continue

@@ -27,3 +27,7 @@ class CorruptStoreError(StoreError):
 
 class StoreInputError(StoreError):
     """Arguments passed to the store API have the wrong shape, dtype or range."""
+
+
+class StorageAccessError(StoreError):
+    """The storage service failed or refused a request (unreachable endpoint, missing bucket, credentials)."""

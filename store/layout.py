@@ -24,13 +24,17 @@ import threading
 
 import tensorstore as ts
 
-from store import errors
+from store import errors, remote
 
 INNER_CHUNK_TARGET_BYTES = 4 << 20
 ZSTD_LEVEL = 3
 GROUP_NODE = {"zarr_format": 3, "node_type": "group"}
 
 _URL_SCHEMES = ("file://", "memory://", "gs://", "s3://")
+# TensorStore's retry policy for object stores (see store/remote.py): up to 6
+# retries, back-off 0.1 s doubling to 1 s, so an unreachable endpoint fails
+# in ~4 s instead of TensorStore's default of 32 retries over minutes.
+S3_RETRIES = {"max_retries": 6, "initial_delay": "0.1s", "max_delay": "1s"}
 _context_lock = threading.Lock()
 _context = None
 _context_pid = None
@@ -49,7 +53,8 @@ def context() -> ts.Context:
             # No chunk cache: every read goes to storage, so verify sees the
             # bytes on disk and a reader never serves data another process
             # re-wrote; rows are read once per epoch anyway.
-            _context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+            _context = ts.Context({"cache_pool": {"total_bytes_limit": 0},
+                                   "s3_request_retries": S3_RETRIES})
             _context_pid = os.getpid()
         return _context
 
@@ -74,9 +79,17 @@ def local_path(url: str) -> str | None:
     return url[len("file://"):] if url.startswith("file://") else None
 
 
+def kvstore_spec(url: str):
+    """TensorStore kvstore spec of a store URL (s3:// gets its endpoint, see store/remote.py)."""
+    return remote.kvstore_spec(normalize_url(url))
+
+
 def open_kvstore(url: str) -> ts.KvStore:
     """Opens the store's root as a key-value store."""
-    return ts.KvStore.open(normalize_url(url), context=context()).result()
+    try:
+        return ts.KvStore.open(kvstore_spec(url), context=context()).result()
+    except ValueError as e:
+        raise remote.storage_error(e, normalize_url(url), "opening") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +172,7 @@ def open_array(url: str, spec: ArraySpec, *, create_rows: int | None = None,
     """Opens (or, given create_rows, creates-or-opens) one array."""
     # Chunks equal to the fill value (all zeros) are still written: a committed
     # unit then always has every chunk, so a missing one means corruption.
-    ts_spec = {"driver": "zarr3", "kvstore": array_url(url, spec.name),
+    ts_spec = {"driver": "zarr3", "kvstore": kvstore_spec(array_url(url, spec.name)),
                "store_data_equal_to_fill_value": True}
     kwargs = {}
     if create_rows is not None:
@@ -170,19 +183,25 @@ def open_array(url: str, spec: ArraySpec, *, create_rows: int | None = None,
     except ValueError as e:
         raise errors.CorruptStoreError(
             f"cannot open array {spec.name!r} of store {url}: {str(e).splitlines()[0]}; "
-            "run `python -m store verify` or recreate the store") from None
+            f"run `python -m store verify {url}` or recreate the store") from None
 
 
 def write_group(kv: ts.KvStore, path: str, attributes: dict):
     """Writes a group's zarr.json (``path`` '' is the root)."""
     node = dict(GROUP_NODE, attributes=attributes)
     key = (path.rstrip("/") + "/" if path else "") + "zarr.json"
-    kv.write(key, json.dumps(node, sort_keys=True, indent=1).encode()).result()
+    try:
+        kv.write(key, json.dumps(node, sort_keys=True, indent=1).encode()).result()
+    except ValueError as e:
+        raise remote.storage_error(e, remote.kv_url(kv), f"writing {key} of") from None
 
 
 def read_json(kv: ts.KvStore, key: str):
     """The JSON object at ``key``, or None when missing."""
-    result = kv.read(key).result()
+    try:
+        result = kv.read(key).result()
+    except ValueError as e:
+        raise remote.storage_error(e, remote.kv_url(kv), f"reading {key} of") from None
     if result.state == "missing":
         return None
     return json.loads(result.value)

@@ -9,6 +9,12 @@ durable and atomic: temp file + fsync + rename). A killed writer therefore
 leaves the unit uncommitted, never half-committed, and since every unit has
 its own key, concurrent writers of distinct units never contend.
 
+Un-committing a unit that has a record (a re-write, ``repair``, ``resize``)
+first writes a *tombstone* ``ledger/uncommitted/unit_NNNNNNNN_<uuid>/zarr.json``
+and then deletes the record, so a ledger snapshot (store/snapshot.py) that
+still lists the unit is overridden; tombstones have unique keys so that a
+compaction deletes exactly the ones it has taken into account.
+
 The record holds the unit's row range, the schema fingerprint, and the
 sha256, dtype and shape of every encoded array slice, so ``verify`` can tell
 corrupt data (bytes that decode but differ) from stale or foreign data. It
@@ -17,12 +23,15 @@ carries no timestamp, so re-writing a unit rewrites an identical record.
 import hashlib
 import json
 import os
+import uuid
 
 import numpy as np
 import tensorstore as ts
 
 PREFIX = "ledger/"
 RECORD_FORMAT = "distill-teacher-store/commit/1"
+TOMBSTONE_PREFIX = PREFIX + "uncommitted/"
+TOMBSTONE_FORMAT = "distill-teacher-store/uncommit/1"
 
 
 def record_key(unit: int) -> str:
@@ -63,16 +72,23 @@ def write(kv: ts.KvStore, record: dict):
     kv.write(record_key(record["unit"]), encode_record(record)).result()
 
 
+def uncommit(kv: ts.KvStore, unit: int):
+    """Un-commits a unit (before it is re-written, repaired or invalidated by a resize).
+
+    A unit that has a record gets a tombstone first (see the module docstring);
+    one without a record costs one read.
+    """
+    if read(kv, unit) is not None:
+        key = f"{TOMBSTONE_PREFIX}unit_{unit:08d}_{uuid.uuid4().hex}/zarr.json"
+        # The parent group node keeps the hierarchy walkable by zarr-python.
+        kv.write(TOMBSTONE_PREFIX + "zarr.json", encode_record({})).result()
+        kv.write(key, encode_record({"format": TOMBSTONE_FORMAT, "unit": unit})).result()
+    delete(kv, unit)
+
+
 def delete(kv: ts.KvStore, unit: int):
-    """Un-commits a unit (before it is re-written or invalidated by a resize)."""
-    kv.write(record_key(unit), None).result()
-    if kv.url.startswith("file://"):
-        # The file kvstore leaves the empty unit_N/ directory, which plain
-        # zarr-python would then warn about when walking the hierarchy.
-        try:
-            os.rmdir(os.path.join(kv.path, os.path.dirname(record_key(unit))))
-        except OSError:
-            pass
+    """Deletes a unit's record only (no tombstone: a snapshot listing it goes stale; use ``uncommit``)."""
+    delete_keys(kv, [record_key(unit)])
 
 
 def read(kv: ts.KvStore, unit: int) -> dict | None:
@@ -86,12 +102,12 @@ def read_many(kv: ts.KvStore, units) -> dict:
     return {u: _decode(f.result()) for u, f in futures.items()}
 
 
-def committed_units(kv: ts.KvStore) -> set[int]:
-    """Units with a commit record (one list operation, no record reads)."""
-    keys = kv.list(ts.KvStore.KeyRange(inclusive_min=PREFIX + "unit_",
-                                       exclusive_max=PREFIX + "unit`")).result()
+def committed_units(kv: ts.KvStore, start: int | None = None, stop: int | None = None) -> set[int]:
+    """Units in [start, stop) with a commit record (one list operation, no record reads)."""
+    lo = PREFIX + ("unit_" if start is None else f"unit_{start:08d}")
+    hi = PREFIX + ("unit`" if stop is None else f"unit_{stop:08d}")
     units = set()
-    for key in keys:
+    for key in kv.list(ts.KvStore.KeyRange(inclusive_min=lo, exclusive_max=hi)).result():
         name = key.decode()[len(PREFIX):]
         if name.startswith("unit_") and name.endswith("/zarr.json"):
             try:
@@ -99,3 +115,33 @@ def committed_units(kv: ts.KvStore) -> set[int]:
             except ValueError:
                 continue
     return units
+
+
+def tombstones(kv: ts.KvStore) -> dict[str, int]:
+    """{tombstone key: unit} (one list operation)."""
+    out = {}
+    for key in kv.list(ts.KvStore.KeyRange(inclusive_min=TOMBSTONE_PREFIX,
+                                           exclusive_max=TOMBSTONE_PREFIX[:-1] + "0")).result():
+        name = key.decode()[len(TOMBSTONE_PREFIX):]
+        if name.startswith("unit_") and name.endswith("/zarr.json"):
+            try:
+                out[key.decode()] = int(name[len("unit_"):].split("_")[0])
+            except ValueError:
+                continue
+    return out
+
+
+def delete_keys(kv: ts.KvStore, keys):
+    """Deletes ``keys`` (``.../zarr.json`` of ledger nodes) concurrently."""
+    keys = list(keys)
+    for f in [kv.write(k, None) for k in keys]:
+        f.result()
+    spec = kv.spec().to_json()
+    if spec["driver"] == "file":
+        # The file kvstore leaves the empty unit_N/ directory, which plain
+        # zarr-python would then warn about when walking the hierarchy.
+        for k in keys:
+            try:
+                os.rmdir(os.path.join(spec["path"], os.path.dirname(k)))
+            except OSError:
+                pass

@@ -80,8 +80,8 @@ class LocalArrayReader:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise errors.CorruptStoreError(
-                f"shard file {path} is missing for a committed unit; run `python -m store verify` "
-                "and re-write the unit") from None
+                f"shard file {path} is missing for a committed unit; run `python -m store repair STORE` "
+                "and re-run the dump (it re-writes the unit)") from None
         try:
             index = self._read_index(fd, path)
             base = shard * self.shard_rows
@@ -103,8 +103,8 @@ class LocalArrayReader:
                 got = os.preadv(fd, [memoryview(target).cast("B"), trailer], int(offset))
                 if got != self.chunk_bytes + 4 or _crc(target) != int.from_bytes(trailer, "little"):
                     raise errors.CorruptStoreError(
-                        f"inner chunk {c} of {path} fails its crc32c checksum; run `python -m store verify` "
-                        "and re-write the unit")
+                        f"inner chunk {c} of {path} fails its crc32c checksum; run `python -m store repair STORE` "
+                        "and re-run the dump (it re-writes the unit)")
                 if not whole:
                     out[a - start:b - start] = target[a - c0:b - c0]
         finally:
@@ -116,6 +116,6 @@ class LocalArrayReader:
         raw = os.pread(fd, size, end - size) if end >= size else b""
         if len(raw) != size or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise errors.CorruptStoreError(
-                f"shard index of {path} is truncated or fails its crc32c; run `python -m store verify` "
-                "and re-write the unit")
+                f"shard index of {path} is truncated or fails its crc32c; run `python -m store repair STORE` "
+                "and re-run the dump (it re-writes the unit)")
         return np.frombuffer(raw, "<u8", count=self.chunks_per_shard * 2).reshape(-1, 2)

@@ -1,7 +1,9 @@
 """Reading aligned rows: the trainer's (and Grain workers') view of a store.
 
 ``StoreReader`` snapshots the manifest and the committed units when it is
-constructed. It pickles to (url, allow_partial, snapshot) and opens its
+constructed (from the ledger snapshot when the store has a sound one: a
+constant number of requests, see store/snapshot.py; else by listing the
+commit records). It pickles to (url, allow_partial, snapshot) and opens its
 TensorStore handles lazily, once per process (Grain workers unpickle it), under
 a lock, so one reader can be shared by threads. A ``read`` issues one
 TensorStore read future per (contiguous row run, stored array), all in
@@ -22,7 +24,7 @@ import threading
 
 import numpy as np
 
-from store import errors, layout, ledger, localread, profiles
+from store import errors, layout, localread, profiles, remote, snapshot
 from store.schema import read_manifest
 
 # Uncompressed arrays of local stores are read by store.localread (about 4x
@@ -52,7 +54,8 @@ class StoreReader:
         self.num_rows = int(tokens.shape[0])
         R = self.schema.rows_per_unit
         self.num_units = (self.num_rows + R - 1) // R
-        self.committed_units = frozenset(u for u in ledger.committed_units(kv) if u < self.num_units)
+        units, self.ledger_source = snapshot.committed_units(kv, self.num_units)
+        self.committed_units = frozenset(units)
         missing = self.num_units - len(self.committed_units)
         if missing and not self.allow_partial:
             first = min(set(range(self.num_units)) - self.committed_units)
@@ -100,9 +103,11 @@ class StoreReader:
     def committed_rows(self) -> np.ndarray:
         """int64 indices of every readable row, ascending."""
         R = self.schema.rows_per_unit
-        parts = [np.arange(u * R, min((u + 1) * R, self.num_rows), dtype=np.int64)
-                 for u in sorted(self.committed_units)]
-        return np.concatenate(parts) if parts else np.zeros((0,), np.int64)
+        # Vectorized (a C4-sized store has ~1M units): every unit's R rows, then the
+        # short last unit's rows past num_rows dropped.
+        units = np.sort(np.fromiter(self.committed_units, np.int64, len(self.committed_units)))
+        rows = (units[:, None] * R + np.arange(R, dtype=np.int64)).ravel()
+        return rows[rows < self.num_rows]
 
     def default_fields(self) -> tuple:
         """Every field of the store: tokens, topk (if k > 0), hidden/<l> per layer."""
@@ -243,9 +248,11 @@ class StoreReader:
             try:
                 parts = [f.result() for f in futs]
             except ValueError as e:
+                if remote.is_access_failure(e):
+                    raise remote.storage_error(e, self.url, f"reading {name} of") from None
                 raise errors.CorruptStoreError(
                     f"reading {name} of {self.url} failed: {str(e).splitlines()[0]}; "
-                    "run `python -m store verify` and re-write the bad units") from None
+                    f"run `python -m store repair {self.url}` and re-run the dump (it re-writes the bad units)") from None
             out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return {name: out[name] for name in names}
 

@@ -174,7 +174,7 @@ def read_manifest(url: str):
         StoreNotFoundError: nothing at ``url``, or a Zarr group that is not a store.
         SchemaMismatchError: a store written by a newer format version.
     """
-    from store import layout  # Local import: layout is only needed to open a store.
+    from store import layout, remote  # Local import: layout is only needed to open a store.
     url = layout.normalize_url(url)
     path = layout.local_path(url)
     if path is not None and not os.path.isdir(path):
@@ -187,6 +187,7 @@ def read_manifest(url: str):
         raise errors.StoreNotFoundError(
             f"{url}zarr.json is not valid JSON; pass the root of a store written by store.create_store") from None
     if root is None:
+        remote.check_bucket(kv, url)
         raise errors.StoreNotFoundError(f"no store at {url} (no zarr.json; empty or not a Zarr group); "
                                   "check the path or create one with store.create_store")
     if root.get("zarr_format") != 3 or root.get("node_type") != "group":

@@ -5,11 +5,13 @@
 * teacher entropy over the stored support (softmax of the log-probs);
 * per captured layer: per-token L2 norm, mean squared magnitude, and the
   channels with the largest mean |x| (the outlier channels the compact
-  profile keeps apart).
+  profile keeps apart);
+* given KD settings (α, τ, tail), the penalty of the objective's own optimum
+  (``store.objective_penalty``) on the sampled positions.
 """
 import numpy as np
 
-from store import profiles
+from store import errors, objective_penalty, profiles
 from store.reader import StoreReader
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -24,7 +26,8 @@ def _summary(x: np.ndarray) -> dict:
     return out
 
 
-def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool = True) -> dict:
+def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool = True,
+                loss: dict | None = None) -> dict:
     """Statistics over a random sample of committed rows.
 
     Args:
@@ -32,10 +35,13 @@ def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool =
         sample_rows: rows to sample (all committed rows if fewer).
         seed: sampling seed (the same seed samples the same rows).
         allow_partial: sample the committed rows of an unfinished store.
+        loss: {"alpha", "tau", "tail", "divergence"?} to also report the KD
+            objective penalty (needs a store with top-k).
 
     Returns:
         {"url", "rows_sampled", "tokens": {...}, "topk": {"coverage", "entropy", "tail_mass_mean"},
-         "hidden": {layer: {"token_l2_norm", "mean_square", "top_channels"}}}.
+         "hidden": {layer: {"token_l2_norm", "mean_square", "top_channels"}},
+         "objective_penalty": {...} (when `loss` is given)}.
     """
     reader = StoreReader(url, allow_partial=allow_partial)
     committed = reader.committed_rows()
@@ -44,10 +50,26 @@ def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool =
     rows = np.sort(rng.choice(committed, size=n, replace=False)) if n else committed[:0]
     out = {"url": reader.url, "rows_sampled": int(n), "tokens_sampled": int(n * reader.schema.seq_len)}
     pad_id = reader.schema.tokenizer.get("pad_id")
+    lps = []
     for start in range(0, n, 8):  # Small batches keep memory flat at full geometry.
         batch = reader.read(rows[start:start + 8])
         _accumulate(out, batch, reader.schema, pad_id)
-    return _finish(out, reader.schema)
+        if loss is not None and reader.schema.k:
+            lps.append(batch["topk_logprobs"].reshape(-1, reader.schema.k))
+    out = _finish(out, reader.schema)
+    if loss is not None:
+        if not reader.schema.k:
+            raise errors.StoreInputError(
+                f"store {reader.url} has k=0 (tokens only): no objective penalty to compute; "
+                "drop --alpha/--tau/--tail")
+        lp = np.concatenate(lps) if lps else np.zeros((0, reader.schema.k))
+        if lp.shape[0] > objective_penalty.MAX_POSITIONS:
+            lp = lp[np.sort(rng.choice(lp.shape[0], objective_penalty.MAX_POSITIONS,
+                                       replace=False))]
+        out["objective_penalty"] = objective_penalty.summarize(
+            lp, reader.schema.vocab_size, loss["alpha"], loss["tau"], loss["tail"],
+            loss.get("divergence", "forward_kl"))
+    return out
 
 
 def _accumulate(out, batch, schema, pad_id):

@@ -11,6 +11,10 @@ For every unit in ``[0, num_units)``:
   outside [0, V), log-probs not sorted descending or > 0 (-inf allowed for
   slots a top-p truncation dropped), non-finite activations.
 
+The ledger snapshot (store/snapshot.py), if any, must agree with the commit
+records; a disagreement makes ``ok`` False and is reported as
+``ledger_snapshot``.
+
 Units are read in row blocks of at most ``MAX_BLOCK_BYTES`` so that verifying
 full-size units (hundreds of MB) stays within memory; the sha256 is updated
 block by block (rows are the leading dimension, so this hashes the same bytes
@@ -20,7 +24,7 @@ import hashlib
 
 import numpy as np
 
-from store import errors, layout, ledger, profiles
+from store import errors, layout, ledger, profiles, snapshot
 from store.reader import StoreReader
 
 MAX_BLOCK_BYTES = 256 << 20
@@ -34,8 +38,8 @@ def verify_store(url) -> dict:
 
     Returns:
         {"url", "ok", "num_rows", "num_units", "committed_units", "bad_units": [
-            {"unit", "rows": [start, stop], "status", "detail"}]}; ``ok`` is True
-        iff every unit is committed and sound.
+            {"unit", "rows": [start, stop], "status", "detail"}], "ledger_snapshot": None or why
+        it disagrees}; ``ok`` is True iff every unit is committed and sound and the snapshot agrees.
 
     Raises:
         StoreNotFoundError: no store at ``url``.
@@ -45,8 +49,11 @@ def verify_store(url) -> dict:
     profile = profiles.get_profile(schema.profile)
     specs = {s.name: s for s in profile.arrays(schema)}
     kv = layout.open_kvstore(reader.url)
-    keys = {k.decode() for k in kv.list().result()}
-    records = ledger.read_many(kv, sorted(reader.committed_units))
+    # The records themselves, not the snapshot the reader may have used: they are the truth.
+    committed = {u for u in ledger.committed_units(kv) if u < reader.num_units}
+    # Shard keys are only needed to tell partial from missing units.
+    keys = set() if len(committed) == reader.num_units else {k.decode() for k in kv.list().result()}
+    records = ledger.read_many(kv, sorted(committed))
     R = schema.rows_per_unit
     bad = []
     for unit in range(reader.num_units):
@@ -69,8 +76,10 @@ def verify_store(url) -> dict:
             problem = _check_unit(reader, profile, specs, rows, record)
         if problem is not None:
             report(*problem)
-    return {"url": reader.url, "ok": not bad, "num_rows": reader.num_rows, "num_units": reader.num_units,
-            "committed_units": len(reader.committed_units), "bad_units": bad}
+    stale = snapshot.disagreement(kv, reader.num_units)
+    return {"url": reader.url, "ok": not bad and stale is None, "num_rows": reader.num_rows,
+            "num_units": reader.num_units, "committed_units": len(committed), "bad_units": bad,
+            "ledger_snapshot": stale}
 
 
 def _check_record(record, rows, schema_sha, specs):

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from store import errors, layout, ledger, profiles
+from store import errors, layout, ledger, profiles, remote, snapshot
 from store.schema import (StoreSchema, build_manifest, check_same_schema, read_manifest)
 
 
@@ -78,6 +78,11 @@ def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
 def open_writer(url) -> "StoreWriter":
     """Opens an existing store for writing units (StoreNotFoundError if none)."""
     return StoreWriter(url)
+
+
+def compact_store(url) -> dict:
+    """Writes the ledger snapshot of the store at ``url`` (``python -m store compact``); see StoreWriter.compact."""
+    return open_writer(url).compact()
 
 
 def _non_empty_dir(path: str) -> bool:
@@ -140,14 +145,26 @@ class StoreWriter:
             return
         R = self.schema.rows_per_unit
         if old % R and (old // R) in self.committed_units():
-            ledger.delete(self._kv, old // R)
+            ledger.uncommit(self._kv, old // R)
         for name, arr in self._arrays.items():
             arr.resize(exclusive_max=[num_rows] + [None] * (arr.rank - 1),
                        resize_metadata_only=True, expand_only=True).result()
         self._open_arrays(None)
 
     def committed_units(self) -> set[int]:
-        return {u for u in ledger.committed_units(self._kv) if u < self.num_units}
+        """Committed units (through the ledger snapshot if there is one, see store/snapshot.py)."""
+        return snapshot.committed_units(self._kv, self.num_units)[0]
+
+    def compact(self) -> dict:
+        """Writes the ledger snapshot (call when units complete; one compaction at a time per store).
+
+        Returns:
+            {"units", "runs", "tombstones_cleared"} of the snapshot written.
+        """
+        try:
+            return snapshot.compact(self._kv)
+        except ValueError as e:
+            raise remote.storage_error(e, self.url, "compacting the ledger of") from None
 
     def is_committed(self, unit: int) -> bool:
         return ledger.read(self._kv, int(unit)) is not None
@@ -167,28 +184,31 @@ class StoreWriter:
         """
         start, stop = self.unit_rows(unit)
         encoded = self._encode(stop - start, tokens, topk_ids, topk_logprobs, hidden)
-        ledger.delete(self._kv, int(unit))
-        futures = [self._arrays[name][start:stop].write(x) for name, x in encoded.items()]
-        for f in futures:
-            f.result()
         record = ledger.make_record(int(unit), (start, stop), self.manifest["schema_sha256"], encoded)
-        ledger.write(self._kv, record)
+        try:
+            ledger.uncommit(self._kv, int(unit))
+            futures = [self._arrays[name][start:stop].write(x) for name, x in encoded.items()]
+            for f in futures:
+                f.result()
+            ledger.write(self._kv, record)
+        except ValueError as e:  # After TensorStore's retries; the unit stays uncommitted.
+            raise remote.storage_error(e, self.url, f"writing unit {unit} of") from None
 
     def _encode(self, rows, tokens, topk_ids, topk_logprobs, hidden) -> dict:
         s = self.schema
         T, K, V = s.seq_len, s.k, s.vocab_size
-        tokens = _check_array("tokens", tokens, (rows, T), "integer")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+        tokens_RxT = _check_array("tokens", tokens, (rows, T), "integer")
+        if tokens_RxT.size and (tokens_RxT.min() < 0 or tokens_RxT.max() >= V):
             raise errors.StoreInputError(f"tokens must be in [0, vocab_size={V}); got range "
-                                         f"[{tokens.min()}, {tokens.max()}]; check the tokenizer")
-        encoded = {"tokens": tokens.astype(np.int32)}
+                                         f"[{tokens_RxT.min()}, {tokens_RxT.max()}]; check the tokenizer")
+        encoded = {"tokens": tokens_RxT.astype(np.int32)}
         if K:
             if topk_ids is None or topk_logprobs is None:
                 raise errors.StoreInputError(f"this store has k={K}: pass topk_ids and topk_logprobs")
-            ids = _check_array("topk_ids", topk_ids, (rows, T, K), "integer")
-            lp = _check_array("topk_logprobs", topk_logprobs, (rows, T, K), "floating")
-            _check_topk(ids, lp, V)
-            encoded.update(self._profile.encode_topk(ids, lp.astype(np.float32), V))
+            ids_RxTxK = _check_array("topk_ids", topk_ids, (rows, T, K), "integer")
+            logprobs_RxTxK = _check_array("topk_logprobs", topk_logprobs, (rows, T, K), "floating")
+            _check_topk(ids_RxTxK, logprobs_RxTxK, V)
+            encoded.update(self._profile.encode_topk(ids_RxTxK, logprobs_RxTxK.astype(np.float32), V))
         elif topk_ids is not None or topk_logprobs is not None:
             raise errors.StoreInputError("this store has k=0 (tokens only): pass topk_ids=None, topk_logprobs=None")
         hidden = dict(hidden or {})
@@ -197,12 +217,13 @@ class StoreWriter:
             raise errors.StoreInputError(
                 f"hidden must have exactly the layers {sorted(wanted)}, got {sorted(hidden)}")
         for layer in s.hidden_layers:
-            x = _check_array(f"hidden[{layer}]", hidden[layer], (rows, T, s.hidden_dim), "floating")
-            x = np.asarray(x, dtype=np.float32)
-            if not np.isfinite(x).all():
+            hidden_RxTxD = np.asarray(_check_array(f"hidden[{layer}]", hidden[layer],
+                                                   (rows, T, s.hidden_dim), "floating"),
+                                      dtype=np.float32)
+            if not np.isfinite(hidden_RxTxD).all():
                 raise errors.StoreInputError(
                     f"hidden[{layer}] has NaN/inf values; fix the teacher forward pass (check its dtype)")
-            encoded.update(self._profile.encode_hidden(layer, x))
+            encoded.update(self._profile.encode_hidden(layer, hidden_RxTxD))
         return encoded
 
 

@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from trainer.model import gemma3 as model
+from trainer.model import gemma3 as model, tiling
+from trainer.model.errors import ConfigError, ModelInputError
 
 # Tokens per de-embedding tile. 2048 × 32k fp32 logits = 256 MiB: large enough
 # that the [tile, D] × [D, V] matmul runs at full speed on a GPU, small enough
@@ -37,12 +38,10 @@ DEFAULT_TOKEN_TILE = 2048
 ExtractFn = Callable[[Any, jax.Array], dict]
 
 
-class ExtractConfigError(ValueError):
-    """A bad extraction option (k, layers, top_p, token_tile)."""
+ExtractConfigError = ConfigError  # A bad extraction option (k, layers, top_p, token_tile)
 
 
-class TokenRangeError(ValueError):
-    """Token ids outside [0, vocab_size)."""
+TokenRangeError = ModelInputError  # Token ids outside [0, vocab_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,37 +175,6 @@ def truncate_top_p(topk_ids_XxK: jax.Array, topk_logprobs_XxK: jax.Array,
     return ids, logprobs
 
 
-def map_token_tiles(fn: Callable, x_BxTxD: jax.Array, token_tile: int):
-    """Applies fn to consecutive position tiles [B, t, D] of x, sequentially.
-
-    Tiles run one after another (lax.map), so what fn materialises per tile
-    (e.g. [B, t, V] logits) is live for one tile only. Tiles cut the sequence
-    axis, never the batch axis, so a batch sharded over devices stays sharded.
-
-    Args:
-        fn: maps [B, t, D] to a pytree of [B, t, ...] arrays.
-        x_BxTxD: token vectors; the last tile is zero-padded along T.
-        token_tile: tokens per tile; t = max(1, token_tile // B), clipped to T.
-
-    Returns:
-        fn's pytree with the tiles put back together to [B, T, ...].
-    """
-    b, t, d = x_BxTxD.shape
-    tile_t = max(1, min(t, token_tile // b))
-    num_tiles = -(-t // tile_t)
-    pad = num_tiles * tile_t - t
-    if pad:
-        x_BxTxD = jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0)))
-    x_CxBxtxD = x_BxTxD.reshape(b, num_tiles, tile_t, d).swapaxes(0, 1)
-    out = jax.lax.map(fn, x_CxBxtxD)
-
-    def untile(y_CxBxtxR):
-        y_BxCxtxR = y_CxBxtxR.swapaxes(0, 1)
-        return y_BxCxtxR.reshape((b, num_tiles * tile_t) + y_CxBxtxR.shape[3:])[:, :t]
-
-    return jax.tree_util.tree_map(untile, out)
-
-
 def tiled_topk(params, hidden_BxTxD: jax.Array, cfg, k: int,
                token_tile: int, rank_float32: bool = False
                ) -> tuple[jax.Array, jax.Array]:
@@ -229,7 +197,7 @@ def tiled_topk(params, hidden_BxTxD: jax.Array, cfg, k: int,
             logits_BxtxV = logits_BxtxV.astype(jnp.float32)
         return topk_logprobs(logits_BxtxV, k)
 
-    return map_token_tiles(one_tile, hidden_BxTxD, token_tile)
+    return tiling.map_token_tiles(one_tile, hidden_BxTxD, token_tile)
 
 
 def extract_signal(params, tokens_BxT: jax.Array, cfg,

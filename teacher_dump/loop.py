@@ -15,12 +15,12 @@ import jax
 import numpy as np
 
 from teacher_dump import extract
+from trainer.model.errors import ModelInputError
 
 ProgressFn = Callable[[int, int], None]
 
 
-class BatchingError(ValueError):
-    """Bad input to the batching loop (shape, dtype or batch size)."""
+BatchingError = ModelInputError  # Bad input to the batching loop (shape, dtype or batch size)
 
 
 def _check_tokens(tokens_NxT) -> np.ndarray:

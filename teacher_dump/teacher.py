@@ -13,14 +13,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from teacher_dump import extract, loop
 from trainer.model import model_config, model_io
+from trainer.model.errors import ConfigError, ModelIOError
 
 
-class TeacherLoadError(ValueError):
-    """A teacher checkpoint is missing or unreadable."""
+TeacherLoadError = ModelIOError  # A teacher checkpoint is missing or unreadable
 
 
-class DevicePlacementError(ValueError):
-    """Asked for devices this process does not have."""
+DevicePlacementError = ConfigError  # Asked for devices this process does not have
 
 
 @dataclasses.dataclass(eq=False)

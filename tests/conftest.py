@@ -10,3 +10,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def wiki_tokenizer(tmp_path_factory):
+    """(documents, tokenizer path): the demo corpus (real text) and a 600-piece
+    SentencePiece model trained on its first 300 documents; later documents are
+    unseen text. Skips when the corpus package is not installed."""
+    from trainer.model.tokenizer import train_tokenizer
+    from scripts import demo_corpus
+    try:
+        docs = demo_corpus.load_documents()
+    except demo_corpus.CorpusError as e:
+        pytest.skip(str(e))
+    prefix = tmp_path_factory.mktemp("wiki_tok") / "spm"
+    return docs, train_tokenizer(docs[:300], str(prefix), vocab_size=600, num_threads=1)

@@ -163,7 +163,8 @@ def test_forbidden_third_party_imports():
 
 
 @pytest.mark.parametrize("module", ["pipelines.plan", "trainer.model.layout",
-                                    "trainer.model.tokenizer", "trainer.model.model_config"])
+                                    "trainer.model.tokenizer", "trainer.model.model_config",
+                                    "trainer.model.errors"])
 def test_light_modules_do_not_import_jax_at_import_time(module):
     # What `import module` loads: the closure of module-level imports.
     modules = _modules()

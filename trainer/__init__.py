@@ -11,5 +11,7 @@ tests/test_import_graph.py):
   sharding, the loop, its state, checkpoints, metrics (``python -m trainer``).
 * ``trainer.evaluate`` — evaluation of a checkpoint (``python -m trainer.evaluate``).
 * ``trainer.report``   — sweep comparison report (``python -m trainer.report``).
+* ``trainer.sweep``    — hyper-parameter sweeps (``python -m trainer.sweep``).
 * ``trainer.configs``  — the shipped training configs, loaded by path.
+* ``trainer.export_hf`` — CLI of ``trainer.model.hf_export`` (Hugging Face export).
 """

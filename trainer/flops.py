@@ -50,6 +50,7 @@ import jax
 import numpy as np
 
 from trainer.model import gemma3 as model, model_config, regressors
+from trainer.model.errors import ConfigError
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
 # Per-phase cost keys of each method (HLDF: phase 1 = "ht", phase 2 = "kd").
@@ -61,8 +62,7 @@ METHOD_PHASES: dict[str, tuple[str, ...]] = {
 }
 
 
-class FlopsError(ValueError):
-    """Bad input to the FLOPs accounting (unknown method, non-positive numbers)."""
+FlopsError = ConfigError  # Bad FLOPs-accounting input (unknown method, non-positive numbers)
 
 
 def _positive(value, name, integer=False):

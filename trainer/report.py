@@ -5,11 +5,12 @@
 Reads RUN_DIR/config.json, metrics.jsonl and eval.json (a directory holding run
 directories is expanded) and writes DIR/report.md plus PNGs:
 
-* best run per method by held-out log-perplexity, with the task errors
-  (the paper's Table 2);
-* pointwise improvement over KD at shared hyper-parameters: KD log-ppl minus
-  the method's, for each pair of runs agreeing on every hyper-parameter both
-  methods have (histograms, Figures 2-4);
+* best setting per method by held-out log-perplexity (mean over seeds), with
+  the task errors (the paper's Table 2);
+* pointwise improvement over KD at shared settings: KD log-ppl minus the
+  method's, for each pair of runs agreeing on every config field that differs
+  between the runs and both methods read: η, τ, α, γ, p1, but also tail, k,
+  seed, divergence, α schedule (histograms, Figures 2-4);
 * scatter of each method's log-ppl against KD's for those pairs (Figures 5-7);
 * training loss against cumulative FLOPs (compute-matched comparison).
 
@@ -32,16 +33,30 @@ matplotlib.use("Agg")  # Files only; no display on servers.
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from trainer.training import metrics  # noqa: E402
+from trainer.training import config as config_lib, metrics  # noqa: E402
 
 # --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
 METHOD_KEY = "method"
 GROUP_KEYS = {"model": "model.name", "budget": "budget.value", "budget_unit": "budget.unit"}
-HPARAM_KEYS = {"lr": "optim.lr", "tau": "loss.tau", "alpha": "loss.alpha",
-               "gamma": "loss.gamma", "p1": "hldf.p1"}
-# Hyper-parameters that shape each method's training (the others are inert).
-METHOD_HPARAMS = {"nll": ("lr",), "kd": ("lr", "tau", "alpha"),
-                  "hldc": ("lr", "tau", "alpha", "gamma"), "hldf": ("lr", "tau", "alpha", "p1")}
+# Every other config field that differs between the runs given is a setting the runs are
+# told apart, paired and selected by (η, τ, α, γ, p1, but also tail, k, seed, divergence,
+# α schedule, ...), except bookkeeping that cannot change the result:
+BOOKKEEPING_KEYS = ("run_dir", "log_every", "checkpoint_every", "keep_checkpoints",
+                    "peak_flops_per_device", "distributed", "store.allow_partial",
+                    "data.num_threads", "data.prefetch_buffer_size", "data.num_workers",
+                    "loss.token_tile")
+BOOKKEEPING_PREFIXES = ("debug.", "mesh.")
+# Fields a method never reads (prefix match): a difference there does not split its runs.
+INERT = {"nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k"),
+         "kd": ("loss.gamma", "hldf.", "teacher.", "student_layer"),
+         "hldc": ("hldf.",), "hldf": ("loss.gamma",)}
+METHODS = tuple(INERT)  # The methods the report knows, in table order.
+SEED_KEY = "seed"
+# Short names in tables; any other differing field shows as its dotted key.
+SHORT_NAMES = {"optim.lr": "lr", "loss.tau": "tau", "loss.alpha": "alpha",
+               "loss.gamma": "gamma", "hldf.p1": "p1", "loss.tail": "tail",
+               "loss.divergence": "divergence", "loss.alpha_schedule": "alpha_schedule",
+               "data.k": "k"}
 REFERENCE_METHOD = "kd"
 # metrics.jsonl: x axis and the loss plotted (first key present wins).
 FLOPS_KEY = "cumulative_flops"
@@ -65,6 +80,8 @@ class Run:
     eval: dict[str, dict]
     curve: list[tuple[float, float]]
     curve_key: str | None
+    config: dict = dataclasses.field(default_factory=dict)
+    seed_ppls: list = dataclasses.field(default_factory=list)  # set by best_per_method
 
     @property
     def log_ppl(self) -> float | None:
@@ -117,11 +134,10 @@ def load_run(path: str) -> Run:
     """Reads one run directory (eval.json and metrics.jsonl are optional)."""
     config = _read_json(os.path.join(path, "config.json"), "config.json (python -m trainer)")
     method = str(_lookup(config, METHOD_KEY) or "").lower()
-    if method not in METHOD_HPARAMS:
+    if method not in METHODS:
         raise ReportError(f"{path}/config.json has method={method!r}; expected one of "
-                          f"{sorted(METHOD_HPARAMS)}: pass trainer run directories")
-    hparams = {name: _lookup(config, key) for name, key in HPARAM_KEYS.items()
-               if name in METHOD_HPARAMS[method]}
+                          f"{sorted(METHODS)}: pass trainer run directories")
+    hparams = {}  # Filled by load_runs: which fields differ depends on all the runs.
     group = tuple(_lookup(config, key) for key in GROUP_KEYS.values())
     eval_path = os.path.join(path, "eval.json")
     evals = _read_json(eval_path, "eval.json (python -m trainer.evaluate)").get("tasks", {}) \
@@ -135,30 +151,63 @@ def load_run(path: str) -> Run:
             curve = [(float(r[FLOPS_KEY]), float(r[curve_key])) for r in records
                      if FLOPS_KEY in r and curve_key in r]
     return Run(os.path.basename(os.path.normpath(path)), path, method, group, hparams, evals,
-               curve, curve_key)
+               curve, curve_key, config=config_lib.flatten(config))
+
+
+def differing_keys(runs: Sequence[Run]) -> list[str]:
+    """Config fields whose value differs between the runs (bookkeeping excluded)."""
+    keys = sorted(set().union(*(r.config for r in runs))) if runs else []
+    skip = set(BOOKKEEPING_KEYS) | set(GROUP_KEYS.values()) | {METHOD_KEY}
+    return [k for k in keys if k not in skip and not k.startswith(BOOKKEEPING_PREFIXES)
+            and len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
+
+
+def load_runs(paths: Sequence[str]) -> list[Run]:
+    """Loads run directories and sets each run's settings (the fields that differ)."""
+    runs = [load_run(p) for p in expand_run_dirs(paths)]
+    keys = differing_keys(runs)
+    for run in runs:
+        names = {SHORT_NAMES.get(k, k): k for k in keys if not k.startswith(INERT[run.method])}
+        run.hparams = {name: run.config.get(names[name]) for name in sorted(names)}
+    return runs
 
 
 def best_per_method(runs: Sequence[Run]) -> list[Run]:
-    """Per (group, method), the evaluated run with the lowest log-ppl."""
-    best: dict[tuple, Run] = {}
+    """Per (group, method), the evaluated setting with the lowest mean log-ppl over seeds.
+
+    Runs that differ only in the seed are one setting: it is selected by its
+    mean (never by its luckiest seed), and the returned run (its first seed)
+    carries every seed's log-ppl in ``seed_ppls``.
+    """
+    settings: dict[tuple, list[Run]] = collections.defaultdict(list)
     for run in runs:
         if run.log_ppl is None:
             continue
-        key = (run.group, run.method)
-        if key not in best or run.log_ppl < best[key].log_ppl:
-            best[key] = run
-    return [best[k] for k in sorted(best, key=lambda k: (str(k[0]), list(METHOD_HPARAMS).index(k[1])))]
+        rest = json.dumps({k: v for k, v in run.hparams.items() if k != SEED_KEY},
+                          sort_keys=True, default=str)
+        settings[(run.group, run.method, rest)].append(run)
+    best: dict[tuple, list[Run]] = {}
+    for (group, method, _), members in settings.items():
+        mean = sum(r.log_ppl for r in members) / len(members)
+        key = (group, method)
+        if key not in best or mean < sum(r.log_ppl for r in best[key]) / len(best[key]):
+            best[key] = members
+    out = []
+    for k in sorted(best, key=lambda k: (str(k[0]), list(METHODS).index(k[1]))):
+        members = sorted(best[k], key=lambda r: str(r.hparams.get(SEED_KEY)))
+        out.append(dataclasses.replace(members[0], seed_ppls=[r.log_ppl for r in members]))
+    return out
 
 
 def kd_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
-    """Per method, (method run, KD run) pairs equal on the hyper-parameters both have."""
+    """Per method, (method run, KD run) pairs equal on every setting both read (seed too)."""
     kd_runs = [r for r in runs if r.method == REFERENCE_METHOD and r.log_ppl is not None]
     pairs = collections.defaultdict(list)
     for run in runs:
         if run.method == REFERENCE_METHOD or run.log_ppl is None:
             continue
-        shared = set(METHOD_HPARAMS[run.method]) & set(METHOD_HPARAMS[REFERENCE_METHOD])
         for kd in kd_runs:
+            shared = set(run.hparams) & set(kd.hparams)
             if kd.group == run.group and all(_same(kd.hparams[h], run.hparams[h]) for h in shared):
                 pairs[run.method].append((run, kd))
     return dict(pairs)
@@ -194,10 +243,19 @@ def _run_row(run: Run) -> list[str]:
     errors = [run.eval.get(t, {}).get("error") for t in ERROR_TASKS]
     known = [e for e in errors if e is not None]
     mean = sum(known) / len(known) if known else None
-    hp = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                   for k, v in run.hparams.items())
-    return ([run.method.upper(), run.name, hp]
-            + [_fmt(run.eval.get(t, {}).get("log_ppl")) for t in PPL_TASKS]
+    hp = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   else f"{k}={v}" for k, v in run.hparams.items()
+                   if not (k == SEED_KEY and len(run.seed_ppls) > 1))
+    name = run.name
+    if len(run.seed_ppls) > 1:
+        ppls = run.seed_ppls
+        name += (f" ({len(ppls)} seeds: mean {sum(ppls) / len(ppls):.4f}, "
+                 f"spread {max(ppls) - min(ppls):.4f})")
+    ppl_cells = [_fmt(run.eval.get(t, {}).get("log_ppl")) for t in PPL_TASKS]
+    if len(run.seed_ppls) > 1:  # The setting's mean over seeds, as selected.
+        first = next(i for i, t in enumerate(PPL_TASKS) if "log_ppl" in run.eval.get(t, {}))
+        ppl_cells[first] = _fmt(sum(run.seed_ppls) / len(run.seed_ppls)) + " (mean)"
+    return ([run.method.upper(), name, hp] + ppl_cells
             + ["–" if e is None else f"{100 * e:.1f}" for e in errors + [mean]])
 
 
@@ -249,7 +307,7 @@ def plot_curves(runs: Sequence[Run], out_dir: str) -> str | None:
     runs = [r for r in runs if r.curve]
     if not runs:
         return None
-    colors = dict(zip(METHOD_HPARAMS, ("tab:gray", "tab:blue", "tab:green", "tab:red")))
+    colors = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:green", "tab:red")))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labelled = set()
     for run in runs:
@@ -271,7 +329,7 @@ def plot_curves(runs: Sequence[Run], out_dir: str) -> str | None:
 
 def build_report(run_paths: Sequence[str], out_dir: str) -> str:
     """Writes DIR/report.md and its PNGs; returns the Markdown path."""
-    runs = [load_run(p) for p in expand_run_dirs(run_paths)]
+    runs = load_runs(run_paths)
     os.makedirs(out_dir, exist_ok=True)
     md = ["# Distillation sweep report", "",
           f"{len(runs)} runs. Log-perplexities are mean negative log-likelihoods in nats per "
@@ -285,13 +343,15 @@ def build_report(run_paths: Sequence[str], out_dir: str) -> str:
     best = best_per_method(runs)
     for group in sorted({r.group for r in best}, key=str):
         md += [f"## Best run per method ({_group_title(group)})", "",
-               "Per method, the run with the lowest held-out log-perplexity.", "",
+               "Per method, the setting with the lowest held-out log-perplexity (mean over "
+               "seeds when a setting was run with several; the row shows its first seed).", "",
                _table([_run_row(r) for r in best if r.group == group]), ""]
     pairs = kd_pairs(runs)
     if pairs:
         md += ["## Improvement over KD at shared hyper-parameters", "",
                "Each pair: a run of the method and the KD run with the same value of every "
-               "hyper-parameter both methods have (same model and budget). "
+               "setting that differs between the runs and both methods read (seed, tail, "
+               "k, divergence, α schedule, ... ; same model and budget). "
                "Δ = KD log-ppl − method log-ppl; Δ > 0 means the method helped.", "",
                "Δ err = KD error − method error in points, averaged over the tasks both "
                "runs were evaluated on.", "",

@@ -11,12 +11,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root, name, method, lr, tau=1.0, alpha=0.9, gamma=0.1, p1=0.01, log_ppl=None,
-             errors=None, budget=1.0):
+             errors=None, budget=1.0, seed=0, tail="bucket", k=32):
     path = root / name
     path.mkdir(parents=True)
-    config = {"method": method, "model": {"name": "tiny"},
+    config = {"method": method, "model": {"name": "tiny"}, "seed": seed,
+              "run_dir": str(path), "data": {"k": k},
               "budget": {"unit": "ot", "value": budget},
-              "optim": {"lr": lr}, "loss": {"tau": tau, "alpha": alpha, "gamma": gamma},
+              "optim": {"lr": lr}, "loss": {"tau": tau, "alpha": alpha, "gamma": gamma,
+                                            "tail": tail},
               "hldf": {"p1": p1}}
     (path / "config.json").write_text(json.dumps(config))
     with open(path / "metrics.jsonl", "w") as f:
@@ -50,7 +52,7 @@ def sweep(tmp_path):
 
 
 def test_best_and_pairs(sweep):
-    runs = [report.load_run(p) for p in report.expand_run_dirs([str(sweep)])]
+    runs = report.load_runs([str(sweep)])
     assert len(runs) == 9
     best = {r.method: r.name for r in report.best_per_method(runs)}
     assert best == {"kd": "kd_0.0004_0.5", "hldc": "hldc_c", "nll": "nll_1"}
@@ -68,7 +70,8 @@ def test_build_report_writes_markdown_and_pngs(sweep, tmp_path):
     assert report.main([str(sweep), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     # Best-per-method table row of HLDC with its errors in percent and the mean.
-    assert "| HLDC | hldc_c | lr=0.0004, tau=1, alpha=0.9, gamma=0.1 | 2.8500 | – |" \
+    # Only the fields that differ between the runs name a setting (alpha is 0.9 everywhere).
+    assert "| HLDC | hldc_c | gamma=0.1, lr=0.0004, tau=1 | 2.8500 | – |" \
         " 60.0 | 30.0 | – | – | 80.0 | 56.7 |" in md
     # Only hldc_c has errors: vs its KD (70%, 40%) it has (60%, 30%) -> +10 points.
     assert "| HLDC | 3 | +0.0500 | -0.0500 | +0.1000 | 2/3 | +10.00 (1 pairs) |" in md
@@ -83,7 +86,7 @@ def test_build_report_writes_markdown_and_pngs(sweep, tmp_path):
 def test_budgets_are_not_mixed(tmp_path):
     make_run(tmp_path, "kd", "kd", 1e-4, log_ppl=3.0, budget=1.0)
     make_run(tmp_path, "hldc", "hldc", 1e-4, log_ppl=2.0, budget=2.0)
-    runs = [report.load_run(str(tmp_path / n)) for n in ("kd", "hldc")]
+    runs = report.load_runs([str(tmp_path / n) for n in ("kd", "hldc")])
     assert report.kd_pairs(runs) == {}
     assert len(report.best_per_method(runs)) == 2
 
@@ -106,3 +109,29 @@ def test_errors(tmp_path, capsys):
         f.write('{"step": 4, "lo')
     # A line cut short by a killed run is skipped (the resumed run re-logs the step).
     assert report.load_run(broken).curve == report.load_run(make_run(tmp_path, "ok", "kd", 1e-4)).curve
+
+
+def test_pairs_and_selection_use_every_differing_setting(tmp_path):
+    """Seed, tail and k split runs; a setting is chosen by its mean over seeds."""
+    root = tmp_path / "s"
+    make_run(root, "kd_s0", "kd", 1e-4, seed=0, log_ppl=3.00)
+    make_run(root, "kd_s1", "kd", 1e-4, seed=1, log_ppl=3.02)
+    make_run(root, "kd_zero", "kd", 1e-4, tail="zero", log_ppl=2.99)   # one lucky seed
+    make_run(root, "kd_zero_s1", "kd", 1e-4, tail="zero", seed=1, log_ppl=3.20)
+    make_run(root, "kd_k8", "kd", 1e-4, k=8, log_ppl=3.5)
+    make_run(root, "hldc_s1", "hldc", 1e-4, seed=1, log_ppl=2.97)
+    make_run(root, "nll_s0", "nll", 1e-4, seed=0, tail="zero", k=8, log_ppl=3.3)
+    runs = report.load_runs([str(root)])
+    # HLDC seed 1 (tail bucket, k 32) pairs with exactly one KD run: kd_s1.
+    assert [kd.name for _, kd in report.kd_pairs(runs)["hldc"]] == ["kd_s1"]
+    # NLL ignores loss.* and data.k: it pairs with every seed-0 KD run.
+    assert sorted(kd.name for _, kd in report.kd_pairs(runs)["nll"]) == [
+        "kd_k8", "kd_s0", "kd_zero"]
+    best = {r.method: r for r in report.best_per_method(runs)}
+    assert best["kd"].name == "kd_s0" and best["kd"].seed_ppls == [3.00, 3.02]
+    md = (tmp_path / "o")
+    report.build_report([str(root)], str(md))
+    text = (md / "report.md").read_text()
+    assert "| KD | kd_s0 (2 seeds: mean 3.0100, spread 0.0200) | k=32, tail=bucket | " \
+        "3.0100 (mean) |" in text
+    assert "| KD | kd_s0 | k=32, seed=0, tail=bucket | 3.0000 |" in text  # all-runs table

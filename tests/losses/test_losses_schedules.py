@@ -39,7 +39,7 @@ def test_constant_after_warmup():
     lr = schedules.constant_after_warmup(1e-3, 1000)
     np.testing.assert_allclose(_at(lr, [0, 500, 1000, 10**6]), [0.0, 5e-4, 1e-3, 1e-3],
                                rtol=1e-6)
-    assert float(schedules.lr_schedule("constant", 2.0, 5, 0)(3)) == 2.0
+    assert float(schedules.constant_after_warmup(2.0, 0)(3)) == 2.0
 
 
 @pytest.mark.parametrize("name,kwargs,steps,want", [
@@ -64,7 +64,7 @@ def test_alpha_schedules(name, kwargs, steps, want):
     (lambda: schedules.wsd(1e-3, 0, 0), "total_steps=0 must be >= 1"),
     (lambda: schedules.wsd(1e-3, 10.5, 0), "total_steps must be an integer"),
     (lambda: schedules.constant_after_warmup(1e-3, -1), "warmup_steps=-1 must be >= 0"),
-    (lambda: schedules.lr_schedule("cosine", 1e-3, 10, 0), "unknown learning-rate schedule 'cosine'"),
+    (lambda: schedules.constant_after_warmup(1e-3, 11, 10), "warmup_steps=11 exceeds total_steps=10"),
     (lambda: schedules.alpha_schedule("step", 0.5, 10), "unknown alpha schedule 'step'"),
     (lambda: schedules.alpha_schedule("constant", 1.2, 10), r"alpha=1.2 must be in \[0, 1\]"),
     (lambda: schedules.alpha_schedule("wsd", 0.5, 10, warmup_steps=10), "exceed total_steps"),

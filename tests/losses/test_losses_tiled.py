@@ -157,8 +157,8 @@ def test_bad_input_raises_clear_error(call, match):
 
 
 def test_bad_kd_config_raises_before_tracing():
-    with pytest.raises(losses.LossConfigError, match="bucket"):
-        tiled_loss.logit_terms_fn(kd=True, tail="bucket", temperature=0.5)
+    with pytest.raises(losses.LossConfigError, match="unknown KD tail mode"):
+        tiled_loss.logit_terms_fn(kd=True, tail="buckett", temperature=0.5)
 
 
 def test_compiled_gradient_temp_memory_scales_with_tile_not_batch():

@@ -26,3 +26,14 @@ def synth_unit(rng, rows, schema, top_p_drop=True):
         h[..., 1] *= 40.0  # A massive-activation channel, as in real residual streams.
         out["hidden"][layer] = h
     return out
+
+
+def load_bench(name):
+    """Imports bench/<name>.py (bench/ is not a package)."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parent.parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

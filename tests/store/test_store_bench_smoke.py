@@ -1,17 +1,14 @@
 """The store benchmark runs end to end at its real geometry (one row)."""
-import importlib.util
 import json
-import pathlib
 
 import pytest
+
+from store_testlib import load_bench
 
 
 @pytest.mark.slow
 def test_store_bench_one_row(tmp_path):
-    path = pathlib.Path(__file__).parent.parent.parent / "bench" / "store_bench.py"
-    spec = importlib.util.spec_from_file_location("store_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("store_bench")
     out = tmp_path / "r.json"
     report = bench.main(["--rows", "1", "--rows_per_unit", "1", "--read_batch", "1",
                          "--dir", str(tmp_path / "stores"), "--out", str(out)])

@@ -48,7 +48,7 @@ def test_both_paths_detect_flipped_bytes(filled_store, tmp_path, monkeypatch, us
     monkeypatch.setattr(reader_mod, "USE_LOCAL_READS", use_local)
     r = StoreReader(url)
     r.read([0, 1, 2, 3])  # other units are fine
-    with pytest.raises(CorruptStoreError, match="verify"):
+    with pytest.raises(CorruptStoreError, match="python -m store repair"):
         r.read([5])
 
 

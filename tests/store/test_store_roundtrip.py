@@ -92,7 +92,9 @@ def test_reopen_identical_and_resize(filled_store, tmp_path):
     r = StoreReader(url, allow_partial=True)
     assert r.num_rows == 10 and r.committed_rows().tolist() == [0, 1, 2, 3]
     # No empty ledger/unit_00000001/ left behind (plain zarr-python would warn about it).
-    assert sorted(p.name for p in (tmp_path / "s" / "ledger").iterdir()) == ["unit_00000000", "zarr.json"]
+    # The resize un-committed unit 1 and left a tombstone (store/ledger.py).
+    assert sorted(p.name for p in (tmp_path / "s" / "ledger").iterdir()) == [
+        "uncommitted", "unit_00000000", "zarr.json"]
 
 
 def _read_tokens(reader, row):

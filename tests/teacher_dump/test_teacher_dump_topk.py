@@ -89,11 +89,3 @@ def test_token_range_check():
         extract.check_token_range(np.array([[0, 10]]), 10)
     with pytest.raises(extract.TokenRangeError, match="token id -3"):
         extract.check_token_range(np.array([[-3, 1]]), 10)
-
-
-@pytest.mark.parametrize("token_tile", [1, 6, 7, 20, 10**6])
-def test_map_token_tiles_reassembles_in_order(token_tile):
-    x = jnp.arange(3 * 7 * 2, dtype=jnp.float32).reshape(3, 7, 2)
-    out = extract.map_token_tiles(lambda h: {"sum": h.sum(-1), "same": h}, x, token_tile)
-    np.testing.assert_array_equal(np.asarray(out["same"]), np.asarray(x))
-    np.testing.assert_array_equal(np.asarray(out["sum"]), np.asarray(x.sum(-1)))

@@ -15,7 +15,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 import trainer_testlib as tl
+from trainer.training import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCAL_DEVICES = 4
@@ -161,3 +164,23 @@ def rows_read(rows_dir, index: int) -> list[int]:
     import json
     with open(path, encoding="utf-8") as f:
         return [row for line in f for row in json.loads(line)]
+
+
+KEYS = ("step", "phase", "loss", "grad_norm", "lr", "cumulative_flops")
+
+
+def check_resumes(args: list[str], run_dir, rows_dir, full: list[dict], resume_step: int,
+                  total_steps: int, rows_per_step: int = 4) -> None:
+    """Relaunches 2 processes with `args` on a stopped run; checks the restart.
+
+    Both must finish, metrics.jsonl must equal the uninterrupted run's `full`
+    (every KEYS field of every record), and each process must re-read only the
+    batches after `resume_step` (`rows_per_step` rows each per step).
+    """
+    for i, r in enumerate(launch([args, args], rows_dir, timeout_s=500)):
+        assert r.returncode == 0, f"process {i}: {r.stderr[-3000:]}"
+    again = metrics.read_metrics(str(run_dir))
+    assert [[r[k] for k in KEYS] for r in again] == [[r[k] for k in KEYS] for r in full]
+    for i in range(2):
+        assert len(rows_read(rows_dir, i)) == (total_steps - resume_step) * rows_per_step
+    assert np.isfinite([r["loss"] for r in again]).all()

@@ -7,8 +7,16 @@ import pytest
 from trainer.training import config as config_lib
 from trainer.training.config import ConfigError
 
-CONFIGS = ["tiny.py", "tiny.py:hldf", "gemma3_270m.py:hldc", "gemma3_1b.py:kd",
-           "teacher.py", "teacher.py:tiny-7"]
+# Shipped config -> (method, student, V, T, global batch) it must produce; the
+# paper's shapes (DESIGN §1) for the gemma3 files. Update with the config files.
+CONFIGS = {
+    "tiny.py": ("kd", "tiny", 512, 32, 8),
+    "tiny.py:hldf": ("hldf", "tiny", 512, 32, 8),
+    "gemma3_270m.py:hldc": ("hldc", "gemma3-270m", 32000, 2048, 256),
+    "gemma3_1b.py:kd": ("kd", "gemma3-1b", 32000, 2048, 256),
+    "teacher.py": ("nll", "gemma3-4b", 32000, 2048, 256),
+    "teacher.py:tiny-7": ("nll", "tiny-7", 512, 64, 8),
+}
 
 
 def _load(spec="trainer/configs/tiny.py", sets=()):
@@ -17,7 +25,37 @@ def _load(spec="trainer/configs/tiny.py", sets=()):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_validate(name):
-    config_lib.validate(_load(f"trainer/configs/{name}"))
+    config = _load(f"trainer/configs/{name}")
+    config_lib.validate(config)
+    assert (config.method, config.model.name, config.model.vocab_size, config.data.seq_len,
+            config.data.batch_size) == CONFIGS[name]
+
+
+@pytest.mark.parametrize("name", ["tiny.py:hldf", "demo.py:hldf", "gemma3_270m.py:hldf",
+                                  "gemma3_1b.py:hldf"])
+def test_shipped_hldf_schedules_fit_their_default_budget(name):
+    from trainer.training import methods, loop as train
+    c = _load(f"trainer/configs/{name}")
+    model_cfg = train.model_config_from(c)
+    plans = train.plan_phases(c, model_cfg, methods.phases(c, model_cfg.num_layers))
+    methods.check_schedules(c, [(p.phase, p.num_steps) for p in plans])
+
+
+def test_defaults_distil():
+    c = _load()
+    assert c.loss.tail == "bucket" and c.loss.alpha == 0.7
+    config_lib.validate(_load(sets=["loss.tau=0.5"]))  # bucket works at every τ
+
+
+def test_alpha_schedule_endpoints_are_config_fields():
+    from trainer.training import methods
+    c = _load(sets=["loss.alpha_schedule=linear", "loss.alpha_start=0.2", "loss.alpha=0.6"])
+    assert float(methods.alpha_at(c, 0, 10)) == pytest.approx(0.2)
+    assert float(methods.alpha_at(c, 10, 10)) == pytest.approx(0.6)
+    c = _load(sets=["loss.alpha_schedule=wsd", "loss.alpha_final=0.3", "loss.alpha_start=0.7",
+                    "optim.warmup_steps=0", "optim.decay_fraction=0.5"])
+    assert float(methods.alpha_at(c, 0, 10)) == pytest.approx(0.7)
+    assert float(methods.alpha_at(c, 10, 10)) == pytest.approx(0.3)
 
 
 def test_overrides_are_typed():
@@ -33,8 +71,12 @@ def test_overrides_are_typed():
     (["loss.alpha=-0.1"], "loss.alpha"),
     (["hldf.p1=0"], "hldf.p1"),
     (["hldf.p1=1.0"], "hldf.p1"),
-    (["method=distill"], "method='distill' is not supported"),
+    (["method=distill"], "unknown method 'distill'; use one of"),
     (["loss.alpha_schedule=cosine"], "loss.alpha_schedule"),
+    (["loss.tail=zeros"], "loss.tail/loss.tau: unknown KD tail mode 'zeros'"),
+    (["loss.divergence=kl"], "loss.divergence: unknown KD divergence 'kl'"),
+    (["loss.alpha_start=1.5"], "loss.alpha_start"),
+    (["loss.alpha_final=-0.5"], "loss.alpha_final"),
     (["budget.unit=tokens"], "budget.unit"),
     (["budget.value=-1"], "budget.value"),
     (["loss.tau=0"], "loss.tau"),

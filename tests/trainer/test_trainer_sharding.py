@@ -37,7 +37,7 @@ def test_indivisible_dim_is_said_out_loud(caplog):
     axes = {"ok": ("embed", "vocab"), "odd": {"w": ("vocab", "embed")}}
     shapes = {"ok": jax.ShapeDtypeStruct((16, 5), "float32"),
               "odd": {"w": jax.ShapeDtypeStruct((5, 12), "float32")}}
-    with caplog.at_level("WARNING", logger="trainer.sharding"):
+    with caplog.at_level("WARNING", logger="trainer.training.sharding"):
         out = sharding.tree_shardings(axes, shapes, mesh)
     assert out["ok"].spec == P("fsdp", None) and out["odd"]["w"].spec == P(None, None)
     # One line, naming the param, the dim and the mesh axis; none for the divisible one.

@@ -1,10 +1,11 @@
 """Teacher pre-training: NLL on a tokens-only store (k=0) with the same trainer.
 
 Model: gemma3-4b shape by default (arg: any model_config name, e.g.
-"teacher.py:gemma3-1b"), V=32,000. Cost: at OT_1 of a 3.2B backbone
-(64B tokens, ≈1.3e21 FLOPs) this needs a pod; for demos use "teacher.py:tiny-7".
-Reaches: the teacher quality the students distil from; export/ is what
-teacher_dump.load_teacher reads.
+"teacher.py:gemma3-1b"), V=32,000. Cost: OT_1 of a 3.2B backbone = 64B tokens
+≈ 1.3e21 FLOPs (6N + 6dV per token, `trainer.flops`); wall time not measured (it
+needs a pod); for demos use "teacher.py:tiny-7".
+Reaches: not measured; the teacher quality the students distil from. export/ is
+what teacher_dump.load_teacher reads.
 """
 from trainer.configs.base import base_config
 
@@ -12,7 +13,7 @@ from trainer.configs.base import base_config
 def get_config(arg=None):
     """NLL pre-training of the named model (default gemma3-4b)."""
     c = base_config()
-    c.method = "nll"
+    c.method = "nll"                # loss.alpha / loss.tail are unused: NLL has no KD term.
     c.model.name = arg or "gemma3-4b"
     c.model.vocab_size = 32000
     c.model.dtype = "bfloat16"

@@ -1,6 +1,6 @@
 """Tiny CPU config: a 4-block d=64 student (model_config "tiny") on a test store.
 
-Cost: ~1 s compile + a few ms/step on one CPU core at batch 8, T=32.
+Cost: not measured (batch 8, T=32: small enough for the CPU test suite).
 Reaches: nothing meaningful; exercises every code path (tests, demo, bench).
 Usage: python -m trainer --config tiny --set store.url=S --set run_dir=R
 """

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainer.model.tokenizer import TokenizerError, load_tokenizer, tokenizer_info
+from trainer.model.tokenizer import TokenizerError, check_matches, load_tokenizer, tokenizer_info
 from store.errors import StoreError
 from trainer.evaluate import tasks as eval_tasks, scoring
 from trainer.model import model_io
@@ -77,14 +77,10 @@ def run_config(run_dir: str | None) -> dict[str, Any]:
 
 def check_vocab(cfg, metadata: dict, tok_info: dict) -> None:
     """Raises EvalError when the tokenizer cannot be the checkpoint's tokenizer."""
-    if cfg.vocab_size != tok_info["vocab_size"]:
-        raise EvalError(f"checkpoint vocab_size={cfg.vocab_size} differs from the tokenizer's "
-                        f"{tok_info['vocab_size']}; pass the tokenizer the model was trained with")
-    expected = metadata.get("tokenizer_sha256") or (metadata.get("tokenizer") or {}).get("sha256")
-    if expected and expected != tok_info["sha256"]:
-        raise EvalError(f"tokenizer sha256 {tok_info['sha256'][:12]}… differs from the "
-                        f"checkpoint's {expected[:12]}…; pass the tokenizer the model was "
-                        f"trained with")
+    try:
+        check_matches(cfg.vocab_size, metadata, tok_info)
+    except TokenizerError as e:
+        raise EvalError(str(e)) from None
 
 
 class Progress:

@@ -28,13 +28,13 @@ import numpy as np
 
 from trainer.training import losses, tiled_loss
 from trainer.model import gemma3 as model
+from trainer.model.errors import ConfigError
 from trainer.model.model_config import ModelConfig
 
 MIN_BUCKET = 16
 
 
-class ScoringError(ValueError):
-    """A scoring request cannot be served (empty, too long, bad batch size)."""
+ScoringError = ConfigError  # a scoring request cannot be served (empty, too long, bad batch size)
 
 
 class TokenScoreFn(Protocol):

@@ -7,7 +7,12 @@
 * ``model_io``     — save/load a checkpoint (Orbax params + JSON).
 * ``hf_import``    — Hugging Face safetensors -> a checkpoint
   (CLI: ``python -m teacher_dump.convert``).
+* ``hf_export``    — a checkpoint -> a Hugging Face Gemma3ForCausalLM directory
+  (CLI: ``python -m trainer.export_hf``); ``hf_layout`` is the one tensor-name
+  table both directions use, ``hf_tokenizer`` the tokenizer files.
 * ``tokenizer``    — the SentencePiece tokenizer (train, load, describe).
+* ``tiling``       — token tiling: run a function over sequence tiles of [B, T, ...].
+* ``errors``       — ConfigError, ModelInputError, ModelIOError (the JAX side's user errors).
 
-Depends only on ``store``-free third-party code; everything else builds on it.
+Imports no other unit of this repository; everything else builds on it.
 """

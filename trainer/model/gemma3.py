@@ -42,13 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer.model import errors
 from trainer.model.model_config import ModelConfig
 
 Params = dict[str, Any]
 
 
-class ModelInputError(ValueError):
-    """Bad arguments to the model functions (shapes, layer indices)."""
+ModelInputError = errors.ModelInputError  # bad shapes, layer indices
 
 
 @flax.struct.dataclass

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from trainer.model import hf_layout
 from trainer.model import model_io
 from trainer.model.model_config import ModelConfig
 
@@ -161,45 +162,12 @@ class _TensorSource:
 
 
 def load_hf_params(hf_dir, cfg: ModelConfig) -> dict[str, Any]:
-    """Reads the HF tensors into our stacked fp32 param tree (numpy arrays)."""
-    src = _TensorSource(pathlib.Path(hf_dir))
-    L, D, F = cfg.num_layers, cfg.d_model, cfg.mlp_dim
-    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    per_layer: dict[str, list[np.ndarray]] = {}
+    """Reads the HF tensors into our stacked fp32 param tree (numpy arrays).
 
-    def add(key, array):
-        per_layer.setdefault(key, []).append(array)
-
-    for i in range(L):
-        pre = f"layers.{i}."
-        # HF Linear weights are [out, in]; ours are [in, ...out].
-        add("attn/q", src.get(pre + "self_attn.q_proj.weight", (N * H, D)).T.reshape(D, N, H))
-        add("attn/k", src.get(pre + "self_attn.k_proj.weight", (K * H, D)).T.reshape(D, K, H))
-        add("attn/v", src.get(pre + "self_attn.v_proj.weight", (K * H, D)).T.reshape(D, K, H))
-        add("attn/o", src.get(pre + "self_attn.o_proj.weight", (D, N * H)).T.reshape(N, H, D))
-        add("attn/q_norm", src.get(pre + "self_attn.q_norm.weight", (H,)))
-        add("attn/k_norm", src.get(pre + "self_attn.k_norm.weight", (H,)))
-        add("mlp/gate", src.get(pre + "mlp.gate_proj.weight", (F, D)).T)
-        add("mlp/up", src.get(pre + "mlp.up_proj.weight", (F, D)).T)
-        add("mlp/down", src.get(pre + "mlp.down_proj.weight", (D, F)).T)
-        add("pre_attn_norm", src.get(pre + "input_layernorm.weight", (D,)))
-        add("post_attn_norm", src.get(pre + "post_attention_layernorm.weight", (D,)))
-        add("pre_mlp_norm", src.get(pre + "pre_feedforward_layernorm.weight", (D,)))
-        add("post_mlp_norm", src.get(pre + "post_feedforward_layernorm.weight", (D,)))
-
-    layers: dict[str, Any] = {"attn": {}, "mlp": {}}
-    for key in list(per_layer):
-        arrays = per_layer.pop(key)  # Free each group's per-layer copies once stacked.
-        node = layers
-        *parents, leaf = key.split("/")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = np.ascontiguousarray(np.stack(arrays))
-    return {
-        "embedding": src.get("embed_tokens.weight", (cfg.vocab_size, D)),
-        "final_norm": src.get("norm.weight", (D,)),
-        "layers": layers,
-    }
+    The names and layouts come from `trainer.model.hf_layout`, the table the export
+    (`trainer.model.hf_export`) writes with.
+    """
+    return hf_layout.params_from_hf(cfg, _TensorSource(pathlib.Path(hf_dir)).get)
 
 
 def convert(hf_dir, out, overwrite: bool = False) -> str:

@@ -11,6 +11,7 @@ itself and parses it here, so it never imports JAX:
 import json
 
 from trainer.model import model_config
+from trainer.model.errors import ModelIOError
 from trainer.model.model_config import ModelConfig
 
 PARAMS_DIR = "params"
@@ -20,10 +21,6 @@ METADATA_FILE = "metadata.json"
 REWRITE_HINT = ("the files are damaged: write it again (a run's export/: re-run the same "
                 "`python -m trainer` command, which re-exports from its last checkpoint; "
                 "a converted teacher: `python -m teacher_dump.convert ... --overwrite`)")
-
-
-class ModelIOError(ValueError):
-    """A model checkpoint is missing, incomplete, unreadable or would be overwritten."""
 
 
 def parse_config(text, where) -> ModelConfig:

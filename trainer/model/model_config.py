@@ -16,8 +16,30 @@ import math
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A model config is unknown, malformed or out of range."""
+from trainer.model.errors import ConfigError
+
+
+def parse_enum(enum_cls, value, what: str, error=ConfigError):
+    """The member of `enum_cls` named by `value` (its value, or a member itself).
+
+    The one name -> enum parser of the code base (configs, flags, losses).
+
+    Args:
+        enum_cls: an `enum.Enum` whose values are the accepted names.
+        value: a member or a member's value.
+        what: what the value is, for the message (a field, a flag, a kind).
+        error: the ValueError subclass to raise.
+
+    Raises:
+        error: `value` names no member; the message lists the allowed values.
+    """
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise error(f"unknown {what} {value!r}; use one of "
+                    f"{[m.value for m in enum_cls]}") from None
 
 
 class ComputeDtype(enum.Enum):
@@ -86,16 +108,8 @@ class ModelConfig:
         if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
             raise ConfigError(f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be "
                               f"> 0, or None to use head_dim")
-        try:
-            ComputeDtype(self.dtype)
-        except ValueError:
-            raise ConfigError(f"dtype={self.dtype!r} is not supported; use one of "
-                              f"{[d.value for d in ComputeDtype]}") from None
-        try:
-            AttentionImpl(self.attention_impl)
-        except ValueError:
-            raise ConfigError(f"attention_impl={self.attention_impl!r} is not supported; use "
-                              f"one of {[a.value for a in AttentionImpl]}") from None
+        parse_enum(ComputeDtype, self.dtype, "dtype")
+        parse_enum(AttentionImpl, self.attention_impl, "attention_impl")
 
     @property
     def query_scale(self) -> float:

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from trainer.model import gemma3 as model, layout
-from trainer.model.layout import ModelIOError
+from trainer.model.errors import ModelIOError
 from trainer.model.model_config import ModelConfig
 
 _PARAMS_DIR = layout.PARAMS_DIR
@@ -142,7 +142,10 @@ def load_model(path, shardings=None) -> tuple[ModelConfig, Any, dict[str, Any]]:
     target = _abstract_params(cfg, shardings)
     try:
         params = ocp.StandardCheckpointer().restore(root / _PARAMS_DIR, target)
-    except Exception as e:  # Orbax raises many types; all mean "cannot read params".
+    # Orbax/TensorStore report unreadable or mismatching data (bad bytes, a
+    # shape that disagrees with config.json, a missing array) as ValueError,
+    # and file access failures as OSError; anything else is a bug and propagates.
+    except (ValueError, OSError) as e:
         raise ModelIOError(f"cannot read params of model checkpoint {root} "
                            f"({type(e).__name__}: {str(e)[:200]}); {_REWRITE_HINT}") from None
     return cfg, params, metadata

@@ -36,6 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer.model.model_config import parse_enum
+from trainer.model.errors import ConfigError
+
 Params = dict[str, Any]
 
 # Logical axis names (see trainer.training.sharding.LOGICAL_RULES).
@@ -50,8 +53,7 @@ _AXES = {
 MLP_EXPANSION = 4  # Hidden width of the HLDF regressor, in units of d_S.
 
 
-class RegressorError(ValueError):
-    """Bad regressor kind, width or input."""
+RegressorError = ConfigError  # Bad regressor kind, width or input
 
 
 class RegressorKind(enum.Enum):
@@ -61,13 +63,7 @@ class RegressorKind(enum.Enum):
 
 def parse_kind(kind) -> RegressorKind:
     """``RegressorKind`` for a name or member; RegressorError if unknown."""
-    if isinstance(kind, RegressorKind):
-        return kind
-    try:
-        return RegressorKind(kind)
-    except ValueError:
-        raise RegressorError(f"unknown regressor kind {kind!r}; use one of "
-                             f"{[k.value for k in RegressorKind]}") from None
+    return parse_enum(RegressorKind, kind, "regressor kind", RegressorError)
 
 
 def _check_widths(d_student, d_teacher):

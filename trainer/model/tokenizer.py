@@ -132,7 +132,7 @@ def tokenizer_from_bytes(model_bytes, name="<bytes>"):
     sp = spm.SentencePieceProcessor()
     try:
         sp.LoadFromSerializedProto(model_bytes)
-    except Exception:
+    except RuntimeError:  # what SentencePiece raises for bytes that are not a model
         raise TokenizerError(
             f"{name} is not a SentencePiece model; pass the .model file written by "
             "`python -m pipelines.train_tokenizer`") from None
@@ -178,3 +178,26 @@ def tokenizer_info(path):
     checks a store against.
     """
     return info_from_bytes(_read_bytes(path), name=path)
+
+
+def check_matches(vocab_size, metadata, tok_info):
+    """Raises TokenizerError when `tok_info` cannot be a checkpoint's tokenizer.
+
+    Shared by evaluation and the HF export: the vocab sizes must agree, and
+    the sha256 too when the checkpoint metadata records one
+    ("tokenizer_sha256", or "tokenizer": {"sha256"}).
+
+    Args:
+        vocab_size: the checkpoint's ModelConfig.vocab_size.
+        metadata: the checkpoint metadata (or {}).
+        tok_info: `tokenizer_info` of the tokenizer.
+    """
+    if vocab_size != tok_info["vocab_size"]:
+        raise TokenizerError(f"checkpoint vocab_size={vocab_size} differs from the tokenizer's "
+                             f"{tok_info['vocab_size']}; pass the tokenizer the model was "
+                             f"trained with")
+    expected = metadata.get("tokenizer_sha256") or (metadata.get("tokenizer") or {}).get("sha256")
+    if expected and expected != tok_info["sha256"]:
+        raise TokenizerError(f"tokenizer sha256 {tok_info['sha256'][:12]}… differs from the "
+                             f"checkpoint's {expected[:12]}…; pass the tokenizer the model was "
+                             f"trained with")

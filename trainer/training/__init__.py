@@ -4,12 +4,14 @@
 * ``losses``, ``tiled_loss`` — KD / HLD loss terms; the token-tiled logit path.
 * ``schedules``  — alpha (KD vs HLD) and learning-rate schedules.
 * ``methods``    — nll | kd | hldc | hldf: which store fields, which loss.
-* ``data``       — the Grain loader over a store.
-* ``sharding``   — the device mesh and logical-axis rules.
+* ``data``       — the Grain loader over a store; ``store_align`` — store ↔ config geometry.
+* ``sharding``   — the device mesh and logical-axis rules; ``distributed`` — joining a
+  multi-process run.
 * ``distributed`` — joining a multi-process run (jax.distributed from JAX_* or auto-detection).
 * ``state``, ``checkpoint`` — the train state and its Orbax checkpoints.
 * ``metrics``    — metrics.jsonl / TensorBoard writing and reading.
-* ``loop``       — ``run(config)``: the training loop (``python -m trainer``).
+* ``loop``       — ``run(config)``: the training loop (``python -m trainer``);
+  ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop.
 
 Builds on ``trainer.model``, ``trainer.flops`` and ``store``.
 """

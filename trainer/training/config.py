@@ -20,11 +20,10 @@ import os
 
 import ml_collections
 
+# One ConfigError for model and trainer configs; parse_enum is re-exported for callers.
+from trainer.model.model_config import ConfigError, parse_enum
+from trainer.training import losses
 from trainer.training.schedules import AlphaSchedule
-
-
-class ConfigError(ValueError):
-    """A trainer config value is missing, unknown or out of range."""
 
 
 class Method(enum.Enum):
@@ -36,20 +35,21 @@ class Method(enum.Enum):
     HLDF = "hldf"  # Phase 1: first half + MLP regressor, MSE only; phase 2: KD.
 
 
+# The config fields that shape each method's training (the others are inert for
+# it): what a sweep varies and what a report compares runs on.
+METHOD_HPARAMS = {
+    "nll": ("optim.lr",),
+    "kd": ("optim.lr", "loss.tau", "loss.alpha"),
+    "hldc": ("optim.lr", "loss.tau", "loss.alpha", "loss.gamma"),
+    "hldf": ("optim.lr", "loss.tau", "loss.alpha", "hldf.p1"),
+}
+
+
 class BudgetUnit(enum.Enum):
     """Unit of `config.budget.value`."""
 
     FLOPS = "flops"  # Training FLOPs (DESIGN §1 per-token costs).
     OT = "ot"        # Overtraining units: 1 OT = 20·N tokens at C_data.
-
-
-def parse_enum(enum_cls, value, field: str):
-    """`enum_cls(value)` with a ConfigError that lists the allowed values."""
-    try:
-        return enum_cls(value)
-    except ValueError:
-        allowed = [m.value for m in enum_cls]
-        raise ConfigError(f"{field}={value!r} is not supported; use one of {allowed}") from None
 
 
 # Config fields holding a local path or a URL: resolved once, when the config
@@ -213,6 +213,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(opt.grad_clip >= 0, f"optim.grad_clip={opt.grad_clip} must be >= 0 (0: off)")
     loss = config.loss
     _check(0.0 <= loss.alpha <= 1.0, f"loss.alpha={loss.alpha} must be in [0, 1]")
+    for field in ("alpha_start", "alpha_final"):
+        _check(0.0 <= loss[field] <= 1.0, f"loss.{field}={loss[field]} must be in [0, 1]")
+    _validate_kd_settings(loss)
     _check(loss.gamma >= 0.0, f"loss.gamma={loss.gamma} must be >= 0")
     _check(loss.tau > 0 and math.isfinite(loss.tau), f"loss.tau={loss.tau} must be > 0")
     _check(loss.token_tile > 0, f"loss.token_tile={loss.token_tile} must be > 0")
@@ -250,6 +253,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"debug.kill_signal={config.debug.kill_signal!r} must be SIGKILL, SIGINT or SIGTERM")
     _check(config.student_layer >= 0,
            f"student_layer={config.student_layer} must be >= 0 (0: L_S // 2)")
+
+
+def _validate_kd_settings(loss) -> None:
+    """loss.tail / loss.divergence / loss.tau through the loss module's own parsers."""
+    try:
+        losses.check_temperature(loss.tau, losses.parse_tail_mode(loss.tail))
+    except losses.LossConfigError as e:
+        raise ConfigError(f"loss.tail/loss.tau: {e}") from None
+    try:
+        losses.parse_divergence(loss.divergence)
+    except losses.LossConfigError as e:
+        raise ConfigError(f"loss.divergence: {e}") from None
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

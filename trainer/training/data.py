@@ -19,13 +19,13 @@ import jax
 import numpy as np
 
 from store import StoreReader
+from trainer.model.errors import ConfigError
 
 # The batch keys a method's loss uses (the store's "hidden/<l>" becomes "hidden").
 _TOPK = ("topk_ids", "topk_logprobs")
 
 
-class DataConfigError(ValueError):
-    """The store cannot feed the requested batches."""
+DataConfigError = ConfigError  # The store cannot feed the requested batches
 
 
 def store_fields(batch_keys, hidden_layer: int = 0) -> tuple[str, ...]:
@@ -51,7 +51,11 @@ def store_fields(batch_keys, hidden_layer: int = 0) -> tuple[str, ...]:
 
 
 class StoreSource:
-    """A Grain `RandomAccessDataSource` over the committed rows of a store.
+    """The committed rows of a store, read one batch of indices at a time.
+
+    Not a per-row Grain data source: the pipeline (`make_dataset`) batches
+    indices first and maps each batch to ONE `read_indices` call, so there is
+    no `__getitem__` (a row-by-row read would be the slow path).
 
     Picklable: only the URL and options travel; the StoreReader (and its
     TensorStore handles) is opened lazily in whichever process reads.
@@ -98,9 +102,6 @@ class StoreSource:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {k: v[0] for k, v in self.read_indices(np.array([index])).items()}
-
     def read_indices(self, indices) -> dict[str, np.ndarray]:
         """Reads source indices (positions in `rows`) as one batch dict."""
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
@@ -118,7 +119,7 @@ class StoreSource:
 def loader_read_options(reader) -> dict:
     """StoreReader.read options that return (nearly) the stored bytes.
 
-    The train step upcasts on device (methods.compute_loss), so the host does
+    The train step upcasts on device (methods.loss_fn), so the host does
     no per-element decode work: for the `exact` profile the batch *is* the
     bytes read from disk. Activations come back RMS-normalised per token
     (x / rms(x)): the hidden-state losses normalise the teacher target per

@@ -5,7 +5,11 @@
     stop.uninstall()
 
 The handler itself only records the signal (no I/O inside a signal handler);
-the step loop acts on it where the state is consistent.
+the step loop acts on it where the state is consistent. In a multi-process run
+a scheduler or user often signals one process only: `requested` is then a
+collective of one int per process, so all of them stop at the same step,
+checkpoint it together and print the same line (one process alone would wait
+forever in the checkpoint's barriers while the others kept stepping).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import signal
 import threading
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from jax.experimental import multihost_utils
 
 
@@ -31,7 +35,8 @@ class StopOnSignal:
 
     The loop then saves a checkpoint and raises TrainingInterrupted. A second
     signal (e.g. during a long compile) raises it at once, naming the step the
-    last checkpoint holds. Handlers are installed only in the main thread (the
+    last checkpoint holds (multi-process: that process alone exits; the others
+    abort after `distributed_heartbeat_s`). Handlers are installed only in the main thread (the
     only place Python allows it) and restored by `uninstall`.
     """
 
@@ -63,9 +68,19 @@ class StopOnSignal:
         self.signum = signum
 
     def requested(self) -> bool:
-        """Whether to stop now (in a multi-process run: whether any process was asked)."""
+        """Whether to stop now; in a multi-process run, whether ANY process was asked.
+
+        Multi-process: a collective every process must call at the same steps
+        (the loop calls it at logged steps, where it already waits for the
+        step). The decision and `signum` come from the gathered flags alone,
+        so every process stops at the same step and names the same signal; a
+        signal landing after this process shared its flag is shared next time.
+        One process: no collective.
+        """
         if jax.process_count() == 1:
             return self.signum is not None
-        flags = multihost_utils.process_allgather(jnp.int32(self.signum or 0))
-        self.signum = self.signum or (int(max(flags)) or None)
-        return self.signum is not None
+        flag = self.signum or 0  # Read once: what the others see is what decides.
+        agreed = int(np.max(multihost_utils.process_allgather(np.int32(flag))))
+        if agreed:
+            self.signum = agreed
+        return bool(agreed)

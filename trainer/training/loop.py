@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from store import StoreReader
+from store import objective_penalty as penalty_lib
 from trainer.training import (
     checkpoint, config as config_lib, data, distributed, methods, metrics, sharding,
     state as train_state, store_align,
@@ -139,9 +140,8 @@ def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, 
         step_metrics["grad_norm"] = jnp.sqrt(sum(
             jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
         step_metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
-        _, rng = jax.random.split(state.rng)
         new_state = state.replace(step=state.step + 1, params=new["params"],
-                                  regressor=new["regressor"], opt_state=opt_state, rng=rng)
+                                  regressor=new["regressor"], opt_state=opt_state)
         return new_state, step_metrics
 
     # chex keys its trace counter on the function's name and source; a unique
@@ -190,12 +190,13 @@ class PhaseRunner:
                                     {k: _BATCH_NDIM[k] for k in self.batch_keys})
 
     def _fresh_state(self, rng, params=None):
-        p_rng, r_rng, s_rng = jax.random.split(rng, 3)
+        # Three keys, as when the state carried one, so inits stay the same.
+        p_rng, r_rng, _ = jax.random.split(rng, 3)
         if params is None:
             params = model.init_params(self.model_cfg, p_rng)
         regressor = methods.init_regressor(self.plan.phase.regressor, r_rng,
                                            self.model_cfg.d_model, self.d_teacher)
-        return train_state.init_state(params, regressor, self.optimizer, s_rng)
+        return train_state.init_state(params, regressor, self.optimizer)
 
     def init_state(self, rng, params=None) -> train_state.TrainState:
         """A fresh, sharded phase state (params given: continue from them)."""
@@ -230,6 +231,8 @@ def run(config) -> dict:
     phases = methods.phases(config, model_cfg.num_layers)
     check_store(config, reader, model_cfg, phases)
     plans = plan_phases(config, model_cfg, phases)
+    methods.check_schedules(config, [(p.phase, p.num_steps) for p in plans])
+    penalty = methods.objective_penalty(config, reader, phases)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     divisor = sharding.batch_divisor(mesh)
     if config.data.batch_size % divisor:
@@ -245,6 +248,10 @@ def run(config) -> dict:
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_lib.to_json(config))
+        if penalty is not None:  # The guard: printed before anything compiles or trains.
+            print(penalty_lib.describe(penalty), flush=True)
+            with open(os.path.join(run_dir, "objective_penalty.json"), "w", encoding="utf-8") as f:
+                json.dump(penalty, f, indent=2)
 
     total_steps = sum(p.num_steps for p in plans)
     tokens_per_step = config.data.batch_size * config.data.seq_len
@@ -373,7 +380,9 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
                 good_step = stop.resume_step = global_step
                 # Keep checkpoint writes out of the tokens/s measurement.
                 timer_start, timer_steps = time.perf_counter(), 0
-        # Multi-process runs agree on stopping at logged steps only (a collective).
+        # Multi-process runs agree on stopping (a collective, see StopOnSignal) at
+        # logged steps only: they already wait for the step there, so the async
+        # dispatch of the other steps is kept. Every process stops at the same step.
         may_stop = jax.process_count() == 1 or save or global_step % config.log_every == 0
         if not end and may_stop and stop.requested():
             if good_step != global_step:

@@ -22,9 +22,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from store import objective_penalty as penalty_lib
 from trainer.training import losses, schedules, tiled_loss
 from trainer.model import gemma3 as model, regressors
-from trainer.training.config import Method, parse_enum
+from trainer.training.config import ConfigError, Method, parse_enum
 from trainer.model.regressors import RegressorKind
 from trainer.training.schedules import AlphaSchedule
 
@@ -91,18 +92,63 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
     return (phase1, dataclasses.replace(kd_phase, index=2))
 
 
+def alpha_fn(config, num_steps: int):
+    """The α schedule of a phase of `num_steps` steps (ScheduleError if inconsistent)."""
+    loss = config.loss
+    return schedules.alpha_schedule(loss.alpha_schedule, loss.alpha, num_steps,
+                                    config.optim.warmup_steps, config.optim.decay_fraction,
+                                    alpha_start=loss.alpha_start, alpha_final=loss.alpha_final)
+
+
 def alpha_at(config, step, num_steps: int):
     """α at `step` of a phase of `num_steps` steps (jit-able)."""
-    return schedules.alpha_schedule(config.loss.alpha_schedule, config.loss.alpha, num_steps,
-                                    config.optim.warmup_steps, config.optim.decay_fraction)(step)
+    return alpha_fn(config, num_steps)(step)
 
 
 def lr_schedule(config, phase: Phase, num_steps: int):
     """The phase's LR schedule: WSD, or constant after warm-up for HLDF phase 1."""
     if phase.constant_lr:
-        return schedules.constant_after_warmup(config.optim.lr, config.hldf.warmup_steps)
+        return schedules.constant_after_warmup(config.optim.lr, config.hldf.warmup_steps,
+                                               num_steps)
     return schedules.wsd(config.optim.lr, num_steps, config.optim.warmup_steps,
                          config.optim.decay_fraction, config.optim.final_lr_fraction)
+
+
+def check_schedules(config, phase_steps) -> None:
+    """Builds every phase's LR and α schedule before anything trains.
+
+    Args:
+        config: the trainer config.
+        phase_steps: (Phase, num_steps) pairs, e.g. from the trainer's plan.
+
+    Raises:
+        ConfigError: naming the phase, the schedule and the fix (an HLDF
+            phase-2 schedule that does not fit must not cost a phase 1).
+    """
+    for phase, num_steps in phase_steps:
+        try:
+            lr_schedule(config, phase, num_steps)
+            if phase.kd_term:
+                alpha_fn(config, num_steps)
+        except schedules.ScheduleError as e:
+            knob = "hldf.warmup_steps" if phase.constant_lr else "optim.warmup_steps"
+            raise ConfigError(f"phase {phase.index} of {config.method} ({num_steps} steps): "
+                              f"{e} ({knob}, optim.decay_fraction, budget.value)") from None
+
+
+def objective_penalty(config, reader, phases, sample_rows: int = 16) -> dict | None:
+    """The penalty of this run's KD objective optimum on a store sample (None: no KD term).
+
+    See store.objective_penalty (numpy; shared with `python -m store stats`).
+    Uses the schedule's peak α (config.loss.alpha), where the term weighs most.
+    """
+    if not any(p.kd_term for p in phases):
+        return None
+    loss = config.loss
+    topk_NxK = penalty_lib.sample_topk_logprobs(reader, sample_rows=sample_rows,
+                                                seed=config.seed)
+    return penalty_lib.summarize(topk_NxK, reader.schema.vocab_size, loss.alpha, loss.tau,
+                                 loss.tail, loss.divergence)
 
 
 def init_regressor(kind: RegressorKind | None, rng, d_student: int, d_teacher: int):

@@ -8,9 +8,7 @@ works on Python ints and traced int arrays alike, so it can be handed to
 Stable signatures (the trainer codes against these)::
 
     wsd(peak, total_steps, warmup_steps, decay_fraction=0.1, final_fraction=0.01)
-    constant_after_warmup(peak, warmup_steps)
-    lr_schedule(name, peak, total_steps, warmup_steps, decay_fraction=0.1,
-                final_fraction=0.01)                      # name: "wsd" | "constant"
+    constant_after_warmup(peak, warmup_steps, total_steps=None)
     alpha_schedule(name, alpha, total_steps, warmup_steps=0, decay_fraction=0.1,
                    alpha_start=0.0, alpha_final=0.0)      # name: "constant" | "linear" | "wsd"
 
@@ -35,32 +33,19 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from trainer.model.model_config import parse_enum
+from trainer.model.errors import ConfigError
+
 Schedule = Callable[[object], jnp.ndarray]
 
 
-class ScheduleError(ValueError):
-    """A schedule was asked for with an unknown name or inconsistent values."""
-
-
-class LRSchedule(enum.Enum):
-    WSD = "wsd"            # Warm-up, stable, decay (DESIGN §1).
-    CONSTANT = "constant"  # Warm-up then constant (HLDF phase 1).
+ScheduleError = ConfigError  # A schedule was asked for with an unknown name or inconsistent values
 
 
 class AlphaSchedule(enum.Enum):
     CONSTANT = "constant"  # α throughout.
     LINEAR = "linear"      # alpha_start → α linearly over the run.
     WSD = "wsd"            # alpha_start → α over warm-up, α, → alpha_final over the decay.
-
-
-def _parse(enum_cls, name, what):
-    if isinstance(name, enum_cls):
-        return name
-    try:
-        return enum_cls(name)
-    except ValueError:
-        raise ScheduleError(f"unknown {what} {name!r}; use one of "
-                            f"{[m.value for m in enum_cls]}") from None
 
 
 def _check_int(value, name, minimum):
@@ -145,28 +130,28 @@ def wsd(peak: float, total_steps: int, warmup_steps: int, decay_fraction: float 
                                 decay)
 
 
-def constant_after_warmup(peak: float, warmup_steps: int) -> Schedule:
-    """Linear warm-up from 0 to ``peak``, then constant (HLDF phase 1)."""
+def constant_after_warmup(peak: float, warmup_steps: int,
+                          total_steps: int | None = None) -> Schedule:
+    """Linear warm-up from 0 to ``peak``, then constant (HLDF phase 1).
+
+    Given ``total_steps`` (the phase's length), a warm-up longer than the
+    phase is refused, as ``wsd`` refuses one that does not fit: it would
+    silently cap the learning rate below ``peak`` for the whole phase.
+    """
     peak = _check_finite_nonneg(peak, "peak learning rate")
     warmup_steps = _check_int(warmup_steps, "warmup_steps", 0)
+    if total_steps is not None:
+        total_steps = _check_int(total_steps, "total_steps", 1)
+        if warmup_steps > total_steps:
+            raise ScheduleError(
+                f"constant-LR schedule: warmup_steps={warmup_steps} exceeds total_steps="
+                f"{total_steps}, so the LR would never reach its peak; lower warmup_steps "
+                "or raise the budget")
 
     def schedule(step):
         return peak * _ramp(step, 0, warmup_steps)
 
     return schedule
-
-
-def lr_schedule(name: str | LRSchedule, peak: float, total_steps: int, warmup_steps: int,
-                decay_fraction: float = 0.1, final_fraction: float = 0.01) -> Schedule:
-    """Registry front for the LR schedules ("wsd" | "constant").
-
-    ``total_steps``, ``decay_fraction`` and ``final_fraction`` are ignored by
-    "constant" (which never decays).
-    """
-    kind = _parse(LRSchedule, name, "learning-rate schedule")
-    if kind is LRSchedule.CONSTANT:
-        return constant_after_warmup(peak, warmup_steps)
-    return wsd(peak, total_steps, warmup_steps, decay_fraction, final_fraction)
 
 
 def alpha_schedule(name: str | AlphaSchedule, alpha: float, total_steps: int,
@@ -185,7 +170,7 @@ def alpha_schedule(name: str | AlphaSchedule, alpha: float, total_steps: int,
       ScheduleError: unknown name, a value outside [0, 1], or (wsd)
         warm-up + decay > total_steps.
     """
-    kind = _parse(AlphaSchedule, name, "alpha schedule")
+    kind = parse_enum(AlphaSchedule, name, "alpha schedule", ScheduleError)
     alpha = _check_fraction(alpha, "alpha")
     alpha_start = _check_fraction(alpha_start, "alpha_start")
     alpha_final = _check_fraction(alpha_final, "alpha_final")

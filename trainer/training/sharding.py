@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from trainer.model.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # The batch dimension is split over both.
 
@@ -35,9 +37,7 @@ LOGICAL_RULES: dict[str, str | None] = {
 
 log = logging.getLogger(__name__)
 
-
-class MeshConfigError(ValueError):
-    """Mesh sizes do not match the available devices."""
+MeshConfigError = ConfigError  # Mesh sizes do not match the available devices
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:

@@ -26,14 +26,14 @@ class TrainState:
         params: student params (model.init_params tree).
         regressor: regressor params ({} when the phase has none).
         opt_state: optax state over {"params", "regressor"}.
-        rng: PRNG key (split per step; kept so stochastic terms resume exactly).
+
+    No PRNG key: no loss term is stochastic (add one with its first user).
     """
 
     step: jax.Array
     params: Any
     regressor: Any
     opt_state: Any
-    rng: jax.Array
 
     @property
     def trainables(self) -> dict:
@@ -96,12 +96,11 @@ def make_optimizer(lr_schedule, *, b1: float, b2: float, eps: float, weight_deca
     return optax.chain(*parts)
 
 
-def init_state(params, regressor, optimizer: optax.GradientTransformation,
-               rng: jax.Array) -> TrainState:
+def init_state(params, regressor, optimizer: optax.GradientTransformation) -> TrainState:
     """A fresh phase state (step 0, fresh optimizer moments)."""
     opt_state = optimizer.init({"params": params, "regressor": regressor})
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, regressor=regressor,
-                      opt_state=opt_state, rng=rng)
+                      opt_state=opt_state)
 
 
 def state_shardings(abstract_state: TrainState, optimizer, param_shardings,
@@ -113,5 +112,4 @@ def state_shardings(abstract_state: TrainState, optimizer, param_shardings,
         transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
     return TrainState(step=replicated, params=param_shardings,
-                      regressor=regressor_shardings, opt_state=opt_shardings,
-                      rng=replicated)
+                      regressor=regressor_shardings, opt_state=opt_shardings)

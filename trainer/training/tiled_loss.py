@@ -6,7 +6,8 @@ axis is cut into chunks (every tile keeps the whole, possibly device-sharded,
 batch axis: ~``tile_tokens`` tokens per tile); each tile computes its
 logits ``hidden_tile @ embedding.T`` (exactly ``model.unembed``: Gemma 3 has
 no final soft-cap; the matmul runs in the hidden's dtype, then upcasts to
-fp32), calls a per-tile loss function and keeps only per-token outputs.
+fp32), calls a per-tile loss function and keeps only per-token outputs
+(the tiling itself is ``trainer.model.tiling``, shared with the teacher's top-k).
 The tile body is wrapped in ``jax.checkpoint``, so the backward pass
 recomputes each tile's logits instead of storing them: peak logit memory is
 one tile (``tile_tokens × V``), at the price of one extra unembed matmul.
@@ -34,7 +35,9 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from trainer.model import tiling
 from trainer.training import losses
+from trainer.model.errors import ModelInputError
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 
@@ -44,8 +47,7 @@ TOPK_IDS = "topk_ids"
 TOPK_LOGPROBS = "topk_logprobs"
 
 
-class TiledLossError(ValueError):
-    """Bad shapes or settings for the tiled logit loss."""
+TiledLossError = ModelInputError  # Bad shapes or settings for the tiled logit loss
 
 
 def tile_logits(hidden_NxD: jax.Array, embedding_VxD: jax.Array) -> jax.Array:
@@ -75,21 +77,6 @@ def _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens):
             raise TiledLossError(
                 f"token input {name!r} has shape {x.shape}, expected leading [B, T] = "
                 f"{hidden_BxTxD.shape[:2]}; align it with the hidden states (shift targets by one)")
-
-
-def _to_tiles(x_BxTx_, num_tiles, chunk):
-    """[B, T, ...] -> [num_tiles, B, chunk, ...]: T cut into chunks, zero-padded.
-
-    The batch axis is kept whole in every tile: when the batch is sharded over
-    devices (data / fsdp), each device computes its own rows of each tile and
-    nothing is gathered. (Cutting the flattened B·T axis instead would make
-    XLA all-gather the hidden states and compute every tile everywhere.)
-    """
-    pad = num_tiles * chunk - x_BxTx_.shape[1]
-    if pad:
-        x_BxTx_ = jnp.pad(x_BxTx_, [(0, 0), (0, pad)] + [(0, 0)] * (x_BxTx_.ndim - 2))
-    x = x_BxTx_.reshape((x_BxTx_.shape[0], num_tiles, chunk) + x_BxTx_.shape[2:])
-    return jnp.moveaxis(x, 1, 0)
 
 
 def tiled_logit_losses(hidden_BxTxD: jax.Array,
@@ -126,12 +113,6 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
         raise TiledLossError(
             f"token_inputs lacks {missing} needed by the requested loss terms; pass them "
             "(targets from the shifted tokens, topk_* from the store)")
-    batch, seq, _ = hidden_BxTxD.shape
-    chunk = min(seq, max(1, tile_tokens // batch))  # positions per tile
-    num_tiles = -(-seq // chunk)
-
-    hidden_tiles = _to_tiles(hidden_BxTxD, num_tiles, chunk)
-    input_tiles = {k: _to_tiles(v, num_tiles, chunk) for k, v in token_inputs.items()}
 
     def flat(x_BxCx_):
         return x_BxCx_.reshape((-1,) + x_BxCx_.shape[2:])
@@ -139,16 +120,15 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
     def tile_fn(hidden_BxCxD, inputs):
         inputs_N = {k: flat(v) for k, v in inputs.items()}
         out = per_tile_fn(tile_logits(flat(hidden_BxCxD), embedding_VxD), inputs_N)
-        return {k: v.reshape(batch, chunk) for k, v in out.items()}
+        return {k: v.reshape(hidden_BxCxD.shape[:2]) for k, v in out.items()}
 
     # Save nothing from the tile but its inputs: the backward pass recomputes
     # the logits. prevent_cse=False is safe (and lets XLA fuse) because under
     # lax.map (a scan) the recomputation cannot be CSE'd with the forward.
     one_tile = jax.checkpoint(tile_fn, prevent_cse=False)
-    out_tiles = jax.lax.map(lambda xs: one_tile(*xs), (hidden_tiles, input_tiles))
-    # [num_tiles, B, chunk] -> [B, T] (padding positions dropped).
-    return {name: jnp.moveaxis(v, 0, 1).reshape(batch, -1)[:, :seq].astype(jnp.float32)
-            for name, v in out_tiles.items()}
+    out = tiling.map_token_tiles(lambda xs: one_tile(*xs), (hidden_BxTxD, token_inputs),
+                                 tile_tokens)
+    return {name: v.astype(jnp.float32) for name, v in out.items()}
 
 
 def logit_terms_fn(nll: bool = True,

@@ -1,0 +1,138 @@
+"""The demo's numbers: per-method seeds, downstream errors with standard errors, results.json.
+
+Everything is read back from what the stages wrote (RUN_DIR/config.json,
+eval.json, metrics.jsonl, objective_penalty.json, OUT/facts.json); nothing is
+typed in. ``demo_report`` turns these into report.md and plots.
+
+    results = collect(ctx)            # {"methods": {...}, "downstream": {...}, ...}
+    write_results_json(ctx, results)  # OUT/results.json
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from trainer.training.metrics import read_metrics
+
+METHOD_ROWS = ("teacher", "nll", "kd", "hldc", "hldf")
+TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
+# Error rate of guessing, per task: HellaSwag 4 endings, PIQA 2 solutions,
+# ARC-Easy mostly 4 options (a few have 3 or 5), WinoGrande 2 options;
+# LAMBADA is greedy generation of the last word (guessing ~never hits).
+CHANCE_ERROR = {"hellaswag": 0.75, "piqa": 0.5, "arc_easy": 0.75, "winogrande": 0.5,
+                "lambada": 1.0}
+
+
+def load_run(ctx, name: str) -> dict:
+    """One run directory: config, eval tasks, FLOPs, tokens, steps, throughput, penalty."""
+    run_dir = ctx.path("runs", name)
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    with open(os.path.join(run_dir, "eval.json"), encoding="utf-8") as f:
+        ev = json.load(f)
+    penalty_path = os.path.join(run_dir, "objective_penalty.json")
+    penalty = None
+    if os.path.exists(penalty_path):
+        with open(penalty_path, encoding="utf-8") as f:
+            penalty = json.load(f)
+    records = read_metrics(run_dir)
+    last = records[-1] if records else {}
+    speeds = sorted(m["tokens_per_s"] for m in records if m.get("tokens_per_s"))
+    return {"name": name, "config": config, "eval": ev["tasks"],
+            "flops": last.get("cumulative_flops", float("nan")),
+            "tokens": last.get("tokens", float("nan")), "steps": last.get("step", 0),
+            # The median logged rate: the first interval includes compilation.
+            "tokens_per_s": speeds[len(speeds) // 2] if speeds else float("nan"),
+            "penalty": penalty}
+
+
+def standard_error(error: float, n: int) -> float:
+    """Binomial standard error of an error rate measured on n examples."""
+    return math.sqrt(max(error * (1 - error), 0.0) / n) if n else float("nan")
+
+
+def downstream_cell(task: str, result: dict) -> dict:
+    """{"error", "n", "se", "near_chance", "worse_than_chance"} (2 s.e. of chance)."""
+    err, n = float(result["error"]), int(result["n"])
+    se = standard_error(err, n)
+    # At least the s.e. of a coin at chance, so an error of exactly 1.0 (s.e. 0) is flagged.
+    se_test = max(se, standard_error(CHANCE_ERROR[task], n))
+    return {"error": err, "n": n, "se": se,
+            "near_chance": abs(err - CHANCE_ERROR[task]) <= 2 * se_test,
+            "worse_than_chance": err - CHANCE_ERROR[task] > 2 * se_test}
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) - min(values) if len(values) > 1 else 0.0
+
+
+def collect(ctx, student_runs) -> dict:
+    """All the demo's numbers.
+
+    Args:
+        ctx: demo_stages.Context.
+        student_runs: [(run name, method, seed)] as demo_stages.student_runs gives.
+
+    Returns:
+        {"runs": {name: run}, "methods": {method: {"runs", "log_ppl", "mean",
+         "spread"}}, "downstream": {task: {"chance", method: [cells]}},
+         "facts": facts.json}.
+    """
+    names = ["teacher"] + [r[0] for r in student_runs]
+    runs = {name: load_run(ctx, name) for name in names}
+    members = {"teacher": ["teacher"]}
+    for name, method, _ in student_runs:
+        members.setdefault(method, []).append(name)
+    methods = {}
+    for method in METHOD_ROWS:
+        if method not in members:
+            continue
+        ppl = [runs[n]["eval"]["heldout"]["log_ppl"] for n in members[method]]
+        methods[method] = {"runs": members[method], "log_ppl": ppl,
+                           "mean": sum(ppl) / len(ppl), "spread": _spread(ppl)}
+    downstream = {}
+    for task in TASKS:
+        if not all(task in r["eval"] for r in runs.values()):
+            continue
+        downstream[task] = {"chance": CHANCE_ERROR[task]}
+        for method, m in methods.items():
+            downstream[task][method] = [downstream_cell(task, runs[n]["eval"][task])
+                                        for n in m["runs"]]
+    facts_path = ctx.path("facts.json")
+    facts = {}
+    if os.path.exists(facts_path):
+        with open(facts_path, encoding="utf-8") as f:
+            facts = json.load(f)
+    return {"runs": runs, "methods": methods, "downstream": downstream, "facts": facts}
+
+
+def verdict(methods: dict) -> dict:
+    """KD vs NLL: the gap and whether it exceeds twice the larger seed spread."""
+    kd, nll = methods["kd"], methods["nll"]
+    gap = nll["mean"] - kd["mean"]
+    bar = 2 * max(kd["spread"], nll["spread"])
+    seeds_ok = len(kd["log_ppl"]) > 1 and len(nll["log_ppl"]) > 1
+    return {"kd_gain_over_nll": gap, "twice_larger_seed_spread": bar,
+            "kd_beats_nll_beyond_spread": bool(seeds_ok and gap > bar)}
+
+
+def write_results_json(ctx, results: dict) -> str:
+    """OUT/results.json: the numbers the issue asks for, plus what explains them."""
+    methods, facts = results["methods"], results["facts"]
+    coverage = facts.get("store_stats", {}).get("topk", {}).get("coverage", {}).get("mean")
+    penalties = dict(facts.get("objective_penalty", {}))
+    penalties["runs"] = {name: (r["penalty"] or {}).get("penalty_nats")
+                         for name, r in results["runs"].items() if r["penalty"] is not None}
+    out = {"heldout_log_ppl": {m: v["log_ppl"] for m, v in methods.items()},
+           "heldout_log_ppl_mean": {m: v["mean"] for m, v in methods.items()},
+           "heldout_log_ppl_spread": {m: v["spread"] for m, v in methods.items()},
+           "heldout_rows": results["runs"]["teacher"]["eval"]["heldout"].get("n"),
+           "delta_vs_nll": {m: v["mean"] - methods["nll"]["mean"] for m, v in methods.items()},
+           "objective_penalty": penalties, "topk_mass_coverage": coverage,
+           "student_flops_budget": ctx.size.student_budget,
+           "downstream": results["downstream"], **verdict(methods)}
+    path = ctx.path("results.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=2)
+    return path

@@ -1,0 +1,120 @@
+"""Object-store URLs: ``s3://`` as a TensorStore kvstore spec, and remote failures as one line.
+
+TensorStore's s3 driver ignores ``AWS_ENDPOINT_URL`` (a bare ``s3://`` URL
+goes to the public AWS endpoint), so the spec is built here the way the AWS
+SDKs resolve it:
+
+* endpoint: ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, else AWS itself;
+* region: ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else TensorStore's lookup;
+* credentials: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and
+  ``AWS_SESSION_TOKEN``) when set, else the ``AWS_PROFILE`` (or "default")
+  profile of the shared credentials file (``AWS_SHARED_CREDENTIALS_FILE`` or
+  ``~/.aws/credentials``) when it exists, else StorageAccessError before any
+  request (as boto3's "Unable to locate credentials"). TensorStore's own
+  default chain is not used: it also probes the EC2 metadata service, logs
+  several lines per open when nothing is found, and then sends unsigned requests.
+
+Retries are TensorStore's (``s3_request_retries`` in ``layout.context``):
+failed requests (5xx, throttling, dropped connections) are retried with
+exponential back-off; a unit whose writes still fail raises before its commit
+record is written, so it stays uncommitted (the ledger's write-last rule).
+"""
+import os
+
+import tensorstore as ts
+
+from store import errors
+
+S3_SCHEME = "s3://"
+
+
+def s3_endpoint() -> str | None:
+    """The endpoint the AWS SDKs would use for S3, or None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def kvstore_spec(url: str):
+    """The TensorStore kvstore spec of a normalized store URL (a dict for s3://, else the URL)."""
+    if not url.startswith(S3_SCHEME):
+        return url
+    bucket, _, path = url[len(S3_SCHEME):].partition("/")
+    if not bucket:
+        raise errors.StoreNotFoundError(f"store URL {url!r} names no bucket; use s3://BUCKET/PATH")
+    spec = {"driver": "s3", "bucket": bucket, "path": path}
+    endpoint = s3_endpoint()
+    if endpoint:
+        spec["endpoint"] = endpoint.rstrip("/")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        spec["aws_region"] = region
+    spec["aws_credentials"] = _credentials(url)
+    return spec
+
+
+def _credentials(url: str) -> dict:
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return {"type": "environment"}
+    shared = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
+    if os.path.isfile(shared):
+        config = os.environ.get("AWS_CONFIG_FILE") or os.path.expanduser("~/.aws/config")
+        # TensorStore's profile provider fails ("STRING_MATCH_NOT_FOUND") without a
+        # config file; an empty one stands in for a missing one, as for the SDKs.
+        return {"type": "profile", "profile": os.environ.get("AWS_PROFILE", "default"),
+                "credentials_file": shared, "config_file": config if os.path.isfile(config) else os.devnull}
+    raise errors.StorageAccessError(
+        f"no AWS credentials found for {url}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        f"(or AWS_PROFILE with a {shared} file)")
+
+
+# TensorStore status text -> (what failed, the fix); first match wins.
+_FAILURES = (
+    ("NoSuchBucket", "the bucket does not exist", "create the bucket or fix the URL"),
+    ("Failed to get credentials", "the AWS credentials could not be loaded",
+     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"),
+    ("PERMISSION_DENIED", "the server refused the credentials",
+     "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to a key with access to the bucket"),
+    ("UNAUTHENTICATED", "the server refused the credentials",
+     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
+    ("CURL error", "the storage endpoint could not be reached (after TensorStore's retries)",
+     "check AWS_ENDPOINT_URL and that the server is up"),
+    ("retry attempts failed", "the storage service kept failing (after TensorStore's retries)",
+     "check the server; re-running the same command resumes"),
+)
+
+
+def is_access_failure(e: ValueError) -> bool:
+    """Whether a TensorStore error is the storage service failing (not the stored bytes)."""
+    return any(needle in str(e) for needle, _, _ in _FAILURES)
+
+
+def check_bucket(kv: ts.KvStore, url: str):
+    """Raises StorageAccessError if an s3:// store's bucket is missing (one empty-range list request).
+
+    A missing object and a missing bucket both read as "missing", so a store
+    that is not found is told apart from a bucket that is not there.
+    """
+    if url.startswith(S3_SCHEME):
+        try:
+            kv.list(ts.KvStore.KeyRange(inclusive_min="zarr.json", exclusive_max="zarr.json\0")).result()
+        except ValueError as e:
+            raise storage_error(e, url, "listing") from None
+
+
+def kv_url(kv: ts.KvStore) -> str:
+    """A readable URL of an open kvstore (``kv.url`` is unsupported for s3 with an endpoint)."""
+    spec = kv.spec().to_json()
+    if spec["driver"] == "s3":
+        return f"{S3_SCHEME}{spec['bucket']}/{spec.get('path', '')}"
+    return kv.url
+
+
+def storage_error(e: ValueError, url: str, doing: str) -> errors.StoreError:
+    """A one-line StoreError for a failed TensorStore call on the store at ``url``."""
+    if isinstance(e, errors.StoreError):
+        return e
+    text = str(e)
+    where = f"{url} (endpoint {s3_endpoint() or 'AWS default'})" if url.startswith(S3_SCHEME) else url
+    for needle, what, fix in _FAILURES:
+        if needle in text:
+            return errors.StorageAccessError(f"{doing} {where} failed: {what}; {fix}")
+    return errors.StorageAccessError(f"{doing} {where} failed: {text.splitlines()[0][:200]}")
