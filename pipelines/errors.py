@@ -7,9 +7,9 @@ or remote runners: only the formatted remote traceback survives), so
 `find_pipeline_error` looks both through the exception chain and through the
 text for `<ClassName>: <message>`.
 """
-import errno
 import re
 
+from store import errors as store_errors, remote
 # The tokenizer belongs to the model (trainer.model.tokenizer, shared with
 # evaluation); its error is one of ours here too.
 from trainer.model.tokenizer import TokenizerError
@@ -56,15 +56,6 @@ _ERROR_CLASSES = {cls.__name__: cls for cls in (
 # [os_error_code='28']"), the store's local-path helpers raise OSError.
 STORAGE_ERRORS = (ValueError, OSError)
 
-_STORAGE_FAILURES = {  # errno -> what the user reads
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-}
-_TS_ERRNO = re.compile(r"os_error_code='(\d+)'")
-
 
 def storage_failure(exc):
     """Names the storage failure behind an exception, or None if it is not one.
@@ -76,12 +67,11 @@ def storage_failure(exc):
         e.g. "no space left on device", or None (a bug or another error,
         which the caller re-raises unchanged).
     """
-    code = exc.errno if isinstance(exc, OSError) else None
-    if code is None:
-        found = _TS_ERRNO.search(str(exc))
-        code = int(found.group(1)) if found else None
-    if code in _STORAGE_FAILURES:
-        return _STORAGE_FAILURES[code]
+    if isinstance(exc, store_errors.StorageAccessError):
+        return exc.failure
+    local = remote.local_failure(exc)
+    if local is not None:
+        return local
     # Object stores report no errno, only the status.
     for status, what in (("RESOURCE_EXHAUSTED", "storage exhausted"),
                          ("PERMISSION_DENIED", "permission denied")):

@@ -30,4 +30,10 @@ class StoreInputError(StoreError):
 
 
 class StorageAccessError(StoreError):
-    """The storage service failed or refused a request (unreachable endpoint, missing bucket, credentials)."""
+    """The storage service failed or refused a request (unreachable endpoint, missing bucket, credentials).
+
+    ``failure`` names the failure alone (e.g. "no space left on device") where
+    it is known, for callers that phrase their own line; else None.
+    """
+
+    failure: str | None = None

@@ -19,7 +19,9 @@ failed requests (5xx, throttling, dropped connections) are retried with
 exponential back-off; a unit whose writes still fail raises before its commit
 record is written, so it stays uncommitted (the ledger's write-last rule).
 """
+import errno
 import os
+import re
 
 import tensorstore as ts
 
@@ -108,13 +110,43 @@ def kv_url(kv: ts.KvStore) -> str:
     return kv.url
 
 
+# Local-filesystem failures by errno (an OSError's, or the ``os_error_code`` that
+# TensorStore puts into its status text) -> what the user reads.
+LOCAL_FAILURES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+_TS_ERRNO = re.compile(r"os_error_code='(\d+)'")
+
+
+def local_failure(e: Exception) -> str | None:
+    """What a local-filesystem error means ("no space left on device", ...), or None."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:
+        found = _TS_ERRNO.search(str(e))
+        code = int(found.group(1)) if found else None
+    return LOCAL_FAILURES.get(code)
+
+
 def storage_error(e: ValueError, url: str, doing: str) -> errors.StoreError:
-    """A one-line StoreError for a failed TensorStore call on the store at ``url``."""
+    """A one-line StoreError for a failed TensorStore call on the store at ``url`` (with ``failure`` set when known)."""
     if isinstance(e, errors.StoreError):
         return e
     text = str(e)
-    where = f"{url} (endpoint {s3_endpoint() or 'AWS default'})" if url.startswith(S3_SCHEME) else url
-    for needle, what, fix in _FAILURES:
-        if needle in text:
-            return errors.StorageAccessError(f"{doing} {where} failed: {what}; {fix}")
-    return errors.StorageAccessError(f"{doing} {where} failed: {text.splitlines()[0][:200]}")
+    is_s3 = url.startswith(S3_SCHEME)
+    where = f"{url} (endpoint {s3_endpoint() or 'AWS default'})" if is_s3 else url
+    is_file = url.startswith("file://")
+    failures = () if is_file else _FAILURES  # credential/endpoint advice is for object stores
+    local = local_failure(e) if is_file else None
+    if local is not None:
+        found = (local, "free space or fix the path's permissions, then re-run the same command")
+    else:
+        found = next(((what, fix) for needle, what, fix in failures if needle in text), None)
+    if found is None:
+        return errors.StorageAccessError(f"{doing} {where} failed: {text.splitlines()[0][:200]}")
+    err = errors.StorageAccessError(f"{doing} {where} failed: {found[0]}; {found[1]}")
+    err.failure = found[0]
+    return err

@@ -11,7 +11,7 @@ from pipelines import dump
 from pipelines.errors import (DecodeError, EmptyInputError, InputError, OptionsError,
                               StoreStateError, VocabMismatchError)
 from store import layout as store_layout
-from store import ledger
+from store import ledger, snapshot
 
 HELDOUT = 0.1
 
@@ -87,6 +87,18 @@ def test_counters(dumped, corpus):
     assert c["heldout_units_committed"] >= 1
 
 
+def test_dump_leaves_a_ledger_snapshot(dumped):
+    """The launcher compacts both ledgers, so opening the store needs no listing of every unit."""
+    _, _, url, heldout_url = dumped
+    for u in (url, heldout_url):
+        path = os.path.join(u, snapshot.KEY)
+        assert os.path.isfile(path), f"no ledger snapshot at {path}"
+        writer = store.open_writer(u)
+        units, how = snapshot.committed_units(store_layout.open_kvstore(u), writer.num_units)
+        assert how == "snapshot"
+        assert units == set(writer.committed_units()) == set(range(writer.num_units))
+
+
 def test_rerun_resumes_only_missing_units(dumped, tmp_path):
     argv, result, url, heldout_url = dumped
     before = lib.store_arrays(url)
@@ -96,6 +108,9 @@ def test_rerun_resumes_only_missing_units(dumped, tmp_path):
     kv = store_layout.open_kvstore(store_layout.normalize_url(copy))
     for unit in (1, 3):
         ledger.delete(kv, unit)
+    # A crashed dump never reached its final ledger compaction: no snapshot either
+    # (deleting records of a compacted store by hand is what `store repair` is for).
+    ledger.delete_keys(kv, [snapshot.KEY])
     writer = store.open_writer(copy)
     start, stop = writer.unit_rows(3)
     rerun = list(argv)
