@@ -2,9 +2,10 @@
 
 Each process gets 4 forced CPU devices, the JAX_* variables the README
 documents, a dead loopback proxy (nothing may leave the machine) and a row
-counter: a wrapper around `StoreReader.read` appends the row ids every read
-returns to ROWS_DIR/rows_<process>.jsonl, so a test can check which rows each
-process read from the store.
+counter: a wrapper around `StoreReader.read` appends the row ids every batch
+read returns to ROWS_DIR/rows_<process>.jsonl, so a test can check which rows
+each process read from the store (process 0's objective-penalty sample, a
+top-k-only read before training, is not a batch and is not counted).
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ import numpy as np
 import store
 _read = store.StoreReader.read
 def read(self, rows, *args, **kwargs):
-    with open(os.environ["ROWS_FILE"], "a") as f:
-        f.write(json.dumps(np.asarray(rows).tolist()) + "\\n")
+    fields = kwargs.get("fields", args[0] if args else None)
+    if fields is None or "tokens" in fields:  # batches (process 0's objective-penalty sample reads topk only)
+        with open(os.environ["ROWS_FILE"], "a") as f:
+            f.write(json.dumps(np.asarray(rows).tolist()) + "\\n")
     return _read(self, rows, *args, **kwargs)
 store.StoreReader.read = read
 from trainer.__main__ import main
