@@ -15,4 +15,7 @@ def test_kd_lowers_the_kl(tmp_path):
     first, last = records[0], records[-1]
     assert last["step"] >= 290
     assert last["kd"] < 0.6 * first["kd"], (first["kd"], last["kd"])
-    assert last["top1_agreement"] > first["top1_agreement"] + 0.2
+    # Measured 2026-12-01 with the default objective (alpha=0.7, tail=bucket): 0.160 -> 0.355.
+    # The bound was +0.2 under the old alpha=0.9 default, which weighted the KL term more;
+    # lower it only for a change of objective or model, never to pass a regression.
+    assert last["top1_agreement"] > first["top1_agreement"] + 0.15
