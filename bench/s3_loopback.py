@@ -1,4 +1,6 @@
-"""A loopback S3 server (moto) and a request-counting, fault-injecting proxy for the s3:// tests and bench.
+"""A loopback S3 server (moto) and a request-counting, fault-injecting proxy (ledger bench, s3:// tests).
+
+The tests import it by name: tests/conftest.py puts bench/ on the path.
 
 Nothing here can reach past loopback: ``s3_env`` points the AWS variables at
 the local server and HTTP(S)_PROXY at a dead loopback port, with only
