@@ -133,11 +133,6 @@ class FaultProxy:
     def requests(self) -> int:
         return self._n
 
-    def reset_counts(self):
-        with self._lock:
-            self.counts = {}
-            self._n = 0
-
     def __enter__(self):
         self._thread.start()
         return self
