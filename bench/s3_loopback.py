@@ -14,31 +14,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import boto3
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc=None, timeout_s: float = 20.0):
-    """Waits (bounded in count and time) until 127.0.0.1:port accepts connections."""
-    deadline = time.monotonic() + timeout_s
-    for _ in range(400):
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+from loopback import free_port, wait_for_port  # bench/ (the script's directory, or via tests/conftest.py)
 
 
 @contextlib.contextmanager
@@ -49,7 +28,7 @@ def moto_server(extra_env=None):
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ, **(extra_env or {})))
     try:
-        wait_for_port(port, proc)
+        wait_for_port(port, proc, "moto_server")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.kill()
