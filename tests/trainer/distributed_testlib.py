@@ -24,20 +24,25 @@ from trainer.training import metrics
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCAL_DEVICES = 4
 
-# Runs trainer.__main__ with StoreReader.read counting the rows it returns.
+# The objective-penalty sample (store.objective_penalty.sample_topk_logprobs) reads
+# top-k only, once before training; the row counts below are of training batches.
+PENALTY_SAMPLE_FIELDS = ("topk",)
+
+# Runs trainer.__main__ with StoreReader.read counting the training rows it returns.
 _DRIVER = """
 import json, os, sys
 import numpy as np
 import store
 _read = store.StoreReader.read
 def read(self, rows, *args, **kwargs):
-    with open(os.environ["ROWS_FILE"], "a") as f:
-        f.write(json.dumps(np.asarray(rows).tolist()) + "\\n")
+    if tuple(kwargs.get("fields") or ()) != %r:
+        with open(os.environ["ROWS_FILE"], "a") as f:
+            f.write(json.dumps(np.asarray(rows).tolist()) + "\\n")
     return _read(self, rows, *args, **kwargs)
 store.StoreReader.read = read
 from trainer.__main__ import main
 sys.exit(main(sys.argv[1:]))
-"""
+""" % (PENALTY_SAMPLE_FIELDS,)
 
 
 def loopback_env(dead_port: int) -> dict:

@@ -40,7 +40,8 @@ def _reference(store, run_dir, steps, monkeypatch, **sets):
     original = StoreReader.read
 
     def counting_read(self, rows, *args, **kwargs):
-        reads.append(np.asarray(rows).tolist())
+        if tuple(kwargs.get("fields") or ()) != dl.PENALTY_SAMPLE_FIELDS:
+            reads.append(np.asarray(rows).tolist())
         return original(self, rows, *args, **kwargs)
 
     monkeypatch.setattr(StoreReader, "read", counting_read)
