@@ -2,9 +2,10 @@
 
 Each process gets 4 forced CPU devices, the JAX_* variables the README
 documents, a dead loopback proxy (nothing may leave the machine) and a row
-counter: a wrapper around `StoreReader.read` appends the row ids every read
-returns to ROWS_DIR/rows_<process>.jsonl, so a test can check which rows each
-process read from the store.
+counter: a wrapper around `StoreReader.read` appends the row ids every batch
+read returns to ROWS_DIR/rows_<process>.jsonl, so a test can check which rows
+each process read from the store (process 0's objective-penalty sample, a
+top-k-only read before training, is not a batch and is not counted).
 """
 from __future__ import annotations
 
@@ -24,25 +25,22 @@ from trainer.training import metrics
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCAL_DEVICES = 4
 
-# The objective-penalty sample (store.objective_penalty.sample_topk_logprobs) reads
-# top-k only, once before training; the row counts below are of training batches.
-PENALTY_SAMPLE_FIELDS = ("topk",)
-
-# Runs trainer.__main__ with StoreReader.read counting the training rows it returns.
+# Runs trainer.__main__ with StoreReader.read counting the rows it returns.
 _DRIVER = """
 import json, os, sys
 import numpy as np
 import store
 _read = store.StoreReader.read
 def read(self, rows, *args, **kwargs):
-    if tuple(kwargs.get("fields") or ()) != %r:
+    fields = kwargs.get("fields", args[0] if args else None)
+    if fields is None or "tokens" in fields:  # batches (process 0's objective-penalty sample reads topk only)
         with open(os.environ["ROWS_FILE"], "a") as f:
             f.write(json.dumps(np.asarray(rows).tolist()) + "\\n")
     return _read(self, rows, *args, **kwargs)
 store.StoreReader.read = read
 from trainer.__main__ import main
 sys.exit(main(sys.argv[1:]))
-""" % (PENALTY_SAMPLE_FIELDS,)
+"""
 
 
 def loopback_env(dead_port: int) -> dict:

@@ -40,7 +40,8 @@ def _reference(store, run_dir, steps, monkeypatch, **sets):
     original = StoreReader.read
 
     def counting_read(self, rows, *args, **kwargs):
-        if tuple(kwargs.get("fields") or ()) != dl.PENALTY_SAMPLE_FIELDS:
+        fields = kwargs.get("fields", args[0] if args else None)
+        if fields is None or "tokens" in fields:  # batches, as distributed_testlib counts them
             reads.append(np.asarray(rows).tolist())
         return original(self, rows, *args, **kwargs)
 

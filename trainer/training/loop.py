@@ -232,7 +232,8 @@ def run(config) -> dict:
     check_store(config, reader, model_cfg, phases)
     plans = plan_phases(config, model_cfg, phases)
     methods.check_schedules(config, [(p.phase, p.num_steps) for p in plans])
-    penalty = methods.objective_penalty(config, reader, phases)
+    # Process 0 alone reports it: the others would read sample rows that are not their share.
+    penalty = methods.objective_penalty(config, reader, phases) if jax.process_index() == 0 else None
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     divisor = sharding.batch_divisor(mesh)
     if config.data.batch_size % divisor:
