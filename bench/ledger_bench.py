@@ -32,16 +32,13 @@ import json
 import os
 import pickle
 import shutil
-import sys
 import time
 
 import numpy as np
 import tensorstore as ts
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "store"))
-from s3_testlib import FaultProxy, make_bucket, moto_server, s3_env  # noqa: E402  (loopback server helpers)
-
-from store import StoreReader, StoreSchema, create_store, layout, ledger, open_writer, snapshot  # noqa: E402
+from s3_loopback import FaultProxy, make_bucket, moto_server, s3_env  # bench/ (the script's directory)
+from store import StoreReader, StoreSchema, create_store, layout, ledger, open_writer, snapshot
 
 GOALS = {"requests_1M": 100, "seconds_1M_local": 5.0}
 _FILE_OPS = ("read", "list", "write", "delete_range")

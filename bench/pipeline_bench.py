@@ -3,7 +3,7 @@
 Both paths produce the same store from the same token rows:
 
 * bare: load the teacher, then one stream of `teacher_dump.extract_rows` over
-  all rows (batch B, transfers overlapped) with `store.write_unit` per unit
+  all rows (batch B, transfers overlapped) with `StoreWriter.write_unit` per unit
   as soon as its rows are out — the fastest single-process dump we have.
 * beam: `pipelines.dump.run_dump` on the DirectRunner (in process, 1 worker):
   reading the JSONL.gz files, tokenizing, packing, shuffling units, RunInference

@@ -13,7 +13,7 @@ after a flag other than `--input` would otherwise drop files silently.
 import argparse
 import importlib
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import _BeamArgumentParser
 
 from pipelines.errors import OptionsError
@@ -163,11 +163,6 @@ def parse(argv):
             raise OptionsError(f"{flags} only apply with --teacher (without it the store holds "
                                "tokens only); pass --teacher CKPT or drop them")
     return pipeline_options, opts
-
-
-def runner_name(pipeline_options):
-    """The runner's class name, e.g. "DirectRunner" or "DaskRunner"."""
-    return str(pipeline_options.view_as(StandardOptions).runner or "DirectRunner").rsplit(".", 1)[-1]
 
 
 def validate(opts):

@@ -2,7 +2,7 @@
 
     Layout ──PrepareStore──▶ store created (or reopened), committed units known
     (unit, tokens_RxT) ──BatchUnits──▶ [units] ──RunInference(TeacherModelHandler)──▶ (unit, tokens, signal)
-                       ──WriteUnitFn──▶ store.write_unit (commit record last)
+                       ──WriteUnitFn──▶ StoreWriter.write_unit (commit record last)
 
 Resume is the store's work-unit ledger: a rerun of the same command skips
 units whose commit record exists (`spine.PackUnits` drops them before the

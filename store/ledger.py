@@ -108,12 +108,9 @@ def committed_units(kv: ts.KvStore, start: int | None = None, stop: int | None =
     hi = PREFIX + ("unit`" if stop is None else f"unit_{stop:08d}")
     units = set()
     for key in kv.list(ts.KvStore.KeyRange(inclusive_min=lo, exclusive_max=hi)).result():
-        name = key.decode()[len(PREFIX):]
-        if name.startswith("unit_") and name.endswith("/zarr.json"):
-            try:
-                units.add(int(name[len("unit_"):-len("/zarr.json")]))
-            except ValueError:
-                continue
+        unit = _unit_of(key.decode()[len(PREFIX):], lambda node: node)
+        if unit is not None:
+            units.add(unit)
     return units
 
 
@@ -122,13 +119,25 @@ def tombstones(kv: ts.KvStore) -> dict[str, int]:
     out = {}
     for key in kv.list(ts.KvStore.KeyRange(inclusive_min=TOMBSTONE_PREFIX,
                                            exclusive_max=TOMBSTONE_PREFIX[:-1] + "0")).result():
-        name = key.decode()[len(TOMBSTONE_PREFIX):]
-        if name.startswith("unit_") and name.endswith("/zarr.json"):
-            try:
-                out[key.decode()] = int(name[len("unit_"):].split("_")[0])
-            except ValueError:
-                continue
+        unit = _unit_of(key.decode()[len(TOMBSTONE_PREFIX):],
+                        lambda node: node.partition("_")[0] if "_" in node else "")
+        if unit is not None:
+            out[key.decode()] = unit
     return out
+
+
+def _unit_of(name: str, number_part) -> int | None:
+    """The unit of a ledger node name ``unit_<...>/zarr.json`` (None: not such a node).
+
+    ``number_part`` picks the unit number out of ``<...>`` (records: all of it;
+    tombstones: the part before their ``_<uuid>``, none without one).
+    """
+    if not (name.startswith("unit_") and name.endswith("/zarr.json")):
+        return None
+    try:
+        return int(number_part(name[len("unit_"):-len("/zarr.json")]))
+    except ValueError:
+        return None
 
 
 def delete_keys(kv: ts.KvStore, keys):

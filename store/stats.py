@@ -35,7 +35,7 @@ def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool =
         sample_rows: rows to sample (all committed rows if fewer).
         seed: sampling seed (the same seed samples the same rows).
         allow_partial: sample the committed rows of an unfinished store.
-        loss: {"alpha", "tau", "tail", "divergence"?} to also report the KD
+        loss: {"alpha", "tau", "tail", "divergence"} to also report the KD
             objective penalty (needs a store with top-k).
 
     Returns:
@@ -68,7 +68,7 @@ def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool =
                                        replace=False))]
         out["objective_penalty"] = objective_penalty.summarize(
             lp, reader.schema.vocab_size, loss["alpha"], loss["tau"], loss["tail"],
-            loss.get("divergence", "forward_kl"))
+            loss["divergence"])
     return out
 
 

@@ -3,13 +3,20 @@
 Tests run on CPU. Multi-device tests simulate 8 devices; the flag must be set
 before JAX initialises its backends, so it is set here for the whole session
 (single-device tests just use device 0).
+
+bench/ is not a package; its loopback S3 helpers (``bench/s3_loopback.py``,
+shared by the S3 tests and ``bench/ledger_bench.py``) are imported by name, so
+the directory goes on the path here, once, rather than in each test file.
 """
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 import pytest  # noqa: E402
 

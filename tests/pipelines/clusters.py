@@ -9,10 +9,10 @@ and exempts only 127.0.0.1 / localhost.
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
+
+from loopback import free_port, wait_for_port  # bench/, via tests/conftest.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DEAD_PROXY = "http://127.0.0.1:9"
@@ -28,23 +28,6 @@ def loopback_env(**extra):
         env[name] = _DEAD_PROXY
     env.update(extra)
     return env
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port, proc, what, attempts=300, interval=0.1):
-    """Waits until 127.0.0.1:port accepts connections (at most attempts x interval s)."""
-    for _ in range(attempts):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(interval)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} in {attempts * interval:.0f}s")
 
 
 def _spawn(args, log_path):
@@ -89,7 +72,7 @@ def dask_cluster(log_dir, num_workers=2):
         procs.append(_spawn(["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                              "--port", str(port), "--no-dashboard"],
                             os.path.join(log_dir, "scheduler.log")))
-        wait_for_port(port, procs[0], "dask scheduler")
+        wait_for_port(port, procs[0], "dask scheduler", timeout_s=30)
         address = f"127.0.0.1:{port}"
         procs.append(_spawn(["-m", "distributed.cli.dask_worker", f"tcp://{address}",
                              "--nworkers", str(num_workers), "--nthreads", "1", "--no-dashboard",
@@ -123,8 +106,8 @@ def beam_job_service(log_dir):
                              "--port", str(job_port),
                              "--staging_dir", os.path.join(log_dir, "staging")],
                             os.path.join(log_dir, "job_service.log")))
-        wait_for_port(pool_port, procs[0], "beam worker pool")
-        wait_for_port(job_port, procs[1], "beam job service")
+        wait_for_port(pool_port, procs[0], "beam worker pool", timeout_s=30)
+        wait_for_port(job_port, procs[1], "beam job service", timeout_s=30)
         yield f"127.0.0.1:{job_port}", f"127.0.0.1:{pool_port}"
     finally:
         _stop(procs)

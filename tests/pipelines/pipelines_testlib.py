@@ -68,7 +68,7 @@ def reference_rows(docs, tokenizer_path, heldout_fraction=0.0, split="train"):
 
 
 def bare_dump(url, schema, tokens_NxT, teacher_path, layers):
-    """The non-Beam reference: teacher_dump.extract_rows per unit + store.write_unit."""
+    """The non-Beam reference: teacher_dump.extract_rows per unit + StoreWriter.write_unit."""
     teacher = teacher_dump.load_teacher(teacher_path)
     writer = store.create_store(url, schema, num_rows=len(tokens_NxT))
     for unit in range(writer.num_units):

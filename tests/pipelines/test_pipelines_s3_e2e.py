@@ -4,16 +4,13 @@ The dump, the trainer and evaluation only get the URL; the store package puts
 the endpoint from AWS_ENDPOINT_URL into TensorStore's spec.
 """
 import os
-import sys
 
 import pytest
 
 import pipelines_testlib as lib
 from pipelines import dump
 from store.cli import main as store_cli
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "store"))
-from s3_testlib import make_bucket, moto_server, s3_env  # noqa: E402
+from s3_loopback import make_bucket, moto_server, s3_env  # bench/, on the path via tests/conftest.py
 
 
 @pytest.mark.slow  # ~2 min on the shared box: a dump, 3 student steps and an evaluation over HTTP

@@ -16,7 +16,7 @@ import pytest
 import store
 from store import cli, create_store, errors, open_writer, StoreReader
 from store.verify import verify_store
-from s3_testlib import FaultProxy, make_bucket, moto_server, s3_env
+from s3_loopback import FaultProxy, make_bucket, moto_server, s3_env  # bench/, via tests/conftest.py
 from store_testlib import synth_unit
 
 HERE = os.path.dirname(os.path.abspath(__file__))

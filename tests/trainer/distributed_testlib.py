@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 import trainer_testlib as tl
+from loopback import free_port  # bench/, via tests/conftest.py
 from trainer.training import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,13 +41,6 @@ store.StoreReader.read = read
 from trainer.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loopback_env(dead_port: int) -> dict:

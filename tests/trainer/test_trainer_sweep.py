@@ -115,3 +115,10 @@ def test_sweep_runs_points(tmp_path):
     assert [r["status"] for r in rows] == ["done", "done"]
     assert all(r["global_step"] == 3 and r["log_ppl"] > 0 for r in rows)
     assert os.path.exists(tmp_path / "sw" / "summary.md")
+
+
+def test_paper_p1_grid_follows_the_student_size():
+    # DESIGN §1: P1 ∈ {1%, 5%} for the 123M student, {1%, 4%} for the 735M one.
+    assert sweep.paper_grid("gemma3_270m:hldf")["hldf.p1"] == ["0.01", "0.05"]
+    assert sweep.paper_grid("gemma3_1b:hldf")["hldf.p1"] == ["0.01", "0.04"]
+    assert "hldf.p1" not in sweep.paper_grid("gemma3_1b:kd")

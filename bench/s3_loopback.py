@@ -1,4 +1,6 @@
-"""A loopback S3 server (moto) and a request-counting, fault-injecting proxy for the s3:// tests and bench.
+"""A loopback S3 server (moto) and a request-counting, fault-injecting proxy (ledger bench, s3:// tests).
+
+The tests import it by name: tests/conftest.py puts bench/ on the path.
 
 Nothing here can reach past loopback: ``s3_env`` points the AWS variables at
 the local server and HTTP(S)_PROXY at a dead loopback port, with only
@@ -12,31 +14,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import boto3
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc=None, timeout_s: float = 20.0):
-    """Waits (bounded in count and time) until 127.0.0.1:port accepts connections."""
-    deadline = time.monotonic() + timeout_s
-    for _ in range(400):
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+from loopback import free_port, wait_for_port  # bench/ (the script's directory, or via tests/conftest.py)
 
 
 @contextlib.contextmanager
@@ -47,7 +28,7 @@ def moto_server(extra_env=None):
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ, **(extra_env or {})))
     try:
-        wait_for_port(port, proc)
+        wait_for_port(port, proc, "moto_server")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.kill()
@@ -130,11 +111,6 @@ class FaultProxy:
     @property
     def requests(self) -> int:
         return self._n
-
-    def reset_counts(self):
-        with self._lock:
-            self.counts = {}
-            self._n = 0
 
     def __enter__(self):
         self._thread.start()
