@@ -25,7 +25,8 @@ from typing import Any
 
 from safetensors.numpy import save_file
 
-from trainer.model.tokenizer import TokenizerError, check_matches, info_from_bytes
+from trainer.model.tokenizer import (BOS_ID, EOS_ID, PAD_ID, TokenizerError, check_matches,
+                                     info_from_bytes)
 from trainer.model import hf_layout, hf_tokenizer
 from trainer.model import model_io
 from trainer.model.model_config import ModelConfig
@@ -56,7 +57,9 @@ def hf_config(cfg: ModelConfig, tok_info: dict[str, Any] | None = None) -> dict[
     if not float(scalar).is_integer():  # transformers validates it as an int.
         raise ExportError(f"query_pre_attn_scalar={scalar} is not an integer, which "
                           f"Gemma3TextConfig requires; this model cannot be exported")
-    tok = tok_info or {}
+    # Without --tokenizer the ids are Gemma's, which trainer.model.tokenizer trains with too.
+    special = ((tok_info["pad_id"], tok_info["eos_id"], tok_info["bos_id"]) if tok_info
+               else (PAD_ID, EOS_ID, BOS_ID))
     return {
         "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "dtype": "float32",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
@@ -74,9 +77,7 @@ def hf_config(cfg: ModelConfig, tok_info: dict[str, Any] | None = None) -> dict[
         "final_logit_softcapping": None, "attn_logit_softcapping": None,
         "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
         "use_bidirectional_attention": False, "use_cache": True,
-        # Gemma's special ids, which trainer.model.tokenizer also uses; a given tokenizer wins.
-        "pad_token_id": tok.get("pad_id", 0), "eos_token_id": tok.get("eos_id", 1),
-        "bos_token_id": tok.get("bos_id", 2),
+        "pad_token_id": special[0], "eos_token_id": special[1], "bos_token_id": special[2],
     }
 
 
