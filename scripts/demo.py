@@ -33,14 +33,20 @@ class StageFailed(RuntimeError):
     """A stage's command failed; the message says which and how to resume."""
 
 
-def run_demo(size_name: str, out_dir: str, redo: str | None = None) -> str:
-    """Runs (or resumes) every stage; returns the path of report.md."""
+def run_demo(size_name: str, out_dir: str, redo: str | None = None, until: str | None = None) -> str:
+    """Runs (or resumes) every stage, or the stages up to `until`; returns the path of report.md.
+
+    `until` (a stage name) stops after that stage: bench/profile_quality.py reuses the
+    corpus → teacher chain (and its cache in OUT) this way; report.md then does not exist.
+    """
     size = get_size(size_name)
     ctx = demo_stages.Context(size=size, out=os.path.abspath(out_dir))
     os.makedirs(os.path.join(ctx.out, ".done"), exist_ok=True)
     names = [name for name, _ in demo_stages.STAGES]
     if redo is not None and redo not in names:
         raise ValueError(f"--redo {redo!r} is not a stage; use one of {names}")
+    if until is not None and until not in names:
+        raise ValueError(f"until={until!r} is not a stage; use one of {names}")
     start = time.time()
     for i, (name, fn) in enumerate(demo_stages.STAGES, 1):
         marker = os.path.join(ctx.out, ".done", name)
@@ -59,6 +65,9 @@ def run_demo(size_name: str, out_dir: str, redo: str | None = None) -> str:
         with open(marker, "w") as f:
             f.write(f"{time.time() - t0:.1f}\n")
         ctx.timings[name] = time.time() - t0
+        if name == until:
+            print(f"[demo] stopped after {until} ({time.time() - start:.0f}s)", flush=True)
+            return ctx.report_path
     print(f"[demo] finished in {time.time() - start:.0f}s; report: {ctx.report_path}", flush=True)
     return ctx.report_path
 

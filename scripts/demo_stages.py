@@ -93,8 +93,9 @@ def spine(ctx: Context) -> None:
     run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "heldout.jsonl"), ctx.path("heldout_store")))
 
 
-def _train(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float,
-           *extra_sets: str) -> None:
+def train_run(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float,
+              *extra_sets: str) -> None:
+    """`python -m trainer` with the size's model, shapes and overrides (later --set wins)."""
     model = ctx.models["teacher" if role == "teacher" else "student"]
     sets = [f"store.url={store}", f"run_dir={run_dir}", f"budget.value={budget}",
             f"model.name={model}", f"model.vocab_size={ctx.size.vocab_size}",
@@ -109,16 +110,21 @@ def _train(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget
 
 
 def teacher(ctx: Context) -> None:
-    _train(ctx, "teacher", "teacher", ctx.path("runs", "teacher"), ctx.path("tokens_store"),
-           ctx.size.teacher_budget)
+    train_run(ctx, "teacher", "teacher", ctx.path("runs", "teacher"), ctx.path("tokens_store"),
+              ctx.size.teacher_budget)
+
+
+def teacher_dump_args(ctx: Context, store: str, k: int) -> list[str]:
+    """`pipelines.dump` argv: the teacher's signal for the dump subset into `store`."""
+    return [*_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), store),
+            "--teacher", ctx.path("runs", "teacher", "export"),
+            # Teacher-only flags (a tokens-only dump refuses them).
+            "--k", str(k), "--batch-size", str(ctx.size.dump_batch_size)]
 
 
 def dump(ctx: Context) -> None:
     t0 = time.time()
-    run(ctx, "dump", *_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), ctx.path("store")),
-        "--teacher", ctx.path("runs", "teacher", "export"),
-        # Teacher-only flags (a tokens-only dump refuses them).
-        "--k", str(ctx.size.k), "--batch-size", str(ctx.size.dump_batch_size))
+    run(ctx, "dump", *teacher_dump_args(ctx, ctx.path("store"), ctx.size.k))
     _save_json(ctx, "dump_seconds", time.time() - t0)
 
 
@@ -158,8 +164,8 @@ def student_runs(ctx: Context) -> list[tuple[str, str, int]]:
 
 def students(ctx: Context) -> None:
     for name, method, seed in student_runs(ctx):
-        _train(ctx, "students", method, ctx.path("runs", name), ctx.path("store"),
-               ctx.size.student_budget, f"seed={seed}")
+        train_run(ctx, "students", method, ctx.path("runs", name), ctx.path("store"),
+                  ctx.size.student_budget, f"seed={seed}")
 
 
 def evaluate(ctx: Context) -> None:
@@ -170,12 +176,21 @@ def evaluate(ctx: Context) -> None:
     """
     downstream = bool(ctx.size.eval_limit and demo_report.downstream_data_installed())
     for name in ("teacher", *[r[0] for r in student_runs(ctx)]):
-        base = ["-m", "trainer.evaluate", "--checkpoint", ctx.path("runs", name),
-                "--tokenizer", ctx.path("tokenizer.model")]
-        run(ctx, "evaluate", *base, "--tasks", "heldout", "--store", ctx.path("heldout_store"))
+        evaluate_heldout(ctx, name)
         if downstream:
-            run(ctx, "evaluate", *base, "--tasks", ",".join(demo_report.TASKS),
+            run(ctx, "evaluate", *_evaluate_args(ctx, name), "--tasks", ",".join(demo_report.TASKS),
                 "--limit", str(ctx.size.eval_limit))
+
+
+def _evaluate_args(ctx: Context, name: str) -> list[str]:
+    return ["-m", "trainer.evaluate", "--checkpoint", ctx.path("runs", name),
+            "--tokenizer", ctx.path("tokenizer.model")]
+
+
+def evaluate_heldout(ctx: Context, name: str) -> None:
+    """Held-out log-ppl of OUT/runs/NAME on every held-out row (merged into its eval.json)."""
+    run(ctx, "evaluate", *_evaluate_args(ctx, name), "--tasks", "heldout",
+        "--store", ctx.path("heldout_store"))
 
 
 def report(ctx: Context) -> None:

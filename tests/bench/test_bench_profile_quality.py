@@ -1,0 +1,89 @@
+"""bench/profile_quality.py: the table arithmetic on hand-made numbers, the
+refusals, and (slow) the whole chain at the demo's `ci` size."""
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+
+from scripts import demo
+
+
+def _bench():
+    path = pathlib.Path(__file__).parent.parent.parent / "bench" / "profile_quality.py"
+    spec = importlib.util.spec_from_file_location("profile_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass looks its module up while being defined
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _run(profile, method, seed, log_ppl):
+    return {"profile": profile, "method": method, "seed": seed, "log_ppl": log_ppl}
+
+
+def test_summary_deltas_spread_and_goals_by_hand():
+    bench = _bench()
+    stores = {"exact": {"bytes_per_token": 300.0}, "compact": {"bytes_per_token": 150.0}}
+    runs = {}
+    for name, (kd, hldc) in {"exact_s0": (4.400, 4.410), "exact_s1": (4.403, 4.401),
+                             "compact_s0": (4.404, 4.420)}.items():
+        profile, seed = name.split("_s")
+        runs[bench.run_name(profile, "kd", int(seed))] = _run(profile, "kd", int(seed), kd)
+        runs[bench.run_name(profile, "hldc", int(seed))] = _run(profile, "hldc", int(seed), hldc)
+    summary = bench.summarise(stores, runs, seeds=2)
+    # Spread = max - min over exact's two seeds; deltas against exact seed 0.
+    assert summary["spread"]["kd"] == pytest.approx(0.003)
+    assert summary["spread"]["hldc"] == pytest.approx(0.009)
+    compact = summary["profiles"]["compact"]
+    assert compact["kd"]["delta"] == pytest.approx(0.004)
+    assert compact["hldc"]["delta"] == pytest.approx(0.010)
+    assert compact["kd"]["goal_met"] is True and compact["hldc"]["goal_met"] is False  # goal 0.005
+    assert compact["kd"]["beyond_spread"] is True and compact["hldc"]["beyond_spread"] is True
+    assert summary["profiles"]["exact"]["kd"]["goal_met"] is None
+    table = bench.markdown_table(summary).splitlines()
+    assert table[2].startswith("| exact | 300.0 | 4.4000 | – | 4.4100 | – | – | – |")
+    assert table[3] == "| compact | 150.0 | 4.4040 | +0.0040 | 4.4200 | +0.0100 | 0.005 | NO (HLDC) |"
+    assert "0.0030" in table[4] and "0.0090" in table[4]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profiles", "exact,bogus"], "unknown profile(s) ['bogus']"),
+    (["--profiles", "compact"], "must include exact"),
+    (["--size", "huge"], "unknown demo size 'huge'"),
+    (["--profiles", "exact", "--seeds", "0"], "at least one seed"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path, capsys):
+    bench = _bench()
+    assert bench.main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_demo_until_names_a_stage(tmp_path):
+    with pytest.raises(ValueError, match="until='nope' is not a stage"):
+        demo.run_demo("ci", str(tmp_path), until="nope")
+
+
+@pytest.mark.slow
+def test_ci_size_exact_and_compact_end_to_end(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "pq"
+    assert bench.main(["--size", "ci", "--profiles", "exact,compact", "--seeds", "1",
+                       "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| exact |" in table and "| compact |" in table
+    result = json.loads((out / "profile_quality.json").read_text())
+    assert set(result["runs"]) == {"exact_kd_s0", "exact_hldc_s0", "compact_kd_s0", "compact_hldc_s0"}
+    for run in result["runs"].values():
+        assert 0 < run["log_ppl"] < 20 and run["flops"] <= result["student_flops_budget"]
+    exact, compact = (result["stores"][p]["bytes_per_token"] for p in ("exact", "compact"))
+    assert 0 < compact < exact  # the compact store really is smaller on disk
+    # A rerun reuses everything (teacher, stores, students): no new trainer log lines.
+    before = os.path.getsize(out / "logs" / "students.log")
+    assert bench.main(["--size", "ci", "--profiles", "exact,compact", "--seeds", "1",
+                       "--out", str(out)]) == 0
+    assert os.path.getsize(out / "logs" / "students.log") == before
