@@ -95,14 +95,15 @@ def spine(ctx: Context) -> None:
 
 def train_run(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float,
               *extra_sets: str) -> None:
-    """`python -m trainer` with the size's model, shapes and overrides (later --set wins)."""
+    """`python -m trainer` with the size's model, shapes and overrides, then `extra_sets`."""
     model = ctx.models["teacher" if role == "teacher" else "student"]
     sets = [f"store.url={store}", f"run_dir={run_dir}", f"budget.value={budget}",
             f"model.name={model}", f"model.vocab_size={ctx.size.vocab_size}",
-            f"data.seq_len={ctx.size.seq_len}", *ctx.size.overrides, *extra_sets]
+            f"data.seq_len={ctx.size.seq_len}", *ctx.size.overrides]
     if role != "teacher":
         sets += [f"teacher.d_model={ctx.models['teacher_d']}",
                  f"teacher.hidden_layer={ctx.models['teacher_layer']}", f"data.k={ctx.size.k}"]
+    sets += extra_sets  # Last, so a caller's --set overrides the size's (e.g. data.k=0).
     args = ["-m", "trainer", "--config", f"{ctx.size.config}:{role}"]
     for s in sets:
         args += ["--set", s]
