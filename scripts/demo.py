@@ -47,8 +47,9 @@ def run_demo(size_name: str, out_dir: str, redo: str | None = None, until: str |
         raise ValueError(f"--redo {redo!r} is not a stage; use one of {names}")
     if until is not None and until not in names:
         raise ValueError(f"until={until!r} is not a stage; use one of {names}")
+    stages = demo_stages.STAGES[:names.index(until) + 1] if until else demo_stages.STAGES
     start = time.time()
-    for i, (name, fn) in enumerate(demo_stages.STAGES, 1):
+    for i, (name, fn) in enumerate(stages, 1):
         marker = os.path.join(ctx.out, ".done", name)
         if redo is not None and names.index(name) >= names.index(redo) and os.path.exists(marker):
             os.remove(marker)
@@ -65,9 +66,9 @@ def run_demo(size_name: str, out_dir: str, redo: str | None = None, until: str |
         with open(marker, "w") as f:
             f.write(f"{time.time() - t0:.1f}\n")
         ctx.timings[name] = time.time() - t0
-        if name == until:
-            print(f"[demo] stopped after {until} ({time.time() - start:.0f}s)", flush=True)
-            return ctx.report_path
+    if until:
+        print(f"[demo] stopped after {until} ({time.time() - start:.0f}s)", flush=True)
+        return ctx.report_path
     print(f"[demo] finished in {time.time() - start:.0f}s; report: {ctx.report_path}", flush=True)
     return ctx.report_path
 

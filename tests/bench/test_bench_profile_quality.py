@@ -68,6 +68,18 @@ def test_demo_until_names_a_stage(tmp_path):
         demo.run_demo("ci", str(tmp_path), until="nope")
 
 
+def test_demo_until_stops_there_when_earlier_stages_are_cached(tmp_path, capsys):
+    # The bench's rerun case: corpus..teacher finished earlier. Nothing may run
+    # (the dump stage would fail here: there is no corpus or teacher).
+    (tmp_path / ".done").mkdir()
+    for name in ("corpus", "tokenizer", "spine", "teacher"):
+        (tmp_path / ".done" / name).write_text("1\n")
+    demo.run_demo("ci", str(tmp_path), until="teacher")
+    assert "stopped after teacher" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / ".done").iterdir()) == [
+        "corpus", "spine", "teacher", "tokenizer"]
+
+
 @pytest.mark.slow
 def test_ci_size_exact_and_compact_end_to_end(tmp_path, capsys):
     bench = _bench()
