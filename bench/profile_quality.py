@@ -95,16 +95,22 @@ def check_available(names: list[str]) -> None:
                          f"checkout; drop them from --profiles or merge the branch that adds them")
 
 
-def _once(ctx, key: str, fn) -> None:
-    """Runs fn() unless OUT/.done/KEY exists; leaves the marker after it succeeded."""
+def _once(ctx, key: str, fn) -> str:
+    """Runs fn() unless OUT/.done/KEY exists; returns the marker's "<UTC time> <git sha>".
+
+    The marker is left after fn() succeeded; it records when and from which
+    commit, since a rerun after a merge reuses results made by older code.
+    """
     marker = ctx.path(".done", key)
     if os.path.exists(marker):
         print(f"[profile_quality] {key}: done earlier, skipped", flush=True)
-        return
-    print(f"[profile_quality] {key}", flush=True)
-    fn()
-    with open(marker, "w") as f:
-        f.write(datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")
+    else:
+        print(f"[profile_quality] {key}", flush=True)
+        fn()
+        with open(marker, "w") as f:
+            f.write(f"{datetime.datetime.now(datetime.timezone.utc).isoformat()} {_git_sha()}\n")
+    with open(marker, encoding="utf-8") as f:
+        return f.read().strip()
 
 
 def _store_cli(ctx, command: str, store: str) -> dict:
@@ -119,9 +125,9 @@ def dump_profile(ctx, name: str) -> dict:
             "--profile", profile.store_profile]
     if profile.samples:
         args += ["--samples", str(profile.samples)]
-    _once(ctx, f"dump_{name}", lambda: demo_stages.run(ctx, "dump", *args))
+    done = _once(ctx, f"dump_{name}", lambda: demo_stages.run(ctx, "dump", *args))
     info = _store_cli(ctx, "inspect", store)
-    return {"store": store, "committed_rows": info["committed_rows"],
+    return {"store": store, "dumped": done, "committed_rows": info["committed_rows"],
             "bytes_per_token": info["bytes_per_token"],
             "arrays": {a["name"]: a["bytes_per_token"] for a in info["arrays"]}}
 
@@ -133,12 +139,12 @@ def run_name(profile: str, method: str, seed: int) -> str:
 def train_and_score(ctx, name: str, method: str, seed: int) -> dict:
     """One student from OUT/stores/NAME: trained and scored once; returns its numbers."""
     run = run_name(name, method, seed)
-    _once(ctx, f"train_{run}", lambda: demo_stages.train_run(
+    done = _once(ctx, f"train_{run}", lambda: demo_stages.train_run(
         ctx, "students", method, ctx.path("runs", run), ctx.path("stores", name),
         ctx.size.student_budget, f"seed={seed}", *student_sets(ctx, PROFILES[name])))
     _once(ctx, f"eval_{run}", lambda: demo_stages.evaluate_heldout(ctx, run))
     r = demo_results.load_run(ctx, run)
-    return {"profile": name, "method": method, "seed": seed,
+    return {"profile": name, "method": method, "seed": seed, "trained": done,
             "log_ppl": r["eval"]["heldout"]["log_ppl"], "heldout_rows": r["eval"]["heldout"].get("n"),
             "flops": r["flops"], "tokens": r["tokens"], "steps": r["steps"]}
 
@@ -163,7 +169,8 @@ def summarise(stores: dict, runs: dict, seeds: int) -> dict:
     out = {}
     for name, store in stores.items():
         goal = PROFILES[name].goal_nats
-        row = {"bytes_per_token": store["bytes_per_token"], "goal_nats": goal}
+        row = {"bytes_per_token": store["bytes_per_token"], "goal_nats": goal,
+               "family_bytes_per_token": family_bytes(store["arrays"])}
         for m in METHODS:
             ppl = runs[run_name(name, m, 0)]["log_ppl"]
             delta = ppl - runs[run_name("exact", m, 0)]["log_ppl"]
@@ -175,10 +182,23 @@ def summarise(stores: dict, runs: dict, seeds: int) -> dict:
     return {"spread": spread, "profiles": out}
 
 
+# Array-name prefixes of each part of a store, for the bytes/token breakdown.
+FAMILIES = {"tokens": ("tokens",), "logits": ("topk/", "sampled/"), "activations": ("hidden/", "hidden_aux/")}
+
+
+def family_bytes(arrays: dict) -> dict:
+    """{family: bytes/token} from {array name: bytes/token} (None if any is unknown)."""
+    out = {}
+    for family, prefixes in FAMILIES.items():
+        values = [v for name, v in arrays.items() if name.startswith(prefixes)]
+        out[family] = None if None in values else sum(values)
+    return out
+
+
 def markdown_table(summary: dict) -> str:
     """The README table: one row per profile, then exact's seed spread."""
-    md = ["| profile | B/token on disk | KD log-ppl | Δ KD vs exact | HLDC log-ppl | Δ HLDC vs exact "
-          "| goal \\|Δ\\| | met? |", "|---|---|---|---|---|---|---|---|"]
+    md = ["| profile | B/token on disk (tokens + logits + activations) | KD log-ppl | Δ KD vs exact | HLDC log-ppl | Δ HLDC vs exact "
+          "| goal \\|Δ\\| | met? | \\|Δ\\| > exact's seed spread |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["profiles"].items():
         cells = []
         for m in METHODS:
@@ -189,13 +209,17 @@ def markdown_table(summary: dict) -> str:
         verdict = "–" if None in met else ("yes" if all(met) else
                                            "NO (" + ", ".join(m.upper() for m, ok in zip(METHODS, met)
                                                               if not ok) + ")")
-        bpt = row["bytes_per_token"]
-        md.append(f"| {name} | {'?' if bpt is None else f'{bpt:.1f}'} | " + " | ".join(cells)
-                  + f" | {goal} | {verdict} |")
+        parts = " + ".join("?" if v is None else f"{v:.0f}" for v in row["family_bytes_per_token"].values())
+        bpt = "?" if row["bytes_per_token"] is None else f"{row['bytes_per_token']:.1f}"
+        beyond = [row[m]["beyond_spread"] for m in METHODS]
+        noise = "–" if None in beyond else (", ".join(m.upper() for m, b in zip(METHODS, beyond) if b)
+                                              or "neither")
+        md.append(f"| {name} | {bpt} ({parts}) | " + " | ".join(cells)
+                  + f" | {goal} | {verdict} | {noise} |")
     spread = summary["spread"]
     md.append("| exact seed spread (max−min) | | | "
               + " | | ".join("n/a" if spread[m] is None else f"{spread[m]:.4f}" for m in METHODS)
-              + " | | |")
+              + " | | | |")
     return "\n".join(md)
 
 

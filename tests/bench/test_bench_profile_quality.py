@@ -26,7 +26,12 @@ def _run(profile, method, seed, log_ppl):
 
 def test_summary_deltas_spread_and_goals_by_hand():
     bench = _bench()
-    stores = {"exact": {"bytes_per_token": 300.0}, "compact": {"bytes_per_token": 150.0}}
+    stores = {"exact": {"bytes_per_token": 300.0,
+                        "arrays": {"tokens": 4.0, "topk/ids": 20.0, "topk/logprobs": 16.0,
+                                   "hidden/2": 256.0, "hidden_aux/2/rms": 4.0}},
+              "compact": {"bytes_per_token": 150.0,
+                          "arrays": {"tokens": 4.0, "topk/ids": 20.0, "sampled/ids": 6.0,
+                                     "hidden/2": 100.0, "hidden_aux/2/rms": 20.0}}}
     runs = {}
     for name, (kd, hldc) in {"exact_s0": (4.400, 4.410), "exact_s1": (4.403, 4.401),
                              "compact_s0": (4.404, 4.420)}.items():
@@ -44,8 +49,9 @@ def test_summary_deltas_spread_and_goals_by_hand():
     assert compact["kd"]["beyond_spread"] is True and compact["hldc"]["beyond_spread"] is True
     assert summary["profiles"]["exact"]["kd"]["goal_met"] is None
     table = bench.markdown_table(summary).splitlines()
-    assert table[2].startswith("| exact | 300.0 | 4.4000 | – | 4.4100 | – | – | – |")
-    assert table[3] == "| compact | 150.0 | 4.4040 | +0.0040 | 4.4200 | +0.0100 | 0.005 | NO (HLDC) |"
+    assert table[2] == "| exact | 300.0 (4 + 36 + 260) | 4.4000 | – | 4.4100 | – | – | – | – |"
+    assert table[3] == ("| compact | 150.0 (4 + 26 + 120) | 4.4040 | +0.0040 | 4.4200 | +0.0100 "
+                        "| 0.005 | NO (HLDC) | KD, HLDC |")
     assert "0.0030" in table[4] and "0.0090" in table[4]
 
 
