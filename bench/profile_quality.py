@@ -46,7 +46,9 @@ class ProfileRun:
         store_profile: `pipelines.dump --profile` (a `store.profiles` name).
         topk: store the size's top-k (False: k=0, the logit signal is sampled only).
         samples: `--samples` draws per position (0: none).
-        goal_nats: the issue's bound on |delta vs exact| (None: no goal, a diagnostic row).
+        goal_nats: the issue's bound on how much worse than exact the students may be
+            (delta = log-ppl - exact's <= goal_nats; a better student meets it too, and
+            the table says "better"). None: no goal, a diagnostic row.
         about: what the row isolates, for the table.
     """
     store_profile: str
@@ -175,7 +177,7 @@ def summarise(stores: dict, runs: dict, seeds: int) -> dict:
             ppl = runs[run_name(name, m, 0)]["log_ppl"]
             delta = ppl - runs[run_name("exact", m, 0)]["log_ppl"]
             row[m] = {"log_ppl": ppl, "delta": delta,
-                      "goal_met": None if goal is None or name == "exact" else abs(delta) <= goal,
+                      "goal_met": None if goal is None or name == "exact" else delta <= goal,
                       "beyond_spread": None if spread[m] is None or name == "exact"
                       else abs(delta) > spread[m]}
         out[name] = row
@@ -195,27 +197,39 @@ def family_bytes(arrays: dict) -> dict:
     return out
 
 
+def _methods_where(row: dict, test) -> str:
+    return ", ".join(m.upper() for m in METHODS if test(row[m]))
+
+
+def _verdict(row: dict) -> str:
+    """'yes', 'yes (HLDC better by more than the goal)' or 'NO (KD)'; '–' without a goal."""
+    if row["goal_nats"] is None or row[METHODS[0]]["goal_met"] is None:
+        return "–"
+    worse = _methods_where(row, lambda r: not r["goal_met"])
+    if worse:
+        return f"NO ({worse})"
+    better = _methods_where(row, lambda r: r["delta"] < -row["goal_nats"])
+    return f"yes ({better} better by more than the goal)" if better else "yes"
+
+
 def markdown_table(summary: dict) -> str:
     """The README table: one row per profile, then exact's seed spread."""
-    md = ["| profile | B/token on disk (tokens + logits + activations) | KD log-ppl | Δ KD vs exact | HLDC log-ppl | Δ HLDC vs exact "
-          "| goal \\|Δ\\| | met? | \\|Δ\\| > exact's seed spread |", "|---|---|---|---|---|---|---|---|---|"]
+    md = ["| profile | B/token on disk (tokens + logits + activations) | KD log-ppl | Δ KD vs exact "
+          "| HLDC log-ppl | Δ HLDC vs exact | goal: Δ ≤ | met? | \\|Δ\\| > exact's seed spread |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["profiles"].items():
         cells = []
         for m in METHODS:
-            cells += [f"{row[m]['log_ppl']:.4f}",
-                      "–" if name == "exact" else f"{row[m]['delta']:+.4f}"]
-        goal = "–" if row["goal_nats"] is None else f"{row['goal_nats']:g}"
-        met = [row[m]["goal_met"] for m in METHODS]
-        verdict = "–" if None in met else ("yes" if all(met) else
-                                           "NO (" + ", ".join(m.upper() for m, ok in zip(METHODS, met)
-                                                              if not ok) + ")")
+            cells += [f"{row[m]['log_ppl']:.4f}", "–" if name == "exact" else f"{row[m]['delta']:+.4f}"]
         parts = " + ".join("?" if v is None else f"{v:.0f}" for v in row["family_bytes_per_token"].values())
         bpt = "?" if row["bytes_per_token"] is None else f"{row['bytes_per_token']:.1f}"
-        beyond = [row[m]["beyond_spread"] for m in METHODS]
-        noise = "–" if None in beyond else (", ".join(m.upper() for m, b in zip(METHODS, beyond) if b)
-                                              or "neither")
+        goal = "–" if row["goal_nats"] is None else f"{row['goal_nats']:g}"
+        if row[METHODS[0]]["beyond_spread"] is None:
+            noise = "–"
+        else:
+            noise = _methods_where(row, lambda r: r["beyond_spread"]) or "neither"
         md.append(f"| {name} | {bpt} ({parts}) | " + " | ".join(cells)
-                  + f" | {goal} | {verdict} | {noise} |")
+                  + f" | {goal} | {_verdict(row)} | {noise} |")
     spread = summary["spread"]
     md.append("| exact seed spread (max−min) | | | "
               + " | | ".join("n/a" if spread[m] is None else f"{spread[m]:.4f}" for m in METHODS)

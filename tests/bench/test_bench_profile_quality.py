@@ -55,6 +55,20 @@ def test_summary_deltas_spread_and_goals_by_hand():
     assert "0.0030" in table[4] and "0.0090" in table[4]
 
 
+def test_goal_is_one_sided_and_says_better():
+    bench = _bench()
+    stores = {p: {"bytes_per_token": 1.0, "arrays": {}} for p in ("exact", "lean")}
+    runs = {bench.run_name("exact", "kd", 0): _run("exact", "kd", 0, 4.40),
+            bench.run_name("exact", "hldc", 0): _run("exact", "hldc", 0, 4.41),
+            bench.run_name("lean", "kd", 0): _run("lean", "kd", 0, 4.405),   # worse by 0.005
+            bench.run_name("lean", "hldc", 0): _run("lean", "hldc", 0, 4.39)}  # better by 0.02
+    summary = bench.summarise(stores, runs, seeds=1)
+    assert summary["spread"] == {"kd": None, "hldc": None}
+    assert summary["profiles"]["lean"]["hldc"]["goal_met"] is True  # goal 0.01: better counts
+    row = bench.markdown_table(summary).splitlines()[3]
+    assert "| 0.01 | yes (HLDC better by more than the goal) | – |" in row
+
+
 @pytest.mark.parametrize("args, message", [
     (["--profiles", "exact,bogus"], "unknown profile(s) ['bogus']"),
     (["--profiles", "compact"], "must include exact"),
