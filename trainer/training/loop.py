@@ -155,7 +155,8 @@ def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, 
 
 
 _STEP_IDS = itertools.count()
-_BATCH_NDIM = {"tokens": 2, "topk_ids": 3, "topk_logprobs": 3, "hidden": 3}
+_BATCH_NDIM = {"tokens": 2, "topk_ids": 3, "topk_logprobs": 3, "hidden": 3,
+               "sampled_ids": 3, "sampled_counts": 3, "sampled_logprobs": 3}
 
 
 class PhaseRunner:
