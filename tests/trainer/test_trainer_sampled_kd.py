@@ -11,26 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from trainer_testlib import draw_sampled as draw
 from trainer.training import losses, sampled_kd, tiled_loss
 
 V, S, DRAWS = 16, 4, 20000
-
-
-def compress_draws(counts_NxV, num_samples):
-    """Store layout (SPEC12 §1): distinct ids ascending, empty slots last (id 0, count 0)."""
-    order_NxV = np.argsort(counts_NxV == 0, axis=-1, kind="stable")[:, :num_samples]
-    counts_NxS = np.take_along_axis(counts_NxV, order_NxV, -1)
-    ids_NxS = np.where(counts_NxS > 0, order_NxV, 0)
-    return ids_NxS.astype(np.int32), counts_NxS.astype(np.uint8)
-
-
-def draw(logp_V, num_draws, num_samples, seed):
-    """`num_draws` independent store positions of `num_samples` i.i.d. draws from p."""
-    rng = np.random.default_rng(seed)
-    counts_NxV = rng.multinomial(num_samples, np.exp(logp_V), size=num_draws)
-    ids_NxS, counts_NxS = compress_draws(counts_NxV, num_samples)
-    lp_NxS = np.where(counts_NxS > 0, logp_V[ids_NxS], -np.inf).astype(np.float32)
-    return ids_NxS, counts_NxS, lp_NxS
 
 
 def _log_softmax64(x):
