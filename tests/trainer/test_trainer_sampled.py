@@ -35,8 +35,8 @@ def sampled_batch(config, seed=0, samples=S, hidden_dim=0):
     rng = np.random.default_rng(seed + 1)
     logits_NxV = rng.normal(size=(b * t, v)) * 2.0
     logp_NxV = logits_NxV - np.log(np.exp(logits_NxV).sum(-1, keepdims=True))
-    cols = [tl.draw_sampled(logp_NxV[n], 1, samples, seed + 2 + n) for n in range(b * t)]
-    ids, counts, lps = (np.concatenate(c).reshape(b, t, samples) for c in zip(*cols))
+    ids, counts, lps = (x.reshape(b, t, samples)
+                        for x in tl.draw_sampled(logp_NxV, samples, seed + 2))
     batch.update(sampled_ids=ids.astype(np.uint16), sampled_counts=counts,
                  sampled_logprobs=lps.astype(np.float16))
     return batch

@@ -11,10 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer_testlib import draw_sampled as draw
+from trainer_testlib import draw_sampled
 from trainer.training import losses, sampled_kd, tiled_loss
 
 V, S, DRAWS = 16, 4, 20000
+
+
+def draw(logp_V, num_draws, num_samples, seed):
+    """`num_draws` independent store positions of one teacher distribution."""
+    return draw_sampled(np.broadcast_to(logp_V, (num_draws, logp_V.size)), num_samples, seed)
 
 
 def _log_softmax64(x):
@@ -108,10 +113,10 @@ def _tiled_inputs(seed=5):
     hidden = jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32)
     emb = jnp.asarray(rng.normal(size=(V, D)), jnp.float32)
     logp_NxV = np.stack([_log_softmax64(rng.normal(size=V) * 2) for _ in range(B * T)])
-    cols = [draw(logp_NxV[n], 1, S, seed=100 + n) for n in range(B * T)]
+    arrays = draw_sampled(logp_NxV, S, seed=100)
     inputs = {"targets": jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)}
-    for i, key in enumerate(tiled_loss.SIGNAL_INPUTS[sampled_kd.Signal.SAMPLED]):
-        arr = np.concatenate([c[i] for c in cols]).reshape(B, T, S)
+    for key, flat in zip(tiled_loss.SIGNAL_INPUTS[sampled_kd.Signal.SAMPLED], arrays):
+        arr = flat.reshape(B, T, S)
         inputs[key] = jnp.asarray(arr.astype(np.float16) if key == "sampled_logprobs" else arr)
     return hidden, emb, inputs
 

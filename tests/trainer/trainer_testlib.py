@@ -75,20 +75,25 @@ def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
     return str(path)
 
 
-def draw_sampled(logp_V, num_draws, num_samples, seed):
-    """`num_draws` positions of `num_samples` i.i.d. draws from p, in the store layout.
+def draw_sampled(logp_NxV, num_samples, seed):
+    """`num_samples` i.i.d. draws from each row's p, in the store layout (SPEC12 §1).
 
-    SPEC12 §1: distinct ids ascending, empty slots last (id 0, count 0,
-    log-prob -inf). Returns (ids int32, counts uint8, logprobs float32), each
-    [num_draws, num_samples].
+    Distinct ids ascending, empty slots last (id 0, count 0, log-prob -inf).
+
+    Args:
+        logp_NxV: float64 teacher log-probs, one position per row.
+        num_samples: S, draws per position.
+        seed: numpy seed.
+
+    Returns:
+        (ids int32, counts uint8, logprobs float32), each [N, S].
     """
-    rng = np.random.default_rng(seed)
-    counts_NxV = rng.multinomial(num_samples, np.exp(logp_V), size=num_draws)
+    counts_NxV = np.random.default_rng(seed).multinomial(num_samples, np.exp(logp_NxV))
     order_NxS = np.argsort(counts_NxV == 0, axis=-1, kind="stable")[:, :num_samples]
     counts_NxS = np.take_along_axis(counts_NxV, order_NxS, -1)
     ids_NxS = np.where(counts_NxS > 0, order_NxS, 0)
-    lp_NxS = np.where(counts_NxS > 0, logp_V[ids_NxS], -np.inf).astype(np.float32)
-    return ids_NxS.astype(np.int32), counts_NxS.astype(np.uint8), lp_NxS
+    lp_NxS = np.where(counts_NxS > 0, np.take_along_axis(logp_NxV, ids_NxS, -1), -np.inf)
+    return ids_NxS.astype(np.int32), counts_NxS.astype(np.uint8), lp_NxS.astype(np.float32)
 
 
 def tiny_config(method, store_url, run_dir, steps=None, **overrides):
