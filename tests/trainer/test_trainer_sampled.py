@@ -1,6 +1,5 @@
 """loss.signal=sampled through the trainer: config, store alignment, phases, loss_fn, guard."""
 import json
-import types
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +7,10 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from store import SchemaMismatchError
+from store import SchemaMismatchError, StoreSchema
 from store import objective_penalty as penalty_lib
 from trainer.training import config as config_lib
-from trainer.training import data, methods, store_align
+from trainer.training import data, methods, metrics, store_align
 from trainer.training import loop as train
 
 S = 6
@@ -21,11 +20,9 @@ def _config(method="kd", **sets):
     return tl.tiny_config(method, "/unused", "/unused", **sets)
 
 
-def _schema(k=tl.K, samples=S, **kw):
-    # TODO(t12): a real StoreSchema(samples=...) once store branch s12 is merged.
-    fields = dict(seq_len=tl.SEQ, k=k, vocab_size=tl.VOCAB, hidden_layers=(tl.LAYER,),
-                  hidden_dim=64, tokenizer={}, samples=samples)
-    return types.SimpleNamespace(**{**fields, **kw})
+def _schema(k=tl.K, samples=S):
+    return StoreSchema(seq_len=tl.SEQ, k=k, vocab_size=tl.VOCAB, hidden_layers=(tl.LAYER,),
+                       hidden_dim=64, samples=samples)
 
 
 def sampled_batch(config, seed=0, samples=S, hidden_dim=0):
@@ -147,3 +144,18 @@ def test_resume_of_a_run_from_before_loss_signal_is_accepted(tmp_path):
     config.loss.signal = "sampled"
     with pytest.raises(config_lib.ConfigError, match=r"loss.signal: 'topk' -> 'sampled'"):
         config_lib.check_same_config_on_resume(config, str(tmp_path))
+
+
+def test_tiny_kd_run_from_a_sampled_only_store(tmp_path):
+    store = tl.make_store(tmp_path / "store", num_rows=32, k=0, layers=(), samples=S)
+    config = tl.tiny_config("kd", store, tmp_path / "run", steps=6, log_every=1,
+                            **{"data.from_store": True})
+    summary = train.run(config)
+    assert summary["global_step"] == 6
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["loss"]["signal"] == "sampled" and saved["data"]["samples"] == S
+    records = metrics.read_metrics(str(tmp_path / "run"))
+    assert all(np.isfinite(r["kd"]) and 0.0 <= r["top1_agreement"] <= 1.0 for r in records)
+    assert records[-1]["kd"] < records[0]["kd"]  # the student moves toward the teacher
+    penalty = json.loads((tmp_path / "run" / "objective_penalty.json").read_text())
+    assert penalty["signal"] == "sampled" and penalty["penalty_nats"] == 0.0

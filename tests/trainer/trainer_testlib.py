@@ -40,8 +40,12 @@ def _bigram(vocab, seed):
 
 
 def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
-               layers=(LAYER,), rows_per_unit=16, seed=0, tokenizer_sha="ab" * 32):
-    """Writes a tiny bigram-teacher store; k=0 and layers=() give tokens only."""
+               layers=(LAYER,), rows_per_unit=16, seed=0, tokenizer_sha="ab" * 32, samples=0):
+    """Writes a tiny bigram-teacher store; k=0 and layers=() give tokens only.
+
+    samples > 0 adds the sampled logits: that many draws per position from the
+    bigram teacher's next-token distribution.
+    """
     logp_VxV = _bigram(vocab, seed)
     rng = np.random.default_rng(seed + 1)
     tokens = np.zeros((num_rows, seq_len), np.int32)
@@ -51,12 +55,12 @@ def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
         u = rng.random(num_rows)[:, None]
         tokens[:, t] = np.minimum((u > cdf[tokens[:, t - 1]]).sum(-1), vocab - 1)
     schema = StoreSchema(
-        seq_len=seq_len, k=k, vocab_size=vocab, hidden_layers=tuple(layers),
+        seq_len=seq_len, k=k, vocab_size=vocab, hidden_layers=tuple(layers), samples=samples,
         hidden_dim=hidden_dim if layers else 0, rows_per_unit=rows_per_unit,
         tokenizer={"sha256": tokenizer_sha, "vocab_size": vocab, "bos_id": 1, "eos_id": 2,
                    "pad_id": 0},
         teacher={"name": "bigram", "fingerprint": "0" * 64, "num_layers": 2 * LAYER,
-                 "d_model": hidden_dim, "config": {}} if (k or layers) else {},
+                 "d_model": hidden_dim, "config": {}} if (k or layers or samples) else {},
         packing={"rule": "noam"})
     writer = create_store(str(path), schema, num_rows=num_rows)
     proj_VxD = np.random.default_rng(seed + 2).normal(size=(vocab, max(hidden_dim, 1)))
@@ -69,6 +73,10 @@ def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
             ids = np.argsort(-lp, -1)[..., :k].astype(np.int32)
             kwargs["topk_ids"] = ids
             kwargs["topk_logprobs"] = np.take_along_axis(lp, ids, -1).astype(np.float32)
+        if samples:
+            arrays = draw_sampled(logp_VxV[tok.reshape(-1)], samples, seed + 3 + u)
+            kwargs.update((f"sampled_{name}", a.reshape(tok.shape + (samples,)))
+                          for name, a in zip(("ids", "counts", "logprobs"), arrays))
         if layers:
             kwargs["hidden"] = {l: (proj_VxD[tok] * 30.0).astype(np.float32) for l in layers}
         writer.write_unit(u, tokens=tok, **kwargs)

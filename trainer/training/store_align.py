@@ -20,15 +20,9 @@ from trainer.training.config import ConfigError
 from trainer.training.sampled_kd import Signal, parse_signal
 
 
-def _samples(schema: StoreSchema) -> int:
-    # StoreSchema.samples arrives with SPEC12 §1 (store branch s12); a schema
-    # from before it holds no sampled arrays. TODO(t12): drop once s12 is merged.
-    return getattr(schema, "samples", 0)
-
-
 def store_signal(schema: StoreSchema) -> Signal | None:
     """The one KD signal the store holds; None when it holds both or neither."""
-    has = [s for s, n in ((Signal.TOPK, schema.k), (Signal.SAMPLED, _samples(schema))) if n >= 1]
+    has = [s for s, n in ((Signal.TOPK, schema.k), (Signal.SAMPLED, schema.samples)) if n >= 1]
     return has[0] if len(has) == 1 else None
 
 
@@ -38,8 +32,8 @@ def geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) 
     sampled = parse_signal(config.loss.signal) is Signal.SAMPLED
     if needs_topk and not sampled and schema.k >= 1:
         wanted["data.k"] = schema.k
-    if needs_topk and sampled and _samples(schema) >= 1:
-        wanted["data.samples"] = _samples(schema)
+    if needs_topk and sampled and schema.samples >= 1:
+        wanted["data.samples"] = schema.samples
     if needs_hidden and schema.hidden_layers:
         layers = list(schema.hidden_layers)
         # A config layer that the store holds is kept; one stored layer is the only choice.
@@ -108,12 +102,12 @@ def check_store(config, schema: StoreSchema, url: str, needs_topk: bool,
     """Raises one SchemaMismatchError listing every mismatch (or a store lacking a signal)."""
     sampled = parse_signal(config.loss.signal) is Signal.SAMPLED
     if needs_topk and not sampled and schema.k < 1:
-        other = (f"--set loss.signal=sampled (the store holds S={_samples(schema)} sampled "
-                 f"logits per position)" if _samples(schema) >= 1 else "--set method=nll")
+        other = (f"--set loss.signal=sampled (the store holds S={schema.samples} sampled "
+                 f"logits per position)" if schema.samples >= 1 else "--set method=nll")
         raise ConfigError(
             f"method {config.method} needs teacher top-k but store {url} has k=0; dump top-k "
             f"with `python -m pipelines.dump --teacher ...` or use {other}")
-    if needs_topk and sampled and _samples(schema) < 1:
+    if needs_topk and sampled and schema.samples < 1:
         other = (f"--set loss.signal=topk (the store holds top-{schema.k})" if schema.k >= 1
                  else "--set method=nll")
         raise ConfigError(
