@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from store import objective_penalty as penalty_lib
-from trainer.training import losses, sampled_kd, schedules, tiled_loss
+from trainer.training import losses, schedules, tiled_loss
+from trainer.training import sampled_kd
 from trainer.model import gemma3 as model, regressors
 from trainer.training.config import ConfigError, Method, parse_enum
 from trainer.model.regressors import RegressorKind
