@@ -162,15 +162,7 @@ def test_tiny_kd_run_from_a_sampled_only_store(tmp_path):
 
 
 def test_cli_sampled_signal_on_a_topk_store_is_one_line_exit_2(tmp_path):
-    import subprocess
-    import sys
     store = tl.make_store(tmp_path / "store", num_rows=16, layers=())
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "--config", tl.CONFIG, "--set", f"store.url={store}",
-         "--set", f"run_dir={tmp_path / 'run'}", "--set", "loss.signal=sampled"],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "(samples=0)" in lines[0], lines
-    assert "--set loss.signal=topk (the store holds top-8)" in lines[0], lines
+    line = tl.cli_error_line(store, tmp_path / "run", "loss.signal=sampled")
+    assert "(samples=0)" in line and "--set loss.signal=topk (the store holds top-8)" in line
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -104,6 +104,20 @@ def draw_sampled(logp_NxV, num_samples, seed):
     return ids_NxS.astype(np.int32), counts_NxS.astype(np.uint8), lp_NxS.astype(np.float32)
 
 
+def cli_error_line(store_url, run_dir, *sets):
+    """Runs `python -m trainer` on the tiny config; asserts exit 2 and returns its one stderr line."""
+    import subprocess
+    import sys
+    args = [sys.executable, "-m", "trainer", "--config", CONFIG, "--set", f"store.url={store_url}",
+            "--set", f"run_dir={run_dir}"]
+    for item in sets:
+        args += ["--set", item]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
+    return lines[0]
+
+
 def tiny_config(method, store_url, run_dir, steps=None, **overrides):
     """The tiny config for `method`, with a budget giving about `steps` steps."""
     sets = [f"store.url={store_url}", f"run_dir={run_dir}"]
