@@ -138,6 +138,9 @@ def test_tiled_equals_untiled_and_is_deterministic():
     (val, out), grads = jax.jit(jax.value_and_grad(tiled, argnums=(0, 1), has_aux=True))(hidden, emb)
     want_val, want_grads = jax.jit(jax.value_and_grad(untiled, argnums=(0, 1)))(hidden, emb)
     assert set(out) == {"nll", "kd", "top1"}
+    logits = tiled_loss.tile_logits(hidden.reshape(-1, D), emb).reshape(B, T, V)
+    np.testing.assert_array_equal(np.asarray(out["top1"]),
+                                  np.asarray(sampled_kd.top1_agreement_sampled(logits, *teacher)))
     np.testing.assert_allclose(float(val), float(want_val), rtol=1e-6)
     for g, w in zip(grads, want_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7)
