@@ -40,7 +40,8 @@ def _bigram(vocab, seed):
 
 
 def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
-               layers=(LAYER,), rows_per_unit=16, seed=0, tokenizer_sha="ab" * 32):
+               layers=(LAYER,), rows_per_unit=16, seed=0, tokenizer_sha="ab" * 32,
+               profile="exact"):
     """Writes a tiny bigram-teacher store; k=0 and layers=() give tokens only."""
     logp_VxV = _bigram(vocab, seed)
     rng = np.random.default_rng(seed + 1)
@@ -52,7 +53,7 @@ def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
         tokens[:, t] = np.minimum((u > cdf[tokens[:, t - 1]]).sum(-1), vocab - 1)
     schema = StoreSchema(
         seq_len=seq_len, k=k, vocab_size=vocab, hidden_layers=tuple(layers),
-        hidden_dim=hidden_dim if layers else 0, rows_per_unit=rows_per_unit,
+        hidden_dim=hidden_dim if layers else 0, rows_per_unit=rows_per_unit, profile=profile,
         tokenizer={"sha256": tokenizer_sha, "vocab_size": vocab, "bos_id": 1, "eos_id": 2,
                    "pad_id": 0},
         teacher={"name": "bigram", "fingerprint": "0" * 64, "num_layers": 2 * LAYER,
