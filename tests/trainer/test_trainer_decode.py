@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from store import StoreReader, profiles
+from store import StoreReader, StoreSchema, create_store, profiles
 from trainer.training import data, decode, methods, sharding, loop as train
 
 
@@ -93,6 +93,43 @@ def test_a_field_the_store_lacks_is_one_clear_error(tmp_path):
     tokens_only = tl.make_store(tmp_path / "t", num_rows=8, k=0, layers=(), profile="compact")
     with pytest.raises(data.DataConfigError, match=r"has no arrays \['topk/ids'"):
         data.StoreSource(tokens_only, ("tokens", "topk")).read_indices([0])
+
+
+def _sampled_store(path, profile, S=6, vocab=512, T=16, rows=8):
+    """A store with S draws per position from a random softmax (distinct ids ascending, counts)."""
+    rng = np.random.default_rng(7)
+    schema = StoreSchema(seq_len=T, k=0, vocab_size=vocab, samples=S, rows_per_unit=4, profile=profile,
+                         tokenizer={"sha256": "ab" * 32}, teacher={"name": "t"}, packing={"rule": "noam"})
+    writer = create_store(str(path), schema, num_rows=rows)
+    for u in range(writer.num_units):
+        a, b = writer.unit_rows(u)
+        logits = rng.normal(size=(b - a, T, vocab)) * 3
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        ids = np.zeros((b - a, T, S), np.int32)
+        counts = np.zeros((b - a, T, S), np.uint8)
+        for i in np.ndindex(b - a, T):
+            draws = rng.choice(vocab, S, p=np.exp(logp[i]))
+            uniq, cnt = np.unique(draws, return_counts=True)
+            ids[i][:len(uniq)], counts[i][:len(uniq)] = uniq, cnt
+        lp = np.where(counts > 0, np.take_along_axis(logp, ids, -1), -np.inf).astype(np.float32)
+        writer.write_unit(u, tokens=rng.integers(0, vocab, (b - a, T), dtype=np.int32), sampled_ids=ids,
+                          sampled_counts=counts, sampled_logprobs=lp)
+    return str(path)
+
+
+@pytest.mark.parametrize("profile", ["exact", "compact"])
+def test_sampled_arrays_decode_bitwise(tmp_path, profile):
+    url = _sampled_store(tmp_path / "s", profile)
+    source = data.StoreSource(url, ("tokens", "sampled"))
+    rows = np.array([1, 2, 6])
+    batch = source.read_indices(rows)
+    assert set(batch) == {"tokens", "sampled_ids", "sampled_counts", "sampled_logprobs"}
+    encoding = source.encoding
+    got = jax.device_get(jax.jit(lambda b: decode.decode_batch(b, encoding))(batch))
+    want = StoreReader(url).read(rows, fields=("tokens", "sampled"))
+    for key in ("sampled_ids", "sampled_counts", "sampled_logprobs"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert got["sampled_counts"].sum(-1).min() == 6
 
 
 def _lean_reference(packed, step, signs):

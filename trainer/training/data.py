@@ -267,4 +267,4 @@ def synthetic_encoding(profile: str, vocab_size: int, k: int = 0, hidden_dim: in
     """The Encoding of `synthetic_batch(..., as_loaded=True, profile=profile)` batches."""
     schema = StoreSchema(seq_len=2, k=k, vocab_size=vocab_size, hidden_layers=(1,) if hidden_dim else (),
                          hidden_dim=hidden_dim, profile=profile)
-    return decode.Encoding.from_schema(schema, profiles.get_profile(profile).describe(schema))
+    return decode.Encoding.from_schema(schema, profiles.get_profile(profile).encodings(schema))

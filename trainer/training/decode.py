@@ -120,7 +120,7 @@ class Encoding:
         ids_bits = int(enc["ids_bits"]) if "ids_bits" in enc else 0
         signs = tuple(int(x) for x in enc["hidden_signs"]) if s.profile == "lean" else ()
         return cls(profile=s.profile, vocab_size=int(s.vocab_size), k=int(s.k),
-                   samples=int(getattr(s, "samples", 0)), hidden_dim=int(s.hidden_dim),
+                   samples=int(s.samples), hidden_dim=int(s.hidden_dim),
                    ids_bits=ids_bits, hidden_signs=signs)
 
     def batch_ndims(self, value_keys) -> dict[str, int]:
