@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 
-import store_bench  # noqa: E402  (its synthetic teacher signal and raw read)
+import store_bench  # noqa: E402  (its synthetic teacher signal, raw read and timed pass)
 from store import StoreReader, StoreSchema, create_store  # noqa: E402
 from trainer.training import data, decode  # noqa: E402
 
@@ -56,15 +56,6 @@ def write_store(url, profile, signal, rows_per_unit):
                      topk_logprobs=signal["lp"][a:b], hidden={LAYER: signal["hidden"][a:b]})
 
 
-def _pass(fn, rows, read_batch):
-    """Seconds to read every row in batches (each batch dropped after use, like a loader)."""
-    t = time.perf_counter()
-    for a in range(0, rows, read_batch):
-        got = fn(np.arange(a, min(rows, a + read_batch)))
-        del got
-    return time.perf_counter() - t
-
-
 def bench_profile(url, profile, rows, read_batch, repeats, decode_repeats):
     source = data.StoreSource(url, FIELDS)
     names = source.stored_names()
@@ -76,8 +67,8 @@ def bench_profile(url, profile, rows, read_batch, repeats, decode_repeats):
     reader.read([0], fields=FIELDS, **host_kw)
     passes = {
         "raw": lambda: sum(store_bench.raw_read(os.path.join(url, n))[1] for n in names),
-        "loader": lambda: _pass(source.read_indices, rows, read_batch),
-        "host": lambda: _pass(lambda r: reader.read(r, fields=FIELDS, **host_kw), rows, read_batch),
+        "loader": lambda: store_bench._timed_pass(source.read_indices, rows, read_batch),
+        "host": lambda: store_bench._timed_pass(lambda r: reader.read(r, fields=FIELDS, **host_kw), rows, read_batch),
     }
     nbytes = sum(store_bench.raw_read(os.path.join(url, n))[0] for n in names)
     order = list(passes)
