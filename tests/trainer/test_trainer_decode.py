@@ -69,6 +69,8 @@ def test_loader_ships_stored_arrays_and_device_decode_is_bitwise(store):
         assert batch[decode.batch_key(name)].dtype == stored[name].dtype, name
     if reader.schema.profile == "compact":
         assert batch["hidden"].dtype == np.int8 and batch["topk_logprobs"].dtype == np.uint8
+        # Bit-packed ids: 9 bits each at V=512.
+        assert batch["topk_ids"].dtype == np.uint8 and batch["topk_ids"].shape[-1] == -(-tl.K * 9 // 8)
     encoding = source.encoding
     assert encoding.batch_ndims(("tokens", "topk_ids", "topk_logprobs", "hidden")) == \
         {k: v.ndim for k, v in batch.items()}
@@ -130,6 +132,36 @@ def test_sampled_arrays_decode_bitwise(tmp_path, profile):
     for key in ("sampled_ids", "sampled_counts", "sampled_logprobs"):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     assert got["sampled_counts"].sum(-1).min() == 6
+
+
+@pytest.mark.parametrize("profile", ["compact", "lean"])
+def test_packed_ids_at_gemma_vocab_match_the_store_decoder(tmp_path, profile):
+    """V=262,144 (18-bit ids): top-k and sampled ids written by the store's encoder,
+    unpacked in jit, equal StoreReader.read's numpy unpack."""
+    if profile not in profiles.PROFILES:
+        pytest.skip(f"store has no {profile} profile yet")
+    V, T, K, S = 262144, 8, 12, 6
+    rng = np.random.default_rng(3)
+    schema = StoreSchema(seq_len=T, k=K, vocab_size=V, samples=S, rows_per_unit=2, profile=profile,
+                         tokenizer={"sha256": "ab" * 32}, teacher={"name": "t"}, packing={"rule": "noam"})
+    writer = create_store(str(tmp_path / "s"), schema, num_rows=4)
+    for u in range(writer.num_units):
+        ids = np.stack([rng.choice(V, K, replace=False) for _ in range(2 * T)]).reshape(2, T, K)
+        lp = np.sort(rng.uniform(-20, 0, (2, T, K)), -1)[..., ::-1].astype(np.float32)
+        sids = np.sort(np.stack([rng.choice(V, S, replace=False) for _ in range(2 * T)]), -1).reshape(2, T, S)
+        counts = np.ones((2, T, S), np.uint8)
+        writer.write_unit(u, tokens=np.zeros((2, T), np.int32), topk_ids=ids, topk_logprobs=lp,
+                          sampled_ids=sids, sampled_counts=counts,
+                          sampled_logprobs=np.full((2, T, S), -3.0, np.float32))
+    source = data.StoreSource(str(tmp_path / "s"), ("tokens", "topk", "sampled"))
+    assert source.encoding.ids_bits == 18
+    batch = source.read_indices(np.arange(4))
+    assert batch["topk_ids"].shape == (4, T, 27) and batch["sampled_ids"].shape == (4, T, 14)
+    got = jax.device_get(jax.jit(lambda b: decode.decode_batch(b, source.encoding))(batch))
+    want = StoreReader(str(tmp_path / "s")).read(np.arange(4), fields=("topk", "sampled"))
+    for key in ("topk_ids", "topk_logprobs", "sampled_ids", "sampled_counts", "sampled_logprobs"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert got["topk_ids"].max() >= V // 2  # the high bits are exercised
 
 
 def _lean_reference(packed, step, signs):

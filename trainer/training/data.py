@@ -123,7 +123,7 @@ class StoreSource:
         """
         keys, layer = value_keys(self.fields)
         names = self.encoding.stored_names(keys, layer)
-        have = {spec.name for spec in profiles.get_profile(self.reader.schema.profile)
+        have = {spec.name for spec in profiles.for_store(self.reader.schema, self.reader.manifest)
                 .arrays(self.reader.schema)}
         missing = [n for n in names if n not in have]
         if missing:
