@@ -48,8 +48,14 @@ def test_unknown_profile_and_key_are_refused():
         decode.EXACT.batch_ndims(("logits",))
 
 
-@pytest.fixture(scope="module", params=["exact", "compact"])
+def _need(profile):
+    if profile not in profiles.PROFILES:
+        pytest.skip(f"store has no {profile} profile yet")
+
+
+@pytest.fixture(scope="module", params=["exact", "compact", "lean"])
 def store(request, tmp_path_factory):
+    _need(request.param)
     return tl.make_store(tmp_path_factory.mktemp(request.param) / "s", num_rows=32,
                          profile=request.param)
 
@@ -138,8 +144,7 @@ def test_sampled_arrays_decode_bitwise(tmp_path, profile):
 def test_packed_ids_at_gemma_vocab_match_the_store_decoder(tmp_path, profile):
     """V=262,144 (18-bit ids): top-k and sampled ids written by the store's encoder,
     unpacked in jit, equal StoreReader.read's numpy unpack."""
-    if profile not in profiles.PROFILES:
-        pytest.skip(f"store has no {profile} profile yet")
+    _need(profile)
     V, T, K, S = 262144, 8, 12, 6
     rng = np.random.default_rng(3)
     schema = StoreSchema(seq_len=T, k=K, vocab_size=V, samples=S, rows_per_unit=2, profile=profile,
@@ -179,8 +184,8 @@ def _lean_reference(packed, step, signs):
 
 @pytest.mark.parametrize("D", [96, 2560])
 def test_lean_hidden_matches_the_spec(D):
-    """Float32 decode vs the float64 spec formula: within 1 float32 rounding of the
-    final divide by sqrt(b) (everything before it is exact)."""
+    """Float32 decode vs the float64 spec formula: within the 2 float32 roundings of the
+    final scale by float32(1/sqrt(b)) (everything before it is exact)."""
     rng = np.random.default_rng(D)
     G = D // decode.lean_block(D)
     packed = rng.integers(0, 216, (2, 3, -(-D // 3)), dtype=np.int64).astype(np.uint8)
@@ -188,14 +193,16 @@ def test_lean_hidden_matches_the_spec(D):
     signs = tuple(int(s) for s in rng.choice([-1, 1], D))
     got = np.asarray(jax.jit(lambda p, s: decode._lean_hidden(p, s, signs))(packed, step))
     want = _lean_reference(packed.astype(np.int64), step, signs)
-    np.testing.assert_allclose(got, want, rtol=2 ** -23, atol=0)
+    np.testing.assert_allclose(got, want, rtol=2 ** -22, atol=0)
 
 
-@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_training_on_compact_gives_the_host_decode_losses(tmp_path, devices):
-    """HLDC on a compact store: stored arrays decoded in the step (on 1 device, or
+@pytest.mark.parametrize("profile, devices", [("compact", 1), pytest.param("compact", 2, marks=pytest.mark.slow),
+                                              pytest.param("lean", 1, marks=pytest.mark.slow)])
+def test_training_on_coded_stores_gives_the_host_decode_losses(tmp_path, profile, devices):
+    """HLDC on a compact (lean) store: stored arrays decoded in the step (on 1 device, or
     sharded over 2) give the losses of the host-decoded float32 batches (1 device)."""
-    store = tl.make_store(tmp_path / "c", num_rows=32, profile="compact")
+    _need(profile)
+    store = tl.make_store(tmp_path / "c", num_rows=32, profile=profile)
     config = tl.tiny_config("hldc", store, tmp_path / "run")
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[0]

@@ -244,12 +244,12 @@ def lean_block(hidden_dim: int) -> int:
 def _lean_hidden(packed_xP, step_xG, signs):
     """Lean activations: base-6 unpack, inverse block Hadamard, signs -> float32 x/rms(x).
 
-    c_j = (byte // 6**j) % 6; r = (c - 2.5) * step; y = (r[G, b] @ H_b / sqrt(b)) * s.
-    Computed as step * (H_b @ (2c - 5)) / 2 / sqrt(b): the Hadamard runs on
-    small integers (|sum| <= 5 b), exactly, so no summation order (numpy's
-    BLAS, XLA's butterflies) can change it, and step/2 * integer is the exact
-    float32 value numpy's float32 matmul also reaches (every partial sum is
-    an 11-bit step times an integer below 2**12).
+    c_j = (byte // 6**j) % 6; r = (c - 2.5) * step; y = H_b(r) * float32(1/sqrt(b)) * s,
+    as store/lean.py's decode. Computed as H_b(2c - 5) on small integers
+    (|sum| <= 5 b, exact whatever the summation order) times step/2: the
+    exact float32 value numpy's float32 butterflies also reach (every partial
+    sum there is an 11-bit step times an integer below 2**12, so none rounds);
+    then the one rounding multiply by float32(1/sqrt(b)) both sides share.
     """
     D = len(signs)
     b = lean_block(D)
@@ -260,7 +260,7 @@ def _lean_hidden(packed_xP, step_xG, signs):
     m = (2 * codes - 5).reshape(codes.shape[:-1] + (G, b))            # odd integers in [-5, 5]
     m = _fwht(m)                                                       # H_b @ m, exact integers
     r = m.astype(jnp.float32) * (step_xG.astype(jnp.float32)[..., None] * jnp.float32(0.5))
-    y = r / jnp.float32(math.sqrt(b))
+    y = r * np.float32(1.0 / np.sqrt(b))
     y = y.reshape(y.shape[:-2] + (D,))
     return y * jnp.asarray(np.asarray(signs, np.float32))
 
