@@ -183,15 +183,19 @@ def _lean_reference(packed, step, signs):
 
 
 @pytest.mark.parametrize("D", [96, 2560])
-def test_lean_hidden_matches_the_spec(D):
-    """Float32 decode vs the float64 spec formula: within the 2 float32 roundings of the
-    final scale by float32(1/sqrt(b)) (everything before it is exact)."""
+def test_lean_hidden_matches_the_spec_and_the_store_decoder(D):
+    """Float32 decode: bitwise store.lean.decode (numpy), and vs the float64 spec formula
+    within the 2 float32 roundings of the final scale by float32(1/sqrt(b))
+    (everything before it is exact)."""
+    _need("lean")
+    from store import lean
     rng = np.random.default_rng(D)
     G = D // decode.lean_block(D)
     packed = rng.integers(0, 216, (2, 3, -(-D // 3)), dtype=np.int64).astype(np.uint8)
     step = rng.uniform(0.01, 2.0, (2, 3, G)).astype(np.float16)
-    signs = tuple(int(s) for s in rng.choice([-1, 1], D))
+    signs = tuple(int(s) for s in lean.signs(D))
     got = np.asarray(jax.jit(lambda p, s: decode._lean_hidden(p, s, signs))(packed, step))
+    np.testing.assert_array_equal(got, lean.decode(packed, step, D, np.float32))
     want = _lean_reference(packed.astype(np.int64), step, signs)
     np.testing.assert_allclose(got, want, rtol=2 ** -22, atol=0)
 

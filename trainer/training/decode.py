@@ -118,7 +118,8 @@ class Encoding:
         """From a StoreSchema and the manifest's "encodings" entry (`Profile.describe`)."""
         # A store written before packed ids has no "ids_bits": ids stored as u16/i32.
         ids_bits = int(enc["ids_bits"]) if "ids_bits" in enc else 0
-        signs = tuple(int(x) for x in enc["hidden_signs"]) if s.profile == "lean" else ()
+        # Lean rotation signs (listed only when the store has activations).
+        signs = tuple(int(x) for x in enc["hidden_signs"]) if s.profile == "lean" and s.hidden_dim else ()
         return cls(profile=s.profile, vocab_size=int(s.vocab_size), k=int(s.k),
                    samples=int(s.samples), hidden_dim=int(s.hidden_dim),
                    ids_bits=ids_bits, hidden_signs=signs)
