@@ -108,7 +108,7 @@ def main(argv=None):
     p.add_argument("--read_batch", type=int, default=4, help="rows per loader batch")
     p.add_argument("--repeats", type=int, default=7, help="interleaved timing repeats per mode")
     p.add_argument("--decode_repeats", type=int, default=5, help="timed device decodes (best kept)")
-    p.add_argument("--profiles", default="exact,compact")
+    p.add_argument("--profiles", default="exact,compact,lean")
     p.add_argument("--dir", default="/tmp/loader_bench")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                  "loader_bench.json"))

@@ -1,10 +1,10 @@
 """trainer.training.decode: the device decode equals the numpy decoders of store.profiles.
 
 Bitwise everywhere (assert_array_equal): casts, int8 * float16 step with the
-outliers restored, the uint8 log-prob code (same float32 ops in the same
-order), packed ids (integers), lean's inverse Hadamard (integer butterflies,
-exact; see decode._lean_hidden). References: store.profiles' numpy decoders
-on the same stored bytes, or, for the bit stream, np.packbits.
+outliers restored, the uint8 log-prob code (a table of the same float32 ops),
+packed ids (integers), lean's inverse Hadamard (an integer matmul, exact; see
+decode._lean_hidden). References: store.profiles' numpy decoders on the same
+stored bytes, np.packbits for the bit stream, a float64 formula for lean.
 """
 import math
 
@@ -178,6 +178,7 @@ def _lean_reference(packed, step, signs):
     H = np.array([[1.0]])
     while H.shape[0] < b:
         H = np.block([[H, H], [H, -H]])
+    assert (H == decode.sylvester(b)).all()
     y = (r @ H) / np.sqrt(b)
     return y.reshape(y.shape[:-2] + (D,)) * np.asarray(signs, np.float64)
 

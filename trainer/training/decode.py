@@ -242,38 +242,40 @@ def lean_block(hidden_dim: int) -> int:
     return min(hidden_dim & -hidden_dim, 512)
 
 
+# 2c - 5 for the three codes a byte packs (c_j = (byte // 6**j) % 6); bytes > 215 never occur.
+_LEAN_LUT = np.array([[2 * ((v // 6 ** j) % 6) - 5 for j in range(3)] for v in range(256)], np.float32)
+
+
+def sylvester(b: int) -> np.ndarray:
+    """The unscaled Sylvester Hadamard matrix H_b (H_1 = [1], H_2n = [[H, H], [H, -H]])."""
+    h = np.ones((1, 1), np.float32)
+    while h.shape[0] < b:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
 def _lean_hidden(packed_xP, step_xG, signs):
     """Lean activations: base-6 unpack, inverse block Hadamard, signs -> float32 x/rms(x).
 
     c_j = (byte // 6**j) % 6; r = (c - 2.5) * step; y = H_b(r) * float32(1/sqrt(b)) * s,
-    as store/lean.py's decode. Computed as H_b(2c - 5) on small integers
-    (|sum| <= 5 b, exact whatever the summation order) times step/2: the
-    exact float32 value numpy's float32 butterflies also reach (every partial
-    sum there is an 11-bit step times an integer below 2**12, so none rounds);
-    then the one rounding multiply by float32(1/sqrt(b)) both sides share.
+    as store/lean.py's decode. Computed as H_b @ (2c - 5) times step/2: a
+    matmul of small integers (|2c - 5| <= 5, H_b entries +-1, both exact in
+    bfloat16; sums |.| <= 5 b exact in the float32 accumulator whatever its
+    order), so it is exact on every backend, tensor cores included. And
+    step/2 * integer is the float32 value numpy's float32 butterflies also
+    reach (every partial sum there is an 11-bit step times an integer below
+    2**12, so none rounds); then the one rounding multiply by
+    float32(1/sqrt(b)) both sides share.
     """
     D = len(signs)
     b = lean_block(D)
     G = D // b
-    x = packed_xP.astype(jnp.int32)
-    codes = jnp.stack([x % 6, (x // 6) % 6, x // 36], axis=-1)        # [..., P, 3]
-    codes = codes.reshape(packed_xP.shape[:-1] + (-1,))[..., :D]      # channels past D: padding
-    m = (2 * codes - 5).reshape(codes.shape[:-1] + (G, b))            # odd integers in [-5, 5]
-    m = _fwht(m)                                                       # H_b @ m, exact integers
-    r = m.astype(jnp.float32) * (step_xG.astype(jnp.float32)[..., None] * jnp.float32(0.5))
+    m = jnp.take(jnp.asarray(_LEAN_LUT, jnp.bfloat16), packed_xP.astype(jnp.int32), axis=0)  # [..., P, 3]
+    m = m.reshape(packed_xP.shape[:-1] + (-1,))[..., :D]              # channels past D: padding
+    m = m.reshape(m.shape[:-1] + (G, b))
+    h = jnp.einsum("...gb,bc->...gc", m, jnp.asarray(sylvester(b), jnp.bfloat16),
+                   preferred_element_type=jnp.float32)                 # exact integers
+    r = h * (step_xG.astype(jnp.float32)[..., None] * jnp.float32(0.5))
     y = r * np.float32(1.0 / np.sqrt(b))
     y = y.reshape(y.shape[:-2] + (D,))
     return y * jnp.asarray(np.asarray(signs, np.float32))
-
-
-def _fwht(m_xGxB):
-    """Sylvester Hadamard H_b applied along the last axis (unscaled), by log2(b) butterflies."""
-    b = m_xGxB.shape[-1]
-    lead = m_xGxB.shape[:-1]
-    h = 1
-    while h < b:
-        x = m_xGxB.reshape(lead + (b // (2 * h), 2, h))
-        top, bottom = x[..., 0, :], x[..., 1, :]
-        m_xGxB = jnp.stack([top + bottom, top - bottom], axis=-2).reshape(lead + (b,))
-        h *= 2
-    return m_xGxB
