@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from store_testlib import synth_unit
+from store_testlib import synth_unit, write_synth
 from store import StoreInputError, StoreReader, StoreSchema, create_store, profiles, sampled
 from store.verify import verify_store
 
@@ -43,14 +43,7 @@ def _store_digest(root: pathlib.Path) -> str:
 
 
 def _write(url, schema, num_rows=6, seed=7):
-    w = create_store(url, schema, num_rows=num_rows)
-    rng = np.random.default_rng(seed)
-    data = {}
-    for u in range(w.num_units):
-        a, b = w.unit_rows(u)
-        data[u] = synth_unit(rng, b - a, schema)
-        w.write_unit(u, **data[u])
-    return w, data
+    return write_synth(url, schema, num_rows, seed)
 
 
 @pytest.mark.parametrize("profile", ["exact", "compact"])
