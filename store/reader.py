@@ -271,7 +271,7 @@ class StoreReader:
         return {name: out[name] for name in names}
 
     def require(self, seq_len=None, k=None, vocab_size=None, tokenizer_sha256=None,
-                hidden_layers=None, hidden_dim=None):
+                hidden_layers=None, hidden_dim=None, samples=None):
         """Checks the store against a consumer's config (None = don't care).
 
         Raises:
@@ -285,7 +285,9 @@ class StoreReader:
                   ("tokenizer_sha256", tokenizer_sha256, s.tokenizer.get("sha256"),
                    "use the SentencePiece model the store was dumped with"),
                   ("hidden_dim", hidden_dim, s.hidden_dim,
-                   "set the regressor's teacher width to the store's hidden_dim")]
+                   "set the regressor's teacher width to the store's hidden_dim"),
+                  ("samples", samples, s.samples,
+                   "set the trainer's sampled-KD draws to the store's samples or dump a store with them")]
         for name, wanted, have, fix in checks:
             if wanted is not None and wanted != have:
                 raise errors.SchemaMismatchError(
