@@ -166,7 +166,8 @@ class StoreReader:
 
         Args:
             rows: 1-D int row indices (any order; repeated rows allowed).
-            fields: subset of ``default_fields()``; None for all.
+            fields: subset of ``default_fields()`` ("tokens", "topk", "sampled",
+                "hidden/<l>"); None for all.
             hidden_dtype: numpy floating dtype of the activations.
             hidden_normalized: return each token's activation divided by its
                 RMS, ``x / rms(x)`` (direction exact as stored, per-token
@@ -174,7 +175,8 @@ class StoreReader:
                 losses that normalise the target per token anyway (HLD's
                 ``normalized_mse``). exact: the stored float16 array
                 (zero copy with ``hidden_dtype=np.float16``); compact:
-                ``q * qstep`` with the outlier channels restored.
+                ``q * qstep`` with the outlier channels restored; lean: the
+                de-rotated 6-level codes (store/lean.py).
             ids_dtype: integer dtype of the top-k and sampled ids: int32 (default) or the
                 stored one, ``stored_ids_dtype`` (zero copy); any integer
                 dtype that holds every id < vocab_size is accepted.
