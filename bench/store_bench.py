@@ -213,7 +213,7 @@ def run_profile(case, V, data, hidden, root, rows_per_unit, read_batch, repeats)
     loader_kw = dict(LOADER_KW, ids_dtype=r.stored_ids_dtype)
     names = list(array_bytes)
     fields = r.default_fields()
-    loader_names = r._stored_names(fields, hidden_normalized=True)  # exact: no per-token RMS
+    loader_names = r.stored_names(fields, hidden_normalized=True)  # exact: no per-token RMS
     r.read(np.arange(min(rows, 1)))  # opens the array handles (once per process), untimed
     modes = {
         "stored": (lambda rr: r.read_stored(rr, names), sum(array_bytes.values())),

@@ -119,6 +119,16 @@ class StoreReader:
         fields += [profiles.hidden_name(l) for l in self.schema.hidden_layers]
         return tuple(fields)
 
+    def stored_names(self, fields=None, hidden_normalized: bool = False) -> list:
+        """The stored (encoded) arrays a ``read(rows, fields, hidden_normalized=...)`` reads, in order.
+
+        With ``read_stored(rows, stored_names(...))`` a loader that decodes on the
+        device gets exactly those arrays, undecoded (see ``profiles`` and the
+        manifest's ``encodings`` for each one's decoding rule).
+        """
+        return self._stored_names(tuple(self.default_fields() if fields is None else fields),
+                                  hidden_normalized=bool(hidden_normalized))
+
     def _stored_names(self, fields, hidden_normalized=False) -> list:
         names = []
         for field in fields:

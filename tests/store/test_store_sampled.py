@@ -88,6 +88,10 @@ def test_sampled_round_trip(tmp_path, make_schema, profile, K):
     assert set(loader) == {"sampled_ids", "sampled_counts", "sampled_logprobs"}
     assert loader["sampled_ids"].dtype == np.uint16 and loader["sampled_logprobs"].dtype == np.float16
     assert verify_store(tmp_path / "s")["ok"]
+    names = r.stored_names(("sampled", "hidden/2"), hidden_normalized=True)
+    assert names[:3] == ["sampled/ids", "sampled/counts", "sampled/logprobs"] and "hidden_aux/2/rms" not in names
+    raw = r.read_stored([0, 1], names)
+    assert raw["sampled/ids"].dtype == (np.uint16 if profile == "exact" else np.uint8)
 
 
 def test_write_unit_encoded_matches_write_unit(tmp_path, make_schema):
