@@ -99,8 +99,16 @@ def test_a_phase_reads_only_what_it_needs(store):
 
 def test_a_field_the_store_lacks_is_one_clear_error(tmp_path):
     tokens_only = tl.make_store(tmp_path / "t", num_rows=8, k=0, layers=(), profile="compact")
-    with pytest.raises(data.DataConfigError, match=r"has no arrays \['topk/ids'"):
+    with pytest.raises(data.DataConfigError, match=r"unknown field 'topk'.*read only fields the store holds"):
         data.StoreSource(tokens_only, ("tokens", "topk")).read_indices([0])
+
+
+def test_a_decode_table_out_of_date_with_the_store_is_one_clear_error(tmp_path, monkeypatch):
+    url = tl.make_store(tmp_path / "c", num_rows=8, profile="compact")
+    layout = dict(decode._LAYOUT["compact"], hidden=(("hidden/{l}", 3), ("hidden_aux/{l}/qstep", 2)))
+    monkeypatch.setitem(decode._LAYOUT, "compact", layout)
+    with pytest.raises(data.DataConfigError, match=r"update decode._LAYOUT"):
+        data.StoreSource(url, ("tokens", f"hidden/{tl.LAYER}")).read_indices([0])
 
 
 def _sampled_store(path, profile, S=6, vocab=512, T=16, rows=8):

@@ -22,7 +22,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from store import StoreReader, StoreSchema, profiles
+from store import StoreInputError, StoreReader, StoreSchema, profiles
 from trainer.model.errors import ConfigError
 from trainer.training import decode
 
@@ -116,21 +116,25 @@ class StoreSource:
         return decode.Encoding.from_reader(self.reader)
 
     def stored_names(self) -> list[str]:
-        """The stored arrays a batch reads (activations RMS-normalised: no per-token RMS).
+        """The stored arrays a batch reads (`StoreReader.stored_names`, activations
+        RMS-normalised: no per-token RMS), checked against what `decode` decodes.
 
         Raises:
-            DataConfigError: the store lacks an array the decode table expects.
+            DataConfigError: the store lacks a field, or stores arrays the decoder does not expect.
         """
         keys, layer = value_keys(self.fields)
-        names = self.encoding.stored_names(keys, layer)
-        have = {spec.name for spec in profiles.for_store(self.reader.schema, self.reader.manifest)
-                .arrays(self.reader.schema)}
-        missing = [n for n in names if n not in have]
-        if missing:
-            raise DataConfigError(f"store {self.url} ({self.reader.schema.profile} profile) has no "
-                                  f"arrays {missing} for fields {list(self.fields)}; read only fields "
-                                  f"the store holds (python -m store inspect {self.url})")
-        return names
+        want = self.encoding.stored_names(keys, layer)
+        try:
+            have = self.reader.stored_names(self.fields, hidden_normalized=True)
+        except StoreInputError as e:
+            raise DataConfigError(f"store {self.url}: {e}; read only fields the store holds "
+                                  f"(python -m store inspect {self.url})") from None
+        if sorted(have) != sorted(want):
+            raise DataConfigError(
+                f"store {self.url} ({self.reader.schema.profile} profile) stores {have} for fields "
+                f"{list(self.fields)} but trainer.training.decode decodes {want}; update decode._LAYOUT "
+                f"to the store's profile")
+        return have
 
     def read_indices(self, indices) -> dict[str, np.ndarray]:
         """Reads source indices (positions in `rows`) as one batch of stored arrays."""
