@@ -6,11 +6,11 @@ gave each, and the teacher's log-prob of each. Training weights a drawn id by
 count / S, an unbiased estimate of the forward KL at tau = 1.
 
 Draws. Stratified inverse-CDF sampling: draw s uses u_s = (s + U_s) / S with
-U_s ~ U[0, 1) i.i.d., so each draw's marginal is exactly the softmax (every
-u_s is uniform on its stratum and the strata tile [0, 1); averaged over s the
-marginal is p) and the counts have lower variance than i.i.d. draws (each
-stratum of mass 1/S yields exactly one draw). The u are sorted, so the drawn
-ids come out ascending.
+U_s ~ U[0, 1) i.i.d. Draw s alone follows p restricted to its stratum of the
+CDF, but the strata tile [0, 1), so E[count(x)] = S · p(x) exactly and the
+weights count / S are unbiased for p, as with i.i.d. draws, with a variance
+never larger (each stratum of mass 1/S yields exactly one draw; an id of mass
+>= 1/S is always drawn). The u are sorted, so the drawn ids come out ascending.
 
 Keys. U depends only on (global store row, position): the key is
 `fold_in(fold_in(key(SAMPLE_SEED), row), position)` with the threefry2x32
