@@ -9,8 +9,9 @@ Draws. Stratified inverse-CDF sampling: draw s uses u_s = (s + U_s) / S with
 U_s ~ U[0, 1) i.i.d. Draw s alone follows p restricted to its stratum of the
 CDF, but the strata tile [0, 1), so E[count(x)] = S · p(x) exactly and the
 weights count / S are unbiased for p, as with i.i.d. draws, with a variance
-never larger (each stratum of mass 1/S yields exactly one draw; an id of mass
->= 1/S is always drawn). The u are sorted, so the drawn ids come out ascending.
+never larger (each stratum of mass 1/S yields exactly one draw, so an id
+whose CDF interval holds m whole strata gets at least m draws; one of mass
+>= 2/S is always drawn). The u are sorted, so the drawn ids come out ascending.
 
 Keys. U depends only on (global store row, position): the key is
 `fold_in(fold_in(key(SAMPLE_SEED), row), position)` with the threefry2x32

@@ -145,3 +145,16 @@ def test_missing_rows_are_refused(tiny):
     fn = extract.make_extract_fn(cfg, k=4, samples=2)
     with pytest.raises(extract.ExtractConfigError, match="pass rows_B"):
         fn(params, np.zeros((1, 4), np.int32))
+
+
+def test_stratified_draws_cover_the_strata_an_id_spans():
+    # p = (0.5, 0.3, 0.2), S = 4, strata [0, .25), ..., [.75, 1): id 0's CDF
+    # interval [0, .5) is exactly two strata (2 draws); id 1's [.5, .8) holds
+    # one whole stratum (1 or 2); id 2's [.8, 1) none (0 or 1). I.i.d. draws
+    # would give id 0 anything from 0 to 4.
+    out = _draw(np.log([0.5, 0.3, 0.2]), 500, 4)
+    ids, counts = np.asarray(out["sampled_ids"]), np.asarray(out["sampled_counts"]).astype(int)
+    per_id = np.zeros((500, 3), int)
+    np.add.at(per_id, (np.arange(500)[:, None], ids), counts)  # empty slots add 0 at id 0
+    assert np.all(per_id[:, 0] == 2)
+    assert set(per_id[:, 1]) == {1, 2} and set(per_id[:, 2]) == {0, 1}
