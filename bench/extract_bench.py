@@ -38,7 +38,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import teacher_dump  # noqa: E402
-from teacher_dump import extract, teacher as teacher_lib  # noqa: E402
+from teacher_dump import extract, sampled, teacher as teacher_lib  # noqa: E402
+from teacher_dump import topk as teacher_topk  # noqa: E402
 from trainer.model import gemma3 as model, model_config, tiling  # noqa: E402
 
 # A small Gemma 3-shaped model that runs the whole bench in ~1-2 min on 2 CPU cores.
@@ -99,7 +100,7 @@ def time_device(fn, params, batches_dev, rows=None) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def breakdown_fns(cfg, layers, token_tile, k):
+def breakdown_fns(cfg, layers, token_tile, k, groups, samples):
     """The extraction step cut into its parts, each jitted on its own.
 
     Each takes (params, x): tokens for the forward parts, the final hidden
@@ -117,6 +118,12 @@ def breakdown_fns(cfg, layers, token_tile, k):
         "unembed(+max)": (False, jax.jit(tiles(lambda x: x.max(-1)))),
         "unembed+lse": (False, jax.jit(tiles(lambda x: jax.nn.logsumexp(x, -1)))),
         "unembed+top_k": (False, jax.jit(tiles(lambda x: jax.lax.top_k(x, k)))),
+        **{f"unembed+top_k[g={g}]": (False, jax.jit(tiles(
+            lambda x, g=g: teacher_topk.grouped_top_k(x, k, g)))) for g in groups if g},
+        **({f"unembed+lse+samples[S={samples}]": (False, jax.jit(tiles(
+            lambda x: sampled.sample_logprobs(
+                x, jax.nn.logsumexp(x, -1), jnp.zeros(x.shape[:-1], jnp.int32),
+                jnp.zeros(x.shape[:-1], jnp.int32), samples))))} if samples else {}),
     }
 
 
@@ -126,7 +133,7 @@ def time_breakdown(cfg, params, batches_dev, layers, args) -> dict:
     CPU time is the steadier number on a shared machine; wall is what the
     user waits (the matmuls run multi-threaded, the CPU top-k on one thread).
     """
-    fns = breakdown_fns(cfg, layers, args.token_tile, args.k)
+    fns = breakdown_fns(cfg, layers, args.token_tile, args.k, args.topk_groups, args.samples)
     final = jax.jit(lambda p, t: model.forward(p, t, cfg, capture_layers=()).final_hidden_BxTxD)
     hidden_dev = [final(params, t) for t in batches_dev]
     out = {}
@@ -286,9 +293,9 @@ def main(argv=None):
               f"(extract on device / forward = {v['extract_device_over_forward']:.1%})")
     print(f"signal {bytes_tok / 1e3:.1f} kB/token to host -> {args.out}")
     if args.breakdown:
-        print(f"{'part (per batch)':<18}{'wall ms':>10}{'cpu ms':>10}")
+        print(f"{'part (per batch)':<28}{'wall ms':>10}{'cpu ms':>10}")
         for name, r in result["breakdown"].items():
-            print(f"{name:<18}{r['wall_ms_per_batch']:>10.1f}{r['cpu_ms_per_batch']:>10.1f}")
+            print(f"{name:<28}{r['wall_ms_per_batch']:>10.1f}{r['cpu_ms_per_batch']:>10.1f}")
     return result
 
 
