@@ -40,7 +40,8 @@ def _bigram(vocab, seed):
 
 
 def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
-               layers=(LAYER,), rows_per_unit=16, seed=0, tokenizer_sha="ab" * 32, samples=0):
+               layers=(LAYER,), rows_per_unit=16, seed=0, tokenizer_sha="ab" * 32,
+               profile="exact", samples=0):
     """Writes a tiny bigram-teacher store; k=0 and layers=() give tokens only.
 
     samples > 0 adds the sampled logits: that many draws per position from the
@@ -56,7 +57,7 @@ def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
         tokens[:, t] = np.minimum((u > cdf[tokens[:, t - 1]]).sum(-1), vocab - 1)
     schema = StoreSchema(
         seq_len=seq_len, k=k, vocab_size=vocab, hidden_layers=tuple(layers), samples=samples,
-        hidden_dim=hidden_dim if layers else 0, rows_per_unit=rows_per_unit,
+        hidden_dim=hidden_dim if layers else 0, rows_per_unit=rows_per_unit, profile=profile,
         tokenizer={"sha256": tokenizer_sha, "vocab_size": vocab, "bos_id": 1, "eos_id": 2,
                    "pad_id": 0},
         teacher={"name": "bigram", "fingerprint": "0" * 64, "num_layers": 2 * LAYER,

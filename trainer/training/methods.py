@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from store import objective_penalty as penalty_lib
-from trainer.training import losses, schedules, tiled_loss
+from trainer.training import decode, losses, schedules, tiled_loss
 from trainer.training import sampled_kd
 from trainer.model import gemma3 as model, regressors
 from trainer.training.config import ConfigError, Method, parse_enum
@@ -194,7 +194,7 @@ def regressor_logical_axes(kind: RegressorKind | None, regressor_params):
 
 
 def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
-            num_steps: int):
+            num_steps: int, encoding: decode.Encoding = decode.EXACT):
     """Total loss of one batch for a phase, and per-term metrics.
 
     Args:
@@ -206,10 +206,13 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
         config: trainer config (τ, α, γ, tail, divergence, token_tile).
         model_cfg: student ModelConfig.
         num_steps: steps in this phase (α schedule length).
+        encoding: how the batch's stored arrays are encoded (decoded here, on device).
 
     Returns:
         (loss scalar, metrics dict of scalars).
     """
+    # The loader ships the stored arrays (codes + side arrays); decode on device.
+    batch = decode.decode_batch(batch, encoding)
     tokens_BxT = batch["tokens"]
     capture = (student_layer(config, model_cfg.num_layers),) if phase.hidden_term else ()
     out = model.forward(params, tokens_BxT, model_cfg, capture_layers=capture,
