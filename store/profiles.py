@@ -38,10 +38,17 @@ Adding a profile: subclass ``Profile`` and register it in ``PROFILES``.
 """
 import numpy as np
 
-from store import errors
+from store import bitpack, errors, lean, sampled
 from store.layout import ArraySpec
+from store.topn import top_n_channels
 
 NUM_OUTLIERS = 8
+PACKED_IDS_RULE = (
+    "n ids per position (n = k for topk/ids, samples for sampled/ids) as one little-endian bit stream of "
+    "ids_bits bits each: id j = stream bits [j*ids_bits, (j+1)*ids_bits), LSB first; stream bit i = bit (i % 8) "
+    "of byte i // 8 (zero-padded to ceil(n*ids_bits/8) bytes). numpy: b = np.unpackbits(a, axis=-1, "
+    "bitorder='little')[..., :n*ids_bits].reshape(*a.shape[:-1], n, ids_bits); "
+    "ids = (b.astype(np.int64) << np.arange(ids_bits)).sum(-1)")
 LP_RANGE = 32.0  # nats below the top-1 covered by the uint8 log-prob code
 LP_NEG_INF_CODE = 255
 
@@ -65,8 +72,10 @@ def _rms(x_RxTxD: np.ndarray) -> np.ndarray:
 
 
 class Profile:
-    """Base profile: tokens and ids are stored as-is in every profile."""
+    """Base profile: tokens are stored as-is in every profile."""
     name = ""
+    side_zstd = False  # zstd on the ids and the small sampled arrays
+    packs_ids = False  # ids bit-packed (store/bitpack.py), with "ids_bits" in the manifest
 
     def arrays(self, schema) -> list[ArraySpec]:
         """Every stored array of a store with this schema."""
@@ -74,9 +83,52 @@ class Profile:
         specs = [ArraySpec("tokens", (T,), "int32", ("pos",))]
         if K:
             specs += self.topk_arrays(T, K, schema.vocab_size)
+        if schema.samples:
+            specs += sampled.array_specs(self, T, schema.samples, schema.vocab_size)
         for layer in schema.hidden_layers:
             specs += self.hidden_arrays(layer, T, schema.hidden_dim)
         return specs
+
+    def encodings(self, schema) -> dict:
+        """The manifest's ``encodings``: ``describe`` plus the sampled family and the id packing rule."""
+        out = self.describe(schema)
+        if schema.samples:
+            out.update(sampled.describe(self, schema.vocab_size))
+        if self.packs_ids:
+            out["ids_bits"] = bitpack.bits_for(schema.vocab_size)
+            out["packed_ids"] = PACKED_IDS_RULE
+        return out
+
+    def sampled_array_names(self, schema) -> list[str]:
+        return [s.name for s in sampled.array_specs(self, schema.seq_len, schema.samples, schema.vocab_size)]
+
+    def ids_spec(self, name, T, n, V, dim) -> ArraySpec:
+        """How this profile stores n vocabulary ids per position (top-k or sampled)."""
+        if self.packs_ids:
+            width = bitpack.packed_width(n, bitpack.bits_for(V))
+            return ArraySpec(name, (T, width), "uint8", ("pos", f"{dim}_packed"), zstd=self.side_zstd)
+        return ArraySpec(name, (T, n), ids_dtype(V), ("pos", dim), zstd=self.side_zstd)
+
+    def encode_ids(self, ids_xN: np.ndarray, V: int) -> np.ndarray:
+        if self.packs_ids:
+            return bitpack.pack(ids_xN, bitpack.bits_for(V))
+        return ids_xN.astype(ids_dtype(V))
+
+    def decode_ids(self, stored_xN: np.ndarray, n: int, V: int | None, dtype) -> np.ndarray:
+        """n ids per position in ``dtype`` (unpacked ones: the stored array itself when the dtype matches)."""
+        if not self.packs_ids:
+            return stored_xN.astype(dtype, copy=False)
+        if V is None:
+            raise errors.StoreInputError(f"the {self.name} profile bit-packs ids: pass vocab_size= to decode them")
+        return bitpack.unpack(stored_xN, n, bitpack.bits_for(V), dtype)
+
+    def describe_ids(self, V: int, what: str) -> str:
+        if self.packs_ids:
+            return f"uint8 bit-packed vocabulary ids ({bitpack.bits_for(V)} bits each, see packed_ids): {what}"
+        return f"{ids_dtype(V)} vocabulary id: {what}"
+
+    def check_schema(self, schema):
+        """Raises StoreInputError when this profile cannot store that schema (StoreSchema.validate calls it)."""
 
     def topk_array_names(self, schema) -> list[str]:
         return [s.name for s in self.topk_arrays(schema.seq_len, schema.k, schema.vocab_size)]
@@ -95,10 +147,11 @@ class Profile:
     def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size) -> dict:
         raise NotImplementedError
 
-    def decode_topk(self, stored: dict, ids_dtype=np.int32, logprobs_dtype=np.float32):
+    def decode_topk(self, stored: dict, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None):
         """Returns (ids, logprobs) in the given dtypes from the stored arrays.
 
         A dtype equal to the stored one returns the stored array itself (no copy).
+        ``vocab_size`` is needed only to unpack bit-packed ids (store/bitpack.py).
         """
         raise NotImplementedError
 
@@ -122,7 +175,7 @@ class ExactProfile(Profile):
     name = "exact"
 
     def topk_arrays(self, T, K, V):
-        return [ArraySpec("topk/ids", (T, K), ids_dtype(V), ("pos", "k")),
+        return [self.ids_spec("topk/ids", T, K, V, "k"),
                 ArraySpec("topk/logprobs", (T, K), "float16", ("pos", "k"))]
 
     def hidden_arrays(self, layer, T, D):
@@ -130,12 +183,13 @@ class ExactProfile(Profile):
                 ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",))]
 
     def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size):
-        return {"topk/ids": ids_RxTxK.astype(ids_dtype(vocab_size)),
+        return {"topk/ids": self.encode_ids(ids_RxTxK, vocab_size),
                 "topk/logprobs": np.minimum(logprobs_RxTxK, 0).astype(np.float16)}
 
-    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32):
-        return (stored["topk/ids"].astype(ids_dtype, copy=False),
-                stored["topk/logprobs"].astype(logprobs_dtype, copy=False))
+    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None):
+        lp = stored["topk/logprobs"]
+        return (self.decode_ids(stored["topk/ids"], lp.shape[-1], vocab_size, ids_dtype),
+                lp.astype(logprobs_dtype, copy=False))
 
     def encode_hidden(self, layer, x_RxTxD):
         rms, safe = _rms(x_RxTxD)
@@ -166,9 +220,11 @@ class ExactProfile(Profile):
 class CompactProfile(Profile):
     """int8 activations with outlier channels, uint8 companded log-probs, zstd."""
     name = "compact"
+    side_zstd = True
+    packs_ids = True
 
     def topk_arrays(self, T, K, V):
-        return [ArraySpec("topk/ids", (T, K), ids_dtype(V), ("pos", "k"), zstd=True),
+        return [self.ids_spec("topk/ids", T, K, V, "k"),
                 ArraySpec("topk/logprobs", (T, K), "uint8", ("pos", "k"), zstd=True),
                 ArraySpec("topk/top_logprob", (T,), "float32", ("pos",))]
 
@@ -187,17 +243,18 @@ class CompactProfile(Profile):
         delta = np.where(finite, top[..., None] - lp, 0.0)
         code = np.rint(254.0 * np.sqrt(np.clip(delta, 0.0, LP_RANGE) / LP_RANGE))
         code = np.where(finite, code, LP_NEG_INF_CODE).astype(np.uint8)
-        return {"topk/ids": ids_RxTxK.astype(ids_dtype(vocab_size)),
+        return {"topk/ids": self.encode_ids(ids_RxTxK, vocab_size),
                 "topk/logprobs": code,
                 "topk/top_logprob": np.where(np.isfinite(top), top, -np.inf).astype(np.float32)}
 
-    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32):
+    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None):
         code = stored["topk/logprobs"]
         top = stored["topk/top_logprob"]
         frac = code.astype(np.float32) * np.float32(1.0 / 254.0)
         lp = top[..., None] - np.float32(LP_RANGE) * frac * frac
         lp[code == LP_NEG_INF_CODE] = -np.inf
-        return stored["topk/ids"].astype(ids_dtype, copy=False), lp.astype(logprobs_dtype, copy=False)
+        ids = self.decode_ids(stored["topk/ids"], code.shape[-1], vocab_size, ids_dtype)
+        return ids, lp.astype(logprobs_dtype, copy=False)
 
     def encode_hidden(self, layer, x_RxTxD):
         D = x_RxTxD.shape[-1]
@@ -244,7 +301,8 @@ class CompactProfile(Profile):
     def describe(self, schema):
         return {
             "profile": self.name,
-            "topk/ids": "vocabulary id; slots dropped by top-p hold id 0",
+            "topk/ids": self.describe_ids(schema.vocab_size, "slots dropped by top-p hold id 0")
+            if self.packs_ids else "vocabulary id; slots dropped by top-p hold id 0",
             "topk/top_logprob": "float32 top-1 log-prob at tau=1",
             "topk/logprobs": (f"uint8 code c: logprob = top_logprob - {LP_RANGE} * (c/254)**2; "
                               f"c = {LP_NEG_INF_CODE} means -inf (dropped slot)"),
@@ -257,55 +315,67 @@ class CompactProfile(Profile):
         }
 
 
-_BLOCK = 64  # channels per block of the top-n pre-selection
+class LeanProfile(CompactProfile):
+    """6-level rotated activations (store/lean.py); top-k as compact; packed ids."""
+    name = "lean"
+
+    def check_schema(self, schema):
+        lean.check_dim(schema.hidden_dim)
+
+    def hidden_arrays(self, layer, T, D):
+        return lean.hidden_specs(hidden_name(layer), lambda what: aux_name(layer, what), T, D)
+
+    def encode_hidden(self, layer, x_RxTxD):
+        rms, safe = _rms(x_RxTxD)
+        codes, step = lean.encode(x_RxTxD, safe)
+        return {hidden_name(layer): codes, aux_name(layer, "rms"): rms, aux_name(layer, "step"): step}
+
+    def decode_hidden(self, layer, stored, dtype, normalized=False):
+        codes, step = stored[hidden_name(layer)], stored[aux_name(layer, "step")]
+        D = lean.dim_of(codes.shape[-1], step.shape[-1])
+        rms = None if normalized else stored[aux_name(layer, "rms")]
+        return lean.decode(codes, step, D, dtype, rms)
+
+    def describe(self, schema):
+        out = {key: value for key, value in super().describe(schema).items()
+               if not key.startswith("hidden") and key != "num_outliers"}
+        out["profile"] = self.name
+        if schema.hidden_dim:
+            out.update(lean.describe(schema.hidden_dim))
+        return out
 
 
-def _argpartition_top_n(a_MxD: np.ndarray, n: int) -> np.ndarray:
-    D = a_MxD.shape[-1]
-    return np.argpartition(a_MxD, D - n, axis=-1)[:, D - n:]
+class LegacyCompactProfile(CompactProfile):
+    """compact as written before ids were bit-packed (a manifest without ``ids_bits``): plain uint16/int32 ids."""
+    packs_ids = False
 
 
-def top_n_channels(a_xD: np.ndarray, n: int) -> np.ndarray:
-    """Ascending indices of the ``n`` largest values along the last axis (intp).
+PROFILES = {p.name: p for p in (ExactProfile(), CompactProfile(), LeanProfile())}
+# Profiles of stores written before a profile changed its layout, keyed by name.
+_LEGACY = {"compact": LegacyCompactProfile()}
 
-    Exactly ``np.sort(np.argpartition(a, D - n, -1)[..., D - n:], -1)``, with
-    argpartition run on a fifth of the data at D = 2560: the n largest
-    block maxima (blocks of 64 channels) are n distinct values >= their
-    minimum ``thr``, so the n-th largest value is >= thr and lies, with all
-    of the top n, in those n blocks; only they are gathered and partitioned.
-    A token whose top-n set is not unique (its n-th and (n+1)-th largest
-    values tie, e.g. an all-zero token), or with another block whose max
-    ties ``thr``, goes through argpartition on the full row, so the choice
-    (and the bytes written) stay exactly argpartition's.
+
+def for_store(schema, manifest: dict) -> Profile:
+    """The profile a store was written with, from its manifest (a store's readers and writers use this).
+
+    A compact store whose manifest's ``encodings`` has no ``ids_bits`` was
+    written before ids were bit-packed: it reads (and resumes) as it was written.
+
+    Raises:
+        SchemaMismatchError: a constant of the encoding in the manifest (ids_bits,
+            hidden_signs, lean_step, ...) is not the one this package uses.
     """
-    D = a_xD.shape[-1]
-    lead = a_xD.shape[:-1]
-    a = a_xD.reshape(-1, D)
-    M = a.shape[0]
-    nb = D // _BLOCK
-    if n == 0 or M == 0 or D % _BLOCK or nb < 2 * n:
-        idx = _argpartition_top_n(a, n)
-    else:
-        block_max = np.maximum.reduceat(a, np.arange(0, D, _BLOCK), axis=-1)  # [M, nb]
-        blocks = np.argpartition(block_max, nb - n, axis=-1)[:, nb - n:]      # [M, n]
-        thr = np.take_along_axis(block_max, blocks, axis=-1).min(axis=-1)
-        # Whole blocks of 64 channels, copied as contiguous slices: [M, n * 64].
-        sub = a.reshape(M, nb, _BLOCK)[np.arange(M)[:, None], blocks].reshape(M, n * _BLOCK)
-        L = n * _BLOCK
-        top = np.argpartition(sub, L - n, axis=-1)[:, L - n:]
-        nth = np.take_along_axis(sub, top, axis=-1).min(axis=-1)
-        idx = np.take_along_axis(blocks, top // _BLOCK, axis=-1) * _BLOCK + top % _BLOCK
-        # The top-n set is not unique (more than n values >= the n-th largest),
-        # or a block not gathered may hold a value >= thr: argpartition decides.
-        redo = np.nonzero(((sub >= nth[:, None]).sum(axis=-1) > n)
-                          | ((block_max >= thr[:, None]).sum(axis=-1) > n))[0]
-        if redo.size:
-            idx[redo] = _argpartition_top_n(a[redo], n)
-    idx.sort(axis=-1)
-    return idx.reshape(*lead, n)
-
-
-PROFILES = {p.name: p for p in (ExactProfile(), CompactProfile())}
+    profile = get_profile(schema.profile)
+    stored = manifest.get("encodings", {})
+    if profile.packs_ids and "ids_bits" not in stored and schema.profile in _LEGACY:
+        return _LEGACY[schema.profile]
+    for key, value in profile.encodings(schema).items():
+        if not isinstance(value, str) and stored.get(key) != value:
+            show = lambda v: (repr(v)[:40] + "...") if len(repr(v)) > 40 else repr(v)
+            raise errors.SchemaMismatchError(
+                f"store manifest has encodings.{key}={show(stored.get(key))}, this package's {schema.profile} "
+                f"profile uses {show(value)}; upgrade the store package")
+    return profile
 
 
 def get_profile(name: str) -> Profile:

@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from store import errors, layout, localread, profiles, remote, snapshot
+from store import errors, layout, localread, profiles, remote, sampled, snapshot
 from store.schema import read_manifest
 
 # Uncompressed arrays of local stores are read by store.localread (about 4x
@@ -65,7 +65,7 @@ class StoreReader:
                 "pass allow_partial=True to read committed rows only")
 
     def _init_derived(self):
-        self._profile = profiles.get_profile(self.schema.profile)
+        self._profile = profiles.for_store(self.schema, self.manifest)
         self._specs = {s.name: s for s in self._profile.arrays(self.schema)}
         self._arrays = None
         self._lock = threading.Lock()
@@ -110,12 +110,24 @@ class StoreReader:
         return rows[rows < self.num_rows]
 
     def default_fields(self) -> tuple:
-        """Every field of the store: tokens, topk (if k > 0), hidden/<l> per layer."""
+        """Every field of the store: tokens, topk (if k > 0), sampled (if samples > 0), hidden/<l> per layer."""
         fields = ["tokens"]
         if self.schema.k:
             fields.append("topk")
+        if self.schema.samples:
+            fields.append("sampled")
         fields += [profiles.hidden_name(l) for l in self.schema.hidden_layers]
         return tuple(fields)
+
+    def stored_names(self, fields=None, hidden_normalized: bool = False) -> list:
+        """The stored (encoded) arrays a ``read(rows, fields, hidden_normalized=...)`` reads, in order.
+
+        With ``read_stored(rows, stored_names(...))`` a loader that decodes on the
+        device gets exactly those arrays, undecoded (see ``profiles`` and the
+        manifest's ``encodings`` for each one's decoding rule).
+        """
+        return self._stored_names(tuple(self.default_fields() if fields is None else fields),
+                                  hidden_normalized=bool(hidden_normalized))
 
     def _stored_names(self, fields, hidden_normalized=False) -> list:
         names = []
@@ -124,6 +136,8 @@ class StoreReader:
                 names.append("tokens")
             elif field == "topk" and self.schema.k:
                 names += self._profile.topk_array_names(self.schema)
+            elif field == "sampled" and self.schema.samples:
+                names += self._profile.sampled_array_names(self.schema)
             elif field.startswith("hidden/") and field[len("hidden/"):].isdigit() and \
                     int(field[len("hidden/"):]) in self.schema.hidden_layers:
                 names += self._profile.hidden_array_names(self.schema, int(field[len("hidden/"):]),
@@ -162,7 +176,8 @@ class StoreReader:
 
         Args:
             rows: 1-D int row indices (any order; repeated rows allowed).
-            fields: subset of ``default_fields()``; None for all.
+            fields: subset of ``default_fields()`` ("tokens", "topk", "sampled",
+                "hidden/<l>"); None for all.
             hidden_dtype: numpy floating dtype of the activations.
             hidden_normalized: return each token's activation divided by its
                 RMS, ``x / rms(x)`` (direction exact as stored, per-token
@@ -170,16 +185,19 @@ class StoreReader:
                 losses that normalise the target per token anyway (HLD's
                 ``normalized_mse``). exact: the stored float16 array
                 (zero copy with ``hidden_dtype=np.float16``); compact:
-                ``q * qstep`` with the outlier channels restored.
-            ids_dtype: integer dtype of the top-k ids: int32 (default) or the
+                ``q * qstep`` with the outlier channels restored; lean: the
+                de-rotated 6-level codes (store/lean.py).
+            ids_dtype: integer dtype of the top-k and sampled ids: int32 (default) or the
                 stored one, ``stored_ids_dtype`` (zero copy); any integer
                 dtype that holds every id < vocab_size is accepted.
-            logprobs_dtype: floating dtype of the top-k log-probs: float32
+            logprobs_dtype: floating dtype of the top-k and sampled log-probs: float32
                 (default) or float16 (exact: the stored array, zero copy;
                 compact: decoded, then rounded to float16).
 
         Returns:
             {"tokens": int32[n,T], "topk_ids": ids_dtype[n,T,K], "topk_logprobs": logprobs_dtype[n,T,K],
+             "sampled_ids": ids_dtype[n,T,S], "sampled_counts": uint8[n,T,S],
+             "sampled_logprobs": logprobs_dtype[n,T,S],
              "hidden/<l>": hidden_dtype[n,T,D]} for the requested fields.
 
         Raises:
@@ -198,7 +216,11 @@ class StoreReader:
                 out["tokens"] = stored["tokens"]
             elif field == "topk":
                 out["topk_ids"], out["topk_logprobs"] = self._profile.decode_topk(
-                    stored, ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype)
+                    stored, ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype, vocab_size=self.schema.vocab_size)
+            elif field == "sampled":
+                out["sampled_ids"], out["sampled_counts"], out["sampled_logprobs"] = sampled.decode(
+                    self._profile, stored, self.schema.samples, self.schema.vocab_size,
+                    ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype)
             else:
                 out[field] = self._profile.decode_hidden(int(field[len("hidden/"):]), stored, hidden_dtype,
                                                          normalized=bool(hidden_normalized))
@@ -206,7 +228,11 @@ class StoreReader:
 
     @property
     def stored_ids_dtype(self) -> np.dtype:
-        """The dtype ``topk/ids`` is stored in: uint16 if vocab_size <= 65,536, else int32."""
+        """The store's id dtype: uint16 if vocab_size <= 65,536, else int32.
+
+        exact stores ids in it (reading in it is zero copy); compact and lean
+        bit-pack them (store/bitpack.py) and unpack into it.
+        """
         return np.dtype(profiles.ids_dtype(self.schema.vocab_size))
 
     def _check_ids_dtype(self, dtype) -> np.dtype:
@@ -257,7 +283,7 @@ class StoreReader:
         return {name: out[name] for name in names}
 
     def require(self, seq_len=None, k=None, vocab_size=None, tokenizer_sha256=None,
-                hidden_layers=None, hidden_dim=None):
+                hidden_layers=None, hidden_dim=None, samples=None):
         """Checks the store against a consumer's config (None = don't care).
 
         Raises:
@@ -271,7 +297,9 @@ class StoreReader:
                   ("tokenizer_sha256", tokenizer_sha256, s.tokenizer.get("sha256"),
                    "use the SentencePiece model the store was dumped with"),
                   ("hidden_dim", hidden_dim, s.hidden_dim,
-                   "set the regressor's teacher width to the store's hidden_dim")]
+                   "set the regressor's teacher width to the store's hidden_dim"),
+                  ("samples", samples, s.samples,
+                   "set the trainer's sampled-KD draws to the store's samples or dump a store with them")]
         for name, wanted, have, fix in checks:
             if wanted is not None and wanted != have:
                 raise errors.SchemaMismatchError(

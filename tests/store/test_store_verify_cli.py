@@ -45,20 +45,59 @@ def test_deleted_shard_is_corrupt_and_missing_unit_reported(filled_store, tmp_pa
     assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(0, "corrupt"), (2, "missing")]
 
 
+def _tamper(url, name, unit, rows, change):
+    """Rewrites ``change(array)`` into the unit's rows of ``name`` and updates its record (checksums pass)."""
+    arr = ts.open({"driver": "zarr3", "kvstore": layout.array_url(url, name)}).result()
+    x = arr[rows[0]:rows[1]].read().result()
+    change(x)
+    arr[rows[0]:rows[1]].write(x).result()
+    kv = layout.open_kvstore(url)
+    record = ledger.read(kv, unit)
+    record["arrays"][name]["sha256"] = ledger.array_digest(x)
+    ledger.write(kv, record)
+
+
 def test_invalid_values_with_valid_checksums(filled_store, tmp_path):
     """Unsorted log-probs whose checksums and record were updated still fail verify."""
     url, schema, data = filled_store("exact", num_rows=8)
-    arr = ts.open({"driver": "zarr3", "kvstore": layout.array_url(url, "topk/logprobs")}).result()
-    lp = arr[0:4].read().result()
-    lp[0, 0, :] = lp[0, 0, ::-1].copy()
-    arr[0:4].write(lp).result()
-    kv = layout.open_kvstore(url)
-    record = ledger.read(kv, 0)
-    record["arrays"]["topk/logprobs"]["sha256"] = ledger.array_digest(lp)
-    ledger.write(kv, record)
+
+    def unsort(lp):
+        lp[0, 0, :] = lp[0, 0, ::-1].copy()
+    _tamper(url, "topk/logprobs", 0, (0, 4), unsort)
     report = verify_store(url)
     assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(0, "invalid")]
     assert "not sorted descending" in report["bad_units"][0]["detail"]
+
+
+def test_invalid_sampled_draws_with_valid_checksums(filled_store):
+    """Counts no longer summing to S (checksums and record updated) fail verify as invalid."""
+    url, schema, _ = filled_store("lean", num_rows=8, samples=6)
+
+    def add_a_draw(counts):
+        counts[1, 3, 0] += 1
+    _tamper(url, "sampled/counts", 1, (4, 8), add_a_draw)
+    report = verify_store(url)
+    assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(1, "invalid")]
+    assert "counts must sum to samples=6" in report["bad_units"][0]["detail"]
+
+
+def test_cli_on_a_lean_sampled_store(filled_store, capsys):
+    url, schema, _ = filled_store("lean", num_rows=6, K=0, samples=12)
+    assert main(["inspect", url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    names = {a["name"]: a for a in info["arrays"]}
+    assert {"sampled/ids", "sampled/counts", "sampled/logprobs", "hidden_aux/2/step"} <= set(names)
+    assert names["hidden/2"]["dtype"] == "uint8" and names["hidden/2"]["shape"] == [6, 16, 11]
+    assert all(a["bytes_per_token"] > 0 for a in info["arrays"])
+    assert main(["inspect", url]) == 0 and "samples=12" in capsys.readouterr().out
+    assert main(["stats", url, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    s = stats["sampled"]
+    assert s["samples"] == 12 and 1 <= s["distinct_ids"]["min"] and s["distinct_ids"]["max"] <= 12
+    assert 0 < s["mass_of_drawn_ids"]["mean"] <= 1.0001
+    assert stats["hidden"]["2"]["top_channels"][0]["channel"] == 1  # the planted outlier channel survives
+    assert main(["stats", url]) == 0 and "12 draws: distinct ids mean" in capsys.readouterr().out
+    assert main(["verify", url]) == 0
 
 
 def _cli(*args):
