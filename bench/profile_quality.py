@@ -1,7 +1,7 @@
 """Store profiles judged by the students they train: held-out log-ppl vs `exact`.
 
     .venv/bin/python bench/profile_quality.py [--size cpu|ci|gpu] [--profiles exact,compact,...]
-        [--seeds 2] [--out bench/results/profile_quality_<size>]
+        [--seeds 2] [--profile-seeds 1] [--out bench/results/profile_quality_<size>]
 
 One teacher (the demo's: `scripts.demo` stages corpus → tokenizer → spine →
 teacher, trained once and cached in OUT, so a rerun reuses it) is dumped into
@@ -10,9 +10,11 @@ KD and HLDC students train with the same seed and FLOPs budget (the demo's
 student budget and loss defaults), and `trainer.evaluate` scores every
 held-out row. `exact` trains `--seeds` seeds of each method, so the seed
 spread (max - min over seeds) is measured beside the deltas; every other
-profile trains seed 0, and its delta is against exact's seed 0 (same seed:
-same initialisation and data order, so the delta is the store's effect plus
-run-to-run noise of the size of that spread).
+profile trains seeds 0 .. `--profile-seeds` - 1, and its delta is paired: the
+mean over those seeds of (its student - exact's student of the same seed).
+The same seed means the same initialisation and data order, so the delta is
+the store's effect with far less noise than a different seed brings (the
+spread); the log-ppl shown for every row is the mean over those same seeds.
 
 Every step leaves a marker in OUT/.done, so a rerun resumes where it stopped.
 Writes OUT/profile_quality.json and prints a markdown table (bytes/token on
@@ -151,13 +153,15 @@ def train_and_score(ctx, name: str, method: str, seed: int) -> dict:
             "flops": r["flops"], "tokens": r["tokens"], "steps": r["steps"]}
 
 
-def summarise(stores: dict, runs: dict, seeds: int) -> dict:
-    """Deltas vs exact seed 0, exact's seed spread per method, and the goal verdicts.
+def summarise(stores: dict, runs: dict, seeds: int, profile_seeds: int = 1) -> dict:
+    """Paired deltas vs exact, exact's seed spread per method, and the goal verdicts.
 
     Args:
         stores: {profile: dump_profile result}.
         runs: {run name: train_and_score result}.
         seeds: seeds exact trained per method.
+        profile_seeds: seeds 0.. every other profile trained (<= seeds); each
+            row's log-ppl and delta are means over these seeds.
 
     Returns:
         {"spread": {method: max - min over exact's seeds, or None with one seed},
@@ -174,9 +178,10 @@ def summarise(stores: dict, runs: dict, seeds: int) -> dict:
         row = {"bytes_per_token": store["bytes_per_token"], "goal_nats": goal,
                "family_bytes_per_token": family_bytes(store["arrays"])}
         for m in METHODS:
-            ppl = runs[run_name(name, m, 0)]["log_ppl"]
-            delta = ppl - runs[run_name("exact", m, 0)]["log_ppl"]
-            row[m] = {"log_ppl": ppl, "delta": delta,
+            ppl = [runs[run_name(name, m, s)]["log_ppl"] for s in range(profile_seeds)]
+            deltas = [p - runs[run_name("exact", m, s)]["log_ppl"] for s, p in enumerate(ppl)]
+            delta = sum(deltas) / profile_seeds
+            row[m] = {"log_ppl": sum(ppl) / profile_seeds, "delta": delta, "seed_deltas": deltas,
                       "goal_met": None if goal is None or name == "exact" else delta <= goal,
                       "beyond_spread": None if spread[m] is None or name == "exact"
                       else abs(delta) > spread[m]}
@@ -243,11 +248,15 @@ def _git_sha() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def run_bench(size_name: str, out_dir: str, names: list[str], seeds: int) -> dict:
+def run_bench(size_name: str, out_dir: str, names: list[str], seeds: int,
+              profile_seeds: int = 1) -> dict:
     """Teacher (cached) → one store per profile → students → OUT/profile_quality.json."""
     check_available(names)
     if seeds < 1:
         raise ValueError(f"--seeds {seeds}: exact needs at least one seed per method")
+    if not 1 <= profile_seeds <= seeds:
+        raise ValueError(f"--profile-seeds {profile_seeds} must be in [1, --seeds={seeds}]: "
+                         f"each profile seed is paired with exact's student of that seed")
     out_dir = os.path.abspath(out_dir)
     demo.run_demo(size_name, out_dir, until="teacher")
     ctx = demo_stages.Context(size=get_size(size_name), out=out_dir)
@@ -255,14 +264,15 @@ def run_bench(size_name: str, out_dir: str, names: list[str], seeds: int) -> dic
     runs = {}
     for name in names:
         for m in METHODS:
-            for seed in range(seeds if name == "exact" else 1):
+            for seed in range(seeds if name == "exact" else profile_seeds):
                 runs[run_name(name, m, seed)] = train_and_score(ctx, name, m, seed)
     result = {"size": size_name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "git_sha": _git_sha(), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
               "student_flops_budget": ctx.size.student_budget, "k": ctx.size.k,
               "samples": {n: PROFILES[n].samples for n in names},
               "about": {n: PROFILES[n].about for n in names},
-              "stores": stores, "runs": runs, **summarise(stores, runs, seeds)}
+              "stores": stores, "runs": runs, "profile_seeds": profile_seeds,
+              **summarise(stores, runs, seeds, profile_seeds)}
     with open(ctx.path("profile_quality.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
@@ -274,6 +284,8 @@ def main(argv=None) -> int:
     p.add_argument("--profiles", default=",".join(PROFILES),
                    help=f"comma-separated, must include exact (default: all of {list(PROFILES)})")
     p.add_argument("--seeds", type=int, default=2, help="seeds of each exact student (spread)")
+    p.add_argument("--profile-seeds", type=int, default=1,
+                   help="seeds of each other profile's students, paired with exact's (<= --seeds)")
     p.add_argument("--out", default=None, help="output directory (resumable; default "
                    "bench/results/profile_quality_<size>)")
     args = p.parse_args(argv)
@@ -281,7 +293,8 @@ def main(argv=None) -> int:
                                    f"profile_quality_{args.size}")
     try:
         get_size(args.size)
-        result = run_bench(args.size, out, [n for n in args.profiles.split(",") if n], args.seeds)
+        result = run_bench(args.size, out, [n for n in args.profiles.split(",") if n], args.seeds,
+                           args.profile_seeds)
     except ValueError as e:
         print(f"profile_quality: {e}", file=sys.stderr)
         return 2

@@ -69,11 +69,23 @@ def test_goal_is_one_sided_and_says_better():
     assert "| 0.01 | yes (HLDC better by more than the goal) | – |" in row
 
 
+def test_profile_seeds_pair_with_exact_seeds():
+    bench = _bench()
+    stores = {p: {"bytes_per_token": 1.0, "arrays": {}} for p in ("exact", "lean")}
+    values = {("exact", 0): 4.40, ("exact", 1): 4.41, ("lean", 0): 4.39, ("lean", 1): 4.42}
+    runs = {bench.run_name(p, m, s): _run(p, m, s, v) for (p, s), v in values.items()
+            for m in bench.METHODS}
+    lean = bench.summarise(stores, runs, seeds=2, profile_seeds=2)["profiles"]["lean"]["kd"]
+    assert lean["seed_deltas"] == pytest.approx([-0.01, 0.01])  # 4.39-4.40, 4.42-4.41
+    assert lean["delta"] == pytest.approx(0.0) and lean["log_ppl"] == pytest.approx(4.405)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--profiles", "exact,bogus"], "unknown profile(s) ['bogus']"),
     (["--profiles", "compact"], "must include exact"),
     (["--size", "huge"], "unknown demo size 'huge'"),
     (["--profiles", "exact", "--seeds", "0"], "at least one seed"),
+    (["--profiles", "exact", "--profile-seeds", "3"], "--profile-seeds 3 must be in [1, --seeds=2]"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path, capsys):
     bench = _bench()
