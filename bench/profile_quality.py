@@ -202,6 +202,11 @@ def family_bytes(arrays: dict) -> dict:
     return out
 
 
+def _nats(delta: float) -> str:
+    """A delta to 4 decimals, or in e-notation when that would print as 0.0000."""
+    return f"{delta:+.4f}" if abs(delta) >= 5e-5 else f"{delta:+.0e}"
+
+
 def _methods_where(row: dict, test) -> str:
     return ", ".join(m.upper() for m in METHODS if test(row[m]))
 
@@ -225,7 +230,7 @@ def markdown_table(summary: dict) -> str:
     for name, row in summary["profiles"].items():
         cells = []
         for m in METHODS:
-            cells += [f"{row[m]['log_ppl']:.4f}", "–" if name == "exact" else f"{row[m]['delta']:+.4f}"]
+            cells += [f"{row[m]['log_ppl']:.4f}", "–" if name == "exact" else _nats(row[m]["delta"])]
         parts = " + ".join("?" if v is None else f"{v:.0f}" for v in row["family_bytes_per_token"].values())
         bpt = "?" if row["bytes_per_token"] is None else f"{row['bytes_per_token']:.1f}"
         goal = "–" if row["goal_nats"] is None else f"{row['goal_nats']:g}"

@@ -67,6 +67,7 @@ def test_goal_is_one_sided_and_says_better():
     assert summary["profiles"]["lean"]["hldc"]["goal_met"] is True  # goal 0.01: better counts
     row = bench.markdown_table(summary).splitlines()[3]
     assert "| 0.01 | yes (HLDC better by more than the goal) | – |" in row
+    assert bench._nats(-3e-6) == "-3e-06" and bench._nats(0.01234) == "+0.0123"
 
 
 def test_profile_seeds_pair_with_exact_seeds():
