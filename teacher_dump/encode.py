@@ -1,0 +1,371 @@
+"""The store profiles' encoders in jnp, run on the device after the extraction step.
+
+``encode_signal(signal, schema)`` maps the extraction step's outputs
+(``{"topk_ids", "topk_logprobs", "hidden": {l: ...}}``, extract.py) to the
+stored arrays of the schema's profile (``store.profiles``), ``{array name:
+[B, ...]}``, inside jit. Composed after the extraction step
+(``make_encoded_extract_fn``), the device→host copy carries only the encoded
+bytes (compact: 1.3 KB/token at the 4B geometry instead of 10.8 KB of float32
+activations) and the host only writes them (``StoreWriter.write_unit_encoded``).
+
+Byte-identical to the numpy encoders of ``store.profiles`` (tested on CPU),
+which takes three measures, each against a rewrite XLA makes:
+
+* Per-token RMS: numpy sums ``x**2`` with its pairwise summation (blocks of
+  8 strided accumulators up to 128 elements, halves above), XLA with its own
+  reduction tree; ``pairwise_sum`` spells numpy's tree out as elementwise
+  adds, which XLA never reassociates, and the squares are kept from being
+  fused into those adds as FMAs (``rms``).
+* Division: XLA's algebraic simplifier turns ``a / broadcast(b)`` into
+  ``a * broadcast(1 / b)``, one ulp off for ~20% of elements (measured, jax
+  0.10.2 CPU); ``_divide`` hides the broadcast behind an optimisation barrier
+  so the divide stays a correctly rounded IEEE divide.
+* Outlier channels: ``lax.top_k`` breaks ties towards the lower channel,
+  numpy's argpartition in an unspecified way. Only a token whose n-th and
+  (n+1)-th largest |y| are equal can differ (a permutation of equal values:
+  the decoded activations are the same, the bytes are not).
+"""
+import dataclasses
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from store import errors as store_errors, profiles
+from trainer.model.errors import ModelInputError
+
+EncodeInputError = ModelInputError  # Signal arrays of the wrong shape or dtype for the store's schema
+
+F32 = jnp.float32
+_LEAF = 128  # numpy's PW_BLOCKSIZE: below it, 8 strided accumulators; above, split in halves
+_LANES = 8
+
+
+def _leaves(lo: int, n: int) -> list:
+    """numpy's pairwise tree over [lo, lo + n) as nested pairs of (lo, n) leaves."""
+    if n <= _LEAF:
+        return [lo, n]
+    half = n // 2
+    half -= half % _LANES
+    return [_leaves(lo, half), _leaves(lo + half, n - half)]
+
+
+def _leaf_sum(x, lo, n):
+    # numpy for n <= 128: 8 strided accumulators, combined as a tree, the tail added in order.
+    if n < _LANES:
+        total = jnp.zeros(x.shape[:-1], x.dtype)
+        for i in range(lo, lo + n):
+            total = total + x[..., i]
+        return total
+    m = n - n % _LANES
+    lanes = x[..., lo:lo + m].reshape(*x.shape[:-1], m // _LANES, _LANES)
+    r = lanes[..., 0, :]
+    for i in range(1, m // _LANES):
+        r = r + lanes[..., i, :]
+    total = (((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3]))
+             + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7])))
+    for i in range(lo + m, lo + n):
+        total = total + x[..., i]
+    return total
+
+
+def _balanced(tree, depth):
+    """Leaf width if ``tree`` is a full binary tree of ``depth`` levels of equal leaves, else None."""
+    if depth == 0:
+        return tree[1] if isinstance(tree[0], int) else None
+    if isinstance(tree[0], int):
+        return None
+    a, b = _balanced(tree[0], depth - 1), _balanced(tree[1], depth - 1)
+    return a if a is not None and a == b else None
+
+
+def pairwise_sum(x: jax.Array) -> jax.Array:
+    """Sum over the last axis in numpy's pairwise order (bit-identical to ``np.add.reduce``).
+
+    numpy (PW_BLOCKSIZE 128) splits the row in halves (rounded down to a
+    multiple of 8) down to leaves of <= 128 elements, sums a leaf with 8
+    strided accumulators combined as a tree, and adds the halves. The same
+    adds are spelled out here as elementwise ops, which XLA never reorders.
+    When the leaves are equal (D = 2560: 32 leaves of 80) they are summed
+    side by side as one [..., leaves, width] array, which is ~10x faster on CPU.
+
+    Args:
+        x: [..., n] float array.
+
+    Returns:
+        [...] the sum, same dtype.
+    """
+    n = x.shape[-1]
+    tree = _leaves(0, n)
+    depth = 0
+    while not isinstance(_first_leaf(tree, depth), int):
+        depth += 1
+    width = _balanced(tree, depth)
+    if width is None:
+        def walk(t):
+            return _leaf_sum(x, *t) if isinstance(t[0], int) else walk(t[0]) + walk(t[1])
+        return walk(tree)
+    parts = _leaf_sum(x.reshape(*x.shape[:-1], n // width, width), 0, width)  # [..., leaves]
+    while parts.shape[-1] > 1:  # adjacent pairs: the tree's levels, bottom up
+        parts = parts[..., 0::2] + parts[..., 1::2]
+    return parts[..., 0]
+
+
+def _first_leaf(tree, depth):
+    for _ in range(depth):
+        tree = tree[0]
+    return tree[0]
+
+
+def _divide(num: jax.Array, den) -> jax.Array:
+    """``num / den`` (den broadcast to num), correctly rounded like numpy's divide (see module doc)."""
+    den_full = lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(den, num.dtype), num.shape))
+    return num / den_full
+
+
+def rms(x_XxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token RMS (float32) as ``store.profiles``, and the same with 0 replaced by 1 (safe divisor)."""
+    # max(x*x, 0) is x*x (NaN stays NaN), but it keeps the multiply from being contracted
+    # into the adds of the sum as an FMA, which XLA's CPU backend does otherwise (18% of
+    # RMS values off by an ulp, measured): numpy rounds every square.
+    sq = jnp.maximum(x_XxD * x_XxD, F32(0.0))
+    mean = _divide(pairwise_sum(sq), np.float32(x_XxD.shape[-1]))
+    r = jnp.sqrt(mean)
+    return r, jnp.where(r > 0, r, F32(1.0))
+
+
+def pack_ids(ids_XxN: jax.Array, bits: int) -> jax.Array:
+    """Packs non-negative ids of ``bits`` bits into a little-endian bit stream (SPEC §3).
+
+    Value j occupies stream bits [j*bits, (j+1)*bits); stream bit i is bit
+    i % 8 of byte i // 8. Decodable with ``np.unpackbits(..., bitorder="little")``.
+
+    Args:
+        ids_XxN: [..., n] integer ids in [0, 2**bits).
+        bits: bits per id, 1..32.
+
+    Returns:
+        uint8 [..., ceil(n * bits / 8)].
+    """
+    lead, n = ids_XxN.shape[:-1], ids_XxN.shape[-1]
+    u = ids_XxN.astype(jnp.uint32)
+    bit_XxNxB = ((u[..., None] >> jnp.arange(bits, dtype=jnp.uint32)) & 1).astype(jnp.uint8)
+    stream = bit_XxNxB.reshape(*lead, n * bits)
+    pad = -(n * bits) % 8
+    stream = jnp.pad(stream, [(0, 0)] * len(lead) + [(0, pad)])
+    bytes_XxMx8 = stream.reshape(*lead, (n * bits + pad) // 8, 8)
+    # Distinct bits: the sum is the OR, at most 255.
+    return (bytes_XxMx8 << jnp.arange(8, dtype=jnp.uint8)).sum(axis=-1, dtype=jnp.uint8)
+
+
+def top_n_channels(a_XxD: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """The ``n`` largest values of the last axis, ties towards the lower channel (``lax.top_k``'s order).
+
+    The top-k runs on a 2-D [tokens, D] view: XLA's CPU backend lowers a 2-D
+    top-k to its TopK kernel, a 3-D one whose values feed an elementwise op
+    to a full sort of D (30x slower, measured). (A pre-selection on blocks
+    of 64 channels, as store.profiles does, is slower still: the CPU gather
+    of the blocks costs more than the top-k.)
+
+    Args:
+        a_XxD: [..., D] float values (|y|).
+        n: how many, <= D.
+
+    Returns:
+        (ascending channel indices int32 [..., n], bool mask [..., D] of them).
+    """
+    lead, D = a_XxD.shape[:-1], a_XxD.shape[-1]
+    vals, idx = lax.top_k(a_XxD.reshape(-1, D), n)
+    vals, idx = vals.reshape(*lead, n), idx.reshape(*lead, n)
+    # The last of top_k's order is the n-th value and, among the selected channels
+    # equal to it, the highest one: the selection is everything before it in that order.
+    thr, last = vals[..., -1:], idx[..., -1:]
+    chan = jnp.arange(D, dtype=idx.dtype)
+    outlier = (a_XxD > thr) | ((a_XxD == thr) & (chan <= last))
+    return jnp.sort(idx, axis=-1), outlier
+
+
+# --- exact -------------------------------------------------------------------------------------
+
+def exact_hidden(layer: int, x_XxD: jax.Array) -> dict:
+    """``ExactProfile.encode_hidden``: float16 x / rms(x) and the float32 RMS."""
+    x = x_XxD.astype(F32)
+    r, safe = rms(x)
+    return {profiles.hidden_name(layer): _divide(x, safe[..., None]).astype(jnp.float16),
+            profiles.aux_name(layer, "rms"): r}
+
+
+def exact_topk(ids_XxK, logprobs_XxK, vocab_size: int) -> dict:
+    """``ExactProfile.encode_topk``: ids in the store's id dtype, float16 log-probs."""
+    return {"topk/ids": ids_XxK.astype(profiles.ids_dtype(vocab_size)),
+            "topk/logprobs": jnp.minimum(logprobs_XxK.astype(F32), 0).astype(jnp.float16)}
+
+
+# --- compact -----------------------------------------------------------------------------------
+
+def compact_hidden(layer: int, x_XxD: jax.Array) -> dict:
+    """``CompactProfile.encode_hidden``: int8 grid per token, n outlier channels in float16."""
+    D = x_XxD.shape[-1]
+    n = min(profiles.NUM_OUTLIERS, D)
+    x = x_XxD.astype(F32)
+    r, safe = rms(x)
+    y = _divide(x, safe[..., None])
+    a = jnp.abs(y)
+    idx, outlier = top_n_channels(a, n)
+    val = jnp.take_along_axis(y, idx, axis=-1)
+    y = jnp.where(outlier, F32(0.0), y)
+    a = jnp.where(outlier, F32(0.0), a)
+    step = _divide(jnp.max(a, axis=-1), np.float32(127.0)).astype(jnp.float16)
+    step = jnp.where(step > 0, step, jnp.float16(1.0))
+    q = jnp.clip(jnp.rint(_divide(y, step.astype(F32)[..., None])), -127, 127).astype(jnp.int8)
+    return {profiles.hidden_name(layer): q, profiles.aux_name(layer, "rms"): r,
+            profiles.aux_name(layer, "qstep"): step,
+            profiles.aux_name(layer, "outlier_idx"): idx.astype(jnp.uint16),
+            profiles.aux_name(layer, "outlier_val"): val.astype(jnp.float16)}
+
+
+def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int) -> dict:
+    """``CompactProfile.encode_topk``: uint8 square-root companded code below the float32 top-1."""
+    lp = jnp.minimum(logprobs_XxK.astype(F32), 0)
+    top = lp[..., 0]
+    finite = jnp.isfinite(lp) & jnp.isfinite(top)[..., None]
+    delta = jnp.where(finite, top[..., None] - lp, F32(0.0))
+    frac = _divide(jnp.clip(delta, F32(0.0), F32(profiles.LP_RANGE)), np.float32(profiles.LP_RANGE))
+    code = jnp.rint(F32(254.0) * jnp.sqrt(frac))
+    code = jnp.where(finite, code, F32(profiles.LP_NEG_INF_CODE)).astype(jnp.uint8)
+    return {"topk/ids": ids_XxK.astype(profiles.ids_dtype(vocab_size)),
+            "topk/logprobs": code,
+            "topk/top_logprob": jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32)}
+
+
+# --- the profile's whole signal ----------------------------------------------------------------
+
+# Profile name -> (top-k encoder, hidden encoder), the twins of store.profiles' encode_topk / encode_hidden.
+ENCODERS = {"exact": (exact_topk, exact_hidden), "compact": (compact_topk, compact_hidden)}
+
+
+def _check(name, x, shape, kind):
+    ok = jnp.issubdtype(x.dtype, jnp.integer if kind == "integer" else jnp.floating)
+    if not ok or tuple(x.shape) != tuple(shape):
+        raise EncodeInputError(
+            f"{name} is {x.dtype}{list(x.shape)}, expected {kind} {list(shape)} [rows, seq_len, ...] "
+            "of this store's schema; extract with the store's k, layers and seq_len")
+
+
+def encode_signal(signal: dict, schema) -> dict:
+    """Encodes one batch of the extraction step's outputs into the schema's stored arrays (jnp, jittable).
+
+    Args:
+        signal: {"topk_ids": int[B,T,K], "topk_logprobs": float[B,T,K] sorted descending,
+            "hidden": {l: float[B,T,D]}} (extract.extract_signal's outputs).
+        schema: the store's ``store.StoreSchema``.
+
+    Returns:
+        {"arrays": {stored array name: [B, ...]}, every array of the profile but ``tokens``, in the
+        profile's ArraySpec dtypes; "finite": bool[B], False for a row with a NaN/inf activation
+        or log-prob (the host refuses it: ``host_arrays``)}.
+
+    Raises:
+        EncodeInputError: an array of the wrong shape or dtype, missing or extra layers.
+        store.StoreInputError: a profile without a device encoder.
+    """
+    if schema.profile not in ENCODERS:
+        raise store_errors.StoreInputError(
+            f"profile {schema.profile!r} has no device encoder; use one of {sorted(ENCODERS)} "
+            "or write with StoreWriter.write_unit (host encoder)")
+    encode_topk, encode_hidden = ENCODERS[schema.profile]
+    T, K, D = schema.seq_len, schema.k, schema.hidden_dim
+    B = signal["topk_ids"].shape[0] if K else next(iter(signal["hidden"].values())).shape[0]
+    arrays, finite_B = {}, jnp.ones((B,), bool)
+    if K:
+        _check("topk_ids", signal["topk_ids"], (B, T, K), "integer")
+        _check("topk_logprobs", signal["topk_logprobs"], (B, T, K), "floating")
+        lp = signal["topk_logprobs"]
+        finite_B &= ~jnp.isnan(lp).any(axis=(1, 2)) & ~jnp.isposinf(lp).any(axis=(1, 2))
+        arrays.update(encode_topk(signal["topk_ids"], lp, schema.vocab_size))
+    hidden = signal.get("hidden") or {}
+    if sorted(hidden) != sorted(schema.hidden_layers):
+        raise EncodeInputError(f"hidden has the layers {sorted(hidden)}, the store {sorted(schema.hidden_layers)}; "
+                               "extract with layers=schema.hidden_layers")
+    for layer in schema.hidden_layers:
+        _check(f"hidden[{layer}]", hidden[layer], (B, T, D), "floating")
+        encoded = encode_hidden(layer, hidden[layer])
+        # x has a NaN/inf iff its RMS does (or x**2 overflows float32: refused too).
+        finite_B &= jnp.isfinite(encoded[profiles.aux_name(layer, "rms")]).all(axis=1)
+        arrays.update(encoded)
+    _check_specs(arrays, schema, B)
+    return {"arrays": arrays, "finite": finite_B}
+
+
+def _check_specs(arrays, schema, B):
+    # Trace-time: the device encoders and store.profiles' ArraySpecs must agree (names, shapes, dtypes).
+    specs = {s.name: s for s in profiles.get_profile(schema.profile).arrays(schema) if s.name != "tokens"}
+    got = {n: (tuple(a.shape), np.dtype(a.dtype).name) for n, a in arrays.items()}
+    want = {n: ((B,) + tuple(s.inner_shape), np.dtype(s.dtype).name) for n, s in specs.items()}
+    if got != want:
+        raise store_errors.StoreInputError(
+            f"device encoder of {schema.profile!r} disagrees with store.profiles: {got} vs {want}; "
+            "update teacher_dump/encode.py with the profile")
+
+
+def make_encoded_extract_fn(extract_fn: Callable, schema) -> Callable:
+    """The extraction step with the schema's encoder composed after it, one jit.
+
+    Args:
+        extract_fn: fn(params, tokens_BxT) -> signal (extract.make_extract_fn), jitted or not.
+        schema: the store's schema.
+
+    Returns:
+        fn(params, tokens_BxT) -> encode_signal's {"arrays", "finite"}, jitted (cached per
+        extract_fn and schema layout).
+    """
+    return _build(extract_fn, _Layout.of(schema))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """The schema fields an encoder depends on, hashable (StoreSchema holds dicts) for the jit cache."""
+    profile: str
+    seq_len: int
+    k: int
+    vocab_size: int
+    hidden_layers: tuple
+    hidden_dim: int
+
+    @classmethod
+    def of(cls, schema):
+        return cls(**{f.name: getattr(schema, f.name) for f in dataclasses.fields(cls)})
+
+
+@functools.lru_cache(maxsize=32)
+def _build(extract_fn, layout):
+    @jax.jit
+    def extract_encoded(params, tokens_BxT):
+        return encode_signal(extract_fn(params, tokens_BxT), layout)
+
+    return extract_encoded
+
+
+def host_arrays(encoded: dict, first_row: int = 0) -> dict:
+    """The numpy stored arrays of ``encode_signal``'s (fetched) output; refuses non-finite rows.
+
+    Args:
+        encoded: {"arrays": {name: numpy/jax array}, "finite": bool[B]}.
+        first_row: store row of the batch's first row (for the message).
+
+    Returns:
+        {name: numpy array}, ready for ``StoreWriter.write_unit_encoded`` (plus "tokens").
+
+    Raises:
+        store.StoreInputError: a row has a NaN/inf activation or log-prob.
+    """
+    finite_B = np.asarray(encoded["finite"])
+    if not finite_B.all():
+        bad = first_row + int(np.flatnonzero(~finite_B)[0])
+        raise store_errors.StoreInputError(
+            f"row {bad}: the teacher signal has NaN/inf values; fix the teacher forward pass (check its dtype)")
+    return {name: np.asarray(a) for name, a in encoded["arrays"].items()}

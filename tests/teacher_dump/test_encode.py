@@ -1,0 +1,201 @@
+"""Device encoders (teacher_dump/encode.py) against the numpy encoders of store.profiles.
+
+Agreement is byte-for-byte (the stated tolerance is zero) wherever the top-n
+outlier set is unique; on tied |y| the device picks the lower channel, checked
+against an independent stable-argsort reference, and decodes within one grid step.
+"""
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from store import StoreInputError, StoreSchema, profiles
+from teacher_dump import encode, extract
+from trainer.model import model_config
+
+
+def _hidden(rng, rows, T, D):
+    """Residual-stream-like activations: heavy tails, per-channel scales, a few massive channels."""
+    x = rng.standard_t(4, (rows, T, D)) * np.exp(rng.normal(0, 0.5, D)) * 150
+    x[..., rng.choice(D, min(3, D), replace=False)] += 8000
+    return x.astype(np.float32)
+
+
+def _topk(rng, rows, T, K, V):
+    logits = rng.normal(0, 3, (rows, T, V)).astype(np.float64)
+    lse = np.log(np.exp(logits).sum(-1, keepdims=True))
+    ids = np.argsort(-logits, axis=-1, kind="stable")[..., :K]
+    lp = (np.take_along_axis(logits, ids, -1) - lse).astype(np.float32)
+    lp[0, 0, K // 2:] = -np.inf  # a top-p truncated position: dropped slots
+    ids[0, 0, K // 2:] = 0
+    return ids.astype(np.int32), lp
+
+
+def _device(fn, *args):
+    return jax.tree_util.tree_map(np.array, jax.jit(fn)(*args))  # writable copies
+
+
+def _assert_same_bytes(got, ref):
+    assert sorted(got) == sorted(ref)
+    for name in ref:
+        assert got[name].dtype == ref[name].dtype, name
+        assert got[name].shape == ref[name].shape, name
+        assert got[name].tobytes() == ref[name].tobytes(), f"{name}: {np.mean(got[name] != ref[name])} differ"
+
+
+@pytest.mark.parametrize("D", [2560, 1, 7, 100, 1000, 2049, 3072])
+def test_pairwise_sum_is_numpys_sum_bit_for_bit(D):
+    # 2560 (32 leaves of 80) and 3072 take the side-by-side path; 100, 1000, 2049 the unequal tree.
+    x = np.random.default_rng(D).standard_t(4, (33, D)).astype(np.float32) * 150
+    got = _device(lambda x: encode.pairwise_sum(x), x)
+    np.testing.assert_array_equal(got, np.add.reduce(x, axis=-1, dtype=np.float32))
+    got_rms = _device(lambda x: encode.rms(x)[0], x)
+    np.testing.assert_array_equal(got_rms, profiles._rms(x)[0])
+
+
+@pytest.mark.parametrize("D", [2560, 96, 5])
+def test_compact_hidden_is_byte_identical_to_numpy(D):
+    x = _hidden(np.random.default_rng(1), 2, 24, D)
+    x[1, 3] = 0.0  # a zero token: rms 0, step 1 (its outlier set ties: only the codes are compared)
+    got = _device(lambda x: encode.compact_hidden(4, x), x)
+    ref = profiles.get_profile("compact").encode_hidden(4, x)
+    idx_name = profiles.aux_name(4, "outlier_idx")
+    np.testing.assert_array_equal(got[idx_name][1, 3], np.arange(min(8, D)))  # lower channels on ties
+    got[idx_name][1, 3] = ref[idx_name][1, 3]
+    _assert_same_bytes(got, ref)
+
+
+def test_exact_hidden_is_byte_identical_to_numpy():
+    x = _hidden(np.random.default_rng(2), 2, 16, 2560)
+    _assert_same_bytes(_device(lambda x: encode.exact_hidden(3, x), x),
+                       profiles.get_profile("exact").encode_hidden(3, x))
+
+
+@pytest.mark.parametrize("profile, V", [("compact", 300), ("exact", 300), ("compact", 70000)])
+def test_topk_is_byte_identical_to_numpy(profile, V):
+    ids, lp = _topk(np.random.default_rng(3), 2, 8, 16, V)
+    lp[1, 2, 0] = 0.0  # probability 1 at the top
+    got = _device(lambda i, l: encode.ENCODERS[profile][0](i, l, V), ids, lp)
+    _assert_same_bytes(got, profiles.get_profile(profile).encode_topk(ids, lp, V))
+
+
+def test_tied_outliers_take_the_lower_channel_and_decode_within_a_grid_step():
+    # bfloat16-rounded activations: |y| ties at the n-th value happen on a few tokens.
+    rng = np.random.default_rng(4)
+    x = np.array(jnp.asarray(_hidden(rng, 1, 512, 256)).astype(jnp.bfloat16).astype(jnp.float32))
+    x[0, :8, 100:112] = 2e4  # 12 equal largest channels: the top 8 is a tie
+    got = _device(lambda x: encode.compact_hidden(1, x), x)
+    ref = profiles.get_profile("compact").encode_hidden(1, x)
+    y = x / profiles._rms(x)[1][..., None]
+    want_idx = np.sort(np.argsort(-np.abs(y), axis=-1, kind="stable")[..., :8], axis=-1)
+    np.testing.assert_array_equal(got[profiles.aux_name(1, "outlier_idx")], want_idx)
+    prof = profiles.get_profile("compact")
+    y_got = prof.decode_hidden(1, got, np.float32, normalized=True)
+    y_ref = prof.decode_hidden(1, ref, np.float32, normalized=True)
+    step = ref[profiles.aux_name(1, "qstep")].astype(np.float32)[..., None]
+    assert np.all(np.abs(y_got - y_ref) <= step * 1.01)
+    same = (got[profiles.aux_name(1, "outlier_idx")] == ref[profiles.aux_name(1, "outlier_idx")]).all(-1)
+    np.testing.assert_array_equal(got[profiles.hidden_name(1)][same], ref[profiles.hidden_name(1)][same])
+
+
+def test_decode_of_device_encoding_is_faithful():
+    rng = np.random.default_rng(5)
+    x = _hidden(rng, 1, 64, 512).astype(np.float64)
+    got = _device(lambda x: encode.compact_hidden(2, x), x.astype(np.float32))
+    x_hat = profiles.get_profile("compact").decode_hidden(2, got, np.float64)
+    cos = (x_hat * x).sum(-1) / np.linalg.norm(x_hat, axis=-1) / np.linalg.norm(x, axis=-1)
+    assert cos.min() > 0.9995
+    ids, lp = _topk(rng, 1, 8, 32, 500)
+    enc = _device(lambda i, l: encode.compact_topk(i, l, 500), ids, lp)
+    code = enc["topk/logprobs"].astype(np.float64)
+    delta = np.minimum(lp[..., :1].astype(np.float64) - lp, profiles.LP_RANGE)
+    finite = np.isfinite(lp)
+    # Half a code of the sqrt-companded scale: |254 sqrt(delta / 32) - code| <= 0.5.
+    assert np.all(np.abs(254 * np.sqrt(delta[finite] / profiles.LP_RANGE) - code[finite]) <= 0.5 + 1e-4)
+    assert np.all(code[~finite] == profiles.LP_NEG_INF_CODE)
+
+
+@pytest.mark.parametrize("V", [2, 2048, 32000, 262144])
+def test_packed_ids_decode_with_numpy_unpackbits(V):
+    bits = max(1, int(np.ceil(np.log2(V))))
+    ids = np.random.default_rng(V).integers(0, V, (3, 5, 13), dtype=np.int64)
+    ids[0, 0, :] = V - 1
+    packed = _device(lambda i: encode.pack_ids(i, bits), ids.astype(np.int32))
+    assert packed.dtype == np.uint8 and packed.shape == (3, 5, -(-13 * bits // 8))
+    stream = np.unpackbits(packed, axis=-1, bitorder="little")[..., :13 * bits].reshape(3, 5, 13, bits)
+    decoded = (stream.astype(np.int64) << np.arange(bits)).sum(-1)
+    np.testing.assert_array_equal(decoded, ids)
+
+
+def _schema(profile, D=64, layers=(1,), k=8, V=256, T=16):
+    return StoreSchema(seq_len=T, k=k, vocab_size=V, hidden_layers=layers, hidden_dim=D, profile=profile,
+                       rows_per_unit=4)
+
+
+def _signal(rng, B=2, T=16, K=8, V=256, D=64, layers=(1,)):
+    ids, lp = _topk(rng, B, T, K, V)
+    return {"topk_ids": ids, "topk_logprobs": lp, "hidden": {l: _hidden(rng, B, T, D) for l in layers}}
+
+
+@pytest.mark.parametrize("profile", ["exact", "compact"])
+def test_encode_signal_gives_the_profiles_arrays_deterministically(profile):
+    schema = _schema(profile, layers=(1, 2))
+    signal = _signal(np.random.default_rng(6), layers=(1, 2))
+    fn = jax.jit(lambda s: encode.encode_signal(s, schema))
+    first = encode.host_arrays(jax.tree_util.tree_map(np.asarray, fn(signal)))
+    again = encode.host_arrays(fn(signal))
+    one_row = encode.host_arrays(fn(jax.tree_util.tree_map(lambda a: a[1:], signal)))  # batch-independent
+    prof = profiles.get_profile(profile)
+    ref = dict(prof.encode_topk(signal["topk_ids"], signal["topk_logprobs"], 256))
+    for l in (1, 2):
+        ref.update(prof.encode_hidden(l, signal["hidden"][l]))
+    _assert_same_bytes(first, ref)
+    _assert_same_bytes(again, ref)
+    _assert_same_bytes(one_row, {n: a[1:] for n, a in ref.items()})
+
+
+def test_wrong_shapes_dtypes_and_layers_are_refused():
+    schema = _schema("compact")
+    signal = _signal(np.random.default_rng(7))
+    bad = [({**signal, "topk_ids": signal["topk_ids"].astype(np.float32)}, "topk_ids is float32"),
+           ({**signal, "topk_logprobs": signal["topk_logprobs"][:, :, :4]}, "expected floating"),
+           ({**signal, "hidden": {1: signal["hidden"][1][..., :32]}}, r"hidden\[1\]"),
+           ({**signal, "hidden": {2: signal["hidden"][1]}}, "layers"),
+           ({**signal, "hidden": {1: signal["hidden"][1].astype(np.int32)}}, "expected floating")]
+    for sig, message in bad:
+        with pytest.raises(encode.EncodeInputError, match=message):
+            encode.encode_signal(sig, schema)
+    with pytest.raises(StoreInputError, match="no device encoder"):
+        # A stand-in schema: StoreSchema itself refuses an unknown profile.
+        encode.encode_signal(signal, types.SimpleNamespace(**{**dataclasses.asdict(schema), "profile": "x"}))
+
+
+def test_non_finite_rows_are_refused_on_the_host():
+    schema = _schema("compact")
+    for poison in ("hidden", "topk_logprobs"):
+        signal = _signal(np.random.default_rng(8))
+        if poison == "hidden":
+            signal["hidden"][1][1, 3, 5] = np.inf
+        else:
+            signal["topk_logprobs"][1, 2, 3] = np.nan
+        out = jax.jit(lambda s: encode.encode_signal(s, schema))(signal)
+        with pytest.raises(StoreInputError, match="row 41: the teacher signal has NaN/inf"):
+            encode.host_arrays(out, first_row=40)
+
+
+def test_encoded_extraction_step_matches_host_encoding_of_the_extraction(make_params):
+    cfg = model_config.get_config("tiny", vocab_size=256, num_layers=2)
+    params = make_params(cfg, 9)
+    schema = _schema("compact", D=cfg.d_model, layers=(1,), k=8, V=256, T=16)
+    fn = extract.make_extract_fn(cfg, k=8, layers=(1,))
+    tokens = np.random.default_rng(9).integers(0, 256, (2, 16), dtype=np.int32)
+    got = encode.host_arrays(encode.make_encoded_extract_fn(fn, schema)(params, tokens))
+    assert encode.make_encoded_extract_fn(fn, schema) is encode.make_encoded_extract_fn(fn, schema)
+    signal = jax.tree_util.tree_map(np.asarray, fn(params, tokens))
+    prof = profiles.get_profile("compact")
+    ref = dict(prof.encode_topk(signal["topk_ids"], signal["topk_logprobs"], 256))
+    ref.update(prof.encode_hidden(1, signal["hidden"][1]))
+    _assert_same_bytes(got, ref)
