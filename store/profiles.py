@@ -38,7 +38,7 @@ Adding a profile: subclass ``Profile`` and register it in ``PROFILES``.
 """
 import numpy as np
 
-from store import errors
+from store import errors, sampled
 from store.layout import ArraySpec
 
 NUM_OUTLIERS = 8
@@ -65,8 +65,9 @@ def _rms(x_RxTxD: np.ndarray) -> np.ndarray:
 
 
 class Profile:
-    """Base profile: tokens and ids are stored as-is in every profile."""
+    """Base profile: tokens are stored as-is in every profile."""
     name = ""
+    side_zstd = False  # zstd on the small integer/float16 arrays (sampled counts and log-probs)
 
     def arrays(self, schema) -> list[ArraySpec]:
         """Every stored array of a store with this schema."""
@@ -74,9 +75,35 @@ class Profile:
         specs = [ArraySpec("tokens", (T,), "int32", ("pos",))]
         if K:
             specs += self.topk_arrays(T, K, schema.vocab_size)
+        if schema.samples:
+            specs += sampled.array_specs(self, T, schema.samples, schema.vocab_size)
         for layer in schema.hidden_layers:
             specs += self.hidden_arrays(layer, T, schema.hidden_dim)
         return specs
+
+    def encodings(self, schema) -> dict:
+        """The manifest's ``encodings``: ``describe`` plus the sampled family when samples > 0."""
+        out = self.describe(schema)
+        if schema.samples:
+            out.update(sampled.describe(self, schema.vocab_size))
+        return out
+
+    def sampled_array_names(self, schema) -> list[str]:
+        return [s.name for s in sampled.array_specs(self, schema.seq_len, schema.samples, schema.vocab_size)]
+
+    def ids_spec(self, name, T, n, V, dim) -> ArraySpec:
+        """How this profile stores n vocabulary ids per position (top-k or sampled)."""
+        return ArraySpec(name, (T, n), ids_dtype(V), ("pos", dim), zstd=self.side_zstd)
+
+    def encode_ids(self, ids_xN: np.ndarray, V: int) -> np.ndarray:
+        return ids_xN.astype(ids_dtype(V))
+
+    def decode_ids(self, stored_xN: np.ndarray, n: int, V: int, dtype) -> np.ndarray:
+        """Ids in ``dtype`` (the stored array itself when the dtype matches)."""
+        return stored_xN.astype(dtype, copy=False)
+
+    def describe_ids(self, V: int, what: str) -> str:
+        return f"{ids_dtype(V)} vocabulary id: {what}"
 
     def topk_array_names(self, schema) -> list[str]:
         return [s.name for s in self.topk_arrays(schema.seq_len, schema.k, schema.vocab_size)]
@@ -95,10 +122,11 @@ class Profile:
     def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size) -> dict:
         raise NotImplementedError
 
-    def decode_topk(self, stored: dict, ids_dtype=np.int32, logprobs_dtype=np.float32):
+    def decode_topk(self, stored: dict, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None):
         """Returns (ids, logprobs) in the given dtypes from the stored arrays.
 
         A dtype equal to the stored one returns the stored array itself (no copy).
+        ``vocab_size`` is needed only to unpack bit-packed ids (store/bitpack.py).
         """
         raise NotImplementedError
 
@@ -122,7 +150,7 @@ class ExactProfile(Profile):
     name = "exact"
 
     def topk_arrays(self, T, K, V):
-        return [ArraySpec("topk/ids", (T, K), ids_dtype(V), ("pos", "k")),
+        return [self.ids_spec("topk/ids", T, K, V, "k"),
                 ArraySpec("topk/logprobs", (T, K), "float16", ("pos", "k"))]
 
     def hidden_arrays(self, layer, T, D):
@@ -130,12 +158,13 @@ class ExactProfile(Profile):
                 ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",))]
 
     def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size):
-        return {"topk/ids": ids_RxTxK.astype(ids_dtype(vocab_size)),
+        return {"topk/ids": self.encode_ids(ids_RxTxK, vocab_size),
                 "topk/logprobs": np.minimum(logprobs_RxTxK, 0).astype(np.float16)}
 
-    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32):
-        return (stored["topk/ids"].astype(ids_dtype, copy=False),
-                stored["topk/logprobs"].astype(logprobs_dtype, copy=False))
+    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None):
+        lp = stored["topk/logprobs"]
+        return (self.decode_ids(stored["topk/ids"], lp.shape[-1], vocab_size, ids_dtype),
+                lp.astype(logprobs_dtype, copy=False))
 
     def encode_hidden(self, layer, x_RxTxD):
         rms, safe = _rms(x_RxTxD)
@@ -166,9 +195,10 @@ class ExactProfile(Profile):
 class CompactProfile(Profile):
     """int8 activations with outlier channels, uint8 companded log-probs, zstd."""
     name = "compact"
+    side_zstd = True
 
     def topk_arrays(self, T, K, V):
-        return [ArraySpec("topk/ids", (T, K), ids_dtype(V), ("pos", "k"), zstd=True),
+        return [self.ids_spec("topk/ids", T, K, V, "k"),
                 ArraySpec("topk/logprobs", (T, K), "uint8", ("pos", "k"), zstd=True),
                 ArraySpec("topk/top_logprob", (T,), "float32", ("pos",))]
 
@@ -187,17 +217,18 @@ class CompactProfile(Profile):
         delta = np.where(finite, top[..., None] - lp, 0.0)
         code = np.rint(254.0 * np.sqrt(np.clip(delta, 0.0, LP_RANGE) / LP_RANGE))
         code = np.where(finite, code, LP_NEG_INF_CODE).astype(np.uint8)
-        return {"topk/ids": ids_RxTxK.astype(ids_dtype(vocab_size)),
+        return {"topk/ids": self.encode_ids(ids_RxTxK, vocab_size),
                 "topk/logprobs": code,
                 "topk/top_logprob": np.where(np.isfinite(top), top, -np.inf).astype(np.float32)}
 
-    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32):
+    def decode_topk(self, stored, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None):
         code = stored["topk/logprobs"]
         top = stored["topk/top_logprob"]
         frac = code.astype(np.float32) * np.float32(1.0 / 254.0)
         lp = top[..., None] - np.float32(LP_RANGE) * frac * frac
         lp[code == LP_NEG_INF_CODE] = -np.inf
-        return stored["topk/ids"].astype(ids_dtype, copy=False), lp.astype(logprobs_dtype, copy=False)
+        ids = self.decode_ids(stored["topk/ids"], code.shape[-1], vocab_size, ids_dtype)
+        return ids, lp.astype(logprobs_dtype, copy=False)
 
     def encode_hidden(self, layer, x_RxTxD):
         D = x_RxTxD.shape[-1]

@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from store import errors, layout, localread, profiles, remote, snapshot
+from store import errors, layout, localread, profiles, remote, sampled, snapshot
 from store.schema import read_manifest
 
 # Uncompressed arrays of local stores are read by store.localread (about 4x
@@ -110,10 +110,12 @@ class StoreReader:
         return rows[rows < self.num_rows]
 
     def default_fields(self) -> tuple:
-        """Every field of the store: tokens, topk (if k > 0), hidden/<l> per layer."""
+        """Every field of the store: tokens, topk (if k > 0), sampled (if samples > 0), hidden/<l> per layer."""
         fields = ["tokens"]
         if self.schema.k:
             fields.append("topk")
+        if self.schema.samples:
+            fields.append("sampled")
         fields += [profiles.hidden_name(l) for l in self.schema.hidden_layers]
         return tuple(fields)
 
@@ -124,6 +126,8 @@ class StoreReader:
                 names.append("tokens")
             elif field == "topk" and self.schema.k:
                 names += self._profile.topk_array_names(self.schema)
+            elif field == "sampled" and self.schema.samples:
+                names += self._profile.sampled_array_names(self.schema)
             elif field.startswith("hidden/") and field[len("hidden/"):].isdigit() and \
                     int(field[len("hidden/"):]) in self.schema.hidden_layers:
                 names += self._profile.hidden_array_names(self.schema, int(field[len("hidden/"):]),
@@ -171,15 +175,17 @@ class StoreReader:
                 ``normalized_mse``). exact: the stored float16 array
                 (zero copy with ``hidden_dtype=np.float16``); compact:
                 ``q * qstep`` with the outlier channels restored.
-            ids_dtype: integer dtype of the top-k ids: int32 (default) or the
+            ids_dtype: integer dtype of the top-k and sampled ids: int32 (default) or the
                 stored one, ``stored_ids_dtype`` (zero copy); any integer
                 dtype that holds every id < vocab_size is accepted.
-            logprobs_dtype: floating dtype of the top-k log-probs: float32
+            logprobs_dtype: floating dtype of the top-k and sampled log-probs: float32
                 (default) or float16 (exact: the stored array, zero copy;
                 compact: decoded, then rounded to float16).
 
         Returns:
             {"tokens": int32[n,T], "topk_ids": ids_dtype[n,T,K], "topk_logprobs": logprobs_dtype[n,T,K],
+             "sampled_ids": ids_dtype[n,T,S], "sampled_counts": uint8[n,T,S],
+             "sampled_logprobs": logprobs_dtype[n,T,S],
              "hidden/<l>": hidden_dtype[n,T,D]} for the requested fields.
 
         Raises:
@@ -198,7 +204,11 @@ class StoreReader:
                 out["tokens"] = stored["tokens"]
             elif field == "topk":
                 out["topk_ids"], out["topk_logprobs"] = self._profile.decode_topk(
-                    stored, ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype)
+                    stored, ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype, vocab_size=self.schema.vocab_size)
+            elif field == "sampled":
+                out["sampled_ids"], out["sampled_counts"], out["sampled_logprobs"] = sampled.decode(
+                    self._profile, stored, self.schema.samples, self.schema.vocab_size,
+                    ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype)
             else:
                 out[field] = self._profile.decode_hidden(int(field[len("hidden/"):]), stored, hidden_dtype,
                                                          normalized=bool(hidden_normalized))

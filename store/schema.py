@@ -17,6 +17,7 @@ source of truth, so ``resize`` cannot leave them disagreeing).
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import socket
 import time
@@ -44,6 +45,9 @@ class StoreSchema:
         tokenizer: {"sha256", "vocab_size", "bos_id", "eos_id", "pad_id"}.
         teacher: {"name", "fingerprint", "num_layers", "d_model", "config"} or {}.
         packing: how rows were packed, e.g. {"rule": "noam"}.
+        samples: S teacher draws per position stored as ``sampled/*`` (0: none;
+            see store/sampled.py). Omitted from ``to_dict`` when 0, so stores
+            written before it existed keep their manifest and fingerprint.
     """
 
     seq_len: int
@@ -56,10 +60,13 @@ class StoreSchema:
     tokenizer: dict = dataclasses.field(default_factory=dict)
     teacher: dict = dataclasses.field(default_factory=dict)
     packing: dict = dataclasses.field(default_factory=dict)
+    samples: int = 0
 
     def __post_init__(self):
         # Normalise so that a schema read back from JSON compares equal.
         object.__setattr__(self, "hidden_layers", tuple(int(l) for l in self.hidden_layers))
+        if isinstance(self.samples, numbers.Integral) and not isinstance(self.samples, bool):
+            object.__setattr__(self, "samples", int(self.samples))  # e.g. a numpy int: JSON-ready
         for name in ("tokenizer", "teacher", "packing"):
             value = getattr(self, name)
             if not isinstance(value, dict):
@@ -76,6 +83,8 @@ class StoreSchema:
         for name in ("seq_len", "vocab_size", "rows_per_unit"):
             if int(getattr(self, name)) <= 0:
                 bad(f"{name}={getattr(self, name)} must be a positive integer")
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or not 0 <= self.samples <= 255:
+            bad(f"samples={self.samples!r} must be an integer in [0, 255] (sampled/counts are uint8; 0: no draws)")
         if not 0 <= self.k <= self.vocab_size:
             bad(f"k={self.k} must be in [0, vocab_size={self.vocab_size}] (k=0 for a tokens-only store)")
         if bool(self.hidden_layers) != (self.hidden_dim > 0):
@@ -92,9 +101,11 @@ class StoreSchema:
                 "pass the tokenizer's vocab size")
 
     def to_dict(self) -> dict:
-        """JSON-ready dict of every field."""
+        """JSON-ready dict of every field (``samples`` only when > 0: older manifests stay byte-identical)."""
         d = dataclasses.asdict(self)
         d["hidden_layers"] = list(self.hidden_layers)
+        if not self.samples:
+            del d["samples"]
         return d
 
     @classmethod

@@ -9,7 +9,8 @@ For every unit in ``[0, num_units)``:
   the record                              -> ``corrupt``
 * bytes intact but values out of contract -> ``invalid``: tokens or ids
   outside [0, V), log-probs not sorted descending or > 0 (-inf allowed for
-  slots a top-p truncation dropped), non-finite activations.
+  slots a top-p truncation dropped), sampled draws breaking their contract
+  (store/sampled.py), non-finite activations.
 
 The ledger snapshot (store/snapshot.py), if any, must agree with the commit
 records; a disagreement makes ``ok`` False and is reported as
@@ -24,7 +25,7 @@ import hashlib
 
 import numpy as np
 
-from store import errors, layout, ledger, profiles, snapshot
+from store import errors, layout, ledger, profiles, sampled, snapshot
 from store.reader import StoreReader
 
 MAX_BLOCK_BYTES = 256 << 20
@@ -123,13 +124,17 @@ def _check_values(schema, profile, stored):
     if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
         return f"tokens outside [0, {V})"
     if schema.k:
-        ids, lp = profile.decode_topk(stored)
+        ids, lp = profile.decode_topk(stored, vocab_size=V)
         if ids.size and (ids.min() < 0 or ids.max() >= V):
             return f"topk ids outside [0, {V})"
         if np.isnan(lp).any() or (lp > 0).any():
             return "topk log-probs NaN or > 0"
         if (lp[..., 1:] > lp[..., :-1]).any():
             return "topk log-probs not sorted descending"
+    if schema.samples:
+        problem = sampled.contract_problem(*sampled.decode(profile, stored, schema.samples, V), schema.samples, V)
+        if problem:
+            return problem
     for layer in schema.hidden_layers:
         if not np.isfinite(profile.decode_hidden(layer, stored, np.float32)).all():
             return f"hidden/{layer} has non-finite values"

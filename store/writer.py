@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from store import errors, layout, ledger, profiles, remote, snapshot
+from store import errors, layout, ledger, profiles, remote, sampled, snapshot
 from store.schema import (StoreSchema, build_manifest, check_same_schema, read_manifest)
 
 
@@ -58,7 +58,7 @@ def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
             raise errors.StoreNotFoundError(
                 f"{path} is a non-empty directory without zarr.json, not a store; pass a new or empty path")
         profile = profiles.get_profile(schema.profile)
-        manifest = build_manifest(schema, profile.describe(schema))
+        manifest = build_manifest(schema, profile.encodings(schema))
         layout.write_group(kv, "", manifest)
         # Intermediate groups so that zarr-python can walk the hierarchy.
         for group in _groups(schema):
@@ -93,6 +93,8 @@ def _groups(schema: StoreSchema) -> list[str]:
     groups = []
     if schema.k:
         groups.append("topk")
+    if schema.samples:
+        groups.append("sampled")
     if schema.hidden_layers:
         groups += ["hidden", "hidden_aux"] + [f"hidden_aux/{l}" for l in schema.hidden_layers]
     return groups
@@ -169,7 +171,8 @@ class StoreWriter:
     def is_committed(self, unit: int) -> bool:
         return ledger.read(self._kv, int(unit)) is not None
 
-    def write_unit(self, unit: int, tokens, topk_ids=None, topk_logprobs=None, hidden=None):
+    def write_unit(self, unit: int, tokens, topk_ids=None, topk_logprobs=None, hidden=None,
+                   sampled_ids=None, sampled_counts=None, sampled_logprobs=None):
         """Encodes and writes one work unit, then commits it.
 
         Args:
@@ -178,15 +181,54 @@ class StoreWriter:
             topk_ids: int[R, T, K] teacher top-k ids (required iff k > 0).
             topk_logprobs: float32[R, T, K] log-probs sorted descending (-inf: dropped slot).
             hidden: {layer: float32[R, T, D]} for every captured layer.
+            sampled_ids: int[R, T, S] distinct drawn ids, ascending, empty slots
+                last with id 0 (required iff samples = S > 0; store/sampled.py).
+            sampled_counts: int[R, T, S] draws per id, summing to S; 0 = empty slot.
+            sampled_logprobs: float32[R, T, S] teacher log-prob at tau=1; -inf in empty slots.
 
         Raises:
             StoreInputError: a missing, extra, mis-shaped or out-of-range input.
         """
         start, stop = self.unit_rows(unit)
-        encoded = self._encode(stop - start, tokens, topk_ids, topk_logprobs, hidden)
-        record = ledger.make_record(int(unit), (start, stop), self.manifest["schema_sha256"], encoded)
+        encoded = self._encode(stop - start, tokens, topk_ids, topk_logprobs, hidden,
+                               sampled_ids, sampled_counts, sampled_logprobs)
+        self._write_encoded(int(unit), start, stop, encoded)
+
+    def write_unit_encoded(self, unit: int, encoded: dict):
+        """Writes one work unit whose arrays are already encoded (e.g. on the device), then commits it.
+
+        Args:
+            unit: unit index in [0, num_units).
+            encoded: {stored array name: array} with exactly this store's arrays
+                (``profiles.get_profile(schema.profile).arrays(schema)``), each of
+                shape [R, *inner_shape] and the spec's dtype.
+
+        Raises:
+            StoreInputError: a missing or extra array, or a wrong shape or dtype.
+        """
+        start, stop = self.unit_rows(unit)
+        names = set(encoded)
+        if names != set(self._specs):
+            missing, extra = sorted(set(self._specs) - names), sorted(names - set(self._specs))
+            raise errors.StoreInputError(
+                f"write_unit_encoded got arrays missing {missing} and extra {extra} for this "
+                f"{self.schema.profile} store; pass exactly {sorted(self._specs)}")
+        checked = {}
+        for name, spec in self._specs.items():
+            x = np.asarray(encoded[name])
+            shape = (stop - start, *spec.inner_shape)
+            if x.dtype != np.dtype(spec.dtype) or x.shape != shape:
+                raise errors.StoreInputError(
+                    f"write_unit_encoded: {name} is {x.dtype}{list(x.shape)}, the store needs "
+                    f"{spec.dtype}{list(shape)} (unit {unit} has rows {start}..{stop}); encode with this profile")
+            checked[name] = x
+        self._write_encoded(int(unit), start, stop, checked)
+
+    def _write_encoded(self, unit, start, stop, encoded):
+        """Un-commits the unit, writes every array, then writes the commit record last."""
+        record = ledger.make_record(unit, (start, stop), self.manifest["schema_sha256"], encoded)
         try:
-            ledger.uncommit(self._kv, int(unit))
+            ledger.uncommit(self._kv, unit)
             futures = [self._arrays[name][start:stop].write(x) for name, x in encoded.items()]
             for f in futures:
                 f.result()
@@ -194,7 +236,8 @@ class StoreWriter:
         except ValueError as e:  # After TensorStore's retries; the unit stays uncommitted.
             raise remote.storage_error(e, self.url, f"writing unit {unit} of") from None
 
-    def _encode(self, rows, tokens, topk_ids, topk_logprobs, hidden) -> dict:
+    def _encode(self, rows, tokens, topk_ids, topk_logprobs, hidden, sampled_ids, sampled_counts,
+                sampled_logprobs) -> dict:
         s = self.schema
         T, K, V = s.seq_len, s.k, s.vocab_size
         tokens_RxT = _check_array("tokens", tokens, (rows, T), "integer")
@@ -211,6 +254,14 @@ class StoreWriter:
             encoded.update(self._profile.encode_topk(ids_RxTxK, logprobs_RxTxK.astype(np.float32), V))
         elif topk_ids is not None or topk_logprobs is not None:
             raise errors.StoreInputError("this store has k=0 (tokens only): pass topk_ids=None, topk_logprobs=None")
+        S = s.samples
+        if S:
+            checked = sampled.check_inputs(rows, T, S, V, sampled_ids, sampled_counts, sampled_logprobs,
+                                           _check_array)
+            encoded.update(sampled.encode(self._profile, *checked, V))
+        elif sampled_ids is not None or sampled_counts is not None or sampled_logprobs is not None:
+            raise errors.StoreInputError("this store has samples=0: pass sampled_ids=None, sampled_counts=None, "
+                                         "sampled_logprobs=None (or create it with StoreSchema(samples=S))")
         hidden = dict(hidden or {})
         wanted = set(s.hidden_layers)
         if set(hidden) != wanted:

@@ -10,11 +10,12 @@ def _log_softmax(x):
 
 def synth_unit(rng, rows, schema, top_p_drop=True):
     """One unit of inputs for write_unit: tokens, sorted top-k of a real log-softmax, outlier-heavy hidden."""
-    T, K, V, D = schema.seq_len, schema.k, schema.vocab_size, schema.hidden_dim
+    T, K, V, D, S = schema.seq_len, schema.k, schema.vocab_size, schema.hidden_dim, schema.samples
     tokens = rng.integers(0, V, (rows, T), dtype=np.int32)
     out = {"tokens": tokens, "topk_ids": None, "topk_logprobs": None, "hidden": {}}
-    if K:
+    if K or S:
         lp = _log_softmax(rng.normal(size=(rows, T, V)) * 2.5).astype(np.float32)
+    if K:
         ids = np.argsort(-lp, axis=-1, kind="stable")[..., :K]
         topk = np.take_along_axis(lp, ids, -1)
         if top_p_drop:  # Slots a top-p truncation dropped: -inf, id 0.
@@ -25,7 +26,25 @@ def synth_unit(rng, rows, schema, top_p_drop=True):
         h = rng.standard_t(5, size=(rows, T, D)).astype(np.float32) * 30.0
         h[..., 1] *= 40.0  # A massive-activation channel, as in real residual streams.
         out["hidden"][layer] = h
+    if S:  # Drawn last, so stores without samples get the same data as before.
+        out.update(draw_samples(rng, lp, S))
     return out
+
+
+def draw_samples(rng, lp_xV, S):
+    """S i.i.d. draws per position from softmax(lp), as write_unit's sampled_* (distinct ascending + counts)."""
+    lead = lp_xV.shape[:-1]
+    flat = lp_xV.reshape(-1, lp_xV.shape[-1]).astype(np.float64)
+    ids = np.zeros((flat.shape[0], S), np.int32)
+    counts = np.zeros((flat.shape[0], S), np.uint8)
+    lps = np.full((flat.shape[0], S), -np.inf, np.float32)
+    for i, row in enumerate(flat):
+        p = np.exp(row - row.max())
+        draws = rng.choice(row.size, size=S, p=p / p.sum())
+        u, c = np.unique(draws, return_counts=True)
+        ids[i, :u.size], counts[i, :u.size], lps[i, :u.size] = u, c, row[u]
+    return {"sampled_ids": ids.reshape(*lead, S), "sampled_counts": counts.reshape(*lead, S),
+            "sampled_logprobs": lps.reshape(*lead, S)}
 
 
 def load_bench(name):
