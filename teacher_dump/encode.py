@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from store import errors as store_errors, profiles
+from store import errors as store_errors, profiles, sampled
 from trainer.model.errors import ModelInputError
 
 EncodeInputError = ModelInputError  # Signal arrays of the wrong shape or dtype for the store's schema
@@ -189,6 +189,19 @@ def top_n_channels(a_XxD: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     return jnp.sort(idx, axis=-1), outlier
 
 
+def encode_ids(ids_XxN: jax.Array, vocab_size: int, profile: str) -> jax.Array:
+    """Ids as the profile stores them (``Profile.encode_ids``): the store's id dtype."""
+    del profile
+    return ids_XxN.astype(profiles.ids_dtype(vocab_size))
+
+
+def encode_sampled(signal: dict, vocab_size: int, profile: str) -> dict:
+    """``store.sampled.encode``: ids as the profile stores ids, uint8 counts, float16 log-probs."""
+    return {sampled.IDS: encode_ids(signal["sampled_ids"], vocab_size, profile),
+            sampled.COUNTS: signal["sampled_counts"].astype(jnp.uint8),
+            sampled.LOGPROBS: jnp.minimum(signal["sampled_logprobs"].astype(F32), 0).astype(jnp.float16)}
+
+
 # --- exact -------------------------------------------------------------------------------------
 
 def exact_hidden(layer: int, x_XxD: jax.Array) -> dict:
@@ -201,7 +214,7 @@ def exact_hidden(layer: int, x_XxD: jax.Array) -> dict:
 
 def exact_topk(ids_XxK, logprobs_XxK, vocab_size: int) -> dict:
     """``ExactProfile.encode_topk``: ids in the store's id dtype, float16 log-probs."""
-    return {"topk/ids": ids_XxK.astype(profiles.ids_dtype(vocab_size)),
+    return {"topk/ids": encode_ids(ids_XxK, vocab_size, "exact"),
             "topk/logprobs": jnp.minimum(logprobs_XxK.astype(F32), 0).astype(jnp.float16)}
 
 
@@ -237,7 +250,7 @@ def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int) -> dict:
     frac = _divide(jnp.clip(delta, F32(0.0), F32(profiles.LP_RANGE)), np.float32(profiles.LP_RANGE))
     code = jnp.rint(F32(254.0) * jnp.sqrt(frac))
     code = jnp.where(finite, code, F32(profiles.LP_NEG_INF_CODE)).astype(jnp.uint8)
-    return {"topk/ids": ids_XxK.astype(profiles.ids_dtype(vocab_size)),
+    return {"topk/ids": encode_ids(ids_XxK, vocab_size, "compact"),
             "topk/logprobs": code,
             "topk/top_logprob": jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32)}
 
@@ -248,7 +261,19 @@ def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int) -> dict:
 ENCODERS = {"exact": (exact_topk, exact_hidden), "compact": (compact_topk, compact_hidden)}
 
 
+def _rows(signal) -> int:
+    for name in ("topk_ids", "sampled_ids"):
+        if signal.get(name) is not None:
+            return signal[name].shape[0]
+    if signal.get("hidden"):
+        return next(iter(signal["hidden"].values())).shape[0]
+    raise EncodeInputError("the signal has no top-k, sampled or hidden arrays: nothing to encode")
+
+
 def _check(name, x, shape, kind):
+    if x is None:
+        raise EncodeInputError(f"{name} is missing: this store has {list(shape)[2:]} of them per position; "
+                               "extract with the store's k, samples and layers")
     ok = jnp.issubdtype(x.dtype, jnp.integer if kind == "integer" else jnp.floating)
     if not ok or tuple(x.shape) != tuple(shape):
         raise EncodeInputError(
@@ -261,7 +286,10 @@ def encode_signal(signal: dict, schema) -> dict:
 
     Args:
         signal: {"topk_ids": int[B,T,K], "topk_logprobs": float[B,T,K] sorted descending,
-            "hidden": {l: float[B,T,D]}} (extract.extract_signal's outputs).
+            "hidden": {l: float[B,T,D]}} (extract.extract_signal's outputs), with
+            "sampled_ids", "sampled_counts" int[B,T,S] and "sampled_logprobs" float[B,T,S]
+            when the store has samples (store.sampled's contract; not re-checked here).
+            A store with k = 0 ignores the top-k arrays.
         schema: the store's ``store.StoreSchema``.
 
     Returns:
@@ -278,8 +306,8 @@ def encode_signal(signal: dict, schema) -> dict:
             f"profile {schema.profile!r} has no device encoder; use one of {sorted(ENCODERS)} "
             "or write with StoreWriter.write_unit (host encoder)")
     encode_topk, encode_hidden = ENCODERS[schema.profile]
-    T, K, D = schema.seq_len, schema.k, schema.hidden_dim
-    B = signal["topk_ids"].shape[0] if K else next(iter(signal["hidden"].values())).shape[0]
+    T, K, S, D = schema.seq_len, schema.k, schema.samples, schema.hidden_dim
+    B = _rows(signal)
     arrays, finite_B = {}, jnp.ones((B,), bool)
     if K:
         _check("topk_ids", signal["topk_ids"], (B, T, K), "integer")
@@ -287,6 +315,14 @@ def encode_signal(signal: dict, schema) -> dict:
         lp = signal["topk_logprobs"]
         finite_B &= ~jnp.isnan(lp).any(axis=(1, 2)) & ~jnp.isposinf(lp).any(axis=(1, 2))
         arrays.update(encode_topk(signal["topk_ids"], lp, schema.vocab_size))
+    if S:
+        for name, kind in (("sampled_ids", "integer"), ("sampled_counts", "integer"),
+                           ("sampled_logprobs", "floating")):
+            _check(name, signal.get(name), (B, T, S), kind)
+        # Empty slots hold -inf: only NaN and +inf are broken.
+        lp = signal["sampled_logprobs"]
+        finite_B &= ~jnp.isnan(lp).any(axis=(1, 2)) & ~jnp.isposinf(lp).any(axis=(1, 2))
+        arrays.update(encode_sampled(signal, schema.vocab_size, schema.profile))
     hidden = signal.get("hidden") or {}
     if sorted(hidden) != sorted(schema.hidden_layers):
         raise EncodeInputError(f"hidden has the layers {sorted(hidden)}, the store {sorted(schema.hidden_layers)}; "
@@ -335,6 +371,7 @@ class _Layout:
     vocab_size: int
     hidden_layers: tuple
     hidden_dim: int
+    samples: int
 
     @classmethod
     def of(cls, schema):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from store import StoreInputError, StoreSchema, profiles
+from store import StoreInputError, StoreSchema, profiles, sampled
 from teacher_dump import encode, extract
 from trainer.model import model_config
 
@@ -130,20 +130,36 @@ def test_packed_ids_decode_with_numpy_unpackbits(V):
     np.testing.assert_array_equal(decoded, ids)
 
 
-def _schema(profile, D=64, layers=(1,), k=8, V=256, T=16):
+def _schema(profile, D=64, layers=(1,), k=8, V=256, T=16, samples=0):
     return StoreSchema(seq_len=T, k=k, vocab_size=V, hidden_layers=layers, hidden_dim=D, profile=profile,
-                       rows_per_unit=4)
+                       rows_per_unit=4, samples=samples)
 
 
-def _signal(rng, B=2, T=16, K=8, V=256, D=64, layers=(1,)):
+def _sampled(rng, B, T, S, V):
+    """S draws per position as distinct ascending ids + counts, empty slots last (store.sampled's contract)."""
+    ids = np.zeros((B, T, S), np.int32)
+    counts = np.zeros((B, T, S), np.int32)
+    lp = np.full((B, T, S), -np.inf, np.float32)
+    for b in range(B):
+        for t in range(T):
+            u, c = np.unique(rng.integers(0, min(V, 3 * S), S), return_counts=True)
+            ids[b, t, :len(u)], counts[b, t, :len(u)] = u, c
+            lp[b, t, :len(u)] = -rng.exponential(2.0, len(u))
+    return ids, counts, lp
+
+
+def _signal(rng, B=2, T=16, K=8, V=256, D=64, layers=(1,), S=0):
     ids, lp = _topk(rng, B, T, K, V)
-    return {"topk_ids": ids, "topk_logprobs": lp, "hidden": {l: _hidden(rng, B, T, D) for l in layers}}
+    signal = {"topk_ids": ids, "topk_logprobs": lp, "hidden": {l: _hidden(rng, B, T, D) for l in layers}}
+    if S:
+        signal["sampled_ids"], signal["sampled_counts"], signal["sampled_logprobs"] = _sampled(rng, B, T, S, V)
+    return signal
 
 
-@pytest.mark.parametrize("profile", ["exact", "compact"])
-def test_encode_signal_gives_the_profiles_arrays_deterministically(profile):
-    schema = _schema(profile, layers=(1, 2))
-    signal = _signal(np.random.default_rng(6), layers=(1, 2))
+@pytest.mark.parametrize("profile, S", [("exact", 0), ("compact", 0), ("exact", 5), ("compact", 12)])
+def test_encode_signal_gives_the_profiles_arrays_deterministically(profile, S):
+    schema = _schema(profile, layers=(1, 2), samples=S)
+    signal = _signal(np.random.default_rng(6), layers=(1, 2), S=S)
     fn = jax.jit(lambda s: encode.encode_signal(s, schema))
     first = encode.host_arrays(jax.tree_util.tree_map(np.asarray, fn(signal)))
     again = encode.host_arrays(fn(signal))
@@ -152,6 +168,9 @@ def test_encode_signal_gives_the_profiles_arrays_deterministically(profile):
     ref = dict(prof.encode_topk(signal["topk_ids"], signal["topk_logprobs"], 256))
     for l in (1, 2):
         ref.update(prof.encode_hidden(l, signal["hidden"][l]))
+    if S:
+        ref.update(sampled.encode(prof, signal["sampled_ids"], signal["sampled_counts"],
+                                  signal["sampled_logprobs"], 256))
     _assert_same_bytes(first, ref)
     _assert_same_bytes(again, ref)
     _assert_same_bytes(one_row, {n: a[1:] for n, a in ref.items()})
@@ -164,23 +183,26 @@ def test_wrong_shapes_dtypes_and_layers_are_refused():
            ({**signal, "topk_logprobs": signal["topk_logprobs"][:, :, :4]}, "expected floating"),
            ({**signal, "hidden": {1: signal["hidden"][1][..., :32]}}, r"hidden\[1\]"),
            ({**signal, "hidden": {2: signal["hidden"][1]}}, "layers"),
-           ({**signal, "hidden": {1: signal["hidden"][1].astype(np.int32)}}, "expected floating")]
+           ({**signal, "hidden": {1: signal["hidden"][1].astype(np.int32)}}, "expected floating"),
+           ({**signal, "hidden": {}, "topk_ids": None, "topk_logprobs": None}, "nothing to encode")]
     for sig, message in bad:
         with pytest.raises(encode.EncodeInputError, match=message):
             encode.encode_signal(sig, schema)
+    with pytest.raises(encode.EncodeInputError, match="sampled_ids is missing"):
+        encode.encode_signal(signal, _schema("compact", samples=4))
     with pytest.raises(StoreInputError, match="no device encoder"):
         # A stand-in schema: StoreSchema itself refuses an unknown profile.
         encode.encode_signal(signal, types.SimpleNamespace(**{**dataclasses.asdict(schema), "profile": "x"}))
 
 
 def test_non_finite_rows_are_refused_on_the_host():
-    schema = _schema("compact")
-    for poison in ("hidden", "topk_logprobs"):
-        signal = _signal(np.random.default_rng(8))
+    schema = _schema("compact", samples=4)
+    for poison in ("hidden", "topk_logprobs", "sampled_logprobs"):
+        signal = _signal(np.random.default_rng(8), S=4)
         if poison == "hidden":
             signal["hidden"][1][1, 3, 5] = np.inf
         else:
-            signal["topk_logprobs"][1, 2, 3] = np.nan
+            signal[poison][1, 2, 0] = np.nan
         out = jax.jit(lambda s: encode.encode_signal(s, schema))(signal)
         with pytest.raises(StoreInputError, match="row 41: the teacher signal has NaN/inf"):
             encode.host_arrays(out, first_row=40)
