@@ -255,6 +255,68 @@ def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int) -> dict:
             "topk/top_logprob": jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32)}
 
 
+# --- lean (SPEC §2) ----------------------------------------------------------------------------
+
+LEAN_LEVELS = 6  # codes 0..5, midrise: value (c - 2.5) * step
+LEAN_MAX_BLOCK = 512
+
+
+def hadamard_block(D: int) -> int:
+    """The rotation's block b: the largest power of two dividing D, capped at 512."""
+    return min(D & -D, LEAN_MAX_BLOCK)
+
+
+def fwht(v_XxGxb: jax.Array) -> jax.Array:
+    """``v @ H_b`` for the Sylvester Hadamard H_b (unnormalised), as log2(b) add/sub butterflies.
+
+    Stage h = 1, 2, ..., b/2 maps each pair (i, i + h) of a block of 2h to
+    (v_i + v_{i+h}, v_i - v_{i+h}): exact-order adds, so the same bytes on any
+    backend (a matmul's accumulation order is the BLAS library's).
+    """
+    b = v_XxGxb.shape[-1]
+    lead = v_XxGxb.shape[:-1]
+    h = 1
+    while h < b:
+        pairs = v_XxGxb.reshape(*lead, b // (2 * h), 2, h)
+        lo, hi = pairs[..., 0, :], pairs[..., 1, :]
+        v_XxGxb = jnp.stack([lo + hi, lo - hi], axis=-2).reshape(*lead, b)
+        h *= 2
+    return v_XxGxb
+
+
+def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict:
+    """Lean activations: rotated, per-group 6-level codes packed 3 per byte (SPEC §2).
+
+    Args:
+        layer: the captured layer (array names).
+        x_XxD: [..., D] activations.
+        signs_D: the manifest's +-1 signs (length D).
+        lean_step: the quantiser's step in units of the group RMS (LEAN_STEP).
+
+    Returns:
+        {hidden/<l>: uint8 [..., ceil(D/3)], hidden_aux/<l>/rms: float32 [...],
+         hidden_aux/<l>/step: float16 [..., G]}.
+    """
+    D = x_XxD.shape[-1]
+    b = hadamard_block(D)
+    G = D // b
+    lead = x_XxD.shape[:-1]
+    x = x_XxD.astype(F32)
+    r, safe = rms(x)
+    y = _divide(x, safe[..., None])
+    v = (y * jnp.asarray(signs_D, F32)).reshape(*lead, G, b)
+    rot = _divide(fwht(v), np.float32(math.sqrt(b)))
+    mean_sq = _divide(pairwise_sum(jnp.maximum(rot * rot, F32(0.0))), np.float32(b))
+    step = (jnp.sqrt(mean_sq) * F32(lean_step)).astype(jnp.float16)
+    step = jnp.where(step > 0, step, jnp.float16(1.0))
+    code = jnp.clip(jnp.floor(_divide(rot, step.astype(F32)[..., None])) + 3, 0, LEAN_LEVELS - 1)
+    code = code.astype(jnp.uint8).reshape(*lead, D)
+    code = jnp.pad(code, [(0, 0)] * len(lead) + [(0, -D % 3)]).reshape(*lead, -(-D // 3), 3)
+    packed = code[..., 0] + jnp.uint8(6) * code[..., 1] + jnp.uint8(36) * code[..., 2]
+    return {profiles.hidden_name(layer): packed, profiles.aux_name(layer, "rms"): r,
+            profiles.aux_name(layer, "step"): step}
+
+
 # --- the profile's whole signal ----------------------------------------------------------------
 
 # Profile name -> (top-k encoder, hidden encoder), the twins of store.profiles' encode_topk / encode_hidden.

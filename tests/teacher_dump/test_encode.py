@@ -221,3 +221,50 @@ def test_encoded_extraction_step_matches_host_encoding_of_the_extraction(make_pa
     ref = dict(prof.encode_topk(signal["topk_ids"], signal["topk_logprobs"], 256))
     ref.update(prof.encode_hidden(1, signal["hidden"][1]))
     _assert_same_bytes(got, ref)
+
+
+def _sylvester(b):
+    H = np.ones((1, 1))
+    while H.shape[0] < b:
+        H = np.block([[H, H], [H, -H]])
+    return H
+
+
+@pytest.mark.parametrize("D, b", [(2560, 512), (96, 32), (7, 1), (4096, 512)])
+def test_lean_block_and_fwht_match_the_hadamard_matmul(D, b):
+    assert encode.hadamard_block(D) == b
+    v = np.random.default_rng(D).normal(size=(3, D // b, b)).astype(np.float32)
+    got = _device(encode.fwht, v)
+    np.testing.assert_allclose(got, v.astype(np.float64) @ _sylvester(b), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("D", [1536, 1024])
+def test_lean_codes_match_a_float64_reference_except_on_code_boundaries(D):
+    # 1024: D % 3 = 1, the last byte carries padding codes 0. Reference in float64 with a matmul rotation (SPEC §2); the device rounds in float32, so a code
+    # may differ only where r / step is within 1e-4 of an integer (a code boundary).
+    rng = np.random.default_rng(10)
+    lean_step = 0.7309
+    x = _hidden(rng, 1, 128, D)
+    signs = np.where(rng.random(D) < 0.5, -1.0, 1.0)
+    got = _device(lambda x: encode.lean_hidden(2, x, signs, lean_step), x)
+    b = encode.hadamard_block(D)
+    x64 = x.astype(np.float64)
+    y = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True))
+    rot = ((y * signs).reshape(1, 128, -1, b) @ _sylvester(b)) / np.sqrt(b)
+    step = got[profiles.aux_name(2, "step")].astype(np.float64)
+    ulp = np.spacing(np.float16(np.sqrt((rot ** 2).mean(-1)) * lean_step)).astype(np.float64)
+    assert np.all(np.abs(step - np.sqrt((rot ** 2).mean(-1)) * lean_step) <= ulp)
+    ratio = rot / step[..., None]
+    want = np.clip(np.floor(ratio) + 3, 0, 5).reshape(1, 128, D)
+    packed = got[profiles.hidden_name(2)].astype(np.int64)
+    assert packed.shape == (1, 128, -(-D // 3)) and packed.max() <= 215
+    codes = np.stack([(packed // 6 ** j) % 6 for j in range(3)], -1).reshape(1, 128, -1)
+    assert np.all(codes[..., D:] == 0)
+    codes = codes[..., :D]
+    near = (np.abs(ratio - np.rint(ratio)) < 1e-4).reshape(1, 128, D)
+    assert np.all((codes == want) | near)
+    # Decode (SPEC §2) is faithful: cosine to x above 0.95 on every token.
+    r_hat = (codes.reshape(1, 128, -1, b) - 2.5) * step[..., None]
+    x_hat = ((r_hat @ _sylvester(b)) / np.sqrt(b)).reshape(1, 128, D) * signs * got[profiles.aux_name(2, "rms")][..., None]
+    cos = (x_hat * x64).sum(-1) / np.linalg.norm(x_hat, axis=-1) / np.linalg.norm(x64, axis=-1)
+    assert cos.min() > 0.95
