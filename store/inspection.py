@@ -35,7 +35,7 @@ def inspect_store(url) -> dict:
     kv = layout.open_kvstore(reader.url)
     arrays = []
     total = 0
-    for spec in profiles.get_profile(schema.profile).arrays(schema):
+    for spec in profiles.for_store(schema, reader.manifest).arrays(schema):
         meta = layout.read_json(kv, spec.name + "/zarr.json") or {}
         shard = meta.get("codecs", [{}])[0].get("configuration", {})
         entry = {

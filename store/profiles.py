@@ -38,10 +38,17 @@ Adding a profile: subclass ``Profile`` and register it in ``PROFILES``.
 """
 import numpy as np
 
-from store import errors, sampled
+from store import bitpack, errors, sampled
 from store.layout import ArraySpec
+from store.topn import top_n_channels
 
 NUM_OUTLIERS = 8
+PACKED_IDS_RULE = (
+    "n ids per position (n = k for topk/ids, samples for sampled/ids) as one little-endian bit stream of "
+    "ids_bits bits each: id j = stream bits [j*ids_bits, (j+1)*ids_bits), LSB first; stream bit i = bit (i % 8) "
+    "of byte i // 8 (zero-padded to ceil(n*ids_bits/8) bytes). numpy: b = np.unpackbits(a, axis=-1, "
+    "bitorder='little')[..., :n*ids_bits].reshape(*a.shape[:-1], n, ids_bits); "
+    "ids = (b.astype(np.int64) << np.arange(ids_bits)).sum(-1)")
 LP_RANGE = 32.0  # nats below the top-1 covered by the uint8 log-prob code
 LP_NEG_INF_CODE = 255
 
@@ -67,7 +74,8 @@ def _rms(x_RxTxD: np.ndarray) -> np.ndarray:
 class Profile:
     """Base profile: tokens are stored as-is in every profile."""
     name = ""
-    side_zstd = False  # zstd on the small integer/float16 arrays (sampled counts and log-probs)
+    side_zstd = False  # zstd on the ids and the small sampled arrays
+    packs_ids = False  # ids bit-packed (store/bitpack.py), with "ids_bits" in the manifest
 
     def arrays(self, schema) -> list[ArraySpec]:
         """Every stored array of a store with this schema."""
@@ -82,10 +90,13 @@ class Profile:
         return specs
 
     def encodings(self, schema) -> dict:
-        """The manifest's ``encodings``: ``describe`` plus the sampled family when samples > 0."""
+        """The manifest's ``encodings``: ``describe`` plus the sampled family and the id packing rule."""
         out = self.describe(schema)
         if schema.samples:
             out.update(sampled.describe(self, schema.vocab_size))
+        if self.packs_ids:
+            out["ids_bits"] = bitpack.bits_for(schema.vocab_size)
+            out["packed_ids"] = PACKED_IDS_RULE
         return out
 
     def sampled_array_names(self, schema) -> list[str]:
@@ -93,16 +104,27 @@ class Profile:
 
     def ids_spec(self, name, T, n, V, dim) -> ArraySpec:
         """How this profile stores n vocabulary ids per position (top-k or sampled)."""
+        if self.packs_ids:
+            width = bitpack.packed_width(n, bitpack.bits_for(V))
+            return ArraySpec(name, (T, width), "uint8", ("pos", f"{dim}_packed"), zstd=self.side_zstd)
         return ArraySpec(name, (T, n), ids_dtype(V), ("pos", dim), zstd=self.side_zstd)
 
     def encode_ids(self, ids_xN: np.ndarray, V: int) -> np.ndarray:
+        if self.packs_ids:
+            return bitpack.pack(ids_xN, bitpack.bits_for(V))
         return ids_xN.astype(ids_dtype(V))
 
-    def decode_ids(self, stored_xN: np.ndarray, n: int, V: int, dtype) -> np.ndarray:
-        """Ids in ``dtype`` (the stored array itself when the dtype matches)."""
-        return stored_xN.astype(dtype, copy=False)
+    def decode_ids(self, stored_xN: np.ndarray, n: int, V: int | None, dtype) -> np.ndarray:
+        """n ids per position in ``dtype`` (unpacked ones: the stored array itself when the dtype matches)."""
+        if not self.packs_ids:
+            return stored_xN.astype(dtype, copy=False)
+        if V is None:
+            raise errors.StoreInputError(f"the {self.name} profile bit-packs ids: pass vocab_size= to decode them")
+        return bitpack.unpack(stored_xN, n, bitpack.bits_for(V), dtype)
 
     def describe_ids(self, V: int, what: str) -> str:
+        if self.packs_ids:
+            return f"uint8 bit-packed vocabulary ids ({bitpack.bits_for(V)} bits each, see packed_ids): {what}"
         return f"{ids_dtype(V)} vocabulary id: {what}"
 
     def topk_array_names(self, schema) -> list[str]:
@@ -196,6 +218,7 @@ class CompactProfile(Profile):
     """int8 activations with outlier channels, uint8 companded log-probs, zstd."""
     name = "compact"
     side_zstd = True
+    packs_ids = True
 
     def topk_arrays(self, T, K, V):
         return [self.ids_spec("topk/ids", T, K, V, "k"),
@@ -275,7 +298,8 @@ class CompactProfile(Profile):
     def describe(self, schema):
         return {
             "profile": self.name,
-            "topk/ids": "vocabulary id; slots dropped by top-p hold id 0",
+            "topk/ids": self.describe_ids(schema.vocab_size, "slots dropped by top-p hold id 0")
+            if self.packs_ids else "vocabulary id; slots dropped by top-p hold id 0",
             "topk/top_logprob": "float32 top-1 log-prob at tau=1",
             "topk/logprobs": (f"uint8 code c: logprob = top_logprob - {LP_RANGE} * (c/254)**2; "
                               f"c = {LP_NEG_INF_CODE} means -inf (dropped slot)"),
@@ -288,55 +312,36 @@ class CompactProfile(Profile):
         }
 
 
-_BLOCK = 64  # channels per block of the top-n pre-selection
-
-
-def _argpartition_top_n(a_MxD: np.ndarray, n: int) -> np.ndarray:
-    D = a_MxD.shape[-1]
-    return np.argpartition(a_MxD, D - n, axis=-1)[:, D - n:]
-
-
-def top_n_channels(a_xD: np.ndarray, n: int) -> np.ndarray:
-    """Ascending indices of the ``n`` largest values along the last axis (intp).
-
-    Exactly ``np.sort(np.argpartition(a, D - n, -1)[..., D - n:], -1)``, with
-    argpartition run on a fifth of the data at D = 2560: the n largest
-    block maxima (blocks of 64 channels) are n distinct values >= their
-    minimum ``thr``, so the n-th largest value is >= thr and lies, with all
-    of the top n, in those n blocks; only they are gathered and partitioned.
-    A token whose top-n set is not unique (its n-th and (n+1)-th largest
-    values tie, e.g. an all-zero token), or with another block whose max
-    ties ``thr``, goes through argpartition on the full row, so the choice
-    (and the bytes written) stay exactly argpartition's.
-    """
-    D = a_xD.shape[-1]
-    lead = a_xD.shape[:-1]
-    a = a_xD.reshape(-1, D)
-    M = a.shape[0]
-    nb = D // _BLOCK
-    if n == 0 or M == 0 or D % _BLOCK or nb < 2 * n:
-        idx = _argpartition_top_n(a, n)
-    else:
-        block_max = np.maximum.reduceat(a, np.arange(0, D, _BLOCK), axis=-1)  # [M, nb]
-        blocks = np.argpartition(block_max, nb - n, axis=-1)[:, nb - n:]      # [M, n]
-        thr = np.take_along_axis(block_max, blocks, axis=-1).min(axis=-1)
-        # Whole blocks of 64 channels, copied as contiguous slices: [M, n * 64].
-        sub = a.reshape(M, nb, _BLOCK)[np.arange(M)[:, None], blocks].reshape(M, n * _BLOCK)
-        L = n * _BLOCK
-        top = np.argpartition(sub, L - n, axis=-1)[:, L - n:]
-        nth = np.take_along_axis(sub, top, axis=-1).min(axis=-1)
-        idx = np.take_along_axis(blocks, top // _BLOCK, axis=-1) * _BLOCK + top % _BLOCK
-        # The top-n set is not unique (more than n values >= the n-th largest),
-        # or a block not gathered may hold a value >= thr: argpartition decides.
-        redo = np.nonzero(((sub >= nth[:, None]).sum(axis=-1) > n)
-                          | ((block_max >= thr[:, None]).sum(axis=-1) > n))[0]
-        if redo.size:
-            idx[redo] = _argpartition_top_n(a[redo], n)
-    idx.sort(axis=-1)
-    return idx.reshape(*lead, n)
+class LegacyCompactProfile(CompactProfile):
+    """compact as written before ids were bit-packed (a manifest without ``ids_bits``): plain uint16/int32 ids."""
+    packs_ids = False
 
 
 PROFILES = {p.name: p for p in (ExactProfile(), CompactProfile())}
+# Profiles of stores written before a profile changed its layout, keyed by name.
+_LEGACY = {"compact": LegacyCompactProfile()}
+
+
+def for_store(schema, manifest: dict) -> Profile:
+    """The profile a store was written with, from its manifest (a store's readers and writers use this).
+
+    A compact store whose manifest's ``encodings`` has no ``ids_bits`` was
+    written before ids were bit-packed: it reads (and resumes) as it was written.
+
+    Raises:
+        SchemaMismatchError: ``ids_bits`` is not the one this package writes for the store's V.
+    """
+    profile = get_profile(schema.profile)
+    if not profile.packs_ids:
+        return profile
+    bits = manifest.get("encodings", {}).get("ids_bits")
+    if bits is None and schema.profile in _LEGACY:
+        return _LEGACY[schema.profile]
+    if bits != bitpack.bits_for(schema.vocab_size):
+        raise errors.SchemaMismatchError(
+            f"store manifest has ids_bits={bits!r}, this package packs vocab_size={schema.vocab_size} ids in "
+            f"{bitpack.bits_for(schema.vocab_size)} bits; upgrade the store package")
+    return profile
 
 
 def get_profile(name: str) -> Profile:

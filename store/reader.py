@@ -65,7 +65,7 @@ class StoreReader:
                 "pass allow_partial=True to read committed rows only")
 
     def _init_derived(self):
-        self._profile = profiles.get_profile(self.schema.profile)
+        self._profile = profiles.for_store(self.schema, self.manifest)
         self._specs = {s.name: s for s in self._profile.arrays(self.schema)}
         self._arrays = None
         self._lock = threading.Lock()
@@ -216,7 +216,11 @@ class StoreReader:
 
     @property
     def stored_ids_dtype(self) -> np.dtype:
-        """The dtype ``topk/ids`` is stored in: uint16 if vocab_size <= 65,536, else int32."""
+        """The store's id dtype: uint16 if vocab_size <= 65,536, else int32.
+
+        exact stores ids in it (reading in it is zero copy); compact and lean
+        bit-pack them (store/bitpack.py) and unpack into it.
+        """
         return np.dtype(profiles.ids_dtype(self.schema.vocab_size))
 
     def _check_ids_dtype(self, dtype) -> np.dtype:

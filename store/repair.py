@@ -33,7 +33,7 @@ def repair_store(url) -> dict:
     report = verify_store(url)
     reader = StoreReader(url, allow_partial=True)
     kv = layout.open_kvstore(reader.url)
-    specs = profiles.get_profile(reader.schema.profile).arrays(reader.schema)
+    specs = profiles.for_store(reader.schema, reader.manifest).arrays(reader.schema)
     repaired = []
     for bad in report["bad_units"]:
         if bad["status"] not in REPAIRABLE:

@@ -47,7 +47,7 @@ def verify_store(url) -> dict:
     """
     reader = StoreReader(url, allow_partial=True)
     schema = reader.schema
-    profile = profiles.get_profile(schema.profile)
+    profile = profiles.for_store(schema, reader.manifest)
     specs = {s.name: s for s in profile.arrays(schema)}
     kv = layout.open_kvstore(reader.url)
     # The records themselves, not the snapshot the reader may have used: they are the truth.

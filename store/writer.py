@@ -106,7 +106,7 @@ class StoreWriter:
     def __init__(self, url, _create_rows: int | None = None):
         self.url = layout.normalize_url(url)
         self._kv, self.manifest, self.schema = read_manifest(self.url)
-        self._profile = profiles.get_profile(self.schema.profile)
+        self._profile = profiles.for_store(self.schema, self.manifest)
         self._specs = {s.name: s for s in self._profile.arrays(self.schema)}
         self._open_arrays(_create_rows)
 
@@ -114,6 +114,11 @@ class StoreWriter:
         R = self.schema.rows_per_unit
         self._arrays = {name: layout.open_array(self.url, spec, create_rows=create_rows, rows_per_unit=R)
                         for name, spec in self._specs.items()}
+
+    @property
+    def array_specs(self) -> dict:
+        """{stored array name: layout.ArraySpec} of this store (what ``write_unit_encoded`` takes)."""
+        return dict(self._specs)
 
     @property
     def num_rows(self) -> int:
@@ -200,8 +205,7 @@ class StoreWriter:
         Args:
             unit: unit index in [0, num_units).
             encoded: {stored array name: array} with exactly this store's arrays
-                (``profiles.get_profile(schema.profile).arrays(schema)``), each of
-                shape [R, *inner_shape] and the spec's dtype.
+                (``array_specs``), each of shape [R, *inner_shape] and the spec's dtype.
 
         Raises:
             StoreInputError: a missing or extra array, or a wrong shape or dtype.

@@ -4,7 +4,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from store import profiles
+from store import profiles, topn
 
 # sha256 of CompactProfile().encode_hidden(3, x) for golden_inputs(), recorded
 # with the argpartition encoder (store/profiles.py before the fast selection).
@@ -60,6 +60,6 @@ def test_top_n_channels_equals_argpartition(D, n):
     a[0, 2, : min(D, 12)] = 99.0                             # 12 equal outliers for n = 8 slots
     a[0, 3, rng.choice(D, min(D, n + 1), replace=False)] = 7.0  # n+1 tied at the boundary
     a[1, :, rng.choice(D, min(D, 6), replace=False)] *= 50.0  # massive channels (the common case)
-    got = profiles.top_n_channels(a, n)
+    got = topn.top_n_channels(a, n)
     assert got.dtype == np.intp and got.shape == (3, 40, n)
     np.testing.assert_array_equal(got, _reference(a, n))
