@@ -74,12 +74,13 @@ def test_exact_hidden_is_byte_identical_to_numpy():
                        profiles.get_profile("exact").encode_hidden(3, x))
 
 
-@pytest.mark.parametrize("profile, V", [("compact", 300), ("exact", 300), ("compact", 70000)])
+@pytest.mark.parametrize("profile, V", [("compact", 300), ("exact", 300), ("compact", 70000), ("exact", 70000)])
 def test_topk_is_byte_identical_to_numpy(profile, V):
     ids, lp = _topk(np.random.default_rng(3), 2, 8, 16, V)
     lp[1, 2, 0] = 0.0  # probability 1 at the top
-    got = _device(lambda i, l: encode.ENCODERS[profile][0](i, l, V), ids, lp)
-    _assert_same_bytes(got, profiles.get_profile(profile).encode_topk(ids, lp, V))
+    prof = profiles.get_profile(profile)
+    got = _device(lambda i, l: encode.ENCODERS[profile][0](i, l, V, prof.packs_ids), ids, lp)
+    _assert_same_bytes(got, prof.encode_topk(ids, lp, V))
 
 
 def test_tied_outliers_take_the_lower_channel_and_decode_within_a_grid_step():
@@ -174,6 +175,17 @@ def test_encode_signal_gives_the_profiles_arrays_deterministically(profile, S):
     _assert_same_bytes(first, ref)
     _assert_same_bytes(again, ref)
     _assert_same_bytes(one_row, {n: a[1:] for n, a in ref.items()})
+
+
+def test_a_compact_store_written_before_id_packing_gets_plain_ids():
+    schema = _schema("compact", samples=3)
+    legacy = profiles.for_store(schema, {"encodings": {}})  # a manifest without ids_bits
+    assert not legacy.packs_ids
+    signal = _signal(np.random.default_rng(11), S=3)
+    got = encode.host_arrays(jax.jit(lambda s: encode.encode_signal(s, schema, legacy))(signal))
+    assert got["topk/ids"].dtype == np.uint16 and got[sampled.IDS].dtype == np.uint16
+    np.testing.assert_array_equal(got["topk/ids"], signal["topk_ids"])
+    np.testing.assert_array_equal(got[sampled.IDS], signal["sampled_ids"])
 
 
 def test_wrong_shapes_dtypes_and_layers_are_refused():
