@@ -94,6 +94,53 @@ def time_device(fn, params, batches_dev) -> float:
     return time.perf_counter() - start
 
 
+def breakdown_fns(cfg, layers, token_tile, k):
+    """The extraction step cut into its parts, each jitted on its own.
+
+    Each takes (params, x): tokens for the forward parts, the final hidden
+    states for the de-embedding parts (so a part's cost excludes the forward).
+    """
+    def tiles(fn):
+        return lambda params, h: tiling.map_token_tiles(
+            lambda t: fn(model.unembed(params, t, cfg).astype(jnp.float32)), h, token_tile)
+
+    return {
+        "blocks": (True, jax.jit(lambda p, t: model.forward(
+            p, t, cfg, capture_layers=()).final_hidden_BxTxD)),
+        "blocks+capture": (True, jax.jit(lambda p, t: (lambda o: (
+            o.final_hidden_BxTxD, o.captured))(model.forward(p, t, cfg, capture_layers=layers)))),
+        "unembed(+max)": (False, jax.jit(tiles(lambda x: x.max(-1)))),
+        "unembed+lse": (False, jax.jit(tiles(lambda x: jax.nn.logsumexp(x, -1)))),
+        "unembed+top_k": (False, jax.jit(tiles(lambda x: jax.lax.top_k(x, k)))),
+    }
+
+
+def time_breakdown(cfg, params, batches_dev, layers, args) -> dict:
+    """Wall and process-CPU ms per batch of each part (best of args.repeats).
+
+    CPU time is the steadier number on a shared machine; wall is what the
+    user waits (the matmuls run multi-threaded, the CPU top-k on one thread).
+    """
+    fns = breakdown_fns(cfg, layers, args.token_tile, args.k)
+    final = jax.jit(lambda p, t: model.forward(p, t, cfg, capture_layers=()).final_hidden_BxTxD)
+    hidden_dev = [final(params, t) for t in batches_dev]
+    out = {}
+    for name, (on_tokens, fn) in fns.items():
+        inputs = batches_dev if on_tokens else hidden_dev
+        jax.block_until_ready(fn(params, inputs[0]))
+        wall = cpu = float("inf")
+        for _ in range(args.repeats):
+            w0, c0 = time.perf_counter(), time.process_time()
+            for x in inputs:
+                res = fn(params, x)
+            jax.block_until_ready(res)
+            wall = min(wall, time.perf_counter() - w0)
+            cpu = min(cpu, time.process_time() - c0)
+        out[name] = {"wall_ms_per_batch": 1e3 * wall / len(inputs),
+                     "cpu_ms_per_batch": 1e3 * cpu / len(inputs)}
+    return out
+
+
 def time_rows(teacher, tokens_NxT, args, layers) -> tuple[float, float]:
     """Seconds for extract_rows to deliver every batch as numpy; bytes/token."""
     nbytes = 0
@@ -121,6 +168,8 @@ def main(argv=None):
     p.add_argument("--token-tile", type=int, default=extract.DEFAULT_TOKEN_TILE)
     p.add_argument("--hidden-dtype", default="float32",
                    help="float32, or 'compute' to ship hidden states in the compute dtype")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the step's parts (blocks, capture, unembed, lse, top-k)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="MFU denominator; default: a matmul measured now")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -180,6 +229,8 @@ def main(argv=None):
         "signal_bytes_per_token": bytes_tok, "results": rows,
         "e2e_over_forward": t_fwd / t_rows, "e2e_over_extract_device": t_ext / t_rows,
     }
+    if args.breakdown:
+        result["breakdown"] = time_breakdown(cfg, params, batches_dev, layers, args)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
@@ -193,6 +244,10 @@ def main(argv=None):
     print(f"end-to-end / forward = {result['e2e_over_forward']:.1%}, "
           f"/ extract on device = {result['e2e_over_extract_device']:.1%}; "
           f"signal {bytes_tok / 1e3:.1f} kB/token to host -> {args.out}")
+    if args.breakdown:
+        print(f"{'part (per batch)':<18}{'wall ms':>10}{'cpu ms':>10}")
+        for name, r in result["breakdown"].items():
+            print(f"{name:<18}{r['wall_ms_per_batch']:>10.1f}{r['cpu_ms_per_batch']:>10.1f}")
     return result
 
 

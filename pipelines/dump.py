@@ -2,7 +2,7 @@
 
     python -m pipelines.dump --input 'data/*.json.gz' --store /data/c4_store \\
         --teacher ckpt/teacher --tokenizer tok.model --seq-len 2048 --k 128 \\
-        [--hidden-layers L ...] [--profile exact|compact] [--rows-per-unit R] \\
+        [--hidden-layers L ...] [--profile exact|compact] [--samples S] [--rows-per-unit R] \\
         [--batch-size B] [--heldout-fraction F --heldout-store URL] [Beam options]
 
 Beam options (`--runner`, `--direct_num_workers`, `--direct_running_mode`,
@@ -68,7 +68,7 @@ def _handler(opts, plan):
     from pipelines.teacher_handler import TeacherModelHandler  # imports JAX: only with --teacher
     return TeacherModelHandler(
         opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
-        top_p=opts.top_p, dtype=opts.teacher_dtype, token_tile=opts.token_tile,
+        top_p=opts.top_p, samples=opts.samples, rows_per_unit=opts.rows_per_unit, dtype=opts.teacher_dtype, token_tile=opts.token_tile,
         share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None)
 
 

@@ -25,7 +25,7 @@ RUNNER_ALIASES = {
 }
 
 # Flags that only mean something with --teacher (refused in a tokens-only dump).
-TEACHER_FLAGS = ("k", "profile", "top_p", "teacher_dtype", "batch_size", "num_devices",
+TEACHER_FLAGS = ("k", "samples", "profile", "top_p", "teacher_dtype", "batch_size", "num_devices",
                  "token_tile", "units_per_call", "share_across_processes")
 
 
@@ -48,7 +48,11 @@ class DumpOptions(PipelineOptions):
                    "store (k=0), e.g. to pre-train a teacher")
         _flag(parser, "tokenizer", default=None, help="SentencePiece .model file")
         _flag(parser, "seq_len", type=int, default=None, help="tokens per row (T)")
-        _flag(parser, "k", type=int, default=128, help="top-k width stored per token")
+        _flag(parser, "k", type=int, default=128,
+              help="top-k width stored per token (0: none, only with --samples > 0)")
+        _flag(parser, "samples", type=int, default=0,
+              help="teacher draws per position stored as sampled ids + counts (sampled "
+                   "logits, 0..255; 0: none), keyed by store row and position")
         _flag(parser, "hidden_layers", type=int, nargs="*", default=None,
               help="teacher layers to store (1-based block counts; default L//2; none: pass the flag empty)")
         _flag(parser, "profile", default="exact", help="store precision profile: exact|compact")
@@ -172,7 +176,15 @@ def validate(opts):
     for name in ("input", "store", "tokenizer", "seq_len"):
         if not getattr(opts, name):
             raise OptionsError(f"--{name.replace('_', '-')} is required; see `python -m pipelines.dump --help`")
-    positive = {"seq_len": opts.seq_len, "k": opts.k, "rows_per_unit": opts.rows_per_unit,
+    if opts.samples is None or not 0 <= opts.samples <= 255:
+        raise OptionsError(f"--samples={opts.samples} must be in [0, 255] (draws per position; "
+                           "counts are stored as uint8); 0 for no sampled logits")
+    if opts.k == 0 and opts.samples > 0:
+        if opts.top_p is not None:
+            raise OptionsError("--top-p truncates the top-k but --k is 0; pass --k > 0 or drop --top-p")
+    elif opts.k is None or opts.k < 1:
+        raise OptionsError(f"--k={opts.k} must be a positive integer (0 only with --samples > 0)")
+    positive = {"seq_len": opts.seq_len, "rows_per_unit": opts.rows_per_unit,
                 "batch_size": opts.batch_size, "docs_per_chunk": opts.docs_per_chunk,
                 "token_tile": opts.token_tile, "units_per_call": opts.units_per_call}
     for name, value in positive.items():

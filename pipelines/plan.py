@@ -153,7 +153,7 @@ def make_plan(opts):
         seq_len=opts.seq_len, k=opts.k, vocab_size=cfg.vocab_size,
         hidden_layers=layers, hidden_dim=cfg.d_model if layers else 0,
         profile=opts.profile, rows_per_unit=opts.rows_per_unit,
-        tokenizer=tok_info, teacher=teacher, packing=train_packing)
+        tokenizer=tok_info, teacher=teacher, packing=train_packing, samples=opts.samples)
     return DumpPlan(paths, model_bytes, tok_info, cfg, layers, schema,
                     _heldout_schema(opts, tok_info, train_packing))
 

@@ -12,7 +12,10 @@ Contract with the dump pipeline (pipelines/):
 * One output element per unit, same unit:
   ``(unit_index, tokens_RxT, signal)`` with ``signal = {"topk_ids":
   int32[R,T,K], "topk_logprobs": float32[R,T,K], "hidden": {l: float32[R,T,D]}}``
-  — exactly the arguments ``StoreWriter.write_unit`` takes.
+  (no topk_* when k = 0; plus ``sampled_ids`` / ``sampled_counts`` /
+  ``sampled_logprobs`` [R,T,S] when samples > 0, keyed by the global store row
+  ``unit_index * rows_per_unit + r``) — exactly the arguments
+  ``StoreWriter.write_unit`` takes.
 * Host memory holds the signal of one call's units; rows inside them are fed
   to the device in batches of ``batch_size`` with transfer overlapped (loop.py).
 
@@ -59,7 +62,8 @@ class TeacherModelHandler(base.ModelHandler):
                  top_p: float | None = None, dtype: str | None = None,
                  token_tile: int = extract.DEFAULT_TOKEN_TILE,
                  share_across_processes: bool = False,
-                 num_devices: int | None = 1):
+                 num_devices: int | None = 1, samples: int = 0,
+                 rows_per_unit: int | None = None):
         """Configures the handler (nothing is loaded until load_model).
 
         Args:
@@ -74,7 +78,18 @@ class TeacherModelHandler(base.ModelHandler):
                 worker process (Beam multi_process_shared).
             num_devices: local devices to split each batch over (params
                 replicated); None = all; batch_size must divide evenly.
+            samples: draws per position (sampled logits; 0: none).
+            rows_per_unit: the store's unit size, which maps a unit's rows to
+                the global store rows that key the draws (required iff
+                samples > 0).
+
+        Raises:
+            extract.ExtractConfigError: samples > 0 without rows_per_unit.
         """
+        if samples and not rows_per_unit:
+            raise extract.ExtractConfigError(
+                f"samples={samples} draws are keyed by the global store row: pass "
+                f"rows_per_unit (the store's unit size) to TeacherModelHandler")
         super().__init__()
         self._ckpt = str(ckpt)
         self._k = k
@@ -85,6 +100,8 @@ class TeacherModelHandler(base.ModelHandler):
         self._token_tile = token_tile
         self._share_across_processes = share_across_processes
         self._num_devices = num_devices
+        self._samples = samples
+        self._rows_per_unit = rows_per_unit
 
     def load_model(self) -> teacher_lib.Teacher:
         """Loads the teacher and compiles nothing yet (first batch compiles).
@@ -97,7 +114,7 @@ class TeacherModelHandler(base.ModelHandler):
             self._ckpt, dtype=self._dtype,
             devices=teacher_lib.local_devices(self._num_devices))
         teacher.extract_fn(k=self._k, layers=self._layers, top_p=self._top_p,
-                           token_tile=self._token_tile)
+                           token_tile=self._token_tile, samples=self._samples)
         return teacher
 
     def run_inference(self, batch: Sequence[Any],
@@ -127,21 +144,31 @@ class TeacherModelHandler(base.ModelHandler):
         # A method call, so that a multi-process proxy of the Teacher works too.
         signal = model.extract(rows, batch_size=self._batch_size, k=self._k,
                                layers=self._layers, top_p=self._top_p,
-                               token_tile=self._token_tile)
+                               token_tile=self._token_tile, samples=self._samples,
+                               row_ids=self._row_ids(units))
         results, start = [], 0
         for unit_index, tokens in units:
             stop = start + tokens.shape[0]
-            unit_signal = {
-                "topk_ids": signal["topk_ids"][start:stop],
-                "topk_logprobs": signal["topk_logprobs"][start:stop],
-                "hidden": {l: h[start:stop]
-                           for l, h in signal["hidden"].items()},
-            }
+            unit_signal = {name: array[start:stop] for name, array in signal.items()
+                           if name != "hidden"}
+            unit_signal["hidden"] = {l: h[start:stop] for l, h in signal["hidden"].items()}
             results.append((unit_index, tokens, unit_signal))
             start = stop
         Metrics.counter("teacher_dump", "units").inc(len(units))
         Metrics.counter("teacher_dump", "tokens").inc(int(rows.size))
         return results
+
+    def _row_ids(self, units):
+        """Global store rows of the units' rows (None without samples)."""
+        if not self._samples:
+            return None
+        for unit_index, tokens in units:
+            if tokens.shape[0] > self._rows_per_unit:
+                raise UnitElementError(
+                    f"unit {unit_index} has {tokens.shape[0]} rows, more than "
+                    f"rows_per_unit={self._rows_per_unit}: pass the store's unit size")
+        return np.concatenate([unit_index * self._rows_per_unit + np.arange(tokens.shape[0])
+                               for unit_index, tokens in units])
 
     def validate_inference_args(self, inference_args):
         if inference_args:

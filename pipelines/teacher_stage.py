@@ -119,9 +119,8 @@ class WriteUnitFn(beam.DoFn):
             self._writer = store.open_writer(self._url)
         if self._writer.is_committed(unit):
             return
-        arrays = {} if signal is None else {
-            "topk_ids": signal["topk_ids"], "topk_logprobs": signal["topk_logprobs"],
-            "hidden": signal["hidden"]}
+        # The handler's signal holds exactly write_unit's keyword arguments.
+        arrays = {} if signal is None else signal
         try:
             self._writer.write_unit(unit, tokens=tokens_RxT, **arrays)
         except errors.STORAGE_ERRORS as e:

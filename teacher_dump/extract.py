@@ -8,8 +8,8 @@ The de-embedding is the memory hazard: full logits of a [B, T] batch are
 B·T·V floats (8 × 2048 × 32k fp32 = 2 GiB). The step therefore never forms
 them at once: the final hidden states are cut along the sequence into tiles
 of about `token_tile` tokens ([B, token_tile // B, D]), and `lax.map` runs
-unembed → logsumexp → top-k per tile, so the live logits are at most
-[token_tile, V]. Cutting positions rather than rows keeps the batch axis
+unembed → logsumexp → top-k (and the sampled draws, teacher_dump.sampled)
+per tile, so the live logits are at most [token_tile, V]. Cutting positions rather than rows keeps the batch axis
 whole, so a batch sharded over devices (data parallel) stays sharded.
 
 Numerics. `lax.top_k` may run on the logits in the model's compute dtype:
@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from teacher_dump import sampled
 from trainer.model import gemma3 as model, tiling
 from trainer.model.errors import ConfigError, ModelInputError
 
@@ -35,7 +36,9 @@ from trainer.model.errors import ConfigError, ModelInputError
 # to leave HBM to the forward pass.
 DEFAULT_TOKEN_TILE = 2048
 
-ExtractFn = Callable[[Any, jax.Array], dict]
+# fn(params, tokens_BxT, rows_B=None): rows_B (global store rows, int32) keys
+# the sampled draws and is required iff samples > 0.
+ExtractFn = Callable[..., dict]
 
 
 ExtractConfigError = ConfigError  # A bad extraction option (k, layers, top_p, token_tile)
@@ -59,6 +62,8 @@ class ExtractSpec:
             model's compute dtype (halves device→host bytes under bf16).
         rank_float32: run top-k on float32 logits instead of the compute
             dtype (same ids either way; only speed differs).
+        samples: S draws per position from the full softmax (0: none;
+            teacher_dump.sampled).
     """
     k: int
     layers: tuple[int, ...]
@@ -66,18 +71,29 @@ class ExtractSpec:
     token_tile: int
     hidden_dtype: Any
     rank_float32: bool
+    samples: int = 0
+
+
+def _check_samples(samples) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, int) \
+            or not 0 <= samples <= sampled.MAX_SAMPLES:
+        raise ExtractConfigError(
+            f"samples={samples!r} is outside [0, {sampled.MAX_SAMPLES}]: pass the number "
+            f"of draws per position (e.g. 12; counts are stored as uint8), or 0 for none")
+    return samples
 
 
 def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
                  top_p: float | None = None,
                  token_tile: int = DEFAULT_TOKEN_TILE,
                  hidden_dtype: Any = "float32",
-                 rank_float32: bool | None = None) -> ExtractSpec:
+                 rank_float32: bool | None = None,
+                 samples: int = 0) -> ExtractSpec:
     """Checks the extraction options against the model config.
 
     Args:
         cfg: the teacher's model config (num_layers, vocab_size).
-        k: top-k size, 1 ≤ k ≤ vocab_size.
+        k: top-k size, 1 ≤ k ≤ vocab_size (0 allowed when samples > 0).
         layers: captured layers in [1, num_layers]; None → (num_layers // 2,).
             An empty sequence captures nothing.
         top_p: None, or a mass in (0, 1].
@@ -86,6 +102,7 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
         rank_float32: None picks by backend: True on CPU, where XLA's bf16
             top-k is ~8x slower than fp32 (measured here), False elsewhere
             (on an H100 bf16 top-k runs 2x faster than fp32, DESIGN §7).
+        samples: draws per position, 0 ≤ samples ≤ 255.
 
     Returns:
         An ExtractSpec.
@@ -94,10 +111,15 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
         ExtractConfigError: on any option outside its range.
     """
     num_layers, vocab = int(cfg.num_layers), int(cfg.vocab_size)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+    samples = _check_samples(samples)
+    low = 0 if samples else 1
+    if isinstance(k, bool) or not isinstance(k, int) or not low <= k <= vocab:
         raise ExtractConfigError(
-            f"k={k!r} is outside [1, vocab_size={vocab}]: pass an integer k "
-            f"between 1 and the teacher's vocabulary size")
+            f"k={k!r} is outside [{low}, vocab_size={vocab}]: pass an integer k "
+            f"between 1 and the teacher's vocabulary size (0 only with samples > 0)")
+    if top_p is not None and k == 0:
+        raise ExtractConfigError(
+            "top_p truncates the top-k but k=0: pass k > 0 or drop top_p")
     if layers is None:
         layers = (max(num_layers // 2, 1),)
     layers = tuple(int(l) for l in layers)
@@ -129,7 +151,8 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
                        token_tile=token_tile, hidden_dtype=hidden_dtype,
                        rank_float32=(jax.default_backend() == "cpu"
                                      if rank_float32 is None
-                                     else bool(rank_float32)))
+                                     else bool(rank_float32)),
+                       samples=samples)
 
 
 def topk_logprobs(logits_XxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -145,8 +168,12 @@ def topk_logprobs(logits_XxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """
     # Rank in the input dtype (exact w.r.t. fp32 ranking, see module doc);
     # normalise in fp32 so the stored log-probs carry fp32 precision.
-    vals_XxK, ids_XxK = jax.lax.top_k(logits_XxV, k)
     lse_X = jax.nn.logsumexp(logits_XxV.astype(jnp.float32), axis=-1)
+    return _topk_given_lse(logits_XxV, lse_X, k)
+
+
+def _topk_given_lse(logits_XxV, lse_X, k):
+    vals_XxK, ids_XxK = jax.lax.top_k(logits_XxV, k)
     logprobs_XxK = vals_XxK.astype(jnp.float32) - lse_X[..., None]
     return ids_XxK.astype(jnp.int32), logprobs_XxK
 
@@ -175,56 +202,79 @@ def truncate_top_p(topk_ids_XxK: jax.Array, topk_logprobs_XxK: jax.Array,
     return ids, logprobs
 
 
-def tiled_topk(params, hidden_BxTxD: jax.Array, cfg, k: int,
-               token_tile: int, rank_float32: bool = False
-               ) -> tuple[jax.Array, jax.Array]:
-    """Unembeds and takes the top-k, about `token_tile` tokens at a time.
+def tiled_logit_signal(params, hidden_BxTxD: jax.Array, cfg, k: int,
+                       token_tile: int, rank_float32: bool = False,
+                       samples: int = 0, rows_B: jax.Array | None = None) -> dict:
+    """The top-k and sampled signal, unembedding `token_tile` tokens at a time.
+
+    One logsumexp per tile serves both the top-k and the sampled log-probs.
 
     Args:
         params: model params (the tied embedding is read via model.unembed).
         hidden_BxTxD: final (normed) hidden states.
         cfg: model config.
-        k: top-k size.
+        k: top-k size (0: no top-k).
         token_tile: tokens per tile.
         rank_float32: cast the logits to float32 before the top-k.
+        samples: draws per position (0: none).
+        rows_B: global store row of each batch row (required iff samples > 0).
 
     Returns:
-        (topk_ids_BxTxK int32, topk_logprobs_BxTxK float32).
+        {"topk_ids", "topk_logprobs"} if k > 0, plus {"sampled_ids",
+        "sampled_counts", "sampled_logprobs"} [B, T, S] if samples > 0.
     """
-    def one_tile(h_BxtxD):
-        logits_BxtxV = model.unembed(params, h_BxtxD, cfg)
+    b, t = hidden_BxTxD.shape[:2]
+    xs = {"h": hidden_BxTxD}
+    if samples:
+        xs["rows"] = jnp.broadcast_to(jnp.asarray(rows_B, jnp.int32)[:, None], (b, t))
+        xs["positions"] = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+
+    def one_tile(tile):
+        logits_BxtxV = model.unembed(params, tile["h"], cfg)
         if rank_float32:
             logits_BxtxV = logits_BxtxV.astype(jnp.float32)
-        return topk_logprobs(logits_BxtxV, k)
+        logits32_BxtxV = logits_BxtxV.astype(jnp.float32)
+        lse_Bxt = jax.nn.logsumexp(logits32_BxtxV, axis=-1)
+        out = {}
+        if k:
+            out["topk_ids"], out["topk_logprobs"] = _topk_given_lse(logits_BxtxV, lse_Bxt, k)
+        if samples:
+            out.update(sampled.sample_logprobs(logits32_BxtxV, lse_Bxt, tile["rows"],
+                                               tile["positions"], samples))
+        return out
 
-    return tiling.map_token_tiles(one_tile, hidden_BxTxD, token_tile)
+    return tiling.map_token_tiles(one_tile, xs, token_tile)
 
 
 def extract_signal(params, tokens_BxT: jax.Array, cfg,
-                   spec: ExtractSpec) -> dict:
+                   spec: ExtractSpec, rows_B: jax.Array | None = None) -> dict:
     """Un-jitted extraction (see make_extract_fn for the contract)."""
+    if spec.samples and rows_B is None:
+        raise ExtractConfigError(
+            f"samples={spec.samples} draws are keyed by the global store row: pass "
+            f"rows_B (the store row of each batch row) to the extraction step")
     out = model.forward(params, tokens_BxT, cfg, capture_layers=spec.layers)
-    ids_BxTxK, logprobs_BxTxK = tiled_topk(
+    signal = tiled_logit_signal(
         params, out.final_hidden_BxTxD, cfg, spec.k, spec.token_tile,
-        spec.rank_float32)
+        spec.rank_float32, spec.samples, rows_B)
     if spec.top_p is not None:
-        ids_BxTxK, logprobs_BxTxK = truncate_top_p(ids_BxTxK, logprobs_BxTxK,
-                                                   spec.top_p)
+        signal["topk_ids"], signal["topk_logprobs"] = truncate_top_p(
+            signal["topk_ids"], signal["topk_logprobs"], spec.top_p)
     hidden = {}
     for l in spec.layers:
         h_BxTxD = out.captured[l]
         if spec.hidden_dtype is not None:
             h_BxTxD = h_BxTxD.astype(spec.hidden_dtype)
         hidden[l] = h_BxTxD
-    return {"topk_ids": ids_BxTxK, "topk_logprobs": logprobs_BxTxK,
-            "hidden": hidden}
+    return {**signal, "hidden": hidden}
 
 
 def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
                     top_p: float | None = None,
                     token_tile: int = DEFAULT_TOKEN_TILE,
                     hidden_dtype: Any = "float32",
-                    rank_float32: bool | None = None) -> ExtractFn:
+                    rank_float32: bool | None = None,
+                    samples: int = 0) -> ExtractFn:
     """Builds the jitted extraction step for a teacher config.
 
     Args:
@@ -236,19 +286,24 @@ def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
         hidden_dtype: dtype of returned hidden states; None = compute dtype.
         rank_float32: top-k on fp32 logits; None = by backend (see
             resolve_spec). Ids and log-probs are the same either way.
+        samples: S draws per position from the full softmax (0: none).
 
     Returns:
-        fn(params, tokens_BxT int32) -> {"topk_ids": int32[B,T,K],
-        "topk_logprobs": float32[B,T,K], "hidden": {l: [B,T,D]}}, jitted.
+        fn(params, tokens_BxT int32, rows_B int32 | None = None) ->
+        {"topk_ids": int32[B,T,K], "topk_logprobs": float32[B,T,K],
+        "hidden": {l: [B,T,D]}}, jitted. k = 0 leaves out the topk keys;
+        samples > 0 adds "sampled_ids" int32, "sampled_counts" uint8,
+        "sampled_logprobs" float32 [B,T,S] (teacher_dump.sampled) and needs
+        rows_B, the global store row of each batch row (padding rows: any).
         The token ids are not range-checked on device (XLA clamps gathers);
         callers check on host (see check_token_range).
 
     Raises:
-        ExtractConfigError: on bad k, layers, top_p or token_tile.
+        ExtractConfigError: on bad k, layers, top_p, token_tile or samples.
     """
     spec = resolve_spec(cfg, k=k, layers=layers, top_p=top_p,
                         token_tile=token_tile, hidden_dtype=hidden_dtype,
-                        rank_float32=rank_float32)
+                        rank_float32=rank_float32, samples=samples)
     return _build_extract_fn(cfg, spec)
 
 
@@ -259,8 +314,8 @@ def _build_extract_fn(cfg, spec: ExtractSpec) -> ExtractFn:
     # No buffer donation: the only per-call input is the small int32 token
     # batch, whose buffer cannot back any output; params must stay resident.
     @jax.jit
-    def extract(params, tokens_BxT):
-        return extract_signal(params, tokens_BxT, cfg, spec)
+    def extract(params, tokens_BxT, rows_B=None):
+        return extract_signal(params, tokens_BxT, cfg, spec, rows_B)
 
     return extract
 

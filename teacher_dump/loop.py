@@ -53,8 +53,9 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
                 batch_size: int, vocab_size: int | None = None,
                 max_in_flight: int = 2,
                 progress: ProgressFn | None = None,
-                put: Callable[[np.ndarray], Any] | None = None) -> Iterator[dict]:
-    """Runs `fn(params, tokens_BxT)` over the rows in order, overlapped.
+                put: Callable[[np.ndarray], Any] | None = None,
+                rows_N=None) -> Iterator[dict]:
+    """Runs `fn(params, tokens_BxT[, rows_B])` over the rows in order, overlapped.
 
     Args:
         fn: a jitted step returning a pytree of [B, ...] arrays.
@@ -68,6 +69,8 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
             batch is yielded-ready.
         put: optional placement of each padded numpy batch (e.g. split over
             a device mesh) before it is passed to fn.
+        rows_N: optional global store row of each token row; if given, each
+            batch's rows (padding rows: 0) are passed as fn's third argument.
 
     Yields:
         One numpy pytree per batch, rows in input order, padding removed.
@@ -87,6 +90,13 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
             f"max_in_flight={max_in_flight} must be ≥ 1: pass 2 to overlap "
             f"transfer with compute")
     num_rows, seq_len = tokens_NxT.shape
+    if rows_N is not None:
+        rows_N = np.asarray(rows_N)
+        if rows_N.shape != (num_rows,) or not np.issubdtype(rows_N.dtype, np.integer):
+            raise BatchingError(
+                f"row ids must be an integer [rows] array matching the {num_rows} token "
+                f"rows, got {rows_N.dtype}{list(rows_N.shape)}: pass the store row of "
+                f"each token row")
     pending = collections.deque()
     rows_done = 0
     for start in range(0, num_rows, batch_size):
@@ -101,7 +111,12 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
                  np.zeros((batch_size - num_valid, seq_len), np.int32)])
         if put is not None:
             batch_BxT = put(batch_BxT)
-        outputs = fn(params, batch_BxT)  # async dispatch, returns at once
+        args = (params, batch_BxT)
+        if rows_N is not None:
+            rows_B = np.zeros(batch_size, np.int32)
+            rows_B[:num_valid] = rows_N[start:start + num_valid]
+            args += (rows_B if put is None else put(rows_B),)
+        outputs = fn(*args)  # async dispatch, returns at once
         _start_copy(outputs)
         is_last = start + batch_size >= num_rows
         pending.append((outputs, num_valid))
@@ -118,8 +133,8 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
 
 def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
                  layers=None, top_p: float | None = None,
-                 progress: ProgressFn | None = None,
-                 **extract_kwargs) -> Iterator[dict]:
+                 progress: ProgressFn | None = None, samples: int = 0,
+                 row_ids=None, **extract_kwargs) -> Iterator[dict]:
     """Extracts the teacher signal for token rows, one numpy dict per batch.
 
     Args:
@@ -128,17 +143,26 @@ def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
         batch_size: rows per device call.
         k, layers, top_p: see make_extract_fn.
         progress: optional callback(rows_done, rows_total).
+        samples: draws per position from the full softmax (make_extract_fn).
+        row_ids: global store row of each token row (int [N]); required iff
+            samples > 0, whose draws it keys.
         **extract_kwargs: token_tile / hidden_dtype / rank_float32 (make_extract_fn).
 
     Yields:
         {"topk_ids": int32[b,T,K], "topk_logprobs": float32[b,T,K],
-         "hidden": {l: [b,T,D]}} per batch, in row order; b = batch_size
+         "hidden": {l: [b,T,D]}} per batch (plus the sampled_* arrays with
+        samples > 0; no topk_* with k = 0), in row order; b = batch_size
         except for a shorter last batch.
 
     Raises:
         extract.ExtractConfigError, extract.TokenRangeError, BatchingError.
     """
-    fn = teacher.extract_fn(k=k, layers=layers, top_p=top_p, **extract_kwargs)
+    fn = teacher.extract_fn(k=k, layers=layers, top_p=top_p, samples=samples,
+                            **extract_kwargs)
+    if samples and row_ids is None:
+        raise BatchingError(
+            f"samples={samples} draws are keyed by the global store row: pass row_ids "
+            f"(the store row of each token row)")
     num_devices = teacher.num_devices
     if isinstance(batch_size, int) and batch_size % num_devices:
         raise BatchingError(
@@ -146,7 +170,8 @@ def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
             f"devices: pass a multiple of {num_devices}")
     yield from run_batches(fn, teacher.params, tokens_NxT, batch_size,
                            vocab_size=int(teacher.cfg.vocab_size),
-                           progress=progress, put=teacher.put_tokens)
+                           progress=progress, put=teacher.put_tokens,
+                           rows_N=row_ids if samples else None)
 
 
 def concat_batches(batches) -> dict:

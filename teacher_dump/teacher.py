@@ -62,10 +62,10 @@ class Teacher:
 
         Args:
             k, layers: see make_extract_fn.
-            **options: top_p, token_tile, hidden_dtype, rank_float32.
+            **options: top_p, token_tile, hidden_dtype, rank_float32, samples.
 
         Returns:
-            fn(params, tokens_BxT) -> signal dict.
+            fn(params, tokens_BxT, rows_B=None) -> signal dict.
         """
         return extract.make_extract_fn(self.cfg, k=k, layers=layers, **options)
 
@@ -78,10 +78,13 @@ class Teacher:
         Args:
             tokens_NxT: int token rows, N ≥ 1.
             batch_size: rows per device call.
-            **options: k, layers, top_p, token_tile, hidden_dtype.
+            **options: k, layers, top_p, token_tile, hidden_dtype, samples,
+                row_ids (extract_rows).
 
         Returns:
-            {"topk_ids": [N,T,K], "topk_logprobs": [N,T,K], "hidden": {l: [N,T,D]}}.
+            {"topk_ids": [N,T,K], "topk_logprobs": [N,T,K], "hidden": {l: [N,T,D]}}
+            (plus sampled_ids / sampled_counts / sampled_logprobs [N,T,S] with
+            samples > 0).
         """
         return loop.concat_batches(
             loop.extract_rows(self, tokens_NxT, batch_size=batch_size, **options))

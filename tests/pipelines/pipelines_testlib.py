@@ -4,6 +4,7 @@ import json
 import os
 import random
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -75,9 +76,9 @@ def bare_dump(url, schema, tokens_NxT, teacher_path, layers):
         start, stop = writer.unit_rows(unit)
         rows = tokens_NxT[start:stop]
         signal = teacher_dump.loop.concat_batches(teacher_dump.extract_rows(
-            teacher, rows, batch_size=BATCH, k=schema.k, layers=layers))
-        writer.write_unit(unit, tokens=rows, topk_ids=signal["topk_ids"],
-                          topk_logprobs=signal["topk_logprobs"], hidden=signal["hidden"])
+            teacher, rows, batch_size=BATCH, k=schema.k, layers=layers,
+            samples=schema.samples, row_ids=np.arange(start, stop)))
+        writer.write_unit(unit, tokens=rows, **signal)  # the signal's keys are write_unit's
     return writer
 
 

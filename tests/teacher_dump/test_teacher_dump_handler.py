@@ -107,3 +107,21 @@ def test_bad_options_fail_at_load(ckpt):
     from teacher_dump import extract
     with pytest.raises(extract.ExtractConfigError, match="layer 9"):
         handler_lib.TeacherModelHandler(ckpt, k=K, layers=(9,)).load_model()
+
+
+def test_sampled_draws_are_keyed_by_global_store_rows(ckpt):
+    handler = handler_lib.TeacherModelHandler(ckpt, k=0, batch_size=8, samples=4, rows_per_unit=4)
+    teacher = handler.load_model()
+    units = _units(teacher.cfg)  # units 0, 1 and 7 (3 rows: the last, short one)
+    outputs = handler.run_inference(units, teacher)
+    for (u, tokens), (_, _, signal) in zip(units, outputs):
+        assert "topk_ids" not in signal
+        want = loop.concat_batches(teacher_dump.extract_rows(
+            teacher, tokens, batch_size=8, k=0, samples=4, row_ids=4 * u + np.arange(len(tokens))))
+        for name in ("sampled_ids", "sampled_counts", "sampled_logprobs"):
+            np.testing.assert_array_equal(signal[name], want[name])
+    with pytest.raises(handler_lib.UnitElementError, match="more than rows_per_unit=4"):
+        handler.run_inference([(0, np.zeros((5, 16), np.int32))], teacher)
+    from teacher_dump import extract
+    with pytest.raises(extract.ExtractConfigError, match="pass rows_per_unit"):
+        handler_lib.TeacherModelHandler(ckpt, samples=4)
