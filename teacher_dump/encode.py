@@ -308,7 +308,7 @@ def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict
     r, safe = rms(x)
     y = _divide(x, safe[..., None])
     v = (y * jnp.asarray(signs_D, F32)).reshape(*lead, G, b)
-    rot = _divide(fwht(v), np.float32(math.sqrt(b)))
+    rot = fwht(v) * np.float32(1.0 / math.sqrt(b))  # the scaling as store.lean writes it
     mean_sq = _divide(pairwise_sum(jnp.maximum(rot * rot, F32(0.0))), np.float32(b))
     step = (jnp.sqrt(mean_sq) * F32(lean_step)).astype(jnp.float16)
     step = jnp.where(step > 0, step, jnp.float16(1.0))
@@ -426,8 +426,8 @@ def make_encoded_extract_fn(extract_fn: Callable, schema, profile: profiles.Prof
         profile: the store's Profile (see encode_signal).
 
     Returns:
-        fn(params, tokens_BxT) -> encode_signal's {"arrays", "finite"}, jitted (cached per
-        extract_fn and schema layout).
+        fn(params, tokens_BxT[, rows_B]) -> encode_signal's {"arrays", "finite"}, jitted
+        (cached per extract_fn, schema layout and profile); rows_B goes to extract_fn.
     """
     return _build(extract_fn, _Layout.of(schema), profile or profiles.get_profile(schema.profile))
 
@@ -451,8 +451,8 @@ class _Layout:
 @functools.lru_cache(maxsize=32)
 def _build(extract_fn, layout, profile):
     @jax.jit
-    def extract_encoded(params, tokens_BxT):
-        return encode_signal(extract_fn(params, tokens_BxT), layout, profile)
+    def extract_encoded(params, tokens_BxT, *rows_B):  # rows_B: the extraction step's optional row ids
+        return encode_signal(extract_fn(params, tokens_BxT, *rows_B), layout, profile)
 
     return extract_encoded
 
