@@ -69,7 +69,8 @@ def _handler(opts, plan):
     return TeacherModelHandler(
         opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
         top_p=opts.top_p, samples=opts.samples, rows_per_unit=opts.rows_per_unit, dtype=opts.teacher_dtype, token_tile=opts.token_tile,
-        share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None)
+        share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None,
+        encode_for=plan.schema)
 
 
 def build_pipeline(argv, read_ledgers=True):
