@@ -65,7 +65,7 @@ class TeacherModelHandler(base.ModelHandler):
                  token_tile: int = extract.DEFAULT_TOKEN_TILE,
                  share_across_processes: bool = False,
                  num_devices: int | None = 1, samples: int = 0,
-                 rows_per_unit: int | None = None, encode_for=None):
+                 rows_per_unit: int | None = None, encode_for=None, encode_profile=None):
         """Configures the handler (nothing is loaded until load_model).
 
         Args:
@@ -86,6 +86,7 @@ class TeacherModelHandler(base.ModelHandler):
                 samples > 0).
             encode_for: the store's StoreSchema: encode on the device; the signal is then
                 {"encoded": {stored array: [R, ...]}} (StoreWriter.write_unit_encoded).
+            encode_profile: the existing store's Profile (store.profiles.for_store), None: new store.
 
         Raises:
             extract.ExtractConfigError: samples > 0 without rows_per_unit.
@@ -107,6 +108,7 @@ class TeacherModelHandler(base.ModelHandler):
         self._samples = samples
         self._rows_per_unit = rows_per_unit
         self._encode_for = encode_for
+        self._encode = {"encode_for": encode_for, "encode_profile": encode_profile}
 
     def load_model(self) -> teacher_lib.Teacher:
         """Loads the teacher and compiles nothing yet (first batch compiles).
@@ -119,8 +121,7 @@ class TeacherModelHandler(base.ModelHandler):
             self._ckpt, dtype=self._dtype,
             devices=teacher_lib.local_devices(self._num_devices))
         teacher.extract_fn(k=self._k, layers=self._layers, top_p=self._top_p,
-                           token_tile=self._token_tile, samples=self._samples,
-                           encode_for=self._encode_for)
+                           token_tile=self._token_tile, samples=self._samples, **self._encode)
         return teacher
 
     def run_inference(self, batch: Sequence[Any],
@@ -151,7 +152,7 @@ class TeacherModelHandler(base.ModelHandler):
         signal = model.extract(rows, batch_size=self._batch_size, k=self._k,
                                layers=self._layers, top_p=self._top_p,
                                token_tile=self._token_tile, samples=self._samples,
-                               row_ids=self._row_ids(units), encode_for=self._encode_for)
+                               row_ids=self._row_ids(units), **self._encode)
         if self._encode_for is not None:
             signal = {"encoded": encode.host_arrays(signal)}
         results, start = [], 0

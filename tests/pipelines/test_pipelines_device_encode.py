@@ -46,15 +46,19 @@ def test_resume_rewrites_the_same_bytes(compact_dump, tmp_path):
     lib.assert_stores_identical(url, copy)
 
 
-def test_the_handler_hands_the_writer_encoded_arrays(teacher_path):
-    # What the dump's RunInference step emits: the compact store's arrays, not the float32 signal.
+@pytest.mark.parametrize("manifest", [None, {"encodings": {}}], ids=["new", "before-id-packing"])
+def test_the_handler_hands_the_writer_encoded_arrays(teacher_path, manifest):
+    # What the dump's RunInference step emits: the compact store's arrays, not the float32 signal
+    # (a store written before ids were bit-packed resumes with plain ids: dump._store_profile).
     schema = store.StoreSchema(seq_len=lib.SEQ_LEN, k=lib.K, vocab_size=lib.VOCAB, hidden_layers=(1,),
                                hidden_dim=32, profile="compact", rows_per_unit=lib.ROWS_PER_UNIT)
+    profile = None if manifest is None else store.profiles.for_store(schema, manifest)
     handler = teacher_handler.TeacherModelHandler(teacher_path, k=lib.K, layers=(1,), batch_size=lib.BATCH,
-                                                  encode_for=schema)
+                                                  encode_for=schema, encode_profile=profile)
     tokens = np.random.default_rng(0).integers(0, lib.VOCAB, (lib.ROWS_PER_UNIT, lib.SEQ_LEN), dtype=np.int32)
     [(unit, _, signal)] = handler.run_inference([(3, tokens)], handler.load_model())
     assert unit == 3 and list(signal) == ["encoded"]
-    specs = {s.name: s for s in store.profiles.get_profile("compact").arrays(schema) if s.name != "tokens"}
+    specs = {s.name: s for s in (profile or store.profiles.get_profile("compact")).arrays(schema)
+             if s.name != "tokens"}
     assert {n: (a.dtype.name, a.shape[1:]) for n, a in signal["encoded"].items()} == {
         n: (s.dtype, s.inner_shape) for n, s in specs.items()}
