@@ -84,7 +84,8 @@ def _format(command: str, r: dict) -> str:
     if command == "inspect":
         s = r["manifest"]["schema"]
         lines = [f"store {r['url']}  profile={s['profile']}  rows={r['num_rows']}  T={s['seq_len']}  "
-                 f"k={s['k']}  V={s['vocab_size']}  layers={s['hidden_layers']}  D={s['hidden_dim']}",
+                 f"k={s['k']}  samples={s.get('samples', 0)}  V={s['vocab_size']}  layers={s['hidden_layers']}  "
+                 f"D={s['hidden_dim']}",
                  f"units committed {r['committed_units']}/{r['num_units']} (rows_per_unit={s['rows_per_unit']}), "
                  f"teacher={s['teacher'].get('name')} fingerprint={s['teacher'].get('fingerprint')}",
                  f"{'array':28s} {'dtype':8s} {'shape':22s} {'chunk':18s} {'codecs':34s} {'bytes':>12s} {'B/token':>9s}"]
@@ -126,6 +127,10 @@ def _format(command: str, r: dict) -> str:
                          f"p50 {c['p50']:.4f} p99 {c['p99']:.4f}")
             lines.append(f"entropy over support (nats): mean {e['mean']:.3f} p1 {e['p1']:.3f} "
                          f"p50 {e['p50']:.3f} p99 {e['p99']:.3f}")
+    if "sampled" in r and r["sampled"]["distinct_ids"].get("n"):
+        d, m = r["sampled"]["distinct_ids"], r["sampled"]["mass_of_drawn_ids"]
+        lines.append(f"{r['sampled']['samples']} draws: distinct ids mean {d['mean']:.2f} p1 {d['p1']:.0f} "
+                     f"p99 {d['p99']:.0f}; teacher mass of the drawn ids mean {m['mean']:.4f} p1 {m['p1']:.4f}")
     if "objective_penalty" in r:
         lines.append(objective_penalty.describe(r["objective_penalty"]))
     for layer, h in r["hidden"].items():

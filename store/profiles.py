@@ -38,7 +38,7 @@ Adding a profile: subclass ``Profile`` and register it in ``PROFILES``.
 """
 import numpy as np
 
-from store import bitpack, errors, sampled
+from store import bitpack, errors, lean, sampled
 from store.layout import ArraySpec
 from store.topn import top_n_channels
 
@@ -126,6 +126,9 @@ class Profile:
         if self.packs_ids:
             return f"uint8 bit-packed vocabulary ids ({bitpack.bits_for(V)} bits each, see packed_ids): {what}"
         return f"{ids_dtype(V)} vocabulary id: {what}"
+
+    def check_schema(self, schema):
+        """Raises StoreInputError when this profile cannot store that schema (StoreSchema.validate calls it)."""
 
     def topk_array_names(self, schema) -> list[str]:
         return [s.name for s in self.topk_arrays(schema.seq_len, schema.k, schema.vocab_size)]
@@ -312,12 +315,42 @@ class CompactProfile(Profile):
         }
 
 
+class LeanProfile(CompactProfile):
+    """6-level rotated activations (store/lean.py); top-k as compact; packed ids."""
+    name = "lean"
+
+    def check_schema(self, schema):
+        lean.check_dim(schema.hidden_dim)
+
+    def hidden_arrays(self, layer, T, D):
+        return lean.hidden_specs(hidden_name(layer), lambda what: aux_name(layer, what), T, D)
+
+    def encode_hidden(self, layer, x_RxTxD):
+        rms, safe = _rms(x_RxTxD)
+        codes, step = lean.encode(x_RxTxD, safe)
+        return {hidden_name(layer): codes, aux_name(layer, "rms"): rms, aux_name(layer, "step"): step}
+
+    def decode_hidden(self, layer, stored, dtype, normalized=False):
+        codes, step = stored[hidden_name(layer)], stored[aux_name(layer, "step")]
+        D = lean.dim_of(codes.shape[-1], step.shape[-1])
+        rms = None if normalized else stored[aux_name(layer, "rms")]
+        return lean.decode(codes, step, D, dtype, rms)
+
+    def describe(self, schema):
+        out = {key: value for key, value in super().describe(schema).items()
+               if not key.startswith("hidden") and key != "num_outliers"}
+        out["profile"] = self.name
+        if schema.hidden_dim:
+            out.update(lean.describe(schema.hidden_dim))
+        return out
+
+
 class LegacyCompactProfile(CompactProfile):
     """compact as written before ids were bit-packed (a manifest without ``ids_bits``): plain uint16/int32 ids."""
     packs_ids = False
 
 
-PROFILES = {p.name: p for p in (ExactProfile(), CompactProfile())}
+PROFILES = {p.name: p for p in (ExactProfile(), CompactProfile(), LeanProfile())}
 # Profiles of stores written before a profile changed its layout, keyed by name.
 _LEGACY = {"compact": LegacyCompactProfile()}
 
@@ -329,18 +362,19 @@ def for_store(schema, manifest: dict) -> Profile:
     written before ids were bit-packed: it reads (and resumes) as it was written.
 
     Raises:
-        SchemaMismatchError: ``ids_bits`` is not the one this package writes for the store's V.
+        SchemaMismatchError: a constant of the encoding in the manifest (ids_bits,
+            hidden_signs, lean_step, ...) is not the one this package uses.
     """
     profile = get_profile(schema.profile)
-    if not profile.packs_ids:
-        return profile
-    bits = manifest.get("encodings", {}).get("ids_bits")
-    if bits is None and schema.profile in _LEGACY:
+    stored = manifest.get("encodings", {})
+    if profile.packs_ids and "ids_bits" not in stored and schema.profile in _LEGACY:
         return _LEGACY[schema.profile]
-    if bits != bitpack.bits_for(schema.vocab_size):
-        raise errors.SchemaMismatchError(
-            f"store manifest has ids_bits={bits!r}, this package packs vocab_size={schema.vocab_size} ids in "
-            f"{bitpack.bits_for(schema.vocab_size)} bits; upgrade the store package")
+    for key, value in profile.encodings(schema).items():
+        if not isinstance(value, str) and stored.get(key) != value:
+            show = lambda v: (repr(v)[:40] + "...") if len(repr(v)) > 40 else repr(v)
+            raise errors.SchemaMismatchError(
+                f"store manifest has encodings.{key}={show(stored.get(key))}, this package's {schema.profile} "
+                f"profile uses {show(value)}; upgrade the store package")
     return profile
 
 

@@ -93,7 +93,7 @@ class StoreSchema:
         if any(l < 1 for l in self.hidden_layers) or len(set(self.hidden_layers)) != len(self.hidden_layers):
             bad(f"hidden_layers={self.hidden_layers} must be distinct 1-based block counts")
         from store import profiles  # Local import: profiles imports this module.
-        profiles.get_profile(self.profile)
+        profiles.get_profile(self.profile).check_schema(self)
         if self.hidden_dim > 65535:
             bad(f"hidden_dim={self.hidden_dim} must be <= 65535 (compact outlier channel ids are uint16)")
         if self.tokenizer.get("vocab_size") not in (None, self.vocab_size):

@@ -3,6 +3,8 @@
 * top-k mass coverage ``sum(exp(logprob))`` per token: how much of the
   teacher distribution k keeps (1 - coverage is the tail the KD loss never sees);
 * teacher entropy over the stored support (softmax of the log-probs);
+* sampled draws (samples > 0): distinct ids per position, and the teacher
+  probability mass of those ids (how much of the distribution S draws reach);
 * per captured layer: per-token L2 norm, mean squared magnitude, and the
   channels with the largest mean |x| (the outlier channels the compact
   profile keeps apart);
@@ -40,6 +42,7 @@ def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool =
 
     Returns:
         {"url", "rows_sampled", "tokens": {...}, "topk": {"coverage", "entropy", "tail_mass_mean"},
+         "sampled": {"samples", "distinct_ids", "mass_of_drawn_ids"} (when samples > 0),
          "hidden": {layer: {"token_l2_norm", "mean_square", "top_channels"}},
          "objective_penalty": {...} (when `loss` is given)}.
     """
@@ -73,7 +76,7 @@ def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool =
 
 
 def _accumulate(out, batch, schema, pad_id):
-    acc = out.setdefault("_acc", {"coverage": [], "entropy": [], "pad": [], "hidden": {}})
+    acc = out.setdefault("_acc", _empty_acc())
     if pad_id is not None:
         acc["pad"].append(float((batch["tokens"] == pad_id).mean()))
     if schema.k:
@@ -84,6 +87,9 @@ def _accumulate(out, batch, schema, pad_id):
         q = p / np.maximum(mass, 1e-300)[..., None]
         logq = np.where(q > 0, np.log(np.where(q > 0, q, 1.0)), 0.0)
         acc["entropy"].append(-(q * logq).sum(-1).ravel())
+    if schema.samples:
+        acc["distinct"].append((batch["sampled_counts"] > 0).sum(-1).ravel())
+        acc["drawn_mass"].append(np.exp(batch["sampled_logprobs"].astype(np.float64)).sum(-1).ravel())
     for layer in schema.hidden_layers:
         x = batch[profiles.hidden_name(layer)].astype(np.float64)
         h = acc["hidden"].setdefault(layer, {"norm": [], "sq_sum": 0.0, "count": 0, "abs_sum": 0.0})
@@ -93,14 +99,22 @@ def _accumulate(out, batch, schema, pad_id):
         h["abs_sum"] = h["abs_sum"] + np.abs(x).reshape(-1, x.shape[-1]).sum(0)
 
 
+def _empty_acc():
+    return {"coverage": [], "entropy": [], "pad": [], "hidden": {}, "distinct": [], "drawn_mass": []}
+
+
 def _finish(out, schema):
-    acc = out.pop("_acc", {"coverage": [], "entropy": [], "pad": [], "hidden": {}})
+    acc = out.pop("_acc", _empty_acc())
     out["tokens"] = {"pad_fraction": float(np.mean(acc["pad"])) if acc["pad"] else None}
     if schema.k:
         cov = np.concatenate(acc["coverage"]) if acc["coverage"] else np.zeros(0)
         ent = np.concatenate(acc["entropy"]) if acc["entropy"] else np.zeros(0)
         out["topk"] = {"k": schema.k, "coverage": _summary(cov), "entropy_nats": _summary(ent),
                        "tail_mass_mean": float(1 - cov.mean()) if cov.size else None}
+    if schema.samples:
+        cat = lambda key: np.concatenate(acc[key]) if acc[key] else np.zeros(0)
+        out["sampled"] = {"samples": schema.samples, "distinct_ids": _summary(cat("distinct")),
+                          "mass_of_drawn_ids": _summary(cat("drawn_mass"))}
     out["hidden"] = {}
     for layer in schema.hidden_layers:
         h = acc["hidden"].get(layer)

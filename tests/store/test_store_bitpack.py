@@ -70,5 +70,5 @@ def test_manifest_with_other_ids_bits_is_refused(tmp_path):
     root = layout.read_json(kv, "zarr.json")
     root["attributes"]["encodings"]["ids_bits"] = 12
     layout.write_group(kv, "", root["attributes"])
-    with pytest.raises(SchemaMismatchError, match="ids_bits=12, this package packs vocab_size=300 ids in 9 bits"):
+    with pytest.raises(SchemaMismatchError, match="encodings.ids_bits=12, this package.s compact profile uses 9"):
         StoreReader(url)

@@ -13,14 +13,15 @@ def _shard_bytes(root: pathlib.Path) -> dict:
             if p.is_file() and "/c/" in str(p.relative_to(root)) + "/"}
 
 
-@pytest.mark.parametrize("with_snapshot", [False, True])
-def test_flip_verify_repair_rewrite(filled_store, tmp_path, capsys, with_snapshot):
-    url, _, data = filled_store("exact", num_rows=10)
+@pytest.mark.parametrize("with_snapshot,profile,array", [(False, "exact", "hidden/2"), (True, "exact", "hidden/2"),
+                                                         (False, "lean", "sampled/counts")])
+def test_flip_verify_repair_rewrite(filled_store, tmp_path, capsys, with_snapshot, profile, array):
+    url, _, data = filled_store(profile, num_rows=10, samples=4 if profile == "lean" else 0)
     if with_snapshot:
         open_writer(url).compact()
     root = tmp_path / "s"
     good = _shard_bytes(root)
-    shard = root / "hidden" / "2" / "c" / "1" / "0" / "0"
+    shard = root / array / "c" / "1" / "0" / "0"
     blob = bytearray(shard.read_bytes())
     blob[7] ^= 0xFF
     shard.write_bytes(bytes(blob))

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from store import IncompleteStoreError, StoreReader, create_store
 from store.verify import verify_store
@@ -54,8 +55,9 @@ def _files(root: pathlib.Path) -> dict:
             if p.is_file() and str(p.relative_to(root)) != "zarr.json"}
 
 
-def test_sigkill_mid_unit_then_resume_is_byte_identical(tmp_path, make_schema):
-    schema = make_schema("compact")
+@pytest.mark.parametrize("profile,samples", [("compact", 0), ("lean", 12)])
+def test_sigkill_mid_unit_then_resume_is_byte_identical(tmp_path, make_schema, profile, samples):
+    schema = make_schema(profile, samples=samples)
     killed = tmp_path / "killed"
     code = CHILD.replace("{schema!r}", repr(schema.to_dict()))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]))

@@ -61,6 +61,41 @@ def test_invalid_values_with_valid_checksums(filled_store, tmp_path):
     assert "not sorted descending" in report["bad_units"][0]["detail"]
 
 
+def test_invalid_sampled_draws_with_valid_checksums(filled_store):
+    """Counts no longer summing to S (checksums and record updated) fail verify as invalid."""
+    url, schema, _ = filled_store("lean", num_rows=8, samples=6)
+    arr = ts.open({"driver": "zarr3", "kvstore": layout.array_url(url, "sampled/counts")}).result()
+    counts = arr[4:8].read().result()
+    counts[1, 3, 0] += 1
+    arr[4:8].write(counts).result()
+    kv = layout.open_kvstore(url)
+    record = ledger.read(kv, 1)
+    record["arrays"]["sampled/counts"]["sha256"] = ledger.array_digest(counts)
+    ledger.write(kv, record)
+    report = verify_store(url)
+    assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(1, "invalid")]
+    assert "counts must sum to samples=6" in report["bad_units"][0]["detail"]
+
+
+def test_cli_on_a_lean_sampled_store(filled_store, capsys):
+    url, schema, _ = filled_store("lean", num_rows=6, K=0, samples=12)
+    assert main(["inspect", url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    names = {a["name"]: a for a in info["arrays"]}
+    assert {"sampled/ids", "sampled/counts", "sampled/logprobs", "hidden_aux/2/step"} <= set(names)
+    assert names["hidden/2"]["dtype"] == "uint8" and names["hidden/2"]["shape"] == [6, 16, 11]
+    assert all(a["bytes_per_token"] > 0 for a in info["arrays"])
+    assert main(["inspect", url]) == 0 and "samples=12" in capsys.readouterr().out
+    assert main(["stats", url, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    s = stats["sampled"]
+    assert s["samples"] == 12 and 1 <= s["distinct_ids"]["min"] and s["distinct_ids"]["max"] <= 12
+    assert 0 < s["mass_of_drawn_ids"]["mean"] <= 1.0001
+    assert stats["hidden"]["2"]["top_channels"][0]["channel"] == 1  # the planted outlier channel survives
+    assert main(["stats", url]) == 0 and "12 draws: distinct ids mean" in capsys.readouterr().out
+    assert main(["verify", url]) == 0
+
+
 def _cli(*args):
     proc = subprocess.run([sys.executable, "-m", "store", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, timeout=120)

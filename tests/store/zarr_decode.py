@@ -63,4 +63,28 @@ def hidden(g, layer):
         np.put_along_axis(x, g[f"hidden_aux/{layer}/outlier_idx"][:].astype(np.intp),
                           g[f"hidden_aux/{layer}/outlier_val"][:].astype(np.float32) * rms[..., None], axis=-1)
         return x
+    if schema["profile"] == "lean":
+        return lean_normalized(g, layer) * rms[..., None]
     raise ValueError(f"no reference decode for profile {schema['profile']!r}")
+
+
+def sylvester(b):
+    """H_b: H_1 = [1], H_2n = [[H, H], [H, -H]]."""
+    H = np.ones((1, 1))
+    while H.shape[0] < b:
+        H = np.block([[H, H], [H, -H]])
+    return H
+
+
+def lean_normalized(g, layer):
+    """float64 y = x / rms of a lean layer, by the manifest's hidden_rotation rule."""
+    enc = g.attrs["encodings"]
+    s = np.asarray(enc["hidden_signs"], np.float64)
+    D, b = s.size, enc["hidden_group"]
+    codes = g[f"hidden/{layer}"][:].astype(np.int64)
+    c = (codes[..., None] // 6 ** np.arange(3)) % 6
+    c = c.reshape(*codes.shape[:-1], -1)[..., :D]
+    step = g[f"hidden_aux/{layer}/step"][:].astype(np.float64)
+    r = (c - 2.5) * np.repeat(step, b, axis=-1)
+    y = r.reshape(*r.shape[:-1], D // b, b) @ sylvester(b) / np.sqrt(b)
+    return y.reshape(*r.shape) * s

@@ -1,0 +1,164 @@
+"""The ``lean`` profile: ~935 B/token at T=2048, D=2560, V=262,144 with 12 sampled draws and no top-k.
+
+Activations (``hidden/<l>``, uint8 [N,T,ceil(D/3)], zstd) of x [T, D] float32:
+
+1. y = x / rms(x), the per-token RMS exactly as exact/compact compute it,
+   stored as ``hidden_aux/<l>/rms`` float32 [N,T].
+2. A fixed random rotation: b = the largest power of two dividing D, capped at
+   512 (``hidden_group`` in the manifest), G = D / b groups; signs s in
+   {+1,-1}^D (``hidden_signs``); r = H_b(y * s) per group of b channels,
+   H_b the Sylvester Hadamard matrix scaled by 1/sqrt(b) (orthogonal and
+   symmetric: its own inverse). The rotation spreads the residual stream's
+   massive channels over the group, so the group is close to Gaussian and a
+   6-level grid fits all of it (compact needs explicit outlier channels).
+   Computed as float32 butterflies (a, b) -> (a + b, a - b) at distances
+   h = 1, 2, ..., b/2, then one multiply by float32(1/sqrt(b)), so a device
+   encoder doing the same adds in the same order writes the same bytes.
+3. Per token and group: step = float16(sqrt(mean(r**2)) * LEAN_STEP), the mean
+   of squares summed in float64 (a reduction whose order then hardly
+   matters); a zero step is stored as 1. ``hidden_aux/<l>/step`` float16 [N,T,G].
+4. Code c = clip(floor(r / step) + 3, 0, 5): a 6-level midrise grid, value
+   (c - 2.5) * step. LEAN_STEP is the MSE-optimal step of that grid for
+   N(0, 1) (tests/store/test_store_lean.py finds the optimum independently).
+5. Three codes per byte: byte = c[3i] + 6 c[3i+1] + 36 c[3i+2], channels past D
+   padded with code 0.
+
+Decode: c_j = (byte // 6**j) % 6; r = (c - 2.5) * step; y = H_b(r) * s;
+x = y * rms (a normalized read stops at y). Top-k (k > 0) is stored as in
+compact; ids (top-k and sampled) are bit-packed (store/bitpack.py).
+"""
+import numpy as np
+
+from store import errors
+from store.layout import ArraySpec
+
+LEAN_STEP = 0.73343  # MSE-optimal step of a 6-level uniform quantizer of N(0, 1) (Max 1960: 0.7334)
+LEVELS = 6
+MAX_GROUP = 512
+MIN_GROUP = 16  # below this the per-group float16 step costs more than the codes it scales
+SIGNS_SEED = 12
+_BLOCK_TOKENS = 4096  # tokens per encode/decode block: bounds the float32 temporaries
+# LUT[byte] = the three code values (c - 2.5) a byte packs (bytes > 215 never occur).
+_LUT = np.array([[(b // 6 ** j) % 6 - 2.5 for j in range(3)] for b in range(256)], np.float32)
+
+
+def group_size(D: int) -> int:
+    """b: the largest power of two dividing D, capped at MAX_GROUP."""
+    return min(D & -D, MAX_GROUP)
+
+
+def check_dim(D: int):
+    """Raises StoreInputError when the lean rotation cannot use groups of >= MIN_GROUP channels."""
+    if D and group_size(D) < MIN_GROUP:
+        raise errors.StoreInputError(
+            f"invalid StoreSchema: profile 'lean' needs hidden_dim divisible by {MIN_GROUP} (rotation groups), "
+            f"got {D}; use the compact profile for this width")
+
+
+def dim_of(codes_width: int, groups: int) -> int:
+    """D of stored arrays with ``codes_width`` = ceil(D/3) bytes and ``groups`` steps per token.
+
+    Unique: D is a multiple of MIN_GROUP, and only one of 3W-2..3W is.
+    """
+    for D in (3 * codes_width, 3 * codes_width - 1, 3 * codes_width - 2):
+        if D > 0 and D % MIN_GROUP == 0 and D // group_size(D) == groups:
+            return D
+    raise errors.CorruptStoreError(
+        f"lean arrays with {codes_width} code bytes and {groups} step groups per token fit no hidden_dim; "
+        "the store is damaged: run `python -m store verify` on it")
+
+
+def signs(D: int) -> np.ndarray:
+    """The fixed signs s (int8 +-1 [D]); the manifest's ``hidden_signs`` list is the truth for readers."""
+    return (1 - 2 * np.random.default_rng(SIGNS_SEED).integers(0, 2, D)).astype(np.int8)
+
+
+def hadamard_rotate(v_MxGxB: np.ndarray) -> np.ndarray:
+    """H_b v per group (last axis b, a power of two), scaled by float32(1/sqrt(b)); float32, fixed order."""
+    b = v_MxGxB.shape[-1]
+    lead = v_MxGxB.shape[:-1]
+    a = np.array(v_MxGxB, dtype=np.float32).reshape(-1, b)
+    out = np.empty_like(a)
+    h = 1
+    while h < b:
+        x = a.reshape(-1, b // (2 * h), 2, h)
+        o = out.reshape(x.shape)
+        np.add(x[:, :, 0], x[:, :, 1], out=o[:, :, 0])
+        np.subtract(x[:, :, 0], x[:, :, 1], out=o[:, :, 1])
+        a, out = out, a
+        h *= 2
+    a *= np.float32(1.0 / np.sqrt(b))
+    return a.reshape(*lead, b)
+
+
+def encode(x_RxTxD: np.ndarray, rms_safe_RxT: np.ndarray):
+    """(codes uint8 [R,T,ceil(D/3)], step float16 [R,T,G]) of the activations."""
+    lead, D = x_RxTxD.shape[:-1], x_RxTxD.shape[-1]
+    b = group_size(D)
+    G, W = D // b, (D + 2) // 3
+    s = signs(D).astype(np.float32)
+    x = x_RxTxD.reshape(-1, D)
+    safe = rms_safe_RxT.reshape(-1)
+    codes = np.zeros((x.shape[0], 3 * W), np.uint8)
+    step = np.empty((x.shape[0], G), np.float16)
+    for a in range(0, x.shape[0], _BLOCK_TOKENS):
+        y = np.divide(x[a:a + _BLOCK_TOKENS], safe[a:a + _BLOCK_TOKENS, None], dtype=np.float32)
+        r = hadamard_rotate((y * s).reshape(-1, G, b))
+        st = (np.sqrt(np.mean(np.square(r, dtype=np.float64), axis=-1)) * LEAN_STEP).astype(np.float16)
+        st[st == 0] = 1.0
+        step[a:a + _BLOCK_TOKENS] = st
+        np.divide(r, st.astype(np.float32)[..., None], out=r)
+        np.floor(r, out=r)
+        r += 3
+        np.clip(r, 0, LEVELS - 1, out=r)
+        codes[a:a + _BLOCK_TOKENS, :D] = r.reshape(-1, D)
+    c = codes.reshape(-1, W, 3).astype(np.uint16)
+    packed = (c[..., 0] + 6 * c[..., 1] + 36 * c[..., 2]).astype(np.uint8)
+    return packed.reshape(*lead, W), step.reshape(*lead, G)
+
+
+def decode(codes_RxTxW: np.ndarray, step_RxTxG: np.ndarray, D: int, dtype, rms_RxT=None) -> np.ndarray:
+    """y (``rms_RxT`` None) or x = y * rms, in ``dtype``."""
+    lead, W = codes_RxTxW.shape[:-1], codes_RxTxW.shape[-1]
+    b = group_size(D)
+    G = D // b
+    s = signs(D).astype(np.float32)
+    codes = codes_RxTxW.reshape(-1, W)
+    step = step_RxTxG.reshape(-1, G)
+    rms = None if rms_RxT is None else rms_RxT.reshape(-1)
+    out = np.empty((codes.shape[0], D), dtype)
+    for a in range(0, codes.shape[0], _BLOCK_TOKENS):
+        r = _LUT[codes[a:a + _BLOCK_TOKENS]].reshape(-1, 3 * W)[:, :D].reshape(-1, G, b)
+        r *= step[a:a + _BLOCK_TOKENS].astype(np.float32)[..., None]
+        y = hadamard_rotate(r).reshape(-1, D)
+        y *= s
+        if rms is not None:
+            y *= rms[a:a + _BLOCK_TOKENS, None]
+        out[a:a + _BLOCK_TOKENS] = y
+    return out.reshape(*lead, D)
+
+
+def hidden_specs(layer_name: str, aux, T: int, D: int) -> list[ArraySpec]:
+    """The stored arrays of one layer (``aux(what)`` names its side arrays)."""
+    return [ArraySpec(layer_name, (T, (D + 2) // 3), "uint8", ("pos", "d_codes3"), zstd=True),
+            ArraySpec(aux("rms"), (T,), "float32", ("pos",)),
+            ArraySpec(aux("step"), (T, D // group_size(D)), "float16", ("pos", "group"))]
+
+
+def describe(D: int) -> dict:
+    """Manifest entries of the lean activation encoding."""
+    return {
+        "hidden/<l>": ("uint8, 3 codes per byte: c_j = (byte // 6**j) % 6 for channels 3i+j (channels >= D "
+                       "are padding); r = (c - 2.5) * step[group of the channel]"),
+        "hidden_aux/<l>/rms": "float32 per-token RMS of x",
+        "hidden_aux/<l>/step": "float16 per-token, per-group step of the 6-level grid",
+        "hidden_rotation": ("per group g of hidden_group channels (channels g*b..(g+1)*b-1): "
+                            "y = (r_g @ H_b / sqrt(b)) * hidden_signs[channels], H_b Sylvester Hadamard "
+                            "(H_1 = [1], H_2n = [[H, H], [H, -H]]); then x = y * rms[..., None] "
+                            "(y alone is the normalized activation x / rms)"),
+        "hidden_group": group_size(D) if D else 0,
+        "hidden_signs": signs(D).tolist() if D else [],
+        "lean_step": LEAN_STEP,
+        "lean_step_rule": "step = float16(sqrt(mean over the group of r**2) * lean_step); code = "
+                          "clip(floor(r / step) + 3, 0, 5), r the rotated normalized activation",
+    }
