@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from store import bitpack, errors as store_errors, profiles, sampled
+from store import bitpack, errors as store_errors, lean as store_lean, profiles, sampled
 from trainer.model.errors import ModelInputError
 
 EncodeInputError = ModelInputError  # Signal arrays of the wrong shape or dtype for the store's schema
@@ -260,13 +260,9 @@ def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = True)
 
 # --- lean (SPEC §2) ----------------------------------------------------------------------------
 
-LEAN_LEVELS = 6  # codes 0..5, midrise: value (c - 2.5) * step
-LEAN_MAX_BLOCK = 512
-
-
 def hadamard_block(D: int) -> int:
-    """The rotation's block b: the largest power of two dividing D, capped at 512."""
-    return min(D & -D, LEAN_MAX_BLOCK)
+    """The rotation's block b: the largest power of two dividing D, capped at 512 (store.lean.group_size)."""
+    return store_lean.group_size(D)
 
 
 def fwht(v_XxGxb: jax.Array) -> jax.Array:
@@ -312,7 +308,7 @@ def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict
     mean_sq = _divide(pairwise_sum(jnp.maximum(rot * rot, F32(0.0))), np.float32(b))
     step = (jnp.sqrt(mean_sq) * F32(lean_step)).astype(jnp.float16)
     step = jnp.where(step > 0, step, jnp.float16(1.0))
-    code = jnp.clip(jnp.floor(_divide(rot, step.astype(F32)[..., None])) + 3, 0, LEAN_LEVELS - 1)
+    code = jnp.clip(jnp.floor(_divide(rot, step.astype(F32)[..., None])) + 3, 0, store_lean.LEVELS - 1)
     code = code.astype(jnp.uint8).reshape(*lead, D)
     code = jnp.pad(code, [(0, 0)] * len(lead) + [(0, -D % 3)]).reshape(*lead, -(-D // 3), 3)
     packed = code[..., 0] + jnp.uint8(6) * code[..., 1] + jnp.uint8(36) * code[..., 2]
@@ -322,8 +318,14 @@ def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict
 
 # --- the profile's whole signal ----------------------------------------------------------------
 
+def lean_profile_hidden(layer: int, x_XxD: jax.Array) -> dict:
+    """``LeanProfile.encode_hidden``: lean_hidden with store.lean's signs and step constant."""
+    return lean_hidden(layer, x_XxD, store_lean.signs(x_XxD.shape[-1]), store_lean.LEAN_STEP)
+
+
 # Profile name -> (top-k encoder, hidden encoder), the twins of store.profiles' encode_topk / encode_hidden.
-ENCODERS = {"exact": (exact_topk, exact_hidden), "compact": (compact_topk, compact_hidden)}
+ENCODERS = {"exact": (exact_topk, exact_hidden), "compact": (compact_topk, compact_hidden),
+            "lean": (compact_topk, lean_profile_hidden)}
 
 
 def _rows(signal) -> int:
