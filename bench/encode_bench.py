@@ -1,5 +1,7 @@
 """Write benchmark: exact host write vs compact host encode+write vs compact device encode+write.
 
+(``--profile lean``: the same with lean in place of compact.)
+
 One run, same synthetic signal (bench/store_bench.py's: real log-softmax top-k
 of Zipf-prior logits, heavy-tailed activations with massive channels), store
 bench geometry T=2048, k=128, D=2560, V=32,000, interleaved repeats:
@@ -102,13 +104,17 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=8, help="rows of T=2048 tokens (default 8)")
     p.add_argument("--rows_per_unit", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats per mode (best kept)")
+    p.add_argument("--profile", default="compact", choices=("compact", "lean"),
+                   help="the profile encoded on the host and on the device (modes are named after it)")
     p.add_argument("--hidden_bf16", action="store_true",
                    help="round the activations to bfloat16 values (a bf16 teacher's): |y| ties, where the "
                         "device's outlier choice (lower channel) may differ from argpartition's")
     p.add_argument("--dir", default="/tmp/encode_bench")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 "encode_bench.json"))
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/encode_bench[_lean].json)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                "encode_bench.json" if args.profile == "compact" else f"encode_bench_{args.profile}.json")
     rng = np.random.default_rng(0)
     ids, lp = synth_topk(rng, args.rows)
     data = {"tokens": rng.integers(0, V, (args.rows, T), dtype=np.int32), "ids": ids, "lp": lp,
@@ -116,7 +122,8 @@ def main(argv=None):
     if args.hidden_bf16:
         data["hidden"] = np.asarray(jax.numpy.asarray(data["hidden"]).astype("bfloat16").astype("float32"))
     tokens = args.rows * T
-    schema = _schema("compact", args.rows_per_unit)
+    P = args.profile
+    schema = _schema(P, args.rows_per_unit)
     R = args.rows_per_unit
     # The extraction step's outputs, left on the device (untimed).
     signals_dev = [jax.device_put({"topk_ids": ids[a:a + R], "topk_logprobs": lp[a:a + R],
@@ -133,14 +140,14 @@ def main(argv=None):
         encoded.append(arrays)
     shutil.rmtree(args.dir, ignore_errors=True)
     url = {m: os.path.join(args.dir, m) for m in
-           ("exact_host", "compact_host", "compact_device", "compact_device_overlapped", "compact_encoded_write")}
+           ("exact_host", P + "_host", P + "_device", P + "_device_overlapped", P + "_encoded_write")}
     passes = {
         "exact_host": lambda: (_host_write(url["exact_host"], _schema("exact", R), data), None),
-        "compact_host": lambda: (_host_write(url["compact_host"], schema, data), None),
-        "compact_device": lambda: _device_write(url["compact_device"], schema, data, signals_dev, fn, False),
-        "compact_device_overlapped": lambda: _device_write(url["compact_device_overlapped"], schema, data,
+        P + "_host": lambda: (_host_write(url[P + "_host"], schema, data), None),
+        P + "_device": lambda: _device_write(url[P + "_device"], schema, data, signals_dev, fn, False),
+        P + "_device_overlapped": lambda: _device_write(url[P + "_device_overlapped"], schema, data,
                                                            signals_dev, fn, True),
-        "compact_encoded_write": lambda: (_encoded_write(url["compact_encoded_write"], schema, data, encoded), None),
+        P + "_encoded_write": lambda: (_encoded_write(url[P + "_encoded_write"], schema, data, encoded), None),
     }
     times = {m: [] for m in passes}
     fetch = {m: [] for m in passes}
@@ -153,7 +160,7 @@ def main(argv=None):
             fetch[m].append(f)
     modes = {m: {"best_s": min(v), "median_s": float(np.median(v)), "tokens_s": tokens / min(v),
                  "each_s": v} for m, v in times.items()}
-    for m in ("compact_device", "compact_device_overlapped"):
+    for m in (P + "_device", P + "_device_overlapped"):
         modes[m]["encode_and_fetch_s_each"] = fetch[m]
     exact_rate = modes["exact_host"]["tokens_s"]
     report = {
@@ -164,11 +171,11 @@ def main(argv=None):
         "modes": modes,
         "vs_exact_host": {m: r["tokens_s"] / exact_rate for m, r in modes.items()},
         "device_to_host_bytes_per_token": {"float32_signal": signal_bytes / (R * T),
-                                           "compact_encoded": encoded_bytes / (R * T)},
-        "device_vs_host_fraction_of_elements_differing": _differences(url["compact_host"],
-                                                                      url["compact_device"], args.rows),
-        "goal_compact_device_ge_exact_host": modes["compact_device_overlapped"]["tokens_s"] >= exact_rate,
-        "goal_compact_encoded_write_ge_exact_host": modes["compact_encoded_write"]["tokens_s"] >= exact_rate,
+                                           P + "_encoded": encoded_bytes / (R * T)},
+        "device_vs_host_fraction_of_elements_differing": _differences(url[P + "_host"],
+                                                                      url[P + "_device"], args.rows),
+        "goal_" + P + "_device_ge_exact_host": modes[P + "_device_overlapped"]["tokens_s"] >= exact_rate,
+        "goal_" + P + "_encoded_write_ge_exact_host": modes[P + "_encoded_write"]["tokens_s"] >= exact_rate,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
@@ -179,7 +186,7 @@ def main(argv=None):
               f"{r['median_s']:8.2f}")
     d2h = report["device_to_host_bytes_per_token"]
     print(f"device->host B/token: float32 signal {d2h['float32_signal']:.0f}, "
-          f"compact encoded {d2h['compact_encoded']:.0f}; backend {jax.default_backend()}")
+          f"{P} encoded {d2h[P + '_encoded']:.0f}; backend {jax.default_backend()}")
     diff = report["device_vs_host_fraction_of_elements_differing"]
     print("device vs host encoding, fraction of stored elements differing:",
           {n: f"{v:.2e}" for n, v in diff.items() if v} or "none (byte-identical)")
