@@ -10,185 +10,34 @@ bytes (compact: 2.98 KB/token before zstd at T=2048, k=128, D=2560 instead of
 (``StoreWriter.write_unit_encoded``). Ids are bit-packed as the profile
 packs them (``pack_ids``, SPEC §3; integer ops, exact on any backend).
 
-Byte-identical to the numpy encoders of ``store.profiles`` (tested on CPU),
-which takes three measures, each against a rewrite XLA makes:
+Byte-identical to the numpy encoders of ``store.profiles`` on CPU (tested;
+the arithmetic is built from encode_ops.py's bit-exact twins of numpy's),
+with two exceptions:
 
-* Per-token RMS: numpy sums ``x**2`` with its pairwise summation (blocks of
-  8 strided accumulators up to 128 elements, halves above), XLA with its own
-  reduction tree; ``pairwise_sum`` spells numpy's tree out as elementwise
-  adds, which XLA never reassociates, and the squares are kept from being
-  fused into those adds as FMAs (``rms``).
-* Division: XLA's algebraic simplifier turns ``a / broadcast(b)`` into
-  ``a * broadcast(1 / b)``, one ulp off for ~20% of elements (measured, jax
-  0.10.2 CPU); ``_divide`` hides the broadcast behind an optimisation barrier
-  so the divide stays a correctly rounded IEEE divide.
-* Outlier channels: ``lax.top_k`` breaks ties towards the lower channel,
-  numpy's argpartition in an unspecified way. Only a token whose n-th and
-  (n+1)-th largest |y| are equal can differ (a permutation of equal values:
-  the decoded activations are the same, the bytes are not).
+* compact outlier channels: ``lax.top_k`` breaks ties towards the lower
+  channel, numpy's argpartition in an unspecified way. Only a token whose
+  n-th and (n+1)-th largest |y| are equal can differ (equal |y| trade
+  places; decoded within a grid step). None with float32 activations; 1.1%
+  of tokens with bfloat16-valued ones (measured, bench/encode_bench.py).
+* lean step: store.lean sums the group's squares in float64, which the
+  jitted step cannot (no x64); a step then rounds to the neighbouring
+  float16 in ~1e-4 of groups.
+
+A resume re-runs the same encoder, so it rewrites the same bytes either way.
 """
 import dataclasses
 import functools
-import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from store import bitpack, errors as store_errors, lean as store_lean, profiles, sampled
+from teacher_dump.encode_ops import F32, divide, fwht, mean_square, pack_ids, rms, top_n_channels
 from trainer.model.errors import ModelInputError
 
 EncodeInputError = ModelInputError  # Signal arrays of the wrong shape or dtype for the store's schema
-
-F32 = jnp.float32
-_LEAF = 128  # numpy's PW_BLOCKSIZE: below it, 8 strided accumulators; above, split in halves
-_LANES = 8
-
-
-def _leaves(lo: int, n: int) -> list:
-    """numpy's pairwise tree over [lo, lo + n) as nested pairs of (lo, n) leaves."""
-    if n <= _LEAF:
-        return [lo, n]
-    half = n // 2
-    half -= half % _LANES
-    return [_leaves(lo, half), _leaves(lo + half, n - half)]
-
-
-def _leaf_sum(x, lo, n):
-    # numpy for n <= 128: 8 strided accumulators, combined as a tree, the tail added in order.
-    if n < _LANES:
-        total = jnp.zeros(x.shape[:-1], x.dtype)
-        for i in range(lo, lo + n):
-            total = total + x[..., i]
-        return total
-    m = n - n % _LANES
-    lanes = x[..., lo:lo + m].reshape(*x.shape[:-1], m // _LANES, _LANES)
-    r = lanes[..., 0, :]
-    for i in range(1, m // _LANES):
-        r = r + lanes[..., i, :]
-    total = (((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3]))
-             + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7])))
-    for i in range(lo + m, lo + n):
-        total = total + x[..., i]
-    return total
-
-
-def _balanced(tree, depth):
-    """Leaf width if ``tree`` is a full binary tree of ``depth`` levels of equal leaves, else None."""
-    if depth == 0:
-        return tree[1] if isinstance(tree[0], int) else None
-    if isinstance(tree[0], int):
-        return None
-    a, b = _balanced(tree[0], depth - 1), _balanced(tree[1], depth - 1)
-    return a if a is not None and a == b else None
-
-
-def pairwise_sum(x: jax.Array) -> jax.Array:
-    """Sum over the last axis in numpy's pairwise order (bit-identical to ``np.add.reduce``).
-
-    numpy (PW_BLOCKSIZE 128) splits the row in halves (rounded down to a
-    multiple of 8) down to leaves of <= 128 elements, sums a leaf with 8
-    strided accumulators combined as a tree, and adds the halves. The same
-    adds are spelled out here as elementwise ops, which XLA never reorders.
-    When the leaves are equal (D = 2560: 32 leaves of 80) they are summed
-    side by side as one [..., leaves, width] array, which is ~10x faster on CPU.
-
-    Args:
-        x: [..., n] float array.
-
-    Returns:
-        [...] the sum, same dtype.
-    """
-    n = x.shape[-1]
-    tree = _leaves(0, n)
-    depth = 0
-    while not isinstance(_first_leaf(tree, depth), int):
-        depth += 1
-    width = _balanced(tree, depth)
-    if width is None:
-        def walk(t):
-            return _leaf_sum(x, *t) if isinstance(t[0], int) else walk(t[0]) + walk(t[1])
-        return walk(tree)
-    parts = _leaf_sum(x.reshape(*x.shape[:-1], n // width, width), 0, width)  # [..., leaves]
-    while parts.shape[-1] > 1:  # adjacent pairs: the tree's levels, bottom up
-        parts = parts[..., 0::2] + parts[..., 1::2]
-    return parts[..., 0]
-
-
-def _first_leaf(tree, depth):
-    for _ in range(depth):
-        tree = tree[0]
-    return tree[0]
-
-
-def _divide(num: jax.Array, den) -> jax.Array:
-    """``num / den`` (den broadcast to num), correctly rounded like numpy's divide (see module doc)."""
-    den_full = lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(den, num.dtype), num.shape))
-    return num / den_full
-
-
-def rms(x_XxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-token RMS (float32) as ``store.profiles``, and the same with 0 replaced by 1 (safe divisor)."""
-    # max(x*x, 0) is x*x (NaN stays NaN), but it keeps the multiply from being contracted
-    # into the adds of the sum as an FMA, which XLA's CPU backend does otherwise (18% of
-    # RMS values off by an ulp, measured): numpy rounds every square.
-    sq = jnp.maximum(x_XxD * x_XxD, F32(0.0))
-    mean = _divide(pairwise_sum(sq), np.float32(x_XxD.shape[-1]))
-    r = jnp.sqrt(mean)
-    return r, jnp.where(r > 0, r, F32(1.0))
-
-
-def pack_ids(ids_XxN: jax.Array, bits: int) -> jax.Array:
-    """Packs non-negative ids of ``bits`` bits into a little-endian bit stream (SPEC §3).
-
-    Value j occupies stream bits [j*bits, (j+1)*bits); stream bit i is bit
-    i % 8 of byte i // 8. Decodable with ``np.unpackbits(..., bitorder="little")``.
-
-    Args:
-        ids_XxN: [..., n] integer ids in [0, 2**bits).
-        bits: bits per id, 1..32.
-
-    Returns:
-        uint8 [..., ceil(n * bits / 8)].
-    """
-    lead, n = ids_XxN.shape[:-1], ids_XxN.shape[-1]
-    u = ids_XxN.astype(jnp.uint32)
-    bit_XxNxB = ((u[..., None] >> jnp.arange(bits, dtype=jnp.uint32)) & 1).astype(jnp.uint8)
-    stream = bit_XxNxB.reshape(*lead, n * bits)
-    pad = -(n * bits) % 8
-    stream = jnp.pad(stream, [(0, 0)] * len(lead) + [(0, pad)])
-    bytes_XxMx8 = stream.reshape(*lead, (n * bits + pad) // 8, 8)
-    # Distinct bits: the sum is the OR, at most 255.
-    return (bytes_XxMx8 << jnp.arange(8, dtype=jnp.uint8)).sum(axis=-1, dtype=jnp.uint8)
-
-
-def top_n_channels(a_XxD: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-    """The ``n`` largest values of the last axis, ties towards the lower channel (``lax.top_k``'s order).
-
-    The top-k runs on a 2-D [tokens, D] view: XLA's CPU backend lowers a 2-D
-    top-k to its TopK kernel, a 3-D one whose values feed an elementwise op
-    to a full sort of D (30x slower, measured). (A pre-selection on blocks
-    of 64 channels, as store.profiles does, is slower still: the CPU gather
-    of the blocks costs more than the top-k.)
-
-    Args:
-        a_XxD: [..., D] float values (|y|).
-        n: how many, <= D.
-
-    Returns:
-        (ascending channel indices int32 [..., n], bool mask [..., D] of them).
-    """
-    lead, D = a_XxD.shape[:-1], a_XxD.shape[-1]
-    vals, idx = lax.top_k(a_XxD.reshape(-1, D), n)
-    vals, idx = vals.reshape(*lead, n), idx.reshape(*lead, n)
-    # The last of top_k's order is the n-th value and, among the selected channels
-    # equal to it, the highest one: the selection is everything before it in that order.
-    thr, last = vals[..., -1:], idx[..., -1:]
-    chan = jnp.arange(D, dtype=idx.dtype)
-    outlier = (a_XxD > thr) | ((a_XxD == thr) & (chan <= last))
-    return jnp.sort(idx, axis=-1), outlier
 
 
 def encode_ids(ids_XxN: jax.Array, vocab_size: int, packs_ids: bool) -> jax.Array:
@@ -211,7 +60,7 @@ def exact_hidden(layer: int, x_XxD: jax.Array) -> dict:
     """``ExactProfile.encode_hidden``: float16 x / rms(x) and the float32 RMS."""
     x = x_XxD.astype(F32)
     r, safe = rms(x)
-    return {profiles.hidden_name(layer): _divide(x, safe[..., None]).astype(jnp.float16),
+    return {profiles.hidden_name(layer): divide(x, safe[..., None]).astype(jnp.float16),
             profiles.aux_name(layer, "rms"): r}
 
 
@@ -229,15 +78,15 @@ def compact_hidden(layer: int, x_XxD: jax.Array) -> dict:
     n = min(profiles.NUM_OUTLIERS, D)
     x = x_XxD.astype(F32)
     r, safe = rms(x)
-    y = _divide(x, safe[..., None])
+    y = divide(x, safe[..., None])
     a = jnp.abs(y)
     idx, outlier = top_n_channels(a, n)
     val = jnp.take_along_axis(y, idx, axis=-1)
     y = jnp.where(outlier, F32(0.0), y)
     a = jnp.where(outlier, F32(0.0), a)
-    step = _divide(jnp.max(a, axis=-1), np.float32(127.0)).astype(jnp.float16)
+    step = divide(jnp.max(a, axis=-1), np.float32(127.0)).astype(jnp.float16)
     step = jnp.where(step > 0, step, jnp.float16(1.0))
-    q = jnp.clip(jnp.rint(_divide(y, step.astype(F32)[..., None])), -127, 127).astype(jnp.int8)
+    q = jnp.clip(jnp.rint(divide(y, step.astype(F32)[..., None])), -127, 127).astype(jnp.int8)
     return {profiles.hidden_name(layer): q, profiles.aux_name(layer, "rms"): r,
             profiles.aux_name(layer, "qstep"): step,
             profiles.aux_name(layer, "outlier_idx"): idx.astype(jnp.uint16),
@@ -250,7 +99,7 @@ def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = True)
     top = lp[..., 0]
     finite = jnp.isfinite(lp) & jnp.isfinite(top)[..., None]
     delta = jnp.where(finite, top[..., None] - lp, F32(0.0))
-    frac = _divide(jnp.clip(delta, F32(0.0), F32(profiles.LP_RANGE)), np.float32(profiles.LP_RANGE))
+    frac = divide(jnp.clip(delta, F32(0.0), F32(profiles.LP_RANGE)), np.float32(profiles.LP_RANGE))
     code = jnp.rint(F32(254.0) * jnp.sqrt(frac))
     code = jnp.where(finite, code, F32(profiles.LP_NEG_INF_CODE)).astype(jnp.uint8)
     return {"topk/ids": encode_ids(ids_XxK, vocab_size, packs_ids),
@@ -259,29 +108,6 @@ def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = True)
 
 
 # --- lean (SPEC §2) ----------------------------------------------------------------------------
-
-def hadamard_block(D: int) -> int:
-    """The rotation's block b: the largest power of two dividing D, capped at 512 (store.lean.group_size)."""
-    return store_lean.group_size(D)
-
-
-def fwht(v_XxGxb: jax.Array) -> jax.Array:
-    """``v @ H_b`` for the Sylvester Hadamard H_b (unnormalised), as log2(b) add/sub butterflies.
-
-    Stage h = 1, 2, ..., b/2 maps each pair (i, i + h) of a block of 2h to
-    (v_i + v_{i+h}, v_i - v_{i+h}): exact-order adds, so the same bytes on any
-    backend (a matmul's accumulation order is the BLAS library's).
-    """
-    b = v_XxGxb.shape[-1]
-    lead = v_XxGxb.shape[:-1]
-    h = 1
-    while h < b:
-        pairs = v_XxGxb.reshape(*lead, b // (2 * h), 2, h)
-        lo, hi = pairs[..., 0, :], pairs[..., 1, :]
-        v_XxGxb = jnp.stack([lo + hi, lo - hi], axis=-2).reshape(*lead, b)
-        h *= 2
-    return v_XxGxb
-
 
 def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict:
     """Lean activations: rotated, per-group 6-level codes packed 3 per byte (SPEC §2).
@@ -297,18 +123,17 @@ def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict
          hidden_aux/<l>/step: float16 [..., G]}.
     """
     D = x_XxD.shape[-1]
-    b = hadamard_block(D)
+    b = store_lean.group_size(D)
     G = D // b
     lead = x_XxD.shape[:-1]
     x = x_XxD.astype(F32)
     r, safe = rms(x)
-    y = _divide(x, safe[..., None])
+    y = divide(x, safe[..., None])
     v = (y * jnp.asarray(signs_D, F32)).reshape(*lead, G, b)
-    rot = fwht(v) * np.float32(1.0 / math.sqrt(b))  # the scaling as store.lean writes it
-    mean_sq = _divide(pairwise_sum(jnp.maximum(rot * rot, F32(0.0))), np.float32(b))
-    step = (jnp.sqrt(mean_sq) * F32(lean_step)).astype(jnp.float16)
+    rot = fwht(v) * np.float32(1.0 / np.sqrt(b))  # the scaling as store.lean writes it
+    step = (jnp.sqrt(mean_square(rot)) * F32(lean_step)).astype(jnp.float16)
     step = jnp.where(step > 0, step, jnp.float16(1.0))
-    code = jnp.clip(jnp.floor(_divide(rot, step.astype(F32)[..., None])) + 3, 0, store_lean.LEVELS - 1)
+    code = jnp.clip(jnp.floor(divide(rot, step.astype(F32)[..., None])) + 3, 0, store_lean.LEVELS - 1)
     code = code.astype(jnp.uint8).reshape(*lead, D)
     code = jnp.pad(code, [(0, 0)] * len(lead) + [(0, -D % 3)]).reshape(*lead, -(-D // 3), 3)
     packed = code[..., 0] + jnp.uint8(6) * code[..., 1] + jnp.uint8(36) * code[..., 2]
@@ -316,12 +141,12 @@ def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict
             profiles.aux_name(layer, "step"): step}
 
 
-# --- the profile's whole signal ----------------------------------------------------------------
-
 def lean_profile_hidden(layer: int, x_XxD: jax.Array) -> dict:
     """``LeanProfile.encode_hidden``: lean_hidden with store.lean's signs and step constant."""
     return lean_hidden(layer, x_XxD, store_lean.signs(x_XxD.shape[-1]), store_lean.LEAN_STEP)
 
+
+# --- the profile's whole signal ----------------------------------------------------------------
 
 # Profile name -> (top-k encoder, hidden encoder), the twins of store.profiles' encode_topk / encode_hidden.
 ENCODERS = {"exact": (exact_topk, exact_hidden), "compact": (compact_topk, compact_hidden),

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from store import StoreInputError, StoreSchema, profiles, sampled
-from teacher_dump import encode, extract
+from store import StoreInputError, StoreSchema, lean as store_lean, profiles, sampled
+from teacher_dump import encode, encode_ops, extract
 from trainer.model import model_config
 
 
@@ -50,9 +50,9 @@ def _assert_same_bytes(got, ref):
 def test_pairwise_sum_is_numpys_sum_bit_for_bit(D):
     # 2560 (32 leaves of 80) and 3072 take the side-by-side path; 100, 1000, 2049 the unequal tree.
     x = np.random.default_rng(D).standard_t(4, (33, D)).astype(np.float32) * 150
-    got = _device(lambda x: encode.pairwise_sum(x), x)
+    got = _device(lambda x: encode_ops.pairwise_sum(x), x)
     np.testing.assert_array_equal(got, np.add.reduce(x, axis=-1, dtype=np.float32))
-    got_rms = _device(lambda x: encode.rms(x)[0], x)
+    got_rms = _device(lambda x: encode_ops.rms(x)[0], x)
     np.testing.assert_array_equal(got_rms, profiles._rms(x)[0])
 
 
@@ -124,7 +124,7 @@ def test_packed_ids_decode_with_numpy_unpackbits(V):
     bits = max(1, int(np.ceil(np.log2(V))))
     ids = np.random.default_rng(V).integers(0, V, (3, 5, 13), dtype=np.int64)
     ids[0, 0, :] = V - 1
-    packed = _device(lambda i: encode.pack_ids(i, bits), ids.astype(np.int32))
+    packed = _device(lambda i: encode_ops.pack_ids(i, bits), ids.astype(np.int32))
     assert packed.dtype == np.uint8 and packed.shape == (3, 5, -(-13 * bits // 8))
     stream = np.unpackbits(packed, axis=-1, bitorder="little")[..., :13 * bits].reshape(3, 5, 13, bits)
     decoded = (stream.astype(np.int64) << np.arange(bits)).sum(-1)
@@ -244,9 +244,9 @@ def _sylvester(b):
 
 @pytest.mark.parametrize("D, b", [(2560, 512), (96, 32), (7, 1), (4096, 512)])
 def test_lean_block_and_fwht_match_the_hadamard_matmul(D, b):
-    assert encode.hadamard_block(D) == b
+    assert store_lean.group_size(D) == b
     v = np.random.default_rng(D).normal(size=(3, D // b, b)).astype(np.float32)
-    got = _device(encode.fwht, v)
+    got = _device(encode_ops.fwht, v)
     np.testing.assert_allclose(got, v.astype(np.float64) @ _sylvester(b), rtol=1e-5, atol=1e-4)
 
 
@@ -259,7 +259,7 @@ def test_lean_codes_match_a_float64_reference_except_on_code_boundaries(D):
     x = _hidden(rng, 1, 128, D)
     signs = np.where(rng.random(D) < 0.5, -1.0, 1.0)
     got = _device(lambda x: encode.lean_hidden(2, x, signs, lean_step), x)
-    b = encode.hadamard_block(D)
+    b = store_lean.group_size(D)
     x64 = x.astype(np.float64)
     y = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True))
     rot = ((y * signs).reshape(1, 128, -1, b) @ _sylvester(b)) / np.sqrt(b)
