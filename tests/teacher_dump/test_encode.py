@@ -14,6 +14,7 @@ import pytest
 
 from store import StoreInputError, StoreSchema, lean as store_lean, profiles, sampled
 from teacher_dump import encode, encode_ops, extract
+from teacher_dump import teacher as teacher_lib
 from trainer.model import model_config
 
 
@@ -304,3 +305,19 @@ def test_lean_profile_agrees_with_the_numpy_lean_encoder_within_a_float16_ulp_of
     y_got = prof.decode_hidden(1, got, np.float64, normalized=True)
     y_ref = prof.decode_hidden(1, ref, np.float64, normalized=True)
     assert np.abs(y_got - y_ref).max() <= 2 * ref[step_name].astype(np.float64).max()
+
+
+def test_encoding_over_four_devices_matches_the_host_encoding_of_their_signal(tiny_ckpt):
+    # The batch is split over a data mesh; the encoder is per row, so each device encodes its rows.
+    if len(jax.local_devices()) < 4:
+        pytest.skip("needs 4 (simulated) devices")
+    four = teacher_lib.load_teacher(tiny_ckpt[0], devices=teacher_lib.local_devices(4))
+    cfg = four.cfg
+    schema = _schema("compact", D=cfg.d_model, layers=(1,), k=8, V=cfg.vocab_size, T=16)
+    tokens = np.random.default_rng(13).integers(0, cfg.vocab_size, (10, 16), dtype=np.int32)
+    got = encode.host_arrays(four.extract(tokens, batch_size=8, k=8, layers=(1,), encode_for=schema))
+    signal = four.extract(tokens, batch_size=8, k=8, layers=(1,))
+    prof = profiles.get_profile("compact")
+    ref = dict(prof.encode_topk(signal["topk_ids"], signal["topk_logprobs"], cfg.vocab_size))
+    ref.update(prof.encode_hidden(1, signal["hidden"][1]))
+    _assert_same_bytes(got, ref)
