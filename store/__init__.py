@@ -4,7 +4,9 @@ log-probs and hidden activations, written in resumable work units.
 Never imports JAX or Beam, so any tool can read a store cheaply.
 
 Modules: ``schema`` (StoreSchema, manifest in the root group attributes),
-``profiles`` (exact / compact encodings), ``layout`` (URLs, sharded crc32c
+``profiles`` (exact / compact / lean encodings; ``lean`` holds the lean
+activation code, ``bitpack`` the packed ids, ``sampled`` the sampled-logits
+family, ``topn`` compact's outlier selection), ``layout`` (URLs, sharded crc32c
 array specs), ``remote`` (s3:// endpoint/credentials the AWS SDK way, storage
 errors as one line), ``ledger`` (per-unit commit records, tombstones),
 ``snapshot`` (the checked ledger snapshot), ``writer``, ``reader`` (+
@@ -15,6 +17,7 @@ inspect|verify|stats|repair|compact STORE [--json]``). On disk::
     STORE/zarr.json                       group; attributes = manifest
     STORE/tokens/                         int32 [N, T]
     STORE/topk/{ids,logprobs,...}/        [N, T, K] (+ per-token side arrays)
+    STORE/sampled/{ids,counts,logprobs}/  [N, T, S] teacher draws (schema.samples = S > 0)
     STORE/hidden/<l>/                     [N, T, D] encoded activations
     STORE/hidden_aux/<l>/{rms,...}/       per-token scales etc. of that encoding
     STORE/ledger/unit_NNNNNNNN/zarr.json  commit record of work unit N (the source of truth)

@@ -119,6 +119,16 @@ class StoreReader:
         fields += [profiles.hidden_name(l) for l in self.schema.hidden_layers]
         return tuple(fields)
 
+    def stored_names(self, fields=None, hidden_normalized: bool = False) -> list:
+        """The stored (encoded) arrays a ``read(rows, fields, hidden_normalized=...)`` reads, in order.
+
+        With ``read_stored(rows, stored_names(...))`` a loader that decodes on the
+        device gets exactly those arrays, undecoded (see ``profiles`` and the
+        manifest's ``encodings`` for each one's decoding rule).
+        """
+        return self._stored_names(tuple(self.default_fields() if fields is None else fields),
+                                  hidden_normalized=bool(hidden_normalized))
+
     def _stored_names(self, fields, hidden_normalized=False) -> list:
         names = []
         for field in fields:
@@ -166,7 +176,8 @@ class StoreReader:
 
         Args:
             rows: 1-D int row indices (any order; repeated rows allowed).
-            fields: subset of ``default_fields()``; None for all.
+            fields: subset of ``default_fields()`` ("tokens", "topk", "sampled",
+                "hidden/<l>"); None for all.
             hidden_dtype: numpy floating dtype of the activations.
             hidden_normalized: return each token's activation divided by its
                 RMS, ``x / rms(x)`` (direction exact as stored, per-token
@@ -174,7 +185,8 @@ class StoreReader:
                 losses that normalise the target per token anyway (HLD's
                 ``normalized_mse``). exact: the stored float16 array
                 (zero copy with ``hidden_dtype=np.float16``); compact:
-                ``q * qstep`` with the outlier channels restored.
+                ``q * qstep`` with the outlier channels restored; lean: the
+                de-rotated 6-level codes (store/lean.py).
             ids_dtype: integer dtype of the top-k and sampled ids: int32 (default) or the
                 stored one, ``stored_ids_dtype`` (zero copy); any integer
                 dtype that holds every id < vocab_size is accepted.
@@ -271,7 +283,7 @@ class StoreReader:
         return {name: out[name] for name in names}
 
     def require(self, seq_len=None, k=None, vocab_size=None, tokenizer_sha256=None,
-                hidden_layers=None, hidden_dim=None):
+                hidden_layers=None, hidden_dim=None, samples=None):
         """Checks the store against a consumer's config (None = don't care).
 
         Raises:
@@ -285,7 +297,9 @@ class StoreReader:
                   ("tokenizer_sha256", tokenizer_sha256, s.tokenizer.get("sha256"),
                    "use the SentencePiece model the store was dumped with"),
                   ("hidden_dim", hidden_dim, s.hidden_dim,
-                   "set the regressor's teacher width to the store's hidden_dim")]
+                   "set the regressor's teacher width to the store's hidden_dim"),
+                  ("samples", samples, s.samples,
+                   "set the trainer's sampled-KD draws to the store's samples or dump a store with them")]
         for name, wanted, have, fix in checks:
             if wanted is not None and wanted != have:
                 raise errors.SchemaMismatchError(

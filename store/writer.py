@@ -10,6 +10,9 @@ A work unit ``u`` is rows ``[u*R, min((u+1)*R, N))`` of every array (R =
    for all of them (each shard is written atomically);
 4. writes the commit record last.
 
+``write_unit_encoded`` takes arrays already encoded (e.g. on the device),
+checks them against the profile's array specs and takes steps 2-4.
+
 Several processes may write distinct units of one store at once; a unit
 written twice (resume after a crash) gets identical bytes. Create the store
 once (one ``create_store`` call, e.g. in the pipeline's driver) before

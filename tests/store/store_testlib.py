@@ -47,6 +47,23 @@ def draw_samples(rng, lp_xV, S):
             "sampled_logprobs": lps.reshape(*lead, S)}
 
 
+def write_synth(url, schema, num_rows, seed=0, units=None):
+    """Creates a store and writes synth_unit data (drawn for every unit, written for ``units``, None: all).
+
+    Returns (writer, {unit: inputs}).
+    """
+    from store import create_store
+    w = create_store(url, schema, num_rows=num_rows)
+    rng = np.random.default_rng(seed)
+    data = {}
+    for u in range(w.num_units):
+        a, b = w.unit_rows(u)
+        data[u] = synth_unit(rng, b - a, schema)
+        if units is None or u in units:
+            w.write_unit(u, **data[u])
+    return w, data
+
+
 def load_bench(name):
     """Imports bench/<name>.py (bench/ is not a package)."""
     import importlib.util

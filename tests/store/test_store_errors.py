@@ -122,8 +122,9 @@ def test_read_bad_rows_and_fields(filled_store):
 def test_require(filled_store):
     url, schema, _ = filled_store("exact", num_rows=4)
     r = StoreReader(url)
-    r.require(seq_len=16, k=8, vocab_size=300, tokenizer_sha256="tok-sha", hidden_layers=(2,), hidden_dim=32)
-    for kw, field in [(dict(seq_len=32), "seq_len"), (dict(k=4), "k"), (dict(vocab_size=32000), "vocab_size"),
+    r.require(seq_len=16, k=8, vocab_size=300, tokenizer_sha256="tok-sha", hidden_layers=(2,), hidden_dim=32,
+              samples=0)
+    for kw, field in [(dict(samples=12), "samples=0 but 12 was required"), (dict(seq_len=32), "seq_len"), (dict(k=4), "k"), (dict(vocab_size=32000), "vocab_size"),
                       (dict(tokenizer_sha256="x"), "tokenizer_sha256"), (dict(hidden_dim=64), "hidden_dim"),
                       (dict(hidden_layers=(2, 3)), "hidden_layers")]:
         with pytest.raises(SchemaMismatchError, match=field):

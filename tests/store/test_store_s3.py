@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import store
-from store import cli, create_store, errors, open_writer, StoreReader
+from store import cli, errors, open_writer, StoreReader
 from store.verify import verify_store
 from s3_loopback import FaultProxy, make_bucket, moto_server, s3_env  # bench/, via tests/conftest.py
-from store_testlib import synth_unit
+from store_testlib import write_synth
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,16 +55,7 @@ def _objects(endpoint, prefix) -> dict:
 
 
 def _fill(url, make_schema, num_rows=10, seed=0, units=None, **kw):
-    schema = make_schema(**kw)
-    w = create_store(url, schema, num_rows=num_rows)
-    rng = np.random.default_rng(seed)
-    data = {}
-    for u in range(w.num_units):
-        a, b = w.unit_rows(u)
-        data[u] = synth_unit(rng, b - a, schema)
-        if units is None or u in units:
-            w.write_unit(u, **data[u])
-    return w, data
+    return write_synth(url, make_schema(**kw), num_rows, seed, units)
 
 
 def test_s3_write_read_inspect_verify_stats(s3, make_schema, capsys):

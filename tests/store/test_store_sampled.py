@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from store_testlib import synth_unit
+from store_testlib import synth_unit, write_synth
 from store import StoreInputError, StoreReader, StoreSchema, create_store, profiles, sampled
 from store.verify import verify_store
 
@@ -43,14 +43,7 @@ def _store_digest(root: pathlib.Path) -> str:
 
 
 def _write(url, schema, num_rows=6, seed=7):
-    w = create_store(url, schema, num_rows=num_rows)
-    rng = np.random.default_rng(seed)
-    data = {}
-    for u in range(w.num_units):
-        a, b = w.unit_rows(u)
-        data[u] = synth_unit(rng, b - a, schema)
-        w.write_unit(u, **data[u])
-    return w, data
+    return write_synth(url, schema, num_rows, seed)
 
 
 @pytest.mark.parametrize("profile", ["exact", "compact"])
@@ -95,6 +88,10 @@ def test_sampled_round_trip(tmp_path, make_schema, profile, K):
     assert set(loader) == {"sampled_ids", "sampled_counts", "sampled_logprobs"}
     assert loader["sampled_ids"].dtype == np.uint16 and loader["sampled_logprobs"].dtype == np.float16
     assert verify_store(tmp_path / "s")["ok"]
+    names = r.stored_names(("sampled", "hidden/2"), hidden_normalized=True)
+    assert names[:3] == ["sampled/ids", "sampled/counts", "sampled/logprobs"] and "hidden_aux/2/rms" not in names
+    raw = r.read_stored([0, 1], names)
+    assert raw["sampled/ids"].dtype == (np.uint16 if profile == "exact" else np.uint8)
 
 
 def test_write_unit_encoded_matches_write_unit(tmp_path, make_schema):

@@ -45,17 +45,25 @@ def test_deleted_shard_is_corrupt_and_missing_unit_reported(filled_store, tmp_pa
     assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(0, "corrupt"), (2, "missing")]
 
 
+def _tamper(url, name, unit, rows, change):
+    """Rewrites ``change(array)`` into the unit's rows of ``name`` and updates its record (checksums pass)."""
+    arr = ts.open({"driver": "zarr3", "kvstore": layout.array_url(url, name)}).result()
+    x = arr[rows[0]:rows[1]].read().result()
+    change(x)
+    arr[rows[0]:rows[1]].write(x).result()
+    kv = layout.open_kvstore(url)
+    record = ledger.read(kv, unit)
+    record["arrays"][name]["sha256"] = ledger.array_digest(x)
+    ledger.write(kv, record)
+
+
 def test_invalid_values_with_valid_checksums(filled_store, tmp_path):
     """Unsorted log-probs whose checksums and record were updated still fail verify."""
     url, schema, data = filled_store("exact", num_rows=8)
-    arr = ts.open({"driver": "zarr3", "kvstore": layout.array_url(url, "topk/logprobs")}).result()
-    lp = arr[0:4].read().result()
-    lp[0, 0, :] = lp[0, 0, ::-1].copy()
-    arr[0:4].write(lp).result()
-    kv = layout.open_kvstore(url)
-    record = ledger.read(kv, 0)
-    record["arrays"]["topk/logprobs"]["sha256"] = ledger.array_digest(lp)
-    ledger.write(kv, record)
+
+    def unsort(lp):
+        lp[0, 0, :] = lp[0, 0, ::-1].copy()
+    _tamper(url, "topk/logprobs", 0, (0, 4), unsort)
     report = verify_store(url)
     assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(0, "invalid")]
     assert "not sorted descending" in report["bad_units"][0]["detail"]
@@ -64,14 +72,10 @@ def test_invalid_values_with_valid_checksums(filled_store, tmp_path):
 def test_invalid_sampled_draws_with_valid_checksums(filled_store):
     """Counts no longer summing to S (checksums and record updated) fail verify as invalid."""
     url, schema, _ = filled_store("lean", num_rows=8, samples=6)
-    arr = ts.open({"driver": "zarr3", "kvstore": layout.array_url(url, "sampled/counts")}).result()
-    counts = arr[4:8].read().result()
-    counts[1, 3, 0] += 1
-    arr[4:8].write(counts).result()
-    kv = layout.open_kvstore(url)
-    record = ledger.read(kv, 1)
-    record["arrays"]["sampled/counts"]["sha256"] = ledger.array_digest(counts)
-    ledger.write(kv, record)
+
+    def add_a_draw(counts):
+        counts[1, 3, 0] += 1
+    _tamper(url, "sampled/counts", 1, (4, 8), add_a_draw)
     report = verify_store(url)
     assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(1, "invalid")]
     assert "counts must sum to samples=6" in report["bad_units"][0]["detail"]
