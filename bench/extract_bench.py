@@ -10,6 +10,11 @@ Same random-weight model, same token rows, three measurements:
   extract/device the jitted extraction step (adds top-k), outputs on device;
   extract_rows   teacher_dump.extract_rows end to end: padding, host-side
                  token check, overlapped device→host copy to numpy.
+The two extraction rows are measured per top-k variant (--topk-groups: 0 =
+lax.top_k, g = the exact two-stage top-k over groups of g ids), side by side
+in one run, each with both ratios (end to end / forward, end to end /
+extract on device). --samples S adds S sampled draws per position to every
+variant; --breakdown times the step's parts one by one.
 Model FLOPs/token = 2·N_matmul + causal attention scores (QKᵀ and PV over
 the keys each query actually sees, sliding windows included), N_matmul counted
 from the real param tree (norm scales excluded; the tied embedding counted
@@ -33,7 +38,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import teacher_dump  # noqa: E402
-from teacher_dump import extract, teacher as teacher_lib  # noqa: E402
+from teacher_dump import extract, sampled, teacher as teacher_lib  # noqa: E402
+from teacher_dump import topk as teacher_topk  # noqa: E402
 from trainer.model import gemma3 as model, model_config, tiling  # noqa: E402
 
 # A small Gemma 3-shaped model that runs the whole bench in ~1-2 min on 2 CPU cores.
@@ -85,16 +91,16 @@ def forward_fn(cfg, layers, token_tile):
     return fwd
 
 
-def time_device(fn, params, batches_dev) -> float:
-    """Seconds for all batches, outputs left on device (one block at the end)."""
-    start = time.perf_counter()
-    for tokens in batches_dev:
-        out = fn(params, tokens)
+def time_device(fn, params, batches_dev, rows=None) -> tuple[float, float]:
+    """(wall, process CPU) seconds for all batches, outputs left on device."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for i, tokens in enumerate(batches_dev):
+        out = fn(params, tokens) if rows is None else fn(params, tokens, rows[i])
     jax.block_until_ready(out)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def breakdown_fns(cfg, layers, token_tile, k):
+def breakdown_fns(cfg, layers, token_tile, k, groups, samples):
     """The extraction step cut into its parts, each jitted on its own.
 
     Each takes (params, x): tokens for the forward parts, the final hidden
@@ -112,6 +118,12 @@ def breakdown_fns(cfg, layers, token_tile, k):
         "unembed(+max)": (False, jax.jit(tiles(lambda x: x.max(-1)))),
         "unembed+lse": (False, jax.jit(tiles(lambda x: jax.nn.logsumexp(x, -1)))),
         "unembed+top_k": (False, jax.jit(tiles(lambda x: jax.lax.top_k(x, k)))),
+        **{f"unembed+top_k[g={g}]": (False, jax.jit(tiles(
+            lambda x, g=g: teacher_topk.grouped_top_k(x, k, g)))) for g in groups if g},
+        **({f"unembed+lse+samples[S={samples}]": (False, jax.jit(tiles(
+            lambda x: sampled.sample_logprobs(
+                x, jax.nn.logsumexp(x, -1), jnp.zeros(x.shape[:-1], jnp.int32),
+                jnp.zeros(x.shape[:-1], jnp.int32), samples))))} if samples else {}),
     }
 
 
@@ -121,7 +133,7 @@ def time_breakdown(cfg, params, batches_dev, layers, args) -> dict:
     CPU time is the steadier number on a shared machine; wall is what the
     user waits (the matmuls run multi-threaded, the CPU top-k on one thread).
     """
-    fns = breakdown_fns(cfg, layers, args.token_tile, args.k)
+    fns = breakdown_fns(cfg, layers, args.token_tile, args.k, args.topk_groups, args.samples)
     final = jax.jit(lambda p, t: model.forward(p, t, cfg, capture_layers=()).final_hidden_BxTxD)
     hidden_dev = [final(params, t) for t in batches_dev]
     out = {}
@@ -141,15 +153,17 @@ def time_breakdown(cfg, params, batches_dev, layers, args) -> dict:
     return out
 
 
-def time_rows(teacher, tokens_NxT, args, layers) -> tuple[float, float]:
-    """Seconds for extract_rows to deliver every batch as numpy; bytes/token."""
+def time_rows(teacher, tokens_NxT, args, layers, group) -> tuple[tuple[float, float], float]:
+    """((wall, CPU) seconds for extract_rows to deliver every batch as numpy), bytes/token."""
     nbytes = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for out in teacher_dump.extract_rows(teacher, tokens_NxT, batch_size=args.batch_size,
                                          k=args.k, layers=layers, token_tile=args.token_tile,
-                                         hidden_dtype=args.hidden_dtype):
+                                         hidden_dtype=args.hidden_dtype, topk_group=group,
+                                         samples=args.samples,
+                                         row_ids=np.arange(len(tokens_NxT))):
         nbytes += sum(x.nbytes for x in jax.tree_util.tree_leaves(out))
-    return time.perf_counter() - start, nbytes / tokens_NxT.size
+    return (time.perf_counter() - start, time.process_time() - cpu), nbytes / tokens_NxT.size
 
 
 def main(argv=None):
@@ -168,6 +182,11 @@ def main(argv=None):
     p.add_argument("--token-tile", type=int, default=extract.DEFAULT_TOKEN_TILE)
     p.add_argument("--hidden-dtype", default="float32",
                    help="float32, or 'compute' to ship hidden states in the compute dtype")
+    p.add_argument("--topk-groups", type=int, nargs="+", default=[0, 8],
+                   help="top-k variants timed side by side: 0 = lax.top_k, g = two-stage over "
+                        "groups of g ids (same result); the first gives the headline ratios")
+    p.add_argument("--samples", type=int, default=0,
+                   help="sampled draws per position added to every variant (0: none)")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the step's parts (blocks, capture, unembed, lse, top-k)")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -201,33 +220,59 @@ def main(argv=None):
     peak = (args.peak_tflops * 1e12 if args.peak_tflops else
             measure_peak(jnp.dtype(args.dtype), 8192 if on_gpu else 1024))
 
-    ext = teacher.extract_fn(k=args.k, layers=layers, token_tile=args.token_tile,
-                             hidden_dtype=args.hidden_dtype)
+    groups = list(dict.fromkeys(args.topk_groups))
+    rows_B = [np.arange(i * B, (i + 1) * B, dtype=np.int32) for i in range(args.batches)]
+    exts = {g: teacher.extract_fn(k=args.k, layers=layers, token_tile=args.token_tile,
+                                  hidden_dtype=args.hidden_dtype, topk_group=g,
+                                  samples=args.samples) for g in groups}
     fwd = forward_fn(cfg, layers, args.token_tile)
-    for fn in (fwd, ext):  # compile + warm up outside the timings
-        jax.block_until_ready(fn(params, batches_dev[0]))
+    jax.block_until_ready(fwd(params, batches_dev[0]))  # compile + warm up outside the timings
+    for ext in exts.values():
+        jax.block_until_ready(ext(params, batches_dev[0], rows_B[0]))
     # Interleaved repeats, best of each: robust to other load on the machine.
-    t_fwd = t_ext = t_rows = float("inf")
-    for _ in range(args.repeats):
-        t_fwd = min(t_fwd, time_device(fwd, params, batches_dev))
-        t_ext = min(t_ext, time_device(ext, params, batches_dev))
-        sec, bytes_tok = time_rows(teacher, tokens_NxT, args, layers)
-        t_rows = min(t_rows, sec)
+    # CPU seconds (the process's, all threads) are the steadier cost on a
+    # shared machine; the ratios use wall time, what a user waits.
+    best = {}
 
-    rows = {}
-    for name, sec in (("forward", t_fwd), ("extract/device", t_ext), ("extract_rows", t_rows)):
-        rows[name] = {"seconds": sec, "tokens_per_s": tokens / sec,
-                      "mfu": tokens * flops_tok / sec / peak}
+    def keep(name, wall_cpu):
+        old = best.get(name, (float("inf"), float("inf")))
+        best[name] = (min(old[0], wall_cpu[0]), min(old[1], wall_cpu[1]))
+
+    for _ in range(args.repeats):
+        keep("forward", time_device(fwd, params, batches_dev))
+        for g, ext in exts.items():
+            keep(("ext", g), time_device(ext, params, batches_dev, rows_B))
+            times, bytes_tok = time_rows(teacher, tokens_NxT, args, layers, g)
+            keep(("rows", g), times)
+    t_fwd = best["forward"][0]
+    t_ext = {g: best[("ext", g)][0] for g in groups}
+    t_rows = {g: best[("rows", g)][0] for g in groups}
+
+    def stage(key):
+        sec, cpu = best[key]
+        return {"seconds": sec, "cpu_seconds": cpu, "tokens_per_s": tokens / sec,
+                "mfu": tokens * flops_tok / sec / peak}
+
+    rows = {"forward": stage("forward")}
+    variants = {}
+    for g in groups:
+        name = f"topk_group={g}"
+        rows[f"extract/device[{name}]"] = stage(("ext", g))
+        rows[f"extract_rows[{name}]"] = stage(("rows", g))
+        variants[name] = {"e2e_over_forward": t_fwd / t_rows[g],
+                          "e2e_over_extract_device": t_ext[g] / t_rows[g],
+                          "extract_device_over_forward": t_fwd / t_ext[g]}
     result = {
         "bench": "extract", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
         "config": cfg.to_dict(), "seq_len": T, "batch_size": B, "batches": args.batches,
         "repeats": args.repeats,
-        "k": args.k, "layers": list(layers), "hidden_dtype": str(args.hidden_dtype or args.dtype),
+        "k": args.k, "samples": args.samples, "layers": list(layers), "hidden_dtype": str(args.hidden_dtype or args.dtype),
         "model_flops_per_token": flops_tok, "peak_flops": peak,
         "peak_source": "--peak-tflops" if args.peak_tflops else "measured matmul",
-        "signal_bytes_per_token": bytes_tok, "results": rows,
-        "e2e_over_forward": t_fwd / t_rows, "e2e_over_extract_device": t_ext / t_rows,
+        "signal_bytes_per_token": bytes_tok, "results": rows, "variants": variants,
+        # Headline ratios: the first variant.
+        **variants[f"topk_group={groups[0]}"],
     }
     if args.breakdown:
         result["breakdown"] = time_breakdown(cfg, params, batches_dev, layers, args)
@@ -236,18 +281,21 @@ def main(argv=None):
         json.dump(result, f, indent=1)
 
     print(f"{cfg.name} L={cfg.num_layers} D={cfg.d_model} V={cfg.vocab_size} T={T} B={B} "
-          f"k={args.k} dtype={cfg.dtype} on {result['device']}; "
+          f"k={args.k} S={args.samples} dtype={cfg.dtype} on {result['device']}; "
           f"{flops_tok / 1e6:.1f} MFLOP/token, peak {peak / 1e12:.2f} TFLOP/s")
-    print(f"{'stage':<16}{'tokens/s':>12}{'MFU':>8}{'seconds':>10}")
+    print(f"{'stage':<34}{'tokens/s':>10}{'MFU':>8}{'seconds':>10}{'cpu s':>8}")
     for name, r in rows.items():
-        print(f"{name:<16}{r['tokens_per_s']:>12.0f}{r['mfu']:>8.1%}{r['seconds']:>10.3f}")
-    print(f"end-to-end / forward = {result['e2e_over_forward']:.1%}, "
-          f"/ extract on device = {result['e2e_over_extract_device']:.1%}; "
-          f"signal {bytes_tok / 1e3:.1f} kB/token to host -> {args.out}")
+        print(f"{name:<34}{r['tokens_per_s']:>10.0f}{r['mfu']:>8.1%}{r['seconds']:>10.3f}"
+              f"{r['cpu_seconds']:>8.2f}")
+    for name, v in variants.items():
+        print(f"{name}: end-to-end / forward = {v['e2e_over_forward']:.1%}, "
+              f"/ extract on device = {v['e2e_over_extract_device']:.1%} "
+              f"(extract on device / forward = {v['extract_device_over_forward']:.1%})")
+    print(f"signal {bytes_tok / 1e3:.1f} kB/token to host -> {args.out}")
     if args.breakdown:
-        print(f"{'part (per batch)':<18}{'wall ms':>10}{'cpu ms':>10}")
+        print(f"{'part (per batch)':<28}{'wall ms':>10}{'cpu ms':>10}")
         for name, r in result["breakdown"].items():
-            print(f"{name:<18}{r['wall_ms_per_batch']:>10.1f}{r['cpu_ms_per_batch']:>10.1f}")
+            print(f"{name:<28}{r['wall_ms_per_batch']:>10.1f}{r['cpu_ms_per_batch']:>10.1f}")
     return result
 
 

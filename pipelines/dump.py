@@ -2,7 +2,7 @@
 
     python -m pipelines.dump --input 'data/*.json.gz' --store /data/c4_store \\
         --teacher ckpt/teacher --tokenizer tok.model --seq-len 2048 --k 128 \\
-        [--hidden-layers L ...] [--profile exact|compact] [--samples S] [--rows-per-unit R] \\
+        [--hidden-layers L ...] [--profile exact|compact|lean] [--samples S] [--rows-per-unit R] \\
         [--batch-size B] [--heldout-fraction F --heldout-store URL] [Beam options]
 
 Beam options (`--runner`, `--direct_num_workers`, `--direct_running_mode`,

@@ -55,7 +55,7 @@ class DumpOptions(PipelineOptions):
                    "logits, 0..255; 0: none), keyed by store row and position")
         _flag(parser, "hidden_layers", type=int, nargs="*", default=None,
               help="teacher layers to store (1-based block counts; default L//2; none: pass the flag empty)")
-        _flag(parser, "profile", default="exact", help="store precision profile: exact|compact")
+        _flag(parser, "profile", default="exact", help="store precision profile: exact|compact|lean")
         _flag(parser, "rows_per_unit", type=int, default=64,
               help="rows per work unit (the commit / resume granularity)")
         _flag(parser, "batch_size", type=int, default=8, help="rows per teacher device call")

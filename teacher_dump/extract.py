@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from teacher_dump import sampled
+from teacher_dump import sampled, topk
 from trainer.model import gemma3 as model, tiling
 from trainer.model.errors import ConfigError, ModelInputError
 
@@ -64,6 +64,8 @@ class ExtractSpec:
             dtype (same ids either way; only speed differs).
         samples: S draws per position from the full softmax (0: none;
             teacher_dump.sampled).
+        topk_group: 0: lax.top_k over all V; g > 0: the exact two-stage
+            top-k over groups of g ids (teacher_dump.topk; same result).
     """
     k: int
     layers: tuple[int, ...]
@@ -72,6 +74,7 @@ class ExtractSpec:
     hidden_dtype: Any
     rank_float32: bool
     samples: int = 0
+    topk_group: int = 0
 
 
 def _check_samples(samples) -> int:
@@ -88,7 +91,7 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
                  token_tile: int = DEFAULT_TOKEN_TILE,
                  hidden_dtype: Any = "float32",
                  rank_float32: bool | None = None,
-                 samples: int = 0) -> ExtractSpec:
+                 samples: int = 0, topk_group: int | None = None) -> ExtractSpec:
     """Checks the extraction options against the model config.
 
     Args:
@@ -103,6 +106,8 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
             top-k is ~8x slower than fp32 (measured here), False elsewhere
             (on an H100 bf16 top-k runs 2x faster than fp32, DESIGN §7).
         samples: draws per position, 0 ≤ samples ≤ 255.
+        topk_group: ids per group of the two-stage top-k (0: lax.top_k);
+            None picks by backend and V (teacher_dump.topk.auto_group).
 
     Returns:
         An ExtractSpec.
@@ -135,6 +140,14 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
         raise ExtractConfigError(
             f"top_p={top_p!r} is outside (0, 1]: pass a probability mass such "
             f"as 0.95, or None to keep all k slots")
+    if topk_group is None:
+        topk_group = topk.auto_group(jax.default_backend(), vocab, k) if k else 0
+    if isinstance(topk_group, bool) or not isinstance(topk_group, int) or topk_group < 0 \
+            or (topk_group and -(-vocab // topk_group) <= k):
+        raise ExtractConfigError(
+            f"topk_group={topk_group!r} must be 0 (lax.top_k) or a group size g with more "
+            f"than k={k} groups in vocab_size={vocab}: pass 0, None (auto) or a g "
+            f"below {vocab // max(k, 1)}")
     if not isinstance(token_tile, int) or token_tile < 1:
         raise ExtractConfigError(
             f"token_tile={token_tile!r} must be a positive integer: pass e.g. "
@@ -152,7 +165,7 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
                        rank_float32=(jax.default_backend() == "cpu"
                                      if rank_float32 is None
                                      else bool(rank_float32)),
-                       samples=samples)
+                       samples=samples, topk_group=topk_group)
 
 
 def topk_logprobs(logits_XxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -172,8 +185,11 @@ def topk_logprobs(logits_XxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return _topk_given_lse(logits_XxV, lse_X, k)
 
 
-def _topk_given_lse(logits_XxV, lse_X, k):
-    vals_XxK, ids_XxK = jax.lax.top_k(logits_XxV, k)
+def _topk_given_lse(logits_XxV, lse_X, k, group=0):
+    if group:
+        vals_XxK, ids_XxK = topk.grouped_top_k(logits_XxV, k, group)
+    else:
+        vals_XxK, ids_XxK = jax.lax.top_k(logits_XxV, k)
     logprobs_XxK = vals_XxK.astype(jnp.float32) - lse_X[..., None]
     return ids_XxK.astype(jnp.int32), logprobs_XxK
 
@@ -204,7 +220,8 @@ def truncate_top_p(topk_ids_XxK: jax.Array, topk_logprobs_XxK: jax.Array,
 
 def tiled_logit_signal(params, hidden_BxTxD: jax.Array, cfg, k: int,
                        token_tile: int, rank_float32: bool = False,
-                       samples: int = 0, rows_B: jax.Array | None = None) -> dict:
+                       samples: int = 0, rows_B: jax.Array | None = None,
+                       topk_group: int = 0) -> dict:
     """The top-k and sampled signal, unembedding `token_tile` tokens at a time.
 
     One logsumexp per tile serves both the top-k and the sampled log-probs.
@@ -218,6 +235,7 @@ def tiled_logit_signal(params, hidden_BxTxD: jax.Array, cfg, k: int,
         rank_float32: cast the logits to float32 before the top-k.
         samples: draws per position (0: none).
         rows_B: global store row of each batch row (required iff samples > 0).
+        topk_group: 0 or the group size of the two-stage top-k.
 
     Returns:
         {"topk_ids", "topk_logprobs"} if k > 0, plus {"sampled_ids",
@@ -237,7 +255,8 @@ def tiled_logit_signal(params, hidden_BxTxD: jax.Array, cfg, k: int,
         lse_Bxt = jax.nn.logsumexp(logits32_BxtxV, axis=-1)
         out = {}
         if k:
-            out["topk_ids"], out["topk_logprobs"] = _topk_given_lse(logits_BxtxV, lse_Bxt, k)
+            out["topk_ids"], out["topk_logprobs"] = _topk_given_lse(logits_BxtxV, lse_Bxt, k,
+                                                                    topk_group)
         if samples:
             out.update(sampled.sample_logprobs(logits32_BxtxV, lse_Bxt, tile["rows"],
                                                tile["positions"], samples))
@@ -256,7 +275,7 @@ def extract_signal(params, tokens_BxT: jax.Array, cfg,
     out = model.forward(params, tokens_BxT, cfg, capture_layers=spec.layers)
     signal = tiled_logit_signal(
         params, out.final_hidden_BxTxD, cfg, spec.k, spec.token_tile,
-        spec.rank_float32, spec.samples, rows_B)
+        spec.rank_float32, spec.samples, rows_B, spec.topk_group)
     if spec.top_p is not None:
         signal["topk_ids"], signal["topk_logprobs"] = truncate_top_p(
             signal["topk_ids"], signal["topk_logprobs"], spec.top_p)
@@ -274,7 +293,7 @@ def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
                     token_tile: int = DEFAULT_TOKEN_TILE,
                     hidden_dtype: Any = "float32",
                     rank_float32: bool | None = None,
-                    samples: int = 0) -> ExtractFn:
+                    samples: int = 0, topk_group: int | None = None) -> ExtractFn:
     """Builds the jitted extraction step for a teacher config.
 
     Args:
@@ -287,6 +306,8 @@ def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
         rank_float32: top-k on fp32 logits; None = by backend (see
             resolve_spec). Ids and log-probs are the same either way.
         samples: S draws per position from the full softmax (0: none).
+        topk_group: two-stage top-k group size; 0 = lax.top_k, None = auto
+            (resolve_spec). Ids and log-probs are the same either way.
 
     Returns:
         fn(params, tokens_BxT int32, rows_B int32 | None = None) ->
@@ -303,7 +324,8 @@ def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
     """
     spec = resolve_spec(cfg, k=k, layers=layers, top_p=top_p,
                         token_tile=token_tile, hidden_dtype=hidden_dtype,
-                        rank_float32=rank_float32, samples=samples)
+                        rank_float32=rank_float32, samples=samples,
+                        topk_group=topk_group)
     return _build_extract_fn(cfg, spec)
 
 

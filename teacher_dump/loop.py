@@ -146,7 +146,8 @@ def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
         samples: draws per position from the full softmax (make_extract_fn).
         row_ids: global store row of each token row (int [N]); required iff
             samples > 0, whose draws it keys.
-        **extract_kwargs: token_tile / hidden_dtype / rank_float32 (make_extract_fn).
+        **extract_kwargs: token_tile / hidden_dtype / rank_float32 / topk_group
+            (make_extract_fn).
 
     Yields:
         {"topk_ids": int32[b,T,K], "topk_logprobs": float32[b,T,K],

@@ -6,11 +6,12 @@ gave each, and the teacher's log-prob of each. Training weights a drawn id by
 count / S, an unbiased estimate of the forward KL at tau = 1.
 
 Draws. Stratified inverse-CDF sampling: draw s uses u_s = (s + U_s) / S with
-U_s ~ U[0, 1) i.i.d., so each draw's marginal is exactly the softmax (every
-u_s is uniform on its stratum and the strata tile [0, 1); averaged over s the
-marginal is p) and the counts have lower variance than i.i.d. draws (each
-stratum of mass 1/S yields exactly one draw). The u are sorted, so the drawn
-ids come out ascending.
+U_s ~ U[0, 1) i.i.d. Draw s alone follows p restricted to its stratum of the
+CDF, but the strata tile [0, 1), so E[count(x)] = S · p(x) exactly and the
+weights count / S are unbiased for p, as with i.i.d. draws, with a variance
+never larger (each stratum of mass 1/S yields exactly one draw, so an id
+whose CDF interval holds m whole strata gets at least m draws; one of mass
+>= 2/S is always drawn). The u are sorted, so the drawn ids come out ascending.
 
 Keys. U depends only on (global store row, position): the key is
 `fold_in(fold_in(key(SAMPLE_SEED), row), position)` with the threefry2x32
@@ -86,18 +87,21 @@ def inverse_cdf(logits_XxV: jax.Array, lse_X: jax.Array, u_XxS: jax.Array) -> ja
     v = logits_XxV.shape[-1]
     num_blocks = -(-v // VOCAB_BLOCK)
     pad = num_blocks * VOCAB_BLOCK - v
-    probs_XxV = jnp.exp(logits_XxV - lse_X[..., None])
-    if pad:  # padding ids get probability 0, so they are never drawn
-        probs_XxV = jnp.pad(probs_XxV, [(0, 0)] * (probs_XxV.ndim - 1) + [(0, pad)])
-    probs_XxNxb = probs_XxV.reshape(probs_XxV.shape[:-1] + (num_blocks, VOCAB_BLOCK))
-    mass_XxN = probs_XxNxb.sum(-1)
+    if pad:  # padding ids get logit -inf (probability 0), so they are never drawn
+        logits_XxV = jnp.pad(logits_XxV, [(0, 0)] * (logits_XxV.ndim - 1) + [(0, pad)],
+                             constant_values=-jnp.inf)
+    logits_XxNxb = logits_XxV.reshape(logits_XxV.shape[:-1] + (num_blocks, VOCAB_BLOCK))
+    # exp fuses into the block sums: the [X, V] probabilities are never stored;
+    # only the S drawn blocks are exponentiated again below.
+    mass_XxN = jnp.exp(logits_XxNxb - lse_X[..., None, None]).sum(-1)
     cdf_XxN = jnp.cumsum(mass_XxN, axis=-1)
     total_X = cdf_XxN[..., -1]
     v_XxS = u_XxS * total_X[..., None]
     block_XxS = jnp.minimum(_first_above(cdf_XxN, v_XxS), _last_positive(mass_XxN)[..., None])
     before_XxS = jnp.where(block_XxS > 0,
                            jnp.take_along_axis(cdf_XxN, jnp.maximum(block_XxS - 1, 0), -1), 0.0)
-    in_block_XxSxb = jnp.take_along_axis(probs_XxNxb, block_XxS[..., None], axis=-2)
+    in_block_XxSxb = jnp.exp(jnp.take_along_axis(logits_XxNxb, block_XxS[..., None], axis=-2)
+                             - lse_X[..., None, None])
     # Per draw its own block: the first in-block index whose cumulated mass
     # exceeds the draw's residual.
     residual_XxS = v_XxS - before_XxS

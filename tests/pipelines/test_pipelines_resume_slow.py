@@ -18,13 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SMALL_UNITS = ["--rows-per-unit", "2"]
 
 
-@pytest.fixture(scope="module")
-def reference(corpus, tokenizer_path, teacher_path, tmp_path_factory):
+@pytest.fixture(scope="module", params=[(), ("--samples", "4")], ids=["topk", "topk+sampled"])
+def reference(request, corpus, tokenizer_path, teacher_path, tmp_path_factory):
     """An uninterrupted in-process run (1 worker): (argv builder, store url)."""
     directory, _ = corpus
 
     def argv(url, *extra):
-        a = lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path, *extra)
+        a = lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path,
+                          *request.param, *extra)
         a[a.index("--rows-per-unit") + 1] = SMALL_UNITS[1]
         return a
 

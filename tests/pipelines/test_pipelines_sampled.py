@@ -15,13 +15,16 @@ from store import ledger, snapshot
 SAMPLES = 5
 
 
-@pytest.fixture(scope="module", params=[lib.K, 0], ids=["topk+sampled", "sampled-only"])
+# (k, profile): top-k and draws in the exact profile; draws only in lean (SPEC12's <= 1 KB/token set-up).
+@pytest.fixture(scope="module", params=[(lib.K, "exact"), (0, "lean")],
+                ids=["exact-topk+sampled", "lean-sampled-only"])
 def sampled_dump(request, corpus, tokenizer_path, teacher_path, tmp_path_factory):
     directory, _ = corpus
     url = str(tmp_path_factory.mktemp("sampled") / "store")
+    k, profile = request.param
     argv = lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path,
-                         "--samples", str(SAMPLES))
-    argv[argv.index("--k") + 1] = str(request.param)
+                         "--samples", str(SAMPLES), "--profile", profile)
+    argv[argv.index("--k") + 1] = str(k)
     return argv, dump.run_dump(argv), url
 
 

@@ -84,10 +84,11 @@ def test_same_row_in_two_batches_gets_the_same_draws(tiny):
     cfg, params = tiny
     fn = extract.make_extract_fn(cfg, k=8, layers=(1,), samples=6, token_tile=16)
     tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (3, 12), dtype=np.int32)
+    # Row 11 sits at batch index 1, then 0, beside other rows.
     first = fn(params, tokens[[0, 1]], np.array([10, 11], np.int32))
-    second = fn(params, tokens[[2, 1]], np.array([4, 11], np.int32))
+    second = fn(params, tokens[[1, 2]], np.array([11, 4], np.int32))
     for name in ("sampled_ids", "sampled_counts", "sampled_logprobs"):
-        np.testing.assert_array_equal(np.asarray(first[name])[1], np.asarray(second[name])[1])
+        np.testing.assert_array_equal(np.asarray(first[name])[1], np.asarray(second[name])[0])
     assert not np.array_equal(np.asarray(first["sampled_ids"])[0], np.asarray(second["sampled_ids"])[0])
 
 
@@ -145,3 +146,16 @@ def test_missing_rows_are_refused(tiny):
     fn = extract.make_extract_fn(cfg, k=4, samples=2)
     with pytest.raises(extract.ExtractConfigError, match="pass rows_B"):
         fn(params, np.zeros((1, 4), np.int32))
+
+
+def test_stratified_draws_cover_the_strata_an_id_spans():
+    # p = (0.5, 0.3, 0.2), S = 4, strata [0, .25), ..., [.75, 1): id 0's CDF
+    # interval [0, .5) is exactly two strata (2 draws); id 1's [.5, .8) holds
+    # one whole stratum (1 or 2); id 2's [.8, 1) none (0 or 1). I.i.d. draws
+    # would give id 0 anything from 0 to 4.
+    out = _draw(np.log([0.5, 0.3, 0.2]), 500, 4)
+    ids, counts = np.asarray(out["sampled_ids"]), np.asarray(out["sampled_counts"]).astype(int)
+    per_id = np.zeros((500, 3), int)
+    np.add.at(per_id, (np.arange(500)[:, None], ids), counts)  # empty slots add 0 at id 0
+    assert np.all(per_id[:, 0] == 2)
+    assert set(per_id[:, 1]) == {1, 2} and set(per_id[:, 2]) == {0, 1}

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teacher_dump import extract
+from teacher_dump import extract, topk
 
 
 def _np_topk_logprobs(logits_NxV, k):
@@ -89,3 +89,55 @@ def test_token_range_check():
         extract.check_token_range(np.array([[0, 10]]), 10)
     with pytest.raises(extract.TokenRangeError, match="token id -3"):
         extract.check_token_range(np.array([[-3, 1]]), 10)
+
+
+def _assert_same_as_lax(x, k, group):
+    want_vals, want_ids = jax.lax.top_k(x, k)
+    vals, ids = jax.jit(lambda x: topk.grouped_top_k(x, k, group))(x)
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(want_ids))
+    # Bit patterns, so -0.0 / +0.0 and -inf compare exactly.
+    view = np.int16 if x.dtype == jnp.bfloat16 else np.int32
+    np.testing.assert_array_equal(np.asarray(vals).view(view), np.asarray(want_vals).view(view))
+
+
+@pytest.mark.parametrize("group", [1, 3, 7, 16])  # 7 and 16 pad the last group (V=1000)
+def test_grouped_top_k_equals_lax_top_k_on_random_logits(group):
+    x = jnp.asarray(np.random.default_rng(6).normal(0, 3, (48, 1000)), jnp.float32)
+    _assert_same_as_lax(x, 40, group)
+
+
+def test_grouped_top_k_ties_infinities_and_signed_zeros():
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2, 3, (6, 300)).astype(np.float32)  # heavy ties everywhere
+    x[1] = 1.0                                              # all tied
+    x[2, :270] = -np.inf                                    # k reaches into the -inf ids
+    x[3] = 0.0
+    x[3, rng.choice(300, 150, replace=False)] = -0.0         # -0.0 ranks below +0.0
+    x[4, ::37] = 2.0                                        # equal maxima in many groups
+    x[5, :] = -np.inf
+    for group in (4, 5):
+        _assert_same_as_lax(jnp.asarray(x), 40, group)
+    _assert_same_as_lax(jnp.asarray(x, jnp.bfloat16), 40, 5)
+
+
+def test_two_stage_extraction_equals_plain_one(make_params):
+    from trainer.model import model_config
+    cfg = model_config.get_config("tiny", vocab_size=256, num_layers=2)
+    params = make_params(cfg, 8)
+    tokens = np.random.default_rng(8).integers(0, 256, (2, 12), dtype=np.int32)
+    for top_p in (None, 0.6):
+        plain = extract.make_extract_fn(cfg, k=32, layers=(1,), top_p=top_p, topk_group=0)(params, tokens)
+        grouped = extract.make_extract_fn(cfg, k=32, layers=(1,), top_p=top_p, topk_group=4)(params, tokens)
+        for name in ("topk_ids", "topk_logprobs"):
+            np.testing.assert_array_equal(np.asarray(plain[name]), np.asarray(grouped[name]))
+
+
+def test_topk_group_choice_and_refusals():
+    from trainer.model import model_config
+    small = model_config.get_config("tiny", vocab_size=256, num_layers=2)
+    assert extract.resolve_spec(small, k=32).topk_group == 0  # measured: no gain at small V
+    assert topk.auto_group("cpu", 262_144, 128) == 16
+    assert topk.auto_group("gpu", 262_144, 128) == 0  # unmeasured there: lax.top_k
+    for bad in (-1, True, 8):  # 256 / 8 = 32 groups, not more than k=32
+        with pytest.raises(extract.ExtractConfigError, match=f"topk_group={bad!r} must be 0"):
+            extract.resolve_spec(small, k=32, topk_group=bad)
