@@ -4,7 +4,8 @@
 
 One run, same synthetic signal (bench/store_bench.py's: real log-softmax top-k
 of Zipf-prior logits, heavy-tailed activations with massive channels), store
-bench geometry T=2048, k=128, D=2560, V=32,000, interleaved repeats:
+bench geometry T=2048, k=128, D=2560, V=32,000 (``--vocab 262144``: Gemma 3's; ``--samples S``:
+the sampled/* family too), interleaved repeats:
 
   * exact_host: ``StoreWriter.write_unit`` of an exact store (float16 casts on the host);
   * compact_host: ``write_unit`` of a compact store (the numpy encoder of store.profiles);
@@ -38,14 +39,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.store_bench import D, K, LAYER, T, V, synth_hidden, synth_topk  # noqa: E402
+from bench.store_bench import D, K, LAYER, T, VOCABS, synth_hidden, synth_logits  # noqa: E402
 from store import StoreReader, StoreSchema, create_store, profiles  # noqa: E402
 from teacher_dump import encode  # noqa: E402
 
 
-def _schema(profile, rows_per_unit):
+SAMPLED = ("sampled_ids", "sampled_counts", "sampled_logprobs")
+
+
+def _schema(profile, rows_per_unit, V, S):
     return StoreSchema(seq_len=T, k=K, vocab_size=V, hidden_layers=(LAYER,), hidden_dim=D, profile=profile,
-                       rows_per_unit=rows_per_unit, tokenizer={"sha256": "bench", "vocab_size": V},
+                       rows_per_unit=rows_per_unit, samples=S, tokenizer={"sha256": "bench", "vocab_size": V},
                        teacher={"name": "synthetic", "fingerprint": "bench"}, packing={"rule": "noam"})
 
 
@@ -54,8 +58,9 @@ def _host_write(url, schema, data):
     t = time.perf_counter()
     for u in range(w.num_units):
         a, b = w.unit_rows(u)
+        sampled = {n: data[n][a:b] for n in SAMPLED} if schema.samples else {}
         w.write_unit(u, tokens=data["tokens"][a:b], topk_ids=data["ids"][a:b], topk_logprobs=data["lp"][a:b],
-                     hidden={LAYER: data["hidden"][a:b]})
+                     hidden={LAYER: data["hidden"][a:b]}, **sampled)
     return time.perf_counter() - t
 
 
@@ -106,6 +111,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats per mode (best kept)")
     p.add_argument("--profile", default="compact", choices=("compact", "lean"),
                    help="the profile encoded on the host and on the device (modes are named after it)")
+    p.add_argument("--vocab", type=int, default=VOCABS[0], choices=VOCABS, help="V (default 32,000)")
+    p.add_argument("--samples", type=int, default=0, help="sampled draws per position (default 0: none)")
     p.add_argument("--hidden_bf16", action="store_true",
                    help="round the activations to bfloat16 values (a bf16 teacher's): |y| ties, where the "
                         "device's outlier choice (lower channel) may differ from argpartition's")
@@ -116,18 +123,19 @@ def main(argv=None):
         args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                 "encode_bench.json" if args.profile == "compact" else f"encode_bench_{args.profile}.json")
     rng = np.random.default_rng(0)
-    ids, lp = synth_topk(rng, args.rows)
-    data = {"tokens": rng.integers(0, V, (args.rows, T), dtype=np.int32), "ids": ids, "lp": lp,
-            "hidden": synth_hidden(rng, args.rows)}
+    V, S = args.vocab, args.samples
+    data = synth_logits(rng, args.rows, V, max(S, 1))
+    data.update(tokens=rng.integers(0, V, (args.rows, T), dtype=np.int32), hidden=synth_hidden(rng, args.rows))
     if args.hidden_bf16:
         data["hidden"] = np.asarray(jax.numpy.asarray(data["hidden"]).astype("bfloat16").astype("float32"))
     tokens = args.rows * T
     P = args.profile
-    schema = _schema(P, args.rows_per_unit)
+    schema = _schema(P, args.rows_per_unit, V, S)
     R = args.rows_per_unit
     # The extraction step's outputs, left on the device (untimed).
-    signals_dev = [jax.device_put({"topk_ids": ids[a:a + R], "topk_logprobs": lp[a:a + R],
-                                   "hidden": {LAYER: data["hidden"][a:a + R]}})
+    signals_dev = [jax.device_put({"topk_ids": data["ids"][a:a + R], "topk_logprobs": data["lp"][a:a + R],
+                                   "hidden": {LAYER: data["hidden"][a:a + R]},
+                                   **({n: data[n][a:a + R] for n in SAMPLED} if S else {})})
                    for a in range(0, args.rows, R)]
     fn = jax.jit(lambda s: encode.encode_signal(s, schema))
     warm = fn(signals_dev[0])  # compile, untimed
@@ -142,7 +150,7 @@ def main(argv=None):
     url = {m: os.path.join(args.dir, m) for m in
            ("exact_host", P + "_host", P + "_device", P + "_device_overlapped", P + "_encoded_write")}
     passes = {
-        "exact_host": lambda: (_host_write(url["exact_host"], _schema("exact", R), data), None),
+        "exact_host": lambda: (_host_write(url["exact_host"], _schema("exact", R, V, S), data), None),
         P + "_host": lambda: (_host_write(url[P + "_host"], schema, data), None),
         P + "_device": lambda: _device_write(url[P + "_device"], schema, data, signals_dev, fn, False),
         P + "_device_overlapped": lambda: _device_write(url[P + "_device_overlapped"], schema, data,
@@ -164,7 +172,7 @@ def main(argv=None):
         modes[m]["encode_and_fetch_s_each"] = fetch[m]
     exact_rate = modes["exact_host"]["tokens_s"]
     report = {
-        "geometry": {"T": T, "k": K, "D": D, "V": V, "rows": args.rows, "rows_per_unit": R, "tokens": tokens,
+        "geometry": {"T": T, "k": K, "D": D, "V": V, "samples": S, "rows": args.rows, "rows_per_unit": R, "tokens": tokens,
                      "hidden_bf16": args.hidden_bf16},
         "machine": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()][:1],
                     "cpus": os.cpu_count(), "loadavg_1m_at_end": os.getloadavg()[0]},
