@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/encode_bench.py
 	$(PY) bench/extract_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/loader_bench.py
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/ledger_bench.py
 

@@ -6,7 +6,9 @@
 
 For each method (nll, kd, hldc) the same jitted step runs (a) on one batch
 already on the device and (b) fed by trainer.training.data from a local store written
-here with random contents of the config's shape. Reports step time, tokens/s,
+here with random contents of the config's shape. Both feeds carry the store's
+arrays as stored (``--profile``); the step decodes them on the device
+(trainer.training.decode), so its time includes the decode. Reports step time, tokens/s,
 MFU (model FLOPs/token from trainer.flops over config.peak_flops_per_device),
 the loader/synthetic ratio, XLA's memory analysis of the compiled step
 (arguments + outputs + temporaries, per method), and peak memory (device
@@ -31,7 +33,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from store import StoreReader, StoreSchema, create_store  # noqa: E402
-from trainer.training import config as config_lib, data, methods, loop as train  # noqa: E402
+from trainer.training import config as config_lib, data, decode, methods, loop as train  # noqa: E402
 
 
 def write_random_store(path, config, model_cfg, num_rows, profile="exact"):
@@ -81,12 +83,13 @@ def bench_method(config, model_cfg, method, store_url, steps, mesh, repeats):
     schedule_steps = max(10 * steps, 2 * config.optim.warmup_steps + 10)
     plan = train.PhasePlan(phase, schedule_steps,
                            train.phase_flops_per_token(config, model_cfg, phase))
-    runner = train.PhaseRunner(config, model_cfg, plan, mesh)
+    # The loader ships the stored arrays; the step decodes them on the device.
+    reader = StoreReader(store_url)
+    runner = train.PhaseRunner(config, model_cfg, plan, mesh, decode.Encoding.from_reader(reader))
     state = runner.init_state(jax.random.key(0))
-    profile = StoreReader(store_url).schema.profile
     host = data.synthetic_batch(config.data.batch_size, config.data.seq_len,
                                 model_cfg.vocab_size, k=config.data.k,
-                                hidden_dim=config.teacher.d_model, profile=profile)
+                                hidden_dim=config.teacher.d_model, profile=reader.schema.profile)
     fixed = runner.put_batch(host)
 
     class _OnDevice:

@@ -7,9 +7,13 @@
 
 Index pipeline: committed row ids → seeded global shuffle (reshuffled each
 epoch) → infinite repeat → per-host slice (process i of n takes every n-th
-element) → batch of indices → ONE `StoreReader.read` per batch (a map run by
-Grain's reader threads, which is the prefetch). Reading a batch in one call
-lets TensorStore fetch all its chunks concurrently instead of row by row.
+element) → batch of indices → ONE `StoreReader.read_stored` per batch (a map
+run by Grain's reader threads, which is the prefetch). Reading a batch in one
+call lets TensorStore fetch all its chunks concurrently instead of row by row.
+
+The batch holds the arrays AS STORED (integer codes and their side arrays,
+`trainer.training.decode` names them): the host does no decode pass at all,
+the train step dequantises on the device (`decode.decode_batch`).
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ from absl import flags
 import jax
 import numpy as np
 
-from store import StoreReader
+from store import StoreInputError, StoreReader, StoreSchema, profiles
 from trainer.model.errors import ConfigError
+from trainer.training import decode
 
 # The batch keys a method's loss uses (the store's "hidden/<l>" becomes "hidden").
 _TOPK = ("topk_ids", "topk_logprobs")
+_SAMPLED = ("sampled_ids", "sampled_counts", "sampled_logprobs")
 
 
 DataConfigError = ConfigError  # The store cannot feed the requested batches
@@ -31,20 +37,24 @@ DataConfigError = ConfigError  # The store cannot feed the requested batches
 def store_fields(batch_keys, hidden_layer: int = 0) -> tuple[str, ...]:
     """Store fields to read for the batch keys a phase uses (`methods.Phase.fields`).
 
-    NLL reads tokens; KD adds the top-k; HLD adds one hidden layer. Per phase,
+    NLL reads tokens; KD adds the top-k or the sampled logits (loss.signal);
+    HLD adds one hidden layer. Per phase,
     not per method: HLDF phase 1 reads no top-k and phase 2 no hidden state.
     """
     fields = []
     for key in batch_keys:
         if key in _TOPK:
             field = "topk"
+        elif key in _SAMPLED:
+            field = "sampled"
         elif key == "hidden":
             field = f"hidden/{hidden_layer}"
         elif key == "tokens":
             field = "tokens"
         else:
             raise ValueError(f"unknown batch key {key!r}; use tokens, topk_ids, "
-                             f"topk_logprobs or hidden")
+                             f"topk_logprobs, sampled_ids, sampled_counts, "
+                             f"sampled_logprobs or hidden")
         if field not in fields:
             fields.append(field)
     return tuple(fields)
@@ -70,8 +80,10 @@ class StoreSource:
         self.url = str(url)
         self.fields = tuple(fields)
         self.allow_partial = allow_partial
+        value_keys(self.fields)  # An unknown field fails here, not in a reader thread.
         self._reader = None
         self._rows = None
+        self._names = None
 
     def __getstate__(self):
         # The row list travels with the source: on a store that is still being
@@ -102,39 +114,57 @@ class StoreSource:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def encoding(self) -> decode.Encoding:
+        """The store's encoding (what `decode.decode_batch` needs to decode these batches)."""
+        return decode.Encoding.from_reader(self.reader)
+
+    def stored_names(self) -> list[str]:
+        """The stored arrays a batch reads (`StoreReader.stored_names`, activations
+        RMS-normalised: no per-token RMS), checked against what `decode` decodes.
+
+        Raises:
+            DataConfigError: the store lacks a field, or stores arrays the decoder does not expect.
+        """
+        keys, layer = value_keys(self.fields)
+        want = self.encoding.stored_names(keys, layer)
+        try:
+            have = self.reader.stored_names(self.fields, hidden_normalized=True)
+        except StoreInputError as e:
+            raise DataConfigError(f"store {self.url}: {e}; read only fields the store holds "
+                                  f"(python -m store inspect {self.url})") from None
+        if sorted(have) != sorted(want):
+            raise DataConfigError(
+                f"store {self.url} ({self.reader.schema.profile} profile) stores {have} for fields "
+                f"{list(self.fields)} but trainer.training.decode decodes {want}; update decode._LAYOUT "
+                f"to the store's profile")
+        return have
+
     def read_indices(self, indices) -> dict[str, np.ndarray]:
-        """Reads source indices (positions in `rows`) as one batch dict."""
+        """Reads source indices (positions in `rows`) as one batch of stored arrays."""
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        raw = self.reader.read(rows, fields=self.fields, **loader_read_options(self.reader))
-        batch = {"tokens": np.asarray(raw["tokens"], np.int32)}
-        if "topk" in self.fields:
-            batch["topk_ids"] = raw["topk_ids"]
-            batch["topk_logprobs"] = raw["topk_logprobs"]
-        for field in self.fields:
-            if field.startswith("hidden/"):
-                batch["hidden"] = raw[field]
-        return batch
+        if self._names is None:
+            self._names = self.stored_names()
+        raw = self.reader.read_stored(rows, self._names)
+        return {decode.batch_key(name): arr for name, arr in raw.items()}
 
 
-def loader_read_options(reader) -> dict:
-    """StoreReader.read options that return (nearly) the stored bytes.
-
-    The train step upcasts on device (methods.loss_fn), so the host does
-    no per-element decode work: for the `exact` profile the batch *is* the
-    bytes read from disk. Activations come back RMS-normalised per token
-    (x / rms(x)): the hidden-state losses normalise the teacher target per
-    token anyway, so the stored per-token scale is never needed. `compact`
-    decodes on the host regardless (int8 codes, zstd), where float32 output
-    is the cheaper conversion.
-    """
-    values = LOADED_VALUE_DTYPE[reader.schema.profile]
-    return dict(hidden_normalized=True, hidden_dtype=values, ids_dtype=reader.stored_ids_dtype,
-                logprobs_dtype=values)
-
-
-# dtype of loaded log-probs and activations per store profile (see
-# loader_read_options); synthetic batches use the same table.
-LOADED_VALUE_DTYPE = {"exact": np.float16, "compact": np.float32}
+def value_keys(fields) -> tuple[tuple[str, ...], int]:
+    """(batch value keys, hidden layer) of store fields: the inverse of `store_fields`."""
+    keys, layer = [], 0
+    for field in fields:
+        if field == "tokens":
+            keys.append("tokens")
+        elif field == "topk":
+            keys += _TOPK
+        elif field == "sampled":
+            keys += _SAMPLED
+        elif field.startswith("hidden/") and field[len("hidden/"):].isdigit():
+            keys.append("hidden")
+            layer = int(field[len("hidden/"):])
+        else:
+            raise ValueError(f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>")
+    return tuple(keys), layer
 
 
 class _ReadBatch(grain.transforms.Map):
@@ -211,11 +241,12 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
     """A random in-memory batch (bench/tests).
 
     Args:
-        as_loaded: True: the keys and dtypes the store loader yields for a store
-            of `profile` (uint16 ids for V ≤ 65,536, log-probs and per-token
-            RMS-normalised hidden in LOADED_VALUE_DTYPE[profile]); False: float32
+        as_loaded: True: the keys and arrays the store loader yields for a store
+            of `profile`: the profile's numpy encoding (`store.profiles`), named
+            as in `trainer.training.decode`, activations RMS-normalised (no
+            per-token RMS); decode it with `synthetic_encoding`. False: float32
             values, as `write_unit` takes.
-        profile: store profile whose loaded dtypes to mimic.
+        profile: store profile whose stored arrays to produce.
     """
     rng = np.random.default_rng(seed)
     batch = {"tokens": rng.integers(0, vocab_size, (batch_size, seq_len), dtype=np.int32)}
@@ -227,12 +258,21 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
         batch["topk_logprobs"] = np.take_along_axis(logits, ids, -1) - lse
     if hidden_dim:
         batch["hidden"] = rng.normal(size=(batch_size, seq_len, hidden_dim)).astype(np.float32)
-    if as_loaded:
-        if k:
-            batch["topk_ids"] = batch["topk_ids"].astype(np.uint16 if vocab_size <= 65536 else np.int32)
-            batch["topk_logprobs"] = batch["topk_logprobs"].astype(LOADED_VALUE_DTYPE[profile])
-        if hidden_dim:
-            h = batch["hidden"]
-            batch["hidden"] = (h / np.sqrt(np.mean(h * h, -1, keepdims=True))).astype(
-                LOADED_VALUE_DTYPE[profile])
-    return batch
+    if not as_loaded:
+        return batch
+    prof = profiles.get_profile(profile)
+    stored = {"tokens": batch["tokens"]}
+    if k:
+        stored.update(prof.encode_topk(batch["topk_ids"], batch["topk_logprobs"], vocab_size))
+    if hidden_dim:
+        stored.update(prof.encode_hidden(1, batch["hidden"]))  # any layer: keys drop it
+    keys, _ = value_keys(("tokens",) + (("topk",) if k else ()) + (("hidden/1",) if hidden_dim else ()))
+    enc = synthetic_encoding(profile, vocab_size, k, hidden_dim)
+    return {decode.batch_key(n): stored[n] for n in enc.stored_names(keys, 1)}
+
+
+def synthetic_encoding(profile: str, vocab_size: int, k: int = 0, hidden_dim: int = 0) -> decode.Encoding:
+    """The Encoding of `synthetic_batch(..., as_loaded=True, profile=profile)` batches."""
+    schema = StoreSchema(seq_len=2, k=k, vocab_size=vocab_size, hidden_layers=(1,) if hidden_dim else (),
+                         hidden_dim=hidden_dim, profile=profile)
+    return decode.Encoding.from_schema(schema, profiles.get_profile(profile).encodings(schema))

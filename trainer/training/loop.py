@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from store import StoreReader
 from store import objective_penalty as penalty_lib
 from trainer.training import (
-    checkpoint, config as config_lib, data, distributed, methods, metrics, sharding,
+    checkpoint, config as config_lib, data, decode, distributed, methods, metrics, sharding,
     state as train_state, store_align,
 )
 from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
@@ -120,8 +120,11 @@ def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
 
 
 def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, mesh,
-                    state_shardings, batch_keys_ndim: dict):
+                    state_shardings, batch_keys_ndim: dict, encoding: decode.Encoding):
     """The jitted step: (state, batch) -> (state, metrics); state is donated.
+
+    The batch holds the store's arrays as stored; `encoding` is how loss_fn
+    decodes them on the device (a static of the trace).
 
     Traced once per phase (`chex.assert_max_traces`): a second trace would
     mean a silent recompile (e.g. a shape or dtype drift in the batch).
@@ -132,7 +135,8 @@ def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, 
         def loss_of(trainables):
             return methods.loss_fn(trainables["params"], trainables["regressor"], batch,
                                    state.step, phase=phase, config=config,
-                                   model_cfg=model_cfg, num_steps=plan.num_steps)
+                                   model_cfg=model_cfg, num_steps=plan.num_steps,
+                                   encoding=encoding)
 
         (_, step_metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.trainables)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainables)
@@ -155,13 +159,18 @@ def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, 
 
 
 _STEP_IDS = itertools.count()
-_BATCH_NDIM = {"tokens": 2, "topk_ids": 3, "topk_logprobs": 3, "hidden": 3}
 
 
 class PhaseRunner:
-    """Builds the optimizer, shardings and step of one phase (also used by the bench)."""
+    """Builds the optimizer, shardings and step of one phase (also used by the bench).
 
-    def __init__(self, config, model_cfg, plan: PhasePlan, mesh):
+    `encoding` (the store's, `decode.Encoding.from_reader`) fixes the batch's
+    stored arrays and how the step decodes them; the default `decode.EXACT`
+    takes exact-profile arrays (e.g. `data.synthetic_batch`).
+    """
+
+    def __init__(self, config, model_cfg, plan: PhasePlan, mesh,
+                 encoding: decode.Encoding = decode.EXACT):
         self.config, self.model_cfg, self.plan, self.mesh = config, model_cfg, plan, mesh
         phase = plan.phase
         opt = config.optim
@@ -184,10 +193,11 @@ class PhaseRunner:
         self.state_shardings = train_state.state_shardings(
             abstract, self.optimizer, self.param_shardings, self.reg_shardings, replicated)
         self.abstract_state = checkpoint.abstract_like(abstract, self.state_shardings)
-        self.batch_keys = phase.fields
+        self.encoding = encoding
+        batch_ndims = encoding.batch_ndims(phase.fields)
+        self.batch_keys = tuple(batch_ndims)
         self.step = make_train_step(config, model_cfg, plan, self.optimizer, self.lr_schedule,
-                                    mesh, self.state_shardings,
-                                    {k: _BATCH_NDIM[k] for k in self.batch_keys})
+                                    mesh, self.state_shardings, batch_ndims, encoding)
 
     def _fresh_state(self, rng, params=None):
         # Three keys, as when the state carried one, so inits stay the same.
@@ -278,7 +288,7 @@ def run(config) -> dict:
         for plan in plans:
             if plan.phase.index < meta["phase"]:
                 continue
-            runner = PhaseRunner(config, model_cfg, plan, mesh)
+            runner = PhaseRunner(config, model_cfg, plan, mesh, decode.Encoding.from_reader(reader))
             fields = data.store_fields(plan.phase.fields, config.teacher.hidden_layer)
             source = data.StoreSource(config.store.url, fields,
                                       allow_partial=config.store.allow_partial)
