@@ -42,6 +42,7 @@ demo: $(DATA_STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/store_bench.py
+	$(PY) bench/encode_bench.py
 	$(PY) bench/extract_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/loader_bench.py
