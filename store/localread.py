@@ -43,7 +43,9 @@ _LITTLE_BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
 _CRC = {"name": "crc32c"}
 _REPAIR = "run `python -m store repair STORE` and re-run the dump (it re-writes the unit)"
 # Chunk reads run on this many threads (one process-wide pool, rebuilt after a
-# fork: Grain workers unpickle readers in forked processes).
+# fork: Grain workers unpickle readers in forked processes); 1 reads inline.
+# Measured on the shared 2-core box (load ~4): a 4-row lean hidden read 6.8 ms
+# inline, 3.9 ms on 2 threads; compact's no faster (no idle core to use).
 THREADS = min(4, os.cpu_count() or 1)
 _pool = None
 _pool_pid = None
@@ -195,7 +197,7 @@ def read_runs(jobs) -> None:
             for a, b in runs:
                 arr._plan(a, b, out[at:at + b - a], fds, tasks)
                 at += b - a
-        if len(tasks) <= 1:
+        if len(tasks) <= 1 or THREADS <= 1:
             for t in tasks:
                 t[0]._read_chunk(*t[1:])
             return
