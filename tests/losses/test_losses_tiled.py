@@ -120,14 +120,24 @@ def _max_logit_like_size(jaxpr):
     return biggest
 
 
-def test_gradient_never_materialises_full_logits():
+def _as_sampled(inputs):
+    """The top-k inputs recast as a sampled signal (S = K draws: each stored id once)."""
+    valid = np.isfinite(np.asarray(inputs["topk_logprobs"]))
+    return {"targets": inputs["targets"], "sampled_ids": inputs["topk_ids"],
+            "sampled_counts": jnp.asarray(valid.astype(np.uint8)),
+            "sampled_logprobs": inputs["topk_logprobs"]}
+
+
+@pytest.mark.parametrize("signal", ["topk", "sampled"])
+def test_gradient_never_materialises_full_logits(signal):
     hidden, emb, inputs = _inputs(seed=3)
     tile = 5
-    fn = tiled_loss.logit_terms_fn(nll=True, kd=True)
+    fn = tiled_loss.logit_terms_fn(nll=True, kd=True, signal=signal)
+    tiled_inputs = _as_sampled(inputs) if signal == "sampled" else inputs
     mask = jnp.ones((B, T))
     tiled_grad = jax.make_jaxpr(jax.grad(
-        lambda h, e: _scalar(tiled_loss.tiled_logit_losses(h, e, fn, inputs, tile_tokens=tile), mask),
-        argnums=(0, 1)))(hidden, emb)
+        lambda h, e: _scalar(tiled_loss.tiled_logit_losses(h, e, fn, tiled_inputs, tile_tokens=tile),
+                             mask), argnums=(0, 1)))(hidden, emb)
     untiled_grad = jax.make_jaxpr(jax.grad(
         lambda h, e: _scalar(_untiled(h, e, inputs, 1.0, "zero"), mask), argnums=(0, 1)))(hidden, emb)
     assert V * D < tile * V  # the embedding table itself is below the bound
@@ -161,7 +171,8 @@ def test_bad_kd_config_raises_before_tracing():
         tiled_loss.logit_terms_fn(kd=True, tail="buckett", temperature=0.5)
 
 
-def test_compiled_gradient_temp_memory_scales_with_tile_not_batch():
+@pytest.mark.parametrize("signal", ["topk", "sampled"])
+def test_compiled_gradient_temp_memory_scales_with_tile_not_batch(signal):
     """XLA's own buffer plan: temp memory ~ a couple of tiles of fp32 logits."""
     b, t, d, v, k, tile = 4, 256, 16, 4096, 8, 64
     hidden = jnp.ones((b, t, d))
@@ -169,7 +180,9 @@ def test_compiled_gradient_temp_memory_scales_with_tile_not_batch():
     inputs = {"targets": jnp.zeros((b, t), jnp.int32),
               "topk_ids": jnp.broadcast_to(jnp.arange(k), (b, t, k)),
               "topk_logprobs": jnp.full((b, t, k), -3.0)}
-    fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True)
+    if signal == "sampled":
+        inputs = _as_sampled(inputs)
+    fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True, signal=signal)
 
     def loss(h, e):
         out = tiled_loss.tiled_logit_losses(h, e, fn, inputs, tile_tokens=tile)

@@ -91,15 +91,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(store, tmp_path):
 
 
 def test_cli_store_mismatch_is_one_line_exit_2(store, tmp_path):
-    import subprocess
-    import sys
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "--config", tl.CONFIG, "--set", f"store.url={store}",
-         "--set", f"run_dir={tmp_path / 'run'}", "--set", "model.vocab_size=256"],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--set model.vocab_size=512" in lines[0] and "256" in lines[0], lines
+    line = tl.cli_error_line(store, tmp_path / "run", "model.vocab_size=256")
+    assert "--set model.vocab_size=512" in line and "256" in line, line
 
 
 def test_resume_under_other_settings_is_refused(store, tmp_path):

@@ -41,8 +41,12 @@ def _bigram(vocab, seed):
 
 def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
                layers=(LAYER,), rows_per_unit=16, seed=0, tokenizer_sha="ab" * 32,
-               profile="exact"):
-    """Writes a tiny bigram-teacher store; k=0 and layers=() give tokens only."""
+               profile="exact", samples=0):
+    """Writes a tiny bigram-teacher store; k=0 and layers=() give tokens only.
+
+    samples > 0 adds the sampled logits: that many draws per position from the
+    bigram teacher's next-token distribution.
+    """
     logp_VxV = _bigram(vocab, seed)
     rng = np.random.default_rng(seed + 1)
     tokens = np.zeros((num_rows, seq_len), np.int32)
@@ -52,12 +56,12 @@ def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
         u = rng.random(num_rows)[:, None]
         tokens[:, t] = np.minimum((u > cdf[tokens[:, t - 1]]).sum(-1), vocab - 1)
     schema = StoreSchema(
-        seq_len=seq_len, k=k, vocab_size=vocab, hidden_layers=tuple(layers),
+        seq_len=seq_len, k=k, vocab_size=vocab, hidden_layers=tuple(layers), samples=samples,
         hidden_dim=hidden_dim if layers else 0, rows_per_unit=rows_per_unit, profile=profile,
         tokenizer={"sha256": tokenizer_sha, "vocab_size": vocab, "bos_id": 1, "eos_id": 2,
                    "pad_id": 0},
         teacher={"name": "bigram", "fingerprint": "0" * 64, "num_layers": 2 * LAYER,
-                 "d_model": hidden_dim, "config": {}} if (k or layers) else {},
+                 "d_model": hidden_dim, "config": {}} if (k or layers or samples) else {},
         packing={"rule": "noam"})
     writer = create_store(str(path), schema, num_rows=num_rows)
     proj_VxD = np.random.default_rng(seed + 2).normal(size=(vocab, max(hidden_dim, 1)))
@@ -70,10 +74,49 @@ def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
             ids = np.argsort(-lp, -1)[..., :k].astype(np.int32)
             kwargs["topk_ids"] = ids
             kwargs["topk_logprobs"] = np.take_along_axis(lp, ids, -1).astype(np.float32)
+        if samples:
+            arrays = draw_sampled(logp_VxV[tok.reshape(-1)], samples, seed + 3 + u)
+            kwargs.update((f"sampled_{name}", a.reshape(tok.shape + (samples,)))
+                          for name, a in zip(("ids", "counts", "logprobs"), arrays))
         if layers:
             kwargs["hidden"] = {l: (proj_VxD[tok] * 30.0).astype(np.float32) for l in layers}
         writer.write_unit(u, tokens=tok, **kwargs)
     return str(path)
+
+
+def draw_sampled(logp_NxV, num_samples, seed):
+    """`num_samples` i.i.d. draws from each row's p, in the store layout (SPEC12 §1).
+
+    Distinct ids ascending, empty slots last (id 0, count 0, log-prob -inf).
+
+    Args:
+        logp_NxV: float64 teacher log-probs, one position per row.
+        num_samples: S, draws per position.
+        seed: numpy seed.
+
+    Returns:
+        (ids int32, counts uint8, logprobs float32), each [N, S].
+    """
+    counts_NxV = np.random.default_rng(seed).multinomial(num_samples, np.exp(logp_NxV))
+    order_NxS = np.argsort(counts_NxV == 0, axis=-1, kind="stable")[:, :num_samples]
+    counts_NxS = np.take_along_axis(counts_NxV, order_NxS, -1)
+    ids_NxS = np.where(counts_NxS > 0, order_NxS, 0)
+    lp_NxS = np.where(counts_NxS > 0, np.take_along_axis(logp_NxV, ids_NxS, -1), -np.inf)
+    return ids_NxS.astype(np.int32), counts_NxS.astype(np.uint8), lp_NxS.astype(np.float32)
+
+
+def cli_error_line(store_url, run_dir, *sets):
+    """Runs `python -m trainer` on the tiny config; asserts exit 2 and returns its one stderr line."""
+    import subprocess
+    import sys
+    args = [sys.executable, "-m", "trainer", "--config", CONFIG, "--set", f"store.url={store_url}",
+            "--set", f"run_dir={run_dir}"]
+    for item in sets:
+        args += ["--set", item]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
+    return lines[0]
 
 
 def tiny_config(method, store_url, run_dir, steps=None, **overrides):

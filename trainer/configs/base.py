@@ -33,9 +33,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256          # Global batch (rows of T tokens) per step.
     c.data.seq_len = 2048            # T; must equal the store's seq_len (checked first).
     c.data.k = 128                   # Top-k the store must hold (KD/HLD); 0: any k >= 1.
-    c.data.from_store = False        # True: take data.seq_len, data.k, model.vocab_size,
-                                     # teacher.hidden_layer and teacher.d_model from the
-                                     # store's manifest instead of checking them.
+    c.data.samples = 0               # Sampled draws S the store must hold (loss.signal=sampled);
+                                     # 0: any S >= 1.
+    c.data.from_store = False        # True: take data.seq_len, data.k / data.samples,
+                                     # model.vocab_size, teacher.hidden_layer and
+                                     # teacher.d_model from the store's manifest instead of
+                                     # checking them, and loss.signal where the store holds
+                                     # only one of top-k and sampled logits.
     c.data.num_threads = 2           # Grain reader threads per process (batch reads).
     c.data.prefetch_buffer_size = 4  # Batches read ahead per process.
     c.data.num_workers = 0           # >0: Grain worker processes instead of threads only.
@@ -55,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
     # small k (store.objective_penalty measures by how much; the trainer prints it).
     c.loss.tail = "bucket"
     c.loss.divergence = "forward_kl"  # forward_kl | reverse_kl | jsd.
+    # Stored teacher signal of the KD term: topk | sampled (trainer.training.sampled_kd.Signal).
+    # sampled: S draws from the teacher's full softmax, an unbiased estimate of the
+    # full-vocabulary forward KL at tau=1 (loss.tail does not apply; tau != 1 and other
+    # divergences are refused).
+    c.loss.signal = "topk"
     c.loss.token_tile = 1024         # Tokens per logit tile (never [B,T,V] fp32 at once).
 
     c.optim = ml_collections.ConfigDict()

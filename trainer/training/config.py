@@ -22,7 +22,7 @@ import ml_collections
 
 # One ConfigError for model and trainer configs; parse_enum is re-exported for callers.
 from trainer.model.model_config import ConfigError, parse_enum
-from trainer.training import losses
+from trainer.training import losses, sampled_kd
 from trainer.training.schedules import AlphaSchedule
 
 
@@ -56,6 +56,11 @@ class BudgetUnit(enum.Enum):
 # is loaded, against the directory the command runs in (the run then never
 # depends on its working directory, and config.json records where things are).
 PATH_FIELDS = ("run_dir", "store.url")
+
+# Fields added after runs were already being checkpointed, with the value that
+# reproduces the older behaviour: a config.json without the key is read as
+# holding it, so those runs still resume (check_same_config_on_resume).
+ADDED_FIELDS = {"loss.signal": sampled_kd.Signal.TOPK.value, "data.samples": 0}
 
 
 # The config files shipped in the package (trainer/configs/), found by path: they
@@ -228,6 +233,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.data.batch_size > 0, f"data.batch_size={config.data.batch_size} must be > 0")
     _check(config.data.seq_len > 1, f"data.seq_len={config.data.seq_len} must be > 1")
     _check(config.data.k >= 0, f"data.k={config.data.k} must be >= 0 (0: any k)")
+    _check(0 <= config.data.samples <= 255,
+           f"data.samples={config.data.samples} must be in [0, 255] (0: any S)")
     _check(config.data.num_threads >= 0 and config.data.prefetch_buffer_size >= 0
            and config.data.num_workers >= 0, "data.num_threads, data.prefetch_buffer_size "
            "and data.num_workers must be >= 0")
@@ -256,7 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_kd_settings(loss) -> None:
-    """loss.tail / loss.divergence / loss.tau through the loss module's own parsers."""
+    """loss.tail / divergence / tau / signal through the loss modules' own parsers."""
     try:
         losses.check_temperature(loss.tau, losses.parse_tail_mode(loss.tail))
     except losses.LossConfigError as e:
@@ -265,6 +272,15 @@ def _validate_kd_settings(loss) -> None:
         losses.parse_divergence(loss.divergence)
     except losses.LossConfigError as e:
         raise ConfigError(f"loss.divergence: {e}") from None
+    try:
+        signal = sampled_kd.parse_signal(loss.signal)
+    except losses.LossConfigError as e:
+        raise ConfigError(f"loss.signal: {e}") from None
+    if signal is sampled_kd.Signal.SAMPLED:
+        try:
+            sampled_kd.check_settings(loss.tau, loss.divergence)
+        except losses.LossConfigError as e:
+            raise ConfigError(str(e)) from None
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -287,6 +303,7 @@ def check_same_config_on_resume(config, run_dir: str) -> None:
         return
     with open(old_path, encoding="utf-8") as f:
         old = flatten(json.load(f))
+    old = {**ADDED_FIELDS, **old}
     new = flatten(json.loads(to_json(config)))
     for key in PATH_FIELDS:
         for side in (old, new):

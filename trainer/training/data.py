@@ -37,20 +37,24 @@ DataConfigError = ConfigError  # The store cannot feed the requested batches
 def store_fields(batch_keys, hidden_layer: int = 0) -> tuple[str, ...]:
     """Store fields to read for the batch keys a phase uses (`methods.Phase.fields`).
 
-    NLL reads tokens; KD adds the top-k; HLD adds one hidden layer. Per phase,
+    NLL reads tokens; KD adds the top-k or the sampled logits (loss.signal);
+    HLD adds one hidden layer. Per phase,
     not per method: HLDF phase 1 reads no top-k and phase 2 no hidden state.
     """
     fields = []
     for key in batch_keys:
         if key in _TOPK:
             field = "topk"
+        elif key in _SAMPLED:
+            field = "sampled"
         elif key == "hidden":
             field = f"hidden/{hidden_layer}"
         elif key == "tokens":
             field = "tokens"
         else:
             raise ValueError(f"unknown batch key {key!r}; use tokens, topk_ids, "
-                             f"topk_logprobs or hidden")
+                             f"topk_logprobs, sampled_ids, sampled_counts, "
+                             f"sampled_logprobs or hidden")
         if field not in fields:
             fields.append(field)
     return tuple(fields)

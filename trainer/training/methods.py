@@ -1,7 +1,7 @@
 """The ONE place where loss terms are composed per method and phase (DESIGN §1).
 
     NLL          L = L_data
-    KD           L = (1-α) L_data + α τ² KL(p_T^τ ‖ p_S^τ)          (stored top-k)
+    KD           L = (1-α) L_data + α τ² KL(p_T^τ ‖ p_S^τ)          (stored top-k or sampled)
     HLDC         L = (1-α) L_data + α τ² KL + γ L_emb             (linear W_R: d_S→d_T)
     HLDF phase 1 L = L_HT   (first L_S/2 blocks + MLP d_S→4d_S→d_T, normalized MSE)
     HLDF phase 2 L = L_KD   (whole student from the phase-1 weights)
@@ -9,6 +9,12 @@
 α follows `loss.alpha_schedule` within a phase. With α = 0 (constant) the
 logit-distillation term is not computed at all and the top-k is not read,
 which is representation-only distillation for HLDC (α=0, γ>0).
+
+The KL's teacher signal is `loss.signal` (trainer.training.sampled_kd.Signal):
+the stored top-k (`losses.kd_topk`), or the stored sampled logits
+(`sampled_kd.kd_sampled`, an unbiased estimate of the full-vocabulary forward
+KL at τ = 1), in KD, HLDC and HLDF phase 2 alike. FLOPs accounting is the same
+for both: the logit pass is one unembed either way.
 
 Position convention: the store's top-k at position i predicts token i+1, as
 does the student's logit at i. L_data uses positions 0..T-2 (the target of
@@ -24,6 +30,7 @@ import jax.numpy as jnp
 
 from store import objective_penalty as penalty_lib
 from trainer.training import decode, losses, schedules, tiled_loss
+from trainer.training import sampled_kd
 from trainer.model import gemma3 as model, regressors
 from trainer.training.config import ConfigError, Method, parse_enum
 from trainer.model.regressors import RegressorKind
@@ -44,6 +51,7 @@ class Phase:
         hidden_weight: 1 for L_HT (HLDF phase 1), γ for HLDC.
         regressor: which regressor the phase trains (None: no regressor).
         constant_lr: constant LR after warm-up (HLDF phase 1) instead of WSD.
+        signal: the KD term's stored teacher signal ("topk" | "sampled").
     """
 
     index: int
@@ -55,13 +63,14 @@ class Phase:
     hidden_weight: float
     regressor: RegressorKind | None
     constant_lr: bool
+    signal: str = sampled_kd.Signal.TOPK.value
 
     @property
     def fields(self) -> tuple[str, ...]:
         """Batch keys this phase reads (the loader reads nothing else)."""
         keys = ("tokens",)
         if self.kd_term:
-            keys += ("topk_ids", "topk_logprobs")
+            keys += tiled_loss.SIGNAL_INPUTS[sampled_kd.Signal(self.signal)]
         if self.hidden_term:
             keys += ("hidden",)
         return keys
@@ -78,7 +87,8 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
     logit_kd = not (config.loss.alpha == 0.0
                     and parse_enum(AlphaSchedule, config.loss.alpha_schedule,
                                    "loss.alpha_schedule") is AlphaSchedule.CONSTANT)
-    kd_phase = Phase(1, "kd", None, True, logit_kd, False, 0.0, None, False)
+    signal = sampled_kd.parse_signal(config.loss.signal).value
+    kd_phase = Phase(1, "kd", None, True, logit_kd, False, 0.0, None, False, signal)
     if method is Method.NLL:
         return (Phase(1, "nll", None, True, False, False, 0.0, None, False),)
     if method is Method.KD:
@@ -145,10 +155,28 @@ def objective_penalty(config, reader, phases, sample_rows: int = 16) -> dict | N
     if not any(p.kd_term for p in phases):
         return None
     loss = config.loss
+    if sampled_kd.parse_signal(loss.signal) is sampled_kd.Signal.SAMPLED:
+        return sampled_penalty(config)
     topk_NxK = penalty_lib.sample_topk_logprobs(reader, sample_rows=sample_rows,
                                                 seed=config.seed)
     return penalty_lib.summarize(topk_NxK, reader.schema.vocab_size, loss.alpha, loss.tau,
                                  loss.tail, loss.divergence)
+
+
+def sampled_penalty(config) -> dict:
+    """The penalty summary of the sampled signal: exactly 0, nothing to sample.
+
+    The sampled KD term is an unbiased estimate of the full-vocabulary
+    KL(p ‖ q) (τ = 1, forward KL: the only settings it accepts), so the
+    expected objective (1-α)·NLL + α·KL is minimised by q = p, the teacher:
+    no tail is dropped and the optimum costs nothing. The draws add variance,
+    not bias. Same keys as ``store.objective_penalty.summarize``.
+    """
+    loss = config.loss
+    return {"alpha": float(loss.alpha), "tau": float(loss.tau), "tail": "n/a (sampled signal: unbiased, exactly 0)",
+            "divergence": loss.divergence, "threshold_nats": penalty_lib.THRESHOLD_NATS,
+            "positions": 0, "penalty_nats": 0.0, "penalty_max_nats": 0.0,
+            "solver_residual": 0.0, "warn": False, "signal": sampled_kd.Signal.SAMPLED.value}
 
 
 def init_regressor(kind: RegressorKind | None, rng, d_student: int, d_teacher: int):
@@ -202,13 +230,14 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
         data_mask_BxT = jnp.ones(tokens_BxT.shape, jnp.float32).at[:, -1].set(0.0)
         token_inputs = {tiled_loss.TARGETS: targets_BxT}
         if phase.kd_term:
-            # The loader ships stored dtypes (uint16 ids, float16 log-probs);
-            # upcasting here, on device, keeps the host out of the loop.
-            token_inputs[tiled_loss.TOPK_IDS] = batch["topk_ids"].astype(jnp.int32)
-            token_inputs[tiled_loss.TOPK_LOGPROBS] = batch["topk_logprobs"].astype(jnp.float32)
+            # The loader ships stored dtypes (uint16 ids, uint8 counts, float16
+            # log-probs); upcasting here, on device, keeps the host out of the loop.
+            for key in tiled_loss.SIGNAL_INPUTS[sampled_kd.Signal(phase.signal)]:
+                dtype = jnp.float32 if key.endswith("logprobs") else jnp.int32
+                token_inputs[key] = batch[key].astype(dtype)
         per_tile_fn = tiled_loss.logit_terms_fn(
             nll=True, kd=phase.kd_term, top1=phase.kd_term, temperature=config.loss.tau,
-            tail=config.loss.tail, divergence=config.loss.divergence)
+            tail=config.loss.tail, divergence=config.loss.divergence, signal=phase.signal)
         terms = tiled_loss.tiled_logit_losses(
             out.final_hidden_BxTxD, model.embedding_table(params), per_tile_fn,
             token_inputs, tile_tokens=config.loss.token_tile)

@@ -1,23 +1,39 @@
 """Store ↔ config alignment: take the data geometry from the store, or check it.
 
 The store's manifest fixes the geometry a run must use: T (data.seq_len), the
-stored top-k (data.k), the vocabulary (model.vocab_size), the captured teacher
+stored top-k (data.k) or sampled draws per position (data.samples, for
+loss.signal=sampled), the vocabulary (model.vocab_size), the captured teacher
 layer (teacher.hidden_layer) and its width (teacher.d_model). With
-`data.from_store=True` the trainer copies them from the store; otherwise every
-disagreement is reported at once, each with the `--set key=value` that fixes it,
-before anything compiles.
+`data.from_store=True` the trainer copies them from the store, and picks
+loss.signal when the store holds only one of top-k and sampled logits (with
+both, the config's loss.signal decides); otherwise every disagreement is
+reported at once, each with the `--set key=value` that fixes it, before
+anything compiles.
+
+`needs_topk` below means "the run has a KD term": which stored signal that
+term reads is `config.loss.signal`.
 """
 from __future__ import annotations
 
 from store import SchemaMismatchError, StoreSchema
 from trainer.training.config import ConfigError
+from trainer.training.sampled_kd import Signal, parse_signal
+
+
+def store_signal(schema: StoreSchema) -> Signal | None:
+    """The one KD signal the store holds; None when it holds both or neither."""
+    has = [s for s, n in ((Signal.TOPK, schema.k), (Signal.SAMPLED, schema.samples)) if n >= 1]
+    return has[0] if len(has) == 1 else None
 
 
 def geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
     """{config key: the value the store requires} for the fields the run uses."""
     wanted = {"data.seq_len": schema.seq_len, "model.vocab_size": schema.vocab_size}
-    if needs_topk and schema.k >= 1:
+    sampled = parse_signal(config.loss.signal) is Signal.SAMPLED
+    if needs_topk and not sampled and schema.k >= 1:
         wanted["data.k"] = schema.k
+    if needs_topk and sampled and schema.samples >= 1:
+        wanted["data.samples"] = schema.samples
     if needs_hidden and schema.hidden_layers:
         layers = list(schema.hidden_layers)
         # A config layer that the store holds is kept; one stored layer is the only choice.
@@ -47,6 +63,10 @@ def _set(config, dotted: str, value) -> None:
 def apply_geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
     """Copies the store's geometry into `config` in place; returns {key: (old, new)} changed."""
     changed = {}
+    only = store_signal(schema)
+    if needs_topk and only is not None and parse_signal(config.loss.signal) is not only:
+        changed["loss.signal"] = (config.loss.signal, only.value)
+        config.loss.signal = only.value
     for key, value in geometry(config, schema, needs_topk, needs_hidden).items():
         old = _get(config, key)
         if old != value:
@@ -60,8 +80,8 @@ def mismatches(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool
     found = []
     for key, value in geometry(config, schema, needs_topk, needs_hidden).items():
         have = _get(config, key)
-        # data.k=0 means "any stored k".
-        if have != value and not (key == "data.k" and have == 0):
+        # data.k=0 / data.samples=0 mean "any stored k / S".
+        if have != value and not (key in ("data.k", "data.samples") and have == 0):
             found.append(f"{key}={have!r} but the store has {value!r} (--set {key}={value})")
     if needs_hidden and schema.hidden_layers and "teacher.hidden_layer" not in geometry(
             config, schema, needs_topk, needs_hidden):
@@ -80,11 +100,19 @@ def mismatches(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool
 def check_store(config, schema: StoreSchema, url: str, needs_topk: bool,
                 needs_hidden: bool) -> None:
     """Raises one SchemaMismatchError listing every mismatch (or a store lacking a signal)."""
-    if needs_topk and schema.k < 1:
+    sampled = parse_signal(config.loss.signal) is Signal.SAMPLED
+    if needs_topk and not sampled and schema.k < 1:
+        other = (f"--set loss.signal=sampled (the store holds S={schema.samples} sampled "
+                 f"logits per position)" if schema.samples >= 1 else "--set method=nll")
         raise ConfigError(
-            f"method {config.method} needs teacher top-k but store {url} has k=0 (tokens "
-            f"only); dump top-k with `python -m pipelines.dump --teacher ...` or use "
-            f"--set method=nll")
+            f"method {config.method} needs teacher top-k but store {url} has k=0; dump top-k "
+            f"with `python -m pipelines.dump --teacher ...` or use {other}")
+    if needs_topk and sampled and schema.samples < 1:
+        other = (f"--set loss.signal=topk (the store holds top-{schema.k})" if schema.k >= 1
+                 else "--set method=nll")
+        raise ConfigError(
+            f"loss.signal=sampled needs sampled teacher logits but store {url} has none "
+            f"(samples=0); dump them with samples > 0 or use {other}")
     if needs_hidden and not schema.hidden_layers:
         raise ConfigError(
             f"method {config.method} needs teacher activations but store {url} holds none; "

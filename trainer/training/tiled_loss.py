@@ -20,7 +20,7 @@ Stable signatures (the trainer codes against these)::
                        token_inputs={"targets": [B,T], ...},
                        tile_tokens=1024) -> {name: fp32 [B, T]}
     logit_terms_fn(nll=True, kd=False, top1=False, temperature=1.0,
-                   tail="zero", divergence="forward_kl") -> per_tile_fn
+                   tail="zero", divergence="forward_kl", signal="topk") -> per_tile_fn
 
 ``per_tile_fn(logits_NxV, inputs) -> {name: [N]}`` receives fp32 logits of one
 tile (N = B × chunk tokens, flattened) and the matching slices (``[N, ...]``)
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer.model import tiling
-from trainer.training import losses
+from trainer.training import losses, sampled_kd
 from trainer.model.errors import ModelInputError
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
@@ -45,6 +45,14 @@ PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Arra
 TARGETS = "targets"
 TOPK_IDS = "topk_ids"
 TOPK_LOGPROBS = "topk_logprobs"
+SAMPLED_IDS = "sampled_ids"
+SAMPLED_COUNTS = "sampled_counts"
+SAMPLED_LOGPROBS = "sampled_logprobs"
+# The teacher inputs of the KD and top-1 terms, per signal (ids first).
+SIGNAL_INPUTS = {
+    sampled_kd.Signal.TOPK: (TOPK_IDS, TOPK_LOGPROBS),
+    sampled_kd.Signal.SAMPLED: (SAMPLED_IDS, SAMPLED_COUNTS, SAMPLED_LOGPROBS),
+}
 
 
 TiledLossError = ModelInputError  # Bad shapes or settings for the tiled logit loss
@@ -112,7 +120,7 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
     if missing:
         raise TiledLossError(
             f"token_inputs lacks {missing} needed by the requested loss terms; pass them "
-            "(targets from the shifted tokens, topk_* from the store)")
+            "(targets from the shifted tokens, topk_* or sampled_* from the store)")
 
     def flat(x_BxCx_):
         return x_BxCx_.reshape((-1,) + x_BxCx_.shape[2:])
@@ -136,37 +144,53 @@ def logit_terms_fn(nll: bool = True,
                    top1: bool = False,
                    temperature: float = 1.0,
                    tail: str | losses.TailMode = "zero",
-                   divergence: str | losses.Divergence = "forward_kl") -> PerTileFn:
+                   divergence: str | losses.Divergence = "forward_kl",
+                   signal: str | sampled_kd.Signal = "topk") -> PerTileFn:
     """Builds a per-tile function returning any of NLL, KD and top-1 agreement.
 
-    Token inputs read: ``"targets"`` (for nll), ``"topk_ids"`` and
-    ``"topk_logprobs"`` (for kd and top1). Outputs use the same names as the
-    flags: ``{"nll": ..., "kd": ..., "top1": ...}``; KD is without τ²/α.
+    Token inputs read: ``"targets"`` (for nll); for kd and top1 the teacher
+    signal's arrays, ``SIGNAL_INPUTS[signal]``: ``"topk_ids"`` and
+    ``"topk_logprobs"``, or ``"sampled_ids"``, ``"sampled_counts"`` and
+    ``"sampled_logprobs"``. Outputs use the same names as the flags:
+    ``{"nll": ..., "kd": ..., "top1": ...}``; KD is without τ²/α.
 
     Raises:
       TiledLossError: no term requested.
-      losses.LossConfigError: bad KD tail / divergence / temperature (checked
-        here, before anything is traced).
+      losses.LossConfigError: bad KD tail / divergence / temperature / signal,
+        or a setting the sampled signal cannot honour (checked here, before
+        anything is traced).
     """
     if not (nll or kd or top1):
         raise TiledLossError("logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True")
+    signal = sampled_kd.parse_signal(signal)
     if kd:
         tail = losses.parse_tail_mode(tail)
         divergence = losses.parse_divergence(divergence)
         temperature = losses.check_temperature(temperature, tail)
+        if signal is sampled_kd.Signal.SAMPLED:
+            sampled_kd.check_settings(temperature, divergence)
+    teacher_keys = SIGNAL_INPUTS[signal] if (kd or top1) else ()
+    if top1 and not kd and signal is sampled_kd.Signal.TOPK:
+        teacher_keys = teacher_keys[:1]  # The top-k top-1 reads the ids only.
 
     def per_tile_fn(logits_NxV, inputs):
         out = {}
         if nll:
             out["nll"] = losses.nll(logits_NxV, inputs[TARGETS])
+        teacher = [inputs[k] for k in teacher_keys]
+        if signal is sampled_kd.Signal.SAMPLED:
+            if kd:
+                out["kd"] = sampled_kd.kd_sampled(logits_NxV, *teacher)
+            if top1:
+                out["top1"] = sampled_kd.top1_agreement_sampled(logits_NxV, *teacher)
+            return out
         if kd:
-            out["kd"] = losses.kd_topk(logits_NxV, inputs[TOPK_IDS], inputs[TOPK_LOGPROBS],
-                                       temperature, tail=tail, divergence=divergence)
+            out["kd"] = losses.kd_topk(logits_NxV, *teacher, temperature, tail=tail,
+                                       divergence=divergence)
         if top1:
-            out["top1"] = losses.top1_agreement(logits_NxV, inputs[TOPK_IDS])
+            out["top1"] = losses.top1_agreement(logits_NxV, teacher[0])
         return out
 
-    required = ([TARGETS] if nll else []) + ([TOPK_IDS] if (kd or top1) else []) + (
-        [TOPK_LOGPROBS] if kd else [])
+    required = ([TARGETS] if nll else []) + list(teacher_keys)
     per_tile_fn.required_inputs = tuple(required)
     return per_tile_fn
