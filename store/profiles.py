@@ -27,7 +27,8 @@ bytes), so re-writing a work unit rewrites identical files.
     ``hidden_aux/<l>/qstep`` float16 step of the int8 grid         [N,T]
     ``hidden_aux/<l>/outlier_idx`` uint16 channel of the n largest [N,T,n]
     ``hidden_aux/<l>/outlier_val`` float16 their normalised value  [N,T,n]
-      y = x / rms; the n = NUM_OUTLIERS largest |y| are kept in float16, the
+      y = x / rms; the n = NUM_OUTLIERS largest |y| (ties to the lower channel,
+      as lax.top_k: store/topn.py) are kept in float16, the
       rest is quantised on a per-token grid qstep = max|rest| / 127.
       Decode: y = int8 * qstep; y[idx] = val; x = y * rms (a normalized
       read stops at y).

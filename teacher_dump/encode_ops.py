@@ -14,7 +14,7 @@ Each function gives the bytes numpy gives on the host (tested on CPU, jax
   broadcast is hidden behind an optimisation barrier, so the divide stays a
   correctly rounded IEEE divide.
 * ``top_n_channels``: ``lax.top_k``'s order, ties towards the lower channel
-  (numpy's argpartition breaks them in an unspecified way: store.topn).
+  (store.topn applies the same rule on its tie rows; argpartition alone would not).
 * ``fwht``: the Hadamard rotation as add/sub butterflies in store.lean's order.
 * ``pack_ids``: integer ops, exact anywhere.
 """

@@ -1,8 +1,8 @@
 """Device encoders (teacher_dump/encode.py) against the numpy encoders of store.profiles.
 
-Agreement is byte-for-byte (the stated tolerance is zero) wherever the top-n
-outlier set is unique; on tied |y| the device picks the lower channel, checked
-against an independent stable-argsort reference, and decodes within one grid step.
+Agreement is byte-for-byte (the stated tolerance is zero), tied |y| included:
+host and device both take the n largest |y| with ties to the lower channel
+(store/topn.py), checked against an independent stable-argsort reference.
 """
 import dataclasses
 import types
@@ -60,12 +60,10 @@ def test_pairwise_sum_is_numpys_sum_bit_for_bit(D):
 @pytest.mark.parametrize("D", [2560, 96, 5])
 def test_compact_hidden_is_byte_identical_to_numpy(D):
     x = _hidden(np.random.default_rng(1), 2, 24, D)
-    x[1, 3] = 0.0  # a zero token: rms 0, step 1 (its outlier set ties: only the codes are compared)
+    x[1, 3] = 0.0  # a zero token: rms 0, step 1, every channel ties
     got = _device(lambda x: encode.compact_hidden(4, x), x)
     ref = profiles.get_profile("compact").encode_hidden(4, x)
-    idx_name = profiles.aux_name(4, "outlier_idx")
-    np.testing.assert_array_equal(got[idx_name][1, 3], np.arange(min(8, D)))  # lower channels on ties
-    got[idx_name][1, 3] = ref[idx_name][1, 3]
+    np.testing.assert_array_equal(got[profiles.aux_name(4, "outlier_idx")][1, 3], np.arange(min(8, D)))
     _assert_same_bytes(got, ref)
 
 
@@ -84,23 +82,24 @@ def test_topk_is_byte_identical_to_numpy(profile, V):
     _assert_same_bytes(got, prof.encode_topk(ids, lp, V))
 
 
-def test_tied_outliers_take_the_lower_channel_and_decode_within_a_grid_step():
-    # bfloat16-rounded activations: |y| ties at the n-th value happen on a few tokens.
+@pytest.mark.parametrize("D", [256, 2560, 100])
+def test_tied_outliers_take_the_lower_channel_byte_identical_to_numpy(D):
+    # bfloat16-valued activations (a bf16 teacher): |y| ties at the n-th value on ~1% of tokens
+    # (e12 measured); 256 and 2560 take store.topn's block path, 100 its full-row fallback.
     rng = np.random.default_rng(4)
-    x = np.array(jnp.asarray(_hidden(rng, 1, 512, 256)).astype(jnp.bfloat16).astype(jnp.float32))
-    x[0, :8, 100:112] = 2e4  # 12 equal largest channels: the top 8 is a tie
+    x = np.array(jnp.asarray(_hidden(rng, 1, 512, D)).astype(jnp.bfloat16).astype(jnp.float32))
+    x[0, :8, 10:22] = 2e4  # 12 equal largest channels: the top 8 is a tie
+    x[0, 8] = 0.0  # all channels tie
     got = _device(lambda x: encode.compact_hidden(1, x), x)
     ref = profiles.get_profile("compact").encode_hidden(1, x)
     y = x / profiles._rms(x)[1][..., None]
-    want_idx = np.sort(np.argsort(-np.abs(y), axis=-1, kind="stable")[..., :8], axis=-1)
+    a = np.abs(y)
+    srt = -np.sort(-a, axis=-1)
+    assert (srt[..., 7] == srt[..., 8]).sum() >= 10  # the tie path is exercised beyond the planted rows
+    want_idx = np.sort(np.argsort(-a, axis=-1, kind="stable")[..., :8], axis=-1)
     np.testing.assert_array_equal(got[profiles.aux_name(1, "outlier_idx")], want_idx)
-    prof = profiles.get_profile("compact")
-    y_got = prof.decode_hidden(1, got, np.float32, normalized=True)
-    y_ref = prof.decode_hidden(1, ref, np.float32, normalized=True)
-    step = ref[profiles.aux_name(1, "qstep")].astype(np.float32)[..., None]
-    assert np.all(np.abs(y_got - y_ref) <= step * 1.01)
-    same = (got[profiles.aux_name(1, "outlier_idx")] == ref[profiles.aux_name(1, "outlier_idx")]).all(-1)
-    np.testing.assert_array_equal(got[profiles.hidden_name(1)][same], ref[profiles.hidden_name(1)][same])
+    np.testing.assert_array_equal(want_idx[0, :8], np.broadcast_to(np.arange(10, 18), (8, 8)))
+    _assert_same_bytes(got, ref)
 
 
 def test_decode_of_device_encoding_is_faithful():
