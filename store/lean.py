@@ -14,9 +14,14 @@ Activations (``hidden/<l>``, uint8 [N,T,ceil(D/3)], zstd) of x [T, D] float32:
    Computed as float32 butterflies (a, b) -> (a + b, a - b) at distances
    h = 1, 2, ..., b/2, then one multiply by float32(1/sqrt(b)), so a device
    encoder doing the same adds in the same order writes the same bytes.
-3. Per token and group: step = float16(sqrt(mean(r**2)) * LEAN_STEP), the mean
-   of squares summed in float64 (a reduction whose order then hardly
-   matters); a zero step is stored as 1. ``hidden_aux/<l>/step`` float16 [N,T,G].
+3. Per token and group: step = float16(sqrt(m) * float32(LEAN_STEP)) in
+   float32, m = ``np.mean(np.square(r), axis=-1, dtype=np.float32)``: every
+   square rounded to float32, summed in numpy's pairwise order (a contiguous
+   last axis: blocks of 128 by 8 strided accumulators), divided by b. That
+   order is spelled out by teacher_dump/encode_ops.mean_square, so the
+   device encoder writes the same steps (a float64 sum cannot be reproduced
+   in a jitted step without x64: ~1e-4 of steps were a float16 ulp apart).
+   A zero step is stored as 1. ``hidden_aux/<l>/step`` float16 [N,T,G].
 4. Code c = clip(floor(r / step) + 3, 0, 5): a 6-level midrise grid, value
    (c - 2.5) * step. LEAN_STEP is the MSE-optimal step of that grid for
    N(0, 1) (tests/store/test_store_lean.py finds the optimum independently).
@@ -104,7 +109,8 @@ def encode(x_RxTxD: np.ndarray, rms_safe_RxT: np.ndarray):
     for a in range(0, x.shape[0], _BLOCK_TOKENS):
         y = np.divide(x[a:a + _BLOCK_TOKENS], safe[a:a + _BLOCK_TOKENS, None], dtype=np.float32)
         r = hadamard_rotate((y * s).reshape(-1, G, b))
-        st = (np.sqrt(np.mean(np.square(r, dtype=np.float64), axis=-1)) * LEAN_STEP).astype(np.float16)
+        ms = np.mean(np.square(r), axis=-1, dtype=np.float32)  # pairwise float32: see the module doc
+        st = (np.sqrt(ms) * np.float32(LEAN_STEP)).astype(np.float16)
         st[st == 0] = 1.0
         step[a:a + _BLOCK_TOKENS] = st
         np.divide(r, st.astype(np.float32)[..., None], out=r)
@@ -159,6 +165,8 @@ def describe(D: int) -> dict:
         "hidden_group": group_size(D) if D else 0,
         "hidden_signs": signs(D).tolist() if D else [],
         "lean_step": LEAN_STEP,
-        "lean_step_rule": "step = float16(sqrt(mean over the group of r**2) * lean_step); code = "
-                          "clip(floor(r / step) + 3, 0, 5), r the rotated normalized activation",
+        "lean_step_rule": "step = float16(float32(sqrt(m)) * float32(lean_step)), m the float32 mean over the "
+                          "group of float32(r**2) (numpy: np.mean(np.square(r), axis=-1, dtype=np.float32)), a "
+                          "zero step stored as 1; code = clip(floor(r / step) + 3, 0, 5), r the rotated "
+                          "normalized activation",
     }

@@ -12,16 +12,9 @@ packs them (``pack_ids``, SPEC §3; integer ops, exact on any backend).
 
 Byte-identical to the numpy encoders of ``store.profiles`` on CPU (tested;
 the arithmetic is built from encode_ops.py's bit-exact twins of numpy's),
-with two exceptions:
-
-* compact outlier channels: ``lax.top_k`` breaks ties towards the lower
-  channel, numpy's argpartition in an unspecified way. Only a token whose
-  n-th and (n+1)-th largest |y| are equal can differ (equal |y| trade
-  places; decoded within a grid step). None with float32 activations; 1.1%
-  of tokens with bfloat16-valued ones (measured, bench/encode_bench.py).
-* lean step: store.lean sums the group's squares in float64, which the
-  jitted step cannot (no x64); a step then rounds to the neighbouring
-  float16 in ~1e-4 of groups.
+tied compact outliers (host and device: ties to the lower channel,
+store/topn.py) and lean steps (both: numpy's float32 pairwise mean of
+squares, store/lean.py) included.
 
 A resume re-runs the same encoder, so it rewrites the same bytes either way.
 """
