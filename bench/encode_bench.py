@@ -114,8 +114,8 @@ def main(argv=None):
     p.add_argument("--vocab", type=int, default=VOCABS[0], choices=VOCABS, help="V (default 32,000)")
     p.add_argument("--samples", type=int, default=0, help="sampled draws per position (default 0: none)")
     p.add_argument("--hidden_bf16", action="store_true",
-                   help="round the activations to bfloat16 values (a bf16 teacher's): |y| ties, where the "
-                        "device's outlier choice (lower channel) may differ from argpartition's")
+                   help="round the activations to bfloat16 values (a bf16 teacher's): |y| ties, where host and "
+                        "device both take the lower channel (the encodings stay byte-identical)")
     p.add_argument("--dir", default="/tmp/encode_bench")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/encode_bench[_lean].json)")
     args = p.parse_args(argv)

@@ -75,7 +75,8 @@ def _rms(x_RxTxD: np.ndarray) -> np.ndarray:
 class Profile:
     """Base profile: tokens are stored as-is in every profile."""
     name = ""
-    side_zstd = False  # zstd on the ids and the small sampled arrays
+    side_zstd = False  # zstd on the top-k ids
+    sampled_zstd = False  # zstd on the sampled arrays (ids, counts, log-probs)
     packs_ids = False  # ids bit-packed (store/bitpack.py), with "ids_bits" in the manifest
 
     def arrays(self, schema) -> list[ArraySpec]:
@@ -222,6 +223,7 @@ class CompactProfile(Profile):
     """int8 activations with outlier channels, uint8 companded log-probs, zstd."""
     name = "compact"
     side_zstd = True
+    sampled_zstd = True
     packs_ids = True
 
     def topk_arrays(self, T, K, V):
@@ -319,9 +321,10 @@ class CompactProfile(Profile):
 class LeanProfile(CompactProfile):
     """6-level rotated activations (store/lean.py); top-k as compact; packed ids."""
     name = "lean"
-    # No zstd on ids and sampled arrays either: at k=0, 12 draws, V=262,144 it saved 24 B/token (of 935)
-    # and cut the loader's read from 0.40x to 0.29x raw (bench/loader_bench.py); 935 B/token fits <= 1 KB.
-    side_zstd = False
+    # No zstd on the sampled arrays (lean's hidden/<l> has none either: store/lean.py): at k=0, 12 draws,
+    # V=262,144 it saved 24 B/token (of 935, which fits <= 1 KB) and cut the loader's read from 0.40x to
+    # 0.29x raw (measured). Top-k keeps compact's zstd: it saves 79 B/token on packed ids at k=128.
+    sampled_zstd = False
 
     def check_schema(self, schema):
         lean.check_dim(schema.hidden_dim)

@@ -129,8 +129,9 @@ def test_lean_store_round_trip_and_zarr_python_decode(filled_store, K):
 
 
 @pytest.mark.parametrize("K", [0, 8])
-def test_lean_arrays_are_stored_without_zstd_but_topk_logprobs(filled_store, K):
-    # The 6-level codes are near their entropy and the side arrays small: raw chunks read by pread.
+def test_lean_stores_hidden_and_sampled_arrays_without_zstd(filled_store, K):
+    # The 6-level codes are near their entropy and the sampled arrays small: raw chunks read by pread.
+    # Top-k is stored as compact stores it (zstd on ids and codes).
     url, _, _ = filled_store("lean", num_rows=4, K=K, D=64, samples=4)
     r = StoreReader(url)
     names = r.stored_names(r.default_fields())
@@ -138,7 +139,8 @@ def test_lean_arrays_are_stored_without_zstd_but_topk_logprobs(filled_store, K):
     for name in names:
         meta = json.loads((pathlib.Path(url) / name / "zarr.json").read_text())
         inner = [c["name"] for c in meta["codecs"][0]["configuration"]["codecs"]]
-        assert inner == (["bytes", "zstd", "crc32c"] if name == "topk/logprobs" else ["bytes", "crc32c"]), name
+        zstd = name in ("topk/ids", "topk/logprobs")
+        assert inner == (["bytes", "zstd", "crc32c"] if zstd else ["bytes", "crc32c"]), name
 
 
 def test_manifest_with_other_signs_is_refused(filled_store):
