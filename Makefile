@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/loader_bench.py
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/ledger_bench.py
+	$(PY) bench/signal_cost_table.py
 
 # Our evaluation vs lm-evaluation-harness and transformers on an exported demo student.
 bench-lmeval: $(BENCH_STAMP)
