@@ -1,7 +1,7 @@
 """The ``lean`` profile: ~935 B/token at T=2048, D=2560, V=262,144 with 12 sampled draws and no top-k.
 
 Activations (``hidden/<l>``, uint8 [N,T,ceil(D/3)], no zstd: 6-level codes
-are near their entropy, zstd saved ~73 B/token of 854 and made the loader's
+are near their entropy, zstd saved 73-85 B/token of 854 and made the loader's
 read several times slower; stored raw, a read is a pread into the output)
 of x [T, D] float32:
 
