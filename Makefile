@@ -42,11 +42,13 @@ demo: $(DATA_STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/store_bench.py
+	$(PY) bench/encode_bench.py
 	$(PY) bench/extract_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/loader_bench.py
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/ledger_bench.py
+	$(PY) bench/signal_cost_table.py
 
 # Our evaluation vs lm-evaluation-harness and transformers on an exported demo student.
 bench-lmeval: $(BENCH_STAMP)

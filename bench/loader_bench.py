@@ -9,7 +9,11 @@ the sampled logits, one hidden layer RMS-normalised: no per-token RMS):
   * raw:    plain-Python sequential ``fh.read()`` of those arrays' files;
   * loader: ``trainer.training.data.StoreSource.read_indices`` batches of
             ``--read_batch`` rows: ``StoreReader.read_stored`` of the stored
-            codes and side arrays, no host decode (what the trainer now feeds);
+            codes and side arrays, no host decode (what the trainer now feeds),
+            chunks read by ``store.localread`` (pread + numcodecs zstd);
+  * loader_ts: the same reads forced through TensorStore (its reader opened
+            with ``store.reader.USE_LOCAL_READS = False``), i.e. the loader
+            before store.localread read zstd chunks, side by side;
   * host:   the former loader, ``StoreReader.read(hidden_normalized=True, ...)``
             with the numpy decode on the host (float16 values for exact, float32
             for compact), for comparison.
@@ -37,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import store_bench  # noqa: E402  (its synthetic teacher signal, raw read and timed pass)
-from store import StoreReader, StoreSchema, create_store  # noqa: E402
+from store import StoreReader, StoreSchema, create_store, reader as store_reader  # noqa: E402
 from trainer.training import data, decode  # noqa: E402
 
 T, D, LAYER = store_bench.T, store_bench.D, store_bench.LAYER
@@ -73,10 +77,17 @@ def bench_profile(url, name, profile, fields, rows, read_batch, repeats, decode_
     host_kw = dict(hidden_normalized=True, hidden_dtype=values, logprobs_dtype=values,
                    ids_dtype=reader.stored_ids_dtype)
     source.read_indices([0])  # opens the handles (once per process), untimed
+    ts_source = data.StoreSource(url, fields)
+    store_reader.USE_LOCAL_READS = False  # only while ts_source opens its handles
+    try:
+        ts_source.read_indices([0])
+    finally:
+        store_reader.USE_LOCAL_READS = True
     reader.read([0], fields=fields, **host_kw)
     passes = {
         "raw": lambda: sum(store_bench.raw_read(os.path.join(url, n))[1] for n in names),
         "loader": lambda: store_bench._timed_pass(source.read_indices, rows, read_batch),
+        "loader_ts": lambda: store_bench._timed_pass(ts_source.read_indices, rows, read_batch),
         "host": lambda: store_bench._timed_pass(lambda r: reader.read(r, fields=fields, **host_kw), rows, read_batch),
     }
     nbytes = sum(store_bench.raw_read(os.path.join(url, n))[0] for n in names)
@@ -150,7 +161,8 @@ def main(argv=None):
                           "device": f"{dev.platform}:{dev.device_kind}"},
               "profiles": results, "goals": goals,
               "note": ("page-cache reads of the arrays a KD+HLD batch needs; raw = plain-Python fh.read() of "
-                       "their files; loader = StoreSource.read_indices (read_stored, no host decode); host = "
+                       "their files; loader = StoreSource.read_indices (read_stored, no host decode); loader_ts = the same "
+                       "through TensorStore (store.reader.USE_LOCAL_READS off); host = "
                        "the former loader (StoreReader.read with the numpy decode); X_vs_raw = median over "
                        "interleaved repeats of raw time / X time (same bytes); device decode = jitted "
                        "decode.decode_batch of one batch already on the device")}
@@ -158,13 +170,13 @@ def main(argv=None):
     with open(args.out, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=1)
     print(f"{'case':9s} {'B/token':>8s} {'raw MB/s':>9s} {'loader MB/s':>11s} {'loader tok/s':>12s} "
-          f"{'loader/raw':>10s} {'host tok/s':>11s} {'host/raw':>8s} {'decode tok/s':>12s}")
+          f"{'loader/raw':>10s} {'ts/raw':>6s} {'host tok/s':>11s} {'host/raw':>8s} {'decode tok/s':>12s}")
     for r in results:
         print(f"{r['case']:9s} {r['bytes_per_token']:8.1f} {r['raw_MB_s']:9.1f} {r['loader_MB_s']:11.1f} "
-              f"{r['loader_tokens_s']:12.0f} {r['loader_vs_raw']:10.2f} {r['host_tokens_s']:11.0f} "
-              f"{r['host_vs_raw']:8.2f} {r['device_decode_tokens_s']:12.0f}")
+              f"{r['loader_tokens_s']:12.0f} {r['loader_vs_raw']:10.2f} {r['loader_ts_vs_raw']:6.2f} "
+              f"{r['host_tokens_s']:11.0f} {r['host_vs_raw']:8.2f} {r['device_decode_tokens_s']:12.0f}")
     print(f"X/raw = median over {args.repeats} interleaved repeats of raw time / X time over the same bytes "
-          f"(tokens + top-k or sampled + hidden/{LAYER}, no RMS); host = former loader (numpy decode); decode = jitted "
+          f"(tokens + top-k or sampled + hidden/{LAYER}, no RMS); ts = the loader's reads through TensorStore; host = former loader (numpy decode); decode = jitted "
           f"device decode on {dev.platform}.  goals: {goals}")
     return report
 

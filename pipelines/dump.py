@@ -69,7 +69,16 @@ def _handler(opts, plan):
     return TeacherModelHandler(
         opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
         top_p=opts.top_p, samples=opts.samples, rows_per_unit=opts.rows_per_unit, dtype=opts.teacher_dtype, token_tile=opts.token_tile,
-        share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None)
+        share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None,
+        encode_for=plan.schema, encode_profile=_store_profile(opts.store, plan.schema))
+
+
+def _store_profile(url, schema):
+    """The profile an existing store was written with (a compact one from before id packing: plain ids)."""
+    try:
+        return profiles.for_store(schema, store.open_writer(url).manifest)
+    except store.StoreNotFoundError:
+        return None
 
 
 def build_pipeline(argv, read_ledgers=True):

@@ -15,7 +15,9 @@ Contract with the dump pipeline (pipelines/):
   (no topk_* when k = 0; plus ``sampled_ids`` / ``sampled_counts`` /
   ``sampled_logprobs`` [R,T,S] when samples > 0, keyed by the global store row
   ``unit_index * rows_per_unit + r``) — exactly the arguments
-  ``StoreWriter.write_unit`` takes.
+  ``StoreWriter.write_unit`` takes; with ``encode_for`` (what pipelines.dump
+  passes), the store's arrays encoded on the device instead,
+  ``signal = {"encoded": {stored array: [R, ...]}}`` (write_unit_encoded).
 * Host memory holds the signal of one call's units; rows inside them are fed
   to the device in batches of ``batch_size`` with transfer overlapped (loop.py).
 
@@ -30,7 +32,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base
 
-from teacher_dump import extract
+from teacher_dump import encode, extract
 from teacher_dump import teacher as teacher_lib
 
 
@@ -63,7 +65,7 @@ class TeacherModelHandler(base.ModelHandler):
                  token_tile: int = extract.DEFAULT_TOKEN_TILE,
                  share_across_processes: bool = False,
                  num_devices: int | None = 1, samples: int = 0,
-                 rows_per_unit: int | None = None):
+                 rows_per_unit: int | None = None, encode_for=None, encode_profile=None):
         """Configures the handler (nothing is loaded until load_model).
 
         Args:
@@ -82,6 +84,9 @@ class TeacherModelHandler(base.ModelHandler):
             rows_per_unit: the store's unit size, which maps a unit's rows to
                 the global store rows that key the draws (required iff
                 samples > 0).
+            encode_for: the store's StoreSchema: encode on the device; the signal is then
+                {"encoded": {stored array: [R, ...]}} (StoreWriter.write_unit_encoded).
+            encode_profile: the existing store's Profile (store.profiles.for_store), None: new store.
 
         Raises:
             extract.ExtractConfigError: samples > 0 without rows_per_unit.
@@ -102,6 +107,8 @@ class TeacherModelHandler(base.ModelHandler):
         self._num_devices = num_devices
         self._samples = samples
         self._rows_per_unit = rows_per_unit
+        self._encode_for = encode_for
+        self._encode = {"encode_for": encode_for, "encode_profile": encode_profile}
 
     def load_model(self) -> teacher_lib.Teacher:
         """Loads the teacher and compiles nothing yet (first batch compiles).
@@ -114,7 +121,7 @@ class TeacherModelHandler(base.ModelHandler):
             self._ckpt, dtype=self._dtype,
             devices=teacher_lib.local_devices(self._num_devices))
         teacher.extract_fn(k=self._k, layers=self._layers, top_p=self._top_p,
-                           token_tile=self._token_tile, samples=self._samples)
+                           token_tile=self._token_tile, samples=self._samples, **self._encode)
         return teacher
 
     def run_inference(self, batch: Sequence[Any],
@@ -145,13 +152,14 @@ class TeacherModelHandler(base.ModelHandler):
         signal = model.extract(rows, batch_size=self._batch_size, k=self._k,
                                layers=self._layers, top_p=self._top_p,
                                token_tile=self._token_tile, samples=self._samples,
-                               row_ids=self._row_ids(units))
+                               row_ids=self._row_ids(units), **self._encode)
+        if self._encode_for is not None:
+            signal = {"encoded": encode.host_arrays(signal)}
         results, start = [], 0
         for unit_index, tokens in units:
             stop = start + tokens.shape[0]
-            unit_signal = {name: array[start:stop] for name, array in signal.items()
-                           if name != "hidden"}
-            unit_signal["hidden"] = {l: h[start:stop] for l, h in signal["hidden"].items()}
+            unit_signal = {name: ({n: a[start:stop] for n, a in array.items()} if isinstance(array, dict)
+                                  else array[start:stop]) for name, array in signal.items()}
             results.append((unit_index, tokens, unit_signal))
             start = stop
         Metrics.counter("teacher_dump", "units").inc(len(units))

@@ -19,6 +19,7 @@ Beam counters, which count attempts.
 import time
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import RunInference
 
 import store
@@ -122,7 +123,11 @@ class WriteUnitFn(beam.DoFn):
         # The handler's signal holds exactly write_unit's keyword arguments.
         arrays = {} if signal is None else signal
         try:
-            self._writer.write_unit(unit, tokens=tokens_RxT, **arrays)
+            if "encoded" in arrays:  # encoded on the device (teacher_dump.encode)
+                self._writer.write_unit_encoded(unit, {"tokens": np.asarray(tokens_RxT, np.int32),
+                                                       **arrays["encoded"]})
+            else:
+                self._writer.write_unit(unit, tokens=tokens_RxT, **arrays)
         except errors.STORAGE_ERRORS as e:
             errors.raise_if_storage_failure(e, f"writing unit {unit} to {self._url}")
             raise

@@ -1,6 +1,9 @@
 """The ``lean`` profile: ~935 B/token at T=2048, D=2560, V=262,144 with 12 sampled draws and no top-k.
 
-Activations (``hidden/<l>``, uint8 [N,T,ceil(D/3)], zstd) of x [T, D] float32:
+Activations (``hidden/<l>``, uint8 [N,T,ceil(D/3)], no zstd: 6-level codes
+are near their entropy, zstd saved 73-85 B/token of 854 and made the loader's
+read several times slower; stored raw, a read is a pread into the output)
+of x [T, D] float32:
 
 1. y = x / rms(x), the per-token RMS exactly as exact/compact compute it,
    stored as ``hidden_aux/<l>/rms`` float32 [N,T].
@@ -14,9 +17,14 @@ Activations (``hidden/<l>``, uint8 [N,T,ceil(D/3)], zstd) of x [T, D] float32:
    Computed as float32 butterflies (a, b) -> (a + b, a - b) at distances
    h = 1, 2, ..., b/2, then one multiply by float32(1/sqrt(b)), so a device
    encoder doing the same adds in the same order writes the same bytes.
-3. Per token and group: step = float16(sqrt(mean(r**2)) * LEAN_STEP), the mean
-   of squares summed in float64 (a reduction whose order then hardly
-   matters); a zero step is stored as 1. ``hidden_aux/<l>/step`` float16 [N,T,G].
+3. Per token and group: step = float16(sqrt(m) * float32(LEAN_STEP)) in
+   float32, m = ``np.mean(np.square(r), axis=-1, dtype=np.float32)``: every
+   square rounded to float32, summed in numpy's pairwise order (a contiguous
+   last axis: blocks of 128 by 8 strided accumulators), divided by b. That
+   order is spelled out by teacher_dump/encode_ops.mean_square, so the
+   device encoder writes the same steps (a float64 sum cannot be reproduced
+   in a jitted step without x64: ~1e-4 of steps were a float16 ulp apart).
+   A zero step is stored as 1. ``hidden_aux/<l>/step`` float16 [N,T,G].
 4. Code c = clip(floor(r / step) + 3, 0, 5): a 6-level midrise grid, value
    (c - 2.5) * step. LEAN_STEP is the MSE-optimal step of that grid for
    N(0, 1) (tests/store/test_store_lean.py finds the optimum independently).
@@ -104,7 +112,8 @@ def encode(x_RxTxD: np.ndarray, rms_safe_RxT: np.ndarray):
     for a in range(0, x.shape[0], _BLOCK_TOKENS):
         y = np.divide(x[a:a + _BLOCK_TOKENS], safe[a:a + _BLOCK_TOKENS, None], dtype=np.float32)
         r = hadamard_rotate((y * s).reshape(-1, G, b))
-        st = (np.sqrt(np.mean(np.square(r, dtype=np.float64), axis=-1)) * LEAN_STEP).astype(np.float16)
+        ms = np.mean(np.square(r), axis=-1, dtype=np.float32)  # pairwise float32: see the module doc
+        st = (np.sqrt(ms) * np.float32(LEAN_STEP)).astype(np.float16)
         st[st == 0] = 1.0
         step[a:a + _BLOCK_TOKENS] = st
         np.divide(r, st.astype(np.float32)[..., None], out=r)
@@ -140,7 +149,7 @@ def decode(codes_RxTxW: np.ndarray, step_RxTxG: np.ndarray, D: int, dtype, rms_R
 
 def hidden_specs(layer_name: str, aux, T: int, D: int) -> list[ArraySpec]:
     """The stored arrays of one layer (``aux(what)`` names its side arrays)."""
-    return [ArraySpec(layer_name, (T, (D + 2) // 3), "uint8", ("pos", "d_codes3"), zstd=True),
+    return [ArraySpec(layer_name, (T, (D + 2) // 3), "uint8", ("pos", "d_codes3")),
             ArraySpec(aux("rms"), (T,), "float32", ("pos",)),
             ArraySpec(aux("step"), (T, D // group_size(D)), "float16", ("pos", "group"))]
 
@@ -159,6 +168,8 @@ def describe(D: int) -> dict:
         "hidden_group": group_size(D) if D else 0,
         "hidden_signs": signs(D).tolist() if D else [],
         "lean_step": LEAN_STEP,
-        "lean_step_rule": "step = float16(sqrt(mean over the group of r**2) * lean_step); code = "
-                          "clip(floor(r / step) + 3, 0, 5), r the rotated normalized activation",
+        "lean_step_rule": "step = float16(float32(sqrt(m)) * float32(lean_step)), m the float32 mean over the "
+                          "group of float32(r**2) (numpy: np.mean(np.square(r), axis=-1, dtype=np.float32)), a "
+                          "zero step stored as 1; code = clip(floor(r / step) + 3, 0, 5), r the rotated "
+                          "normalized activation",
     }

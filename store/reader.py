@@ -8,9 +8,11 @@ TensorStore handles lazily, once per process (Grain workers unpickle it), under
 a lock, so one reader can be shared by threads. A ``read`` issues one
 TensorStore read future per (contiguous row run, stored array), all in
 flight at once (the async I/O pool does the work while Python waits), then
-decodes with numpy. Uncompressed arrays of file:// stores (all of the exact
-profile) are instead read with ``os.preadv`` straight into the output array
-by ``store.localread`` — same bytes, same crc32c checks, far less CPU.
+decodes with numpy. Arrays of file:// stores whose chunks are uncompressed
+or zstd (every array of the exact, compact and lean profiles) are instead
+read with ``os.preadv`` straight into the output array (zstd chunks decoded
+by numcodecs into it) by ``store.localread`` — same bytes, same crc32c checks,
+far less CPU.
 
 Data loaders should use the loader-style read (``hidden_normalized=True``,
 16-bit hidden/log-probs, stored-dtype ids; see ``read``): for the exact
@@ -27,9 +29,9 @@ import numpy as np
 from store import errors, layout, localread, profiles, remote, sampled, snapshot
 from store.schema import read_manifest
 
-# Uncompressed arrays of local stores are read by store.localread (about 4x
-# less CPU than TensorStore's file kvstore there); tests switch it off to
-# compare both paths.
+# Arrays of local stores are read by store.localread when their codecs allow
+# (about 4x less CPU than TensorStore's file kvstore, 5x faster zstd decode);
+# tests and bench/loader_bench.py switch it off to compare both paths.
 USE_LOCAL_READS = True
 
 
@@ -257,19 +259,15 @@ class StoreReader:
         # thread does the local reads.
         futures = {name: [arrays[name][a:b].read() for a, b in runs] for name in names
                    if not isinstance(arrays[name], localread.LocalArrayReader)}
-        out = {}
+        out, local = {}, []
         for name in names:
             if name not in futures:
-                arr = arrays[name]
-                if len(runs) == 1:
-                    out[name] = arr.read(*runs[0])
-                    continue
                 # Several runs (shuffled rows) land in one array: no concatenate copy.
-                out[name] = buf = np.empty((rows.size,) + arr.shape[1:], arr.dtype)
-                at = 0
-                for a, b in runs:
-                    arr.read(a, b, out=buf[at:at + b - a])
-                    at += b - a
+                arr = arrays[name]
+                out[name] = np.empty((rows.size,) + arr.shape[1:], arr.dtype)
+                local.append((arr, runs, out[name]))
+        # Every local chunk of this read (all arrays, all runs) at once, on localread's thread pool.
+        localread.read_runs(local)
         for name, futs in futures.items():
             try:
                 parts = [f.result() for f in futs]

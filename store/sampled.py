@@ -18,6 +18,8 @@ estimate of forward KL(p || q) and of its gradient. The draws themselves are
 made on the device by teacher_dump; this module only checks, encodes and
 decodes them.
 """
+import dataclasses
+
 import numpy as np
 
 from store import errors
@@ -29,10 +31,10 @@ LOGPROB_SLACK = 1e-3
 
 
 def array_specs(profile, T: int, S: int, V: int) -> list[ArraySpec]:
-    """The three stored arrays of a profile (ids as the profile stores ids; zstd where it compresses)."""
-    return [profile.ids_spec(IDS, T, S, V, "sample"),
-            ArraySpec(COUNTS, (T, S), "uint8", ("pos", "sample"), zstd=profile.side_zstd),
-            ArraySpec(LOGPROBS, (T, S), "float16", ("pos", "sample"), zstd=profile.side_zstd)]
+    """The three stored arrays of a profile (ids as the profile stores ids; zstd if ``profile.sampled_zstd``)."""
+    return [dataclasses.replace(profile.ids_spec(IDS, T, S, V, "sample"), zstd=profile.sampled_zstd),
+            ArraySpec(COUNTS, (T, S), "uint8", ("pos", "sample"), zstd=profile.sampled_zstd),
+            ArraySpec(LOGPROBS, (T, S), "float16", ("pos", "sample"), zstd=profile.sampled_zstd)]
 
 
 def contract_problem(ids, counts, logprobs, S: int, V: int, slack: float = 0.0) -> str | None:

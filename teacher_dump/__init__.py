@@ -3,6 +3,8 @@
 * ``teacher`` — ``load_teacher`` (params on one or several devices).
 * ``extract`` — ``make_extract_fn``: jitted top-k log-probs + hidden states.
 * ``loop``    — ``extract_rows``: batching with host/device overlap.
+* ``encode``  — the store profiles' encoders in jnp, composed after the
+  extraction step (``make_encoded_extract_fn``; numerics in ``encode_ops``).
 * ``sampled`` — sampled logits: S draws per position, keyed by store row.
 * ``topk``    — the exact two-stage top-k over vocabulary groups.
 * ``convert`` — the CLI ``python -m teacher_dump.convert`` (HF import; the code

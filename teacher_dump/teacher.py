@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from teacher_dump import extract, loop
+from teacher_dump import encode, extract, loop
 from trainer.model import model_config, model_io
 from trainer.model.errors import ConfigError, ModelIOError
 
@@ -57,17 +57,23 @@ class Teacher:
         return jax.device_put(tokens_BxT, NamedSharding(self.mesh, P("data")))
 
     def extract_fn(self, k: int = 128, layers: Sequence[int] | None = None,
-                   **options) -> extract.ExtractFn:
+                   encode_for=None, encode_profile=None, **options) -> extract.ExtractFn:
         """The jitted extraction step for these options (cached per config).
 
         Args:
             k, layers: see make_extract_fn.
+            encode_for: a store's StoreSchema: the step also encodes the signal into
+                that store's arrays on the device (teacher_dump.encode).
+            encode_profile: the store's store.profiles Profile (profiles.for_store;
+                None: the schema's profile as written today).
             **options: top_p, token_tile, hidden_dtype, rank_float32, samples.
 
         Returns:
-            fn(params, tokens_BxT, rows_B=None) -> signal dict.
+            fn(params, tokens_BxT, rows_B=None) -> signal dict (encode_for:
+            encode.encode_signal's {"arrays", "finite"}).
         """
-        return extract.make_extract_fn(self.cfg, k=k, layers=layers, **options)
+        fn = extract.make_extract_fn(self.cfg, k=k, layers=layers, **options)
+        return fn if encode_for is None else encode.make_encoded_extract_fn(fn, encode_for, encode_profile)
 
     def extract(self, tokens_NxT, batch_size: int = 8, **options) -> dict:
         """The signal of all rows as one numpy dict (extract_rows, concatenated).

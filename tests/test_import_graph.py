@@ -17,7 +17,7 @@ ALLOWED = {
     "store": set(),
     "trainer.model": set(),
     "trainer.flops": {"trainer.model"},
-    "teacher_dump": {"trainer.model"},
+    "teacher_dump": {"store", "trainer.model"},
     "trainer.training": {"store", "trainer.model", "trainer.flops"},
     "trainer.configs": {"trainer.model", "trainer.flops", "trainer.training"},
     "trainer.evaluate": {"store", "trainer.model", "trainer.training"},

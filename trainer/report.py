@@ -47,7 +47,7 @@ BOOKKEEPING_KEYS = ("run_dir", "log_every", "checkpoint_every", "keep_checkpoint
                     "loss.token_tile")
 BOOKKEEPING_PREFIXES = ("debug.", "mesh.")
 # Fields a method never reads (prefix match): a difference there does not split its runs.
-INERT = {"nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k"),
+INERT = {"nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k", "data.samples"),
          "kd": ("loss.gamma", "hldf.", "teacher.", "student_layer"),
          "hldc": ("hldf.",), "hldf": ("loss.gamma",)}
 METHODS = tuple(INERT)  # The methods the report knows, in table order.
@@ -151,7 +151,10 @@ def load_run(path: str) -> Run:
             curve = [(float(r[FLOPS_KEY]), float(r[curve_key])) for r in records
                      if FLOPS_KEY in r and curve_key in r]
     return Run(os.path.basename(os.path.normpath(path)), path, method, group, hparams, evals,
-               curve, curve_key, config=config_lib.flatten(config))
+               curve, curve_key,
+               # A config.json older than a field reads as holding the value that
+               # reproduces it, so old and new runs of one setting still pair.
+               config={**config_lib.ADDED_FIELDS, **config_lib.flatten(config)})
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:

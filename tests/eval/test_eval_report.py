@@ -135,3 +135,23 @@ def test_pairs_and_selection_use_every_differing_setting(tmp_path):
     assert "| KD | kd_s0 (2 seeds: mean 3.0100, spread 0.0200) | k=32, tail=bucket | " \
         "3.0100 (mean) |" in text
     assert "| KD | kd_s0 | k=32, seed=0, tail=bucket | 3.0000 |" in text  # all-runs table
+
+
+def test_runs_older_than_a_config_field_pair_with_new_runs(tmp_path):
+    """A config.json without loss.signal / data.samples (written before they existed)
+    reads as top-k / 0, so it is the same setting as a new top-k run; data.samples
+    does not split NLL runs (NLL reads no teacher signal)."""
+    root = tmp_path / "s"
+    make_run(root, "kd_old", "kd", 1e-4, seed=0, log_ppl=3.00)
+    new = make_run(root, "kd_new", "kd", 1e-4, seed=1, log_ppl=3.02)
+    nll = make_run(root, "nll_new", "nll", 1e-4, seed=1, log_ppl=3.3)
+    for path, samples in ((new, 0), (nll, 12)):
+        config = json.loads((tmp_path / "s" / os.path.basename(path) / "config.json").read_text())
+        config["loss"]["signal"] = "topk"
+        config["data"]["samples"] = samples
+        (tmp_path / "s" / os.path.basename(path) / "config.json").write_text(json.dumps(config))
+    runs = report.load_runs([str(root)])
+    best = {r.method: r for r in report.best_per_method(runs)}
+    assert best["kd"].seed_ppls == [3.00, 3.02]          # one setting, two seeds
+    assert "data.samples" not in best["nll"].hparams
+    assert [kd.name for _, kd in report.kd_pairs(runs)["nll"]] == ["kd_new"]

@@ -1,5 +1,7 @@
 """The lean profile: its step constant, its encoding against an independent reference, stores, bad widths."""
+import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -124,6 +126,21 @@ def test_lean_store_round_trip_and_zarr_python_decode(filled_store, K):
         np.testing.assert_array_equal(out["topk_ids"], ids)
         np.testing.assert_array_equal(out["topk_logprobs"], lp)
     assert verify_store(url)["ok"]
+
+
+@pytest.mark.parametrize("K", [0, 8])
+def test_lean_stores_hidden_and_sampled_arrays_without_zstd(filled_store, K):
+    # The 6-level codes are near their entropy and the sampled arrays small: raw chunks read by pread.
+    # Top-k is stored as compact stores it (zstd on ids and codes).
+    url, _, _ = filled_store("lean", num_rows=4, K=K, D=64, samples=4)
+    r = StoreReader(url)
+    names = r.stored_names(r.default_fields())
+    assert "hidden/2" in names and "sampled/ids" in names
+    for name in names:
+        meta = json.loads((pathlib.Path(url) / name / "zarr.json").read_text())
+        inner = [c["name"] for c in meta["codecs"][0]["configuration"]["codecs"]]
+        zstd = name in ("topk/ids", "topk/logprobs")
+        assert inner == (["bytes", "zstd", "crc32c"] if zstd else ["bytes", "crc32c"]), name
 
 
 def test_manifest_with_other_signs_is_refused(filled_store):

@@ -2,8 +2,8 @@
 
 Each process gets 4 forced CPU devices, the JAX_* variables the README
 documents, a dead loopback proxy (nothing may leave the machine) and a row
-counter: a wrapper around `StoreReader.read` appends the row ids every batch
-read returns to ROWS_DIR/rows_<process>.jsonl, so a test can check which rows
+counter: a wrapper around `StoreReader.read_stored` (the loader's one read
+per batch) appends the row ids every batch read returns to ROWS_DIR/rows_<process>.jsonl, so a test can check which rows
 each process read from the store (process 0's objective-penalty sample, a
 top-k-only read before training, is not a batch and is not counted).
 """
@@ -25,19 +25,18 @@ from trainer.training import metrics
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCAL_DEVICES = 4
 
-# Runs trainer.__main__ with StoreReader.read counting the rows it returns.
+# Runs trainer.__main__ with StoreReader.read_stored counting the rows of each batch.
 _DRIVER = """
 import json, os, sys
 import numpy as np
 import store
-_read = store.StoreReader.read
-def read(self, rows, *args, **kwargs):
-    fields = kwargs.get("fields", args[0] if args else None)
-    if fields is None or "tokens" in fields:  # batches (process 0's objective-penalty sample reads topk only)
+_read = store.StoreReader.read_stored
+def read_stored(self, rows, names):
+    if "tokens" in names:  # batches (process 0's objective-penalty sample reads topk only, via read)
         with open(os.environ["ROWS_FILE"], "a") as f:
             f.write(json.dumps(np.asarray(rows).tolist()) + "\\n")
-    return _read(self, rows, *args, **kwargs)
-store.StoreReader.read = read
+    return _read(self, rows, names)
+store.StoreReader.read_stored = read_stored
 from trainer.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
