@@ -64,13 +64,15 @@ def committed_units(url):
         return frozenset()
 
 
-def _handler(opts, plan):
+def _handler(opts, plan, read_store=True):
+    """The teacher's model handler; `read_store` False: never open the store (see build_pipeline)."""
     from pipelines.teacher_handler import TeacherModelHandler  # imports JAX: only with --teacher
     return TeacherModelHandler(
         opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
         top_p=opts.top_p, samples=opts.samples, rows_per_unit=opts.rows_per_unit, dtype=opts.teacher_dtype, token_tile=opts.token_tile,
         share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None,
-        encode_for=plan.schema, encode_profile=_store_profile(opts.store, plan.schema))
+        encode_for=plan.schema,
+        encode_profile=_store_profile(opts.store, plan.schema) if read_store else None)
 
 
 def _store_profile(url, schema):
@@ -87,8 +89,10 @@ def build_pipeline(argv, read_ledgers=True):
     Args:
         argv: command-line arguments (ours and Beam's).
         read_ledgers: read the target stores' committed units (the units the
-            run skips). False builds a graph to inspect or translate without
-            touching the stores (it would rewrite committed units if run).
+            run skips) and the existing store's profile rules. False builds a
+            graph to inspect or translate without touching the stores (it
+            would rewrite committed units if run, and encode a compact store
+            written before id packing with the current rules).
 
     Returns:
         (beam.Pipeline, DumpPlan, DumpOptions view).
@@ -114,7 +118,7 @@ def build_pipeline(argv, read_ledgers=True):
         written = [units | "WriteTokens" >> teacher_stage.WriteTokensOnly(opts.store)]
     else:
         written = [units | "TeacherSignal" >> teacher_stage.WriteTeacherSignal(
-            opts.store, _handler(opts, plan), opts.units_per_call)]
+            opts.store, _handler(opts, plan, read_store=read_ledgers), opts.units_per_call)]
     if plan.heldout_schema is not None:
         written.append(
             chunks[spine.HELDOUT]
