@@ -56,31 +56,29 @@ class DumpResult:
     progress_lines: list
 
 
-def committed_units(url):
-    """The units committed in the store at `url` now (empty if there is no store yet)."""
+def _existing_writer(url):
+    """A writer of the store at `url`, or None when there is no store yet."""
     try:
-        return frozenset(store.open_writer(url).committed_units())
+        return store.open_writer(url)
     except store.StoreNotFoundError:
-        return frozenset()
+        return None
 
 
-def _handler(opts, plan, read_store=True):
-    """The teacher's model handler; `read_store` False: never open the store (see build_pipeline)."""
+def committed_units(url, writer=None):
+    """The units committed in the store at `url` now (empty if there is no store yet)."""
+    writer = writer or _existing_writer(url)
+    return frozenset(writer.committed_units()) if writer is not None else frozenset()
+
+
+def _handler(opts, plan, encode_profile=None):
+    """The teacher's model handler; `encode_profile`: an existing store's profile rules
+    (a compact store from before id packing keeps plain ids), None: the current rules."""
     from pipelines.teacher_handler import TeacherModelHandler  # imports JAX: only with --teacher
     return TeacherModelHandler(
         opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
         top_p=opts.top_p, samples=opts.samples, rows_per_unit=opts.rows_per_unit, dtype=opts.teacher_dtype, token_tile=opts.token_tile,
         share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None,
-        encode_for=plan.schema,
-        encode_profile=_store_profile(opts.store, plan.schema) if read_store else None)
-
-
-def _store_profile(url, schema):
-    """The profile an existing store was written with (a compact one from before id packing: plain ids)."""
-    try:
-        return profiles.for_store(schema, store.open_writer(url).manifest)
-    except store.StoreNotFoundError:
-        return None
+        encode_for=plan.schema, encode_profile=encode_profile)
 
 
 def build_pipeline(argv, read_ledgers=True):
@@ -99,11 +97,16 @@ def build_pipeline(argv, read_ledgers=True):
     """
     pipeline_options, opts = options.parse(argv)
     plan = plan_lib.make_plan(opts)
+    encode_profile = None
     if read_ledgers:
         # The units to skip are fixed here, once: every execution of the
         # graph's stages must agree on them (see teacher_stage.PrepareStore).
+        # One open of the store gives them and its profile rules.
+        writer = _existing_writer(opts.store)
+        if writer is not None:
+            encode_profile = profiles.for_store(plan.schema, writer.manifest)
         plan = dataclasses.replace(
-            plan, committed_before=committed_units(opts.store),
+            plan, committed_before=committed_units(opts.store, writer),
             heldout_committed_before=(committed_units(opts.heldout_store)
                                       if plan.heldout_schema is not None else frozenset()))
 
@@ -118,7 +121,7 @@ def build_pipeline(argv, read_ledgers=True):
         written = [units | "WriteTokens" >> teacher_stage.WriteTokensOnly(opts.store)]
     else:
         written = [units | "TeacherSignal" >> teacher_stage.WriteTeacherSignal(
-            opts.store, _handler(opts, plan, read_store=read_ledgers), opts.units_per_call)]
+            opts.store, _handler(opts, plan, encode_profile), opts.units_per_call)]
     if plan.heldout_schema is not None:
         written.append(
             chunks[spine.HELDOUT]
