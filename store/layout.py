@@ -172,8 +172,9 @@ def open_array(url: str, spec: ArraySpec, *, create_rows: int | None = None,
     """Opens (or, given create_rows, creates-or-opens) one array."""
     # Chunks equal to the fill value (all zeros) are still written: a committed
     # unit then always has every chunk, so a missing one means corruption.
+    # A missing chunk reads as an error, not as the fill value (zeros): on any kvstore.
     ts_spec = {"driver": "zarr3", "kvstore": kvstore_spec(array_url(url, spec.name)),
-               "store_data_equal_to_fill_value": True}
+               "store_data_equal_to_fill_value": True, "fill_missing_data_reads": False}
     kwargs = {}
     if create_rows is not None:
         ts_spec["metadata"] = array_metadata(spec, create_rows, rows_per_unit)

@@ -63,8 +63,37 @@ def encode_record(record: dict) -> bytes:
     return json.dumps(node, sort_keys=True, indent=1).encode()
 
 
-def _decode(result) -> dict | None:
-    return None if result.state == "missing" else json.loads(result.value)["attributes"]
+class CorruptRecord:
+    """A commit record that exists but does not decode (a damaged file): never "committed".
+
+    ``verify`` reports it as ``corrupt record``; ``repair`` un-commits the unit
+    (its data cannot be checked without the record); a writer re-writes it.
+    """
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def __bool__(self):
+        return False  # `if record:` never takes a corrupt record for a commit
+
+    def __repr__(self):
+        return f"CorruptRecord({self.why!r})"
+
+
+def decode_record(raw: bytes) -> "dict | CorruptRecord":
+    """A record from its zarr.json bytes, or CorruptRecord saying why it is not one."""
+    try:
+        node = json.loads(raw)
+    except ValueError:
+        return CorruptRecord("not valid JSON (truncated or damaged)")
+    if not isinstance(node, dict) or node.get("zarr_format") != 3 or node.get("node_type") != "group" \
+            or not isinstance(node.get("attributes"), dict):
+        return CorruptRecord("not a Zarr group node with attributes")
+    return node["attributes"]
+
+
+def _decode(result) -> "dict | CorruptRecord | None":
+    return None if result.state == "missing" else decode_record(bytes(result.value))
 
 
 def write(kv: ts.KvStore, record: dict):
@@ -78,7 +107,7 @@ def uncommit(kv: ts.KvStore, unit: int):
     A unit that has a record gets a tombstone first (see the module docstring);
     one without a record costs one read.
     """
-    if read(kv, unit) is not None:
+    if read(kv, unit) is not None:  # a CorruptRecord too: it may be listed by a snapshot
         key = f"{TOMBSTONE_PREFIX}unit_{unit:08d}_{uuid.uuid4().hex}/zarr.json"
         # The parent group node keeps the hierarchy walkable by zarr-python.
         kv.write(TOMBSTONE_PREFIX + "zarr.json", encode_record({})).result()
@@ -91,13 +120,13 @@ def delete(kv: ts.KvStore, unit: int):
     delete_keys(kv, [record_key(unit)])
 
 
-def read(kv: ts.KvStore, unit: int) -> dict | None:
-    """A unit's record, or None if uncommitted."""
+def read(kv: ts.KvStore, unit: int) -> "dict | CorruptRecord | None":
+    """A unit's record, None if uncommitted, or a (falsy) CorruptRecord if its file does not decode."""
     return _decode(kv.read(record_key(unit)).result())
 
 
 def read_many(kv: ts.KvStore, units) -> dict:
-    """{unit: record or None}, read concurrently."""
+    """{unit: record, None or CorruptRecord}, read concurrently."""
     futures = {u: kv.read(record_key(u)) for u in units}
     return {u: _decode(f.result()) for u, f in futures.items()}
 

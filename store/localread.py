@@ -30,6 +30,7 @@ and that corruption is caught by both.
 """
 import concurrent.futures
 import os
+import stat
 import threading
 
 import google_crc32c
@@ -98,8 +99,9 @@ def _thread_pool() -> concurrent.futures.ThreadPoolExecutor:
 class LocalArrayReader:
     """Reads row ranges of one sharded array (uncompressed or zstd) from local files."""
 
-    def __init__(self, array_dir: str, meta: dict):
+    def __init__(self, array_dir: str, meta: dict, name: str | None = None):
         self.dir = array_dir
+        self.name = name or os.path.basename(array_dir)  # for error messages
         self.shape = tuple(meta["shape"])
         self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         conf = meta["codecs"][0]["configuration"]
@@ -132,12 +134,20 @@ class LocalArrayReader:
 
     def _plan_shard(self, shard, start, stop, out, fds, tasks):
         path = self._path(shard)
+        what = f"array {self.name} of unit {shard}"
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO put where a shard should be must not block the open.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise errors.CorruptStoreError(
-                f"shard file {path} is missing for a committed unit; {_REPAIR}") from None
+                f"{what}: shard file {path} is missing for a committed unit; {_REPAIR}") from None
+        except OSError as e:
+            raise errors.CorruptStoreError(f"{what}: shard file {path} cannot be opened ({e.strerror}); "
+                                           f"{_REPAIR}") from None
         fds.append(fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise errors.CorruptStoreError(
+                f"{what}: {path} is a directory or special file, not a shard; {_REPAIR}")
         index = self._read_index(fd, path)
         base = shard * self.shard_rows
         first, last = (start - base) // self.chunk_rows, (stop - 1 - base) // self.chunk_rows
@@ -145,8 +155,7 @@ class LocalArrayReader:
             offset, nbytes = int(index[c][0]), int(index[c][1])
             if index[c][0] == _EMPTY or (nbytes != self.chunk_bytes + 4 if not self.zstd else nbytes <= 4):
                 raise errors.CorruptStoreError(
-                    f"inner chunk {c} of {path} is missing or has {nbytes} bytes; run `python -m store "
-                    "verify` and re-write the unit")
+                    f"{what}: inner chunk {c} of {path} is missing or has {nbytes} bytes; {_REPAIR}")
             c0 = base + c * self.chunk_rows
             a, b = max(start, c0), min(stop, c0 + self.chunk_rows)
             tasks.append((self, fd, path, c, offset, nbytes, out[a - start:b - start], a - c0, b - c0))

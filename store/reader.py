@@ -22,17 +22,19 @@ what keeps the read near raw disk/page-cache throughput
 bytes through memory.
 """
 import os
+import re
 import threading
 
 import numpy as np
 
-from store import errors, layout, localread, profiles, remote, sampled, snapshot
-from store.schema import read_manifest
+from store import errors, layout, localread, metadata, profiles, remote, sampled, snapshot
 
 # Arrays of local stores are read by store.localread when their codecs allow
 # (about 4x less CPU than TensorStore's file kvstore, 5x faster zstd decode);
 # tests and bench/loader_bench.py switch it off to compare both paths.
 USE_LOCAL_READS = True
+# The shard key of a unit ("<array>/c/<unit>/0...") inside a TensorStore error message.
+_SHARD_IN_MESSAGE = re.compile(r"/c/(\d+)(?:/0)*\"")
 
 
 class StoreReader:
@@ -44,16 +46,19 @@ class StoreReader:
 
     Raises:
         StoreNotFoundError: no store at ``url``.
+        CorruptStoreError: the manifest or an array's zarr.json is damaged or
+            disagrees with the manifest (``python -m store repair`` rewrites it).
         IncompleteStoreError: uncommitted units and ``allow_partial`` is False.
     """
 
     def __init__(self, url, allow_partial: bool = False):
         self.url = layout.normalize_url(url)
         self.allow_partial = bool(allow_partial)
-        kv, self.manifest, self.schema = read_manifest(self.url)
+        # The manifest and every array's metadata must agree (store/metadata.py): a
+        # damaged zarr.json is refused here, never read through.
+        kv, opened, self.num_rows = metadata.open_checked(self.url)
+        self.manifest, self.schema = opened.manifest, opened.schema
         self._init_derived()
-        tokens = layout.open_array(self.url, self._specs["tokens"])
-        self.num_rows = int(tokens.shape[0])
         R = self.schema.rows_per_unit
         self.num_units = (self.num_rows + R - 1) // R
         units, self.ledger_source = snapshot.committed_units(kv, self.num_units)
@@ -97,7 +102,7 @@ class StoreReader:
         for name, spec in self._specs.items():
             meta = layout.read_json(kv, name + "/zarr.json") if kv is not None else None
             if meta is not None and localread.eligible(meta):
-                handles[name] = localread.LocalArrayReader(os.path.join(root, name), meta)
+                handles[name] = localread.LocalArrayReader(os.path.join(root, name), meta, name)
             else:
                 handles[name] = layout.open_array(self.url, spec)
         return handles
@@ -269,14 +274,21 @@ class StoreReader:
         # Every local chunk of this read (all arrays, all runs) at once, on localread's thread pool.
         localread.read_runs(local)
         for name, futs in futures.items():
-            try:
-                parts = [f.result() for f in futs]
-            except ValueError as e:
-                if remote.is_access_failure(e):
-                    raise remote.storage_error(e, self.url, f"reading {name} of") from None
-                raise errors.CorruptStoreError(
-                    f"reading {name} of {self.url} failed: {str(e).splitlines()[0]}; "
-                    f"run `python -m store repair {self.url}` and re-run the dump (it re-writes the bad units)") from None
+            parts = []
+            for (a, b), f in zip(runs, futs):
+                try:
+                    parts.append(f.result())
+                except ValueError as e:
+                    if remote.is_access_failure(e):
+                        raise remote.storage_error(e, self.url, f"reading {name} of") from None
+                    # Arrays are opened with fill_missing_data_reads=False (layout.open_array):
+                    # a missing chunk of a committed unit is an error here, never zeros.
+                    which = _failed_unit(str(e), a, b, self.schema.rows_per_unit)
+                    missing = "is missing" if "NOT_FOUND" in str(e) else "fails to read"
+                    raise errors.CorruptStoreError(
+                        f"array {name} of {which} (rows {a}..{b}) of {self.url} {missing}: "
+                        f"{str(e).splitlines()[0][:200]}; run `python -m store repair {self.url}` and re-run "
+                        "the dump (it re-writes the bad units)") from None
             out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return {name: out[name] for name in names}
 
@@ -308,6 +320,15 @@ class StoreReader:
                 raise errors.SchemaMismatchError(
                     f"store {self.url} has hidden_layers={list(s.hidden_layers)} but layers {missing} "
                     "were required; distil from a stored layer or dump those layers")
+
+
+def _failed_unit(message: str, start: int, stop: int, rows_per_unit: int) -> str:
+    """"unit N": from the shard key in TensorStore's message, else the unit(s) of rows [start, stop)."""
+    found = _SHARD_IN_MESSAGE.search(message)
+    if found:
+        return f"unit {found.group(1)}"
+    first, last = start // rows_per_unit, (stop - 1) // rows_per_unit
+    return f"unit {first}" if first == last else f"units {first}..{last}"
 
 
 def _float_dtype(arg: str, dtype) -> np.dtype:

@@ -108,7 +108,7 @@ def committed_units(kv: ts.KvStore, num_units: int) -> tuple[set[int], str]:
     for a, b in gaps:
         units |= ledger.committed_units(kv, a, b)
     units |= {u for u, rec in ledger.read_many(kv, sorted(u for u in touched if u < num_units)).items()
-              if rec is not None}
+              if isinstance(rec, dict)}
     return units, "snapshot"  # every part is already below num_units
 
 

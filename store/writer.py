@@ -24,8 +24,8 @@ import os
 
 import numpy as np
 
-from store import errors, layout, ledger, profiles, remote, sampled, snapshot
-from store.schema import (StoreSchema, build_manifest, check_same_schema, read_manifest)
+from store import errors, layout, ledger, metadata, profiles, remote, sampled, snapshot
+from store.schema import StoreSchema, build_manifest, check_same_schema
 
 
 def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
@@ -55,25 +55,36 @@ def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
     url = layout.normalize_url(url)
     path = layout.local_path(url)
     kv = layout.open_kvstore(url)
-    root = layout.read_json(kv, "zarr.json")
-    if root is None:
+    if not _has_manifest(kv, url):
         if path is not None and _non_empty_dir(path):
             raise errors.StoreNotFoundError(
                 f"{path} is a non-empty directory without zarr.json, not a store; pass a new or empty path")
         profile = profiles.get_profile(schema.profile)
-        manifest = build_manifest(schema, profile.encodings(schema))
+        # num_rows is outside "schema": the fingerprint (and every commit record) is unchanged by it.
+        manifest = dict(build_manifest(schema, profile.encodings(schema)), num_rows=int(num_rows))
         layout.write_group(kv, "", manifest)
         # Intermediate groups so that zarr-python can walk the hierarchy.
         for group in _groups(schema):
             layout.write_group(kv, group, {})
-        layout.write_group(kv, "ledger", {"description": "commit records: the attributes of "
-                                                         "unit_NNNNNNNN/zarr.json, one per committed work unit"})
-    _, manifest, stored = read_manifest(url)
-    check_same_schema(stored, schema, url)
-    tokens_meta = layout.read_json(kv, "tokens/zarr.json")
-    if tokens_meta is not None and tokens_meta["shape"][0] != int(num_rows):
+        layout.write_group(kv, "ledger", metadata.LEDGER_ATTRIBUTES)
+        _write(kv, url, metadata.COPY_KEY, metadata.copy_bytes(manifest))
+    opened = metadata.open_manifest(kv, url)
+    problems = opened.problems
+    if [p["file"] for p in problems] == [metadata.COPY_KEY] and opened.copy_raw is None:
+        # A creation interrupted before its last step: complete it.
+        _write(kv, url, metadata.COPY_KEY, metadata.copy_bytes(opened.manifest))
+        problems = []
+    if problems:
+        metadata.refuse(url, problems)
+    check_same_schema(opened.schema, schema, url)
+    if opened.legacy:
+        tokens_meta = layout.read_json(kv, "tokens/zarr.json")
+        stored_rows = None if tokens_meta is None else metadata.num_rows(kv, opened, url)
+    else:
+        stored_rows = opened.manifest["num_rows"]
+    if stored_rows is not None and stored_rows != int(num_rows):
         raise errors.SchemaMismatchError(
-            f"store {url} has num_rows={tokens_meta['shape'][0]}, not {num_rows}; reopen it with "
+            f"store {url} has num_rows={stored_rows}, not {num_rows}; reopen it with "
             "store.open_writer(url) and call .resize(num_rows) to grow it")
     return StoreWriter(url, _create_rows=int(num_rows))
 
@@ -86,6 +97,22 @@ def open_writer(url) -> "StoreWriter":
 def compact_store(url) -> dict:
     """Writes the ledger snapshot of the store at ``url`` (``python -m store compact``); see StoreWriter.compact."""
     return open_writer(url).compact()
+
+
+def _has_manifest(kv, url) -> bool:
+    """Whether the root zarr.json or the manifest copy exists (then this is an existing store)."""
+    try:
+        found = [kv.read(k).result().state != "missing" for k in ("zarr.json", metadata.COPY_KEY)]
+    except ValueError as e:
+        raise remote.storage_error(e, url, "opening") from None
+    return any(found)
+
+
+def _write(kv, url, key, value: bytes):
+    try:
+        kv.write(key, value).result()
+    except ValueError as e:
+        raise remote.storage_error(e, url, f"writing {key} of") from None
 
 
 def _non_empty_dir(path: str) -> bool:
@@ -108,10 +135,22 @@ class StoreWriter:
 
     def __init__(self, url, _create_rows: int | None = None):
         self.url = layout.normalize_url(url)
-        self._kv, self.manifest, self.schema = read_manifest(self.url)
+        # A writer refuses metadata that disagrees with the manifest (store/metadata.py), except
+        # arrays not created yet when it is creating them.
+        self._kv, opened, rows = metadata.open_checked(self.url, nodes="none")
+        self.manifest, self.schema, self._legacy = opened.manifest, opened.schema, opened.legacy
         self._profile = profiles.for_store(self.schema, self.manifest)
         self._specs = {s.name: s for s in self._profile.arrays(self.schema)}
+        expected = metadata.expected_nodes(self.schema, self.manifest, rows)
+        problems, _ = metadata.check_nodes(self._kv, expected, self.url, [n + "/zarr.json" for n in self._specs])
+        if _create_rows is not None:
+            problems = [p for p in problems if not p["problem"].startswith("is missing")]
+        if problems:
+            metadata.refuse(self.url, problems)
+        self._rows = rows
         self._open_arrays(_create_rows)
+        if self._legacy:
+            self._rows = int(self._arrays["tokens"].shape[0])
 
     def _open_arrays(self, create_rows):
         R = self.schema.rows_per_unit
@@ -125,7 +164,8 @@ class StoreWriter:
 
     @property
     def num_rows(self) -> int:
-        return int(self._arrays["tokens"].shape[0])
+        """Rows N: the manifest's ``num_rows`` (a store from before it: the tokens array's first dimension)."""
+        return self._rows
 
     @property
     def num_units(self) -> int:
@@ -156,9 +196,16 @@ class StoreWriter:
         R = self.schema.rows_per_unit
         if old % R and (old // R) in self.committed_units():
             ledger.uncommit(self._kv, old // R)
+        if not self._legacy:
+            # The manifest first (the copy, which wins over the root when they disagree), then
+            # the arrays: an interrupted resize leaves metadata that `repair` derives again.
+            self.manifest = dict(self.manifest, num_rows=int(num_rows))
+            _write(self._kv, self.url, metadata.COPY_KEY, metadata.copy_bytes(self.manifest))
+            layout.write_group(self._kv, "", self.manifest)
         for name, arr in self._arrays.items():
             arr.resize(exclusive_max=[num_rows] + [None] * (arr.rank - 1),
                        resize_metadata_only=True, expand_only=True).result()
+        self._rows = int(num_rows)
         self._open_arrays(None)
 
     def committed_units(self) -> set[int]:
@@ -177,7 +224,8 @@ class StoreWriter:
             raise remote.storage_error(e, self.url, "compacting the ledger of") from None
 
     def is_committed(self, unit: int) -> bool:
-        return ledger.read(self._kv, int(unit)) is not None
+        # A record that does not decode is not a commit (the unit is re-written).
+        return isinstance(ledger.read(self._kv, int(unit)), dict)
 
     def write_unit(self, unit: int, tokens, topk_ids=None, topk_logprobs=None, hidden=None,
                    sampled_ids=None, sampled_counts=None, sampled_logprobs=None):

@@ -94,7 +94,7 @@ def test_reopen_identical_and_resize(filled_store, tmp_path):
     # No empty ledger/unit_00000001/ left behind (plain zarr-python would warn about it).
     # The resize un-committed unit 1 and left a tombstone (store/ledger.py).
     assert sorted(p.name for p in (tmp_path / "s" / "ledger").iterdir()) == [
-        "uncommitted", "unit_00000000", "zarr.json"]
+        "manifest", "uncommitted", "unit_00000000", "zarr.json"]
 
 
 def _read_tokens(reader, row):
