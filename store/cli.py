@@ -3,7 +3,8 @@
 ``stats STORE --alpha A [--tau T] [--tail TAIL]`` also reports the penalty
 of the KD objective's optimum (store.objective_penalty).
 
-Exit codes: 0 success (verify: store sound), 1 verify found bad units,
+Exit codes: 0 success (verify: store sound), 1 verify found bad units or
+damaged metadata (repair: stopped without deleting, see its line),
 2 usage error or unreadable store (one line on stderr, no traceback).
 """
 import argparse
@@ -21,9 +22,11 @@ COMMANDS = {"inspect": inspect_store, "verify": verify_store, "stats": store_sta
             "compact": compact_store}
 _HELP = """commands:
   inspect  manifest, arrays, committed units, bytes on disk
-  verify   check every unit (exit 1 if any is missing, partial, corrupt or invalid)
+  verify   check the metadata against the manifest, then every unit (exit 1 if any metadata file
+           differs, or a unit is missing, partial, corrupt or invalid)
   stats    teacher-signal statistics on a row sample (--alpha/--tau/--tail: KD objective penalty)
-  repair   un-commit the units verify finds bad, so the same dump command re-writes them
+  repair   rewrite damaged metadata from the manifest; un-commit the units whose own bytes fail their
+           commit record, so the same dump command re-writes them (--dry-run: only print the plan)
   compact  write the ledger snapshot (opening then costs O(1) requests instead of O(units))"""
 
 
@@ -35,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="store path or URL (file://, memory://, gs://, s3://; s3:// takes its endpoint "
                    "from AWS_ENDPOINT_URL, credentials/region from the standard AWS variables)")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: off, a table)")
+    p.add_argument("--dry-run", action="store_true", help="repair: print what would be done, change nothing "
+                   "(default: off)")
     p.add_argument("--rows", type=int, default=32, help="stats: rows to sample (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="stats: sampling seed (default: 0)")
     p.add_argument("--alpha", type=float, help="stats: KD weight α, to report the objective "
@@ -54,7 +59,11 @@ def main(argv=None) -> int:
         if args.command == "stats":
             loss = _loss_settings(args)
             result = store_stats(args.store, sample_rows=args.rows, seed=args.seed, loss=loss)
+        elif args.command == "repair":
+            result = repair_store(args.store, dry_run=args.dry_run)
         else:
+            if args.dry_run:
+                raise errors.StoreInputError(f"--dry-run is an option of repair, not of {args.command}")
             result = COMMANDS[args.command](args.store)
     except (errors.StoreError, objective_penalty.PenaltyError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -64,6 +73,8 @@ def main(argv=None) -> int:
     else:
         print(_format(args.command, result))
     if args.command == "verify" and not result["ok"]:
+        return 1
+    if args.command == "repair" and result["status"] == "stopped":
         return 1
     return 0
 
@@ -78,6 +89,27 @@ def _loss_settings(args):
         return None
     return {"alpha": args.alpha, "tau": 1.0 if args.tau is None else args.tau,
             "tail": args.tail or "bucket", "divergence": args.divergence or "forward_kl"}
+
+
+def _format_repair(r: dict) -> str:
+    if r["status"] == "nothing to do":
+        return f"nothing to repair in {r['url']} ({r['missing_units']} units missing: the dump writes them)"
+    verb = "would" if r["dry_run"] else "did"
+    lines = [f"  {verb}: {a}" for a in r["actions"]]
+    if r["status"] == "stopped":
+        return "\n".join(lines + [f"repair stopped: {r['why']}"])
+    if r["status"] == "units not judged":
+        return "\n".join([f"dry run of repair on {r['url']}: nothing was changed"] + lines + [r["why"]])
+    units = [b["unit"] for b in r["repaired"]]
+    snap = "; ledger snapshot re-compacted" if any(a.startswith("re-compact") for a in r["actions"]) else ""
+    head = (f"un-committed {len(units)} bad units {units[:10]} of {r['url']} and removed their shards{snap}; "
+            "re-run the same dump command to re-write them (it skips committed units)") if units else (
+        f"repaired {r['url']}{snap}: no unit had to be un-committed")
+    if r["dry_run"]:
+        head = f"dry run of repair on {r['url']}: nothing was changed; " + (
+            f"would un-commit {len(units)} bad units {units[:10]}" if units else "no unit would be un-committed")
+    tail = [f"journal: {r['journal']}"] if r["journal"] else []
+    return "\n".join([head] + lines + tail)
 
 
 def _format(command: str, r: dict) -> str:
@@ -98,24 +130,24 @@ def _format(command: str, r: dict) -> str:
         return "\n".join(lines)
     if command == "verify":
         head = (f"{'OK' if r['ok'] else 'BAD'}: {r['committed_units']}/{r['num_units']} units committed, "
-                f"{len(r['bad_units'])} bad")
-        lines = [head] + [f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: "
-                          f"{b['detail']}" for b in r["bad_units"]]
+                + (f"{len(r['bad_units'])} bad" if r["units_checked"] else
+                   f"units not checked: {len(r['metadata'])} metadata problems"))
+        lines = [head] + [f"  metadata: {m['file']} {m['problem'].split('; ')[0]}" for m in r["metadata"]]
+        lines += [f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: "
+                  f"{b['detail']}" for b in r["bad_units"]]
         if r["ledger_snapshot"]:
             lines.append(f"  {r['ledger_snapshot']}")
-        if any(b["status"] != "missing" for b in r["bad_units"]) or r["ledger_snapshot"]:
+        if r["metadata"]:
+            lines.append(f"fix: python -m store repair {r['url']}  (it rewrites the metadata from the manifest, "
+                         "then judges the units; no data is lost)")
+        elif any(b["status"] != "missing" for b in r["bad_units"]) or r["ledger_snapshot"]:
             lines.append(f"fix: python -m store repair {r['url']}  then re-run the same dump command "
                          "(it re-writes the un-committed units)")
         elif r["bad_units"]:
             lines.append("fix: re-run the same dump command (it writes the missing units)")
         return "\n".join(lines)
     if command == "repair":
-        units = [b["unit"] for b in r["repaired"]]
-        if not units:
-            return f"nothing to repair in {r['url']} ({r['missing_units']} units missing: the dump writes them)"
-        snap = "; ledger snapshot re-compacted" if r["ledger_snapshot"] else ""
-        return (f"un-committed {len(units)} bad units {units[:10]} of {r['url']} and removed their shards{snap}; "
-                "re-run the same dump command to re-write them (it skips committed units)")
+        return _format_repair(r)
     if command == "compact":
         return (f"ledger snapshot written: {r['units']} committed units in {r['runs']} runs, "
                 f"{r['tombstones_cleared']} tombstones cleared")

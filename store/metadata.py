@@ -246,8 +246,14 @@ def check_nodes(kv, expected: dict, url: str, keys=None) -> tuple[list, list]:
             non_canonical.append(key)
             continue
         field = first_difference(got, wanted) if isinstance(got, dict) else None
-        what = (f"has {field}={_lookup(got, field)!r}, the manifest gives {_lookup(wanted, field)!r}"
-                if field else "is not the metadata the manifest gives")
+        if not field:
+            what = "is not the metadata the manifest gives"
+        elif _lookup(wanted, field) is None:
+            what = f"has a field {field} the manifest does not give"
+        elif _lookup(got, field) is None:
+            what = f"lacks {field} (the manifest gives {_lookup(wanted, field)!r})"
+        else:
+            what = f"has {field}={_lookup(got, field)!r}, the manifest gives {_lookup(wanted, field)!r}"
         problems.append({"file": key, "problem": what})
     return problems, non_canonical
 

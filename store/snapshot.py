@@ -67,10 +67,15 @@ def write_runs(kv: ts.KvStore, runs) -> int:
     """Writes a snapshot of ``runs`` (compact's last step; the ledger bench also uses it to
     synthesize a 1M-unit snapshot without 1M record files). Returns the unit count."""
     runs = [[int(a), int(b)] for a, b in runs]
+    kv.write(KEY, encode(runs)).result()
+    return sum(b - a for a, b in runs)
+
+
+def encode(runs) -> bytes:
+    """The snapshot's zarr.json bytes for ``runs`` (``repair`` compares stored bytes with them)."""
     body = {"format": FORMAT, "committed": runs, "count": sum(b - a for a, b in runs), "sha256": _sha(runs)}
     node = {"zarr_format": 3, "node_type": "group", "attributes": body}
-    kv.write(KEY, json.dumps(node, sort_keys=True).encode()).result()
-    return body["count"]
+    return json.dumps(node, sort_keys=True).encode()
 
 
 def load(kv: ts.KvStore) -> tuple[list | None, str]:
