@@ -132,6 +132,21 @@ def test_s3_flipped_byte_found_by_verify(s3, make_schema, capsys):
     assert "unit 1 rows 4..8: corrupt" in out
 
 
+def test_s3_missing_shard_object_is_an_error_never_zeros(s3, make_schema, capsys):
+    """TensorStore reads a missing chunk object as the fill value unless told otherwise (zeros to a student)."""
+    endpoint, url = s3
+    _fill(url, make_schema)
+    _client(endpoint).delete_object(Bucket="bkt", Key=url[len("s3://bkt/"):] + "/hidden/2/c/1/0/0")
+    reader = StoreReader(url)
+    assert reader.read(np.arange(0, 4))["tokens"].shape == (4, 16)  # other units still read
+    with pytest.raises(errors.CorruptStoreError, match=r"array hidden/2 of unit 1 .* is missing.*store repair"):
+        reader.read(np.arange(3, 6))
+    with pytest.raises(errors.CorruptStoreError, match=r"array hidden/2 of unit 1 "):
+        reader.read_stored([5], ["hidden/2"])
+    assert cli.main(["verify", url]) == 1
+    assert "unit 1 rows 4..8: corrupt" in capsys.readouterr().out
+
+
 def test_zarr_python_reads_remote_store_via_s3fs(s3, make_schema):
     import zarr
     endpoint, url = s3
