@@ -9,7 +9,8 @@ activation code, ``bitpack`` the packed ids, ``sampled`` the sampled-logits
 family, ``topn`` compact's outlier selection), ``layout`` (URLs, sharded crc32c
 array specs), ``remote`` (s3:// endpoint/credentials the AWS SDK way, storage
 errors as one line), ``ledger`` (per-unit commit records, tombstones),
-``snapshot`` (the checked ledger snapshot), ``writer``, ``reader`` (+
+``snapshot`` (the checked ledger snapshot), ``metadata`` (every zarr.json derived
+from the manifest, checked and rewritten from it), ``writer``, ``reader`` (+
 ``localread``, the direct path for uncompressed local shards), ``verify``,
 ``repair``, ``stats``, ``inspection`` and ``cli`` (``python -m store
 inspect|verify|stats|repair|compact STORE [--json]``). On disk::
@@ -23,6 +24,8 @@ inspect|verify|stats|repair|compact STORE [--json]``). On disk::
     STORE/ledger/unit_NNNNNNNN/zarr.json  commit record of work unit N (the source of truth)
     STORE/ledger/uncommitted/unit_N_<uuid>/zarr.json  tombstone: unit N's record was deleted
     STORE/ledger/snapshot/zarr.json       committed units as runs (optional; see snapshot.py)
+    STORE/ledger/manifest/zarr.json       checksummed copy of the manifest (see metadata.py)
+    STORE/ledger/repairs/<time>_<id>/zarr.json  journal of one `repair` run (see repair.py)
 
 Each array's shard (``c/<unit>/0...``) holds exactly one work unit's rows.
 """

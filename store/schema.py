@@ -10,9 +10,9 @@ the *manifest*::
      "created": {"time": ..., "host": ..., "by": ...}}
 
 Everything under ``schema`` must match exactly when a writer reopens a store
-(two dumps are never mixed); ``created`` is informational only. The number of
-rows is *not* in the manifest: it is the first dimension of ``tokens`` (one
-source of truth, so ``resize`` cannot leave them disagreeing).
+(two dumps are never mixed); ``created`` is informational only. The row count
+is the manifest's ``num_rows`` (outside ``schema``, so the fingerprint does not
+change with it); every array's metadata is derived from the manifest (store/metadata.py).
 """
 import dataclasses
 import hashlib
