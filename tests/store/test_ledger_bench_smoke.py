@@ -13,6 +13,7 @@ def test_ledger_bench_tiny(tmp_path):
     assert row == report["rows"][0] and row["units"] == 30
     assert row["no_snapshot"]["open_reader"]["ledger_source"] == "listing (no snapshot)"
     assert row["snapshot"]["open_reader"]["ledger_source"] == "snapshot"
-    # manifest, tokens metadata, snapshot, tombstone list; verify planning reads every record.
-    assert row["snapshot"]["open_reader"]["requests"] == 4
+    # manifest, its checksummed copy, the (tokens-only) array metadata checked against it, snapshot,
+    # tombstone list; verify planning reads every record.
+    assert row["snapshot"]["open_reader"]["requests"] == 5
     assert row["snapshot"]["verify_planning"]["requests"] == 31

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from store import CorruptStoreError, SchemaMismatchError, StoreReader, bitpack, layout, open_writer, profiles
+from store import (CorruptStoreError, SchemaMismatchError, StoreReader, bitpack, layout, metadata, open_writer,
+                   profiles)
 from store.verify import verify_store
 import test_store_sampled as golden
 
@@ -69,6 +70,7 @@ def test_manifest_with_other_ids_bits_is_refused(tmp_path):
     kv = layout.open_kvstore(str(url))
     root = layout.read_json(kv, "zarr.json")
     root["attributes"]["encodings"]["ids_bits"] = 12
-    layout.write_group(kv, "", root["attributes"])
+    layout.write_group(kv, "", root["attributes"])  # as written by that package: root and its copy
+    kv.write(metadata.COPY_KEY, metadata.copy_bytes(root["attributes"])).result()
     with pytest.raises(SchemaMismatchError, match="encodings.ids_bits=12, this package.s compact profile uses 9"):
         StoreReader(url)
