@@ -141,6 +141,15 @@ def _parse_copy(raw):
     return (manifest, None) if ok else (None, "fails its sha256")
 
 
+def _essential(manifest: dict) -> dict:
+    """The manifest without its informational ``created`` stamp.
+
+    Two executions of the dump's PrepareStore may create one store at once and leave a root and a copy
+    that differ only in it; readers need not care (``repair`` still makes the root the copy's bytes).
+    """
+    return {k: v for k, v in manifest.items() if k != "created"}
+
+
 def open_manifest(kv, url: str) -> Manifest:
     """Reads the root zarr.json and its copy and decides which manifest is the truth.
 
@@ -161,7 +170,7 @@ def open_manifest(kv, url: str) -> Manifest:
         problems = []
         if root is None:
             problems.append({"file": ROOT_KEY, "problem": f"{root_why}; {fix} (it restores it from {COPY_KEY})"})
-        elif manifest_sha256(root) != manifest_sha256(copy):
+        elif manifest_sha256(_essential(root)) != manifest_sha256(_essential(copy)):
             field = first_difference(root, copy) or "?"
             problems.append({"file": ROOT_KEY, "problem": f"manifest field {field} differs from its checksummed "
                                                           f"copy {COPY_KEY}; {fix} (it restores it)"})
