@@ -198,3 +198,15 @@ def test_manifest_lost_is_one_line(store, capsys):
         assert main([command, url]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "the manifest is lost" in err, err
+
+
+def test_dry_run_changes_nothing_and_writes_no_journal(store, capsys):
+    url, root, _, _ = store
+    _flip(root / "topk/logprobs/c/2/0/0", 3)
+    before = _files(root)
+    assert main(["repair", "--dry-run", url]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was changed; would un-commit 1 bad units [2]" in out and "would: re-compact" in out
+    assert _files(root) == before and not (root / "ledger/repairs").exists()
+    assert main(["verify", "--dry-run", url]) == 2
+    assert capsys.readouterr().err.strip() == "error: --dry-run is an option of repair, not of verify"
