@@ -111,7 +111,8 @@ def repair_store(url, dry_run: bool = False) -> dict:
     root_want = metadata.node_bytes(manifest)
     if opened.root_raw != root_want:
         why = "; ".join(p["problem"].split("; ")[0] for p in opened.problems if p["file"] == metadata.ROOT_KEY)
-        journal.act(f"rewrite {metadata.ROOT_KEY} from the manifest copy ({why or 'same manifest, other bytes'})",
+        source = "the manifest copy" if why else "the manifest"
+        journal.act(f"rewrite {metadata.ROOT_KEY} from {source} ({why or 'same manifest, other bytes'})",
                     lambda: _put(kv, url, metadata.ROOT_KEY, root_want))
     if not opened.legacy and opened.copy_raw != metadata.copy_bytes(manifest):
         journal.act(f"rewrite {metadata.COPY_KEY} from {metadata.ROOT_KEY}",

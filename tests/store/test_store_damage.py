@@ -8,11 +8,12 @@ byte for byte. Reading never returns fill values for a committed unit.
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
 
-from store import CorruptStoreError, StoreReader, open_writer, reader as reader_mod
+from store import CorruptStoreError, StoreReader, metadata, open_writer, reader as reader_mod
 from store.cli import main
 from store.repair import repair_store
 from store.verify import verify_store
@@ -186,7 +187,7 @@ def test_root_and_copy_differing_only_in_creation_stamp_is_sound(store):
     _edit_json(root / "zarr.json", lambda j: j["attributes"]["created"].__setitem__("host", "other"))
     StoreReader(url)
     assert verify_store(url)["ok"]
-    assert repair_store(url)["actions"] == ["rewrite zarr.json from the manifest copy (same manifest, other bytes)"]
+    assert repair_store(url)["actions"] == ["rewrite zarr.json from the manifest (same manifest, other bytes)"]
     assert _files(root) == clean
 
 
@@ -210,3 +211,17 @@ def test_dry_run_changes_nothing_and_writes_no_journal(store, capsys):
     assert _files(root) == before and not (root / "ledger/repairs").exists()
     assert main(["verify", "--dry-run", url]) == 2
     assert capsys.readouterr().err.strip() == "error: --dry-run is an option of repair, not of verify"
+
+
+def test_store_written_before_num_rows_and_the_copy_still_reads_verifies_and_resumes(store, capsys):
+    """Such a store takes its row count from tokens' shape, as before; nothing is added to it."""
+    url, root, data, _ = store
+    manifest = json.loads((root / "zarr.json").read_text())["attributes"]
+    manifest.pop("num_rows")
+    (root / "zarr.json").write_bytes(metadata.node_bytes(manifest))  # as the writer wrote it then
+    shutil.rmtree(root / "ledger/manifest")
+    before = _files(root)
+    assert StoreReader(url).num_rows == 10 and verify_store(url)["ok"]
+    assert main(["repair", url]) == 0 and "nothing to repair" in capsys.readouterr().out
+    open_writer(url).write_unit(1, **data[1])
+    assert _files(root) == before
