@@ -27,7 +27,7 @@ from store.repair import repair_store
 from store.verify import verify_store
 from store_testlib import synth_unit
 
-MUTATIONS = int(os.environ.get("FUZZ_N", 200))
+MUTATIONS = 200
 SEED = 22
 KINDS = ("flip", "flip", "truncate", "delete", "directory")
 BOOKKEEPING = ("ledger/repairs/", "ledger/uncommitted/")
