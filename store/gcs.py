@@ -36,6 +36,7 @@ from store import errors
 GS_SCHEME = "gs://"
 METADATA_TIMEOUT_S = 1.0
 _DMI_PRODUCT = "/sys/class/dmi/id/product_name"
+_METADATA_HOST = "metadata.google.internal"  # the GCE metadata server's name on GCE
 # TensorStore's gcs endpoint and fixed-token variables (see the module docstring).
 _TS_ENDPOINT = "TENSORSTORE_GCS_HTTP_URL"
 _TS_TOKEN = "GOOGLE_AUTH_TOKEN_FOR_TESTING"
@@ -71,7 +72,7 @@ def _metadata_root() -> str | None:
             on_gce = False
         if not on_gce:
             return None
-        host = "metadata.google.internal"
+        host = _METADATA_HOST
     return host.rstrip("/") if "://" in host else f"http://{host.rstrip('/')}"
 
 

@@ -100,8 +100,11 @@ def test_gcs_credentials_chain(tmp_path, monkeypatch):
     # On GCE (the DMI product name says Google): the metadata server is asked, briefly.
     product.write_text("Google Compute Engine\n")
     with _metadata_server() as host:
-        monkeypatch.setenv("GCE_METADATA_ROOT", host)
+        monkeypatch.setattr(gcs, "_METADATA_HOST", host)
         assert gcs.credentials("gs://b/p/") == "metadata server"
+        monkeypatch.setenv("GCE_METADATA_ROOT", "127.0.0.1:1")     # a named server wins, and is dead
+        with pytest.raises(errors.StorageAccessError, match=r"metadata server http://127.0.0.1:1 \(no answer"):
+            gcs.credentials("gs://b/p/")
 
 
 class _Metadata(http.server.BaseHTTPRequestHandler):
