@@ -143,11 +143,22 @@ def config_changes(cfg, run_dir: str) -> list[str]:
             and old.get(k) != new.get(k)]
 
 
+def _has_progress(run_dir: str) -> bool:
+    """Whether a point finished or saved checkpoints (a point that failed before either
+    starts afresh with whatever settings it is given, as the trainer does)."""
+    ckpt = os.path.join(run_dir, "checkpoints")
+    return os.path.exists(os.path.join(run_dir, "final.json")) or (os.path.isdir(ckpt) and bool(os.listdir(ckpt)))
+
+
 def check_reuse(config: str, out: str, grid: dict, sets=()) -> None:
-    """Raises SweepError when points under `out` ran with another config than they would now."""
+    """Raises SweepError when points under `out` that finished or checkpointed ran with another
+    config than they would now."""
     changed = {}
     for point in points(grid):
-        diffs = config_changes(point_config(config, out, point, sets), os.path.join(out, point_name(point)))
+        run_dir = os.path.join(out, point_name(point))
+        if not _has_progress(run_dir):
+            continue
+        diffs = config_changes(point_config(config, out, point, sets), run_dir)
         if diffs:
             changed[point_name(point)] = diffs
     if changed:

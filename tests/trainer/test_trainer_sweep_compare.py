@@ -46,6 +46,15 @@ def test_a_changed_set_is_refused_naming_points_and_fields(tmp_path, monkeypatch
     assert "pass a new --out" in err[0]
 
 
+def test_a_point_that_failed_before_any_checkpoint_reruns_with_the_fixed_settings(tmp_path, monkeypatch):
+    for point in sweep.points(GRID):
+        _point(tmp_path, point, ["store.url=/wrong"], final=False)   # failed: no final, no checkpoints
+    ran = []
+    monkeypatch.setattr(sweep, "_run_jobs", lambda todo, running, parallel: ran.extend(todo))
+    sweep.run_sweep(tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s"])
+    assert len(ran) == 2
+
+
 def test_store_derived_fields_do_not_count_as_changes_with_from_store(tmp_path):
     point = sweep.points(GRID)[0]
     run_dir = _point(tmp_path, point, ["store.url=/s", "data.from_store=True", "data.seq_len=64"])
