@@ -76,14 +76,20 @@ def _metadata_root() -> str | None:
     return host.rstrip("/") if "://" in host else f"http://{host.rstrip('/')}"
 
 
+_metadata_seen: dict = {}  # root -> True once it answered: every array open resolves credentials again
+
+
 def _metadata_answers(root: str) -> bool:
     """Whether the metadata server at ``root`` answers as one within METADATA_TIMEOUT_S (never via a proxy)."""
+    if _metadata_seen.get(root):
+        return True
     request = urllib.request.Request(f"{root}/computeMetadata/v1/instance/service-accounts/default/",
                                      headers={"Metadata-Flavor": "Google"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=METADATA_TIMEOUT_S) as response:
-            return response.headers.get("Metadata-Flavor") == "Google"
+            _metadata_seen[root] = response.headers.get("Metadata-Flavor") == "Google"
+            return _metadata_seen[root]
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
