@@ -307,8 +307,9 @@ def _error_delta(run: Run, kd: Run) -> float | None:
 
 
 def mean_error_tasks(runs: Sequence[Run]) -> list[str]:
-    """The error tasks every run of a table was scored on, on the same rows: the set
-    its "mean err %" column averages (never different task sets per row)."""
+    """The error tasks every run of a table with task errors was scored on, on the same
+    rows: the set its "mean err %" column averages (never different task sets per row)."""
+    runs = [r for r in runs if any("error" in r.eval.get(t, {}) for t in ERROR_TASKS)]
     return [t for t in ERROR_TASKS
             if all("error" in r.eval.get(t, {}) for r in runs)
             and len({eval_results.row_key(r.eval[t]) for r in runs}) == 1] if runs else []
@@ -335,8 +336,8 @@ def _row_set_tags(runs: Sequence[Run]) -> tuple[dict, list[str]]:
 def _run_row(run: Run, mean_tasks: Sequence[str] = (), tags: dict | None = None) -> list[str]:
     tags = tags or {}
     errors = [run.eval.get(t, {}).get("error") for t in ERROR_TASKS]
-    known = [float(run.eval[t]["error"]) for t in mean_tasks]
-    mean = sum(known) / len(known) if known else None
+    known = [float(run.eval[t]["error"]) for t in mean_tasks if "error" in run.eval.get(t, {})]
+    mean = sum(known) / len(known) if known and len(known) == len(mean_tasks) else None
     hp = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
                    else f"{k}={v}" for k, v in run.hparams.items()
                    if not (k == SEED_KEY and len(run.seed_ppls) > 1))
