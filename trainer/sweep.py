@@ -182,14 +182,19 @@ def _heldout_scores(run_dir: str, tasks, store: str | None):
     heldout = None
     if store is not None:
         on_store = [s for s in scores.get("heldout", [])
-                    if s.get("store") in (None, store) or _same_path(s.get("store"), store)]
+                    if s.get("store") is None or _same_store(s["store"], store)]
         heldout = eval_results.headline(on_store) if on_store else None
     done = all((heldout is not None) if t == "heldout" else bool(scores.get(t)) for t in tasks)
     return done, heldout
 
 
-def _same_path(a: str | None, b: str) -> bool:
-    return a is not None and config_lib.resolve_local_path(a) == config_lib.resolve_local_path(b)
+def _same_store(a: str, b: str) -> bool:
+    """Whether two store URLs / paths name the same store (evaluate records the normalized URL)."""
+    from store import StoreError, layout  # Local: only sweeps that evaluate need it.
+    try:
+        return layout.normalize_url(a) == layout.normalize_url(b)
+    except StoreError:
+        return a == b
 
 
 def _eval_done(run_dir: str, tasks, store: str | None = None) -> bool:

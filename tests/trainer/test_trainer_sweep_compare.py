@@ -73,6 +73,8 @@ def test_an_evaluation_on_another_store_is_redone(tmp_path):
     assert [stage for stage, _ in cmds] == ["eval"]
     evaluate["store"] = "/other"
     assert sweep.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py") == []
+    evaluate["store"] = "file:///other/"      # how evaluate records it: the same store
+    assert sweep.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py") == []
 
 
 def test_points_on_other_rows_are_shown_not_ranked(tmp_path, monkeypatch):

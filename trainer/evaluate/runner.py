@@ -205,7 +205,7 @@ def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict |
     # The row set is the token rows scored (content, not their store's path).
     return {"log_ppl": float(sum(nll_per_row)) / count,
             "log_ppl_se": eval_results.ratio_se(nll_per_row, tokens_per_row), "tokens": count,
-            "n": len(row_ids), "rows": eval_results.row_digest(row_bytes), "store": store_url,
+            "n": len(row_ids), "rows": eval_results.row_digest(row_bytes), "store": reader.url,
             "seq_len": int(reader.schema.seq_len),
             "store_split": split}, throughput
 
