@@ -116,7 +116,7 @@ def build_pipeline(argv, read_ledgers=True):
         opts.decode_errors, opts.docs_per_chunk)
     units = chunks[spine.TRAIN] | "PackUnits" >> spine.PackUnits(
         opts.seq_len, opts.rows_per_unit,
-        teacher_stage.PrepareStore(opts.store, plan.schema, plan.committed_before))
+        teacher_stage.PrepareStore(opts.store, plan.schema, plan.committed_before, split=opts.split))
     if plan.teacher_cfg is None:
         written = [units | "WriteTokens" >> teacher_stage.WriteTokensOnly(opts.store)]
     else:
@@ -128,7 +128,8 @@ def build_pipeline(argv, read_ledgers=True):
             | "PackHeldout" >> spine.PackUnits(
                 opts.seq_len, opts.rows_per_unit,
                 teacher_stage.PrepareStore(opts.heldout_store, plan.heldout_schema,
-                                           plan.heldout_committed_before, "held-out store"))
+                                           plan.heldout_committed_before, "held-out store",
+                                           split="heldout"))
             | "WriteHeldout" >> teacher_stage.WriteTokensOnly(opts.heldout_store))
     # One sink that depends on every write: a runner that computes only the
     # graph's last node (the Dask runner does) still runs all of them.

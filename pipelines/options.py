@@ -75,6 +75,9 @@ class DumpOptions(PipelineOptions):
         _flag(parser, "heldout_fraction", type=float, default=0.0,
               help="fraction of documents (by text hash) sent to --heldout-store")
         _flag(parser, "heldout_store", default=None, help="tokens-only store for the held-out split")
+        _flag(parser, "split", default="train", choices=("train", "heldout"),
+              help="what --store's rows are for, recorded in its manifest: train, or heldout (an "
+                   "evaluation set; `trainer.evaluate --tasks heldout` warns on a train store)")
         _flag(parser, "input_format", default="auto", help="auto|text|jsonl|parquet")
         _flag(parser, "decode_errors", default="strict",
               help="non-UTF-8 input bytes: strict (fail naming the file) | replace (U+FFFD)")

@@ -118,7 +118,7 @@ def make_plan(opts):
 
     model_bytes = _read_tokenizer(opts.tokenizer)
     tok_info = tokenizer.info_from_bytes(model_bytes, name=opts.tokenizer)
-    train_packing = dict(packing.PACKING_RULE, split="train",
+    train_packing = dict(packing.PACKING_RULE, split=opts.split,  # --split; the manifest records it too
                          heldout_fraction=opts.heldout_fraction)
     if not opts.teacher:
         return _tokens_only_plan(opts, paths, model_bytes, tok_info, train_packing)

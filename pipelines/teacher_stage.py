@@ -47,10 +47,12 @@ class PrepareStore:
         schema: the store.StoreSchema this run writes.
         committed_before: units committed when the run was launched.
         what: "store" or "held-out store", for error messages.
+        split: the manifest's split of a new store ("train" / "heldout").
     """
 
-    def __init__(self, url, schema, committed_before=frozenset(), what="store"):
+    def __init__(self, url, schema, committed_before=frozenset(), what="store", split=None):
         self._url = url
+        self._split = split
         self._schema = schema
         self._committed_before = frozenset(committed_before)
         self._what = what
@@ -58,7 +60,7 @@ class PrepareStore:
     def _create(self, num_rows):
         for attempt in range(_CREATE_ATTEMPTS):
             try:
-                return store.create_store(self._url, self._schema, num_rows=num_rows)
+                return store.create_store(self._url, self._schema, num_rows=num_rows, split=self._split)
             except store.StoreNotFoundError:
                 # A concurrent execution is half-way through creating it.
                 if attempt == _CREATE_ATTEMPTS - 1:

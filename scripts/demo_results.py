@@ -13,6 +13,7 @@ import json
 import math
 import os
 
+from trainer.training import eval_results
 from trainer.training.metrics import read_metrics
 
 METHOD_ROWS = ("teacher", "nll", "kd", "hldc", "hldf")
@@ -30,7 +31,7 @@ def load_run(ctx, name: str) -> dict:
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     with open(os.path.join(run_dir, "eval.json"), encoding="utf-8") as f:
-        ev = json.load(f)
+        ev = eval_results.normalize(json.load(f))  # any eval.json version
     penalty_path = os.path.join(run_dir, "objective_penalty.json")
     penalty = None
     if os.path.exists(penalty_path):
@@ -39,7 +40,7 @@ def load_run(ctx, name: str) -> dict:
     records = read_metrics(run_dir)
     last = records[-1] if records else {}
     speeds = sorted(m["tokens_per_s"] for m in records if m.get("tokens_per_s"))
-    return {"name": name, "config": config, "eval": ev["tasks"],
+    return {"name": name, "config": config, "eval": ev["tasks"], "scores": ev["scores"],
             "flops": last.get("cumulative_flops", float("nan")),
             "tokens": last.get("tokens", float("nan")), "steps": last.get("step", 0),
             # The median logged rate: the first interval includes compilation.
@@ -63,6 +64,20 @@ def downstream_cell(task: str, result: dict) -> dict:
             "worse_than_chance": err - CHANCE_ERROR[task] > 2 * se_test}
 
 
+def shared_scores(runs: dict, task: str) -> dict | None:
+    """{run name: its score of `task`} on the row set every run was scored on (the largest
+    such), or None when the runs share no row set (they must not be compared)."""
+    common = None
+    for run in runs.values():
+        keys = {eval_results.row_key(s): s.get("n") or 0 for s in run["scores"].get(task, [])}
+        common = keys if common is None else {k: n for k, n in common.items() if k in keys}
+    if not common:
+        return None
+    key = max(common, key=common.get)
+    return {name: next(s for s in run["scores"][task] if eval_results.row_key(s) == key)
+            for name, run in runs.items()}
+
+
 def _spread(values: list[float]) -> float:
     return max(values) - min(values) if len(values) > 1 else 0.0
 
@@ -84,21 +99,26 @@ def collect(ctx, student_runs) -> dict:
     members = {"teacher": ["teacher"]}
     for name, method, _ in student_runs:
         members.setdefault(method, []).append(name)
+    heldout = shared_scores(runs, "heldout")
+    if heldout is None:
+        raise ValueError("the demo's runs were scored on different held-out rows (see each run's "
+                         "eval.json 'scores'); re-run the evaluate stage on the held-out store "
+                         "without --limit")
     methods = {}
     for method in METHOD_ROWS:
         if method not in members:
             continue
-        ppl = [runs[n]["eval"]["heldout"]["log_ppl"] for n in members[method]]
+        ppl = [heldout[n]["log_ppl"] for n in members[method]]
         methods[method] = {"runs": members[method], "log_ppl": ppl,
                            "mean": sum(ppl) / len(ppl), "spread": _spread(ppl)}
     downstream = {}
     for task in TASKS:
-        if not all(task in r["eval"] for r in runs.values()):
+        scores = shared_scores(runs, task)  # only tasks every run has on the same examples
+        if scores is None:
             continue
         downstream[task] = {"chance": CHANCE_ERROR[task]}
         for method, m in methods.items():
-            downstream[task][method] = [downstream_cell(task, runs[n]["eval"][task])
-                                        for n in m["runs"]]
+            downstream[task][method] = [downstream_cell(task, scores[n]) for n in m["runs"]]
     facts_path = ctx.path("facts.json")
     facts = {}
     if os.path.exists(facts_path):

@@ -81,8 +81,8 @@ def tokenizer(ctx: Context) -> None:
         "--model-prefix", ctx.path("tokenizer"), "--vocab-size", str(ctx.size.vocab_size))
 
 
-def _dump_args(ctx: Context, inputs: str, store: str) -> list[str]:
-    return ["-m", "pipelines.dump", "--input", inputs, "--store", store,
+def _dump_args(ctx: Context, inputs: str, store: str, split: str = "train") -> list[str]:
+    return ["-m", "pipelines.dump", "--input", inputs, "--store", store, "--split", split,
             "--tokenizer", ctx.path("tokenizer.model"), "--seq-len", str(ctx.size.seq_len),
             "--progress-interval", "5"]
 
@@ -90,7 +90,8 @@ def _dump_args(ctx: Context, inputs: str, store: str) -> list[str]:
 def spine(ctx: Context) -> None:
     """Tokens-only stores: teacher pre-training data and the held-out split."""
     run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "train.jsonl"), ctx.path("tokens_store")))
-    run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "heldout.jsonl"), ctx.path("heldout_store")))
+    run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "heldout.jsonl"), ctx.path("heldout_store"),
+                                  "heldout"))
 
 
 def train_run(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float,

@@ -8,7 +8,8 @@ Modules: ``schema`` (StoreSchema, manifest in the root group attributes),
 activation code, ``bitpack`` the packed ids, ``sampled`` the sampled-logits
 family, ``topn`` compact's outlier selection), ``layout`` (URLs, sharded crc32c
 array specs), ``remote`` (s3:// endpoint/credentials the AWS SDK way, storage
-errors as one line), ``ledger`` (per-unit commit records, tombstones),
+errors as one line), ``gcs`` (gs:// credentials and emulator endpoint the
+Google client libraries' way, checked before any request), ``ledger`` (per-unit commit records, tombstones),
 ``snapshot`` (the checked ledger snapshot), ``metadata`` (every zarr.json derived
 from the manifest, checked and rewritten from it), ``writer``, ``reader`` (+
 ``localread``, the direct path for uncompressed local shards), ``verify``,

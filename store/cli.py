@@ -12,6 +12,7 @@ import json
 import sys
 
 from store import errors, objective_penalty
+from store.schema import manifest_split
 from store.inspection import inspect_store
 from store.repair import repair_store
 from store.stats import store_stats
@@ -117,7 +118,7 @@ def _format(command: str, r: dict) -> str:
         s = r["manifest"]["schema"]
         lines = [f"store {r['url']}  profile={s['profile']}  rows={r['num_rows']}  T={s['seq_len']}  "
                  f"k={s['k']}  samples={s.get('samples', 0)}  V={s['vocab_size']}  layers={s['hidden_layers']}  "
-                 f"D={s['hidden_dim']}",
+                 f"D={s['hidden_dim']}  split={manifest_split(r['manifest'])}",
                  f"units committed {r['committed_units']}/{r['num_units']} (rows_per_unit={s['rows_per_unit']}), "
                  f"teacher={s['teacher'].get('name')} fingerprint={s['teacher'].get('fingerprint')}",
                  f"{'array':28s} {'dtype':8s} {'shape':22s} {'chunk':18s} {'codecs':34s} {'bytes':>12s} {'B/token':>9s}"]

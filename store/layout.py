@@ -31,7 +31,7 @@ ZSTD_LEVEL = 3
 GROUP_NODE = {"zarr_format": 3, "node_type": "group"}
 
 _URL_SCHEMES = ("file://", "memory://", "gs://", "s3://")
-# TensorStore's retry policy for object stores (see store/remote.py): up to 6
+# TensorStore's retry policy for object stores, s3 and gcs (see store/remote.py): up to 6
 # retries, back-off 0.1 s doubling to 1 s, so an unreachable endpoint fails
 # in ~4 s instead of TensorStore's default of 32 retries over minutes.
 S3_RETRIES = {"max_retries": 6, "initial_delay": "0.1s", "max_delay": "1s"}
@@ -54,7 +54,8 @@ def context() -> ts.Context:
             # bytes on disk and a reader never serves data another process
             # re-wrote; rows are read once per epoch anyway.
             _context = ts.Context({"cache_pool": {"total_bytes_limit": 0},
-                                   "s3_request_retries": S3_RETRIES})
+                                   "s3_request_retries": S3_RETRIES,
+                                   "gcs_request_retries": S3_RETRIES})
             _context_pid = os.getpid()
         return _context
 

@@ -14,7 +14,10 @@ SDKs resolve it:
   default chain is not used: it also probes the EC2 metadata service, logs
   several lines per open when nothing is found, and then sends unsigned requests.
 
-Retries are TensorStore's (``s3_request_retries`` in ``layout.context``):
+``gs://`` URLs are resolved in store/gcs.py (endpoint and credentials as
+Google's client libraries resolve them, checked before any request).
+
+Retries are TensorStore's (``s3_request_retries`` / ``gcs_request_retries`` in ``layout.context``):
 failed requests (5xx, throttling, dropped connections) are retried with
 exponential back-off; a unit whose writes still fail raises before its commit
 record is written, so it stays uncommitted (the ledger's write-last rule).
@@ -25,7 +28,7 @@ import re
 
 import tensorstore as ts
 
-from store import errors
+from store import errors, gcs
 
 S3_SCHEME = "s3://"
 
@@ -36,7 +39,9 @@ def s3_endpoint() -> str | None:
 
 
 def kvstore_spec(url: str):
-    """The TensorStore kvstore spec of a normalized store URL (a dict for s3://, else the URL)."""
+    """The TensorStore kvstore spec of a normalized store URL (a dict for s3:// and gs://, else the URL)."""
+    if url.startswith(gcs.GS_SCHEME):
+        return gcs.kvstore_spec(url)
     if not url.startswith(S3_SCHEME):
         return url
     bucket, _, path = url[len(S3_SCHEME):].partition("/")
@@ -78,7 +83,20 @@ _FAILURES = (
     ("UNAUTHENTICATED", "the server refused the credentials",
      "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
     ("CURL error", "the storage endpoint could not be reached (after TensorStore's retries)",
-     "check AWS_ENDPOINT_URL and that the server is up"),
+     "check {endpoint_var} and that the server is up"),
+    ("retry attempts failed", "the storage service kept failing (after TensorStore's retries)",
+     "check the server; re-running the same command resumes"),
+)
+
+
+# The same for gs:// (Google's variables in the advice).
+_GCS_FAILURES = (
+    ("PERMISSION_DENIED", "the server refused the credentials",
+     "use credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud application-default) with access to the bucket"),
+    ("UNAUTHENTICATED", "the server refused the credentials",
+     "renew them: `gcloud auth application-default login` or a valid GOOGLE_APPLICATION_CREDENTIALS key"),
+    ("CURL error", "the storage endpoint could not be reached (after TensorStore's retries)",
+     "check the network (or STORAGE_EMULATOR_HOST) and that the server is up"),
     ("retry attempts failed", "the storage service kept failing (after TensorStore's retries)",
      "check the server; re-running the same command resumes"),
 )
@@ -86,27 +104,38 @@ _FAILURES = (
 
 def is_access_failure(e: ValueError) -> bool:
     """Whether a TensorStore error is the storage service failing (not the stored bytes)."""
-    return any(needle in str(e) for needle, _, _ in _FAILURES)
+    return any(needle in str(e) for needle, _, _ in _FAILURES + _GCS_FAILURES)
+
+
+# A failed gs:// listing of an existing key range means the bucket is missing:
+# GCS answers 404 (NOT_FOUND); an emulator's empty 404 body reads as a parse failure.
+_GCS_NO_BUCKET = ("NOT_FOUND", "Failed to parse response metadata")
 
 
 def check_bucket(kv: ts.KvStore, url: str):
-    """Raises StorageAccessError if an s3:// store's bucket is missing (one empty-range list request).
+    """Raises StorageAccessError if an object store's bucket is missing (one empty-range list request).
 
     A missing object and a missing bucket both read as "missing", so a store
     that is not found is told apart from a bucket that is not there.
     """
-    if url.startswith(S3_SCHEME):
+    if url.startswith((S3_SCHEME, gcs.GS_SCHEME)):
         try:
             kv.list(ts.KvStore.KeyRange(inclusive_min="zarr.json", exclusive_max="zarr.json\0")).result()
         except ValueError as e:
+            if url.startswith(gcs.GS_SCHEME) and any(n in str(e) for n in _GCS_NO_BUCKET):
+                err = errors.StorageAccessError(f"listing {url} (endpoint {gcs.endpoint()}) failed: the bucket "
+                                                f"does not exist; create the bucket or fix the URL")
+                err.failure = "the bucket does not exist"
+                raise err from None
             raise storage_error(e, url, "listing") from None
 
 
 def kv_url(kv: ts.KvStore) -> str:
     """A readable URL of an open kvstore (``kv.url`` is unsupported for s3 with an endpoint)."""
     spec = kv.spec().to_json()
-    if spec["driver"] == "s3":
-        return f"{S3_SCHEME}{spec['bucket']}/{spec.get('path', '')}"
+    if spec["driver"] in ("s3", "gcs"):
+        scheme = S3_SCHEME if spec["driver"] == "s3" else gcs.GS_SCHEME
+        return f"{scheme}{spec['bucket']}/{spec.get('path', '')}"
     return kv.url
 
 
@@ -136,15 +165,19 @@ def storage_error(e: ValueError, url: str, doing: str) -> errors.StoreError:
     if isinstance(e, errors.StoreError):
         return e
     text = str(e)
-    is_s3 = url.startswith(S3_SCHEME)
-    where = f"{url} (endpoint {s3_endpoint() or 'AWS default'})" if is_s3 else url
+    is_s3, is_gs = url.startswith(S3_SCHEME), url.startswith(gcs.GS_SCHEME)
+    where = (f"{url} (endpoint {s3_endpoint() or 'AWS default'})" if is_s3
+             else f"{url} (endpoint {gcs.endpoint()})" if is_gs else url)
     is_file = url.startswith("file://")
     failures = () if is_file else _FAILURES  # credential/endpoint advice is for object stores
     local = local_failure(e) if is_file else None
     if local is not None:
         found = (local, "free space or fix the path's permissions, then re-run the same command")
     else:
-        found = next(((what, fix) for needle, what, fix in failures if needle in text), None)
+        found = next(((what, fix) for needle, what, fix in (_GCS_FAILURES if is_gs else failures)
+                      if needle in text), None)
+        if found is not None:
+            found = (found[0], found[1].format(endpoint_var="AWS_ENDPOINT_URL"))
     if found is None:
         return errors.StorageAccessError(f"{doing} {where} failed: {text.splitlines()[0][:200]}")
     err = errors.StorageAccessError(f"{doing} {where} failed: {found[0]}; {found[1]}")

@@ -7,6 +7,7 @@ the *manifest*::
      "schema": {...StoreSchema fields...},
      "schema_sha256": "...",            # fingerprint of "schema", used by commit records
      "encodings": {...},                # per-array dtype and how to decode (see profiles.py)
+     "split": "train" | "heldout",      # what the rows are for; absent in older stores ("unknown")
      "created": {"time": ..., "host": ..., "by": ...}}
 
 Everything under ``schema`` must match exactly when a writer reopens a store
@@ -151,14 +152,29 @@ def _lookup(d, dotted):
     return d
 
 
-def build_manifest(schema: StoreSchema, encodings: dict) -> dict:
-    """The group-attribute manifest for a new store."""
+# What a store's rows are for (manifest "split", informational like "created"): a
+# training store, or a held-out evaluation set; stores written before it read as unknown.
+SPLITS = ("train", "heldout")
+UNKNOWN_SPLIT = "unknown"
+
+
+def manifest_split(manifest: dict) -> str:
+    """The manifest's split ("train", "heldout"), or "unknown" for stores that do not record one."""
+    split = manifest.get("split")
+    return split if split in SPLITS else UNKNOWN_SPLIT
+
+
+def build_manifest(schema: StoreSchema, encodings: dict, split: str | None = None) -> dict:
+    """The group-attribute manifest for a new store (``split``: one of SPLITS, or None: not recorded)."""
+    if split is not None and split not in SPLITS:
+        raise errors.StoreInputError(f"split={split!r} is not one of {SPLITS}")
     return {
         "store_format": STORE_FORMAT,
         "format_version": FORMAT_VERSION,
         "schema": schema.to_dict(),
         "schema_sha256": schema.fingerprint(),
         "encodings": encodings,
+        **({"split": split} if split is not None else {}),
         "created": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "host": socket.gethostname(), "by": "store (python)"},
     }

@@ -28,7 +28,7 @@ from store import errors, layout, ledger, metadata, profiles, remote, sampled, s
 from store.schema import StoreSchema, build_manifest, check_same_schema
 
 
-def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
+def create_store(url, schema: StoreSchema, num_rows: int, split: str | None = None) -> "StoreWriter":
     """Creates a store, or reopens an identical one.
 
     The group's zarr.json (with the manifest) is written first, then the
@@ -39,6 +39,8 @@ def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
         url: local path or file:// memory:// gs:// s3:// URL.
         schema: the store's schema.
         num_rows: rows N (grow later with ``StoreWriter.resize``).
+        split: "train" or "heldout", recorded in a new store's manifest (what
+            its rows are for); None records nothing. Not checked on reopen.
 
     Returns:
         A StoreWriter.
@@ -61,7 +63,7 @@ def create_store(url, schema: StoreSchema, num_rows: int) -> "StoreWriter":
                 f"{path} is a non-empty directory without zarr.json, not a store; pass a new or empty path")
         profile = profiles.get_profile(schema.profile)
         # num_rows is outside "schema": the fingerprint (and every commit record) is unchanged by it.
-        manifest = dict(build_manifest(schema, profile.encodings(schema)), num_rows=int(num_rows))
+        manifest = dict(build_manifest(schema, profile.encodings(schema), split), num_rows=int(num_rows))
         layout.write_group(kv, "", manifest)
         # Intermediate groups so that zarr-python can walk the hierarchy.
         for group in _groups(schema):

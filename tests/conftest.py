@@ -34,3 +34,30 @@ def wiki_tokenizer(tmp_path_factory):
         pytest.skip(str(e))
     prefix = tmp_path_factory.mktemp("wiki_tok") / "spm"
     return docs, train_tokenizer(docs[:300], str(prefix), vocab_size=600, num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A loopback GCS emulator for the whole session, bucket "bkt"; yields its endpoint.
+
+    One per session because TensorStore reads its gcs endpoint once per process.
+    """
+    from gcs_loopback import gcs_emulator  # bench/
+    with gcs_emulator("bkt") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def gcs(gcs_server, monkeypatch, tmp_path):
+    """This test's environment points gs:// at the session's emulator (and nothing else: no host
+    credentials, a dead loopback proxy); yields the endpoint."""
+    from gcs_loopback import gcs_env  # bench/
+    env = gcs_env(gcs_server, str(tmp_path / "gcloud"))
+    env["TENSORSTORE_GCS_HTTP_URL"] = gcs_server             # set here so monkeypatch restores them
+    env["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "anonymous"
+    for k, v in env.items():
+        if v:
+            monkeypatch.setenv(k, v)
+        else:
+            monkeypatch.delenv(k, raising=False)
+    return gcs_server

@@ -14,7 +14,12 @@ directories is expanded) and writes DIR/report.md plus PNGs:
 * scatter of each method's log-ppl against KD's for those pairs (Figures 5-7);
 * training loss against cumulative FLOPs (compute-matched comparison).
 
-Runs are compared only within one (model, budget) group.
+Runs are compared only within one (model, budget) group, and scores only on
+equal row sets (eval.json records a digest of the rows each score was computed
+on, see trainer/training/eval_results.py): a pair scored on different rows gets
+no Δ (the table counts it as refused), a run whose held-out score is over other
+rows than its method's other runs is not ranked, and a table column whose
+scores come from different row sets marks each cell with its set ([A], [B]).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ matplotlib.use("Agg")  # Files only; no display on servers.
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from trainer.training import config as config_lib, metrics  # noqa: E402
+from trainer.training import config as config_lib, eval_results, metrics  # noqa: E402
 
 # --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
 METHOD_KEY = "method"
@@ -82,13 +87,23 @@ class Run:
     curve_key: str | None
     config: dict = dataclasses.field(default_factory=dict)
     seed_ppls: list = dataclasses.field(default_factory=list)  # set by best_per_method
+    scores: dict = dataclasses.field(default_factory=dict)  # eval.json "scores": every row set
+
+    @property
+    def ppl_task(self) -> str | None:
+        """The log-perplexity task runs are ranked by (heldout, else docs)."""
+        return next((t for t in PPL_TASKS if "log_ppl" in self.eval.get(t, {})), None)
 
     @property
     def log_ppl(self) -> float | None:
-        for task in PPL_TASKS:
-            if task in self.eval and "log_ppl" in self.eval[task]:
-                return float(self.eval[task]["log_ppl"])
-        return None
+        task = self.ppl_task
+        return float(self.eval[task]["log_ppl"]) if task else None
+
+    @property
+    def ppl_rows(self) -> tuple | None:
+        """The row set of the headline log-ppl (eval_results.row_key)."""
+        task = self.ppl_task
+        return (task,) + eval_results.row_key(self.eval[task]) if task else None
 
 
 def _lookup(config: dict, dotted: str) -> Any:
@@ -140,7 +155,7 @@ def load_run(path: str) -> Run:
     hparams = {}  # Filled by load_runs: which fields differ depends on all the runs.
     group = tuple(_lookup(config, key) for key in GROUP_KEYS.values())
     eval_path = os.path.join(path, "eval.json")
-    evals = _read_json(eval_path, "eval.json (python -m trainer.evaluate)").get("tasks", {}) \
+    evals = eval_results.normalize(_read_json(eval_path, "eval.json (python -m trainer.evaluate)")) \
         if os.path.exists(eval_path) else {}
     curve, curve_key = [], None
     if os.path.exists(os.path.join(path, "metrics.jsonl")):
@@ -150,11 +165,12 @@ def load_run(path: str) -> Run:
             curve_key = keys[0]
             curve = [(float(r[FLOPS_KEY]), float(r[curve_key])) for r in records
                      if FLOPS_KEY in r and curve_key in r]
-    return Run(os.path.basename(os.path.normpath(path)), path, method, group, hparams, evals,
-               curve, curve_key,
+    return Run(os.path.basename(os.path.normpath(path)), path, method, group, hparams,
+               evals.get("tasks", {}), curve, curve_key,
                # A config.json older than a field reads as holding the value that
                # reproduces it, so old and new runs of one setting still pair.
-               config={**config_lib.ADDED_FIELDS, **config_lib.flatten(config)})
+               config={**config_lib.ADDED_FIELDS, **config_lib.flatten(config)},
+               scores=evals.get("scores", {}))
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
@@ -175,16 +191,41 @@ def load_runs(paths: Sequence[str]) -> list[Run]:
     return runs
 
 
+def majority_rows(runs: Sequence[Run]) -> tuple | None:
+    """The held-out row set most of `runs` were scored on (ties: the larger n)."""
+    counts = collections.Counter(r.ppl_rows for r in runs if r.ppl_rows is not None)
+    if not counts:
+        return None
+    n_of = {r.ppl_rows: r.eval[r.ppl_task].get("n") or 0 for r in runs if r.ppl_rows is not None}
+    return max(counts, key=lambda k: (counts[k], n_of[k]))
+
+
+def unranked(runs: Sequence[Run]) -> list[Run]:
+    """Evaluated runs left out of the ranking: their held-out rows differ from their
+    (group, method)'s majority row set."""
+    by_method = collections.defaultdict(list)
+    for run in runs:
+        if run.log_ppl is not None:
+            by_method[(run.group, run.method)].append(run)
+    out = []
+    for members in by_method.values():
+        key = majority_rows(members)
+        out += [r for r in members if r.ppl_rows != key]
+    return out
+
+
 def best_per_method(runs: Sequence[Run]) -> list[Run]:
     """Per (group, method), the evaluated setting with the lowest mean log-ppl over seeds.
 
     Runs that differ only in the seed are one setting: it is selected by its
     mean (never by its luckiest seed), and the returned run (its first seed)
-    carries every seed's log-ppl in ``seed_ppls``.
+    carries every seed's log-ppl in ``seed_ppls``. Only runs scored on the
+    method's majority row set compete (see ``unranked``).
     """
     settings: dict[tuple, list[Run]] = collections.defaultdict(list)
+    left_out = {id(r) for r in unranked(runs)}
     for run in runs:
-        if run.log_ppl is None:
+        if run.log_ppl is None or id(run) in left_out:
             continue
         rest = json.dumps({k: v for k, v in run.hparams.items() if k != SEED_KEY},
                           sort_keys=True, default=str)
@@ -202,7 +243,7 @@ def best_per_method(runs: Sequence[Run]) -> list[Run]:
     return out
 
 
-def kd_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
+def shared_setting_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
     """Per method, (method run, KD run) pairs equal on every setting both read (seed too)."""
     kd_runs = [r for r in runs if r.method == REFERENCE_METHOD and r.log_ppl is not None]
     pairs = collections.defaultdict(list)
@@ -214,6 +255,30 @@ def kd_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
             if kd.group == run.group and all(_same(kd.hparams[h], run.hparams[h]) for h in shared):
                 pairs[run.method].append((run, kd))
     return dict(pairs)
+
+
+def pair_log_ppls(run: Run, kd: Run) -> tuple[float, float] | None:
+    """(method log-ppl, KD log-ppl) on the same rows (the largest row set both were
+    scored on, of the first log-ppl task both have), or None: no common rows."""
+    for task in PPL_TASKS:
+        found = eval_results.comparable(run.scores.get(task, []), kd.scores.get(task, []))
+        if found and "log_ppl" in found[0] and "log_ppl" in found[1]:
+            return float(found[0]["log_ppl"]), float(found[1]["log_ppl"])
+    return None
+
+
+def kd_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
+    """Per method, the shared-setting pairs scored on the same rows (Δ is defined)."""
+    pairs = {m: [p for p in ps if pair_log_ppls(*p) is not None]
+             for m, ps in shared_setting_pairs(runs).items()}
+    return {m: ps for m, ps in pairs.items() if ps}
+
+
+def refused_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
+    """Per method, the shared-setting pairs whose held-out scores are on different rows."""
+    pairs = {m: [p for p in ps if pair_log_ppls(*p) is None]
+             for m, ps in shared_setting_pairs(runs).items()}
+    return {m: ps for m, ps in pairs.items() if ps}
 
 
 def _same(a, b) -> bool:
@@ -230,22 +295,49 @@ def _fmt(value, digits=4) -> str:
     return str(value)
 
 
-def _errors(run: Run) -> dict[str, float]:
-    return {t: float(run.eval[t]["error"]) for t in ERROR_TASKS
-            if "error" in run.eval.get(t, {})}
-
-
 def _error_delta(run: Run, kd: Run) -> float | None:
-    """Mean over tasks both runs have of (KD error − method error), in points."""
-    a, b = _errors(run), _errors(kd)
-    shared = [t for t in ERROR_TASKS if t in a and t in b]
-    return 100 * sum(b[t] - a[t] for t in shared) / len(shared) if shared else None
+    """Mean over the tasks both runs were scored on with the same rows of (KD error −
+    method error), in points."""
+    deltas = []
+    for task in ERROR_TASKS:
+        found = eval_results.comparable(run.scores.get(task, []), kd.scores.get(task, []))
+        if found and "error" in found[0] and "error" in found[1]:
+            deltas.append(float(found[1]["error"]) - float(found[0]["error"]))
+    return 100 * sum(deltas) / len(deltas) if deltas else None
 
 
-def _run_row(run: Run) -> list[str]:
+def mean_error_tasks(runs: Sequence[Run]) -> list[str]:
+    """The error tasks every run of a table with task errors was scored on, on the same
+    rows: the set its "mean err %" column averages (never different task sets per row)."""
+    runs = [r for r in runs if any("error" in r.eval.get(t, {}) for t in ERROR_TASKS)]
+    return [t for t in ERROR_TASKS
+            if all("error" in r.eval.get(t, {}) for r in runs)
+            and len({eval_results.row_key(r.eval[t]) for r in runs}) == 1] if runs else []
+
+
+def _row_set_tags(runs: Sequence[Run]) -> tuple[dict, list[str]]:
+    """{(run name, task): " [A]"} for columns whose scores come from different row sets,
+    and the legend lines naming each set."""
+    tags, legend = {}, []
+    for task in PPL_TASKS + ERROR_TASKS:
+        shown = [(r, r.eval[task]) for r in runs if task in r.eval]
+        keys = list(dict.fromkeys(eval_results.row_key(s) for _, s in shown))
+        if len(keys) < 2:
+            continue
+        letters = {k: chr(ord("A") + i) for i, k in enumerate(keys)}
+        for run, score in shown:
+            tags[(run.name, task)] = f" [{letters[eval_results.row_key(score)]}]"
+        sets = {letters[eval_results.row_key(s)]: eval_results.describe(s) for _, s in shown}
+        legend.append(f"{task} scored on different row sets, not comparable across them: "
+                      + "; ".join(f"[{k}] {v}" for k, v in sorted(sets.items())) + ".")
+    return tags, legend
+
+
+def _run_row(run: Run, mean_tasks: Sequence[str] = (), tags: dict | None = None) -> list[str]:
+    tags = tags or {}
     errors = [run.eval.get(t, {}).get("error") for t in ERROR_TASKS]
-    known = [e for e in errors if e is not None]
-    mean = sum(known) / len(known) if known else None
+    known = [float(run.eval[t]["error"]) for t in mean_tasks if "error" in run.eval.get(t, {})]
+    mean = sum(known) / len(known) if known and len(known) == len(mean_tasks) else None
     hp = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
                    else f"{k}={v}" for k, v in run.hparams.items()
                    if not (k == SEED_KEY and len(run.seed_ppls) > 1))
@@ -258,15 +350,25 @@ def _run_row(run: Run) -> list[str]:
     if len(run.seed_ppls) > 1:  # The setting's mean over seeds, as selected.
         first = next(i for i, t in enumerate(PPL_TASKS) if "log_ppl" in run.eval.get(t, {}))
         ppl_cells[first] = _fmt(sum(run.seed_ppls) / len(run.seed_ppls)) + " (mean)"
-    return ([run.method.upper(), name, hp] + ppl_cells
-            + ["–" if e is None else f"{100 * e:.1f}" for e in errors + [mean]])
+    ppl_cells = [c + tags.get((run.name, t), "") for c, t in zip(ppl_cells, PPL_TASKS)]
+    error_cells = ["–" if e is None else f"{100 * float(e):.1f}" + tags.get((run.name, t), "")
+                   for e, t in zip(errors, ERROR_TASKS)]
+    return ([run.method.upper(), name, hp] + ppl_cells + error_cells
+            + ["–" if mean is None else f"{100 * mean:.1f}"])
 
 
-def _table(rows: list[list[str]]) -> str:
+def _table(runs: Sequence[Run]) -> str:
+    """The runs' table; "mean err %" averages only the tasks every row shares on the same
+    rows (named in its header), and a column mixing row sets tags its cells (legend below)."""
+    mean_tasks = mean_error_tasks(runs)
+    tags, legend = _row_set_tags(runs)
+    mean_header = (f"mean err % ({', '.join(mean_tasks)})" if mean_tasks
+                   else "mean err % (no task shared by every row on the same rows)")
     header = (["method", "run", "hyper-parameters"] + [f"{t} log-ppl" for t in PPL_TASKS]
-              + [f"{t} err %" for t in ERROR_TASKS] + ["mean err %"])
+              + [f"{t} err %" for t in ERROR_TASKS] + [mean_header])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    lines += ["| " + " | ".join(_run_row(r, mean_tasks, tags)) + " |" for r in runs]
+    return "\n".join(lines + ([""] + legend if legend else []))
 
 
 def _group_title(group: tuple) -> str:
@@ -275,8 +377,10 @@ def _group_title(group: tuple) -> str:
 
 
 def plot_improvements(method: str, pairs: list[tuple[Run, Run]], out_dir: str) -> tuple[str, str]:
-    """Histogram of KD log-ppl − method log-ppl, and method-vs-KD scatter; returns PNG names."""
-    deltas = [kd.log_ppl - run.log_ppl for run, kd in pairs]
+    """Histogram of KD log-ppl − method log-ppl, and method-vs-KD scatter (each pair on its
+    common rows); returns PNG names."""
+    values = [pair_log_ppls(run, kd) for run, kd in pairs]
+    deltas = [k - m for m, k in values]
     hist = f"improvement_{method}.png"
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(deltas, bins=max(5, min(30, len(deltas))), color="tab:blue", edgecolor="black")
@@ -290,7 +394,7 @@ def plot_improvements(method: str, pairs: list[tuple[Run, Run]], out_dir: str) -
     plt.close(fig)
     scatter = f"scatter_{method}_vs_kd.png"
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    xs, ys = [kd.log_ppl for _, kd in pairs], [run.log_ppl for run, _ in pairs]
+    xs, ys = [k for _, k in values], [m for m, _ in values]
     ax.scatter(xs, ys, color="tab:orange", edgecolor="black", zorder=3)
     lo, hi = min(xs + ys), max(xs + ys)
     pad = 0.05 * (hi - lo or 1.0)
@@ -343,32 +447,47 @@ def build_report(run_paths: Sequence[str], out_dir: str) -> str:
     if missing:
         md += [f"Not evaluated (no eval.json with a log-ppl; run `python -m trainer.evaluate "
                f"--checkpoint RUN_DIR`): {', '.join(missing)}.", ""]
+    left_out = unranked(runs)
+    if left_out:
+        md += ["Not ranked (held-out score over other rows than the other runs of its method; "
+               "re-evaluate on the same store without --limit): "
+               + ", ".join(f"{r.name} ({eval_results.describe(r.eval[r.ppl_task])})" for r in left_out)
+               + ".", ""]
     best = best_per_method(runs)
     for group in sorted({r.group for r in best}, key=str):
         md += [f"## Best run per method ({_group_title(group)})", "",
                "Per method, the setting with the lowest held-out log-perplexity (mean over "
                "seeds when a setting was run with several; the row shows its first seed).", "",
-               _table([_run_row(r) for r in best if r.group == group]), ""]
-    pairs = kd_pairs(runs)
-    if pairs:
+               _table([r for r in best if r.group == group]), ""]
+    pairs, refused = kd_pairs(runs), refused_pairs(runs)
+    if pairs or refused:
         md += ["## Improvement over KD at shared hyper-parameters", "",
                "Each pair: a run of the method and the KD run with the same value of every "
                "setting that differs between the runs and both methods read (seed, tail, "
                "k, divergence, α schedule, ... ; same model and budget). "
                "Δ = KD log-ppl − method log-ppl; Δ > 0 means the method helped.", "",
                "Δ err = KD error − method error in points, averaged over the tasks both "
-               "runs were evaluated on.", "",
-               "| method | pairs | mean Δ | min Δ | max Δ | method better | mean Δ err (pp) |",
-               "|---|---|---|---|---|---|---|"]
+               "runs were evaluated on with the same rows.", "",
+               "Both runs of a pair are compared on the same rows (the largest row set both "
+               "were scored on); a pair without one gets no Δ and is counted as refused.", "",
+               "| method | pairs | mean Δ | min Δ | max Δ | method better | mean Δ err (pp) "
+               "| refused: rows differ |",
+               "|---|---|---|---|---|---|---|---|"]
         figures = []
-        for method, method_pairs in sorted(pairs.items()):
-            deltas = [kd.log_ppl - run.log_ppl for run, kd in method_pairs]
+        for method in sorted(set(pairs) | set(refused)):
+            method_pairs, no_delta = pairs.get(method, []), refused.get(method, [])
+            refused_cell = (f"{len(no_delta)}: " + ", ".join(f"{r.name}/{k.name}" for r, k in no_delta)
+                            if no_delta else "0")
+            if not method_pairs:
+                md.append(f"| {method.upper()} | 0 | – | – | – | – | – | {refused_cell} |")
+                continue
+            deltas = [k - m for m, k in (pair_log_ppls(run, kd) for run, kd in method_pairs)]
             wins = sum(d > 0 for d in deltas)
             err = [e for e in (_error_delta(run, kd) for run, kd in method_pairs) if e is not None]
             err_cell = f"{sum(err) / len(err):+.2f} ({len(err)} pairs)" if err else "–"
             md.append(f"| {method.upper()} | {len(deltas)} | {sum(deltas) / len(deltas):+.4f} | "
                       f"{min(deltas):+.4f} | {max(deltas):+.4f} | {wins}/{len(deltas)} | "
-                      f"{err_cell} |")
+                      f"{err_cell} | {refused_cell} |")
             figures += plot_improvements(method, method_pairs, out_dir)
         md += [""] + [f"![{f}]({f})" for f in figures] + [""]
     curves = plot_curves(runs, out_dir)
@@ -377,7 +496,7 @@ def build_report(run_paths: Sequence[str], out_dir: str) -> str:
                "Loss as logged in metrics.jsonl against cumulative training FLOPs "
                "(methods are compared at equal FLOPs, not equal tokens).", "",
                f"![loss vs FLOPs]({curves})", ""]
-    md += ["## All runs", "", _table([_run_row(r) for r in runs]), ""]
+    md += ["## All runs", "", _table(runs), ""]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(md))

@@ -11,10 +11,16 @@ Each point runs `python -m trainer` in its own process (N at a time with
 trainer.evaluate` on it, which writes RUN_DIR/eval.json. Finished points
 (final.json) and evaluations already in eval.json are skipped and interrupted
 runs resume from their checkpoints, so re-running the same command continues
-a sweep. OUT/summary.md ranks the points by held-out log-perplexity (the only
-number comparable across α, τ and γ: their training losses are different
-objectives) and shows the settings that differ between points; OUT/summary.json
-holds the same rows. Paths are relative to the current directory.
+a sweep. A point is reused only when its recorded config.json is the config it
+would run with now (every field, not only the grid's): a changed --set or config
+file stops the sweep before anything runs, naming the points and fields that
+changed (use a new --out). An evaluation is reused only when its held-out score
+is on the --eval-store asked for. OUT/summary.md ranks the points by held-out
+log-perplexity (the only number comparable across α, τ and γ: their training
+losses are different objectives), comparing only points scored on the same rows
+(a point on other rows is shown, not ranked), and shows the settings that differ
+between points; OUT/summary.json holds the same rows. Paths are relative to the
+current directory.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from trainer.training import config as config_lib
+from trainer.training import config as config_lib, eval_results
 from trainer import report
 
 # The paper's values (DESIGN §1) of each hyper-parameter; P1 is {1%, 5%} for
@@ -42,6 +48,10 @@ PAPER_GRID = {method: {field: PAPER_VALUES[field] for field in fields}
 SUMMARY_KEYS = ("loss", "nll", "kd", "hidden_mse", "top1_agreement", "global_step")
 # config.json keys that differ between points without being settings.
 _NOT_SETTINGS = ("run_dir",)
+# Fields the trainer copies from the store with data.from_store=True (store_align.apply_geometry):
+# config.json records the store's values, so they are compared through store.url instead.
+STORE_DERIVED = ("data.seq_len", "model.vocab_size", "data.k", "data.samples", "teacher.hidden_layer",
+                 "teacher.d_model", "loss.signal")
 
 
 class SweepError(ValueError):
@@ -98,13 +108,97 @@ def check_config(config: str, out: str, grid: dict, sets=()) -> None:
     config_lib.validate(config_lib.load_config(config, overrides))
 
 
-def _eval_done(run_dir: str, tasks) -> bool:
+def point_config(config: str, out: str, point: dict, sets=()):
+    """The config a point runs with (as `python -m trainer` would load it)."""
+    run_dir = os.path.join(out, point_name(point))
+    return config_lib.load_config(config, [*sets, *(f"{k}={v}" for k, v in point.items()),
+                                           f"run_dir={run_dir}"])
+
+
+def config_changes(cfg, run_dir: str) -> list[str]:
+    """'key: old -> new' for each field in which RUN_DIR/config.json differs from `cfg`
+    ([] when there is no config.json: nothing ran there yet).
+
+    Compared as the trainer compares on resume (paths resolved, fields added since
+    read as their ADDED_FIELDS value, run_dir and debug.* aside); with
+    data.from_store=True the store-derived fields (STORE_DERIVED) are left out.
+    """
+    path = os.path.join(run_dir, "config.json")
     try:
-        with open(os.path.join(run_dir, "eval.json"), encoding="utf-8") as f:
-            done = json.load(f).get("tasks", {})
-    except (OSError, json.JSONDecodeError):
-        return False
-    return all(t in done for t in tasks)
+        with open(path, encoding="utf-8") as f:
+            old = {**config_lib.ADDED_FIELDS, **config_lib.flatten(json.load(f))}
+    except FileNotFoundError:
+        return []
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return [f"{path} is unreadable"]
+    new = config_lib.flatten(json.loads(config_lib.to_json(cfg)))
+    for key in config_lib.PATH_FIELDS:
+        for side in (old, new):
+            if isinstance(side.get(key), str):
+                side[key] = config_lib.resolve_local_path(side[key])
+    skip = set(STORE_DERIVED) if new.get("data.from_store") else set()
+    show = lambda v: format(v, "g") if isinstance(v, float) else repr(v)  # noqa: E731  (1e+11, not 100000000000.0)
+    return [f"{k}: {show(old.get(k))} -> {show(new.get(k))}" for k in sorted(set(old) | set(new))
+            if k != "run_dir" and not k.startswith("debug.") and k not in skip
+            and old.get(k) != new.get(k)]
+
+
+def _has_progress(run_dir: str) -> bool:
+    """Whether a point finished or saved checkpoints (a point that failed before either
+    starts afresh with whatever settings it is given, as the trainer does)."""
+    ckpt = os.path.join(run_dir, "checkpoints")
+    return os.path.exists(os.path.join(run_dir, "final.json")) or (os.path.isdir(ckpt) and bool(os.listdir(ckpt)))
+
+
+def check_reuse(config: str, out: str, grid: dict, sets=()) -> None:
+    """Raises SweepError when points under `out` that finished or checkpointed ran with another
+    config than they would now."""
+    changed = {}
+    for point in points(grid):
+        run_dir = os.path.join(out, point_name(point))
+        if not _has_progress(run_dir):
+            continue
+        diffs = config_changes(point_config(config, out, point, sets), run_dir)
+        if diffs:
+            changed[point_name(point)] = diffs
+    if changed:
+        first, diffs = next(iter(changed.items()))
+        raise SweepError(
+            f"{len(changed)} of {len(points(grid))} points in {out} ran with other settings "
+            f"({first}: {', '.join(diffs[:3])}{' …' if len(diffs) > 3 else ''}"
+            f"{'; and ' + ', '.join(list(changed)[1:4]) if len(changed) > 1 else ''}"
+            f"{' …' if len(changed) > 4 else ''}); "
+            f"pass a new --out, or rerun with the settings they ran with")
+
+
+def _heldout_scores(run_dir: str, tasks, store: str | None):
+    """(all tasks scored, the held-out score on `store` or None) from RUN_DIR/eval.json.
+
+    A held-out score counts only if it was computed on `store` (scores written
+    before the store was recorded are taken as on it).
+    """
+    data = eval_results.load(os.path.join(run_dir, "eval.json"))
+    scores = data.get("scores", {})
+    heldout = None
+    if store is not None:
+        on_store = [s for s in scores.get("heldout", [])
+                    if s.get("store") is None or _same_store(s["store"], store)]
+        heldout = eval_results.headline(on_store) if on_store else None
+    done = all((heldout is not None) if t == "heldout" else bool(scores.get(t)) for t in tasks)
+    return done, heldout
+
+
+def _same_store(a: str, b: str) -> bool:
+    """Whether two store URLs / paths name the same store (evaluate records the normalized URL)."""
+    from store import StoreError, layout  # Local: only sweeps that evaluate need it.
+    try:
+        return layout.normalize_url(a) == layout.normalize_url(b)
+    except StoreError:
+        return a == b
+
+
+def _eval_done(run_dir: str, tasks, store: str | None = None) -> bool:
+    return _heldout_scores(run_dir, tasks, store)[0]
 
 
 def point_commands(config: str, run_dir: str, point: dict, sets, evaluate, python) -> list:
@@ -115,7 +209,7 @@ def point_commands(config: str, run_dir: str, point: dict, sets, evaluate, pytho
         for item in list(sets) + [f"{k}={v}" for k, v in point.items()]:
             cmd += ["--set", item]
         commands.append(("train", cmd))
-    if evaluate and not _eval_done(run_dir, evaluate["tasks"]):
+    if evaluate and not _eval_done(run_dir, evaluate["tasks"], evaluate.get("store")):
         cmd = [python, "-m", "trainer.evaluate", "--checkpoint", run_dir,
                "--tasks", ",".join(evaluate["tasks"])]
         for flag in ("store", "tokenizer", "task_dir"):
@@ -141,6 +235,7 @@ def run_sweep(config: str, out: str, grid: dict, sets=(), parallel: int = 1,
     """
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
+    check_reuse(config, out, grid, sets)
     todo = []
     for point in points(grid):
         run_dir = os.path.join(out, point_name(point))
@@ -163,7 +258,7 @@ def run_sweep(config: str, out: str, grid: dict, sets=(), parallel: int = 1,
     rows = summary_rows(out, grid, evaluate)
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2)
-    table = markdown_table(rows)
+    table = markdown_table(rows, evaluate)
     with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
@@ -209,9 +304,11 @@ def _last_line(path: str) -> str:
 
 
 def summary_rows(out: str, grid: dict, evaluate: dict | None) -> list[dict]:
-    """One row per point: its differing settings, held-out log-ppl, final loss, status;
-    ranked by held-out log-ppl (points without one follow in grid order)."""
+    """One row per point: its differing settings, held-out log-ppl (with its row set),
+    final loss, status; ranked by held-out log-ppl among the points scored on the
+    same rows (the row set most points share); the others follow in grid order."""
     rows = []
+    store = (evaluate or {}).get("store")
     for point in points(grid):
         run_dir = os.path.join(out, point_name(point))
         row = {"point": point_name(point), "settings": dict(point)}
@@ -219,11 +316,16 @@ def summary_rows(out: str, grid: dict, evaluate: dict | None) -> list[dict]:
             run = report.load_run(run_dir)  # The report's reader: one parser of run dirs.
             with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
                 row["settings"] = config_lib.flatten(json.load(f))
-            row["log_ppl"] = run.log_ppl
+            score = (_heldout_scores(run_dir, (), store)[1] if store
+                     else run.eval.get(run.ppl_task) if run.ppl_task else None)
+            if score is not None and "log_ppl" in score:
+                row.update(log_ppl=float(score["log_ppl"]), log_ppl_se=score.get("log_ppl_se"),
+                           heldout_n=score.get("n"), heldout_rows=score.get("rows"),
+                           _rows=eval_results.row_key(score))
         final = os.path.join(run_dir, "final.json")
         if not os.path.exists(final):
             row["status"] = f"failed: {_last_line(os.path.join(run_dir, 'train.log'))}"
-        elif evaluate and not _eval_done(run_dir, evaluate["tasks"]):
+        elif evaluate and not _eval_done(run_dir, evaluate["tasks"], store):
             row["status"] = f"eval failed: {_last_line(os.path.join(run_dir, 'eval.log'))}"
         else:
             row["status"] = "done"
@@ -235,8 +337,20 @@ def summary_rows(out: str, grid: dict, evaluate: dict | None) -> list[dict]:
     differ = differing_settings(rows)
     for row in rows:
         row["settings"] = {k: row["settings"].get(k) for k in differ}
-    ranked = sorted((r for r in rows if r.get("log_ppl") is not None), key=lambda r: r["log_ppl"])
-    return ranked + [r for r in rows if r.get("log_ppl") is None]
+    keys = [r["_rows"] for r in rows if "_rows" in r]
+    majority = max(set(keys), key=lambda k: (keys.count(k), max(r.get("heldout_n") or 0 for r in rows
+                                                                if r.get("_rows") == k)), default=None)
+    ranked_rows = [r for r in rows if r.get("_rows") == majority and majority is not None]
+    for row in rows:
+        key = row.pop("_rows", None)
+        row["ranked"] = key is not None and key == majority
+        if key is not None and key != majority:
+            shown = eval_results.describe({"n": row.get("heldout_n"), "rows": row.get("heldout_rows")})
+            ranked = eval_results.describe({"n": ranked_rows[0].get("heldout_n"),
+                                            "rows": ranked_rows[0].get("heldout_rows")})
+            row["status"] += f"; not ranked: heldout over {shown}, the ranked points over {ranked}"
+    ranked = sorted((r for r in rows if r["ranked"]), key=lambda r: r["log_ppl"])
+    return ranked + [r for r in rows if not r["ranked"]]
 
 
 def differing_settings(rows: list[dict]) -> list[str]:
@@ -246,8 +360,9 @@ def differing_settings(rows: list[dict]) -> list[str]:
             and len({json.dumps(r["settings"].get(k)) for r in rows}) > 1]
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Markdown: rank, differing settings, held-out log-ppl, final training terms, status."""
+def markdown_table(rows: list[dict], evaluate: dict | None = None) -> str:
+    """Markdown: rank, differing settings, held-out log-ppl, final training terms, status;
+    the note above it says what the ranking is, or why there is none."""
     settings = list(rows[0]["settings"]) if rows else []
     metric_keys = [k for k in SUMMARY_KEYS if any(k in r for r in rows)]
     cols = ["rank"] + settings + ["heldout log-ppl"] + [f"final {k}" for k in metric_keys]
@@ -257,16 +372,31 @@ def markdown_table(rows: list[dict]) -> str:
         return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
     for i, row in enumerate(rows):
-        rank = str(i + 1) if row.get("log_ppl") is not None else "–"
+        rank = str(i + 1) if row.get("ranked") else "–"
         cells = ([rank] + [fmt(row["settings"][k]) for k in settings] + [fmt(row.get("log_ppl"))]
                  + [fmt(row.get(k)) for k in metric_keys] + [row["status"]])
         lines.append("| " + " | ".join(cells) + " |")
     note = ("Ranked by held-out log-perplexity (lower is better). Final training losses are "
             "shown, not ranked: with different α, τ or γ they are different objectives.")
-    if not any(r.get("log_ppl") is not None for r in rows):
-        note = ("Not ranked: no point has a held-out log-perplexity; re-run the same command "
-                "with --evaluate heldout --eval-store HELDOUT_STORE.")
+    if not any(r.get("ranked") for r in rows):
+        note = "Not ranked: " + _why_unranked(rows, evaluate)
     return note + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _why_unranked(rows: list[dict], evaluate: dict | None) -> str:
+    """Why no point has a held-out log-ppl, and the fix that applies (never flags already passed)."""
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    if rows and len(failed) == len(rows):
+        return (f"every point failed to train ({len(failed)} of {len(rows)}); the status column "
+                f"has the last line of each point's train.log — fix that and re-run the same command.")
+    if failed:
+        return (f"{len(failed)} of {len(rows)} points failed to train and the others have no held-out "
+                f"log-perplexity; see the status column (train.log / eval.log of each point).")
+    if evaluate is None or "heldout" not in evaluate.get("tasks", ()):
+        return ("no point has a held-out log-perplexity; re-run the same command with "
+                "--evaluate heldout --eval-store HELDOUT_STORE.")
+    return ("the held-out evaluation failed for every point; the status column has the last "
+            "line of each point's eval.log — fix that and re-run the same command.")
 
 
 def main(argv=None) -> int:

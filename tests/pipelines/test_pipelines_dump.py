@@ -55,6 +55,8 @@ def test_heldout_store(dumped, corpus, tokenizer_path):
     reader = store.StoreReader(heldout_url)
     assert reader.schema.k == 0 and reader.schema.hidden_layers == ()
     assert reader.schema.packing["split"] == "heldout"
+    assert reader.manifest["split"] == "heldout"  # what evaluate reads (issue 23)
+    assert store.StoreReader(dumped[2]).manifest["split"] == "train"
     np.testing.assert_array_equal(reader.read(np.arange(len(rows)), fields=("tokens",))["tokens"], rows)
 
 

@@ -38,7 +38,7 @@ def test_finished_points_are_skipped_and_ranked_by_heldout(tmp_path, monkeypatch
     _finished_point(tmp_path, pts[0], loss=2.5, log_ppl=3.1)
     _finished_point(tmp_path, pts[1], loss=1.5, log_ppl=3.4)
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("re-ran"))
-    rows = sweep.run_sweep(tl.CONFIG, str(tmp_path), grid,
+    rows = sweep.run_sweep(tl.CONFIG, str(tmp_path), grid, sets=["store.url=/s"],
                            evaluate={"tasks": ["heldout"], "store": "/h"})
     assert [r["status"] for r in rows] == ["done", "done"]
     assert [r["settings"] for r in rows] == [{"loss.alpha": 0.7}, {"loss.alpha": 0.9}]
@@ -53,7 +53,7 @@ def test_unevaluated_points_are_not_ranked(tmp_path, monkeypatch):
     for point, loss in zip(sweep.points(grid), (2.5, 1.5)):
         _finished_point(tmp_path, point, loss=loss, log_ppl=None)
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("re-ran"))
-    rows = sweep.run_sweep(tl.CONFIG, str(tmp_path), grid)
+    rows = sweep.run_sweep(tl.CONFIG, str(tmp_path), grid, sets=["store.url=/s"])
     assert [r["settings"]["loss.alpha"] for r in rows] == [0.7, 0.9]  # grid order
     assert (tmp_path / "summary.md").read_text().startswith("Not ranked")
 

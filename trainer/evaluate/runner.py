@@ -5,10 +5,14 @@
         [--store URL] [--docs GLOB] [--limit N] [--batch-size B] [--json] [--out FILE]
 
 Writes one JSON object per checkpoint (INTERFACES.md "run directories"):
-{"checkpoint", "fingerprint", "seq_len", "tasks": {name: {...metrics, "n"}},
-"tokens_per_s"}. Given a run directory it evaluates RUN_DIR/export and writes
-RUN_DIR/eval.json unless --out says otherwise; the tasks of earlier evaluations
-of the same model (fingerprint) there are kept. The model is evaluated at the
+{"checkpoint", "fingerprint", "seq_len", "tasks": {name: score}, "scores": {name:
+[score, ...]}, "tokens_per_s"}. Every score says what it was computed on (task,
+n, a digest of the row set, seq_len, the checkpoint fingerprint; see
+trainer/training/eval_results.py) and carries its standard error. Given a run
+directory it evaluates RUN_DIR/export and writes RUN_DIR/eval.json unless --out
+says otherwise; earlier scores of the same model (fingerprint) there are kept,
+and a score over another row set (e.g. --limit) is kept beside them, never in
+place of a full-set score. The model is evaluated at the
 context it was trained with (run config or export metadata) unless --seq-len
 says otherwise; a held-out store of another T is refused. --tokenizer is needed
 for text tasks only. Paths are relative to the current directory.
@@ -33,6 +37,7 @@ from store.errors import StoreError
 from trainer.evaluate import tasks as eval_tasks, scoring
 from trainer.model import model_io
 from trainer.model.model_config import ConfigError
+from trainer.training import eval_results
 
 HELDOUT = "heldout"
 DOCS = "docs"
@@ -127,6 +132,9 @@ def eval_task(fn: scoring.TokenScoreFn, sp, bos_id: int, name: str, seq_len: int
     """Scores one downstream task; returns (metrics, throughput)."""
     spec = eval_tasks.get_task(name)
     examples = eval_tasks.load_examples(name, path=path, data_root=data_root, limit=limit)
+    # The row set is the examples' text and answers (tokenizer-independent, so
+    # students with different tokenizers can be compared on it).
+    digest = eval_results.row_digest(json.dumps([e.pairs, e.gold]).encode() for e in examples)
     rows, owners = [], []
     for e, example in enumerate(examples):
         for context, continuation in example.pairs:
@@ -138,6 +146,7 @@ def eval_task(fn: scoring.TokenScoreFn, sp, bos_id: int, name: str, seq_len: int
     split = lambda a: [a[owners == e] for e in range(len(examples))]  # noqa: E731
     metrics = eval_tasks.choice_metrics(spec, examples, split(scores.logprob_sum),
                                         split(scores.num_tokens), split(scores.all_greedy))
+    metrics.update(rows=digest, acc_se=eval_results.accuracy_se(metrics["acc"], metrics["n"]))
     return metrics, scoring.Throughput().add(scores)
 
 
@@ -150,10 +159,18 @@ def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict |
     Rows are scored whole, so the store's T must be the context the model is
     evaluated at (`seq_len`: the trained one, or --seq-len given explicitly).
     `model_sha256` (the tokenizer the model was trained with) must match the
-    store's tokenizer when both are known.
+    store's tokenizer when both are known. A store whose manifest says it holds
+    training rows (split "train") is scored with a warning: its log-ppl is not
+    a held-out number.
     """
     from store import StoreReader  # Local: only held-out evaluation needs the store.
+    from store.schema import manifest_split
     reader = StoreReader(store_url)
+    split = manifest_split(reader.manifest)
+    if split == "train":
+        print(f"warning: store {store_url} holds training rows (its manifest says split=train); "
+              f"its log-ppl is not held-out — pass the held-out store (dumped with --heldout-store, "
+              f"or --split heldout)", file=sys.stderr)
     stored_tok = reader.schema.tokenizer
     if seq_len and reader.schema.seq_len != seq_len:
         raise EvalError(f"store {store_url!r} has rows of T={reader.schema.seq_len} but the "
@@ -173,17 +190,24 @@ def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict |
         raise EvalError(f"store {store_url!r} has no committed rows; finish the dump or pass "
                         f"another --store")
     pad_id = stored_tok.get("pad_id", (tok_info or {}).get("pad_id"))
-    nll, count, throughput = 0.0, 0, scoring.Throughput()
-    progress = Progress(HELDOUT)
+    throughput, progress = scoring.Throughput(), Progress(HELDOUT)
+    nll_per_row, tokens_per_row, row_bytes = [], [], []
     for begin in range(0, len(row_ids), read_rows):
         tokens_NxT = reader.read(row_ids[begin:begin + read_rows], fields=("tokens",))["tokens"]
         rows = scoring.tokens_rows(tokens_NxT, pad_id)
         scores = scoring.score_rows(fn, rows, batch_size, tokens_NxT.shape[1] - 1)
-        nll -= scores.logprob_sum.sum()
-        count += int(scores.num_tokens.sum())
+        nll_per_row += list(-np.asarray(scores.logprob_sum, np.float64))
+        tokens_per_row += list(np.asarray(scores.num_tokens, np.int64))
+        row_bytes += [np.ascontiguousarray(r, np.int32).tobytes() for r in tokens_NxT]
         throughput.add(scores)
         progress(min(begin + read_rows, len(row_ids)), len(row_ids))
-    return {"log_ppl": nll / count, "tokens": count, "n": len(row_ids)}, throughput
+    count = int(sum(tokens_per_row))
+    # The row set is the token rows scored (content, not their store's path).
+    return {"log_ppl": float(sum(nll_per_row)) / count,
+            "log_ppl_se": eval_results.ratio_se(nll_per_row, tokens_per_row), "tokens": count,
+            "n": len(row_ids), "rows": eval_results.row_digest(row_bytes), "store": reader.url,
+            "seq_len": int(reader.schema.seq_len),
+            "store_split": split}, throughput
 
 
 def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence[str],
@@ -199,13 +223,14 @@ def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence
     if not paths:
         raise EvalError("no documents to score; pass --docs with a glob matching text files")
     stride = stride or max(seq_len // 2, 1)
-    rows, words, num_bytes = [], 0, 0
+    rows, words, num_bytes, texts = [], 0, 0, []
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise EvalError(f"cannot read document {path!r} ({e}); pass UTF-8 text files") from None
+        texts.append(text.encode("utf-8"))
         ids = [tok_info["bos_id"]] + sp.encode(text) + [tok_info["eos_id"]]
         rows += scoring.document_rows(ids, seq_len, stride)
         words += len(text.split())
@@ -213,6 +238,7 @@ def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence
     scores = scoring.score_rows(fn, rows, batch_size, seq_len, progress=Progress(DOCS))
     nll, count = -scores.logprob_sum.sum(), int(scores.num_tokens.sum())
     return ({"log_ppl": nll / count, "tokens": count, "n": len(paths),
+             "rows": eval_results.row_digest(texts),
              "word_log_ppl": nll / max(words, 1),
              "bits_per_byte": nll / max(num_bytes, 1) / math.log(2)},
             scoring.Throughput().add(scores))
@@ -293,8 +319,12 @@ def evaluate(checkpoint: str, tokenizer: str | None, tasks: Sequence[str],
         out = eval_documents(fn, sp, tok_info, docs, seq_len, batch_size, stride)
         results[DOCS] = out[0]
         throughput.add_all(out[1])
-    return {"checkpoint": os.path.abspath(checkpoint), "fingerprint": metadata.get("fingerprint"),
+    fingerprint = metadata.get("fingerprint")
+    for name, score in results.items():  # What each score was computed on.
+        score.update(task=name, fingerprint=fingerprint, seq_len=score.get("seq_len") or seq_len)
+    return {"checkpoint": os.path.abspath(checkpoint), "fingerprint": fingerprint,
             "seq_len": seq_len, "batch_size": batch_size, "tasks": results,
+            "scores": {name: [score] for name, score in results.items()},
             **throughput.to_dict()}
 
 
@@ -341,35 +371,45 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       a.seq_len, a.stride, a.task_dir, files, a.token_tile)
     out = a.out or (os.path.join(a.checkpoint, "eval.json")
                     if resolve_checkpoint(a.checkpoint)[1] else None)
+    scored = result["tasks"]  # This evaluation's scores (the file may headline others).
     if out:
         result = write_merged(out, result)
     if a.json:
         print(json.dumps(result, indent=2))
     else:
-        for name, m in result["tasks"].items():
-            key = "log_ppl" if "log_ppl" in m else "error"
-            print(f"{name:12s} {key}={m[key]:.4f} n={m['n']}")
+        for name, score in scored.items():
+            print(format_score(name, score))
         print(f"tokens/s {result['tokens_per_s']:.0f}" + (f"; wrote {out}" if out else ""))
     return result
 
 
+def format_score(name: str, score: dict[str, Any]) -> str:
+    """One line per score: the metric as what it is, its standard error, and its row set."""
+    if "log_ppl" in score:
+        value = f"log_ppl={score['log_ppl']:.4f}"
+        se = score.get("log_ppl_se")
+    else:
+        value = f"accuracy={score['acc']:.4f}"
+        se = score.get("acc_se")
+    se_text = f" ± {se:.4f} (SE)" if se is not None else ""
+    return f"{name:12s} {value}{se_text}  {eval_results.describe(score)}"
+
+
 def write_merged(path: str, result: dict[str, Any]) -> dict[str, Any]:
-    """Writes `result` to `path`, keeping the other tasks an earlier evaluation of the
-    same model (same fingerprint) wrote there; returns what was written.
+    """Writes `result` to `path`, keeping the scores an earlier evaluation of the same
+    model (same fingerprint) wrote there, on other tasks or other row sets (see
+    eval_results.merge); returns what was written.
 
     Written through a temporary file and a rename, so a kill never leaves half a file.
     """
-    merged = result
     try:
         with open(path) as f:
             old = json.load(f)
     except (OSError, json.JSONDecodeError):
         old = None  # Nothing (readable) to keep.
-    if isinstance(old, dict) and old.get("fingerprint") == result["fingerprint"]:
-        merged = {**result, "tasks": {**(old.get("tasks") or {}), **result["tasks"]}}
-    elif isinstance(old, dict):
-        print(f"note: {path} held results of another model (fingerprint "
-              f"{str(old.get('fingerprint'))[:12]}…); replaced", file=sys.stderr)
+    merged, notes = eval_results.merge(old, result)
+    for note in notes:
+        print(f"note: {path}: {note}", file=sys.stderr)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(merged, f, indent=2)

@@ -10,6 +10,8 @@
 * ``distributed`` — joining a multi-process run (jax.distributed from JAX_* or auto-detection).
 * ``state``, ``checkpoint`` — the train state and its Orbax checkpoints.
 * ``metrics``    — metrics.jsonl / TensorBoard writing and reading.
+* ``eval_results`` — eval.json: scores with their row sets (what evaluation writes and
+  report / sweep compare; here so both layers read one definition).
 * ``loop``       — ``run(config)``: the training loop (``python -m trainer``);
   ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop.
 
