@@ -34,8 +34,8 @@ from jax.experimental import multihost_utils
 from store import StoreReader
 from store import objective_penalty as penalty_lib
 from trainer.training import (
-    checkpoint, config as config_lib, data, decode, distributed, methods, metrics, sharding,
-    state as train_state, store_align,
+    checkpoint, config as config_lib, data, decode, distributed, memory, methods, metrics,
+    run_lock, sharding, state as train_state, store_align,
 )
 from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
@@ -101,6 +101,9 @@ def budget_flops(config, counts: dict) -> float:
     return float(config.budget.value)
 
 
+MAX_STEPS = 2**31 - 1  # The train state's step counter is int32.
+
+
 def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
     """Steps per phase from the one budget (trainer.flops), HLDF split by hldf.p1."""
     tokens_per_step = config.data.batch_size * config.data.seq_len
@@ -115,6 +118,11 @@ def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
             raise config_lib.ConfigError(
                 f"budget {config.budget.value:g} {config.budget.unit} gives {n} steps for phase "
                 f"{phase.index} of {config.method}; raise budget.value")
+        if n > MAX_STEPS:  # E.g. budget.value=1e30: the schedules' int32 step would overflow.
+            raise config_lib.ConfigError(
+                f"budget {config.budget.value:g} {config.budget.unit} gives {n:.3g} steps for phase "
+                f"{phase.index} of {config.method}, more than the {MAX_STEPS} a run can count; "
+                f"lower budget.value")
         plans.append(PhasePlan(phase, int(n), counts["flops_per_token"][phase.flops_method]))
     return tuple(plans)
 
@@ -250,8 +258,16 @@ def run(config) -> dict:
         raise config_lib.ConfigError(
             f"data.batch_size={config.data.batch_size} is not divisible by the mesh's batch "
             f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
+    lock = run_lock.own_run_dir(config.run_dir, config.store.url)  # Before writing anything.
+    try:
+        return _owned_run(config, reader, model_cfg, plans, penalty, mesh)
+    finally:
+        lock.release()
+
+
+def _owned_run(config, reader, model_cfg, plans, penalty, mesh) -> dict:
+    """`run` once this process (or process 0 for all) owns run_dir: it alone writes there."""
     run_dir = config.run_dir
-    os.makedirs(run_dir, exist_ok=True)
     config_lib.check_same_config_on_resume(config, run_dir)
     if jax.process_count() > 1:
         # Every process has read the old config.json before process 0 replaces it.
@@ -354,7 +370,8 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
     timer_start, timer_steps = None, 0
     while phase_step < plan.num_steps:
         batch = runner.put_batch(next(iterator))
-        state, step_metrics = runner.step(state, batch)
+        with memory.on_exhaustion(meta["global_step"] + 1, plan.phase.index):
+            state, step_metrics = runner.step(state, batch)
         phase_step += 1
         timer_steps += 1
         global_step = meta["global_step"] + 1
