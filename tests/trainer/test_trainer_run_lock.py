@@ -154,3 +154,30 @@ def test_multi_process_run_is_refused_by_process_0_and_all_stop(store, tmp_path)
     assert f"in use by trainer pid {os.getpid()}" in results[0].stderr
     assert "process 0 could not take the run's lock" in results[1].stderr
     assert os.listdir(tmp_path / "run") == []
+
+
+def test_evaluate_export_and_sweep_refuse_a_locked_directory(store, tmp_path, capsys):
+    """Evaluate / export_hf read export/, which the owner is writing; a second sweep on an
+    --out would start every point again: each says who owns the directory and stops."""
+    from trainer import export_hf, sweep
+    from trainer.evaluate import runner
+    held = run_lock.RunDirLock(str(tmp_path / "run")).acquire()
+    sweep_held = run_lock.RunDirLock(str(tmp_path / "sw"), role="sweep").acquire()
+    try:
+        for cli in (lambda: runner.main(["--checkpoint", str(tmp_path / "run"), "--tasks",
+                                         "heldout", "--store", store]),
+                    lambda: export_hf.main(["--checkpoint", str(tmp_path / "run"),
+                                            "--out", str(tmp_path / "hf")])):
+            rc = cli()
+            err = capsys.readouterr().err.strip()
+            assert rc == 2 and "\n" not in err, err
+            assert f"in use by trainer pid {os.getpid()}" in err and "after it finishes" in err
+        assert not os.path.exists(tmp_path / "hf")
+        rc = sweep.main(["--config", f"{tl.CONFIG}:nll", "--out", str(tmp_path / "sw"),
+                         "--grid", "optim.lr=1e-3", "--set", f"store.url={store}"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and f"in use by sweep pid {os.getpid()}" in err, err
+        assert os.listdir(tmp_path / "sw") == ["run.lock"]  # no point was started
+    finally:
+        held.release()
+        sweep_held.release()

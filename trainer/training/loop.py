@@ -380,7 +380,8 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
         end = phase_step == plan.num_steps
         save = end or global_step % config.checkpoint_every == 0
         if end or save or global_step % config.log_every == 0:
-            values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            with memory.on_exhaustion(global_step, plan.phase.index):  # Async: surfaces here.
+                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             now = time.perf_counter()
             if timer_start is None:
                 # The first logged interval includes compilation: restart the clock.

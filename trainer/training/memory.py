@@ -8,6 +8,7 @@
 Device memory: XLA reports an allocation it cannot make, at compile time
 ("HLO temporaries ... exceeds available HBM") or when a step runs, as a
 `JaxRuntimeError` whose message starts with RESOURCE_EXHAUSTED. That is turned
+(or, read back from a multi-device run, an INTERNAL "Out of memory allocating")
 into `DeviceMemoryError` (a ValueError: `python -m trainer` prints one line
 and exits 2) naming the step, the phase and the usual cures. Nothing is lost:
 the newest checkpoint stays, and re-running resumes from it.
@@ -24,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import resource
 
-# Measured 2026-12-06 (2-core CPU box, jax 0.10.2): `python -m trainer --config
-# tiny` for 2 steps ran under `ulimit -v 16000000` (15.3 GiB) and aborted with
-# std::bad_alloc at 12000000 (11.4 GiB) and below: XLA reserves address space far
-# beyond what it touches (thread stacks, allocator arenas). Bigger models need more.
-MIN_ADDRESS_SPACE = 16 * 2**30
+# Measured 2026-12-06 (2-core CPU box, jax 0.10.2, `python -m trainer --config tiny`,
+# 3 steps + checkpoint + export): `ulimit -v` 3000000 KiB (2.9 GiB) and above ran;
+# 2000000 KiB (1.9 GiB) failed at the first checkpoint ("can't start new thread",
+# rc 1); 1000000 KiB aborted with std::bad_alloc (rc 134). XLA reserves address
+# space well beyond what it touches (thread stacks, allocator arenas); bigger
+# models need more, so this is a floor, with margin, not an estimate for a run.
+MIN_ADDRESS_SPACE = 4 * 2**30
 
 HINT = ("set model.remat=True, lower data.batch_size or data.seq_len, or spread the batch "
         "over more devices or micro-batches")
@@ -41,7 +44,11 @@ class DeviceMemoryError(ValueError):
 def is_resource_exhausted(error: BaseException) -> bool:
     """Whether `error` is XLA's out-of-memory (RESOURCE_EXHAUSTED) runtime error."""
     import jax  # Here: callers that never run JAX keep this module light.
-    return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+    text = str(error)
+    # A failed allocation read back from a multi-device run arrives as "INTERNAL: Error
+    # dispatching computation: Out of memory allocating N bytes." (measured, CPU, 8 devices).
+    return isinstance(error, jax.errors.JaxRuntimeError) and (
+        "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
 
 
 def describe(error: BaseException) -> str:
@@ -56,6 +63,8 @@ def on_exhaustion(step: int, phase: int):
 
     The first step of a phase also compiles, so an exhaustion there is most
     often the compiler's estimate; later ones are the run's own allocations.
+    Steps run asynchronously: an allocation failing while step N runs may
+    surface only where its results are read (the loop wraps that read too).
     """
     try:
         yield
@@ -64,7 +73,8 @@ def on_exhaustion(step: int, phase: int):
             raise
         raise DeviceMemoryError(
             f"out of device memory at step {step} (phase {phase}"
-            f"{', compiling it' if step == 1 else ''}): {describe(e)}; {HINT}; the newest "
+            f"{', its first step: compile or run' if step == 1 else ''}): {describe(e)}; "
+            f"{HINT}; the newest "
             f"checkpoint is kept and a re-run resumes from it") from None
 
 
@@ -82,5 +92,5 @@ def address_space_warning(limit: int | None = None) -> str | None:
     if limit == resource.RLIM_INFINITY or limit >= MIN_ADDRESS_SPACE:
         return None
     return (f"warning: the address-space limit (ulimit -v) is {limit / 2**30:.1f} GiB, below the "
-            f"{MIN_ADDRESS_SPACE / 2**30:.0f} GiB even the tiny config reserves; XLA may abort "
-            f"with std::bad_alloc (exit 134): raise it, e.g. `ulimit -v unlimited`")
+            f"{MIN_ADDRESS_SPACE / 2**30:.0f} GiB even the tiny config needs with margin; XLA may "
+            f"abort with std::bad_alloc (exit 134): raise it, e.g. `ulimit -v unlimited`")

@@ -25,15 +25,19 @@ and the file to delete once that run is known to be gone.
 Multi-process JAX runs: process 0 owns the lock for all; the others learn the
 outcome through a broadcast, so every process stops (or goes on) together.
 
-Who else writes to a run directory, and what they do about the lock:
-- `trainer.evaluate` writes RUN_DIR/eval.json: it takes the lock for its run
-  (role "evaluate"), so it never reads an export a trainer is rewriting and
-  two evaluations never interleave their eval.json updates.
-- `trainer.export_hf` only reads a run's export/: it refuses a run directory
-  whose lock is held (its export/ is missing or being written) and takes none.
-- `trainer.sweep` locks its --out directory (role "sweep"): a second sweep on
-  the same --out stops at once; each point's trainer locks its own run_dir.
-Read-only tools (`trainer.report`, reading metrics.jsonl) ignore the lock.
+Other tools on a run directory (the decision, and why):
+- `trainer.evaluate` and `trainer.export_hf` read the run's export/, which the
+  trainer writes when training ends (and rewrites on a resumed export): while
+  a live process holds the lock they refuse with one line naming it, instead
+  of scoring or converting a missing or half-written model (and evaluate would
+  file its eval.json under a model about to be replaced). They take no lock
+  themselves: reading a finished run needs no owner, and evaluate's eval.json
+  update is a read-merge-rename of a few milliseconds.
+- `trainer.sweep` locks its --out directory (role "sweep") for as long as it
+  runs: a second sweep on the same --out stops at once instead of starting
+  every point again into the same run dirs; each point's trainer still locks
+  its own run_dir (so a hand-started trainer on a point is refused too).
+- Read-only tools (`trainer.report`, metrics.jsonl readers) ignore the lock.
 """
 from __future__ import annotations
 
