@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,14 +49,25 @@ def test_second_owner_is_refused_naming_the_first(tmp_path):
 
 @pytest.mark.parametrize("stale", [
     {"pid": "dead"},                                   # SIGKILLed owner: no such pid
+    {"pid": "zombie"},                                 # SIGKILLed, its parent not waited yet
     {"process_start": "1"},                            # our pid, but a process started later
     {"boot_id": "another-boot"},                       # written before a reboot
 ])
 def test_stale_lock_on_this_host_is_taken_over(tmp_path, stale, caplog):
+    zombie = None
     if stale.get("pid") == "dead":
         stale = {"pid": _dead_pid()}
+    elif stale.get("pid") == "zombie":
+        zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+        while run_lock._stat_fields(zombie.pid)[:1] != ["Z"]:  # exited, not reaped
+            time.sleep(0.05)
+        stale = {"pid": zombie.pid, "process_start": run_lock._process_start(zombie.pid)}
     _write_lock(tmp_path / "run", **stale)
-    lock = run_lock.RunDirLock(str(tmp_path / "run")).acquire()
+    try:
+        lock = run_lock.RunDirLock(str(tmp_path / "run")).acquire()
+    finally:
+        if zombie is not None:
+            zombie.wait()
     assert run_lock.read_lock(str(tmp_path / "run"))["token"] == lock.info["token"]
     assert "removed the stale lock" in caplog.text
     lock.release()
@@ -115,7 +127,7 @@ def test_second_trainer_exits_2_before_writing_anything(store, tmp_path):
 @pytest.mark.parametrize("where, match", [
     ("file", r"run_dir .*/afile exists and is not a directory; pass a new --set run_dir"),
     ("in_store", r"is inside the Zarr store .*/store; .*outside it"),
-    ("store_itself", r"is inside the Zarr store .*/store;"),
+    ("store_itself", r"run_dir .*/store is the Zarr store itself; .*outside it"),
     ("holds_store", r"run_dir .*/outer contains the store .*; pass --set run_dir=DIR outside"),
 ])
 def test_run_dir_placement_is_refused_and_nothing_created(store, tmp_path, where, match):

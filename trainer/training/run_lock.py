@@ -73,20 +73,25 @@ def _boot_id() -> str:
         return ""
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 (state) on; [] where there is no /proc (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return []
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    return stat.rpartition(")")[2].split()
+
+
 def _process_start(pid: int) -> str:
     """The process's start time in clock ticks since boot (Linux), "" if unknown.
 
     With the boot id it tells a live owner from an unrelated process that
     reused its pid.
     """
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    # Field 22; the command name (field 2) may hold spaces, so split after its ')'.
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else ""
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else ""  # Field 22.
 
 
 def _pid_alive(pid: int) -> bool:
@@ -111,6 +116,8 @@ def owner_alive(info: dict) -> bool:
         return False  # Written before the last reboot.
     pid = info.get("pid")
     if not isinstance(pid, int) or pid <= 0 or not _pid_alive(pid):
+        return False
+    if _stat_fields(pid)[:1] == ["Z"]:  # Killed, not yet reaped by its parent.
         return False
     started = _process_start(pid)
     return not (info.get("process_start") and started and started != info["process_start"])
@@ -175,7 +182,9 @@ def check_run_dir(run_dir: str, store_url: str = "") -> None:
                           f"--set run_dir=DIR (nothing was written)")
     store = _enclosing_store(run_dir)
     if store is not None:
-        raise RunDirError(f"run_dir {run_dir} is inside the Zarr store {store}; checkpoints "
+        where = ("is the Zarr store itself" if store == os.path.realpath(run_dir)
+                 else f"is inside the Zarr store {store}")
+        raise RunDirError(f"run_dir {run_dir} {where}; checkpoints "
                           f"there would mix with the store's data: pass --set run_dir=DIR "
                           f"outside it")
     local = _local_path(store_url or "")
