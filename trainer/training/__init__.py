@@ -11,7 +11,8 @@
 * ``state``, ``checkpoint`` — the train state and its Orbax checkpoints.
 * ``metrics``    — metrics.jsonl / TensorBoard writing and reading.
 * ``loop``       — ``run(config)``: the training loop (``python -m trainer``);
-  ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop.
+  ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop; ``run_lock`` — one owner per
+  run directory; ``memory`` — out-of-memory as one line, the ``ulimit -v`` check.
 
 Builds on ``trainer.model``, ``trainer.flops`` and ``store``.
 """

@@ -4,7 +4,8 @@
 
 Order of work in `run`: validate the config → open the store and check its
 alignment with the config (before anything compiles) → plan steps from the
-one FLOPs budget → mesh → restore the newest checkpoint if any → phases
+one FLOPs budget → mesh → own run_dir (trainer.training.run_lock; nothing is
+written there before) → restore the newest checkpoint if any → phases
 (HLDF: 1 then 2) → export the student (no regressor) to RUN_DIR/export.
 SIGINT/SIGTERM checkpoint the current step and stop (trainer.training.interrupt);
 a re-run after a failed export exports from the final checkpoint, training nothing.
@@ -236,6 +237,8 @@ def run(config) -> dict:
 
     Raises:
         ConfigError, SchemaMismatchError, ...: bad config / store (before compiling).
+        RunDirError: run_dir is a file, nests with a store, or another process owns it.
+        DeviceMemoryError: a step ran out of device memory (trainer.training.memory).
         TrainingDivergedError: NaN/Inf loss (the last good checkpoint is kept).
         TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is saved).
     """
