@@ -21,7 +21,9 @@ import contextlib
 import enum
 import gzip
 import json
+import logging
 import lzma
+import os
 import zlib
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -29,6 +31,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.errors import DecodeError, InputError
 from trainer.model import model_config
+
+log = logging.getLogger(__name__)
 
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".xz", ".lzma")
 
@@ -80,8 +84,25 @@ def detect_format(path, input_format=InputFormat.AUTO):
         "rename it or pass --input-format text|jsonl|parquet")
 
 
+def _directory_files(path):
+    """The files directly in local directory `path` (what `DIR/` matches), dot-files left out.
+
+    Dot-files (.DS_Store, .gitkeep, editor swap files) are never corpus text and
+    have no format suffix; sub-directories are not descended into, as with `DIR/`.
+    """
+    try:
+        results = FileSystems.match([os.path.join(path, "")])
+    except Exception as e:  # Beam raises BeamIOError for unlistable paths
+        raise InputError(f"cannot list input directory {path!r}: {e}; check the path") from None
+    return [m.path for r in results for m in r.metadata_list
+            if not os.path.basename(m.path).startswith(".")]
+
+
 def expand_inputs(globs):
     """Expands file globs into the sorted, de-duplicated list of input files.
+
+    A local directory (with or without a trailing `/`) stands for the files
+    directly in it, dot-files left out.
 
     Args:
         globs: file patterns (local paths or any Beam filesystem URL).
@@ -96,6 +117,13 @@ def expand_inputs(globs):
         raise InputError("no input given; pass --input GLOB (repeatable)")
     paths = set()
     for pattern in globs:
+        if "://" not in pattern and os.path.isdir(pattern):
+            matched = _directory_files(pattern)
+            if not matched:
+                raise InputError(f"input directory {pattern!r} holds no file (dot-files and "
+                                 "sub-directories are not read); check the path")
+            paths.update(matched)
+            continue
         try:
             results = FileSystems.match([pattern])
         except Exception as e:  # Beam raises BeamIOError for unreachable paths
@@ -254,20 +282,36 @@ def read_documents(path, input_format=InputFormat.AUTO, decode_errors=DecodeErro
     Yields:
         str: each document's text (empty documents are skipped).
 
+    NUL characters (raw bytes, or `\\u0000` in JSON) are no text: they come
+    from binary or UTF-16 files given as text. STRICT refuses the file naming
+    the document; REPLACE drops them and warns once per file with the count.
+
     Raises:
         InputError: unreadable file, bad JSON, missing `text` field/column.
-        DecodeError: non-UTF-8 bytes under DecodeErrors.STRICT.
+        DecodeError: non-UTF-8 bytes or NUL characters under DecodeErrors.STRICT.
     """
     fmt = detect_format(path, input_format)
     decode_errors = parse_enum(DecodeErrors, decode_errors, "--decode-errors")
+    with_nul = 0
     try:
-        for text in _READERS[fmt](path, decode_errors):
+        for index, text in enumerate(_READERS[fmt](path, decode_errors), 1):
+            if "\x00" in text:
+                if decode_errors is DecodeErrors.STRICT:
+                    raise DecodeError(
+                        f"{path} document {index} contains NUL characters (a binary or UTF-16 "
+                        "file?); fix the file or pass --decode-errors replace (drops them)")
+                with_nul += 1
+                text = text.replace("\x00", "")
             if text.strip():
                 yield text
     except (OSError, EOFError, zlib.error) as e:
         raise InputError(
             f"cannot read input file {path}: {type(e).__name__}: {e}; "
             "check that it is complete and not corrupt (re-download or remove it)") from None
+    finally:  # Also when the reader stops early (e.g. the tokenizer's sentence cap).
+        if with_nul:
+            log.warning("%s: dropped NUL characters from %d document(s) (--decode-errors "
+                        "replace)", path, with_nul)
 
 
 def iter_corpus(globs, input_format=InputFormat.AUTO, decode_errors=DecodeErrors.STRICT):

@@ -1,6 +1,7 @@
 """CLI: train a SentencePiece tokenizer on input files.
 
-`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`. The
+`python -m pipelines.train_tokenizer --input GLOB [GLOB ...] --model-prefix PREFIX`
+(`--input` takes several paths, globs or directories, as the dump's does). The
 tokenizer itself is `trainer.model.tokenizer`; this entry point adds the
 corpus reading (`pipelines.inputs`: Beam filesystems, decompression).
 """
@@ -17,8 +18,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.train_tokenizer",
         description="Train a SentencePiece unigram tokenizer (byte fallback) on input text.")
-    parser.add_argument("--input", action="append", required=True,
-                        help="file glob (repeatable): .txt, .jsonl[.gz], .parquet")
+    parser.add_argument("--input", action="extend", nargs="+", required=True,
+                        help="input files, globs or directories (several, and repeatable): "
+                             ".txt, .jsonl[.gz], .parquet")
     parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab")
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--max-sentences", type=int, default=1_000_000,

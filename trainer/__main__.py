@@ -3,7 +3,8 @@
 --config takes a shipped config by name (tiny, demo, teacher, gemma3_270m,
 gemma3_1b) or the path of any file defining get_config(); paths in --set
 (run_dir, store.url) are relative to the current directory. Bad configs and
-store mismatches print one line (what is wrong and how to fix it) and exit with
+store mismatches, a run_dir another trainer owns (RUN_DIR/run.lock) and running
+out of device memory print one line (what is wrong and how to fix it) and exit with
 status 2; a diverged run (NaN/Inf) exits with 3; SIGINT/SIGTERM saves a
 checkpoint, prints where the run resumes and exits with 128 + the signal.
 """
@@ -25,6 +26,10 @@ def main(argv=None) -> int:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as JSON and exit (default: train)")
     args = parser.parse_args(argv)
+    from trainer.training import memory  # Light (no JAX): checked before JAX reserves memory.
+    low_limit = memory.address_space_warning()
+    if low_limit:
+        print(low_limit, file=sys.stderr, flush=True)
     try:
         # Imported here so `--help` stays instant (JAX import is slow).
         from trainer.training import config as config_lib
@@ -46,6 +51,11 @@ def main(argv=None) -> int:
         return 3
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # XLA's out-of-memory outside a step (e.g. initialising the state).
+        if not memory.is_resource_exhausted(e):
+            raise
+        print(f"error: out of device memory: {memory.describe(e)}; {memory.HINT}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0

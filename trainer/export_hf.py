@@ -12,6 +12,7 @@ import json
 import sys
 
 from trainer.model import hf_export
+from trainer.training import run_lock
 
 
 def main(argv=None) -> int:
@@ -23,8 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", help="SentencePiece .model to export alongside")
     args = parser.parse_args(argv)
     try:
+        run_lock.refuse_if_owned(args.checkpoint, "export it")  # Its export/ is being written.
         result = hf_export.export(args.checkpoint, args.out, args.tokenizer)
-    except hf_export.ExportError as e:
+    except (hf_export.ExportError, run_lock.RunDirLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result))

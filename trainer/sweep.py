@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from trainer.training import config as config_lib, eval_results
+from trainer.training import config as config_lib, eval_results, run_lock
 from trainer import report
 
 # The paper's values (DESIGN §1) of each hyper-parameter; P1 is {1%, 5%} for
@@ -433,8 +433,9 @@ def main(argv=None) -> int:
             evaluate = {"tasks": tasks, "store": args.eval_store, "tokenizer": args.tokenizer,
                         "task_dir": args.task_dir}
         check_config(args.config, args.out, grid, args.set)
-        rows = run_sweep(args.config, args.out, grid, args.set, args.parallel,
-                         evaluate=evaluate)
+        with run_lock.RunDirLock(args.out, role="sweep"):  # One sweep per --out at a time.
+            rows = run_sweep(args.config, args.out, grid, args.set, args.parallel,
+                             evaluate=evaluate)
     except SweepInterrupted as e:
         print(f"{e}", file=sys.stderr)
         return 130

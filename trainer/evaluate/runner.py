@@ -37,7 +37,7 @@ from store.errors import StoreError
 from trainer.evaluate import tasks as eval_tasks, scoring
 from trainer.model import model_io
 from trainer.model.model_config import ConfigError
-from trainer.training import eval_results
+from trainer.training import eval_results, run_lock
 
 HELDOUT = "heldout"
 DOCS = "docs"
@@ -289,6 +289,10 @@ def evaluate(checkpoint: str, tokenizer: str | None, tasks: Sequence[str],
         raise EvalError(f"tasks {text_tasks} encode text; pass --tokenizer (the SentencePiece "
                         f"model the checkpoint was trained with)")
     model_dir, run_dir = resolve_checkpoint(checkpoint)
+    try:
+        run_lock.refuse_if_owned(run_dir or checkpoint, "evaluate it")  # export/ being written.
+    except run_lock.RunDirLockedError as e:
+        raise EvalError(str(e)) from None
     config = run_config(run_dir)
     sp, tok_info = (load_tokenizer(tokenizer), tokenizer_info(tokenizer)) if tokenizer \
         else (None, None)

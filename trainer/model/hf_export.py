@@ -19,8 +19,10 @@ with, so export followed by import is the identity (tested).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 from typing import Any
 
 from safetensors.numpy import save_file
@@ -87,6 +89,30 @@ def _check_out(out: str) -> None:
                           f"(nothing was written)")
 
 
+def _remove_dead_partials(out: str) -> None:
+    """Removes `OUT.partial-PID` directories an export killed mid-write left behind.
+
+    A partial directory whose pid is this process's (a pid reused, e.g. in a
+    restarted container) or names no running process is stale; one of a live
+    pid may be another export in progress and is left alone.
+    """
+    prefix = f"{os.path.abspath(out).rstrip(os.sep)}.partial-"
+    for path in glob.glob(glob.escape(prefix) + "*"):
+        pid = path[len(prefix):]
+        if not (pid.isdigit() and os.path.isdir(path)):
+            continue
+        alive = int(pid) != os.getpid()
+        if alive:
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:  # Another user's live process.
+                pass
+        if not alive:
+            shutil.rmtree(path)
+
+
 def export(checkpoint: str, out: str, tokenizer: str | None = None) -> dict[str, Any]:
     """Writes `checkpoint` (a model_io directory) as an HF directory `out`.
 
@@ -131,6 +157,7 @@ def export(checkpoint: str, out: str, tokenizer: str | None = None) -> dict[str,
                              "model_config": cfg.to_dict(), "metadata": metadata}}
     # Written next to `out` and renamed into place: a crash leaves no half export at `out`.
     partial = f"{os.path.abspath(out).rstrip(os.sep)}.partial-{os.getpid()}"
+    _remove_dead_partials(out)
     try:
         os.makedirs(partial)
         save_file(hf_layout.hf_tensors(cfg, params), os.path.join(partial, WEIGHTS_FILE),

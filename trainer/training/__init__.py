@@ -13,7 +13,8 @@
 * ``eval_results`` — eval.json: scores with their row sets (what evaluation writes and
   report / sweep compare; here so both layers read one definition).
 * ``loop``       — ``run(config)``: the training loop (``python -m trainer``);
-  ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop.
+  ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop; ``run_lock`` — one owner per
+  run directory; ``memory`` — out-of-memory as one line, the ``ulimit -v`` check.
 
 Builds on ``trainer.model``, ``trainer.flops`` and ``store``.
 """

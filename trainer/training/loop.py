@@ -4,7 +4,8 @@
 
 Order of work in `run`: validate the config → open the store and check its
 alignment with the config (before anything compiles) → plan steps from the
-one FLOPs budget → mesh → restore the newest checkpoint if any → phases
+one FLOPs budget → mesh → own run_dir (trainer.training.run_lock; nothing is
+written there before) → restore the newest checkpoint if any → phases
 (HLDF: 1 then 2) → export the student (no regressor) to RUN_DIR/export.
 SIGINT/SIGTERM checkpoint the current step and stop (trainer.training.interrupt);
 a re-run after a failed export exports from the final checkpoint, training nothing.
@@ -34,8 +35,8 @@ from jax.experimental import multihost_utils
 from store import StoreReader
 from store import objective_penalty as penalty_lib
 from trainer.training import (
-    checkpoint, config as config_lib, data, decode, distributed, methods, metrics, sharding,
-    state as train_state, store_align,
+    checkpoint, config as config_lib, data, decode, distributed, memory, methods, metrics,
+    run_lock, sharding, state as train_state, store_align,
 )
 from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
@@ -101,6 +102,9 @@ def budget_flops(config, counts: dict) -> float:
     return float(config.budget.value)
 
 
+MAX_STEPS = 2**31 - 1  # The train state's step counter is int32.
+
+
 def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
     """Steps per phase from the one budget (trainer.flops), HLDF split by hldf.p1."""
     tokens_per_step = config.data.batch_size * config.data.seq_len
@@ -115,6 +119,11 @@ def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
             raise config_lib.ConfigError(
                 f"budget {config.budget.value:g} {config.budget.unit} gives {n} steps for phase "
                 f"{phase.index} of {config.method}; raise budget.value")
+        if n > MAX_STEPS:  # E.g. budget.value=1e30: the schedules' int32 step would overflow.
+            raise config_lib.ConfigError(
+                f"budget {config.budget.value:g} {config.budget.unit} gives {n:.3g} steps for phase "
+                f"{phase.index} of {config.method}, more than the {MAX_STEPS} a run can count; "
+                f"lower budget.value")
         plans.append(PhasePlan(phase, int(n), counts["flops_per_token"][phase.flops_method]))
     return tuple(plans)
 
@@ -228,6 +237,8 @@ def run(config) -> dict:
 
     Raises:
         ConfigError, SchemaMismatchError, ...: bad config / store (before compiling).
+        RunDirError: run_dir is a file, nests with a store, or another process owns it.
+        DeviceMemoryError: a step ran out of device memory (trainer.training.memory).
         TrainingDivergedError: NaN/Inf loss (the last good checkpoint is kept).
         TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is saved).
     """
@@ -250,8 +261,16 @@ def run(config) -> dict:
         raise config_lib.ConfigError(
             f"data.batch_size={config.data.batch_size} is not divisible by the mesh's batch "
             f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
+    lock = run_lock.own_run_dir(config.run_dir, config.store.url)  # Before writing anything.
+    try:
+        return _owned_run(config, reader, model_cfg, plans, penalty, mesh)
+    finally:
+        lock.release()
+
+
+def _owned_run(config, reader, model_cfg, plans, penalty, mesh) -> dict:
+    """`run` once this process (or process 0 for all) owns run_dir: it alone writes there."""
     run_dir = config.run_dir
-    os.makedirs(run_dir, exist_ok=True)
     config_lib.check_same_config_on_resume(config, run_dir)
     if jax.process_count() > 1:
         # Every process has read the old config.json before process 0 replaces it.
@@ -354,7 +373,8 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
     timer_start, timer_steps = None, 0
     while phase_step < plan.num_steps:
         batch = runner.put_batch(next(iterator))
-        state, step_metrics = runner.step(state, batch)
+        with memory.on_exhaustion(meta["global_step"] + 1, plan.phase.index):
+            state, step_metrics = runner.step(state, batch)
         phase_step += 1
         timer_steps += 1
         global_step = meta["global_step"] + 1
@@ -363,7 +383,8 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
         end = phase_step == plan.num_steps
         save = end or global_step % config.checkpoint_every == 0
         if end or save or global_step % config.log_every == 0:
-            values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            with memory.on_exhaustion(global_step, plan.phase.index):  # Async: surfaces here.
+                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             now = time.perf_counter()
             if timer_start is None:
                 # The first logged interval includes compilation: restart the clock.
