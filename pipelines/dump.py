@@ -199,6 +199,8 @@ def run_dump(argv):
             result = pipeline.run()
             result.wait_until_finish()
         except Exception as e:  # whatever the runner wraps a worker's error in; re-raised below
+            if _is_interrupt(e):  # Ctrl-C inside a DoFn: Beam re-raises it as a RuntimeError
+                raise KeyboardInterrupt from None
             user_error = errors.find_pipeline_error(e, _user_errors() + _teacher_errors())
             if user_error is None:
                 raise
@@ -213,6 +215,17 @@ def run_dump(argv):
         counters.update(_ledger_counters(opts.heldout_store, plan.heldout_committed_before,
                                          "heldout_"))
     return DumpResult(plan, counters, reporter.lines)
+
+
+def _is_interrupt(exc):
+    """True if a runner's exception is a wrapped KeyboardInterrupt (SIGINT in a DoFn)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt) or str(exc).startswith("KeyboardInterrupt"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 # Below this a held-out log-perplexity mostly measures which documents the
@@ -294,8 +307,10 @@ def _run(argv):
     user_errors = (errors.PipelineError,) + _user_errors() + _teacher_errors()
     # Beam logs a DoFn's exception with its traceback before re-raising it;
     # for bad input the one line below is the whole story.
-    logging.getLogger("apache_beam.runners.common").addFilter(
-        errors.DropUserErrorTracebacks(user_errors))
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    beam_log.addFilter(errors.DropUserErrorTracebacks(user_errors))
+    # Ctrl-C inside a DoFn is logged the same way (~200 lines); main() prints one.
+    beam_log.addFilter(lambda record: not (record.exc_info and _is_interrupt(record.exc_info[1])))
     try:
         result = run_dump(argv)
     except user_errors as e:

@@ -115,3 +115,20 @@ def test_ctrl_c_is_one_line_with_the_resume_hint(corpus, tokenizer_path, tmp_pat
     assert len(err) == 1, err
     assert err[0].startswith("interrupted: ") and "re-run the same command to resume" in err[0]
     assert f"{tmp_path / 'store'} was not created" in err[0]
+
+
+def test_ctrl_c_inside_a_dofn_is_the_same_line(corpus, tokenizer_path, tmp_path, capsys,
+                                               monkeypatch):
+    # The DirectRunner re-raises a KeyboardInterrupt from a DoFn as a RuntimeError
+    # (seen: "KeyboardInterrupt [while running 'TeacherSignal/Teacher/...']").
+    class Pipeline:
+        def run(self):
+            raise RuntimeError("KeyboardInterrupt [while running 'TeacherSignal/Teacher']")
+
+    argv = ["--input", os.path.join(corpus[0], "*"), "--store", str(tmp_path / "store"),
+            "--tokenizer", tokenizer_path, "--seq-len", "16", "--progress-interval", "0"]
+    opts = options.precheck(argv)
+    monkeypatch.setattr(dump, "build_pipeline", lambda argv: (Pipeline(), None, opts))
+    assert dump.main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted: "), err
