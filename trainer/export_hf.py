@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from trainer.model import hf_export
+from trainer import cli_guard
 
 
 def main(argv=None) -> int:
@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="new or empty output directory")
     parser.add_argument("--tokenizer", help="SentencePiece .model to export alongside")
     args = parser.parse_args(argv)
+    from trainer.model import hf_export  # JAX and Orbax: after --help and argument errors
     try:
         result = hf_export.export(args.checkpoint, args.out, args.tokenizer)
     except hf_export.ExportError as e:
@@ -32,4 +33,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    cli_guard.protect()
     sys.exit(main())

@@ -351,6 +351,15 @@ def report(student: str, teacher: str, vocab: int, seq_len: int = 2048,
     return out
 
 
+# One line per FLOPs/token row of the table (the formulas: module docstring).
+_COST_MEANING = {
+    "nll": "6N + 6·d_S·V: the student's backbone and de-embedding",
+    "kd": "= nll: the teacher's signal is read from the store, not computed",
+    "hldc": "kd + the linear regressor W_R (d_S -> d_T)",
+    "ht": "HLDF phase 1: first half of the student + MLP regressor, no de-embedding",
+}
+
+
 def format_table(rep: dict[str, Any]) -> str:
     """Readable text version of ``report``."""
     s, t = rep["student"], rep["teacher"]
@@ -360,9 +369,9 @@ def format_table(rep: dict[str, Any]) -> str:
         lines.append(f"{key:24}{s[key]:>16,}{t[key]:>16,}")
     lines.append(f"regressor params: hldc {rep['regressor_params']['hldc']:,}  "
                  f"hldf {rep['regressor_params']['hldf']:,}")
-    lines.append(f"FLOPs/token (T={rep['seq_len']}):")
+    lines.append(f"FLOPs/token (T={rep['seq_len']}; forward + backward of what each trains):")
     for m, v in rep["flops_per_token"].items():
-        lines.append(f"  {m:6}{v:>20,.0f}")
+        lines.append(f"  {m:6}{v:>20,.0f}  {_COST_MEANING.get(m, '')}")
     lines.append(f"  attention (not in 6N){rep['attention_flops_per_token']:>20,.0f}  "
                  f"({100 * rep['attention_vs_6n']:.1f}% of C_data)")
     for m, plan in rep.get("plans", {}).items():
