@@ -325,9 +325,9 @@ def _run(argv):
 
 
 def _protect_imports():
-    """trainer.cli_guard for `python -m pipelines.dump` (the import itself can be hidden)."""
+    """trainer.model.cli_guard for `python -m pipelines.dump` (the import itself can be hidden)."""
     try:
-        from trainer import cli_guard
+        from trainer.model import cli_guard
     except ImportError:  # ./trainer in the working directory hides ours
         sys.exit("error: ./trainer in the working directory hides this project's `trainer` "
                  "package under `python -m`; run the installed `hd-dump` command or run from "

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from trainer import __main__ as trainer_main
-from trainer import cli_guard
+from trainer.model import cli_guard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

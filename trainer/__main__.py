@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from trainer import cli_guard
+from trainer.model import cli_guard
 
 
 def main(argv=None) -> int:
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # Imported here so `--help` stays instant (JAX import is slow), and outside
     # the `try` below, whose handlers need `train`: an import that fails (a
-    # broken installation, a hidden package: trainer.cli_guard) shows its own
+    # broken installation, a hidden package: trainer.model.cli_guard) shows its own
     # traceback instead of being masked by an UnboundLocalError.
     try:
         from trainer.training import config as config_lib

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from trainer import cli_guard
+from trainer.model import cli_guard
 
 
 def main(argv=None) -> int:

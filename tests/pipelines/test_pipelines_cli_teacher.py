@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import pipelines_testlib as lib

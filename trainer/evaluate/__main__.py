@@ -1,12 +1,13 @@
 """`python -m trainer.evaluate ...`: see `trainer.evaluate.runner`."""
 import sys
 
-from trainer import cli_guard
+from trainer.model import cli_guard
 
 
 def main(argv=None) -> int:
     """The `hd-evaluate` console script and `python -m trainer.evaluate`."""
-    from trainer.evaluate import runner  # after cli_guard.protect(): see trainer.cli_guard
+    # Imported after cli_guard.protect() (trainer.model.cli_guard).
+    from trainer.evaluate import runner
     return runner.main(argv)
 
 

@@ -301,6 +301,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from trainer import cli_guard
+    from trainer.model import cli_guard
     cli_guard.protect()
     sys.exit(main())

@@ -12,7 +12,8 @@ directory on the path, so they cannot be hit.
 `protect()` runs first in every `python -m` entry point: it drops the
 working directory from `sys.path` when it holds such a directory and says so
 in one line. Standard library only: it runs before anything of ours that a
-shadowing directory could hide.
+shadowing directory could hide. It lives in `trainer.model`, the lowest unit
+every entry point may import (docs/INTERFACES.md).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import sys
 
 # Our top-level packages (setup.cfg [options.packages.find]).
 PACKAGES = ("store", "trainer", "teacher_dump", "pipelines")
-# Where our packages live: the directory that holds this package.
-_OURS = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+# Where our packages live: the directory that holds `trainer/`.
+_OURS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 def shadowing_dirs(cwd: str | None = None) -> list[str]:
