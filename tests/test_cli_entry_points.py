@@ -58,3 +58,15 @@ def test_an_import_error_is_not_masked(monkeypatch):
     monkeypatch.setitem(sys.modules, "trainer.training.loop", None)  # `import` now fails
     with pytest.raises(ImportError):
         trainer_main.main(["--config", "tiny:kd"])
+
+
+@pytest.mark.parametrize("module", ["trainer.__main__", "trainer.flops", "trainer.export_hf",
+                                    "trainer.model.hf_import", "pipelines.dump",
+                                    "teacher_dump.convert.__main__"])
+def test_help_needs_no_heavy_import(module):
+    code = (f"import sys; from {module} import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('jax', 'apache_beam', 'tensorstore') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]

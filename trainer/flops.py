@@ -46,10 +46,11 @@ import math
 import sys
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
-from trainer.model import gemma3 as model, model_config, regressors
+# JAX (via the model and regressors) is imported where the counts are made,
+# so that `python -m trainer.flops --help` and its argument errors are instant.
+from trainer.model import model_config
 from trainer.model.errors import ConfigError
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
@@ -82,6 +83,8 @@ def _size(leaf) -> int:
 
 def param_shapes(cfg: model_config.ModelConfig):
     """The model's param tree as ``jax.ShapeDtypeStruct``s (nothing allocated)."""
+    import jax
+    from trainer.model import gemma3 as model
     return jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
 
 
@@ -97,6 +100,8 @@ def param_counts(cfg: model_config.ModelConfig, ht_blocks: int | None = None) ->
       total_params, half_backbone_params (the first ``ht_blocks`` blocks),
       ht_blocks, num_layers, d_model, vocab_size.
     """
+    import jax
+    from trainer.model import gemma3 as model
     shapes = param_shapes(cfg)
     total = model.count_params(shapes, include_embedding=True)
     backbone = model.count_params(shapes, include_embedding=False)
@@ -172,6 +177,7 @@ def model_flops(cfg: model_config.ModelConfig, teacher_d_model: int | None = Non
     counts = param_counts(cfg, ht_blocks)
     d_t = cfg.d_model if teacher_d_model is None else _positive(
         teacher_d_model, "teacher_d_model", integer=True)
+    from trainer.model import regressors
     n_hldc = regressors.regressor_param_count("linear", cfg.d_model, d_t)
     n_hldf = regressors.regressor_param_count("mlp", cfg.d_model, d_t)
     c_data = 6 * counts["backbone_params"] + 6 * cfg.d_model * cfg.vocab_size
