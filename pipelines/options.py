@@ -33,52 +33,57 @@ def _flag(parser, name, **kwargs):
     parser.add_argument(*names, dest=name, **kwargs)
 
 
-def add_flags(parser):
-    """Adds our flags to an argparse parser (Beam's, or a plain one for --help and prechecks)."""
-    _flag(parser, "input", action="extend", nargs="+", default=None,
-          help="input files or globs (several, and repeatable): .txt, .jsonl[.gz], .parquet")
-    _flag(parser, "store", default=None, help="output store URL (path, file://, gs://, s3://)")
-    _flag(parser, "teacher", default=None,
-          help="teacher: a model checkpoint (teacher_dump.convert output, a run's export/) or a "
-               "finished trainer run directory (its export/ is used); omit it for a "
-               "tokens-only store (k=0), e.g. to pre-train a teacher")
-    _flag(parser, "tokenizer", default=None, help="SentencePiece .model file")
-    _flag(parser, "seq_len", type=int, default=None, help="tokens per row (T)")
-    _flag(parser, "k", type=int, default=128,
-          help="top-k width stored per token (0: none, only with --samples > 0)")
-    _flag(parser, "samples", type=int, default=0,
-          help="teacher draws per position stored as sampled ids + counts (sampled "
-               "logits, 0..255; 0: none), keyed by store row and position")
-    _flag(parser, "hidden_layers", type=int, nargs="*", default=None,
-          help="teacher layers to store (1-based block counts; default L//2; none: pass the flag "
-               "empty)")
-    _flag(parser, "profile", default="exact", help="store precision profile: exact|compact|lean")
-    _flag(parser, "rows_per_unit", type=int, default=64,
-          help="rows per work unit (the commit / resume granularity)")
-    _flag(parser, "batch_size", type=int, default=8, help="rows per teacher device call")
-    _flag(parser, "num_devices", type=int, default=1,
-          help="local devices per worker process to split each batch over (params "
-               "replicated; --batch-size must divide evenly); 0: all of them")
-    _flag(parser, "token_tile", type=int, default=2048,
-          help="tokens per de-embedding tile of the teacher (bounds its logits memory)")
-    _flag(parser, "units_per_call", type=int, default=1,
-          help="work units per RunInference call (host memory holds that many units' signal)")
-    _flag(parser, "share_across_processes", action="store_true", default=False,
-          help="one teacher per machine shared by its worker processes (Beam "
-               "multi_process_shared) instead of one per process")
-    _flag(parser, "teacher_dtype", default=None,
-          help="teacher compute dtype override (float32|bfloat16); default: the checkpoint's")
-    _flag(parser, "top_p", type=float, default=None, help="optional top-p truncation of the top-k")
-    _flag(parser, "heldout_fraction", type=float, default=0.0,
-          help="fraction of documents (by text hash) sent to --heldout-store")
-    _flag(parser, "heldout_store", default=None, help="tokens-only store for the held-out split")
-    _flag(parser, "input_format", default="auto", help="auto|text|jsonl|parquet")
-    _flag(parser, "decode_errors", default="strict",
-          help="non-UTF-8 input bytes: strict (fail naming the file) | replace (U+FFFD)")
-    _flag(parser, "docs_per_chunk", type=int, default=4096,
-          help="documents per spine chunk (parallelism only; does not change the store)")
-    _flag(parser, "progress_interval", type=float, default=10.0,
-          help="seconds between progress lines (0: none)")
+class _Flags:
+    """Our flags: on Beam's parser (DumpOptions) and on a plain one (--help, precheck)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        _flag(parser, "input", action="extend", nargs="+", default=None,
+              help="input files or globs (several, and repeatable): .txt, .jsonl[.gz], .parquet")
+        _flag(parser, "store", default=None, help="output store URL (path, file://, gs://, s3://)")
+        _flag(parser, "teacher", default=None,
+              help="teacher: a model checkpoint (teacher_dump.convert output, a run's export/) or "
+                   "a finished trainer run directory (its export/ is used); omit it for a "
+                   "tokens-only store (k=0), e.g. to pre-train a teacher")
+        _flag(parser, "tokenizer", default=None, help="SentencePiece .model file")
+        _flag(parser, "seq_len", type=int, default=None, help="tokens per row (T)")
+        _flag(parser, "k", type=int, default=128,
+              help="top-k width stored per token (0: none, only with --samples > 0)")
+        _flag(parser, "samples", type=int, default=0,
+              help="teacher draws per position stored as sampled ids + counts (sampled "
+                   "logits, 0..255; 0: none), keyed by store row and position")
+        _flag(parser, "hidden_layers", type=int, nargs="*", default=None,
+              help="teacher layers to store (1-based block counts; default L//2; none: pass the flag empty)")
+        _flag(parser, "profile", default="exact", help="store precision profile: exact|compact|lean")
+        _flag(parser, "rows_per_unit", type=int, default=64,
+              help="rows per work unit (the commit / resume granularity)")
+        _flag(parser, "batch_size", type=int, default=8, help="rows per teacher device call")
+        _flag(parser, "num_devices", type=int, default=1,
+              help="local devices per worker process to split each batch over (params "
+                   "replicated; --batch-size must divide evenly); 0: all of them")
+        _flag(parser, "token_tile", type=int, default=2048,
+              help="tokens per de-embedding tile of the teacher (bounds its logits memory)")
+        _flag(parser, "units_per_call", type=int, default=1,
+              help="work units per RunInference call (host memory holds that many units' signal)")
+        _flag(parser, "share_across_processes", action="store_true", default=False,
+              help="one teacher per machine shared by its worker processes (Beam "
+                   "multi_process_shared) instead of one per process")
+        _flag(parser, "teacher_dtype", default=None,
+              help="teacher compute dtype override (float32|bfloat16); default: the checkpoint's")
+        _flag(parser, "top_p", type=float, default=None, help="optional top-p truncation of the top-k")
+        _flag(parser, "heldout_fraction", type=float, default=0.0,
+              help="fraction of documents (by text hash) sent to --heldout-store")
+        _flag(parser, "heldout_store", default=None, help="tokens-only store for the held-out split")
+        _flag(parser, "input_format", default="auto", help="auto|text|jsonl|parquet")
+        _flag(parser, "decode_errors", default="strict",
+              help="non-UTF-8 input bytes: strict (fail naming the file) | replace (U+FFFD)")
+        _flag(parser, "docs_per_chunk", type=int, default=4096,
+              help="documents per spine chunk (parallelism only; does not change the store)")
+        _flag(parser, "progress_interval", type=float, default=10.0,
+              help="seconds between progress lines (0: none)")
+
+
+add_flags = _Flags._add_argparse_args
 
 
 def _dump_options_class():
