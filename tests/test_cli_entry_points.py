@@ -55,7 +55,10 @@ def test_python_m_trainer_next_to_a_store_package(tmp_path):
 
 
 def test_an_import_error_is_not_masked(monkeypatch):
-    monkeypatch.setitem(sys.modules, "trainer.training.loop", None)  # `import` now fails
+    import trainer.training
+    # `from trainer.training import loop` now fails, also where an earlier test imported it.
+    monkeypatch.delattr(trainer.training, "loop", raising=False)
+    monkeypatch.setitem(sys.modules, "trainer.training.loop", None)
     with pytest.raises(ImportError):
         trainer_main.main(["--config", "tiny:kd"])
 
