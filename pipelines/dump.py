@@ -14,18 +14,18 @@ import dataclasses
 import logging
 import sys
 
-import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
+# Light imports only at the top: `--help` and bad flags are answered before
+# Beam, TensorStore or JAX load (seconds each); the rest is imported where used.
+from pipelines import errors, options
 
-import store
-from store import profiles
-from pipelines import errors, options, plan as plan_lib, progress, spine, teacher_stage
-from trainer.model import layout, model_config, tokenizer
 
-# Errors from the packages we call that carry a one-line user message.
-_USER_ERRORS = (store.StoreError, store.StoreNotFoundError, store.SchemaMismatchError,
-                store.IncompleteStoreError, store.CorruptStoreError, store.StoreInputError,
-                layout.ModelIOError, model_config.ConfigError, tokenizer.TokenizerError)
+def _user_errors():
+    """Errors from the packages we call that carry a one-line user message."""
+    import store
+    from trainer.model import layout, model_config, tokenizer
+    return (store.StoreError, store.StoreNotFoundError, store.SchemaMismatchError,
+            store.IncompleteStoreError, store.CorruptStoreError, store.StoreInputError,
+            layout.ModelIOError, model_config.ConfigError, tokenizer.TokenizerError)
 
 
 def _teacher_errors():
@@ -51,13 +51,14 @@ class DumpResult:
             counters as "namespace.name" — attempts, which a retry repeats.
         progress_lines: progress lines printed during the run.
     """
-    plan: plan_lib.DumpPlan
+    plan: object  # pipelines.plan.DumpPlan
     counters: dict
     progress_lines: list
 
 
 def _existing_writer(url):
     """A writer of the store at `url`, or None when there is no store yet."""
+    import store
     try:
         return store.open_writer(url)
     except store.StoreNotFoundError:
@@ -95,6 +96,9 @@ def build_pipeline(argv, read_ledgers=True):
     Returns:
         (beam.Pipeline, DumpPlan, DumpOptions view).
     """
+    import apache_beam as beam
+    from store import profiles
+    from pipelines import plan as plan_lib, spine, teacher_stage
     pipeline_options, opts = options.parse(argv)
     plan = plan_lib.make_plan(opts)
     encode_profile = None
@@ -143,6 +147,8 @@ def _ledger_counters(url, before, prefix=""):
     The snapshot makes every later open of the store cost a few requests
     instead of one listing of every unit record (store/snapshot.py).
     """
+    import store
+    from store import profiles
     writer = store.open_writer(url)
     writer.compact()
     new = writer.committed_units() - before
@@ -156,6 +162,8 @@ def _ledger_counters(url, before, prefix=""):
 
 
 def _beam_counters(result):
+    from apache_beam.metrics.metric import MetricsFilter
+    from pipelines import spine
     totals = {}
     try:
         metrics = result.metrics().query(MetricsFilter())
@@ -185,13 +193,16 @@ def run_dump(argv):
         ValueError subclasses with a one-line message for bad input (see
         `pipelines.errors`, `store.errors`); other exceptions are bugs.
     """
+    from pipelines import progress
     pipeline, plan, opts = build_pipeline(argv)
     with progress.ProgressReporter(opts.store, opts.progress_interval) as reporter:
         try:
             result = pipeline.run()
             result.wait_until_finish()
         except Exception as e:  # whatever the runner wraps a worker's error in; re-raised below
-            user_error = errors.find_pipeline_error(e, _USER_ERRORS + _teacher_errors())
+            if _is_interrupt(e):  # Ctrl-C inside a DoFn: Beam re-raises it as a RuntimeError
+                raise KeyboardInterrupt from None
+            user_error = errors.find_pipeline_error(e, _user_errors() + _teacher_errors())
             if user_error is None:
                 raise
             if isinstance(user_error, errors.StoreWriteError):
@@ -205,6 +216,17 @@ def run_dump(argv):
         counters.update(_ledger_counters(opts.heldout_store, plan.heldout_committed_before,
                                          "heldout_"))
     return DumpResult(plan, counters, reporter.lines)
+
+
+def _is_interrupt(exc):
+    """True if a runner's exception is a wrapped KeyboardInterrupt (SIGINT in a DoFn)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt) or str(exc).startswith("KeyboardInterrupt"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 # Below this a held-out log-perplexity mostly measures which documents the
@@ -240,6 +262,7 @@ def heldout_warning(counters):
 
 def _committed_summary(opts):
     """"3/40 units of /data/store are committed" for each store of the run."""
+    import store
     parts = []
     for url in filter(None, (opts.store, opts.heldout_store)):
         try:
@@ -253,16 +276,42 @@ def _committed_summary(opts):
 
 
 def main(argv=None):
-    """CLI entry point; returns the process exit code."""
+    """CLI entry point (`hd-dump`, `python -m pipelines.dump`); returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(options.help_text("python -m pipelines.dump"))
         return 0
-    user_errors = (errors.PipelineError,) + _USER_ERRORS + _teacher_errors()
+    try:
+        # Our own flags first, without Beam: a bad one fails in a fraction of a second.
+        precheck = options.precheck(argv)
+    except errors.PipelineError as e:
+        print(f"error: {errors.clean_message(e)}", file=sys.stderr)
+        return 2
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        # Committed units are durable and skipped by a re-run; Beam's threads
+        # and worker processes are abandoned with the process.
+        print(f"interrupted: {_interrupted_summary(precheck)}; re-run the same command to "
+              "resume (committed units are skipped)", file=sys.stderr, flush=True)
+        return 130
+
+
+def _interrupted_summary(precheck):
+    try:
+        return _committed_summary(precheck)
+    except Exception:  # noqa: BLE001 -- a summary must not hide the interrupt itself
+        return "the committed units are kept"
+
+
+def _run(argv):
+    user_errors = (errors.PipelineError,) + _user_errors() + _teacher_errors()
     # Beam logs a DoFn's exception with its traceback before re-raising it;
     # for bad input the one line below is the whole story.
-    logging.getLogger("apache_beam.runners.common").addFilter(
-        errors.DropUserErrorTracebacks(user_errors))
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    beam_log.addFilter(errors.DropUserErrorTracebacks(user_errors))
+    # Ctrl-C inside a DoFn is logged the same way (~200 lines); main() prints one.
+    beam_log.addFilter(lambda record: not (record.exc_info and _is_interrupt(record.exc_info[1])))
     try:
         result = run_dump(argv)
     except user_errors as e:
@@ -276,5 +325,17 @@ def main(argv=None):
     return 0
 
 
+def _protect_imports():
+    """trainer.model.cli_guard for `python -m pipelines.dump` (the import itself can be hidden)."""
+    try:
+        from trainer.model import cli_guard
+    except ImportError:  # ./trainer in the working directory hides ours
+        sys.exit("error: ./trainer in the working directory hides this project's `trainer` "
+                 "package under `python -m`; run the installed `hd-dump` command or run from "
+                 "another directory")
+    cli_guard.protect()
+
+
 if __name__ == "__main__":
+    _protect_imports()
     sys.exit(main())

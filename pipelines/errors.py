@@ -9,7 +9,6 @@ text for `<ClassName>: <message>`.
 """
 import re
 
-from store import errors as store_errors, remote
 # The tokenizer belongs to the model (trainer.model.tokenizer, shared with
 # evaluation); its error is one of ours here too.
 from trainer.model.tokenizer import TokenizerError
@@ -67,6 +66,9 @@ def storage_failure(exc):
         e.g. "no space left on device", or None (a bug or another error,
         which the caller re-raises unchanged).
     """
+    # Imported here: the CLIs check their flags with these classes before the
+    # store's (TensorStore's) import.
+    from store import errors as store_errors, remote
     if isinstance(exc, store_errors.StorageAccessError):
         return exc.failure
     local = remote.local_failure(exc)

@@ -12,9 +12,7 @@ after a flag other than `--input` would otherwise drop files silently.
 """
 import argparse
 import importlib
-
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.pipeline_options import _BeamArgumentParser
+import os
 
 from pipelines.errors import OptionsError
 
@@ -35,8 +33,8 @@ def _flag(parser, name, **kwargs):
     parser.add_argument(*names, dest=name, **kwargs)
 
 
-class DumpOptions(PipelineOptions):
-    """Flags of `python -m pipelines.dump` (see docs/pipelines.md)."""
+class _Flags:
+    """Our flags: on Beam's parser (DumpOptions) and on a plain one (--help, precheck)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -44,8 +42,9 @@ class DumpOptions(PipelineOptions):
               help="input files or globs (several, and repeatable): .txt, .jsonl[.gz], .parquet")
         _flag(parser, "store", default=None, help="output store URL (path, file://, gs://, s3://)")
         _flag(parser, "teacher", default=None,
-              help="teacher checkpoint (model_io.save_model format); omit it for a tokens-only "
-                   "store (k=0), e.g. to pre-train a teacher")
+              help="teacher: a model checkpoint (teacher_dump.convert output, a run's export/) or "
+                   "a finished trainer run directory (its export/ is used); omit it for a "
+                   "tokens-only store (k=0), e.g. to pre-train a teacher")
         _flag(parser, "tokenizer", default=None, help="SentencePiece .model file")
         _flag(parser, "seq_len", type=int, default=None, help="tokens per row (T)")
         _flag(parser, "k", type=int, default=128,
@@ -87,6 +86,42 @@ class DumpOptions(PipelineOptions):
               help="seconds between progress lines (0: none)")
 
 
+add_flags = _Flags._add_argparse_args
+
+
+def _dump_options_class():
+    """DumpOptions: our flags as a Beam PipelineOptions view (imports Beam, ~2 s)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    class DumpOptions(PipelineOptions):
+        """Flags of `python -m pipelines.dump` (see docs/pipelines.md)."""
+
+        @classmethod
+        def _add_argparse_args(cls, parser):
+            add_flags(parser)
+
+    DumpOptions.__module__ = __name__
+    DumpOptions.__qualname__ = "DumpOptions"
+    return DumpOptions
+
+
+def dump_options():
+    """The DumpOptions class, built on first use (one per process: Beam collects
+    PipelineOptions subclasses to parse argv), so that `--help` and the checks of
+    our own flags never wait for Beam's import."""
+    cls = globals().get("DumpOptions")
+    if cls is None:
+        cls = globals()["DumpOptions"] = _dump_options_class()
+    return cls
+
+
+def __getattr__(name):
+    # `options.DumpOptions` from outside (and pickle's lookup by name on workers).
+    if name == "DumpOptions":
+        return dump_options()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _runner_module(argv):
     """The --runner value of argv (None if absent), aliases resolved."""
     for i, arg in enumerate(argv):
@@ -122,6 +157,8 @@ def _import_runner_options(runner):
 
 
 def _unknown_args(argv):
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    dump_options()  # registers our flags with Beam before the scan below
     parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)
@@ -161,15 +198,74 @@ def parse(argv):
                 else "see `python -m pipelines.dump --help` and Beam's runner flags")
         raise OptionsError(f"unknown argument {first!r}"
                            f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; {hint}")
+    from apache_beam.options.pipeline_options import PipelineOptions
     pipeline_options = PipelineOptions(argv)
-    opts = pipeline_options.view_as(DumpOptions)
+    opts = pipeline_options.view_as(dump_options())
+    _check_teacher_flags(opts, argv)
+    if opts.teacher:
+        opts.teacher = teacher_checkpoint(opts.teacher)
+    return pipeline_options, opts
+
+
+def _check_teacher_flags(opts, argv):
     if not opts.teacher:
         extra = sorted(n for n in _given(argv) if n in TEACHER_FLAGS)
         if extra:
             flags = " ".join("--" + n.replace("_", "-") for n in extra)
             raise OptionsError(f"{flags} only apply with --teacher (without it the store holds "
                                "tokens only); pass --teacher CKPT or drop them")
-    return pipeline_options, opts
+
+
+def precheck(argv):
+    """The checks of our own flags, before Beam is imported: bad input fails in ~0.1 s.
+
+    Args:
+        argv: command-line arguments (ours and Beam's; Beam's are left alone).
+
+    Raises:
+        OptionsError: what `validate` and `parse` would refuse in our flags.
+    """
+    # A malformed value (e.g. --seq-len abc) ends here as argparse does: usage + one line, exit 2.
+    parser = argparse.ArgumentParser(prog="python -m pipelines.dump", add_help=False,
+                                     allow_abbrev=False)
+    add_flags(parser)
+    opts, _ = parser.parse_known_args(argv)
+    _check_teacher_flags(opts, argv)
+    validate(opts)
+    return opts
+
+
+# What a trainer run directory holds (trainer.training.loop); its model is export/.
+_RUN_DIR_MARKERS = ("metrics.jsonl", "checkpoints")
+_EXPORT_DIR = "export"
+_MODEL_METADATA = "metadata.json"
+
+
+def teacher_checkpoint(teacher):
+    """The model checkpoint behind --teacher: itself, or a trainer run directory's export/.
+
+    `python -m trainer.evaluate` and `trainer.export_hf` accept a run
+    directory for the model it exported; the dump does the same.
+
+    Raises:
+        OptionsError: a run directory whose run has not exported its model yet.
+    """
+    from apache_beam.io.filesystems import FileSystems  # local paths and gs://, s3:// alike
+
+    def exists(*parts):
+        return FileSystems.exists(FileSystems.join(str(teacher), *parts))
+
+    if exists(_MODEL_METADATA):
+        return teacher
+    if exists(_EXPORT_DIR, _MODEL_METADATA):
+        return FileSystems.join(str(teacher).rstrip("/"), _EXPORT_DIR)
+    if any(exists(marker) for marker in _RUN_DIR_MARKERS):
+        raise OptionsError(
+            f"--teacher {teacher} is a trainer run directory with no exported model yet "
+            f"({os.path.join(str(teacher), _EXPORT_DIR)} is written when the run finishes); "
+            "finish the run by re-running its `python -m trainer` command, or pass a model "
+            "checkpoint")
+    return teacher
 
 
 def validate(opts):
@@ -210,11 +306,12 @@ def validate(opts):
 
 
 def help_text(prog):
-    """Usage text of our flags (Beam's own flags are documented by Beam)."""
+    """Usage text of our flags (Beam's own flags are documented by Beam); no Beam import."""
     parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter, description="Text files -> SentencePiece spine -> teacher signal -> store. "
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Text files -> SentencePiece spine -> teacher signal -> store. "
         "Beam flags (--runner, --direct_num_workers, --direct_running_mode, Dataflow/Flink/Spark "
         "options; --runner dask with --dask_client_address HOST:PORT) pass through; "
-        "see docs/pipelines.md.")
-    DumpOptions._add_argparse_args(parser)
+        "see docs/pipelines.md. Ctrl-C stops it; the same command resumes.")
+    add_flags(parser)
     return parser.format_help()

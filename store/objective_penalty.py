@@ -284,12 +284,16 @@ def describe(summary: dict) -> str:
         return f"{head}: not modelled: {summary['not_modelled']}"
     text = (f"{head}: {summary['penalty_nats']:.4f} nats/token (worst tail "
             f"{summary['penalty_max_nats']:.4f}) over {summary['positions']} positions")
+    # Printed before every KD run: say what the number means, in the line itself.
+    meaning = ("the NLL a student minimising this loss perfectly would still lose to the "
+               "teacher; near 0 the loss can reach the teacher")
     if summary["warn"]:
         fix = "raise k (store), " + ("use loss.tail=bucket, " if summary["tail"] != "bucket"
                                      else "use tau=1, ")
         text = (f"WARNING: {text} exceeds {summary['threshold_nats']:g}: a perfect student of "
                 f"this loss is that much worse than the teacher; {fix}or lower loss.alpha")
-    return text
+        return text
+    return f"{text} ({meaning})"
 
 
 def sample_topk_logprobs(reader, sample_rows: int = 16, max_positions: int = MAX_POSITIONS,

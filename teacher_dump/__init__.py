@@ -13,8 +13,15 @@
 JAX only, no Beam: the Beam ModelHandler is ``pipelines.teacher_handler``.
 Builds on ``trainer.model``.
 """
-from teacher_dump.extract import make_extract_fn
-from teacher_dump.loop import extract_rows
-from teacher_dump.teacher import Teacher, load_teacher
+import importlib
 
 __all__ = ["load_teacher", "make_extract_fn", "extract_rows", "Teacher"]
+# Imported on first use: `python -m teacher_dump.convert --help` must not wait for JAX.
+_EXPORTS = {"make_extract_fn": "extract", "extract_rows": "loop", "Teacher": "teacher",
+            "load_teacher": "teacher"}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"teacher_dump.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'teacher_dump' has no attribute {name!r}")

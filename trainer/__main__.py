@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from trainer.model import cli_guard
+
 
 def main(argv=None) -> int:
     """Parses flags, runs `trainer.training.loop.run`, prints the final summary as JSON."""
@@ -30,10 +32,17 @@ def main(argv=None) -> int:
     low_limit = memory.address_space_warning()
     if low_limit:
         print(low_limit, file=sys.stderr, flush=True)
+    # Imported here so `--help` stays instant (JAX import is slow), and outside
+    # the `try` below, whose handlers need `train`: an import that fails (a
+    # broken installation, a hidden package: trainer.model.cli_guard) shows its own
+    # traceback instead of being masked by an UnboundLocalError.
     try:
-        # Imported here so `--help` stays instant (JAX import is slow).
         from trainer.training import config as config_lib
         from trainer.training import loop as train
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
+    try:
         config = config_lib.load_config(args.config, args.set)
         if args.print_config:
             print(config_lib.to_json(config))
@@ -62,4 +71,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    cli_guard.protect()
     sys.exit(main())

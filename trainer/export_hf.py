@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from trainer.model import hf_export
+from trainer.model import cli_guard
 from trainer.training import run_lock
 
 
@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="new or empty output directory")
     parser.add_argument("--tokenizer", help="SentencePiece .model to export alongside")
     args = parser.parse_args(argv)
+    from trainer.model import hf_export  # JAX and Orbax: after --help and argument errors
     try:
         run_lock.refuse_if_owned(args.checkpoint, "export it")  # Its export/ is being written.
         result = hf_export.export(args.checkpoint, args.out, args.tokenizer)
@@ -34,4 +35,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    cli_guard.protect()
     sys.exit(main())

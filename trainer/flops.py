@@ -46,10 +46,11 @@ import math
 import sys
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
-from trainer.model import gemma3 as model, model_config, regressors
+# JAX (via the model and regressors) is imported where the counts are made,
+# so that `python -m trainer.flops --help` and its argument errors are instant.
+from trainer.model import model_config
 from trainer.model.errors import ConfigError
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
@@ -82,6 +83,8 @@ def _size(leaf) -> int:
 
 def param_shapes(cfg: model_config.ModelConfig):
     """The model's param tree as ``jax.ShapeDtypeStruct``s (nothing allocated)."""
+    import jax
+    from trainer.model import gemma3 as model
     return jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
 
 
@@ -97,6 +100,8 @@ def param_counts(cfg: model_config.ModelConfig, ht_blocks: int | None = None) ->
       total_params, half_backbone_params (the first ``ht_blocks`` blocks),
       ht_blocks, num_layers, d_model, vocab_size.
     """
+    import jax
+    from trainer.model import gemma3 as model
     shapes = param_shapes(cfg)
     total = model.count_params(shapes, include_embedding=True)
     backbone = model.count_params(shapes, include_embedding=False)
@@ -172,6 +177,7 @@ def model_flops(cfg: model_config.ModelConfig, teacher_d_model: int | None = Non
     counts = param_counts(cfg, ht_blocks)
     d_t = cfg.d_model if teacher_d_model is None else _positive(
         teacher_d_model, "teacher_d_model", integer=True)
+    from trainer.model import regressors
     n_hldc = regressors.regressor_param_count("linear", cfg.d_model, d_t)
     n_hldf = regressors.regressor_param_count("mlp", cfg.d_model, d_t)
     c_data = 6 * counts["backbone_params"] + 6 * cfg.d_model * cfg.vocab_size
@@ -351,6 +357,15 @@ def report(student: str, teacher: str, vocab: int, seq_len: int = 2048,
     return out
 
 
+# One line per FLOPs/token row of the table (the formulas: module docstring).
+_COST_MEANING = {
+    "nll": "6N + 6·d_S·V: the student's backbone and de-embedding",
+    "kd": "= nll: the teacher's signal is read from the store, not computed",
+    "hldc": "kd + the linear regressor W_R (d_S -> d_T)",
+    "ht": "HLDF phase 1: first half of the student + MLP regressor, no de-embedding",
+}
+
+
 def format_table(rep: dict[str, Any]) -> str:
     """Readable text version of ``report``."""
     s, t = rep["student"], rep["teacher"]
@@ -360,9 +375,9 @@ def format_table(rep: dict[str, Any]) -> str:
         lines.append(f"{key:24}{s[key]:>16,}{t[key]:>16,}")
     lines.append(f"regressor params: hldc {rep['regressor_params']['hldc']:,}  "
                  f"hldf {rep['regressor_params']['hldf']:,}")
-    lines.append(f"FLOPs/token (T={rep['seq_len']}):")
+    lines.append(f"FLOPs/token (T={rep['seq_len']}; forward + backward of what each trains):")
     for m, v in rep["flops_per_token"].items():
-        lines.append(f"  {m:6}{v:>20,.0f}")
+        lines.append(f"  {m:6}{v:>20,.0f}  {_COST_MEANING.get(m, '')}")
     lines.append(f"  attention (not in 6N){rep['attention_flops_per_token']:>20,.0f}  "
                  f"({100 * rep['attention_vs_6n']:.1f}% of C_data)")
     for m, plan in rep.get("plans", {}).items():

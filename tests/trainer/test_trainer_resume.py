@@ -45,6 +45,8 @@ def _check_resume(tmp_path, method, steps, kill_at, kill_signal="SIGKILL"):
         assert partial[-1]["step"] == stopped
     resumed = _train(store, tmp_path / "resumed", method, steps)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    restart = kill_at + 1 if kill_signal != "SIGKILL" else kill_at - kill_at % 3  # checkpoint_every
+    assert f"resuming from step {restart} of {steps}" in resumed.stdout
     a = metrics.read_metrics(str(tmp_path / "full"))
     b = metrics.read_metrics(str(tmp_path / "resumed"))
     keys = ("step", "phase", "loss", "grad_norm", "lr", "cumulative_flops")

@@ -1,7 +1,16 @@
 """`python -m trainer.evaluate ...`: see `trainer.evaluate.runner`."""
 import sys
 
-from trainer.evaluate import runner
+from trainer.model import cli_guard
+
+
+def main(argv=None) -> int:
+    """The `hd-evaluate` console script and `python -m trainer.evaluate`."""
+    # Imported after cli_guard.protect() (trainer.model.cli_guard).
+    from trainer.evaluate import runner
+    return runner.main(argv)
+
 
 if __name__ == "__main__":
-    sys.exit(runner.main())
+    cli_guard.protect()
+    sys.exit(main())

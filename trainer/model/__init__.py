@@ -13,6 +13,8 @@
 * ``tokenizer``    — the SentencePiece tokenizer (train, load, describe).
 * ``tiling``       — token tiling: run a function over sequence tiles of [B, T, ...].
 * ``errors``       — ConfigError, ModelInputError, ModelIOError (the JAX side's user errors).
+* ``cli_guard``    — keeps `python -m` entry points from importing a working-directory
+  folder named like our packages (stdlib only; every entry point runs it first).
 
 Imports no other unit of this repository; everything else builds on it.
 """

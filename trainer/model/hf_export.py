@@ -160,12 +160,15 @@ def export(checkpoint: str, out: str, tokenizer: str | None = None) -> dict[str,
     _remove_dead_partials(out)
     try:
         os.makedirs(partial)
-        save_file(hf_layout.hf_tensors(cfg, params), os.path.join(partial, WEIGHTS_FILE),
-                  metadata={"format": "pt"})
         for name, content in {**files, **tok_files}.items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(os.path.join(partial, name), mode) as f:
                 f.write(content if isinstance(content, bytes) else json.dumps(content, indent=2))
+        weights = os.path.join(partial, WEIGHTS_FILE)
+        save_file(hf_layout.hf_tensors(cfg, params), weights, metadata={"format": "pt"})
+        # safetensors writes through a private temporary file (mode 0600); give
+        # the weights the mode every other file got from the user's umask.
+        os.chmod(weights, os.stat(os.path.join(partial, CONFIG_FILE)).st_mode & 0o777)
         if os.path.isdir(out):
             os.rmdir(out)  # Checked empty above.
         os.rename(partial, out)

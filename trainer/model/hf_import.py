@@ -1,11 +1,22 @@
 """Import a Hugging Face Gemma 3 text checkpoint into our model checkpoint format.
 
-    python -m teacher_dump.convert --hf-dir DIR --out CKPT [--overwrite]
+    python -m teacher_dump.convert --hf-dir DIR --out CKPT [--tokenizer SP_MODEL]
+        [--keep-vocab] [--overwrite]
 
 DIR holds `config.json` and `*.safetensors` of a `Gemma3ForCausalLM` (or the
 text half of a `Gemma3ForConditionalGeneration`). Tensors are read with
 `safetensors` in numpy (no torch), cast to fp32, re-laid out to the stacked
 param tree of `trainer.model` and written with `trainer.model.model_io.save_model`.
+
+The checkpoint's tokenizer (DIR/tokenizer.model, the SentencePiece model Hugging
+Face Gemma 3 repositories ship, or --tokenizer) is copied to CKPT/tokenizer.model
+and its sha256 recorded in the metadata, so the dump and evaluation refuse any
+other tokenizer, even one of the same size. Gemma 3's embedding has more rows
+(262,208) than its tokenizer has pieces (262,144): rows no text can produce.
+They are dropped (V becomes the tokenizer's size, recorded as
+"vocab_trimmed_from"), so that the teacher, its store and the students share one
+vocabulary; their share of the teacher's softmax is gone from it (--keep-vocab
+keeps them, and then the dump needs a tokenizer of the embedding's size).
 
 Every HF feature our model does not implement (bias, soft-capping,
 bidirectional attention, untied head, a non-periodic layer pattern, a RoPE type
@@ -23,9 +34,12 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from trainer.model import hf_layout
-from trainer.model import model_io
+from trainer.model import tokenizer as tokenizer_lib
 from trainer.model.model_config import ModelConfig
+
+# The SentencePiece model a Hugging Face Gemma 3 repository ships, and where the
+# converted checkpoint keeps its copy.
+TOKENIZER_FILE = "tokenizer.model"
 
 # Gemma3TextConfig defaults (transformers 5.x): hub configs omit fields equal to them.
 _HF_DEFAULTS: dict[str, Any] = {
@@ -167,16 +181,48 @@ def load_hf_params(hf_dir, cfg: ModelConfig) -> dict[str, Any]:
     The names and layouts come from `trainer.model.hf_layout`, the table the export
     (`trainer.model.hf_export`) writes with.
     """
+    from trainer.model import hf_layout  # imports JAX: not for `--help`
     return hf_layout.params_from_hf(cfg, _TensorSource(pathlib.Path(hf_dir)).get)
 
 
-def convert(hf_dir, out, overwrite: bool = False) -> str:
+def _read_tokenizer(path: pathlib.Path) -> tuple[bytes, dict[str, Any]]:
+    try:
+        model_bytes = path.read_bytes()
+        return model_bytes, tokenizer_lib.info_from_bytes(model_bytes, str(path))
+    except (OSError, tokenizer_lib.TokenizerError) as e:
+        raise ConvertError(f"cannot read tokenizer {path} ({e}); pass --tokenizer with the "
+                           f"checkpoint's SentencePiece tokenizer.model") from None
+
+
+def _fit_vocab(cfg: ModelConfig, params: dict[str, Any], pieces: int, keep_vocab: bool,
+               tok_name: str) -> tuple[ModelConfig, dict[str, Any], int | None]:
+    """Drops the embedding rows past the tokenizer's pieces (see the module docstring).
+
+    Returns:
+        (cfg, params, the original vocab_size if rows were dropped else None).
+    """
+    if pieces == cfg.vocab_size or keep_vocab:
+        return cfg, params, None
+    if pieces > cfg.vocab_size:
+        raise ConvertError(f"tokenizer {tok_name} has {pieces} pieces but the checkpoint's "
+                           f"embedding only {cfg.vocab_size} rows; pass the tokenizer of this "
+                           f"checkpoint")
+    params = dict(params, embedding=params["embedding"][:pieces])
+    return cfg.replace(vocab_size=pieces), params, cfg.vocab_size
+
+
+def convert(hf_dir, out, overwrite: bool = False, tokenizer=None,
+            keep_vocab: bool = False) -> str:
     """Converts an HF Gemma 3 text checkpoint directory into a model checkpoint.
 
     Args:
-        hf_dir: directory with config.json and *.safetensors.
+        hf_dir: directory with config.json and *.safetensors (and usually
+            tokenizer.model).
         out: output checkpoint path (see trainer.model.model_io).
         overwrite: replace an existing checkpoint at `out`.
+        tokenizer: the checkpoint's SentencePiece model; None: hf_dir's
+            tokenizer.model when there is one.
+        keep_vocab: keep embedding rows past the tokenizer's pieces.
 
     Returns:
         The params fingerprint of the written checkpoint.
@@ -184,6 +230,7 @@ def convert(hf_dir, out, overwrite: bool = False) -> str:
     Raises:
         ConvertError / model_io.ModelIOError: bad input, with the fix in the message.
     """
+    from trainer.model import model_io  # JAX and Orbax: only once there is work to do
     hf_dir = pathlib.Path(hf_dir)
     config_path = hf_dir / "config.json"
     try:
@@ -192,14 +239,28 @@ def convert(hf_dir, out, overwrite: bool = False) -> str:
         raise ConvertError(f"cannot read {config_path} ({e}); pass --hf-dir pointing at a "
                            f"save_pretrained directory") from None
     cfg = model_config_from_hf(hf, name=f"hf:{hf_dir.name}")
+    tok_path = pathlib.Path(tokenizer) if tokenizer else hf_dir / TOKENIZER_FILE
+    tok = _read_tokenizer(tok_path) if tokenizer or tok_path.exists() else None
     params = load_hf_params(hf_dir, cfg)
     metadata = {"source": "huggingface", "hf_dir": str(hf_dir.resolve()),
                 "hf_architectures": hf.get("architectures", [])}
-    return model_io.save_model(out, cfg, params, metadata, overwrite=overwrite)
+    if tok is not None:
+        cfg, params, trimmed_from = _fit_vocab(cfg, params, tok[1]["vocab_size"], keep_vocab,
+                                               str(tok_path))
+        # What the dump (pipelines.plan) and tokenizer.check_matches compare against.
+        metadata.update(tokenizer_sha256=tok[1]["sha256"], tokenizer=tok[1])
+        if trimmed_from is not None:
+            metadata["vocab_trimmed_from"] = trimmed_from
+    fp = model_io.save_model(out, cfg, params, metadata, overwrite=overwrite)
+    if tok is not None:
+        # After the checkpoint (save_model empties `out` first); metadata.json
+        # holds its sha256, so a damaged copy is refused where it is used.
+        (model_io.resolve_path(out) / TOKENIZER_FILE).write_bytes(tok[0])
+    return fp
 
 
 def main(argv=None) -> int:
-    """CLI: python -m teacher_dump.convert --hf-dir DIR --out CKPT [--overwrite]."""
+    """CLI: python -m teacher_dump.convert --hf-dir DIR --out CKPT [--tokenizer SP] [--overwrite]."""
     parser = argparse.ArgumentParser(prog="python -m teacher_dump.convert",
                                      description="Convert a Hugging Face Gemma 3 text "
                                                  "checkpoint to a model checkpoint.")
@@ -207,17 +268,39 @@ def main(argv=None) -> int:
                                                         "(relative to the current directory)")
     parser.add_argument("--out", required=True, help="output model checkpoint directory "
                                                      "(relative to the current directory)")
+    parser.add_argument("--tokenizer", help="the checkpoint's SentencePiece model (default: "
+                                            "HF_DIR/tokenizer.model when present); copied to "
+                                            "OUT/tokenizer.model, its sha256 recorded")
+    parser.add_argument("--keep-vocab", action="store_true",
+                        help="keep embedding rows past the tokenizer's pieces (default: drop "
+                             "them, so teacher, store and students share the tokenizer's V)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    from trainer.model import model_io  # after argument parsing: --help needs no JAX
     try:
-        fp = convert(args.hf_dir, args.out, overwrite=args.overwrite)
+        fp = convert(args.hf_dir, args.out, overwrite=args.overwrite, tokenizer=args.tokenizer,
+                     keep_vocab=args.keep_vocab)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # model_io resolved a relative --out against the current directory; say where it went.
-    print(json.dumps({"out": str(model_io.resolve_path(args.out)), "fingerprint": fp}))
+    out = model_io.resolve_path(args.out)
+    metadata = json.loads((out / "metadata.json").read_text())
+    result = {"out": str(out), "fingerprint": fp, "tokenizer": None}
+    if "tokenizer_sha256" in metadata:
+        result["tokenizer"] = str(out / TOKENIZER_FILE)
+        result["tokenizer_sha256"] = metadata["tokenizer_sha256"]
+        if "vocab_trimmed_from" in metadata:
+            result["vocab_trimmed_from"] = metadata["vocab_trimmed_from"]
+    else:
+        print(f"warning: {args.hf_dir} has no {TOKENIZER_FILE} and no --tokenizer was given: the "
+              "checkpoint records no tokenizer, so nothing can check that the dump uses the "
+              "right one; pass --tokenizer", file=sys.stderr)
+    print(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
+    from trainer.model import cli_guard
+    cli_guard.protect()
     sys.exit(main())

@@ -290,6 +290,9 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh) -> dict:
     latest = ckpt.latest_step()
     if latest is not None:
         meta = ckpt.restore_meta(latest)
+        if jax.process_index() == 0 and meta["global_step"] < total_steps:
+            print(f"resuming from step {meta['global_step']} of {total_steps} (checkpoint in "
+                  f"{ckpt.directory})", flush=True)
     final_path = os.path.join(run_dir, "final.json")
     if meta["global_step"] == total_steps and os.path.exists(final_path):
         # Already finished (e.g. a re-run sweep point): nothing to train or export.
