@@ -115,12 +115,23 @@ def teacher(ctx: Context) -> None:
               ctx.size.teacher_budget)
 
 
-def teacher_dump_args(ctx: Context, store: str, k: int) -> list[str]:
-    """`pipelines.dump` argv: the teacher's signal for the dump subset into `store`."""
-    return [*_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), store),
-            "--teacher", ctx.path("runs", "teacher", "export"),
+def teacher_dump_args(ctx: Context, store: str, k: int, samples: int = 0,
+                      teacher_run: str = "teacher") -> list[str]:
+    """`pipelines.dump` argv: the teacher's signal for the dump subset into `store`.
+
+    Args:
+        ctx: the demo context.
+        store: the store path to write.
+        k: stored top-k width (0: no top-k).
+        samples: sampled draws per position (`--samples`; 0: none).
+        teacher_run: the teacher's run directory under OUT/runs (bench/teacher_ladder.py
+            dumps teachers of several budgets).
+    """
+    args = [*_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), store),
+            "--teacher", ctx.path("runs", teacher_run, "export"),
             # Teacher-only flags (a tokens-only dump refuses them).
             "--k", str(k), "--batch-size", str(ctx.size.dump_batch_size)]
+    return args + (["--samples", str(samples)] if samples else [])
 
 
 def dump(ctx: Context) -> None:
