@@ -37,6 +37,7 @@ from trainer.training import (
     checkpoint, config as config_lib, data, decode, distributed, methods, metrics, sharding,
     state as train_state, store_align,
 )
+from trainer.training import hidden_share
 from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
 from trainer.model import gemma3 as model, model_config, model_io
@@ -231,6 +232,7 @@ def run(config) -> dict:
         TrainingDivergedError: NaN/Inf loss (the last good checkpoint is kept).
         TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is saved).
     """
+    started = time.time()  # final.json's wall_s: this invocation, compiles and export included.
     config_lib.resolve_paths(config)  # Idempotent; configs built in code may be relative.
     config_lib.validate(config)
     distributed.initialize(config.distributed, config.distributed_heartbeat_s,
@@ -271,6 +273,7 @@ def run(config) -> dict:
     latest = ckpt.latest_step()
     if latest is not None:
         meta = ckpt.restore_meta(latest)
+    resumed_from = meta["global_step"]
     final_path = os.path.join(run_dir, "final.json")
     if meta["global_step"] == total_steps and os.path.exists(final_path):
         # Already finished (e.g. a re-run sweep point): nothing to train or export.
@@ -325,7 +328,9 @@ def run(config) -> dict:
     host_params = (multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1
                    else jax.device_get(params))
     summary = {"method": config.method, "global_step": meta["global_step"],
-               "cumulative_flops": meta["cumulative_flops"], **last}
+               "cumulative_flops": meta["cumulative_flops"], **last,
+               # A resumed run counts from its resume (resumed_from_step > 0).
+               "resumed_from_step": resumed_from, "wall_s": None}
     if jax.process_index() == 0:
         # overwrite: the export is derived from the final checkpoint, so a
         # half-written one (a failed or killed export) is simply written again.
@@ -339,6 +344,7 @@ def run(config) -> dict:
                                       # tokenizer this model was not trained with.
                                       "tokenizer_sha256": reader.schema.tokenizer.get("sha256", "")},
                             overwrite=True)
+        summary["wall_s"] = round(time.time() - started, 1)
         with open(final_path, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return summary
@@ -351,6 +357,7 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
     good_step = ckpt.latest_step()
     flops_per_step = plan.flops_per_token * tokens_per_step
     last = {}
+    shares = hidden_share.ShareLog(config, runner)  # HLDC/HLDF: what the hidden term weighs.
     timer_start, timer_steps = None, 0
     while phase_step < plan.num_steps:
         batch = runner.put_batch(next(iterator))
@@ -385,6 +392,7 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
                 record["mfu"] = metrics.mfu(plan.flops_per_token, rate,
                                             config.peak_flops_per_device, num_devices)
             writer.write(global_step, record)
+            shares.observe(global_step, values, state, batch)
             last = record
             if save:
                 ckpt.save(global_step, state, iterator.get_state(), meta)
