@@ -15,8 +15,10 @@ at every α in `--alphas` train at the demo's student budget, next to NLL
 students (no teacher), `--seeds` seeds each; every student is scored on every
 held-out row.
 
-Pieces run seed-major (every teacher, then all of seed 0, then seed 1, ...),
-so a ladder cut short still has one complete seed. Each finished piece is
+Pieces run seed-major, and within seed 0 teacher by teacher in the order
+of --budgets (the teacher, then its students), so a ladder cut short is
+still a ladder: complete rows for the teachers it reached, one seed. The
+table and plot sort teachers by budget whatever the run order. Each finished piece is
 recorded in OUT/teacher_ladder.json with its wall time, UTC time and git sha;
 a rerun skips recorded pieces (and the trainer/dump resume an interrupted
 one), so the ladder can run in pieces. Prints a markdown table and writes
@@ -55,13 +57,20 @@ def student_run(budget: float | None, alpha: float | None, seed: int) -> str:
 
 
 def plan(budgets: list[float], alphas: list[float], seeds: int) -> list[tuple]:
-    """The pieces in run order: teachers first, then seed-major students.
+    """The pieces in run order, so that a ladder cut short is still a ladder.
+
+    Seed 0 first: per teacher in the order of `budgets` (e.g. the most telling
+    first) the teacher and its KD students at every α, with NLL after the first teacher
+    (it reads the tokens of that teacher's store: every store holds the same
+    rows); then the other seeds.
 
     Returns:
         [("teacher", budget) | ("nll", seed) | ("kd", budget, alpha, seed)].
     """
-    pieces = [("teacher", b) for b in budgets]
-    for seed in range(seeds):
+    pieces = []
+    for b in budgets:
+        pieces += [("teacher", b)] + [("nll", 0)] * (b == budgets[0]) + [("kd", b, a, 0) for a in alphas]
+    for seed in range(1, seeds):
         pieces.append(("nll", seed))
         pieces += [("kd", b, a, seed) for b in budgets for a in alphas]
     return pieces
@@ -87,8 +96,12 @@ def _heldout(ctx, run: str) -> tuple[float, int | None]:
     return ev["log_ppl"], ev.get("n")
 
 
-def run_piece(ctx, piece: tuple, signal: str, samples: int) -> dict:
-    """Runs one piece (train [+ dump] + score); returns what the ladder records of it."""
+def run_piece(ctx, piece: tuple, signal: str, samples: int, nll_store: str) -> dict:
+    """Runs one piece (train [+ dump] + score); returns what the ladder records of it.
+
+    `nll_store` is the store NLL students read (tokens only: the same rows as every
+    teacher's store, so they see the same data as the KD students).
+    """
     if piece[0] == "teacher":
         budget = piece[1]
         name, store = teacher_run(budget), ctx.path("stores", teacher_run(budget))
@@ -102,8 +115,7 @@ def run_piece(ctx, piece: tuple, signal: str, samples: int) -> dict:
         return {"kind": "teacher", "budget": budget, "flops": budget * ctx.size.teacher_budget,
                 "store": store, "log_ppl": log_ppl, "heldout_rows": n}
     if piece[0] == "nll":
-        seed, budget, alpha, method, sets = piece[1], None, None, "nll", []
-        store = ctx.path("stores", teacher_run(1.0))  # NLL reads only the tokens.
+        seed, budget, alpha, method, sets, store = piece[1], None, None, "nll", [], nll_store
     else:
         _, budget, alpha, seed = piece
         method, store = "kd", ctx.path("stores", teacher_run(budget))
@@ -137,7 +149,7 @@ def summarise(pieces: dict, budgets: list[float], alphas: list[float]) -> dict:
 
     nll = stats([p["log_ppl"] for p in pieces.values() if p["kind"] == "nll"])
     teachers = []
-    for b in budgets:
+    for b in sorted(budgets):
         t = pieces.get(teacher_run(b))
         row = {"budget": b, "log_ppl": t["log_ppl"] if t else None, "kd": {}}
         for a in alphas:
@@ -261,7 +273,8 @@ def run_ladder(size_name: str, out_dir: str, budgets: list[float], alphas: list[
             continue
         print(f"[teacher_ladder] {key} ({time.time() - t_start:.0f}s elapsed)", flush=True)
         t0 = time.time()
-        result = run_piece(ctx, piece, signal, samples)
+        result = run_piece(ctx, piece, signal, samples,
+                           nll_store=ctx.path("stores", teacher_run(budgets[0])))
         result.update(wall_s=round(time.time() - t0, 1), git_sha=_git_sha(),
                       finished=datetime.datetime.now(datetime.timezone.utc).isoformat())
         state["pieces"][key] = result
