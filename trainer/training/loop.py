@@ -80,6 +80,8 @@ def open_store(config) -> StoreReader:
         store_align.apply_geometry(config, reader.schema,
                                    needs_topk=any(p.kd_term for p in phases),
                                    needs_hidden=any(p.hidden_term for p in phases))
+        if any(p.kd_term for p in phases) and jax.process_index() == 0:
+            print(f"data.from_store: {store_align.signal_choice(config, reader.schema)}", flush=True)
     return reader
 
 
