@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/teacher_ladder.py [--size cpu|ci] [--budgets 0.25,0.5,1,2]
         [--alphas 0.2,0.5,0.7] [--seeds 2] [--signal sampled|topk] [--samples 12]
-        [--out bench/results/teacher_ladder_<size>]
+        [--out bench/results/teacher_ladder_<size>] [--report-only]
 
 The question (arXiv 2605.23857): with the right mixing weight α, does a
 *weaker* teacher still help a student, and where does it stop helping? The
@@ -240,8 +240,12 @@ def _parse_floats(text: str, flag: str) -> list[float]:
 
 
 def run_ladder(size_name: str, out_dir: str, budgets: list[float], alphas: list[float], seeds: int,
-               signal: str = "sampled", samples: int = 12) -> dict:
-    """Runs (or resumes) the ladder; returns the state written to OUT/teacher_ladder.json."""
+               signal: str = "sampled", samples: int = 12, report_only: bool = False) -> dict:
+    """Runs (or resumes) the ladder; returns the state written to OUT/teacher_ladder.json.
+
+    report_only: run nothing; table, plot and JSON summary from the pieces recorded so far
+    (a ladder stopped part-way, or still running in another process).
+    """
     if signal not in SIGNALS:
         raise ValueError(f"--signal {signal!r}: use one of {list(SIGNALS)}")
     if seeds < 1:
@@ -254,7 +258,10 @@ def run_ladder(size_name: str, out_dir: str, budgets: list[float], alphas: list[
     out_dir = os.path.abspath(out_dir)
     json_path = os.path.join(out_dir, "teacher_ladder.json")
     t_start = time.time()
-    demo.run_demo(size_name, out_dir, until="teacher")
+    if report_only and not os.path.exists(json_path):
+        raise ValueError(f"--report-only: {json_path} does not exist; run the ladder first")
+    if not report_only:
+        demo.run_demo(size_name, out_dir, until="teacher")
     ctx = demo_stages.Context(size=size, out=out_dir)
     state = {"pieces": {}}
     if os.path.exists(json_path):
@@ -266,7 +273,7 @@ def run_ladder(size_name: str, out_dir: str, budgets: list[float], alphas: list[
         raise ValueError(f"{json_path} was made with {state['settings']}, not {settings}; "
                          f"use another --out or the same settings")
     state["settings"] = settings
-    for piece in plan(budgets, alphas, seeds):
+    for piece in [] if report_only else plan(budgets, alphas, seeds):
         key = piece_key(piece)
         if key in state["pieces"]:
             print(f"[teacher_ladder] {key}: done earlier, skipped", flush=True)
@@ -301,6 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=12, help="sampled draws per position in each dump")
     p.add_argument("--out", default=None, help="output directory (resumable; default "
                    "bench/results/teacher_ladder_<size>)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: summarise the pieces recorded in OUT so far")
     args = p.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"teacher_ladder_{args.size}")
@@ -308,7 +317,8 @@ def main(argv=None) -> int:
         get_size(args.size)
         budgets = _parse_floats(args.budgets, "--budgets")
         alphas = _parse_floats(args.alphas, "--alphas")
-        state = run_ladder(args.size, out, budgets, alphas, args.seeds, args.signal, args.samples)
+        state = run_ladder(args.size, out, budgets, alphas, args.seeds, args.signal, args.samples,
+                           args.report_only)
     except ValueError as e:
         print(f"teacher_ladder: {e}", file=sys.stderr)
         return 2
