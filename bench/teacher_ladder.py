@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scripts import demo, demo_results, demo_stages  # noqa: E402
 from scripts.demo_sizes import get_size  # noqa: E402
+from trainer.training import config as config_lib  # noqa: E402
 
 SIGNALS = ("sampled", "topk")
 
@@ -56,24 +57,60 @@ def student_run(budget: float | None, alpha: float | None, seed: int) -> str:
     return f"ladder_t{budget:g}_a{alpha:g}_s{seed}"
 
 
-def plan(budgets: list[float], alphas: list[float], seeds: int) -> list[tuple]:
+def plan(budgets: list[float], alphas: list[float], seeds: int, late=frozenset()) -> list[tuple]:
     """The pieces in run order, so that a ladder cut short is still a ladder.
 
     Seed 0 first: per teacher in the order of `budgets` (e.g. the most telling
     first) the teacher and its KD students at every α, with NLL after the first teacher
     (it reads the tokens of that teacher's store: every store holds the same
-    rows); then the other seeds.
+    rows); then the other seeds. Pieces in `late` (the ones the demo's own runs
+    may provide, see `demo_twin`) move to the end of their seed, so a demo
+    running beside the ladder has had time to finish them.
 
     Returns:
         [("teacher", budget) | ("nll", seed) | ("kd", budget, alpha, seed)].
     """
-    pieces = []
-    for b in budgets:
-        pieces += [("teacher", b)] + [("nll", 0)] * (b == budgets[0]) + [("kd", b, a, 0) for a in alphas]
-    for seed in range(1, seeds):
-        pieces.append(("nll", seed))
-        pieces += [("kd", b, a, seed) for b in budgets for a in alphas]
-    return pieces
+    per_seed = []
+    for seed in range(seeds):
+        pieces = []
+        for b in budgets:
+            pieces += [("teacher", b)] * (seed == 0) + [("nll", seed)] * (b == budgets[0])
+            pieces += [("kd", b, a, seed) for a in alphas]
+        per_seed.append([p for p in pieces if p not in late] + [p for p in pieces if p in late])
+    return [p for pieces in per_seed for p in pieces]
+
+
+def demo_twin(ctx, piece: tuple, signal: str, samples: int) -> str | None:
+    """The demo's own finished student run (OUT/runs/nll_sS or kd_sS) that *is* this piece.
+
+    The 1× teacher is the demo's and its store holds the same bytes as the demo's
+    store (same dump command), so the demo's NLL students, and its KD students at the
+    demo config's α and signal, are the ladder's pieces trained under another name.
+    Their config.json is checked field by field (method, seed, budget, model, α,
+    signal, S), never assumed; None when the demo has not finished such a run.
+    """
+    if piece[0] == "nll":
+        name, want = f"nll_s{piece[1]}", {"method": "nll", "seed": piece[1]}
+    elif piece[0] == "kd" and piece[1] == 1:
+        name = f"kd_s{piece[3]}"
+        want = {"method": "kd", "seed": piece[3], "loss.alpha": piece[2], "loss.signal": signal}
+        if signal == "sampled":
+            want["data.samples"] = samples
+    else:
+        return None
+    run_dir = ctx.path("runs", name)
+    if not all(os.path.exists(os.path.join(run_dir, f)) for f in ("final.json", "eval.json", "config.json")):
+        return None
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    want.update({"budget.value": ctx.size.student_budget, "model.name": ctx.models["student"]})
+
+    def get(dotted):
+        node = config
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+    return name if all(get(k) == v for k, v in want.items()) else None
 
 
 def piece_key(piece: tuple) -> str:
@@ -273,15 +310,25 @@ def run_ladder(size_name: str, out_dir: str, budgets: list[float], alphas: list[
         raise ValueError(f"{json_path} was made with {state['settings']}, not {settings}; "
                          f"use another --out or the same settings")
     state["settings"] = settings
-    for piece in [] if report_only else plan(budgets, alphas, seeds):
+    demo_loss = config_lib.load_config(f"{size.config}:kd").loss
+    late = {p for p in plan(budgets, alphas, seeds) if p[0] == "nll" or (
+        p[0] == "kd" and p[1] == 1 and p[2] == demo_loss.alpha and signal == demo_loss.signal)}
+    for piece in [] if report_only else plan(budgets, alphas, seeds, frozenset(late)):
         key = piece_key(piece)
         if key in state["pieces"]:
             print(f"[teacher_ladder] {key}: done earlier, skipped", flush=True)
             continue
-        print(f"[teacher_ladder] {key} ({time.time() - t_start:.0f}s elapsed)", flush=True)
         t0 = time.time()
-        result = run_piece(ctx, piece, signal, samples,
-                           nll_store=ctx.path("stores", teacher_run(budgets[0])))
+        twin = demo_twin(ctx, piece, signal, samples)
+        if twin is not None:
+            print(f"[teacher_ladder] {key}: the demo's run {twin} (same settings)", flush=True)
+            result = {"kind": piece[0], "teacher_budget": None if piece[0] == "nll" else 1.0,
+                      "alpha": None if piece[0] == "nll" else piece[2], "seed": piece[-1],
+                      "log_ppl": _heldout(ctx, twin)[0], "demo_run": twin}
+        else:
+            print(f"[teacher_ladder] {key} ({time.time() - t_start:.0f}s elapsed)", flush=True)
+            result = run_piece(ctx, piece, signal, samples,
+                               nll_store=ctx.path("stores", teacher_run(budgets[0])))
         result.update(wall_s=round(time.time() - t0, 1), git_sha=_git_sha(),
                       finished=datetime.datetime.now(datetime.timezone.utc).isoformat())
         state["pieces"][key] = result

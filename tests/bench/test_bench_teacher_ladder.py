@@ -89,7 +89,8 @@ def test_ladder_end_to_end_with_faked_stages_resumes_and_refuses_other_settings(
     state = bench.run_ladder("ci", str(tmp_path), [0.5, 1.0], [0.7], seeds=1)
     trained = [c[1].rsplit("/", 1)[1] for c in fake.calls if c[0] == "train"]
     # The 1× teacher is the demo's (trained by demo.run_demo), never retrained here.
-    assert trained == ["teacher_x0.5", "ladder_nll_s0", "ladder_t0.5_a0.7_s0", "ladder_t1_a0.7_s0"]
+    # NLL and 1× at the demo's α go last (the demo may have trained them meanwhile).
+    assert trained == ["teacher_x0.5", "ladder_t0.5_a0.7_s0", "ladder_nll_s0", "ladder_t1_a0.7_s0"]
     dumps = [c for c in fake.calls if c[0] == "dump"]
     assert [d[1].rsplit("/", 1)[1] for d in dumps] == ["teacher_x0.5", "teacher"]
     assert all(d[2] == "12" for d in dumps)  # top-k and 12 sampled logits in each store
@@ -132,3 +133,29 @@ def test_real_ladder_at_ci_size(tmp_path):
     saved = json.loads((tmp_path / "teacher_ladder.json").read_text())
     assert len(saved["pieces"]) == 5
     assert all(p["log_ppl"] > 0 for p in saved["pieces"].values())
+
+
+def _demo_run(out, name, seed, **loss):
+    run = out / "runs" / name
+    run.mkdir(parents=True)
+    cfg = {"method": name.split("_")[0], "seed": seed, "budget": {"value": 5e9},
+           "model": {"name": "demo-student"}, "loss": {"alpha": 0.7, "signal": "sampled", **loss},
+           "data": {"samples": 12}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "final.json").write_text("{}")
+    (run / "eval.json").write_text("{}")
+
+
+def test_demo_runs_with_the_same_settings_are_reused_not_retrained(tmp_path, monkeypatch):
+    bench = _bench()
+    _demo_run(tmp_path, "nll_s0", 0)
+    _demo_run(tmp_path, "kd_s0", 0, alpha=0.5)  # another α than the ladder's piece: not a twin
+    values = {"teacher_x0.5": 4.8, "teacher": 4.25, "nll_s0": 4.51,
+              "ladder_t0.5_a0.7_s0": 4.6, "ladder_t1_a0.7_s0": 4.4}
+    fake = _Fake(bench, monkeypatch, values)
+    state = bench.run_ladder("ci", str(tmp_path), [0.5, 1.0], [0.7], seeds=1)
+    trained = [c[1].rsplit("/", 1)[1] for c in fake.calls if c[0] == "train"]
+    assert trained == ["teacher_x0.5", "ladder_t0.5_a0.7_s0", "ladder_t1_a0.7_s0"]
+    nll = state["pieces"]["ladder_nll_s0"]
+    assert nll["demo_run"] == "nll_s0" and nll["log_ppl"] == 4.51
+    assert "demo_run" not in state["pieces"]["ladder_t1_a0.7_s0"]
