@@ -11,7 +11,8 @@
 * ``state``, ``checkpoint`` — the train state and its Orbax checkpoints.
 * ``metrics``    — metrics.jsonl / TensorBoard writing and reading.
 * ``loop``       — ``run(config)``: the training loop (``python -m trainer``);
-  ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop.
+  ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop; ``hidden_share`` — the HLD
+  term's printed share of the loss and gradient.
 
 Builds on ``trainer.model``, ``trainer.flops`` and ``store``.
 """
