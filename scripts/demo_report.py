@@ -141,10 +141,11 @@ def _penalty_lines(results: dict) -> list[str]:
     if not students:
         return []
     lines = [f"- Objective penalty (`store stats --alpha --tau --tail`; the trainer prints it "
-             f"too): with the students' loss (α={students['alpha']:g}, τ={students['tau']:g}, "
+             f"too): with the top-k students' loss (α={students['alpha']:g}, τ={students['tau']:g}, "
              f"tail=`{students['tail']}`) a perfect student of the KD loss would be "
              f"{students['penalty_nats']:.4f} nats/token worse than the teacher (warning "
-             f"threshold {students['threshold_nats']:g})."]
+             f"threshold {students['threshold_nats']:g}); the sampled signal's KD term is "
+             "unbiased, so its penalty is exactly 0."]
     if old:
         lines.append(f"  For contrast, the old defaults α=0.9, tail=`zero` on this store "
                      f"(top-k holds {100 * coverage.get('mean', float('nan')):.0f}% of the "
