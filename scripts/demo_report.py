@@ -169,7 +169,7 @@ def _signal_lines(results: dict) -> list[str]:
             f"{'better' if c['delta'] < 0 else 'worse'} by {abs(c['delta']):.4f} nats, "
             + ("more than" if c["beyond_spread"] else "NOT more than")
             + f" the larger seed spread ({c['bar']:.4f}). The sampled estimate of the KL is "
-            "unbiased; top-k truncation is not (DESIGN: arXiv 2503.16870)."]
+            "unbiased; top-k truncation is not (arXiv 2503.16870)."]
 
 
 def _share_sentence(method: str, run: dict) -> str:

@@ -15,8 +15,8 @@ and keeps the same numbers in RUN_DIR/hidden_share.json (the demo report reads
 it). The gradient share ‖∇θ γ·L_emb‖ / ‖∇θ L‖ is over the student's own
 parameters θ (the regressor's gradient is all hidden term, so counting it
 would say nothing), and is computed at the first logged step only, by a
-separate jitted function (one more compile, one forward and two backward
-passes): not a per-step cost. HLDF phase 1 trains on L_HT alone, so its
+separate jitted function (one more compile, two gradient passes): not a
+per-step cost. HLDF phase 1 trains on L_HT alone, so its
 share is 1 by construction (printed, not computed); phase 2 has no hidden
 term.
 """
@@ -44,13 +44,16 @@ def make_grad_norms_fn(runner):
     plan, phase = runner.plan, runner.plan.phase
 
     def grad_norms(state, batch):
-        def terms(params):
+        def term(params, hidden_only: bool):
             loss, step_metrics = methods.loss_fn(
                 params, state.regressor, batch, state.step, phase=phase, config=runner.config,
                 model_cfg=runner.model_cfg, num_steps=plan.num_steps, encoding=runner.encoding)
-            return loss, phase.hidden_weight * step_metrics["hidden_mse"]
+            return phase.hidden_weight * step_metrics["hidden_mse"] if hidden_only else loss
 
-        g_total, g_hidden = jax.jacrev(terms)(state.params)
+        # Two plain gradients, not one jacrev: a vmapped backward would hold two sets of
+        # cotangents at once, and this must fit wherever the train step fits.
+        g_hidden = jax.grad(lambda p: term(p, True))(state.params)
+        g_total = jax.grad(lambda p: term(p, False))(state.params)
         return _norm(g_hidden), _norm(g_total)
 
     return jax.jit(grad_norms)
@@ -100,13 +103,19 @@ class ShareLog:
         self.remaining = LOGGED_STEPS - len(done) if self.phase.hidden_term else 0
         self.grad_fn = None
 
-    def observe(self, global_step: int, values: dict, state, batch) -> None:
-        """Records (and prints) the share at a logged step, until LOGGED_STEPS are done."""
+    def observe(self, global_step: int, values: dict, state, batch) -> bool:
+        """Records (and prints) the share at a logged step, until LOGGED_STEPS are done.
+
+        Returns:
+            True when it computed the gradient shares (a compile and two gradient
+            passes the caller keeps out of its tokens/s measurement).
+        """
         if self.remaining <= 0:
-            return
+            return False
         record = {"phase": self.phase.index, "step": global_step, **loss_share(self.phase, values)}
         first = not any(r["phase"] == self.phase.index for r in self.state["records"])
-        if first and (self.phase.kd_term or self.phase.data_term):
+        grads = first and (self.phase.kd_term or self.phase.data_term)
+        if grads:
             # Every process takes part (the arrays are global); process 0 reports.
             self.grad_fn = self.grad_fn or make_grad_norms_fn(self.runner)
             hidden, total = (float(v) for v in jax.device_get(self.grad_fn(state, batch)))
@@ -120,3 +129,4 @@ class ShareLog:
                   flush=True)
             with open(self.path, "w", encoding="utf-8") as f:
                 json.dump(self.state, f, indent=1)
+        return grads

@@ -394,7 +394,8 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
                 record["mfu"] = metrics.mfu(plan.flops_per_token, rate,
                                             config.peak_flops_per_device, num_devices)
             writer.write(global_step, record)
-            shares.observe(global_step, values, state, batch)
+            if shares.observe(global_step, values, state, batch):  # Its compile: not in tokens/s.
+                timer_start, timer_steps = time.perf_counter(), 0
             last = record
             if save:
                 ckpt.save(global_step, state, iterator.get_state(), meta)
