@@ -114,6 +114,7 @@ def demo_twin(ctx, piece: tuple, signal: str, samples: int) -> str | None:
 
 
 def piece_key(piece: tuple) -> str:
+    """The name a piece is recorded under in teacher_ladder.json (its run directory's name)."""
     if piece[0] == "teacher":
         return teacher_run(piece[1])
     if piece[0] == "nll":
