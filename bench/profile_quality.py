@@ -76,7 +76,7 @@ def store_k(ctx, profile: ProfileRun) -> int:
 
 def student_sets(ctx, profile: ProfileRun) -> list[str]:
     """Trainer overrides that point a student at this store's logit signal."""
-    sets = [f"data.k={store_k(ctx, profile)}"]
+    sets = [f"data.k={store_k(ctx, profile)}", "loss.signal=topk"]  # The demo's default is sampled.
     if not profile.topk:  # KD reads the sampled logits (trainer.training.sampled_kd).
         sets += ["loss.signal=sampled", f"data.samples={profile.samples}"]
     return sets

@@ -12,7 +12,8 @@ rerun skips finished stages):
   teacher    python -m trainer (NLL pre-training of the teacher)
   dump       python -m pipelines.dump with the teacher → teacher-signal store
   inspect    python -m store inspect / verify
-  students   python -m trainer, NLL / KD (2 seeds each) / HLDC / HLDF at one FLOPs budget
+  students   python -m trainer, NLL / KD from 12 sampled logits / KD from top-k (2 seeds
+             each) / HLDC / HLDF at one FLOPs budget
   evaluate   python -m trainer.evaluate (held-out log-ppl on every row, downstream tasks)
   report     python -m trainer.report + OUT/report.md + OUT/results.json
 

@@ -16,8 +16,12 @@ from scripts.demo_results import TASKS
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"teacher": "#555555", "nll": "#1f77b4", "kd": "#ff7f0e", "hldc": "#2ca02c",
-          "hldf": "#d62728"}
+COLORS = {"teacher": "#555555", "nll": "#1f77b4", "kd": "#ff7f0e", "kd_topk": "#e6b85c",
+          "hldc": "#2ca02c", "hldf": "#d62728"}
+LABELS = {"teacher": "teacher", "kd_topk": "KD top-k"}
+# Below this share of the loss the hidden term cannot steer training: HLDC is then KD
+# on fewer tokens (its regressor's FLOPs come out of the same budget).
+NEGLIGIBLE_SHARE = 0.01
 
 
 def downstream_data_installed() -> bool:
@@ -26,7 +30,18 @@ def downstream_data_installed() -> bool:
 
 
 def _label(method: str) -> str:
-    return "teacher" if method == "teacher" else method.upper()
+    return LABELS.get(method, method.upper())
+
+
+def _signal(run: dict) -> str:
+    """The KD term's teacher signal of a run ("–" for runs without one)."""
+    cfg = run["config"]
+    if cfg.get("method") not in ("kd", "hldc", "hldf"):
+        return "–"
+    loss, data = cfg["loss"], cfg["data"]
+    if loss.get("signal", "topk") == "sampled":
+        return f"{data.get('samples') or '?'} sampled"
+    return f"top-{data['k']}"
 
 
 def _plot_ppl(methods: dict, path: str) -> None:
@@ -68,13 +83,14 @@ def _plot_delta(methods: dict, reference: str, path: str, title: str) -> None:
 def _results_table(results: dict) -> list[str]:
     methods, runs = results["methods"], results["runs"]
     nll = methods["nll"]["mean"]
-    md = ["| model | method | seeds | train FLOPs | tokens | steps | held-out log-ppl: mean "
-          "(per seed) | spread | Δ vs NLL |", "|---|---|---|---|---|---|---|---|---|"]
+    md = ["| model | method | KD signal | seeds | train FLOPs | tokens | steps | held-out "
+          "log-ppl: mean (per seed) | spread | Δ vs NLL |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method, m in methods.items():
         first = runs[m["runs"][0]]
         seeds = ", ".join(f"{v:.4f}" for v in m["log_ppl"])
         delta = "–" if method in ("teacher", "nll") else f"{m['mean'] - nll:+.4f}"
-        md.append(f"| {first['config']['model']['name']} | {_label(method)} | {len(m['runs'])} "
+        md.append(f"| {first['config']['model']['name']} | {_label(method)} | {_signal(first)} "
+                  f"| {len(m['runs'])} "
                   f"| {first['flops']:.3g} | {first['tokens']:,} | {first['steps']} | "
                   f"{m['mean']:.4f} ({seeds}) | {m['spread']:.4f} | {delta} |")
     return md
@@ -85,12 +101,15 @@ def _downstream_table(results: dict) -> list[str]:
     if not down:
         return ["Downstream tasks were not scored (their data is not installed, or this size "
                 "skips them).", ""]
+    artefacts = demo_results.below_chance_everywhere(down)
     head = ["task", "n", "chance err %"] + [f"{_label(m)} err % ± s.e." for m in methods]
     md = ["Downstream error rates (1 − accuracy, %) ± one binomial standard error; *≈ chance*: "
           "within 2 standard errors of the chance-level error, i.e. no evidence the model does "
           "better than guessing (at these model sizes most rows are).", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for task, row in down.items():
+        if task in artefacts:
+            continue
         cells = []
         for method in methods:
             c = row[method]
@@ -103,6 +122,15 @@ def _downstream_table(results: dict) -> list[str]:
                   f"{100 * row['chance']:.0f} | " + " | ".join(cells) + " |")
     md.append("| chance level | – | – | " + " | ".join(
         "guessing" for _ in methods) + " |")
+    for task in artefacts:
+        row = down[task]
+        errors = [c["error"] for m, cells in row.items() if m != "chance" for c in cells]
+        md += ["", f"{task} (n={row['nll'][0]['n']}) is left out of the table: every model, the "
+               f"teacher included, scores worse than chance (errors {100 * min(errors):.1f}–"
+               f"{100 * max(errors):.1f}% vs {100 * row['chance']:.0f}% for guessing, each by more "
+               "than 2 standard errors). That is an artefact of how this task is scored at "
+               "this scale, shared by every model (e.g. a bias of the log-likelihood "
+               "comparison toward some answers), not a finding about any method."]
     return md + [""]
 
 
@@ -113,16 +141,60 @@ def _penalty_lines(results: dict) -> list[str]:
     if not students:
         return []
     lines = [f"- Objective penalty (`store stats --alpha --tau --tail`; the trainer prints it "
-             f"too): with the students' loss (α={students['alpha']:g}, τ={students['tau']:g}, "
+             f"too): with the top-k students' loss (α={students['alpha']:g}, τ={students['tau']:g}, "
              f"tail=`{students['tail']}`) a perfect student of the KD loss would be "
              f"{students['penalty_nats']:.4f} nats/token worse than the teacher (warning "
-             f"threshold {students['threshold_nats']:g})."]
+             f"threshold {students['threshold_nats']:g}); the sampled signal's KD term is "
+             "unbiased, so its penalty is exactly 0."]
     if old:
         lines.append(f"  For contrast, the old defaults α=0.9, tail=`zero` on this store "
                      f"(top-k holds {100 * coverage.get('mean', float('nan')):.0f}% of the "
                      f"teacher's mass) give {old['penalty_nats']:.4f} nats/token: that loss's "
                      "optimum is worse than what NLL alone can reach.")
     return lines
+
+
+def _signal_lines(results: dict) -> list[str]:
+    """KD from the sampled signal vs KD from top-k, seed by seed."""
+    c = demo_results.signal_comparison(results["methods"])
+    if c is None:
+        return []
+    runs = results["runs"]
+    sampled = _signal(runs[results["methods"]["kd"]["runs"][0]])
+    topk = _signal(runs[results["methods"]["kd_topk"]["runs"][0]])
+    per_seed = ", ".join(f"seed {i}: {s:.4f} vs {t:.4f}"
+                         for i, (s, t) in enumerate(zip(c["sampled"], c["topk"])))
+    return [f"- KD signal: KD from {sampled} logits vs KD from the {topk} (the paper's signal) "
+            f"in the same store, same seeds ({per_seed}): sampled is "
+            f"{'better' if c['delta'] < 0 else 'worse'} by {abs(c['delta']):.4f} nats, "
+            + ("more than" if c["beyond_spread"] else "NOT more than")
+            + f" the larger seed spread ({c['bar']:.4f}). The sampled estimate of the KL is "
+            "unbiased; top-k truncation is not (arXiv 2503.16870)."]
+
+
+def _share_sentence(method: str, run: dict) -> str:
+    """What the hidden term weighed in an HLD run (from RUN_DIR/hidden_share.json)."""
+    share = run.get("hidden_share")
+    if not share or not share["records"]:
+        return "(Its hidden term's share was not recorded: a run from before it was.)"
+    red, d = share["hidden_reduction"], share["d_teacher"]
+    scale = ("the paper's mean over D of the squared difference of the unit vectors, in "
+             f"[0, 4/{d}]" if red == "mean" else "the squared distance of the unit vectors, in [0, 4]")
+    if method == "hldf":
+        return (f"Phase 1 trains on L_HT alone (loss.hidden_reduction={red}, {scale}); phase 2 "
+                "is KD from the phase-1 weights.")
+    first = share["records"][0]
+    text = (f"Its hidden term (γ={share['gamma']:g}, loss.hidden_reduction={red} over D={d}: "
+            f"{scale}) was {100 * first['loss_share']:.3g}% of the loss")
+    if "grad_share" in first:
+        text += f" and {100 * first['grad_share']:.3g}% of the student's gradient norm"
+    text += f" at step {first['step']}"
+    if first["loss_share"] < NEGLIGIBLE_SHARE:
+        text += ("; at that weight HLDC trains as KD on fewer tokens (the regressor's FLOPs come "
+                 "out of the same budget). `--set loss.hidden_reduction=sum` makes γ weigh the "
+                 "squared distance (the same at any width); `python -m trainer.sweep --extended` "
+                 "sweeps γ there")
+    return text + "."
 
 
 def _findings(ctx, results: dict) -> list[str]:
@@ -143,12 +215,14 @@ def _findings(ctx, results: dict) -> list[str]:
                 + f" twice the larger seed spread ({v['twice_larger_seed_spread']:.4f})."
                 if v["kd_gain_over_nll"] > 0 else
                 f"KD is NOT better here (worse by {-v['kd_gain_over_nll']:.4f} nats).")]
+    lines += _signal_lines(results)
     for method in ("hldc", "hldf"):
         if method in methods:
             d = methods[method]["mean"] - k
             lines.append(f"- {_label(method)} vs KD: {methods[method]['mean']:.4f}, "
                          f"{'better' if d < 0 else 'worse'} than KD by {abs(d):.4f} nats "
-                         f"(KD seed spread {methods['kd']['spread']:.4f}).")
+                         f"(KD seed spread {methods['kd']['spread']:.4f}). "
+                         + _share_sentence(method, results["runs"][methods[method]["runs"][0]]))
     lines += _penalty_lines(results)
     lines += ["- Compute: students are matched on their own training FLOPs "
               f"({ctx.size.student_budget:.2e} each). The teacher's pre-training and the "
@@ -200,6 +274,10 @@ def write_report(ctx, student_runs) -> str:
         md.append(f"| teacher dump (Beam DirectRunner, incl. start-up) | "
                   f"{dump_tokens / facts['dump_seconds']:,.0f} |")
     md += [f"| training: {name} | {r['tokens_per_s']:,.0f} |" for name, r in runs.items()]
+    walls = {name: r["wall_s"] for name, r in runs.items() if r["wall_s"] is not None}
+    if walls:
+        md += ["", "Training wall time per run (final.json `wall_s`: the trainer process, compiles "
+               "and export included): " + ", ".join(f"{n} {w:.0f}s" for n, w in walls.items()) + "."]
     if ctx.timings:
         md += ["", "Stage wall times (this invocation): "
                + ", ".join(f"{k} {v:.0f}s" for k, v in ctx.timings.items()) + "."]

@@ -16,7 +16,8 @@ import os
 from trainer.training import eval_results
 from trainer.training.metrics import read_metrics
 
-METHOD_ROWS = ("teacher", "nll", "kd", "hldc", "hldf")
+# Rows of the report, in order: the teacher, then the student arms (scripts/demo_stages.ARMS).
+METHOD_ROWS = ("teacher", "nll", "kd", "kd_topk", "hldc", "hldf")
 TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
 # Error rate of guessing, per task: HellaSwag 4 endings, PIQA 2 solutions,
 # ARC-Easy mostly 4 options (a few have 3 or 5), WinoGrande 2 options;
@@ -25,8 +26,17 @@ CHANCE_ERROR = {"hellaswag": 0.75, "piqa": 0.5, "arc_easy": 0.75, "winogrande": 
                 "lambada": 1.0}
 
 
+def _json_or_none(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def load_run(ctx, name: str) -> dict:
-    """One run directory: config, eval tasks, FLOPs, tokens, steps, throughput, penalty."""
+    """One run directory: config, eval tasks, FLOPs, tokens, steps, throughput, penalty,
+    the hidden term's share (HLDC/HLDF: RUN_DIR/hidden_share.json) and wall time
+    (final.json; None for runs from before it was recorded)."""
     run_dir = ctx.path("runs", name)
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
@@ -40,7 +50,10 @@ def load_run(ctx, name: str) -> dict:
     records = read_metrics(run_dir)
     last = records[-1] if records else {}
     speeds = sorted(m["tokens_per_s"] for m in records if m.get("tokens_per_s"))
+    final = _json_or_none(os.path.join(run_dir, "final.json")) or {}
     return {"name": name, "config": config, "eval": ev["tasks"], "scores": ev["scores"],
+            "hidden_share": _json_or_none(os.path.join(run_dir, "hidden_share.json")),
+            "wall_s": final.get("wall_s"),
             "flops": last.get("cumulative_flops", float("nan")),
             "tokens": last.get("tokens", float("nan")), "steps": last.get("step", 0),
             # The median logged rate: the first interval includes compilation.
@@ -127,6 +140,41 @@ def collect(ctx, student_runs) -> dict:
     return {"runs": runs, "methods": methods, "downstream": downstream, "facts": facts}
 
 
+def below_chance_everywhere(downstream: dict) -> list[str]:
+    """Tasks on which every model, the teacher included, scores worse than chance.
+
+    At this scale that is a property of the task's scoring (e.g. a length or
+    frequency bias of the log-likelihood comparison that every model shares),
+    not a finding about any method: the report says so once per task.
+    """
+    return [task for task, row in downstream.items()
+            if all(c["worse_than_chance"] for m, cells in row.items() if m != "chance"
+                   for c in cells)]
+
+
+def signal_comparison(methods: dict) -> dict | None:
+    """KD from the sampled signal vs KD from top-k, seed by seed (None without both arms).
+
+    Returns:
+        {"sampled": [log-ppl per seed], "topk": [...], "delta": mean(sampled) - mean(topk),
+         "paired": [per-seed sampled - topk], "bar": the larger seed spread,
+         "beyond_spread": |delta| > bar}.
+    """
+    if "kd" not in methods or "kd_topk" not in methods:
+        return None
+    s, t = methods["kd"], methods["kd_topk"]
+    delta = s["mean"] - t["mean"]
+    bar = max(s["spread"], t["spread"])
+    return {"sampled": s["log_ppl"], "topk": t["log_ppl"], "delta": delta,
+            "paired": [a - b for a, b in zip(s["log_ppl"], t["log_ppl"])], "bar": bar,
+            "beyond_spread": bool(len(s["log_ppl"]) > 1 and len(t["log_ppl"]) > 1 and abs(delta) > bar)}
+
+
+def hidden_shares(results: dict) -> dict:
+    """{run: its hidden_share.json} for the runs that have one (HLDC, HLDF)."""
+    return {name: r["hidden_share"] for name, r in results["runs"].items() if r["hidden_share"]}
+
+
 def verdict(methods: dict) -> dict:
     """KD vs NLL: the gap and whether it exceeds twice the larger seed spread."""
     kd, nll = methods["kd"], methods["nll"]
@@ -150,6 +198,10 @@ def write_results_json(ctx, results: dict) -> str:
            "heldout_rows": results["runs"]["teacher"]["eval"]["heldout"].get("n"),
            "delta_vs_nll": {m: v["mean"] - methods["nll"]["mean"] for m, v in methods.items()},
            "objective_penalty": penalties, "topk_mass_coverage": coverage,
+           "kd_sampled_vs_topk": signal_comparison(methods),
+           "hidden_share": hidden_shares(results),
+           "below_chance_for_every_model": below_chance_everywhere(results["downstream"]),
+           "wall_s": {name: r["wall_s"] for name, r in results["runs"].items()},
            "student_flops_budget": ctx.size.student_budget,
            "downstream": results["downstream"], **verdict(methods)}
     path = ctx.path("results.json")

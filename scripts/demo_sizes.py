@@ -30,8 +30,11 @@ class DemoSize:
         dump_docs: train documents the teacher signal is dumped for (None:
             all; a hash-chosen subset otherwise); students only need as many
             rows as their budget reads.
-        seeds: per student method, how many seeds (0, 1, ...) are trained:
-            NLL and KD get two so the report can show a spread.
+        samples: sampled logits per position dumped next to the top-k (`--samples`);
+            the students' KD term reads them (the demo config's loss.signal).
+        seeds: per student arm (scripts/demo_stages.ARMS), how many seeds (0, 1, ...)
+            are trained: NLL, KD (sampled) and KD top-k get two so the report can
+            show a spread.
     """
     name: str
     max_docs: int | None
@@ -46,11 +49,13 @@ class DemoSize:
     eval_limit: int = 0
     dump_batch_size: int = 16
     dump_docs: int | None = None
-    seeds: tuple[tuple[str, int], ...] = (("nll", 2), ("kd", 2), ("hldc", 1), ("hldf", 1))
+    samples: int = 12
+    seeds: tuple[tuple[str, int], ...] = (("nll", 2), ("kd", 2), ("kd_topk", 2), ("hldc", 1),
+                                          ("hldf", 1))
 
 
 SIZES = {
-    # `make demo`: ~15 min on 2 CPU cores (setup included): 6 students of ~1 min.
+    # `make demo`: ~15 min on 2 CPU cores (setup included): 8 students of ~1 min.
     # Students use the demo config's loss defaults (alpha 0.7, tail bucket).
     "cpu": DemoSize(name="cpu", max_docs=None, heldout_fraction=0.02, vocab_size=2048,
                     seq_len=128, k=32, config="trainer/configs/demo.py",

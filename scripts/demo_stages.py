@@ -17,7 +17,13 @@ import time
 from scripts import demo_corpus, demo_report
 from scripts.demo_sizes import MODELS, DemoSize
 
-METHODS = ("nll", "kd", "hldc", "hldf")
+# The demo's student arms: run-name prefix -> (trainer method, extra --set). KD, HLDC
+# and HLDF read the demo config's default signal, 12 sampled logits per position
+# (unbiased; better students than top-32 at fewer bytes, bench/profile_quality.py);
+# kd_topk is the paper's arm, the same KD on the stored top-k.
+ARMS = {"nll": ("nll", ()), "kd": ("kd", ()), "kd_topk": ("kd", ("loss.signal=topk",)),
+        "hldc": ("hldc", ()), "hldf": ("hldf", ())}
+METHODS = tuple(ARMS)
 
 
 class CommandFailed(RuntimeError):
@@ -116,17 +122,29 @@ def teacher(ctx: Context) -> None:
               ctx.size.teacher_budget)
 
 
-def teacher_dump_args(ctx: Context, store: str, k: int) -> list[str]:
-    """`pipelines.dump` argv: the teacher's signal for the dump subset into `store`."""
-    return [*_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), store),
-            "--teacher", ctx.path("runs", "teacher", "export"),
+def teacher_dump_args(ctx: Context, store: str, k: int, samples: int = 0,
+                      teacher_run: str = "teacher") -> list[str]:
+    """`pipelines.dump` argv: the teacher's signal for the dump subset into `store`.
+
+    Args:
+        ctx: the demo context.
+        store: the store path to write.
+        k: stored top-k width (0: no top-k).
+        samples: sampled draws per position (`--samples`; 0: none).
+        teacher_run: the teacher's run directory under OUT/runs (bench/teacher_ladder.py
+            dumps teachers of several budgets).
+    """
+    args = [*_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), store),
+            "--teacher", ctx.path("runs", teacher_run, "export"),
             # Teacher-only flags (a tokens-only dump refuses them).
             "--k", str(k), "--batch-size", str(ctx.size.dump_batch_size)]
+    return args + (["--samples", str(samples)] if samples else [])
 
 
 def dump(ctx: Context) -> None:
+    """Top-k and sampled logits in one store: the students' default and the paper's arm."""
     t0 = time.time()
-    run(ctx, "dump", *teacher_dump_args(ctx, ctx.path("store"), ctx.size.k))
+    run(ctx, "dump", *teacher_dump_args(ctx, ctx.path("store"), ctx.size.k, ctx.size.samples))
     _save_json(ctx, "dump_seconds", time.time() - t0)
 
 
@@ -159,15 +177,19 @@ def inspect(ctx: Context) -> None:
 
 
 def student_runs(ctx: Context) -> list[tuple[str, str, int]]:
-    """(run name, method, seed) of every student run, e.g. ("kd_s1", "kd", 1)."""
+    """(run name, arm, seed) of every student run, e.g. ("kd_topk_s1", "kd_topk", 1).
+
+    An arm is a key of ARMS (a trainer method and its extra overrides).
+    """
     seeds = dict(ctx.size.seeds)
     return [(f"{m}_s{s}", m, s) for m in METHODS for s in range(seeds.get(m, 0))]
 
 
 def students(ctx: Context) -> None:
-    for name, method, seed in student_runs(ctx):
+    for name, arm, seed in student_runs(ctx):
+        method, sets = ARMS[arm]
         train_run(ctx, "students", method, ctx.path("runs", name), ctx.path("store"),
-                  ctx.size.student_budget, f"seed={seed}")
+                  ctx.size.student_budget, f"seed={seed}", *sets)
 
 
 def evaluate(ctx: Context) -> None:

@@ -122,3 +122,15 @@ def test_paper_p1_grid_follows_the_student_size():
     assert sweep.paper_grid("gemma3_270m:hldf")["hldf.p1"] == ["0.01", "0.05"]
     assert sweep.paper_grid("gemma3_1b:hldf")["hldf.p1"] == ["0.01", "0.04"]
     assert "hldf.p1" not in sweep.paper_grid("gemma3_1b:kd")
+
+
+def test_extended_grid_weighs_gamma_by_distance_and_paper_grid_stays_the_papers():
+    # The paper's HLDC grid is unchanged: γ ∈ {0.1, 0.05}, its mean-over-D reduction (default).
+    assert sweep.paper_grid("gemma3_270m:hldc")["loss.gamma"] == ["0.1", "0.05"]
+    assert "loss.hidden_reduction" not in sweep.paper_grid("gemma3_270m:hldc")
+    ext = sweep.extended_grid("gemma3_270m:hldc")
+    assert ext == {"loss.hidden_reduction": ["sum"], "loss.gamma": ["0.1", "0.3", "1.0", "3.0"]}
+    points = sweep.points({**sweep.paper_grid("gemma3_270m:hldc"), **ext})
+    assert len(points) == 3 * 2 * 2 * 4 and {p["loss.hidden_reduction"] for p in points} == {"sum"}
+    with pytest.raises(sweep.SweepError, match="--extended covers .*hldc.* not 'kd'"):
+        sweep.extended_grid("gemma3_270m:kd")

@@ -53,6 +53,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.alpha_final = 0.0         # wsd: α at the end of the decay (from alpha).
     c.loss.tau = 1.0                 # KD temperature; the KD term is scaled by τ².
     c.loss.gamma = 0.1               # Weight of the hidden-state term (HLDC).
+    # What γ weighs (trainer.training.losses.HiddenReduction): mean | sum over the teacher
+    # width D of the squared difference of the unit vectors. mean is the paper's (γ=0.1
+    # there, at D=2560), in [0, 4/D]: the term then shrinks with D (γ=0.1 at the demo's
+    # D=128 is ~4e-4 of the loss). sum is their squared distance, in [0, 4] at any D.
+    # The trainer prints the term's share of the loss and gradient for HLDC/HLDF.
+    c.loss.hidden_reduction = "mean"
     # Top-k tail mode: bucket | zero | renormalize (trainer.training.losses.TailMode). bucket keeps
     # the teacher's mass outside the top-k as one class, so the loss's optimum stays the
     # teacher; zero drops it and makes a perfect student of the loss worse than NLL at

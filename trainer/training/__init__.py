@@ -15,6 +15,7 @@
 * ``loop``       — ``run(config)``: the training loop (``python -m trainer``);
   ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop; ``run_lock`` — one owner per
   run directory; ``memory`` — out-of-memory as one line, the ``ulimit -v`` check.
+  ``hidden_share`` — the HLD term's printed share of the loss and gradient.
 
 Builds on ``trainer.model``, ``trainer.flops`` and ``store``.
 """

@@ -60,7 +60,8 @@ PATH_FIELDS = ("run_dir", "store.url")
 # Fields added after runs were already being checkpointed, with the value that
 # reproduces the older behaviour: a config.json without the key is read as
 # holding it, so those runs still resume (check_same_config_on_resume).
-ADDED_FIELDS = {"loss.signal": sampled_kd.Signal.TOPK.value, "data.samples": 0}
+ADDED_FIELDS = {"loss.signal": sampled_kd.Signal.TOPK.value, "data.samples": 0,
+                "loss.hidden_reduction": losses.HiddenReduction.MEAN.value}
 
 
 # The config files shipped in the package (trainer/configs/), found by path: they
@@ -222,6 +223,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(0.0 <= loss[field] <= 1.0, f"loss.{field}={loss[field]} must be in [0, 1]")
     _validate_kd_settings(loss)
     _check(loss.gamma >= 0.0, f"loss.gamma={loss.gamma} must be >= 0")
+    try:
+        losses.parse_hidden_reduction(loss.hidden_reduction)
+    except losses.LossConfigError as e:
+        raise ConfigError(f"loss.hidden_reduction: {e}") from None
     _check(loss.tau > 0 and math.isfinite(loss.tau), f"loss.tau={loss.tau} must be > 0")
     _check(loss.token_tile > 0, f"loss.token_tile={loss.token_tile} must be > 0")
     _check(0.0 < config.hldf.p1 < 1.0,

@@ -38,6 +38,7 @@ from trainer.training import (
     checkpoint, config as config_lib, data, decode, distributed, memory, methods, metrics,
     run_lock, sharding, state as train_state, store_align,
 )
+from trainer.training import hidden_share
 from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
 from trainer.model import gemma3 as model, model_config, model_io
@@ -80,6 +81,8 @@ def open_store(config) -> StoreReader:
         store_align.apply_geometry(config, reader.schema,
                                    needs_topk=any(p.kd_term for p in phases),
                                    needs_hidden=any(p.hidden_term for p in phases))
+        if any(p.kd_term for p in phases) and jax.process_index() == 0:
+            print(f"data.from_store: {store_align.signal_choice(config, reader.schema)}", flush=True)
     return reader
 
 
@@ -242,6 +245,7 @@ def run(config) -> dict:
         TrainingDivergedError: NaN/Inf loss (the last good checkpoint is kept).
         TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is saved).
     """
+    started = time.time()  # final.json's wall_s: this invocation, compiles and export included.
     config_lib.resolve_paths(config)  # Idempotent; configs built in code may be relative.
     config_lib.validate(config)
     distributed.initialize(config.distributed, config.distributed_heartbeat_s,
@@ -293,6 +297,7 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh) -> dict:
         if jax.process_index() == 0 and meta["global_step"] < total_steps:
             print(f"resuming from step {meta['global_step']} of {total_steps} (checkpoint in "
                   f"{ckpt.directory})", flush=True)
+    resumed_from = meta["global_step"]
     final_path = os.path.join(run_dir, "final.json")
     if meta["global_step"] == total_steps and os.path.exists(final_path):
         # Already finished (e.g. a re-run sweep point): nothing to train or export.
@@ -347,7 +352,9 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh) -> dict:
     host_params = (multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1
                    else jax.device_get(params))
     summary = {"method": config.method, "global_step": meta["global_step"],
-               "cumulative_flops": meta["cumulative_flops"], **last}
+               "cumulative_flops": meta["cumulative_flops"], **last,
+               # A resumed run counts from its resume (resumed_from_step > 0).
+               "resumed_from_step": resumed_from, "wall_s": None}
     if jax.process_index() == 0:
         # overwrite: the export is derived from the final checkpoint, so a
         # half-written one (a failed or killed export) is simply written again.
@@ -361,6 +368,7 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh) -> dict:
                                       # tokenizer this model was not trained with.
                                       "tokenizer_sha256": reader.schema.tokenizer.get("sha256", "")},
                             overwrite=True)
+        summary["wall_s"] = round(time.time() - started, 1)
         with open(final_path, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return summary
@@ -373,6 +381,7 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
     good_step = ckpt.latest_step()
     flops_per_step = plan.flops_per_token * tokens_per_step
     last = {}
+    shares = hidden_share.ShareLog(config, runner)  # HLDC/HLDF: what the hidden term weighs.
     timer_start, timer_steps = None, 0
     while phase_step < plan.num_steps:
         batch = runner.put_batch(next(iterator))
@@ -409,6 +418,8 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
                 record["mfu"] = metrics.mfu(plan.flops_per_token, rate,
                                             config.peak_flops_per_device, num_devices)
             writer.write(global_step, record)
+            if shares.observe(global_step, values, state, batch):  # Its compile: not in tokens/s.
+                timer_start, timer_steps = time.perf_counter(), 0
             last = record
             if save:
                 ckpt.save(global_step, state, iterator.get_state(), meta)

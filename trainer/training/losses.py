@@ -11,7 +11,7 @@ Stable signatures (the trainer codes against these)::
     nll(logits_BxTxV, targets_BxT) -> [B, T]
     kd_topk(student_logits_BxTxV, topk_ids_BxTxK, topk_logprobs_BxTxK,
             temperature, tail="zero", divergence="forward_kl") -> [B, T]
-    normalized_mse(pred_BxTxD, target_BxTxD, eps=1e-6) -> [B, T]
+    normalized_mse(pred_BxTxD, target_BxTxD, eps=1e-6, reduction="mean") -> [B, T]
     top1_agreement(student_logits_BxTxV, topk_ids_BxTxK) -> [B, T] (0./1.)
     masked_mean(values_BxT, mask_BxT) -> scalar
 
@@ -88,6 +88,27 @@ class Divergence(enum.Enum):
     FORWARD_KL = "forward_kl"  # KL(p ‖ q): mode-covering, the classic KD loss.
     REVERSE_KL = "reverse_kl"  # KL(q ‖ p): mode-seeking.
     JSD = "jsd"                # ½KL(p‖m) + ½KL(q‖m), m = ½(p + q); bounded by log 2.
+
+
+class HiddenReduction(enum.Enum):
+    """How ``normalized_mse`` reduces the feature axis D, i.e. what γ weighs.
+
+    The two differ by the factor D (the teacher width), so γ under MEAN
+    weighs D times less than under SUM: at d_T=128 (the demo) the paper's
+    γ=0.1 with MEAN is γ=0.1/128 ≈ 8e-4 of the squared distance.
+    """
+
+    # The paper's definition ("MeanSquaredError" of the two unit vectors): mean over D,
+    # in [0, 4/D]. The paper's configs (γ ∈ {0.1, 0.05} at d_T=2560) use it.
+    MEAN = "mean"
+    # The squared Euclidean distance of the unit vectors, ‖u − v‖² = 2 − 2·cos(u, v),
+    # in [0, 4] at any width: γ then means the same whatever d_T is.
+    SUM = "sum"
+
+
+def parse_hidden_reduction(value) -> HiddenReduction:
+    """Returns the ``HiddenReduction`` for a name or member; LossConfigError if unknown."""
+    return parse_enum(HiddenReduction, value, "hidden-loss reduction", LossConfigError)
 
 
 def parse_tail_mode(value) -> TailMode:
@@ -325,23 +346,28 @@ def kd_topk(student_logits_BxTxV: jax.Array,
 
 
 def normalized_mse(pred_BxTxD: jax.Array, target_BxTxD: jax.Array,
-                   eps: float = 1e-6) -> jax.Array:
-    """Per-token mean over D of ``(pred/‖pred‖ − target/‖target‖)²``.
+                   eps: float = 1e-6, reduction="mean") -> jax.Array:
+    """Per-token mean (or sum) over D of ``(pred/‖pred‖ − target/‖target‖)²``.
 
     Both sides are normalised over the feature axis (the Gemma 3 residual
     stream is large, ~3e5 mean square at the teacher's median layer, so the
     unnormalised MSE would be dominated by scale). ``x · rsqrt(‖x‖² + eps)``
     keeps zero vectors (padding) at 0 with a finite gradient; eps is far below
-    any real activation's squared norm. The result lies in [0, 4/D].
+    any real activation's squared norm. The result lies in [0, 4/D] with
+    ``reduction="mean"`` (the paper's), in [0, 4] with ``"sum"`` (see
+    ``HiddenReduction``).
 
     Args:
       pred_BxTxD: regressor output (student side), any float dtype.
       target_BxTxD: teacher activation, same shape (fp32 math).
       eps: added to the squared norm.
+      reduction: a ``HiddenReduction`` or its name.
 
     Returns:
       fp32 ``[B, T]``.
     """
+    reduce_fn = {HiddenReduction.MEAN: jnp.mean,
+                 HiddenReduction.SUM: jnp.sum}[parse_hidden_reduction(reduction)]
     if pred_BxTxD.shape != target_BxTxD.shape:
         raise LossConfigError(
             f"normalized_mse shapes differ: pred {pred_BxTxD.shape} vs target "
@@ -352,7 +378,7 @@ def normalized_mse(pred_BxTxD: jax.Array, target_BxTxD: jax.Array,
         return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
     diff_BxTxD = unit(pred_BxTxD) - unit(target_BxTxD)
-    return jnp.mean(diff_BxTxD * diff_BxTxD, axis=-1)
+    return reduce_fn(diff_BxTxD * diff_BxTxD, axis=-1)
 
 
 def top1_agreement(student_logits_BxTxV: jax.Array, topk_ids_BxTxK: jax.Array) -> jax.Array:

@@ -52,6 +52,8 @@ class Phase:
         regressor: which regressor the phase trains (None: no regressor).
         constant_lr: constant LR after warm-up (HLDF phase 1) instead of WSD.
         signal: the KD term's stored teacher signal ("topk" | "sampled").
+        hidden_reduction: how the hidden term reduces the teacher width D
+            (losses.HiddenReduction: "mean", the paper's, or "sum").
     """
 
     index: int
@@ -64,6 +66,7 @@ class Phase:
     regressor: RegressorKind | None
     constant_lr: bool
     signal: str = sampled_kd.Signal.TOPK.value
+    hidden_reduction: str = losses.HiddenReduction.MEAN.value
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -88,6 +91,7 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
                     and parse_enum(AlphaSchedule, config.loss.alpha_schedule,
                                    "loss.alpha_schedule") is AlphaSchedule.CONSTANT)
     signal = sampled_kd.parse_signal(config.loss.signal).value
+    reduction = losses.parse_hidden_reduction(config.loss.hidden_reduction).value
     kd_phase = Phase(1, "kd", None, True, logit_kd, False, 0.0, None, False, signal)
     if method is Method.NLL:
         return (Phase(1, "nll", None, True, False, False, 0.0, None, False),)
@@ -96,9 +100,10 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
     if method is Method.HLDC:
         return (dataclasses.replace(kd_phase, flops_method="hldc", hidden_term=True,
                                     hidden_weight=float(config.loss.gamma),
-                                    regressor=RegressorKind.LINEAR),)
+                                    regressor=RegressorKind.LINEAR, hidden_reduction=reduction),)
     half = student_layer(config, num_layers)
-    phase1 = Phase(1, "ht", half, False, False, True, 1.0, RegressorKind.MLP, True)
+    phase1 = Phase(1, "ht", half, False, False, True, 1.0, RegressorKind.MLP, True,
+                   hidden_reduction=reduction)
     return (phase1, dataclasses.replace(kd_phase, index=2))
 
 
@@ -222,7 +227,8 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
     if phase.hidden_term:
         h_s_BxTxD = out.captured[capture[0]]
         pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
-        hidden_term = losses.masked_mean(losses.normalized_mse(pred_BxTxDt, batch["hidden"].astype(jnp.float32)))
+        hidden_term = losses.masked_mean(losses.normalized_mse(
+            pred_BxTxDt, batch["hidden"].astype(jnp.float32), reduction=phase.hidden_reduction))
         metrics["hidden_mse"] = hidden_term
         loss = loss + phase.hidden_weight * hidden_term
     if phase.data_term or phase.kd_term:

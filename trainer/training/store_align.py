@@ -26,6 +26,18 @@ def store_signal(schema: StoreSchema) -> Signal | None:
     return has[0] if len(has) == 1 else None
 
 
+def signal_choice(config, schema: StoreSchema) -> str:
+    """Which KD signal a data.from_store run reads, and why (the line the trainer prints)."""
+    only = store_signal(schema)
+    if schema.k < 1 and schema.samples < 1:
+        return "the store holds no teacher logits"
+    if only is not None:
+        return f"the store holds only {only.value} logits: loss.signal={only.value}"
+    return (f"the store holds top-{schema.k} and {schema.samples} sampled logits per position: "
+            f"loss.signal={config.loss.signal}, the config's choice (--set loss.signal="
+            f"{'topk' if config.loss.signal == Signal.SAMPLED.value else 'sampled'} for the other)")
+
+
 def geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
     """{config key: the value the store requires} for the fields the run uses."""
     wanted = {"data.seq_len": schema.seq_len, "model.vocab_size": schema.vocab_size}
