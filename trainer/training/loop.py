@@ -267,13 +267,16 @@ def run(config) -> dict:
             f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
     lock = run_lock.own_run_dir(config.run_dir, config.store.url)  # Before writing anything.
     try:
-        return _owned_run(config, reader, model_cfg, plans, penalty, mesh)
+        return _owned_run(config, reader, model_cfg, plans, penalty, mesh, started)
     finally:
         lock.release()
 
 
-def _owned_run(config, reader, model_cfg, plans, penalty, mesh) -> dict:
-    """`run` once this process (or process 0 for all) owns run_dir: it alone writes there."""
+def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) -> dict:
+    """`run` once this process (or process 0 for all) owns run_dir: it alone writes there.
+
+    `started` is run()'s start time (final.json's wall_s).
+    """
     run_dir = config.run_dir
     config_lib.check_same_config_on_resume(config, run_dir)
     if jax.process_count() > 1:
