@@ -10,14 +10,15 @@ Contract with the dump pipeline (pipelines/):
   drop (the Dask runner does: the last unit of every bundle was lost), and
   its batches depend on bundle sizes.
 * One output element per unit, same unit:
-  ``(unit_index, tokens_RxT, signal)`` with ``signal = {"topk_ids":
-  int32[R,T,K], "topk_logprobs": float32[R,T,K], "hidden": {l: float32[R,T,D]}}``
-  (no topk_* when k = 0; plus ``sampled_ids`` / ``sampled_counts`` /
-  ``sampled_logprobs`` [R,T,S] when samples > 0, keyed by the global store row
-  ``unit_index * rows_per_unit + r``) — exactly the arguments
-  ``StoreWriter.write_unit`` takes; with ``encode_for`` (what pipelines.dump
-  passes), the store's arrays encoded on the device instead,
-  ``signal = {"encoded": {stored array: [R, ...]}}`` (write_unit_encoded).
+  ``(unit_index, tokens_RxT, signal)``, ``signal`` a ``pipelines.unit_signal``
+  value: ``HostSignal(values={"topk_ids": int32[R,T,K], "topk_logprobs":
+  float32[R,T,K], "hidden": {l: float32[R,T,D]}})`` (no topk_* when k = 0; plus
+  ``sampled_ids`` / ``sampled_counts`` / ``sampled_logprobs`` [R,T,S] when
+  samples > 0, keyed by the global store row ``unit_index * rows_per_unit +
+  r``: exactly the arguments ``StoreWriter.write_unit`` takes); with
+  ``encode_for`` (what pipelines.dump passes), the store's arrays encoded on
+  the device instead, ``DeviceEncoded(arrays={stored array: [R, ...]})``
+  (write_unit_encoded). The writer calls ``signal.write``.
 * Host memory holds the signal of one call's units; rows inside them are fed
   to the device in batches of ``batch_size`` with transfer overlapped (loop.py).
 
@@ -32,6 +33,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base
 
+from pipelines import unit_signal
 from teacher_dump import encode, extract
 from teacher_dump import teacher as teacher_lib
 
@@ -85,7 +87,7 @@ class TeacherModelHandler(base.ModelHandler):
                 the global store rows that key the draws (required iff
                 samples > 0).
             encode_for: the store's StoreSchema: encode on the device; the signal is then
-                {"encoded": {stored array: [R, ...]}} (StoreWriter.write_unit_encoded).
+                unit_signal.DeviceEncoded (StoreWriter.write_unit_encoded).
             encode_profile: the existing store's Profile (store.profiles.for_store), None: new store.
 
         Raises:
@@ -127,7 +129,7 @@ class TeacherModelHandler(base.ModelHandler):
     def run_inference(self, batch: Sequence[Any],
                       model: teacher_lib.Teacher,
                       inference_args: Mapping[str, Any] | None = None
-                      ) -> Iterable[tuple[int, np.ndarray, dict]]:
+                      ) -> Iterable[tuple[int, np.ndarray, unit_signal.UnitSignal]]:
         """Extracts the signal of every unit in the batch.
 
         All rows of the batch's units run as one overlapped stream, then the
@@ -153,14 +155,12 @@ class TeacherModelHandler(base.ModelHandler):
                                layers=self._layers, top_p=self._top_p,
                                token_tile=self._token_tile, samples=self._samples,
                                row_ids=self._row_ids(units), **self._encode)
-        if self._encode_for is not None:
-            signal = {"encoded": encode.host_arrays(signal)}
+        signal = (unit_signal.DeviceEncoded(arrays=encode.host_arrays(signal)) if self._encode_for is not None
+                  else unit_signal.HostSignal(values=signal))
         results, start = [], 0
         for unit_index, tokens in units:
             stop = start + tokens.shape[0]
-            unit_signal = {name: ({n: a[start:stop] for n, a in array.items()} if isinstance(array, dict)
-                                  else array[start:stop]) for name, array in signal.items()}
-            results.append((unit_index, tokens, unit_signal))
+            results.append((unit_index, tokens, signal.rows(start, stop)))
             start = stop
         Metrics.counter("teacher_dump", "units").inc(len(units))
         Metrics.counter("teacher_dump", "tokens").inc(int(rows.size))

@@ -134,13 +134,39 @@ def resolve_local_path(url: str) -> str:
 
 
 def resolve_paths(config: ml_collections.ConfigDict) -> None:
-    """Makes every PATH_FIELDS value absolute, in place."""
+    """Makes every PATH_FIELDS value absolute, in place (on a config being built: `load_config`)."""
     for dotted in PATH_FIELDS:
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = resolve_local_path(node[leaf])
+        config_set(config, dotted, resolve_local_path(config_get(config, dotted)))
+
+
+def config_get(config, dotted: str):
+    """The value at a dotted key ("data.seq_len")."""
+    node = config
+    for name in dotted.split("."):
+        node = node[name]
+    return node
+
+
+def config_set(config, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+def resolved_config(config, overrides: dict | None = None) -> ml_collections.FrozenConfigDict:
+    """A frozen copy of `config` with its paths absolute and `overrides` ({dotted key: value}) applied.
+
+    The run's settings after everything that decides them (the user's file and
+    `--set`s, the store's geometry: `store_align.resolve`); `config` itself is
+    not modified, and nothing can modify the result.
+    """
+    out = ml_collections.ConfigDict(config.to_dict())
+    resolve_paths(out)
+    for dotted, value in (overrides or {}).items():
+        config_set(out, dotted, value)
+    return ml_collections.FrozenConfigDict(out)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
