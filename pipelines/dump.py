@@ -20,19 +20,12 @@ from apache_beam.metrics.metric import MetricsFilter
 import store
 from store import profiles
 from pipelines import errors, options, plan as plan_lib, progress, spine, teacher_stage
-from trainer.model import layout, model_config, tokenizer
+from trainer.model import tokenizer
+from trainer.model.errors import ConfigError, ModelIOError, ModelInputError
 
-# Errors from the packages we call that carry a one-line user message.
-_USER_ERRORS = (store.StoreError, store.StoreNotFoundError, store.SchemaMismatchError,
-                store.IncompleteStoreError, store.CorruptStoreError, store.StoreInputError,
-                layout.ModelIOError, model_config.ConfigError, tokenizer.TokenizerError)
-
-
-def _teacher_errors():
-    from teacher_dump import extract, teacher
-    from pipelines import teacher_handler as handler
-    return (teacher.TeacherLoadError, teacher.DevicePlacementError, extract.ExtractConfigError,
-            extract.TokenRangeError, handler.UnitElementError)
+# Errors from the packages we call that carry a one-line user message (their subclasses
+# are recognised too: pipelines.errors.find_pipeline_error).
+_USER_ERRORS = (store.StoreError, ConfigError, ModelInputError, ModelIOError, tokenizer.TokenizerError)
 
 
 @dataclasses.dataclass
@@ -190,7 +183,7 @@ def run_dump(argv):
             result = pipeline.run()
             result.wait_until_finish()
         except Exception as e:  # whatever the runner wraps a worker's error in; re-raised below
-            user_error = errors.find_pipeline_error(e, _USER_ERRORS + _teacher_errors())
+            user_error = errors.find_pipeline_error(e, _USER_ERRORS)
             if user_error is None:
                 raise
             if isinstance(user_error, errors.StoreWriteError):
@@ -257,7 +250,7 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         print(options.help_text("python -m pipelines.dump"))
         return 0
-    user_errors = (errors.PipelineError,) + _USER_ERRORS + _teacher_errors()
+    user_errors = (errors.PipelineError,) + _USER_ERRORS
     # Beam logs a DoFn's exception with its traceback before re-raising it;
     # for bad input the one line below is the whole story.
     logging.getLogger("apache_beam.runners.common").addFilter(

@@ -34,24 +34,22 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base
 
 from pipelines import unit_signal
+from trainer.model.errors import ModelInputError
 from teacher_dump import encode, extract
 from teacher_dump import teacher as teacher_lib
-
-
-class UnitElementError(ValueError):
-    """A RunInference input element is not (unit_index, tokens [R, T])."""
+from trainer.model.errors import ConfigError
 
 
 def _check_element(element) -> tuple[int, np.ndarray]:
     if not (isinstance(element, (tuple, list)) and len(element) == 2):
-        raise UnitElementError(
+        raise ModelInputError(
             f"expected a (unit_index, tokens_RxT) pair, got "
             f"{type(element).__name__}: map units to (index, int32 rows) "
             f"before RunInference")
     unit_index, tokens = element
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise UnitElementError(
+        raise ModelInputError(
             f"unit {unit_index}: tokens must be an integer [rows, seq_len] "
             f"array, got {tokens.dtype}{list(tokens.shape)}: pass the unit's "
             f"int32 token rows")
@@ -91,10 +89,10 @@ class TeacherModelHandler(base.ModelHandler):
             encode_profile: the existing store's Profile (store.profiles.for_store), None: new store.
 
         Raises:
-            extract.ExtractConfigError: samples > 0 without rows_per_unit.
+            ConfigError: samples > 0 without rows_per_unit.
         """
         if samples and not rows_per_unit:
-            raise extract.ExtractConfigError(
+            raise ConfigError(
                 f"samples={samples} draws are keyed by the global store row: pass "
                 f"rows_per_unit (the store's unit size) to TeacherModelHandler")
         super().__init__()
@@ -146,7 +144,7 @@ class TeacherModelHandler(base.ModelHandler):
         units = [_check_element(e) for e in batch]
         seq_lens = {t.shape[1] for _, t in units}
         if len(seq_lens) > 1:
-            raise UnitElementError(
+            raise ModelInputError(
                 f"units in one call have different seq_len {sorted(seq_lens)}: "
                 f"a store has one seq_len; dump one store at a time")
         rows = np.concatenate([t for _, t in units]).astype(np.int32, copy=False)
@@ -172,7 +170,7 @@ class TeacherModelHandler(base.ModelHandler):
             return None
         for unit_index, tokens in units:
             if tokens.shape[0] > self._rows_per_unit:
-                raise UnitElementError(
+                raise ModelInputError(
                     f"unit {unit_index} has {tokens.shape[0]} rows, more than "
                     f"rows_per_unit={self._rows_per_unit}: pass the store's unit size")
         return np.concatenate([unit_index * self._rows_per_unit + np.arange(tokens.shape[0])
@@ -180,7 +178,7 @@ class TeacherModelHandler(base.ModelHandler):
 
     def validate_inference_args(self, inference_args):
         if inference_args:
-            raise UnitElementError(
+            raise ModelInputError(
                 f"TeacherModelHandler takes no inference_args, got "
                 f"{sorted(inference_args)}: set options on the handler")
 

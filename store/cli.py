@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             result = store_stats(args.store, sample_rows=args.rows, seed=args.seed, loss=loss)
         else:
             result = COMMANDS[args.command](args.store)
-    except (errors.StoreError, objective_penalty.PenaltyError) as e:
+    except errors.StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -73,7 +73,7 @@ def _loss_settings(args):
     extra = [f"--{n}" for n in ("tau", "tail", "divergence") if getattr(args, n) is not None]
     if args.alpha is None:
         if extra:
-            raise objective_penalty.PenaltyError(
+            raise errors.StoreInputError(
                 f"{', '.join(extra)} need --alpha (the KD weight) to report the objective penalty")
         return None
     return {"alpha": args.alpha, "tau": 1.0 if args.tau is None else args.tau,

@@ -32,8 +32,6 @@ from store.hidden_codecs import aux_name, hidden_name
 from teacher_dump.encode_ops import F32, divide, fwht, mean_square, pack_ids, rms, top_n_channels
 from trainer.model.errors import ModelInputError
 
-EncodeInputError = ModelInputError  # Signal arrays of the wrong shape or dtype for the store's schema
-
 
 def encode_ids(ids_XxN: jax.Array, vocab_size: int, packs_ids: bool) -> jax.Array:
     """Ids as the profile stores them (``Profile.encode_ids``): bit-packed, or in the store's id dtype."""
@@ -155,16 +153,16 @@ def _rows(signal) -> int:
             return signal[name].shape[0]
     if signal.get("hidden"):
         return next(iter(signal["hidden"].values())).shape[0]
-    raise EncodeInputError("the signal has no top-k, sampled or hidden arrays: nothing to encode")
+    raise ModelInputError("the signal has no top-k, sampled or hidden arrays: nothing to encode")
 
 
 def _check(name, x, shape, kind):
     if x is None:
-        raise EncodeInputError(f"{name} is missing: this store has {list(shape)[2:]} of them per position; "
+        raise ModelInputError(f"{name} is missing: this store has {list(shape)[2:]} of them per position; "
                                "extract with the store's k, samples and layers")
     ok = jnp.issubdtype(x.dtype, jnp.integer if kind == "integer" else jnp.floating)
     if not ok or tuple(x.shape) != tuple(shape):
-        raise EncodeInputError(
+        raise ModelInputError(
             f"{name} is {x.dtype}{list(x.shape)}, expected {kind} {list(shape)} [rows, seq_len, ...] "
             "of this store's schema; extract with the store's k, layers and seq_len")
 
@@ -189,7 +187,7 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         or log-prob (the host refuses it: ``host_arrays``)}.
 
     Raises:
-        EncodeInputError: an array of the wrong shape or dtype, missing or extra layers.
+        ModelInputError: an array of the wrong shape or dtype, missing or extra layers.
         store.StoreInputError: a profile without a device encoder.
     """
     profile = profile or profiles.get_profile(schema.profile)
@@ -218,7 +216,7 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         arrays.update(encode_sampled(signal, schema.vocab_size, profile.packs_ids))
     hidden = signal.get("hidden") or {}
     if sorted(hidden) != sorted(schema.hidden_layers):
-        raise EncodeInputError(f"hidden has the layers {sorted(hidden)}, the store {sorted(schema.hidden_layers)}; "
+        raise ModelInputError(f"hidden has the layers {sorted(hidden)}, the store {sorted(schema.hidden_layers)}; "
                                "extract with layers=schema.hidden_layers")
     for layer in schema.hidden_layers:
         _check(f"hidden[{layer}]", hidden[layer], (B, T, D), "floating")

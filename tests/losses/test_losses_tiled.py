@@ -10,6 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainer.training import losses, tiled_loss
 from trainer.training.signals import SampledSignal, TopkSignal
+from trainer.model.errors import ConfigError, ModelInputError
 
 B, T, D, V, K = 2, 12, 4, 64, 6
 
@@ -162,13 +163,13 @@ def test_gradient_never_materialises_full_logits(signal):
 ])
 def test_bad_input_raises_clear_error(call, match):
     hidden, emb, inputs = _inputs()
-    with pytest.raises(tiled_loss.TiledLossError, match=match):
+    with pytest.raises(ModelInputError, match=match):
         call(hidden, emb, inputs)
-    assert issubclass(tiled_loss.TiledLossError, ValueError)
+    assert issubclass(ModelInputError, ValueError)
 
 
 def test_bad_kd_config_raises_before_tracing():
-    with pytest.raises(losses.LossConfigError, match="unknown KD tail mode"):
+    with pytest.raises(ConfigError, match="unknown KD tail mode"):
         tiled_loss.logit_terms_fn(kd=True, tail="buckett", temperature=0.5)
 
 

@@ -16,6 +16,7 @@ from store import StoreInputError, StoreSchema, hidden_codecs, lean as store_lea
 from teacher_dump import encode, encode_ops, extract
 from teacher_dump import teacher as teacher_lib
 from trainer.model import model_config
+from trainer.model.errors import ModelInputError
 
 
 def _hidden(rng, rows, T, D):
@@ -198,9 +199,9 @@ def test_wrong_shapes_dtypes_and_layers_are_refused():
            ({**signal, "hidden": {1: signal["hidden"][1].astype(np.int32)}}, "expected floating"),
            ({**signal, "hidden": {}, "topk_ids": None, "topk_logprobs": None}, "nothing to encode")]
     for sig, message in bad:
-        with pytest.raises(encode.EncodeInputError, match=message):
+        with pytest.raises(ModelInputError, match=message):
             encode.encode_signal(sig, schema)
-    with pytest.raises(encode.EncodeInputError, match="sampled_ids is missing"):
+    with pytest.raises(ModelInputError, match="sampled_ids is missing"):
         encode.encode_signal(signal, _schema("compact", samples=4))
     with pytest.raises(StoreInputError, match="unknown precision profile 'x'"):
         # A stand-in schema: StoreSchema itself refuses an unknown profile.

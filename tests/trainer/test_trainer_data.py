@@ -6,6 +6,7 @@ import pytest
 
 import trainer_testlib as tl
 from trainer.training import data, methods
+from trainer.model.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_host_shards_are_disjoint(store):
 
 def test_batch_larger_than_store_is_an_error(store):
     src = data.StoreSource(store, ("tokens",))
-    with pytest.raises(data.DataConfigError, match="committed rows"):
+    with pytest.raises(ConfigError, match="committed rows"):
         data.make_iterator(src, 64, seed=0)
 
 

@@ -15,6 +15,7 @@ import pytest
 import trainer_testlib as tl
 from store import StoreReader, StoreSchema, create_store, profiles
 from trainer.training import data, decode, methods, sharding, loop as train
+from trainer.model.errors import ConfigError
 
 
 def _pack_ref(ids, bits):
@@ -99,7 +100,7 @@ def test_a_phase_reads_only_what_it_needs(store):
 
 def test_a_field_the_store_lacks_is_one_clear_error(tmp_path):
     tokens_only = tl.make_store(tmp_path / "t", num_rows=8, k=0, layers=(), profile="compact")
-    with pytest.raises(data.DataConfigError, match=r"unknown field 'topk'.*read only fields the store holds"):
+    with pytest.raises(ConfigError, match=r"unknown field 'topk'.*read only fields the store holds"):
         data.StoreSource(tokens_only, ("tokens", "topk")).read_indices([0])
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from trainer_testlib import draw_sampled
 from trainer.training import losses, sampled_kd, signals, tiled_loss
+from trainer.model.errors import ConfigError, ModelInputError
 
 V, S, DRAWS = 16, 4, 20000
 
@@ -159,7 +160,7 @@ def test_tiled_equals_untiled_and_is_deterministic():
 ])
 def test_settings_the_estimator_cannot_honour_are_refused(kwargs, match):
     kwargs = {"signal": "sampled", **kwargs}
-    with pytest.raises(losses.LossConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         tiled_loss.logit_terms_fn(kd=True, **kwargs)
 
 
@@ -167,6 +168,6 @@ def test_sampled_inputs_are_required():
     hidden, emb, inputs = _tiled_inputs(seed=7)
     fn = tiled_loss.logit_terms_fn(kd=True, signal="sampled")
     assert fn.required_inputs == ("targets", tiled_loss.TEACHER)
-    with pytest.raises(tiled_loss.TiledLossError, match=r"lacks \['teacher'\]"):
+    with pytest.raises(ModelInputError, match=r"lacks \['teacher'\]"):
         tiled_loss.tiled_logit_losses(hidden, emb, fn, {k: v for k, v in inputs.items()
                                                         if k != tiled_loss.TEACHER})

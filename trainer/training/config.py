@@ -292,20 +292,20 @@ def _validate_kd_settings(loss) -> None:
     """loss.tail / divergence / tau / signal through the loss modules' own parsers."""
     try:
         losses.check_temperature(loss.tau, losses.parse_tail_mode(loss.tail))
-    except losses.LossConfigError as e:
+    except ConfigError as e:
         raise ConfigError(f"loss.tail/loss.tau: {e}") from None
     try:
         losses.parse_divergence(loss.divergence)
-    except losses.LossConfigError as e:
+    except ConfigError as e:
         raise ConfigError(f"loss.divergence: {e}") from None
     try:
         signal = sampled_kd.parse_signal(loss.signal)
-    except losses.LossConfigError as e:
+    except ConfigError as e:
         raise ConfigError(f"loss.signal: {e}") from None
     if signal is sampled_kd.Signal.SAMPLED:
         try:
             sampled_kd.check_settings(loss.tau, loss.divergence)
-        except losses.LossConfigError as e:
+        except ConfigError as e:
             raise ConfigError(str(e)) from None
 
 

@@ -28,9 +28,6 @@ from trainer.model.errors import ConfigError
 from trainer.training import decode
 
 
-DataConfigError = ConfigError  # The store cannot feed the requested batches
-
-
 def check_fields(fields) -> None:
     """Refuses a store field the loader cannot read (ValueError naming the fields it can)."""
     for field in fields:
@@ -108,12 +105,12 @@ class StoreSource:
         `Profile.field_arrays`, activations RMS-normalised: no per-token RMS).
 
         Raises:
-            DataConfigError: the store lacks a field.
+            ConfigError: the store lacks a field.
         """
         try:
             return self.reader.stored_names(self.fields, hidden_normalized=True)
         except StoreInputError as e:
-            raise DataConfigError(f"store {self.url}: {e}; read only fields the store holds "
+            raise ConfigError(f"store {self.url}: {e}; read only fields the store holds "
                                   f"(python -m store inspect {self.url})") from None
 
     def read_indices(self, indices) -> dict[str, np.ndarray]:
@@ -147,11 +144,11 @@ def make_dataset(source: StoreSource, batch_size: int, seed: int,
         process_index, process_count: this host's slot among all hosts.
 
     Raises:
-        DataConfigError: fewer committed rows than one global batch.
+        ConfigError: fewer committed rows than one global batch.
     """
     n = len(source)
     if n < batch_size * process_count:
-        raise DataConfigError(f"store has {n} committed rows but a global batch needs "
+        raise ConfigError(f"store has {n} committed rows but a global batch needs "
                               f"{batch_size * process_count}; lower data.batch_size or "
                               f"write more rows")
     ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
@@ -177,7 +174,7 @@ def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads
     """
     count, index = jax.process_count(), jax.process_index()
     if global_batch % count:
-        raise DataConfigError(f"data.batch_size={global_batch} is not divisible by the "
+        raise ConfigError(f"data.batch_size={global_batch} is not divisible by the "
                               f"{count} hosts; use a multiple of {count}")
     ds = make_dataset(source, global_batch // count, seed, index, count)
     options = grain.ReadOptions(num_threads=num_threads,

@@ -108,7 +108,7 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
 
 
 def alpha_fn(config, num_steps: int):
-    """The α schedule of a phase of `num_steps` steps (ScheduleError if inconsistent)."""
+    """The α schedule of a phase of `num_steps` steps (ConfigError if inconsistent)."""
     loss = config.loss
     return schedules.alpha_schedule(loss.alpha_schedule, loss.alpha, num_steps,
                                     config.optim.warmup_steps, config.optim.decay_fraction,
@@ -145,7 +145,7 @@ def check_schedules(config, phase_steps) -> None:
             lr_schedule(config, phase, num_steps)
             if phase.kd_term:
                 alpha_fn(config, num_steps)
-        except schedules.ScheduleError as e:
+        except ConfigError as e:
             knob = "hldf.warmup_steps" if phase.constant_lr else "optim.warmup_steps"
             raise ConfigError(f"phase {phase.index} of {config.method} ({num_steps} steps): "
                               f"{e} ({knob}, optim.decay_fraction, budget.value)") from None

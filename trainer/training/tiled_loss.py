@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from trainer.model import tiling
 from trainer.training import losses, sampled_kd
-from trainer.model.errors import ModelInputError
+from trainer.model.errors import ConfigError, ModelInputError
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 
@@ -45,9 +45,6 @@ PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Arra
 # teacher signal of the KD and top-1 terms (signals.TopkSignal or signals.SampledSignal).
 TARGETS = "targets"
 TEACHER = "teacher"
-
-
-TiledLossError = ModelInputError  # Bad shapes or settings for the tiled logit loss
 
 
 def tile_logits(hidden_NxD: jax.Array, embedding_VxD: jax.Array) -> jax.Array:
@@ -63,20 +60,20 @@ def tile_logits(hidden_NxD: jax.Array, embedding_VxD: jax.Array) -> jax.Array:
 
 def _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens):
     if hidden_BxTxD.ndim != 3:
-        raise TiledLossError(
+        raise ModelInputError(
             f"hidden must be [B, T, D], got shape {hidden_BxTxD.shape}; pass the final hidden states")
     if embedding_VxD.ndim != 2 or embedding_VxD.shape[1] != hidden_BxTxD.shape[2]:
-        raise TiledLossError(
+        raise ModelInputError(
             f"embedding must be [V, D={hidden_BxTxD.shape[2]}], got {embedding_VxD.shape}; "
             "pass model.embedding_table(params)")
     if not isinstance(tile_tokens, int) or tile_tokens <= 0:
-        raise TiledLossError(
+        raise ModelInputError(
             f"tile_tokens must be a positive int, got {tile_tokens!r}; use e.g. 1024")
     for name, tree in token_inputs.items():
         for x in jax.tree_util.tree_leaves(tree):
             if tuple(x.shape[:2]) == tuple(hidden_BxTxD.shape[:2]):
                 continue
-            raise TiledLossError(
+            raise ModelInputError(
                 f"token input {name!r} has shape {x.shape}, expected leading [B, T] = "
                 f"{hidden_BxTxD.shape[:2]}; align it with the hidden states (shift targets by one)")
 
@@ -106,13 +103,13 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
       ``{name: fp32 [B, T]}`` as returned by ``per_tile_fn``.
 
     Raises:
-      TiledLossError: inconsistent shapes or a non-positive tile size.
+      ModelInputError: inconsistent shapes or a non-positive tile size.
     """
     token_inputs = dict(token_inputs or {})
     _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens)
     missing = [k for k in getattr(per_tile_fn, "required_inputs", ()) if k not in token_inputs]
     if missing:
-        raise TiledLossError(
+        raise ModelInputError(
             f"token_inputs lacks {missing} needed by the requested loss terms; pass them "
             "(targets from the shifted tokens, teacher: the decoded top-k or sampled signal)")
 
@@ -148,13 +145,13 @@ def logit_terms_fn(nll: bool = True,
     ``{"nll": ..., "kd": ..., "top1": ...}``; KD is without τ²/α.
 
     Raises:
-      TiledLossError: no term requested.
-      losses.LossConfigError: bad KD tail / divergence / temperature / signal,
+      ModelInputError: no term requested.
+      ConfigError: bad KD tail / divergence / temperature / signal,
         or a setting the sampled signal cannot honour (checked here, before
         anything is traced).
     """
     if not (nll or kd or top1):
-        raise TiledLossError("logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True")
+        raise ModelInputError("logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True")
     signal = sampled_kd.parse_signal(signal)
     if kd:
         tail = losses.parse_tail_mode(tail)
