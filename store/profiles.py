@@ -108,16 +108,19 @@ class Profile:
         """Every stored array of a store with this schema."""
         return [spec for specs in self.field_arrays(schema).values() for spec in specs]
 
+    def field_names(self, schema, field: str, normalized: bool = False) -> list[str]:
+        """The stored arrays of one store field (``field_arrays``; [] for a field the store lacks)."""
+        return [s.name for s in self.field_arrays(schema, normalized).get(field, [])]
+
     def topk_array_names(self, schema) -> list[str]:
-        return [s.name for s in self.topk.specs(self, schema.seq_len, schema.k, schema.vocab_size)]
+        return self.field_names(schema, TOPK)
 
     def sampled_array_names(self, schema) -> list[str]:
-        return [s.name for s in sampled.array_specs(self, schema.seq_len, schema.samples, schema.vocab_size)]
+        return self.field_names(schema, SAMPLED)
 
     def hidden_array_names(self, schema, layer, normalized: bool = False) -> list[str]:
         """Stored arrays a hidden read needs; ``normalized`` reads skip the per-token RMS."""
-        names = [s.name for s in self.hidden.specs(layer, schema.seq_len, schema.hidden_dim)]
-        return [n for n in names if n != aux_name(layer, "rms")] if normalized else names
+        return self.field_names(schema, hidden_name(layer), normalized)
 
     # --- ids (top-k and sampled alike) ---
 
