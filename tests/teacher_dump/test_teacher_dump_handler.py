@@ -49,7 +49,8 @@ def test_run_inference_pipeline(ckpt):
     def check(outputs):
         assert sorted(u for u, _, _ in outputs) == [0, 1, 7]
         inputs = dict(units)
-        for u, tokens, signal in outputs:
+        for u, tokens, unit_signal in outputs:
+            signal = unit_signal.values  # a pipelines.unit_signal.HostSignal: write_unit's kwargs
             np.testing.assert_array_equal(tokens, inputs[u])
             assert signal["topk_ids"].shape == tokens.shape + (K,)
             assert signal["topk_logprobs"].dtype == np.float32
@@ -71,7 +72,7 @@ def test_run_inference_direct_call_and_bad_elements(ckpt):
     assert handler.should_skip_batching()  # RunInference's BatchElements is not used
     teacher = handler.load_model()
     (unit, tokens, signal), = handler.run_inference([(3, _units(teacher.cfg)[2][1])], teacher)
-    assert unit == 3 and signal["topk_ids"].shape == (3, 16, K)
+    assert unit == 3 and signal.values["topk_ids"].shape == (3, 16, K)
     with pytest.raises(ModelInputError, match="unit_index, tokens_RxT"):
         handler.run_inference([np.zeros((2, 16), np.int32)], teacher)
     with pytest.raises(ModelInputError, match="unit 4: tokens must be"):
@@ -101,7 +102,7 @@ def test_run_inference_through_a_methods_only_proxy(ckpt):
     tokens = _units(teacher.cfg)[0][1]
     (_, _, via_proxy), = handler.run_inference([(0, tokens)], _MethodsOnly(teacher))
     (_, _, direct), = handler.run_inference([(0, tokens)], teacher)
-    np.testing.assert_array_equal(via_proxy["topk_ids"], direct["topk_ids"])
+    np.testing.assert_array_equal(via_proxy.values["topk_ids"], direct.values["topk_ids"])
 
 
 def test_bad_options_fail_at_load(ckpt):
@@ -115,7 +116,8 @@ def test_sampled_draws_are_keyed_by_global_store_rows(ckpt):
     teacher = handler.load_model()
     units = _units(teacher.cfg)  # units 0, 1 and 7 (3 rows: the last, short one)
     outputs = handler.run_inference(units, teacher)
-    for (u, tokens), (_, _, signal) in zip(units, outputs):
+    for (u, tokens), (_, _, unit_signal) in zip(units, outputs):
+        signal = unit_signal.values
         assert "topk_ids" not in signal
         want = loop.concat_batches(teacher_dump.extract_rows(
             teacher, tokens, batch_size=8, k=0, samples=4, row_ids=4 * u + np.arange(len(tokens))))
