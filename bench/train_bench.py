@@ -81,15 +81,16 @@ def bench_method(config, model_cfg, method, store_url, steps, mesh, repeats):
     # The schedule length only shapes the LR (the bench runs far fewer steps);
     # it must hold the warm-up plus the decay for the schedule to be valid.
     schedule_steps = max(10 * steps, 2 * config.optim.warmup_steps + 10)
-    plan = train.PhasePlan(phase, schedule_steps,
-                           train.phase_flops_per_token(config, model_cfg, phase))
+    plan = train.PhasePlan(phase=phase, num_steps=schedule_steps,
+                           flops_per_token=train.phase_flops_per_token(config, model_cfg, phase))
     # The loader ships the stored arrays; the step decodes them on the device.
     reader = StoreReader(store_url)
     runner = train.PhaseRunner(config, model_cfg, plan, mesh, decode.Encoding.from_reader(reader))
     state = runner.init_state(jax.random.key(0))
     host = data.synthetic_batch(config.data.batch_size, config.data.seq_len,
                                 model_cfg.vocab_size, k=config.data.k,
-                                hidden_dim=config.teacher.d_model, profile=reader.schema.profile)
+                                hidden_dim=config.teacher.d_model, profile=reader.schema.profile,
+                                hidden_layer=config.teacher.hidden_layer)
     fixed = runner.put_batch(host)
 
     class _OnDevice:
@@ -98,8 +99,7 @@ def bench_method(config, model_cfg, method, store_url, steps, mesh, repeats):
         def __next__(self):
             return fixed
 
-    source = data.StoreSource(store_url, data.store_fields(phase.fields,
-                                                          config.teacher.hidden_layer))
+    source = data.StoreSource(store_url, phase.fields)
     it = data.make_iterator(source, config.data.batch_size, seed=0,
                             num_threads=config.data.num_threads,
                             prefetch_buffer_size=config.data.prefetch_buffer_size)

@@ -19,20 +19,15 @@ import sys
 from pipelines import errors, options
 
 
+
 def _user_errors():
-    """Errors from the packages we call that carry a one-line user message."""
+    """Errors from the packages we call that carry a one-line user message (their
+    subclasses are recognised too: pipelines.errors.find_pipeline_error). Imported
+    here, not at the top: `--help` and bad flags are answered before these stacks load."""
     import store
-    from trainer.model import layout, model_config, tokenizer
-    return (store.StoreError, store.StoreNotFoundError, store.SchemaMismatchError,
-            store.IncompleteStoreError, store.CorruptStoreError, store.StoreInputError,
-            layout.ModelIOError, model_config.ConfigError, tokenizer.TokenizerError)
-
-
-def _teacher_errors():
-    from teacher_dump import extract, teacher
-    from pipelines import teacher_handler as handler
-    return (teacher.TeacherLoadError, teacher.DevicePlacementError, extract.ExtractConfigError,
-            extract.TokenRangeError, handler.UnitElementError)
+    from trainer.model import tokenizer
+    from trainer.model.errors import ConfigError, ModelInputError, ModelIOError
+    return (store.StoreError, ConfigError, ModelInputError, ModelIOError, tokenizer.TokenizerError)
 
 
 @dataclasses.dataclass
@@ -202,7 +197,7 @@ def run_dump(argv):
         except Exception as e:  # whatever the runner wraps a worker's error in; re-raised below
             if _is_interrupt(e):  # Ctrl-C inside a DoFn: Beam re-raises it as a RuntimeError
                 raise KeyboardInterrupt from None
-            user_error = errors.find_pipeline_error(e, _user_errors() + _teacher_errors())
+            user_error = errors.find_pipeline_error(e, _user_errors())
             if user_error is None:
                 raise
             if isinstance(user_error, errors.StoreWriteError):
@@ -305,7 +300,7 @@ def _interrupted_summary(precheck):
 
 
 def _run(argv):
-    user_errors = (errors.PipelineError,) + _user_errors() + _teacher_errors()
+    user_errors = (errors.PipelineError,) + _user_errors()
     # Beam logs a DoFn's exception with its traceback before re-raising it;
     # for bad input the one line below is the whole story.
     beam_log = logging.getLogger("apache_beam.runners.common")

@@ -46,9 +46,8 @@ class StoreWriteError(PipelineError):
     """The storage under a store refused a write: disk full, read-only, permission denied."""
 
 
-_ERROR_CLASSES = {cls.__name__: cls for cls in (
-    PipelineError, InputError, DecodeError, EmptyInputError, TokenizerError,
-    VocabMismatchError, OptionsError, StoreStateError, StoreWriteError)}
+# The pipeline's own user errors (with every subclass: find_pipeline_error).
+_ERROR_CLASSES = (PipelineError, TokenizerError)
 
 # What a failed write raises: TensorStore turns every I/O status into a
 # ValueError ("RESOURCE_EXHAUSTED: ... No space left on device
@@ -106,7 +105,7 @@ def find_pipeline_error(exc, extra_classes=()):
         A `ValueError` carrying the one-line message, or None when the failure
         is not one of ours (a genuine bug, to be shown with its traceback).
     """
-    known = tuple(_ERROR_CLASSES.values()) + tuple(extra_classes)
+    known = _ERROR_CLASSES + tuple(extra_classes)
     seen = set()
     current = exc
     while current is not None and id(current) not in seen:
@@ -114,7 +113,8 @@ def find_pipeline_error(exc, extra_classes=()):
         if isinstance(current, known):
             return current
         current = current.__cause__ or current.__context__
-    names = {cls.__name__: cls for cls in known}
+    # By name, a class and every subclass of it (a remote traceback names the raised class).
+    names = {cls.__name__: cls for cls in _with_subclasses(known)}
     # "InputError: msg" or "pipelines.errors.InputError: msg" in a remote
     # traceback; the message runs to the end of its line.
     pattern = re.compile(r"(?<!\w)(?:[\w.]*\.)?(" + "|".join(names) + r"): ([^\n]+)")
@@ -125,6 +125,16 @@ def find_pipeline_error(exc, extra_classes=()):
         return None
     name, message = matches[-1]
     return names[name](_strip_runner_context(message))
+
+
+def _with_subclasses(classes):
+    out, todo = [], list(classes)
+    while todo:
+        cls = todo.pop()
+        if cls not in out:
+            out.append(cls)
+            todo += cls.__subclasses__()
+    return out
 
 
 def _strip_runner_context(message):

@@ -10,14 +10,15 @@ Contract with the dump pipeline (pipelines/):
   drop (the Dask runner does: the last unit of every bundle was lost), and
   its batches depend on bundle sizes.
 * One output element per unit, same unit:
-  ``(unit_index, tokens_RxT, signal)`` with ``signal = {"topk_ids":
-  int32[R,T,K], "topk_logprobs": float32[R,T,K], "hidden": {l: float32[R,T,D]}}``
-  (no topk_* when k = 0; plus ``sampled_ids`` / ``sampled_counts`` /
-  ``sampled_logprobs`` [R,T,S] when samples > 0, keyed by the global store row
-  ``unit_index * rows_per_unit + r``) — exactly the arguments
-  ``StoreWriter.write_unit`` takes; with ``encode_for`` (what pipelines.dump
-  passes), the store's arrays encoded on the device instead,
-  ``signal = {"encoded": {stored array: [R, ...]}}`` (write_unit_encoded).
+  ``(unit_index, tokens_RxT, signal)``, ``signal`` a ``pipelines.unit_signal``
+  value: ``HostSignal(values={"topk_ids": int32[R,T,K], "topk_logprobs":
+  float32[R,T,K], "hidden": {l: float32[R,T,D]}})`` (no topk_* when k = 0; plus
+  ``sampled_ids`` / ``sampled_counts`` / ``sampled_logprobs`` [R,T,S] when
+  samples > 0, keyed by the global store row ``unit_index * rows_per_unit +
+  r``: exactly the arguments ``StoreWriter.write_unit`` takes); with
+  ``encode_for`` (what pipelines.dump passes), the store's arrays encoded on
+  the device instead, ``DeviceEncoded(arrays={stored array: [R, ...]})``
+  (write_unit_encoded). The writer calls ``signal.write``.
 * Host memory holds the signal of one call's units; rows inside them are fed
   to the device in batches of ``batch_size`` with transfer overlapped (loop.py).
 
@@ -32,24 +33,23 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base
 
+from pipelines import unit_signal
+from trainer.model.errors import ModelInputError
 from teacher_dump import encode, extract
 from teacher_dump import teacher as teacher_lib
-
-
-class UnitElementError(ValueError):
-    """A RunInference input element is not (unit_index, tokens [R, T])."""
+from trainer.model.errors import ConfigError
 
 
 def _check_element(element) -> tuple[int, np.ndarray]:
     if not (isinstance(element, (tuple, list)) and len(element) == 2):
-        raise UnitElementError(
+        raise ModelInputError(
             f"expected a (unit_index, tokens_RxT) pair, got "
             f"{type(element).__name__}: map units to (index, int32 rows) "
             f"before RunInference")
     unit_index, tokens = element
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise UnitElementError(
+        raise ModelInputError(
             f"unit {unit_index}: tokens must be an integer [rows, seq_len] "
             f"array, got {tokens.dtype}{list(tokens.shape)}: pass the unit's "
             f"int32 token rows")
@@ -85,14 +85,14 @@ class TeacherModelHandler(base.ModelHandler):
                 the global store rows that key the draws (required iff
                 samples > 0).
             encode_for: the store's StoreSchema: encode on the device; the signal is then
-                {"encoded": {stored array: [R, ...]}} (StoreWriter.write_unit_encoded).
+                unit_signal.DeviceEncoded (StoreWriter.write_unit_encoded).
             encode_profile: the existing store's Profile (store.profiles.for_store), None: new store.
 
         Raises:
-            extract.ExtractConfigError: samples > 0 without rows_per_unit.
+            ConfigError: samples > 0 without rows_per_unit.
         """
         if samples and not rows_per_unit:
-            raise extract.ExtractConfigError(
+            raise ConfigError(
                 f"samples={samples} draws are keyed by the global store row: pass "
                 f"rows_per_unit (the store's unit size) to TeacherModelHandler")
         super().__init__()
@@ -127,7 +127,7 @@ class TeacherModelHandler(base.ModelHandler):
     def run_inference(self, batch: Sequence[Any],
                       model: teacher_lib.Teacher,
                       inference_args: Mapping[str, Any] | None = None
-                      ) -> Iterable[tuple[int, np.ndarray, dict]]:
+                      ) -> Iterable[tuple[int, np.ndarray, unit_signal.UnitSignal]]:
         """Extracts the signal of every unit in the batch.
 
         All rows of the batch's units run as one overlapped stream, then the
@@ -144,7 +144,7 @@ class TeacherModelHandler(base.ModelHandler):
         units = [_check_element(e) for e in batch]
         seq_lens = {t.shape[1] for _, t in units}
         if len(seq_lens) > 1:
-            raise UnitElementError(
+            raise ModelInputError(
                 f"units in one call have different seq_len {sorted(seq_lens)}: "
                 f"a store has one seq_len; dump one store at a time")
         rows = np.concatenate([t for _, t in units]).astype(np.int32, copy=False)
@@ -153,14 +153,12 @@ class TeacherModelHandler(base.ModelHandler):
                                layers=self._layers, top_p=self._top_p,
                                token_tile=self._token_tile, samples=self._samples,
                                row_ids=self._row_ids(units), **self._encode)
-        if self._encode_for is not None:
-            signal = {"encoded": encode.host_arrays(signal)}
+        signal = (unit_signal.DeviceEncoded(arrays=encode.host_arrays(signal)) if self._encode_for is not None
+                  else unit_signal.HostSignal(values=signal))
         results, start = [], 0
         for unit_index, tokens in units:
             stop = start + tokens.shape[0]
-            unit_signal = {name: ({n: a[start:stop] for n, a in array.items()} if isinstance(array, dict)
-                                  else array[start:stop]) for name, array in signal.items()}
-            results.append((unit_index, tokens, unit_signal))
+            results.append((unit_index, tokens, signal.rows(start, stop)))
             start = stop
         Metrics.counter("teacher_dump", "units").inc(len(units))
         Metrics.counter("teacher_dump", "tokens").inc(int(rows.size))
@@ -172,7 +170,7 @@ class TeacherModelHandler(base.ModelHandler):
             return None
         for unit_index, tokens in units:
             if tokens.shape[0] > self._rows_per_unit:
-                raise UnitElementError(
+                raise ModelInputError(
                     f"unit {unit_index} has {tokens.shape[0]} rows, more than "
                     f"rows_per_unit={self._rows_per_unit}: pass the store's unit size")
         return np.concatenate([unit_index * self._rows_per_unit + np.arange(tokens.shape[0])
@@ -180,7 +178,7 @@ class TeacherModelHandler(base.ModelHandler):
 
     def validate_inference_args(self, inference_args):
         if inference_args:
-            raise UnitElementError(
+            raise ModelInputError(
                 f"TeacherModelHandler takes no inference_args, got "
                 f"{sorted(inference_args)}: set options on the handler")
 

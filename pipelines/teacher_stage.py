@@ -2,7 +2,8 @@
 
     Layout ──PrepareStore──▶ store created (or reopened), committed units known
     (unit, tokens_RxT) ──BatchUnits──▶ [units] ──RunInference(TeacherModelHandler)──▶ (unit, tokens, signal)
-                       ──WriteUnitFn──▶ StoreWriter.write_unit (commit record last)
+                       ──WriteUnitFn──▶ signal.write: StoreWriter.write_unit_encoded / write_unit
+                                        (commit record last; signal: pipelines.unit_signal)
 
 Resume is the store's work-unit ledger: a rerun of the same command skips
 units whose commit record exists (`spine.PackUnits` drops them before the
@@ -19,12 +20,11 @@ Beam counters, which count attempts.
 import time
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.ml.inference.base import RunInference
 
 import store
 from store import schema as schema_lib
-from pipelines import errors
+from pipelines import errors, unit_signal
 from pipelines.errors import EmptyInputError, StoreStateError
 
 # Two executions of PrepareStore may create the same store at once; the loser
@@ -102,7 +102,7 @@ class PrepareStore:
 
 
 class WriteUnitFn(beam.DoFn):
-    """Writes and commits one work unit: element (unit, tokens_RxT, signal | None).
+    """Writes and commits one work unit: element (unit, tokens_RxT, signal: a pipelines.unit_signal value).
 
     Outputs the unit index; a unit already committed (a duplicate delivery)
     is skipped, so that executing an element twice is harmless.
@@ -122,14 +122,8 @@ class WriteUnitFn(beam.DoFn):
             self._writer = store.open_writer(self._url)
         if self._writer.is_committed(unit):
             return
-        # The handler's signal holds exactly write_unit's keyword arguments.
-        arrays = {} if signal is None else signal
         try:
-            if "encoded" in arrays:  # encoded on the device (teacher_dump.encode)
-                self._writer.write_unit_encoded(unit, {"tokens": np.asarray(tokens_RxT, np.int32),
-                                                       **arrays["encoded"]})
-            else:
-                self._writer.write_unit(unit, tokens=tokens_RxT, **arrays)
+            signal.write(self._writer, unit, tokens_RxT)  # a pipelines.unit_signal value
         except errors.STORAGE_ERRORS as e:
             errors.raise_if_storage_failure(e, f"writing unit {unit} to {self._url}")
             raise
@@ -175,7 +169,7 @@ class BatchUnits(beam.PTransform):
 
 def _without_signal(element):
     unit, tokens_RxT = element
-    return unit, tokens_RxT, None
+    return unit, tokens_RxT, unit_signal.HostSignal()
 
 
 class WriteTeacherSignal(beam.PTransform):

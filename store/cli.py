@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             if args.dry_run:
                 raise errors.StoreInputError(f"--dry-run is an option of repair, not of {args.command}")
             result = COMMANDS[args.command](args.store)
-    except (errors.StoreError, objective_penalty.PenaltyError) as e:
+    except errors.StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -85,7 +85,7 @@ def _loss_settings(args):
     extra = [f"--{n}" for n in ("tau", "tail", "divergence") if getattr(args, n) is not None]
     if args.alpha is None:
         if extra:
-            raise objective_penalty.PenaltyError(
+            raise errors.StoreInputError(
                 f"{', '.join(extra)} need --alpha (the KD weight) to report the objective penalty")
         return None
     return {"alpha": args.alpha, "tau": 1.0 if args.tau is None else args.tau,

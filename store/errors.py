@@ -29,8 +29,12 @@ class StoreInputError(StoreError):
     """Arguments passed to the store API have the wrong shape, dtype or range."""
 
 
-class StorageAccessError(StoreError):
+class StorageAccessError(StoreError, OSError):
     """The storage service failed or refused a request (unreachable endpoint, missing bucket, credentials).
+
+    An outage, not bad input: also an ``OSError``, so a caller can retry it
+    (``except OSError``) apart from the store's other, permanent errors; still
+    a ``StoreError`` (and ValueError) for the CLIs' one-line exit 2.
 
     ``failure`` names the failure alone (e.g. "no space left on device") where
     it is known, for callers that phrase their own line; else None.

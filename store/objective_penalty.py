@@ -62,6 +62,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from store.errors import StoreInputError
+
 THRESHOLD_NATS = 0.02
 MAX_POSITIONS = 4096  # Sampled positions: a standard error of ~0.005 nats at most.
 MAX_NEWTON_STEPS = 100
@@ -69,10 +71,6 @@ GRAD_TOL = 1e-10
 TAILS = ("zero", "renormalize", "bucket")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 _TINY = 1e-300
-
-
-class PenaltyError(ValueError):
-    """Bad arguments for the objective-penalty analysis."""
 
 
 def tempered_tail_logmass(log_m, log_min_p, num_tail, tau: float):
@@ -216,14 +214,14 @@ def position_penalties(topk_logprobs_NxK, vocab_size: int, alpha: float, tau: fl
       combination this model does not cover, {"not_modelled": reason}.
 
     Raises:
-      PenaltyError: unknown tail/divergence or values out of range.
+      StoreInputError: unknown tail/divergence or values out of range.
     """
     if tail not in TAILS:
-        raise PenaltyError(f"unknown tail {tail!r}; use one of {list(TAILS)}")
+        raise StoreInputError(f"unknown tail {tail!r}; use one of {list(TAILS)}")
     if divergence not in DIVERGENCES:
-        raise PenaltyError(f"unknown divergence {divergence!r}; use one of {list(DIVERGENCES)}")
+        raise StoreInputError(f"unknown divergence {divergence!r}; use one of {list(DIVERGENCES)}")
     if not (0.0 <= alpha <= 1.0) or not (tau > 0 and np.isfinite(tau)):
-        raise PenaltyError(f"alpha={alpha} must be in [0, 1] and tau={tau} > 0")
+        raise StoreInputError(f"alpha={alpha} must be in [0, 1] and tau={tau} > 0")
     lp = np.asarray(topk_logprobs_NxK, np.float64)
     lp = lp[np.isfinite(lp).any(-1)]
     n = lp.shape[0]

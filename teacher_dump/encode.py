@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from store import bitpack, errors as store_errors, lean as store_lean, profiles, sampled
+from store import bitpack, errors as store_errors, hidden_codecs, lean as store_lean, profiles, sampled
+from store import topk_codecs
+from store.hidden_codecs import aux_name, hidden_name
 from teacher_dump.encode_ops import F32, divide, fwht, mean_square, pack_ids, rms, top_n_channels
 from trainer.model.errors import ModelInputError
-
-EncodeInputError = ModelInputError  # Signal arrays of the wrong shape or dtype for the store's schema
 
 
 def encode_ids(ids_XxN: jax.Array, vocab_size: int, packs_ids: bool) -> jax.Array:
@@ -50,25 +50,25 @@ def encode_sampled(signal: dict, vocab_size: int, packs_ids: bool) -> dict:
 # --- exact -------------------------------------------------------------------------------------
 
 def exact_hidden(layer: int, x_XxD: jax.Array) -> dict:
-    """``ExactProfile.encode_hidden``: float16 x / rms(x) and the float32 RMS."""
+    """``hidden_codecs.Float16Hidden.encode``: float16 x / rms(x) and the float32 RMS."""
     x = x_XxD.astype(F32)
     r, safe = rms(x)
-    return {profiles.hidden_name(layer): divide(x, safe[..., None]).astype(jnp.float16),
-            profiles.aux_name(layer, "rms"): r}
+    return {hidden_name(layer): divide(x, safe[..., None]).astype(jnp.float16),
+            aux_name(layer, "rms"): r}
 
 
 def exact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = False) -> dict:
-    """``ExactProfile.encode_topk``: ids in the store's id dtype, float16 log-probs."""
-    return {"topk/ids": encode_ids(ids_XxK, vocab_size, packs_ids),
-            "topk/logprobs": jnp.minimum(logprobs_XxK.astype(F32), 0).astype(jnp.float16)}
+    """``topk_codecs.Float16Topk.encode``: ids as the profile stores them, float16 log-probs."""
+    return {topk_codecs.IDS: encode_ids(ids_XxK, vocab_size, packs_ids),
+            topk_codecs.LOGPROBS: jnp.minimum(logprobs_XxK.astype(F32), 0).astype(jnp.float16)}
 
 
 # --- compact -----------------------------------------------------------------------------------
 
 def compact_hidden(layer: int, x_XxD: jax.Array) -> dict:
-    """``CompactProfile.encode_hidden``: int8 grid per token, n outlier channels in float16."""
+    """``hidden_codecs.OutlierInt8Hidden.encode``: int8 grid per token, n outlier channels in float16."""
     D = x_XxD.shape[-1]
-    n = min(profiles.NUM_OUTLIERS, D)
+    n = min(hidden_codecs.NUM_OUTLIERS, D)
     x = x_XxD.astype(F32)
     r, safe = rms(x)
     y = divide(x, safe[..., None])
@@ -80,24 +80,24 @@ def compact_hidden(layer: int, x_XxD: jax.Array) -> dict:
     step = divide(jnp.max(a, axis=-1), np.float32(127.0)).astype(jnp.float16)
     step = jnp.where(step > 0, step, jnp.float16(1.0))
     q = jnp.clip(jnp.rint(divide(y, step.astype(F32)[..., None])), -127, 127).astype(jnp.int8)
-    return {profiles.hidden_name(layer): q, profiles.aux_name(layer, "rms"): r,
-            profiles.aux_name(layer, "qstep"): step,
-            profiles.aux_name(layer, "outlier_idx"): idx.astype(jnp.uint16),
-            profiles.aux_name(layer, "outlier_val"): val.astype(jnp.float16)}
+    return {hidden_name(layer): q, aux_name(layer, "rms"): r,
+            aux_name(layer, "qstep"): step,
+            aux_name(layer, "outlier_idx"): idx.astype(jnp.uint16),
+            aux_name(layer, "outlier_val"): val.astype(jnp.float16)}
 
 
 def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = True) -> dict:
-    """``CompactProfile.encode_topk``: uint8 square-root companded code below the float32 top-1."""
+    """``topk_codecs.CompandedTopk.encode``: uint8 square-root companded code below the float32 top-1."""
     lp = jnp.minimum(logprobs_XxK.astype(F32), 0)
     top = lp[..., 0]
     finite = jnp.isfinite(lp) & jnp.isfinite(top)[..., None]
     delta = jnp.where(finite, top[..., None] - lp, F32(0.0))
-    frac = divide(jnp.clip(delta, F32(0.0), F32(profiles.LP_RANGE)), np.float32(profiles.LP_RANGE))
+    frac = divide(jnp.clip(delta, F32(0.0), F32(topk_codecs.LP_RANGE)), np.float32(topk_codecs.LP_RANGE))
     code = jnp.rint(F32(254.0) * jnp.sqrt(frac))
-    code = jnp.where(finite, code, F32(profiles.LP_NEG_INF_CODE)).astype(jnp.uint8)
-    return {"topk/ids": encode_ids(ids_XxK, vocab_size, packs_ids),
-            "topk/logprobs": code,
-            "topk/top_logprob": jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32)}
+    code = jnp.where(finite, code, F32(topk_codecs.LP_NEG_INF_CODE)).astype(jnp.uint8)
+    return {topk_codecs.IDS: encode_ids(ids_XxK, vocab_size, packs_ids),
+            topk_codecs.LOGPROBS: code,
+            topk_codecs.TOP_LOGPROB: jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32)}
 
 
 # --- lean (SPEC §2) ----------------------------------------------------------------------------
@@ -130,20 +130,21 @@ def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict
     code = code.astype(jnp.uint8).reshape(*lead, D)
     code = jnp.pad(code, [(0, 0)] * len(lead) + [(0, -D % 3)]).reshape(*lead, -(-D // 3), 3)
     packed = code[..., 0] + jnp.uint8(6) * code[..., 1] + jnp.uint8(36) * code[..., 2]
-    return {profiles.hidden_name(layer): packed, profiles.aux_name(layer, "rms"): r,
-            profiles.aux_name(layer, "step"): step}
+    return {hidden_name(layer): packed, aux_name(layer, "rms"): r,
+            aux_name(layer, "step"): step}
 
 
 def lean_profile_hidden(layer: int, x_XxD: jax.Array) -> dict:
-    """``LeanProfile.encode_hidden``: lean_hidden with store.lean's signs and step constant."""
+    """``hidden_codecs.LeanHidden.encode``: lean_hidden with store.lean's signs and step constant."""
     return lean_hidden(layer, x_XxD, store_lean.signs(x_XxD.shape[-1]), store_lean.LEAN_STEP)
 
 
 # --- the profile's whole signal ----------------------------------------------------------------
 
-# Profile name -> (top-k encoder, hidden encoder), the twins of store.profiles' encode_topk / encode_hidden.
-ENCODERS = {"exact": (exact_topk, exact_hidden), "compact": (compact_topk, compact_hidden),
-            "lean": (compact_topk, lean_profile_hidden)}
+# The jnp twins of the numpy codecs, keyed by the codec names (store/topk_codecs.py, store/hidden_codecs.py):
+# a profile made of these codecs is encoded on the device with no change here.
+TOPK_ENCODERS = {"float16": exact_topk, "uint8_companded": compact_topk}
+HIDDEN_ENCODERS = {"float16_rms": exact_hidden, "int8_outliers": compact_hidden, "lean": lean_profile_hidden}
 
 
 def _rows(signal) -> int:
@@ -152,16 +153,16 @@ def _rows(signal) -> int:
             return signal[name].shape[0]
     if signal.get("hidden"):
         return next(iter(signal["hidden"].values())).shape[0]
-    raise EncodeInputError("the signal has no top-k, sampled or hidden arrays: nothing to encode")
+    raise ModelInputError("the signal has no top-k, sampled or hidden arrays: nothing to encode")
 
 
 def _check(name, x, shape, kind):
     if x is None:
-        raise EncodeInputError(f"{name} is missing: this store has {list(shape)[2:]} of them per position; "
+        raise ModelInputError(f"{name} is missing: this store has {list(shape)[2:]} of them per position; "
                                "extract with the store's k, samples and layers")
     ok = jnp.issubdtype(x.dtype, jnp.integer if kind == "integer" else jnp.floating)
     if not ok or tuple(x.shape) != tuple(shape):
-        raise EncodeInputError(
+        raise ModelInputError(
             f"{name} is {x.dtype}{list(x.shape)}, expected {kind} {list(shape)} [rows, seq_len, ...] "
             "of this store's schema; extract with the store's k, layers and seq_len")
 
@@ -186,15 +187,16 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         or log-prob (the host refuses it: ``host_arrays``)}.
 
     Raises:
-        EncodeInputError: an array of the wrong shape or dtype, missing or extra layers.
+        ModelInputError: an array of the wrong shape or dtype, missing or extra layers.
         store.StoreInputError: a profile without a device encoder.
     """
-    if schema.profile not in ENCODERS:
-        raise store_errors.StoreInputError(
-            f"profile {schema.profile!r} has no device encoder; use one of {sorted(ENCODERS)} "
-            "or write with StoreWriter.write_unit (host encoder)")
     profile = profile or profiles.get_profile(schema.profile)
-    encode_topk, encode_hidden = ENCODERS[schema.profile]
+    if profile.topk.name not in TOPK_ENCODERS or profile.hidden.name not in HIDDEN_ENCODERS:
+        raise store_errors.StoreInputError(
+            f"profile {schema.profile!r} ({profile.topk.name} top-k, {profile.hidden.name} hidden) has no device "
+            f"encoder; device encoders exist for top-k {sorted(TOPK_ENCODERS)} and hidden "
+            f"{sorted(HIDDEN_ENCODERS)}; or write with StoreWriter.write_unit (host encoder)")
+    encode_topk, encode_hidden = TOPK_ENCODERS[profile.topk.name], HIDDEN_ENCODERS[profile.hidden.name]
     T, K, S, D = schema.seq_len, schema.k, schema.samples, schema.hidden_dim
     B = _rows(signal)
     arrays, finite_B = {}, jnp.ones((B,), bool)
@@ -214,13 +216,13 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         arrays.update(encode_sampled(signal, schema.vocab_size, profile.packs_ids))
     hidden = signal.get("hidden") or {}
     if sorted(hidden) != sorted(schema.hidden_layers):
-        raise EncodeInputError(f"hidden has the layers {sorted(hidden)}, the store {sorted(schema.hidden_layers)}; "
+        raise ModelInputError(f"hidden has the layers {sorted(hidden)}, the store {sorted(schema.hidden_layers)}; "
                                "extract with layers=schema.hidden_layers")
     for layer in schema.hidden_layers:
         _check(f"hidden[{layer}]", hidden[layer], (B, T, D), "floating")
         encoded = encode_hidden(layer, hidden[layer])
         # x has a NaN/inf iff its RMS does (or x**2 overflows float32: refused too).
-        finite_B &= jnp.isfinite(encoded[profiles.aux_name(layer, "rms")]).all(axis=1)
+        finite_B &= jnp.isfinite(encoded[aux_name(layer, "rms")]).all(axis=1)
         arrays.update(encoded)
     _check_specs(arrays, schema, profile, B)
     return {"arrays": arrays, "finite": finite_B}

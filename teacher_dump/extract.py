@@ -41,12 +41,6 @@ DEFAULT_TOKEN_TILE = 2048
 ExtractFn = Callable[..., dict]
 
 
-ExtractConfigError = ConfigError  # A bad extraction option (k, layers, top_p, token_tile)
-
-
-TokenRangeError = ModelInputError  # Token ids outside [0, vocab_size)
-
-
 @dataclasses.dataclass(frozen=True)
 class ExtractSpec:
     """Validated extraction options.
@@ -80,7 +74,7 @@ class ExtractSpec:
 def _check_samples(samples) -> int:
     if isinstance(samples, bool) or not isinstance(samples, int) \
             or not 0 <= samples <= sampled.MAX_SAMPLES:
-        raise ExtractConfigError(
+        raise ConfigError(
             f"samples={samples!r} is outside [0, {sampled.MAX_SAMPLES}]: pass the number "
             f"of draws per position (e.g. 12; counts are stored as uint8), or 0 for none")
     return samples
@@ -113,50 +107,50 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
         An ExtractSpec.
 
     Raises:
-        ExtractConfigError: on any option outside its range.
+        ConfigError: on any option outside its range.
     """
     num_layers, vocab = int(cfg.num_layers), int(cfg.vocab_size)
     samples = _check_samples(samples)
     low = 0 if samples else 1
     if isinstance(k, bool) or not isinstance(k, int) or not low <= k <= vocab:
-        raise ExtractConfigError(
+        raise ConfigError(
             f"k={k!r} is outside [{low}, vocab_size={vocab}]: pass an integer k "
             f"between 1 and the teacher's vocabulary size (0 only with samples > 0)")
     if top_p is not None and k == 0:
-        raise ExtractConfigError(
+        raise ConfigError(
             "top_p truncates the top-k but k=0: pass k > 0 or drop top_p")
     if layers is None:
         layers = (max(num_layers // 2, 1),)
     layers = tuple(int(l) for l in layers)
     for l in layers:
         if not 1 <= l <= num_layers:
-            raise ExtractConfigError(
+            raise ConfigError(
                 f"layer {l} is outside [1, {num_layers}] (layer l = residual "
                 f"after l blocks): pass layers between 1 and num_layers")
     if len(set(layers)) != len(layers):
-        raise ExtractConfigError(
+        raise ConfigError(
             f"layers {layers} contain duplicates: list each layer once")
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
-        raise ExtractConfigError(
+        raise ConfigError(
             f"top_p={top_p!r} is outside (0, 1]: pass a probability mass such "
             f"as 0.95, or None to keep all k slots")
     if topk_group is None:
         topk_group = topk.auto_group(jax.default_backend(), vocab, k) if k else 0
     if isinstance(topk_group, bool) or not isinstance(topk_group, int) or topk_group < 0 \
             or (topk_group and -(-vocab // topk_group) <= k):
-        raise ExtractConfigError(
+        raise ConfigError(
             f"topk_group={topk_group!r} must be 0 (lax.top_k) or a group size g with more "
             f"than k={k} groups in vocab_size={vocab}: pass 0, None (auto) or a g "
             f"below {vocab // max(k, 1)}")
     if not isinstance(token_tile, int) or token_tile < 1:
-        raise ExtractConfigError(
+        raise ConfigError(
             f"token_tile={token_tile!r} must be a positive integer: pass e.g. "
             f"{DEFAULT_TOKEN_TILE}")
     if hidden_dtype is not None:
         try:
             hidden_dtype = jnp.dtype(hidden_dtype).name
         except TypeError:
-            raise ExtractConfigError(
+            raise ConfigError(
                 f"hidden_dtype={hidden_dtype!r} is not a dtype: pass "
                 f"'float32', 'bfloat16', or None for the compute dtype") from None
     return ExtractSpec(k=k, layers=layers,
@@ -269,7 +263,7 @@ def extract_signal(params, tokens_BxT: jax.Array, cfg,
                    spec: ExtractSpec, rows_B: jax.Array | None = None) -> dict:
     """Un-jitted extraction (see make_extract_fn for the contract)."""
     if spec.samples and rows_B is None:
-        raise ExtractConfigError(
+        raise ConfigError(
             f"samples={spec.samples} draws are keyed by the global store row: pass "
             f"rows_B (the store row of each batch row) to the extraction step")
     out = model.forward(params, tokens_BxT, cfg, capture_layers=spec.layers)
@@ -320,7 +314,7 @@ def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
         callers check on host (see check_token_range).
 
     Raises:
-        ExtractConfigError: on bad k, layers, top_p, token_tile or samples.
+        ConfigError: on bad k, layers, top_p, token_tile or samples.
     """
     spec = resolve_spec(cfg, k=k, layers=layers, top_p=top_p,
                         token_tile=token_tile, hidden_dtype=hidden_dtype,
@@ -350,14 +344,14 @@ def check_token_range(tokens, vocab_size: int) -> None:
         vocab_size: the teacher's vocabulary size.
 
     Raises:
-        TokenRangeError: if an id is negative or ≥ vocab_size.
+        ModelInputError: if an id is negative or ≥ vocab_size.
     """
     if tokens.size == 0:
         return
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= vocab_size:
         bad = hi if hi >= vocab_size else lo
-        raise TokenRangeError(
+        raise ModelInputError(
             f"token id {bad} is outside the teacher's vocabulary [0, "
             f"{vocab_size}): tokenize with the tokenizer the teacher was "
             f"trained with (same vocab_size)")

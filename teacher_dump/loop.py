@@ -15,22 +15,19 @@ import jax
 import numpy as np
 
 from teacher_dump import extract
-from trainer.model.errors import ModelInputError
+from trainer.model.errors import ConfigError, ModelInputError
 
 ProgressFn = Callable[[int, int], None]
-
-
-BatchingError = ModelInputError  # Bad input to the batching loop (shape, dtype or batch size)
 
 
 def _check_tokens(tokens_NxT) -> np.ndarray:
     tokens_NxT = np.asarray(tokens_NxT)
     if tokens_NxT.ndim != 2:
-        raise BatchingError(
+        raise ModelInputError(
             f"tokens must be a 2-D [rows, seq_len] array, got shape "
             f"{tokens_NxT.shape}: reshape to one packed row per line")
     if not np.issubdtype(tokens_NxT.dtype, np.integer):
-        raise BatchingError(
+        raise ModelInputError(
             f"tokens must be integer ids, got dtype {tokens_NxT.dtype}: pass "
             f"the int32 token rows from the store")
     return tokens_NxT
@@ -76,24 +73,24 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
         One numpy pytree per batch, rows in input order, padding removed.
 
     Raises:
-        BatchingError: bad shape/dtype/batch_size.
-        extract.TokenRangeError: an id outside [0, vocab_size).
+        ModelInputError: bad shape/dtype/batch_size.
+        ModelInputError: an id outside [0, vocab_size).
     """
     tokens_NxT = _check_tokens(tokens_NxT)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
             or batch_size < 1:
-        raise BatchingError(
+        raise ModelInputError(
             f"batch_size={batch_size!r} must be a positive integer: pass the "
             f"number of rows per device call, e.g. 8")
     if max_in_flight < 1:
-        raise BatchingError(
+        raise ModelInputError(
             f"max_in_flight={max_in_flight} must be ≥ 1: pass 2 to overlap "
             f"transfer with compute")
     num_rows, seq_len = tokens_NxT.shape
     if rows_N is not None:
         rows_N = np.asarray(rows_N)
         if rows_N.shape != (num_rows,) or not np.issubdtype(rows_N.dtype, np.integer):
-            raise BatchingError(
+            raise ModelInputError(
                 f"row ids must be an integer [rows] array matching the {num_rows} token "
                 f"rows, got {rows_N.dtype}{list(rows_N.shape)}: pass the store row of "
                 f"each token row")
@@ -156,17 +153,17 @@ def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
         except for a shorter last batch.
 
     Raises:
-        extract.ExtractConfigError, extract.TokenRangeError, BatchingError.
+        ConfigError, ModelInputError.
     """
     fn = teacher.extract_fn(k=k, layers=layers, top_p=top_p, samples=samples,
                             **extract_kwargs)
     if samples and row_ids is None:
-        raise BatchingError(
+        raise ModelInputError(
             f"samples={samples} draws are keyed by the global store row: pass row_ids "
             f"(the store row of each token row)")
     num_devices = teacher.num_devices
     if isinstance(batch_size, int) and batch_size % num_devices:
-        raise BatchingError(
+        raise ModelInputError(
             f"batch_size={batch_size} does not split over {num_devices} "
             f"devices: pass a multiple of {num_devices}")
     yield from run_batches(fn, teacher.params, tokens_NxT, batch_size,
@@ -179,6 +176,6 @@ def concat_batches(batches) -> dict:
     """Concatenates per-batch numpy dicts along rows (for unit-sized outputs)."""
     batches = list(batches)
     if not batches:
-        raise BatchingError("no batches to concatenate: pass at least one row")
+        raise ModelInputError("no batches to concatenate: pass at least one row")
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0),
                                   *batches)

@@ -16,12 +16,6 @@ from trainer.model import model_config, model_io
 from trainer.model.errors import ConfigError, ModelIOError
 
 
-TeacherLoadError = ModelIOError  # A teacher checkpoint is missing or unreadable
-
-
-DevicePlacementError = ConfigError  # Asked for devices this process does not have
-
-
 @dataclasses.dataclass(eq=False)
 class Teacher:
     """A teacher ready for extraction.
@@ -123,14 +117,14 @@ def local_devices(num_devices: int | None) -> list:
     """The first num_devices local devices (None: all of them).
 
     Raises:
-        DevicePlacementError: more devices asked for than this process has.
+        ConfigError: more devices asked for than this process has.
     """
     available = jax.local_devices()
     if num_devices is None:
         return available
     if isinstance(num_devices, bool) or not isinstance(num_devices, int) \
             or not 1 <= num_devices <= len(available):
-        raise DevicePlacementError(
+        raise ConfigError(
             f"num_devices={num_devices!r} but this process has "
             f"{len(available)} {available[0].platform} device(s): pass a "
             f"number in [1, {len(available)}] or None for all")
@@ -170,18 +164,18 @@ def load_teacher(path: str, dtype: str | None = None,
         A Teacher with params on the default device.
 
     Raises:
-        TeacherLoadError: the path is missing or is not a readable checkpoint.
+        ModelIOError: the path is missing or is not a readable checkpoint.
         model_config.ConfigError: a bad dtype override.
     """
     path = os.fspath(path)
     try:
         cfg, params, metadata = model_io.load_model(path)
     except model_io.ModelIOError as err:  # already names the path and the fix
-        raise TeacherLoadError(f"teacher: {err}") from err
+        raise ModelIOError(f"teacher: {err}") from err
     if "fingerprint" not in metadata:
         # model_io.save_model always writes it; a store must not record a
         # teacher it cannot identify.
-        raise TeacherLoadError(
+        raise ModelIOError(
             f"teacher {path}: metadata.json has no params fingerprint; re-save the "
             f"checkpoint with model_io.save_model (or teacher_dump.convert for "
             f"Hugging Face weights)")

@@ -63,17 +63,14 @@ METHOD_PHASES: dict[str, tuple[str, ...]] = {
 }
 
 
-FlopsError = ConfigError  # Bad FLOPs-accounting input (unknown method, non-positive numbers)
-
-
 def _positive(value, name, integer=False):
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise FlopsError(f"{name}={value!r} must be a number") from None
+        raise ConfigError(f"{name}={value!r} must be a number") from None
     if not (v > 0 and math.isfinite(v)) or (integer and v != int(v)):
         kind = "a positive integer" if integer else "a finite number > 0"
-        raise FlopsError(f"{name}={value!r} must be {kind}")
+        raise ConfigError(f"{name}={value!r} must be {kind}")
     return int(v) if integer else v
 
 
@@ -108,14 +105,14 @@ def param_counts(cfg: model_config.ModelConfig, ht_blocks: int | None = None) ->
     num_layers = cfg.num_layers
     ht_blocks = num_layers // 2 if ht_blocks is None else int(ht_blocks)
     if not 1 <= ht_blocks <= num_layers:
-        raise FlopsError(f"ht_blocks={ht_blocks} must be in [1, {num_layers}] (blocks of the "
+        raise ConfigError(f"ht_blocks={ht_blocks} must be in [1, {num_layers}] (blocks of the "
                          "student run in HLDF phase 1)")
     half = 0
     for leaf in jax.tree_util.tree_leaves(shapes["layers"]):
         # Blocks are stacked on a leading [L] axis; the first ht_blocks slices
         # are exactly the blocks phase 1 runs.
         if leaf.shape[0] != num_layers:
-            raise FlopsError(f"layer param of shape {leaf.shape} is not stacked on [L={num_layers}]; "
+            raise ConfigError(f"layer param of shape {leaf.shape} is not stacked on [L={num_layers}]; "
                              "trainer.model's param tree changed, update trainer.flops")
         half += _size(leaf) // num_layers * ht_blocks
     return {
@@ -207,7 +204,7 @@ def _counts_of(cfg_or_counts) -> dict[str, Any]:
         return model_flops(cfg_or_counts)
     if isinstance(cfg_or_counts, dict) and "flops_per_token" in cfg_or_counts:
         return cfg_or_counts
-    raise FlopsError("expected a ModelConfig or the dict from trainer.flops.model_flops, got "
+    raise ConfigError("expected a ModelConfig or the dict from trainer.flops.model_flops, got "
                      f"{type(cfg_or_counts).__name__}")
 
 
@@ -287,20 +284,20 @@ def plan_steps(budget_flops: float, method: str, tokens_per_step: int, p1: float
       cfg: the student's config, used when ``counts`` is None.
 
     Raises:
-      FlopsError: unknown method, non-positive budget / tokens, bad p1.
+      ConfigError: unknown method, non-positive budget / tokens, bad p1.
     """
     if method not in METHOD_PHASES:
-        raise FlopsError(f"unknown method {method!r}; use one of {list(METHOD_PHASES)}")
+        raise ConfigError(f"unknown method {method!r}; use one of {list(METHOD_PHASES)}")
     if counts is None:
         if cfg is None:
-            raise FlopsError("plan_steps needs counts=model_flops(cfg) or cfg=the student config")
+            raise ConfigError("plan_steps needs counts=model_flops(cfg) or cfg=the student config")
         counts = model_flops(cfg)
     budget = _positive(budget_flops, "budget_flops")
     tokens_per_step = _positive(tokens_per_step, "tokens_per_step", integer=True)
     costs = METHOD_PHASES[method]
     if len(costs) == 2:
         if p1 is None or not 0.0 < float(p1) < 1.0:
-            raise FlopsError(f"hldf needs p1 in (0, 1) (phase-1 budget fraction), got {p1!r}; "
+            raise ConfigError(f"hldf needs p1 in (0, 1) (phase-1 budget fraction), got {p1!r}; "
                              "the paper uses 0.01-0.05")
         shares = (float(p1), 1.0 - float(p1))
     else:
@@ -391,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rep = report(args.student, args.teacher, args.vocab, args.seq_len, args.budget_ot,
                      args.budget_flops, args.tokens_per_step, args.p1)
-    except ValueError as e:  # ConfigError, FlopsError: already one line with the fix
+    except ValueError as e:  # ConfigError, ConfigError: already one line with the fix
         print(f"trainer.flops: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(rep) if args.json else format_table(rep))

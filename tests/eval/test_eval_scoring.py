@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from trainer.evaluate import scoring
-from trainer.evaluate.scoring import Row, ScoringError
+from trainer.evaluate.scoring import Row
+from trainer.model.errors import ConfigError
 
 
 class ToyFn:
@@ -85,13 +86,13 @@ def test_tokens_rows_mask_pad():
 
 
 def test_errors():
-    with pytest.raises(ScoringError, match="batch size 0 must be >= 1"):
+    with pytest.raises(ConfigError, match="batch size 0 must be >= 1"):
         scoring.score_rows(ToyFn(), [], batch_size=0, max_len=8)
-    with pytest.raises(ScoringError, match="stride 9 must be in"):
+    with pytest.raises(ConfigError, match="stride 9 must be in"):
         scoring.document_rows([1, 2, 3], max_len=8, stride=9)
-    with pytest.raises(ScoringError, match="empty continuation"):
+    with pytest.raises(ConfigError, match="empty continuation"):
         scoring.pair_row([1, 2], [], max_len=8)
-    with pytest.raises(ScoringError, match="truncate rows first"):
+    with pytest.raises(ConfigError, match="truncate rows first"):
         scoring.score_rows(ToyFn(), [Row(np.arange(20), np.ones(19, bool))], 2, max_len=8)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from trainer.training import losses
+from trainer.model.errors import ConfigError
 
 
 def test_nll_matches_numpy():
@@ -69,7 +70,7 @@ def test_normalized_mse_gradient_finite_at_zero_and_matches_fd():
 
 
 def test_normalized_mse_shape_mismatch_raises():
-    with pytest.raises(losses.LossConfigError, match="map the student hidden to d_T"):
+    with pytest.raises(ConfigError, match="map the student hidden to d_T"):
         losses.normalized_mse(jnp.zeros((1, 2, 8)), jnp.zeros((1, 2, 16)))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from trainer.training import losses
+from trainer.model.errors import ConfigError
 
 # Eager on purpose: op-level compile caches are shared across the many small
 # parametrized cases, which is cheaper here than one jit compile per case.
@@ -184,9 +185,9 @@ def test_kd_topk_bad_config_raises_clear_error(kwargs, match):
     student, ids, lps = _make_batch(seed=1)
     call = dict(temperature=1.0)
     call.update(kwargs)
-    with pytest.raises(losses.LossConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         losses.kd_topk(jnp.asarray(student), jnp.asarray(ids), jnp.asarray(lps), **call)
-    assert issubclass(losses.LossConfigError, ValueError)
+    assert issubclass(ConfigError, ValueError)
 
 
 def test_enums_accept_members_and_names():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from trainer.model import regressors
+from trainer.model.errors import ConfigError
 
 
 @pytest.mark.parametrize("d_s,d_t", [(8, 12), (12, 8)])  # d_T < d_S must work too
@@ -56,6 +57,6 @@ def test_bf16_compute_dtype():
     (lambda: regressors.logical_axes({"kernel": jnp.ones(2)}), "unknown regressor param names"),
 ])
 def test_bad_input_raises(call, match):
-    with pytest.raises(regressors.RegressorError, match=match):
+    with pytest.raises(ConfigError, match=match):
         call()
-    assert issubclass(regressors.RegressorError, ValueError)
+    assert issubclass(ConfigError, ValueError)

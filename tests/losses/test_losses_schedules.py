@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from trainer.training import schedules
+from trainer.model.errors import ConfigError
 
 
 def _at(schedule, steps):
@@ -70,6 +71,6 @@ def test_alpha_schedules(name, kwargs, steps, want):
     (lambda: schedules.alpha_schedule("wsd", 0.5, 10, warmup_steps=10), "exceed total_steps"),
 ])
 def test_bad_values_raise_clear_errors(call, match):
-    with pytest.raises(schedules.ScheduleError, match=match):
+    with pytest.raises(ConfigError, match=match):
         call()
-    assert issubclass(schedules.ScheduleError, ValueError)
+    assert issubclass(ConfigError, ValueError)

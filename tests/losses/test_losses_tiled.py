@@ -9,6 +9,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainer.training import losses, tiled_loss
+from trainer.training.signals import SampledSignal, TopkSignal
+from trainer.model.errors import ConfigError, ModelInputError
 
 B, T, D, V, K = 2, 12, 4, 64, 6
 
@@ -25,16 +27,16 @@ def _inputs(seed=0, dtype=jnp.float32):
     lps[0, 3, 4:] = -np.inf  # top-p dropped slots survive tiling too
     ids = order.astype(np.int32)
     ids[0, 3, 4:] = 0
-    inputs = {"targets": targets, "topk_ids": jnp.asarray(ids), "topk_logprobs": jnp.asarray(lps)}
+    inputs = {"targets": targets, "teacher": TopkSignal(ids=jnp.asarray(ids), logprobs=jnp.asarray(lps))}
     return hidden, emb, inputs
 
 
 def _untiled(hidden, emb, inputs, temperature, tail):
     logits = tiled_loss.tile_logits(hidden.reshape(-1, D), emb).reshape(B, T, V)
     return {"nll": losses.nll(logits, inputs["targets"]),
-            "kd": losses.kd_topk(logits, inputs["topk_ids"], inputs["topk_logprobs"],
+            "kd": losses.kd_topk(logits, inputs["teacher"].ids, inputs["teacher"].logprobs,
                                  temperature, tail=tail),
-            "top1": losses.top1_agreement(logits, inputs["topk_ids"])}
+            "top1": losses.top1_agreement(logits, inputs["teacher"].ids)}
 
 
 def _scalar(terms, mask):
@@ -79,7 +81,7 @@ def test_nll_only_and_kd_only():
         tile_tokens=7))(hidden, emb)
     assert set(only_nll) == {"nll"}
     np.testing.assert_allclose(only_nll["nll"], want["nll"], rtol=1e-6)
-    kd_inputs = {k: inputs[k] for k in ("topk_ids", "topk_logprobs")}
+    kd_inputs = {"teacher": inputs["teacher"]}
     only_kd = jax.jit(lambda h, e: tiled_loss.tiled_logit_losses(
         h, e, tiled_loss.logit_terms_fn(nll=False, kd=True), kd_inputs, tile_tokens=7))(hidden, emb)
     assert set(only_kd) == {"kd"}
@@ -122,10 +124,10 @@ def _max_logit_like_size(jaxpr):
 
 def _as_sampled(inputs):
     """The top-k inputs recast as a sampled signal (S = K draws: each stored id once)."""
-    valid = np.isfinite(np.asarray(inputs["topk_logprobs"]))
-    return {"targets": inputs["targets"], "sampled_ids": inputs["topk_ids"],
-            "sampled_counts": jnp.asarray(valid.astype(np.uint8)),
-            "sampled_logprobs": inputs["topk_logprobs"]}
+    topk = inputs["teacher"]
+    valid = np.isfinite(np.asarray(topk.logprobs))
+    return {"targets": inputs["targets"], "teacher": SampledSignal(
+        ids=topk.ids, counts=jnp.asarray(valid.astype(np.uint8)), logprobs=topk.logprobs)}
 
 
 @pytest.mark.parametrize("signal", ["topk", "sampled"])
@@ -161,13 +163,13 @@ def test_gradient_never_materialises_full_logits(signal):
 ])
 def test_bad_input_raises_clear_error(call, match):
     hidden, emb, inputs = _inputs()
-    with pytest.raises(tiled_loss.TiledLossError, match=match):
+    with pytest.raises(ModelInputError, match=match):
         call(hidden, emb, inputs)
-    assert issubclass(tiled_loss.TiledLossError, ValueError)
+    assert issubclass(ModelInputError, ValueError)
 
 
 def test_bad_kd_config_raises_before_tracing():
-    with pytest.raises(losses.LossConfigError, match="unknown KD tail mode"):
+    with pytest.raises(ConfigError, match="unknown KD tail mode"):
         tiled_loss.logit_terms_fn(kd=True, tail="buckett", temperature=0.5)
 
 
@@ -178,8 +180,8 @@ def test_compiled_gradient_temp_memory_scales_with_tile_not_batch(signal):
     hidden = jnp.ones((b, t, d))
     emb = jnp.full((v, d), 0.01)
     inputs = {"targets": jnp.zeros((b, t), jnp.int32),
-              "topk_ids": jnp.broadcast_to(jnp.arange(k), (b, t, k)),
-              "topk_logprobs": jnp.full((b, t, k), -3.0)}
+              "teacher": TopkSignal(ids=jnp.broadcast_to(jnp.arange(k), (b, t, k)),
+                                    logprobs=jnp.full((b, t, k), -3.0))}
     if signal == "sampled":
         inputs = _as_sampled(inputs)
     fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True, signal=signal)

@@ -9,7 +9,7 @@ import pytest
 
 import pipelines_testlib as lib
 import store
-from pipelines import dump, teacher_handler
+from pipelines import dump, teacher_handler, unit_signal
 from store import layout as store_layout
 from store import ledger, snapshot
 
@@ -57,8 +57,8 @@ def test_the_handler_hands_the_writer_encoded_arrays(teacher_path, manifest):
                                                   encode_for=schema, encode_profile=profile)
     tokens = np.random.default_rng(0).integers(0, lib.VOCAB, (lib.ROWS_PER_UNIT, lib.SEQ_LEN), dtype=np.int32)
     [(unit, _, signal)] = handler.run_inference([(3, tokens)], handler.load_model())
-    assert unit == 3 and list(signal) == ["encoded"]
+    assert unit == 3 and isinstance(signal, unit_signal.DeviceEncoded)
     specs = {s.name: s for s in (profile or store.profiles.get_profile("compact")).arrays(schema)
              if s.name != "tokens"}
-    assert {n: (a.dtype.name, a.shape[1:]) for n, a in signal["encoded"].items()} == {
+    assert {n: (a.dtype.name, a.shape[1:]) for n, a in signal.arrays.items()} == {
         n: (s.dtype, s.inner_shape) for n, s in specs.items()}

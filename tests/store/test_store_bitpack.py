@@ -43,7 +43,7 @@ def test_unpack_refuses_a_wrong_width():
 def _legacy_store(tmp_path, monkeypatch, name="old"):
     """A compact store written the way main wrote it before ids were packed (no ids_bits in the manifest)."""
     with monkeypatch.context() as m:
-        m.setitem(profiles.PROFILES, "compact", profiles.LegacyCompactProfile())
+        m.setitem(profiles.PROFILES, "compact", profiles.LEGACY["compact"])
         _, data = golden._write(tmp_path / name, golden._golden_schema("compact"))
     return tmp_path / name, data
 

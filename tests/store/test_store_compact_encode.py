@@ -6,7 +6,7 @@ import pytest
 
 from store import profiles, topn
 
-# sha256 of CompactProfile().encode_hidden(3, x) for golden_inputs(), recorded
+# sha256 of profiles.PROFILES["compact"].encode_hidden(3, x) for golden_inputs(), recorded
 # with the argpartition encoder (store/profiles.py before the fast selection).
 # Unchanged by the ties-to-the-lower-channel rule: these inputs have no tied top-n set (checked
 # when the rule came in). Updating a digest is legitimate only with a deliberate compact format change.
@@ -42,7 +42,7 @@ def digest(encoded: dict) -> str:
 
 def test_compact_encoding_bytes_are_golden():
     for x in golden_inputs():
-        assert digest(profiles.CompactProfile().encode_hidden(3, x)) == GOLDEN[x.shape], x.shape
+        assert digest(profiles.PROFILES["compact"].encode_hidden(3, x)) == GOLDEN[x.shape], x.shape
 
 
 def _reference(a, n):

@@ -8,7 +8,7 @@ import pytest
 
 import zarr_decode
 from store import SchemaMismatchError, StoreInputError, StoreReader, StoreSchema, create_store, layout, lean, metadata
-from store.profiles import LeanProfile
+from store.profiles import PROFILES
 from store.verify import verify_store
 from store_testlib import synth_unit
 
@@ -67,7 +67,7 @@ def test_encoding_matches_the_reference(D):
     x = rng.standard_t(5, (2, 24, D)).astype(np.float32) * 3
     x[..., 1] *= 40.0  # a massive channel
     x[0, 0] = 0.0      # an all-zero token: steps 1, every code 3
-    enc = LeanProfile().encode_hidden(1, x)
+    enc = PROFILES["lean"].encode_hidden(1, x)
     codes, step = enc["hidden/1"], enc["hidden_aux/1/step"]
     assert codes.dtype == np.uint8 and codes.shape == (2, 24, (D + 2) // 3) and codes.max() <= 215
     assert step.dtype == np.float16 and step.shape == (2, 24, D // lean.group_size(D))

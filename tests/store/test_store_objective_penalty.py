@@ -14,6 +14,8 @@ import math
 import numpy as np
 import pytest
 
+from store.errors import StoreInputError
+
 from store import objective_penalty as op
 from store.cli import main
 
@@ -70,7 +72,7 @@ def test_zero_tail_tau_half_matches_brute_force_grid():
 def test_unmodelled_and_bad_settings():
     got = op.summarize(_flat_topk(4, 0.3), 100, 0.7, 1.0, "zero", "jsd")
     assert got["penalty_nats"] is None and "not modelled" in op.describe(got)
-    with pytest.raises(op.PenaltyError, match="unknown tail"):
+    with pytest.raises(StoreInputError, match="unknown tail"):
         op.summarize(_flat_topk(4, 0.3), 100, 0.7, 1.0, "buckett")
 
 

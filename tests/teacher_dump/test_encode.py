@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from store import StoreInputError, StoreSchema, lean as store_lean, profiles, sampled
+from store import StoreInputError, StoreSchema, hidden_codecs, lean as store_lean, profiles, sampled, topk_codecs
 from teacher_dump import encode, encode_ops, extract
 from teacher_dump import teacher as teacher_lib
 from trainer.model import model_config
+from trainer.model.errors import ModelInputError
 
 
 def _hidden(rng, rows, T, D):
@@ -54,7 +55,7 @@ def test_pairwise_sum_is_numpys_sum_bit_for_bit(D):
     got = _device(lambda x: encode_ops.pairwise_sum(x), x)
     np.testing.assert_array_equal(got, np.add.reduce(x, axis=-1, dtype=np.float32))
     got_rms = _device(lambda x: encode_ops.rms(x)[0], x)
-    np.testing.assert_array_equal(got_rms, profiles._rms(x)[0])
+    np.testing.assert_array_equal(got_rms, hidden_codecs.rms(x)[0])
 
 
 @pytest.mark.parametrize("D", [2560, 96, 5])
@@ -78,7 +79,7 @@ def test_topk_is_byte_identical_to_numpy(profile, V):
     ids, lp = _topk(np.random.default_rng(3), 2, 8, 16, V)
     lp[1, 2, 0] = 0.0  # probability 1 at the top
     prof = profiles.get_profile(profile)
-    got = _device(lambda i, l: encode.ENCODERS[profile][0](i, l, V, prof.packs_ids), ids, lp)
+    got = _device(lambda i, l: encode.TOPK_ENCODERS[prof.topk.name](i, l, V, prof.packs_ids), ids, lp)
     _assert_same_bytes(got, prof.encode_topk(ids, lp, V))
 
 
@@ -92,7 +93,7 @@ def test_tied_outliers_take_the_lower_channel_byte_identical_to_numpy(D):
     x[0, 8] = 0.0  # all channels tie
     got = _device(lambda x: encode.compact_hidden(1, x), x)
     ref = profiles.get_profile("compact").encode_hidden(1, x)
-    y = x / profiles._rms(x)[1][..., None]
+    y = x / hidden_codecs.rms(x)[1][..., None]
     a = np.abs(y)
     srt = -np.sort(-a, axis=-1)
     assert (srt[..., 7] == srt[..., 8]).sum() >= 10  # the tie path is exercised beyond the planted rows
@@ -112,11 +113,11 @@ def test_decode_of_device_encoding_is_faithful():
     ids, lp = _topk(rng, 1, 8, 32, 500)
     enc = _device(lambda i, l: encode.compact_topk(i, l, 500), ids, lp)
     code = enc["topk/logprobs"].astype(np.float64)
-    delta = np.minimum(lp[..., :1].astype(np.float64) - lp, profiles.LP_RANGE)
+    delta = np.minimum(lp[..., :1].astype(np.float64) - lp, topk_codecs.LP_RANGE)
     finite = np.isfinite(lp)
     # Half a code of the sqrt-companded scale: |254 sqrt(delta / 32) - code| <= 0.5.
-    assert np.all(np.abs(254 * np.sqrt(delta[finite] / profiles.LP_RANGE) - code[finite]) <= 0.5 + 1e-4)
-    assert np.all(code[~finite] == profiles.LP_NEG_INF_CODE)
+    assert np.all(np.abs(254 * np.sqrt(delta[finite] / topk_codecs.LP_RANGE) - code[finite]) <= 0.5 + 1e-4)
+    assert np.all(code[~finite] == topk_codecs.LP_NEG_INF_CODE)
 
 
 @pytest.mark.parametrize("V", [2, 2048, 32000, 262144])
@@ -198,11 +199,11 @@ def test_wrong_shapes_dtypes_and_layers_are_refused():
            ({**signal, "hidden": {1: signal["hidden"][1].astype(np.int32)}}, "expected floating"),
            ({**signal, "hidden": {}, "topk_ids": None, "topk_logprobs": None}, "nothing to encode")]
     for sig, message in bad:
-        with pytest.raises(encode.EncodeInputError, match=message):
+        with pytest.raises(ModelInputError, match=message):
             encode.encode_signal(sig, schema)
-    with pytest.raises(encode.EncodeInputError, match="sampled_ids is missing"):
+    with pytest.raises(ModelInputError, match="sampled_ids is missing"):
         encode.encode_signal(signal, _schema("compact", samples=4))
-    with pytest.raises(StoreInputError, match="no device encoder"):
+    with pytest.raises(StoreInputError, match="unknown precision profile 'x'"):
         # A stand-in schema: StoreSchema itself refuses an unknown profile.
         encode.encode_signal(signal, types.SimpleNamespace(**{**dataclasses.asdict(schema), "profile": "x"}))
 
@@ -306,7 +307,7 @@ def test_lean_steps_are_byte_identical_on_many_groups():
     got = _device(lambda x: encode.lean_profile_hidden(1, x), x)
     ref = profiles.get_profile("lean").encode_hidden(1, x)
     _assert_same_bytes(got, ref)
-    y = x[0] / profiles._rms(x[0])[1][:, None]
+    y = x[0] / hidden_codecs.rms(x[0])[1][:, None]
     r = store_lean.hadamard_rotate((y * store_lean.signs(48)).reshape(-1, 3, 16))
     f64 = (np.sqrt(np.mean(np.square(r, dtype=np.float64), -1)) * store_lean.LEAN_STEP).astype(np.float16)
     assert (f64 != ref[profiles.aux_name(1, "step")][0]).sum() >= 5

@@ -6,6 +6,7 @@ import pytest
 import teacher_dump
 from teacher_dump import loop
 from teacher_dump import teacher as teacher_lib
+from trainer.model.errors import ConfigError, ModelInputError
 
 
 def test_four_devices_match_one(tiny_ckpt):
@@ -28,11 +29,11 @@ def test_four_devices_match_one(tiny_ckpt):
     np.testing.assert_allclose(a["hidden"][1], b["hidden"][1], rtol=0,
                                atol=1e-5 * np.abs(a["hidden"][1]).max())
 
-    with pytest.raises(loop.BatchingError, match="does not split over 4 devices"):
+    with pytest.raises(ModelInputError, match="does not split over 4 devices"):
         four.extract(tokens, batch_size=6, k=8)
 
 
 @pytest.mark.parametrize("n", [0, 10**6, 1.5])
 def test_bad_device_count(n):
-    with pytest.raises(teacher_lib.DevicePlacementError, match="num_devices="):
+    with pytest.raises(ConfigError, match="num_devices="):
         teacher_lib.local_devices(n)

@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that
 import teacher_dump
 from pipelines import teacher_handler as handler_lib
 from teacher_dump import loop
+from trainer.model.errors import ConfigError, ModelInputError
 
 K = 8
 
@@ -48,7 +49,8 @@ def test_run_inference_pipeline(ckpt):
     def check(outputs):
         assert sorted(u for u, _, _ in outputs) == [0, 1, 7]
         inputs = dict(units)
-        for u, tokens, signal in outputs:
+        for u, tokens, unit_signal in outputs:
+            signal = unit_signal.values  # a pipelines.unit_signal.HostSignal: write_unit's kwargs
             np.testing.assert_array_equal(tokens, inputs[u])
             assert signal["topk_ids"].shape == tokens.shape + (K,)
             assert signal["topk_logprobs"].dtype == np.float32
@@ -70,15 +72,15 @@ def test_run_inference_direct_call_and_bad_elements(ckpt):
     assert handler.should_skip_batching()  # RunInference's BatchElements is not used
     teacher = handler.load_model()
     (unit, tokens, signal), = handler.run_inference([(3, _units(teacher.cfg)[2][1])], teacher)
-    assert unit == 3 and signal["topk_ids"].shape == (3, 16, K)
-    with pytest.raises(handler_lib.UnitElementError, match="unit_index, tokens_RxT"):
+    assert unit == 3 and signal.values["topk_ids"].shape == (3, 16, K)
+    with pytest.raises(ModelInputError, match="unit_index, tokens_RxT"):
         handler.run_inference([np.zeros((2, 16), np.int32)], teacher)
-    with pytest.raises(handler_lib.UnitElementError, match="unit 4: tokens must be"):
+    with pytest.raises(ModelInputError, match="unit 4: tokens must be"):
         handler.run_inference([(4, np.zeros((16,), np.int32))], teacher)
-    with pytest.raises(handler_lib.UnitElementError, match="different seq_len"):
+    with pytest.raises(ModelInputError, match="different seq_len"):
         handler.run_inference([(0, np.zeros((1, 16), np.int32)),
                                (1, np.zeros((1, 8), np.int32))], teacher)
-    with pytest.raises(handler_lib.UnitElementError, match="no inference_args"):
+    with pytest.raises(ModelInputError, match="no inference_args"):
         handler.validate_inference_args({"x": 1})
 
 
@@ -100,12 +102,12 @@ def test_run_inference_through_a_methods_only_proxy(ckpt):
     tokens = _units(teacher.cfg)[0][1]
     (_, _, via_proxy), = handler.run_inference([(0, tokens)], _MethodsOnly(teacher))
     (_, _, direct), = handler.run_inference([(0, tokens)], teacher)
-    np.testing.assert_array_equal(via_proxy["topk_ids"], direct["topk_ids"])
+    np.testing.assert_array_equal(via_proxy.values["topk_ids"], direct.values["topk_ids"])
 
 
 def test_bad_options_fail_at_load(ckpt):
     from teacher_dump import extract
-    with pytest.raises(extract.ExtractConfigError, match="layer 9"):
+    with pytest.raises(ConfigError, match="layer 9"):
         handler_lib.TeacherModelHandler(ckpt, k=K, layers=(9,)).load_model()
 
 
@@ -114,14 +116,15 @@ def test_sampled_draws_are_keyed_by_global_store_rows(ckpt):
     teacher = handler.load_model()
     units = _units(teacher.cfg)  # units 0, 1 and 7 (3 rows: the last, short one)
     outputs = handler.run_inference(units, teacher)
-    for (u, tokens), (_, _, signal) in zip(units, outputs):
+    for (u, tokens), (_, _, unit_signal) in zip(units, outputs):
+        signal = unit_signal.values
         assert "topk_ids" not in signal
         want = loop.concat_batches(teacher_dump.extract_rows(
             teacher, tokens, batch_size=8, k=0, samples=4, row_ids=4 * u + np.arange(len(tokens))))
         for name in ("sampled_ids", "sampled_counts", "sampled_logprobs"):
             np.testing.assert_array_equal(signal[name], want[name])
-    with pytest.raises(handler_lib.UnitElementError, match="more than rows_per_unit=4"):
+    with pytest.raises(ModelInputError, match="more than rows_per_unit=4"):
         handler.run_inference([(0, np.zeros((5, 16), np.int32))], teacher)
     from teacher_dump import extract
-    with pytest.raises(extract.ExtractConfigError, match="pass rows_per_unit"):
+    with pytest.raises(ConfigError, match="pass rows_per_unit"):
         handler_lib.TeacherModelHandler(ckpt, samples=4)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from teacher_dump import extract, loop
+from trainer.model.errors import ModelInputError
 
 
 @jax.jit
@@ -73,10 +74,10 @@ def test_token_range_checked_before_dispatch():
 
     bad = _tokens(2)
     bad[1, 3] = 100
-    with pytest.raises(extract.TokenRangeError, match="outside the teacher's vocabulary"):
+    with pytest.raises(ModelInputError, match="outside the teacher's vocabulary"):
         list(loop.run_batches(step, None, bad, 2, vocab_size=100))
     bad[1, 3] = -1
-    with pytest.raises(extract.TokenRangeError, match="token id -1"):
+    with pytest.raises(ModelInputError, match="token id -1"):
         list(loop.run_batches(step, None, bad, 2, vocab_size=100))
     assert not dispatched
 
@@ -88,10 +89,10 @@ def test_token_range_checked_before_dispatch():
     (np.zeros((2, 3), np.int32), 2.5, "batch_size"),
 ])
 def test_bad_input(tokens, batch_size, match):
-    with pytest.raises(loop.BatchingError, match=match):
+    with pytest.raises(ModelInputError, match=match):
         list(loop.run_batches(_fake_step, 0, tokens, batch_size))
 
 
 def test_concat_of_nothing_is_an_error():
-    with pytest.raises(loop.BatchingError, match="at least one row"):
+    with pytest.raises(ModelInputError, match="at least one row"):
         loop.concat_batches([])

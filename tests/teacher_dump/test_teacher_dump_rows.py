@@ -7,6 +7,7 @@ import pytest
 import teacher_dump
 from teacher_dump import extract, loop
 from teacher_dump import teacher as teacher_lib
+from trainer.model.errors import ConfigError, ModelIOError, ModelInputError
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_top_p_through_rows(teacher):
 def test_token_out_of_vocab(teacher):
     tokens = _rows(4, teacher.cfg)
     tokens[1, 5] = teacher.cfg.vocab_size  # first batch: fails before any compile
-    with pytest.raises(extract.TokenRangeError, match="outside the teacher's vocabulary"):
+    with pytest.raises(ModelInputError, match="outside the teacher's vocabulary"):
         list(teacher_dump.extract_rows(teacher, tokens, batch_size=2, k=4))
 
 
@@ -96,18 +97,18 @@ def test_token_out_of_vocab(teacher):
     (dict(k=4, hidden_dtype="float33"), "hidden_dtype='float33' is not a dtype"),
 ])
 def test_bad_extract_options(teacher, kwargs, match):
-    with pytest.raises(extract.ExtractConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         teacher_dump.make_extract_fn(teacher.cfg, **kwargs)
 
 
 def test_missing_checkpoint(tmp_path):
-    with pytest.raises(teacher_lib.TeacherLoadError, match="does not exist"):
+    with pytest.raises(ModelIOError, match="does not exist"):
         teacher_dump.load_teacher(str(tmp_path / "nope"))
 
 
 def test_unreadable_checkpoint(tmp_path, ckpt):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(teacher_lib.TeacherLoadError, match="incomplete"):
+    with pytest.raises(ModelIOError, match="incomplete"):
         teacher_dump.load_teacher(str(tmp_path / "empty"))
     # A checkpoint whose config is garbage.
     import shutil
@@ -116,5 +117,5 @@ def test_unreadable_checkpoint(tmp_path, ckpt):
     for f in broken.iterdir():
         if f.suffix == ".json" and "config" in f.name:
             f.write_text("{not json")
-    with pytest.raises(teacher_lib.TeacherLoadError, match="unreadable"):
+    with pytest.raises(ModelIOError, match="unreadable"):
         teacher_dump.load_teacher(str(broken))

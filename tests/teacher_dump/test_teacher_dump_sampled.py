@@ -7,6 +7,7 @@ import pytest
 from teacher_dump import extract, loop, sampled
 from teacher_dump.teacher import Teacher
 from trainer.model import model_config
+from trainer.model.errors import ConfigError, ModelInputError
 
 
 def _draw(logits_V, num_positions, samples, row=0):
@@ -123,9 +124,9 @@ def test_extract_rows_keys_draws_by_row_ids(tiny):
         teacher, tokens[3:], batch_size=2, k=4, layers=(1,), samples=3, row_ids=rows[3:]))
     np.testing.assert_array_equal(whole["sampled_ids"][3:], tail["sampled_ids"])
     np.testing.assert_array_equal(whole["sampled_counts"][3:], tail["sampled_counts"])
-    with pytest.raises(loop.BatchingError, match="pass row_ids"):
+    with pytest.raises(ModelInputError, match="pass row_ids"):
         next(loop.extract_rows(teacher, tokens, batch_size=2, k=4, samples=3))
-    with pytest.raises(loop.BatchingError, match="row ids must be"):
+    with pytest.raises(ModelInputError, match="row ids must be"):
         next(loop.extract_rows(teacher, tokens, batch_size=2, k=4, samples=3, row_ids=rows[:2]))
 
 
@@ -137,14 +138,14 @@ def test_extract_rows_keys_draws_by_row_ids(tiny):
     (dict(k=0, samples=4, top_p=0.9), "top_p truncates the top-k but k=0"),
 ])
 def test_bad_sampling_options_are_refused(tiny, kwargs, match):
-    with pytest.raises(extract.ExtractConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         extract.make_extract_fn(tiny[0], **kwargs)
 
 
 def test_missing_rows_are_refused(tiny):
     cfg, params = tiny
     fn = extract.make_extract_fn(cfg, k=4, samples=2)
-    with pytest.raises(extract.ExtractConfigError, match="pass rows_B"):
+    with pytest.raises(ConfigError, match="pass rows_B"):
         fn(params, np.zeros((1, 4), np.int32))
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from teacher_dump import extract, topk
+from trainer.model.errors import ConfigError, ModelInputError
 
 
 def _np_topk_logprobs(logits_NxV, k):
@@ -85,9 +86,9 @@ def test_top_p_one_dominant_token_keeps_one_slot():
 def test_token_range_check():
     extract.check_token_range(np.array([[0, 9]]), 10)
     extract.check_token_range(np.zeros((0, 4), np.int32), 10)
-    with pytest.raises(extract.TokenRangeError, match="token id 10 .*same vocab_size"):
+    with pytest.raises(ModelInputError, match="token id 10 .*same vocab_size"):
         extract.check_token_range(np.array([[0, 10]]), 10)
-    with pytest.raises(extract.TokenRangeError, match="token id -3"):
+    with pytest.raises(ModelInputError, match="token id -3"):
         extract.check_token_range(np.array([[-3, 1]]), 10)
 
 
@@ -139,5 +140,5 @@ def test_topk_group_choice_and_refusals():
     assert topk.auto_group("cpu", 262_144, 128) == 16
     assert topk.auto_group("gpu", 262_144, 128) == 0  # unmeasured there: lax.top_k
     for bad in (-1, True, 8):  # 256 / 8 = 32 groups, not more than k=32
-        with pytest.raises(extract.ExtractConfigError, match=f"topk_group={bad!r} must be 0"):
+        with pytest.raises(ConfigError, match=f"topk_group={bad!r} must be 0"):
             extract.resolve_spec(small, k=32, topk_group=bad)

@@ -6,6 +6,7 @@ import pytest
 
 import trainer_testlib as tl
 from trainer.training import data, methods
+from trainer.model.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +17,14 @@ def store(tmp_path_factory):
 def test_fields_per_method_and_phase():
     def fields(method):
         config = tl.tiny_config(method, "/s", "/r")
-        return [data.store_fields(p.fields, tl.LAYER) for p in methods.phases(config, 4)]
+        return [p.fields for p in methods.phases(config, 4)]
 
     assert fields("nll") == [("tokens",)]
     assert fields("kd") == [("tokens", "topk")]
     assert fields("hldc") == [("tokens", "topk", "hidden/2")]
     assert fields("hldf") == [("tokens", "hidden/2"), ("tokens", "topk")]
-    with pytest.raises(ValueError, match="unknown batch key"):
-        data.store_fields(("logits",))
+    with pytest.raises(ValueError, match="unknown store field 'logits'"):
+        data.StoreSource("/s", ("tokens", "logits"))
 
 
 def test_reads_only_requested_fields(store):
@@ -31,13 +32,14 @@ def test_reads_only_requested_fields(store):
     hld = data.StoreSource(store, ("tokens", "topk", f"hidden/{tl.LAYER}"))
     assert set(nll.read_indices([0, 3])) == {"tokens"}
     batch = hld.read_indices([5, 1])
-    assert set(batch) == {"tokens", "topk_ids", "topk_logprobs", "hidden"}
+    hidden = f"hidden/{tl.LAYER}"
+    assert set(batch) == {"tokens", "topk/ids", "topk/logprobs", hidden}
     assert batch["tokens"].shape == (2, tl.SEQ) and batch["tokens"].dtype == np.int32
-    assert batch["topk_ids"].shape == (2, tl.SEQ, tl.K)
+    assert batch["topk/ids"].shape == (2, tl.SEQ, tl.K)
     # Loader-style reads: stored dtypes, activations RMS-normalised per token.
-    assert batch["topk_ids"].dtype == np.uint16 and batch["topk_logprobs"].dtype == np.float16
-    assert batch["hidden"].shape == (2, tl.SEQ, 64) and batch["hidden"].dtype == np.float16
-    rms = np.sqrt(np.mean(batch["hidden"].astype(np.float32) ** 2, -1))
+    assert batch["topk/ids"].dtype == np.uint16 and batch["topk/logprobs"].dtype == np.float16
+    assert batch[hidden].shape == (2, tl.SEQ, 64) and batch[hidden].dtype == np.float16
+    rms = np.sqrt(np.mean(batch[hidden].astype(np.float32) ** 2, -1))
     np.testing.assert_allclose(rms, 1.0, rtol=2e-3)
     np.testing.assert_array_equal(hld.read_indices([5])["tokens"][0], batch["tokens"][0])
 
@@ -86,7 +88,7 @@ def test_host_shards_are_disjoint(store):
 
 def test_batch_larger_than_store_is_an_error(store):
     src = data.StoreSource(store, ("tokens",))
-    with pytest.raises(data.DataConfigError, match="committed rows"):
+    with pytest.raises(ConfigError, match="committed rows"):
         data.make_iterator(src, 64, seed=0)
 
 
@@ -110,7 +112,7 @@ def test_loader_style_hidden_gives_the_same_hidden_loss(store):
     reader = StoreReader(str(store))
     field = f"hidden/{tl.LAYER}"
     decoded = reader.read(np.arange(4), fields=(field,))[field]            # float32 x
-    loaded = data.StoreSource(store, ("tokens", field)).read_indices(range(4))["hidden"]
+    loaded = data.StoreSource(store, ("tokens", field)).read_indices(range(4))[field]  # stored name
     pred = np.random.default_rng(0).normal(size=decoded.shape).astype(np.float32)
     want = np.asarray(losses.normalized_mse(pred, decoded))
     got = np.asarray(losses.normalized_mse(pred, loaded.astype(np.float32)))

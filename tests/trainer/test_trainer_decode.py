@@ -15,10 +15,11 @@ import pytest
 import trainer_testlib as tl
 from store import StoreReader, StoreSchema, create_store, profiles
 from trainer.training import data, decode, methods, sharding, loop as train
+from trainer.model.errors import ConfigError
 
 
 def _pack_ref(ids, bits):
-    """SPEC12 §3 by np.packbits: value j at stream bits [j*bits, (j+1)*bits), little-endian."""
+    """store.profiles.PACKED_IDS_RULE by np.packbits: value j at stream bits [j*bits, (j+1)*bits), little-endian."""
     bit = ((ids[..., None].astype(np.int64) >> np.arange(bits)) & 1).astype(np.uint8)
     return np.packbits(bit.reshape(ids.shape[:-1] + (-1,)), axis=-1, bitorder="little")
 
@@ -41,11 +42,11 @@ def test_unpack_ids_refuses_a_wrong_width():
         decode.unpack_ids(np.zeros((1, 2), np.uint8), 2, 11)
 
 
-def test_unknown_profile_and_key_are_refused():
-    with pytest.raises(ValueError, match="no device decoder"):
+def test_unknown_profile_and_field_are_refused():
+    with pytest.raises(ValueError, match="'float8' is unknown"):
         decode.Encoding(profile="float8")
-    with pytest.raises(ValueError, match="unknown batch key 'logits'"):
-        decode.EXACT.batch_ndims(("logits",))
+    with pytest.raises(ValueError, match="unknown store field 'logits'"):
+        decode.BatchSpec(encoding=decode.EXACT, fields=("tokens", "logits"))
 
 
 def _need(profile):
@@ -69,25 +70,25 @@ def test_loader_ships_stored_arrays_and_device_decode_is_bitwise(store):
     batch = source.read_indices(rows)
     names = source.stored_names()
     stored = reader.read_stored(rows, names)
-    assert set(batch) == {decode.batch_key(n) for n in names}
+    assert set(batch) == set(names)  # one vocabulary: the stored names, from the manifest to the step
     for name in names:
-        np.testing.assert_array_equal(batch[decode.batch_key(name)], stored[name])
-        assert batch[decode.batch_key(name)].dtype == stored[name].dtype, name
+        np.testing.assert_array_equal(batch[name], stored[name])
+        assert batch[name].dtype == stored[name].dtype, name
     if reader.schema.profile == "compact":
-        assert batch["hidden"].dtype == np.int8 and batch["topk_logprobs"].dtype == np.uint8
+        assert batch[f"hidden/{tl.LAYER}"].dtype == np.int8 and batch["topk/logprobs"].dtype == np.uint8
         # Bit-packed ids: 9 bits each at V=512.
-        assert batch["topk_ids"].dtype == np.uint8 and batch["topk_ids"].shape[-1] == -(-tl.K * 9 // 8)
-    encoding = source.encoding
-    assert encoding.batch_ndims(("tokens", "topk_ids", "topk_logprobs", "hidden")) == \
-        {k: v.ndim for k, v in batch.items()}
-    got = jax.device_get(jax.jit(lambda b: decode.decode_batch(b, encoding))(batch))
+        assert batch["topk/ids"].dtype == np.uint8 and batch["topk/ids"].shape[-1] == -(-tl.K * 9 // 8)
+    spec = source.spec
+    assert spec.ndims == {k: v.ndim for k, v in batch.items()}
+    got = jax.device_get(jax.jit(lambda b: decode.decode_batch(b, spec))(batch))
     want = reader.read(rows, hidden_normalized=True)  # numpy: float32, int32 ids
-    np.testing.assert_array_equal(got["tokens"], want["tokens"])
-    np.testing.assert_array_equal(got["topk_ids"], want["topk_ids"])
-    np.testing.assert_array_equal(got["topk_logprobs"], want["topk_logprobs"])
-    np.testing.assert_array_equal(got["hidden"], want[f"hidden/{tl.LAYER}"])
-    assert got["topk_ids"].dtype == np.int32 and got["hidden"].dtype == np.float32
-    assert np.isneginf(got["topk_logprobs"]).sum() == np.isneginf(want["topk_logprobs"]).sum()
+    np.testing.assert_array_equal(got.tokens, want["tokens"])
+    np.testing.assert_array_equal(got.topk.ids, want["topk_ids"])
+    np.testing.assert_array_equal(got.topk.logprobs, want["topk_logprobs"])
+    np.testing.assert_array_equal(got.hidden, want[f"hidden/{tl.LAYER}"])
+    assert got.topk.ids.dtype == np.int32 and got.hidden.dtype == np.float32
+    assert got.sampled is None
+    assert np.isneginf(got.topk.logprobs).sum() == np.isneginf(want["topk_logprobs"]).sum()
 
 
 def test_a_phase_reads_only_what_it_needs(store):
@@ -99,16 +100,8 @@ def test_a_phase_reads_only_what_it_needs(store):
 
 def test_a_field_the_store_lacks_is_one_clear_error(tmp_path):
     tokens_only = tl.make_store(tmp_path / "t", num_rows=8, k=0, layers=(), profile="compact")
-    with pytest.raises(data.DataConfigError, match=r"unknown field 'topk'.*read only fields the store holds"):
+    with pytest.raises(ConfigError, match=r"unknown field 'topk'.*read only fields the store holds"):
         data.StoreSource(tokens_only, ("tokens", "topk")).read_indices([0])
-
-
-def test_a_decode_table_out_of_date_with_the_store_is_one_clear_error(tmp_path, monkeypatch):
-    url = tl.make_store(tmp_path / "c", num_rows=8, profile="compact")
-    layout = dict(decode._LAYOUT["compact"], hidden=(("hidden/{l}", 3), ("hidden_aux/{l}/qstep", 2)))
-    monkeypatch.setitem(decode._LAYOUT, "compact", layout)
-    with pytest.raises(data.DataConfigError, match=r"update decode._LAYOUT"):
-        data.StoreSource(url, ("tokens", f"hidden/{tl.LAYER}")).read_indices([0])
 
 
 def _sampled_store(path, profile, S=6, vocab=512, T=16, rows=8):
@@ -139,13 +132,13 @@ def test_sampled_arrays_decode_bitwise(tmp_path, profile):
     source = data.StoreSource(url, ("tokens", "sampled"))
     rows = np.array([1, 2, 6])
     batch = source.read_indices(rows)
-    assert set(batch) == {"tokens", "sampled_ids", "sampled_counts", "sampled_logprobs"}
-    encoding = source.encoding
-    got = jax.device_get(jax.jit(lambda b: decode.decode_batch(b, encoding))(batch))
+    assert set(batch) == {"tokens", "sampled/ids", "sampled/counts", "sampled/logprobs"}
+    spec = source.spec
+    got = jax.device_get(jax.jit(lambda b: decode.decode_batch(b, spec))(batch)).sampled
     want = StoreReader(url).read(rows, fields=("tokens", "sampled"))
-    for key in ("sampled_ids", "sampled_counts", "sampled_logprobs"):
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    assert got["sampled_counts"].sum(-1).min() == 6
+    for key in ("ids", "counts", "logprobs"):
+        np.testing.assert_array_equal(getattr(got, key), want[f"sampled_{key}"], err_msg=key)
+    assert got.counts.sum(-1).min() == 6
 
 
 @pytest.mark.parametrize("profile", ["compact", "lean"])
@@ -169,12 +162,13 @@ def test_packed_ids_at_gemma_vocab_match_the_store_decoder(tmp_path, profile):
     source = data.StoreSource(str(tmp_path / "s"), ("tokens", "topk", "sampled"))
     assert source.encoding.ids_bits == 18
     batch = source.read_indices(np.arange(4))
-    assert batch["topk_ids"].shape == (4, T, 27) and batch["sampled_ids"].shape == (4, T, 14)
-    got = jax.device_get(jax.jit(lambda b: decode.decode_batch(b, source.encoding))(batch))
+    assert batch["topk/ids"].shape == (4, T, 27) and batch["sampled/ids"].shape == (4, T, 14)
+    got = jax.device_get(jax.jit(lambda b: decode.decode_batch(b, source.spec))(batch))
     want = StoreReader(str(tmp_path / "s")).read(np.arange(4), fields=("topk", "sampled"))
     for key in ("topk_ids", "topk_logprobs", "sampled_ids", "sampled_counts", "sampled_logprobs"):
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    assert got["topk_ids"].max() >= V // 2  # the high bits are exercised
+        signal, attr = key.split("_")
+        np.testing.assert_array_equal(getattr(getattr(got, signal), attr), want[key], err_msg=key)
+    assert got.topk.ids.max() >= V // 2  # the high bits are exercised
 
 
 def _lean_reference(packed, step, signs):
@@ -219,8 +213,9 @@ def test_training_on_coded_stores_gives_the_host_decode_losses(tmp_path, profile
     config = tl.tiny_config("hldc", store, tmp_path / "run")
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[0]
-    plan = train.PhasePlan(phase, 20, train.phase_flops_per_token(config, model_cfg, phase))
-    source = data.StoreSource(store, data.store_fields(phase.fields, tl.LAYER))
+    plan = train.PhasePlan(phase=phase, num_steps=20,
+                           flops_per_token=train.phase_flops_per_token(config, model_cfg, phase))
+    source = data.StoreSource(store, phase.fields)
     reader = StoreReader(store)
     mesh = sharding.make_mesh(devices, 1, 1, devices=jax.devices()[:devices])
     device = train.PhaseRunner(config, model_cfg, plan, mesh, source.encoding)
@@ -234,7 +229,8 @@ def test_training_on_coded_stores_gives_the_host_decode_losses(tmp_path, profile
         rows = np.arange(i * B, (i + 1) * B)
         stored = source.read_indices(rows)
         decoded = reader.read(rows, fields=source.fields, hidden_normalized=True)
-        decoded["hidden"] = decoded.pop(f"hidden/{tl.LAYER}")
+        # The values under the exact profile's stored names (decode.EXACT: casts only).
+        decoded["topk/ids"], decoded["topk/logprobs"] = decoded.pop("topk_ids"), decoded.pop("topk_logprobs")
         s_dev, m_dev = device.step(s_dev, device.put_batch(stored))
         s_host, m_host = host.step(s_host, host.put_batch(decoded))
         for key in ("loss", "kd", "nll", "hidden_mse"):

@@ -17,6 +17,7 @@ import distributed_testlib as dl
 import trainer_testlib as tl
 from store import StoreReader
 from trainer.model import model_io
+from trainer.model.errors import ConfigError
 from trainer.training import distributed, loop as train, metrics
 
 # Loss / grad-norm agreement of the 2-process and the 1-process curve. Measured
@@ -115,7 +116,7 @@ def _leaves(tree):
       "JAX_PROCESS_ID": "2"}, "outside 0..JAX_NUM_PROCESSES-1"),
 ])
 def test_bad_environment_is_one_clear_error(env, match):
-    with pytest.raises(distributed.DistributedConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         distributed.env_params(env)
 
 
@@ -148,7 +149,7 @@ def test_after_jax_started_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", f"127.0.0.1:{dl.free_port()}")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
-    with pytest.raises(distributed.DistributedConfigError, match="fresh process"):
+    with pytest.raises(ConfigError, match="fresh process"):
         distributed.initialize(True, heartbeat_timeout_s=5, init_timeout_s=5)
 
 

@@ -1,4 +1,5 @@
 """Bad input: store/config mismatches fail before compiling; NaN stops the run."""
+import json
 import os
 
 import jax
@@ -52,8 +53,11 @@ def test_all_mismatches_in_one_error_and_from_store_fixes_them(store, tmp_path):
     config.budget.value = tl.budget_for_steps(tl.tiny_config("hldc", store, tmp_path, 2), 2)
     summary = train.run(config)
     assert summary["global_step"] >= 1
-    assert (config.data.seq_len, config.data.k, config.model.vocab_size,
-            config.teacher.hidden_layer, config.teacher.d_model) == (32, 8, 512, 2, 64)
+    # The run's resolved config (config.json) has the store's geometry; the user's is untouched.
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["data"]["seq_len"], saved["data"]["k"], saved["model"]["vocab_size"],
+            saved["teacher"]["hidden_layer"], saved["teacher"]["d_model"]) == (32, 8, 512, 2, 64)
+    assert config.data.seq_len == 64
 
 
 def test_kd_on_tokens_only_store_is_an_error(tmp_path):

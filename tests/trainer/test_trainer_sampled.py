@@ -10,7 +10,7 @@ import trainer_testlib as tl
 from store import SchemaMismatchError, StoreSchema
 from store import objective_penalty as penalty_lib
 from trainer.training import config as config_lib
-from trainer.training import data, methods, metrics, store_align
+from trainer.training import data, decode, methods, metrics, store_align
 from trainer.training import loop as train
 
 S = 6
@@ -26,16 +26,17 @@ def _schema(k=tl.K, samples=S):
 
 
 def sampled_batch(config, seed=0, samples=S, hidden_dim=0):
-    """A synthetic batch with the three sampled_* keys, as the loader ships them."""
+    """A synthetic batch with the three sampled/* arrays, as the loader ships them."""
     b, t, v = config.data.batch_size, config.data.seq_len, config.model.vocab_size
-    batch = data.synthetic_batch(b, t, v, k=0, hidden_dim=hidden_dim, seed=seed)
+    batch = data.synthetic_batch(b, t, v, k=0, hidden_dim=hidden_dim, seed=seed,
+                                 hidden_layer=config.teacher.hidden_layer)
     rng = np.random.default_rng(seed + 1)
     logits_NxV = rng.normal(size=(b * t, v)) * 2.0
     logp_NxV = logits_NxV - np.log(np.exp(logits_NxV).sum(-1, keepdims=True))
     ids, counts, lps = (x.reshape(b, t, samples)
                         for x in tl.draw_sampled(logp_NxV, samples, seed + 2))
-    batch.update(sampled_ids=ids.astype(np.uint16), sampled_counts=counts,
-                 sampled_logprobs=lps.astype(np.float16))
+    batch.update({"sampled/ids": ids.astype(np.uint16), "sampled/counts": counts,
+                  "sampled/logprobs": lps.astype(np.float16)})
     return batch
 
 
@@ -76,30 +77,38 @@ def test_store_align_names_each_signal_mismatch_with_its_fix():
 
 
 def test_from_store_picks_the_only_signal_the_store_holds():
-    config = _config()
-    changed = store_align.apply_geometry(config, _schema(k=0), True, False)
-    assert config.loss.signal == "sampled" and config.data.samples == S
-    assert changed["loss.signal"] == ("topk", "sampled")
-    config = _config(**{"loss.signal": "sampled"})
-    store_align.apply_geometry(config, _schema(samples=0), True, False)
-    assert config.loss.signal == "topk" and config.data.k == tl.K
+    config = _config(**{"data.from_store": True})
+    resolved = store_align.resolve(config, _schema(k=0), True, False)
+    assert resolved.loss.signal == "sampled" and resolved.data.samples == S
+    assert config.loss.signal == "topk"  # the user's config is never written to
+    assert store_align.geometry_changes(config, _schema(k=0), True, False)["loss.signal"] == ("topk", "sampled")
+    config = _config(**{"loss.signal": "sampled", "data.from_store": True})
+    resolved = store_align.resolve(config, _schema(samples=0), True, False)
+    assert resolved.loss.signal == "topk" and resolved.data.k == tl.K
     # Both stored: ambiguous, the config's choice stands.
     for signal in ("topk", "sampled"):
-        config = _config(**{"loss.signal": signal})
-        store_align.apply_geometry(config, _schema(), True, False)
-        assert config.loss.signal == signal
+        config = _config(**{"loss.signal": signal, "data.from_store": True})
+        assert store_align.resolve(config, _schema(), True, False).loss.signal == signal
+
+
+def test_resolved_config_is_frozen_and_a_copy():
+    config = _config(**{"data.from_store": True, "data.k": 0})
+    resolved = store_align.resolve(config, _schema(samples=0), True, False)
+    assert resolved.data.k == tl.K and config.data.k == 0
+    with pytest.raises(AttributeError, match="immutable"):
+        resolved.data.k = 3
+    # Without data.from_store the store changes nothing (check_store compares instead).
+    config = _config(**{"data.k": 0})
+    assert store_align.resolve(config, _schema(samples=0), True, False).data.k == 0
 
 
 @pytest.mark.parametrize("method,index,hidden", [("kd", 0, False), ("hldc", 0, True),
                                                  ("hldf", 1, False)])
-def test_phases_read_the_sampled_keys(method, index, hidden):
+def test_phases_read_the_sampled_field(method, index, hidden):
     config = _config(method, **{"loss.signal": "sampled"})
     phase = methods.phases(config, 4)[index]
-    want = ("tokens", "sampled_ids", "sampled_counts", "sampled_logprobs")
-    assert phase.fields == want + (("hidden",) if hidden else ())
-    assert data.store_fields(phase.fields, 2) == ("tokens", "sampled") + (
-        ("hidden/2",) if hidden else ())
-    assert methods.phases(_config(method), 4)[index].fields[1:3] == ("topk_ids", "topk_logprobs")
+    assert phase.fields == ("tokens", "sampled") + (("hidden/2",) if hidden else ())
+    assert methods.phases(_config(method), 4)[index].fields[1] == "topk"
 
 
 def test_loss_fn_composes_the_sampled_kd_term():
@@ -109,7 +118,7 @@ def test_loss_fn_composes_the_sampled_kd_term():
     params = train.model.init_params(model_cfg, jax.random.key(0))
     regressor = methods.init_regressor(phase.regressor, jax.random.key(1), model_cfg.d_model, 64)
     batch = {k: jnp.asarray(v) for k, v in sampled_batch(config, hidden_dim=64).items()}
-    batch = {k: batch[k] for k in phase.fields}
+    batch = {k: batch[k] for k in decode.BatchSpec(encoding=decode.EXACT, fields=phase.fields).names}
     fn = jax.jit(jax.value_and_grad(lambda p: methods.loss_fn(
         p, regressor, batch, jnp.int32(0), phase=phase, config=config, model_cfg=model_cfg,
         num_steps=10), has_aux=True))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from trainer_testlib import draw_sampled
-from trainer.training import losses, sampled_kd, tiled_loss
+from trainer.training import losses, sampled_kd, signals, tiled_loss
+from trainer.model.errors import ConfigError, ModelInputError
 
 V, S, DRAWS = 16, 4, 20000
 
@@ -114,17 +115,17 @@ def _tiled_inputs(seed=5):
     emb = jnp.asarray(rng.normal(size=(V, D)), jnp.float32)
     logp_NxV = np.stack([_log_softmax64(rng.normal(size=V) * 2) for _ in range(B * T)])
     arrays = draw_sampled(logp_NxV, S, seed=100)
-    inputs = {"targets": jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)}
-    for key, flat in zip(tiled_loss.SIGNAL_INPUTS[sampled_kd.Signal.SAMPLED], arrays):
-        arr = flat.reshape(B, T, S)
-        inputs[key] = jnp.asarray(arr.astype(np.float16) if key == "sampled_logprobs" else arr)
+    ids, counts, lps = (jnp.asarray(flat.reshape(B, T, S)) for flat in arrays)
+    teacher = signals.SampledSignal(ids=ids, counts=counts, logprobs=lps.astype(jnp.float16))
+    inputs = {"targets": jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32), tiled_loss.TEACHER: teacher}
     return hidden, emb, inputs
 
 
 def test_tiled_equals_untiled_and_is_deterministic():
     hidden, emb, inputs = _tiled_inputs()
     fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True, signal="sampled", tail="bucket")
-    teacher = [inputs[k] for k in tiled_loss.SIGNAL_INPUTS[sampled_kd.Signal.SAMPLED]]
+    t = inputs[tiled_loss.TEACHER]
+    teacher = [t.ids, t.counts, t.logprobs]
 
     def tiled(h, e):
         out = tiled_loss.tiled_logit_losses(h, e, fn, inputs, tile_tokens=TILE)
@@ -159,14 +160,14 @@ def test_tiled_equals_untiled_and_is_deterministic():
 ])
 def test_settings_the_estimator_cannot_honour_are_refused(kwargs, match):
     kwargs = {"signal": "sampled", **kwargs}
-    with pytest.raises(losses.LossConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         tiled_loss.logit_terms_fn(kd=True, **kwargs)
 
 
 def test_sampled_inputs_are_required():
     hidden, emb, inputs = _tiled_inputs(seed=7)
     fn = tiled_loss.logit_terms_fn(kd=True, signal="sampled")
-    assert fn.required_inputs == ("targets", "sampled_ids", "sampled_counts", "sampled_logprobs")
-    with pytest.raises(tiled_loss.TiledLossError, match=r"lacks \['sampled_counts'\]"):
+    assert fn.required_inputs == ("targets", tiled_loss.TEACHER)
+    with pytest.raises(ModelInputError, match=r"lacks \['teacher'\]"):
         tiled_loss.tiled_logit_losses(hidden, emb, fn, {k: v for k, v in inputs.items()
-                                                        if k != "sampled_counts"})
+                                                        if k != tiled_loss.TEACHER})

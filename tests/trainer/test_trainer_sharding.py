@@ -5,6 +5,7 @@ from jax.sharding import PartitionSpec as P
 
 from trainer.model import gemma3 as model, model_config
 from trainer.training import sharding
+from trainer.model.errors import ConfigError
 
 
 def test_mesh_fills_minus_one():
@@ -17,7 +18,7 @@ def test_mesh_fills_minus_one():
                                           ((-1, -1, 1), "more than one -1"),
                                           ((-1, 3, 1), "not divisible")])
 def test_bad_mesh(sizes, match):
-    with pytest.raises(sharding.MeshConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         sharding.make_mesh(*sizes)
 
 

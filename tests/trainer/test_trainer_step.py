@@ -13,13 +13,15 @@ def _runner(method, mesh, phase_index=0, **sets):
     config.budget.unit = "flops"
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[phase_index]
-    plan = train.PhasePlan(phase, 20, train.phase_flops_per_token(config, model_cfg, phase))
+    plan = train.PhasePlan(phase=phase, num_steps=20,
+                           flops_per_token=train.phase_flops_per_token(config, model_cfg, phase))
     return config, model_cfg, train.PhaseRunner(config, model_cfg, plan, mesh)
 
 
 def _batch(config, seed=0, seq_len=None):
     return data.synthetic_batch(config.data.batch_size, seq_len or config.data.seq_len,
-                                config.model.vocab_size, k=tl.K, hidden_dim=64, seed=seed)
+                                config.model.vocab_size, k=tl.K, hidden_dim=64, seed=seed,
+                                hidden_layer=config.teacher.hidden_layer)
 
 
 def test_hldf_phase1_touches_only_embedding_first_half_and_regressor():

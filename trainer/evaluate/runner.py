@@ -49,8 +49,8 @@ class EvalError(ValueError):
 
 
 # Input errors the CLI reports as one line (anything else is a bug: traceback).
-INPUT_ERRORS = (EvalError, eval_tasks.TaskError, scoring.ScoringError, model_io.ModelIOError,
-                TokenizerError, StoreError, ConfigError)
+INPUT_ERRORS = (EvalError, eval_tasks.TaskError, ConfigError, model_io.ModelIOError,
+                TokenizerError, StoreError)
 
 
 def resolve_checkpoint(path: str) -> tuple[str, str | None]:

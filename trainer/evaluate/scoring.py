@@ -34,9 +34,6 @@ from trainer.model.model_config import ModelConfig
 MIN_BUCKET = 16
 
 
-ScoringError = ConfigError  # a scoring request cannot be served (empty, too long, bad batch size)
-
-
 class TokenScoreFn(Protocol):
     def __call__(self, inputs_BxT: np.ndarray, targets_BxT: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +55,7 @@ class ModelScoreFn:
 
     def __init__(self, params, cfg: ModelConfig, token_tile: int = 1024):
         if token_tile < 1:
-            raise ScoringError(f"token_tile {token_tile} must be >= 1; pass e.g. 1024")
+            raise ConfigError(f"token_tile {token_tile} must be >= 1; pass e.g. 1024")
 
         @jax.jit
         def score(params, inputs_BxT, targets_BxT):
@@ -164,7 +161,7 @@ def score_rows(fn: TokenScoreFn, rows: Sequence[Row], batch_size: int, max_len: 
         RowScores in the order of `rows`.
     """
     if batch_size < 1:
-        raise ScoringError(f"batch size {batch_size} must be >= 1; pass e.g. --batch-size 8")
+        raise ConfigError(f"batch size {batch_size} must be >= 1; pass e.g. --batch-size 8")
     n = len(rows)
     logprob_sum = np.zeros(n, np.float64)
     num_tokens = np.zeros(n, np.int64)
@@ -174,7 +171,7 @@ def score_rows(fn: TokenScoreFn, rows: Sequence[Row], batch_size: int, max_len: 
     seen = getattr(fn, "seen_shapes", None)  # None: cannot tell compiles apart
     lengths = np.array([len(r.tokens) - 1 for r in rows], np.int64)
     if n and (lengths.min() < 1 or lengths.max() > max_len):
-        raise ScoringError(f"row lengths must be in [1, {max_len}] targets, got "
+        raise ConfigError(f"row lengths must be in [1, {max_len}] targets, got "
                            f"[{lengths.min()}, {lengths.max()}]; truncate rows first")
     # Longest first so each batch shares one bucket as often as possible.
     order = np.argsort(-lengths, kind="stable")
@@ -220,7 +217,7 @@ def pair_row(context_ids: Sequence[int], continuation_ids: Sequence[int], max_le
     max_len tokens scored.
     """
     if not continuation_ids:
-        raise ScoringError("empty continuation: nothing to score; check the task text "
+        raise ConfigError("empty continuation: nothing to score; check the task text "
                            "and the tokenizer")
     tokens = np.asarray(list(context_ids) + list(continuation_ids), np.int32)[-(max_len + 1):]
     mask = np.zeros(len(tokens) - 1, bool)
@@ -241,7 +238,7 @@ def document_rows(ids: Sequence[int], max_len: int, stride: int) -> list[Row]:
         stride: window step, 1 <= stride <= max_len.
     """
     if not 1 <= stride <= max_len:
-        raise ScoringError(f"stride {stride} must be in [1, {max_len}]; pass e.g. "
+        raise ConfigError(f"stride {stride} must be in [1, {max_len}]; pass e.g. "
                            f"--stride {max(max_len // 2, 1)}")
     ids = np.asarray(ids, np.int32)
     last = len(ids) - 1  # index of the last target token

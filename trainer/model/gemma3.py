@@ -42,13 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer.model import errors
+from trainer.model.errors import ModelInputError  # bad shapes, layer indices
 from trainer.model.model_config import ModelConfig
 
 Params = dict[str, Any]
-
-
-ModelInputError = errors.ModelInputError  # bad shapes, layer indices
 
 
 @flax.struct.dataclass

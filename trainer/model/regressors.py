@@ -53,23 +53,20 @@ _AXES = {
 MLP_EXPANSION = 4  # Hidden width of the HLDF regressor, in units of d_S.
 
 
-RegressorError = ConfigError  # Bad regressor kind, width or input
-
-
 class RegressorKind(enum.Enum):
     LINEAR = "linear"  # HLDC: W_R, d_S → d_T.
     MLP = "mlp"        # HLDF phase 1: d_S → 4·d_S → d_T.
 
 
 def parse_kind(kind) -> RegressorKind:
-    """``RegressorKind`` for a name or member; RegressorError if unknown."""
-    return parse_enum(RegressorKind, kind, "regressor kind", RegressorError)
+    """``RegressorKind`` for a name or member; ConfigError if unknown."""
+    return parse_enum(RegressorKind, kind, "regressor kind", ConfigError)
 
 
 def _check_widths(d_student, d_teacher):
     for name, d in (("d_student", d_student), ("d_teacher", d_teacher)):
         if isinstance(d, bool) or not hasattr(d, "__index__") or int(d) < 1:
-            raise RegressorError(f"{name}={d!r} must be a positive int (a model's d_model)")
+            raise ConfigError(f"{name}={d!r} must be a positive int (a model's d_model)")
 
 
 def _fan_in_normal(rng, shape):
@@ -95,7 +92,7 @@ def init_mlp(rng: jax.Array, d_student: int, d_teacher: int) -> Params:
 
 def _check_input(hidden, d_in):
     if hidden.shape[-1] != d_in:
-        raise RegressorError(
+        raise ConfigError(
             f"regressor expects the student width {d_in} on the last axis, got hidden of shape "
             f"{hidden.shape}; capture the student layer (not the teacher's) as the input")
 
@@ -137,7 +134,7 @@ def logical_axes(params: Params) -> dict[str, tuple[str, ...]]:
     """The same tree with a tuple of logical axis names per leaf (for sharding)."""
     unknown = sorted(set(params) - set(_AXES))
     if unknown:
-        raise RegressorError(f"unknown regressor param names {unknown}; expected a tree from "
+        raise ConfigError(f"unknown regressor param names {unknown}; expected a tree from "
                              "init_linear or init_mlp")
     return {name: _AXES[name] for name in params}
 

@@ -26,9 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be used to resume this run."""
+from trainer.model.errors import ModelIOError
 
 
 class Checkpointer:
@@ -74,14 +72,14 @@ class Checkpointer:
                 (e.g. from jax.eval_shape + the trainer's shardings).
 
         Raises:
-            CheckpointError: the checkpoint's tree does not match this config.
+            ModelIOError: the checkpoint's tree does not match this config.
         """
         try:
             restored = self._manager.restore(global_step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 data=ocp.args.JsonRestore()))
         except (ValueError, KeyError) as e:
-            raise CheckpointError(
+            raise ModelIOError(
                 f"checkpoint {global_step} in {self.directory} does not match this config "
                 f"({str(e).splitlines()[0][:200]}); resume with the run's own config.json "
                 f"or use a fresh run_dir") from None

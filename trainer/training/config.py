@@ -135,13 +135,39 @@ def resolve_local_path(url: str) -> str:
 
 
 def resolve_paths(config: ml_collections.ConfigDict) -> None:
-    """Makes every PATH_FIELDS value absolute, in place."""
+    """Makes every PATH_FIELDS value absolute, in place (on a config being built: `load_config`)."""
     for dotted in PATH_FIELDS:
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = resolve_local_path(node[leaf])
+        config_set(config, dotted, resolve_local_path(config_get(config, dotted)))
+
+
+def config_get(config, dotted: str):
+    """The value at a dotted key ("data.seq_len")."""
+    node = config
+    for name in dotted.split("."):
+        node = node[name]
+    return node
+
+
+def config_set(config, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+def resolved_config(config, overrides: dict | None = None) -> ml_collections.FrozenConfigDict:
+    """A frozen copy of `config` with its paths absolute and `overrides` ({dotted key: value}) applied.
+
+    The run's settings after everything that decides them (the user's file and
+    `--set`s, the store's geometry: `store_align.resolve`); `config` itself is
+    not modified, and nothing can modify the result.
+    """
+    out = ml_collections.ConfigDict(config.to_dict())
+    resolve_paths(out)
+    for dotted, value in (overrides or {}).items():
+        config_set(out, dotted, value)
+    return ml_collections.FrozenConfigDict(out)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -271,20 +297,20 @@ def _validate_kd_settings(loss) -> None:
     """loss.tail / divergence / tau / signal through the loss modules' own parsers."""
     try:
         losses.check_temperature(loss.tau, losses.parse_tail_mode(loss.tail))
-    except losses.LossConfigError as e:
+    except ConfigError as e:
         raise ConfigError(f"loss.tail/loss.tau: {e}") from None
     try:
         losses.parse_divergence(loss.divergence)
-    except losses.LossConfigError as e:
+    except ConfigError as e:
         raise ConfigError(f"loss.divergence: {e}") from None
     try:
         signal = sampled_kd.parse_signal(loss.signal)
-    except losses.LossConfigError as e:
+    except ConfigError as e:
         raise ConfigError(f"loss.signal: {e}") from None
     if signal is sampled_kd.Signal.SAMPLED:
         try:
             sampled_kd.check_settings(loss.tau, loss.divergence)
-        except losses.LossConfigError as e:
+        except ConfigError as e:
             raise ConfigError(str(e)) from None
 
 

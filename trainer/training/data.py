@@ -1,8 +1,8 @@
 """Grain input pipeline over a store: aligned batches of exactly what a method needs.
 
-    source = StoreSource(url, store_fields(("tokens", "topk_ids", "topk_logprobs")))
+    source = StoreSource(url, phase.fields)   # store fields: ("tokens", "topk", "hidden/12")
     it = make_iterator(source, global_batch=256, seed=0)
-    batch = next(it)           # {"tokens": int32[b,T], "topk_ids": ..., ...}
+    batch = next(it)           # {"tokens": int32[b,T], "topk/ids": ..., "topk/logprobs": ..., ...}
     state = it.get_state()     # JSON-able; it.set_state(state) resumes exactly
 
 Index pipeline: committed row ids → seeded global shuffle (reshuffled each
@@ -11,9 +11,10 @@ element) → batch of indices → ONE `StoreReader.read_stored` per batch (a map
 run by Grain's reader threads, which is the prefetch). Reading a batch in one
 call lets TensorStore fetch all its chunks concurrently instead of row by row.
 
-The batch holds the arrays AS STORED (integer codes and their side arrays,
-`trainer.training.decode` names them): the host does no decode pass at all,
-the train step dequantises on the device (`decode.decode_batch`).
+The batch holds the arrays AS STORED, under their stored names (integer codes
+and their side arrays, the store profile's `Profile.field_arrays`): the host
+does no decode pass at all, the train step dequantises on the device
+(`decode.decode_batch`, with the phase's `decode.BatchSpec`).
 """
 from __future__ import annotations
 
@@ -26,38 +27,12 @@ from store import StoreInputError, StoreReader, StoreSchema, profiles
 from trainer.model.errors import ConfigError
 from trainer.training import decode
 
-# The batch keys a method's loss uses (the store's "hidden/<l>" becomes "hidden").
-_TOPK = ("topk_ids", "topk_logprobs")
-_SAMPLED = ("sampled_ids", "sampled_counts", "sampled_logprobs")
 
-
-DataConfigError = ConfigError  # The store cannot feed the requested batches
-
-
-def store_fields(batch_keys, hidden_layer: int = 0) -> tuple[str, ...]:
-    """Store fields to read for the batch keys a phase uses (`methods.Phase.fields`).
-
-    NLL reads tokens; KD adds the top-k or the sampled logits (loss.signal);
-    HLD adds one hidden layer. Per phase,
-    not per method: HLDF phase 1 reads no top-k and phase 2 no hidden state.
-    """
-    fields = []
-    for key in batch_keys:
-        if key in _TOPK:
-            field = "topk"
-        elif key in _SAMPLED:
-            field = "sampled"
-        elif key == "hidden":
-            field = f"hidden/{hidden_layer}"
-        elif key == "tokens":
-            field = "tokens"
-        else:
-            raise ValueError(f"unknown batch key {key!r}; use tokens, topk_ids, "
-                             f"topk_logprobs, sampled_ids, sampled_counts, "
-                             f"sampled_logprobs or hidden")
-        if field not in fields:
-            fields.append(field)
-    return tuple(fields)
+def check_fields(fields) -> None:
+    """Refuses a store field the loader cannot read (ValueError naming the fields it can)."""
+    for field in fields:
+        if field not in (profiles.TOKENS, profiles.TOPK, profiles.SAMPLED) and profiles.hidden_layer(field) is None:
+            raise ValueError(f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>")
 
 
 class StoreSource:
@@ -72,7 +47,8 @@ class StoreSource:
 
     Args:
         url: store path or URL.
-        fields: store fields as in `StoreReader.read` ("tokens", "topk", "hidden/<l>").
+        fields: store fields as in `StoreReader.read` ("tokens", "topk", "hidden/<l>"):
+            a phase's `methods.Phase.fields`.
         allow_partial: read only committed units of an unfinished store.
     """
 
@@ -80,7 +56,7 @@ class StoreSource:
         self.url = str(url)
         self.fields = tuple(fields)
         self.allow_partial = allow_partial
-        value_keys(self.fields)  # An unknown field fails here, not in a reader thread.
+        check_fields(self.fields)  # An unknown field fails here, not in a reader thread.
         self._reader = None
         self._rows = None
         self._names = None
@@ -119,52 +95,30 @@ class StoreSource:
         """The store's encoding (what `decode.decode_batch` needs to decode these batches)."""
         return decode.Encoding.from_reader(self.reader)
 
+    @property
+    def spec(self) -> decode.BatchSpec:
+        """What the batches hold and how the step decodes them (from the store's manifest)."""
+        return decode.BatchSpec(encoding=self.encoding, fields=self.fields)
+
     def stored_names(self) -> list[str]:
-        """The stored arrays a batch reads (`StoreReader.stored_names`, activations
-        RMS-normalised: no per-token RMS), checked against what `decode` decodes.
+        """The stored arrays a batch reads (`StoreReader.stored_names`: the store profile's
+        `Profile.field_arrays`, activations RMS-normalised: no per-token RMS).
 
         Raises:
-            DataConfigError: the store lacks a field, or stores arrays the decoder does not expect.
+            ConfigError: the store lacks a field.
         """
-        keys, layer = value_keys(self.fields)
-        want = self.encoding.stored_names(keys, layer)
         try:
-            have = self.reader.stored_names(self.fields, hidden_normalized=True)
+            return self.reader.stored_names(self.fields, hidden_normalized=True)
         except StoreInputError as e:
-            raise DataConfigError(f"store {self.url}: {e}; read only fields the store holds "
+            raise ConfigError(f"store {self.url}: {e}; read only fields the store holds "
                                   f"(python -m store inspect {self.url})") from None
-        if sorted(have) != sorted(want):
-            raise DataConfigError(
-                f"store {self.url} ({self.reader.schema.profile} profile) stores {have} for fields "
-                f"{list(self.fields)} but trainer.training.decode decodes {want}; update decode._LAYOUT "
-                f"to the store's profile")
-        return have
 
     def read_indices(self, indices) -> dict[str, np.ndarray]:
-        """Reads source indices (positions in `rows`) as one batch of stored arrays."""
+        """Reads source indices (positions in `rows`) as one batch: {stored name: array}."""
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
         if self._names is None:
             self._names = self.stored_names()
-        raw = self.reader.read_stored(rows, self._names)
-        return {decode.batch_key(name): arr for name, arr in raw.items()}
-
-
-def value_keys(fields) -> tuple[tuple[str, ...], int]:
-    """(batch value keys, hidden layer) of store fields: the inverse of `store_fields`."""
-    keys, layer = [], 0
-    for field in fields:
-        if field == "tokens":
-            keys.append("tokens")
-        elif field == "topk":
-            keys += _TOPK
-        elif field == "sampled":
-            keys += _SAMPLED
-        elif field.startswith("hidden/") and field[len("hidden/"):].isdigit():
-            keys.append("hidden")
-            layer = int(field[len("hidden/"):])
-        else:
-            raise ValueError(f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>")
-    return tuple(keys), layer
+        return self.reader.read_stored(rows, self._names)
 
 
 class _ReadBatch(grain.transforms.Map):
@@ -190,11 +144,11 @@ def make_dataset(source: StoreSource, batch_size: int, seed: int,
         process_index, process_count: this host's slot among all hosts.
 
     Raises:
-        DataConfigError: fewer committed rows than one global batch.
+        ConfigError: fewer committed rows than one global batch.
     """
     n = len(source)
     if n < batch_size * process_count:
-        raise DataConfigError(f"store has {n} committed rows but a global batch needs "
+        raise ConfigError(f"store has {n} committed rows but a global batch needs "
                               f"{batch_size * process_count}; lower data.batch_size or "
                               f"write more rows")
     ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
@@ -220,7 +174,7 @@ def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads
     """
     count, index = jax.process_count(), jax.process_index()
     if global_batch % count:
-        raise DataConfigError(f"data.batch_size={global_batch} is not divisible by the "
+        raise ConfigError(f"data.batch_size={global_batch} is not divisible by the "
                               f"{count} hosts; use a multiple of {count}")
     ds = make_dataset(source, global_batch // count, seed, index, count)
     options = grain.ReadOptions(num_threads=num_threads,
@@ -237,16 +191,17 @@ def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
                     hidden_dim: int = 0, seed: int = 0, as_loaded: bool = True,
-                    profile: str = "exact") -> dict[str, np.ndarray]:
+                    profile: str = "exact", hidden_layer: int = 1) -> dict[str, np.ndarray]:
     """A random in-memory batch (bench/tests).
 
     Args:
-        as_loaded: True: the keys and arrays the store loader yields for a store
-            of `profile`: the profile's numpy encoding (`store.profiles`), named
-            as in `trainer.training.decode`, activations RMS-normalised (no
-            per-token RMS); decode it with `synthetic_encoding`. False: float32
-            values, as `write_unit` takes.
+        as_loaded: True: what the store loader yields for a store of `profile`
+            ({stored name: array}, the profile's numpy encoding, activations
+            RMS-normalised: no per-token RMS); decode it with
+            `synthetic_encoding`. False: float32 values, as `write_unit` takes
+            them ({"tokens", "topk_ids", "topk_logprobs", "hidden"}).
         profile: store profile whose stored arrays to produce.
+        hidden_layer: the layer the activations are stored under (as_loaded).
     """
     rng = np.random.default_rng(seed)
     batch = {"tokens": rng.integers(0, vocab_size, (batch_size, seq_len), dtype=np.int32)}
@@ -261,14 +216,16 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
     if not as_loaded:
         return batch
     prof = profiles.get_profile(profile)
-    stored = {"tokens": batch["tokens"]}
+    stored = {profiles.TOKENS: batch["tokens"]}
+    fields = (profiles.TOKENS,)
     if k:
         stored.update(prof.encode_topk(batch["topk_ids"], batch["topk_logprobs"], vocab_size))
+        fields += (profiles.TOPK,)
     if hidden_dim:
-        stored.update(prof.encode_hidden(1, batch["hidden"]))  # any layer: keys drop it
-    keys, _ = value_keys(("tokens",) + (("topk",) if k else ()) + (("hidden/1",) if hidden_dim else ()))
-    enc = synthetic_encoding(profile, vocab_size, k, hidden_dim)
-    return {decode.batch_key(n): stored[n] for n in enc.stored_names(keys, 1)}
+        stored.update(prof.encode_hidden(hidden_layer, batch["hidden"]))
+        fields += (profiles.hidden_name(hidden_layer),)
+    spec = decode.BatchSpec(encoding=synthetic_encoding(profile, vocab_size, k, hidden_dim), fields=fields)
+    return {name: stored[name] for name in spec.names}
 
 
 def synthetic_encoding(profile: str, vocab_size: int, k: int = 0, hidden_dim: int = 0) -> decode.Encoding:

@@ -1,28 +1,30 @@
 """Decoding stored store arrays inside the jitted train step (jnp).
 
-The loader (trainer.training.data) ships the arrays AS STORED: integer codes
-and their side arrays, read from disk with no host decode pass. The step
-turns them into values here, where the work is cheap and parallel:
+The loader (trainer.training.data) ships the arrays AS STORED, keyed by their
+stored names (the manifest's: "topk/top_logprob", "hidden_aux/<l>/qstep"):
+integer codes and their side arrays, read from disk with no host decode pass.
+The step turns them into typed values here, where the work is cheap and
+parallel:
 
-    batch = decode_batch(batch, encoding)   # top of methods.loss_fn, inside jit
+    spec = BatchSpec(encoding=Encoding.from_reader(reader), fields=phase.fields)  # once per phase
+    batch = decode_batch(stored, spec)   # top of methods.loss_fn, inside jit -> signals.Batch
 
-Batch layout: one flat dict, every array batch dim first (so
-`sharding.batch_sharding` splits each over data x fsdp), and per value key
-only the stored arrays that key needs (`Encoding.batch_ndims`), so a phase
-reads nothing it does not use. Stored name -> batch key: "/" -> "_", the
-hidden layer dropped ("hidden_aux/<l>/qstep" -> "hidden_qstep"). Activations
-are read RMS-normalised (x / rms(x), the per-token RMS is never read): the
-hidden-state losses normalise the target per token anyway.
+Which stored arrays a field needs, and their ranks, come from the store's
+profile (``store.profiles.Profile.field_arrays``, the one table the writer,
+the reader and this decoder share); activations are read RMS-normalised
+(x / rms(x), the per-token RMS is never read): the hidden-state losses
+normalise the target per token anyway. The decoders below are the jnp twins of
+the numpy codecs, keyed by the same codec names (store/topk_codecs.py,
+store/hidden_codecs.py), so a profile made of known codecs needs nothing here.
 
-    value key       exact                  compact                              lean
-    tokens          int32 [B,T]            (same)                               (same)
-    topk_ids        u16/i32 [B,T,K]        packed u8 [B,T,ceil(K*bits/8)]       packed
-    topk_logprobs   f16 [B,T,K]            u8 code [B,T,K] + topk_top_logprob   as compact
-    hidden          f16 y [B,T,D]          i8 q + hidden_qstep f16 [B,T]        u8 [B,T,ceil(D/3)]
-                                           + hidden_outlier_idx/val [B,T,n]     + hidden_step f16 [B,T,G]
-    sampled_ids     u16/i32 [B,T,S]        packed u8 [B,T,ceil(S*bits/8)]       packed
-    sampled_counts  u8 [B,T,S]             (same)                               (same)
-    sampled_logprobs f16 [B,T,S]           (same)                               (same)
+    field       exact                  compact                              lean
+    tokens      int32 [B,T]            (same)                               (same)
+    topk        topk/ids u16/i32       packed u8 [B,T,ceil(K*bits/8)]       as compact
+                topk/logprobs f16      u8 code [B,T,K] + topk/top_logprob
+    hidden/<l>  f16 y [B,T,D]          i8 q + qstep f16 [B,T]               u8 [B,T,ceil(D/3)]
+                                       + outlier_idx/val [B,T,n]            + step f16 [B,T,G]
+    sampled     ids u16/i32            packed u8 [B,T,ceil(S*bits/8)]       packed
+                counts u8, logprobs f16 [B,T,S] (all profiles)
 
 (A compact store written before packed ids, no ``ids_bits`` in its
 manifest, stores ids as u16/i32 like exact.) Decoded: ids and counts int32,
@@ -35,53 +37,22 @@ float32, see `_lean_hidden`).
 from __future__ import annotations
 
 import dataclasses
-import math
+import types
 
 import jax.numpy as jnp
 import numpy as np
 
-from store import profiles
-
-PROFILES = ("exact", "compact", "lean")
-
-# Stored arrays per value key and profile: (stored name with "{l}" for the
-# hidden layer, ndim of the batch array). The ONE table the loader (what to
-# read), the step's shardings (batch_ndims) and the decoder agree on.
-_TOKENS = {"tokens": (("tokens", 2),)}
-_SAMPLED = {"sampled_ids": (("sampled/ids", 3),),
-            "sampled_counts": (("sampled/counts", 3),),
-            "sampled_logprobs": (("sampled/logprobs", 3),)}
-_LAYOUT = {
-    "exact": {**_TOKENS, **_SAMPLED,
-              "topk_ids": (("topk/ids", 3),),
-              "topk_logprobs": (("topk/logprobs", 3),),
-              "hidden": (("hidden/{l}", 3),)},
-    "compact": {**_TOKENS, **_SAMPLED,
-                "topk_ids": (("topk/ids", 3),),
-                "topk_logprobs": (("topk/logprobs", 3), ("topk/top_logprob", 2)),
-                "hidden": (("hidden/{l}", 3), ("hidden_aux/{l}/qstep", 2),
-                           ("hidden_aux/{l}/outlier_idx", 3), ("hidden_aux/{l}/outlier_val", 3))},
-    "lean": {**_TOKENS, **_SAMPLED,
-             "topk_ids": (("topk/ids", 3),),
-             "topk_logprobs": (("topk/logprobs", 3), ("topk/top_logprob", 2)),
-             "hidden": (("hidden/{l}", 3), ("hidden_aux/{l}/step", 3))},
-}
+from store import profiles, sampled, topk_codecs
+from store.hidden_codecs import aux_name, hidden_name
+from trainer.training.signals import Batch, SampledSignal, TopkSignal
 
 
-def batch_key(stored_name: str) -> str:
-    """The batch key of a stored array: "hidden_aux/3/qstep" -> "hidden_qstep"."""
-    parts = stored_name.split("/")
-    if parts[0] in ("hidden", "hidden_aux"):
-        parts = ["hidden"] + parts[2:]
-    return "_".join(parts)
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Encoding:
     """How a store's arrays are encoded: a static (hashable) description for jit.
 
     Attributes:
-        profile: "exact", "compact" or "lean".
+        profile: the store's profile name (store.profiles.PROFILES).
         vocab_size: V (ids are < V).
         k: stored top-k slots K (0: none).
         samples: sampled slots S (0: none).
@@ -99,14 +70,24 @@ class Encoding:
     hidden_signs: tuple[int, ...] = ()
 
     def __post_init__(self):
-        if self.profile not in PROFILES:
-            raise ValueError(f"store profile {self.profile!r} has no device decoder; "
-                             f"trainer.training.decode knows {list(PROFILES)}")
-        if self.profile == "lean" and self.hidden_dim and len(self.hidden_signs) != self.hidden_dim:
+        if self.profile not in profiles.PROFILES:
+            raise ValueError(f"store profile {self.profile!r} is unknown; "
+                             f"store.profiles knows {sorted(profiles.PROFILES)}")
+        prof = self.store_profile
+        if prof.topk.name not in TOPK_DECODERS or prof.hidden.name not in HIDDEN_DECODERS:
+            raise ValueError(f"store profile {self.profile!r} ({prof.topk.name} top-k, {prof.hidden.name} "
+                             f"hidden) has no device decoder; trainer.training.decode knows top-k "
+                             f"{sorted(TOPK_DECODERS)} and hidden {sorted(HIDDEN_DECODERS)}")
+        if prof.hidden.name == "lean" and self.hidden_dim and len(self.hidden_signs) != self.hidden_dim:
             raise ValueError(f"lean store: {len(self.hidden_signs)} hidden_signs in the manifest "
                              f"for hidden_dim={self.hidden_dim}; the store's manifest is damaged")
         if not 0 <= self.ids_bits <= 32:
             raise ValueError(f"ids_bits={self.ids_bits} is outside 0..32; the manifest is damaged")
+
+    @property
+    def store_profile(self) -> profiles.Profile:
+        """The store's profile (its codecs and names)."""
+        return profiles.PROFILES[self.profile]
 
     @classmethod
     def from_reader(cls, reader) -> "Encoding":
@@ -119,68 +100,102 @@ class Encoding:
         # A store written before packed ids has no "ids_bits": ids stored as u16/i32.
         ids_bits = int(enc["ids_bits"]) if "ids_bits" in enc else 0
         # Lean rotation signs (listed only when the store has activations).
-        signs = tuple(int(x) for x in enc["hidden_signs"]) if s.profile == "lean" and s.hidden_dim else ()
+        signs = tuple(int(x) for x in enc["hidden_signs"]) if "hidden_signs" in enc and s.hidden_dim else ()
         return cls(profile=s.profile, vocab_size=int(s.vocab_size), k=int(s.k),
                    samples=int(s.samples), hidden_dim=int(s.hidden_dim),
                    ids_bits=ids_bits, hidden_signs=signs)
 
-    def batch_ndims(self, value_keys) -> dict[str, int]:
-        """{batch key: ndim} of what the loader yields for the phase's value keys."""
-        out = {}
-        for key in value_keys:
-            for name, ndim in self._entries(key):
-                out[batch_key(name)] = ndim
-        return out
+    def field_arrays(self, field: str) -> tuple[tuple[str, int], ...]:
+        """(stored name, batch ndim) of the arrays a normalized read of a store field needs.
 
-    def stored_names(self, value_keys, hidden_layer: int) -> list[str]:
-        """Stored array names to read for the value keys (hidden of `hidden_layer`)."""
-        names = []
-        for key in value_keys:
-            names += [name.format(l=hidden_layer) for name, _ in self._entries(key)]
-        return list(dict.fromkeys(names))
-
-    def _entries(self, key):
-        layout = _LAYOUT[self.profile]
-        if key not in layout:
-            raise ValueError(f"unknown batch key {key!r}; use one of {sorted(layout)}")
-        return layout[key]
+        From the profile's array specs (``Profile.field_arrays``): names and
+        ranks do not depend on the sizes, so the one table serves any T.
+        """
+        layer = profiles.hidden_layer(field)
+        shape = types.SimpleNamespace(
+            seq_len=1, vocab_size=max(self.vocab_size, 2), k=max(self.k, 1), samples=max(self.samples, 1),
+            hidden_layers=() if layer is None else (layer,), hidden_dim=self.hidden_dim)
+        table = self.store_profile.field_arrays(shape, normalized=True)
+        if field not in table:
+            raise ValueError(f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>")
+        return tuple((spec.name, 1 + len(spec.inner_shape)) for spec in table[field])
 
 
-EXACT = Encoding()  # Batches already holding values (synthetic, tests): decode = casts.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BatchSpec:
+    """What one phase's batches hold and how they decode (static, hashable: a jit static).
+
+    Built once per phase from the store's manifest (``Encoding.from_reader``)
+    and the phase's store fields (``methods.Phase.fields``); the loader reads
+    ``names``, the step's shardings use ``ndims``, ``decode_batch`` decodes.
+
+    Attributes:
+        encoding: the store's Encoding.
+        fields: store fields: "tokens", "topk" or "sampled", "hidden/<l>".
+    """
+
+    encoding: Encoding
+    fields: tuple[str, ...]
+
+    def __post_init__(self):
+        for field in self.fields:
+            self.encoding.field_arrays(field)  # an unknown field fails here, not in the step
+
+    @property
+    def ndims(self) -> dict[str, int]:
+        """{stored name: ndim} of the batch's arrays, batch dim first."""
+        return {name: ndim for field in self.fields for name, ndim in self.encoding.field_arrays(field)}
+
+    @property
+    def names(self) -> list[str]:
+        """The stored arrays a batch holds, in field order."""
+        return list(self.ndims)
 
 
-def decode_batch(batch: dict, encoding: Encoding) -> dict:
-    """Stored arrays -> values (jnp; call inside jit). Only the keys present are decoded.
+def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
+    """Stored arrays ({stored name: array}) -> the typed values (jnp; call inside jit).
 
     Returns:
-        {"tokens": int32, "topk_ids": int32, "topk_logprobs": float32,
-         "hidden": float32 x/rms(x), "sampled_ids": int32, "sampled_counts": int32,
-         "sampled_logprobs": float32} for the value keys the batch holds.
+        A signals.Batch with int32 tokens, ids and counts, float32 log-probs and
+        x/rms(x), for the spec's fields (None for the others).
     """
-    e = encoding
-    out = {}
-    if "tokens" in batch:
-        out["tokens"] = batch["tokens"].astype(jnp.int32)
-    if "topk_ids" in batch:
-        out["topk_ids"] = _ids(batch["topk_ids"], e.k, e.ids_bits)
-    if "topk_logprobs" in batch:
-        out["topk_logprobs"] = (batch["topk_logprobs"].astype(jnp.float32) if e.profile == "exact"
-                                else _coded_logprobs(batch["topk_logprobs"], batch["topk_top_logprob"]))
-    if "hidden" in batch:
-        if e.profile == "exact":
-            out["hidden"] = batch["hidden"].astype(jnp.float32)
-        elif e.profile == "compact":
-            out["hidden"] = _compact_hidden(batch["hidden"], batch["hidden_qstep"],
-                                            batch["hidden_outlier_idx"], batch["hidden_outlier_val"])
-        else:
-            out["hidden"] = _lean_hidden(batch["hidden"], batch["hidden_step"], e.hidden_signs)
-    if "sampled_ids" in batch:
-        out["sampled_ids"] = _ids(batch["sampled_ids"], e.samples, e.ids_bits)
-    if "sampled_counts" in batch:
-        out["sampled_counts"] = batch["sampled_counts"].astype(jnp.int32)
-    if "sampled_logprobs" in batch:
-        out["sampled_logprobs"] = batch["sampled_logprobs"].astype(jnp.float32)
-    return out
+    e = spec.encoding
+    prof = e.store_profile
+    out = {"tokens": batch[profiles.TOKENS].astype(jnp.int32)}
+    for field in spec.fields:
+        layer = profiles.hidden_layer(field)
+        if field == profiles.TOPK:
+            out["topk"] = TOPK_DECODERS[prof.topk.name](batch, e)
+        elif field == profiles.SAMPLED:
+            out["sampled"] = SampledSignal(ids=_ids(batch[sampled.IDS], e.samples, e.ids_bits),
+                                           counts=batch[sampled.COUNTS].astype(jnp.int32),
+                                           logprobs=batch[sampled.LOGPROBS].astype(jnp.float32))
+        elif layer is not None:
+            out["hidden"] = HIDDEN_DECODERS[prof.hidden.name](batch, layer, e)
+    return Batch(**out)
+
+
+def _float16_topk(batch, e: Encoding) -> TopkSignal:
+    return TopkSignal(ids=_ids(batch[topk_codecs.IDS], e.k, e.ids_bits),
+                      logprobs=batch[topk_codecs.LOGPROBS].astype(jnp.float32))
+
+
+def _companded_topk(batch, e: Encoding) -> TopkSignal:
+    return TopkSignal(ids=_ids(batch[topk_codecs.IDS], e.k, e.ids_bits),
+                      logprobs=_coded_logprobs(batch[topk_codecs.LOGPROBS], batch[topk_codecs.TOP_LOGPROB]))
+
+
+def _float16_hidden(batch, layer: int, e: Encoding):
+    return batch[hidden_name(layer)].astype(jnp.float32)
+
+
+def _int8_outliers_hidden(batch, layer: int, e: Encoding):
+    return _compact_hidden(batch[hidden_name(layer)], batch[aux_name(layer, "qstep")],
+                           batch[aux_name(layer, "outlier_idx")], batch[aux_name(layer, "outlier_val")])
+
+
+def _lean_profile_hidden(batch, layer: int, e: Encoding):
+    return _lean_hidden(batch[hidden_name(layer)], batch[aux_name(layer, "step")], e.hidden_signs)
 
 
 def _ids(stored, n: int, bits: int):
@@ -188,7 +203,7 @@ def _ids(stored, n: int, bits: int):
 
 
 def unpack_ids(packed_xN, n: int, bits: int):
-    """int32 [..., n] from the little-endian bit stream of SPEC12 §3 (uint8 [..., ceil(n*bits/8)]).
+    """int32 [..., n] from the little-endian bit stream of store.profiles.PACKED_IDS_RULE (uint8 [..., ceil(n*bits/8)]).
 
     Value j occupies stream bits [j*bits, (j+1)*bits); stream bit i is bit
     i % 8 of byte i // 8. The byte offsets are static, so each id is a gather
@@ -219,15 +234,15 @@ def _coded_logprobs(code_xK, top_x):
     """uint8 code -> log-prob: top - LP_RANGE * (code / 254)**2, code 255 = -inf.
 
     The 256 offsets LP_RANGE * frac * frac are a numpy table made with the
-    float32 operations of CompactProfile.decode_topk, so the device does one
+    float32 operations of topk_codecs.CompandedTopk.decode, so the device does one
     gather and one subtract: bitwise the numpy decode (computing the square
     in the step instead lets XLA contract it into a fused multiply-add, one
     float32 ulp off).
     """
     frac_C = np.arange(256, dtype=np.float32) * np.float32(1.0 / 254.0)
-    offset_C = np.float32(profiles.LP_RANGE) * frac_C * frac_C
+    offset_C = np.float32(topk_codecs.LP_RANGE) * frac_C * frac_C
     lp = top_x.astype(jnp.float32)[..., None] - jnp.take(jnp.asarray(offset_C), code_xK.astype(jnp.int32))
-    return jnp.where(code_xK == profiles.LP_NEG_INF_CODE, -jnp.inf, lp)
+    return jnp.where(code_xK == topk_codecs.LP_NEG_INF_CODE, -jnp.inf, lp)
 
 
 def _compact_hidden(q_xD, step_x, idx_xN, val_xN):
@@ -238,7 +253,7 @@ def _compact_hidden(q_xD, step_x, idx_xN, val_xN):
 
 
 def lean_block(hidden_dim: int) -> int:
-    """SPEC12 §2: the largest power of two dividing D, capped at 512."""
+    """store.lean.group_size: the largest power of two dividing D, capped at 512."""
     return min(hidden_dim & -hidden_dim, 512)
 
 
@@ -279,3 +294,11 @@ def _lean_hidden(packed_xP, step_xG, signs):
     y = r * np.float32(1.0 / np.sqrt(b))
     y = y.reshape(y.shape[:-2] + (D,))
     return y * jnp.asarray(np.asarray(signs, np.float32))
+
+
+# The jnp twins of the numpy decoders, keyed by the codec names (store/topk_codecs.py, store/hidden_codecs.py).
+TOPK_DECODERS = {"float16": _float16_topk, "uint8_companded": _companded_topk}
+HIDDEN_DECODERS = {"float16_rms": _float16_hidden, "int8_outliers": _int8_outliers_hidden,
+                   "lean": _lean_profile_hidden}
+
+EXACT = Encoding()  # Batches already holding values (synthetic, tests): decode = casts.

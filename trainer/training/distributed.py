@@ -30,13 +30,11 @@ import os
 
 import jax
 
+from trainer.model.errors import ConfigError
+
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 log = logging.getLogger(__name__)
-
-
-class DistributedConfigError(ValueError):
-    """The environment does not describe a usable multi-process run."""
 
 
 def env_params(environ=None) -> dict | None:
@@ -47,7 +45,7 @@ def env_params(environ=None) -> dict | None:
         the variables is set (then JAX's cluster auto-detection is used).
 
     Raises:
-        DistributedConfigError: some but not all are set, or a value is malformed.
+        ConfigError: some but not all are set, or a value is malformed.
     """
     environ = os.environ if environ is None else environ
     values = {name: environ.get(name, "") for name in ENV_VARS}
@@ -55,23 +53,23 @@ def env_params(environ=None) -> dict | None:
         return None
     missing = [name for name, value in values.items() if not value]
     if missing:
-        raise DistributedConfigError(
+        raise ConfigError(
             f"distributed=True with {', '.join(n for n in ENV_VARS if n not in missing)} set but "
             f"{', '.join(missing)} unset; set all of {', '.join(ENV_VARS)} on every process, "
             f"or none of them to use JAX's cluster auto-detection")
     address = values["JAX_COORDINATOR_ADDRESS"]
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise DistributedConfigError(f"JAX_COORDINATOR_ADDRESS={address!r} is not host:port; "
+        raise ConfigError(f"JAX_COORDINATOR_ADDRESS={address!r} is not host:port; "
                                      f"use e.g. 127.0.0.1:12355 (process 0's address)")
     try:
         count, index = int(values["JAX_NUM_PROCESSES"]), int(values["JAX_PROCESS_ID"])
     except ValueError:
-        raise DistributedConfigError(
+        raise ConfigError(
             f"JAX_NUM_PROCESSES={values['JAX_NUM_PROCESSES']!r} and JAX_PROCESS_ID="
             f"{values['JAX_PROCESS_ID']!r} must be integers") from None
     if count < 1 or not 0 <= index < count:
-        raise DistributedConfigError(
+        raise ConfigError(
             f"JAX_PROCESS_ID={index} is outside 0..JAX_NUM_PROCESSES-1 (JAX_NUM_PROCESSES="
             f"{count}); give each process a distinct id below the process count")
     return {"coordinator_address": address, "num_processes": count, "process_id": index}
@@ -87,7 +85,7 @@ def initialize(enabled: bool, heartbeat_timeout_s: int, init_timeout_s: int) -> 
         init_timeout_s: seconds to wait for all processes to connect.
 
     Raises:
-        DistributedConfigError: incomplete/malformed environment, JAX could not
+        ConfigError: incomplete/malformed environment, JAX could not
             work out the cluster, or this process already started JAX's devices.
     """
     if not enabled or jax.distributed.is_initialized():
@@ -98,12 +96,12 @@ def initialize(enabled: bool, heartbeat_timeout_s: int, init_timeout_s: int) -> 
                                    initialization_timeout=init_timeout_s)
     except ValueError as e:
         # JAX's auto-detection found no cluster ("coordinator_address should be defined").
-        raise DistributedConfigError(
+        raise ConfigError(
             f"distributed=True but no cluster was found ({e}); set {', '.join(ENV_VARS)} on "
             f"every process (see README 'Scaling out') or run under Slurm/Open MPI/TPU") from None
     except RuntimeError as e:
         # JAX refuses once this process has already started its devices.
-        raise DistributedConfigError(
+        raise ConfigError(
             f"distributed=True but jax.distributed could not start here ({str(e)[:120]}); "
             f"start the trainer in a fresh process, before any other JAX computation") from None
     log.warning("distributed: process %d of %d, %d local / %d global devices; if a process "

@@ -49,7 +49,7 @@ class TrainingDivergedError(ValueError):
     """The loss became NaN/Inf; training stopped, the last good checkpoint is kept."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PhasePlan:
     """A phase and what it costs."""
 
@@ -72,18 +72,16 @@ def check_store(config, reader: StoreReader, model_cfg, phases) -> None:
                             needs_hidden=any(p.hidden_term for p in phases))
 
 
-def open_store(config) -> StoreReader:
-    """The run's store; with data.from_store=True its geometry is copied into `config`."""
-    reader = StoreReader(config.store.url, allow_partial=config.store.allow_partial)
-    if config.data.from_store:
-        num_layers = model_config_from(config).num_layers  # Phases need L, not V.
-        phases = methods.phases(config, num_layers)
-        store_align.apply_geometry(config, reader.schema,
-                                   needs_topk=any(p.kd_term for p in phases),
+def open_store(config) -> tuple[StoreReader, object]:
+    """The run's store and the resolved config (frozen; the store's geometry with data.from_store)."""
+    reader = StoreReader(config_lib.resolve_local_path(config.store.url),
+                         allow_partial=config.store.allow_partial)
+    phases = methods.phases(config, model_config_from(config).num_layers)  # Phases need L, not V.
+    resolved = store_align.resolve(config, reader.schema, needs_topk=any(p.kd_term for p in phases),
                                    needs_hidden=any(p.hidden_term for p in phases))
-        if any(p.kd_term for p in phases) and jax.process_index() == 0:
-            print(f"data.from_store: {store_align.signal_choice(config, reader.schema)}", flush=True)
-    return reader
+    if config.data.from_store and any(p.kd_term for p in phases) and jax.process_index() == 0:
+        print(f"data.from_store: {store_align.signal_choice(resolved, reader.schema)}", flush=True)
+    return reader, resolved
 
 
 def flop_counts(config, model_cfg) -> dict:
@@ -127,7 +125,8 @@ def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
                 f"budget {config.budget.value:g} {config.budget.unit} gives {n:.3g} steps for phase "
                 f"{phase.index} of {config.method}, more than the {MAX_STEPS} a run can count; "
                 f"lower budget.value")
-        plans.append(PhasePlan(phase, int(n), counts["flops_per_token"][phase.flops_method]))
+        plans.append(PhasePlan(phase=phase, num_steps=int(n),
+                               flops_per_token=counts["flops_per_token"][phase.flops_method]))
     return tuple(plans)
 
 
@@ -206,7 +205,7 @@ class PhaseRunner:
             abstract, self.optimizer, self.param_shardings, self.reg_shardings, replicated)
         self.abstract_state = checkpoint.abstract_like(abstract, self.state_shardings)
         self.encoding = encoding
-        batch_ndims = encoding.batch_ndims(phase.fields)
+        batch_ndims = decode.BatchSpec(encoding=encoding, fields=phase.fields).ndims
         self.batch_keys = tuple(batch_ndims)
         self.step = make_train_step(config, model_cfg, plan, self.optimizer, self.lr_schedule,
                                     mesh, self.state_shardings, batch_ndims, encoding)
@@ -230,7 +229,7 @@ class PhaseRunner:
         missing = [k for k in self.batch_keys if k not in host_batch]
         if missing:
             raise ValueError(f"batch lacks {missing} needed by this phase; read the store "
-                             f"with trainer.training.data.store_fields(phase.fields, layer)")
+                             f"with trainer.training.data.StoreSource(url, phase.fields)")
         return sharding.global_batch_from_host({k: host_batch[k] for k in self.batch_keys},
                                                self.mesh)
 
@@ -246,12 +245,10 @@ def run(config) -> dict:
         TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is saved).
     """
     started = time.time()  # final.json's wall_s: this invocation, compiles and export included.
-    config_lib.resolve_paths(config)  # Idempotent; configs built in code may be relative.
-    config_lib.validate(config)
+    config_lib.validate(config)  # The user's settings, once; the store's geometry is valid by its schema.
     distributed.initialize(config.distributed, config.distributed_heartbeat_s,
                            config.distributed_init_timeout_s)
-    reader = open_store(config)
-    config_lib.validate(config)  # Again: data.from_store may have changed fields.
+    reader, config = open_store(config)  # From here on: the resolved, frozen config.
     model_cfg = model_config_from(config)
     phases = methods.phases(config, model_cfg.num_layers)
     check_store(config, reader, model_cfg, phases)
@@ -319,8 +316,7 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
             if plan.phase.index < meta["phase"]:
                 continue
             runner = PhaseRunner(config, model_cfg, plan, mesh, decode.Encoding.from_reader(reader))
-            fields = data.store_fields(plan.phase.fields, config.teacher.hidden_layer)
-            source = data.StoreSource(config.store.url, fields,
+            source = data.StoreSource(config.store.url, plan.phase.fields,
                                       allow_partial=config.store.allow_partial)
             iterator = data.make_iterator(
                 source, config.data.batch_size, config.seed,

@@ -65,9 +65,6 @@ _NEG = -1e30
 _LOG_TINY = -69.07755278982137
 
 
-LossConfigError = ConfigError  # A loss was asked for with an unknown mode or an out-of-range value
-
-
 class TailMode(enum.Enum):
     """How the teacher mass outside the stored top-k support is treated."""
 
@@ -112,13 +109,13 @@ def parse_hidden_reduction(value) -> HiddenReduction:
 
 
 def parse_tail_mode(value) -> TailMode:
-    """Returns the ``TailMode`` for a name or member; LossConfigError if unknown."""
-    return parse_enum(TailMode, value, "KD tail mode", LossConfigError)
+    """Returns the ``TailMode`` for a name or member; ConfigError if unknown."""
+    return parse_enum(TailMode, value, "KD tail mode", ConfigError)
 
 
 def parse_divergence(value) -> Divergence:
-    """Returns the ``Divergence`` for a name or member; LossConfigError if unknown."""
-    return parse_enum(Divergence, value, "KD divergence", LossConfigError)
+    """Returns the ``Divergence`` for a name or member; ConfigError if unknown."""
+    return parse_enum(Divergence, value, "KD divergence", ConfigError)
 
 
 def check_temperature(temperature, tail) -> float:
@@ -128,16 +125,16 @@ def check_temperature(temperature, tail) -> float:
     teacher's tempered tail mass, see the module docstring).
 
     Raises:
-      LossConfigError: temperature not a finite positive number.
+      ConfigError: temperature not a finite positive number.
     """
     tail = parse_tail_mode(tail)
     try:
         tau = float(temperature)
     except (TypeError, ValueError):
-        raise LossConfigError(
+        raise ConfigError(
             f"KD temperature must be a number, got {temperature!r}; pass e.g. 1.0") from None
     if not (tau > 0.0 and tau < float("inf")):
-        raise LossConfigError(
+        raise ConfigError(
             f"KD temperature must be finite and > 0, got {tau}; pass e.g. 0.5 or 1.0")
     return tau
 
@@ -290,7 +287,7 @@ def kd_topk(student_logits_BxTxV: jax.Array,
       fp32 ``[B, T]`` divergence per token (0 where no slot is finite).
 
     Raises:
-      LossConfigError: unknown tail/divergence or bad τ.
+      ConfigError: unknown tail/divergence or bad τ.
     """
     tail = parse_tail_mode(tail)
     div_fn = _DIVERGENCES[parse_divergence(divergence)]
@@ -369,7 +366,7 @@ def normalized_mse(pred_BxTxD: jax.Array, target_BxTxD: jax.Array,
     reduce_fn = {HiddenReduction.MEAN: jnp.mean,
                  HiddenReduction.SUM: jnp.sum}[parse_hidden_reduction(reduction)]
     if pred_BxTxD.shape != target_BxTxD.shape:
-        raise LossConfigError(
+        raise ConfigError(
             f"normalized_mse shapes differ: pred {pred_BxTxD.shape} vs target "
             f"{target_BxTxD.shape}; map the student hidden to d_T with the regressor first")
 

@@ -28,7 +28,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from store import objective_penalty as penalty_lib
+from store import objective_penalty as penalty_lib, profiles
 from trainer.training import decode, losses, schedules, tiled_loss
 from trainer.training import sampled_kd
 from trainer.model import gemma3 as model, regressors
@@ -37,7 +37,7 @@ from trainer.model.regressors import RegressorKind
 from trainer.training.schedules import AlphaSchedule
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Phase:
     """A static description of one training phase (hashable: it is a jit static).
 
@@ -51,32 +51,35 @@ class Phase:
         hidden_weight: 1 for L_HT (HLDF phase 1), γ for HLDC.
         regressor: which regressor the phase trains (None: no regressor).
         constant_lr: constant LR after warm-up (HLDF phase 1) instead of WSD.
-        signal: the KD term's stored teacher signal ("topk" | "sampled").
+        signal: the KD term's stored teacher signal ("topk" | "sampled": its store field).
+        hidden_layer: the teacher layer the hidden-state term reads (0: no hidden term).
         hidden_reduction: how the hidden term reduces the teacher width D
             (losses.HiddenReduction: "mean", the paper's, or "sum").
     """
 
-    index: int
+    index: int = 1
     flops_method: str
-    num_blocks: int | None
-    data_term: bool
-    kd_term: bool
-    hidden_term: bool
-    hidden_weight: float
-    regressor: RegressorKind | None
-    constant_lr: bool
+    num_blocks: int | None = None
+    data_term: bool = False
+    kd_term: bool = False
+    hidden_term: bool = False
+    hidden_weight: float = 0.0
+    regressor: RegressorKind | None = None
+    constant_lr: bool = False
     signal: str = sampled_kd.Signal.TOPK.value
+    hidden_layer: int = 0
     hidden_reduction: str = losses.HiddenReduction.MEAN.value
 
     @property
     def fields(self) -> tuple[str, ...]:
-        """Batch keys this phase reads (the loader reads nothing else)."""
-        keys = ("tokens",)
+        """Store fields this phase reads (the loader reads nothing else): "tokens", "topk" or
+        "sampled", "hidden/<l>"; `decode.BatchSpec` turns them into stored arrays."""
+        fields = (profiles.TOKENS,)
         if self.kd_term:
-            keys += tiled_loss.SIGNAL_INPUTS[sampled_kd.Signal(self.signal)]
+            fields += (sampled_kd.Signal(self.signal).value,)  # a Signal's value is its store field
         if self.hidden_term:
-            keys += ("hidden",)
-        return keys
+            fields += (profiles.hidden_name(self.hidden_layer),)
+        return fields
 
 
 def student_layer(config, num_layers: int) -> int:
@@ -92,23 +95,26 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
                                    "loss.alpha_schedule") is AlphaSchedule.CONSTANT)
     signal = sampled_kd.parse_signal(config.loss.signal).value
     reduction = losses.parse_hidden_reduction(config.loss.hidden_reduction).value
-    kd_phase = Phase(1, "kd", None, True, logit_kd, False, 0.0, None, False, signal)
+    kd_phase = Phase(flops_method="kd", data_term=True, kd_term=logit_kd, signal=signal)
     if method is Method.NLL:
-        return (Phase(1, "nll", None, True, False, False, 0.0, None, False),)
+        return (Phase(flops_method="nll", data_term=True),)
     if method is Method.KD:
         return (kd_phase,)
     if method is Method.HLDC:
         return (dataclasses.replace(kd_phase, flops_method="hldc", hidden_term=True,
                                     hidden_weight=float(config.loss.gamma),
-                                    regressor=RegressorKind.LINEAR, hidden_reduction=reduction),)
+                                    regressor=RegressorKind.LINEAR,
+                                    hidden_layer=config.teacher.hidden_layer,
+                                    hidden_reduction=reduction),)
     half = student_layer(config, num_layers)
-    phase1 = Phase(1, "ht", half, False, False, True, 1.0, RegressorKind.MLP, True,
+    phase1 = Phase(flops_method="ht", num_blocks=half, hidden_term=True, hidden_weight=1.0,
+                   regressor=RegressorKind.MLP, constant_lr=True, hidden_layer=config.teacher.hidden_layer,
                    hidden_reduction=reduction)
     return (phase1, dataclasses.replace(kd_phase, index=2))
 
 
 def alpha_fn(config, num_steps: int):
-    """The α schedule of a phase of `num_steps` steps (ScheduleError if inconsistent)."""
+    """The α schedule of a phase of `num_steps` steps (ConfigError if inconsistent)."""
     loss = config.loss
     return schedules.alpha_schedule(loss.alpha_schedule, loss.alpha, num_steps,
                                     config.optim.warmup_steps, config.optim.decay_fraction,
@@ -145,7 +151,7 @@ def check_schedules(config, phase_steps) -> None:
             lr_schedule(config, phase, num_steps)
             if phase.kd_term:
                 alpha_fn(config, num_steps)
-        except schedules.ScheduleError as e:
+        except ConfigError as e:
             knob = "hldf.warmup_steps" if phase.constant_lr else "optim.warmup_steps"
             raise ConfigError(f"phase {phase.index} of {config.method} ({num_steps} steps): "
                               f"{e} ({knob}, optim.decay_fraction, budget.value)") from None
@@ -205,7 +211,7 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
     Args:
         params: student params.
         regressor: regressor params ({} if the phase has none).
-        batch: dict with the phase's `fields` (tokens_BxT, topk_*_BxTxK, hidden_BxTxD).
+        batch: {stored array name: array} of the phase's `fields`, as the loader reads them.
         step: int32 scalar, step within the phase (for α).
         phase: the static Phase.
         config: trainer config (τ, α, γ, tail, divergence, token_tile).
@@ -216,9 +222,9 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
     Returns:
         (loss scalar, metrics dict of scalars).
     """
-    # The loader ships the stored arrays (codes + side arrays); decode on device.
-    batch = decode.decode_batch(batch, encoding)
-    tokens_BxT = batch["tokens"]
+    # The loader ships the stored arrays (codes + side arrays); decode on device, into typed signals.
+    batch = decode.decode_batch(batch, decode.BatchSpec(encoding=encoding, fields=phase.fields))
+    tokens_BxT = batch.tokens
     capture = (student_layer(config, model_cfg.num_layers),) if phase.hidden_term else ()
     out = model.forward(params, tokens_BxT, model_cfg, capture_layers=capture,
                         num_blocks=phase.num_blocks)
@@ -228,7 +234,7 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
         h_s_BxTxD = out.captured[capture[0]]
         pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
         hidden_term = losses.masked_mean(losses.normalized_mse(
-            pred_BxTxDt, batch["hidden"].astype(jnp.float32), reduction=phase.hidden_reduction))
+            pred_BxTxDt, batch.hidden, reduction=phase.hidden_reduction))
         metrics["hidden_mse"] = hidden_term
         loss = loss + phase.hidden_weight * hidden_term
     if phase.data_term or phase.kd_term:
@@ -236,11 +242,8 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
         data_mask_BxT = jnp.ones(tokens_BxT.shape, jnp.float32).at[:, -1].set(0.0)
         token_inputs = {tiled_loss.TARGETS: targets_BxT}
         if phase.kd_term:
-            # The loader ships stored dtypes (uint16 ids, uint8 counts, float16
-            # log-probs); upcasting here, on device, keeps the host out of the loop.
-            for key in tiled_loss.SIGNAL_INPUTS[sampled_kd.Signal(phase.signal)]:
-                dtype = jnp.float32 if key.endswith("logprobs") else jnp.int32
-                token_inputs[key] = batch[key].astype(dtype)
+            sampled = sampled_kd.Signal(phase.signal) is sampled_kd.Signal.SAMPLED
+            token_inputs[tiled_loss.TEACHER] = batch.sampled if sampled else batch.topk
         per_tile_fn = tiled_loss.logit_terms_fn(
             nll=True, kd=phase.kd_term, top1=phase.kd_term, temperature=config.loss.tau,
             tail=config.loss.tail, divergence=config.loss.divergence, signal=phase.signal)

@@ -37,7 +37,7 @@ Stable signatures::
                sampled_logprobs_BxTxS) -> [B, T]
     top1_agreement_sampled(student_logits_BxTxV, sampled_ids_BxTxS,
                            sampled_counts_BxTxS, sampled_logprobs_BxTxS) -> [B, T]
-    check_settings(temperature, divergence) -> None   (LossConfigError)
+    check_settings(temperature, divergence) -> None   (ConfigError)
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ import jax.numpy as jnp
 
 from trainer.model.model_config import parse_enum
 from trainer.training import losses
+from trainer.model.errors import ConfigError
 
 
 class Signal(enum.Enum):
@@ -58,23 +59,23 @@ class Signal(enum.Enum):
 
 
 def parse_signal(value) -> Signal:
-    """Returns the ``Signal`` for a name or member; LossConfigError if unknown."""
-    return parse_enum(Signal, value, "KD signal", losses.LossConfigError)
+    """Returns the ``Signal`` for a name or member; ConfigError if unknown."""
+    return parse_enum(Signal, value, "KD signal", ConfigError)
 
 
 def check_settings(temperature, divergence) -> None:
     """Refuses the KD settings that the sampled estimator cannot honour.
 
     Raises:
-      LossConfigError: τ ≠ 1 or a divergence other than forward_kl, naming the fix.
+      ConfigError: τ ≠ 1 or a divergence other than forward_kl, naming the fix.
     """
     if float(temperature) != 1.0:
-        raise losses.LossConfigError(
+        raise ConfigError(
             f"loss.tau={float(temperature):g} with loss.signal=sampled: the stored draws are "
             "from the teacher at tau=1 and the estimator is unbiased only there; use "
             "--set loss.tau=1.0 or --set loss.signal=topk")
     if losses.parse_divergence(divergence) is not losses.Divergence.FORWARD_KL:
-        raise losses.LossConfigError(
+        raise ConfigError(
             f"loss.divergence={losses.parse_divergence(divergence).value} with "
             "loss.signal=sampled: draws from the teacher estimate only the forward KL "
             "(the others need the teacher's probability where the student puts mass); use "

@@ -1,6 +1,6 @@
 """Learning-rate and loss-weight (α) schedules: step -> value, optax-compatible.
 
-Every builder validates its arguments eagerly (a ScheduleError naming the
+Every builder validates its arguments eagerly (a ConfigError naming the
 value and the fix) and returns a pure ``schedule(step) -> fp32 scalar`` that
 works on Python ints and traced int arrays alike, so it can be handed to
 ``optax.adamw(learning_rate=...)`` or evaluated inside a jitted step.
@@ -39,9 +39,6 @@ from trainer.model.errors import ConfigError
 Schedule = Callable[[object], jnp.ndarray]
 
 
-ScheduleError = ConfigError  # A schedule was asked for with an unknown name or inconsistent values
-
-
 class AlphaSchedule(enum.Enum):
     CONSTANT = "constant"  # α throughout.
     LINEAR = "linear"      # alpha_start → α linearly over the run.
@@ -51,9 +48,9 @@ class AlphaSchedule(enum.Enum):
 def _check_int(value, name, minimum):
     is_integer = hasattr(value, "__index__") and not isinstance(value, bool)
     if not is_integer:
-        raise ScheduleError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
     if int(value) < minimum:
-        raise ScheduleError(f"{name}={value} must be >= {minimum}")
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
     return int(value)
 
 
@@ -62,14 +59,14 @@ def _check_fraction(value, name, low_open=False):
     ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
     if not ok or math.isnan(v):
         interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ScheduleError(f"{name}={value} must be in {interval}")
+        raise ConfigError(f"{name}={value} must be in {interval}")
     return v
 
 
 def _check_finite_nonneg(value, name):
     v = float(value)
     if not (v >= 0.0 and math.isfinite(v)):
-        raise ScheduleError(f"{name}={value} must be a finite number >= 0")
+        raise ConfigError(f"{name}={value} must be a finite number >= 0")
     return v
 
 
@@ -84,7 +81,7 @@ def _ramp(step, start, length):
 def _decay_steps(total_steps, warmup_steps, decay_fraction, what):
     decay = int(round(decay_fraction * total_steps))
     if warmup_steps + decay > total_steps:
-        raise ScheduleError(
+        raise ConfigError(
             f"{what}: warmup_steps={warmup_steps} + decay steps={decay} "
             f"({decay_fraction:g} of {total_steps}) exceed total_steps={total_steps}; "
             "lower warmup_steps or raise the budget")
@@ -118,7 +115,7 @@ def wsd(peak: float, total_steps: int, warmup_steps: int, decay_fraction: float 
       ``schedule(step) -> lr``.
 
     Raises:
-      ScheduleError: out-of-range values, or warm-up + decay > total_steps.
+      ConfigError: out-of-range values, or warm-up + decay > total_steps.
     """
     peak = _check_finite_nonneg(peak, "peak learning rate")
     total_steps = _check_int(total_steps, "total_steps", 1)
@@ -143,7 +140,7 @@ def constant_after_warmup(peak: float, warmup_steps: int,
     if total_steps is not None:
         total_steps = _check_int(total_steps, "total_steps", 1)
         if warmup_steps > total_steps:
-            raise ScheduleError(
+            raise ConfigError(
                 f"constant-LR schedule: warmup_steps={warmup_steps} exceeds total_steps="
                 f"{total_steps}, so the LR would never reach its peak; lower warmup_steps "
                 "or raise the budget")
@@ -167,10 +164,10 @@ def alpha_schedule(name: str | AlphaSchedule, alpha: float, total_steps: int,
     All values must lie in [0, 1] (α mixes (1 − α)·NLL with α·KD).
 
     Raises:
-      ScheduleError: unknown name, a value outside [0, 1], or (wsd)
+      ConfigError: unknown name, a value outside [0, 1], or (wsd)
         warm-up + decay > total_steps.
     """
-    kind = parse_enum(AlphaSchedule, name, "alpha schedule", ScheduleError)
+    kind = parse_enum(AlphaSchedule, name, "alpha schedule", ConfigError)
     alpha = _check_fraction(alpha, "alpha")
     alpha_start = _check_fraction(alpha_start, "alpha_start")
     alpha_final = _check_fraction(alpha_final, "alpha_final")

@@ -37,8 +37,6 @@ LOGICAL_RULES: dict[str, str | None] = {
 
 log = logging.getLogger(__name__)
 
-MeshConfigError = ConfigError  # Mesh sizes do not match the available devices
-
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
     """A (data, fsdp, tensor) mesh over `devices` (default: all devices).
@@ -46,21 +44,21 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     At most one size may be -1 ("all remaining devices").
 
     Raises:
-        MeshConfigError: sizes that do not multiply to the device count.
+        ConfigError: sizes that do not multiply to the device count.
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
-        raise MeshConfigError(f"mesh sizes {dict(zip(MESH_AXES, sizes))} have more than one "
+        raise ConfigError(f"mesh sizes {dict(zip(MESH_AXES, sizes))} have more than one "
                               f"-1; set all but one axis explicitly")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
-            raise MeshConfigError(f"{len(devices)} devices are not divisible by the fixed mesh "
+            raise ConfigError(f"{len(devices)} devices are not divisible by the fixed mesh "
                                   f"axes (product {known}); change mesh.* sizes")
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise MeshConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
+        raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
                               f"devices but {len(devices)} exist; set e.g. mesh.data=-1")
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 

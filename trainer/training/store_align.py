@@ -4,11 +4,17 @@ The store's manifest fixes the geometry a run must use: T (data.seq_len), the
 stored top-k (data.k) or sampled draws per position (data.samples, for
 loss.signal=sampled), the vocabulary (model.vocab_size), the captured teacher
 layer (teacher.hidden_layer) and its width (teacher.d_model). With
-`data.from_store=True` the trainer copies them from the store, and picks
+`data.from_store=True` the trainer takes them from the store, and picks
 loss.signal when the store holds only one of top-k and sampled logits (with
 both, the config's loss.signal decides); otherwise every disagreement is
 reported at once, each with the `--set key=value` that fixes it, before
 anything compiles.
+
+    resolved = resolve(config, schema, needs_topk, needs_hidden)   # frozen; `config` untouched
+
+The user's config is never written to: `resolve` returns a new, frozen
+config (`config.resolved_config`) holding the store's geometry, which the
+run then uses everywhere (its config.json, the step, the loader).
 
 `needs_topk` below means "the run has a KD term": which stored signal that
 term reads is `config.loss.signal`.
@@ -16,7 +22,7 @@ term reads is `config.loss.signal`.
 from __future__ import annotations
 
 from store import SchemaMismatchError, StoreSchema
-from trainer.training.config import ConfigError
+from trainer.training.config import ConfigError, config_get, resolved_config
 from trainer.training.sampled_kd import Signal, parse_signal
 
 
@@ -57,41 +63,46 @@ def geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) 
     return wanted
 
 
-def _get(config, dotted: str):
-    node = config
-    for name in dotted.split("."):
-        node = node[name]
-    return node
+def geometry_changes(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
+    """{config key: (config's value, the store's)} for every field `data.from_store` takes.
 
-
-def _set(config, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    node = config
-    for name in parents:
-        node = node[name]
-    node[leaf] = value
-
-
-def apply_geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
-    """Copies the store's geometry into `config` in place; returns {key: (old, new)} changed."""
+    loss.signal first: the other keys (data.k or data.samples) follow the signal.
+    """
     changed = {}
     only = store_signal(schema)
     if needs_topk and only is not None and parse_signal(config.loss.signal) is not only:
         changed["loss.signal"] = (config.loss.signal, only.value)
-        config.loss.signal = only.value
-    for key, value in geometry(config, schema, needs_topk, needs_hidden).items():
-        old = _get(config, key)
+    # The rest of the geometry is read under the signal the run will use.
+    view = resolved_config(config, {k: new for k, (_, new) in changed.items()})
+    for key, value in geometry(view, schema, needs_topk, needs_hidden).items():
+        old = config_get(view, key)
         if old != value:
-            _set(config, key, value)
             changed[key] = (old, value)
     return changed
+
+
+def resolve(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool):
+    """The run's resolved config: frozen, paths absolute, the store's geometry with data.from_store.
+
+    Args:
+        config: the user's config (not modified).
+        schema: the store's schema.
+        needs_topk, needs_hidden: whether the run has a KD / hidden-state term.
+
+    Returns:
+        An `ml_collections.FrozenConfigDict`. Its geometry comes from a store
+        whose schema was validated when it was written, so it is not validated
+        again; `check_store` then compares it with the store.
+    """
+    changes = geometry_changes(config, schema, needs_topk, needs_hidden) if config.data.from_store else {}
+    return resolved_config(config, {key: new for key, (_, new) in changes.items()})
 
 
 def mismatches(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> list[str]:
     """Every disagreement of config and store, each naming the override that fixes it."""
     found = []
     for key, value in geometry(config, schema, needs_topk, needs_hidden).items():
-        have = _get(config, key)
+        have = config_get(config, key)
         # data.k=0 / data.samples=0 mean "any stored k / S".
         if have != value and not (key in ("data.k", "data.samples") and have == 0):
             found.append(f"{key}={have!r} but the store has {value!r} (--set {key}={value})")

@@ -37,25 +37,14 @@ import jax.numpy as jnp
 
 from trainer.model import tiling
 from trainer.training import losses, sampled_kd
-from trainer.model.errors import ModelInputError
+from trainer.model.errors import ConfigError, ModelInputError
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 
-# Keys that logit_terms_fn reads from token_inputs, per term.
+# Keys that logit_terms_fn reads from token_inputs: the shifted tokens (NLL) and the typed
+# teacher signal of the KD and top-1 terms (signals.TopkSignal or signals.SampledSignal).
 TARGETS = "targets"
-TOPK_IDS = "topk_ids"
-TOPK_LOGPROBS = "topk_logprobs"
-SAMPLED_IDS = "sampled_ids"
-SAMPLED_COUNTS = "sampled_counts"
-SAMPLED_LOGPROBS = "sampled_logprobs"
-# The teacher inputs of the KD and top-1 terms, per signal (ids first).
-SIGNAL_INPUTS = {
-    sampled_kd.Signal.TOPK: (TOPK_IDS, TOPK_LOGPROBS),
-    sampled_kd.Signal.SAMPLED: (SAMPLED_IDS, SAMPLED_COUNTS, SAMPLED_LOGPROBS),
-}
-
-
-TiledLossError = ModelInputError  # Bad shapes or settings for the tiled logit loss
+TEACHER = "teacher"
 
 
 def tile_logits(hidden_NxD: jax.Array, embedding_VxD: jax.Array) -> jax.Array:
@@ -71,18 +60,20 @@ def tile_logits(hidden_NxD: jax.Array, embedding_VxD: jax.Array) -> jax.Array:
 
 def _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens):
     if hidden_BxTxD.ndim != 3:
-        raise TiledLossError(
+        raise ModelInputError(
             f"hidden must be [B, T, D], got shape {hidden_BxTxD.shape}; pass the final hidden states")
     if embedding_VxD.ndim != 2 or embedding_VxD.shape[1] != hidden_BxTxD.shape[2]:
-        raise TiledLossError(
+        raise ModelInputError(
             f"embedding must be [V, D={hidden_BxTxD.shape[2]}], got {embedding_VxD.shape}; "
             "pass model.embedding_table(params)")
     if not isinstance(tile_tokens, int) or tile_tokens <= 0:
-        raise TiledLossError(
+        raise ModelInputError(
             f"tile_tokens must be a positive int, got {tile_tokens!r}; use e.g. 1024")
-    for name, x in token_inputs.items():
-        if tuple(x.shape[:2]) != tuple(hidden_BxTxD.shape[:2]):
-            raise TiledLossError(
+    for name, tree in token_inputs.items():
+        for x in jax.tree_util.tree_leaves(tree):
+            if tuple(x.shape[:2]) == tuple(hidden_BxTxD.shape[:2]):
+                continue
+            raise ModelInputError(
                 f"token input {name!r} has shape {x.shape}, expected leading [B, T] = "
                 f"{hidden_BxTxD.shape[:2]}; align it with the hidden states (shift targets by one)")
 
@@ -102,8 +93,8 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
       embedding_VxD: the tied embedding table (``model.embedding_table``).
       per_tile_fn: ``(logits_NxV fp32, {name: [N, ...]}) -> {name: [N]}``,
         e.g. from ``logit_terms_fn``.
-      token_inputs: per-token arrays with leading ``[B, T]`` (targets, top-k
-        ids / log-probs, ...), sliced into tiles alongside the hidden states.
+      token_inputs: per-token arrays (or pytrees of them: the teacher signal)
+        with leading ``[B, T]``, sliced into tiles alongside the hidden states.
       tile_tokens: tokens per tile across the batch; memory ∝ tile_tokens × V.
         Each tile covers all B rows and ``max(1, tile_tokens // B)`` positions
         (at most T), so per device it holds its local rows only.
@@ -112,21 +103,21 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
       ``{name: fp32 [B, T]}`` as returned by ``per_tile_fn``.
 
     Raises:
-      TiledLossError: inconsistent shapes or a non-positive tile size.
+      ModelInputError: inconsistent shapes or a non-positive tile size.
     """
     token_inputs = dict(token_inputs or {})
     _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens)
     missing = [k for k in getattr(per_tile_fn, "required_inputs", ()) if k not in token_inputs]
     if missing:
-        raise TiledLossError(
+        raise ModelInputError(
             f"token_inputs lacks {missing} needed by the requested loss terms; pass them "
-            "(targets from the shifted tokens, topk_* or sampled_* from the store)")
+            "(targets from the shifted tokens, teacher: the decoded top-k or sampled signal)")
 
     def flat(x_BxCx_):
         return x_BxCx_.reshape((-1,) + x_BxCx_.shape[2:])
 
     def tile_fn(hidden_BxCxD, inputs):
-        inputs_N = {k: flat(v) for k, v in inputs.items()}
+        inputs_N = jax.tree_util.tree_map(flat, inputs)
         out = per_tile_fn(tile_logits(flat(hidden_BxCxD), embedding_VxD), inputs_N)
         return {k: v.reshape(hidden_BxCxD.shape[:2]) for k, v in out.items()}
 
@@ -148,20 +139,19 @@ def logit_terms_fn(nll: bool = True,
                    signal: str | sampled_kd.Signal = "topk") -> PerTileFn:
     """Builds a per-tile function returning any of NLL, KD and top-1 agreement.
 
-    Token inputs read: ``"targets"`` (for nll); for kd and top1 the teacher
-    signal's arrays, ``SIGNAL_INPUTS[signal]``: ``"topk_ids"`` and
-    ``"topk_logprobs"``, or ``"sampled_ids"``, ``"sampled_counts"`` and
-    ``"sampled_logprobs"``. Outputs use the same names as the flags:
+    Token inputs read: ``"targets"`` (for nll); for kd and top1 ``"teacher"``,
+    the typed signal (``signals.TopkSignal`` or ``signals.SampledSignal``, as
+    ``signal`` says). Outputs use the same names as the flags:
     ``{"nll": ..., "kd": ..., "top1": ...}``; KD is without τ²/α.
 
     Raises:
-      TiledLossError: no term requested.
-      losses.LossConfigError: bad KD tail / divergence / temperature / signal,
+      ModelInputError: no term requested.
+      ConfigError: bad KD tail / divergence / temperature / signal,
         or a setting the sampled signal cannot honour (checked here, before
         anything is traced).
     """
     if not (nll or kd or top1):
-        raise TiledLossError("logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True")
+        raise ModelInputError("logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True")
     signal = sampled_kd.parse_signal(signal)
     if kd:
         tail = losses.parse_tail_mode(tail)
@@ -169,28 +159,25 @@ def logit_terms_fn(nll: bool = True,
         temperature = losses.check_temperature(temperature, tail)
         if signal is sampled_kd.Signal.SAMPLED:
             sampled_kd.check_settings(temperature, divergence)
-    teacher_keys = SIGNAL_INPUTS[signal] if (kd or top1) else ()
-    if top1 and not kd and signal is sampled_kd.Signal.TOPK:
-        teacher_keys = teacher_keys[:1]  # The top-k top-1 reads the ids only.
-
     def per_tile_fn(logits_NxV, inputs):
         out = {}
         if nll:
             out["nll"] = losses.nll(logits_NxV, inputs[TARGETS])
-        teacher = [inputs[k] for k in teacher_keys]
+        teacher = inputs.get(TEACHER)
         if signal is sampled_kd.Signal.SAMPLED:
             if kd:
-                out["kd"] = sampled_kd.kd_sampled(logits_NxV, *teacher)
+                out["kd"] = sampled_kd.kd_sampled(logits_NxV, teacher.ids, teacher.counts, teacher.logprobs)
             if top1:
-                out["top1"] = sampled_kd.top1_agreement_sampled(logits_NxV, *teacher)
+                out["top1"] = sampled_kd.top1_agreement_sampled(logits_NxV, teacher.ids, teacher.counts,
+                                                                teacher.logprobs)
             return out
         if kd:
-            out["kd"] = losses.kd_topk(logits_NxV, *teacher, temperature, tail=tail,
+            out["kd"] = losses.kd_topk(logits_NxV, teacher.ids, teacher.logprobs, temperature, tail=tail,
                                        divergence=divergence)
         if top1:
-            out["top1"] = losses.top1_agreement(logits_NxV, teacher[0])
+            out["top1"] = losses.top1_agreement(logits_NxV, teacher.ids)
         return out
 
-    required = ([TARGETS] if nll else []) + list(teacher_keys)
+    required = ([TARGETS] if nll else []) + ([TEACHER] if (kd or top1) else [])
     per_tile_fn.required_inputs = tuple(required)
     return per_tile_fn

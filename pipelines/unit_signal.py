@@ -1,0 +1,60 @@
+"""The teacher signal of one work unit, handed from the teacher handler to the unit writer.
+
+One typed value per unit instead of a dict whose keys pick the code path:
+
+    DeviceEncoded(arrays={stored array name: [R, ...]})   encoded on the device (teacher_dump.encode):
+                                                          StoreWriter.write_unit_encoded
+    HostSignal(values={"topk_ids": ..., "hidden": {l: ...}, ...})   float32 signal, write_unit's keyword
+                                                          arguments: the store encodes on the host
+    HostSignal(values={})                                 a tokens-only unit (k = 0, no teacher)
+
+``signal.write(writer, unit, tokens_RxT)`` writes and commits the unit;
+``signal.rows(start, stop)`` is the signal of rows [start, stop) (the handler
+splits one call's rows back into units). No Beam, no model math: numpy only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DeviceEncoded:
+    """The store's arrays, encoded on the device.
+
+    Attributes:
+        arrays: {stored array name: numpy [R, ...]}, every array of the profile but tokens.
+    """
+
+    arrays: Mapping[str, np.ndarray]
+
+    def rows(self, start: int, stop: int) -> "DeviceEncoded":
+        return DeviceEncoded(arrays={name: a[start:stop] for name, a in self.arrays.items()})
+
+    def write(self, writer, unit: int, tokens_RxT) -> None:
+        writer.write_unit_encoded(unit, {"tokens": np.asarray(tokens_RxT, np.int32), **self.arrays})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HostSignal:
+    """The float32 teacher signal (or none: a tokens-only unit), encoded by the store on the host.
+
+    Attributes:
+        values: ``StoreWriter.write_unit``'s keyword arguments: topk_ids, topk_logprobs [R,T,K],
+            hidden {l: [R,T,D]}, sampled_ids / sampled_counts / sampled_logprobs [R,T,S]; {} for none.
+    """
+
+    values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def rows(self, start: int, stop: int) -> "HostSignal":
+        return HostSignal(values={
+            name: ({n: a[start:stop] for n, a in value.items()} if isinstance(value, Mapping) else value[start:stop])
+            for name, value in self.values.items()})
+
+    def write(self, writer, unit: int, tokens_RxT) -> None:
+        writer.write_unit(unit, tokens=tokens_RxT, **self.values)
+
+
+UnitSignal = DeviceEncoded | HostSignal
