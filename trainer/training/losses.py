@@ -104,8 +104,8 @@ class HiddenReduction(enum.Enum):
 
 
 def parse_hidden_reduction(value) -> HiddenReduction:
-    """Returns the ``HiddenReduction`` for a name or member; LossConfigError if unknown."""
-    return parse_enum(HiddenReduction, value, "hidden-loss reduction", LossConfigError)
+    """Returns the ``HiddenReduction`` for a name or member; ConfigError if unknown."""
+    return parse_enum(HiddenReduction, value, "hidden-loss reduction", ConfigError)
 
 
 def parse_tail_mode(value) -> TailMode:
