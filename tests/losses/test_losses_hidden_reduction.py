@@ -37,5 +37,5 @@ def test_sum_reaches_four_for_opposite_vectors_at_any_width():
 
 
 def test_unknown_reduction_is_refused_with_the_choices():
-    with pytest.raises(losses.LossConfigError, match="max.*mean.*sum|mean.*sum.*max"):
+    with pytest.raises(losses.ConfigError, match="max.*mean.*sum|mean.*sum.*max"):
         losses.normalized_mse(jnp.ones((1, 4)), jnp.ones((1, 4)), reduction="max")

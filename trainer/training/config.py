@@ -251,7 +251,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(loss.gamma >= 0.0, f"loss.gamma={loss.gamma} must be >= 0")
     try:
         losses.parse_hidden_reduction(loss.hidden_reduction)
-    except losses.LossConfigError as e:
+    except ConfigError as e:
         raise ConfigError(f"loss.hidden_reduction: {e}") from None
     _check(loss.tau > 0 and math.isfinite(loss.tau), f"loss.tau={loss.tau} must be > 0")
     _check(loss.token_tile > 0, f"loss.token_tile={loss.token_tile} must be > 0")
