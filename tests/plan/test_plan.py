@@ -135,3 +135,15 @@ def test_tpu_platform_without_libtpu_names_the_extra(monkeypatch, capsys):
     rc = cli.main(["train", "--config", "tiny:kd", "--topology", "v5e:2x2"])
     err = capsys.readouterr().err
     assert rc == 2 and "libtpu is not installed" in err and "'.[tpu]'" in err
+
+
+def test_host_callbacks_in_a_step_are_counted():
+    from trainer.plan import compile as compile_lib
+
+    def step(x):
+        jax.debug.callback(lambda v: None, x)
+        return x * 2
+
+    arg = jax.ShapeDtypeStruct((4,), jax.numpy.float32)
+    assert compile_lib.compile_memory(jax.jit(step), arg).host_callbacks == 1
+    assert compile_lib.compile_memory(jax.jit(lambda x: x * 2), arg).host_callbacks == 0

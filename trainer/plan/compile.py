@@ -26,6 +26,8 @@ class CompileResult:
         compile_s: wall seconds of lower + compile.
         error: "" or the compiler's one-line refusal (out of memory).
         error_temp_bytes: the temporaries the refusal names, if any.
+        host_callbacks: host callbacks in the lowered program (a step should have
+            none: each one stops the device and round-trips to the host).
     """
     argument_bytes: int = 0
     temp_bytes: int = 0
@@ -34,6 +36,7 @@ class CompileResult:
     compile_s: float = 0.0
     error: str = ""
     error_temp_bytes: int = 0
+    host_callbacks: int = 0
 
     @property
     def compiled(self) -> bool:
@@ -79,19 +82,30 @@ def compile_memory(jitted, *abstract_args) -> CompileResult:
         Any other compile error (a bug in the program, not a plan outcome).
     """
     start = time.perf_counter()
+    lowered = jitted.lower(*abstract_args)
+    callbacks = count_host_callbacks(lowered.as_text())
     try:
-        compiled = jitted.lower(*abstract_args).compile()
+        compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as err:
         if not is_out_of_memory(err):
             raise
         line = next((l for l in str(err).splitlines() if "RESOURCE_EXHAUSTED" in l or
                      "exceeds" in l), str(err).splitlines()[0])
         return CompileResult(compile_s=time.perf_counter() - start, error=line.strip()[:400],
-                             error_temp_bytes=_named_bytes(str(err)))
+                             error_temp_bytes=_named_bytes(str(err)), host_callbacks=callbacks)
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     return CompileResult(argument_bytes=int(mem.argument_size_in_bytes),
                          temp_bytes=int(mem.temp_size_in_bytes),
                          output_bytes=int(mem.output_size_in_bytes),
                          alias_bytes=int(mem.alias_size_in_bytes),
-                         compile_s=seconds)
+                         compile_s=seconds, host_callbacks=callbacks)
+
+
+# Custom-call targets of jax.pure_callback / io_callback / debug.callback in StableHLO.
+_CALLBACK = re.compile(r"custom_call @\w*callback")
+
+
+def count_host_callbacks(stablehlo_text: str) -> int:
+    """Host callbacks in a lowered program's StableHLO text."""
+    return len(_CALLBACK.findall(stablehlo_text))

@@ -165,7 +165,8 @@ def format_text(r: dict) -> str:
         lines.append(f"  {p['name']}: args {_gib(m['argument_bytes'])} + temp {_gib(m['temp_bytes'])} + "
                      f"out {_gib(m['output_bytes'])} - aliased {_gib(m['alias_bytes'])} = peak "
                      f"{_gib(m['peak_bytes'])} per device -> {'fits' if p['fits'] else 'DOES NOT FIT'}; "
-                     f"compiled in {m['compile_s']:.1f} s")
+                     f"compiled in {m['compile_s']:.1f} s"
+                     + (f"; {m['host_callbacks']} HOST CALLBACKS" if m["host_callbacks"] else ""))
         roof = p["roofline"]
         lines.append(f"    roofline: step >= {roof['step_s'] * 1e3:.1f} ms ({roof['bound']}-bound), "
                      f"<= {roof['tokens_per_s']:,.0f} tokens/s "
