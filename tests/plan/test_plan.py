@@ -147,3 +147,36 @@ def test_host_callbacks_in_a_step_are_counted():
     arg = jax.ShapeDtypeStruct((4,), jax.numpy.float32)
     assert compile_lib.compile_memory(jax.jit(step), arg).host_callbacks == 1
     assert compile_lib.compile_memory(jax.jit(lambda x: x * 2), arg).host_callbacks == 0
+
+
+class _LinearTarget:
+    """A target whose per-device peak is exactly 2 x rows x 4 KiB (argument + output)."""
+    kind, shards = "dump", 1
+
+    def __init__(self, rows):
+        self.requested_rows = rows
+
+    def describe(self):
+        return {"config": "linear", "params": "replicated"}
+
+    def param_bytes(self):
+        return 0
+
+    def programs(self, rows):
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        arg = jax.ShapeDtypeStruct((rows, 1024), jax.numpy.float32, sharding=sharding)
+        return [targets.StepProgram("double", jax.jit(lambda x: x * 2), (arg,), rows, 1.0)]
+
+
+@pytest.mark.parametrize("requested, search_up", [(40, False), (2, True)])
+def test_make_plan_finds_the_largest_fitting_rows_from_above_and_below(requested, search_up):
+    topo = chips.parse_topology("v5e:1x1")
+    devices = devices_lib.plan_devices(topo, "cpu")
+    capacity = 2 * 10 * 4096 + 100  # 10 rows fit, 11 do not
+    rep = report.make_plan(_LinearTarget(requested), topo, devices, "cpu", hbm_bytes=capacity,
+                           search_up=search_up, max_rows=64)
+    assert rep["largest_fitting_rows"] == 10
+    assert rep["fits"] is search_up
+    for probe in rep["probes"]:
+        assert probe["fits"] is (probe["rows"] <= 10)
+        assert probe["peak_bytes"] == 2 * probe["rows"] * 4096
