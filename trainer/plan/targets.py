@@ -252,7 +252,9 @@ class DumpTarget:
     def programs(self, rows: int) -> list[StepProgram]:
         """The extraction step at `rows` rows per device."""
         o, spec = self.options, self.spec
-        fn = extract._build_extract_fn(self.cfg, spec)  # make_extract_fn's cache, spec resolved above
+        fn = extract.make_extract_fn(self.cfg, k=spec.k, layers=spec.layers,
+                                     token_tile=spec.token_tile, rank_float32=spec.rank_float32,
+                                     samples=spec.samples, topk_group=spec.topk_group)
         if o.profile:
             schema = StoreSchema(seq_len=o.seq_len, k=o.k, vocab_size=o.vocab_size,
                                  hidden_layers=spec.layers, hidden_dim=self.cfg.d_model,
