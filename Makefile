@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_STAMP := $(VENV)/.data-installed
 BENCH_STAMP := $(VENV)/.bench-installed
+TPU_STAMP := $(VENV)/.tpu-installed
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-slow demo bench bench-lmeval clean
@@ -27,14 +28,19 @@ $(BENCH_STAMP): $(DATA_STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	@touch $(BENCH_STAMP)
 
+# The TPU compiler (the `tpu` extra) for the planner's TPU compile tests; runs need no TPU.
+$(TPU_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,tpu]'
+	@touch $(TPU_STAMP)
+
 venv: $(STAMP)
 
 # The suite includes the shrunken demo (text → store → students), which reads
 # the embedded corpus, so tests need the data packages too.
-test: $(DATA_STAMP)
+test: $(DATA_STAMP) $(TPU_STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-slow: $(DATA_STAMP)
+test-slow: $(DATA_STAMP) $(TPU_STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 demo: $(DATA_STAMP)

@@ -22,14 +22,17 @@ ALLOWED = {
     "trainer.configs": {"trainer.model", "trainer.flops", "trainer.training"},
     "trainer.evaluate": {"store", "trainer.model", "trainer.training"},
     "trainer.report": {"trainer.training"},
+    # The TPU planner compiles both the trainer's step and the dump's extraction step.
+    "trainer.plan": {"store", "trainer.model", "trainer.flops", "trainer.training",
+                     "teacher_dump"},
     # trainer/__init__.py, trainer/__main__.py and any other top-level trainer/
     # module (an entry point): above every trainer subpackage.
     "trainer": {"store", "trainer.model", "trainer.flops", "trainer.training",
-                "trainer.configs", "trainer.evaluate", "trainer.report"},
+                "trainer.configs", "trainer.evaluate", "trainer.report", "trainer.plan"},
     "pipelines": {"store", "trainer.model", "teacher_dump"},
     "scripts": {"store", "trainer", "trainer.model", "trainer.flops", "trainer.training",
-                "trainer.configs", "trainer.evaluate", "trainer.report", "teacher_dump",
-                "pipelines"},
+                "trainer.configs", "trainer.evaluate", "trainer.report", "trainer.plan",
+                "teacher_dump", "pipelines"},
 }
 PACKAGES = ("store", "trainer", "teacher_dump", "pipelines", "scripts")
 
