@@ -17,7 +17,7 @@ def get_config(arg=None):
     c.model.name = arg or "gemma3-4b"
     c.model.vocab_size = 32000
     c.model.dtype = "bfloat16"
-    c.model.remat = True
+    c.model.remat = "full"
     c.data.batch_size = 256
     c.optim.lr = 4e-4
     c.budget.unit = "ot"
@@ -28,7 +28,7 @@ def get_config(arg=None):
         # CPU demo sizes: a few hundred steps in minutes.
         c.model.vocab_size = 512
         c.model.dtype = "float32"
-        c.model.remat = False
+        c.model.remat = "none"
         c.data.batch_size = 8
         c.data.seq_len = 64
         c.optim.warmup_steps = 20
