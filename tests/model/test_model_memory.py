@@ -5,6 +5,7 @@ import io
 import re
 
 import jax
+import jax.ad_checkpoint  # noqa: F401 (print_saved_residuals)
 import jax.numpy as jnp
 import numpy as np
 import pytest

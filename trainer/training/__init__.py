@@ -9,6 +9,7 @@
   multi-process run.
 * ``distributed`` — joining a multi-process run (jax.distributed from JAX_* or auto-detection).
 * ``state``, ``checkpoint`` — the train state and its Orbax checkpoints.
+* ``microbatch`` — gradient accumulation: a step's batch as a scan over micro-batches.
 * ``metrics``    — metrics.jsonl / TensorBoard writing and reading.
 * ``loop``       — ``run(config)``: the training loop (``python -m trainer``);
   ``interrupt`` — SIGINT/SIGTERM: checkpoint and stop.
