@@ -73,9 +73,11 @@ def compile_step(config, devices, phase_index: int = 1):
                               devices=devices)
     runner = loop.PhaseRunner(config, model_cfg, plan, mesh)
     B, T, K = config.data.batch_size, config.data.seq_len, config.data.k
-    shapes = {"tokens": (jnp.int32, (B, T)), "topk_ids": (jnp.int32, (B, T, K)),
-              "topk_logprobs": (jnp.float32, (B, T, K)),
-              "hidden": (jnp.float32, (B, T, config.teacher.d_model or model_cfg.d_model))}
+    # The exact profile's stored dtypes, as the loader ships them (decoded in the step).
+    ids = jnp.uint16 if config.model.vocab_size <= 65536 else jnp.int32
+    shapes = {"tokens": (jnp.int32, (B, T)), "topk_ids": (ids, (B, T, K)),
+              "topk_logprobs": (jnp.float16, (B, T, K)),
+              "hidden": (jnp.float16, (B, T, config.teacher.d_model or model_cfg.d_model))}
     batch = {k: jax.ShapeDtypeStruct(shapes[k][1], shapes[k][0],
                                      sharding=sharding.batch_sharding(mesh, len(shapes[k][1])))
              for k in runner.batch_keys}
@@ -122,11 +124,11 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(0)
         host = {"tokens": rng.integers(0, runner.model_cfg.vocab_size, (B, T), dtype=np.int32)}
         if "topk_ids" in runner.batch_keys:
-            host["topk_ids"] = np.tile(np.arange(K, dtype=np.int32), (B, T, 1))
-            host["topk_logprobs"] = np.full((B, T, K), -np.log(K) - 0.1, np.float32)
+            host["topk_ids"] = np.tile(np.arange(K, dtype=np.uint16), (B, T, 1))
+            host["topk_logprobs"] = np.full((B, T, K), -np.log(K) - 0.1, np.float16)
         if "hidden" in runner.batch_keys:
             d_t = config.teacher.d_model or runner.model_cfg.d_model
-            host["hidden"] = rng.normal(size=(B, T, d_t)).astype(np.float32)
+            host["hidden"] = rng.normal(size=(B, T, d_t)).astype(np.float16)
         placed = runner.put_batch(host)
         state, m = compiled(state, placed)  # Warm-up (the compiled step: no retrace).
         jax.block_until_ready(m)

@@ -17,9 +17,15 @@ the reference our import is tested against:
   * blocks: x += post_norm(attn(pre_norm(x))); x += post_norm(mlp(pre_norm(x)));
   * attention: QK-norm, then RoPE (rotate-half layout), scores scaled by
     query_pre_attn_scalar**-0.5, causal; local layers see keys with
-    q - k < sliding_window; GQA via K/V head broadcasting in
-    `jax.nn.dot_product_attention`;
+    q - k < sliding_window; GQA by query-head groups sharing a K/V head;
+    scores and softmax in fp32 (as `jax.nn.dot_product_attention`'s XLA path);
   * GeGLU MLP with tanh-approximated GELU; tied unembedding, no soft-cap.
+
+Memory (docs/memory.md): the backward pass recomputes attention (scores,
+mask, softmax, QK-norm, RoPE), RMSNorm's fp32 intermediates and GeGLU's
+product instead of keeping them per layer; `cfg.remat` decides what else each
+block recomputes; `activation_sharding` keeps activations on their batch
+shard under FSDP.
 
 Captures split the scan at capture boundaries (one scan per segment), so no
 stack of all L layer outputs is ever built, also not in the backward pass.
