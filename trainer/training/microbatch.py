@@ -99,9 +99,14 @@ def value_and_grad(loss_fn: Callable, trainables, batch: dict, micro_batches: in
 
     Returns:
         ((loss, metrics), grads) as `jax.value_and_grad(..., has_aux=True)` gives.
+
+    Raises:
+        ConfigError: `micro_batches` does not divide the per-device batch (at trace time).
     """
     if micro_batches == 1:
         return jax.value_and_grad(lambda t: loss_fn(t, batch, None), has_aux=True)(trainables)
+    rows = next(iter(batch.values())).shape[0]
+    check_micro_batches(micro_batches, rows, 1 if mesh is None else sharding.batch_divisor(mesh))
     counts = counts_fn(batch)
     grad_fn = jax.value_and_grad(lambda t, b: loss_fn(t, b, counts), has_aux=True)
     micro = split(batch, micro_batches, mesh)
