@@ -56,7 +56,7 @@ def test_accumulated_loss_and_gradients_equal_the_full_batch(method, phase_index
             constant_metrics=methods.CONSTANT_METRICS))(trainables, batch)
 
     (loss1, metrics1), grads1 = run(1)
-    for m in (2, 4):
+    for m in (4,):  # 8 rows: 4 micro-batches of 2 (one more M only adds compile time)
         (loss_m, metrics_m), grads_m = run(m)
         _close(loss_m, loss1, f"loss M={m}")
         assert set(metrics_m) == set(metrics1)
