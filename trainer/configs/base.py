@@ -13,11 +13,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.run_dir = ""             # RUN_DIR: config.json, metrics.jsonl, checkpoints/, export/, tb/.
     c.seed = 0                 # Seeds parameter init, regressor init and the data shuffle.
 
-    c.model = ml_collections.ConfigDict()
+    # Not type-safe: model.remat holds a policy name, or a bool in configs written
+    # before it was a policy (True: "full", False: "none").
+    c.model = ml_collections.ConfigDict(type_safe=False)
     c.model.name = "tiny"      # trainer.model.model_config registry name of the student.
     c.model.vocab_size = 32000  # V; must equal the store's vocab (checked before compiling).
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay fp32).
-    c.model.remat = False      # Rematerialise blocks in backward (memory for compute).
+    # What each block keeps for the backward pass: none | full | dots_no_batch |
+    # qkv_and_outputs (trainer.model.model_config.RematPolicy; bytes and time per
+    # policy in docs/memory.md).
+    c.model.remat = "none"
 
     c.store = ml_collections.ConfigDict()
     c.store.url = ""           # Store path/URL (local, file://, memory://, gs://, s3://).
@@ -40,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
                                      # teacher.d_model from the store's manifest instead of
                                      # checking them, and loss.signal where the store holds
                                      # only one of top-k and sampled logits.
+    c.data.micro_batches = 1         # Gradient accumulation: each step splits data.batch_size
+                                     # into this many equal micro-batches inside the jitted step
+                                     # (same loss and gradients, less activation memory); must
+                                     # divide the per-device batch (trainer.training.microbatch).
     c.data.num_threads = 2           # Grain reader threads per process (batch reads).
     c.data.prefetch_buffer_size = 4  # Batches read ahead per process.
     c.data.num_workers = 0           # >0: Grain worker processes instead of threads only.

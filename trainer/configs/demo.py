@@ -13,8 +13,14 @@ chain 11.5 min from a fresh clone (4 students then; 6 now, see README for the cu
 Reaches (2026-12-01, same machine, loaded): teacher held-out log-ppl 4.25 vs the NLL
 student's 4.52-4.53 (2 seeds); KD 4.40 (2 seeds), ~0.12 nats below NLL with the default
 α=0.7, tail=bucket (whether it does is what the demo measures and reports).
+Fits: one CPU device (batch 16 × 128, fp32, remat none, no micro-batches); on
+TOPOLOGY below (TPU v5e:2x2, 4 chips × 16 GiB, data-parallel mesh) the TPU compiler
+needs 14 MiB per chip for the KD student (2026-12-06, libtpu 0.0.42.1:
+`python bench/step_memory.py --config demo:kd --batch 16 --seq 128 --topology v5e:2x2`).
 """
 from trainer.configs.base import base_config
+
+TOPOLOGY = "v5e:2x2"  # What the number above was compiled for (tests/trainer/test_trainer_fits.py).
 
 
 def get_config(arg=None):

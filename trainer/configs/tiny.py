@@ -3,8 +3,15 @@
 Cost: not measured (batch 8, T=32: small enough for the CPU test suite).
 Reaches: nothing meaningful; exercises every code path (tests, demo, bench).
 Usage: python -m trainer --config tiny --set store.url=S --set run_dir=R
+Fits: any one CPU or accelerator device (batch 8 × 32, fp32, remat none, no
+micro-batches); on TOPOLOGY below (TPU v5e:2x2, 4 chips × 16 GiB, data-parallel mesh)
+the TPU compiler needs 3 MiB per chip (args + temporaries + outputs, 2026-12-06,
+libtpu 0.0.42.1: `python bench/step_memory.py --config tiny:kd --batch 8 --seq 32
+--topology v5e:2x2`).
 """
 from trainer.configs.base import base_config
+
+TOPOLOGY = "v5e:2x2"  # What the number above was compiled for (tests/trainer/test_trainer_fits.py).
 
 
 def get_config(arg=None):

@@ -17,9 +17,15 @@ the reference our import is tested against:
   * blocks: x += post_norm(attn(pre_norm(x))); x += post_norm(mlp(pre_norm(x)));
   * attention: QK-norm, then RoPE (rotate-half layout), scores scaled by
     query_pre_attn_scalar**-0.5, causal; local layers see keys with
-    q - k < sliding_window; GQA via K/V head broadcasting in
-    `jax.nn.dot_product_attention`;
+    q - k < sliding_window; GQA by query-head groups sharing a K/V head;
+    scores and softmax in fp32 (as `jax.nn.dot_product_attention`'s XLA path);
   * GeGLU MLP with tanh-approximated GELU; tied unembedding, no soft-cap.
+
+Memory (docs/memory.md): the backward pass recomputes attention (scores,
+mask, softmax, QK-norm, RoPE), RMSNorm's fp32 intermediates and GeGLU's
+product instead of keeping them per layer; `cfg.remat` decides what else each
+block recomputes; `activation_sharding` keeps activations on their batch
+shard under FSDP.
 
 Captures split the scan at capture boundaries (one scan per segment), so no
 stack of all L layer outputs is ever built, also not in the backward pass.
@@ -34,6 +40,8 @@ Param tree (L layers, D model, F mlp, N heads, K kv heads, H head dim):
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Sequence
 
@@ -43,7 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer.model.errors import ModelInputError  # bad shapes, layer indices
-from trainer.model.model_config import ModelConfig
+from trainer.model.model_config import AttentionImpl, ModelConfig, RematPolicy, parse_remat
+
+from jax.ad_checkpoint import checkpoint_name
 
 Params = dict[str, Any]
 
@@ -166,6 +176,11 @@ def count_params(params: Params, include_embedding: bool = True) -> int:
 # --------------------------------------------------------------------------- layers
 
 
+# Saving nothing inside: the backward pass keeps only the (compute-dtype) input
+# and recomputes the fp32 intermediates, instead of keeping an fp32 copy of
+# every normalised activation (q and k included) for every layer.
+@functools.partial(jax.checkpoint, static_argnums=(2,),
+                   policy=jax.checkpoint_policies.nothing_saveable)
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """Gemma RMSNorm in fp32: x * rsqrt(mean(x²) + eps) * (1 + w), cast back."""
     x32 = x.astype(jnp.float32)
@@ -193,8 +208,8 @@ def apply_rope(x_BxTxNxH: jax.Array, cos_TxH: jax.Array, sin_TxH: jax.Array) -> 
     return x_BxTxNxH * cos + rotated * sin
 
 
-def _attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, rope, window: int | None, cfg: ModelConfig):
-    """RoPE + causal (optionally sliding-window) attention for one layer type."""
+def _attend_cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, rope, window: int | None, cfg: ModelConfig):
+    """RoPE + causal (optionally sliding-window) attention through JAX's cuDNN kernel."""
     cos, sin = rope
     q_BxTxNxH = apply_rope(q_BxTxNxH, cos, sin)
     k_BxTxKxH = apply_rope(k_BxTxKxH, cos, sin)
@@ -204,6 +219,40 @@ def _attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, rope, window: int | None, cfg: Mode
     return jax.nn.dot_product_attention(
         q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=cfg.query_scale, is_causal=True,
         local_window_size=local_window, implementation=cfg.attention_impl)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(8, 9),
+                   policy=jax.checkpoint_policies.nothing_saveable)
+def _attention_core(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_norm_H, k_norm_H, cos_TxH, sin_TxH,
+                    window, scale: float, eps: float):
+    """QK-norm, RoPE, then causal attention keeping keys with 0 <= q - k < window.
+
+    Takes the raw q/k/v projections; GQA by head groups. Numerics of
+    jax.nn.dot_product_attention's XLA path (scores and softmax in fp32,
+    probabilities cast to the value dtype). Wrapped in `jax.checkpoint`
+    saving nothing: the backward pass keeps only the projections and
+    recomputes the rest, so no layer keeps [B,N,T,T] scores, probabilities or
+    mask, nor normalised/rotated copies of q and k (docs/memory.md: they took
+    most of the training step's memory). The window is data (a traced int is
+    fine), so local and global layers share one code path and a scan over
+    layers needs no `lax.cond`, whose backward keeps both branches' residuals.
+    """
+    q_BxTxNxH = apply_rope(rms_norm(q_BxTxNxH, q_norm_H, eps), cos_TxH, sin_TxH)
+    k_BxTxKxH = apply_rope(rms_norm(k_BxTxKxH, k_norm_H, eps), cos_TxH, sin_TxH)
+    B, T, N, H = q_BxTxNxH.shape
+    K = k_BxTxKxH.shape[2]
+    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxTxKxH,
+                        preferred_element_type=jnp.float32)
+    scores = scores * jnp.asarray(scale, jnp.float32)
+    # The mask comes from iotas: XLA fuses it into the select, nothing [T,T] is stored.
+    q_pos = jax.lax.broadcasted_iota(jnp.int32, (T, T), 0)
+    k_pos = jax.lax.broadcasted_iota(jnp.int32, (T, T), 1)
+    keep_TxT = (k_pos <= q_pos) & (q_pos - k_pos < window)
+    scores = jnp.where(keep_TxT, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxTxKxH.dtype)
+    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxTxKxH)
+    return out_BxTxKxGxH.reshape(B, T, N, H)
 
 
 def attention(p: Params, x_BxTxD: jax.Array, is_global, ropes, cfg: ModelConfig) -> jax.Array:
@@ -220,18 +269,40 @@ def attention(p: Params, x_BxTxD: jax.Array, is_global, ropes, cfg: ModelConfig)
     q_BxTxNxH = jnp.einsum("btd,dnh->btnh", x_BxTxD, p["q"].astype(dtype))
     k_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, p["k"].astype(dtype))
     v_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, p["v"].astype(dtype))
-    q_BxTxNxH = rms_norm(q_BxTxNxH, p["q_norm"], cfg.rms_norm_eps)
-    k_BxTxKxH = rms_norm(k_BxTxKxH, p["k_norm"], cfg.rms_norm_eps)
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = (checkpoint_name(a, "qkv")
+                                       for a in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH))
 
-    local_fn = functools.partial(_attend, rope=ropes["local"], window=cfg.sliding_window, cfg=cfg)
-    global_fn = functools.partial(_attend, rope=ropes["global"], window=None, cfg=cfg)
-    if isinstance(is_global, (bool, np.bool_)):
-        out_BxTxNxH = (global_fn if is_global else local_fn)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+    if cfg.attention_impl == AttentionImpl.CUDNN.value:
+        q_BxTxNxH = rms_norm(q_BxTxNxH, p["q_norm"], cfg.rms_norm_eps)
+        k_BxTxKxH = rms_norm(k_BxTxKxH, p["k_norm"], cfg.rms_norm_eps)
+        local_fn = functools.partial(_attend_cudnn, rope=ropes["local"],
+                                     window=cfg.sliding_window, cfg=cfg)
+        global_fn = functools.partial(_attend_cudnn, rope=ropes["global"], window=None, cfg=cfg)
+        if isinstance(is_global, (bool, np.bool_)):
+            out_BxTxNxH = (global_fn if is_global else local_fn)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+        else:
+            # The kernel's window is static: cond runs only the chosen branch.
+            out_BxTxNxH = jax.lax.cond(is_global, global_fn, local_fn,
+                                       q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
     else:
-        # Inside a scan the layer type is data; cond runs only the chosen branch.
-        out_BxTxNxH = jax.lax.cond(is_global, global_fn, local_fn,
-                                   q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
-    return jnp.einsum("btnh,nhd->btd", out_BxTxNxH, p["o"].astype(dtype))
+        # Select the layer type's RoPE tables and window as data ([T,H] tables are cheap).
+        (cos_l, sin_l), (cos_g, sin_g) = ropes["local"], ropes["global"]
+        cos, sin = jnp.where(is_global, cos_g, cos_l), jnp.where(is_global, sin_g, sin_l)
+        T = x_BxTxD.shape[1]
+        window = jnp.where(is_global, T, cfg.sliding_window)
+        out_BxTxNxH = _attention_core(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, p["q_norm"],
+                                      p["k_norm"], cos, sin, window, cfg.query_scale,
+                                      cfg.rms_norm_eps)
+    out_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH, p["o"].astype(dtype))
+    return checkpoint_name(out_BxTxD, "attn_out")
+
+
+@functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+def _geglu_down(gate_BxTxF: jax.Array, up_BxTxF: jax.Array, down_FxD: jax.Array) -> jax.Array:
+    """down(gelu_tanh(gate) * up); the backward keeps gate and up and recomputes
+    the F-wide product (elementwise) instead of keeping it and GELU's intermediates."""
+    hidden_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True) * up_BxTxF
+    return jnp.einsum("btf,fd->btd", hidden_BxTxF, down_FxD)
 
 
 def mlp(p: Params, x_BxTxD: jax.Array) -> jax.Array:
@@ -239,8 +310,8 @@ def mlp(p: Params, x_BxTxD: jax.Array) -> jax.Array:
     dtype = x_BxTxD.dtype
     gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, p["gate"].astype(dtype))
     up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, p["up"].astype(dtype))
-    hidden_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True) * up_BxTxF
-    return jnp.einsum("btf,fd->btd", hidden_BxTxF, p["down"].astype(dtype))
+    out_BxTxD = _geglu_down(gate_BxTxF, up_BxTxF, p["down"].astype(dtype))
+    return checkpoint_name(out_BxTxD, "mlp_out")
 
 
 def block(p: Params, x_BxTxD: jax.Array, is_global, ropes, cfg: ModelConfig) -> jax.Array:
@@ -264,6 +335,57 @@ def embed(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
     return x_BxTxD * jnp.asarray(cfg.d_model ** 0.5, dtype)
 
 
+# jax.checkpoint policy per RematPolicy (NONE: no checkpoint at all).
+_REMAT_POLICIES = {
+    RematPolicy.FULL: jax.checkpoint_policies.nothing_saveable,
+    RematPolicy.DOTS_NO_BATCH: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    RematPolicy.QKV_AND_OUTPUTS: jax.checkpoint_policies.save_only_these_names(
+        "qkv", "attn_out", "mlp_out"),
+}
+
+
+def _remat(fn, cfg: ModelConfig, prevent_cse: bool = True):
+    """`fn` (one block) under the config's remat policy."""
+    policy = parse_remat(cfg.remat)
+    if policy is RematPolicy.NONE:
+        return fn
+    return jax.checkpoint(fn, policy=_REMAT_POLICIES[policy], prevent_cse=prevent_cse)
+
+
+# The sharding of [B, T, D] activations while tracing a step (None: let XLA
+# propagate). Set by the trainer with `activation_sharding`, read by `forward`.
+_ACTIVATION_SHARDING = contextvars.ContextVar("activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(sharding_BxTxD):
+    """Pins the residual stream's sharding while a step is traced (jit tracing time).
+
+    Why: params are FSDP-sharded along d_model and the batch along the same
+    mesh axis; left alone, XLA's sharding propagation follows the embedding
+    table from the first gather and shards activations along D, gathering the
+    whole global batch onto every device (each chip then held all rows'
+    activations: 4x the memory on a 4-chip mesh). Constraining the residual
+    stream to the batch sharding keeps each device on its own rows and
+    gathers the (small) weights instead, as FSDP means to.
+
+    Args:
+        sharding_BxTxD: a `jax.sharding.Sharding` for [B, T, D] arrays, or None.
+    """
+    token = _ACTIVATION_SHARDING.set(sharding_BxTxD)
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def _constrain(x_BxTxD: jax.Array) -> jax.Array:
+    sharding_BxTxD = _ACTIVATION_SHARDING.get()
+    if sharding_BxTxD is None:
+        return x_BxTxD
+    return jax.lax.with_sharding_constraint(x_BxTxD, sharding_BxTxD)
+
+
 def _run_blocks(layers: Params, x_BxTxD, start: int, stop: int, ropes, cfg: ModelConfig):
     """Applies blocks [start, stop) (0-based) to the residual stream."""
     if cfg.scan_layers:
@@ -280,18 +402,16 @@ def _run_blocks(layers: Params, x_BxTxD, start: int, stop: int, ropes, cfg: Mode
                 layer_params = jax.tree_util.tree_map(
                     lambda a, i=layer_params: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
                     layers)
-            return block(layer_params, x, is_global, ropes, cfg), None
+            return _constrain(block(layer_params, x, is_global, ropes, cfg)), None
 
-        if cfg.remat:
-            body = jax.checkpoint(body, prevent_cse=False)
-        x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, (segment, flags))
+        # prevent_cse is only needed outside scan (which already keeps recomputation apart).
+        x_BxTxD, _ = jax.lax.scan(_remat(body, cfg, prevent_cse=False), x_BxTxD,
+                                  (segment, flags))
         return x_BxTxD
     for i in range(start, stop):
         layer_params = jax.tree_util.tree_map(lambda a, i=i: a[i], layers)
         fn = functools.partial(block, is_global=cfg.is_global(i), ropes=ropes, cfg=cfg)
-        if cfg.remat:
-            fn = jax.checkpoint(fn)
-        x_BxTxD = fn(layer_params, x_BxTxD)
+        x_BxTxD = _constrain(_remat(fn, cfg)(layer_params, x_BxTxD))
     return x_BxTxD
 
 
@@ -356,7 +476,7 @@ def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
     capture, n = _check_layers(cfg, capture_layers, num_blocks)
     _check_params(params, cfg)
     dtype = jnp.dtype(cfg.dtype)
-    x_BxTxD = embed(params, tokens_BxT, cfg)
+    x_BxTxD = _constrain(embed(params, tokens_BxT, cfg))
     positions_T = jnp.arange(tokens_BxT.shape[1])
     ropes = {
         "local": rope_tables(positions_T, cfg.head_dim, cfg.rope_local_base, 1.0, dtype),

@@ -50,11 +50,50 @@ class ComputeDtype(enum.Enum):
 
 
 class AttentionImpl(enum.Enum):
-    """Implementations accepted by `jax.nn.dot_product_attention`."""
+    """How attention is computed (trainer.model.gemma3.attention)."""
 
-    AUTO = None  # Let JAX pick (cuDNN where it can, XLA otherwise).
+    AUTO = None  # The XLA path below (any platform).
+    # Plain XLA ops: scores and softmax in fp32, recomputed in the backward pass
+    # rather than saved ([B,N,T,T] per layer would dominate training memory).
     XLA = "xla"
-    CUDNN = "cudnn"
+    CUDNN = "cudnn"  # jax.nn.dot_product_attention's fused cuDNN kernel (NVIDIA GPUs).
+
+
+class RematPolicy(enum.Enum):
+    """What each block keeps for the backward pass (`jax.checkpoint` per block).
+
+    Measured bytes and step time per policy: docs/memory.md. (JAX's
+    dots_saveable is not offered: with attention, norms and GeGLU already
+    recomputed inside each block, what it keeps is what NONE keeps.)
+    """
+
+    NONE = "none"  # Keep every activation the backward needs (fastest, most memory).
+    FULL = "full"  # Keep only each block's input; recompute the block (least memory).
+    # Keep matmul outputs without batch dims: the projections, not attention's
+    # per-head score/value products, and recompute norms (dots_with_no_batch_dims_saveable).
+    DOTS_NO_BATCH = "dots_no_batch"
+    # Keep the q/k/v projections and both sublayers' outputs (named in
+    # gemma3.block); recompute the MLP's F-wide gate/up and the attention core.
+    QKV_AND_OUTPUTS = "qkv_and_outputs"
+
+
+# Before remat was a policy it was a bool: True meant FULL, False NONE. Old
+# configs, exported models and command lines (--set model.remat=True) still load.
+_LEGACY_REMAT = {True: RematPolicy.FULL, False: RematPolicy.NONE,
+                 "true": RematPolicy.FULL, "false": RematPolicy.NONE}
+
+
+def parse_remat(value) -> RematPolicy:
+    """The RematPolicy named by `value` (a name, a member, or a legacy bool).
+
+    Raises:
+        ConfigError: anything else; the message lists the policies.
+    """
+    if isinstance(value, bool):
+        return _LEGACY_REMAT[value]
+    if isinstance(value, str) and value.lower() in _LEGACY_REMAT:
+        return _LEGACY_REMAT[value.lower()]
+    return parse_enum(RematPolicy, value, "model.remat policy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +117,10 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6  # Epsilon inside every RMSNorm.
     dtype: str = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay fp32).
     scan_layers: bool = True  # Run blocks with lax.scan over stacked params (fast compile).
-    remat: bool = False  # Rematerialize each block in the backward pass (saves memory).
-    attention_impl: str | None = None  # None (JAX picks), "xla" or "cudnn".
+    # What each block keeps for backward: a RematPolicy value (none, full, ...);
+    # legacy True/False read as full/none.
+    remat: str = "none"
+    attention_impl: str | None = None  # None or "xla" (XLA ops), "cudnn" (fused kernel).
 
     def __post_init__(self):
         positive = ("vocab_size", "num_layers", "d_model", "mlp_dim", "num_heads",
@@ -89,10 +130,11 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"model config field {field}={value!r} must be a positive "
                                   f"integer; pass e.g. {field}=64")
-        for field in ("scan_layers", "remat"):
-            if not isinstance(getattr(self, field), bool):
-                raise ConfigError(f"model config field {field}={getattr(self, field)!r} must be "
-                                  f"True or False")
+        if not isinstance(self.scan_layers, bool):
+            raise ConfigError(f"model config field scan_layers={self.scan_layers!r} must be "
+                              f"True or False")
+        # Stored normalised, so equal policies compare (and serialise) equal.
+        object.__setattr__(self, "remat", parse_remat(self.remat).value)
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads={self.num_heads} is not divisible by num_kv_heads="
                               f"{self.num_kv_heads}; pick num_kv_heads dividing num_heads")

@@ -9,6 +9,7 @@
   multi-process run.
 * ``distributed`` — joining a multi-process run (jax.distributed from JAX_* or auto-detection).
 * ``state``, ``checkpoint`` — the train state and its Orbax checkpoints.
+* ``microbatch`` — gradient accumulation: a step's batch as a scan over micro-batches.
 * ``metrics``    — metrics.jsonl / TensorBoard writing and reading.
 * ``eval_results`` — eval.json: scores with their row sets (what evaluation writes and
   report / sweep compare; here so both layers read one definition).

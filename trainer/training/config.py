@@ -21,7 +21,7 @@ import os
 import ml_collections
 
 # One ConfigError for model and trainer configs; parse_enum is re-exported for callers.
-from trainer.model.model_config import ConfigError, parse_enum
+from trainer.model.model_config import ConfigError, parse_enum, parse_remat
 from trainer.training import losses, sampled_kd
 from trainer.training.schedules import AlphaSchedule
 
@@ -61,7 +61,13 @@ PATH_FIELDS = ("run_dir", "store.url")
 # reproduces the older behaviour: a config.json without the key is read as
 # holding it, so those runs still resume (check_same_config_on_resume).
 ADDED_FIELDS = {"loss.signal": sampled_kd.Signal.TOPK.value, "data.samples": 0,
-                "loss.hidden_reduction": losses.HiddenReduction.MEAN.value}
+                "loss.hidden_reduction": losses.HiddenReduction.MEAN.value,
+                "data.micro_batches": 1}
+
+# Fields that change how a step is computed, not what it computes (memory for
+# time): a run may resume under other values, e.g. on chips with less memory.
+# (model.remat was a bool before it became a policy: old runs hold True/False.)
+EXECUTION_FIELDS = ("model.remat", "data.micro_batches")
 
 
 # The config files shipped in the package (trainer/configs/), found by path: they
@@ -266,6 +272,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.data.k >= 0, f"data.k={config.data.k} must be >= 0 (0: any k)")
     _check(0 <= config.data.samples <= 255,
            f"data.samples={config.data.samples} must be in [0, 255] (0: any S)")
+    _check(config.data.micro_batches >= 1,
+           f"data.micro_batches={config.data.micro_batches} must be >= 1 (1: no accumulation)")
+    parse_remat(config.model.remat)  # ConfigError listing the policies.
     _check(config.data.num_threads >= 0 and config.data.prefetch_buffer_size >= 0
            and config.data.num_workers >= 0, "data.num_threads, data.prefetch_buffer_size "
            "and data.num_workers must be >= 0")
@@ -341,7 +350,8 @@ def check_same_config_on_resume(config, run_dir: str) -> None:
             if isinstance(side.get(key), str):
                 side[key] = resolve_local_path(side[key])
     changed = sorted(k for k in set(old) | set(new)
-                     if not k.startswith("debug.") and k != "run_dir" and old.get(k) != new.get(k))
+                     if not k.startswith("debug.") and k != "run_dir" and k not in EXECUTION_FIELDS
+                     and old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
         raise ConfigError(

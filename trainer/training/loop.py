@@ -36,7 +36,7 @@ from store import StoreReader
 from store import objective_penalty as penalty_lib
 from trainer.training import (
     checkpoint, config as config_lib, data, decode, distributed, memory, methods, metrics,
-    run_lock, sharding, state as train_state, store_align,
+    microbatch, run_lock, sharding, state as train_state, store_align,
 )
 from trainer.training import hidden_share
 from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
@@ -143,13 +143,17 @@ def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, 
     phase = plan.phase
 
     def step_fn(state: train_state.TrainState, batch):
-        def loss_of(trainables):
-            return methods.loss_fn(trainables["params"], trainables["regressor"], batch,
+        def loss_of(trainables, part, counts):
+            return methods.loss_fn(trainables["params"], trainables["regressor"], part,
                                    state.step, phase=phase, config=config,
                                    model_cfg=model_cfg, num_steps=plan.num_steps,
-                                   encoding=encoding)
+                                   encoding=encoding, counts=counts)
 
-        (_, step_metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.trainables)
+        with sharding.activation_sharding(mesh):
+            (_, step_metrics), grads = microbatch.value_and_grad(
+                loss_of, state.trainables, batch, config.data.micro_batches, mesh=mesh,
+                counts_fn=lambda b: methods.token_counts(b, phase),
+                constant_metrics=methods.CONSTANT_METRICS)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainables)
         new = jax.tree.map(lambda p, u: p + u, state.trainables, updates)
         step_metrics["grad_norm"] = jnp.sqrt(sum(
@@ -262,6 +266,7 @@ def run(config) -> dict:
         raise config_lib.ConfigError(
             f"data.batch_size={config.data.batch_size} is not divisible by the mesh's batch "
             f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
+    microbatch.check_micro_batches(config.data.micro_batches, config.data.batch_size, divisor)
     lock = run_lock.own_run_dir(config.run_dir, config.store.url)  # Before writing anything.
     try:
         return _owned_run(config, reader, model_cfg, plans, penalty, mesh, started)

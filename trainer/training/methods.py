@@ -204,8 +204,32 @@ def regressor_logical_axes(kind: RegressorKind | None, regressor_params):
     return regressors.logical_axes(regressor_params)
 
 
+# Metrics that are the same for every part of a batch (not per-token means).
+CONSTANT_METRICS = ("alpha",)
+
+
+def term_masks(tokens_BxT, phase: Phase) -> dict:
+    """{term: [B, T] float mask of the tokens its mean runs over, None for all} of a phase."""
+    masks = {}
+    if phase.hidden_term:
+        masks["hidden_mse"] = None
+    if phase.data_term or phase.kd_term:
+        # The last position's target is not in the row.
+        masks["nll"] = jnp.ones(tokens_BxT.shape, jnp.float32).at[:, -1].set(0.0)
+    if phase.kd_term:
+        masks["kd"] = masks["top1_agreement"] = None
+    return masks
+
+
+def token_counts(batch, phase: Phase) -> dict:
+    """{term: tokens its per-token mean divides by} over the whole `batch`."""
+    tokens_BxT = batch["tokens"]
+    return {k: jnp.asarray(tokens_BxT.size, jnp.float32) if m is None else jnp.sum(m)
+            for k, m in term_masks(tokens_BxT, phase).items()}
+
+
 def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
-            num_steps: int, encoding: decode.Encoding = decode.EXACT):
+            num_steps: int, encoding: decode.Encoding = decode.EXACT, counts=None):
     """Total loss of one batch for a phase, and per-term metrics.
 
     Args:
@@ -218,6 +242,9 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
         model_cfg: student ModelConfig.
         num_steps: steps in this phase (α schedule length).
         encoding: how the batch's stored arrays are encoded (decoded here, on device).
+        counts: None: each term is its mean over `batch`. A `token_counts` dict
+            of a larger batch that `batch` is part of (gradient accumulation):
+            each term is its sum over `batch` divided by that count.
 
     Returns:
         (loss scalar, metrics dict of scalars).
@@ -225,6 +252,16 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
     # The loader ships the stored arrays (codes + side arrays); decode on device, into typed signals.
     batch = decode.decode_batch(batch, decode.BatchSpec(encoding=encoding, fields=phase.fields))
     tokens_BxT = batch.tokens
+    masks = term_masks(tokens_BxT, phase)
+
+    def mean(term, values_BxT):
+        if counts is None:
+            return losses.masked_mean(values_BxT, masks[term])
+        values_BxT = values_BxT.astype(jnp.float32)
+        if masks[term] is not None:  # where(), as masked_mean: no NaN leaks from masked slots.
+            values_BxT = jnp.where(masks[term] > 0, values_BxT * masks[term], 0.0)
+        return jnp.sum(values_BxT) / counts[term]
+
     capture = (student_layer(config, model_cfg.num_layers),) if phase.hidden_term else ()
     out = model.forward(params, tokens_BxT, model_cfg, capture_layers=capture,
                         num_blocks=phase.num_blocks)
@@ -233,13 +270,12 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
     if phase.hidden_term:
         h_s_BxTxD = out.captured[capture[0]]
         pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
-        hidden_term = losses.masked_mean(losses.normalized_mse(
+        hidden_term = mean("hidden_mse", losses.normalized_mse(
             pred_BxTxDt, batch.hidden, reduction=phase.hidden_reduction))
         metrics["hidden_mse"] = hidden_term
         loss = loss + phase.hidden_weight * hidden_term
     if phase.data_term or phase.kd_term:
         targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
-        data_mask_BxT = jnp.ones(tokens_BxT.shape, jnp.float32).at[:, -1].set(0.0)
         token_inputs = {tiled_loss.TARGETS: targets_BxT}
         if phase.kd_term:
             sampled = sampled_kd.Signal(phase.signal) is sampled_kd.Signal.SAMPLED
@@ -250,14 +286,14 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
         terms = tiled_loss.tiled_logit_losses(
             out.final_hidden_BxTxD, model.embedding_table(params), per_tile_fn,
             token_inputs, tile_tokens=config.loss.token_tile)
-        nll = losses.masked_mean(terms["nll"], data_mask_BxT)
+        nll = mean("nll", terms["nll"])
         metrics["nll"] = nll
         if phase.kd_term:
             alpha = alpha_at(config, step, num_steps)
-            kd = losses.masked_mean(terms["kd"])
+            kd = mean("kd", terms["kd"])
             metrics["kd"] = kd
             metrics["alpha"] = alpha
-            metrics["top1_agreement"] = losses.masked_mean(terms["top1"])
+            metrics["top1_agreement"] = mean("top1_agreement", terms["top1"])
             tau2 = config.loss.tau ** 2
             loss = loss + (1.0 - alpha) * nll + alpha * tau2 * kd
         else:

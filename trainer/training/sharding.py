@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from trainer.model import gemma3 as model
 from trainer.model.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -110,6 +111,15 @@ def tree_shardings(logical_tree, shape_tree, mesh: Mesh):
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Leading (batch) dim split over data × fsdp, the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def activation_sharding(mesh: Mesh):
+    """Context in which a traced forward keeps [B, T, D] activations batch-sharded.
+
+    Use around the loss while a step is traced (see `gemma3.activation_sharding`
+    for why XLA needs telling).
+    """
+    return model.activation_sharding(batch_sharding(mesh, 3))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
