@@ -11,7 +11,6 @@ import importlib.util
 import matplotlib
 
 from scripts import demo_results
-from scripts.demo_results import TASKS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

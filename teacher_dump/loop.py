@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from teacher_dump import extract
-from trainer.model.errors import ConfigError, ModelInputError
+from trainer.model.errors import ModelInputError
 
 ProgressFn = Callable[[int, int], None]
 

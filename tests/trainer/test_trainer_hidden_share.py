@@ -39,32 +39,36 @@ def test_hldc_prints_its_hidden_share_at_the_first_logged_steps(store, tmp_path,
     assert final["wall_s"] > 0 and final["resumed_from_step"] == 0
 
 
-def _loss_terms(config, host_batch):
+def _loss_terms(config):
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[0]
     params = train.model.init_params(model_cfg, jax.random.key(0))
     regressor = methods.init_regressor(phase.regressor, jax.random.key(1), model_cfg.d_model, 64)
+    # The same random batch for both reductions, as the loader ships it (stored names).
+    host_batch = data.synthetic_batch(2, tl.SEQ, tl.VOCAB, k=tl.K, hidden_dim=64,
+                                      hidden_layer=config.teacher.hidden_layer)
     batch = {k: jnp.asarray(v) for k, v in host_batch.items()}
+    encoding = data.synthetic_encoding("exact", tl.VOCAB, k=tl.K, hidden_dim=64)
     return phase, methods.loss_fn(params, regressor, batch, jnp.int32(0), phase=phase,
-                                  config=config, model_cfg=model_cfg, num_steps=10)
+                                  config=config, model_cfg=model_cfg, num_steps=10,
+                                  encoding=encoding)
 
 
 @pytest.mark.parametrize("method", ["hldc", "hldf"])
 def test_sum_reduction_weighs_the_term_d_times_the_mean(method, store, tmp_path):
-    batch = data.synthetic_batch(2, tl.SEQ, tl.VOCAB, k=tl.K, hidden_dim=64, as_loaded=False)
-    batch = {k: batch[k] for k in ("tokens", "topk_ids", "topk_logprobs", "hidden")}
     values = {}
     for reduction in ("mean", "sum"):
         config = tl.tiny_config(method, store, tmp_path / reduction,
                                 **{"loss.hidden_reduction": reduction})
-        phase, (loss, terms) = _loss_terms(config, batch)
+        phase, (loss, terms) = _loss_terms(config)
         assert phase.hidden_reduction == reduction
         values[reduction] = float(terms["hidden_mse"])
     assert values["sum"] == pytest.approx(64 * values["mean"], rel=1e-5)
 
 
 def test_hldf_phase1_share_is_the_whole_loss_and_not_computed():
-    phase = methods.Phase(1, "ht", 1, False, False, True, 1.0, None, True, hidden_reduction="sum")
+    phase = methods.Phase(index=1, flops_method="ht", num_blocks=1, hidden_term=True, hidden_weight=1.0,
+                          constant_lr=True, hidden_reduction="sum")
     record = {"step": 3, **hidden_share.loss_share(phase, {"hidden_mse": 0.25, "loss": 0.25})}
     assert record["loss_share"] == 1.0
     assert hidden_share.describe("hldf", phase, 128, record) == (

@@ -42,7 +42,6 @@ from trainer.training import hidden_share
 from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
 from trainer.model import gemma3 as model, model_config, model_io
-from trainer.training.config import Method
 
 
 class TrainingDivergedError(ValueError):

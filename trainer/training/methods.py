@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from store import objective_penalty as penalty_lib, profiles

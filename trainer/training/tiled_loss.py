@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from trainer.model import tiling
 from trainer.training import losses, sampled_kd
-from trainer.model.errors import ConfigError, ModelInputError
+from trainer.model.errors import ModelInputError
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 
