@@ -8,7 +8,7 @@ stored arrays of the schema's profile (``store.profiles``), ``{array name:
 bytes (compact: 2.98 KB/token before zstd at T=2048, k=128, D=2560 instead of
 11.3 KB of float32 signal) and the host only writes them
 (``StoreWriter.write_unit_encoded``). Ids are bit-packed as the profile
-packs them (``pack_ids``, SPEC §3; integer ops, exact on any backend).
+packs them (``pack_ids``, store/bitpack.py; integer ops, exact on any backend).
 
 Byte-identical to the numpy encoders of ``store.profiles`` on CPU (tested;
 the arithmetic is built from encode_ops.py's bit-exact twins of numpy's),
@@ -100,10 +100,10 @@ def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = True)
             topk_codecs.TOP_LOGPROB: jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32)}
 
 
-# --- lean (SPEC §2) ----------------------------------------------------------------------------
+# --- lean (store/lean.py) ----------------------------------------------------------------------------
 
 def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict:
-    """Lean activations: rotated, per-group 6-level codes packed 3 per byte (SPEC §2).
+    """Lean activations: rotated, per-group 6-level codes packed 3 per byte (store/lean.py).
 
     Args:
         layer: the captured layer (array names).

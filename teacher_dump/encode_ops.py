@@ -127,7 +127,7 @@ def rms(x_XxD: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def pack_ids(ids_XxN: jax.Array, bits: int) -> jax.Array:
-    """Packs non-negative ids of ``bits`` bits into a little-endian bit stream (SPEC §3).
+    """Packs non-negative ids of ``bits`` bits into a little-endian bit stream (store/bitpack.py).
 
     Value j occupies stream bits [j*bits, (j+1)*bits); stream bit i is bit
     i % 8 of byte i // 8. Decodable with ``np.unpackbits(..., bitorder="little")``.

@@ -98,7 +98,7 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
         hidden_dtype: dtype for the returned hidden states (None: compute dtype).
         rank_float32: None picks by backend: True on CPU, where XLA's bf16
             top-k is ~8x slower than fp32 (measured here), False elsewhere
-            (on an H100 bf16 top-k runs 2x faster than fp32, DESIGN §7).
+            (on an H100 bf16 top-k runs 2x faster than fp32, docs/DESIGN.md §7).
         samples: draws per position, 0 ≤ samples ≤ 255.
         topk_group: ids per group of the two-stage top-k (0: lax.top_k);
             None picks by backend and V (teacher_dump.topk.auto_group).

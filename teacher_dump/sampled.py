@@ -1,6 +1,6 @@
 """Sampled logits: S draws per position from the teacher's full softmax, on the device.
 
-The store's `sampled/*` arrays (SPEC §1, "Sparse Logit Sampling", arXiv
+The store's `sampled/*` arrays (store/sampled.py, "Sparse Logit Sampling", arXiv
 2503.16870): per position, the distinct ids drawn, how many of the S draws
 gave each, and the teacher's log-prob of each. Training weights a drawn id by
 count / S, an unbiased estimate of the forward KL at tau = 1.
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 SAMPLE_SEED = 12
 # Vocabulary ids per block of the two-level inverse CDF.
 VOCAB_BLOCK = 128
-# The store keeps counts as uint8 (SPEC §1).
+# The store keeps counts as uint8 (store/sampled.py).
 MAX_SAMPLES = 255
 
 

@@ -2,7 +2,7 @@
 
 * no path of a machine and no file outside the checkout (`../shared/...`);
 * every relative link of README.md and docs/*.md names a file that exists;
-* docs/DESIGN.md has the sections §1–§7 that code comments cite as "DESIGN §n",
+* docs/DESIGN.md has the sections §1–§7 that code comments cite as "docs/DESIGN.md §n",
   and every such citation names one of them.
 """
 import os
@@ -41,5 +41,5 @@ def test_design_sections_cited_by_the_code_exist():
         for name in files:
             if name.endswith((".py", ".md")):
                 with open(os.path.join(directory, name), encoding="utf-8") as f:
-                    cited |= set(re.findall(r"DESIGN §(\d+)", f.read()))
+                    cited |= set(re.findall(r"docs/DESIGN.md §(\d+)", f.read()))
     assert cited and cited <= set(headings), sorted(cited - set(headings))

@@ -1,4 +1,4 @@
-"""FLOPs and parameter accounting for compute-matched distillation (DESIGN §1).
+"""FLOPs and parameter accounting for compute-matched distillation (docs/DESIGN.md §1).
 
 Parameter counts come from the model definition itself: the param tree of
 ``jax.eval_shape(lambda: model.init_params(cfg, key))`` (shapes only, no

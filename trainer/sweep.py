@@ -35,7 +35,7 @@ import time
 from trainer.training import config as config_lib, eval_results, run_lock
 from trainer import report
 
-# The paper's values (DESIGN §1) of each hyper-parameter; P1 is {1%, 5%} for
+# The paper's values (docs/DESIGN.md §1) of each hyper-parameter; P1 is {1%, 5%} for
 # the 123M student and {1%, 4%} for the 735M one (PAPER_P1_BY_MODEL). A method's
 # grid: the values of its config_lib.METHOD_HPARAMS fields (the one per-method
 # list, shared with the report).

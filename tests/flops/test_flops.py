@@ -1,4 +1,4 @@
-"""trainer.flops: counts from the real model tree, DESIGN §1 formulas, budgets, CLI."""
+"""trainer.flops: counts from the real model tree, docs/DESIGN.md §1 formulas, budgets, CLI."""
 import json
 import math
 import subprocess
@@ -110,10 +110,10 @@ def test_bad_input_raises_clear_error(call, match):
 
 
 def test_cli_json_on_paper_configs_matches_design_sizes(capsys):
-    """DESIGN §2: with V=32,000 backbones ~100M / ~698M / ~3.21B.
+    """docs/DESIGN.md §2: with V=32,000 backbones ~100M / ~698M / ~3.21B.
 
     Golden values are the real counts of trainer.model's Gemma 3 tree; update
-    them only if the model definition legitimately changes (and DESIGN §2 with it).
+    them only if the model definition legitimately changes (and docs/DESIGN.md §2 with it).
     """
     assert flops.main(["--student", "gemma3-270m", "--teacher", "gemma3-4b", "--vocab", "32000",
                        "--budget-ot", "1", "--json"]) == 0

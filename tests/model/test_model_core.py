@@ -61,7 +61,7 @@ def test_unknown_config_name():
 @pytest.mark.parametrize("name, expected_millions", [
     ("gemma3-270m", 100.3), ("gemma3-1b", 697.9), ("gemma3-4b", 3209.0)])
 def test_backbone_param_counts_under_eval_shape(name, expected_millions):
-    """DESIGN §2: with V = 32k the backbones are ~100M / ~698M / ~3.21B."""
+    """docs/DESIGN.md §2: with V = 32k the backbones are ~100M / ~698M / ~3.21B."""
     cfg = model_config.get_config(name, vocab_size=32000)
     shapes = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
     backbone = model.count_params(shapes, include_embedding=False)

@@ -15,7 +15,7 @@ from store import ledger, snapshot
 SAMPLES = 5
 
 
-# (k, profile): top-k and draws in the exact profile; draws only in lean (SPEC12's <= 1 KB/token set-up).
+# (k, profile): top-k and draws in the exact profile; draws only in lean (the <= 1 KB/token set-up of store/lean.py).
 @pytest.fixture(scope="module", params=[(lib.K, "exact"), (0, "lean")],
                 ids=["exact-topk+sampled", "lean-sampled-only"])
 def sampled_dump(request, corpus, tokenizer_path, teacher_path, tmp_path_factory):

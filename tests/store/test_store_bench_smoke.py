@@ -18,7 +18,7 @@ def test_store_bench_one_row(tmp_path):
     exact = by["exact", 32000]
     assert 5600 < exact["bytes_per_token"] < 5700  # 4 + 256 + 256 + 5120 + 4, plus shard indexes
     assert exact["bytes_per_token_formula"] == 4 + 256 + 256 + 5120 + 4
-    # lean, k=0, 12 draws at V=262,144: 4 + 854 + 10 + 4 + 27 + 12 + 24 = 935 B before zstd (SPEC12 §2).
+    # lean, k=0, 12 draws at V=262,144: 4 + 854 + 10 + 4 + 27 + 12 + 24 = 935 B before zstd (store/lean.py).
     assert by["lean_s12", 262144]["bytes_per_token_formula"] == 935
     for res in report["profiles"]:  # every read mode was timed against the raw read of the same run
         for mode in ("stored", "loader", "norm32", "f32"):

@@ -1,4 +1,4 @@
-"""Bit-packed ids: the SPEC's little-endian stream layout, round trips, and old unpacked compact stores."""
+"""Bit-packed ids: the little-endian stream layout of store/bitpack.py, round trips, and old unpacked compact stores."""
 import numpy as np
 import pytest
 

@@ -38,7 +38,7 @@ def test_lean_step_is_the_mse_optimal_6_level_step():
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
         lo, hi = (lo, b) if _gaussian_quantizer_mse(a) < _gaussian_quantizer_mse(b) else (a, hi)
     assert abs((lo + hi) / 2 - lean.LEAN_STEP) <= 1e-5, (lo + hi) / 2
-    # Max (1960), 6-level uniform quantizer of N(0,1): step 0.7334, MSE 0.06066. The SPEC's ~0.7309 is
+    # Max (1960), 6-level uniform quantizer of N(0,1): step 0.7334, MSE 0.06066. An earlier spec's ~0.7309 is
     # within 0.01% of that MSE, but not the optimum. A Monte-Carlo check of the closed form:
     z = np.random.default_rng(0).normal(size=2_000_000)
     q = (np.clip(np.floor(z / lean.LEAN_STEP) + 3, 0, 5) - 2.5) * lean.LEAN_STEP
@@ -48,7 +48,7 @@ def test_lean_step_is_the_mse_optimal_6_level_step():
 
 
 def _reference_encode(x, D):
-    """float64 matrix implementation of SPEC12 §2 (codes before packing, steps)."""
+    """float64 matrix implementation of store/lean.py (codes before packing, steps)."""
     x = x.astype(np.float64)
     rms = np.sqrt(np.mean(x * x, -1, keepdims=True))
     y = x / np.where(rms > 0, rms, 1)

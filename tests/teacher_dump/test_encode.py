@@ -253,7 +253,7 @@ def test_lean_block_and_fwht_match_the_hadamard_matmul(D, b):
 
 @pytest.mark.parametrize("D", [1536, 1024])
 def test_lean_codes_match_a_float64_reference_except_on_code_boundaries(D):
-    # 1024: D % 3 = 1, the last byte carries padding codes 0. Reference in float64 with a matmul rotation (SPEC §2); the device rounds in float32, so a code
+    # 1024: D % 3 = 1, the last byte carries padding codes 0. Reference in float64 with a matmul rotation (store/lean.py); the device rounds in float32, so a code
     # may differ only where r / step is within 1e-4 of an integer (a code boundary).
     rng = np.random.default_rng(10)
     lean_step = 0.7309
@@ -276,7 +276,7 @@ def test_lean_codes_match_a_float64_reference_except_on_code_boundaries(D):
     codes = codes[..., :D]
     near = (np.abs(ratio - np.rint(ratio)) < 1e-4).reshape(1, 128, D)
     assert np.all((codes == want) | near)
-    # Decode (SPEC §2) is faithful: cosine to x above 0.95 on every token.
+    # Decode (store/lean.py) is faithful: cosine to x above 0.95 on every token.
     r_hat = (codes.reshape(1, 128, -1, b) - 2.5) * step[..., None]
     x_hat = ((r_hat @ _sylvester(b)) / np.sqrt(b)).reshape(1, 128, D) * signs * got[profiles.aux_name(2, "rms")][..., None]
     cos = (x_hat * x64).sum(-1) / np.linalg.norm(x_hat, axis=-1) / np.linalg.norm(x64, axis=-1)

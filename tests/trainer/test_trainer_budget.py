@@ -1,4 +1,4 @@
-"""Steps from the one budget match DESIGN §1's formulas (counts from the model tree)."""
+"""Steps from the one budget match docs/DESIGN.md §1's formulas (counts from the model tree)."""
 import math
 
 import jax

@@ -8,7 +8,7 @@ from trainer.training import config as config_lib
 from trainer.training.config import ConfigError
 
 # Shipped config -> (method, student, V, T, global batch) it must produce; the
-# paper's shapes (DESIGN §1) for the gemma3 files. Update with the config files.
+# paper's shapes (docs/DESIGN.md §1) for the gemma3 files. Update with the config files.
 CONFIGS = {
     "tiny.py": ("kd", "tiny", 512, 32, 8),
     "tiny.py:hldf": ("hldf", "tiny", 512, 32, 8),

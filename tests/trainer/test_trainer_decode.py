@@ -172,7 +172,7 @@ def test_packed_ids_at_gemma_vocab_match_the_store_decoder(tmp_path, profile):
 
 
 def _lean_reference(packed, step, signs):
-    """SPEC12 §2 decode in float64 numpy with an explicit Sylvester matrix."""
+    """store/lean.py decode in float64 numpy with an explicit Sylvester matrix."""
     D = len(signs)
     b = min(D & -D, 512)
     c = np.stack([(packed // 6**j) % 6 for j in range(3)], -1).reshape(packed.shape[:-1] + (-1,))[..., :D]

@@ -17,7 +17,7 @@ def store(tmp_path_factory):
 
 
 # Cumulative training FLOPs of the 4-step tiny runs, derived by hand (update only
-# if the tiny model, trainer/configs/tiny.py or the DESIGN §1 cost formulas change).
+# if the tiny model, trainer/configs/tiny.py or the docs/DESIGN.md §1 cost formulas change).
 # "tiny": V=512, L=4, D=64, F=128, 2 heads / 1 kv head of 32. Per block: norms 4·64
 # + q 64·2·32 + k, v 2·64·32 + o 2·32·64 + q/k norms 2·32 + MLP 3·64·128 = 37,184;
 # backbone N = 4·37,184 + 64 (final norm) = 148,800.

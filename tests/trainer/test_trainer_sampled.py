@@ -155,7 +155,7 @@ def test_resume_of_a_run_from_before_loss_signal_is_accepted(tmp_path):
         config_lib.check_same_config_on_resume(config, str(tmp_path))
 
 
-# lean, k=0 with sampled logits is the SPEC12 §2 sub-1 KB/token profile (ids bit-packed).
+# lean, k=0 with sampled logits is the store/lean.py sub-1 KB/token profile (ids bit-packed).
 @pytest.mark.parametrize("profile", ["exact", "lean"])
 def test_tiny_kd_run_from_a_sampled_only_store(profile, tmp_path):
     store = tl.make_store(tmp_path / "store", num_rows=32, k=0, layers=(), samples=S,

@@ -42,7 +42,7 @@ def test_hldf_phase1_touches_only_embedding_first_half_and_regressor():
             f"first-half {jax.tree_util.keystr(path)} did not train"
         np.testing.assert_array_equal(a[half:], b[half:], err_msg=jax.tree_util.keystr(path))
     np.testing.assert_array_equal(after.params["final_norm"], before.params["final_norm"])
-    # The embedding feeds block 1, so phase 1 trains it (DESIGN: "embedding + L_S/2 blocks").
+    # The embedding feeds block 1, so phase 1 trains it (docs/DESIGN.md §1: "embedding + L_S/2 blocks").
     assert not np.array_equal(after.params["embedding"], before.params["embedding"])
     for name in before.regressor:
         assert not np.array_equal(after.regressor[name], before.regressor[name]), name

@@ -118,7 +118,7 @@ def test_sweep_runs_points(tmp_path):
 
 
 def test_paper_p1_grid_follows_the_student_size():
-    # DESIGN §1: P1 ∈ {1%, 5%} for the 123M student, {1%, 4%} for the 735M one.
+    # docs/DESIGN.md §1: P1 ∈ {1%, 5%} for the 123M student, {1%, 4%} for the 735M one.
     assert sweep.paper_grid("gemma3_270m:hldf")["hldf.p1"] == ["0.01", "0.05"]
     assert sweep.paper_grid("gemma3_1b:hldf")["hldf.p1"] == ["0.01", "0.04"]
     assert "hldf.p1" not in sweep.paper_grid("gemma3_1b:kd")

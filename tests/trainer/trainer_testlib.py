@@ -85,7 +85,7 @@ def make_store(path, num_rows=64, seq_len=SEQ, vocab=VOCAB, k=K, hidden_dim=64,
 
 
 def draw_sampled(logp_NxV, num_samples, seed):
-    """`num_samples` i.i.d. draws from each row's p, in the store layout (SPEC12 §1).
+    """`num_samples` i.i.d. draws from each row's p, in the store layout (store/sampled.py).
 
     Distinct ids ascending, empty slots last (id 0, count 0, log-prob -inf).
 

@@ -7,7 +7,7 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The paper's recipe (DESIGN §1) for a student; model/store/budget unset."""
+    """The paper's recipe (docs/DESIGN.md §1) for a student; model/store/budget unset."""
     c = ml_collections.ConfigDict()
     c.method = "kd"            # nll | kd | hldc | hldf (trainer.training.config.Method).
     c.run_dir = ""             # RUN_DIR: config.json, metrics.jsonl, checkpoints/, export/, tb/.
@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.hldf = ml_collections.ConfigDict()
     c.hldf.p1 = 0.01                 # Budget fraction of HLDF phase 1 (1%, 4% or 5%).
-    # Phase-1 warm-up, then constant LR (DESIGN §1). Must fit in phase 1's steps (the
+    # Phase-1 warm-up, then constant LR (docs/DESIGN.md §1). Must fit in phase 1's steps (the
     # trainer refuses otherwise, as the WSD schedule does): 1,000 needs ≥ 1,000 steps of
     # phase 1, e.g. hldf.p1=0.01 of ≥ ~13 OT for gemma3-270m at batch 256 × 2048.
     c.hldf.warmup_steps = 1000

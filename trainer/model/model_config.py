@@ -1,7 +1,7 @@
 """Gemma 3 model configurations: one frozen dataclass and a registry of named sizes.
 
 The same `ModelConfig` describes teachers and students. Named configs follow the
-public Gemma 3 text decoders (DESIGN §2); the vocabulary size is always a config
+public Gemma 3 text decoders (docs/DESIGN.md §2); the vocabulary size is always a config
 value because our students and teachers use our own SentencePiece vocabulary.
 Tiny configs exist so that tests run in seconds on CPU.
 
@@ -187,7 +187,7 @@ class ModelConfig:
         return ModelConfig.from_dict({**self.to_dict(), **overrides})
 
 
-# Named configs. Sizes from DESIGN §2 / the public Gemma 3 configs.
+# Named configs. Sizes from docs/DESIGN.md §2 / the public Gemma 3 configs.
 _REGISTRY: dict[str, dict[str, Any]] = {
     "gemma3-270m": dict(num_layers=18, d_model=640, mlp_dim=2048, num_heads=4,
                         num_kv_heads=1, head_dim=256, sliding_window=512),

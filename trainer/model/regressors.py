@@ -1,7 +1,7 @@
 """Regressors mapping the student's hidden state into the teacher's width.
 
 They live in the train state next to the student but are never exported
-with it (DESIGN §1). Plain functions over plain param dicts, like
+with it (docs/DESIGN.md §1). Plain functions over plain param dicts, like
 ``trainer.model``, so they shard with the same logical-axis rules.
 
 - ``linear`` (HLDC, ``W_R``): ``h_S @ W``, ``W: [d_S, d_T]``, no bias. The

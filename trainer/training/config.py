@@ -27,7 +27,7 @@ from trainer.training.schedules import AlphaSchedule
 
 
 class Method(enum.Enum):
-    """Training methods (DESIGN §1). KD/HLD are loss terms + phases, one trainer."""
+    """Training methods (docs/DESIGN.md §1). KD/HLD are loss terms + phases, one trainer."""
 
     NLL = "nll"    # Data loss only (also teacher pre-training on a k=0 store).
     KD = "kd"      # (1-α) NLL + α τ² KL on the stored top-k.
@@ -48,7 +48,7 @@ METHOD_HPARAMS = {
 class BudgetUnit(enum.Enum):
     """Unit of `config.budget.value`."""
 
-    FLOPS = "flops"  # Training FLOPs (DESIGN §1 per-token costs).
+    FLOPS = "flops"  # Training FLOPs (docs/DESIGN.md §1 per-token costs).
     OT = "ot"        # Overtraining units: 1 OT = 20·N tokens at C_data.
 
 

@@ -91,7 +91,7 @@ def flop_counts(config, model_cfg) -> dict:
 
 
 def phase_flops_per_token(config, model_cfg, phase: methods.Phase) -> float:
-    """Training FLOPs per token of a phase (DESIGN §1)."""
+    """Training FLOPs per token of a phase (docs/DESIGN.md §1)."""
     return flop_counts(config, model_cfg)["flops_per_token"][phase.flops_method]
 
 

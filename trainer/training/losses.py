@@ -3,7 +3,7 @@
 Every function here maps arrays to *per-token* values (shape = the leading
 axes of its inputs, e.g. ``[B, T]``, or ``[N]`` inside a token tile); none of
 them averages, masks or applies the method weights (α, τ², γ). The trainer
-composes them per method (DESIGN §1) and takes the masked mean with
+composes them per method (docs/DESIGN.md §1) and takes the masked mean with
 ``masked_mean``. All arithmetic is float32 whatever the input dtype.
 
 Stable signatures (the trainer codes against these)::

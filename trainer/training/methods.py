@@ -1,4 +1,4 @@
-"""The ONE place where loss terms are composed per method and phase (DESIGN §1).
+"""The ONE place where loss terms are composed per method and phase (docs/DESIGN.md §1).
 
     NLL          L = L_data
     KD           L = (1-α) L_data + α τ² KL(p_T^τ ‖ p_S^τ)          (stored top-k or sampled)

@@ -1,6 +1,6 @@
 """KD from stored sampled teacher logits: the unbiased forward-KL estimator.
 
-The store's ``sampled/*`` family (SPEC §1, arXiv 2503.16870 "Sparse Logit
+The store's ``sampled/*`` family (store/sampled.py, arXiv 2503.16870 "Sparse Logit
 Sampling") holds, per position, the DISTINCT ids of S i.i.d. draws from the
 teacher's full softmax at τ = 1, how many of the S draws gave each id, and the
 teacher's τ=1 log-prob of each. With ``w_s = count_s / S`` (``E[w(x)] = p(x)``

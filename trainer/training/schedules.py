@@ -102,7 +102,7 @@ def _warmup_stable_decay(start, peak, end, total_steps, warmup_steps, decay_step
 
 def wsd(peak: float, total_steps: int, warmup_steps: int, decay_fraction: float = 0.1,
         final_fraction: float = 0.01) -> Schedule:
-    """Warm-up / stable / decay learning rate (DESIGN §1: last 10% to η/100).
+    """Warm-up / stable / decay learning rate (docs/DESIGN.md §1: last 10% to η/100).
 
     Args:
       peak: η, the stable learning rate (≥ 0).
