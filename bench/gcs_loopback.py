@@ -14,17 +14,28 @@ for Google's own client libraries) plus the loopback-only proxy guard: HTTP(S)_P
 at a dead loopback port with only 127.0.0.1/localhost exempt, so a request
 meant for Google's servers fails fast instead of leaving the machine.
 """
+
 import contextlib
 import os
 import subprocess
 import sys
 
-from loopback import free_port, wait_for_port  # bench/ (the script's directory, or via tests/conftest.py)
+from loopback import (
+    free_port,
+    wait_for_port,
+)  # bench/ (the script's directory, or via tests/conftest.py)
 
 # Variables that choose gs:// credentials or the endpoint; cleared by gcs_env so the host's own
 # (a developer's gcloud login) never leaks into a test.
-GCS_VARIABLES = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
-                 "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG", "GCE_METADATA_HOST", "GCE_METADATA_ROOT")
+GCS_VARIABLES = (
+    "STORAGE_EMULATOR_HOST",
+    "TENSORSTORE_GCS_HTTP_URL",
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLOUDSDK_CONFIG",
+    "GCE_METADATA_HOST",
+    "GCE_METADATA_ROOT",
+)
 
 
 @contextlib.contextmanager
@@ -32,9 +43,23 @@ def gcs_emulator(bucket: str = "bkt"):
     """Runs an in-memory gcp-storage-emulator on 127.0.0.1 with a free port and ``bucket`` created;
     yields its endpoint URL; kills it in finally."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--in-memory", "--default-bucket", bucket, "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--default-bucket",
+            bucket,
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port, proc, "gcp-storage-emulator")
         yield f"http://127.0.0.1:{port}"
@@ -51,8 +76,17 @@ def gcs_env(endpoint: str | None, config_dir: str) -> dict:
     """
     dead = f"http://127.0.0.1:{free_port()}"
     env = {k: "" for k in GCS_VARIABLES}
-    env.update({"CLOUDSDK_CONFIG": config_dir, "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead,
-                "https_proxy": dead, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+    env.update(
+        {
+            "CLOUDSDK_CONFIG": config_dir,
+            "HTTP_PROXY": dead,
+            "HTTPS_PROXY": dead,
+            "http_proxy": dead,
+            "https_proxy": dead,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
     if endpoint:
         env["STORAGE_EMULATOR_HOST"] = endpoint
     return env
@@ -73,6 +107,7 @@ def _serve(argv):
     """The emulator's CLI with generation headers on downloads (see the module docstring)."""
     from gcp_storage_emulator.exceptions import NotFound
     from gcp_storage_emulator.handlers import objects  # before the server module binds its routes
+
     original = objects.download
 
     def download(request, response, storage, *args, **kwargs):
@@ -86,6 +121,7 @@ def _serve(argv):
 
     objects.download = download
     from gcp_storage_emulator.__main__ import main
+
     main(argv)
 
 

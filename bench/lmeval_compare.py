@@ -23,6 +23,7 @@ length (its stock tasks put the space in target_delimiter, so len(choice)
 has one character less than the continuation OLMES and we normalise by).
 Writes bench/results/lmeval_compare.json and prints a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,18 +41,26 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipelines import packing  # noqa: E402
-from trainer.model.tokenizer import load_tokenizer, tokenizer_info, train_tokenizer  # noqa: E402
 from store import StoreReader, StoreSchema, create_store  # noqa: E402
-from trainer.evaluate import tasks as eval_tasks, runner as evaluate  # noqa: E402
-from trainer.model import hf_export  # noqa: E402
-from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
+from trainer.evaluate import runner as evaluate
 from trainer.evaluate import scoring  # noqa: E402
+from trainer.evaluate import tasks as eval_tasks  # noqa: E402
+from trainer.model import gemma3 as model  # noqa: E402
+from trainer.model import (
+    hf_export,  # noqa: E402
+    model_config,
+    model_io,
+)
+from trainer.model.tokenizer import load_tokenizer, tokenizer_info, train_tokenizer  # noqa: E402
 
 TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
 HELDOUT_T = 128  # Row length of the demo stores (the demo config's data.seq_len).
 # Our metric key -> lm-eval's, by the task's normalisation.
-_LM_EVAL_METRIC = {"per_char": ("acc_per_char", "acc_norm"), "raw": ("acc_raw", "acc"),
-                   "greedy": ("acc", "acc")}
+_LM_EVAL_METRIC = {
+    "per_char": ("acc_per_char", "acc_norm"),
+    "raw": ("acc_raw", "acc"),
+    "greedy": ("acc", "acc"),
+}
 
 
 def make_demo_model(out: str, train_flops: float, seed: int = 0) -> tuple[str, str]:
@@ -62,15 +71,23 @@ def make_demo_model(out: str, train_flops: float, seed: int = 0) -> tuple[str, s
     chance (LAMBADA's greedy accuracy is 0 for a random model); else random init.
     """
     from scripts.demo_corpus import load_documents
-    from trainer.training import config as config_lib, loop as train
+    from trainer.training import config as config_lib
+    from trainer.training import loop as train
+
     docs = load_documents()
-    tok = train_tokenizer(docs, os.path.join(out, "spm"), vocab_size=2048,
-                          max_sentences=20_000, num_threads=1)
+    tok = train_tokenizer(
+        docs, os.path.join(out, "spm"), vocab_size=2048, max_sentences=20_000, num_threads=1
+    )
     if train_flops <= 0:
         cfg = model_config.get_config("demo-student")
         ckpt = os.path.join(out, "ckpt")
-        model_io.save_model(ckpt, cfg, model.init_params(cfg, jax.random.PRNGKey(seed)),
-                            {"tokenizer_sha256": tokenizer_info(tok)["sha256"]}, overwrite=True)
+        model_io.save_model(
+            ckpt,
+            cfg,
+            model.init_params(cfg, jax.random.PRNGKey(seed)),
+            {"tokenizer_sha256": tokenizer_info(tok)["sha256"]},
+            overwrite=True,
+        )
         return ckpt, tok
     store = os.path.join(out, "train_store")
     if not os.path.exists(store):
@@ -78,10 +95,18 @@ def make_demo_model(out: str, train_flops: float, seed: int = 0) -> tuple[str, s
     run_dir = os.path.join(out, "run")
     if os.path.isdir(run_dir):
         import shutil
+
         shutil.rmtree(run_dir)  # The bench's own scratch run.
-    config = config_lib.load_config("trainer/configs/demo.py:teacher", [
-        f"store.url={store}", f"run_dir={run_dir}", "model.name=demo-student",
-        f"budget.value={train_flops}", f"seed={seed}"])
+    config = config_lib.load_config(
+        "trainer/configs/demo.py:teacher",
+        [
+            f"store.url={store}",
+            f"run_dir={run_dir}",
+            "model.name=demo-student",
+            f"budget.value={train_flops}",
+            f"seed={seed}",
+        ],
+    )
     train.run(config)
     return run_dir, tok
 
@@ -89,6 +114,7 @@ def make_demo_model(out: str, train_flops: float, seed: int = 0) -> tuple[str, s
 def write_tokens_store(url: str, tok: str, heldout: bool, seq_len: int, num_rows: int) -> None:
     """A tokens store of the (held-out or training) demo documents, noam-packed."""
     from scripts.demo_corpus import is_heldout, load_documents
+
     info, sp = tokenizer_info(tok), load_tokenizer(tok)
     docs = [d for d in load_documents() if is_heldout(d, 0.02) == heldout]
     ids = []
@@ -97,26 +123,36 @@ def write_tokens_store(url: str, tok: str, heldout: bool, seq_len: int, num_rows
         if sum(len(i) + 2 for i in ids) > seq_len * (num_rows + 1):
             break
     rows_NxT = packing.pack_stream(ids, info["bos_id"], info["eos_id"], seq_len)[:num_rows]
-    schema = StoreSchema(seq_len=seq_len, k=0, vocab_size=info["vocab_size"], hidden_layers=(),
-                         hidden_dim=0, rows_per_unit=len(rows_NxT), tokenizer=info, teacher={},
-                         packing=packing.PACKING_RULE)
+    schema = StoreSchema(
+        seq_len=seq_len,
+        k=0,
+        vocab_size=info["vocab_size"],
+        hidden_layers=(),
+        hidden_dim=0,
+        rows_per_unit=len(rows_NxT),
+        tokenizer=info,
+        teacher={},
+        packing=packing.PACKING_RULE,
+    )
     create_store(url, schema, num_rows=len(rows_NxT)).write_unit(0, tokens=rows_NxT)
 
 
-def transformers_mean_nll(hf_dir: str, store_url: str, limit: int | None,
-                          batch_size: int = 16) -> dict:
+def transformers_mean_nll(
+    hf_dir: str, store_url: str, limit: int | None, batch_size: int = 16
+) -> dict:
     """Mean NLL (nats/token) of the exported model in transformers over the store's rows."""
     import torch
     import transformers
+
     hf = transformers.Gemma3ForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     reader = StoreReader(store_url)
     pad_id = reader.schema.tokenizer.get("pad_id")
-    rows = np.asarray(reader.committed_rows())[:limit or None]
+    rows = np.asarray(reader.committed_rows())[: limit or None]
     tokens_NxT = reader.read(rows, fields=("tokens",))["tokens"]
     nll, count = 0.0, 0
     with torch.no_grad():
         for begin in range(0, len(tokens_NxT), batch_size):
-            batch = torch.tensor(tokens_NxT[begin:begin + batch_size], dtype=torch.long)
+            batch = torch.tensor(tokens_NxT[begin : begin + batch_size], dtype=torch.long)
             logp = torch.log_softmax(hf(batch[:, :-1]).logits.double(), -1)
             target_logp = logp.gather(-1, batch[:, 1:, None])[..., 0]
             mask = batch[:, 1:] != pad_id
@@ -138,27 +174,47 @@ def write_lmeval_task(task_dir: str, name: str, examples) -> str:
             elif len(set(contexts)) == 1:  # One prompt, choices as continuations.
                 record = {"context": contexts[0], "choices": list(continuations), "gold": ex.gold}
             else:  # WinoGrande partial evaluation: choices in the context.
-                record = {"gold": ex.gold, "contexts": list(contexts),
-                          "continuation": continuations[0]}
+                record = {
+                    "gold": ex.gold,
+                    "contexts": list(contexts),
+                    "continuation": continuations[0],
+                }
             f.write(json.dumps(record) + "\n")
     first = json.loads(open(data, encoding="utf-8").readline())
     if "choices" in first:
-        fields = {"output_type": "multiple_choice", "doc_to_text": "context",
-                  "doc_to_choice": "choices", "doc_to_target": "gold",
-                  "metrics": ["acc", "acc_norm"]}
+        fields = {
+            "output_type": "multiple_choice",
+            "doc_to_text": "context",
+            "doc_to_choice": "choices",
+            "doc_to_target": "gold",
+            "metrics": ["acc", "acc_norm"],
+        }
     elif "contexts" in first:
-        fields = {"output_type": "multiple_choice", "doc_to_text": "gold",
-                  "doc_to_choice": "contexts", "doc_to_target": "continuation",
-                  "metrics": ["acc"]}
+        fields = {
+            "output_type": "multiple_choice",
+            "doc_to_text": "gold",
+            "doc_to_choice": "contexts",
+            "doc_to_target": "continuation",
+            "metrics": ["acc"],
+        }
     else:
-        fields = {"output_type": "loglikelihood", "doc_to_text": "context",
-                  "doc_to_target": "continuation", "metrics": ["acc"]}
-    metrics = "".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n"
-                      for m in fields.pop("metrics"))
-    yaml = (f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-            f"    validation: {json.dumps(os.path.abspath(data))}\n"
-            f"validation_split: validation\ntarget_delimiter: \"\"\n"
-            + "".join(f"{k}: {v}\n" for k, v in fields.items()) + f"metric_list:\n{metrics}")
+        fields = {
+            "output_type": "loglikelihood",
+            "doc_to_text": "context",
+            "doc_to_target": "continuation",
+            "metrics": ["acc"],
+        }
+    metrics = "".join(
+        f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n"
+        for m in fields.pop("metrics")
+    )
+    yaml = (
+        f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    validation: {json.dumps(os.path.abspath(data))}\n"
+        f'validation_split: validation\ntarget_delimiter: ""\n'
+        + "".join(f"{k}: {v}\n" for k, v in fields.items())
+        + f"metric_list:\n{metrics}"
+    )
     with open(os.path.join(task_dir, f"{task}.yaml"), "w") as f:
         f.write(yaml)
     return task
@@ -168,27 +224,38 @@ def run_lmeval(hf_dir: str, task_dir: str, tasks, seq_len: int, batch_size: int)
     """lm-eval's `hf` model on the local tasks: {task: (metrics, samples)}."""
     import lm_eval
     from lm_eval.tasks import TaskManager
+
     out = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": hf_dir, "dtype": "float32", "max_length": seq_len,
-                                "device": "cpu"},
-        tasks=[f"ours_{t}" for t in tasks], task_manager=TaskManager(include_path=task_dir),
-        batch_size=batch_size, log_samples=True, num_fewshot=0)
+        model="hf",
+        model_args={
+            "pretrained": hf_dir,
+            "dtype": "float32",
+            "max_length": seq_len,
+            "device": "cpu",
+        },
+        tasks=[f"ours_{t}" for t in tasks],
+        task_manager=TaskManager(include_path=task_dir),
+        batch_size=batch_size,
+        log_samples=True,
+        num_fewshot=0,
+    )
     return {t: (out["results"][f"ours_{t}"], out["samples"][f"ours_{t}"]) for t in tasks}
 
 
-def our_pair_logprobs(ckpt: str, tok: str, name: str, examples, seq_len: int,
-                      batch_size: int) -> list[np.ndarray]:
+def our_pair_logprobs(
+    ckpt: str, tok: str, name: str, examples, seq_len: int, batch_size: int
+) -> list[np.ndarray]:
     """Per example, our summed log-prob of each choice (trainer.evaluate's encoding)."""
     cfg, params, _ = model_io.load_model(evaluate.resolve_checkpoint(ckpt)[0])
     sp, bos = load_tokenizer(tok), tokenizer_info(tok)["bos_id"]
     rows, owners = [], []
     for e, ex in enumerate(examples):
         for context, continuation in ex.pairs:
-            rows.append(scoring.pair_row(*evaluate.encode_pair(sp, context, continuation, bos),
-                                         seq_len))
+            rows.append(
+                scoring.pair_row(*evaluate.encode_pair(sp, context, continuation, bos), seq_len)
+            )
             owners.append(e)
-    scores = scoring.score_rows(scoring.make_token_score_fn(params, cfg), rows, batch_size,
-                                seq_len)
+    scores = scoring.score_rows(scoring.make_token_score_fn(params, cfg), rows, batch_size, seq_len)
     owners = np.asarray(owners)
     return [scores.logprob_sum[owners == e] for e in range(len(examples))]
 
@@ -199,20 +266,29 @@ def compare_task(name: str, examples, ours: dict, lm: tuple, ours_lls) -> dict:
     ours_key, lm_key = _LM_EVAL_METRIC[ours["normalization"]]
     lm_acc = float(metrics[f"{lm_key},none"])
     by_doc = {s["doc_id"]: s for s in samples}
-    lm_lls = [np.array([r[0] for r in by_doc[i]["filtered_resps"]], np.float64)
-              for i in range(len(examples))]
+    lm_lls = [
+        np.array([r[0] for r in by_doc[i]["filtered_resps"]], np.float64)
+        for i in range(len(examples))
+    ]
     max_ll = max(float(np.abs(a - b).max()) for a, b in zip(ours_lls, lm_lls))
-    row = {"task": name, "n_ours": ours["n"], "n_lmeval": len(samples), "metric": lm_key,
-           "ours": ours[ours_key], "lmeval": lm_acc,
-           "diff_examples": round(abs(ours[ours_key] - lm_acc) * ours["n"]),
-           "max_abs_loglik_diff": max_ll}
+    row = {
+        "task": name,
+        "n_ours": ours["n"],
+        "n_lmeval": len(samples),
+        "metric": lm_key,
+        "ours": ours[ours_key],
+        "lmeval": lm_acc,
+        "diff_examples": round(abs(ours[ours_key] - lm_acc) * ours["n"]),
+        "max_abs_loglik_diff": max_ll,
+    }
     if lm_key == "acc_norm":  # lm-eval's stock length: the choice without its leading space.
         flips = 0
         for ex, lls in zip(examples, lm_lls):
             ours_len = np.array([len(c) for _, c in ex.pairs], np.float64)
             stock_len = np.array([len(c.lstrip(" ")) for _, c in ex.pairs], np.float64)
-            flips += int((np.argmax(lls / ours_len) == ex.gold) !=
-                         (np.argmax(lls / stock_len) == ex.gold))
+            flips += int(
+                (np.argmax(lls / ours_len) == ex.gold) != (np.argmax(lls / stock_len) == ex.gold)
+            )
         row["stock_len_acc_norm_changes"] = flips
     return row
 
@@ -221,8 +297,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", help="model checkpoint (default: a new demo-size student)")
     p.add_argument("--tokenizer", help="its SentencePiece model (with --checkpoint)")
-    p.add_argument("--train-flops", type=float, default=2e12,
-                   help="demo student: training FLOPs with our trainer (0: random init)")
+    p.add_argument(
+        "--train-flops",
+        type=float,
+        default=2e12,
+        help="demo student: training FLOPs with our trainer (0: random init)",
+    )
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--limit", type=int, default=300, help="examples per task / held-out rows")
     p.add_argument("--seq-len", type=int, default=2048, help="longest scored input, both tools")
@@ -235,11 +315,13 @@ def main(argv=None) -> int:
     a.work = os.path.abspath(a.work)  # Orbax (model_io, trainer) wants absolute paths.
     os.makedirs(a.work, exist_ok=True)
     os.environ.setdefault("HF_DATASETS_CACHE", os.path.abspath(os.path.join(a.work, "hf_cache")))
-    ckpt, tok = ((a.checkpoint, a.tokenizer) if a.checkpoint
-                 else make_demo_model(a.work, a.train_flops))
+    ckpt, tok = (
+        (a.checkpoint, a.tokenizer) if a.checkpoint else make_demo_model(a.work, a.train_flops)
+    )
     hf_dir, task_dir = os.path.join(a.work, "hf"), os.path.join(a.work, "tasks")
     if os.path.isdir(hf_dir):
         import shutil
+
         shutil.rmtree(hf_dir)  # The bench's own scratch export; rewritten every run.
     hf_export.export(ckpt, hf_dir, tok)
     tasks = [t for t in a.tasks.split(",") if t]
@@ -250,35 +332,65 @@ def main(argv=None) -> int:
     store_url = os.path.join(a.work, "heldout_store")
     if not os.path.exists(store_url):
         write_tokens_store(store_url, tok, heldout=True, seq_len=HELDOUT_T, num_rows=a.limit)
-    ours = evaluate.evaluate(ckpt, tok, tasks, limit=a.limit, batch_size=a.batch_size,
-                             seq_len=a.seq_len)
+    ours = evaluate.evaluate(
+        ckpt, tok, tasks, limit=a.limit, batch_size=a.batch_size, seq_len=a.seq_len
+    )
     # Held-out rows are scored at their own length (evaluate refuses another one).
-    ours_heldout = evaluate.evaluate(ckpt, tok, [evaluate.HELDOUT], store=store_url,
-                                     limit=a.limit, batch_size=a.batch_size, seq_len=HELDOUT_T)
+    ours_heldout = evaluate.evaluate(
+        ckpt,
+        tok,
+        [evaluate.HELDOUT],
+        store=store_url,
+        limit=a.limit,
+        batch_size=a.batch_size,
+        seq_len=HELDOUT_T,
+    )
     lm = run_lmeval(hf_dir, task_dir, tasks, a.seq_len, a.batch_size)
-    rows = [compare_task(t, examples[t], ours["tasks"][t], lm[t],
-                         our_pair_logprobs(ckpt, tok, t, examples[t], a.seq_len, a.batch_size))
-            for t in tasks]
+    rows = [
+        compare_task(
+            t,
+            examples[t],
+            ours["tasks"][t],
+            lm[t],
+            our_pair_logprobs(ckpt, tok, t, examples[t], a.seq_len, a.batch_size),
+        )
+        for t in tasks
+    ]
     theirs = transformers_mean_nll(hf_dir, store_url, a.limit)
-    heldout = {"ours_log_ppl": ours_heldout["tasks"][evaluate.HELDOUT]["log_ppl"],
-               "transformers_log_ppl": theirs["log_ppl"], "tokens": theirs["tokens"],
-               "n": theirs["n"]}
+    heldout = {
+        "ours_log_ppl": ours_heldout["tasks"][evaluate.HELDOUT]["log_ppl"],
+        "transformers_log_ppl": theirs["log_ppl"],
+        "tokens": theirs["tokens"],
+        "n": theirs["n"],
+    }
     heldout["abs_diff"] = abs(heldout["ours_log_ppl"] - heldout["transformers_log_ppl"])
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "checkpoint": os.path.abspath(ckpt), "fingerprint": ours["fingerprint"],
-              "limit": a.limit, "seq_len": a.seq_len, "tasks": rows, "heldout": heldout}
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "checkpoint": os.path.abspath(ckpt),
+        "fingerprint": ours["fingerprint"],
+        "limit": a.limit,
+        "seq_len": a.seq_len,
+        "tasks": rows,
+        "heldout": heldout,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"{'task':11s} {'n ours':>6s} {'n lm-eval':>9s} {'metric':8s} {'ours':>7s} "
-          f"{'lm-eval':>7s} {'diff':>4s} {'max|Δll|':>9s}")
+    print(
+        f"{'task':11s} {'n ours':>6s} {'n lm-eval':>9s} {'metric':8s} {'ours':>7s} "
+        f"{'lm-eval':>7s} {'diff':>4s} {'max|Δll|':>9s}"
+    )
     for r in rows:
-        print(f"{r['task']:11s} {r['n_ours']:6d} {r['n_lmeval']:9d} {r['metric']:8s} "
-              f"{r['ours']:7.4f} {r['lmeval']:7.4f} {r['diff_examples']:4d} "
-              f"{r['max_abs_loglik_diff']:9.2e}")
-    print(f"heldout log-ppl: ours {heldout['ours_log_ppl']:.6f}  transformers "
-          f"{heldout['transformers_log_ppl']:.6f}  |diff| {heldout['abs_diff']:.2e} "
-          f"({heldout['tokens']} tokens, {heldout['n']} rows); wrote {a.out}")
+        print(
+            f"{r['task']:11s} {r['n_ours']:6d} {r['n_lmeval']:9d} {r['metric']:8s} "
+            f"{r['ours']:7.4f} {r['lmeval']:7.4f} {r['diff_examples']:4d} "
+            f"{r['max_abs_loglik_diff']:9.2e}"
+        )
+    print(
+        f"heldout log-ppl: ours {heldout['ours_log_ppl']:.6f}  transformers "
+        f"{heldout['transformers_log_ppl']:.6f}  |diff| {heldout['abs_diff']:.2e} "
+        f"({heldout['tokens']} tokens, {heldout['n']} rows); wrote {a.out}"
+    )
     return 0
 
 

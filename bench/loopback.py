@@ -2,6 +2,7 @@
 
 The tests import it by name (tests/conftest.py puts bench/ on the path).
 """
+
 import socket
 import time
 
@@ -28,7 +29,9 @@ def wait_for_port(port: int, proc=None, what: str = "server", timeout_s: float =
     deadline = time.monotonic() + timeout_s
     for _ in range(int(timeout_s / 0.05) + 1):
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} on port {port} exited with {proc.returncode} before listening")
+            raise RuntimeError(
+                f"{what} on port {port} exited with {proc.returncode} before listening"
+            )
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return

@@ -10,6 +10,7 @@ every policy, are left out). The compiler's per-chip totals, which add
 transient buffers, the loss tiles and the optimizer, come from
 bench/step_memory.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,8 @@ import jax.ad_checkpoint  # noqa: F401 (print_saved_residuals)
 import jax.numpy as jnp
 import numpy as np
 
-from trainer.model import gemma3 as model, model_config
+from trainer.model import gemma3 as model
+from trainer.model import model_config
 
 _ITEMSIZE = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "s32": 4, "bool": 1, "pred": 1}
 
@@ -63,13 +65,24 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows = []
     for policy in model_config.RematPolicy:
-        cfg = model_config.get_config(args.model, vocab_size=args.vocab, dtype=args.dtype,
-                                      remat=policy.value)
+        cfg = model_config.get_config(
+            args.model, vocab_size=args.vocab, dtype=args.dtype, remat=policy.value
+        )
         per_token = residual_bytes(cfg, args.batch, args.seq) / (args.batch * args.seq)
-        rows.append({"model": args.model, "seq": args.seq, "dtype": args.dtype,
-                     "remat": policy.value, "residual_bytes_per_token": per_token})
-        print(f"{args.model:12s} T={args.seq} {policy.value:16s} "
-              f"{per_token / 1024:8.1f} KiB/token kept for backward", flush=True)
+        rows.append(
+            {
+                "model": args.model,
+                "seq": args.seq,
+                "dtype": args.dtype,
+                "remat": policy.value,
+                "residual_bytes_per_token": per_token,
+            }
+        )
+        print(
+            f"{args.model:12s} T={args.seq} {policy.value:16s} "
+            f"{per_token / 1024:8.1f} KiB/token kept for backward",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)

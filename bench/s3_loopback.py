@@ -6,6 +6,7 @@ Nothing here can reach past loopback: ``s3_env`` points the AWS variables at
 the local server and HTTP(S)_PROXY at a dead loopback port, with only
 127.0.0.1/localhost exempt, so a forgotten code path fails fast.
 """
+
 import contextlib
 import http.client
 import http.server
@@ -16,8 +17,10 @@ import sys
 import threading
 
 import boto3
-
-from loopback import free_port, wait_for_port  # bench/ (the script's directory, or via tests/conftest.py)
+from loopback import (
+    free_port,
+    wait_for_port,
+)  # bench/ (the script's directory, or via tests/conftest.py)
 
 
 @contextlib.contextmanager
@@ -25,8 +28,12 @@ def moto_server(extra_env=None):
     """Runs ``moto_server`` on 127.0.0.1 with a free port; yields its endpoint URL; kills it in finally."""
     port = free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, **(extra_env or {})))
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, **(extra_env or {})),
+    )
     try:
         wait_for_port(port, proc, "moto_server")
         yield f"http://127.0.0.1:{port}"
@@ -38,14 +45,28 @@ def moto_server(extra_env=None):
 def s3_env(endpoint: str, key: str = "testing", secret: str = "testing") -> dict:
     """The environment a user of an S3-compatible server sets, plus the loopback-only proxy guard."""
     dead = f"http://127.0.0.1:{free_port()}"
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_DEFAULT_REGION": "us-east-1", "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead,
-            "https_proxy": dead, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HTTP_PROXY": dead,
+        "HTTPS_PROXY": dead,
+        "http_proxy": dead,
+        "https_proxy": dead,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
 
 
 def make_bucket(endpoint: str, bucket: str):
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
 
 
 class FaultProxy:
@@ -57,7 +78,7 @@ class FaultProxy:
     """
 
     def __init__(self, upstream: str, fail=lambda i: None):
-        self.upstream = upstream[len("http://"):]
+        self.upstream = upstream[len("http://") :]
         self.fail = fail
         self.counts = {}
         self._n = 0
@@ -95,7 +116,13 @@ class FaultProxy:
                 data = resp.read()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                    if k.lower() not in (
+                        "content-length",
+                        "connection",
+                        "transfer-encoding",
+                        "server",
+                        "date",
+                    ):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -17,6 +17,7 @@ Rows:
     (bench/extract_bench.py, its first top-k variant).
 Writes bench/results/signal_cost_table.json.
 """
+
 import argparse
 import json
 import os
@@ -26,8 +27,11 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 # The figures these replace, measured 2026-12-01 with `make bench` on the
 # 2-core CPU machine before the device codecs existed (issue 12's table).
-BASELINE = {"loader": "64,891 tok/s, 0.02x raw", "write": "23,352 vs exact 28,389 tok/s (0.82x)",
-            "extract": "41% (forward 12,510, on device 5,975 tok/s)"}
+BASELINE = {
+    "loader": "64,891 tok/s, 0.02x raw",
+    "write": "23,352 vs exact 28,389 tok/s (0.82x)",
+    "extract": "41% (forward 12,510, on device 5,975 tok/s)",
+}
 GOAL = {"loader": ">= 0.7x raw", "write": ">= 1.0x exact", "extract": ">= 80% of forward"}
 
 
@@ -48,18 +52,35 @@ def build(results: str) -> list[dict]:
     write_ratio = enc["vs_exact_host"]["compact_device_overlapped"]
     e2e, on_dev = ext["e2e_over_forward"], ext["e2e_over_extract_device"]
     return [
-        {"what": "compact loader read", "source": "loader_bench.py",
-         "now": f"{c['loader_tokens_s']:,.0f} tok/s, {c['loader_vs_raw']:.2f}x raw",
-         "baseline": BASELINE["loader"], "goal": GOAL["loader"], "met": c["loader_vs_raw"] >= 0.7},
-        {"what": "compact write (encode on device + write)", "source": "encode_bench.py",
-         "now": (f"{enc['modes']['compact_device_overlapped']['tokens_s']:,.0f} vs exact "
-                 f"{enc['modes']['exact_host']['tokens_s']:,.0f} tok/s ({write_ratio:.2f}x); host encode "
-                 f"{enc['vs_exact_host']['compact_host']:.2f}x; encoded write alone "
-                 f"{enc['vs_exact_host']['compact_encoded_write']:.2f}x"),
-         "baseline": BASELINE["write"], "goal": GOAL["write"], "met": write_ratio >= 1.0},
-        {"what": "extraction end-to-end vs bare forward", "source": "extract_bench.py",
-         "now": f"{e2e:.0%} of forward ({on_dev:.0%} of extraction on device)",
-         "baseline": BASELINE["extract"], "goal": GOAL["extract"], "met": e2e >= 0.8},
+        {
+            "what": "compact loader read",
+            "source": "loader_bench.py",
+            "now": f"{c['loader_tokens_s']:,.0f} tok/s, {c['loader_vs_raw']:.2f}x raw",
+            "baseline": BASELINE["loader"],
+            "goal": GOAL["loader"],
+            "met": c["loader_vs_raw"] >= 0.7,
+        },
+        {
+            "what": "compact write (encode on device + write)",
+            "source": "encode_bench.py",
+            "now": (
+                f"{enc['modes']['compact_device_overlapped']['tokens_s']:,.0f} vs exact "
+                f"{enc['modes']['exact_host']['tokens_s']:,.0f} tok/s ({write_ratio:.2f}x); host encode "
+                f"{enc['vs_exact_host']['compact_host']:.2f}x; encoded write alone "
+                f"{enc['vs_exact_host']['compact_encoded_write']:.2f}x"
+            ),
+            "baseline": BASELINE["write"],
+            "goal": GOAL["write"],
+            "met": write_ratio >= 1.0,
+        },
+        {
+            "what": "extraction end-to-end vs bare forward",
+            "source": "extract_bench.py",
+            "now": f"{e2e:.0%} of forward ({on_dev:.0%} of extraction on device)",
+            "baseline": BASELINE["extract"],
+            "goal": GOAL["extract"],
+            "met": e2e >= 0.8,
+        },
     ]
 
 
@@ -70,8 +91,10 @@ def main(argv=None) -> int:
     rows = build(args.results)
     print("| measured | now | before | goal | met |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['what']} ({r['source']}) | {r['now']} | {r['baseline']} | {r['goal']} | "
-              f"{'yes' if r['met'] else 'no'} |")
+        print(
+            f"| {r['what']} ({r['source']}) | {r['now']} | {r['baseline']} | {r['goal']} | "
+            f"{'yes' if r['met'] else 'no'} |"
+        )
     with open(os.path.join(args.results, "signal_cost_table.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
     return 0

@@ -13,6 +13,7 @@ importable; JAX_PLATFORMS=cpu is enough); otherwise the CPU compiler runs on
 largest buffers of that assignment. `--time N` also runs N steps on CPU with
 random data and reports the median step time (CPU only).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ HBM_GIB = {"v5p": 95.74, "v5e": 15.75, "v6e": 31.25, "v4": 31.25}
 def devices_for(topology: str, host_devices: int = 0):
     """Abstract TPU devices of `topology` (libtpu), or the first `host_devices` CPU devices."""
     import jax
+
     if topology:
         from jax.experimental import topologies
+
         return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
     return jax.devices()[:host_devices] if host_devices else jax.devices()
 
@@ -64,35 +67,51 @@ def compile_step(config, devices, phase_index: int = 1):
     """
     import jax
     import jax.numpy as jnp
+
     from trainer.training import loop, methods, sharding
 
     model_cfg = loop.model_config_from(config)
     phase = [p for p in methods.phases(config, model_cfg.num_layers) if p.index == phase_index][0]
     plan = loop.PhasePlan(phase, 10_000, loop.phase_flops_per_token(config, model_cfg, phase))
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
-                              devices=devices)
+    mesh = sharding.make_mesh(
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices
+    )
     runner = loop.PhaseRunner(config, model_cfg, plan, mesh)
     B, T, K = config.data.batch_size, config.data.seq_len, config.data.k
     # The exact profile's stored dtypes, as the loader ships them (decoded in the step).
     ids = jnp.uint16 if config.model.vocab_size <= 65536 else jnp.int32
-    shapes = {"tokens": (jnp.int32, (B, T)), "topk_ids": (ids, (B, T, K)),
-              "topk_logprobs": (jnp.float16, (B, T, K)),
-              "hidden": (jnp.float16, (B, T, config.teacher.d_model or model_cfg.d_model))}
-    batch = {k: jax.ShapeDtypeStruct(shapes[k][1], shapes[k][0],
-                                     sharding=sharding.batch_sharding(mesh, len(shapes[k][1])))
-             for k in runner.batch_keys}
+    shapes = {
+        "tokens": (jnp.int32, (B, T)),
+        "topk_ids": (ids, (B, T, K)),
+        "topk_logprobs": (jnp.float16, (B, T, K)),
+        "hidden": (jnp.float16, (B, T, config.teacher.d_model or model_cfg.d_model)),
+    }
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            shapes[k][1], shapes[k][0], sharding=sharding.batch_sharding(mesh, len(shapes[k][1]))
+        )
+        for k in runner.batch_keys
+    }
     t0 = time.perf_counter()
     compiled = runner.step.lower(runner.abstract_state, batch).compile()
     mem = compiled.memory_analysis()
-    gib = 2.0 ** 30
-    row = {"method": config.method, "phase": phase_index, "model": config.model.name,
-           "batch": B, "seq": T, "devices": len(devices), "mesh": dict(mesh.shape),
-           "remat": config.model.remat, "micro_batches": config.data.micro_batches,
-           "args_gib": mem.argument_size_in_bytes / gib,
-           "temp_gib": mem.temp_size_in_bytes / gib,
-           "out_gib": mem.output_size_in_bytes / gib,
-           "alias_gib": mem.alias_size_in_bytes / gib,
-           "compile_s": time.perf_counter() - t0}
+    gib = 2.0**30
+    row = {
+        "method": config.method,
+        "phase": phase_index,
+        "model": config.model.name,
+        "batch": B,
+        "seq": T,
+        "devices": len(devices),
+        "mesh": dict(mesh.shape),
+        "remat": config.model.remat,
+        "micro_batches": config.data.micro_batches,
+        "args_gib": mem.argument_size_in_bytes / gib,
+        "temp_gib": mem.temp_size_in_bytes / gib,
+        "out_gib": mem.output_size_in_bytes / gib,
+        "alias_gib": mem.alias_size_in_bytes / gib,
+        "compile_s": time.perf_counter() - t0,
+    }
     row["per_device_gib"] = row["args_gib"] + row["temp_gib"] + row["out_gib"] - row["alias_gib"]
     row["temp_bytes_per_token"] = mem.temp_size_in_bytes / (B * T / len(devices))
     return runner, compiled, row
@@ -108,10 +127,12 @@ def main(argv=None) -> dict:
     os.environ["XLA_FLAGS"] = flags.strip()
     import jax
     import numpy as np
+
     from trainer.training import config as config_lib
 
-    config = config_lib.load_config(args.config, [*args.set, f"data.batch_size={args.batch}",
-                                                  f"data.seq_len={args.seq}"])
+    config = config_lib.load_config(
+        args.config, [*args.set, f"data.batch_size={args.batch}", f"data.seq_len={args.seq}"]
+    )
     devices = devices_for(args.topology, args.host_devices)
     runner, compiled, row = compile_step(config, devices, args.phase)
     row = {"config": args.config, "set": args.set, "platform": args.topology or "cpu", **row}
@@ -139,8 +160,10 @@ def main(argv=None) -> dict:
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
         row["step_s"] = float(np.median(times))
-    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in row.items()), flush=True)
+    print(
+        " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+        flush=True,
+    )
     if args.dump and args.top:
         for size, desc in top_buffers(args.dump, args.top):
             print(f"{size / 2**20:10.1f} MiB  {desc}")
@@ -152,14 +175,16 @@ def main(argv=None) -> dict:
 
 def top_buffers(dump_dir: str, n: int):
     """The n largest logical buffers of the train step's buffer assignment."""
-    files = sorted(glob.glob(os.path.join(dump_dir, "*train_step*buffer-assignment.txt")),
-                   key=os.path.getsize)
+    files = sorted(
+        glob.glob(os.path.join(dump_dir, "*train_step*buffer-assignment.txt")), key=os.path.getsize
+    )
     if not files:
         return []
     text = open(files[-1], encoding="utf-8").read()
     sizes = []
-    for m in re.finditer(r"^\s*value: <\d+ ([^>]+)> \(size=(\d+),offset=\d+\): (.*)$", text,
-                         re.MULTILINE):
+    for m in re.finditer(
+        r"^\s*value: <\d+ ([^>]+)> \(size=(\d+),offset=\d+\): (.*)$", text, re.MULTILINE
+    ):
         sizes.append((int(m.group(2)), f"{m.group(1)[:90]}  {m.group(3)[:60]}"))
     sizes.sort(reverse=True)
     return sizes[:n]

@@ -25,6 +25,7 @@ one), so the ladder can run in pieces. Prints a markdown table and writes
 OUT/teacher_ladder.png (student log-ppl vs teacher log-ppl, one line per α,
 NLL's band for reference).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,7 +100,9 @@ def demo_twin(ctx, piece: tuple, signal: str, samples: int) -> str | None:
     else:
         return None
     run_dir = ctx.path("runs", name)
-    if not all(os.path.exists(os.path.join(run_dir, f)) for f in ("final.json", "eval.json", "config.json")):
+    if not all(
+        os.path.exists(os.path.join(run_dir, f)) for f in ("final.json", "eval.json", "config.json")
+    ):
         return None
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
@@ -110,6 +113,7 @@ def demo_twin(ctx, piece: tuple, signal: str, samples: int) -> str | None:
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         return node
+
     return name if all(get(k) == v for k, v in want.items()) else None
 
 
@@ -144,14 +148,31 @@ def run_piece(ctx, piece: tuple, signal: str, samples: int, nll_store: str) -> d
         budget = piece[1]
         name, store = teacher_run(budget), ctx.path("stores", teacher_run(budget))
         if budget != 1:  # The 1× teacher is the demo's, trained by demo.run_demo.
-            demo_stages.train_run(ctx, "ladder", "teacher", ctx.path("runs", name),
-                                  ctx.path("tokens_store"), budget * ctx.size.teacher_budget)
+            demo_stages.train_run(
+                ctx,
+                "ladder",
+                "teacher",
+                ctx.path("runs", name),
+                ctx.path("tokens_store"),
+                budget * ctx.size.teacher_budget,
+            )
         demo_stages.evaluate_heldout(ctx, name)
-        demo_stages.run(ctx, "ladder", *demo_stages.teacher_dump_args(
-            ctx, store, ctx.size.k, samples=samples, teacher_run=name))
+        demo_stages.run(
+            ctx,
+            "ladder",
+            *demo_stages.teacher_dump_args(
+                ctx, store, ctx.size.k, samples=samples, teacher_run=name
+            ),
+        )
         log_ppl, n = _heldout(ctx, name)
-        return {"kind": "teacher", "budget": budget, "flops": budget * ctx.size.teacher_budget,
-                "store": store, "log_ppl": log_ppl, "heldout_rows": n}
+        return {
+            "kind": "teacher",
+            "budget": budget,
+            "flops": budget * ctx.size.teacher_budget,
+            "store": store,
+            "log_ppl": log_ppl,
+            "heldout_rows": n,
+        }
     if piece[0] == "nll":
         seed, budget, alpha, method, sets, store = piece[1], None, None, "nll", [], nll_store
     else:
@@ -159,12 +180,26 @@ def run_piece(ctx, piece: tuple, signal: str, samples: int, nll_store: str) -> d
         method, store = "kd", ctx.path("stores", teacher_run(budget))
         sets = [f"loss.alpha={alpha}", *signal_sets(signal, samples)]
     name = student_run(budget, alpha, seed)
-    demo_stages.train_run(ctx, "ladder", method, ctx.path("runs", name), store,
-                          ctx.size.student_budget, f"seed={seed}", *sets)
+    demo_stages.train_run(
+        ctx,
+        "ladder",
+        method,
+        ctx.path("runs", name),
+        store,
+        ctx.size.student_budget,
+        f"seed={seed}",
+        *sets,
+    )
     demo_stages.evaluate_heldout(ctx, name)
     log_ppl, n = _heldout(ctx, name)
-    return {"kind": method, "teacher_budget": budget, "alpha": alpha, "seed": seed,
-            "log_ppl": log_ppl, "heldout_rows": n}
+    return {
+        "kind": method,
+        "teacher_budget": budget,
+        "alpha": alpha,
+        "seed": seed,
+        "log_ppl": log_ppl,
+        "heldout_rows": n,
+    }
 
 
 def summarise(pieces: dict, budgets: list[float], alphas: list[float]) -> dict:
@@ -179,11 +214,15 @@ def summarise(pieces: dict, budgets: list[float], alphas: list[float]) -> dict:
          "teachers": [{"budget", "log_ppl", "kd": {alpha: cell | None}}]}, where a cell is
         {"log_ppl": [per seed], "mean", "spread", "delta_vs_nll", "beats_nll"}.
     """
+
     def stats(values):
         if not values:
             return None
-        return {"log_ppl": values, "mean": sum(values) / len(values),
-                "spread": max(values) - min(values)}
+        return {
+            "log_ppl": values,
+            "mean": sum(values) / len(values),
+            "spread": max(values) - min(values),
+        }
 
     nll = stats([p["log_ppl"] for p in pieces.values() if p["kind"] == "nll"])
     teachers = []
@@ -191,8 +230,13 @@ def summarise(pieces: dict, budgets: list[float], alphas: list[float]) -> dict:
         t = pieces.get(teacher_run(b))
         row = {"budget": b, "log_ppl": t["log_ppl"] if t else None, "kd": {}}
         for a in alphas:
-            cell = stats([p["log_ppl"] for p in sorted(pieces.values(), key=lambda p: p.get("seed", 0))
-                          if p["kind"] == "kd" and p["teacher_budget"] == b and p["alpha"] == a])
+            cell = stats(
+                [
+                    p["log_ppl"]
+                    for p in sorted(pieces.values(), key=lambda p: p.get("seed", 0))
+                    if p["kind"] == "kd" and p["teacher_budget"] == b and p["alpha"] == a
+                ]
+            )
             if cell and nll:
                 cell["delta_vs_nll"] = cell["mean"] - nll["mean"]
                 # "Beats" only beyond noise: more than the larger of the two seed spreads.
@@ -206,40 +250,63 @@ def _cell(cell: dict | None) -> str:
     if cell is None:
         return "–"
     seeds = " / ".join(f"{v:.4f}" for v in cell["log_ppl"])
-    delta = f" (Δ {cell['delta_vs_nll']:+.4f}{'*' if cell['beats_nll'] else ''})" \
-        if "delta_vs_nll" in cell else ""
+    delta = (
+        f" (Δ {cell['delta_vs_nll']:+.4f}{'*' if cell['beats_nll'] else ''})"
+        if "delta_vs_nll" in cell
+        else ""
+    )
     return seeds + delta
 
 
 def markdown_table(summary: dict, alphas: list[float]) -> str:
     """One row per teacher (and NLL's), one column per α: seeds' log-ppl and Δ vs NLL."""
-    md = ["| teacher | teacher log-ppl | " + " | ".join(f"KD α={a:g}" for a in alphas) + " |",
-          "|---|---|" + "---|" * len(alphas)]
+    md = [
+        "| teacher | teacher log-ppl | " + " | ".join(f"KD α={a:g}" for a in alphas) + " |",
+        "|---|---|" + "---|" * len(alphas),
+    ]
     nll = summary["nll"]
-    md.append("| none (NLL student) | – | " + " | ".join(
-        [("–" if nll is None else " / ".join(f"{v:.4f}" for v in nll["log_ppl"]))] * len(alphas))
-        + " |")
+    md.append(
+        "| none (NLL student) | – | "
+        + " | ".join(
+            [("–" if nll is None else " / ".join(f"{v:.4f}" for v in nll["log_ppl"]))] * len(alphas)
+        )
+        + " |"
+    )
     for row in summary["teachers"]:
         t = "–" if row["log_ppl"] is None else f"{row['log_ppl']:.4f}"
-        md.append(f"| {row['budget']:g}× demo teacher | {t} | "
-                  + " | ".join(_cell(row["kd"][f"{a:g}"]) for a in alphas) + " |")
+        md.append(
+            f"| {row['budget']:g}× demo teacher | {t} | "
+            + " | ".join(_cell(row["kd"][f"{a:g}"]) for a in alphas)
+            + " |"
+        )
     return "\n".join(md)
 
 
 def plot(summary: dict, alphas: list[float], path: str) -> str | None:
     """Student log-ppl vs teacher log-ppl, one line per α, NLL's mean and spread as a band."""
     import matplotlib  # Local: only the plot needs it.
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for a in alphas:
-        pts = [(r["log_ppl"], r["kd"][f"{a:g}"]) for r in summary["teachers"]
-               if r["log_ppl"] is not None and r["kd"][f"{a:g}"] is not None]
+        pts = [
+            (r["log_ppl"], r["kd"][f"{a:g}"])
+            for r in summary["teachers"]
+            if r["log_ppl"] is not None and r["kd"][f"{a:g}"] is not None
+        ]
         if not pts:
             continue
         xs = [x for x, _ in pts]
-        ax.errorbar(xs, [c["mean"] for _, c in pts], yerr=[c["spread"] / 2 for _, c in pts],
-                    marker="o", capsize=3, label=f"KD α={a:g}")
+        ax.errorbar(
+            xs,
+            [c["mean"] for _, c in pts],
+            yerr=[c["spread"] / 2 for _, c in pts],
+            marker="o",
+            capsize=3,
+            label=f"KD α={a:g}",
+        )
     nll = summary["nll"]
     if nll is not None:
         ax.axhline(nll["mean"], color="k", ls="--", lw=1, label="NLL student (no teacher)")
@@ -271,14 +338,24 @@ def _parse_floats(text: str, flag: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v]
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: give comma-separated numbers, e.g. 0.25,0.5,1,2") from None
+        raise ValueError(
+            f"{flag} {text!r}: give comma-separated numbers, e.g. 0.25,0.5,1,2"
+        ) from None
     if not values or any(v <= 0 for v in values):
         raise ValueError(f"{flag} {text!r}: give positive numbers, e.g. 0.25,0.5,1,2")
     return values
 
 
-def run_ladder(size_name: str, out_dir: str, budgets: list[float], alphas: list[float], seeds: int,
-               signal: str = "sampled", samples: int = 12, report_only: bool = False) -> dict:
+def run_ladder(
+    size_name: str,
+    out_dir: str,
+    budgets: list[float],
+    alphas: list[float],
+    seeds: int,
+    signal: str = "sampled",
+    samples: int = 12,
+    report_only: bool = False,
+) -> dict:
     """Runs (or resumes) the ladder; returns the state written to OUT/teacher_ladder.json.
 
     report_only: run nothing; table, plot and JSON summary from the pieces recorded so far
@@ -305,15 +382,27 @@ def run_ladder(size_name: str, out_dir: str, budgets: list[float], alphas: list[
     if os.path.exists(json_path):
         with open(json_path, encoding="utf-8") as f:
             state = json.load(f)
-    settings = {"size": size_name, "signal": signal, "samples": samples, "k": size.k,
-                "teacher_flops_1x": size.teacher_budget, "student_flops": size.student_budget}
+    settings = {
+        "size": size_name,
+        "signal": signal,
+        "samples": samples,
+        "k": size.k,
+        "teacher_flops_1x": size.teacher_budget,
+        "student_flops": size.student_budget,
+    }
     if state.get("settings", settings) != settings:
-        raise ValueError(f"{json_path} was made with {state['settings']}, not {settings}; "
-                         f"use another --out or the same settings")
+        raise ValueError(
+            f"{json_path} was made with {state['settings']}, not {settings}; "
+            f"use another --out or the same settings"
+        )
     state["settings"] = settings
     demo_loss = config_lib.load_config(f"{size.config}:kd").loss
-    late = {p for p in plan(budgets, alphas, seeds) if p[0] == "nll" or (
-        p[0] == "kd" and p[1] == 1 and p[2] == demo_loss.alpha and signal == demo_loss.signal)}
+    late = {
+        p
+        for p in plan(budgets, alphas, seeds)
+        if p[0] == "nll"
+        or (p[0] == "kd" and p[1] == 1 and p[2] == demo_loss.alpha and signal == demo_loss.signal)
+    }
     for piece in [] if report_only else plan(budgets, alphas, seeds, frozenset(late)):
         key = piece_key(piece)
         if key in state["pieces"]:
@@ -323,50 +412,84 @@ def run_ladder(size_name: str, out_dir: str, budgets: list[float], alphas: list[
         twin = demo_twin(ctx, piece, signal, samples)
         if twin is not None:
             print(f"[teacher_ladder] {key}: the demo's run {twin} (same settings)", flush=True)
-            result = {"kind": piece[0], "teacher_budget": None if piece[0] == "nll" else 1.0,
-                      "alpha": None if piece[0] == "nll" else piece[2], "seed": piece[-1],
-                      "log_ppl": _heldout(ctx, twin)[0], "demo_run": twin}
+            result = {
+                "kind": piece[0],
+                "teacher_budget": None if piece[0] == "nll" else 1.0,
+                "alpha": None if piece[0] == "nll" else piece[2],
+                "seed": piece[-1],
+                "log_ppl": _heldout(ctx, twin)[0],
+                "demo_run": twin,
+            }
         else:
             print(f"[teacher_ladder] {key} ({time.time() - t_start:.0f}s elapsed)", flush=True)
-            result = run_piece(ctx, piece, signal, samples,
-                               nll_store=ctx.path("stores", teacher_run(budgets[0])))
-        result.update(wall_s=round(time.time() - t0, 1), git_sha=_git_sha(),
-                      finished=datetime.datetime.now(datetime.timezone.utc).isoformat())
+            result = run_piece(
+                ctx, piece, signal, samples, nll_store=ctx.path("stores", teacher_run(budgets[0]))
+            )
+        result.update(
+            wall_s=round(time.time() - t0, 1),
+            git_sha=_git_sha(),
+            finished=datetime.datetime.now(datetime.UTC).isoformat(),
+        )
         state["pieces"][key] = result
         _save(json_path, state)
     summary = summarise(state["pieces"], budgets, alphas)
-    state.update(summary=summary, budgets=budgets, alphas=alphas, seeds=seeds,
-                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                 git_sha=_git_sha(), machine=f"{platform.node()} ({os.cpu_count()} CPUs)",
-                 pieces_wall_s=round(sum(p["wall_s"] for p in state["pieces"].values()), 1),
-                 this_call_wall_s=round(time.time() - t_start, 1),
-                 plot=plot(summary, alphas, os.path.join(out_dir, "teacher_ladder.png")))
+    state.update(
+        summary=summary,
+        budgets=budgets,
+        alphas=alphas,
+        seeds=seeds,
+        date=datetime.datetime.now(datetime.UTC).isoformat(),
+        git_sha=_git_sha(),
+        machine=f"{platform.node()} ({os.cpu_count()} CPUs)",
+        pieces_wall_s=round(sum(p["wall_s"] for p in state["pieces"].values()), 1),
+        this_call_wall_s=round(time.time() - t_start, 1),
+        plot=plot(summary, alphas, os.path.join(out_dir, "teacher_ladder.png")),
+    )
     _save(json_path, state)
     return state
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default="cpu", help="demo size: cpu | ci | gpu (scripts/demo_sizes.py)")
-    p.add_argument("--budgets", default="0.25,0.5,1,2",
-                   help="teacher FLOPs as multiples of the demo teacher's (1: the demo teacher)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--size", default="cpu", help="demo size: cpu | ci | gpu (scripts/demo_sizes.py)"
+    )
+    p.add_argument(
+        "--budgets",
+        default="0.25,0.5,1,2",
+        help="teacher FLOPs as multiples of the demo teacher's (1: the demo teacher)",
+    )
     p.add_argument("--alphas", default="0.2,0.5,0.7", help="KD mixing weights α")
     p.add_argument("--seeds", type=int, default=2, help="seeds of every student")
-    p.add_argument("--signal", default="sampled", help="KD signal: sampled (the demo's default) | topk")
-    p.add_argument("--samples", type=int, default=12, help="sampled draws per position in each dump")
-    p.add_argument("--out", default=None, help="output directory (resumable; default "
-                   "bench/results/teacher_ladder_<size>)")
-    p.add_argument("--report-only", action="store_true",
-                   help="run nothing: summarise the pieces recorded in OUT so far")
+    p.add_argument(
+        "--signal", default="sampled", help="KD signal: sampled (the demo's default) | topk"
+    )
+    p.add_argument(
+        "--samples", type=int, default=12, help="sampled draws per position in each dump"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory (resumable; default bench/results/teacher_ladder_<size>)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: summarise the pieces recorded in OUT so far",
+    )
     args = p.parse_args(argv)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"teacher_ladder_{args.size}")
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", f"teacher_ladder_{args.size}"
+    )
     try:
         get_size(args.size)
         budgets = _parse_floats(args.budgets, "--budgets")
         alphas = _parse_floats(args.alphas, "--alphas")
-        state = run_ladder(args.size, out, budgets, alphas, args.seeds, args.signal, args.samples,
-                           args.report_only)
+        state = run_ladder(
+            args.size, out, budgets, alphas, args.seeds, args.signal, args.samples, args.report_only
+        )
     except ValueError as e:
         print(f"teacher_ladder: {e}", file=sys.stderr)
         return 2
@@ -374,8 +497,10 @@ def main(argv=None) -> int:
         print(f"teacher_ladder: {e}; rerun the same command to resume", file=sys.stderr)
         return 1
     print(markdown_table(state["summary"], state["alphas"]))
-    print(f"\nΔ vs the NLL students' mean; * = better than NLL by more than the larger seed spread. "
-          f"Pieces' wall time {state['pieces_wall_s']:.0f} s (this call {state['this_call_wall_s']:.0f} s).")
+    print(
+        f"\nΔ vs the NLL students' mean; * = better than NLL by more than the larger seed spread. "
+        f"Pieces' wall time {state['pieces_wall_s']:.0f} s (this call {state['this_call_wall_s']:.0f} s)."
+    )
     print(f"(JSON: {os.path.join(out, 'teacher_ladder.json')}; plot: {state['plot']})")
     return 0
 

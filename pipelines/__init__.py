@@ -18,6 +18,7 @@ without Google's apitools ("WARNING:root:apitools not found, ..."): Beam
 itself goes on without it, and the line misleads users who never touch
 BigQuery. Other warnings are untouched.
 """
+
 import logging
 
 

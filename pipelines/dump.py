@@ -10,6 +10,7 @@ Dataflow/Flink/Spark flags, `--runner dask --dask_client_address HOST:PORT`)
 pass through; the DirectRunner is the default. Rerunning the same command
 resumes: committed units are skipped. See docs/pipelines.md.
 """
+
 import dataclasses
 import logging
 import sys
@@ -19,7 +20,6 @@ import sys
 from pipelines import errors, options
 
 
-
 def _user_errors():
     """Errors from the packages we call that carry a one-line user message (their
     subclasses are recognised too: pipelines.errors.find_pipeline_error). Imported
@@ -27,6 +27,7 @@ def _user_errors():
     import store
     from trainer.model import tokenizer
     from trainer.model.errors import ConfigError, ModelInputError, ModelIOError
+
     return (store.StoreError, ConfigError, ModelInputError, ModelIOError, tokenizer.TokenizerError)
 
 
@@ -46,6 +47,7 @@ class DumpResult:
             counters as "namespace.name" — attempts, which a retry repeats.
         progress_lines: progress lines printed during the run.
     """
+
     plan: object  # pipelines.plan.DumpPlan
     counters: dict
     progress_lines: list
@@ -54,6 +56,7 @@ class DumpResult:
 def _existing_writer(url):
     """A writer of the store at `url`, or None when there is no store yet."""
     import store
+
     try:
         return store.open_writer(url)
     except store.StoreNotFoundError:
@@ -70,11 +73,22 @@ def _handler(opts, plan, encode_profile=None):
     """The teacher's model handler; `encode_profile`: an existing store's profile rules
     (a compact store from before id packing keeps plain ids), None: the current rules."""
     from pipelines.teacher_handler import TeacherModelHandler  # imports JAX: only with --teacher
+
     return TeacherModelHandler(
-        opts.teacher, k=opts.k, layers=plan.hidden_layers, batch_size=opts.batch_size,
-        top_p=opts.top_p, samples=opts.samples, rows_per_unit=opts.rows_per_unit, dtype=opts.teacher_dtype, token_tile=opts.token_tile,
-        share_across_processes=opts.share_across_processes, num_devices=opts.num_devices or None,
-        encode_for=plan.schema, encode_profile=encode_profile)
+        opts.teacher,
+        k=opts.k,
+        layers=plan.hidden_layers,
+        batch_size=opts.batch_size,
+        top_p=opts.top_p,
+        samples=opts.samples,
+        rows_per_unit=opts.rows_per_unit,
+        dtype=opts.teacher_dtype,
+        token_tile=opts.token_tile,
+        share_across_processes=opts.share_across_processes,
+        num_devices=opts.num_devices or None,
+        encode_for=plan.schema,
+        encode_profile=encode_profile,
+    )
 
 
 def build_pipeline(argv, read_ledgers=True):
@@ -92,8 +106,11 @@ def build_pipeline(argv, read_ledgers=True):
         (beam.Pipeline, DumpPlan, DumpOptions view).
     """
     import apache_beam as beam
+
+    from pipelines import plan as plan_lib
+    from pipelines import spine, teacher_stage
     from store import profiles
-    from pipelines import plan as plan_lib, spine, teacher_stage
+
     pipeline_options, opts = options.parse(argv)
     plan = plan_lib.make_plan(opts)
     encode_profile = None
@@ -105,31 +122,58 @@ def build_pipeline(argv, read_ledgers=True):
         if writer is not None:
             encode_profile = profiles.for_store(plan.schema, writer.manifest)
         plan = dataclasses.replace(
-            plan, committed_before=committed_units(opts.store, writer),
-            heldout_committed_before=(committed_units(opts.heldout_store)
-                                      if plan.heldout_schema is not None else frozenset()))
+            plan,
+            committed_before=committed_units(opts.store, writer),
+            heldout_committed_before=(
+                committed_units(opts.heldout_store)
+                if plan.heldout_schema is not None
+                else frozenset()
+            ),
+        )
 
     pipeline = beam.Pipeline(options=pipeline_options)
     chunks = pipeline | "ReadSpine" >> spine.ReadSpine(
-        plan.paths, plan.model_bytes, opts.heldout_fraction, opts.input_format,
-        opts.decode_errors, opts.docs_per_chunk)
+        plan.paths,
+        plan.model_bytes,
+        opts.heldout_fraction,
+        opts.input_format,
+        opts.decode_errors,
+        opts.docs_per_chunk,
+    )
     units = chunks[spine.TRAIN] | "PackUnits" >> spine.PackUnits(
-        opts.seq_len, opts.rows_per_unit,
-        teacher_stage.PrepareStore(opts.store, plan.schema, plan.committed_before, split=opts.split))
+        opts.seq_len,
+        opts.rows_per_unit,
+        teacher_stage.PrepareStore(
+            opts.store, plan.schema, plan.committed_before, split=opts.split
+        ),
+    )
     if plan.teacher_cfg is None:
         written = [units | "WriteTokens" >> teacher_stage.WriteTokensOnly(opts.store)]
     else:
-        written = [units | "TeacherSignal" >> teacher_stage.WriteTeacherSignal(
-            opts.store, _handler(opts, plan, encode_profile), opts.units_per_call)]
+        written = [
+            units
+            | "TeacherSignal"
+            >> teacher_stage.WriteTeacherSignal(
+                opts.store, _handler(opts, plan, encode_profile), opts.units_per_call
+            )
+        ]
     if plan.heldout_schema is not None:
         written.append(
             chunks[spine.HELDOUT]
-            | "PackHeldout" >> spine.PackUnits(
-                opts.seq_len, opts.rows_per_unit,
-                teacher_stage.PrepareStore(opts.heldout_store, plan.heldout_schema,
-                                           plan.heldout_committed_before, "held-out store",
-                                           split="heldout"))
-            | "WriteHeldout" >> teacher_stage.WriteTokensOnly(opts.heldout_store))
+            | "PackHeldout"
+            >> spine.PackUnits(
+                opts.seq_len,
+                opts.rows_per_unit,
+                teacher_stage.PrepareStore(
+                    opts.heldout_store,
+                    plan.heldout_schema,
+                    plan.heldout_committed_before,
+                    "held-out store",
+                    split="heldout",
+                ),
+            )
+            | "WriteHeldout" >> teacher_stage.WriteTokensOnly(opts.heldout_store)
+        )
     # One sink that depends on every write: a runner that computes only the
     # graph's last node (the Dask runner does) still runs all of them.
     tuple(written) | "AllWritten" >> beam.Flatten()
@@ -144,6 +188,7 @@ def _ledger_counters(url, before, prefix=""):
     """
     import store
     from store import profiles
+
     writer = store.open_writer(url)
     writer.compact()
     new = writer.committed_units() - before
@@ -151,14 +196,20 @@ def _ledger_counters(url, before, prefix=""):
     schema = writer.schema
     # Encoded (pre-compression) bytes per row of every array of the store.
     row_bytes = sum(s.row_bytes for s in profiles.get_profile(schema.profile).arrays(schema))
-    return {prefix + "units_committed": len(new), prefix + "units_already_committed": len(before),
-            prefix + "rows": rows, prefix + "tokens": rows * schema.seq_len,
-            prefix + "bytes_written": rows * row_bytes}
+    return {
+        prefix + "units_committed": len(new),
+        prefix + "units_already_committed": len(before),
+        prefix + "rows": rows,
+        prefix + "tokens": rows * schema.seq_len,
+        prefix + "bytes_written": rows * row_bytes,
+    }
 
 
 def _beam_counters(result):
     from apache_beam.metrics.metric import MetricsFilter
+
     from pipelines import spine
+
     totals = {}
     try:
         metrics = result.metrics().query(MetricsFilter())
@@ -189,6 +240,7 @@ def run_dump(argv):
         `pipelines.errors`, `store.errors`); other exceptions are bugs.
     """
     from pipelines import progress
+
     pipeline, plan, opts = build_pipeline(argv)
     with progress.ProgressReporter(opts.store, opts.progress_interval) as reporter:
         try:
@@ -203,13 +255,15 @@ def run_dump(argv):
             if isinstance(user_error, errors.StoreWriteError):
                 user_error = errors.StoreWriteError(
                     f"{errors.clean_message(user_error)}; {_committed_summary(opts)}; "
-                    "fix the storage and re-run the same command to resume")
+                    "fix the storage and re-run the same command to resume"
+                )
             raise user_error from None
     counters = _beam_counters(result)
     counters.update(_ledger_counters(opts.store, plan.committed_before))
     if plan.heldout_schema is not None:
-        counters.update(_ledger_counters(opts.heldout_store, plan.heldout_committed_before,
-                                         "heldout_"))
+        counters.update(
+            _ledger_counters(opts.heldout_store, plan.heldout_committed_before, "heldout_")
+        )
     return DumpResult(plan, counters, reporter.lines)
 
 
@@ -250,14 +304,17 @@ def heldout_warning(counters):
         size = f"{tokens} tokens"
     else:
         size = f"{documents} documents of {documents + counters['documents']} ({tokens} tokens)"
-    return (f"warning: the held-out split has {size}, too few for a stable held-out "
-            f"log-perplexity (want >= {MIN_HELDOUT_DOCUMENTS} documents); raise "
-            "--heldout-fraction or add text")
+    return (
+        f"warning: the held-out split has {size}, too few for a stable held-out "
+        f"log-perplexity (want >= {MIN_HELDOUT_DOCUMENTS} documents); raise "
+        "--heldout-fraction or add text"
+    )
 
 
 def _committed_summary(opts):
-    """"3/40 units of /data/store are committed" for each store of the run."""
+    """ "3/40 units of /data/store are committed" for each store of the run."""
     import store
+
     parts = []
     for url in filter(None, (opts.store, opts.heldout_store)):
         try:
@@ -265,8 +322,9 @@ def _committed_summary(opts):
         except store.StoreNotFoundError:
             parts.append(f"{url} was not created")
             continue
-        parts.append(f"{len(writer.committed_units())}/{writer.num_units} units of {url} "
-                     "are committed")
+        parts.append(
+            f"{len(writer.committed_units())}/{writer.num_units} units of {url} are committed"
+        )
     return ", ".join(parts)
 
 
@@ -287,8 +345,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         # Committed units are durable and skipped by a re-run; Beam's threads
         # and worker processes are abandoned with the process.
-        print(f"interrupted: {_interrupted_summary(precheck)}; re-run the same command to "
-              "resume (committed units are skipped)", file=sys.stderr, flush=True)
+        print(
+            f"interrupted: {_interrupted_summary(precheck)}; re-run the same command to "
+            "resume (committed units are skipped)",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
 
 
@@ -325,9 +387,11 @@ def _protect_imports():
     try:
         from trainer.model import cli_guard
     except ImportError:  # ./trainer in the working directory hides ours
-        sys.exit("error: ./trainer in the working directory hides this project's `trainer` "
-                 "package under `python -m`; run the installed `hd-dump` command or run from "
-                 "another directory")
+        sys.exit(
+            "error: ./trainer in the working directory hides this project's `trainer` "
+            "package under `python -m`; run the installed `hd-dump` command or run from "
+            "another directory"
+        )
     cli_guard.protect()
 
 

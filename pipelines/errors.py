@@ -7,6 +7,7 @@ or remote runners: only the formatted remote traceback survives), so
 `find_pipeline_error` looks both through the exception chain and through the
 text for `<ClassName>: <message>`.
 """
+
 import re
 
 # The tokenizer belongs to the model (trainer.model.tokenizer, shared with
@@ -67,15 +68,19 @@ def storage_failure(exc):
     """
     # Imported here: the CLIs check their flags with these classes before the
     # store's (TensorStore's) import.
-    from store import errors as store_errors, remote
+    from store import errors as store_errors
+    from store import remote
+
     if isinstance(exc, store_errors.StorageAccessError):
         return exc.failure
     local = remote.local_failure(exc)
     if local is not None:
         return local
     # Object stores report no errno, only the status.
-    for status, what in (("RESOURCE_EXHAUSTED", "storage exhausted"),
-                         ("PERMISSION_DENIED", "permission denied")):
+    for status, what in (
+        ("RESOURCE_EXHAUSTED", "storage exhausted"),
+        ("PERMISSION_DENIED", "permission denied"),
+    ):
         if str(exc).startswith(status):
             return what
     return None

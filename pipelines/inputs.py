@@ -16,6 +16,7 @@ forced with `input_format`):
 Compressed files (`.gz`, `.bz2`, `.zst`, ...) are read through Beam's
 `FileSystems`, which also makes `gs://` / `s3://` paths work.
 """
+
 import bz2
 import contextlib
 import enum
@@ -39,6 +40,7 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".xz", ".lzma")
 
 class InputFormat(enum.Enum):
     """How documents are laid out in a file."""
+
     AUTO = "auto"
     TEXT = "text"
     JSONL = "jsonl"
@@ -56,7 +58,8 @@ _FORMAT_BY_SUFFIX = {
 
 class DecodeErrors(enum.Enum):
     """What to do with bytes that are not valid UTF-8."""
-    STRICT = "strict"    # fail, naming the file and line
+
+    STRICT = "strict"  # fail, naming the file and line
     REPLACE = "replace"  # substitute U+FFFD and go on
 
 
@@ -81,7 +84,8 @@ def detect_format(path, input_format=InputFormat.AUTO):
     known = ", ".join(_FORMAT_BY_SUFFIX)
     raise InputError(
         f"cannot tell the format of {path} from its suffix (known: {known}); "
-        "rename it or pass --input-format text|jsonl|parquet")
+        "rename it or pass --input-format text|jsonl|parquet"
+    )
 
 
 def _directory_files(path):
@@ -94,8 +98,12 @@ def _directory_files(path):
         results = FileSystems.match([os.path.join(path, "")])
     except Exception as e:  # Beam raises BeamIOError for unlistable paths
         raise InputError(f"cannot list input directory {path!r}: {e}; check the path") from None
-    return [m.path for r in results for m in r.metadata_list
-            if not os.path.basename(m.path).startswith(".")]
+    return [
+        m.path
+        for r in results
+        for m in r.metadata_list
+        if not os.path.basename(m.path).startswith(".")
+    ]
 
 
 def expand_inputs(globs):
@@ -120,8 +128,10 @@ def expand_inputs(globs):
         if "://" not in pattern and os.path.isdir(pattern):
             matched = _directory_files(pattern)
             if not matched:
-                raise InputError(f"input directory {pattern!r} holds no file (dot-files and "
-                                 "sub-directories are not read); check the path")
+                raise InputError(
+                    f"input directory {pattern!r} holds no file (dot-files and "
+                    "sub-directories are not read); check the path"
+                )
             paths.update(matched)
             continue
         try:
@@ -130,8 +140,7 @@ def expand_inputs(globs):
             raise InputError(f"cannot list input {pattern!r}: {e}; check the path") from None
         matched = [m.path for r in results for m in r.metadata_list]
         if not matched:
-            raise InputError(
-                f"input {pattern!r} matches no file; check the path or glob")
+            raise InputError(f"input {pattern!r} matches no file; check the path or glob")
         paths.update(matched)
     return sorted(paths)
 
@@ -151,7 +160,8 @@ def check_readable(path):
     except Exception as e:
         raise InputError(
             f"cannot read input file {path}: {type(e).__name__}: {e}; "
-            "check that it exists and is readable") from None
+            "check that it exists and is readable"
+        ) from None
 
 
 def _decode(raw, path, where, decode_errors):
@@ -159,8 +169,9 @@ def _decode(raw, path, where, decode_errors):
         return raw.decode("utf-8", errors=decode_errors.value)
     except UnicodeDecodeError as e:
         raise DecodeError(
-            f"{path} {where} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
-            "fix the file or pass --decode-errors replace") from None
+            f"{path} {where} is not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 4]!r}); "
+            "fix the file or pass --decode-errors replace"
+        ) from None
 
 
 # Python's decompressors raise on a truncated stream; Beam's CompressedFile
@@ -181,12 +192,17 @@ def _open(path, decompress=True):
     # Other codecs Beam knows (.zst, .deflate) go through its CompressedFile.
     beam_codec = decompress and suffix is None and lower.endswith((".zst", ".deflate"))
     try:
-        raw = FileSystems.open(path, compression_type=(
-            CompressionTypes.AUTO if beam_codec else CompressionTypes.UNCOMPRESSED))
+        raw = FileSystems.open(
+            path,
+            compression_type=(
+                CompressionTypes.AUTO if beam_codec else CompressionTypes.UNCOMPRESSED
+            ),
+        )
     except Exception as e:
         raise InputError(
             f"cannot read input file {path}: {type(e).__name__}: {e}; "
-            "check that it exists and is readable") from None
+            "check that it exists and is readable"
+        ) from None
     with raw:
         if suffix is None:
             yield raw
@@ -229,12 +245,14 @@ def _read_jsonl(path, decode_errors):
             except json.JSONDecodeError as e:
                 raise InputError(
                     f"{path} line {line_no} is not valid JSON ({e.msg}); "
-                    "fix the file or pass --input-format text") from None
+                    "fix the file or pass --input-format text"
+                ) from None
             text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):
                 raise InputError(
                     f"{path} line {line_no} has no string field 'text'; "
-                    "JSON lines inputs need {\"text\": ...} per line (the C4 format)")
+                    'JSON lines inputs need {"text": ...} per line (the C4 format)'
+                )
             yield text
 
 
@@ -242,15 +260,19 @@ def _read_parquet(path, decode_errors):
     # Only parquet inputs pay for pyarrow's import.
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     with _open(path, decompress=False) as f:
         try:
             parquet = pq.ParquetFile(f)
         except Exception as e:
-            raise InputError(f"{path} is not a readable parquet file ({e}); fix or remove it") from None
+            raise InputError(
+                f"{path} is not a readable parquet file ({e}); fix or remove it"
+            ) from None
         if "text" not in parquet.schema_arrow.names:
             raise InputError(
                 f"{path} has no 'text' column (columns: {parquet.schema_arrow.names}); "
-                "parquet inputs need a string column named 'text'")
+                "parquet inputs need a string column named 'text'"
+            )
         for batch in parquet.iter_batches(columns=["text"], batch_size=1024):
             column = batch.column(0)
             if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
@@ -299,7 +321,8 @@ def read_documents(path, input_format=InputFormat.AUTO, decode_errors=DecodeErro
                 if decode_errors is DecodeErrors.STRICT:
                     raise DecodeError(
                         f"{path} document {index} contains NUL characters (a binary or UTF-16 "
-                        "file?); fix the file or pass --decode-errors replace (drops them)")
+                        "file?); fix the file or pass --decode-errors replace (drops them)"
+                    )
                 with_nul += 1
                 text = text.replace("\x00", "")
             if text.strip():
@@ -307,11 +330,15 @@ def read_documents(path, input_format=InputFormat.AUTO, decode_errors=DecodeErro
     except (OSError, EOFError, zlib.error) as e:
         raise InputError(
             f"cannot read input file {path}: {type(e).__name__}: {e}; "
-            "check that it is complete and not corrupt (re-download or remove it)") from None
+            "check that it is complete and not corrupt (re-download or remove it)"
+        ) from None
     finally:  # Also when the reader stops early (e.g. the tokenizer's sentence cap).
         if with_nul:
-            log.warning("%s: dropped NUL characters from %d document(s) (--decode-errors "
-                        "replace)", path, with_nul)
+            log.warning(
+                "%s: dropped NUL characters from %d document(s) (--decode-errors replace)",
+                path,
+                with_nul,
+            )
 
 
 def iter_corpus(globs, input_format=InputFormat.AUTO, decode_errors=DecodeErrors.STRICT):

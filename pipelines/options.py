@@ -10,6 +10,7 @@ An argument that is neither ours nor Beam's is refused (Beam alone would
 log "Discarding unparseable args" and go on): a shell-expanded unquoted glob
 after a flag other than `--input` would otherwise drop files silently.
 """
+
 import argparse
 import importlib
 import os
@@ -23,8 +24,18 @@ RUNNER_ALIASES = {
 }
 
 # Flags that only mean something with --teacher (refused in a tokens-only dump).
-TEACHER_FLAGS = ("k", "samples", "profile", "top_p", "teacher_dtype", "batch_size", "num_devices",
-                 "token_tile", "units_per_call", "share_across_processes")
+TEACHER_FLAGS = (
+    "k",
+    "samples",
+    "profile",
+    "top_p",
+    "teacher_dtype",
+    "batch_size",
+    "num_devices",
+    "token_tile",
+    "units_per_call",
+    "share_across_processes",
+)
 
 
 def _flag(parser, name, **kwargs):
@@ -38,52 +49,137 @@ class _Flags:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _flag(parser, "input", action="extend", nargs="+", default=None,
-              help="input files or globs (several, and repeatable): .txt, .jsonl[.gz], .parquet")
+        _flag(
+            parser,
+            "input",
+            action="extend",
+            nargs="+",
+            default=None,
+            help="input files or globs (several, and repeatable): .txt, .jsonl[.gz], .parquet",
+        )
         _flag(parser, "store", default=None, help="output store URL (path, file://, gs://, s3://)")
-        _flag(parser, "teacher", default=None,
-              help="teacher: a model checkpoint (teacher_dump.convert output, a run's export/) or "
-                   "a finished trainer run directory (its export/ is used); omit it for a "
-                   "tokens-only store (k=0), e.g. to pre-train a teacher")
+        _flag(
+            parser,
+            "teacher",
+            default=None,
+            help="teacher: a model checkpoint (teacher_dump.convert output, a run's export/) or "
+            "a finished trainer run directory (its export/ is used); omit it for a "
+            "tokens-only store (k=0), e.g. to pre-train a teacher",
+        )
         _flag(parser, "tokenizer", default=None, help="SentencePiece .model file")
         _flag(parser, "seq_len", type=int, default=None, help="tokens per row (T)")
-        _flag(parser, "k", type=int, default=128,
-              help="top-k width stored per token (0: none, only with --samples > 0)")
-        _flag(parser, "samples", type=int, default=0,
-              help="teacher draws per position stored as sampled ids + counts (sampled "
-                   "logits, 0..255; 0: none), keyed by store row and position")
-        _flag(parser, "hidden_layers", type=int, nargs="*", default=None,
-              help="teacher layers to store (1-based block counts; default L//2; none: pass the flag empty)")
-        _flag(parser, "profile", default="exact", help="store precision profile: exact|compact|lean")
-        _flag(parser, "rows_per_unit", type=int, default=64,
-              help="rows per work unit (the commit / resume granularity)")
+        _flag(
+            parser,
+            "k",
+            type=int,
+            default=128,
+            help="top-k width stored per token (0: none, only with --samples > 0)",
+        )
+        _flag(
+            parser,
+            "samples",
+            type=int,
+            default=0,
+            help="teacher draws per position stored as sampled ids + counts (sampled "
+            "logits, 0..255; 0: none), keyed by store row and position",
+        )
+        _flag(
+            parser,
+            "hidden_layers",
+            type=int,
+            nargs="*",
+            default=None,
+            help="teacher layers to store (1-based block counts; default L//2; none: pass the flag empty)",
+        )
+        _flag(
+            parser, "profile", default="exact", help="store precision profile: exact|compact|lean"
+        )
+        _flag(
+            parser,
+            "rows_per_unit",
+            type=int,
+            default=64,
+            help="rows per work unit (the commit / resume granularity)",
+        )
         _flag(parser, "batch_size", type=int, default=8, help="rows per teacher device call")
-        _flag(parser, "num_devices", type=int, default=1,
-              help="local devices per worker process to split each batch over (params "
-                   "replicated; --batch-size must divide evenly); 0: all of them")
-        _flag(parser, "token_tile", type=int, default=2048,
-              help="tokens per de-embedding tile of the teacher (bounds its logits memory)")
-        _flag(parser, "units_per_call", type=int, default=1,
-              help="work units per RunInference call (host memory holds that many units' signal)")
-        _flag(parser, "share_across_processes", action="store_true", default=False,
-              help="one teacher per machine shared by its worker processes (Beam "
-                   "multi_process_shared) instead of one per process")
-        _flag(parser, "teacher_dtype", default=None,
-              help="teacher compute dtype override (float32|bfloat16); default: the checkpoint's")
-        _flag(parser, "top_p", type=float, default=None, help="optional top-p truncation of the top-k")
-        _flag(parser, "heldout_fraction", type=float, default=0.0,
-              help="fraction of documents (by text hash) sent to --heldout-store")
-        _flag(parser, "heldout_store", default=None, help="tokens-only store for the held-out split")
-        _flag(parser, "split", default="train", choices=("train", "heldout"),
-              help="what --store's rows are for, recorded in its manifest: train, or heldout (an "
-                   "evaluation set; `trainer.evaluate --tasks heldout` warns on a train store)")
+        _flag(
+            parser,
+            "num_devices",
+            type=int,
+            default=1,
+            help="local devices per worker process to split each batch over (params "
+            "replicated; --batch-size must divide evenly); 0: all of them",
+        )
+        _flag(
+            parser,
+            "token_tile",
+            type=int,
+            default=2048,
+            help="tokens per de-embedding tile of the teacher (bounds its logits memory)",
+        )
+        _flag(
+            parser,
+            "units_per_call",
+            type=int,
+            default=1,
+            help="work units per RunInference call (host memory holds that many units' signal)",
+        )
+        _flag(
+            parser,
+            "share_across_processes",
+            action="store_true",
+            default=False,
+            help="one teacher per machine shared by its worker processes (Beam "
+            "multi_process_shared) instead of one per process",
+        )
+        _flag(
+            parser,
+            "teacher_dtype",
+            default=None,
+            help="teacher compute dtype override (float32|bfloat16); default: the checkpoint's",
+        )
+        _flag(
+            parser, "top_p", type=float, default=None, help="optional top-p truncation of the top-k"
+        )
+        _flag(
+            parser,
+            "heldout_fraction",
+            type=float,
+            default=0.0,
+            help="fraction of documents (by text hash) sent to --heldout-store",
+        )
+        _flag(
+            parser, "heldout_store", default=None, help="tokens-only store for the held-out split"
+        )
+        _flag(
+            parser,
+            "split",
+            default="train",
+            choices=("train", "heldout"),
+            help="what --store's rows are for, recorded in its manifest: train, or heldout (an "
+            "evaluation set; `trainer.evaluate --tasks heldout` warns on a train store)",
+        )
         _flag(parser, "input_format", default="auto", help="auto|text|jsonl|parquet")
-        _flag(parser, "decode_errors", default="strict",
-              help="non-UTF-8 input bytes: strict (fail naming the file) | replace (U+FFFD)")
-        _flag(parser, "docs_per_chunk", type=int, default=4096,
-              help="documents per spine chunk (parallelism only; does not change the store)")
-        _flag(parser, "progress_interval", type=float, default=10.0,
-              help="seconds between progress lines (0: none)")
+        _flag(
+            parser,
+            "decode_errors",
+            default="strict",
+            help="non-UTF-8 input bytes: strict (fail naming the file) | replace (U+FFFD)",
+        )
+        _flag(
+            parser,
+            "docs_per_chunk",
+            type=int,
+            default=4096,
+            help="documents per spine chunk (parallelism only; does not change the store)",
+        )
+        _flag(
+            parser,
+            "progress_interval",
+            type=float,
+            default=10.0,
+            help="seconds between progress lines (0: none)",
+        )
 
 
 add_flags = _Flags._add_argparse_args
@@ -152,12 +248,15 @@ def _import_runner_options(runner):
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise OptionsError(f"--runner {runner}: cannot import {module} ({e}); install the "
-                               "runner's package (for Dask: dask[distributed])") from None
+            raise OptionsError(
+                f"--runner {runner}: cannot import {module} ({e}); install the "
+                "runner's package (for Dask: dask[distributed])"
+            ) from None
 
 
 def _unknown_args(argv):
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
     dump_options()  # registers our flags with Beam before the scan below
     parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
@@ -193,12 +292,18 @@ def parse(argv):
     unknown = _unknown_args(argv)
     if unknown:
         first = unknown[0]
-        hint = (f"if it is an input file, pass it after --input (which takes several paths) "
-                f"or quote the glob: --input '/dir/*.txt'" if not first.startswith("-")
-                else "see `python -m pipelines.dump --help` and Beam's runner flags")
-        raise OptionsError(f"unknown argument {first!r}"
-                           f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; {hint}")
+        hint = (
+            "if it is an input file, pass it after --input (which takes several paths) "
+            "or quote the glob: --input '/dir/*.txt'"
+            if not first.startswith("-")
+            else "see `python -m pipelines.dump --help` and Beam's runner flags"
+        )
+        raise OptionsError(
+            f"unknown argument {first!r}"
+            f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; {hint}"
+        )
     from apache_beam.options.pipeline_options import PipelineOptions
+
     pipeline_options = PipelineOptions(argv)
     opts = pipeline_options.view_as(dump_options())
     _check_teacher_flags(opts, argv)
@@ -212,8 +317,10 @@ def _check_teacher_flags(opts, argv):
         extra = sorted(n for n in _given(argv) if n in TEACHER_FLAGS)
         if extra:
             flags = " ".join("--" + n.replace("_", "-") for n in extra)
-            raise OptionsError(f"{flags} only apply with --teacher (without it the store holds "
-                               "tokens only); pass --teacher CKPT or drop them")
+            raise OptionsError(
+                f"{flags} only apply with --teacher (without it the store holds "
+                "tokens only); pass --teacher CKPT or drop them"
+            )
 
 
 def precheck(argv):
@@ -226,8 +333,9 @@ def precheck(argv):
         OptionsError: what `validate` and `parse` would refuse in our flags.
     """
     # A malformed value (e.g. --seq-len abc) ends here as argparse does: usage + one line, exit 2.
-    parser = argparse.ArgumentParser(prog="python -m pipelines.dump", add_help=False,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.dump", add_help=False, allow_abbrev=False
+    )
     add_flags(parser)
     opts, _ = parser.parse_known_args(argv)
     _check_teacher_flags(opts, argv)
@@ -264,7 +372,8 @@ def teacher_checkpoint(teacher):
             f"--teacher {teacher} is a trainer run directory with no exported model yet "
             f"({os.path.join(str(teacher), _EXPORT_DIR)} is written when the run finishes); "
             "finish the run by re-running its `python -m trainer` command, or pass a model "
-            "checkpoint")
+            "checkpoint"
+        )
     return teacher
 
 
@@ -274,33 +383,50 @@ def validate(opts):
     # (k=0), the data for pre-training a teacher with the same trainer.
     for name in ("input", "store", "tokenizer", "seq_len"):
         if not getattr(opts, name):
-            raise OptionsError(f"--{name.replace('_', '-')} is required; see `python -m pipelines.dump --help`")
+            raise OptionsError(
+                f"--{name.replace('_', '-')} is required; see `python -m pipelines.dump --help`"
+            )
     if opts.samples is None or not 0 <= opts.samples <= 255:
-        raise OptionsError(f"--samples={opts.samples} must be in [0, 255] (draws per position; "
-                           "counts are stored as uint8); 0 for no sampled logits")
+        raise OptionsError(
+            f"--samples={opts.samples} must be in [0, 255] (draws per position; "
+            "counts are stored as uint8); 0 for no sampled logits"
+        )
     if opts.k == 0 and opts.samples > 0:
         if opts.top_p is not None:
-            raise OptionsError("--top-p truncates the top-k but --k is 0; pass --k > 0 or drop --top-p")
+            raise OptionsError(
+                "--top-p truncates the top-k but --k is 0; pass --k > 0 or drop --top-p"
+            )
     elif opts.k is None or opts.k < 1:
         raise OptionsError(f"--k={opts.k} must be a positive integer (0 only with --samples > 0)")
-    positive = {"seq_len": opts.seq_len, "rows_per_unit": opts.rows_per_unit,
-                "batch_size": opts.batch_size, "docs_per_chunk": opts.docs_per_chunk,
-                "token_tile": opts.token_tile, "units_per_call": opts.units_per_call}
+    positive = {
+        "seq_len": opts.seq_len,
+        "rows_per_unit": opts.rows_per_unit,
+        "batch_size": opts.batch_size,
+        "docs_per_chunk": opts.docs_per_chunk,
+        "token_tile": opts.token_tile,
+        "units_per_call": opts.units_per_call,
+    }
     for name, value in positive.items():
         if value is None or value < 1:
             raise OptionsError(f"--{name.replace('_', '-')}={value} must be a positive integer")
     if opts.num_devices is None or opts.num_devices < 0:
-        raise OptionsError(f"--num-devices={opts.num_devices} must be >= 1, or 0 for all local devices")
+        raise OptionsError(
+            f"--num-devices={opts.num_devices} must be >= 1, or 0 for all local devices"
+        )
     if not 0.0 <= opts.heldout_fraction < 1.0:
         raise OptionsError(f"--heldout-fraction={opts.heldout_fraction} must be in [0, 1)")
     if opts.heldout_fraction > 0 and not opts.heldout_store:
         raise OptionsError("--heldout-fraction > 0 needs --heldout-store URL for the held-out rows")
     if opts.heldout_store and opts.heldout_fraction == 0:
-        raise OptionsError("--heldout-store is set but --heldout-fraction is 0; set a fraction "
-                           "(e.g. 0.01) or drop --heldout-store")
+        raise OptionsError(
+            "--heldout-store is set but --heldout-fraction is 0; set a fraction "
+            "(e.g. 0.01) or drop --heldout-store"
+        )
     if not opts.teacher and opts.hidden_layers:
-        raise OptionsError("--hidden-layers needs --teacher (without a teacher the store holds "
-                           "tokens only); pass --teacher CKPT or drop --hidden-layers")
+        raise OptionsError(
+            "--hidden-layers needs --teacher (without a teacher the store holds "
+            "tokens only); pass --teacher CKPT or drop --hidden-layers"
+        )
     if opts.heldout_store and opts.heldout_store.rstrip("/") == opts.store.rstrip("/"):
         raise OptionsError("--heldout-store must differ from --store")
 
@@ -308,10 +434,12 @@ def validate(opts):
 def help_text(prog):
     """Usage text of our flags (Beam's own flags are documented by Beam); no Beam import."""
     parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Text files -> SentencePiece spine -> teacher signal -> store. "
         "Beam flags (--runner, --direct_num_workers, --direct_running_mode, Dataflow/Flink/Spark "
         "options; --runner dask with --dask_client_address HOST:PORT) pass through; "
-        "see docs/pipelines.md. Ctrl-C stops it; the same command resumes.")
+        "see docs/pipelines.md. Ctrl-C stops it; the same command resumes.",
+    )
     add_flags(parser)
     return parser.format_help()

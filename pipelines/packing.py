@@ -18,13 +18,19 @@ the counts of all chunks with a smaller key (`Layout`). A chunk's tokens then
 go to positions [offset, offset + count) of the stream, whichever worker
 produced them, and are regrouped by work unit.
 """
+
 import dataclasses
 import hashlib
 
 import numpy as np
 
-PACKING_RULE = {"rule": "noam", "bos": True, "eos": True, "final_partial_row": "dropped",
-                "order": "sorted files, in-file document order"}
+PACKING_RULE = {
+    "rule": "noam",
+    "bos": True,
+    "eos": True,
+    "final_partial_row": "dropped",
+    "order": "sorted files, in-file document order",
+}
 
 
 def pack_document(ids, bos_id, eos_id):
@@ -61,6 +67,7 @@ class Layout:
         seq_len: T.
         rows_per_unit: R, rows per work unit.
     """
+
     offsets: dict
     total_tokens: int
     seq_len: int
@@ -103,8 +110,10 @@ def make_layout(chunk_counts, seq_len, rows_per_unit):
     for key, count in chunk_counts:
         key, count = tuple(key), int(count)
         if counts.setdefault(key, count) != count:
-            raise AssertionError(f"chunk {key} was tokenized twice with different lengths "
-                                 f"({counts[key]} and {count} tokens)")
+            raise AssertionError(
+                f"chunk {key} was tokenized twice with different lengths "
+                f"({counts[key]} and {count} tokens)"
+            )
     offsets = {}
     position = 0
     for key in sorted(counts):
@@ -134,7 +143,7 @@ def split_chunk(layout, key, tokens, skip_units=frozenset()):
         unit = position // unit_tokens
         unit_end = min((unit + 1) * unit_tokens, stop)
         if unit not in skip_units:
-            piece = tokens[position - start: unit_end - start]
+            piece = tokens[position - start : unit_end - start]
             yield unit, (position - unit * unit_tokens, np.ascontiguousarray(piece, np.int32))
         position = unit_end
 
@@ -182,7 +191,7 @@ def assemble_unit(layout, unit, pieces):
     for position, piece in sorted(pieces, key=lambda p: p[0]):
         if position != end:
             raise AssertionError(f"unit {unit}: pieces do not tile (at {position}, expected {end})")
-        flat[position: position + len(piece)] = piece
+        flat[position : position + len(piece)] = piece
         end = position + len(piece)
         covered += len(piece)
     if covered != size:

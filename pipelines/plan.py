@@ -5,6 +5,7 @@ here, in the launching process, so that bad flags, a missing file, or a
 tokenizer that does not match the teacher fail in a second with one line,
 and never after a cluster has started or a store has been created.
 """
+
 import dataclasses
 import json
 
@@ -13,8 +14,8 @@ from apache_beam.io.filesystems import FileSystems
 import store
 from pipelines import inputs, options, packing
 from pipelines.errors import OptionsError, VocabMismatchError
-from trainer.model.tokenizer import TokenizerError
 from trainer.model import layout, tokenizer
+from trainer.model.tokenizer import TokenizerError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,7 @@ class DumpPlan:
             launched (skipped); set by `pipelines.dump.build_pipeline`.
         heldout_committed_before: the same for the held-out store.
     """
+
     paths: list
     model_bytes: bytes
     tokenizer_info: dict
@@ -53,7 +55,8 @@ def _read_tokenizer(path):
     except OSError as e:  # missing, unreadable, unreachable (BeamIOError is an OSError)
         raise TokenizerError(
             f"cannot read tokenizer model {path} ({_first_line(e)}); train one with "
-            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`") from None
+            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`"
+        ) from None
 
 
 def _teacher_config(path):
@@ -65,7 +68,8 @@ def _teacher_config(path):
         raise layout.ModelIOError(
             f"teacher checkpoint {path} has no readable {layout.CONFIG_FILE} "
             f"({_first_line(e)}); pass a directory written by model_io.save_model "
-            "or teacher_dump.convert") from None
+            "or teacher_dump.convert"
+        ) from None
     return layout.parse_config(text, path)
 
 
@@ -84,10 +88,14 @@ def _teacher_metadata(path):
     try:
         with FileSystems.open(FileSystems.join(str(path), layout.METADATA_FILE)) as f:
             return json.loads(f.read())
-    except (OSError, ValueError) as e:  # missing / unreadable (BeamIOError is an OSError) / not JSON
+    except (
+        OSError,
+        ValueError,
+    ) as e:  # missing / unreadable (BeamIOError is an OSError) / not JSON
         raise layout.ModelIOError(
             f"teacher checkpoint {path} has no readable metadata.json ({_first_line(e)}); "
-            "pass a directory written by model_io.save_model") from None
+            "pass a directory written by model_io.save_model"
+        ) from None
 
 
 def _hidden_layers(requested, num_layers):
@@ -98,7 +106,8 @@ def _hidden_layers(requested, num_layers):
     if bad or len(set(layers)) != len(layers):
         raise OptionsError(
             f"--hidden-layers {list(layers)} must be distinct block counts in [1, {num_layers}] "
-            f"(the teacher has {num_layers} layers; default {num_layers // 2})")
+            f"(the teacher has {num_layers} layers; default {num_layers // 2})"
+        )
     return layers
 
 
@@ -118,8 +127,11 @@ def make_plan(opts):
 
     model_bytes = _read_tokenizer(opts.tokenizer)
     tok_info = tokenizer.info_from_bytes(model_bytes, name=opts.tokenizer)
-    train_packing = dict(packing.PACKING_RULE, split=opts.split,  # --split; the manifest records it too
-                         heldout_fraction=opts.heldout_fraction)
+    train_packing = dict(
+        packing.PACKING_RULE,
+        split=opts.split,  # --split; the manifest records it too
+        heldout_fraction=opts.heldout_fraction,
+    )
     if not opts.teacher:
         return _tokens_only_plan(opts, paths, model_bytes, tok_info, train_packing)
     cfg = _teacher_config(opts.teacher)
@@ -129,7 +141,8 @@ def make_plan(opts):
         raise VocabMismatchError(
             f"tokenizer {opts.tokenizer} has {tok_info['vocab_size']} pieces but teacher "
             f"{opts.teacher} has vocab_size={cfg.vocab_size}; use the tokenizer the teacher "
-            "was trained with")
+            "was trained with"
+        )
     if opts.k > cfg.vocab_size:
         raise OptionsError(f"--k={opts.k} exceeds the vocabulary ({cfg.vocab_size}); lower --k")
     layers = _hidden_layers(opts.hidden_layers, cfg.num_layers)
@@ -139,31 +152,61 @@ def make_plan(opts):
         raise VocabMismatchError(
             f"teacher {opts.teacher} was trained with tokenizer sha256 {trained_with[:12]}… but "
             f"{opts.tokenizer} has {tok_info['sha256'][:12]}…; pass the tokenizer the teacher "
-            "was trained with")
+            "was trained with"
+        )
     if "fingerprint" not in metadata:
         # model_io.save_model always writes one; the manifest must name its teacher.
         raise layout.ModelIOError(
             f"teacher checkpoint {opts.teacher}: metadata.json has no params fingerprint; "
             "re-save it with model_io.save_model (or teacher_dump.convert for Hugging Face "
-            "weights)")
-    teacher = {"name": cfg.name, "fingerprint": str(metadata["fingerprint"]),
-               "num_layers": cfg.num_layers, "d_model": cfg.d_model, "config": cfg.to_dict(),
-               "top_p": opts.top_p}
+            "weights)"
+        )
+    teacher = {
+        "name": cfg.name,
+        "fingerprint": str(metadata["fingerprint"]),
+        "num_layers": cfg.num_layers,
+        "d_model": cfg.d_model,
+        "config": cfg.to_dict(),
+        "top_p": opts.top_p,
+    }
     schema = store.StoreSchema(
-        seq_len=opts.seq_len, k=opts.k, vocab_size=cfg.vocab_size,
-        hidden_layers=layers, hidden_dim=cfg.d_model if layers else 0,
-        profile=opts.profile, rows_per_unit=opts.rows_per_unit,
-        tokenizer=tok_info, teacher=teacher, packing=train_packing, samples=opts.samples)
-    return DumpPlan(paths, model_bytes, tok_info, cfg, layers, schema,
-                    _heldout_schema(opts, tok_info, train_packing))
+        seq_len=opts.seq_len,
+        k=opts.k,
+        vocab_size=cfg.vocab_size,
+        hidden_layers=layers,
+        hidden_dim=cfg.d_model if layers else 0,
+        profile=opts.profile,
+        rows_per_unit=opts.rows_per_unit,
+        tokenizer=tok_info,
+        teacher=teacher,
+        packing=train_packing,
+        samples=opts.samples,
+    )
+    return DumpPlan(
+        paths,
+        model_bytes,
+        tok_info,
+        cfg,
+        layers,
+        schema,
+        _heldout_schema(opts, tok_info, train_packing),
+    )
 
 
 def _tokens_schema(opts, tok_info, packing_rule):
     """A tokens-only (k=0) store: teacher pre-training data or a held-out split."""
     return store.StoreSchema(
-        seq_len=opts.seq_len, k=0, vocab_size=tok_info["vocab_size"], hidden_layers=(),
-        hidden_dim=0, profile="exact", rows_per_unit=opts.rows_per_unit,
-        tokenizer=tok_info, teacher={}, packing=packing_rule)
+        seq_len=opts.seq_len,
+        k=0,
+        vocab_size=tok_info["vocab_size"],
+        hidden_layers=(),
+        hidden_dim=0,
+        profile="exact",
+        rows_per_unit=opts.rows_per_unit,
+        tokenizer=tok_info,
+        teacher={},
+        packing=packing_rule,
+    )
 
 
 def _heldout_schema(opts, tok_info, train_packing):
@@ -174,6 +217,12 @@ def _heldout_schema(opts, tok_info, train_packing):
 
 def _tokens_only_plan(opts, paths, model_bytes, tok_info, train_packing):
     """No --teacher: the main store holds the token spine only."""
-    return DumpPlan(paths, model_bytes, tok_info, None, (),
-                    _tokens_schema(opts, tok_info, train_packing),
-                    _heldout_schema(opts, tok_info, train_packing))
+    return DumpPlan(
+        paths,
+        model_bytes,
+        tok_info,
+        None,
+        (),
+        _tokens_schema(opts, tok_info, train_packing),
+        _heldout_schema(opts, tok_info, train_packing),
+    )

@@ -9,6 +9,7 @@ readable after the run. The store's ledger is the ground truth of progress
 The rate counts only units committed during this run, so a resumed run does
 not report the previous run's work as speed.
 """
+
 import sys
 import threading
 import time
@@ -52,8 +53,9 @@ def format_progress(label, done, total, new_done, elapsed, tokens_per_unit):
     if new_done > 0 and elapsed > 0:
         rate = new_done / elapsed
         eta = (total - done) / rate
-        line += (f" | {rate:.2f} units/s {_human(rate * tokens_per_unit)} tok/s"
-                 f" | ETA {_duration(eta)}")
+        line += (
+            f" | {rate:.2f} units/s {_human(rate * tokens_per_unit)} tok/s | ETA {_duration(eta)}"
+        )
     else:
         line += " | waiting for the first unit"
     return line
@@ -96,8 +98,14 @@ class ProgressReporter:
                 continue  # nothing new: keep the log short
             last_done = done
             schema = writer.schema
-            line = format_progress(self._label, done, writer.num_units, done - start_done,
-                                   now - start_time, schema.rows_per_unit * schema.seq_len)
+            line = format_progress(
+                self._label,
+                done,
+                writer.num_units,
+                done - start_done,
+                now - start_time,
+                schema.rows_per_unit * schema.seq_len,
+            )
             self.lines.append(line)
             print(line, file=self._stream, flush=True)
 

@@ -20,6 +20,7 @@ key, a unit keeps one copy of each piece, and the writer skips a unit whose
 commit record exists. One ParDo has one output (the split travels in the
 element): a multi-output ParDo's tags are not kept apart by every runner.
 """
+
 import itertools
 
 import apache_beam as beam
@@ -44,8 +45,7 @@ class ReadTokenizeFn(beam.DoFn):
     split are not emitted for it.
     """
 
-    def __init__(self, model_bytes, heldout_fraction, input_format, decode_errors,
-                 docs_per_chunk):
+    def __init__(self, model_bytes, heldout_fraction, input_format, decode_errors, docs_per_chunk):
         self._model_bytes = model_bytes
         self._heldout_fraction = heldout_fraction
         self._input_format = input_format
@@ -73,7 +73,9 @@ class ReadTokenizeFn(beam.DoFn):
             key = (file_index, chunk_index)
             split = {TRAIN: [], HELDOUT: []}
             for text in texts:
-                split[HELDOUT if packing.is_heldout(text, self._heldout_fraction) else TRAIN].append(text)
+                split[
+                    HELDOUT if packing.is_heldout(text, self._heldout_fraction) else TRAIN
+                ].append(text)
             self._documents.inc(len(split[TRAIN]))
             self._heldout_documents.inc(len(split[HELDOUT]))
             for name, group in split.items():
@@ -126,17 +128,22 @@ class PackUnits(beam.PTransform):
             chunks
             | "Count" >> beam.Map(_count)
             | "AllCounts" >> beam.combiners.ToList()
-            | "Layout" >> beam.Map(packing.make_layout, self._seq_len, self._rows_per_unit))
-        committed = (
-            layout
-            | "PrepareStore" >> beam.Map(lambda l, prepare: frozenset(prepare(l)), self._prepare_store))
+            | "Layout" >> beam.Map(packing.make_layout, self._seq_len, self._rows_per_unit)
+        )
+        committed = layout | "PrepareStore" >> beam.Map(
+            lambda l, prepare: frozenset(prepare(l)), self._prepare_store
+        )
         return (
             chunks
-            | "SplitByUnit" >> beam.FlatMap(
-                _split, layout=beam.pvalue.AsSingleton(layout),
-                committed=beam.pvalue.AsSingleton(committed))
+            | "SplitByUnit"
+            >> beam.FlatMap(
+                _split,
+                layout=beam.pvalue.AsSingleton(layout),
+                committed=beam.pvalue.AsSingleton(committed),
+            )
             | "GroupByUnit" >> beam.GroupByKey()
-            | "Assemble" >> beam.Map(_assemble, layout=beam.pvalue.AsSingleton(layout)))
+            | "Assemble" >> beam.Map(_assemble, layout=beam.pvalue.AsSingleton(layout))
+        )
 
 
 class ReadSpine(beam.PTransform):
@@ -149,12 +156,21 @@ class ReadSpine(beam.PTransform):
             ReadTokenizeFn.
     """
 
-    def __init__(self, paths, model_bytes, heldout_fraction, input_format, decode_errors,
-                 docs_per_chunk, label=None):
+    def __init__(
+        self,
+        paths,
+        model_bytes,
+        heldout_fraction,
+        input_format,
+        decode_errors,
+        docs_per_chunk,
+        label=None,
+    ):
         super().__init__(label)
         self._paths = list(paths)
-        self._fn = ReadTokenizeFn(model_bytes, heldout_fraction, input_format, decode_errors,
-                                  docs_per_chunk)
+        self._fn = ReadTokenizeFn(
+            model_bytes, heldout_fraction, input_format, decode_errors, docs_per_chunk
+        )
 
     def expand(self, pbegin):
         chunks = (
@@ -162,6 +178,9 @@ class ReadSpine(beam.PTransform):
             | "Files" >> beam.Create(list(enumerate(self._paths)))
             # Spread files over workers; Create alone is one bundle.
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadTokenize" >> beam.ParDo(self._fn))
-        return {split: chunks | f"Select{split.capitalize()}" >> beam.FlatMap(_select, split)
-                for split in (TRAIN, HELDOUT)}
+            | "ReadTokenize" >> beam.ParDo(self._fn)
+        )
+        return {
+            split: chunks | f"Select{split.capitalize()}" >> beam.FlatMap(_select, split)
+            for split in (TRAIN, HELDOUT)
+        }

@@ -27,17 +27,18 @@ model in a process-wide ``shared.Shared`` handle, so every thread of a worker
 uses the same params and the same compiled step. ``share_across_processes``
 asks Beam to share one copy between the processes of a machine instead.
 """
-from typing import Any, Iterable, Mapping, Sequence
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base
 
 from pipelines import unit_signal
-from trainer.model.errors import ModelInputError
 from teacher_dump import encode, extract
 from teacher_dump import teacher as teacher_lib
-from trainer.model.errors import ConfigError
+from trainer.model.errors import ConfigError, ModelInputError
 
 
 def _check_element(element) -> tuple[int, np.ndarray]:
@@ -45,27 +46,38 @@ def _check_element(element) -> tuple[int, np.ndarray]:
         raise ModelInputError(
             f"expected a (unit_index, tokens_RxT) pair, got "
             f"{type(element).__name__}: map units to (index, int32 rows) "
-            f"before RunInference")
+            f"before RunInference"
+        )
     unit_index, tokens = element
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
         raise ModelInputError(
             f"unit {unit_index}: tokens must be an integer [rows, seq_len] "
             f"array, got {tokens.dtype}{list(tokens.shape)}: pass the unit's "
-            f"int32 token rows")
+            f"int32 token rows"
+        )
     return int(unit_index), tokens
 
 
 class TeacherModelHandler(base.ModelHandler):
     """Runs teacher extraction on work units inside beam RunInference."""
 
-    def __init__(self, ckpt: str, k: int = 128,
-                 layers: Sequence[int] | None = None, batch_size: int = 8,
-                 top_p: float | None = None, dtype: str | None = None,
-                 token_tile: int = extract.DEFAULT_TOKEN_TILE,
-                 share_across_processes: bool = False,
-                 num_devices: int | None = 1, samples: int = 0,
-                 rows_per_unit: int | None = None, encode_for=None, encode_profile=None):
+    def __init__(
+        self,
+        ckpt: str,
+        k: int = 128,
+        layers: Sequence[int] | None = None,
+        batch_size: int = 8,
+        top_p: float | None = None,
+        dtype: str | None = None,
+        token_tile: int = extract.DEFAULT_TOKEN_TILE,
+        share_across_processes: bool = False,
+        num_devices: int | None = 1,
+        samples: int = 0,
+        rows_per_unit: int | None = None,
+        encode_for=None,
+        encode_profile=None,
+    ):
         """Configures the handler (nothing is loaded until load_model).
 
         Args:
@@ -94,7 +106,8 @@ class TeacherModelHandler(base.ModelHandler):
         if samples and not rows_per_unit:
             raise ConfigError(
                 f"samples={samples} draws are keyed by the global store row: pass "
-                f"rows_per_unit (the store's unit size) to TeacherModelHandler")
+                f"rows_per_unit (the store's unit size) to TeacherModelHandler"
+            )
         super().__init__()
         self._ckpt = str(ckpt)
         self._k = k
@@ -118,16 +131,24 @@ class TeacherModelHandler(base.ModelHandler):
             at worker start-up, not on the first unit.
         """
         teacher = teacher_lib.load_teacher(
-            self._ckpt, dtype=self._dtype,
-            devices=teacher_lib.local_devices(self._num_devices))
-        teacher.extract_fn(k=self._k, layers=self._layers, top_p=self._top_p,
-                           token_tile=self._token_tile, samples=self._samples, **self._encode)
+            self._ckpt, dtype=self._dtype, devices=teacher_lib.local_devices(self._num_devices)
+        )
+        teacher.extract_fn(
+            k=self._k,
+            layers=self._layers,
+            top_p=self._top_p,
+            token_tile=self._token_tile,
+            samples=self._samples,
+            **self._encode,
+        )
         return teacher
 
-    def run_inference(self, batch: Sequence[Any],
-                      model: teacher_lib.Teacher,
-                      inference_args: Mapping[str, Any] | None = None
-                      ) -> Iterable[tuple[int, np.ndarray, unit_signal.UnitSignal]]:
+    def run_inference(
+        self,
+        batch: Sequence[Any],
+        model: teacher_lib.Teacher,
+        inference_args: Mapping[str, Any] | None = None,
+    ) -> Iterable[tuple[int, np.ndarray, unit_signal.UnitSignal]]:
         """Extracts the signal of every unit in the batch.
 
         All rows of the batch's units run as one overlapped stream, then the
@@ -146,15 +167,26 @@ class TeacherModelHandler(base.ModelHandler):
         if len(seq_lens) > 1:
             raise ModelInputError(
                 f"units in one call have different seq_len {sorted(seq_lens)}: "
-                f"a store has one seq_len; dump one store at a time")
+                f"a store has one seq_len; dump one store at a time"
+            )
         rows = np.concatenate([t for _, t in units]).astype(np.int32, copy=False)
         # A method call, so that a multi-process proxy of the Teacher works too.
-        signal = model.extract(rows, batch_size=self._batch_size, k=self._k,
-                               layers=self._layers, top_p=self._top_p,
-                               token_tile=self._token_tile, samples=self._samples,
-                               row_ids=self._row_ids(units), **self._encode)
-        signal = (unit_signal.DeviceEncoded(arrays=encode.host_arrays(signal)) if self._encode_for is not None
-                  else unit_signal.HostSignal(values=signal))
+        signal = model.extract(
+            rows,
+            batch_size=self._batch_size,
+            k=self._k,
+            layers=self._layers,
+            top_p=self._top_p,
+            token_tile=self._token_tile,
+            samples=self._samples,
+            row_ids=self._row_ids(units),
+            **self._encode,
+        )
+        signal = (
+            unit_signal.DeviceEncoded(arrays=encode.host_arrays(signal))
+            if self._encode_for is not None
+            else unit_signal.HostSignal(values=signal)
+        )
         results, start = [], 0
         for unit_index, tokens in units:
             stop = start + tokens.shape[0]
@@ -172,15 +204,21 @@ class TeacherModelHandler(base.ModelHandler):
             if tokens.shape[0] > self._rows_per_unit:
                 raise ModelInputError(
                     f"unit {unit_index} has {tokens.shape[0]} rows, more than "
-                    f"rows_per_unit={self._rows_per_unit}: pass the store's unit size")
-        return np.concatenate([unit_index * self._rows_per_unit + np.arange(tokens.shape[0])
-                               for unit_index, tokens in units])
+                    f"rows_per_unit={self._rows_per_unit}: pass the store's unit size"
+                )
+        return np.concatenate(
+            [
+                unit_index * self._rows_per_unit + np.arange(tokens.shape[0])
+                for unit_index, tokens in units
+            ]
+        )
 
     def validate_inference_args(self, inference_args):
         if inference_args:
             raise ModelInputError(
                 f"TeacherModelHandler takes no inference_args, got "
-                f"{sorted(inference_args)}: set options on the handler")
+                f"{sorted(inference_args)}: set options on the handler"
+            )
 
     def should_skip_batching(self) -> bool:
         # Elements arrive already batched (see the module docstring).

@@ -17,15 +17,16 @@ WriteUnitFn skips a unit that is already committed. How many units a run
 committed is read from the ledger afterwards (`pipelines.dump`), not from
 Beam counters, which count attempts.
 """
+
 import time
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 import store
-from store import schema as schema_lib
 from pipelines import errors, unit_signal
 from pipelines.errors import EmptyInputError, StoreStateError
+from store import schema as schema_lib
 
 # Two executions of PrepareStore may create the same store at once; the loser
 # sees a half-made directory for a moment. Bounded: 20 x 0.25 s.
@@ -60,7 +61,9 @@ class PrepareStore:
     def _create(self, num_rows):
         for attempt in range(_CREATE_ATTEMPTS):
             try:
-                return store.create_store(self._url, self._schema, num_rows=num_rows, split=self._split)
+                return store.create_store(
+                    self._url, self._schema, num_rows=num_rows, split=self._split
+                )
             except store.StoreNotFoundError:
                 # A concurrent execution is half-way through creating it.
                 if attempt == _CREATE_ATTEMPTS - 1:
@@ -72,24 +75,27 @@ class PrepareStore:
             flag = "--heldout-fraction" if self._what != "store" else "--seq-len"
             raise EmptyInputError(
                 f"the input gives {layout.total_tokens} tokens for the {self._what}, fewer than "
-                f"one row of {layout.seq_len}; add text or lower {flag}")
+                f"one row of {layout.seq_len}; add text or lower {flag}"
+            )
         try:
             self._create(layout.num_rows)
         except store.SchemaMismatchError as e:
             self._refuse_other_rows(layout.num_rows)
             raise StoreStateError(
                 f"{self._what} {self._url} exists but was made by a different dump ({e}); "
-                "rerun with the original inputs and flags, or pass a new URL") from None
+                "rerun with the original inputs and flags, or pass a new URL"
+            ) from None
         except errors.STORAGE_ERRORS as e:
             errors.raise_if_storage_failure(e, f"creating {self._what} {self._url}")
             raise
         return sorted(self._committed_before)
 
-
     def _refuse_other_rows(self, num_rows):
         """Same flags, other input (e.g. new files added): name the supported path."""
         existing = store.open_writer(self._url)
-        other_schema = schema_lib.first_difference(existing.schema.to_dict(), self._schema.to_dict())
+        other_schema = schema_lib.first_difference(
+            existing.schema.to_dict(), self._schema.to_dict()
+        )
         if other_schema is not None or existing.num_rows == num_rows:
             return
         # Growing in place is refused: a new file that sorts before an old one
@@ -98,7 +104,8 @@ class PrepareStore:
             f"{self._what} {self._url} holds {existing.num_rows} rows but these inputs give "
             f"{num_rows}: a store is never appended to; to add text, dump only the new files to "
             f"a second store with the same flags: python -m pipelines.dump --input NEW_FILES "
-            f"--store {self._url.rstrip('/')}_2 ... (or rerun with the original inputs to resume)")
+            f"--store {self._url.rstrip('/')}_2 ... (or rerun with the original inputs to resume)"
+        )
 
 
 class WriteUnitFn(beam.DoFn):
@@ -161,10 +168,12 @@ class BatchUnits(beam.PTransform):
     def expand(self, units):
         if self._units_per_call == 1:
             return units | "One" >> beam.Map(_one_unit_batch)
-        return (units
-                | "Key" >> beam.Map(_batch_key, self._units_per_call)
-                | "Group" >> beam.GroupByKey()
-                | "Units" >> beam.Map(_unique_units))
+        return (
+            units
+            | "Key" >> beam.Map(_batch_key, self._units_per_call)
+            | "Group" >> beam.GroupByKey()
+            | "Units" >> beam.Map(_unique_units)
+        )
 
 
 def _without_signal(element):
@@ -192,7 +201,8 @@ class WriteTeacherSignal(beam.PTransform):
             units
             | "BatchUnits" >> BatchUnits(self._units_per_call)
             | "Teacher" >> RunInference(self._handler)
-            | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url)))
+            | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url))
+        )
 
 
 class WriteTokensOnly(beam.PTransform):
@@ -210,4 +220,5 @@ class WriteTokensOnly(beam.PTransform):
         return (
             units
             | "NoSignal" >> beam.Map(_without_signal)
-            | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url)))
+            | "WriteUnit" >> beam.ParDo(WriteUnitFn(self._url))
+        )

@@ -5,6 +5,7 @@
 tokenizer itself is `trainer.model.tokenizer`; this entry point adds the
 corpus reading (`pipelines.inputs`: Beam filesystems, decompression).
 """
+
 import argparse
 import sys
 
@@ -17,24 +18,42 @@ def main(argv=None):
     """CLI: train a tokenizer on input files; prints the model path and its info."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.train_tokenizer",
-        description="Train a SentencePiece unigram tokenizer (byte fallback) on input text.")
-    parser.add_argument("--input", action="extend", nargs="+", required=True,
-                        help="input files, globs or directories (several, and repeatable): "
-                             ".txt, .jsonl[.gz], .parquet")
+        description="Train a SentencePiece unigram tokenizer (byte fallback) on input text.",
+    )
+    parser.add_argument(
+        "--input",
+        action="extend",
+        nargs="+",
+        required=True,
+        help="input files, globs or directories (several, and repeatable): "
+        ".txt, .jsonl[.gz], .parquet",
+    )
     parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model, PREFIX.vocab")
     parser.add_argument("--vocab-size", type=int, default=32000)
-    parser.add_argument("--max-sentences", type=int, default=1_000_000,
-                        help="train on the first N non-empty lines of the corpus")
-    parser.add_argument("--num-threads", type=int, default=tokenizer.DEFAULT_THREADS,
-                        help="trainer threads; the model depends on it, keep it fixed")
+    parser.add_argument(
+        "--max-sentences",
+        type=int,
+        default=1_000_000,
+        help="train on the first N non-empty lines of the corpus",
+    )
+    parser.add_argument(
+        "--num-threads",
+        type=int,
+        default=tokenizer.DEFAULT_THREADS,
+        help="trainer threads; the model depends on it, keep it fixed",
+    )
     parser.add_argument("--input-format", default="auto", help="auto|text|jsonl|parquet")
     parser.add_argument("--decode-errors", default="strict", help="strict|replace")
     args = parser.parse_args(argv)
     try:
         corpus = inputs.iter_corpus(args.input, args.input_format, args.decode_errors)
-        path = tokenizer.train_tokenizer(corpus, args.model_prefix, args.vocab_size,
-                                         max_sentences=args.max_sentences,
-                                         num_threads=args.num_threads)
+        path = tokenizer.train_tokenizer(
+            corpus,
+            args.model_prefix,
+            args.vocab_size,
+            max_sentences=args.max_sentences,
+            num_threads=args.num_threads,
+        )
         info = tokenizer.tokenizer_info(path)
     except (PipelineError, tokenizer.TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)

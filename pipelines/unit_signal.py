@@ -12,10 +12,12 @@ One typed value per unit instead of a dict whose keys pick the code path:
 ``signal.rows(start, stop)`` is the signal of rows [start, stop) (the handler
 splits one call's rows back into units). No Beam, no model math: numpy only.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +32,7 @@ class DeviceEncoded:
 
     arrays: Mapping[str, np.ndarray]
 
-    def rows(self, start: int, stop: int) -> "DeviceEncoded":
+    def rows(self, start: int, stop: int) -> DeviceEncoded:
         return DeviceEncoded(arrays={name: a[start:stop] for name, a in self.arrays.items()})
 
     def write(self, writer, unit: int, tokens_RxT) -> None:
@@ -48,10 +50,17 @@ class HostSignal:
 
     values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    def rows(self, start: int, stop: int) -> "HostSignal":
-        return HostSignal(values={
-            name: ({n: a[start:stop] for n, a in value.items()} if isinstance(value, Mapping) else value[start:stop])
-            for name, value in self.values.items()})
+    def rows(self, start: int, stop: int) -> HostSignal:
+        return HostSignal(
+            values={
+                name: (
+                    {n: a[start:stop] for n, a in value.items()}
+                    if isinstance(value, Mapping)
+                    else value[start:stop]
+                )
+                for name, value in self.values.items()
+            }
+        )
 
     def write(self, writer, unit: int, tokens_RxT) -> None:
         writer.write_unit(unit, tokens=tokens_RxT, **self.values)

@@ -19,6 +19,7 @@ rerun skips finished stages):
 
 `make demo DEMO_ARGS="--size gpu"` passes the flags through.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ class StageFailed(RuntimeError):
     """A stage's command failed; the message says which and how to resume."""
 
 
-def run_demo(size_name: str, out_dir: str, redo: str | None = None, until: str | None = None) -> str:
+def run_demo(
+    size_name: str, out_dir: str, redo: str | None = None, until: str | None = None
+) -> str:
     """Runs (or resumes) every stage, or the stages up to `until`; returns the path of report.md.
 
     `until` (a stage name) stops after that stage: bench/profile_quality.py reuses the
@@ -48,7 +51,7 @@ def run_demo(size_name: str, out_dir: str, redo: str | None = None, until: str |
         raise ValueError(f"--redo {redo!r} is not a stage; use one of {names}")
     if until is not None and until not in names:
         raise ValueError(f"until={until!r} is not a stage; use one of {names}")
-    stages = demo_stages.STAGES[:names.index(until) + 1] if until else demo_stages.STAGES
+    stages = demo_stages.STAGES[: names.index(until) + 1] if until else demo_stages.STAGES
     start = time.time()
     for i, (name, fn) in enumerate(stages, 1):
         marker = os.path.join(ctx.out, ".done", name)
@@ -62,8 +65,10 @@ def run_demo(size_name: str, out_dir: str, redo: str | None = None, until: str |
         try:
             fn(ctx)
         except demo_stages.CommandFailed as e:
-            raise StageFailed(f"stage {name!r} failed: {e}; fix it, then rerun `make demo` "
-                              f"(finished stages are skipped)") from None
+            raise StageFailed(
+                f"stage {name!r} failed: {e}; fix it, then rerun `make demo` "
+                f"(finished stages are skipped)"
+            ) from None
         with open(marker, "w") as f:
             f.write(f"{time.time() - t0:.1f}\n")
         ctx.timings[name] = time.time() - t0
@@ -75,8 +80,11 @@ def run_demo(size_name: str, out_dir: str, redo: str | None = None, until: str |
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--size", default="cpu", help="cpu | ci | gpu (scripts/demo_sizes.py)")
     p.add_argument("--out", default="demo_out", help="output directory (resumable)")
     p.add_argument("--redo", help="rerun from this stage on, even if finished")

@@ -64,7 +64,9 @@ def hash_subset(docs: list[str], count: int | None) -> list[str]:
     return [d for i, d in enumerate(docs) if i in keep]
 
 
-def write_corpus(out_dir: str, heldout_fraction: float, max_docs: int | None = None) -> dict[str, str]:
+def write_corpus(
+    out_dir: str, heldout_fraction: float, max_docs: int | None = None
+) -> dict[str, str]:
     """Writes train / held-out JSON-lines files (`{"text": ...}` per document).
 
     Args:
@@ -87,7 +89,9 @@ def write_corpus(out_dir: str, heldout_fraction: float, max_docs: int | None = N
             files[split].write(json.dumps({"text": doc}) + "\n")
             counts[split] += 1
     if not counts["heldout"] or not counts["train"]:
-        raise CorpusError(f"split gave {counts}; fix: use more documents or another heldout_fraction")
+        raise CorpusError(
+            f"split gave {counts}; fix: use more documents or another heldout_fraction"
+        )
     for p in paths.values():  # rename last: a killed run never leaves a truncated split behind
         os.replace(p + ".tmp", p)
     return paths

@@ -7,6 +7,7 @@ typed in. ``demo_report`` turns these into report.md and plots.
     results = collect(ctx)            # {"methods": {...}, "downstream": {...}, ...}
     write_results_json(ctx, results)  # OUT/results.json
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,7 @@ TASKS = ("hellaswag", "piqa", "arc_easy", "winogrande", "lambada")
 # Error rate of guessing, per task: HellaSwag 4 endings, PIQA 2 solutions,
 # ARC-Easy mostly 4 options (a few have 3 or 5), WinoGrande 2 options;
 # LAMBADA is greedy generation of the last word (guessing ~never hits).
-CHANCE_ERROR = {"hellaswag": 0.75, "piqa": 0.5, "arc_easy": 0.75, "winogrande": 0.5,
-                "lambada": 1.0}
+CHANCE_ERROR = {"hellaswag": 0.75, "piqa": 0.5, "arc_easy": 0.75, "winogrande": 0.5, "lambada": 1.0}
 
 
 def _json_or_none(path: str):
@@ -51,14 +51,20 @@ def load_run(ctx, name: str) -> dict:
     last = records[-1] if records else {}
     speeds = sorted(m["tokens_per_s"] for m in records if m.get("tokens_per_s"))
     final = _json_or_none(os.path.join(run_dir, "final.json")) or {}
-    return {"name": name, "config": config, "eval": ev["tasks"], "scores": ev["scores"],
-            "hidden_share": _json_or_none(os.path.join(run_dir, "hidden_share.json")),
-            "wall_s": final.get("wall_s"),
-            "flops": last.get("cumulative_flops", float("nan")),
-            "tokens": last.get("tokens", float("nan")), "steps": last.get("step", 0),
-            # The median logged rate: the first interval includes compilation.
-            "tokens_per_s": speeds[len(speeds) // 2] if speeds else float("nan"),
-            "penalty": penalty}
+    return {
+        "name": name,
+        "config": config,
+        "eval": ev["tasks"],
+        "scores": ev["scores"],
+        "hidden_share": _json_or_none(os.path.join(run_dir, "hidden_share.json")),
+        "wall_s": final.get("wall_s"),
+        "flops": last.get("cumulative_flops", float("nan")),
+        "tokens": last.get("tokens", float("nan")),
+        "steps": last.get("step", 0),
+        # The median logged rate: the first interval includes compilation.
+        "tokens_per_s": speeds[len(speeds) // 2] if speeds else float("nan"),
+        "penalty": penalty,
+    }
 
 
 def standard_error(error: float, n: int) -> float:
@@ -72,9 +78,13 @@ def downstream_cell(task: str, result: dict) -> dict:
     se = standard_error(err, n)
     # At least the s.e. of a coin at chance, so an error of exactly 1.0 (s.e. 0) is flagged.
     se_test = max(se, standard_error(CHANCE_ERROR[task], n))
-    return {"error": err, "n": n, "se": se,
-            "near_chance": abs(err - CHANCE_ERROR[task]) <= 2 * se_test,
-            "worse_than_chance": err - CHANCE_ERROR[task] > 2 * se_test}
+    return {
+        "error": err,
+        "n": n,
+        "se": se,
+        "near_chance": abs(err - CHANCE_ERROR[task]) <= 2 * se_test,
+        "worse_than_chance": err - CHANCE_ERROR[task] > 2 * se_test,
+    }
 
 
 def shared_scores(runs: dict, task: str) -> dict | None:
@@ -87,8 +97,10 @@ def shared_scores(runs: dict, task: str) -> dict | None:
     if not common:
         return None
     key = max(common, key=common.get)
-    return {name: next(s for s in run["scores"][task] if eval_results.row_key(s) == key)
-            for name, run in runs.items()}
+    return {
+        name: next(s for s in run["scores"][task] if eval_results.row_key(s) == key)
+        for name, run in runs.items()
+    }
 
 
 def _spread(values: list[float]) -> float:
@@ -114,16 +126,22 @@ def collect(ctx, student_runs) -> dict:
         members.setdefault(method, []).append(name)
     heldout = shared_scores(runs, "heldout")
     if heldout is None:
-        raise ValueError("the demo's runs were scored on different held-out rows (see each run's "
-                         "eval.json 'scores'); re-run the evaluate stage on the held-out store "
-                         "without --limit")
+        raise ValueError(
+            "the demo's runs were scored on different held-out rows (see each run's "
+            "eval.json 'scores'); re-run the evaluate stage on the held-out store "
+            "without --limit"
+        )
     methods = {}
     for method in METHOD_ROWS:
         if method not in members:
             continue
         ppl = [heldout[n]["log_ppl"] for n in members[method]]
-        methods[method] = {"runs": members[method], "log_ppl": ppl,
-                           "mean": sum(ppl) / len(ppl), "spread": _spread(ppl)}
+        methods[method] = {
+            "runs": members[method],
+            "log_ppl": ppl,
+            "mean": sum(ppl) / len(ppl),
+            "spread": _spread(ppl),
+        }
     downstream = {}
     for task in TASKS:
         scores = shared_scores(runs, task)  # only tasks every run has on the same examples
@@ -147,9 +165,11 @@ def below_chance_everywhere(downstream: dict) -> list[str]:
     frequency bias of the log-likelihood comparison that every model shares),
     not a finding about any method: the report says so once per task.
     """
-    return [task for task, row in downstream.items()
-            if all(c["worse_than_chance"] for m, cells in row.items() if m != "chance"
-                   for c in cells)]
+    return [
+        task
+        for task, row in downstream.items()
+        if all(c["worse_than_chance"] for m, cells in row.items() if m != "chance" for c in cells)
+    ]
 
 
 def signal_comparison(methods: dict) -> dict | None:
@@ -165,9 +185,14 @@ def signal_comparison(methods: dict) -> dict | None:
     s, t = methods["kd"], methods["kd_topk"]
     delta = s["mean"] - t["mean"]
     bar = max(s["spread"], t["spread"])
-    return {"sampled": s["log_ppl"], "topk": t["log_ppl"], "delta": delta,
-            "paired": [a - b for a, b in zip(s["log_ppl"], t["log_ppl"])], "bar": bar,
-            "beyond_spread": bool(len(s["log_ppl"]) > 1 and len(t["log_ppl"]) > 1 and abs(delta) > bar)}
+    return {
+        "sampled": s["log_ppl"],
+        "topk": t["log_ppl"],
+        "delta": delta,
+        "paired": [a - b for a, b in zip(s["log_ppl"], t["log_ppl"])],
+        "bar": bar,
+        "beyond_spread": bool(len(s["log_ppl"]) > 1 and len(t["log_ppl"]) > 1 and abs(delta) > bar),
+    }
 
 
 def hidden_shares(results: dict) -> dict:
@@ -181,8 +206,11 @@ def verdict(methods: dict) -> dict:
     gap = nll["mean"] - kd["mean"]
     bar = 2 * max(kd["spread"], nll["spread"])
     seeds_ok = len(kd["log_ppl"]) > 1 and len(nll["log_ppl"]) > 1
-    return {"kd_gain_over_nll": gap, "twice_larger_seed_spread": bar,
-            "kd_beats_nll_beyond_spread": bool(seeds_ok and gap > bar)}
+    return {
+        "kd_gain_over_nll": gap,
+        "twice_larger_seed_spread": bar,
+        "kd_beats_nll_beyond_spread": bool(seeds_ok and gap > bar),
+    }
 
 
 def write_results_json(ctx, results: dict) -> str:
@@ -190,20 +218,27 @@ def write_results_json(ctx, results: dict) -> str:
     methods, facts = results["methods"], results["facts"]
     coverage = facts.get("store_stats", {}).get("topk", {}).get("coverage", {}).get("mean")
     penalties = dict(facts.get("objective_penalty", {}))
-    penalties["runs"] = {name: (r["penalty"] or {}).get("penalty_nats")
-                         for name, r in results["runs"].items() if r["penalty"] is not None}
-    out = {"heldout_log_ppl": {m: v["log_ppl"] for m, v in methods.items()},
-           "heldout_log_ppl_mean": {m: v["mean"] for m, v in methods.items()},
-           "heldout_log_ppl_spread": {m: v["spread"] for m, v in methods.items()},
-           "heldout_rows": results["runs"]["teacher"]["eval"]["heldout"].get("n"),
-           "delta_vs_nll": {m: v["mean"] - methods["nll"]["mean"] for m, v in methods.items()},
-           "objective_penalty": penalties, "topk_mass_coverage": coverage,
-           "kd_sampled_vs_topk": signal_comparison(methods),
-           "hidden_share": hidden_shares(results),
-           "below_chance_for_every_model": below_chance_everywhere(results["downstream"]),
-           "wall_s": {name: r["wall_s"] for name, r in results["runs"].items()},
-           "student_flops_budget": ctx.size.student_budget,
-           "downstream": results["downstream"], **verdict(methods)}
+    penalties["runs"] = {
+        name: (r["penalty"] or {}).get("penalty_nats")
+        for name, r in results["runs"].items()
+        if r["penalty"] is not None
+    }
+    out = {
+        "heldout_log_ppl": {m: v["log_ppl"] for m, v in methods.items()},
+        "heldout_log_ppl_mean": {m: v["mean"] for m, v in methods.items()},
+        "heldout_log_ppl_spread": {m: v["spread"] for m, v in methods.items()},
+        "heldout_rows": results["runs"]["teacher"]["eval"]["heldout"].get("n"),
+        "delta_vs_nll": {m: v["mean"] - methods["nll"]["mean"] for m, v in methods.items()},
+        "objective_penalty": penalties,
+        "topk_mass_coverage": coverage,
+        "kd_sampled_vs_topk": signal_comparison(methods),
+        "hidden_share": hidden_shares(results),
+        "below_chance_for_every_model": below_chance_everywhere(results["downstream"]),
+        "wall_s": {name: r["wall_s"] for name, r in results["runs"].items()},
+        "student_flops_budget": ctx.size.student_budget,
+        "downstream": results["downstream"],
+        **verdict(methods),
+    }
     path = ctx.path("results.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)

@@ -5,6 +5,7 @@ proof that the commands in the README work together on a fresh machine.
 Child output streams to the console (so progress is visible) and to
 OUT/logs/<stage>.log.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,13 @@ from scripts.demo_sizes import MODELS, DemoSize
 # and HLDF read the demo config's default signal, 12 sampled logits per position
 # (unbiased; better students than top-32 at fewer bytes, bench/profile_quality.py);
 # kd_topk is the paper's arm, the same KD on the stored top-k.
-ARMS = {"nll": ("nll", ()), "kd": ("kd", ()), "kd_topk": ("kd", ("loss.signal=topk",)),
-        "hldc": ("hldc", ()), "hldf": ("hldf", ())}
+ARMS = {
+    "nll": ("nll", ()),
+    "kd": ("kd", ()),
+    "kd_topk": ("kd", ("loss.signal=topk",)),
+    "hldc": ("hldc", ()),
+    "hldf": ("hldf", ()),
+}
 METHODS = tuple(ARMS)
 
 
@@ -33,6 +39,7 @@ class CommandFailed(RuntimeError):
 @dataclasses.dataclass
 class Context:
     """Paths and settings shared by the stages."""
+
     size: DemoSize
     out: str
     timings: dict = dataclasses.field(default_factory=dict)
@@ -58,8 +65,13 @@ def run(ctx: Context, stage: str, *args: str) -> str:
     lines = []
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
         for line in proc.stdout:
             log.write(line)
             lines.append(line)
@@ -73,7 +85,9 @@ def run(ctx: Context, stage: str, *args: str) -> str:
 
 
 def corpus(ctx: Context) -> None:
-    paths = demo_corpus.write_corpus(ctx.path("corpus"), ctx.size.heldout_fraction, ctx.size.max_docs)
+    paths = demo_corpus.write_corpus(
+        ctx.path("corpus"), ctx.size.heldout_fraction, ctx.size.max_docs
+    )
     # The teacher signal is only needed for as many rows as the students read:
     # a hash-chosen subset of the training documents (not the alphabetically first).
     with open(paths["train"], encoding="utf-8") as src:
@@ -83,33 +97,69 @@ def corpus(ctx: Context) -> None:
 
 
 def tokenizer(ctx: Context) -> None:
-    run(ctx, "tokenizer", "-m", "pipelines.train_tokenizer", "--input", ctx.path("corpus", "train.jsonl"),
-        "--model-prefix", ctx.path("tokenizer"), "--vocab-size", str(ctx.size.vocab_size))
+    run(
+        ctx,
+        "tokenizer",
+        "-m",
+        "pipelines.train_tokenizer",
+        "--input",
+        ctx.path("corpus", "train.jsonl"),
+        "--model-prefix",
+        ctx.path("tokenizer"),
+        "--vocab-size",
+        str(ctx.size.vocab_size),
+    )
 
 
 def _dump_args(ctx: Context, inputs: str, store: str, split: str = "train") -> list[str]:
-    return ["-m", "pipelines.dump", "--input", inputs, "--store", store, "--split", split,
-            "--tokenizer", ctx.path("tokenizer.model"), "--seq-len", str(ctx.size.seq_len),
-            "--progress-interval", "5"]
+    return [
+        "-m",
+        "pipelines.dump",
+        "--input",
+        inputs,
+        "--store",
+        store,
+        "--split",
+        split,
+        "--tokenizer",
+        ctx.path("tokenizer.model"),
+        "--seq-len",
+        str(ctx.size.seq_len),
+        "--progress-interval",
+        "5",
+    ]
 
 
 def spine(ctx: Context) -> None:
     """Tokens-only stores: teacher pre-training data and the held-out split."""
     run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "train.jsonl"), ctx.path("tokens_store")))
-    run(ctx, "spine", *_dump_args(ctx, ctx.path("corpus", "heldout.jsonl"), ctx.path("heldout_store"),
-                                  "heldout"))
+    run(
+        ctx,
+        "spine",
+        *_dump_args(ctx, ctx.path("corpus", "heldout.jsonl"), ctx.path("heldout_store"), "heldout"),
+    )
 
 
-def train_run(ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float,
-              *extra_sets: str) -> None:
+def train_run(
+    ctx: Context, stage: str, role: str, run_dir: str, store: str, budget: float, *extra_sets: str
+) -> None:
     """`python -m trainer` with the size's model, shapes and overrides, then `extra_sets`."""
     model = ctx.models["teacher" if role == "teacher" else "student"]
-    sets = [f"store.url={store}", f"run_dir={run_dir}", f"budget.value={budget}",
-            f"model.name={model}", f"model.vocab_size={ctx.size.vocab_size}",
-            f"data.seq_len={ctx.size.seq_len}", *ctx.size.overrides]
+    sets = [
+        f"store.url={store}",
+        f"run_dir={run_dir}",
+        f"budget.value={budget}",
+        f"model.name={model}",
+        f"model.vocab_size={ctx.size.vocab_size}",
+        f"data.seq_len={ctx.size.seq_len}",
+        *ctx.size.overrides,
+    ]
     if role != "teacher":
-        sets += [f"teacher.d_model={ctx.models['teacher_d']}",
-                 f"teacher.hidden_layer={ctx.models['teacher_layer']}", f"data.k={ctx.size.k}"]
+        sets += [
+            f"teacher.d_model={ctx.models['teacher_d']}",
+            f"teacher.hidden_layer={ctx.models['teacher_layer']}",
+            f"data.k={ctx.size.k}",
+        ]
     sets += extra_sets  # Last, so a caller's --set overrides the size's (e.g. data.k=0).
     args = ["-m", "trainer", "--config", f"{ctx.size.config}:{role}"]
     for s in sets:
@@ -118,12 +168,19 @@ def train_run(ctx: Context, stage: str, role: str, run_dir: str, store: str, bud
 
 
 def teacher(ctx: Context) -> None:
-    train_run(ctx, "teacher", "teacher", ctx.path("runs", "teacher"), ctx.path("tokens_store"),
-              ctx.size.teacher_budget)
+    train_run(
+        ctx,
+        "teacher",
+        "teacher",
+        ctx.path("runs", "teacher"),
+        ctx.path("tokens_store"),
+        ctx.size.teacher_budget,
+    )
 
 
-def teacher_dump_args(ctx: Context, store: str, k: int, samples: int = 0,
-                      teacher_run: str = "teacher") -> list[str]:
+def teacher_dump_args(
+    ctx: Context, store: str, k: int, samples: int = 0, teacher_run: str = "teacher"
+) -> list[str]:
     """`pipelines.dump` argv: the teacher's signal for the dump subset into `store`.
 
     Args:
@@ -134,10 +191,16 @@ def teacher_dump_args(ctx: Context, store: str, k: int, samples: int = 0,
         teacher_run: the teacher's run directory under OUT/runs (bench/teacher_ladder.py
             dumps teachers of several budgets).
     """
-    args = [*_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), store),
-            "--teacher", ctx.path("runs", teacher_run, "export"),
-            # Teacher-only flags (a tokens-only dump refuses them).
-            "--k", str(k), "--batch-size", str(ctx.size.dump_batch_size)]
+    args = [
+        *_dump_args(ctx, ctx.path("corpus", "dump.jsonl"), store),
+        "--teacher",
+        ctx.path("runs", teacher_run, "export"),
+        # Teacher-only flags (a tokens-only dump refuses them).
+        "--k",
+        str(k),
+        "--batch-size",
+        str(ctx.size.dump_batch_size),
+    ]
     return args + (["--samples", str(samples)] if samples else [])
 
 
@@ -157,22 +220,36 @@ PENALTY_SETTINGS = {"students": None, "alpha0.9_zero": ("0.9", "1.0", "zero")}
 def student_loss_settings(ctx: Context) -> tuple[str, str, str]:
     """(alpha, tau, tail) of the KD students, read from the demo config."""
     from trainer.training import config as config_lib  # Local: only this stage needs the trainer.
+
     loss = config_lib.load_config(f"{ctx.size.config}:kd").loss
     return str(loss.alpha), str(loss.tau), loss.tail
 
 
 def inspect(ctx: Context) -> None:
     out = run(ctx, "inspect", "-m", "store", "inspect", ctx.path("store"), "--json")
-    _save_json(ctx, "store_inspect", json.loads(out[out.index("{"):]))
+    _save_json(ctx, "store_inspect", json.loads(out[out.index("{") :]))
     run(ctx, "inspect", "-m", "store", "verify", ctx.path("store"))
     out = run(ctx, "inspect", "-m", "store", "stats", ctx.path("store"), "--json")
-    _save_json(ctx, "store_stats", json.loads(out[out.index("{"):]))
+    _save_json(ctx, "store_stats", json.loads(out[out.index("{") :]))
     penalties = {}
     for name, settings in PENALTY_SETTINGS.items():
         alpha, tau, tail = settings or student_loss_settings(ctx)
-        out = run(ctx, "inspect", "-m", "store", "stats", ctx.path("store"), "--json",
-                  "--alpha", alpha, "--tau", tau, "--tail", tail)
-        penalties[name] = json.loads(out[out.index("{"):])["objective_penalty"]
+        out = run(
+            ctx,
+            "inspect",
+            "-m",
+            "store",
+            "stats",
+            ctx.path("store"),
+            "--json",
+            "--alpha",
+            alpha,
+            "--tau",
+            tau,
+            "--tail",
+            tail,
+        )
+        penalties[name] = json.loads(out[out.index("{") :])["objective_penalty"]
     _save_json(ctx, "objective_penalty", penalties)
 
 
@@ -188,8 +265,16 @@ def student_runs(ctx: Context) -> list[tuple[str, str, int]]:
 def students(ctx: Context) -> None:
     for name, arm, seed in student_runs(ctx):
         method, sets = ARMS[arm]
-        train_run(ctx, "students", method, ctx.path("runs", name), ctx.path("store"),
-                  ctx.size.student_budget, f"seed={seed}", *sets)
+        train_run(
+            ctx,
+            "students",
+            method,
+            ctx.path("runs", name),
+            ctx.path("store"),
+            ctx.size.student_budget,
+            f"seed={seed}",
+            *sets,
+        )
 
 
 def evaluate(ctx: Context) -> None:
@@ -202,24 +287,51 @@ def evaluate(ctx: Context) -> None:
     for name in ("teacher", *[r[0] for r in student_runs(ctx)]):
         evaluate_heldout(ctx, name)
         if downstream:
-            run(ctx, "evaluate", *_evaluate_args(ctx, name), "--tasks", ",".join(demo_report.TASKS),
-                "--limit", str(ctx.size.eval_limit))
+            run(
+                ctx,
+                "evaluate",
+                *_evaluate_args(ctx, name),
+                "--tasks",
+                ",".join(demo_report.TASKS),
+                "--limit",
+                str(ctx.size.eval_limit),
+            )
 
 
 def _evaluate_args(ctx: Context, name: str) -> list[str]:
-    return ["-m", "trainer.evaluate", "--checkpoint", ctx.path("runs", name),
-            "--tokenizer", ctx.path("tokenizer.model")]
+    return [
+        "-m",
+        "trainer.evaluate",
+        "--checkpoint",
+        ctx.path("runs", name),
+        "--tokenizer",
+        ctx.path("tokenizer.model"),
+    ]
 
 
 def evaluate_heldout(ctx: Context, name: str) -> None:
     """Held-out log-ppl of OUT/runs/NAME on every held-out row (merged into its eval.json)."""
-    run(ctx, "evaluate", *_evaluate_args(ctx, name), "--tasks", "heldout",
-        "--store", ctx.path("heldout_store"))
+    run(
+        ctx,
+        "evaluate",
+        *_evaluate_args(ctx, name),
+        "--tasks",
+        "heldout",
+        "--store",
+        ctx.path("heldout_store"),
+    )
 
 
 def report(ctx: Context) -> None:
-    run(ctx, "report", "-m", "trainer.report", *[ctx.path("runs", r[0]) for r in student_runs(ctx)],
-        "--out", ctx.path("sweep_report"))
+    run(
+        ctx,
+        "report",
+        "-m",
+        "trainer.report",
+        *[ctx.path("runs", r[0]) for r in student_runs(ctx)],
+        "--out",
+        ctx.path("sweep_report"),
+    )
     demo_report.write_report(ctx, student_runs(ctx))
 
 
@@ -232,6 +344,14 @@ def _save_json(ctx: Context, key: str, value) -> None:
         json.dump(facts, f, indent=1)
 
 
-STAGES = [("corpus", corpus), ("tokenizer", tokenizer), ("spine", spine), ("teacher", teacher),
-          ("dump", dump), ("inspect", inspect), ("students", students), ("evaluate", evaluate),
-          ("report", report)]
+STAGES = [
+    ("corpus", corpus),
+    ("tokenizer", tokenizer),
+    ("spine", spine),
+    ("teacher", teacher),
+    ("dump", dump),
+    ("inspect", inspect),
+    ("students", students),
+    ("evaluate", evaluate),
+    ("report", report),
+]

@@ -30,12 +30,31 @@ inspect|verify|stats|repair|compact STORE [--json]``). On disk::
 
 Each array's shard (``c/<unit>/0...``) holds exactly one work unit's rows.
 """
-from store.errors import (CorruptStoreError, IncompleteStoreError, SchemaMismatchError, StorageAccessError,
-                          StoreError, StoreInputError, StoreNotFoundError)
+
+from store.errors import (
+    CorruptStoreError,
+    IncompleteStoreError,
+    SchemaMismatchError,
+    StorageAccessError,
+    StoreError,
+    StoreInputError,
+    StoreNotFoundError,
+)
 from store.reader import StoreReader
 from store.schema import StoreSchema
 from store.writer import StoreWriter, create_store, open_writer
 
-__all__ = ["StoreSchema", "create_store", "open_writer", "StoreReader", "StoreWriter",
-           "StoreError", "StoreNotFoundError", "SchemaMismatchError", "IncompleteStoreError",
-           "CorruptStoreError", "StoreInputError", "StorageAccessError"]
+__all__ = [
+    "StoreSchema",
+    "create_store",
+    "open_writer",
+    "StoreReader",
+    "StoreWriter",
+    "StoreError",
+    "StoreNotFoundError",
+    "SchemaMismatchError",
+    "IncompleteStoreError",
+    "CorruptStoreError",
+    "StoreInputError",
+    "StorageAccessError",
+]

@@ -3,6 +3,7 @@
 The store imports nothing of the other packages, so a working-directory folder
 named like one of them cannot break this command (see trainer.cli_guard).
 """
+
 import sys
 
 from store.cli import main

@@ -9,6 +9,7 @@ whole bytes. Stored as uint8 [..., ceil(n*bits/8)], which is what
 with ``np.unpackbits(..., bitorder="little")`` (``unpack`` below is exactly
 that). At V = 262,144 an id costs 18 bits instead of int32's 32.
 """
+
 import numpy as np
 
 from store import errors
@@ -35,11 +36,11 @@ def pack(ids_xN: np.ndarray, bits: int) -> np.ndarray:
     flat = np.ascontiguousarray(ids_xN.reshape(-1, n), dtype="<u4")
     out = np.empty((flat.shape[0], width), np.uint8)
     for a in range(0, flat.shape[0], _BLOCK_POSITIONS):
-        block = flat[a:a + _BLOCK_POSITIONS]
+        block = flat[a : a + _BLOCK_POSITIONS]
         # Each id's 32 bits, LSB first; keep the low `bits` and lay them end to end.
         stream = np.unpackbits(block.view(np.uint8).reshape(-1, n, 4), axis=-1, bitorder="little")
         stream = stream[..., :bits].reshape(block.shape[0], n * bits)
-        out[a:a + block.shape[0]] = np.packbits(stream, axis=-1, bitorder="little")
+        out[a : a + block.shape[0]] = np.packbits(stream, axis=-1, bitorder="little")
     return out.reshape(*lead, width)
 
 
@@ -53,14 +54,15 @@ def unpack(packed_xW: np.ndarray, n: int, bits: int, dtype=np.int32) -> np.ndarr
     if width != packed_width(n, bits):
         raise errors.CorruptStoreError(
             f"packed ids have {width} bytes per position, {n} ids of {bits} bits need {packed_width(n, bits)}; "
-            "the store's manifest and arrays disagree: re-dump the store")
+            "the store's manifest and arrays disagree: re-dump the store"
+        )
     flat = np.ascontiguousarray(packed_xW.reshape(-1, width))
     out = np.empty((flat.shape[0], n), dtype)
     for a in range(0, flat.shape[0], _BLOCK_POSITIONS):
-        block = flat[a:a + _BLOCK_POSITIONS]
+        block = flat[a : a + _BLOCK_POSITIONS]
         m = block.shape[0]
-        stream = np.unpackbits(block, axis=-1, bitorder="little")[:, :n * bits].reshape(m, n, bits)
+        stream = np.unpackbits(block, axis=-1, bitorder="little")[:, : n * bits].reshape(m, n, bits)
         word = np.zeros((m, n, 32), np.uint8)
         word[..., :bits] = stream
-        out[a:a + m] = np.packbits(word, axis=-1, bitorder="little").view("<u4").reshape(m, n)
+        out[a : a + m] = np.packbits(word, axis=-1, bitorder="little").view("<u4").reshape(m, n)
     return out.reshape(*lead, n)

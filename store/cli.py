@@ -7,20 +7,26 @@ Exit codes: 0 success (verify: store sound), 1 verify found bad units or
 damaged metadata (repair: stopped without deleting, see its line),
 2 usage error or unreadable store (one line on stderr, no traceback).
 """
+
 import argparse
 import json
 import sys
 
 from store import errors, objective_penalty
-from store.schema import manifest_split
 from store.inspection import inspect_store
 from store.repair import repair_store
+from store.schema import manifest_split
 from store.stats import store_stats
 from store.verify import verify_store
 from store.writer import compact_store
 
-COMMANDS = {"inspect": inspect_store, "verify": verify_store, "stats": store_stats, "repair": repair_store,
-            "compact": compact_store}
+COMMANDS = {
+    "inspect": inspect_store,
+    "verify": verify_store,
+    "stats": store_stats,
+    "repair": repair_store,
+    "compact": compact_store,
+}
 _HELP = """commands:
   inspect  manifest, arrays, committed units, bytes on disk
   verify   check the metadata against the manifest, then every unit (exit 1 if any metadata file
@@ -32,24 +38,42 @@ _HELP = """commands:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m store", description="Inspect, verify, profile, repair or "
-                                "compact a teacher-signal store.", epilog=_HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m store",
+        description="Inspect, verify, profile, repair or compact a teacher-signal store.",
+        epilog=_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("command", choices=sorted(COMMANDS), help="what to do (see below)")
-    p.add_argument("store", help="store path or URL (file://, memory://, gs://, s3://; s3:// takes its endpoint "
-                   "from AWS_ENDPOINT_URL, credentials/region from the standard AWS variables)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (default: off, a table)")
-    p.add_argument("--dry-run", action="store_true", help="repair: print what would be done, change nothing "
-                   "(default: off)")
+    p.add_argument(
+        "store",
+        help="store path or URL (file://, memory://, gs://, s3://; s3:// takes its endpoint "
+        "from AWS_ENDPOINT_URL, credentials/region from the standard AWS variables)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (default: off, a table)"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="repair: print what would be done, change nothing (default: off)",
+    )
     p.add_argument("--rows", type=int, default=32, help="stats: rows to sample (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="stats: sampling seed (default: 0)")
-    p.add_argument("--alpha", type=float, help="stats: KD weight α, to report the objective "
-                   "penalty (with --tau, --tail)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        help="stats: KD weight α, to report the objective penalty (with --tau, --tail)",
+    )
     p.add_argument("--tau", type=float, help="stats: KD temperature (default 1)")
-    p.add_argument("--tail", choices=objective_penalty.TAILS,
-                   help="stats: KD tail mode (default bucket)")
-    p.add_argument("--divergence", choices=objective_penalty.DIVERGENCES,
-                   help="stats: KD divergence (default forward_kl)")
+    p.add_argument(
+        "--tail", choices=objective_penalty.TAILS, help="stats: KD tail mode (default bucket)"
+    )
+    p.add_argument(
+        "--divergence",
+        choices=objective_penalty.DIVERGENCES,
+        help="stats: KD divergence (default forward_kl)",
+    )
     return p
 
 
@@ -64,7 +88,9 @@ def main(argv=None) -> int:
             result = repair_store(args.store, dry_run=args.dry_run)
         else:
             if args.dry_run:
-                raise errors.StoreInputError(f"--dry-run is an option of repair, not of {args.command}")
+                raise errors.StoreInputError(
+                    f"--dry-run is an option of repair, not of {args.command}"
+                )
             result = COMMANDS[args.command](args.store)
     except errors.StoreError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -86,10 +112,15 @@ def _loss_settings(args):
     if args.alpha is None:
         if extra:
             raise errors.StoreInputError(
-                f"{', '.join(extra)} need --alpha (the KD weight) to report the objective penalty")
+                f"{', '.join(extra)} need --alpha (the KD weight) to report the objective penalty"
+            )
         return None
-    return {"alpha": args.alpha, "tau": 1.0 if args.tau is None else args.tau,
-            "tail": args.tail or "bucket", "divergence": args.divergence or "forward_kl"}
+    return {
+        "alpha": args.alpha,
+        "tau": 1.0 if args.tau is None else args.tau,
+        "tail": args.tail or "bucket",
+        "divergence": args.divergence or "forward_kl",
+    }
 
 
 def _format_repair(r: dict) -> str:
@@ -100,15 +131,29 @@ def _format_repair(r: dict) -> str:
     if r["status"] == "stopped":
         return "\n".join(lines + [f"repair stopped: {r['why']}"])
     if r["status"] == "units not judged":
-        return "\n".join([f"dry run of repair on {r['url']}: nothing was changed"] + lines + [r["why"]])
+        return "\n".join(
+            [f"dry run of repair on {r['url']}: nothing was changed"] + lines + [r["why"]]
+        )
     units = [b["unit"] for b in r["repaired"]]
-    snap = "; ledger snapshot re-compacted" if any(a.startswith("re-compact") for a in r["actions"]) else ""
-    head = (f"un-committed {len(units)} bad units {units[:10]} of {r['url']} and removed their shards{snap}; "
-            "re-run the same dump command to re-write them (it skips committed units)") if units else (
-        f"repaired {r['url']}{snap}: no unit had to be un-committed")
+    snap = (
+        "; ledger snapshot re-compacted"
+        if any(a.startswith("re-compact") for a in r["actions"])
+        else ""
+    )
+    head = (
+        (
+            f"un-committed {len(units)} bad units {units[:10]} of {r['url']} and removed their shards{snap}; "
+            "re-run the same dump command to re-write them (it skips committed units)"
+        )
+        if units
+        else (f"repaired {r['url']}{snap}: no unit had to be un-committed")
+    )
     if r["dry_run"]:
         head = f"dry run of repair on {r['url']}: nothing was changed; " + (
-            f"would un-commit {len(units)} bad units {units[:10]}" if units else "no unit would be un-committed")
+            f"would un-commit {len(units)} bad units {units[:10]}"
+            if units
+            else "no unit would be un-committed"
+        )
     tail = [f"journal: {r['journal']}"] if r["journal"] else []
     return "\n".join([head] + lines + tail)
 
@@ -116,54 +161,79 @@ def _format_repair(r: dict) -> str:
 def _format(command: str, r: dict) -> str:
     if command == "inspect":
         s = r["manifest"]["schema"]
-        lines = [f"store {r['url']}  profile={s['profile']}  rows={r['num_rows']}  T={s['seq_len']}  "
-                 f"k={s['k']}  samples={s.get('samples', 0)}  V={s['vocab_size']}  layers={s['hidden_layers']}  "
-                 f"D={s['hidden_dim']}  split={manifest_split(r['manifest'])}",
-                 f"units committed {r['committed_units']}/{r['num_units']} (rows_per_unit={s['rows_per_unit']}), "
-                 f"teacher={s['teacher'].get('name')} fingerprint={s['teacher'].get('fingerprint')}",
-                 f"{'array':28s} {'dtype':8s} {'shape':22s} {'chunk':18s} {'codecs':34s} {'bytes':>12s} {'B/token':>9s}"]
+        lines = [
+            f"store {r['url']}  profile={s['profile']}  rows={r['num_rows']}  T={s['seq_len']}  "
+            f"k={s['k']}  samples={s.get('samples', 0)}  V={s['vocab_size']}  layers={s['hidden_layers']}  "
+            f"D={s['hidden_dim']}  split={manifest_split(r['manifest'])}",
+            f"units committed {r['committed_units']}/{r['num_units']} (rows_per_unit={s['rows_per_unit']}), "
+            f"teacher={s['teacher'].get('name')} fingerprint={s['teacher'].get('fingerprint')}",
+            f"{'array':28s} {'dtype':8s} {'shape':22s} {'chunk':18s} {'codecs':34s} {'bytes':>12s} {'B/token':>9s}",
+        ]
         for a in r["arrays"]:
             bpt = "-" if a["bytes_per_token"] is None else f"{a['bytes_per_token']:.1f}"
-            lines.append(f"{a['name']:28s} {a['dtype']:8s} {str(a['shape']):22s} {str(a['chunk_shape']):18s} "
-                         f"{','.join(a['codecs']):34s} {str(a['bytes_on_disk']):>12s} {bpt:>9s}")
+            lines.append(
+                f"{a['name']:28s} {a['dtype']:8s} {str(a['shape']):22s} {str(a['chunk_shape']):18s} "
+                f"{','.join(a['codecs']):34s} {str(a['bytes_on_disk']):>12s} {bpt:>9s}"
+            )
         total = "-" if r["bytes_per_token"] is None else f"{r['bytes_per_token']:.1f}"
         lines.append(f"total bytes on disk {r['bytes_on_disk']}  bytes/token {total}")
         return "\n".join(lines)
     if command == "verify":
-        head = (f"{'OK' if r['ok'] else 'BAD'}: {r['committed_units']}/{r['num_units']} units committed, "
-                + (f"{len(r['bad_units'])} bad" if r["units_checked"] else
-                   f"units not checked: {len(r['metadata'])} metadata problems"))
-        lines = [head] + [f"  metadata: {m['file']} {m['problem'].split('; ')[0]}" for m in r["metadata"]]
-        lines += [f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: "
-                  f"{b['detail']}" for b in r["bad_units"]]
+        head = (
+            f"{'OK' if r['ok'] else 'BAD'}: {r['committed_units']}/{r['num_units']} units committed, "
+            + (
+                f"{len(r['bad_units'])} bad"
+                if r["units_checked"]
+                else f"units not checked: {len(r['metadata'])} metadata problems"
+            )
+        )
+        lines = [head] + [
+            f"  metadata: {m['file']} {m['problem'].split('; ')[0]}" for m in r["metadata"]
+        ]
+        lines += [
+            f"  unit {b['unit']} rows {b['rows'][0]}..{b['rows'][1]}: {b['status']}: {b['detail']}"
+            for b in r["bad_units"]
+        ]
         if r["ledger_snapshot"]:
             lines.append(f"  {r['ledger_snapshot']}")
         if r["metadata"]:
-            lines.append(f"fix: python -m store repair {r['url']}  (it rewrites the metadata from the manifest, "
-                         "then judges the units; no data is lost)")
+            lines.append(
+                f"fix: python -m store repair {r['url']}  (it rewrites the metadata from the manifest, "
+                "then judges the units; no data is lost)"
+            )
         elif any(b["status"] != "missing" for b in r["bad_units"]) or r["ledger_snapshot"]:
-            lines.append(f"fix: python -m store repair {r['url']}  then re-run the same dump command "
-                         "(it re-writes the un-committed units)")
+            lines.append(
+                f"fix: python -m store repair {r['url']}  then re-run the same dump command "
+                "(it re-writes the un-committed units)"
+            )
         elif r["bad_units"]:
             lines.append("fix: re-run the same dump command (it writes the missing units)")
         return "\n".join(lines)
     if command == "repair":
         return _format_repair(r)
     if command == "compact":
-        return (f"ledger snapshot written: {r['units']} committed units in {r['runs']} runs, "
-                f"{r['tombstones_cleared']} tombstones cleared")
+        return (
+            f"ledger snapshot written: {r['units']} committed units in {r['runs']} runs, "
+            f"{r['tombstones_cleared']} tombstones cleared"
+        )
     lines = [f"stats over {r['rows_sampled']} rows ({r['tokens_sampled']} tokens) of {r['url']}"]
     if "topk" in r:
         c, e = r["topk"]["coverage"], r["topk"]["entropy_nats"]
         if c.get("n"):
-            lines.append(f"top-{r['topk']['k']} mass coverage: mean {c['mean']:.4f} p1 {c['p1']:.4f} "
-                         f"p50 {c['p50']:.4f} p99 {c['p99']:.4f}")
-            lines.append(f"entropy over support (nats): mean {e['mean']:.3f} p1 {e['p1']:.3f} "
-                         f"p50 {e['p50']:.3f} p99 {e['p99']:.3f}")
+            lines.append(
+                f"top-{r['topk']['k']} mass coverage: mean {c['mean']:.4f} p1 {c['p1']:.4f} "
+                f"p50 {c['p50']:.4f} p99 {c['p99']:.4f}"
+            )
+            lines.append(
+                f"entropy over support (nats): mean {e['mean']:.3f} p1 {e['p1']:.3f} "
+                f"p50 {e['p50']:.3f} p99 {e['p99']:.3f}"
+            )
     if "sampled" in r and r["sampled"]["distinct_ids"].get("n"):
         d, m = r["sampled"]["distinct_ids"], r["sampled"]["mass_of_drawn_ids"]
-        lines.append(f"{r['sampled']['samples']} draws: distinct ids mean {d['mean']:.2f} p1 {d['p1']:.0f} "
-                     f"p99 {d['p99']:.0f}; teacher mass of the drawn ids mean {m['mean']:.4f} p1 {m['p1']:.4f}")
+        lines.append(
+            f"{r['sampled']['samples']} draws: distinct ids mean {d['mean']:.2f} p1 {d['p1']:.0f} "
+            f"p99 {d['p99']:.0f}; teacher mass of the drawn ids mean {m['mean']:.4f} p1 {m['p1']:.4f}"
+        )
     if "objective_penalty" in r:
         lines.append(objective_penalty.describe(r["objective_penalty"]))
     for layer, h in r["hidden"].items():
@@ -171,7 +241,9 @@ def _format(command: str, r: dict) -> str:
             continue
         n = h["token_l2_norm"]
         top = ", ".join(f"{c['channel']}:{c['mean_abs']:.3g}" for c in h["top_channels"])
-        lines.append(f"hidden/{layer}: token L2 norm mean {n['mean']:.4g} p1 {n['p1']:.4g} p99 {n['p99']:.4g}; "
-                     f"mean square {h['mean_square']:.4g}; top channels (mean |x|) {top}; "
-                     f"median channel {h['median_channel_mean_abs']:.3g}")
+        lines.append(
+            f"hidden/{layer}: token L2 norm mean {n['mean']:.4g} p1 {n['p1']:.4g} p99 {n['p99']:.4g}; "
+            f"mean square {h['mean_square']:.4g}; top channels (mean |x|) {top}; "
+            f"median channel {h['median_channel_mean_abs']:.3g}"
+        )
     return "\n".join(lines)

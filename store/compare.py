@@ -4,6 +4,7 @@ Reads every array with plain zarr-python (the raw stored bytes, independent of
 this package's reader) and the commit ledger, so two dumps of the same input
 can be shown identical (tests, bench/pipeline_bench.py).
 """
+
 import numpy as np
 import zarr
 
@@ -13,8 +14,11 @@ from store.writer import open_writer
 def store_arrays(url):
     """Every array of a store as numpy: {array path: stored values}."""
     group = zarr.open_group(url, mode="r")
-    return {name: np.asarray(node[...]) for name, node in group.members(max_depth=None)
-            if isinstance(node, zarr.Array)}
+    return {
+        name: np.asarray(node[...])
+        for name, node in group.members(max_depth=None)
+        if isinstance(node, zarr.Array)
+    }
 
 
 def store_differences(url_a, url_b):
@@ -28,8 +32,9 @@ def store_differences(url_a, url_b):
         dtype, shape or bytes, or different committed units.
     """
     a, b = store_arrays(url_a), store_arrays(url_b)
-    diffs = [f"array {name} only in {url_a if name in a else url_b}"
-             for name in sorted(set(a) ^ set(b))]
+    diffs = [
+        f"array {name} only in {url_a if name in a else url_b}" for name in sorted(set(a) ^ set(b))
+    ]
     for name in sorted(set(a) & set(b)):
         x, y = a[name], b[name]
         if x.dtype != y.dtype or x.shape != y.shape:

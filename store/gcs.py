@@ -25,6 +25,7 @@ first ``gs://`` open. ``STORAGE_EMULATOR_HOST`` is copied into it (when it is
 not set already), so users set the variable their other Google tools read.
 Without an emulator, TensorStore's fixed-token hook is left alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,9 @@ def endpoint() -> str:
 
 def adc_file() -> str:
     """Where gcloud writes application-default credentials."""
-    config = os.environ.get("CLOUDSDK_CONFIG") or os.path.join(os.path.expanduser("~"), ".config", "gcloud")
+    config = os.environ.get("CLOUDSDK_CONFIG") or os.path.join(
+        os.path.expanduser("~"), ".config", "gcloud"
+    )
     return os.path.join(config, "application_default_credentials.json")
 
 
@@ -83,8 +86,10 @@ def _metadata_answers(root: str) -> bool:
     """Whether the metadata server at ``root`` answers as one within METADATA_TIMEOUT_S (never via a proxy)."""
     if _metadata_seen.get(root):
         return True
-    request = urllib.request.Request(f"{root}/computeMetadata/v1/instance/service-accounts/default/",
-                                     headers={"Metadata-Flavor": "Google"})
+    request = urllib.request.Request(
+        f"{root}/computeMetadata/v1/instance/service-accounts/default/",
+        headers={"Metadata-Flavor": "Google"},
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=METADATA_TIMEOUT_S) as response:
@@ -102,7 +107,9 @@ def credentials(url: str) -> str:
     """
     if emulator_endpoint():
         os.environ.setdefault(_TS_ENDPOINT, emulator_endpoint())
-        os.environ.setdefault(_TS_TOKEN, "anonymous")  # emulators take any token, as google-auth's anonymous one
+        os.environ.setdefault(
+            _TS_TOKEN, "anonymous"
+        )  # emulators take any token, as google-auth's anonymous one
         return "emulator"
     if os.environ.get(_TS_TOKEN):
         return _TS_TOKEN
@@ -113,7 +120,8 @@ def credentials(url: str) -> str:
             return explicit
         raise errors.StorageAccessError(
             f"no Google Cloud credentials for {url}: GOOGLE_APPLICATION_CREDENTIALS={explicit} does not exist; "
-            f"point it at a service-account JSON key or unset it")
+            f"point it at a service-account JSON key or unset it"
+        )
     tried.append("GOOGLE_APPLICATION_CREDENTIALS (unset)")
     adc = adc_file()
     if os.path.isfile(adc):
@@ -129,12 +137,13 @@ def credentials(url: str) -> str:
     raise errors.StorageAccessError(
         f"no Google Cloud credentials found for {url}; tried {', '.join(tried)}; run "
         f"`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS "
-        f"(STORAGE_EMULATOR_HOST for an emulator)")
+        f"(STORAGE_EMULATOR_HOST for an emulator)"
+    )
 
 
 def kvstore_spec(url: str) -> dict:
     """The TensorStore kvstore spec of a normalized gs:// URL, after checking credentials exist."""
-    bucket, _, path = url[len(GS_SCHEME):].partition("/")
+    bucket, _, path = url[len(GS_SCHEME) :].partition("/")
     if not bucket:
         raise errors.StoreNotFoundError(f"store URL {url!r} names no bucket; use gs://BUCKET/PATH")
     credentials(url)

@@ -31,6 +31,7 @@ never reads the RMS.
 
 ``lean``: 6-level rotated codes (store/lean.py has the rule).
 """
+
 import numpy as np
 
 from store import lean
@@ -58,14 +59,17 @@ def rms(x_RxTxD: np.ndarray):
 
 class Float16Hidden:
     """float16 x / rms(x) and the float32 RMS (exact)."""
+
     name = "float16_rms"
 
     def check_schema(self, schema):
         """Every width can be stored."""
 
     def specs(self, layer: int, T: int, D: int) -> list[ArraySpec]:
-        return [ArraySpec(hidden_name(layer), (T, D), "float16", ("pos", "d")),
-                ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",))]
+        return [
+            ArraySpec(hidden_name(layer), (T, D), "float16", ("pos", "d")),
+            ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",)),
+        ]
 
     def encode(self, layer: int, x_RxTxD) -> dict:
         r, safe = rms(x_RxTxD)
@@ -84,12 +88,15 @@ class Float16Hidden:
         return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
 
     def describe(self, schema) -> dict:
-        return {"hidden/<l>": "float16 x/rms(x) (per-token RMS-normalised residual stream after l blocks)",
-                "hidden_aux/<l>/rms": "float32 per-token RMS; x = hidden/<l> * rms[..., None]"}
+        return {
+            "hidden/<l>": "float16 x/rms(x) (per-token RMS-normalised residual stream after l blocks)",
+            "hidden_aux/<l>/rms": "float32 per-token RMS; x = hidden/<l> * rms[..., None]",
+        }
 
 
 class OutlierInt8Hidden:
     """int8 grid per token with the NUM_OUTLIERS largest channels in float16 (compact)."""
+
     name = "int8_outliers"
 
     def check_schema(self, schema):
@@ -97,11 +104,13 @@ class OutlierInt8Hidden:
 
     def specs(self, layer: int, T: int, D: int) -> list[ArraySpec]:
         n = min(NUM_OUTLIERS, D)
-        return [ArraySpec(hidden_name(layer), (T, D), "int8", ("pos", "d"), zstd=True),
-                ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",)),
-                ArraySpec(aux_name(layer, "qstep"), (T,), "float16", ("pos",)),
-                ArraySpec(aux_name(layer, "outlier_idx"), (T, n), "uint16", ("pos", "outlier")),
-                ArraySpec(aux_name(layer, "outlier_val"), (T, n), "float16", ("pos", "outlier"))]
+        return [
+            ArraySpec(hidden_name(layer), (T, D), "int8", ("pos", "d"), zstd=True),
+            ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",)),
+            ArraySpec(aux_name(layer, "qstep"), (T,), "float16", ("pos",)),
+            ArraySpec(aux_name(layer, "outlier_idx"), (T, n), "uint16", ("pos", "outlier")),
+            ArraySpec(aux_name(layer, "outlier_val"), (T, n), "float16", ("pos", "outlier")),
+        ]
 
     def encode(self, layer: int, x_RxTxD) -> dict:
         D = x_RxTxD.shape[-1]
@@ -120,10 +129,13 @@ class OutlierInt8Hidden:
         np.rint(y, out=y)
         np.clip(y, -127, 127, out=y)
         q = y.astype(np.int8)
-        return {hidden_name(layer): q, aux_name(layer, "rms"): r,
-                aux_name(layer, "qstep"): step,
-                aux_name(layer, "outlier_idx"): idx.astype(np.uint16),
-                aux_name(layer, "outlier_val"): val.astype(np.float16)}
+        return {
+            hidden_name(layer): q,
+            aux_name(layer, "rms"): r,
+            aux_name(layer, "qstep"): step,
+            aux_name(layer, "outlier_idx"): idx.astype(np.uint16),
+            aux_name(layer, "outlier_val"): val.astype(np.float16),
+        }
 
     def decode(self, layer: int, stored: dict, dtype, normalized: bool = False):
         q = stored[hidden_name(layer)]
@@ -152,12 +164,15 @@ class OutlierInt8Hidden:
             "hidden_aux/<l>/qstep": "float16 per-token step: y = q * qstep",
             "hidden_aux/<l>/outlier_idx": "uint16 channels of the largest |y| (then y[idx] = outlier_val)",
             "hidden_aux/<l>/outlier_val": "float16 y at those channels; finally x = y * rms[..., None]",
-            "num_outliers": min(NUM_OUTLIERS, schema.hidden_dim) if schema.hidden_dim else NUM_OUTLIERS,
+            "num_outliers": min(NUM_OUTLIERS, schema.hidden_dim)
+            if schema.hidden_dim
+            else NUM_OUTLIERS,
         }
 
 
 class LeanHidden:
     """6-level rotated codes, 3 per byte, per-group float16 steps (store/lean.py)."""
+
     name = "lean"
 
     def check_schema(self, schema):

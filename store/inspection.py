@@ -8,6 +8,7 @@ other kvstores report None). Bytes per token divide them by the tokens of
 the rows whose shard files exist, so a half-written store reports the cost
 of what it holds.
 """
+
 import os
 
 from store import layout, profiles
@@ -49,7 +50,9 @@ def inspect_store(url) -> dict:
             "bytes_per_token": None,
         }
         if root is not None:
-            nbytes, rows_present = _array_disk_usage(os.path.join(root, spec.name), R, reader.num_rows)
+            nbytes, rows_present = _array_disk_usage(
+                os.path.join(root, spec.name), R, reader.num_rows
+            )
             entry["bytes_on_disk"] = nbytes
             entry["bytes_per_token"] = nbytes / (rows_present * T) if rows_present else None
             total += nbytes

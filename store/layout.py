@@ -17,6 +17,7 @@ Layout decisions (measured in bench/store_bench.py):
 * ``zstd`` is used only where a profile asks for it (compact): exact arrays
   are raw bytes so reads are memcpy + checksum.
 """
+
 import dataclasses
 import json
 import os
@@ -53,9 +54,13 @@ def context() -> ts.Context:
             # No chunk cache: every read goes to storage, so verify sees the
             # bytes on disk and a reader never serves data another process
             # re-wrote; rows are read once per epoch anyway.
-            _context = ts.Context({"cache_pool": {"total_bytes_limit": 0},
-                                   "s3_request_retries": S3_RETRIES,
-                                   "gcs_request_retries": S3_RETRIES})
+            _context = ts.Context(
+                {
+                    "cache_pool": {"total_bytes_limit": 0},
+                    "s3_request_retries": S3_RETRIES,
+                    "gcs_request_retries": S3_RETRIES,
+                }
+            )
             _context_pid = os.getpid()
         return _context
 
@@ -64,11 +69,14 @@ def normalize_url(url) -> str:
     """Returns a TensorStore kvstore URL ending in '/' for a path or URL."""
     url = os.fspath(url)
     if not url:
-        raise errors.StoreNotFoundError("empty store URL; pass a path or a file://, memory://, gs://, s3:// URL")
+        raise errors.StoreNotFoundError(
+            "empty store URL; pass a path or a file://, memory://, gs://, s3:// URL"
+        )
     if "://" in url:
         if not url.startswith(_URL_SCHEMES):
             raise errors.StoreNotFoundError(
-                f"unsupported store URL {url!r}; use a local path or one of {', '.join(_URL_SCHEMES)}")
+                f"unsupported store URL {url!r}; use a local path or one of {', '.join(_URL_SCHEMES)}"
+            )
     else:
         url = "file://" + os.path.abspath(url)
     return url.rstrip("/") + "/"
@@ -77,7 +85,7 @@ def normalize_url(url) -> str:
 def local_path(url: str) -> str | None:
     """The filesystem directory of a file:// URL, else None."""
     url = normalize_url(url)
-    return url[len("file://"):] if url.startswith("file://") else None
+    return url[len("file://") :] if url.startswith("file://") else None
 
 
 def kvstore_spec(url: str):
@@ -104,6 +112,7 @@ class ArraySpec:
         dims: dimension names after "row".
         zstd: whether inner chunks are zstd-compressed.
     """
+
     name: str
     inner_shape: tuple
     dtype: str
@@ -119,8 +128,16 @@ class ArraySpec:
 
 
 def _itemsize(dtype: str) -> int:
-    return {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2,
-            "int32": 4, "uint32": 4, "float32": 4}[dtype]
+    return {
+        "int8": 1,
+        "uint8": 1,
+        "int16": 2,
+        "uint16": 2,
+        "float16": 2,
+        "int32": 4,
+        "uint32": 4,
+        "float32": 4,
+    }[dtype]
 
 
 def inner_chunk_rows(spec: ArraySpec, rows_per_unit: int) -> int:
@@ -142,15 +159,23 @@ def array_metadata(spec: ArraySpec, num_rows: int, rows_per_unit: int) -> dict:
     return {
         "shape": [num_rows, *spec.inner_shape],
         "data_type": spec.dtype,
-        "chunk_grid": {"name": "regular",
-                       "configuration": {"chunk_shape": [rows_per_unit, *spec.inner_shape]}},
+        "chunk_grid": {
+            "name": "regular",
+            "configuration": {"chunk_shape": [rows_per_unit, *spec.inner_shape]},
+        },
         "chunk_key_encoding": {"name": "default"},
         "fill_value": 0,
-        "codecs": [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [rows, *spec.inner_shape],
-            "codecs": inner,
-            "index_codecs": [bytes_codec(), {"name": "crc32c"}],
-            "index_location": "end"}}],
+        "codecs": [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": [rows, *spec.inner_shape],
+                    "codecs": inner,
+                    "index_codecs": [bytes_codec(), {"name": "crc32c"}],
+                    "index_location": "end",
+                },
+            }
+        ],
         "dimension_names": ["row", *spec.dims],
     }
 
@@ -168,14 +193,19 @@ def shard_key(name: str, unit: int, ndim: int) -> str:
     return "/".join([name, "c", str(unit)] + ["0"] * (ndim - 1))
 
 
-def open_array(url: str, spec: ArraySpec, *, create_rows: int | None = None,
-               rows_per_unit: int | None = None) -> ts.TensorStore:
+def open_array(
+    url: str, spec: ArraySpec, *, create_rows: int | None = None, rows_per_unit: int | None = None
+) -> ts.TensorStore:
     """Opens (or, given create_rows, creates-or-opens) one array."""
     # Chunks equal to the fill value (all zeros) are still written: a committed
     # unit then always has every chunk, so a missing one means corruption.
     # A missing chunk reads as an error, not as the fill value (zeros): on any kvstore.
-    ts_spec = {"driver": "zarr3", "kvstore": kvstore_spec(array_url(url, spec.name)),
-               "store_data_equal_to_fill_value": True, "fill_missing_data_reads": False}
+    ts_spec = {
+        "driver": "zarr3",
+        "kvstore": kvstore_spec(array_url(url, spec.name)),
+        "store_data_equal_to_fill_value": True,
+        "fill_missing_data_reads": False,
+    }
     kwargs = {}
     if create_rows is not None:
         ts_spec["metadata"] = array_metadata(spec, create_rows, rows_per_unit)
@@ -185,7 +215,8 @@ def open_array(url: str, spec: ArraySpec, *, create_rows: int | None = None,
     except ValueError as e:
         raise errors.CorruptStoreError(
             f"cannot open array {spec.name!r} of store {url}: {str(e).splitlines()[0]}; "
-            f"run `python -m store verify {url}` or recreate the store") from None
+            f"run `python -m store verify {url}` or recreate the store"
+        ) from None
 
 
 def write_group(kv: ts.KvStore, path: str, attributes: dict):

@@ -35,6 +35,7 @@ Decode: c_j = (byte // 6**j) % 6; r = (c - 2.5) * step; y = H_b(r) * s;
 x = y * rms (a normalized read stops at y). Top-k (k > 0) is stored as in
 compact; ids (top-k and sampled) are bit-packed (store/bitpack.py).
 """
+
 import numpy as np
 
 from store import errors
@@ -47,7 +48,7 @@ MIN_GROUP = 16  # below this the per-group float16 step costs more than the code
 SIGNS_SEED = 12
 _BLOCK_TOKENS = 4096  # tokens per encode/decode block: bounds the float32 temporaries
 # LUT[byte] = the three code values (c - 2.5) a byte packs (bytes > 215 never occur).
-_LUT = np.array([[(b // 6 ** j) % 6 - 2.5 for j in range(3)] for b in range(256)], np.float32)
+_LUT = np.array([[(b // 6**j) % 6 - 2.5 for j in range(3)] for b in range(256)], np.float32)
 
 
 def group_size(D: int) -> int:
@@ -60,7 +61,8 @@ def check_dim(D: int):
     if D and group_size(D) < MIN_GROUP:
         raise errors.StoreInputError(
             f"invalid StoreSchema: profile 'lean' needs hidden_dim divisible by {MIN_GROUP} (rotation groups), "
-            f"got {D}; use the compact profile for this width")
+            f"got {D}; use the compact profile for this width"
+        )
 
 
 def dim_of(codes_width: int, groups: int) -> int:
@@ -73,7 +75,8 @@ def dim_of(codes_width: int, groups: int) -> int:
             return D
     raise errors.CorruptStoreError(
         f"lean arrays with {codes_width} code bytes and {groups} step groups per token fit no hidden_dim; "
-        "the store is damaged: run `python -m store verify` on it")
+        "the store is damaged: run `python -m store verify` on it"
+    )
 
 
 def signs(D: int) -> np.ndarray:
@@ -110,23 +113,27 @@ def encode(x_RxTxD: np.ndarray, rms_safe_RxT: np.ndarray):
     codes = np.zeros((x.shape[0], 3 * W), np.uint8)
     step = np.empty((x.shape[0], G), np.float16)
     for a in range(0, x.shape[0], _BLOCK_TOKENS):
-        y = np.divide(x[a:a + _BLOCK_TOKENS], safe[a:a + _BLOCK_TOKENS, None], dtype=np.float32)
+        y = np.divide(x[a : a + _BLOCK_TOKENS], safe[a : a + _BLOCK_TOKENS, None], dtype=np.float32)
         r = hadamard_rotate((y * s).reshape(-1, G, b))
-        ms = np.mean(np.square(r), axis=-1, dtype=np.float32)  # pairwise float32: see the module doc
+        ms = np.mean(
+            np.square(r), axis=-1, dtype=np.float32
+        )  # pairwise float32: see the module doc
         st = (np.sqrt(ms) * np.float32(LEAN_STEP)).astype(np.float16)
         st[st == 0] = 1.0
-        step[a:a + _BLOCK_TOKENS] = st
+        step[a : a + _BLOCK_TOKENS] = st
         np.divide(r, st.astype(np.float32)[..., None], out=r)
         np.floor(r, out=r)
         r += 3
         np.clip(r, 0, LEVELS - 1, out=r)
-        codes[a:a + _BLOCK_TOKENS, :D] = r.reshape(-1, D)
+        codes[a : a + _BLOCK_TOKENS, :D] = r.reshape(-1, D)
     c = codes.reshape(-1, W, 3).astype(np.uint16)
     packed = (c[..., 0] + 6 * c[..., 1] + 36 * c[..., 2]).astype(np.uint8)
     return packed.reshape(*lead, W), step.reshape(*lead, G)
 
 
-def decode(codes_RxTxW: np.ndarray, step_RxTxG: np.ndarray, D: int, dtype, rms_RxT=None) -> np.ndarray:
+def decode(
+    codes_RxTxW: np.ndarray, step_RxTxG: np.ndarray, D: int, dtype, rms_RxT=None
+) -> np.ndarray:
     """y (``rms_RxT`` None) or x = y * rms, in ``dtype``."""
     lead, W = codes_RxTxW.shape[:-1], codes_RxTxW.shape[-1]
     b = group_size(D)
@@ -137,39 +144,45 @@ def decode(codes_RxTxW: np.ndarray, step_RxTxG: np.ndarray, D: int, dtype, rms_R
     rms = None if rms_RxT is None else rms_RxT.reshape(-1)
     out = np.empty((codes.shape[0], D), dtype)
     for a in range(0, codes.shape[0], _BLOCK_TOKENS):
-        r = _LUT[codes[a:a + _BLOCK_TOKENS]].reshape(-1, 3 * W)[:, :D].reshape(-1, G, b)
-        r *= step[a:a + _BLOCK_TOKENS].astype(np.float32)[..., None]
+        r = _LUT[codes[a : a + _BLOCK_TOKENS]].reshape(-1, 3 * W)[:, :D].reshape(-1, G, b)
+        r *= step[a : a + _BLOCK_TOKENS].astype(np.float32)[..., None]
         y = hadamard_rotate(r).reshape(-1, D)
         y *= s
         if rms is not None:
-            y *= rms[a:a + _BLOCK_TOKENS, None]
-        out[a:a + _BLOCK_TOKENS] = y
+            y *= rms[a : a + _BLOCK_TOKENS, None]
+        out[a : a + _BLOCK_TOKENS] = y
     return out.reshape(*lead, D)
 
 
 def hidden_specs(layer_name: str, aux, T: int, D: int) -> list[ArraySpec]:
     """The stored arrays of one layer (``aux(what)`` names its side arrays)."""
-    return [ArraySpec(layer_name, (T, (D + 2) // 3), "uint8", ("pos", "d_codes3")),
-            ArraySpec(aux("rms"), (T,), "float32", ("pos",)),
-            ArraySpec(aux("step"), (T, D // group_size(D)), "float16", ("pos", "group"))]
+    return [
+        ArraySpec(layer_name, (T, (D + 2) // 3), "uint8", ("pos", "d_codes3")),
+        ArraySpec(aux("rms"), (T,), "float32", ("pos",)),
+        ArraySpec(aux("step"), (T, D // group_size(D)), "float16", ("pos", "group")),
+    ]
 
 
 def describe(D: int) -> dict:
     """Manifest entries of the lean activation encoding."""
     return {
-        "hidden/<l>": ("uint8, 3 codes per byte: c_j = (byte // 6**j) % 6 for channels 3i+j (channels >= D "
-                       "are padding); r = (c - 2.5) * step[group of the channel]"),
+        "hidden/<l>": (
+            "uint8, 3 codes per byte: c_j = (byte // 6**j) % 6 for channels 3i+j (channels >= D "
+            "are padding); r = (c - 2.5) * step[group of the channel]"
+        ),
         "hidden_aux/<l>/rms": "float32 per-token RMS of x",
         "hidden_aux/<l>/step": "float16 per-token, per-group step of the 6-level grid",
-        "hidden_rotation": ("per group g of hidden_group channels (channels g*b..(g+1)*b-1): "
-                            "y = (r_g @ H_b / sqrt(b)) * hidden_signs[channels], H_b Sylvester Hadamard "
-                            "(H_1 = [1], H_2n = [[H, H], [H, -H]]); then x = y * rms[..., None] "
-                            "(y alone is the normalized activation x / rms)"),
+        "hidden_rotation": (
+            "per group g of hidden_group channels (channels g*b..(g+1)*b-1): "
+            "y = (r_g @ H_b / sqrt(b)) * hidden_signs[channels], H_b Sylvester Hadamard "
+            "(H_1 = [1], H_2n = [[H, H], [H, -H]]); then x = y * rms[..., None] "
+            "(y alone is the normalized activation x / rms)"
+        ),
         "hidden_group": group_size(D) if D else 0,
         "hidden_signs": signs(D).tolist() if D else [],
         "lean_step": LEAN_STEP,
         "lean_step_rule": "step = float16(float32(sqrt(m)) * float32(lean_step)), m the float32 mean over the "
-                          "group of float32(r**2) (numpy: np.mean(np.square(r), axis=-1, dtype=np.float32)), a "
-                          "zero step stored as 1; code = clip(floor(r / step) + 3, 0, 5), r the rotated "
-                          "normalized activation",
+        "group of float32(r**2) (numpy: np.mean(np.square(r), axis=-1, dtype=np.float32)), a "
+        "zero step stored as 1; code = clip(floor(r / step) + 3, 0, 5), r the rotated "
+        "normalized activation",
     }

@@ -20,6 +20,7 @@ sha256, dtype and shape of every encoded array slice, so ``verify`` can tell
 corrupt data (bytes that decode but differ) from stale or foreign data. It
 carries no timestamp, so re-writing a unit rewrites an identical record.
 """
+
 import hashlib
 import json
 import os
@@ -53,8 +54,10 @@ def make_record(unit: int, rows: tuple, schema_sha256: str, encoded: dict) -> di
         "unit": unit,
         "rows": [int(rows[0]), int(rows[1])],
         "schema_sha256": schema_sha256,
-        "arrays": {name: {"dtype": str(x.dtype), "shape": list(x.shape), "sha256": array_digest(x)}
-                   for name, x in sorted(encoded.items())},
+        "arrays": {
+            name: {"dtype": str(x.dtype), "shape": list(x.shape), "sha256": array_digest(x)}
+            for name, x in sorted(encoded.items())
+        },
     }
 
 
@@ -86,8 +89,12 @@ def decode_record(raw: bytes) -> "dict | CorruptRecord":
         node = json.loads(raw)
     except ValueError:
         return CorruptRecord("not valid JSON (truncated or damaged)")
-    if not isinstance(node, dict) or node.get("zarr_format") != 3 or node.get("node_type") != "group" \
-            or not isinstance(node.get("attributes"), dict):
+    if (
+        not isinstance(node, dict)
+        or node.get("zarr_format") != 3
+        or node.get("node_type") != "group"
+        or not isinstance(node.get("attributes"), dict)
+    ):
         return CorruptRecord("not a Zarr group node with attributes")
     return node["attributes"]
 
@@ -137,7 +144,7 @@ def committed_units(kv: ts.KvStore, start: int | None = None, stop: int | None =
     hi = PREFIX + ("unit`" if stop is None else f"unit_{stop:08d}")
     units = set()
     for key in kv.list(ts.KvStore.KeyRange(inclusive_min=lo, exclusive_max=hi)).result():
-        unit = _unit_of(key.decode()[len(PREFIX):], lambda node: node)
+        unit = _unit_of(key.decode()[len(PREFIX) :], lambda node: node)
         if unit is not None:
             units.add(unit)
     return units
@@ -146,10 +153,15 @@ def committed_units(kv: ts.KvStore, start: int | None = None, stop: int | None =
 def tombstones(kv: ts.KvStore) -> dict[str, int]:
     """{tombstone key: unit} (one list operation)."""
     out = {}
-    for key in kv.list(ts.KvStore.KeyRange(inclusive_min=TOMBSTONE_PREFIX,
-                                           exclusive_max=TOMBSTONE_PREFIX[:-1] + "0")).result():
-        unit = _unit_of(key.decode()[len(TOMBSTONE_PREFIX):],
-                        lambda node: node.partition("_")[0] if "_" in node else "")
+    for key in kv.list(
+        ts.KvStore.KeyRange(
+            inclusive_min=TOMBSTONE_PREFIX, exclusive_max=TOMBSTONE_PREFIX[:-1] + "0"
+        )
+    ).result():
+        unit = _unit_of(
+            key.decode()[len(TOMBSTONE_PREFIX) :],
+            lambda node: node.partition("_")[0] if "_" in node else "",
+        )
         if unit is not None:
             out[key.decode()] = unit
     return out
@@ -164,7 +176,7 @@ def _unit_of(name: str, number_part) -> int | None:
     if not (name.startswith("unit_") and name.endswith("/zarr.json")):
         return None
     try:
-        return int(number_part(name[len("unit_"):-len("/zarr.json")]))
+        return int(number_part(name[len("unit_") : -len("/zarr.json")]))
     except ValueError:
         return None
 

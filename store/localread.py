@@ -28,6 +28,7 @@ codecs, remote kvstores) goes through TensorStore.
 tests/store/test_store_localread.py checks both paths return identical arrays
 and that corruption is caught by both.
 """
+
 import concurrent.futures
 import os
 import stat
@@ -73,13 +74,20 @@ def eligible(meta: dict) -> bool:
     inner = list(conf.get("codecs", []))
     # The bytes codec has no endianness for 1-byte dtypes (TensorStore drops it).
     one_byte = np.dtype(meta["data_type"]).itemsize == 1
-    bytes_ok = bool(inner) and (inner[0] == _LITTLE_BYTES or (one_byte and inner[0] == {"name": "bytes"}))
+    bytes_ok = bool(inner) and (
+        inner[0] == _LITTLE_BYTES or (one_byte and inner[0] == {"name": "bytes"})
+    )
     middle_ok = inner[1:-1] == [] or (len(inner) == 3 and _zstd_codec(inner[1]))
     inner_full = list(conf["chunk_shape"][1:]) == list(meta["shape"][1:])
-    return (bytes_ok and middle_ok and inner[-1:] == [_CRC]
-            and conf.get("index_codecs") == [_LITTLE_BYTES, _CRC]
-            and conf.get("index_location", "end") == "end" and inner_full
-            and meta.get("chunk_key_encoding", {}).get("name") == "default")
+    return (
+        bytes_ok
+        and middle_ok
+        and inner[-1:] == [_CRC]
+        and conf.get("index_codecs") == [_LITTLE_BYTES, _CRC]
+        and conf.get("index_location", "end") == "end"
+        and inner_full
+        and meta.get("chunk_key_encoding", {}).get("name") == "default"
+    )
 
 
 def _crc(x) -> int:
@@ -108,7 +116,9 @@ class LocalArrayReader:
         self.shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         self.chunk_rows = conf["chunk_shape"][0]
         self.chunks_per_shard = self.shard_rows // self.chunk_rows
-        self.chunk_bytes = self.chunk_rows * int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.chunk_bytes = (
+            self.chunk_rows * int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        )
         self.zstd = len(conf["codecs"]) == 3
         self._zstd = numcodecs.Zstd() if self.zstd else None
         self._key_tail = ["0"] * (len(self.shape) - 1)
@@ -129,7 +139,9 @@ class LocalArrayReader:
         while row < stop:
             shard = row // self.shard_rows
             shard_stop = min(stop, (shard + 1) * self.shard_rows)
-            self._plan_shard(shard, row, shard_stop, out[row - start:shard_stop - start], fds, tasks)
+            self._plan_shard(
+                shard, row, shard_stop, out[row - start : shard_stop - start], fds, tasks
+            )
             row = shard_stop
 
     def _plan_shard(self, shard, start, stop, out, fds, tasks):
@@ -140,25 +152,33 @@ class LocalArrayReader:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise errors.CorruptStoreError(
-                f"{what}: shard file {path} is missing for a committed unit; {_REPAIR}") from None
+                f"{what}: shard file {path} is missing for a committed unit; {_REPAIR}"
+            ) from None
         except OSError as e:
-            raise errors.CorruptStoreError(f"{what}: shard file {path} cannot be opened ({e.strerror}); "
-                                           f"{_REPAIR}") from None
+            raise errors.CorruptStoreError(
+                f"{what}: shard file {path} cannot be opened ({e.strerror}); {_REPAIR}"
+            ) from None
         fds.append(fd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise errors.CorruptStoreError(
-                f"{what}: {path} is a directory or special file, not a shard; {_REPAIR}")
+                f"{what}: {path} is a directory or special file, not a shard; {_REPAIR}"
+            )
         index = self._read_index(fd, path)
         base = shard * self.shard_rows
         first, last = (start - base) // self.chunk_rows, (stop - 1 - base) // self.chunk_rows
         for c in range(first, last + 1):
             offset, nbytes = int(index[c][0]), int(index[c][1])
-            if index[c][0] == _EMPTY or (nbytes != self.chunk_bytes + 4 if not self.zstd else nbytes <= 4):
+            if index[c][0] == _EMPTY or (
+                nbytes != self.chunk_bytes + 4 if not self.zstd else nbytes <= 4
+            ):
                 raise errors.CorruptStoreError(
-                    f"{what}: inner chunk {c} of {path} is missing or has {nbytes} bytes; {_REPAIR}")
+                    f"{what}: inner chunk {c} of {path} is missing or has {nbytes} bytes; {_REPAIR}"
+                )
             c0 = base + c * self.chunk_rows
             a, b = max(start, c0), min(stop, c0 + self.chunk_rows)
-            tasks.append((self, fd, path, c, offset, nbytes, out[a - start:b - start], a - c0, b - c0))
+            tasks.append(
+                (self, fd, path, c, offset, nbytes, out[a - start : b - start], a - c0, b - c0)
+            )
 
     def _read_chunk(self, fd, path, c, offset, nbytes, dest, a, b):
         """Reads (and decodes) inner chunk ``c`` and puts its rows [a, b) into ``dest``."""
@@ -169,14 +189,20 @@ class LocalArrayReader:
         bad = f"inner chunk {c} of {path} fails its crc32c checksum; {_REPAIR}"
         if self.zstd:
             raw = np.empty(nbytes, np.uint8)
-            if os.preadv(fd, [raw], offset) != nbytes or _crc(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            if os.preadv(fd, [raw], offset) != nbytes or _crc(raw[:-4]) != int.from_bytes(
+                raw[-4:], "little"
+            ):
                 raise errors.CorruptStoreError(bad)
             try:
                 self._zstd.decode(raw[:-4], out=memoryview(target).cast("B"))
-            except (RuntimeError, ValueError) as e:  # a frame that does not decode, or to another size
+            except (
+                RuntimeError,
+                ValueError,
+            ) as e:  # a frame that does not decode, or to another size
                 raise errors.CorruptStoreError(
                     f"inner chunk {c} of {path} does not zstd-decode to {self.chunk_bytes} bytes ({e}); "
-                    f"{_REPAIR}") from None
+                    f"{_REPAIR}"
+                ) from None
         else:
             trailer = bytearray(4)
             got = os.preadv(fd, [memoryview(target).cast("B"), trailer], offset)
@@ -191,7 +217,8 @@ class LocalArrayReader:
         raw = os.pread(fd, size, end - size) if end >= size else b""
         if len(raw) != size or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise errors.CorruptStoreError(
-                f"shard index of {path} is truncated or fails its crc32c; {_REPAIR}")
+                f"shard index of {path} is truncated or fails its crc32c; {_REPAIR}"
+            )
         return np.frombuffer(raw, "<u8", count=self.chunks_per_shard * 2).reshape(-1, 2)
 
 
@@ -210,7 +237,7 @@ def read_runs(jobs) -> None:
         for arr, runs, out in jobs:
             at = 0
             for a, b in runs:
-                arr._plan(a, b, out[at:at + b - a], fds, tasks)
+                arr._plan(a, b, out[at : at + b - a], fds, tasks)
                 at += b - a
         if len(tasks) <= 1 or THREADS <= 1:
             for t in tasks:

@@ -27,6 +27,7 @@ file with what is stored. Readers and writers refuse a store with any
 problem (one line naming ``python -m store repair``); ``verify`` reports
 each problem naming its file; ``repair`` rewrites the files from the manifest.
 """
+
 import dataclasses
 import functools
 import hashlib
@@ -42,23 +43,31 @@ from store.schema import FORMAT_VERSION, STORE_FORMAT, StoreSchema, first_differ
 ROOT_KEY = "zarr.json"
 COPY_KEY = "ledger/manifest/zarr.json"
 COPY_FORMAT = "distill-teacher-store/manifest-copy/1"
-LEDGER_ATTRIBUTES = {"description": "commit records: the attributes of unit_NNNNNNNN/zarr.json, "
-                                    "one per committed work unit"}
+LEDGER_ATTRIBUTES = {
+    "description": "commit records: the attributes of unit_NNNNNNNN/zarr.json, "
+    "one per committed work unit"
+}
 
 
 def node_bytes(attributes: dict) -> bytes:
     """A group's zarr.json bytes, exactly as ``layout.write_group`` writes them."""
-    return json.dumps(dict(layout.GROUP_NODE, attributes=attributes), sort_keys=True, indent=1).encode()
+    return json.dumps(
+        dict(layout.GROUP_NODE, attributes=attributes), sort_keys=True, indent=1
+    ).encode()
 
 
 def manifest_sha256(manifest: dict) -> str:
     """sha256 of the canonical JSON of a manifest."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def copy_bytes(manifest: dict) -> bytes:
     """The bytes of ``ledger/manifest/zarr.json`` for ``manifest``."""
-    return node_bytes({"format": COPY_FORMAT, "manifest": manifest, "sha256": manifest_sha256(manifest)})
+    return node_bytes(
+        {"format": COPY_FORMAT, "manifest": manifest, "sha256": manifest_sha256(manifest)}
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -66,8 +75,15 @@ def array_bytes(spec: layout.ArraySpec, num_rows: int, rows_per_unit: int) -> by
     """The zarr.json bytes TensorStore writes for ``spec`` (created in a scratch in-memory kvstore)."""
     url = f"memory://derive-{uuid.uuid4().hex}/"
     context = ts.Context()  # Private: the scratch array is gone with it.
-    ts.open({"driver": "zarr3", "kvstore": url, "create": True,
-             "metadata": layout.array_metadata(spec, num_rows, rows_per_unit)}, context=context).result()
+    ts.open(
+        {
+            "driver": "zarr3",
+            "kvstore": url,
+            "create": True,
+            "metadata": layout.array_metadata(spec, num_rows, rows_per_unit),
+        },
+        context=context,
+    ).result()
     return ts.KvStore.open(url, context=context).result().read("zarr.json").result().value
 
 
@@ -82,6 +98,7 @@ class Manifest:
         problems: [{"file", "problem"}] found in the root and the copy.
         root_raw, copy_raw: the stored bytes of the root zarr.json and of the copy (None: missing).
     """
+
     manifest: dict
     schema: StoreSchema
     legacy: bool
@@ -105,8 +122,12 @@ def _parse_root(raw, url):
         node = json.loads(raw)
     except ValueError:
         return None, None, "is not valid JSON (truncated or damaged)"
-    if not isinstance(node, dict) or node.get("zarr_format") != 3 or node.get("node_type") != "group" \
-            or not isinstance(node.get("attributes"), dict):
+    if (
+        not isinstance(node, dict)
+        or node.get("zarr_format") != 3
+        or node.get("node_type") != "group"
+        or not isinstance(node.get("attributes"), dict)
+    ):
         return None, None, "is not a Zarr v3 group node"
     manifest = node["attributes"]
     if manifest.get("store_format") != STORE_FORMAT:
@@ -115,7 +136,8 @@ def _parse_root(raw, url):
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise errors.SchemaMismatchError(
             f"store {url} has format_version={version!r}, this package reads <= {FORMAT_VERSION}; "
-            "upgrade the store package")
+            "upgrade the store package"
+        )
     if version != FORMAT_VERSION:
         return None, None, f"has format_version={version!r}"
     try:
@@ -159,36 +181,55 @@ def open_manifest(kv, url: str) -> Manifest:
         SchemaMismatchError: a store of a newer format version.
     """
     root_raw, copy_raw = _read_raw(kv, ROOT_KEY, url), _read_raw(kv, COPY_KEY, url)
-    root, root_schema, root_why = (None, None, "is missing") if root_raw is None else _parse_root(root_raw, url)
+    root, root_schema, root_why = (
+        (None, None, "is missing") if root_raw is None else _parse_root(root_raw, url)
+    )
     copy, copy_why = (None, "is missing") if copy_raw is None else _parse_copy(copy_raw)
     fix = f"run `python -m store repair {url}`"
     if copy is not None:
         manifest, schema, why = _parse_root(node_bytes(copy), url)
         if why is not None:
-            raise errors.CorruptStoreError(f"{url}{COPY_KEY} holds a manifest that {why}; restore the store "
-                                           "from a backup or dump again to a new store URL")
+            raise errors.CorruptStoreError(
+                f"{url}{COPY_KEY} holds a manifest that {why}; restore the store "
+                "from a backup or dump again to a new store URL"
+            )
         problems = []
         if root is None:
-            problems.append({"file": ROOT_KEY, "problem": f"{root_why}; {fix} (it restores it from {COPY_KEY})"})
+            problems.append(
+                {"file": ROOT_KEY, "problem": f"{root_why}; {fix} (it restores it from {COPY_KEY})"}
+            )
         elif manifest_sha256(_essential(root)) != manifest_sha256(_essential(copy)):
             field = first_difference(root, copy) or "?"
-            problems.append({"file": ROOT_KEY, "problem": f"manifest field {field} differs from its checksummed "
-                                                          f"copy {COPY_KEY}; {fix} (it restores it)"})
+            problems.append(
+                {
+                    "file": ROOT_KEY,
+                    "problem": f"manifest field {field} differs from its checksummed "
+                    f"copy {COPY_KEY}; {fix} (it restores it)",
+                }
+            )
         return Manifest(manifest, schema, False, problems, root_raw, copy_raw)
     if root is None:
         if root_raw is None and copy_raw is None:
             remote.check_bucket(kv, url)
-            raise errors.StoreNotFoundError(f"no store at {url} (no zarr.json; empty or not a Zarr group); "
-                                            "check the path or create one with store.create_store")
+            raise errors.StoreNotFoundError(
+                f"no store at {url} (no zarr.json; empty or not a Zarr group); "
+                "check the path or create one with store.create_store"
+            )
         if copy_raw is None and root_why.startswith(("is not a Zarr", "has no ")):
-            raise errors.StoreNotFoundError(f"{url} is a Zarr group but not a teacher-signal store ({ROOT_KEY} "
-                                            f"{root_why}); pass the store's root URL")
+            raise errors.StoreNotFoundError(
+                f"{url} is a Zarr group but not a teacher-signal store ({ROOT_KEY} "
+                f"{root_why}); pass the store's root URL"
+            )
         raise errors.CorruptStoreError(
             f"{url}{ROOT_KEY} {root_why} and its copy {COPY_KEY} {copy_why}: the manifest is lost; restore "
-            f"{ROOT_KEY} from a backup or dump again to a new store URL")
+            f"{ROOT_KEY} from a backup or dump again to a new store URL"
+        )
     legacy = "num_rows" not in root
-    problems = [] if legacy else [{"file": COPY_KEY, "problem": f"{copy_why}; {fix} (it rewrites it from "
-                                                                f"{ROOT_KEY})"}]
+    problems = (
+        []
+        if legacy
+        else [{"file": COPY_KEY, "problem": f"{copy_why}; {fix} (it rewrites it from {ROOT_KEY})"}]
+    )
     return Manifest(root, root_schema, legacy, problems, root_raw, copy_raw)
 
 
@@ -204,7 +245,8 @@ def num_rows(kv, opened: Manifest, url: str) -> int:
     if not isinstance(rows, int) or rows < 0:
         raise errors.CorruptStoreError(
             f"{url}tokens/zarr.json is damaged and this store (written before its manifest held num_rows) "
-            "has no other record of its row count; restore the file from a backup or dump again")
+            "has no other record of its row count; restore the file from a backup or dump again"
+        )
     return rows
 
 
@@ -279,15 +321,18 @@ def refuse(url: str, problems: list):
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     raise errors.CorruptStoreError(
         f"store {url} metadata: {first['file']} {first['problem'].split('; ')[0]}{more}; run "
-        f"`python -m store repair {url}` (it rewrites the metadata from the manifest; no data is lost)")
+        f"`python -m store repair {url}` (it rewrites the metadata from the manifest; no data is lost)"
+    )
 
 
 def check_exists(url: str):
     """Raises StoreNotFoundError for a local store URL whose directory does not exist."""
     path = layout.local_path(url)
     if path is not None and not os.path.isdir(path):
-        raise errors.StoreNotFoundError(f"no store at {path} (directory does not exist); check the path "
-                                        "or create one with store.create_store")
+        raise errors.StoreNotFoundError(
+            f"no store at {path} (directory does not exist); check the path "
+            "or create one with store.create_store"
+        )
 
 
 def open_checked(url: str, nodes: str = "arrays"):
@@ -312,12 +357,16 @@ def open_checked(url: str, nodes: str = "arrays"):
     rows = num_rows(kv, opened, url)
     if nodes == "arrays":
         expected = expected_nodes(opened.schema, opened.manifest, rows)
-        problems, _ = check_nodes(kv, expected, url, [k for k in expected if _is_array_key(opened, k)])
+        problems, _ = check_nodes(
+            kv, expected, url, [k for k in expected if _is_array_key(opened, k)]
+        )
         if problems:
             refuse(url, problems)
     return kv, opened, rows
 
 
 def _is_array_key(opened: Manifest, key: str) -> bool:
-    names = {s.name for s in profiles.for_store(opened.schema, opened.manifest).arrays(opened.schema)}
-    return key[:-len("/zarr.json")] in names
+    names = {
+        s.name for s in profiles.for_store(opened.schema, opened.manifest).arrays(opened.schema)
+    }
+    return key[: -len("/zarr.json")] in names

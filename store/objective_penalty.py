@@ -58,6 +58,7 @@ visible share of what distillation can give. Other divergences than
 forward_kl are modelled only where the penalty is exactly 0 (bucket at τ = 1,
 renormalize); elsewhere the result says "not modelled" instead of a number.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -131,17 +132,18 @@ def solve_optimum(p_NxC, w_NxC, b_NxC, active_NxC, alpha: float, tau: float):
     def value(z):
         kl_part = np.where(np.isfinite(b_NxC), t * z + b_NxC, -np.inf) + neg
         lin = np.sum(a_NxC * np.where(active_NxC, z, 0.0), -1)
-        return -lin + (1 - alpha) * _lse(z) + alpha * tau ** 2 * _lse(kl_part)
+        return -lin + (1 - alpha) * _lse(z) + alpha * tau**2 * _lse(kl_part)
 
     def grad_hess(z):
         q = _softmax(z)
         r = _softmax(np.where(np.isfinite(b_NxC), t * z + b_NxC, -np.inf) + neg)
         g = (1 - alpha) * q + alpha * tau * r - a_NxC
         g = np.where(active_NxC, g, 0.0)
-        h = ((1 - alpha) * (np.einsum("nc,cd->ncd", q, np.eye(q.shape[-1]))
-                            - q[:, :, None] * q[:, None, :])
-             + alpha * (np.einsum("nc,cd->ncd", r, np.eye(r.shape[-1]))
-                        - r[:, :, None] * r[:, None, :]))
+        h = (1 - alpha) * (
+            np.einsum("nc,cd->ncd", q, np.eye(q.shape[-1])) - q[:, :, None] * q[:, None, :]
+        ) + alpha * (
+            np.einsum("nc,cd->ncd", r, np.eye(r.shape[-1])) - r[:, :, None] * r[:, None, :]
+        )
         act = active_NxC[:, :, None] & active_NxC[:, None, :]
         # Pin the shift direction (F(z + c·1) = F(z)) and the inactive classes.
         h = np.where(act, h + 1.0 / n_active[:, :, None], 0.0)
@@ -185,8 +187,9 @@ def _classes(topk_logprobs_NxK, vocab_size, tau, tail, log_s_student):
     b_tail = np.where(m > 0, log_s_student - t * log_m, -np.inf)
     b = np.concatenate([np.where(valid, 0.0, -np.inf), b_tail[:, None]], -1)
     if tail == "bucket":
-        log_s = np.where(m > 0, tempered_tail_logmass(log_m, _min_log(lp, valid), num_tail, tau),
-                         -np.inf)
+        log_s = np.where(
+            m > 0, tempered_tail_logmass(log_m, _min_log(lp, valid), num_tail, tau), -np.inf
+        )
         w = _softmax(np.concatenate([scaled, log_s[:, None]], -1))
     else:
         w = _softmax(np.concatenate([scaled, np.full((lp.shape[0], 1), -np.inf)], -1))
@@ -199,8 +202,14 @@ def _min_log(lp, valid):
     return np.min(np.where(valid, lp, np.inf), -1)
 
 
-def position_penalties(topk_logprobs_NxK, vocab_size: int, alpha: float, tau: float,
-                       tail: str, divergence: str = "forward_kl") -> dict:
+def position_penalties(
+    topk_logprobs_NxK,
+    vocab_size: int,
+    alpha: float,
+    tau: float,
+    tail: str,
+    divergence: str = "forward_kl",
+) -> dict:
     """Per-position penalties ``KL(p_T ‖ q*)`` in nats.
 
     Args:
@@ -230,8 +239,10 @@ def position_penalties(topk_logprobs_NxK, vocab_size: int, alpha: float, tau: fl
         zeros = np.zeros(n)
         return {"penalty": zeros, "penalty_max": zeros, "residual": 0.0}
     if divergence != "forward_kl":
-        return {"not_modelled": f"divergence={divergence} with tail={tail} at tau={tau:g} "
-                                "(the guard models forward_kl)"}
+        return {
+            "not_modelled": f"divergence={divergence} with tail={tail} at tau={tau:g} "
+            "(the guard models forward_kl)"
+        }
     if alpha == 1.0:
         return {"not_modelled": "alpha=1: no NLL term pins the student's tail"}
     valid = np.isfinite(lp)
@@ -240,62 +251,102 @@ def position_penalties(topk_logprobs_NxK, vocab_size: int, alpha: float, tau: fl
     num_tail = vocab_size - valid.sum(-1)
     lo, hi = tail_bounds_log(log_m, _min_log(lp, valid), num_tail, tau)
     results, resid = [], 0.0
-    for log_s in ([0.5 * (lo + hi)] if tau == 1.0 else [0.5 * (lo + hi), lo, hi]):
+    for log_s in [0.5 * (lo + hi)] if tau == 1.0 else [0.5 * (lo + hi), lo, hi]:
         p, w, b, active = _classes(lp, vocab_size, tau, tail, log_s)
         # Chunks keep the [n, C, C] Hessians at ~16 MB whatever k is.
         chunk = max(16, 2_000_000 // p.shape[1] ** 2)
-        parts = [solve_optimum(p[i:i + chunk], w[i:i + chunk], b[i:i + chunk],
-                               active[i:i + chunk], alpha, tau) for i in range(0, n, chunk)]
+        parts = [
+            solve_optimum(
+                p[i : i + chunk],
+                w[i : i + chunk],
+                b[i : i + chunk],
+                active[i : i + chunk],
+                alpha,
+                tau,
+            )
+            for i in range(0, n, chunk)
+        ]
         q = np.concatenate([x[0] for x in parts]) if parts else p
         res = np.concatenate([x[1] for x in parts]) if parts else np.zeros(0)
-        kl = np.sum(np.where(p > 0, p * (np.log(np.maximum(p, _TINY)) - np.log(np.maximum(q, _TINY))),
-                             0.0), -1)
+        kl = np.sum(
+            np.where(p > 0, p * (np.log(np.maximum(p, _TINY)) - np.log(np.maximum(q, _TINY))), 0.0),
+            -1,
+        )
         results.append(np.maximum(kl, 0.0))  # A KL: < 0 only by float rounding (~1e-12).
         resid = max(resid, float(np.max(res)) if res.size else 0.0)
-    return {"penalty": results[0], "penalty_max": np.max(np.stack(results), 0),
-            "residual": resid}
+    return {"penalty": results[0], "penalty_max": np.max(np.stack(results), 0), "residual": resid}
 
 
-def summarize(topk_logprobs_NxK, vocab_size: int, alpha: float, tau: float, tail: str,
-              divergence: str = "forward_kl") -> dict:
+def summarize(
+    topk_logprobs_NxK,
+    vocab_size: int,
+    alpha: float,
+    tau: float,
+    tail: str,
+    divergence: str = "forward_kl",
+) -> dict:
     """The penalty summary ``store stats`` and the trainer print (nats/token)."""
-    out = {"alpha": float(alpha), "tau": float(tau), "tail": tail, "divergence": divergence,
-           "threshold_nats": THRESHOLD_NATS}
+    out = {
+        "alpha": float(alpha),
+        "tau": float(tau),
+        "tail": tail,
+        "divergence": divergence,
+        "threshold_nats": THRESHOLD_NATS,
+    }
     per = position_penalties(topk_logprobs_NxK, vocab_size, alpha, tau, tail, divergence)
     if "not_modelled" in per:
-        return {**out, "penalty_nats": None, "penalty_max_nats": None, "warn": False,
-                "not_modelled": per["not_modelled"]}
+        return {
+            **out,
+            "penalty_nats": None,
+            "penalty_max_nats": None,
+            "warn": False,
+            "not_modelled": per["not_modelled"],
+        }
     pen, pen_max = per["penalty"], per["penalty_max"]
-    out.update({"positions": int(pen.size),
-                "penalty_nats": float(pen.mean()) if pen.size else 0.0,
-                "penalty_max_nats": float(pen_max.mean()) if pen_max.size else 0.0,
-                "solver_residual": per["residual"]})
+    out.update(
+        {
+            "positions": int(pen.size),
+            "penalty_nats": float(pen.mean()) if pen.size else 0.0,
+            "penalty_max_nats": float(pen_max.mean()) if pen_max.size else 0.0,
+            "solver_residual": per["residual"],
+        }
+    )
     out["warn"] = out["penalty_nats"] > THRESHOLD_NATS
     return out
 
 
 def describe(summary: dict) -> str:
     """One line: the penalty, and the fix when it is above the threshold."""
-    head = (f"objective penalty (alpha={summary['alpha']:g}, tau={summary['tau']:g}, "
-            f"tail={summary['tail']})")
+    head = (
+        f"objective penalty (alpha={summary['alpha']:g}, tau={summary['tau']:g}, "
+        f"tail={summary['tail']})"
+    )
     if summary.get("penalty_nats") is None:
         return f"{head}: not modelled: {summary['not_modelled']}"
-    text = (f"{head}: {summary['penalty_nats']:.4f} nats/token (worst tail "
-            f"{summary['penalty_max_nats']:.4f}) over {summary['positions']} positions")
+    text = (
+        f"{head}: {summary['penalty_nats']:.4f} nats/token (worst tail "
+        f"{summary['penalty_max_nats']:.4f}) over {summary['positions']} positions"
+    )
     # Printed before every KD run: say what the number means, in the line itself.
-    meaning = ("the NLL a student minimising this loss perfectly would still lose to the "
-               "teacher; near 0 the loss can reach the teacher")
+    meaning = (
+        "the NLL a student minimising this loss perfectly would still lose to the "
+        "teacher; near 0 the loss can reach the teacher"
+    )
     if summary["warn"]:
-        fix = "raise k (store), " + ("use loss.tail=bucket, " if summary["tail"] != "bucket"
-                                     else "use tau=1, ")
-        text = (f"WARNING: {text} exceeds {summary['threshold_nats']:g}: a perfect student of "
-                f"this loss is that much worse than the teacher; {fix}or lower loss.alpha")
+        fix = "raise k (store), " + (
+            "use loss.tail=bucket, " if summary["tail"] != "bucket" else "use tau=1, "
+        )
+        text = (
+            f"WARNING: {text} exceeds {summary['threshold_nats']:g}: a perfect student of "
+            f"this loss is that much worse than the teacher; {fix}or lower loss.alpha"
+        )
         return text
     return f"{text} ({meaning})"
 
 
-def sample_topk_logprobs(reader, sample_rows: int = 16, max_positions: int = MAX_POSITIONS,
-                         seed: int = 0) -> np.ndarray:
+def sample_topk_logprobs(
+    reader, sample_rows: int = 16, max_positions: int = MAX_POSITIONS, seed: int = 0
+) -> np.ndarray:
     """``[N, K]`` stored log-probs of a seeded row sample (≤ max_positions positions)."""
     committed = reader.committed_rows()
     rng = np.random.default_rng(seed)

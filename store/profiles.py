@@ -28,6 +28,7 @@ trainer.training.decode), and everything that names a stored array
 line in ``PROFILES``; a new codec is one class in its family module plus its
 jnp twins.
 """
+
 import numpy as np
 
 from store import bitpack, errors, hidden_codecs, sampled, topk_codecs
@@ -39,7 +40,8 @@ PACKED_IDS_RULE = (
     "ids_bits bits each: id j = stream bits [j*ids_bits, (j+1)*ids_bits), LSB first; stream bit i = bit (i % 8) "
     "of byte i // 8 (zero-padded to ceil(n*ids_bits/8) bytes). numpy: b = np.unpackbits(a, axis=-1, "
     "bitorder='little')[..., :n*ids_bits].reshape(*a.shape[:-1], n, ids_bits); "
-    "ids = (b.astype(np.int64) << np.arange(ids_bits)).sum(-1)")
+    "ids = (b.astype(np.int64) << np.arange(ids_bits)).sum(-1)"
+)
 TOKENS = "tokens"
 TOPK = "topk"
 SAMPLED = "sampled"
@@ -52,8 +54,8 @@ def ids_dtype(vocab_size: int) -> str:
 def hidden_layer(field: str) -> int | None:
     """The layer of a store field "hidden/<l>" (None for tokens, topk, sampled or an unknown field)."""
     prefix = hidden_name("")
-    if field.startswith(prefix) and field[len(prefix):].isdigit():
-        return int(field[len(prefix):])
+    if field.startswith(prefix) and field[len(prefix) :].isdigit():
+        return int(field[len(prefix) :])
     return None
 
 
@@ -69,8 +71,16 @@ class Profile:
         sampled_zstd: zstd on the sampled arrays (ids, counts, log-probs).
     """
 
-    def __init__(self, name: str, *, topk: str, hidden: str, packs_ids: bool, side_zstd: bool,
-                 sampled_zstd: bool):
+    def __init__(
+        self,
+        name: str,
+        *,
+        topk: str,
+        hidden: str,
+        packs_ids: bool,
+        side_zstd: bool,
+        sampled_zstd: bool,
+    ):
         self.name = name
         self.topk = topk_codecs.CODECS[topk]
         self.hidden = hidden_codecs.CODECS[hidden]
@@ -79,8 +89,10 @@ class Profile:
         self.sampled_zstd = sampled_zstd
 
     def __repr__(self):
-        return (f"Profile({self.name!r}, topk={self.topk.name!r}, hidden={self.hidden.name!r}, "
-                f"packs_ids={self.packs_ids})")
+        return (
+            f"Profile({self.name!r}, topk={self.topk.name!r}, hidden={self.hidden.name!r}, "
+            f"packs_ids={self.packs_ids})"
+        )
 
     # --- the names: one table for the writer, the reader, the loader and the device decoder ---
 
@@ -128,7 +140,9 @@ class Profile:
         """How this profile stores n vocabulary ids per position (top-k or sampled)."""
         if self.packs_ids:
             width = bitpack.packed_width(n, bitpack.bits_for(V))
-            return ArraySpec(name, (T, width), "uint8", ("pos", f"{dim}_packed"), zstd=self.side_zstd)
+            return ArraySpec(
+                name, (T, width), "uint8", ("pos", f"{dim}_packed"), zstd=self.side_zstd
+            )
         return ArraySpec(name, (T, n), ids_dtype(V), ("pos", dim), zstd=self.side_zstd)
 
     def encode_ids(self, ids_xN: np.ndarray, V: int) -> np.ndarray:
@@ -141,7 +155,9 @@ class Profile:
         if not self.packs_ids:
             return stored_xN.astype(dtype, copy=False)
         if V is None:
-            raise errors.StoreInputError(f"the {self.name} profile bit-packs ids: pass vocab_size= to decode them")
+            raise errors.StoreInputError(
+                f"the {self.name} profile bit-packs ids: pass vocab_size= to decode them"
+            )
         return bitpack.unpack(stored_xN, n, bitpack.bits_for(V), dtype)
 
     def describe_ids(self, V: int, what: str) -> str:
@@ -158,7 +174,9 @@ class Profile:
     def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size) -> dict:
         return self.topk.encode(self, ids_RxTxK, logprobs_RxTxK, vocab_size)
 
-    def decode_topk(self, stored: dict, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None):
+    def decode_topk(
+        self, stored: dict, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None
+    ):
         """Returns (ids, logprobs) in the given dtypes from the stored arrays.
 
         A dtype equal to the stored one returns the stored array itself (no copy).
@@ -180,7 +198,11 @@ class Profile:
 
     def describe(self, schema) -> dict:
         """Manifest entry: per-array dtype and the decoding rule, for readers without this package."""
-        return {"profile": self.name, **self.topk.describe(self, schema), **self.hidden.describe(schema)}
+        return {
+            "profile": self.name,
+            **self.topk.describe(self, schema),
+            **self.hidden.describe(schema),
+        }
 
     def encodings(self, schema) -> dict:
         """The manifest's ``encodings``: ``describe`` plus the sampled family and the id packing rule."""
@@ -193,19 +215,50 @@ class Profile:
         return out
 
 
-PROFILES = {p.name: p for p in (
-    Profile("exact", topk="float16", hidden="float16_rms", packs_ids=False, side_zstd=False, sampled_zstd=False),
-    Profile("compact", topk="uint8_companded", hidden="int8_outliers", packs_ids=True, side_zstd=True,
-            sampled_zstd=True),
-    # No zstd on the sampled arrays (lean's hidden/<l> has none either: store/lean.py): at k=0, 12 draws,
-    # V=262,144 it saved 24 B/token (of 935, which fits <= 1 KB) and cut the loader's read from 0.40x to
-    # 0.29x raw (measured). Top-k keeps compact's zstd: it saves 79 B/token on packed ids at k=128.
-    Profile("lean", topk="uint8_companded", hidden="lean", packs_ids=True, side_zstd=True, sampled_zstd=False),
-)}
+PROFILES = {
+    p.name: p
+    for p in (
+        Profile(
+            "exact",
+            topk="float16",
+            hidden="float16_rms",
+            packs_ids=False,
+            side_zstd=False,
+            sampled_zstd=False,
+        ),
+        Profile(
+            "compact",
+            topk="uint8_companded",
+            hidden="int8_outliers",
+            packs_ids=True,
+            side_zstd=True,
+            sampled_zstd=True,
+        ),
+        # No zstd on the sampled arrays (lean's hidden/<l> has none either: store/lean.py): at k=0, 12 draws,
+        # V=262,144 it saved 24 B/token (of 935, which fits <= 1 KB) and cut the loader's read from 0.40x to
+        # 0.29x raw (measured). Top-k keeps compact's zstd: it saves 79 B/token on packed ids at k=128.
+        Profile(
+            "lean",
+            topk="uint8_companded",
+            hidden="lean",
+            packs_ids=True,
+            side_zstd=True,
+            sampled_zstd=False,
+        ),
+    )
+}
 # Profiles of stores written before a profile changed its layout, keyed by name: compact as written
 # before ids were bit-packed (a manifest without ``ids_bits``): plain uint16/int32 ids.
-LEGACY = {"compact": Profile("compact", topk="uint8_companded", hidden="int8_outliers", packs_ids=False,
-                             side_zstd=True, sampled_zstd=True)}
+LEGACY = {
+    "compact": Profile(
+        "compact",
+        topk="uint8_companded",
+        hidden="int8_outliers",
+        packs_ids=False,
+        side_zstd=True,
+        sampled_zstd=True,
+    )
+}
 
 
 def for_store(schema, manifest: dict) -> Profile:
@@ -227,7 +280,8 @@ def for_store(schema, manifest: dict) -> Profile:
             show = lambda v: (repr(v)[:40] + "...") if len(repr(v)) > 40 else repr(v)
             raise errors.SchemaMismatchError(
                 f"store manifest has encodings.{key}={show(stored.get(key))}, this package's {schema.profile} "
-                f"profile uses {show(value)}; upgrade the store package")
+                f"profile uses {show(value)}; upgrade the store package"
+            )
     return profile
 
 
@@ -237,4 +291,5 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except (KeyError, TypeError):
         raise errors.StoreInputError(
-            f"unknown precision profile {name!r}; use one of {sorted(PROFILES)}") from None
+            f"unknown precision profile {name!r}; use one of {sorted(PROFILES)}"
+        ) from None

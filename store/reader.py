@@ -21,6 +21,7 @@ what keeps the read near raw disk/page-cache throughput
 (bench/store_bench.py); the default float32 decode moves 2x the activation
 bytes through memory.
 """
+
 import os
 import re
 import threading
@@ -69,7 +70,8 @@ class StoreReader:
             raise errors.IncompleteStoreError(
                 f"store {self.url} has {missing} of {self.num_units} work units uncommitted (first: unit "
                 f"{first}, rows {first * R}..{min((first + 1) * R, self.num_rows)}); finish the dump, or "
-                "pass allow_partial=True to read committed rows only")
+                "pass allow_partial=True to read committed rows only"
+            )
 
     def _init_derived(self):
         self._profile = profiles.for_store(self.schema, self.manifest)
@@ -133,8 +135,10 @@ class StoreReader:
         device gets exactly those arrays, undecoded (see ``profiles`` and the
         manifest's ``encodings`` for each one's decoding rule).
         """
-        return self._stored_names(tuple(self.default_fields() if fields is None else fields),
-                                  hidden_normalized=bool(hidden_normalized))
+        return self._stored_names(
+            tuple(self.default_fields() if fields is None else fields),
+            hidden_normalized=bool(hidden_normalized),
+        )
 
     def _stored_names(self, fields, hidden_normalized=False) -> list:
         names = []
@@ -145,33 +149,48 @@ class StoreReader:
                 names += self._profile.topk_array_names(self.schema)
             elif field == "sampled" and self.schema.samples:
                 names += self._profile.sampled_array_names(self.schema)
-            elif field.startswith("hidden/") and field[len("hidden/"):].isdigit() and \
-                    int(field[len("hidden/"):]) in self.schema.hidden_layers:
-                names += self._profile.hidden_array_names(self.schema, int(field[len("hidden/"):]),
-                                                          normalized=hidden_normalized)
+            elif (
+                field.startswith("hidden/")
+                and field[len("hidden/") :].isdigit()
+                and int(field[len("hidden/") :]) in self.schema.hidden_layers
+            ):
+                names += self._profile.hidden_array_names(
+                    self.schema, int(field[len("hidden/") :]), normalized=hidden_normalized
+                )
             else:
                 raise errors.StoreInputError(
-                    f"unknown field {field!r}; this store has fields {list(self.default_fields())}")
+                    f"unknown field {field!r}; this store has fields {list(self.default_fields())}"
+                )
         return names
 
     def _check_rows(self, rows) -> np.ndarray:
         rows = np.asarray(rows)
         if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
             raise errors.StoreInputError(
-                f"rows must be a 1-D sequence of integer row indices, got shape {rows.shape} dtype {rows.dtype}")
+                f"rows must be a 1-D sequence of integer row indices, got shape {rows.shape} dtype {rows.dtype}"
+            )
         rows = rows.astype(np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
             raise errors.StoreInputError(
-                f"row indices must be in [0, {self.num_rows}); got [{rows.min()}, {rows.max()}]")
+                f"row indices must be in [0, {self.num_rows}); got [{rows.min()}, {rows.max()}]"
+            )
         units = np.unique(rows // self.schema.rows_per_unit)
         bad = [int(u) for u in units if int(u) not in self.committed_units]
         if bad:
             raise errors.IncompleteStoreError(
-                f"rows requested from uncommitted work units {bad[:5]}; read only committed_rows()")
+                f"rows requested from uncommitted work units {bad[:5]}; read only committed_rows()"
+            )
         return rows
 
-    def read(self, rows, fields=None, hidden_dtype=np.float32, hidden_normalized: bool = False,
-             ids_dtype=np.int32, logprobs_dtype=np.float32) -> dict:
+    def read(
+        self,
+        rows,
+        fields=None,
+        hidden_dtype=np.float32,
+        hidden_normalized: bool = False,
+        ids_dtype=np.int32,
+        logprobs_dtype=np.float32,
+    ) -> dict:
         """Reads and decodes rows.
 
         The defaults decode everything to int32 / float32 activations ``x``.
@@ -223,14 +242,27 @@ class StoreReader:
                 out["tokens"] = stored["tokens"]
             elif field == "topk":
                 out["topk_ids"], out["topk_logprobs"] = self._profile.decode_topk(
-                    stored, ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype, vocab_size=self.schema.vocab_size)
+                    stored,
+                    ids_dtype=ids_dtype,
+                    logprobs_dtype=logprobs_dtype,
+                    vocab_size=self.schema.vocab_size,
+                )
             elif field == "sampled":
                 out["sampled_ids"], out["sampled_counts"], out["sampled_logprobs"] = sampled.decode(
-                    self._profile, stored, self.schema.samples, self.schema.vocab_size,
-                    ids_dtype=ids_dtype, logprobs_dtype=logprobs_dtype)
+                    self._profile,
+                    stored,
+                    self.schema.samples,
+                    self.schema.vocab_size,
+                    ids_dtype=ids_dtype,
+                    logprobs_dtype=logprobs_dtype,
+                )
             else:
-                out[field] = self._profile.decode_hidden(int(field[len("hidden/"):]), stored, hidden_dtype,
-                                                         normalized=bool(hidden_normalized))
+                out[field] = self._profile.decode_hidden(
+                    int(field[len("hidden/") :]),
+                    stored,
+                    hidden_dtype,
+                    normalized=bool(hidden_normalized),
+                )
         return out
 
     @property
@@ -247,10 +279,15 @@ class StoreReader:
             dt = np.dtype(dtype)
         except TypeError:
             dt = None
-        if dt is None or not np.issubdtype(dt, np.integer) or np.iinfo(dt).max < self.schema.vocab_size - 1:
+        if (
+            dt is None
+            or not np.issubdtype(dt, np.integer)
+            or np.iinfo(dt).max < self.schema.vocab_size - 1
+        ):
             raise errors.StoreInputError(
                 f"ids_dtype={dtype!r} cannot hold ids below vocab_size={self.schema.vocab_size}; "
-                f"use np.int32 or reader.stored_ids_dtype ({self.stored_ids_dtype})")
+                f"use np.int32 or reader.stored_ids_dtype ({self.stored_ids_dtype})"
+            )
         return dt
 
     def read_stored(self, rows, names) -> dict:
@@ -262,8 +299,11 @@ class StoreReader:
         runs = _contiguous_runs(rows)
         # TensorStore reads first: they proceed on its I/O threads while this
         # thread does the local reads.
-        futures = {name: [arrays[name][a:b].read() for a, b in runs] for name in names
-                   if not isinstance(arrays[name], localread.LocalArrayReader)}
+        futures = {
+            name: [arrays[name][a:b].read() for a, b in runs]
+            for name in names
+            if not isinstance(arrays[name], localread.LocalArrayReader)
+        }
         out, local = {}, []
         for name in names:
             if name not in futures:
@@ -288,42 +328,76 @@ class StoreReader:
                     raise errors.CorruptStoreError(
                         f"array {name} of {which} (rows {a}..{b}) of {self.url} {missing}: "
                         f"{str(e).splitlines()[0][:200]}; run `python -m store repair {self.url}` and re-run "
-                        "the dump (it re-writes the bad units)") from None
+                        "the dump (it re-writes the bad units)"
+                    ) from None
             out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return {name: out[name] for name in names}
 
-    def require(self, seq_len=None, k=None, vocab_size=None, tokenizer_sha256=None,
-                hidden_layers=None, hidden_dim=None, samples=None):
+    def require(
+        self,
+        seq_len=None,
+        k=None,
+        vocab_size=None,
+        tokenizer_sha256=None,
+        hidden_layers=None,
+        hidden_dim=None,
+        samples=None,
+    ):
         """Checks the store against a consumer's config (None = don't care).
 
         Raises:
             SchemaMismatchError: naming the first field that disagrees and the fix.
         """
         s = self.schema
-        checks = [("seq_len", seq_len, s.seq_len, "set the trainer's seq_len to the store's or dump a new store"),
-                  ("k", k, s.k, "set the trainer's top-k to the store's k or dump a new store"),
-                  ("vocab_size", vocab_size, s.vocab_size,
-                   "use the tokenizer the store was dumped with (same vocab size)"),
-                  ("tokenizer_sha256", tokenizer_sha256, s.tokenizer.get("sha256"),
-                   "use the SentencePiece model the store was dumped with"),
-                  ("hidden_dim", hidden_dim, s.hidden_dim,
-                   "set the regressor's teacher width to the store's hidden_dim"),
-                  ("samples", samples, s.samples,
-                   "set the trainer's sampled-KD draws to the store's samples or dump a store with them")]
+        checks = [
+            (
+                "seq_len",
+                seq_len,
+                s.seq_len,
+                "set the trainer's seq_len to the store's or dump a new store",
+            ),
+            ("k", k, s.k, "set the trainer's top-k to the store's k or dump a new store"),
+            (
+                "vocab_size",
+                vocab_size,
+                s.vocab_size,
+                "use the tokenizer the store was dumped with (same vocab size)",
+            ),
+            (
+                "tokenizer_sha256",
+                tokenizer_sha256,
+                s.tokenizer.get("sha256"),
+                "use the SentencePiece model the store was dumped with",
+            ),
+            (
+                "hidden_dim",
+                hidden_dim,
+                s.hidden_dim,
+                "set the regressor's teacher width to the store's hidden_dim",
+            ),
+            (
+                "samples",
+                samples,
+                s.samples,
+                "set the trainer's sampled-KD draws to the store's samples or dump a store with them",
+            ),
+        ]
         for name, wanted, have, fix in checks:
             if wanted is not None and wanted != have:
                 raise errors.SchemaMismatchError(
-                    f"store {self.url} has {name}={have!r} but {wanted!r} was required; {fix}")
+                    f"store {self.url} has {name}={have!r} but {wanted!r} was required; {fix}"
+                )
         if hidden_layers is not None:
             missing = sorted(set(int(l) for l in hidden_layers) - set(s.hidden_layers))
             if missing:
                 raise errors.SchemaMismatchError(
                     f"store {self.url} has hidden_layers={list(s.hidden_layers)} but layers {missing} "
-                    "were required; distil from a stored layer or dump those layers")
+                    "were required; distil from a stored layer or dump those layers"
+                )
 
 
 def _failed_unit(message: str, start: int, stop: int, rows_per_unit: int) -> str:
-    """"unit N": from the shard key in TensorStore's message, else the unit(s) of rows [start, stop)."""
+    """ "unit N": from the shard key in TensorStore's message, else the unit(s) of rows [start, stop)."""
     found = _SHARD_IN_MESSAGE.search(message)
     if found:
         return f"unit {found.group(1)}"
@@ -337,7 +411,9 @@ def _float_dtype(arg: str, dtype) -> np.dtype:
     except TypeError:
         dt = None
     if dt is None or not np.issubdtype(dt, np.floating):
-        raise errors.StoreInputError(f"{arg}={dtype!r} is not a floating dtype; use np.float32 or np.float16")
+        raise errors.StoreInputError(
+            f"{arg}={dtype!r} is not a floating dtype; use np.float32 or np.float16"
+        )
     return dt
 
 

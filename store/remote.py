@@ -22,6 +22,7 @@ failed requests (5xx, throttling, dropped connections) are retried with
 exponential back-off; a unit whose writes still fail raises before its commit
 record is written, so it stays uncommitted (the ledger's write-last rule).
 """
+
 import errno
 import os
 import re
@@ -44,7 +45,7 @@ def kvstore_spec(url: str):
         return gcs.kvstore_spec(url)
     if not url.startswith(S3_SCHEME):
         return url
-    bucket, _, path = url[len(S3_SCHEME):].partition("/")
+    bucket, _, path = url[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise errors.StoreNotFoundError(f"store URL {url!r} names no bucket; use s3://BUCKET/PATH")
     spec = {"driver": "s3", "bucket": bucket, "path": path}
@@ -61,44 +62,78 @@ def kvstore_spec(url: str):
 def _credentials(url: str) -> dict:
     if os.environ.get("AWS_ACCESS_KEY_ID"):
         return {"type": "environment"}
-    shared = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
+    shared = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser(
+        "~/.aws/credentials"
+    )
     if os.path.isfile(shared):
         config = os.environ.get("AWS_CONFIG_FILE") or os.path.expanduser("~/.aws/config")
         # TensorStore's profile provider fails ("STRING_MATCH_NOT_FOUND") without a
         # config file; an empty one stands in for a missing one, as for the SDKs.
-        return {"type": "profile", "profile": os.environ.get("AWS_PROFILE", "default"),
-                "credentials_file": shared, "config_file": config if os.path.isfile(config) else os.devnull}
+        return {
+            "type": "profile",
+            "profile": os.environ.get("AWS_PROFILE", "default"),
+            "credentials_file": shared,
+            "config_file": config if os.path.isfile(config) else os.devnull,
+        }
     raise errors.StorageAccessError(
         f"no AWS credentials found for {url}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-        f"(or AWS_PROFILE with a {shared} file)")
+        f"(or AWS_PROFILE with a {shared} file)"
+    )
 
 
 # TensorStore status text -> (what failed, the fix); first match wins.
 _FAILURES = (
     ("NoSuchBucket", "the bucket does not exist", "create the bucket or fix the URL"),
-    ("Failed to get credentials", "the AWS credentials could not be loaded",
-     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"),
-    ("PERMISSION_DENIED", "the server refused the credentials",
-     "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to a key with access to the bucket"),
-    ("UNAUTHENTICATED", "the server refused the credentials",
-     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
-    ("CURL error", "the storage endpoint could not be reached (after TensorStore's retries)",
-     "check {endpoint_var} and that the server is up"),
-    ("retry attempts failed", "the storage service kept failing (after TensorStore's retries)",
-     "check the server; re-running the same command resumes"),
+    (
+        "Failed to get credentials",
+        "the AWS credentials could not be loaded",
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
+    ),
+    (
+        "PERMISSION_DENIED",
+        "the server refused the credentials",
+        "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to a key with access to the bucket",
+    ),
+    (
+        "UNAUTHENTICATED",
+        "the server refused the credentials",
+        "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+    ),
+    (
+        "CURL error",
+        "the storage endpoint could not be reached (after TensorStore's retries)",
+        "check {endpoint_var} and that the server is up",
+    ),
+    (
+        "retry attempts failed",
+        "the storage service kept failing (after TensorStore's retries)",
+        "check the server; re-running the same command resumes",
+    ),
 )
 
 
 # The same for gs:// (Google's variables in the advice).
 _GCS_FAILURES = (
-    ("PERMISSION_DENIED", "the server refused the credentials",
-     "use credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud application-default) with access to the bucket"),
-    ("UNAUTHENTICATED", "the server refused the credentials",
-     "renew them: `gcloud auth application-default login` or a valid GOOGLE_APPLICATION_CREDENTIALS key"),
-    ("CURL error", "the storage endpoint could not be reached (after TensorStore's retries)",
-     "check the network (or STORAGE_EMULATOR_HOST) and that the server is up"),
-    ("retry attempts failed", "the storage service kept failing (after TensorStore's retries)",
-     "check the server; re-running the same command resumes"),
+    (
+        "PERMISSION_DENIED",
+        "the server refused the credentials",
+        "use credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud application-default) with access to the bucket",
+    ),
+    (
+        "UNAUTHENTICATED",
+        "the server refused the credentials",
+        "renew them: `gcloud auth application-default login` or a valid GOOGLE_APPLICATION_CREDENTIALS key",
+    ),
+    (
+        "CURL error",
+        "the storage endpoint could not be reached (after TensorStore's retries)",
+        "check the network (or STORAGE_EMULATOR_HOST) and that the server is up",
+    ),
+    (
+        "retry attempts failed",
+        "the storage service kept failing (after TensorStore's retries)",
+        "check the server; re-running the same command resumes",
+    ),
 )
 
 
@@ -120,11 +155,15 @@ def check_bucket(kv: ts.KvStore, url: str):
     """
     if url.startswith((S3_SCHEME, gcs.GS_SCHEME)):
         try:
-            kv.list(ts.KvStore.KeyRange(inclusive_min="zarr.json", exclusive_max="zarr.json\0")).result()
+            kv.list(
+                ts.KvStore.KeyRange(inclusive_min="zarr.json", exclusive_max="zarr.json\0")
+            ).result()
         except ValueError as e:
             if url.startswith(gcs.GS_SCHEME) and any(n in str(e) for n in _GCS_NO_BUCKET):
-                err = errors.StorageAccessError(f"listing {url} (endpoint {gcs.endpoint()}) failed: the bucket "
-                                                f"does not exist; create the bucket or fix the URL")
+                err = errors.StorageAccessError(
+                    f"listing {url} (endpoint {gcs.endpoint()}) failed: the bucket "
+                    f"does not exist; create the bucket or fix the URL"
+                )
                 err.failure = "the bucket does not exist"
                 raise err from None
             raise storage_error(e, url, "listing") from None
@@ -166,16 +205,27 @@ def storage_error(e: ValueError, url: str, doing: str) -> errors.StoreError:
         return e
     text = str(e)
     is_s3, is_gs = url.startswith(S3_SCHEME), url.startswith(gcs.GS_SCHEME)
-    where = (f"{url} (endpoint {s3_endpoint() or 'AWS default'})" if is_s3
-             else f"{url} (endpoint {gcs.endpoint()})" if is_gs else url)
+    where = (
+        f"{url} (endpoint {s3_endpoint() or 'AWS default'})"
+        if is_s3
+        else f"{url} (endpoint {gcs.endpoint()})"
+        if is_gs
+        else url
+    )
     is_file = url.startswith("file://")
     failures = () if is_file else _FAILURES  # credential/endpoint advice is for object stores
     local = local_failure(e) if is_file else None
     if local is not None:
         found = (local, "free space or fix the path's permissions, then re-run the same command")
     else:
-        found = next(((what, fix) for needle, what, fix in (_GCS_FAILURES if is_gs else failures)
-                      if needle in text), None)
+        found = next(
+            (
+                (what, fix)
+                for needle, what, fix in (_GCS_FAILURES if is_gs else failures)
+                if needle in text
+            ),
+            None,
+        )
         if found is not None:
             found = (found[0], found[1].format(endpoint_var="AWS_ENDPOINT_URL"))
     if found is None:

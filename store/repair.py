@@ -32,6 +32,7 @@ taken, in a repair journal inside the store:
 are ``{"format", "time", "host", "dry_run", "status", "actions"}``; status
 ``started`` until the last action is done, then ``done`` or ``stopped``).
 """
+
 import os
 import shutil
 import socket
@@ -53,8 +54,14 @@ class _Journal:
         self.kv, self.url, self.dry_run = kv, url, dry_run
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.key = f"{JOURNAL_PREFIX}{stamp}_{uuid.uuid4().hex[:8]}/zarr.json"
-        self.body = {"format": JOURNAL_FORMAT, "time": stamp, "host": socket.gethostname(), "dry_run": dry_run,
-                     "status": "started", "actions": []}
+        self.body = {
+            "format": JOURNAL_FORMAT,
+            "time": stamp,
+            "host": socket.gethostname(),
+            "dry_run": dry_run,
+            "status": "started",
+            "actions": [],
+        }
 
     @property
     def actions(self) -> list:
@@ -105,30 +112,54 @@ def repair_store(url, dry_run: bool = False) -> dict:
     journal = _Journal(kv, url, bool(dry_run))
     opened = metadata.open_manifest(kv, url)
     schema, manifest = opened.schema, opened.manifest
-    out = {"url": url, "dry_run": bool(dry_run), "status": "done", "why": None, "actions": journal.actions,
-           "repaired": [], "missing_units": 0, "journal": None, "verify": None}
+    out = {
+        "url": url,
+        "dry_run": bool(dry_run),
+        "status": "done",
+        "why": None,
+        "actions": journal.actions,
+        "repaired": [],
+        "missing_units": 0,
+        "journal": None,
+        "verify": None,
+    }
     _clear_manifest_keys(kv, url, journal)
     root_want = metadata.node_bytes(manifest)
     if opened.root_raw != root_want:
-        why = "; ".join(p["problem"].split("; ")[0] for p in opened.problems if p["file"] == metadata.ROOT_KEY)
+        why = "; ".join(
+            p["problem"].split("; ")[0] for p in opened.problems if p["file"] == metadata.ROOT_KEY
+        )
         source = "the manifest copy" if why else "the manifest"
-        journal.act(f"rewrite {metadata.ROOT_KEY} from {source} ({why or 'same manifest, other bytes'})",
-                    lambda: _put(kv, url, metadata.ROOT_KEY, root_want))
+        journal.act(
+            f"rewrite {metadata.ROOT_KEY} from {source} ({why or 'same manifest, other bytes'})",
+            lambda: _put(kv, url, metadata.ROOT_KEY, root_want),
+        )
     if not opened.legacy and opened.copy_raw != metadata.copy_bytes(manifest):
-        journal.act(f"rewrite {metadata.COPY_KEY} from {metadata.ROOT_KEY}",
-                    lambda: _put(kv, url, metadata.COPY_KEY, metadata.copy_bytes(manifest)))
+        journal.act(
+            f"rewrite {metadata.COPY_KEY} from {metadata.ROOT_KEY}",
+            lambda: _put(kv, url, metadata.COPY_KEY, metadata.copy_bytes(manifest)),
+        )
     rows = metadata.num_rows(kv, opened, url)
     R = schema.rows_per_unit
     num_units = (rows + R - 1) // R
     specs = profiles.for_store(schema, manifest).arrays(schema)
-    shard_keys = lambda unit: [layout.shard_key(s.name, unit, 1 + len(s.inner_shape)) for s in specs]
+    shard_keys = lambda unit: [
+        layout.shard_key(s.name, unit, 1 + len(s.inner_shape)) for s in specs
+    ]
     expected = metadata.expected_nodes(schema, manifest, rows)
     file_keys = list(expected) + [snapshot.KEY] + [ledger.record_key(u) for u in range(num_units)]
-    _clear_directories(url, file_keys + [k for u in range(num_units) for k in shard_keys(u)], journal, kv)
+    _clear_directories(
+        url, file_keys + [k for u in range(num_units) for k in shard_keys(u)], journal, kv
+    )
     problems, non_canonical = metadata.check_nodes(kv, expected, url)
     for key in sorted({p["file"] for p in problems} | set(non_canonical)):
-        why = next((p["problem"] for p in problems if p["file"] == key), "same meaning, other bytes")
-        journal.act(f"rewrite {key} from the manifest ({why})", lambda key=key: _put(kv, url, key, expected[key]))
+        why = next(
+            (p["problem"] for p in problems if p["file"] == key), "same meaning, other bytes"
+        )
+        journal.act(
+            f"rewrite {key} from the manifest ({why})",
+            lambda key=key: _put(kv, url, key, expected[key]),
+        )
     if dry_run and journal.actions:
         out["status"] = "units not judged"
         out["why"] = "units are judged once the metadata above is rewritten; run without --dry-run"
@@ -138,14 +169,21 @@ def repair_store(url, dry_run: bool = False) -> dict:
     out["missing_units"] = sum(b["status"] == "missing" for b in report["bad_units"])
     bad = [b for b in report["bad_units"] if b["status"] in REPAIRABLE]
     failed = [b for b in bad if b["status"] in ("corrupt", "invalid")]
-    if len(failed) >= 2 and len(failed) == report["committed_units"] and \
-            len({(b["status"], b["array"]) for b in failed}) == 1:
+    if (
+        len(failed) >= 2
+        and len(failed) == report["committed_units"]
+        and len({(b["status"], b["array"]) for b in failed}) == 1
+    ):
         first = failed[0]
-        out["status"], out["why"] = "stopped", (
-            f"every committed unit ({len(failed)}) fails the same way ({first['status']}"
-            f"{', array ' + first['array'] if first['array'] else ''}: {first['detail'][:160]}); that is damage "
-            "shared by all units (metadata, package version), not to each unit's data, so nothing was deleted; "
-            "if the data really is damaged, dump again to a new store")
+        out["status"], out["why"] = (
+            "stopped",
+            (
+                f"every committed unit ({len(failed)}) fails the same way ({first['status']}"
+                f"{', array ' + first['array'] if first['array'] else ''}: {first['detail'][:160]}); that is damage "
+                "shared by all units (metadata, package version), not to each unit's data, so nothing was deleted; "
+                "if the data really is damaged, dump again to a new store"
+            ),
+        )
         journal.finish("stopped")
         return out
     for b in bad:
@@ -156,13 +194,21 @@ def repair_store(url, dry_run: bool = False) -> dict:
             for key in shard_keys(unit):
                 _remove(kv, url, key)
 
-        journal.act(f"un-commit unit {unit} (rows {b['rows'][0]}..{b['rows'][1]}, {b['status']}: "
-                    f"{b['detail'][:200]}) and delete its shards", uncommit)
+        journal.act(
+            f"un-commit unit {unit} (rows {b['rows'][0]}..{b['rows'][1]}, {b['status']}: "
+            f"{b['detail'][:200]}) and delete its shards",
+            uncommit,
+        )
         out["repaired"].append({"unit": unit, "rows": b["rows"], "status": b["status"]})
     _normalize_records(kv, url, journal, {b["unit"] for b in report["bad_units"]}, num_units)
-    if report["ledger_snapshot"] is not None or (bad and snapshot.load(kv)[0] is not None) or \
-            _snapshot_non_canonical(kv):
-        why = report["ledger_snapshot"] or ("units were un-committed" if bad else "same content, other bytes")
+    if (
+        report["ledger_snapshot"] is not None
+        or (bad and snapshot.load(kv)[0] is not None)
+        or _snapshot_non_canonical(kv)
+    ):
+        why = report["ledger_snapshot"] or (
+            "units were un-committed" if bad else "same content, other bytes"
+        )
         journal.act(f"re-compact the ledger snapshot ({why})", lambda: snapshot.compact(kv))
     if not journal.actions:
         out["status"] = "nothing to do"
@@ -211,8 +257,10 @@ def _clear_directories(url, keys, journal, kv):
     for key in keys:
         path = os.path.join(root, key)
         if os.path.isdir(path) and not os.path.islink(path):
-            journal.act(f"remove the directory {key} (a file belongs there)",
-                        lambda key=key: _remove_directory(url, key))
+            journal.act(
+                f"remove the directory {key} (a file belongs there)",
+                lambda key=key: _remove_directory(url, key),
+            )
 
 
 def _normalize_records(kv, url, journal, skip, num_units):
@@ -226,8 +274,10 @@ def _normalize_records(kv, url, journal, skip, num_units):
         record = ledger.decode_record(bytes(raw.value))
         want = ledger.encode_record(record) if isinstance(record, dict) else None
         if want is not None and want != bytes(raw.value):
-            journal.act(f"rewrite {ledger.record_key(unit)} (same record, other bytes)",
-                        lambda unit=unit, want=want: _put(kv, url, ledger.record_key(unit), want))
+            journal.act(
+                f"rewrite {ledger.record_key(unit)} (same record, other bytes)",
+                lambda unit=unit, want=want: _put(kv, url, ledger.record_key(unit), want),
+            )
 
 
 def _snapshot_non_canonical(kv) -> bool:

@@ -18,6 +18,7 @@ estimate of forward KL(p || q) and of its gradient. The draws themselves are
 made on the device by teacher_dump; this module only checks, encodes and
 decodes them.
 """
+
 import dataclasses
 
 import numpy as np
@@ -32,9 +33,11 @@ LOGPROB_SLACK = 1e-3
 
 def array_specs(profile, T: int, S: int, V: int) -> list[ArraySpec]:
     """The three stored arrays of a profile (ids as the profile stores ids; zstd if ``profile.sampled_zstd``)."""
-    return [dataclasses.replace(profile.ids_spec(IDS, T, S, V, "sample"), zstd=profile.sampled_zstd),
-            ArraySpec(COUNTS, (T, S), "uint8", ("pos", "sample"), zstd=profile.sampled_zstd),
-            ArraySpec(LOGPROBS, (T, S), "float16", ("pos", "sample"), zstd=profile.sampled_zstd)]
+    return [
+        dataclasses.replace(profile.ids_spec(IDS, T, S, V, "sample"), zstd=profile.sampled_zstd),
+        ArraySpec(COUNTS, (T, S), "uint8", ("pos", "sample"), zstd=profile.sampled_zstd),
+        ArraySpec(LOGPROBS, (T, S), "float16", ("pos", "sample"), zstd=profile.sampled_zstd),
+    ]
 
 
 def contract_problem(ids, counts, logprobs, S: int, V: int, slack: float = 0.0) -> str | None:
@@ -81,10 +84,13 @@ def check_inputs(rows: int, T: int, S: int, V: int, ids, counts, logprobs, check
     """
     if ids is None or counts is None or logprobs is None:
         raise errors.StoreInputError(
-            f"this store has samples={S}: pass sampled_ids, sampled_counts and sampled_logprobs")
+            f"this store has samples={S}: pass sampled_ids, sampled_counts and sampled_logprobs"
+        )
     ids = check_array("sampled_ids", ids, (rows, T, S), "integer")
     counts = check_array("sampled_counts", counts, (rows, T, S), "integer")
-    lp = np.asarray(check_array("sampled_logprobs", logprobs, (rows, T, S), "floating"), dtype=np.float32)
+    lp = np.asarray(
+        check_array("sampled_logprobs", logprobs, (rows, T, S), "floating"), dtype=np.float32
+    )
     problem = contract_problem(ids, counts, lp, S, V, slack=LOGPROB_SLACK)
     if problem:
         raise errors.StoreInputError(f"{problem} (write_unit sampled_* inputs)")
@@ -93,21 +99,29 @@ def check_inputs(rows: int, T: int, S: int, V: int, ids, counts, logprobs, check
 
 def encode(profile, ids, counts, logprobs, V: int) -> dict:
     """Stored arrays of checked inputs (deterministic)."""
-    return {IDS: profile.encode_ids(ids, V),
-            COUNTS: counts.astype(np.uint8),
-            LOGPROBS: np.minimum(logprobs, 0).astype(np.float16)}
+    return {
+        IDS: profile.encode_ids(ids, V),
+        COUNTS: counts.astype(np.uint8),
+        LOGPROBS: np.minimum(logprobs, 0).astype(np.float16),
+    }
 
 
 def decode(profile, stored: dict, S: int, V: int, ids_dtype=np.int32, logprobs_dtype=np.float32):
     """(ids, counts uint8, logprobs) from the stored arrays (stored dtypes returned without a copy)."""
-    return (profile.decode_ids(stored[IDS], S, V, ids_dtype),
-            stored[COUNTS],
-            stored[LOGPROBS].astype(logprobs_dtype, copy=False))
+    return (
+        profile.decode_ids(stored[IDS], S, V, ids_dtype),
+        stored[COUNTS],
+        stored[LOGPROBS].astype(logprobs_dtype, copy=False),
+    )
 
 
 def describe(profile, V: int) -> dict:
     """Manifest ``encodings`` entries of the family."""
-    return {IDS: profile.describe_ids(V, "the distinct drawn ids of a position, ascending; empty slots last, id 0"),
-            COUNTS: "uint8 draws per id; sum over the slot axis = schema.samples; 0 = empty slot; "
-                    "weight w = counts / samples gives unbiased estimates of E_p[f] (forward KL at tau=1)",
-            LOGPROBS: "float16 teacher log-prob at tau=1 of that id; -inf in empty slots"}
+    return {
+        IDS: profile.describe_ids(
+            V, "the distinct drawn ids of a position, ascending; empty slots last, id 0"
+        ),
+        COUNTS: "uint8 draws per id; sum over the slot axis = schema.samples; 0 = empty slot; "
+        "weight w = counts / samples gives unbiased estimates of E_p[f] (forward KL at tau=1)",
+        LOGPROBS: "float16 teacher log-prob at tau=1 of that id; -inf in empty slots",
+    }

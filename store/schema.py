@@ -15,6 +15,7 @@ Everything under ``schema`` must match exactly when a writer reopens a store
 is the manifest's ``num_rows`` (outside ``schema``, so the fingerprint does not
 change with it); every array's metadata is derived from the manifest (store/metadata.py).
 """
+
 import dataclasses
 import hashlib
 import json
@@ -72,34 +73,53 @@ class StoreSchema:
             value = getattr(self, name)
             if not isinstance(value, dict):
                 raise errors.StoreInputError(
-                    f"StoreSchema.{name} must be a dict, got {type(value).__name__}; pass {{}} if unknown")
+                    f"StoreSchema.{name} must be a dict, got {type(value).__name__}; pass {{}} if unknown"
+                )
             object.__setattr__(self, name, json.loads(json.dumps(value, sort_keys=True)))
         self.validate()
 
     def validate(self):
         """Raises StoreInputError when a field is out of range."""
+
         def bad(msg):
             raise errors.StoreInputError(f"invalid StoreSchema: {msg}")
 
         for name in ("seq_len", "vocab_size", "rows_per_unit"):
             if int(getattr(self, name)) <= 0:
                 bad(f"{name}={getattr(self, name)} must be a positive integer")
-        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or not 0 <= self.samples <= 255:
-            bad(f"samples={self.samples!r} must be an integer in [0, 255] (sampled/counts are uint8; 0: no draws)")
+        if (
+            not isinstance(self.samples, int)
+            or isinstance(self.samples, bool)
+            or not 0 <= self.samples <= 255
+        ):
+            bad(
+                f"samples={self.samples!r} must be an integer in [0, 255] (sampled/counts are uint8; 0: no draws)"
+            )
         if not 0 <= self.k <= self.vocab_size:
-            bad(f"k={self.k} must be in [0, vocab_size={self.vocab_size}] (k=0 for a tokens-only store)")
+            bad(
+                f"k={self.k} must be in [0, vocab_size={self.vocab_size}] (k=0 for a tokens-only store)"
+            )
         if bool(self.hidden_layers) != (self.hidden_dim > 0):
-            bad(f"hidden_layers={self.hidden_layers} and hidden_dim={self.hidden_dim} disagree; "
-                "give both (layers and width) or neither ((), 0)")
-        if any(l < 1 for l in self.hidden_layers) or len(set(self.hidden_layers)) != len(self.hidden_layers):
+            bad(
+                f"hidden_layers={self.hidden_layers} and hidden_dim={self.hidden_dim} disagree; "
+                "give both (layers and width) or neither ((), 0)"
+            )
+        if any(l < 1 for l in self.hidden_layers) or len(set(self.hidden_layers)) != len(
+            self.hidden_layers
+        ):
             bad(f"hidden_layers={self.hidden_layers} must be distinct 1-based block counts")
         from store import profiles  # Local import: profiles imports this module.
+
         profiles.get_profile(self.profile).check_schema(self)
         if self.hidden_dim > 65535:
-            bad(f"hidden_dim={self.hidden_dim} must be <= 65535 (compact outlier channel ids are uint16)")
+            bad(
+                f"hidden_dim={self.hidden_dim} must be <= 65535 (compact outlier channel ids are uint16)"
+            )
         if self.tokenizer.get("vocab_size") not in (None, self.vocab_size):
-            bad(f"tokenizer vocab_size={self.tokenizer['vocab_size']} != vocab_size={self.vocab_size}; "
-                "pass the tokenizer's vocab size")
+            bad(
+                f"tokenizer vocab_size={self.tokenizer['vocab_size']} != vocab_size={self.vocab_size}; "
+                "pass the tokenizer's vocab size"
+            )
 
     def to_dict(self) -> dict:
         """JSON-ready dict of every field (``samples`` only when > 0: older manifests stay byte-identical)."""
@@ -116,7 +136,8 @@ class StoreSchema:
         unknown = set(d) - names
         if unknown:
             raise errors.SchemaMismatchError(
-                f"store schema has unknown fields {sorted(unknown)}; upgrade this package to read it")
+                f"store schema has unknown fields {sorted(unknown)}; upgrade this package to read it"
+            )
         return cls(**d)
 
     def fingerprint(self) -> str:
@@ -143,7 +164,8 @@ def check_same_schema(stored: StoreSchema, wanted: StoreSchema, url: str):
     get = lambda d: _lookup(d, field)
     raise errors.SchemaMismatchError(
         f"store {url} has {field}={get(stored.to_dict())!r} but the writer's schema has "
-        f"{field}={get(wanted.to_dict())!r}; write to a new store URL (stores never mix two dumps)")
+        f"{field}={get(wanted.to_dict())!r}; write to a new store URL (stores never mix two dumps)"
+    )
 
 
 def _lookup(d, dotted):
@@ -175,8 +197,11 @@ def build_manifest(schema: StoreSchema, encodings: dict, split: str | None = Non
         "schema_sha256": schema.fingerprint(),
         "encodings": encodings,
         **({"split": split} if split is not None else {}),
-        "created": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "host": socket.gethostname(), "by": "store (python)"},
+        "created": {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": socket.gethostname(),
+            "by": "store (python)",
+        },
     }
 
 
@@ -185,12 +210,14 @@ def schema_from_manifest(manifest: dict, url: str) -> StoreSchema:
     if manifest.get("store_format") != STORE_FORMAT:
         raise errors.StoreNotFoundError(
             f"{url} is a Zarr group but not a teacher-signal store (no '{STORE_FORMAT}' manifest); "
-            "pass the store's root URL")
+            "pass the store's root URL"
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise errors.SchemaMismatchError(
             f"store {url} has format_version={version!r}, this package reads <= {FORMAT_VERSION}; "
-            "upgrade the store package")
+            "upgrade the store package"
+        )
     return StoreSchema.from_dict(manifest["schema"])
 
 
@@ -202,23 +229,28 @@ def read_manifest(url: str):
         SchemaMismatchError: a store written by a newer format version.
     """
     from store import layout, remote  # Local import: layout is only needed to open a store.
+
     url = layout.normalize_url(url)
     path = layout.local_path(url)
     if path is not None and not os.path.isdir(path):
-        raise errors.StoreNotFoundError(f"no store at {path} (directory does not exist); check the path "
-                                  "or create one with store.create_store")
+        raise errors.StoreNotFoundError(
+            f"no store at {path} (directory does not exist); check the path "
+            "or create one with store.create_store"
+        )
     kv = layout.open_kvstore(url)
     try:
         root = layout.read_json(kv, "zarr.json")
     except json.JSONDecodeError:
         raise errors.StoreNotFoundError(
-            f"{url}zarr.json is not valid JSON; pass the root of a store written by store.create_store") from None
+            f"{url}zarr.json is not valid JSON; pass the root of a store written by store.create_store"
+        ) from None
     if root is None:
         remote.check_bucket(kv, url)
-        raise errors.StoreNotFoundError(f"no store at {url} (no zarr.json; empty or not a Zarr group); "
-                                  "check the path or create one with store.create_store")
+        raise errors.StoreNotFoundError(
+            f"no store at {url} (no zarr.json; empty or not a Zarr group); "
+            "check the path or create one with store.create_store"
+        )
     if root.get("zarr_format") != 3 or root.get("node_type") != "group":
         raise errors.StoreNotFoundError(f"{url} is not a Zarr v3 group; pass the root of a store")
     manifest = root.get("attributes", {})
     return kv, manifest, schema_from_manifest(manifest, url)
-

@@ -27,6 +27,7 @@ at a time per store (the dump's driver or ``python -m store compact``).
 ``verify`` compares the snapshot's view with a full listing of the records and
 reports a disagreement. Stores without a snapshot open as before.
 """
+
 import hashlib
 import json
 
@@ -56,7 +57,7 @@ def _sha(runs) -> str:
 
 def compact(kv: ts.KvStore) -> dict:
     """Writes the snapshot from a full listing of the records; returns {"units", "runs", "tombstones_cleared"}."""
-    tombs = ledger.tombstones(kv)          # first: see the module docstring
+    tombs = ledger.tombstones(kv)  # first: see the module docstring
     runs = to_runs(ledger.committed_units(kv))
     count = write_runs(kv, runs)
     ledger.delete_keys(kv, tombs)
@@ -73,7 +74,12 @@ def write_runs(kv: ts.KvStore, runs) -> int:
 
 def encode(runs) -> bytes:
     """The snapshot's zarr.json bytes for ``runs`` (``repair`` compares stored bytes with them)."""
-    body = {"format": FORMAT, "committed": runs, "count": sum(b - a for a, b in runs), "sha256": _sha(runs)}
+    body = {
+        "format": FORMAT,
+        "committed": runs,
+        "count": sum(b - a for a, b in runs),
+        "sha256": _sha(runs),
+    }
     node = {"zarr_format": 3, "node_type": "group", "attributes": body}
     return json.dumps(node, sort_keys=True).encode()
 
@@ -86,8 +92,11 @@ def load(kv: ts.KvStore) -> tuple[list | None, str]:
     try:
         body = json.loads(result.value)["attributes"]
         runs = body["committed"]
-        ok = (body.get("format") == FORMAT and body.get("sha256") == _sha(runs)
-              and body.get("count") == sum(b - a for a, b in runs))
+        ok = (
+            body.get("format") == FORMAT
+            and body.get("sha256") == _sha(runs)
+            and body.get("count") == sum(b - a for a, b in runs)
+        )
     except (ValueError, KeyError, TypeError):
         ok = False
     return (runs, "") if ok else (None, "snapshot fails its checksum")
@@ -112,8 +121,11 @@ def committed_units(kv: ts.KvStore, num_units: int) -> tuple[set[int], str]:
         gaps = [(gaps[0][0], num_units)]
     for a, b in gaps:
         units |= ledger.committed_units(kv, a, b)
-    units |= {u for u, rec in ledger.read_many(kv, sorted(u for u in touched if u < num_units)).items()
-              if isinstance(rec, dict)}
+    units |= {
+        u
+        for u, rec in ledger.read_many(kv, sorted(u for u in touched if u < num_units)).items()
+        if isinstance(rec, dict)
+    }
     return units, "snapshot"  # every part is already below num_units
 
 

@@ -11,6 +11,7 @@
 * given KD settings (α, τ, tail), the penalty of the objective's own optimum
   (``store.objective_penalty``) on the sampled positions.
 """
+
 import numpy as np
 
 from store import errors, objective_penalty, profiles
@@ -28,8 +29,9 @@ def _summary(x: np.ndarray) -> dict:
     return out
 
 
-def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool = True,
-                loss: dict | None = None) -> dict:
+def store_stats(
+    url, sample_rows: int = 32, seed: int = 0, allow_partial: bool = True, loss: dict | None = None
+) -> dict:
     """Statistics over a random sample of committed rows.
 
     Args:
@@ -51,11 +53,15 @@ def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool =
     rng = np.random.default_rng(seed)
     n = min(int(sample_rows), committed.size)
     rows = np.sort(rng.choice(committed, size=n, replace=False)) if n else committed[:0]
-    out = {"url": reader.url, "rows_sampled": int(n), "tokens_sampled": int(n * reader.schema.seq_len)}
+    out = {
+        "url": reader.url,
+        "rows_sampled": int(n),
+        "tokens_sampled": int(n * reader.schema.seq_len),
+    }
     pad_id = reader.schema.tokenizer.get("pad_id")
     lps = []
     for start in range(0, n, 8):  # Small batches keep memory flat at full geometry.
-        batch = reader.read(rows[start:start + 8])
+        batch = reader.read(rows[start : start + 8])
         _accumulate(out, batch, reader.schema, pad_id)
         if loss is not None and reader.schema.k:
             lps.append(batch["topk_logprobs"].reshape(-1, reader.schema.k))
@@ -64,14 +70,21 @@ def store_stats(url, sample_rows: int = 32, seed: int = 0, allow_partial: bool =
         if not reader.schema.k:
             raise errors.StoreInputError(
                 f"store {reader.url} has k=0 (tokens only): no objective penalty to compute; "
-                "drop --alpha/--tau/--tail")
+                "drop --alpha/--tau/--tail"
+            )
         lp = np.concatenate(lps) if lps else np.zeros((0, reader.schema.k))
         if lp.shape[0] > objective_penalty.MAX_POSITIONS:
-            lp = lp[np.sort(rng.choice(lp.shape[0], objective_penalty.MAX_POSITIONS,
-                                       replace=False))]
+            lp = lp[
+                np.sort(rng.choice(lp.shape[0], objective_penalty.MAX_POSITIONS, replace=False))
+            ]
         out["objective_penalty"] = objective_penalty.summarize(
-            lp, reader.schema.vocab_size, loss["alpha"], loss["tau"], loss["tail"],
-            loss["divergence"])
+            lp,
+            reader.schema.vocab_size,
+            loss["alpha"],
+            loss["tau"],
+            loss["tail"],
+            loss["divergence"],
+        )
     return out
 
 
@@ -89,7 +102,9 @@ def _accumulate(out, batch, schema, pad_id):
         acc["entropy"].append(-(q * logq).sum(-1).ravel())
     if schema.samples:
         acc["distinct"].append((batch["sampled_counts"] > 0).sum(-1).ravel())
-        acc["drawn_mass"].append(np.exp(batch["sampled_logprobs"].astype(np.float64)).sum(-1).ravel())
+        acc["drawn_mass"].append(
+            np.exp(batch["sampled_logprobs"].astype(np.float64)).sum(-1).ravel()
+        )
     for layer in schema.hidden_layers:
         x = batch[profiles.hidden_name(layer)].astype(np.float64)
         h = acc["hidden"].setdefault(layer, {"norm": [], "sq_sum": 0.0, "count": 0, "abs_sum": 0.0})
@@ -100,7 +115,14 @@ def _accumulate(out, batch, schema, pad_id):
 
 
 def _empty_acc():
-    return {"coverage": [], "entropy": [], "pad": [], "hidden": {}, "distinct": [], "drawn_mass": []}
+    return {
+        "coverage": [],
+        "entropy": [],
+        "pad": [],
+        "hidden": {},
+        "distinct": [],
+        "drawn_mass": [],
+    }
 
 
 def _finish(out, schema):
@@ -109,12 +131,19 @@ def _finish(out, schema):
     if schema.k:
         cov = np.concatenate(acc["coverage"]) if acc["coverage"] else np.zeros(0)
         ent = np.concatenate(acc["entropy"]) if acc["entropy"] else np.zeros(0)
-        out["topk"] = {"k": schema.k, "coverage": _summary(cov), "entropy_nats": _summary(ent),
-                       "tail_mass_mean": float(1 - cov.mean()) if cov.size else None}
+        out["topk"] = {
+            "k": schema.k,
+            "coverage": _summary(cov),
+            "entropy_nats": _summary(ent),
+            "tail_mass_mean": float(1 - cov.mean()) if cov.size else None,
+        }
     if schema.samples:
         cat = lambda key: np.concatenate(acc[key]) if acc[key] else np.zeros(0)
-        out["sampled"] = {"samples": schema.samples, "distinct_ids": _summary(cat("distinct")),
-                          "mass_of_drawn_ids": _summary(cat("drawn_mass"))}
+        out["sampled"] = {
+            "samples": schema.samples,
+            "distinct_ids": _summary(cat("distinct")),
+            "mass_of_drawn_ids": _summary(cat("drawn_mass")),
+        }
     out["hidden"] = {}
     for layer in schema.hidden_layers:
         h = acc["hidden"].get(layer)

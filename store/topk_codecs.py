@@ -19,6 +19,7 @@ bit-packed or uint16/int32), so the profile is passed in.
       Square-root companding spends the codes where the probability mass
       is (near the top-1), which is what the KL to the teacher weighs.
 """
+
 import numpy as np
 
 from store.layout import ArraySpec
@@ -32,37 +33,55 @@ _DROPPED = "vocabulary id; slots dropped by top-p hold id 0"
 
 
 def _describe_ids(profile, V: int) -> str:
-    return profile.describe_ids(V, "slots dropped by top-p hold id 0") if profile.packs_ids else _DROPPED
+    return (
+        profile.describe_ids(V, "slots dropped by top-p hold id 0")
+        if profile.packs_ids
+        else _DROPPED
+    )
 
 
 class Float16Topk:
     """float16 log-probs (exact): readable and decodable with plain numpy."""
+
     name = "float16"
 
     def specs(self, profile, T: int, K: int, V: int) -> list[ArraySpec]:
-        return [profile.ids_spec(IDS, T, K, V, "k"), ArraySpec(LOGPROBS, (T, K), "float16", ("pos", "k"))]
+        return [
+            profile.ids_spec(IDS, T, K, V, "k"),
+            ArraySpec(LOGPROBS, (T, K), "float16", ("pos", "k")),
+        ]
 
     def encode(self, profile, ids_RxTxK, logprobs_RxTxK, V: int) -> dict:
-        return {IDS: profile.encode_ids(ids_RxTxK, V), LOGPROBS: np.minimum(logprobs_RxTxK, 0).astype(np.float16)}
+        return {
+            IDS: profile.encode_ids(ids_RxTxK, V),
+            LOGPROBS: np.minimum(logprobs_RxTxK, 0).astype(np.float16),
+        }
 
     def decode(self, profile, stored: dict, ids_dtype, logprobs_dtype, V):
         lp = stored[LOGPROBS]
-        return (profile.decode_ids(stored[IDS], lp.shape[-1], V, ids_dtype),
-                lp.astype(logprobs_dtype, copy=False))
+        return (
+            profile.decode_ids(stored[IDS], lp.shape[-1], V, ids_dtype),
+            lp.astype(logprobs_dtype, copy=False),
+        )
 
     def describe(self, profile, schema) -> dict:
-        return {IDS: _describe_ids(profile, schema.vocab_size),
-                LOGPROBS: "float16 log-prob at tau=1, sorted descending; -inf = dropped slot"}
+        return {
+            IDS: _describe_ids(profile, schema.vocab_size),
+            LOGPROBS: "float16 log-prob at tau=1, sorted descending; -inf = dropped slot",
+        }
 
 
 class CompandedTopk:
     """uint8 square-root companded log-probs below a float32 top-1 (compact, lean)."""
+
     name = "uint8_companded"
 
     def specs(self, profile, T: int, K: int, V: int) -> list[ArraySpec]:
-        return [profile.ids_spec(IDS, T, K, V, "k"),
-                ArraySpec(LOGPROBS, (T, K), "uint8", ("pos", "k"), zstd=True),
-                ArraySpec(TOP_LOGPROB, (T,), "float32", ("pos",))]
+        return [
+            profile.ids_spec(IDS, T, K, V, "k"),
+            ArraySpec(LOGPROBS, (T, K), "uint8", ("pos", "k"), zstd=True),
+            ArraySpec(TOP_LOGPROB, (T,), "float32", ("pos",)),
+        ]
 
     def encode(self, profile, ids_RxTxK, logprobs_RxTxK, V: int) -> dict:
         lp = np.minimum(logprobs_RxTxK, 0).astype(np.float32)
@@ -71,8 +90,11 @@ class CompandedTopk:
         delta = np.where(finite, top[..., None] - lp, 0.0)
         code = np.rint(254.0 * np.sqrt(np.clip(delta, 0.0, LP_RANGE) / LP_RANGE))
         code = np.where(finite, code, LP_NEG_INF_CODE).astype(np.uint8)
-        return {IDS: profile.encode_ids(ids_RxTxK, V), LOGPROBS: code,
-                TOP_LOGPROB: np.where(np.isfinite(top), top, -np.inf).astype(np.float32)}
+        return {
+            IDS: profile.encode_ids(ids_RxTxK, V),
+            LOGPROBS: code,
+            TOP_LOGPROB: np.where(np.isfinite(top), top, -np.inf).astype(np.float32),
+        }
 
     def decode(self, profile, stored: dict, ids_dtype, logprobs_dtype, V):
         code = stored[LOGPROBS]
@@ -84,10 +106,14 @@ class CompandedTopk:
         return ids, lp.astype(logprobs_dtype, copy=False)
 
     def describe(self, profile, schema) -> dict:
-        return {IDS: _describe_ids(profile, schema.vocab_size),
-                TOP_LOGPROB: "float32 top-1 log-prob at tau=1",
-                LOGPROBS: (f"uint8 code c: logprob = top_logprob - {LP_RANGE} * (c/254)**2; "
-                           f"c = {LP_NEG_INF_CODE} means -inf (dropped slot)")}
+        return {
+            IDS: _describe_ids(profile, schema.vocab_size),
+            TOP_LOGPROB: "float32 top-1 log-prob at tau=1",
+            LOGPROBS: (
+                f"uint8 code c: logprob = top_logprob - {LP_RANGE} * (c/254)**2; "
+                f"c = {LP_NEG_INF_CODE} means -inf (dropped slot)"
+            ),
+        }
 
 
 CODECS = {c.name: c for c in (Float16Topk(), CompandedTopk())}

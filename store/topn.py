@@ -1,4 +1,5 @@
 """Top-n channel selection of the compact encoder's outliers: the n largest, ties to the lower channel."""
+
 import numpy as np
 
 _BLOCK = 64  # channels per block of the top-n pre-selection
@@ -16,7 +17,9 @@ def _stable_top_n(a_MxD: np.ndarray, n: int) -> np.ndarray:
     v = np.partition(a_MxD, D - n, axis=-1)[:, D - n, None]
     above = a_MxD > v
     tied = a_MxD == v
-    room = n - above.sum(axis=-1, keepdims=True)  # >= 1: fewer than n values exceed the n-th largest
+    room = n - above.sum(
+        axis=-1, keepdims=True
+    )  # >= 1: fewer than n values exceed the n-th largest
     take = above | (tied & (np.cumsum(tied, axis=-1) <= room))
     return np.nonzero(take)[1].reshape(-1, n)
 
@@ -51,22 +54,27 @@ def top_n_channels(a_xD: np.ndarray, n: int) -> np.ndarray:
     if n == 0 or M == 0:
         idx = np.empty((M, n), np.intp)
     elif D % _BLOCK or nb < 2 * n:
-        idx = np.argpartition(a, D - n, axis=-1)[:, D - n:]
+        idx = np.argpartition(a, D - n, axis=-1)[:, D - n :]
         nth = np.take_along_axis(a, idx, axis=-1).min(axis=-1)
         _fix_ties(a, idx, (a >= nth[:, None]).sum(axis=-1) > n, n)
     else:
         block_max = np.maximum.reduceat(a, np.arange(0, D, _BLOCK), axis=-1)  # [M, nb]
-        blocks = np.argpartition(block_max, nb - n, axis=-1)[:, nb - n:]      # [M, n]
+        blocks = np.argpartition(block_max, nb - n, axis=-1)[:, nb - n :]  # [M, n]
         thr = np.take_along_axis(block_max, blocks, axis=-1).min(axis=-1)
         # Whole blocks of 64 channels, copied as contiguous slices: [M, n * 64].
         sub = a.reshape(M, nb, _BLOCK)[np.arange(M)[:, None], blocks].reshape(M, n * _BLOCK)
         L = n * _BLOCK
-        top = np.argpartition(sub, L - n, axis=-1)[:, L - n:]
+        top = np.argpartition(sub, L - n, axis=-1)[:, L - n :]
         nth = np.take_along_axis(sub, top, axis=-1).min(axis=-1)
         idx = np.take_along_axis(blocks, top // _BLOCK, axis=-1) * _BLOCK + top % _BLOCK
         # The top-n set is not unique (more than n values >= the n-th largest),
         # or a block not gathered may hold a value >= thr: the full row decides.
-        _fix_ties(a, idx, ((sub >= nth[:, None]).sum(axis=-1) > n)
-                  | ((block_max >= thr[:, None]).sum(axis=-1) > n), n)
+        _fix_ties(
+            a,
+            idx,
+            ((sub >= nth[:, None]).sum(axis=-1) > n)
+            | ((block_max >= thr[:, None]).sum(axis=-1) > n),
+            n,
+        )
     idx.sort(axis=-1)
     return idx.reshape(*lead, n)

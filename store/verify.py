@@ -28,6 +28,7 @@ full-size units (hundreds of MB) stays within memory; the sha256 is updated
 block by block (rows are the leading dimension, so this hashes the same bytes
 as the writer did).
 """
+
 import hashlib
 
 import numpy as np
@@ -84,9 +85,17 @@ def verify_store(url) -> dict:
     # The records themselves, not the snapshot the reader may have used: they are the truth.
     committed = {u for u in ledger.committed_units(kv) if u < num_units}
     stale = snapshot.disagreement(kv, num_units)
-    report = {"url": url, "ok": False, "num_rows": num_rows, "num_units": num_units,
-              "committed_units": len(committed), "metadata": meta_problems, "units_checked": False,
-              "bad_units": [], "ledger_snapshot": stale}
+    report = {
+        "url": url,
+        "ok": False,
+        "num_rows": num_rows,
+        "num_units": num_units,
+        "committed_units": len(committed),
+        "metadata": meta_problems,
+        "units_checked": False,
+        "bad_units": [],
+        "ledger_snapshot": stale,
+    }
     if meta_problems:
         return report
     reader = StoreReader(url, allow_partial=True)
@@ -99,21 +108,32 @@ def verify_store(url) -> dict:
     for unit in range(num_units):
         rows = [unit * R, min((unit + 1) * R, num_rows)]
 
-        def add(status, detail, array=None):
-            bad.append({"unit": unit, "rows": rows, "status": status, "detail": detail, "array": array})
+        def add(status, detail, array=None, unit=unit, rows=rows):  # this iteration's unit
+            bad.append(
+                {"unit": unit, "rows": rows, "status": status, "detail": detail, "array": array}
+            )
 
         record = records.get(unit)
         if record is None:
-            present = [n for n, s in specs.items()
-                       if layout.shard_key(n, unit, 1 + len(s.inner_shape)) in keys]
+            present = [
+                n
+                for n, s in specs.items()
+                if layout.shard_key(n, unit, 1 + len(s.inner_shape)) in keys
+            ]
             if present:
-                add("partial", f"no commit record, but data for {', '.join(sorted(present))}; re-write the unit")
+                add(
+                    "partial",
+                    f"no commit record, but data for {', '.join(sorted(present))}; re-write the unit",
+                )
             else:
                 add("missing", "no commit record and no data; write the unit")
             continue
         if isinstance(record, ledger.CorruptRecord):
-            add(CORRUPT_RECORD, f"{ledger.record_key(unit)} is {record.why}; repair un-commits the unit and "
-                                "the dump re-writes it")
+            add(
+                CORRUPT_RECORD,
+                f"{ledger.record_key(unit)} is {record.why}; repair un-commits the unit and "
+                "the dump re-writes it",
+            )
             continue
         problem = _check_record(record, unit, rows, opened.manifest["schema_sha256"], specs)
         if problem is None:
@@ -127,19 +147,37 @@ def verify_store(url) -> dict:
 
 def _check_record(record, unit, rows, schema_sha, specs):
     """None, or (status, detail, array) for a record that cannot be the commit of this unit."""
-    if record.get("format") != ledger.RECORD_FORMAT or record.get("unit") != unit or record.get("rows") != rows:
-        return ("corrupt", f"commit record format/unit/rows {record.get('format')!r}/{record.get('unit')!r}/"
-                           f"{record.get('rows')!r} != this unit's {unit}/{rows}; re-write the unit")
+    if (
+        record.get("format") != ledger.RECORD_FORMAT
+        or record.get("unit") != unit
+        or record.get("rows") != rows
+    ):
+        return (
+            "corrupt",
+            f"commit record format/unit/rows {record.get('format')!r}/{record.get('unit')!r}/"
+            f"{record.get('rows')!r} != this unit's {unit}/{rows}; re-write the unit",
+        )
     if record.get("schema_sha256") != schema_sha:
-        return "corrupt", "commit record is from another schema (fingerprint differs); re-write the unit"
+        return (
+            "corrupt",
+            "commit record is from another schema (fingerprint differs); re-write the unit",
+        )
     arrays = record.get("arrays")
     if not isinstance(arrays, dict) or set(arrays) != set(specs):
         names = sorted(arrays) if isinstance(arrays, dict) else arrays
         return "corrupt", f"commit record lists arrays {names!r}, expected {sorted(specs)}"
     for name, entry in arrays.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
-                and isinstance(entry.get("shape"), list) and isinstance(entry.get("sha256"), str)):
-            return "corrupt", f"commit record's entry for {name} is malformed; re-write the unit", name
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("dtype"), str)
+            and isinstance(entry.get("shape"), list)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            return (
+                "corrupt",
+                f"commit record's entry for {name} is malformed; re-write the unit",
+                name,
+            )
     return None
 
 
@@ -157,14 +195,22 @@ def _check_unit(reader, profile, specs, rows, record):
         for name, x in stored.items():
             want = record["arrays"][name]
             if str(x.dtype) != want["dtype"] or list(x.shape[1:]) != want["shape"][1:]:
-                return "corrupt", f"{name} has dtype/shape {x.dtype}{list(x.shape)}, record says {want}", name
+                return (
+                    "corrupt",
+                    f"{name} has dtype/shape {x.dtype}{list(x.shape)}, record says {want}",
+                    name,
+                )
             digests[name].update(memoryview(np.ascontiguousarray(x)).cast("B"))
         problem = _check_values(reader.schema, profile, stored)
         if problem:
             return "invalid", f"rows {a}..{b}: {problem}"
     for name, h in digests.items():
         if h.hexdigest() != record["arrays"][name]["sha256"]:
-            return "corrupt", f"{name} bytes differ from the commit record's sha256; re-write the unit", name
+            return (
+                "corrupt",
+                f"{name} bytes differ from the commit record's sha256; re-write the unit",
+                name,
+            )
     return None
 
 
@@ -192,7 +238,9 @@ def _check_values(schema, profile, stored):
         if (lp[..., 1:] > lp[..., :-1]).any():
             return "topk log-probs not sorted descending"
     if schema.samples:
-        problem = sampled.contract_problem(*sampled.decode(profile, stored, schema.samples, V), schema.samples, V)
+        problem = sampled.contract_problem(
+            *sampled.decode(profile, stored, schema.samples, V), schema.samples, V
+        )
         if problem:
             return problem
     for layer in schema.hidden_layers:

@@ -20,6 +20,7 @@ workers call ``open_writer``: two simultaneous first creations with
 different schemas race on the root zarr.json (one of them then fails with
 SchemaMismatchError or CorruptStoreError; do not rely on that).
 """
+
 import os
 
 import numpy as np
@@ -28,7 +29,9 @@ from store import errors, layout, ledger, metadata, profiles, remote, sampled, s
 from store.schema import StoreSchema, build_manifest, check_same_schema
 
 
-def create_store(url, schema: StoreSchema, num_rows: int, split: str | None = None) -> "StoreWriter":
+def create_store(
+    url, schema: StoreSchema, num_rows: int, split: str | None = None
+) -> "StoreWriter":
     """Creates a store, or reopens an identical one.
 
     The group's zarr.json (with the manifest) is written first, then the
@@ -51,7 +54,8 @@ def create_store(url, schema: StoreSchema, num_rows: int, split: str | None = No
     """
     if not isinstance(schema, StoreSchema):
         raise errors.StoreInputError(
-            f"schema must be a store.StoreSchema, got {type(schema).__name__}; build one with StoreSchema(...)")
+            f"schema must be a store.StoreSchema, got {type(schema).__name__}; build one with StoreSchema(...)"
+        )
     if int(num_rows) < 0:
         raise errors.StoreInputError(f"num_rows={num_rows} must be >= 0")
     url = layout.normalize_url(url)
@@ -60,10 +64,13 @@ def create_store(url, schema: StoreSchema, num_rows: int, split: str | None = No
     if not _has_manifest(kv, url):
         if path is not None and _non_empty_dir(path):
             raise errors.StoreNotFoundError(
-                f"{path} is a non-empty directory without zarr.json, not a store; pass a new or empty path")
+                f"{path} is a non-empty directory without zarr.json, not a store; pass a new or empty path"
+            )
         profile = profiles.get_profile(schema.profile)
         # num_rows is outside "schema": the fingerprint (and every commit record) is unchanged by it.
-        manifest = dict(build_manifest(schema, profile.encodings(schema), split), num_rows=int(num_rows))
+        manifest = dict(
+            build_manifest(schema, profile.encodings(schema), split), num_rows=int(num_rows)
+        )
         layout.write_group(kv, "", manifest)
         # Intermediate groups so that zarr-python can walk the hierarchy.
         for group in _groups(schema):
@@ -87,7 +94,8 @@ def create_store(url, schema: StoreSchema, num_rows: int, split: str | None = No
     if stored_rows is not None and stored_rows != int(num_rows):
         raise errors.SchemaMismatchError(
             f"store {url} has num_rows={stored_rows}, not {num_rows}; reopen it with "
-            "store.open_writer(url) and call .resize(num_rows) to grow it")
+            "store.open_writer(url) and call .resize(num_rows) to grow it"
+        )
     return StoreWriter(url, _create_rows=int(num_rows))
 
 
@@ -144,7 +152,9 @@ class StoreWriter:
         self._profile = profiles.for_store(self.schema, self.manifest)
         self._specs = {s.name: s for s in self._profile.arrays(self.schema)}
         expected = metadata.expected_nodes(self.schema, self.manifest, rows)
-        problems, _ = metadata.check_nodes(self._kv, expected, self.url, [n + "/zarr.json" for n in self._specs])
+        problems, _ = metadata.check_nodes(
+            self._kv, expected, self.url, [n + "/zarr.json" for n in self._specs]
+        )
         if _create_rows is not None:
             problems = [p for p in problems if not p["problem"].startswith("is missing")]
         if problems:
@@ -156,8 +166,10 @@ class StoreWriter:
 
     def _open_arrays(self, create_rows):
         R = self.schema.rows_per_unit
-        self._arrays = {name: layout.open_array(self.url, spec, create_rows=create_rows, rows_per_unit=R)
-                        for name, spec in self._specs.items()}
+        self._arrays = {
+            name: layout.open_array(self.url, spec, create_rows=create_rows, rows_per_unit=R)
+            for name, spec in self._specs.items()
+        }
 
     @property
     def array_specs(self) -> dict:
@@ -179,7 +191,8 @@ class StoreWriter:
         if not 0 <= int(unit) < self.num_units:
             raise errors.StoreInputError(
                 f"unit {unit} out of range: the store has {self.num_units} units (rows {self.num_rows}); "
-                "resize the store first to add rows")
+                "resize the store first to add rows"
+            )
         R = self.schema.rows_per_unit
         return int(unit) * R, min((int(unit) + 1) * R, self.num_rows)
 
@@ -192,7 +205,8 @@ class StoreWriter:
         old = self.num_rows
         if num_rows < old:
             raise errors.StoreInputError(
-                f"resize({num_rows}) would drop rows of a {old}-row store; stores only grow, write a new store")
+                f"resize({num_rows}) would drop rows of a {old}-row store; stores only grow, write a new store"
+            )
         if num_rows == old:
             return
         R = self.schema.rows_per_unit
@@ -204,9 +218,12 @@ class StoreWriter:
             self.manifest = dict(self.manifest, num_rows=int(num_rows))
             _write(self._kv, self.url, metadata.COPY_KEY, metadata.copy_bytes(self.manifest))
             layout.write_group(self._kv, "", self.manifest)
-        for name, arr in self._arrays.items():
-            arr.resize(exclusive_max=[num_rows] + [None] * (arr.rank - 1),
-                       resize_metadata_only=True, expand_only=True).result()
+        for arr in self._arrays.values():
+            arr.resize(
+                exclusive_max=[num_rows] + [None] * (arr.rank - 1),
+                resize_metadata_only=True,
+                expand_only=True,
+            ).result()
         self._rows = int(num_rows)
         self._open_arrays(None)
 
@@ -229,8 +246,17 @@ class StoreWriter:
         # A record that does not decode is not a commit (the unit is re-written).
         return isinstance(ledger.read(self._kv, int(unit)), dict)
 
-    def write_unit(self, unit: int, tokens, topk_ids=None, topk_logprobs=None, hidden=None,
-                   sampled_ids=None, sampled_counts=None, sampled_logprobs=None):
+    def write_unit(
+        self,
+        unit: int,
+        tokens,
+        topk_ids=None,
+        topk_logprobs=None,
+        hidden=None,
+        sampled_ids=None,
+        sampled_counts=None,
+        sampled_logprobs=None,
+    ):
         """Encodes and writes one work unit, then commits it.
 
         Args:
@@ -248,8 +274,16 @@ class StoreWriter:
             StoreInputError: a missing, extra, mis-shaped or out-of-range input.
         """
         start, stop = self.unit_rows(unit)
-        encoded = self._encode(stop - start, tokens, topk_ids, topk_logprobs, hidden,
-                               sampled_ids, sampled_counts, sampled_logprobs)
+        encoded = self._encode(
+            stop - start,
+            tokens,
+            topk_ids,
+            topk_logprobs,
+            hidden,
+            sampled_ids,
+            sampled_counts,
+            sampled_logprobs,
+        )
         self._write_encoded(int(unit), start, stop, encoded)
 
     def write_unit_encoded(self, unit: int, encoded: dict):
@@ -269,7 +303,8 @@ class StoreWriter:
             missing, extra = sorted(set(self._specs) - names), sorted(names - set(self._specs))
             raise errors.StoreInputError(
                 f"write_unit_encoded got arrays missing {missing} and extra {extra} for this "
-                f"{self.schema.profile} store; pass exactly {sorted(self._specs)}")
+                f"{self.schema.profile} store; pass exactly {sorted(self._specs)}"
+            )
         checked = {}
         for name, spec in self._specs.items():
             x = np.asarray(encoded[name])
@@ -277,7 +312,8 @@ class StoreWriter:
             if x.dtype != np.dtype(spec.dtype) or x.shape != shape:
                 raise errors.StoreInputError(
                     f"write_unit_encoded: {name} is {x.dtype}{list(x.shape)}, the store needs "
-                    f"{spec.dtype}{list(shape)} (unit {unit} has rows {start}..{stop}); encode with this profile")
+                    f"{spec.dtype}{list(shape)} (unit {unit} has rows {start}..{stop}); encode with this profile"
+                )
             checked[name] = x
         self._write_encoded(int(unit), start, stop, checked)
 
@@ -293,67 +329,104 @@ class StoreWriter:
         except ValueError as e:  # After TensorStore's retries; the unit stays uncommitted.
             raise remote.storage_error(e, self.url, f"writing unit {unit} of") from None
 
-    def _encode(self, rows, tokens, topk_ids, topk_logprobs, hidden, sampled_ids, sampled_counts,
-                sampled_logprobs) -> dict:
+    def _encode(
+        self,
+        rows,
+        tokens,
+        topk_ids,
+        topk_logprobs,
+        hidden,
+        sampled_ids,
+        sampled_counts,
+        sampled_logprobs,
+    ) -> dict:
         s = self.schema
         T, K, V = s.seq_len, s.k, s.vocab_size
         tokens_RxT = _check_array("tokens", tokens, (rows, T), "integer")
         if tokens_RxT.size and (tokens_RxT.min() < 0 or tokens_RxT.max() >= V):
-            raise errors.StoreInputError(f"tokens must be in [0, vocab_size={V}); got range "
-                                         f"[{tokens_RxT.min()}, {tokens_RxT.max()}]; check the tokenizer")
+            raise errors.StoreInputError(
+                f"tokens must be in [0, vocab_size={V}); got range "
+                f"[{tokens_RxT.min()}, {tokens_RxT.max()}]; check the tokenizer"
+            )
         encoded = {"tokens": tokens_RxT.astype(np.int32)}
         if K:
             if topk_ids is None or topk_logprobs is None:
-                raise errors.StoreInputError(f"this store has k={K}: pass topk_ids and topk_logprobs")
+                raise errors.StoreInputError(
+                    f"this store has k={K}: pass topk_ids and topk_logprobs"
+                )
             ids_RxTxK = _check_array("topk_ids", topk_ids, (rows, T, K), "integer")
             logprobs_RxTxK = _check_array("topk_logprobs", topk_logprobs, (rows, T, K), "floating")
             _check_topk(ids_RxTxK, logprobs_RxTxK, V)
-            encoded.update(self._profile.encode_topk(ids_RxTxK, logprobs_RxTxK.astype(np.float32), V))
+            encoded.update(
+                self._profile.encode_topk(ids_RxTxK, logprobs_RxTxK.astype(np.float32), V)
+            )
         elif topk_ids is not None or topk_logprobs is not None:
-            raise errors.StoreInputError("this store has k=0 (tokens only): pass topk_ids=None, topk_logprobs=None")
+            raise errors.StoreInputError(
+                "this store has k=0 (tokens only): pass topk_ids=None, topk_logprobs=None"
+            )
         S = s.samples
         if S:
-            checked = sampled.check_inputs(rows, T, S, V, sampled_ids, sampled_counts, sampled_logprobs,
-                                           _check_array)
+            checked = sampled.check_inputs(
+                rows, T, S, V, sampled_ids, sampled_counts, sampled_logprobs, _check_array
+            )
             encoded.update(sampled.encode(self._profile, *checked, V))
         elif sampled_ids is not None or sampled_counts is not None or sampled_logprobs is not None:
-            raise errors.StoreInputError("this store has samples=0: pass sampled_ids=None, sampled_counts=None, "
-                                         "sampled_logprobs=None (or create it with StoreSchema(samples=S))")
+            raise errors.StoreInputError(
+                "this store has samples=0: pass sampled_ids=None, sampled_counts=None, "
+                "sampled_logprobs=None (or create it with StoreSchema(samples=S))"
+            )
         hidden = dict(hidden or {})
         wanted = set(s.hidden_layers)
         if set(hidden) != wanted:
             raise errors.StoreInputError(
-                f"hidden must have exactly the layers {sorted(wanted)}, got {sorted(hidden)}")
+                f"hidden must have exactly the layers {sorted(wanted)}, got {sorted(hidden)}"
+            )
         for layer in s.hidden_layers:
-            hidden_RxTxD = np.asarray(_check_array(f"hidden[{layer}]", hidden[layer],
-                                                   (rows, T, s.hidden_dim), "floating"),
-                                      dtype=np.float32)
+            hidden_RxTxD = np.asarray(
+                _check_array(
+                    f"hidden[{layer}]", hidden[layer], (rows, T, s.hidden_dim), "floating"
+                ),
+                dtype=np.float32,
+            )
             if not np.isfinite(hidden_RxTxD).all():
                 raise errors.StoreInputError(
-                    f"hidden[{layer}] has NaN/inf values; fix the teacher forward pass (check its dtype)")
+                    f"hidden[{layer}] has NaN/inf values; fix the teacher forward pass (check its dtype)"
+                )
             encoded.update(self._profile.encode_hidden(layer, hidden_RxTxD))
         return encoded
 
 
 def _check_array(name, x, shape, kind) -> np.ndarray:
     x = np.asarray(x)
-    ok_kind = np.issubdtype(x.dtype, np.integer) if kind == "integer" else (
-        np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16")
+    ok_kind = (
+        np.issubdtype(x.dtype, np.integer)
+        if kind == "integer"
+        else (np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16")
+    )
     if not ok_kind:
-        raise errors.StoreInputError(f"{name} has dtype {x.dtype}, expected {kind}; cast it before write_unit")
+        raise errors.StoreInputError(
+            f"{name} has dtype {x.dtype}, expected {kind}; cast it before write_unit"
+        )
     if x.shape != tuple(shape):
         raise errors.StoreInputError(
             f"{name} has shape {x.shape}, expected {tuple(shape)} (rows of this unit, seq_len, ...); "
-            "check the unit's row range with unit_rows(u)")
+            "check the unit's row range with unit_rows(u)"
+        )
     return x
 
 
 def _check_topk(ids, lp, V):
     if ids.size and (ids.min() < 0 or ids.max() >= V):
-        raise errors.StoreInputError(f"topk_ids must be in [0, vocab_size={V}); got [{ids.min()}, {ids.max()}]")
+        raise errors.StoreInputError(
+            f"topk_ids must be in [0, vocab_size={V}); got [{ids.min()}, {ids.max()}]"
+        )
     lp32 = lp.astype(np.float32)
     if np.isnan(lp32).any() or (lp32 > 1e-3).any():
-        raise errors.StoreInputError("topk_logprobs must be log-probabilities (<= 0, no NaN); "
-                                     "store logit - logsumexp, not raw logits")
+        raise errors.StoreInputError(
+            "topk_logprobs must be log-probabilities (<= 0, no NaN); "
+            "store logit - logsumexp, not raw logits"
+        )
     if (lp32[..., 1:] > lp32[..., :-1]).any():
-        raise errors.StoreInputError("topk_logprobs must be sorted descending along k; use lax.top_k order")
+        raise errors.StoreInputError(
+            "topk_logprobs must be sorted descending along k; use lax.top_k order"
+        )

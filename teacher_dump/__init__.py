@@ -13,12 +13,17 @@
 JAX only, no Beam: the Beam ModelHandler is ``pipelines.teacher_handler``.
 Builds on ``trainer.model``.
 """
+
 import importlib
 
 __all__ = ["load_teacher", "make_extract_fn", "extract_rows", "Teacher"]
 # Imported on first use: `python -m teacher_dump.convert --help` must not wait for JAX.
-_EXPORTS = {"make_extract_fn": "extract", "extract_rows": "loop", "Teacher": "teacher",
-            "load_teacher": "teacher"}
+_EXPORTS = {
+    "make_extract_fn": "extract",
+    "extract_rows": "loop",
+    "Teacher": "teacher",
+    "load_teacher": "teacher",
+}
 
 
 def __getattr__(name):

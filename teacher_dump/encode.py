@@ -18,16 +18,28 @@ squares, store/lean.py) included.
 
 A resume re-runs the same encoder, so it rewrites the same bytes either way.
 """
+
 import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from store import bitpack, errors as store_errors, hidden_codecs, lean as store_lean, profiles, sampled
-from store import topk_codecs
+from store import (
+    bitpack,
+    hidden_codecs,
+    profiles,
+    sampled,
+    topk_codecs,
+)
+from store import (
+    errors as store_errors,
+)
+from store import (
+    lean as store_lean,
+)
 from store.hidden_codecs import aux_name, hidden_name
 from teacher_dump.encode_ops import F32, divide, fwht, mean_square, pack_ids, rms, top_n_channels
 from trainer.model.errors import ModelInputError
@@ -42,28 +54,38 @@ def encode_ids(ids_XxN: jax.Array, vocab_size: int, packs_ids: bool) -> jax.Arra
 
 def encode_sampled(signal: dict, vocab_size: int, packs_ids: bool) -> dict:
     """``store.sampled.encode``: ids as the profile stores ids, uint8 counts, float16 log-probs."""
-    return {sampled.IDS: encode_ids(signal["sampled_ids"], vocab_size, packs_ids),
-            sampled.COUNTS: signal["sampled_counts"].astype(jnp.uint8),
-            sampled.LOGPROBS: jnp.minimum(signal["sampled_logprobs"].astype(F32), 0).astype(jnp.float16)}
+    return {
+        sampled.IDS: encode_ids(signal["sampled_ids"], vocab_size, packs_ids),
+        sampled.COUNTS: signal["sampled_counts"].astype(jnp.uint8),
+        sampled.LOGPROBS: jnp.minimum(signal["sampled_logprobs"].astype(F32), 0).astype(
+            jnp.float16
+        ),
+    }
 
 
 # --- exact -------------------------------------------------------------------------------------
+
 
 def exact_hidden(layer: int, x_XxD: jax.Array) -> dict:
     """``hidden_codecs.Float16Hidden.encode``: float16 x / rms(x) and the float32 RMS."""
     x = x_XxD.astype(F32)
     r, safe = rms(x)
-    return {hidden_name(layer): divide(x, safe[..., None]).astype(jnp.float16),
-            aux_name(layer, "rms"): r}
+    return {
+        hidden_name(layer): divide(x, safe[..., None]).astype(jnp.float16),
+        aux_name(layer, "rms"): r,
+    }
 
 
 def exact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = False) -> dict:
     """``topk_codecs.Float16Topk.encode``: ids as the profile stores them, float16 log-probs."""
-    return {topk_codecs.IDS: encode_ids(ids_XxK, vocab_size, packs_ids),
-            topk_codecs.LOGPROBS: jnp.minimum(logprobs_XxK.astype(F32), 0).astype(jnp.float16)}
+    return {
+        topk_codecs.IDS: encode_ids(ids_XxK, vocab_size, packs_ids),
+        topk_codecs.LOGPROBS: jnp.minimum(logprobs_XxK.astype(F32), 0).astype(jnp.float16),
+    }
 
 
 # --- compact -----------------------------------------------------------------------------------
+
 
 def compact_hidden(layer: int, x_XxD: jax.Array) -> dict:
     """``hidden_codecs.OutlierInt8Hidden.encode``: int8 grid per token, n outlier channels in float16."""
@@ -80,10 +102,13 @@ def compact_hidden(layer: int, x_XxD: jax.Array) -> dict:
     step = divide(jnp.max(a, axis=-1), np.float32(127.0)).astype(jnp.float16)
     step = jnp.where(step > 0, step, jnp.float16(1.0))
     q = jnp.clip(jnp.rint(divide(y, step.astype(F32)[..., None])), -127, 127).astype(jnp.int8)
-    return {hidden_name(layer): q, aux_name(layer, "rms"): r,
-            aux_name(layer, "qstep"): step,
-            aux_name(layer, "outlier_idx"): idx.astype(jnp.uint16),
-            aux_name(layer, "outlier_val"): val.astype(jnp.float16)}
+    return {
+        hidden_name(layer): q,
+        aux_name(layer, "rms"): r,
+        aux_name(layer, "qstep"): step,
+        aux_name(layer, "outlier_idx"): idx.astype(jnp.uint16),
+        aux_name(layer, "outlier_val"): val.astype(jnp.float16),
+    }
 
 
 def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = True) -> dict:
@@ -92,15 +117,20 @@ def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = True)
     top = lp[..., 0]
     finite = jnp.isfinite(lp) & jnp.isfinite(top)[..., None]
     delta = jnp.where(finite, top[..., None] - lp, F32(0.0))
-    frac = divide(jnp.clip(delta, F32(0.0), F32(topk_codecs.LP_RANGE)), np.float32(topk_codecs.LP_RANGE))
+    frac = divide(
+        jnp.clip(delta, F32(0.0), F32(topk_codecs.LP_RANGE)), np.float32(topk_codecs.LP_RANGE)
+    )
     code = jnp.rint(F32(254.0) * jnp.sqrt(frac))
     code = jnp.where(finite, code, F32(topk_codecs.LP_NEG_INF_CODE)).astype(jnp.uint8)
-    return {topk_codecs.IDS: encode_ids(ids_XxK, vocab_size, packs_ids),
-            topk_codecs.LOGPROBS: code,
-            topk_codecs.TOP_LOGPROB: jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32)}
+    return {
+        topk_codecs.IDS: encode_ids(ids_XxK, vocab_size, packs_ids),
+        topk_codecs.LOGPROBS: code,
+        topk_codecs.TOP_LOGPROB: jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32),
+    }
 
 
 # --- lean (store/lean.py) ----------------------------------------------------------------------------
+
 
 def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict:
     """Lean activations: rotated, per-group 6-level codes packed 3 per byte (store/lean.py).
@@ -126,12 +156,13 @@ def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict
     rot = fwht(v) * np.float32(1.0 / np.sqrt(b))  # the scaling as store.lean writes it
     step = (jnp.sqrt(mean_square(rot)) * F32(lean_step)).astype(jnp.float16)
     step = jnp.where(step > 0, step, jnp.float16(1.0))
-    code = jnp.clip(jnp.floor(divide(rot, step.astype(F32)[..., None])) + 3, 0, store_lean.LEVELS - 1)
+    code = jnp.clip(
+        jnp.floor(divide(rot, step.astype(F32)[..., None])) + 3, 0, store_lean.LEVELS - 1
+    )
     code = code.astype(jnp.uint8).reshape(*lead, D)
     code = jnp.pad(code, [(0, 0)] * len(lead) + [(0, -D % 3)]).reshape(*lead, -(-D // 3), 3)
     packed = code[..., 0] + jnp.uint8(6) * code[..., 1] + jnp.uint8(36) * code[..., 2]
-    return {hidden_name(layer): packed, aux_name(layer, "rms"): r,
-            aux_name(layer, "step"): step}
+    return {hidden_name(layer): packed, aux_name(layer, "rms"): r, aux_name(layer, "step"): step}
 
 
 def lean_profile_hidden(layer: int, x_XxD: jax.Array) -> dict:
@@ -144,7 +175,11 @@ def lean_profile_hidden(layer: int, x_XxD: jax.Array) -> dict:
 # The jnp twins of the numpy codecs, keyed by the codec names (store/topk_codecs.py, store/hidden_codecs.py):
 # a profile made of these codecs is encoded on the device with no change here.
 TOPK_ENCODERS = {"float16": exact_topk, "uint8_companded": compact_topk}
-HIDDEN_ENCODERS = {"float16_rms": exact_hidden, "int8_outliers": compact_hidden, "lean": lean_profile_hidden}
+HIDDEN_ENCODERS = {
+    "float16_rms": exact_hidden,
+    "int8_outliers": compact_hidden,
+    "lean": lean_profile_hidden,
+}
 
 
 def _rows(signal) -> int:
@@ -158,13 +193,16 @@ def _rows(signal) -> int:
 
 def _check(name, x, shape, kind):
     if x is None:
-        raise ModelInputError(f"{name} is missing: this store has {list(shape)[2:]} of them per position; "
-                               "extract with the store's k, samples and layers")
+        raise ModelInputError(
+            f"{name} is missing: this store has {list(shape)[2:]} of them per position; "
+            "extract with the store's k, samples and layers"
+        )
     ok = jnp.issubdtype(x.dtype, jnp.integer if kind == "integer" else jnp.floating)
     if not ok or tuple(x.shape) != tuple(shape):
         raise ModelInputError(
             f"{name} is {x.dtype}{list(x.shape)}, expected {kind} {list(shape)} [rows, seq_len, ...] "
-            "of this store's schema; extract with the store's k, layers and seq_len")
+            "of this store's schema; extract with the store's k, layers and seq_len"
+        )
 
 
 def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None) -> dict:
@@ -195,8 +233,12 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         raise store_errors.StoreInputError(
             f"profile {schema.profile!r} ({profile.topk.name} top-k, {profile.hidden.name} hidden) has no device "
             f"encoder; device encoders exist for top-k {sorted(TOPK_ENCODERS)} and hidden "
-            f"{sorted(HIDDEN_ENCODERS)}; or write with StoreWriter.write_unit (host encoder)")
-    encode_topk, encode_hidden = TOPK_ENCODERS[profile.topk.name], HIDDEN_ENCODERS[profile.hidden.name]
+            f"{sorted(HIDDEN_ENCODERS)}; or write with StoreWriter.write_unit (host encoder)"
+        )
+    encode_topk, encode_hidden = (
+        TOPK_ENCODERS[profile.topk.name],
+        HIDDEN_ENCODERS[profile.hidden.name],
+    )
     T, K, S, D = schema.seq_len, schema.k, schema.samples, schema.hidden_dim
     B = _rows(signal)
     arrays, finite_B = {}, jnp.ones((B,), bool)
@@ -207,8 +249,11 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         finite_B &= ~jnp.isnan(lp).any(axis=(1, 2)) & ~jnp.isposinf(lp).any(axis=(1, 2))
         arrays.update(encode_topk(signal["topk_ids"], lp, schema.vocab_size, profile.packs_ids))
     if S:
-        for name, kind in (("sampled_ids", "integer"), ("sampled_counts", "integer"),
-                           ("sampled_logprobs", "floating")):
+        for name, kind in (
+            ("sampled_ids", "integer"),
+            ("sampled_counts", "integer"),
+            ("sampled_logprobs", "floating"),
+        ):
             _check(name, signal.get(name), (B, T, S), kind)
         # Empty slots hold -inf: only NaN and +inf are broken.
         lp = signal["sampled_logprobs"]
@@ -216,8 +261,10 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         arrays.update(encode_sampled(signal, schema.vocab_size, profile.packs_ids))
     hidden = signal.get("hidden") or {}
     if sorted(hidden) != sorted(schema.hidden_layers):
-        raise ModelInputError(f"hidden has the layers {sorted(hidden)}, the store {sorted(schema.hidden_layers)}; "
-                               "extract with layers=schema.hidden_layers")
+        raise ModelInputError(
+            f"hidden has the layers {sorted(hidden)}, the store {sorted(schema.hidden_layers)}; "
+            "extract with layers=schema.hidden_layers"
+        )
     for layer in schema.hidden_layers:
         _check(f"hidden[{layer}]", hidden[layer], (B, T, D), "floating")
         encoded = encode_hidden(layer, hidden[layer])
@@ -236,10 +283,13 @@ def _check_specs(arrays, schema, profile, B):
     if got != want:
         raise store_errors.StoreInputError(
             f"device encoder of {schema.profile!r} disagrees with store.profiles: {got} vs {want}; "
-            "update teacher_dump/encode.py with the profile")
+            "update teacher_dump/encode.py with the profile"
+        )
 
 
-def make_encoded_extract_fn(extract_fn: Callable, schema, profile: profiles.Profile | None = None) -> Callable:
+def make_encoded_extract_fn(
+    extract_fn: Callable, schema, profile: profiles.Profile | None = None
+) -> Callable:
     """The extraction step with the schema's encoder composed after it, one jit.
 
     Args:
@@ -257,6 +307,7 @@ def make_encoded_extract_fn(extract_fn: Callable, schema, profile: profiles.Prof
 @dataclasses.dataclass(frozen=True)
 class _Layout:
     """The schema fields an encoder depends on, hashable (StoreSchema holds dicts) for the jit cache."""
+
     profile: str
     seq_len: int
     k: int
@@ -273,7 +324,9 @@ class _Layout:
 @functools.lru_cache(maxsize=32)
 def _build(extract_fn, layout, profile):
     @jax.jit
-    def extract_encoded(params, tokens_BxT, *rows_B):  # rows_B: the extraction step's optional row ids
+    def extract_encoded(
+        params, tokens_BxT, *rows_B
+    ):  # rows_B: the extraction step's optional row ids
         return encode_signal(extract_fn(params, tokens_BxT, *rows_B), layout, profile)
 
     return extract_encoded
@@ -296,5 +349,6 @@ def host_arrays(encoded: dict, first_row: int = 0) -> dict:
     if not finite_B.all():
         bad = first_row + int(np.flatnonzero(~finite_B)[0])
         raise store_errors.StoreInputError(
-            f"row {bad}: the teacher signal has NaN/inf values; fix the teacher forward pass (check its dtype)")
+            f"row {bad}: the teacher signal has NaN/inf values; fix the teacher forward pass (check its dtype)"
+        )
     return {name: np.asarray(a) for name, a in encoded["arrays"].items()}

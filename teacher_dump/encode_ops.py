@@ -18,11 +18,11 @@ Each function gives the bytes numpy gives on the host (tested on CPU, jax
 * ``fwht``: the Hadamard rotation as add/sub butterflies in store.lean's order.
 * ``pack_ids``: integer ops, exact anywhere.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
 
 F32 = jnp.float32
 _LEAF = 128  # numpy's PW_BLOCKSIZE: below it, 8 strided accumulators; above, split in halves
@@ -46,12 +46,13 @@ def _leaf_sum(x, lo, n):
             total = total + x[..., i]
         return total
     m = n - n % _LANES
-    lanes = x[..., lo:lo + m].reshape(*x.shape[:-1], m // _LANES, _LANES)
+    lanes = x[..., lo : lo + m].reshape(*x.shape[:-1], m // _LANES, _LANES)
     r = lanes[..., 0, :]
     for i in range(1, m // _LANES):
         r = r + lanes[..., i, :]
-    total = (((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3]))
-             + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7])))
+    total = ((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3])) + (
+        (r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7])
+    )
     for i in range(lo + m, lo + n):
         total = total + x[..., i]
     return total
@@ -90,8 +91,10 @@ def pairwise_sum(x: jax.Array) -> jax.Array:
         depth += 1
     width = _balanced(tree, depth)
     if width is None:
+
         def walk(t):
             return _leaf_sum(x, *t) if isinstance(t[0], int) else walk(t[0]) + walk(t[1])
+
         return walk(tree)
     parts = _leaf_sum(x.reshape(*x.shape[:-1], n // width, width), 0, width)  # [..., leaves]
     while parts.shape[-1] > 1:  # adjacent pairs: the tree's levels, bottom up
@@ -193,5 +196,3 @@ def fwht(v_XxGxb: jax.Array) -> jax.Array:
         v_XxGxb = jnp.stack([lo + hi, lo - hi], axis=-2).reshape(*lead, b)
         h *= 2
     return v_XxGxb
-
-

@@ -20,15 +20,18 @@ values and the logsumexp are float32. Ties are broken towards the lower
 vocabulary id (`lax.top_k`'s documented behaviour, tested in
 tests/teacher_dump), so the output is deterministic.
 """
+
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from teacher_dump import sampled, topk
-from trainer.model import gemma3 as model, tiling
+from trainer.model import gemma3 as model
+from trainer.model import tiling
 from trainer.model.errors import ConfigError, ModelInputError
 
 # Tokens per de-embedding tile. 2048 × 32k fp32 logits = 256 MiB: large enough
@@ -61,6 +64,7 @@ class ExtractSpec:
         topk_group: 0: lax.top_k over all V; g > 0: the exact two-stage
             top-k over groups of g ids (teacher_dump.topk; same result).
     """
+
     k: int
     layers: tuple[int, ...]
     top_p: float | None
@@ -72,20 +76,29 @@ class ExtractSpec:
 
 
 def _check_samples(samples) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, int) \
-            or not 0 <= samples <= sampled.MAX_SAMPLES:
+    if (
+        isinstance(samples, bool)
+        or not isinstance(samples, int)
+        or not 0 <= samples <= sampled.MAX_SAMPLES
+    ):
         raise ConfigError(
             f"samples={samples!r} is outside [0, {sampled.MAX_SAMPLES}]: pass the number "
-            f"of draws per position (e.g. 12; counts are stored as uint8), or 0 for none")
+            f"of draws per position (e.g. 12; counts are stored as uint8), or 0 for none"
+        )
     return samples
 
 
-def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
-                 top_p: float | None = None,
-                 token_tile: int = DEFAULT_TOKEN_TILE,
-                 hidden_dtype: Any = "float32",
-                 rank_float32: bool | None = None,
-                 samples: int = 0, topk_group: int | None = None) -> ExtractSpec:
+def resolve_spec(
+    cfg,
+    k: int = 128,
+    layers: Sequence[int] | None = None,
+    top_p: float | None = None,
+    token_tile: int = DEFAULT_TOKEN_TILE,
+    hidden_dtype: Any = "float32",
+    rank_float32: bool | None = None,
+    samples: int = 0,
+    topk_group: int | None = None,
+) -> ExtractSpec:
     """Checks the extraction options against the model config.
 
     Args:
@@ -115,10 +128,10 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
     if isinstance(k, bool) or not isinstance(k, int) or not low <= k <= vocab:
         raise ConfigError(
             f"k={k!r} is outside [{low}, vocab_size={vocab}]: pass an integer k "
-            f"between 1 and the teacher's vocabulary size (0 only with samples > 0)")
+            f"between 1 and the teacher's vocabulary size (0 only with samples > 0)"
+        )
     if top_p is not None and k == 0:
-        raise ConfigError(
-            "top_p truncates the top-k but k=0: pass k > 0 or drop top_p")
+        raise ConfigError("top_p truncates the top-k but k=0: pass k > 0 or drop top_p")
     if layers is None:
         layers = (max(num_layers // 2, 1),)
     layers = tuple(int(l) for l in layers)
@@ -126,40 +139,52 @@ def resolve_spec(cfg, k: int = 128, layers: Sequence[int] | None = None,
         if not 1 <= l <= num_layers:
             raise ConfigError(
                 f"layer {l} is outside [1, {num_layers}] (layer l = residual "
-                f"after l blocks): pass layers between 1 and num_layers")
+                f"after l blocks): pass layers between 1 and num_layers"
+            )
     if len(set(layers)) != len(layers):
-        raise ConfigError(
-            f"layers {layers} contain duplicates: list each layer once")
+        raise ConfigError(f"layers {layers} contain duplicates: list each layer once")
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
         raise ConfigError(
             f"top_p={top_p!r} is outside (0, 1]: pass a probability mass such "
-            f"as 0.95, or None to keep all k slots")
+            f"as 0.95, or None to keep all k slots"
+        )
     if topk_group is None:
         topk_group = topk.auto_group(jax.default_backend(), vocab, k) if k else 0
-    if isinstance(topk_group, bool) or not isinstance(topk_group, int) or topk_group < 0 \
-            or (topk_group and -(-vocab // topk_group) <= k):
+    if (
+        isinstance(topk_group, bool)
+        or not isinstance(topk_group, int)
+        or topk_group < 0
+        or (topk_group and -(-vocab // topk_group) <= k)
+    ):
         raise ConfigError(
             f"topk_group={topk_group!r} must be 0 (lax.top_k) or a group size g with more "
             f"than k={k} groups in vocab_size={vocab}: pass 0, None (auto) or a g "
-            f"below {vocab // max(k, 1)}")
+            f"below {vocab // max(k, 1)}"
+        )
     if not isinstance(token_tile, int) or token_tile < 1:
         raise ConfigError(
-            f"token_tile={token_tile!r} must be a positive integer: pass e.g. "
-            f"{DEFAULT_TOKEN_TILE}")
+            f"token_tile={token_tile!r} must be a positive integer: pass e.g. {DEFAULT_TOKEN_TILE}"
+        )
     if hidden_dtype is not None:
         try:
             hidden_dtype = jnp.dtype(hidden_dtype).name
         except TypeError:
             raise ConfigError(
                 f"hidden_dtype={hidden_dtype!r} is not a dtype: pass "
-                f"'float32', 'bfloat16', or None for the compute dtype") from None
-    return ExtractSpec(k=k, layers=layers,
-                       top_p=None if top_p is None else float(top_p),
-                       token_tile=token_tile, hidden_dtype=hidden_dtype,
-                       rank_float32=(jax.default_backend() == "cpu"
-                                     if rank_float32 is None
-                                     else bool(rank_float32)),
-                       samples=samples, topk_group=topk_group)
+                f"'float32', 'bfloat16', or None for the compute dtype"
+            ) from None
+    return ExtractSpec(
+        k=k,
+        layers=layers,
+        top_p=None if top_p is None else float(top_p),
+        token_tile=token_tile,
+        hidden_dtype=hidden_dtype,
+        rank_float32=(
+            jax.default_backend() == "cpu" if rank_float32 is None else bool(rank_float32)
+        ),
+        samples=samples,
+        topk_group=topk_group,
+    )
 
 
 def topk_logprobs(logits_XxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -188,8 +213,9 @@ def _topk_given_lse(logits_XxV, lse_X, k, group=0):
     return ids_XxK.astype(jnp.int32), logprobs_XxK
 
 
-def truncate_top_p(topk_ids_XxK: jax.Array, topk_logprobs_XxK: jax.Array,
-                   top_p: float) -> tuple[jax.Array, jax.Array]:
+def truncate_top_p(
+    topk_ids_XxK: jax.Array, topk_logprobs_XxK: jax.Array, top_p: float
+) -> tuple[jax.Array, jax.Array]:
     """Keeps the shortest sorted prefix whose probability mass reaches top_p.
 
     Slot j is kept iff the mass of slots 0..j-1 is still below top_p, so slot
@@ -212,10 +238,17 @@ def truncate_top_p(topk_ids_XxK: jax.Array, topk_logprobs_XxK: jax.Array,
     return ids, logprobs
 
 
-def tiled_logit_signal(params, hidden_BxTxD: jax.Array, cfg, k: int,
-                       token_tile: int, rank_float32: bool = False,
-                       samples: int = 0, rows_B: jax.Array | None = None,
-                       topk_group: int = 0) -> dict:
+def tiled_logit_signal(
+    params,
+    hidden_BxTxD: jax.Array,
+    cfg,
+    k: int,
+    token_tile: int,
+    rank_float32: bool = False,
+    samples: int = 0,
+    rows_B: jax.Array | None = None,
+    topk_group: int = 0,
+) -> dict:
     """The top-k and sampled signal, unembedding `token_tile` tokens at a time.
 
     One logsumexp per tile serves both the top-k and the sampled log-probs.
@@ -249,30 +282,45 @@ def tiled_logit_signal(params, hidden_BxTxD: jax.Array, cfg, k: int,
         lse_Bxt = jax.nn.logsumexp(logits32_BxtxV, axis=-1)
         out = {}
         if k:
-            out["topk_ids"], out["topk_logprobs"] = _topk_given_lse(logits_BxtxV, lse_Bxt, k,
-                                                                    topk_group)
+            out["topk_ids"], out["topk_logprobs"] = _topk_given_lse(
+                logits_BxtxV, lse_Bxt, k, topk_group
+            )
         if samples:
-            out.update(sampled.sample_logprobs(logits32_BxtxV, lse_Bxt, tile["rows"],
-                                               tile["positions"], samples))
+            out.update(
+                sampled.sample_logprobs(
+                    logits32_BxtxV, lse_Bxt, tile["rows"], tile["positions"], samples
+                )
+            )
         return out
 
     return tiling.map_token_tiles(one_tile, xs, token_tile)
 
 
-def extract_signal(params, tokens_BxT: jax.Array, cfg,
-                   spec: ExtractSpec, rows_B: jax.Array | None = None) -> dict:
+def extract_signal(
+    params, tokens_BxT: jax.Array, cfg, spec: ExtractSpec, rows_B: jax.Array | None = None
+) -> dict:
     """Un-jitted extraction (see make_extract_fn for the contract)."""
     if spec.samples and rows_B is None:
         raise ConfigError(
             f"samples={spec.samples} draws are keyed by the global store row: pass "
-            f"rows_B (the store row of each batch row) to the extraction step")
+            f"rows_B (the store row of each batch row) to the extraction step"
+        )
     out = model.forward(params, tokens_BxT, cfg, capture_layers=spec.layers)
     signal = tiled_logit_signal(
-        params, out.final_hidden_BxTxD, cfg, spec.k, spec.token_tile,
-        spec.rank_float32, spec.samples, rows_B, spec.topk_group)
+        params,
+        out.final_hidden_BxTxD,
+        cfg,
+        spec.k,
+        spec.token_tile,
+        spec.rank_float32,
+        spec.samples,
+        rows_B,
+        spec.topk_group,
+    )
     if spec.top_p is not None:
         signal["topk_ids"], signal["topk_logprobs"] = truncate_top_p(
-            signal["topk_ids"], signal["topk_logprobs"], spec.top_p)
+            signal["topk_ids"], signal["topk_logprobs"], spec.top_p
+        )
     hidden = {}
     for l in spec.layers:
         h_BxTxD = out.captured[l]
@@ -282,12 +330,17 @@ def extract_signal(params, tokens_BxT: jax.Array, cfg,
     return {**signal, "hidden": hidden}
 
 
-def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
-                    top_p: float | None = None,
-                    token_tile: int = DEFAULT_TOKEN_TILE,
-                    hidden_dtype: Any = "float32",
-                    rank_float32: bool | None = None,
-                    samples: int = 0, topk_group: int | None = None) -> ExtractFn:
+def make_extract_fn(
+    cfg,
+    k: int = 128,
+    layers: Sequence[int] | None = None,
+    top_p: float | None = None,
+    token_tile: int = DEFAULT_TOKEN_TILE,
+    hidden_dtype: Any = "float32",
+    rank_float32: bool | None = None,
+    samples: int = 0,
+    topk_group: int | None = None,
+) -> ExtractFn:
     """Builds the jitted extraction step for a teacher config.
 
     Args:
@@ -316,10 +369,17 @@ def make_extract_fn(cfg, k: int = 128, layers: Sequence[int] | None = None,
     Raises:
         ConfigError: on bad k, layers, top_p, token_tile or samples.
     """
-    spec = resolve_spec(cfg, k=k, layers=layers, top_p=top_p,
-                        token_tile=token_tile, hidden_dtype=hidden_dtype,
-                        rank_float32=rank_float32, samples=samples,
-                        topk_group=topk_group)
+    spec = resolve_spec(
+        cfg,
+        k=k,
+        layers=layers,
+        top_p=top_p,
+        token_tile=token_tile,
+        hidden_dtype=hidden_dtype,
+        rank_float32=rank_float32,
+        samples=samples,
+        topk_group=topk_group,
+    )
     return _build_extract_fn(cfg, spec)
 
 
@@ -354,5 +414,5 @@ def check_token_range(tokens, vocab_size: int) -> None:
         raise ModelInputError(
             f"token id {bad} is outside the teacher's vocabulary [0, "
             f"{vocab_size}): tokenize with the tokenizer the teacher was "
-            f"trained with (same vocab_size)")
-
+            f"trained with (same vocab_size)"
+        )

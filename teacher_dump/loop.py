@@ -8,8 +8,10 @@ batch i's numpy conversion. With `max_in_flight` batches queued the device
 never waits for the host, and the slow D2H copy (0.5–1.6 GB/s measured on an
 H100 with a naive loop) hides behind the next forward pass.
 """
+
 import collections
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,11 +27,13 @@ def _check_tokens(tokens_NxT) -> np.ndarray:
     if tokens_NxT.ndim != 2:
         raise ModelInputError(
             f"tokens must be a 2-D [rows, seq_len] array, got shape "
-            f"{tokens_NxT.shape}: reshape to one packed row per line")
+            f"{tokens_NxT.shape}: reshape to one packed row per line"
+        )
     if not np.issubdtype(tokens_NxT.dtype, np.integer):
         raise ModelInputError(
             f"tokens must be integer ids, got dtype {tokens_NxT.dtype}: pass "
-            f"the int32 token rows from the store")
+            f"the int32 token rows from the store"
+        )
     return tokens_NxT
 
 
@@ -46,12 +50,17 @@ def _to_numpy(outputs, num_valid: int) -> dict:
     return jax.tree_util.tree_map(lambda x: np.asarray(x)[:num_valid], outputs)
 
 
-def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
-                batch_size: int, vocab_size: int | None = None,
-                max_in_flight: int = 2,
-                progress: ProgressFn | None = None,
-                put: Callable[[np.ndarray], Any] | None = None,
-                rows_N=None) -> Iterator[dict]:
+def run_batches(
+    fn: Callable[[Any, Any], Any],
+    params,
+    tokens_NxT,
+    batch_size: int,
+    vocab_size: int | None = None,
+    max_in_flight: int = 2,
+    progress: ProgressFn | None = None,
+    put: Callable[[np.ndarray], Any] | None = None,
+    rows_N=None,
+) -> Iterator[dict]:
     """Runs `fn(params, tokens_BxT[, rows_B])` over the rows in order, overlapped.
 
     Args:
@@ -77,15 +86,15 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
         ModelInputError: an id outside [0, vocab_size).
     """
     tokens_NxT = _check_tokens(tokens_NxT)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-            or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ModelInputError(
             f"batch_size={batch_size!r} must be a positive integer: pass the "
-            f"number of rows per device call, e.g. 8")
+            f"number of rows per device call, e.g. 8"
+        )
     if max_in_flight < 1:
         raise ModelInputError(
-            f"max_in_flight={max_in_flight} must be ≥ 1: pass 2 to overlap "
-            f"transfer with compute")
+            f"max_in_flight={max_in_flight} must be ≥ 1: pass 2 to overlap transfer with compute"
+        )
     num_rows, seq_len = tokens_NxT.shape
     if rows_N is not None:
         rows_N = np.asarray(rows_N)
@@ -93,25 +102,25 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
             raise ModelInputError(
                 f"row ids must be an integer [rows] array matching the {num_rows} token "
                 f"rows, got {rows_N.dtype}{list(rows_N.shape)}: pass the store row of "
-                f"each token row")
+                f"each token row"
+            )
     pending = collections.deque()
     rows_done = 0
     for start in range(0, num_rows, batch_size):
-        batch_BxT = np.asarray(tokens_NxT[start:start + batch_size],
-                               dtype=np.int32)
+        batch_BxT = np.asarray(tokens_NxT[start : start + batch_size], dtype=np.int32)
         if vocab_size is not None:
             extract.check_token_range(batch_BxT, vocab_size)
         num_valid = batch_BxT.shape[0]
         if num_valid < batch_size:
             batch_BxT = np.concatenate(
-                [batch_BxT,
-                 np.zeros((batch_size - num_valid, seq_len), np.int32)])
+                [batch_BxT, np.zeros((batch_size - num_valid, seq_len), np.int32)]
+            )
         if put is not None:
             batch_BxT = put(batch_BxT)
         args = (params, batch_BxT)
         if rows_N is not None:
             rows_B = np.zeros(batch_size, np.int32)
-            rows_B[:num_valid] = rows_N[start:start + num_valid]
+            rows_B[:num_valid] = rows_N[start : start + num_valid]
             args += (rows_B if put is None else put(rows_B),)
         outputs = fn(*args)  # async dispatch, returns at once
         _start_copy(outputs)
@@ -128,10 +137,18 @@ def run_batches(fn: Callable[[Any, Any], Any], params, tokens_NxT,
             yield result
 
 
-def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
-                 layers=None, top_p: float | None = None,
-                 progress: ProgressFn | None = None, samples: int = 0,
-                 row_ids=None, **extract_kwargs) -> Iterator[dict]:
+def extract_rows(
+    teacher,
+    tokens_NxT,
+    batch_size: int = 8,
+    k: int = 128,
+    layers=None,
+    top_p: float | None = None,
+    progress: ProgressFn | None = None,
+    samples: int = 0,
+    row_ids=None,
+    **extract_kwargs,
+) -> Iterator[dict]:
     """Extracts the teacher signal for token rows, one numpy dict per batch.
 
     Args:
@@ -155,21 +172,28 @@ def extract_rows(teacher, tokens_NxT, batch_size: int = 8, k: int = 128,
     Raises:
         ConfigError, ModelInputError.
     """
-    fn = teacher.extract_fn(k=k, layers=layers, top_p=top_p, samples=samples,
-                            **extract_kwargs)
+    fn = teacher.extract_fn(k=k, layers=layers, top_p=top_p, samples=samples, **extract_kwargs)
     if samples and row_ids is None:
         raise ModelInputError(
             f"samples={samples} draws are keyed by the global store row: pass row_ids "
-            f"(the store row of each token row)")
+            f"(the store row of each token row)"
+        )
     num_devices = teacher.num_devices
     if isinstance(batch_size, int) and batch_size % num_devices:
         raise ModelInputError(
             f"batch_size={batch_size} does not split over {num_devices} "
-            f"devices: pass a multiple of {num_devices}")
-    yield from run_batches(fn, teacher.params, tokens_NxT, batch_size,
-                           vocab_size=int(teacher.cfg.vocab_size),
-                           progress=progress, put=teacher.put_tokens,
-                           rows_N=row_ids if samples else None)
+            f"devices: pass a multiple of {num_devices}"
+        )
+    yield from run_batches(
+        fn,
+        teacher.params,
+        tokens_NxT,
+        batch_size,
+        vocab_size=int(teacher.cfg.vocab_size),
+        progress=progress,
+        put=teacher.put_tokens,
+        rows_N=row_ids if samples else None,
+    )
 
 
 def concat_batches(batches) -> dict:
@@ -177,5 +201,4 @@ def concat_batches(batches) -> dict:
     batches = list(batches)
     if not batches:
         raise ModelInputError("no batches to concatenate: pass at least one row")
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0),
-                                  *batches)
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *batches)

@@ -26,6 +26,7 @@ rounding can make a draw's residual exceed its block's cumulated mass by an
 ulp; the draw then takes the block's last id with non-zero probability, so a
 zero-probability id (logit -inf) is never drawn.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -38,8 +39,7 @@ VOCAB_BLOCK = 128
 MAX_SAMPLES = 255
 
 
-def stratified_uniforms(rows_X: jax.Array, positions_X: jax.Array,
-                        samples: int) -> jax.Array:
+def stratified_uniforms(rows_X: jax.Array, positions_X: jax.Array, samples: int) -> jax.Array:
     """The S sorted stratified uniforms of each (row, position).
 
     Args:
@@ -88,8 +88,9 @@ def inverse_cdf(logits_XxV: jax.Array, lse_X: jax.Array, u_XxS: jax.Array) -> ja
     num_blocks = -(-v // VOCAB_BLOCK)
     pad = num_blocks * VOCAB_BLOCK - v
     if pad:  # padding ids get logit -inf (probability 0), so they are never drawn
-        logits_XxV = jnp.pad(logits_XxV, [(0, 0)] * (logits_XxV.ndim - 1) + [(0, pad)],
-                             constant_values=-jnp.inf)
+        logits_XxV = jnp.pad(
+            logits_XxV, [(0, 0)] * (logits_XxV.ndim - 1) + [(0, pad)], constant_values=-jnp.inf
+        )
     logits_XxNxb = logits_XxV.reshape(logits_XxV.shape[:-1] + (num_blocks, VOCAB_BLOCK))
     # exp fuses into the block sums: the [X, V] probabilities are never stored;
     # only the S drawn blocks are exponentiated again below.
@@ -98,15 +99,18 @@ def inverse_cdf(logits_XxV: jax.Array, lse_X: jax.Array, u_XxS: jax.Array) -> ja
     total_X = cdf_XxN[..., -1]
     v_XxS = u_XxS * total_X[..., None]
     block_XxS = jnp.minimum(_first_above(cdf_XxN, v_XxS), _last_positive(mass_XxN)[..., None])
-    before_XxS = jnp.where(block_XxS > 0,
-                           jnp.take_along_axis(cdf_XxN, jnp.maximum(block_XxS - 1, 0), -1), 0.0)
-    in_block_XxSxb = jnp.exp(jnp.take_along_axis(logits_XxNxb, block_XxS[..., None], axis=-2)
-                             - lse_X[..., None, None])
+    before_XxS = jnp.where(
+        block_XxS > 0, jnp.take_along_axis(cdf_XxN, jnp.maximum(block_XxS - 1, 0), -1), 0.0
+    )
+    in_block_XxSxb = jnp.exp(
+        jnp.take_along_axis(logits_XxNxb, block_XxS[..., None], axis=-2) - lse_X[..., None, None]
+    )
     # Per draw its own block: the first in-block index whose cumulated mass
     # exceeds the draw's residual.
     residual_XxS = v_XxS - before_XxS
-    offset_XxS = jnp.sum(jnp.cumsum(in_block_XxSxb, -1) <= residual_XxS[..., None], axis=-1,
-                         dtype=jnp.int32)
+    offset_XxS = jnp.sum(
+        jnp.cumsum(in_block_XxSxb, -1) <= residual_XxS[..., None], axis=-1, dtype=jnp.int32
+    )
     offset_XxS = jnp.minimum(offset_XxS, _last_positive(in_block_XxSxb))
     return block_XxS * VOCAB_BLOCK + offset_XxS
 
@@ -123,20 +127,21 @@ def distinct_counts(ids_XxS: jax.Array) -> tuple[jax.Array, jax.Array]:
     s = ids_XxS.shape[-1]
     sorted_XxS = jnp.sort(ids_XxS, axis=-1)
     new_XxS = jnp.concatenate(
-        [jnp.ones(sorted_XxS.shape[:-1] + (1,), bool),
-         sorted_XxS[..., 1:] != sorted_XxS[..., :-1]], axis=-1)
+        [jnp.ones(sorted_XxS.shape[:-1] + (1,), bool), sorted_XxS[..., 1:] != sorted_XxS[..., :-1]],
+        axis=-1,
+    )
     slot_XxS = jnp.cumsum(new_XxS, axis=-1, dtype=jnp.int32) - 1
     flat_slot = slot_XxS.reshape(-1, s)
     flat_ids = sorted_XxS.reshape(-1, s)
     # Every write to a slot carries the same id, so the scatter is deterministic.
     distinct = jax.vmap(lambda i, d: jnp.zeros(s, jnp.int32).at[i].set(d))(flat_slot, flat_ids)
     counts = jax.vmap(lambda i: jnp.zeros(s, jnp.int32).at[i].add(1))(flat_slot)
-    return (distinct.reshape(ids_XxS.shape),
-            counts.astype(jnp.uint8).reshape(ids_XxS.shape))
+    return (distinct.reshape(ids_XxS.shape), counts.astype(jnp.uint8).reshape(ids_XxS.shape))
 
 
-def sample_logprobs(logits_XxV: jax.Array, lse_X: jax.Array, rows_X: jax.Array,
-                    positions_X: jax.Array, samples: int) -> dict:
+def sample_logprobs(
+    logits_XxV: jax.Array, lse_X: jax.Array, rows_X: jax.Array, positions_X: jax.Array, samples: int
+) -> dict:
     """The sampled signal of a tile of positions.
 
     Args:
@@ -153,5 +158,4 @@ def sample_logprobs(logits_XxV: jax.Array, lse_X: jax.Array, rows_X: jax.Array,
     ids_XxS, counts_XxS = distinct_counts(inverse_cdf(logits_XxV, lse_X, u_XxS))
     logprobs_XxS = jnp.take_along_axis(logits_XxV, ids_XxS, -1) - lse_X[..., None]
     logprobs_XxS = jnp.where(counts_XxS > 0, logprobs_XxS, -jnp.inf)
-    return {"sampled_ids": ids_XxS, "sampled_counts": counts_XxS,
-            "sampled_logprobs": logprobs_XxS}
+    return {"sampled_ids": ids_XxS, "sampled_counts": counts_XxS, "sampled_logprobs": logprobs_XxS}

@@ -3,13 +3,16 @@
 The fingerprint (sha256 over the params, written by model_io.save_model) goes
 into the store manifest so a store is tied to the exact weights that made it.
 """
+
 import dataclasses
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from teacher_dump import encode, extract, loop
 from trainer.model import model_config, model_io
@@ -29,6 +32,7 @@ class Teacher:
         path: where it was loaded from ("" if built in memory).
         mesh: a 1-D ("data",) mesh for data-parallel extraction, or None.
     """
+
     cfg: model_config.ModelConfig
     params: Any
     fingerprint: str | None = None
@@ -50,8 +54,14 @@ class Teacher:
             return tokens_BxT
         return jax.device_put(tokens_BxT, NamedSharding(self.mesh, P("data")))
 
-    def extract_fn(self, k: int = 128, layers: Sequence[int] | None = None,
-                   encode_for=None, encode_profile=None, **options) -> extract.ExtractFn:
+    def extract_fn(
+        self,
+        k: int = 128,
+        layers: Sequence[int] | None = None,
+        encode_for=None,
+        encode_profile=None,
+        **options,
+    ) -> extract.ExtractFn:
         """The jitted extraction step for these options (cached per config).
 
         Args:
@@ -67,7 +77,11 @@ class Teacher:
             encode.encode_signal's {"arrays", "finite"}).
         """
         fn = extract.make_extract_fn(self.cfg, k=k, layers=layers, **options)
-        return fn if encode_for is None else encode.make_encoded_extract_fn(fn, encode_for, encode_profile)
+        return (
+            fn
+            if encode_for is None
+            else encode.make_encoded_extract_fn(fn, encode_for, encode_profile)
+        )
 
     def extract(self, tokens_NxT, batch_size: int = 8, **options) -> dict:
         """The signal of all rows as one numpy dict (extract_rows, concatenated).
@@ -87,7 +101,8 @@ class Teacher:
             samples > 0).
         """
         return loop.concat_batches(
-            loop.extract_rows(self, tokens_NxT, batch_size=batch_size, **options))
+            loop.extract_rows(self, tokens_NxT, batch_size=batch_size, **options)
+        )
 
 
 def cast_for_inference(params, cfg):
@@ -109,8 +124,8 @@ def cast_for_inference(params, cfg):
     if dtype == np.float32:
         return params
     return jax.tree_util.tree_map_with_path(
-        lambda path, a: a if "norm" in jax.tree_util.keystr(path) else a.astype(dtype),
-        params)
+        lambda path, a: a if "norm" in jax.tree_util.keystr(path) else a.astype(dtype), params
+    )
 
 
 def local_devices(num_devices: int | None) -> list:
@@ -122,12 +137,16 @@ def local_devices(num_devices: int | None) -> list:
     available = jax.local_devices()
     if num_devices is None:
         return available
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) \
-            or not 1 <= num_devices <= len(available):
+    if (
+        isinstance(num_devices, bool)
+        or not isinstance(num_devices, int)
+        or not 1 <= num_devices <= len(available)
+    ):
         raise ConfigError(
             f"num_devices={num_devices!r} but this process has "
             f"{len(available)} {available[0].platform} device(s): pass a "
-            f"number in [1, {len(available)}] or None for all")
+            f"number in [1, {len(available)}] or None for all"
+        )
     return available[:num_devices]
 
 
@@ -149,8 +168,9 @@ def place_params(params, devices: Sequence[jax.Device] | None = None):
     return jax.device_put(params, NamedSharding(mesh, P())), mesh
 
 
-def load_teacher(path: str, dtype: str | None = None,
-                 devices: Sequence[jax.Device] | None = None) -> Teacher:
+def load_teacher(
+    path: str, dtype: str | None = None, devices: Sequence[jax.Device] | None = None
+) -> Teacher:
     """Loads a teacher checkpoint written by model_io.save_model (or convert).
 
     Args:
@@ -178,9 +198,11 @@ def load_teacher(path: str, dtype: str | None = None,
         raise ModelIOError(
             f"teacher {path}: metadata.json has no params fingerprint; re-save the "
             f"checkpoint with model_io.save_model (or teacher_dump.convert for "
-            f"Hugging Face weights)")
+            f"Hugging Face weights)"
+        )
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     params, mesh = place_params(cast_for_inference(params, cfg), devices)
-    return Teacher(cfg=cfg, params=params, fingerprint=str(metadata["fingerprint"]),
-                   path=path, mesh=mesh)
+    return Teacher(
+        cfg=cfg, params=params, fingerprint=str(metadata["fingerprint"]), path=path, mesh=mesh
+    )

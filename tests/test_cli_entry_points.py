@@ -6,6 +6,7 @@
   ImportError masked by an UnboundLocalError);
 * an import error inside `python -m trainer` is shown as itself.
 """
+
 import configparser
 import importlib
 import os
@@ -46,9 +47,14 @@ def test_python_m_trainer_next_to_a_store_package(tmp_path):
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "__init__.py").write_text("")  # a user's own `store` package
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-m", "trainer", "--config", "tiny:kd",
-                           "--print-config"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "--config", "tiny:kd", "--print-config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.splitlines()[0].startswith("note: ./store in the working directory")
     assert '"method": "kd"' in proc.stdout
@@ -56,6 +62,7 @@ def test_python_m_trainer_next_to_a_store_package(tmp_path):
 
 def test_an_import_error_is_not_masked(monkeypatch):
     import trainer.training
+
     # `from trainer.training import loop` now fails, also where an earlier test imported it.
     monkeypatch.delattr(trainer.training, "loop", raising=False)
     monkeypatch.setitem(sys.modules, "trainer.training.loop", None)
@@ -63,13 +70,28 @@ def test_an_import_error_is_not_masked(monkeypatch):
         trainer_main.main(["--config", "tiny:kd"])
 
 
-@pytest.mark.parametrize("module", ["trainer.__main__", "trainer.flops", "trainer.export_hf",
-                                    "trainer.model.hf_import", "pipelines.dump",
-                                    "teacher_dump.convert.__main__"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "trainer.__main__",
+        "trainer.flops",
+        "trainer.export_hf",
+        "trainer.model.hf_import",
+        "pipelines.dump",
+        "teacher_dump.convert.__main__",
+    ],
+)
 def test_help_needs_no_heavy_import(module):
-    code = (f"import sys; from {module} import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('jax', 'apache_beam', 'tensorstore') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    code = (
+        f"import sys; from {module} import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('jax', 'apache_beam', 'tensorstore') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]

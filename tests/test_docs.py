@@ -5,12 +5,16 @@
 * docs/DESIGN.md has the sections §1–§7 that code comments cite as "docs/DESIGN.md §n",
   and every such citation names one of them.
 """
+
 import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ["README.md"] + [os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
-                        if n.endswith(".md")]
+DOCS = ["README.md"] + [
+    os.path.join("docs", n)
+    for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
+    if n.endswith(".md")
+]
 _MACHINE_PATH = re.compile(r"(\.\./shared/|/work/|/home/|/tmp/|/Users/)")
 _LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
@@ -36,7 +40,7 @@ def test_design_sections_cited_by_the_code_exist():
     assert headings == [str(n) for n in range(1, 8)]
     cited = set()
     for directory, _, files in os.walk(ROOT):
-        if any(part.startswith(".") for part in directory[len(ROOT):].split(os.sep)):
+        if any(part.startswith(".") for part in directory[len(ROOT) :].split(os.sep)):
             continue
         for name in files:
             if name.endswith((".py", ".md")):

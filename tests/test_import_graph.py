@@ -5,6 +5,7 @@ packages and scripts/ is read with `ast`; an import from one unit to another
 is an edge. The test fails on an edge the order does not allow (an upward
 edge) and on any cycle, and checks that the light modules stay light.
 """
+
 import ast
 import os
 
@@ -23,16 +24,33 @@ ALLOWED = {
     "trainer.evaluate": {"store", "trainer.model", "trainer.training"},
     "trainer.report": {"trainer.training"},
     # The TPU planner compiles both the trainer's step and the dump's extraction step.
-    "trainer.plan": {"store", "trainer.model", "trainer.flops", "trainer.training",
-                     "teacher_dump"},
+    "trainer.plan": {"store", "trainer.model", "trainer.flops", "trainer.training", "teacher_dump"},
     # trainer/__init__.py, trainer/__main__.py and any other top-level trainer/
     # module (an entry point): above every trainer subpackage.
-    "trainer": {"store", "trainer.model", "trainer.flops", "trainer.training",
-                "trainer.configs", "trainer.evaluate", "trainer.report", "trainer.plan"},
+    "trainer": {
+        "store",
+        "trainer.model",
+        "trainer.flops",
+        "trainer.training",
+        "trainer.configs",
+        "trainer.evaluate",
+        "trainer.report",
+        "trainer.plan",
+    },
     "pipelines": {"store", "trainer.model", "teacher_dump"},
-    "scripts": {"store", "trainer", "trainer.model", "trainer.flops", "trainer.training",
-                "trainer.configs", "trainer.evaluate", "trainer.report", "trainer.plan",
-                "teacher_dump", "pipelines"},
+    "scripts": {
+        "store",
+        "trainer",
+        "trainer.model",
+        "trainer.flops",
+        "trainer.training",
+        "trainer.configs",
+        "trainer.evaluate",
+        "trainer.report",
+        "trainer.plan",
+        "teacher_dump",
+        "pipelines",
+    },
 }
 PACKAGES = ("store", "trainer", "teacher_dump", "pipelines", "scripts")
 
@@ -56,8 +74,9 @@ def _modules(root=ROOT):
                 if f.endswith(".py"):
                     rel = os.path.relpath(os.path.join(dirpath, f), root)[:-3]
                     name = rel.replace(os.sep, ".")
-                    found[name[:-len(".__init__")] if name.endswith(".__init__") else name] = (
-                        os.path.join(dirpath, f))
+                    found[name[: -len(".__init__")] if name.endswith(".__init__") else name] = (
+                        os.path.join(dirpath, f)
+                    )
     return found
 
 
@@ -76,10 +95,14 @@ def _imports(path, module, modules, top_level_only=False):
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     is_package = path.endswith("__init__.py")
-    nodes = (tree.body if top_level_only else ast.walk(tree))
+    nodes = tree.body if top_level_only else ast.walk(tree)
     if top_level_only:  # statements under top-level if/try still run at import
-        nodes = [n for stmt in tree.body for n in ast.walk(stmt)
-                 if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        nodes = [
+            n
+            for stmt in tree.body
+            for n in ast.walk(stmt)
+            if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        ]
     names = []
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -88,7 +111,7 @@ def _imports(path, module, modules, top_level_only=False):
             base = node.module or ""
             if node.level:
                 package = module.split(".")
-                package = package[:len(package) - node.level + (1 if is_package else 0)]
+                package = package[: len(package) - node.level + (1 if is_package else 0)]
                 base = ".".join(package + ([base] if base else []))
             for a in node.names:
                 full = f"{base}.{a.name}"
@@ -122,7 +145,7 @@ def find_cycle(edges):
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt, path + [nxt])
                 if cycle:
@@ -144,8 +167,11 @@ def test_every_module_belongs_to_a_unit():
 
 def test_no_upward_edge():
     edges, _ = import_graph()
-    upward = [f"{a} -> {b} (in {', '.join(sorted(set(mods)))})"
-              for (a, b), mods in sorted(edges.items()) if b not in ALLOWED[a]]
+    upward = [
+        f"{a} -> {b} (in {', '.join(sorted(set(mods)))})"
+        for (a, b), mods in sorted(edges.items())
+        if b not in ALLOWED[a]
+    ]
     assert not upward, "imports against docs/INTERFACES.md's order:\n" + "\n".join(upward)
 
 
@@ -160,14 +186,24 @@ def test_allowed_order_itself_has_no_cycle():
 
 def test_forbidden_third_party_imports():
     _, third_party = import_graph()
-    bad = {unit: sorted(third_party.get(unit, set()) & names)
-           for unit, names in FORBIDDEN.items() if third_party.get(unit, set()) & names}
+    bad = {
+        unit: sorted(third_party.get(unit, set()) & names)
+        for unit, names in FORBIDDEN.items()
+        if third_party.get(unit, set()) & names
+    }
     assert not bad, f"forbidden imports: {bad}"
 
 
-@pytest.mark.parametrize("module", ["pipelines.plan", "trainer.model.layout",
-                                    "trainer.model.tokenizer", "trainer.model.model_config",
-                                    "trainer.model.errors"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pipelines.plan",
+        "trainer.model.layout",
+        "trainer.model.tokenizer",
+        "trainer.model.model_config",
+        "trainer.model.errors",
+    ],
+)
 def test_light_modules_do_not_import_jax_at_import_time(module):
     # What `import module` loads: the closure of module-level imports.
     modules = _modules()
@@ -179,7 +215,9 @@ def test_light_modules_do_not_import_jax_at_import_time(module):
         seen.add(name)
         parts = name.split(".")
         # Importing a.b.c runs a/__init__, a/b/__init__ first.
-        todo.extend(".".join(parts[:n]) for n in range(1, len(parts)) if ".".join(parts[:n]) in modules)
+        todo.extend(
+            ".".join(parts[:n]) for n in range(1, len(parts)) if ".".join(parts[:n]) in modules
+        )
         if name not in modules:
             third.add(parts[0])
             continue
@@ -189,14 +227,21 @@ def test_light_modules_do_not_import_jax_at_import_time(module):
 
 def test_the_checker_sees_an_upward_edge(tmp_path):
     # A fake tree where trainer.model imports pipelines: the graph must show it.
-    for rel, text in {"trainer/__init__.py": "", "trainer/model/__init__.py": "",
-                      "trainer/model/gemma3.py": "def f():\n    from pipelines import dump\n",
-                      "pipelines/__init__.py": "", "pipelines/dump.py": "import trainer.model\n",
-                      "store/__init__.py": "", "teacher_dump/__init__.py": "",
-                      "scripts/__init__.py": ""}.items():
+    for rel, text in {
+        "trainer/__init__.py": "",
+        "trainer/model/__init__.py": "",
+        "trainer/model/gemma3.py": "def f():\n    from pipelines import dump\n",
+        "pipelines/__init__.py": "",
+        "pipelines/dump.py": "import trainer.model\n",
+        "store/__init__.py": "",
+        "teacher_dump/__init__.py": "",
+        "scripts/__init__.py": "",
+    }.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     edges, _ = import_graph(str(tmp_path))
     assert ("trainer.model", "pipelines") in edges and "pipelines" not in ALLOWED["trainer.model"]
-    assert find_cycle(edges) in (["pipelines", "trainer.model", "pipelines"],
-                                 ["trainer.model", "pipelines", "trainer.model"])
+    assert find_cycle(edges) in (
+        ["pipelines", "trainer.model", "pipelines"],
+        ["trainer.model", "pipelines", "trainer.model"],
+    )

@@ -8,6 +8,7 @@ out of device memory print one line (what is wrong and how to fix it) and exit w
 status 2; a diverged run (NaN/Inf) exits with 3; SIGINT/SIGTERM saves a
 checkpoint, prints where the run resumes and exits with 128 + the signal.
 """
+
 import argparse
 import json
 import sys
@@ -17,18 +18,32 @@ from trainer.model import cli_guard
 
 def main(argv=None) -> int:
     """Parses flags, runs `trainer.training.loop.run`, prints the final summary as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True,
-                        help="shipped config name or get_config() file, optionally with "
-                             "':arg' (e.g. tiny:hldc, gemma3_270m:kd, my_config.py)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set optim.lr=1e-3 (repeatable; "
-                             "default: none)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as JSON and exit (default: train)")
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="shipped config name or get_config() file, optionally with "
+        "':arg' (e.g. tiny:hldc, gemma3_270m:kd, my_config.py)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.lr=1e-3 (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as JSON and exit (default: train)",
+    )
     args = parser.parse_args(argv)
     from trainer.training import memory  # Light (no JAX): checked before JAX reserves memory.
+
     low_limit = memory.address_space_warning()
     if low_limit:
         print(low_limit, file=sys.stderr, flush=True)
@@ -49,8 +64,11 @@ def main(argv=None) -> int:
             return 0
         summary = train.run(config)
     except KeyboardInterrupt:  # Before the step loop installed its handler.
-        print("interrupted before training started; re-run the same command to start "
-              "(or resume from the last checkpoint)", file=sys.stderr)
+        print(
+            "interrupted before training started; re-run the same command to start "
+            "(or resume from the last checkpoint)",
+            file=sys.stderr,
+        )
         return 130
     except train.TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)

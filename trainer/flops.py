@@ -37,6 +37,7 @@ Stable signatures::
 
 CLI: ``python -m trainer.flops --student NAME --teacher NAME --vocab V [--json]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,8 @@ import dataclasses
 import json
 import math
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +83,9 @@ def _size(leaf) -> int:
 def param_shapes(cfg: model_config.ModelConfig):
     """The model's param tree as ``jax.ShapeDtypeStruct``s (nothing allocated)."""
     import jax
+
     from trainer.model import gemma3 as model
+
     return jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
 
 
@@ -98,22 +102,28 @@ def param_counts(cfg: model_config.ModelConfig, ht_blocks: int | None = None) ->
       ht_blocks, num_layers, d_model, vocab_size.
     """
     import jax
+
     from trainer.model import gemma3 as model
+
     shapes = param_shapes(cfg)
     total = model.count_params(shapes, include_embedding=True)
     backbone = model.count_params(shapes, include_embedding=False)
     num_layers = cfg.num_layers
     ht_blocks = num_layers // 2 if ht_blocks is None else int(ht_blocks)
     if not 1 <= ht_blocks <= num_layers:
-        raise ConfigError(f"ht_blocks={ht_blocks} must be in [1, {num_layers}] (blocks of the "
-                         "student run in HLDF phase 1)")
+        raise ConfigError(
+            f"ht_blocks={ht_blocks} must be in [1, {num_layers}] (blocks of the "
+            "student run in HLDF phase 1)"
+        )
     half = 0
     for leaf in jax.tree_util.tree_leaves(shapes["layers"]):
         # Blocks are stacked on a leading [L] axis; the first ht_blocks slices
         # are exactly the blocks phase 1 runs.
         if leaf.shape[0] != num_layers:
-            raise ConfigError(f"layer param of shape {leaf.shape} is not stacked on [L={num_layers}]; "
-                             "trainer.model's param tree changed, update trainer.flops")
+            raise ConfigError(
+                f"layer param of shape {leaf.shape} is not stacked on [L={num_layers}]; "
+                "trainer.model's param tree changed, update trainer.flops"
+            )
         half += _size(leaf) // num_layers * ht_blocks
     return {
         "backbone_params": backbone,
@@ -134,8 +144,9 @@ def _keys_attended(seq_len: int, window: int | None) -> int:
     return window * (window + 1) // 2 + (seq_len - window) * window
 
 
-def attention_flops_per_token(cfg: model_config.ModelConfig, seq_len: int,
-                              num_blocks: int | None = None) -> float:
+def attention_flops_per_token(
+    cfg: model_config.ModelConfig, seq_len: int, num_blocks: int | None = None
+) -> float:
     """Training FLOPs per token of the attention scores (QKᵀ and AV), left out by 6N.
 
     Per layer and key: 2·n_heads·head_dim multiply-adds for QKᵀ and as many
@@ -151,13 +162,19 @@ def attention_flops_per_token(cfg: model_config.ModelConfig, seq_len: int,
     seq_len = _positive(seq_len, "seq_len", integer=True)
     blocks = cfg.num_layers if num_blocks is None else int(num_blocks)
     per_key = 3 * 2 * 2 * cfg.num_heads * cfg.head_dim
-    keys = sum(_keys_attended(seq_len, None if cfg.is_global(i) else cfg.sliding_window)
-               for i in range(blocks))
+    keys = sum(
+        _keys_attended(seq_len, None if cfg.is_global(i) else cfg.sliding_window)
+        for i in range(blocks)
+    )
     return float(per_key * keys / seq_len)
 
 
-def model_flops(cfg: model_config.ModelConfig, teacher_d_model: int | None = None,
-                seq_len: int | None = None, ht_blocks: int | None = None) -> dict[str, Any]:
+def model_flops(
+    cfg: model_config.ModelConfig,
+    teacher_d_model: int | None = None,
+    seq_len: int | None = None,
+    ht_blocks: int | None = None,
+) -> dict[str, Any]:
     """Parameter counts and per-token training FLOPs of every method for a student.
 
     Args:
@@ -172,9 +189,13 @@ def model_flops(cfg: model_config.ModelConfig, teacher_d_model: int | None = Non
       "attention_flops_per_token" (None without seq_len), "seq_len"}.
     """
     counts = param_counts(cfg, ht_blocks)
-    d_t = cfg.d_model if teacher_d_model is None else _positive(
-        teacher_d_model, "teacher_d_model", integer=True)
+    d_t = (
+        cfg.d_model
+        if teacher_d_model is None
+        else _positive(teacher_d_model, "teacher_d_model", integer=True)
+    )
     from trainer.model import regressors
+
     n_hldc = regressors.regressor_param_count("linear", cfg.d_model, d_t)
     n_hldf = regressors.regressor_param_count("mlp", cfg.d_model, d_t)
     c_data = 6 * counts["backbone_params"] + 6 * cfg.d_model * cfg.vocab_size
@@ -204,8 +225,10 @@ def _counts_of(cfg_or_counts) -> dict[str, Any]:
         return model_flops(cfg_or_counts)
     if isinstance(cfg_or_counts, dict) and "flops_per_token" in cfg_or_counts:
         return cfg_or_counts
-    raise ConfigError("expected a ModelConfig or the dict from trainer.flops.model_flops, got "
-                     f"{type(cfg_or_counts).__name__}")
+    raise ConfigError(
+        "expected a ModelConfig or the dict from trainer.flops.model_flops, got "
+        f"{type(cfg_or_counts).__name__}"
+    )
 
 
 def ot_budget_flops(cfg_or_counts, k: float) -> float:
@@ -232,7 +255,7 @@ class StepPlan:
     method: str
     budget_flops: float
     tokens_per_step: int
-    phase_costs: tuple[str, ...]            # flops_per_token key of each phase
+    phase_costs: tuple[str, ...]  # flops_per_token key of each phase
     phase_flops_per_token: tuple[float, ...]
     phase_steps: tuple[int, ...]
     p1: float | None
@@ -249,8 +272,10 @@ class StepPlan:
 
     @property
     def used_flops(self) -> float:
-        return sum(s * c * self.tokens_per_step
-                   for s, c in zip(self.phase_steps, self.phase_flops_per_token))
+        return sum(
+            s * c * self.tokens_per_step
+            for s, c in zip(self.phase_steps, self.phase_flops_per_token)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view with phase1_steps / phase2_steps / total_steps."""
@@ -269,9 +294,14 @@ class StepPlan:
         }
 
 
-def plan_steps(budget_flops: float, method: str, tokens_per_step: int, p1: float | None = None,
-               counts: dict[str, Any] | None = None,
-               cfg: model_config.ModelConfig | None = None) -> StepPlan:
+def plan_steps(
+    budget_flops: float,
+    method: str,
+    tokens_per_step: int,
+    p1: float | None = None,
+    counts: dict[str, Any] | None = None,
+    cfg: model_config.ModelConfig | None = None,
+) -> StepPlan:
     """Steps per phase for ``method`` under ``budget_flops`` (rounded down).
 
     Args:
@@ -297,14 +327,18 @@ def plan_steps(budget_flops: float, method: str, tokens_per_step: int, p1: float
     costs = METHOD_PHASES[method]
     if len(costs) == 2:
         if p1 is None or not 0.0 < float(p1) < 1.0:
-            raise ConfigError(f"hldf needs p1 in (0, 1) (phase-1 budget fraction), got {p1!r}; "
-                             "the paper uses 0.01-0.05")
+            raise ConfigError(
+                f"hldf needs p1 in (0, 1) (phase-1 budget fraction), got {p1!r}; "
+                "the paper uses 0.01-0.05"
+            )
         shares = (float(p1), 1.0 - float(p1))
     else:
         shares, p1 = (1.0,), None
     per_token = tuple(counts["flops_per_token"][c] for c in costs)
-    steps = tuple(int(math.floor(share * budget / (c * tokens_per_step)))
-                  for share, c in zip(shares, per_token))
+    steps = tuple(
+        int(math.floor(share * budget / (c * tokens_per_step)))
+        for share, c in zip(shares, per_token)
+    )
     return StepPlan(method, budget, tokens_per_step, costs, per_token, steps, p1)
 
 
@@ -317,8 +351,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_args(argv):
-    p = _Parser(prog="python -m trainer.flops",
-                description="Parameter and FLOPs accounting for a student/teacher pair.")
+    p = _Parser(
+        prog="python -m trainer.flops",
+        description="Parameter and FLOPs accounting for a student/teacher pair.",
+    )
     p.add_argument("--student", required=True, help="student config name, e.g. gemma3-270m")
     p.add_argument("--teacher", required=True, help="teacher config name, e.g. gemma3-4b")
     p.add_argument("--vocab", type=int, required=True, help="vocabulary size V")
@@ -332,9 +368,16 @@ def _parse_args(argv):
     return p.parse_args(argv)
 
 
-def report(student: str, teacher: str, vocab: int, seq_len: int = 2048,
-           budget_ot: float | None = None, budget_flops: float | None = None,
-           tokens_per_step: int = 256 * 2048, p1: float = 0.01) -> dict[str, Any]:
+def report(
+    student: str,
+    teacher: str,
+    vocab: int,
+    seq_len: int = 2048,
+    budget_ot: float | None = None,
+    budget_flops: float | None = None,
+    tokens_per_step: int = 256 * 2048,
+    p1: float = 0.01,
+) -> dict[str, Any]:
     """The CLI's JSON object: counts, per-token FLOPs and (with a budget) step plans."""
     vocab = _positive(vocab, "vocab", integer=True)
     s_cfg = model_config.get_config(student, vocab_size=vocab)
@@ -347,10 +390,15 @@ def report(student: str, teacher: str, vocab: int, seq_len: int = 2048,
     if budget_ot is not None:
         budget_flops = ot_budget_flops(out, budget_ot)
     if budget_flops is not None:
-        out["budget"] = {"ot": budget_ot, "flops": float(budget_flops),
-                         "tokens_per_step": tokens_per_step}
-        out["plans"] = {m: plan_steps(budget_flops, m, tokens_per_step, p1=p1,
-                                      counts=out).to_dict() for m in METHOD_PHASES}
+        out["budget"] = {
+            "ot": budget_ot,
+            "flops": float(budget_flops),
+            "tokens_per_step": tokens_per_step,
+        }
+        out["plans"] = {
+            m: plan_steps(budget_flops, m, tokens_per_step, p1=p1, counts=out).to_dict()
+            for m in METHOD_PHASES
+        }
     return out
 
 
@@ -366,28 +414,44 @@ _COST_MEANING = {
 def format_table(rep: dict[str, Any]) -> str:
     """Readable text version of ``report``."""
     s, t = rep["student"], rep["teacher"]
-    lines = [f"{'':24}{'student':>16}{'teacher':>16}",
-             f"{'config':24}{s['name']:>16}{t['name']:>16}"]
+    lines = [
+        f"{'':24}{'student':>16}{'teacher':>16}",
+        f"{'config':24}{s['name']:>16}{t['name']:>16}",
+    ]
     for key in ("backbone_params", "embedding_params", "total_params", "half_backbone_params"):
         lines.append(f"{key:24}{s[key]:>16,}{t[key]:>16,}")
-    lines.append(f"regressor params: hldc {rep['regressor_params']['hldc']:,}  "
-                 f"hldf {rep['regressor_params']['hldf']:,}")
+    lines.append(
+        f"regressor params: hldc {rep['regressor_params']['hldc']:,}  "
+        f"hldf {rep['regressor_params']['hldf']:,}"
+    )
     lines.append(f"FLOPs/token (T={rep['seq_len']}; forward + backward of what each trains):")
     for m, v in rep["flops_per_token"].items():
         lines.append(f"  {m:6}{v:>20,.0f}  {_COST_MEANING.get(m, '')}")
-    lines.append(f"  attention (not in 6N){rep['attention_flops_per_token']:>20,.0f}  "
-                 f"({100 * rep['attention_vs_6n']:.1f}% of C_data)")
+    lines.append(
+        f"  attention (not in 6N){rep['attention_flops_per_token']:>20,.0f}  "
+        f"({100 * rep['attention_vs_6n']:.1f}% of C_data)"
+    )
     for m, plan in rep.get("plans", {}).items():
-        lines.append(f"plan {m:5} phase1 {plan['phase1_steps']:>10,}  phase2 "
-                     f"{plan['phase2_steps']:>10,}  total {plan['total_steps']:>10,} steps")
+        lines.append(
+            f"plan {m:5} phase1 {plan['phase1_steps']:>10,}  phase2 "
+            f"{plan['phase2_steps']:>10,}  total {plan['total_steps']:>10,} steps"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        rep = report(args.student, args.teacher, args.vocab, args.seq_len, args.budget_ot,
-                     args.budget_flops, args.tokens_per_step, args.p1)
+        rep = report(
+            args.student,
+            args.teacher,
+            args.vocab,
+            args.seq_len,
+            args.budget_ot,
+            args.budget_flops,
+            args.tokens_per_step,
+            args.p1,
+        )
     except ValueError as e:  # ConfigError, ConfigError: already one line with the fix
         print(f"trainer.flops: error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ no Δ (the table counts it as refused), a run whose held-out score is over other
 rows than its method's other runs is not ranked, and a table column whose
 scores come from different row sets marks each cell with its set ([A], [B]).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,8 @@ import json
 import math
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -38,7 +40,8 @@ matplotlib.use("Agg")  # Files only; no display on servers.
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from trainer.training import config as config_lib, eval_results, metrics  # noqa: E402
+from trainer.training import config as config_lib  # noqa: E402
+from trainer.training import eval_results, metrics
 
 # --- The one mapping from trainer config.json (trainer/configs/base.py) to report names.
 METHOD_KEY = "method"
@@ -46,22 +49,41 @@ GROUP_KEYS = {"model": "model.name", "budget": "budget.value", "budget_unit": "b
 # Every other config field that differs between the runs given is a setting the runs are
 # told apart, paired and selected by (η, τ, α, γ, p1, but also tail, k, seed, divergence,
 # α schedule, ...), except bookkeeping that cannot change the result:
-BOOKKEEPING_KEYS = ("run_dir", "log_every", "checkpoint_every", "keep_checkpoints",
-                    "peak_flops_per_device", "distributed", "store.allow_partial",
-                    "data.num_threads", "data.prefetch_buffer_size", "data.num_workers",
-                    "loss.token_tile")
+BOOKKEEPING_KEYS = (
+    "run_dir",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "peak_flops_per_device",
+    "distributed",
+    "store.allow_partial",
+    "data.num_threads",
+    "data.prefetch_buffer_size",
+    "data.num_workers",
+    "loss.token_tile",
+)
 BOOKKEEPING_PREFIXES = ("debug.", "mesh.")
 # Fields a method never reads (prefix match): a difference there does not split its runs.
-INERT = {"nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k", "data.samples"),
-         "kd": ("loss.gamma", "hldf.", "teacher.", "student_layer"),
-         "hldc": ("hldf.",), "hldf": ("loss.gamma",)}
+INERT = {
+    "nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k", "data.samples"),
+    "kd": ("loss.gamma", "hldf.", "teacher.", "student_layer"),
+    "hldc": ("hldf.",),
+    "hldf": ("loss.gamma",),
+}
 METHODS = tuple(INERT)  # The methods the report knows, in table order.
 SEED_KEY = "seed"
 # Short names in tables; any other differing field shows as its dotted key.
-SHORT_NAMES = {"optim.lr": "lr", "loss.tau": "tau", "loss.alpha": "alpha",
-               "loss.gamma": "gamma", "hldf.p1": "p1", "loss.tail": "tail",
-               "loss.divergence": "divergence", "loss.alpha_schedule": "alpha_schedule",
-               "data.k": "k"}
+SHORT_NAMES = {
+    "optim.lr": "lr",
+    "loss.tau": "tau",
+    "loss.alpha": "alpha",
+    "loss.gamma": "gamma",
+    "hldf.p1": "p1",
+    "loss.tail": "tail",
+    "loss.divergence": "divergence",
+    "loss.alpha_schedule": "alpha_schedule",
+    "data.k": "k",
+}
 REFERENCE_METHOD = "kd"
 # metrics.jsonl: x axis and the loss plotted (first key present wins).
 FLOPS_KEY = "cumulative_flops"
@@ -120,8 +142,9 @@ def _read_json(path: str, what: str) -> Any:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ReportError(f"{path} is not valid JSON ({e}); re-run the step that writes "
-                          f"{what}") from None
+        raise ReportError(
+            f"{path} is not valid JSON ({e}); re-run the step that writes {what}"
+        ) from None
 
 
 def expand_run_dirs(paths: Sequence[str]) -> list[str]:
@@ -131,16 +154,23 @@ def expand_run_dirs(paths: Sequence[str]) -> list[str]:
     runs = []
     for path in paths:
         if not os.path.isdir(path):
-            raise ReportError(f"run directory {path!r} does not exist; pass directories "
-                              f"written by python -m trainer")
+            raise ReportError(
+                f"run directory {path!r} does not exist; pass directories "
+                f"written by python -m trainer"
+            )
         if os.path.exists(os.path.join(path, "config.json")):
             runs.append(path)
             continue
-        children = sorted(os.path.join(path, c) for c in os.listdir(path)
-                          if os.path.exists(os.path.join(path, c, "config.json")))
+        children = sorted(
+            os.path.join(path, c)
+            for c in os.listdir(path)
+            if os.path.exists(os.path.join(path, c, "config.json"))
+        )
         if not children:
-            raise ReportError(f"{path!r} holds no config.json (empty or not a run directory); "
-                              f"pass run directories written by python -m trainer")
+            raise ReportError(
+                f"{path!r} holds no config.json (empty or not a run directory); "
+                f"pass run directories written by python -m trainer"
+            )
         runs += children
     return runs
 
@@ -150,35 +180,56 @@ def load_run(path: str) -> Run:
     config = _read_json(os.path.join(path, "config.json"), "config.json (python -m trainer)")
     method = str(_lookup(config, METHOD_KEY) or "").lower()
     if method not in METHODS:
-        raise ReportError(f"{path}/config.json has method={method!r}; expected one of "
-                          f"{sorted(METHODS)}: pass trainer run directories")
+        raise ReportError(
+            f"{path}/config.json has method={method!r}; expected one of "
+            f"{sorted(METHODS)}: pass trainer run directories"
+        )
     hparams = {}  # Filled by load_runs: which fields differ depends on all the runs.
     group = tuple(_lookup(config, key) for key in GROUP_KEYS.values())
     eval_path = os.path.join(path, "eval.json")
-    evals = eval_results.normalize(_read_json(eval_path, "eval.json (python -m trainer.evaluate)")) \
-        if os.path.exists(eval_path) else {}
+    evals = (
+        eval_results.normalize(_read_json(eval_path, "eval.json (python -m trainer.evaluate)"))
+        if os.path.exists(eval_path)
+        else {}
+    )
     curve, curve_key = [], None
     if os.path.exists(os.path.join(path, "metrics.jsonl")):
         records = metrics.read_metrics(path)  # one record per step, resumes de-duplicated
         keys = [k for k in CURVE_KEYS if any(k in r for r in records)]
         if keys:
             curve_key = keys[0]
-            curve = [(float(r[FLOPS_KEY]), float(r[curve_key])) for r in records
-                     if FLOPS_KEY in r and curve_key in r]
-    return Run(os.path.basename(os.path.normpath(path)), path, method, group, hparams,
-               evals.get("tasks", {}), curve, curve_key,
-               # A config.json older than a field reads as holding the value that
-               # reproduces it, so old and new runs of one setting still pair.
-               config={**config_lib.ADDED_FIELDS, **config_lib.flatten(config)},
-               scores=evals.get("scores", {}))
+            curve = [
+                (float(r[FLOPS_KEY]), float(r[curve_key]))
+                for r in records
+                if FLOPS_KEY in r and curve_key in r
+            ]
+    return Run(
+        os.path.basename(os.path.normpath(path)),
+        path,
+        method,
+        group,
+        hparams,
+        evals.get("tasks", {}),
+        curve,
+        curve_key,
+        # A config.json older than a field reads as holding the value that
+        # reproduces it, so old and new runs of one setting still pair.
+        config={**config_lib.ADDED_FIELDS, **config_lib.flatten(config)},
+        scores=evals.get("scores", {}),
+    )
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
     """Config fields whose value differs between the runs (bookkeeping excluded)."""
     keys = sorted(set().union(*(r.config for r in runs))) if runs else []
     skip = set(BOOKKEEPING_KEYS) | set(GROUP_KEYS.values()) | {METHOD_KEY}
-    return [k for k in keys if k not in skip and not k.startswith(BOOKKEEPING_PREFIXES)
-            and len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
+    return [
+        k
+        for k in keys
+        if k not in skip
+        and not k.startswith(BOOKKEEPING_PREFIXES)
+        and len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
+    ]
 
 
 def load_runs(paths: Sequence[str]) -> list[Run]:
@@ -227,8 +278,9 @@ def best_per_method(runs: Sequence[Run]) -> list[Run]:
     for run in runs:
         if run.log_ppl is None or id(run) in left_out:
             continue
-        rest = json.dumps({k: v for k, v in run.hparams.items() if k != SEED_KEY},
-                          sort_keys=True, default=str)
+        rest = json.dumps(
+            {k: v for k, v in run.hparams.items() if k != SEED_KEY}, sort_keys=True, default=str
+        )
         settings[(run.group, run.method, rest)].append(run)
     best: dict[tuple, list[Run]] = {}
     for (group, method, _), members in settings.items():
@@ -269,15 +321,19 @@ def pair_log_ppls(run: Run, kd: Run) -> tuple[float, float] | None:
 
 def kd_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
     """Per method, the shared-setting pairs scored on the same rows (Δ is defined)."""
-    pairs = {m: [p for p in ps if pair_log_ppls(*p) is not None]
-             for m, ps in shared_setting_pairs(runs).items()}
+    pairs = {
+        m: [p for p in ps if pair_log_ppls(*p) is not None]
+        for m, ps in shared_setting_pairs(runs).items()
+    }
     return {m: ps for m, ps in pairs.items() if ps}
 
 
 def refused_pairs(runs: Sequence[Run]) -> dict[str, list[tuple[Run, Run]]]:
     """Per method, the shared-setting pairs whose held-out scores are on different rows."""
-    pairs = {m: [p for p in ps if pair_log_ppls(*p) is None]
-             for m, ps in shared_setting_pairs(runs).items()}
+    pairs = {
+        m: [p for p in ps if pair_log_ppls(*p) is None]
+        for m, ps in shared_setting_pairs(runs).items()
+    }
     return {m: ps for m, ps in pairs.items() if ps}
 
 
@@ -310,9 +366,16 @@ def mean_error_tasks(runs: Sequence[Run]) -> list[str]:
     """The error tasks every run of a table with task errors was scored on, on the same
     rows: the set its "mean err %" column averages (never different task sets per row)."""
     runs = [r for r in runs if any("error" in r.eval.get(t, {}) for t in ERROR_TASKS)]
-    return [t for t in ERROR_TASKS
+    return (
+        [
+            t
+            for t in ERROR_TASKS
             if all("error" in r.eval.get(t, {}) for r in runs)
-            and len({eval_results.row_key(r.eval[t]) for r in runs}) == 1] if runs else []
+            and len({eval_results.row_key(r.eval[t]) for r in runs}) == 1
+        ]
+        if runs
+        else []
+    )
 
 
 def _row_set_tags(runs: Sequence[Run]) -> tuple[dict, list[str]]:
@@ -328,8 +391,11 @@ def _row_set_tags(runs: Sequence[Run]) -> tuple[dict, list[str]]:
         for run, score in shown:
             tags[(run.name, task)] = f" [{letters[eval_results.row_key(score)]}]"
         sets = {letters[eval_results.row_key(s)]: eval_results.describe(s) for _, s in shown}
-        legend.append(f"{task} scored on different row sets, not comparable across them: "
-                      + "; ".join(f"[{k}] {v}" for k, v in sorted(sets.items())) + ".")
+        legend.append(
+            f"{task} scored on different row sets, not comparable across them: "
+            + "; ".join(f"[{k}] {v}" for k, v in sorted(sets.items()))
+            + "."
+        )
     return tags, legend
 
 
@@ -338,23 +404,33 @@ def _run_row(run: Run, mean_tasks: Sequence[str] = (), tags: dict | None = None)
     errors = [run.eval.get(t, {}).get("error") for t in ERROR_TASKS]
     known = [float(run.eval[t]["error"]) for t in mean_tasks if "error" in run.eval.get(t, {})]
     mean = sum(known) / len(known) if known and len(known) == len(mean_tasks) else None
-    hp = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   else f"{k}={v}" for k, v in run.hparams.items()
-                   if not (k == SEED_KEY and len(run.seed_ppls) > 1))
+    hp = ", ".join(
+        f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+        for k, v in run.hparams.items()
+        if not (k == SEED_KEY and len(run.seed_ppls) > 1)
+    )
     name = run.name
     if len(run.seed_ppls) > 1:
         ppls = run.seed_ppls
-        name += (f" ({len(ppls)} seeds: mean {sum(ppls) / len(ppls):.4f}, "
-                 f"spread {max(ppls) - min(ppls):.4f})")
+        name += (
+            f" ({len(ppls)} seeds: mean {sum(ppls) / len(ppls):.4f}, "
+            f"spread {max(ppls) - min(ppls):.4f})"
+        )
     ppl_cells = [_fmt(run.eval.get(t, {}).get("log_ppl")) for t in PPL_TASKS]
     if len(run.seed_ppls) > 1:  # The setting's mean over seeds, as selected.
         first = next(i for i, t in enumerate(PPL_TASKS) if "log_ppl" in run.eval.get(t, {}))
         ppl_cells[first] = _fmt(sum(run.seed_ppls) / len(run.seed_ppls)) + " (mean)"
     ppl_cells = [c + tags.get((run.name, t), "") for c, t in zip(ppl_cells, PPL_TASKS)]
-    error_cells = ["–" if e is None else f"{100 * float(e):.1f}" + tags.get((run.name, t), "")
-                   for e, t in zip(errors, ERROR_TASKS)]
-    return ([run.method.upper(), name, hp] + ppl_cells + error_cells
-            + ["–" if mean is None else f"{100 * mean:.1f}"])
+    error_cells = [
+        "–" if e is None else f"{100 * float(e):.1f}" + tags.get((run.name, t), "")
+        for e, t in zip(errors, ERROR_TASKS)
+    ]
+    return (
+        [run.method.upper(), name, hp]
+        + ppl_cells
+        + error_cells
+        + ["–" if mean is None else f"{100 * mean:.1f}"]
+    )
 
 
 def _table(runs: Sequence[Run]) -> str:
@@ -362,18 +438,27 @@ def _table(runs: Sequence[Run]) -> str:
     rows (named in its header), and a column mixing row sets tags its cells (legend below)."""
     mean_tasks = mean_error_tasks(runs)
     tags, legend = _row_set_tags(runs)
-    mean_header = (f"mean err % ({', '.join(mean_tasks)})" if mean_tasks
-                   else "mean err % (no task shared by every row on the same rows)")
-    header = (["method", "run", "hyper-parameters"] + [f"{t} log-ppl" for t in PPL_TASKS]
-              + [f"{t} err %" for t in ERROR_TASKS] + [mean_header])
+    mean_header = (
+        f"mean err % ({', '.join(mean_tasks)})"
+        if mean_tasks
+        else "mean err % (no task shared by every row on the same rows)"
+    )
+    header = (
+        ["method", "run", "hyper-parameters"]
+        + [f"{t} log-ppl" for t in PPL_TASKS]
+        + [f"{t} err %" for t in ERROR_TASKS]
+        + [mean_header]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_run_row(r, mean_tasks, tags)) + " |" for r in runs]
     return "\n".join(lines + ([""] + legend if legend else []))
 
 
 def _group_title(group: tuple) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                     for k, v in zip(GROUP_KEYS, group))
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+        for k, v in zip(GROUP_KEYS, group)
+    )
 
 
 def plot_improvements(method: str, pairs: list[tuple[Run, Run]], out_dir: str) -> tuple[str, str]:
@@ -438,46 +523,70 @@ def build_report(run_paths: Sequence[str], out_dir: str) -> str:
     """Writes DIR/report.md and its PNGs; returns the Markdown path."""
     runs = load_runs(run_paths)
     os.makedirs(out_dir, exist_ok=True)
-    md = ["# Distillation sweep report", "",
-          f"{len(runs)} runs. Log-perplexities are mean negative log-likelihoods in nats per "
-          "token (lower is better); errors are 1 − accuracy in percent. "
-          "HellaSwag, PIQA and ARC-Easy are length-normalised per character, WinoGrande "
-          "uses partial scoring, LAMBADA is greedy last-word accuracy.", ""]
+    md = [
+        "# Distillation sweep report",
+        "",
+        f"{len(runs)} runs. Log-perplexities are mean negative log-likelihoods in nats per "
+        "token (lower is better); errors are 1 − accuracy in percent. "
+        "HellaSwag, PIQA and ARC-Easy are length-normalised per character, WinoGrande "
+        "uses partial scoring, LAMBADA is greedy last-word accuracy.",
+        "",
+    ]
     missing = [r.name for r in runs if r.log_ppl is None]
     if missing:
-        md += [f"Not evaluated (no eval.json with a log-ppl; run `python -m trainer.evaluate "
-               f"--checkpoint RUN_DIR`): {', '.join(missing)}.", ""]
+        md += [
+            f"Not evaluated (no eval.json with a log-ppl; run `python -m trainer.evaluate "
+            f"--checkpoint RUN_DIR`): {', '.join(missing)}.",
+            "",
+        ]
     left_out = unranked(runs)
     if left_out:
-        md += ["Not ranked (held-out score over other rows than the other runs of its method; "
-               "re-evaluate on the same store without --limit): "
-               + ", ".join(f"{r.name} ({eval_results.describe(r.eval[r.ppl_task])})" for r in left_out)
-               + ".", ""]
+        md += [
+            "Not ranked (held-out score over other rows than the other runs of its method; "
+            "re-evaluate on the same store without --limit): "
+            + ", ".join(f"{r.name} ({eval_results.describe(r.eval[r.ppl_task])})" for r in left_out)
+            + ".",
+            "",
+        ]
     best = best_per_method(runs)
     for group in sorted({r.group for r in best}, key=str):
-        md += [f"## Best run per method ({_group_title(group)})", "",
-               "Per method, the setting with the lowest held-out log-perplexity (mean over "
-               "seeds when a setting was run with several; the row shows its first seed).", "",
-               _table([r for r in best if r.group == group]), ""]
+        md += [
+            f"## Best run per method ({_group_title(group)})",
+            "",
+            "Per method, the setting with the lowest held-out log-perplexity (mean over "
+            "seeds when a setting was run with several; the row shows its first seed).",
+            "",
+            _table([r for r in best if r.group == group]),
+            "",
+        ]
     pairs, refused = kd_pairs(runs), refused_pairs(runs)
     if pairs or refused:
-        md += ["## Improvement over KD at shared hyper-parameters", "",
-               "Each pair: a run of the method and the KD run with the same value of every "
-               "setting that differs between the runs and both methods read (seed, tail, "
-               "k, divergence, α schedule, ... ; same model and budget). "
-               "Δ = KD log-ppl − method log-ppl; Δ > 0 means the method helped.", "",
-               "Δ err = KD error − method error in points, averaged over the tasks both "
-               "runs were evaluated on with the same rows.", "",
-               "Both runs of a pair are compared on the same rows (the largest row set both "
-               "were scored on); a pair without one gets no Δ and is counted as refused.", "",
-               "| method | pairs | mean Δ | min Δ | max Δ | method better | mean Δ err (pp) "
-               "| refused: rows differ |",
-               "|---|---|---|---|---|---|---|---|"]
+        md += [
+            "## Improvement over KD at shared hyper-parameters",
+            "",
+            "Each pair: a run of the method and the KD run with the same value of every "
+            "setting that differs between the runs and both methods read (seed, tail, "
+            "k, divergence, α schedule, ... ; same model and budget). "
+            "Δ = KD log-ppl − method log-ppl; Δ > 0 means the method helped.",
+            "",
+            "Δ err = KD error − method error in points, averaged over the tasks both "
+            "runs were evaluated on with the same rows.",
+            "",
+            "Both runs of a pair are compared on the same rows (the largest row set both "
+            "were scored on); a pair without one gets no Δ and is counted as refused.",
+            "",
+            "| method | pairs | mean Δ | min Δ | max Δ | method better | mean Δ err (pp) "
+            "| refused: rows differ |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         figures = []
         for method in sorted(set(pairs) | set(refused)):
             method_pairs, no_delta = pairs.get(method, []), refused.get(method, [])
-            refused_cell = (f"{len(no_delta)}: " + ", ".join(f"{r.name}/{k.name}" for r, k in no_delta)
-                            if no_delta else "0")
+            refused_cell = (
+                f"{len(no_delta)}: " + ", ".join(f"{r.name}/{k.name}" for r, k in no_delta)
+                if no_delta
+                else "0"
+            )
             if not method_pairs:
                 md.append(f"| {method.upper()} | 0 | – | – | – | – | – | {refused_cell} |")
                 continue
@@ -485,17 +594,24 @@ def build_report(run_paths: Sequence[str], out_dir: str) -> str:
             wins = sum(d > 0 for d in deltas)
             err = [e for e in (_error_delta(run, kd) for run, kd in method_pairs) if e is not None]
             err_cell = f"{sum(err) / len(err):+.2f} ({len(err)} pairs)" if err else "–"
-            md.append(f"| {method.upper()} | {len(deltas)} | {sum(deltas) / len(deltas):+.4f} | "
-                      f"{min(deltas):+.4f} | {max(deltas):+.4f} | {wins}/{len(deltas)} | "
-                      f"{err_cell} | {refused_cell} |")
+            md.append(
+                f"| {method.upper()} | {len(deltas)} | {sum(deltas) / len(deltas):+.4f} | "
+                f"{min(deltas):+.4f} | {max(deltas):+.4f} | {wins}/{len(deltas)} | "
+                f"{err_cell} | {refused_cell} |"
+            )
             figures += plot_improvements(method, method_pairs, out_dir)
         md += [""] + [f"![{f}]({f})" for f in figures] + [""]
     curves = plot_curves(runs, out_dir)
     if curves:
-        md += ["## Training loss against compute", "",
-               "Loss as logged in metrics.jsonl against cumulative training FLOPs "
-               "(methods are compared at equal FLOPs, not equal tokens).", "",
-               f"![loss vs FLOPs]({curves})", ""]
+        md += [
+            "## Training loss against compute",
+            "",
+            "Loss as logged in metrics.jsonl against cumulative training FLOPs "
+            "(methods are compared at equal FLOPs, not equal tokens).",
+            "",
+            f"![loss vs FLOPs]({curves})",
+            "",
+        ]
     md += ["## All runs", "", _table(runs), ""]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:

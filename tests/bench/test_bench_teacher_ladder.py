@@ -1,5 +1,6 @@
 """bench/teacher_ladder.py: the plan order, the table arithmetic on hand-made numbers,
 resume, refusals (fast, with the demo's stages faked), and (slow) the real chain at `ci`."""
+
 import importlib.util
 import json
 import pathlib
@@ -20,12 +21,25 @@ def _bench():
 def test_plan_is_teacher_by_teacher_then_the_other_seeds():
     bench = _bench()
     plan = bench.plan([0.5, 1.0], [0.2, 0.7], seeds=2)
-    assert plan == [("teacher", 0.5), ("nll", 0), ("kd", 0.5, 0.2, 0), ("kd", 0.5, 0.7, 0),
-                    ("teacher", 1.0), ("kd", 1.0, 0.2, 0), ("kd", 1.0, 0.7, 0),
-                    ("nll", 1), ("kd", 0.5, 0.2, 1), ("kd", 0.5, 0.7, 1),
-                    ("kd", 1.0, 0.2, 1), ("kd", 1.0, 0.7, 1)]
-    assert [bench.piece_key(p) for p in plan[:3]] == ["teacher_x0.5", "ladder_nll_s0",
-                                                      "ladder_t0.5_a0.2_s0"]
+    assert plan == [
+        ("teacher", 0.5),
+        ("nll", 0),
+        ("kd", 0.5, 0.2, 0),
+        ("kd", 0.5, 0.7, 0),
+        ("teacher", 1.0),
+        ("kd", 1.0, 0.2, 0),
+        ("kd", 1.0, 0.7, 0),
+        ("nll", 1),
+        ("kd", 0.5, 0.2, 1),
+        ("kd", 0.5, 0.7, 1),
+        ("kd", 1.0, 0.2, 1),
+        ("kd", 1.0, 0.7, 1),
+    ]
+    assert [bench.piece_key(p) for p in plan[:3]] == [
+        "teacher_x0.5",
+        "ladder_nll_s0",
+        "ladder_t0.5_a0.2_s0",
+    ]
     assert bench.teacher_run(1.0) == "teacher"  # the demo's own teacher
 
 
@@ -39,19 +53,35 @@ def _pieces(bench, values):
             out[key] = {"kind": "nll", "seed": int(key[-1]), "log_ppl": v}
         else:
             _, t, a, s = key.split("_")
-            out[key] = {"kind": "kd", "teacher_budget": float(t[1:]), "alpha": float(a[1:]),
-                        "seed": int(s[1:]), "log_ppl": v}
+            out[key] = {
+                "kind": "kd",
+                "teacher_budget": float(t[1:]),
+                "alpha": float(a[1:]),
+                "seed": int(s[1:]),
+                "log_ppl": v,
+            }
     return out
 
 
 def test_summary_deltas_and_table_by_hand():
     bench = _bench()
-    pieces = _pieces(bench, {"teacher_x0.5": 4.80, "teacher": 4.25,
-                             "ladder_nll_s0": 4.52, "ladder_nll_s1": 4.53,
-                             "ladder_t0.5_a0.7_s0": 4.60, "ladder_t0.5_a0.7_s1": 4.62,
-                             "ladder_t1_a0.7_s0": 4.40, "ladder_t1_a0.7_s1": 4.41})
+    pieces = _pieces(
+        bench,
+        {
+            "teacher_x0.5": 4.80,
+            "teacher": 4.25,
+            "ladder_nll_s0": 4.52,
+            "ladder_nll_s1": 4.53,
+            "ladder_t0.5_a0.7_s0": 4.60,
+            "ladder_t0.5_a0.7_s1": 4.62,
+            "ladder_t1_a0.7_s0": 4.40,
+            "ladder_t1_a0.7_s1": 4.41,
+        },
+    )
     summary = bench.summarise(pieces, [1.0, 0.5], [0.2, 0.7])  # sorted by budget in the table
-    assert summary["nll"]["mean"] == pytest.approx(4.525) and summary["nll"]["spread"] == pytest.approx(0.01)
+    assert summary["nll"]["mean"] == pytest.approx(4.525) and summary["nll"][
+        "spread"
+    ] == pytest.approx(0.01)
     weak, strong = summary["teachers"]
     assert weak["budget"] == 0.5 and weak["kd"]["0.2"] is None
     assert weak["kd"]["0.7"]["delta_vs_nll"] == pytest.approx(4.61 - 4.525)
@@ -71,20 +101,37 @@ class _Fake:
         self.calls = []
         self.values = values
         monkeypatch.setattr(bench.demo, "run_demo", lambda *a, **k: None)
-        monkeypatch.setattr(bench.demo_stages, "train_run",
-                            lambda ctx, stage, role, run_dir, *a: self.calls.append(("train", run_dir)))
+        monkeypatch.setattr(
+            bench.demo_stages,
+            "train_run",
+            lambda ctx, stage, role, run_dir, *a: self.calls.append(("train", run_dir)),
+        )
         monkeypatch.setattr(bench.demo_stages, "evaluate_heldout", lambda ctx, name: None)
-        monkeypatch.setattr(bench.demo_stages, "run", lambda ctx, stage, *args: self.calls.append(
-            ("dump", args[args.index("--store") + 1], args[args.index("--samples") + 1])))
-        monkeypatch.setattr(bench.demo_results, "load_run", lambda ctx, name: {
-            "eval": {"heldout": {"log_ppl": self.values[name], "n": 260}}})
+        monkeypatch.setattr(
+            bench.demo_stages,
+            "run",
+            lambda ctx, stage, *args: self.calls.append(
+                ("dump", args[args.index("--store") + 1], args[args.index("--samples") + 1])
+            ),
+        )
+        monkeypatch.setattr(
+            bench.demo_results,
+            "load_run",
+            lambda ctx, name: {"eval": {"heldout": {"log_ppl": self.values[name], "n": 260}}},
+        )
 
 
 def test_ladder_end_to_end_with_faked_stages_resumes_and_refuses_other_settings(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     bench = _bench()
-    values = {"teacher_x0.5": 4.8, "teacher": 4.25, "ladder_nll_s0": 4.52,
-              "ladder_t0.5_a0.7_s0": 4.6, "ladder_t1_a0.7_s0": 4.4}
+    values = {
+        "teacher_x0.5": 4.8,
+        "teacher": 4.25,
+        "ladder_nll_s0": 4.52,
+        "ladder_t0.5_a0.7_s0": 4.6,
+        "ladder_t1_a0.7_s0": 4.4,
+    }
     fake = _Fake(bench, monkeypatch, values)
     state = bench.run_ladder("ci", str(tmp_path), [0.5, 1.0], [0.7], seeds=1)
     trained = [c[1].rsplit("/", 1)[1] for c in fake.calls if c[0] == "train"]
@@ -109,13 +156,16 @@ def test_ladder_end_to_end_with_faked_stages_resumes_and_refuses_other_settings(
         bench.run_ladder("ci", str(tmp_path), [0.5, 1.0], [0.7], seeds=1, signal="topk")
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--budgets", "0.5,x"], "--budgets '0.5,x': give comma-separated numbers"),
-    (["--budgets", "0,1"], "--budgets '0,1': give positive numbers"),
-    (["--signal", "full"], "--signal 'full': use one of"),
-    (["--seeds", "0"], "--seeds 0: need at least one seed"),
-    (["--size", "huge"], "unknown demo size 'huge'"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--budgets", "0.5,x"], "--budgets '0.5,x': give comma-separated numbers"),
+        (["--budgets", "0,1"], "--budgets '0,1': give positive numbers"),
+        (["--signal", "full"], "--signal 'full': use one of"),
+        (["--seeds", "0"], "--seeds 0: need at least one seed"),
+        (["--size", "huge"], "unknown demo size 'huge'"),
+    ],
+)
 def test_bad_arguments_are_one_line_exit_2(argv, match, tmp_path, capsys, monkeypatch):
     bench = _bench()
     monkeypatch.setattr(bench.demo, "run_demo", lambda *a, **k: pytest.fail("must not run"))
@@ -128,8 +178,23 @@ def test_bad_arguments_are_one_line_exit_2(argv, match, tmp_path, capsys, monkey
 def test_real_ladder_at_ci_size(tmp_path):
     """The whole chain through the real CLIs (~4 min on 2 idle cores)."""
     bench = _bench()
-    assert bench.main(["--size", "ci", "--budgets", "0.5,1", "--alphas", "0.7", "--seeds", "1",
-                       "--out", str(tmp_path)]) == 0
+    assert (
+        bench.main(
+            [
+                "--size",
+                "ci",
+                "--budgets",
+                "0.5,1",
+                "--alphas",
+                "0.7",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "teacher_ladder.json").read_text())
     assert len(saved["pieces"]) == 5
     assert all(p["log_ppl"] > 0 for p in saved["pieces"].values())
@@ -138,9 +203,14 @@ def test_real_ladder_at_ci_size(tmp_path):
 def _demo_run(out, name, seed, **loss):
     run = out / "runs" / name
     run.mkdir(parents=True)
-    cfg = {"method": name.split("_")[0], "seed": seed, "budget": {"value": 5e9},
-           "model": {"name": "demo-student"}, "loss": {"alpha": 0.7, "signal": "sampled", **loss},
-           "data": {"samples": 12}}
+    cfg = {
+        "method": name.split("_")[0],
+        "seed": seed,
+        "budget": {"value": 5e9},
+        "model": {"name": "demo-student"},
+        "loss": {"alpha": 0.7, "signal": "sampled", **loss},
+        "data": {"samples": 12},
+    }
     (run / "config.json").write_text(json.dumps(cfg))
     (run / "final.json").write_text("{}")
     (run / "eval.json").write_text("{}")
@@ -150,8 +220,13 @@ def test_demo_runs_with_the_same_settings_are_reused_not_retrained(tmp_path, mon
     bench = _bench()
     _demo_run(tmp_path, "nll_s0", 0)
     _demo_run(tmp_path, "kd_s0", 0, alpha=0.5)  # another α than the ladder's piece: not a twin
-    values = {"teacher_x0.5": 4.8, "teacher": 4.25, "nll_s0": 4.51,
-              "ladder_t0.5_a0.7_s0": 4.6, "ladder_t1_a0.7_s0": 4.4}
+    values = {
+        "teacher_x0.5": 4.8,
+        "teacher": 4.25,
+        "nll_s0": 4.51,
+        "ladder_t0.5_a0.7_s0": 4.6,
+        "ladder_t1_a0.7_s0": 4.4,
+    }
     fake = _Fake(bench, monkeypatch, values)
     state = bench.run_ladder("ci", str(tmp_path), [0.5, 1.0], [0.7], seeds=1)
     trained = [c[1].rsplit("/", 1)[1] for c in fake.calls if c[0] == "train"]

@@ -4,6 +4,7 @@ evaluation → report) through the same CLIs `make demo` uses.
 
 This is CI's true end-to-end path; it takes a few minutes on 2 cores.
 """
+
 import json
 import os
 
@@ -25,8 +26,12 @@ def test_every_stage_finished_and_report_written(demo_out):
     report = open(os.path.join(demo_out, "report.md")).read()
     for method in ("NLL", "KD", "HLDC", "HLDF", "teacher"):
         assert f"| {method} |" in report
-    for png in ("heldout_ppl.png", "delta_vs_nll.png", "improvement_over_kd.png",
-                "sweep_report/loss_vs_flops.png"):
+    for png in (
+        "heldout_ppl.png",
+        "delta_vs_nll.png",
+        "improvement_over_kd.png",
+        "sweep_report/loss_vs_flops.png",
+    ):
         assert os.path.getsize(os.path.join(demo_out, png)) > 1000
     assert "negative means the method is better than NLL" in report
     assert "NOT charged to the KD/HLD students" in report and "Objective penalty" in report
@@ -45,6 +50,7 @@ def test_results_json_has_seeds_and_diagnostics(demo_out):
     assert 0 < results["topk_mass_coverage"] <= 1.0001
     # Every held-out row is scored (no --limit truncation).
     from store import StoreReader
+
     rows = StoreReader(os.path.join(demo_out, "heldout_store")).committed_rows().size
     assert results["heldout_rows"] == rows
 
@@ -86,15 +92,19 @@ def test_size_is_a_flag_not_an_environment_switch(monkeypatch):
 
 def test_dump_subset_is_hash_chosen_not_alphabetical():
     from scripts import demo_corpus
+
     docs = [f"doc {i:04d}" for i in range(100)]
     subset = demo_corpus.hash_subset(docs, 10)
     assert len(subset) == 10 and subset != docs[:10]
     assert subset == [d for d in docs if d in subset]  # original order kept
-    assert demo_corpus.hash_subset(docs, 10) == subset and demo_corpus.hash_subset(docs, None) == docs
+    assert (
+        demo_corpus.hash_subset(docs, 10) == subset and demo_corpus.hash_subset(docs, None) == docs
+    )
 
 
 def test_downstream_cells_mark_chance():
     from scripts import demo_results
+
     near = demo_results.downstream_cell("piqa", {"error": 0.48, "n": 200})
     far = demo_results.downstream_cell("piqa", {"error": 0.30, "n": 200})
     assert near["near_chance"] and not far["near_chance"] and not far["worse_than_chance"]

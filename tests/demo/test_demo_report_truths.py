@@ -1,5 +1,6 @@
 """The demo report's statements on hand-made numbers: sampled vs top-k KD, the hidden
 term's share, and a task every model fails reported once as a scoring artefact."""
+
 from scripts import demo_report, demo_results
 
 
@@ -8,8 +9,10 @@ def _cell(err, n=200):
 
 
 def test_task_below_chance_for_every_model_is_named_once():
-    down = {"piqa": {"chance": 0.5, "teacher": [_cell(0.62)], "nll": [_cell(0.60), _cell(0.61)]},
-            "arc_easy": {"chance": 0.75, "teacher": [_cell(0.30)], "nll": [_cell(0.62), _cell(0.63)]}}
+    down = {
+        "piqa": {"chance": 0.5, "teacher": [_cell(0.62)], "nll": [_cell(0.60), _cell(0.61)]},
+        "arc_easy": {"chance": 0.75, "teacher": [_cell(0.30)], "nll": [_cell(0.62), _cell(0.63)]},
+    }
     # piqa at 0.60-0.62 error with n=200 is > 2 s.e. worse than chance for every model.
     assert demo_results.below_chance_everywhere(down) == ["piqa"]
     down["piqa"]["nll"][1] = _cell(0.52)  # one model near chance: a per-model finding again
@@ -18,17 +21,26 @@ def test_task_below_chance_for_every_model_is_named_once():
 
 def test_downstream_table_drops_the_artefact_row_and_says_why():
     methods = {"teacher": {}, "nll": {}}
-    down = {"piqa": {"chance": 0.5, "teacher": [_cell(0.62)], "nll": [_cell(0.60)]},
-            "winogrande": {"chance": 0.5, "teacher": [_cell(0.49)], "nll": [_cell(0.50)]}}
+    down = {
+        "piqa": {"chance": 0.5, "teacher": [_cell(0.62)], "nll": [_cell(0.60)]},
+        "winogrande": {"chance": 0.5, "teacher": [_cell(0.49)], "nll": [_cell(0.50)]},
+    }
     md = "\n".join(demo_report._downstream_table({"downstream": down, "methods": methods}))
     assert "| piqa |" not in md and "| winogrande |" in md
-    assert md.count("piqa (n=200) is left out of the table: every model, the teacher included, "
-                    "scores worse than chance (errors 60.0–62.0% vs 50% for guessing") == 1
+    assert (
+        md.count(
+            "piqa (n=200) is left out of the table: every model, the teacher included, "
+            "scores worse than chance (errors 60.0–62.0% vs 50% for guessing"
+        )
+        == 1
+    )
 
 
 def test_sampled_vs_topk_is_paired_by_seed():
-    methods = {"kd": {"log_ppl": [4.3883, 4.3862], "mean": 4.38725, "spread": 0.0021},
-               "kd_topk": {"log_ppl": [4.4018, 4.3990], "mean": 4.4004, "spread": 0.0028}}
+    methods = {
+        "kd": {"log_ppl": [4.3883, 4.3862], "mean": 4.38725, "spread": 0.0021},
+        "kd_topk": {"log_ppl": [4.4018, 4.3990], "mean": 4.4004, "spread": 0.0028},
+    }
     c = demo_results.signal_comparison(methods)
     assert abs(c["delta"] - (4.38725 - 4.4004)) < 1e-12
     assert [round(p, 4) for p in c["paired"]] == [-0.0135, -0.0128]
@@ -39,13 +51,21 @@ def test_sampled_vs_topk_is_paired_by_seed():
 
 
 def test_share_sentence_states_reduction_share_and_consequence():
-    run = {"hidden_share": {"gamma": 0.1, "hidden_reduction": "mean", "d_teacher": 128,
-                            "records": [{"step": 25, "loss_share": 3e-4, "grad_share": 0.004}]}}
+    run = {
+        "hidden_share": {
+            "gamma": 0.1,
+            "hidden_reduction": "mean",
+            "d_teacher": 128,
+            "records": [{"step": 25, "loss_share": 3e-4, "grad_share": 0.004}],
+        }
+    }
     text = demo_report._share_sentence("hldc", run)
-    assert text.startswith("Its hidden term (γ=0.1, loss.hidden_reduction=mean over D=128: the "
-                           "paper's mean over D of the squared difference of the unit vectors, "
-                           "in [0, 4/128]) was 0.03% of the loss and 0.4% of the student's "
-                           "gradient norm at step 25; at that weight HLDC trains as KD")
+    assert text.startswith(
+        "Its hidden term (γ=0.1, loss.hidden_reduction=mean over D=128: the "
+        "paper's mean over D of the squared difference of the unit vectors, "
+        "in [0, 4/128]) was 0.03% of the loss and 0.4% of the student's "
+        "gradient norm at step 25; at that weight HLDC trains as KD"
+    )
     run["hidden_share"].update(hidden_reduction="sum", gamma=1.0)
     run["hidden_share"]["records"][0]["loss_share"] = 0.4
     text = demo_report._share_sentence("hldc", run)

@@ -5,6 +5,7 @@ The model's logits are the ground-truth source; log-softmax, sums, length
 normalisation, argmax and windowing are recomputed independently in numpy
 on unpadded, unbatched sequences.
 """
+
 import functools
 import json
 import os
@@ -13,11 +14,14 @@ import types
 import jax
 import numpy as np
 import pytest
-
 from eval_fixtures import REQUEST_DOCS
+
+from trainer.evaluate import runner as evaluate
+from trainer.evaluate import scoring
+from trainer.evaluate import tasks as eval_tasks
+from trainer.model import gemma3 as model
+from trainer.model import model_config, model_io
 from trainer.model.tokenizer import load_tokenizer, tokenizer_info
-from trainer.evaluate import runner as evaluate, tasks as eval_tasks, scoring
-from trainer.model import gemma3 as model, model_config, model_io
 
 SEQ_LEN = 32
 
@@ -57,12 +61,12 @@ def ref_task(cfg, params, sp, bos, task, root):
         for context, continuation in ex.pairs:
             ctx, cont = evaluate.encode_pair(sp, context, continuation, bos)
             assert ctx[0] == bos and ctx[1:] + cont == sp.encode(context + continuation)
-            ids = (ctx + cont)[-(SEQ_LEN + 1):]
+            ids = (ctx + cont)[-(SEQ_LEN + 1) :]
             lp, am = ref_logprobs(cfg, params, ids)
-            sums.append(lp[-len(cont):].sum())
+            sums.append(lp[-len(cont) :].sum())
             toks.append(min(len(cont), SEQ_LEN))  # long continuations keep their tail
             chars.append(len(continuation))
-            greedy.append(bool(am[-len(cont):].all()))
+            greedy.append(bool(am[-len(cont) :].all()))
         sums = np.array(sums)
         pair_sums += list(sums)
         pair_greedy += greedy
@@ -77,9 +81,15 @@ def ref_task(cfg, params, sp, bos, task, root):
 @pytest.fixture
 def env(tiny_model, tokenizer_path, task_root):
     cfg, params, path = tiny_model
-    return types.SimpleNamespace(cfg=cfg, params=params, path=path, tok=tokenizer_path,
-                                 sp=load_tokenizer(tokenizer_path), root=task_root,
-                                 info=tokenizer_info(tokenizer_path))
+    return types.SimpleNamespace(
+        cfg=cfg,
+        params=params,
+        path=path,
+        tok=tokenizer_path,
+        sp=load_tokenizer(tokenizer_path),
+        root=task_root,
+        info=tokenizer_info(tokenizer_path),
+    )
 
 
 @pytest.mark.parametrize("token_tile", [1024, 20])  # 20: several tiles, one padded
@@ -88,11 +98,13 @@ def test_pair_scores_match_float64_reference(env, token_tile):
     fn = scoring.make_token_score_fn(params, cfg, token_tile=token_tile)
     for task in ("hellaswag", "winogrande", "lambada"):
         examples = eval_tasks.load_examples(task, data_root=env.root)
-        rows = [scoring.pair_row(*evaluate.encode_pair(sp, c, x, info["bos_id"]), SEQ_LEN)
-                for ex in examples for c, x in ex.pairs]
+        rows = [
+            scoring.pair_row(*evaluate.encode_pair(sp, c, x, info["bos_id"]), SEQ_LEN)
+            for ex in examples
+            for c, x in ex.pairs
+        ]
         got = scoring.score_rows(fn, rows, batch_size=3, max_len=SEQ_LEN)
-        _, _, (want_sums, want_greedy) = ref_task(cfg, params, sp, info["bos_id"], task,
-                                                  env.root)
+        _, _, (want_sums, want_greedy) = ref_task(cfg, params, sp, info["bos_id"], task, env.root)
         np.testing.assert_allclose(got.logprob_sum, want_sums, rtol=1e-5, atol=1e-4)
         np.testing.assert_array_equal(got.all_greedy, want_greedy)
 
@@ -100,13 +112,25 @@ def test_pair_scores_match_float64_reference(env, token_tile):
 def test_evaluate_tasks_and_documents(env, tmp_path):
     cfg, params, sp, info = env.cfg, env.params, env.sp, env.info
     docs = []
-    for i, text in enumerate(["The cat sat on the mat and looked at the dog. " * 3,
-                              "Water boils at one hundred degrees."]):
+    for i, text in enumerate(
+        [
+            "The cat sat on the mat and looked at the dog. " * 3,
+            "Water boils at one hundred degrees.",
+        ]
+    ):
         docs.append(str(tmp_path / f"doc{i}.txt"))
         open(docs[-1], "w").write(text)
     tasks = list(REQUEST_DOCS)
-    out = evaluate.evaluate(env.path, env.tok, tasks, docs=docs, batch_size=4,
-                            seq_len=SEQ_LEN, stride=12, task_dir=env.root)
+    out = evaluate.evaluate(
+        env.path,
+        env.tok,
+        tasks,
+        docs=docs,
+        batch_size=4,
+        seq_len=SEQ_LEN,
+        stride=12,
+        task_dir=env.root,
+    )
     for task in tasks:
         accs, greedy, _ = ref_task(cfg, params, sp, info["bos_id"], task, env.root)
         m = out["tasks"][task]
@@ -125,7 +149,7 @@ def test_evaluate_tasks_and_documents(env, tmp_path):
         done, begin = 0, 0
         while done < len(ids) - 1:
             end = min(begin + SEQ_LEN, len(ids) - 1)
-            lp, _ = ref_logprobs(cfg, params, ids[begin:end + 1])
+            lp, _ = ref_logprobs(cfg, params, ids[begin : end + 1])
             new = end - done
             nll -= lp[-new:].sum()
             count += new
@@ -142,18 +166,27 @@ def test_evaluate_tasks_and_documents(env, tmp_path):
 
 def test_heldout_store(env, tmp_path):
     from store import StoreSchema, create_store
+
     cfg, params, info = env.cfg, env.params, env.info
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, cfg.vocab_size, size=(6, 12)).astype(np.int32)
     url = str(tmp_path / "heldout")
-    w = create_store(url, StoreSchema(seq_len=12, k=0, vocab_size=cfg.vocab_size,
-                                      rows_per_unit=2, tokenizer=info,
-                                      packing={"rule": "noam"}), num_rows=6)
+    w = create_store(
+        url,
+        StoreSchema(
+            seq_len=12,
+            k=0,
+            vocab_size=cfg.vocab_size,
+            rows_per_unit=2,
+            tokenizer=info,
+            packing={"rule": "noam"},
+        ),
+        num_rows=6,
+    )
     for u in range(w.num_units):
         start, stop = w.unit_rows(u)
         w.write_unit(u, tokens=tokens[start:stop])
-    out = evaluate.evaluate(env.path, env.tok, ["heldout"], store=url, batch_size=4,
-                            limit=5)
+    out = evaluate.evaluate(env.path, env.tok, ["heldout"], store=url, batch_size=4, limit=5)
     nll = -sum(ref_logprobs(cfg, params, row)[0].sum() for row in tokens[:5])
     m = out["tasks"]["heldout"]
     assert m["tokens"] == 5 * 11 and m["n"] == 5
@@ -162,10 +195,20 @@ def test_heldout_store(env, tmp_path):
 
 def _heldout_store(path, cfg, info, seq_len, rows=4):
     from store import StoreSchema, create_store
+
     tokens = np.random.default_rng(1).integers(3, cfg.vocab_size, size=(rows, seq_len))
-    w = create_store(str(path), StoreSchema(seq_len=seq_len, k=0, vocab_size=cfg.vocab_size,
-                                            rows_per_unit=2, tokenizer=info,
-                                            packing={"rule": "noam"}), num_rows=rows)
+    w = create_store(
+        str(path),
+        StoreSchema(
+            seq_len=seq_len,
+            k=0,
+            vocab_size=cfg.vocab_size,
+            rows_per_unit=2,
+            tokenizer=info,
+            packing={"rule": "noam"},
+        ),
+        num_rows=rows,
+    )
     for u in range(w.num_units):
         start, stop = w.unit_rows(u)
         w.write_unit(u, tokens=tokens[start:stop].astype(np.int32))
@@ -176,8 +219,9 @@ def test_store_of_another_seq_len_is_refused_unless_asked(env, tmp_path, capsys)
     """The export records the trained T; a held-out store of another T is refused
     (it used to score silently), --seq-len T scores it explicitly."""
     model_dir = str(tmp_path / "export")
-    model_io.save_model(model_dir, env.cfg, env.params, {"seq_len": 12,
-                                                        "tokenizer_sha256": env.info["sha256"]})
+    model_io.save_model(
+        model_dir, env.cfg, env.params, {"seq_len": 12, "tokenizer_sha256": env.info["sha256"]}
+    )
     store16 = _heldout_store(tmp_path / "h16", env.cfg, env.info, 16)
     argv = ["--checkpoint", model_dir, "--tasks", "heldout", "--store", store16]
     assert evaluate.main(argv) == 2
@@ -197,16 +241,25 @@ def test_eval_json_merges_tasks_of_the_same_model(env, tmp_path, monkeypatch, ca
     run_dir.mkdir()
     os.symlink(env.path, run_dir / "export")
     monkeypatch.chdir(tmp_path)  # relative --checkpoint and --task-dir
-    base = ["--checkpoint", "run", "--tokenizer", os.path.relpath(env.tok),
-            "--task-dir", os.path.relpath(env.root), "--seq-len", str(SEQ_LEN)]
+    base = [
+        "--checkpoint",
+        "run",
+        "--tokenizer",
+        os.path.relpath(env.tok),
+        "--task-dir",
+        os.path.relpath(env.root),
+        "--seq-len",
+        str(SEQ_LEN),
+    ]
     assert evaluate.main(base + ["--tasks", "piqa"]) == 0
     first = json.loads((run_dir / "eval.json").read_text())
     assert evaluate.main(base + ["--tasks", "arc_easy"]) == 0
     merged = json.loads((run_dir / "eval.json").read_text())
     assert set(merged["tasks"]) == {"piqa", "arc_easy"}
     assert merged["tasks"]["piqa"] == first["tasks"]["piqa"]
-    (run_dir / "eval.json").write_text(json.dumps({"fingerprint": "other",
-                                                   "tasks": {"lambada": {"acc": 1.0}}}))
+    (run_dir / "eval.json").write_text(
+        json.dumps({"fingerprint": "other", "tasks": {"lambada": {"acc": 1.0}}})
+    )
     assert evaluate.main(base + ["--tasks", "piqa"]) == 0
     assert set(json.loads((run_dir / "eval.json").read_text())["tasks"]) == {"piqa"}
     assert "held results of another model" in capsys.readouterr().err
@@ -222,9 +275,21 @@ def test_cli_run_dir_writes_eval_json(env, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     os.symlink(env.path, run_dir / "export")
-    rc = evaluate.main(["--checkpoint", str(run_dir), "--tokenizer", env.tok,
-                        "--tasks", "piqa,arc_easy", "--task-dir", env.root,
-                        "--seq-len", str(SEQ_LEN), "--json"])
+    rc = evaluate.main(
+        [
+            "--checkpoint",
+            str(run_dir),
+            "--tokenizer",
+            env.tok,
+            "--tasks",
+            "piqa,arc_easy",
+            "--task-dir",
+            env.root,
+            "--seq-len",
+            str(SEQ_LEN),
+            "--json",
+        ]
+    )
     assert rc == 0
     written = json.loads((run_dir / "eval.json").read_text())
     printed = json.loads(capsys.readouterr().out)
@@ -241,29 +306,42 @@ def test_run_dir_seq_len_default(env, tmp_path):
     assert out["seq_len"] == 24
 
 
-@pytest.mark.parametrize("argv_extra, message", [
-    (["--tasks", "piqa,bogus"], "unknown task 'bogus'"),
-    (["--tasks", "heldout"], "needs a tokens store; pass --store"),
-    (["--tasks", "piqa", "--task-file", "piqa"], "is not TASK=PATH"),
-    (["--tasks", "piqa", "--docs", "/nonexistent/*.txt"], "matches no files"),
-    (["--tasks", "piqa,docs"], "task 'docs' needs text files; pass --docs GLOB"),
-    (["--tasks", "piqa", "--token-tile", "0"], "token_tile 0 must be >= 1"),
-    (["--tasks", "piqa", "--batch-size", "0"], "batch size 0 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv_extra, message",
+    [
+        (["--tasks", "piqa,bogus"], "unknown task 'bogus'"),
+        (["--tasks", "heldout"], "needs a tokens store; pass --store"),
+        (["--tasks", "piqa", "--task-file", "piqa"], "is not TASK=PATH"),
+        (["--tasks", "piqa", "--docs", "/nonexistent/*.txt"], "matches no files"),
+        (["--tasks", "piqa,docs"], "task 'docs' needs text files; pass --docs GLOB"),
+        (["--tasks", "piqa", "--token-tile", "0"], "token_tile 0 must be >= 1"),
+        (["--tasks", "piqa", "--batch-size", "0"], "batch size 0 must be >= 1"),
+    ],
+)
 def test_cli_bad_input_one_line(env, argv_extra, message, capsys):
-    rc = evaluate.main(["--checkpoint", env.path, "--tokenizer", env.tok,
-                        "--task-dir", env.root, *argv_extra])
+    rc = evaluate.main(
+        ["--checkpoint", env.path, "--tokenizer", env.tok, "--task-dir", env.root, *argv_extra]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "\n" not in err and "Traceback" not in err
 
 
 def test_vocab_mismatch(env, tmp_path, capsys):
-    cfg = model_config.get_config("tiny", vocab_size=400, num_layers=1, d_model=32, mlp_dim=32,
-                                  num_heads=1, num_kv_heads=1, head_dim=8)
+    cfg = model_config.get_config(
+        "tiny",
+        vocab_size=400,
+        num_layers=1,
+        d_model=32,
+        mlp_dim=32,
+        num_heads=1,
+        num_kv_heads=1,
+        head_dim=8,
+    )
     other = str(tmp_path / "other")
     model_io.save_model(other, cfg, model.init_params(cfg, jax.random.PRNGKey(1)))
-    rc = evaluate.main(["--checkpoint", other, "--tokenizer", env.tok,
-                        "--tasks", "piqa", "--task-dir", env.root])
+    rc = evaluate.main(
+        ["--checkpoint", other, "--tokenizer", env.tok, "--tasks", "piqa", "--task-dir", env.root]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "vocab_size=400 differs from the tokenizer's 320" in err
 
@@ -273,15 +351,26 @@ def test_run_dir_tokenizer_sha_mismatch(env, tmp_path, capsys):
     run_dir.mkdir()
     os.symlink(env.path, run_dir / "export")
     (run_dir / "config.json").write_text(json.dumps({"store": {"tokenizer_sha256": "ab" * 32}}))
-    rc = evaluate.main(["--checkpoint", str(run_dir), "--tokenizer", env.tok, "--tasks", "piqa",
-                        "--task-dir", env.root])
+    rc = evaluate.main(
+        [
+            "--checkpoint",
+            str(run_dir),
+            "--tokenizer",
+            env.tok,
+            "--tasks",
+            "piqa",
+            "--task-dir",
+            env.root,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "differs from the checkpoint's abababababab" in err
 
 
 def test_missing_checkpoint(env, capsys):
-    rc = evaluate.main(["--checkpoint", "/nonexistent/ckpt", "--tokenizer",
-                        env.tok, "--tasks", "piqa"])
+    rc = evaluate.main(
+        ["--checkpoint", "/nonexistent/ckpt", "--tokenizer", env.tok, "--tasks", "piqa"]
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
@@ -302,7 +391,7 @@ def test_greedy_continuation_is_all_argmax(env, token_tile):
     context_len = len(ids)
     for _ in range(4):
         tokens = np.zeros((1, REF_LEN), np.int32)
-        tokens[0, :len(ids)] = ids
+        tokens[0, : len(ids)] = ids
         logits = np.asarray(_ref_logits(cfg, params, tokens), np.float64)[0, len(ids) - 1]
         ids.append(int(logits.argmax()))
     greedy = scoring.pair_row(ids[:context_len], ids[context_len:], SEQ_LEN)

@@ -1,8 +1,10 @@
 """trainer.report compares scores only on equal row sets (issue 23 §1): the numbers are the
 issue's own (HLDC 4.7635 over 139 rows, 5.1235 over 100; KD 4.7900 over 139)."""
+
 import json
 
 from test_eval_report import make_run
+
 from trainer import report
 
 FULL, FIRST100 = "f" * 16, "1" * 16
@@ -10,11 +12,17 @@ FULL, FIRST100 = "f" * 16, "1" * 16
 
 def _scores(path, heldout, errors=None):
     """Rewrites RUN/eval.json with scores: heldout [(n, rows, log_ppl)], errors {task: [(n, rows, err)]}."""
-    scores = {"heldout": [{"task": "heldout", "n": n, "rows": rows, "seq_len": 32, "log_ppl": v}
-                          for n, rows, v in heldout]}
+    scores = {
+        "heldout": [
+            {"task": "heldout", "n": n, "rows": rows, "seq_len": 32, "log_ppl": v}
+            for n, rows, v in heldout
+        ]
+    }
     for task, lst in (errors or {}).items():
-        scores[task] = [{"task": task, "n": n, "rows": rows, "seq_len": 32, "error": e, "acc": 1 - e}
-                        for n, rows, e in lst]
+        scores[task] = [
+            {"task": task, "n": n, "rows": rows, "seq_len": 32, "error": e, "acc": 1 - e}
+            for n, rows, e in lst
+        ]
     tasks = {t: max(lst, key=lambda s: s["n"]) for t, lst in scores.items()}
     with open(f"{path}/eval.json", "w") as f:
         json.dump({"fingerprint": "x", "tasks": tasks, "scores": scores}, f)
@@ -38,15 +46,17 @@ def test_a_pair_on_different_rows_gets_no_delta(tmp_path):
     assert "| HLDC | 0 | – | – | – | – | – | 1: hldc/kd |" in md
     # Two methods scored on different held-out rows in one table: each cell says which set.
     assert "| 4.7900 [A] |" in md and "| 5.1235 [B] |" in md
-    assert "heldout scored on different row sets, not comparable across them: [A] n=139 rows ffffffff; " \
-           "[B] n=100 rows 11111111." in md
+    assert (
+        "heldout scored on different row sets, not comparable across them: [A] n=139 rows ffffffff; "
+        "[B] n=100 rows 11111111." in md
+    )
 
 
 def test_the_delta_uses_the_rows_both_were_scored_on(tmp_path):
     # HLDC was scored on all rows, then with --limit 100: both scores are kept; the pair uses the full set.
     runs = _runs(tmp_path, [(139, FULL, 4.7635), (100, FIRST100, 5.1235)])
-    (run, kd), = report.kd_pairs(runs)["hldc"]
-    assert report.pair_log_ppls(run, kd) == (4.7635, 4.7900)   # Δ = +0.0265, not -0.3335
+    ((run, kd),) = report.kd_pairs(runs)["hldc"]
+    assert report.pair_log_ppls(run, kd) == (4.7635, 4.7900)  # Δ = +0.0265, not -0.3335
 
 
 def test_mean_error_averages_only_the_tasks_every_row_shares(tmp_path):
@@ -58,7 +68,7 @@ def test_mean_error_averages_only_the_tasks_every_row_shares(tmp_path):
     report.build_report([r.path for r in runs], str(out))
     md = (out / "report.md").read_text()
     assert "mean err % (hellaswag, piqa)" in md
-    assert "| 60.0 | 30.0 | 50.0 | 50.0 | 90.0 | 45.0 |" in md   # (60 + 30) / 2, not the 5-task 56.0
+    assert "| 60.0 | 30.0 | 50.0 | 50.0 | 90.0 | 45.0 |" in md  # (60 + 30) / 2, not the 5-task 56.0
     assert "| 70.0 | 40.0 | – | – | – | 55.0 |" in md
     # Δ err: on the two shared tasks with the same rows: ((70-60) + (40-30)) / 2 = +10 points.
     assert "+10.00 (1 pairs)" in md
@@ -70,7 +80,7 @@ def test_a_run_on_other_rows_than_its_method_is_not_ranked(tmp_path):
     c = make_run(tmp_path, "kd_c", "kd", 16e-4, log_ppl=0.0)
     _scores(a, [(139, FULL, 4.80)])
     _scores(b, [(139, FULL, 4.79)])
-    _scores(c, [(100, FIRST100, 4.50)])   # lower, but over other rows
+    _scores(c, [(100, FIRST100, 4.50)])  # lower, but over other rows
     runs = report.load_runs([a, b, c])
     assert [r.name for r in report.best_per_method(runs)] == ["kd_b"]
     assert [r.name for r in report.unranked(runs)] == ["kd_c"]

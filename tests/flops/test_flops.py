@@ -1,4 +1,5 @@
 """trainer.flops: counts from the real model tree, docs/DESIGN.md §1 formulas, budgets, CLI."""
+
 import json
 import math
 import subprocess
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from trainer import flops
-from trainer.model import gemma3 as model, model_config, regressors
+from trainer.model import gemma3 as model
+from trainer.model import model_config, regressors
 from trainer.model.errors import ConfigError
 
 
@@ -41,8 +43,12 @@ def test_flops_per_token_follow_design_formulas():
     n_mlp = regressors.regressor_param_count("mlp", cfg.d_model, d_t)
     assert out["regressor_params"] == {"hldc": n_lin, "hldf": n_mlp}
     c_data = 6 * n + 6 * cfg.d_model * cfg.vocab_size
-    assert out["flops_per_token"] == {"nll": c_data, "kd": c_data, "hldc": c_data + 6 * n_lin,
-                                      "ht": 6 * n_half + 6 * n_mlp}
+    assert out["flops_per_token"] == {
+        "nll": c_data,
+        "kd": c_data,
+        "hldc": c_data + 6 * n_lin,
+        "ht": 6 * n_half + 6 * n_mlp,
+    }
     assert out["attention_flops_per_token"] is None  # no seq_len given
 
 
@@ -84,24 +90,30 @@ def test_ot_budget_and_plan_steps_match_hand_formulas():
     assert list(plan) == [p1_steps, p2_steps]
     d = plan.to_dict()
     assert (d["phase1_steps"], d["phase2_steps"], d["total_steps"]) == (
-        p1_steps, p2_steps, p1_steps + p2_steps)
+        p1_steps,
+        p2_steps,
+        p1_steps + p2_steps,
+    )
     assert d["used_flops"] <= budget
     # NLL trains 20·N·3 tokens at OT_3 (up to one step of rounding).
     nll_tokens = flops.plan_steps(budget, "nll", tps, counts=counts).to_dict()["total_tokens"]
     assert 0 <= 3 * 20 * n - nll_tokens < tps
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda c: flops.plan_steps(1e12, "fitnets", 10, counts=c), "unknown method 'fitnets'"),
-    (lambda c: flops.plan_steps(1e12, "hldf", 10, counts=c), "hldf needs p1 in"),
-    (lambda c: flops.plan_steps(1e12, "hldf", 10, p1=1.0, counts=c), "hldf needs p1 in"),
-    (lambda c: flops.plan_steps(-1.0, "nll", 10, counts=c), "budget_flops=-1.0 must be"),
-    (lambda c: flops.plan_steps(1e12, "nll", 0, counts=c), "tokens_per_step=0 must be"),
-    (lambda c: flops.plan_steps(1e12, "nll", 10), "needs counts=model_flops"),
-    (lambda c: flops.ot_budget_flops(c, 0), "budget in OT units=0 must be"),
-    (lambda c: flops.ot_budget_flops({"x": 1}, 1), "expected a ModelConfig"),
-    (lambda c: flops.param_counts(model_config.get_config("tiny"), ht_blocks=9), "ht_blocks=9"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda c: flops.plan_steps(1e12, "fitnets", 10, counts=c), "unknown method 'fitnets'"),
+        (lambda c: flops.plan_steps(1e12, "hldf", 10, counts=c), "hldf needs p1 in"),
+        (lambda c: flops.plan_steps(1e12, "hldf", 10, p1=1.0, counts=c), "hldf needs p1 in"),
+        (lambda c: flops.plan_steps(-1.0, "nll", 10, counts=c), "budget_flops=-1.0 must be"),
+        (lambda c: flops.plan_steps(1e12, "nll", 0, counts=c), "tokens_per_step=0 must be"),
+        (lambda c: flops.plan_steps(1e12, "nll", 10), "needs counts=model_flops"),
+        (lambda c: flops.ot_budget_flops(c, 0), "budget in OT units=0 must be"),
+        (lambda c: flops.ot_budget_flops({"x": 1}, 1), "expected a ModelConfig"),
+        (lambda c: flops.param_counts(model_config.get_config("tiny"), ht_blocks=9), "ht_blocks=9"),
+    ],
+)
 def test_bad_input_raises_clear_error(call, match):
     counts = flops.model_flops(model_config.get_config("tiny"))
     with pytest.raises(ConfigError, match=match):
@@ -115,44 +127,105 @@ def test_cli_json_on_paper_configs_matches_design_sizes(capsys):
     Golden values are the real counts of trainer.model's Gemma 3 tree; update
     them only if the model definition legitimately changes (and docs/DESIGN.md §2 with it).
     """
-    assert flops.main(["--student", "gemma3-270m", "--teacher", "gemma3-4b", "--vocab", "32000",
-                       "--budget-ot", "1", "--json"]) == 0
+    assert (
+        flops.main(
+            [
+                "--student",
+                "gemma3-270m",
+                "--teacher",
+                "gemma3-4b",
+                "--vocab",
+                "32000",
+                "--budget-ot",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rep = json.loads(capsys.readouterr().out)
     assert rep["student"]["backbone_params"] == 100_326_016
     assert rep["student"]["embedding_params"] == 32000 * 640
     assert rep["student"]["total_params"] == 100_326_016 + 32000 * 640
     assert rep["teacher"]["backbone_params"] == 3_209_010_688
-    assert rep["regressor_params"] == {"hldc": 640 * 2560,
-                                       "hldf": 640 * 2560 + 2560 + 2560 * 2560 + 2560}
+    assert rep["regressor_params"] == {
+        "hldc": 640 * 2560,
+        "hldf": 640 * 2560 + 2560 + 2560 * 2560 + 2560,
+    }
     assert set(rep["flops_per_token"]) == {"nll", "kd", "ht", "hldc"}
     assert rep["attention_flops_per_token"] > 0
     assert set(rep["plans"]) == {"nll", "kd", "hldc", "hldf"}
-    assert flops.main(["--student", "gemma3-1b", "--teacher", "gemma3-4b", "--vocab", "32000",
-                       "--json"]) == 0
+    assert (
+        flops.main(
+            ["--student", "gemma3-1b", "--teacher", "gemma3-4b", "--vocab", "32000", "--json"]
+        )
+        == 0
+    )
     rep = json.loads(capsys.readouterr().out)
     assert round(rep["student"]["backbone_params"] / 1e6) == 698
     assert round(rep["teacher"]["backbone_params"] / 1e7) == 321
 
 
 def test_cli_table_and_module_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "trainer.flops", "--student", "tiny",
-                           "--teacher", "tiny-7", "--vocab", "512", "--seq-len", "16",
-                           "--budget-flops", "1e12", "--tokens-per-step", "64"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.flops",
+            "--student",
+            "tiny",
+            "--teacher",
+            "tiny-7",
+            "--vocab",
+            "512",
+            "--seq-len",
+            "16",
+            "--budget-flops",
+            "1e12",
+            "--tokens-per-step",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "backbone_params" in proc.stdout and "plan hldf" in proc.stdout
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--student", "gemma9", "--teacher", "tiny", "--vocab", "512"], "unknown model config 'gemma9'"),
-    (["--student", "tiny", "--teacher", "tiny", "--vocab", "abc"], "invalid int value"),
-    (["--student", "tiny", "--teacher", "tiny", "--vocab", "512", "--budget-ot", "-1"],
-     "budget in OT units=-1.0 must be"),
-    (["--student", "tiny", "--teacher", "tiny", "--vocab", "512", "--seq-len", "0"],
-     "seq_len=0 must be"),
-    (["--student", "tiny", "--teacher", "tiny", "--vocab", "512", "--budget-ot", "1",
-      "--budget-flops", "1e9"], "not allowed with argument"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (
+            ["--student", "gemma9", "--teacher", "tiny", "--vocab", "512"],
+            "unknown model config 'gemma9'",
+        ),
+        (["--student", "tiny", "--teacher", "tiny", "--vocab", "abc"], "invalid int value"),
+        (
+            ["--student", "tiny", "--teacher", "tiny", "--vocab", "512", "--budget-ot", "-1"],
+            "budget in OT units=-1.0 must be",
+        ),
+        (
+            ["--student", "tiny", "--teacher", "tiny", "--vocab", "512", "--seq-len", "0"],
+            "seq_len=0 must be",
+        ),
+        (
+            [
+                "--student",
+                "tiny",
+                "--teacher",
+                "tiny",
+                "--vocab",
+                "512",
+                "--budget-ot",
+                "1",
+                "--budget-flops",
+                "1e9",
+            ],
+            "not allowed with argument",
+        ),
+    ],
+)
 def test_cli_bad_input_one_line_exit_2(argv, match, capsys):
     try:
         rc = flops.main(argv)

@@ -1,5 +1,6 @@
 """What `hd-flops` and the trainer print explain themselves: each FLOPs/token row
 (the `ht` row is HLDF's phase 1) and the objective-penalty line say what they count."""
+
 from store import objective_penalty
 from trainer import flops
 
@@ -13,8 +14,16 @@ def test_every_cost_row_says_what_it_counts():
 
 
 def test_the_penalty_line_says_what_it_means():
-    summary = {"alpha": 0.7, "tau": 1.0, "tail": "bucket", "penalty_nats": 0.001,
-               "penalty_max_nats": 0.002, "positions": 10, "warn": False, "threshold_nats": 0.02}
+    summary = {
+        "alpha": 0.7,
+        "tau": 1.0,
+        "tail": "bucket",
+        "penalty_nats": 0.001,
+        "penalty_max_nats": 0.002,
+        "positions": 10,
+        "warn": False,
+        "threshold_nats": 0.02,
+    }
     line = objective_penalty.describe(summary)
     assert line.startswith("objective penalty (alpha=0.7, tau=1, tail=bucket): 0.0010")
     assert "would still lose to the teacher" in line

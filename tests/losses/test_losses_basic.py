@@ -1,11 +1,12 @@
 """nll, normalized_mse, top1_agreement, masked_mean against numpy references."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.training import losses
 from trainer.model.errors import ConfigError
+from trainer.training import losses
 
 
 def test_nll_matches_numpy():
@@ -61,11 +62,20 @@ def test_normalized_mse_gradient_finite_at_zero_and_matches_fd():
     g0 = jax.grad(lambda p: losses.normalized_mse(p, target))(jnp.zeros(8))
     assert np.all(np.isfinite(np.asarray(g0)))
     p = rng.normal(size=(8,))
-    g = np.asarray(jax.grad(lambda x: losses.normalized_mse(x, target))(jnp.asarray(p, jnp.float32)))
+    g = np.asarray(
+        jax.grad(lambda x: losses.normalized_mse(x, target))(jnp.asarray(p, jnp.float32))
+    )
     h = 1e-6
-    num = np.array([(_np_normalized_mse(p + h * e, np.asarray(target))
-                     - _np_normalized_mse(p - h * e, np.asarray(target))) / (2 * h)
-                    for e in np.eye(8)])
+    num = np.array(
+        [
+            (
+                _np_normalized_mse(p + h * e, np.asarray(target))
+                - _np_normalized_mse(p - h * e, np.asarray(target))
+            )
+            / (2 * h)
+            for e in np.eye(8)
+        ]
+    )
     np.testing.assert_allclose(g, num, rtol=1e-3, atol=1e-6)
 
 

@@ -3,6 +3,7 @@
 References are float64 numpy written from the formula in trainer.training.losses'
 module docstring, never the function under test.
 """
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -33,10 +34,16 @@ def test_k_equal_v_bucket_is_the_full_vocabulary_kl(tau):
     teacher_lp = _log_softmax(rng.normal(size=(3, v)) * 2.0)
     student = rng.normal(size=(3, v)) * 2.0
     ids, lps = _topk(teacher_lp, v)
-    got = losses.kd_topk(jnp.asarray(student, jnp.float32), jnp.asarray(ids),
-                         jnp.asarray(lps, jnp.float32), tau, tail="bucket")
-    np.testing.assert_allclose(np.asarray(got), _full_kl(teacher_lp, student, tau),
-                               rtol=1e-4, atol=1e-5)
+    got = losses.kd_topk(
+        jnp.asarray(student, jnp.float32),
+        jnp.asarray(ids),
+        jnp.asarray(lps, jnp.float32),
+        tau,
+        tail="bucket",
+    )
+    np.testing.assert_allclose(
+        np.asarray(got), _full_kl(teacher_lp, student, tau), rtol=1e-4, atol=1e-5
+    )
 
 
 def _zipf_teacher(v, rows, rng):
@@ -53,8 +60,9 @@ def test_zipf_tail_estimate_is_close_where_the_bounds_are_not():
     m, n, t = p[k:].sum(), v - k, 1.0 / tau
     true_s = np.sum(p[k:] ** t)
     even, packed = n * (m / n) ** t, m * min(p[k - 1], m) ** (t - 1)
-    est = np.exp(float(losses.tempered_tail_logmass(
-        jnp.log(m), jnp.log(p[k - 1]), jnp.asarray(n), tau)))
+    est = np.exp(
+        float(losses.tempered_tail_logmass(jnp.log(m), jnp.log(p[k - 1]), jnp.asarray(n), tau))
+    )
     assert even < true_s < packed and packed / true_s > 3 and true_s / even > 3
     assert abs(est / true_s - 1) < 0.10
 
@@ -66,8 +74,15 @@ def test_zipf_bucket_kl_tracks_the_full_vocabulary_kl():
     teacher_lp = _zipf_teacher(v, 4, rng)
     student = teacher_lp + 0.3 * rng.normal(size=teacher_lp.shape)
     ids, lps = _topk(teacher_lp, k)
-    got = np.asarray(losses.kd_topk(jnp.asarray(student, jnp.float32), jnp.asarray(ids),
-                                    jnp.asarray(lps, jnp.float32), tau, tail="bucket"))
+    got = np.asarray(
+        losses.kd_topk(
+            jnp.asarray(student, jnp.float32),
+            jnp.asarray(ids),
+            jnp.asarray(lps, jnp.float32),
+            tau,
+            tail="bucket",
+        )
+    )
     # Exact bucketed KL: the true tempered tail of the teacher as the extra class.
     pt = np.exp(_log_softmax(teacher_lp / tau))
     qs = np.exp(_log_softmax(student / tau))
@@ -83,9 +98,14 @@ def test_zipf_bucket_kl_tracks_the_full_vocabulary_kl():
 
 def test_loss_and_store_penalty_use_the_same_tail_estimate():
     from store import objective_penalty
+
     for tau in (0.5, 1.0, 2.0):
         args = (np.log(0.3), np.log(0.01), 100)
-        jax_value = float(losses.tempered_tail_logmass(jnp.asarray(args[0]), jnp.asarray(args[1]),
-                                                       jnp.asarray(args[2]), tau))
-        assert jax_value == pytest.approx(float(objective_penalty.tempered_tail_logmass(
-            *args, tau)), rel=1e-5)
+        jax_value = float(
+            losses.tempered_tail_logmass(
+                jnp.asarray(args[0]), jnp.asarray(args[1]), jnp.asarray(args[2]), tau
+            )
+        )
+        assert jax_value == pytest.approx(
+            float(objective_penalty.tempered_tail_logmass(*args, tau)), rel=1e-5
+        )

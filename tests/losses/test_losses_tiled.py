@@ -1,4 +1,5 @@
 """trainer.training.tiled_loss: tiled == untiled in values and gradients; memory shape."""
+
 import re
 
 import jax
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from trainer.model.errors import ConfigError, ModelInputError
 from trainer.training import losses, tiled_loss
 from trainer.training.signals import SampledSignal, TopkSignal
-from trainer.model.errors import ConfigError, ModelInputError
 
 B, T, D, V, K = 2, 12, 4, 64, 6
 
@@ -27,33 +28,41 @@ def _inputs(seed=0, dtype=jnp.float32):
     lps[0, 3, 4:] = -np.inf  # top-p dropped slots survive tiling too
     ids = order.astype(np.int32)
     ids[0, 3, 4:] = 0
-    inputs = {"targets": targets, "teacher": TopkSignal(ids=jnp.asarray(ids), logprobs=jnp.asarray(lps))}
+    inputs = {
+        "targets": targets,
+        "teacher": TopkSignal(ids=jnp.asarray(ids), logprobs=jnp.asarray(lps)),
+    }
     return hidden, emb, inputs
 
 
 def _untiled(hidden, emb, inputs, temperature, tail):
     logits = tiled_loss.tile_logits(hidden.reshape(-1, D), emb).reshape(B, T, V)
-    return {"nll": losses.nll(logits, inputs["targets"]),
-            "kd": losses.kd_topk(logits, inputs["teacher"].ids, inputs["teacher"].logprobs,
-                                 temperature, tail=tail),
-            "top1": losses.top1_agreement(logits, inputs["teacher"].ids)}
+    return {
+        "nll": losses.nll(logits, inputs["targets"]),
+        "kd": losses.kd_topk(
+            logits, inputs["teacher"].ids, inputs["teacher"].logprobs, temperature, tail=tail
+        ),
+        "top1": losses.top1_agreement(logits, inputs["teacher"].ids),
+    }
 
 
 def _scalar(terms, mask):
     # Different weights per term so a mix-up between terms would show.
-    return (0.3 * losses.masked_mean(terms["nll"], mask)
-            + 0.7 * losses.masked_mean(terms["kd"], mask))
+    return 0.3 * losses.masked_mean(terms["nll"], mask) + 0.7 * losses.masked_mean(
+        terms["kd"], mask
+    )
 
 
 # B=2, T=12: tile 10 -> 5 positions per tile (3 tiles, 3 padded positions),
 # tile 8 -> 4 positions (divides), tile 1000 -> one tile of all 12.
-@pytest.mark.parametrize("tile_tokens,temperature,tail", [
-    (10, 1.0, "bucket"), (8, 0.5, "zero"), (1000, 2.0, "renormalize")])
+@pytest.mark.parametrize(
+    "tile_tokens,temperature,tail",
+    [(10, 1.0, "bucket"), (8, 0.5, "zero"), (1000, 2.0, "renormalize")],
+)
 def test_tiled_equals_untiled_values_and_grads(tile_tokens, temperature, tail):
     hidden, emb, inputs = _inputs()
     mask = jnp.ones((B, T)).at[1, -2:].set(0.0)
-    fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True,
-                                   temperature=temperature, tail=tail)
+    fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True, temperature=temperature, tail=tail)
     tiled = lambda h, e: tiled_loss.tiled_logit_losses(h, e, fn, inputs, tile_tokens=tile_tokens)
     untiled = lambda h, e: _untiled(h, e, inputs, temperature, tail)
 
@@ -64,8 +73,12 @@ def test_tiled_equals_untiled_values_and_grads(tile_tokens, temperature, tail):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
 
     # jit: eager op-by-op dispatch of the scan would dominate the test time.
-    g_tiled = jax.jit(jax.grad(lambda h, e: _scalar(tiled(h, e), mask), argnums=(0, 1)))(hidden, emb)
-    g_untiled = jax.jit(jax.grad(lambda h, e: _scalar(untiled(h, e), mask), argnums=(0, 1)))(hidden, emb)
+    g_tiled = jax.jit(jax.grad(lambda h, e: _scalar(tiled(h, e), mask), argnums=(0, 1)))(
+        hidden, emb
+    )
+    g_untiled = jax.jit(jax.grad(lambda h, e: _scalar(untiled(h, e), mask), argnums=(0, 1)))(
+        hidden, emb
+    )
     for gt, gu in zip(g_tiled, g_untiled):
         assert np.all(np.isfinite(np.asarray(gt)))
         np.testing.assert_allclose(gt, gu, rtol=1e-5, atol=1e-7)
@@ -76,22 +89,30 @@ def test_tiled_equals_untiled_values_and_grads(tile_tokens, temperature, tail):
 def test_nll_only_and_kd_only():
     hidden, emb, inputs = _inputs(seed=1)
     want = _untiled(hidden, emb, inputs, 1.0, "zero")
-    only_nll = jax.jit(lambda h, e: tiled_loss.tiled_logit_losses(
-        h, e, tiled_loss.logit_terms_fn(nll=True), {"targets": inputs["targets"]},
-        tile_tokens=7))(hidden, emb)
+    only_nll = jax.jit(
+        lambda h, e: tiled_loss.tiled_logit_losses(
+            h, e, tiled_loss.logit_terms_fn(nll=True), {"targets": inputs["targets"]}, tile_tokens=7
+        )
+    )(hidden, emb)
     assert set(only_nll) == {"nll"}
     np.testing.assert_allclose(only_nll["nll"], want["nll"], rtol=1e-6)
     kd_inputs = {"teacher": inputs["teacher"]}
-    only_kd = jax.jit(lambda h, e: tiled_loss.tiled_logit_losses(
-        h, e, tiled_loss.logit_terms_fn(nll=False, kd=True), kd_inputs, tile_tokens=7))(hidden, emb)
+    only_kd = jax.jit(
+        lambda h, e: tiled_loss.tiled_logit_losses(
+            h, e, tiled_loss.logit_terms_fn(nll=False, kd=True), kd_inputs, tile_tokens=7
+        )
+    )(hidden, emb)
     assert set(only_kd) == {"kd"}
     np.testing.assert_allclose(only_kd["kd"], want["kd"], rtol=1e-6, atol=1e-7)
 
 
 def test_bf16_hidden_matches_unembed_in_bf16_then_fp32():
     hidden, emb, inputs = _inputs(seed=2, dtype=jnp.bfloat16)
-    got = jax.jit(lambda h, e: tiled_loss.tiled_logit_losses(
-        h, e, tiled_loss.logit_terms_fn(), inputs, tile_tokens=5)["nll"])(hidden, emb)
+    got = jax.jit(
+        lambda h, e: tiled_loss.tiled_logit_losses(
+            h, e, tiled_loss.logit_terms_fn(), inputs, tile_tokens=5
+        )["nll"]
+    )(hidden, emb)
     logits = jnp.einsum("btd,vd->btv", hidden, emb.astype(jnp.bfloat16)).astype(jnp.float32)
     # bf16 tolerance: XLA may fuse the upcast into the matmul (fp32 rounding)
     # in one program and not the other; the fp32 run below differs by more.
@@ -112,7 +133,7 @@ def _max_logit_like_size(jaxpr):
                 if V in shape:
                     biggest = max(biggest, int(np.prod(shape)))
             for p in eqn.params.values():
-                for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                for sub in p if isinstance(p, (list, tuple)) else [p]:
                     if isinstance(sub, jax.extend.core.ClosedJaxpr):
                         walk(sub.jaxpr)
                     elif isinstance(sub, jax.extend.core.Jaxpr):
@@ -126,8 +147,12 @@ def _as_sampled(inputs):
     """The top-k inputs recast as a sampled signal (S = K draws: each stored id once)."""
     topk = inputs["teacher"]
     valid = np.isfinite(np.asarray(topk.logprobs))
-    return {"targets": inputs["targets"], "teacher": SampledSignal(
-        ids=topk.ids, counts=jnp.asarray(valid.astype(np.uint8)), logprobs=topk.logprobs)}
+    return {
+        "targets": inputs["targets"],
+        "teacher": SampledSignal(
+            ids=topk.ids, counts=jnp.asarray(valid.astype(np.uint8)), logprobs=topk.logprobs
+        ),
+    }
 
 
 @pytest.mark.parametrize("signal", ["topk", "sampled"])
@@ -137,30 +162,57 @@ def test_gradient_never_materialises_full_logits(signal):
     fn = tiled_loss.logit_terms_fn(nll=True, kd=True, signal=signal)
     tiled_inputs = _as_sampled(inputs) if signal == "sampled" else inputs
     mask = jnp.ones((B, T))
-    tiled_grad = jax.make_jaxpr(jax.grad(
-        lambda h, e: _scalar(tiled_loss.tiled_logit_losses(h, e, fn, tiled_inputs, tile_tokens=tile),
-                             mask), argnums=(0, 1)))(hidden, emb)
-    untiled_grad = jax.make_jaxpr(jax.grad(
-        lambda h, e: _scalar(_untiled(h, e, inputs, 1.0, "zero"), mask), argnums=(0, 1)))(hidden, emb)
+    tiled_grad = jax.make_jaxpr(
+        jax.grad(
+            lambda h, e: _scalar(
+                tiled_loss.tiled_logit_losses(h, e, fn, tiled_inputs, tile_tokens=tile), mask
+            ),
+            argnums=(0, 1),
+        )
+    )(hidden, emb)
+    untiled_grad = jax.make_jaxpr(
+        jax.grad(lambda h, e: _scalar(_untiled(h, e, inputs, 1.0, "zero"), mask), argnums=(0, 1))
+    )(hidden, emb)
     assert V * D < tile * V  # the embedding table itself is below the bound
     assert _max_logit_like_size(tiled_grad) <= tile * V
     # The probe does see full logits when they exist (guards the test itself).
     assert _max_logit_like_size(untiled_grad) >= B * T * V
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda h, e, i: tiled_loss.tiled_logit_losses(h[0], e, tiled_loss.logit_terms_fn(), i),
-     "hidden must be"),
-    (lambda h, e, i: tiled_loss.tiled_logit_losses(h, e[:, :2], tiled_loss.logit_terms_fn(), i),
-     "embedding must be"),
-    (lambda h, e, i: tiled_loss.tiled_logit_losses(h, e, tiled_loss.logit_terms_fn(), i,
-                                                   tile_tokens=0), "tile_tokens must be"),
-    (lambda h, e, i: tiled_loss.tiled_logit_losses(
-        h, e, tiled_loss.logit_terms_fn(), {"targets": i["targets"][:, 1:]}), "align it"),
-    (lambda h, e, i: tiled_loss.tiled_logit_losses(
-        h, e, tiled_loss.logit_terms_fn(kd=True), {"targets": i["targets"]}), "lacks"),
-    (lambda h, e, i: tiled_loss.logit_terms_fn(nll=False), "at least one"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (
+            lambda h, e, i: tiled_loss.tiled_logit_losses(h[0], e, tiled_loss.logit_terms_fn(), i),
+            "hidden must be",
+        ),
+        (
+            lambda h, e, i: tiled_loss.tiled_logit_losses(
+                h, e[:, :2], tiled_loss.logit_terms_fn(), i
+            ),
+            "embedding must be",
+        ),
+        (
+            lambda h, e, i: tiled_loss.tiled_logit_losses(
+                h, e, tiled_loss.logit_terms_fn(), i, tile_tokens=0
+            ),
+            "tile_tokens must be",
+        ),
+        (
+            lambda h, e, i: tiled_loss.tiled_logit_losses(
+                h, e, tiled_loss.logit_terms_fn(), {"targets": i["targets"][:, 1:]}
+            ),
+            "align it",
+        ),
+        (
+            lambda h, e, i: tiled_loss.tiled_logit_losses(
+                h, e, tiled_loss.logit_terms_fn(kd=True), {"targets": i["targets"]}
+            ),
+            "lacks",
+        ),
+        (lambda h, e, i: tiled_loss.logit_terms_fn(nll=False), "at least one"),
+    ],
+)
 def test_bad_input_raises_clear_error(call, match):
     hidden, emb, inputs = _inputs()
     with pytest.raises(ModelInputError, match=match):
@@ -179,9 +231,12 @@ def test_compiled_gradient_temp_memory_scales_with_tile_not_batch(signal):
     b, t, d, v, k, tile = 4, 256, 16, 4096, 8, 64
     hidden = jnp.ones((b, t, d))
     emb = jnp.full((v, d), 0.01)
-    inputs = {"targets": jnp.zeros((b, t), jnp.int32),
-              "teacher": TopkSignal(ids=jnp.broadcast_to(jnp.arange(k), (b, t, k)),
-                                    logprobs=jnp.full((b, t, k), -3.0))}
+    inputs = {
+        "targets": jnp.zeros((b, t), jnp.int32),
+        "teacher": TopkSignal(
+            ids=jnp.broadcast_to(jnp.arange(k), (b, t, k)), logprobs=jnp.full((b, t, k), -3.0)
+        ),
+    }
     if signal == "sampled":
         inputs = _as_sampled(inputs)
     fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True, signal=signal)
@@ -219,8 +274,11 @@ def test_batch_sharded_over_devices_matches_single_device_without_gathers():
     grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     want = grad_fn(hidden, emb, targets)
     sharded = NamedSharding(mesh, PartitionSpec("data"))
-    args = (jax.device_put(hidden, sharded), jax.device_put(emb, NamedSharding(mesh, PartitionSpec())),
-            jax.device_put(targets, sharded))
+    args = (
+        jax.device_put(hidden, sharded),
+        jax.device_put(emb, NamedSharding(mesh, PartitionSpec())),
+        jax.device_put(targets, sharded),
+    )
     got = grad_fn(*args)
     for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)

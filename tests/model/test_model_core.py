@@ -1,10 +1,12 @@
 """Model configs, forward-pass modes (scan / unrolled / remat / num_blocks / capture) and errors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.model import gemma3 as model, model_config
+from trainer.model import gemma3 as model
+from trainer.model import model_config
 
 _T = 20  # > 2 * window of "tiny-7" (4), so sliding-window masking is exercised.
 # Jitted once per config: eager op-by-op dispatch would dominate the test time.
@@ -24,9 +26,16 @@ def tiny():
 
 def test_named_configs_and_overrides():
     cfg = model_config.get_config("gemma3-4b", vocab_size=32000)
-    assert (cfg.num_layers, cfg.d_model, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads,
-            cfg.head_dim, cfg.sliding_window, cfg.rope_global_scale) == (
-                34, 2560, 10240, 8, 4, 256, 1024, 8.0)
+    assert (
+        cfg.num_layers,
+        cfg.d_model,
+        cfg.mlp_dim,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.sliding_window,
+        cfg.rope_global_scale,
+    ) == (34, 2560, 10240, 8, 4, 256, 1024, 8.0)
     assert cfg.vocab_size == 32000 and cfg.name == "gemma3-4b"
     assert model_config.get_config("gemma3-1b").global_layers[:6] == (False,) * 5 + (True,)
     assert model_config.get_config("tiny", num_layers=2).num_layers == 2
@@ -38,16 +47,19 @@ def test_config_dict_roundtrip():
     assert model_config.ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(d_model=0), "d_model"),
-    (dict(num_heads=3, num_kv_heads=2), "not divisible"),
-    (dict(dtype="float16"), "dtype"),
-    (dict(head_dim=15), "head_dim"),
-    (dict(attention_impl="flash"), "attention_impl"),
-    (dict(rope_global_scale=0.0), "rope_global_scale"),
-    (dict(num_layerz=3), "unknown model config fields"),
-    (dict(remat="yes"), "remat"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(d_model=0), "d_model"),
+        (dict(num_heads=3, num_kv_heads=2), "not divisible"),
+        (dict(dtype="float16"), "dtype"),
+        (dict(head_dim=15), "head_dim"),
+        (dict(attention_impl="flash"), "attention_impl"),
+        (dict(rope_global_scale=0.0), "rope_global_scale"),
+        (dict(num_layerz=3), "unknown model config fields"),
+        (dict(remat="yes"), "remat"),
+    ],
+)
 def test_bad_config_values(kwargs, match):
     with pytest.raises(model_config.ConfigError, match=match):
         model_config.get_config("tiny", **kwargs)
@@ -58,8 +70,9 @@ def test_unknown_config_name():
         model_config.get_config("gemma9")
 
 
-@pytest.mark.parametrize("name, expected_millions", [
-    ("gemma3-270m", 100.3), ("gemma3-1b", 697.9), ("gemma3-4b", 3209.0)])
+@pytest.mark.parametrize(
+    "name, expected_millions", [("gemma3-270m", 100.3), ("gemma3-1b", 697.9), ("gemma3-4b", 3209.0)]
+)
 def test_backbone_param_counts_under_eval_shape(name, expected_millions):
     """docs/DESIGN.md §2: with V = 32k the backbones are ~100M / ~698M / ~3.21B."""
     cfg = model_config.get_config(name, vocab_size=32000)
@@ -73,10 +86,12 @@ def test_logical_axes_match_param_tree(tiny):
     cfg, params, _ = tiny
     axes = model.param_logical_axes(cfg)
     is_axes = lambda x: isinstance(x, tuple)  # noqa: E731
-    assert (jax.tree_util.tree_structure(axes, is_leaf=is_axes)
-            == jax.tree_util.tree_structure(params))
-    for ax, p in zip(jax.tree_util.tree_leaves(axes, is_leaf=is_axes),
-                     jax.tree_util.tree_leaves(params)):
+    assert jax.tree_util.tree_structure(axes, is_leaf=is_axes) == jax.tree_util.tree_structure(
+        params
+    )
+    for ax, p in zip(
+        jax.tree_util.tree_leaves(axes, is_leaf=is_axes), jax.tree_util.tree_leaves(params)
+    ):
         assert len(ax) == p.ndim and p.dtype == jnp.float32
     assert model.embedding_table(params).shape == (cfg.vocab_size, cfg.d_model)
 
@@ -144,13 +159,16 @@ def test_causal_and_sliding_window(tiny, reference):
     np.testing.assert_array_equal(a[:, 17:], b[:, 17:])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(capture_layers=(0,)), r"capture layer 0 is outside \[1, 7\]"),
-    (dict(capture_layers=(8,)), r"capture layer 8 is outside"),
-    (dict(capture_layers=(5,), num_blocks=3), r"capture layer 5 is outside \[1, 3\]"),
-    (dict(num_blocks=0), r"num_blocks=0 is outside \[1, 7\]"),
-    (dict(num_blocks=9), r"num_blocks=9"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(capture_layers=(0,)), r"capture layer 0 is outside \[1, 7\]"),
+        (dict(capture_layers=(8,)), r"capture layer 8 is outside"),
+        (dict(capture_layers=(5,), num_blocks=3), r"capture layer 5 is outside \[1, 3\]"),
+        (dict(num_blocks=0), r"num_blocks=0 is outside \[1, 7\]"),
+        (dict(num_blocks=9), r"num_blocks=9"),
+    ],
+)
 def test_bad_layer_arguments(tiny, kwargs, match):
     cfg, params, tokens = tiny
     with pytest.raises(model.ModelInputError, match=match):

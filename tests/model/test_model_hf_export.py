@@ -11,6 +11,7 @@
   (Wikipedia leads of the demo corpus), BOS first and no EOS.
 * CLI: refusing a non-empty --out, a one-line error for a non-model.
 """
+
 import json
 import subprocess
 import sys
@@ -23,10 +24,15 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from test_model_hf_parity import _hf_model  # noqa: E402
-from trainer.model import hf_import as convert  # noqa: E402
+
 from trainer import export_hf  # noqa: E402
-from trainer.model import hf_export  # noqa: E402
-from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
+from trainer.model import gemma3 as model  # noqa: E402
+from trainer.model import (
+    hf_export,  # noqa: E402
+    model_config,
+    model_io,
+)
+from trainer.model import hf_import as convert  # noqa: E402
 
 _ATOL = 1e-4
 _SEQ = 24
@@ -61,18 +67,25 @@ def test_hf_ours_hf_round_trip(tmp_path):
 def _random_norms(params, seed):
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     rng = np.random.default_rng(seed)
-    out = [rng.normal(0, 0.3, leaf.shape).astype(np.float32)
-           if "norm" in jax.tree_util.keystr(path) else leaf for path, leaf in leaves]
+    out = [
+        rng.normal(0, 0.3, leaf.shape).astype(np.float32)
+        if "norm" in jax.tree_util.keystr(path)
+        else leaf
+        for path, leaf in leaves
+    ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def test_our_model_matches_transformers(tmp_path):
-    cfg = model_config.get_config("tiny-7", vocab_size=96, rope_global_scale=4.0,
-                                  query_pre_attn_scalar=24.0)
+    cfg = model_config.get_config(
+        "tiny-7", vocab_size=96, rope_global_scale=4.0, query_pre_attn_scalar=24.0
+    )
     params = _random_norms(model.init_params(cfg, jax.random.PRNGKey(1)), seed=1)
     model_io.save_model(tmp_path / "ckpt", cfg, params)
-    assert export_hf.main(["--checkpoint", str(tmp_path / "ckpt"),
-                           "--out", str(tmp_path / "out")]) == 0
+    assert (
+        export_hf.main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
+        == 0
+    )
     tokens = np.random.default_rng(1).integers(0, 96, size=(2, 20))
     _, logits = _hf_logits(tmp_path / "out", tokens)
     ours = model.unembed(params, model.forward(params, tokens, cfg).final_hidden_BxTxD, cfg)
@@ -81,23 +94,36 @@ def test_our_model_matches_transformers(tmp_path):
 
 def test_autotokenizer_ids_equal_sentencepiece(wiki_tokenizer, tmp_path):
     from trainer.model.tokenizer import load_tokenizer, tokenizer_info
+
     docs, tok = wiki_tokenizer
     cfg = model_config.get_config("tiny", vocab_size=600)
-    model_io.save_model(tmp_path / "ckpt", cfg, model.init_params(cfg, jax.random.PRNGKey(0)),
-                        {"tokenizer_sha256": tokenizer_info(tok)["sha256"]})
+    model_io.save_model(
+        tmp_path / "ckpt",
+        cfg,
+        model.init_params(cfg, jax.random.PRNGKey(0)),
+        {"tokenizer_sha256": tokenizer_info(tok)["sha256"]},
+    )
     hf_export.export(str(tmp_path / "ckpt"), str(tmp_path / "out"), tok)
     sp = load_tokenizer(tok)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
     # Held-back documents (unseen in training: byte fallback, rare pieces) plus edge cases.
-    texts = docs[300:340] + ["  two leading spaces", "tab\tand\nnewline", "ünïcödé ☃ 漢字",
-                             "digits 1234567", "trailing space "]
+    texts = docs[300:340] + [
+        "  two leading spaces",
+        "tab\tand\nnewline",
+        "ünïcödé ☃ 漢字",
+        "digits 1234567",
+        "trailing space ",
+    ]
     for text in texts:
         ours = sp.encode(text)
         assert hf_tok(text)["input_ids"] == [sp.bos_id()] + ours, text
         assert hf_tok(text, add_special_tokens=False)["input_ids"] == ours, text
         assert hf_tok.decode(ours) == sp.decode(ours), text
     assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (
-        sp.bos_id(), sp.eos_id(), sp.pad_id())
+        sp.bos_id(),
+        sp.eos_id(),
+        sp.pad_id(),
+    )
 
 
 def test_tokenizer_of_another_model_is_refused(wiki_tokenizer, tmp_path):
@@ -117,8 +143,12 @@ def test_non_integer_query_scalar_is_refused_before_writing(tmp_path):
 
 
 def _cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "trainer.export_hf", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.export_hf", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return proc.returncode, proc.stderr.strip()
 
 

@@ -7,6 +7,7 @@
 * the exported model.safetensors gets the mode of the other files (safetensors
   alone leaves 0600).
 """
+
 import hashlib
 import io
 import json
@@ -19,7 +20,8 @@ import pytest
 import sentencepiece as spm
 
 from scripts import demo_corpus
-from trainer.model import gemma3 as model, hf_export, hf_import, model_config, model_io
+from trainer.model import gemma3 as model
+from trainer.model import hf_export, hf_import, model_config, model_io
 
 _PIECES, _ROWS = 300, 320
 
@@ -28,8 +30,16 @@ _PIECES, _ROWS = 300, 320
 def hf_dir(tmp_path_factory):
     """An HF Gemma 3 directory of a random model with 320 embedding rows (no tokenizer)."""
     root = tmp_path_factory.mktemp("hf")
-    cfg = model_config.get_config("tiny", vocab_size=_ROWS, num_layers=2, d_model=32, mlp_dim=64,
-                                  num_heads=2, num_kv_heads=1, head_dim=16)
+    cfg = model_config.get_config(
+        "tiny",
+        vocab_size=_ROWS,
+        num_layers=2,
+        d_model=32,
+        mlp_dim=64,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+    )
     model_io.save_model(root / "ckpt", cfg, model.init_params(cfg, jax.random.key(1)))
     hf_export.export(str(root / "ckpt"), str(root / "hf"))
     return root / "hf"
@@ -39,17 +49,30 @@ def hf_dir(tmp_path_factory):
 def sp_model(tmp_path_factory):
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(demo_corpus.load_documents(200)), model_writer=buf,
-        vocab_size=_PIECES, minloglevel=2, num_threads=1, pad_id=0, eos_id=1, bos_id=2, unk_id=3)
+        sentence_iterator=iter(demo_corpus.load_documents(200)),
+        model_writer=buf,
+        vocab_size=_PIECES,
+        minloglevel=2,
+        num_threads=1,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+    )
     path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
     path.write_bytes(buf.getvalue())
     return path
 
 
-def test_convert_records_and_copies_the_tokenizer_and_fits_the_vocab(hf_dir, sp_model,
-                                                                      tmp_path, capsys):
-    assert hf_import.main(["--hf-dir", str(hf_dir), "--out", str(tmp_path / "ckpt"),
-                           "--tokenizer", str(sp_model)]) == 0
+def test_convert_records_and_copies_the_tokenizer_and_fits_the_vocab(
+    hf_dir, sp_model, tmp_path, capsys
+):
+    assert (
+        hf_import.main(
+            ["--hf-dir", str(hf_dir), "--out", str(tmp_path / "ckpt"), "--tokenizer", str(sp_model)]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     sha = hashlib.sha256(sp_model.read_bytes()).hexdigest()
     assert printed["tokenizer_sha256"] == sha and printed["vocab_trimmed_from"] == _ROWS
@@ -58,8 +81,9 @@ def test_convert_records_and_copies_the_tokenizer_and_fits_the_vocab(hf_dir, sp_
     assert (tmp_path / "ckpt" / "tokenizer.model").read_bytes() == sp_model.read_bytes()
     _, full, _ = model_io.load_model(str(hf_dir.parent / "ckpt"))
     assert cfg.vocab_size == _PIECES
-    np.testing.assert_array_equal(np.asarray(params["embedding"]),
-                                  np.asarray(full["embedding"])[:_PIECES])
+    np.testing.assert_array_equal(
+        np.asarray(params["embedding"]), np.asarray(full["embedding"])[:_PIECES]
+    )
 
 
 def test_convert_keep_vocab_and_no_tokenizer(hf_dir, sp_model, tmp_path, capsys):

@@ -10,6 +10,7 @@ scanned path in test_model_core.py.
 Tolerance: 1e-4 absolute on logits and hidden states (fp32 on CPU; the two
 implementations differ only in summation order, observed max error ~1e-6).
 """
+
 import json
 import os
 import subprocess
@@ -22,19 +23,29 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from trainer.model import gemma3 as model  # noqa: E402
 from trainer.model import hf_import as convert  # noqa: E402
-from trainer.model import gemma3 as model, model_config, model_io  # noqa: E402
+from trainer.model import model_config, model_io
 
 _ATOL = 1e-4
 _forward = jax.jit(model.forward, static_argnames=("cfg", "capture_layers", "num_blocks"))
 _SEQ = 24
-_HF_KW = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=7,
-              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
-              query_pre_attn_scalar=16, max_position_embeddings=64,
-              rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
-                                                  "rope_theta": 1e6},
-                               "sliding_attention": {"rope_type": "default",
-                                                     "rope_theta": 1e4}})
+_HF_KW = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=7,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    sliding_window=4,
+    query_pre_attn_scalar=16,
+    max_position_embeddings=64,
+    rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+    },
+)
 
 
 def _hf_model(seed=0, **overrides):
@@ -59,8 +70,7 @@ def converted(tmp_path_factory):
     tokens = np.random.default_rng(0).integers(0, 128, size=(2, _SEQ))
     with torch.no_grad():
         out = hf(torch.tensor(tokens), output_hidden_states=True)
-    return dict(hf=hf, out=out, cfg=cfg, params=params, metadata=metadata, tokens=tokens,
-                root=root)
+    return dict(hf=hf, out=out, cfg=cfg, params=params, metadata=metadata, tokens=tokens, root=root)
 
 
 def test_converted_config(converted):
@@ -79,11 +89,17 @@ def test_logits_and_hidden_match_hf(converted):
     np.testing.assert_allclose(logits, out.logits.numpy(), atol=_ATOL, rtol=0)
     # HF hidden_states[l] is the residual after l blocks for l < L ...
     for l in range(1, L):
-        np.testing.assert_allclose(np.asarray(ours.captured[l]), out.hidden_states[l].numpy(),
-                                   atol=_ATOL * 10, rtol=1e-5, err_msg=f"layer {l}")
+        np.testing.assert_allclose(
+            np.asarray(ours.captured[l]),
+            out.hidden_states[l].numpy(),
+            atol=_ATOL * 10,
+            rtol=1e-5,
+            err_msg=f"layer {l}",
+        )
     # ... but its last entry has the final norm applied (transformers 5.x).
-    np.testing.assert_allclose(np.asarray(ours.final_hidden_BxTxD), out.hidden_states[L].numpy(),
-                               atol=_ATOL, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(ours.final_hidden_BxTxD), out.hidden_states[L].numpy(), atol=_ATOL, rtol=0
+    )
 
 
 def test_bf16_compute_close_to_hf_fp32(converted):
@@ -111,8 +127,9 @@ def test_no_global_layer_and_default_rope(tmp_path):
     with torch.no_grad():
         ref = hf(torch.tensor(tokens)).logits.numpy()
     ours = _forward(params, tokens, cfg)
-    np.testing.assert_allclose(np.asarray(model.unembed(params, ours.final_hidden_BxTxD, cfg)),
-                               ref, atol=_ATOL, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(model.unembed(params, ours.final_hidden_BxTxD, cfg)), ref, atol=_ATOL, rtol=0
+    )
 
 
 def test_convert_shape_mismatch_names_tensor(converted, tmp_path):
@@ -148,9 +165,20 @@ def test_convert_refuses_softcap(converted, tmp_path):
 
 
 def test_convert_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "teacher_dump.convert", "--hf-dir",
-                           str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "teacher_dump.convert",
+            "--hf-dir",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("error: cannot read")
     assert "Traceback" not in proc.stderr
@@ -158,44 +186,73 @@ def test_convert_cli_error_is_one_line(tmp_path):
 
 def test_convert_multimodal_layout_bf16_and_cli(converted, tmp_path, capsys):
     """Gemma3ForConditionalGeneration naming + text_config + bf16 tensors, via the CLI main."""
-    from safetensors.numpy import load_file, save_file
     import ml_dtypes
+    from safetensors.numpy import load_file, save_file
 
     hf_dir = converted["root"] / "hf"
     tensors = load_file(str(hf_dir / "model.safetensors"))
-    renamed = {k.replace("model.", "model.language_model.", 1): v.astype(ml_dtypes.bfloat16)
-               for k, v in tensors.items()}
+    renamed = {
+        k.replace("model.", "model.language_model.", 1): v.astype(ml_dtypes.bfloat16)
+        for k, v in tensors.items()
+    }
     mm = tmp_path / "mm"
     mm.mkdir()
     save_file(renamed, str(mm / "model.safetensors"))
     text = json.loads((hf_dir / "config.json").read_text())
-    (mm / "config.json").write_text(json.dumps(
-        {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
-         "text_config": text}))
+    (mm / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "gemma3",
+                "architectures": ["Gemma3ForConditionalGeneration"],
+                "text_config": text,
+            }
+        )
+    )
     assert convert.main(["--hf-dir", str(mm), "--out", str(tmp_path / "ckpt")]) == 0
     assert json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "ckpt")
     cfg, params, _ = model_io.load_model(tmp_path / "ckpt")
     assert cfg.to_dict() == {**converted["cfg"].to_dict(), "name": "hf:mm"}
     rounded = jax.tree_util.tree_map(
-        lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32),
-        converted["params"])
+        lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32), converted["params"]
+    )
     for a, b in zip(jax.tree_util.tree_leaves(rounded), jax.tree_util.tree_leaves(params)):
         np.testing.assert_array_equal(a, b)
 
 
 def test_old_style_hub_rope_fields():
     """Hub config.json files of real Gemma 3 4B use rope_theta/rope_local_base_freq/rope_scaling."""
-    hub = {"model_type": "gemma3_text", "hidden_size": 2560, "intermediate_size": 10240,
-           "num_hidden_layers": 34, "num_attention_heads": 8, "num_key_value_heads": 4,
-           "head_dim": 256, "sliding_window": 1024, "vocab_size": 262208,
-           "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
-           "rope_scaling": {"rope_type": "linear", "factor": 8.0},
-           "final_logit_softcapping": None, "attn_logit_softcapping": None}
+    hub = {
+        "model_type": "gemma3_text",
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "num_hidden_layers": 34,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "sliding_window": 1024,
+        "vocab_size": 262208,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+    }
     cfg = convert.model_config_from_hf(hub)
     reference = model_config.get_config("gemma3-4b", vocab_size=262208)
-    for field in ("num_layers", "d_model", "mlp_dim", "num_heads", "num_kv_heads", "head_dim",
-                  "sliding_window", "global_every", "rope_local_base", "rope_global_base",
-                  "rope_global_scale", "query_scale"):
+    for field in (
+        "num_layers",
+        "d_model",
+        "mlp_dim",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "sliding_window",
+        "global_every",
+        "rope_local_base",
+        "rope_global_base",
+        "rope_global_scale",
+        "query_scale",
+    ):
         assert getattr(cfg, field) == getattr(reference, field), field
 
 

@@ -1,11 +1,13 @@
 """model_io: save/load round trip, fingerprint, and clear errors for bad checkpoints."""
+
 import json
 
 import jax
 import numpy as np
 import pytest
 
-from trainer.model import gemma3 as model, model_config, model_io
+from trainer.model import gemma3 as model
+from trainer.model import model_config, model_io
 
 # Orbax leaves its own failed read coroutines un-awaited after it raises on
 # corrupt data (the error we test); their GC-time noise is not ours to assert on.
@@ -25,7 +27,7 @@ def test_roundtrip_preserves_everything(small, tmp_path):
     cfg2, params2, metadata = model_io.load_model(tmp_path / "ckpt")
     assert cfg2 == cfg and model_io.load_config(tmp_path / "ckpt") == cfg
     assert metadata == {"step": 7, "fingerprint": fp}
-    assert (jax.tree_util.tree_structure(params2) == jax.tree_util.tree_structure(params))
+    assert jax.tree_util.tree_structure(params2) == jax.tree_util.tree_structure(params)
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2)):
         assert isinstance(b, jax.Array) and b.dtype == np.float32
         np.testing.assert_array_equal(a, b)
@@ -98,12 +100,13 @@ def test_numpy_saved_tree_loads_as_jax_arrays(small, tmp_path):
 
 def test_load_into_shardings(small, tmp_path):
     """Arrays go straight into a given layout (8 simulated CPU devices, tests/conftest.py)."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
     cfg, params = small
     model_io.save_model(tmp_path / "ckpt", cfg, params)
     mesh = Mesh(np.array(jax.devices()[:2]), ("fsdp",))
-    shardings = jax.tree_util.tree_map(
-        lambda _: NamedSharding(mesh, P()), params)
+    shardings = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), params)
     shardings["embedding"] = NamedSharding(mesh, P("fsdp", None))
     _, loaded, _ = model_io.load_model(tmp_path / "ckpt", shardings=shardings)
     assert loaded["embedding"].sharding == shardings["embedding"]

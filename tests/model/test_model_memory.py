@@ -1,5 +1,6 @@
 """What the backward pass keeps: remat policies (same gradients, fewer residuals),
 legacy bool remat, and no [T, T] or fp32 activation saved per layer."""
+
 import contextlib
 import io
 import re
@@ -10,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.model import gemma3 as model, model_config
+from trainer.model import gemma3 as model
+from trainer.model import model_config
 
 _T = 24  # Distinct from every model dim of tiny-7, so a [.., T, T] shape is recognisable.
 
@@ -26,22 +28,24 @@ def tiny7():
 def _loss(params, tokens, cfg):
     out = model.forward(params, tokens, cfg, capture_layers=(1,))
     logits = model.unembed(params, out.final_hidden_BxTxD, cfg).astype(jnp.float32)
-    return jnp.mean(jax.nn.logsumexp(logits, -1)) + jnp.mean(out.captured[1].astype(jnp.float32) ** 2)
+    return jnp.mean(jax.nn.logsumexp(logits, -1)) + jnp.mean(
+        out.captured[1].astype(jnp.float32) ** 2
+    )
 
 
 def _linear_readout(params, tokens, cfg):
     """Linear in the model's outputs: every residual kept is the model's own."""
     out = model.forward(params, tokens, cfg, capture_layers=(1,))
-    return (jnp.sum(out.final_hidden_BxTxD.astype(jnp.float32))
-            + jnp.sum(out.captured[1].astype(jnp.float32)))
+    return jnp.sum(out.final_hidden_BxTxD.astype(jnp.float32)) + jnp.sum(
+        out.captured[1].astype(jnp.float32)
+    )
 
 
 def _saved(cfg, params, tokens):
     """[(dtype, shape)] of what the model's backward pass keeps (jax's own report)."""
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
-        jax.ad_checkpoint.print_saved_residuals(lambda p: _linear_readout(p, tokens, cfg),
-                                                params)
+        jax.ad_checkpoint.print_saved_residuals(lambda p: _linear_readout(p, tokens, cfg), params)
     rows = []
     for line in text.getvalue().splitlines():
         m = re.match(r"(\w+)\[([\d,]*)\]", line)
@@ -59,8 +63,9 @@ def reference_grads(tiny7):
     return _grad(params, tokens, cfg)
 
 
-@pytest.mark.parametrize("policy", [p.value for p in model_config.RematPolicy
-                                    if p is not model_config.RematPolicy.NONE])
+@pytest.mark.parametrize(
+    "policy", [p.value for p in model_config.RematPolicy if p is not model_config.RematPolicy.NONE]
+)
 def test_every_remat_policy_gives_the_gradients_of_none(tiny7, reference_grads, policy):
     cfg, params, tokens = tiny7
     reference = reference_grads
@@ -74,10 +79,14 @@ def test_policies_keep_fewer_activations_than_none_and_full_the_fewest(tiny7):
     cfg = cfg.replace(dtype="bfloat16")
     itemsize = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "s32": 4, "bool": 1, "pred": 1}
     # Activations only (shapes with the token axis): weights are kept by every policy.
-    size = {p.value: sum(int(np.prod(s)) * itemsize[d]
-                         for d, s in _saved(cfg.replace(remat=p.value), params, tokens)
-                         if _T in s)
-            for p in model_config.RematPolicy}
+    size = {
+        p.value: sum(
+            int(np.prod(s)) * itemsize[d]
+            for d, s in _saved(cfg.replace(remat=p.value), params, tokens)
+            if _T in s
+        )
+        for p in model_config.RematPolicy
+    }
     assert size["full"] < min(v for k, v in size.items() if k != "full")
     assert all(v < size["none"] for k, v in size.items() if k != "none"), size
 

@@ -1,4 +1,5 @@
 """trainer.model.tiling: tiles cut T only, run in order, and reassemble exactly."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -6,6 +6,7 @@ group on exit, also when the test fails. Nothing here may reach past
 loopback: `loopback_env` points every proxy variable at a dead loopback port
 and exempts only 127.0.0.1 / localhost.
 """
+
 import contextlib
 import os
 import signal
@@ -22,9 +23,22 @@ def loopback_env(**extra):
     """The environment for servers and dumps: loopback only, CPU JAX, this checkout."""
     # This interpreter's bin/ first: Beam's worker pool starts SDK workers as a bare `python`.
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", PATH=path,
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        JAX_PLATFORMS="cpu",
+        PATH=path,
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         env[name] = _DEAD_PROXY
     env.update(extra)
     return env
@@ -32,8 +46,14 @@ def loopback_env(**extra):
 
 def _spawn(args, log_path):
     log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=loopback_env(), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=loopback_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop(procs):
@@ -53,8 +73,12 @@ def worker_pids(launcher_pid):
     spawn child (the other child, the resource tracker, is left out).
     """
     # By session (the launcher's own, see _spawn): its tree has one more level here.
-    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-s", str(launcher_pid)],
-                         capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["ps", "-ww", "-o", "pid=,args=", "-s", str(launcher_pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]
 
 
@@ -66,18 +90,43 @@ def dask_cluster(log_dir, num_workers=2):
         (address "127.0.0.1:PORT", the worker launcher's Popen).
     """
     from distributed import Client
+
     port = free_port()
     procs = []
     try:
-        procs.append(_spawn(["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-dashboard"],
-                            os.path.join(log_dir, "scheduler.log")))
+        procs.append(
+            _spawn(
+                [
+                    "-m",
+                    "distributed.cli.dask_scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-dashboard",
+                ],
+                os.path.join(log_dir, "scheduler.log"),
+            )
+        )
         wait_for_port(port, procs[0], "dask scheduler", timeout_s=30)
         address = f"127.0.0.1:{port}"
-        procs.append(_spawn(["-m", "distributed.cli.dask_worker", f"tcp://{address}",
-                             "--nworkers", str(num_workers), "--nthreads", "1", "--no-dashboard",
-                             "--host", "127.0.0.1"],
-                            os.path.join(log_dir, "workers.log")))
+        procs.append(
+            _spawn(
+                [
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    f"tcp://{address}",
+                    "--nworkers",
+                    str(num_workers),
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                ],
+                os.path.join(log_dir, "workers.log"),
+            )
+        )
         with Client(address, timeout=30) as client:
             client.wait_for_workers(num_workers, timeout=90)
         yield address, procs[1]
@@ -99,13 +148,29 @@ def beam_job_service(log_dir):
     job_port, pool_port = free_port(), free_port()
     procs = []
     try:
-        procs.append(_spawn(["-m", "apache_beam.runners.worker.worker_pool_main",
-                             f"--service_port={pool_port}"],
-                            os.path.join(log_dir, "worker_pool.log")))
-        procs.append(_spawn(["-m", "apache_beam.runners.portability.local_job_service_main",
-                             "--port", str(job_port),
-                             "--staging_dir", os.path.join(log_dir, "staging")],
-                            os.path.join(log_dir, "job_service.log")))
+        procs.append(
+            _spawn(
+                [
+                    "-m",
+                    "apache_beam.runners.worker.worker_pool_main",
+                    f"--service_port={pool_port}",
+                ],
+                os.path.join(log_dir, "worker_pool.log"),
+            )
+        )
+        procs.append(
+            _spawn(
+                [
+                    "-m",
+                    "apache_beam.runners.portability.local_job_service_main",
+                    "--port",
+                    str(job_port),
+                    "--staging_dir",
+                    os.path.join(log_dir, "staging"),
+                ],
+                os.path.join(log_dir, "job_service.log"),
+            )
+        )
         wait_for_port(pool_port, procs[0], "beam worker pool", timeout_s=30)
         wait_for_port(job_port, procs[1], "beam job service", timeout_s=30)
         yield f"127.0.0.1:{job_port}", f"127.0.0.1:{pool_port}"

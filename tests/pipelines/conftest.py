@@ -1,13 +1,14 @@
 """Session fixtures for the pipelines tests: a tiny corpus, tokenizer and random teacher."""
+
 import os
 
 import jax
+import pipelines_testlib as lib
 import pytest
 
-import pipelines_testlib as lib
 from pipelines import inputs
-from trainer.model import tokenizer
-from trainer.model import gemma3 as model, model_config, model_io
+from trainer.model import gemma3 as model
+from trainer.model import model_config, model_io, tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -22,13 +23,25 @@ def corpus(tmp_path_factory):
 def tokenizer_path(corpus, tmp_path_factory):
     directory, _ = corpus
     prefix = str(tmp_path_factory.mktemp("tok") / "tok")
-    return tokenizer.train_tokenizer(inputs.iter_corpus([os.path.join(directory, "*")]),
-                                     prefix, vocab_size=lib.VOCAB, num_threads=1)
+    return tokenizer.train_tokenizer(
+        inputs.iter_corpus([os.path.join(directory, "*")]),
+        prefix,
+        vocab_size=lib.VOCAB,
+        num_threads=1,
+    )
 
 
 def _save_teacher(path, vocab_size):
-    cfg = model_config.get_config("tiny", vocab_size=vocab_size, num_layers=2, d_model=32,
-                                  mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16)
+    cfg = model_config.get_config(
+        "tiny",
+        vocab_size=vocab_size,
+        num_layers=2,
+        d_model=32,
+        mlp_dim=64,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+    )
     model_io.save_model(path, cfg, model.init_params(cfg, jax.random.key(0)))
     return path
 

@@ -1,4 +1,5 @@
 """Helpers for the pipelines tests: a tiny corpus, store comparison, a bare-loop reference dump."""
+
 import gzip
 import json
 import os
@@ -10,8 +11,8 @@ import pyarrow.parquet as pq
 
 import store
 import teacher_dump
-from store.compare import store_arrays, store_differences
 from pipelines import inputs, packing
+from store.compare import store_differences
 from trainer.model import tokenizer
 
 VOCAB = 384
@@ -24,8 +25,10 @@ BATCH = 4
 def random_documents(seed, num_docs, min_words=5, max_words=60):
     """Deterministic pseudo-English documents (a few lines each)."""
     rng = random.Random(seed)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
-             for _ in range(300)]
+    words = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
+        for _ in range(300)
+    ]
     docs = []
     for _ in range(num_docs):
         n = rng.randint(min_words, max_words)
@@ -46,7 +49,7 @@ def write_corpus(directory, seed=0, docs_per_file=(40, 30, 30)):
     os.makedirs(directory, exist_ok=True)
     n_a, n_b, n_c = docs_per_file
     docs = random_documents(seed, n_a + n_b + n_c)
-    a, b, c = docs[:n_a], docs[n_a:n_a + n_b], docs[n_a + n_b:]
+    a, b, c = docs[:n_a], docs[n_a : n_a + n_b], docs[n_a + n_b :]
     with open(os.path.join(directory, "a.txt"), "w") as f:
         f.write("\n\n\n".join(a) + "\n")
     with gzip.open(os.path.join(directory, "b.jsonl.gz"), "wt") as f:
@@ -75,18 +78,43 @@ def bare_dump(url, schema, tokens_NxT, teacher_path, layers):
     for unit in range(writer.num_units):
         start, stop = writer.unit_rows(unit)
         rows = tokens_NxT[start:stop]
-        signal = teacher_dump.loop.concat_batches(teacher_dump.extract_rows(
-            teacher, rows, batch_size=BATCH, k=schema.k, layers=layers,
-            samples=schema.samples, row_ids=np.arange(start, stop)))
+        signal = teacher_dump.loop.concat_batches(
+            teacher_dump.extract_rows(
+                teacher,
+                rows,
+                batch_size=BATCH,
+                k=schema.k,
+                layers=layers,
+                samples=schema.samples,
+                row_ids=np.arange(start, stop),
+            )
+        )
         writer.write_unit(unit, tokens=rows, **signal)  # the signal's keys are write_unit's
     return writer
 
 
 def dump_argv(corpus_glob, store_url, teacher_path, tokenizer_path, *extra):
-    return ["--input", corpus_glob, "--store", store_url, "--teacher", teacher_path,
-            "--tokenizer", tokenizer_path, "--seq-len", str(SEQ_LEN), "--k", str(K),
-            "--rows-per-unit", str(ROWS_PER_UNIT), "--batch-size", str(BATCH),
-            "--progress-interval", "0", *extra]
+    return [
+        "--input",
+        corpus_glob,
+        "--store",
+        store_url,
+        "--teacher",
+        teacher_path,
+        "--tokenizer",
+        tokenizer_path,
+        "--seq-len",
+        str(SEQ_LEN),
+        "--k",
+        str(K),
+        "--rows-per-unit",
+        str(ROWS_PER_UNIT),
+        "--batch-size",
+        str(BATCH),
+        "--progress-interval",
+        "0",
+        *extra,
+    ]
 
 
 def corpus_documents(directory):

@@ -9,15 +9,16 @@
   TensorStore or JAX;
 * Ctrl-C is one line with the resume hint and exit 130.
 """
+
 import json
 import os
 import shutil
 import subprocess
 import sys
 
+import pipelines_testlib as lib
 import pytest
 
-import pipelines_testlib as lib
 from pipelines import dump, options
 from pipelines.errors import OptionsError, VocabMismatchError
 from trainer.model import hf_export, hf_import, tokenizer
@@ -34,24 +35,26 @@ def _run_dir(tmp_path, teacher_path, exported=True):
     return run
 
 
-def test_a_run_directory_is_read_through_its_export(corpus, tokenizer_path, teacher_path,
-                                                     tmp_path):
+def test_a_run_directory_is_read_through_its_export(corpus, tokenizer_path, teacher_path, tmp_path):
     run = _run_dir(tmp_path, teacher_path)
-    argv = lib.dump_argv(os.path.join(corpus[0], "*"), str(tmp_path / "store"), str(run),
-                         tokenizer_path)
+    argv = lib.dump_argv(
+        os.path.join(corpus[0], "*"), str(tmp_path / "store"), str(run), tokenizer_path
+    )
     _, plan, opts = dump.build_pipeline(argv, read_ledgers=False)
     assert opts.teacher == str(run / "export")
     with open(os.path.join(teacher_path, "metadata.json")) as f:
         assert plan.schema.teacher["fingerprint"] == json.load(f)["fingerprint"]
 
 
-def test_an_unfinished_run_directory_is_one_line(corpus, tokenizer_path, teacher_path, tmp_path,
-                                                 capsys):
+def test_an_unfinished_run_directory_is_one_line(
+    corpus, tokenizer_path, teacher_path, tmp_path, capsys
+):
     run = _run_dir(tmp_path, teacher_path, exported=False)
     with pytest.raises(OptionsError, match="no exported model yet.*re-running its"):
         options.teacher_checkpoint(str(run))
-    argv = lib.dump_argv(os.path.join(corpus[0], "*"), str(tmp_path / "store"), str(run),
-                         tokenizer_path)
+    argv = lib.dump_argv(
+        os.path.join(corpus[0], "*"), str(tmp_path / "store"), str(run), tokenizer_path
+    )
     assert dump.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trainer run directory" in err[0]
@@ -61,12 +64,14 @@ def test_an_unfinished_run_directory_is_one_line(corpus, tokenizer_path, teacher
 def _other_tokenizer(corpus, tmp_path, vocab_size):
     """A tokenizer of the same size trained on other text: another sha256."""
     docs = lib.random_documents(seed=7, num_docs=80)
-    return tokenizer.train_tokenizer(iter(docs), str(tmp_path / "other"), vocab_size=vocab_size,
-                                     num_threads=1)
+    return tokenizer.train_tokenizer(
+        iter(docs), str(tmp_path / "other"), vocab_size=vocab_size, num_threads=1
+    )
 
 
 def test_a_converted_hf_teacher_refuses_another_tokenizer_of_its_size(
-        corpus, tokenizer_path, teacher_path, tmp_path):
+    corpus, tokenizer_path, teacher_path, tmp_path
+):
     # An HF Gemma 3 directory with its tokenizer.model, as the Hub ships it.
     hf_dir = tmp_path / "hf"
     hf_export.export(teacher_path, str(hf_dir))
@@ -75,8 +80,9 @@ def test_a_converted_hf_teacher_refuses_another_tokenizer_of_its_size(
     hf_import.convert(hf_dir, ckpt)
     store_url = str(tmp_path / "store")
     glob = os.path.join(corpus[0], "*")
-    _, plan, _ = dump.build_pipeline(lib.dump_argv(glob, store_url, str(ckpt), tokenizer_path),
-                                     read_ledgers=False)
+    _, plan, _ = dump.build_pipeline(
+        lib.dump_argv(glob, store_url, str(ckpt), tokenizer_path), read_ledgers=False
+    )
     assert plan.schema.tokenizer["sha256"] == tokenizer.tokenizer_info(tokenizer_path)["sha256"]
     other = _other_tokenizer(corpus, tmp_path, lib.VOCAB)
     assert tokenizer.tokenizer_info(other)["vocab_size"] == lib.VOCAB
@@ -85,30 +91,47 @@ def test_a_converted_hf_teacher_refuses_another_tokenizer_of_its_size(
 
 
 def _imported_after(argv):
-    code = ("import sys; from pipelines import dump; rc = dump.main(sys.argv[1:]); "
-            "print([m for m in ('apache_beam', 'tensorstore', 'jax') if m in sys.modules], rc)")
-    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys; from pipelines import dump; rc = dump.main(sys.argv[1:]); "
+        "print([m for m in ('apache_beam', 'tensorstore', 'jax') if m in sys.modules], rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120
+    )
     return proc.stdout.strip().splitlines()[-1], proc.stderr
 
 
-@pytest.mark.parametrize("argv,rc", [(["--help"], 0), (["--store", "s"], 2),
-                                     (["--input", "x", "--store", "s", "--tokenizer", "t",
-                                       "--seq-len", "0"], 2),
-                                     (["--input", "x", "--store", "s", "--tokenizer", "t",
-                                       "--seq-len", "8", "--k", "4"], 2)])
+@pytest.mark.parametrize(
+    "argv,rc",
+    [
+        (["--help"], 0),
+        (["--store", "s"], 2),
+        (["--input", "x", "--store", "s", "--tokenizer", "t", "--seq-len", "0"], 2),
+        (["--input", "x", "--store", "s", "--tokenizer", "t", "--seq-len", "8", "--k", "4"], 2),
+    ],
+)
 def test_help_and_bad_flags_need_no_heavy_import(argv, rc):
     last, err = _imported_after(argv)
     assert last == f"[] {rc}", err
 
 
-def test_ctrl_c_is_one_line_with_the_resume_hint(corpus, tokenizer_path, tmp_path, capsys,
-                                                 monkeypatch):
+def test_ctrl_c_is_one_line_with_the_resume_hint(
+    corpus, tokenizer_path, tmp_path, capsys, monkeypatch
+):
     def interrupted(argv):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(dump, "run_dump", interrupted)
-    argv = ["--input", os.path.join(corpus[0], "*"), "--store", str(tmp_path / "store"),
-            "--tokenizer", tokenizer_path, "--seq-len", "16"]
+    argv = [
+        "--input",
+        os.path.join(corpus[0], "*"),
+        "--store",
+        str(tmp_path / "store"),
+        "--tokenizer",
+        tokenizer_path,
+        "--seq-len",
+        "16",
+    ]
     assert dump.main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -116,16 +139,27 @@ def test_ctrl_c_is_one_line_with_the_resume_hint(corpus, tokenizer_path, tmp_pat
     assert f"{tmp_path / 'store'} was not created" in err[0]
 
 
-def test_ctrl_c_inside_a_dofn_is_the_same_line(corpus, tokenizer_path, tmp_path, capsys,
-                                               monkeypatch):
+def test_ctrl_c_inside_a_dofn_is_the_same_line(
+    corpus, tokenizer_path, tmp_path, capsys, monkeypatch
+):
     # The DirectRunner re-raises a KeyboardInterrupt from a DoFn as a RuntimeError
     # (seen: "KeyboardInterrupt [while running 'TeacherSignal/Teacher/...']").
     class Pipeline:
         def run(self):
             raise RuntimeError("KeyboardInterrupt [while running 'TeacherSignal/Teacher']")
 
-    argv = ["--input", os.path.join(corpus[0], "*"), "--store", str(tmp_path / "store"),
-            "--tokenizer", tokenizer_path, "--seq-len", "16", "--progress-interval", "0"]
+    argv = [
+        "--input",
+        os.path.join(corpus[0], "*"),
+        "--store",
+        str(tmp_path / "store"),
+        "--tokenizer",
+        tokenizer_path,
+        "--seq-len",
+        "16",
+        "--progress-interval",
+        "0",
+    ]
     opts = options.precheck(argv)
     monkeypatch.setattr(dump, "build_pipeline", lambda argv: (Pipeline(), None, opts))
     assert dump.main(argv) == 130

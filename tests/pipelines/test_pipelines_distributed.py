@@ -5,16 +5,17 @@ The store must be byte-identical to the DirectRunner's: the Dask runner
 path (job service + external worker pool, how Flink and Spark run it) and a
 worker killed mid-dump then the same command again are slow.
 """
+
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
-
 import clusters
 import pipelines_testlib as lib
+import pytest
+
 import store
 from pipelines import dump
 from store import verify
@@ -28,9 +29,18 @@ def argv_for(corpus, tokenizer_path, teacher_path):
     directory, _ = corpus
 
     def argv_for(url, *extra):
-        return lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path,
-                             "--heldout-fraction", HELDOUT, "--heldout-store", url + "_heldout",
-                             *extra)
+        return lib.dump_argv(
+            os.path.join(directory, "*"),
+            url,
+            teacher_path,
+            tokenizer_path,
+            "--heldout-fraction",
+            HELDOUT,
+            "--heldout-store",
+            url + "_heldout",
+            *extra,
+        )
+
     return argv_for
 
 
@@ -44,9 +54,15 @@ def direct_store(argv_for, tmp_path_factory):
 
 def _dump(argv, timeout=400):
     """`python -m pipelines.dump` in a subprocess (loopback-only environment)."""
-    proc = subprocess.run([sys.executable, "-m", "pipelines.dump", *argv], cwd=clusters.ROOT,
-                          env=clusters.loopback_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.dump", *argv],
+        cwd=clusters.ROOT,
+        env=clusters.loopback_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -79,9 +95,21 @@ def test_dask_runner_full_path_and_rerun_is_a_noop(argv_for, direct_store, tmp_p
 def test_portable_runner_store_is_byte_identical(argv_for, direct_store, tmp_path):
     url = str(tmp_path / "store")
     with clusters.beam_job_service(str(tmp_path)) as (job_endpoint, pool_endpoint):
-        _dump(argv_for(url, "--runner", "PortableRunner", "--job_endpoint", job_endpoint,
-                       "--environment_type", "EXTERNAL", "--environment_config", pool_endpoint,
-                       "--sdk_worker_parallelism", "2"))
+        _dump(
+            argv_for(
+                url,
+                "--runner",
+                "PortableRunner",
+                "--job_endpoint",
+                job_endpoint,
+                "--environment_type",
+                "EXTERNAL",
+                "--environment_config",
+                pool_endpoint,
+                "--sdk_worker_parallelism",
+                "2",
+            )
+        )
     _assert_same(direct_store, url)
 
 
@@ -102,9 +130,13 @@ def test_dask_worker_killed_mid_dump_then_rerun_is_identical(argv_for, direct_st
     total = store.open_writer(reference).num_units
     with clusters.dask_cluster(str(tmp_path)) as (address, workers):
         argv = argv_for(url, *small, "--runner", "dask", "--dask_client_address", address)
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.dump", *argv],
-                                cwd=clusters.ROOT, env=clusters.loopback_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.dump", *argv],
+            cwd=clusters.ROOT,
+            env=clusters.loopback_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             deadline = time.monotonic() + 300
             while _committed(url) < 3 and proc.poll() is None and time.monotonic() < deadline:

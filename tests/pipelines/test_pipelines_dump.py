@@ -1,15 +1,21 @@
 """End to end: text files → tokenizer → spine → teacher signal → store (DirectRunner, in process)."""
+
 import os
 import shutil
 
 import numpy as np
+import pipelines_testlib as lib
 import pytest
 
-import pipelines_testlib as lib
 import store
 from pipelines import dump
-from pipelines.errors import (DecodeError, EmptyInputError, InputError, OptionsError,
-                              StoreStateError, VocabMismatchError)
+from pipelines.errors import (
+    EmptyInputError,
+    InputError,
+    OptionsError,
+    StoreStateError,
+    VocabMismatchError,
+)
 from store import layout as store_layout
 from store import ledger, snapshot
 
@@ -22,9 +28,18 @@ def dumped(corpus, tokenizer_path, teacher_path, tmp_path_factory):
     directory, _ = corpus
     out = tmp_path_factory.mktemp("dump")
     url, heldout_url = str(out / "store"), str(out / "heldout")
-    argv = lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path,
-                         "--heldout-fraction", str(HELDOUT), "--heldout-store", heldout_url,
-                         "--docs-per-chunk", "7")
+    argv = lib.dump_argv(
+        os.path.join(directory, "*"),
+        url,
+        teacher_path,
+        tokenizer_path,
+        "--heldout-fraction",
+        str(HELDOUT),
+        "--heldout-store",
+        heldout_url,
+        "--docs-per-chunk",
+        "7",
+    )
     result = dump.run_dump(argv)
     return argv, result, url, heldout_url
 
@@ -35,7 +50,9 @@ def test_store_equals_bare_extraction(dumped, corpus, tokenizer_path, teacher_pa
     rows = lib.reference_rows(docs, tokenizer_path, HELDOUT)
     reader = store.StoreReader(url)
     assert reader.num_rows == len(rows) > 3 * lib.ROWS_PER_UNIT
-    np.testing.assert_array_equal(reader.read(np.arange(len(rows)), fields=("tokens",))["tokens"], rows)
+    np.testing.assert_array_equal(
+        reader.read(np.arange(len(rows)), fields=("tokens",))["tokens"], rows
+    )
     # The non-Beam path (teacher_dump.extract_rows + write_unit) on the same rows
     # gives the same stored bytes, hence the same decoded arrays.
     bare_url = str(tmp_path / "bare")
@@ -57,20 +74,26 @@ def test_heldout_store(dumped, corpus, tokenizer_path):
     assert reader.schema.packing["split"] == "heldout"
     assert reader.manifest["split"] == "heldout"  # what evaluate reads (issue 23)
     assert store.StoreReader(dumped[2]).manifest["split"] == "train"
-    np.testing.assert_array_equal(reader.read(np.arange(len(rows)), fields=("tokens",))["tokens"], rows)
+    np.testing.assert_array_equal(
+        reader.read(np.arange(len(rows)), fields=("tokens",))["tokens"], rows
+    )
 
 
 def test_manifest_records_provenance(dumped, tokenizer_path, teacher_path):
     _, result, url, _ = dumped
     schema = store.StoreReader(url).schema
-    from trainer.model import tokenizer
-    from trainer.model import model_io
+    from trainer.model import model_io, tokenizer
+
     assert schema.tokenizer == tokenizer.tokenizer_info(tokenizer_path)
     _, _, metadata = model_io.load_model(teacher_path)
     assert schema.teacher["fingerprint"] == metadata["fingerprint"]
     assert (schema.teacher["num_layers"], schema.teacher["d_model"]) == (2, 32)
     assert schema.hidden_layers == (1,) and schema.hidden_dim == 32
-    assert (schema.seq_len, schema.k, schema.rows_per_unit) == (lib.SEQ_LEN, lib.K, lib.ROWS_PER_UNIT)
+    assert (schema.seq_len, schema.k, schema.rows_per_unit) == (
+        lib.SEQ_LEN,
+        lib.K,
+        lib.ROWS_PER_UNIT,
+    )
     assert schema.packing["rule"] == "noam" and schema.packing["final_partial_row"] == "dropped"
     assert schema.packing["heldout_fraction"] == HELDOUT
 
@@ -139,7 +162,9 @@ def test_cli_non_utf8_input(corpus, tokenizer_path, teacher_path, tmp_path, caps
     shutil.copy(os.path.join(directory, "a.txt"), tmp_path / "a.txt")
     (tmp_path / "z.txt").write_bytes(b"good text\n\nbad \xff\xfe bytes\n")
     url = str(tmp_path / "store")
-    rc, err = _run_cli(capsys, lib.dump_argv(str(tmp_path / "*.txt"), url, teacher_path, tokenizer_path))
+    rc, err = _run_cli(
+        capsys, lib.dump_argv(str(tmp_path / "*.txt"), url, teacher_path, tokenizer_path)
+    )
     assert rc == 2
     assert err.startswith("error: ") and "z.txt line 3 is not valid UTF-8" in err
     assert err.endswith("--decode-errors replace")
@@ -156,33 +181,56 @@ def test_empty_input(tokenizer_path, teacher_path, tmp_path):
     assert not os.path.exists(url)
 
 
-def test_launcher_side_errors(corpus, tokenizer_path, teacher_path, wrong_vocab_teacher_path,
-                              tmp_path, capsys):
+def test_launcher_side_errors(
+    corpus, tokenizer_path, teacher_path, wrong_vocab_teacher_path, tmp_path, capsys
+):
     directory, _ = corpus
     glob = os.path.join(directory, "*")
     url = str(tmp_path / "store")
     cases = [
-        (lib.dump_argv(glob, url, wrong_vocab_teacher_path, tokenizer_path), VocabMismatchError,
-         r"tokenizer .* has 384 pieces but teacher .* has vocab_size=512"),
-        (lib.dump_argv(str(tmp_path / "nope*.txt"), url, teacher_path, tokenizer_path), InputError,
-         r"matches no file"),
-        (lib.dump_argv(glob, url, teacher_path, tokenizer_path, "--heldout-fraction", "0.1"),
-         OptionsError, r"--heldout-store"),
-        (lib.dump_argv(glob, url, teacher_path, tokenizer_path, "--hidden-layers", "3"),
-         OptionsError, r"in \[1, 2\]"),
-        (lib.dump_argv(glob, url, teacher_path, str(tmp_path / "no.model")), ValueError,
-         r"cannot read tokenizer model"),
-        (lib.dump_argv(glob, url, str(tmp_path / "no_teacher"), tokenizer_path), ValueError,
-         r"no_teacher"),
-        (lib.dump_argv(glob, url, teacher_path, tokenizer_path, "--k", "999"), OptionsError,
-         r"--k=999 exceeds the vocabulary"),
+        (
+            lib.dump_argv(glob, url, wrong_vocab_teacher_path, tokenizer_path),
+            VocabMismatchError,
+            r"tokenizer .* has 384 pieces but teacher .* has vocab_size=512",
+        ),
+        (
+            lib.dump_argv(str(tmp_path / "nope*.txt"), url, teacher_path, tokenizer_path),
+            InputError,
+            r"matches no file",
+        ),
+        (
+            lib.dump_argv(glob, url, teacher_path, tokenizer_path, "--heldout-fraction", "0.1"),
+            OptionsError,
+            r"--heldout-store",
+        ),
+        (
+            lib.dump_argv(glob, url, teacher_path, tokenizer_path, "--hidden-layers", "3"),
+            OptionsError,
+            r"in \[1, 2\]",
+        ),
+        (
+            lib.dump_argv(glob, url, teacher_path, str(tmp_path / "no.model")),
+            ValueError,
+            r"cannot read tokenizer model",
+        ),
+        (
+            lib.dump_argv(glob, url, str(tmp_path / "no_teacher"), tokenizer_path),
+            ValueError,
+            r"no_teacher",
+        ),
+        (
+            lib.dump_argv(glob, url, teacher_path, tokenizer_path, "--k", "999"),
+            OptionsError,
+            r"--k=999 exceeds the vocabulary",
+        ),
     ]
     for argv, error, pattern in cases:
         with pytest.raises(error, match=pattern):
             dump.build_pipeline(argv)
     (tmp_path / "fake.txt.gz").write_bytes(b"not gzip")
-    rc, err = _run_cli(capsys, lib.dump_argv(str(tmp_path / "fake.txt.gz"), url, teacher_path,
-                                             tokenizer_path))
+    rc, err = _run_cli(
+        capsys, lib.dump_argv(str(tmp_path / "fake.txt.gz"), url, teacher_path, tokenizer_path)
+    )
     assert rc == 2 and "cannot read input file" in err and "fake.txt.gz" in err
     rc, err = _run_cli(capsys, ["--store", url])
     assert rc == 2 and err == "error: --input is required; see `python -m pipelines.dump --help`"
@@ -197,7 +245,8 @@ def test_store_from_another_dump_is_refused(dumped, corpus, tokenizer_path, teac
     argv = lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path)
     argv[argv.index("--k") + 1] = "4"
     with pytest.raises(StoreStateError, match=r"different dump.*new URL"):
-        dump.run_dump(argv + ["--heldout-fraction", str(HELDOUT), "--heldout-store",
-                              url + "_other_heldout"])
+        dump.run_dump(
+            argv + ["--heldout-fraction", str(HELDOUT), "--heldout-store", url + "_other_heldout"]
+        )
     after = lib.store_arrays(url)
     assert all(before[k].tobytes() == after[k].tobytes() for k in before)

@@ -1,12 +1,13 @@
 """Input readers: formats, canonical order, and bad-input errors."""
+
 import gzip
 import os
 
+import pipelines_testlib as lib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipelines_testlib as lib
 from pipelines import inputs
 from pipelines.errors import DecodeError, InputError
 
@@ -17,7 +18,10 @@ def test_formats_and_order(corpus):
     got = list(inputs.iter_corpus([os.path.join(directory, "c.*"), os.path.join(directory, "*")]))
     assert got == docs
     assert [os.path.basename(p) for p in inputs.expand_inputs([os.path.join(directory, "*")])] == [
-        "a.txt", "b.jsonl.gz", "c.parquet"]
+        "a.txt",
+        "b.jsonl.gz",
+        "c.parquet",
+    ]
 
 
 def test_text_documents_split_on_blank_lines(tmp_path):
@@ -29,9 +33,14 @@ def test_text_documents_split_on_blank_lines(tmp_path):
 def test_non_utf8_names_file_and_line(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"fine\n\nnot \xff fine\n")
-    with pytest.raises(DecodeError, match=r"bad\.txt line 3 is not valid UTF-8.*--decode-errors replace"):
+    with pytest.raises(
+        DecodeError, match=r"bad\.txt line 3 is not valid UTF-8.*--decode-errors replace"
+    ):
         list(inputs.read_documents(str(path)))
-    assert list(inputs.read_documents(str(path), decode_errors="replace")) == ["fine", "not \ufffd fine"]
+    assert list(inputs.read_documents(str(path), decode_errors="replace")) == [
+        "fine",
+        "not \ufffd fine",
+    ]
 
 
 def test_non_utf8_in_jsonl_gz(tmp_path):
@@ -49,12 +58,15 @@ def test_parquet_binary_column_is_decoded_strictly(tmp_path):
         list(inputs.read_documents(str(path)))
 
 
-@pytest.mark.parametrize("name,content,pattern", [
-    ("nofield.jsonl", b'{"body": "x"}\n', r"no string field 'text'"),
-    ("badjson.jsonl", b'{"text": \n', r"not valid JSON"),
-    ("fake.txt.gz", b"not gzip at all", r"cannot read input file .*fake\.txt\.gz"),
-    ("notes.md", b"hello", r"cannot tell the format.*--input-format"),
-])
+@pytest.mark.parametrize(
+    "name,content,pattern",
+    [
+        ("nofield.jsonl", b'{"body": "x"}\n', r"no string field 'text'"),
+        ("badjson.jsonl", b'{"text": \n', r"not valid JSON"),
+        ("fake.txt.gz", b"not gzip at all", r"cannot read input file .*fake\.txt\.gz"),
+        ("notes.md", b"hello", r"cannot tell the format.*--input-format"),
+    ],
+)
 def test_bad_files(tmp_path, name, content, pattern):
     path = tmp_path / name
     path.write_bytes(content)
@@ -99,14 +111,17 @@ def test_user_error_found_in_remote_traceback_text():
     class StoreInputError(ValueError):
         pass
 
-    text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
-            "pipelines.errors.DecodeError: a.txt line 3 is not valid UTF-8; fix it "
-            "[while running 'ReadSpine/ReadTokenize']\n")
+    text = (
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
+        "pipelines.errors.DecodeError: a.txt line 3 is not valid UTF-8; fix it "
+        "[while running 'ReadSpine/ReadTokenize']\n"
+    )
     found = errors.find_pipeline_error(RuntimeError(text))
     assert isinstance(found, errors.DecodeError)
     assert str(found) == "a.txt line 3 is not valid UTF-8; fix it"
     # A longer class name that ends in one of ours is not mistaken for it.
-    other = errors.find_pipeline_error(RuntimeError("store.errors.StoreInputError: bad rows\n"),
-                                       extra_classes=(StoreInputError,))
+    other = errors.find_pipeline_error(
+        RuntimeError("store.errors.StoreInputError: bad rows\n"), extra_classes=(StoreInputError,)
+    )
     assert type(other) is StoreInputError
     assert errors.find_pipeline_error(RuntimeError("KeyError: 'x'")) is None

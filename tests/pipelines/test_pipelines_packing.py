@@ -1,4 +1,5 @@
 """Noam packing math: layouts, unit pieces and reassembly, held-out split."""
+
 import numpy as np
 import pytest
 
@@ -10,7 +11,7 @@ def _chunks(seed, num_chunks):
     docs = [rng.integers(4, 100, size=rng.integers(0, 40)) for _ in range(num_chunks * 3)]
     chunks = {}
     for i in range(num_chunks):
-        part = docs[3 * i: 3 * i + 3]
+        part = docs[3 * i : 3 * i + 3]
         chunks[(i // 4, i % 4)] = np.concatenate([packing.pack_document(d, 2, 1) for d in part])
     return docs, chunks
 
@@ -28,8 +29,9 @@ def test_split_and_assemble_equal_single_process_packing(seq_len, rows_per_unit)
         for unit, piece in packing.split_chunk(layout, key, chunks[key]):
             pieces.setdefault(unit, []).append(piece)
     assert sorted(pieces) == list(range(layout.num_units))
-    rows = np.concatenate([packing.assemble_unit(layout, u, pieces[u][::-1])
-                           for u in range(layout.num_units)])
+    rows = np.concatenate(
+        [packing.assemble_unit(layout, u, pieces[u][::-1]) for u in range(layout.num_units)]
+    )
     np.testing.assert_array_equal(rows, ref)
 
 

@@ -1,18 +1,21 @@
 """`python -m store repair` then the same dump command: the bad unit is re-written byte-identically."""
+
 import os
 import pathlib
 import shutil
 
 import pipelines_testlib as lib
 import pytest
+
 from pipelines import dump
 from store.cli import main as store_cli
 from store.verify import verify_store
 
 
 @pytest.mark.slow  # ~25 s (a full tiny dump); tests/store/test_store_repair.py is the fast representative
-def test_flipped_byte_repair_and_same_dump_command_rewrites(corpus, tokenizer_path, teacher_path, tmp_path,
-                                                            capsys):
+def test_flipped_byte_repair_and_same_dump_command_rewrites(
+    corpus, tokenizer_path, teacher_path, tmp_path, capsys
+):
     directory, _ = corpus
     url = str(tmp_path / "store")
     argv = lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path)

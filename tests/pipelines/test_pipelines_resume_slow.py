@@ -1,13 +1,14 @@
 """Crash/resume and runner-parallelism invariance of the dump (subprocesses; slow)."""
+
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pipelines_testlib as lib
 import pytest
 
-import pipelines_testlib as lib
 import store
 from pipelines import dump
 
@@ -24,8 +25,9 @@ def reference(request, corpus, tokenizer_path, teacher_path, tmp_path_factory):
     directory, _ = corpus
 
     def argv(url, *extra):
-        a = lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path,
-                          *request.param, *extra)
+        a = lib.dump_argv(
+            os.path.join(directory, "*"), url, teacher_path, tokenizer_path, *request.param, *extra
+        )
         a[a.index("--rows-per-unit") + 1] = SMALL_UNITS[1]
         return a
 
@@ -37,9 +39,14 @@ def reference(request, corpus, tokenizer_path, teacher_path, tmp_path_factory):
 def _spawn(argv):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     # Own process group: SIGKILL reaches Beam's worker processes too.
-    return subprocess.Popen([sys.executable, "-m", "pipelines.dump", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.dump", *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def _committed(url):
@@ -57,7 +64,9 @@ def test_sigkill_mid_run_then_rerun_is_identical(reference, tmp_path):
     deadline = time.monotonic() + 240
     while _committed(url) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, "dump finished before it could be killed: " + proc.stderr.read().decode()
+    assert proc.poll() is None, (
+        "dump finished before it could be killed: " + proc.stderr.read().decode()
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = _committed(url)
@@ -71,7 +80,9 @@ def test_sigkill_mid_run_then_rerun_is_identical(reference, tmp_path):
 def test_two_worker_processes_give_the_same_store(reference, tmp_path):
     argv, ref_url = reference
     url = str(tmp_path / "store")
-    proc = _spawn(argv(url, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"))
+    proc = _spawn(
+        argv(url, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+    )
     _, err = proc.communicate(timeout=500)
     assert proc.returncode == 0, err.decode()[-2000:]
     lib.assert_stores_identical(ref_url, url)

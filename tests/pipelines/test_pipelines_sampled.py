@@ -1,11 +1,12 @@
 """`python -m pipelines.dump --samples S`: sampled logits in the store, resume byte-identical, refusals."""
+
 import os
 import shutil
 
 import numpy as np
+import pipelines_testlib as lib
 import pytest
 
-import pipelines_testlib as lib
 import store
 from pipelines import dump, options
 from pipelines.errors import OptionsError
@@ -16,20 +17,32 @@ SAMPLES = 5
 
 
 # (k, profile): top-k and draws in the exact profile; draws only in lean (the <= 1 KB/token set-up of store/lean.py).
-@pytest.fixture(scope="module", params=[(lib.K, "exact"), (0, "lean")],
-                ids=["exact-topk+sampled", "lean-sampled-only"])
+@pytest.fixture(
+    scope="module",
+    params=[(lib.K, "exact"), (0, "lean")],
+    ids=["exact-topk+sampled", "lean-sampled-only"],
+)
 def sampled_dump(request, corpus, tokenizer_path, teacher_path, tmp_path_factory):
     directory, _ = corpus
     url = str(tmp_path_factory.mktemp("sampled") / "store")
     k, profile = request.param
-    argv = lib.dump_argv(os.path.join(directory, "*"), url, teacher_path, tokenizer_path,
-                         "--samples", str(SAMPLES), "--profile", profile)
+    argv = lib.dump_argv(
+        os.path.join(directory, "*"),
+        url,
+        teacher_path,
+        tokenizer_path,
+        "--samples",
+        str(SAMPLES),
+        "--profile",
+        profile,
+    )
     argv[argv.index("--k") + 1] = str(k)
     return argv, dump.run_dump(argv), url
 
 
-def test_store_holds_the_draws_of_the_bare_extraction(sampled_dump, corpus, tokenizer_path,
-                                                      teacher_path, tmp_path):
+def test_store_holds_the_draws_of_the_bare_extraction(
+    sampled_dump, corpus, tokenizer_path, teacher_path, tmp_path
+):
     _, result, url = sampled_dump
     reader = store.StoreReader(url)
     assert reader.schema.samples == SAMPLES and result.plan.schema.samples == SAMPLES
@@ -57,15 +70,24 @@ def test_resume_after_lost_commits_is_byte_identical(sampled_dump, tmp_path):
     lib.assert_stores_identical(url, copy)
 
 
-@pytest.mark.parametrize("extra, match", [
-    (("--samples", "256"), r"--samples=256 must be in \[0, 255\]"),
-    (("--samples", "-1"), r"--samples=-1 must be in \[0, 255\]"),
-    (("--k", "0"), r"--k=0 must be a positive integer \(0 only with --samples > 0\)"),
-    (("--k", "0", "--samples", "4", "--top-p", "0.9"), "--top-p truncates the top-k but --k is 0"),
-])
-def test_bad_sampling_flags_are_refused(corpus, tokenizer_path, teacher_path, tmp_path, extra, match):
-    argv = lib.dump_argv(os.path.join(corpus[0], "*"), str(tmp_path / "s"), teacher_path,
-                         tokenizer_path)
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (("--samples", "256"), r"--samples=256 must be in \[0, 255\]"),
+        (("--samples", "-1"), r"--samples=-1 must be in \[0, 255\]"),
+        (("--k", "0"), r"--k=0 must be a positive integer \(0 only with --samples > 0\)"),
+        (
+            ("--k", "0", "--samples", "4", "--top-p", "0.9"),
+            "--top-p truncates the top-k but --k is 0",
+        ),
+    ],
+)
+def test_bad_sampling_flags_are_refused(
+    corpus, tokenizer_path, teacher_path, tmp_path, extra, match
+):
+    argv = lib.dump_argv(
+        os.path.join(corpus[0], "*"), str(tmp_path / "s"), teacher_path, tokenizer_path
+    )
     argv = [a for a in argv]
     for flag, value in zip(extra[::2], extra[1::2]):
         if flag in argv:
@@ -78,7 +100,15 @@ def test_bad_sampling_flags_are_refused(corpus, tokenizer_path, teacher_path, tm
 
 
 def test_samples_without_teacher_are_refused(corpus, tokenizer_path, tmp_path):
-    base = ["--input", os.path.join(corpus[0], "*"), "--store", str(tmp_path / "s"),
-            "--tokenizer", tokenizer_path, "--seq-len", "32"]
+    base = [
+        "--input",
+        os.path.join(corpus[0], "*"),
+        "--store",
+        str(tmp_path / "s"),
+        "--tokenizer",
+        tokenizer_path,
+        "--seq-len",
+        "32",
+    ]
     with pytest.raises(OptionsError, match="^--samples only apply with --teacher"):
         options.parse(base + ["--samples", "4"])

@@ -1,10 +1,11 @@
 """Tokenizer helper: training, info, loading, CLI, errors."""
+
 import hashlib
 import os
 
+import pipelines_testlib as lib
 import pytest
 
-import pipelines_testlib as lib
 from pipelines import train_tokenizer
 from trainer.model import tokenizer
 from trainer.model.tokenizer import TokenizerError
@@ -14,7 +15,12 @@ def test_info_matches_contract(tokenizer_path):
     info = tokenizer.tokenizer_info(tokenizer_path)
     assert set(info) == {"sha256", "vocab_size", "bos_id", "eos_id", "pad_id"}
     assert info["sha256"] == hashlib.sha256(open(tokenizer_path, "rb").read()).hexdigest()
-    assert (info["vocab_size"], info["pad_id"], info["eos_id"], info["bos_id"]) == (lib.VOCAB, 0, 1, 2)
+    assert (info["vocab_size"], info["pad_id"], info["eos_id"], info["bos_id"]) == (
+        lib.VOCAB,
+        0,
+        1,
+        2,
+    )
 
 
 def test_byte_fallback_round_trips_unseen_text(tokenizer_path):
@@ -27,16 +33,28 @@ def test_byte_fallback_round_trips_unseen_text(tokenizer_path):
 
 def test_training_is_deterministic(corpus, tmp_path, tokenizer_path):
     _, docs = corpus
-    again = tokenizer.train_tokenizer(iter(docs), str(tmp_path / "again"), vocab_size=lib.VOCAB,
-                                      num_threads=1)
-    assert tokenizer.tokenizer_info(again)["sha256"] == tokenizer.tokenizer_info(tokenizer_path)["sha256"]
+    again = tokenizer.train_tokenizer(
+        iter(docs), str(tmp_path / "again"), vocab_size=lib.VOCAB, num_threads=1
+    )
+    assert (
+        tokenizer.tokenizer_info(again)["sha256"]
+        == tokenizer.tokenizer_info(tokenizer_path)["sha256"]
+    )
 
 
 def test_cli_trains_a_model(corpus, tmp_path, capsys):
     directory, _ = corpus
     prefix = str(tmp_path / "cli")
-    rc = train_tokenizer.main(["--input", os.path.join(directory, "*.txt"), "--model-prefix", prefix,
-                         "--vocab-size", "300"])
+    rc = train_tokenizer.main(
+        [
+            "--input",
+            os.path.join(directory, "*.txt"),
+            "--model-prefix",
+            prefix,
+            "--vocab-size",
+            "300",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == prefix + ".model"
@@ -44,7 +62,9 @@ def test_cli_trains_a_model(corpus, tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    rc = train_tokenizer.main(["--input", str(tmp_path / "none*.txt"), "--model-prefix", str(tmp_path / "m")])
+    rc = train_tokenizer.main(
+        ["--input", str(tmp_path / "none*.txt"), "--model-prefix", str(tmp_path / "m")]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: input") and "matches no file" in err and "\n" not in err
@@ -57,7 +77,9 @@ def test_errors(tmp_path):
         tokenizer.train_tokenizer(iter(["", "  "]), str(tmp_path / "m"), vocab_size=300)
     with pytest.raises(TokenizerError, match=r"give more text or a smaller --vocab-size"):
         tokenizer.train_tokenizer(iter(["tiny corpus"]), str(tmp_path / "m"), vocab_size=5000)
-    with pytest.raises(TokenizerError, match=r"cannot read tokenizer model.*pipelines\.train_tokenizer"):
+    with pytest.raises(
+        TokenizerError, match=r"cannot read tokenizer model.*pipelines\.train_tokenizer"
+    ):
         tokenizer.load_tokenizer(str(tmp_path / "missing.model"))
     junk = tmp_path / "junk.model"
     junk.write_bytes(b"\x00garbage")

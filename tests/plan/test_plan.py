@@ -2,14 +2,18 @@
 
 The TPU-compiler tests are in test_plan_tpu.py (skipped without libtpu).
 """
+
 import json
 
 import jax
 import pytest
 
 from trainer import flops
-from trainer.model import gemma3 as model, model_config
-from trainer.plan import __main__ as cli, chips, devices as devices_lib, report, search, targets
+from trainer.model import gemma3 as model
+from trainer.model import model_config
+from trainer.plan import __main__ as cli
+from trainer.plan import chips, report, search, targets
+from trainer.plan import devices as devices_lib
 from trainer.plan.chips import GiB
 
 
@@ -21,8 +25,16 @@ def _plan_cpu(target, topology="v5e:2x2"):
 
 
 def _dump(rows=2, params="replicated", dtype="float32", profile="", devices=None):
-    opts = targets.DumpOptions(teacher="tiny", vocab_size=512, dtype=dtype, seq_len=32, k=8,
-                               token_tile=32, profile=profile, params=params)
+    opts = targets.DumpOptions(
+        teacher="tiny",
+        vocab_size=512,
+        dtype=dtype,
+        seq_len=32,
+        k=8,
+        token_tile=32,
+        profile=profile,
+        params=params,
+    )
     return targets.DumpTarget(opts, devices, "cpu", rows)
 
 
@@ -81,8 +93,9 @@ def test_search_finds_the_largest_fitting_rows_of_a_linear_memory_model():
         peak = 1000 + 37 * rows
         return peak <= 1000 + 37 * 45, peak
 
-    largest, probes = search.largest_fitting(probe, hi=64, capacity=1000 + 37 * 45,
-                                             hi_peak=1000 + 37 * 64)
+    largest, probes = search.largest_fitting(
+        probe, hi=64, capacity=1000 + 37 * 45, hi_peak=1000 + 37 * 64
+    )
     assert largest == 45 and [p["rows"] for p in probes] == calls
     assert all(0 < r < 64 for r in calls) and len(calls) <= 2 * 6 + 1
     nothing, _ = search.largest_fitting(lambda r: (False, None), hi=64, capacity=1)
@@ -93,12 +106,35 @@ def test_planner_refuses_a_shape_that_cannot_fit_and_names_the_largest_that_does
     # HBM set to the compiler's peak at 2 rows per device: 4 rows cannot fit and 2
     # is the largest that does (more rows only add tokens, logits and outputs).
     topo, devices = _plan_cpu(None)
-    small = report.make_plan(_dump(2, dtype="bfloat16", devices=devices), topo, devices, "cpu",
-                             search=False)
+    small = report.make_plan(
+        _dump(2, dtype="bfloat16", devices=devices), topo, devices, "cpu", search=False
+    )
     peak = small["programs"][0]["memory"]["peak_bytes"]
-    rc = cli.main(["dump", "--teacher", "tiny", "--vocab", "512", "--seq-len", "32", "--k", "8",
-                   "--token-tile", "32", "--profile", "none", "--rows-per-device", "4",
-                   "--topology", "v5e:2x2", "--platform", "cpu", "--hbm-gib", str(peak / GiB)])
+    rc = cli.main(
+        [
+            "dump",
+            "--teacher",
+            "tiny",
+            "--vocab",
+            "512",
+            "--seq-len",
+            "32",
+            "--k",
+            "8",
+            "--token-tile",
+            "32",
+            "--profile",
+            "none",
+            "--rows-per-device",
+            "4",
+            "--topology",
+            "v5e:2x2",
+            "--platform",
+            "cpu",
+            "--hbm-gib",
+            str(peak / GiB),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "DOES NOT FIT" in out
@@ -106,24 +142,57 @@ def test_planner_refuses_a_shape_that_cannot_fit_and_names_the_largest_that_does
 
 
 def test_planner_json_takes_any_config_override(capsys):
-    rc = cli.main(["train", "--config", "tiny:nll", "--set", "model.remat=True", "--set",
-                   "mesh.fsdp=4", "--topology", "v5e:2x2", "--platform", "cpu", "--json"])
+    rc = cli.main(
+        [
+            "train",
+            "--config",
+            "tiny:nll",
+            "--set",
+            "model.remat=True",
+            "--set",
+            "mesh.fsdp=4",
+            "--topology",
+            "v5e:2x2",
+            "--platform",
+            "cpu",
+            "--json",
+        ]
+    )
     rep = json.loads(capsys.readouterr().out)
     assert rc == 0 and rep["fits"] and rep["remat"] is True
     assert rep["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     assert rep["programs"][0]["memory"]["argument_bytes"] > 0
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["train", "--config", "tiny:kd", "--topology", "v9:2x2"], "unknown topology 'v9:2x2'"),
-    (["train", "--config", "tiny:kd", "--set", "mesh.data=3", "--topology", "v5e:2x2"],
-     "needs 3 devices but 4 exist"),
-    (["train", "--config", "tiny:kd", "--set", "data.batch_size=6", "--topology", "v5e:2x2"],
-     "use a multiple of 4"),
-    (["train", "--config", "tiny:kd", "--topology", "v5p:4x4x4"], "needs 64 host devices"),
-    (["dump", "--teacher", "tiny", "--vocab", "512", "--params", "ring", "--topology", "v5e:2x2"],
-     "unknown params placement 'ring'"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--config", "tiny:kd", "--topology", "v9:2x2"], "unknown topology 'v9:2x2'"),
+        (
+            ["train", "--config", "tiny:kd", "--set", "mesh.data=3", "--topology", "v5e:2x2"],
+            "needs 3 devices but 4 exist",
+        ),
+        (
+            ["train", "--config", "tiny:kd", "--set", "data.batch_size=6", "--topology", "v5e:2x2"],
+            "use a multiple of 4",
+        ),
+        (["train", "--config", "tiny:kd", "--topology", "v5p:4x4x4"], "needs 64 host devices"),
+        (
+            [
+                "dump",
+                "--teacher",
+                "tiny",
+                "--vocab",
+                "512",
+                "--params",
+                "ring",
+                "--topology",
+                "v5e:2x2",
+            ],
+            "unknown params placement 'ring'",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_fix(argv, needle, capsys):
     rc = cli.main(argv + ["--platform", "cpu"])
     err = capsys.readouterr().err
@@ -151,6 +220,7 @@ def test_host_callbacks_in_a_step_are_counted():
 
 class _LinearTarget:
     """A target whose per-device peak is exactly 2 x rows x 4 KiB (argument + output)."""
+
     kind, shards = "dump", 1
 
     def __init__(self, rows):
@@ -173,8 +243,15 @@ def test_make_plan_finds_the_largest_fitting_rows_from_above_and_below(requested
     topo = chips.parse_topology("v5e:1x1")
     devices = devices_lib.plan_devices(topo, "cpu")
     capacity = 2 * 10 * 4096 + 100  # 10 rows fit, 11 do not
-    rep = report.make_plan(_LinearTarget(requested), topo, devices, "cpu", hbm_bytes=capacity,
-                           search_up=search_up, max_rows=64)
+    rep = report.make_plan(
+        _LinearTarget(requested),
+        topo,
+        devices,
+        "cpu",
+        hbm_bytes=capacity,
+        search_up=search_up,
+        max_rows=64,
+    )
     assert rep["largest_fitting_rows"] == 10
     assert rep["fits"] is search_up
     for probe in rep["probes"]:

@@ -1,8 +1,10 @@
 """What the compiler found (docs/tpu.md), kept fixed: checked with the CPU compiler, no libtpu."""
+
 import jax
 import jax.numpy as jnp
 
-from trainer.model import gemma3 as model, model_config
+from trainer.model import gemma3 as model
+from trainer.model import model_config
 
 
 def test_a_captured_layer_does_not_copy_the_layer_weights():
@@ -16,7 +18,9 @@ def test_a_captured_layer_does_not_copy_the_layer_weights():
     tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
 
     def temp(capture):
-        fn = jax.jit(lambda p, t: model.forward(p, t, cfg, capture_layers=capture).final_hidden_BxTxD)
+        fn = jax.jit(
+            lambda p, t: model.forward(p, t, cfg, capture_layers=capture).final_hidden_BxTxD
+        )
         return fn.lower(shapes, tokens).compile().memory_analysis().temp_size_in_bytes
 
     whole, split = temp(()), temp((2,))

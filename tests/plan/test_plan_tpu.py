@@ -3,15 +3,20 @@
 CI installs libtpu through the `tpu` extra (`make test`); elsewhere these
 tests skip, saying how to get it.
 """
+
 import pytest
 
 from trainer import flops
 from trainer.model import model_config
-from trainer.plan import chips, compile as compile_lib, devices as devices_lib, report, targets
+from trainer.plan import chips, report, targets
+from trainer.plan import compile as compile_lib
+from trainer.plan import devices as devices_lib
 
-pytestmark = pytest.mark.skipif(not devices_lib.libtpu_available(),
-                                reason="libtpu is not installed: pip install -e '.[tpu]' (the "
-                                       "pinned TPU compiler) to run the TPU compile tests")
+pytestmark = pytest.mark.skipif(
+    not devices_lib.libtpu_available(),
+    reason="libtpu is not installed: pip install -e '.[tpu]' (the "
+    "pinned TPU compiler) to run the TPU compile tests",
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +45,19 @@ def test_tiny_train_step_compiles_for_v5e(v5e, method):
 
 def test_tiny_dump_step_compiles_for_v5e_with_device_encoding(v5e):
     topo, devices = v5e
-    opts = targets.DumpOptions(teacher="tiny", vocab_size=512, dtype="bfloat16", seq_len=64, k=8,
-                               samples=4, token_tile=64, profile="compact")
-    rep = report.make_plan(targets.DumpTarget(opts, devices, "tpu", 2), topo, devices, "tpu",
-                           search=False)
+    opts = targets.DumpOptions(
+        teacher="tiny",
+        vocab_size=512,
+        dtype="bfloat16",
+        seq_len=64,
+        k=8,
+        samples=4,
+        token_tile=64,
+        profile="compact",
+    )
+    rep = report.make_plan(
+        targets.DumpTarget(opts, devices, "tpu", 2), topo, devices, "tpu", search=False
+    )
     assert rep["fits"] and rep["topk_group"] == 0 and rep["rank_float32"] is False
     count = flops.param_counts(model_config.get_config("tiny", vocab_size=512))["total_params"]
     # Replicated bf16 matmul weights (norms fp32): at least 2 B per parameter on every
@@ -52,8 +66,10 @@ def test_tiny_dump_step_compiles_for_v5e_with_device_encoding(v5e):
 
 
 def test_out_of_memory_refusal_is_parsed():
-    msg = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
-           "space hbm. Used 1.00T of 95.74G hbm. Exceeded hbm capacity by 927.5G.\n"
-           "Total hbm usage >= 1.00T: ... HLO temporaries (1.00T) exceeds available HBM (95.74G)")
+    msg = (
+        "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+        "space hbm. Used 1.00T of 95.74G hbm. Exceeded hbm capacity by 927.5G.\n"
+        "Total hbm usage >= 1.00T: ... HLO temporaries (1.00T) exceeds available HBM (95.74G)"
+    )
     assert compile_lib.is_out_of_memory(RuntimeError(msg))
-    assert compile_lib._named_bytes(msg) == int(1.00 * 2 ** 40)
+    assert compile_lib._named_bytes(msg) == int(1.00 * 2**40)

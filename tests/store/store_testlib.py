@@ -1,5 +1,6 @@
 """Synthetic teacher signal for the store tests (a module, not conftest: several
 test folders have a conftest.py, so `from conftest import ...` is ambiguous)."""
+
 import numpy as np
 
 
@@ -19,8 +20,8 @@ def synth_unit(rng, rows, schema, top_p_drop=True):
         ids = np.argsort(-lp, axis=-1, kind="stable")[..., :K]
         topk = np.take_along_axis(lp, ids, -1)
         if top_p_drop:  # Slots a top-p truncation dropped: -inf, id 0.
-            topk[:, 0, K // 2:] = -np.inf
-            ids[:, 0, K // 2:] = 0
+            topk[:, 0, K // 2 :] = -np.inf
+            ids[:, 0, K // 2 :] = 0
         out["topk_ids"], out["topk_logprobs"] = ids.astype(np.int32), topk
     for layer in schema.hidden_layers:
         h = rng.standard_t(5, size=(rows, T, D)).astype(np.float32) * 30.0
@@ -42,9 +43,12 @@ def draw_samples(rng, lp_xV, S):
         p = np.exp(row - row.max())
         draws = rng.choice(row.size, size=S, p=p / p.sum())
         u, c = np.unique(draws, return_counts=True)
-        ids[i, :u.size], counts[i, :u.size], lps[i, :u.size] = u, c, row[u]
-    return {"sampled_ids": ids.reshape(*lead, S), "sampled_counts": counts.reshape(*lead, S),
-            "sampled_logprobs": lps.reshape(*lead, S)}
+        ids[i, : u.size], counts[i, : u.size], lps[i, : u.size] = u, c, row[u]
+    return {
+        "sampled_ids": ids.reshape(*lead, S),
+        "sampled_counts": counts.reshape(*lead, S),
+        "sampled_logprobs": lps.reshape(*lead, S),
+    }
 
 
 def write_synth(url, schema, num_rows, seed=0, units=None):
@@ -53,6 +57,7 @@ def write_synth(url, schema, num_rows, seed=0, units=None):
     Returns (writer, {unit: inputs}).
     """
     from store import create_store
+
     w = create_store(url, schema, num_rows=num_rows)
     rng = np.random.default_rng(seed)
     data = {}
@@ -68,6 +73,7 @@ def load_bench(name):
     """Imports bench/<name>.py (bench/ is not a package)."""
     import importlib.util
     import pathlib
+
     path = pathlib.Path(__file__).parent.parent.parent / "bench" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

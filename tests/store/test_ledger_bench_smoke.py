@@ -1,4 +1,5 @@
 """The ledger benchmark runs end to end (tiny sizes, local disk only)."""
+
 import json
 
 from store_testlib import load_bench
@@ -7,8 +8,18 @@ from store_testlib import load_bench
 def test_ledger_bench_tiny(tmp_path):
     bench = load_bench("ledger_bench")
     out = tmp_path / "r.json"
-    report = bench.main(["--local_sizes", "30", "--s3_sizes", "--no-million", "--dir", str(tmp_path / "s"),
-                         "--out", str(out)])
+    report = bench.main(
+        [
+            "--local_sizes",
+            "30",
+            "--s3_sizes",
+            "--no-million",
+            "--dir",
+            str(tmp_path / "s"),
+            "--out",
+            str(out),
+        ]
+    )
     (row,) = json.loads(out.read_text())["rows"]
     assert row == report["rows"][0] and row["units"] == 30
     assert row["no_snapshot"]["open_reader"]["ledger_source"] == "listing (no snapshot)"

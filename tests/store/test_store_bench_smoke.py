@@ -1,8 +1,8 @@
 """The store benchmark runs end to end at its real geometry (one row per vocabulary size)."""
+
 import json
 
 import pytest
-
 from store_testlib import load_bench
 
 
@@ -10,8 +10,22 @@ from store_testlib import load_bench
 def test_store_bench_one_row(tmp_path):
     bench = load_bench("store_bench")
     out = tmp_path / "r.json"
-    report = bench.main(["--rows", "1", "--rows_per_unit", "1", "--read_batch", "1", "--repeats", "1",
-                         "--dir", str(tmp_path / "stores"), "--out", str(out)])
+    report = bench.main(
+        [
+            "--rows",
+            "1",
+            "--rows_per_unit",
+            "1",
+            "--read_batch",
+            "1",
+            "--repeats",
+            "1",
+            "--dir",
+            str(tmp_path / "stores"),
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text())["geometry"]["tokens"] == 2048
     by = {(r["name"], r["vocab_size"]): r for r in report["profiles"]}
     assert set(by) == {(c[0], v) for c in bench.CASES for v in bench.VOCABS}
@@ -25,9 +39,20 @@ def test_store_bench_one_row(tmp_path):
             assert res[f"{mode}_read_MB_s"] > 0 and res[f"{mode}_vs_raw"] > 0, (res["name"], mode)
         assert set(res["bytes_per_token_by_array"]) == set(res["bytes_per_token_formula_by_array"])
     # The exact loader read skips only the per-token RMS (4 B/token).
-    assert exact["loader_read_bytes"] < exact["stored_read_bytes"] < exact["loader_read_bytes"] + 5 * 2048
+    assert (
+        exact["loader_read_bytes"]
+        < exact["stored_read_bytes"]
+        < exact["loader_read_bytes"] + 5 * 2048
+    )
     assert by["lean_s12", 262144]["sampled"]["ids_counts_equal_input"]
     assert by["compact", 262144]["fidelity_vs_exact"]["ids_equal"]
     goals = report["goals"]
-    assert goals["compact_le_3000_B_token"] and goals["compact_cos_p1_ge_0.9995"] and goals["compact_kl_le_1e-3"]
-    assert goals["lean_s12_V262144_le_1000_B_token_on_disk"] and goals["lean_s12_V262144_le_1000_B_token_formula"]
+    assert (
+        goals["compact_le_3000_B_token"]
+        and goals["compact_cos_p1_ge_0.9995"]
+        and goals["compact_kl_le_1e-3"]
+    )
+    assert (
+        goals["lean_s12_V262144_le_1000_B_token_on_disk"]
+        and goals["lean_s12_V262144_le_1000_B_token_formula"]
+    )

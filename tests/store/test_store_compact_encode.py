@@ -1,4 +1,5 @@
 """The compact encoder's fast top-n outlier selection: the n largest |y|, ties to the lower channel."""
+
 import hashlib
 
 import numpy as np
@@ -24,7 +25,11 @@ def golden_inputs():
     out = []
     for shape in GOLDEN:
         D = shape[-1]
-        x = rng.standard_t(4, shape).astype(np.float32) * np.exp(rng.normal(0, 0.5, D)).astype(np.float32) * 150
+        x = (
+            rng.standard_t(4, shape).astype(np.float32)
+            * np.exp(rng.normal(0, 0.5, D)).astype(np.float32)
+            * 150
+        )
         ch = rng.choice(D, min(6, D), replace=False)
         x[..., ch] *= 50.0
         out.append(x)
@@ -53,18 +58,20 @@ def _reference(a, n):
     return out
 
 
-@pytest.mark.parametrize("D, n", [(2560, 8), (1024, 8), (1000, 8), (130, 8), (640, 1), (256, 8), (7, 7), (100, 8)])
+@pytest.mark.parametrize(
+    "D, n", [(2560, 8), (1024, 8), (1000, 8), (130, 8), (640, 1), (256, 8), (7, 7), (100, 8)]
+)
 def test_top_n_channels_takes_the_largest_with_ties_to_the_lower_channel(D, n):
     """Including boundary ties (all-zero tokens, coarse values, equal outliers), on both paths
     (D = 2560, 1024, 640, 256: block pre-selection; 1000, 130, 7, 100: the full-row fallback)."""
     rng = np.random.default_rng(D * 10 + n)
     a = np.abs(rng.standard_t(4, (3, 40, D))).astype(np.float32)
-    a[0, 0] = 0.0                                            # all-zero token: every channel ties
-    a[0, 1] = np.rint(a[0, 1])                               # coarse values: many ties
-    a[0, 2, : min(D, 12)] = 99.0                             # 12 equal outliers for n = 8 slots
+    a[0, 0] = 0.0  # all-zero token: every channel ties
+    a[0, 1] = np.rint(a[0, 1])  # coarse values: many ties
+    a[0, 2, : min(D, 12)] = 99.0  # 12 equal outliers for n = 8 slots
     a[0, 3, rng.choice(D, min(D, n + 1), replace=False)] = 7.0  # n+1 tied at the boundary
     a[1, :, rng.choice(D, min(D, 6), replace=False)] *= 50.0  # massive channels (the common case)
-    a[2, 5, -min(D, n + 3):] = 3e3                          # ties among the highest channels, above all else
+    a[2, 5, -min(D, n + 3) :] = 3e3  # ties among the highest channels, above all else
     got = topn.top_n_channels(a, n)
     assert got.dtype == np.intp and got.shape == (3, 40, n)
     np.testing.assert_array_equal(got, _reference(a, n))

@@ -5,6 +5,7 @@ problem (never a traceback), ``repair`` fixes it without deleting any unit
 whose bytes match its commit record, and the same writes restore the store
 byte for byte. Reading never returns fill values for a committed unit.
 """
+
 import json
 import os
 import pathlib
@@ -13,15 +14,20 @@ import shutil
 import numpy as np
 import pytest
 
-from store import CorruptStoreError, StoreReader, metadata, open_writer, reader as reader_mod
+from store import CorruptStoreError, StoreReader, metadata, open_writer
+from store import reader as reader_mod
 from store.cli import main
 from store.repair import repair_store
 from store.verify import verify_store
 
 
 def _files(root: pathlib.Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and not str(p.relative_to(root)).startswith(("ledger/repairs", "ledger/uncommitted"))}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file()
+        and not str(p.relative_to(root)).startswith(("ledger/repairs", "ledger/uncommitted"))
+    }
 
 
 def _edit_json(path: pathlib.Path, change):
@@ -54,16 +60,24 @@ def store(filled_store, tmp_path):
 
 
 CASES = {
-    "tokens dtype": lambda r: _edit_json(r / "tokens/zarr.json", lambda j: j.__setitem__("data_type", "uint32")),
-    "rms dtype": lambda r: _edit_json(r / "hidden_aux/2/rms/zarr.json", lambda j: j.__setitem__("data_type", "int32")),
-    "tokens shape": lambda r: _edit_json(r / "tokens/zarr.json", lambda j: j["shape"].__setitem__(0, 8)),
+    "tokens dtype": lambda r: _edit_json(
+        r / "tokens/zarr.json", lambda j: j.__setitem__("data_type", "uint32")
+    ),
+    "rms dtype": lambda r: _edit_json(
+        r / "hidden_aux/2/rms/zarr.json", lambda j: j.__setitem__("data_type", "int32")
+    ),
+    "tokens shape": lambda r: _edit_json(
+        r / "tokens/zarr.json", lambda j: j["shape"].__setitem__(0, 8)
+    ),
     "hidden metadata flip": lambda r: _flip(r / "hidden/2/zarr.json", 5),
     "root truncated": lambda r: (r / "zarr.json").write_bytes((r / "zarr.json").read_bytes()[:100]),
     "root flipped": lambda r: _flip(r / "zarr.json", 40),
-    "root seq_len edited": lambda r: _edit_json(r / "zarr.json", lambda j: j["attributes"]["schema"].__setitem__(
-        "seq_len", 32)),
-    "root num_rows edited": lambda r: _edit_json(r / "zarr.json", lambda j: j["attributes"].__setitem__(
-        "num_rows", 8)),
+    "root seq_len edited": lambda r: _edit_json(
+        r / "zarr.json", lambda j: j["attributes"]["schema"].__setitem__("seq_len", 32)
+    ),
+    "root num_rows edited": lambda r: _edit_json(
+        r / "zarr.json", lambda j: j["attributes"].__setitem__("num_rows", 8)
+    ),
     "group deleted": lambda r: (r / "topk/zarr.json").unlink(),
 }
 
@@ -74,7 +88,9 @@ def test_metadata_damage_is_rewritten_from_the_manifest_no_unit_lost(store, caps
     CASES[case](root)
     assert main(["verify", url]) == 1
     out = capsys.readouterr().out
-    assert "units not checked" in out and "metadata: " in out and "fix: python -m store repair" in out
+    assert (
+        "units not checked" in out and "metadata: " in out and "fix: python -m store repair" in out
+    )
     assert main(["repair", "--dry-run", url]) == 0
     assert "would: rewrite" in capsys.readouterr().out and _files(root) != clean  # nothing changed
     assert main(["repair", url]) == 0
@@ -88,8 +104,11 @@ def test_reader_and_writer_refuse_damaged_metadata_with_one_line(store):
     url, root, _, _ = store
     _edit_json(root / "tokens/zarr.json", lambda j: j["shape"].__setitem__(0, 8))
     for open_ in (StoreReader, open_writer):
-        with pytest.raises(CorruptStoreError, match=r"tokens/zarr.json has shape=\[8, 16\], the manifest gives "
-                                                    r"\[10, 16\].*python -m store repair") as e:
+        with pytest.raises(
+            CorruptStoreError,
+            match=r"tokens/zarr.json has shape=\[8, 16\], the manifest gives "
+            r"\[10, 16\].*python -m store repair",
+        ) as e:
             open_(url)
         assert "\n" not in str(e.value)
 
@@ -107,8 +126,10 @@ def test_corrupt_record_is_never_committed_and_is_repaired(store, capsys):
     _flip(root / "ledger/unit_00000001/zarr.json", 3)
     assert not open_writer(url).is_committed(1)  # the dump's writer re-writes it, never skips it
     assert main(["verify", url]) == 1
-    assert "unit 1 rows 4..8: corrupt record: ledger/unit_00000001/zarr.json is not valid JSON" in \
-        capsys.readouterr().out
+    assert (
+        "unit 1 rows 4..8: corrupt record: ledger/unit_00000001/zarr.json is not valid JSON"
+        in capsys.readouterr().out
+    )
     result = repair_store(url)
     assert [b["unit"] for b in result["repaired"]] == [1]
     _rewrite_missing(url, data)
@@ -156,7 +177,10 @@ def test_repair_stops_when_every_unit_fails_alike(store, capsys):
     before = _files(root)
     assert main(["repair", url]) == 1
     out = capsys.readouterr().out
-    assert "repair stopped: every committed unit (3) fails the same way (corrupt, array hidden_aux/2/rms" in out
+    assert (
+        "repair stopped: every committed unit (3) fails the same way (corrupt, array hidden_aux/2/rms"
+        in out
+    )
     assert "nothing was deleted" in out and _files(root) == before
 
 
@@ -184,10 +208,14 @@ def test_repair_journal_records_every_action(store):
 def test_root_and_copy_differing_only_in_creation_stamp_is_sound(store):
     """Two concurrent first creations (the dump's PrepareStore may run twice) can leave this behind."""
     url, root, _, clean = store
-    _edit_json(root / "zarr.json", lambda j: j["attributes"]["created"].__setitem__("host", "other"))
+    _edit_json(
+        root / "zarr.json", lambda j: j["attributes"]["created"].__setitem__("host", "other")
+    )
     StoreReader(url)
     assert verify_store(url)["ok"]
-    assert repair_store(url)["actions"] == ["rewrite zarr.json from the manifest (same manifest, other bytes)"]
+    assert repair_store(url)["actions"] == [
+        "rewrite zarr.json from the manifest (same manifest, other bytes)"
+    ]
     assert _files(root) == clean
 
 
@@ -207,10 +235,14 @@ def test_dry_run_changes_nothing_and_writes_no_journal(store, capsys):
     before = _files(root)
     assert main(["repair", "--dry-run", url]) == 0
     out = capsys.readouterr().out
-    assert "nothing was changed; would un-commit 1 bad units [2]" in out and "would: re-compact" in out
+    assert (
+        "nothing was changed; would un-commit 1 bad units [2]" in out and "would: re-compact" in out
+    )
     assert _files(root) == before and not (root / "ledger/repairs").exists()
     assert main(["verify", "--dry-run", url]) == 2
-    assert capsys.readouterr().err.strip() == "error: --dry-run is an option of repair, not of verify"
+    assert (
+        capsys.readouterr().err.strip() == "error: --dry-run is an option of repair, not of verify"
+    )
 
 
 def test_store_written_before_num_rows_and_the_copy_still_reads_verifies_and_resumes(store, capsys):

@@ -1,13 +1,22 @@
 """Bad input gives one clear StoreError (a ValueError) naming problem and fix."""
+
 import dataclasses
 import json
 
 import numpy as np
 import pytest
-
 from store_testlib import synth_unit
-from store import (IncompleteStoreError, SchemaMismatchError, StoreInputError, StoreNotFoundError,
-                   StoreReader, StoreSchema, create_store, open_writer)
+
+from store import (
+    IncompleteStoreError,
+    SchemaMismatchError,
+    StoreInputError,
+    StoreNotFoundError,
+    StoreReader,
+    StoreSchema,
+    create_store,
+    open_writer,
+)
 
 
 def test_errors_are_value_errors():
@@ -25,7 +34,9 @@ def test_empty_dir_and_not_a_store(tmp_path, make_schema):
     with pytest.raises(StoreNotFoundError, match="no zarr.json"):
         StoreReader(tmp_path)
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
+    (tmp_path / "other" / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group"})
+    )
     with pytest.raises(StoreNotFoundError, match="not a teacher-signal store"):
         StoreReader(tmp_path / "other")
     (tmp_path / "junk").mkdir()
@@ -39,12 +50,25 @@ def test_bad_url():
         StoreReader("ftp://host/x")
 
 
-@pytest.mark.parametrize("change,field", [
-    (dict(seq_len=32), "seq_len"),
-    (dict(profile="compact"), "profile"),
-    (dict(teacher={"name": "tiny", "fingerprint": "fp-2", "num_layers": 4, "d_model": 32, "config": {}}),
-     "teacher.fingerprint"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (dict(seq_len=32), "seq_len"),
+        (dict(profile="compact"), "profile"),
+        (
+            dict(
+                teacher={
+                    "name": "tiny",
+                    "fingerprint": "fp-2",
+                    "num_layers": 4,
+                    "d_model": 32,
+                    "config": {},
+                }
+            ),
+            "teacher.fingerprint",
+        ),
+    ],
+)
 def test_reopen_with_different_schema(tmp_path, make_schema, change, field):
     schema = make_schema()
     create_store(tmp_path / "s", schema, num_rows=8)
@@ -99,7 +123,9 @@ def test_partial_store_refused_unless_allowed(tmp_path, make_schema):
     schema = make_schema()
     w = create_store(tmp_path / "s", schema, num_rows=8)
     w.write_unit(1, **synth_unit(np.random.default_rng(0), 4, schema))
-    with pytest.raises(IncompleteStoreError, match="1 of 2 work units uncommitted.*allow_partial=True"):
+    with pytest.raises(
+        IncompleteStoreError, match="1 of 2 work units uncommitted.*allow_partial=True"
+    ):
         StoreReader(tmp_path / "s")
     r = StoreReader(tmp_path / "s", allow_partial=True)
     assert r.committed_rows().tolist() == [4, 5, 6, 7]
@@ -122,10 +148,23 @@ def test_read_bad_rows_and_fields(filled_store):
 def test_require(filled_store):
     url, schema, _ = filled_store("exact", num_rows=4)
     r = StoreReader(url)
-    r.require(seq_len=16, k=8, vocab_size=300, tokenizer_sha256="tok-sha", hidden_layers=(2,), hidden_dim=32,
-              samples=0)
-    for kw, field in [(dict(samples=12), "samples=0 but 12 was required"), (dict(seq_len=32), "seq_len"), (dict(k=4), "k"), (dict(vocab_size=32000), "vocab_size"),
-                      (dict(tokenizer_sha256="x"), "tokenizer_sha256"), (dict(hidden_dim=64), "hidden_dim"),
-                      (dict(hidden_layers=(2, 3)), "hidden_layers")]:
+    r.require(
+        seq_len=16,
+        k=8,
+        vocab_size=300,
+        tokenizer_sha256="tok-sha",
+        hidden_layers=(2,),
+        hidden_dim=32,
+        samples=0,
+    )
+    for kw, field in [
+        (dict(samples=12), "samples=0 but 12 was required"),
+        (dict(seq_len=32), "seq_len"),
+        (dict(k=4), "k"),
+        (dict(vocab_size=32000), "vocab_size"),
+        (dict(tokenizer_sha256="x"), "tokenizer_sha256"),
+        (dict(hidden_dim=64), "hidden_dim"),
+        (dict(hidden_layers=(2, 3)), "hidden_layers"),
+    ]:
         with pytest.raises(SchemaMismatchError, match=field):
             r.require(**kw)

@@ -14,6 +14,7 @@ truncation, a deletion, or a directory put in its place. For each mutation:
   unit, compact the ledger) gives the clean store back byte for byte (every
   file but the repair journal and the tombstones, which are bookkeeping).
 """
+
 import os
 import pathlib
 import re
@@ -21,18 +22,27 @@ import shutil
 
 import numpy as np
 import pytest
+from store_testlib import synth_unit
 
 from store import StoreReader, StoreSchema, create_store
 from store.repair import repair_store
 from store.verify import verify_store
-from store_testlib import synth_unit
 
 MUTATIONS = 200
 SEED = 22
 KINDS = ("flip", "flip", "truncate", "delete", "directory")
 BOOKKEEPING = ("ledger/repairs/", "ledger/uncommitted/")
-SCHEMA = StoreSchema(seq_len=4, k=2, vocab_size=50, hidden_layers=(1,), hidden_dim=8, rows_per_unit=2,
-                     tokenizer={"vocab_size": 50}, teacher={}, packing={})
+SCHEMA = StoreSchema(
+    seq_len=4,
+    k=2,
+    vocab_size=50,
+    hidden_layers=(1,),
+    hidden_dim=8,
+    rows_per_unit=2,
+    tokenizer={"vocab_size": 50},
+    teacher={},
+    packing={},
+)
 NUM_ROWS = 5  # units [0,2) [2,4) [4,5)
 
 
@@ -68,18 +78,29 @@ def _unit_of(rel: str):
     return int(found.group(1)) if found else None
 
 
-CATEGORIES = ("root", "manifest copy", "snapshot", "record", "array metadata", "group metadata", "shard")
+CATEGORIES = (
+    "root",
+    "manifest copy",
+    "snapshot",
+    "record",
+    "array metadata",
+    "group metadata",
+    "shard",
+)
 
 
 def _category(rel: str, unit, names) -> str:
     """Which kind of store file ``rel`` is (``names``: every file of the store)."""
-    named = {"zarr.json": "root", "ledger/manifest/zarr.json": "manifest copy",
-             "ledger/snapshot/zarr.json": "snapshot"}
+    named = {
+        "zarr.json": "root",
+        "ledger/manifest/zarr.json": "manifest copy",
+        "ledger/snapshot/zarr.json": "snapshot",
+    }
     if rel in named:
         return named[rel]
     if unit is not None:
         return "record" if rel.startswith("ledger/") else "shard"
-    parent = rel[:-len("zarr.json")]
+    parent = rel[: -len("zarr.json")]
     return "array metadata" if any(n.startswith(parent + "c/") for n in names) else "group metadata"
 
 
@@ -89,9 +110,9 @@ def _mutate(path: pathlib.Path, kind: str, rng, index_bytes: int):
         # Shards: half of the flips land in the shard index (its last bytes).
         lo = max(0, len(blob) - index_bytes) if index_bytes and rng.random() < 0.5 else 0
         at = int(rng.integers(lo, len(blob)))
-        path.write_bytes(blob[:at] + bytes([blob[at] ^ int(rng.integers(1, 256))]) + blob[at + 1:])
+        path.write_bytes(blob[:at] + bytes([blob[at] ^ int(rng.integers(1, 256))]) + blob[at + 1 :])
     elif kind == "truncate":
-        path.write_bytes(blob[:int(rng.integers(0, len(blob)))])
+        path.write_bytes(blob[: int(rng.integers(0, len(blob)))])
     elif kind == "delete":
         path.unlink()
     else:
@@ -118,10 +139,15 @@ def test_fuzz_verify_and_repair_never_lose_good_data(clean, tmp_path):
         by_category.setdefault(_category(name, _unit_of(name), names), []).append(name)
     assert sorted(by_category) == sorted(CATEGORIES)
     # Every (kind of file, kind of damage) pair once, the rest drawn at random.
-    plan = [(files[int(rng.integers(len(files)))], kind) for files in by_category.values()
-            for kind in dict.fromkeys(KINDS)]
-    plan += [(names[int(rng.integers(len(names)))], KINDS[int(rng.integers(len(KINDS)))])
-             for _ in range(MUTATIONS - len(plan))]
+    plan = [
+        (files[int(rng.integers(len(files)))], kind)
+        for files in by_category.values()
+        for kind in dict.fromkeys(KINDS)
+    ]
+    plan += [
+        (names[int(rng.integers(len(names)))], KINDS[int(rng.integers(len(KINDS)))])
+        for _ in range(MUTATIONS - len(plan))
+    ]
     plan = [plan[j] for j in rng.permutation(len(plan))]
     kinds_seen = set()
     for i, (rel, kind) in enumerate(plan):
@@ -130,7 +156,9 @@ def test_fuzz_verify_and_repair_never_lose_good_data(clean, tmp_path):
         if i == 0:
             shutil.copytree(root, work)
         # Shard index: 16 bytes per inner chunk + crc32c; R=2 rows fit one inner chunk here.
-        _mutate(work / rel, kind, rng, 20 if unit is not None and not rel.startswith("ledger/") else 0)
+        _mutate(
+            work / rel, kind, rng, 20 if unit is not None and not rel.startswith("ledger/") else 0
+        )
         kinds_seen.add((_category(rel, unit, names), kind))
         what = f"mutation {i}: {kind} {rel}"
         report = verify_store(str(work))  # must not raise
@@ -138,14 +166,19 @@ def test_fuzz_verify_and_repair_never_lose_good_data(clean, tmp_path):
             units, arrays = _rows(str(work))
             assert units == clean_units, what
             for name, x in clean_arrays.items():
-                assert arrays[name].tobytes() == x.tobytes(), f"{what}: verify said OK but {name} differs"
+                assert arrays[name].tobytes() == x.tobytes(), (
+                    f"{what}: verify said OK but {name} differs"
+                )
         result = repair_store(str(work))
         assert result["status"] != "stopped", f"{what}: {result['why']}"
         repaired = {b["unit"] for b in result["repaired"]}
-        assert repaired <= ({unit} if unit is not None else set()), \
+        assert repaired <= ({unit} if unit is not None else set()), (
             f"{what}: repair un-committed {sorted(repaired)}, whose own files were not touched"
+        )
         _dump(str(work), data)
-        assert _files(work) == clean_files, f"{what}: not restored byte for byte; {result['actions']}"
+        assert _files(work) == clean_files, (
+            f"{what}: not restored byte for byte; {result['actions']}"
+        )
         # Restored: the next mutation starts from this store (minus the bookkeeping).
         for folder in BOOKKEEPING:
             shutil.rmtree(work / folder, ignore_errors=True)

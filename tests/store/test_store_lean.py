@@ -1,16 +1,23 @@
 """The lean profile: its step constant, its encoding against an independent reference, stores, bad widths."""
+
 import json
 import math
 import pathlib
 
 import numpy as np
 import pytest
-
 import zarr_decode
-from store import SchemaMismatchError, StoreInputError, StoreReader, StoreSchema, create_store, layout, lean, metadata
+
+from store import (
+    SchemaMismatchError,
+    StoreInputError,
+    StoreReader,
+    layout,
+    lean,
+    metadata,
+)
 from store.profiles import PROFILES
 from store.verify import verify_store
-from store_testlib import synth_unit
 
 
 def _gaussian_quantizer_mse(step, levels=6):
@@ -66,7 +73,7 @@ def test_encoding_matches_the_reference(D):
     rng = np.random.default_rng(D)
     x = rng.standard_t(5, (2, 24, D)).astype(np.float32) * 3
     x[..., 1] *= 40.0  # a massive channel
-    x[0, 0] = 0.0      # an all-zero token: steps 1, every code 3
+    x[0, 0] = 0.0  # an all-zero token: steps 1, every code 3
     enc = PROFILES["lean"].encode_hidden(1, x)
     codes, step = enc["hidden/1"], enc["hidden_aux/1/step"]
     assert codes.dtype == np.uint8 and codes.shape == (2, 24, (D + 2) // 3) and codes.max() <= 215
@@ -78,13 +85,15 @@ def test_encoding_matches_the_reference(D):
     # float32 butterflies vs float64 matmul: a code may differ where r / step is within rounding of an integer.
     assert np.mean(got_c[..., :D] == want_c) > 0.999
     assert np.mean(step == want_step) > 0.99
-    np.testing.assert_allclose(step.astype(np.float32), want_step.astype(np.float32), rtol=2 ** -10)
+    np.testing.assert_allclose(step.astype(np.float32), want_step.astype(np.float32), rtol=2**-10)
 
 
 def test_hadamard_rotation_is_orthogonal_and_its_own_inverse():
     rng = np.random.default_rng(0)
     v = rng.normal(size=(3, 2, 64)).astype(np.float32)
-    np.testing.assert_allclose(lean.hadamard_rotate(v), v @ zarr_decode.sylvester(64) / 8, atol=1e-5)
+    np.testing.assert_allclose(
+        lean.hadamard_rotate(v), v @ zarr_decode.sylvester(64) / 8, atol=1e-5
+    )
     np.testing.assert_allclose(lean.hadamard_rotate(lean.hadamard_rotate(v)), v, atol=1e-5)
 
 
@@ -100,7 +109,10 @@ def test_lean_widths_accepted(make_schema, D):
 
 @pytest.mark.parametrize("D", [8, 24, 100, 2561])
 def test_lean_refuses_widths_without_16_channel_groups(make_schema, D):
-    with pytest.raises(StoreInputError, match=f"profile 'lean' needs hidden_dim divisible by 16.*got {D}; use the compact"):
+    with pytest.raises(
+        StoreInputError,
+        match=f"profile 'lean' needs hidden_dim divisible by 16.*got {D}; use the compact",
+    ):
         make_schema("lean", D=D)
 
 
@@ -112,10 +124,18 @@ def test_lean_store_round_trip_and_zarr_python_decode(filled_store, K):
     assert r.manifest["encodings"]["hidden_signs"] == lean.signs(64).tolist()
     out = r.read(np.arange(6))
     x = np.concatenate([data[u]["hidden"][2] for u in sorted(data)])
-    cos = (out["hidden/2"] * x).sum(-1) / np.linalg.norm(out["hidden/2"], axis=-1) / np.linalg.norm(x, axis=-1)
-    assert np.percentile(cos, 1) > 0.95 and np.mean((out["hidden/2"] - x) ** 2) / np.mean(x ** 2) < 0.08
+    cos = (
+        (out["hidden/2"] * x).sum(-1)
+        / np.linalg.norm(out["hidden/2"], axis=-1)
+        / np.linalg.norm(x, axis=-1)
+    )
+    assert (
+        np.percentile(cos, 1) > 0.95 and np.mean((out["hidden/2"] - x) ** 2) / np.mean(x**2) < 0.08
+    )
     g = zarr_decode.open_group(url)
-    np.testing.assert_allclose(out["hidden/2"], zarr_decode.hidden(g, 2), rtol=1e-4, atol=1e-4 * np.abs(x).max())
+    np.testing.assert_allclose(
+        out["hidden/2"], zarr_decode.hidden(g, 2), rtol=1e-4, atol=1e-4 * np.abs(x).max()
+    )
     y = r.read(np.arange(6), fields=("hidden/2",), hidden_normalized=True)["hidden/2"]
     np.testing.assert_allclose(y, zarr_decode.lean_normalized(g, 2), rtol=1e-5, atol=1e-5)
     s_ids, s_counts, _ = zarr_decode.sampled(g)
@@ -150,5 +170,7 @@ def test_manifest_with_other_signs_is_refused(filled_store):
     root["attributes"]["encodings"]["hidden_signs"][0] *= -1
     layout.write_group(kv, "", root["attributes"])  # as written by that package: root and its copy
     kv.write(metadata.COPY_KEY, metadata.copy_bytes(root["attributes"])).result()
-    with pytest.raises(SchemaMismatchError, match="encodings.hidden_signs=.*upgrade the store package"):
+    with pytest.raises(
+        SchemaMismatchError, match="encodings.hidden_signs=.*upgrade the store package"
+    ):
         StoreReader(url)

@@ -1,14 +1,15 @@
 """The ledger snapshot: constant-cost opens, checked against the per-unit commit records."""
+
 import json
 
 import numpy as np
 import pytest
 import tensorstore as ts
+from store_testlib import synth_unit
 
-from store import StoreReader, create_store, layout, ledger, open_writer, snapshot
+from store import StoreReader, create_store, layout, ledger, open_writer
 from store.cli import main
 from store.verify import verify_store
-from store_testlib import synth_unit
 
 
 def _kv(url):
@@ -63,13 +64,23 @@ def test_snapshot_disagreeing_with_records_is_detected(filled_store, capsys):
     open_writer(url).compact()
     ledger.delete(_kv(url), 2)  # a record removed behind the protocol's back (no tombstone)
     report = verify_store(url)
-    assert not report["ok"] and "disagrees with the commit records (claims [2]" in report["ledger_snapshot"]
+    assert (
+        not report["ok"]
+        and "disagrees with the commit records (claims [2]" in report["ledger_snapshot"]
+    )
     assert main(["verify", url]) == 1
     out = capsys.readouterr().out
-    assert "ledger snapshot disagrees" in out and f"python -m store repair {layout.normalize_url(url)}" in out
-    assert main(["repair", url]) == 0  # unit 2 (partial now) is un-committed, the snapshot re-compacted
+    assert (
+        "ledger snapshot disagrees" in out
+        and f"python -m store repair {layout.normalize_url(url)}" in out
+    )
+    assert (
+        main(["repair", url]) == 0
+    )  # unit 2 (partial now) is un-committed, the snapshot re-compacted
     report = verify_store(url)
-    assert report["ledger_snapshot"] is None and [b["status"] for b in report["bad_units"]] == ["missing"]
+    assert report["ledger_snapshot"] is None and [b["status"] for b in report["bad_units"]] == [
+        "missing"
+    ]
 
 
 def test_corrupt_snapshot_is_ignored_and_reported(filled_store, tmp_path):
@@ -80,7 +91,11 @@ def test_corrupt_snapshot_is_ignored_and_reported(filled_store, tmp_path):
     node["attributes"]["committed"] = [[0, 5]]  # claims units the records do not have
     path.write_text(json.dumps(node))
     r = StoreReader(url)
-    assert r.ledger_source == "listing (snapshot fails its checksum)" and r.committed_units == {0, 1, 2}
+    assert r.ledger_source == "listing (snapshot fails its checksum)" and r.committed_units == {
+        0,
+        1,
+        2,
+    }
     assert "ignored: snapshot fails its checksum" in verify_store(url)["ledger_snapshot"]
 
 
@@ -89,9 +104,13 @@ def _open_requests(url) -> dict:
     names = ("/tensorstore/kvstore/file/read", "/tensorstore/kvstore/file/list")
 
     def counts():
-        found = {m["name"]: m["values"][0]["value"] for m in ts.experimental_collect_matching_metrics(
-            "/tensorstore/kvstore/file/") if m["name"] in names}
+        found = {
+            m["name"]: m["values"][0]["value"]
+            for m in ts.experimental_collect_matching_metrics("/tensorstore/kvstore/file/")
+            if m["name"] in names
+        }
         return {n: found.get(n, 0) for n in names}
+
     before = counts()
     StoreReader(url)
     after = counts()

@@ -8,16 +8,16 @@ P_k = p_k/(1-m), gives q_k = (1-α)p_k + αP_k and Q = (1-α)m, so
 
 E.g. m = 0.35, α = 0.9: 0.65·log(1/1.484615) + 0.35·log(10) = −0.25685 + 0.80590 = 0.54905.
 """
+
 import json
 import math
 
 import numpy as np
 import pytest
 
-from store.errors import StoreInputError
-
 from store import objective_penalty as op
 from store.cli import main
+from store.errors import StoreInputError
 
 
 def _flat_topk(k, m, n=3):
@@ -62,8 +62,8 @@ def test_zero_tail_tau_half_matches_brute_force_grid():
     nll = -(p1 * np.log(q1) + m * np.log(big_q))
     # tail="zero": teacher is 1 on its single id; the student's gathered tempered
     # log-prob there is log(q1^t / (q1^t + (Q/m)^t S)).
-    kl = -np.log(q1 ** t / (q1 ** t + (big_q / m) ** t * s))
-    best = q1[np.argmin((1 - alpha) * nll + alpha * tau ** 2 * kl)]
+    kl = -np.log(q1**t / (q1**t + (big_q / m) ** t * s))
+    best = q1[np.argmin((1 - alpha) * nll + alpha * tau**2 * kl)]
     want = p1 * math.log(p1 / best) + m * math.log(m / (1 - best))
     got = op.position_penalties(np.log([[p1]]), v, alpha, tau, "zero")["penalty"][0]
     assert got == pytest.approx(want, abs=1e-6)
@@ -80,6 +80,7 @@ def test_stats_cli_penalty_on_a_store_with_a_known_optimum(tmp_path, make_schema
     """A store whose every position holds 4 equal ids and tail m = 0.35: the CLI's
     penalty for α=0.9, tail=zero is the closed form above (0.54905)."""
     from store import create_store
+
     schema = make_schema("exact", T=8, K=4, V=50, layers=(), D=0, R=4)
     w = create_store(str(tmp_path / "flat"), schema, num_rows=4)
     ids = np.broadcast_to(np.arange(4, dtype=np.int32), (4, 8, 4)).copy()

@@ -1,4 +1,5 @@
 """repair un-commits bad units so the writer (and the dump, which skips committed units) re-writes them."""
+
 import pathlib
 
 import pytest
@@ -9,12 +10,17 @@ from store.verify import verify_store
 
 
 def _shard_bytes(root: pathlib.Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and "/c/" in str(p.relative_to(root)) + "/"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and "/c/" in str(p.relative_to(root)) + "/"
+    }
 
 
-@pytest.mark.parametrize("with_snapshot,profile,array", [(False, "exact", "hidden/2"), (True, "exact", "hidden/2"),
-                                                         (False, "lean", "sampled/counts")])
+@pytest.mark.parametrize(
+    "with_snapshot,profile,array",
+    [(False, "exact", "hidden/2"), (True, "exact", "hidden/2"), (False, "lean", "sampled/counts")],
+)
 def test_flip_verify_repair_rewrite(filled_store, tmp_path, capsys, with_snapshot, profile, array):
     url, _, data = filled_store(profile, num_rows=10, samples=4 if profile == "lean" else 0)
     if with_snapshot:

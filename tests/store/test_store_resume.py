@@ -1,4 +1,5 @@
 """A writer SIGKILLed mid-unit leaves the unit uncommitted; resuming gives the same bytes."""
+
 import os
 import pathlib
 import signal
@@ -42,6 +43,7 @@ CHILD = textwrap.dedent("""
 
 def _write_all(url, schema, units):
     from store_testlib import synth_unit
+
     w = create_store(url, schema, num_rows=14)
     for u in units:
         a, b = w.unit_rows(u)
@@ -51,8 +53,12 @@ def _write_all(url, schema, units):
 
 def _files(root: pathlib.Path) -> dict:
     # The root zarr.json and its copy hold creation time/host; every other file must match exactly.
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and str(p.relative_to(root)) not in ("zarr.json", "ledger/manifest/zarr.json")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and str(p.relative_to(root)) not in ("zarr.json", "ledger/manifest/zarr.json")
+    }
 
 
 @pytest.mark.parametrize("profile,samples", [("compact", 0), ("lean", 12)])
@@ -61,7 +67,9 @@ def test_sigkill_mid_unit_then_resume_is_byte_identical(tmp_path, make_schema, p
     killed = tmp_path / "killed"
     code = CHILD.replace("{schema!r}", repr(schema.to_dict()))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]))
-    child = subprocess.Popen([sys.executable, "-c", code, str(killed), "2"], stdout=subprocess.PIPE, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(killed), "2"], stdout=subprocess.PIPE, env=env
+    )
     try:
         line = child.stdout.readline()
         assert line.strip() == b"ARRAYS_WRITTEN", line
@@ -78,12 +86,16 @@ def test_sigkill_mid_unit_then_resume_is_byte_identical(tmp_path, make_schema, p
         pass
     report = verify_store(killed)
     assert not report["ok"]
-    assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(2, "partial"), (3, "missing")]
+    assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [
+        (2, "partial"),
+        (3, "missing"),
+    ]
     assert StoreReader(killed, allow_partial=True).committed_units == {0, 1}
 
     # Resume: write what is not committed, as a pipeline would.
     w = create_store(killed, schema, num_rows=14)
     from store_testlib import synth_unit
+
     for u in sorted(set(range(w.num_units)) - w.committed_units()):
         a, b = w.unit_rows(u)
         w.write_unit(u, **synth_unit(np.random.default_rng(u), b - a, schema))
@@ -113,7 +125,10 @@ def test_concurrent_writers_of_distinct_units(tmp_path, make_schema):
             w.write_unit(u, **synth_unit(np.random.default_rng(u), b - a, schema))
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]))
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(url), units], env=env) for units in ("0,2", "1,3")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(url), units], env=env)
+        for units in ("0,2", "1,3")
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert verify_store(url)["ok"]
     clean = tmp_path / "clean"

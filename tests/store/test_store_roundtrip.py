@@ -1,4 +1,5 @@
 """Round trips through create_store / write_unit / StoreReader.read per profile."""
+
 import concurrent.futures
 import multiprocessing
 import pickle
@@ -15,10 +16,12 @@ def _cos(a, b):
 
 def _topk_kl(lp_ref, lp):
     """KL(p_ref || p) per token over the stored support (softmax of the log-probs)."""
+
     def norm(x):
         x = np.where(np.isfinite(x), x, -np.inf)
         m = x.max(-1, keepdims=True)
         return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
     a, b = norm(lp_ref.astype(np.float64)), norm(lp.astype(np.float64))
     p = np.exp(a)
     support = p > 0
@@ -27,17 +30,22 @@ def _topk_kl(lp_ref, lp):
 
 
 # Tolerances: exact stores fp16 (rel 2^-11); compact int8 + companded uint8.
-@pytest.mark.parametrize("profile,max_lp_err,min_cos,max_kl", [
-    ("exact", 1e-2, 0.99999, 1e-5),
-    ("compact", 0.2, 0.9995, 1e-3),
-])
+@pytest.mark.parametrize(
+    "profile,max_lp_err,min_cos,max_kl",
+    [
+        ("exact", 1e-2, 0.99999, 1e-5),
+        ("compact", 0.2, 0.9995, 1e-3),
+    ],
+)
 def test_round_trip(filled_store, profile, max_lp_err, min_cos, max_kl):
     url, schema, data = filled_store(profile, num_rows=10)
     r = StoreReader(url)
     assert r.num_rows == 10 and r.num_units == 3
     assert r.committed_rows().tolist() == list(range(10))
     out = r.read(np.arange(4, 10))
-    want = {k: np.concatenate([data[1][k], data[2][k]]) for k in ("tokens", "topk_ids", "topk_logprobs")}
+    want = {
+        k: np.concatenate([data[1][k], data[2][k]]) for k in ("tokens", "topk_ids", "topk_logprobs")
+    }
     h_want = np.concatenate([data[1]["hidden"][2], data[2]["hidden"][2]])
     assert out["tokens"].dtype == np.int32 and (out["tokens"] == want["tokens"]).all()
     assert out["topk_ids"].dtype == np.int32 and (out["topk_ids"] == want["topk_ids"]).all()
@@ -74,11 +82,19 @@ def test_tokens_only_store(filled_store):
 
 def test_rewrite_is_idempotent(filled_store, tmp_path):
     url, schema, data = filled_store("compact", num_rows=8)
-    files = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file() and "zarr.json" not in p.name}
+    files = {
+        p: p.read_bytes()
+        for p in (tmp_path / "s").rglob("*")
+        if p.is_file() and "zarr.json" not in p.name
+    }
     w = open_writer(url)
     w.write_unit(1, **data[1])
     assert w.committed_units() == {0, 1}
-    after = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file() and "zarr.json" not in p.name}
+    after = {
+        p: p.read_bytes()
+        for p in (tmp_path / "s").rglob("*")
+        if p.is_file() and "zarr.json" not in p.name
+    }
     assert files == after
 
 
@@ -94,7 +110,11 @@ def test_reopen_identical_and_resize(filled_store, tmp_path):
     # No empty ledger/unit_00000001/ left behind (plain zarr-python would warn about it).
     # The resize un-committed unit 1 and left a tombstone (store/ledger.py).
     assert sorted(p.name for p in (tmp_path / "s" / "ledger").iterdir()) == [
-        "manifest", "uncommitted", "unit_00000000", "zarr.json"]
+        "manifest",
+        "uncommitted",
+        "unit_00000000",
+        "zarr.json",
+    ]
 
 
 def _read_tokens(reader, row):
@@ -119,11 +139,14 @@ def test_reader_pickles_and_threads(filled_store):
 
 def test_memory_url(make_schema):
     from store_testlib import synth_unit
+
     schema = make_schema("compact")
     w = create_store("memory://roundtrip_test", schema, num_rows=4)
     unit = synth_unit(np.random.default_rng(1), 4, schema)
     w.write_unit(0, **unit)
-    assert (StoreReader("memory://roundtrip_test").read([2])["tokens"][0] == unit["tokens"][2]).all()
+    assert (
+        StoreReader("memory://roundtrip_test").read([2])["tokens"][0] == unit["tokens"][2]
+    ).all()
 
 
 @pytest.mark.parametrize("profile", ["exact", "compact"])
@@ -131,12 +154,17 @@ def test_all_zero_unit_round_trips_and_verifies(tmp_path, make_schema, profile):
     """TensorStore skips chunks equal to the fill value unless told not to; a
     zero-valued unit must still read back (not as 'missing shard') and verify."""
     from store import verify
+
     schema = make_schema(profile)
     w = create_store(tmp_path / "z", schema, num_rows=schema.rows_per_unit)
     R, T, K, D = schema.rows_per_unit, schema.seq_len, schema.k, schema.hidden_dim
-    w.write_unit(0, tokens=np.zeros((R, T), np.int32), topk_ids=np.zeros((R, T, K), np.int32),
-                 topk_logprobs=np.zeros((R, T, K), np.float32),
-                 hidden={l: np.zeros((R, T, D), np.float32) for l in schema.hidden_layers})
+    w.write_unit(
+        0,
+        tokens=np.zeros((R, T), np.int32),
+        topk_ids=np.zeros((R, T, K), np.int32),
+        topk_logprobs=np.zeros((R, T, K), np.float32),
+        hidden={l: np.zeros((R, T, D), np.float32) for l in schema.hidden_layers},
+    )
     out = StoreReader(tmp_path / "z").read(np.arange(R))
     assert not out["tokens"].any() and not out["topk_ids"].any()
     assert verify.verify_store(str(tmp_path / "z"))["ok"]

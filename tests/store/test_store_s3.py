@@ -4,6 +4,7 @@ The endpoint comes from AWS_ENDPOINT_URL as the AWS SDKs take it; every test
 runs with HTTP(S)_PROXY at a dead loopback port (only 127.0.0.1 exempt), so
 nothing can leave the machine.
 """
+
 import os
 import subprocess
 import sys
@@ -12,12 +13,16 @@ import textwrap
 import boto3
 import numpy as np
 import pytest
-
-import store
-from store import cli, errors, open_writer, StoreReader
-from store.verify import verify_store
-from s3_loopback import FaultProxy, make_bucket, moto_server, s3_env  # bench/, via tests/conftest.py
+from s3_loopback import (
+    FaultProxy,
+    make_bucket,
+    moto_server,
+    s3_env,
+)  # bench/, via tests/conftest.py
 from store_testlib import write_synth
+
+from store import StoreReader, cli, errors, open_writer
+from store.verify import verify_store
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,8 +45,13 @@ def s3(moto, monkeypatch, request):
 
 
 def _client(endpoint):
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                        aws_secret_access_key="testing", region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
 
 
 def _objects(endpoint, prefix) -> dict:
@@ -50,7 +60,9 @@ def _objects(endpoint, prefix) -> dict:
     out = {}
     for page in c.get_paginator("list_objects_v2").paginate(Bucket="bkt", Prefix=prefix + "/"):
         for o in page.get("Contents", []):
-            out[o["Key"][len(prefix) + 1:]] = c.get_object(Bucket="bkt", Key=o["Key"])["Body"].read()
+            out[o["Key"][len(prefix) + 1 :]] = c.get_object(Bucket="bkt", Key=o["Key"])[
+                "Body"
+            ].read()
     return out
 
 
@@ -69,7 +81,11 @@ def test_s3_write_read_inspect_verify_stats(s3, make_schema, capsys):
     for verb in ("inspect", "verify", "stats"):
         assert cli.main([verb, url]) == 0, verb
     out = capsys.readouterr().out
-    assert "units committed 3/3" in out and "OK: 3/3 units committed, 0 bad" in out and "stats over" in out
+    assert (
+        "units committed 3/3" in out
+        and "OK: 3/3 units committed, 0 bad" in out
+        and "stats over" in out
+    )
 
 
 _WRITER = textwrap.dedent("""
@@ -96,25 +112,37 @@ _WRITER = textwrap.dedent("""
 
 
 def _run_writer(url, units, kill_at=-1):
-    return subprocess.Popen([sys.executable, "-c", _WRITER.format(here=HERE), url,
-                             ",".join(map(str, units)), str(kill_at)], env=os.environ.copy())
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _WRITER.format(here=HERE),
+            url,
+            ",".join(map(str, units)),
+            str(kill_at),
+        ],
+        env=os.environ.copy(),
+    )
 
 
 def test_s3_two_writers_then_killed_writer_resumes_byte_identically(s3, make_schema):
     endpoint, url = s3
     ref_url = url + "_ref"
-    _fill(ref_url, make_schema, num_rows=24)            # uninterrupted reference, same seed
-    _fill(url, make_schema, num_rows=24, units=())      # created, nothing written
-    a, b = _run_writer(url, [0, 2, 4]), _run_writer(url, [1, 3])   # two writers at once
+    _fill(ref_url, make_schema, num_rows=24)  # uninterrupted reference, same seed
+    _fill(url, make_schema, num_rows=24, units=())  # created, nothing written
+    a, b = _run_writer(url, [0, 2, 4]), _run_writer(url, [1, 3])  # two writers at once
     assert a.wait(120) == 0 and b.wait(120) == 0
     assert open_writer(url).committed_units() == {0, 1, 2, 3, 4}
     killed = _run_writer(url, [5], kill_at=5)
     assert killed.wait(120) == -9
     report = verify_store(url)
     assert [(x["unit"], x["status"]) for x in report["bad_units"]] == [(5, "partial")]
-    assert _run_writer(url, [5]).wait(120) == 0        # the same command again
+    assert _run_writer(url, [5]).wait(120) == 0  # the same command again
     assert verify_store(url)["ok"]
-    ours, ref = _objects(endpoint, url[len("s3://bkt/"):]), _objects(endpoint, ref_url[len("s3://bkt/"):])
+    ours, ref = (
+        _objects(endpoint, url[len("s3://bkt/") :]),
+        _objects(endpoint, ref_url[len("s3://bkt/") :]),
+    )
     for key in ("zarr.json", "ledger/manifest/zarr.json"):  # the manifest's creation time differs
         ref.pop(key), ours.pop(key)
     assert ours.keys() == ref.keys() and all(ours[k] == ref[k] for k in ref)
@@ -123,7 +151,7 @@ def test_s3_two_writers_then_killed_writer_resumes_byte_identically(s3, make_sch
 def test_s3_flipped_byte_found_by_verify(s3, make_schema, capsys):
     endpoint, url = s3
     _fill(url, make_schema)
-    key = url[len("s3://bkt/"):] + "/hidden/2/c/1/0/0"
+    key = url[len("s3://bkt/") :] + "/hidden/2/c/1/0/0"
     c = _client(endpoint)
     blob = bytearray(c.get_object(Bucket="bkt", Key=key)["Body"].read())
     blob[len(blob) // 3] ^= 0x40
@@ -137,10 +165,12 @@ def test_s3_missing_shard_object_is_an_error_never_zeros(s3, make_schema, capsys
     """TensorStore reads a missing chunk object as the fill value unless told otherwise (zeros to a student)."""
     endpoint, url = s3
     _fill(url, make_schema)
-    _client(endpoint).delete_object(Bucket="bkt", Key=url[len("s3://bkt/"):] + "/hidden/2/c/1/0/0")
+    _client(endpoint).delete_object(Bucket="bkt", Key=url[len("s3://bkt/") :] + "/hidden/2/c/1/0/0")
     reader = StoreReader(url)
     assert reader.read(np.arange(0, 4))["tokens"].shape == (4, 16)  # other units still read
-    with pytest.raises(errors.CorruptStoreError, match=r"array hidden/2 of unit 1 .* is missing.*store repair"):
+    with pytest.raises(
+        errors.CorruptStoreError, match=r"array hidden/2 of unit 1 .* is missing.*store repair"
+    ):
         reader.read(np.arange(3, 6))
     with pytest.raises(errors.CorruptStoreError, match=r"array hidden/2 of unit 1 "):
         reader.read_stored([5], ["hidden/2"])
@@ -150,10 +180,19 @@ def test_s3_missing_shard_object_is_an_error_never_zeros(s3, make_schema, capsys
 
 def test_zarr_python_reads_remote_store_via_s3fs(s3, make_schema):
     import zarr
+
     endpoint, url = s3
     _, data = _fill(url, make_schema, num_rows=8)
-    g = zarr.open_group(url, mode="r", storage_options={
-        "endpoint_url": endpoint, "key": "testing", "secret": "testing", "client_kwargs": {"region_name": "us-east-1"}})
+    g = zarr.open_group(
+        url,
+        mode="r",
+        storage_options={
+            "endpoint_url": endpoint,
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"region_name": "us-east-1"},
+        },
+    )
     assert dict(g.attrs)["schema"]["profile"] == "exact"
     np.testing.assert_array_equal(g["tokens"][:][4:8], data[1]["tokens"])
     # The exact profile's rules (manifest "encodings"): hidden = float16 direction * float32 per-token RMS.
@@ -185,7 +224,9 @@ def test_s3_bad_cases_one_line_exit_2(s3, make_schema, monkeypatch, capsys):
 
 
 def test_s3_wrong_or_no_credentials_one_line(make_schema, monkeypatch, capsys, tmp_path):
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:  # moto checks keys from here on
+    with moto_server(
+        {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    ) as endpoint:  # moto checks keys from here on
         for k, v in s3_env(endpoint, key="AKIAWRONGWRONGWRONG0", secret="nope").items():
             monkeypatch.setenv(k, v)
         err = _cli_error(["inspect", "s3://bkt/s"], capsys)
@@ -212,7 +253,7 @@ def test_s3_transient_faults_retried_units_correct(s3, make_schema):
     assert report["ok"], report
     got = StoreReader(url).read(np.arange(12))
     for u in range(3):
-        np.testing.assert_array_equal(got["tokens"][4 * u:4 * u + 4], data[u]["tokens"])
+        np.testing.assert_array_equal(got["tokens"][4 * u : 4 * u + 4], data[u]["tokens"])
 
 
 def test_s3_server_failing_every_write_fails_clearly_never_commits(s3, make_schema):
@@ -224,7 +265,9 @@ def test_s3_server_failing_every_write_fails_clearly_never_commits(s3, make_sche
         try:
             w = open_writer(url)
             failing[0] = True
-            with pytest.raises(errors.StorageAccessError, match="writing unit 1 of s3://bkt/.*re-running"):
+            with pytest.raises(
+                errors.StorageAccessError, match="writing unit 1 of s3://bkt/.*re-running"
+            ):
                 w.write_unit(1, **data[1])
         finally:
             os.environ["AWS_ENDPOINT_URL"] = endpoint
@@ -240,5 +283,7 @@ def test_s3_credentials_from_a_shared_credentials_file(s3, make_schema, monkeypa
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
     monkeypatch.setenv("AWS_PROFILE", "bench")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))  # a missing config file is fine
+    monkeypatch.setenv(
+        "AWS_CONFIG_FILE", str(tmp_path / "no-config")
+    )  # a missing config file is fine
     assert StoreReader(url).committed_units == {0}

@@ -1,7 +1,8 @@
 """The manifest's "split" (issue 23 §1): written when given, "unknown" for stores that predate it."""
+
 import pytest
 
-from store import cli, create_store, errors, StoreReader
+from store import StoreReader, cli, create_store, errors
 from store.schema import build_manifest, manifest_split
 
 

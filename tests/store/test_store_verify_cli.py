@@ -1,14 +1,14 @@
 """verify finds bad units; the CLI prints JSON and exits with the documented codes."""
+
 import json
 import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import tensorstore as ts
 
-from store import ledger, layout
+from store import layout, ledger
 from store.cli import main
 from store.verify import verify_store
 
@@ -35,22 +35,27 @@ def test_flipped_bytes_name_the_unit(filled_store, tmp_path, array, offset):
     _flip(shard, offset)  # offset -3: inside the shard index (and its crc32c)
     report = verify_store(url)
     assert not report["ok"]
-    assert [(b["unit"], b["rows"], b["status"]) for b in report["bad_units"]] == [(1, [4, 8], "corrupt")]
+    assert [(b["unit"], b["rows"], b["status"]) for b in report["bad_units"]] == [
+        (1, [4, 8], "corrupt")
+    ]
 
 
 def test_deleted_shard_is_corrupt_and_missing_unit_reported(filled_store, tmp_path):
     url, _, _ = filled_store("exact", num_rows=10, units=[0, 1])
     (tmp_path / "s" / "tokens" / "c" / "0" / "0").unlink()
     report = verify_store(url)
-    assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(0, "corrupt"), (2, "missing")]
+    assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [
+        (0, "corrupt"),
+        (2, "missing"),
+    ]
 
 
 def _tamper(url, name, unit, rows, change):
     """Rewrites ``change(array)`` into the unit's rows of ``name`` and updates its record (checksums pass)."""
     arr = ts.open({"driver": "zarr3", "kvstore": layout.array_url(url, name)}).result()
-    x = arr[rows[0]:rows[1]].read().result()
+    x = arr[rows[0] : rows[1]].read().result()
     change(x)
-    arr[rows[0]:rows[1]].write(x).result()
+    arr[rows[0] : rows[1]].write(x).result()
     kv = layout.open_kvstore(url)
     record = ledger.read(kv, unit)
     record["arrays"][name]["sha256"] = ledger.array_digest(x)
@@ -63,6 +68,7 @@ def test_invalid_values_with_valid_checksums(filled_store, tmp_path):
 
     def unsort(lp):
         lp[0, 0, :] = lp[0, 0, ::-1].copy()
+
     _tamper(url, "topk/logprobs", 0, (0, 4), unsort)
     report = verify_store(url)
     assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(0, "invalid")]
@@ -75,6 +81,7 @@ def test_invalid_sampled_draws_with_valid_checksums(filled_store):
 
     def add_a_draw(counts):
         counts[1, 3, 0] += 1
+
     _tamper(url, "sampled/counts", 1, (4, 8), add_a_draw)
     report = verify_store(url)
     assert [(b["unit"], b["status"]) for b in report["bad_units"]] == [(1, "invalid")]
@@ -95,14 +102,21 @@ def test_cli_on_a_lean_sampled_store(filled_store, capsys):
     s = stats["sampled"]
     assert s["samples"] == 12 and 1 <= s["distinct_ids"]["min"] and s["distinct_ids"]["max"] <= 12
     assert 0 < s["mass_of_drawn_ids"]["mean"] <= 1.0001
-    assert stats["hidden"]["2"]["top_channels"][0]["channel"] == 1  # the planted outlier channel survives
+    assert (
+        stats["hidden"]["2"]["top_channels"][0]["channel"] == 1
+    )  # the planted outlier channel survives
     assert main(["stats", url]) == 0 and "12 draws: distinct ids mean" in capsys.readouterr().out
     assert main(["verify", url]) == 0
 
 
 def _cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "store", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "store", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -1,8 +1,9 @@
 """A store is readable by plain zarr-python (no store package on the read path)."""
+
 import numpy as np
 import pytest
-
 import zarr_decode
+
 from store import StoreReader, create_store
 
 
@@ -46,11 +47,15 @@ def test_zarr_python_decodes_ids_and_samples_at_large_vocab(tmp_path, make_schem
     s_ids, s_counts, s_lp = zarr_decode.sampled(g)
     np.testing.assert_array_equal(s_ids, cat("sampled_ids"))
     np.testing.assert_array_equal(s_counts, cat("sampled_counts"))
-    np.testing.assert_array_equal(s_lp, cat("sampled_logprobs").astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        s_lp, cat("sampled_logprobs").astype(np.float16).astype(np.float32)
+    )
     if profile != "exact":
         bits = g.attrs["encodings"]["ids_bits"]
         assert bits == {2048: 11, 32000: 15, 262144: 18}[V]
-        assert g["sampled/ids"].shape[-1] == (7 * bits + 7) // 8 and g["sampled/ids"].dtype == np.uint8
+        assert (
+            g["sampled/ids"].shape[-1] == (7 * bits + 7) // 8 and g["sampled/ids"].dtype == np.uint8
+        )
     ours = StoreReader(tmp_path / "s").read(np.arange(3))
     np.testing.assert_array_equal(ours["sampled_ids"], s_ids)
     np.testing.assert_array_equal(ours["topk_ids"], ids)
@@ -71,16 +76,30 @@ def _sparse_unit(rng, rows, schema):
         for t in range(T):
             u = np.sort(rng.choice(V, n[r, t], replace=False))
             c = np.bincount(rng.integers(0, n[r, t], S - n[r, t]), minlength=n[r, t]) + 1
-            ids[r, t, :u.size], counts[r, t, :u.size], slp[r, t, :u.size] = u, c, -rng.exponential(4.0, u.size)
+            ids[r, t, : u.size], counts[r, t, : u.size], slp[r, t, : u.size] = (
+                u,
+                c,
+                -rng.exponential(4.0, u.size),
+            )
     ids[0, 0, 0] = V - 1
-    return {"tokens": rng.integers(0, V, (rows, T), dtype=np.int32), "topk_ids": top, "topk_logprobs": lp,
-            "hidden": {}, "sampled_ids": ids, "sampled_counts": counts, "sampled_logprobs": slp}
+    return {
+        "tokens": rng.integers(0, V, (rows, T), dtype=np.int32),
+        "topk_ids": top,
+        "topk_logprobs": lp,
+        "hidden": {},
+        "sampled_ids": ids,
+        "sampled_counts": counts,
+        "sampled_logprobs": slp,
+    }
 
 
 def test_store_never_imports_jax_or_beam():
     import subprocess
     import sys
-    code = ("import sys, store, store.cli, store.verify, store.stats, store.inspection; "
-            "bad = [m for m in ('jax', 'flax', 'apache_beam') if m in sys.modules]; "
-            "assert not bad, bad")
+
+    code = (
+        "import sys, store, store.cli, store.verify, store.stats, store.inspection; "
+        "bad = [m for m in ('jax', 'flax', 'apache_beam') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,6 +4,7 @@ Never imports the ``store`` package: this is what an outside reader can do
 with the manifest's ``encodings`` and nothing else, so tests compare the
 package's reads against it.
 """
+
 import warnings
 
 import numpy as np
@@ -20,7 +21,9 @@ def open_group(url):
 
 def unpack_ids(a, n, bits):
     """The manifest's packed_ids rule."""
-    b = np.unpackbits(a, axis=-1, bitorder="little")[..., :n * bits].reshape(*a.shape[:-1], n, bits)
+    b = np.unpackbits(a, axis=-1, bitorder="little")[..., : n * bits].reshape(
+        *a.shape[:-1], n, bits
+    )
     return (b.astype(np.int64) << np.arange(bits)).sum(-1)
 
 
@@ -48,7 +51,11 @@ def topk(g):
 def sampled(g):
     """(ids int64, counts uint8, logprobs float32) [N, T, S]."""
     S = g.attrs["schema"]["samples"]
-    return ids(g, "sampled/ids", S), g["sampled/counts"][:], g["sampled/logprobs"][:].astype(np.float32)
+    return (
+        ids(g, "sampled/ids", S),
+        g["sampled/counts"][:],
+        g["sampled/logprobs"][:].astype(np.float32),
+    )
 
 
 def hidden(g, layer):
@@ -60,8 +67,12 @@ def hidden(g, layer):
     if schema["profile"] == "compact":
         step = g[f"hidden_aux/{layer}/qstep"][:].astype(np.float32)
         x = np.multiply(g[f"hidden/{layer}"][:], (step * rms)[..., None], dtype=np.float32)
-        np.put_along_axis(x, g[f"hidden_aux/{layer}/outlier_idx"][:].astype(np.intp),
-                          g[f"hidden_aux/{layer}/outlier_val"][:].astype(np.float32) * rms[..., None], axis=-1)
+        np.put_along_axis(
+            x,
+            g[f"hidden_aux/{layer}/outlier_idx"][:].astype(np.intp),
+            g[f"hidden_aux/{layer}/outlier_val"][:].astype(np.float32) * rms[..., None],
+            axis=-1,
+        )
         return x
     if schema["profile"] == "lean":
         return lean_normalized(g, layer) * rms[..., None]

@@ -1,9 +1,11 @@
 """Shared fixtures of the teacher_dump tests: one tiny saved teacher."""
+
 import jax
 import numpy as np
 import pytest
 
-from trainer.model import gemma3 as model, model_config, model_io
+from trainer.model import gemma3 as model
+from trainer.model import model_config, model_io
 
 
 def random_params(cfg, seed):

@@ -1,10 +1,10 @@
 """Data-parallel extraction over simulated CPU devices (conftest: 8)."""
+
 import jax
 import numpy as np
 import pytest
 
 import teacher_dump
-from teacher_dump import loop
 from teacher_dump import teacher as teacher_lib
 from trainer.model.errors import ConfigError, ModelInputError
 
@@ -26,8 +26,9 @@ def test_four_devices_match_one(tiny_ckpt):
     b = four.extract(tokens, batch_size=8, k=8)
     np.testing.assert_array_equal(a["topk_ids"], b["topk_ids"])
     np.testing.assert_allclose(a["topk_logprobs"], b["topk_logprobs"], rtol=2e-6)
-    np.testing.assert_allclose(a["hidden"][1], b["hidden"][1], rtol=0,
-                               atol=1e-5 * np.abs(a["hidden"][1]).max())
+    np.testing.assert_allclose(
+        a["hidden"][1], b["hidden"][1], rtol=0, atol=1e-5 * np.abs(a["hidden"][1]).max()
+    )
 
     with pytest.raises(ModelInputError, match="does not split over 4 devices"):
         four.extract(tokens, batch_size=6, k=8)

@@ -1,18 +1,21 @@
 """Batching loop: order, padding, overlap and bad input, with a fake step."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teacher_dump import extract, loop
+from teacher_dump import loop
 from trainer.model.errors import ModelInputError
 
 
 @jax.jit
 def _fake_step(params, tokens_BxT):
     # Row-dependent outputs so that any reordering or padding leak shows.
-    return {"topk_ids": tokens_BxT[..., None] * 2 + params,
-            "hidden": {3: tokens_BxT.astype(jnp.float32)[..., None] * 0.5}}
+    return {
+        "topk_ids": tokens_BxT[..., None] * 2 + params,
+        "hidden": {3: tokens_BxT.astype(jnp.float32)[..., None] * 0.5},
+    }
 
 
 def _tokens(n, t=5, seed=0):
@@ -53,15 +56,25 @@ def test_next_batch_dispatched_before_previous_is_converted(monkeypatch):
     monkeypatch.setattr(loop, "_to_numpy", to_numpy)
     tokens = np.repeat(np.arange(4, dtype=np.int32)[:, None], 3, axis=1)
     list(loop.run_batches(step, None, tokens, batch_size=1, max_in_flight=2))
-    assert events == [("dispatch", 0), ("dispatch", 1), ("convert", 0),
-                      ("dispatch", 2), ("convert", 1), ("dispatch", 3),
-                      ("convert", 2), ("convert", 3)]
+    assert events == [
+        ("dispatch", 0),
+        ("dispatch", 1),
+        ("convert", 0),
+        ("dispatch", 2),
+        ("convert", 1),
+        ("dispatch", 3),
+        ("convert", 2),
+        ("convert", 3),
+    ]
 
 
 def test_progress_callback():
     calls = []
-    list(loop.run_batches(_fake_step, 0, _tokens(7), 3,
-                          progress=lambda done, total: calls.append((done, total))))
+    list(
+        loop.run_batches(
+            _fake_step, 0, _tokens(7), 3, progress=lambda done, total: calls.append((done, total))
+        )
+    )
     assert calls == [(3, 7), (6, 7), (7, 7)]
 
 
@@ -82,12 +95,15 @@ def test_token_range_checked_before_dispatch():
     assert not dispatched
 
 
-@pytest.mark.parametrize("tokens,batch_size,match", [
-    (np.zeros((2, 3, 4), np.int32), 2, "2-D"),
-    (np.zeros((2, 3), np.float32), 2, "integer"),
-    (np.zeros((2, 3), np.int32), 0, "batch_size"),
-    (np.zeros((2, 3), np.int32), 2.5, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "tokens,batch_size,match",
+    [
+        (np.zeros((2, 3, 4), np.int32), 2, "2-D"),
+        (np.zeros((2, 3), np.float32), 2, "integer"),
+        (np.zeros((2, 3), np.int32), 0, "batch_size"),
+        (np.zeros((2, 3), np.int32), 2.5, "batch_size"),
+    ],
+)
 def test_bad_input(tokens, batch_size, match):
     with pytest.raises(ModelInputError, match=match):
         list(loop.run_batches(_fake_step, 0, tokens, batch_size))

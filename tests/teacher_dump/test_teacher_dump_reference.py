@@ -1,11 +1,11 @@
 """Extraction vs an independent float64 numpy Gemma 3 of the same tiny model."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import teacher_dump
-from teacher_dump import extract
 from trainer.model import model_config
 
 K = 16
@@ -21,13 +21,13 @@ def _rope(x_TxNxH, base, scale):
     angles_TxH2 = (np.arange(t)[:, None] / scale) * inv_freq[None, :]
     cos = np.cos(angles_TxH2)[:, None, :]
     sin = np.sin(angles_TxH2)[:, None, :]
-    x1, x2 = x_TxNxH[..., : h // 2], x_TxNxH[..., h // 2:]
+    x1, x2 = x_TxNxH[..., : h // 2], x_TxNxH[..., h // 2 :]
     # Rotate-half layout: pairs are (i, i + H/2).
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
 def _gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def reference_forward(p, tokens_T, cfg):
@@ -40,7 +40,7 @@ def reference_forward(p, tokens_T, cfg):
     q_pos, k_pos = np.arange(t)[:, None], np.arange(t)[None, :]
     residuals = {}
     for i in range(cfg.num_layers):
-        lp = jax.tree_util.tree_map(lambda a: a[i], p["layers"])
+        lp = jax.tree_util.tree_map(lambda a: a[i], p["layers"])  # noqa: B023 (called at once)
         is_global = (i + 1) % cfg.global_every == 0
         h = _rms_norm(x_TxD, lp["pre_attn_norm"], eps)
         q = _rms_norm(np.einsum("td,dnh->tnh", h, lp["attn"]["q"]), lp["attn"]["q_norm"], eps)
@@ -95,18 +95,25 @@ def test_extraction_matches_float64_reference(tiny):
     for b in range(tokens.shape[0]):
         logits, residuals = reference_forward(p64, tokens[b], cfg)
         ref_ids, ref_lp = _ref_signal(logits, K)
-        np.testing.assert_allclose(out["topk_logprobs"][b], ref_lp, atol=2e-5, rtol=0)  # measured ≤5e-6
+        np.testing.assert_allclose(
+            out["topk_logprobs"][b], ref_lp, atol=2e-5, rtol=0
+        )  # measured ≤5e-6
         # Ids must agree wherever the reference order is not a near-tie.
-        sorted_logits = np.take_along_axis(logits, np.argsort(-logits, -1), -1)[:, :K + 1]
+        sorted_logits = np.take_along_axis(logits, np.argsort(-logits, -1), -1)[:, : K + 1]
         gaps = -np.diff(sorted_logits, axis=-1)
-        clear = np.minimum(gaps, np.concatenate([np.full((logits.shape[0], 1), np.inf),
-                                                 gaps[:, :-1]], -1)) > 1e-4
+        clear = (
+            np.minimum(
+                gaps, np.concatenate([np.full((logits.shape[0], 1), np.inf), gaps[:, :-1]], -1)
+            )
+            > 1e-4
+        )
         np.testing.assert_array_equal(out["topk_ids"][b][clear], ref_ids[clear])
         checked += clear.sum()
         for l in layers:
             scale = np.abs(residuals[l]).max()
-            np.testing.assert_allclose(out["hidden"][l][b], residuals[l], atol=1e-5 * scale,
-                                       rtol=1e-5)
+            np.testing.assert_allclose(
+                out["hidden"][l][b], residuals[l], atol=1e-5 * scale, rtol=1e-5
+            )
     assert checked > 0.95 * tokens.size * K
     assert out["topk_ids"].dtype == np.int32 and out["topk_logprobs"].dtype == np.float32
     assert out["hidden"][6].dtype == np.float32
@@ -137,27 +144,31 @@ def test_tiled_equals_untiled(small):
     for tile in (15,):
         tiled = teacher_dump.make_extract_fn(cfg, k=K, token_tile=tile)(params, tokens)
         np.testing.assert_array_equal(tiled["topk_ids"], whole["topk_ids"])
-        np.testing.assert_allclose(tiled["topk_logprobs"], whole["topk_logprobs"],
-                                   atol=0, rtol=2e-6)  # matmul blocking: ~1 ulp
+        np.testing.assert_allclose(
+            tiled["topk_logprobs"], whole["topk_logprobs"], atol=0, rtol=2e-6
+        )  # matmul blocking: ~1 ulp
 
 
 def test_bf16_compute_close_to_fp32(small):
     cfg, params, tokens = small
     out32 = teacher_dump.make_extract_fn(cfg, k=K)(params, tokens)
     # hidden_dtype=None keeps the compute dtype (half the device→host bytes).
-    out16 = teacher_dump.make_extract_fn(cfg.replace(dtype="bfloat16"), k=K,
-                                         hidden_dtype=None)(params, tokens)
+    out16 = teacher_dump.make_extract_fn(cfg.replace(dtype="bfloat16"), k=K, hidden_dtype=None)(
+        params, tokens
+    )
     assert out16["topk_logprobs"].dtype == jnp.float32
     assert out16["hidden"][1].dtype == jnp.bfloat16
     # Top-1 agrees for most tokens; log-probs and hidden within bf16 noise.
     agree = np.mean(np.asarray(out16["topk_ids"][..., 0] == out32["topk_ids"][..., 0]))
     assert agree > 0.9
-    np.testing.assert_allclose(out16["topk_logprobs"][..., 0], out32["topk_logprobs"][..., 0],
-                               atol=0.1)
+    np.testing.assert_allclose(
+        out16["topk_logprobs"][..., 0], out32["topk_logprobs"][..., 0], atol=0.1
+    )
     # Ranking the bf16 logits directly (the GPU default) gives the same signal
     # as ranking their fp32 cast (the CPU default).
-    bf16_rank = teacher_dump.make_extract_fn(cfg.replace(dtype="bfloat16"), k=K, hidden_dtype=None,
-                                             rank_float32=False)(params, tokens)
+    bf16_rank = teacher_dump.make_extract_fn(
+        cfg.replace(dtype="bfloat16"), k=K, hidden_dtype=None, rank_float32=False
+    )(params, tokens)
     for name in ("topk_ids", "topk_logprobs"):
         np.testing.assert_array_equal(np.asarray(bf16_rank[name]), np.asarray(out16[name]))
     h16 = np.asarray(out16["hidden"][1], np.float32)

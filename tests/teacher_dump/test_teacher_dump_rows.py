@@ -1,13 +1,13 @@
 """load_teacher + extract_rows: batch-size invariance, padding, bad input."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import teacher_dump
-from teacher_dump import extract, loop
-from teacher_dump import teacher as teacher_lib
-from trainer.model.errors import ConfigError, ModelIOError, ModelInputError
+from teacher_dump import loop
+from trainer.model.errors import ConfigError, ModelInputError, ModelIOError
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,9 @@ def test_bf16_teacher_precast_is_bit_identical(ckpt, teacher):
     assert bf16.params["final_norm"].dtype == jnp.float32  # applied in fp32 by the model
     tokens = _rows(2, teacher.cfg)
     precast = bf16.extract(tokens, batch_size=2, k=8)
-    fp32_params = jax.device_get(teacher_dump.make_extract_fn(bf16.cfg, k=8)(teacher.params,
-                                                                               tokens))
+    fp32_params = jax.device_get(
+        teacher_dump.make_extract_fn(bf16.cfg, k=8)(teacher.params, tokens)
+    )
     for name in ("topk_ids", "topk_logprobs"):
         np.testing.assert_array_equal(precast[name], fp32_params[name])
     np.testing.assert_array_equal(precast["hidden"][1], fp32_params["hidden"][1])
@@ -68,13 +69,18 @@ def test_extract_fn_is_cached(teacher):
 
 def test_top_p_through_rows(teacher):
     tokens = _rows(3, teacher.cfg)
-    out = loop.concat_batches(teacher_dump.extract_rows(teacher, tokens, batch_size=2, k=32,
-                                                        top_p=0.2))
+    out = loop.concat_batches(
+        teacher_dump.extract_rows(teacher, tokens, batch_size=2, k=32, top_p=0.2)
+    )
     kept = np.isfinite(out["topk_logprobs"])
     assert kept[..., 0].all() and not kept.all()
     assert (out["topk_ids"][~kept] == 0).all()
-    mass_without_last = np.where(kept, np.exp(out["topk_logprobs"]), 0).sum(-1) - np.exp(
-        np.take_along_axis(out["topk_logprobs"], kept.sum(-1, keepdims=True) - 1, -1))[..., 0]
+    mass_without_last = (
+        np.where(kept, np.exp(out["topk_logprobs"]), 0).sum(-1)
+        - np.exp(np.take_along_axis(out["topk_logprobs"], kept.sum(-1, keepdims=True) - 1, -1))[
+            ..., 0
+        ]
+    )
     assert (mass_without_last < 0.2 + 1e-6).all()
 
 
@@ -85,17 +91,20 @@ def test_token_out_of_vocab(teacher):
         list(teacher_dump.extract_rows(teacher, tokens, batch_size=2, k=4))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(k=0), r"k=0 is outside \[1, vocab_size=256\]"),
-    (dict(k=257), r"k=257 is outside"),
-    (dict(k=4, layers=(0,)), r"layer 0 is outside \[1, 2\]"),
-    (dict(k=4, layers=(3,)), r"layer 3 is outside \[1, 2\]"),
-    (dict(k=4, layers=(1, 1)), "duplicates"),
-    (dict(k=4, top_p=0.0), r"top_p=0.0 is outside \(0, 1\]"),
-    (dict(k=4, top_p=1.5), "top_p=1.5"),
-    (dict(k=4, token_tile=0), "token_tile=0"),
-    (dict(k=4, hidden_dtype="float33"), "hidden_dtype='float33' is not a dtype"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(k=0), r"k=0 is outside \[1, vocab_size=256\]"),
+        (dict(k=257), r"k=257 is outside"),
+        (dict(k=4, layers=(0,)), r"layer 0 is outside \[1, 2\]"),
+        (dict(k=4, layers=(3,)), r"layer 3 is outside \[1, 2\]"),
+        (dict(k=4, layers=(1, 1)), "duplicates"),
+        (dict(k=4, top_p=0.0), r"top_p=0.0 is outside \(0, 1\]"),
+        (dict(k=4, top_p=1.5), "top_p=1.5"),
+        (dict(k=4, token_tile=0), "token_tile=0"),
+        (dict(k=4, hidden_dtype="float33"), "hidden_dtype='float33' is not a dtype"),
+    ],
+)
 def test_bad_extract_options(teacher, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         teacher_dump.make_extract_fn(teacher.cfg, **kwargs)
@@ -112,6 +121,7 @@ def test_unreadable_checkpoint(tmp_path, ckpt):
         teacher_dump.load_teacher(str(tmp_path / "empty"))
     # A checkpoint whose config is garbage.
     import shutil
+
     broken = tmp_path / "broken"
     shutil.copytree(ckpt[0], broken)
     for f in broken.iterdir():

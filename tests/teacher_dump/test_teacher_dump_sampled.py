@@ -1,4 +1,5 @@
 """Sampled logits (teacher_dump.sampled): draw frequencies, determinism, layout, errors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,11 +13,17 @@ from trainer.model.errors import ConfigError, ModelInputError
 
 def _draw(logits_V, num_positions, samples, row=0):
     """The sampled signal of one logit vector repeated at num_positions positions."""
-    logits_XxV = jnp.broadcast_to(jnp.asarray(logits_V, jnp.float32), (num_positions, len(logits_V)))
+    logits_XxV = jnp.broadcast_to(
+        jnp.asarray(logits_V, jnp.float32), (num_positions, len(logits_V))
+    )
     lse_X = jax.nn.logsumexp(logits_XxV, -1)
     fn = jax.jit(lambda l, s, r, p: sampled.sample_logprobs(l, s, r, p, samples))
-    return fn(logits_XxV, lse_X, jnp.full(num_positions, row, jnp.int32),
-              jnp.arange(num_positions, dtype=jnp.int32))
+    return fn(
+        logits_XxV,
+        lse_X,
+        jnp.full(num_positions, row, jnp.int32),
+        jnp.arange(num_positions, dtype=jnp.int32),
+    )
 
 
 def _frequencies(out, vocab):
@@ -46,8 +53,12 @@ def test_layout_counts_and_logprobs():
     logits = rng.normal(0, 2, (64, 300)).astype(np.float32)
     logits[:, 5] = -np.inf
     lse = jax.nn.logsumexp(jnp.asarray(logits), -1)
-    out = sampled.sample_logprobs(jnp.asarray(logits), lse, jnp.arange(64), jnp.zeros(64, jnp.int32), 12)
-    ids, counts, lp = (np.asarray(out[k]) for k in ("sampled_ids", "sampled_counts", "sampled_logprobs"))
+    out = sampled.sample_logprobs(
+        jnp.asarray(logits), lse, jnp.arange(64), jnp.zeros(64, jnp.int32), 12
+    )
+    ids, counts, lp = (
+        np.asarray(out[k]) for k in ("sampled_ids", "sampled_counts", "sampled_logprobs")
+    )
     assert ids.dtype == np.int32 and counts.dtype == np.uint8 and lp.dtype == np.float32
     np.testing.assert_array_equal(counts.astype(int).sum(-1), 12)
     full = counts > 0
@@ -90,7 +101,9 @@ def test_same_row_in_two_batches_gets_the_same_draws(tiny):
     second = fn(params, tokens[[1, 2]], np.array([11, 4], np.int32))
     for name in ("sampled_ids", "sampled_counts", "sampled_logprobs"):
         np.testing.assert_array_equal(np.asarray(first[name])[1], np.asarray(second[name])[0])
-    assert not np.array_equal(np.asarray(first["sampled_ids"])[0], np.asarray(second["sampled_ids"])[0])
+    assert not np.array_equal(
+        np.asarray(first["sampled_ids"])[0], np.asarray(second["sampled_ids"])[0]
+    )
 
 
 def test_samples_leave_the_top_k_unchanged_and_share_its_logsumexp(tiny):
@@ -98,17 +111,22 @@ def test_samples_leave_the_top_k_unchanged_and_share_its_logsumexp(tiny):
     tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 10), dtype=np.int32)
     plain = extract.make_extract_fn(cfg, k=cfg.vocab_size, layers=(1,))(params, tokens)
     both = extract.make_extract_fn(cfg, k=cfg.vocab_size, layers=(1,), samples=9)(
-        params, tokens, np.array([0, 1], np.int32))
+        params, tokens, np.array([0, 1], np.int32)
+    )
     for name in ("topk_ids", "topk_logprobs"):
         np.testing.assert_array_equal(np.asarray(plain[name]), np.asarray(both[name]))
     # k = V: every id's top-k log-prob is there; the sampled ones must be identical.
     full_BxTxV = np.full(plain["topk_ids"].shape, np.nan, np.float32)
-    np.put_along_axis(full_BxTxV, np.asarray(plain["topk_ids"]), np.asarray(plain["topk_logprobs"]), -1)
+    np.put_along_axis(
+        full_BxTxV, np.asarray(plain["topk_ids"]), np.asarray(plain["topk_logprobs"]), -1
+    )
     ids, counts = np.asarray(both["sampled_ids"]), np.asarray(both["sampled_counts"])
     lp = np.asarray(both["sampled_logprobs"])
     want = np.take_along_axis(full_BxTxV, ids, -1)
     np.testing.assert_array_equal(lp[counts > 0], want[counts > 0])
-    only = extract.make_extract_fn(cfg, k=0, layers=(1,), samples=9)(params, tokens, np.array([0, 1]))
+    only = extract.make_extract_fn(cfg, k=0, layers=(1,), samples=9)(
+        params, tokens, np.array([0, 1])
+    )
     assert "topk_ids" not in only
     np.testing.assert_array_equal(np.asarray(only["sampled_ids"]), ids)
 
@@ -118,10 +136,14 @@ def test_extract_rows_keys_draws_by_row_ids(tiny):
     teacher = Teacher(cfg=cfg, params=params)
     tokens = np.random.default_rng(5).integers(0, cfg.vocab_size, (5, 8), dtype=np.int32)
     rows = np.arange(100, 105)
-    whole = loop.concat_batches(loop.extract_rows(
-        teacher, tokens, batch_size=2, k=4, layers=(1,), samples=3, row_ids=rows))
-    tail = loop.concat_batches(loop.extract_rows(
-        teacher, tokens[3:], batch_size=2, k=4, layers=(1,), samples=3, row_ids=rows[3:]))
+    whole = loop.concat_batches(
+        loop.extract_rows(teacher, tokens, batch_size=2, k=4, layers=(1,), samples=3, row_ids=rows)
+    )
+    tail = loop.concat_batches(
+        loop.extract_rows(
+            teacher, tokens[3:], batch_size=2, k=4, layers=(1,), samples=3, row_ids=rows[3:]
+        )
+    )
     np.testing.assert_array_equal(whole["sampled_ids"][3:], tail["sampled_ids"])
     np.testing.assert_array_equal(whole["sampled_counts"][3:], tail["sampled_counts"])
     with pytest.raises(ModelInputError, match="pass row_ids"):
@@ -130,13 +152,16 @@ def test_extract_rows_keys_draws_by_row_ids(tiny):
         next(loop.extract_rows(teacher, tokens, batch_size=2, k=4, samples=3, row_ids=rows[:2]))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(k=4, samples=256), r"samples=256 is outside \[0, 255\]"),
-    (dict(k=4, samples=-1), "samples=-1"),
-    (dict(k=4, samples=True), "samples=True"),
-    (dict(k=0), r"k=0 is outside \[1, "),
-    (dict(k=0, samples=4, top_p=0.9), "top_p truncates the top-k but k=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k=4, samples=256), r"samples=256 is outside \[0, 255\]"),
+        (dict(k=4, samples=-1), "samples=-1"),
+        (dict(k=4, samples=True), "samples=True"),
+        (dict(k=0), r"k=0 is outside \[1, "),
+        (dict(k=0, samples=4, top_p=0.9), "top_p truncates the top-k but k=0"),
+    ],
+)
 def test_bad_sampling_options_are_refused(tiny, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         extract.make_extract_fn(tiny[0], **kwargs)

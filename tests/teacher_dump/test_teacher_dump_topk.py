@@ -1,4 +1,5 @@
 """Top-k log-prob math on random logits against a float64 numpy reference."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +38,8 @@ def test_bf16_logits_rank_like_their_fp32_cast():
 
 def test_ties_break_towards_lower_id():
     logits = np.zeros((3, 50), np.float32)
-    logits[0, [40, 7, 23]] = 2.0          # three-way tie on top
-    logits[1, :] = 1.0                    # all tied
+    logits[0, [40, 7, 23]] = 2.0  # three-way tie on top
+    logits[1, :] = 1.0  # all tied
     logits[2, [9, 3]] = [5.0, 5.0]
     for dtype in (jnp.float32, jnp.bfloat16):
         ids, _ = extract.topk_logprobs(jnp.asarray(logits, dtype), 5)
@@ -110,11 +111,11 @@ def test_grouped_top_k_equals_lax_top_k_on_random_logits(group):
 def test_grouped_top_k_ties_infinities_and_signed_zeros():
     rng = np.random.default_rng(7)
     x = rng.integers(-2, 3, (6, 300)).astype(np.float32)  # heavy ties everywhere
-    x[1] = 1.0                                              # all tied
-    x[2, :270] = -np.inf                                    # k reaches into the -inf ids
+    x[1] = 1.0  # all tied
+    x[2, :270] = -np.inf  # k reaches into the -inf ids
     x[3] = 0.0
-    x[3, rng.choice(300, 150, replace=False)] = -0.0         # -0.0 ranks below +0.0
-    x[4, ::37] = 2.0                                        # equal maxima in many groups
+    x[3, rng.choice(300, 150, replace=False)] = -0.0  # -0.0 ranks below +0.0
+    x[4, ::37] = 2.0  # equal maxima in many groups
     x[5, :] = -np.inf
     for group in (4, 5):
         _assert_same_as_lax(jnp.asarray(x), 40, group)
@@ -123,18 +124,24 @@ def test_grouped_top_k_ties_infinities_and_signed_zeros():
 
 def test_two_stage_extraction_equals_plain_one(make_params):
     from trainer.model import model_config
+
     cfg = model_config.get_config("tiny", vocab_size=256, num_layers=2)
     params = make_params(cfg, 8)
     tokens = np.random.default_rng(8).integers(0, 256, (2, 12), dtype=np.int32)
     for top_p in (None, 0.6):
-        plain = extract.make_extract_fn(cfg, k=32, layers=(1,), top_p=top_p, topk_group=0)(params, tokens)
-        grouped = extract.make_extract_fn(cfg, k=32, layers=(1,), top_p=top_p, topk_group=4)(params, tokens)
+        plain = extract.make_extract_fn(cfg, k=32, layers=(1,), top_p=top_p, topk_group=0)(
+            params, tokens
+        )
+        grouped = extract.make_extract_fn(cfg, k=32, layers=(1,), top_p=top_p, topk_group=4)(
+            params, tokens
+        )
         for name in ("topk_ids", "topk_logprobs"):
             np.testing.assert_array_equal(np.asarray(plain[name]), np.asarray(grouped[name]))
 
 
 def test_topk_group_choice_and_refusals():
     from trainer.model import model_config
+
     small = model_config.get_config("tiny", vocab_size=256, num_layers=2)
     assert extract.resolve_spec(small, k=32).topk_group == 0  # measured: no gain at small V
     assert topk.auto_group("cpu", 262_144, 128) == 16

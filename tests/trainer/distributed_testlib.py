@@ -7,6 +7,7 @@ per batch) appends the row ids every batch read returns to ROWS_DIR/rows_<proces
 each process read from the store (process 0's objective-penalty sample, a
 top-k-only read before training, is not a batch and is not counted).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,9 @@ import sys
 import time
 
 import numpy as np
-
 import trainer_testlib as tl
 from loopback import free_port  # bench/, via tests/conftest.py
+
 from trainer.training import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,9 +56,16 @@ def loopback_env(dead_port: int) -> dict:
 def trainer_args(method: str, store: str, run_dir, steps: int, extra=()) -> list[str]:
     """`python -m trainer` arguments for a tiny run of about `steps` steps."""
     config = tl.tiny_config(method, store, run_dir, steps=steps)
-    sets = [f"store.url={store}", f"run_dir={run_dir}", "log_every=1", "budget.unit=flops",
-            f"budget.value={config.budget.value!r}", "data.num_threads=0",
-            "data.prefetch_buffer_size=0", *extra]
+    sets = [
+        f"store.url={store}",
+        f"run_dir={run_dir}",
+        "log_every=1",
+        "budget.unit=flops",
+        f"budget.value={config.budget.value!r}",
+        "data.num_threads=0",
+        "data.prefetch_buffer_size=0",
+        *extra,
+    ]
     args = ["--config", f"{tl.CONFIG}:{method}"]
     for item in sets:
         args += ["--set", item]
@@ -91,15 +99,24 @@ SLURM_PORT_BASE = 65535 - 2**12 + 1
 
 def _cluster_env(index: int, count: int, port: int, slurm: bool) -> dict:
     if not slurm:
-        return {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": str(count), "JAX_PROCESS_ID": str(index)}
+        return {
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": str(count),
+            "JAX_PROCESS_ID": str(index),
+        }
     # What `srun --ntasks=2` sets on one node (the variables JAX's detection reads).
-    return {"SLURM_JOB_ID": str(port - SLURM_PORT_BASE), "SLURM_STEP_NODELIST": "127.0.0.1",
-            "SLURM_NTASKS": str(count), "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index)}
+    return {
+        "SLURM_JOB_ID": str(port - SLURM_PORT_BASE),
+        "SLURM_STEP_NODELIST": "127.0.0.1",
+        "SLURM_NTASKS": str(count),
+        "SLURM_PROCID": str(index),
+        "SLURM_LOCALID": str(index),
+    }
 
 
-def launch(args_per_process: list[list[str]], rows_dir, timeout_s: float = 600,
-           slurm: bool = False) -> list[Result]:
+def launch(
+    args_per_process: list[list[str]], rows_dir, timeout_s: float = 600, slurm: bool = False
+) -> list[Result]:
     """Runs one trainer process per argument list, as one jax.distributed run.
 
     Args:
@@ -117,19 +134,28 @@ def launch(args_per_process: list[list[str]], rows_dir, timeout_s: float = 600,
     try:
         for index, args in enumerate(args_per_process):
             env = loopback_env(dead)
-            env.update({
-                "JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
-                "ROWS_FILE": os.path.join(str(rows_dir), f"rows_{index}.jsonl"),
-                **_cluster_env(index, len(args_per_process), port, slurm)})
+            env.update(
+                {
+                    "JAX_PLATFORMS": "cpu",
+                    "XLA_FLAGS": f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+                    "ROWS_FILE": os.path.join(str(rows_dir), f"rows_{index}.jsonl"),
+                    **_cluster_env(index, len(args_per_process), port, slurm),
+                }
+            )
             for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
                 if slurm:
                     env.pop(name, None)
             log = open(os.path.join(str(rows_dir), f"stderr_{index}.log"), "w+")
             logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", _DRIVER, *args, "--set", "distributed=True"],
-                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _DRIVER, *args, "--set", "distributed=True"],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+            )
         exit_times = [None] * len(procs)
         deadline = time.monotonic() + timeout_s
         while None in exit_times and time.monotonic() < deadline:
@@ -158,6 +184,7 @@ def rows_read(rows_dir, index: int) -> list[int]:
     if not os.path.exists(path):
         return []
     import json
+
     with open(path, encoding="utf-8") as f:
         return [row for line in f for row in json.loads(line)]
 
@@ -165,8 +192,15 @@ def rows_read(rows_dir, index: int) -> list[int]:
 KEYS = ("step", "phase", "loss", "grad_norm", "lr", "cumulative_flops")
 
 
-def check_resumes(args: list[str], run_dir, rows_dir, full: list[dict], resume_step: int,
-                  total_steps: int, rows_per_step: int = 4) -> None:
+def check_resumes(
+    args: list[str],
+    run_dir,
+    rows_dir,
+    full: list[dict],
+    resume_step: int,
+    total_steps: int,
+    rows_per_step: int = 4,
+) -> None:
     """Relaunches 2 processes with `args` on a stopped run; checks the restart.
 
     Both must finish, metrics.jsonl must equal the uninterrupted run's `full`

@@ -8,12 +8,13 @@ the jnp encoder/decoder keyed by its name. References: the store's own numpy
 decode of the same bytes (``StoreReader.read``), and the numpy encoder for the
 device encoder's bytes.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import trainer_testlib as tl
+
 from store import StoreInputError, StoreReader, StoreSchema, hidden_codecs, profiles
 from store.hidden_codecs import aux_name, hidden_name
 from store.layout import ArraySpec
@@ -40,13 +41,18 @@ def _check_round_trip(url, fields):
 def _check_device_encoder(profile_name):
     """teacher_dump.encode writes the numpy encoder's bytes for the new profile."""
     prof = profiles.get_profile(profile_name)
-    schema = StoreSchema(seq_len=8, k=4, vocab_size=tl.VOCAB, hidden_layers=(3,), hidden_dim=64,
-                         profile=profile_name)
+    schema = StoreSchema(
+        seq_len=8, k=4, vocab_size=tl.VOCAB, hidden_layers=(3,), hidden_dim=64, profile=profile_name
+    )
     rng = np.random.default_rng(0)
     ids = np.stack([rng.choice(tl.VOCAB, 4, replace=False) for _ in range(16)]).reshape(2, 8, 4)
     lp = -np.sort(rng.uniform(0, 9, (2, 8, 4)), -1).astype(np.float32)
     x = (rng.normal(size=(2, 8, 64)) * 40).astype(np.float32)
-    signal = {"topk_ids": jnp.asarray(ids, jnp.int32), "topk_logprobs": jnp.asarray(lp), "hidden": {3: jnp.asarray(x)}}
+    signal = {
+        "topk_ids": jnp.asarray(ids, jnp.int32),
+        "topk_logprobs": jnp.asarray(lp),
+        "hidden": {3: jnp.asarray(x)},
+    }
     got = encode.host_arrays(jax.jit(lambda s: encode.encode_signal(s, schema))(signal))
     want = {**prof.encode_topk(ids, lp, tl.VOCAB), **prof.encode_hidden(3, x)}
     assert sorted(got) == sorted(want)
@@ -56,16 +62,30 @@ def _check_device_encoder(profile_name):
 
 def test_a_profile_of_known_codecs_is_one_registry_line(tmp_path, monkeypatch):
     # float16 top-k with lean activations: no shipped profile pairs them.
-    monkeypatch.setitem(profiles.PROFILES, "exact_lean", profiles.Profile(
-        "exact_lean", topk="float16", hidden="lean", packs_ids=False, side_zstd=False, sampled_zstd=False))
+    monkeypatch.setitem(
+        profiles.PROFILES,
+        "exact_lean",
+        profiles.Profile(
+            "exact_lean",
+            topk="float16",
+            hidden="lean",
+            packs_ids=False,
+            side_zstd=False,
+            sampled_zstd=False,
+        ),
+    )
     url = tl.make_store(tmp_path / "s", num_rows=32, profile="exact_lean")
     batch = _check_round_trip(url, ("tokens", "topk", f"hidden/{tl.LAYER}"))
-    assert batch["topk/logprobs"].dtype == np.float16 and batch[hidden_name(tl.LAYER)].dtype == np.uint8
+    assert (
+        batch["topk/logprobs"].dtype == np.float16
+        and batch[hidden_name(tl.LAYER)].dtype == np.uint8
+    )
     _check_device_encoder("exact_lean")
 
 
 class _Float16WithPeak:
     """float16 x/rms(x) plus a new side array: the per-token peak |y| in float16 (unused by decode)."""
+
     name = "float16_peak"
 
     def check_schema(self, schema):
@@ -73,7 +93,8 @@ class _Float16WithPeak:
 
     def specs(self, layer, T, D):
         return hidden_codecs.CODECS["float16_rms"].specs(layer, T, D) + [
-            ArraySpec(aux_name(layer, "peak"), (T,), "float16", ("pos",))]
+            ArraySpec(aux_name(layer, "peak"), (T,), "float16", ("pos",))
+        ]
 
     def encode(self, layer, x):
         out = hidden_codecs.CODECS["float16_rms"].encode(layer, x)
@@ -84,8 +105,10 @@ class _Float16WithPeak:
         return hidden_codecs.CODECS["float16_rms"].decode(layer, stored, dtype, normalized)
 
     def describe(self, schema):
-        return {**hidden_codecs.CODECS["float16_rms"].describe(schema),
-                "hidden_aux/<l>/peak": "float16 per-token max |hidden/<l>|"}
+        return {
+            **hidden_codecs.CODECS["float16_rms"].describe(schema),
+            "hidden_aux/<l>/peak": "float16 per-token max |hidden/<l>|",
+        }
 
 
 def _peak_encoder(layer, x):
@@ -95,12 +118,25 @@ def _peak_encoder(layer, x):
 
 
 def test_a_new_codec_with_a_new_array_is_its_class_and_its_twins(tmp_path, monkeypatch):
-    monkeypatch.setitem(hidden_codecs.CODECS, "float16_peak", _Float16WithPeak())      # the numpy codec
-    monkeypatch.setitem(encode.HIDDEN_ENCODERS, "float16_peak", _peak_encoder)         # its jnp encoder
-    monkeypatch.setitem(decode.HIDDEN_DECODERS, "float16_peak",                        # its jnp decoder
-                        decode.HIDDEN_DECODERS["float16_rms"])
-    monkeypatch.setitem(profiles.PROFILES, "peak", profiles.Profile(                   # the profile
-        "peak", topk="float16", hidden="float16_peak", packs_ids=False, side_zstd=False, sampled_zstd=False))
+    monkeypatch.setitem(hidden_codecs.CODECS, "float16_peak", _Float16WithPeak())  # the numpy codec
+    monkeypatch.setitem(encode.HIDDEN_ENCODERS, "float16_peak", _peak_encoder)  # its jnp encoder
+    monkeypatch.setitem(
+        decode.HIDDEN_DECODERS,
+        "float16_peak",  # its jnp decoder
+        decode.HIDDEN_DECODERS["float16_rms"],
+    )
+    monkeypatch.setitem(
+        profiles.PROFILES,
+        "peak",
+        profiles.Profile(  # the profile
+            "peak",
+            topk="float16",
+            hidden="float16_peak",
+            packs_ids=False,
+            side_zstd=False,
+            sampled_zstd=False,
+        ),
+    )
     url = tl.make_store(tmp_path / "s", num_rows=32, profile="peak")
     batch = _check_round_trip(url, ("tokens", "topk", f"hidden/{tl.LAYER}"))
     # The new array travels to the step under its one name (a normalized read leaves out the RMS only).
@@ -112,10 +148,22 @@ def test_a_new_codec_with_a_new_array_is_its_class_and_its_twins(tmp_path, monke
 
 def test_a_codec_without_device_twins_is_refused_by_name(monkeypatch):
     monkeypatch.setitem(hidden_codecs.CODECS, "float16_peak", _Float16WithPeak())
-    monkeypatch.setitem(profiles.PROFILES, "peak", profiles.Profile(
-        "peak", topk="float16", hidden="float16_peak", packs_ids=False, side_zstd=False, sampled_zstd=False))
+    monkeypatch.setitem(
+        profiles.PROFILES,
+        "peak",
+        profiles.Profile(
+            "peak",
+            topk="float16",
+            hidden="float16_peak",
+            packs_ids=False,
+            side_zstd=False,
+            sampled_zstd=False,
+        ),
+    )
     with pytest.raises(ValueError, match="float16_peak hidden.*has no device decoder"):
         decode.Encoding(profile="peak")
-    schema = StoreSchema(seq_len=8, k=4, vocab_size=tl.VOCAB, hidden_layers=(3,), hidden_dim=64, profile="peak")
+    schema = StoreSchema(
+        seq_len=8, k=4, vocab_size=tl.VOCAB, hidden_layers=(3,), hidden_dim=64, profile="peak"
+    )
     with pytest.raises(StoreInputError, match="float16_peak hidden.*has no device encoder"):
         encode.encode_signal({"topk_ids": None, "topk_logprobs": None, "hidden": {}}, schema)

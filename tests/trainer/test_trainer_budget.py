@@ -1,13 +1,15 @@
 """Steps from the one budget match docs/DESIGN.md §1's formulas (counts from the model tree)."""
+
 import math
 
 import jax
 import numpy as np
 import pytest
-
 import trainer_testlib as tl
-from trainer.training import methods, loop as train
+
 from trainer.model import gemma3 as model
+from trainer.training import loop as train
+from trainer.training import methods
 
 
 def _counts(config):
@@ -25,14 +27,14 @@ def _counts(config):
 @pytest.mark.parametrize("method", ["nll", "kd", "hldc", "hldf"])
 @pytest.mark.parametrize("unit, value", [("flops", 3.3e12), ("ot", 0.5)])
 def test_steps_match_formulas(method, unit, value):
-    config = tl.tiny_config(method, "/s", "/r", **{"budget.unit": unit, "budget.value": value,
-                                                   "hldf.p1": 0.04})
+    config = tl.tiny_config(
+        method, "/s", "/r", **{"budget.unit": unit, "budget.value": value, "hldf.p1": 0.04}
+    )
     n, n_half, d, v, d_t, n_mlp = _counts(config)
     c_data = 6 * n + 6 * d * v
     budget = value if unit == "flops" else value * 20 * n * c_data
     tokens = config.data.batch_size * config.data.seq_len
-    plans = train.plan_phases(config, train.model_config_from(config),
-                              methods.phases(config, 4))
+    plans = train.plan_phases(config, train.model_config_from(config), methods.phases(config, 4))
     steps = [p.num_steps for p in plans]
     if method in ("nll", "kd"):
         assert steps == [math.floor(budget / (c_data * tokens))]
@@ -40,8 +42,10 @@ def test_steps_match_formulas(method, unit, value):
         assert steps == [math.floor(budget / ((c_data + 6 * d * d_t) * tokens))]
     else:
         c_ht = 6 * n_half + 6 * n_mlp
-        assert steps == [math.floor(0.04 * budget / (c_ht * tokens)),
-                         math.floor(0.96 * budget / (c_data * tokens))]
+        assert steps == [
+            math.floor(0.04 * budget / (c_ht * tokens)),
+            math.floor(0.96 * budget / (c_data * tokens)),
+        ]
         assert plans[0].phase.num_blocks == 2 and plans[1].phase.num_blocks is None
     used = sum(p.num_steps * p.flops_per_token * tokens for p in plans)
     assert used <= budget

@@ -1,12 +1,13 @@
 """trainer.training.data: fields per method, determinism, exact resume, host sharding."""
+
 import pickle
 
 import numpy as np
 import pytest
-
 import trainer_testlib as tl
-from trainer.training import data, methods
+
 from trainer.model.errors import ConfigError
+from trainer.training import data, methods
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,9 @@ def test_source_pickles_without_open_handles(store):
     _ = src.read_indices([0])  # opens the reader
     clone = pickle.loads(pickle.dumps(src))
     assert clone._reader is None
-    np.testing.assert_array_equal(clone.read_indices([7])["tokens"], src.read_indices([7])["tokens"])
+    np.testing.assert_array_equal(
+        clone.read_indices([7])["tokens"], src.read_indices([7])["tokens"]
+    )
 
 
 def _take(it, n):
@@ -65,8 +68,9 @@ def test_seeded_and_resumable(store):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
     # One epoch covers every row exactly once.
     epoch = np.concatenate(a[:6])
-    assert len({r.tobytes() for r in epoch}) == len({r.tobytes() for r in
-                                                      src.read_indices(range(48))["tokens"]})
+    assert len({r.tobytes() for r in epoch}) == len(
+        {r.tobytes() for r in src.read_indices(range(48))["tokens"]}
+    )
     it = data.make_iterator(src, 8, seed=1)
     _take(it, 4)
     state = it.get_state()
@@ -109,9 +113,10 @@ def test_loader_style_hidden_gives_the_same_hidden_loss(store):
     MSE must not notice (it normalises the target per token itself)."""
     from store import StoreReader
     from trainer.training import losses
+
     reader = StoreReader(str(store))
     field = f"hidden/{tl.LAYER}"
-    decoded = reader.read(np.arange(4), fields=(field,))[field]            # float32 x
+    decoded = reader.read(np.arange(4), fields=(field,))[field]  # float32 x
     loaded = data.StoreSource(store, ("tokens", field)).read_indices(range(4))[field]  # stored name
     pred = np.random.default_rng(0).normal(size=decoded.shape).astype(np.float32)
     want = np.asarray(losses.normalized_mse(pred, decoded))

@@ -9,14 +9,15 @@ with the original command resumes from step 4 and must reproduce the
 uninterrupted 2-process curve exactly. The fast tests check the agreement
 itself (one gathered flag, a single process pays nothing) without processes.
 """
+
 import os
 import signal
 
+import distributed_testlib as dl
 import numpy as np
 import pytest
-
-import distributed_testlib as dl
 import trainer_testlib as tl
+
 from trainer.training import interrupt, metrics
 
 STEPS = 8
@@ -40,18 +41,25 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0])
-def test_sigint_to_one_process_stops_both_at_one_step_and_resumes(uninterrupted, tmp_path,
-                                                                  victim):
+def test_sigint_to_one_process_stops_both_at_one_step_and_resumes(uninterrupted, tmp_path, victim):
     store, full = uninterrupted
     run_dir = tmp_path / "run"
     args = dl.trainer_args("kd", store, run_dir, STEPS, SETS)
-    signalled = [args + (["--set", f"debug.kill_at_step={SIGNAL_AT}",
-                          "--set", "debug.kill_signal=SIGINT"] if i == victim else [])
-                 for i in range(2)]
+    signalled = [
+        args
+        + (
+            ["--set", f"debug.kill_at_step={SIGNAL_AT}", "--set", "debug.kill_signal=SIGINT"]
+            if i == victim
+            else []
+        )
+        for i in range(2)
+    ]
     results = dl.launch(signalled, tmp_path / "rows_signalled", timeout_s=300)
-    line = (f"interrupted: SIGINT at step {STOPPED_AT}/{STEPS}: checkpoint saved in "
-            f"{run_dir / 'checkpoints'}; re-run the same command to resume from step "
-            f"{STOPPED_AT}")
+    line = (
+        f"interrupted: SIGINT at step {STOPPED_AT}/{STEPS}: checkpoint saved in "
+        f"{run_dir / 'checkpoints'}; re-run the same command to resume from step "
+        f"{STOPPED_AT}"
+    )
     for i, r in enumerate(results):
         assert r.returncode == 128 + signal.SIGINT, f"process {i}: {r.stderr[-3000:]}"
         assert "Traceback" not in r.stderr, f"process {i}: {r.stderr[-3000:]}"
@@ -60,12 +68,12 @@ def test_sigint_to_one_process_stops_both_at_one_step_and_resumes(uninterrupted,
     print(f"the processes exited {spread:.1f} s apart")
     assert spread < EXIT_SPREAD_S
     assert sorted(int(d) for d in os.listdir(run_dir / "checkpoints") if d.isdigit()) == [
-        STOPPED_AT]
+        STOPPED_AT
+    ]
     assert metrics.read_metrics(str(run_dir))[-1]["step"] == STOPPED_AT
 
     # Nothing redone: the restart reads only the batches after step 4.
     dl.check_resumes(args, run_dir, tmp_path / "rows_resumed", full, STOPPED_AT, STEPS)
-
 
 
 def _two_processes(monkeypatch, gathered):
@@ -99,8 +107,11 @@ def test_a_signal_during_the_gather_waits_for_the_next_agreement(monkeypatch):
 
     calls = _two_processes(monkeypatch, gathered)
     assert not stop.requested()
-    monkeypatch.setattr(interrupt.multihost_utils, "process_allgather",
-                        lambda flag: np.asarray([int(flag), 0], np.int32))
+    monkeypatch.setattr(
+        interrupt.multihost_utils,
+        "process_allgather",
+        lambda flag: np.asarray([int(flag), 0], np.int32),
+    )
     assert stop.requested() and stop.signum == signal.SIGINT
     assert calls == [0]
 

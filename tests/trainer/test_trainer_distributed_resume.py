@@ -7,10 +7,11 @@ coordinator, process 0, died; after about `distributed_heartbeat_s` of missed
 heartbeats otherwise). Relaunching both with the original command resumes
 from step 3 and must reproduce the uninterrupted 2-process curve exactly.
 """
-import pytest
 
 import distributed_testlib as dl
+import pytest
 import trainer_testlib as tl
+
 from trainer.training import metrics
 
 STEPS = 8
@@ -40,8 +41,9 @@ def test_dead_process_fails_the_run_and_a_restart_resumes(uninterrupted, tmp_pat
     store, full = uninterrupted
     run_dir = tmp_path / "run"
     args = dl.trainer_args("kd", store, run_dir, STEPS, SETS)
-    killed = [args + (["--set", f"debug.kill_at_step={KILL_AT}"] if i == victim else [])
-              for i in range(2)]
+    killed = [
+        args + (["--set", f"debug.kill_at_step={KILL_AT}"] if i == victim else []) for i in range(2)
+    ]
     results = dl.launch(killed, tmp_path / "rows_killed", timeout_s=500)
     dead, survivor = results[victim], results[1 - victim]
     assert dead.returncode == -9, dead.stderr[-2000:]

@@ -1,14 +1,16 @@
 """Fast end-to-end: a tiny store written via the store API → a few trainer steps
 for every method, through the same `train.run` the CLI calls."""
+
 import json
 import os
 
 import numpy as np
 import pytest
-
 import trainer_testlib as tl
-from trainer.training import metrics, loop as train
+
 from trainer.model import model_io
+from trainer.training import loop as train
+from trainer.training import metrics
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +30,18 @@ def store(tmp_path_factory):
 # nll/kd 4 steps, hldc floor(4.40) = 4, hldf p1=0.2: phase 1 floor(1.52) = 1 step,
 # phase 2 floor(3.6) = 3 steps.
 EXPECTED_FLOPS = {
-    "nll": 4 * 1_089_408 * 256,                        # 1,115,553,792
+    "nll": 4 * 1_089_408 * 256,  # 1,115,553,792
     "kd": 4 * 1_089_408 * 256,
-    "hldc": 4 * 1_113_984 * 256,                       # 1,140,719,616
-    "hldf": 1 * 644_736 * 256 + 3 * 1_089_408 * 256,   # 1,001,717,760
+    "hldc": 4 * 1_113_984 * 256,  # 1,140,719,616
+    "hldf": 1 * 644_736 * 256 + 3 * 1_089_408 * 256,  # 1,001,717,760
 }
 
 
 @pytest.mark.parametrize("method", ["nll", "kd", "hldc", "hldf"])
 def test_each_method_runs_and_writes_the_run_dir(method, store, tmp_path):
-    config = tl.tiny_config(method, store, tmp_path / "run", steps=4, log_every=1,
-                            checkpoint_every=3)
+    config = tl.tiny_config(
+        method, store, tmp_path / "run", steps=4, log_every=1, checkpoint_every=3
+    )
     summary = train.run(config)
     assert summary["global_step"] == 4  # hldf: 1 + 3 (see EXPECTED_FLOPS)
     run = tmp_path / "run"
@@ -80,9 +83,13 @@ def test_teacher_pretraining_on_tokens_only_store(tmp_path):
 def test_representation_only_with_narrower_teacher(tmp_path):
     # α = 0, γ > 0 (no logit distillation, no top-k read) and d_T = 32 < d_S = 64.
     store = tl.make_store(tmp_path / "narrow", num_rows=16, k=0, hidden_dim=32)
-    config = tl.tiny_config("hldc", store, tmp_path / "run", steps=3, **{
-        "loss.alpha": 0.0, "loss.gamma": 0.5, "teacher.d_model": 32})
+    config = tl.tiny_config(
+        "hldc",
+        store,
+        tmp_path / "run",
+        steps=3,
+        **{"loss.alpha": 0.0, "loss.gamma": 0.5, "teacher.d_model": 32},
+    )
     summary = train.run(config)
     assert "kd" not in summary and summary["hidden_mse"] > 0
-    assert summary["loss"] == pytest.approx(summary["nll"] + 0.5 * summary["hidden_mse"],
-                                            rel=1e-5)
+    assert summary["loss"] == pytest.approx(summary["nll"] + 0.5 * summary["hidden_mse"], rel=1e-5)

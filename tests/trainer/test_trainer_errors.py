@@ -1,14 +1,15 @@
 """Bad input: store/config mismatches fail before compiling; NaN stops the run."""
+
 import json
 import os
 
-import jax
-import numpy as np
 import pytest
-
 import trainer_testlib as tl
+
 from store import SchemaMismatchError
-from trainer.training import checkpoint, config as config_lib, loop as train
+from trainer.training import checkpoint
+from trainer.training import config as config_lib
+from trainer.training import loop as train
 
 
 @pytest.fixture(scope="module")
@@ -16,17 +17,23 @@ def store(tmp_path_factory):
     return tl.make_store(tmp_path_factory.mktemp("err") / "store", num_rows=16)
 
 
-@pytest.mark.parametrize("method, sets, match", [
-    ("kd", {"model.vocab_size": 256}, r"model.vocab_size=256 but the store has 512 "
-                                      r"\(--set model.vocab_size=512\)"),
-    ("kd", {"data.seq_len": 64}, r"\(--set data.seq_len=32\)"),
-    ("kd", {"data.k": 16}, r"data.k=16 but the store has 8 \(--set data.k=8\)"),
-    ("kd", {"store.tokenizer_sha256": "cd" * 32}, "--set store.tokenizer_sha256=abab"),
-    ("hldc", {"teacher.hidden_layer": 3}, r"\(--set teacher.hidden_layer=2\)"),
-    ("hldf", {"teacher.d_model": 128}, r"\(--set teacher.d_model=64\)"),
-])
-def test_store_mismatch_fails_before_compiling(method, sets, match, store, tmp_path,
-                                               monkeypatch):
+@pytest.mark.parametrize(
+    "method, sets, match",
+    [
+        (
+            "kd",
+            {"model.vocab_size": 256},
+            r"model.vocab_size=256 but the store has 512 "
+            r"\(--set model.vocab_size=512\)",
+        ),
+        ("kd", {"data.seq_len": 64}, r"\(--set data.seq_len=32\)"),
+        ("kd", {"data.k": 16}, r"data.k=16 but the store has 8 \(--set data.k=8\)"),
+        ("kd", {"store.tokenizer_sha256": "cd" * 32}, "--set store.tokenizer_sha256=abab"),
+        ("hldc", {"teacher.hidden_layer": 3}, r"\(--set teacher.hidden_layer=2\)"),
+        ("hldf", {"teacher.d_model": 128}, r"\(--set teacher.d_model=64\)"),
+    ],
+)
+def test_store_mismatch_fails_before_compiling(method, sets, match, store, tmp_path, monkeypatch):
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled before checking the store")
 
@@ -38,15 +45,25 @@ def test_store_mismatch_fails_before_compiling(method, sets, match, store, tmp_p
 
 
 def test_all_mismatches_in_one_error_and_from_store_fixes_them(store, tmp_path):
-    sets = {"model.vocab_size": 1024, "data.seq_len": 64, "data.k": 16,
-            "teacher.hidden_layer": 3, "teacher.d_model": 128}
+    sets = {
+        "model.vocab_size": 1024,
+        "data.seq_len": 64,
+        "data.k": 16,
+        "teacher.hidden_layer": 3,
+        "teacher.d_model": 128,
+    }
     config = tl.tiny_config("hldc", store, tmp_path / "run", steps=2, **sets)
     with pytest.raises(SchemaMismatchError, match="on 5 field") as err:
         train.run(config)
     message = str(err.value)
     assert "\n" not in message and "data.from_store=True" in message
-    for fix in ("model.vocab_size=512", "data.seq_len=32", "data.k=8",
-                "teacher.hidden_layer=2", "teacher.d_model=64"):
+    for fix in (
+        "model.vocab_size=512",
+        "data.seq_len=32",
+        "data.k=8",
+        "teacher.hidden_layer=2",
+        "teacher.d_model=64",
+    ):
         assert f"--set {fix})" in message
     sets["data.from_store"] = True
     config = tl.tiny_config("hldc", store, tmp_path / "run", steps=2, **sets)
@@ -55,8 +72,13 @@ def test_all_mismatches_in_one_error_and_from_store_fixes_them(store, tmp_path):
     assert summary["global_step"] >= 1
     # The run's resolved config (config.json) has the store's geometry; the user's is untouched.
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (saved["data"]["seq_len"], saved["data"]["k"], saved["model"]["vocab_size"],
-            saved["teacher"]["hidden_layer"], saved["teacher"]["d_model"]) == (32, 8, 512, 2, 64)
+    assert (
+        saved["data"]["seq_len"],
+        saved["data"]["k"],
+        saved["model"]["vocab_size"],
+        saved["teacher"]["hidden_layer"],
+        saved["teacher"]["d_model"],
+    ) == (32, 8, 512, 2, 64)
     assert config.data.seq_len == 64
 
 
@@ -68,8 +90,9 @@ def test_kd_on_tokens_only_store_is_an_error(tmp_path):
 
 
 def test_budget_too_small_is_an_error(store, tmp_path):
-    config = tl.tiny_config("kd", store, tmp_path / "run", **{"budget.unit": "flops",
-                                                                "budget.value": 1.0})
+    config = tl.tiny_config(
+        "kd", store, tmp_path / "run", **{"budget.unit": "flops", "budget.value": 1.0}
+    )
     with pytest.raises(config_lib.ConfigError, match="raise budget.value"):
         train.run(config)
 
@@ -82,8 +105,13 @@ def test_batch_not_divisible_by_mesh(store, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(store, tmp_path):
     # lr = 1e30: step 1 is finite, then the params overflow and the loss is NaN/Inf.
-    config = tl.tiny_config("nll", store, tmp_path / "run", steps=6, **{
-        "optim.lr": 1e30, "log_every": 1, "checkpoint_every": 1, "optim.warmup_steps": 0})
+    config = tl.tiny_config(
+        "nll",
+        store,
+        tmp_path / "run",
+        steps=6,
+        **{"optim.lr": 1e30, "log_every": 1, "checkpoint_every": 1, "optim.warmup_steps": 0},
+    )
     with pytest.raises(train.TrainingDivergedError, match="last good checkpoint") as err:
         train.run(config)
     ckpt = checkpoint.Checkpointer(str(tmp_path / "run"))

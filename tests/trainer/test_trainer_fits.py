@@ -1,15 +1,17 @@
 """What the compiler says the train step needs: activations stay on their device's
 rows under FSDP, micro-batches cut temporaries, and every shipped config fits the
 topology its docstring states (TPU compiler through libtpu; skipped without it)."""
+
 import importlib.util
 import os
 
 import jax
 import pytest
-
 import step_memory  # bench/ (on the path via tests/conftest.py)
-from trainer.training import config as config_lib, methods
+
+from trainer.training import config as config_lib
 from trainer.training import loop as train
+from trainer.training import methods
 
 
 def _tiny(method="kd", **sets):
@@ -25,10 +27,13 @@ def _temp(config, devices):
 def test_fsdp_keeps_each_devices_activations_to_its_own_rows():
     """4 devices with FSDP and 4× the global batch need the temporaries of 1 device
     (before the fix, XLA gathered the whole batch onto every device: ~4×)."""
-    one = _temp(_tiny(**{"data.batch_size": 16, "data.seq_len": 64, "mesh.data": 1}),
-                jax.devices()[:1])
-    four = _temp(_tiny(**{"data.batch_size": 64, "data.seq_len": 64, "mesh.data": 1,
-                          "mesh.fsdp": 4}), jax.devices()[:4])
+    one = _temp(
+        _tiny(**{"data.batch_size": 16, "data.seq_len": 64, "mesh.data": 1}), jax.devices()[:1]
+    )
+    four = _temp(
+        _tiny(**{"data.batch_size": 64, "data.seq_len": 64, "mesh.data": 1, "mesh.fsdp": 4}),
+        jax.devices()[:4],
+    )
     assert four < 1.5 * one, (four, one)
 
 
@@ -42,8 +47,10 @@ def test_micro_batches_cut_the_step_temporaries():
 # --------------------------------------------------------------------------- TPU
 
 _HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
-needs_libtpu = pytest.mark.skipif(not _HAS_LIBTPU, reason="libtpu not installed (pip install "
-                                  "libtpu==0.0.42.1 to compile for TPU topologies)")
+needs_libtpu = pytest.mark.skipif(
+    not _HAS_LIBTPU,
+    reason="libtpu not installed (pip install libtpu==0.0.42.1 to compile for TPU topologies)",
+)
 
 
 def _stated_topology(name):
@@ -78,8 +85,10 @@ def test_tiny_config_fits_its_stated_tpu_topology():
 
 @needs_libtpu
 @pytest.mark.slow
-@pytest.mark.parametrize("name,method", [
-    (n, m) for n in ("gemma3_270m", "gemma3_1b") for m in ("nll", "kd", "hldc", "hldf")
-] + [("demo", "kd"), ("teacher", None)])
+@pytest.mark.parametrize(
+    "name,method",
+    [(n, m) for n in ("gemma3_270m", "gemma3_1b") for m in ("nll", "kd", "hldc", "hldf")]
+    + [("demo", "kd"), ("teacher", None)],
+)
 def test_shipped_config_fits_its_stated_tpu_topology(name, method):
     _fits(name, method or "gemma3-4b")

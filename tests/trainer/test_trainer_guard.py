@@ -1,11 +1,13 @@
 """The objective-penalty guard and the schedule checks run before anything compiles."""
+
 import json
 import os
 
 import pytest
-
 import trainer_testlib as tl
-from trainer.training import config as config_lib, loop as train
+
+from trainer.training import config as config_lib
+from trainer.training import loop as train
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +22,15 @@ class _Stop(Exception):
 def _stop_at_compile(monkeypatch):
     def no_compile(*args, **kwargs):
         raise _Stop()
+
     monkeypatch.setattr(train.jax, "jit", no_compile)
 
 
 def test_kd_run_prints_and_warns_penalty_before_compiling(store, tmp_path, monkeypatch, capsys):
     _stop_at_compile(monkeypatch)
-    config = tl.tiny_config("kd", store, tmp_path / "run", steps=3,
-                            **{"loss.tail": "zero", "loss.alpha": 0.9})
+    config = tl.tiny_config(
+        "kd", store, tmp_path / "run", steps=3, **{"loss.tail": "zero", "loss.alpha": 0.9}
+    )
     with pytest.raises(_Stop):
         train.run(config)
     lines = [l for l in capsys.readouterr().out.splitlines() if "objective penalty" in l]
@@ -53,12 +57,15 @@ def test_nll_run_prints_no_penalty(store, tmp_path, monkeypatch, capsys):
     assert not os.path.exists(tmp_path / "run" / "objective_penalty.json")
 
 
-@pytest.mark.parametrize("sets, match", [
-    # HLDF phase-1 warm-up longer than phase 1: refused like WSD's, before phase 1 runs.
-    ({"hldf.warmup_steps": 10_000}, "phase 1 of hldf .*warmup_steps=10000 exceeds"),
-    # A phase-2 WSD schedule that cannot fit must not cost a phase 1 first.
-    ({"optim.warmup_steps": 10_000}, "phase 2 of hldf .*exceed total_steps"),
-])
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        # HLDF phase-1 warm-up longer than phase 1: refused like WSD's, before phase 1 runs.
+        ({"hldf.warmup_steps": 10_000}, "phase 1 of hldf .*warmup_steps=10000 exceeds"),
+        # A phase-2 WSD schedule that cannot fit must not cost a phase 1 first.
+        ({"optim.warmup_steps": 10_000}, "phase 2 of hldf .*exceed total_steps"),
+    ],
+)
 def test_hldf_schedules_fail_before_compiling(store, tmp_path, monkeypatch, sets, match):
     _stop_at_compile(monkeypatch)
     config = tl.tiny_config("hldf", store, tmp_path / "run", steps=4, **sets)

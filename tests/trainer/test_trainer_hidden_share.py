@@ -1,13 +1,15 @@
 """loss.hidden_reduction and the hidden term's printed share (HLDC/HLDF); final.json's wall time."""
+
 import json
 
 import jax
 import jax.numpy as jnp
 import pytest
-
 import trainer_testlib as tl
-from trainer.training import config as config_lib, data, hidden_share, loop as train, methods
-from trainer.training import metrics
+
+from trainer.training import config as config_lib
+from trainer.training import data, hidden_share, methods, metrics
+from trainer.training import loop as train
 
 
 @pytest.fixture(scope="module")
@@ -16,13 +18,15 @@ def store(tmp_path_factory):
 
 
 def test_hldc_prints_its_hidden_share_at_the_first_logged_steps(store, tmp_path, capsys):
-    config = tl.tiny_config("hldc", store, tmp_path / "run", steps=5, log_every=1,
-                            **{"loss.gamma": 0.5})
+    config = tl.tiny_config(
+        "hldc", store, tmp_path / "run", steps=5, log_every=1, **{"loss.gamma": 0.5}
+    )
     train.run(config)
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("hidden term (")]
     assert len(lines) == hidden_share.LOGGED_STEPS
-    assert lines[0].startswith("hidden term (hldc, γ=0.5, loss.hidden_reduction=mean over D=64) "
-                               "at step 1: γ·L_emb = ")
+    assert lines[0].startswith(
+        "hidden term (hldc, γ=0.5, loss.hidden_reduction=mean over D=64) at step 1: γ·L_emb = "
+    )
     assert "of the student's gradient norm" in lines[0]  # first logged step only
     assert all("gradient" not in l for l in lines[1:])
     saved = json.loads((tmp_path / "run" / hidden_share.FILENAME).read_text())
@@ -34,7 +38,9 @@ def test_hldc_prints_its_hidden_share_at_the_first_logged_steps(store, tmp_path,
         assert rec["loss_share"] == pytest.approx(0.5 * m["hidden_mse"] / m["loss"], rel=1e-6)
     first = saved["records"][0]
     assert 0 < first["grad_share"] < 1
-    assert first["grad_share"] == pytest.approx(first["hidden_grad_norm"] / first["total_grad_norm"])
+    assert first["grad_share"] == pytest.approx(
+        first["hidden_grad_norm"] / first["total_grad_norm"]
+    )
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["wall_s"] > 0 and final["resumed_from_step"] == 0
 
@@ -45,21 +51,31 @@ def _loss_terms(config):
     params = train.model.init_params(model_cfg, jax.random.key(0))
     regressor = methods.init_regressor(phase.regressor, jax.random.key(1), model_cfg.d_model, 64)
     # The same random batch for both reductions, as the loader ships it (stored names).
-    host_batch = data.synthetic_batch(2, tl.SEQ, tl.VOCAB, k=tl.K, hidden_dim=64,
-                                      hidden_layer=config.teacher.hidden_layer)
+    host_batch = data.synthetic_batch(
+        2, tl.SEQ, tl.VOCAB, k=tl.K, hidden_dim=64, hidden_layer=config.teacher.hidden_layer
+    )
     batch = {k: jnp.asarray(v) for k, v in host_batch.items()}
     encoding = data.synthetic_encoding("exact", tl.VOCAB, k=tl.K, hidden_dim=64)
-    return phase, methods.loss_fn(params, regressor, batch, jnp.int32(0), phase=phase,
-                                  config=config, model_cfg=model_cfg, num_steps=10,
-                                  encoding=encoding)
+    return phase, methods.loss_fn(
+        params,
+        regressor,
+        batch,
+        jnp.int32(0),
+        phase=phase,
+        config=config,
+        model_cfg=model_cfg,
+        num_steps=10,
+        encoding=encoding,
+    )
 
 
 @pytest.mark.parametrize("method", ["hldc", "hldf"])
 def test_sum_reduction_weighs_the_term_d_times_the_mean(method, store, tmp_path):
     values = {}
     for reduction in ("mean", "sum"):
-        config = tl.tiny_config(method, store, tmp_path / reduction,
-                                **{"loss.hidden_reduction": reduction})
+        config = tl.tiny_config(
+            method, store, tmp_path / reduction, **{"loss.hidden_reduction": reduction}
+        )
         phase, (loss, terms) = _loss_terms(config)
         assert phase.hidden_reduction == reduction
         values[reduction] = float(terms["hidden_mse"])
@@ -67,13 +83,21 @@ def test_sum_reduction_weighs_the_term_d_times_the_mean(method, store, tmp_path)
 
 
 def test_hldf_phase1_share_is_the_whole_loss_and_not_computed():
-    phase = methods.Phase(index=1, flops_method="ht", num_blocks=1, hidden_term=True, hidden_weight=1.0,
-                          constant_lr=True, hidden_reduction="sum")
+    phase = methods.Phase(
+        index=1,
+        flops_method="ht",
+        num_blocks=1,
+        hidden_term=True,
+        hidden_weight=1.0,
+        constant_lr=True,
+        hidden_reduction="sum",
+    )
     record = {"step": 3, **hidden_share.loss_share(phase, {"hidden_mse": 0.25, "loss": 0.25})}
     assert record["loss_share"] == 1.0
     assert hidden_share.describe("hldf", phase, 128, record) == (
         "hidden term (hldf phase 1, loss.hidden_reduction=sum over D=128) at step 3: "
-        "L_HT = 0.25 is the whole loss (this phase trains on it alone)")
+        "L_HT = 0.25 is the whole loss (this phase trains on it alone)"
+    )
 
 
 def test_bad_reduction_is_one_clear_line(store, tmp_path):

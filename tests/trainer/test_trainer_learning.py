@@ -1,15 +1,22 @@
 """A few hundred KD steps on a tiny bigram-teacher store lower the KL (slow)."""
-import pytest
 
+import pytest
 import trainer_testlib as tl
-from trainer.training import metrics, loop as train
+
+from trainer.training import loop as train
+from trainer.training import metrics
 
 
 @pytest.mark.slow
 def test_kd_lowers_the_kl(tmp_path):
     store = tl.make_store(tmp_path / "store", num_rows=64)
-    config = tl.tiny_config("kd", store, tmp_path / "run", steps=300, **{
-        "log_every": 25, "checkpoint_every": 1000, "optim.warmup_steps": 20})
+    config = tl.tiny_config(
+        "kd",
+        store,
+        tmp_path / "run",
+        steps=300,
+        **{"log_every": 25, "checkpoint_every": 1000, "optim.warmup_steps": 20},
+    )
     train.run(config)
     records = metrics.read_metrics(str(tmp_path / "run"))
     first, last = records[0], records[-1]

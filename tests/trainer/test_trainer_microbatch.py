@@ -1,16 +1,18 @@
 """Gradient accumulation (trainer.training.microbatch): M micro-batches give the full
 batch's loss, metrics and gradients; terms are normalised by the global token count."""
+
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import trainer_testlib as tl
+
 from trainer.model import gemma3 as model
 from trainer.model.errors import ConfigError
-from trainer.training import config as config_lib, data, methods, microbatch, sharding
+from trainer.training import config as config_lib
+from trainer.training import data, methods, microbatch, sharding
 from trainer.training import loop as train
 
 
@@ -18,8 +20,7 @@ def _close(actual, expected, what, tol=1e-6):
     """Each leaf equal to `tol` relative to its norm: ‖a − e‖ ≤ tol·‖e‖ (float32; the
     accumulated sums are added in another order, so single elements that nearly
     cancel may differ by a few ulps of the leaf's larger elements)."""
-    for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(actual),
-                            jax.tree.leaves(expected)):
+    for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
         a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
         err = np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-30)
         assert err <= tol, f"{what} {jax.tree_util.keystr(path)}: relative error {err:.2e} > {tol}"
@@ -27,8 +28,10 @@ def _close(actual, expected, what, tol=1e-6):
 
 def _tree_close(actual, expected, what, tol=1e-6):
     """The whole tree to `tol` of its global norm (how an optimizer sees a gradient)."""
-    diff = sum(np.sum((np.asarray(a, np.float64) - np.asarray(e, np.float64)) ** 2)
-               for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)))
+    diff = sum(
+        np.sum((np.asarray(a, np.float64) - np.asarray(e, np.float64)) ** 2)
+        for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected))
+    )
     norm = sum(np.sum(np.asarray(e, np.float64) ** 2) for e in jax.tree.leaves(expected))
     assert np.sqrt(diff / norm) <= tol, f"{what}: relative error {np.sqrt(diff / norm):.2e}"
 
@@ -38,22 +41,40 @@ def test_accumulated_loss_and_gradients_equal_the_full_batch(method, phase_index
     config = tl.tiny_config(method, "/unused", "/unused")
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[phase_index]
-    batch = data.synthetic_batch(8, config.data.seq_len, config.model.vocab_size, k=tl.K,
-                                 hidden_dim=64, seed=1)
+    batch = data.synthetic_batch(
+        8, config.data.seq_len, config.model.vocab_size, k=tl.K, hidden_dim=64, seed=1
+    )
     batch = {k: jnp.asarray(batch[k]) for k in phase.fields}
     params = model.init_params(model_cfg, jax.random.key(0))
-    regressor = methods.init_regressor(phase.regressor, jax.random.key(1), model_cfg.d_model,
-                                       config.teacher.d_model)
+    regressor = methods.init_regressor(
+        phase.regressor, jax.random.key(1), model_cfg.d_model, config.teacher.d_model
+    )
     trainables = {"params": params, "regressor": regressor}
 
     def loss_of(t, part, counts):
-        return methods.loss_fn(t["params"], t["regressor"], part, jnp.int32(3), phase=phase,
-                               config=config, model_cfg=model_cfg, num_steps=20, counts=counts)
+        return methods.loss_fn(
+            t["params"],
+            t["regressor"],
+            part,
+            jnp.int32(3),
+            phase=phase,
+            config=config,
+            model_cfg=model_cfg,
+            num_steps=20,
+            counts=counts,
+        )
 
     def run(m):
-        return jax.jit(lambda t, b: microbatch.value_and_grad(
-            loss_of, t, b, m, counts_fn=lambda x: methods.token_counts(x, phase),
-            constant_metrics=methods.CONSTANT_METRICS))(trainables, batch)
+        return jax.jit(
+            lambda t, b: microbatch.value_and_grad(
+                loss_of,
+                t,
+                b,
+                m,
+                counts_fn=lambda x: methods.token_counts(x, phase),
+                constant_metrics=methods.CONSTANT_METRICS,
+            )
+        )(trainables, batch)
 
     (loss1, metrics1), grads1 = run(1)
     for m in (4,):  # 8 rows: 4 micro-batches of 2 (one more M only adds compile time)
@@ -76,7 +97,7 @@ def test_terms_are_normalised_by_the_global_token_count_not_per_micro_batch():
     B, T, D, M = 8, 6, 5, 4
     x_BxTxD = rng.normal(size=(B, T, D)).astype(np.float32)
     w_D = rng.normal(size=(D,)).astype(np.float32)
-    keep_BxT = (np.arange(T)[None, :] < np.array([6, 1, 5, 2, 6, 3, 4, 1])[:, None])
+    keep_BxT = np.arange(T)[None, :] < np.array([6, 1, 5, 2, 6, 3, 4, 1])[:, None]
     batch = {"x": jnp.asarray(x_BxTxD), "mask": jnp.asarray(keep_BxT.astype(np.float32))}
 
     def loss_fn(w, part, counts):
@@ -86,20 +107,23 @@ def test_terms_are_normalised_by_the_global_token_count_not_per_micro_batch():
         return loss, {"sq": loss}
 
     counts_fn = lambda b: {"sq": jnp.sum(b["mask"])}
-    (loss, metrics), grad = microbatch.value_and_grad(loss_fn, jnp.asarray(w_D), batch, M,
-                                                      counts_fn=counts_fn)
+    (loss, metrics), grad = microbatch.value_and_grad(
+        loss_fn, jnp.asarray(w_D), batch, M, counts_fn=counts_fn
+    )
     x64, w64, keep = x_BxTxD.astype(np.float64), w_D.astype(np.float64), keep_BxT
     pred = x64 @ w64
     n = keep.sum()
-    ref_loss = (pred ** 2 * keep).sum() / n
+    ref_loss = (pred**2 * keep).sum() / n
     ref_grad = np.einsum("bt,btd->d", 2 * pred * keep, x64) / n  # d/dw of Σ m (x·w)² / N
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-6)
     np.testing.assert_allclose(float(metrics["sq"]), ref_loss, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-5, atol=1e-6)
     # The trap this guards against: averaging micro-batch means (unequal counts).
     parts = microbatch.split(batch, M)
-    means = [loss_fn(jnp.asarray(w_D), jax.tree.map(lambda a: a[i], parts), None)[0]
-             for i in range(M)]
+    means = [
+        loss_fn(jnp.asarray(w_D), jax.tree.map(lambda a: a[i], parts), None)[0]  # noqa: B023
+        for i in range(M)
+    ]
     assert abs(float(np.mean(means)) - ref_loss) > 1e-3 * ref_loss
 
 
@@ -122,8 +146,9 @@ def test_runner_step_with_micro_batches_matches_full_batch_on_a_sharded_mesh():
         plan = train.PhasePlan(phase, 20, train.phase_flops_per_token(config, model_cfg, phase))
         runner = train.PhaseRunner(config, model_cfg, plan, mesh)
         state = runner.init_state(jax.random.key(0))
-        batch = data.synthetic_batch(8, config.data.seq_len, config.model.vocab_size, k=tl.K,
-                                     seed=2)
+        batch = data.synthetic_batch(
+            8, config.data.seq_len, config.model.vocab_size, k=tl.K, seed=2
+        )
         state, step_metrics = runner.step(state, runner.put_batch(batch))
         out[m] = jax.device_get((step_metrics, state.params))
     _close(out[2][0], out[1][0], "metrics")
@@ -133,8 +158,11 @@ def test_runner_step_with_micro_batches_matches_full_batch_on_a_sharded_mesh():
 
 
 def test_micro_batches_that_do_not_divide_the_per_device_batch_are_refused():
-    with pytest.raises(ConfigError, match=r"data.micro_batches=3 does not divide the per-device "
-                                          r"batch 16/4=4 rows; use one of \[1, 2, 4\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.micro_batches=3 does not divide the per-device "
+        r"batch 16/4=4 rows; use one of \[1, 2, 4\]",
+    ):
         microbatch.check_micro_batches(3, 16, 4)
     with pytest.raises(ConfigError, match="must be an integer >= 1"):
         microbatch.check_micro_batches(0, 16, 4)

@@ -1,26 +1,39 @@
 """SIGKILL (or SIGINT) a training subprocess at step k, resume: the loss curve is
 bit-exact and metrics.jsonl holds every step once."""
+
 import os
 import signal
 import subprocess
 import sys
 
 import pytest
-
 import trainer_testlib as tl
+
 from trainer.training import metrics
 
 
 def _train(store, run_dir, method, steps, kill_at=0, kill_signal="SIGKILL"):
     config = tl.tiny_config(method, store, run_dir, steps=steps)
-    sets = [f"store.url={store}", f"run_dir={run_dir}", "log_every=1", "checkpoint_every=3",
-            f"budget.unit=flops", f"budget.value={config.budget.value!r}",
-            f"debug.kill_at_step={kill_at}", f"debug.kill_signal={kill_signal}"]
+    sets = [
+        f"store.url={store}",
+        f"run_dir={run_dir}",
+        "log_every=1",
+        "checkpoint_every=3",
+        "budget.unit=flops",
+        f"budget.value={config.budget.value!r}",
+        f"debug.kill_at_step={kill_at}",
+        f"debug.kill_signal={kill_signal}",
+    ]
     cmd = [sys.executable, "-m", "trainer", "--config", f"{tl.CONFIG}:{method}"]
     for item in sets:
         cmd += ["--set", item]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
 
 
 def _check_resume(tmp_path, method, steps, kill_at, kill_signal="SIGKILL"):
@@ -41,7 +54,8 @@ def _check_resume(tmp_path, method, steps, kill_at, kill_signal="SIGKILL"):
         assert killed.stderr.strip().splitlines()[-1] == (
             f"interrupted: {kill_signal} at step {stopped}/{steps}: checkpoint saved in "
             f"{tmp_path / 'resumed' / 'checkpoints'}; re-run the same command to resume "
-            f"from step {stopped}")
+            f"from step {stopped}"
+        )
         assert partial[-1]["step"] == stopped
     resumed = _train(store, tmp_path / "resumed", method, steps)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -75,6 +89,7 @@ def test_kill_and_resume_across_hldf_phases(tmp_path):
 
 def test_second_signal_stops_at_once_naming_the_checkpoint_step():
     from trainer.training import loop
+
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup / a background job
     stop = loop.StopOnSignal(resume_step=6).install()
     try:

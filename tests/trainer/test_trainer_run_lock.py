@@ -1,4 +1,5 @@
 """One owner per run directory (trainer.training.run_lock) and where run_dir may lie."""
+
 import json
 import os
 import socket
@@ -6,11 +7,13 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import distributed_testlib as dl
+import pytest
 import trainer_testlib as tl
-from trainer.training import config as config_lib, loop as train, run_lock
+
+from trainer.training import config as config_lib
+from trainer.training import loop as train
+from trainer.training import run_lock
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +29,27 @@ def _dead_pid() -> int:
 
 def _write_lock(run_dir, **fields):
     os.makedirs(run_dir, exist_ok=True)
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-12-06T05:00:00Z",
-            "role": "trainer", "boot_id": run_lock._boot_id(),
-            "process_start": run_lock._process_start(os.getpid()), "token": "x", **fields}
+    info = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": "2026-12-06T05:00:00Z",
+        "role": "trainer",
+        "boot_id": run_lock._boot_id(),
+        "process_start": run_lock._process_start(os.getpid()),
+        "token": "x",
+        **fields,
+    }
     with open(os.path.join(run_dir, run_lock.LOCK_FILE), "w", encoding="utf-8") as f:
         json.dump(info, f)
 
 
 def test_second_owner_is_refused_naming_the_first(tmp_path):
     first = run_lock.RunDirLock(str(tmp_path / "run")).acquire()
-    with pytest.raises(run_lock.RunDirLockedError,
-                       match=rf"in use by trainer pid {os.getpid()} on host "
-                             rf"{socket.gethostname()} \(started .*; wait for it"):
+    with pytest.raises(
+        run_lock.RunDirLockedError,
+        match=rf"in use by trainer pid {os.getpid()} on host "
+        rf"{socket.gethostname()} \(started .*; wait for it",
+    ):
         run_lock.RunDirLock(str(tmp_path / "run")).acquire()
     assert os.path.exists(tmp_path / "run" / "run.lock")
     first.release()
@@ -47,12 +59,15 @@ def test_second_owner_is_refused_naming_the_first(tmp_path):
     assert run_lock.live_owner(str(tmp_path / "run")) is None
 
 
-@pytest.mark.parametrize("stale", [
-    {"pid": "dead"},                                   # SIGKILLed owner: no such pid
-    {"pid": "zombie"},                                 # SIGKILLed, its parent not waited yet
-    {"process_start": "1"},                            # our pid, but a process started later
-    {"boot_id": "another-boot"},                       # written before a reboot
-])
+@pytest.mark.parametrize(
+    "stale",
+    [
+        {"pid": "dead"},  # SIGKILLed owner: no such pid
+        {"pid": "zombie"},  # SIGKILLed, its parent not waited yet
+        {"process_start": "1"},  # our pid, but a process started later
+        {"boot_id": "another-boot"},  # written before a reboot
+    ],
+)
 def test_stale_lock_on_this_host_is_taken_over(tmp_path, stale, caplog):
     zombie = None
     if stale.get("pid") == "dead":
@@ -75,13 +90,14 @@ def test_stale_lock_on_this_host_is_taken_over(tmp_path, stale, caplog):
 
 def test_lock_of_another_host_is_respected_with_the_fix(tmp_path):
     _write_lock(tmp_path / "run", host="elsewhere", pid=_dead_pid())
-    with pytest.raises(run_lock.RunDirLockedError,
-                       match=r"on host elsewhere .*if that process is gone, delete .*run.lock\)"):
+    with pytest.raises(
+        run_lock.RunDirLockedError,
+        match=r"on host elsewhere .*if that process is gone, delete .*run.lock\)",
+    ):
         run_lock.RunDirLock(str(tmp_path / "run")).acquire()
 
 
-def test_trainer_holds_the_lock_before_config_json_and_releases_it(store, tmp_path,
-                                                                   monkeypatch):
+def test_trainer_holds_the_lock_before_config_json_and_releases_it(store, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     seen = []
     real_check = config_lib.check_same_config_on_resume
@@ -102,8 +118,13 @@ def test_trainer_holds_the_lock_before_config_json_and_releases_it(store, tmp_pa
 
 
 def test_lock_released_on_sigint(store, tmp_path):
-    config = tl.tiny_config("nll", store, tmp_path / "run", steps=4, **{
-        "debug.kill_at_step": 2, "debug.kill_signal": "SIGINT"})
+    config = tl.tiny_config(
+        "nll",
+        store,
+        tmp_path / "run",
+        steps=4,
+        **{"debug.kill_at_step": 2, "debug.kill_signal": "SIGINT"},
+    )
     with pytest.raises(train.TrainingInterrupted):
         train.run(config)
     assert not os.path.exists(tmp_path / "run" / "run.lock")
@@ -111,9 +132,17 @@ def test_lock_released_on_sigint(store, tmp_path):
 
 def test_second_trainer_exits_2_before_writing_anything(store, tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from trainer.training import run_lock; "
-         f"run_lock.RunDirLock({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); "
-         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from trainer.training import run_lock; "
+            f"run_lock.RunDirLock({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         line = tl.cli_error_line(store, tmp_path / "run")
@@ -124,17 +153,26 @@ def test_second_trainer_exits_2_before_writing_anything(store, tmp_path):
         holder.wait(timeout=30)
 
 
-@pytest.mark.parametrize("where, match", [
-    ("file", r"run_dir .*/afile exists and is not a directory; pass a new --set run_dir"),
-    ("in_store", r"is inside the Zarr store .*/store; .*outside it"),
-    ("store_itself", r"run_dir .*/store is the Zarr store itself; .*outside it"),
-    ("holds_store", r"run_dir .*/outer contains the store .*; pass --set run_dir=DIR outside"),
-])
+@pytest.mark.parametrize(
+    "where, match",
+    [
+        ("file", r"run_dir .*/afile exists and is not a directory; pass a new --set run_dir"),
+        ("in_store", r"is inside the Zarr store .*/store; .*outside it"),
+        ("store_itself", r"run_dir .*/store is the Zarr store itself; .*outside it"),
+        ("holds_store", r"run_dir .*/outer contains the store .*; pass --set run_dir=DIR outside"),
+    ],
+)
 def test_run_dir_placement_is_refused_and_nothing_created(store, tmp_path, where, match):
     (tmp_path / "afile").write_text("keep me")
-    inner = tl.make_store(tmp_path / "outer" / "s", num_rows=16) if where == "holds_store" else store
-    run_dir = {"file": tmp_path / "afile", "in_store": os.path.join(store, "runs", "r"),
-               "store_itself": store, "holds_store": tmp_path / "outer"}[where]
+    inner = (
+        tl.make_store(tmp_path / "outer" / "s", num_rows=16) if where == "holds_store" else store
+    )
+    run_dir = {
+        "file": tmp_path / "afile",
+        "in_store": os.path.join(store, "runs", "r"),
+        "store_itself": store,
+        "holds_store": tmp_path / "outer",
+    }[where]
     before = sorted(os.listdir(store))
     with pytest.raises(run_lock.RunDirError, match=match):
         train.run(tl.tiny_config("nll", inner, run_dir, steps=2))
@@ -173,20 +211,35 @@ def test_evaluate_export_and_sweep_refuse_a_locked_directory(store, tmp_path, ca
     --out would start every point again: each says who owns the directory and stops."""
     from trainer import export_hf, sweep
     from trainer.evaluate import runner
+
     held = run_lock.RunDirLock(str(tmp_path / "run")).acquire()
     sweep_held = run_lock.RunDirLock(str(tmp_path / "sw"), role="sweep").acquire()
     try:
-        for cli in (lambda: runner.main(["--checkpoint", str(tmp_path / "run"), "--tasks",
-                                         "heldout", "--store", store]),
-                    lambda: export_hf.main(["--checkpoint", str(tmp_path / "run"),
-                                            "--out", str(tmp_path / "hf")])):
+        for cli in (
+            lambda: runner.main(
+                ["--checkpoint", str(tmp_path / "run"), "--tasks", "heldout", "--store", store]
+            ),
+            lambda: export_hf.main(
+                ["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]
+            ),
+        ):
             rc = cli()
             err = capsys.readouterr().err.strip()
             assert rc == 2 and "\n" not in err, err
             assert f"in use by trainer pid {os.getpid()}" in err and "after it finishes" in err
         assert not os.path.exists(tmp_path / "hf")
-        rc = sweep.main(["--config", f"{tl.CONFIG}:nll", "--out", str(tmp_path / "sw"),
-                         "--grid", "optim.lr=1e-3", "--set", f"store.url={store}"])
+        rc = sweep.main(
+            [
+                "--config",
+                f"{tl.CONFIG}:nll",
+                "--out",
+                str(tmp_path / "sw"),
+                "--grid",
+                "optim.lr=1e-3",
+                "--set",
+                f"store.url={store}",
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert rc == 2 and f"in use by sweep pid {os.getpid()}" in err, err
         assert os.listdir(tmp_path / "sw") == ["run.lock"]  # no point was started

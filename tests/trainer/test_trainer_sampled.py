@@ -1,12 +1,13 @@
 """loss.signal=sampled through the trainer: config, store alignment, phases, loss_fn, guard."""
+
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import trainer_testlib as tl
+
 from store import SchemaMismatchError, StoreSchema
 from store import objective_penalty as penalty_lib
 from trainer.training import config as config_lib
@@ -21,22 +22,35 @@ def _config(method="kd", **sets):
 
 
 def _schema(k=tl.K, samples=S):
-    return StoreSchema(seq_len=tl.SEQ, k=k, vocab_size=tl.VOCAB, hidden_layers=(tl.LAYER,),
-                       hidden_dim=64, samples=samples)
+    return StoreSchema(
+        seq_len=tl.SEQ,
+        k=k,
+        vocab_size=tl.VOCAB,
+        hidden_layers=(tl.LAYER,),
+        hidden_dim=64,
+        samples=samples,
+    )
 
 
 def sampled_batch(config, seed=0, samples=S, hidden_dim=0):
     """A synthetic batch with the three sampled/* arrays, as the loader ships them."""
     b, t, v = config.data.batch_size, config.data.seq_len, config.model.vocab_size
-    batch = data.synthetic_batch(b, t, v, k=0, hidden_dim=hidden_dim, seed=seed,
-                                 hidden_layer=config.teacher.hidden_layer)
+    batch = data.synthetic_batch(
+        b, t, v, k=0, hidden_dim=hidden_dim, seed=seed, hidden_layer=config.teacher.hidden_layer
+    )
     rng = np.random.default_rng(seed + 1)
     logits_NxV = rng.normal(size=(b * t, v)) * 2.0
     logp_NxV = logits_NxV - np.log(np.exp(logits_NxV).sum(-1, keepdims=True))
-    ids, counts, lps = (x.reshape(b, t, samples)
-                        for x in tl.draw_sampled(logp_NxV, samples, seed + 2))
-    batch.update({"sampled/ids": ids.astype(np.uint16), "sampled/counts": counts,
-                  "sampled/logprobs": lps.astype(np.float16)})
+    ids, counts, lps = (
+        x.reshape(b, t, samples) for x in tl.draw_sampled(logp_NxV, samples, seed + 2)
+    )
+    batch.update(
+        {
+            "sampled/ids": ids.astype(np.uint16),
+            "sampled/counts": counts,
+            "sampled/logprobs": lps.astype(np.float16),
+        }
+    )
     return batch
 
 
@@ -57,23 +71,35 @@ def test_default_config_is_topk_and_sampled_settings_are_validated():
 
 def test_store_align_names_each_signal_mismatch_with_its_fix():
     url = "/s"
-    with pytest.raises(config_lib.ConfigError, match=r"loss.signal=sampled needs sampled teacher "
-                       r"logits but store /s has none \(samples=0\).*--set loss.signal=topk"):
-        store_align.check_store(_config(**{"loss.signal": "sampled"}), _schema(samples=0), url,
-                                True, False)
-    with pytest.raises(config_lib.ConfigError, match=r"has k=0.*--set loss.signal=sampled "
-                       r"\(the store holds S=6"):
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"loss.signal=sampled needs sampled teacher "
+        r"logits but store /s has none \(samples=0\).*--set loss.signal=topk",
+    ):
+        store_align.check_store(
+            _config(**{"loss.signal": "sampled"}), _schema(samples=0), url, True, False
+        )
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"has k=0.*--set loss.signal=sampled "
+        r"\(the store holds S=6",
+    ):
         store_align.check_store(_config(), _schema(k=0), url, True, False)
     config = _config(**{"loss.signal": "sampled", "data.samples": 8})
-    with pytest.raises(SchemaMismatchError, match=r"data.samples=8 but the store has 6 "
-                       r"\(--set data.samples=6\)"):
+    with pytest.raises(
+        SchemaMismatchError,
+        match=r"data.samples=8 but the store has 6 "
+        r"\(--set data.samples=6\)",
+    ):
         store_align.check_store(config, _schema(), url, True, False)
     # data.samples=0 accepts any S; data.k is not checked for the sampled signal.
-    store_align.check_store(_config(**{"loss.signal": "sampled", "data.k": 99}), _schema(), url,
-                            True, False)
+    store_align.check_store(
+        _config(**{"loss.signal": "sampled", "data.k": 99}), _schema(), url, True, False
+    )
     # NLL reads no logit signal: nothing to refuse.
-    store_align.check_store(_config("nll", **{"loss.signal": "sampled"}), _schema(samples=0),
-                            url, False, False)
+    store_align.check_store(
+        _config("nll", **{"loss.signal": "sampled"}), _schema(samples=0), url, False, False
+    )
 
 
 def test_from_store_picks_the_only_signal_the_store_holds():
@@ -81,7 +107,10 @@ def test_from_store_picks_the_only_signal_the_store_holds():
     resolved = store_align.resolve(config, _schema(k=0), True, False)
     assert resolved.loss.signal == "sampled" and resolved.data.samples == S
     assert config.loss.signal == "topk"  # the user's config is never written to
-    assert store_align.geometry_changes(config, _schema(k=0), True, False)["loss.signal"] == ("topk", "sampled")
+    assert store_align.geometry_changes(config, _schema(k=0), True, False)["loss.signal"] == (
+        "topk",
+        "sampled",
+    )
     config = _config(**{"loss.signal": "sampled", "data.from_store": True})
     resolved = store_align.resolve(config, _schema(samples=0), True, False)
     assert resolved.loss.signal == "topk" and resolved.data.k == tl.K
@@ -102,8 +131,9 @@ def test_resolved_config_is_frozen_and_a_copy():
     assert store_align.resolve(config, _schema(samples=0), True, False).data.k == 0
 
 
-@pytest.mark.parametrize("method,index,hidden", [("kd", 0, False), ("hldc", 0, True),
-                                                 ("hldf", 1, False)])
+@pytest.mark.parametrize(
+    "method,index,hidden", [("kd", 0, False), ("hldc", 0, True), ("hldf", 1, False)]
+)
 def test_phases_read_the_sampled_field(method, index, hidden):
     config = _config(method, **{"loss.signal": "sampled"})
     phase = methods.phases(config, 4)[index]
@@ -118,10 +148,24 @@ def test_loss_fn_composes_the_sampled_kd_term():
     params = train.model.init_params(model_cfg, jax.random.key(0))
     regressor = methods.init_regressor(phase.regressor, jax.random.key(1), model_cfg.d_model, 64)
     batch = {k: jnp.asarray(v) for k, v in sampled_batch(config, hidden_dim=64).items()}
-    batch = {k: batch[k] for k in decode.BatchSpec(encoding=decode.EXACT, fields=phase.fields).names}
-    fn = jax.jit(jax.value_and_grad(lambda p: methods.loss_fn(
-        p, regressor, batch, jnp.int32(0), phase=phase, config=config, model_cfg=model_cfg,
-        num_steps=10), has_aux=True))
+    batch = {
+        k: batch[k] for k in decode.BatchSpec(encoding=decode.EXACT, fields=phase.fields).names
+    }
+    fn = jax.jit(
+        jax.value_and_grad(
+            lambda p: methods.loss_fn(
+                p,
+                regressor,
+                batch,
+                jnp.int32(0),
+                phase=phase,
+                config=config,
+                model_cfg=model_cfg,
+                num_steps=10,
+            ),
+            has_aux=True,
+        )
+    )
     (loss, metrics), grads = fn(params)
     want = 0.4 * metrics["nll"] + 0.6 * metrics["kd"] + 0.1 * metrics["hidden_mse"]
     np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
@@ -158,10 +202,12 @@ def test_resume_of_a_run_from_before_loss_signal_is_accepted(tmp_path):
 # lean, k=0 with sampled logits is the store/lean.py sub-1 KB/token profile (ids bit-packed).
 @pytest.mark.parametrize("profile", ["exact", "lean"])
 def test_tiny_kd_run_from_a_sampled_only_store(profile, tmp_path):
-    store = tl.make_store(tmp_path / "store", num_rows=32, k=0, layers=(), samples=S,
-                          profile=profile)
-    config = tl.tiny_config("kd", store, tmp_path / "run", steps=6, log_every=1,
-                            **{"data.from_store": True})
+    store = tl.make_store(
+        tmp_path / "store", num_rows=32, k=0, layers=(), samples=S, profile=profile
+    )
+    config = tl.tiny_config(
+        "kd", store, tmp_path / "run", steps=6, log_every=1, **{"data.from_store": True}
+    )
     summary = train.run(config)
     assert summary["global_step"] == 6
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -6,14 +6,15 @@ standard errors of the mean, computed from the exact per-draw variance, so a
 correct estimator fails with probability < 1e-6 per check (the seed is fixed
 anyway); a bias of that size or larger fails.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from trainer_testlib import draw_sampled
-from trainer.training import losses, sampled_kd, signals, tiled_loss
+
 from trainer.model.errors import ConfigError, ModelInputError
+from trainer.training import losses, sampled_kd, signals, tiled_loss
 
 V, S, DRAWS = 16, 4, 20000
 
@@ -50,8 +51,13 @@ def test_estimator_mean_equals_full_vocabulary_kl():
     assert tol < 0.05 * kl  # the check has teeth: far tighter than the KL itself
     # The top-k KD on the same budget of ids is biased (k = S ids, tail dropped).
     order = np.argsort(-logp_V)[:S]
-    topk = losses.kd_topk(jnp.asarray(z_V[None], jnp.float32), jnp.asarray(order[None]),
-                          jnp.asarray(logp_V[order][None], jnp.float32), 1.0, tail="zero")
+    topk = losses.kd_topk(
+        jnp.asarray(z_V[None], jnp.float32),
+        jnp.asarray(order[None]),
+        jnp.asarray(logp_V[order][None], jnp.float32),
+        1.0,
+        tail="zero",
+    )
     assert abs(float(topk[0]) - kl) > 10 * tol
 
 
@@ -79,8 +85,9 @@ def test_counts_weigh_repeated_ids_and_empty_slots_are_inert():
     z = np.random.default_rng(4).normal(size=(1, V))
     logq = _log_softmax64(z[0])
     want = 0.4 * (lp3 - logq[3]) + 0.6 * (lp7 - logq[7])
-    value, grad = jax.value_and_grad(
-        lambda x: sampled_kd.kd_sampled(x, ids, counts, lps)[0])(jnp.asarray(z, jnp.float32))
+    value, grad = jax.value_and_grad(lambda x: sampled_kd.kd_sampled(x, ids, counts, lps)[0])(
+        jnp.asarray(z, jnp.float32)
+    )
     np.testing.assert_allclose(float(value), want, rtol=1e-5)
     want_grad = np.exp(logq)
     want_grad[3] -= 0.4
@@ -89,8 +96,9 @@ def test_counts_weigh_repeated_ids_and_empty_slots_are_inert():
 
     # A position with no draw at all: value 0, gradient 0, nothing NaN.
     empty = np.zeros((1, 5), np.uint8)
-    v0, g0 = jax.value_and_grad(lambda x: sampled_kd.kd_sampled(
-        x, ids, empty, np.full((1, 5), -np.inf, np.float32))[0])(jnp.asarray(z, jnp.float32))
+    v0, g0 = jax.value_and_grad(
+        lambda x: sampled_kd.kd_sampled(x, ids, empty, np.full((1, 5), -np.inf, np.float32))[0]
+    )(jnp.asarray(z, jnp.float32))
     assert float(v0) == 0.0 and np.all(np.asarray(g0) == 0.0)
 
 
@@ -117,7 +125,10 @@ def _tiled_inputs(seed=5):
     arrays = draw_sampled(logp_NxV, S, seed=100)
     ids, counts, lps = (jnp.asarray(flat.reshape(B, T, S)) for flat in arrays)
     teacher = signals.SampledSignal(ids=ids, counts=counts, logprobs=lps.astype(jnp.float16))
-    inputs = {"targets": jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32), tiled_loss.TEACHER: teacher}
+    inputs = {
+        "targets": jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32),
+        tiled_loss.TEACHER: teacher,
+    }
     return hidden, emb, inputs
 
 
@@ -133,31 +144,41 @@ def test_tiled_equals_untiled_and_is_deterministic():
 
     def untiled(h, e):
         logits = tiled_loss.tile_logits(h.reshape(-1, D), e).reshape(B, T, V)
-        return sampled_kd.kd_sampled(logits, *teacher).mean() + 0.3 * losses.nll(
-            logits, inputs["targets"]).mean()
+        return (
+            sampled_kd.kd_sampled(logits, *teacher).mean()
+            + 0.3 * losses.nll(logits, inputs["targets"]).mean()
+        )
 
-    (val, out), grads = jax.jit(jax.value_and_grad(tiled, argnums=(0, 1), has_aux=True))(hidden, emb)
+    (val, out), grads = jax.jit(jax.value_and_grad(tiled, argnums=(0, 1), has_aux=True))(
+        hidden, emb
+    )
     want_val, want_grads = jax.jit(jax.value_and_grad(untiled, argnums=(0, 1)))(hidden, emb)
     assert set(out) == {"nll", "kd", "top1"}
     logits = tiled_loss.tile_logits(hidden.reshape(-1, D), emb).reshape(B, T, V)
-    np.testing.assert_array_equal(np.asarray(out["top1"]),
-                                  np.asarray(sampled_kd.top1_agreement_sampled(logits, *teacher)))
+    np.testing.assert_array_equal(
+        np.asarray(out["top1"]), np.asarray(sampled_kd.top1_agreement_sampled(logits, *teacher))
+    )
     np.testing.assert_allclose(float(val), float(want_val), rtol=1e-6)
     for g, w in zip(grads, want_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7)
     # Determinism: the estimator is a fixed function of the stored draws.
-    (val2, _), grads2 = jax.jit(jax.value_and_grad(tiled, argnums=(0, 1), has_aux=True))(hidden, emb)
+    (val2, _), grads2 = jax.jit(jax.value_and_grad(tiled, argnums=(0, 1), has_aux=True))(
+        hidden, emb
+    )
     assert float(val2) == float(val)
     for g, g2 in zip(grads, grads2):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(g2))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(temperature=2.0), "loss.tau=2 with loss.signal=sampled"),
-    (dict(divergence="reverse_kl"), "loss.divergence=reverse_kl with loss.signal=sampled"),
-    (dict(divergence="jsd"), "--set loss.divergence=forward_kl or --set loss.signal=topk"),
-    (dict(signal="sampledd"), "unknown KD signal 'sampledd'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(temperature=2.0), "loss.tau=2 with loss.signal=sampled"),
+        (dict(divergence="reverse_kl"), "loss.divergence=reverse_kl with loss.signal=sampled"),
+        (dict(divergence="jsd"), "--set loss.divergence=forward_kl or --set loss.signal=topk"),
+        (dict(signal="sampledd"), "unknown KD signal 'sampledd'"),
+    ],
+)
 def test_settings_the_estimator_cannot_honour_are_refused(kwargs, match):
     kwargs = {"signal": "sampled", **kwargs}
     with pytest.raises(ConfigError, match=match):
@@ -169,5 +190,6 @@ def test_sampled_inputs_are_required():
     fn = tiled_loss.logit_terms_fn(kd=True, signal="sampled")
     assert fn.required_inputs == ("targets", tiled_loss.TEACHER)
     with pytest.raises(ModelInputError, match=r"lacks \['teacher'\]"):
-        tiled_loss.tiled_logit_losses(hidden, emb, fn, {k: v for k, v in inputs.items()
-                                                        if k != tiled_loss.TEACHER})
+        tiled_loss.tiled_logit_losses(
+            hidden, emb, fn, {k: v for k, v in inputs.items() if k != tiled_loss.TEACHER}
+        )

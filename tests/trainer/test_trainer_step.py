@@ -1,11 +1,13 @@
 """The train step: HLDF phase 1 touches only the first half + regressor; one trace
 per step; 8 sharded devices give the 1-device result."""
+
 import jax
 import numpy as np
 import pytest
-
 import trainer_testlib as tl
-from trainer.training import data, methods, sharding, loop as train
+
+from trainer.training import data, methods, sharding
+from trainer.training import loop as train
 
 
 def _runner(method, mesh, phase_index=0, **sets):
@@ -13,15 +15,24 @@ def _runner(method, mesh, phase_index=0, **sets):
     config.budget.unit = "flops"
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[phase_index]
-    plan = train.PhasePlan(phase=phase, num_steps=20,
-                           flops_per_token=train.phase_flops_per_token(config, model_cfg, phase))
+    plan = train.PhasePlan(
+        phase=phase,
+        num_steps=20,
+        flops_per_token=train.phase_flops_per_token(config, model_cfg, phase),
+    )
     return config, model_cfg, train.PhaseRunner(config, model_cfg, plan, mesh)
 
 
 def _batch(config, seed=0, seq_len=None):
-    return data.synthetic_batch(config.data.batch_size, seq_len or config.data.seq_len,
-                                config.model.vocab_size, k=tl.K, hidden_dim=64, seed=seed,
-                                hidden_layer=config.teacher.hidden_layer)
+    return data.synthetic_batch(
+        config.data.batch_size,
+        seq_len or config.data.seq_len,
+        config.model.vocab_size,
+        k=tl.K,
+        hidden_dim=64,
+        seed=seed,
+        hidden_layer=config.teacher.hidden_layer,
+    )
 
 
 def test_hldf_phase1_touches_only_embedding_first_half_and_regressor():
@@ -38,8 +49,9 @@ def test_hldf_phase1_touches_only_embedding_first_half_and_regressor():
         a = after.params["layers"]
         for key in path:
             a = a[key.key]
-        assert not np.array_equal(a[:half], b[:half]) or "norm" in jax.tree_util.keystr(path), \
+        assert not np.array_equal(a[:half], b[:half]) or "norm" in jax.tree_util.keystr(path), (
             f"first-half {jax.tree_util.keystr(path)} did not train"
+        )
         np.testing.assert_array_equal(a[half:], b[half:], err_msg=jax.tree_util.keystr(path))
     np.testing.assert_array_equal(after.params["final_norm"], before.params["final_norm"])
     # The embedding feeds block 1, so phase 1 trains it (docs/DESIGN.md §1: "embedding + L_S/2 blocks").
@@ -60,11 +72,14 @@ def test_step_is_traced_once():
         runner.step(state, runner.put_batch(_batch(config, 2, seq_len=16)))
 
 
-@pytest.mark.parametrize("method, axes", [
-    ("kd", (4, 2, 1)),
-    pytest.param("hldc", (4, 2, 1), marks=pytest.mark.slow),
-    pytest.param("kd", (2, 2, 2), marks=pytest.mark.slow),  # with the tensor axis
-])
+@pytest.mark.parametrize(
+    "method, axes",
+    [
+        ("kd", (4, 2, 1)),
+        pytest.param("hldc", (4, 2, 1), marks=pytest.mark.slow),
+        pytest.param("kd", (2, 2, 2), marks=pytest.mark.slow),  # with the tensor axis
+    ],
+)
 def test_sharded_step_equals_single_device(method, axes):
     """8 CPU devices (data × fsdp × tensor) vs 1 device, 2 steps, same init and batches.
 
@@ -86,5 +101,8 @@ def test_sharded_step_equals_single_device(method, axes):
         s8, m8 = r8.step(s8, r8.put_batch(batch))
         for key in m1:
             np.testing.assert_allclose(m8[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
-                 jax.device_get(s8.trainables), jax.device_get(s1.trainables))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+        jax.device_get(s8.trainables),
+        jax.device_get(s1.trainables),
+    )

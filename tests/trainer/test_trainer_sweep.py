@@ -1,12 +1,13 @@
 """trainer.sweep: grid expansion, resumability, ranking by held-out log-ppl, errors."""
+
 import json
 import os
 
 import pytest
-
 import trainer_testlib as tl
-from trainer.training import config as config_lib
+
 from trainer import sweep
+from trainer.training import config as config_lib
 
 
 def test_grid_points_and_names():
@@ -21,13 +22,16 @@ def test_grid_points_and_names():
 def _finished_point(out, point, loss, log_ppl):
     run_dir = out / sweep.point_name(point)
     run_dir.mkdir(parents=True)
-    config = config_lib.load_config(f"{tl.CONFIG}:kd", [f"{k}={v}" for k, v in point.items()]
-                                    + [f"run_dir={run_dir}", "store.url=/s"])
+    config = config_lib.load_config(
+        f"{tl.CONFIG}:kd",
+        [f"{k}={v}" for k, v in point.items()] + [f"run_dir={run_dir}", "store.url=/s"],
+    )
     (run_dir / "config.json").write_text(config_lib.to_json(config))
     (run_dir / "final.json").write_text(json.dumps({"loss": loss, "nll": 3.0}))
     if log_ppl is not None:
-        (run_dir / "eval.json").write_text(json.dumps(
-            {"fingerprint": "f", "tasks": {"heldout": {"log_ppl": log_ppl, "n": 4}}}))
+        (run_dir / "eval.json").write_text(
+            json.dumps({"fingerprint": "f", "tasks": {"heldout": {"log_ppl": log_ppl, "n": 4}}})
+        )
 
 
 def test_finished_points_are_skipped_and_ranked_by_heldout(tmp_path, monkeypatch):
@@ -38,8 +42,13 @@ def test_finished_points_are_skipped_and_ranked_by_heldout(tmp_path, monkeypatch
     _finished_point(tmp_path, pts[0], loss=2.5, log_ppl=3.1)
     _finished_point(tmp_path, pts[1], loss=1.5, log_ppl=3.4)
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("re-ran"))
-    rows = sweep.run_sweep(tl.CONFIG, str(tmp_path), grid, sets=["store.url=/s"],
-                           evaluate={"tasks": ["heldout"], "store": "/h"})
+    rows = sweep.run_sweep(
+        tl.CONFIG,
+        str(tmp_path),
+        grid,
+        sets=["store.url=/s"],
+        evaluate={"tasks": ["heldout"], "store": "/h"},
+    )
     assert [r["status"] for r in rows] == ["done", "done"]
     assert [r["settings"] for r in rows] == [{"loss.alpha": 0.7}, {"loss.alpha": 0.9}]
     table = (tmp_path / "summary.md").read_text().splitlines()
@@ -59,26 +68,61 @@ def test_unevaluated_points_are_not_ranked(tmp_path, monkeypatch):
 
 
 def test_evaluate_command_of_a_point(tmp_path):
-    cmds = sweep.point_commands("tiny:kd", str(tmp_path / "p"), {"loss.tau": "1"}, ["a=1"],
-                                {"tasks": ["heldout"], "store": "h", "tokenizer": None},
-                                "py")
+    cmds = sweep.point_commands(
+        "tiny:kd",
+        str(tmp_path / "p"),
+        {"loss.tau": "1"},
+        ["a=1"],
+        {"tasks": ["heldout"], "store": "h", "tokenizer": None},
+        "py",
+    )
     assert [stage for stage, _ in cmds] == ["train", "eval"]
-    assert cmds[1][1] == ["py", "-m", "trainer.evaluate", "--checkpoint", str(tmp_path / "p"),
-                          "--tasks", "heldout", "--store", "h"]
+    assert cmds[1][1] == [
+        "py",
+        "-m",
+        "trainer.evaluate",
+        "--checkpoint",
+        str(tmp_path / "p"),
+        "--tasks",
+        "heldout",
+        "--store",
+        "h",
+    ]
 
 
 def test_method_typo_is_named(tmp_path, capsys):
-    rc = sweep.main(["--config", f"{tl.CONFIG}:hdlf", "--out", str(tmp_path), "--paper",
-                     "--set", "store.url=/s"])
+    rc = sweep.main(
+        [
+            "--config",
+            f"{tl.CONFIG}:hdlf",
+            "--out",
+            str(tmp_path),
+            "--paper",
+            "--set",
+            "store.url=/s",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err
-    assert err.startswith("error: method 'hdlf' (from --config tiny:hdlf) is not a method; use "
-                          "one of ['hldc', 'hldf', 'kd', 'nll']")
+    assert err.startswith(
+        "error: method 'hdlf' (from --config tiny:hdlf) is not a method; use "
+        "one of ['hldc', 'hldf', 'kd', 'nll']"
+    )
 
 
 def test_bad_override_fails_once_before_any_point(tmp_path, capsys):
-    rc = sweep.main(["--config", tl.CONFIG, "--out", str(tmp_path / "sw"), "--grid",
-                     "optim.lrr=1,2", "--set", "store.url=/s"])
+    rc = sweep.main(
+        [
+            "--config",
+            tl.CONFIG,
+            "--out",
+            str(tmp_path / "sw"),
+            "--grid",
+            "optim.lrr=1,2",
+            "--set",
+            "store.url=/s",
+        ]
+    )
     assert rc == 2 and "unknown config key 'optim.lrr'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "sw")
 
@@ -95,23 +139,42 @@ def test_ctrl_c_waits_for_the_points_and_says_how_to_continue(tmp_path, monkeypa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep, "_run_jobs", interrupted)
-    rc = sweep.main(["--config", tl.CONFIG, "--out", str(tmp_path), "--grid", "loss.tau=1,2",
-                     "--set", "store.url=/s"])
+    rc = sweep.main(
+        [
+            "--config",
+            tl.CONFIG,
+            "--out",
+            str(tmp_path),
+            "--grid",
+            "loss.tau=1,2",
+            "--set",
+            "store.url=/s",
+        ]
+    )
     err = capsys.readouterr().err.strip()
-    assert rc == 130 and waited and err.splitlines() == [
-        "interrupted; the running points saved checkpoints; re-run the same command to "
-        "continue the sweep"]
+    assert (
+        rc == 130
+        and waited
+        and err.splitlines()
+        == [
+            "interrupted; the running points saved checkpoints; re-run the same command to "
+            "continue the sweep"
+        ]
+    )
 
 
 @pytest.mark.slow
 def test_sweep_runs_points(tmp_path):
     store = tl.make_store(tmp_path / "store", num_rows=16)
     config = tl.tiny_config("kd", store, tmp_path / "x", steps=3)
-    rows = sweep.run_sweep(f"{tl.CONFIG}:kd", str(tmp_path / "sw"),
-                           {"loss.tau": ["0.5", "1.0"]},
-                           sets=[f"store.url={store}", "budget.unit=flops",
-                                 f"budget.value={config.budget.value!r}"], parallel=2,
-                           evaluate={"tasks": ["heldout"], "store": store})
+    rows = sweep.run_sweep(
+        f"{tl.CONFIG}:kd",
+        str(tmp_path / "sw"),
+        {"loss.tau": ["0.5", "1.0"]},
+        sets=[f"store.url={store}", "budget.unit=flops", f"budget.value={config.budget.value!r}"],
+        parallel=2,
+        evaluate={"tasks": ["heldout"], "store": store},
+    )
     assert [r["status"] for r in rows] == ["done", "done"]
     assert all(r["global_step"] == 3 and r["log_ppl"] > 0 for r in rows)
     assert os.path.exists(tmp_path / "sw" / "summary.md")

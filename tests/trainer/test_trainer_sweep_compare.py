@@ -1,13 +1,14 @@
 """trainer.sweep compares only like with like: a point is reused only with its full config
 unchanged, an evaluation only on the asked store, points are ranked only on equal row sets,
 and a sweep whose points all failed says so (issue 23 §1)."""
+
 import json
 
 import pytest
-
 import trainer_testlib as tl
-from trainer.training import config as config_lib
+
 from trainer import sweep
+from trainer.training import config as config_lib
 
 GRID = {"loss.alpha": ["0.7", "0.9"]}
 
@@ -16,15 +17,23 @@ def _point(out, point, sets, heldout=None, final=True):
     """A finished point as the trainer (config.json, final.json) and evaluate (eval.json) leave it."""
     run_dir = out / sweep.point_name(point)
     run_dir.mkdir(parents=True)
-    config = config_lib.load_config(f"{tl.CONFIG}:kd", [*sets, *(f"{k}={v}" for k, v in point.items()),
-                                                        f"run_dir={run_dir}"])
+    config = config_lib.load_config(
+        f"{tl.CONFIG}:kd", [*sets, *(f"{k}={v}" for k, v in point.items()), f"run_dir={run_dir}"]
+    )
     (run_dir / "config.json").write_text(config_lib.to_json(config))
     if final:
         (run_dir / "final.json").write_text(json.dumps({"loss": 2.0}))
     if heldout is not None:
         scores = [dict(s, task="heldout", seq_len=32, fingerprint="f") for s in heldout]
-        (run_dir / "eval.json").write_text(json.dumps(
-            {"fingerprint": "f", "tasks": {"heldout": scores[-1]}, "scores": {"heldout": scores}}))
+        (run_dir / "eval.json").write_text(
+            json.dumps(
+                {
+                    "fingerprint": "f",
+                    "tasks": {"heldout": scores[-1]},
+                    "scores": {"heldout": scores},
+                }
+            )
+        )
     return run_dir
 
 
@@ -38,17 +47,33 @@ def test_a_changed_set_is_refused_naming_points_and_fields(tmp_path, monkeypatch
     _no_runs(monkeypatch)
     # The same settings: every point is reused (nothing runs).
     sweep.run_sweep(tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s", "budget.value=1e11"])
-    rc = sweep.main(["--config", tl.CONFIG, "--out", str(tmp_path), "--grid", "loss.alpha=0.7,0.9",
-                     "--set", "store.url=/s", "--set", "budget.value=1.2e11"])
+    rc = sweep.main(
+        [
+            "--config",
+            tl.CONFIG,
+            "--out",
+            str(tmp_path),
+            "--grid",
+            "loss.alpha=0.7,0.9",
+            "--set",
+            "store.url=/s",
+            "--set",
+            "budget.value=1.2e11",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "2 of 2 points" in err[0] and "loss.alpha=0.7: budget.value: 1e+11 -> 1.2e+11" in err[0]
     assert "pass a new --out" in err[0]
 
 
-def test_a_point_that_failed_before_any_checkpoint_reruns_with_the_fixed_settings(tmp_path, monkeypatch):
+def test_a_point_that_failed_before_any_checkpoint_reruns_with_the_fixed_settings(
+    tmp_path, monkeypatch
+):
     for point in sweep.points(GRID):
-        _point(tmp_path, point, ["store.url=/wrong"], final=False)   # failed: no final, no checkpoints
+        _point(
+            tmp_path, point, ["store.url=/wrong"], final=False
+        )  # failed: no final, no checkpoints
     ran = []
     monkeypatch.setattr(sweep, "_run_jobs", lambda todo, running, parallel: ran.extend(todo))
     sweep.run_sweep(tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s"])
@@ -58,7 +83,9 @@ def test_a_point_that_failed_before_any_checkpoint_reruns_with_the_fixed_setting
 def test_store_derived_fields_do_not_count_as_changes_with_from_store(tmp_path):
     point = sweep.points(GRID)[0]
     run_dir = _point(tmp_path, point, ["store.url=/s", "data.from_store=True", "data.seq_len=64"])
-    cfg = sweep.point_config(tl.CONFIG, str(tmp_path), point, ["store.url=/s", "data.from_store=True"])
+    cfg = sweep.point_config(
+        tl.CONFIG, str(tmp_path), point, ["store.url=/s", "data.from_store=True"]
+    )
     assert sweep.config_changes(cfg, str(run_dir)) == []
     cfg = sweep.point_config(tl.CONFIG, str(tmp_path), point, ["store.url=/s", "data.seq_len=64"])
     assert sweep.config_changes(cfg, str(run_dir)) == ["data.from_store: True -> False"]
@@ -66,14 +93,18 @@ def test_store_derived_fields_do_not_count_as_changes_with_from_store(tmp_path):
 
 def test_an_evaluation_on_another_store_is_redone(tmp_path):
     point = sweep.points(GRID)[0]
-    run_dir = _point(tmp_path, point, ["store.url=/s"],
-                     heldout=[{"log_ppl": 3.0, "n": 8, "rows": "aa", "store": "/other"}])
+    run_dir = _point(
+        tmp_path,
+        point,
+        ["store.url=/s"],
+        heldout=[{"log_ppl": 3.0, "n": 8, "rows": "aa", "store": "/other"}],
+    )
     evaluate = {"tasks": ["heldout"], "store": "/h"}
     cmds = sweep.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py")
     assert [stage for stage, _ in cmds] == ["eval"]
     evaluate["store"] = "/other"
     assert sweep.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py") == []
-    evaluate["store"] = "file:///other/"      # how evaluate records it: the same store
+    evaluate["store"] = "file:///other/"  # how evaluate records it: the same store
     assert sweep.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py") == []
 
 
@@ -83,14 +114,22 @@ def test_points_on_other_rows_are_shown_not_ranked(tmp_path, monkeypatch):
     _point(tmp_path, pts[0], ["store.url=/s"], heldout=[dict(full, log_ppl=4.80)])
     _point(tmp_path, pts[1], ["store.url=/s"], heldout=[dict(full, log_ppl=4.76)])
     # Evaluated with --limit 100 only: lower log-ppl, but not on the same rows.
-    _point(tmp_path, pts[2], ["store.url=/s"], heldout=[{"n": 100, "rows": "1" * 16, "log_ppl": 4.50}])
+    _point(
+        tmp_path, pts[2], ["store.url=/s"], heldout=[{"n": 100, "rows": "1" * 16, "log_ppl": 4.50}]
+    )
     _no_runs(monkeypatch)
-    rows = sweep.run_sweep(tl.CONFIG, str(tmp_path), {"loss.alpha": ["0.5", "0.7", "0.9"]},
-                           sets=["store.url=/s"])
-    assert [(r["settings"]["loss.alpha"], r["ranked"]) for r in rows] == [(0.7, True), (0.5, True),
-                                                                           (0.9, False)]
-    assert "not ranked: heldout over n=100 rows 11111111, the ranked points over n=139 rows ffffffff" \
+    rows = sweep.run_sweep(
+        tl.CONFIG, str(tmp_path), {"loss.alpha": ["0.5", "0.7", "0.9"]}, sets=["store.url=/s"]
+    )
+    assert [(r["settings"]["loss.alpha"], r["ranked"]) for r in rows] == [
+        (0.7, True),
+        (0.5, True),
+        (0.9, False),
+    ]
+    assert (
+        "not ranked: heldout over n=100 rows 11111111, the ranked points over n=139 rows ffffffff"
         in rows[2]["status"]
+    )
     table = (tmp_path / "summary.md").read_text().splitlines()
     assert table[4].startswith("| 1 | 0.7 | 4.76 |") and table[6].startswith("| – | 0.9 | 4.5 |")
 

@@ -18,6 +18,7 @@ TOPOLOGY below (TPU v5e:2x2, 4 chips × 16 GiB, data-parallel mesh) the TPU comp
 needs 14 MiB per chip for the KD student (2026-12-06, libtpu 0.0.42.1:
 `python bench/step_memory.py --config demo:kd --batch 16 --seq 128 --topology v5e:2x2`).
 """
+
 from trainer.configs.base import base_config
 
 TOPOLOGY = "v5e:2x2"  # What the number above was compiled for (tests/trainer/test_trainer_fits.py).
@@ -28,7 +29,7 @@ def get_config(arg=None):
     role = arg or "kd"
     c = base_config()
     c.model.vocab_size = 2048
-    c.model.dtype = "float32"       # CPU: bf16 matmuls are slower than fp32 there.
+    c.model.dtype = "float32"  # CPU: bf16 matmuls are slower than fp32 there.
     c.data.seq_len = 128
     c.data.batch_size = 16
     c.data.num_threads = 2
@@ -60,7 +61,7 @@ def get_config(arg=None):
     c.loss.signal = "sampled"
     c.data.samples = 12
     c.loss.gamma = 0.1
-    c.teacher.hidden_layer = 2       # The demo teacher's median layer (4 // 2).
+    c.teacher.hidden_layer = 2  # The demo teacher's median layer (4 // 2).
     c.teacher.d_model = 128
     c.data.k = 32
     c.hldf.p1 = 0.05

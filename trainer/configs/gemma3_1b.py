@@ -18,9 +18,12 @@ into the args; 2026-12-06). HLDC 36.36 GiB; HLDF phase 1 17.47 GiB, phase 2 = th
 KD step. On other chip counts keep rows per micro-batch per chip near 8, or measure
 with bench/step_memory.py (docs/memory.md).
 """
+
 from trainer.configs.base import base_config
 
-TOPOLOGY = "v5p:2x2x1"  # What the numbers above were compiled for (tests/trainer/test_trainer_fits.py).
+TOPOLOGY = (
+    "v5p:2x2x1"  # What the numbers above were compiled for (tests/trainer/test_trainer_fits.py).
+)
 
 
 def get_config(arg=None):
@@ -30,8 +33,8 @@ def get_config(arg=None):
     c.model.name = "gemma3-1b"
     c.model.vocab_size = 32000
     c.model.dtype = "bfloat16"
-    c.model.remat = "none"          # With 8 micro-batches no recomputation is needed.
-    c.data.micro_batches = 8        # 64 rows per chip on 4 chips, 8 per micro-batch.
+    c.model.remat = "none"  # With 8 micro-batches no recomputation is needed.
+    c.data.micro_batches = 8  # 64 rows per chip on 4 chips, 8 per micro-batch.
     c.teacher.hidden_layer = 17
     c.teacher.d_model = 2560
     c.data.batch_size = 256
@@ -42,12 +45,12 @@ def get_config(arg=None):
     # then <= 4γ/D of the loss). Measured on the demo only (V=2048, k=32, D=128): 12 sampled
     # logits beat top-32 by 0.013 nats, and HLDC needed γ≈100 on the mean scale (≈0.8 with
     # loss.hidden_reduction=sum) to edge past KD; not measured at this size (docs/science.md).
-    c.hldf.p1 = 0.01                # Grid {1%, 4%}.
+    c.hldf.p1 = 0.01  # Grid {1%, 4%}.
     # Phase 1 gets 534 steps at OT_1 with p1=1%: the paper's 1,000-step warm-up fits
     # from OT_2 (set hldf.warmup_steps=1000 there); a longer one is refused.
     c.hldf.warmup_steps = 400
     c.budget.unit = "ot"
     c.budget.value = 1.0
-    c.mesh.fsdp = -1                # Shard parameters over every device (4 on v5p:2x2x1).
+    c.mesh.fsdp = -1  # Shard parameters over every device (4 on v5p:2x2x1).
     c.mesh.data = 1
     return c

@@ -19,9 +19,12 @@ into the args; 2026-12-06). HLDC 24.48 GiB; HLDF phase 1 12.58 GiB, phase 2 = th
 KD step. On other chip counts keep data.batch_size / (devices × micro_batches)
 rows per micro-batch near 16, or measure with bench/step_memory.py (docs/memory.md).
 """
+
 from trainer.configs.base import base_config
 
-TOPOLOGY = "v5p:2x2x1"  # What the numbers above were compiled for (tests/trainer/test_trainer_fits.py).
+TOPOLOGY = (
+    "v5p:2x2x1"  # What the numbers above were compiled for (tests/trainer/test_trainer_fits.py).
+)
 
 
 def get_config(arg=None):
@@ -31,7 +34,7 @@ def get_config(arg=None):
     c.model.name = "gemma3-270m"
     c.model.vocab_size = 32000
     c.model.dtype = "bfloat16"
-    c.teacher.hidden_layer = 17     # Median layer of a 34-block gemma3-4b teacher.
+    c.teacher.hidden_layer = 17  # Median layer of a 34-block gemma3-4b teacher.
     c.teacher.d_model = 2560
     c.data.batch_size = 256
     c.data.num_threads = 8
@@ -41,14 +44,14 @@ def get_config(arg=None):
     # then <= 4γ/D of the loss). Measured on the demo only (V=2048, k=32, D=128): 12 sampled
     # logits beat top-32 by 0.013 nats, and HLDC needed γ≈100 on the mean scale (≈0.8 with
     # loss.hidden_reduction=sum) to edge past KD; not measured at this size (docs/science.md).
-    c.hldf.p1 = 0.01                # Grid {1%, 5%}.
+    c.hldf.p1 = 0.01  # Grid {1%, 5%}.
     # Phase 1 gets 79 steps at OT_1 with p1=1%: the paper's 1,000-step warm-up only fits
     # from ~OT_13 (set hldf.warmup_steps=1000 there); a longer one is refused.
     c.hldf.warmup_steps = 50
     c.budget.unit = "ot"
     c.budget.value = 1.0
-    c.mesh.fsdp = -1                # Shard parameters over every device (4 on v5p:2x2x1).
+    c.mesh.fsdp = -1  # Shard parameters over every device (4 on v5p:2x2x1).
     c.mesh.data = 1
-    c.data.micro_batches = 4        # 64 rows per chip on 4 chips, 16 per micro-batch.
-    c.model.remat = "none"          # Fits without recomputation (docs/memory.md).
+    c.data.micro_batches = 4  # 64 rows per chip on 4 chips, 16 per micro-batch.
+    c.model.remat = "none"  # Fits without recomputation (docs/memory.md).
     return c

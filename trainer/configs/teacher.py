@@ -12,20 +12,23 @@ per chip (args 9.20 — params and AdamW moments — + temporaries 28.85; output
 TPU compiler, libtpu 0.0.42.1, 2026-12-06: `python bench/step_memory.py --config
 teacher --batch 256 --seq 2048 --topology v5p:2x2x1 --set mesh.fsdp=4 --set mesh.data=1`).
 """
+
 from trainer.configs.base import base_config
 
-TOPOLOGY = "v5p:2x2x1"  # What the numbers above were compiled for (tests/trainer/test_trainer_fits.py).
+TOPOLOGY = (
+    "v5p:2x2x1"  # What the numbers above were compiled for (tests/trainer/test_trainer_fits.py).
+)
 
 
 def get_config(arg=None):
     """NLL pre-training of the named model (default gemma3-4b)."""
     c = base_config()
-    c.method = "nll"                # loss.alpha / loss.tail are unused: NLL has no KD term.
+    c.method = "nll"  # loss.alpha / loss.tail are unused: NLL has no KD term.
     c.model.name = arg or "gemma3-4b"
     c.model.vocab_size = 32000
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
-    c.data.micro_batches = 4        # 64 rows per chip on 4 chips, 16 per micro-batch.
+    c.data.micro_batches = 4  # 64 rows per chip on 4 chips, 16 per micro-batch.
     c.data.batch_size = 256
     c.optim.lr = 4e-4
     c.budget.unit = "ot"

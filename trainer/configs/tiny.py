@@ -9,6 +9,7 @@ the TPU compiler needs 3 MiB per chip (args + temporaries + outputs, 2026-12-06,
 libtpu 0.0.42.1: `python bench/step_memory.py --config tiny:kd --batch 8 --seq 32
 --topology v5e:2x2`).
 """
+
 from trainer.configs.base import base_config
 
 TOPOLOGY = "v5e:2x2"  # What the number above was compiled for (tests/trainer/test_trainer_fits.py).

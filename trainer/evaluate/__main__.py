@@ -1,4 +1,5 @@
 """`python -m trainer.evaluate ...`: see `trainer.evaluate.runner`."""
+
 import sys
 
 from trainer.model import cli_guard
@@ -8,6 +9,7 @@ def main(argv=None) -> int:
     """The `hd-evaluate` console script and `python -m trainer.evaluate`."""
     # Imported after cli_guard.protect() (trainer.model.cli_guard).
     from trainer.evaluate import runner
+
     return runner.main(argv)
 
 

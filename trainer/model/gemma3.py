@@ -38,22 +38,23 @@ Param tree (L layers, D model, F mlp, N heads, K kv heads, H head dim):
     layers/attn/q_norm, k_norm [L, H]
     layers/mlp/gate, up [L, D, F]; down [L, F, D]
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from trainer.model.errors import ModelInputError  # bad shapes, layer indices
 from trainer.model.model_config import AttentionImpl, ModelConfig, RematPolicy, parse_remat
-
-from jax.ad_checkpoint import checkpoint_name
 
 Params = dict[str, Any]
 
@@ -97,7 +98,7 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
         # Drawn flat then reshaped: XLA compiles a rank-1 threefry draw several
         # times faster than a rank-4/5 one (same distribution).
         flat = jax.random.normal(next(keys), (int(np.prod(shape)),), jnp.float32)
-        return flat.reshape(shape) * fan_in ** -0.5
+        return flat.reshape(shape) * fan_in**-0.5
 
     def zeros(shape):
         return jnp.zeros(shape, jnp.float32)
@@ -179,8 +180,9 @@ def count_params(params: Params, include_embedding: bool = True) -> int:
 # Saving nothing inside: the backward pass keeps only the (compute-dtype) input
 # and recomputes the fp32 intermediates, instead of keeping an fp32 copy of
 # every normalised activation (q and k included) for every layer.
-@functools.partial(jax.checkpoint, static_argnums=(2,),
-                   policy=jax.checkpoint_policies.nothing_saveable)
+@functools.partial(
+    jax.checkpoint, static_argnums=(2,), policy=jax.checkpoint_policies.nothing_saveable
+)
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """Gemma RMSNorm in fp32: x * rsqrt(mean(x²) + eps) * (1 + w), cast back."""
     x32 = x.astype(jnp.float32)
@@ -188,8 +190,9 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (normed * (1.0 + weight.astype(jnp.float32))).astype(x.dtype)
 
 
-def rope_tables(positions_T: jax.Array, head_dim: int, base: float, scale: float,
-                dtype) -> tuple[jax.Array, jax.Array]:
+def rope_tables(
+    positions_T: jax.Array, head_dim: int, base: float, scale: float, dtype
+) -> tuple[jax.Array, jax.Array]:
     """cos/sin [T, H] for rotate-half RoPE; linear scaling divides positions by `scale`."""
     inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
     inv_freq = jnp.asarray(inv_freq / scale, jnp.float32)
@@ -217,14 +220,31 @@ def _attend_cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, rope, window: int | None, cfg
     # i - j <= w, hence window - 1.
     local_window = None if window is None else (window - 1, 0)
     return jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=cfg.query_scale, is_causal=True,
-        local_window_size=local_window, implementation=cfg.attention_impl)
+        q_BxTxNxH,
+        k_BxTxKxH,
+        v_BxTxKxH,
+        scale=cfg.query_scale,
+        is_causal=True,
+        local_window_size=local_window,
+        implementation=cfg.attention_impl,
+    )
 
 
-@functools.partial(jax.checkpoint, static_argnums=(8, 9),
-                   policy=jax.checkpoint_policies.nothing_saveable)
-def _attention_core(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_norm_H, k_norm_H, cos_TxH, sin_TxH,
-                    window, scale: float, eps: float):
+@functools.partial(
+    jax.checkpoint, static_argnums=(8, 9), policy=jax.checkpoint_policies.nothing_saveable
+)
+def _attention_core(
+    q_BxTxNxH,
+    k_BxTxKxH,
+    v_BxTxKxH,
+    q_norm_H,
+    k_norm_H,
+    cos_TxH,
+    sin_TxH,
+    window,
+    scale: float,
+    eps: float,
+):
     """QK-norm, RoPE, then causal attention keeping keys with 0 <= q - k < window.
 
     Takes the raw q/k/v projections; GQA by head groups. Numerics of
@@ -242,8 +262,9 @@ def _attention_core(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_norm_H, k_norm_H, cos_TxH
     B, T, N, H = q_BxTxNxH.shape
     K = k_BxTxKxH.shape[2]
     q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxTxKxH,
-                        preferred_element_type=jnp.float32)
+    scores = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxTxKxH, preferred_element_type=jnp.float32
+    )
     scores = scores * jnp.asarray(scale, jnp.float32)
     # The mask comes from iotas: XLA fuses it into the select, nothing [T,T] is stored.
     q_pos = jax.lax.broadcasted_iota(jnp.int32, (T, T), 0)
@@ -269,30 +290,42 @@ def attention(p: Params, x_BxTxD: jax.Array, is_global, ropes, cfg: ModelConfig)
     q_BxTxNxH = jnp.einsum("btd,dnh->btnh", x_BxTxD, p["q"].astype(dtype))
     k_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, p["k"].astype(dtype))
     v_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, p["v"].astype(dtype))
-    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = (checkpoint_name(a, "qkv")
-                                       for a in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH))
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = (
+        checkpoint_name(a, "qkv") for a in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+    )
 
     if cfg.attention_impl == AttentionImpl.CUDNN.value:
         q_BxTxNxH = rms_norm(q_BxTxNxH, p["q_norm"], cfg.rms_norm_eps)
         k_BxTxKxH = rms_norm(k_BxTxKxH, p["k_norm"], cfg.rms_norm_eps)
-        local_fn = functools.partial(_attend_cudnn, rope=ropes["local"],
-                                     window=cfg.sliding_window, cfg=cfg)
+        local_fn = functools.partial(
+            _attend_cudnn, rope=ropes["local"], window=cfg.sliding_window, cfg=cfg
+        )
         global_fn = functools.partial(_attend_cudnn, rope=ropes["global"], window=None, cfg=cfg)
         if isinstance(is_global, (bool, np.bool_)):
             out_BxTxNxH = (global_fn if is_global else local_fn)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
         else:
             # The kernel's window is static: cond runs only the chosen branch.
-            out_BxTxNxH = jax.lax.cond(is_global, global_fn, local_fn,
-                                       q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+            out_BxTxNxH = jax.lax.cond(
+                is_global, global_fn, local_fn, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH
+            )
     else:
         # Select the layer type's RoPE tables and window as data ([T,H] tables are cheap).
         (cos_l, sin_l), (cos_g, sin_g) = ropes["local"], ropes["global"]
         cos, sin = jnp.where(is_global, cos_g, cos_l), jnp.where(is_global, sin_g, sin_l)
         T = x_BxTxD.shape[1]
         window = jnp.where(is_global, T, cfg.sliding_window)
-        out_BxTxNxH = _attention_core(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, p["q_norm"],
-                                      p["k_norm"], cos, sin, window, cfg.query_scale,
-                                      cfg.rms_norm_eps)
+        out_BxTxNxH = _attention_core(
+            q_BxTxNxH,
+            k_BxTxKxH,
+            v_BxTxKxH,
+            p["q_norm"],
+            p["k_norm"],
+            cos,
+            sin,
+            window,
+            cfg.query_scale,
+            cfg.rms_norm_eps,
+        )
     out_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH, p["o"].astype(dtype))
     return checkpoint_name(out_BxTxD, "attn_out")
 
@@ -332,7 +365,7 @@ def embed(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
     """Token embeddings times sqrt(D), in the compute dtype (as HF: scale cast first)."""
     dtype = jnp.dtype(cfg.dtype)
     x_BxTxD = jnp.take(params["embedding"], tokens_BxT, axis=0).astype(dtype)
-    return x_BxTxD * jnp.asarray(cfg.d_model ** 0.5, dtype)
+    return x_BxTxD * jnp.asarray(cfg.d_model**0.5, dtype)
 
 
 # jax.checkpoint policy per RematPolicy (NONE: no checkpoint at all).
@@ -340,7 +373,8 @@ _REMAT_POLICIES = {
     RematPolicy.FULL: jax.checkpoint_policies.nothing_saveable,
     RematPolicy.DOTS_NO_BATCH: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     RematPolicy.QKV_AND_OUTPUTS: jax.checkpoint_policies.save_only_these_names(
-        "qkv", "attn_out", "mlp_out"),
+        "qkv", "attn_out", "mlp_out"
+    ),
 }
 
 
@@ -401,12 +435,12 @@ def _run_blocks(layers: Params, x_BxTxD, start: int, stop: int, ropes, cfg: Mode
             if not whole:  # layer_params is the block index
                 layer_params = jax.tree_util.tree_map(
                     lambda a, i=layer_params: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
-                    layers)
+                    layers,
+                )
             return _constrain(block(layer_params, x, is_global, ropes, cfg)), None
 
         # prevent_cse is only needed outside scan (which already keeps recomputation apart).
-        x_BxTxD, _ = jax.lax.scan(_remat(body, cfg, prevent_cse=False), x_BxTxD,
-                                  (segment, flags))
+        x_BxTxD, _ = jax.lax.scan(_remat(body, cfg, prevent_cse=False), x_BxTxD, (segment, flags))
         return x_BxTxD
     for i in range(start, stop):
         layer_params = jax.tree_util.tree_map(lambda a, i=i: a[i], layers)
@@ -420,35 +454,48 @@ def _check_layers(cfg: ModelConfig, capture_layers: Sequence[int], num_blocks: i
     L = cfg.num_layers
     n = L if num_blocks is None else num_blocks
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= L:
-        raise ModelInputError(f"num_blocks={num_blocks!r} is outside [1, {L}]; pass an integer "
-                              f"in that range or None for all blocks")
+        raise ModelInputError(
+            f"num_blocks={num_blocks!r} is outside [1, {L}]; pass an integer "
+            f"in that range or None for all blocks"
+        )
     layers = []
     for l in capture_layers:
         if isinstance(l, bool) or not isinstance(l, (int, np.integer)) or not 1 <= l <= n:
-            raise ModelInputError(f"capture layer {l!r} is outside [1, {n}] (blocks run: {n}); "
-                                  f"layers count blocks from 1, e.g. {max(1, n // 2)}")
+            raise ModelInputError(
+                f"capture layer {l!r} is outside [1, {n}] (blocks run: {n}); "
+                f"layers count blocks from 1, e.g. {max(1, n // 2)}"
+            )
         layers.append(int(l))
     return tuple(sorted(set(layers))), int(n)
 
 
 def _check_params(params: Params, cfg: ModelConfig):
     """Cheap shape check so a params/config mix-up fails with a clear message."""
-    expected = {"embedding": (cfg.vocab_size, cfg.d_model),
-                "layers/attn/q": (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.head_dim),
-                "layers/attn/k": (cfg.num_layers, cfg.d_model, cfg.num_kv_heads, cfg.head_dim),
-                "layers/mlp/gate": (cfg.num_layers, cfg.d_model, cfg.mlp_dim)}
+    expected = {
+        "embedding": (cfg.vocab_size, cfg.d_model),
+        "layers/attn/q": (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.head_dim),
+        "layers/attn/k": (cfg.num_layers, cfg.d_model, cfg.num_kv_heads, cfg.head_dim),
+        "layers/mlp/gate": (cfg.num_layers, cfg.d_model, cfg.mlp_dim),
+    }
     for name, shape in expected.items():
         node = params
         for key in name.split("/"):
             node = node[key] if isinstance(node, dict) and key in node else None
         if node is None or tuple(node.shape) != shape:
             got = None if node is None else tuple(node.shape)
-            raise ModelInputError(f"param {name} has shape {got} but config {cfg.name!r} needs "
-                                  f"{shape}; load params and config from the same checkpoint")
+            raise ModelInputError(
+                f"param {name} has shape {got} but config {cfg.name!r} needs "
+                f"{shape}; load params and config from the same checkpoint"
+            )
 
 
-def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
-            capture_layers: Sequence[int] = (), num_blocks: int | None = None) -> ForwardOutput:
+def forward(
+    params: Params,
+    tokens_BxT: jax.Array,
+    cfg: ModelConfig,
+    capture_layers: Sequence[int] = (),
+    num_blocks: int | None = None,
+) -> ForwardOutput:
     """Runs the decoder (jit-able; `cfg`, `capture_layers`, `num_blocks` are static).
 
     Args:
@@ -471,8 +518,10 @@ def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
             params whose shapes do not match `cfg`.
     """
     if getattr(tokens_BxT, "ndim", None) != 2:
-        raise ModelInputError(f"tokens must be a [batch, seq] integer array, got shape "
-                              f"{getattr(tokens_BxT, 'shape', None)}; add a batch axis")
+        raise ModelInputError(
+            f"tokens must be a [batch, seq] integer array, got shape "
+            f"{getattr(tokens_BxT, 'shape', None)}; add a batch axis"
+        )
     capture, n = _check_layers(cfg, capture_layers, num_blocks)
     _check_params(params, cfg)
     dtype = jnp.dtype(cfg.dtype)
@@ -480,8 +529,9 @@ def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
     positions_T = jnp.arange(tokens_BxT.shape[1])
     ropes = {
         "local": rope_tables(positions_T, cfg.head_dim, cfg.rope_local_base, 1.0, dtype),
-        "global": rope_tables(positions_T, cfg.head_dim, cfg.rope_global_base,
-                              cfg.rope_global_scale, dtype),
+        "global": rope_tables(
+            positions_T, cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale, dtype
+        ),
     }
     captured = {}
     start = 0
@@ -499,5 +549,6 @@ def forward(params: Params, tokens_BxT: jax.Array, cfg: ModelConfig,
 def unembed(params: Params, hidden_BxTxD: jax.Array, cfg: ModelConfig) -> jax.Array:
     """Tied-embedding logits [..., V] in the compute dtype (no soft-cap in Gemma 3)."""
     dtype = jnp.dtype(cfg.dtype)
-    return jnp.einsum("...d,vd->...v", hidden_BxTxD.astype(dtype),
-                      params["embedding"].astype(dtype))
+    return jnp.einsum(
+        "...d,vd->...v", hidden_BxTxD.astype(dtype), params["embedding"].astype(dtype)
+    )

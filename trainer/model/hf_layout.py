@@ -11,10 +11,11 @@ same arrays on both sides (Gemma's (1 + w) RMSNorm in both, no offset to add).
 Our per-layer shapes come from `model.init_params` (via `jax.eval_shape`), so
 this table holds no shape formulas of its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -30,8 +31,8 @@ CAUSAL_LM_PREFIX = "model."
 class TensorName:
     """One param: our tree path, the HF name (after the model prefix), the layout."""
 
-    ours: str     # "/"-joined path in our tree; per-layer params are under "layers/"
-    hf: str       # HF name; "{i}" stands for the 0-based layer index
+    ours: str  # "/"-joined path in our tree; per-layer params are under "layers/"
+    hf: str  # HF name; "{i}" stands for the 0-based layer index
     in_dims: int  # leading input dims of a projection; 0: same array on both sides
 
 
@@ -75,14 +76,14 @@ def hf_shape(entry: TensorName, ours_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The HF tensor shape of a param whose (per-layer) shape is `ours_shape`."""
     if not entry.in_dims:
         return tuple(ours_shape)
-    return (int(np.prod(ours_shape[entry.in_dims:])), int(np.prod(ours_shape[:entry.in_dims])))
+    return (int(np.prod(ours_shape[entry.in_dims :])), int(np.prod(ours_shape[: entry.in_dims])))
 
 
 def to_hf(entry: TensorName, ours_array: np.ndarray) -> np.ndarray:
     """Our (per-layer) array in the HF layout (a contiguous copy)."""
     array = np.asarray(ours_array)
     if entry.in_dims:
-        in_size = int(np.prod(array.shape[:entry.in_dims]))
+        in_size = int(np.prod(array.shape[: entry.in_dims]))
         array = array.reshape(in_size, -1).T
     return np.ascontiguousarray(array)
 
@@ -132,8 +133,10 @@ def params_from_hf(cfg: ModelConfig, get: Callable[[str, tuple[int, ...]], np.nd
 
     for entry in GLOBAL_TENSORS:
         shape = shapes[entry.ours]
-        put(entry.ours, np.asarray(from_hf(entry, get(entry.hf, hf_shape(entry, shape)), shape),
-                                   np.float32))
+        put(
+            entry.ours,
+            np.asarray(from_hf(entry, get(entry.hf, hf_shape(entry, shape)), shape), np.float32),
+        )
     for entry in LAYER_TENSORS:
         shape = shapes[entry.ours]
         stacked = np.empty((cfg.num_layers, *shape), np.float32)

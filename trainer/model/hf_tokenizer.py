@@ -29,6 +29,7 @@ SentencePiece sums Viterbi scores in float32, so on long texts a near tie
 (~1e-5 apart) can resolve differently than in `tokenizers` (float64): 1 of
 1000 LAMBADA texts in bench/lmeval_compare.py ("▁T om" vs "▁To m").
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,9 +46,13 @@ _SPACE = "\u2581"  # SentencePiece's visible space "▁".
 # bytes outside any vocabulary.
 SAMPLE_TEXTS = (
     "Hello world. The quick brown fox jumps over the lazy dog.",
-    "  leading and trailing spaces  ", "a  b   c\td\ne\r\nf", " lead", "trail ",
+    "  leading and trailing spaces  ",
+    "a  b   c\td\ne\r\nf",
+    " lead",
+    "trail ",
     "\ufb01ne \uff21\uff22\uff23 \u2460 x\u00b2 \u2122 \u2026",
-    "caf\u00e9 cafe\u0301 na\u00efve \u00c5ngstr\u00f6m", "1234567890 3.14159 1,000,000",
+    "caf\u00e9 cafe\u0301 na\u00efve \u00c5ngstr\u00f6m",
+    "1234567890 3.14159 1,000,000",
     "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3002 \u4e2d\u6587 \ud55c\uad6d\uc5b4",
     "emoji \U0001f600\U0001f680 \u0915\u0916 \u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627",
     "\u00a0non-breaking\u2003em-space\u3000ideographic",
@@ -91,10 +96,10 @@ def _fields(data: bytes) -> dict[int, list]:
             value = varint()
         elif wire == 2:
             size = varint()
-            value, i = data[i:i + size], i + size
+            value, i = data[i : i + size], i + size
         elif wire in (1, 5):  # fixed64 / fixed32 (e.g. a piece's float score)
             width = 8 if wire == 1 else 4
-            value, i = data[i:i + width], i + width
+            value, i = data[i : i + width], i + width
         else:
             raise HFTokenizerError(f"unexpected protobuf wire type {wire}")
         out.setdefault(number, []).append(value)
@@ -104,6 +109,7 @@ def _fields(data: bytes) -> dict[int, list]:
 @dataclasses.dataclass(frozen=True)
 class SpmSpec:
     """What the HF files need from a SentencePiece model proto (defaults as in the .proto)."""
+
     model_type: str
     whitespace_as_suffix: bool
     byte_fallback: bool
@@ -124,8 +130,11 @@ def spm_spec(model_bytes: bytes) -> SpmSpec:
     def flag(fields, number, default):
         return bool(fields[number][-1]) if number in fields else default
 
-    user_defined = tuple(i for i, piece in enumerate(model.get(_MODEL_PIECES, []))
-                         if _fields(piece).get(_PIECE_TYPE, [1])[-1] == _USER_DEFINED)
+    user_defined = tuple(
+        i
+        for i, piece in enumerate(model.get(_MODEL_PIECES, []))
+        if _fields(piece).get(_PIECE_TYPE, [1])[-1] == _USER_DEFINED
+    )
     model_type = trainer.get(_TRAINER_MODEL_TYPE, [_UNIGRAM])[-1]
     return SpmSpec(
         model_type=_MODEL_TYPES.get(model_type, f"type {model_type}"),
@@ -136,31 +145,40 @@ def spm_spec(model_bytes: bytes) -> SpmSpec:
         add_dummy_prefix=flag(norm, _NORM_DUMMY_PREFIX, True),
         remove_extra_whitespaces=flag(norm, _NORM_EXTRA_WS, True),
         escape_whitespaces=flag(norm, _NORM_ESCAPE_WS, True),
-        user_defined=user_defined)
+        user_defined=user_defined,
+    )
 
 
 def _check_representable(spec: SpmSpec, name: str) -> None:
     if spec.model_type != "unigram":
         raise HFTokenizerError(
             f"tokenizer {name} is a SentencePiece {spec.model_type} model; only unigram models "
-            "are exported (the HF file is a Unigram model over the same pieces and scores)")
+            "are exported (the HF file is a Unigram model over the same pieces and scores)"
+        )
     if spec.whitespace_as_suffix:
         raise HFTokenizerError(
             f"tokenizer {name} was trained with treat_whitespace_as_suffix, which the HF "
-            "normalisers cannot express (they prepend the dummy '▁', never append it)")
+            "normalisers cannot express (they prepend the dummy '▁', never append it)"
+        )
 
 
 def _normalizer(spec: SpmSpec) -> dict[str, Any] | None:
     """SentencePiece's normalisation (normalizer.cc) as a `tokenizers` normaliser."""
     steps: list[dict[str, Any]] = []
     if spec.charsmap:
-        steps.append({"type": "Precompiled",
-                      "precompiled_charsmap": base64.b64encode(spec.charsmap).decode("ascii")})
+        steps.append(
+            {
+                "type": "Precompiled",
+                "precompiled_charsmap": base64.b64encode(spec.charsmap).decode("ascii"),
+            }
+        )
     if spec.remove_extra_whitespaces:
         # Only " " (what the character map left), as SentencePiece: `Strip` would
         # also take tabs, newlines and no-break spaces an identity map keeps.
-        steps += [{"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
-                  {"type": "Replace", "pattern": {"Regex": "\\A | \\z"}, "content": ""}]
+        steps += [
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
+            {"type": "Replace", "pattern": {"Regex": "\\A | \\z"}, "content": ""},
+        ]
     if spec.add_dummy_prefix:
         steps.append({"type": "Prepend", "prepend": _SPACE})
     if spec.escape_whitespaces:
@@ -182,9 +200,12 @@ def _sample_texts(sp) -> list[str]:
     """SAMPLE_TEXTS plus runs of the model's own pieces (spread over its vocabulary)."""
     size = sp.get_piece_size()
     step = max(1, size // _VOCAB_SAMPLE)
-    words = [sp.id_to_piece(i).replace(_SPACE, " ") for i in range(0, size, step)
-             if not (sp.is_control(i) or sp.is_byte(i) or sp.is_unknown(i))]
-    runs = [" ".join(words[j:j + 20]) for j in range(0, len(words), 20)]
+    words = [
+        sp.id_to_piece(i).replace(_SPACE, " ")
+        for i in range(0, size, step)
+        if not (sp.is_control(i) or sp.is_byte(i) or sp.is_unknown(i))
+    ]
+    runs = [" ".join(words[j : j + 20]) for j in range(0, len(words), 20)]
     return [*SAMPLE_TEXTS, *runs]
 
 
@@ -199,18 +220,22 @@ def check_ids(tokenizer_json: dict[str, Any], sp, name: str) -> int:
     except ImportError:
         raise HFTokenizerError(
             "checking the exported tokenizer's ids needs the `tokenizers` package; install it "
-            "with `pip install -e '.[hf]'` (or export without --tokenizer)") from None
+            "with `pip install -e '.[hf]'` (or export without --tokenizer)"
+        ) from None
     hf = tokenizers.Tokenizer.from_str(json.dumps(tokenizer_json))
     texts = _sample_texts(sp)
     for text in texts:
         ours, theirs = sp.encode(text), hf.encode(text, add_special_tokens=False).ids
         if ours != theirs:
-            where = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
-                         min(len(ours), len(theirs)))
+            where = next(
+                (i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
+                min(len(ours), len(theirs)),
+            )
             raise HFTokenizerError(
                 f"tokenizer {name} cannot be represented exactly: on the text {text[:60]!r} "
-                f"SentencePiece gives ids {ours[where:where + 4]} where the HF tokenizer gives "
-                f"{theirs[where:where + 4]} (position {where}); export without --tokenizer")
+                f"SentencePiece gives ids {ours[where : where + 4]} where the HF tokenizer gives "
+                f"{theirs[where : where + 4]} (position {where}); export without --tokenizer"
+            )
     return len(texts)
 
 
@@ -225,15 +250,39 @@ def hf_tokenizer_files(model_bytes: bytes, name: str = "<bytes>") -> dict[str, A
     spec = spm_spec(model_bytes)
     _check_representable(spec, name)
     size = sp.get_piece_size()
-    specials = {"bos_token": sp.bos_id(), "eos_token": sp.eos_id(), "pad_token": sp.pad_id(),
-                "unk_token": sp.unk_id()}
+    specials = {
+        "bos_token": sp.bos_id(),
+        "eos_token": sp.eos_id(),
+        "pad_token": sp.pad_id(),
+        "unk_token": sp.unk_id(),
+    }
     piece = {key: sp.id_to_piece(i) for key, i in specials.items() if i >= 0}
     special_ids = sorted({i for i in specials.values() if i >= 0})
-    added = [{"id": i, "content": sp.id_to_piece(i), "single_word": False, "lstrip": False,
-              "rstrip": False, "normalized": False, "special": True} for i in special_ids]
+    added = [
+        {
+            "id": i,
+            "content": sp.id_to_piece(i),
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i in special_ids
+    ]
     # SentencePiece matches user-defined pieces whole, before the lattice.
-    added += [{"id": i, "content": sp.id_to_piece(i), "single_word": False, "lstrip": False,
-               "rstrip": False, "normalized": True, "special": False} for i in spec.user_defined]
+    added += [
+        {
+            "id": i,
+            "content": sp.id_to_piece(i),
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": True,
+            "special": False,
+        }
+        for i in spec.user_defined
+    ]
     bos = piece.get("bos_token")
     tokenizer_json = {
         "version": "1.0",
@@ -242,26 +291,43 @@ def hf_tokenizer_files(model_bytes: bytes, name: str = "<bytes>") -> dict[str, A
         "added_tokens": added,
         "normalizer": _normalizer(spec),
         "pre_tokenizer": None,
-        "post_processor": None if bos is None else {
+        "post_processor": None
+        if bos is None
+        else {
             "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                       {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": bos, "type_id": 1}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos: {"id": bos, "ids": [sp.bos_id()], "tokens": [bos]}}},
+            "single": [
+                {"SpecialToken": {"id": bos, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+            ],
+            "pair": [
+                {"SpecialToken": {"id": bos, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": bos, "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {bos: {"id": bos, "ids": [sp.bos_id()], "tokens": [bos]}},
+        },
         "decoder": _decoder(spec),
-        "model": {"type": "Unigram", "unk_id": sp.unk_id(), "byte_fallback": spec.byte_fallback,
-                  "vocab": [[sp.id_to_piece(i), float(sp.get_score(i))] for i in range(size)]},
+        "model": {
+            "type": "Unigram",
+            "unk_id": sp.unk_id(),
+            "byte_fallback": spec.byte_fallback,
+            "vocab": [[sp.id_to_piece(i), float(sp.get_score(i))] for i in range(size)],
+        },
     }
     check_ids(tokenizer_json, sp, name)  # Before the caller writes anything.
     tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast", **piece,
-        "add_bos_token": bos is not None, "add_eos_token": False,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **piece,
+        "add_bos_token": bos is not None,
+        "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,  # HF's "no limit"
         "padding_side": "right",
     }
-    return {"tokenizer.model": model_bytes, "tokenizer.json": tokenizer_json,
-            "tokenizer_config.json": tokenizer_config, "special_tokens_map.json": piece}
+    return {
+        "tokenizer.model": model_bytes,
+        "tokenizer.json": tokenizer_json,
+        "tokenizer_config.json": tokenizer_config,
+        "special_tokens_map.json": piece,
+    }

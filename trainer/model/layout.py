@@ -8,6 +8,7 @@ itself and parses it here, so it never imports JAX:
     PATH/config.json     ModelConfig.to_dict()
     PATH/metadata.json   user metadata + "fingerprint"; written LAST
 """
+
 import json
 
 from trainer.model import model_config
@@ -18,9 +19,11 @@ PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 # What fixes a damaged checkpoint depends on who wrote it; name both writers.
-REWRITE_HINT = ("the files are damaged: write it again (a run's export/: re-run the same "
-                "`python -m trainer` command, which re-exports from its last checkpoint; "
-                "a converted teacher: `python -m teacher_dump.convert ... --overwrite`)")
+REWRITE_HINT = (
+    "the files are damaged: write it again (a run's export/: re-run the same "
+    "`python -m trainer` command, which re-exports from its last checkpoint; "
+    "a converted teacher: `python -m teacher_dump.convert ... --overwrite`)"
+)
 
 
 def parse_config(text, where) -> ModelConfig:
@@ -36,5 +39,6 @@ def parse_config(text, where) -> ModelConfig:
     try:
         return ModelConfig.from_dict(json.loads(text))
     except (json.JSONDecodeError, TypeError, model_config.ConfigError) as e:
-        raise ModelIOError(f"model checkpoint {where} has an unreadable {CONFIG_FILE} ({e}); "
-                           f"{REWRITE_HINT}") from None
+        raise ModelIOError(
+            f"model checkpoint {where} has an unreadable {CONFIG_FILE} ({e}); {REWRITE_HINT}"
+        ) from None

@@ -8,13 +8,13 @@ Tiny configs exist so that tests run in seconds on CPU.
     cfg = get_config("gemma3-270m", vocab_size=32000)
     cfg = get_config("tiny", dtype="bfloat16")
 """
+
 from __future__ import annotations
 
 import dataclasses
 import enum
 import math
 from typing import Any
-
 
 from trainer.model.errors import ConfigError
 
@@ -38,8 +38,7 @@ def parse_enum(enum_cls, value, what: str, error=ConfigError):
     try:
         return enum_cls(value)
     except ValueError:
-        raise error(f"unknown {what} {value!r}; use one of "
-                    f"{[m.value for m in enum_cls]}") from None
+        raise error(f"unknown {what} {value!r}; use one of {[m.value for m in enum_cls]}") from None
 
 
 class ComputeDtype(enum.Enum):
@@ -79,8 +78,12 @@ class RematPolicy(enum.Enum):
 
 # Before remat was a policy it was a bool: True meant FULL, False NONE. Old
 # configs, exported models and command lines (--set model.remat=True) still load.
-_LEGACY_REMAT = {True: RematPolicy.FULL, False: RematPolicy.NONE,
-                 "true": RematPolicy.FULL, "false": RematPolicy.NONE}
+_LEGACY_REMAT = {
+    True: RematPolicy.FULL,
+    False: RematPolicy.NONE,
+    "true": RematPolicy.FULL,
+    "false": RematPolicy.NONE,
+}
 
 
 def parse_remat(value) -> RematPolicy:
@@ -123,33 +126,51 @@ class ModelConfig:
     attention_impl: str | None = None  # None or "xla" (XLA ops), "cudnn" (fused kernel).
 
     def __post_init__(self):
-        positive = ("vocab_size", "num_layers", "d_model", "mlp_dim", "num_heads",
-                    "num_kv_heads", "head_dim", "sliding_window", "global_every")
+        positive = (
+            "vocab_size",
+            "num_layers",
+            "d_model",
+            "mlp_dim",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "sliding_window",
+            "global_every",
+        )
         for field in positive:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"model config field {field}={value!r} must be a positive "
-                                  f"integer; pass e.g. {field}=64")
+                raise ConfigError(
+                    f"model config field {field}={value!r} must be a positive "
+                    f"integer; pass e.g. {field}=64"
+                )
         if not isinstance(self.scan_layers, bool):
-            raise ConfigError(f"model config field scan_layers={self.scan_layers!r} must be "
-                              f"True or False")
+            raise ConfigError(
+                f"model config field scan_layers={self.scan_layers!r} must be True or False"
+            )
         # Stored normalised, so equal policies compare (and serialise) equal.
         object.__setattr__(self, "remat", parse_remat(self.remat).value)
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"num_heads={self.num_heads} is not divisible by num_kv_heads="
-                              f"{self.num_kv_heads}; pick num_kv_heads dividing num_heads")
+            raise ConfigError(
+                f"num_heads={self.num_heads} is not divisible by num_kv_heads="
+                f"{self.num_kv_heads}; pick num_kv_heads dividing num_heads"
+            )
         if self.head_dim % 2:
-            raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE; use e.g. "
-                              f"head_dim={self.head_dim + 1}")
-        for field in ("rope_local_base", "rope_global_base", "rope_global_scale",
-                      "rms_norm_eps"):
+            raise ConfigError(
+                f"head_dim={self.head_dim} must be even for RoPE; use e.g. "
+                f"head_dim={self.head_dim + 1}"
+            )
+        for field in ("rope_local_base", "rope_global_base", "rope_global_scale", "rms_norm_eps"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"model config field {field}={value!r} must be a positive "
-                                  f"finite number")
+                raise ConfigError(
+                    f"model config field {field}={value!r} must be a positive finite number"
+                )
         if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
-            raise ConfigError(f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be "
-                              f"> 0, or None to use head_dim")
+            raise ConfigError(
+                f"query_pre_attn_scalar={self.query_pre_attn_scalar!r} must be "
+                f"> 0, or None to use head_dim"
+            )
         parse_enum(ComputeDtype, self.dtype, "dtype")
         parse_enum(AttentionImpl, self.attention_impl, "attention_impl")
 
@@ -173,41 +194,95 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of `to_dict`; unknown keys are an error (a typo must not pass)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown model config fields {unknown}; known fields are "
-                              f"{sorted(known)}")
+            raise ConfigError(
+                f"unknown model config fields {unknown}; known fields are {sorted(known)}"
+            )
         return cls(**d)
 
-    def replace(self, **overrides) -> "ModelConfig":
+    def replace(self, **overrides) -> ModelConfig:
         """A copy with fields overridden (validated like `get_config` kwargs)."""
         return ModelConfig.from_dict({**self.to_dict(), **overrides})
 
 
 # Named configs. Sizes from docs/DESIGN.md §2 / the public Gemma 3 configs.
 _REGISTRY: dict[str, dict[str, Any]] = {
-    "gemma3-270m": dict(num_layers=18, d_model=640, mlp_dim=2048, num_heads=4,
-                        num_kv_heads=1, head_dim=256, sliding_window=512),
-    "gemma3-1b": dict(num_layers=26, d_model=1152, mlp_dim=6912, num_heads=4,
-                      num_kv_heads=1, head_dim=256, sliding_window=512),
-    "gemma3-4b": dict(num_layers=34, d_model=2560, mlp_dim=10240, num_heads=8,
-                      num_kv_heads=4, head_dim=256, sliding_window=1024,
-                      rope_global_scale=8.0),
+    "gemma3-270m": dict(
+        num_layers=18,
+        d_model=640,
+        mlp_dim=2048,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=256,
+        sliding_window=512,
+    ),
+    "gemma3-1b": dict(
+        num_layers=26,
+        d_model=1152,
+        mlp_dim=6912,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=256,
+        sliding_window=512,
+    ),
+    "gemma3-4b": dict(
+        num_layers=34,
+        d_model=2560,
+        mlp_dim=10240,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=256,
+        sliding_window=1024,
+        rope_global_scale=8.0,
+    ),
     # Test sizes. "tiny" has no global layer (4 < 6); "tiny-7" has one (block 6)
     # and a window far below typical test sequence lengths.
-    "tiny": dict(vocab_size=512, num_layers=4, d_model=64, mlp_dim=128, num_heads=2,
-                 num_kv_heads=1, head_dim=32, sliding_window=8),
-    "tiny-7": dict(vocab_size=512, num_layers=7, d_model=64, mlp_dim=128, num_heads=4,
-                   num_kv_heads=2, head_dim=16, sliding_window=4),
+    "tiny": dict(
+        vocab_size=512,
+        num_layers=4,
+        d_model=64,
+        mlp_dim=128,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=32,
+        sliding_window=8,
+    ),
+    "tiny-7": dict(
+        vocab_size=512,
+        num_layers=7,
+        d_model=64,
+        mlp_dim=128,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        sliding_window=4,
+    ),
     # `make demo` sizes (trainer/configs/demo.py): a CPU-trainable teacher and a
     # student with 1/7 of its backbone; T=128 rows, so the window is half a row.
-    "demo-teacher": dict(vocab_size=2048, num_layers=4, d_model=128, mlp_dim=512, num_heads=4,
-                         num_kv_heads=1, head_dim=32, sliding_window=64),
-    "demo-student": dict(vocab_size=2048, num_layers=2, d_model=64, mlp_dim=256, num_heads=2,
-                         num_kv_heads=1, head_dim=32, sliding_window=64),
+    "demo-teacher": dict(
+        vocab_size=2048,
+        num_layers=4,
+        d_model=128,
+        mlp_dim=512,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=32,
+        sliding_window=64,
+    ),
+    "demo-student": dict(
+        vocab_size=2048,
+        num_layers=2,
+        d_model=64,
+        mlp_dim=256,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=32,
+        sliding_window=64,
+    ),
 }
 
 

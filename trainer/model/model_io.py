@@ -13,6 +13,7 @@ The fingerprint is a sha256 over every param's path, dtype, shape and bytes in
 a fixed order: two checkpoints with the same fingerprint hold the same model,
 which is what the store records as the teacher identity.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from trainer.model import gemma3 as model, layout
+from trainer.model import gemma3 as model
+from trainer.model import layout
 from trainer.model.errors import ModelIOError
 from trainer.model.model_config import ModelConfig
 
@@ -47,8 +49,9 @@ def fingerprint(params) -> str:
     return digest.hexdigest()
 
 
-def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None = None,
-               overwrite: bool = False) -> str:
+def save_model(
+    path, cfg: ModelConfig, params, metadata: dict[str, Any] | None = None, overwrite: bool = False
+) -> str:
     """Writes a model checkpoint.
 
     Args:
@@ -67,9 +70,11 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
     root = resolve_path(path)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
-            raise ModelIOError(f"model checkpoint path {root} already exists and is not empty; "
-                               f"choose a new path or replace it (teacher_dump.convert "
-                               f"--overwrite; model_io.save_model(..., overwrite=True))")
+            raise ModelIOError(
+                f"model checkpoint path {root} already exists and is not empty; "
+                f"choose a new path or replace it (teacher_dump.convert "
+                f"--overwrite; model_io.save_model(..., overwrite=True))"
+            )
         root.rmtree()
     metadata = dict(metadata or {})
     fp = fingerprint(params)
@@ -77,8 +82,9 @@ def save_model(path, cfg: ModelConfig, params, metadata: dict[str, Any] | None =
     try:
         metadata_json = json.dumps(metadata, indent=2, sort_keys=True)
     except TypeError as e:
-        raise ModelIOError(f"model metadata is not JSON-serialisable ({e}); pass plain "
-                           f"dicts/lists/str/numbers") from None
+        raise ModelIOError(
+            f"model metadata is not JSON-serialisable ({e}); pass plain dicts/lists/str/numbers"
+        ) from None
     root.mkdir(parents=True, exist_ok=True)
     # Only the calling process takes part (in a multi-process run, process 0
     # writes the gathered host params alone): no barrier waits for the others.
@@ -107,8 +113,9 @@ def load_config(path) -> ModelConfig:
     try:
         text = (root / _CONFIG_FILE).read_text()
     except OSError as e:
-        raise ModelIOError(f"model checkpoint {root} has an unreadable {_CONFIG_FILE} ({e}); "
-                           f"{_REWRITE_HINT}") from None
+        raise ModelIOError(
+            f"model checkpoint {root} has an unreadable {_CONFIG_FILE} ({e}); {_REWRITE_HINT}"
+        ) from None
     return layout.parse_config(text, root)
 
 
@@ -137,8 +144,9 @@ def load_model(path, shardings=None) -> tuple[ModelConfig, Any, dict[str, Any]]:
     try:
         metadata = json.loads((root / _METADATA_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ModelIOError(f"model checkpoint {root} has an unreadable {_METADATA_FILE} ({e}); "
-                           f"{_REWRITE_HINT}") from None
+        raise ModelIOError(
+            f"model checkpoint {root} has an unreadable {_METADATA_FILE} ({e}); {_REWRITE_HINT}"
+        ) from None
     target = _abstract_params(cfg, shardings)
     try:
         params = ocp.StandardCheckpointer().restore(root / _PARAMS_DIR, target)
@@ -146,8 +154,10 @@ def load_model(path, shardings=None) -> tuple[ModelConfig, Any, dict[str, Any]]:
     # shape that disagrees with config.json, a missing array) as ValueError,
     # and file access failures as OSError; anything else is a bug and propagates.
     except (ValueError, OSError) as e:
-        raise ModelIOError(f"cannot read params of model checkpoint {root} "
-                           f"({type(e).__name__}: {str(e)[:200]}); {_REWRITE_HINT}") from None
+        raise ModelIOError(
+            f"cannot read params of model checkpoint {root} "
+            f"({type(e).__name__}: {str(e)[:200]}); {_REWRITE_HINT}"
+        ) from None
     return cfg, params, metadata
 
 
@@ -160,20 +170,27 @@ def _abstract_params(cfg: ModelConfig, shardings):
         shardings = jax.tree_util.tree_map(lambda _: shardings, shapes)
     try:
         return jax.tree_util.tree_map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+        )
     except ValueError as e:
-        raise ModelIOError(f"shardings tree does not match the param tree ({str(e)[:200]}); "
-                           f"pass one Sharding or a tree shaped like model.init_params") from None
+        raise ModelIOError(
+            f"shardings tree does not match the param tree ({str(e)[:200]}); "
+            f"pass one Sharding or a tree shaped like model.init_params"
+        ) from None
 
 
 def _checked_root(path) -> epath.Path:
     """The checkpoint dir, or a ModelIOError saying what is missing."""
     root = resolve_path(path)
     if not root.exists():
-        raise ModelIOError(f"model checkpoint {root} does not exist; pass the directory written "
-                           f"by model_io.save_model or teacher_dump.convert")
+        raise ModelIOError(
+            f"model checkpoint {root} does not exist; pass the directory written "
+            f"by model_io.save_model or teacher_dump.convert"
+        )
     missing = [n for n in (_CONFIG_FILE, _PARAMS_DIR, _METADATA_FILE) if not (root / n).exists()]
     if missing:
-        raise ModelIOError(f"model checkpoint {root} is incomplete (missing {missing}); it was "
-                           f"not fully written -- re-run the export/convert that makes it")
+        raise ModelIOError(
+            f"model checkpoint {root} is incomplete (missing {missing}); it was "
+            f"not fully written -- re-run the export/convert that makes it"
+        )
     return root

@@ -27,17 +27,19 @@ Stable signatures (the trainer codes against these)::
 Computation runs in the dtype of the hidden state (bf16 in mixed precision,
 like the model); params are fp32.
 """
+
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer.model.model_config import parse_enum
 from trainer.model.errors import ConfigError
+from trainer.model.model_config import parse_enum
 
 Params = dict[str, Any]
 
@@ -55,7 +57,7 @@ MLP_EXPANSION = 4  # Hidden width of the HLDF regressor, in units of d_S.
 
 class RegressorKind(enum.Enum):
     LINEAR = "linear"  # HLDC: W_R, d_S → d_T.
-    MLP = "mlp"        # HLDF phase 1: d_S → 4·d_S → d_T.
+    MLP = "mlp"  # HLDF phase 1: d_S → 4·d_S → d_T.
 
 
 def parse_kind(kind) -> RegressorKind:
@@ -86,15 +88,20 @@ def init_mlp(rng: jax.Array, d_student: int, d_teacher: int) -> Params:
     d_s, d_t = int(d_student), int(d_teacher)
     d_h = MLP_EXPANSION * d_s
     rng1, rng2 = jax.random.split(rng)
-    return {"w1": _fan_in_normal(rng1, (d_s, d_h)), "b1": jnp.zeros((d_h,), jnp.float32),
-            "w2": _fan_in_normal(rng2, (d_h, d_t)), "b2": jnp.zeros((d_t,), jnp.float32)}
+    return {
+        "w1": _fan_in_normal(rng1, (d_s, d_h)),
+        "b1": jnp.zeros((d_h,), jnp.float32),
+        "w2": _fan_in_normal(rng2, (d_h, d_t)),
+        "b2": jnp.zeros((d_t,), jnp.float32),
+    }
 
 
 def _check_input(hidden, d_in):
     if hidden.shape[-1] != d_in:
         raise ConfigError(
             f"regressor expects the student width {d_in} on the last axis, got hidden of shape "
-            f"{hidden.shape}; capture the student layer (not the teacher's) as the input")
+            f"{hidden.shape}; capture the student layer (not the teacher's) as the input"
+        )
 
 
 def apply_linear(params: Params, hidden_BxTxDs: jax.Array) -> jax.Array:
@@ -134,8 +141,9 @@ def logical_axes(params: Params) -> dict[str, tuple[str, ...]]:
     """The same tree with a tuple of logical axis names per leaf (for sharding)."""
     unknown = sorted(set(params) - set(_AXES))
     if unknown:
-        raise ConfigError(f"unknown regressor param names {unknown}; expected a tree from "
-                             "init_linear or init_mlp")
+        raise ConfigError(
+            f"unknown regressor param names {unknown}; expected a tree from init_linear or init_mlp"
+        )
     return {name: _AXES[name] for name in params}
 
 

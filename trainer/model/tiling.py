@@ -9,9 +9,10 @@ each device computes its own rows of each tile and nothing is gathered
 and compute every tile everywhere). Tiles run one after another
 (`lax.map`), so what the function materialises per tile is live for one tile.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

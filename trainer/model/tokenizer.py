@@ -10,6 +10,7 @@ model with byte fallback, so no text is ever mapped to <unk>; whitespace is
 kept as is (identity normalisation, no whitespace collapsing) because a
 language model must reproduce the text it is trained on.
 """
+
 import hashlib
 import io
 import itertools
@@ -40,17 +41,26 @@ def _sample_sentences(text_iter, max_sentences):
     model (the store records its sha256, so reproducibility matters more
     than a uniform sample).
     """
+
     def lines():
         for text in text_iter:
             for line in text.split("\n"):
                 line = line.strip()
                 if line:
-                    yield line[:MAX_SENTENCE_BYTES // 4]  # ≤ 4 bytes per UTF-8 char
+                    yield line[: MAX_SENTENCE_BYTES // 4]  # ≤ 4 bytes per UTF-8 char
+
     return itertools.islice(lines(), max_sentences)
 
 
-def train_tokenizer(text_iter, model_prefix, vocab_size=32000, *, max_sentences=1_000_000,
-                    character_coverage=0.9995, num_threads=DEFAULT_THREADS):
+def train_tokenizer(
+    text_iter,
+    model_prefix,
+    vocab_size=32000,
+    *,
+    max_sentences=1_000_000,
+    character_coverage=0.9995,
+    num_threads=DEFAULT_THREADS,
+):
     """Trains a SentencePiece unigram model on a sample of `text_iter`.
 
     Args:
@@ -74,7 +84,8 @@ def train_tokenizer(text_iter, model_prefix, vocab_size=32000, *, max_sentences=
     if vocab_size < min_vocab:
         raise TokenizerError(
             f"vocab_size {vocab_size} is too small: byte fallback needs 256 byte pieces "
-            f"plus 4 specials; use --vocab-size >= {min_vocab}")
+            f"plus 4 specials; use --vocab-size >= {min_vocab}"
+        )
     sample = list(_sample_sentences(text_iter, max_sentences))
     if not sample:
         raise TokenizerError("no text to train the tokenizer on; check the --input files")
@@ -90,7 +101,10 @@ def train_tokenizer(text_iter, model_prefix, vocab_size=32000, *, max_sentences=
             model_type="unigram",
             byte_fallback=True,
             character_coverage=character_coverage,
-            pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
+            pad_id=PAD_ID,
+            eos_id=EOS_ID,
+            bos_id=BOS_ID,
+            unk_id=UNK_ID,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             split_digits=True,
@@ -102,7 +116,8 @@ def train_tokenizer(text_iter, model_prefix, vocab_size=32000, *, max_sentences=
         # e.g. "Vocabulary size is too high (512). Please set it to a value <= 420."
         raise TokenizerError(
             f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}; "
-            "give more text or a smaller --vocab-size") from None
+            "give more text or a smaller --vocab-size"
+        ) from None
     path = model_prefix + ".model"
     with open(path, "wb") as f:
         f.write(model.getvalue())
@@ -120,7 +135,8 @@ def _read_bytes(path):
     except OSError as e:
         raise TokenizerError(
             f"cannot read tokenizer model {path} ({e.strerror}); train one with "
-            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`") from None
+            "`python -m pipelines.train_tokenizer --input GLOB --model-prefix PREFIX`"
+        ) from None
 
 
 def tokenizer_from_bytes(model_bytes, name="<bytes>"):
@@ -135,12 +151,14 @@ def tokenizer_from_bytes(model_bytes, name="<bytes>"):
     except RuntimeError:  # what SentencePiece raises for bytes that are not a model
         raise TokenizerError(
             f"{name} is not a SentencePiece model; pass the .model file written by "
-            "`python -m pipelines.train_tokenizer`") from None
+            "`python -m pipelines.train_tokenizer`"
+        ) from None
     for what, piece_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("pad", sp.pad_id())):
         if piece_id < 0:
             raise TokenizerError(
                 f"tokenizer {name} defines no {what} id; packing needs bos, eos and pad — "
-                "retrain it with `python -m pipelines.train_tokenizer`")
+                "retrain it with `python -m pipelines.train_tokenizer`"
+            )
     return sp
 
 
@@ -193,11 +211,15 @@ def check_matches(vocab_size, metadata, tok_info):
         tok_info: `tokenizer_info` of the tokenizer.
     """
     if vocab_size != tok_info["vocab_size"]:
-        raise TokenizerError(f"checkpoint vocab_size={vocab_size} differs from the tokenizer's "
-                             f"{tok_info['vocab_size']}; pass the tokenizer the model was "
-                             f"trained with")
+        raise TokenizerError(
+            f"checkpoint vocab_size={vocab_size} differs from the tokenizer's "
+            f"{tok_info['vocab_size']}; pass the tokenizer the model was "
+            f"trained with"
+        )
     expected = metadata.get("tokenizer_sha256") or (metadata.get("tokenizer") or {}).get("sha256")
     if expected and expected != tok_info["sha256"]:
-        raise TokenizerError(f"tokenizer sha256 {tok_info['sha256'][:12]}… differs from the "
-                             f"checkpoint's {expected[:12]}…; pass the tokenizer the model was "
-                             f"trained with")
+        raise TokenizerError(
+            f"tokenizer sha256 {tok_info['sha256'][:12]}… differs from the "
+            f"checkpoint's {expected[:12]}…; pass the tokenizer the model was "
+            f"trained with"
+        )

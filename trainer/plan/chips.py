@@ -8,6 +8,7 @@ states; the compiler's own limit can differ slightly (libtpu reports
 95.74 GiB on v5p against the page's "95 GB"), and the compiler refuses a
 program over its own limit whatever this table says.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ import math
 
 from trainer.model.errors import ConfigError
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Chip:
         hbm_bytes_per_s: HBM bandwidth per chip.
         source: the public page the three figures come from.
     """
+
     name: str
     hbm_bytes: int
     peak_bf16_flops: float
@@ -36,16 +38,19 @@ class Chip:
     source: str
 
 
-CHIPS: dict[str, Chip] = {c.name: c for c in (
-    # "Peak compute per chip 275 teraflops (bf16 or int8); HBM2 capacity and bandwidth 32 GiB, 1200 GBps"
-    Chip("v4", 32 * GiB, 275e12, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
-    # "Peak compute per chip (bf16) 197 TFLOPs; HBM2 capacity and bandwidth 16 GB, 819 GBps"
-    Chip("v5e", 16 * GiB, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
-    # "Peak compute per chip (bf16) 459 TFLOPs; HBM2e capacity and bandwidth 95GB, 2765 GBps"
-    Chip("v5p", 95 * GiB, 459e12, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
-    # "Peak compute per chip (bf16) 918 TFLOPs; HBM capacity per chip 32 GB; HBM bandwidth per chip 1638 GBps"
-    Chip("v6e", 32 * GiB, 918e12, 1638e9, "https://cloud.google.com/tpu/docs/v6e"),
-)}
+CHIPS: dict[str, Chip] = {
+    c.name: c
+    for c in (
+        # "Peak compute per chip 275 teraflops (bf16 or int8); HBM2 capacity and bandwidth 32 GiB, 1200 GBps"
+        Chip("v4", 32 * GiB, 275e12, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
+        # "Peak compute per chip (bf16) 197 TFLOPs; HBM2 capacity and bandwidth 16 GB, 819 GBps"
+        Chip("v5e", 16 * GiB, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
+        # "Peak compute per chip (bf16) 459 TFLOPs; HBM2e capacity and bandwidth 95GB, 2765 GBps"
+        Chip("v5p", 95 * GiB, 459e12, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
+        # "Peak compute per chip (bf16) 918 TFLOPs; HBM capacity per chip 32 GB; HBM bandwidth per chip 1638 GBps"
+        Chip("v6e", 32 * GiB, 918e12, 1638e9, "https://cloud.google.com/tpu/docs/v6e"),
+    )
+}
 
 
 PlanInputError = ConfigError  # Bad planner input: topology, mesh, platform
@@ -60,6 +65,7 @@ class Topology:
         chip: the chip's figures.
         grid: chips per dimension.
     """
+
     name: str
     chip: Chip
     grid: tuple[int, ...]
@@ -71,7 +77,7 @@ class Topology:
 
 
 def parse_topology(name: str) -> Topology:
-    """"v5e:2x2" -> Topology.
+    """ "v5e:2x2" -> Topology.
 
     Raises:
         PlanInputError: an unknown generation or a malformed grid, naming the fix.
@@ -79,8 +85,10 @@ def parse_topology(name: str) -> Topology:
     gen, sep, grid_text = str(name).partition(":")
     known = ", ".join(f"{c}:2x2" if c in ("v5e", "v6e") else f"{c}:2x2x1" for c in CHIPS)
     if gen not in CHIPS or not sep:
-        raise PlanInputError(f"unknown topology {name!r}: pass GENERATION:GRID with GENERATION one "
-                             f"of {sorted(CHIPS)}, e.g. {known}")
+        raise PlanInputError(
+            f"unknown topology {name!r}: pass GENERATION:GRID with GENERATION one "
+            f"of {sorted(CHIPS)}, e.g. {known}"
+        )
     try:
         grid = tuple(int(x) for x in grid_text.split("x"))
     except ValueError:

@@ -7,6 +7,7 @@ a donated argument (counted once). A program over the compiler's own memory
 limit does not compile ("RESOURCE_EXHAUSTED ... exceeds available HBM"):
 that is recorded as not fitting, with the bytes the compiler named.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ class CompileResult:
         host_callbacks: host callbacks in the lowered program (a step should have
             none: each one stops the device and round-trips to the host).
     """
+
     argument_bytes: int = 0
     temp_bytes: int = 0
     output_bytes: int = 0
@@ -89,17 +91,26 @@ def compile_memory(jitted, *abstract_args) -> CompileResult:
     except jax.errors.JaxRuntimeError as err:
         if not is_out_of_memory(err):
             raise
-        line = next((l for l in str(err).splitlines() if "RESOURCE_EXHAUSTED" in l or
-                     "exceeds" in l), str(err).splitlines()[0])
-        return CompileResult(compile_s=time.perf_counter() - start, error=line.strip()[:400],
-                             error_temp_bytes=_named_bytes(str(err)), host_callbacks=callbacks)
+        line = next(
+            (l for l in str(err).splitlines() if "RESOURCE_EXHAUSTED" in l or "exceeds" in l),
+            str(err).splitlines()[0],
+        )
+        return CompileResult(
+            compile_s=time.perf_counter() - start,
+            error=line.strip()[:400],
+            error_temp_bytes=_named_bytes(str(err)),
+            host_callbacks=callbacks,
+        )
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
-    return CompileResult(argument_bytes=int(mem.argument_size_in_bytes),
-                         temp_bytes=int(mem.temp_size_in_bytes),
-                         output_bytes=int(mem.output_size_in_bytes),
-                         alias_bytes=int(mem.alias_size_in_bytes),
-                         compile_s=seconds, host_callbacks=callbacks)
+    return CompileResult(
+        argument_bytes=int(mem.argument_size_in_bytes),
+        temp_bytes=int(mem.temp_size_in_bytes),
+        output_bytes=int(mem.output_size_in_bytes),
+        alias_bytes=int(mem.alias_size_in_bytes),
+        compile_s=seconds,
+        host_callbacks=callbacks,
+    )
 
 
 # Custom-call targets of jax.pure_callback / io_callback / debug.callback in StableHLO.

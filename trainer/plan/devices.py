@@ -12,6 +12,7 @@ topology (the CLI forces their count before JAX starts). The CPU compiler's
 bytes are not the TPU's, but every other part of the plan is the same, so
 the tool and its tests run without libtpu.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,8 +21,10 @@ import os
 from trainer.plan.chips import PlanInputError, Topology
 
 PLATFORMS = ("tpu", "cpu")
-LIBTPU_FIX = ("install the pinned libtpu with `pip install -e '.[tpu]'` (or plan with "
-              "--platform cpu, whose bytes are the CPU compiler's)")
+LIBTPU_FIX = (
+    "install the pinned libtpu with `pip install -e '.[tpu]'` (or plan with "
+    "--platform cpu, whose bytes are the CPU compiler's)"
+)
 
 
 def libtpu_available() -> bool:
@@ -51,19 +54,23 @@ def plan_devices(topology: Topology, platform: str = "tpu") -> list:
                 f"--platform cpu needs {topology.num_chips} host devices for {topology.name} but "
                 f"JAX has {len(devices)}: start with XLA_FLAGS="
                 f"--xla_force_host_platform_device_count={topology.num_chips} (the CLI does this "
-                f"when JAX is not yet imported)")
-        return devices[:topology.num_chips]
+                f"when JAX is not yet imported)"
+            )
+        return devices[: topology.num_chips]
     if not libtpu_available():
         raise PlanInputError(f"libtpu is not installed: {LIBTPU_FIX}")
     # libtpu takes /tmp/libtpu_lockfile so that two processes never drive one TPU;
     # the planner drives none (it only compiles), so planners and tests may run side by side.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
+
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.name)
     except jax.errors.JaxRuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise PlanInputError(f"libtpu refuses topology {topology.name!r} ({first}); pass a slice "
-                             f"shape Cloud TPU offers, e.g. v5e:2x2, v5e:4x4, v5p:2x2x1, "
-                             f"v6e:2x4") from None
+        raise PlanInputError(
+            f"libtpu refuses topology {topology.name!r} ({first}); pass a slice "
+            f"shape Cloud TPU offers, e.g. v5e:2x2, v5e:4x4, v5p:2x2x1, "
+            f"v6e:2x4"
+        ) from None
     return list(desc.devices)

@@ -11,11 +11,14 @@ When the requested batch does not fit, the largest rows per batch shard that
 fit are found by bisection on compiles (`search`); `search_up` also looks
 above a batch that fits (doubling, then bisection) up to `max_rows`.
 """
+
 from __future__ import annotations
 
 import time
 
-from trainer.plan import compile as compile_lib, roofline as roofline_lib, search as search_lib
+from trainer.plan import compile as compile_lib
+from trainer.plan import roofline as roofline_lib
+from trainer.plan import search as search_lib
 from trainer.plan.chips import GiB, Topology
 
 
@@ -23,19 +26,34 @@ def _evaluate(target, rows: int, capacity: int) -> tuple[bool, list[dict]]:
     programs = []
     for program in target.programs(rows):
         result = compile_lib.compile_memory(program.jitted, *program.args)
-        programs.append({"program": program, "memory": result,
-                         "fits": result.compiled and result.peak_bytes <= capacity})
+        programs.append(
+            {
+                "program": program,
+                "memory": result,
+                "fits": result.compiled and result.peak_bytes <= capacity,
+            }
+        )
     return all(p["fits"] for p in programs), programs
 
 
 def _peak(programs) -> int | None:
-    peaks = [p["memory"].peak_bytes if p["memory"].compiled else p["memory"].error_temp_bytes
-             for p in programs]
+    peaks = [
+        p["memory"].peak_bytes if p["memory"].compiled else p["memory"].error_temp_bytes
+        for p in programs
+    ]
     return max(peaks) if all(peaks) else None
 
 
-def make_plan(target, topology: Topology, devices, platform: str, hbm_bytes: int | None = None,
-              search: bool = True, search_up: bool = False, max_rows: int = 1024) -> dict:
+def make_plan(
+    target,
+    topology: Topology,
+    devices,
+    platform: str,
+    hbm_bytes: int | None = None,
+    search: bool = True,
+    search_up: bool = False,
+    max_rows: int = 1024,
+) -> dict:
     """Compiles `target` at its requested rows per batch shard and reports the fit.
 
     Args:
@@ -87,25 +105,46 @@ def make_plan(target, topology: Topology, devices, platform: str, hbm_bytes: int
         moved = mem.argument_bytes + mem.output_bytes if mem.compiled else None
         roof = None
         if moved is not None:
-            roof = roofline_lib.roofline(prog.flops_per_token * prog.tokens_per_step,
-                                         prog.tokens_per_step, moved, len(devices),
-                                         chip.peak_bf16_flops / per_chip,
-                                         chip.hbm_bytes_per_s / per_chip)
-        out_programs.append({"name": prog.name, "fits": p["fits"], "memory": mem.to_dict(),
-                             "tokens_per_step": prog.tokens_per_step,
-                             "flops_per_token": prog.flops_per_token, "roofline": roof})
+            roof = roofline_lib.roofline(
+                prog.flops_per_token * prog.tokens_per_step,
+                prog.tokens_per_step,
+                moved,
+                len(devices),
+                chip.peak_bf16_flops / per_chip,
+                chip.hbm_bytes_per_s / per_chip,
+            )
+        out_programs.append(
+            {
+                "name": prog.name,
+                "fits": p["fits"],
+                "memory": mem.to_dict(),
+                "tokens_per_step": prog.tokens_per_step,
+                "flops_per_token": prog.flops_per_token,
+                "roofline": roof,
+            }
+        )
     result = {
-        "target": target.kind, **target.describe(),
-        "topology": topology.name, "platform": platform,
-        "chip": {"name": chip.name, "hbm_bytes": chip.hbm_bytes,
-                 "peak_bf16_flops": chip.peak_bf16_flops,
-                 "hbm_bytes_per_s": chip.hbm_bytes_per_s, "source": chip.source},
-        "num_chips": topology.num_chips, "num_devices": len(devices),
+        "target": target.kind,
+        **target.describe(),
+        "topology": topology.name,
+        "platform": platform,
+        "chip": {
+            "name": chip.name,
+            "hbm_bytes": chip.hbm_bytes,
+            "peak_bf16_flops": chip.peak_bf16_flops,
+            "hbm_bytes_per_s": chip.hbm_bytes_per_s,
+            "source": chip.source,
+        },
+        "num_chips": topology.num_chips,
+        "num_devices": len(devices),
         "hbm_bytes_per_device": capacity,
-        "rows_per_shard": rows, "batch_shards": target.shards,
+        "rows_per_shard": rows,
+        "batch_shards": target.shards,
         "param_bytes": target.param_bytes(),
-        "fits": fits, "largest_fitting_rows": largest,
-        "programs": out_programs, "probes": probes,
+        "fits": fits,
+        "largest_fitting_rows": largest,
+        "programs": out_programs,
+        "probes": probes,
         "compile_s": sum(p["memory"].compile_s for p in programs),
         "wall_s": time.perf_counter() - start,
     }
@@ -118,9 +157,14 @@ def advice(result: dict) -> str:
     shards = result["batch_shards"]
     if result["fits"]:
         extra = ""
-        if result["largest_fitting_rows"] and result["largest_fitting_rows"] > result["rows_per_shard"]:
-            extra = (f"; up to {result['largest_fitting_rows']} rows per shard fit "
-                     f"(global batch {result['largest_fitting_rows'] * shards})")
+        if (
+            result["largest_fitting_rows"]
+            and result["largest_fitting_rows"] > result["rows_per_shard"]
+        ):
+            extra = (
+                f"; up to {result['largest_fitting_rows']} rows per shard fit "
+                f"(global batch {result['largest_fitting_rows'] * shards})"
+            )
         return f"fits at {result['rows_per_shard']} rows per shard{extra}"
     largest = result["largest_fitting_rows"]
     knobs = []
@@ -134,9 +178,11 @@ def advice(result: dict) -> str:
         knobs.append("a smaller --token-tile")
     knobs.append("a chip with more HBM")
     if largest:
-        return (f"does not fit at {result['rows_per_shard']} rows per shard; the largest that fits "
-                f"is {largest} rows per shard (global batch {largest * shards}); or try "
-                f"{', '.join(knobs)}")
+        return (
+            f"does not fit at {result['rows_per_shard']} rows per shard; the largest that fits "
+            f"is {largest} rows per shard (global batch {largest * shards}); or try "
+            f"{', '.join(knobs)}"
+        )
     if largest == 0:
         return f"does not fit even at 1 row per shard: try {', '.join(knobs)}"
     return f"does not fit at {result['rows_per_shard']} rows per shard: try {', '.join(knobs)}"
@@ -151,28 +197,38 @@ def _gib(n) -> str:
 def format_text(r: dict) -> str:
     """The human-readable plan."""
     chip = r["chip"]
-    lines = [f"{r['config']} on {r['topology']} ({r['num_chips']} chips, {r['num_devices']} devices; "
-             f"{r['platform']} compiler), {r['rows_per_shard']} rows per shard x {r['batch_shards']} shards",
-             f"HBM per device {_gib(r['hbm_bytes_per_device'])}; chip {chip['name']}: "
-             f"{chip['peak_bf16_flops'] / 1e12:.0f} TFLOP/s bf16, {chip['hbm_bytes_per_s'] / 1e9:.0f} GB/s "
-             f"({chip['source']})",
-             f"parameters {_gib(r['param_bytes'])} in all"]
+    lines = [
+        f"{r['config']} on {r['topology']} ({r['num_chips']} chips, {r['num_devices']} devices; "
+        f"{r['platform']} compiler), {r['rows_per_shard']} rows per shard x {r['batch_shards']} shards",
+        f"HBM per device {_gib(r['hbm_bytes_per_device'])}; chip {chip['name']}: "
+        f"{chip['peak_bf16_flops'] / 1e12:.0f} TFLOP/s bf16, {chip['hbm_bytes_per_s'] / 1e9:.0f} GB/s "
+        f"({chip['source']})",
+        f"parameters {_gib(r['param_bytes'])} in all",
+    ]
     for p in r["programs"]:
         m = p["memory"]
         if m["error"]:
-            lines.append(f"  {p['name']}: compiler refused ({m['error'][:160]}) after {m['compile_s']:.1f} s")
+            lines.append(
+                f"  {p['name']}: compiler refused ({m['error'][:160]}) after {m['compile_s']:.1f} s"
+            )
             continue
-        lines.append(f"  {p['name']}: args {_gib(m['argument_bytes'])} + temp {_gib(m['temp_bytes'])} + "
-                     f"out {_gib(m['output_bytes'])} - aliased {_gib(m['alias_bytes'])} = peak "
-                     f"{_gib(m['peak_bytes'])} per device -> {'fits' if p['fits'] else 'DOES NOT FIT'}; "
-                     f"compiled in {m['compile_s']:.1f} s"
-                     + (f"; {m['host_callbacks']} HOST CALLBACKS" if m["host_callbacks"] else ""))
+        lines.append(
+            f"  {p['name']}: args {_gib(m['argument_bytes'])} + temp {_gib(m['temp_bytes'])} + "
+            f"out {_gib(m['output_bytes'])} - aliased {_gib(m['alias_bytes'])} = peak "
+            f"{_gib(m['peak_bytes'])} per device -> {'fits' if p['fits'] else 'DOES NOT FIT'}; "
+            f"compiled in {m['compile_s']:.1f} s"
+            + (f"; {m['host_callbacks']} HOST CALLBACKS" if m["host_callbacks"] else "")
+        )
         roof = p["roofline"]
-        lines.append(f"    roofline: step >= {roof['step_s'] * 1e3:.1f} ms ({roof['bound']}-bound), "
-                     f"<= {roof['tokens_per_s']:,.0f} tokens/s "
-                     f"({p['flops_per_token'] / 1e9:.2f} GFLOP/token from trainer.flops)")
+        lines.append(
+            f"    roofline: step >= {roof['step_s'] * 1e3:.1f} ms ({roof['bound']}-bound), "
+            f"<= {roof['tokens_per_s']:,.0f} tokens/s "
+            f"({p['flops_per_token'] / 1e9:.2f} GFLOP/token from trainer.flops)"
+        )
     if len(r["probes"]) > 1:
-        lines.append("  search: " + ", ".join(
-            f"{p['rows']}:{'fits' if p['fits'] else 'no'}" for p in r["probes"]))
+        lines.append(
+            "  search: "
+            + ", ".join(f"{p['rows']}:{'fits' if p['fits'] else 'no'}" for p in r["probes"])
+        )
     lines.append(r["advice"])
     return "\n".join(lines)

@@ -7,11 +7,18 @@ the two; its tokens/s is an upper bound no run can beat. FLOPs come from
 `trainer.flops` (the model definition), never from `cost_analysis()`, which
 counts a `lax.scan` body once.
 """
+
 from __future__ import annotations
 
 
-def roofline(flops_per_step: float, tokens_per_step: int, bytes_per_device: int,
-             num_devices: int, peak_flops_per_device: float, hbm_bytes_per_s: float) -> dict:
+def roofline(
+    flops_per_step: float,
+    tokens_per_step: int,
+    bytes_per_device: int,
+    num_devices: int,
+    peak_flops_per_device: float,
+    hbm_bytes_per_s: float,
+) -> dict:
     """The roofline lower bound of one step.
 
     Args:
@@ -29,7 +36,11 @@ def roofline(flops_per_step: float, tokens_per_step: int, bytes_per_device: int,
     compute_s = flops_per_step / (num_devices * peak_flops_per_device)
     memory_s = bytes_per_device / hbm_bytes_per_s
     step_s = max(compute_s, memory_s)
-    return {"compute_s": compute_s, "memory_s": memory_s, "step_s": step_s,
-            "bound": "compute" if compute_s >= memory_s else "memory",
-            "tokens_per_s": tokens_per_step / step_s if step_s > 0 else float("inf"),
-            "flops_per_step": flops_per_step}
+    return {
+        "compute_s": compute_s,
+        "memory_s": memory_s,
+        "step_s": step_s,
+        "bound": "compute" if compute_s >= memory_s else "memory",
+        "tokens_per_s": tokens_per_step / step_s if step_s > 0 else float("inf"),
+        "flops_per_step": flops_per_step,
+    }

@@ -7,14 +7,20 @@ linear in rows), alternating with plain midpoints so the bracket always at
 least halves every two probes. Every probe is strictly inside the bracket, so
 the search ends after at most 2·log2(hi) probes.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
-def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], hi: int, capacity: int,
-                    hi_peak: int | None = None, lo: int = 0,
-                    lo_peak: int | None = None) -> tuple[int, list[dict]]:
+def largest_fitting(
+    probe: Callable[[int], tuple[bool, int | None]],
+    hi: int,
+    capacity: int,
+    hi_peak: int | None = None,
+    lo: int = 0,
+    lo_peak: int | None = None,
+) -> tuple[int, list[dict]]:
     """The largest rows in [lo, hi) for which `probe` fits, knowing `hi` does not.
 
     Args:

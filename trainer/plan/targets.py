@@ -20,22 +20,28 @@ allocated), and the useful FLOPs of one step (from `trainer.flops`):
   Ranking choices that depend on the backend (`rank_float32`, the grouped
   top-k) are resolved for the TARGET platform, not for this process's.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from store import StoreSchema, profiles
-from teacher_dump import encode, extract, teacher as teacher_lib, topk
+from teacher_dump import encode, extract, topk
+from teacher_dump import teacher as teacher_lib
 from trainer import flops
-from trainer.model import gemma3 as model, model_config
-from trainer.training import config as config_lib, decode, loop, methods, sharding
+from trainer.model import gemma3 as model
+from trainer.model import model_config
 from trainer.plan.chips import PlanInputError
+from trainer.training import config as config_lib
+from trainer.training import decode, loop, methods, sharding
 
 # The planner never writes a run or reads a store; validate() wants both named.
 _UNUSED = "unused-by-the-planner"
@@ -52,6 +58,7 @@ class StepProgram:
         tokens_per_step: global tokens one call processes.
         flops_per_token: useful FLOPs per token (trainer.flops; attention included).
     """
+
     name: str
     jitted: Any
     args: tuple
@@ -60,8 +67,9 @@ class StepProgram:
 
 
 def _abstract(tree, shardings):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        tree, shardings)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+    )
 
 
 class TrainTarget:
@@ -76,6 +84,7 @@ class TrainTarget:
     Raises:
         ConfigError (PlanInputError): a bad config, override or mesh, naming the fix.
     """
+
     kind = "train"
 
     def __init__(self, spec: str, overrides: Sequence[str], devices, profile: str = "exact"):
@@ -86,27 +95,38 @@ class TrainTarget:
             config.store.url = _UNUSED
         config_lib.validate(config)
         if profile not in decode.PROFILES:
-            raise PlanInputError(f"unknown profile {profile!r}: pass one of {list(decode.PROFILES)}")
+            raise PlanInputError(
+                f"unknown profile {profile!r}: pass one of {list(decode.PROFILES)}"
+            )
         self.config, self.profile = config, profile
         self.model_cfg = loop.model_config_from(config)
         self.phases = methods.phases(config, self.model_cfg.num_layers)
-        self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
-                                       devices=devices)
+        self.mesh = sharding.make_mesh(
+            config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices
+        )
         self.shards = sharding.batch_divisor(self.mesh)
         self.requested_rows = -(-config.data.batch_size // self.shards)
         if config.data.batch_size % self.shards:
             raise PlanInputError(
                 f"data.batch_size={config.data.batch_size} is not divisible by the mesh's batch "
-                f"axes (data×fsdp={self.shards}); use a multiple of {self.shards}")
+                f"axes (data×fsdp={self.shards}); use a multiple of {self.shards}"
+            )
 
     def describe(self) -> dict:
         """The config facts a report shows."""
         c = self.config
-        return {"config": f"{c.model.name} {c.method}", "model": c.model.name, "method": c.method,
-                "vocab_size": c.model.vocab_size, "dtype": c.model.dtype, "remat": c.model.remat,
-                "seq_len": c.data.seq_len, "profile": self.profile,
-                "mesh": {k: int(v) for k, v in self.mesh.shape.items()},
-                "batch_size": c.data.batch_size}
+        return {
+            "config": f"{c.model.name} {c.method}",
+            "model": c.model.name,
+            "method": c.method,
+            "vocab_size": c.model.vocab_size,
+            "dtype": c.model.dtype,
+            "remat": c.model.remat,
+            "seq_len": c.data.seq_len,
+            "profile": self.profile,
+            "mesh": {k: int(v) for k, v in self.mesh.shape.items()},
+            "batch_size": c.data.batch_size,
+        }
 
     def param_bytes(self) -> int:
         """Bytes of the student's parameters as the state holds them (all devices together)."""
@@ -121,28 +141,43 @@ class TrainTarget:
         counts = loop.flop_counts(config, self.model_cfg)
         out = []
         for plan in plans:
-            runner = loop.PhaseRunner(config, self.model_cfg, plan, self.mesh,
-                                      self._encoding(config))
+            runner = loop.PhaseRunner(
+                config, self.model_cfg, plan, self.mesh, self._encoding(config)
+            )
             batch = self._batch(config, runner, plan.phase)
-            attn = (counts["attention_flops_per_token_ht"] if plan.phase.num_blocks
-                    else counts["attention_flops_per_token"])
-            out.append(StepProgram(f"phase {plan.phase.index} ({plan.phase.flops_method})",
-                                   runner.step, (runner.abstract_state, batch),
-                                   config.data.batch_size * config.data.seq_len,
-                                   plan.flops_per_token + attn))
+            attn = (
+                counts["attention_flops_per_token_ht"]
+                if plan.phase.num_blocks
+                else counts["attention_flops_per_token"]
+            )
+            out.append(
+                StepProgram(
+                    f"phase {plan.phase.index} ({plan.phase.flops_method})",
+                    runner.step,
+                    (runner.abstract_state, batch),
+                    config.data.batch_size * config.data.seq_len,
+                    plan.flops_per_token + attn,
+                )
+            )
         return out
 
     def _schema(self, config) -> StoreSchema:
         hidden = bool(config.teacher.hidden_layer and config.teacher.d_model)
-        return StoreSchema(seq_len=config.data.seq_len, k=config.data.k,
-                           vocab_size=config.model.vocab_size,
-                           hidden_layers=(config.teacher.hidden_layer,) if hidden else (),
-                           hidden_dim=config.teacher.d_model if hidden else 0,
-                           profile=self.profile, samples=config.data.samples)
+        return StoreSchema(
+            seq_len=config.data.seq_len,
+            k=config.data.k,
+            vocab_size=config.model.vocab_size,
+            hidden_layers=(config.teacher.hidden_layer,) if hidden else (),
+            hidden_dim=config.teacher.d_model if hidden else 0,
+            profile=self.profile,
+            samples=config.data.samples,
+        )
 
     def _encoding(self, config) -> decode.Encoding:
         schema = self._schema(config)
-        return decode.Encoding.from_schema(schema, profiles.get_profile(self.profile).encodings(schema))
+        return decode.Encoding.from_schema(
+            schema, profiles.get_profile(self.profile).encodings(schema)
+        )
 
     def _batch(self, config, runner, phase) -> dict:
         """Abstract batch: the stored arrays the phase reads, [B, *row shape], stored dtypes."""
@@ -151,16 +186,19 @@ class TrainTarget:
         names = runner.encoding.stored_names(phase.fields, config.teacher.hidden_layer)
         missing = [n for n in names if n not in specs]
         if missing:
-            raise PlanInputError(f"{config.method} reads {missing}, which a store with data.k="
-                                 f"{config.data.k}, data.samples={config.data.samples}, teacher."
-                                 f"hidden_layer={config.teacher.hidden_layer} lacks; set those "
-                                 f"fields with --set")
+            raise PlanInputError(
+                f"{config.method} reads {missing}, which a store with data.k="
+                f"{config.data.k}, data.samples={config.data.samples}, teacher."
+                f"hidden_layer={config.teacher.hidden_layer} lacks; set those "
+                f"fields with --set"
+            )
         batch = {}
         for name in names:
             s = specs[name]
             shape = (config.data.batch_size,) + tuple(s.inner_shape)
             batch[decode.batch_key(name)] = jax.ShapeDtypeStruct(
-                shape, jnp.dtype(s.dtype), sharding=sharding.batch_sharding(self.mesh, len(shape)))
+                shape, jnp.dtype(s.dtype), sharding=sharding.batch_sharding(self.mesh, len(shape))
+            )
         return batch
 
 
@@ -183,6 +221,7 @@ class DumpOptions:
         profile: device encoding into this store profile ("" : the raw signal).
         params: "replicated" (as teacher_dump places them) or "fsdp".
     """
+
     teacher: str = "gemma3-4b"
     vocab_size: int = 262_144
     dtype: str = "bfloat16"
@@ -201,24 +240,33 @@ class DumpTarget:
     Raises:
         ConfigError (PlanInputError): bad teacher name, options or profile.
     """
+
     kind = "dump"
 
     def __init__(self, options: DumpOptions, devices, platform: str, requested_rows: int):
         o = options
         if o.params not in DUMP_PARAMS:
-            raise PlanInputError(f"unknown params placement {o.params!r}: pass one of "
-                                 f"{list(DUMP_PARAMS)}")
+            raise PlanInputError(
+                f"unknown params placement {o.params!r}: pass one of {list(DUMP_PARAMS)}"
+            )
         if o.profile and o.profile not in profiles.PROFILES:
-            raise PlanInputError(f"unknown profile {o.profile!r}: pass one of "
-                                 f"{sorted(profiles.PROFILES)} (or no device encoding)")
+            raise PlanInputError(
+                f"unknown profile {o.profile!r}: pass one of "
+                f"{sorted(profiles.PROFILES)} (or no device encoding)"
+            )
         self.options, self.platform = o, platform
         self.cfg = model_config.get_config(o.teacher, vocab_size=o.vocab_size, dtype=o.dtype)
         # The dump resolves these by jax.default_backend(); here that is this CPU
         # process, so resolve them for the target the way the dump would there.
         self.spec = extract.resolve_spec(
-            self.cfg, k=o.k, layers=o.layers, token_tile=o.token_tile, samples=o.samples,
+            self.cfg,
+            k=o.k,
+            layers=o.layers,
+            token_tile=o.token_tile,
+            samples=o.samples,
             rank_float32=(platform == "cpu"),
-            topk_group=topk.auto_group(platform, o.vocab_size, o.k) if o.k else 0)
+            topk_group=topk.auto_group(platform, o.vocab_size, o.k) if o.k else 0,
+        )
         self.devices = list(devices)
         self.shards = len(self.devices)
         self.requested_rows = requested_rows
@@ -229,11 +277,21 @@ class DumpTarget:
 
     def describe(self) -> dict:
         o = self.options
-        return {"config": f"{o.teacher} dump", "teacher": o.teacher, "vocab_size": o.vocab_size,
-                "dtype": o.dtype, "seq_len": o.seq_len, "k": o.k, "samples": o.samples,
-                "layers": list(self.spec.layers), "token_tile": o.token_tile,
-                "profile": o.profile or "none (raw signal to host)", "params": o.params,
-                "rank_float32": self.spec.rank_float32, "topk_group": self.spec.topk_group}
+        return {
+            "config": f"{o.teacher} dump",
+            "teacher": o.teacher,
+            "vocab_size": o.vocab_size,
+            "dtype": o.dtype,
+            "seq_len": o.seq_len,
+            "k": o.k,
+            "samples": o.samples,
+            "layers": list(self.spec.layers),
+            "token_tile": o.token_tile,
+            "profile": o.profile or "none (raw signal to host)",
+            "params": o.params,
+            "rank_float32": self.spec.rank_float32,
+            "topk_group": self.spec.topk_group,
+        }
 
     def param_bytes(self) -> int:
         """Bytes of the teacher's params as the dump holds them (cast_for_inference)."""
@@ -241,8 +299,9 @@ class DumpTarget:
 
     def _param_shapes(self):
         cfg = self.cfg
-        return jax.eval_shape(lambda: teacher_lib.cast_for_inference(
-            model.init_params(cfg, jax.random.key(0)), cfg))
+        return jax.eval_shape(
+            lambda: teacher_lib.cast_for_inference(model.init_params(cfg, jax.random.key(0)), cfg)
+        )
 
     def _param_shardings(self, shapes):
         if self.options.params == "replicated":
@@ -252,24 +311,40 @@ class DumpTarget:
     def programs(self, rows: int) -> list[StepProgram]:
         """The extraction step at `rows` rows per device."""
         o, spec = self.options, self.spec
-        fn = extract.make_extract_fn(self.cfg, k=spec.k, layers=spec.layers,
-                                     token_tile=spec.token_tile, rank_float32=spec.rank_float32,
-                                     samples=spec.samples, topk_group=spec.topk_group)
+        fn = extract.make_extract_fn(
+            self.cfg,
+            k=spec.k,
+            layers=spec.layers,
+            token_tile=spec.token_tile,
+            rank_float32=spec.rank_float32,
+            samples=spec.samples,
+            topk_group=spec.topk_group,
+        )
         if o.profile:
-            schema = StoreSchema(seq_len=o.seq_len, k=o.k, vocab_size=o.vocab_size,
-                                 hidden_layers=spec.layers, hidden_dim=self.cfg.d_model,
-                                 profile=o.profile, samples=o.samples)
+            schema = StoreSchema(
+                seq_len=o.seq_len,
+                k=o.k,
+                vocab_size=o.vocab_size,
+                hidden_layers=spec.layers,
+                hidden_dim=self.cfg.d_model,
+                profile=o.profile,
+                samples=o.samples,
+            )
             fn = encode.make_encoded_extract_fn(fn, schema)
         shapes = self._param_shapes()
         params = _abstract(shapes, self._param_shardings(shapes))
         batch_axes = P(self.mesh.axis_names) if o.params == "replicated" else P(sharding.BATCH_AXES)
         B = rows * self.shards
-        tokens = jax.ShapeDtypeStruct((B, o.seq_len), jnp.int32,
-                                      sharding=NamedSharding(self.mesh, batch_axes))
+        tokens = jax.ShapeDtypeStruct(
+            (B, o.seq_len), jnp.int32, sharding=NamedSharding(self.mesh, batch_axes)
+        )
         args = (params, tokens)
         if o.samples:
-            args += (jax.ShapeDtypeStruct((B,), jnp.int32,
-                                          sharding=NamedSharding(self.mesh, batch_axes)),)
+            args += (
+                jax.ShapeDtypeStruct(
+                    (B,), jnp.int32, sharding=NamedSharding(self.mesh, batch_axes)
+                ),
+            )
         counts = flops.model_flops(self.cfg, seq_len=o.seq_len)
         # Forward only: a third of the training cost (C_data = 6N + 6dV; attention likewise).
         per_token = (counts["flops_per_token"]["nll"] + counts["attention_flops_per_token"]) / 3

@@ -15,6 +15,7 @@ process then resumes from process 0's `data` item, which is right because
 the per-host iterators advance in lockstep (one batch per step each; the
 state is a position, not a row list); `save` checks that they agree.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,10 +40,12 @@ class Checkpointer:
 
     def __init__(self, run_dir: str, keep: int = 2):
         self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False
+        )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta"))
+            self.directory, options=options, item_names=("state", "data", "meta")
+        )
 
     def latest_step(self) -> int | None:
         """Global step of the newest checkpoint, or None."""
@@ -52,16 +55,22 @@ class Checkpointer:
         """Writes a checkpoint (blocking until durable)."""
         if jax.process_count() > 1:
             _check_same_on_all_processes(data_state)
-        self._manager.save(global_step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.save(
+            global_step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
         self._manager.wait_until_finished()
 
     def restore_meta(self, global_step: int) -> dict:
         """The `meta` item of a checkpoint (phase, global_step, cumulative_flops)."""
         return self._manager.restore(
-            global_step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            global_step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )["meta"]
 
     def restore(self, global_step: int, abstract_state):
         """Restores (state, data_state) onto the shardings of `abstract_state`.
@@ -75,14 +84,18 @@ class Checkpointer:
             ModelIOError: the checkpoint's tree does not match this config.
         """
         try:
-            restored = self._manager.restore(global_step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore()))
+            restored = self._manager.restore(
+                global_step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                ),
+            )
         except (ValueError, KeyError) as e:
             raise ModelIOError(
                 f"checkpoint {global_step} in {self.directory} does not match this config "
                 f"({str(e).splitlines()[0][:200]}); resume with the run's own config.json "
-                f"or use a fresh run_dir") from None
+                f"or use a fresh run_dir"
+            ) from None
         return restored["state"], restored["data"]
 
     def close(self) -> None:
@@ -96,10 +109,12 @@ def _check_same_on_all_processes(data_state: dict) -> None:
     multihost_utils.assert_equal(
         np.frombuffer(digest, np.uint8),
         "data iterator states differ between processes; a checkpoint would resume "
-        "all of them from process 0's position")
+        "all of them from process 0's position",
+    )
 
 
 def abstract_like(tree, shardings):
     """ShapeDtypeStructs of `tree` (arrays or eval_shape output) with given shardings."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        tree, shardings)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )

@@ -9,6 +9,7 @@ wrong type fails loudly), and validates every value before anything compiles.
     config = load_config("tiny:kd", overrides=["optim.lr=1e-3"])   # or a file path
     validate(config)          # ConfigError (a ValueError) naming field + fix
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,8 +30,8 @@ from trainer.training.schedules import AlphaSchedule
 class Method(enum.Enum):
     """Training methods (docs/DESIGN.md §1). KD/HLD are loss terms + phases, one trainer."""
 
-    NLL = "nll"    # Data loss only (also teacher pre-training on a k=0 store).
-    KD = "kd"      # (1-α) NLL + α τ² KL on the stored top-k.
+    NLL = "nll"  # Data loss only (also teacher pre-training on a k=0 store).
+    KD = "kd"  # (1-α) NLL + α τ² KL on the stored top-k.
     HLDC = "hldc"  # KD + γ normalized MSE through a linear regressor (joint).
     HLDF = "hldf"  # Phase 1: first half + MLP regressor, MSE only; phase 2: KD.
 
@@ -49,7 +50,7 @@ class BudgetUnit(enum.Enum):
     """Unit of `config.budget.value`."""
 
     FLOPS = "flops"  # Training FLOPs (docs/DESIGN.md §1 per-token costs).
-    OT = "ot"        # Overtraining units: 1 OT = 20·N tokens at C_data.
+    OT = "ot"  # Overtraining units: 1 OT = 20·N tokens at C_data.
 
 
 # Config fields holding a local path or a URL: resolved once, when the config
@@ -60,9 +61,12 @@ PATH_FIELDS = ("run_dir", "store.url")
 # Fields added after runs were already being checkpointed, with the value that
 # reproduces the older behaviour: a config.json without the key is read as
 # holding it, so those runs still resume (check_same_config_on_resume).
-ADDED_FIELDS = {"loss.signal": sampled_kd.Signal.TOPK.value, "data.samples": 0,
-                "loss.hidden_reduction": losses.HiddenReduction.MEAN.value,
-                "data.micro_batches": 1}
+ADDED_FIELDS = {
+    "loss.signal": sampled_kd.Signal.TOPK.value,
+    "data.samples": 0,
+    "loss.hidden_reduction": losses.HiddenReduction.MEAN.value,
+    "data.micro_batches": 1,
+}
 
 # Fields that change how a step is computed, not what it computes (memory for
 # time): a run may resume under other values, e.g. on chips with less memory.
@@ -72,14 +76,16 @@ EXECUTION_FIELDS = ("model.remat", "data.micro_batches")
 
 # The config files shipped in the package (trainer/configs/), found by path: they
 # import the trainer, so the trainer never imports them (docs/INTERFACES.md).
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "configs")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def shipped_configs() -> list[str]:
     """Names of the configs shipped inside the package (`--config NAME[:arg]`)."""
-    return sorted(n[:-3] for n in os.listdir(CONFIGS_DIR)
-                  if n.endswith(".py") and n not in ("__init__.py", "base.py"))
+    return sorted(
+        n[:-3]
+        for n in os.listdir(CONFIGS_DIR)
+        if n.endswith(".py") and n not in ("__init__.py", "base.py")
+    )
 
 
 def config_file(name_or_path: str) -> str:
@@ -97,9 +103,11 @@ def config_file(name_or_path: str) -> str:
     name = name_or_path[:-3] if name_or_path.endswith(".py") else name_or_path
     if name in shipped_configs():
         return os.path.join(CONFIGS_DIR, name + ".py")
-    raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped config; pass "
-                      f"a path to a get_config() file or one of {shipped_configs()} "
-                      f"(e.g. --config tiny:kd)")
+    raise ConfigError(
+        f"config {name_or_path!r} is neither a file nor a shipped config; pass "
+        f"a path to a get_config() file or one of {shipped_configs()} "
+        f"(e.g. --config tiny:kd)"
+    )
 
 
 def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
@@ -124,8 +132,10 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} defines no get_config(); add "
-                          f"`def get_config(arg=None) -> ml_collections.ConfigDict`")
+        raise ConfigError(
+            f"config file {path!r} defines no get_config(); add "
+            f"`def get_config(arg=None) -> ml_collections.ConfigDict`"
+        )
     config = module.get_config(arg) if arg else module.get_config()
     apply_overrides(config, overrides)
     resolve_paths(config)
@@ -204,12 +214,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
         node = config
         for name in parents:
             if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
-                raise ConfigError(f"unknown config key {key!r}; see the config file for "
-                                  f"the fields that exist")
+                raise ConfigError(
+                    f"unknown config key {key!r}; see the config file for the fields that exist"
+                )
             node = node[name]
         if leaf not in node:
-            raise ConfigError(f"unknown config key {key!r}; see the config file for the "
-                              f"fields that exist")
+            raise ConfigError(
+                f"unknown config key {key!r}; see the config file for the fields that exist"
+            )
         old = node[leaf]
         value = _parse_value(text)
         if isinstance(old, bool):
@@ -237,17 +249,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(bool(config.run_dir), "run_dir is empty; pass --set run_dir=/path/to/run")
     _check(bool(config.store.url), "store.url is empty; pass --set store.url=/path/to/store")
     opt = config.optim
-    _check(math.isfinite(opt.lr) and opt.lr > 0,
-           f"optim.lr={opt.lr} must be a positive finite number; e.g. --set optim.lr=4e-4")
+    _check(
+        math.isfinite(opt.lr) and opt.lr > 0,
+        f"optim.lr={opt.lr} must be a positive finite number; e.g. --set optim.lr=4e-4",
+    )
     _check(opt.warmup_steps >= 0, f"optim.warmup_steps={opt.warmup_steps} must be >= 0")
-    _check(0.0 <= opt.decay_fraction < 1.0,
-           f"optim.decay_fraction={opt.decay_fraction} must be in [0, 1); the paper uses 0.1")
-    _check(0.0 < opt.final_lr_fraction <= 1.0,
-           f"optim.final_lr_fraction={opt.final_lr_fraction} must be in (0, 1]; paper: 0.01")
-    _check(0.0 <= opt.b1 < 1.0 and 0.0 <= opt.b2 < 1.0,
-           f"optim.b1={opt.b1}, optim.b2={opt.b2} must be in [0, 1)")
-    _check(opt.eps > 0 and opt.weight_decay >= 0,
-           f"optim.eps={opt.eps} must be > 0 and optim.weight_decay={opt.weight_decay} >= 0")
+    _check(
+        0.0 <= opt.decay_fraction < 1.0,
+        f"optim.decay_fraction={opt.decay_fraction} must be in [0, 1); the paper uses 0.1",
+    )
+    _check(
+        0.0 < opt.final_lr_fraction <= 1.0,
+        f"optim.final_lr_fraction={opt.final_lr_fraction} must be in (0, 1]; paper: 0.01",
+    )
+    _check(
+        0.0 <= opt.b1 < 1.0 and 0.0 <= opt.b2 < 1.0,
+        f"optim.b1={opt.b1}, optim.b2={opt.b2} must be in [0, 1)",
+    )
+    _check(
+        opt.eps > 0 and opt.weight_decay >= 0,
+        f"optim.eps={opt.eps} must be > 0 and optim.weight_decay={opt.weight_decay} >= 0",
+    )
     _check(opt.grad_clip >= 0, f"optim.grad_clip={opt.grad_clip} must be >= 0 (0: off)")
     loss = config.loss
     _check(0.0 <= loss.alpha <= 1.0, f"loss.alpha={loss.alpha} must be in [0, 1]")
@@ -261,45 +283,71 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"loss.hidden_reduction: {e}") from None
     _check(loss.tau > 0 and math.isfinite(loss.tau), f"loss.tau={loss.tau} must be > 0")
     _check(loss.token_tile > 0, f"loss.token_tile={loss.token_tile} must be > 0")
-    _check(0.0 < config.hldf.p1 < 1.0,
-           f"hldf.p1={config.hldf.p1} must be in (0, 1), e.g. 0.01 for 1% of the budget")
-    _check(config.hldf.warmup_steps >= 0,
-           f"hldf.warmup_steps={config.hldf.warmup_steps} must be >= 0")
-    _check(config.budget.value > 0 and math.isfinite(config.budget.value),
-           f"budget.value={config.budget.value} must be > 0; e.g. --set budget.value=1e15")
+    _check(
+        0.0 < config.hldf.p1 < 1.0,
+        f"hldf.p1={config.hldf.p1} must be in (0, 1), e.g. 0.01 for 1% of the budget",
+    )
+    _check(
+        config.hldf.warmup_steps >= 0, f"hldf.warmup_steps={config.hldf.warmup_steps} must be >= 0"
+    )
+    _check(
+        config.budget.value > 0 and math.isfinite(config.budget.value),
+        f"budget.value={config.budget.value} must be > 0; e.g. --set budget.value=1e15",
+    )
     _check(config.data.batch_size > 0, f"data.batch_size={config.data.batch_size} must be > 0")
     _check(config.data.seq_len > 1, f"data.seq_len={config.data.seq_len} must be > 1")
     _check(config.data.k >= 0, f"data.k={config.data.k} must be >= 0 (0: any k)")
-    _check(0 <= config.data.samples <= 255,
-           f"data.samples={config.data.samples} must be in [0, 255] (0: any S)")
-    _check(config.data.micro_batches >= 1,
-           f"data.micro_batches={config.data.micro_batches} must be >= 1 (1: no accumulation)")
+    _check(
+        0 <= config.data.samples <= 255,
+        f"data.samples={config.data.samples} must be in [0, 255] (0: any S)",
+    )
+    _check(
+        config.data.micro_batches >= 1,
+        f"data.micro_batches={config.data.micro_batches} must be >= 1 (1: no accumulation)",
+    )
     parse_remat(config.model.remat)  # ConfigError listing the policies.
-    _check(config.data.num_threads >= 0 and config.data.prefetch_buffer_size >= 0
-           and config.data.num_workers >= 0, "data.num_threads, data.prefetch_buffer_size "
-           "and data.num_workers must be >= 0")
+    _check(
+        config.data.num_threads >= 0
+        and config.data.prefetch_buffer_size >= 0
+        and config.data.num_workers >= 0,
+        "data.num_threads, data.prefetch_buffer_size and data.num_workers must be >= 0",
+    )
     for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
         _check(config[field] > 0, f"{field}={config[field]} must be > 0")
-    _check(config.peak_flops_per_device > 0,
-           f"peak_flops_per_device={config.peak_flops_per_device} must be > 0 (e.g. 699e12)")
-    _check(config.distributed_heartbeat_s > 0 and config.distributed_init_timeout_s > 0,
-           f"distributed_heartbeat_s={config.distributed_heartbeat_s} and "
-           f"distributed_init_timeout_s={config.distributed_init_timeout_s} must be > 0 seconds")
+    _check(
+        config.peak_flops_per_device > 0,
+        f"peak_flops_per_device={config.peak_flops_per_device} must be > 0 (e.g. 699e12)",
+    )
+    _check(
+        config.distributed_heartbeat_s > 0 and config.distributed_init_timeout_s > 0,
+        f"distributed_heartbeat_s={config.distributed_heartbeat_s} and "
+        f"distributed_init_timeout_s={config.distributed_init_timeout_s} must be > 0 seconds",
+    )
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
-        _check(size == -1 or size >= 1, f"mesh.{axis}={size} must be >= 1, or -1 for "
-                                        f"'all remaining devices'")
+        _check(
+            size == -1 or size >= 1,
+            f"mesh.{axis}={size} must be >= 1, or -1 for 'all remaining devices'",
+        )
     if method in (Method.HLDC, Method.HLDF):
-        _check(config.teacher.hidden_layer >= 1,
-               f"teacher.hidden_layer={config.teacher.hidden_layer} must be a stored layer "
-               f"(>= 1) for method {method.value}; run `python -m store inspect STORE`")
-        _check(config.teacher.d_model >= 1,
-               f"teacher.d_model={config.teacher.d_model} must be the teacher width (>= 1) "
-               f"for method {method.value}")
-    _check(config.debug.kill_signal in ("SIGKILL", "SIGINT", "SIGTERM"),
-           f"debug.kill_signal={config.debug.kill_signal!r} must be SIGKILL, SIGINT or SIGTERM")
-    _check(config.student_layer >= 0,
-           f"student_layer={config.student_layer} must be >= 0 (0: L_S // 2)")
+        _check(
+            config.teacher.hidden_layer >= 1,
+            f"teacher.hidden_layer={config.teacher.hidden_layer} must be a stored layer "
+            f"(>= 1) for method {method.value}; run `python -m store inspect STORE`",
+        )
+        _check(
+            config.teacher.d_model >= 1,
+            f"teacher.d_model={config.teacher.d_model} must be the teacher width (>= 1) "
+            f"for method {method.value}",
+        )
+    _check(
+        config.debug.kill_signal in ("SIGKILL", "SIGINT", "SIGTERM"),
+        f"debug.kill_signal={config.debug.kill_signal!r} must be SIGKILL, SIGINT or SIGTERM",
+    )
+    _check(
+        config.student_layer >= 0,
+        f"student_layer={config.student_layer} must be >= 0 (0: L_S // 2)",
+    )
 
 
 def _validate_kd_settings(loss) -> None:
@@ -349,11 +397,17 @@ def check_same_config_on_resume(config, run_dir: str) -> None:
         for side in (old, new):
             if isinstance(side.get(key), str):
                 side[key] = resolve_local_path(side[key])
-    changed = sorted(k for k in set(old) | set(new)
-                     if not k.startswith("debug.") and k != "run_dir" and k not in EXECUTION_FIELDS
-                     and old.get(k) != new.get(k))
+    changed = sorted(
+        k
+        for k in set(old) | set(new)
+        if not k.startswith("debug.")
+        and k != "run_dir"
+        and k not in EXECUTION_FIELDS
+        and old.get(k) != new.get(k)
+    )
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
         raise ConfigError(
             f"run_dir {run_dir} holds checkpoints of a run with other settings ({diffs}); "
-            "use a new run_dir, or rerun with the original settings to resume")
+            "use a new run_dir, or rerun with the original settings to resume"
+        )

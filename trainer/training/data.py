@@ -16,12 +16,13 @@ and their side arrays, the store profile's `Profile.field_arrays`): the host
 does no decode pass at all, the train step dequantises on the device
 (`decode.decode_batch`, with the phase's `decode.BatchSpec`).
 """
+
 from __future__ import annotations
 
 import grain
-from absl import flags
 import jax
 import numpy as np
+from absl import flags
 
 from store import StoreInputError, StoreReader, StoreSchema, profiles
 from trainer.model.errors import ConfigError
@@ -31,8 +32,13 @@ from trainer.training import decode
 def check_fields(fields) -> None:
     """Refuses a store field the loader cannot read (ValueError naming the fields it can)."""
     for field in fields:
-        if field not in (profiles.TOKENS, profiles.TOPK, profiles.SAMPLED) and profiles.hidden_layer(field) is None:
-            raise ValueError(f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>")
+        if (
+            field not in (profiles.TOKENS, profiles.TOPK, profiles.SAMPLED)
+            and profiles.hidden_layer(field) is None
+        ):
+            raise ValueError(
+                f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>"
+            )
 
 
 class StoreSource:
@@ -65,8 +71,12 @@ class StoreSource:
         # The row list travels with the source: on a store that is still being
         # dumped (allow_partial), a worker re-listing committed rows could map
         # index → row differently from the process that shuffled the indices.
-        return {"url": self.url, "fields": self.fields, "allow_partial": self.allow_partial,
-                "rows": self._rows}
+        return {
+            "url": self.url,
+            "fields": self.fields,
+            "allow_partial": self.allow_partial,
+            "rows": self._rows,
+        }
 
     def __setstate__(self, state):
         rows = state.pop("rows", None)
@@ -110,8 +120,10 @@ class StoreSource:
         try:
             return self.reader.stored_names(self.fields, hidden_normalized=True)
         except StoreInputError as e:
-            raise ConfigError(f"store {self.url}: {e}; read only fields the store holds "
-                                  f"(python -m store inspect {self.url})") from None
+            raise ConfigError(
+                f"store {self.url}: {e}; read only fields the store holds "
+                f"(python -m store inspect {self.url})"
+            ) from None
 
     def read_indices(self, indices) -> dict[str, np.ndarray]:
         """Reads source indices (positions in `rows`) as one batch: {stored name: array}."""
@@ -133,8 +145,9 @@ class _ReadBatch(grain.transforms.Map):
         return self.source.read_indices(np.sort(indices))
 
 
-def make_dataset(source: StoreSource, batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+def make_dataset(
+    source: StoreSource, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
     """Infinite, seeded MapDataset of this host's batches.
 
     Args:
@@ -148,17 +161,25 @@ def make_dataset(source: StoreSource, batch_size: int, seed: int,
     """
     n = len(source)
     if n < batch_size * process_count:
-        raise ConfigError(f"store has {n} committed rows but a global batch needs "
-                              f"{batch_size * process_count}; lower data.batch_size or "
-                              f"write more rows")
+        raise ConfigError(
+            f"store has {n} committed rows but a global batch needs "
+            f"{batch_size * process_count}; lower data.batch_size or "
+            f"write more rows"
+        )
     ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
     ds = ds[process_index::process_count]
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
     return ds.map(_ReadBatch(source))
 
 
-def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads: int = 2,
-                  prefetch_buffer_size: int = 4, num_workers: int = 0):
+def make_iterator(
+    source: StoreSource,
+    global_batch: int,
+    seed: int,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 4,
+    num_workers: int = 0,
+):
     """A checkpointable iterator of host-local batches (Grain DatasetIterator).
 
     Args:
@@ -174,11 +195,12 @@ def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads
     """
     count, index = jax.process_count(), jax.process_index()
     if global_batch % count:
-        raise ConfigError(f"data.batch_size={global_batch} is not divisible by the "
-                              f"{count} hosts; use a multiple of {count}")
+        raise ConfigError(
+            f"data.batch_size={global_batch} is not divisible by the "
+            f"{count} hosts; use a multiple of {count}"
+        )
     ds = make_dataset(source, global_batch // count, seed, index, count)
-    options = grain.ReadOptions(num_threads=num_threads,
-                                prefetch_buffer_size=prefetch_buffer_size)
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
     iter_ds = ds.to_iter_dataset(options)
     if num_workers > 0:
         # Grain's worker processes read absl flags; outside an absl app nothing
@@ -189,9 +211,17 @@ def make_iterator(source: StoreSource, global_batch: int, seed: int, num_threads
     return iter(iter_ds)
 
 
-def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
-                    hidden_dim: int = 0, seed: int = 0, as_loaded: bool = True,
-                    profile: str = "exact", hidden_layer: int = 1) -> dict[str, np.ndarray]:
+def synthetic_batch(
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    k: int = 0,
+    hidden_dim: int = 0,
+    seed: int = 0,
+    as_loaded: bool = True,
+    profile: str = "exact",
+    hidden_layer: int = 1,
+) -> dict[str, np.ndarray]:
     """A random in-memory batch (bench/tests).
 
     Args:
@@ -224,12 +254,22 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, k: int = 0,
     if hidden_dim:
         stored.update(prof.encode_hidden(hidden_layer, batch["hidden"]))
         fields += (profiles.hidden_name(hidden_layer),)
-    spec = decode.BatchSpec(encoding=synthetic_encoding(profile, vocab_size, k, hidden_dim), fields=fields)
+    spec = decode.BatchSpec(
+        encoding=synthetic_encoding(profile, vocab_size, k, hidden_dim), fields=fields
+    )
     return {name: stored[name] for name in spec.names}
 
 
-def synthetic_encoding(profile: str, vocab_size: int, k: int = 0, hidden_dim: int = 0) -> decode.Encoding:
+def synthetic_encoding(
+    profile: str, vocab_size: int, k: int = 0, hidden_dim: int = 0
+) -> decode.Encoding:
     """The Encoding of `synthetic_batch(..., as_loaded=True, profile=profile)` batches."""
-    schema = StoreSchema(seq_len=2, k=k, vocab_size=vocab_size, hidden_layers=(1,) if hidden_dim else (),
-                         hidden_dim=hidden_dim, profile=profile)
+    schema = StoreSchema(
+        seq_len=2,
+        k=k,
+        vocab_size=vocab_size,
+        hidden_layers=(1,) if hidden_dim else (),
+        hidden_dim=hidden_dim,
+        profile=profile,
+    )
     return decode.Encoding.from_schema(schema, profiles.get_profile(profile).encodings(schema))

@@ -34,6 +34,7 @@ array — casts, int8 * float16 step and outlier restore, the log-prob code,
 packed ids, and lean's inverse Hadamard (its partial sums are all exact in
 float32, see `_lean_hidden`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,16 +72,26 @@ class Encoding:
 
     def __post_init__(self):
         if self.profile not in profiles.PROFILES:
-            raise ValueError(f"store profile {self.profile!r} is unknown; "
-                             f"store.profiles knows {sorted(profiles.PROFILES)}")
+            raise ValueError(
+                f"store profile {self.profile!r} is unknown; "
+                f"store.profiles knows {sorted(profiles.PROFILES)}"
+            )
         prof = self.store_profile
         if prof.topk.name not in TOPK_DECODERS or prof.hidden.name not in HIDDEN_DECODERS:
-            raise ValueError(f"store profile {self.profile!r} ({prof.topk.name} top-k, {prof.hidden.name} "
-                             f"hidden) has no device decoder; trainer.training.decode knows top-k "
-                             f"{sorted(TOPK_DECODERS)} and hidden {sorted(HIDDEN_DECODERS)}")
-        if prof.hidden.name == "lean" and self.hidden_dim and len(self.hidden_signs) != self.hidden_dim:
-            raise ValueError(f"lean store: {len(self.hidden_signs)} hidden_signs in the manifest "
-                             f"for hidden_dim={self.hidden_dim}; the store's manifest is damaged")
+            raise ValueError(
+                f"store profile {self.profile!r} ({prof.topk.name} top-k, {prof.hidden.name} "
+                f"hidden) has no device decoder; trainer.training.decode knows top-k "
+                f"{sorted(TOPK_DECODERS)} and hidden {sorted(HIDDEN_DECODERS)}"
+            )
+        if (
+            prof.hidden.name == "lean"
+            and self.hidden_dim
+            and len(self.hidden_signs) != self.hidden_dim
+        ):
+            raise ValueError(
+                f"lean store: {len(self.hidden_signs)} hidden_signs in the manifest "
+                f"for hidden_dim={self.hidden_dim}; the store's manifest is damaged"
+            )
         if not 0 <= self.ids_bits <= 32:
             raise ValueError(f"ids_bits={self.ids_bits} is outside 0..32; the manifest is damaged")
 
@@ -90,20 +101,30 @@ class Encoding:
         return profiles.PROFILES[self.profile]
 
     @classmethod
-    def from_reader(cls, reader) -> "Encoding":
+    def from_reader(cls, reader) -> Encoding:
         """The encoding of an open `store.StoreReader`'s store (schema + manifest)."""
         return cls.from_schema(reader.schema, reader.manifest["encodings"])
 
     @classmethod
-    def from_schema(cls, s, enc: dict) -> "Encoding":
+    def from_schema(cls, s, enc: dict) -> Encoding:
         """From a StoreSchema and the manifest's "encodings" entry (`Profile.describe`)."""
         # A store written before packed ids has no "ids_bits": ids stored as u16/i32.
         ids_bits = int(enc["ids_bits"]) if "ids_bits" in enc else 0
         # Lean rotation signs (listed only when the store has activations).
-        signs = tuple(int(x) for x in enc["hidden_signs"]) if "hidden_signs" in enc and s.hidden_dim else ()
-        return cls(profile=s.profile, vocab_size=int(s.vocab_size), k=int(s.k),
-                   samples=int(s.samples), hidden_dim=int(s.hidden_dim),
-                   ids_bits=ids_bits, hidden_signs=signs)
+        signs = (
+            tuple(int(x) for x in enc["hidden_signs"])
+            if "hidden_signs" in enc and s.hidden_dim
+            else ()
+        )
+        return cls(
+            profile=s.profile,
+            vocab_size=int(s.vocab_size),
+            k=int(s.k),
+            samples=int(s.samples),
+            hidden_dim=int(s.hidden_dim),
+            ids_bits=ids_bits,
+            hidden_signs=signs,
+        )
 
     def field_arrays(self, field: str) -> tuple[tuple[str, int], ...]:
         """(stored name, batch ndim) of the arrays a normalized read of a store field needs.
@@ -113,11 +134,18 @@ class Encoding:
         """
         layer = profiles.hidden_layer(field)
         shape = types.SimpleNamespace(
-            seq_len=1, vocab_size=max(self.vocab_size, 2), k=max(self.k, 1), samples=max(self.samples, 1),
-            hidden_layers=() if layer is None else (layer,), hidden_dim=self.hidden_dim)
+            seq_len=1,
+            vocab_size=max(self.vocab_size, 2),
+            k=max(self.k, 1),
+            samples=max(self.samples, 1),
+            hidden_layers=() if layer is None else (layer,),
+            hidden_dim=self.hidden_dim,
+        )
         table = self.store_profile.field_arrays(shape, normalized=True)
         if field not in table:
-            raise ValueError(f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>")
+            raise ValueError(
+                f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>"
+            )
         return tuple((spec.name, 1 + len(spec.inner_shape)) for spec in table[field])
 
 
@@ -144,7 +172,9 @@ class BatchSpec:
     @property
     def ndims(self) -> dict[str, int]:
         """{stored name: ndim} of the batch's arrays, batch dim first."""
-        return {name: ndim for field in self.fields for name, ndim in self.encoding.field_arrays(field)}
+        return {
+            name: ndim for field in self.fields for name, ndim in self.encoding.field_arrays(field)
+        }
 
     @property
     def names(self) -> list[str]:
@@ -167,22 +197,28 @@ def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
         if field == profiles.TOPK:
             out["topk"] = TOPK_DECODERS[prof.topk.name](batch, e)
         elif field == profiles.SAMPLED:
-            out["sampled"] = SampledSignal(ids=_ids(batch[sampled.IDS], e.samples, e.ids_bits),
-                                           counts=batch[sampled.COUNTS].astype(jnp.int32),
-                                           logprobs=batch[sampled.LOGPROBS].astype(jnp.float32))
+            out["sampled"] = SampledSignal(
+                ids=_ids(batch[sampled.IDS], e.samples, e.ids_bits),
+                counts=batch[sampled.COUNTS].astype(jnp.int32),
+                logprobs=batch[sampled.LOGPROBS].astype(jnp.float32),
+            )
         elif layer is not None:
             out["hidden"] = HIDDEN_DECODERS[prof.hidden.name](batch, layer, e)
     return Batch(**out)
 
 
 def _float16_topk(batch, e: Encoding) -> TopkSignal:
-    return TopkSignal(ids=_ids(batch[topk_codecs.IDS], e.k, e.ids_bits),
-                      logprobs=batch[topk_codecs.LOGPROBS].astype(jnp.float32))
+    return TopkSignal(
+        ids=_ids(batch[topk_codecs.IDS], e.k, e.ids_bits),
+        logprobs=batch[topk_codecs.LOGPROBS].astype(jnp.float32),
+    )
 
 
 def _companded_topk(batch, e: Encoding) -> TopkSignal:
-    return TopkSignal(ids=_ids(batch[topk_codecs.IDS], e.k, e.ids_bits),
-                      logprobs=_coded_logprobs(batch[topk_codecs.LOGPROBS], batch[topk_codecs.TOP_LOGPROB]))
+    return TopkSignal(
+        ids=_ids(batch[topk_codecs.IDS], e.k, e.ids_bits),
+        logprobs=_coded_logprobs(batch[topk_codecs.LOGPROBS], batch[topk_codecs.TOP_LOGPROB]),
+    )
 
 
 def _float16_hidden(batch, layer: int, e: Encoding):
@@ -190,8 +226,12 @@ def _float16_hidden(batch, layer: int, e: Encoding):
 
 
 def _int8_outliers_hidden(batch, layer: int, e: Encoding):
-    return _compact_hidden(batch[hidden_name(layer)], batch[aux_name(layer, "qstep")],
-                           batch[aux_name(layer, "outlier_idx")], batch[aux_name(layer, "outlier_val")])
+    return _compact_hidden(
+        batch[hidden_name(layer)],
+        batch[aux_name(layer, "qstep")],
+        batch[aux_name(layer, "outlier_idx")],
+        batch[aux_name(layer, "outlier_val")],
+    )
 
 
 def _lean_profile_hidden(batch, layer: int, e: Encoding):
@@ -212,8 +252,10 @@ def unpack_ids(packed_xN, n: int, bits: int):
     """
     nbytes = packed_xN.shape[-1]
     if nbytes != -(-n * bits // 8):
-        raise ValueError(f"packed ids have {nbytes} bytes per position; {n} ids of {bits} bits "
-                         f"need {-(-n * bits // 8)}")
+        raise ValueError(
+            f"packed ids have {nbytes} bytes per position; {n} ids of {bits} bits "
+            f"need {-(-n * bits // 8)}"
+        )
     start_n = np.arange(n) * bits
     byte0_n, shift_n = start_n // 8, (start_n % 8).astype(np.uint32)
     x = packed_xN.astype(jnp.uint32)
@@ -241,15 +283,18 @@ def _coded_logprobs(code_xK, top_x):
     """
     frac_C = np.arange(256, dtype=np.float32) * np.float32(1.0 / 254.0)
     offset_C = np.float32(topk_codecs.LP_RANGE) * frac_C * frac_C
-    lp = top_x.astype(jnp.float32)[..., None] - jnp.take(jnp.asarray(offset_C), code_xK.astype(jnp.int32))
+    lp = top_x.astype(jnp.float32)[..., None] - jnp.take(
+        jnp.asarray(offset_C), code_xK.astype(jnp.int32)
+    )
     return jnp.where(code_xK == topk_codecs.LP_NEG_INF_CODE, -jnp.inf, lp)
 
 
 def _compact_hidden(q_xD, step_x, idx_xN, val_xN):
     """y = int8 * qstep (exact in float32), outlier channels restored: float32 x/rms(x)."""
     y = q_xD.astype(jnp.float32) * step_x.astype(jnp.float32)[..., None]
-    return jnp.put_along_axis(y, idx_xN.astype(jnp.int32), val_xN.astype(jnp.float32), axis=-1,
-                              inplace=False)
+    return jnp.put_along_axis(
+        y, idx_xN.astype(jnp.int32), val_xN.astype(jnp.float32), axis=-1, inplace=False
+    )
 
 
 def lean_block(hidden_dim: int) -> int:
@@ -258,7 +303,9 @@ def lean_block(hidden_dim: int) -> int:
 
 
 # 2c - 5 for the three codes a byte packs (c_j = (byte // 6**j) % 6); bytes > 215 never occur.
-_LEAN_LUT = np.array([[2 * ((v // 6 ** j) % 6) - 5 for j in range(3)] for v in range(256)], np.float32)
+_LEAN_LUT = np.array(
+    [[2 * ((v // 6**j) % 6) - 5 for j in range(3)] for v in range(256)], np.float32
+)
 
 
 def sylvester(b: int) -> np.ndarray:
@@ -285,11 +332,17 @@ def _lean_hidden(packed_xP, step_xG, signs):
     D = len(signs)
     b = lean_block(D)
     G = D // b
-    m = jnp.take(jnp.asarray(_LEAN_LUT, jnp.bfloat16), packed_xP.astype(jnp.int32), axis=0)  # [..., P, 3]
-    m = m.reshape(packed_xP.shape[:-1] + (-1,))[..., :D]              # channels past D: padding
+    m = jnp.take(
+        jnp.asarray(_LEAN_LUT, jnp.bfloat16), packed_xP.astype(jnp.int32), axis=0
+    )  # [..., P, 3]
+    m = m.reshape(packed_xP.shape[:-1] + (-1,))[..., :D]  # channels past D: padding
     m = m.reshape(m.shape[:-1] + (G, b))
-    h = jnp.einsum("...gb,bc->...gc", m, jnp.asarray(sylvester(b), jnp.bfloat16),
-                   preferred_element_type=jnp.float32)                 # exact integers
+    h = jnp.einsum(
+        "...gb,bc->...gc",
+        m,
+        jnp.asarray(sylvester(b), jnp.bfloat16),
+        preferred_element_type=jnp.float32,
+    )  # exact integers
     r = h * (step_xG.astype(jnp.float32)[..., None] * jnp.float32(0.5))
     y = r * np.float32(1.0 / np.sqrt(b))
     y = y.reshape(y.shape[:-2] + (D,))
@@ -298,7 +351,10 @@ def _lean_hidden(packed_xP, step_xG, signs):
 
 # The jnp twins of the numpy decoders, keyed by the codec names (store/topk_codecs.py, store/hidden_codecs.py).
 TOPK_DECODERS = {"float16": _float16_topk, "uint8_companded": _companded_topk}
-HIDDEN_DECODERS = {"float16_rms": _float16_hidden, "int8_outliers": _int8_outliers_hidden,
-                   "lean": _lean_profile_hidden}
+HIDDEN_DECODERS = {
+    "float16_rms": _float16_hidden,
+    "int8_outliers": _int8_outliers_hidden,
+    "lean": _lean_profile_hidden,
+}
 
 EXACT = Encoding()  # Batches already holding values (synthetic, tests): decode = casts.

@@ -23,6 +23,7 @@ fatal errors. This most likely indicates that another task died"). The exit
 status is then non-zero (SIGABRT); relaunching every process with the same
 command resumes from the newest checkpoint.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,22 +57,27 @@ def env_params(environ=None) -> dict | None:
         raise ConfigError(
             f"distributed=True with {', '.join(n for n in ENV_VARS if n not in missing)} set but "
             f"{', '.join(missing)} unset; set all of {', '.join(ENV_VARS)} on every process, "
-            f"or none of them to use JAX's cluster auto-detection")
+            f"or none of them to use JAX's cluster auto-detection"
+        )
     address = values["JAX_COORDINATOR_ADDRESS"]
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"JAX_COORDINATOR_ADDRESS={address!r} is not host:port; "
-                                     f"use e.g. 127.0.0.1:12355 (process 0's address)")
+        raise ConfigError(
+            f"JAX_COORDINATOR_ADDRESS={address!r} is not host:port; "
+            f"use e.g. 127.0.0.1:12355 (process 0's address)"
+        )
     try:
         count, index = int(values["JAX_NUM_PROCESSES"]), int(values["JAX_PROCESS_ID"])
     except ValueError:
         raise ConfigError(
             f"JAX_NUM_PROCESSES={values['JAX_NUM_PROCESSES']!r} and JAX_PROCESS_ID="
-            f"{values['JAX_PROCESS_ID']!r} must be integers") from None
+            f"{values['JAX_PROCESS_ID']!r} must be integers"
+        ) from None
     if count < 1 or not 0 <= index < count:
         raise ConfigError(
             f"JAX_PROCESS_ID={index} is outside 0..JAX_NUM_PROCESSES-1 (JAX_NUM_PROCESSES="
-            f"{count}); give each process a distinct id below the process count")
+            f"{count}); give each process a distinct id below the process count"
+        )
     return {"coordinator_address": address, "num_processes": count, "process_id": index}
 
 
@@ -92,19 +98,29 @@ def initialize(enabled: bool, heartbeat_timeout_s: int, init_timeout_s: int) -> 
         return
     params = env_params()
     try:
-        jax.distributed.initialize(**(params or {}), heartbeat_timeout_seconds=heartbeat_timeout_s,
-                                   initialization_timeout=init_timeout_s)
+        jax.distributed.initialize(
+            **(params or {}),
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
+            initialization_timeout=init_timeout_s,
+        )
     except ValueError as e:
         # JAX's auto-detection found no cluster ("coordinator_address should be defined").
         raise ConfigError(
             f"distributed=True but no cluster was found ({e}); set {', '.join(ENV_VARS)} on "
-            f"every process (see README 'Scaling out') or run under Slurm/Open MPI/TPU") from None
+            f"every process (see README 'Scaling out') or run under Slurm/Open MPI/TPU"
+        ) from None
     except RuntimeError as e:
         # JAX refuses once this process has already started its devices.
         raise ConfigError(
             f"distributed=True but jax.distributed could not start here ({str(e)[:120]}); "
-            f"start the trainer in a fresh process, before any other JAX computation") from None
-    log.warning("distributed: process %d of %d, %d local / %d global devices; if a process "
-                "dies the others abort within ~%ds, relaunch all to resume",
-                jax.process_index(), jax.process_count(), jax.local_device_count(),
-                jax.device_count(), heartbeat_timeout_s)
+            f"start the trainer in a fresh process, before any other JAX computation"
+        ) from None
+    log.warning(
+        "distributed: process %d of %d, %d local / %d global devices; if a process "
+        "dies the others abort within ~%ds, relaunch all to resume",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        heartbeat_timeout_s,
+    )

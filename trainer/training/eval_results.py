@@ -16,12 +16,14 @@ it. Two scores are comparable only when their row sets are equal
 per task whose row set is known only by its size (``rows`` None), comparable
 only with another such score of the same size.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 DIGEST_CHARS = 16  # 64 bits of sha256: a row-set name, not a security property.
 
@@ -61,7 +63,9 @@ def row_key(score: dict) -> tuple:
 def describe(score: dict) -> str:
     """'n=139 rows 3f9c2a…' — how the row set of a score is shown to users."""
     rows = score.get("rows")
-    return f"n={score.get('n')} rows {rows[:8]}" if rows else f"n={score.get('n')} (rows not recorded)"
+    return (
+        f"n={score.get('n')} rows {rows[:8]}" if rows else f"n={score.get('n')} (rows not recorded)"
+    )
 
 
 def normalize(data: Any) -> dict:
@@ -71,11 +75,21 @@ def normalize(data: Any) -> dict:
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     scores = data.get("scores") if isinstance(data.get("scores"), dict) else None
     if scores is None:  # Written before row sets were recorded: the headline is all there is.
-        scores = {name: [dict(score, task=name, seq_len=score.get("seq_len", data.get("seq_len")))]
-                  for name, score in tasks.items() if isinstance(score, dict)}
-    scores = {name: [s for s in lst if isinstance(s, dict)] for name, lst in scores.items()
-              if isinstance(lst, list)}
-    return {**data, "scores": scores, "tasks": {name: headline(lst) for name, lst in scores.items() if lst}}
+        scores = {
+            name: [dict(score, task=name, seq_len=score.get("seq_len", data.get("seq_len")))]
+            for name, score in tasks.items()
+            if isinstance(score, dict)
+        }
+    scores = {
+        name: [s for s in lst if isinstance(s, dict)]
+        for name, lst in scores.items()
+        if isinstance(lst, list)
+    }
+    return {
+        **data,
+        "scores": scores,
+        "tasks": {name: headline(lst) for name, lst in scores.items() if lst},
+    }
 
 
 def headline(scores: list[dict]) -> dict:
@@ -98,8 +112,10 @@ def merge(old: Any, new: dict) -> tuple[dict, list[str]]:
     old = normalize(old)
     new = normalize(new)
     if old and old.get("fingerprint") != new.get("fingerprint"):
-        notes.append(f"held results of another model (fingerprint {str(old.get('fingerprint'))[:12]}…); "
-                     f"replaced")
+        notes.append(
+            f"held results of another model (fingerprint {str(old.get('fingerprint'))[:12]}…); "
+            f"replaced"
+        )
         old = {}
     scores = {name: list(lst) for name, lst in (old.get("scores") or {}).items()}
     for name, lst in new["scores"].items():
@@ -108,9 +124,15 @@ def merge(old: Any, new: dict) -> tuple[dict, list[str]]:
             kept[:] = [s for s in kept if row_key(s) != row_key(score)] + [score]
         top = headline(kept)
         if any(row_key(top) != row_key(s) for s in lst):
-            notes.append(f"{name}: the headline stays the score over {describe(top)}; the new one over "
-                         f"{describe(lst[-1])} is kept beside it in 'scores'")
-    merged = {**new, "scores": scores, "tasks": {name: headline(lst) for name, lst in scores.items()}}
+            notes.append(
+                f"{name}: the headline stays the score over {describe(top)}; the new one over "
+                f"{describe(lst[-1])} is kept beside it in 'scores'"
+            )
+    merged = {
+        **new,
+        "scores": scores,
+        "tasks": {name: headline(lst) for name, lst in scores.items()},
+    }
     return merged, notes
 
 

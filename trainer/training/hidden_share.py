@@ -20,6 +20,7 @@ per-step cost. HLDF phase 1 trains on L_HT alone, so its
 share is 1 by construction (printed, not computed); phase 2 has no hidden
 term.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,16 @@ def make_grad_norms_fn(runner):
     def grad_norms(state, batch):
         def term(params, hidden_only: bool):
             loss, step_metrics = methods.loss_fn(
-                params, state.regressor, batch, state.step, phase=phase, config=runner.config,
-                model_cfg=runner.model_cfg, num_steps=plan.num_steps, encoding=runner.encoding)
+                params,
+                state.regressor,
+                batch,
+                state.step,
+                phase=phase,
+                config=runner.config,
+                model_cfg=runner.model_cfg,
+                num_steps=plan.num_steps,
+                encoding=runner.encoding,
+            )
             return phase.hidden_weight * step_metrics["hidden_mse"] if hidden_only else loss
 
         # Two plain gradients, not one jacrev: a vmapped backward would hold two sets of
@@ -63,20 +72,28 @@ def loss_share(phase: methods.Phase, values: dict) -> dict:
     """The hidden term's part of a logged step's loss, from its metrics (host floats)."""
     weighted = phase.hidden_weight * values["hidden_mse"]
     loss = values["loss"]
-    return {"hidden_term": values["hidden_mse"], "weighted": weighted, "loss": loss,
-            "loss_share": weighted / loss if loss else float("nan")}
+    return {
+        "hidden_term": values["hidden_mse"],
+        "weighted": weighted,
+        "loss": loss,
+        "loss_share": weighted / loss if loss else float("nan"),
+    }
 
 
 def describe(method: str, phase: methods.Phase, d_teacher: int, record: dict) -> str:
     """The one line the trainer prints for a record of `ShareLog`."""
     what = f"loss.hidden_reduction={phase.hidden_reduction} over D={d_teacher}"
     if not phase.kd_term and not phase.data_term:
-        return (f"hidden term ({method} phase {phase.index}, {what}) at step {record['step']}: "
-                f"L_HT = {record['hidden_term']:.5g} is the whole loss (this phase trains on "
-                f"it alone)")
-    line = (f"hidden term ({method}, γ={phase.hidden_weight:g}, {what}) at step {record['step']}: "
-            f"γ·L_emb = {record['weighted']:.3g} (L_emb {record['hidden_term']:.3g}) = "
-            f"{100 * record['loss_share']:.3g}% of the loss {record['loss']:.4f}")
+        return (
+            f"hidden term ({method} phase {phase.index}, {what}) at step {record['step']}: "
+            f"L_HT = {record['hidden_term']:.5g} is the whole loss (this phase trains on "
+            f"it alone)"
+        )
+    line = (
+        f"hidden term ({method}, γ={phase.hidden_weight:g}, {what}) at step {record['step']}: "
+        f"γ·L_emb = {record['weighted']:.3g} (L_emb {record['hidden_term']:.3g}) = "
+        f"{100 * record['loss_share']:.3g}% of the loss {record['loss']:.4f}"
+    )
     if "grad_share" in record:
         line += f"; {100 * record['grad_share']:.3g}% of the student's gradient norm"
     return line
@@ -93,9 +110,13 @@ class ShareLog:
     def __init__(self, config, runner):
         self.config, self.runner, self.phase = config, runner, runner.plan.phase
         self.path = os.path.join(config.run_dir, FILENAME)
-        self.state = {"method": config.method, "gamma": float(config.loss.gamma),
-                      "hidden_reduction": self.phase.hidden_reduction,
-                      "d_teacher": runner.d_teacher, "records": []}
+        self.state = {
+            "method": config.method,
+            "gamma": float(config.loss.gamma),
+            "hidden_reduction": self.phase.hidden_reduction,
+            "d_teacher": runner.d_teacher,
+            "records": [],
+        }
         if os.path.exists(self.path):  # A resumed run keeps what it printed before.
             with open(self.path, encoding="utf-8") as f:
                 self.state["records"] = json.load(f)["records"]
@@ -119,14 +140,17 @@ class ShareLog:
             # Every process takes part (the arrays are global); process 0 reports.
             self.grad_fn = self.grad_fn or make_grad_norms_fn(self.runner)
             hidden, total = (float(v) for v in jax.device_get(self.grad_fn(state, batch)))
-            record.update(hidden_grad_norm=hidden, total_grad_norm=total,
-                          grad_share=hidden / total if total > 0 and math.isfinite(total)
-                          else float("nan"))
+            record.update(
+                hidden_grad_norm=hidden,
+                total_grad_norm=total,
+                grad_share=hidden / total if total > 0 and math.isfinite(total) else float("nan"),
+            )
         self.remaining -= 1
         self.state["records"].append(record)
         if jax.process_index() == 0:
-            print(describe(self.config.method, self.phase, self.runner.d_teacher, record),
-                  flush=True)
+            print(
+                describe(self.config.method, self.phase, self.runner.d_teacher, record), flush=True
+            )
             with open(self.path, "w", encoding="utf-8") as f:
                 json.dump(self.state, f, indent=1)
         return grads

@@ -11,6 +11,7 @@ collective of one int per process, so all of them stop at the same step,
 checkpoint it together and print the same line (one process alone would wait
 forever in the checkpoint's barriers while the others kept stepping).
 """
+
 from __future__ import annotations
 
 import signal
@@ -47,7 +48,7 @@ class StopOnSignal:
         self.resume_step = resume_step  # The step the newest checkpoint holds.
         self._old = {}
 
-    def install(self) -> "StopOnSignal":
+    def install(self) -> StopOnSignal:
         """Installs the handlers (main thread only); returns self."""
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
@@ -64,7 +65,9 @@ class StopOnSignal:
         if self.signum is not None:
             raise TrainingInterrupted(
                 f"{signal.Signals(signum).name} again before a checkpoint was written; re-run "
-                f"the same command to resume from step {self.resume_step}", signum)
+                f"the same command to resume from step {self.resume_step}",
+                signum,
+            )
         self.signum = signum
 
     def requested(self) -> bool:

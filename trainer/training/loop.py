@@ -17,6 +17,7 @@ has no decay to continue; restarting AdamW is what "KD on the whole student
 starting from the phase-1 weights" means in the paper. The data iterator
 continues (phase 2 never re-reads phase-1 batches).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +35,30 @@ from jax.experimental import multihost_utils
 
 from store import StoreReader
 from store import objective_penalty as penalty_lib
-from trainer.training import (
-    checkpoint, config as config_lib, data, decode, distributed, memory, methods, metrics,
-    microbatch, run_lock, sharding, state as train_state, store_align,
-)
-from trainer.training import hidden_share
-from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 from trainer import flops
-from trainer.model import gemma3 as model, model_config, model_io
+from trainer.model import gemma3 as model
+from trainer.model import model_config, model_io
+from trainer.training import (
+    checkpoint,
+    data,
+    decode,
+    distributed,
+    hidden_share,
+    memory,
+    methods,
+    metrics,
+    microbatch,
+    run_lock,
+    sharding,
+    store_align,
+)
+from trainer.training import (
+    config as config_lib,
+)
+from trainer.training import (
+    state as train_state,
+)
+from trainer.training.interrupt import StopOnSignal, TrainingInterrupted  # noqa: F401 (API)
 
 
 class TrainingDivergedError(ValueError):
@@ -59,25 +76,38 @@ class PhasePlan:
 
 def model_config_from(config) -> model_config.ModelConfig:
     """The student ModelConfig named by `config.model`."""
-    return model_config.get_config(config.model.name, vocab_size=config.model.vocab_size,
-                                   dtype=config.model.dtype, remat=config.model.remat)
+    return model_config.get_config(
+        config.model.name,
+        vocab_size=config.model.vocab_size,
+        dtype=config.model.dtype,
+        remat=config.model.remat,
+    )
 
 
 def check_store(config, reader: StoreReader, model_cfg, phases) -> None:
     """Alignment of store and config: one SchemaMismatchError listing every mismatch."""
     del model_cfg  # Its vocab is config.model.vocab_size, which store_align checks.
-    store_align.check_store(config, reader.schema, config.store.url,
-                            needs_topk=any(p.kd_term for p in phases),
-                            needs_hidden=any(p.hidden_term for p in phases))
+    store_align.check_store(
+        config,
+        reader.schema,
+        config.store.url,
+        needs_topk=any(p.kd_term for p in phases),
+        needs_hidden=any(p.hidden_term for p in phases),
+    )
 
 
 def open_store(config) -> tuple[StoreReader, object]:
     """The run's store and the resolved config (frozen; the store's geometry with data.from_store)."""
-    reader = StoreReader(config_lib.resolve_local_path(config.store.url),
-                         allow_partial=config.store.allow_partial)
+    reader = StoreReader(
+        config_lib.resolve_local_path(config.store.url), allow_partial=config.store.allow_partial
+    )
     phases = methods.phases(config, model_config_from(config).num_layers)  # Phases need L, not V.
-    resolved = store_align.resolve(config, reader.schema, needs_topk=any(p.kd_term for p in phases),
-                                   needs_hidden=any(p.hidden_term for p in phases))
+    resolved = store_align.resolve(
+        config,
+        reader.schema,
+        needs_topk=any(p.kd_term for p in phases),
+        needs_hidden=any(p.hidden_term for p in phases),
+    )
     if config.data.from_store and any(p.kd_term for p in phases) and jax.process_index() == 0:
         print(f"data.from_store: {store_align.signal_choice(resolved, reader.schema)}", flush=True)
     return reader, resolved
@@ -85,9 +115,12 @@ def open_store(config) -> tuple[StoreReader, object]:
 
 def flop_counts(config, model_cfg) -> dict:
     """trainer.flops.model_flops of the student with this config's regressor widths."""
-    return flops.model_flops(model_cfg, teacher_d_model=config.teacher.d_model or None,
-                             seq_len=config.data.seq_len,
-                             ht_blocks=methods.student_layer(config, model_cfg.num_layers))
+    return flops.model_flops(
+        model_cfg,
+        teacher_d_model=config.teacher.d_model or None,
+        seq_len=config.data.seq_len,
+        ht_blocks=methods.student_layer(config, model_cfg.num_layers),
+    )
 
 
 def phase_flops_per_token(config, model_cfg, phase: methods.Phase) -> float:
@@ -109,8 +142,13 @@ def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
     """Steps per phase from the one budget (trainer.flops), HLDF split by hldf.p1."""
     tokens_per_step = config.data.batch_size * config.data.seq_len
     counts = flop_counts(config, model_cfg)
-    step_plan = flops.plan_steps(budget_flops(config, counts), config.method, tokens_per_step,
-                                 p1=config.hldf.p1, counts=counts)
+    step_plan = flops.plan_steps(
+        budget_flops(config, counts),
+        config.method,
+        tokens_per_step,
+        p1=config.hldf.p1,
+        counts=counts,
+    )
     plans = []
     for phase, n, cost in zip(phases, step_plan, step_plan.phase_costs):
         if cost != phase.flops_method:
@@ -118,19 +156,35 @@ def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
         if n < 1:
             raise config_lib.ConfigError(
                 f"budget {config.budget.value:g} {config.budget.unit} gives {n} steps for phase "
-                f"{phase.index} of {config.method}; raise budget.value")
+                f"{phase.index} of {config.method}; raise budget.value"
+            )
         if n > MAX_STEPS:  # E.g. budget.value=1e30: the schedules' int32 step would overflow.
             raise config_lib.ConfigError(
                 f"budget {config.budget.value:g} {config.budget.unit} gives {n:.3g} steps for phase "
                 f"{phase.index} of {config.method}, more than the {MAX_STEPS} a run can count; "
-                f"lower budget.value")
-        plans.append(PhasePlan(phase=phase, num_steps=int(n),
-                               flops_per_token=counts["flops_per_token"][phase.flops_method]))
+                f"lower budget.value"
+            )
+        plans.append(
+            PhasePlan(
+                phase=phase,
+                num_steps=int(n),
+                flops_per_token=counts["flops_per_token"][phase.flops_method],
+            )
+        )
     return tuple(plans)
 
 
-def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, mesh,
-                    state_shardings, batch_keys_ndim: dict, encoding: decode.Encoding):
+def make_train_step(
+    config,
+    model_cfg,
+    plan: PhasePlan,
+    optimizer,
+    lr_schedule,
+    mesh,
+    state_shardings,
+    batch_keys_ndim: dict,
+    encoding: decode.Encoding,
+):
     """The jitted step: (state, batch) -> (state, metrics); state is donated.
 
     The batch holds the store's arrays as stored; `encoding` is how loss_fn
@@ -143,23 +197,41 @@ def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, 
 
     def step_fn(state: train_state.TrainState, batch):
         def loss_of(trainables, part, counts):
-            return methods.loss_fn(trainables["params"], trainables["regressor"], part,
-                                   state.step, phase=phase, config=config,
-                                   model_cfg=model_cfg, num_steps=plan.num_steps,
-                                   encoding=encoding, counts=counts)
+            return methods.loss_fn(
+                trainables["params"],
+                trainables["regressor"],
+                part,
+                state.step,
+                phase=phase,
+                config=config,
+                model_cfg=model_cfg,
+                num_steps=plan.num_steps,
+                encoding=encoding,
+                counts=counts,
+            )
 
         with sharding.activation_sharding(mesh):
             (_, step_metrics), grads = microbatch.value_and_grad(
-                loss_of, state.trainables, batch, config.data.micro_batches, mesh=mesh,
+                loss_of,
+                state.trainables,
+                batch,
+                config.data.micro_batches,
+                mesh=mesh,
                 counts_fn=lambda b: methods.token_counts(b, phase),
-                constant_metrics=methods.CONSTANT_METRICS)
+                constant_metrics=methods.CONSTANT_METRICS,
+            )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainables)
         new = jax.tree.map(lambda p, u: p + u, state.trainables, updates)
-        step_metrics["grad_norm"] = jnp.sqrt(sum(
-            jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
+        step_metrics["grad_norm"] = jnp.sqrt(
+            sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads))
+        )
         step_metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
-        new_state = state.replace(step=state.step + 1, params=new["params"],
-                                  regressor=new["regressor"], opt_state=opt_state)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=new["params"],
+            regressor=new["regressor"],
+            opt_state=opt_state,
+        )
         return new_state, step_metrics
 
     # chex keys its trace counter on the function's name and source; a unique
@@ -167,9 +239,12 @@ def make_train_step(config, model_cfg, plan: PhasePlan, optimizer, lr_schedule, 
     step_fn.__name__ = f"train_step_phase{phase.index}_{next(_STEP_IDS)}"
     step_fn = chex.assert_max_traces(step_fn, n=1)
     batch_shardings = {k: sharding.batch_sharding(mesh, nd) for k, nd in batch_keys_ndim.items()}
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)),
-                   donate_argnums=(0,))
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
 _STEP_IDS = itertools.count()
@@ -183,43 +258,61 @@ class PhaseRunner:
     takes exact-profile arrays (e.g. `data.synthetic_batch`).
     """
 
-    def __init__(self, config, model_cfg, plan: PhasePlan, mesh,
-                 encoding: decode.Encoding = decode.EXACT):
+    def __init__(
+        self, config, model_cfg, plan: PhasePlan, mesh, encoding: decode.Encoding = decode.EXACT
+    ):
         self.config, self.model_cfg, self.plan, self.mesh = config, model_cfg, plan, mesh
         phase = plan.phase
         opt = config.optim
         self.lr_schedule = methods.lr_schedule(config, phase, plan.num_steps)
         mask = None
         if phase.num_blocks is not None:
-            shapes = jax.eval_shape(lambda k: model.init_params(model_cfg, k),
-                                    jax.random.key(0))
+            shapes = jax.eval_shape(lambda k: model.init_params(model_cfg, k), jax.random.key(0))
             mask = train_state.first_half_mask(shapes, phase.num_blocks)
         self.optimizer = train_state.make_optimizer(
-            self.lr_schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-            weight_decay=opt.weight_decay, grad_clip=opt.grad_clip, params_mask=mask)
+            self.lr_schedule,
+            b1=opt.b1,
+            b2=opt.b2,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            grad_clip=opt.grad_clip,
+            params_mask=mask,
+        )
         self.d_teacher = config.teacher.d_model or model_cfg.d_model
         replicated = sharding.replicated(mesh)
         abstract = jax.eval_shape(self._fresh_state, jax.random.key(0))
         self.param_shardings = sharding.tree_shardings(
-            model.param_logical_axes(model_cfg), abstract.params, mesh)
+            model.param_logical_axes(model_cfg), abstract.params, mesh
+        )
         reg_axes = methods.regressor_logical_axes(phase.regressor, abstract.regressor)
         self.reg_shardings = sharding.tree_shardings(reg_axes, abstract.regressor, mesh)
         self.state_shardings = train_state.state_shardings(
-            abstract, self.optimizer, self.param_shardings, self.reg_shardings, replicated)
+            abstract, self.optimizer, self.param_shardings, self.reg_shardings, replicated
+        )
         self.abstract_state = checkpoint.abstract_like(abstract, self.state_shardings)
         self.encoding = encoding
         batch_ndims = decode.BatchSpec(encoding=encoding, fields=phase.fields).ndims
         self.batch_keys = tuple(batch_ndims)
-        self.step = make_train_step(config, model_cfg, plan, self.optimizer, self.lr_schedule,
-                                    mesh, self.state_shardings, batch_ndims, encoding)
+        self.step = make_train_step(
+            config,
+            model_cfg,
+            plan,
+            self.optimizer,
+            self.lr_schedule,
+            mesh,
+            self.state_shardings,
+            batch_ndims,
+            encoding,
+        )
 
     def _fresh_state(self, rng, params=None):
         # Three keys, as when the state carried one, so inits stay the same.
         p_rng, r_rng, _ = jax.random.split(rng, 3)
         if params is None:
             params = model.init_params(self.model_cfg, p_rng)
-        regressor = methods.init_regressor(self.plan.phase.regressor, r_rng,
-                                           self.model_cfg.d_model, self.d_teacher)
+        regressor = methods.init_regressor(
+            self.plan.phase.regressor, r_rng, self.model_cfg.d_model, self.d_teacher
+        )
         return train_state.init_state(params, regressor, self.optimizer)
 
     def init_state(self, rng, params=None) -> train_state.TrainState:
@@ -231,10 +324,13 @@ class PhaseRunner:
         """Host numpy batch → global sharded arrays with exactly the phase's keys."""
         missing = [k for k in self.batch_keys if k not in host_batch]
         if missing:
-            raise ValueError(f"batch lacks {missing} needed by this phase; read the store "
-                             f"with trainer.training.data.StoreSource(url, phase.fields)")
-        return sharding.global_batch_from_host({k: host_batch[k] for k in self.batch_keys},
-                                               self.mesh)
+            raise ValueError(
+                f"batch lacks {missing} needed by this phase; read the store "
+                f"with trainer.training.data.StoreSource(url, phase.fields)"
+            )
+        return sharding.global_batch_from_host(
+            {k: host_batch[k] for k in self.batch_keys}, self.mesh
+        )
 
 
 def run(config) -> dict:
@@ -248,9 +344,12 @@ def run(config) -> dict:
         TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is saved).
     """
     started = time.time()  # final.json's wall_s: this invocation, compiles and export included.
-    config_lib.validate(config)  # The user's settings, once; the store's geometry is valid by its schema.
-    distributed.initialize(config.distributed, config.distributed_heartbeat_s,
-                           config.distributed_init_timeout_s)
+    config_lib.validate(
+        config
+    )  # The user's settings, once; the store's geometry is valid by its schema.
+    distributed.initialize(
+        config.distributed, config.distributed_heartbeat_s, config.distributed_init_timeout_s
+    )
     reader, config = open_store(config)  # From here on: the resolved, frozen config.
     model_cfg = model_config_from(config)
     phases = methods.phases(config, model_cfg.num_layers)
@@ -258,13 +357,16 @@ def run(config) -> dict:
     plans = plan_phases(config, model_cfg, phases)
     methods.check_schedules(config, [(p.phase, p.num_steps) for p in plans])
     # Process 0 alone reports it: the others would read sample rows that are not their share.
-    penalty = methods.objective_penalty(config, reader, phases) if jax.process_index() == 0 else None
+    penalty = (
+        methods.objective_penalty(config, reader, phases) if jax.process_index() == 0 else None
+    )
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     divisor = sharding.batch_divisor(mesh)
     if config.data.batch_size % divisor:
         raise config_lib.ConfigError(
             f"data.batch_size={config.data.batch_size} is not divisible by the mesh's batch "
-            f"axes (data×fsdp={divisor}); use a multiple of {divisor}")
+            f"axes (data×fsdp={divisor}); use a multiple of {divisor}"
+        )
     microbatch.check_micro_batches(config.data.micro_batches, config.data.batch_size, divisor)
     lock = run_lock.own_run_dir(config.run_dir, config.store.url)  # Before writing anything.
     try:
@@ -299,8 +401,11 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
     if latest is not None:
         meta = ckpt.restore_meta(latest)
         if jax.process_index() == 0 and meta["global_step"] < total_steps:
-            print(f"resuming from step {meta['global_step']} of {total_steps} (checkpoint in "
-                  f"{ckpt.directory})", flush=True)
+            print(
+                f"resuming from step {meta['global_step']} of {total_steps} (checkpoint in "
+                f"{ckpt.directory})",
+                flush=True,
+            )
     resumed_from = meta["global_step"]
     final_path = os.path.join(run_dir, "final.json")
     if meta["global_step"] == total_steps and os.path.exists(final_path):
@@ -308,8 +413,9 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
         ckpt.close()
         with open(final_path, encoding="utf-8") as f:
             return json.load(f)
-    writer = metrics.MetricsWriter(run_dir, total_steps, resume_step=meta["global_step"],
-                                   num_phases=len(plans))
+    writer = metrics.MetricsWriter(
+        run_dir, total_steps, resume_step=meta["global_step"], num_phases=len(plans)
+    )
     data_state = None
     params = None
     rng = jax.random.key(config.seed)
@@ -320,13 +426,17 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
             if plan.phase.index < meta["phase"]:
                 continue
             runner = PhaseRunner(config, model_cfg, plan, mesh, decode.Encoding.from_reader(reader))
-            source = data.StoreSource(config.store.url, plan.phase.fields,
-                                      allow_partial=config.store.allow_partial)
+            source = data.StoreSource(
+                config.store.url, plan.phase.fields, allow_partial=config.store.allow_partial
+            )
             iterator = data.make_iterator(
-                source, config.data.batch_size, config.seed,
+                source,
+                config.data.batch_size,
+                config.seed,
                 num_threads=config.data.num_threads,
                 prefetch_buffer_size=config.data.prefetch_buffer_size,
-                num_workers=config.data.num_workers)
+                num_workers=config.data.num_workers,
+            )
             if latest is not None and plan.phase.index == meta["phase"]:
                 state, data_state = ckpt.restore(latest, runner.abstract_state)
             else:
@@ -334,9 +444,20 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
                 meta = {**meta, "phase": plan.phase.index, "phase_step": 0}
             if data_state is not None:
                 iterator.set_state(data_state)
-            state, meta, phase_last = _run_phase(config, plan, runner, state, iterator,
-                                                 ckpt, writer, meta, total_steps,
-                                                 tokens_per_step, mesh.size, stop)
+            state, meta, phase_last = _run_phase(
+                config,
+                plan,
+                runner,
+                state,
+                iterator,
+                ckpt,
+                writer,
+                meta,
+                total_steps,
+                tokens_per_step,
+                mesh.size,
+                stop,
+            )
             last = phase_last or last
             data_state = iterator.get_state()
             params = state.params
@@ -348,37 +469,63 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
     if not last and jax.process_index() == 0 and os.path.exists(writer.path):
         # Training had finished before this process (its export failed or was
         # interrupted): the summary's loss terms are the last logged ones.
-        last = {k: v for k, v in (metrics.read_metrics(run_dir) or [{}])[-1].items()
-                if k != "step"}
+        last = {k: v for k, v in (metrics.read_metrics(run_dir) or [{}])[-1].items() if k != "step"}
     # Every process takes part in the gather; only process 0 writes. The export is
     # the student alone (state.params): regressors never leave the train state.
-    host_params = (multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1
-                   else jax.device_get(params))
-    summary = {"method": config.method, "global_step": meta["global_step"],
-               "cumulative_flops": meta["cumulative_flops"], **last,
-               # A resumed run counts from its resume (resumed_from_step > 0).
-               "resumed_from_step": resumed_from, "wall_s": None}
+    host_params = (
+        multihost_utils.process_allgather(params, tiled=True)
+        if jax.process_count() > 1
+        else jax.device_get(params)
+    )
+    summary = {
+        "method": config.method,
+        "global_step": meta["global_step"],
+        "cumulative_flops": meta["cumulative_flops"],
+        **last,
+        # A resumed run counts from its resume (resumed_from_step > 0).
+        "resumed_from_step": resumed_from,
+        "wall_s": None,
+    }
     if jax.process_index() == 0:
         # overwrite: the export is derived from the final checkpoint, so a
         # half-written one (a failed or killed export) is simply written again.
-        model_io.save_model(os.path.join(run_dir, "export"), model_cfg, host_params,
-                            metadata={"method": config.method, "steps": total_steps,
-                                      "cumulative_flops": meta["cumulative_flops"],
-                                      # The context the model was trained with:
-                                      # evaluation defaults to it and checks stores.
-                                      "seq_len": config.data.seq_len,
-                                      # Lets the pipeline and evaluation refuse a
-                                      # tokenizer this model was not trained with.
-                                      "tokenizer_sha256": reader.schema.tokenizer.get("sha256", "")},
-                            overwrite=True)
+        model_io.save_model(
+            os.path.join(run_dir, "export"),
+            model_cfg,
+            host_params,
+            metadata={
+                "method": config.method,
+                "steps": total_steps,
+                "cumulative_flops": meta["cumulative_flops"],
+                # The context the model was trained with:
+                # evaluation defaults to it and checks stores.
+                "seq_len": config.data.seq_len,
+                # Lets the pipeline and evaluation refuse a
+                # tokenizer this model was not trained with.
+                "tokenizer_sha256": reader.schema.tokenizer.get("sha256", ""),
+            },
+            overwrite=True,
+        )
         summary["wall_s"] = round(time.time() - started, 1)
         with open(final_path, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return summary
 
 
-def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_steps,
-               tokens_per_step, num_devices, stop: StopOnSignal):
+def _run_phase(
+    config,
+    plan,
+    runner,
+    state,
+    iterator,
+    ckpt,
+    writer,
+    meta,
+    total_steps,
+    tokens_per_step,
+    num_devices,
+    stop: StopOnSignal,
+):
     """Steps one phase to its end; checkpoints, logs; stops on NaN/Inf or a signal."""
     phase_step = int(meta["phase_step"])
     good_step = ckpt.latest_step()
@@ -393,8 +540,12 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
         phase_step += 1
         timer_steps += 1
         global_step = meta["global_step"] + 1
-        meta = {**meta, "phase_step": phase_step, "global_step": global_step,
-                "cumulative_flops": meta["cumulative_flops"] + flops_per_step}
+        meta = {
+            **meta,
+            "phase_step": phase_step,
+            "global_step": global_step,
+            "cumulative_flops": meta["cumulative_flops"] + flops_per_step,
+        }
         end = phase_step == plan.num_steps
         save = end or global_step % config.checkpoint_every == 0
         if end or save or global_step % config.log_every == 0:
@@ -412,14 +563,19 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
                 raise TrainingDivergedError(
                     f"non-finite {bad} at step {global_step} (phase {plan.phase.index}); the "
                     f"last good checkpoint (step {good_step}) is kept in {ckpt.directory}; "
-                    f"lower optim.lr or check the store")
-            record = {"phase": plan.phase.index, **values,
-                      "cumulative_flops": meta["cumulative_flops"],
-                      "tokens": global_step * tokens_per_step}
+                    f"lower optim.lr or check the store"
+                )
+            record = {
+                "phase": plan.phase.index,
+                **values,
+                "cumulative_flops": meta["cumulative_flops"],
+                "tokens": global_step * tokens_per_step,
+            }
             if math.isfinite(rate):
                 record["tokens_per_s"] = rate
-                record["mfu"] = metrics.mfu(plan.flops_per_token, rate,
-                                            config.peak_flops_per_device, num_devices)
+                record["mfu"] = metrics.mfu(
+                    plan.flops_per_token, rate, config.peak_flops_per_device, num_devices
+                )
             writer.write(global_step, record)
             if shares.observe(global_step, values, state, batch):  # Its compile: not in tokens/s.
                 timer_start, timer_steps = time.perf_counter(), 0
@@ -439,7 +595,9 @@ def _run_phase(config, plan, runner, state, iterator, ckpt, writer, meta, total_
             raise TrainingInterrupted(
                 f"{signal.Signals(stop.signum).name} at step {global_step}/{total_steps}: "
                 f"checkpoint saved in {ckpt.directory}; re-run the same command to resume "
-                f"from step {global_step}", stop.signum)
+                f"from step {global_step}",
+                stop.signum,
+            )
         if config.debug.kill_at_step and global_step == config.debug.kill_at_step:
             os.kill(os.getpid(), signal.Signals[config.debug.kill_signal])
     return state, meta, last

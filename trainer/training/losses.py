@@ -45,16 +45,17 @@ truncation hold ``-inf`` (and id 0). Such slots get weight 0 everywhere, with
 no NaN in the value or the gradient; a token with no finite slot at all gets
 a KD value of 0 (the caller's mask should normally exclude it anyway).
 """
+
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from trainer.model.model_config import parse_enum
 from trainer.model.errors import ConfigError
+from trainer.model.model_config import parse_enum
 
 # A finite stand-in for -inf: keeps logsumexp and its gradient NaN-free when
 # every entry of a row is masked, while exp(_NEG - anything finite) == 0.
@@ -84,7 +85,7 @@ class Divergence(enum.Enum):
 
     FORWARD_KL = "forward_kl"  # KL(p ‖ q): mode-covering, the classic KD loss.
     REVERSE_KL = "reverse_kl"  # KL(q ‖ p): mode-seeking.
-    JSD = "jsd"                # ½KL(p‖m) + ½KL(q‖m), m = ½(p + q); bounded by log 2.
+    JSD = "jsd"  # ½KL(p‖m) + ½KL(q‖m), m = ½(p + q); bounded by log 2.
 
 
 class HiddenReduction(enum.Enum):
@@ -132,10 +133,10 @@ def check_temperature(temperature, tail) -> float:
         tau = float(temperature)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"KD temperature must be a number, got {temperature!r}; pass e.g. 1.0") from None
+            f"KD temperature must be a number, got {temperature!r}; pass e.g. 1.0"
+        ) from None
     if not (tau > 0.0 and tau < float("inf")):
-        raise ConfigError(
-            f"KD temperature must be finite and > 0, got {tau}; pass e.g. 0.5 or 1.0")
+        raise ConfigError(f"KD temperature must be finite and > 0, got {tau}; pass e.g. 0.5 or 1.0")
     return tau
 
 
@@ -152,7 +153,8 @@ def nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
     """
     logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
     picked_BxTx1 = jnp.take_along_axis(
-        logp_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1)
+        logp_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1
+    )
     return -picked_BxTx1[..., 0]
 
 
@@ -236,14 +238,17 @@ def _reverse_kl(logp_BxTxC, logq_BxTxC, valid_BxTxC):
     # would reward pushing student mass off the support) and values go < 0.
     q_BxTxC = jnp.exp(logq_BxTxC)
     linear_BxTxC = jnp.where(valid_BxTxC, jnp.exp(logp_BxTxC) - q_BxTxC, 0.0)
-    return (_xlogy_diff(q_BxTxC, logq_BxTxC, logp_BxTxC, valid_BxTxC)
-            + jnp.sum(linear_BxTxC, axis=-1))
+    return _xlogy_diff(q_BxTxC, logq_BxTxC, logp_BxTxC, valid_BxTxC) + jnp.sum(
+        linear_BxTxC, axis=-1
+    )
 
 
 def _jsd(logp_BxTxC, logq_BxTxC, valid_BxTxC):
     logm_BxTxC = jnp.logaddexp(logp_BxTxC, logq_BxTxC) - jnp.log(2.0)
-    return 0.5 * (_forward_kl(logp_BxTxC, logm_BxTxC, valid_BxTxC)
-                  + _xlogy_diff(jnp.exp(logq_BxTxC), logq_BxTxC, logm_BxTxC, valid_BxTxC))
+    return 0.5 * (
+        _forward_kl(logp_BxTxC, logm_BxTxC, valid_BxTxC)
+        + _xlogy_diff(jnp.exp(logq_BxTxC), logq_BxTxC, logm_BxTxC, valid_BxTxC)
+    )
 
 
 # Each takes (log p_teacher, log q_student, valid) over the classes [..., C]
@@ -256,12 +261,14 @@ _DIVERGENCES: dict[Divergence, Callable[..., jax.Array]] = {
 }
 
 
-def kd_topk(student_logits_BxTxV: jax.Array,
-            topk_ids_BxTxK: jax.Array,
-            topk_logprobs_BxTxK: jax.Array,
-            temperature: float,
-            tail: str | TailMode = "zero",
-            divergence: str | Divergence = "forward_kl") -> jax.Array:
+def kd_topk(
+    student_logits_BxTxV: jax.Array,
+    topk_ids_BxTxK: jax.Array,
+    topk_logprobs_BxTxK: jax.Array,
+    temperature: float,
+    tail: str | TailMode = "zero",
+    divergence: str | Divergence = "forward_kl",
+) -> jax.Array:
     """Per-token divergence between the stored teacher top-k and the student.
 
     Without the τ² and α factors: the method composes those. Divergence
@@ -304,8 +311,7 @@ def kd_topk(student_logits_BxTxV: jax.Array,
     # Dropped slots hold id 0 by contract; force it anyway so a gather never
     # reads out of range on garbage ids in masked slots.
     ids_BxTxK = jnp.where(valid_BxTxK, topk_ids_BxTxK.astype(jnp.int32), 0)
-    student_logp_BxTxV = jax.nn.log_softmax(
-        student_logits_BxTxV.astype(jnp.float32) / tau, axis=-1)
+    student_logp_BxTxV = jax.nn.log_softmax(student_logits_BxTxV.astype(jnp.float32) / tau, axis=-1)
     student_at_ids_BxTxK = jnp.take_along_axis(student_logp_BxTxV, ids_BxTxK, axis=-1)
 
     if tail is TailMode.BUCKET:
@@ -319,18 +325,19 @@ def kd_topk(student_logits_BxTxV: jax.Array,
         else:
             num_tail_BxT = student_logits_BxTxV.shape[-1] - jnp.sum(valid_BxTxK, axis=-1)
             log_min_BxT = jnp.min(jnp.where(valid_BxTxK, teacher_BxTxK, 0.0), axis=-1)
-            log_s_BxT = tempered_tail_logmass(jnp.maximum(log_tail_BxT, _LOG_TINY),
-                                              log_min_BxT, num_tail_BxT, tau)
+            log_s_BxT = tempered_tail_logmass(
+                jnp.maximum(log_tail_BxT, _LOG_TINY), log_min_BxT, num_tail_BxT, tau
+            )
             scaled_BxTxK = jnp.where(valid_BxTxK, teacher_BxTxK / tau, _NEG)
             log_z_BxT = jnp.logaddexp(jax.nn.logsumexp(scaled_BxTxK, axis=-1), log_s_BxT)
             logp_BxTxK = jnp.where(valid_BxTxK, scaled_BxTxK - log_z_BxT[..., None], 0.0)
             teacher_tail_BxT = jnp.maximum(log_s_BxT - log_z_BxT, _LOG_TINY)
         student_tail_BxT = jnp.maximum(
-            _student_tail_logprob(student_logp_BxTxV, ids_BxTxK, valid_BxTxK), _LOG_TINY)
+            _student_tail_logprob(student_logp_BxTxV, ids_BxTxK, valid_BxTxK), _LOG_TINY
+        )
         logp_BxTxC = jnp.concatenate([logp_BxTxK, teacher_tail_BxT[..., None]], axis=-1)
         logq_BxTxC = jnp.concatenate([student_at_ids_BxTxK, student_tail_BxT[..., None]], axis=-1)
-        valid_BxTxC = jnp.concatenate(
-            [valid_BxTxK, jnp.ones_like(valid_BxTxK[..., :1])], axis=-1)
+        valid_BxTxC = jnp.concatenate([valid_BxTxK, jnp.ones_like(valid_BxTxK[..., :1])], axis=-1)
     else:
         logp_BxTxC = _teacher_support_logprobs(teacher_BxTxK, valid_BxTxK, tau)
         logq_BxTxC = student_at_ids_BxTxK
@@ -342,8 +349,9 @@ def kd_topk(student_logits_BxTxV: jax.Array,
     return jnp.where(any_valid_BxT, value_BxT, 0.0)
 
 
-def normalized_mse(pred_BxTxD: jax.Array, target_BxTxD: jax.Array,
-                   eps: float = 1e-6, reduction="mean") -> jax.Array:
+def normalized_mse(
+    pred_BxTxD: jax.Array, target_BxTxD: jax.Array, eps: float = 1e-6, reduction="mean"
+) -> jax.Array:
     """Per-token mean (or sum) over D of ``(pred/‖pred‖ − target/‖target‖)²``.
 
     Both sides are normalised over the feature axis (the Gemma 3 residual
@@ -363,12 +371,14 @@ def normalized_mse(pred_BxTxD: jax.Array, target_BxTxD: jax.Array,
     Returns:
       fp32 ``[B, T]``.
     """
-    reduce_fn = {HiddenReduction.MEAN: jnp.mean,
-                 HiddenReduction.SUM: jnp.sum}[parse_hidden_reduction(reduction)]
+    reduce_fn = {HiddenReduction.MEAN: jnp.mean, HiddenReduction.SUM: jnp.sum}[
+        parse_hidden_reduction(reduction)
+    ]
     if pred_BxTxD.shape != target_BxTxD.shape:
         raise ConfigError(
             f"normalized_mse shapes differ: pred {pred_BxTxD.shape} vs target "
-            f"{target_BxTxD.shape}; map the student hidden to d_T with the regressor first")
+            f"{target_BxTxD.shape}; map the student hidden to d_T with the regressor first"
+        )
 
     def unit(x):
         x = x.astype(jnp.float32)
@@ -385,8 +395,9 @@ def top1_agreement(student_logits_BxTxV: jax.Array, topk_ids_BxTxK: jax.Array) -
     A metric: no gradient flows (argmax is piecewise constant).
     """
     student_top1_BxT = jnp.argmax(student_logits_BxTxV, axis=-1)
-    return (student_top1_BxT == topk_ids_BxTxK[..., 0].astype(student_top1_BxT.dtype)
-            ).astype(jnp.float32)
+    return (student_top1_BxT == topk_ids_BxTxK[..., 0].astype(student_top1_BxT.dtype)).astype(
+        jnp.float32
+    )
 
 
 def masked_mean(values_BxT: jax.Array, mask_BxT: jax.Array | None = None) -> jax.Array:

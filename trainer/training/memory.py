@@ -20,6 +20,7 @@ warning is printed when it is below `MIN_ADDRESS_SPACE`, what the tiny config
 was measured to need (see that constant); the abort, if it then comes, has a
 line before it that explains it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,10 @@ import resource
 # models need more, so this is a floor, with margin, not an estimate for a run.
 MIN_ADDRESS_SPACE = 4 * 2**30
 
-HINT = ("set model.remat=True, lower data.batch_size or data.seq_len, or spread the batch "
-        "over more devices or micro-batches")
+HINT = (
+    "set model.remat=True, lower data.batch_size or data.seq_len, or spread the batch "
+    "over more devices or micro-batches"
+)
 
 
 class DeviceMemoryError(ValueError):
@@ -44,11 +47,13 @@ class DeviceMemoryError(ValueError):
 def is_resource_exhausted(error: BaseException) -> bool:
     """Whether `error` is XLA's out-of-memory (RESOURCE_EXHAUSTED) runtime error."""
     import jax  # Here: callers that never run JAX keep this module light.
+
     text = str(error)
     # A failed allocation read back from a multi-device run arrives as "INTERNAL: Error
     # dispatching computation: Out of memory allocating N bytes." (measured, CPU, 8 devices).
     return isinstance(error, jax.errors.JaxRuntimeError) and (
-        "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
+        "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+    )
 
 
 def describe(error: BaseException) -> str:
@@ -75,7 +80,8 @@ def on_exhaustion(step: int, phase: int):
             f"out of device memory at step {step} (phase {phase}"
             f"{', its first step: compile or run' if step == 1 else ''}): {describe(e)}; "
             f"{HINT}; the newest "
-            f"checkpoint is kept and a re-run resumes from it") from None
+            f"checkpoint is kept and a re-run resumes from it"
+        ) from None
 
 
 def address_space_warning(limit: int | None = None) -> str | None:
@@ -91,6 +97,8 @@ def address_space_warning(limit: int | None = None) -> str | None:
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
     if limit == resource.RLIM_INFINITY or limit >= MIN_ADDRESS_SPACE:
         return None
-    return (f"warning: the address-space limit (ulimit -v) is {limit / 2**30:.1f} GiB, below the "
-            f"{MIN_ADDRESS_SPACE / 2**30:.0f} GiB even the tiny config needs with margin; XLA may "
-            f"abort with std::bad_alloc (exit 134): raise it, e.g. `ulimit -v unlimited`")
+    return (
+        f"warning: the address-space limit (ulimit -v) is {limit / 2**30:.1f} GiB, below the "
+        f"{MIN_ADDRESS_SPACE / 2**30:.0f} GiB even the tiny config needs with margin; XLA may "
+        f"abort with std::bad_alloc (exit 134): raise it, e.g. `ulimit -v unlimited`"
+    )

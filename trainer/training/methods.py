@@ -21,18 +21,20 @@ does the student's logit at i. L_data uses positions 0..T-2 (the target of
 the last position is not in the row); KL and top-1 use all T positions;
 hidden-state terms use all T positions.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 import jax.numpy as jnp
 
-from store import objective_penalty as penalty_lib, profiles
-from trainer.training import decode, losses, schedules, tiled_loss
-from trainer.training import sampled_kd
-from trainer.model import gemma3 as model, regressors
-from trainer.training.config import ConfigError, Method, parse_enum
+from store import objective_penalty as penalty_lib
+from store import profiles
+from trainer.model import gemma3 as model
+from trainer.model import regressors
 from trainer.model.regressors import RegressorKind
+from trainer.training import decode, losses, sampled_kd, schedules, tiled_loss
+from trainer.training.config import ConfigError, Method, parse_enum
 from trainer.training.schedules import AlphaSchedule
 
 
@@ -89,9 +91,11 @@ def student_layer(config, num_layers: int) -> int:
 def phases(config, num_layers: int) -> tuple[Phase, ...]:
     """The phases of `config.method` (one, or two for HLDF)."""
     method = parse_enum(Method, config.method, "method")
-    logit_kd = not (config.loss.alpha == 0.0
-                    and parse_enum(AlphaSchedule, config.loss.alpha_schedule,
-                                   "loss.alpha_schedule") is AlphaSchedule.CONSTANT)
+    logit_kd = not (
+        config.loss.alpha == 0.0
+        and parse_enum(AlphaSchedule, config.loss.alpha_schedule, "loss.alpha_schedule")
+        is AlphaSchedule.CONSTANT
+    )
     signal = sampled_kd.parse_signal(config.loss.signal).value
     reduction = losses.parse_hidden_reduction(config.loss.hidden_reduction).value
     kd_phase = Phase(flops_method="kd", data_term=True, kd_term=logit_kd, signal=signal)
@@ -100,24 +104,43 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
     if method is Method.KD:
         return (kd_phase,)
     if method is Method.HLDC:
-        return (dataclasses.replace(kd_phase, flops_method="hldc", hidden_term=True,
-                                    hidden_weight=float(config.loss.gamma),
-                                    regressor=RegressorKind.LINEAR,
-                                    hidden_layer=config.teacher.hidden_layer,
-                                    hidden_reduction=reduction),)
+        return (
+            dataclasses.replace(
+                kd_phase,
+                flops_method="hldc",
+                hidden_term=True,
+                hidden_weight=float(config.loss.gamma),
+                regressor=RegressorKind.LINEAR,
+                hidden_layer=config.teacher.hidden_layer,
+                hidden_reduction=reduction,
+            ),
+        )
     half = student_layer(config, num_layers)
-    phase1 = Phase(flops_method="ht", num_blocks=half, hidden_term=True, hidden_weight=1.0,
-                   regressor=RegressorKind.MLP, constant_lr=True, hidden_layer=config.teacher.hidden_layer,
-                   hidden_reduction=reduction)
+    phase1 = Phase(
+        flops_method="ht",
+        num_blocks=half,
+        hidden_term=True,
+        hidden_weight=1.0,
+        regressor=RegressorKind.MLP,
+        constant_lr=True,
+        hidden_layer=config.teacher.hidden_layer,
+        hidden_reduction=reduction,
+    )
     return (phase1, dataclasses.replace(kd_phase, index=2))
 
 
 def alpha_fn(config, num_steps: int):
     """The α schedule of a phase of `num_steps` steps (ConfigError if inconsistent)."""
     loss = config.loss
-    return schedules.alpha_schedule(loss.alpha_schedule, loss.alpha, num_steps,
-                                    config.optim.warmup_steps, config.optim.decay_fraction,
-                                    alpha_start=loss.alpha_start, alpha_final=loss.alpha_final)
+    return schedules.alpha_schedule(
+        loss.alpha_schedule,
+        loss.alpha,
+        num_steps,
+        config.optim.warmup_steps,
+        config.optim.decay_fraction,
+        alpha_start=loss.alpha_start,
+        alpha_final=loss.alpha_final,
+    )
 
 
 def alpha_at(config, step, num_steps: int):
@@ -128,10 +151,14 @@ def alpha_at(config, step, num_steps: int):
 def lr_schedule(config, phase: Phase, num_steps: int):
     """The phase's LR schedule: WSD, or constant after warm-up for HLDF phase 1."""
     if phase.constant_lr:
-        return schedules.constant_after_warmup(config.optim.lr, config.hldf.warmup_steps,
-                                               num_steps)
-    return schedules.wsd(config.optim.lr, num_steps, config.optim.warmup_steps,
-                         config.optim.decay_fraction, config.optim.final_lr_fraction)
+        return schedules.constant_after_warmup(config.optim.lr, config.hldf.warmup_steps, num_steps)
+    return schedules.wsd(
+        config.optim.lr,
+        num_steps,
+        config.optim.warmup_steps,
+        config.optim.decay_fraction,
+        config.optim.final_lr_fraction,
+    )
 
 
 def check_schedules(config, phase_steps) -> None:
@@ -152,8 +179,10 @@ def check_schedules(config, phase_steps) -> None:
                 alpha_fn(config, num_steps)
         except ConfigError as e:
             knob = "hldf.warmup_steps" if phase.constant_lr else "optim.warmup_steps"
-            raise ConfigError(f"phase {phase.index} of {config.method} ({num_steps} steps): "
-                              f"{e} ({knob}, optim.decay_fraction, budget.value)") from None
+            raise ConfigError(
+                f"phase {phase.index} of {config.method} ({num_steps} steps): "
+                f"{e} ({knob}, optim.decay_fraction, budget.value)"
+            ) from None
 
 
 def objective_penalty(config, reader, phases, sample_rows: int = 16) -> dict | None:
@@ -167,10 +196,10 @@ def objective_penalty(config, reader, phases, sample_rows: int = 16) -> dict | N
     loss = config.loss
     if sampled_kd.parse_signal(loss.signal) is sampled_kd.Signal.SAMPLED:
         return sampled_penalty(config)
-    topk_NxK = penalty_lib.sample_topk_logprobs(reader, sample_rows=sample_rows,
-                                                seed=config.seed)
-    return penalty_lib.summarize(topk_NxK, reader.schema.vocab_size, loss.alpha, loss.tau,
-                                 loss.tail, loss.divergence)
+    topk_NxK = penalty_lib.sample_topk_logprobs(reader, sample_rows=sample_rows, seed=config.seed)
+    return penalty_lib.summarize(
+        topk_NxK, reader.schema.vocab_size, loss.alpha, loss.tau, loss.tail, loss.divergence
+    )
 
 
 def sampled_penalty(config) -> dict:
@@ -183,10 +212,19 @@ def sampled_penalty(config) -> dict:
     not bias. Same keys as ``store.objective_penalty.summarize``.
     """
     loss = config.loss
-    return {"alpha": float(loss.alpha), "tau": float(loss.tau), "tail": "n/a (sampled signal: unbiased, exactly 0)",
-            "divergence": loss.divergence, "threshold_nats": penalty_lib.THRESHOLD_NATS,
-            "positions": 0, "penalty_nats": 0.0, "penalty_max_nats": 0.0,
-            "solver_residual": 0.0, "warn": False, "signal": sampled_kd.Signal.SAMPLED.value}
+    return {
+        "alpha": float(loss.alpha),
+        "tau": float(loss.tau),
+        "tail": "n/a (sampled signal: unbiased, exactly 0)",
+        "divergence": loss.divergence,
+        "threshold_nats": penalty_lib.THRESHOLD_NATS,
+        "positions": 0,
+        "penalty_nats": 0.0,
+        "penalty_max_nats": 0.0,
+        "solver_residual": 0.0,
+        "warn": False,
+        "signal": sampled_kd.Signal.SAMPLED.value,
+    }
 
 
 def init_regressor(kind: RegressorKind | None, rng, d_student: int, d_teacher: int):
@@ -223,12 +261,25 @@ def term_masks(tokens_BxT, phase: Phase) -> dict:
 def token_counts(batch, phase: Phase) -> dict:
     """{term: tokens its per-token mean divides by} over the whole `batch`."""
     tokens_BxT = batch["tokens"]
-    return {k: jnp.asarray(tokens_BxT.size, jnp.float32) if m is None else jnp.sum(m)
-            for k, m in term_masks(tokens_BxT, phase).items()}
+    return {
+        k: jnp.asarray(tokens_BxT.size, jnp.float32) if m is None else jnp.sum(m)
+        for k, m in term_masks(tokens_BxT, phase).items()
+    }
 
 
-def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
-            num_steps: int, encoding: decode.Encoding = decode.EXACT, counts=None):
+def loss_fn(
+    params,
+    regressor,
+    batch,
+    step,
+    *,
+    phase: Phase,
+    config,
+    model_cfg,
+    num_steps: int,
+    encoding: decode.Encoding = decode.EXACT,
+    counts=None,
+):
     """Total loss of one batch for a phase, and per-term metrics.
 
     Args:
@@ -262,15 +313,18 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
         return jnp.sum(values_BxT) / counts[term]
 
     capture = (student_layer(config, model_cfg.num_layers),) if phase.hidden_term else ()
-    out = model.forward(params, tokens_BxT, model_cfg, capture_layers=capture,
-                        num_blocks=phase.num_blocks)
+    out = model.forward(
+        params, tokens_BxT, model_cfg, capture_layers=capture, num_blocks=phase.num_blocks
+    )
     metrics = {}
     loss = jnp.zeros((), jnp.float32)
     if phase.hidden_term:
         h_s_BxTxD = out.captured[capture[0]]
         pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
-        hidden_term = mean("hidden_mse", losses.normalized_mse(
-            pred_BxTxDt, batch.hidden, reduction=phase.hidden_reduction))
+        hidden_term = mean(
+            "hidden_mse",
+            losses.normalized_mse(pred_BxTxDt, batch.hidden, reduction=phase.hidden_reduction),
+        )
         metrics["hidden_mse"] = hidden_term
         loss = loss + phase.hidden_weight * hidden_term
     if phase.data_term or phase.kd_term:
@@ -280,11 +334,21 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
             sampled = sampled_kd.Signal(phase.signal) is sampled_kd.Signal.SAMPLED
             token_inputs[tiled_loss.TEACHER] = batch.sampled if sampled else batch.topk
         per_tile_fn = tiled_loss.logit_terms_fn(
-            nll=True, kd=phase.kd_term, top1=phase.kd_term, temperature=config.loss.tau,
-            tail=config.loss.tail, divergence=config.loss.divergence, signal=phase.signal)
+            nll=True,
+            kd=phase.kd_term,
+            top1=phase.kd_term,
+            temperature=config.loss.tau,
+            tail=config.loss.tail,
+            divergence=config.loss.divergence,
+            signal=phase.signal,
+        )
         terms = tiled_loss.tiled_logit_losses(
-            out.final_hidden_BxTxD, model.embedding_table(params), per_tile_fn,
-            token_inputs, tile_tokens=config.loss.token_tile)
+            out.final_hidden_BxTxD,
+            model.embedding_table(params),
+            per_tile_fn,
+            token_inputs,
+            tile_tokens=config.loss.token_tile,
+        )
         nll = mean("nll", terms["nll"])
         metrics["nll"] = nll
         if phase.kd_term:
@@ -293,7 +357,7 @@ def loss_fn(params, regressor, batch, step, *, phase: Phase, config, model_cfg,
             metrics["kd"] = kd
             metrics["alpha"] = alpha
             metrics["top1_agreement"] = mean("top1_agreement", terms["top1"])
-            tau2 = config.loss.tau ** 2
+            tau2 = config.loss.tau**2
             loss = loss + (1.0 - alpha) * nll + alpha * tau2 * kd
         else:
             loss = loss + nll

@@ -3,6 +3,7 @@
 One object per logged step in metrics.jsonl (what evaluation and report read);
 the same scalars go to RUN_DIR/tb via tensorboardX. Only process 0 writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ def _summary_writer_class():
     """
     if "torch" in sys.modules:
         from tensorboardX import SummaryWriter
+
         return SummaryWriter
     sys.modules["torch"] = None  # Makes `import torch` raise ImportError.
     try:
@@ -32,8 +34,9 @@ def _summary_writer_class():
     return SummaryWriter
 
 
-def mfu(flops_per_token: float, tokens_per_s: float, peak_flops_per_device: float,
-        num_devices: int) -> float:
+def mfu(
+    flops_per_token: float, tokens_per_s: float, peak_flops_per_device: float, num_devices: int
+) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the mesh's peak FLOP/s."""
     return flops_per_token * tokens_per_s / (peak_flops_per_device * num_devices)
 
@@ -62,8 +65,9 @@ class MetricsWriter:
             only when there are several (HLDF).
     """
 
-    def __init__(self, run_dir: str, total_steps: int, stream=None, resume_step: int = 0,
-                 num_phases: int = 1):
+    def __init__(
+        self, run_dir: str, total_steps: int, stream=None, resume_step: int = 0, num_phases: int = 1
+    ):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.num_phases = num_phases
@@ -75,8 +79,9 @@ class MetricsWriter:
             os.makedirs(run_dir, exist_ok=True)
             truncate_metrics(self.path, resume_step)
             self._jsonl = open(self.path, "a", encoding="utf-8")
-            self._tb = _summary_writer_class()(os.path.join(run_dir, "tb"),
-                                               purge_step=resume_step + 1)
+            self._tb = _summary_writer_class()(
+                os.path.join(run_dir, "tb"), purge_step=resume_step + 1
+            )
 
     def write(self, step: int, scalars: dict) -> None:
         """Logs one step's scalars (plain floats/ints; `phase` is kept as an int)."""

@@ -22,13 +22,15 @@ device keeps its own rows: with the batch split contiguously over the devices,
 every micro-batch takes the same share of every device's rows and nothing
 moves between devices. That is why M must divide the per-device batch.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from trainer.model.errors import ConfigError
 from trainer.training import sharding
@@ -46,8 +48,10 @@ def check_micro_batches(micro_batches: int, batch_size: int, batch_divisor: int)
         ConfigError: one line naming the fix.
     """
     if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
-        raise ConfigError(f"data.micro_batches={micro_batches!r} must be an integer >= 1 "
-                          f"(1: no gradient accumulation)")
+        raise ConfigError(
+            f"data.micro_batches={micro_batches!r} must be an integer >= 1 "
+            f"(1: no gradient accumulation)"
+        )
     per_device = batch_size // batch_divisor
     if batch_size % batch_divisor or per_device % micro_batches:
         divisors = [m for m in range(1, per_device + 1) if per_device % m == 0]
@@ -55,7 +59,8 @@ def check_micro_batches(micro_batches: int, batch_size: int, batch_divisor: int)
             f"data.micro_batches={micro_batches} does not divide the per-device batch "
             f"{batch_size}/{batch_divisor}={batch_size / batch_divisor:g} rows; use one of "
             f"{divisors} or change data.batch_size to a multiple of "
-            f"{batch_divisor * micro_batches}")
+            f"{batch_divisor * micro_batches}"
+        )
 
 
 def split(batch: dict, micro_batches: int, mesh: Mesh | None = None) -> dict:
@@ -64,6 +69,7 @@ def split(batch: dict, micro_batches: int, mesh: Mesh | None = None) -> dict:
     With `mesh`, dim 1 keeps the batch sharding, so each device's slice of
     every micro-batch is rows it already holds.
     """
+
     def one(x):
         rows = x.shape[0]
         micro = x.reshape((rows // micro_batches, micro_batches) + x.shape[1:])
@@ -76,9 +82,16 @@ def split(batch: dict, micro_batches: int, mesh: Mesh | None = None) -> dict:
     return {k: one(v) for k, v in batch.items()}
 
 
-def value_and_grad(loss_fn: Callable, trainables, batch: dict, micro_batches: int, *,
-                   counts_fn: Callable[[dict], dict], mesh: Mesh | None = None,
-                   constant_metrics: Sequence[str] = ()):
+def value_and_grad(
+    loss_fn: Callable,
+    trainables,
+    batch: dict,
+    micro_batches: int,
+    *,
+    counts_fn: Callable[[dict], dict],
+    mesh: Mesh | None = None,
+    constant_metrics: Sequence[str] = (),
+):
     """(loss, metrics), grads of the global batch, accumulated over micro-batches.
 
     Args:
@@ -111,14 +124,16 @@ def value_and_grad(loss_fn: Callable, trainables, batch: dict, micro_batches: in
     grad_fn = jax.value_and_grad(lambda t, b: loss_fn(t, b, counts), has_aux=True)
     micro = split(batch, micro_batches, mesh)
     first = jax.tree.map(lambda x: x[0], micro)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(grad_fn, trainables, first))
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, trainables, first)
+    )
 
     def body(total, micro_batch):
         (loss, metrics), grads = grad_fn(trainables, micro_batch)
         (loss_sum, metrics_sum), grads_sum = total
-        metrics_sum = {k: v if k in constant_metrics else metrics_sum[k] + v
-                       for k, v in metrics.items()}
+        metrics_sum = {
+            k: v if k in constant_metrics else metrics_sum[k] + v for k, v in metrics.items()
+        }
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
         return ((loss_sum + loss, metrics_sum), grads_sum), None
 

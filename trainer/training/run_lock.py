@@ -39,6 +39,7 @@ Other tools on a run directory (the decision, and why):
   its own run_dir (so a hand-started trainer on a point is refused too).
 - Read-only tools (`trainer.report`, metrics.jsonl readers) ignore the lock.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -125,8 +126,10 @@ def owner_alive(info: dict) -> bool:
 
 def describe(info: dict) -> str:
     """'trainer pid 123 on host h (started 2026-12-06T05:00:00Z)'."""
-    return (f"{info.get('role', 'a process')} pid {info.get('pid')} on host {info.get('host')} "
-            f"(started {info.get('started', '?')})")
+    return (
+        f"{info.get('role', 'a process')} pid {info.get('pid')} on host {info.get('host')} "
+        f"(started {info.get('started', '?')})"
+    )
 
 
 def read_lock(run_dir: str) -> dict | None:
@@ -151,7 +154,7 @@ def live_owner(run_dir: str) -> dict | None:
 
 def _local_path(url: str) -> str | None:
     if url.startswith("file://"):
-        return url[len("file://"):]
+        return url[len("file://") :]
     return None if "://" in url else url
 
 
@@ -178,19 +181,28 @@ def check_run_dir(run_dir: str, store_url: str = "") -> None:
     Reads only; nothing is created. Raises RunDirError (one line, with the fix).
     """
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise RunDirError(f"run_dir {run_dir} exists and is not a directory; pass a new "
-                          f"--set run_dir=DIR (nothing was written)")
+        raise RunDirError(
+            f"run_dir {run_dir} exists and is not a directory; pass a new "
+            f"--set run_dir=DIR (nothing was written)"
+        )
     store = _enclosing_store(run_dir)
     if store is not None:
-        where = ("is the Zarr store itself" if store == os.path.realpath(run_dir)
-                 else f"is inside the Zarr store {store}")
-        raise RunDirError(f"run_dir {run_dir} {where}; checkpoints "
-                          f"there would mix with the store's data: pass --set run_dir=DIR "
-                          f"outside it")
+        where = (
+            "is the Zarr store itself"
+            if store == os.path.realpath(run_dir)
+            else f"is inside the Zarr store {store}"
+        )
+        raise RunDirError(
+            f"run_dir {run_dir} {where}; checkpoints "
+            f"there would mix with the store's data: pass --set run_dir=DIR "
+            f"outside it"
+        )
     local = _local_path(store_url or "")
     if local and _contains(run_dir, local):
-        raise RunDirError(f"run_dir {run_dir} contains the store {store_url}; pass --set "
-                          f"run_dir=DIR outside the store's directory")
+        raise RunDirError(
+            f"run_dir {run_dir} contains the store {store_url}; pass --set "
+            f"run_dir=DIR outside the store's directory"
+        )
 
 
 @contextlib.contextmanager
@@ -216,15 +228,19 @@ class RunDirLock:
     def __init__(self, run_dir: str, role: str = "trainer"):
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, LOCK_FILE)
-        self.info = {"host": socket.gethostname(), "pid": os.getpid(),
-                     "started": datetime.datetime.now(datetime.timezone.utc).strftime(
-                         "%Y-%m-%dT%H:%M:%SZ"),
-                     "role": role, "boot_id": _boot_id(),
-                     "process_start": _process_start(os.getpid()),
-                     "command": " ".join(sys.argv)[:500], "token": uuid.uuid4().hex}
+        self.info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "role": role,
+            "boot_id": _boot_id(),
+            "process_start": _process_start(os.getpid()),
+            "command": " ".join(sys.argv)[:500],
+            "token": uuid.uuid4().hex,
+        }
         self.held = False
 
-    def acquire(self) -> "RunDirLock":
+    def acquire(self) -> RunDirLock:
         """Takes the lock; returns self.
 
         Raises:
@@ -251,19 +267,26 @@ class RunDirLock:
                 if not old:
                     raise RunDirLockedError(
                         f"run_dir {self.run_dir} has an unreadable lock file {self.path}; if no "
-                        f"other trainer uses this run_dir, delete it and re-run")
+                        f"other trainer uses this run_dir, delete it and re-run"
+                    )
                 if owner_alive(old):
                     raise RunDirLockedError(
                         f"run_dir {self.run_dir} is in use by {describe(old)}; wait for it to "
                         f"finish or use another run_dir (if that process is gone, delete "
-                        f"{self.path})")
+                        f"{self.path})"
+                    )
                 with _guard(self.run_dir):
                     if read_lock(self.run_dir) == old:  # Nobody took it over meanwhile.
                         os.unlink(self.path)
-                        log.warning("run_dir %s: removed the stale lock of %s (no longer "
-                                    "running)", self.run_dir, describe(old))
-            raise RunDirLockedError(f"run_dir {self.run_dir}: could not take {self.path} "
-                                    f"(it keeps changing); is another trainer starting there?")
+                        log.warning(
+                            "run_dir %s: removed the stale lock of %s (no longer running)",
+                            self.run_dir,
+                            describe(old),
+                        )
+            raise RunDirLockedError(
+                f"run_dir {self.run_dir}: could not take {self.path} "
+                f"(it keeps changing); is another trainer starting there?"
+            )
         finally:
             os.unlink(tmp)
 
@@ -280,7 +303,7 @@ class RunDirLock:
                 if e.errno != errno.ENOENT:
                     raise
 
-    def __enter__(self) -> "RunDirLock":
+    def __enter__(self) -> RunDirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -292,8 +315,10 @@ def refuse_if_owned(run_dir: str, what: str) -> None:
     owner = live_owner(run_dir)
     if owner is not None:
         who = describe(owner) if owner else "a process (unreadable lock file)"
-        raise RunDirLockedError(f"run_dir {run_dir} is in use by {who}; {what} after it "
-                                f"finishes (its export/ is written at the end)")
+        raise RunDirLockedError(
+            f"run_dir {run_dir} is in use by {who}; {what} after it "
+            f"finishes (its export/ is written at the end)"
+        )
 
 
 class _NoLock:
@@ -313,10 +338,12 @@ def own_run_dir(run_dir: str, store_url: str):
     """
     check_run_dir(run_dir, store_url)
     import jax  # Here: sweep/evaluate import this module without needing JAX.
+
     if jax.process_count() == 1:
         return RunDirLock(run_dir).acquire()
     import numpy as np
     from jax.experimental import multihost_utils
+
     lock, error = _NoLock(), None
     if jax.process_index() == 0:
         try:
@@ -327,8 +354,10 @@ def own_run_dir(run_dir: str, store_url: str):
     if error is not None:
         raise error
     if not ok:
-        raise RunDirLockedError(f"run_dir {run_dir}: process 0 could not take the run's lock "
-                                f"(its message names the owner); stopping with it")
+        raise RunDirLockedError(
+            f"run_dir {run_dir}: process 0 could not take the run's lock "
+            f"(its message names the owner); stopping with it"
+        )
     if jax.process_index() != 0:
         os.makedirs(run_dir, exist_ok=True)
     return lock

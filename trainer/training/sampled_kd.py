@@ -39,6 +39,7 @@ Stable signatures::
                            sampled_counts_BxTxS, sampled_logprobs_BxTxS) -> [B, T]
     check_settings(temperature, divergence) -> None   (ConfigError)
 """
+
 from __future__ import annotations
 
 import enum
@@ -46,15 +47,15 @@ import enum
 import jax
 import jax.numpy as jnp
 
+from trainer.model.errors import ConfigError
 from trainer.model.model_config import parse_enum
 from trainer.training import losses
-from trainer.model.errors import ConfigError
 
 
 class Signal(enum.Enum):
     """Which stored teacher signal the KD term reads (``config.loss.signal``)."""
 
-    TOPK = "topk"        # topk/* arrays: losses.kd_topk (tail modes, any τ, any divergence).
+    TOPK = "topk"  # topk/* arrays: losses.kd_topk (tail modes, any τ, any divergence).
     SAMPLED = "sampled"  # sampled/* arrays: kd_sampled (unbiased forward KL at τ = 1).
 
 
@@ -73,13 +74,15 @@ def check_settings(temperature, divergence) -> None:
         raise ConfigError(
             f"loss.tau={float(temperature):g} with loss.signal=sampled: the stored draws are "
             "from the teacher at tau=1 and the estimator is unbiased only there; use "
-            "--set loss.tau=1.0 or --set loss.signal=topk")
+            "--set loss.tau=1.0 or --set loss.signal=topk"
+        )
     if losses.parse_divergence(divergence) is not losses.Divergence.FORWARD_KL:
         raise ConfigError(
             f"loss.divergence={losses.parse_divergence(divergence).value} with "
             "loss.signal=sampled: draws from the teacher estimate only the forward KL "
             "(the others need the teacher's probability where the student puts mass); use "
-            "--set loss.divergence=forward_kl or --set loss.signal=topk")
+            "--set loss.divergence=forward_kl or --set loss.signal=topk"
+        )
 
 
 def _weights(sampled_counts_BxTxS):
@@ -90,10 +93,12 @@ def _weights(sampled_counts_BxTxS):
     return counts_BxTxS / jnp.maximum(total_BxTx1, 1.0), valid_BxTxS
 
 
-def kd_sampled(student_logits_BxTxV: jax.Array,
-               sampled_ids_BxTxS: jax.Array,
-               sampled_counts_BxTxS: jax.Array,
-               sampled_logprobs_BxTxS: jax.Array) -> jax.Array:
+def kd_sampled(
+    student_logits_BxTxV: jax.Array,
+    sampled_ids_BxTxS: jax.Array,
+    sampled_counts_BxTxS: jax.Array,
+    sampled_logprobs_BxTxS: jax.Array,
+) -> jax.Array:
     """Per-token unbiased estimate of KL(p_teacher ‖ q_student) at τ = 1.
 
     Without the α factor (τ² = 1 here): the method composes it.
@@ -118,10 +123,12 @@ def kd_sampled(student_logits_BxTxV: jax.Array,
     return jnp.sum(term_BxTxS, axis=-1)
 
 
-def top1_agreement_sampled(student_logits_BxTxV: jax.Array,
-                           sampled_ids_BxTxS: jax.Array,
-                           sampled_counts_BxTxS: jax.Array,
-                           sampled_logprobs_BxTxS: jax.Array) -> jax.Array:
+def top1_agreement_sampled(
+    student_logits_BxTxV: jax.Array,
+    sampled_ids_BxTxS: jax.Array,
+    sampled_counts_BxTxS: jax.Array,
+    sampled_logprobs_BxTxS: jax.Array,
+) -> jax.Array:
     """1.0 where the student's argmax is the most probable DRAWN id, else 0.0.
 
     The drawn ids carry their exact teacher log-probs, so the most probable
@@ -131,11 +138,11 @@ def top1_agreement_sampled(student_logits_BxTxV: jax.Array,
     A metric: no gradient flows.
     """
     _, valid_BxTxS = _weights(sampled_counts_BxTxS)
-    teacher_BxTxS = jnp.where(valid_BxTxS, sampled_logprobs_BxTxS.astype(jnp.float32),
-                              -jnp.inf)
+    teacher_BxTxS = jnp.where(valid_BxTxS, sampled_logprobs_BxTxS.astype(jnp.float32), -jnp.inf)
     best_BxTx1 = jnp.argmax(teacher_BxTxS, axis=-1)[..., None]
-    best_id_BxT = jnp.take_along_axis(sampled_ids_BxTxS.astype(jnp.int32), best_BxTx1,
-                                      axis=-1)[..., 0]
+    best_id_BxT = jnp.take_along_axis(sampled_ids_BxTxS.astype(jnp.int32), best_BxTx1, axis=-1)[
+        ..., 0
+    ]
     student_top1_BxT = jnp.argmax(student_logits_BxTxV, axis=-1).astype(jnp.int32)
     agree_BxT = (student_top1_BxT == best_id_BxT) & jnp.any(valid_BxTxS, axis=-1)
     return agree_BxT.astype(jnp.float32)

@@ -25,24 +25,25 @@ Conventions (decided here, documented once):
 - Steps past ``total_steps`` hold the final value; negative steps give the
   step-0 value.
 """
+
 from __future__ import annotations
 
 import enum
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from trainer.model.model_config import parse_enum
 from trainer.model.errors import ConfigError
+from trainer.model.model_config import parse_enum
 
 Schedule = Callable[[object], jnp.ndarray]
 
 
 class AlphaSchedule(enum.Enum):
     CONSTANT = "constant"  # α throughout.
-    LINEAR = "linear"      # alpha_start → α linearly over the run.
-    WSD = "wsd"            # alpha_start → α over warm-up, α, → alpha_final over the decay.
+    LINEAR = "linear"  # alpha_start → α linearly over the run.
+    WSD = "wsd"  # alpha_start → α over warm-up, α, → alpha_final over the decay.
 
 
 def _check_int(value, name, minimum):
@@ -84,7 +85,8 @@ def _decay_steps(total_steps, warmup_steps, decay_fraction, what):
         raise ConfigError(
             f"{what}: warmup_steps={warmup_steps} + decay steps={decay} "
             f"({decay_fraction:g} of {total_steps}) exceed total_steps={total_steps}; "
-            "lower warmup_steps or raise the budget")
+            "lower warmup_steps or raise the budget"
+        )
     return decay
 
 
@@ -100,8 +102,13 @@ def _warmup_stable_decay(start, peak, end, total_steps, warmup_steps, decay_step
     return schedule
 
 
-def wsd(peak: float, total_steps: int, warmup_steps: int, decay_fraction: float = 0.1,
-        final_fraction: float = 0.01) -> Schedule:
+def wsd(
+    peak: float,
+    total_steps: int,
+    warmup_steps: int,
+    decay_fraction: float = 0.1,
+    final_fraction: float = 0.01,
+) -> Schedule:
     """Warm-up / stable / decay learning rate (docs/DESIGN.md §1: last 10% to η/100).
 
     Args:
@@ -123,12 +130,12 @@ def wsd(peak: float, total_steps: int, warmup_steps: int, decay_fraction: float 
     decay_fraction = _check_fraction(decay_fraction, "decay_fraction")
     final_fraction = _check_fraction(final_fraction, "final_fraction", low_open=True)
     decay = _decay_steps(total_steps, warmup_steps, decay_fraction, "WSD schedule")
-    return _warmup_stable_decay(0.0, peak, peak * final_fraction, total_steps, warmup_steps,
-                                decay)
+    return _warmup_stable_decay(0.0, peak, peak * final_fraction, total_steps, warmup_steps, decay)
 
 
-def constant_after_warmup(peak: float, warmup_steps: int,
-                          total_steps: int | None = None) -> Schedule:
+def constant_after_warmup(
+    peak: float, warmup_steps: int, total_steps: int | None = None
+) -> Schedule:
     """Linear warm-up from 0 to ``peak``, then constant (HLDF phase 1).
 
     Given ``total_steps`` (the phase's length), a warm-up longer than the
@@ -143,7 +150,8 @@ def constant_after_warmup(peak: float, warmup_steps: int,
             raise ConfigError(
                 f"constant-LR schedule: warmup_steps={warmup_steps} exceeds total_steps="
                 f"{total_steps}, so the LR would never reach its peak; lower warmup_steps "
-                "or raise the budget")
+                "or raise the budget"
+            )
 
     def schedule(step):
         return peak * _ramp(step, 0, warmup_steps)
@@ -151,9 +159,15 @@ def constant_after_warmup(peak: float, warmup_steps: int,
     return schedule
 
 
-def alpha_schedule(name: str | AlphaSchedule, alpha: float, total_steps: int,
-                   warmup_steps: int = 0, decay_fraction: float = 0.1,
-                   alpha_start: float = 0.0, alpha_final: float = 0.0) -> Schedule:
+def alpha_schedule(
+    name: str | AlphaSchedule,
+    alpha: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    decay_fraction: float = 0.1,
+    alpha_start: float = 0.0,
+    alpha_final: float = 0.0,
+) -> Schedule:
     """Weight α of the logit-distillation term over a phase.
 
     - "constant": α at every step.
@@ -179,5 +193,4 @@ def alpha_schedule(name: str | AlphaSchedule, alpha: float, total_steps: int,
     warmup_steps = _check_int(warmup_steps, "warmup_steps", 0)
     decay_fraction = _check_fraction(decay_fraction, "decay_fraction")
     decay = _decay_steps(total_steps, warmup_steps, decay_fraction, "WSD alpha schedule")
-    return _warmup_stable_decay(alpha_start, alpha, alpha_final, total_steps, warmup_steps,
-                                decay)
+    return _warmup_stable_decay(alpha_start, alpha, alpha_final, total_steps, warmup_steps, decay)

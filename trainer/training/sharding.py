@@ -7,13 +7,15 @@ split AND parameters sharded, ZeRO-3 style), `tensor` (optional model
 parallel over heads / MLP / vocab). The batch is split over `data` × `fsdp`.
 Joining a multi-process run is `trainer.training.distributed`.
 """
+
 from __future__ import annotations
 
 import logging
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from trainer.model import gemma3 as model
 from trainer.model.errors import ConfigError
@@ -24,13 +26,13 @@ BATCH_AXES = ("data", "fsdp")  # The batch dimension is split over both.
 # Logical axis → mesh axis (None: replicated). Every name a param may use must
 # be listed: an unknown name is a bug in the model or here, not a silent copy.
 LOGICAL_RULES: dict[str, str | None] = {
-    "embed": "fsdp",        # d_model: FSDP shards every matrix along it.
+    "embed": "fsdp",  # d_model: FSDP shards every matrix along it.
     "vocab": "tensor",
     "mlp": "tensor",
     "heads": "tensor",
-    "kv_heads": None,       # Often 1 (GQA/MQA); too small to split.
+    "kv_heads": None,  # Often 1 (GQA/MQA); too small to split.
     "head_dim": None,
-    "layers": None,         # Stacked scan axis; each step needs its own slice.
+    "layers": None,  # Stacked scan axis; each step needs its own slice.
     "teacher_embed": None,  # Regressor output width d_T.
     "reg_hidden": "tensor",  # HLDF MLP regressor hidden width 4·d_S.
 }
@@ -50,17 +52,23 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     devices = list(jax.devices() if devices is None else devices)
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
-        raise ConfigError(f"mesh sizes {dict(zip(MESH_AXES, sizes))} have more than one "
-                              f"-1; set all but one axis explicitly")
+        raise ConfigError(
+            f"mesh sizes {dict(zip(MESH_AXES, sizes))} have more than one "
+            f"-1; set all but one axis explicitly"
+        )
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
-            raise ConfigError(f"{len(devices)} devices are not divisible by the fixed mesh "
-                                  f"axes (product {known}); change mesh.* sizes")
+            raise ConfigError(
+                f"{len(devices)} devices are not divisible by the fixed mesh "
+                f"axes (product {known}); change mesh.* sizes"
+            )
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
-                              f"devices but {len(devices)} exist; set e.g. mesh.data=-1")
+        raise ConfigError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
+            f"devices but {len(devices)} exist; set e.g. mesh.data=-1"
+        )
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 
 
@@ -82,15 +90,23 @@ def logical_to_spec(axes: tuple, shape: tuple, mesh: Mesh, name: str = "") -> P:
     spec = []
     for axis, dim in zip(axes, shape):
         if axis not in LOGICAL_RULES:
-            raise ValueError(f"logical axis {axis!r} has no sharding rule; add it to "
-                             f"trainer.training.sharding.LOGICAL_RULES")
+            raise ValueError(
+                f"logical axis {axis!r} has no sharding rule; add it to "
+                f"trainer.training.sharding.LOGICAL_RULES"
+            )
         mesh_axis = LOGICAL_RULES[axis]
         if mesh_axis is None or mesh.shape[mesh_axis] == 1:
             spec.append(None)
         elif dim % mesh.shape[mesh_axis]:
-            log.warning("sharding: %s dim %r=%d is not divisible by mesh axis %r=%d; "
-                        "replicated on every device instead", name or "array", axis, dim,
-                        mesh_axis, mesh.shape[mesh_axis])
+            log.warning(
+                "sharding: %s dim %r=%d is not divisible by mesh axis %r=%d; "
+                "replicated on every device instead",
+                name or "array",
+                axis,
+                dim,
+                mesh_axis,
+                mesh.shape[mesh_axis],
+            )
             spec.append(None)
         else:
             spec.append(mesh_axis)

@@ -11,6 +11,7 @@ the codec's (store/topk_codecs.py, store/sampled.py, store/hidden_codecs.py).
 The classes are pytrees, so the token tiling of the logit losses
 (trainer.training.tiled_loss) slices them like any array.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -6,6 +6,7 @@ optimised, sharded and checkpointed together; the exported student is
 L_S/2 blocks and the MLP regressor: the update of every other parameter is
 masked to exactly zero (after AdamW, so weight decay cannot move them either).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -48,6 +49,7 @@ def first_half_mask(params, num_blocks: int) -> dict:
     first `num_blocks` blocks; the embedding (used by the first half) is
     trained; `final_norm` (only used after block L) is frozen.
     """
+
     def layer_mask(x):
         keep_L = (np.arange(x.shape[0]) < num_blocks).astype(np.float32)
         return jnp.asarray(keep_L.reshape((-1,) + (1,) * (x.ndim - 1)))
@@ -70,16 +72,25 @@ def mask_updates(mask) -> optax.GradientTransformation:
         del params
         if mask is None:
             return updates, state
-        masked = {"params": jax.tree.map(lambda u, m: u * m.astype(u.dtype),
-                                         updates["params"], mask),
-                  "regressor": updates["regressor"]}
+        masked = {
+            "params": jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates["params"], mask),
+            "regressor": updates["regressor"],
+        }
         return masked, state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(lr_schedule, *, b1: float, b2: float, eps: float, weight_decay: float,
-                   grad_clip: float = 0.0, params_mask=None) -> optax.GradientTransformation:
+def make_optimizer(
+    lr_schedule,
+    *,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: float,
+    grad_clip: float = 0.0,
+    params_mask=None,
+) -> optax.GradientTransformation:
     """AdamW (decoupled decay scaled by the LR) + optional clip + phase mask.
 
     Args:
@@ -99,17 +110,27 @@ def make_optimizer(lr_schedule, *, b1: float, b2: float, eps: float, weight_deca
 def init_state(params, regressor, optimizer: optax.GradientTransformation) -> TrainState:
     """A fresh phase state (step 0, fresh optimizer moments)."""
     opt_state = optimizer.init({"params": params, "regressor": regressor})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, regressor=regressor,
-                      opt_state=opt_state)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, regressor=regressor, opt_state=opt_state
+    )
 
 
-def state_shardings(abstract_state: TrainState, optimizer, param_shardings,
-                    regressor_shardings, replicated):
+def state_shardings(
+    abstract_state: TrainState, optimizer, param_shardings, regressor_shardings, replicated
+):
     """Shardings of a TrainState: optimizer moments follow their parameters."""
     trainable_shardings = {"params": param_shardings, "regressor": regressor_shardings}
     opt_shardings = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract_state.opt_state, trainable_shardings,
+        optimizer,
+        lambda _, s: s,
+        abstract_state.opt_state,
+        trainable_shardings,
         transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-    return TrainState(step=replicated, params=param_shardings,
-                      regressor=regressor_shardings, opt_state=opt_shardings)
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+    )
+    return TrainState(
+        step=replicated,
+        params=param_shardings,
+        regressor=regressor_shardings,
+        opt_state=opt_shardings,
+    )

@@ -19,6 +19,7 @@ run then uses everywhere (its config.json, the step, the loader).
 `needs_topk` below means "the run has a KD term": which stored signal that
 term reads is `config.loss.signal`.
 """
+
 from __future__ import annotations
 
 from store import SchemaMismatchError, StoreSchema
@@ -39,9 +40,11 @@ def signal_choice(config, schema: StoreSchema) -> str:
         return "the store holds no teacher logits"
     if only is not None:
         return f"the store holds only {only.value} logits: loss.signal={only.value}"
-    return (f"the store holds top-{schema.k} and {schema.samples} sampled logits per position: "
-            f"loss.signal={config.loss.signal}, the config's choice (--set loss.signal="
-            f"{'topk' if config.loss.signal == Signal.SAMPLED.value else 'sampled'} for the other)")
+    return (
+        f"the store holds top-{schema.k} and {schema.samples} sampled logits per position: "
+        f"loss.signal={config.loss.signal}, the config's choice (--set loss.signal="
+        f"{'topk' if config.loss.signal == Signal.SAMPLED.value else 'sampled'} for the other)"
+    )
 
 
 def geometry(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool) -> dict:
@@ -94,7 +97,9 @@ def resolve(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool):
         whose schema was validated when it was written, so it is not validated
         again; `check_store` then compares it with the store.
     """
-    changes = geometry_changes(config, schema, needs_topk, needs_hidden) if config.data.from_store else {}
+    changes = (
+        geometry_changes(config, schema, needs_topk, needs_hidden) if config.data.from_store else {}
+    )
     return resolved_config(config, {key: new for key, (_, new) in changes.items()})
 
 
@@ -106,43 +111,63 @@ def mismatches(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool
         # data.k=0 / data.samples=0 mean "any stored k / S".
         if have != value and not (key in ("data.k", "data.samples") and have == 0):
             found.append(f"{key}={have!r} but the store has {value!r} (--set {key}={value})")
-    if needs_hidden and schema.hidden_layers and "teacher.hidden_layer" not in geometry(
-            config, schema, needs_topk, needs_hidden):
-        found.append(f"teacher.hidden_layer={config.teacher.hidden_layer} is not stored "
-                     f"(stored: {list(schema.hidden_layers)}; --set teacher.hidden_layer="
-                     f"{schema.hidden_layers[0]})")
+    if (
+        needs_hidden
+        and schema.hidden_layers
+        and "teacher.hidden_layer" not in geometry(config, schema, needs_topk, needs_hidden)
+    ):
+        found.append(
+            f"teacher.hidden_layer={config.teacher.hidden_layer} is not stored "
+            f"(stored: {list(schema.hidden_layers)}; --set teacher.hidden_layer="
+            f"{schema.hidden_layers[0]})"
+        )
     stored_sha = schema.tokenizer.get("sha256")
     wanted_sha = config.store.tokenizer_sha256
     if wanted_sha and wanted_sha != stored_sha:
-        found.append(f"store.tokenizer_sha256={wanted_sha[:12]}… but the store was dumped "
-                     f"with tokenizer {str(stored_sha)[:12]}… (point store.url at a store of "
-                     f"your tokenizer, or --set store.tokenizer_sha256={stored_sha})")
+        found.append(
+            f"store.tokenizer_sha256={wanted_sha[:12]}… but the store was dumped "
+            f"with tokenizer {str(stored_sha)[:12]}… (point store.url at a store of "
+            f"your tokenizer, or --set store.tokenizer_sha256={stored_sha})"
+        )
     return found
 
 
-def check_store(config, schema: StoreSchema, url: str, needs_topk: bool,
-                needs_hidden: bool) -> None:
+def check_store(
+    config, schema: StoreSchema, url: str, needs_topk: bool, needs_hidden: bool
+) -> None:
     """Raises one SchemaMismatchError listing every mismatch (or a store lacking a signal)."""
     sampled = parse_signal(config.loss.signal) is Signal.SAMPLED
     if needs_topk and not sampled and schema.k < 1:
-        other = (f"--set loss.signal=sampled (the store holds S={schema.samples} sampled "
-                 f"logits per position)" if schema.samples >= 1 else "--set method=nll")
+        other = (
+            f"--set loss.signal=sampled (the store holds S={schema.samples} sampled "
+            f"logits per position)"
+            if schema.samples >= 1
+            else "--set method=nll"
+        )
         raise ConfigError(
             f"method {config.method} needs teacher top-k but store {url} has k=0; dump top-k "
-            f"with `python -m pipelines.dump --teacher ...` or use {other}")
+            f"with `python -m pipelines.dump --teacher ...` or use {other}"
+        )
     if needs_topk and sampled and schema.samples < 1:
-        other = (f"--set loss.signal=topk (the store holds top-{schema.k})" if schema.k >= 1
-                 else "--set method=nll")
+        other = (
+            f"--set loss.signal=topk (the store holds top-{schema.k})"
+            if schema.k >= 1
+            else "--set method=nll"
+        )
         raise ConfigError(
             f"loss.signal=sampled needs sampled teacher logits but store {url} has none "
-            f"(samples=0); dump them with samples > 0 or use {other}")
+            f"(samples=0); dump them with samples > 0 or use {other}"
+        )
     if needs_hidden and not schema.hidden_layers:
         raise ConfigError(
             f"method {config.method} needs teacher activations but store {url} holds none; "
             f"dump them with `python -m pipelines.dump --teacher ... --hidden-layers L` or "
-            f"use --set method=kd")
+            f"use --set method=kd"
+        )
     found = mismatches(config, schema, needs_topk, needs_hidden)
     if found:
         raise SchemaMismatchError(
             f"store {url} disagrees with the config on {len(found)} field(s): "
-            + "; ".join(found) + "; or pass --set data.from_store=True to take the store's")
+            + "; ".join(found)
+            + "; or pass --set data.from_store=True to take the store's"
+        )

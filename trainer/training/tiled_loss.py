@@ -28,16 +28,17 @@ of ``token_inputs``. A T that is not a multiple of the chunk is zero-padded;
 padded positions are computed and dropped, so they add nothing to values or
 gradients.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
 from trainer.model import tiling
-from trainer.training import losses, sampled_kd
 from trainer.model.errors import ModelInputError
+from trainer.training import losses, sampled_kd
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 
@@ -61,28 +62,34 @@ def tile_logits(hidden_NxD: jax.Array, embedding_VxD: jax.Array) -> jax.Array:
 def _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens):
     if hidden_BxTxD.ndim != 3:
         raise ModelInputError(
-            f"hidden must be [B, T, D], got shape {hidden_BxTxD.shape}; pass the final hidden states")
+            f"hidden must be [B, T, D], got shape {hidden_BxTxD.shape}; pass the final hidden states"
+        )
     if embedding_VxD.ndim != 2 or embedding_VxD.shape[1] != hidden_BxTxD.shape[2]:
         raise ModelInputError(
             f"embedding must be [V, D={hidden_BxTxD.shape[2]}], got {embedding_VxD.shape}; "
-            "pass model.embedding_table(params)")
+            "pass model.embedding_table(params)"
+        )
     if not isinstance(tile_tokens, int) or tile_tokens <= 0:
         raise ModelInputError(
-            f"tile_tokens must be a positive int, got {tile_tokens!r}; use e.g. 1024")
+            f"tile_tokens must be a positive int, got {tile_tokens!r}; use e.g. 1024"
+        )
     for name, tree in token_inputs.items():
         for x in jax.tree_util.tree_leaves(tree):
             if tuple(x.shape[:2]) == tuple(hidden_BxTxD.shape[:2]):
                 continue
             raise ModelInputError(
                 f"token input {name!r} has shape {x.shape}, expected leading [B, T] = "
-                f"{hidden_BxTxD.shape[:2]}; align it with the hidden states (shift targets by one)")
+                f"{hidden_BxTxD.shape[:2]}; align it with the hidden states (shift targets by one)"
+            )
 
 
-def tiled_logit_losses(hidden_BxTxD: jax.Array,
-                       embedding_VxD: jax.Array,
-                       per_tile_fn: PerTileFn,
-                       token_inputs: Mapping[str, jax.Array] | None = None,
-                       tile_tokens: int = 1024) -> dict[str, jax.Array]:
+def tiled_logit_losses(
+    hidden_BxTxD: jax.Array,
+    embedding_VxD: jax.Array,
+    per_tile_fn: PerTileFn,
+    token_inputs: Mapping[str, jax.Array] | None = None,
+    tile_tokens: int = 1024,
+) -> dict[str, jax.Array]:
     """Per-token logit losses computed tile by tile with recomputation.
 
     Differentiable w.r.t. ``hidden_BxTxD`` and ``embedding_VxD``; the gradient
@@ -111,7 +118,8 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
     if missing:
         raise ModelInputError(
             f"token_inputs lacks {missing} needed by the requested loss terms; pass them "
-            "(targets from the shifted tokens, teacher: the decoded top-k or sampled signal)")
+            "(targets from the shifted tokens, teacher: the decoded top-k or sampled signal)"
+        )
 
     def flat(x_BxCx_):
         return x_BxCx_.reshape((-1,) + x_BxCx_.shape[2:])
@@ -125,18 +133,21 @@ def tiled_logit_losses(hidden_BxTxD: jax.Array,
     # the logits. prevent_cse=False is safe (and lets XLA fuse) because under
     # lax.map (a scan) the recomputation cannot be CSE'd with the forward.
     one_tile = jax.checkpoint(tile_fn, prevent_cse=False)
-    out = tiling.map_token_tiles(lambda xs: one_tile(*xs), (hidden_BxTxD, token_inputs),
-                                 tile_tokens)
+    out = tiling.map_token_tiles(
+        lambda xs: one_tile(*xs), (hidden_BxTxD, token_inputs), tile_tokens
+    )
     return {name: v.astype(jnp.float32) for name, v in out.items()}
 
 
-def logit_terms_fn(nll: bool = True,
-                   kd: bool = False,
-                   top1: bool = False,
-                   temperature: float = 1.0,
-                   tail: str | losses.TailMode = "zero",
-                   divergence: str | losses.Divergence = "forward_kl",
-                   signal: str | sampled_kd.Signal = "topk") -> PerTileFn:
+def logit_terms_fn(
+    nll: bool = True,
+    kd: bool = False,
+    top1: bool = False,
+    temperature: float = 1.0,
+    tail: str | losses.TailMode = "zero",
+    divergence: str | losses.Divergence = "forward_kl",
+    signal: str | sampled_kd.Signal = "topk",
+) -> PerTileFn:
     """Builds a per-tile function returning any of NLL, KD and top-1 agreement.
 
     Token inputs read: ``"targets"`` (for nll); for kd and top1 ``"teacher"``,
@@ -151,7 +162,9 @@ def logit_terms_fn(nll: bool = True,
         anything is traced).
     """
     if not (nll or kd or top1):
-        raise ModelInputError("logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True")
+        raise ModelInputError(
+            "logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True"
+        )
     signal = sampled_kd.parse_signal(signal)
     if kd:
         tail = losses.parse_tail_mode(tail)
@@ -159,6 +172,7 @@ def logit_terms_fn(nll: bool = True,
         temperature = losses.check_temperature(temperature, tail)
         if signal is sampled_kd.Signal.SAMPLED:
             sampled_kd.check_settings(temperature, divergence)
+
     def per_tile_fn(logits_NxV, inputs):
         out = {}
         if nll:
@@ -166,14 +180,23 @@ def logit_terms_fn(nll: bool = True,
         teacher = inputs.get(TEACHER)
         if signal is sampled_kd.Signal.SAMPLED:
             if kd:
-                out["kd"] = sampled_kd.kd_sampled(logits_NxV, teacher.ids, teacher.counts, teacher.logprobs)
+                out["kd"] = sampled_kd.kd_sampled(
+                    logits_NxV, teacher.ids, teacher.counts, teacher.logprobs
+                )
             if top1:
-                out["top1"] = sampled_kd.top1_agreement_sampled(logits_NxV, teacher.ids, teacher.counts,
-                                                                teacher.logprobs)
+                out["top1"] = sampled_kd.top1_agreement_sampled(
+                    logits_NxV, teacher.ids, teacher.counts, teacher.logprobs
+                )
             return out
         if kd:
-            out["kd"] = losses.kd_topk(logits_NxV, teacher.ids, teacher.logprobs, temperature, tail=tail,
-                                       divergence=divergence)
+            out["kd"] = losses.kd_topk(
+                logits_NxV,
+                teacher.ids,
+                teacher.logprobs,
+                temperature,
+                tail=tail,
+                divergence=divergence,
+            )
         if top1:
             out["top1"] = losses.top1_agreement(logits_NxV, teacher.ids)
         return out
