@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 DATA_STAMP := $(VENV)/.data-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 TPU_STAMP := $(VENV)/.tpu-installed
+LINT_STAMP := $(VENV)/.lint-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-slow demo bench bench-lmeval clean
+.PHONY: venv test test-slow lint demo bench bench-lmeval clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +34,18 @@ $(TPU_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test,tpu]'
 	@touch $(TPU_STAMP)
 
+# ruff and mypy (the `lint` extra).
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,lint]'
+	@touch $(LINT_STAMP)
+
 venv: $(STAMP)
+
+# What .ci/run checks before the tests: lint, formatting, and types where they are strict.
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy store/ trainer/training/losses.py trainer/training/decode.py trainer/training/signals.py
 
 # The suite includes the shrunken demo (text → store → students), which reads
 # the embedded corpus, so tests need the data packages too.
