@@ -73,7 +73,7 @@ def test_step_out_of_memory_names_step_and_cures(store, tmp_path, monkeypatch):
         memory.DeviceMemoryError,
         match=r"out of device memory at step 1 \(phase 1, its first step: "
         r"compile or run\): .*Out of memory allocating \d+ bytes.*; set "
-        r"model.remat=True, lower data.batch_size",
+        r"model.remat=full .*data.micro_batches.*lower data.batch_size",
     ) as err:
         train.run(config)
     assert "\n" not in str(err.value)

@@ -35,8 +35,8 @@ import resource
 MIN_ADDRESS_SPACE = 4 * 2**30
 
 HINT = (
-    "set model.remat=True, lower data.batch_size or data.seq_len, or spread the batch "
-    "over more devices or micro-batches"
+    "set model.remat=full (or a lighter policy: docs/memory.md), raise data.micro_batches, "
+    "lower data.batch_size or data.seq_len, or spread the batch over more devices"
 )
 
 
