@@ -105,8 +105,9 @@ def credentials(url: str) -> str:
     Raises:
         StorageAccessError: none found; the message names each place tried.
     """
-    if emulator_endpoint():
-        os.environ.setdefault(_TS_ENDPOINT, emulator_endpoint())
+    emulator = emulator_endpoint()
+    if emulator:
+        os.environ.setdefault(_TS_ENDPOINT, emulator)
         os.environ.setdefault(
             _TS_TOKEN, "anonymous"
         )  # emulators take any token, as google-auth's anonymous one

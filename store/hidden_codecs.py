@@ -41,9 +41,12 @@ from store.topn import top_n_channels
 NUM_OUTLIERS = 8
 
 
+HIDDEN_PREFIX = "hidden/"
+
+
 def hidden_name(layer: int) -> str:
     """The stored array (and the store field) of a captured layer: "hidden/<l>"."""
-    return f"hidden/{layer}"
+    return f"{HIDDEN_PREFIX}{layer}"
 
 
 def aux_name(layer: int, what: str) -> str:

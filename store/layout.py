@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import threading
+from typing import Any
 
 import tensorstore as ts
 
@@ -206,8 +207,10 @@ def open_array(
         "store_data_equal_to_fill_value": True,
         "fill_missing_data_reads": False,
     }
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if create_rows is not None:
+        if rows_per_unit is None:
+            raise TypeError("open_array: create_rows needs rows_per_unit")
         ts_spec["metadata"] = array_metadata(spec, create_rows, rows_per_unit)
         kwargs = {"create": True, "open": True}
     try:

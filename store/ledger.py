@@ -44,7 +44,7 @@ def array_digest(x: np.ndarray) -> str:
     x = np.ascontiguousarray(x)
     if x.dtype.byteorder == ">":
         x = x.astype(x.dtype.newbyteorder("<"))
-    return hashlib.sha256(memoryview(x).cast("B")).hexdigest()
+    return hashlib.sha256(memoryview(x).cast("B")).hexdigest()  # type: ignore[arg-type]  # ndarray is a Buffer; its numpy stub lacks __buffer__
 
 
 def make_record(unit: int, rows: tuple, schema_sha256: str, encoded: dict) -> dict:

@@ -232,7 +232,8 @@ def read_runs(jobs) -> None:
     Raises:
         CorruptStoreError: a missing shard, or a chunk or index that fails its checks.
     """
-    fds, tasks = [], []
+    fds: list[int] = []
+    tasks: list[tuple] = []
     try:
         for arr, runs, out in jobs:
             at = 0

@@ -208,7 +208,7 @@ def open_manifest(kv, url: str) -> Manifest:
                 }
             )
         return Manifest(manifest, schema, False, problems, root_raw, copy_raw)
-    if root is None:
+    if root is None or root_schema is None:  # _parse_root gives both or neither
         if root_raw is None and copy_raw is None:
             remote.check_bucket(kv, url)
             raise errors.StoreNotFoundError(
@@ -255,7 +255,7 @@ def expected_nodes(schema: StoreSchema, manifest: dict, rows: int) -> dict:
     profile = profiles.for_store(schema, manifest)
     R = schema.rows_per_unit
     out = {spec.name + "/zarr.json": array_bytes(spec, rows, R) for spec in profile.arrays(schema)}
-    groups = set()
+    groups: set[str] = set()
     for spec in profile.arrays(schema):
         parts = spec.name.split("/")[:-1]
         groups.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))

@@ -61,6 +61,8 @@ renormalize); elsewhere the result says "not modelled" instead of a number.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from store.errors import StoreInputError
@@ -286,7 +288,7 @@ def summarize(
     divergence: str = "forward_kl",
 ) -> dict:
     """The penalty summary ``store stats`` and the trainer print (nats/token)."""
-    out = {
+    out: dict[str, Any] = {
         "alpha": float(alpha),
         "tau": float(tau),
         "tail": tail,

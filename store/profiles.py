@@ -53,7 +53,7 @@ def ids_dtype(vocab_size: int) -> str:
 
 def hidden_layer(field: str) -> int | None:
     """The layer of a store field "hidden/<l>" (None for tokens, topk, sampled or an unknown field)."""
-    prefix = hidden_name("")
+    prefix = hidden_codecs.HIDDEN_PREFIX
     if field.startswith(prefix) and field[len(prefix) :].isdigit():
         return int(field[len(prefix) :])
     return None

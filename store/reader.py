@@ -27,8 +27,12 @@ import re
 import threading
 
 import numpy as np
+import tensorstore as ts
 
 from store import errors, layout, localread, metadata, profiles, remote, sampled, snapshot
+
+# One stored array, opened: TensorStore's, or the local-file fast path (both read row ranges).
+ArrayHandle = ts.TensorStore | localread.LocalArrayReader
 
 # Arrays of local stores are read by store.localread when their codecs allow
 # (about 4x less CPU than TensorStore's file kvstore, 5x faster zstd decode);
@@ -98,12 +102,12 @@ class StoreReader:
         return self._arrays
 
     def _open_handles(self) -> dict:
-        handles = {}
+        handles: dict[str, ArrayHandle] = {}
         root = layout.local_path(self.url)
         kv = layout.open_kvstore(self.url) if root is not None and USE_LOCAL_READS else None
         for name, spec in self._specs.items():
             meta = layout.read_json(kv, name + "/zarr.json") if kv is not None else None
-            if meta is not None and localread.eligible(meta):
+            if root is not None and meta is not None and localread.eligible(meta):
                 handles[name] = localread.LocalArrayReader(os.path.join(root, name), meta, name)
             else:
                 handles[name] = layout.open_array(self.url, spec)

@@ -26,6 +26,7 @@ record is written, so it stays uncommitted (the ledger's write-last rule).
 import errno
 import os
 import re
+from typing import Any
 
 import tensorstore as ts
 
@@ -48,7 +49,7 @@ def kvstore_spec(url: str):
     bucket, _, path = url[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise errors.StoreNotFoundError(f"store URL {url!r} names no bucket; use s3://BUCKET/PATH")
-    spec = {"driver": "s3", "bucket": bucket, "path": path}
+    spec: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": path}
     endpoint = s3_endpoint()
     if endpoint:
         spec["endpoint"] = endpoint.rstrip("/")
@@ -196,7 +197,7 @@ def local_failure(e: Exception) -> str | None:
     if code is None:
         found = _TS_ERRNO.search(str(e))
         code = int(found.group(1)) if found else None
-    return LOCAL_FAILURES.get(code)
+    return LOCAL_FAILURES.get(code) if code is not None else None
 
 
 def storage_error(e: ValueError, url: str, doing: str) -> errors.StoreError:
@@ -215,6 +216,7 @@ def storage_error(e: ValueError, url: str, doing: str) -> errors.StoreError:
     is_file = url.startswith("file://")
     failures = () if is_file else _FAILURES  # credential/endpoint advice is for object stores
     local = local_failure(e) if is_file else None
+    found: tuple[str, str] | None
     if local is not None:
         found = (local, "free space or fix the path's permissions, then re-run the same command")
     else:

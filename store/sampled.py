@@ -74,7 +74,9 @@ def contract_problem(ids, counts, logprobs, S: int, V: int, slack: float = 0.0) 
     return None
 
 
-def check_inputs(rows: int, T: int, S: int, V: int, ids, counts, logprobs, check_array):
+def check_inputs(
+    rows: int, T: int, S: int, V: int, ids, counts, logprobs, check_array
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validates write_unit's sampled inputs; returns (ids, counts, float32 log-probs).
 
     ``check_array(name, x, shape, kind)`` is the writer's dtype/shape check.

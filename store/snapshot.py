@@ -42,7 +42,7 @@ MAX_GAP_LISTS = 16
 
 def to_runs(units) -> list[list[int]]:
     """Sorted half-open runs [[start, stop], ...] covering ``units``."""
-    runs = []
+    runs: list[list[int]] = []
     for u in sorted(units):
         if runs and runs[-1][1] == u:
             runs[-1][1] = u + 1
@@ -107,7 +107,7 @@ def committed_units(kv: ts.KvStore, num_units: int) -> tuple[set[int], str]:
     runs, why = load(kv)
     if runs is None:
         return {u for u in ledger.committed_units(kv) if u < num_units}, f"listing ({why})"
-    units = set()
+    units: set[int] = set()
     for a, b in runs:
         units.update(range(a, min(b, num_units)))
     touched = set(ledger.tombstones(kv).values())
