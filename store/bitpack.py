@@ -11,6 +11,7 @@ that). At V = 262,144 an id costs 18 bits instead of int32's 32.
 """
 
 import numpy as np
+import numpy.typing as npt
 
 from store import errors
 
@@ -44,7 +45,7 @@ def pack(ids_xN: np.ndarray, bits: int) -> np.ndarray:
     return out.reshape(*lead, width)
 
 
-def unpack(packed_xW: np.ndarray, n: int, bits: int, dtype=np.int32) -> np.ndarray:
+def unpack(packed_xW: np.ndarray, n: int, bits: int, dtype: npt.DTypeLike = np.int32) -> np.ndarray:
     """Inverse of ``pack``: ids [..., n] in ``dtype``.
 
     Raises:

@@ -23,7 +23,7 @@ import numbers
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from store import errors
 
@@ -64,7 +64,7 @@ class StoreSchema:
     packing: dict = dataclasses.field(default_factory=dict)
     samples: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Normalise so that a schema read back from JSON compares equal.
         object.__setattr__(self, "hidden_layers", tuple(int(l) for l in self.hidden_layers))
         if isinstance(self.samples, numbers.Integral) and not isinstance(self.samples, bool):
@@ -78,10 +78,10 @@ class StoreSchema:
             object.__setattr__(self, name, json.loads(json.dumps(value, sort_keys=True)))
         self.validate()
 
-    def validate(self):
+    def validate(self) -> None:
         """Raises StoreInputError when a field is out of range."""
 
-        def bad(msg):
+        def bad(msg: str) -> NoReturn:
             raise errors.StoreInputError(f"invalid StoreSchema: {msg}")
 
         for name in ("seq_len", "vocab_size", "rows_per_unit"):
@@ -156,7 +156,7 @@ def first_difference(stored: Any, wanted: Any, prefix: str = "") -> str | None:
     return None if stored == wanted else prefix.rstrip(".")
 
 
-def check_same_schema(stored: StoreSchema, wanted: StoreSchema, url: str):
+def check_same_schema(stored: StoreSchema, wanted: StoreSchema, url: str) -> None:
     """Raises SchemaMismatchError naming the first differing field."""
     field = first_difference(stored.to_dict(), wanted.to_dict())
     if field is None:
@@ -168,7 +168,7 @@ def check_same_schema(stored: StoreSchema, wanted: StoreSchema, url: str):
     )
 
 
-def _lookup(d, dotted):
+def _lookup(d: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
@@ -221,7 +221,7 @@ def schema_from_manifest(manifest: dict, url: str) -> StoreSchema:
     return StoreSchema.from_dict(manifest["schema"])
 
 
-def read_manifest(url: str):
+def read_manifest(url: str) -> tuple[Any, dict, StoreSchema]:
     """Opens the store at ``url``: returns (kvstore, manifest, schema).
 
     Raises:

@@ -24,7 +24,7 @@ def _stable_top_n(a_MxD: np.ndarray, n: int) -> np.ndarray:
     return np.nonzero(take)[1].reshape(-1, n)
 
 
-def _fix_ties(a_MxD: np.ndarray, idx_Mxn: np.ndarray, more_Mx: np.ndarray, n: int):
+def _fix_ties(a_MxD: np.ndarray, idx_Mxn: np.ndarray, more_Mx: np.ndarray, n: int) -> None:
     """Re-selects, by the stable rule, the rows in ``more_Mx`` (argpartition's choice may not be the rule's)."""
     redo = np.nonzero(more_Mx)[0]
     if redo.size:
