@@ -140,9 +140,9 @@ def bench_profile(url, name, profile, fields, rows, read_batch, repeats, decode_
         if m != "raw":
             res[f"{m}_vs_raw"] = float(np.median([r / t for t, r in zip(times[m], times["raw"])]))
     # The decode the loader no longer does: jitted, on one batch already on the device.
-    encoding = source.encoding
+    spec = source.spec  # BatchSpec: the store's encoding and the fields read
     batch = jax.device_put(source.read_indices(np.arange(min(rows, read_batch))))
-    fn = jax.jit(lambda b: decode.decode_batch(b, encoding))
+    fn = jax.jit(lambda b: decode.decode_batch(b, spec))
     jax.block_until_ready(fn(batch))
     best = float("inf")
     for _ in range(decode_repeats):

@@ -68,30 +68,44 @@ def compile_step(config, devices, phase_index: int = 1):
     import jax
     import jax.numpy as jnp
 
-    from trainer.training import loop, methods, sharding
+    from store import StoreSchema, profiles
+    from trainer.training import decode, loop, methods, sharding
 
     model_cfg = loop.model_config_from(config)
     phase = [p for p in methods.phases(config, model_cfg.num_layers) if p.index == phase_index][0]
-    plan = loop.PhasePlan(phase, 10_000, loop.phase_flops_per_token(config, model_cfg, phase))
+    plan = loop.PhasePlan(
+        phase=phase,
+        num_steps=10_000,
+        flops_per_token=loop.phase_flops_per_token(config, model_cfg, phase),
+    )
     mesh = sharding.make_mesh(
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices
     )
-    runner = loop.PhaseRunner(config, model_cfg, plan, mesh)
-    B, T, K = config.data.batch_size, config.data.seq_len, config.data.k
-    # The exact profile's stored dtypes, as the loader ships them (decoded in the step).
-    ids = jnp.uint16 if config.model.vocab_size <= 65536 else jnp.int32
-    shapes = {
-        "tokens": (jnp.int32, (B, T)),
-        "topk_ids": (ids, (B, T, K)),
-        "topk_logprobs": (jnp.float16, (B, T, K)),
-        "hidden": (jnp.float16, (B, T, config.teacher.d_model or model_cfg.d_model)),
-    }
-    batch = {
-        k: jax.ShapeDtypeStruct(
-            shapes[k][1], shapes[k][0], sharding=sharding.batch_sharding(mesh, len(shapes[k][1]))
+    B, T = config.data.batch_size, config.data.seq_len
+    # The exact profile's stored arrays and dtypes, as the loader ships them (decoded in
+    # the step), from the profile's own array specs.
+    layer = config.teacher.hidden_layer or 1
+    schema = StoreSchema(
+        seq_len=T,
+        k=config.data.k,
+        vocab_size=config.model.vocab_size,
+        hidden_layers=(layer,),
+        hidden_dim=config.teacher.d_model or model_cfg.d_model,
+        profile="exact",
+        samples=config.data.samples,
+    )
+    arrays = profiles.get_profile("exact").field_arrays(schema, normalized=True)
+    specs = {a.name: a for field_arrays in arrays.values() for a in field_arrays}
+    encoding = decode.Encoding.from_schema(schema, profiles.get_profile("exact").encodings(schema))
+    runner = loop.PhaseRunner(config, model_cfg, plan, mesh, encoding)
+
+    def spec(name):
+        shape = (B, *specs[name].inner_shape)
+        return jax.ShapeDtypeStruct(
+            shape, jnp.dtype(specs[name].dtype), sharding=sharding.batch_sharding(mesh, len(shape))
         )
-        for k in runner.batch_keys
-    }
+
+    batch = {k: spec(k) for k in runner.batch_keys}
     t0 = time.perf_counter()
     compiled = runner.step.lower(runner.abstract_state, batch).compile()
     mem = compiled.memory_analysis()

@@ -12,7 +12,7 @@ import trainer_testlib as tl
 from trainer.model import gemma3 as model
 from trainer.model.errors import ConfigError
 from trainer.training import config as config_lib
-from trainer.training import data, methods, microbatch, sharding
+from trainer.training import data, decode, methods, microbatch, sharding
 from trainer.training import loop as train
 
 
@@ -41,10 +41,19 @@ def test_accumulated_loss_and_gradients_equal_the_full_batch(method, phase_index
     config = tl.tiny_config(method, "/unused", "/unused")
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[phase_index]
+    # The stored arrays the phase reads, as the loader ships them (decoded in loss_fn).
+    encoding = data.synthetic_encoding("exact", config.model.vocab_size, k=tl.K, hidden_dim=64)
+    names = decode.BatchSpec(encoding=encoding, fields=phase.fields).names
     batch = data.synthetic_batch(
-        8, config.data.seq_len, config.model.vocab_size, k=tl.K, hidden_dim=64, seed=1
+        8,
+        config.data.seq_len,
+        config.model.vocab_size,
+        k=tl.K,
+        hidden_dim=64,
+        seed=1,
+        hidden_layer=config.teacher.hidden_layer,
     )
-    batch = {k: jnp.asarray(batch[k]) for k in phase.fields}
+    batch = {k: jnp.asarray(batch[k]) for k in names}
     params = model.init_params(model_cfg, jax.random.key(0))
     regressor = methods.init_regressor(
         phase.regressor, jax.random.key(1), model_cfg.d_model, config.teacher.d_model
@@ -61,6 +70,7 @@ def test_accumulated_loss_and_gradients_equal_the_full_batch(method, phase_index
             config=config,
             model_cfg=model_cfg,
             num_steps=20,
+            encoding=encoding,
             counts=counts,
         )
 
@@ -143,7 +153,11 @@ def test_runner_step_with_micro_batches_matches_full_batch_on_a_sharded_mesh():
         config = tl.tiny_config("kd", "/unused", "/unused", **{"data.micro_batches": m})
         model_cfg = train.model_config_from(config)
         phase = methods.phases(config, model_cfg.num_layers)[0]
-        plan = train.PhasePlan(phase, 20, train.phase_flops_per_token(config, model_cfg, phase))
+        plan = train.PhasePlan(
+            phase=phase,
+            num_steps=20,
+            flops_per_token=train.phase_flops_per_token(config, model_cfg, phase),
+        )
         runner = train.PhaseRunner(config, model_cfg, plan, mesh)
         state = runner.init_state(jax.random.key(0))
         batch = data.synthetic_batch(

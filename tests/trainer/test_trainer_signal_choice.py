@@ -41,9 +41,11 @@ def _schema(k, samples):
     ],
 )
 def test_signal_choice_names_the_signal_and_the_reason(signal, k, samples, want):
-    config = tl.tiny_config("kd", "/unused", "/unused", **{"loss.signal": signal})
-    store_align.apply_geometry(config, _schema(k, samples), needs_topk=True, needs_hidden=False)
-    assert want in store_align.signal_choice(config, _schema(k, samples))
+    config = tl.tiny_config(
+        "kd", "/unused", "/unused", **{"loss.signal": signal, "data.from_store": True}
+    )
+    resolved = store_align.resolve(config, _schema(k, samples), needs_topk=True, needs_hidden=False)
+    assert want in store_align.signal_choice(resolved, _schema(k, samples))
 
 
 class _Stop(Exception):

@@ -94,9 +94,9 @@ class TrainTarget:
         if not config.store.url:
             config.store.url = _UNUSED
         config_lib.validate(config)
-        if profile not in decode.PROFILES:
+        if profile not in profiles.PROFILES:
             raise PlanInputError(
-                f"unknown profile {profile!r}: pass one of {list(decode.PROFILES)}"
+                f"unknown profile {profile!r}: pass one of {list(profiles.PROFILES)}"
             )
         self.config, self.profile = config, profile
         self.model_cfg = loop.model_config_from(config)
@@ -121,7 +121,7 @@ class TrainTarget:
             "method": c.method,
             "vocab_size": c.model.vocab_size,
             "dtype": c.model.dtype,
-            "remat": c.model.remat,
+            "remat": model_config.parse_remat(c.model.remat).value,
             "seq_len": c.data.seq_len,
             "profile": self.profile,
             "mesh": {k: int(v) for k, v in self.mesh.shape.items()},
@@ -182,8 +182,18 @@ class TrainTarget:
     def _batch(self, config, runner, phase) -> dict:
         """Abstract batch: the stored arrays the phase reads, [B, *row shape], stored dtypes."""
         schema = self._schema(config)
-        specs = {s.name: s for s in profiles.get_profile(self.profile).arrays(schema)}
-        names = runner.encoding.stored_names(phase.fields, config.teacher.hidden_layer)
+        # What the loader ships (activations RMS-normalised), by the names the step reads.
+        fields = profiles.get_profile(self.profile).field_arrays(schema, normalized=True)
+        specs = {s.name: s for field_specs in fields.values() for s in field_specs}
+        try:
+            names = decode.BatchSpec(encoding=runner.encoding, fields=phase.fields).names
+        except (KeyError, ValueError) as e:
+            raise PlanInputError(
+                f"{config.method} reads {list(phase.fields)}, which a store with data.k="
+                f"{config.data.k}, data.samples={config.data.samples}, teacher."
+                f"hidden_layer={config.teacher.hidden_layer} lacks ({e}); set those "
+                f"fields with --set"
+            ) from None
         missing = [n for n in names if n not in specs]
         if missing:
             raise PlanInputError(
@@ -196,7 +206,7 @@ class TrainTarget:
         for name in names:
             s = specs[name]
             shape = (config.data.batch_size,) + tuple(s.inner_shape)
-            batch[decode.batch_key(name)] = jax.ShapeDtypeStruct(
+            batch[name] = jax.ShapeDtypeStruct(
                 shape, jnp.dtype(s.dtype), sharding=sharding.batch_sharding(self.mesh, len(shape))
             )
         return batch
