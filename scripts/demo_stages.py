@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from scripts import demo_corpus, demo_report
+from scripts import demo_corpus, demo_report, demo_results
 from scripts.demo_sizes import MODELS, DemoSize
 
 # The demo's student arms: run-name prefix -> (trainer method, extra --set). KD, HLDC
@@ -292,7 +292,7 @@ def evaluate(ctx: Context) -> None:
                 "evaluate",
                 *_evaluate_args(ctx, name),
                 "--tasks",
-                ",".join(demo_report.TASKS),
+                ",".join(demo_results.TASKS),
                 "--limit",
                 str(ctx.size.eval_limit),
             )

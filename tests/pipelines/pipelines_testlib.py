@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import store
 import teacher_dump
 from pipelines import inputs, packing
-from store.compare import store_differences
+from store.compare import store_arrays, store_differences  # noqa: F401 (store_arrays: used as lib.store_arrays)
 from trainer.model import tokenizer
 
 VOCAB = 384
