@@ -45,7 +45,8 @@ venv: $(STAMP)
 lint: $(LINT_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy store/ trainer/training/losses.py trainer/training/decode.py trainer/training/signals.py
+	$(VENV)/bin/mypy store/ trainer/training/losses.py trainer/training/decode.py trainer/training/signals.py \
+		trainer/training/loss_options.py trainer/training/sampled_kd.py
 
 # The suite includes the shrunken demo (text → store → students), which reads
 # the embedded corpus, so tests need the data packages too.

@@ -202,6 +202,10 @@ def test_forbidden_third_party_imports():
         "trainer.model.tokenizer",
         "trainer.model.model_config",
         "trainer.model.errors",
+        "trainer.training.loss_options",
+        "trainer.training.config",
+        "trainer.report",
+        "trainer.sweep",
     ],
 )
 def test_light_modules_do_not_import_jax_at_import_time(module):

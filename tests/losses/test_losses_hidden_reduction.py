@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.training import losses
+from trainer.training import loss_options, losses
 
 
 def _unit(x):
@@ -31,7 +31,7 @@ def test_sum_is_the_squared_distance_and_mean_is_it_over_d(d):
     got_enum = losses.normalized_mse(
         jnp.asarray(pred, jnp.float32),
         jnp.asarray(target, jnp.float32),
-        reduction=losses.HiddenReduction.SUM,
+        reduction=loss_options.HiddenReduction.SUM,
     )
     np.testing.assert_array_equal(np.asarray(got_enum), np.asarray(got_sum))
 

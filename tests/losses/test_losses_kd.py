@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from trainer.model.errors import ConfigError
-from trainer.training import losses
+from trainer.training import loss_options, losses
 
 # Eager on purpose: op-level compile caches are shared across the many small
 # parametrized cases, which is cheaper here than one jit compile per case.
@@ -229,6 +229,6 @@ def test_kd_topk_bad_config_raises_clear_error(kwargs, match):
 
 
 def test_enums_accept_members_and_names():
-    assert losses.parse_tail_mode("bucket") is losses.TailMode.BUCKET
-    assert losses.parse_tail_mode(losses.TailMode.ZERO) is losses.TailMode.ZERO
-    assert losses.parse_divergence("jsd") is losses.Divergence.JSD
+    assert loss_options.parse_tail_mode("bucket") is loss_options.TailMode.BUCKET
+    assert loss_options.parse_tail_mode(loss_options.TailMode.ZERO) is loss_options.TailMode.ZERO
+    assert loss_options.parse_divergence("jsd") is loss_options.Divergence.JSD

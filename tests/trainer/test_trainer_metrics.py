@@ -8,7 +8,9 @@ from trainer.training import metrics
 
 def _lines(tmp_path, num_phases):
     stream = io.StringIO()
-    writer = metrics.MetricsWriter(str(tmp_path), 10, stream=stream, num_phases=num_phases)
+    writer = metrics.MetricsWriter(
+        str(tmp_path), 10, enabled=True, stream=stream, num_phases=num_phases
+    )
     writer.write(1, {"phase": 1, "loss": 2.0})
     writer.close()
     return stream.getvalue().splitlines()
@@ -27,7 +29,9 @@ def test_resume_drops_rows_past_the_checkpoint(tmp_path):
         "".join(json.dumps({"step": s, "loss": float(s)}) + "\n" for s in (1, 2, 3))
         + '{"step": 4, "lo'
     )  # torn by a kill
-    writer = metrics.MetricsWriter(str(tmp_path), 10, stream=io.StringIO(), resume_step=2)
+    writer = metrics.MetricsWriter(
+        str(tmp_path), 10, enabled=True, stream=io.StringIO(), resume_step=2
+    )
     writer.write(3, {"loss": 30.0})
     writer.close()
     rows = [json.loads(line) for line in path.read_text().splitlines()]

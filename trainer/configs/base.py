@@ -59,25 +59,25 @@ def base_config() -> ml_collections.ConfigDict:
     # cells of the paper's Tables 4-5, and on the demo store (k=32 of V=2048).
     c.loss.alpha = 0.7
     c.loss.alpha_schedule = (
-        "constant"  # constant | linear | wsd (trainer.training.schedules.AlphaSchedule).
+        "constant"  # constant | linear | wsd (trainer.training.loss_options.AlphaSchedule).
     )
     c.loss.alpha_start = 0.0  # linear/wsd: α at step 0 of the phase (ramps up to alpha).
     c.loss.alpha_final = 0.0  # wsd: α at the end of the decay (from alpha).
     c.loss.tau = 1.0  # KD temperature; the KD term is scaled by τ².
     c.loss.gamma = 0.1  # Weight of the hidden-state term (HLDC).
-    # What γ weighs (trainer.training.losses.HiddenReduction): mean | sum over the teacher
+    # What γ weighs (trainer.training.loss_options.HiddenReduction): mean | sum over the teacher
     # width D of the squared difference of the unit vectors. mean is the paper's (γ=0.1
     # there, at D=2560), in [0, 4/D]: the term then shrinks with D (γ=0.1 at the demo's
     # D=128 is ~4e-4 of the loss). sum is their squared distance, in [0, 4] at any D.
     # The trainer prints the term's share of the loss and gradient for HLDC/HLDF.
     c.loss.hidden_reduction = "mean"
-    # Top-k tail mode: bucket | zero | renormalize (trainer.training.losses.TailMode). bucket keeps
+    # Top-k tail mode: bucket | zero | renormalize (trainer.training.loss_options.TailMode). bucket keeps
     # the teacher's mass outside the top-k as one class, so the loss's optimum stays the
     # teacher; zero drops it and makes a perfect student of the loss worse than NLL at
     # small k (store.objective_penalty measures by how much; the trainer prints it).
     c.loss.tail = "bucket"
     c.loss.divergence = "forward_kl"  # forward_kl | reverse_kl | jsd.
-    # Stored teacher signal of the KD term: topk | sampled (trainer.training.sampled_kd.Signal).
+    # Stored teacher signal of the KD term: topk | sampled (trainer.training.loss_options.Signal).
     # sampled: S draws from the teacher's full softmax, an unbiased estimate of the
     # full-vocabulary forward KL at tau=1 (loss.tail does not apply; tau != 1 and other
     # divergences are refused).

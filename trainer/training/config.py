@@ -23,8 +23,7 @@ import ml_collections
 
 # One ConfigError for model and trainer configs; parse_enum is re-exported for callers.
 from trainer.model.model_config import ConfigError, parse_enum, parse_remat
-from trainer.training import losses, sampled_kd
-from trainer.training.schedules import AlphaSchedule
+from trainer.training import loss_options
 
 
 class Method(enum.Enum):
@@ -62,9 +61,9 @@ PATH_FIELDS = ("run_dir", "store.url")
 # reproduces the older behaviour: a config.json without the key is read as
 # holding it, so those runs still resume (check_same_config_on_resume).
 ADDED_FIELDS = {
-    "loss.signal": sampled_kd.Signal.TOPK.value,
+    "loss.signal": loss_options.Signal.TOPK.value,
     "data.samples": 0,
-    "loss.hidden_reduction": losses.HiddenReduction.MEAN.value,
+    "loss.hidden_reduction": loss_options.HiddenReduction.MEAN.value,
     "data.micro_batches": 1,
 }
 
@@ -244,7 +243,7 @@ def _check(condition: bool, message: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every trainer field's range; raises ConfigError naming field + fix."""
     method = parse_enum(Method, config.method, "method")
-    parse_enum(AlphaSchedule, config.loss.alpha_schedule, "loss.alpha_schedule")
+    loss_options.parse_alpha_schedule(config.loss.alpha_schedule)
     parse_enum(BudgetUnit, config.budget.unit, "budget.unit")
     _check(bool(config.run_dir), "run_dir is empty; pass --set run_dir=/path/to/run")
     _check(bool(config.store.url), "store.url is empty; pass --set store.url=/path/to/store")
@@ -278,7 +277,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_kd_settings(loss)
     _check(loss.gamma >= 0.0, f"loss.gamma={loss.gamma} must be >= 0")
     try:
-        losses.parse_hidden_reduction(loss.hidden_reduction)
+        loss_options.parse_hidden_reduction(loss.hidden_reduction)
     except ConfigError as e:
         raise ConfigError(f"loss.hidden_reduction: {e}") from None
     _check(loss.tau > 0 and math.isfinite(loss.tau), f"loss.tau={loss.tau} must be > 0")
@@ -353,20 +352,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _validate_kd_settings(loss) -> None:
     """loss.tail / divergence / tau / signal through the loss modules' own parsers."""
     try:
-        losses.check_temperature(loss.tau, losses.parse_tail_mode(loss.tail))
+        loss_options.check_temperature(loss.tau, loss_options.parse_tail_mode(loss.tail))
     except ConfigError as e:
         raise ConfigError(f"loss.tail/loss.tau: {e}") from None
     try:
-        losses.parse_divergence(loss.divergence)
+        loss_options.parse_divergence(loss.divergence)
     except ConfigError as e:
         raise ConfigError(f"loss.divergence: {e}") from None
     try:
-        signal = sampled_kd.parse_signal(loss.signal)
+        signal = loss_options.parse_signal(loss.signal)
     except ConfigError as e:
         raise ConfigError(f"loss.signal: {e}") from None
-    if signal is sampled_kd.Signal.SAMPLED:
+    if signal is loss_options.Signal.SAMPLED:
         try:
-            sampled_kd.check_settings(loss.tau, loss.divergence)
+            loss_options.check_sampled_settings(loss.tau, loss.divergence)
         except ConfigError as e:
             raise ConfigError(str(e)) from None
 

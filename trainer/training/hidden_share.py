@@ -1,6 +1,6 @@
 """What the hidden-state term weighs in HLDC / HLDF: its share of the loss and of the gradient.
 
-γ's meaning depends on `loss.hidden_reduction` (losses.HiddenReduction): the
+γ's meaning depends on `loss.hidden_reduction` (loss_options.HiddenReduction): the
 paper's mean over the teacher width D puts the term in [0, 4/D], so at the
 demo's D=128 the paper's γ=0.1 is ~4e-4 of a loss of ~1.4 and HLDC trains as
 KD. A user cannot see that from γ alone, so at the first `LOGGED_STEPS` logged

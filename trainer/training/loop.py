@@ -414,7 +414,11 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
         with open(final_path, encoding="utf-8") as f:
             return json.load(f)
     writer = metrics.MetricsWriter(
-        run_dir, total_steps, resume_step=meta["global_step"], num_phases=len(plans)
+        run_dir,
+        total_steps,
+        enabled=jax.process_index() == 0,
+        resume_step=meta["global_step"],
+        num_phases=len(plans),
     )
     data_state = None
     params = None

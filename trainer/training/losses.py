@@ -48,14 +48,13 @@ a KD value of 0 (the caller's mask should normally exclude it anyway).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from trainer.model.errors import ConfigError
-from trainer.model.model_config import parse_enum
+from trainer.training import loss_options
 
 # A finite stand-in for -inf: keeps logsumexp and its gradient NaN-free when
 # every entry of a row is masked, while exp(_NEG - anything finite) == 0.
@@ -64,80 +63,6 @@ _NEG = -1e30
 # both sides (K = V, or fp16 rounding pushing Σp past 1) then contributes 0
 # instead of 0·(−inf) or a spurious 1e-30·1e30.
 _LOG_TINY = -69.07755278982137
-
-
-class TailMode(enum.Enum):
-    """How the teacher mass outside the stored top-k support is treated."""
-
-    # Teacher: softmax(logprob/τ) over the support. Student: full-vocabulary
-    # log_softmax(logits/τ) gathered at the ids (its tail is simply dropped).
-    ZERO = "zero"
-    # As ZERO, but the student is renormalised over the support too.
-    RENORMALIZE = "renormalize"
-    # Both sides get one extra class holding the (tempered) mass outside the
-    # support (teacher: 1 − Σ exp(logprob) at τ=1, the documented estimate of
-    # the tempered tail otherwise; student: its exact mass off the ids).
-    BUCKET = "bucket"
-
-
-class Divergence(enum.Enum):
-    """Divergence between teacher p and student q over the support classes."""
-
-    FORWARD_KL = "forward_kl"  # KL(p ‖ q): mode-covering, the classic KD loss.
-    REVERSE_KL = "reverse_kl"  # KL(q ‖ p): mode-seeking.
-    JSD = "jsd"  # ½KL(p‖m) + ½KL(q‖m), m = ½(p + q); bounded by log 2.
-
-
-class HiddenReduction(enum.Enum):
-    """How ``normalized_mse`` reduces the feature axis D, i.e. what γ weighs.
-
-    The two differ by the factor D (the teacher width), so γ under MEAN
-    weighs D times less than under SUM: at d_T=128 (the demo) the paper's
-    γ=0.1 with MEAN is γ=0.1/128 ≈ 8e-4 of the squared distance.
-    """
-
-    # The paper's definition ("MeanSquaredError" of the two unit vectors): mean over D,
-    # in [0, 4/D]. The paper's configs (γ ∈ {0.1, 0.05} at d_T=2560) use it.
-    MEAN = "mean"
-    # The squared Euclidean distance of the unit vectors, ‖u − v‖² = 2 − 2·cos(u, v),
-    # in [0, 4] at any width: γ then means the same whatever d_T is.
-    SUM = "sum"
-
-
-def parse_hidden_reduction(value) -> HiddenReduction:
-    """Returns the ``HiddenReduction`` for a name or member; ConfigError if unknown."""
-    return parse_enum(HiddenReduction, value, "hidden-loss reduction", ConfigError)
-
-
-def parse_tail_mode(value) -> TailMode:
-    """Returns the ``TailMode`` for a name or member; ConfigError if unknown."""
-    return parse_enum(TailMode, value, "KD tail mode", ConfigError)
-
-
-def parse_divergence(value) -> Divergence:
-    """Returns the ``Divergence`` for a name or member; ConfigError if unknown."""
-    return parse_enum(Divergence, value, "KD divergence", ConfigError)
-
-
-def check_temperature(temperature, tail) -> float:
-    """Validates a KD temperature for a tail mode and returns it as a float.
-
-    Every tail mode works at every τ (bucket at τ ≠ 1 estimates the
-    teacher's tempered tail mass, see the module docstring).
-
-    Raises:
-      ConfigError: temperature not a finite positive number.
-    """
-    tail = parse_tail_mode(tail)
-    try:
-        tau = float(temperature)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"KD temperature must be a number, got {temperature!r}; pass e.g. 1.0"
-        ) from None
-    if not (tau > 0.0 and tau < float("inf")):
-        raise ConfigError(f"KD temperature must be finite and > 0, got {tau}; pass e.g. 0.5 or 1.0")
-    return tau
 
 
 def nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
@@ -254,10 +179,10 @@ def _jsd(logp_BxTxC, logq_BxTxC, valid_BxTxC):
 # Each takes (log p_teacher, log q_student, valid) over the classes [..., C]
 # and returns the per-token divergence [...]. Invalid classes carry finite
 # placeholder log-probs, so gradients through the masked branch stay finite.
-_DIVERGENCES: dict[Divergence, Callable[..., jax.Array]] = {
-    Divergence.FORWARD_KL: _forward_kl,
-    Divergence.REVERSE_KL: _reverse_kl,
-    Divergence.JSD: _jsd,
+_DIVERGENCES: dict[loss_options.Divergence, Callable[..., jax.Array]] = {
+    loss_options.Divergence.FORWARD_KL: _forward_kl,
+    loss_options.Divergence.REVERSE_KL: _reverse_kl,
+    loss_options.Divergence.JSD: _jsd,
 }
 
 
@@ -266,8 +191,8 @@ def kd_topk(
     topk_ids_BxTxK: jax.Array,
     topk_logprobs_BxTxK: jax.Array,
     temperature: float,
-    tail: str | TailMode = "zero",
-    divergence: str | Divergence = "forward_kl",
+    tail: str | loss_options.TailMode = "zero",
+    divergence: str | loss_options.Divergence = "forward_kl",
 ) -> jax.Array:
     """Per-token divergence between the stored teacher top-k and the student.
 
@@ -296,9 +221,9 @@ def kd_topk(
     Raises:
       ConfigError: unknown tail/divergence or bad τ.
     """
-    tail = parse_tail_mode(tail)
-    div_fn = _DIVERGENCES[parse_divergence(divergence)]
-    tau = check_temperature(temperature, tail)
+    tail = loss_options.parse_tail_mode(tail)
+    div_fn = _DIVERGENCES[loss_options.parse_divergence(divergence)]
+    tau = loss_options.check_temperature(temperature, tail)
 
     teacher_BxTxK = topk_logprobs_BxTxK.astype(jnp.float32)
     valid_BxTxK = jnp.isfinite(teacher_BxTxK)
@@ -314,7 +239,7 @@ def kd_topk(
     student_logp_BxTxV = jax.nn.log_softmax(student_logits_BxTxV.astype(jnp.float32) / tau, axis=-1)
     student_at_ids_BxTxK = jnp.take_along_axis(student_logp_BxTxV, ids_BxTxK, axis=-1)
 
-    if tail is TailMode.BUCKET:
+    if tail is loss_options.TailMode.BUCKET:
         # τ = 1: the teacher's support probabilities are the stored ones as is
         # (no renormalisation) and the bucket holds the remaining mass. τ ≠ 1:
         # p_k^{1/τ} and the estimated tail power sum S, normalised together.
@@ -341,7 +266,7 @@ def kd_topk(
     else:
         logp_BxTxC = _teacher_support_logprobs(teacher_BxTxK, valid_BxTxK, tau)
         logq_BxTxC = student_at_ids_BxTxK
-        if tail is TailMode.RENORMALIZE:
+        if tail is loss_options.TailMode.RENORMALIZE:
             logq_BxTxC = logq_BxTxC - _masked_logsumexp(logq_BxTxC, valid_BxTxK)[..., None]
         valid_BxTxC = valid_BxTxK
 
@@ -371,9 +296,10 @@ def normalized_mse(
     Returns:
       fp32 ``[B, T]``.
     """
-    reduce_fn = {HiddenReduction.MEAN: jnp.mean, HiddenReduction.SUM: jnp.sum}[
-        parse_hidden_reduction(reduction)
-    ]
+    reduce_fn = {
+        loss_options.HiddenReduction.MEAN: jnp.mean,
+        loss_options.HiddenReduction.SUM: jnp.sum,
+    }[loss_options.parse_hidden_reduction(reduction)]
     if pred_BxTxD.shape != target_BxTxD.shape:
         raise ConfigError(
             f"normalized_mse shapes differ: pred {pred_BxTxD.shape} vs target "

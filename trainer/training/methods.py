@@ -10,7 +10,7 @@
 logit-distillation term is not computed at all and the top-k is not read,
 which is representation-only distillation for HLDC (α=0, γ>0).
 
-The KL's teacher signal is `loss.signal` (trainer.training.sampled_kd.Signal):
+The KL's teacher signal is `loss.signal` (trainer.training.loss_options.Signal):
 the stored top-k (`losses.kd_topk`), or the stored sampled logits
 (`sampled_kd.kd_sampled`, an unbiased estimate of the full-vocabulary forward
 KL at τ = 1), in KD, HLDC and HLDF phase 2 alike. FLOPs accounting is the same
@@ -33,9 +33,8 @@ from store import profiles
 from trainer.model import gemma3 as model
 from trainer.model import regressors
 from trainer.model.regressors import RegressorKind
-from trainer.training import decode, losses, sampled_kd, schedules, tiled_loss
+from trainer.training import decode, loss_options, losses, schedules, tiled_loss
 from trainer.training.config import ConfigError, Method, parse_enum
-from trainer.training.schedules import AlphaSchedule
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,7 +54,7 @@ class Phase:
         signal: the KD term's stored teacher signal ("topk" | "sampled": its store field).
         hidden_layer: the teacher layer the hidden-state term reads (0: no hidden term).
         hidden_reduction: how the hidden term reduces the teacher width D
-            (losses.HiddenReduction: "mean", the paper's, or "sum").
+            (loss_options.HiddenReduction: "mean", the paper's, or "sum").
     """
 
     index: int = 1
@@ -67,9 +66,9 @@ class Phase:
     hidden_weight: float = 0.0
     regressor: RegressorKind | None = None
     constant_lr: bool = False
-    signal: str = sampled_kd.Signal.TOPK.value
+    signal: str = loss_options.Signal.TOPK.value
     hidden_layer: int = 0
-    hidden_reduction: str = losses.HiddenReduction.MEAN.value
+    hidden_reduction: str = loss_options.HiddenReduction.MEAN.value
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -77,7 +76,9 @@ class Phase:
         "sampled", "hidden/<l>"; `decode.BatchSpec` turns them into stored arrays."""
         fields = (profiles.TOKENS,)
         if self.kd_term:
-            fields += (sampled_kd.Signal(self.signal).value,)  # a Signal's value is its store field
+            fields += (
+                loss_options.Signal(self.signal).value,
+            )  # a Signal's value is its store field
         if self.hidden_term:
             fields += (profiles.hidden_name(self.hidden_layer),)
         return fields
@@ -93,11 +94,11 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
     method = parse_enum(Method, config.method, "method")
     logit_kd = not (
         config.loss.alpha == 0.0
-        and parse_enum(AlphaSchedule, config.loss.alpha_schedule, "loss.alpha_schedule")
-        is AlphaSchedule.CONSTANT
+        and loss_options.parse_alpha_schedule(config.loss.alpha_schedule)
+        is loss_options.AlphaSchedule.CONSTANT
     )
-    signal = sampled_kd.parse_signal(config.loss.signal).value
-    reduction = losses.parse_hidden_reduction(config.loss.hidden_reduction).value
+    signal = loss_options.parse_signal(config.loss.signal).value
+    reduction = loss_options.parse_hidden_reduction(config.loss.hidden_reduction).value
     kd_phase = Phase(flops_method="kd", data_term=True, kd_term=logit_kd, signal=signal)
     if method is Method.NLL:
         return (Phase(flops_method="nll", data_term=True),)
@@ -194,7 +195,7 @@ def objective_penalty(config, reader, phases, sample_rows: int = 16) -> dict | N
     if not any(p.kd_term for p in phases):
         return None
     loss = config.loss
-    if sampled_kd.parse_signal(loss.signal) is sampled_kd.Signal.SAMPLED:
+    if loss_options.parse_signal(loss.signal) is loss_options.Signal.SAMPLED:
         return sampled_penalty(config)
     topk_NxK = penalty_lib.sample_topk_logprobs(reader, sample_rows=sample_rows, seed=config.seed)
     return penalty_lib.summarize(
@@ -223,7 +224,7 @@ def sampled_penalty(config) -> dict:
         "penalty_max_nats": 0.0,
         "solver_residual": 0.0,
         "warn": False,
-        "signal": sampled_kd.Signal.SAMPLED.value,
+        "signal": loss_options.Signal.SAMPLED.value,
     }
 
 
@@ -331,7 +332,7 @@ def loss_fn(
         targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
         token_inputs = {tiled_loss.TARGETS: targets_BxT}
         if phase.kd_term:
-            sampled = sampled_kd.Signal(phase.signal) is sampled_kd.Signal.SAMPLED
+            sampled = loss_options.Signal(phase.signal) is loss_options.Signal.SAMPLED
             token_inputs[tiled_loss.TEACHER] = batch.sampled if sampled else batch.topk
         per_tile_fn = tiled_loss.logit_terms_fn(
             nll=True,

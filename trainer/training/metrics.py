@@ -1,7 +1,9 @@
 """Run metrics: RUN_DIR/metrics.jsonl, TensorBoard event files, a progress line.
 
 One object per logged step in metrics.jsonl (what evaluation and report read);
-the same scalars go to RUN_DIR/tb via tensorboardX. Only process 0 writes.
+the same scalars go to RUN_DIR/tb via tensorboardX. Only process 0 writes (the
+training loop says which process it is: this module reads metrics without JAX,
+for trainer.report and trainer.sweep).
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import math
 import os
 import sys
 import time
-
-import jax
 
 
 def _summary_writer_class():
@@ -58,6 +58,7 @@ class MetricsWriter:
 
     Args:
         run_dir: the run directory (metrics.jsonl and tb/ go there).
+        enabled: whether this process writes (process 0 of a multi-host run).
         total_steps: steps of the whole run (all phases), for the ETA.
         stream: where the progress line goes (stderr by default).
         resume_step: the global step training continues from (0: a fresh run).
@@ -66,9 +67,16 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, run_dir: str, total_steps: int, stream=None, resume_step: int = 0, num_phases: int = 1
+        self,
+        run_dir: str,
+        total_steps: int,
+        *,
+        enabled: bool,
+        stream=None,
+        resume_step: int = 0,
+        num_phases: int = 1,
     ):
-        self.enabled = jax.process_index() == 0
+        self.enabled = enabled
         self.total_steps = total_steps
         self.num_phases = num_phases
         self.stream = stream if stream is not None else sys.stderr

@@ -17,7 +17,7 @@ as γ is for KD). The student side is the full-vocabulary log-softmax gathered
 at the ids, exactly as ``losses.kd_topk`` gathers it, so tiling and memory
 are those of the top-k path (``tiled_loss``).
 
-What the estimator cannot do, refused by ``check_settings`` rather than
+What the estimator cannot do, refused by ``loss_options.check_sampled_settings`` rather than
 approximated: τ ≠ 1 (the draws come from the τ=1 teacher; self-normalised
 importance weights would need the unknown Σ p^{1/τ} and be biased at small
 S) and divergences other than forward KL (reverse KL and JSD need the
@@ -37,52 +37,12 @@ Stable signatures::
                sampled_logprobs_BxTxS) -> [B, T]
     top1_agreement_sampled(student_logits_BxTxV, sampled_ids_BxTxS,
                            sampled_counts_BxTxS, sampled_logprobs_BxTxS) -> [B, T]
-    check_settings(temperature, divergence) -> None   (ConfigError)
 """
 
 from __future__ import annotations
 
-import enum
-
 import jax
 import jax.numpy as jnp
-
-from trainer.model.errors import ConfigError
-from trainer.model.model_config import parse_enum
-from trainer.training import losses
-
-
-class Signal(enum.Enum):
-    """Which stored teacher signal the KD term reads (``config.loss.signal``)."""
-
-    TOPK = "topk"  # topk/* arrays: losses.kd_topk (tail modes, any τ, any divergence).
-    SAMPLED = "sampled"  # sampled/* arrays: kd_sampled (unbiased forward KL at τ = 1).
-
-
-def parse_signal(value) -> Signal:
-    """Returns the ``Signal`` for a name or member; ConfigError if unknown."""
-    return parse_enum(Signal, value, "KD signal", ConfigError)
-
-
-def check_settings(temperature, divergence) -> None:
-    """Refuses the KD settings that the sampled estimator cannot honour.
-
-    Raises:
-      ConfigError: τ ≠ 1 or a divergence other than forward_kl, naming the fix.
-    """
-    if float(temperature) != 1.0:
-        raise ConfigError(
-            f"loss.tau={float(temperature):g} with loss.signal=sampled: the stored draws are "
-            "from the teacher at tau=1 and the estimator is unbiased only there; use "
-            "--set loss.tau=1.0 or --set loss.signal=topk"
-        )
-    if losses.parse_divergence(divergence) is not losses.Divergence.FORWARD_KL:
-        raise ConfigError(
-            f"loss.divergence={losses.parse_divergence(divergence).value} with "
-            "loss.signal=sampled: draws from the teacher estimate only the forward KL "
-            "(the others need the teacher's probability where the student puts mass); use "
-            "--set loss.divergence=forward_kl or --set loss.signal=topk"
-        )
 
 
 def _weights(sampled_counts_BxTxS):

@@ -28,7 +28,6 @@ Conventions (decided here, documented once):
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 
@@ -36,14 +35,9 @@ import jax.numpy as jnp
 
 from trainer.model.errors import ConfigError
 from trainer.model.model_config import parse_enum
+from trainer.training import loss_options
 
 Schedule = Callable[[object], jnp.ndarray]
-
-
-class AlphaSchedule(enum.Enum):
-    CONSTANT = "constant"  # α throughout.
-    LINEAR = "linear"  # alpha_start → α linearly over the run.
-    WSD = "wsd"  # alpha_start → α over warm-up, α, → alpha_final over the decay.
 
 
 def _check_int(value, name, minimum):
@@ -160,7 +154,7 @@ def constant_after_warmup(
 
 
 def alpha_schedule(
-    name: str | AlphaSchedule,
+    name: str | loss_options.AlphaSchedule,
     alpha: float,
     total_steps: int,
     warmup_steps: int = 0,
@@ -181,14 +175,14 @@ def alpha_schedule(
       ConfigError: unknown name, a value outside [0, 1], or (wsd)
         warm-up + decay > total_steps.
     """
-    kind = parse_enum(AlphaSchedule, name, "alpha schedule", ConfigError)
+    kind = parse_enum(loss_options.AlphaSchedule, name, "alpha schedule", ConfigError)
     alpha = _check_fraction(alpha, "alpha")
     alpha_start = _check_fraction(alpha_start, "alpha_start")
     alpha_final = _check_fraction(alpha_final, "alpha_final")
     total_steps = _check_int(total_steps, "total_steps", 1)
-    if kind is AlphaSchedule.CONSTANT:
+    if kind is loss_options.AlphaSchedule.CONSTANT:
         return lambda step: jnp.asarray(alpha, jnp.float32)
-    if kind is AlphaSchedule.LINEAR:
+    if kind is loss_options.AlphaSchedule.LINEAR:
         return lambda step: alpha_start + (alpha - alpha_start) * _ramp(step, 0, total_steps)
     warmup_steps = _check_int(warmup_steps, "warmup_steps", 0)
     decay_fraction = _check_fraction(decay_fraction, "decay_fraction")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from store import SchemaMismatchError, StoreSchema
 from trainer.training.config import ConfigError, config_get, resolved_config
-from trainer.training.sampled_kd import Signal, parse_signal
+from trainer.training.loss_options import Signal, parse_signal
 
 
 def store_signal(schema: StoreSchema) -> Signal | None:

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from trainer.model import tiling
 from trainer.model.errors import ModelInputError
-from trainer.training import losses, sampled_kd
+from trainer.training import loss_options, losses, sampled_kd
 
 PerTileFn = Callable[[jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 
@@ -144,9 +144,9 @@ def logit_terms_fn(
     kd: bool = False,
     top1: bool = False,
     temperature: float = 1.0,
-    tail: str | losses.TailMode = "zero",
-    divergence: str | losses.Divergence = "forward_kl",
-    signal: str | sampled_kd.Signal = "topk",
+    tail: str | loss_options.TailMode = "zero",
+    divergence: str | loss_options.Divergence = "forward_kl",
+    signal: str | loss_options.Signal = "topk",
 ) -> PerTileFn:
     """Builds a per-tile function returning any of NLL, KD and top-1 agreement.
 
@@ -165,20 +165,20 @@ def logit_terms_fn(
         raise ModelInputError(
             "logit_terms_fn needs at least one of nll, kd, top1; set e.g. nll=True"
         )
-    signal = sampled_kd.parse_signal(signal)
+    signal = loss_options.parse_signal(signal)
     if kd:
-        tail = losses.parse_tail_mode(tail)
-        divergence = losses.parse_divergence(divergence)
-        temperature = losses.check_temperature(temperature, tail)
-        if signal is sampled_kd.Signal.SAMPLED:
-            sampled_kd.check_settings(temperature, divergence)
+        tail = loss_options.parse_tail_mode(tail)
+        divergence = loss_options.parse_divergence(divergence)
+        temperature = loss_options.check_temperature(temperature, tail)
+        if signal is loss_options.Signal.SAMPLED:
+            loss_options.check_sampled_settings(temperature, divergence)
 
     def per_tile_fn(logits_NxV, inputs):
         out = {}
         if nll:
             out["nll"] = losses.nll(logits_NxV, inputs[TARGETS])
         teacher = inputs.get(TEACHER)
-        if signal is sampled_kd.Signal.SAMPLED:
+        if signal is loss_options.Signal.SAMPLED:
             if kd:
                 out["kd"] = sampled_kd.kd_sampled(
                     logits_NxV, teacher.ids, teacher.counts, teacher.logprobs
