@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.model.errors import ConfigError
-from trainer.training import losses
+from trainer.training import losses, signals
 
 
 def test_nll_matches_numpy():
@@ -87,7 +87,8 @@ def test_normalized_mse_shape_mismatch_raises():
 def test_top1_agreement():
     logits = jnp.asarray([[[0.0, 3.0, 1.0], [5.0, 0.0, 1.0]]])
     ids = jnp.asarray([[[1, 2], [2, 0]]], jnp.uint16)
-    np.testing.assert_array_equal(losses.top1_agreement(logits, ids), [[1.0, 0.0]])
+    teacher = signals.TopkSignal(ids=ids, logprobs=jnp.zeros(ids.shape, jnp.float32))
+    np.testing.assert_array_equal(losses.top1_agreement(logits, teacher), [[1.0, 0.0]])
 
 
 def test_masked_mean_ignores_masked_nan_and_empty_mask():

@@ -12,11 +12,16 @@ import numpy as np
 import pytest
 
 from trainer.model.errors import ConfigError
-from trainer.training import loss_options, losses
+from trainer.training import loss_options, losses, signals
 
-# Eager on purpose: op-level compile caches are shared across the many small
-# parametrized cases, which is cheaper here than one jit compile per case.
-kd_topk = losses.kd_topk
+
+def kd_topk(student, ids, lps, *args, **kwargs):
+    """losses.kd_topk on the teacher's TopkSignal built by hand from its two arrays.
+
+    Eager on purpose: op-level compile caches are shared across the many small
+    parametrized cases, which is cheaper here than one jit compile per case.
+    """
+    return losses.kd_topk(student, signals.TopkSignal(ids=ids, logprobs=lps), *args, **kwargs)
 
 
 def _np_log_softmax(x):
@@ -224,7 +229,7 @@ def test_kd_topk_bad_config_raises_clear_error(kwargs, match):
     call = dict(temperature=1.0)
     call.update(kwargs)
     with pytest.raises(ConfigError, match=match):
-        losses.kd_topk(jnp.asarray(student), jnp.asarray(ids), jnp.asarray(lps), **call)
+        kd_topk(jnp.asarray(student), jnp.asarray(ids), jnp.asarray(lps), **call)
     assert issubclass(ConfigError, ValueError)
 
 

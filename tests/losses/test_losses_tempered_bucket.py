@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.training import losses
+from trainer.training import losses, signals
 
 
 def _log_softmax(x):
@@ -36,8 +36,7 @@ def test_k_equal_v_bucket_is_the_full_vocabulary_kl(tau):
     ids, lps = _topk(teacher_lp, v)
     got = losses.kd_topk(
         jnp.asarray(student, jnp.float32),
-        jnp.asarray(ids),
-        jnp.asarray(lps, jnp.float32),
+        signals.TopkSignal(ids=jnp.asarray(ids), logprobs=jnp.asarray(lps, jnp.float32)),
         tau,
         tail="bucket",
     )
@@ -77,8 +76,7 @@ def test_zipf_bucket_kl_tracks_the_full_vocabulary_kl():
     got = np.asarray(
         losses.kd_topk(
             jnp.asarray(student, jnp.float32),
-            jnp.asarray(ids),
-            jnp.asarray(lps, jnp.float32),
+            signals.TopkSignal(ids=jnp.asarray(ids), logprobs=jnp.asarray(lps, jnp.float32)),
             tau,
             tail="bucket",
         )

@@ -39,10 +39,8 @@ def _untiled(hidden, emb, inputs, temperature, tail):
     logits = tiled_loss.tile_logits(hidden.reshape(-1, D), emb).reshape(B, T, V)
     return {
         "nll": losses.nll(logits, inputs["targets"]),
-        "kd": losses.kd_topk(
-            logits, inputs["teacher"].ids, inputs["teacher"].logprobs, temperature, tail=tail
-        ),
-        "top1": losses.top1_agreement(logits, inputs["teacher"].ids),
+        "kd": losses.kd_topk(logits, inputs["teacher"], temperature, tail=tail),
+        "top1": losses.top1_agreement(logits, inputs["teacher"]),
     }
 
 

@@ -24,6 +24,11 @@ def draw(logp_V, num_draws, num_samples, seed):
     return draw_sampled(np.broadcast_to(logp_V, (num_draws, logp_V.size)), num_samples, seed)
 
 
+def sampled(ids, counts, lps):
+    """The teacher's SampledSignal, built by hand from its three arrays."""
+    return signals.SampledSignal(ids=ids, counts=counts, logprobs=lps)
+
+
 def _log_softmax64(x):
     x = np.asarray(x, np.float64)
     return x - np.log(np.exp(x - x.max()).sum()) - x.max()
@@ -40,7 +45,9 @@ def test_estimator_mean_equals_full_vocabulary_kl():
     logp_V, z_V = _teacher_student()
     ids, counts, lps = draw(logp_V, DRAWS, S, seed=1)
     logits_NxV = jnp.broadcast_to(jnp.asarray(z_V, jnp.float32), (DRAWS, V))
-    got = np.asarray(jax.jit(sampled_kd.kd_sampled)(logits_NxV, ids, counts, lps), np.float64)
+    got = np.asarray(
+        jax.jit(sampled_kd.kd_sampled)(logits_NxV, sampled(ids, counts, lps)), np.float64
+    )
 
     p_V, logq_V = np.exp(logp_V), _log_softmax64(z_V)
     f_V = logp_V - logq_V
@@ -53,8 +60,9 @@ def test_estimator_mean_equals_full_vocabulary_kl():
     order = np.argsort(-logp_V)[:S]
     topk = losses.kd_topk(
         jnp.asarray(z_V[None], jnp.float32),
-        jnp.asarray(order[None]),
-        jnp.asarray(logp_V[order][None], jnp.float32),
+        signals.TopkSignal(
+            ids=jnp.asarray(order[None]), logprobs=jnp.asarray(logp_V[order][None], jnp.float32)
+        ),
         1.0,
         tail="zero",
     )
@@ -67,7 +75,7 @@ def test_gradient_mean_equals_full_vocabulary_gradient():
 
     def mean_kd(z):
         logits = jnp.broadcast_to(z, (DRAWS, V))
-        return jnp.mean(sampled_kd.kd_sampled(logits, ids, counts, lps))
+        return jnp.mean(sampled_kd.kd_sampled(logits, sampled(ids, counts, lps)))
 
     got = np.asarray(jax.jit(jax.grad(mean_kd))(jnp.asarray(z_V, jnp.float32)), np.float64)
     p_V = np.exp(logp_V)
@@ -85,9 +93,9 @@ def test_counts_weigh_repeated_ids_and_empty_slots_are_inert():
     z = np.random.default_rng(4).normal(size=(1, V))
     logq = _log_softmax64(z[0])
     want = 0.4 * (lp3 - logq[3]) + 0.6 * (lp7 - logq[7])
-    value, grad = jax.value_and_grad(lambda x: sampled_kd.kd_sampled(x, ids, counts, lps)[0])(
-        jnp.asarray(z, jnp.float32)
-    )
+    value, grad = jax.value_and_grad(
+        lambda x: sampled_kd.kd_sampled(x, sampled(ids, counts, lps))[0]
+    )(jnp.asarray(z, jnp.float32))
     np.testing.assert_allclose(float(value), want, rtol=1e-5)
     want_grad = np.exp(logq)
     want_grad[3] -= 0.4
@@ -97,7 +105,9 @@ def test_counts_weigh_repeated_ids_and_empty_slots_are_inert():
     # A position with no draw at all: value 0, gradient 0, nothing NaN.
     empty = np.zeros((1, 5), np.uint8)
     v0, g0 = jax.value_and_grad(
-        lambda x: sampled_kd.kd_sampled(x, ids, empty, np.full((1, 5), -np.inf, np.float32))[0]
+        lambda x: sampled_kd.kd_sampled(
+            x, sampled(ids, empty, np.full((1, 5), -np.inf, np.float32))
+        )[0]
     )(jnp.asarray(z, jnp.float32))
     assert float(v0) == 0.0 and np.all(np.asarray(g0) == 0.0)
 
@@ -108,7 +118,7 @@ def test_top1_agreement_uses_the_most_probable_drawn_id():
     lps = np.array([[-0.5, -1.0, -np.inf], [-2.0, -0.3, -np.inf], [-np.inf] * 3], np.float32)
     logits = np.full((3, 8), -5.0, np.float32)
     logits[0, 2] = logits[1, 1] = logits[2, 0] = 5.0
-    got = sampled_kd.top1_agreement_sampled(jnp.asarray(logits), ids, counts, lps)
+    got = sampled_kd.top1_agreement_sampled(jnp.asarray(logits), sampled(ids, counts, lps))
     # Row 0: best drawn id 2 (not the most counted 5) = student's argmax; row 1: 4 != 1;
     # row 2: no draw -> 0 although the student's argmax is the placeholder id 0.
     np.testing.assert_array_equal(np.asarray(got), [1.0, 0.0, 0.0])
@@ -135,8 +145,7 @@ def _tiled_inputs(seed=5):
 def test_tiled_equals_untiled_and_is_deterministic():
     hidden, emb, inputs = _tiled_inputs()
     fn = tiled_loss.logit_terms_fn(nll=True, kd=True, top1=True, signal="sampled", tail="bucket")
-    t = inputs[tiled_loss.TEACHER]
-    teacher = [t.ids, t.counts, t.logprobs]
+    teacher = inputs[tiled_loss.TEACHER]
 
     def tiled(h, e):
         out = tiled_loss.tiled_logit_losses(h, e, fn, inputs, tile_tokens=TILE)
@@ -145,7 +154,7 @@ def test_tiled_equals_untiled_and_is_deterministic():
     def untiled(h, e):
         logits = tiled_loss.tile_logits(h.reshape(-1, D), e).reshape(B, T, V)
         return (
-            sampled_kd.kd_sampled(logits, *teacher).mean()
+            sampled_kd.kd_sampled(logits, teacher).mean()
             + 0.3 * losses.nll(logits, inputs["targets"]).mean()
         )
 
@@ -156,7 +165,7 @@ def test_tiled_equals_untiled_and_is_deterministic():
     assert set(out) == {"nll", "kd", "top1"}
     logits = tiled_loss.tile_logits(hidden.reshape(-1, D), emb).reshape(B, T, V)
     np.testing.assert_array_equal(
-        np.asarray(out["top1"]), np.asarray(sampled_kd.top1_agreement_sampled(logits, *teacher))
+        np.asarray(out["top1"]), np.asarray(sampled_kd.top1_agreement_sampled(logits, teacher))
     )
     np.testing.assert_allclose(float(val), float(want_val), rtol=1e-6)
     for g, w in zip(grads, want_grads):

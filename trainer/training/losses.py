@@ -9,11 +9,16 @@ composes them per method (docs/DESIGN.md §1) and takes the masked mean with
 Stable signatures (the trainer codes against these)::
 
     nll(logits_BxTxV, targets_BxT) -> [B, T]
-    kd_topk(student_logits_BxTxV, topk_ids_BxTxK, topk_logprobs_BxTxK,
+    kd_topk(student_logits_BxTxV, teacher: signals.TopkSignal,
             temperature, tail="zero", divergence="forward_kl") -> [B, T]
     normalized_mse(pred_BxTxD, target_BxTxD, eps=1e-6, reduction="mean") -> [B, T]
-    top1_agreement(student_logits_BxTxV, topk_ids_BxTxK) -> [B, T] (0./1.)
+    top1_agreement(student_logits_BxTxV, teacher: signals.TopkSignal) -> [B, T] (0./1.)
     masked_mean(values_BxT, mask_BxT) -> scalar
+
+The teacher arrives as the typed value ``decode.decode_batch`` made of the
+stored arrays (``signals.TopkSignal``: ``ids`` [..., K], ``logprobs`` [..., K]),
+handed through ``tiled_loss`` unchanged; the setting names (tail, divergence,
+reduction) are ``trainer.training.loss_options``'s.
 
 Leading axes are arbitrary: ``[B, T, V]`` and ``[N, V]`` both work, which is
 what lets ``trainer.training.tiled_loss`` call these on flattened token tiles.
@@ -54,7 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer.model.errors import ConfigError
-from trainer.training import loss_options
+from trainer.training import loss_options, signals
 
 # A finite stand-in for -inf: keeps logsumexp and its gradient NaN-free when
 # every entry of a row is masked, while exp(_NEG - anything finite) == 0.
@@ -188,8 +193,7 @@ _DIVERGENCES: dict[loss_options.Divergence, Callable[..., jax.Array]] = {
 
 def kd_topk(
     student_logits_BxTxV: jax.Array,
-    topk_ids_BxTxK: jax.Array,
-    topk_logprobs_BxTxK: jax.Array,
+    teacher: signals.TopkSignal,
     temperature: float,
     tail: str | loss_options.TailMode = "zero",
     divergence: str | loss_options.Divergence = "forward_kl",
@@ -208,8 +212,8 @@ def kd_topk(
 
     Args:
       student_logits_BxTxV: student logits (any float dtype; fp32 math).
-      topk_ids_BxTxK: teacher top-k vocabulary ids (int; any int dtype).
-      topk_logprobs_BxTxK: teacher log-probs at τ=1, ``-inf`` in dropped slots.
+      teacher: the stored top-k, ``ids`` [B, T, K] vocabulary ids (any int
+        dtype) and ``logprobs`` [B, T, K] log-probs at τ=1, ``-inf`` in dropped slots.
       temperature: τ > 0; both sides use softmax(·/τ) (bucket at τ ≠ 1: the
         teacher's tempered tail is the documented estimate).
       tail: a ``TailMode`` or its name: "zero", "renormalize", "bucket".
@@ -225,7 +229,7 @@ def kd_topk(
     div_fn = _DIVERGENCES[loss_options.parse_divergence(divergence)]
     tau = loss_options.check_temperature(temperature, tail)
 
-    teacher_BxTxK = topk_logprobs_BxTxK.astype(jnp.float32)
+    teacher_BxTxK = teacher.logprobs.astype(jnp.float32)
     valid_BxTxK = jnp.isfinite(teacher_BxTxK)
     any_valid_BxT = jnp.any(valid_BxTxK, axis=-1)
     # A token with no finite slot (padding, or a store that dropped it) gets a
@@ -235,7 +239,7 @@ def kd_topk(
     valid_BxTxK = valid_BxTxK | ~any_valid_BxT[..., None]
     # Dropped slots hold id 0 by contract; force it anyway so a gather never
     # reads out of range on garbage ids in masked slots.
-    ids_BxTxK = jnp.where(valid_BxTxK, topk_ids_BxTxK.astype(jnp.int32), 0)
+    ids_BxTxK = jnp.where(valid_BxTxK, teacher.ids.astype(jnp.int32), 0)
     student_logp_BxTxV = jax.nn.log_softmax(student_logits_BxTxV.astype(jnp.float32) / tau, axis=-1)
     student_at_ids_BxTxK = jnp.take_along_axis(student_logp_BxTxV, ids_BxTxK, axis=-1)
 
@@ -314,14 +318,14 @@ def normalized_mse(
     return reduce_fn(diff_BxTxD * diff_BxTxD, axis=-1)
 
 
-def top1_agreement(student_logits_BxTxV: jax.Array, topk_ids_BxTxK: jax.Array) -> jax.Array:
+def top1_agreement(student_logits_BxTxV: jax.Array, teacher: signals.TopkSignal) -> jax.Array:
     """1.0 where the student's argmax equals the teacher's top-1 id, else 0.0.
 
     The store keeps top-k sorted descending, so slot 0 is the teacher argmax.
     A metric: no gradient flows (argmax is piecewise constant).
     """
     student_top1_BxT = jnp.argmax(student_logits_BxTxV, axis=-1)
-    return (student_top1_BxT == topk_ids_BxTxK[..., 0].astype(student_top1_BxT.dtype)).astype(
+    return (student_top1_BxT == teacher.ids[..., 0].astype(student_top1_BxT.dtype)).astype(
         jnp.float32
     )
 

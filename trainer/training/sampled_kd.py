@@ -33,16 +33,19 @@ NaN in the value or gradient; a position with no draw at all gets 0.
 
 Stable signatures::
 
-    kd_sampled(student_logits_BxTxV, sampled_ids_BxTxS, sampled_counts_BxTxS,
-               sampled_logprobs_BxTxS) -> [B, T]
-    top1_agreement_sampled(student_logits_BxTxV, sampled_ids_BxTxS,
-                           sampled_counts_BxTxS, sampled_logprobs_BxTxS) -> [B, T]
+    kd_sampled(student_logits_BxTxV, teacher: signals.SampledSignal) -> [B, T]
+    top1_agreement_sampled(student_logits_BxTxV, teacher: signals.SampledSignal) -> [B, T]
+
+``teacher`` is the typed value ``decode.decode_batch`` made of the stored
+``sampled/*`` arrays (``ids``, ``counts``, ``logprobs``, each [..., S]).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from trainer.training import signals
 
 
 def _weights(sampled_counts_BxTxS):
@@ -53,30 +56,26 @@ def _weights(sampled_counts_BxTxS):
     return counts_BxTxS / jnp.maximum(total_BxTx1, 1.0), valid_BxTxS
 
 
-def kd_sampled(
-    student_logits_BxTxV: jax.Array,
-    sampled_ids_BxTxS: jax.Array,
-    sampled_counts_BxTxS: jax.Array,
-    sampled_logprobs_BxTxS: jax.Array,
-) -> jax.Array:
+def kd_sampled(student_logits_BxTxV: jax.Array, teacher: signals.SampledSignal) -> jax.Array:
     """Per-token unbiased estimate of KL(p_teacher ‖ q_student) at τ = 1.
 
     Without the α factor (τ² = 1 here): the method composes it.
 
     Args:
       student_logits_BxTxV: student logits (any float dtype; fp32 math).
-      sampled_ids_BxTxS: distinct drawn ids (any int dtype), empty slots id 0.
-      sampled_counts_BxTxS: draws per id (uint8), 0 in empty slots; sum S.
-      sampled_logprobs_BxTxS: teacher τ=1 log-probs of the ids, −inf in empty slots.
+      teacher: the stored draws, each [B, T, S]: ``ids`` the distinct drawn ids
+        (any int dtype), empty slots id 0; ``counts`` draws per id (any int
+        dtype), 0 in empty slots, sum S; ``logprobs`` the teacher's τ=1
+        log-probs of the ids, −inf in empty slots.
 
     Returns:
       fp32 ``[B, T]`` (0 where a position has no draw).
     """
-    w_BxTxS, valid_BxTxS = _weights(sampled_counts_BxTxS)
+    w_BxTxS, valid_BxTxS = _weights(teacher.counts)
     # Empty slots: id forced to 0 (a gather never reads garbage) and the
     # teacher log-prob to 0 (−inf · 0 would be NaN); both carry weight 0.
-    ids_BxTxS = jnp.where(valid_BxTxS, sampled_ids_BxTxS.astype(jnp.int32), 0)
-    teacher_BxTxS = jnp.where(valid_BxTxS, sampled_logprobs_BxTxS.astype(jnp.float32), 0.0)
+    ids_BxTxS = jnp.where(valid_BxTxS, teacher.ids.astype(jnp.int32), 0)
+    teacher_BxTxS = jnp.where(valid_BxTxS, teacher.logprobs.astype(jnp.float32), 0.0)
     student_logp_BxTxV = jax.nn.log_softmax(student_logits_BxTxV.astype(jnp.float32), axis=-1)
     student_BxTxS = jnp.take_along_axis(student_logp_BxTxV, ids_BxTxS, axis=-1)
     term_BxTxS = jnp.where(valid_BxTxS, w_BxTxS * (teacher_BxTxS - student_BxTxS), 0.0)
@@ -84,10 +83,7 @@ def kd_sampled(
 
 
 def top1_agreement_sampled(
-    student_logits_BxTxV: jax.Array,
-    sampled_ids_BxTxS: jax.Array,
-    sampled_counts_BxTxS: jax.Array,
-    sampled_logprobs_BxTxS: jax.Array,
+    student_logits_BxTxV: jax.Array, teacher: signals.SampledSignal
 ) -> jax.Array:
     """1.0 where the student's argmax is the most probable DRAWN id, else 0.0.
 
@@ -97,12 +93,10 @@ def top1_agreement_sampled(
     metric equals the top-k ``top1_agreement``. A position with no draw gives 0.
     A metric: no gradient flows.
     """
-    _, valid_BxTxS = _weights(sampled_counts_BxTxS)
-    teacher_BxTxS = jnp.where(valid_BxTxS, sampled_logprobs_BxTxS.astype(jnp.float32), -jnp.inf)
+    _, valid_BxTxS = _weights(teacher.counts)
+    teacher_BxTxS = jnp.where(valid_BxTxS, teacher.logprobs.astype(jnp.float32), -jnp.inf)
     best_BxTx1 = jnp.argmax(teacher_BxTxS, axis=-1)[..., None]
-    best_id_BxT = jnp.take_along_axis(sampled_ids_BxTxS.astype(jnp.int32), best_BxTx1, axis=-1)[
-        ..., 0
-    ]
+    best_id_BxT = jnp.take_along_axis(teacher.ids.astype(jnp.int32), best_BxTx1, axis=-1)[..., 0]
     student_top1_BxT = jnp.argmax(student_logits_BxTxV, axis=-1).astype(jnp.int32)
     agree_BxT = (student_top1_BxT == best_id_BxT) & jnp.any(valid_BxTxS, axis=-1)
     return agree_BxT.astype(jnp.float32)

@@ -180,25 +180,20 @@ def logit_terms_fn(
         teacher = inputs.get(TEACHER)
         if signal is loss_options.Signal.SAMPLED:
             if kd:
-                out["kd"] = sampled_kd.kd_sampled(
-                    logits_NxV, teacher.ids, teacher.counts, teacher.logprobs
-                )
+                out["kd"] = sampled_kd.kd_sampled(logits_NxV, teacher)
             if top1:
-                out["top1"] = sampled_kd.top1_agreement_sampled(
-                    logits_NxV, teacher.ids, teacher.counts, teacher.logprobs
-                )
+                out["top1"] = sampled_kd.top1_agreement_sampled(logits_NxV, teacher)
             return out
         if kd:
             out["kd"] = losses.kd_topk(
                 logits_NxV,
-                teacher.ids,
-                teacher.logprobs,
+                teacher,
                 temperature,
                 tail=tail,
                 divergence=divergence,
             )
         if top1:
-            out["top1"] = losses.top1_agreement(logits_NxV, teacher.ids)
+            out["top1"] = losses.top1_agreement(logits_NxV, teacher)
         return out
 
     required = ([TARGETS] if nll else []) + ([TEACHER] if (kd or top1) else [])
