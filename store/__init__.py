@@ -1,7 +1,9 @@
 """Offline teacher-signal store: a Zarr v3 group of token rows, teacher top-k
 log-probs and hidden activations, written in resumable work units.
 
-Never imports JAX or Beam, so any tool can read a store cheaply.
+Never imports JAX or Beam, so any tool can read a store cheaply. Each codec's
+jnp twins (the device encoder's and the train step's decoder's math) live
+beside its numpy codec and are handed ``jax.numpy`` by their callers.
 
 Modules: ``schema`` (StoreSchema, manifest in the root group attributes),
 ``profiles`` (exact / compact / lean encodings; ``lean`` holds the lean

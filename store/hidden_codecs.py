@@ -1,10 +1,14 @@
 """The hidden family's codecs: how a profile stores one captured layer ``hidden/<l>``.
 
-A codec holds its array specs, its numpy encoder and decoder and its manifest
-description side by side; a profile (store/profiles.py) picks one by name.
-The device twins are keyed by the same names: ``teacher_dump.encode.HIDDEN_ENCODERS``
-(jnp) and ``trainer.training.decode.HIDDEN_DECODERS`` (jnp). Every codec
-stores y = x / rms(x) in some form plus the float32 per-token RMS
+A codec holds its array specs, its numpy encoder and decoder, their jnp twins
+and its manifest description side by side; a profile (store/profiles.py)
+picks one by name. The twins take the JAX side as an argument (this package
+never imports JAX), as in store/topk_codecs.py: ``encode_jnp(ops, layer, x)``
+(``ops`` = teacher_dump.encode_ops) writes the numpy encoder's bytes, and
+``decode_jnp(jnp, stored, layer, signs)`` (``jnp`` = jax.numpy; ``signs`` the
+manifest's ``hidden_signs``, lean only) gives the numpy decoder's normalized
+values y = x / rms(x) bit for bit: the train step reads activations
+normalized. Every codec stores y in some form plus the float32 per-token RMS
 (``hidden_aux/<l>/rms``); a normalized read (``decode(..., normalized=True)``)
 never reads the RMS.
 
@@ -96,6 +100,18 @@ class Float16Hidden:
             "hidden_aux/<l>/rms": "float32 per-token RMS; x = hidden/<l> * rms[..., None]",
         }
 
+    def encode_jnp(self, ops, layer: int, x_XxD) -> dict:
+        jnp = ops.jnp
+        x = x_XxD.astype(jnp.float32)
+        r, safe = ops.rms(x)
+        return {
+            hidden_name(layer): ops.divide(x, safe[..., None]).astype(jnp.float16),
+            aux_name(layer, "rms"): r,
+        }
+
+    def decode_jnp(self, jnp, stored: dict, layer: int, signs):
+        return stored[hidden_name(layer)].astype(jnp.float32)
+
 
 class OutlierInt8Hidden:
     """int8 grid per token with the NUM_OUTLIERS largest channels in float16 (compact)."""
@@ -172,6 +188,37 @@ class OutlierInt8Hidden:
             else NUM_OUTLIERS,
         }
 
+    def encode_jnp(self, ops, layer: int, x_XxD) -> dict:
+        jnp = ops.jnp
+        F32 = jnp.float32
+        n = min(NUM_OUTLIERS, x_XxD.shape[-1])
+        x = x_XxD.astype(F32)
+        r, safe = ops.rms(x)
+        y = ops.divide(x, safe[..., None])
+        a = jnp.abs(y)
+        idx, outlier = ops.top_n_channels(a, n)
+        val = jnp.take_along_axis(y, idx, axis=-1)
+        y = jnp.where(outlier, F32(0.0), y)
+        a = jnp.where(outlier, F32(0.0), a)
+        step = ops.divide(jnp.max(a, axis=-1), np.float32(127.0)).astype(jnp.float16)
+        step = jnp.where(step > 0, step, jnp.float16(1.0))
+        q = jnp.clip(jnp.rint(ops.divide(y, step.astype(F32)[..., None])), -127, 127)
+        return {
+            hidden_name(layer): q.astype(jnp.int8),
+            aux_name(layer, "rms"): r,
+            aux_name(layer, "qstep"): step,
+            aux_name(layer, "outlier_idx"): idx.astype(jnp.uint16),
+            aux_name(layer, "outlier_val"): val.astype(jnp.float16),
+        }
+
+    def decode_jnp(self, jnp, stored: dict, layer: int, signs):
+        # y = int8 * qstep (exact in float32), the outlier channels restored.
+        step = stored[aux_name(layer, "qstep")].astype(jnp.float32)
+        y = stored[hidden_name(layer)].astype(jnp.float32) * step[..., None]
+        idx = stored[aux_name(layer, "outlier_idx")].astype(jnp.int32)
+        val = stored[aux_name(layer, "outlier_val")].astype(jnp.float32)
+        return jnp.put_along_axis(y, idx, val, axis=-1, inplace=False)
+
 
 class LeanHidden:
     """6-level rotated codes, 3 per byte, per-group float16 steps (store/lean.py)."""
@@ -197,6 +244,16 @@ class LeanHidden:
 
     def describe(self, schema) -> dict:
         return lean.describe(schema.hidden_dim) if schema.hidden_dim else {}
+
+    def encode_jnp(self, ops, layer: int, x_XxD) -> dict:
+        D = x_XxD.shape[-1]
+        codes, r, step = lean.encode_jnp(ops, x_XxD, lean.signs(D), lean.LEAN_STEP)
+        return {hidden_name(layer): codes, aux_name(layer, "rms"): r, aux_name(layer, "step"): step}
+
+    def decode_jnp(self, jnp, stored: dict, layer: int, signs):
+        return lean.decode_jnp(
+            jnp, stored[hidden_name(layer)], stored[aux_name(layer, "step")], signs
+        )
 
 
 CODECS = {c.name: c for c in (Float16Hidden(), OutlierInt8Hidden(), LeanHidden())}

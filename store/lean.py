@@ -34,6 +34,11 @@ of x [T, D] float32:
 Decode: c_j = (byte // 6**j) % 6; r = (c - 2.5) * step; y = H_b(r) * s;
 x = y * rms (a normalized read stops at y). Top-k (k > 0) is stored as in
 compact; ids (top-k and sampled) are bit-packed (store/bitpack.py).
+
+The jnp twins sit beside the numpy codec (the JAX side is passed in, as in
+store/hidden_codecs.py): ``encode_jnp`` writes ``encode``'s bytes (the same
+butterflies and numpy's pairwise mean of squares, teacher_dump/encode_ops.py),
+``decode_jnp`` gives ``decode``'s normalized y bit for bit.
 """
 
 import numpy as np
@@ -152,6 +157,86 @@ def decode(
             y *= rms[a : a + _BLOCK_TOKENS, None]
         out[a : a + _BLOCK_TOKENS] = y
     return out.reshape(*lead, D)
+
+
+def encode_jnp(ops, x_XxD, signs_D, lean_step: float):
+    """``encode`` in jnp, byte-identical: (codes uint8 [..., ceil(D/3)], rms float32 [...], step float16 [..., G]).
+
+    Args:
+        ops: teacher_dump.encode_ops (``ops.jnp`` is jax.numpy; numpy's float arithmetic bit for bit).
+        x_XxD: [..., D] activations.
+        signs_D: the +-1 rotation signs (length D; ``signs(D)`` for a store).
+        lean_step: the quantiser's step in units of the group RMS (LEAN_STEP for a store).
+    """
+    jnp = ops.jnp
+    F32 = jnp.float32
+    D = x_XxD.shape[-1]
+    b = group_size(D)
+    G = D // b
+    lead = x_XxD.shape[:-1]
+    x = x_XxD.astype(F32)
+    r, safe = ops.rms(x)
+    y = ops.divide(x, safe[..., None])
+    v = (y * jnp.asarray(signs_D, F32)).reshape(*lead, G, b)
+    rot = ops.fwht(v) * np.float32(1.0 / np.sqrt(b))  # the scaling as hadamard_rotate writes it
+    step = (jnp.sqrt(ops.mean_square(rot)) * F32(lean_step)).astype(jnp.float16)
+    step = jnp.where(step > 0, step, jnp.float16(1.0))
+    code = jnp.clip(jnp.floor(ops.divide(rot, step.astype(F32)[..., None])) + 3, 0, LEVELS - 1)
+    code = code.astype(jnp.uint8).reshape(*lead, D)
+    code = jnp.pad(code, [(0, 0)] * len(lead) + [(0, -D % 3)]).reshape(*lead, -(-D // 3), 3)
+    packed = code[..., 0] + jnp.uint8(6) * code[..., 1] + jnp.uint8(36) * code[..., 2]
+    return packed, r, step
+
+
+# 2c - 5 for the three codes a byte packs (c_j = (byte // 6**j) % 6); bytes > 215 never occur.
+_LUT_2C_MINUS_5 = np.array(
+    [[2 * ((v // 6**j) % 6) - 5 for j in range(3)] for v in range(256)], np.float32
+)
+
+
+def sylvester(b: int) -> np.ndarray:
+    """The unscaled Sylvester Hadamard matrix H_b (H_1 = [1], H_2n = [[H, H], [H, -H]])."""
+    h = np.ones((1, 1), np.float32)
+    while h.shape[0] < b:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def decode_jnp(jnp, codes_xP, step_xG, signs):
+    """``decode``'s normalized y in jnp, bit for bit: float32 [..., D], D = len(signs).
+
+    Computed as H_b @ (2c - 5) times step/2: a matmul of small integers
+    (|2c - 5| <= 5, H_b entries +-1, both exact in bfloat16; sums |.| <= 5 b
+    exact in the float32 accumulator whatever its order), so it is exact on
+    every backend, tensor cores included. And step/2 * integer is the float32
+    value numpy's float32 butterflies also reach (every partial sum there is
+    an 11-bit step times an integer below 2**12, so none rounds); then the
+    one rounding multiply by float32(1/sqrt(b)) both sides share.
+
+    Args:
+        jnp: jax.numpy.
+        codes_xP: uint8 [..., ceil(D/3)] stored codes.
+        step_xG: float16 [..., G] stored steps.
+        signs: the manifest's ``hidden_signs`` (+1/-1, length D).
+    """
+    D = len(signs)
+    b = group_size(D)
+    G = D // b
+    m = jnp.take(
+        jnp.asarray(_LUT_2C_MINUS_5, jnp.bfloat16), codes_xP.astype(jnp.int32), axis=0
+    )  # [..., P, 3]
+    m = m.reshape(codes_xP.shape[:-1] + (-1,))[..., :D]  # channels past D: padding
+    m = m.reshape(m.shape[:-1] + (G, b))
+    h = jnp.einsum(
+        "...gb,bc->...gc",
+        m,
+        jnp.asarray(sylvester(b), jnp.bfloat16),
+        preferred_element_type=jnp.float32,
+    )  # exact integers
+    r = h * (step_xG.astype(jnp.float32)[..., None] * jnp.float32(0.5))
+    y = r * np.float32(1.0 / np.sqrt(b))
+    y = y.reshape(y.shape[:-2] + (D,))
+    return y * jnp.asarray(np.asarray(signs, np.float32))
 
 
 def hidden_specs(layer_name: str, aux, T: int, D: int) -> list[ArraySpec]:

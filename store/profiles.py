@@ -21,12 +21,14 @@ and sampled ids alike) and zstd on the id and sampled arrays.
     compact  uint8_companded  int8_outliers  yes         <= 3,000 before zstd
     lean     uint8_companded  lean           yes         ~935 with 12 draws, no top-k, V=262,144
 
-The device twins are keyed by the codec names (teacher_dump.encode,
-trainer.training.decode), and everything that names a stored array
-(writer, reader, verify, loader, device decoder) takes the names from
-``Profile.field_arrays``, so adding a profile made of existing codecs is one
-line in ``PROFILES``; a new codec is one class in its family module plus its
-jnp twins.
+Each codec also holds its jnp twins (``encode_jnp`` / ``decode_jnp``,
+handed the JAX side by teacher_dump.encode and trainer.training.decode,
+which only dispatch: this package never imports JAX), and everything that
+names a stored array (writer, reader, verify, loader, device encoder and
+decoder) takes the names from ``Profile.field_arrays``. So adding a profile
+made of existing codecs is one line in ``PROFILES``; a new array is an edit
+of its codec's class; a new codec is one class in its family module plus
+its ``CODECS`` line.
 """
 
 import numpy as np
@@ -148,6 +150,12 @@ class Profile:
     def encode_ids(self, ids_xN: np.ndarray, V: int) -> np.ndarray:
         if self.packs_ids:
             return bitpack.pack(ids_xN, bitpack.bits_for(V))
+        return ids_xN.astype(ids_dtype(V))
+
+    def encode_ids_jnp(self, jnp, ids_xN, V: int):
+        """``encode_ids`` in jnp (``jnp`` is jax.numpy, passed in), byte-identical."""
+        if self.packs_ids:
+            return bitpack.pack_jnp(jnp, ids_xN, bitpack.bits_for(V))
         return ids_xN.astype(ids_dtype(V))
 
     def decode_ids(self, stored_xN: np.ndarray, n: int, V: int | None, dtype) -> np.ndarray:

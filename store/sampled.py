@@ -16,22 +16,33 @@ draws from its full softmax at tau=1, as the distinct ids with their counts
 E_p[f] for any f, so the KD term sum_s w_s (lp_s - log q(id_s)) is an unbiased
 estimate of forward KL(p || q) and of its gradient. The draws themselves are
 made on the device by teacher_dump; this module only checks, encodes and
-decodes them.
+decodes them, in numpy and in jnp (``encode_jnp`` / ``decode_jnp`` take the
+JAX side as an argument, as store/topk_codecs.py's twins: byte- and
+bit-identical to the numpy codec).
 """
 
+from __future__ import annotations
+
 import dataclasses
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
-from store import errors
+from store import bitpack, errors
 from store.layout import ArraySpec
+
+if TYPE_CHECKING:  # profiles imports this module
+    from store.profiles import Profile
 
 IDS, COUNTS, LOGPROBS = "sampled/ids", "sampled/counts", "sampled/logprobs"
 # Input log-probs may exceed 0 by float rounding of logit - logsumexp (as top-k).
 LOGPROB_SLACK = 1e-3
 
 
-def array_specs(profile, T: int, S: int, V: int) -> list[ArraySpec]:
+def array_specs(profile: Profile, T: int, S: int, V: int) -> list[ArraySpec]:
     """The three stored arrays of a profile (ids as the profile stores ids; zstd if ``profile.sampled_zstd``)."""
     return [
         dataclasses.replace(profile.ids_spec(IDS, T, S, V, "sample"), zstd=profile.sampled_zstd),
@@ -40,7 +51,9 @@ def array_specs(profile, T: int, S: int, V: int) -> list[ArraySpec]:
     ]
 
 
-def contract_problem(ids, counts, logprobs, S: int, V: int, slack: float = 0.0) -> str | None:
+def contract_problem(
+    ids: np.ndarray, counts: np.ndarray, logprobs: np.ndarray, S: int, V: int, slack: float = 0.0
+) -> str | None:
     """What breaks the sampled contract (see the module docstring), or None.
 
     Args:
@@ -75,7 +88,14 @@ def contract_problem(ids, counts, logprobs, S: int, V: int, slack: float = 0.0) 
 
 
 def check_inputs(
-    rows: int, T: int, S: int, V: int, ids, counts, logprobs, check_array
+    rows: int,
+    T: int,
+    S: int,
+    V: int,
+    ids: npt.ArrayLike | None,
+    counts: npt.ArrayLike | None,
+    logprobs: npt.ArrayLike | None,
+    check_array: Callable[[str, Any, tuple[int, ...], str], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validates write_unit's sampled inputs; returns (ids, counts, float32 log-probs).
 
@@ -99,7 +119,9 @@ def check_inputs(
     return ids, counts, lp
 
 
-def encode(profile, ids, counts, logprobs, V: int) -> dict:
+def encode(
+    profile: Profile, ids: np.ndarray, counts: np.ndarray, logprobs: np.ndarray, V: int
+) -> dict[str, np.ndarray]:
     """Stored arrays of checked inputs (deterministic)."""
     return {
         IDS: profile.encode_ids(ids, V),
@@ -108,7 +130,14 @@ def encode(profile, ids, counts, logprobs, V: int) -> dict:
     }
 
 
-def decode(profile, stored: dict, S: int, V: int, ids_dtype=np.int32, logprobs_dtype=np.float32):
+def decode(
+    profile: Profile,
+    stored: dict[str, np.ndarray],
+    S: int,
+    V: int,
+    ids_dtype: npt.DTypeLike = np.int32,
+    logprobs_dtype: npt.DTypeLike = np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, counts uint8, logprobs) from the stored arrays (stored dtypes returned without a copy)."""
     return (
         profile.decode_ids(stored[IDS], S, V, ids_dtype),
@@ -117,7 +146,30 @@ def decode(profile, stored: dict, S: int, V: int, ids_dtype=np.int32, logprobs_d
     )
 
 
-def describe(profile, V: int) -> dict:
+def encode_jnp(
+    ops: ModuleType, profile: Profile, ids: Any, counts: Any, logprobs: Any, V: int
+) -> dict[str, Any]:
+    """``encode`` in jnp (``ops``: teacher_dump.encode_ops, ``ops.jnp`` is jax.numpy), byte-identical."""
+    jnp = ops.jnp
+    return {
+        IDS: profile.encode_ids_jnp(jnp, ids, V),
+        COUNTS: counts.astype(jnp.uint8),
+        LOGPROBS: jnp.minimum(logprobs.astype(jnp.float32), 0).astype(jnp.float16),
+    }
+
+
+def decode_jnp(
+    jnp: ModuleType, stored: dict[str, Any], S: int, ids_bits: int
+) -> tuple[Any, Any, Any]:
+    """(int32 ids, int32 counts, float32 log-probs) [..., S] in jnp; ``ids_bits`` 0: unpacked ids."""
+    return (
+        bitpack.stored_ids_jnp(jnp, stored[IDS], S, ids_bits),
+        stored[COUNTS].astype(jnp.int32),
+        stored[LOGPROBS].astype(jnp.float32),
+    )
+
+
+def describe(profile: Profile, V: int) -> dict[str, str]:
     """Manifest ``encodings`` entries of the family."""
     return {
         IDS: profile.describe_ids(

@@ -3,8 +3,9 @@
 * ``teacher`` — ``load_teacher`` (params on one or several devices).
 * ``extract`` — ``make_extract_fn``: jitted top-k log-probs + hidden states.
 * ``loop``    — ``extract_rows``: batching with host/device overlap.
-* ``encode``  — the store profiles' encoders in jnp, composed after the
-  extraction step (``make_encoded_extract_fn``; numerics in ``encode_ops``).
+* ``encode``  — the device encoder, composed after the extraction step
+  (``make_encoded_extract_fn``): dispatch to the store codecs' ``encode_jnp``,
+  handed ``encode_ops`` (jnp twins of numpy's float arithmetic, bit for bit).
 * ``sampled`` — sampled logits: S draws per position, keyed by store row.
 * ``topk``    — the exact two-stage top-k over vocabulary groups.
 * ``convert`` — the CLI ``python -m teacher_dump.convert`` (HF import; the code

@@ -1,4 +1,4 @@
-"""The store profiles' encoders in jnp, run on the device after the extraction step.
+"""The device encoder: the store profile's jnp codecs, run on the device after the extraction step.
 
 ``encode_signal(signal, schema)`` maps the extraction step's outputs
 (``{"topk_ids", "topk_logprobs", "hidden": {l: ...}}``, extract.py) to the
@@ -8,13 +8,16 @@ stored arrays of the schema's profile (``store.profiles``), ``{array name:
 bytes (compact: 2.98 KB/token before zstd at T=2048, k=128, D=2560 instead of
 11.3 KB of float32 signal) and the host only writes them
 (``StoreWriter.write_unit_encoded``). Ids are bit-packed as the profile
-packs them (``pack_ids``, store/bitpack.py; integer ops, exact on any backend).
+packs them (``bitpack.pack_jnp``: integer ops, exact on any backend).
 
-Byte-identical to the numpy encoders of ``store.profiles`` on CPU (tested;
-the arithmetic is built from encode_ops.py's bit-exact twins of numpy's),
-tied compact outliers (host and device: ties to the lower channel,
-store/topn.py) and lean steps (both: numpy's float32 pairwise mean of
-squares, store/lean.py) included.
+This module only dispatches: each codec's jnp encoder sits beside its numpy
+encoder in the store package (``encode_jnp`` of store/topk_codecs.py,
+store/hidden_codecs.py, store/lean.py, store/sampled.py, ids in
+store/bitpack.py), handed encode_ops.py, the jnp twins of numpy's float
+arithmetic bit for bit (the store never imports JAX). Byte-identical to the
+numpy encoders on CPU (tested), tied compact outliers (host and device: ties
+to the lower channel, store/topn.py) and lean steps (both: numpy's float32
+pairwise mean of squares, store/lean.py) included.
 
 A resume re-runs the same encoder, so it rewrites the same bytes either way.
 """
@@ -27,159 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from store import (
-    bitpack,
-    hidden_codecs,
-    profiles,
-    sampled,
-    topk_codecs,
-)
-from store import (
-    errors as store_errors,
-)
-from store import (
-    lean as store_lean,
-)
-from store.hidden_codecs import aux_name, hidden_name
-from teacher_dump.encode_ops import F32, divide, fwht, mean_square, pack_ids, rms, top_n_channels
+from store import errors as store_errors
+from store import profiles, sampled
+from store.hidden_codecs import aux_name
+from teacher_dump import encode_ops
 from trainer.model.errors import ModelInputError
-
-
-def encode_ids(ids_XxN: jax.Array, vocab_size: int, packs_ids: bool) -> jax.Array:
-    """Ids as the profile stores them (``Profile.encode_ids``): bit-packed, or in the store's id dtype."""
-    if packs_ids:
-        return pack_ids(ids_XxN, bitpack.bits_for(vocab_size))
-    return ids_XxN.astype(profiles.ids_dtype(vocab_size))
-
-
-def encode_sampled(signal: dict, vocab_size: int, packs_ids: bool) -> dict:
-    """``store.sampled.encode``: ids as the profile stores ids, uint8 counts, float16 log-probs."""
-    return {
-        sampled.IDS: encode_ids(signal["sampled_ids"], vocab_size, packs_ids),
-        sampled.COUNTS: signal["sampled_counts"].astype(jnp.uint8),
-        sampled.LOGPROBS: jnp.minimum(signal["sampled_logprobs"].astype(F32), 0).astype(
-            jnp.float16
-        ),
-    }
-
-
-# --- exact -------------------------------------------------------------------------------------
-
-
-def exact_hidden(layer: int, x_XxD: jax.Array) -> dict:
-    """``hidden_codecs.Float16Hidden.encode``: float16 x / rms(x) and the float32 RMS."""
-    x = x_XxD.astype(F32)
-    r, safe = rms(x)
-    return {
-        hidden_name(layer): divide(x, safe[..., None]).astype(jnp.float16),
-        aux_name(layer, "rms"): r,
-    }
-
-
-def exact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = False) -> dict:
-    """``topk_codecs.Float16Topk.encode``: ids as the profile stores them, float16 log-probs."""
-    return {
-        topk_codecs.IDS: encode_ids(ids_XxK, vocab_size, packs_ids),
-        topk_codecs.LOGPROBS: jnp.minimum(logprobs_XxK.astype(F32), 0).astype(jnp.float16),
-    }
-
-
-# --- compact -----------------------------------------------------------------------------------
-
-
-def compact_hidden(layer: int, x_XxD: jax.Array) -> dict:
-    """``hidden_codecs.OutlierInt8Hidden.encode``: int8 grid per token, n outlier channels in float16."""
-    D = x_XxD.shape[-1]
-    n = min(hidden_codecs.NUM_OUTLIERS, D)
-    x = x_XxD.astype(F32)
-    r, safe = rms(x)
-    y = divide(x, safe[..., None])
-    a = jnp.abs(y)
-    idx, outlier = top_n_channels(a, n)
-    val = jnp.take_along_axis(y, idx, axis=-1)
-    y = jnp.where(outlier, F32(0.0), y)
-    a = jnp.where(outlier, F32(0.0), a)
-    step = divide(jnp.max(a, axis=-1), np.float32(127.0)).astype(jnp.float16)
-    step = jnp.where(step > 0, step, jnp.float16(1.0))
-    q = jnp.clip(jnp.rint(divide(y, step.astype(F32)[..., None])), -127, 127).astype(jnp.int8)
-    return {
-        hidden_name(layer): q,
-        aux_name(layer, "rms"): r,
-        aux_name(layer, "qstep"): step,
-        aux_name(layer, "outlier_idx"): idx.astype(jnp.uint16),
-        aux_name(layer, "outlier_val"): val.astype(jnp.float16),
-    }
-
-
-def compact_topk(ids_XxK, logprobs_XxK, vocab_size: int, packs_ids: bool = True) -> dict:
-    """``topk_codecs.CompandedTopk.encode``: uint8 square-root companded code below the float32 top-1."""
-    lp = jnp.minimum(logprobs_XxK.astype(F32), 0)
-    top = lp[..., 0]
-    finite = jnp.isfinite(lp) & jnp.isfinite(top)[..., None]
-    delta = jnp.where(finite, top[..., None] - lp, F32(0.0))
-    frac = divide(
-        jnp.clip(delta, F32(0.0), F32(topk_codecs.LP_RANGE)), np.float32(topk_codecs.LP_RANGE)
-    )
-    code = jnp.rint(F32(254.0) * jnp.sqrt(frac))
-    code = jnp.where(finite, code, F32(topk_codecs.LP_NEG_INF_CODE)).astype(jnp.uint8)
-    return {
-        topk_codecs.IDS: encode_ids(ids_XxK, vocab_size, packs_ids),
-        topk_codecs.LOGPROBS: code,
-        topk_codecs.TOP_LOGPROB: jnp.where(jnp.isfinite(top), top, -jnp.inf).astype(F32),
-    }
-
-
-# --- lean (store/lean.py) ----------------------------------------------------------------------------
-
-
-def lean_hidden(layer: int, x_XxD: jax.Array, signs_D, lean_step: float) -> dict:
-    """Lean activations: rotated, per-group 6-level codes packed 3 per byte (store/lean.py).
-
-    Args:
-        layer: the captured layer (array names).
-        x_XxD: [..., D] activations.
-        signs_D: the manifest's +-1 signs (length D).
-        lean_step: the quantiser's step in units of the group RMS (LEAN_STEP).
-
-    Returns:
-        {hidden/<l>: uint8 [..., ceil(D/3)], hidden_aux/<l>/rms: float32 [...],
-         hidden_aux/<l>/step: float16 [..., G]}.
-    """
-    D = x_XxD.shape[-1]
-    b = store_lean.group_size(D)
-    G = D // b
-    lead = x_XxD.shape[:-1]
-    x = x_XxD.astype(F32)
-    r, safe = rms(x)
-    y = divide(x, safe[..., None])
-    v = (y * jnp.asarray(signs_D, F32)).reshape(*lead, G, b)
-    rot = fwht(v) * np.float32(1.0 / np.sqrt(b))  # the scaling as store.lean writes it
-    step = (jnp.sqrt(mean_square(rot)) * F32(lean_step)).astype(jnp.float16)
-    step = jnp.where(step > 0, step, jnp.float16(1.0))
-    code = jnp.clip(
-        jnp.floor(divide(rot, step.astype(F32)[..., None])) + 3, 0, store_lean.LEVELS - 1
-    )
-    code = code.astype(jnp.uint8).reshape(*lead, D)
-    code = jnp.pad(code, [(0, 0)] * len(lead) + [(0, -D % 3)]).reshape(*lead, -(-D // 3), 3)
-    packed = code[..., 0] + jnp.uint8(6) * code[..., 1] + jnp.uint8(36) * code[..., 2]
-    return {hidden_name(layer): packed, aux_name(layer, "rms"): r, aux_name(layer, "step"): step}
-
-
-def lean_profile_hidden(layer: int, x_XxD: jax.Array) -> dict:
-    """``hidden_codecs.LeanHidden.encode``: lean_hidden with store.lean's signs and step constant."""
-    return lean_hidden(layer, x_XxD, store_lean.signs(x_XxD.shape[-1]), store_lean.LEAN_STEP)
-
-
-# --- the profile's whole signal ----------------------------------------------------------------
-
-# The jnp twins of the numpy codecs, keyed by the codec names (store/topk_codecs.py, store/hidden_codecs.py):
-# a profile made of these codecs is encoded on the device with no change here.
-TOPK_ENCODERS = {"float16": exact_topk, "uint8_companded": compact_topk}
-HIDDEN_ENCODERS = {
-    "float16_rms": exact_hidden,
-    "int8_outliers": compact_hidden,
-    "lean": lean_profile_hidden,
-}
 
 
 def _rows(signal) -> int:
@@ -229,16 +84,13 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         store.StoreInputError: a profile without a device encoder.
     """
     profile = profile or profiles.get_profile(schema.profile)
-    if profile.topk.name not in TOPK_ENCODERS or profile.hidden.name not in HIDDEN_ENCODERS:
-        raise store_errors.StoreInputError(
-            f"profile {schema.profile!r} ({profile.topk.name} top-k, {profile.hidden.name} hidden) has no device "
-            f"encoder; device encoders exist for top-k {sorted(TOPK_ENCODERS)} and hidden "
-            f"{sorted(HIDDEN_ENCODERS)}; or write with StoreWriter.write_unit (host encoder)"
-        )
-    encode_topk, encode_hidden = (
-        TOPK_ENCODERS[profile.topk.name],
-        HIDDEN_ENCODERS[profile.hidden.name],
-    )
+    for family, codec in (("top-k", profile.topk), ("hidden", profile.hidden)):
+        if not callable(getattr(codec, "encode_jnp", None)):
+            raise store_errors.StoreInputError(
+                f"profile {schema.profile!r}: its {codec.name} {family} codec has no device encoder "
+                "(encode_jnp beside its numpy encode); add it, or write with StoreWriter.write_unit "
+                "(host encoder)"
+            )
     T, K, S, D = schema.seq_len, schema.k, schema.samples, schema.hidden_dim
     B = _rows(signal)
     arrays, finite_B = {}, jnp.ones((B,), bool)
@@ -247,7 +99,9 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         _check("topk_logprobs", signal["topk_logprobs"], (B, T, K), "floating")
         lp = signal["topk_logprobs"]
         finite_B &= ~jnp.isnan(lp).any(axis=(1, 2)) & ~jnp.isposinf(lp).any(axis=(1, 2))
-        arrays.update(encode_topk(signal["topk_ids"], lp, schema.vocab_size, profile.packs_ids))
+        arrays.update(
+            profile.topk.encode_jnp(encode_ops, profile, signal["topk_ids"], lp, schema.vocab_size)
+        )
     if S:
         for name, kind in (
             ("sampled_ids", "integer"),
@@ -258,7 +112,16 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         # Empty slots hold -inf: only NaN and +inf are broken.
         lp = signal["sampled_logprobs"]
         finite_B &= ~jnp.isnan(lp).any(axis=(1, 2)) & ~jnp.isposinf(lp).any(axis=(1, 2))
-        arrays.update(encode_sampled(signal, schema.vocab_size, profile.packs_ids))
+        arrays.update(
+            sampled.encode_jnp(
+                encode_ops,
+                profile,
+                signal["sampled_ids"],
+                signal["sampled_counts"],
+                lp,
+                schema.vocab_size,
+            )
+        )
     hidden = signal.get("hidden") or {}
     if sorted(hidden) != sorted(schema.hidden_layers):
         raise ModelInputError(
@@ -267,7 +130,7 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         )
     for layer in schema.hidden_layers:
         _check(f"hidden[{layer}]", hidden[layer], (B, T, D), "floating")
-        encoded = encode_hidden(layer, hidden[layer])
+        encoded = profile.hidden.encode_jnp(encode_ops, layer, hidden[layer])
         # x has a NaN/inf iff its RMS does (or x**2 overflows float32: refused too).
         finite_B &= jnp.isfinite(encoded[aux_name(layer, "rms")]).all(axis=1)
         arrays.update(encoded)
@@ -283,7 +146,7 @@ def _check_specs(arrays, schema, profile, B):
     if got != want:
         raise store_errors.StoreInputError(
             f"device encoder of {schema.profile!r} disagrees with store.profiles: {got} vs {want}; "
-            "update teacher_dump/encode.py with the profile"
+            "fix the codec's encode_jnp (store/*_codecs.py) to write its specs"
         )
 
 

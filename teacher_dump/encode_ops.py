@@ -1,4 +1,8 @@
-"""jnp twins of numpy's float arithmetic, bit for bit: what the device encoders (encode.py) are built of.
+"""jnp twins of numpy's float arithmetic, bit for bit: what the device encoders are built of.
+
+The store's codecs (store/*_codecs.py, store/lean.py) write their jnp
+encoders against this module, handed to them as ``ops`` by encode.py
+(``ops.jnp`` is jax.numpy): the store package never imports JAX.
 
 Each function gives the bytes numpy gives on the host (tested on CPU, jax
 0.10.2), against a rewrite XLA would otherwise make:
@@ -16,7 +20,6 @@ Each function gives the bytes numpy gives on the host (tested on CPU, jax
 * ``top_n_channels``: ``lax.top_k``'s order, ties towards the lower channel
   (store.topn applies the same rule on its tie rows; argpartition alone would not).
 * ``fwht``: the Hadamard rotation as add/sub butterflies in store.lean's order.
-* ``pack_ids``: integer ops, exact anywhere.
 """
 
 import jax
@@ -127,30 +130,6 @@ def rms(x_XxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token RMS (float32) as ``store.profiles``, and the same with 0 replaced by 1 (safe divisor)."""
     r = jnp.sqrt(mean_square(x_XxD))
     return r, jnp.where(r > 0, r, F32(1.0))
-
-
-def pack_ids(ids_XxN: jax.Array, bits: int) -> jax.Array:
-    """Packs non-negative ids of ``bits`` bits into a little-endian bit stream (store/bitpack.py).
-
-    Value j occupies stream bits [j*bits, (j+1)*bits); stream bit i is bit
-    i % 8 of byte i // 8. Decodable with ``np.unpackbits(..., bitorder="little")``.
-
-    Args:
-        ids_XxN: [..., n] integer ids in [0, 2**bits).
-        bits: bits per id, 1..32.
-
-    Returns:
-        uint8 [..., ceil(n * bits / 8)].
-    """
-    lead, n = ids_XxN.shape[:-1], ids_XxN.shape[-1]
-    u = ids_XxN.astype(jnp.uint32)
-    bit_XxNxB = ((u[..., None] >> jnp.arange(bits, dtype=jnp.uint32)) & 1).astype(jnp.uint8)
-    stream = bit_XxNxB.reshape(*lead, n * bits)
-    pad = -(n * bits) % 8
-    stream = jnp.pad(stream, [(0, 0)] * len(lead) + [(0, pad)])
-    bytes_XxMx8 = stream.reshape(*lead, (n * bits + pad) // 8, 8)
-    # Distinct bits: the sum is the OR, at most 255.
-    return (bytes_XxMx8 << jnp.arange(8, dtype=jnp.uint8)).sum(axis=-1, dtype=jnp.uint8)
 
 
 def top_n_channels(a_XxD: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:

@@ -1,4 +1,4 @@
-"""Device encoders (teacher_dump/encode.py) against the numpy encoders of store.profiles.
+"""Device encoders (the codecs' encode_jnp, dispatched by teacher_dump/encode.py) against their numpy encoders.
 
 Agreement is byte-for-byte (the stated tolerance is zero), tied |y| included:
 host and device both take the n largest |y| with ties to the lower channel
@@ -16,6 +16,7 @@ import pytest
 from store import (
     StoreInputError,
     StoreSchema,
+    bitpack,
     hidden_codecs,
     profiles,
     sampled,
@@ -61,6 +62,11 @@ def _assert_same_bytes(got, ref):
         )
 
 
+def _hidden_jnp(codec, layer, x):
+    """A hidden codec's device encoder (its encode_jnp, handed encode_ops as teacher_dump.encode does)."""
+    return hidden_codecs.CODECS[codec].encode_jnp(encode_ops, layer, x)
+
+
 @pytest.mark.parametrize("D", [2560, 1, 7, 100, 1000, 2049, 3072])
 def test_pairwise_sum_is_numpys_sum_bit_for_bit(D):
     # 2560 (32 leaves of 80) and 3072 take the side-by-side path; 100, 1000, 2049 the unequal tree.
@@ -75,7 +81,7 @@ def test_pairwise_sum_is_numpys_sum_bit_for_bit(D):
 def test_compact_hidden_is_byte_identical_to_numpy(D):
     x = _hidden(np.random.default_rng(1), 2, 24, D)
     x[1, 3] = 0.0  # a zero token: rms 0, step 1, every channel ties
-    got = _device(lambda x: encode.compact_hidden(4, x), x)
+    got = _device(lambda x: _hidden_jnp("int8_outliers", 4, x), x)
     ref = profiles.get_profile("compact").encode_hidden(4, x)
     np.testing.assert_array_equal(
         got[profiles.aux_name(4, "outlier_idx")][1, 3], np.arange(min(8, D))
@@ -86,7 +92,7 @@ def test_compact_hidden_is_byte_identical_to_numpy(D):
 def test_exact_hidden_is_byte_identical_to_numpy():
     x = _hidden(np.random.default_rng(2), 2, 16, 2560)
     _assert_same_bytes(
-        _device(lambda x: encode.exact_hidden(3, x), x),
+        _device(lambda x: _hidden_jnp("float16_rms", 3, x), x),
         profiles.get_profile("exact").encode_hidden(3, x),
     )
 
@@ -98,9 +104,7 @@ def test_topk_is_byte_identical_to_numpy(profile, V):
     ids, lp = _topk(np.random.default_rng(3), 2, 8, 16, V)
     lp[1, 2, 0] = 0.0  # probability 1 at the top
     prof = profiles.get_profile(profile)
-    got = _device(
-        lambda i, l: encode.TOPK_ENCODERS[prof.topk.name](i, l, V, prof.packs_ids), ids, lp
-    )
+    got = _device(lambda i, l: prof.topk.encode_jnp(encode_ops, prof, i, l, V), ids, lp)
     _assert_same_bytes(got, prof.encode_topk(ids, lp, V))
 
 
@@ -112,7 +116,7 @@ def test_tied_outliers_take_the_lower_channel_byte_identical_to_numpy(D):
     x = np.array(jnp.asarray(_hidden(rng, 1, 512, D)).astype(jnp.bfloat16).astype(jnp.float32))
     x[0, :8, 10:22] = 2e4  # 12 equal largest channels: the top 8 is a tie
     x[0, 8] = 0.0  # all channels tie
-    got = _device(lambda x: encode.compact_hidden(1, x), x)
+    got = _device(lambda x: _hidden_jnp("int8_outliers", 1, x), x)
     ref = profiles.get_profile("compact").encode_hidden(1, x)
     y = x / hidden_codecs.rms(x)[1][..., None]
     a = np.abs(y)
@@ -129,12 +133,13 @@ def test_tied_outliers_take_the_lower_channel_byte_identical_to_numpy(D):
 def test_decode_of_device_encoding_is_faithful():
     rng = np.random.default_rng(5)
     x = _hidden(rng, 1, 64, 512).astype(np.float64)
-    got = _device(lambda x: encode.compact_hidden(2, x), x.astype(np.float32))
+    got = _device(lambda x: _hidden_jnp("int8_outliers", 2, x), x.astype(np.float32))
     x_hat = profiles.get_profile("compact").decode_hidden(2, got, np.float64)
     cos = (x_hat * x).sum(-1) / np.linalg.norm(x_hat, axis=-1) / np.linalg.norm(x, axis=-1)
     assert cos.min() > 0.9995
     ids, lp = _topk(rng, 1, 8, 32, 500)
-    enc = _device(lambda i, l: encode.compact_topk(i, l, 500), ids, lp)
+    compact = profiles.get_profile("compact")
+    enc = _device(lambda i, l: compact.topk.encode_jnp(encode_ops, compact, i, l, 500), ids, lp)
     code = enc["topk/logprobs"].astype(np.float64)
     delta = np.minimum(lp[..., :1].astype(np.float64) - lp, topk_codecs.LP_RANGE)
     finite = np.isfinite(lp)
@@ -150,7 +155,7 @@ def test_packed_ids_decode_with_numpy_unpackbits(V):
     bits = max(1, int(np.ceil(np.log2(V))))
     ids = np.random.default_rng(V).integers(0, V, (3, 5, 13), dtype=np.int64)
     ids[0, 0, :] = V - 1
-    packed = _device(lambda i: encode_ops.pack_ids(i, bits), ids.astype(np.int32))
+    packed = _device(lambda i: bitpack.pack_jnp(jnp, i, bits), ids.astype(np.int32))
     assert packed.dtype == np.uint8 and packed.shape == (3, 5, -(-13 * bits // 8))
     stream = np.unpackbits(packed, axis=-1, bitorder="little")[..., : 13 * bits].reshape(
         3, 5, 13, bits
@@ -316,7 +321,10 @@ def test_lean_codes_match_a_float64_reference_except_on_code_boundaries(D):
     lean_step = 0.7309
     x = _hidden(rng, 1, 128, D)
     signs = np.where(rng.random(D) < 0.5, -1.0, 1.0)
-    got = _device(lambda x: encode.lean_hidden(2, x, signs, lean_step), x)
+    names = (profiles.hidden_name(2), profiles.aux_name(2, "rms"), profiles.aux_name(2, "step"))
+    got = _device(
+        lambda x: dict(zip(names, store_lean.encode_jnp(encode_ops, x, signs, lean_step))), x
+    )
     b = store_lean.group_size(D)
     x64 = x.astype(np.float64)
     y = x64 / np.sqrt((x64**2).mean(-1, keepdims=True))
@@ -371,7 +379,7 @@ def test_lean_steps_are_byte_identical_on_many_groups():
     # 150,000 groups of 16 (D = 48): a float64 mean of squares (store.lean's rule before) rounds 10 of
     # these steps to the other float16 (asserted below, so this test keeps telling the rules apart).
     x = _hidden(np.random.default_rng(1), 1, 50000, 48)
-    got = _device(lambda x: encode.lean_profile_hidden(1, x), x)
+    got = _device(lambda x: _hidden_jnp("lean", 1, x), x)
     ref = profiles.get_profile("lean").encode_hidden(1, x)
     _assert_same_bytes(got, ref)
     y = x[0] / hidden_codecs.rms(x[0])[1][:, None]

@@ -1,10 +1,12 @@
-"""The signal contract: a profile is a registry line, a codec one class plus its jnp twins.
+"""The signal contract: a profile is a registry line, a codec one class with both halves.
 
 Everything that names a stored array (writer, reader, verify, loader, device
 encoder and decoder) takes the names from ``store.profiles.Profile.field_arrays``,
-so a profile made of known codecs needs nothing but its ``PROFILES`` line, and a
-new codec (here with an array no shipped codec has) needs its numpy class and
-the jnp encoder/decoder keyed by its name. References: the store's own numpy
+and a codec's class holds its numpy codec and its jnp twins side by side
+(``encode_jnp`` / ``decode_jnp``; teacher_dump.encode and trainer.training.decode
+only dispatch), so a profile made of known codecs needs nothing but its
+``PROFILES`` line, and a new codec (here with an array no shipped codec has)
+is its class plus its ``CODECS`` line. References: the store's own numpy
 decode of the same bytes (``StoreReader.read``), and the numpy encoder for the
 device encoder's bytes.
 """
@@ -83,60 +85,50 @@ def test_a_profile_of_known_codecs_is_one_registry_line(tmp_path, monkeypatch):
     _check_device_encoder("exact_lean")
 
 
-class _Float16WithPeak:
-    """float16 x/rms(x) plus a new side array: the per-token peak |y| in float16 (unused by decode)."""
+class _Float16WithPeak(hidden_codecs.Float16Hidden):
+    """A new codec with a new array, in one class: float16 x/rms(x) plus the per-token peak |y|.
+
+    Its numpy and jnp encoders sit side by side; decode (numpy and jnp) is
+    inherited, as the peak is not needed to decode.
+    """
 
     name = "float16_peak"
 
-    def check_schema(self, schema):
-        """Every width can be stored."""
-
     def specs(self, layer, T, D):
-        return hidden_codecs.CODECS["float16_rms"].specs(layer, T, D) + [
-            ArraySpec(aux_name(layer, "peak"), (T,), "float16", ("pos",))
-        ]
+        peak = ArraySpec(aux_name(layer, "peak"), (T,), "float16", ("pos",))
+        return super().specs(layer, T, D) + [peak]
 
     def encode(self, layer, x):
-        out = hidden_codecs.CODECS["float16_rms"].encode(layer, x)
+        out = super().encode(layer, x)
         out[aux_name(layer, "peak")] = np.abs(out[hidden_name(layer)]).max(-1)
         return out
 
-    def decode(self, layer, stored, dtype, normalized=False):
-        return hidden_codecs.CODECS["float16_rms"].decode(layer, stored, dtype, normalized)
+    def encode_jnp(self, ops, layer, x):
+        out = super().encode_jnp(ops, layer, x)
+        out[aux_name(layer, "peak")] = ops.jnp.abs(out[hidden_name(layer)]).max(-1)
+        return out
 
     def describe(self, schema):
         return {
-            **hidden_codecs.CODECS["float16_rms"].describe(schema),
+            **super().describe(schema),
             "hidden_aux/<l>/peak": "float16 per-token max |hidden/<l>|",
         }
 
 
-def _peak_encoder(layer, x):
-    out = encode.exact_hidden(layer, x)
-    out[aux_name(layer, "peak")] = jnp.abs(out[hidden_name(layer)]).max(-1)
-    return out
-
-
-def test_a_new_codec_with_a_new_array_is_its_class_and_its_twins(tmp_path, monkeypatch):
-    monkeypatch.setitem(hidden_codecs.CODECS, "float16_peak", _Float16WithPeak())  # the numpy codec
-    monkeypatch.setitem(encode.HIDDEN_ENCODERS, "float16_peak", _peak_encoder)  # its jnp encoder
-    monkeypatch.setitem(
-        decode.HIDDEN_DECODERS,
-        "float16_peak",  # its jnp decoder
-        decode.HIDDEN_DECODERS["float16_rms"],
-    )
-    monkeypatch.setitem(
-        profiles.PROFILES,
+def test_a_new_codec_with_a_new_array_is_one_class_and_its_registry_lines(tmp_path, monkeypatch):
+    # The whole change: the class above, its CODECS line and the profile's PROFILES line. Nothing in
+    # the writer, reader, verify, loader, device encoder (teacher_dump.encode) or decoder
+    # (trainer.training.decode) names it.
+    monkeypatch.setitem(hidden_codecs.CODECS, "float16_peak", _Float16WithPeak())
+    peak = profiles.Profile(
         "peak",
-        profiles.Profile(  # the profile
-            "peak",
-            topk="float16",
-            hidden="float16_peak",
-            packs_ids=False,
-            side_zstd=False,
-            sampled_zstd=False,
-        ),
+        topk="float16",
+        hidden="float16_peak",
+        packs_ids=False,
+        side_zstd=False,
+        sampled_zstd=False,
     )
+    monkeypatch.setitem(profiles.PROFILES, "peak", peak)
     url = tl.make_store(tmp_path / "s", num_rows=32, profile="peak")
     batch = _check_round_trip(url, ("tokens", "topk", f"hidden/{tl.LAYER}"))
     # The new array travels to the step under its one name (a normalized read leaves out the RMS only).
@@ -146,24 +138,37 @@ def test_a_new_codec_with_a_new_array_is_its_class_and_its_twins(tmp_path, monke
     _check_device_encoder("peak")
 
 
+class _NumpyOnly:
+    """A codec with its numpy half only (no encode_jnp / decode_jnp)."""
+
+    name = "float16_numpy_only"
+
+    def __getattr__(self, attr):
+        if attr.endswith("_jnp"):
+            raise AttributeError(attr)
+        return getattr(hidden_codecs.CODECS["float16_rms"], attr)
+
+
 def test_a_codec_without_device_twins_is_refused_by_name(monkeypatch):
-    monkeypatch.setitem(hidden_codecs.CODECS, "float16_peak", _Float16WithPeak())
+    monkeypatch.setitem(hidden_codecs.CODECS, "float16_numpy_only", _NumpyOnly())
     monkeypatch.setitem(
         profiles.PROFILES,
-        "peak",
+        "numpy_only",
         profiles.Profile(
-            "peak",
+            "numpy_only",
             topk="float16",
-            hidden="float16_peak",
+            hidden="float16_numpy_only",
             packs_ids=False,
             side_zstd=False,
             sampled_zstd=False,
         ),
     )
-    with pytest.raises(ValueError, match="float16_peak hidden.*has no device decoder"):
-        decode.Encoding(profile="peak")
+    with pytest.raises(ValueError, match="float16_numpy_only hidden codec has no device decoder"):
+        decode.Encoding(profile="numpy_only")
     schema = StoreSchema(
-        seq_len=8, k=4, vocab_size=tl.VOCAB, hidden_layers=(3,), hidden_dim=64, profile="peak"
+        seq_len=8, k=4, vocab_size=tl.VOCAB, hidden_layers=(3,), hidden_dim=64, profile="numpy_only"
     )
-    with pytest.raises(StoreInputError, match="float16_peak hidden.*has no device encoder"):
+    with pytest.raises(
+        StoreInputError, match="float16_numpy_only hidden codec has no device encoder"
+    ):
         encode.encode_signal({"topk_ids": None, "topk_logprobs": None, "hidden": {}}, schema)

@@ -1,20 +1,21 @@
-"""trainer.training.decode: the device decode equals the numpy decoders of store.profiles.
+"""trainer.training.decode and the codecs' jnp decoders: the device decode equals the numpy decoders.
 
 Bitwise everywhere (assert_array_equal): casts, int8 * float16 step with the
 outliers restored, the uint8 log-prob code (a table of the same float32 ops),
 packed ids (integers), lean's inverse Hadamard (an integer matmul, exact; see
-decode._lean_hidden). References: store.profiles' numpy decoders on the same
+store.lean.decode_jnp). References: store.profiles' numpy decoders on the same
 stored bytes, np.packbits for the bit stream, a float64 formula for lean.
 """
 
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import trainer_testlib as tl
 
-from store import StoreReader, StoreSchema, create_store, profiles
+from store import StoreReader, StoreSchema, bitpack, create_store, lean, profiles
 from trainer.model.errors import ConfigError
 from trainer.training import data, decode, methods, sharding
 from trainer.training import loop as train
@@ -36,13 +37,13 @@ def test_unpack_ids_matches_packbits(vocab, n):
     ids[0, 0, -1] = vocab - 1  # the largest id, all bits set
     packed = _pack_ref(ids, bits)
     assert packed.shape[-1] == -(-n * bits // 8)
-    got = jax.jit(lambda p: decode.unpack_ids(p, n, bits))(packed)
+    got = jax.jit(lambda p: bitpack.unpack_jnp(jnp, p, n, bits))(packed)
     np.testing.assert_array_equal(np.asarray(got), ids)
 
 
 def test_unpack_ids_refuses_a_wrong_width():
     with pytest.raises(ValueError, match="need 3"):
-        decode.unpack_ids(np.zeros((1, 2), np.uint8), 2, 11)
+        bitpack.unpack_jnp(jnp, np.zeros((1, 2), np.uint8), 2, 11)
 
 
 def test_unknown_profile_and_field_are_refused():
@@ -226,7 +227,7 @@ def _lean_reference(packed, step, signs):
     H = np.array([[1.0]])
     while H.shape[0] < b:
         H = np.block([[H, H], [H, -H]])
-    assert (H == decode.sylvester(b)).all()
+    assert (H == lean.sylvester(b)).all()
     y = (r @ H) / np.sqrt(b)
     return y.reshape(y.shape[:-2] + (D,)) * np.asarray(signs, np.float64)
 
@@ -237,14 +238,12 @@ def test_lean_hidden_matches_the_spec_and_the_store_decoder(D):
     within the 2 float32 roundings of the final scale by float32(1/sqrt(b))
     (everything before it is exact)."""
     _need("lean")
-    from store import lean
-
     rng = np.random.default_rng(D)
-    G = D // decode.lean_block(D)
+    G = D // lean.group_size(D)
     packed = rng.integers(0, 216, (2, 3, -(-D // 3)), dtype=np.int64).astype(np.uint8)
     step = rng.uniform(0.01, 2.0, (2, 3, G)).astype(np.float16)
     signs = tuple(int(s) for s in lean.signs(D))
-    got = np.asarray(jax.jit(lambda p, s: decode._lean_hidden(p, s, signs))(packed, step))
+    got = np.asarray(jax.jit(lambda p, s: lean.decode_jnp(jnp, p, s, signs))(packed, step))
     np.testing.assert_array_equal(got, lean.decode(packed, step, D, np.float32))
     want = _lean_reference(packed.astype(np.int64), step, signs)
     np.testing.assert_allclose(got, want, rtol=2**-22, atol=0)

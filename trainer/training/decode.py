@@ -13,9 +13,11 @@ Which stored arrays a field needs, and their ranks, come from the store's
 profile (``store.profiles.Profile.field_arrays``, the one table the writer,
 the reader and this decoder share); activations are read RMS-normalised
 (x / rms(x), the per-token RMS is never read): the hidden-state losses
-normalise the target per token anyway. The decoders below are the jnp twins of
-the numpy codecs, keyed by the same codec names (store/topk_codecs.py,
-store/hidden_codecs.py), so a profile made of known codecs needs nothing here.
+normalise the target per token anyway. This module only dispatches: each
+codec's jnp decoder sits beside its numpy decoder in the store package
+(``decode_jnp`` of store/topk_codecs.py, store/hidden_codecs.py, store/lean.py,
+store/sampled.py, ids in store/bitpack.py), handed ``jax.numpy`` (the store
+never imports JAX), so a profile or a codec needs nothing here.
 
     field       exact                  compact                              lean
     tokens      int32 [B,T]            (same)                               (same)
@@ -32,7 +34,7 @@ log-probs and activations float32. Equivalence with the numpy decoders of
 `store.profiles` (tests/trainer/test_trainer_decode.py): bitwise for every
 array — casts, int8 * float16 step and outlier restore, the log-prob code,
 packed ids, and lean's inverse Hadamard (its partial sums are all exact in
-float32, see `_lean_hidden`).
+float32, see `store.lean.decode_jnp`).
 """
 
 from __future__ import annotations
@@ -41,10 +43,8 @@ import dataclasses
 import types
 
 import jax.numpy as jnp
-import numpy as np
 
-from store import profiles, sampled, topk_codecs
-from store.hidden_codecs import aux_name, hidden_name
+from store import profiles, sampled
 from trainer.training.signals import Batch, SampledSignal, TopkSignal
 
 
@@ -77,12 +77,12 @@ class Encoding:
                 f"store.profiles knows {sorted(profiles.PROFILES)}"
             )
         prof = self.store_profile
-        if prof.topk.name not in TOPK_DECODERS or prof.hidden.name not in HIDDEN_DECODERS:
-            raise ValueError(
-                f"store profile {self.profile!r} ({prof.topk.name} top-k, {prof.hidden.name} "
-                f"hidden) has no device decoder; trainer.training.decode knows top-k "
-                f"{sorted(TOPK_DECODERS)} and hidden {sorted(HIDDEN_DECODERS)}"
-            )
+        for family, codec in (("top-k", prof.topk), ("hidden", prof.hidden)):
+            if not callable(getattr(codec, "decode_jnp", None)):
+                raise ValueError(
+                    f"store profile {self.profile!r}: its {codec.name} {family} codec has no "
+                    "device decoder (decode_jnp beside its numpy decode); add it"
+                )
         if (
             prof.hidden.name == "lean"
             and self.hidden_dim
@@ -195,166 +195,14 @@ def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
     for field in spec.fields:
         layer = profiles.hidden_layer(field)
         if field == profiles.TOPK:
-            out["topk"] = TOPK_DECODERS[prof.topk.name](batch, e)
+            ids, logprobs = prof.topk.decode_jnp(jnp, batch, e.k, e.ids_bits)
+            out["topk"] = TopkSignal(ids=ids, logprobs=logprobs)
         elif field == profiles.SAMPLED:
-            out["sampled"] = SampledSignal(
-                ids=_ids(batch[sampled.IDS], e.samples, e.ids_bits),
-                counts=batch[sampled.COUNTS].astype(jnp.int32),
-                logprobs=batch[sampled.LOGPROBS].astype(jnp.float32),
-            )
+            ids, counts, logprobs = sampled.decode_jnp(jnp, batch, e.samples, e.ids_bits)
+            out["sampled"] = SampledSignal(ids=ids, counts=counts, logprobs=logprobs)
         elif layer is not None:
-            out["hidden"] = HIDDEN_DECODERS[prof.hidden.name](batch, layer, e)
+            out["hidden"] = prof.hidden.decode_jnp(jnp, batch, layer, e.hidden_signs)
     return Batch(**out)
 
-
-def _float16_topk(batch, e: Encoding) -> TopkSignal:
-    return TopkSignal(
-        ids=_ids(batch[topk_codecs.IDS], e.k, e.ids_bits),
-        logprobs=batch[topk_codecs.LOGPROBS].astype(jnp.float32),
-    )
-
-
-def _companded_topk(batch, e: Encoding) -> TopkSignal:
-    return TopkSignal(
-        ids=_ids(batch[topk_codecs.IDS], e.k, e.ids_bits),
-        logprobs=_coded_logprobs(batch[topk_codecs.LOGPROBS], batch[topk_codecs.TOP_LOGPROB]),
-    )
-
-
-def _float16_hidden(batch, layer: int, e: Encoding):
-    return batch[hidden_name(layer)].astype(jnp.float32)
-
-
-def _int8_outliers_hidden(batch, layer: int, e: Encoding):
-    return _compact_hidden(
-        batch[hidden_name(layer)],
-        batch[aux_name(layer, "qstep")],
-        batch[aux_name(layer, "outlier_idx")],
-        batch[aux_name(layer, "outlier_val")],
-    )
-
-
-def _lean_profile_hidden(batch, layer: int, e: Encoding):
-    return _lean_hidden(batch[hidden_name(layer)], batch[aux_name(layer, "step")], e.hidden_signs)
-
-
-def _ids(stored, n: int, bits: int):
-    return stored.astype(jnp.int32) if bits == 0 else unpack_ids(stored, n, bits)
-
-
-def unpack_ids(packed_xN, n: int, bits: int):
-    """int32 [..., n] from the little-endian bit stream of store.profiles.PACKED_IDS_RULE (uint8 [..., ceil(n*bits/8)]).
-
-    Value j occupies stream bits [j*bits, (j+1)*bits); stream bit i is bit
-    i % 8 of byte i // 8. The byte offsets are static, so each id is a gather
-    of the 5 bytes that can hold it (bits <= 32, shift <= 7), a little-endian
-    combine and a shift: no 8x expansion into single bits.
-    """
-    nbytes = packed_xN.shape[-1]
-    if nbytes != -(-n * bits // 8):
-        raise ValueError(
-            f"packed ids have {nbytes} bytes per position; {n} ids of {bits} bits "
-            f"need {-(-n * bits // 8)}"
-        )
-    start_n = np.arange(n) * bits
-    byte0_n, shift_n = start_n // 8, (start_n % 8).astype(np.uint32)
-    x = packed_xN.astype(jnp.uint32)
-    # Zero bytes past the end: the last ids' 5-byte windows may reach past it.
-    x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (5,), jnp.uint32)], axis=-1)
-    b = [jnp.take(x, byte0_n + i, axis=-1) for i in range(5)]
-    low = b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
-    value = low >> shift_n
-    # Bits from the fifth byte (only when shift + bits > 32); a shift by 32
-    # would be out of range, so the shift-0 ids take none of it.
-    high = jnp.where(shift_n > 0, b[4] << ((32 - shift_n) % 32), jnp.uint32(0))
-    value = value | high
-    mask = np.uint32(0xFFFFFFFF) if bits == 32 else np.uint32((1 << bits) - 1)
-    return (value & mask).astype(jnp.int32)
-
-
-def _coded_logprobs(code_xK, top_x):
-    """uint8 code -> log-prob: top - LP_RANGE * (code / 254)**2, code 255 = -inf.
-
-    The 256 offsets LP_RANGE * frac * frac are a numpy table made with the
-    float32 operations of topk_codecs.CompandedTopk.decode, so the device does one
-    gather and one subtract: bitwise the numpy decode (computing the square
-    in the step instead lets XLA contract it into a fused multiply-add, one
-    float32 ulp off).
-    """
-    frac_C = np.arange(256, dtype=np.float32) * np.float32(1.0 / 254.0)
-    offset_C = np.float32(topk_codecs.LP_RANGE) * frac_C * frac_C
-    lp = top_x.astype(jnp.float32)[..., None] - jnp.take(
-        jnp.asarray(offset_C), code_xK.astype(jnp.int32)
-    )
-    return jnp.where(code_xK == topk_codecs.LP_NEG_INF_CODE, -jnp.inf, lp)
-
-
-def _compact_hidden(q_xD, step_x, idx_xN, val_xN):
-    """y = int8 * qstep (exact in float32), outlier channels restored: float32 x/rms(x)."""
-    y = q_xD.astype(jnp.float32) * step_x.astype(jnp.float32)[..., None]
-    return jnp.put_along_axis(
-        y, idx_xN.astype(jnp.int32), val_xN.astype(jnp.float32), axis=-1, inplace=False
-    )
-
-
-def lean_block(hidden_dim: int) -> int:
-    """store.lean.group_size: the largest power of two dividing D, capped at 512."""
-    return min(hidden_dim & -hidden_dim, 512)
-
-
-# 2c - 5 for the three codes a byte packs (c_j = (byte // 6**j) % 6); bytes > 215 never occur.
-_LEAN_LUT = np.array(
-    [[2 * ((v // 6**j) % 6) - 5 for j in range(3)] for v in range(256)], np.float32
-)
-
-
-def sylvester(b: int) -> np.ndarray:
-    """The unscaled Sylvester Hadamard matrix H_b (H_1 = [1], H_2n = [[H, H], [H, -H]])."""
-    h = np.ones((1, 1), np.float32)
-    while h.shape[0] < b:
-        h = np.block([[h, h], [h, -h]])
-    return h
-
-
-def _lean_hidden(packed_xP, step_xG, signs):
-    """Lean activations: base-6 unpack, inverse block Hadamard, signs -> float32 x/rms(x).
-
-    c_j = (byte // 6**j) % 6; r = (c - 2.5) * step; y = H_b(r) * float32(1/sqrt(b)) * s,
-    as store/lean.py's decode. Computed as H_b @ (2c - 5) times step/2: a
-    matmul of small integers (|2c - 5| <= 5, H_b entries +-1, both exact in
-    bfloat16; sums |.| <= 5 b exact in the float32 accumulator whatever its
-    order), so it is exact on every backend, tensor cores included. And
-    step/2 * integer is the float32 value numpy's float32 butterflies also
-    reach (every partial sum there is an 11-bit step times an integer below
-    2**12, so none rounds); then the one rounding multiply by
-    float32(1/sqrt(b)) both sides share.
-    """
-    D = len(signs)
-    b = lean_block(D)
-    G = D // b
-    m = jnp.take(
-        jnp.asarray(_LEAN_LUT, jnp.bfloat16), packed_xP.astype(jnp.int32), axis=0
-    )  # [..., P, 3]
-    m = m.reshape(packed_xP.shape[:-1] + (-1,))[..., :D]  # channels past D: padding
-    m = m.reshape(m.shape[:-1] + (G, b))
-    h = jnp.einsum(
-        "...gb,bc->...gc",
-        m,
-        jnp.asarray(sylvester(b), jnp.bfloat16),
-        preferred_element_type=jnp.float32,
-    )  # exact integers
-    r = h * (step_xG.astype(jnp.float32)[..., None] * jnp.float32(0.5))
-    y = r * np.float32(1.0 / np.sqrt(b))
-    y = y.reshape(y.shape[:-2] + (D,))
-    return y * jnp.asarray(np.asarray(signs, np.float32))
-
-
-# The jnp twins of the numpy decoders, keyed by the codec names (store/topk_codecs.py, store/hidden_codecs.py).
-TOPK_DECODERS = {"float16": _float16_topk, "uint8_companded": _companded_topk}
-HIDDEN_DECODERS = {
-    "float16_rms": _float16_hidden,
-    "int8_outliers": _int8_outliers_hidden,
-    "lean": _lean_profile_hidden,
-}
 
 EXACT = Encoding()  # Batches already holding values (synthetic, tests): decode = casts.
