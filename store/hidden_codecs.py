@@ -36,11 +36,21 @@ never reads the RMS.
 ``lean``: 6-level rotated codes (store/lean.py has the rule).
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
 
 from store import lean
 from store.layout import ArraySpec
 from store.topn import top_n_channels
+
+if TYPE_CHECKING:
+    from store.schema import StoreSchema
 
 NUM_OUTLIERS = 8
 
@@ -58,7 +68,7 @@ def aux_name(layer: int, what: str) -> str:
     return f"hidden_aux/{layer}/{what}"
 
 
-def rms(x_RxTxD: np.ndarray):
+def rms(x_RxTxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-token RMS (float32) and the same with zeros replaced by 1 (safe divisor)."""
     r = np.sqrt(np.mean(np.square(x_RxTxD), axis=-1, dtype=np.float32)).astype(np.float32)
     return r, np.where(r > 0, r, np.float32(1.0))
@@ -69,7 +79,7 @@ class Float16Hidden:
 
     name = "float16_rms"
 
-    def check_schema(self, schema):
+    def check_schema(self, schema: StoreSchema) -> None:
         """Every width can be stored."""
 
     def specs(self, layer: int, T: int, D: int) -> list[ArraySpec]:
@@ -78,7 +88,7 @@ class Float16Hidden:
             ArraySpec(aux_name(layer, "rms"), (T,), "float32", ("pos",)),
         ]
 
-    def encode(self, layer: int, x_RxTxD) -> dict:
+    def encode(self, layer: int, x_RxTxD: np.ndarray) -> dict[str, np.ndarray]:
         r, safe = rms(x_RxTxD)
         # Divide straight into float16 (numpy casts chunk by chunk): no
         # full-size float32 temporary.
@@ -86,7 +96,13 @@ class Float16Hidden:
         np.divide(x_RxTxD, safe[..., None], out=y16, casting="same_kind")
         return {hidden_name(layer): y16, aux_name(layer, "rms"): r}
 
-    def decode(self, layer: int, stored: dict, dtype, normalized: bool = False):
+    def decode(
+        self,
+        layer: int,
+        stored: dict[str, np.ndarray],
+        dtype: npt.DTypeLike,
+        normalized: bool = False,
+    ) -> np.ndarray:
         y = stored[hidden_name(layer)]
         if normalized:
             return y.astype(dtype, copy=False)  # float16: the stored bytes, zero decode work
@@ -94,13 +110,13 @@ class Float16Hidden:
         out = np.multiply(y, r[..., None], dtype=np.float32)
         return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
 
-    def describe(self, schema) -> dict:
+    def describe(self, schema: StoreSchema) -> dict[str, Any]:
         return {
             "hidden/<l>": "float16 x/rms(x) (per-token RMS-normalised residual stream after l blocks)",
             "hidden_aux/<l>/rms": "float32 per-token RMS; x = hidden/<l> * rms[..., None]",
         }
 
-    def encode_jnp(self, ops, layer: int, x_XxD) -> dict:
+    def encode_jnp(self, ops: ModuleType, layer: int, x_XxD: Any) -> dict[str, Any]:
         jnp = ops.jnp
         x = x_XxD.astype(jnp.float32)
         r, safe = ops.rms(x)
@@ -109,7 +125,9 @@ class Float16Hidden:
             aux_name(layer, "rms"): r,
         }
 
-    def decode_jnp(self, jnp, stored: dict, layer: int, signs):
+    def decode_jnp(
+        self, jnp: ModuleType, stored: dict[str, Any], layer: int, signs: Sequence[int]
+    ) -> Any:
         return stored[hidden_name(layer)].astype(jnp.float32)
 
 
@@ -118,7 +136,7 @@ class OutlierInt8Hidden:
 
     name = "int8_outliers"
 
-    def check_schema(self, schema):
+    def check_schema(self, schema: StoreSchema) -> None:
         """Every width can be stored."""
 
     def specs(self, layer: int, T: int, D: int) -> list[ArraySpec]:
@@ -131,7 +149,7 @@ class OutlierInt8Hidden:
             ArraySpec(aux_name(layer, "outlier_val"), (T, n), "float16", ("pos", "outlier")),
         ]
 
-    def encode(self, layer: int, x_RxTxD) -> dict:
+    def encode(self, layer: int, x_RxTxD: np.ndarray) -> dict[str, np.ndarray]:
         D = x_RxTxD.shape[-1]
         n = min(NUM_OUTLIERS, D)
         r, safe = rms(x_RxTxD)
@@ -156,7 +174,13 @@ class OutlierInt8Hidden:
             aux_name(layer, "outlier_val"): val.astype(np.float16),
         }
 
-    def decode(self, layer: int, stored: dict, dtype, normalized: bool = False):
+    def decode(
+        self,
+        layer: int,
+        stored: dict[str, np.ndarray],
+        dtype: npt.DTypeLike,
+        normalized: bool = False,
+    ) -> np.ndarray:
         q = stored[hidden_name(layer)]
         idx = stored[aux_name(layer, "outlier_idx")].astype(np.intp)
         val = stored[aux_name(layer, "outlier_val")]
@@ -176,7 +200,7 @@ class OutlierInt8Hidden:
         np.put_along_axis(x, idx, val.astype(np.float32) * r[..., None], axis=-1)
         return x if np.dtype(dtype) == np.float32 else x.astype(dtype)
 
-    def describe(self, schema) -> dict:
+    def describe(self, schema: StoreSchema) -> dict[str, Any]:
         return {
             "hidden/<l>": "int8 q of y = x/rms(x) with the outlier channels zeroed",
             "hidden_aux/<l>/rms": "float32 per-token RMS of x",
@@ -188,7 +212,7 @@ class OutlierInt8Hidden:
             else NUM_OUTLIERS,
         }
 
-    def encode_jnp(self, ops, layer: int, x_XxD) -> dict:
+    def encode_jnp(self, ops: ModuleType, layer: int, x_XxD: Any) -> dict[str, Any]:
         jnp = ops.jnp
         F32 = jnp.float32
         n = min(NUM_OUTLIERS, x_XxD.shape[-1])
@@ -211,7 +235,9 @@ class OutlierInt8Hidden:
             aux_name(layer, "outlier_val"): val.astype(jnp.float16),
         }
 
-    def decode_jnp(self, jnp, stored: dict, layer: int, signs):
+    def decode_jnp(
+        self, jnp: ModuleType, stored: dict[str, Any], layer: int, signs: Sequence[int]
+    ) -> Any:
         # y = int8 * qstep (exact in float32), the outlier channels restored.
         step = stored[aux_name(layer, "qstep")].astype(jnp.float32)
         y = stored[hidden_name(layer)].astype(jnp.float32) * step[..., None]
@@ -225,32 +251,40 @@ class LeanHidden:
 
     name = "lean"
 
-    def check_schema(self, schema):
+    def check_schema(self, schema: StoreSchema) -> None:
         lean.check_dim(schema.hidden_dim)
 
     def specs(self, layer: int, T: int, D: int) -> list[ArraySpec]:
         return lean.hidden_specs(hidden_name(layer), lambda what: aux_name(layer, what), T, D)
 
-    def encode(self, layer: int, x_RxTxD) -> dict:
+    def encode(self, layer: int, x_RxTxD: np.ndarray) -> dict[str, np.ndarray]:
         r, safe = rms(x_RxTxD)
         codes, step = lean.encode(x_RxTxD, safe)
         return {hidden_name(layer): codes, aux_name(layer, "rms"): r, aux_name(layer, "step"): step}
 
-    def decode(self, layer: int, stored: dict, dtype, normalized: bool = False):
+    def decode(
+        self,
+        layer: int,
+        stored: dict[str, np.ndarray],
+        dtype: npt.DTypeLike,
+        normalized: bool = False,
+    ) -> np.ndarray:
         codes, step = stored[hidden_name(layer)], stored[aux_name(layer, "step")]
         D = lean.dim_of(codes.shape[-1], step.shape[-1])
         r = None if normalized else stored[aux_name(layer, "rms")]
         return lean.decode(codes, step, D, dtype, r)
 
-    def describe(self, schema) -> dict:
+    def describe(self, schema: StoreSchema) -> dict[str, Any]:
         return lean.describe(schema.hidden_dim) if schema.hidden_dim else {}
 
-    def encode_jnp(self, ops, layer: int, x_XxD) -> dict:
+    def encode_jnp(self, ops: ModuleType, layer: int, x_XxD: Any) -> dict[str, Any]:
         D = x_XxD.shape[-1]
         codes, r, step = lean.encode_jnp(ops, x_XxD, lean.signs(D), lean.LEAN_STEP)
         return {hidden_name(layer): codes, aux_name(layer, "rms"): r, aux_name(layer, "step"): step}
 
-    def decode_jnp(self, jnp, stored: dict, layer: int, signs):
+    def decode_jnp(
+        self, jnp: ModuleType, stored: dict[str, Any], layer: int, signs: Sequence[int]
+    ) -> Any:
         return lean.decode_jnp(
             jnp, stored[hidden_name(layer)], stored[aux_name(layer, "step")], signs
         )

@@ -41,7 +41,12 @@ butterflies and numpy's pairwise mean of squares, teacher_dump/encode_ops.py),
 ``decode_jnp`` gives ``decode``'s normalized y bit for bit.
 """
 
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from store import errors
 from store.layout import ArraySpec
@@ -61,7 +66,7 @@ def group_size(D: int) -> int:
     return min(D & -D, MAX_GROUP)
 
 
-def check_dim(D: int):
+def check_dim(D: int) -> None:
     """Raises StoreInputError when the lean rotation cannot use groups of >= MIN_GROUP channels."""
     if D and group_size(D) < MIN_GROUP:
         raise errors.StoreInputError(
@@ -107,7 +112,7 @@ def hadamard_rotate(v_MxGxB: np.ndarray) -> np.ndarray:
     return a.reshape(*lead, b)
 
 
-def encode(x_RxTxD: np.ndarray, rms_safe_RxT: np.ndarray):
+def encode(x_RxTxD: np.ndarray, rms_safe_RxT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(codes uint8 [R,T,ceil(D/3)], step float16 [R,T,G]) of the activations."""
     lead, D = x_RxTxD.shape[:-1], x_RxTxD.shape[-1]
     b = group_size(D)
@@ -137,7 +142,11 @@ def encode(x_RxTxD: np.ndarray, rms_safe_RxT: np.ndarray):
 
 
 def decode(
-    codes_RxTxW: np.ndarray, step_RxTxG: np.ndarray, D: int, dtype, rms_RxT=None
+    codes_RxTxW: np.ndarray,
+    step_RxTxG: np.ndarray,
+    D: int,
+    dtype: npt.DTypeLike,
+    rms_RxT: np.ndarray | None = None,
 ) -> np.ndarray:
     """y (``rms_RxT`` None) or x = y * rms, in ``dtype``."""
     lead, W = codes_RxTxW.shape[:-1], codes_RxTxW.shape[-1]
@@ -159,7 +168,9 @@ def decode(
     return out.reshape(*lead, D)
 
 
-def encode_jnp(ops, x_XxD, signs_D, lean_step: float):
+def encode_jnp(
+    ops: ModuleType, x_XxD: Any, signs_D: npt.ArrayLike, lean_step: float
+) -> tuple[Any, Any, Any]:
     """``encode`` in jnp, byte-identical: (codes uint8 [..., ceil(D/3)], rms float32 [...], step float16 [..., G]).
 
     Args:
@@ -202,7 +213,7 @@ def sylvester(b: int) -> np.ndarray:
     return h
 
 
-def decode_jnp(jnp, codes_xP, step_xG, signs):
+def decode_jnp(jnp: ModuleType, codes_xP: Any, step_xG: Any, signs: Sequence[int]) -> Any:
     """``decode``'s normalized y in jnp, bit for bit: float32 [..., D], D = len(signs).
 
     Computed as H_b @ (2c - 5) times step/2: a matmul of small integers
@@ -239,7 +250,7 @@ def decode_jnp(jnp, codes_xP, step_xG, signs):
     return y * jnp.asarray(np.asarray(signs, np.float32))
 
 
-def hidden_specs(layer_name: str, aux, T: int, D: int) -> list[ArraySpec]:
+def hidden_specs(layer_name: str, aux: Callable[[str], str], T: int, D: int) -> list[ArraySpec]:
     """The stored arrays of one layer (``aux(what)`` names its side arrays)."""
     return [
         ArraySpec(layer_name, (T, (D + 2) // 3), "uint8", ("pos", "d_codes3")),
