@@ -76,9 +76,8 @@ class Phase:
         "sampled", "hidden/<l>"; `decode.BatchSpec` turns them into stored arrays."""
         fields = (profiles.TOKENS,)
         if self.kd_term:
-            fields += (
-                loss_options.Signal(self.signal).value,
-            )  # a Signal's value is its store field
+            # A Signal's value is its store field.
+            fields += (loss_options.Signal(self.signal).value,)
         if self.hidden_term:
             fields += (profiles.hidden_name(self.hidden_layer),)
         return fields
