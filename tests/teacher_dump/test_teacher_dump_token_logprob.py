@@ -8,7 +8,7 @@ import pytest
 from test_teacher_dump_reference import reference_forward
 
 import teacher_dump
-from store import StoreSchema, StoreInputError, rollout
+from store import StoreInputError, StoreSchema, rollout
 from teacher_dump import encode
 from trainer.model import model_config
 from trainer.model.errors import ConfigError
