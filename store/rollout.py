@@ -17,8 +17,9 @@ without them keeps its bytes, manifest and fingerprint:
     at position t (the top-k's convention: position i predicts token i+1);
     the last position holds 0. The single-sample reverse-KL estimator of
     on-policy distillation needs exactly this value: log q(y) - log p(y).
-    float32 because it is 4 B/token beside a 5.9 KB/token exact row, and a
-    float16 copy would add up to 0.005 nats of error at log-probs near -10.
+    float32 because it is 4 B/token beside a 5.9 KB/token exact row, while
+    float16 would round log-probs in [-16, -8] by up to 0.004 nats (half its
+    2**-7 spacing there), an error the estimator would carry into every term.
 
 A store with either array has manifest ``format_version`` 2 (``VERSION``);
 older readers refuse it instead of silently dropping the mask. The

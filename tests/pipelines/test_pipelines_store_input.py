@@ -155,7 +155,17 @@ def test_kill_and_resume_rewrites_the_lost_units(scored, tmp_path):
 def test_compact_sampled_without_token_logprob(scored, teacher_path, tmp_path):
     _, _, in_url, tokens, mask, _ = scored
     out_url = str(tmp_path / "compact")
-    extra = ("--profile", "compact", "--samples", "4", "--token-logprob", "off")
+    # Two units per teacher call: BatchUnits groups (unit, tokens, mask) elements by unit index.
+    extra = (
+        "--profile",
+        "compact",
+        "--samples",
+        "4",
+        "--token-logprob",
+        "off",
+        "--units-per-call",
+        "2",
+    )
     result = dump.run_dump(
         _argv(in_url, out_url, teacher_path, *extra, "--hidden-layers", "1", "2")
     )
