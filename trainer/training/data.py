@@ -34,10 +34,12 @@ def check_fields(fields) -> None:
     for field in fields:
         if (
             field not in (profiles.TOKENS, profiles.TOPK, profiles.SAMPLED)
+            and field not in (profiles.LOSS_MASK, profiles.TOKEN_LOGPROB)
             and profiles.hidden_layer(field) is None
         ):
             raise ValueError(
-                f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>"
+                f"unknown store field {field!r}; use tokens, loss_mask, token_logprob, topk, "
+                "sampled or hidden/<l>"
             )
 
 

@@ -60,6 +60,7 @@ class Encoding:
         hidden_dim: D of the stored activations (0: none).
         ids_bits: bits per packed id (0: ids stored as u16/i32, unpacked).
         hidden_signs: lean only: the D rotation signs (+1/-1) from the manifest.
+        loss_mask: the store has a loss_mask (without one, the field decodes to all ones).
     """
 
     profile: str = "exact"
@@ -69,6 +70,7 @@ class Encoding:
     hidden_dim: int = 0
     ids_bits: int = 0
     hidden_signs: tuple[int, ...] = ()
+    loss_mask: bool = False
 
     def __post_init__(self):
         if self.profile not in profiles.PROFILES:
@@ -124,6 +126,7 @@ class Encoding:
             hidden_dim=int(s.hidden_dim),
             ids_bits=ids_bits,
             hidden_signs=signs,
+            loss_mask=bool(s.loss_mask),
         )
 
     def field_arrays(self, field: str) -> tuple[tuple[str, int], ...]:
@@ -140,8 +143,12 @@ class Encoding:
             samples=max(self.samples, 1),
             hidden_layers=() if layer is None else (layer,),
             hidden_dim=self.hidden_dim,
+            loss_mask=self.loss_mask,  # absent: no array, decode_batch gives all ones
+            token_logprob=True,
         )
         table = self.store_profile.field_arrays(shape, normalized=True)
+        if field == profiles.LOSS_MASK and not self.loss_mask:
+            return ()
         if field not in table:
             raise ValueError(
                 f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>"
@@ -192,6 +199,12 @@ def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
     e = spec.encoding
     prof = e.store_profile
     out = {"tokens": batch[profiles.TOKENS].astype(jnp.int32)}
+    # The rollout fields (store/rollout.py): one layout in every profile; no stored mask: all ones.
+    if profiles.LOSS_MASK in spec.fields:
+        mask = batch[profiles.LOSS_MASK] if e.loss_mask else jnp.ones_like(out["tokens"])
+        out["loss_mask"] = mask.astype(jnp.float32)
+    if profiles.TOKEN_LOGPROB in spec.fields:
+        out["token_logprob"] = batch[profiles.TOKEN_LOGPROB].astype(jnp.float32)
     for field in spec.fields:
         layer = profiles.hidden_layer(field)
         if field == profiles.TOPK:
