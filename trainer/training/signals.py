@@ -54,7 +54,9 @@ class SampledSignal:
     logprobs: jax.Array
 
 
-@functools.partial(_pytree, fields=("tokens", "topk", "sampled", "hidden"))
+@functools.partial(
+    _pytree, fields=("tokens", "topk", "sampled", "hidden", "loss_mask", "token_logprob")
+)
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One decoded training batch: the fields a phase reads, None for the others.
@@ -64,9 +66,14 @@ class Batch:
         topk: the top-k signal (a phase whose KD term reads top-k).
         sampled: the sampled signal (a phase whose KD term reads sampled logits).
         hidden: float32 [B, T, D] x / rms(x) of the phase's teacher layer (a hidden-state term).
+        loss_mask: float32 [B, T], 1 where token t is a completion token (on-policy phases).
+        token_logprob: float32 [B, T], the teacher's log p(token t+1 | ≤ t) at τ = 1 (OPD's
+            single-sample estimator; the last position 0).
     """
 
     tokens: jax.Array
     topk: TopkSignal | None = None
     sampled: SampledSignal | None = None
     hidden: jax.Array | None = None
+    loss_mask: jax.Array | None = None
+    token_logprob: jax.Array | None = None
