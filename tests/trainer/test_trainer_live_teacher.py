@@ -18,6 +18,7 @@ import teacher_dump
 import trainer_testlib as tl
 
 from store import StoreReader, StoreSchema, create_store
+from trainer import flops
 from trainer.model import gemma3 as model
 from trainer.model import model_config, model_io
 from trainer.training import live_kd, live_teacher, loop, losses, methods, tiled_loss
@@ -275,3 +276,16 @@ def test_live_kd_trains_from_a_tokens_only_store(teacher_dir, tmp_path):
     assert paid["cumulative_flops"] == pytest.approx(
         paid["global_step"] * tokens * (free["cumulative_flops"] / (free["global_step"] * tokens) + per_token)
     )
+
+
+def test_planner_compiles_the_live_teacher_step(teacher_dir, capsys):
+    from trainer.plan import __main__ as plan_cli
+
+    argv = ["train", "--config", "tiny:hldc", "--set", f"teacher.checkpoint={teacher_dir}"]
+    argv += ["--set", "teacher.hidden_layer=3", "--topology", "v5e:2x2", "--platform", "cpu"]
+    assert plan_cli.main([*argv, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    # The teacher's params are arguments of the step (replicated at mesh.fsdp=1).
+    teacher_cfg = model_config.get_config(TEACHER, vocab_size=tl.VOCAB)
+    teacher_bytes = 4 * flops.param_counts(teacher_cfg)["total_params"]
+    assert rep["fits"] and rep["programs"][0]["memory"]["argument_bytes"] > teacher_bytes

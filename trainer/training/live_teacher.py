@@ -168,6 +168,18 @@ def load(config, mesh) -> LiveTeacher:
     )
 
 
+def abstract(config, mesh) -> LiveTeacher:
+    """The live teacher with ShapeDtypeStruct params: lowering and compiling its step
+    (trainer.plan, bench/step_memory) without reading its weights."""
+    teacher_cfg = model_config_of(config)
+    return LiveTeacher(
+        model_cfg=teacher_cfg,
+        params=abstract_params(teacher_cfg, mesh),
+        shardings=param_shardings(teacher_cfg, mesh),
+        fingerprint="",
+    )
+
+
 def rms_normalized(x_BxTxD: jax.Array) -> jax.Array:
     """float32 x / rms(x) per token, as an exact store's activations are read.
 
