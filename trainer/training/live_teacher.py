@@ -61,27 +61,42 @@ def enabled(config) -> bool:
     return bool(config.teacher.checkpoint)
 
 
-def _read(path, what):
+def _refusal(path, e) -> ConfigError:
+    return ConfigError(
+        f"teacher.checkpoint={path}: {e}; point it at a model checkpoint (a run's export/ "
+        f"or teacher_dump.convert's output)"
+    )
+
+
+def teacher_config(config) -> ModelConfig:
+    """The live teacher's ModelConfig from its config.json (cheap: no arrays).
+
+    Raises:
+        ConfigError: no live teacher, or an unreadable checkpoint (one line, the fix).
+    """
+    path = config.teacher.checkpoint
+    if not path:
+        raise ConfigError("this run has no live teacher; --set teacher.checkpoint=PATH")
     try:
-        if what == "config":
-            return model_io.load_config(path)
-        root = model_io.resolve_path(path)
-        return json.loads((root / layout.METADATA_FILE).read_text())
-    except (ModelIOError, OSError, json.JSONDecodeError) as e:
-        raise ConfigError(
-            f"teacher.checkpoint={path}: {e}; point it at a model checkpoint (a run's export/ "
-            f"or teacher_dump.convert's output)"
-        ) from None
+        return model_io.load_config(path)
+    except (ModelIOError, OSError) as e:
+        raise _refusal(path, e) from None
 
 
 def model_config_of(config) -> ModelConfig | None:
-    """The live teacher's ModelConfig from its config.json (None without a live teacher)."""
-    return _read(config.teacher.checkpoint, "config") if enabled(config) else None
+    """The live teacher's ModelConfig, or None without a live teacher."""
+    return teacher_config(config) if enabled(config) else None
 
 
 def metadata_of(config) -> dict:
     """The live teacher's metadata.json ({} without a live teacher)."""
-    return _read(config.teacher.checkpoint, "metadata") if enabled(config) else {}
+    if not enabled(config):
+        return {}
+    path = config.teacher.checkpoint
+    try:
+        return json.loads((model_io.resolve_path(path) / layout.METADATA_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise _refusal(path, e) from None
 
 
 def check_compatible(
@@ -154,7 +169,7 @@ def abstract_params(teacher_cfg: ModelConfig, mesh):
 
 def load(config, mesh) -> LiveTeacher:
     """Reads `teacher.checkpoint` straight into the mesh layout (check_compatible first)."""
-    teacher_cfg = model_config_of(config)
+    teacher_cfg = teacher_config(config)
     shardings = param_shardings(teacher_cfg, mesh)
     try:
         cfg, params, metadata = model_io.load_model(config.teacher.checkpoint, shardings)
@@ -171,7 +186,7 @@ def load(config, mesh) -> LiveTeacher:
 def abstract(config, mesh) -> LiveTeacher:
     """The live teacher with ShapeDtypeStruct params: lowering and compiling its step
     (trainer.plan, bench/step_memory) without reading its weights."""
-    teacher_cfg = model_config_of(config)
+    teacher_cfg = teacher_config(config)
     return LiveTeacher(
         model_cfg=teacher_cfg,
         params=abstract_params(teacher_cfg, mesh),
@@ -227,4 +242,6 @@ def forward(
         num_blocks=None if logits else hidden_layer,
     )
     hidden = rms_normalized(out.captured[hidden_layer]) if hidden_layer else None
-    return TeacherOutput(final_BxTxD=out.final_hidden_BxTxD if logits else None, hidden_BxTxD=hidden)
+    return TeacherOutput(
+        final_BxTxD=out.final_hidden_BxTxD if logits else None, hidden_BxTxD=hidden
+    )

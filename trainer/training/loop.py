@@ -107,7 +107,7 @@ def check_store(config, reader: StoreReader, model_cfg, phases) -> None:
     if live_teacher.enabled(config):
         live_teacher.check_compatible(
             config,
-            live_teacher.model_config_of(config),
+            live_teacher.teacher_config(config),
             live_teacher.metadata_of(config),
             reader.schema.tokenizer.get("sha256"),
             hidden=any(p.hidden_term for p in phases),
@@ -268,7 +268,7 @@ def make_train_step(
     step_fn.__name__ = f"train_step_phase{phase.index}_{next(_STEP_IDS)}"
     step_fn = chex.assert_max_traces(step_fn, n=1)
     batch_shardings = {k: sharding.batch_sharding(mesh, nd) for k, nd in batch_keys_ndim.items()}
-    in_shardings = (state_shardings, batch_shardings)
+    in_shardings: tuple = (state_shardings, batch_shardings)
     if phase.live:
         in_shardings += (teacher_shardings,)
     return jax.jit(
@@ -351,11 +351,16 @@ class PhaseRunner:
         self.encoding = encoding
         batch_ndims = decode.BatchSpec(encoding=encoding, fields=phase.fields).ndims
         self.batch_keys = tuple(batch_ndims)
-        if phase.live and teacher is None:
-            raise ValueError(
-                "a live-teacher phase needs its teacher: pass teacher=live_teacher.load(config, "
-                "mesh) to PhaseRunner"
-            )
+        # What else evaluates the phase's loss (hidden_share) passes to loss_fn too.
+        self.teacher_params = self.teacher_cfg = teacher_shardings = None
+        if phase.live:
+            if teacher is None:
+                raise ValueError(
+                    "a live-teacher phase needs its teacher: pass teacher=live_teacher.load("
+                    "config, mesh) to PhaseRunner"
+                )
+            self.teacher_params, self.teacher_cfg = teacher.params, teacher.model_cfg
+            teacher_shardings = teacher.shardings
         step = make_train_step(
             config,
             model_cfg,
@@ -366,13 +371,10 @@ class PhaseRunner:
             self.state_shardings,
             batch_ndims,
             encoding,
-            teacher_cfg=teacher.model_cfg if phase.live else None,
-            teacher_shardings=teacher.shardings if phase.live else None,
+            teacher_cfg=self.teacher_cfg,
+            teacher_shardings=teacher_shardings,
         )
-        self.step = TeacherBoundStep(step, teacher.params) if phase.live else step
-        # What else evaluates the phase's loss (hidden_share) passes to loss_fn.
-        self.teacher_params = teacher.params if phase.live else None
-        self.teacher_cfg = teacher.model_cfg if phase.live else None
+        self.step = TeacherBoundStep(step, self.teacher_params) if phase.live else step
 
     def _fresh_state(self, rng, params=None):
         # Three keys, as when the state carried one, so inits stay the same.

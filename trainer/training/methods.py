@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from store import objective_penalty as penalty_lib
@@ -114,7 +115,7 @@ class Phase:
         "sampled", "hidden/<l>" (none of them with a live teacher), "loss_mask" (on-policy),
         "token_logprob" (OPD without a live teacher); `decode.BatchSpec` turns them into
         stored arrays."""
-        fields = (profiles.TOKENS,)
+        fields: tuple[str, ...] = (profiles.TOKENS,)
         if self.kd_term and not self.live:
             fields += (sampled_kd.Signal(self.signal).value,)  # a Signal's value is its store field
         if self.hidden_term and not self.live:
@@ -364,7 +365,7 @@ def term_masks(tokens_BxT, phase: Phase, loss_mask_BxT=None) -> dict:
     On-policy phases weigh completion tokens (on-policy terms) and prompt tokens
     (off-policy terms) by `loss_mask_BxT` (trainer.training.onpolicy).
     """
-    masks = {}
+    masks: dict[str, jax.Array | None] = {}
     if phase.onpolicy:
         if phase.hidden_term:
             masks["hidden_mse"] = onpolicy.hidden_mask(loss_mask_BxT)
@@ -485,7 +486,8 @@ def batch_loss(
             hidden_layer=phase.teacher_layer,
             logits=phase.teacher_logits,
         )
-    capture = (student_layer(config, model_cfg.num_layers),) if phase.hidden_term else ()
+    layer_s = student_layer(config, model_cfg.num_layers)
+    capture = (layer_s,) if phase.hidden_term else ()
     out = model.forward(
         params, tokens_BxT, model_cfg, capture_layers=capture, num_blocks=phase.num_blocks
     )
@@ -495,9 +497,10 @@ def batch_loss(
     loss = jnp.zeros((), jnp.float32)
     off = jnp.zeros((), jnp.float32)
     if phase.hidden_term:
-        h_s_BxTxD = out.captured[capture[0]]
+        h_s_BxTxD = out.captured[layer_s]
         pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
-        target_BxTxDt = teacher.hidden_BxTxD if teacher is not None else batch.hidden
+        target_BxTxDt = batch.hidden if teacher is None else teacher.hidden_BxTxD
+        assert target_BxTxDt is not None  # The phase's fields hold it, or the live teacher.
         hidden_term = mean(
             "hidden_mse",
             losses.normalized_mse(pred_BxTxDt, target_BxTxDt, reduction=phase.hidden_reduction),
@@ -521,6 +524,7 @@ def batch_loss(
                 topk=phase.live_topk,
             )
             if phase.teacher_logits:
+                assert teacher is not None and teacher.final_BxTxD is not None
                 token_inputs[live_kd.TEACHER_HIDDEN] = teacher.final_BxTxD
         else:
             if kd_terms:
@@ -535,6 +539,7 @@ def batch_loss(
                 divergence=config.loss.divergence,
                 signal=phase.signal,
             )
+        assert out.final_hidden_BxTxD is not None  # A logit pass runs every block.
         terms = tiled_loss.tiled_logit_losses(
             out.final_hidden_BxTxD,
             model.embedding_table(params),
