@@ -75,7 +75,9 @@ def test_live_teacher_forward_flops_charged_only_when_asked():
         "oprd": hidden,
         "oprd_opd": full,
     }
-    assert not free["teacher_forward"]["charged"] and "not charged" in free["teacher_forward"]["note"]
+    assert (
+        not free["teacher_forward"]["charged"] and "not charged" in free["teacher_forward"]["note"]
+    )
     assert paid["teacher_forward"]["charged"]
     for key, cost in free["flops_per_token"].items():
         extra = free["teacher_forward"]["flops_per_token"].get(key, 0.0)  # nll: no teacher

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import teacher_dump
 import trainer_testlib as tl
 
+import teacher_dump
 from store import StoreReader, StoreSchema, create_store
 from trainer import flops
 from trainer.model import gemma3 as model
@@ -98,10 +98,10 @@ def test_live_kd_on_teacher_topk_equals_stored_exact_kd(teacher_dir, tau, tail, 
         },
     )
     # The dump's extraction of the same teacher (float32 top-k, before any encoding).
-    signal = next(
-        teacher_dump.extract_rows(teacher_dump.load_teacher(teacher_dir), tokens, k=tl.K)
+    signal = next(teacher_dump.extract_rows(teacher_dump.load_teacher(teacher_dir), tokens, k=tl.K))
+    logits = model.unembed(
+        s_params, model.forward(s_params, tokens, s_cfg).final_hidden_BxTxD, s_cfg
     )
-    logits = model.unembed(s_params, model.forward(s_params, tokens, s_cfg).final_hidden_BxTxD, s_cfg)
     stored_kd = losses.kd_topk(
         logits, signal["topk_ids"], signal["topk_logprobs"], tau, tail=tail, divergence=divergence
     )
@@ -228,7 +228,9 @@ def test_mismatched_teacher_is_refused_before_compiling(teacher_dir, tmp_path, s
     if needle is None:  # The checks loop.run makes first pass.
         reader, resolved = loop.open_store(config)
         model_cfg = loop.model_config_from(resolved)
-        loop.check_store(resolved, reader, model_cfg, methods.phases(resolved, model_cfg.num_layers))
+        loop.check_store(
+            resolved, reader, model_cfg, methods.phases(resolved, model_cfg.num_layers)
+        )
         return
     with pytest.raises(ConfigError) as err:
         loop.run(config)
@@ -274,7 +276,9 @@ def test_live_kd_trains_from_a_tokens_only_store(teacher_dir, tmp_path):
     tokens = 8 * tl.SEQ
     per_token = free["teacher"]["flops_per_token"][0]
     assert paid["cumulative_flops"] == pytest.approx(
-        paid["global_step"] * tokens * (free["cumulative_flops"] / (free["global_step"] * tokens) + per_token)
+        paid["global_step"]
+        * tokens
+        * (free["cumulative_flops"] / (free["global_step"] * tokens) + per_token)
     )
 
 

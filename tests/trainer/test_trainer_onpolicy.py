@@ -71,7 +71,9 @@ def _log_softmax64(logits):
 
 
 def _logprobs(params, cfg, tokens):
-    return _log_softmax64(model.unembed(params, model.forward(params, tokens, cfg).final_hidden_BxTxD, cfg))
+    return _log_softmax64(
+        model.unembed(params, model.forward(params, tokens, cfg).final_hidden_BxTxD, cfg)
+    )
 
 
 def _shift(mask):
@@ -157,7 +159,10 @@ def test_opd_estimator_is_unbiased_in_value_and_gradient():
 def _oprd_reference(config, teacher, tokens, regressor, s_cfg, s_params):
     """float64 normalized MSE (mean over D) of W_R h_S vs the teacher layer, per token."""
     layer_s = methods.student_layer(config, s_cfg.num_layers)
-    h_s = np.asarray(model.forward(s_params, tokens, s_cfg, capture_layers=(layer_s,)).captured[layer_s], np.float64)
+    h_s = np.asarray(
+        model.forward(s_params, tokens, s_cfg, capture_layers=(layer_s,)).captured[layer_s],
+        np.float64,
+    )
     h_t = np.asarray(
         model.forward(teacher.params, tokens, teacher.model_cfg, capture_layers=(3,)).captured[3],
         np.float64,
