@@ -60,7 +60,7 @@ class BudgetUnit(enum.Enum):
 # Config fields holding a local path or a URL: resolved once, when the config
 # is loaded, against the directory the command runs in (the run then never
 # depends on its working directory, and config.json records where things are).
-PATH_FIELDS = ("run_dir", "store.url")
+PATH_FIELDS = ("run_dir", "store.url", "teacher.checkpoint")
 
 # Fields added after runs were already being checkpointed, with the value that
 # reproduces the older behaviour: a config.json without the key is read as
