@@ -132,10 +132,12 @@ def main(argv=None) -> dict:
             "nll": _step_time(args, _config(args, "nll"), mesh, host_batch),
             "stored_kd": _step_time(args, _config(args, "kd"), mesh, host_batch),
             "teacher_forward": _teacher_forward_time(args, teacher, host_batch["tokens"]),
-            "live_kd": _step_time(args, live_config, mesh, {"tokens": host_batch["tokens"]}, teacher),
+            "live_kd": _step_time(
+                args, live_config, mesh, {"tokens": host_batch["tokens"]}, teacher
+            ),
         }
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": str(jax.devices()[0].device_kind),
         "load_avg_1m": os.getloadavg()[0],
         "args": vars(args),
