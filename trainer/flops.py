@@ -11,6 +11,16 @@ backbone (everything else, incl. norms). Per-token training costs
     C_KD   = C_data                   kd
     C_HLDC = C_KD + 6·N_reg(linear)   hldc
     C_HT   = 6·N_half + 6·N_reg(mlp)  ht (HLDF phase 1: first L_S/2 blocks, no de-embedding)
+    C_OPD  = C_data                   opd (on-policy: the student's logits on its rollouts)
+    C_OPRD = 6·N_half + 6·N_reg(lin)  oprd (hidden term only: blocks up to l_S, no de-embedding)
+    C_OPRD+OPD = C_data + 6·N_reg     oprd_opd (OPRD with an OPD or off-policy logit term)
+
+A live teacher (``teacher.checkpoint``) costs per token its forward
+(``teacher_forward_flops``): 2·N_T + the attention forward, plus, where a
+logit term reads it, its full-vocabulary unembed 2·d_T·V twice (the tiled
+loss recomputes each tile's logits in the backward pass, teacher's included).
+The paper does not charge it (its signal is computed once, offline); the
+trainer adds it to the per-token costs only with ``teacher.charge_flops``.
 
 ``N_half`` is counted from the first ``L_S/2`` blocks of the tree (not N/2:
 the final norm belongs to neither half). ``N_reg`` comes from
@@ -27,12 +37,16 @@ Stable signatures::
 
     param_counts(cfg, ht_blocks=None) -> {"backbone_params", "embedding_params",
                                           "total_params", "half_backbone_params", ...}
-    model_flops(cfg, teacher_d_model=None, seq_len=None, ht_blocks=None) -> dict
+    model_flops(cfg, teacher_d_model=None, seq_len=None, ht_blocks=None,
+                teacher_cfg=None, teacher_hidden_layer=None, charge_teacher=False) -> dict
         # {"student": param_counts, "regressor_params": {"hldc", "hldf"},
-        #  "flops_per_token": {"nll", "kd", "hldc", "ht"}, "attention_flops_per_token", ...}
+        #  "flops_per_token": {"nll", "kd", "hldc", "ht", "opd", "oprd", "oprd_opd"},
+        #  "attention_flops_per_token", "teacher_forward": None | {...}, ...}
+    teacher_forward_flops(teacher_cfg, seq_len=None, hidden_layer=None) -> dict
     attention_flops_per_token(cfg, seq_len, num_blocks=None) -> float
     ot_budget_flops(cfg_or_counts, k) -> float
-    plan_steps(budget_flops, method, tokens_per_step, p1=None, counts=None, cfg=None) -> StepPlan
+    plan_steps(budget_flops, method, tokens_per_step, p1=None, counts=None, cfg=None,
+               costs=None) -> StepPlan
         # iterating a StepPlan yields the steps per phase; .to_dict() for JSON
 
 CLI: ``python -m trainer.flops --student NAME --teacher NAME --vocab V [--json]``
@@ -62,6 +76,18 @@ METHOD_PHASES: dict[str, tuple[str, ...]] = {
     "kd": ("kd",),
     "hldc": ("hldc",),
     "hldf": ("ht", "kd"),
+    "opd": ("opd",),
+    "oprd": ("oprd",),  # "oprd_opd" when it has a logit term (plan_steps' costs).
+}
+# Which live-teacher forward each cost key needs: "full" (all blocks + unembed) or
+# "hidden" (the blocks up to the compared layer); nll reads no teacher.
+TEACHER_FORWARD = {
+    "kd": "full",
+    "hldc": "full",
+    "ht": "hidden",
+    "opd": "full",
+    "oprd": "hidden",
+    "oprd_opd": "full",
 }
 
 
@@ -169,11 +195,55 @@ def attention_flops_per_token(
     return float(per_key * keys / seq_len)
 
 
+def teacher_forward_flops(
+    teacher_cfg: model_config.ModelConfig,
+    seq_len: int | None = None,
+    hidden_layer: int | None = None,
+) -> dict[str, Any]:
+    """Per-token FLOPs of a live teacher's forward in the train step (no backward: frozen).
+
+    Args:
+      teacher_cfg: the teacher's model config.
+      seq_len: T, for the attention forward (None: left out).
+      hidden_layer: the teacher layer a hidden-state term reads (None: L_T // 2).
+
+    Returns:
+      {"full": all blocks + attention + the unembed twice (forward, and its
+      recomputation in the tiled loss's backward), "hidden": the blocks up to
+      hidden_layer + their attention, "components": each part, "hidden_layer"}.
+    """
+    counts = param_counts(teacher_cfg, hidden_layer)
+    blocks = counts["ht_blocks"]
+    attn = attn_hidden = 0.0
+    if seq_len is not None:
+        # attention_flops_per_token counts forward + backward (3x the forward).
+        attn = attention_flops_per_token(teacher_cfg, seq_len) / 3
+        attn_hidden = attention_flops_per_token(teacher_cfg, seq_len, blocks) / 3
+    unembed = 2.0 * teacher_cfg.d_model * teacher_cfg.vocab_size
+    components = {
+        "backbone": 2.0 * counts["backbone_params"],
+        "attention": attn,
+        "unembed": unembed,
+        "unembed_recompute": unembed,
+        "backbone_to_hidden_layer": 2.0 * counts["half_backbone_params"],
+        "attention_to_hidden_layer": attn_hidden,
+    }
+    return {
+        "full": components["backbone"] + attn + 2 * unembed,
+        "hidden": components["backbone_to_hidden_layer"] + attn_hidden,
+        "components": components,
+        "hidden_layer": blocks,
+    }
+
+
 def model_flops(
     cfg: model_config.ModelConfig,
     teacher_d_model: int | None = None,
     seq_len: int | None = None,
     ht_blocks: int | None = None,
+    teacher_cfg: model_config.ModelConfig | None = None,
+    teacher_hidden_layer: int | None = None,
+    charge_teacher: bool = False,
 ) -> dict[str, Any]:
     """Parameter counts and per-token training FLOPs of every method for a student.
 
@@ -181,12 +251,18 @@ def model_flops(
       cfg: the student's model config.
       teacher_d_model: d_T (regressor output width); default the student's d_model.
       seq_len: if given, also report attention FLOPs per token at this T.
-      ht_blocks: blocks run in HLDF phase 1 (default L_S // 2).
+      ht_blocks: blocks run in HLDF phase 1 and OPRD (default L_S // 2).
+      teacher_cfg: a live teacher's config (None: the signal is stored, ~0 FLOPs).
+      teacher_hidden_layer: the teacher layer its hidden-state terms read.
+      charge_teacher: add the live teacher's forward to the per-token costs
+        (the paper does not: the default).
 
     Returns:
       {"student": param_counts(cfg), "teacher_d_model", "regressor_params":
-      {"hldc", "hldf"}, "flops_per_token": {"nll", "kd", "hldc", "ht"},
-      "attention_flops_per_token" (None without seq_len), "seq_len"}.
+      {"hldc", "hldf"}, "flops_per_token": {"nll", "kd", "hldc", "ht", "opd",
+      "oprd", "oprd_opd"}, "attention_flops_per_token" (None without seq_len),
+      "seq_len", "teacher_forward": None, or {"flops_per_token": {cost key:
+      teacher FLOPs/token}, "charged", "note", and teacher_forward_flops'}}.
     """
     counts = param_counts(cfg, ht_blocks)
     d_t = (
@@ -204,7 +280,27 @@ def model_flops(
         "kd": float(c_data),  # + C_teacher, ~0: the teacher signal is read from the store.
         "hldc": float(c_data + 6 * n_hldc),
         "ht": float(6 * counts["half_backbone_params"] + 6 * n_hldf),
+        "opd": float(c_data),  # The student's logits on its own rollouts.
+        "oprd": float(6 * counts["half_backbone_params"] + 6 * n_hldc),
+        "oprd_opd": float(c_data + 6 * n_hldc),
     }
+    teacher = None
+    if teacher_cfg is not None:
+        fwd = teacher_forward_flops(teacher_cfg, seq_len, teacher_hidden_layer)
+        teacher = {
+            **fwd,
+            "flops_per_token": {k: fwd[need] for k, need in TEACHER_FORWARD.items()},
+            "charged": bool(charge_teacher),
+            "note": (
+                "charged: the live teacher's forward is in flops_per_token (teacher.charge_flops)"
+                if charge_teacher
+                else "not charged, as in the paper (its signal is stored offline there); "
+                "--set teacher.charge_flops=True adds it"
+            ),
+        }
+        if charge_teacher:
+            for key, extra in teacher["flops_per_token"].items():
+                per_token[key] += extra
     attn = attn_ht = None
     if seq_len is not None:
         attn = attention_flops_per_token(cfg, seq_len)
@@ -217,6 +313,7 @@ def model_flops(
         "seq_len": seq_len,
         "attention_flops_per_token": attn,
         "attention_flops_per_token_ht": attn_ht,
+        "teacher_forward": teacher,
     }
 
 
@@ -301,6 +398,7 @@ def plan_steps(
     p1: float | None = None,
     counts: dict[str, Any] | None = None,
     cfg: model_config.ModelConfig | None = None,
+    costs: Sequence[str] | None = None,
 ) -> StepPlan:
     """Steps per phase for ``method`` under ``budget_flops`` (rounded down).
 
@@ -312,6 +410,8 @@ def plan_steps(
         otherwise.
       counts: ``model_flops(...)`` of the student (or pass ``cfg``).
       cfg: the student's config, used when ``counts`` is None.
+      costs: the flops_per_token key of each phase, when the method's phases
+        are not METHOD_PHASES' (OPRD with a logit term: ("oprd_opd",)).
 
     Raises:
       ConfigError: unknown method, non-positive budget / tokens, bad p1.
@@ -324,7 +424,12 @@ def plan_steps(
         counts = model_flops(cfg)
     budget = _positive(budget_flops, "budget_flops")
     tokens_per_step = _positive(tokens_per_step, "tokens_per_step", integer=True)
-    costs = METHOD_PHASES[method]
+    costs = tuple(costs or METHOD_PHASES[method])
+    if len(costs) != len(METHOD_PHASES[method]) or not set(costs) <= set(counts["flops_per_token"]):
+        raise ConfigError(
+            f"costs {costs} do not fit method {method!r} (phases {METHOD_PHASES[method]}); "
+            f"use keys of model_flops' flops_per_token"
+        )
     if len(costs) == 2:
         if p1 is None or not 0.0 < float(p1) < 1.0:
             raise ConfigError(
@@ -382,7 +487,7 @@ def report(
     vocab = _positive(vocab, "vocab", integer=True)
     s_cfg = model_config.get_config(student, vocab_size=vocab)
     t_cfg = model_config.get_config(teacher, vocab_size=vocab)
-    out = model_flops(s_cfg, teacher_d_model=t_cfg.d_model, seq_len=seq_len)
+    out = model_flops(s_cfg, teacher_d_model=t_cfg.d_model, seq_len=seq_len, teacher_cfg=t_cfg)
     teacher_counts = param_counts(t_cfg)
     out["student"]["name"] = student
     out["teacher"] = {"name": teacher, **teacher_counts}
@@ -408,6 +513,9 @@ _COST_MEANING = {
     "kd": "= nll: the teacher's signal is read from the store, not computed",
     "hldc": "kd + the linear regressor W_R (d_S -> d_T)",
     "ht": "HLDF phase 1: first half of the student + MLP regressor, no de-embedding",
+    "opd": "= nll: the student's logits on its rollouts (live teacher: see below)",
+    "oprd": "first l_S blocks + the linear regressor, no de-embedding",
+    "oprd_opd": "nll + the linear regressor: OPRD with an OPD / off-policy logit term",
 }
 
 
@@ -431,6 +539,12 @@ def format_table(rep: dict[str, Any]) -> str:
         f"  attention (not in 6N){rep['attention_flops_per_token']:>20,.0f}  "
         f"({100 * rep['attention_vs_6n']:.1f}% of C_data)"
     )
+    live = rep.get("teacher_forward")
+    if live:
+        lines.append(
+            f"  live teacher forward/token: {live['full']:,.0f} (logits), {live['hidden']:,.0f} "
+            f"(to layer {live['hidden_layer']}); {live['note']}"
+        )
     for m, plan in rep.get("plans", {}).items():
         lines.append(
             f"plan {m:5} phase1 {plan['phase1_steps']:>10,}  phase2 "

@@ -48,8 +48,40 @@ def test_flops_per_token_follow_design_formulas():
         "kd": c_data,
         "hldc": c_data + 6 * n_lin,
         "ht": 6 * n_half + 6 * n_mlp,
+        "opd": c_data,
+        "oprd": 6 * n_half + 6 * n_lin,
+        "oprd_opd": c_data + 6 * n_lin,
     }
     assert out["attention_flops_per_token"] is None  # no seq_len given
+    assert out["teacher_forward"] is None  # no live teacher: its signal is stored
+
+
+def test_live_teacher_forward_flops_charged_only_when_asked():
+    # Hand-derived: the teacher forward is 2·N_T (+ 2·d_T·V twice where logits are read:
+    # forward and the tiled loss's recomputation), never backward; hidden terms run
+    # only the blocks up to the compared layer.
+    cfg = model_config.get_config("tiny-7")
+    teacher = model_config.get_config("tiny")
+    t_counts = flops.param_counts(teacher, 2)
+    full = 2 * t_counts["backbone_params"] + 2 * 2 * teacher.d_model * teacher.vocab_size
+    hidden = 2 * t_counts["half_backbone_params"]
+    free = flops.model_flops(cfg, teacher_cfg=teacher, teacher_hidden_layer=2)
+    paid = flops.model_flops(cfg, teacher_cfg=teacher, teacher_hidden_layer=2, charge_teacher=True)
+    assert free["teacher_forward"]["flops_per_token"] == {
+        "kd": full,
+        "hldc": full,
+        "ht": hidden,
+        "opd": full,
+        "oprd": hidden,
+        "oprd_opd": full,
+    }
+    assert (
+        not free["teacher_forward"]["charged"] and "not charged" in free["teacher_forward"]["note"]
+    )
+    assert paid["teacher_forward"]["charged"]
+    for key, cost in free["flops_per_token"].items():
+        extra = free["teacher_forward"]["flops_per_token"].get(key, 0.0)  # nll: no teacher
+        assert paid["flops_per_token"][key] == cost + extra
 
 
 @pytest.mark.parametrize("seq_len", [3, 10])
@@ -152,9 +184,10 @@ def test_cli_json_on_paper_configs_matches_design_sizes(capsys):
         "hldc": 640 * 2560,
         "hldf": 640 * 2560 + 2560 + 2560 * 2560 + 2560,
     }
-    assert set(rep["flops_per_token"]) == {"nll", "kd", "ht", "hldc"}
+    assert set(rep["flops_per_token"]) == {"nll", "kd", "ht", "hldc", "opd", "oprd", "oprd_opd"}
     assert rep["attention_flops_per_token"] > 0
-    assert set(rep["plans"]) == {"nll", "kd", "hldc", "hldf"}
+    assert set(rep["plans"]) == {"nll", "kd", "hldc", "hldf", "opd", "oprd"}
+    assert not rep["teacher_forward"]["charged"]
     assert (
         flops.main(
             ["--student", "gemma3-1b", "--teacher", "gemma3-4b", "--vocab", "32000", "--json"]

@@ -10,7 +10,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     """The paper's recipe (docs/DESIGN.md §1) for a student; model/store/budget unset."""
     c = ml_collections.ConfigDict()
-    c.method = "kd"  # nll | kd | hldc | hldf (trainer.training.config.Method).
+    c.method = "kd"  # nll | kd | hldc | hldf | opd | oprd (trainer.training.config.Method).
     c.run_dir = ""  # RUN_DIR: config.json, metrics.jsonl, checkpoints/, export/, tb/.
     c.seed = 0  # Seeds parameter init, regressor init and the data shuffle.
 
@@ -33,7 +33,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict()
     c.teacher.hidden_layer = 0  # Stored teacher layer for HLD (1-based; 0: unused).
     c.teacher.d_model = 0  # Teacher width d_T the regressor maps to (0: unused).
-    c.student_layer = 0  # Student layer for HLD (1-based); 0 means L_S // 2.
+    # Live teacher (trainer.training.live_teacher): a model checkpoint (a trainer run's
+    # export/, or teacher_dump.convert's output) run frozen inside the train step; every
+    # teacher term then reads it instead of the store (which supplies tokens only).
+    # "": the teacher signal is read from the store.
+    c.teacher.checkpoint = ""
+    # Add the live teacher's forward to the FLOPs budget (trainer.flops). The paper does
+    # not charge the teacher (its signal is computed once, offline): False.
+    c.teacher.charge_flops = False
+    # Live KD over the teacher's top-K log-probs with loss.tail (what a stored top-K
+    # costs a student, without storage rounding); 0: its full vocabulary.
+    c.teacher.live_topk = 0
+    c.student_layer = 0  # Student layer for HLD / OPRD (1-based); 0 means L_S // 2.
+
+    # On-policy methods opd / oprd on rollouts (trainer.training.onpolicy).
+    c.onpolicy = ml_collections.ConfigDict()
+    c.onpolicy.opd_weight = 0.0  # oprd: weight β of its OPD term (0: the hidden term only).
+    # GKD's λ: every batch's loss is λ·(on-policy terms, completion tokens) + (1−λ)·(the kd
+    # objective on the rows' prompt tokens); 1: on-policy only.
+    c.onpolicy.lam = 1.0
 
     c.data = ml_collections.ConfigDict()
     c.data.batch_size = 256  # Global batch (rows of T tokens) per step.
@@ -81,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     # sampled: S draws from the teacher's full softmax, an unbiased estimate of the
     # full-vocabulary forward KL at tau=1 (loss.tail does not apply; tau != 1 and other
     # divergences are refused).
+    # With a live teacher (teacher.checkpoint) the KD term reads it instead (topk: unused).
     c.loss.signal = "topk"
     c.loss.token_tile = 1024  # Tokens per logit tile (never [B,T,V] fp32 at once).
 

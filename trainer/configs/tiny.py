@@ -3,6 +3,9 @@
 Cost: not measured (batch 8, T=32: small enough for the CPU test suite).
 Reaches: nothing meaningful; exercises every code path (tests, demo, bench).
 Usage: python -m trainer --config tiny --set store.url=S --set run_dir=R
+On-policy (tiny:opd, tiny:oprd): S a rollout store (loss_mask; token_logprob for OPD,
+hidden/2 for OPRD), or a tokens store with --set teacher.checkpoint=DIR (a live teacher
+of V=512; OPRD also --set teacher.d_model=<its width> teacher.hidden_layer=<a layer>).
 Fits: any one CPU or accelerator device (batch 8 × 32, fp32, remat none, no
 micro-batches); on TOPOLOGY below (TPU v5e:2x2, 4 chips × 16 GiB, data-parallel mesh)
 the TPU compiler needs 3 MiB per chip (args + temporaries + outputs, 2026-12-06,
@@ -16,7 +19,7 @@ TOPOLOGY = "v5e:2x2"  # What the number above was compiled for (tests/trainer/te
 
 
 def get_config(arg=None):
-    """Tiny student; `arg` may name the method, e.g. "tiny.py:hldc"."""
+    """Tiny student; `arg` may name the method, e.g. "tiny.py:hldc" or "tiny.py:opd"."""
     c = base_config()
     c.method = arg or "kd"
     c.model.name = "tiny"

@@ -41,7 +41,7 @@ from trainer.model import gemma3 as model
 from trainer.model import model_config
 from trainer.plan.chips import PlanInputError
 from trainer.training import config as config_lib
-from trainer.training import decode, loop, methods, sharding
+from trainer.training import decode, live_teacher, loop, methods, sharding
 
 # The planner never writes a run or reads a store; validate() wants both named.
 _UNUSED = "unused-by-the-planner"
@@ -139,10 +139,12 @@ class TrainTarget:
         config_lib.apply_overrides(config, [f"data.batch_size={rows * self.shards}"])
         plans = loop.plan_phases(config, self.model_cfg, self.phases)
         counts = loop.flop_counts(config, self.model_cfg)
+        live = any(p.phase.live for p in plans)  # teacher.checkpoint: its step takes the teacher.
+        teacher = live_teacher.abstract(config, self.mesh) if live else None
         out = []
         for plan in plans:
             runner = loop.PhaseRunner(
-                config, self.model_cfg, plan, self.mesh, self._encoding(config)
+                config, self.model_cfg, plan, self.mesh, self._encoding(config), teacher
             )
             batch = self._batch(config, runner, plan.phase)
             attn = (

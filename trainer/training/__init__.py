@@ -3,7 +3,10 @@
 * ``config``     — the ml_collections trainer config: load, override, validate.
 * ``losses``, ``tiled_loss`` — KD / HLD loss terms; the token-tiled logit path.
 * ``schedules``  — alpha (KD vs HLD) and learning-rate schedules.
-* ``methods``    — nll | kd | hldc | hldf: which store fields, which loss.
+* ``methods``    — nll | kd | hldc | hldf | opd | oprd: which store fields, which loss.
+* ``live_teacher``, ``live_kd`` — a frozen teacher checkpoint run inside the step; its
+  full-vocabulary tile losses. ``onpolicy`` — OPD / OPRD token weights and OPD's
+  single-sample estimator.
 * ``data``       — the Grain loader over a store; ``store_align`` — store ↔ config geometry.
 * ``sharding``   — the device mesh and logical-axis rules; ``distributed`` — joining a
   multi-process run.

@@ -33,6 +33,8 @@ class Method(enum.Enum):
     KD = "kd"  # (1-α) NLL + α τ² KL on the stored top-k.
     HLDC = "hldc"  # KD + γ normalized MSE through a linear regressor (joint).
     HLDF = "hldf"  # Phase 1: first half + MLP regressor, MSE only; phase 2: KD.
+    OPD = "opd"  # On rollouts: reverse KL(student ‖ teacher) on completion tokens.
+    OPRD = "oprd"  # On rollouts: normalized MSE via a linear regressor (+ β·OPD).
 
 
 # The config fields that shape each method's training (the others are inert for
@@ -42,6 +44,8 @@ METHOD_HPARAMS = {
     "kd": ("optim.lr", "loss.tau", "loss.alpha"),
     "hldc": ("optim.lr", "loss.tau", "loss.alpha", "loss.gamma"),
     "hldf": ("optim.lr", "loss.tau", "loss.alpha", "hldf.p1"),
+    "opd": ("optim.lr", "onpolicy.lam"),
+    "oprd": ("optim.lr", "onpolicy.opd_weight", "onpolicy.lam"),
 }
 
 
@@ -55,7 +59,7 @@ class BudgetUnit(enum.Enum):
 # Config fields holding a local path or a URL: resolved once, when the config
 # is loaded, against the directory the command runs in (the run then never
 # depends on its working directory, and config.json records where things are).
-PATH_FIELDS = ("run_dir", "store.url")
+PATH_FIELDS = ("run_dir", "store.url", "teacher.checkpoint")
 
 # Fields added after runs were already being checkpointed, with the value that
 # reproduces the older behaviour: a config.json without the key is read as
@@ -65,6 +69,11 @@ ADDED_FIELDS = {
     "data.samples": 0,
     "loss.hidden_reduction": loss_options.HiddenReduction.MEAN.value,
     "data.micro_batches": 1,
+    "teacher.checkpoint": "",
+    "teacher.charge_flops": False,
+    "teacher.live_topk": 0,
+    "onpolicy.opd_weight": 0.0,
+    "onpolicy.lam": 1.0,
 }
 
 # Fields that change how a step is computed, not what it computes (memory for
@@ -328,7 +337,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             size == -1 or size >= 1,
             f"mesh.{axis}={size} must be >= 1, or -1 for 'all remaining devices'",
         )
-    if method in (Method.HLDC, Method.HLDF):
+    _validate_teacher(config, method)
+    if method in (Method.HLDC, Method.HLDF, Method.OPRD):
         _check(
             config.teacher.hidden_layer >= 1,
             f"teacher.hidden_layer={config.teacher.hidden_layer} must be a stored layer "
@@ -347,6 +357,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
         config.student_layer >= 0,
         f"student_layer={config.student_layer} must be >= 0 (0: L_S // 2)",
     )
+
+
+def _validate_teacher(config, method: Method) -> None:
+    """The live teacher's and the on-policy methods' fields (their files: loop, live_teacher)."""
+    teacher, onp = config.teacher, config.onpolicy
+    _check(
+        teacher.live_topk >= 0,
+        f"teacher.live_topk={teacher.live_topk} must be >= 0 (0: the full vocabulary)",
+    )
+    if teacher.checkpoint:
+        _check(
+            config.loss.signal != sampled_kd.Signal.SAMPLED.value,
+            "loss.signal=sampled reads stored draws, but teacher.checkpoint gives the live "
+            "teacher's full vocabulary; drop --set loss.signal=sampled (or teacher.checkpoint)",
+        )
+    else:
+        _check(
+            teacher.live_topk == 0,
+            f"teacher.live_topk={teacher.live_topk} needs a live teacher; "
+            f"--set teacher.checkpoint=PATH or teacher.live_topk=0",
+        )
+        _check(
+            not teacher.charge_flops,
+            "teacher.charge_flops=True needs a live teacher (a stored signal costs the run "
+            "nothing); --set teacher.checkpoint=PATH or teacher.charge_flops=False",
+        )
+    _check(0.0 <= onp.lam <= 1.0, f"onpolicy.lam={onp.lam} must be in [0, 1] (1: on-policy only)")
+    _check(onp.opd_weight >= 0.0, f"onpolicy.opd_weight={onp.opd_weight} must be >= 0")
+    if method is Method.OPD:
+        _check(
+            onp.lam > 0.0,
+            "onpolicy.lam=0 leaves OPD without its on-policy term; use --set method=kd instead",
+        )
 
 
 def _validate_kd_settings(loss) -> None:

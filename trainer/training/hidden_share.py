@@ -44,7 +44,7 @@ def make_grad_norms_fn(runner):
     """jit (state, batch) -> (‖∇θ γ·L_emb‖, ‖∇θ L‖) over the student params, for runner's phase."""
     plan, phase = runner.plan, runner.plan.phase
 
-    def grad_norms(state, batch):
+    def grad_norms(state, batch, teacher_params):
         def term(params, hidden_only: bool):
             loss, step_metrics = methods.loss_fn(
                 params,
@@ -56,6 +56,8 @@ def make_grad_norms_fn(runner):
                 model_cfg=runner.model_cfg,
                 num_steps=plan.num_steps,
                 encoding=runner.encoding,
+                teacher_params=teacher_params,
+                teacher_cfg=runner.teacher_cfg,
             )
             return phase.hidden_weight * step_metrics["hidden_mse"] if hidden_only else loss
 
@@ -65,7 +67,8 @@ def make_grad_norms_fn(runner):
         g_total = jax.grad(lambda p: term(p, False))(state.params)
         return _norm(g_hidden), _norm(g_total)
 
-    return jax.jit(grad_norms)
+    jitted = jax.jit(grad_norms)  # A live teacher's params: an argument, never a constant.
+    return lambda state, batch: jitted(state, batch, runner.teacher_params)
 
 
 def loss_share(phase: methods.Phase, values: dict) -> dict:

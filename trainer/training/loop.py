@@ -7,6 +7,9 @@ alignment with the config (before anything compiles) → plan steps from the
 one FLOPs budget → mesh → own run_dir (trainer.training.run_lock; nothing is
 written there before) → restore the newest checkpoint if any → phases
 (HLDF: 1 then 2) → export the student (no regressor) to RUN_DIR/export.
+A live teacher (`teacher.checkpoint`) is checked against the store and the
+student with the store (before compiling), loaded once the run dir is owned,
+and passed to every step as an argument (trainer.training.live_teacher).
 SIGINT/SIGTERM checkpoint the current step and stop (trainer.training.interrupt);
 a re-run after a failed export exports from the final checkpoint, training nothing.
 
@@ -44,6 +47,7 @@ from trainer.training import (
     decode,
     distributed,
     hidden_share,
+    live_teacher,
     memory,
     methods,
     metrics,
@@ -72,6 +76,9 @@ class PhasePlan:
     phase: methods.Phase
     num_steps: int
     flops_per_token: float
+    # The live teacher's forward FLOPs per token of this phase (0: none), in
+    # flops_per_token too iff teacher.charge_flops.
+    teacher_flops_per_token: float = 0.0
 
 
 def model_config_from(config) -> model_config.ModelConfig:
@@ -84,16 +91,27 @@ def model_config_from(config) -> model_config.ModelConfig:
     )
 
 
+def stored_needs(phases) -> dict:
+    """{needs_topk, needs_hidden}: the teacher signals the phases read from the store
+    (none of them with a live teacher)."""
+    return {
+        "needs_topk": any(p.kd_term and not p.live for p in phases),
+        "needs_hidden": any(p.hidden_term and not p.live for p in phases),
+    }
+
+
 def check_store(config, reader: StoreReader, model_cfg, phases) -> None:
-    """Alignment of store and config: one SchemaMismatchError listing every mismatch."""
+    """Alignment of store, config and live teacher: one error listing every mismatch."""
     del model_cfg  # Its vocab is config.model.vocab_size, which store_align checks.
-    store_align.check_store(
-        config,
-        reader.schema,
-        config.store.url,
-        needs_topk=any(p.kd_term for p in phases),
-        needs_hidden=any(p.hidden_term for p in phases),
-    )
+    store_align.check_store(config, reader.schema, config.store.url, **stored_needs(phases))
+    if live_teacher.enabled(config):
+        live_teacher.check_compatible(
+            config,
+            live_teacher.teacher_config(config),
+            live_teacher.metadata_of(config),
+            reader.schema.tokenizer.get("sha256"),
+            hidden=any(p.hidden_term for p in phases),
+        )
 
 
 def open_store(config) -> tuple[StoreReader, object]:
@@ -102,24 +120,24 @@ def open_store(config) -> tuple[StoreReader, object]:
         config_lib.resolve_local_path(config.store.url), allow_partial=config.store.allow_partial
     )
     phases = methods.phases(config, model_config_from(config).num_layers)  # Phases need L, not V.
-    resolved = store_align.resolve(
-        config,
-        reader.schema,
-        needs_topk=any(p.kd_term for p in phases),
-        needs_hidden=any(p.hidden_term for p in phases),
-    )
-    if config.data.from_store and any(p.kd_term for p in phases) and jax.process_index() == 0:
+    needs = stored_needs(phases)
+    resolved = store_align.resolve(config, reader.schema, **needs)
+    if config.data.from_store and needs["needs_topk"] and jax.process_index() == 0:
         print(f"data.from_store: {store_align.signal_choice(resolved, reader.schema)}", flush=True)
     return reader, resolved
 
 
 def flop_counts(config, model_cfg) -> dict:
-    """trainer.flops.model_flops of the student with this config's regressor widths."""
+    """trainer.flops.model_flops of the student with this config's regressor widths
+    (and its live teacher's forward, charged per teacher.charge_flops)."""
     return flops.model_flops(
         model_cfg,
         teacher_d_model=config.teacher.d_model or None,
         seq_len=config.data.seq_len,
         ht_blocks=methods.student_layer(config, model_cfg.num_layers),
+        teacher_cfg=live_teacher.model_config_of(config),
+        teacher_hidden_layer=config.teacher.hidden_layer or None,
+        charge_teacher=config.teacher.charge_flops,
     )
 
 
@@ -148,7 +166,9 @@ def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
         tokens_per_step,
         p1=config.hldf.p1,
         counts=counts,
+        costs=tuple(p.flops_method for p in phases),
     )
+    live = counts["teacher_forward"]
     plans = []
     for phase, n, cost in zip(phases, step_plan, step_plan.phase_costs):
         if cost != phase.flops_method:
@@ -169,6 +189,9 @@ def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
                 phase=phase,
                 num_steps=int(n),
                 flops_per_token=counts["flops_per_token"][phase.flops_method],
+                teacher_flops_per_token=(
+                    live["flops_per_token"][phase.flops_method] if live and phase.live else 0.0
+                ),
             )
         )
     return tuple(plans)
@@ -184,18 +207,22 @@ def make_train_step(
     state_shardings,
     batch_keys_ndim: dict,
     encoding: decode.Encoding,
+    teacher_cfg=None,
+    teacher_shardings=None,
 ):
     """The jitted step: (state, batch) -> (state, metrics); state is donated.
 
     The batch holds the store's arrays as stored; `encoding` is how loss_fn
-    decodes them on the device (a static of the trace).
+    decodes them on the device (a static of the trace). A live-teacher phase's
+    step takes the teacher's params as a third argument, (state, batch,
+    teacher_params), sharded by `teacher_shardings` (never donated, no gradient).
 
     Traced once per phase (`chex.assert_max_traces`): a second trace would
     mean a silent recompile (e.g. a shape or dtype drift in the batch).
     """
     phase = plan.phase
 
-    def step_fn(state: train_state.TrainState, batch):
+    def step_fn(state: train_state.TrainState, batch, teacher_params=None):
         def loss_of(trainables, part, counts):
             return methods.loss_fn(
                 trainables["params"],
@@ -208,6 +235,8 @@ def make_train_step(
                 num_steps=plan.num_steps,
                 encoding=encoding,
                 counts=counts,
+                teacher_params=teacher_params,
+                teacher_cfg=teacher_cfg,
             )
 
         with sharding.activation_sharding(mesh):
@@ -239,9 +268,12 @@ def make_train_step(
     step_fn.__name__ = f"train_step_phase{phase.index}_{next(_STEP_IDS)}"
     step_fn = chex.assert_max_traces(step_fn, n=1)
     batch_shardings = {k: sharding.batch_sharding(mesh, nd) for k, nd in batch_keys_ndim.items()}
+    in_shardings: tuple = (state_shardings, batch_shardings)
+    if phase.live:
+        in_shardings += (teacher_shardings,)
     return jax.jit(
         step_fn,
-        in_shardings=(state_shardings, batch_shardings),
+        in_shardings=in_shardings,
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
@@ -250,16 +282,42 @@ def make_train_step(
 _STEP_IDS = itertools.count()
 
 
+class TeacherBoundStep:
+    """A live-teacher step called as (state, batch), like every other phase's step.
+
+    The jitted function takes the teacher's params as its third argument;
+    this binds them, so the loop, the memory guard, the bench and
+    `trainer.plan` call and `.lower(state, batch)` it unchanged. Params may be
+    ShapeDtypeStructs (`live_teacher.abstract_params`) for lowering only.
+    """
+
+    def __init__(self, jitted, teacher_params):
+        self.jitted, self.teacher_params = jitted, teacher_params
+
+    def __call__(self, state, batch):
+        return self.jitted(state, batch, self.teacher_params)
+
+    def lower(self, state, batch):
+        return self.jitted.lower(state, batch, self.teacher_params)
+
+
 class PhaseRunner:
     """Builds the optimizer, shardings and step of one phase (also used by the bench).
 
     `encoding` (the store's, `decode.Encoding.from_reader`) fixes the batch's
     stored arrays and how the step decodes them; the default `decode.EXACT`
-    takes exact-profile arrays (e.g. `data.synthetic_batch`).
+    takes exact-profile arrays (e.g. `data.synthetic_batch`). `teacher` is the
+    run's `live_teacher.LiveTeacher`, needed by a live-teacher phase.
     """
 
     def __init__(
-        self, config, model_cfg, plan: PhasePlan, mesh, encoding: decode.Encoding = decode.EXACT
+        self,
+        config,
+        model_cfg,
+        plan: PhasePlan,
+        mesh,
+        encoding: decode.Encoding = decode.EXACT,
+        teacher: live_teacher.LiveTeacher | None = None,
     ):
         self.config, self.model_cfg, self.plan, self.mesh = config, model_cfg, plan, mesh
         phase = plan.phase
@@ -293,7 +351,17 @@ class PhaseRunner:
         self.encoding = encoding
         batch_ndims = decode.BatchSpec(encoding=encoding, fields=phase.fields).ndims
         self.batch_keys = tuple(batch_ndims)
-        self.step = make_train_step(
+        # What else evaluates the phase's loss (hidden_share) passes to loss_fn too.
+        self.teacher_params = self.teacher_cfg = teacher_shardings = None
+        if phase.live:
+            if teacher is None:
+                raise ValueError(
+                    "a live-teacher phase needs its teacher: pass teacher=live_teacher.load("
+                    "config, mesh) to PhaseRunner"
+                )
+            self.teacher_params, self.teacher_cfg = teacher.params, teacher.model_cfg
+            teacher_shardings = teacher.shardings
+        step = make_train_step(
             config,
             model_cfg,
             plan,
@@ -303,7 +371,10 @@ class PhaseRunner:
             self.state_shardings,
             batch_ndims,
             encoding,
+            teacher_cfg=self.teacher_cfg,
+            teacher_shardings=teacher_shardings,
         )
+        self.step = TeacherBoundStep(step, self.teacher_params) if phase.live else step
 
     def _fresh_state(self, rng, params=None):
         # Three keys, as when the state carried one, so inits stay the same.
@@ -422,6 +493,8 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
     )
     data_state = None
     params = None
+    # Loaded once for every phase, after the checks (check_store) and before any compile.
+    teacher = live_teacher.load(config, mesh) if any(p.phase.live for p in plans) else None
     rng = jax.random.key(config.seed)
     last = {}
     stop = StopOnSignal(meta["global_step"]).install()
@@ -429,7 +502,9 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
         for plan in plans:
             if plan.phase.index < meta["phase"]:
                 continue
-            runner = PhaseRunner(config, model_cfg, plan, mesh, decode.Encoding.from_reader(reader))
+            runner = PhaseRunner(
+                config, model_cfg, plan, mesh, decode.Encoding.from_reader(reader), teacher
+            )
             source = data.StoreSource(
                 config.store.url, plan.phase.fields, allow_partial=config.store.allow_partial
             )
@@ -461,6 +536,11 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
                 tokens_per_step,
                 mesh.size,
                 stop,
+                teacher_flops_before=sum(
+                    p.teacher_flops_per_token * p.num_steps * tokens_per_step
+                    for p in plans
+                    if p.phase.index < plan.phase.index
+                ),
             )
             last = phase_last or last
             data_state = iterator.get_state()
@@ -490,6 +570,8 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
         "resumed_from_step": resumed_from,
         "wall_s": None,
     }
+    if teacher is not None:
+        summary["teacher"] = teacher_summary(config, teacher, plans, tokens_per_step)
     if jax.process_index() == 0:
         # overwrite: the export is derived from the final checkpoint, so a
         # half-written one (a failed or killed export) is simply written again.
@@ -516,6 +598,24 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
     return summary
 
 
+def teacher_summary(config, teacher, plans, tokens_per_step: int) -> dict:
+    """What the live teacher cost the run and whether cumulative_flops holds it."""
+    charged = bool(config.teacher.charge_flops)
+    return {
+        "checkpoint": config.teacher.checkpoint,
+        "fingerprint": teacher.fingerprint,
+        "flops_per_token": [p.teacher_flops_per_token for p in plans],
+        "flops": sum(p.teacher_flops_per_token * p.num_steps * tokens_per_step for p in plans),
+        "charged": charged,
+        "note": (
+            "the live teacher's forward is in cumulative_flops (teacher.charge_flops=True)"
+            if charged
+            else "the live teacher's forward is NOT in cumulative_flops, as in the paper "
+            "(teacher.charge_flops=False)"
+        ),
+    }
+
+
 def _run_phase(
     config,
     plan,
@@ -529,8 +629,12 @@ def _run_phase(
     tokens_per_step,
     num_devices,
     stop: StopOnSignal,
+    teacher_flops_before: float = 0.0,
 ):
-    """Steps one phase to its end; checkpoints, logs; stops on NaN/Inf or a signal."""
+    """Steps one phase to its end; checkpoints, logs; stops on NaN/Inf or a signal.
+
+    `teacher_flops_before`: the live teacher's FLOPs of the phases before this one.
+    """
     phase_step = int(meta["phase_step"])
     good_step = ckpt.latest_step()
     flops_per_step = plan.flops_per_token * tokens_per_step
@@ -575,6 +679,11 @@ def _run_phase(
                 "cumulative_flops": meta["cumulative_flops"],
                 "tokens": global_step * tokens_per_step,
             }
+            if plan.phase.live:  # Spent, charged or not; the flag says which.
+                record["teacher_flops"] = teacher_flops_before + (
+                    phase_step * tokens_per_step * plan.teacher_flops_per_token
+                )
+                record["teacher_flops_charged"] = float(config.teacher.charge_flops)
             if math.isfinite(rate):
                 record["tokens_per_s"] = rate
                 record["mfu"] = metrics.mfu(

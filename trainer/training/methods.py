@@ -20,12 +20,29 @@ Position convention: the store's top-k at position i predicts token i+1, as
 does the student's logit at i. L_data uses positions 0..T-2 (the target of
 the last position is not in the row); KL and top-1 use all T positions;
 hidden-state terms use all T positions.
+
+A live teacher (`teacher.checkpoint`, trainer.training.live_teacher) replaces
+the stored signal in every term: KD over its full vocabulary at any τ and
+divergence, or its own top-K (`teacher.live_topk`), and its hidden state at
+`teacher.hidden_layer`; the store then only supplies tokens (and loss_mask).
+
+On-policy methods, on rollouts (trainer.training.onpolicy: masks, estimator,
+and how λ mixes):
+
+    OPD          L = λ·OPD + (1-λ)·L_off
+    OPRD         L = λ·(L_emb + β·OPD) + (1-λ)·L_off      (linear W_R; β = onpolicy.opd_weight)
+    L_off        (1-α) L_data + α τ² KL on the rows' prompt tokens (λ = onpolicy.lam < 1)
+
+OPRD without a logit term (β = 0, λ = 1) runs the student's first l_S
+blocks only, as HLDF phase 1 (the [B,T,V] logits are never built, and the
+blocks after l_S, which it gives no gradient, are not decayed either).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from store import objective_penalty as penalty_lib
@@ -33,7 +50,16 @@ from store import profiles
 from trainer.model import gemma3 as model
 from trainer.model import regressors
 from trainer.model.regressors import RegressorKind
-from trainer.training import decode, loss_options, losses, schedules, tiled_loss
+from trainer.training import (
+    decode,
+    live_kd,
+    live_teacher,
+    loss_options,
+    losses,
+    onpolicy,
+    schedules,
+    tiled_loss,
+)
 from trainer.training.config import ConfigError, Method, parse_enum
 
 
@@ -55,6 +81,13 @@ class Phase:
         hidden_layer: the teacher layer the hidden-state term reads (0: no hidden term).
         hidden_reduction: how the hidden term reduces the teacher width D
             (loss_options.HiddenReduction: "mean", the paper's, or "sum").
+        live: the teacher terms read the live teacher (teacher.checkpoint), not the store.
+        live_topk: live KD over the teacher's top-K (0: its full vocabulary).
+        onpolicy: the phase trains on rollouts: its terms weigh completion / prompt
+            tokens by the batch's loss_mask (trainer.training.onpolicy).
+        opd_weight: weight of the OPD term (0: none).
+        lam: GKD's λ, the on-policy terms' share of the loss (on-policy phases; 1: no
+            off-policy term).
     """
 
     index: int = 1
@@ -69,18 +102,45 @@ class Phase:
     signal: str = loss_options.Signal.TOPK.value
     hidden_layer: int = 0
     hidden_reduction: str = loss_options.HiddenReduction.MEAN.value
+    live: bool = False
+    live_topk: int = 0
+    onpolicy: bool = False
+    opd_weight: float = 0.0
+    lam: float = 1.0
 
     @property
     def fields(self) -> tuple[str, ...]:
         """Store fields this phase reads (the loader reads nothing else): "tokens", "topk" or
-        "sampled", "hidden/<l>"; `decode.BatchSpec` turns them into stored arrays."""
-        fields = (profiles.TOKENS,)
-        if self.kd_term:
-            # A Signal's value is its store field.
-            fields += (loss_options.Signal(self.signal).value,)
-        if self.hidden_term:
+        "sampled", "hidden/<l>" (none of them with a live teacher), "loss_mask" (on-policy),
+        "token_logprob" (OPD without a live teacher); `decode.BatchSpec` turns them into
+        stored arrays."""
+        fields: tuple[str, ...] = (profiles.TOKENS,)
+        if self.kd_term and not self.live:
+            fields += (
+                loss_options.Signal(self.signal).value,
+            )  # a Signal's value is its store field
+        if self.hidden_term and not self.live:
             fields += (profiles.hidden_name(self.hidden_layer),)
+        if self.onpolicy:
+            fields += (onpolicy.LOSS_MASK,)
+        if self.opd_weight and not self.live:
+            fields += (onpolicy.TOKEN_LOGPROB,)
         return fields
+
+    @property
+    def logit_pass(self) -> bool:
+        """Whether the student's logits are built (tile by tile) at all."""
+        return self.data_term or self.kd_term or bool(self.opd_weight)
+
+    @property
+    def teacher_logits(self) -> bool:
+        """Whether a logit term reads the live teacher's logits."""
+        return self.live and (self.kd_term or bool(self.opd_weight))
+
+    @property
+    def teacher_layer(self) -> int:
+        """The live teacher layer a hidden-state term reads (0: none)."""
+        return self.hidden_layer if self.live and self.hidden_term else 0
 
 
 def student_layer(config, num_layers: int) -> int:
@@ -98,11 +158,21 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
     )
     signal = loss_options.parse_signal(config.loss.signal).value
     reduction = loss_options.parse_hidden_reduction(config.loss.hidden_reduction).value
-    kd_phase = Phase(flops_method="kd", data_term=True, kd_term=logit_kd, signal=signal)
+    live = live_teacher.enabled(config)
+    kd_phase = Phase(
+        flops_method="kd",
+        data_term=True,
+        kd_term=logit_kd,
+        signal=signal,
+        live=live,
+        live_topk=int(config.teacher.live_topk),
+    )
     if method is Method.NLL:
         return (Phase(flops_method="nll", data_term=True),)
     if method is Method.KD:
         return (kd_phase,)
+    if method in (Method.OPD, Method.OPRD):
+        return (onpolicy_phase(config, method, kd_phase, num_layers, reduction),)
     if method is Method.HLDC:
         return (
             dataclasses.replace(
@@ -117,6 +187,7 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
         )
     half = student_layer(config, num_layers)
     phase1 = Phase(
+        live=live,
         flops_method="ht",
         num_blocks=half,
         hidden_term=True,
@@ -127,6 +198,34 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
         hidden_reduction=reduction,
     )
     return (phase1, dataclasses.replace(kd_phase, index=2))
+
+
+def onpolicy_phase(config, method: Method, kd_phase: Phase, num_layers: int, reduction: str):
+    """The one phase of OPD / OPRD: on-policy terms + (λ < 1) the off-policy KD objective."""
+    lam = float(config.onpolicy.lam)
+    off = lam < 1.0
+    opd_weight = 1.0 if method is Method.OPD else float(config.onpolicy.opd_weight)
+    base = dataclasses.replace(
+        kd_phase,
+        onpolicy=True,
+        lam=lam,
+        opd_weight=opd_weight,
+        data_term=off,
+        kd_term=off and kd_phase.kd_term,
+    )
+    if method is Method.OPD:
+        return dataclasses.replace(base, flops_method="opd")
+    logits = bool(opd_weight) or off
+    return dataclasses.replace(
+        base,
+        flops_method="oprd_opd" if logits else "oprd",
+        num_blocks=None if logits else student_layer(config, num_layers),
+        hidden_term=True,
+        hidden_weight=1.0,
+        regressor=RegressorKind.LINEAR,
+        hidden_layer=config.teacher.hidden_layer,
+        hidden_reduction=reduction,
+    )
 
 
 def alpha_fn(config, num_steps: int):
@@ -194,6 +293,10 @@ def objective_penalty(config, reader, phases, sample_rows: int = 16) -> dict | N
     if not any(p.kd_term for p in phases):
         return None
     loss = config.loss
+    if live_teacher.enabled(config):
+        # Full vocabulary: the optimum is the teacher, exactly 0. A top-K restriction
+        # of the live teacher has no stored rows to estimate its penalty from.
+        return None if config.teacher.live_topk else live_penalty(config)
     if loss_options.parse_signal(loss.signal) is loss_options.Signal.SAMPLED:
         return sampled_penalty(config)
     topk_NxK = penalty_lib.sample_topk_logprobs(reader, sample_rows=sample_rows, seed=config.seed)
@@ -227,6 +330,18 @@ def sampled_penalty(config) -> dict:
     }
 
 
+def live_penalty(config) -> dict:
+    """The penalty summary of a live full-vocabulary teacher: exactly 0 (nothing is dropped).
+
+    Same keys as ``store.objective_penalty.summarize``.
+    """
+    return {
+        **sampled_penalty(config),
+        "tail": "n/a (live teacher: its full vocabulary, exactly 0)",
+        "signal": "live",
+    }
+
+
 def init_regressor(kind: RegressorKind | None, rng, d_student: int, d_teacher: int):
     """Fresh regressor params ({} for none)."""
     if kind is None:
@@ -245,9 +360,23 @@ def regressor_logical_axes(kind: RegressorKind | None, regressor_params):
 CONSTANT_METRICS = ("alpha",)
 
 
-def term_masks(tokens_BxT, phase: Phase) -> dict:
-    """{term: [B, T] float mask of the tokens its mean runs over, None for all} of a phase."""
-    masks = {}
+def term_masks(tokens_BxT, phase: Phase, loss_mask_BxT=None) -> dict:
+    """{term: [B, T] float mask of the tokens its mean runs over, None for all} of a phase.
+
+    On-policy phases weigh completion tokens (on-policy terms) and prompt tokens
+    (off-policy terms) by `loss_mask_BxT` (trainer.training.onpolicy).
+    """
+    masks: dict[str, jax.Array | None] = {}
+    if phase.onpolicy:
+        if phase.hidden_term:
+            masks["hidden_mse"] = onpolicy.hidden_mask(loss_mask_BxT)
+        if phase.opd_weight:
+            masks["opd"] = onpolicy.logit_mask(loss_mask_BxT)
+        if phase.data_term or phase.kd_term:
+            masks["nll"] = onpolicy.offpolicy_logit_mask(loss_mask_BxT)
+        if phase.kd_term:
+            masks["kd"] = masks["top1_agreement"] = masks["nll"]
+        return masks
     if phase.hidden_term:
         masks["hidden_mse"] = None
     if phase.data_term or phase.kd_term:
@@ -259,11 +388,15 @@ def term_masks(tokens_BxT, phase: Phase) -> dict:
 
 
 def token_counts(batch, phase: Phase) -> dict:
-    """{term: tokens its per-token mean divides by} over the whole `batch`."""
+    """{term: tokens its per-token mean divides by} over the whole `batch` (stored arrays).
+
+    At least 1, as `losses.masked_mean` (a batch without completion tokens adds 0).
+    """
     tokens_BxT = batch["tokens"]
+    loss_mask_BxT = batch[onpolicy.LOSS_MASK] if phase.onpolicy else None
     return {
-        k: jnp.asarray(tokens_BxT.size, jnp.float32) if m is None else jnp.sum(m)
-        for k, m in term_masks(tokens_BxT, phase).items()
+        k: jnp.asarray(tokens_BxT.size, jnp.float32) if m is None else jnp.maximum(jnp.sum(m), 1.0)
+        for k, m in term_masks(tokens_BxT, phase, loss_mask_BxT).items()
     }
 
 
@@ -279,6 +412,8 @@ def loss_fn(
     num_steps: int,
     encoding: decode.Encoding = decode.EXACT,
     counts=None,
+    teacher_params=None,
+    teacher_cfg=None,
 ):
     """Total loss of one batch for a phase, and per-term metrics.
 
@@ -295,14 +430,45 @@ def loss_fn(
         counts: None: each term is its mean over `batch`. A `token_counts` dict
             of a larger batch that `batch` is part of (gradient accumulation):
             each term is its sum over `batch` divided by that count.
+        teacher_params, teacher_cfg: the live teacher (phase.live; no gradient).
 
     Returns:
         (loss scalar, metrics dict of scalars).
     """
     # The loader ships the stored arrays (codes + side arrays); decode on device, into typed signals.
-    batch = decode.decode_batch(batch, decode.BatchSpec(encoding=encoding, fields=phase.fields))
+    decoded = decode.decode_batch(batch, decode.BatchSpec(encoding=encoding, fields=phase.fields))
+    return batch_loss(
+        params,
+        regressor,
+        decoded,
+        step,
+        phase=phase,
+        config=config,
+        model_cfg=model_cfg,
+        num_steps=num_steps,
+        counts=counts,
+        teacher_params=teacher_params,
+        teacher_cfg=teacher_cfg,
+    )
+
+
+def batch_loss(
+    params,
+    regressor,
+    batch,
+    step,
+    *,
+    phase: Phase,
+    config,
+    model_cfg,
+    num_steps: int,
+    counts=None,
+    teacher_params=None,
+    teacher_cfg=None,
+):
+    """`loss_fn` on a decoded `signals.Batch` (the same arguments otherwise)."""
     tokens_BxT = batch.tokens
-    masks = term_masks(tokens_BxT, phase)
+    masks = term_masks(tokens_BxT, phase, batch.loss_mask if phase.onpolicy else None)
 
     def mean(term, values_BxT):
         if counts is None:
@@ -312,36 +478,69 @@ def loss_fn(
             values_BxT = jnp.where(masks[term] > 0, values_BxT * masks[term], 0.0)
         return jnp.sum(values_BxT) / counts[term]
 
-    capture = (student_layer(config, model_cfg.num_layers),) if phase.hidden_term else ()
+    teacher = None
+    if phase.live:
+        teacher = live_teacher.forward(
+            teacher_params,
+            tokens_BxT,
+            teacher_cfg,
+            hidden_layer=phase.teacher_layer,
+            logits=phase.teacher_logits,
+        )
+    layer_s = student_layer(config, model_cfg.num_layers)
+    capture = (layer_s,) if phase.hidden_term else ()
     out = model.forward(
         params, tokens_BxT, model_cfg, capture_layers=capture, num_blocks=phase.num_blocks
     )
     metrics = {}
+    # `loss` holds the on-policy terms of an on-policy phase (λ-weighted at the end), and
+    # every term of the others; `off` the off-policy terms of an on-policy phase.
     loss = jnp.zeros((), jnp.float32)
+    off = jnp.zeros((), jnp.float32)
     if phase.hidden_term:
-        h_s_BxTxD = out.captured[capture[0]]
+        h_s_BxTxD = out.captured[layer_s]
         pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
+        target_BxTxDt = batch.hidden if teacher is None else teacher.hidden_BxTxD
+        assert target_BxTxDt is not None  # The phase's fields hold it, or the live teacher.
         hidden_term = mean(
             "hidden_mse",
-            losses.normalized_mse(pred_BxTxDt, batch.hidden, reduction=phase.hidden_reduction),
+            losses.normalized_mse(pred_BxTxDt, target_BxTxDt, reduction=phase.hidden_reduction),
         )
         metrics["hidden_mse"] = hidden_term
         loss = loss + phase.hidden_weight * hidden_term
-    if phase.data_term or phase.kd_term:
+    if phase.logit_pass:
         targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
         token_inputs = {tiled_loss.TARGETS: targets_BxT}
-        if phase.kd_term:
-            sampled = loss_options.Signal(phase.signal) is loss_options.Signal.SAMPLED
-            token_inputs[tiled_loss.TEACHER] = batch.sampled if sampled else batch.topk
-        per_tile_fn = tiled_loss.logit_terms_fn(
-            nll=True,
-            kd=phase.kd_term,
-            top1=phase.kd_term,
-            temperature=config.loss.tau,
-            tail=config.loss.tail,
-            divergence=config.loss.divergence,
-            signal=phase.signal,
-        )
+        kd_terms = phase.kd_term
+        if phase.live:
+            per_tile_fn = live_kd.live_terms_fn(
+                model.embedding_table(teacher_params),
+                nll=True,
+                kd=kd_terms,
+                top1=kd_terms,
+                opd=bool(phase.opd_weight),
+                temperature=config.loss.tau,
+                divergence=config.loss.divergence,
+                tail=config.loss.tail,
+                topk=phase.live_topk,
+            )
+            if phase.teacher_logits:
+                assert teacher is not None and teacher.final_BxTxD is not None
+                token_inputs[live_kd.TEACHER_HIDDEN] = teacher.final_BxTxD
+        else:
+            if kd_terms:
+                sampled = loss_options.Signal(phase.signal) is loss_options.Signal.SAMPLED
+                token_inputs[tiled_loss.TEACHER] = batch.sampled if sampled else batch.topk
+            per_tile_fn = tiled_loss.logit_terms_fn(
+                nll=True,
+                kd=kd_terms,
+                top1=kd_terms,
+                temperature=config.loss.tau,
+                tail=config.loss.tail,
+                divergence=config.loss.divergence,
+                signal=phase.signal,
+            )
+        assert out.final_hidden_BxTxD is not None  # A logit pass runs every block.
         terms = tiled_loss.tiled_logit_losses(
             out.final_hidden_BxTxD,
             model.embedding_table(params),
@@ -349,17 +548,33 @@ def loss_fn(
             token_inputs,
             tile_tokens=config.loss.token_tile,
         )
-        nll = mean("nll", terms["nll"])
-        metrics["nll"] = nll
-        if phase.kd_term:
-            alpha = alpha_at(config, step, num_steps)
-            kd = mean("kd", terms["kd"])
-            metrics["kd"] = kd
-            metrics["alpha"] = alpha
-            metrics["top1_agreement"] = mean("top1_agreement", terms["top1"])
-            tau2 = config.loss.tau**2
-            loss = loss + (1.0 - alpha) * nll + alpha * tau2 * kd
-        else:
-            loss = loss + nll
+        if phase.opd_weight:
+            if phase.live:
+                opd_BxT = terms["opd"]  # Exact: the full-vocabulary reverse KL.
+            else:  # log q(y) − log p(y) at the realized token (score-function gradient).
+                opd_BxT = onpolicy.opd_estimate(-terms["nll"], batch.token_logprob)
+            opd = mean("opd", opd_BxT)
+            metrics["opd"] = opd
+            loss = loss + phase.opd_weight * opd
+        if phase.data_term or phase.kd_term:
+            nll = mean("nll", terms["nll"])
+            metrics["nll"] = nll
+            objective = off if phase.onpolicy else loss
+            if phase.kd_term:
+                alpha = alpha_at(config, step, num_steps)
+                kd = mean("kd", terms["kd"])
+                metrics["kd"] = kd
+                metrics["alpha"] = alpha
+                metrics["top1_agreement"] = mean("top1_agreement", terms["top1"])
+                tau2 = config.loss.tau**2
+                objective = objective + (1.0 - alpha) * nll + alpha * tau2 * kd
+            else:
+                objective = objective + nll
+            if phase.onpolicy:
+                off = objective
+            else:
+                loss = objective
+    if phase.onpolicy and phase.lam < 1.0:
+        loss = phase.lam * loss + (1.0 - phase.lam) * off
     metrics["loss"] = loss
     return loss, metrics
