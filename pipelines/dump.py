@@ -1,9 +1,14 @@
-"""`python -m pipelines.dump`: text files → tokens → teacher signal → store.
+"""`python -m pipelines.dump`: text files (or a tokens store) → tokens → teacher signal → store.
 
     python -m pipelines.dump --input 'data/*.json.gz' --store /data/c4_store \\
         --teacher ckpt/teacher --tokenizer tok.model --seq-len 2048 --k 128 \\
         [--hidden-layers L ...] [--profile exact|compact|lean] [--samples S] [--rows-per-unit R] \\
-        [--batch-size B] [--heldout-fraction F --heldout-store URL] [Beam options]
+        [--batch-size B] [--heldout-fraction F --heldout-store URL] [--token-logprob on|off|auto] \\
+        [Beam options]
+    python -m pipelines.dump --input-store ROUND/rollouts --store ROUND/scored --teacher ckpt/teacher ...
+
+`--input-store` scores the rows of a tokens store as they are (on-policy
+rollouts: row r out = row r in, the loss_mask copied; pipelines.store_input).
 
 Beam options (`--runner`, `--direct_num_workers`, `--direct_running_mode`,
 Dataflow/Flink/Spark flags, `--runner dask --dask_client_address HOST:PORT`)
@@ -88,6 +93,7 @@ def _handler(opts, plan, encode_profile=None):
         num_devices=opts.num_devices or None,
         encode_for=plan.schema,
         encode_profile=encode_profile,
+        token_logprob=plan.schema.token_logprob,
     )
 
 
@@ -132,6 +138,20 @@ def build_pipeline(argv, read_ledgers=True):
         )
 
     pipeline = beam.Pipeline(options=pipeline_options)
+    if plan.input_store is not None:
+        from pipelines import store_input
+
+        units = pipeline | "ReadStoreUnits" >> store_input.ReadStoreUnits(
+            plan.input_store,
+            opts.rows_per_unit,
+            teacher_stage.PrepareStore(
+                opts.store, plan.schema, plan.committed_before, split=opts.split
+            ),
+        )
+        _ = units | "TeacherSignal" >> teacher_stage.WriteTeacherSignal(
+            opts.store, _handler(opts, plan, encode_profile), opts.units_per_call
+        )
+        return pipeline, plan, opts
     chunks = pipeline | "ReadSpine" >> spine.ReadSpine(
         plan.paths,
         plan.model_bytes,

@@ -35,7 +35,19 @@ TEACHER_FLAGS = (
     "token_tile",
     "units_per_call",
     "share_across_processes",
+    "token_logprob",
 )
+# Flags of the text spine, refused with --input-store (its rows come tokenized and packed).
+TEXT_FLAGS = (
+    "input",
+    "tokenizer",
+    "input_format",
+    "decode_errors",
+    "docs_per_chunk",
+    "heldout_fraction",
+    "heldout_store",
+)
+TOKEN_LOGPROB_CHOICES = ("auto", "on", "off")
 
 
 def _flag(parser, name, **kwargs):
@@ -56,6 +68,14 @@ class _Flags:
             nargs="+",
             default=None,
             help="input files or globs (several, and repeatable): .txt, .jsonl[.gz], .parquet",
+        )
+        _flag(
+            parser,
+            "input_store",
+            default=None,
+            help="a tokens store to score instead of text (e.g. a round's rollouts): row r of "
+            "--store is row r of it, its loss_mask copied; no --input/--tokenizer (its "
+            "tokenizer is checked against the teacher's); needs --teacher",
         )
         _flag(parser, "store", default=None, help="output store URL (path, file://, gs://, s3://)")
         _flag(
@@ -82,6 +102,15 @@ class _Flags:
             default=0,
             help="teacher draws per position stored as sampled ids + counts (sampled "
             "logits, 0..255; 0: none), keyed by store row and position",
+        )
+        _flag(
+            parser,
+            "token_logprob",
+            default="auto",
+            choices=TOKEN_LOGPROB_CHOICES,
+            help="store token_logprob, the teacher's log-prob of each realized next token "
+            "(float32, 4 B/token): on | off | auto (on iff --input-store has a loss_mask: "
+            "rollouts, where on-policy distillation's single-sample estimator needs it)",
         )
         _flag(
             parser,
@@ -307,6 +336,7 @@ def parse(argv):
     pipeline_options = PipelineOptions(argv)
     opts = pipeline_options.view_as(dump_options())
     _check_teacher_flags(opts, argv)
+    _check_input_store_flags(opts, argv)
     if opts.teacher:
         opts.teacher = teacher_checkpoint(opts.teacher)
     return pipeline_options, opts
@@ -321,6 +351,23 @@ def _check_teacher_flags(opts, argv):
                 f"{flags} only apply with --teacher (without it the store holds "
                 "tokens only); pass --teacher CKPT or drop them"
             )
+
+
+def _check_input_store_flags(opts, argv):
+    if not opts.input_store:
+        return
+    extra = sorted(n for n in _given(argv) if n in TEXT_FLAGS)
+    if extra:
+        flags = " ".join("--" + n.replace("_", "-") for n in extra)
+        raise OptionsError(
+            f"{flags} read text, but --input-store gives rows already tokenized and packed; "
+            "drop them (or drop --input-store to dump text)"
+        )
+    if not opts.teacher:
+        raise OptionsError(
+            "--input-store needs --teacher (scoring a tokens store is the teacher's job; "
+            "without one the store would only be copied)"
+        )
 
 
 def precheck(argv):
@@ -339,6 +386,7 @@ def precheck(argv):
     add_flags(parser)
     opts, _ = parser.parse_known_args(argv)
     _check_teacher_flags(opts, argv)
+    _check_input_store_flags(opts, argv)
     validate(opts)
     return opts
 
@@ -381,7 +429,9 @@ def validate(opts):
     """Checks a DumpOptions view; raises OptionsError naming the flag and the fix."""
     # --teacher is optional: without it the dump writes a tokens-only store
     # (k=0), the data for pre-training a teacher with the same trainer.
-    for name in ("input", "store", "tokenizer", "seq_len"):
+    # With --input-store the rows, their tokenizer and T come from that store.
+    required = ("store",) if opts.input_store else ("input", "store", "tokenizer", "seq_len")
+    for name in required:
         if not getattr(opts, name):
             raise OptionsError(
                 f"--{name.replace('_', '-')} is required; see `python -m pipelines.dump --help`"
@@ -391,13 +441,20 @@ def validate(opts):
             f"--samples={opts.samples} must be in [0, 255] (draws per position; "
             "counts are stored as uint8); 0 for no sampled logits"
         )
-    if opts.k == 0 and opts.samples > 0:
+    # token_logprob alone is a signal too (auto: decided by the input store, see plan.py).
+    logprob_may_be_on = opts.token_logprob == "on" or (
+        opts.token_logprob == "auto" and bool(opts.input_store)
+    )
+    if opts.k == 0 and (opts.samples > 0 or logprob_may_be_on):
         if opts.top_p is not None:
             raise OptionsError(
                 "--top-p truncates the top-k but --k is 0; pass --k > 0 or drop --top-p"
             )
     elif opts.k is None or opts.k < 1:
-        raise OptionsError(f"--k={opts.k} must be a positive integer (0 only with --samples > 0)")
+        raise OptionsError(
+            f"--k={opts.k} must be a positive integer (0 only with --samples > 0 or "
+            "--token-logprob on)"
+        )
     positive = {
         "seq_len": opts.seq_len,
         "rows_per_unit": opts.rows_per_unit,
@@ -406,6 +463,8 @@ def validate(opts):
         "token_tile": opts.token_tile,
         "units_per_call": opts.units_per_call,
     }
+    if opts.input_store and opts.seq_len is None:
+        del positive["seq_len"]  # the input store's T
     for name, value in positive.items():
         if value is None or value < 1:
             raise OptionsError(f"--{name.replace('_', '-')}={value} must be a positive integer")
@@ -429,6 +488,10 @@ def validate(opts):
         )
     if opts.heldout_store and opts.heldout_store.rstrip("/") == opts.store.rstrip("/"):
         raise OptionsError("--heldout-store must differ from --store")
+    if opts.input_store and opts.input_store.rstrip("/") == opts.store.rstrip("/"):
+        raise OptionsError(
+            "--input-store must differ from --store (the scored rows go to a new store)"
+        )
 
 
 def help_text(prog):

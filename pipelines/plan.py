@@ -35,6 +35,8 @@ class DumpPlan:
         committed_before: units of the main store committed when the run was
             launched (skipped); set by `pipelines.dump.build_pipeline`.
         heldout_committed_before: the same for the held-out store.
+        input_store: the pipelines.store_input.InputStore scored instead of
+            text (--input-store), or None.
     """
 
     paths: list
@@ -46,6 +48,7 @@ class DumpPlan:
     heldout_schema: object
     committed_before: frozenset = frozenset()
     heldout_committed_before: frozenset = frozenset()
+    input_store: object = None
 
 
 def _read_tokenizer(path):
@@ -119,6 +122,8 @@ def make_plan(opts):
         model_io.ModelIOError: with one-line messages naming the fix.
     """
     options.validate(opts)
+    if opts.input_store:
+        return _store_input_plan(opts)
     paths = inputs.expand_inputs(opts.input)
     for path in paths:
         inputs.detect_format(path, opts.input_format)
@@ -134,25 +139,66 @@ def make_plan(opts):
     )
     if not opts.teacher:
         return _tokens_only_plan(opts, paths, model_bytes, tok_info, train_packing)
+    cfg, layers, teacher = _teacher(
+        opts,
+        tok_info,
+        vocab_fix=f"tokenizer {opts.tokenizer} has {tok_info['vocab_size']} pieces",
+        sha_what=str(opts.tokenizer),
+        fix="use the tokenizer the teacher was trained with",
+        sha_fix="pass the tokenizer the teacher was trained with",
+    )
+    schema = store.StoreSchema(
+        seq_len=opts.seq_len,
+        k=opts.k,
+        vocab_size=cfg.vocab_size,
+        hidden_layers=layers,
+        hidden_dim=cfg.d_model if layers else 0,
+        profile=opts.profile,
+        rows_per_unit=opts.rows_per_unit,
+        tokenizer=tok_info,
+        teacher=teacher,
+        packing=train_packing,
+        samples=opts.samples,
+        token_logprob=_token_logprob(opts, loss_mask=False),
+    )
+    _check_some_signal(opts, schema)
+    return DumpPlan(
+        paths,
+        model_bytes,
+        tok_info,
+        cfg,
+        layers,
+        schema,
+        _heldout_schema(opts, tok_info, train_packing),
+    )
+
+
+def _teacher(opts, tok_info, vocab_fix, sha_what, fix, sha_fix):
+    """(config, captured layers, the manifest's teacher entry), checked against the rows' tokenizer.
+
+    Args:
+        opts: the DumpOptions view.
+        tok_info: the tokenizer of the rows ({"sha256", "vocab_size", ...}; sha256 may be absent).
+        vocab_fix, fix: the rows' vocabulary, and the fix, for a vocab-size mismatch message.
+        sha_what, sha_fix: the rows' tokenizer, and the fix, for a sha256 mismatch message.
+    """
     cfg = _teacher_config(opts.teacher)
     if opts.teacher_dtype:
         cfg = cfg.replace(dtype=opts.teacher_dtype)
     if tok_info["vocab_size"] != cfg.vocab_size:
         raise VocabMismatchError(
-            f"tokenizer {opts.tokenizer} has {tok_info['vocab_size']} pieces but teacher "
-            f"{opts.teacher} has vocab_size={cfg.vocab_size}; use the tokenizer the teacher "
-            "was trained with"
+            f"{vocab_fix} but teacher {opts.teacher} has vocab_size={cfg.vocab_size}; {fix}"
         )
     if opts.k > cfg.vocab_size:
         raise OptionsError(f"--k={opts.k} exceeds the vocabulary ({cfg.vocab_size}); lower --k")
     layers = _hidden_layers(opts.hidden_layers, cfg.num_layers)
     metadata = _teacher_metadata(opts.teacher)
     trained_with = metadata.get("tokenizer_sha256")  # absent for converted HF checkpoints
-    if trained_with and trained_with != tok_info["sha256"]:
+    rows_sha = tok_info.get("sha256")
+    if trained_with and rows_sha and trained_with != rows_sha:
         raise VocabMismatchError(
             f"teacher {opts.teacher} was trained with tokenizer sha256 {trained_with[:12]}… but "
-            f"{opts.tokenizer} has {tok_info['sha256'][:12]}…; pass the tokenizer the teacher "
-            "was trained with"
+            f"{sha_what} has {rows_sha[:12]}…; {sha_fix}"
         )
     if "fingerprint" not in metadata:
         # model_io.save_model always writes one; the manifest must name its teacher.
@@ -169,28 +215,60 @@ def make_plan(opts):
         "config": cfg.to_dict(),
         "top_p": opts.top_p,
     }
+    return cfg, layers, teacher
+
+
+def _token_logprob(opts, loss_mask):
+    """--token-logprob: on, off, or auto (on iff the rows carry a loss mask: rollouts)."""
+    return {"on": True, "off": False, "auto": bool(loss_mask)}[opts.token_logprob]
+
+
+def _check_some_signal(opts, schema):
+    if not (schema.k or schema.samples or schema.token_logprob):
+        raise OptionsError(
+            "--k 0 leaves no teacher signal (no --samples, and --token-logprob is off for "
+            "this input); pass --k > 0, --samples > 0 or --token-logprob on"
+        )
+
+
+def _store_input_plan(opts):
+    """--input-store: the rows of a tokens store, scored as they are (pipelines.store_input)."""
+    from pipelines import store_input  # Beam's transforms: only for this kind of dump
+
+    source = store_input.open_input(opts.input_store, opts.seq_len)
+    tok_info = dict(source.schema.tokenizer, vocab_size=source.schema.vocab_size)
+    trained_with = _teacher_metadata(opts.teacher).get("tokenizer_sha256")
+    if trained_with and not tok_info.get("sha256"):
+        raise VocabMismatchError(
+            f"--input-store {opts.input_store} records no tokenizer sha256, so its rows cannot be "
+            f"checked against teacher {opts.teacher}'s tokenizer; write the rollouts with the "
+            "tokenizer entry of the store their prompts came from"
+        )
+    cfg, layers, teacher = _teacher(
+        opts,
+        tok_info,
+        vocab_fix=f"--input-store {opts.input_store} has vocab_size={source.schema.vocab_size}",
+        sha_what=f"--input-store {opts.input_store}'s tokenizer",
+        fix="score rollouts with a teacher of the student's vocabulary",
+        sha_fix="score rollouts with a teacher of the student's tokenizer",
+    )
     schema = store.StoreSchema(
-        seq_len=opts.seq_len,
+        seq_len=source.schema.seq_len,
         k=opts.k,
         vocab_size=cfg.vocab_size,
         hidden_layers=layers,
         hidden_dim=cfg.d_model if layers else 0,
         profile=opts.profile,
         rows_per_unit=opts.rows_per_unit,
-        tokenizer=tok_info,
+        tokenizer=source.schema.tokenizer,
         teacher=teacher,
-        packing=train_packing,
+        packing=store_input.source_packing(source, opts.split),
         samples=opts.samples,
+        loss_mask=source.schema.loss_mask,
+        token_logprob=_token_logprob(opts, source.schema.loss_mask),
     )
-    return DumpPlan(
-        paths,
-        model_bytes,
-        tok_info,
-        cfg,
-        layers,
-        schema,
-        _heldout_schema(opts, tok_info, train_packing),
-    )
+    _check_some_signal(opts, schema)
+    return DumpPlan([], b"", tok_info, cfg, layers, schema, None, input_store=source)
 
 
 def _tokens_schema(opts, tok_info, packing_rule):

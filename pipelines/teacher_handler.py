@@ -3,7 +3,10 @@
 Contract with the dump pipeline (pipelines/):
 
 * One input element is one RunInference call: a list of store work units
-  ``(unit_index: int, tokens_RxT: int32 numpy [R, T])``. The pipeline forms
+  ``(unit_index: int, tokens_RxT: int32 numpy [R, T])``, or
+  ``(unit_index, tokens_RxT, loss_mask_RxT uint8)`` for rows read from a
+  rollout store (``pipelines.store_input``): the mask is the input's, copied
+  into the unit's signal unchanged. The pipeline forms
   these lists itself, by unit index (``pipelines.teacher_stage.BatchUnits``,
   ``--units-per-call``), so RunInference's own BatchElements is skipped: it
   emits each bundle's last batch from ``finish_bundle``, which a runner may
@@ -15,7 +18,8 @@ Contract with the dump pipeline (pipelines/):
   float32[R,T,K], "hidden": {l: float32[R,T,D]}})`` (no topk_* when k = 0; plus
   ``sampled_ids`` / ``sampled_counts`` / ``sampled_logprobs`` [R,T,S] when
   samples > 0, keyed by the global store row ``unit_index * rows_per_unit +
-  r``: exactly the arguments ``StoreWriter.write_unit`` takes); with
+  r``; ``token_logprob`` [R,T] with ``token_logprob``; ``loss_mask`` when the
+  input carried one: exactly the arguments ``StoreWriter.write_unit`` takes); with
   ``encode_for`` (what pipelines.dump passes), the store's arrays encoded on
   the device instead, ``DeviceEncoded(arrays={stored array: [R, ...]})``
   (write_unit_encoded). The writer calls ``signal.write``.
@@ -41,14 +45,15 @@ from teacher_dump import teacher as teacher_lib
 from trainer.model.errors import ConfigError, ModelInputError
 
 
-def _check_element(element) -> tuple[int, np.ndarray]:
-    if not (isinstance(element, (tuple, list)) and len(element) == 2):
+def _check_element(element) -> tuple[int, np.ndarray, np.ndarray | None]:
+    if not (isinstance(element, (tuple, list)) and len(element) in (2, 3)):
         raise ModelInputError(
-            f"expected a (unit_index, tokens_RxT) pair, got "
+            f"expected a (unit_index, tokens_RxT[, loss_mask_RxT]) tuple, got "
             f"{type(element).__name__}: map units to (index, int32 rows) "
             f"before RunInference"
         )
-    unit_index, tokens = element
+    unit_index, tokens = element[:2]
+    mask = None if len(element) == 2 else np.asarray(element[2])
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
         raise ModelInputError(
@@ -56,7 +61,12 @@ def _check_element(element) -> tuple[int, np.ndarray]:
             f"array, got {tokens.dtype}{list(tokens.shape)}: pass the unit's "
             f"int32 token rows"
         )
-    return int(unit_index), tokens
+    if mask is not None and mask.shape != tokens.shape:
+        raise ModelInputError(
+            f"unit {unit_index}: loss_mask is {list(mask.shape)}, its tokens "
+            f"{list(tokens.shape)}: pass the mask of the same rows"
+        )
+    return int(unit_index), tokens, mask
 
 
 class TeacherModelHandler(base.ModelHandler):
@@ -77,6 +87,7 @@ class TeacherModelHandler(base.ModelHandler):
         rows_per_unit: int | None = None,
         encode_for=None,
         encode_profile=None,
+        token_logprob: bool = False,
     ):
         """Configures the handler (nothing is loaded until load_model).
 
@@ -99,6 +110,7 @@ class TeacherModelHandler(base.ModelHandler):
             encode_for: the store's StoreSchema: encode on the device; the signal is then
                 unit_signal.DeviceEncoded (StoreWriter.write_unit_encoded).
             encode_profile: the existing store's Profile (store.profiles.for_store), None: new store.
+            token_logprob: also the log-prob of each realized next token (store/rollout.py).
 
         Raises:
             ConfigError: samples > 0 without rows_per_unit.
@@ -119,6 +131,7 @@ class TeacherModelHandler(base.ModelHandler):
         self._share_across_processes = share_across_processes
         self._num_devices = num_devices
         self._samples = samples
+        self._token_logprob = token_logprob
         self._rows_per_unit = rows_per_unit
         self._encode_for = encode_for
         self._encode = {"encode_for": encode_for, "encode_profile": encode_profile}
@@ -139,6 +152,7 @@ class TeacherModelHandler(base.ModelHandler):
             top_p=self._top_p,
             token_tile=self._token_tile,
             samples=self._samples,
+            token_logprob=self._token_logprob,
             **self._encode,
         )
         return teacher
@@ -163,13 +177,13 @@ class TeacherModelHandler(base.ModelHandler):
             A list of (unit_index, tokens_RxT, signal) in input order.
         """
         units = [_check_element(e) for e in batch]
-        seq_lens = {t.shape[1] for _, t in units}
+        seq_lens = {t.shape[1] for _, t, _ in units}
         if len(seq_lens) > 1:
             raise ModelInputError(
                 f"units in one call have different seq_len {sorted(seq_lens)}: "
                 f"a store has one seq_len; dump one store at a time"
             )
-        rows = np.concatenate([t for _, t in units]).astype(np.int32, copy=False)
+        rows = np.concatenate([t for _, t, _ in units]).astype(np.int32, copy=False)
         # A method call, so that a multi-process proxy of the Teacher works too.
         signal = model.extract(
             rows,
@@ -179,6 +193,7 @@ class TeacherModelHandler(base.ModelHandler):
             top_p=self._top_p,
             token_tile=self._token_tile,
             samples=self._samples,
+            token_logprob=self._token_logprob,
             row_ids=self._row_ids(units),
             **self._encode,
         )
@@ -188,9 +203,12 @@ class TeacherModelHandler(base.ModelHandler):
             else unit_signal.HostSignal(values=signal)
         )
         results, start = [], 0
-        for unit_index, tokens in units:
+        for unit_index, tokens, mask in units:
             stop = start + tokens.shape[0]
-            results.append((unit_index, tokens, signal.rows(start, stop)))
+            unit = signal.rows(start, stop)
+            results.append(
+                (unit_index, tokens, unit if mask is None else unit.with_loss_mask(mask))
+            )
             start = stop
         Metrics.counter("teacher_dump", "units").inc(len(units))
         Metrics.counter("teacher_dump", "tokens").inc(int(rows.size))
@@ -200,7 +218,7 @@ class TeacherModelHandler(base.ModelHandler):
         """Global store rows of the units' rows (None without samples)."""
         if not self._samples:
             return None
-        for unit_index, tokens in units:
+        for unit_index, tokens, _ in units:
             if tokens.shape[0] > self._rows_per_unit:
                 raise ModelInputError(
                     f"unit {unit_index} has {tokens.shape[0]} rows, more than "
@@ -209,7 +227,7 @@ class TeacherModelHandler(base.ModelHandler):
         return np.concatenate(
             [
                 unit_index * self._rows_per_unit + np.arange(tokens.shape[0])
-                for unit_index, tokens in units
+                for unit_index, tokens, _ in units
             ]
         )
 

@@ -1,7 +1,7 @@
 """Beam stages that touch the store: create/reopen it, run the teacher, commit units.
 
     Layout ──PrepareStore──▶ store created (or reopened), committed units known
-    (unit, tokens_RxT) ──BatchUnits──▶ [units] ──RunInference(TeacherModelHandler)──▶ (unit, tokens, signal)
+    (unit, tokens_RxT[, mask]) ──BatchUnits──▶ [units] ──RunInference(TeacherModelHandler)──▶ (unit, tokens, signal)
                        ──WriteUnitFn──▶ signal.write: StoreWriter.write_unit_encoded / write_unit
                                         (commit record last; signal: pipelines.unit_signal)
 
@@ -147,8 +147,8 @@ def _batch_key(element, units_per_call):
 
 def _unique_units(element):
     # One copy of each unit (a re-executed bundle may have delivered it twice).
-    _, units = element
-    return sorted({unit: (unit, tokens) for unit, tokens in units}.values(), key=lambda u: u[0])
+    _, units = element  # each (unit, tokens_RxT) or (unit, tokens_RxT, loss_mask_RxT)
+    return sorted({u[0]: u for u in units}.values(), key=lambda u: u[0])
 
 
 class BatchUnits(beam.PTransform):

@@ -10,7 +10,9 @@ One typed value per unit instead of a dict whose keys pick the code path:
 
 ``signal.write(writer, unit, tokens_RxT)`` writes and commits the unit;
 ``signal.rows(start, stop)`` is the signal of rows [start, stop) (the handler
-splits one call's rows back into units). No Beam, no model math: numpy only.
+splits one call's rows back into units); ``signal.with_loss_mask(mask_RxT)``
+adds a rollout input's loss mask (store/rollout.py: it is stored as is, so
+both forms take it unchanged). No Beam, no model math: numpy only.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ class DeviceEncoded:
     """The store's arrays, encoded on the device.
 
     Attributes:
-        arrays: {stored array name: numpy [R, ...]}, every array of the profile but tokens.
+        arrays: {stored array name: numpy [R, ...]}, every array of the profile but tokens
+            (and loss_mask until ``with_loss_mask``).
     """
 
     arrays: Mapping[str, np.ndarray]
 
     def rows(self, start: int, stop: int) -> DeviceEncoded:
         return DeviceEncoded(arrays={name: a[start:stop] for name, a in self.arrays.items()})
+
+    def with_loss_mask(self, mask_RxT) -> DeviceEncoded:
+        return DeviceEncoded(arrays={**self.arrays, "loss_mask": np.asarray(mask_RxT, np.uint8)})
 
     def write(self, writer, unit: int, tokens_RxT) -> None:
         writer.write_unit_encoded(unit, {"tokens": np.asarray(tokens_RxT, np.int32), **self.arrays})
@@ -61,6 +67,9 @@ class HostSignal:
                 for name, value in self.values.items()
             }
         )
+
+    def with_loss_mask(self, mask_RxT) -> HostSignal:
+        return HostSignal(values={**self.values, "loss_mask": np.asarray(mask_RxT, np.uint8)})
 
     def write(self, writer, unit: int, tokens_RxT) -> None:
         writer.write_unit(unit, tokens=tokens_RxT, **self.values)

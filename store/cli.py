@@ -164,7 +164,9 @@ def _format(command: str, r: dict) -> str:
         lines = [
             f"store {r['url']}  profile={s['profile']}  rows={r['num_rows']}  T={s['seq_len']}  "
             f"k={s['k']}  samples={s.get('samples', 0)}  V={s['vocab_size']}  layers={s['hidden_layers']}  "
-            f"D={s['hidden_dim']}  split={manifest_split(r['manifest'])}",
+            f"D={s['hidden_dim']}  split={manifest_split(r['manifest'])}"
+            f"  loss_mask={'stored' if s.get('loss_mask') else 'all ones'}"
+            f"  token_logprob={'yes' if s.get('token_logprob') else 'no'}",
             f"units committed {r['committed_units']}/{r['num_units']} (rows_per_unit={s['rows_per_unit']}), "
             f"teacher={s['teacher'].get('name')} fingerprint={s['teacher'].get('fingerprint')}",
             f"{'array':28s} {'dtype':8s} {'shape':22s} {'chunk':18s} {'codecs':34s} {'bytes':>12s} {'B/token':>9s}",
@@ -234,6 +236,14 @@ def _format(command: str, r: dict) -> str:
             f"{r['sampled']['samples']} draws: distinct ids mean {d['mean']:.2f} p1 {d['p1']:.0f} "
             f"p99 {d['p99']:.0f}; teacher mass of the drawn ids mean {m['mean']:.4f} p1 {m['p1']:.4f}"
         )
+    if "loss_mask" in r and r["loss_mask"]["completion_fraction"] is not None:
+        lines.append(f"loss_mask: completion tokens {r['loss_mask']['completion_fraction']:.4f}")
+    for which, t in r.get("token_logprob", {}).items():
+        if t.get("n"):
+            lines.append(
+                f"token_logprob ({which} positions): mean {t['mean']:.4f} p1 {t['p1']:.4f} "
+                f"p50 {t['p50']:.4f} (teacher NLL {-t['mean']:.4f} nats/token)"
+            )
     if "objective_penalty" in r:
         lines.append(objective_penalty.describe(r["objective_penalty"]))
     for layer, h in r["hidden"].items():

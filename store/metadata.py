@@ -138,12 +138,18 @@ def _parse_root(raw, url):
             f"store {url} has format_version={version!r}, this package reads <= {FORMAT_VERSION}; "
             "upgrade the store package"
         )
-    if version != FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         return None, None, f"has format_version={version!r}"
     try:
         schema = StoreSchema.from_dict(manifest["schema"])
     except (errors.StoreError, KeyError, TypeError, ValueError):
         return None, None, "has a schema that does not parse"
+    if version != schema.format_version:  # e.g. a loss_mask store stamped 1 (store/rollout.py)
+        return (
+            None,
+            None,
+            f"has format_version={version!r}, its schema needs {schema.format_version}",
+        )
     if manifest.get("schema_sha256") != schema.fingerprint():
         return None, None, "has a schema whose fingerprint differs from schema_sha256"
     rows = manifest.get("num_rows", 0)

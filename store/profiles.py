@@ -12,6 +12,8 @@ specs, numpy encoder/decoder and manifest text:
     top-k     store/topk_codecs.py   float16, uint8_companded
     hidden    store/hidden_codecs.py float16_rms, int8_outliers, lean (store/lean.py)
     sampled   store/sampled.py       one layout; zstd and id packing per profile
+    rollout   store/rollout.py       loss_mask uint8 [N,T] (tokens family), token_logprob
+                                     float32 [N,T]: one layout, every profile
 
 Profile-wide choices: ids bit-packed (``packs_ids``, store/bitpack.py: top-k
 and sampled ids alike) and zstd on the id and sampled arrays.
@@ -31,7 +33,7 @@ jnp twins.
 
 import numpy as np
 
-from store import bitpack, errors, hidden_codecs, sampled, topk_codecs
+from store import bitpack, errors, hidden_codecs, rollout, sampled, topk_codecs
 from store.hidden_codecs import aux_name, hidden_name  # noqa: F401 (the names every reader of a profile uses)
 from store.layout import ArraySpec
 
@@ -99,12 +101,14 @@ class Profile:
     def field_arrays(self, schema, normalized: bool = False) -> dict[str, list[ArraySpec]]:
         """{store field: its stored arrays} of a store with this schema, in storage order.
 
-        Fields: "tokens", "topk" (k > 0), "sampled" (samples > 0), "hidden/<l>"
-        per captured layer. ``normalized``: the arrays a normalized hidden read
-        needs (no per-token RMS).
+        Fields: "tokens", "loss_mask" / "token_logprob" (when the schema has
+        them, store/rollout.py), "topk" (k > 0), "sampled" (samples > 0),
+        "hidden/<l>" per captured layer. ``normalized``: the arrays a
+        normalized hidden read needs (no per-token RMS).
         """
         T, V = schema.seq_len, schema.vocab_size
         out = {TOKENS: [ArraySpec(TOKENS, (T,), "int32", ("pos",))]}
+        out.update(rollout.field_arrays(schema))
         if schema.k:
             out[TOPK] = self.topk.specs(self, T, schema.k, V)
         if schema.samples:
@@ -207,6 +211,7 @@ class Profile:
     def encodings(self, schema) -> dict:
         """The manifest's ``encodings``: ``describe`` plus the sampled family and the id packing rule."""
         out = self.describe(schema)
+        out.update(rollout.describe(schema))
         if schema.samples:
             out.update(sampled.describe(self, schema.vocab_size))
         if self.packs_ids:

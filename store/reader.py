@@ -29,7 +29,7 @@ import threading
 import numpy as np
 import tensorstore as ts
 
-from store import errors, layout, localread, metadata, profiles, remote, sampled, snapshot
+from store import errors, layout, localread, metadata, profiles, remote, rollout, sampled, snapshot
 
 # One stored array, opened: TensorStore's, or the local-file fast path (both read row ranges).
 ArrayHandle = ts.TensorStore | localread.LocalArrayReader
@@ -123,8 +123,10 @@ class StoreReader:
         return rows[rows < self.num_rows]
 
     def default_fields(self) -> tuple:
-        """Every field of the store: tokens, topk (if k > 0), sampled (if samples > 0), hidden/<l> per layer."""
+        """Every field of the store: tokens, loss_mask / token_logprob (if stored), topk (if k > 0),
+        sampled (if samples > 0), hidden/<l> per layer."""
         fields = ["tokens"]
+        fields += list(rollout.field_arrays(self.schema))
         if self.schema.k:
             fields.append("topk")
         if self.schema.samples:
@@ -149,6 +151,11 @@ class StoreReader:
         for field in fields:
             if field == "tokens":
                 names.append("tokens")
+            elif field == rollout.LOSS_MASK:
+                # A store without it reads as all ones (store/rollout.py): nothing to read.
+                names += [rollout.LOSS_MASK] if self.schema.loss_mask else []
+            elif field == rollout.TOKEN_LOGPROB and self.schema.token_logprob:
+                names.append(field)
             elif field == "topk" and self.schema.k:
                 names += self._profile.topk_array_names(self.schema)
             elif field == "sampled" and self.schema.samples:
@@ -206,8 +213,10 @@ class StoreReader:
 
         Args:
             rows: 1-D int row indices (any order; repeated rows allowed).
-            fields: subset of ``default_fields()`` ("tokens", "topk", "sampled",
-                "hidden/<l>"); None for all.
+            fields: subset of ``default_fields()`` ("tokens", "loss_mask",
+                "token_logprob", "topk", "sampled", "hidden/<l>"); None for all.
+                "loss_mask" may be asked of any store: one without the array
+                reads as all ones (store/rollout.py).
             hidden_dtype: numpy floating dtype of the activations.
             hidden_normalized: return each token's activation divided by its
                 RMS, ``x / rms(x)`` (direction exact as stored, per-token
@@ -225,7 +234,8 @@ class StoreReader:
                 compact: decoded, then rounded to float16).
 
         Returns:
-            {"tokens": int32[n,T], "topk_ids": ids_dtype[n,T,K], "topk_logprobs": logprobs_dtype[n,T,K],
+            {"tokens": int32[n,T], "loss_mask": uint8[n,T], "token_logprob": float32[n,T],
+             "topk_ids": ids_dtype[n,T,K], "topk_logprobs": logprobs_dtype[n,T,K],
              "sampled_ids": ids_dtype[n,T,S], "sampled_counts": uint8[n,T,S],
              "sampled_logprobs": logprobs_dtype[n,T,S],
              "hidden/<l>": hidden_dtype[n,T,D]} for the requested fields.
@@ -244,6 +254,14 @@ class StoreReader:
         for field in fields:
             if field == "tokens":
                 out["tokens"] = stored["tokens"]
+            elif field == rollout.LOSS_MASK:
+                out[field] = (
+                    stored[field]
+                    if self.schema.loss_mask
+                    else rollout.all_ones(rows.size, self.schema.seq_len)
+                )
+            elif field == rollout.TOKEN_LOGPROB:
+                out[field] = stored[field]
             elif field == "topk":
                 out["topk_ids"], out["topk_logprobs"] = self._profile.decode_topk(
                     stored,

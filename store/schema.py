@@ -3,14 +3,17 @@
 A store is self-describing: the root group's ``zarr.json`` attributes hold
 the *manifest*::
 
-    {"store_format": "distill-teacher-store", "format_version": 1,
+    {"store_format": "distill-teacher-store", "format_version": 1 or 2,
      "schema": {...StoreSchema fields...},
      "schema_sha256": "...",            # fingerprint of "schema", used by commit records
      "encodings": {...},                # per-array dtype and how to decode (see profiles.py)
      "split": "train" | "heldout",      # what the rows are for; absent in older stores ("unknown")
      "created": {"time": ..., "host": ..., "by": ...}}
 
-Everything under ``schema`` must match exactly when a writer reopens a store
+``format_version`` is the oldest format that can read the store: 1, or 2
+for a store with the rollout arrays (``loss_mask``, ``token_logprob``:
+store/rollout.py), which a version-1 reader must refuse rather than read
+without its mask. Everything under ``schema`` must match exactly when a writer reopens a store
 (two dumps are never mixed); ``created`` is informational only. The row count
 is the manifest's ``num_rows`` (outside ``schema``, so the fingerprint does not
 change with it); every array's metadata is derived from the manifest (store/metadata.py).
@@ -28,8 +31,10 @@ from typing import Any, NoReturn
 from store import errors
 
 STORE_FORMAT = "distill-teacher-store"
-# Bump when the on-disk layout changes incompatibly; readers refuse newer ones.
-FORMAT_VERSION = 1
+# The newest format this package reads and writes; readers refuse newer ones. Bump when the
+# on-disk layout changes incompatibly. A store records the oldest version that reads it
+# (StoreSchema.format_version): 1 unless it has the rollout arrays (store/rollout.py, version 2).
+FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,11 @@ class StoreSchema:
         samples: S teacher draws per position stored as ``sampled/*`` (0: none;
             see store/sampled.py). Omitted from ``to_dict`` when 0, so stores
             written before it existed keep their manifest and fingerprint.
+        loss_mask: the store has ``loss_mask`` uint8 [N,T] (1 = completion
+            token; store/rollout.py). Omitted from ``to_dict`` when False.
+        token_logprob: the store has ``token_logprob`` float32 [N,T] (the
+            teacher's log-prob of each realized next token; store/rollout.py).
+            Omitted from ``to_dict`` when False.
     """
 
     seq_len: int
@@ -63,6 +73,8 @@ class StoreSchema:
     teacher: dict = dataclasses.field(default_factory=dict)
     packing: dict = dataclasses.field(default_factory=dict)
     samples: int = 0
+    loss_mask: bool = False
+    token_logprob: bool = False
 
     def __post_init__(self) -> None:
         # Normalise so that a schema read back from JSON compares equal.
@@ -87,6 +99,9 @@ class StoreSchema:
         for name in ("seq_len", "vocab_size", "rows_per_unit"):
             if int(getattr(self, name)) <= 0:
                 bad(f"{name}={getattr(self, name)} must be a positive integer")
+        for name in ("loss_mask", "token_logprob"):
+            if not isinstance(getattr(self, name), bool):
+                bad(f"{name}={getattr(self, name)!r} must be True or False")
         if (
             not isinstance(self.samples, int)
             or isinstance(self.samples, bool)
@@ -121,12 +136,22 @@ class StoreSchema:
                 "pass the tokenizer's vocab size"
             )
 
+    @property
+    def format_version(self) -> int:
+        """The oldest manifest format that reads this store: 2 with a rollout array, else 1."""
+        # Local import: rollout (with layout) is not needed to parse a manifest.
+        from store import rollout
+
+        return rollout.VERSION if self.loss_mask or self.token_logprob else 1
+
     def to_dict(self) -> dict:
-        """JSON-ready dict of every field (``samples`` only when > 0: older manifests stay byte-identical)."""
+        """JSON-ready dict of every field (``samples``, ``loss_mask``, ``token_logprob`` only when
+        set: older manifests stay byte-identical)."""
         d = dataclasses.asdict(self)
         d["hidden_layers"] = list(self.hidden_layers)
-        if not self.samples:
-            del d["samples"]
+        for name in ("samples", "loss_mask", "token_logprob"):
+            if not d[name]:
+                del d[name]
         return d
 
     @classmethod
@@ -192,7 +217,7 @@ def build_manifest(schema: StoreSchema, encodings: dict, split: str | None = Non
         raise errors.StoreInputError(f"split={split!r} is not one of {SPLITS}")
     return {
         "store_format": STORE_FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": schema.format_version,
         "schema": schema.to_dict(),
         "schema_sha256": schema.fingerprint(),
         "encodings": encodings,
@@ -218,7 +243,13 @@ def schema_from_manifest(manifest: dict, url: str) -> StoreSchema:
             f"store {url} has format_version={version!r}, this package reads <= {FORMAT_VERSION}; "
             "upgrade the store package"
         )
-    return StoreSchema.from_dict(manifest["schema"])
+    schema = StoreSchema.from_dict(manifest["schema"])
+    if version != schema.format_version:
+        raise errors.SchemaMismatchError(
+            f"store {url} has format_version={version} but its schema needs "
+            f"{schema.format_version}; the manifest is damaged: run `python -m store repair {url}`"
+        )
+    return schema
 
 
 def read_manifest(url: str) -> tuple[Any, dict, StoreSchema]:

@@ -8,13 +8,17 @@
 * per captured layer: per-token L2 norm, mean squared magnitude, and the
   channels with the largest mean |x| (the outlier channels the compact
   profile keeps apart);
+* rollout stores (store/rollout.py): the fraction of completion tokens
+  (``loss_mask``), and the teacher's log-prob of the realized tokens
+  (``token_logprob``) over all scored positions and over completion tokens
+  only (minus its mean: the teacher's NLL of the student's own samples);
 * given KD settings (α, τ, tail), the penalty of the objective's own optimum
   (``store.objective_penalty``) on the sampled positions.
 """
 
 import numpy as np
 
-from store import errors, objective_penalty, profiles
+from store import errors, objective_penalty, profiles, rollout
 from store.reader import StoreReader
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -45,6 +49,8 @@ def store_stats(
     Returns:
         {"url", "rows_sampled", "tokens": {...}, "topk": {"coverage", "entropy", "tail_mass_mean"},
          "sampled": {"samples", "distinct_ids", "mass_of_drawn_ids"} (when samples > 0),
+         "loss_mask": {"completion_fraction"} (when stored),
+         "token_logprob": {"all", "completion"} summaries (when stored; "completion" with a mask),
          "hidden": {layer: {"token_l2_norm", "mean_square", "top_channels"}},
          "objective_penalty": {...} (when `loss` is given)}.
     """
@@ -92,6 +98,14 @@ def _accumulate(out, batch, schema, pad_id):
     acc = out.setdefault("_acc", _empty_acc())
     if pad_id is not None:
         acc["pad"].append(float((batch["tokens"] == pad_id).mean()))
+    if schema.loss_mask:
+        acc["mask"].append(batch[rollout.LOSS_MASK].ravel())
+    if schema.token_logprob:
+        # Position t scores token t+1: the last position scores nothing; the mask weighs t+1.
+        lp = batch[rollout.TOKEN_LOGPROB][:, :-1]
+        acc["token_lp"].append(lp.ravel())
+        if schema.loss_mask:
+            acc["token_lp_completion"].append(lp[batch[rollout.LOSS_MASK][:, 1:] == 1])
     if schema.k:
         lp = batch["topk_logprobs"].astype(np.float64)
         p = np.exp(lp)  # exp(-inf) = 0: dropped slots add no mass
@@ -122,12 +136,23 @@ def _empty_acc():
         "hidden": {},
         "distinct": [],
         "drawn_mass": [],
+        "mask": [],
+        "token_lp": [],
+        "token_lp_completion": [],
     }
 
 
 def _finish(out, schema):
     acc = out.pop("_acc", _empty_acc())
     out["tokens"] = {"pad_fraction": float(np.mean(acc["pad"])) if acc["pad"] else None}
+    cat = lambda key: np.concatenate(acc[key]) if acc[key] else np.zeros(0)
+    if schema.loss_mask:
+        mask = cat("mask")
+        out["loss_mask"] = {"completion_fraction": float(mask.mean()) if mask.size else None}
+    if schema.token_logprob:
+        out["token_logprob"] = {"all": _summary(cat("token_lp"))}
+        if schema.loss_mask:
+            out["token_logprob"]["completion"] = _summary(cat("token_lp_completion"))
     if schema.k:
         cov = np.concatenate(acc["coverage"]) if acc["coverage"] else np.zeros(0)
         ent = np.concatenate(acc["entropy"]) if acc["entropy"] else np.zeros(0)
@@ -138,7 +163,6 @@ def _finish(out, schema):
             "tail_mass_mean": float(1 - cov.mean()) if cov.size else None,
         }
     if schema.samples:
-        cat = lambda key: np.concatenate(acc[key]) if acc[key] else np.zeros(0)
         out["sampled"] = {
             "samples": schema.samples,
             "distinct_ids": _summary(cat("distinct")),

@@ -15,7 +15,8 @@ Then, for every unit in ``[0, num_units)`` (the row count is the manifest's):
   a chunk missing or failing its crc32c, or encoded bytes whose sha256
   differs from the record                 -> ``corrupt``
 * bytes intact but values out of contract -> ``invalid``: tokens or ids
-  outside [0, V), log-probs not sorted descending or > 0 (-inf allowed for
+  outside [0, V), a loss mask other than 0/1, a token log-prob that is not
+  finite and <= 0 (or not 0 at the last position), log-probs not sorted descending or > 0 (-inf allowed for
   slots a top-p truncation dropped), sampled draws breaking their contract
   (store/sampled.py), non-finite activations.
 
@@ -33,7 +34,7 @@ import hashlib
 
 import numpy as np
 
-from store import errors, layout, ledger, metadata, profiles, sampled, snapshot
+from store import errors, layout, ledger, metadata, profiles, rollout, sampled, snapshot
 from store.reader import StoreReader
 
 MAX_BLOCK_BYTES = 256 << 20
@@ -229,6 +230,14 @@ def _check_values(schema, profile, stored):
     tokens = stored["tokens"]
     if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
         return f"tokens outside [0, {V})"
+    if schema.loss_mask:
+        problem = rollout.mask_problem(stored[rollout.LOSS_MASK])
+        if problem:
+            return problem
+    if schema.token_logprob:
+        problem = rollout.logprob_problem(stored[rollout.TOKEN_LOGPROB])
+        if problem:
+            return problem
     if schema.k:
         ids, lp = profile.decode_topk(stored, vocab_size=V)
         if ids.size and (ids.min() < 0 or ids.max() >= V):

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from store import errors, layout, ledger, metadata, profiles, remote, sampled, snapshot
+from store import errors, layout, ledger, metadata, profiles, remote, rollout, sampled, snapshot
 from store.schema import StoreSchema, build_manifest, check_same_schema
 
 
@@ -256,6 +256,8 @@ class StoreWriter:
         sampled_ids=None,
         sampled_counts=None,
         sampled_logprobs=None,
+        loss_mask=None,
+        token_logprob=None,
     ):
         """Encodes and writes one work unit, then commits it.
 
@@ -269,6 +271,10 @@ class StoreWriter:
                 last with id 0 (required iff samples = S > 0; store/sampled.py).
             sampled_counts: int[R, T, S] draws per id, summing to S; 0 = empty slot.
             sampled_logprobs: float32[R, T, S] teacher log-prob at tau=1; -inf in empty slots.
+            loss_mask: 0/1 integer or bool [R, T], 1 = completion token (required iff the
+                schema has loss_mask; store/rollout.py).
+            token_logprob: float32[R, T] teacher log-prob of each realized next token, 0 at
+                the last position (required iff the schema has token_logprob).
 
         Raises:
             StoreInputError: a missing, extra, mis-shaped or out-of-range input.
@@ -283,6 +289,9 @@ class StoreWriter:
             sampled_ids,
             sampled_counts,
             sampled_logprobs,
+        )
+        encoded.update(
+            rollout.check_inputs(stop - start, self.schema, loss_mask, token_logprob, _check_array)
         )
         self._write_encoded(int(unit), start, stop, encoded)
 
@@ -315,6 +324,10 @@ class StoreWriter:
                     f"{spec.dtype}{list(shape)} (unit {unit} has rows {start}..{stop}); encode with this profile"
                 )
             checked[name] = x
+        if rollout.LOSS_MASK in checked and rollout.mask_problem(checked[rollout.LOSS_MASK]):
+            raise errors.StoreInputError(
+                f"write_unit_encoded: {rollout.mask_problem(checked[rollout.LOSS_MASK])}"
+            )
         self._write_encoded(int(unit), start, stop, checked)
 
     def _write_encoded(self, unit, start, stop, encoded):

@@ -31,6 +31,7 @@ from store import (
     bitpack,
     hidden_codecs,
     profiles,
+    rollout,
     sampled,
     topk_codecs,
 )
@@ -183,7 +184,7 @@ HIDDEN_ENCODERS = {
 
 
 def _rows(signal) -> int:
-    for name in ("topk_ids", "sampled_ids"):
+    for name in ("topk_ids", "sampled_ids", "token_logprob"):
         if signal.get(name) is not None:
             return signal[name].shape[0]
     if signal.get("hidden"):
@@ -212,7 +213,8 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         signal: {"topk_ids": int[B,T,K], "topk_logprobs": float[B,T,K] sorted descending,
             "hidden": {l: float[B,T,D]}} (extract.extract_signal's outputs), with
             "sampled_ids", "sampled_counts" int[B,T,S] and "sampled_logprobs" float[B,T,S]
-            when the store has samples (store.sampled's contract; not re-checked here).
+            when the store has samples (store.sampled's contract; not re-checked here),
+            and "token_logprob" float[B,T] when the store has it (stored as float32, <= 0).
             A store with k = 0 ignores the top-k arrays.
         schema: the store's ``store.StoreSchema``.
         profile: the store's ``store.profiles`` Profile (``profiles.for_store``: a compact
@@ -220,7 +222,8 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
             schema's profile as written today.
 
     Returns:
-        {"arrays": {stored array name: [B, ...]}, every array of the profile but ``tokens``, in the
+        {"arrays": {stored array name: [B, ...]}, every array of the profile but ``tokens`` and
+        ``loss_mask`` (the input's, not the teacher's: unit_signal adds it), in the
         profile's ArraySpec dtypes; "finite": bool[B], False for a row with a NaN/inf activation
         or log-prob (the host refuses it: ``host_arrays``)}.
 
@@ -259,6 +262,11 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         lp = signal["sampled_logprobs"]
         finite_B &= ~jnp.isnan(lp).any(axis=(1, 2)) & ~jnp.isposinf(lp).any(axis=(1, 2))
         arrays.update(encode_sampled(signal, schema.vocab_size, profile.packs_ids))
+    if schema.token_logprob:
+        _check("token_logprob", signal.get("token_logprob"), (B, T), "floating")
+        lp = signal["token_logprob"].astype(F32)
+        finite_B &= jnp.isfinite(lp).all(axis=1)
+        arrays[rollout.TOKEN_LOGPROB] = jnp.minimum(lp, F32(0.0))  # store.rollout.check_inputs
     hidden = signal.get("hidden") or {}
     if sorted(hidden) != sorted(schema.hidden_layers):
         raise ModelInputError(
@@ -277,7 +285,9 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
 
 def _check_specs(arrays, schema, profile, B):
     # Trace-time: the device encoders and store.profiles' ArraySpecs must agree (names, shapes, dtypes).
-    specs = {s.name: s for s in profile.arrays(schema) if s.name != "tokens"}
+    specs = {
+        s.name: s for s in profile.arrays(schema) if s.name not in ("tokens", rollout.LOSS_MASK)
+    }
     got = {n: (tuple(a.shape), np.dtype(a.dtype).name) for n, a in arrays.items()}
     want = {n: ((B,) + tuple(s.inner_shape), np.dtype(s.dtype).name) for n, s in specs.items()}
     if got != want:
@@ -315,6 +325,8 @@ class _Layout:
     hidden_layers: tuple
     hidden_dim: int
     samples: int
+    loss_mask: bool
+    token_logprob: bool
 
     @classmethod
     def of(cls, schema):

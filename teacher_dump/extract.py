@@ -2,7 +2,9 @@
 
 One call maps a batch of token rows to the signal the store keeps per token:
 the teacher's top-k next-token log-probabilities with their vocabulary ids,
-and the residual stream after the requested blocks.
+the residual stream after the requested blocks and, optionally, the log-prob
+of each realized next token (``token_logprob``, for on-policy rollouts:
+store/rollout.py).
 
 The de-embedding is the memory hazard: full logits of a [B, T] batch are
 B·T·V floats (8 × 2048 × 32k fp32 = 2 GiB). The step therefore never forms
@@ -63,6 +65,8 @@ class ExtractSpec:
             teacher_dump.sampled).
         topk_group: 0: lax.top_k over all V; g > 0: the exact two-stage
             top-k over groups of g ids (teacher_dump.topk; same result).
+        token_logprob: also return the log-prob of each realized next token
+            (``token_logprob`` float32 [B, T], store/rollout.py).
     """
 
     k: int
@@ -73,6 +77,7 @@ class ExtractSpec:
     rank_float32: bool
     samples: int = 0
     topk_group: int = 0
+    token_logprob: bool = False
 
 
 def _check_samples(samples) -> int:
@@ -98,6 +103,7 @@ def resolve_spec(
     rank_float32: bool | None = None,
     samples: int = 0,
     topk_group: int | None = None,
+    token_logprob: bool = False,
 ) -> ExtractSpec:
     """Checks the extraction options against the model config.
 
@@ -115,6 +121,7 @@ def resolve_spec(
         samples: draws per position, 0 ≤ samples ≤ 255.
         topk_group: ids per group of the two-stage top-k (0: lax.top_k);
             None picks by backend and V (teacher_dump.topk.auto_group).
+        token_logprob: also the log-prob of each realized next token.
 
     Returns:
         An ExtractSpec.
@@ -124,11 +131,14 @@ def resolve_spec(
     """
     num_layers, vocab = int(cfg.num_layers), int(cfg.vocab_size)
     samples = _check_samples(samples)
-    low = 0 if samples else 1
+    if not isinstance(token_logprob, bool):
+        raise ConfigError(f"token_logprob={token_logprob!r} must be True or False")
+    low = 0 if samples or token_logprob else 1
     if isinstance(k, bool) or not isinstance(k, int) or not low <= k <= vocab:
         raise ConfigError(
             f"k={k!r} is outside [{low}, vocab_size={vocab}]: pass an integer k "
-            f"between 1 and the teacher's vocabulary size (0 only with samples > 0)"
+            f"between 1 and the teacher's vocabulary size (0 only with samples > 0 "
+            f"or token_logprob)"
         )
     if top_p is not None and k == 0:
         raise ConfigError("top_p truncates the top-k but k=0: pass k > 0 or drop top_p")
@@ -184,6 +194,7 @@ def resolve_spec(
         ),
         samples=samples,
         topk_group=topk_group,
+        token_logprob=token_logprob,
     )
 
 
@@ -248,10 +259,13 @@ def tiled_logit_signal(
     samples: int = 0,
     rows_B: jax.Array | None = None,
     topk_group: int = 0,
+    tokens_BxT: jax.Array | None = None,
 ) -> dict:
-    """The top-k and sampled signal, unembedding `token_tile` tokens at a time.
+    """The top-k, sampled and realized-token signal, unembedding `token_tile` tokens at a time.
 
-    One logsumexp per tile serves both the top-k and the sampled log-probs.
+    One logsumexp per tile serves the top-k, the sampled and the realized
+    token's log-probs; the realized token's logit is a gather from the tile's
+    float32 logits, so nothing larger than the tile is formed.
 
     Args:
         params: model params (the tied embedding is read via model.unembed).
@@ -263,13 +277,23 @@ def tiled_logit_signal(
         samples: draws per position (0: none).
         rows_B: global store row of each batch row (required iff samples > 0).
         topk_group: 0 or the group size of the two-stage top-k.
+        tokens_BxT: the input tokens: also return "token_logprob" float32
+            [B, T], log p(tokens[:, t+1] | tokens[:, :t+1]) at position t
+            (the last position 0; store/rollout.py). None: not computed.
 
     Returns:
         {"topk_ids", "topk_logprobs"} if k > 0, plus {"sampled_ids",
-        "sampled_counts", "sampled_logprobs"} [B, T, S] if samples > 0.
+        "sampled_counts", "sampled_logprobs"} [B, T, S] if samples > 0, plus
+        {"token_logprob"} [B, T] if tokens_BxT is given.
     """
     b, t = hidden_BxTxD.shape[:2]
     xs = {"h": hidden_BxTxD}
+    if tokens_BxT is not None:
+        # Position i predicts token i+1; the last position has no next token (0 here, then 0 out).
+        next_BxT = jnp.concatenate(
+            [tokens_BxT[:, 1:], jnp.zeros((b, 1), tokens_BxT.dtype)], axis=1
+        ).astype(jnp.int32)
+        xs["next"] = next_BxT
     if samples:
         xs["rows"] = jnp.broadcast_to(jnp.asarray(rows_B, jnp.int32)[:, None], (b, t))
         xs["positions"] = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
@@ -291,9 +315,17 @@ def tiled_logit_signal(
                     logits32_BxtxV, lse_Bxt, tile["rows"], tile["positions"], samples
                 )
             )
+        if "next" in tile:
+            # The same float32 logit minus the same logsumexp as the top-k's: where the
+            # realized token is in the top-k, the two log-probs are bitwise equal.
+            logit_Bxt = jnp.take_along_axis(logits32_BxtxV, tile["next"][..., None], axis=-1)
+            out["token_logprob"] = logit_Bxt[..., 0] - lse_Bxt
         return out
 
-    return tiling.map_token_tiles(one_tile, xs, token_tile)
+    out = tiling.map_token_tiles(one_tile, xs, token_tile)
+    if tokens_BxT is not None:
+        out["token_logprob"] = out["token_logprob"].at[:, -1].set(0.0)
+    return out
 
 
 def extract_signal(
@@ -316,6 +348,7 @@ def extract_signal(
         spec.samples,
         rows_B,
         spec.topk_group,
+        tokens_BxT if spec.token_logprob else None,
     )
     if spec.top_p is not None:
         signal["topk_ids"], signal["topk_logprobs"] = truncate_top_p(
@@ -340,6 +373,7 @@ def make_extract_fn(
     rank_float32: bool | None = None,
     samples: int = 0,
     topk_group: int | None = None,
+    token_logprob: bool = False,
 ) -> ExtractFn:
     """Builds the jitted extraction step for a teacher config.
 
@@ -355,6 +389,8 @@ def make_extract_fn(
         samples: S draws per position from the full softmax (0: none).
         topk_group: two-stage top-k group size; 0 = lax.top_k, None = auto
             (resolve_spec). Ids and log-probs are the same either way.
+        token_logprob: also "token_logprob" float32 [B,T], the log-prob of
+            each realized next token (0 at the last position).
 
     Returns:
         fn(params, tokens_BxT int32, rows_B int32 | None = None) ->
@@ -379,6 +415,7 @@ def make_extract_fn(
         rank_float32=rank_float32,
         samples=samples,
         topk_group=topk_group,
+        token_logprob=token_logprob,
     )
     return _build_extract_fn(cfg, spec)
 

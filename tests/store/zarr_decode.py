@@ -99,3 +99,15 @@ def lean_normalized(g, layer):
     r = (c - 2.5) * np.repeat(step, b, axis=-1)
     y = r.reshape(*r.shape[:-1], D // b, b) @ sylvester(b) / np.sqrt(b)
     return y.reshape(*r.shape) * s
+
+
+def loss_mask(g):
+    """uint8 [N, T] loss mask: the stored array, or all ones where the manifest has none (its rule)."""
+    if "loss_mask" in g.attrs["encodings"]:
+        return g["loss_mask"][:]
+    return np.ones(g["tokens"].shape, np.uint8)
+
+
+def token_logprob(g):
+    """float32 [N, T] teacher log-prob of each realized next token (the stored array itself)."""
+    return g["token_logprob"][:]

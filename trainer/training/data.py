@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from store import StoreInputError, StoreReader, StoreSchema, profiles
+from store import StoreInputError, StoreReader, StoreSchema, profiles, rollout
 from trainer.model.errors import ConfigError
 from trainer.training import decode
 
@@ -34,10 +34,12 @@ def check_fields(fields) -> None:
     for field in fields:
         if (
             field not in (profiles.TOKENS, profiles.TOPK, profiles.SAMPLED)
+            and field not in (rollout.LOSS_MASK, rollout.TOKEN_LOGPROB)
             and profiles.hidden_layer(field) is None
         ):
             raise ValueError(
-                f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>"
+                f"unknown store field {field!r}; use tokens, loss_mask, token_logprob, topk, "
+                "sampled or hidden/<l>"
             )
 
 

@@ -43,7 +43,7 @@ import types
 import jax.numpy as jnp
 import numpy as np
 
-from store import profiles, sampled, topk_codecs
+from store import profiles, rollout, sampled, topk_codecs
 from store.hidden_codecs import aux_name, hidden_name
 from trainer.training.signals import Batch, SampledSignal, TopkSignal
 
@@ -60,6 +60,7 @@ class Encoding:
         hidden_dim: D of the stored activations (0: none).
         ids_bits: bits per packed id (0: ids stored as u16/i32, unpacked).
         hidden_signs: lean only: the D rotation signs (+1/-1) from the manifest.
+        loss_mask: the store has a loss_mask (without one, the field decodes to all ones).
     """
 
     profile: str = "exact"
@@ -69,6 +70,7 @@ class Encoding:
     hidden_dim: int = 0
     ids_bits: int = 0
     hidden_signs: tuple[int, ...] = ()
+    loss_mask: bool = False
 
     def __post_init__(self):
         if self.profile not in profiles.PROFILES:
@@ -124,6 +126,7 @@ class Encoding:
             hidden_dim=int(s.hidden_dim),
             ids_bits=ids_bits,
             hidden_signs=signs,
+            loss_mask=bool(s.loss_mask),
         )
 
     def field_arrays(self, field: str) -> tuple[tuple[str, int], ...]:
@@ -140,11 +143,16 @@ class Encoding:
             samples=max(self.samples, 1),
             hidden_layers=() if layer is None else (layer,),
             hidden_dim=self.hidden_dim,
+            loss_mask=self.loss_mask,  # absent: no array, decode_batch gives all ones
+            token_logprob=True,
         )
         table = self.store_profile.field_arrays(shape, normalized=True)
+        if field == rollout.LOSS_MASK and not self.loss_mask:
+            return ()
         if field not in table:
             raise ValueError(
-                f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>"
+                f"unknown store field {field!r}; use tokens, loss_mask, token_logprob, topk, "
+                "sampled or hidden/<l>"
             )
         return tuple((spec.name, 1 + len(spec.inner_shape)) for spec in table[field])
 
@@ -204,6 +212,11 @@ def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
             )
         elif layer is not None:
             out["hidden"] = HIDDEN_DECODERS[prof.hidden.name](batch, layer, e)
+        elif field == rollout.LOSS_MASK:  # store/rollout.py: absent reads as all ones
+            mask = batch[field] if e.loss_mask else jnp.ones_like(out["tokens"])
+            out["loss_mask"] = mask.astype(jnp.float32)
+        elif field == rollout.TOKEN_LOGPROB:
+            out["token_logprob"] = batch[field].astype(jnp.float32)
     return Batch(**out)
 
 

@@ -4,6 +4,7 @@
     batch.topk.ids, batch.topk.logprobs         # TopkSignal: int32 / float32 [B,T,K]
     batch.sampled.ids, .counts, .logprobs       # SampledSignal: int32 / int32 / float32 [B,T,S]
     batch.hidden                                # float32 x/rms(x) [B,T,D] of the phase's teacher layer
+    batch.loss_mask, batch.token_logprob        # float32 [B,T] (rollout stores, store/rollout.py)
 
 Each value has one name from the manifest to the loss: the store field
 ("topk", "sampled", "hidden/<l>") is the attribute here, its stored arrays are
@@ -54,7 +55,9 @@ class SampledSignal:
     logprobs: jax.Array
 
 
-@functools.partial(_pytree, fields=("tokens", "topk", "sampled", "hidden"))
+@functools.partial(
+    _pytree, fields=("tokens", "topk", "sampled", "hidden", "loss_mask", "token_logprob")
+)
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One decoded training batch: the fields a phase reads, None for the others.
@@ -64,9 +67,16 @@ class Batch:
         topk: the top-k signal (a phase whose KD term reads top-k).
         sampled: the sampled signal (a phase whose KD term reads sampled logits).
         hidden: float32 [B, T, D] x / rms(x) of the phase's teacher layer (a hidden-state term).
+        loss_mask: float32 [B, T], 1 = completion token, 0 = prompt / padding (all ones for a
+            store without one); a logit term at position i weighs loss_mask[:, i+1] (the last
+            position 0), a hidden-state term at position i weighs loss_mask[:, i] (store/rollout.py).
+        token_logprob: float32 [B, T] teacher log-prob of the realized next token at τ = 1
+            (position i scores token i+1; the last position 0).
     """
 
     tokens: jax.Array
     topk: TopkSignal | None = None
     sampled: SampledSignal | None = None
     hidden: jax.Array | None = None
+    loss_mask: jax.Array | None = None
+    token_logprob: jax.Array | None = None
