@@ -80,7 +80,8 @@ def _attention_sublayer(p, x_BxTxD, rope, keys_fn, keep_mask, cfg: ModelConfig):
     eps = cfg.rms_norm_eps
     h = model.rms_norm(x_BxTxD, p["pre_attn_norm"], eps)
     q, k, v = model.project_qkv(p["attn"], h)
-    q, k = model.qk_norm_rope(q, k, p["attn"]["q_norm"], p["attn"]["k_norm"], *rope, eps)
+    cos, sin = rope
+    q, k = model.qk_norm_rope(q, k, p["attn"]["q_norm"], p["attn"]["k_norm"], cos, sin, eps)
     keys, values, entry = keys_fn(k, v)
     out = model.attend(q, keys, values, keep_mask, cfg.query_scale)
     x_BxTxD = x_BxTxD + model.rms_norm(model.project_out(p["attn"], out), p["post_attn_norm"], eps)
@@ -188,5 +189,5 @@ def decode_step(
         x = model.mlp_residual(p, x, cfg)
         keys.append(k_new)
         values.append(v_new)
-    cache = cache.replace(keys=tuple(keys), values=tuple(values), index=i + 1)
+    cache = KVCache(keys=tuple(keys), values=tuple(values), offsets_B=cache.offsets_B, index=i + 1)
     return _logits(params, x[:, 0], cfg), cache
