@@ -20,7 +20,8 @@ a ratio above 1 can be told apart from work: a decode step moves every
 weight for B tokens, the forward for B·T, so at small B it is bound by
 memory bandwidth and per-call overhead rather than FLOPs.
 
-Times are medians of --repeats after a warm-up call. JSON goes to --out
+Times are the fastest of --repeats calls after a warm-up call (the machine
+is shared: the fastest call is the closest to the work). JSON goes to --out
 (bench/results by default) with the machine load (`os.getloadavg`).
 """
 
@@ -30,7 +31,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -47,14 +47,16 @@ from trainer.model import kv_cache, model_config  # noqa: E402
 from trainer.model.sampling import SamplingConfig  # noqa: E402
 
 
-def _median_time(fn, repeats: int) -> float:
+def _best_time(fn, repeats: int) -> float:
+    """Fastest of `repeats` calls after a warm-up (compile): on a shared machine the
+    fastest call is the closest to the work itself (medians moved 5x with the load)."""
     jax.block_until_ready(fn())  # warm-up (compiles)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def measure(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
@@ -69,7 +71,7 @@ def measure(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> 
         out = model.forward(params, tokens, cfg)
         return model.unembed(params, out.final_hidden_BxTxD, cfg)
 
-    forward_s = _median_time(lambda: forward(params, tokens), repeats)
+    forward_s = _best_time(lambda: forward(params, tokens), repeats)
 
     # A cache at the middle of a rollout: prefill P tokens, then feed N/2 tokens.
     prefill = jax.jit(kv_cache.prefill, static_argnames=("cfg", "max_len"))
@@ -92,7 +94,7 @@ def measure(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> 
         )
         return logits
 
-    step_s = _median_time(one_step, repeats * 4)
+    step_s = _best_time(one_step, repeats * 4)
 
     lengths = np.full(batch, prompt_len)
     sampling = SamplingConfig(temperature=1.0)
@@ -102,9 +104,9 @@ def measure(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> 
     def run_generate(n):
         return gen.generate(params, prompts, lengths, rows, cfg, n, sampling).completions_BxN
 
-    generate_s = _median_time(lambda: run_generate(new_tokens), max(1, repeats // 2))
+    generate_s = _best_time(lambda: run_generate(new_tokens), repeats)
     # The prefill and the first token alone: the rest of generate_s is its N - 1 in-loop steps.
-    first_s = _median_time(lambda: run_generate(1), max(1, repeats // 2))
+    first_s = _best_time(lambda: run_generate(1), repeats)
     loop_step_s = max(generate_s - first_s, 0.0) / max(new_tokens - 1, 1)
     counts = flops.param_counts(cfg)
     forward_flops = (
