@@ -275,3 +275,51 @@ def test_text_prompts_with_the_tokenizer(tmp_path, wiki_tokenizer, capsys):
     assert "no non-empty line" in capsys.readouterr().err
     assert runner.main(argv[:4] + argv[6:]) == 2  # --prompts without --tokenizer
     assert "needs --tokenizer" in capsys.readouterr().err
+
+
+def test_the_rollout_store_is_scored_by_the_dump(world, tmp_path):
+    """hd-generate --out, then hd-dump --input-store with the student as its own teacher: rows and
+    loss_mask carried over, and the dump's token_logprob of each completion token is the log-prob
+    generate reported for it (two code paths: full forward vs prefill + KV-cache steps)."""
+    from pipelines import dump
+
+    rollouts = str(tmp_path / "roll")
+    _run(world, rollouts)
+    scored = str(tmp_path / "scored")
+    argv = [
+        "--input-store",
+        rollouts,
+        "--store",
+        scored,
+        "--teacher",
+        world["ckpt"],
+        "--k",
+        "4",
+        "--rows-per-unit",
+        "4",
+        "--batch-size",
+        "4",
+        "--progress-interval",
+        "0",
+    ]
+    dump.run_dump(argv)
+    got = StoreReader(scored).read(np.arange(ROWS))
+    made = StoreReader(rollouts).read(np.arange(ROWS), fields=("tokens", "loss_mask"))
+    np.testing.assert_array_equal(got["tokens"], made["tokens"])
+    np.testing.assert_array_equal(got["loss_mask"], made["loss_mask"])
+    lengths = np.array([2 if n == 1 else P for n in range(ROWS)])
+    ref = gen.generate(
+        world["params"],
+        world["tokens"][:, :P],
+        lengths,
+        np.arange(ROWS),
+        world["cfg"],
+        N,
+        SAMPLING,
+        seed=5,
+    )
+    for n, p in enumerate(lengths):
+        # token_logprob at position t scores token t + 1: completion token j sits at p + j.
+        np.testing.assert_allclose(
+            got["token_logprob"][n, p - 1 : p + N - 1], np.asarray(ref.logprobs_BxN)[n], atol=1e-4
+        )
