@@ -49,7 +49,7 @@ def test_generation_by_hand():
     [
         lambda: flops.decode_flops_per_token(CFG, 0),
         lambda: flops.generation_flops(CFG, 0, 4),
-        lambda: flops.generation_flops(CFG, 3, 1.5),
+        lambda: flops.generation_flops(CFG, 3, 1.5),  # type: ignore[arg-type]
     ],
 )
 def test_bad_lengths_are_refused(call):
