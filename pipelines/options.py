@@ -452,8 +452,8 @@ def validate(opts):
             )
     elif opts.k is None or opts.k < 1:
         raise OptionsError(
-            f"--k={opts.k} must be a positive integer (0 only with --samples > 0 or "
-            "--token-logprob on)"
+            f"--k={opts.k} must be a positive integer (0 only with --samples > 0), or 0 "
+            "with --token-logprob on to store only the realized tokens' log-probs"
         )
     positive = {
         "seq_len": opts.seq_len,

@@ -47,6 +47,8 @@ PACKED_IDS_RULE = (
 TOKENS = "tokens"
 TOPK = "topk"
 SAMPLED = "sampled"
+# The rollout family's fields (store/rollout.py): one layout, present when the schema asks.
+LOSS_MASK, TOKEN_LOGPROB = rollout.LOSS_MASK, rollout.TOKEN_LOGPROB
 
 
 def ids_dtype(vocab_size: int) -> str:

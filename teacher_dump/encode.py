@@ -31,7 +31,6 @@ from store import (
     bitpack,
     hidden_codecs,
     profiles,
-    rollout,
     sampled,
     topk_codecs,
 )
@@ -262,11 +261,6 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         lp = signal["sampled_logprobs"]
         finite_B &= ~jnp.isnan(lp).any(axis=(1, 2)) & ~jnp.isposinf(lp).any(axis=(1, 2))
         arrays.update(encode_sampled(signal, schema.vocab_size, profile.packs_ids))
-    if schema.token_logprob:
-        _check("token_logprob", signal.get("token_logprob"), (B, T), "floating")
-        lp = signal["token_logprob"].astype(F32)
-        finite_B &= jnp.isfinite(lp).all(axis=1)
-        arrays[rollout.TOKEN_LOGPROB] = jnp.minimum(lp, F32(0.0))  # store.rollout.check_inputs
     hidden = signal.get("hidden") or {}
     if sorted(hidden) != sorted(schema.hidden_layers):
         raise ModelInputError(
@@ -279,6 +273,11 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
         # x has a NaN/inf iff its RMS does (or x**2 overflows float32: refused too).
         finite_B &= jnp.isfinite(encoded[aux_name(layer, "rms")]).all(axis=1)
         arrays.update(encoded)
+    if schema.token_logprob:  # store/rollout.py: float32 <= 0, as its check_inputs stores it
+        _check("token_logprob", signal.get("token_logprob"), (B, T), "floating")
+        lp = signal["token_logprob"].astype(jnp.float32)
+        finite_B &= jnp.isfinite(lp).all(axis=1)
+        arrays[profiles.TOKEN_LOGPROB] = jnp.minimum(lp, jnp.float32(0.0))
     _check_specs(arrays, schema, profile, B)
     return {"arrays": arrays, "finite": finite_B}
 
@@ -286,7 +285,7 @@ def encode_signal(signal: dict, schema, profile: profiles.Profile | None = None)
 def _check_specs(arrays, schema, profile, B):
     # Trace-time: the device encoders and store.profiles' ArraySpecs must agree (names, shapes, dtypes).
     specs = {
-        s.name: s for s in profile.arrays(schema) if s.name not in ("tokens", rollout.LOSS_MASK)
+        s.name: s for s in profile.arrays(schema) if s.name not in ("tokens", profiles.LOSS_MASK)
     }
     got = {n: (tuple(a.shape), np.dtype(a.dtype).name) for n, a in arrays.items()}
     want = {n: ((B,) + tuple(s.inner_shape), np.dtype(s.dtype).name) for n, s in specs.items()}

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from store import StoreInputError, StoreReader, StoreSchema, profiles, rollout
+from store import StoreInputError, StoreReader, StoreSchema, profiles
 from trainer.model.errors import ConfigError
 from trainer.training import decode
 
@@ -34,7 +34,7 @@ def check_fields(fields) -> None:
     for field in fields:
         if (
             field not in (profiles.TOKENS, profiles.TOPK, profiles.SAMPLED)
-            and field not in (rollout.LOSS_MASK, rollout.TOKEN_LOGPROB)
+            and field not in (profiles.LOSS_MASK, profiles.TOKEN_LOGPROB)
             and profiles.hidden_layer(field) is None
         ):
             raise ValueError(

@@ -43,7 +43,7 @@ import types
 import jax.numpy as jnp
 import numpy as np
 
-from store import profiles, rollout, sampled, topk_codecs
+from store import profiles, sampled, topk_codecs
 from store.hidden_codecs import aux_name, hidden_name
 from trainer.training.signals import Batch, SampledSignal, TopkSignal
 
@@ -147,12 +147,11 @@ class Encoding:
             token_logprob=True,
         )
         table = self.store_profile.field_arrays(shape, normalized=True)
-        if field == rollout.LOSS_MASK and not self.loss_mask:
+        if field == profiles.LOSS_MASK and not self.loss_mask:
             return ()
         if field not in table:
             raise ValueError(
-                f"unknown store field {field!r}; use tokens, loss_mask, token_logprob, topk, "
-                "sampled or hidden/<l>"
+                f"unknown store field {field!r}; use tokens, topk, sampled or hidden/<l>"
             )
         return tuple((spec.name, 1 + len(spec.inner_shape)) for spec in table[field])
 
@@ -200,6 +199,12 @@ def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
     e = spec.encoding
     prof = e.store_profile
     out = {"tokens": batch[profiles.TOKENS].astype(jnp.int32)}
+    # The rollout fields (store/rollout.py): one layout in every profile; no stored mask: all ones.
+    if profiles.LOSS_MASK in spec.fields:
+        mask = batch[profiles.LOSS_MASK] if e.loss_mask else jnp.ones_like(out["tokens"])
+        out["loss_mask"] = mask.astype(jnp.float32)
+    if profiles.TOKEN_LOGPROB in spec.fields:
+        out["token_logprob"] = batch[profiles.TOKEN_LOGPROB].astype(jnp.float32)
     for field in spec.fields:
         layer = profiles.hidden_layer(field)
         if field == profiles.TOPK:
@@ -212,11 +217,6 @@ def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
             )
         elif layer is not None:
             out["hidden"] = HIDDEN_DECODERS[prof.hidden.name](batch, layer, e)
-        elif field == rollout.LOSS_MASK:  # store/rollout.py: absent reads as all ones
-            mask = batch[field] if e.loss_mask else jnp.ones_like(out["tokens"])
-            out["loss_mask"] = mask.astype(jnp.float32)
-        elif field == rollout.TOKEN_LOGPROB:
-            out["token_logprob"] = batch[field].astype(jnp.float32)
     return Batch(**out)
 
 

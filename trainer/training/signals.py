@@ -67,11 +67,9 @@ class Batch:
         topk: the top-k signal (a phase whose KD term reads top-k).
         sampled: the sampled signal (a phase whose KD term reads sampled logits).
         hidden: float32 [B, T, D] x / rms(x) of the phase's teacher layer (a hidden-state term).
-        loss_mask: float32 [B, T], 1 = completion token, 0 = prompt / padding (all ones for a
-            store without one); a logit term at position i weighs loss_mask[:, i+1] (the last
-            position 0), a hidden-state term at position i weighs loss_mask[:, i] (store/rollout.py).
-        token_logprob: float32 [B, T] teacher log-prob of the realized next token at τ = 1
-            (position i scores token i+1; the last position 0).
+        loss_mask: float32 [B, T], 1 where token t is a completion token (on-policy phases).
+        token_logprob: float32 [B, T], the teacher's log p(token t+1 | ≤ t) at τ = 1 (OPD's
+            single-sample estimator; the last position 0).
     """
 
     tokens: jax.Array
