@@ -323,3 +323,17 @@ def test_the_rollout_store_is_scored_by_the_dump(world, tmp_path):
         np.testing.assert_allclose(
             got["token_logprob"][n, p - 1 : p + N - 1], np.asarray(ref.logprobs_BxN)[n], atol=1e-4
         )
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(world, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "rollouts", interrupted)
+    out = str(tmp_path / "roll")
+    assert runner.main(_argv(world, tmp_path, **{"--out-jsonl": None, "--out": out})) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"interrupted: the committed units of {out} are kept; re-run the same command to "
+        f"resume (committed units are skipped)"
+    )

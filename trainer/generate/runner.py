@@ -22,7 +22,8 @@ other settings is refused (they are recorded in the manifest's "packing").
 completion, the model's log-probs of the completion, and its text when a
 tokenizer is known), in one go.
 
-Prints progress on stderr and a summary: rows, generated tokens, tokens/s
+Exit status: 0 done; 2 bad input, one line naming the fix; 130 on Ctrl-C, after
+a line saying how to resume. Prints progress on stderr and a summary: rows, generated tokens, tokens/s
 (steady state: batches that did not compile, and wall-clock), and the forward
 FLOPs of generation (`trainer.flops.generation_flops`: per row a prefill, then
 one KV-cache step per further token).
@@ -354,7 +355,32 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out-jsonl", help="JSON-lines file to write instead of a store")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     a = p.parse_args(argv)
-    result = rollouts(
+    try:
+        result = _rollouts_from_args(a)
+    except KeyboardInterrupt:
+        where = (
+            f"the committed units of {a.out} are kept; re-run the same command to resume "
+            f"(committed units are skipped)"
+            if a.out
+            else f"nothing was written to {a.out_jsonl}; re-run the command"
+        )
+        print(f"\ninterrupted: {where}", file=sys.stderr)
+        raise
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        rate = result["tokens_per_s"] or result["wall_tokens_per_s"]
+        print(
+            f"{result['rows']} rows, {result['generated_tokens']} tokens generated in "
+            f"{result['wall_s']:.1f}s ({rate:,.0f} tokens/s); "
+            f"{result['flops_per_generated_token']:,.0f} FLOPs per generated token "
+            f"(prefill + KV-cache decode); wrote {result.get('out') or result.get('out_jsonl')}"
+        )
+    return result
+
+
+def _rollouts_from_args(a: argparse.Namespace) -> dict[str, Any]:
+    return rollouts(
         a.checkpoint,
         a.max_new_tokens,
         store=a.store,
@@ -370,23 +396,15 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
         limit=a.limit,
         rows_per_unit=a.rows_per_unit,
     )
-    if a.json:
-        print(json.dumps(result, indent=2))
-    else:
-        rate = result["tokens_per_s"] or result["wall_tokens_per_s"]
-        print(
-            f"{result['rows']} rows, {result['generated_tokens']} tokens generated in "
-            f"{result['wall_s']:.1f}s ({rate:,.0f} tokens/s); "
-            f"{result['flops_per_generated_token']:,.0f} FLOPs per generated token "
-            f"(prefill + KV-cache decode); wrote {result.get('out') or result.get('out_jsonl')}"
-        )
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 2 bad input (one line), 130 interrupted (Ctrl-C; says how to resume)."""
     try:
         run_cli(argv)
     except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
