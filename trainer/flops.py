@@ -28,6 +28,11 @@ the final norm belongs to neither half). ``N_reg`` comes from
 the 6N rule leaves out: the QKᵀ and AV products, causal (query i sees i+1
 keys, or min(i+1, W) on a sliding-window layer), forward + backward.
 
+Generation (rollouts, ``trainer.model.generate``) is forward only: per row a
+prefill of the prompt, then one KV-cache decode step per further token, each
+``2·N + 2·d_S·V`` plus its query's attention over the cached keys (the
+context, capped at W on sliding-window layers): ``generation_flops``.
+
 Budgets: ``OT_k = k · 20 · N`` tokens at ``C_data``; a method's steps =
 budget / (its FLOPs/token × tokens per step), rounded down so the budget is
 never exceeded; HLDF gives phase 1 (at C_HT) the fraction ``p1`` of the
@@ -44,6 +49,9 @@ Stable signatures::
         #  "attention_flops_per_token", "teacher_forward": None | {...}, ...}
     teacher_forward_flops(teacher_cfg, seq_len=None, hidden_layer=None) -> dict
     attention_flops_per_token(cfg, seq_len, num_blocks=None) -> float
+    decode_flops_per_token(cfg, context_len) -> float      # one KV-cache decode step, forward
+    generation_flops(cfg, prompt_len, new_tokens) -> {"prefill", "decode", "total",
+                                                      "per_generated_token", "decode_per_token"}
     ot_budget_flops(cfg_or_counts, k) -> float
     plan_steps(budget_flops, method, tokens_per_step, p1=None, counts=None, cfg=None,
                costs=None) -> StepPlan
@@ -233,6 +241,66 @@ def teacher_forward_flops(
         "hidden": components["backbone_to_hidden_layer"] + attn_hidden,
         "components": components,
         "hidden_layer": blocks,
+    }
+
+
+def decode_flops_per_token(cfg: model_config.ModelConfig, context_len: int) -> float:
+    """Forward FLOPs of one KV-cache decode step per row (trainer.model.kv_cache).
+
+    One token through the backbone (2·N) and the tied unembedding (2·d·V), and
+    attention of its query over the cached keys: 2·n_heads·head_dim FLOPs for
+    QKᵀ and as many for AV per key and layer, over ``context_len`` keys on a
+    global layer and ``min(context_len, W)`` on a sliding-window one. Keys
+    attended, as ``attention_flops_per_token`` counts them: the fixed-shape
+    cache computes all of its slots and masks the unused ones (up to
+    max_len − context_len more keys on a global layer).
+
+    Args:
+      cfg: model config.
+      context_len: keys the token sees, itself included (its position + 1).
+    """
+    context_len = _positive(context_len, "context_len", integer=True)
+    counts = param_counts(cfg)
+    keys = sum(
+        context_len if cfg.is_global(i) else min(context_len, cfg.sliding_window)
+        for i in range(cfg.num_layers)
+    )
+    per_key = 2 * 2 * cfg.num_heads * cfg.head_dim
+    return float(2 * counts["backbone_params"] + 2 * cfg.d_model * cfg.vocab_size + per_key * keys)
+
+
+def generation_flops(
+    cfg: model_config.ModelConfig, prompt_len: int, new_tokens: int
+) -> dict[str, float]:
+    """Forward FLOPs of generating ``new_tokens`` after a ``prompt_len`` prompt, per row.
+
+    The prefill runs the prompt through the backbone (2·N per token, causal
+    attention within the prompt) and unembeds its last position only; it
+    yields the first new token. Each of the other ``new_tokens − 1`` tokens
+    costs one decode step (``decode_flops_per_token``) at context
+    prompt_len + 1, ..., prompt_len + new_tokens − 1.
+
+    Returns:
+      {"prefill", "decode", "total", "per_generated_token" (total / new_tokens),
+      "decode_per_token" (decode / its steps; 0 when new_tokens = 1)}.
+    """
+    prompt_len = _positive(prompt_len, "prompt_len", integer=True)
+    new_tokens = _positive(new_tokens, "new_tokens", integer=True)
+    counts = param_counts(cfg)
+    # attention_flops_per_token counts forward + backward (3x): the forward is a third.
+    prompt_attention = attention_flops_per_token(cfg, prompt_len) * prompt_len / 3
+    prefill = (
+        2 * counts["backbone_params"] * prompt_len
+        + prompt_attention
+        + 2 * cfg.d_model * cfg.vocab_size
+    )
+    decode = sum(decode_flops_per_token(cfg, prompt_len + step) for step in range(1, new_tokens))
+    return {
+        "prefill": float(prefill),
+        "decode": float(decode),
+        "total": float(prefill + decode),
+        "per_generated_token": float((prefill + decode) / new_tokens),
+        "decode_per_token": float(decode / (new_tokens - 1)) if new_tokens > 1 else 0.0,
     }
 
 

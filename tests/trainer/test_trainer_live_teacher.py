@@ -21,7 +21,7 @@ from store import StoreReader, StoreSchema, create_store
 from trainer import flops
 from trainer.model import gemma3 as model
 from trainer.model import model_config, model_io
-from trainer.training import live_kd, live_teacher, loop, losses, methods, tiled_loss
+from trainer.training import live_kd, live_teacher, loop, losses, methods, signals, tiled_loss
 from trainer.training.config import ConfigError
 from trainer.training.signals import Batch
 
@@ -103,7 +103,11 @@ def test_live_kd_on_teacher_topk_equals_stored_exact_kd(teacher_dir, tau, tail, 
         s_params, model.forward(s_params, tokens, s_cfg).final_hidden_BxTxD, s_cfg
     )
     stored_kd = losses.kd_topk(
-        logits, signal["topk_ids"], signal["topk_logprobs"], tau, tail=tail, divergence=divergence
+        logits,
+        signals.TopkSignal(ids=signal["topk_ids"], logprobs=signal["topk_logprobs"]),
+        tau,
+        tail=tail,
+        divergence=divergence,
     )
     assert abs(float(metrics["kd"]) - float(jnp.mean(stored_kd))) <= 1e-6
 

@@ -193,22 +193,64 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 def rope_tables(
     positions_T: jax.Array, head_dim: int, base: float, scale: float, dtype
 ) -> tuple[jax.Array, jax.Array]:
-    """cos/sin [T, H] for rotate-half RoPE; linear scaling divides positions by `scale`."""
+    """cos/sin [T, H] for rotate-half RoPE; linear scaling divides positions by `scale`.
+
+    `positions_T` may also be per row, [B, T] (KV-cache decoding: ragged rows
+    sit at different positions); the tables are then [B, T, H].
+    """
     inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
     inv_freq = jnp.asarray(inv_freq / scale, jnp.float32)
-    freqs_TxH2 = positions_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    freqs_TxH2 = positions_T.astype(jnp.float32)[..., None] * inv_freq
     emb_TxH = jnp.concatenate([freqs_TxH2, freqs_TxH2], axis=-1)
     # HF casts the tables to the activation dtype before rotating.
     return jnp.cos(emb_TxH).astype(dtype), jnp.sin(emb_TxH).astype(dtype)
 
 
 def apply_rope(x_BxTxNxH: jax.Array, cos_TxH: jax.Array, sin_TxH: jax.Array) -> jax.Array:
-    """Rotate-half RoPE (the layout of HF checkpoints)."""
+    """Rotate-half RoPE (the layout of HF checkpoints); tables [T, H] or per row [B, T, H]."""
     half = x_BxTxNxH.shape[-1] // 2
     x1, x2 = x_BxTxNxH[..., :half], x_BxTxNxH[..., half:]
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    cos, sin = cos_TxH[None, :, None, :], sin_TxH[None, :, None, :]
+    cos, sin = cos_TxH[..., None, :], sin_TxH[..., None, :]  # broadcast over heads
     return x_BxTxNxH * cos + rotated * sin
+
+
+def qk_norm_rope(q_BxTxNxH, k_BxTxKxH, q_norm_H, k_norm_H, cos_TxH, sin_TxH, eps: float):
+    """QK-norm then RoPE of raw q/k projections (training forward and KV-cache decoding)."""
+    q_BxTxNxH = apply_rope(rms_norm(q_BxTxNxH, q_norm_H, eps), cos_TxH, sin_TxH)
+    k_BxTxKxH = apply_rope(rms_norm(k_BxTxKxH, k_norm_H, eps), cos_TxH, sin_TxH)
+    return q_BxTxNxH, k_BxTxKxH
+
+
+def attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, keep_mask, scale: float) -> jax.Array:
+    """Masked softmax attention of T queries over S keys, GQA by query-head groups.
+
+    Numerics of jax.nn.dot_product_attention's XLA path: scores and softmax in
+    fp32, probabilities cast to the value dtype. Shared by the training forward
+    (S = T, causal) and KV-cache decoding (S = the cache).
+
+    Args:
+        q_BxTxNxH: normalised, rotated queries.
+        k_BxSxKxH: normalised, rotated keys.
+        v_BxSxKxH: values.
+        keep_mask: bool, broadcastable to [B, K, G, T, S] (G = N // K): which
+            keys each query sees, e.g. [T, S] or [B, 1, 1, T, S].
+        scale: score multiplier (cfg.query_scale).
+
+    Returns:
+        [B, T, N, H] in the value dtype.
+    """
+    B, T, N, H = q_BxTxNxH.shape
+    K = k_BxSxKxH.shape[2]
+    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+    scores = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32
+    )
+    scores = scores * jnp.asarray(scale, jnp.float32)
+    scores = jnp.where(keep_mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
+    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH)
+    return out_BxTxKxGxH.reshape(B, T, N, H)
 
 
 def _attend_cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, rope, window: int | None, cfg: ModelConfig):
@@ -257,23 +299,15 @@ def _attention_core(
     fine), so local and global layers share one code path and a scan over
     layers needs no `lax.cond`, whose backward keeps both branches' residuals.
     """
-    q_BxTxNxH = apply_rope(rms_norm(q_BxTxNxH, q_norm_H, eps), cos_TxH, sin_TxH)
-    k_BxTxKxH = apply_rope(rms_norm(k_BxTxKxH, k_norm_H, eps), cos_TxH, sin_TxH)
-    B, T, N, H = q_BxTxNxH.shape
-    K = k_BxTxKxH.shape[2]
-    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
-    scores = jnp.einsum(
-        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxTxKxH, preferred_element_type=jnp.float32
+    q_BxTxNxH, k_BxTxKxH = qk_norm_rope(
+        q_BxTxNxH, k_BxTxKxH, q_norm_H, k_norm_H, cos_TxH, sin_TxH, eps
     )
-    scores = scores * jnp.asarray(scale, jnp.float32)
+    T = q_BxTxNxH.shape[1]
     # The mask comes from iotas: XLA fuses it into the select, nothing [T,T] is stored.
     q_pos = jax.lax.broadcasted_iota(jnp.int32, (T, T), 0)
     k_pos = jax.lax.broadcasted_iota(jnp.int32, (T, T), 1)
     keep_TxT = (k_pos <= q_pos) & (q_pos - k_pos < window)
-    scores = jnp.where(keep_TxT, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxTxKxH.dtype)
-    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxTxKxH)
-    return out_BxTxKxGxH.reshape(B, T, N, H)
+    return attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, keep_TxT, scale)
 
 
 def attention(p: Params, x_BxTxD: jax.Array, is_global, ropes, cfg: ModelConfig) -> jax.Array:
@@ -286,14 +320,7 @@ def attention(p: Params, x_BxTxD: jax.Array, is_global, ropes, cfg: ModelConfig)
         ropes: {"local": (cos, sin), "global": (cos, sin)}.
         cfg: model config.
     """
-    dtype = x_BxTxD.dtype
-    q_BxTxNxH = jnp.einsum("btd,dnh->btnh", x_BxTxD, p["q"].astype(dtype))
-    k_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, p["k"].astype(dtype))
-    v_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, p["v"].astype(dtype))
-    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = (
-        checkpoint_name(a, "qkv") for a in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
-    )
-
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = project_qkv(p, x_BxTxD)
     if cfg.attention_impl == AttentionImpl.CUDNN.value:
         q_BxTxNxH = rms_norm(q_BxTxNxH, p["q_norm"], cfg.rms_norm_eps)
         k_BxTxKxH = rms_norm(k_BxTxKxH, p["k_norm"], cfg.rms_norm_eps)
@@ -326,6 +353,22 @@ def attention(p: Params, x_BxTxD: jax.Array, is_global, ropes, cfg: ModelConfig)
             cfg.query_scale,
             cfg.rms_norm_eps,
         )
+    return project_out(p, out_BxTxNxH)
+
+
+def project_qkv(p: Params, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Raw q [B,T,N,H], k and v [B,T,K,H] projections of one layer ("attn" params)."""
+    dtype = x_BxTxD.dtype
+    q_BxTxNxH = jnp.einsum("btd,dnh->btnh", x_BxTxD, p["q"].astype(dtype))
+    k_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, p["k"].astype(dtype))
+    v_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, p["v"].astype(dtype))
+    q, k, v = (checkpoint_name(a, "qkv") for a in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH))
+    return q, k, v
+
+
+def project_out(p: Params, out_BxTxNxH: jax.Array) -> jax.Array:
+    """The attention output projection [B,T,N,H] -> [B,T,D]."""
+    dtype = out_BxTxNxH.dtype
     out_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH, p["o"].astype(dtype))
     return checkpoint_name(out_BxTxD, "attn_out")
 
@@ -352,9 +395,13 @@ def block(p: Params, x_BxTxD: jax.Array, is_global, ropes, cfg: ModelConfig) -> 
     eps = cfg.rms_norm_eps
     h = rms_norm(x_BxTxD, p["pre_attn_norm"], eps)
     h = attention(p["attn"], h, is_global, ropes, cfg)
-    x_BxTxD = x_BxTxD + rms_norm(h, p["post_attn_norm"], eps)
-    h = rms_norm(x_BxTxD, p["pre_mlp_norm"], eps)
-    h = mlp(p["mlp"], h)
+    return mlp_residual(p, x_BxTxD + rms_norm(h, p["post_attn_norm"], eps), cfg)
+
+
+def mlp_residual(p: Params, x_BxTxD: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """The block's second half: x + post_norm(mlp(pre_norm(x))) (one layer's params)."""
+    eps = cfg.rms_norm_eps
+    h = mlp(p["mlp"], rms_norm(x_BxTxD, p["pre_mlp_norm"], eps))
     return x_BxTxD + rms_norm(h, p["post_mlp_norm"], eps)
 
 

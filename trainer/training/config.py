@@ -368,7 +368,7 @@ def _validate_teacher(config, method: Method) -> None:
     )
     if teacher.checkpoint:
         _check(
-            config.loss.signal != sampled_kd.Signal.SAMPLED.value,
+            config.loss.signal != loss_options.Signal.SAMPLED.value,
             "loss.signal=sampled reads stored draws, but teacher.checkpoint gives the live "
             "teacher's full vocabulary; drop --set loss.signal=sampled (or teacher.checkpoint)",
         )

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer.model.errors import ModelInputError
-from trainer.training import losses, tiled_loss
+from trainer.training import loss_options, losses, tiled_loss
 from trainer.training.signals import TopkSignal
 
 # Token-input key of the teacher's final hidden state [B, T, D_T] (next to tiled_loss.TARGETS).
@@ -47,7 +47,7 @@ def full_vocab_divergence(
     student_logits_NxV: jax.Array,
     teacher_logits_NxV: jax.Array,
     temperature: float,
-    divergence: str | losses.Divergence,
+    divergence: str | loss_options.Divergence,
 ) -> jax.Array:
     """Per-token divergence of the tempered teacher and student over all V classes.
 
@@ -60,14 +60,14 @@ def full_vocab_divergence(
     Returns:
         fp32 [N], without τ² (the method applies it).
     """
-    div = losses.parse_divergence(divergence)
+    div = loss_options.parse_divergence(divergence)
     tau = float(temperature)
     logq = jax.nn.log_softmax(student_logits_NxV.astype(jnp.float32) / tau, axis=-1)
     logp = jax.nn.log_softmax(teacher_logits_NxV.astype(jnp.float32) / tau, axis=-1)
     p, q = jnp.exp(logp), jnp.exp(logq)
-    if div is losses.Divergence.FORWARD_KL:
+    if div is loss_options.Divergence.FORWARD_KL:
         return jnp.sum(p * (logp - logq), axis=-1)
-    if div is losses.Divergence.REVERSE_KL:
+    if div is loss_options.Divergence.REVERSE_KL:
         return jnp.sum(q * (logq - logp), axis=-1)
     logm = jnp.logaddexp(logp, logq) - jnp.log(2.0)
     return 0.5 * jnp.sum(p * (logp - logm), axis=-1) + 0.5 * jnp.sum(q * (logq - logm), axis=-1)
@@ -88,8 +88,8 @@ def live_terms_fn(
     top1: bool = False,
     opd: bool = False,
     temperature: float = 1.0,
-    divergence: str | losses.Divergence = "forward_kl",
-    tail: str | losses.TailMode = "bucket",
+    divergence: str | loss_options.Divergence = "forward_kl",
+    tail: str | loss_options.TailMode = "bucket",
     topk: int = 0,
 ) -> tiled_loss.PerTileFn:
     """A per-tile function (tiled_loss) of NLL, KD, top-1 and OPD against the live teacher.
@@ -107,9 +107,9 @@ def live_terms_fn(
     """
     if not (nll or kd or top1 or opd):
         raise ModelInputError("live_terms_fn needs at least one of nll, kd, top1, opd")
-    divergence = losses.parse_divergence(divergence)
-    tail = losses.parse_tail_mode(tail)
-    temperature = losses.check_temperature(temperature, tail)
+    divergence = loss_options.parse_divergence(divergence)
+    tail = loss_options.parse_tail_mode(tail)
+    temperature = loss_options.check_temperature(temperature, tail)
 
     def per_tile_fn(logits_NxV, inputs):
         out = {}
@@ -122,9 +122,7 @@ def live_terms_fn(
         )
         if kd and topk:
             signal = teacher_topk(teacher_NxV, topk)
-            out["kd"] = losses.kd_topk(
-                logits_NxV, signal.ids, signal.logprobs, temperature, tail, divergence
-            )
+            out["kd"] = losses.kd_topk(logits_NxV, signal, temperature, tail, divergence)
         elif kd:
             out["kd"] = full_vocab_divergence(logits_NxV, teacher_NxV, temperature, divergence)
         if top1:
@@ -133,7 +131,7 @@ def live_terms_fn(
             ).astype(jnp.float32)
         if opd:
             out["opd"] = full_vocab_divergence(
-                logits_NxV, teacher_NxV, 1.0, losses.Divergence.REVERSE_KL
+                logits_NxV, teacher_NxV, 1.0, loss_options.Divergence.REVERSE_KL
             )
         return out
 
