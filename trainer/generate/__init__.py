@@ -3,6 +3,7 @@
 * ``runner``  — ``rollouts(...)`` (the library function) and the CLI: output to a
   rollout tokens store (with ``loss_mask``, resumable) or a JSON-lines file.
 * ``prompts`` — prompts from the prefixes of tokens-store rows, or a text file.
+* ``rows``    — fixed-shape generation batches; rows assembled and written (store / JSON lines).
 
 The decoding itself (KV cache, sampling, batch-independent keys) is
 ``trainer.model.generate``; this package adds inputs, outputs and progress.
