@@ -78,6 +78,10 @@ def test_an_import_error_is_not_masked(monkeypatch):
         "trainer.export_hf",
         "trainer.model.hf_import",
         "pipelines.dump",
+        "pipelines.train_tokenizer",
+        "store.cli",
+        "trainer.report",
+        "trainer.sweep",
         "teacher_dump.convert.__main__",
     ],
 )
@@ -95,3 +99,42 @@ def test_help_needs_no_heavy_import(module):
         env=dict(os.environ, PYTHONPATH=ROOT),
     )
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+
+
+# `python -m X --help` also runs X's package __init__ files (store/__init__.py used to load
+# TensorStore for every `python -m store`). trainer.evaluate is missing: its parser lives
+# in runner.py, which imports JAX at the top.
+@pytest.mark.parametrize(
+    "module",
+    [
+        "trainer",
+        "trainer.sweep",
+        "trainer.report",
+        "trainer.flops",
+        "trainer.export_hf",
+        "trainer.plan",
+        "store",
+        "pipelines.dump",
+        "pipelines.train_tokenizer",
+        "teacher_dump.convert",
+    ],
+)
+def test_python_m_help_needs_no_heavy_import(module):
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{module!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print(sorted(m for m in ('jax', 'apache_beam', 'tensorstore') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-2000:]
