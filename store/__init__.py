@@ -60,12 +60,22 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """`store.StoreReader` etc., imported from their module on first access."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    """`store.StoreReader` etc., imported from their module on first access; `store.<module>`
+    (e.g. `store.profiles` after a bare `import store`) imports that module, as the eager
+    imports this replaces did for the modules they loaded."""
     import importlib
 
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name.startswith("__"):  # Probes such as __wrapped__ name no module.
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    else:
+        try:
+            value = importlib.import_module(f"store.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"store.{name}":
+                raise  # A module of ours failing to import is that error, not a missing name.
+            raise AttributeError(f"module 'store' has no attribute {name!r}") from None
     globals()[name] = value
     return value
 

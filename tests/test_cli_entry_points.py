@@ -139,3 +139,25 @@ def test_python_m_help_and_bad_flags_need_no_heavy_import(module, flag, rc):
     )
     lines = proc.stdout.strip().splitlines()
     assert lines[-2:] == [f"rc {rc}", "[]"], (proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def test_store_exports_load_on_first_use():
+    # store/__init__ imports its reader and writer (TensorStore) only when they are used; a
+    # bare `import store` still reaches every public name and every module, as before.
+    code = (
+        "import sys, store\n"
+        "assert 'tensorstore' not in sys.modules\n"
+        "assert not hasattr(store, 'no_such_thing')\n"
+        "assert store.verify.verify_store.__module__ == 'store.verify'\n"
+        "from store import StoreReader, StoreSchema, create_store, StorageAccessError\n"
+        "assert StoreReader.__module__ == 'store.reader' and 'tensorstore' in sys.modules\n"
+        "print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
