@@ -85,3 +85,35 @@ def test_a_run_on_other_rows_than_its_method_is_not_ranked(tmp_path):
     runs = rundirs.load_runs([a, b, c])
     assert [r.name for r in compare.best_per_method(runs)] == ["kd_b"]
     assert [r.name for r in compare.unranked(runs)] == ["kd_c"]
+
+
+def test_the_figures_plot_the_delta_of_the_table(tmp_path, monkeypatch):
+    # The histogram and scatter showed the Δ of unlike rows. Here KD was scored on the
+    # first 100 rows only and HLDC on all 139 (its headline) and on those 100: the pair's Δ is
+    # on the 100 rows, 4.8000 − 5.1235 = −0.3235 (the headlines would give +0.0365).
+    import matplotlib.axes
+
+    drawn = {}
+    hist, scatter = matplotlib.axes.Axes.hist, matplotlib.axes.Axes.scatter
+
+    def record_hist(ax, x, *a, **k):
+        drawn["hist"] = list(x)
+        return hist(ax, x, *a, **k)
+
+    def record_scatter(ax, x, y, *a, **k):
+        drawn["scatter"] = (list(x), list(y))
+        return scatter(ax, x, y, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "hist", record_hist)
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", record_scatter)
+    kd = make_run(tmp_path, "kd", "kd", 1e-4, log_ppl=0.0)
+    hldc = make_run(tmp_path, "hldc", "hldc", 1e-4, log_ppl=0.0)
+    _scores(kd, [(100, FIRST100, 4.8000)])
+    _scores(hldc, [(139, FULL, 4.7635), (100, FIRST100, 5.1235)])
+    out = tmp_path / "out"
+    markdown.build_report([kd, hldc], str(out))
+    md = (out / "report.md").read_text()
+    assert "| HLDC | 1 | -0.3235 | -0.3235 | -0.3235 | 0/1 |" in md
+    assert [round(d, 6) for d in drawn["hist"]] == [-0.3235]
+    assert drawn["scatter"] == ([4.8], [5.1235])
+    assert (out / "improvement_hldc.png").exists() and (out / "scatter_hldc_vs_kd.png").exists()
