@@ -161,3 +161,29 @@ def test_store_exports_load_on_first_use():
         env=dict(os.environ, PYTHONPATH=ROOT),
     )
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parallel", "0"], "error: --parallel 0 must be >= 1"),
+        (["--evaluate", "heldout"], "error: --evaluate heldout needs --eval-store HELDOUT_STORE"),
+    ],
+)
+def test_sweep_argument_errors_need_no_heavy_import(tmp_path, argv, message):
+    # Checked before the trainer's config (and JAX) load: one line, exit 2, at once.
+    argv = ["--config", "tiny:kd", "--out", str(tmp_path / "sw"), *argv]
+    code = (
+        "import sys; from trainer.sweep import main\n"
+        f"rc = main({argv!r})\n"
+        "print(rc, sorted(m for m in ('jax', 'apache_beam', 'tensorstore') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.stdout.strip() == "2 []", proc.stderr[-2000:]
+    assert proc.stderr.strip() == message

