@@ -140,7 +140,8 @@ def test_every_point_failed_is_reported_as_failures(tmp_path, monkeypatch):
     for point in grid_lib.points(GRID):
         run_dir = _point(tmp_path, point, ["store.url=/s"], final=False)
         (run_dir / "train.log").write_text("error: store /s does not exist\n")
-    monkeypatch.setattr(execute, "_run_jobs", lambda todo, running, parallel: None)  # they fail again
+    # They fail again.
+    monkeypatch.setattr(execute, "_run_jobs", lambda todo, running, parallel: None)
     evaluate = {"tasks": ["heldout"], "store": "/h"}
     rows = execute.run_sweep(
         tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s"], evaluate=evaluate
