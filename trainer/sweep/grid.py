@@ -1,4 +1,5 @@
-"""The sweep's grid: the paper's values, --extended, --grid parsing, points and their names."""
+"""The sweep's grid: the paper's values, --extended, --grid parsing, points and their names;
+the sweep's errors (SweepError, SweepInterrupted)."""
 
 from __future__ import annotations
 
