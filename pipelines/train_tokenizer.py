@@ -9,7 +9,8 @@ corpus reading (`pipelines.inputs`: Beam filesystems, decompression).
 import argparse
 import sys
 
-from pipelines import inputs
+# Light imports only at the top: `--help` and bad flags are answered before Beam loads
+# (pipelines.inputs reads through Beam's filesystems; about a second to import).
 from pipelines.errors import PipelineError
 from trainer.model import tokenizer
 
@@ -45,6 +46,8 @@ def main(argv=None):
     parser.add_argument("--input-format", default="auto", help="auto|text|jsonl|parquet")
     parser.add_argument("--decode-errors", default="strict", help="strict|replace")
     args = parser.parse_args(argv)
+    from pipelines import inputs
+
     try:
         corpus = inputs.iter_corpus(args.input, args.input_format, args.decode_errors)
         path = tokenizer.train_tokenizer(

@@ -33,6 +33,8 @@ inspect|verify|stats|repair|compact STORE [--json]``). On disk::
 Each array's shard (``c/<unit>/0...``) holds exactly one work unit's rows.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from store.errors import (
     CorruptStoreError,
     IncompleteStoreError,
@@ -42,9 +44,43 @@ from store.errors import (
     StoreInputError,
     StoreNotFoundError,
 )
-from store.reader import StoreReader
-from store.schema import StoreSchema
-from store.writer import StoreWriter, create_store, open_writer
+
+if TYPE_CHECKING:
+    from store.reader import StoreReader
+    from store.schema import StoreSchema
+    from store.writer import StoreWriter, create_store, open_writer
+
+# The reader and writer load TensorStore (about a second): they are imported on first
+# use, so `python -m store --help` and tools needing only the errors answer at once.
+_LAZY = {
+    "StoreReader": "store.reader",
+    "StoreSchema": "store.schema",
+    "StoreWriter": "store.writer",
+    "create_store": "store.writer",
+    "open_writer": "store.writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """`store.StoreReader` etc., imported from their module on first access; `store.<module>`
+    (e.g. `store.profiles` after a bare `import store`) imports that module, as the eager
+    imports this replaces did for the modules they loaded."""
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name.startswith("__"):  # Probes such as __wrapped__ name no module.
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    else:
+        try:
+            value = importlib.import_module(f"store.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"store.{name}":
+                raise  # A module of ours failing to import is that error, not a missing name.
+            raise AttributeError(f"module 'store' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "StoreSchema",

@@ -9,23 +9,22 @@ damaged metadata (repair: stopped without deleting, see its line),
 """
 
 import argparse
+import importlib
 import json
 import sys
 
+# Light imports only at the top: `--help` and bad flags are answered before TensorStore
+# loads (about a second); each command's module is imported when it runs.
 from store import errors, objective_penalty
-from store.inspection import inspect_store
-from store.repair import repair_store
 from store.schema import manifest_split
-from store.stats import store_stats
-from store.verify import verify_store
-from store.writer import compact_store
 
+# Command -> "module:function" that runs it.
 COMMANDS = {
-    "inspect": inspect_store,
-    "verify": verify_store,
-    "stats": store_stats,
-    "repair": repair_store,
-    "compact": compact_store,
+    "inspect": "store.inspection:inspect_store",
+    "verify": "store.verify:verify_store",
+    "stats": "store.stats:store_stats",
+    "repair": "store.repair:repair_store",
+    "compact": "store.writer:compact_store",
 }
 _HELP = """commands:
   inspect  manifest, arrays, committed units, bytes on disk
@@ -77,21 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command(name: str):
+    """The function that runs command `name` (its module imported now)."""
+    module, _, function = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def main(argv=None) -> int:
     """Runs the CLI; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "stats":
             loss = _loss_settings(args)
-            result = store_stats(args.store, sample_rows=args.rows, seed=args.seed, loss=loss)
+            result = _command("stats")(args.store, sample_rows=args.rows, seed=args.seed, loss=loss)
         elif args.command == "repair":
-            result = repair_store(args.store, dry_run=args.dry_run)
+            result = _command("repair")(args.store, dry_run=args.dry_run)
         else:
             if args.dry_run:
                 raise errors.StoreInputError(
                     f"--dry-run is an option of repair, not of {args.command}"
                 )
-            result = COMMANDS[args.command](args.store)
+            result = _command(args.command)(args.store)
     except errors.StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

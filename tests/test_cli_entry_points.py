@@ -78,6 +78,10 @@ def test_an_import_error_is_not_masked(monkeypatch):
         "trainer.export_hf",
         "trainer.model.hf_import",
         "pipelines.dump",
+        "pipelines.train_tokenizer",
+        "store.cli",
+        "trainer.report",
+        "trainer.sweep",
         "teacher_dump.convert.__main__",
     ],
 )
@@ -95,3 +99,91 @@ def test_help_needs_no_heavy_import(module):
         env=dict(os.environ, PYTHONPATH=ROOT),
     )
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+
+
+# `python -m X --help` also runs X's package __init__ files (store/__init__.py used to load
+# TensorStore for every `python -m store`); an unknown flag must be refused as early.
+# trainer.evaluate is missing: its parser lives in runner.py, which imports JAX at the top.
+@pytest.mark.parametrize(("flag", "rc"), [("--help", 0), ("--no-such-flag", 2)])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "trainer",
+        "trainer.sweep",
+        "trainer.report",
+        "trainer.flops",
+        "trainer.export_hf",
+        "trainer.plan",
+        "store",
+        "pipelines.dump",
+        "pipelines.train_tokenizer",
+        "teacher_dump.convert",
+    ],
+)
+def test_python_m_help_and_bad_flags_need_no_heavy_import(module, flag, rc):
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{module!r}, {flag!r}]\n"
+        "try:\n"
+        f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    print('rc', e.code)\n"
+        "print(sorted(m for m in ('jax', 'apache_beam', 'tensorstore') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2:] == [f"rc {rc}", "[]"], (proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def test_store_exports_load_on_first_use():
+    # store/__init__ imports its reader and writer (TensorStore) only when they are used; a
+    # bare `import store` still reaches every public name and every module, as before.
+    code = (
+        "import sys, store\n"
+        "assert 'tensorstore' not in sys.modules\n"
+        "assert not hasattr(store, 'no_such_thing')\n"
+        "assert store.verify.verify_store.__module__ == 'store.verify'\n"
+        "from store import StoreReader, StoreSchema, create_store, StorageAccessError\n"
+        "assert StoreReader.__module__ == 'store.reader' and 'tensorstore' in sys.modules\n"
+        "print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parallel", "0"], "error: --parallel 0 must be >= 1"),
+        (["--evaluate", "heldout"], "error: --evaluate heldout needs --eval-store HELDOUT_STORE"),
+    ],
+)
+def test_sweep_argument_errors_need_no_heavy_import(tmp_path, argv, message):
+    # Checked before the trainer's config (and JAX) load: one line, exit 2, at once.
+    argv = ["--config", "tiny:kd", "--out", str(tmp_path / "sw"), *argv]
+    code = (
+        "import sys; from trainer.sweep import main\n"
+        f"rc = main({argv!r})\n"
+        "print(rc, sorted(m for m in ('jax', 'apache_beam', 'tensorstore') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.stdout.strip() == "2 []", proc.stderr[-2000:]
+    assert proc.stderr.strip() == message

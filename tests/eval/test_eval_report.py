@@ -6,7 +6,8 @@ import os
 import pytest
 
 from trainer import report
-from trainer.report import ReportError
+from trainer.report import compare, markdown, rundirs
+from trainer.report.rundirs import ReportError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -97,11 +98,11 @@ def sweep(tmp_path):
 
 
 def test_best_and_pairs(sweep):
-    runs = report.load_runs([str(sweep)])
+    runs = rundirs.load_runs([str(sweep)])
     assert len(runs) == 9
-    best = {r.method: r.name for r in report.best_per_method(runs)}
+    best = {r.method: r.name for r in compare.best_per_method(runs)}
     assert best == {"kd": "kd_0.0004_0.5", "hldc": "hldc_c", "nll": "nll_1"}
-    pairs = report.kd_pairs(runs)
+    pairs = compare.kd_pairs(runs)
     deltas = sorted(round(kd.log_ppl - run.log_ppl, 6) for run, kd in pairs["hldc"])
     assert deltas == [-0.05, 0.1, 0.1]
     assert sorted(kd.name for _, kd in pairs["nll"]) == ["kd_0.0004_0.5", "kd_0.0004_1.0"]
@@ -139,30 +140,31 @@ def test_build_report_writes_markdown_and_pngs(sweep, tmp_path):
 def test_budgets_are_not_mixed(tmp_path):
     make_run(tmp_path, "kd", "kd", 1e-4, log_ppl=3.0, budget=1.0)
     make_run(tmp_path, "hldc", "hldc", 1e-4, log_ppl=2.0, budget=2.0)
-    runs = report.load_runs([str(tmp_path / n) for n in ("kd", "hldc")])
-    assert report.kd_pairs(runs) == {}
-    assert len(report.best_per_method(runs)) == 2
+    runs = rundirs.load_runs([str(tmp_path / n) for n in ("kd", "hldc")])
+    assert compare.kd_pairs(runs) == {}
+    assert len(compare.best_per_method(runs)) == 2
 
 
 def test_errors(tmp_path, capsys):
     with pytest.raises(ReportError, match="no run directories given"):
-        report.build_report([], str(tmp_path / "o"))
+        markdown.build_report([], str(tmp_path / "o"))
     empty = tmp_path / "empty"
     empty.mkdir()
     assert report.main([str(empty), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "holds no config.json (empty or not a run directory)" in err and "\n" == err[-1]
     with pytest.raises(ReportError, match="does not exist"):
-        report.build_report([str(tmp_path / "nope")], str(tmp_path / "o"))
+        markdown.build_report([str(tmp_path / "nope")], str(tmp_path / "o"))
     bad = make_run(tmp_path, "bad", "distill", 1e-4)
     with pytest.raises(ReportError, match="method='distill'; expected one of"):
-        report.load_run(bad)
+        rundirs.load_run(bad)
     broken = make_run(tmp_path, "broken", "kd", 1e-4)
     with open(os.path.join(broken, "metrics.jsonl"), "a") as f:
         f.write('{"step": 4, "lo')
     # A line cut short by a killed run is skipped (the resumed run re-logs the step).
     assert (
-        report.load_run(broken).curve == report.load_run(make_run(tmp_path, "ok", "kd", 1e-4)).curve
+        rundirs.load_run(broken).curve
+        == rundirs.load_run(make_run(tmp_path, "ok", "kd", 1e-4)).curve
     )
 
 
@@ -176,19 +178,19 @@ def test_pairs_and_selection_use_every_differing_setting(tmp_path):
     make_run(root, "kd_k8", "kd", 1e-4, k=8, log_ppl=3.5)
     make_run(root, "hldc_s1", "hldc", 1e-4, seed=1, log_ppl=2.97)
     make_run(root, "nll_s0", "nll", 1e-4, seed=0, tail="zero", k=8, log_ppl=3.3)
-    runs = report.load_runs([str(root)])
+    runs = rundirs.load_runs([str(root)])
     # HLDC seed 1 (tail bucket, k 32) pairs with exactly one KD run: kd_s1.
-    assert [kd.name for _, kd in report.kd_pairs(runs)["hldc"]] == ["kd_s1"]
+    assert [kd.name for _, kd in compare.kd_pairs(runs)["hldc"]] == ["kd_s1"]
     # NLL ignores loss.* and data.k: it pairs with every seed-0 KD run.
-    assert sorted(kd.name for _, kd in report.kd_pairs(runs)["nll"]) == [
+    assert sorted(kd.name for _, kd in compare.kd_pairs(runs)["nll"]) == [
         "kd_k8",
         "kd_s0",
         "kd_zero",
     ]
-    best = {r.method: r for r in report.best_per_method(runs)}
+    best = {r.method: r for r in compare.best_per_method(runs)}
     assert best["kd"].name == "kd_s0" and best["kd"].seed_ppls == [3.00, 3.02]
     md = tmp_path / "o"
-    report.build_report([str(root)], str(md))
+    markdown.build_report([str(root)], str(md))
     text = (md / "report.md").read_text()
     assert (
         "| KD | kd_s0 (2 seeds: mean 3.0100, spread 0.0200) | k=32, tail=bucket | "
@@ -210,8 +212,8 @@ def test_runs_older_than_a_config_field_pair_with_new_runs(tmp_path):
         config["loss"]["signal"] = "topk"
         config["data"]["samples"] = samples
         (tmp_path / "s" / os.path.basename(path) / "config.json").write_text(json.dumps(config))
-    runs = report.load_runs([str(root)])
-    best = {r.method: r for r in report.best_per_method(runs)}
+    runs = rundirs.load_runs([str(root)])
+    best = {r.method: r for r in compare.best_per_method(runs)}
     assert best["kd"].seed_ppls == [3.00, 3.02]  # one setting, two seeds
     assert "data.samples" not in best["nll"].hparams
-    assert [kd.name for _, kd in report.kd_pairs(runs)["nll"]] == ["kd_new"]
+    assert [kd.name for _, kd in compare.kd_pairs(runs)["nll"]] == ["kd_new"]

@@ -14,33 +14,18 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 from gcs_loopback import apply_env, gcs_env  # bench/, via tests/conftest.py
 from loopback import free_port
-from store_testlib import write_synth
+from store_testlib import check_round_trip
 
-from store import StoreReader, cli, errors, gcs
+from store import cli, errors, gcs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_gcs_write_read_inspect_verify_stats(gcs, make_schema, capsys):
-    url = "gs://bkt/roundtrip"
-    _, data = write_synth(url, make_schema(), 10, seed=0)
-    r = StoreReader(url)
-    assert r.num_units == 3 and r.committed_units == {0, 1, 2}
-    got = r.read(np.arange(4, 8))
-    np.testing.assert_array_equal(got["tokens"], data[1]["tokens"])
-    np.testing.assert_array_equal(got["topk_ids"], data[1]["topk_ids"])
-    for verb in ("inspect", "verify", "stats"):
-        assert cli.main([verb, url]) == 0, verb
-    out = capsys.readouterr().out
-    assert (
-        "units committed 3/3" in out
-        and "OK: 3/3 units committed, 0 bad" in out
-        and "stats over" in out
-    )
+    check_round_trip("gs://bkt/roundtrip", make_schema(), capsys)
 
 
 def _cli_error(argv, capsys) -> str:

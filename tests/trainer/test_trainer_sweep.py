@@ -7,20 +7,22 @@ import pytest
 import trainer_testlib as tl
 
 from trainer import sweep
+from trainer.sweep import execute
+from trainer.sweep import grid as grid_lib
 from trainer.training import config as config_lib
 
 
 def test_grid_points_and_names():
-    grid = sweep.parse_grid(["optim.lr=1e-4,4e-4", "loss.tau=0.5,1"])
-    pts = sweep.points(grid)
+    grid = grid_lib.parse_grid(["optim.lr=1e-4,4e-4", "loss.tau=0.5,1"])
+    pts = grid_lib.points(grid)
     assert len(pts) == 4 and pts[0] == {"loss.tau": "0.5", "optim.lr": "1e-4"}
-    assert sweep.point_name(pts[0]) == "loss.tau=0.5,optim.lr=1e-4"
-    with pytest.raises(sweep.SweepError, match="key=v1,v2"):
-        sweep.parse_grid(["optim.lr"])
+    assert grid_lib.point_name(pts[0]) == "loss.tau=0.5,optim.lr=1e-4"
+    with pytest.raises(grid_lib.SweepError, match="key=v1,v2"):
+        grid_lib.parse_grid(["optim.lr"])
 
 
 def _finished_point(out, point, loss, log_ppl):
-    run_dir = out / sweep.point_name(point)
+    run_dir = out / grid_lib.point_name(point)
     run_dir.mkdir(parents=True)
     config = config_lib.load_config(
         f"{tl.CONFIG}:kd",
@@ -38,11 +40,11 @@ def test_finished_points_are_skipped_and_ranked_by_heldout(tmp_path, monkeypatch
     # Lowest final training loss (α=0.9) is NOT the best held-out point: ranking by
     # training loss across α would put the wrong point first.
     grid = {"loss.alpha": ["0.7", "0.9"], "loss.tau": ["1.0"]}
-    pts = sweep.points(grid)
+    pts = grid_lib.points(grid)
     _finished_point(tmp_path, pts[0], loss=2.5, log_ppl=3.1)
     _finished_point(tmp_path, pts[1], loss=1.5, log_ppl=3.4)
-    monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("re-ran"))
-    rows = sweep.run_sweep(
+    monkeypatch.setattr(execute.subprocess, "Popen", lambda *a, **k: pytest.fail("re-ran"))
+    rows = execute.run_sweep(
         tl.CONFIG,
         str(tmp_path),
         grid,
@@ -59,16 +61,16 @@ def test_finished_points_are_skipped_and_ranked_by_heldout(tmp_path, monkeypatch
 
 def test_unevaluated_points_are_not_ranked(tmp_path, monkeypatch):
     grid = {"loss.alpha": ["0.7", "0.9"]}
-    for point, loss in zip(sweep.points(grid), (2.5, 1.5)):
+    for point, loss in zip(grid_lib.points(grid), (2.5, 1.5)):
         _finished_point(tmp_path, point, loss=loss, log_ppl=None)
-    monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("re-ran"))
-    rows = sweep.run_sweep(tl.CONFIG, str(tmp_path), grid, sets=["store.url=/s"])
+    monkeypatch.setattr(execute.subprocess, "Popen", lambda *a, **k: pytest.fail("re-ran"))
+    rows = execute.run_sweep(tl.CONFIG, str(tmp_path), grid, sets=["store.url=/s"])
     assert [r["settings"]["loss.alpha"] for r in rows] == [0.7, 0.9]  # grid order
     assert (tmp_path / "summary.md").read_text().startswith("Not ranked")
 
 
 def test_evaluate_command_of_a_point(tmp_path):
-    cmds = sweep.point_commands(
+    cmds = execute.point_commands(
         "tiny:kd",
         str(tmp_path / "p"),
         {"loss.tau": "1"},
@@ -138,7 +140,7 @@ def test_ctrl_c_waits_for_the_points_and_says_how_to_continue(tmp_path, monkeypa
         running.append({"proc": Proc()})
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep, "_run_jobs", interrupted)
+    monkeypatch.setattr(execute, "_run_jobs", interrupted)
     rc = sweep.main(
         [
             "--config",
@@ -167,7 +169,7 @@ def test_ctrl_c_waits_for_the_points_and_says_how_to_continue(tmp_path, monkeypa
 def test_sweep_runs_points(tmp_path):
     store = tl.make_store(tmp_path / "store", num_rows=16)
     config = tl.tiny_config("kd", store, tmp_path / "x", steps=3)
-    rows = sweep.run_sweep(
+    rows = execute.run_sweep(
         f"{tl.CONFIG}:kd",
         str(tmp_path / "sw"),
         {"loss.tau": ["0.5", "1.0"]},
@@ -182,18 +184,18 @@ def test_sweep_runs_points(tmp_path):
 
 def test_paper_p1_grid_follows_the_student_size():
     # docs/DESIGN.md §1: P1 ∈ {1%, 5%} for the 123M student, {1%, 4%} for the 735M one.
-    assert sweep.paper_grid("gemma3_270m:hldf")["hldf.p1"] == ["0.01", "0.05"]
-    assert sweep.paper_grid("gemma3_1b:hldf")["hldf.p1"] == ["0.01", "0.04"]
-    assert "hldf.p1" not in sweep.paper_grid("gemma3_1b:kd")
+    assert grid_lib.paper_grid("gemma3_270m:hldf")["hldf.p1"] == ["0.01", "0.05"]
+    assert grid_lib.paper_grid("gemma3_1b:hldf")["hldf.p1"] == ["0.01", "0.04"]
+    assert "hldf.p1" not in grid_lib.paper_grid("gemma3_1b:kd")
 
 
 def test_extended_grid_weighs_gamma_by_distance_and_paper_grid_stays_the_papers():
     # The paper's HLDC grid is unchanged: γ ∈ {0.1, 0.05}, its mean-over-D reduction (default).
-    assert sweep.paper_grid("gemma3_270m:hldc")["loss.gamma"] == ["0.1", "0.05"]
-    assert "loss.hidden_reduction" not in sweep.paper_grid("gemma3_270m:hldc")
-    ext = sweep.extended_grid("gemma3_270m:hldc")
+    assert grid_lib.paper_grid("gemma3_270m:hldc")["loss.gamma"] == ["0.1", "0.05"]
+    assert "loss.hidden_reduction" not in grid_lib.paper_grid("gemma3_270m:hldc")
+    ext = grid_lib.extended_grid("gemma3_270m:hldc")
     assert ext == {"loss.hidden_reduction": ["sum"], "loss.gamma": ["0.1", "0.3", "1.0", "3.0"]}
-    points = sweep.points({**sweep.paper_grid("gemma3_270m:hldc"), **ext})
+    points = grid_lib.points({**grid_lib.paper_grid("gemma3_270m:hldc"), **ext})
     assert len(points) == 3 * 2 * 2 * 4 and {p["loss.hidden_reduction"] for p in points} == {"sum"}
-    with pytest.raises(sweep.SweepError, match="--extended covers .*hldc.* not 'kd'"):
-        sweep.extended_grid("gemma3_270m:kd")
+    with pytest.raises(grid_lib.SweepError, match="--extended covers .*hldc.* not 'kd'"):
+        grid_lib.extended_grid("gemma3_270m:kd")

@@ -8,6 +8,8 @@ import pytest
 import trainer_testlib as tl
 
 from trainer import sweep
+from trainer.sweep import execute, reuse
+from trainer.sweep import grid as grid_lib
 from trainer.training import config as config_lib
 
 GRID = {"loss.alpha": ["0.7", "0.9"]}
@@ -15,7 +17,7 @@ GRID = {"loss.alpha": ["0.7", "0.9"]}
 
 def _point(out, point, sets, heldout=None, final=True):
     """A finished point as the trainer (config.json, final.json) and evaluate (eval.json) leave it."""
-    run_dir = out / sweep.point_name(point)
+    run_dir = out / grid_lib.point_name(point)
     run_dir.mkdir(parents=True)
     config = config_lib.load_config(
         f"{tl.CONFIG}:kd", [*sets, *(f"{k}={v}" for k, v in point.items()), f"run_dir={run_dir}"]
@@ -38,15 +40,15 @@ def _point(out, point, sets, heldout=None, final=True):
 
 
 def _no_runs(monkeypatch):
-    monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("ran a point"))
+    monkeypatch.setattr(execute.subprocess, "Popen", lambda *a, **k: pytest.fail("ran a point"))
 
 
 def test_a_changed_set_is_refused_naming_points_and_fields(tmp_path, monkeypatch, capsys):
-    for point in sweep.points(GRID):
+    for point in grid_lib.points(GRID):
         _point(tmp_path, point, ["store.url=/s", "budget.value=1e11"])
     _no_runs(monkeypatch)
     # The same settings: every point is reused (nothing runs).
-    sweep.run_sweep(tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s", "budget.value=1e11"])
+    execute.run_sweep(tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s", "budget.value=1e11"])
     rc = sweep.main(
         [
             "--config",
@@ -70,29 +72,29 @@ def test_a_changed_set_is_refused_naming_points_and_fields(tmp_path, monkeypatch
 def test_a_point_that_failed_before_any_checkpoint_reruns_with_the_fixed_settings(
     tmp_path, monkeypatch
 ):
-    for point in sweep.points(GRID):
+    for point in grid_lib.points(GRID):
         _point(
             tmp_path, point, ["store.url=/wrong"], final=False
         )  # failed: no final, no checkpoints
     ran = []
-    monkeypatch.setattr(sweep, "_run_jobs", lambda todo, running, parallel: ran.extend(todo))
-    sweep.run_sweep(tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s"])
+    monkeypatch.setattr(execute, "_run_jobs", lambda todo, running, parallel: ran.extend(todo))
+    execute.run_sweep(tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s"])
     assert len(ran) == 2
 
 
 def test_store_derived_fields_do_not_count_as_changes_with_from_store(tmp_path):
-    point = sweep.points(GRID)[0]
+    point = grid_lib.points(GRID)[0]
     run_dir = _point(tmp_path, point, ["store.url=/s", "data.from_store=True", "data.seq_len=64"])
-    cfg = sweep.point_config(
+    cfg = reuse.point_config(
         tl.CONFIG, str(tmp_path), point, ["store.url=/s", "data.from_store=True"]
     )
-    assert sweep.config_changes(cfg, str(run_dir)) == []
-    cfg = sweep.point_config(tl.CONFIG, str(tmp_path), point, ["store.url=/s", "data.seq_len=64"])
-    assert sweep.config_changes(cfg, str(run_dir)) == ["data.from_store: True -> False"]
+    assert reuse.config_changes(cfg, str(run_dir)) == []
+    cfg = reuse.point_config(tl.CONFIG, str(tmp_path), point, ["store.url=/s", "data.seq_len=64"])
+    assert reuse.config_changes(cfg, str(run_dir)) == ["data.from_store: True -> False"]
 
 
 def test_an_evaluation_on_another_store_is_redone(tmp_path):
-    point = sweep.points(GRID)[0]
+    point = grid_lib.points(GRID)[0]
     run_dir = _point(
         tmp_path,
         point,
@@ -100,16 +102,16 @@ def test_an_evaluation_on_another_store_is_redone(tmp_path):
         heldout=[{"log_ppl": 3.0, "n": 8, "rows": "aa", "store": "/other"}],
     )
     evaluate = {"tasks": ["heldout"], "store": "/h"}
-    cmds = sweep.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py")
+    cmds = execute.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py")
     assert [stage for stage, _ in cmds] == ["eval"]
     evaluate["store"] = "/other"
-    assert sweep.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py") == []
+    assert execute.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py") == []
     evaluate["store"] = "file:///other/"  # how evaluate records it: the same store
-    assert sweep.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py") == []
+    assert execute.point_commands(tl.CONFIG, str(run_dir), point, [], evaluate, "py") == []
 
 
 def test_points_on_other_rows_are_shown_not_ranked(tmp_path, monkeypatch):
-    pts = sweep.points({"loss.alpha": ["0.5", "0.7", "0.9"]})
+    pts = grid_lib.points({"loss.alpha": ["0.5", "0.7", "0.9"]})
     full = {"n": 139, "rows": "f" * 16}
     _point(tmp_path, pts[0], ["store.url=/s"], heldout=[dict(full, log_ppl=4.80)])
     _point(tmp_path, pts[1], ["store.url=/s"], heldout=[dict(full, log_ppl=4.76)])
@@ -118,7 +120,7 @@ def test_points_on_other_rows_are_shown_not_ranked(tmp_path, monkeypatch):
         tmp_path, pts[2], ["store.url=/s"], heldout=[{"n": 100, "rows": "1" * 16, "log_ppl": 4.50}]
     )
     _no_runs(monkeypatch)
-    rows = sweep.run_sweep(
+    rows = execute.run_sweep(
         tl.CONFIG, str(tmp_path), {"loss.alpha": ["0.5", "0.7", "0.9"]}, sets=["store.url=/s"]
     )
     assert [(r["settings"]["loss.alpha"], r["ranked"]) for r in rows] == [
@@ -135,12 +137,15 @@ def test_points_on_other_rows_are_shown_not_ranked(tmp_path, monkeypatch):
 
 
 def test_every_point_failed_is_reported_as_failures(tmp_path, monkeypatch):
-    for point in sweep.points(GRID):
+    for point in grid_lib.points(GRID):
         run_dir = _point(tmp_path, point, ["store.url=/s"], final=False)
         (run_dir / "train.log").write_text("error: store /s does not exist\n")
-    monkeypatch.setattr(sweep, "_run_jobs", lambda todo, running, parallel: None)  # they fail again
+    # They fail again.
+    monkeypatch.setattr(execute, "_run_jobs", lambda todo, running, parallel: None)
     evaluate = {"tasks": ["heldout"], "store": "/h"}
-    rows = sweep.run_sweep(tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s"], evaluate=evaluate)
+    rows = execute.run_sweep(
+        tl.CONFIG, str(tmp_path), GRID, sets=["store.url=/s"], evaluate=evaluate
+    )
     assert all(r["status"] == "failed: error: store /s does not exist" for r in rows)
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith("Not ranked: every point failed to train (2 of 2)")
