@@ -82,6 +82,7 @@ def test_an_import_error_is_not_masked(monkeypatch):
         "store.cli",
         "trainer.report",
         "trainer.sweep",
+        "trainer.evaluate.__main__",
         "teacher_dump.convert.__main__",
     ],
 )
@@ -103,7 +104,6 @@ def test_help_needs_no_heavy_import(module):
 
 # `python -m X --help` also runs X's package __init__ files (store/__init__.py used to load
 # TensorStore for every `python -m store`); an unknown flag must be refused as early.
-# trainer.evaluate is missing: its parser lives in runner.py, which imports JAX at the top.
 @pytest.mark.parametrize(("flag", "rc"), [("--help", 0), ("--no-such-flag", 2)])
 @pytest.mark.parametrize(
     "module",
@@ -114,6 +114,7 @@ def test_help_needs_no_heavy_import(module):
         "trainer.flops",
         "trainer.export_hf",
         "trainer.plan",
+        "trainer.evaluate",
         "store",
         "pipelines.dump",
         "pipelines.train_tokenizer",
@@ -187,3 +188,34 @@ def test_sweep_argument_errors_need_no_heavy_import(tmp_path, argv, message):
     )
     assert proc.stdout.strip() == "2 []", proc.stderr[-2000:]
     assert proc.stderr.strip() == message
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tasks", "nosuch"], "error: unknown task 'nosuch'; use one of"),
+        (["--tasks", "heldout"], "error: task 'heldout' needs a tokens store; pass --store URL"),
+        (["--tasks", "piqa"], "error: tasks ['piqa'] encode text; pass --tokenizer"),
+        (["--task-file", "piqa"], "error: --task-file 'piqa' is not TASK=PATH"),
+        (["--docs", "{tmp}/none*.txt"], "error: --docs '{tmp}/none*.txt' matches no files"),
+        (["--checkpoint", "{tmp}/nope", "--tasks", "heldout", "--store", "s"], "error: checkpoint"),
+    ],
+)
+def test_evaluate_argument_errors_need_no_heavy_import(tmp_path, argv, message):
+    # Checked before the engine (JAX, orbax) loads: one line, exit 2, at once.
+    argv = ["--checkpoint", str(tmp_path)] + [a.format(tmp=tmp_path) for a in argv]
+    code = (
+        "import sys; from trainer.evaluate.__main__ import main\n"
+        f"rc = main({argv!r})\n"
+        "print(rc, sorted(m for m in ('jax', 'orbax', 'tensorstore') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.stdout.strip() == "2 []", proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert err.startswith(message.format(tmp=tmp_path)) and "\n" not in err, err

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from eval_fixtures import REQUEST_DOCS
 
+from trainer.evaluate import cli as evaluate_cli
 from trainer.evaluate import runner as evaluate
 from trainer.evaluate import scoring
 from trainer.evaluate import tasks as eval_tasks
@@ -224,7 +225,7 @@ def test_store_of_another_seq_len_is_refused_unless_asked(env, tmp_path, capsys)
     )
     store16 = _heldout_store(tmp_path / "h16", env.cfg, env.info, 16)
     argv = ["--checkpoint", model_dir, "--tasks", "heldout", "--store", store16]
-    assert evaluate.main(argv) == 2
+    assert evaluate_cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "T=16 but the model is evaluated at T=12" in err and "--seq-len 16" in err
     assert "\n" not in err
@@ -251,23 +252,23 @@ def test_eval_json_merges_tasks_of_the_same_model(env, tmp_path, monkeypatch, ca
         "--seq-len",
         str(SEQ_LEN),
     ]
-    assert evaluate.main(base + ["--tasks", "piqa"]) == 0
+    assert evaluate_cli.main(base + ["--tasks", "piqa"]) == 0
     first = json.loads((run_dir / "eval.json").read_text())
-    assert evaluate.main(base + ["--tasks", "arc_easy"]) == 0
+    assert evaluate_cli.main(base + ["--tasks", "arc_easy"]) == 0
     merged = json.loads((run_dir / "eval.json").read_text())
     assert set(merged["tasks"]) == {"piqa", "arc_easy"}
     assert merged["tasks"]["piqa"] == first["tasks"]["piqa"]
     (run_dir / "eval.json").write_text(
         json.dumps({"fingerprint": "other", "tasks": {"lambada": {"acc": 1.0}}})
     )
-    assert evaluate.main(base + ["--tasks", "piqa"]) == 0
+    assert evaluate_cli.main(base + ["--tasks", "piqa"]) == 0
     assert set(json.loads((run_dir / "eval.json").read_text())["tasks"]) == {"piqa"}
     assert "held results of another model" in capsys.readouterr().err
 
 
 def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
-        evaluate.run_cli(["--help"])
+        evaluate_cli.run_cli(["--help"])
     assert "(default: 8)" in capsys.readouterr().out
 
 
@@ -275,7 +276,7 @@ def test_cli_run_dir_writes_eval_json(env, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     os.symlink(env.path, run_dir / "export")
-    rc = evaluate.main(
+    rc = evaluate_cli.main(
         [
             "--checkpoint",
             str(run_dir),
@@ -319,7 +320,7 @@ def test_run_dir_seq_len_default(env, tmp_path):
     ],
 )
 def test_cli_bad_input_one_line(env, argv_extra, message, capsys):
-    rc = evaluate.main(
+    rc = evaluate_cli.main(
         ["--checkpoint", env.path, "--tokenizer", env.tok, "--task-dir", env.root, *argv_extra]
     )
     err = capsys.readouterr().err.strip()
@@ -339,7 +340,7 @@ def test_vocab_mismatch(env, tmp_path, capsys):
     )
     other = str(tmp_path / "other")
     model_io.save_model(other, cfg, model.init_params(cfg, jax.random.PRNGKey(1)))
-    rc = evaluate.main(
+    rc = evaluate_cli.main(
         ["--checkpoint", other, "--tokenizer", env.tok, "--tasks", "piqa", "--task-dir", env.root]
     )
     err = capsys.readouterr().err
@@ -351,7 +352,7 @@ def test_run_dir_tokenizer_sha_mismatch(env, tmp_path, capsys):
     run_dir.mkdir()
     os.symlink(env.path, run_dir / "export")
     (run_dir / "config.json").write_text(json.dumps({"store": {"tokenizer_sha256": "ab" * 32}}))
-    rc = evaluate.main(
+    rc = evaluate_cli.main(
         [
             "--checkpoint",
             str(run_dir),
@@ -368,7 +369,7 @@ def test_run_dir_tokenizer_sha_mismatch(env, tmp_path, capsys):
 
 
 def test_missing_checkpoint(env, capsys):
-    rc = evaluate.main(
+    rc = evaluate_cli.main(
         ["--checkpoint", "/nonexistent/ckpt", "--tokenizer", env.tok, "--tasks", "piqa"]
     )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
@@ -379,7 +380,9 @@ def test_run_dir_bad_config(env, tmp_path, capsys):
     run_dir.mkdir()
     os.symlink(env.path, run_dir / "export")
     (run_dir / "config.json").write_text("[1, 2")
-    rc = evaluate.main(["--checkpoint", str(run_dir), "--tokenizer", env.tok, "--tasks", "piqa"])
+    rc = evaluate_cli.main(
+        ["--checkpoint", str(run_dir), "--tokenizer", env.tok, "--tasks", "piqa"]
+    )
     assert rc == 2 and "is not a trainer config" in capsys.readouterr().err
 
 

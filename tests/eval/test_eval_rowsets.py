@@ -10,6 +10,7 @@ import pytest
 from test_eval_evaluate import SEQ_LEN, env, ref_logprobs  # noqa: F401  (env: fixture)
 
 from store import StoreSchema, create_store
+from trainer.evaluate import cli as evaluate_cli
 from trainer.evaluate import runner as evaluate
 from trainer.training import eval_results
 
@@ -48,9 +49,9 @@ def run_dir(env, tmp_path):
 def test_limit_keeps_the_full_set_score_and_both_carry_their_rows(env, run_dir, tmp_path, capsys):
     url, tokens = _store(tmp_path / "h", env.cfg, env.info, split="heldout")
     argv = ["--checkpoint", str(run_dir), "--tasks", "heldout", "--store", url, "--seq-len", "12"]
-    assert evaluate.main(argv) == 0
+    assert evaluate_cli.main(argv) == 0
     full = json.loads((run_dir / "eval.json").read_text())["tasks"]["heldout"]
-    assert evaluate.main(argv + ["--limit", "4"]) == 0
+    assert evaluate_cli.main(argv + ["--limit", "4"]) == 0
     err = capsys.readouterr().err
     data = json.loads((run_dir / "eval.json").read_text())
     assert data["tasks"]["heldout"] == full  # the headline stays the full-set score
@@ -69,7 +70,7 @@ def test_limit_keeps_the_full_set_score_and_both_carry_their_rows(env, run_dir, 
     assert (s["task"], s["seq_len"], s["store_split"]) == ("heldout", 12, "heldout")
     assert s["fingerprint"] == data["fingerprint"] and len(s["rows"]) == eval_results.DIGEST_CHARS
     # The same rows again: the same digest, replaced in place (no third score).
-    assert evaluate.main(argv + ["--limit", "4"]) == 0
+    assert evaluate_cli.main(argv + ["--limit", "4"]) == 0
     again = json.loads((run_dir / "eval.json").read_text())["scores"]["heldout"]
     assert sorted(x["n"] for x in again) == [4, 6] and {x["rows"] for x in again} == {
         s["rows"],
@@ -87,7 +88,7 @@ def test_training_store_scored_as_heldout_is_warned(env, tmp_path, capsys):
 
 
 def test_accuracy_and_its_standard_error_are_printed_as_such(env, capsys):
-    result = evaluate.run_cli(
+    result = evaluate_cli.run_cli(
         [
             "--checkpoint",
             env.path,

@@ -210,13 +210,13 @@ def test_evaluate_export_and_sweep_refuse_a_locked_directory(store, tmp_path, ca
     """Evaluate / export_hf read export/, which the owner is writing; a second sweep on an
     --out would start every point again: each says who owns the directory and stops."""
     from trainer import export_hf, sweep
-    from trainer.evaluate import runner
+    from trainer.evaluate import cli as evaluate_cli
 
     held = run_lock.RunDirLock(str(tmp_path / "run")).acquire()
     sweep_held = run_lock.RunDirLock(str(tmp_path / "sw"), role="sweep").acquire()
     try:
         for cli in (
-            lambda: runner.main(
+            lambda: evaluate_cli.main(
                 ["--checkpoint", str(tmp_path / "run"), "--tasks", "heldout", "--store", store]
             ),
             lambda: export_hf.main(

