@@ -162,7 +162,9 @@ def main(argv=None) -> int:
 
         devices = devices_lib.plan_devices(topology, args.platform)
         if args.target == "train":
-            target = targets.TrainTarget(args.config, args.set, devices, args.profile)
+            target: targets.TrainTarget | targets.DumpTarget = targets.TrainTarget(
+                args.config, args.set, devices, args.profile
+            )
         else:
             if args.rows_per_device < 1:
                 raise PlanInputError(f"--rows-per-device {args.rows_per_device} must be >= 1")

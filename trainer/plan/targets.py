@@ -351,7 +351,7 @@ class DumpTarget:
         tokens = jax.ShapeDtypeStruct(
             (B, o.seq_len), jnp.int32, sharding=NamedSharding(self.mesh, batch_axes)
         )
-        args = (params, tokens)
+        args: tuple = (params, tokens)
         if o.samples:
             args += (
                 jax.ShapeDtypeStruct(
