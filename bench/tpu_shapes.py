@@ -246,15 +246,19 @@ def _not_run(shape: dict, record: dict | None) -> str:
 def render_students(shapes: list[dict], records: dict[str, dict]) -> str:
     """The student table: one row per program (HLDF: two phases), advice under misfits."""
     head = (
-        "| student, method | topology, mesh d/f/t | batch (rows per chip) | micro-batches | "
+        "| student, method | topology, mesh d/f/t | batch (per shard) | micro-batches | "
         "remat | program | args GiB | temp GiB | out GiB | peak / HBM GiB | fits | "
         "compile s | roofline |\n" + "|---" * 13 + "|\n"
     )
-    rows = []
+    rows: list[str] = []
+    missing: dict[str, list[str]] = {}
     for shape in shapes:
         rec = records.get(shape["id"])
         label = shape["args"][2].replace("_", "-").replace(":", " ")
-        if rec is None or rec["status"] != "ok":
+        if rec is None:
+            missing.setdefault(label, []).append(shape["topology"])
+            continue
+        if rec["status"] != "ok":
             rows.append(
                 f"| {label} | {shape['topology']} | 256 | | | | "
                 f"{_not_run(shape, rec)} | | | | | | |"
@@ -286,7 +290,18 @@ def render_students(shapes: list[dict], records: dict[str, dict]) -> str:
                     f" (search {_not_run(shape, found)})" if found else " (search not run)"
                 )
             rows.append(f"| ↳ planner | | | | | | {note} | | | | | | |")
-    return head + "\n".join(rows) + "\n"
+    return _table(head, rows) + _missing(missing)
+
+
+def _table(head: str, rows: list[str]) -> str:
+    return head + "\n".join(rows) + "\n" if rows else "No shape planned yet.\n"
+
+
+def _missing(missing: dict[str, list[str]]) -> str:
+    """The shapes without a result, one clause per row label."""
+    if not missing:
+        return ""
+    return "\nNot run: " + "; ".join(f"{k} on {', '.join(v)}" for k, v in missing.items()) + ".\n"
 
 
 def _probes(plan: dict) -> str:
@@ -302,7 +317,8 @@ def render_dump(shapes: list[dict], records: dict[str, dict]) -> str:
         "| V | samples | profile | topology | args GiB | temp GiB | out GiB | "
         "peak / HBM GiB | fits | compile s | roofline |\n" + "|---" * 11 + "|\n"
     )
-    rows = []
+    rows: list[str] = []
+    missing: dict[str, list[str]] = {}
     for shape in shapes:
         rec = records.get(shape["id"])
         a = shape["args"]
@@ -312,7 +328,11 @@ def render_dump(shapes: list[dict], records: dict[str, dict]) -> str:
             a[a.index("--profile") + 1],
         )
         lead = f"| {int(vocab):,} | {samples} | {profile} | {shape['topology']} | "
-        if rec is None or rec["status"] != "ok":
+        if rec is None:
+            key = f"V = {int(vocab):,}, {samples} samples, {profile}"
+            missing.setdefault(key, []).append(shape["topology"])
+            continue
+        if rec["status"] != "ok":
             rows.append(lead + f"{_not_run(shape, rec)} | | | | | | |")
             continue
         plan = rec["plan"]
@@ -320,7 +340,7 @@ def render_dump(shapes: list[dict], records: dict[str, dict]) -> str:
             rows.append(lead + " | ".join(_program_cells(plan, prog)) + " |")
         if not plan["fits"]:
             rows.append(f"| ↳ planner | | | | {plan['advice']} | | | | | | |")
-    return head + "\n".join(rows) + "\n"
+    return _table(head, rows) + _missing(missing)
 
 
 def _summary(group_shapes: list[dict], records: dict[str, dict]) -> str:
