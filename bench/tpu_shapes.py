@@ -129,7 +129,7 @@ def all_shapes(records: dict[str, dict] | None = None) -> list[dict]:
 # What to compile first when the batch may be stopped (compiles take minutes each):
 # the tightest chips first (16 GiB v5e, 32 GiB v6e; v5p-8 is the configs' stated
 # topology, measured when they were shipped), the methods that need the most
-# memory first; for the dump, the exact profile everywhere before compact / lean
+# memory first, NLL after every other method; for the dump, the exact profile everywhere before compact / lean
 # (whose encodings add little), the full vocabulary first.
 _TOPOLOGY_ORDER = {"v5e:4x4": 0, "v6e:2x4": 1, "v5p:2x2x1": 2}
 _METHOD_ORDER = {"hldc": 0, "kd": 1, "hldf": 2, "nll": 3}
@@ -141,7 +141,9 @@ def _priority(shape: dict) -> tuple:
     args = shape["args"]
     if group < 2:
         student, method = args[2].split(":")
-        return (group, _TOPOLOGY_ORDER[shape["topology"]], student, _METHOD_ORDER[method])
+        # NLL last: its step is KD's without the teacher's arrays and KD term (less memory).
+        nll = method == "nll"
+        return (group, nll, _TOPOLOGY_ORDER[shape["topology"]], student, _METHOD_ORDER[method])
     profile = args[args.index("--profile") + 1]
     return (group, _PROFILE_ORDER[profile], -int(args[args.index("--vocab") + 1]))
 
