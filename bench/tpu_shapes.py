@@ -354,7 +354,7 @@ def _summary(group_shapes: list[dict], records: dict[str, dict]) -> str:
     return (
         f"{len(ok)} of {len(group_shapes)} shapes planned ({', '.join(dates) or 'never'}; "
         f"{load} on the 2-core machine that compiled them; `python bench/tpu_shapes.py "
-        f"--report-only` renders this table from bench/results/tpu_shapes/).\n\n"
+        f"--report-only` renders this table from bench/tpu_shapes_results/).\n\n"
     )
 
 
@@ -383,7 +383,7 @@ def splice(text: str, group: str, body: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", type=Path, default=ROOT / "bench/results/tpu_shapes")
+    p.add_argument("--results", type=Path, default=ROOT / "bench/tpu_shapes_results")
     p.add_argument("--doc", type=Path, default=ROOT / "docs/tpu.md")
     p.add_argument("--group", choices=("students", "search", "dump"), default=None)
     p.add_argument("--only", default="", help="run the shapes whose id contains this")
