@@ -16,8 +16,12 @@ model.remat=none. Per-chip bytes from the TPU compiler (libtpu 0.0.42.1, jax 0.1
 --topology v5p:2x2x1 --set mesh.fsdp=4 --set mesh.data=1 --set data.micro_batches=4`):
 KD 17.98 GiB per chip of 95.74 (args 0.40 + temporaries 17.58 + outputs 0.34 donated
 into the args; 2026-12-06). HLDC 24.48 GiB; HLDF phase 1 12.58 GiB, phase 2 = the
-KD step. On other chip counts keep data.batch_size / (devices × micro_batches)
-rows per micro-batch near 16, or measure with bench/step_memory.py (docs/memory.md).
+KD step. Unchanged it also fits v5e:4x4 (16 chips × 16 GiB; fsdp=16, 16 rows per chip
+as 4 micro-batches of 4): KD 4.46 GiB per chip, HLDC 6.09, HLDF phase 1 3.40; and
+v6e:2x4 (8 chips × 32 GiB; fsdp=8, 32 rows per chip as 4 micro-batches of 8): HLDC
+12.21 (`python bench/tpu_shapes.py`, same compiler, 2026-12-06; docs/tpu.md). On other chip
+counts keep data.batch_size / (devices × micro_batches) rows per micro-batch near 16,
+or measure with bench/step_memory.py or python -m trainer.plan (docs/memory.md).
 """
 
 from trainer.configs.base import base_config

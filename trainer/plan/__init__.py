@@ -19,5 +19,7 @@ Modules, one concept each:
     search    the largest per-chip batch that fits (bisection on compiles)
     roofline  the lower bound on step time from FLOPs, bytes and the chip
     report    one plan: run the target, judge the fit, format text / JSON
+    advice    what to change when a plan does not fit (micro-batches, remat
+              policy, fsdp, batch), cheapest first
     __main__  the CLI
 """

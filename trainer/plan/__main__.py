@@ -1,7 +1,7 @@
 """`python -m trainer.plan {train,dump} ... --topology v5p:2x2x1 [--platform cpu] [--json]`.
 
-    python -m trainer.plan train --config gemma3_270m:kd --set mesh.fsdp=4 \\
-        --set model.remat=True --topology v5p:2x2x1
+    python -m trainer.plan train --config gemma3_270m:kd --set data.micro_batches=8 \\
+        --set model.remat=qkv_and_outputs --topology v5p:2x2x1
     python -m trainer.plan dump --teacher gemma3-4b --vocab 262144 --profile compact \\
         --rows-per-device 4 --topology v5e:2x2
 
@@ -50,7 +50,7 @@ def _parse_args(argv):
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override, repeatable (any field the config has, e.g. model.remat=True)",
+        help="config override, repeatable (any field the config has, e.g. model.remat=full)",
     )
     train.add_argument(
         "--profile",
@@ -162,7 +162,9 @@ def main(argv=None) -> int:
 
         devices = devices_lib.plan_devices(topology, args.platform)
         if args.target == "train":
-            target = targets.TrainTarget(args.config, args.set, devices, args.profile)
+            target: targets.TrainTarget | targets.DumpTarget = targets.TrainTarget(
+                args.config, args.set, devices, args.profile
+            )
         else:
             if args.rows_per_device < 1:
                 raise PlanInputError(f"--rows-per-device {args.rows_per_device} must be >= 1")

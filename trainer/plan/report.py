@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from trainer.plan import advice as advice_lib
 from trainer.plan import compile as compile_lib
 from trainer.plan import roofline as roofline_lib
 from trainer.plan import search as search_lib
@@ -78,27 +79,37 @@ def make_plan(
     fits, programs = _evaluate(target, rows, capacity)
     probes = [{"rows": rows, "fits": fits, "peak_bytes": _peak(programs)}]
 
-    def probe(r):
-        ok, progs = _evaluate(target, r, capacity)
+    # The search counts in steps of `row_step` rows (a train target's micro-batches:
+    # the trainer refuses rows per shard they do not divide).
+    step = getattr(target, "row_step", 1)
+
+    def probe(units):
+        ok, progs = _evaluate(target, units * step, capacity)
         return ok, _peak(progs)
+
+    def in_rows(found, more):
+        probes.extend({**p, "rows": p["rows"] * step} for p in more)
+        return found * step
 
     largest = rows if fits else None
     if not fits and search:
-        largest, more = search_lib.largest_fitting(probe, rows, capacity, _peak(programs))
-        probes += more
+        largest = in_rows(
+            *search_lib.largest_fitting(probe, rows // step, capacity, _peak(programs))
+        )
     elif fits and search_up:
-        lo, lo_peak, hi, hi_peak = rows, _peak(programs), None, None
-        while hi is None and lo * 2 <= max_rows:
+        lo, lo_peak, hi, hi_peak = rows // step, _peak(programs), None, None
+        while hi is None and lo * 2 * step <= max_rows:
             ok, peak = probe(lo * 2)
-            probes.append({"rows": lo * 2, "fits": ok, "peak_bytes": peak})
+            probes.append({"rows": lo * 2 * step, "fits": ok, "peak_bytes": peak})
             if ok:
                 lo, lo_peak = lo * 2, peak
             else:
                 hi, hi_peak = lo * 2, peak
-        largest = lo
+        largest = lo * step
         if hi is not None:
-            largest, more = search_lib.largest_fitting(probe, hi, capacity, hi_peak, lo, lo_peak)
-            probes += more
+            largest = in_rows(
+                *search_lib.largest_fitting(probe, hi, capacity, hi_peak, lo, lo_peak)
+            )
     out_programs = []
     for p in programs:
         prog, mem = p["program"], p["memory"]
@@ -139,6 +150,7 @@ def make_plan(
         "num_devices": len(devices),
         "hbm_bytes_per_device": capacity,
         "rows_per_shard": rows,
+        "row_step": step,
         "batch_shards": target.shards,
         "param_bytes": target.param_bytes(),
         "fits": fits,
@@ -148,44 +160,8 @@ def make_plan(
         "compile_s": sum(p["memory"].compile_s for p in programs),
         "wall_s": time.perf_counter() - start,
     }
-    result["advice"] = advice(result)
+    result["advice"] = advice_lib.advice(result)
     return result
-
-
-def advice(result: dict) -> str:
-    """One line: what fits, or what to change."""
-    shards = result["batch_shards"]
-    if result["fits"]:
-        extra = ""
-        if (
-            result["largest_fitting_rows"]
-            and result["largest_fitting_rows"] > result["rows_per_shard"]
-        ):
-            extra = (
-                f"; up to {result['largest_fitting_rows']} rows per shard fit "
-                f"(global batch {result['largest_fitting_rows'] * shards})"
-            )
-        return f"fits at {result['rows_per_shard']} rows per shard{extra}"
-    largest = result["largest_fitting_rows"]
-    knobs = []
-    if result["target"] == "train":
-        if not result.get("remat"):
-            knobs.append("--set model.remat=True")
-        knobs.append("a larger --set mesh.fsdp")
-    else:
-        if result.get("params") == "replicated":
-            knobs.append("--params fsdp")
-        knobs.append("a smaller --token-tile")
-    knobs.append("a chip with more HBM")
-    if largest:
-        return (
-            f"does not fit at {result['rows_per_shard']} rows per shard; the largest that fits "
-            f"is {largest} rows per shard (global batch {largest * shards}); or try "
-            f"{', '.join(knobs)}"
-        )
-    if largest == 0:
-        return f"does not fit even at 1 row per shard: try {', '.join(knobs)}"
-    return f"does not fit at {result['rows_per_shard']} rows per shard: try {', '.join(knobs)}"
 
 
 def _gib(n) -> str:

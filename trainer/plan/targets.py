@@ -77,7 +77,7 @@ class TrainTarget:
 
     Args:
         spec: `--config` value ("gemma3_270m:kd", a file path, ...).
-        overrides: `--set` values ("model.remat=True", ...).
+        overrides: `--set` values ("model.remat=full", "data.micro_batches=8", ...).
         devices: the devices of the topology.
         profile: the store profile whose arrays the batch holds (exact/compact/lean).
 
@@ -106,6 +106,8 @@ class TrainTarget:
         )
         self.shards = sharding.batch_divisor(self.mesh)
         self.requested_rows = -(-config.data.batch_size // self.shards)
+        # Rows per shard come in whole micro-batches (the trainer refuses the rest).
+        self.row_step = config.data.micro_batches
         if config.data.batch_size % self.shards:
             raise PlanInputError(
                 f"data.batch_size={config.data.batch_size} is not divisible by the mesh's batch "
@@ -126,6 +128,7 @@ class TrainTarget:
             "profile": self.profile,
             "mesh": {k: int(v) for k, v in self.mesh.shape.items()},
             "batch_size": c.data.batch_size,
+            "micro_batches": c.data.micro_batches,
         }
 
     def param_bytes(self) -> int:
@@ -350,7 +353,7 @@ class DumpTarget:
         tokens = jax.ShapeDtypeStruct(
             (B, o.seq_len), jnp.int32, sharding=NamedSharding(self.mesh, batch_axes)
         )
-        args = (params, tokens)
+        args: tuple = (params, tokens)
         if o.samples:
             args += (
                 jax.ShapeDtypeStruct(
