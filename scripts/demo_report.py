@@ -312,8 +312,8 @@ def _stage_lines(stages: dict) -> list[str]:
     known = all(m["wall_s"] is not None for m in stages.values())
     return [
         "",
-        "Stage wall times (OUT/.done; in brackets the 1-min load average when the stage "
-        "ended, of a machine with "
+        "Stage wall times (OUT/.done; in brackets, where the marker records it, the 1-min load "
+        "average when the stage ended, of a machine with "
         f"{os.cpu_count()} CPUs): "
         + ", ".join(cells)
         + ". "
