@@ -10,7 +10,8 @@ demo's chain (`scripts.demo` stages corpus → tokenizer → spine → teacher,
 cached in OUT, so the 1× teacher *is* the demo teacher) is reused; teachers at
 `--budgets` × the demo teacher's FLOPs are pre-trained with NLL on the same
 tokens, each scored on every held-out row and dumped (top-k and `--samples`
-sampled draws in one store, as the demo dumps). From each store, KD students
+sampled draws in one store, as the demo dumps; where the demo's own dump has
+finished in OUT, the 1× teacher's store is OUT/store). From each store, KD students
 at every α in `--alphas` train at the demo's student budget, next to NLL
 students (no teacher), `--seeds` seeds each; every student is scored on every
 held-out row.
@@ -133,6 +134,21 @@ def signal_sets(signal: str, samples: int) -> list[str]:
     return ["loss.signal=topk"]
 
 
+def teacher_store(ctx, budget: float, samples: int) -> str:
+    """The store holding the signal of the teacher at `budget`.
+
+    The 1× teacher is the demo's, and the demo's dump stage writes its signal with
+    the very command the ladder would run (same teacher, rows, k and `samples`): when
+    that stage has finished in OUT and the ladder has not dumped the 1× teacher itself,
+    the ladder reads OUT/store instead of dumping the same bytes again.
+    """
+    own = ctx.path("stores", teacher_run(budget))
+    demo_dumped = os.path.exists(ctx.path(".done", "dump")) and samples == ctx.size.samples
+    if budget == 1 and demo_dumped and not os.path.exists(own):
+        return ctx.path("store")
+    return own
+
+
 def _heldout(ctx, run: str) -> tuple[float, int | None]:
     ev = demo_results.load_run(ctx, run)["eval"]["heldout"]
     return ev["log_ppl"], ev.get("n")
@@ -146,7 +162,7 @@ def run_piece(ctx, piece: tuple, signal: str, samples: int, nll_store: str) -> d
     """
     if piece[0] == "teacher":
         budget = piece[1]
-        name, store = teacher_run(budget), ctx.path("stores", teacher_run(budget))
+        name, store = teacher_run(budget), teacher_store(ctx, budget, samples)
         if budget != 1:  # The 1× teacher is the demo's, trained by demo.run_demo.
             demo_stages.train_run(
                 ctx,
@@ -157,13 +173,14 @@ def run_piece(ctx, piece: tuple, signal: str, samples: int, nll_store: str) -> d
                 budget * ctx.size.teacher_budget,
             )
         demo_stages.evaluate_heldout(ctx, name)
-        demo_stages.run(
-            ctx,
-            "ladder",
-            *demo_stages.teacher_dump_args(
-                ctx, store, ctx.size.k, samples=samples, teacher_run=name
-            ),
-        )
+        if store != ctx.path("store"):  # Not the demo's own dump (teacher_store).
+            demo_stages.run(
+                ctx,
+                "ladder",
+                *demo_stages.teacher_dump_args(
+                    ctx, store, ctx.size.k, samples=samples, teacher_run=name
+                ),
+            )
         log_ppl, n = _heldout(ctx, name)
         return {
             "kind": "teacher",
@@ -177,7 +194,7 @@ def run_piece(ctx, piece: tuple, signal: str, samples: int, nll_store: str) -> d
         seed, budget, alpha, method, sets, store = piece[1], None, None, "nll", [], nll_store
     else:
         _, budget, alpha, seed = piece
-        method, store = "kd", ctx.path("stores", teacher_run(budget))
+        method, store = "kd", teacher_store(ctx, budget, samples)
         sets = [f"loss.alpha={alpha}", *signal_sets(signal, samples)]
     name = student_run(budget, alpha, seed)
     demo_stages.train_run(
@@ -423,7 +440,7 @@ def run_ladder(
         else:
             print(f"[teacher_ladder] {key} ({time.time() - t_start:.0f}s elapsed)", flush=True)
             result = run_piece(
-                ctx, piece, signal, samples, nll_store=ctx.path("stores", teacher_run(budgets[0]))
+                ctx, piece, signal, samples, nll_store=teacher_store(ctx, budgets[0], samples)
             )
         result.update(
             wall_s=round(time.time() - t0, 1),

@@ -23,6 +23,8 @@ rerun skips finished stages):
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import sys
 import time
@@ -33,6 +35,21 @@ from scripts.demo_sizes import get_size
 
 class StageFailed(RuntimeError):
     """A stage's command failed; the message says which and how to resume."""
+
+
+def write_marker(path: str, seconds: float) -> None:
+    """OUT/.done/<stage>: the stage's wall time and the machine's load when it ended.
+
+    The report reads these (demo_results.read_marker), so a resumed demo still
+    reports every stage's time; the load says how shared the machine was.
+    """
+    marker = {
+        "wall_s": round(seconds, 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(marker, f)
 
 
 def run_demo(
@@ -69,9 +86,7 @@ def run_demo(
                 f"stage {name!r} failed: {e}; fix it, then rerun `make demo` "
                 f"(finished stages are skipped)"
             ) from None
-        with open(marker, "w") as f:
-            f.write(f"{time.time() - t0:.1f}\n")
-        ctx.timings[name] = time.time() - t0
+        write_marker(marker, time.time() - t0)
     if until:
         print(f"[demo] stopped after {until} ({time.time() - start:.0f}s)", flush=True)
         return ctx.report_path

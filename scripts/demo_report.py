@@ -8,6 +8,7 @@ writes OUT/results.json next to the report.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import matplotlib
 
@@ -296,9 +297,36 @@ def _findings(ctx, results: dict) -> list[str]:
     return lines
 
 
-def write_report(ctx, student_runs) -> str:
-    """Writes ctx.report_path, OUT/results.json and the PNGs; returns the report path."""
-    results = demo_results.collect(ctx, student_runs)
+def _stage_lines(stages: dict) -> list[str]:
+    """Each finished stage's wall time and the load when it ended (OUT/.done), and their sum."""
+    if not stages:
+        return []
+    cells, total = [], 0.0
+    for name, m in stages.items():
+        if m["wall_s"] is None:
+            cells.append(f"{name} ?")
+            continue
+        total += m["wall_s"]
+        load = "" if m["load_avg_1m"] is None else f" (load {m['load_avg_1m']:.1f})"
+        cells.append(f"{name} {m['wall_s']:.0f}s{load}")
+    known = all(m["wall_s"] is not None for m in stages.values())
+    return [
+        "",
+        "Stage wall times (OUT/.done; in brackets, where the marker records it, the 1-min load "
+        "average when the stage ended, of a machine with "
+        f"{os.cpu_count()} CPUs): "
+        + ", ".join(cells)
+        + ". "
+        + (f"Stages before the report: {total:.0f}s ({total / 60:.1f} min)." if known else ""),
+    ]
+
+
+def write_report(ctx, student_runs, stages=()) -> str:
+    """Writes ctx.report_path, OUT/results.json and the PNGs; returns the report path.
+
+    `stages`: the demo's stage names in order; their wall times come from OUT/.done.
+    """
+    results = demo_results.collect(ctx, student_runs, stages)
     demo_results.write_results_json(ctx, results)
     methods, runs, facts = results["methods"], results["runs"], results["facts"]
     teacher, nll = runs["teacher"], runs[methods["nll"]["runs"][0]]
@@ -372,13 +400,7 @@ def write_report(ctx, student_runs) -> str:
             "Training wall time per run (final.json `wall_s`: the trainer process, compiles "
             "and export included): " + ", ".join(f"{n} {w:.0f}s" for n, w in walls.items()) + ".",
         ]
-    if ctx.timings:
-        md += [
-            "",
-            "Stage wall times (this invocation): "
-            + ", ".join(f"{k} {v:.0f}s" for k, v in ctx.timings.items())
-            + ".",
-        ]
+    md += _stage_lines(results["stages"])
     with open(ctx.report_path, "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")
     return ctx.report_path

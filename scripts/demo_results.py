@@ -107,17 +107,41 @@ def _spread(values: list[float]) -> float:
     return max(values) - min(values) if len(values) > 1 else 0.0
 
 
-def collect(ctx, student_runs) -> dict:
+def read_marker(path: str) -> dict:
+    """A stage's OUT/.done marker: {"wall_s", "load_avg_1m"} (None where it does not say).
+
+    scripts.demo writes JSON; markers of demos from before hold a bare number of
+    seconds (or nothing), and still resume and report what they hold.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read().strip()
+    try:
+        marker = json.loads(text) if text else {}
+    except json.JSONDecodeError:  # Not JSON: a marker from before, written by hand or empty.
+        marker = {}
+    if isinstance(marker, (int, float)):  # The old format: the stage's seconds.
+        marker = {"wall_s": float(marker)}
+    return {"wall_s": marker.get("wall_s"), "load_avg_1m": marker.get("load_avg_1m")}
+
+
+def stage_times(ctx, stages) -> dict:
+    """{stage: read_marker(...)} for the finished stages among `stages`, in that order."""
+    markers = {name: ctx.path(".done", name) for name in stages}
+    return {name: read_marker(p) for name, p in markers.items() if os.path.exists(p)}
+
+
+def collect(ctx, student_runs, stages=()) -> dict:
     """All the demo's numbers.
 
     Args:
         ctx: demo_stages.Context.
         student_runs: [(run name, method, seed)] as demo_stages.student_runs gives.
+        stages: the demo's stage names, in order (their wall times come from OUT/.done).
 
     Returns:
         {"runs": {name: run}, "methods": {method: {"runs", "log_ppl", "mean",
          "spread"}}, "downstream": {task: {"chance", method: [cells]}},
-         "facts": facts.json}.
+         "facts": facts.json, "stages": stage_times(ctx, stages)}.
     """
     names = ["teacher"] + [r[0] for r in student_runs]
     runs = {name: load_run(ctx, name) for name in names}
@@ -155,7 +179,13 @@ def collect(ctx, student_runs) -> dict:
     if os.path.exists(facts_path):
         with open(facts_path, encoding="utf-8") as f:
             facts = json.load(f)
-    return {"runs": runs, "methods": methods, "downstream": downstream, "facts": facts}
+    return {
+        "runs": runs,
+        "methods": methods,
+        "downstream": downstream,
+        "facts": facts,
+        "stages": stage_times(ctx, stages),
+    }
 
 
 def below_chance_everywhere(downstream: dict) -> list[str]:
@@ -235,6 +265,7 @@ def write_results_json(ctx, results: dict) -> str:
         "hidden_share": hidden_shares(results),
         "below_chance_for_every_model": below_chance_everywhere(results["downstream"]),
         "wall_s": {name: r["wall_s"] for name, r in results["runs"].items()},
+        "stages": results["stages"],
         "student_flops_budget": ctx.size.student_budget,
         "downstream": results["downstream"],
         **verdict(methods),

@@ -62,7 +62,8 @@ class DemoSize:
 
 
 SIZES = {
-    # `make demo`: ~15 min on 2 CPU cores (setup included): 8 students of ~1 min.
+    # `make demo`: ~15 min on 2 idle CPU cores (setup included): 8 students of ~1 min;
+    # 61 min on the shared 2-core box at load 7-18 (2026-12-06, docs/science.md).
     # Students use the demo config's loss defaults (alpha 0.7, tail bucket).
     "cpu": DemoSize(
         name="cpu",

@@ -42,7 +42,6 @@ class Context:
 
     size: DemoSize
     out: str
-    timings: dict = dataclasses.field(default_factory=dict)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
@@ -332,7 +331,7 @@ def report(ctx: Context) -> None:
         "--out",
         ctx.path("sweep_report"),
     )
-    demo_report.write_report(ctx, student_runs(ctx))
+    demo_report.write_report(ctx, student_runs(ctx), [name for name, _ in STAGES])
 
 
 def _save_json(ctx: Context, key: str, value) -> None:

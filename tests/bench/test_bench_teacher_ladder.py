@@ -234,3 +234,35 @@ def test_demo_runs_with_the_same_settings_are_reused_not_retrained(tmp_path, mon
     nll = state["pieces"]["ladder_nll_s0"]
     assert nll["demo_run"] == "nll_s0" and nll["log_ppl"] == 4.51
     assert "demo_run" not in state["pieces"]["ladder_t1_a0.7_s0"]
+
+
+@pytest.mark.parametrize(
+    "samples, dumped", [(12, ["teacher_x0.5"]), (4, ["teacher", "teacher_x0.5"])]
+)
+def test_the_demos_finished_dump_is_the_1x_store(tmp_path, monkeypatch, samples, dumped):
+    """The demo's dump ran the ladder's 1× command already: read it, do not dump it again
+    (unless the ladder asks for another number of sampled draws than the demo dumped)."""
+    bench = _bench()
+    (tmp_path / ".done").mkdir()
+    (tmp_path / ".done" / "dump").write_text("{}")
+    values = {
+        "teacher": 4.25,
+        "teacher_x0.5": 4.8,
+        "ladder_nll_s0": 4.52,
+        "ladder_t1_a0.7_s0": 4.4,
+        "ladder_t0.5_a0.7_s0": 4.6,
+    }
+    fake = _Fake(bench, monkeypatch, values)
+    stores = {}
+    monkeypatch.setattr(
+        bench.demo_stages,
+        "train_run",
+        lambda ctx, stage, role, run_dir, store, *a: stores.update(
+            {run_dir.rsplit("/")[-1]: store}
+        ),
+    )
+    bench.run_ladder("ci", str(tmp_path), [1.0, 0.5], [0.7], seeds=1, samples=samples)
+    assert [c[1].rsplit("/")[-1] for c in fake.calls if c[0] == "dump"] == dumped
+    one_x = str(tmp_path / "store") if samples == 12 else str(tmp_path / "stores" / "teacher")
+    assert stores["ladder_t1_a0.7_s0"] == one_x and stores["ladder_nll_s0"] == one_x
+    assert stores["ladder_t0.5_a0.7_s0"] == str(tmp_path / "stores" / "teacher_x0.5")

@@ -53,6 +53,9 @@ def test_results_json_has_seeds_and_diagnostics(demo_out):
 
     rows = StoreReader(os.path.join(demo_out, "heldout_store")).committed_rows().size
     assert results["heldout_rows"] == rows
+    # Every stage before the report, with its wall time and the load when it ended.
+    assert list(results["stages"]) == [name for name, _ in demo_stages.STAGES[:-1]]
+    assert all(s["wall_s"] >= 0 and s["load_avg_1m"] >= 0 for s in results["stages"].values())
 
 
 def test_students_are_compute_matched(demo_out):

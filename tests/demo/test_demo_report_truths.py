@@ -1,7 +1,9 @@
 """The demo report's statements on hand-made numbers: sampled vs top-k KD, the hidden
-term's share, and a task every model fails reported once as a scoring artefact."""
+term's share, a task every model fails reported once as a scoring artefact, and the
+stages' wall times with the machine's load."""
 
-from scripts import demo_report, demo_results
+from scripts import demo, demo_report, demo_results, demo_stages
+from scripts.demo_sizes import get_size
 
 
 def _cell(err, n=200):
@@ -72,3 +74,24 @@ def test_share_sentence_states_reduction_share_and_consequence():
     assert "squared distance of the unit vectors, in [0, 4]) was 40% of the loss" in text
     assert "trains as KD" not in text
     assert "not recorded" in demo_report._share_sentence("hldc", {"hidden_share": None})
+
+
+def test_stage_times_from_new_and_old_markers(tmp_path):
+    ctx = demo_stages.Context(size=get_size("ci"), out=str(tmp_path))
+    (tmp_path / ".done").mkdir()
+    demo.write_marker(str(tmp_path / ".done" / "corpus"), 12.34)
+    (tmp_path / ".done" / "teacher").write_text("300.0\n")  # a demo from before JSON markers
+    (tmp_path / ".done" / "spine").write_text("")  # made by hand
+    times = demo_results.stage_times(ctx, ["corpus", "tokenizer", "spine", "teacher"])
+    assert list(times) == ["corpus", "spine", "teacher"]  # finished stages, in stage order
+    assert times["corpus"]["wall_s"] == 12.3 and times["corpus"]["load_avg_1m"] >= 0
+    assert times["teacher"] == {"wall_s": 300.0, "load_avg_1m": None}
+    assert times["spine"] == {"wall_s": None, "load_avg_1m": None}
+    line = demo_report._stage_lines(
+        {"corpus": {"wall_s": 60.0, "load_avg_1m": 2.5}, "teacher": times["teacher"]}
+    )[1]
+    assert line.endswith(
+        "corpus 60s (load 2.5), teacher 300s. Stages before the report: 360s (6.0 min)."
+    )
+    assert "spine ?" in demo_report._stage_lines(times)[1]
+    assert "Stages before the report" not in demo_report._stage_lines(times)[1]  # one unknown
