@@ -64,11 +64,15 @@ BOOKKEEPING_KEYS = (
 )
 BOOKKEEPING_PREFIXES = ("debug.", "mesh.")
 # Fields a method never reads (prefix match): a difference there does not split its runs.
+# (A kd run's teacher.checkpoint, live_topk, charge_flops do matter: a live teacher.)
+_STORED_LAYER = ("teacher.hidden_layer", "teacher.d_model", "student_layer")
 INERT = {
-    "nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k", "data.samples"),
-    "kd": ("loss.gamma", "hldf.", "teacher.", "student_layer"),
-    "hldc": ("hldf.",),
-    "hldf": ("loss.gamma",),
+    "nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k", "data.samples", "onpolicy."),
+    "kd": ("loss.gamma", "hldf.", *_STORED_LAYER, "onpolicy."),
+    "hldc": ("hldf.", "onpolicy."),
+    "hldf": ("loss.gamma", "onpolicy."),
+    "opd": ("loss.gamma", "hldf.", *_STORED_LAYER, "onpolicy.opd_weight"),
+    "oprd": ("loss.gamma", "hldf."),
 }
 METHODS = tuple(INERT)  # The methods the report knows, in table order.
 SEED_KEY = "seed"
@@ -499,7 +503,9 @@ def plot_curves(runs: Sequence[Run], out_dir: str) -> str | None:
     runs = [r for r in runs if r.curve]
     if not runs:
         return None
-    colors = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:green", "tab:red")))
+    colors = dict(
+        zip(METHODS, ("tab:gray", "tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange"))
+    )
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labelled = set()
     for run in runs:
