@@ -108,7 +108,7 @@ def test_method_typo_is_named(tmp_path, capsys):
     assert rc == 2 and "\n" not in err
     assert err.startswith(
         "error: method 'hdlf' (from --config tiny:hdlf) is not a method; use "
-        "one of ['hldc', 'hldf', 'kd', 'nll']"
+        "one of ['hldc', 'hldf', 'kd', 'nll', 'opd', 'oprd']"
     )
 
 

@@ -54,7 +54,9 @@ def plot_curves(runs: Sequence[Run], out_dir: str) -> str | None:
     runs = [r for r in runs if r.curve]
     if not runs:
         return None
-    colors = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:green", "tab:red")))
+    colors = dict(
+        zip(METHODS, ("tab:gray", "tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange"))
+    )
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labelled = set()
     for run in runs:

@@ -38,11 +38,15 @@ BOOKKEEPING_KEYS = (
 )
 BOOKKEEPING_PREFIXES = ("debug.", "mesh.")
 # Fields a method never reads (prefix match): a difference there does not split its runs.
+# (A kd run's teacher.checkpoint, live_topk, charge_flops do matter: a live teacher.)
+_STORED_LAYER = ("teacher.hidden_layer", "teacher.d_model", "student_layer")
 INERT = {
-    "nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k", "data.samples"),
-    "kd": ("loss.gamma", "hldf.", "teacher.", "student_layer"),
-    "hldc": ("hldf.",),
-    "hldf": ("loss.gamma",),
+    "nll": ("loss.", "hldf.", "teacher.", "student_layer", "data.k", "data.samples", "onpolicy."),
+    "kd": ("loss.gamma", "hldf.", *_STORED_LAYER, "onpolicy."),
+    "hldc": ("hldf.", "onpolicy."),
+    "hldf": ("loss.gamma", "onpolicy."),
+    "opd": ("loss.gamma", "hldf.", *_STORED_LAYER, "onpolicy.opd_weight"),
+    "oprd": ("loss.gamma", "hldf."),
 }
 METHODS = tuple(INERT)  # The methods the report knows, in table order.
 SEED_KEY = "seed"

@@ -19,8 +19,9 @@ PAPER_VALUES = {
     "hldf.p1": [0.01, 0.05],
 }
 PAPER_P1_BY_MODEL = {"gemma3-1b": [0.01, 0.04]}
+# Fields the paper has no values for (the on-policy λ and β) keep the config's value.
 PAPER_GRID = {
-    method: {field: PAPER_VALUES[field] for field in fields}
+    method: {field: PAPER_VALUES[field] for field in fields if field in PAPER_VALUES}
     for method, fields in config_lib.METHOD_HPARAMS.items()
 }
 # Beyond the paper (--extended): γ of HLDC on the squared distance of the unit vectors

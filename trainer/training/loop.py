@@ -371,8 +371,12 @@ class PhaseRunner:
             self.state_shardings,
             batch_ndims,
             encoding,
-            teacher_cfg=self.teacher_cfg,
-            teacher_shardings=teacher_shardings,
+            # Only a live phase passes them (make_train_step's signature is otherwise as before).
+            **(
+                {"teacher_cfg": self.teacher_cfg, "teacher_shardings": teacher_shardings}
+                if phase.live
+                else {}
+            ),
         )
         self.step = TeacherBoundStep(step, self.teacher_params) if phase.live else step
 
