@@ -61,11 +61,14 @@ def _rounds(world, work, method="opd", rounds=2, sets=(), **kw):
         P,
         rounds,
         str(work),
-        top_k=50,
-        seed=3,
-        batch_size=4,
-        rows_per_unit=4,
-        **{"log": lambda line: None, **kw},
+        **{
+            "top_k": 50,
+            "seed": 3,
+            "batch_size": 4,
+            "rows_per_unit": 4,
+            "log": lambda line: None,
+            **kw,
+        },
     )
 
 
@@ -111,6 +114,20 @@ def test_two_rounds_end_to_end(world, two_rounds):
     losses = _losses(work)
     assert [m["step"] for m in losses] == [1, 2, 1, 2]  # onpolicy.staleness steps per round
     assert all(np.isfinite(m["loss"]) and m["loss"] == m["opd"] for m in losses)
+    # Staleness 0 (round 0's first step, the rollouts' own student): the stored OPD term is
+    # the single-sample estimate from the teacher's float32 token_logprob; the same estimate
+    # from the live models' log-probs in float64 (a logit term at i weighs loss_mask[:, i+1]).
+    estimate = []
+    for path in (world["student"], world["teacher"]):
+        cfg, params, _ = model_io.load_model(path)
+        hidden = model.forward(params, got[0]["tokens"], cfg).final_hidden_BxTxD
+        logits = np.asarray(model.unembed(params, hidden, cfg), np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        estimate.append(np.take_along_axis(logp[:, :-1], got[0]["tokens"][:, 1:, None], -1))
+    weights = got[0]["loss_mask"][:, 1:, None]
+    reference = ((estimate[0] - estimate[1]) * weights).sum() / weights.sum()
+    np.testing.assert_allclose(losses[0]["opd"], reference, rtol=1e-5)
     # Done rounds are not redone; --rounds may grow (here it does not: nothing to do).
     assert _rounds(world, work) == done
 
@@ -172,6 +189,8 @@ def test_bad_input_is_one_line_and_exit_2(world, tmp_path, capsys):
         argv = list(base)
         for flag, value in replace.items():
             argv[argv.index("--" + flag.replace("_", "-")) + 1] = value
+        if not replace:
+            argv[argv.index("onpolicy.staleness=2")] = "onpolicy.staleness=1"
         return driver.main([*argv, *change])
 
     cases = [
@@ -180,6 +199,7 @@ def test_bad_input_is_one_line_and_exit_2(world, tmp_path, capsys):
         (dict(config="tiny:kd"), "not on-policy"),
         (dict(prompt_len="16"), "leaves no completion"),
         (dict(prompts=str(tmp_path / "missing")), "store"),
+        (dict(), "warmup_steps=2"),  # --set onpolicy.staleness=1: fewer steps than warm-up.
     ]
     for replace, match in cases:
         assert rc(**replace) == 2, match
@@ -205,6 +225,8 @@ def test_an_on_policy_method_on_a_store_without_loss_mask_is_refused(world, caps
             f"store.url={world['prompts']}",
             "--set",
             f"run_dir={world['root'] / 'nomask'}",
+            "--set",
+            f"teacher.checkpoint={world['teacher']}",  # Live: the store needs tokens only.
         ]
     )
     assert rc == 2
@@ -219,13 +241,14 @@ def test_at_staleness_0_the_store_and_the_live_teacher_give_the_same_loss(world)
     from trainer.training import loop
 
     work = world["root"] / "oprd"
-    _rounds(world, work, method="oprd", rounds=1, sets=("onpolicy.staleness=1",))
+    one_step = ("onpolicy.staleness=1", "optim.warmup_steps=0")
+    _rounds(world, work, method="oprd", rounds=1, sets=one_step)
     here = driver.round_dir(str(work), 0)
     live = config_lib.load_config(
         "tiny:oprd",
         [
             *SETS,
-            "onpolicy.staleness=1",
+            *one_step,
             f"store.url={os.path.join(here, 'rollouts')}",
             f"run_dir={world['root'] / 'live'}",
             f"teacher.checkpoint={world['teacher']}",

@@ -6,6 +6,7 @@
   (``trainer.training.loop``); a ledger (``rounds.json``) makes every stage
   resumable.
 
-Builds on ``trainer.generate``, ``pipelines.dump``, ``trainer.training`` and
-``trainer.model``; nothing imports it.
+Builds on ``trainer.generate``, ``trainer.training``, ``trainer.evaluate``,
+``trainer.model`` and ``store``; runs ``pipelines.dump`` as a subprocess (the
+trainer never imports the pipeline); nothing imports it.
 """

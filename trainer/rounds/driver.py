@@ -11,7 +11,8 @@ Round r (0-based), in DIR/round-<r>/:
    r−1's ``run/export``) completes the first P tokens of each prompt-store row
    to ``data.seq_len`` tokens (``trainer.generate``; seed ``--seed`` + r), a
    tokens store with ``loss_mask`` on the completion.
-2. ``scored``: ``pipelines.dump --input-store`` scores them with the teacher:
+2. ``scored``: ``python -m pipelines.dump --input-store`` (a subprocess) scores
+   them with the teacher:
    ``token_logprob`` (OPD's single-sample estimator), top-``data.k`` at
    ``--profile`` (exact unless passed after ``--``), and for OPRD the hidden
    state at ``teacher.hidden_layer``. Options after ``--`` go to the dump
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -94,6 +96,7 @@ def _config(spec, overrides, work, student, r):
     per_step = loop.phase_flops_per_token(config, model_cfg, phase) * (
         config.data.batch_size * config.data.seq_len
     )
+    methods.check_schedules(config, [(phase, config.onpolicy.staleness)])  # Before round 0.
     config.budget.unit = config_lib.BudgetUnit.FLOPS.value
     config.budget.value = (config.onpolicy.staleness + 0.5) * per_step
     return config
@@ -174,7 +177,9 @@ def _rollouts(a: dict, config, r: int) -> dict[str, Any]:
 
 
 def _scored(a: dict, config, r: int) -> dict[str, Any]:
-    from pipelines import dump
+    """`python -m pipelines.dump --input-store` in a subprocess: the trainer never imports
+    the pipeline (docs/INTERFACES.md), and a Beam runner gets a process of its own."""
+    from store import StoreReader
 
     here = round_dir(a["work"], r)
     layers = [str(config.teacher.hidden_layer)] if config.method == "oprd" else []
@@ -199,8 +204,18 @@ def _scored(a: dict, config, r: int) -> dict[str, Any]:
         "0",
         *a["dump_args"],
     ]
-    counters = dump.run_dump(argv).counters
-    return {k: counters[k] for k in ("rows", "tokens", "bytes_written") if k in counters}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.dump", *argv], capture_output=True, text=True
+    )
+    if proc.returncode == 130:
+        raise KeyboardInterrupt
+    if proc.returncode:
+        lines = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+        if proc.returncode == 2 and lines:
+            raise RoundsError(f"scoring round {r}: {lines[-1][len('error: ') :]}")
+        raise RuntimeError(f"pipelines.dump exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    reader = StoreReader(os.path.join(here, "scored"))
+    return {"rows": int(reader.num_rows), "fields": sorted(reader.read([0]))}
 
 
 def _run(a: dict, config, r: int) -> dict[str, Any]:
