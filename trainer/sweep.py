@@ -49,9 +49,10 @@ PAPER_VALUES = {
     "hldf.p1": [0.01, 0.05],
 }
 PAPER_P1_BY_MODEL = {"gemma3-1b": [0.01, 0.04]}
-PAPER_GRID = {
+PAPER_GRID = {  # The paper's methods: the on-policy ones (opd, oprd) have no paper grid.
     method: {field: PAPER_VALUES[field] for field in fields}
     for method, fields in config_lib.METHOD_HPARAMS.items()
+    if all(field in PAPER_VALUES for field in fields)
 }
 # Beyond the paper (--extended): γ of HLDC on the squared distance of the unit vectors
 # (loss.hidden_reduction=sum, the same meaning at any teacher width), over the range where
