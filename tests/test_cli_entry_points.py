@@ -76,6 +76,7 @@ def test_an_import_error_is_not_masked(monkeypatch):
         "trainer.__main__",
         "trainer.flops",
         "trainer.export_hf",
+        "trainer.rounds.__main__",
         "trainer.model.hf_import",
         "pipelines.dump",
         "pipelines.train_tokenizer",

@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
     # qkv_and_outputs (trainer.model.model_config.RematPolicy; bytes and time per
     # policy in docs/memory.md).
     c.model.remat = "none"
+    # A model checkpoint (a run's export/) the student starts from instead of a random
+    # init (the driver's rounds: python -m trainer.rounds); "": random init (seed).
+    c.model.init_checkpoint = ""
 
     c.store = ml_collections.ConfigDict()
     c.store.url = ""  # Store path/URL (local, file://, memory://, gs://, s3://).
@@ -52,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
     # GKD's λ: every batch's loss is λ·(on-policy terms, completion tokens) + (1−λ)·(the kd
     # objective on the rows' prompt tokens); 1: on-policy only.
     c.onpolicy.lam = 1.0
+    # Student steps per round when rounds run through the store (python -m trainer.rounds:
+    # rollouts of the round's first student train this many steps); the trainer alone
+    # trains budget.value.
+    c.onpolicy.staleness = 8
 
     c.data = ml_collections.ConfigDict()
     c.data.batch_size = 256  # Global batch (rows of T tokens) per step.

@@ -59,7 +59,7 @@ class BudgetUnit(enum.Enum):
 # Config fields holding a local path or a URL: resolved once, when the config
 # is loaded, against the directory the command runs in (the run then never
 # depends on its working directory, and config.json records where things are).
-PATH_FIELDS = ("run_dir", "store.url", "teacher.checkpoint")
+PATH_FIELDS = ("run_dir", "store.url", "teacher.checkpoint", "model.init_checkpoint")
 
 # Fields added after runs were already being checkpointed, with the value that
 # reproduces the older behaviour: a config.json without the key is read as
@@ -74,6 +74,8 @@ ADDED_FIELDS = {
     "teacher.live_topk": 0,
     "onpolicy.opd_weight": 0.0,
     "onpolicy.lam": 1.0,
+    "onpolicy.staleness": 8,
+    "model.init_checkpoint": "",
 }
 
 # Fields that change how a step is computed, not what it computes (memory for
@@ -385,6 +387,7 @@ def _validate_teacher(config, method: Method) -> None:
         )
     _check(0.0 <= onp.lam <= 1.0, f"onpolicy.lam={onp.lam} must be in [0, 1] (1: on-policy only)")
     _check(onp.opd_weight >= 0.0, f"onpolicy.opd_weight={onp.opd_weight} must be >= 0")
+    _check(onp.staleness >= 1, f"onpolicy.staleness={onp.staleness} must be >= 1 (steps per round)")
     if method is Method.OPD:
         _check(
             onp.lam > 0.0,

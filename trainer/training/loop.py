@@ -104,6 +104,12 @@ def check_store(config, reader: StoreReader, model_cfg, phases) -> None:
     """Alignment of store, config and live teacher: one error listing every mismatch."""
     del model_cfg  # Its vocab is config.model.vocab_size, which store_align checks.
     store_align.check_store(config, reader.schema, config.store.url, **stored_needs(phases))
+    if any(p.onpolicy for p in phases) and not reader.schema.loss_mask:
+        raise config_lib.ConfigError(
+            f"store {config.store.url} has no loss_mask, so {config.method} would train on every "
+            f"token as a completion; pass rollouts (python -m trainer.generate --out, or "
+            f"python -m trainer.rounds), or use method=kd on corpus text"
+        )
     if live_teacher.enabled(config):
         live_teacher.check_compatible(
             config,
@@ -450,6 +456,28 @@ def run(config) -> dict:
         lock.release()
 
 
+def init_params(config, model_cfg):
+    """The student's starting params from `model.init_checkpoint` (None: random init).
+
+    Raises:
+        ConfigError: unreadable checkpoint, or one of another model config.
+    """
+    if not config.model.init_checkpoint:
+        return None
+    try:
+        cfg, params, _ = model_io.load_model(config.model.init_checkpoint)
+    except model_io.ModelIOError as e:
+        raise config_lib.ConfigError(f"model.init_checkpoint: {e}") from None
+    # dtype and remat are how the step computes, not what the params are.
+    if dataclasses.replace(cfg, dtype=model_cfg.dtype, remat=model_cfg.remat) != model_cfg:
+        raise config_lib.ConfigError(
+            f"model.init_checkpoint {config.model.init_checkpoint} holds a {cfg.name} model "
+            f"(V={cfg.vocab_size}, d={cfg.d_model}) that is not the student's config "
+            f"(model.name={config.model.name}, V={model_cfg.vocab_size}); pass its own export"
+        )
+    return jax.device_get(params)  # Host arrays: init_state's jit lays them out on the mesh.
+
+
 def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) -> dict:
     """`run` once this process (or process 0 for all) owns run_dir: it alone writes there.
 
@@ -496,7 +524,7 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
         num_phases=len(plans),
     )
     data_state = None
-    params = None
+    params = init_params(config, model_cfg)  # None: random init (phase 1's rng).
     # Loaded once for every phase, after the checks (check_store) and before any compile.
     teacher = live_teacher.load(config, mesh) if any(p.phase.live for p in plans) else None
     rng = jax.random.key(config.seed)
