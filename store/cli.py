@@ -12,6 +12,8 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 # Light imports only at the top: `--help` and bad flags are answered before TensorStore
 # loads (about a second); each command's module is imported when it runs.
@@ -76,13 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _command(name: str):
+def _command(name: str) -> Callable[..., Any]:
     """The function that runs command `name` (its module imported now)."""
     module, _, function = COMMANDS[name].partition(":")
     return getattr(importlib.import_module(module), function)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _loss_settings(args):
+def _loss_settings(args: argparse.Namespace) -> dict | None:
     """The --alpha/--tau/--tail/--divergence group (None: no penalty asked for)."""
     extra = [f"--{n}" for n in ("tau", "tail", "divergence") if getattr(args, n) is not None]
     if args.alpha is None:

@@ -11,7 +11,7 @@ import zarr
 from store.writer import open_writer
 
 
-def store_arrays(url):
+def store_arrays(url: str) -> dict[str, np.ndarray]:
     """Every array of a store as numpy: {array path: stored values}."""
     group = zarr.open_group(url, mode="r")
     return {
@@ -21,7 +21,7 @@ def store_arrays(url):
     }
 
 
-def store_differences(url_a, url_b):
+def store_differences(url_a: str, url_b: str) -> list[str]:
     """What differs between two stores; [] when they are identical.
 
     Args:

@@ -15,7 +15,7 @@ from store import layout, profiles
 from store.reader import StoreReader
 
 
-def inspect_store(url) -> dict:
+def inspect_store(url: str) -> dict:
     """Describes a store.
 
     Args:
@@ -71,7 +71,7 @@ def inspect_store(url) -> dict:
     }
 
 
-def _array_disk_usage(path: str, rows_per_unit: int, num_rows: int):
+def _array_disk_usage(path: str, rows_per_unit: int, num_rows: int) -> tuple[int, int]:
     """(bytes of the array's chunk files, rows covered by existing shards)."""
     nbytes, rows = 0, 0
     chunks = os.path.join(path, "c")

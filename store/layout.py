@@ -66,7 +66,7 @@ def context() -> ts.Context:
         return _context
 
 
-def normalize_url(url) -> str:
+def normalize_url(url: str | os.PathLike[str]) -> str:
     """Returns a TensorStore kvstore URL ending in '/' for a path or URL."""
     url = os.fspath(url)
     if not url:
@@ -89,7 +89,7 @@ def local_path(url: str) -> str | None:
     return url[len("file://") :] if url.startswith("file://") else None
 
 
-def kvstore_spec(url: str):
+def kvstore_spec(url: str) -> str | dict[str, Any]:
     """TensorStore kvstore spec of a store URL (s3:// gets its endpoint, see store/remote.py)."""
     return remote.kvstore_spec(normalize_url(url))
 
@@ -222,7 +222,7 @@ def open_array(
         ) from None
 
 
-def write_group(kv: ts.KvStore, path: str, attributes: dict):
+def write_group(kv: ts.KvStore, path: str, attributes: dict) -> None:
     """Writes a group's zarr.json (``path`` '' is the root)."""
     node = dict(GROUP_NODE, attributes=attributes)
     key = (path.rstrip("/") + "/" if path else "") + "zarr.json"
@@ -232,7 +232,7 @@ def write_group(kv: ts.KvStore, path: str, attributes: dict):
         raise remote.storage_error(e, remote.kv_url(kv), f"writing {key} of") from None
 
 
-def read_json(kv: ts.KvStore, key: str):
+def read_json(kv: ts.KvStore, key: str) -> Any:
     """The JSON object at ``key``, or None when missing."""
     try:
         result = kv.read(key).result()

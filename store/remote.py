@@ -40,7 +40,7 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def kvstore_spec(url: str):
+def kvstore_spec(url: str) -> str | dict[str, Any]:
     """The TensorStore kvstore spec of a normalized store URL (a dict for s3:// and gs://, else the URL)."""
     if url.startswith(gcs.GS_SCHEME):
         return gcs.kvstore_spec(url)
@@ -148,7 +148,7 @@ def is_access_failure(e: ValueError) -> bool:
 _GCS_NO_BUCKET = ("NOT_FOUND", "Failed to parse response metadata")
 
 
-def check_bucket(kv: ts.KvStore, url: str):
+def check_bucket(kv: ts.KvStore, url: str) -> None:
     """Raises StorageAccessError if an object store's bucket is missing (one empty-range list request).
 
     A missing object and a missing bucket both read as "missing", so a store

@@ -26,10 +26,14 @@ older readers refuse it instead of silently dropping the mask. The
 manifest's ``encodings`` carry each array's decode rule (``describe``).
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from store import errors
 from store.layout import ArraySpec
+from store.schema import StoreSchema
 
 LOSS_MASK = "loss_mask"
 TOKEN_LOGPROB = "token_logprob"
@@ -39,7 +43,7 @@ VERSION = 2
 LOGPROB_SLACK = 1e-3
 
 
-def field_arrays(schema) -> dict[str, list[ArraySpec]]:
+def field_arrays(schema: StoreSchema) -> dict[str, list[ArraySpec]]:
     """{store field: its one stored array} for the arrays this schema has (``{}`` for neither)."""
     T = schema.seq_len
     out = {}
@@ -77,7 +81,13 @@ def logprob_problem(lp: np.ndarray, slack: float = 0.0) -> str | None:
     return None
 
 
-def check_inputs(rows: int, schema, loss_mask, token_logprob, check_array) -> dict:
+def check_inputs(
+    rows: int,
+    schema: StoreSchema,
+    loss_mask: Any,
+    token_logprob: Any,
+    check_array: Callable[[str, Any, tuple[int, ...], str], np.ndarray],
+) -> dict:
     """Validates write_unit's loss_mask / token_logprob; returns their stored arrays.
 
     Args:
@@ -122,7 +132,7 @@ def check_inputs(rows: int, schema, loss_mask, token_logprob, check_array) -> di
     return out
 
 
-def describe(schema) -> dict:
+def describe(schema: StoreSchema) -> dict:
     """Manifest ``encodings`` entries of the arrays this schema has."""
     out = {}
     if schema.loss_mask:

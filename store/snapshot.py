@@ -30,6 +30,7 @@ reports a disagreement. Stores without a snapshot open as before.
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 
 import tensorstore as ts
 
@@ -40,7 +41,7 @@ FORMAT = "distill-teacher-store/ledger-snapshot/1"
 MAX_GAP_LISTS = 16
 
 
-def to_runs(units) -> list[list[int]]:
+def to_runs(units: Iterable[int]) -> list[list[int]]:
     """Sorted half-open runs [[start, stop], ...] covering ``units``."""
     runs: list[list[int]] = []
     for u in sorted(units):
@@ -51,7 +52,7 @@ def to_runs(units) -> list[list[int]]:
     return runs
 
 
-def _sha(runs) -> str:
+def _sha(runs: Sequence[Sequence[int]]) -> str:
     return hashlib.sha256(json.dumps(runs, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -64,7 +65,7 @@ def compact(kv: ts.KvStore) -> dict:
     return {"units": count, "runs": len(runs), "tombstones_cleared": len(tombs)}
 
 
-def write_runs(kv: ts.KvStore, runs) -> int:
+def write_runs(kv: ts.KvStore, runs: Iterable[Sequence[int]]) -> int:
     """Writes a snapshot of ``runs`` (compact's last step; the ledger bench also uses it to
     synthesize a 1M-unit snapshot without 1M record files). Returns the unit count."""
     runs = [[int(a), int(b)] for a, b in runs]
@@ -72,7 +73,7 @@ def write_runs(kv: ts.KvStore, runs) -> int:
     return sum(b - a for a, b in runs)
 
 
-def encode(runs) -> bytes:
+def encode(runs: Sequence[Sequence[int]]) -> bytes:
     """The snapshot's zarr.json bytes for ``runs`` (``repair`` compares stored bytes with them)."""
     body = {
         "format": FORMAT,

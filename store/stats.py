@@ -16,10 +16,13 @@
   (``store.objective_penalty``) on the sampled positions.
 """
 
+from typing import Any
+
 import numpy as np
 
 from store import errors, objective_penalty, profiles, rollout
 from store.reader import StoreReader
+from store.schema import StoreSchema
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
@@ -34,7 +37,11 @@ def _summary(x: np.ndarray) -> dict:
 
 
 def store_stats(
-    url, sample_rows: int = 32, seed: int = 0, allow_partial: bool = True, loss: dict | None = None
+    url: str,
+    sample_rows: int = 32,
+    seed: int = 0,
+    allow_partial: bool = True,
+    loss: dict | None = None,
 ) -> dict:
     """Statistics over a random sample of committed rows.
 
@@ -94,7 +101,9 @@ def store_stats(
     return out
 
 
-def _accumulate(out, batch, schema, pad_id):
+def _accumulate(
+    out: dict[str, Any], batch: dict[str, np.ndarray], schema: StoreSchema, pad_id: int | None
+) -> None:
     acc = out.setdefault("_acc", _empty_acc())
     if pad_id is not None:
         acc["pad"].append(float((batch["tokens"] == pad_id).mean()))
@@ -128,7 +137,7 @@ def _accumulate(out, batch, schema, pad_id):
         h["abs_sum"] = h["abs_sum"] + np.abs(x).reshape(-1, x.shape[-1]).sum(0)
 
 
-def _empty_acc():
+def _empty_acc() -> dict[str, Any]:
     return {
         "coverage": [],
         "entropy": [],
@@ -142,7 +151,7 @@ def _empty_acc():
     }
 
 
-def _finish(out, schema):
+def _finish(out: dict[str, Any], schema: StoreSchema) -> dict[str, Any]:
     acc = out.pop("_acc", _empty_acc())
     out["tokens"] = {"pad_fraction": float(np.mean(acc["pad"])) if acc["pad"] else None}
     cat = lambda key: np.concatenate(acc[key]) if acc[key] else np.zeros(0)
