@@ -41,11 +41,16 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 
 from store import profiles, sampled
 from trainer.training.signals import Batch, SampledSignal, TopkSignal
+
+if TYPE_CHECKING:  # only for annotations: decoding needs no open store
+    from store.reader import StoreReader
+    from store.schema import StoreSchema
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,7 +77,7 @@ class Encoding:
     hidden_signs: tuple[int, ...] = ()
     loss_mask: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.profile not in profiles.PROFILES:
             raise ValueError(
                 f"store profile {self.profile!r} is unknown; "
@@ -103,12 +108,12 @@ class Encoding:
         return profiles.PROFILES[self.profile]
 
     @classmethod
-    def from_reader(cls, reader) -> Encoding:
+    def from_reader(cls, reader: StoreReader) -> Encoding:
         """The encoding of an open `store.StoreReader`'s store (schema + manifest)."""
         return cls.from_schema(reader.schema, reader.manifest["encodings"])
 
     @classmethod
-    def from_schema(cls, s, enc: dict) -> Encoding:
+    def from_schema(cls, s: StoreSchema, enc: dict) -> Encoding:
         """From a StoreSchema and the manifest's "encodings" entry (`Profile.describe`)."""
         # A store written before packed ids has no "ids_bits": ids stored as u16/i32.
         ids_bits = int(enc["ids_bits"]) if "ids_bits" in enc else 0
@@ -172,7 +177,7 @@ class BatchSpec:
     encoding: Encoding
     fields: tuple[str, ...]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for field in self.fields:
             self.encoding.field_arrays(field)  # an unknown field fails here, not in the step
 

@@ -88,18 +88,22 @@ def nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
     return -picked_BxTx1[..., 0]
 
 
-def _masked_logsumexp(x_BxTxK, valid_BxTxK):
+def _masked_logsumexp(x_BxTxK: jax.Array, valid_BxTxK: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(jnp.where(valid_BxTxK, x_BxTxK, _NEG), axis=-1)
 
 
-def _teacher_support_logprobs(topk_logprobs_BxTxK, valid_BxTxK, tau):
+def _teacher_support_logprobs(
+    topk_logprobs_BxTxK: jax.Array, valid_BxTxK: jax.Array, tau: float
+) -> jax.Array:
     """log softmax(logprob/τ) over the finite slots; 0 (unused) elsewhere."""
     scaled_BxTxK = jnp.where(valid_BxTxK, topk_logprobs_BxTxK / tau, _NEG)
     logp_BxTxK = scaled_BxTxK - jax.nn.logsumexp(scaled_BxTxK, axis=-1, keepdims=True)
     return jnp.where(valid_BxTxK, logp_BxTxK, 0.0)
 
 
-def _student_tail_logprob(logp_BxTxV, topk_ids_BxTxK, valid_BxTxK):
+def _student_tail_logprob(
+    logp_BxTxV: jax.Array, topk_ids_BxTxK: jax.Array, valid_BxTxK: jax.Array
+) -> jax.Array:
     """log of the student's mass on vocabulary entries *outside* the support.
 
     Summed directly over the off-support entries (not as 1 − Σ p at the ids),
@@ -118,13 +122,15 @@ def _student_tail_logprob(logp_BxTxV, topk_ids_BxTxK, valid_BxTxK):
     return tail_N.reshape(lead_shape)
 
 
-def _log1mexp(x):
+def _log1mexp(x: jax.Array) -> jax.Array:
     """log(1 − exp(x)) for x ≤ 0, stable on both ends; −large when x → 0."""
     x = jnp.minimum(x, -1e-30)
     return jnp.where(x > -0.6931, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
-def tempered_tail_logmass(log_tail_mass, log_min_prob, num_tail, tau):
+def tempered_tail_logmass(
+    log_tail_mass: jax.Array, log_min_prob: jax.Array, num_tail: jax.Array, tau: float
+) -> jax.Array:
     """log of the estimated teacher tail power sum ``Σ_{v∉top-k} p_v^{1/τ}``.
 
     The geometric mean of the two extreme tails consistent with the stored
@@ -150,17 +156,19 @@ def tempered_tail_logmass(log_tail_mass, log_min_prob, num_tail, tau):
     return jnp.where(num_tail > 0, log_s, _NEG)
 
 
-def _xlogy_diff(p_weight, logp, logq, valid):
+def _xlogy_diff(
+    p_weight: jax.Array, logp: jax.Array, logq: jax.Array, valid: jax.Array
+) -> jax.Array:
     """Σ p·(log p − log q) over valid classes, with 0·anything = 0 exactly."""
     term = jnp.where(valid, p_weight * (logp - logq), 0.0)
     return jnp.sum(term, axis=-1)
 
 
-def _forward_kl(logp_BxTxC, logq_BxTxC, valid_BxTxC):
+def _forward_kl(logp_BxTxC: jax.Array, logq_BxTxC: jax.Array, valid_BxTxC: jax.Array) -> jax.Array:
     return _xlogy_diff(jnp.exp(logp_BxTxC), logp_BxTxC, logq_BxTxC, valid_BxTxC)
 
 
-def _reverse_kl(logp_BxTxC, logq_BxTxC, valid_BxTxC):
+def _reverse_kl(logp_BxTxC: jax.Array, logq_BxTxC: jax.Array, valid_BxTxC: jax.Array) -> jax.Array:
     # Generalised KL for unnormalised measures, Σ q·log(q/p) − q + p: equal to
     # KL(q‖p) when q sums to 1 over the classes (renormalize, bucket, K = V),
     # and for tail="zero" it adds the student's off-support mass 1 − Σq.
@@ -173,7 +181,7 @@ def _reverse_kl(logp_BxTxC, logq_BxTxC, valid_BxTxC):
     )
 
 
-def _jsd(logp_BxTxC, logq_BxTxC, valid_BxTxC):
+def _jsd(logp_BxTxC: jax.Array, logq_BxTxC: jax.Array, valid_BxTxC: jax.Array) -> jax.Array:
     logm_BxTxC = jnp.logaddexp(logp_BxTxC, logq_BxTxC) - jnp.log(2.0)
     return 0.5 * (
         _forward_kl(logp_BxTxC, logm_BxTxC, valid_BxTxC)
@@ -279,7 +287,10 @@ def kd_topk(
 
 
 def normalized_mse(
-    pred_BxTxD: jax.Array, target_BxTxD: jax.Array, eps: float = 1e-6, reduction="mean"
+    pred_BxTxD: jax.Array,
+    target_BxTxD: jax.Array,
+    eps: float = 1e-6,
+    reduction: str | loss_options.HiddenReduction = "mean",
 ) -> jax.Array:
     """Per-token mean (or sum) over D of ``(pred/‖pred‖ − target/‖target‖)²``.
 
@@ -310,7 +321,7 @@ def normalized_mse(
             f"{target_BxTxD.shape}; map the student hidden to d_T with the regressor first"
         )
 
-    def unit(x):
+    def unit(x: jax.Array) -> jax.Array:
         x = x.astype(jnp.float32)
         return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from trainer.training import signals
 
 
-def _weights(sampled_counts_BxTxS):
+def _weights(sampled_counts_BxTxS: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(w = count / Σcount, valid slot mask); Σcount is S by the store contract."""
     counts_BxTxS = sampled_counts_BxTxS.astype(jnp.float32)
     valid_BxTxS = counts_BxTxS > 0

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable
+from typing import TypeVar
 
 import jax
 
+_T = TypeVar("_T")
 
-def _pytree(cls, fields):
+
+def _pytree(cls: type[_T], fields: Iterable[str]) -> type[_T]:
     return jax.tree_util.register_dataclass(cls, data_fields=list(fields), meta_fields=[])
 
 
