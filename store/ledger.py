@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import tensorstore as ts
@@ -76,10 +77,10 @@ class CorruptRecord:
     def __init__(self, why: str):
         self.why = why
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return False  # `if record:` never takes a corrupt record for a commit
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"CorruptRecord({self.why!r})"
 
 
@@ -99,16 +100,16 @@ def decode_record(raw: bytes) -> "dict | CorruptRecord":
     return node["attributes"]
 
 
-def _decode(result) -> "dict | CorruptRecord | None":
+def _decode(result: ts.KvStore.ReadResult) -> "dict | CorruptRecord | None":
     return None if result.state == "missing" else decode_record(bytes(result.value))
 
 
-def write(kv: ts.KvStore, record: dict):
+def write(kv: ts.KvStore, record: dict) -> None:
     """Writes a commit record (the unit becomes visible to readers)."""
     kv.write(record_key(record["unit"]), encode_record(record)).result()
 
 
-def uncommit(kv: ts.KvStore, unit: int):
+def uncommit(kv: ts.KvStore, unit: int) -> None:
     """Un-commits a unit (before it is re-written, repaired or invalidated by a resize).
 
     A unit that has a record gets a tombstone first (see the module docstring);
@@ -122,7 +123,7 @@ def uncommit(kv: ts.KvStore, unit: int):
     delete(kv, unit)
 
 
-def delete(kv: ts.KvStore, unit: int):
+def delete(kv: ts.KvStore, unit: int) -> None:
     """Deletes a unit's record only (no tombstone: a snapshot listing it goes stale; use ``uncommit``)."""
     delete_keys(kv, [record_key(unit)])
 
@@ -132,7 +133,7 @@ def read(kv: ts.KvStore, unit: int) -> "dict | CorruptRecord | None":
     return _decode(kv.read(record_key(unit)).result())
 
 
-def read_many(kv: ts.KvStore, units) -> dict:
+def read_many(kv: ts.KvStore, units: Iterable[int]) -> dict:
     """{unit: record, None or CorruptRecord}, read concurrently."""
     futures = {u: kv.read(record_key(u)) for u in units}
     return {u: _decode(f.result()) for u, f in futures.items()}
@@ -167,7 +168,7 @@ def tombstones(kv: ts.KvStore) -> dict[str, int]:
     return out
 
 
-def _unit_of(name: str, number_part) -> int | None:
+def _unit_of(name: str, number_part: Callable[[str], str]) -> int | None:
     """The unit of a ledger node name ``unit_<...>/zarr.json`` (None: not such a node).
 
     ``number_part`` picks the unit number out of ``<...>`` (records: all of it;
@@ -181,7 +182,7 @@ def _unit_of(name: str, number_part) -> int | None:
         return None
 
 
-def delete_keys(kv: ts.KvStore, keys):
+def delete_keys(kv: ts.KvStore, keys: Iterable[str]) -> None:
     """Deletes ``keys`` (``.../zarr.json`` of ledger nodes) concurrently."""
     keys = list(keys)
     for f in [kv.write(k, None) for k in keys]:

@@ -31,17 +31,22 @@ as the writer did).
 """
 
 import hashlib
+from typing import Any
 
 import numpy as np
+import tensorstore as ts
 
 from store import errors, layout, ledger, metadata, profiles, rollout, sampled, snapshot
+from store.layout import ArraySpec
+from store.profiles import Profile
 from store.reader import StoreReader
+from store.schema import StoreSchema
 
 MAX_BLOCK_BYTES = 256 << 20
 CORRUPT_RECORD = "corrupt record"
 
 
-def check_metadata(url):
+def check_metadata(url: str) -> tuple[ts.KvStore, metadata.Manifest, int, list, list]:
     """The store's manifest and metadata problems.
 
     Returns:
@@ -61,7 +66,7 @@ def check_metadata(url):
     return kv, opened, rows, opened.problems + problems, non_canonical
 
 
-def verify_store(url) -> dict:
+def verify_store(url: str) -> dict:
     """Checks the metadata, then every work unit of a store.
 
     Args:
@@ -86,7 +91,7 @@ def verify_store(url) -> dict:
     # The records themselves, not the snapshot the reader may have used: they are the truth.
     committed = {u for u in ledger.committed_units(kv) if u < num_units}
     stale = snapshot.disagreement(kv, num_units)
-    report = {
+    report: dict[str, Any] = {
         "url": url,
         "ok": False,
         "num_rows": num_rows,
@@ -109,7 +114,13 @@ def verify_store(url) -> dict:
     for unit in range(num_units):
         rows = [unit * R, min((unit + 1) * R, num_rows)]
 
-        def add(status, detail, array=None, unit=unit, rows=rows):  # this iteration's unit
+        def add(  # this iteration's unit
+            status: str,
+            detail: str,
+            array: str | None = None,
+            unit: int = unit,
+            rows: list[int] = rows,
+        ) -> None:
             bad.append(
                 {"unit": unit, "rows": rows, "status": status, "detail": detail, "array": array}
             )
@@ -146,7 +157,9 @@ def verify_store(url) -> dict:
     return report
 
 
-def _check_record(record, unit, rows, schema_sha, specs):
+def _check_record(
+    record: dict, unit: int, rows: list[int], schema_sha: str, specs: dict[str, ArraySpec]
+) -> tuple | None:
     """None, or (status, detail, array) for a record that cannot be the commit of this unit."""
     if (
         record.get("format") != ledger.RECORD_FORMAT
@@ -182,7 +195,13 @@ def _check_record(record, unit, rows, schema_sha, specs):
     return None
 
 
-def _check_unit(reader, profile, specs, rows, record):
+def _check_unit(
+    reader: StoreReader,
+    profile: Profile,
+    specs: dict[str, ArraySpec],
+    rows: list[int],
+    record: dict,
+) -> tuple | None:
     start, stop = rows
     max_row_bytes = max(s.row_bytes for s in specs.values())
     block = max(1, MAX_BLOCK_BYTES // max(1, max_row_bytes * 2))
@@ -201,7 +220,8 @@ def _check_unit(reader, profile, specs, rows, record):
                     f"{name} has dtype/shape {x.dtype}{list(x.shape)}, record says {want}",
                     name,
                 )
-            digests[name].update(memoryview(np.ascontiguousarray(x)).cast("B"))
+            # ndarray has the buffer protocol; numpy's stubs do not declare it here.
+            digests[name].update(memoryview(np.ascontiguousarray(x)).cast("B"))  # type: ignore[arg-type]
         problem = _check_values(reader.schema, profile, stored)
         if problem:
             return "invalid", f"rows {a}..{b}: {problem}"
@@ -215,7 +235,7 @@ def _check_unit(reader, profile, specs, rows, record):
     return None
 
 
-def _failing_array(reader, a, b, specs):
+def _failing_array(reader: StoreReader, a: int, b: int, specs: dict[str, ArraySpec]) -> str | None:
     """The first array whose rows [a, b) fail to read (after a read of all of them failed)."""
     for name in specs:
         try:
@@ -225,7 +245,9 @@ def _failing_array(reader, a, b, specs):
     return None
 
 
-def _check_values(schema, profile, stored):
+def _check_values(
+    schema: StoreSchema, profile: Profile, stored: dict[str, np.ndarray]
+) -> str | None:
     V = schema.vocab_size
     tokens = stored["tokens"]
     if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
