@@ -33,6 +33,7 @@ import concurrent.futures
 import os
 import stat
 import threading
+from collections.abc import Iterable, Sequence
 
 import google_crc32c
 import numcodecs
@@ -90,7 +91,7 @@ def eligible(meta: dict) -> bool:
     )
 
 
-def _crc(x) -> int:
+def _crc(x: np.ndarray) -> int:
     # google-crc32c accepts a C-contiguous numpy array (not a memoryview).
     return google_crc32c.value(x)
 
@@ -133,7 +134,9 @@ class LocalArrayReader:
     def _path(self, shard: int) -> str:
         return os.path.join(self.dir, "c", str(shard), *self._key_tail)
 
-    def _plan(self, start, stop, out, fds, tasks):
+    def _plan(
+        self, start: int, stop: int, out: np.ndarray, fds: list[int], tasks: list[tuple]
+    ) -> None:
         """Appends the chunk tasks of rows [start, stop) -> ``out``; opens shard files into ``fds``."""
         row = start
         while row < stop:
@@ -144,7 +147,15 @@ class LocalArrayReader:
             )
             row = shard_stop
 
-    def _plan_shard(self, shard, start, stop, out, fds, tasks):
+    def _plan_shard(
+        self,
+        shard: int,
+        start: int,
+        stop: int,
+        out: np.ndarray,
+        fds: list[int],
+        tasks: list[tuple],
+    ) -> None:
         path = self._path(shard)
         what = f"array {self.name} of unit {shard}"
         try:
@@ -180,21 +191,34 @@ class LocalArrayReader:
                 (self, fd, path, c, offset, nbytes, out[a - start : b - start], a - c0, b - c0)
             )
 
-    def _read_chunk(self, fd, path, c, offset, nbytes, dest, a, b):
+    def _read_chunk(
+        self,
+        fd: int,
+        path: str,
+        c: int,
+        offset: int,
+        nbytes: int,
+        dest: np.ndarray,
+        a: int,
+        b: int,
+    ) -> None:
         """Reads (and decodes) inner chunk ``c`` and puts its rows [a, b) into ``dest``."""
         # A whole chunk lands directly in the output (no copy); a partial one
         # goes through a scratch buffer (the crc covers the whole chunk).
         whole = a == 0 and b == self.chunk_rows
         target = dest if whole else np.empty((self.chunk_rows,) + self.shape[1:], self.dtype)
         bad = f"inner chunk {c} of {path} fails its crc32c checksum; {_REPAIR}"
+        # ndarray has the buffer protocol; numpy's stubs do not declare it (the ignores below).
         if self.zstd:
+            assert self._zstd is not None  # made in __init__ when self.zstd
             raw = np.empty(nbytes, np.uint8)
-            if os.preadv(fd, [raw], offset) != nbytes or _crc(raw[:-4]) != int.from_bytes(
-                raw[-4:], "little"
+            if (
+                os.preadv(fd, [raw], offset) != nbytes  # type: ignore[list-item]
+                or _crc(raw[:-4]) != int.from_bytes(raw[-4:], "little")
             ):
                 raise errors.CorruptStoreError(bad)
             try:
-                self._zstd.decode(raw[:-4], out=memoryview(target).cast("B"))
+                self._zstd.decode(raw[:-4], out=memoryview(target).cast("B"))  # type: ignore[arg-type]
             except (
                 RuntimeError,
                 ValueError,
@@ -205,13 +229,13 @@ class LocalArrayReader:
                 ) from None
         else:
             trailer = bytearray(4)
-            got = os.preadv(fd, [memoryview(target).cast("B"), trailer], offset)
+            got = os.preadv(fd, [memoryview(target).cast("B"), trailer], offset)  # type: ignore[arg-type]
             if got != self.chunk_bytes + 4 or _crc(target) != int.from_bytes(trailer, "little"):
                 raise errors.CorruptStoreError(bad)
         if not whole:
             dest[...] = target[a:b]
 
-    def _read_index(self, fd, path) -> np.ndarray:
+    def _read_index(self, fd: int, path: str) -> np.ndarray:
         size = self.chunks_per_shard * 16 + 4
         end = os.fstat(fd).st_size
         raw = os.pread(fd, size, end - size) if end >= size else b""
@@ -222,7 +246,9 @@ class LocalArrayReader:
         return np.frombuffer(raw, "<u8", count=self.chunks_per_shard * 2).reshape(-1, 2)
 
 
-def read_runs(jobs) -> None:
+def read_runs(
+    jobs: Iterable[tuple[LocalArrayReader, Sequence[tuple[int, int]], np.ndarray]],
+) -> None:
     """Reads several arrays' row runs at once.
 
     Args:

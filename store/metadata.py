@@ -34,6 +34,8 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 import tensorstore as ts
 
@@ -107,7 +109,7 @@ class Manifest:
     copy_raw: bytes | None
 
 
-def _read_raw(kv, key, url):
+def _read_raw(kv: ts.KvStore, key: str, url: str) -> bytes | None:
     """Bytes at ``key`` or None (missing; a directory there reads as missing)."""
     try:
         result = kv.read(key).result()
@@ -116,7 +118,7 @@ def _read_raw(kv, key, url):
     return None if result.state == "missing" else bytes(result.value)
 
 
-def _parse_root(raw, url):
+def _parse_root(raw: bytes, url: str) -> tuple[dict, StoreSchema, None] | tuple[None, None, str]:
     """(manifest, schema, None) or (None, None, why the root is unusable). Raises for a newer format."""
     try:
         node = json.loads(raw)
@@ -158,7 +160,7 @@ def _parse_root(raw, url):
     return manifest, schema, None
 
 
-def _parse_copy(raw):
+def _parse_copy(raw: bytes) -> tuple[dict, None] | tuple[None, str]:
     """The copy's manifest if it is sound, else (None, why)."""
     try:
         body = json.loads(raw)["attributes"]
@@ -178,7 +180,7 @@ def _essential(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k != "created"}
 
 
-def open_manifest(kv, url: str) -> Manifest:
+def open_manifest(kv: ts.KvStore, url: str) -> Manifest:
     """Reads the root zarr.json and its copy and decides which manifest is the truth.
 
     Raises:
@@ -199,6 +201,7 @@ def open_manifest(kv, url: str) -> Manifest:
                 f"{url}{COPY_KEY} holds a manifest that {why}; restore the store "
                 "from a backup or dump again to a new store URL"
             )
+        assert manifest is not None and schema is not None  # why is None: both parsed
         problems = []
         if root is None:
             problems.append(
@@ -215,6 +218,7 @@ def open_manifest(kv, url: str) -> Manifest:
             )
         return Manifest(manifest, schema, False, problems, root_raw, copy_raw)
     if root is None or root_schema is None:  # _parse_root gives both or neither
+        assert root_why is not None  # no root: _parse_root (or the read) said why
         if root_raw is None and copy_raw is None:
             remote.check_bucket(kv, url)
             raise errors.StoreNotFoundError(
@@ -239,7 +243,7 @@ def open_manifest(kv, url: str) -> Manifest:
     return Manifest(root, root_schema, legacy, problems, root_raw, copy_raw)
 
 
-def num_rows(kv, opened: Manifest, url: str) -> int:
+def num_rows(kv: ts.KvStore, opened: Manifest, url: str) -> int:
     """The store's row count: the manifest's, or for a legacy store the first dimension of ``tokens``."""
     if not opened.legacy:
         return int(opened.manifest["num_rows"])
@@ -270,7 +274,9 @@ def expected_nodes(schema: StoreSchema, manifest: dict, rows: int) -> dict:
     return out
 
 
-def check_nodes(kv, expected: dict, url: str, keys=None) -> tuple[list, list]:
+def check_nodes(
+    kv: ts.KvStore, expected: dict, url: str, keys: Iterable[str] | None = None
+) -> tuple[list, list]:
     """Compares stored metadata with the derived bytes (``keys``: a subset, None: all).
 
     Returns:
@@ -315,13 +321,13 @@ def check_nodes(kv, expected: dict, url: str, keys=None) -> tuple[list, list]:
     return problems, non_canonical
 
 
-def _lookup(d, dotted):
+def _lookup(d: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
 
 
-def refuse(url: str, problems: list):
+def refuse(url: str, problems: list) -> NoReturn:
     """Raises CorruptStoreError naming the first metadata problem and ``python -m store repair``."""
     first = problems[0]
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -331,7 +337,7 @@ def refuse(url: str, problems: list):
     )
 
 
-def check_exists(url: str):
+def check_exists(url: str) -> None:
     """Raises StoreNotFoundError for a local store URL whose directory does not exist."""
     path = layout.local_path(url)
     if path is not None and not os.path.isdir(path):
@@ -341,7 +347,7 @@ def check_exists(url: str):
         )
 
 
-def open_checked(url: str, nodes: str = "arrays"):
+def open_checked(url: str, nodes: str = "arrays") -> tuple[ts.KvStore, Manifest, int]:
     """Opens a store's manifest for reading or writing and refuses one whose metadata disagrees.
 
     Args:
