@@ -25,8 +25,11 @@ bytes through memory.
 import os
 import re
 import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import tensorstore as ts
 
 from store import errors, layout, localread, metadata, profiles, remote, rollout, sampled, snapshot
@@ -56,7 +59,7 @@ class StoreReader:
         IncompleteStoreError: uncommitted units and ``allow_partial`` is False.
     """
 
-    def __init__(self, url, allow_partial: bool = False):
+    def __init__(self, url: str, allow_partial: bool = False) -> None:
         self.url = layout.normalize_url(url)
         self.allow_partial = bool(allow_partial)
         # The manifest and every array's metadata must agree (store/metadata.py): a
@@ -77,19 +80,19 @@ class StoreReader:
                 "pass allow_partial=True to read committed rows only"
             )
 
-    def _init_derived(self):
+    def _init_derived(self) -> None:
         self._profile = profiles.for_store(self.schema, self.manifest)
         self._specs = {s.name: s for s in self._profile.arrays(self.schema)}
-        self._arrays = None
+        self._arrays: dict | None = None
         self._lock = threading.Lock()
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         for key in ("_arrays", "_lock", "_profile", "_specs"):
             state.pop(key)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_derived()
 
@@ -134,7 +137,9 @@ class StoreReader:
         fields += [profiles.hidden_name(l) for l in self.schema.hidden_layers]
         return tuple(fields)
 
-    def stored_names(self, fields=None, hidden_normalized: bool = False) -> list:
+    def stored_names(
+        self, fields: Iterable[str] | None = None, hidden_normalized: bool = False
+    ) -> list:
         """The stored (encoded) arrays a ``read(rows, fields, hidden_normalized=...)`` reads, in order.
 
         With ``read_stored(rows, stored_names(...))`` a loader that decodes on the
@@ -146,7 +151,7 @@ class StoreReader:
             hidden_normalized=bool(hidden_normalized),
         )
 
-    def _stored_names(self, fields, hidden_normalized=False) -> list:
+    def _stored_names(self, fields: tuple[str, ...], hidden_normalized: bool = False) -> list:
         names = []
         for field in fields:
             if field == "tokens":
@@ -174,7 +179,7 @@ class StoreReader:
                 )
         return names
 
-    def _check_rows(self, rows) -> np.ndarray:
+    def _check_rows(self, rows: npt.ArrayLike) -> np.ndarray:
         rows = np.asarray(rows)
         if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
             raise errors.StoreInputError(
@@ -195,12 +200,12 @@ class StoreReader:
 
     def read(
         self,
-        rows,
-        fields=None,
-        hidden_dtype=np.float32,
+        rows: npt.ArrayLike,
+        fields: Iterable[str] | None = None,
+        hidden_dtype: npt.DTypeLike = np.float32,
         hidden_normalized: bool = False,
-        ids_dtype=np.int32,
-        logprobs_dtype=np.float32,
+        ids_dtype: npt.DTypeLike = np.int32,
+        logprobs_dtype: npt.DTypeLike = np.float32,
     ) -> dict:
         """Reads and decodes rows.
 
@@ -296,7 +301,7 @@ class StoreReader:
         """
         return np.dtype(profiles.ids_dtype(self.schema.vocab_size))
 
-    def _check_ids_dtype(self, dtype) -> np.dtype:
+    def _check_ids_dtype(self, dtype: npt.DTypeLike) -> np.dtype:
         try:
             dt = np.dtype(dtype)
         except TypeError:
@@ -312,11 +317,11 @@ class StoreReader:
             )
         return dt
 
-    def read_stored(self, rows, names) -> dict:
+    def read_stored(self, rows: npt.ArrayLike, names: Iterable[str]) -> dict:
         """Reads the raw stored (encoded) arrays ``names`` at ``rows`` (for verify/bench)."""
         return self._read_stored(self._check_rows(rows), list(names))
 
-    def _read_stored(self, rows, names) -> dict:
+    def _read_stored(self, rows: np.ndarray, names: list[str]) -> dict:
         arrays = self._handles()
         runs = _contiguous_runs(rows)
         # TensorStore reads first: they proceed on its I/O threads while this
@@ -357,14 +362,14 @@ class StoreReader:
 
     def require(
         self,
-        seq_len=None,
-        k=None,
-        vocab_size=None,
-        tokenizer_sha256=None,
-        hidden_layers=None,
-        hidden_dim=None,
-        samples=None,
-    ):
+        seq_len: int | None = None,
+        k: int | None = None,
+        vocab_size: int | None = None,
+        tokenizer_sha256: str | None = None,
+        hidden_layers: Sequence[int] | None = None,
+        hidden_dim: int | None = None,
+        samples: int | None = None,
+    ) -> None:
         """Checks the store against a consumer's config (None = don't care).
 
         Raises:
@@ -427,7 +432,7 @@ def _failed_unit(message: str, start: int, stop: int, rows_per_unit: int) -> str
     return f"unit {first}" if first == last else f"units {first}..{last}"
 
 
-def _float_dtype(arg: str, dtype) -> np.dtype:
+def _float_dtype(arg: str, dtype: npt.DTypeLike) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError:
