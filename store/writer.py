@@ -22,15 +22,19 @@ SchemaMismatchError or CorruptStoreError; do not rely on that).
 """
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import tensorstore as ts
 
 from store import errors, layout, ledger, metadata, profiles, remote, rollout, sampled, snapshot
 from store.schema import StoreSchema, build_manifest, check_same_schema
 
 
 def create_store(
-    url, schema: StoreSchema, num_rows: int, split: str | None = None
+    url: str, schema: StoreSchema, num_rows: int, split: str | None = None
 ) -> "StoreWriter":
     """Creates a store, or reopens an identical one.
 
@@ -99,17 +103,17 @@ def create_store(
     return StoreWriter(url, _create_rows=int(num_rows))
 
 
-def open_writer(url) -> "StoreWriter":
+def open_writer(url: str) -> "StoreWriter":
     """Opens an existing store for writing units (StoreNotFoundError if none)."""
     return StoreWriter(url)
 
 
-def compact_store(url) -> dict:
+def compact_store(url: str) -> dict:
     """Writes the ledger snapshot of the store at ``url`` (``python -m store compact``); see StoreWriter.compact."""
     return open_writer(url).compact()
 
 
-def _has_manifest(kv, url) -> bool:
+def _has_manifest(kv: ts.KvStore, url: str) -> bool:
     """Whether the root zarr.json or the manifest copy exists (then this is an existing store)."""
     try:
         found = [kv.read(k).result().state != "missing" for k in ("zarr.json", metadata.COPY_KEY)]
@@ -118,7 +122,7 @@ def _has_manifest(kv, url) -> bool:
     return any(found)
 
 
-def _write(kv, url, key, value: bytes):
+def _write(kv: ts.KvStore, url: str, key: str, value: bytes) -> None:
     try:
         kv.write(key, value).result()
     except ValueError as e:
@@ -143,7 +147,7 @@ def _groups(schema: StoreSchema) -> list[str]:
 class StoreWriter:
     """Writes work units of one store. Use ``create_store`` / ``open_writer``."""
 
-    def __init__(self, url, _create_rows: int | None = None):
+    def __init__(self, url: str, _create_rows: int | None = None) -> None:
         self.url = layout.normalize_url(url)
         # A writer refuses metadata that disagrees with the manifest (store/metadata.py), except
         # arrays not created yet when it is creating them.
@@ -164,7 +168,7 @@ class StoreWriter:
         if self._legacy:
             self._rows = int(self._arrays["tokens"].shape[0])
 
-    def _open_arrays(self, create_rows):
+    def _open_arrays(self, create_rows: int | None) -> None:
         R = self.schema.rows_per_unit
         self._arrays = {
             name: layout.open_array(self.url, spec, create_rows=create_rows, rows_per_unit=R)
@@ -196,7 +200,7 @@ class StoreWriter:
         R = self.schema.rows_per_unit
         return int(unit) * R, min((int(unit) + 1) * R, self.num_rows)
 
-    def resize(self, num_rows: int):
+    def resize(self, num_rows: int) -> None:
         """Grows the store to ``num_rows`` rows (shrinking is refused).
 
         If the old last unit was short and committed, its record is deleted:
@@ -249,16 +253,16 @@ class StoreWriter:
     def write_unit(
         self,
         unit: int,
-        tokens,
-        topk_ids=None,
-        topk_logprobs=None,
-        hidden=None,
-        sampled_ids=None,
-        sampled_counts=None,
-        sampled_logprobs=None,
-        loss_mask=None,
-        token_logprob=None,
-    ):
+        tokens: npt.ArrayLike,
+        topk_ids: npt.ArrayLike | None = None,
+        topk_logprobs: npt.ArrayLike | None = None,
+        hidden: Mapping[int, npt.ArrayLike] | None = None,
+        sampled_ids: npt.ArrayLike | None = None,
+        sampled_counts: npt.ArrayLike | None = None,
+        sampled_logprobs: npt.ArrayLike | None = None,
+        loss_mask: npt.ArrayLike | None = None,
+        token_logprob: npt.ArrayLike | None = None,
+    ) -> None:
         """Encodes and writes one work unit, then commits it.
 
         Args:
@@ -295,7 +299,7 @@ class StoreWriter:
         )
         self._write_encoded(int(unit), start, stop, encoded)
 
-    def write_unit_encoded(self, unit: int, encoded: dict):
+    def write_unit_encoded(self, unit: int, encoded: dict) -> None:
         """Writes one work unit whose arrays are already encoded (e.g. on the device), then commits it.
 
         Args:
@@ -330,7 +334,7 @@ class StoreWriter:
             )
         self._write_encoded(int(unit), start, stop, checked)
 
-    def _write_encoded(self, unit, start, stop, encoded):
+    def _write_encoded(self, unit: int, start: int, stop: int, encoded: dict) -> None:
         """Un-commits the unit, writes every array, then writes the commit record last."""
         record = ledger.make_record(unit, (start, stop), self.manifest["schema_sha256"], encoded)
         try:
@@ -344,14 +348,14 @@ class StoreWriter:
 
     def _encode(
         self,
-        rows,
-        tokens,
-        topk_ids,
-        topk_logprobs,
-        hidden,
-        sampled_ids,
-        sampled_counts,
-        sampled_logprobs,
+        rows: int,
+        tokens: npt.ArrayLike,
+        topk_ids: npt.ArrayLike | None,
+        topk_logprobs: npt.ArrayLike | None,
+        hidden: Mapping[int, npt.ArrayLike] | None,
+        sampled_ids: npt.ArrayLike | None,
+        sampled_counts: npt.ArrayLike | None,
+        sampled_logprobs: npt.ArrayLike | None,
     ) -> dict:
         s = self.schema
         T, K, V = s.seq_len, s.k, s.vocab_size
@@ -409,7 +413,7 @@ class StoreWriter:
         return encoded
 
 
-def _check_array(name, x, shape, kind) -> np.ndarray:
+def _check_array(name: str, x: Any, shape: tuple[int, ...], kind: str) -> np.ndarray:
     x = np.asarray(x)
     ok_kind = (
         np.issubdtype(x.dtype, np.integer)
@@ -428,7 +432,7 @@ def _check_array(name, x, shape, kind) -> np.ndarray:
     return x
 
 
-def _check_topk(ids, lp, V):
+def _check_topk(ids: np.ndarray, lp: np.ndarray, V: int) -> None:
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         raise errors.StoreInputError(
             f"topk_ids must be in [0, vocab_size={V}); got [{ids.min()}, {ids.max()}]"
