@@ -33,11 +33,16 @@ of its codec's class; a new codec is one class in its family module plus
 its ``CODECS`` line.
 """
 
+from types import ModuleType
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from store import bitpack, errors, hidden_codecs, rollout, sampled, topk_codecs
 from store.hidden_codecs import aux_name, hidden_name  # noqa: F401 (the names every reader of a profile uses)
 from store.layout import ArraySpec
+from store.schema import StoreSchema
 
 PACKED_IDS_RULE = (
     "n ids per position (n = k for topk/ids, samples for sampled/ids) as one little-endian bit stream of "
@@ -94,7 +99,7 @@ class Profile:
         self.side_zstd = side_zstd
         self.sampled_zstd = sampled_zstd
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"Profile({self.name!r}, topk={self.topk.name!r}, hidden={self.hidden.name!r}, "
             f"packs_ids={self.packs_ids})"
@@ -102,7 +107,9 @@ class Profile:
 
     # --- the names: one table for the writer, the reader, the loader and the device decoder ---
 
-    def field_arrays(self, schema, normalized: bool = False) -> dict[str, list[ArraySpec]]:
+    def field_arrays(
+        self, schema: StoreSchema, normalized: bool = False
+    ) -> dict[str, list[ArraySpec]]:
         """{store field: its stored arrays} of a store with this schema, in storage order.
 
         Fields: "tokens", "loss_mask" / "token_logprob" (when the schema has
@@ -124,27 +131,29 @@ class Profile:
             out[hidden_name(layer)] = specs
         return out
 
-    def arrays(self, schema) -> list[ArraySpec]:
+    def arrays(self, schema: StoreSchema) -> list[ArraySpec]:
         """Every stored array of a store with this schema."""
         return [spec for specs in self.field_arrays(schema).values() for spec in specs]
 
-    def field_names(self, schema, field: str, normalized: bool = False) -> list[str]:
+    def field_names(self, schema: StoreSchema, field: str, normalized: bool = False) -> list[str]:
         """The stored arrays of one store field (``field_arrays``; [] for a field the store lacks)."""
         return [s.name for s in self.field_arrays(schema, normalized).get(field, [])]
 
-    def topk_array_names(self, schema) -> list[str]:
+    def topk_array_names(self, schema: StoreSchema) -> list[str]:
         return self.field_names(schema, TOPK)
 
-    def sampled_array_names(self, schema) -> list[str]:
+    def sampled_array_names(self, schema: StoreSchema) -> list[str]:
         return self.field_names(schema, SAMPLED)
 
-    def hidden_array_names(self, schema, layer, normalized: bool = False) -> list[str]:
+    def hidden_array_names(
+        self, schema: StoreSchema, layer: int, normalized: bool = False
+    ) -> list[str]:
         """Stored arrays a hidden read needs; ``normalized`` reads skip the per-token RMS."""
         return self.field_names(schema, hidden_name(layer), normalized)
 
     # --- ids (top-k and sampled alike) ---
 
-    def ids_spec(self, name, T, n, V, dim) -> ArraySpec:
+    def ids_spec(self, name: str, T: int, n: int, V: int, dim: str) -> ArraySpec:
         """How this profile stores n vocabulary ids per position (top-k or sampled)."""
         if self.packs_ids:
             width = bitpack.packed_width(n, bitpack.bits_for(V))
@@ -158,13 +167,15 @@ class Profile:
             return bitpack.pack(ids_xN, bitpack.bits_for(V))
         return ids_xN.astype(ids_dtype(V))
 
-    def encode_ids_jnp(self, jnp, ids_xN, V: int):
+    def encode_ids_jnp(self, jnp: ModuleType, ids_xN: Any, V: int) -> Any:
         """``encode_ids`` in jnp (``jnp`` is jax.numpy, passed in), byte-identical."""
         if self.packs_ids:
             return bitpack.pack_jnp(jnp, ids_xN, bitpack.bits_for(V))
         return ids_xN.astype(ids_dtype(V))
 
-    def decode_ids(self, stored_xN: np.ndarray, n: int, V: int | None, dtype) -> np.ndarray:
+    def decode_ids(
+        self, stored_xN: np.ndarray, n: int, V: int | None, dtype: npt.DTypeLike
+    ) -> np.ndarray:
         """n ids per position in ``dtype`` (unpacked ones: the stored array itself when the dtype matches)."""
         if not self.packs_ids:
             return stored_xN.astype(dtype, copy=False)
@@ -181,16 +192,22 @@ class Profile:
 
     # --- the codecs ---
 
-    def check_schema(self, schema):
+    def check_schema(self, schema: StoreSchema) -> None:
         """Raises StoreInputError when this profile cannot store that schema (StoreSchema.validate calls it)."""
         self.hidden.check_schema(schema)
 
-    def encode_topk(self, ids_RxTxK, logprobs_RxTxK, vocab_size) -> dict:
+    def encode_topk(
+        self, ids_RxTxK: np.ndarray, logprobs_RxTxK: np.ndarray, vocab_size: int
+    ) -> dict:
         return self.topk.encode(self, ids_RxTxK, logprobs_RxTxK, vocab_size)
 
     def decode_topk(
-        self, stored: dict, ids_dtype=np.int32, logprobs_dtype=np.float32, vocab_size=None
-    ):
+        self,
+        stored: dict,
+        ids_dtype: npt.DTypeLike = np.int32,
+        logprobs_dtype: npt.DTypeLike = np.float32,
+        vocab_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Returns (ids, logprobs) in the given dtypes from the stored arrays.
 
         A dtype equal to the stored one returns the stored array itself (no copy).
@@ -198,10 +215,12 @@ class Profile:
         """
         return self.topk.decode(self, stored, ids_dtype, logprobs_dtype, vocab_size)
 
-    def encode_hidden(self, layer, x_RxTxD) -> dict:
+    def encode_hidden(self, layer: int, x_RxTxD: np.ndarray) -> dict:
         return self.hidden.encode(layer, x_RxTxD)
 
-    def decode_hidden(self, layer, stored: dict, dtype, normalized: bool = False) -> np.ndarray:
+    def decode_hidden(
+        self, layer: int, stored: dict, dtype: npt.DTypeLike, normalized: bool = False
+    ) -> np.ndarray:
         """Activations x in ``dtype``; ``normalized``: x / rms(x) instead (no RMS multiply).
 
         A normalized read in the stored dtype returns the stored array itself (no copy).
@@ -210,7 +229,7 @@ class Profile:
 
     # --- the manifest ---
 
-    def describe(self, schema) -> dict:
+    def describe(self, schema: StoreSchema) -> dict:
         """Manifest entry: per-array dtype and the decoding rule, for readers without this package."""
         return {
             "profile": self.name,
@@ -218,7 +237,7 @@ class Profile:
             **self.hidden.describe(schema),
         }
 
-    def encodings(self, schema) -> dict:
+    def encodings(self, schema: StoreSchema) -> dict:
         """The manifest's ``encodings``: ``describe`` plus the sampled family and the id packing rule."""
         out = self.describe(schema)
         out.update(rollout.describe(schema))
@@ -276,7 +295,7 @@ LEGACY = {
 }
 
 
-def for_store(schema, manifest: dict) -> Profile:
+def for_store(schema: StoreSchema, manifest: dict) -> Profile:
     """The profile a store was written with, from its manifest (a store's readers and writers use this).
 
     A compact store whose manifest's ``encodings`` has no ``ids_bits`` was
