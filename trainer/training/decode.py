@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 
@@ -141,7 +141,8 @@ class Encoding:
         ranks do not depend on the sizes, so the one table serves any T.
         """
         layer = profiles.hidden_layer(field)
-        shape = types.SimpleNamespace(
+        # A StoreSchema stand-in holding only the sizes field_arrays reads (Any: duck-typed).
+        shape: Any = types.SimpleNamespace(
             seq_len=1,
             vocab_size=max(self.vocab_size, 2),
             k=max(self.k, 1),
