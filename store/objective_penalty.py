@@ -61,11 +61,15 @@ renormalize); elsewhere the result says "not modelled" instead of a number.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from store.errors import StoreInputError
+
+if TYPE_CHECKING:  # annotations only: the penalty maths needs no open store
+    from store.reader import StoreReader
 
 THRESHOLD_NATS = 0.02
 MAX_POSITIONS = 4096  # Sampled positions: a standard error of ~0.005 nats at most.
@@ -76,7 +80,9 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 _TINY = 1e-300
 
 
-def tempered_tail_logmass(log_m, log_min_p, num_tail, tau: float):
+def tempered_tail_logmass(
+    log_m: npt.ArrayLike, log_min_p: npt.ArrayLike, num_tail: npt.ArrayLike, tau: float
+) -> np.ndarray:
     """log of the estimated ``Σ_tail p_v^{1/τ}`` (trainer.training.losses' formula, numpy).
 
     Geometric mean of the even tail ``n·(m/n)^t`` and the packed tail
@@ -86,7 +92,9 @@ def tempered_tail_logmass(log_m, log_min_p, num_tail, tau: float):
     return 0.5 * (bounds[0] + bounds[1])
 
 
-def tail_bounds_log(log_m, log_min_p, num_tail, tau: float):
+def tail_bounds_log(
+    log_m: npt.ArrayLike, log_min_p: npt.ArrayLike, num_tail: npt.ArrayLike, tau: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(log S_even, log S_packed): the power sums of the two extreme tails."""
     t = 1.0 / tau
     log_m = np.asarray(log_m, np.float64)
@@ -98,20 +106,27 @@ def tail_bounds_log(log_m, log_min_p, num_tail, tau: float):
     return np.where(none, -np.inf, even), np.where(none, -np.inf, packed)
 
 
-def _lse(x, axis=-1):
+def _lse(x: np.ndarray, axis: int = -1) -> np.ndarray:
     top = np.max(x, axis=axis, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
     return np.log(np.sum(np.exp(x - top), axis=axis)) + top[..., 0]
 
 
-def _softmax(x):
+def _softmax(x: np.ndarray) -> np.ndarray:
     top = np.max(x, axis=-1, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
     e = np.exp(x - top)
     return e / np.maximum(e.sum(-1, keepdims=True), _TINY)
 
 
-def solve_optimum(p_NxC, w_NxC, b_NxC, active_NxC, alpha: float, tau: float):
+def solve_optimum(
+    p_NxC: np.ndarray,
+    w_NxC: np.ndarray,
+    b_NxC: np.ndarray,
+    active_NxC: np.ndarray,
+    alpha: float,
+    tau: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Minimiser ``q*`` of ``(1-α)(−p·z + lse z) + ατ²(−t w·z + lse_{b>−inf}(t z + b))``.
 
     Args:
@@ -131,12 +146,12 @@ def solve_optimum(p_NxC, w_NxC, b_NxC, active_NxC, alpha: float, tau: float):
     z = np.where(active_NxC, np.log(np.maximum(p_NxC, 1e-12)), -np.inf)
     n_active = np.maximum(active_NxC.sum(-1, keepdims=True), 1)
 
-    def value(z):
+    def value(z: np.ndarray) -> np.ndarray:
         kl_part = np.where(np.isfinite(b_NxC), t * z + b_NxC, -np.inf) + neg
         lin = np.sum(a_NxC * np.where(active_NxC, z, 0.0), -1)
         return -lin + (1 - alpha) * _lse(z) + alpha * tau**2 * _lse(kl_part)
 
-    def grad_hess(z):
+    def grad_hess(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         q = _softmax(z)
         r = _softmax(np.where(np.isfinite(b_NxC), t * z + b_NxC, -np.inf) + neg)
         g = (1 - alpha) * q + alpha * tau * r - a_NxC
@@ -173,7 +188,13 @@ def solve_optimum(p_NxC, w_NxC, b_NxC, active_NxC, alpha: float, tau: float):
     return _softmax(z), np.max(np.abs(g), -1)
 
 
-def _classes(topk_logprobs_NxK, vocab_size, tau, tail, log_s_student):
+def _classes(
+    topk_logprobs_NxK: npt.ArrayLike,
+    vocab_size: int,
+    tau: float,
+    tail: str,
+    log_s_student: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """p, w, b, active over (K ids + tail) for one tail mode."""
     lp = np.asarray(topk_logprobs_NxK, np.float64)
     valid = np.isfinite(lp)
@@ -200,12 +221,12 @@ def _classes(topk_logprobs_NxK, vocab_size, tau, tail, log_s_student):
     return p, w, b, active
 
 
-def _min_log(lp, valid):
+def _min_log(lp: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.min(np.where(valid, lp, np.inf), -1)
 
 
 def position_penalties(
-    topk_logprobs_NxK,
+    topk_logprobs_NxK: npt.ArrayLike,
     vocab_size: int,
     alpha: float,
     tau: float,
@@ -280,7 +301,7 @@ def position_penalties(
 
 
 def summarize(
-    topk_logprobs_NxK,
+    topk_logprobs_NxK: npt.ArrayLike,
     vocab_size: int,
     alpha: float,
     tau: float,
@@ -347,7 +368,7 @@ def describe(summary: dict) -> str:
 
 
 def sample_topk_logprobs(
-    reader, sample_rows: int = 16, max_positions: int = MAX_POSITIONS, seed: int = 0
+    reader: StoreReader, sample_rows: int = 16, max_positions: int = MAX_POSITIONS, seed: int = 0
 ) -> np.ndarray:
     """``[N, K]`` stored log-probs of a seeded row sample (≤ max_positions positions)."""
     committed = reader.committed_rows()
