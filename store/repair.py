@@ -38,6 +38,10 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+import tensorstore as ts
 
 from store import layout, ledger, metadata, profiles, remote, snapshot
 from store.verify import CORRUPT_RECORD, verify_store
@@ -50,11 +54,11 @@ JOURNAL_FORMAT = "distill-teacher-store/repair-journal/1"
 class _Journal:
     """The actions of one repair run, written into the store before each is taken."""
 
-    def __init__(self, kv, url, dry_run):
+    def __init__(self, kv: ts.KvStore, url: str, dry_run: bool) -> None:
         self.kv, self.url, self.dry_run = kv, url, dry_run
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.key = f"{JOURNAL_PREFIX}{stamp}_{uuid.uuid4().hex[:8]}/zarr.json"
-        self.body = {
+        self.body: dict[str, Any] = {
             "format": JOURNAL_FORMAT,
             "time": stamp,
             "host": socket.gethostname(),
@@ -67,7 +71,8 @@ class _Journal:
     def actions(self) -> list:
         return self.body["actions"]
 
-    def act(self, what: str, do=None):
+    # Callable[..., object]: the callers' lambdas bind their loop variables as default arguments.
+    def act(self, what: str, do: Callable[..., object] | None = None) -> None:
         """Logs ``what`` (written to the store first), then runs ``do`` unless this is a dry run."""
         self.actions.append(what)
         if self.dry_run:
@@ -76,12 +81,12 @@ class _Journal:
         if do is not None:
             do()
 
-    def finish(self, status: str):
+    def finish(self, status: str) -> None:
         self.body["status"] = status
         if self.actions and not self.dry_run:
             self._save()
 
-    def _save(self):
+    def _save(self) -> None:
         try:
             self.kv.write(JOURNAL_PREFIX + "zarr.json", metadata.node_bytes({})).result()
             self.kv.write(self.key, metadata.node_bytes(self.body)).result()
@@ -89,7 +94,7 @@ class _Journal:
             raise remote.storage_error(e, self.url, "writing the repair journal of") from None
 
 
-def repair_store(url, dry_run: bool = False) -> dict:
+def repair_store(url: str, dry_run: bool = False) -> dict:
     """Repairs a store so that the same dump command completes it (see the module docstring).
 
     Args:
@@ -112,7 +117,7 @@ def repair_store(url, dry_run: bool = False) -> dict:
     journal = _Journal(kv, url, bool(dry_run))
     opened = metadata.open_manifest(kv, url)
     schema, manifest = opened.schema, opened.manifest
-    out = {
+    out: dict[str, Any] = {
         "url": url,
         "dry_run": bool(dry_run),
         "status": "done",
@@ -189,7 +194,7 @@ def repair_store(url, dry_run: bool = False) -> dict:
     for b in bad:
         unit = b["unit"]
 
-        def uncommit(unit=unit):
+        def uncommit(unit: int = unit) -> None:
             ledger.uncommit(kv, unit)
             for key in shard_keys(unit):
                 _remove(kv, url, key)
@@ -217,7 +222,7 @@ def repair_store(url, dry_run: bool = False) -> dict:
     return out
 
 
-def _put(kv, url, key, value: bytes):
+def _put(kv: ts.KvStore, url: str, key: str, value: bytes) -> None:
     _remove_directory(url, key)
     try:
         kv.write(key, value).result()
@@ -225,7 +230,7 @@ def _put(kv, url, key, value: bytes):
         raise remote.storage_error(e, url, f"writing {key} of") from None
 
 
-def _remove(kv, url, key):
+def _remove(kv: ts.KvStore, url: str, key: str) -> None:
     """Deletes the object at ``key`` (on a local store also a directory or special file there)."""
     if not _remove_directory(url, key):
         try:
@@ -234,7 +239,7 @@ def _remove(kv, url, key):
             raise remote.storage_error(e, url, f"deleting {key} of") from None
 
 
-def _remove_directory(url, key) -> bool:
+def _remove_directory(url: str, key: str) -> bool:
     """On a local store, removes a directory at ``key`` (where a file belongs); True if there was one."""
     root = layout.local_path(url)
     path = None if root is None else os.path.join(root, key)
@@ -244,12 +249,12 @@ def _remove_directory(url, key) -> bool:
     return False
 
 
-def _clear_manifest_keys(kv, url, journal):
+def _clear_manifest_keys(kv: ts.KvStore, url: str, journal: _Journal) -> None:
     for key in (metadata.ROOT_KEY, metadata.COPY_KEY):
         _clear_directories(url, [key], journal, kv)
 
 
-def _clear_directories(url, keys, journal, kv):
+def _clear_directories(url: str, keys: Iterable[str], journal: _Journal, kv: ts.KvStore) -> None:
     """Plans (and takes) the removal of directories at keys where a file belongs (local stores)."""
     root = layout.local_path(url)
     if root is None:
@@ -263,7 +268,9 @@ def _clear_directories(url, keys, journal, kv):
             )
 
 
-def _normalize_records(kv, url, journal, skip, num_units):
+def _normalize_records(
+    kv: ts.KvStore, url: str, journal: _Journal, skip: Collection[int], num_units: int
+) -> None:
     """Rewrites sound records whose bytes are not the writer's (same content: e.g. whitespace changed)."""
     units = sorted(u for u in ledger.committed_units(kv) if u < num_units and u not in skip)
     futures = {u: kv.read(ledger.record_key(u)) for u in units}
@@ -280,7 +287,7 @@ def _normalize_records(kv, url, journal, skip, num_units):
             )
 
 
-def _snapshot_non_canonical(kv) -> bool:
+def _snapshot_non_canonical(kv: ts.KvStore) -> bool:
     runs, _ = snapshot.load(kv)
     if runs is None:
         return False
