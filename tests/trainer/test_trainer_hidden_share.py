@@ -8,7 +8,7 @@ import pytest
 import trainer_testlib as tl
 
 from trainer.training import config as config_lib
-from trainer.training import data, hidden_share, methods, metrics
+from trainer.training import data, hidden_share, methods, metrics, phase_loss
 from trainer.training import loop as train
 
 
@@ -56,7 +56,7 @@ def _loss_terms(config):
     )
     batch = {k: jnp.asarray(v) for k, v in host_batch.items()}
     encoding = data.synthetic_encoding("exact", tl.VOCAB, k=tl.K, hidden_dim=64)
-    return phase, methods.loss_fn(
+    return phase, phase_loss.loss_fn(
         params,
         regressor,
         batch,

@@ -21,7 +21,16 @@ from store import StoreReader, StoreSchema, create_store
 from trainer import flops
 from trainer.model import gemma3 as model
 from trainer.model import model_config, model_io
-from trainer.training import live_kd, live_teacher, loop, losses, methods, signals, tiled_loss
+from trainer.training import (
+    live_kd,
+    live_teacher,
+    loop,
+    losses,
+    methods,
+    phase_loss,
+    signals,
+    tiled_loss,
+)
 from trainer.training.config import ConfigError
 from trainer.training.signals import Batch
 
@@ -61,7 +70,7 @@ def _live_kd(teacher_dir, tokens, **sets):
     teacher = live_teacher.load(config, _one_device_mesh())
     (phase,) = methods.phases(config, s_cfg.num_layers)
     assert phase.live and phase.fields == ("tokens",)  # Tokens only: nothing else is read.
-    _, metrics = methods.batch_loss(
+    _, metrics = phase_loss.batch_loss(
         s_params,
         {},
         Batch(tokens=jnp.asarray(tokens)),
@@ -197,7 +206,7 @@ def test_no_gradient_reaches_the_teacher(teacher_dir):
     reg = methods.init_regressor(phase.regressor, jax.random.key(0), 64, 64)
 
     def loss(t_params):
-        return methods.batch_loss(
+        return phase_loss.batch_loss(
             s_params,
             reg,
             Batch(tokens=jnp.asarray(tokens)),

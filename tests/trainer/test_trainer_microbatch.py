@@ -12,7 +12,7 @@ import trainer_testlib as tl
 from trainer.model import gemma3 as model
 from trainer.model.errors import ConfigError
 from trainer.training import config as config_lib
-from trainer.training import data, decode, methods, microbatch, sharding
+from trainer.training import data, decode, methods, microbatch, phase_loss, sharding
 from trainer.training import loop as train
 
 
@@ -61,7 +61,7 @@ def test_accumulated_loss_and_gradients_equal_the_full_batch(method, phase_index
     trainables = {"params": params, "regressor": regressor}
 
     def loss_of(t, part, counts):
-        return methods.loss_fn(
+        return phase_loss.loss_fn(
             t["params"],
             t["regressor"],
             part,
@@ -81,8 +81,8 @@ def test_accumulated_loss_and_gradients_equal_the_full_batch(method, phase_index
                 t,
                 b,
                 m,
-                counts_fn=lambda x: methods.token_counts(x, phase),
-                constant_metrics=methods.CONSTANT_METRICS,
+                counts_fn=lambda x: phase_loss.token_counts(x, phase),
+                constant_metrics=phase_loss.CONSTANT_METRICS,
             )
         )(trainables, batch)
 

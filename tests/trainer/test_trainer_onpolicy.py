@@ -17,7 +17,7 @@ import trainer_testlib as tl
 
 from trainer.model import gemma3 as model
 from trainer.model import model_config, model_io
-from trainer.training import live_teacher, methods, onpolicy, sharding
+from trainer.training import live_teacher, methods, onpolicy, phase_loss, sharding
 from trainer.training.config import ConfigError, validate
 from trainer.training.signals import Batch
 
@@ -49,7 +49,7 @@ def _run(config, batch, teacher=None, regressor=None):
     s_cfg = model_config.get_config("tiny", vocab_size=tl.VOCAB)
     s_params = model.init_params(s_cfg, jax.random.key(3))
     (phase,) = methods.phases(config, s_cfg.num_layers)
-    loss, metrics = methods.batch_loss(
+    loss, metrics = phase_loss.batch_loss(
         s_params,
         regressor if regressor is not None else {},
         batch,

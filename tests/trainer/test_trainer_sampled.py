@@ -11,7 +11,7 @@ import trainer_testlib as tl
 from store import SchemaMismatchError, StoreSchema
 from store import objective_penalty as penalty_lib
 from trainer.training import config as config_lib
-from trainer.training import data, decode, methods, metrics, store_align
+from trainer.training import data, decode, methods, metrics, phase_loss, store_align
 from trainer.training import loop as train
 
 S = 6
@@ -153,7 +153,7 @@ def test_loss_fn_composes_the_sampled_kd_term():
     }
     fn = jax.jit(
         jax.value_and_grad(
-            lambda p: methods.loss_fn(
+            lambda p: phase_loss.loss_fn(
                 p,
                 regressor,
                 batch,

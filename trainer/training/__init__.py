@@ -3,7 +3,8 @@
 * ``config``     — the ml_collections trainer config: load, override, validate.
 * ``losses``, ``tiled_loss`` — KD / HLD loss terms; the token-tiled logit path.
 * ``schedules``  — alpha (KD vs HLD) and learning-rate schedules.
-* ``methods``    — nll | kd | hldc | hldf | opd | oprd: which store fields, which loss.
+* ``methods``    — nll | kd | hldc | hldf | opd | oprd: their phases (terms, store fields,
+  schedules); ``phase_loss`` — a phase's loss on a batch, its terms composed.
 * ``live_teacher``, ``live_kd`` — a frozen teacher checkpoint run inside the step; its
   full-vocabulary tile losses. ``onpolicy`` — OPD / OPRD token weights and OPD's
   single-sample estimator.

@@ -7,7 +7,7 @@ The step turns them into typed values here, where the work is cheap and
 parallel:
 
     spec = BatchSpec(encoding=Encoding.from_reader(reader), fields=phase.fields)  # once per phase
-    batch = decode_batch(stored, spec)   # top of methods.loss_fn, inside jit -> signals.Batch
+    batch = decode_batch(stored, spec)   # top of phase_loss.loss_fn, inside jit -> signals.Batch
 
 Which stored arrays a field needs, and their ranks, come from the store's
 profile (``store.profiles.Profile.field_arrays``, the one table the writer,

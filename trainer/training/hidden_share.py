@@ -30,7 +30,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from trainer.training import methods
+from trainer.training import methods, phase_loss
 
 LOGGED_STEPS = 3  # Logged steps of each phase whose share is printed and recorded.
 FILENAME = "hidden_share.json"
@@ -46,7 +46,7 @@ def make_grad_norms_fn(runner):
 
     def grad_norms(state, batch, teacher_params):
         def term(params, hidden_only: bool):
-            loss, step_metrics = methods.loss_fn(
+            loss, step_metrics = phase_loss.loss_fn(
                 params,
                 state.regressor,
                 batch,

@@ -52,6 +52,7 @@ from trainer.training import (
     methods,
     metrics,
     microbatch,
+    phase_loss,
     run_lock,
     sharding,
     store_align,
@@ -230,7 +231,7 @@ def make_train_step(
 
     def step_fn(state: train_state.TrainState, batch, teacher_params=None):
         def loss_of(trainables, part, counts):
-            return methods.loss_fn(
+            return phase_loss.loss_fn(
                 trainables["params"],
                 trainables["regressor"],
                 part,
@@ -252,8 +253,8 @@ def make_train_step(
                 batch,
                 config.data.micro_batches,
                 mesh=mesh,
-                counts_fn=lambda b: methods.token_counts(b, phase),
-                constant_metrics=methods.CONSTANT_METRICS,
+                counts_fn=lambda b: phase_loss.token_counts(b, phase),
+                constant_metrics=phase_loss.CONSTANT_METRICS,
             )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainables)
         new = jax.tree.map(lambda p, u: p + u, state.trainables, updates)

@@ -2,7 +2,8 @@
 
 A rollout row is a prompt (corpus text) followed by the student's completion;
 `Batch.loss_mask[r, t]` is 1 where token t is a completion token (the store's
-`loss_mask`; prompt and padding 0). The on-policy terms (trainer.training.methods):
+`loss_mask`; prompt and padding 0). The on-policy terms (trainer.training.methods
+plans them, trainer.training.phase_loss composes them):
 
     OPD   reverse KL(q_S ‖ p_T) of the next-token distributions at τ = 1:
           exact over the full vocabulary with a live teacher (live_kd), else
