@@ -43,7 +43,8 @@ Stable signatures::
     param_counts(cfg, ht_blocks=None) -> {"backbone_params", "embedding_params",
                                           "total_params", "half_backbone_params", ...}
     model_flops(cfg, teacher_d_model=None, seq_len=None, ht_blocks=None,
-                teacher_cfg=None, teacher_hidden_layer=None, charge_teacher=False) -> dict
+                teacher_cfg=None, teacher_hidden_layer=None, charge_teacher=False,
+                oprd_regressors=1) -> dict
         # {"student": param_counts, "regressor_params": {"hldc", "hldf"},
         #  "flops_per_token": {"nll", "kd", "hldc", "ht", "opd", "oprd", "oprd_opd"},
         #  "attention_flops_per_token", "teacher_forward": None | {...}, ...}
@@ -312,6 +313,7 @@ def model_flops(
     teacher_cfg: model_config.ModelConfig | None = None,
     teacher_hidden_layer: int | None = None,
     charge_teacher: bool = False,
+    oprd_regressors: int = 1,
 ) -> dict[str, Any]:
     """Parameter counts and per-token training FLOPs of every method for a student.
 
@@ -324,6 +326,8 @@ def model_flops(
       teacher_hidden_layer: the teacher layer its hidden-state terms read.
       charge_teacher: add the live teacher's forward to the per-token costs
         (the paper does not: the default).
+      oprd_regressors: OPRD's linear regressors, one per matched teacher layer
+        (onpolicy.hidden_layers; ht_blocks is then the deepest matched student layer).
 
     Returns:
       {"student": param_counts(cfg), "teacher_d_model", "regressor_params":
@@ -349,8 +353,8 @@ def model_flops(
         "hldc": float(c_data + 6 * n_hldc),
         "ht": float(6 * counts["half_backbone_params"] + 6 * n_hldf),
         "opd": float(c_data),  # The student's logits on its own rollouts.
-        "oprd": float(6 * counts["half_backbone_params"] + 6 * n_hldc),
-        "oprd_opd": float(c_data + 6 * n_hldc),
+        "oprd": float(6 * counts["half_backbone_params"] + 6 * oprd_regressors * n_hldc),
+        "oprd_opd": float(c_data + 6 * oprd_regressors * n_hldc),
     }
     teacher = None
     if teacher_cfg is not None:

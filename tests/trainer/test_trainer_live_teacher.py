@@ -144,11 +144,13 @@ def test_live_hidden_equals_stored_exact_hidden(teacher_dir, tmp_path):
     )
     (stored_BxTxD,) = [v for k, v in stored.items() if k.startswith("hidden")]
     t_cfg, t_params, _ = model_io.load_model(teacher_dir)
-    live = live_teacher.forward(t_params, jnp.asarray(tokens), t_cfg, hidden_layer=3, logits=False)
+    live = live_teacher.forward(
+        t_params, jnp.asarray(tokens), t_cfg, hidden_layers=(3,), logits=False
+    )
     assert live.final_BxTxD is None  # Hidden only: no final norm, no logits.
     # The store rounds x/rms(x) (|y| <= sqrt(D) = 8) to float16: 2^-11 relative.
-    np.testing.assert_allclose(np.asarray(live.hidden_BxTxD), stored_BxTxD, rtol=0, atol=8 * 2**-11)
-    assert np.max(np.abs(np.asarray(live.hidden_BxTxD) - stored_BxTxD)) > 0  # Not the store.
+    np.testing.assert_allclose(np.asarray(live.hidden[3]), stored_BxTxD, rtol=0, atol=8 * 2**-11)
+    assert np.max(np.abs(np.asarray(live.hidden[3]) - stored_BxTxD)) > 0  # Not the store.
 
 
 def _np_divergence(s_NxV, t_NxV, tau, divergence):

@@ -59,6 +59,14 @@ def base_config() -> ml_collections.ConfigDict:
     # rollouts of the round's first student train this many steps); the trainer alone
     # trains budget.value.
     c.onpolicy.staleness = 8
+    # oprd: the teacher layers its hidden term matches, comma-separated ("9,17,26"; the
+    # reference implementation's `all` is every layer 1..L_T written out, its `last` is
+    # teacher.hidden_layer=L_T alone). Must hold teacher.hidden_layer, whose student layer
+    # is student_layer; each other layer l_T gets the student layer
+    # round(l_T · student_layer / teacher.hidden_layer) within 1..L_S (the same relative
+    # depth: L_T/2 ↔ L_S/2 by default) and a linear regressor of its own. The term is the
+    # mean of the per-layer normalized MSEs. "": teacher.hidden_layer alone (one layer).
+    c.onpolicy.hidden_layers = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.batch_size = 256  # Global batch (rows of T tokens) per step.

@@ -182,7 +182,11 @@ def _scored(a: dict, config, r: int) -> dict[str, Any]:
     from store import StoreReader
 
     here = round_dir(a["work"], r)
-    layers = [str(config.teacher.hidden_layer)] if config.method == "oprd" else []
+    layers = (
+        (config.onpolicy.hidden_layers or str(config.teacher.hidden_layer)).split(",")
+        if config.method == "oprd"
+        else []
+    )
     argv = [
         "--input-store",
         os.path.join(here, "rollouts"),

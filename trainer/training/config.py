@@ -75,6 +75,7 @@ ADDED_FIELDS = {
     "onpolicy.opd_weight": 0.0,
     "onpolicy.lam": 1.0,
     "onpolicy.staleness": 8,
+    "onpolicy.hidden_layers": "",
     "model.init_checkpoint": "",
 }
 
@@ -393,6 +394,47 @@ def _validate_teacher(config, method: Method) -> None:
             onp.lam > 0.0,
             "onpolicy.lam=0 leaves OPD without its on-policy term; use --set method=kd instead",
         )
+    if onp.hidden_layers:
+        _check(
+            method is Method.OPRD,
+            f"onpolicy.hidden_layers={onp.hidden_layers!r} is read by method=oprd only "
+            f"(method={method.value} reads teacher.hidden_layer); drop it",
+        )
+        oprd_layers(config)  # ConfigError naming the bad entry.
+
+
+def oprd_layers(config) -> tuple[int, ...]:
+    """The teacher layers OPRD's hidden term matches, ascending (trainer.training.methods).
+
+    `onpolicy.hidden_layers` ("9,17,26"), or `teacher.hidden_layer` alone when it is
+    "". The list must hold teacher.hidden_layer: that layer's student layer is
+    `student_layer`, and the other layers' student layers scale from that pair.
+
+    Raises:
+        ConfigError: an entry that is not a layer number >= 1, a repeated layer,
+            or a list without teacher.hidden_layer (one line, the fix).
+    """
+    text = config.onpolicy.hidden_layers
+    anchor = int(config.teacher.hidden_layer)
+    if not text:
+        return (anchor,)
+    example = f"e.g. --set onpolicy.hidden_layers={anchor},{2 * anchor}"
+    try:
+        layers = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"onpolicy.hidden_layers={text!r} must be comma-separated layer numbers, {example}"
+        ) from None
+    _check(
+        all(x >= 1 for x in layers) and len(set(layers)) == len(layers),
+        f"onpolicy.hidden_layers={text!r} must list distinct teacher layers >= 1, {example}",
+    )
+    _check(
+        anchor in layers,
+        f"onpolicy.hidden_layers={text!r} lacks teacher.hidden_layer={anchor} (its student "
+        f"layer is student_layer; the others scale from that pair); add it, {example}",
+    )
+    return tuple(sorted(layers))
 
 
 def _validate_kd_settings(loss) -> None:

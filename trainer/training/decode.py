@@ -204,7 +204,8 @@ def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
     """
     e = spec.encoding
     prof = e.store_profile
-    out = {"tokens": batch[profiles.TOKENS].astype(jnp.int32)}
+    out: dict[str, Any] = {"tokens": batch[profiles.TOKENS].astype(jnp.int32)}
+    hidden = {}
     # The rollout fields (store/rollout.py): one layout in every profile; no stored mask: all ones.
     if profiles.LOSS_MASK in spec.fields:
         mask = batch[profiles.LOSS_MASK] if e.loss_mask else jnp.ones_like(out["tokens"])
@@ -220,7 +221,11 @@ def decode_batch(batch: dict, spec: BatchSpec) -> Batch:
             ids, counts, logprobs = sampled.decode_jnp(jnp, batch, e.samples, e.ids_bits)
             out["sampled"] = SampledSignal(ids=ids, counts=counts, logprobs=logprobs)
         elif layer is not None:
-            out["hidden"] = prof.hidden.decode_jnp(jnp, batch, layer, e.hidden_signs)
+            hidden[layer] = prof.hidden.decode_jnp(jnp, batch, layer, e.hidden_signs)
+    if hidden:
+        out["hidden_by_layer"] = hidden
+        if len(hidden) == 1:
+            (out["hidden"],) = hidden.values()
     return Batch(**out)
 
 

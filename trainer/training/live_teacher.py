@@ -3,7 +3,7 @@
     teacher_cfg = model_config_of(config)           # cheap: config.json only (FLOPs, checks)
     check_compatible(config, teacher_cfg, metadata, store_sha)   # ConfigError, before compiling
     teacher = load(config, mesh)                    # params sharded like the student's
-    out = forward(teacher.params, tokens_BxT, teacher.model_cfg, hidden_layer=l, logits=True)
+    out = forward(teacher.params, tokens_BxT, teacher.model_cfg, hidden_layers=(l,), logits=True)
 
 `teacher.checkpoint` names a model checkpoint (`trainer.model.model_io`: a
 trainer run's `export/`, or `teacher_dump.convert`'s output). Its params are
@@ -17,7 +17,8 @@ the student's size.
 What the step takes from the teacher (`forward`): its final hidden state
 (after the final norm), whose tiled unembedding gives the full-vocabulary
 log-probs (`trainer.training.live_kd`), and the residual stream after
-`teacher.hidden_layer` blocks, RMS-normalised per token as the store's
+`teacher.hidden_layer` blocks (each of OPRD's `onpolicy.hidden_layers`),
+RMS-normalised per token as the store's
 activations are read (`x / rms(x)`, float32), so the hidden-state losses see
 the same target as from an exact store, without float16 rounding. With no
 logit term only the blocks up to that layer run.
@@ -37,6 +38,7 @@ from trainer.model import layout, model_io
 from trainer.model.errors import ModelIOError
 from trainer.model.model_config import ConfigError, ModelConfig
 from trainer.training import sharding
+from trainer.training.config import oprd_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +144,12 @@ def check_compatible(
                 f"{config.teacher.hidden_layer} (--set teacher.hidden_layer="
                 f"{teacher_cfg.num_layers // 2})"
             )
+        deeper = [x for x in oprd_layers(config) if x > teacher_cfg.num_layers]
+        if config.onpolicy.hidden_layers and deeper:
+            found.append(
+                f"it has {teacher_cfg.num_layers} layers but onpolicy.hidden_layers="
+                f"{config.onpolicy.hidden_layers!r} names {deeper} (drop them)"
+            )
     if config.teacher.live_topk > teacher_cfg.vocab_size:
         found.append(
             f"teacher.live_topk={config.teacher.live_topk} exceeds its vocabulary "
@@ -212,36 +220,38 @@ class TeacherOutput:
     Attributes:
         final_BxTxD: final hidden state (after the final norm, compute dtype),
             None when no logit term reads the teacher.
-        hidden_BxTxD: float32 x / rms(x) after `hidden_layer` blocks, None without one.
+        hidden: {l: float32 [B, T, D] x / rms(x) after l blocks} of the `hidden_layers`.
     """
 
     final_BxTxD: jax.Array | None
-    hidden_BxTxD: jax.Array | None
+    hidden: dict[int, jax.Array]
 
 
 def forward(
-    params, tokens_BxT: jax.Array, teacher_cfg: ModelConfig, *, hidden_layer: int, logits: bool
+    params,
+    tokens_BxT: jax.Array,
+    teacher_cfg: ModelConfig,
+    *,
+    hidden_layers: tuple[int, ...],
+    logits: bool,
 ) -> TeacherOutput:
-    """The teacher forward inside the step: final hidden and/or one layer's activations.
+    """The teacher forward inside the step: final hidden and/or some layers' activations.
 
     Args:
         params: the teacher's params (the step's argument).
         tokens_BxT: the batch's tokens.
         teacher_cfg: its ModelConfig.
-        hidden_layer: blocks after which to capture the residual stream (0: none).
-        logits: whether a logit term reads it (else only the first
-            `hidden_layer` blocks run).
+        hidden_layers: the layers after whose blocks to capture the residual stream.
+        logits: whether a logit term reads it (else only the blocks up to the
+            deepest of `hidden_layers` run).
     """
     params = jax.lax.stop_gradient(params)
-    capture = (hidden_layer,) if hidden_layer else ()
     out = model.forward(
         params,
         tokens_BxT,
         teacher_cfg,
-        capture_layers=capture,
-        num_blocks=None if logits else hidden_layer,
+        capture_layers=hidden_layers,
+        num_blocks=None if logits else max(hidden_layers, default=0),
     )
-    hidden = rms_normalized(out.captured[hidden_layer]) if hidden_layer else None
-    return TeacherOutput(
-        final_BxTxD=out.final_hidden_BxTxD if logits else None, hidden_BxTxD=hidden
-    )
+    hidden = {layer: rms_normalized(out.captured[layer]) for layer in hidden_layers}
+    return TeacherOutput(final_BxTxD=out.final_hidden_BxTxD if logits else None, hidden=hidden)

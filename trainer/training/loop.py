@@ -141,10 +141,9 @@ def flop_counts(config, model_cfg) -> dict:
         model_cfg,
         teacher_d_model=config.teacher.d_model or None,
         seq_len=config.data.seq_len,
-        ht_blocks=methods.student_layer(config, model_cfg.num_layers),
         teacher_cfg=live_teacher.model_config_of(config),
-        teacher_hidden_layer=config.teacher.hidden_layer or None,
         charge_teacher=config.teacher.charge_flops,
+        **methods.hidden_flops_args(config, model_cfg.num_layers),
     )
 
 
@@ -393,7 +392,11 @@ class PhaseRunner:
         if params is None:
             params = model.init_params(self.model_cfg, p_rng)
         regressor = methods.init_regressor(
-            self.plan.phase.regressor, r_rng, self.model_cfg.d_model, self.d_teacher
+            self.plan.phase.regressor,
+            r_rng,
+            self.model_cfg.d_model,
+            self.d_teacher,
+            layers=self.plan.phase.hidden_layers,
         )
         return train_state.init_state(params, regressor, self.optimizer)
 

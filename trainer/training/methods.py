@@ -32,6 +32,19 @@ OPRD without a logit term (β = 0, λ = 1) runs the student's first l_S
 blocks only, as HLDF phase 1 (the [B,T,V] logits are never built, and the
 blocks after l_S, which it gives no gradient, are not decayed either).
 
+OPRD on several teacher layers (`onpolicy.hidden_layers`): each teacher layer
+l_T is matched to a student layer at the same relative depth (`student_layers`)
+through a linear regressor of its own, and
+
+    L_emb = (1/n) Σ_{l_T} L_emb(l_T)       (n layers; one layer: exactly the term above)
+
+The mean, not the sum: the term then keeps the scale of one layer's (each
+L_emb(l) is in the same range), so β, λ and the learning rate tuned with one
+layer keep their meaning when layers are added, and a one-layer list is the
+one-layer run. A sum would multiply the hidden term's weight, and its
+gradient, by n. OPRD without a logit term then runs up to the deepest
+matched student layer.
+
 A `Phase` is the static plan of one phase (which terms, which store fields,
 which regressor); trainer.training.phase_loss composes its loss on a batch.
 """
@@ -40,12 +53,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+
 from store import objective_penalty as penalty_lib
 from store import profiles
 from trainer.model import regressors
 from trainer.model.regressors import RegressorKind
 from trainer.training import live_teacher, loss_options, onpolicy, schedules
-from trainer.training.config import ConfigError, Method, parse_enum
+from trainer.training.config import ConfigError, Method, oprd_layers, parse_enum
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,7 +78,9 @@ class Phase:
         regressor: which regressor the phase trains (None: no regressor).
         constant_lr: constant LR after warm-up (HLDF phase 1) instead of WSD.
         signal: the KD term's stored teacher signal ("topk" | "sampled": its store field).
-        hidden_layer: the teacher layer the hidden-state term reads (0: no hidden term).
+        hidden_layers: the teacher layers the hidden-state term reads (): no hidden term;
+            one, teacher.hidden_layer; several for OPRD with onpolicy.hidden_layers).
+        student_layers: the student layer matched to each of them (`student_layers`).
         hidden_reduction: how the hidden term reduces the teacher width D
             (loss_options.HiddenReduction: "mean", the paper's, or "sum").
         live: the teacher terms read the live teacher (teacher.checkpoint), not the store.
@@ -85,7 +102,8 @@ class Phase:
     regressor: RegressorKind | None = None
     constant_lr: bool = False
     signal: str = loss_options.Signal.TOPK.value
-    hidden_layer: int = 0
+    hidden_layers: tuple[int, ...] = ()
+    student_layers: tuple[int, ...] = ()
     hidden_reduction: str = loss_options.HiddenReduction.MEAN.value
     live: bool = False
     live_topk: int = 0
@@ -105,7 +123,7 @@ class Phase:
                 loss_options.Signal(self.signal).value,
             )  # a Signal's value is its store field
         if self.hidden_term and not self.live:
-            fields += (profiles.hidden_name(self.hidden_layer),)
+            fields += tuple(profiles.hidden_name(layer) for layer in self.hidden_layers)
         if self.onpolicy:
             fields += (onpolicy.LOSS_MASK,)
         if self.opd_weight and not self.live:
@@ -123,14 +141,54 @@ class Phase:
         return self.live and (self.kd_term or bool(self.opd_weight))
 
     @property
-    def teacher_layer(self) -> int:
-        """The live teacher layer a hidden-state term reads (0: none)."""
-        return self.hidden_layer if self.live and self.hidden_term else 0
+    def teacher_layers(self) -> tuple[int, ...]:
+        """The live teacher layers a hidden-state term reads (() for none)."""
+        return self.hidden_layers if self.live and self.hidden_term else ()
+
+    @property
+    def per_layer_regressors(self) -> bool:
+        """Several hidden layers: one regressor each, keyed by `regressor_key` (one layer:
+        the regressor tree itself, as before there were several)."""
+        return len(self.hidden_layers) > 1
 
 
 def student_layer(config, num_layers: int) -> int:
     """The student layer l_S compared with the teacher (config value, default L_S//2)."""
     return config.student_layer or num_layers // 2
+
+
+def student_layers(config, num_layers: int, teacher_layers: tuple[int, ...]) -> tuple[int, ...]:
+    """The student layer matched to each teacher layer: the same relative depth.
+
+    teacher.hidden_layer l_T0 ↔ `student_layer` l_S0 (the pair the paper matches:
+    L_T/2 ↔ L_S/2 by default); another teacher layer l_T gets round(l_T · l_S0 / l_T0)
+    (halves up), within 1..L_S. Several teacher layers may share a student layer.
+    """
+    l_s0, l_t0 = student_layer(config, num_layers), int(config.teacher.hidden_layer)
+    return tuple(
+        l_s0 if l_t == l_t0 else min(max((2 * l_t * l_s0 + l_t0) // (2 * l_t0), 1), num_layers)
+        for l_t in teacher_layers
+    )
+
+
+def hidden_flops_args(config, num_layers: int) -> dict:
+    """trainer.flops.model_flops's hidden-term arguments: the student blocks HLDF phase 1 and
+    OPRD run, the deepest teacher layer read, and OPRD's regressors (one per teacher layer)."""
+    args = {
+        "ht_blocks": student_layer(config, num_layers),
+        "teacher_hidden_layer": config.teacher.hidden_layer or None,
+    }
+    if config.method == Method.OPRD.value and config.onpolicy.hidden_layers:
+        teacher_layers = oprd_layers(config)
+        args["ht_blocks"] = max(student_layers(config, num_layers, teacher_layers))
+        args["teacher_hidden_layer"] = max(teacher_layers)
+        args["oprd_regressors"] = len(teacher_layers)
+    return args
+
+
+def regressor_key(teacher_layer: int) -> str:
+    """The regressor tree's key of a teacher layer's regressor (several hidden layers)."""
+    return f"layer_{teacher_layer}"
 
 
 def phases(config, num_layers: int) -> tuple[Phase, ...]:
@@ -166,7 +224,8 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
                 hidden_term=True,
                 hidden_weight=float(config.loss.gamma),
                 regressor=RegressorKind.LINEAR,
-                hidden_layer=config.teacher.hidden_layer,
+                hidden_layers=(config.teacher.hidden_layer,),
+                student_layers=(student_layer(config, num_layers),),
                 hidden_reduction=reduction,
             ),
         )
@@ -179,7 +238,8 @@ def phases(config, num_layers: int) -> tuple[Phase, ...]:
         hidden_weight=1.0,
         regressor=RegressorKind.MLP,
         constant_lr=True,
-        hidden_layer=config.teacher.hidden_layer,
+        hidden_layers=(config.teacher.hidden_layer,),
+        student_layers=(half,),
         hidden_reduction=reduction,
     )
     return (phase1, dataclasses.replace(kd_phase, index=2))
@@ -201,14 +261,17 @@ def onpolicy_phase(config, method: Method, kd_phase: Phase, num_layers: int, red
     if method is Method.OPD:
         return dataclasses.replace(base, flops_method="opd")
     logits = bool(opd_weight) or off
+    teacher_layers = oprd_layers(config)
+    matched = student_layers(config, num_layers, teacher_layers)
     return dataclasses.replace(
         base,
         flops_method="oprd_opd" if logits else "oprd",
-        num_blocks=None if logits else student_layer(config, num_layers),
+        num_blocks=None if logits else max(matched),
         hidden_term=True,
         hidden_weight=1.0,
         regressor=RegressorKind.LINEAR,
-        hidden_layer=config.teacher.hidden_layer,
+        hidden_layers=teacher_layers,
+        student_layers=matched,
         hidden_reduction=reduction,
     )
 
@@ -327,15 +390,32 @@ def live_penalty(config) -> dict:
     }
 
 
-def init_regressor(kind: RegressorKind | None, rng, d_student: int, d_teacher: int):
-    """Fresh regressor params ({} for none)."""
+def init_regressor(
+    kind: RegressorKind | None, rng, d_student: int, d_teacher: int, layers: tuple[int, ...] = ()
+):
+    """Fresh regressor params ({} for none).
+
+    Args:
+        kind, rng, d_student, d_teacher: the regressor and its widths.
+        layers: the phase's `hidden_layers`. Several: {regressor_key(l): params}, one
+            regressor per teacher layer, each from its own split of `rng`; () or one: that
+            regressor's params (the tree, and the init, of a one-layer run).
+    """
     if kind is None:
         return {}
+    if len(layers) > 1:
+        rngs = jax.random.split(rng, len(layers))
+        return {
+            regressor_key(layer): regressors.init_regressor(kind, r, d_student, d_teacher)
+            for layer, r in zip(layers, rngs, strict=True)
+        }
     return regressors.init_regressor(kind, rng, d_student, d_teacher)
 
 
 def regressor_logical_axes(kind: RegressorKind | None, regressor_params):
-    """Logical axes of a regressor tree (for trainer.training.sharding)."""
+    """Logical axes of a regressor tree (for trainer.training.sharding), per layer or not."""
     if kind is None:
         return {}
+    if regressor_params and all(k.startswith("layer_") for k in regressor_params):
+        return {k: regressors.logical_axes(v) for k, v in regressor_params.items()}
     return regressors.logical_axes(regressor_params)

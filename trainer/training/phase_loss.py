@@ -33,7 +33,7 @@ from trainer.training import (
     onpolicy,
     tiled_loss,
 )
-from trainer.training.methods import Phase, alpha_at, student_layer
+from trainer.training.methods import Phase, alpha_at, regressor_key
 
 # Metrics that are the same for every part of a batch (not per-token means).
 CONSTANT_METRICS = ("alpha",)
@@ -163,11 +163,10 @@ def batch_loss(
             teacher_params,
             tokens_BxT,
             teacher_cfg,
-            hidden_layer=phase.teacher_layer,
+            hidden_layers=phase.teacher_layers,
             logits=phase.teacher_logits,
         )
-    layer_s = student_layer(config, model_cfg.num_layers)
-    capture = (layer_s,) if phase.hidden_term else ()
+    capture = tuple(sorted(set(phase.student_layers))) if phase.hidden_term else ()
     out = model.forward(
         params, tokens_BxT, model_cfg, capture_layers=capture, num_blocks=phase.num_blocks
     )
@@ -177,14 +176,22 @@ def batch_loss(
     loss = jnp.zeros((), jnp.float32)
     off = jnp.zeros((), jnp.float32)
     if phase.hidden_term:
-        h_s_BxTxD = out.captured[layer_s]
-        pred_BxTxDt = regressors.apply_regressor(phase.regressor, regressor, h_s_BxTxD)
-        target_BxTxDt = batch.hidden if teacher is None else teacher.hidden_BxTxD
-        assert target_BxTxDt is not None  # The phase's fields hold it, or the live teacher.
-        hidden_term = mean(
-            "hidden_mse",
-            losses.normalized_mse(pred_BxTxDt, target_BxTxDt, reduction=phase.hidden_reduction),
-        )
+        layer_terms = {}
+        for layer_t, layer_s in zip(phase.hidden_layers, phase.student_layers, strict=True):
+            h_s_BxTxD = out.captured[layer_s]
+            reg = regressor[regressor_key(layer_t)] if phase.per_layer_regressors else regressor
+            pred_BxTxDt = regressors.apply_regressor(phase.regressor, reg, h_s_BxTxD)
+            stored = batch.hidden_by_layer
+            target_BxTxDt = stored[layer_t] if teacher is None else teacher.hidden[layer_t]
+            layer_terms[layer_t] = mean(
+                "hidden_mse",
+                losses.normalized_mse(pred_BxTxDt, target_BxTxDt, reduction=phase.hidden_reduction),
+            )
+        if phase.per_layer_regressors:  # The mean of the layers' terms (methods: why).
+            hidden_term = sum(layer_terms.values()) / len(layer_terms)
+            metrics.update({f"hidden_mse_l{lt}": v for lt, v in layer_terms.items()})
+        else:
+            (hidden_term,) = layer_terms.values()
         metrics["hidden_mse"] = hidden_term
         loss = loss + phase.hidden_weight * hidden_term
     if phase.logit_pass:

@@ -4,6 +4,7 @@
     batch.topk.ids, batch.topk.logprobs         # TopkSignal: int32 / float32 [B,T,K]
     batch.sampled.ids, .counts, .logprobs       # SampledSignal: int32 / int32 / float32 [B,T,S]
     batch.hidden                                # float32 x/rms(x) [B,T,D] of the phase's teacher layer
+    batch.hidden_by_layer[l]                    # the same, by layer (OPRD reads several)
     batch.loss_mask, batch.token_logprob        # float32 [B,T] (rollout stores, store/rollout.py)
 
 Each value has one name from the manifest to the loss: the store field
@@ -60,7 +61,8 @@ class SampledSignal:
 
 
 @functools.partial(
-    _pytree, fields=("tokens", "topk", "sampled", "hidden", "loss_mask", "token_logprob")
+    _pytree,
+    fields=("tokens", "topk", "sampled", "hidden", "hidden_by_layer", "loss_mask", "token_logprob"),
 )
 @dataclasses.dataclass(frozen=True)
 class Batch:
@@ -70,7 +72,9 @@ class Batch:
         tokens: int32 [B, T] packed token rows.
         topk: the top-k signal (a phase whose KD term reads top-k).
         sampled: the sampled signal (a phase whose KD term reads sampled logits).
-        hidden: float32 [B, T, D] x / rms(x) of the phase's teacher layer (a hidden-state term).
+        hidden: float32 [B, T, D] x / rms(x) of the phase's teacher layer (a hidden-state term
+            on one layer).
+        hidden_by_layer: {l: that array} of every "hidden/<l>" field read (one or several).
         loss_mask: float32 [B, T], 1 where token t is a completion token (on-policy phases).
         token_logprob: float32 [B, T], the teacher's log p(token t+1 | ≤ t) at τ = 1 (OPD's
             single-sample estimator; the last position 0).
@@ -80,5 +84,6 @@ class Batch:
     topk: TopkSignal | None = None
     sampled: SampledSignal | None = None
     hidden: jax.Array | None = None
+    hidden_by_layer: dict[int, jax.Array] | None = None
     loss_mask: jax.Array | None = None
     token_logprob: jax.Array | None = None

@@ -3,7 +3,8 @@
 The store's manifest fixes the geometry a run must use: T (data.seq_len), the
 stored top-k (data.k) or sampled draws per position (data.samples, for
 loss.signal=sampled), the vocabulary (model.vocab_size), the captured teacher
-layer (teacher.hidden_layer) and its width (teacher.d_model). With
+layer (teacher.hidden_layer; OPRD's onpolicy.hidden_layers must all be stored)
+and its width (teacher.d_model). With
 `data.from_store=True` the trainer takes them from the store, and picks
 loss.signal when the store holds only one of top-k and sampled logits (with
 both, the config's loss.signal decides); otherwise every disagreement is
@@ -23,7 +24,7 @@ term reads is `config.loss.signal`.
 from __future__ import annotations
 
 from store import SchemaMismatchError, StoreSchema
-from trainer.training.config import ConfigError, config_get, resolved_config
+from trainer.training.config import ConfigError, config_get, oprd_layers, resolved_config
 from trainer.training.loss_options import Signal, parse_signal
 
 
@@ -120,6 +121,15 @@ def mismatches(config, schema: StoreSchema, needs_topk: bool, needs_hidden: bool
             f"teacher.hidden_layer={config.teacher.hidden_layer} is not stored "
             f"(stored: {list(schema.hidden_layers)}; --set teacher.hidden_layer="
             f"{schema.hidden_layers[0]})"
+        )
+    several = needs_hidden and schema.hidden_layers and config.onpolicy.hidden_layers
+    missing = [x for x in oprd_layers(config) if x not in schema.hidden_layers] if several else []
+    if missing:
+        found.append(
+            f"onpolicy.hidden_layers={config.onpolicy.hidden_layers!r} but layer(s) {missing} "
+            f"are not stored (stored: {list(schema.hidden_layers)}; dump them with "
+            f"`python -m pipelines.dump ... --hidden-layers "
+            f"{' '.join(map(str, oprd_layers(config)))}`, or drop them from the list)"
         )
     stored_sha = schema.tokenizer.get("sha256")
     wanted_sha = config.store.tokenizer_sha256
