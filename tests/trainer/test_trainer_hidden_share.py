@@ -8,7 +8,7 @@ import pytest
 import trainer_testlib as tl
 
 from trainer.training import config as config_lib
-from trainer.training import data, hidden_share, methods, metrics, phase_loss
+from trainer.training import data, hidden_share, layer_match, methods, metrics, phase_loss
 from trainer.training import loop as train
 
 
@@ -49,7 +49,9 @@ def _loss_terms(config):
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[0]
     params = train.model.init_params(model_cfg, jax.random.key(0))
-    regressor = methods.init_regressor(phase.regressor, jax.random.key(1), model_cfg.d_model, 64)
+    regressor = layer_match.init_regressor(
+        phase.regressor, jax.random.key(1), model_cfg.d_model, 64
+    )
     # The same random batch for both reductions, as the loader ships it (stored names).
     host_batch = data.synthetic_batch(
         2, tl.SEQ, tl.VOCAB, k=tl.K, hidden_dim=64, hidden_layer=config.teacher.hidden_layer

@@ -22,6 +22,7 @@ from trainer import flops
 from trainer.model import gemma3 as model
 from trainer.model import model_config, model_io
 from trainer.training import (
+    layer_match,
     live_kd,
     live_teacher,
     loop,
@@ -205,7 +206,7 @@ def test_no_gradient_reaches_the_teacher(teacher_dir):
     s_cfg, s_params = _student()
     teacher = live_teacher.load(config, _one_device_mesh())
     (phase,) = methods.phases(config, s_cfg.num_layers)
-    reg = methods.init_regressor(phase.regressor, jax.random.key(0), 64, 64)
+    reg = layer_match.init_regressor(phase.regressor, jax.random.key(0), 64, 64)
 
     def loss(t_params):
         return phase_loss.batch_loss(

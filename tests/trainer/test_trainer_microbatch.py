@@ -12,7 +12,7 @@ import trainer_testlib as tl
 from trainer.model import gemma3 as model
 from trainer.model.errors import ConfigError
 from trainer.training import config as config_lib
-from trainer.training import data, decode, methods, microbatch, phase_loss, sharding
+from trainer.training import data, decode, layer_match, methods, microbatch, phase_loss, sharding
 from trainer.training import loop as train
 
 
@@ -55,7 +55,7 @@ def test_accumulated_loss_and_gradients_equal_the_full_batch(method, phase_index
     )
     batch = {k: jnp.asarray(batch[k]) for k in names}
     params = model.init_params(model_cfg, jax.random.key(0))
-    regressor = methods.init_regressor(
+    regressor = layer_match.init_regressor(
         phase.regressor, jax.random.key(1), model_cfg.d_model, config.teacher.d_model
     )
     trainables = {"params": params, "regressor": regressor}

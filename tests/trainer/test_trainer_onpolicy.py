@@ -17,7 +17,7 @@ import trainer_testlib as tl
 
 from trainer.model import gemma3 as model
 from trainer.model import model_config, model_io
-from trainer.training import live_teacher, methods, onpolicy, phase_loss, sharding
+from trainer.training import layer_match, live_teacher, methods, onpolicy, phase_loss, sharding
 from trainer.training.config import ConfigError, validate
 from trainer.training.signals import Batch
 
@@ -158,7 +158,7 @@ def test_opd_estimator_is_unbiased_in_value_and_gradient():
 
 def _oprd_reference(config, teacher, tokens, regressor, s_cfg, s_params):
     """float64 normalized MSE (mean over D) of W_R h_S vs the teacher layer, per token."""
-    layer_s = methods.student_layer(config, s_cfg.num_layers)
+    layer_s = layer_match.student_layer(config, s_cfg.num_layers)
     h_s = np.asarray(
         model.forward(s_params, tokens, s_cfg, capture_layers=(layer_s,)).captured[layer_s],
         np.float64,

@@ -22,6 +22,7 @@ from store import SchemaMismatchError, StoreSchema
 from trainer.model import gemma3 as model
 from trainer.model import model_config, model_io, regressors
 from trainer.training import (
+    layer_match,
     live_teacher,
     losses,
     methods,
@@ -110,9 +111,9 @@ def test_layers_map_to_the_same_relative_depth():
     assert phase.fields == ("tokens", "hidden/1", "hidden/3", "hidden/6", "loss_mask")
     (one,) = methods.phases(_config(), 4)
     assert (one.hidden_layers, one.student_layers, one.num_blocks) == ((3,), (2,), 2)
-    reg = methods.init_regressor(one.regressor, jax.random.key(0), 64, 64, layers=(1, 3, 6))
+    reg = layer_match.init_regressor(one.regressor, jax.random.key(0), 64, 64, layers=(1, 3, 6))
     assert sorted(reg) == ["layer_1", "layer_3", "layer_6"]
-    axes = methods.regressor_logical_axes(one.regressor, reg)
+    axes = layer_match.regressor_logical_axes(one.regressor, reg)
     assert axes["layer_6"] == {"w": ("embed", "teacher_embed")}
 
 
@@ -189,7 +190,7 @@ def test_one_layer_default_composes_bitwise_as_before(teacher_dir, student):
         config = _config(**{"teacher.checkpoint": teacher_dir, **sets})
         teacher = _teacher(config)
         (phase,) = methods.phases(config, s_cfg.num_layers)
-        reg = methods.init_regressor(
+        reg = layer_match.init_regressor(
             phase.regressor, jax.random.key(9), 64, 64, layers=phase.hidden_layers
         )
         plain = regressors.init_regressor("linear", jax.random.key(9), 64, 64)

@@ -11,7 +11,7 @@ import trainer_testlib as tl
 from store import SchemaMismatchError, StoreSchema
 from store import objective_penalty as penalty_lib
 from trainer.training import config as config_lib
-from trainer.training import data, decode, methods, metrics, phase_loss, store_align
+from trainer.training import data, decode, layer_match, methods, metrics, phase_loss, store_align
 from trainer.training import loop as train
 
 S = 6
@@ -146,7 +146,9 @@ def test_loss_fn_composes_the_sampled_kd_term():
     model_cfg = train.model_config_from(config)
     phase = methods.phases(config, model_cfg.num_layers)[0]
     params = train.model.init_params(model_cfg, jax.random.key(0))
-    regressor = methods.init_regressor(phase.regressor, jax.random.key(1), model_cfg.d_model, 64)
+    regressor = layer_match.init_regressor(
+        phase.regressor, jax.random.key(1), model_cfg.d_model, 64
+    )
     batch = {k: jnp.asarray(v) for k, v in sampled_batch(config, hidden_dim=64).items()}
     batch = {
         k: batch[k] for k in decode.BatchSpec(encoding=decode.EXACT, fields=phase.fields).names

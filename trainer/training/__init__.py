@@ -4,7 +4,8 @@
 * ``losses``, ``tiled_loss`` — KD / HLD loss terms; the token-tiled logit path.
 * ``schedules``  — alpha (KD vs HLD) and learning-rate schedules.
 * ``methods``    — nll | kd | hldc | hldf | opd | oprd: their phases (terms, store fields,
-  schedules); ``phase_loss`` — a phase's loss on a batch, its terms composed.
+  schedules); ``phase_loss`` — a phase's loss on a batch, its terms composed;
+  ``layer_match`` — which student layer meets which teacher layer, and their regressors.
 * ``live_teacher``, ``live_kd`` — a frozen teacher checkpoint run inside the step; its
   full-vocabulary tile losses. ``onpolicy`` — OPD / OPRD token weights and OPD's
   single-sample estimator.

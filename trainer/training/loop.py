@@ -47,6 +47,7 @@ from trainer.training import (
     decode,
     distributed,
     hidden_share,
+    layer_match,
     live_teacher,
     memory,
     methods,
@@ -143,7 +144,7 @@ def flop_counts(config, model_cfg) -> dict:
         seq_len=config.data.seq_len,
         teacher_cfg=live_teacher.model_config_of(config),
         charge_teacher=config.teacher.charge_flops,
-        **methods.hidden_flops_args(config, model_cfg.num_layers),
+        **layer_match.hidden_flops_args(config, model_cfg.num_layers),
     )
 
 
@@ -348,7 +349,7 @@ class PhaseRunner:
         self.param_shardings = sharding.tree_shardings(
             model.param_logical_axes(model_cfg), abstract.params, mesh
         )
-        reg_axes = methods.regressor_logical_axes(phase.regressor, abstract.regressor)
+        reg_axes = layer_match.regressor_logical_axes(phase.regressor, abstract.regressor)
         self.reg_shardings = sharding.tree_shardings(reg_axes, abstract.regressor, mesh)
         self.state_shardings = train_state.state_shardings(
             abstract, self.optimizer, self.param_shardings, self.reg_shardings, replicated
@@ -391,7 +392,7 @@ class PhaseRunner:
         p_rng, r_rng, _ = jax.random.split(rng, 3)
         if params is None:
             params = model.init_params(self.model_cfg, p_rng)
-        regressor = methods.init_regressor(
+        regressor = layer_match.init_regressor(
             self.plan.phase.regressor,
             r_rng,
             self.model_cfg.d_model,

@@ -32,18 +32,11 @@ OPRD without a logit term (β = 0, λ = 1) runs the student's first l_S
 blocks only, as HLDF phase 1 (the [B,T,V] logits are never built, and the
 blocks after l_S, which it gives no gradient, are not decayed either).
 
-OPRD on several teacher layers (`onpolicy.hidden_layers`): each teacher layer
-l_T is matched to a student layer at the same relative depth (`student_layers`)
-through a linear regressor of its own, and
-
-    L_emb = (1/n) Σ_{l_T} L_emb(l_T)       (n layers; one layer: exactly the term above)
-
-The mean, not the sum: the term then keeps the scale of one layer's (each
-L_emb(l) is in the same range), so β, λ and the learning rate tuned with one
-layer keep their meaning when layers are added, and a one-layer list is the
-one-layer run. A sum would multiply the hidden term's weight, and its
-gradient, by n. OPRD without a logit term then runs up to the deepest
-matched student layer.
+OPRD on n teacher layers (`onpolicy.hidden_layers`, each matched to a student layer
+at the same relative depth by `layer_match.student_layers`, each with its own W_R):
+L_emb = (1/n) Σ_l L_emb(l). The mean keeps one layer's scale (a sum would multiply
+the term and its gradient by n), so β, λ and the learning rate keep their meaning
+as layers are added, and a one-layer list is the one-layer run.
 
 A `Phase` is the static plan of one phase (which terms, which store fields,
 which regressor); trainer.training.phase_loss composes its loss on a batch.
@@ -53,14 +46,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-
 from store import objective_penalty as penalty_lib
 from store import profiles
-from trainer.model import regressors
 from trainer.model.regressors import RegressorKind
 from trainer.training import live_teacher, loss_options, onpolicy, schedules
 from trainer.training.config import ConfigError, Method, oprd_layers, parse_enum
+from trainer.training.layer_match import student_layer, student_layers
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -80,7 +71,7 @@ class Phase:
         signal: the KD term's stored teacher signal ("topk" | "sampled": its store field).
         hidden_layers: the teacher layers the hidden-state term reads (): no hidden term;
             one, teacher.hidden_layer; several for OPRD with onpolicy.hidden_layers).
-        student_layers: the student layer matched to each of them (`student_layers`).
+        student_layers: the student layer matched to each (`layer_match.student_layers`).
         hidden_reduction: how the hidden term reduces the teacher width D
             (loss_options.HiddenReduction: "mean", the paper's, or "sum").
         live: the teacher terms read the live teacher (teacher.checkpoint), not the store.
@@ -147,48 +138,8 @@ class Phase:
 
     @property
     def per_layer_regressors(self) -> bool:
-        """Several hidden layers: one regressor each, keyed by `regressor_key` (one layer:
-        the regressor tree itself, as before there were several)."""
+        """Several hidden layers: a regressor each, under `layer_match.regressor_key` (one: its own tree)."""
         return len(self.hidden_layers) > 1
-
-
-def student_layer(config, num_layers: int) -> int:
-    """The student layer l_S compared with the teacher (config value, default L_S//2)."""
-    return config.student_layer or num_layers // 2
-
-
-def student_layers(config, num_layers: int, teacher_layers: tuple[int, ...]) -> tuple[int, ...]:
-    """The student layer matched to each teacher layer: the same relative depth.
-
-    teacher.hidden_layer l_T0 ↔ `student_layer` l_S0 (the pair the paper matches:
-    L_T/2 ↔ L_S/2 by default); another teacher layer l_T gets round(l_T · l_S0 / l_T0)
-    (halves up), within 1..L_S. Several teacher layers may share a student layer.
-    """
-    l_s0, l_t0 = student_layer(config, num_layers), int(config.teacher.hidden_layer)
-    return tuple(
-        l_s0 if l_t == l_t0 else min(max((2 * l_t * l_s0 + l_t0) // (2 * l_t0), 1), num_layers)
-        for l_t in teacher_layers
-    )
-
-
-def hidden_flops_args(config, num_layers: int) -> dict:
-    """trainer.flops.model_flops's hidden-term arguments: the student blocks HLDF phase 1 and
-    OPRD run, the deepest teacher layer read, and OPRD's regressors (one per teacher layer)."""
-    args = {
-        "ht_blocks": student_layer(config, num_layers),
-        "teacher_hidden_layer": config.teacher.hidden_layer or None,
-    }
-    if config.method == Method.OPRD.value and config.onpolicy.hidden_layers:
-        teacher_layers = oprd_layers(config)
-        args["ht_blocks"] = max(student_layers(config, num_layers, teacher_layers))
-        args["teacher_hidden_layer"] = max(teacher_layers)
-        args["oprd_regressors"] = len(teacher_layers)
-    return args
-
-
-def regressor_key(teacher_layer: int) -> str:
-    """The regressor tree's key of a teacher layer's regressor (several hidden layers)."""
-    return f"layer_{teacher_layer}"
 
 
 def phases(config, num_layers: int) -> tuple[Phase, ...]:
@@ -388,34 +339,3 @@ def live_penalty(config) -> dict:
         "tail": "n/a (live teacher: its full vocabulary, exactly 0)",
         "signal": "live",
     }
-
-
-def init_regressor(
-    kind: RegressorKind | None, rng, d_student: int, d_teacher: int, layers: tuple[int, ...] = ()
-):
-    """Fresh regressor params ({} for none).
-
-    Args:
-        kind, rng, d_student, d_teacher: the regressor and its widths.
-        layers: the phase's `hidden_layers`. Several: {regressor_key(l): params}, one
-            regressor per teacher layer, each from its own split of `rng`; () or one: that
-            regressor's params (the tree, and the init, of a one-layer run).
-    """
-    if kind is None:
-        return {}
-    if len(layers) > 1:
-        rngs = jax.random.split(rng, len(layers))
-        return {
-            regressor_key(layer): regressors.init_regressor(kind, r, d_student, d_teacher)
-            for layer, r in zip(layers, rngs, strict=True)
-        }
-    return regressors.init_regressor(kind, rng, d_student, d_teacher)
-
-
-def regressor_logical_axes(kind: RegressorKind | None, regressor_params):
-    """Logical axes of a regressor tree (for trainer.training.sharding), per layer or not."""
-    if kind is None:
-        return {}
-    if regressor_params and all(k.startswith("layer_") for k in regressor_params):
-        return {k: regressors.logical_axes(v) for k, v in regressor_params.items()}
-    return regressors.logical_axes(regressor_params)

@@ -33,7 +33,8 @@ from trainer.training import (
     onpolicy,
     tiled_loss,
 )
-from trainer.training.methods import Phase, alpha_at, regressor_key
+from trainer.training.layer_match import regressor_key
+from trainer.training.methods import Phase, alpha_at
 
 # Metrics that are the same for every part of a batch (not per-token means).
 CONSTANT_METRICS = ("alpha",)
