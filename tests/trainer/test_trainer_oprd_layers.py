@@ -19,6 +19,7 @@ import pytest
 import trainer_testlib as tl
 
 from store import SchemaMismatchError, StoreSchema
+from trainer import flops
 from trainer.model import gemma3 as model
 from trainer.model import model_config, model_io, regressors
 from trainer.training import (
@@ -115,6 +116,13 @@ def test_layers_map_to_the_same_relative_depth():
     assert sorted(reg) == ["layer_1", "layer_3", "layer_6"]
     axes = layer_match.regressor_logical_axes(one.regressor, reg)
     assert axes["layer_6"] == {"w": ("embed", "teacher_embed")}
+    # FLOPs: blocks to the deepest student layer, one 64 x 64 regressor per teacher layer.
+    args = layer_match.hidden_flops_args(config, 4)
+    assert args == {"ht_blocks": 4, "teacher_hidden_layer": 6, "oprd_regressors": 3}
+    s_cfg = model_config.get_config("tiny", vocab_size=tl.VOCAB)
+    per_token = flops.model_flops(s_cfg, **args)["flops_per_token"]["oprd"]
+    one_reg = flops.model_flops(s_cfg, ht_blocks=4)["flops_per_token"]["oprd"]
+    assert per_token - one_reg == 6 * 2 * 64 * 64  # Two more W_R: 6 FLOPs per weight.
 
 
 def test_two_layers_are_the_mean_of_two_one_layer_runs(teacher_dir, student):
