@@ -93,7 +93,8 @@ class _Flags:
             "k",
             type=int,
             default=128,
-            help="top-k width stored per token (0: none, only with --samples > 0)",
+            help="top-k width stored per token (0: none, only with --samples > 0, "
+            "--token-logprob on or --hidden-layers L ...: e.g. a rollout store for OPD / OPRD)",
         )
         _flag(
             parser,
@@ -441,11 +442,13 @@ def validate(opts):
             f"--samples={opts.samples} must be in [0, 255] (draws per position; "
             "counts are stored as uint8); 0 for no sampled logits"
         )
-    # token_logprob alone is a signal too (auto: decided by the input store, see plan.py).
+    # token_logprob alone is a signal too (auto: decided by the input store, see plan.py),
+    # and so are activations asked for by name (--hidden-layers L ...): a k=0 rollout store
+    # for OPD (token_logprob) or OPRD (hidden layers) holds no top-k it does not read.
     logprob_may_be_on = opts.token_logprob == "on" or (
         opts.token_logprob == "auto" and bool(opts.input_store)
     )
-    if opts.k == 0 and (opts.samples > 0 or logprob_may_be_on):
+    if opts.k == 0 and (opts.samples > 0 or logprob_may_be_on or opts.hidden_layers):
         if opts.top_p is not None:
             raise OptionsError(
                 "--top-p truncates the top-k but --k is 0; pass --k > 0 or drop --top-p"
@@ -453,7 +456,8 @@ def validate(opts):
     elif opts.k is None or opts.k < 1:
         raise OptionsError(
             f"--k={opts.k} must be a positive integer (0 only with --samples > 0), or 0 "
-            "with --token-logprob on to store only the realized tokens' log-probs"
+            "with --token-logprob on and/or --hidden-layers L ... to store only the realized "
+            "tokens' log-probs and/or those activations"
         )
     positive = {
         "seq_len": opts.seq_len,

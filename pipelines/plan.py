@@ -224,10 +224,14 @@ def _token_logprob(opts, loss_mask):
 
 
 def _check_some_signal(opts, schema):
-    if not (schema.k or schema.samples or schema.token_logprob):
+    # Activations count when asked for by name (the default L//2 layer alone is not a reason
+    # to run the teacher without its logits).
+    named_layers = bool(opts.hidden_layers and schema.hidden_layers)
+    if not (schema.k or schema.samples or schema.token_logprob or named_layers):
         raise OptionsError(
-            "--k 0 leaves no teacher signal (no --samples, and --token-logprob is off for "
-            "this input); pass --k > 0, --samples > 0 or --token-logprob on"
+            "--k 0 leaves no teacher signal (no --samples, no --hidden-layers, and "
+            "--token-logprob is off for this input); pass --k > 0, --samples > 0, "
+            "--hidden-layers L ... or --token-logprob on"
         )
 
 

@@ -79,6 +79,11 @@ class ExtractSpec:
     topk_group: int = 0
     token_logprob: bool = False
 
+    @property
+    def logits(self) -> bool:
+        """Whether any signal reads the teacher's logits (else only its first blocks run)."""
+        return bool(self.k or self.samples or self.token_logprob)
+
 
 def _check_samples(samples) -> int:
     if (
@@ -109,7 +114,8 @@ def resolve_spec(
 
     Args:
         cfg: the teacher's model config (num_layers, vocab_size).
-        k: top-k size, 1 ≤ k ≤ vocab_size (0 allowed when samples > 0).
+        k: top-k size, 1 ≤ k ≤ vocab_size (0 allowed with samples > 0, token_logprob, or
+            `layers` named: activations alone, for which no unembedding runs).
         layers: captured layers in [1, num_layers]; None → (num_layers // 2,).
             An empty sequence captures nothing.
         top_p: None, or a mass in (0, 1].
@@ -133,18 +139,21 @@ def resolve_spec(
     samples = _check_samples(samples)
     if not isinstance(token_logprob, bool):
         raise ConfigError(f"token_logprob={token_logprob!r} must be True or False")
-    low = 0 if samples or token_logprob else 1
+    # k = 0 needs another signal: sampled draws, the realized tokens' log-probs, or
+    # activations asked for by name (the default layer alone is not a reason to skip the logits).
+    named_layers = bool(layers)
+    if layers is None:
+        layers = (max(num_layers // 2, 1),)
+    layers = tuple(int(l) for l in layers)
+    low = 0 if samples or token_logprob or named_layers else 1
     if isinstance(k, bool) or not isinstance(k, int) or not low <= k <= vocab:
         raise ConfigError(
             f"k={k!r} is outside [{low}, vocab_size={vocab}]: pass an integer k "
             f"between 1 and the teacher's vocabulary size (0 only with samples > 0 "
-            f"or token_logprob)"
+            f"or token_logprob, or with layers named: activations alone)"
         )
     if top_p is not None and k == 0:
         raise ConfigError("top_p truncates the top-k but k=0: pass k > 0 or drop top_p")
-    if layers is None:
-        layers = (max(num_layers // 2, 1),)
-    layers = tuple(int(l) for l in layers)
     for l in layers:
         if not 1 <= l <= num_layers:
             raise ConfigError(
@@ -337,19 +346,25 @@ def extract_signal(
             f"samples={spec.samples} draws are keyed by the global store row: pass "
             f"rows_B (the store row of each batch row) to the extraction step"
         )
-    out = model.forward(params, tokens_BxT, cfg, capture_layers=spec.layers)
-    signal = tiled_logit_signal(
-        params,
-        out.final_hidden_BxTxD,
-        cfg,
-        spec.k,
-        spec.token_tile,
-        spec.rank_float32,
-        spec.samples,
-        rows_B,
-        spec.topk_group,
-        tokens_BxT if spec.token_logprob else None,
-    )
+    if not spec.logits:  # Activations only: the blocks up to the deepest layer, no unembed.
+        out = model.forward(
+            params, tokens_BxT, cfg, capture_layers=spec.layers, num_blocks=max(spec.layers)
+        )
+        signal = {}
+    else:
+        out = model.forward(params, tokens_BxT, cfg, capture_layers=spec.layers)
+        signal = tiled_logit_signal(
+            params,
+            out.final_hidden_BxTxD,
+            cfg,
+            spec.k,
+            spec.token_tile,
+            spec.rank_float32,
+            spec.samples,
+            rows_B,
+            spec.topk_group,
+            tokens_BxT if spec.token_logprob else None,
+        )
     if spec.top_p is not None:
         signal["topk_ids"], signal["topk_logprobs"] = truncate_top_p(
             signal["topk_ids"], signal["topk_logprobs"], spec.top_p
@@ -379,7 +394,7 @@ def make_extract_fn(
 
     Args:
         cfg: the teacher's model config.
-        k: top-k size (1 ≤ k ≤ V).
+        k: top-k size (1 ≤ k ≤ V; 0 as resolve_spec allows).
         layers: captured layers (1-based block counts); default (L // 2,).
         top_p: optional top-p truncation of the stored support.
         token_tile: tokens per de-embedding tile (bounds live logits memory).

@@ -194,10 +194,10 @@ def _scored(a: dict, config, r: int) -> dict[str, Any]:
         os.path.join(here, "scored"),
         "--teacher",
         a["teacher"],
-        "--k",
-        str(max(config.data.k, 1)),
-        "--token-logprob",
-        "on",
+        "--k",  # A top-k only for λ < 1's off-policy KD; else k=0: no bytes nobody reads.
+        "0" if config.onpolicy.lam == 1.0 else str(max(config.data.k, 1)),
+        "--token-logprob",  # OPD's estimator (oprd: its β·OPD term).
+        "on" if config.method == "opd" or config.onpolicy.opd_weight else "off",
         "--hidden-layers",
         *layers,
         "--rows-per-unit",
