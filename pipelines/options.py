@@ -93,8 +93,8 @@ class _Flags:
             "k",
             type=int,
             default=128,
-            help="top-k width stored per token (0: none, only with --samples > 0, "
-            "--token-logprob on or --hidden-layers L ...: e.g. a rollout store for OPD / OPRD)",
+            help="top-k width stored per token (0: none, with --samples > 0, "
+            "--token-logprob on or --hidden-layers L: a rollout store for OPD / OPRD)",
         )
         _flag(
             parser,
