@@ -284,34 +284,32 @@ def test_demo_until_stops_there_when_earlier_stages_are_cached(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_ci_size_exact_and_compact_end_to_end(tmp_path, capsys):
+def test_ci_size_live_exact_and_compact_end_to_end(tmp_path, capsys):
     bench = _bench()
     out = tmp_path / "pq"
-    assert (
-        bench.main(
-            ["--size", "ci", "--profiles", "exact,compact", "--seeds", "1", "--out", str(out)]
-        )
-        == 0
-    )
+    argv = ["--size", "ci", "--profiles", "live,exact,compact", "--seeds", "1", "--out", str(out)]
+    assert bench.main(argv) == 0
     table = capsys.readouterr().out
-    assert "| exact |" in table and "| compact |" in table
+    assert "| live | no store" in table and "| exact |" in table and "| compact |" in table
     result = json.loads((out / "profile_quality.json").read_text())
     assert set(result["runs"]) == {
-        "exact_kd_s0",
-        "exact_hldc_s0",
-        "compact_kd_s0",
-        "compact_hldc_s0",
+        f"{row}_{m}_s0" for row in ("live", "exact", "compact") for m in ("kd", "hldc")
     }
     for run in result["runs"].values():
         assert 0 < run["log_ppl"] < 20 and run["flops"] <= result["student_flops_budget"]
     exact, compact = (result["stores"][p]["bytes_per_token"] for p in ("exact", "compact"))
     assert 0 < compact < exact  # the compact store really is smaller on disk
+    # Live students read exact's tokens and the teacher itself: nothing else differs.
+    assert result["differs_from_exact"]["live"] == [
+        "data.k",
+        "data.samples",
+        "teacher.checkpoint",
+    ]
+    assert (
+        result["runs"]["live_kd_s0"]["live_teacher"]["fingerprint"]
+        == (result["stores"]["exact"]["teacher_fingerprint"])
+    )
     # A rerun reuses everything (teacher, stores, students): no new trainer log lines.
     before = os.path.getsize(out / "logs" / "students.log")
-    assert (
-        bench.main(
-            ["--size", "ci", "--profiles", "exact,compact", "--seeds", "1", "--out", str(out)]
-        )
-        == 0
-    )
+    assert bench.main(argv) == 0
     assert os.path.getsize(out / "logs" / "students.log") == before
