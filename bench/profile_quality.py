@@ -57,6 +57,7 @@ from scripts import demo, demo_results, demo_stages  # noqa: E402
 from scripts.demo_sizes import get_size  # noqa: E402
 from store import StoreSchema  # noqa: E402
 from store import profiles as store_profiles
+from trainer.training import config as config_lib  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +279,7 @@ def run_bench(
             if seed < (seeds if name in refs else profile_seeds):
                 for m in METHODS:
                     runs[run_name(name, m, seed)] = train_and_score(ctx, name, m, seed)
-    differs = check_pairing(stores, runs)
+    differs = check_pairing(stores, runs, config_lib.ADDED_FIELDS)
     rows = {
         name: stores[name]
         if name != LIVE

@@ -74,12 +74,16 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_pairing(stores: dict, runs: dict) -> dict:
+def check_pairing(stores: dict, runs: dict, added_fields: dict | None = None) -> dict:
     """Checks what paired runs share; returns {row: the config keys it differs in from exact}.
 
     Args:
         stores: {profile: dump_profile result} (each with its teacher's fingerprint).
         runs: {run name: train_and_score result}, with their configs.
+        added_fields: config keys added after some runs were trained, with the value
+            that reproduces the older behaviour (trainer.training.config.ADDED_FIELDS):
+            a run's config.json without one reads as holding it, so a resumed OUT
+            with runs of older code still pairs.
 
     Raises:
         ValueError: a run differs from exact's of its seed in more than
@@ -91,7 +95,8 @@ def check_pairing(stores: dict, runs: dict) -> dict:
     for run in runs.values():
         name, m, seed = run["profile"], run["method"], run["seed"]
         ref = runs[run_name("exact", m, seed)]
-        a, b = _flat(run["config"]), _flat(ref["config"])
+        a = {**(added_fields or {}), **_flat(run["config"])}
+        b = {**(added_fields or {}), **_flat(ref["config"])}
         keys = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
         problems = sorted(keys - PAIRED_DIFFERENCES)
         if problems or (run["steps"], run["tokens"]) != (ref["steps"], ref["tokens"]):

@@ -216,6 +216,16 @@ def test_pairing_check_lists_what_differs_and_refuses_the_rest():
         "lean": ["data.k", "loss.signal", "store.url"],
         "live": ["data.k", "teacher.checkpoint"],
     }
+    # A run of older code lacks fields added since; their default reproduces it.
+    stores, runs = _paired(table)
+    del runs["lean_kd_s0"]["config"]["loss"]["alpha"]
+    with pytest.raises(ValueError, match=r"\['loss.alpha'\]"):
+        table.check_pairing(stores, runs)
+    assert table.check_pairing(stores, runs, {"loss.alpha": 0.7})["lean"] == [
+        "data.k",
+        "loss.signal",
+        "store.url",
+    ]
     # Another seed (another init and data order) is not a pair.
     stores, runs = _paired(table)
     runs["lean_hldc_s1"]["config"]["seed"] = 0
