@@ -1,24 +1,34 @@
-"""Store profiles judged by the students they train: held-out log-ppl vs `exact`.
+"""Store profiles judged by the students they train, against the live teacher.
 
-    .venv/bin/python bench/profile_quality.py [--size cpu|ci|gpu] [--profiles exact,compact,...]
+    .venv/bin/python bench/profile_quality.py [--size cpu|ci|gpu] [--profiles live,exact,compact,...]
         [--seeds 2] [--profile-seeds 1] [--out bench/results/profile_quality_<size>]
 
 One teacher (the demo's: `scripts.demo` stages corpus → tokenizer → spine →
 teacher, trained once and cached in OUT, so a rerun reuses it) is dumped into
-every profile below (`python -m pipelines.dump --profile ...`). From each store
-KD and HLDC students train with the same seed and FLOPs budget (the demo's
-student budget and loss defaults), and `trainer.evaluate` scores every
-held-out row. `exact` trains `--seeds` seeds of each method, so the seed
-spread (max - min over seeds) is measured beside the deltas; every other
-profile trains seeds 0 .. `--profile-seeds` - 1, and its delta is paired: the
-mean over those seeds of (its student - exact's student of the same seed).
-The same seed means the same initialisation and data order, so the delta is
-the store's effect with far less noise than a different seed brings (the
-spread); the log-ppl shown for every row is the mean over those same seeds.
+every store profile below (`python -m pipelines.dump --profile ...`). From
+each store KD and HLDC students train with the same seed and FLOPs budget (the
+demo's student budget and loss defaults), and `trainer.evaluate` scores every
+held-out row. The `live` row has no store of its own: its students read the
+tokens of `exact`'s store (the same rows, so the same data order) and the
+teacher itself inside every step (`--set teacher.checkpoint=OUT/runs/teacher/export`):
+KD over its full vocabulary (no top-k, no tail), HLDC against its hidden state
+in float32 (what `exact` stores in float16). Its forward is not charged to the
+student's budget (as the dump is not charged to the stored rows' students).
 
-Every step leaves a marker in OUT/.done, so a rerun resumes where it stopped.
-Writes OUT/profile_quality.json and prints a markdown table (bytes/token on
-disk of each store, from `python -m store inspect --json`).
+The reference rows (`live`, `exact`) train `--seeds` seeds of each method, so
+their seed spread (max - min over seeds) is measured beside the deltas; every
+other row trains seeds 0 .. `--profile-seeds` - 1, and its delta is paired:
+the mean over those seeds of (its student - the reference's student of the
+same seed). Same seed, same initialisation and data order: the bench checks
+that paired runs' configs differ only in the store and signal they read
+(PAIRED_DIFFERENCES), that they ran the same steps, and that the live teacher
+is the one dumped into the stores (its fingerprint); the delta is then the
+signal's effect with far less noise than a different seed brings (the spread).
+
+Every step leaves a marker in OUT/.done, so a rerun resumes where it stopped;
+seed 0 of every row trains before seed 1 of any. Writes OUT/profile_quality.json
+and prints a markdown table (bytes/token on disk of each store, from
+`python -m store inspect --json`; the arithmetic is bench/profile_quality_table.py).
 """
 
 from __future__ import annotations
@@ -34,12 +44,20 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.profile_quality_table import (  # noqa: E402
+    LIVE,
+    METHODS,
+    check_pairing,
+    markdown_table,
+    references,
+    run_name,
+    summarise,
+)
 from scripts import demo, demo_results, demo_stages  # noqa: E402
 from scripts.demo_sizes import get_size  # noqa: E402
 from store import StoreSchema  # noqa: E402
 from store import profiles as store_profiles
-
-METHODS = ("kd", "hldc")
+from trainer.training import config as config_lib  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,28 +107,60 @@ def store_k(ctx, profile: ProfileRun) -> int:
     return ctx.size.k if profile.topk else 0
 
 
-def student_sets(ctx, profile: ProfileRun) -> list[str]:
-    """Trainer overrides that point a student at this store's logit signal."""
+LIVE_ABOUT = (
+    "reference: the live teacher in every step, full vocabulary and float32 hidden, no store"
+)
+# Every row, in the default order: the live reference first.
+ROWS = (LIVE, *PROFILES)
+
+
+def student_sets(ctx, name: str) -> list[str]:
+    """Trainer overrides that point a student at this row's teacher signal."""
+    if name == LIVE:
+        # Tokens from exact's store; the signal from the teacher itself. The config
+        # refuses loss.signal=sampled (the demo's default) with a live teacher, and
+        # data.k=0 / data.samples=0 say that no stored signal is read.
+        return [
+            f"teacher.checkpoint={teacher_checkpoint(ctx)}",
+            "loss.signal=topk",
+            "data.k=0",
+            "data.samples=0",
+        ]
+    profile = PROFILES[name]
     sets = [f"data.k={store_k(ctx, profile)}", "loss.signal=topk"]  # The demo's default is sampled.
     if not profile.topk:  # KD reads the sampled logits (trainer.training.sampled_kd).
         sets += ["loss.signal=sampled", f"data.samples={profile.samples}"]
     return sets
 
 
+def teacher_checkpoint(ctx) -> str:
+    """The teacher every store is dumped from (demo_stages.teacher_dump_args) and `live` runs."""
+    return ctx.path("runs", "teacher", "export")
+
+
+def student_store(ctx, name: str) -> str:
+    """The store a row's students read: its own, or exact's tokens for `live`."""
+    return ctx.path("stores", "exact" if name == LIVE else name)
+
+
 def check_available(names: list[str]) -> None:
-    """Refuses profiles this checkout cannot dump, before hours of training."""
-    unknown = [n for n in names if n not in PROFILES]
+    """Refuses rows this checkout cannot run, before hours of training."""
+    unknown = [n for n in names if n not in ROWS]
     if unknown:
-        raise ValueError(f"unknown profile(s) {unknown}; use some of {sorted(PROFILES)}")
+        raise ValueError(f"unknown profile(s) {unknown}; use some of {sorted(ROWS)}")
     if "exact" not in names:
-        raise ValueError("--profiles must include exact: every delta is measured against it")
-    missing = sorted({PROFILES[n].store_profile for n in names} - set(store_profiles.PROFILES))
+        raise ValueError(
+            "--profiles must include exact: the goals are measured against it "
+            "(and live students read its tokens)"
+        )
+    stored = [n for n in names if n != LIVE]
+    missing = sorted({PROFILES[n].store_profile for n in stored} - set(store_profiles.PROFILES))
     if missing:
         raise ValueError(
             f"store profile(s) {missing} are not in this checkout's store.profiles; "
             f"drop them from --profiles or merge the branch that adds them"
         )
-    sampled = [n for n in names if PROFILES[n].samples]
+    sampled = [n for n in stored if PROFILES[n].samples]
     if sampled and "samples" not in {f.name for f in dataclasses.fields(StoreSchema)}:
         raise ValueError(
             f"profile(s) {sampled} need sampled logits (StoreSchema.samples), not in this "
@@ -159,15 +209,12 @@ def dump_profile(ctx, name: str) -> dict:
         "committed_rows": info["committed_rows"],
         "bytes_per_token": info["bytes_per_token"],
         "arrays": {a["name"]: a["bytes_per_token"] for a in info["arrays"]},
+        "teacher_fingerprint": info["manifest"]["schema"]["teacher"]["fingerprint"],
     }
 
 
-def run_name(profile: str, method: str, seed: int) -> str:
-    return f"{profile}_{method}_s{seed}"
-
-
 def train_and_score(ctx, name: str, method: str, seed: int) -> dict:
-    """One student from OUT/stores/NAME: trained and scored once; returns its numbers."""
+    """One student of row NAME: trained and scored once; returns its numbers."""
     run = run_name(name, method, seed)
     done = _once(
         ctx,
@@ -177,14 +224,16 @@ def train_and_score(ctx, name: str, method: str, seed: int) -> dict:
             "students",
             method,
             ctx.path("runs", run),
-            ctx.path("stores", name),
+            student_store(ctx, name),
             ctx.size.student_budget,
             f"seed={seed}",
-            *student_sets(ctx, PROFILES[name]),
+            *student_sets(ctx, name),
         ),
     )
     _once(ctx, f"eval_{run}", lambda: demo_stages.evaluate_heldout(ctx, run))
     r = demo_results.load_run(ctx, run)
+    with open(ctx.path("runs", run, "final.json"), encoding="utf-8") as f:
+        teacher = json.load(f).get("teacher")  # Only a live-teacher run has one.
     return {
         "profile": name,
         "method": method,
@@ -195,125 +244,10 @@ def train_and_score(ctx, name: str, method: str, seed: int) -> dict:
         "flops": r["flops"],
         "tokens": r["tokens"],
         "steps": r["steps"],
+        "wall_s": r["wall_s"],
+        "config": r["config"],
+        "live_teacher": teacher,
     }
-
-
-def summarise(stores: dict, runs: dict, seeds: int, profile_seeds: int = 1) -> dict:
-    """Paired deltas vs exact, exact's seed spread per method, and the goal verdicts.
-
-    Args:
-        stores: {profile: dump_profile result}.
-        runs: {run name: train_and_score result}.
-        seeds: seeds exact trained per method.
-        profile_seeds: seeds 0.. every other profile trained (<= seeds); each
-            row's log-ppl and delta are means over these seeds.
-
-    Returns:
-        {"spread": {method: max - min over exact's seeds, or None with one seed},
-         "profiles": {profile: {"bytes_per_token", method: {"log_ppl", "delta", "goal_met",
-                                 "beyond_spread"}}}}.
-    """
-    spread = {}
-    for m in METHODS:
-        ppl = [runs[run_name("exact", m, s)]["log_ppl"] for s in range(seeds)]
-        spread[m] = max(ppl) - min(ppl) if seeds > 1 else None
-    out = {}
-    for name, store in stores.items():
-        goal = PROFILES[name].goal_nats
-        row = {
-            "bytes_per_token": store["bytes_per_token"],
-            "goal_nats": goal,
-            "family_bytes_per_token": family_bytes(store["arrays"]),
-        }
-        for m in METHODS:
-            ppl = [runs[run_name(name, m, s)]["log_ppl"] for s in range(profile_seeds)]
-            deltas = [p - runs[run_name("exact", m, s)]["log_ppl"] for s, p in enumerate(ppl)]
-            delta = sum(deltas) / profile_seeds
-            row[m] = {
-                "log_ppl": sum(ppl) / profile_seeds,
-                "delta": delta,
-                "seed_deltas": deltas,
-                "goal_met": None if goal is None or name == "exact" else delta <= goal,
-                "beyond_spread": None
-                if spread[m] is None or name == "exact"
-                else abs(delta) > spread[m],
-            }
-        out[name] = row
-    return {"spread": spread, "profiles": out}
-
-
-# Array-name prefixes of each part of a store, for the bytes/token breakdown.
-FAMILIES = {
-    "tokens": ("tokens",),
-    "logits": ("topk/", "sampled/"),
-    "activations": ("hidden/", "hidden_aux/"),
-}
-
-
-def family_bytes(arrays: dict) -> dict:
-    """{family: bytes/token} from {array name: bytes/token} (None if any is unknown)."""
-    out = {}
-    for family, prefixes in FAMILIES.items():
-        values = [v for name, v in arrays.items() if name.startswith(prefixes)]
-        out[family] = None if None in values else sum(values)
-    return out
-
-
-def _nats(delta: float) -> str:
-    """A delta to 4 decimals, or in e-notation when that would print as 0.0000."""
-    return f"{delta:+.4f}" if abs(delta) >= 5e-5 else f"{delta:+.0e}"
-
-
-def _methods_where(row: dict, test) -> str:
-    return ", ".join(m.upper() for m in METHODS if test(row[m]))
-
-
-def _verdict(row: dict) -> str:
-    """'yes', 'yes (HLDC better by more than the goal)' or 'NO (KD)'; '–' without a goal."""
-    if row["goal_nats"] is None or row[METHODS[0]]["goal_met"] is None:
-        return "–"
-    worse = _methods_where(row, lambda r: not r["goal_met"])
-    if worse:
-        return f"NO ({worse})"
-    better = _methods_where(row, lambda r: r["delta"] < -row["goal_nats"])
-    return f"yes ({better} better by more than the goal)" if better else "yes"
-
-
-def markdown_table(summary: dict) -> str:
-    """The README table: one row per profile, then exact's seed spread."""
-    md = [
-        "| profile | B/token on disk (tokens + logits + activations) | KD log-ppl | Δ KD vs exact "
-        "| HLDC log-ppl | Δ HLDC vs exact | goal: Δ ≤ | met? | \\|Δ\\| > exact's seed spread |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in summary["profiles"].items():
-        cells = []
-        for m in METHODS:
-            cells += [
-                f"{row[m]['log_ppl']:.4f}",
-                "–" if name == "exact" else _nats(row[m]["delta"]),
-            ]
-        parts = " + ".join(
-            "?" if v is None else f"{v:.0f}" for v in row["family_bytes_per_token"].values()
-        )
-        bpt = "?" if row["bytes_per_token"] is None else f"{row['bytes_per_token']:.1f}"
-        goal = "–" if row["goal_nats"] is None else f"{row['goal_nats']:g}"
-        if row[METHODS[0]]["beyond_spread"] is None:
-            noise = "–"
-        else:
-            noise = _methods_where(row, lambda r: r["beyond_spread"]) or "neither"
-        md.append(
-            f"| {name} | {bpt} ({parts}) | "
-            + " | ".join(cells)
-            + f" | {goal} | {_verdict(row)} | {noise} |"
-        )
-    spread = summary["spread"]
-    md.append(
-        "| exact seed spread (max−min) | | | "
-        + " | | ".join("n/a" if spread[m] is None else f"{spread[m]:.4f}" for m in METHODS)
-        + " | | | |"
-    )
-    return "\n".join(md)
 
 
 def _git_sha() -> str:
@@ -327,35 +261,50 @@ def run_bench(
 ) -> dict:
     """Teacher (cached) → one store per profile → students → OUT/profile_quality.json."""
     check_available(names)
+    refs = references(names)
     if seeds < 1:
-        raise ValueError(f"--seeds {seeds}: exact needs at least one seed per method")
+        raise ValueError(f"--seeds {seeds}: {' and '.join(refs)} need at least one seed per method")
     if not 1 <= profile_seeds <= seeds:
         raise ValueError(
             f"--profile-seeds {profile_seeds} must be in [1, --seeds={seeds}]: "
-            f"each profile seed is paired with exact's student of that seed"
+            f"each profile seed is paired with {' and '.join(refs)}'s student of that seed"
         )
     out_dir = os.path.abspath(out_dir)
     demo.run_demo(size_name, out_dir, until="teacher")
     ctx = demo_stages.Context(size=get_size(size_name), out=out_dir)
-    stores = {name: dump_profile(ctx, name) for name in names}
+    stores = {name: dump_profile(ctx, name) for name in names if name != LIVE}
     runs = {}
-    for name in names:
-        for m in METHODS:
-            for seed in range(seeds if name == "exact" else profile_seeds):
-                runs[run_name(name, m, seed)] = train_and_score(ctx, name, m, seed)
+    for seed in range(seeds):  # Seed 0 of every row first: a partial run is still paired.
+        for name in names:
+            if seed < (seeds if name in refs else profile_seeds):
+                for m in METHODS:
+                    runs[run_name(name, m, seed)] = train_and_score(ctx, name, m, seed)
+    differs = check_pairing(stores, runs, config_lib.ADDED_FIELDS)
+    rows = {
+        name: stores[name]
+        if name != LIVE
+        else {
+            "teacher_flops_per_token": runs[run_name(LIVE, METHODS[0], 0)]["live_teacher"][
+                "flops_per_token"
+            ][0]
+        }
+        for name in names
+    }
     result = {
         "size": size_name,
         "date": datetime.datetime.now(datetime.UTC).isoformat(),
         "git_sha": _git_sha(),
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "student_flops_budget": ctx.size.student_budget,
         "k": ctx.size.k,
-        "samples": {n: PROFILES[n].samples for n in names},
-        "about": {n: PROFILES[n].about for n in names},
+        "samples": {n: PROFILES[n].samples for n in names if n != LIVE},
+        "about": {n: LIVE_ABOUT if n == LIVE else PROFILES[n].about for n in names},
         "stores": stores,
         "runs": runs,
         "profile_seeds": profile_seeds,
-        **summarise(stores, runs, seeds, profile_seeds),
+        "differs_from_exact": differs,
+        **summarise(rows, runs, seeds, profile_seeds, {n: PROFILES[n].goal_nats for n in stores}),
     }
     with open(ctx.path("profile_quality.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
@@ -371,15 +320,18 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--profiles",
-        default=",".join(PROFILES),
-        help=f"comma-separated, must include exact (default: all of {list(PROFILES)})",
+        default=",".join(ROWS),
+        help=f"comma-separated rows: store profiles, and {LIVE} (the live teacher, no store); "
+        f"must include exact (default: all of {list(ROWS)})",
     )
-    p.add_argument("--seeds", type=int, default=2, help="seeds of each exact student (spread)")
+    p.add_argument(
+        "--seeds", type=int, default=2, help="seeds of each reference (live, exact) student"
+    )
     p.add_argument(
         "--profile-seeds",
         type=int,
         default=1,
-        help="seeds of each other profile's students, paired with exact's (<= --seeds)",
+        help="seeds of each other row's students, paired with the references' (<= --seeds)",
     )
     p.add_argument(
         "--out",
