@@ -271,7 +271,11 @@ def tiled_weighted_loss(
 
         def weighted(h_NxD, e_VxD):
             out = per_tile_fn(tile_logits(h_NxD, e_VxD), inputs_N)
-            total = sum(jnp.sum(out[k].astype(jnp.float32) * flat(w[k])) for k in w)
+            # where(), as losses.masked_mean: a non-finite term at a weight-0 token adds nothing.
+            total = sum(
+                jnp.sum(jnp.where(flat(w[k]) != 0, out[k].astype(jnp.float32) * flat(w[k]), 0.0))
+                for k in w
+            )
             return jnp.asarray(total, jnp.float32), out
 
         (total, out), (g_h_NxD, g_e_VxD) = jax.value_and_grad(
