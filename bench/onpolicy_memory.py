@@ -162,7 +162,9 @@ def compile_case(sets, config_name: str, devices, dump_dir: str = ""):
     mesh = sharding.make_mesh(
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices
     )
-    teacher = live_teacher.abstract(config, mesh) if phase.live else None
+    # As the trainer loads it: only the blocks its phases read (live_teacher.blocks_needed).
+    blocks = live_teacher.blocks_needed([phase])
+    teacher = live_teacher.abstract(config, mesh, blocks) if phase.live else None
     schema = rollout_schema(config)
     encoding = decode.Encoding.from_schema(schema, profiles.get_profile("exact").encodings(schema))
     runner = loop.PhaseRunner(config, model_cfg, plan, mesh, encoding, teacher)
