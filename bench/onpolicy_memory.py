@@ -10,7 +10,10 @@ or the stored one: `token_logprob` for OPD, `hidden/<l>` for OPRD), the
 trainer's own step (`loop.PhaseRunner(...).step`, the live teacher's params
 an argument of it) is lowered on abstract arguments and compiled: nothing
 is allocated and no weight is read (the live teacher is a checkpoint
-directory holding only its config.json). `compiled.memory_analysis()` gives
+directory holding only its config.json; as the trainer loads it, it holds
+only the blocks its phase reads, `live_teacher.blocks_needed`: OPRD without
+a logit term keeps the teacher's first `teacher.hidden_layer` blocks).
+`compiled.memory_analysis()` gives
 per-device arguments, temporaries, outputs and the donated outputs that
 alias the arguments; peak = args + temp + out − alias, as in
 `trainer.plan.compile`. Three methods per signal:
