@@ -19,12 +19,14 @@ For one model config and batch B, with T = prompt length P + new tokens N:
     (sampling included) = (its time − generate with N = 1) / (N − 1).
 The headline is `decode_over_forward` = decode per-token time / forward
 per-token time (issue target: <= 1.5); `scanned_decode_over_forward` is the
-same without the per-call cost, which at small B is most of a standalone step. Model FLOPs per token of both
+same without the per-call cost. Model FLOPs per token of both
 (trainer.flops: forward 2N + 2·d·V + causal attention; a decode step 2N +
-2·d·V + its query's attention over the cache) are reported beside them, so
-a ratio above 1 can be told apart from work: a decode step moves every
-weight for B tokens, the forward for B·T, so at small B it is bound by
-memory bandwidth and per-call overhead rather than FLOPs.
+2·d·V + its query's attention over the cache) are reported beside them, and
+the compiler's own counts (`compiled_counts`: FLOPs, bytes accessed and
+kernels per token of the decode step and of the forward with its layers
+unrolled), which a loaded machine does not blur, so a ratio above 1 can be
+told apart from work: a decode step moves every weight for B tokens, the
+forward for B·T, so at small B it is bound by bytes and kernels, not FLOPs.
 
 Times are medians of --repeats interleaved rounds after a warm-up call of
 each program (every round runs every program once in turn, so the shared
