@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 
-@pytest.mark.slow  # five compiles (forward, prefill, decode step, generate with N = 4 and 1)
+@pytest.mark.slow  # compiles: forward (twice), prefill, decode step, two scans, generate × 2
 def test_generate_bench_runs(tmp_path, capsys):
     path = pathlib.Path(__file__).parent.parent.parent / "bench" / "generate_bench.py"
     spec = importlib.util.spec_from_file_location("generate_bench", path)
@@ -30,5 +30,14 @@ def test_generate_bench_runs(tmp_path, capsys):
     assert r["decode_flops_per_token"] == 2 * 148_800 + 65_536 + 4 * 7 * 256 == 370_304
     for key in ("forward_s", "decode_step_s", "generate_s", "loop_step_s"):
         assert r[key] >= 0
+    for key in ("scanned_decode_step_s", "jit_call_s", "sample_s"):
+        assert r[key] >= 0
+    # The compiler's counts: the forward's FLOPs per token as trainer.flops counts them
+    # (within 5%: the compiler also counts norms and the softmax), bytes and kernels > 0.
+    counts = r["compiled_counts"]
+    assert counts["forward"]["flops_per_token"] == pytest.approx(367_744, rel=0.05)
+    assert counts["decode_step"]["flops_per_token"] == pytest.approx(370_304, rel=0.05)
+    assert counts["decode_step"]["kernels_per_call"] > 0
+    assert counts["bytes_per_token_ratio"] > 0
     assert r["decode_over_forward"] == pytest.approx(r["decode_step_s"] / 2 / (r["forward_s"] / 16))
     assert "decode / forward per token" in capsys.readouterr().out

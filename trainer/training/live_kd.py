@@ -41,6 +41,8 @@ from trainer.training.signals import TopkSignal
 
 # Token-input key of the teacher's final hidden state [B, T, D_T] (next to tiled_loss.TARGETS).
 TEACHER_HIDDEN = "teacher_hidden"
+# Name scope of the teacher's tile unembedding (profiles, HLO op names, the bench's counts).
+TEACHER_UNEMBED_SCOPE = "live_teacher_unembed"
 
 
 def full_vocab_divergence(
@@ -117,9 +119,10 @@ def live_terms_fn(
             out["nll"] = losses.nll(logits_NxV, inputs[tiled_loss.TARGETS])
         if not (kd or top1 or opd):
             return out
-        teacher_NxV = jax.lax.stop_gradient(
-            tiled_loss.tile_logits(inputs[TEACHER_HIDDEN], teacher_embedding_VxD)
-        )
+        with jax.named_scope(TEACHER_UNEMBED_SCOPE):
+            teacher_NxV = jax.lax.stop_gradient(
+                tiled_loss.tile_logits(inputs[TEACHER_HIDDEN], teacher_embedding_VxD)
+            )
         if kd and topk:
             signal = teacher_topk(teacher_NxV, topk)
             out["kd"] = losses.kd_topk(logits_NxV, signal, temperature, tail, divergence)

@@ -2,7 +2,7 @@
 
     teacher_cfg = model_config_of(config)           # cheap: config.json only (FLOPs, checks)
     check_compatible(config, teacher_cfg, metadata, store_sha)   # ConfigError, before compiling
-    teacher = load(config, mesh)                    # params sharded like the student's
+    teacher = load(config, mesh, blocks_needed(phases))  # params sharded like the student's
     out = forward(teacher.params, tokens_BxT, teacher.model_cfg, hidden_layers=(l,), logits=True)
 
 `teacher.checkpoint` names a model checkpoint (`trainer.model.model_io`: a
@@ -39,6 +39,9 @@ from trainer.model.errors import ModelIOError
 from trainer.model.model_config import ConfigError, ModelConfig
 from trainer.training import sharding
 from trainer.training.config import oprd_layers
+
+# Name scope of the teacher's forward inside the step (profiles, HLO op names, the bench's counts).
+SCOPE = "live_teacher"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,26 +178,57 @@ def abstract_params(teacher_cfg: ModelConfig, mesh):
     )
 
 
-def load(config, mesh) -> LiveTeacher:
-    """Reads `teacher.checkpoint` straight into the mesh layout (check_compatible first)."""
+def blocks_needed(phases) -> int | None:
+    """Teacher blocks a run's live phases read: None (all of them) when one reads its
+    logits, else the deepest layer a hidden-state term reads (e.g. OPRD with β = 0,
+    HLDC with α = 0). `phases`: `methods.Phase`s (their `live`, `teacher_logits`,
+    `teacher_layers`)."""
+    live = [p for p in phases if p.live]
+    if not live or any(p.teacher_logits for p in live):
+        return None
+    return max((max(p.teacher_layers, default=0) for p in live), default=0) or None
+
+
+def _kept(teacher_cfg: ModelConfig, blocks: int | None) -> ModelConfig:
+    """The teacher's config cut to its first `blocks` blocks (None or >= L: unchanged)."""
+    if blocks is None or blocks >= teacher_cfg.num_layers:
+        return teacher_cfg
+    return teacher_cfg.replace(num_layers=blocks)
+
+
+def load(config, mesh, blocks: int | None = None) -> LiveTeacher:
+    """Reads `teacher.checkpoint` straight into the mesh layout (check_compatible first).
+
+    Args:
+        config: the run's config.
+        mesh: the student's mesh.
+        blocks: keep only the teacher's first `blocks` blocks (`blocks_needed`): a run
+            that never reads its logits holds no more of it than it runs (the rest is
+            read, then dropped). None: the whole teacher.
+    """
     teacher_cfg = teacher_config(config)
     shardings = param_shardings(teacher_cfg, mesh)
     try:
         cfg, params, metadata = model_io.load_model(config.teacher.checkpoint, shardings)
     except ModelIOError as e:
         raise ConfigError(f"teacher.checkpoint: {e}") from None
+    kept = _kept(cfg, blocks)
+    if kept is not cfg:
+        shardings = param_shardings(kept, mesh)
+        layers = jax.tree.map(lambda a: a[: kept.num_layers], params["layers"])
+        params = jax.device_put({**params, "layers": layers}, shardings)
     return LiveTeacher(
-        model_cfg=cfg,
+        model_cfg=kept,
         params=params,
         shardings=shardings,
         fingerprint=str(metadata.get("fingerprint", "")),
     )
 
 
-def abstract(config, mesh) -> LiveTeacher:
+def abstract(config, mesh, blocks: int | None = None) -> LiveTeacher:
     """The live teacher with ShapeDtypeStruct params: lowering and compiling its step
-    (trainer.plan, bench/step_memory) without reading its weights."""
-    teacher_cfg = teacher_config(config)
+    (trainer.plan, bench/step_memory) without reading its weights; `blocks` as `load`."""
+    teacher_cfg = _kept(teacher_config(config), blocks)
     return LiveTeacher(
         model_cfg=teacher_cfg,
         params=abstract_params(teacher_cfg, mesh),
@@ -246,12 +280,13 @@ def forward(
             deepest of `hidden_layers` run).
     """
     params = jax.lax.stop_gradient(params)
-    out = model.forward(
-        params,
-        tokens_BxT,
-        teacher_cfg,
-        capture_layers=hidden_layers,
-        num_blocks=None if logits else max(hidden_layers, default=0),
-    )
-    hidden = {layer: rms_normalized(out.captured[layer]) for layer in hidden_layers}
+    with jax.named_scope(SCOPE):  # Names the teacher's ops in profiles and HLO.
+        out = model.forward(
+            params,
+            tokens_BxT,
+            teacher_cfg,
+            capture_layers=hidden_layers,
+            num_blocks=None if logits else max(hidden_layers, default=0),
+        )
+        hidden = {layer: rms_normalized(out.captured[layer]) for layer in hidden_layers}
     return TeacherOutput(final_BxTxD=out.final_hidden_BxTxD if logits else None, hidden=hidden)

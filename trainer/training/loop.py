@@ -531,7 +531,9 @@ def _owned_run(config, reader, model_cfg, plans, penalty, mesh, started: float) 
     data_state = None
     params = init_params(config, model_cfg)  # None: random init (phase 1's rng).
     # Loaded once for every phase, after the checks (check_store) and before any compile.
-    teacher = live_teacher.load(config, mesh) if any(p.phase.live for p in plans) else None
+    live = any(p.phase.live for p in plans)
+    blocks = live_teacher.blocks_needed([p.phase for p in plans])  # None: its logits are read
+    teacher = live_teacher.load(config, mesh, blocks) if live else None
     rng = jax.random.key(config.seed)
     last = {}
     stop = StopOnSignal(meta["global_step"]).install()

@@ -199,3 +199,112 @@ def logit_terms_fn(
     required = ([TARGETS] if nll else []) + ([TEACHER] if (kd or top1) else [])
     per_tile_fn.required_inputs = tuple(required)
     return per_tile_fn
+
+
+def tiled_weighted_loss(
+    hidden_BxTxD: jax.Array,
+    embedding_VxD: jax.Array,
+    per_tile_fn: PerTileFn,
+    token_inputs: Mapping[str, jax.Array],
+    weights: Mapping[str, jax.Array],
+    tile_tokens: int = 1024,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Σ_name Σ_(b,t) weights[name] · term_name, with its gradient computed in the forward pass.
+
+    The same terms as `tiled_logit_losses`, but the caller says up front how
+    each per-token term enters the loss (its weight: mask × coefficient /
+    token count, e.g. α·τ²·mask/count for KD), so each tile's gradient can be
+    taken while its logits exist: one pass over the tiles computes the
+    student's and (with a live teacher) the teacher's tile logits once, the
+    terms, and the gradient w.r.t. the hidden states and the embedding. No
+    tile is recomputed in the backward pass, which is then elementwise: per
+    tile this saves one student unembed matmul (3 [N,D]×[D,V] products instead
+    of 4) and, with a live teacher, its whole second unembed (1 instead of 2).
+    Memory: the same one tile of logits, plus the gradient w.r.t. the hidden
+    states [B, T, D] (float32) kept for the backward pass.
+
+    The returned loss's value is the weighted sum and its gradient w.r.t.
+    `hidden_BxTxD` and `embedding_VxD` equals that of
+    `Σ weights · tiled_logit_losses(...)` (tests/training/test_tiled_weighted_loss.py);
+    `weights` and `token_inputs` get no gradient (stop_gradient: masks,
+    schedule coefficients, the teacher signal).
+
+    Args:
+      hidden_BxTxD, embedding_VxD, per_tile_fn, token_inputs, tile_tokens: as
+        `tiled_logit_losses`.
+      weights: {term name: [B, T] weight}; every name must be a term
+        `per_tile_fn` returns (terms without a weight are returned, not weighed).
+
+    Returns:
+      (fp32 scalar loss, {name: fp32 [B, T]} per-token terms without gradient,
+      for metrics).
+
+    Raises:
+      ModelInputError: inconsistent shapes, a non-positive tile size, or a
+        weight of a shape other than [B, T].
+    """
+    token_inputs = dict(token_inputs)
+    _check_inputs(hidden_BxTxD, embedding_VxD, token_inputs, tile_tokens)
+    for name, w in weights.items():
+        if tuple(w.shape) != tuple(hidden_BxTxD.shape[:2]):
+            raise ModelInputError(
+                f"weight {name!r} has shape {w.shape}, expected [B, T] = "
+                f"{hidden_BxTxD.shape[:2]}; give one weight per token"
+            )
+    sg = jax.lax.stop_gradient
+    hidden_c, embedding_c = sg(hidden_BxTxD), sg(embedding_VxD)
+    inputs_c = jax.tree_util.tree_map(sg, token_inputs)
+    weights_c = {k: sg(w).astype(jnp.float32) for k, w in weights.items()}
+    b, t = hidden_BxTxD.shape[:2]
+    chunk, num_tiles = tiling.tile_shape(b, t, tile_tokens)
+
+    def tiles(x):
+        return tiling.to_tiles(x, num_tiles, chunk)
+
+    def flat(x_BxCx_):
+        return x_BxCx_.reshape((-1,) + x_BxCx_.shape[2:])
+
+    def one_tile(grad_embedding_VxD, xs):
+        hidden_BxCxD, inputs, w = xs
+        inputs_N = jax.tree_util.tree_map(flat, inputs)
+        hidden_NxD = flat(hidden_BxCxD)
+
+        def weighted(h_NxD, e_VxD):
+            out = per_tile_fn(tile_logits(h_NxD, e_VxD), inputs_N)
+            # where(), as losses.masked_mean: a non-finite term at a weight-0 token adds nothing.
+            total = sum(
+                jnp.sum(jnp.where(flat(w[k]) != 0, out[k].astype(jnp.float32) * flat(w[k]), 0.0))
+                for k in w
+            )
+            return jnp.asarray(total, jnp.float32), out
+
+        (total, out), (g_h_NxD, g_e_VxD) = jax.value_and_grad(
+            weighted, argnums=(0, 1), has_aux=True
+        )(hidden_NxD, embedding_c)
+        values = {k: v.astype(jnp.float32).reshape(hidden_BxCxD.shape[:2]) for k, v in out.items()}
+        return grad_embedding_VxD + g_e_VxD.astype(jnp.float32), (
+            total,
+            g_h_NxD.reshape(hidden_BxCxD.shape),
+            values,
+        )
+
+    # Padded positions of the last tile have weight 0 (to_tiles pads with zeros): they add
+    # nothing to the loss or its gradient.
+    grad_embedding_VxD, (totals, g_hidden, values) = jax.lax.scan(
+        one_tile,
+        jnp.zeros(embedding_VxD.shape, jnp.float32),
+        (
+            tiles(hidden_c),
+            jax.tree_util.tree_map(tiles, inputs_c),
+            jax.tree_util.tree_map(tiles, weights_c),
+        ),
+    )
+    grad_hidden_BxTxD = tiling.from_tiles(g_hidden, t)
+    # Value: the weighted sum. Gradient: the one computed above (the surrogate's terms
+    # cancel in value and are linear in the two differentiable inputs).
+    surrogate = jnp.vdot(grad_hidden_BxTxD, hidden_BxTxD.astype(jnp.float32)) + jnp.vdot(
+        grad_embedding_VxD, embedding_VxD.astype(jnp.float32)
+    )
+    loss = jnp.sum(totals) + surrogate - sg(surrogate)
+    terms = {name: tiling.from_tiles(v, t) for name, v in values.items()}
+    return loss, terms
