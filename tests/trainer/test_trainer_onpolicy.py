@@ -251,3 +251,17 @@ def test_bad_onpolicy_settings_are_refused(sets, needle):
     with pytest.raises(ConfigError, match=None) as err:
         validate(_config("opd", **sets))
     assert needle in str(err.value)
+
+
+def test_token_counts_of_a_store_without_a_loss_mask(teacher_dir):
+    # Micro-batching divides each term by its global token count. A store without a
+    # loss_mask (e.g. a live teacher on a tokens-only store) reads as all completion
+    # tokens, as decode_batch reads it: counts by hand — OPD weighs positions 0..T-2
+    # of each row (the last predicts nothing), the hidden term every position.
+    config = _config("oprd", **{"teacher.checkpoint": teacher_dir, "onpolicy.opd_weight": 1.0})
+    (phase,) = methods.phases(config, 4)
+    tokens = jnp.asarray(_tokens())
+    counts = phase_loss.token_counts({"tokens": tokens}, phase)
+    assert {k: float(v) for k, v in counts.items()} == {"hidden_mse": B * T, "opd": B * (T - 1)}
+    with_mask = phase_loss.token_counts({"tokens": tokens, "loss_mask": jnp.ones((B, T))}, phase)
+    assert {k: float(v) for k, v in with_mask.items()} == {k: float(v) for k, v in counts.items()}

@@ -73,7 +73,12 @@ def token_counts(batch, phase: Phase) -> dict:
     At least 1, as `losses.masked_mean` (a batch without completion tokens adds 0).
     """
     tokens_BxT = batch["tokens"]
-    loss_mask_BxT = batch[onpolicy.LOSS_MASK] if phase.onpolicy else None
+    if not phase.onpolicy:
+        loss_mask_BxT = None
+    elif onpolicy.LOSS_MASK in batch:
+        loss_mask_BxT = batch[onpolicy.LOSS_MASK]
+    else:  # A store without a loss_mask: every token a completion token, as decode reads it.
+        loss_mask_BxT = jnp.ones(tokens_BxT.shape, jnp.float32)
     return {
         k: jnp.asarray(tokens_BxT.size, jnp.float32) if m is None else jnp.maximum(jnp.sum(m), 1.0)
         for k, m in term_masks(tokens_BxT, phase, loss_mask_BxT).items()
