@@ -1,6 +1,6 @@
 """The mission's TPU shapes through the planner, one subprocess each; resumable; a markdown table.
 
-    python bench/tpu_shapes.py [--group students|dump] [--only SUBSTRING] [--timeout 1200]
+    python bench/tpu_shapes.py [--group students|dump|live] [--only SUBSTRING] [--timeout 1200]
     python bench/tpu_shapes.py --report-only     # render docs/tpu.md's tables from the results
 
 Each shape is one `python -m trainer.plan ... --json` run in its own process
@@ -15,7 +15,12 @@ hldc / hldf at the paper's batch 256 × 2048, the shipped configs as they are,
 on v5p:2x2x1, v5e:4x4 and v6e:2x4 (each HLDF phase is its own program in
 one plan); (dump) the gemma3-4b teacher's extraction step at V = 262,144 and
 32,000, T = 2048, k = 128, exact / compact / lean, with and without 12
-sampled draws, 4 rows per chip, on v5e:2x2, v5p:2x2x1 and v6e:2x2.
+sampled draws, 4 rows per chip, on v5e:2x2, v5p:2x2x1 and v6e:2x2; (live)
+the live-teacher step (`trainer.plan train --teacher`: the teacher's forward
+inside the student's step, abstract teacher params): gemma3-270m with a
+gemma3-1b teacher and gemma3-1b with a gemma3-4b teacher, KD on the teacher's
+full vocabulary and OPRD, at the students' batch and topologies (the
+planner's search runs where a shape does not fit).
 
 `--report-only` renders the results between the markers
 `<!-- tpu_shapes:<group>:begin -->` / `end` in docs/tpu.md (`--doc`);
@@ -33,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 GiB = 2**30
 
@@ -44,6 +51,9 @@ DUMP_VOCABS = (262_144, 32_000)
 PROFILES = ("exact", "compact", "lean")
 SAMPLES = (0, 12)
 DUMP_ROWS_PER_CHIP = 4
+# Live teacher pairs: (student config, teacher model, its median layer, its width).
+LIVE_PAIRS = (("gemma3_270m", "gemma3-1b", 13, 1152), ("gemma3_1b", "gemma3-4b", 17, 2560))
+LIVE_METHODS = ("kd", "oprd")
 
 
 def student_shapes() -> list[dict]:
@@ -103,6 +113,34 @@ def dump_shapes() -> list[dict]:
     return out
 
 
+def live_shapes() -> list[dict]:
+    """The live-teacher step: the shipped student configs with `--teacher`, its hidden layer
+    and width set for OPRD's hidden term (KD reads the teacher's full-vocabulary logits)."""
+    out = []
+    for student, teacher, layer, width in LIVE_PAIRS:
+        for topology in STUDENT_TOPOLOGIES:
+            for method in LIVE_METHODS:
+                out.append(
+                    {
+                        "id": f"live-{student}-{method}-{teacher}-{topology.replace(':', '_')}",
+                        "group": "live",
+                        "args": [
+                            "train",
+                            "--config",
+                            f"{student}:{method}",
+                            "--teacher",
+                            teacher,
+                            "--set",
+                            f"teacher.hidden_layer={layer}",
+                            "--set",
+                            f"teacher.d_model={width}",
+                        ],
+                        "topology": topology,
+                    }
+                )
+    return out
+
+
 def search_shapes(records: dict[str, dict]) -> list[dict]:
     """For each student shape planned not to fit: the same plan with the planner's search
     for the largest fitting batch (in whole micro-batches)."""
@@ -122,23 +160,27 @@ def search_shapes(records: dict[str, dict]) -> list[dict]:
 
 
 def all_shapes(records: dict[str, dict] | None = None) -> list[dict]:
-    """Every shape, in the tables' order: students, their searches, the dump."""
-    return student_shapes() + search_shapes(records or {}) + dump_shapes()
+    """Every shape, in the tables' order: students, their searches, the dump, live teacher."""
+    return student_shapes() + search_shapes(records or {}) + dump_shapes() + live_shapes()
 
 
 # What to compile first when the batch may be stopped (compiles take minutes each):
 # the tightest chips first (16 GiB v5e, 32 GiB v6e; v5p-8 is the configs' stated
 # topology, measured when they were shipped), the methods that need the most
 # memory first, NLL after every other method; for the dump, the exact profile everywhere before compact / lean
-# (whose encodings add little), the full vocabulary first.
+# (whose encodings add little), the full vocabulary first; for the live teacher, the
+# small pair first (gemma3-270m with gemma3-1b), the tightest chips first, KD before OPRD.
 _TOPOLOGY_ORDER = {"v5e:4x4": 0, "v6e:2x4": 1, "v5p:2x2x1": 2}
 _METHOD_ORDER = {"hldc": 0, "kd": 1, "hldf": 2, "nll": 3}
 _PROFILE_ORDER = {p: i for i, p in enumerate(PROFILES)}
 
 
 def _priority(shape: dict) -> tuple:
-    group = {"students": 0, "search": 1, "dump": 2}[shape["group"]]
+    group = {"students": 0, "search": 1, "dump": 2, "live": 3}[shape["group"]]
     args = shape["args"]
+    if group == 3:
+        student, method = args[2].split(":")
+        return (group, STUDENTS.index(student), _TOPOLOGY_ORDER[shape["topology"]], method)
     if group < 2:
         student, method = args[2].split(":")
         # NLL last: its step is KD's without the teacher's arrays and KD term (less memory).
@@ -256,7 +298,7 @@ def render_students(shapes: list[dict], records: dict[str, dict]) -> str:
     missing: dict[str, list[str]] = {}
     for shape in shapes:
         rec = records.get(shape["id"])
-        label = shape["args"][2].replace("_", "-").replace(":", " ")
+        label = _train_label(shape)
         if rec is None:
             missing.setdefault(label, []).append(shape["topology"])
             continue
@@ -285,7 +327,9 @@ def render_students(shapes: list[dict], records: dict[str, dict]) -> str:
             )
         if not plan["fits"]:
             found = records.get(shape["id"] + "-search")
-            if found and found["status"] == "ok":
+            if len(plan["probes"]) > 1:  # The plan searched itself (the live shapes do).
+                note = f"{plan['advice']} (search: {_probes(plan)})"
+            elif found and found["status"] == "ok":
                 note = f"{found['plan']['advice']} (search: {_probes(found['plan'])})"
             else:
                 note = plan["advice"] + (
@@ -293,6 +337,15 @@ def render_students(shapes: list[dict], records: dict[str, dict]) -> str:
                 )
             rows.append(f"| ↳ planner | | | | | | {note} | | | | | | |")
     return _table(head, rows) + _missing(missing)
+
+
+def _train_label(shape: dict) -> str:
+    """ "gemma3-270m kd", or with a live teacher "gemma3-270m kd ← gemma3-1b (live)"."""
+    args = shape["args"]
+    label = args[2].replace("_", "-").replace(":", " ")
+    if "--teacher" in args:
+        label += f" ← {args[args.index('--teacher') + 1]} (live)"
+    return label
 
 
 def _table(head: str, rows: list[str]) -> str:
@@ -317,7 +370,9 @@ def render_dump(shapes: list[dict], records: dict[str, dict]) -> str:
     """The 4B dump table: one row per shape."""
     head = (
         "| V | samples | profile | topology | args GiB | temp GiB | out GiB | "
-        "peak / HBM GiB | fits | compile s | roofline |\n" + "|---" * 11 + "|\n"
+        "peak / HBM GiB | fits | compile s | roofline | args, out vs estimate |\n"
+        + "|---" * 12
+        + "|\n"
     )
     rows: list[str] = []
     missing: dict[str, list[str]] = {}
@@ -335,14 +390,67 @@ def render_dump(shapes: list[dict], records: dict[str, dict]) -> str:
             missing.setdefault(key, []).append(shape["topology"])
             continue
         if rec["status"] != "ok":
-            rows.append(lead + f"{_not_run(shape, rec)} | | | | | | |")
+            rows.append(lead + f"{_not_run(shape, rec)} | | | | | | | |")
             continue
         plan = rec["plan"]
         for prog in plan["programs"]:
-            rows.append(lead + " | ".join(_program_cells(plan, prog)) + " |")
+            rows.append(
+                lead + " | ".join(_program_cells(plan, prog)) + f" | {_vs_estimate(plan, prog)} |"
+            )
         if not plan["fits"]:
-            rows.append(f"| ↳ planner | | | | {plan['advice']} | | | | | | |")
+            rows.append(f"| ↳ planner | | | | {plan['advice']} | | | | | | | |")
     return _table(head, rows) + _missing(missing)
+
+
+def dump_estimate(plan: dict) -> tuple[int, int]:
+    """Per-chip bytes of a dump shape from first principles, not from the compiler.
+
+    Arguments: trainer.flops' parameter count × 2 B (bf16) for params replicated on every
+    chip, plus the chip's int32 tokens [rows, T] (and int32 draw seeds [rows]). Outputs:
+    the chip's rows of every stored array of the profile but tokens (store.profiles' shapes
+    and dtypes), or with no device encoding the raw signal is not estimated (0).
+    """
+    from store import StoreSchema, profiles
+    from trainer import flops
+    from trainer.model import model_config
+
+    cfg = model_config.get_config(plan["teacher"], vocab_size=plan["vocab_size"])
+    rows, T = plan["rows_per_shard"], plan["seq_len"]
+    params = flops.param_counts(cfg)["total_params"] * 2
+    if plan["params"] == "fsdp":
+        params //= plan["num_devices"]
+    args = params + rows * T * 4 + (rows * 4 if plan["samples"] else 0)
+    if plan["profile"] not in profiles.PROFILES:
+        return args, 0
+    schema = StoreSchema(
+        seq_len=T,
+        k=plan["k"],
+        vocab_size=plan["vocab_size"],
+        hidden_layers=tuple(plan["layers"]),
+        hidden_dim=cfg.d_model,
+        profile=plan["profile"],
+        samples=plan["samples"],
+    )
+    fields = profiles.get_profile(plan["profile"]).field_arrays(schema)
+    out = sum(
+        rows * int(np.prod(a.inner_shape)) * np.dtype(a.dtype).itemsize
+        for arrays in fields.values()
+        for a in arrays
+        if a.name != "tokens"
+    )
+    return args, out
+
+
+def _vs_estimate(plan: dict, prog: dict) -> str:
+    m = prog["memory"]
+    if m["error"]:
+        return "-"
+    args, out = dump_estimate(plan)
+
+    def dev(got, want):
+        return f"{100 * (got - want) / want:+.2f}%" if want else "-"
+
+    return f"{dev(m['argument_bytes'], args)}, {dev(m['output_bytes'], out)}"
 
 
 def _summary(group_shapes: list[dict], records: dict[str, dict]) -> str:
@@ -364,6 +472,8 @@ def render_group(group: str, records: dict[str, dict]) -> str:
     if group == "students":  # Their searches render under them.
         shapes_all = shapes + [s for s in all_shapes(records) if s["group"] == "search"]
         return _summary(shapes_all, records) + render_students(shapes, records)
+    if group == "live":
+        return _summary(shapes, records) + render_students(shapes, records)
     return _summary(shapes, records) + render_dump(shapes, records)
 
 
@@ -385,7 +495,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=ROOT / "bench/tpu_shapes_results")
     p.add_argument("--doc", type=Path, default=ROOT / "docs/tpu.md")
-    p.add_argument("--group", choices=("students", "search", "dump"), default=None)
+    p.add_argument("--group", choices=("students", "search", "dump", "live"), default=None)
     p.add_argument("--only", default="", help="run the shapes whose id contains this")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per shape")
     p.add_argument("--redo", action="store_true", help="run shapes that already have a result")
@@ -394,7 +504,7 @@ def main(argv=None) -> int:
     if args.report_only:
         records = load_results(args.results)
         text = args.doc.read_text()
-        for group in ("students", "dump"):
+        for group in ("students", "dump", "live"):
             text = splice(text, group, render_group(group, records))
         args.doc.write_text(text)
         print(f"rendered {len(records)} results into {args.doc}")

@@ -191,12 +191,63 @@ def test_planner_json_takes_any_config_override(capsys):
             ],
             "unknown params placement 'ring'",
         ),
+        # The live teacher (train --teacher): an unknown model, a method that reads no
+        # teacher, two teachers at once, a width the hidden term cannot use.
+        (
+            ["train", "--config", "tiny:kd", "--teacher", "gemma9", "--topology", "v5e:2x2"],
+            "--teacher 'gemma9' is not a model name; pass one of ['gemma3-270m'",
+        ),
+        (
+            ["train", "--config", "tiny:nll", "--teacher", "tiny-7", "--topology", "v5e:2x2"],
+            "method nll reads no teacher; drop it",
+        ),
+        (
+            ["train", "--config", "tiny:kd", "--teacher", "tiny-7"]
+            + ["--set", "teacher.checkpoint=/x", "--topology", "v5e:2x2"],
+            "both name the live teacher; pass one of them",
+        ),
+        (
+            ["train", "--config", "tiny:oprd", "--teacher", "gemma3-270m"]
+            + ["--topology", "v5e:2x2"],
+            "--teacher gemma3-270m does not fit this run: its width is 640 but "
+            "teacher.d_model=64 (--set teacher.d_model=640)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix(argv, needle, capsys):
     rc = cli.main(argv + ["--platform", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_live_teacher_arguments_are_its_fsdp_sharded_fp32_params():
+    # Independent number: a live teacher enters the step as one more argument, its fp32
+    # params sharded by the student's rules (FSDP splits every array with an "embed" axis
+    # over the 4 devices, the rest stays whole). A live KD step reads tokens only, like
+    # NLL, and holds the same train state: the argument bytes differ by exactly those params.
+    topo, devices = _plan_cpu(None)
+
+    def args(method, teacher=""):
+        target = targets.TrainTarget(f"tiny:{method}", ["mesh.fsdp=4"], devices, teacher=teacher)
+        rep = report.make_plan(target, topo, devices, "cpu", search=False)
+        assert rep["fits"]
+        return rep, rep["programs"][0]["memory"]["argument_bytes"]
+
+    live, live_args = args("kd", teacher="tiny-7")
+    _, nll_args = args("nll")
+    cfg = model_config.get_config("tiny-7", vocab_size=512)
+    axes = jax.tree.leaves(model.param_logical_axes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+    shapes = jax.tree.leaves(flops.param_shapes(cfg))
+    per_device = sum(s.size // 4 if "embed" in a else s.size for a, s in zip(axes, shapes))
+    assert live_args - nll_args == per_device * 4
+    count = flops.param_counts(cfg)["total_params"]
+    assert live["live_teacher"]["model"] == "tiny-7"
+    assert live["live_teacher"]["param_bytes"] == count * 4
+    # The roofline counts the teacher's forward (not charged to the budget by default).
+    fwd = flops.teacher_forward_flops(cfg, seq_len=live["seq_len"])["full"]
+    kd = flops.model_flops(model_config.get_config("tiny", vocab_size=512), seq_len=live["seq_len"])
+    student = kd["flops_per_token"]["kd"] + kd["attention_flops_per_token"]
+    assert live["programs"][0]["flops_per_token"] == pytest.approx(student + fwd)
 
 
 def test_tpu_platform_without_libtpu_names_the_extra(monkeypatch, capsys):

@@ -43,6 +43,20 @@ def test_tiny_train_step_compiles_for_v5e(v5e, method):
         assert mem["alias_bytes"] > 0
 
 
+@pytest.mark.parametrize("method", ["kd", pytest.param("oprd", marks=pytest.mark.slow)])
+def test_tiny_live_teacher_step_compiles_for_v5e(v5e, method):
+    # A live teacher planned by name: abstract params, no checkpoint; the step takes them.
+    topo, devices = v5e
+    target = targets.TrainTarget(f"tiny:{method}", ["mesh.fsdp=4"], devices, teacher="tiny-7")
+    rep = report.make_plan(target, topo, devices, "tpu", search=False)
+    assert rep["fits"] and rep["live_teacher"]["model"] == "tiny-7"
+    mem = rep["programs"][0]["memory"]
+    assert mem["error"] == "" and mem["host_callbacks"] == 0 and mem["alias_bytes"] > 0
+    count = flops.param_counts(model_config.get_config("tiny-7", vocab_size=512))["total_params"]
+    # The teacher's fp32 params are an argument: at least a quarter on each device.
+    assert mem["argument_bytes"] - mem["alias_bytes"] >= count  # 4 B x count / 4 devices
+
+
 def test_tiny_dump_step_compiles_for_v5e_with_device_encoding(v5e):
     topo, devices = v5e
     opts = targets.DumpOptions(

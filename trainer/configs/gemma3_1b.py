@@ -14,8 +14,9 @@ model.remat=none. Per-chip bytes from the TPU compiler (libtpu 0.0.42.1, jax 0.1
 `python bench/step_memory.py --config gemma3_1b:kd --batch 256 --seq 2048
 --topology v5p:2x2x1 --set mesh.fsdp=4 --set mesh.data=1 --set data.micro_batches=8`):
 KD 27.05 GiB per chip of 95.74 (args 2.12 + temporaries 24.93 + outputs 2.05 donated
-into the args; 2026-12-06). HLDC 36.36 GiB; HLDF phase 1 17.47 GiB, phase 2 = the
-KD step. Unchanged it also fits v5e:4x4 (16 chips × 16 GiB; fsdp=16, 16 rows per chip
+into the args; 2026-12-06). HLDC 38.22 GiB; HLDF phase 1 19.28 GiB (36.36 / 17.47 before
+the captured-layer fix 2c723e5: docs/tpu.md), phase 2 = the KD step.
+Unchanged it also fits v5e:4x4 (16 chips × 16 GiB; fsdp=16, 16 rows per chip
 as 8 micro-batches of 2): KD 6.86 GiB per chip, HLDC 9.39, HLDF phase 1 4.94; and
 v6e:2x4 (8 chips × 32 GiB; fsdp=8, 32 rows per chip as 8 micro-batches of 4): KD 13.75,
 HLDC 19.15, HLDF phase 1 9.76 (`python bench/tpu_shapes.py`, same compiler, 2026-12-06;

@@ -2,6 +2,8 @@
 
     python -m trainer.plan train --config gemma3_270m:kd --set data.micro_batches=8 \\
         --set model.remat=qkv_and_outputs --topology v5p:2x2x1
+    python -m trainer.plan train --config gemma3_270m:kd --teacher gemma3-1b \\
+        --topology v5e:4x4          # a live teacher: abstract params, nothing loaded
     python -m trainer.plan dump --teacher gemma3-4b --vocab 262144 --profile compact \\
         --rows-per-device 4 --topology v5e:2x2
 
@@ -10,7 +12,9 @@ allocated, no TPU is needed: libtpu's compiler runs on this machine) and
 prints per-device bytes against the chip's HBM, whether it fits, the largest
 rows per batch shard that fit, the compile time and a roofline lower bound.
 `train` takes what `python -m trainer` takes (`--config`, `--set`); its batch
-is `data.batch_size` over the mesh's data×fsdp shards. `dump` takes the
+is `data.batch_size` over the mesh's data×fsdp shards. `--teacher MODEL` plans
+the step with a live teacher of that registry model (as `teacher.checkpoint`
+would, without weights). `dump` takes the
 dump's extraction options; its batch is rows per device.
 
 The planner only compiles: it starts JAX on the CPU (JAX_PLATFORMS=cpu unless
@@ -56,6 +60,14 @@ def _parse_args(argv):
         "--profile",
         default="exact",
         help="store profile the batch arrays come from (default: exact)",
+    )
+    train.add_argument(
+        "--teacher",
+        default="",
+        metavar="MODEL",
+        help="plan a live teacher: this model (e.g. gemma3-1b) at the student's vocabulary and "
+        "dtype, abstract params sharded like the student's, no checkpoint (default: none, or "
+        "the config's teacher.checkpoint)",
     )
     dump = sub.add_parser("dump", help="the dump's extraction step")
     dump.add_argument(
@@ -163,7 +175,7 @@ def main(argv=None) -> int:
         devices = devices_lib.plan_devices(topology, args.platform)
         if args.target == "train":
             target: targets.TrainTarget | targets.DumpTarget = targets.TrainTarget(
-                args.config, args.set, devices, args.profile
+                args.config, args.set, devices, args.profile, args.teacher
             )
         else:
             if args.rows_per_device < 1:

@@ -181,6 +181,12 @@ def format_text(r: dict) -> str:
         f"({chip['source']})",
         f"parameters {_gib(r['param_bytes'])} in all",
     ]
+    live = r.get("live_teacher")
+    if live:
+        lines.append(
+            f"live teacher {live['model']} ({live['source']}): parameters "
+            f"{_gib(live['param_bytes'])} in all (fp32, sharded like the student's)"
+        )
     for p in r["programs"]:
         m = p["memory"]
         if m["error"]:

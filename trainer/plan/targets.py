@@ -10,7 +10,11 @@ allocated), and the useful FLOPs of one step (from `trainer.flops`):
   for each phase `trainer.training.loop.PhaseRunner(...).step` lowered with the
   runner's abstract state and an abstract batch of the store arrays a phase
   reads (profile given, as the loader yields them). Rows are per (data×fsdp)
-  shard: `data.batch_size = rows × data × fsdp`.
+  shard: `data.batch_size = rows × data × fsdp`. A live teacher
+  (`teacher.checkpoint`, whose config.json alone is read, or `teacher=` a
+  model registry name: that model at the student's vocabulary and compute
+  dtype) enters the step as abstract fp32 params sharded by the student's rules
+  (`live_teacher.abstract_params`): no weights are read.
 - `DumpTarget`: a teacher (registry name, V, dtype) and the dump's options
   (k, samples, layers, token tile, device encoding into a profile), the
   extraction step of `teacher_dump.extract.make_extract_fn` (composed with
@@ -45,6 +49,9 @@ from trainer.training import decode, live_teacher, loop, methods, sharding
 
 # The planner never writes a run or reads a store; validate() wants both named.
 _UNUSED = "unused-by-the-planner"
+# teacher.checkpoint under `--teacher NAME`: it makes the phases live (methods.phases
+# reads whether it is set) and is never opened (the target holds the teacher's config).
+_NAMED_TEACHER = "(--teacher {}: abstract params, no checkpoint)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,27 +87,45 @@ class TrainTarget:
         overrides: `--set` values ("model.remat=full", "data.micro_batches=8", ...).
         devices: the devices of the topology.
         profile: the store profile whose arrays the batch holds (exact/compact/lean).
+        teacher: a model registry name ("gemma3-1b") to plan as the live teacher, at
+            the student's vocabulary and compute dtype, without a checkpoint ("": the
+            config's own teacher.checkpoint, if any).
 
     Raises:
-        ConfigError (PlanInputError): a bad config, override or mesh, naming the fix.
+        ConfigError (PlanInputError): a bad config, override, mesh or teacher, naming the fix.
     """
 
     kind = "train"
 
-    def __init__(self, spec: str, overrides: Sequence[str], devices, profile: str = "exact"):
+    def __init__(
+        self,
+        spec: str,
+        overrides: Sequence[str],
+        devices,
+        profile: str = "exact",
+        teacher: str = "",
+    ):
         config = config_lib.load_config(spec, list(overrides))
         if not config.run_dir:
             config.run_dir = _UNUSED
         if not config.store.url:
             config.store.url = _UNUSED
+        if teacher:
+            if config.teacher.checkpoint:
+                raise PlanInputError(
+                    f"--teacher {teacher} and teacher.checkpoint={config.teacher.checkpoint} both "
+                    f"name the live teacher; pass one of them"
+                )
+            config.teacher.checkpoint = _NAMED_TEACHER.format(teacher)
         config_lib.validate(config)
         if profile not in profiles.PROFILES:
             raise PlanInputError(
                 f"unknown profile {profile!r}: pass one of {list(profiles.PROFILES)}"
             )
-        self.config, self.profile = config, profile
+        self.config, self.profile, self.teacher_name = config, profile, teacher
         self.model_cfg = loop.model_config_from(config)
         self.phases = methods.phases(config, self.model_cfg.num_layers)
+        self.teacher_cfg = _live_teacher_config(config, teacher, self.phases)
         self.mesh = sharding.make_mesh(
             config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices
         )
@@ -117,6 +142,20 @@ class TrainTarget:
     def describe(self) -> dict:
         """The config facts a report shows."""
         c = self.config
+        live = {}
+        if self.teacher_cfg is not None:
+            shapes = flops.param_shapes(self.teacher_cfg)
+            live = {
+                "live_teacher": {
+                    "model": self.teacher_cfg.name,
+                    "source": self.teacher_name
+                    and "abstract params, --teacher"
+                    or c.teacher.checkpoint,
+                    "param_bytes": sum(int(a.size) * 4 for a in jax.tree.leaves(shapes)),
+                    "charge_flops": bool(c.teacher.charge_flops),
+                    "live_topk": int(c.teacher.live_topk),
+                }
+            }
         return {
             "config": f"{c.model.name} {c.method}",
             "model": c.model.name,
@@ -129,6 +168,7 @@ class TrainTarget:
             "mesh": {k: int(v) for k, v in self.mesh.shape.items()},
             "batch_size": c.data.batch_size,
             "micro_batches": c.data.micro_batches,
+            **live,
         }
 
     def param_bytes(self) -> int:
@@ -140,10 +180,16 @@ class TrainTarget:
         """Each phase's step at `rows` rows per batch shard."""
         config = self.config.copy_and_resolve_references()
         config_lib.apply_overrides(config, [f"data.batch_size={rows * self.shards}"])
-        plans = loop.plan_phases(config, self.model_cfg, self.phases)
-        counts = loop.flop_counts(config, self.model_cfg)
-        live = any(p.phase.live for p in plans)  # teacher.checkpoint: its step takes the teacher.
-        teacher = live_teacher.abstract(config, self.mesh) if live else None
+        plans = loop.plan_phases(config, self.model_cfg, self.phases, self.teacher_cfg)
+        counts = loop.flop_counts(config, self.model_cfg, self.teacher_cfg)
+        teacher = None
+        if self.teacher_cfg is not None:  # Its step takes the teacher's params: abstract here.
+            teacher = live_teacher.LiveTeacher(
+                model_cfg=self.teacher_cfg,
+                params=live_teacher.abstract_params(self.teacher_cfg, self.mesh),
+                shardings=live_teacher.param_shardings(self.teacher_cfg, self.mesh),
+                fingerprint="",
+            )
         out = []
         for plan in plans:
             runner = loop.PhaseRunner(
@@ -155,13 +201,16 @@ class TrainTarget:
                 if plan.phase.num_blocks
                 else counts["attention_flops_per_token"]
             )
+            # The roofline counts the teacher's forward whether or not the budget charges it
+            # (plan.flops_per_token holds it only with teacher.charge_flops).
+            teacher_fpt = 0.0 if config.teacher.charge_flops else plan.teacher_flops_per_token
             out.append(
                 StepProgram(
                     f"phase {plan.phase.index} ({plan.phase.flops_method})",
                     runner.step,
                     (runner.abstract_state, batch),
                     config.data.batch_size * config.data.seq_len,
-                    plan.flops_per_token + attn,
+                    plan.flops_per_token + attn + teacher_fpt,
                 )
             )
         return out
@@ -176,6 +225,9 @@ class TrainTarget:
             hidden_dim=config.teacher.d_model if hidden else 0,
             profile=self.profile,
             samples=config.data.samples,
+            # On-policy phases read rollouts: their mask (and OPD's stored teacher log-probs).
+            loss_mask=any(p.onpolicy for p in self.phases),
+            token_logprob=any(p.opd_weight and not p.live for p in self.phases),
         )
 
     def _encoding(self, config) -> decode.Encoding:
@@ -215,6 +267,48 @@ class TrainTarget:
                 shape, jnp.dtype(s.dtype), sharding=sharding.batch_sharding(self.mesh, len(shape))
             )
         return batch
+
+
+def _live_teacher_config(config, name: str, phases) -> model_config.ModelConfig | None:
+    """The live teacher's ModelConfig (None: none), checked against the run.
+
+    Args:
+        config: the validated config (teacher.checkpoint set iff a live teacher).
+        name: `--teacher` (a registry name), or "" for teacher.checkpoint's config.json.
+        phases: the method's phases.
+
+    Raises:
+        PlanInputError / ConfigError: an unknown name, a method that reads no teacher, or a
+            teacher the run cannot use (check_compatible's line, naming the --set fix).
+    """
+    if not live_teacher.enabled(config):
+        return None
+    if name:
+        if name not in model_config.config_names():
+            raise PlanInputError(
+                f"--teacher {name!r} is not a model name; pass one of "
+                f"{list(model_config.config_names())} (or --set teacher.checkpoint=PATH)"
+            )
+        cfg = model_config.get_config(
+            name, vocab_size=config.model.vocab_size, dtype=config.model.dtype
+        )
+    else:
+        cfg = live_teacher.teacher_config(config)
+    where = f"--teacher {name}" if name else f"teacher.checkpoint={config.teacher.checkpoint}"
+    if not any(p.teacher_logits or p.teacher_layer for p in phases):
+        raise PlanInputError(
+            f"{where}: method {config.method} reads no teacher; drop it, or plan a method "
+            f"that distils (kd, hldc, hldf, opd, oprd)"
+        )
+    try:  # No store and no metadata here: vocabulary, width and layer only.
+        live_teacher.check_compatible(
+            config, cfg, {}, None, hidden=any(p.teacher_layer for p in phases)
+        )
+    except config_lib.ConfigError as e:
+        raise PlanInputError(
+            str(e).replace(f"teacher.checkpoint={config.teacher.checkpoint}", where)
+        ) from None
+    return cfg
 
 
 DUMP_PARAMS = ("replicated", "fsdp")

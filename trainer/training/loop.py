@@ -135,14 +135,16 @@ def open_store(config) -> tuple[StoreReader, object]:
     return reader, resolved
 
 
-def flop_counts(config, model_cfg) -> dict:
+def flop_counts(config, model_cfg, teacher_cfg=None) -> dict:
     """trainer.flops.model_flops of the student with this config's regressor widths
-    (and its live teacher's forward, charged per teacher.charge_flops)."""
+    (and its live teacher's forward, charged per teacher.charge_flops). `teacher_cfg`:
+    the live teacher's ModelConfig when known without teacher.checkpoint (trainer.plan's
+    `--teacher NAME`); None reads it from the checkpoint's config.json."""
     return flops.model_flops(
         model_cfg,
         teacher_d_model=config.teacher.d_model or None,
         seq_len=config.data.seq_len,
-        teacher_cfg=live_teacher.model_config_of(config),
+        teacher_cfg=teacher_cfg or live_teacher.model_config_of(config),
         charge_teacher=config.teacher.charge_flops,
         **layer_match.hidden_flops_args(config, model_cfg.num_layers),
     )
@@ -163,10 +165,11 @@ def budget_flops(config, counts: dict) -> float:
 MAX_STEPS = 2**31 - 1  # The train state's step counter is int32.
 
 
-def plan_phases(config, model_cfg, phases) -> tuple[PhasePlan, ...]:
-    """Steps per phase from the one budget (trainer.flops), HLDF split by hldf.p1."""
+def plan_phases(config, model_cfg, phases, teacher_cfg=None) -> tuple[PhasePlan, ...]:
+    """Steps per phase from the one budget (trainer.flops), HLDF split by hldf.p1
+    (`teacher_cfg`: as flop_counts')."""
     tokens_per_step = config.data.batch_size * config.data.seq_len
-    counts = flop_counts(config, model_cfg)
+    counts = flop_counts(config, model_cfg, teacher_cfg)
     step_plan = flops.plan_steps(
         budget_flops(config, counts),
         config.method,
