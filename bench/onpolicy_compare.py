@@ -84,10 +84,10 @@ ROUNDS_ROWS = {
 SAMPLE_SEED = 0  # One sampling seed for every student's held-out samples: the same keys.
 
 
-def plan(rows: list[str], seeds: int) -> list[tuple]:
+def plan(rows: list[str], seeds: int, from_seed: int = 0) -> list[tuple]:
     """Pieces in run order: the teacher reference, then per seed phase 1 and every row."""
     pieces: list[tuple] = [("teacher",)]
-    for seed in range(seeds):
+    for seed in range(from_seed, seeds):
         pieces += [("phase1", seed)] + [("row", r, seed) for r in rows]
     return pieces
 
@@ -303,7 +303,13 @@ def run_piece(ctx, piece: tuple, sched: dict, downstream: bool) -> dict:
 
 
 def _save(path: str, state: dict) -> None:
-    """Atomic write, so a kill mid-write never loses the recorded pieces."""
+    """Atomic write, so a kill mid-write never loses the recorded pieces.
+
+    Pieces another process recorded meanwhile (a second process on other seeds, see
+    --from-seed) are kept: the file's pieces are merged in before the write.
+    """
+    if os.path.exists(path):
+        state["pieces"] = {**_load(path)["pieces"], **state["pieces"]}
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(state, f, indent=1)
     os.replace(path + ".tmp", path)
@@ -315,14 +321,26 @@ def _load(path: str) -> dict:
 
 
 def run_compare(
-    size_name: str, out_dir: str, rows: list[str], seeds: int, rounds: int, report_only=False
+    size_name: str,
+    out_dir: str,
+    rows: list[str],
+    seeds: int,
+    rounds: int,
+    report_only: bool = False,
+    from_seed: int = 0,
 ) -> dict:
-    """Runs (or resumes) the comparison; returns the state written to OUT/onpolicy_compare.json."""
+    """Runs (or resumes) the comparison; returns the state written to OUT/onpolicy_compare.json.
+
+    from_seed: run seeds from_seed..seeds−1 only (a second process on the same OUT can take
+    the later seeds while the first finishes seed 0; both record into the same JSON).
+    """
     bad = [r for r in rows if r not in ROWS]
     if bad or not rows:
         raise ValueError(f"--rows {','.join(rows)}: use some of {','.join(ROWS)}")
     if seeds < 1 or rounds < 1:
         raise ValueError(f"--seeds {seeds} --rounds {rounds}: both must be >= 1")
+    if not 0 <= from_seed < seeds:
+        raise ValueError(f"--from-seed {from_seed}: must be in [0, --seeds {seeds})")
     size = get_size(size_name)
     out_dir = os.path.abspath(out_dir)
     json_path = os.path.join(out_dir, "onpolicy_compare.json")
@@ -342,8 +360,10 @@ def run_compare(
         )
     state.update(settings=settings, schedule=sched)
     downstream = bool(size.eval_limit and demo_report.downstream_data_installed())
-    for piece in [] if report_only else plan(rows, seeds):
+    for piece in [] if report_only else plan(rows, seeds, from_seed):
         key = piece_key(piece)
+        if os.path.exists(json_path):  # Another process's pieces, recorded meanwhile.
+            state["pieces"] = {**_load(json_path)["pieces"], **state["pieces"]}
         if key in state["pieces"]:
             print(f"[onpolicy_compare] {key}: done earlier, skipped", flush=True)
             continue
@@ -382,6 +402,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=4, help="phase-2 runs (rounds) per row")
     p.add_argument("--rows", default=",".join(ROWS), help="which rows, comma-separated")
     p.add_argument(
+        "--from-seed",
+        type=int,
+        default=0,
+        help="run only seeds FROM..SEEDS-1 (a second process on the same --out)",
+    )
+    p.add_argument(
         "--out",
         default=None,
         help="output directory (resumable; default bench/results/onpolicy_compare_<size>)",
@@ -394,7 +420,9 @@ def main(argv=None) -> int:
     try:
         get_size(args.size)
         rows = [r for r in args.rows.split(",") if r]
-        state = run_compare(args.size, out, rows, args.seeds, args.rounds, args.report_only)
+        state = run_compare(
+            args.size, out, rows, args.seeds, args.rounds, args.report_only, args.from_seed
+        )
     except ValueError as e:
         print(f"onpolicy_compare: {e}", file=sys.stderr)
         return 2
