@@ -110,12 +110,13 @@ def summarise(pieces: dict, rows: list[str]) -> dict:
         two = len(cell["log_ppl"]["values"]) > 1 and len(base["log_ppl"]["values"]) > 1
         noise = max(cell["log_ppl"]["spread"], base["log_ppl"]["spread"])
         cell["beyond_noise"] = two and abs(cell["delta"]) > noise
-    ranked = sorted((c["log_ppl"]["mean"], n) for n, c in cells.items() if c)
+    done = {n: c["log_ppl"] for n, c in cells.items() if c}
+    ranked = sorted((stats["mean"], n) for n, stats in done.items())
     winner = None
     if ranked:
         name = ranked[0][1]
-        best = cells[name]["log_ppl"]
-        runner = cells[ranked[1][1]]["log_ppl"] if len(ranked) > 1 else None
+        best = done[name]
+        runner = done[ranked[1][1]] if len(ranked) > 1 else None
         margin = runner["mean"] - best["mean"] if runner else None
         seeds = len(best["values"]) > 1 and runner is not None and len(runner["values"]) > 1
         winner = {
@@ -123,7 +124,10 @@ def summarise(pieces: dict, rows: list[str]) -> dict:
             "runner_up": ranked[1][1] if runner else None,
             "margin": margin,
             "beyond_noise": bool(
-                seeds and margin is not None and margin > max(best["spread"], runner["spread"])
+                seeds
+                and runner is not None
+                and margin is not None
+                and margin > max(best["spread"], runner["spread"])
             ),
         }
     return {

@@ -158,7 +158,7 @@ def teacher_nll_of_samples(
     for begin in range(0, len(row_ids), batch_size):
         part = np.arange(begin, min(begin + batch_size, len(row_ids)))
         full = np.concatenate([part, np.repeat(part[:1], batch_size - len(part))])  # One shape.
-        out = gen.generate(
+        generation = gen.generate(
             params,
             tokens_NxP[full].astype(np.int32),
             np.full(batch_size, prompt_len, np.int32),
@@ -168,14 +168,14 @@ def teacher_nll_of_samples(
             sampling,
             seed,
         )
-        completions += [c.tolist() for c in np.asarray(out.completions_BxN)[: len(part)]]
+        completions += [c.tolist() for c in np.asarray(generation.completions_BxN)[: len(part)]]
         prompts += [p.tolist() for p in tokens_NxP[part]]
     fns = []
     for d in (t_dir, s_dir):
-        cfg, params, _ = model_io.load_model(d)
-        fns.append(scoring.make_token_score_fn(params, cfg, token_tile))
+        model_cfg, model_params, _ = model_io.load_model(d)
+        fns.append(scoring.make_token_score_fn(model_params, model_cfg, token_tile))
     max_len = max(len(p) for p in prompts) + max_new_tokens - 1
-    out = score_samples(*fns, sample_rows(prompts, completions), batch_size, max_len)
+    out = score_samples(fns[0], fns[1], sample_rows(prompts, completions), batch_size, max_len)
     out.update(
         student=os.path.abspath(student),
         teacher=os.path.abspath(teacher),
