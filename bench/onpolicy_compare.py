@@ -40,6 +40,9 @@ reused. The protocol, the same for every row:
   holds about one epoch of the whole budget, so phase 2 re-reads rows phase 1
   saw, as a single full-budget run does at its end); the rounds reuse one
   prompt set with fresh samples (seed + round), as RL-style rounds do.
+  What the restarts themselves cost is read off a reference: the demo's own KD
+  students (one run of the whole budget, OUT/runs/kd_sS) when `make demo` has
+  trained them in OUT.
 
 Metrics, every student: held-out log-perplexity over every held-out row
 (`trainer.evaluate`, as the demo); the teacher's NLL of the student's own
@@ -89,13 +92,13 @@ def plan(rows: list[str], seeds: int, from_seed: int = 0) -> list[tuple]:
     pieces: list[tuple] = [("teacher",)]
     for seed in range(from_seed, seeds):
         pieces += [("phase1", seed)] + [("row", r, seed) for r in rows]
-    return pieces
+    return pieces + [("demo_kd", seed) for seed in range(from_seed, seeds)]
 
 
 def piece_key(piece: tuple) -> str:
     """The name a piece is recorded under in onpolicy_compare.json."""
-    if piece[0] == "teacher":
-        return "teacher"
+    if piece[0] in ("teacher", "demo_kd"):
+        return "teacher" if piece[0] == "teacher" else f"demo_kd_s{piece[1]}"
     return f"phase1_s{piece[1]}" if piece[0] == "phase1" else f"{piece[1]}_s{piece[2]}"
 
 
@@ -276,7 +279,14 @@ def sample_nll(ctx, student: str) -> dict:
                                 "reverse_kl_se", "n", "tokens")}  # fmt: skip
 
 
-def run_piece(ctx, piece: tuple, sched: dict, downstream: bool) -> dict:
+def run_piece(ctx, piece: tuple, sched: dict, downstream: bool) -> dict | None:
+    """Runs one piece and returns what is recorded of it (None: nothing to record)."""
+    if piece[0] == "demo_kd":  # The demo's own KD student, one run of the whole budget.
+        run_dir = ctx.path("runs", f"kd_s{piece[1]}")
+        if not os.path.exists(os.path.join(run_dir, "eval.json")):
+            return None  # `make demo` did not train it in OUT: no reference.
+        result = {**read_eval(os.path.join(run_dir, "eval.json")), "run": run_dir}
+        return {"kind": "demo_kd", "seed": piece[1], **result, "samples": sample_nll(ctx, run_dir)}
     if piece[0] == "teacher":
         path = ctx.path("runs", "teacher", "eval.json")
         if not os.path.exists(path) or "heldout" not in json.load(open(path))["tasks"]:
@@ -370,6 +380,8 @@ def run_compare(
         print(f"[onpolicy_compare] {key} ({time.time() - t_start:.0f}s elapsed)", flush=True)
         t0 = time.time()
         result = run_piece(ctx, piece, sched, downstream)
+        if result is None:
+            continue
         result.update(
             wall_s=round(time.time() - t0, 1),
             load_1min=round(os.getloadavg()[0], 1),

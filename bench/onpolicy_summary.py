@@ -16,6 +16,7 @@ BASELINE = "kd_sampled"
 LABELS = {
     "teacher": "teacher (reference)",
     "phase1": "phase 1 alone: KD sampled, ½ budget (reference)",
+    "demo_kd": "KD sampled, one run of the whole budget (the demo's; reference)",
     "kd_sampled": "KD, 12 sampled logits, stored (the default)",
     "kd_topk": "KD, top-k, stored",
     "kd_live": "KD, live teacher, full vocabulary",
@@ -90,7 +91,7 @@ def summarise(pieces: dict, rows: list[str]) -> dict:
         rows: the bench's rows, in table order.
 
     Returns:
-        {"rows": {name: cell | None}, "teacher": cell | None, "phase1": cell | None,
+        {"rows": {name: cell | None}, "teacher" / "phase1" / "demo_kd": cell | None,
          "winner": {"row", "beyond_noise", "margin"} | None}; a row's cell has
         "delta" (vs BASELINE's mean log-ppl) and "beyond_noise" when both have seeds.
     """
@@ -134,6 +135,7 @@ def summarise(pieces: dict, rows: list[str]) -> dict:
         "rows": cells,
         "teacher": _cell(by_kind["teacher"], phase1) if "teacher" in by_kind else None,
         "phase1": _cell(by_kind["phase1"], phase1) if "phase1" in by_kind else None,
+        "demo_kd": _cell(by_kind["demo_kd"], phase1) if "demo_kd" in by_kind else None,
         "winner": winner,
     }
 
@@ -148,7 +150,8 @@ def _flops(x: float) -> str:
 
 def markdown(summary: dict) -> str:
     """Three tables (quality, downstream, costs) and the verdict lines."""
-    named = [("teacher", summary["teacher"]), ("phase1", summary["phase1"])]
+    named = [(n, summary.get(n)) for n in ("teacher", "phase1")]
+    named += [("demo_kd", summary["demo_kd"])] if summary.get("demo_kd") else []
     named += list(summary["rows"].items())
     md = [
         "| student | held-out log-ppl (per seed) | Δ vs KD sampled | teacher NLL of its samples "

@@ -30,8 +30,17 @@ def test_plan_is_seed_major():
         ("phase1", 1),
         ("row", "kd_sampled", 1),
         ("row", "opd_live", 1),
+        ("demo_kd", 0),  # The demo's own full-budget KD students, where OUT has them.
+        ("demo_kd", 1),
     ]
     assert [bench.piece_key(p) for p in plan[:3]] == ["teacher", "phase1_s0", "kd_sampled_s0"]
+    assert bench.piece_key(plan[-1]) == "demo_kd_s1"
+    assert bench.plan(["opd_live"], seeds=2, from_seed=1) == [
+        ("teacher",),
+        ("phase1", 1),
+        ("row", "opd_live", 1),
+        ("demo_kd", 1),
+    ]
 
 
 def _piece(kind, log_ppl, seed=None, row=None, teacher_nll=4.5, **extra):
@@ -53,6 +62,7 @@ def test_summary_by_hand():
         "teacher": _piece("teacher", 4.25, teacher_nll=4.36),
         "phase1_s0": _piece("phase1", 4.50, 0),
         "phase1_s1": _piece("phase1", 4.52, 1),
+        "demo_kd_s0": _piece("demo_kd", 4.38, 0),
         "kd_sampled_s0": _piece("row", 4.40, 0, "kd_sampled", downstream=down),
         "kd_sampled_s1": _piece("row", 4.42, 1, "kd_sampled", downstream=down),
         # Better than the default by 0.05, beyond both spreads (0.02, 0.01).
@@ -91,6 +101,7 @@ def test_summary_by_hand():
     assert "| OPD, live (exact reverse KL) | 4.4000 / 4.4400 | +0.0100 |" in md
     assert "scoring (the dump) 60%" in md and "| 0.500 ± 0.035 |" in md
     assert "| KD, top-k, stored | – |" in md
+    assert "| KD sampled, one run of the whole budget (the demo's; reference) | 4.3800 |" in md
     assert "Lowest held-out log-ppl: KD, live teacher" in md and "beyond the seed spread" in md
 
 
