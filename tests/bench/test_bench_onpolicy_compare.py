@@ -68,9 +68,9 @@ def test_summary_by_hand():
         # Better than the default by 0.05, beyond both spreads (0.02, 0.01).
         "kd_live_s0": _piece("row", 4.35, 0, "kd_live", teacher_flops=3e12),
         "kd_live_s1": _piece("row", 4.36, 1, "kd_live", teacher_flops=5e12),
-        # Worse by 0.01: within the spread of 0.04.
-        "opd_live_s1": _piece("row", 4.44, 1, "opd_live"),
-        "opd_live_s0": _piece("row", 4.40, 0, "opd_live"),
+        # Worse by 0.03: beyond the default's spread (0.02), within its own (0.04).
+        "opd_live_s1": _piece("row", 4.46, 1, "opd_live"),
+        "opd_live_s0": _piece("row", 4.42, 0, "opd_live"),
         "oprd_store_s0": _piece(
             "row", 4.6, 0, "oprd_store", stage_wall_s={"rollouts": 10, "scored": 60, "run": 30}
         ),
@@ -78,7 +78,7 @@ def test_summary_by_hand():
     out = s.summarise(pieces, ["kd_sampled", "kd_live", "opd_live", "oprd_store", "kd_topk"])
     rows = out["rows"]
     assert rows["kd_topk"] is None  # Not run yet: an empty table row, no crash.
-    assert rows["opd_live"]["log_ppl"]["values"] == [4.40, 4.44]  # Sorted by seed.
+    assert rows["opd_live"]["log_ppl"]["values"] == [4.42, 4.46]  # Sorted by seed.
     assert rows["kd_live"]["delta"] == pytest.approx(-0.055)
     assert rows["kd_live"]["beyond_noise"] and not rows["opd_live"]["beyond_noise"]
     assert not rows["oprd_store"]["beyond_noise"]  # One seed: never beyond noise.
@@ -98,7 +98,7 @@ def test_summary_by_hand():
     }
     md = s.markdown(out)
     assert "| KD, live teacher, full vocabulary | 4.3500 / 4.3600 | -0.0550* |" in md
-    assert "| OPD, live (exact reverse KL) | 4.4000 / 4.4400 | +0.0100 |" in md
+    assert "| OPD, live (exact reverse KL) | 4.4200 / 4.4600 | +0.0300 |" in md
     assert "scoring (the dump) 60%" in md and "| 0.500 ± 0.035 |" in md
     assert "| KD, top-k, stored | – |" in md
     assert "| KD sampled, one run of the whole budget (the demo's; reference) | 4.3800 |" in md
