@@ -213,9 +213,7 @@ def run_rounds(ctx, row: str, seed: int, sched: dict) -> dict:
     demo_stages.run(ctx, "compare", *(args + (["--live"] if live else [])))
     with open(os.path.join(work, "rounds.json"), encoding="utf-8") as f:
         done = json.load(f)["done"]
-    wall = {
-        s: sum(d["wall_s"] for d in done if d["stage"] == s) for s in ("rollouts", "scored", "run")
-    }
+    wall, fresh = stage_walls(done)
     teacher = sum(d.get("teacher_flops", 0.0) for d in done)
     if not live:  # The dump scored every rollout token.
         rows = sum(d["rows"] for d in done if d["stage"] == "scored")
@@ -226,7 +224,32 @@ def run_rounds(ctx, row: str, seed: int, sched: dict) -> dict:
         "teacher_flops": teacher,
         "generation_flops": sum(d["flops"] for d in done if d["stage"] == "rollouts"),
         "stage_wall_s": wall,
+        "stage_rounds": fresh,
     }
+
+
+def stage_walls(done: list[dict]) -> tuple[dict, list[int]]:
+    """Wall seconds per stage, summed over the rounds whose rollouts were generated in full.
+
+    A round resumed after its rollouts were committed records only the reread of the
+    store as its "rollouts" time; it would understate generation's share.
+    """
+    fresh = sorted(
+        d["round"] for d in done if d["stage"] == "rollouts" and d.get("generated_tokens")
+    )
+    wall = {
+        s: sum(d["wall_s"] for d in done if d["stage"] == s and d["round"] in fresh)
+        for s in ("rollouts", "scored", "run")
+    }
+    return wall, fresh
+
+
+def refresh_stage_walls(pieces: dict) -> None:
+    """Recomputes each rounds piece's stage_wall_s from its ledger (WORK/rounds.json)."""
+    for p in pieces.values():
+        ledger = os.path.join(os.path.dirname(os.path.dirname(p.get("run", ""))), "rounds.json")
+        if "stage_wall_s" in p and os.path.exists(ledger):
+            p["stage_wall_s"], p["stage_rounds"] = stage_walls(_load(ledger)["done"])
 
 
 def evaluate(ctx, run_dir: str, downstream: bool) -> dict:
@@ -390,6 +413,7 @@ def run_compare(
         )
         state["pieces"][key] = result
         _save(json_path, state)
+    refresh_stage_walls(state["pieces"])
     state.update(
         summary=summary_lib.summarise(state["pieces"], rows),
         rows=rows,

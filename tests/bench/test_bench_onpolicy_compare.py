@@ -139,3 +139,16 @@ def test_real_comparison_at_ci_size(tmp_path, capsys):
     flops = [r["student_flops"] for r in rows_out.values()]
     assert max(flops) / min(flops) < 1.05
     assert "OPRD store rounds, share of a round's wall time" in capsys.readouterr().out
+
+
+def test_stage_walls_count_only_rounds_generated_in_full():
+    bench = _load("onpolicy_compare")
+    done = [
+        {"round": 0, "stage": "rollouts", "wall_s": 3.0, "generated_tokens": 0},  # Resumed.
+        {"round": 0, "stage": "scored", "wall_s": 50.0},
+        {"round": 0, "stage": "run", "wall_s": 40.0},
+        {"round": 1, "stage": "rollouts", "wall_s": 20.0, "generated_tokens": 640},
+        {"round": 1, "stage": "scored", "wall_s": 60.0},
+        {"round": 1, "stage": "run", "wall_s": 30.0},
+    ]
+    assert bench.stage_walls(done) == ({"rollouts": 20.0, "scored": 60.0, "run": 30.0}, [1])
