@@ -21,7 +21,10 @@ reused. The protocol, the same for every row:
   the demo's WSD schedule; optimizer moments restart each run). On-policy
   rounds must restart (`hd-rounds`: each round is its own trainer run), so the
   off-policy rows restart the same way and the rows differ only in their data
-  and teacher signal. Rows:
+  and teacher signal. Every row takes the same phase-2 steps (S is set from the
+  KD step's FLOPs); an OPRD step without OPD never runs the student's upper
+  layers or LM head, so those rows spend less than the budget (the costs table
+  says how much) instead of taking more steps. Rows:
 
   - ``kd_sampled``: stored KD continued, 12 sampled logits (the default).
   - ``kd_topk``: stored KD continued on the stored top-k.
