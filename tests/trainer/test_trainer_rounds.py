@@ -271,3 +271,66 @@ def test_at_staleness_0_the_store_and_the_live_teacher_give_the_same_loss(world)
     assert stored["step"] == direct["step"] == 1
     np.testing.assert_allclose(stored["hidden_mse"], direct["hidden_mse"], rtol=1e-5)
     np.testing.assert_allclose(stored["loss"], direct["loss"], rtol=1e-5)
+
+
+def _logp64(path, tokens):
+    """float64 log-softmax of a saved model's next-token logits on `tokens`: [B, T, V]."""
+    cfg, params, _ = model_io.load_model(path)
+    hidden = model.forward(params, tokens, cfg).final_hidden_BxTxD
+    logits = np.asarray(model.unembed(params, hidden, cfg), np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def test_live_rounds_train_on_the_rollouts_with_the_live_teacher(world):
+    """--live: rollouts → run, no scoring stage; the trainer runs --teacher on the rollouts.
+
+    Round 0's first step (staleness 0) is the exact reverse KL over the full vocabulary,
+    checked against float64 log-softmaxes of the two saved models on the rollouts."""
+    work = world["root"] / "live_rounds"
+    lines: list[str] = []
+    done = _rounds(world, work, live=True, log=lines.append)
+    assert [(d["round"], d["stage"]) for d in done] == [
+        (r, s) for r in range(2) for s in ("rollouts", "run")
+    ]
+    assert len(lines) == 4 and "round 2/2 run" in lines[-1]
+    here = [driver.round_dir(str(work), r) for r in (0, 1)]
+    assert not any(os.path.exists(os.path.join(h, "scored")) for h in here)
+    assert all(d["teacher_flops"] > 0 for d in done if d["stage"] == "run")
+    with open(os.path.join(here[1], "run", "config.json")) as f:
+        config = json.load(f)
+    assert config["teacher"]["checkpoint"] == world["teacher"]
+    assert config["store"]["url"].rstrip("/").endswith(os.path.join("round-001", "rollouts"))
+    assert config["model"]["init_checkpoint"] == os.path.join(here[0], "run", "export")
+    losses = _losses(work)
+    assert [m["step"] for m in losses] == [1, 2, 1, 2]
+    rows = StoreReader(os.path.join(here[0], "rollouts")).read(
+        np.arange(ROWS), fields=("tokens", "loss_mask")
+    )
+    q, p = (_logp64(world[m], rows["tokens"]) for m in ("student", "teacher"))
+    kl_BxT = (np.exp(q) * (q - p)).sum(-1)[:, :-1]  # Position i predicts token i+1.
+    weights = rows["loss_mask"][:, 1:]
+    reference = (kl_BxT * weights).sum() / weights.sum()
+    np.testing.assert_allclose(losses[0]["opd"], reference, rtol=1e-4)
+    assert _rounds(world, work, live=True) == done  # Finished: nothing redone.
+    with pytest.raises(driver.RoundsError, match="other settings .*live"):
+        _rounds(world, work)  # The same work dir through the store: refused.
+
+
+def test_live_bad_input_is_one_line_and_exit_2(world, tmp_path, capsys):
+    base = [
+        "--config", "tiny:opd", *(x for s in SETS for x in ("--set", s)),
+        "--student", world["student"], "--teacher", world["teacher"],
+        "--prompts", world["prompts"], "--prompt-len", str(P), "--rounds", "1",
+        "--work", str(tmp_path / "w"), "--live",
+    ]  # fmt: skip
+    cases = [
+        (["--", "--runner", "DirectRunner"], "--live has no scoring stage"),
+        (["--set", f"teacher.checkpoint={world['teacher']}"], "drop --set teacher.checkpoint"),
+        (["--set", "loss.signal=sampled", "--config", "tiny:oprd"], "loss.signal=sampled"),
+    ]
+    for extra, match in cases:
+        assert driver.main([*base, *extra]) == 2, match
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and match in err, err
+    assert not os.path.exists(tmp_path / "w" / driver.LEDGER)

@@ -4,6 +4,8 @@
 * ``runner``  — the engine: ``evaluate(...)`` (checkpoint, scoring, eval.json).
 * ``tasks``   — the downstream task registry, file readers, accuracy rules.
 * ``scoring`` — batched, jitted log-likelihood scoring of token rows.
+* ``sample_nll`` — the teacher's NLL of the student's own samples
+  (``python -m trainer.evaluate.sample_nll``).
 
 Builds on ``trainer.model``, ``trainer.training`` (the tiled logit path) and ``store``.
 """

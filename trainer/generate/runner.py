@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from store.errors import StoreError
 from trainer import flops
 from trainer.evaluate.runner import EvalError, resolve_checkpoint
@@ -185,9 +187,11 @@ def rollouts(
         rows_lib.write_jsonl(out_jsonl, prompts, generator, sp, progress)
         summary["out_jsonl"] = out_jsonl
     wall = time.perf_counter() - start
+    # Once per distinct prompt length: generation_flops traces the model's shapes per step.
+    lengths, counts = np.unique(np.asarray(prompts.lengths_N), return_counts=True)
     total_flops = sum(
-        flops.generation_flops(cfg, int(length), max_new_tokens)["total"]
-        for length in prompts.lengths_N
+        int(n) * flops.generation_flops(cfg, int(length), max_new_tokens)["total"]
+        for length, n in zip(lengths, counts)
     )
     rows = len(prompts.row_ids_N)
     return {

@@ -3,7 +3,7 @@
     python -m trainer.rounds --config tiny:opd [--set KEY=VALUE ...] \
         --student CKPT --teacher CKPT --prompts STORE --prompt-len P \
         --rounds R --work DIR [--temperature 1] [--top-k 0] [--top-p 1] [--seed 0] \
-        [--batch-size 8] [--rows-per-unit 64] [--limit ROWS] [-- DUMP/BEAM OPTIONS]
+        [--batch-size 8] [--rows-per-unit 64] [--limit ROWS] [--live | -- DUMP/BEAM OPTIONS]
 
 Round r (0-based), in DIR/round-<r>/:
 
@@ -22,6 +22,14 @@ Round r (0-based), in DIR/round-<r>/:
    (``model.init_checkpoint``); its ``export/`` is the next round's student.
    Each round is its own run: optimizer moments, the OPRD regressor and the
    learning-rate schedule (warm-up included) start again every round.
+
+With ``--live`` a round has no ``scored`` stage: the trainer runs ``--teacher``
+as a live teacher (``teacher.checkpoint``, set by the driver) on the
+``rollouts`` store itself, so the teacher terms are exact (OPD's full-vocabulary
+reverse KL, the hidden state at any layer) and nothing is dumped. It is the
+same loop as the store path with the teacher beside the student: what the
+store rounds buy (scoring off the training accelerators, any Beam runner) is
+measured against it in bench/onpolicy_compare.py.
 
 DIR/rounds.json is the ledger: the settings, then one entry per finished
 stage (written after the stage, atomically). A rerun of the same command skips
@@ -47,6 +55,7 @@ from typing import Any
 
 LEDGER = "rounds.json"
 STAGES = ("rollouts", "scored", "run")  # In order; also the stage's folder in the round.
+LIVE_STAGES = ("rollouts", "run")  # --live: the trainer runs the teacher; nothing is scored.
 ON_POLICY = ("opd", "oprd")
 
 
@@ -63,8 +72,12 @@ def _student(work: str, student: str, r: int) -> str:
     return student if r == 0 else os.path.join(round_dir(work, r - 1), "run")
 
 
-def _config(spec, overrides, work, student, r):
-    """The round's trainer config: the user's, on this round's store, from its student."""
+def _config(spec, overrides, work, student, r, teacher=None):
+    """The round's trainer config: the user's, on this round's store, from its student.
+
+    `teacher`: None for store rounds (the trainer reads the scored store); with --live the
+    teacher's model dir, run live by the trainer on the round's rollouts.
+    """
     from trainer.evaluate.runner import resolve_checkpoint
     from trainer.training import config as config_lib
     from trainer.training import loop, methods
@@ -75,20 +88,22 @@ def _config(spec, overrides, work, student, r):
         spec,
         [
             *overrides,
-            f"store.url={os.path.join(here, 'scored')}",
+            f"store.url={os.path.join(here, 'rollouts' if teacher else 'scored')}",
             f"run_dir={os.path.join(here, 'run')}",
             f"model.init_checkpoint={init}",
         ],
     )
+    if config.teacher.checkpoint:
+        raise RoundsError(
+            "teacher.checkpoint is set: the rounds' teacher is --teacher; drop --set "
+            "teacher.checkpoint (add --live to run it live instead of scoring through the store)"
+        )
+    if teacher:
+        config.teacher.checkpoint = resolve_checkpoint(teacher)[0]
     config_lib.validate(config)
     if config.method not in ON_POLICY:
         raise RoundsError(
             f"method={config.method} is not on-policy; use --config NAME:opd or :oprd"
-        )
-    if config.teacher.checkpoint:
-        raise RoundsError(
-            "teacher.checkpoint is set: rounds score through the store; drop it (a live "
-            "teacher needs no rounds: python -m trainer)"
         )
     # Exactly onpolicy.staleness steps: a FLOPs budget half a step above them (steps round down).
     model_cfg = loop.model_config_from(config)
@@ -137,7 +152,7 @@ def _read_ledger(work: str, settings: dict) -> list[dict]:
         return []
     with open(path, encoding="utf-8") as f:
         ledger = json.load(f)
-    old = {k: v for k, v in ledger["settings"].items() if k != "rounds"}
+    old = {"live": False, **{k: v for k, v in ledger["settings"].items() if k != "rounds"}}
     if old != {k: v for k, v in settings.items() if k != "rounds"}:
         changed = sorted(
             k for k in set(old) | set(settings) if k != "rounds" and old.get(k) != settings.get(k)
@@ -226,7 +241,12 @@ def _run(a: dict, config, r: int) -> dict[str, Any]:
     from trainer.training import loop
 
     s = loop.run(config)
-    return {k: s[k] for k in ("global_step", "loss", "opd", "hidden_mse") if k in s}
+    out = {
+        k: s[k] for k in ("global_step", "cumulative_flops", "loss", "opd", "hidden_mse") if k in s
+    }
+    if "teacher" in s:  # --live: the teacher's forward FLOPs (charged or not: its "charged").
+        out["teacher_flops"] = s["teacher"]["flops"]
+    return out
 
 
 STAGE_FNS: dict[str, Callable[[dict, Any, int], dict[str, Any]]] = {
@@ -253,6 +273,7 @@ def run_rounds(
     rows_per_unit: int = 64,
     limit: int | None = None,
     dump_args: Sequence[str] = (),
+    live: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Runs (or resumes) `rounds` rounds in `work` (see the module docstring).
@@ -266,6 +287,11 @@ def run_rounds(
     """
     if rounds < 1:
         raise RoundsError(f"--rounds {rounds} must be >= 1")
+    if live and dump_args:
+        raise RoundsError(
+            f"--live has no scoring stage, so the dump options after -- ({' '.join(dump_args)}) "
+            f"would do nothing; drop them or drop --live"
+        )
     work = os.path.abspath(work)
     student, teacher, prompts = (
         p if "://" in p else os.path.abspath(p) for p in (student, teacher, prompts)
@@ -287,18 +313,24 @@ def run_rounds(
         rows_per_unit=rows_per_unit,
         limit=limit,
         dump_args=list(dump_args),
+        live=live,
     )
-    check_inputs(_config(spec, overrides, work, student, 0), student, teacher, prompt_len)
+    live_teacher = teacher if live else None
+
+    def config_of(r):
+        return _config(spec, overrides, work, student, r, live_teacher)
+
+    check_inputs(config_of(0), student, teacher, prompt_len)
     os.makedirs(work, exist_ok=True)
     done = _read_ledger(work, a)
     finished = {(d["round"], d["stage"]) for d in done}
     for r in range(rounds):
-        for stage in STAGES:
+        for stage in LIVE_STAGES if live else STAGES:
             if (r, stage) in finished:
                 continue
             os.makedirs(round_dir(work, r), exist_ok=True)
             start = time.perf_counter()
-            summary = STAGE_FNS[stage](a, _config(spec, overrides, work, student, r), r)
+            summary = STAGE_FNS[stage](a, config_of(r), r)
             wall = round(time.perf_counter() - start, 3)
             done.append({"round": r, "stage": stage, "wall_s": wall, **summary})
             _write_ledger(work, a, done)
@@ -332,6 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="rows per generate / teacher call")
     p.add_argument("--rows-per-unit", type=int, default=64, help="store work-unit rows")
     p.add_argument("--limit", type=int, help="only the first ROWS prompts")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="no scoring stage: the trainer runs --teacher live on the rollouts",
+    )
     a = p.parse_args(argv)
     from trainer.training.interrupt import TrainingInterrupted
 
@@ -353,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows_per_unit=a.rows_per_unit,
             limit=a.limit,
             dump_args=dump_args,
+            live=a.live,
             log=lambda line: print(line, flush=True),
         )
     except ValueError as e:  # Every input error of the stages is one (their CLIs say the same).
