@@ -63,5 +63,7 @@ def test_cut_teacher_gives_the_whole_teachers_hidden_state(teacher_dir):
     )
     tokens = np.random.default_rng(0).integers(0, tl.VOCAB, (2, 12)).astype(np.int32)
     got = live_teacher.forward(cut.params, tokens, cut.model_cfg, hidden_layers=(3,), logits=False)
-    want = live_teacher.forward(whole.params, tokens, whole.model_cfg, hidden_layers=(3,), logits=False)
+    want = live_teacher.forward(
+        whole.params, tokens, whole.model_cfg, hidden_layers=(3,), logits=False
+    )
     np.testing.assert_array_equal(np.asarray(got.hidden[3]), np.asarray(want.hidden[3]))
