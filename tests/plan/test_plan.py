@@ -308,3 +308,14 @@ def test_make_plan_finds_the_largest_fitting_rows_from_above_and_below(requested
     for probe in rep["probes"]:
         assert probe["fits"] is (probe["rows"] <= 10)
         assert probe["peak_bytes"] == 2 * probe["rows"] * 4096
+
+
+def test_oprd_on_several_stored_layers_is_planned():
+    # A multi-layer OPRD run reads every listed layer from its rollout store: the planner's
+    # store schema must carry them all (it once carried teacher.hidden_layer alone and
+    # refused the plan: "oprd reads ['hidden/1', 'hidden/2'] ... lacks").
+    topo, devices = _plan_cpu(None)
+    sets = ["teacher.hidden_layer=1", "onpolicy.hidden_layers=1,2", "teacher.d_model=64"]
+    target = targets.TrainTarget("tiny:oprd", sets, devices)
+    rep = report.make_plan(target, topo, devices, "cpu", search=False)
+    assert rep["fits"]

@@ -221,7 +221,7 @@ class TrainTarget:
             seq_len=config.data.seq_len,
             k=config.data.k,
             vocab_size=config.model.vocab_size,
-            hidden_layers=(config.teacher.hidden_layer,) if hidden else (),
+            hidden_layers=config_lib.oprd_layers(config) if hidden else (),  # OPRD: all its layers
             hidden_dim=config.teacher.d_model if hidden else 0,
             profile=self.profile,
             samples=config.data.samples,
@@ -295,14 +295,14 @@ def _live_teacher_config(config, name: str, phases) -> model_config.ModelConfig 
     else:
         cfg = live_teacher.teacher_config(config)
     where = f"--teacher {name}" if name else f"teacher.checkpoint={config.teacher.checkpoint}"
-    if not any(p.teacher_logits or p.teacher_layer for p in phases):
+    if not any(p.teacher_logits or p.teacher_layers for p in phases):
         raise PlanInputError(
             f"{where}: method {config.method} reads no teacher; drop it, or plan a method "
             f"that distils (kd, hldc, hldf, opd, oprd)"
         )
     try:  # No store and no metadata here: vocabulary, width and layer only.
         live_teacher.check_compatible(
-            config, cfg, {}, None, hidden=any(p.teacher_layer for p in phases)
+            config, cfg, {}, None, hidden=any(p.teacher_layers for p in phases)
         )
     except config_lib.ConfigError as e:
         raise PlanInputError(
