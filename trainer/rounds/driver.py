@@ -195,13 +195,10 @@ def _scored(a: dict, config, r: int) -> dict[str, Any]:
     """`python -m pipelines.dump --input-store` in a subprocess: the trainer never imports
     the pipeline (docs/INTERFACES.md), and a Beam runner gets a process of its own."""
     from store import StoreReader
+    from trainer.training.config import oprd_layers
 
     here = round_dir(a["work"], r)
-    layers = (
-        (config.onpolicy.hidden_layers or str(config.teacher.hidden_layer)).split(",")
-        if config.method == "oprd"
-        else []
-    )
+    layers = [str(layer) for layer in oprd_layers(config)] if config.method == "oprd" else []
     argv = [
         "--input-store",
         os.path.join(here, "rollouts"),
